@@ -1,0 +1,36 @@
+# The two set-up commands: `make run` and `make test`. Everything else builds on them.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CONFIG ?=
+
+.PHONY: install run test bench fuzz soak clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+$(STAMP): $(BIN)/python setup.py
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/risk-engine serve $(if $(CONFIG),--config $(CONFIG),)
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+bench: install
+	$(BIN)/python -m bench.latency --clients 100 --duration 30
+
+fuzz: install
+	$(BIN)/python -m tests.ingress.fuzz_decoder --iterations 1000000
+
+soak: install
+	$(BIN)/python -m bench.soak --duration 600
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

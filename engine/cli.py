@@ -1,0 +1,58 @@
+"""`risk-engine` command line: a table of subcommands, each in its own light module.
+
+A command module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``
+and imports heavy things (numba, zmq) inside ``run`` so that ``--help`` stays fast. A command
+whose module is not installed is simply not offered.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+
+COMMANDS = {
+    "serve": "engine.cmd_serve",
+    "status": "engine.cmd_status",
+    "stats": "engine.cmd_stats",
+    "reload": "engine.cmd_reload",
+    "admin": "engine.cmd_admin",
+    "replay": "engine.cmd_replay",
+    "schema": "engine.cmd_schema",
+    "check": "rules.cmd_check",
+    "test-rules": "rules.cmd_test_rules",
+    "keys": "ingress.cmd_keys",
+    "sidecar": "bpf.cmd_sidecar",
+    "bench": "bench.cmd_bench",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="risk-engine", description=(
+        "Real-time risk decisions over ZeroMQ: rules compiled to Numba kernels, state in "
+        "shared memory."))
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, modname in COMMANDS.items():
+        if importlib.util.find_spec(modname) is None:
+            continue
+        mod = importlib.import_module(modname)
+        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
+        mod.add_arguments(p)
+        p.set_defaults(_module=mod)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_module", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._module.run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""Engine configuration: one YAML file, validated once into frozen dataclasses.
+
+Every error names the key path and the value (``ConfigError``); ``risk-engine serve``
+turns it into exit code 2. Relative file paths are resolved against the directory of the
+config file that names them. When no file is given the bundled ``engine/default.yaml`` is
+used.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from engine.schema import Schema, SchemaError
+
+DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
+
+
+class ConfigError(ValueError):
+    """Invalid configuration. ``key`` is the dotted path of the offending key."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}" if key else message)
+        self.key = key
+
+
+@dataclass(frozen=True)
+class CurveConfig:
+    enabled: bool = False
+    server_secret_file: str = ""        # zmq.auth key file holding the server's secret key
+    authorized_keys_dir: str = ""       # directory of allowed client public key files
+
+
+@dataclass(frozen=True)
+class IngressConfig:
+    bind: str = "tcp://127.0.0.1:5555"
+    max_frame_bytes: int = 1 << 20
+    max_batch: int = 4096
+    default_deadline_ms: int = 50
+    on_timeout: str = "block"           # fail-closed by default: allow | block
+    on_overload: str = "error"          # error | allow | review | block
+    dedup_window_s: int = 60
+    curve: CurveConfig = CurveConfig()
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    enabled: bool = True
+    bind: str = "127.0.0.1:9108"
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    bind: str = "ipc:///tmp/risk-engine-admin.sock"
+    curve: CurveConfig = CurveConfig()
+
+
+@dataclass(frozen=True)
+class WorkersConfig:
+    count: int = 0                      # 0: one worker per allowed CPU
+    cpus: tuple[int, ...] = ()          # empty: the allowed CPUs, in order
+    ingress_cpu: int = -1               # -1: not pinned
+
+
+@dataclass(frozen=True)
+class RingsConfig:
+    capacity: int = 4096                # slots, power of two
+
+
+@dataclass(frozen=True)
+class RulesConfig:
+    files: tuple[str, ...] = ()
+    thresholds: tuple[tuple[str, float], ...] = ()   # (action, score) pairs, e.g. review: 50
+    on_error: str = "skip"              # skip (rule not fired) | fire
+    watch: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    ingress: IngressConfig
+    metrics: MetricsConfig
+    admin: AdminConfig
+    workers: WorkersConfig
+    rings: RingsConfig
+    schema: Schema
+    rules: RulesConfig
+    features: Mapping[str, Any] = field(default_factory=dict)   # validated by the features layer
+    lists: Mapping[str, Any] = field(default_factory=dict)
+    state: Mapping[str, Any] = field(default_factory=dict)
+    instance: str = "re"                # shared-memory segment prefix; see shm.segment
+
+
+# --- small typed getters -------------------------------------------------------------------
+
+def _section(raw: Mapping, key: str, allowed: set[str]) -> dict:
+    val = raw.get(key, {}) if raw else {}
+    if val is None:
+        val = {}
+    if not isinstance(val, Mapping):
+        raise ConfigError(key, f"must be a mapping, got {type(val).__name__}")
+    for k in val:
+        if k not in allowed:
+            raise ConfigError(f"{key}.{k}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
+    return dict(val)
+
+
+def _int(sec: dict, path: str, name: str, default: int, lo: int | None = None, hi: int | None = None) -> int:
+    v = sec.get(name, default)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ConfigError(f"{path}.{name}", f"must be an integer, got {v!r}")
+    if lo is not None and v < lo or hi is not None and v > hi:
+        raise ConfigError(f"{path}.{name}", f"must be in [{lo}, {hi}], got {v}")
+    return v
+
+
+def _str(sec: dict, path: str, name: str, default: str, choices: tuple[str, ...] = ()) -> str:
+    v = sec.get(name, default)
+    if not isinstance(v, str):
+        raise ConfigError(f"{path}.{name}", f"must be a string, got {v!r}")
+    if choices and v not in choices:
+        raise ConfigError(f"{path}.{name}", f"must be one of {', '.join(choices)}, got {v!r}")
+    return v
+
+
+def _bool(sec: dict, path: str, name: str, default: bool) -> bool:
+    v = sec.get(name, default)
+    if not isinstance(v, bool):
+        raise ConfigError(f"{path}.{name}", f"must be true or false, got {v!r}")
+    return v
+
+
+def _resolve(base: Path, p: str) -> str:
+    return str(p if os.path.isabs(p) else (base / p).resolve())
+
+
+def _curve(sec: dict, path: str, base: Path) -> CurveConfig:
+    c = _section(sec, "curve", {"enabled", "server_secret_file", "authorized_keys_dir"}) if "curve" in sec else {}
+    cc = CurveConfig(
+        enabled=_bool(c, f"{path}.curve", "enabled", False),
+        server_secret_file=_str(c, f"{path}.curve", "server_secret_file", ""),
+        authorized_keys_dir=_str(c, f"{path}.curve", "authorized_keys_dir", ""),
+    )
+    if cc.enabled and not (cc.server_secret_file and cc.authorized_keys_dir):
+        raise ConfigError(f"{path}.curve", "enabled needs server_secret_file and authorized_keys_dir")
+    if cc.enabled:
+        cc = replace(cc, server_secret_file=_resolve(base, cc.server_secret_file),
+                     authorized_keys_dir=_resolve(base, cc.authorized_keys_dir))
+    return cc
+
+
+def _is_loopback_bind(addr: str) -> bool:
+    if addr.startswith("ipc://") or addr.startswith("inproc://"):
+        return True
+    host = addr.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+
+
+_TOP = {"ingress", "metrics", "admin", "workers", "rings", "schema", "rules",
+        "features", "lists", "state", "instance"}
+
+
+def parse_config(raw: Mapping | None, path: str = "<memory>") -> Config:
+    """Validate a parsed YAML mapping. Raises ConfigError naming the key path."""
+    raw = raw or {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError("", f"{path}: top level must be a mapping")
+    for k in raw:
+        if k not in _TOP:
+            raise ConfigError(str(k), f"unknown key (allowed: {', '.join(sorted(_TOP))})")
+    base = Path(path).resolve().parent if path != "<memory>" else Path.cwd()
+
+    s = _section(raw, "ingress", {"bind", "max_frame_bytes", "max_batch", "default_deadline_ms",
+                                  "on_timeout", "on_overload", "dedup_window_s", "curve"})
+    ingress = IngressConfig(
+        bind=_str(s, "ingress", "bind", IngressConfig.bind),
+        max_frame_bytes=_int(s, "ingress", "max_frame_bytes", IngressConfig.max_frame_bytes, 64, 1 << 30),
+        max_batch=_int(s, "ingress", "max_batch", IngressConfig.max_batch, 1, 1 << 16),
+        default_deadline_ms=_int(s, "ingress", "default_deadline_ms", IngressConfig.default_deadline_ms, 1, 3_600_000),
+        on_timeout=_str(s, "ingress", "on_timeout", IngressConfig.on_timeout, ("allow", "block")),
+        on_overload=_str(s, "ingress", "on_overload", IngressConfig.on_overload, ("error", "allow", "review", "block")),
+        dedup_window_s=_int(s, "ingress", "dedup_window_s", IngressConfig.dedup_window_s, 0, 86_400),
+        curve=_curve(s, "ingress", base),
+    )
+    s = _section(raw, "metrics", {"enabled", "bind"})
+    metrics = MetricsConfig(enabled=_bool(s, "metrics", "enabled", True),
+                            bind=_str(s, "metrics", "bind", MetricsConfig.bind))
+    if ":" not in metrics.bind:
+        raise ConfigError("metrics.bind", f"must be HOST:PORT, got {metrics.bind!r}")
+    s = _section(raw, "admin", {"bind", "curve"})
+    admin = AdminConfig(bind=_str(s, "admin", "bind", AdminConfig.bind), curve=_curve(s, "admin", base))
+    if not _is_loopback_bind(admin.bind) and not admin.curve.enabled:
+        raise ConfigError("admin.bind", f"{admin.bind!r} is not loopback or ipc://: enable admin.curve first")
+
+    s = _section(raw, "workers", {"count", "cpus", "ingress_cpu"})
+    cpus = s.get("cpus", [])
+    if not isinstance(cpus, list) or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in cpus):
+        raise ConfigError("workers.cpus", f"must be a list of CPU numbers, got {cpus!r}")
+    workers = WorkersConfig(count=_int(s, "workers", "count", 0, 0, 256), cpus=tuple(cpus),
+                            ingress_cpu=_int(s, "workers", "ingress_cpu", -1, -1, 4095))
+
+    s = _section(raw, "rings", {"capacity"})
+    cap = _int(s, "rings", "capacity", RingsConfig.capacity, 2, 1 << 24)
+    if cap & (cap - 1):
+        raise ConfigError("rings.capacity", f"must be a power of two, got {cap}")
+    rings = RingsConfig(capacity=cap)
+
+    s = _section(raw, "schema", {"shard_key", "fields"})
+    if "fields" not in s:
+        raise ConfigError("schema.fields", "is required")
+    try:
+        schema = Schema.build(s["fields"], _str(s, "schema", "shard_key", ""))
+    except SchemaError as e:
+        raise ConfigError("schema", str(e)) from None
+
+    s = _section(raw, "rules", {"files", "thresholds", "on_error", "watch"})
+    files = s.get("files", [])
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        raise ConfigError("rules.files", f"must be a list of paths, got {files!r}")
+    th = s.get("thresholds", {}) or {}
+    if not isinstance(th, Mapping) or any(k not in ("review", "block") for k in th) \
+            or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in th.values()):
+        raise ConfigError("rules.thresholds", f"must map review/block to numbers, got {th!r}")
+    rules = RulesConfig(files=tuple(_resolve(base, f) for f in files),
+                        thresholds=tuple((k, float(v)) for k, v in th.items()),
+                        on_error=_str(s, "rules", "on_error", "skip", ("skip", "fire")),
+                        watch=_bool(s, "rules", "watch", False))
+
+    extra = {}
+    for k in ("features", "lists", "state"):
+        v = raw.get(k, {}) or {}
+        if not isinstance(v, Mapping):
+            raise ConfigError(k, f"must be a mapping, got {type(v).__name__}")
+        extra[k] = dict(v)
+    inst = raw.get("instance", "re")
+    if not isinstance(inst, str) or not inst.isalnum() or len(inst) > 16:
+        raise ConfigError("instance", f"must be 1-16 letters/digits, got {inst!r}")
+    return Config(path=path, ingress=ingress, metrics=metrics, admin=admin, workers=workers,
+                  rings=rings, schema=schema, rules=rules, instance=inst, **extra)
+
+
+def load_config(path: str | os.PathLike | None = None) -> Config:
+    p = Path(path) if path else DEFAULT_CONFIG
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError("", f"cannot read config {p}: {e.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError("", f"{p}: invalid YAML: {e}") from None
+    return parse_config(raw, str(p))
