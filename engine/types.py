@@ -82,4 +82,5 @@ RESPONSE_SLOT_DTYPE = _padded([
     ("flags", np.uint8),
     ("nfired", np.uint16),         # total fired (enforce + shadow), may exceed MAX_FIRED
     ("fired", np.uint16, (MAX_FIRED,)),   # first MAX_FIRED fired rule indexes, ascending
+    ("error", np.uint16),          # ErrorCode: OK, or why a default decision was used
 ])

@@ -1,0 +1,147 @@
+"""The control-and-counters block: one shared-memory array of int64 cells per engine instance.
+
+The supervisor creates it; the ingress and every worker attach. Each cell has ONE writer
+(the process that owns its section), so plain aligned 8-byte stores suffice: on x86-64 they
+are atomic, and readers (the metrics exporter, `risk-engine stats`) only need a recent value,
+not an ordered one. Cells that carry a command between processes (stop, generation) are
+written by the supervisor and polled by the others between batches.
+
+Layout (int64 cells; every section starts on its own 64-byte cache line, so two writers
+never share a line):
+
+    +---------------------------+  cell 0
+    | header: magic, version    |
+    +---------------------------+
+    | supervisor section        |  stop, generation, per-worker epoch/pid/alive, restarts
+    +---------------------------+
+    | ingress section           |  requests by (transport, code), decisions by action,
+    |                           |  latency histograms per transport and per stage, gc
+    +---------------------------+
+    | worker 0 section          |  batches, events, active generation, kernel histogram,
+    |                           |  gc, rule hits[MAX_RULES], rule errors[MAX_RULES]
+    +---------------------------+
+    | worker 1 section ...      |
+    +---------------------------+
+
+Only this module computes offsets. ``Block.section(name)`` returns named numpy views.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+MAGIC = 0x5245_4354_4C31     # "RECTL1"
+VERSION = 1
+MAX_WORKERS = 64
+MAX_RULES = 2048             # rules in one ruleset generation
+N_CODES = 32                 # ErrorCode values fit below this
+N_TRANSPORTS = 2             # 0 binary, 1 json
+TRANSPORTS = ("binary", "json")
+STAGES = ("parse_route", "ring_wait", "reply")
+# Histogram upper bounds in ns (Prometheus 'le'); the last bucket is +Inf.
+LATENCY_BOUNDS_NS = np.array([5e3, 1e4, 2.5e4, 5e4, 1e5, 2.5e5, 5e5, 1e6, 2.5e6, 5e6, 1e7,
+                              2.5e7, 5e7, 1e8], dtype=np.int64)
+KERNEL_BOUNDS_NS = np.array([25, 50, 100, 200, 500, 1e3, 2e3, 5e3, 1e4, 1e5], dtype=np.int64)
+GC_BOUNDS_NS = np.array([1e4, 1e5, 1e6, 1e7, 1e8, 1e9], dtype=np.int64)
+NB = len(LATENCY_BOUNDS_NS) + 1
+NBK = len(KERNEL_BOUNDS_NS) + 1
+NBG = len(GC_BOUNDS_NS) + 1
+CELLS_PER_LINE = 8
+
+
+def _hist(nb: int) -> int:
+    return nb + 1          # bucket counts + sum (ns)
+
+
+SUPERVISOR = [("header", 2), ("stop", 1), ("generation", 1), ("worker_restarts", 1),
+              ("ingress_restarts", 1), ("worker_epoch", MAX_WORKERS), ("worker_pid", MAX_WORKERS),
+              ("worker_alive", MAX_WORKERS), ("ingress_pid", 1), ("ingress_alive", 1)]
+INGRESS = [("requests", N_TRANSPORTS * N_CODES), ("decisions", 3), ("inflight", 1),
+           ("accepting", 1), ("deduplicated", 1), ("timeouts", 1), ("worker_lost", 1),
+           ("eval_hist", N_TRANSPORTS * _hist(NB)), ("stage_hist", len(STAGES) * _hist(NB)),
+           ("gc_hist", _hist(NBG)), ("generation_seen", 1)]
+WORKER = [("batches", 1), ("events", 1), ("generation", 1), ("reload_errors", 1),
+          ("kernel_hist", _hist(NBK)), ("gc_hist", _hist(NBG)), ("heartbeat_ns", 1),
+          ("row_generation", 2),
+          ("rule_hits", 2 * MAX_RULES), ("rule_errors", 2 * MAX_RULES)]
+# Rule counters come in two rows: generation g counts into row g % 2. A row is zeroed only
+# when generation g + 2 starts, and the supervisor folds a row into its totals before it
+# asks for that generation, so no hit is lost across reloads; a restarted worker keeps
+# counting on top of its row (the block outlives worker processes).
+
+
+def _place(fields: list[tuple[str, int]], start: int) -> tuple[dict[str, tuple[int, int]], int]:
+    """Running offset; every field starts on a fresh cache line."""
+    out, pos = {}, start
+    for name, n in fields:
+        pos = (pos + CELLS_PER_LINE - 1) // CELLS_PER_LINE * CELLS_PER_LINE
+        out[name] = (pos, n)
+        pos += n
+    return out, (pos + CELLS_PER_LINE - 1) // CELLS_PER_LINE * CELLS_PER_LINE
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    n_workers: int
+
+    def offsets(self) -> dict[str, dict[str, tuple[int, int]]]:
+        secs, pos = {}, 0
+        secs["supervisor"], pos = _place(SUPERVISOR, pos)
+        secs["ingress"], pos = _place(INGRESS, pos)
+        for w in range(self.n_workers):
+            secs[f"worker{w}"], pos = _place(WORKER, pos)
+        secs["_end"] = {"": (pos, 0)}
+        return secs
+
+    @property
+    def n_cells(self) -> int:
+        return self.offsets()["_end"][""][0]
+
+    @property
+    def nbytes(self) -> int:
+        return self.n_cells * 8
+
+
+class Block:
+    """Named views over the int64 cells of a control block (any buffer of the right size)."""
+
+    def __init__(self, buf, n_workers: int, create: bool = False):
+        if not 1 <= n_workers <= MAX_WORKERS:
+            raise ValueError(f"control block: n_workers={n_workers} outside [1, {MAX_WORKERS}]")
+        self.layout = BlockLayout(n_workers)
+        self.cells = np.frombuffer(buf, dtype=np.int64, count=self.layout.n_cells)
+        self.n_workers = n_workers
+        self._views = {}
+        for sec, fields in self.layout.offsets().items():
+            for name, (off, n) in fields.items():
+                self._views[f"{sec}.{name}"] = self.cells[off:off + n]
+        hdr = self._views["supervisor.header"]
+        if create:
+            self.cells[:] = 0
+            hdr[0], hdr[1] = MAGIC, VERSION
+        elif hdr[0] != MAGIC or hdr[1] != VERSION:
+            raise ValueError(f"control block: bad magic/version {int(hdr[0]):#x}/{int(hdr[1])}")
+
+    def view(self, name: str) -> np.ndarray:
+        """``block.view('ingress.requests')`` or ``block.view('worker0.rule_hits')``."""
+        return self._views[name]
+
+    def worker(self, w: int, name: str) -> np.ndarray:
+        return self._views[f"worker{w}.{name}"]
+
+    def rule_row(self, w: int, row: int, kind: str = "rule_hits") -> np.ndarray:
+        return self._views[f"worker{w}.{kind}"][row * MAX_RULES:(row + 1) * MAX_RULES]
+
+
+def observe(hist: np.ndarray, bounds_ns: np.ndarray, value_ns: int) -> None:
+    """Add one observation to a histogram view laid out as [buckets..., sum_ns]."""
+    hist[int(np.searchsorted(bounds_ns, value_ns))] += 1
+    hist[-1] += value_ns
+
+
+def observe_many(hist: np.ndarray, bounds_ns: np.ndarray, values_ns: np.ndarray) -> None:
+    """Vectorised: add every value of an array (one numpy call per batch)."""
+    idx = np.searchsorted(bounds_ns, values_ns)
+    hist[:-1] += np.bincount(idx, minlength=len(hist) - 1)
+    hist[-1] += int(values_ns.sum())

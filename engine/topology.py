@@ -1,0 +1,96 @@
+"""CPU and NUMA topology from sysfs, and the plan of which CPU each engine process gets.
+
+Read from ``/sys/devices/system/node`` (``root`` is a parameter so tests can use fake trees
+with several nodes). A machine without that directory is one node holding every CPU.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class TopologyError(ValueError):
+    """A CPU request cannot be met; the message names the CPU and the allowed set."""
+
+
+def parse_cpulist(text: str) -> list[int]:
+    """Parse the kernel's cpulist format: '0-3,8,10-11' -> [0, 1, 2, 3, 8, 10, 11]."""
+    cpus: list[int] = []
+    for part in text.strip().split(","):
+        if not part:
+            continue
+        if "-" in part:
+            lo, hi = part.split("-", 1)
+            cpus.extend(range(int(lo), int(hi) + 1))
+        else:
+            cpus.append(int(part))
+    return sorted(set(cpus))
+
+
+@dataclass(frozen=True)
+class Topology:
+    node_of_cpu: dict[int, int]          # cpu -> NUMA node
+
+    @property
+    def nodes(self) -> list[int]:
+        return sorted(set(self.node_of_cpu.values()))
+
+    def cpus_of(self, node: int) -> list[int]:
+        return sorted(c for c, n in self.node_of_cpu.items() if n == node)
+
+    def node(self, cpu: int) -> int:
+        return self.node_of_cpu.get(cpu, 0)
+
+
+def read_topology(root: str | os.PathLike = "/sys/devices/system/node") -> Topology:
+    base = Path(root)
+    mapping: dict[int, int] = {}
+    if base.is_dir():
+        for d in sorted(base.glob("node[0-9]*")):
+            try:
+                node = int(d.name[4:])
+                cpus = parse_cpulist((d / "cpulist").read_text())
+            except (OSError, ValueError):
+                continue
+            for c in cpus:
+                mapping[c] = node
+    if not mapping:
+        mapping = {c: 0 for c in range(os.cpu_count() or 1)}
+    return Topology(mapping)
+
+
+@dataclass(frozen=True)
+class Placement:
+    role: str       # "worker 0", "ingress"
+    cpu: int        # -1: not pinned
+    node: int
+
+
+def plan_workers(topology: Topology, allowed: set[int], count: int, cpus: tuple[int, ...]) -> list[Placement]:
+    """One CPU per worker. Explicit ``cpus`` must be allowed; otherwise spread the allowed
+    CPUs node by node (round robin over nodes, so two workers land on two nodes when they
+    exist). ``count`` 0 means one worker per chosen CPU."""
+    for c in cpus:
+        if c not in allowed:
+            raise TopologyError(f"workers.cpus: cpu={c} is not in the allowed set {sorted(allowed)}")
+    if cpus:
+        chosen = list(cpus)
+    else:
+        per_node = [[c for c in topology.cpus_of(n) if c in allowed] for n in topology.nodes]
+        chosen = []
+        for i in range(max((len(p) for p in per_node), default=0)):
+            chosen.extend(p[i] for p in per_node if i < len(p))
+        chosen.extend(sorted(allowed - set(chosen)))    # CPUs sysfs did not list
+    if not chosen:
+        raise TopologyError("workers: no allowed CPU to run on")
+    n = count or len(chosen)
+    return [Placement(f"worker {i}", chosen[i % len(chosen)], topology.node(chosen[i % len(chosen)]))
+            for i in range(n)]
+
+
+def pin_self(cpu: int) -> None:
+    """Pin the calling process to one CPU (before it touches its memory: first touch after
+    pinning keeps pages on the CPU's node)."""
+    if cpu >= 0:
+        os.sched_setaffinity(0, {cpu})
