@@ -1,0 +1,144 @@
+"""JSON events <-> schema records, with the same validation on the engine and in clients.
+
+JSON value rules (docs/PROTOCOL.md "JSON"): integer fields take JSON integers only (no 5.0,
+no true) within the field's full range (u64/i64 included); float fields take integers or
+numbers and reject NaN/Infinity (``NON_FINITE``) and values an f32 cannot hold
+(``OUT_OF_RANGE``); bool fields take true/false; bytesN fields take strings of at most N
+UTF-8 bytes, zero-padded in the record and returned with trailing zeros stripped.
+
+Each check is one pass of C-level builtins (``all``/``min``/``max``) over a field's column;
+the offending event index is searched for only after a check failed.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from engine.schema import Schema
+from engine.types import ErrorCode
+from ingress.wire import WireError
+
+_MAX_SHOWN = 40
+
+
+def _show(v) -> str:
+    r = repr(v)
+    return r if len(r) <= _MAX_SHOWN else r[:_MAX_SHOWN] + "..."
+
+
+def _jtype(v) -> str:
+    if v is None:
+        return "null"
+    return {bool: "boolean", int: "integer", float: "number", str: "string",
+            list: "array", dict: "object"}.get(type(v), type(v).__name__)
+
+
+class EventConverter:
+    """Converts lists of JSON event objects to records of ``schema.dtype`` and back."""
+
+    def __init__(self, schema: Schema):
+        self.schema = schema
+        self.dtype = schema.dtype
+        self.names = frozenset(schema.names)
+        self._fields = tuple((f.name, f.kind, f.lo, f.hi, f.size, schema.dtype.fields[f.name][0])
+                             for f in schema.fields)
+
+    def to_records(self, events: list) -> np.ndarray:
+        """Validated records, one per event object; raises ``WireError`` on the first fault."""
+        if not events:
+            return np.zeros(0, self.dtype)
+        names = self.names
+        for i, ev in enumerate(events):
+            if type(ev) is not dict:
+                raise WireError(ErrorCode.BAD_JSON, f"events[{i}]: expected object, got {_jtype(ev)}")
+            if ev.keys() != names:
+                unknown = sorted(ev.keys() - names)
+                if unknown:
+                    raise WireError(ErrorCode.UNKNOWN_FIELD,
+                                    f"events[{i}]: unknown field {_show(unknown[0])}")
+                missing = sorted(names - ev.keys())
+                raise WireError(ErrorCode.MISSING_FIELD, f"events[{i}]: missing field {missing[0]!r}")
+        out = np.zeros(len(events), self.dtype)
+        for name, kind, lo, hi, size, dt in self._fields:
+            col = [ev[name] for ev in events]
+            if kind in ("uint", "int"):
+                out[name] = self._ints(name, col, lo, hi)
+            elif kind == "float":
+                out[name] = self._floats(name, col, dt)
+            elif kind == "bool":
+                if not all(type(v) is bool for v in col):
+                    self._type_error(name, col, lambda v: type(v) is bool, "boolean")
+                out[name] = col
+            else:
+                out[name] = self._bytes(name, col, size)
+        return out
+
+    def to_events(self, records: np.ndarray) -> list[dict]:
+        """The inverse of ``to_records``: plain Python values, bytes decoded as UTF-8."""
+        cols = []
+        for name, kind, *_ in self._fields:
+            vals = records[name].tolist()
+            if kind == "bytes":
+                vals = [v.decode("utf-8", "replace") for v in vals]
+            cols.append((name, vals))
+        return [{name: vals[i] for name, vals in cols} for i in range(len(records))]
+
+    # --- per-kind column checks --------------------------------------------------------------
+
+    @staticmethod
+    def _type_error(name, col, ok, expected):
+        i = next(i for i, v in enumerate(col) if not ok(v))
+        raise WireError(ErrorCode.BAD_FIELD,
+                        f"events[{i}].{name}: expected {expected}, got {_jtype(col[i])}")
+
+    def _ints(self, name, col, lo, hi):
+        if not all(type(v) is int for v in col):
+            self._type_error(name, col, lambda v: type(v) is int, "integer")
+        if min(col) < lo or max(col) > hi:
+            i = next(i for i, v in enumerate(col) if not lo <= v <= hi)
+            raise WireError(ErrorCode.OUT_OF_RANGE,
+                            f"events[{i}].{name}: {_show(col[i])} out of range [{lo}, {hi}]")
+        return col
+
+    def _floats(self, name, col, dt):
+        if not all(type(v) is float or type(v) is int for v in col):
+            self._type_error(name, col, lambda v: type(v) in (float, int), "number")
+        try:
+            arr = np.array(col, dtype=np.float64)
+        except OverflowError:
+            i = next(i for i, v in enumerate(col) if type(v) is int and abs(v) > 2 ** 1023)
+            raise WireError(ErrorCode.OUT_OF_RANGE,
+                            f"events[{i}].{name}: {_show(col[i])} does not fit a float") from None
+        if not np.isfinite(arr).all():
+            i = int(np.flatnonzero(~np.isfinite(arr))[0])
+            raise WireError(ErrorCode.NON_FINITE, f"events[{i}].{name}: {col[i]!r} is not finite")
+        if dt != np.float64:
+            with np.errstate(over="ignore"):
+                arr = arr.astype(dt)
+            if not np.isfinite(arr).all():
+                i = int(np.flatnonzero(~np.isfinite(arr))[0])
+                raise WireError(ErrorCode.OUT_OF_RANGE,
+                                f"events[{i}].{name}: {col[i]!r} out of range for {dt}")
+        return arr
+
+    def _bytes(self, name, col, size):
+        if not all(type(v) is str for v in col):
+            self._type_error(name, col, lambda v: type(v) is str, "string")
+        try:
+            enc = [v.encode("utf-8") for v in col]
+        except UnicodeEncodeError:
+            i = next(i for i, v in enumerate(col) if not _utf8_ok(v))
+            raise WireError(ErrorCode.BAD_FIELD,
+                            f"events[{i}].{name}: string is not valid Unicode") from None
+        if col and max(map(len, enc)) > size:
+            i = next(i for i, b in enumerate(enc) if len(b) > size)
+            raise WireError(ErrorCode.OUT_OF_RANGE,
+                            f"events[{i}].{name}: {len(enc[i])} bytes, at most {size} allowed")
+        return enc
+
+
+def _utf8_ok(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
