@@ -1,0 +1,255 @@
+"""njit read/update primitives for every feature kind.
+
+Contract for all kinds (see docs/FEATURES.md):
+- ``_read_<kind>(t, capacity, slot_words, probe_len, ..., key, now_ms, value)`` returns the
+  feature value *including the current event* (it does not modify the table; it is exactly
+  the value an immediate ``_read`` would give after ``_update`` with the same event).
+  Exception: ``last`` reads the value stored *before* the current event (NaN if none).
+- ``_update_<kind>(...)`` commits the event; returns OK (0), LATE (1: too old, ignored) or a
+  negative table error (ERR_TIMEOUT, ERR_FULL), counted in the table header.
+- Windows are bucketed: epoch(t) = t_ms // bucket_ms; the window at time t covers the
+  events whose epoch is in (epoch(t) - nb, epoch(t)]. The table's time is its head epoch
+  (the largest epoch committed for that key). Late events: an event with epoch below the
+  head is added to its own bucket if that bucket is still inside the head's window, else it
+  is dropped (LATE, counted). A read is evaluated at max(head, epoch(event)).
+- now_ms must be >= 0 (the caller clamps).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from engine.features._atomics import _fetch_add
+from engine.features.hll import _hll_finish, _hll_index_rank
+from engine.features.table import (C_LATE, PAYLOAD_OFF, _acquire, _find_locked, _recency,
+                                   _unlock)
+
+OK = 0
+LATE = 1
+K_COUNT, K_SUM, K_AVG, K_MIN, K_MAX = 0, 1, 2, 3, 4
+NAN = np.nan
+INF = np.inf
+
+
+@njit(cache=True, inline="always")
+def _identity(kind):
+    if kind == K_MIN:
+        return INF
+    if kind == K_MAX:
+        return -INF
+    return 0.0
+
+
+@njit(cache=True, inline="always")
+def _reset_bucket(t, t32, tf, b, kind, nb, i):
+    p = b + PAYLOAD_OFF
+    if kind == K_COUNT:
+        t32[2 * p + i] = 0
+    elif kind == K_AVG:
+        tf[p + i] = 0.0
+        t32[2 * (p + nb) + i] = 0
+    else:
+        tf[p + i] = _identity(kind)
+
+
+@njit(cache=True)
+def _win_read(t, capacity, slot_words, probe_len, kind, nb, bucket_ms, key, now_ms, value):
+    """Generic window read (kind: K_COUNT..K_MAX); count is returned as a float."""
+    t32 = t.view(np.uint32)
+    tf = t.view(np.float64)
+    e = now_ms // bucket_ms
+    acc = _identity(kind)
+    cnt = 0.0
+    b = _find_locked(t, key, capacity, slot_words, probe_len)
+    eff = e
+    if b >= 0:
+        head = _recency(t, b)
+        eff = max(head, e)
+        lo = max(eff - nb + 1, head - nb + 1)
+        p = b + PAYLOAD_OFF
+        for ep in range(lo, head + 1):
+            i = ep % nb
+            if kind == K_COUNT:
+                acc += t32[2 * p + i]
+            elif kind == K_SUM:
+                acc += tf[p + i]
+            elif kind == K_AVG:
+                acc += tf[p + i]
+                cnt += t32[2 * (p + nb) + i]
+            elif kind == K_MIN:
+                acc = min(acc, tf[p + i])
+            else:
+                acc = max(acc, tf[p + i])
+        _unlock(t, b, head)
+    if e > eff - nb:                    # the current event is inside the window
+        if kind == K_COUNT:
+            acc += 1.0
+        elif kind == K_SUM:
+            acc += value
+        elif kind == K_AVG:
+            acc += value
+            cnt += 1.0
+        elif kind == K_MIN:
+            acc = min(acc, value)
+        else:
+            acc = max(acc, value)
+    if kind == K_AVG:
+        return acc / cnt if cnt > 0 else NAN
+    if (kind == K_MIN or kind == K_MAX) and (acc == INF or acc == -INF):
+        return NAN
+    return acc
+
+
+@njit(cache=True)
+def _win_update(t, capacity, slot_words, probe_len, kind, nb, bucket_ms, key, now_ms, value):
+    t32 = t.view(np.uint32)
+    tf = t.view(np.float64)
+    e = now_ms // bucket_ms
+    b, is_new = _acquire(t, key, capacity, slot_words, probe_len, True, True)
+    if b < 0:
+        return b
+    p = b + PAYLOAD_OFF
+    if is_new:
+        head = e
+        if kind == K_MIN or kind == K_MAX:
+            for i in range(nb):
+                tf[p + i] = _identity(kind)
+    else:
+        head = _recency(t, b)
+    if e > head:
+        first = max(head + 1, e - nb + 1)
+        for ep in range(first, e + 1):
+            _reset_bucket(t, t32, tf, b, kind, nb, ep % nb)
+        head = e
+    elif e <= head - nb:
+        _unlock(t, b, head)
+        _fetch_add(t, C_LATE, 1)
+        return LATE
+    i = e % nb
+    if kind == K_COUNT:
+        t32[2 * p + i] += 1
+    elif kind == K_SUM:
+        tf[p + i] += value
+    elif kind == K_AVG:
+        tf[p + i] += value
+        t32[2 * (p + nb) + i] += 1
+    elif kind == K_MIN:
+        tf[p + i] = min(tf[p + i], value)
+    else:
+        tf[p + i] = max(tf[p + i], value)
+    _unlock(t, b, head)                 # release: bucket stores before the unlocked meta
+    return OK
+
+
+# --- named entry points the rule compiler emits (kind folded by inlining) -------------------
+
+@njit(cache=True, inline="always")
+def _read_count(t, capacity, slot_words, probe_len, nb, bucket_ms, key, now_ms, value):
+    return np.int64(_win_read(t, capacity, slot_words, probe_len, K_COUNT, nb, bucket_ms, key, now_ms, value))
+
+
+@njit(cache=True, inline="always")
+def _update_count(t, capacity, slot_words, probe_len, nb, bucket_ms, key, now_ms, value):
+    return _win_update(t, capacity, slot_words, probe_len, K_COUNT, nb, bucket_ms, key, now_ms, value)
+
+
+@njit(cache=True, inline="always")
+def _read_sum(t, capacity, slot_words, probe_len, nb, bucket_ms, key, now_ms, value):
+    return _win_read(t, capacity, slot_words, probe_len, K_SUM, nb, bucket_ms, key, now_ms, value)
+
+
+@njit(cache=True, inline="always")
+def _update_sum(t, capacity, slot_words, probe_len, nb, bucket_ms, key, now_ms, value):
+    return _win_update(t, capacity, slot_words, probe_len, K_SUM, nb, bucket_ms, key, now_ms, value)
+
+
+@njit(cache=True, inline="always")
+def _read_avg(t, capacity, slot_words, probe_len, nb, bucket_ms, key, now_ms, value):
+    return _win_read(t, capacity, slot_words, probe_len, K_AVG, nb, bucket_ms, key, now_ms, value)
+
+
+@njit(cache=True, inline="always")
+def _update_avg(t, capacity, slot_words, probe_len, nb, bucket_ms, key, now_ms, value):
+    return _win_update(t, capacity, slot_words, probe_len, K_AVG, nb, bucket_ms, key, now_ms, value)
+
+
+@njit(cache=True, inline="always")
+def _read_min(t, capacity, slot_words, probe_len, nb, bucket_ms, key, now_ms, value):
+    return _win_read(t, capacity, slot_words, probe_len, K_MIN, nb, bucket_ms, key, now_ms, value)
+
+
+@njit(cache=True, inline="always")
+def _update_min(t, capacity, slot_words, probe_len, nb, bucket_ms, key, now_ms, value):
+    return _win_update(t, capacity, slot_words, probe_len, K_MIN, nb, bucket_ms, key, now_ms, value)
+
+
+@njit(cache=True, inline="always")
+def _read_max(t, capacity, slot_words, probe_len, nb, bucket_ms, key, now_ms, value):
+    return _win_read(t, capacity, slot_words, probe_len, K_MAX, nb, bucket_ms, key, now_ms, value)
+
+
+@njit(cache=True, inline="always")
+def _update_max(t, capacity, slot_words, probe_len, nb, bucket_ms, key, now_ms, value):
+    return _win_update(t, capacity, slot_words, probe_len, K_MAX, nb, bucket_ms, key, now_ms, value)
+
+
+# --- distinct: one HyperLogLog of m = 2^p u8 registers per bucket ---------------------------
+
+@njit(cache=True)
+def _read_distinct(t, capacity, slot_words, probe_len, nb, bucket_ms, p, key, now_ms, value_u64):
+    """Estimated distinct values in the window, including the current event's value."""
+    t8 = t.view(np.uint8)
+    m = 1 << p
+    e = now_ms // bucket_ms
+    jc, rc = _hll_index_rank(np.uint64(value_u64), p)
+    b = _find_locked(t, key, capacity, slot_words, probe_len)
+    head = e
+    eff = e
+    if b >= 0:
+        head = _recency(t, b)
+        eff = max(head, e)
+    lo = max(eff - nb + 1, head - nb + 1)
+    include = e > eff - nb
+    s = 0.0
+    zeros = 0
+    base = 8 * (b + PAYLOAD_OFF)
+    for j in range(m):
+        r = 0
+        if b >= 0:
+            for ep in range(lo, head + 1):
+                r = max(r, np.int64(t8[base + (ep % nb) * m + j]))
+        if include and j == jc:
+            r = max(r, rc)
+        s += 1.0 / float(np.uint64(1) << np.uint64(r))
+        zeros += r == 0
+    if b >= 0:
+        _unlock(t, b, head)
+    return np.int64(round(_hll_finish(s, zeros, m)))
+
+
+@njit(cache=True)
+def _update_distinct(t, capacity, slot_words, probe_len, nb, bucket_ms, p, key, now_ms, value_u64):
+    t8 = t.view(np.uint8)
+    m = 1 << p
+    e = now_ms // bucket_ms
+    b, is_new = _acquire(t, key, capacity, slot_words, probe_len, True, True)
+    if b < 0:
+        return b
+    base = 8 * (b + PAYLOAD_OFF)
+    head = e if is_new else _recency(t, b)
+    if e > head:
+        for ep in range(max(head + 1, e - nb + 1), e + 1):
+            o = base + (ep % nb) * m
+            for j in range(m):
+                t8[o + j] = 0
+        head = e
+    elif e <= head - nb:
+        _unlock(t, b, head)
+        _fetch_add(t, C_LATE, 1)
+        return LATE
+    j, r = _hll_index_rank(np.uint64(value_u64), p)
+    o = base + (e % nb) * m + j
+    if t8[o] < r:
+        t8[o] = r
+    _unlock(t, b, head)
+    return OK
