@@ -212,8 +212,8 @@ class JournalConfig:
     def __post_init__(self):
         if self.fsync not in FSYNC_POLICIES:
             raise ValueError(f"journal.fsync: must be one of {', '.join(FSYNC_POLICIES)}, got {self.fsync!r}")
-        if not (HEADER_SIZE + 4096 <= self.segment_bytes <= 1 << 40):
-            raise ValueError(f"journal.segment_bytes: must be in [{HEADER_SIZE + 4096}, 2**40], got {self.segment_bytes}")
+        if not (HEADER_SIZE + 64 <= self.segment_bytes <= 1 << 40):
+            raise ValueError(f"journal.segment_bytes: must be in [{HEADER_SIZE + 64}, 2**40], got {self.segment_bytes}")
         for k in ("interval_ms", "max_files", "max_age_s"):
             if getattr(self, k) < 0:
                 raise ValueError(f"journal.{k}: must be >= 0, got {getattr(self, k)}")

@@ -4,7 +4,7 @@ and how `risk-engine status` / scripts/pin_workers.sh find a running engine.
     <root>/<instance>/
         supervisor.pid      pid of the supervisor (the instance is alive while it is)
         config.pickle       the validated Config (children never re-parse YAML)
-        plan.json           instance token, worker CPUs and NUMA nodes, eventfd number
+        plan.json           owner pid, segment names, worker CPUs and NUMA nodes, eventfd
         gen-<g>.json        ruleset generation g: files, thresholds, on_error, label, rule ids
         status.json         pid, role, cpu, node of every engine process (rewritten on change)
 
@@ -65,11 +65,10 @@ def read_generation(run_dir, generation: int) -> dict:
 def attach_control(run_dir, cfg):
     """Attach the control block of the instance -> (Block, segment)."""
     from engine.control import Block, BlockLayout
-    from engine.rings import attach_segment
+    from shm.segment import Segment
     plan = read_plan(run_dir)
-    n = len(plan["workers"])
-    seg = attach_segment(plan["instance_token"], "control", BlockLayout(n).nbytes)
-    return Block(seg.buf, n), seg
+    seg = Segment.attach(plan["control"])
+    return Block(seg.buf, len(plan["workers"])), seg
 
 
 def live_instances() -> list[tuple[Path, int]]:

@@ -21,6 +21,7 @@ from engine.control import KERNEL_BOUNDS_NS, MAX_RULES, Block
 from engine.rings import EngineRings
 from engine.topology import pin_self
 from engine.types import RESPONSE_SLOT_DTYPE
+from shm.doorbell import EventfdDoorbell
 
 
 class _Active:
@@ -59,7 +60,7 @@ def serve(run_dir: str, index: int) -> int:
     pin_self(plan["workers"][index]["cpu"])                 # before touching memory
     cfg = rundir.read_config(run_dir)
     block, block_seg = rundir.attach_control(run_dir, cfg)
-    rings = EngineRings.attach(cfg, plan["instance_token"], index, role="worker")
+    rings = EngineRings.attach(cfg, plan, index, EventfdDoorbell(plan["eventfd"]))
     rings.prefault()                                        # first touch after pinning
     gcstats.install(block.worker(index, "gc_hist"))
     max_batch = min(cfg.ingress.max_batch, cfg.rings.capacity)
@@ -80,7 +81,7 @@ def serve(run_dir: str, index: int) -> int:
     pending: list = []               # [thread, generation, result-or-exception]
     req, resp, idle = rings.request, rings.response, rings.worker_idle
 
-    while not stop[0]:
+    while stop[0] < 2:                  # 1: ingress stops accepting; 2: workers stop
         v1, v2 = req.try_drain(max_batch)
         n = len(v1)
         if n == 0:

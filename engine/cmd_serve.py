@@ -1,0 +1,62 @@
+"""`risk-engine serve`: start the engine in the foreground."""
+HELP = "start the engine (supervisor, ingress, workers) in the foreground"
+
+
+def add_arguments(p):
+    p.add_argument("--config", help="config file (default: the bundled engine/default.yaml)")
+    p.add_argument("--bind", help="front-door address, e.g. tcp://127.0.0.1:5555 (overrides ingress.bind)")
+    p.add_argument("--metrics", metavar="HOST:PORT", help="Prometheus endpoint (overrides metrics.bind); 'off' disables")
+    p.add_argument("--rules", nargs="+", metavar="F", help="rule files (override rules.files)")
+    p.add_argument("--workers", type=int, metavar="N", help="worker processes (overrides workers.count)")
+    p.add_argument("--instance", help="instance name: shared-memory prefix and run dir (overrides instance)")
+    p.add_argument("--ebpf", action="store_true", help="also run the eBPF socket-telemetry sidecar")
+
+
+def apply_overrides(cfg, args):
+    """CLI flags override the file; the result is validated like the file itself."""
+    import os
+    from dataclasses import replace
+    from engine.config import ConfigError
+    if args.bind:
+        cfg = replace(cfg, ingress=replace(cfg.ingress, bind=args.bind))
+    if args.metrics:
+        if args.metrics == "off":
+            cfg = replace(cfg, metrics=replace(cfg.metrics, enabled=False))
+        elif ":" not in args.metrics:
+            raise ConfigError("--metrics", f"must be HOST:PORT or off, got {args.metrics!r}")
+        else:
+            cfg = replace(cfg, metrics=replace(cfg.metrics, bind=args.metrics, enabled=True))
+    if args.rules:
+        cfg = replace(cfg, rules=replace(cfg.rules, files=tuple(os.path.abspath(f) for f in args.rules)))
+    if args.workers is not None:
+        if not 1 <= args.workers <= 64:
+            raise ConfigError("--workers", f"must be in [1, 64], got {args.workers}")
+        cfg = replace(cfg, workers=replace(cfg.workers, count=args.workers, cpus=cfg.workers.cpus))
+    if args.instance:
+        if not args.instance.isalnum() or len(args.instance) > 16:
+            raise ConfigError("--instance", f"must be 1-16 letters/digits, got {args.instance!r}")
+        cfg = replace(cfg, instance=args.instance)
+    return cfg
+
+
+def run(args) -> int:
+    import sys
+    from engine.config import ConfigError, load_config
+    from engine.supervisor import StartupError, serve
+    from engine.topology import TopologyError
+    try:
+        cfg = apply_overrides(load_config(args.config), args)
+    except ConfigError as e:
+        print(f"risk-engine: config error: {e}", file=sys.stderr)
+        return 2
+    try:
+        return serve(cfg)
+    except (StartupError, TopologyError) as e:
+        print(f"risk-engine: cannot start: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        from rules import RulesetError
+        if isinstance(e, RulesetError):
+            print(f"risk-engine: ruleset refused:\n{e}", file=sys.stderr)
+            return 2
+        raise

@@ -1,0 +1,237 @@
+"""Prometheus exporter: served by the supervisor, reading the control block at scrape time.
+
+No Python metric object is touched per event: the ingress and the workers write plain int64
+cells (engine.control); this collector turns them into metric families when Prometheus
+scrapes. ``/stats`` on the same port serves the same numbers as JSON for humans and scripts.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import psutil
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
+                                    HistogramMetricFamily)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from engine.control import (GC_BOUNDS_NS, KERNEL_BOUNDS_NS, LATENCY_BOUNDS_NS, N_CODES,
+                            STAGES, TRANSPORTS)
+from engine.types import ACTION_NAMES, ErrorCode
+
+
+def _buckets(hist: np.ndarray, bounds_ns: np.ndarray):
+    """[counts..., sum_ns] -> (cumulative (le, count) pairs, sum in seconds)."""
+    counts = np.cumsum(hist[:-1])
+    pairs = [(f"{b / 1e9:.9g}", float(c)) for b, c in zip(bounds_ns.tolist(), counts[:-1].tolist())]
+    pairs.append(("+Inf", float(counts[-1])))
+    return pairs, float(hist[-1]) / 1e9
+
+
+class EngineCollector:
+    def __init__(self, sup):
+        self.sup = sup
+        self.lock = threading.Lock()
+        self.folded_hits: dict[str, int] = {}     # rule id -> hits of retired generations
+        self.folded_errors: dict[str, int] = {}
+
+    # --- rule counters across generations ------------------------------------------------------
+
+    def fold_generation(self, generation: int) -> None:
+        """Add the counters of ``generation`` (about to have its row reused) to the totals."""
+        if generation < 1 or generation not in self.sup.generations:
+            return
+        with self.lock:
+            for rid, h, e in self._rows_of(generation):
+                self.folded_hits[rid] = self.folded_hits.get(rid, 0) + h
+                self.folded_errors[rid] = self.folded_errors.get(rid, 0) + e
+
+    def _rows_of(self, generation: int):
+        spec = self.sup.generations[generation]
+        n = len(spec["rule_ids"])
+        b = self.sup.block
+        hits = np.zeros(n, np.int64)
+        errs = np.zeros(n, np.int64)
+        row = generation % 2
+        for w in range(b.n_workers):
+            if b.worker(w, "row_generation")[row] == generation:
+                hits += b.rule_row(w, row, "rule_hits")[:n]
+                errs += b.rule_row(w, row, "rule_errors")[:n]
+        return zip(spec["rule_ids"], hits.tolist(), errs.tolist())
+
+    def rule_totals(self) -> tuple[dict, dict, dict]:
+        """(hits, errors, mode) by rule id: folded generations plus the live rows."""
+        with self.lock:
+            hits, errs = dict(self.folded_hits), dict(self.folded_errors)
+        modes = {}
+        for g in (self.sup.generation - 1, self.sup.generation):
+            if g not in self.sup.generations:
+                continue
+            spec = self.sup.generations[g]
+            modes.update(zip(spec["rule_ids"], spec["modes"]))
+            for rid, h, e in self._rows_of(g):
+                hits[rid] = hits.get(rid, 0) + h
+                errs[rid] = errs.get(rid, 0) + e
+        return hits, errs, modes
+
+    # --- the scrape ----------------------------------------------------------------------------
+
+    def collect(self):
+        b = self.sup.block
+        if b is None:
+            return
+        req = b.view("ingress.requests").reshape(len(TRANSPORTS), N_CODES)
+        c = CounterMetricFamily("risk_requests", "Requests answered, by result (ok or error code) and transport",
+                                labels=["result", "transport"])
+        for t, tname in enumerate(TRANSPORTS):
+            for code in np.flatnonzero(req[t]).tolist():
+                name = "ok" if code == 0 else ErrorCode(code).name
+                c.add_metric([name, tname], float(req[t, code]))
+        yield c
+        c = CounterMetricFamily("risk_decisions", "Decisions by action", labels=["action"])
+        for i, a in enumerate(ACTION_NAMES):
+            c.add_metric([a], float(b.view("ingress.decisions")[i]))
+        yield c
+        h = HistogramMetricFamily("risk_eval_duration_seconds",
+                                  "End-to-end time in the engine per request (arrival to reply)",
+                                  labels=["transport"])
+        ev = b.view("ingress.eval_hist").reshape(len(TRANSPORTS), -1)
+        for t, tname in enumerate(TRANSPORTS):
+            pairs, s = _buckets(ev[t], LATENCY_BOUNDS_NS)
+            h.add_metric([tname], pairs, s)
+        yield h
+        h = HistogramMetricFamily("risk_stage_duration_seconds",
+                                  "Time per stage: parse_route, ring_wait, reply (per request); "
+                                  "kernel (per event)", labels=["stage"])
+        st = b.view("ingress.stage_hist").reshape(len(STAGES), -1)
+        for i, sname in enumerate(STAGES):
+            pairs, s = _buckets(st[i], LATENCY_BOUNDS_NS)
+            h.add_metric([sname], pairs, s)
+        kh = sum(b.worker(w, "kernel_hist") for w in range(b.n_workers))
+        pairs, s = _buckets(kh, KERNEL_BOUNDS_NS)
+        h.add_metric(["kernel"], pairs, s)
+        yield h
+        hits, errs, modes = self.rule_totals()
+        c = CounterMetricFamily("risk_rule_hits", "Times a rule fired", labels=["rule", "mode"])
+        for rid, v in sorted(hits.items()):
+            c.add_metric([rid, modes.get(rid, "retired")], float(v))
+        yield c
+        c = CounterMetricFamily("risk_rule_errors", "Rule evaluation errors (treated per rules.on_error)",
+                                labels=["rule"])
+        for rid, v in sorted(errs.items()):
+            c.add_metric([rid], float(v))
+        yield c
+        g = GaugeMetricFamily("risk_ring_occupancy", "Slots published and not yet consumed",
+                              labels=["worker", "direction"])
+        for w, r in enumerate(self.sup.rings):
+            rq, rs = r.occupancy()
+            g.add_metric([str(w), "request"], float(rq))
+            g.add_metric([str(w), "response"], float(rs))
+        yield g
+        sv = b.view
+        yield CounterMetricFamily("risk_worker_restarts", "Worker processes restarted",
+                                  value=float(sv("supervisor.worker_restarts")[0]))
+        yield CounterMetricFamily("risk_ingress_restarts", "Ingress processes restarted",
+                                  value=float(sv("supervisor.ingress_restarts")[0]))
+        yield CounterMetricFamily("risk_ruleset_reload_errors", "Rulesets refused at reload",
+                                  value=float(sv("supervisor.reload_errors")[0]))
+        spec = self.sup.generations[self.sup.generation]
+        g = GaugeMetricFamily("risk_ruleset_info", "The active ruleset (value 1)",
+                              labels=["name", "version", "generation"])
+        for part in spec["label"].split("+"):
+            name, _, ver = part.partition("@")
+            g.add_metric([name, ver, str(self.sup.generation)], 1.0)
+        yield g
+        yield GaugeMetricFamily("risk_requests_in_flight", "Requests waiting for decisions",
+                                value=float(sv("ingress.inflight")[0]))
+        yield CounterMetricFamily("risk_deduplicated_requests", "Retries answered from the idempotency window",
+                                  value=float(sv("ingress.deduplicated")[0]))
+        c = CounterMetricFamily("risk_worker_events", "Events evaluated", labels=["worker"])
+        for w in range(b.n_workers):
+            c.add_metric([str(w)], float(b.worker(w, "events")[0]))
+        yield c
+        h = HistogramMetricFamily("risk_gc_pause_seconds", "Garbage-collector pauses", labels=["process"])
+        pairs, s = _buckets(sv("ingress.gc_hist"), GC_BOUNDS_NS)
+        h.add_metric(["ingress"], pairs, s)
+        for w in range(b.n_workers):
+            pairs, s = _buckets(b.worker(w, "gc_hist"), GC_BOUNDS_NS)
+            h.add_metric([f"worker {w}"], pairs, s)
+        yield h
+        yield from self._processes()
+        yield GaugeMetricFamily("risk_ebpf_enabled", "1 when the eBPF sidecar runs",
+                                value=float(getattr(self.sup, "ebpf_enabled", 0)))
+
+    def _processes(self):
+        cpu = CounterMetricFamily("risk_process_cpu_seconds", "CPU time per engine process", labels=["role"])
+        rss = GaugeMetricFamily("risk_process_resident_memory_bytes", "RSS per engine process", labels=["role"])
+        for row in self.sup.status():
+            try:
+                p = psutil.Process(row["pid"])
+                t = p.cpu_times()
+                cpu.add_metric([row["role"]], t.user + t.system)
+                rss.add_metric([row["role"]], float(p.memory_info().rss))
+            except psutil.Error:
+                continue
+        yield cpu
+        yield rss
+
+
+class _Handler(BaseHTTPRequestHandler):
+    registry: CollectorRegistry = None
+    collector: EngineCollector = None
+
+    def do_GET(self):
+        if self.path.startswith("/metrics"):
+            body, ctype = generate_latest(self.registry), CONTENT_TYPE_LATEST
+        elif self.path.startswith("/stats"):
+            body, ctype = json.dumps(stats(self.collector), indent=1).encode(), "application/json"
+        else:
+            self.send_error(404, "try /metrics or /stats")
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def stats(collector: EngineCollector) -> dict:
+    """The metric families as plain JSON: {name: [{labels..., value}]}."""
+    out = {}
+    for fam in collector.collect():
+        rows = out.setdefault(fam.name, [])
+        for s in fam.samples:
+            rows.append({**s.labels, "sample": s.name, "value": s.value})
+    return out
+
+
+class Exporter:
+    def __init__(self, sup):
+        self.collector = EngineCollector(sup)
+        self.registry = CollectorRegistry()
+        self.registry.register(self.collector)
+        from prometheus_client import ProcessCollector
+        ProcessCollector(registry=self.registry)          # the supervisor's own process_* metrics
+        host, port = sup.cfg.metrics.bind.rsplit(":", 1)
+        handler = type("Handler", (_Handler,), {"registry": self.registry, "collector": self.collector})
+        self.server = ThreadingHTTPServer((host.strip("[]"), int(port)), handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True,
+                                       name="metrics")
+        self.thread.start()
+
+    def fold_generation(self, generation: int) -> None:
+        self.collector.fold_generation(generation)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def start_exporter(sup) -> Exporter:
+    return Exporter(sup)

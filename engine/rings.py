@@ -1,0 +1,112 @@
+"""The pair of rings between the ingress and one worker, as each process sees them.
+
+    ingress --req<w>--> worker <w>     request slots (engine.types.request_slot_dtype);
+                                        doorbell: a posix_ipc semaphore the worker sleeps on
+    ingress <--resp<w>-- worker <w>     response slots (RESPONSE_SLOT_DTYPE); doorbell: the
+                                        eventfd every response ring shares, which the ingress
+                                        polls together with its ROUTER socket
+
+The supervisor creates both (it owns their lifetime); the ingress and the worker attach by
+the full names in plan.json.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from engine.types import RESPONSE_SLOT_DTYPE, request_slot_dtype
+from shm.doorbell import EventfdDoorbell, SemaphoreDoorbell
+from shm.idle import SleepingBackoff, SpinThenSleep
+from shm.ring import OneToOneRing
+from shm.segment import Segment
+
+WORKER_SPIN_US = 5.0            # a few microseconds only: 2 cores (ENGINEERING.md section 5)
+WORKER_SLEEP_TIMEOUT_MS = 50.0  # safety net against a lost wake-up; also the stop-poll period
+
+
+def attach_segment(full_name: str) -> Segment:
+    return Segment.attach(full_name)
+
+
+class _Idle:
+    """Binds an idle strategy to the ring it waits on: ``wait()`` from the loop."""
+
+    def __init__(self, strategy, ring=None):
+        self.strategy, self.ring = strategy, ring
+
+    def wait(self) -> None:
+        if self.ring is None:
+            self.strategy.idle()
+        else:
+            self.strategy.idle(self.ring)
+
+
+class EngineRings:
+    def __init__(self, request: OneToOneRing, response: OneToOneRing, bell: SemaphoreDoorbell,
+                 eventfd: EventfdDoorbell | None):
+        self.request = request
+        self.response = response
+        self.bell = bell
+        self.eventfd_bell = eventfd
+        self.worker_idle = _Idle(SpinThenSleep(WORKER_SPIN_US, WORKER_SLEEP_TIMEOUT_MS), request)
+        self.response_full_idle = _Idle(SleepingBackoff())
+
+    @classmethod
+    def create(cls, cfg, owner_pid: int, w: int, eventfd: EventfdDoorbell) -> "EngineRings":
+        cap = cfg.rings.capacity
+        bell = SemaphoreDoorbell.create(cfg.instance, f"reqbell{w}", owner_pid)
+        req = OneToOneRing.create(f"req{w}", cap, request_slot_dtype(cfg.schema.dtype),
+                                  instance=cfg.instance, owner_pid=owner_pid, doorbell=bell)
+        resp = OneToOneRing.create(f"resp{w}", cap, RESPONSE_SLOT_DTYPE, instance=cfg.instance,
+                                   owner_pid=owner_pid, doorbell=eventfd)
+        return cls(req, resp, bell, eventfd)
+
+    @classmethod
+    def attach(cls, cfg, plan: dict, w: int, eventfd: EventfdDoorbell) -> "EngineRings":
+        req_name, resp_name, bell_name = plan["workers"][w]["rings"]
+        bell = SemaphoreDoorbell.open(bell_name)
+        req = OneToOneRing.attach(req_name, request_slot_dtype(cfg.schema.dtype), doorbell=bell)
+        resp = OneToOneRing.attach(resp_name, RESPONSE_SLOT_DTYPE, doorbell=eventfd)
+        return cls(req, resp, bell, eventfd)
+
+    def names(self) -> list[str]:
+        return [self.request.name, self.response.name, self.bell.name]
+
+    # --- worker side ---------------------------------------------------------------------------
+
+    def prefault(self) -> None:
+        """First touch of both rings' slots from the pinned worker: node-local pages."""
+        self.request.prefault()
+        self.response.prefault()
+
+    # --- ingress side --------------------------------------------------------------------------
+
+    def free_request_slots(self) -> int:
+        """Room in the request ring. Only the ingress produces, so it can only grow meanwhile."""
+        return self.request.capacity - self.request.occupancy()
+
+    def response_sleep_begin(self) -> bool:
+        """Raise the response ring's sleeping flag before polling. True: a response is already
+        there (flag lowered again): do not sleep."""
+        return not self.response.prepare_sleep()
+
+    def response_sleep_end(self) -> None:
+        self.response.end_sleep()
+
+    # --- supervisor side -----------------------------------------------------------------------
+
+    def wake_worker(self) -> None:
+        self.bell.ring()
+
+    def occupancy(self) -> tuple[int, int]:
+        return self.request.occupancy(), self.response.occupancy()
+
+    def close(self) -> None:
+        for r in (self.request, self.response):
+            r.doorbell = None              # doorbells are shared; closed by their owner
+            r.close()
+        self.bell.close()
+
+    def unlink(self) -> None:
+        self.request.unlink()
+        self.response.unlink()
+        self.bell.unlink()

@@ -1,0 +1,291 @@
+"""The supervisor: owns the instance's shared memory, starts and restarts the ingress and the
+workers, reloads rules, serves metrics, and shuts everything down in order.
+
+Shutdown (SIGINT/SIGTERM): stop=1 (the ingress reads no more requests and answers every one
+in flight), wait for the ingress to exit, stop=2 (workers exit between batches), unlink every
+segment, exit 0. A child that dies is restarted; a worker's unreleased requests stay in its
+ring and are evaluated by its successor (or answered by the ingress at their deadline, flagged
+WORKER_LOST).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from engine import procname, rundir
+from engine.config import Config
+from engine.control import MAX_RULES, Block, BlockLayout
+from engine.rings import EngineRings
+from engine.topology import Topology, plan_workers, read_topology
+from shm.doorbell import EventfdDoorbell
+from shm.segment import Segment, reclaim_stale, unlink_owned
+
+READY_TIMEOUT_S = 120        # cold kernel compile of a big ruleset on a busy 2-core machine
+STOP_GRACE_S = 10
+
+
+class StartupError(RuntimeError):
+    """The engine cannot start; the message says why (exit code 2)."""
+
+
+def ruleset_spec(cfg: Config, files: tuple[str, ...]) -> tuple[dict, object]:
+    """Compile (validates, fills the kernel cache) -> (generation spec, ruleset). Raises
+    rules.RulesetError on a bad ruleset."""
+    from rules import compile_ruleset
+    rs = compile_ruleset(list(files), cfg.schema, thresholds=cfg.rules.thresholds,
+                         on_error=cfg.rules.on_error)
+    if rs.n_rules > MAX_RULES:
+        raise StartupError(f"rules: {rs.n_rules} rules, more than MAX_RULES={MAX_RULES}")
+    spec = {"files": list(files), "thresholds": [list(t) for t in cfg.rules.thresholds],
+            "on_error": cfg.rules.on_error, "label": rs.label, "rule_ids": list(rs.rule_ids),
+            "modes": list(rs.modes), "source_hash": rs.source_hash}
+    return spec, rs
+
+
+class Supervisor:
+    def __init__(self, cfg: Config, topology: Topology | None = None, log=print):
+        self.cfg = cfg
+        self.log = log
+        self.pid = os.getpid()
+        self.run_dir = rundir.run_dir_for(cfg.instance)
+        self.topology = topology or read_topology()
+        self.children: dict[str, subprocess.Popen] = {}
+        self.signals: list[int] = []
+        self.generation = 0
+        self.generations: dict[int, dict] = {}
+        self.rings: list[EngineRings] = []
+        self.exporter = None
+
+    # --- start --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        cfg = self.cfg
+        for d, pid in rundir.live_instances():
+            if d.name == cfg.instance and pid != self.pid:
+                raise StartupError(f"instance={cfg.instance!r} is already running (supervisor pid={pid}); "
+                                   f"stop it or set a different `instance` in the config")
+        removed = reclaim_stale(cfg.instance)
+        if removed:
+            self.log(f"risk-engine: reclaimed {len(removed)} stale shared-memory segment(s) of "
+                     f"instance {cfg.instance}")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for f in self.run_dir.glob("gen-*.json"):
+            f.unlink()
+        self.placements = plan_workers(self.topology, set(os.sched_getaffinity(0)),
+                                       cfg.workers.count, cfg.workers.cpus)
+        n = len(self.placements)
+        spec, _ = ruleset_spec(cfg, cfg.rules.files)       # refuse to start on a bad ruleset
+        self.control = Segment.create(cfg.instance, "control", BlockLayout(n).nbytes, self.pid)
+        self.block = Block(self.control.buf, n, create=True)
+        self.doorbell = EventfdDoorbell.create()
+        for w in range(n):
+            self.rings.append(EngineRings.create(cfg, self.pid, w, self.doorbell))
+        plan = {"instance": cfg.instance, "owner_pid": self.pid, "eventfd": self.doorbell.fileno(),
+                "control": self.control.name, "ingress_cpu": cfg.workers.ingress_cpu,
+                "workers": [{"cpu": p.cpu, "node": p.node,
+                             "rings": self.rings[i].names()} for i, p in enumerate(self.placements)]}
+        rundir.write_config(self.run_dir, cfg)
+        rundir.write_json(self.run_dir, "plan.json", plan)
+        self._publish_generation(spec)
+        (self.run_dir / "supervisor.pid").write_text(str(self.pid))
+        for w in range(n):
+            self._spawn_worker(w)
+        self._spawn_ingress()
+        self._wait_ready()
+        if cfg.metrics.enabled:
+            from engine.exporter import start_exporter
+            try:
+                self.exporter = start_exporter(self)
+            except OSError as e:
+                raise StartupError(f"metrics.bind={cfg.metrics.bind!r}: {e.strerror}") from None
+        self._write_status()
+
+    def _publish_generation(self, spec: dict) -> None:
+        g = self.generation + 1
+        rundir.write_generation(self.run_dir, g, spec)
+        self.generations[g] = spec
+        self.generation = g
+        self.block.view("supervisor.generation")[0] = g     # workers poll it between batches
+
+    def _spawn(self, role: str, args: list[str]) -> subprocess.Popen:
+        p = subprocess.Popen([sys.executable, "-m", *args, "--run-dir", str(self.run_dir)],
+                             pass_fds=(self.doorbell.fileno(),))
+        self.children[role] = p
+        return p
+
+    def _spawn_worker(self, w: int) -> None:
+        p = self._spawn(f"worker {w}", ["engine.worker", "--index", str(w)])
+        self.block.view("supervisor.worker_pid")[w] = p.pid
+        self.block.view("supervisor.worker_epoch")[w] += 1
+        self.block.view("supervisor.worker_alive")[w] = 1
+
+    def _spawn_ingress(self) -> None:
+        p = self._spawn("ingress", ["ingress.router"])
+        self.block.view("supervisor.ingress_pid")[0] = p.pid
+        self.block.view("supervisor.ingress_alive")[0] = 1
+
+    def _wait_ready(self) -> None:
+        gens = [self.block.worker(w, "generation") for w in range(len(self.placements))]
+        accepting = self.block.view("ingress.accepting")
+        t_end = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < t_end:
+            dead = [r for r, p in self.children.items() if p.poll() is not None]
+            if dead:
+                raise StartupError(f"{dead[0]} exited with code {self.children[dead[0]].returncode} "
+                                   f"during start-up")
+            if all(g[0] == self.generation for g in gens) and accepting[0]:
+                return
+            time.sleep(0.02)
+        raise StartupError(f"engine not ready after {READY_TIMEOUT_S} s")
+
+    # --- run ----------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Watch children, restart the dead, handle signals. Returns the exit code."""
+        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(s, lambda sig, _f: self.signals.append(sig))
+        while True:
+            while self.signals:
+                sig = self.signals.pop(0)
+                if sig == signal.SIGHUP:
+                    self._reload_request()
+                else:
+                    return self.shutdown()
+            self._reap()
+            time.sleep(0.02)
+
+    def _reap(self) -> None:
+        for role, p in list(self.children.items()):
+            if p.poll() is None:
+                continue
+            self.log(f"risk-engine: {role} (pid {p.pid}) exited with code {p.returncode}; restarting")
+            if role == "ingress":
+                self.block.view("supervisor.ingress_alive")[0] = 0
+                self.block.view("supervisor.ingress_restarts")[0] += 1
+                self._spawn_ingress()
+            else:
+                w = int(role.split()[1])
+                self.block.view("supervisor.worker_alive")[w] = 0
+                self.block.view("supervisor.worker_restarts")[0] += 1
+                self._spawn_worker(w)
+            self._write_status()
+
+    def _reload_request(self) -> None:
+        """SIGHUP: `risk-engine reload` may have left a request file with files / previous."""
+        req = {}
+        try:
+            req = rundir.read_json(self.run_dir, "reload.request")
+            (self.run_dir / "reload.request").unlink()
+        except (OSError, ValueError):
+            pass
+        files = tuple(req["files"]) if req.get("files") else None
+        self.reload(files, previous=bool(req.get("previous")))
+
+    def reload(self, files: tuple[str, ...] | None = None, previous: bool = False) -> str:
+        """Compile off the hot path, then publish a new generation; workers swap between two
+        batches. A refused ruleset keeps the old one serving. Returns a one-line outcome."""
+        from rules import RulesetError
+        if previous:
+            older = sorted(g for g in self.generations if g < self.generation)
+            if not older:
+                return "reload refused: no previous generation"
+            files = tuple(self.generations[older[-1]]["files"])
+        files = files or tuple(self.generations[self.generation]["files"])
+        try:
+            spec, _ = ruleset_spec(self.cfg, files)
+        except (RulesetError, StartupError, OSError) as e:
+            self.block.view("supervisor.reload_errors")[0] += 1
+            self.log(f"risk-engine: reload refused, generation {self.generation} keeps serving:\n{e}")
+            return f"reload refused: {e}"
+        if self.exporter is not None:      # fold the counter row generation g+1 will reuse
+            self.exporter.fold_generation(self.generation - 1)
+        self._publish_generation(spec)
+        self.log(f"risk-engine: generation {self.generation} = {spec['label']}")
+        return f"generation {self.generation} = {spec['label']}"
+
+    def status(self) -> list[dict]:
+        rows = [{"role": "supervisor", "pid": self.pid, "cpu": -1, "node": -1}]
+        for role, p in self.children.items():
+            cpu, node = -1, -1
+            if role.startswith("worker"):
+                pl = self.placements[int(role.split()[1])]
+                cpu, node = pl.cpu, pl.node
+            elif role == "ingress" and self.cfg.workers.ingress_cpu >= 0:
+                cpu = self.cfg.workers.ingress_cpu
+                node = self.topology.node(cpu)
+            rows.append({"role": role, "pid": p.pid, "cpu": cpu, "node": node})
+        return rows
+
+    def _write_status(self) -> None:
+        rundir.write_json(self.run_dir, "status.json", {
+            "instance": self.cfg.instance, "bind": self.cfg.ingress.bind,
+            "metrics": self.cfg.metrics.bind if self.cfg.metrics.enabled else None,
+            "generation": self.generation, "processes": self.status(),
+            "rings": [r.names() for r in self.rings]})
+
+    # --- stop ---------------------------------------------------------------------------------
+
+    def shutdown(self) -> int:
+        stop = self.block.view("supervisor.stop")
+        stop[0] = 1
+        ing = self.children.get("ingress")
+        if ing is not None:
+            try:
+                ing.wait(self.cfg.ingress.default_deadline_ms / 1000 + STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                ing.kill()
+        stop[0] = 2
+        for role, p in self.children.items():
+            if role.startswith("worker"):
+                for r in self.rings:
+                    r.wake_worker()
+        for role, p in self.children.items():
+            try:
+                p.wait(STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.cleanup()
+        return 0
+
+    def cleanup(self) -> None:
+        if self.exporter is not None:
+            self.exporter.close()
+        for r in self.rings:
+            r.unlink()
+        self.block = None
+        self.control.unlink()
+        self.control.close()
+        unlink_owned(self.cfg.instance, self.pid)
+        for f in self.run_dir.glob("*"):
+            f.unlink()
+        try:
+            self.run_dir.rmdir()
+        except OSError:
+            pass
+
+
+def serve(cfg: Config) -> int:
+    procname.set_role("supervisor")
+    sup = Supervisor(cfg)
+    try:
+        sup.start()
+    except BaseException:
+        for p in sup.children.values():
+            p.kill()
+        if getattr(sup, "control", None) is not None:
+            sup.block = None
+            for r in sup.rings:
+                r.unlink()
+            sup.control.unlink()
+        unlink_owned(cfg.instance, sup.pid)
+        raise
+    print(f"risk-engine: serving {cfg.ingress.bind} with {len(sup.placements)} worker(s), "
+          f"ruleset {sup.generations[sup.generation]['label']}; metrics "
+          f"{'http://' + cfg.metrics.bind + '/metrics' if cfg.metrics.enabled else 'off'}; "
+          f"instance {cfg.instance} (pid {sup.pid})", flush=True)
+    return sup.run()

@@ -1,0 +1,359 @@
+"""The front door: one ROUTER socket, the request rings to the workers, the response rings back.
+
+Started by the supervisor as ``python -m ingress.router --run-dir D``. One thread, one
+``zmq.Poller`` holding the ROUTER socket and the eventfd doorbell of the response rings, so
+nothing spins while idle. Per message it decodes and validates (ingress.codec), routes each
+event by a hash of the shard key to its worker (single writer per key), copies the records into
+the rings in one batch operation per worker, and answers when every event of the request has a
+decision, when its deadline passes (the configured default, flagged TIMEOUT or WORKER_LOST), or
+at once when a ring is full (OVERLOADED).
+"""
+from __future__ import annotations
+
+import argparse
+import heapq
+import os
+import signal
+import sys
+import time
+from collections import OrderedDict
+
+import numpy as np
+import zmq
+
+from engine import gcstats, procname, rundir
+from engine.control import LATENCY_BOUNDS_NS, N_CODES, STAGES, observe
+from engine.rings import EngineRings
+from engine.topology import pin_self
+from engine.types import Action, DecisionFlag, ErrorCode, RESPONSE_SLOT_DTYPE, request_slot_dtype
+from ingress.codec import Codec, RulesetMeta, split_envelope
+from ingress.wire import WireError
+from shm.doorbell import EventfdDoorbell
+
+EVENT_BITS = 16                       # token = (request sequence << 16) | event index
+EVENT_MASK = (1 << EVENT_BITS) - 1
+_HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
+_TRANSPORT = {"binary": 0, "json": 1}
+MAX_DEDUP_ENTRIES = 1 << 20
+
+
+class _Pending:
+    """One request in flight."""
+    __slots__ = ("seq", "envelopes", "req", "slots", "remaining", "deadline_ns", "arrival_ns",
+                 "routed_ns", "first_resp_ns", "workers", "dedup_key")
+
+    def __init__(self, seq, envelope, req, n, arrival_ns, deadline_ns, workers, dedup_key):
+        self.seq = seq
+        self.envelopes = [envelope]
+        self.req = req
+        self.slots = np.zeros(n, RESPONSE_SLOT_DTYPE)
+        self.remaining = n
+        self.arrival_ns = arrival_ns
+        self.deadline_ns = deadline_ns
+        self.routed_ns = 0
+        self.first_resp_ns = 0
+        self.workers = workers            # set of worker indexes holding this request's events
+        self.dedup_key = dedup_key
+
+
+def shard_of(keys: np.ndarray, n_workers: int) -> np.ndarray:
+    """Worker index per event: a multiplicative hash of the shard key (vectorised)."""
+    h = keys.astype(np.uint64, copy=False) * _HASH_MUL
+    return ((h >> np.uint64(32)) % np.uint64(n_workers)).astype(np.intp)
+
+
+class Router:
+    def __init__(self, run_dir: str):
+        self.run_dir = run_dir
+        self.cfg = cfg = rundir.read_config(run_dir)
+        plan = rundir.read_plan(run_dir)
+        self.n_workers = len(plan["workers"])
+        self.block, self._block_seg = rundir.attach_control(run_dir, cfg)
+        self.efd = EventfdDoorbell(plan["eventfd"])
+        self.rings = [EngineRings.attach(cfg, plan, w, self.efd) for w in range(self.n_workers)]
+        self.codec = Codec(cfg.schema, cfg.ingress.max_batch, cfg.ingress.max_frame_bytes)
+        self.slot_dtype = request_slot_dtype(cfg.schema.dtype)
+        self.shard_key = cfg.schema.shard_key
+        self.default_deadline_ns = cfg.ingress.default_deadline_ms * 1_000_000
+        self.timeout_action = int(Action.ALLOW if cfg.ingress.on_timeout == "allow" else Action.BLOCK)
+        self.overload_action = {"error": -1, "allow": 0, "review": 1, "block": 2}[cfg.ingress.on_overload]
+        self.dedup_window_ns = cfg.ingress.dedup_window_s * 1_000_000_000
+        self.pending: dict[int, _Pending] = {}
+        self.deadlines: list[tuple[int, int]] = []
+        self.dedup: OrderedDict = OrderedDict()        # (client, request) -> (expiry, _Pending)
+        self.metas: dict[int, RulesetMeta] = {}
+        self.seq = 1
+        self.one = np.zeros(1, self.slot_dtype)          # reused for single-event requests
+        b = self.block
+        self.c_requests = b.view("ingress.requests").reshape(2, N_CODES)
+        self.c_decisions = b.view("ingress.decisions")
+        self.c_inflight = b.view("ingress.inflight")
+        self.c_accepting = b.view("ingress.accepting")
+        self.c_dedup = b.view("ingress.deduplicated")
+        self.c_timeouts = b.view("ingress.timeouts")
+        self.c_lost = b.view("ingress.worker_lost")
+        self.c_eval = b.view("ingress.eval_hist").reshape(2, -1)
+        self.c_stage = b.view("ingress.stage_hist").reshape(len(STAGES), -1)
+        self.stop = b.view("supervisor.stop")
+        self.alive = b.view("supervisor.worker_alive")
+        gcstats.install(b.view("ingress.gc_hist"))
+
+    # --- set-up ------------------------------------------------------------------------------
+
+    def _socket(self, ctx: zmq.Context) -> zmq.Socket:
+        sock = ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 1000)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.cfg.ingress.max_frame_bytes + 4096)
+        sock.setsockopt(zmq.RCVHWM, 100_000)
+        sock.setsockopt(zmq.SNDHWM, 100_000)
+        curve = self.cfg.ingress.curve
+        if curve.enabled:
+            from ingress.security import configure_server
+            configure_server(ctx, sock, curve)
+        sock.bind(self.cfg.ingress.bind)
+        return sock
+
+    def meta(self, generation: int) -> RulesetMeta | None:
+        m = self.metas.get(generation)
+        if m is None:
+            try:
+                spec = rundir.read_generation(self.run_dir, generation)
+            except OSError:
+                return None
+            m = self.metas[generation] = RulesetMeta(generation, spec["label"],
+                                                     tuple(spec["rule_ids"]), tuple(spec["modes"]))
+        return m
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def run(self) -> int:
+        ctx = zmq.Context(io_threads=1)
+        sock = self.sock = self._socket(ctx)
+        efd = self.efd.fileno()
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(efd, zmq.POLLIN)
+        accepting = True
+        self.c_accepting[0] = 1
+        gcstats.freeze_after_warmup()
+        while True:
+            if accepting and self.stop[0]:         # stop: read no more requests; finish the rest
+                accepting = False
+                self.c_accepting[0] = 0
+                poller.unregister(sock)
+            if not accepting and not self.pending:
+                break
+            timeout_ms = 100
+            if self.deadlines:
+                timeout_ms = max(0, min(timeout_ms, (self.deadlines[0][0] - time.monotonic_ns()) // 1_000_000 + 1))
+            if any(r.response_sleep_begin() for r in self.rings):
+                timeout_ms = 0                     # a response arrived before we slept
+            events = dict(poller.poll(timeout_ms))
+            for r in self.rings:
+                r.response_sleep_end()
+            if efd in events:
+                self.efd.drain()
+            if accepting and sock in events:
+                self._read_requests(sock)
+            self._drain_responses()
+            if self.deadlines and self.deadlines[0][0] <= time.monotonic_ns():
+                self._expire()
+        sock.close(linger=1000)
+        ctx.term()
+        for r in self.rings:
+            r.close()
+        self.efd.close()
+        self._block_seg.close()
+        return 0
+
+    def _read_requests(self, sock: zmq.Socket) -> None:
+        for _ in range(256):                       # bounded: the response side gets its turn
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._handle(frames, time.monotonic_ns())
+
+    def _reply_error(self, envelope, e: WireError) -> None:
+        self.c_requests[_TRANSPORT[e.kind], int(e.code)] += 1
+        if envelope:
+            self.sock.send_multipart(envelope + [self.codec.error_reply(e)])
+
+    def _handle(self, frames: list, now_ns: int) -> None:
+        try:
+            envelope, body = split_envelope(frames)
+        except WireError as e:
+            return self._reply_error(e.envelope, e)
+        try:
+            req = self.codec.decode(body)
+        except WireError as e:
+            return self._reply_error(envelope, e)
+        dkey = None
+        if req.client_id and self.dedup_window_ns:
+            dkey = (req.client_id, req.request_id)
+            hit = self.dedup.get(dkey)
+            if hit is not None and hit[0] > now_ns:
+                self.c_dedup[0] += 1
+                p = hit[1]
+                if p.remaining:                    # first copy still in flight: answer both
+                    p.envelopes.append(envelope)
+                else:
+                    self._send(envelope, p, duplicate=True)
+                return
+        n = len(req.records)
+        if self.n_workers == 1:
+            groups = ((0, None),)
+        else:
+            widx = shard_of(req.records[self.shard_key], self.n_workers)
+            if n == 1 or (widx == widx[0]).all():
+                groups = ((int(widx[0]), None),)
+            else:
+                groups = tuple((w, np.flatnonzero(widx == w)) for w in np.unique(widx).tolist())
+        for w, sel in groups:                      # all-or-nothing: room in every ring first
+            if self.rings[w].free_request_slots() < (n if sel is None else len(sel)):
+                return self._overloaded(envelope, req, n, now_ns)
+        seq = self.seq
+        self.seq += 1
+        slots = self.one if n == 1 else np.empty(n, self.slot_dtype)
+        slots["event"] = req.records
+        slots["arrival_ns"] = now_ns
+        slots["token"] = (seq << EVENT_BITS) + np.arange(n, dtype=np.uint64)
+        for w, sel in groups:
+            self.rings[w].request.try_publish(slots if sel is None else slots[sel])
+        deadline = now_ns + (req.deadline_us * 1000 if req.deadline_us else self.default_deadline_ns)
+        p = _Pending(seq, envelope, req, n, now_ns, deadline, [w for w, _ in groups], dkey)
+        p.routed_ns = time.monotonic_ns()
+        self.pending[seq] = p
+        heapq.heappush(self.deadlines, (deadline, seq))
+        self.c_inflight[0] = len(self.pending)
+        if dkey is not None:
+            self._remember(dkey, p, now_ns)
+
+    def _remember(self, dkey, p: _Pending, now_ns: int) -> None:
+        d = self.dedup
+        d[dkey] = (now_ns + self.dedup_window_ns, p)
+        d.move_to_end(dkey)
+        while d:                                   # expiry is monotonic: drop from the front
+            k, (exp, _) = next(iter(d.items()))
+            if exp > now_ns and len(d) <= MAX_DEDUP_ENTRIES:
+                break
+            del d[k]
+
+    def _overloaded(self, envelope, req, n: int, now_ns: int) -> None:
+        if self.overload_action < 0:
+            return self._reply_error(envelope, WireError(
+                ErrorCode.OVERLOADED, "a worker ring is full; nothing was evaluated",
+                request_id=req.request_id, kind=req.kind))
+        p = _Pending(0, envelope, req, n, now_ns, now_ns, [], None)
+        self._default(p, self.overload_action, DecisionFlag.DEFAULT_OVERLOAD, ErrorCode.OVERLOADED)
+        self._finish(p, int(ErrorCode.OVERLOADED))
+
+    def _drain_responses(self) -> None:
+        for r in self.rings:
+            ring = r.response
+            while True:
+                v, _ = ring.try_drain(ring.capacity)
+                n = len(v)
+                if n == 0:
+                    break
+                self._deliver(v)
+                ring.release(n)
+
+    def _deliver(self, v: np.ndarray) -> None:
+        tokens = v["token"]
+        seqs = tokens >> np.uint64(EVENT_BITS)
+        if len(v) == 1:
+            runs = ((0, 1),)
+        else:
+            cuts = np.flatnonzero(seqs[1:] != seqs[:-1]) + 1
+            edges = [0] + cuts.tolist() + [len(v)]
+            runs = zip(edges[:-1], edges[1:])
+        now = time.monotonic_ns()
+        for a, b in runs:
+            p = self.pending.get(int(seqs[a]))
+            if p is None:                          # already answered (deadline): drop it
+                continue
+            if not p.first_resp_ns:
+                p.first_resp_ns = now
+            idx = (tokens[a:b] & np.uint64(EVENT_MASK)).astype(np.intp)
+            p.slots[idx] = v[a:b]
+            p.remaining -= b - a
+            if p.remaining <= 0:
+                self._finish(p, 0)
+
+    def _default(self, p: _Pending, action: int, flag: int, code: int) -> None:
+        """Fill every slot that has no decision yet with a default one (generation 0 marks
+        an unanswered slot: real generations start at 1)."""
+        todo = p.slots["generation"] == 0
+        p.slots["action"][todo] = action
+        p.slots["flags"][todo] |= flag
+        p.slots["error"][todo] = code
+        p.slots["score"][todo] = 0.0
+        p.remaining = 0
+
+    def _expire(self) -> None:
+        now = time.monotonic_ns()
+        while self.deadlines and self.deadlines[0][0] <= now:
+            _, seq = heapq.heappop(self.deadlines)
+            p = self.pending.get(seq)
+            if p is None:
+                continue
+            lost = any(not self.alive[w] for w in p.workers)
+            if lost:
+                self.c_lost[0] += 1
+                self._default(p, self.timeout_action, DecisionFlag.DEFAULT_WORKER_LOST, ErrorCode.WORKER_LOST)
+                self._finish(p, int(ErrorCode.WORKER_LOST))
+            else:
+                self.c_timeouts[0] += 1
+                self._default(p, self.timeout_action, DecisionFlag.DEFAULT_TIMEOUT, ErrorCode.TIMEOUT)
+                self._finish(p, int(ErrorCode.TIMEOUT))
+
+    def _finish(self, p: _Pending, code: int) -> None:
+        self.pending.pop(p.seq, None)
+        self.c_inflight[0] = len(self.pending)
+        for env in p.envelopes:
+            self._send(env, p)
+        t = _TRANSPORT[p.req.kind]
+        now = time.monotonic_ns()
+        self.c_requests[t, code] += 1
+        acts = p.slots["action"]
+        if len(acts) == 1:
+            self.c_decisions[int(acts[0])] += 1
+        else:
+            self.c_decisions += np.bincount(acts, minlength=3)[:3]
+        observe(self.c_eval[t], LATENCY_BOUNDS_NS, now - p.arrival_ns)
+        if p.first_resp_ns:
+            observe(self.c_stage[0], LATENCY_BOUNDS_NS, p.routed_ns - p.arrival_ns)
+            observe(self.c_stage[1], LATENCY_BOUNDS_NS, p.first_resp_ns - p.routed_ns)
+            observe(self.c_stage[2], LATENCY_BOUNDS_NS, now - p.first_resp_ns)
+
+    def _send(self, envelope, p: _Pending, duplicate: bool = False) -> None:
+        slots = p.slots
+        if duplicate:
+            slots = slots.copy()
+            slots["flags"] |= DecisionFlag.DUPLICATE
+        metas = None
+        if p.req.kind == "json":
+            metas = {g: self.meta(g) for g in set(slots["generation"].tolist())}
+            metas = {g: m for g, m in metas.items() if m is not None}
+        try:
+            self.sock.send_multipart(envelope + [self.codec.encode_reply(p.req, slots, metas)],
+                                     zmq.NOBLOCK)
+        except zmq.Again:                          # the client stopped reading: drop, counted
+            self.c_requests[_TRANSPORT[p.req.kind], int(ErrorCode.INTERNAL)] += 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="ingress.router")
+    ap.add_argument("--run-dir", required=True)
+    a = ap.parse_args(argv)
+    procname.set_role("ingress")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)      # the supervisor coordinates shutdown
+    plan = rundir.read_plan(a.run_dir)
+    pin_self(plan.get("ingress_cpu", -1))
+    return Router(a.run_dir).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

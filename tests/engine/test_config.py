@@ -1,0 +1,61 @@
+"""Config validation: every bad key or value names its key path."""
+import pytest
+import yaml
+
+from engine.config import ConfigError, load_config, parse_config
+
+BASE = {"schema": {"shard_key": "a", "fields": {"a": "u64", "b": "f64", "c": "bytes2"}}}
+
+
+def cfg(**over):
+    raw = {**BASE, **over}
+    return parse_config(raw)
+
+
+def test_bundled_default_loads():
+    c = load_config()
+    assert c.schema.shard_key == "account_id"
+    assert c.rings.capacity == 4096
+    assert len(c.rules.files) == 2 and all(f.endswith(".yaml") for f in c.rules.files)
+
+
+@pytest.mark.parametrize("over,key", [
+    ({"ingres": {}}, "ingres"),
+    ({"ingress": {"bnd": "x"}}, "ingress.bnd"),
+    ({"ingress": {"max_batch": "10"}}, "ingress.max_batch"),
+    ({"ingress": {"max_batch": 0}}, "ingress.max_batch"),
+    ({"ingress": {"on_timeout": "maybe"}}, "ingress.on_timeout"),
+    ({"rings": {"capacity": 1000}}, "rings.capacity"),
+    ({"workers": {"cpus": [0, "x"]}}, "workers.cpus"),
+    ({"workers": {"count": True}}, "workers.count"),
+    ({"metrics": {"bind": "9108"}}, "metrics.bind"),
+    ({"admin": {"bind": "tcp://0.0.0.0:7000"}}, "admin.bind"),
+    ({"rules": {"thresholds": {"deny": 3}}}, "rules.thresholds"),
+    ({"rules": {"files": "a.yaml"}}, "rules.files"),
+    ({"instance": "a-b"}, "instance"),
+    ({"schema": {"shard_key": "zz", "fields": {"a": "u64"}}}, "schema"),
+    ({"schema": {"shard_key": "a", "fields": {"a": "u128"}}}, "schema"),
+    ({"schema": {"shard_key": "a", "fields": {"a": "bytes65"}}}, "schema"),
+    ({"schema": {"shard_key": "b", "fields": {"a": "u64", "b": "f64"}}}, "schema"),
+])
+def test_bad_values_name_the_key(over, key):
+    with pytest.raises(ConfigError) as e:
+        cfg(**over)
+    assert e.value.key == key
+    assert str(e.value).startswith(key)
+
+
+def test_relative_rule_paths_resolve_against_config_dir(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump({**BASE, "rules": {"files": ["r/x.yaml"]}}))
+    c = load_config(p)
+    assert c.rules.files == (str(tmp_path / "r" / "x.yaml"),)
+
+
+def test_unreadable_and_invalid_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "nope.yaml")
+    p = tmp_path / "bad.yaml"
+    p.write_text("a: [1,\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(p)
