@@ -1,0 +1,83 @@
+"""Idle strategies: what a loop does when its ring has nothing for it (Disruptor style).
+
+Both are small objects built once and called from the loop's idle branch; they count how they
+woke, for the metrics. Neither busy-waits for longer than a few microseconds: on this 2-core
+machine a spinner steals the CPU the other side needs (ENGINEERING.md section 5).
+"""
+from __future__ import annotations
+
+import time
+
+
+class SpinThenSleep:
+    """Consumer: poll for ``spin_us``, then sleep on the ring's doorbell.
+
+    Use for a consumer that has only this ring to wait on (a worker on its request ring).
+    Spinning a few microseconds catches a back-to-back burst without a system call; then the
+    consumer raises the ring's sleeping flag, fences, re-checks, and sleeps on the doorbell
+    for at most ``sleep_timeout_ms`` (the safety net against a lost wake-up: it can only
+    delay, never lose, a message). ``spin_us=0`` sleeps at once (best when CPUs are shared).
+    A ring without a doorbell is polled every ``sleep_timeout_ms``.
+    """
+
+    def __init__(self, spin_us: float = 5.0, sleep_timeout_ms: float = 100.0):
+        if spin_us < 0 or sleep_timeout_ms <= 0:
+            raise ValueError(f"spin_us={spin_us} sleep_timeout_ms={sleep_timeout_ms}: "
+                             "need spin_us >= 0 and sleep_timeout_ms > 0")
+        self.spin_ns = int(spin_us * 1000)
+        self.sleep_timeout_ms = float(sleep_timeout_ms)
+        self.spin_hits = 0         # data seen while spinning
+        self.doorbell_wakes = 0    # woken by the producer's doorbell
+        self.timeout_wakes = 0     # woken by the safety timeout
+        self.recheck_hits = 0      # data seen by the re-check after raising the flag
+
+    def idle(self, ring) -> int:
+        """Call when ``try_drain`` found nothing. Returns ``ring.available()`` (0 after an
+        empty timeout: just call ``try_drain`` / ``idle`` again)."""
+        deadline = time.perf_counter_ns() + self.spin_ns
+        while True:
+            n = ring.available()
+            if n:
+                self.spin_hits += 1
+                return n
+            if time.perf_counter_ns() >= deadline:
+                break
+        if not ring.prepare_sleep():
+            self.recheck_hits += 1
+            return ring.available()
+        try:
+            if ring.doorbell is not None:
+                rung = ring.doorbell.wait(self.sleep_timeout_ms)
+            else:
+                time.sleep(self.sleep_timeout_ms / 1000.0)
+                rung = False
+        finally:
+            ring.end_sleep()
+        if rung:
+            self.doorbell_wakes += 1
+        else:
+            self.timeout_wakes += 1
+        return ring.available()
+
+
+class SleepingBackoff:
+    """Producer: wait for room in a full ring by sleeping, doubling from ``min_sleep_us`` to
+    ``max_sleep_us``. Use where no doorbell exists for that direction (a worker whose
+    response ring is full waits for the ingress to drain it). ``reset()`` after progress."""
+
+    def __init__(self, min_sleep_us: float = 20.0, max_sleep_us: float = 1000.0):
+        if not 0 < min_sleep_us <= max_sleep_us:
+            raise ValueError(f"min_sleep_us={min_sleep_us} max_sleep_us={max_sleep_us}: "
+                             "need 0 < min <= max")
+        self.min_s = min_sleep_us / 1e6
+        self.max_s = max_sleep_us / 1e6
+        self._next_s = self.min_s
+        self.sleeps = 0
+
+    def idle(self) -> None:
+        time.sleep(self._next_s)
+        self.sleeps += 1
+        self._next_s = min(self._next_s * 2, self.max_s)
+
+    def reset(self) -> None:
+        self._next_s = self.min_s

@@ -1,0 +1,135 @@
+"""The one place that owns the memory layout of a ring segment. Nothing else computes an offset.
+
+A ring segment is a header followed by the slot area::
+
+    byte offset  field (each field owns two cache lines = 128 B, so no two fields that
+                 different processes write can ever share a cache line: no false sharing,
+                 and no adjacent-line prefetch pairing either)
+    +-------+--------------------------------------------------------------------------+
+    |     0 | MAGIC            'RERING' + layout version; written LAST by the creator  |
+    |   128 | LAYOUT_VERSION   LAYOUT_VERSION                          (read-only)     |
+    |   256 | CAPACITY         slots, a power of two                   (read-only)     |
+    |   384 | SLOT_SIZE        bytes per slot, a multiple of 64        (read-only)     |
+    |   512 | SLOT_DTYPE_HASH  63-bit hash of the slot dtype           (read-only)     |
+    |   640 | PRODUCER_POSITION          written by producer (release), read by both   |
+    |   768 | PRODUCER_CACHED_CONSUMER   producer's private copy of CONSUMER_POSITION  |
+    |   896 | PRODUCER_FULL_COUNT        producer: publishes refused (ring full)       |
+    |  1024 | PRODUCER_DOORBELL_COUNT    producer: doorbell rings sent                 |
+    |  1152 | CONSUMER_POSITION          written by consumer (release), read by both   |
+    |  1280 | CONSUMER_CACHED_PRODUCER   consumer's private copy of PRODUCER_POSITION  |
+    |  1408 | CONSUMER_SLEEPING          1 while the consumer sleeps on the doorbell   |
+    |  1536 | CONSUMER_SLEEP_COUNT       consumer: times it went to sleep              |
+    +-------+--------------------------------------------------------------------------+
+    |  1664 | SLOTS_OFFSET: slot 0 | slot 1 | ... | slot CAPACITY-1                    |
+    |       | (64-byte aligned: the header is a multiple of 128 B and mmap is page     |
+    |       |  aligned; each slot is a multiple of 64 B)                               |
+    +-------+--------------------------------------------------------------------------+
+
+Every header field is one little-endian int64 at the first byte of its 128-byte block. The
+ring code addresses the header as an int64 array, so it uses the ``*_WORD`` constants
+(byte offset // 8). Vocabulary: a *position* is a monotonically growing slot counter (never
+wraps in practice: 2**63 slots), an *index* is ``position & (CAPACITY - 1)``, an *offset* is a
+byte distance from the start of the segment.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+CACHE_LINE_BYTES = 64
+FIELD_STRIDE_BYTES = 2 * CACHE_LINE_BYTES
+SLOT_ALIGN_BYTES = 64
+WORD_BYTES = 8
+
+MAGIC = int.from_bytes(b"RERING\x00\x01", "little")   # positive as int64
+LAYOUT_VERSION = 1
+
+_running_offset = 0
+
+
+def _next_field() -> int:
+    """Place the next header field two cache lines after the previous one."""
+    global _running_offset
+    off = _running_offset
+    _running_offset += FIELD_STRIDE_BYTES
+    return off
+
+
+MAGIC_OFFSET = _next_field()
+LAYOUT_VERSION_OFFSET = _next_field()
+CAPACITY_OFFSET = _next_field()
+SLOT_SIZE_OFFSET = _next_field()
+SLOT_DTYPE_HASH_OFFSET = _next_field()
+PRODUCER_POSITION_OFFSET = _next_field()
+PRODUCER_CACHED_CONSUMER_OFFSET = _next_field()
+PRODUCER_FULL_COUNT_OFFSET = _next_field()
+PRODUCER_DOORBELL_COUNT_OFFSET = _next_field()
+CONSUMER_POSITION_OFFSET = _next_field()
+CONSUMER_CACHED_PRODUCER_OFFSET = _next_field()
+CONSUMER_SLEEPING_OFFSET = _next_field()
+CONSUMER_SLEEP_COUNT_OFFSET = _next_field()
+HEADER_BYTES = _running_offset
+SLOTS_OFFSET = HEADER_BYTES
+HEADER_WORDS = HEADER_BYTES // WORD_BYTES
+del _running_offset
+
+MAGIC_WORD = MAGIC_OFFSET // WORD_BYTES
+LAYOUT_VERSION_WORD = LAYOUT_VERSION_OFFSET // WORD_BYTES
+CAPACITY_WORD = CAPACITY_OFFSET // WORD_BYTES
+SLOT_SIZE_WORD = SLOT_SIZE_OFFSET // WORD_BYTES
+SLOT_DTYPE_HASH_WORD = SLOT_DTYPE_HASH_OFFSET // WORD_BYTES
+PRODUCER_POSITION_WORD = PRODUCER_POSITION_OFFSET // WORD_BYTES
+PRODUCER_CACHED_CONSUMER_WORD = PRODUCER_CACHED_CONSUMER_OFFSET // WORD_BYTES
+PRODUCER_FULL_COUNT_WORD = PRODUCER_FULL_COUNT_OFFSET // WORD_BYTES
+PRODUCER_DOORBELL_COUNT_WORD = PRODUCER_DOORBELL_COUNT_OFFSET // WORD_BYTES
+CONSUMER_POSITION_WORD = CONSUMER_POSITION_OFFSET // WORD_BYTES
+CONSUMER_CACHED_PRODUCER_WORD = CONSUMER_CACHED_PRODUCER_OFFSET // WORD_BYTES
+CONSUMER_SLEEPING_WORD = CONSUMER_SLEEPING_OFFSET // WORD_BYTES
+CONSUMER_SLEEP_COUNT_WORD = CONSUMER_SLEEP_COUNT_OFFSET // WORD_BYTES
+
+MAX_CAPACITY = 1 << 24
+
+assert HEADER_BYTES % SLOT_ALIGN_BYTES == 0   # debug invariant of the table above
+
+
+class LayoutError(ValueError):
+    """A ring geometry or slot dtype is invalid; the message names the key and the value."""
+
+
+def check_capacity(capacity: object) -> int:
+    """Return ``capacity`` if it is a power of two in [2, MAX_CAPACITY], else raise LayoutError."""
+    if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)):
+        raise LayoutError(f"capacity={capacity!r}: must be an integer")
+    c = int(capacity)
+    if c < 2 or c > MAX_CAPACITY or c & (c - 1):
+        raise LayoutError(f"capacity={c}: must be a power of two in [2, {MAX_CAPACITY}]")
+    return c
+
+
+def check_slot_dtype(slot_dtype: object) -> np.dtype:
+    """Return the dtype if its itemsize is a positive multiple of SLOT_ALIGN_BYTES, else raise."""
+    dt = np.dtype(slot_dtype)
+    if dt.itemsize == 0 or dt.itemsize % SLOT_ALIGN_BYTES:
+        raise LayoutError(f"slot_dtype.itemsize={dt.itemsize}: must be a positive multiple of "
+                          f"{SLOT_ALIGN_BYTES} (pad the dtype, e.g. engine.types.request_slot_dtype)")
+    if dt.hasobject:
+        raise LayoutError(f"slot_dtype={dt}: must not hold Python objects")
+    return dt
+
+
+def slot_dtype_hash(slot_dtype: np.dtype) -> int:
+    """63-bit hash of the dtype's names, formats, offsets and itemsize (stable across runs)."""
+    dt = np.dtype(slot_dtype)
+    text = f"{dt.descr!r}|{dt.itemsize}"
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") >> 1
+
+
+def segment_bytes(capacity: int, slot_size: int) -> int:
+    """Total bytes of a ring segment: header plus ``capacity`` slots."""
+    return SLOTS_OFFSET + capacity * slot_size
+
+
+def slot_index_mask(capacity: int) -> int:
+    """``index = position & mask``."""
+    return capacity - 1

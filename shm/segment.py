@@ -1,0 +1,237 @@
+"""POSIX shared-memory segments (posix_ipc + mmap), named so that a dead instance can be reclaimed.
+
+Naming: every segment and semaphore of an engine is called
+
+    /risk-engine.<instance>.<owner_pid>.<name>
+
+``instance`` is the config's ``instance`` (1-16 letters/digits), ``owner_pid`` the pid of the
+supervisor that created it (it owns the lifetime: it unlinks on clean shutdown), ``name`` a
+short role name (letters, digits, ``_`` and ``-``). On Linux a segment shows up as
+``/dev/shm/risk-engine.<instance>.<pid>.<name>`` and a posix_ipc semaphore as
+``/dev/shm/sem.risk-engine.<instance>.<pid>.<name>``. ``reclaim_stale(instance)`` unlinks
+every segment and semaphore of that instance whose owner pid is no longer alive, and never
+one whose owner is alive.
+
+Memory placement: ``ftruncate`` gives sparse pages; a page is allocated on the NUMA node of
+the CPU that first touches it. Call ``Segment.prefault()`` from the process that will use the
+memory (after it is pinned) so the pages are node-local.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import posix_ipc
+
+PREFIX = "risk-engine"
+SHM_DIR = "/dev/shm"
+_INSTANCE_RE = re.compile(r"^[A-Za-z0-9]{1,16}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_FULL_RE = re.compile(r"^/?" + re.escape(PREFIX) + r"\.([A-Za-z0-9]{1,16})\.([0-9]+)\.([A-Za-z0-9_-]{1,64})$")
+_MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)   # Linux >= 5.14
+_PAGE_BYTES = mmap.PAGESIZE
+
+
+class SegmentError(OSError):
+    """A segment could not be created, opened or checked; the message names key=value."""
+
+
+def segment_name(instance: str, name: str, owner_pid: int | None = None) -> str:
+    """Full POSIX name ``/risk-engine.<instance>.<owner_pid>.<name>`` (owner defaults to this pid)."""
+    if not isinstance(instance, str) or not _INSTANCE_RE.match(instance):
+        raise SegmentError(f"instance={instance!r}: must be 1-16 letters/digits")
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise SegmentError(f"name={name!r}: must be 1-64 of [A-Za-z0-9_-]")
+    pid = os.getpid() if owner_pid is None else int(owner_pid)
+    if pid <= 0:
+        raise SegmentError(f"owner_pid={owner_pid!r}: must be a positive pid")
+    return f"/{PREFIX}.{instance}.{pid}.{name}"
+
+
+@dataclass(frozen=True)
+class NameParts:
+    instance: str
+    owner_pid: int
+    name: str
+
+
+def parse_name(full_name: str) -> NameParts | None:
+    """Split a full name (with or without the leading '/'); None if it is not one of ours."""
+    m = _FULL_RE.match(full_name)
+    return NameParts(m.group(1), int(m.group(2)), m.group(3)) if m else None
+
+
+class Segment:
+    """One mapped POSIX shared-memory segment. Create with ``create`` or ``attach``.
+
+    ``buf`` is the mmap; ``array(dtype, offset_bytes, count)`` gives numpy views over it.
+    ``close()`` unmaps (this process only); ``unlink()`` removes the name (all processes keep
+    their mappings until they close).
+    """
+
+    def __init__(self, name: str, mm: mmap.mmap, size: int, created: bool):
+        self.name = name
+        self.buf = mm
+        self.size = size
+        self.created = created
+
+    @classmethod
+    def create(cls, instance: str, name: str, size_bytes: int, owner_pid: int | None = None) -> "Segment":
+        """Create a new zero-filled segment; fails if the name exists (stale? see reclaim_stale)."""
+        full = segment_name(instance, name, owner_pid)
+        if size_bytes <= 0:
+            raise SegmentError(f"size_bytes={size_bytes}: must be positive")
+        try:
+            shm = posix_ipc.SharedMemory(full, posix_ipc.O_CREX, mode=0o600, size=size_bytes)
+        except posix_ipc.ExistentialError:
+            raise SegmentError(f"name={full!r}: segment already exists") from None
+        try:
+            mm = mmap.mmap(shm.fd, size_bytes)
+        except BaseException:
+            posix_ipc.unlink_shared_memory(full)
+            raise
+        finally:
+            shm.close_fd()
+        return cls(full, mm, size_bytes, True)
+
+    @classmethod
+    def attach(cls, full_name: str) -> "Segment":
+        """Map an existing segment by its full name; raises SegmentError if it does not exist."""
+        if parse_name(full_name) is None:
+            raise SegmentError(f"name={full_name!r}: not a {PREFIX} segment name "
+                               f"(/{PREFIX}.<instance>.<pid>.<name>)")
+        full = full_name if full_name.startswith("/") else "/" + full_name
+        try:
+            shm = posix_ipc.SharedMemory(full)
+        except posix_ipc.ExistentialError:
+            raise SegmentError(f"name={full!r}: no such segment") from None
+        try:
+            if shm.size <= 0:
+                raise SegmentError(f"name={full!r} size={shm.size}: empty segment")
+            mm = mmap.mmap(shm.fd, shm.size)
+        finally:
+            shm.close_fd()
+        return cls(full, mm, len(mm), False)
+
+    def array(self, dtype, offset_bytes: int = 0, count: int | None = None) -> np.ndarray:
+        """A numpy view of ``count`` items of ``dtype`` starting at ``offset_bytes``."""
+        dt = np.dtype(dtype)
+        if count is None:
+            count = (self.size - offset_bytes) // dt.itemsize
+        if offset_bytes < 0 or offset_bytes + count * dt.itemsize > self.size:
+            raise SegmentError(f"name={self.name!r} offset_bytes={offset_bytes} count={count} "
+                               f"itemsize={dt.itemsize}: beyond segment size {self.size}")
+        return np.ndarray((count,), dtype=dt, buffer=self.buf, offset=offset_bytes)
+
+    def prefault(self, offset_bytes: int = 0, size_bytes: int | None = None) -> None:
+        """Allocate the pages of a range now, in this process (first touch decides the NUMA node).
+
+        Uses madvise(MADV_POPULATE_WRITE), which allocates writable pages without changing
+        their contents, so it is safe at any time. On kernels without it, falls back to
+        writing zeros: then call it only before the range holds data.
+        """
+        end = self.size if size_bytes is None else offset_bytes + size_bytes
+        start = offset_bytes - offset_bytes % _PAGE_BYTES
+        try:
+            self.buf.madvise(_MADV_POPULATE_WRITE, start, end - start)
+        except (OSError, ValueError):
+            view = np.ndarray((end - offset_bytes,), np.uint8, self.buf, offset_bytes)
+            view[::_PAGE_BYTES] = 0
+            del view
+
+    def close(self) -> bool:
+        """Unmap. Returns False (and leaves the unmap to garbage collection) while numpy views
+        over the buffer are still alive."""
+        if self.buf is None:
+            return True
+        try:
+            self.buf.close()
+        except BufferError:
+            return False
+        self.buf = None
+        return True
+
+    def unlink(self) -> None:
+        """Remove the name from /dev/shm (idempotent). Mappings stay valid until closed."""
+        unlink_segment(self.name)
+
+
+def unlink_segment(full_name: str) -> bool:
+    """Unlink a segment by full name; False if it was already gone."""
+    try:
+        posix_ipc.unlink_shared_memory(full_name if full_name.startswith("/") else "/" + full_name)
+        return True
+    except posix_ipc.ExistentialError:
+        return False
+
+
+def unlink_semaphore(full_name: str) -> bool:
+    """Unlink a named semaphore by full name; False if it was already gone."""
+    try:
+        posix_ipc.unlink_semaphore(full_name if full_name.startswith("/") else "/" + full_name)
+        return True
+    except posix_ipc.ExistentialError:
+        return False
+
+
+def pid_alive(pid: int) -> bool:
+    """True if a process with this pid exists (signal 0 succeeds or is not permitted)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def list_names(instance: str | None = None) -> list[tuple[str, str, NameParts]]:
+    """(kind, full_name, parts) for every segment ('shm') and semaphore ('sem') of ours in /dev/shm."""
+    out = []
+    try:
+        entries = sorted(os.listdir(SHM_DIR))
+    except FileNotFoundError:
+        return out
+    for entry in entries:
+        kind, base = ("sem", entry[4:]) if entry.startswith("sem.") else ("shm", entry)
+        parts = parse_name(base)
+        if parts is None or (instance is not None and parts.instance != instance):
+            continue
+        out.append((kind, "/" + base, parts))
+    return out
+
+
+def reclaim_stale(instance: str) -> list[str]:
+    """Unlink every segment and semaphore of ``instance`` whose owner pid is dead.
+
+    Returns the full names removed (semaphores as ``sem:/risk-engine...``). Entries of a live
+    owner are never touched (a reused pid keeps its entries: safe, they are reclaimed later).
+    """
+    segment_name(instance, "x", 1)   # validates instance
+    removed = []
+    for kind, full, parts in list_names(instance):
+        if pid_alive(parts.owner_pid):
+            continue
+        if kind == "shm" and unlink_segment(full):
+            removed.append(full)
+        elif kind == "sem" and unlink_semaphore(full):
+            removed.append("sem:" + full)
+    return removed
+
+
+def unlink_owned(instance: str, owner_pid: int | None = None) -> list[str]:
+    """Unlink every segment and semaphore of ``instance`` owned by ``owner_pid`` (default: this
+    process). For a clean shutdown, after the rings were unlinked one by one: catches leftovers."""
+    pid = os.getpid() if owner_pid is None else owner_pid
+    removed = []
+    for kind, full, parts in list_names(instance):
+        if parts.owner_pid != pid:
+            continue
+        if kind == "shm" and unlink_segment(full):
+            removed.append(full)
+        elif kind == "sem" and unlink_semaphore(full):
+            removed.append("sem:" + full)
+    return removed
