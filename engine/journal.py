@@ -241,7 +241,7 @@ class JournalWriter:
             raise ValueError(f"journal.segment_bytes: {config.segment_bytes} holds no {self._rs}-byte record")
         self._interval_ns = config.interval_ms * 1_000_000
         self._mm = None
-        self._recs = self._words = None
+        self._recs = self._words = self._bytes = None
         self.snapshot_seq: int | None = None   # retention floor, see set_snapshot_seq
         # counters (read by the worker's stats)
         self.syncs = self.rotations = self.segments_deleted = self.torn_bytes_repaired = 0
@@ -275,6 +275,7 @@ class JournalWriter:
         if records.dtype != self.dtype:
             raise TypeError(f"records: dtype must be the journal dtype, got {records.dtype}")
         n = len(records)
+        src = np.ascontiguousarray(records).view(np.uint8).reshape(n, self._rs)
         first = self.next_seq
         done = 0
         while done < n:
@@ -282,7 +283,7 @@ class JournalWriter:
                 self._rotate()
             k = min(n - done, self._cap - self._pos)
             p = self._pos
-            self._recs[p:p + k] = records[done:done + k]
+            self._bytes[p:p + k] = src[done:done + k]        # one memcpy, padding included
             _seal(self._words[p:p + k], np.uint64(self._first + p))
             self._mark_dirty(p, p + k)
             self._pos = p + k
@@ -324,7 +325,7 @@ class JournalWriter:
         if self._mm is not None:
             if self.config.fsync != "none":
                 self.sync()
-            self._recs = self._words = None
+            self._recs = self._words = self._bytes = None
             self._mm.close()
             self._mm = None
 
@@ -348,6 +349,7 @@ class JournalWriter:
             os.close(fd)
         self._recs = np.frombuffer(self._mm, self.dtype, self._cap, HEADER_SIZE)
         self._words = self._recs.view(np.uint64).reshape(self._cap, self._rs // 8)
+        self._bytes = self._recs.view(np.uint8).reshape(self._cap, self._rs)
         self._path, self._first, self._pos = path, first, pos
         self._dirty_lo = self._dirty_hi = pos
         self._last_sync_ns = time.monotonic_ns()
@@ -386,7 +388,7 @@ class JournalWriter:
         if self.config.fsync != "none":       # the old segment is durable before the new exists
             self.sync()
         nxt = self.next_seq
-        self._recs = self._words = None
+        self._recs = self._words = self._bytes = None
         self._mm.close()
         self._cap = (self.config.segment_bytes - HEADER_SIZE) // self._rs
         self._create(nxt)
@@ -451,8 +453,15 @@ class JournalReader:
         return out
 
     def read_all(self, from_seq: int | None = None) -> np.ndarray:
+        """All committed records from from_seq, as one array (np.concatenate would drop padding)."""
         parts = list(self.iter_batches(from_seq))
-        return np.concatenate(parts) if parts else np.zeros(0, self.dtype)
+        out = np.empty(sum(len(p) for p in parts), self.dtype)
+        raw = out.view(np.uint8)
+        pos = 0
+        for p in parts:                         # byte copies: field assignment skips padding
+            raw[pos:pos + p.nbytes] = p.view(np.uint8)
+            pos += p.nbytes
+        return out
 
     def iter_batches(self, from_seq: int | None = None, batch_records: int = 65536):
         """Yield committed records with seq >= from_seq (default: the oldest retained) in order.

@@ -1,0 +1,231 @@
+"""Journal: round trips across segments, checksums against a reference, torn tails, corruption,
+schema mismatch, retention and fsync policies. Real files in a tmp dir."""
+import os
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from engine.journal import (HEADER_SIZE, JournalConfig, JournalCorruptError, JournalGapError,
+                            JournalReader, JournalWriter, journal_dtype, list_segments)
+from engine.schema import Schema
+
+SCHEMA = Schema.build({"account_id": "u64", "amount": "f64", "country": "bytes2", "ok": "bool"},
+                      "account_id")
+RS = journal_dtype(SCHEMA.dtype).itemsize
+M64 = (1 << 64) - 1
+
+
+def ref_hash(rec_bytes: bytes) -> int:
+    """Slow reference of the record check word (oracle for the njit kernel)."""
+    words = np.frombuffer(rec_bytes, np.uint64)[:-1].tolist()
+    h = (0x9E3779B97F4A7C15 * (len(words) + 1)) & M64
+    for w in words:
+        h ^= w
+        h = (h * 0xBF58476D1CE4E5B9) & M64
+        h ^= h >> 32
+    h ^= h >> 27
+    h = (h * 0x94D049BB133111EB) & M64
+    h ^= h >> 31
+    return h | 1
+
+
+def writer(d, seg_records=50, fsync="none", **kw):
+    cfg = JournalConfig(segment_bytes=HEADER_SIZE + seg_records * RS, fsync=fsync, **kw)
+    return JournalWriter(str(d), SCHEMA.dtype, SCHEMA.hash, 0, cfg)
+
+
+def reader(d):
+    return JournalReader(str(d), SCHEMA.dtype, SCHEMA.hash, 0)
+
+
+def batch(w, n, start=0):
+    b = w.empty_batch(n)
+    k = np.arange(start, start + n)
+    b["arrival_ns"] = k * 1000
+    b["event"]["account_id"] = k
+    b["event"]["amount"] = k * 0.5
+    b["event"]["country"] = b"FR"
+    b["event"]["ok"] = k % 2 == 0
+    b["action"] = k % 3
+    b["flags"] = k % 7
+    b["score"] = k * 1.25
+    b["generation"] = 9
+    return b
+
+
+def fill(d, sizes, **kw):
+    with writer(d, **kw) as w:
+        pos = 0
+        for n in sizes:
+            assert w.append_batch(batch(w, n, pos)) == (pos + 1, pos + n)
+            pos += n
+    return pos
+
+
+def check_records(recs, first_seq=1):
+    k = np.arange(first_seq - 1, first_seq - 1 + len(recs))
+    assert (recs["seq"] == k + 1).all()
+    assert (recs["event"]["account_id"] == k).all()
+    assert (recs["event"]["amount"] == k * 0.5).all()
+    assert (recs["event"]["country"] == b"FR").all()
+    assert (recs["arrival_ns"] == k * 1000).all() and (recs["score"] == k * 1.25).all()
+    assert (recs["action"] == k % 3).all() and (recs["flags"] == k % 7).all()
+    assert (recs["generation"] == 9).all()
+
+
+def corrupt(path, offset, data=b"\xff"):
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+
+
+def test_round_trip_across_segments_and_checksums_match_reference(tmp_path):
+    n = fill(tmp_path, [1, 49, 50, 120, 3, 77])
+    assert len(list_segments(str(tmp_path), 0)) == 6       # 300 records / 50 per segment
+    r = reader(tmp_path)
+    recs = r.read_all()
+    assert len(recs) == n == 300 and r.last_seq == 300 and r.torn is None
+    check_records(recs)
+    for i in (0, 1, 149, 299):
+        assert int(recs["check"][i]) == ref_hash(recs[i:i + 1].view(np.uint8).tobytes())
+    check_records(r.read_all(from_seq=123), 123)
+    assert [len(b) for b in r.iter_batches(from_seq=40, batch_records=7)][:3] == [7, 4, 7]  # per segment
+
+
+@settings(max_examples=20, deadline=None)
+@given(sizes=st.lists(st.integers(1, 130), min_size=1, max_size=8), seg=st.integers(1, 60),
+       start=st.integers(1, 400))
+def test_round_trip_property(tmp_path_factory, sizes, seg, start):
+    d = tmp_path_factory.mktemp("j")
+    n = fill(d, sizes, seg_records=seg)
+    r = reader(d)
+    recs = r.read_all(from_seq=min(start, n))
+    check_records(recs, min(start, n))
+    assert r.last_seq == n and r.torn is None
+
+
+def test_reopen_continues_sequence(tmp_path):
+    fill(tmp_path, [30])
+    with writer(tmp_path) as w:
+        assert w.next_seq == 31
+        assert w.append_batch(batch(w, 40, 30)) == (31, 70)
+    check_records(reader(tmp_path).read_all())
+
+
+@pytest.mark.parametrize("how", ["flip", "half", "zero_then_data"])
+def test_torn_tail_reported_then_repaired_by_writer(tmp_path, how):
+    fill(tmp_path, [80])                                   # segments of 50 + 30
+    last = list_segments(str(tmp_path), 0)[-1][1]
+    off = HEADER_SIZE + 27 * RS                            # record seq 78
+    if how == "flip":
+        corrupt(last, off + 20)
+    elif how == "half":
+        corrupt(last, off + RS // 2, bytes(RS - RS // 2))  # second half of seq 78 never written
+    else:
+        corrupt(last, off, bytes(RS))                      # a zero record, then 79 and 80 intact
+    r = reader(tmp_path)
+    recs = r.read_all()
+    assert r.last_seq == 77 and len(recs) == 77
+    assert r.torn is not None and r.torn.path == last and r.torn.offset == off and r.torn.seq == 78
+    with writer(tmp_path) as w:
+        assert w.next_seq == 78 and w.torn_bytes_repaired > 0
+        w.append_batch(batch(w, 5, 77))
+    r = reader(tmp_path)
+    check_records(r.read_all())
+    assert r.last_seq == 82 and r.torn is None
+
+
+def test_corrupt_record_in_middle_segment_raises_with_file_and_offset(tmp_path):
+    fill(tmp_path, [140])
+    mid = list_segments(str(tmp_path), 0)[1][1]
+    off = HEADER_SIZE + 10 * RS
+    corrupt(mid, off + 17)
+    r = reader(tmp_path)
+    with pytest.raises(JournalCorruptError) as e:
+        r.read_all()
+    assert mid in str(e.value) and f"offset={off}" in str(e.value) and "checksum" in str(e.value)
+    check_records(r.read_all(from_seq=101), 101)           # later segments are still readable
+    with pytest.raises(JournalCorruptError, match="seq=0 expected=61"):
+        corrupt(mid, off, (0).to_bytes(8, "little"))
+        r.read_all(from_seq=55)
+
+
+def test_missing_middle_segment_is_a_gap(tmp_path):
+    fill(tmp_path, [140])
+    segs = list_segments(str(tmp_path), 0)
+    os.unlink(segs[1][1])
+    with pytest.raises(JournalCorruptError, match="ends at seq 50"):
+        reader(tmp_path).read_all()
+
+
+@pytest.mark.parametrize("field,offset,match", [
+    ("magic", 0, "bad magic"), ("crc", 40, "header checksum"), ("size", None, "file size")])
+def test_bad_header_refused(tmp_path, field, offset, match):
+    fill(tmp_path, [10])
+    seg = list_segments(str(tmp_path), 0)[0][1]
+    if offset is None:
+        os.truncate(seg, HEADER_SIZE + 5 * RS)
+    else:
+        corrupt(seg, offset, b"X")
+    with pytest.raises(JournalCorruptError, match=match):
+        reader(tmp_path).read_all()
+
+
+def test_wrong_schema_hash_refused(tmp_path):
+    fill(tmp_path, [10])
+    other = Schema.build({"account_id": "u64", "amount": "f64", "country": "bytes2", "flag": "bool"},
+                         "account_id")
+    assert other.dtype.itemsize == SCHEMA.dtype.itemsize and other.hash != SCHEMA.hash
+    with pytest.raises(JournalCorruptError, match="schema_hash"):
+        JournalReader(str(tmp_path), other.dtype, other.hash).read_all()
+    with pytest.raises(JournalCorruptError, match="schema_hash"):
+        JournalWriter(str(tmp_path), other.dtype, other.hash)
+
+
+def test_wrong_dtype_refused_on_append(tmp_path):
+    with writer(tmp_path) as w:
+        with pytest.raises(TypeError, match="journal dtype"):
+            w.append_batch(np.zeros(3, SCHEMA.dtype))
+
+
+def test_retention_max_files_respects_snapshot_floor(tmp_path):
+    with writer(tmp_path, max_files=3) as w:
+        w.append_batch(batch(w, 200))                      # 4 segments; 1 deleted at rotations
+        firsts = [f for f, _ in list_segments(str(tmp_path), 0)]
+        assert firsts == [51, 101, 151] and w.segments_deleted == 1
+        w.set_snapshot_seq(120)                            # records >= 120 must be kept
+        w.append_batch(batch(w, 200, 200))
+        firsts = [f for f, _ in list_segments(str(tmp_path), 0)]
+        assert firsts == [101, 151, 201, 251, 301, 351]
+    r = reader(tmp_path)
+    check_records(r.read_all(), 101)
+    with pytest.raises(JournalGapError, match="starts at 101"):
+        r.read_all(from_seq=5)
+
+
+def test_retention_max_age(tmp_path):
+    with writer(tmp_path, max_age_s=3600) as w:
+        w.append_batch(batch(w, 100))
+        old = list_segments(str(tmp_path), 0)[0][1]
+        os.utime(old, (0, 0))                              # written in 1970
+        w.append_batch(batch(w, 100, 100))                 # rotation is lazy: 151 is full, 201 unborn
+        assert [f for f, _ in list_segments(str(tmp_path), 0)] == [51, 101, 151]
+
+
+def test_fsync_policies_count_syncs(tmp_path):
+    for policy in ("none", "batch", "interval_ms"):
+        d = tmp_path / policy
+        with writer(d, seg_records=1000, fsync=policy, interval_ms=5) as w:
+            t0 = w._last_sync_ns
+            for i in range(4):
+                w.append_batch(batch(w, 10, 10 * i))
+            synced = [w.maybe_sync(t0 + 1_000_000), w.maybe_sync(t0 + 6_000_000),
+                      w.maybe_sync(t0 + 7_000_000)]
+            if policy == "none":
+                assert w.syncs == 0 and synced == [False] * 3
+            elif policy == "batch":
+                assert w.syncs == 4 and synced == [False] * 3
+            else:
+                assert synced == [False, True, False] and w.syncs == 1
+        check_records(reader(d).read_all())
