@@ -54,7 +54,7 @@ class MetricsConfig:
 
 @dataclass(frozen=True)
 class AdminConfig:
-    bind: str = "ipc:///tmp/risk-engine-admin.sock"
+    bind: str = "ipc:///tmp/risk-engine-{instance}-admin.sock"
     curve: CurveConfig = CurveConfig()
 
 

@@ -211,8 +211,10 @@ def stats(collector: EngineCollector) -> dict:
 
 
 class Exporter:
-    def __init__(self, sup):
-        self.collector = EngineCollector(sup)
+    """The HTTP endpoint (/metrics, /stats) over a collector, on its own daemon thread."""
+
+    def __init__(self, sup, collector: EngineCollector):
+        self.collector = collector
         self.registry = CollectorRegistry()
         self.registry.register(self.collector)
         from prometheus_client import ProcessCollector
@@ -225,13 +227,6 @@ class Exporter:
                                        name="metrics")
         self.thread.start()
 
-    def fold_generation(self, generation: int) -> None:
-        self.collector.fold_generation(generation)
-
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
-
-
-def start_exporter(sup) -> Exporter:
-    return Exporter(sup)

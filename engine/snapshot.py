@@ -66,7 +66,8 @@ def write_snapshot(path: str, arrays: Mapping[str, np.ndarray], journal_seq: Map
                    created_ns: int | None = None) -> int:
     """Write a snapshot atomically (temp + fsync + rename + dir fsync). Returns the file size."""
     created_ns = time.time_ns() if created_ns is None else int(created_ns)
-    arrs = {str(k): np.ascontiguousarray(v) for k, v in arrays.items()}
+    arrs = {str(k): np.asarray(v) if np.asarray(v).flags.c_contiguous else np.asarray(v).copy()
+            for k, v in arrays.items()}   # not ascontiguousarray: it turns 0-d into 1-d
     entries = []
     toc = {"journal_seq": {str(int(k)): int(v) for k, v in journal_seq.items()},
            "generation": int(generation), "created_ns": created_ns, "meta": dict(meta or {}),
@@ -80,15 +81,15 @@ def write_snapshot(path: str, arrays: Mapping[str, np.ndarray], journal_seq: Map
     # offsets depend on the TOC length, which depends on the offsets' digits: iterate to a fixpoint
     toc_bytes = b""
     for _ in range(4):
-        pos = _align(HEAD_SIZE + len(toc_bytes))
+        pos = end = HEAD_SIZE + len(toc_bytes)
         for e in entries:
-            e["offset"] = pos
-            pos = _align(pos + e["nbytes"])
+            e["offset"] = pos = _align(pos)
+            pos = end = pos + e["nbytes"]
         new = json.dumps(toc, sort_keys=True).encode()
         if new == toc_bytes:
             break
         toc_bytes = new
-    file_size = pos
+    file_size = end
     body = _HEAD.pack(MAGIC, VERSION, len(toc_bytes), file_size, zlib.crc32(toc_bytes))
     head = (body + struct.pack("<I", zlib.crc32(body))).ljust(HEAD_SIZE, b"\0")
     d = os.path.dirname(os.path.abspath(path))

@@ -59,6 +59,8 @@ class Supervisor:
         self.generations: dict[int, dict] = {}
         self.rings: list[EngineRings] = []
         self.exporter = None
+        self.admin = None
+        self.collector = None
 
     # --- start --------------------------------------------------------------------------------
 
@@ -96,12 +98,18 @@ class Supervisor:
             self._spawn_worker(w)
         self._spawn_ingress()
         self._wait_ready()
+        from engine.admin import AdminServer
+        from engine.exporter import EngineCollector, Exporter
+        self.collector = EngineCollector(self)
         if cfg.metrics.enabled:
-            from engine.exporter import start_exporter
             try:
-                self.exporter = start_exporter(self)
+                self.exporter = Exporter(self, self.collector)
             except OSError as e:
                 raise StartupError(f"metrics.bind={cfg.metrics.bind!r}: {e.strerror}") from None
+        try:
+            self.admin = AdminServer(self)
+        except Exception as e:
+            raise StartupError(f"admin.bind={cfg.admin.bind!r}: {e}") from None
         self._write_status()
 
     def _publish_generation(self, spec: dict) -> None:
@@ -156,7 +164,7 @@ class Supervisor:
                 else:
                     return self.shutdown()
             self._reap()
-            time.sleep(0.02)
+            self.admin.poll(20)
 
     def _reap(self) -> None:
         for role, p in list(self.children.items()):
@@ -201,8 +209,8 @@ class Supervisor:
             self.block.view("supervisor.reload_errors")[0] += 1
             self.log(f"risk-engine: reload refused, generation {self.generation} keeps serving:\n{e}")
             return f"reload refused: {e}"
-        if self.exporter is not None:      # fold the counter row generation g+1 will reuse
-            self.exporter.fold_generation(self.generation - 1)
+        if self.collector is not None:     # fold the counter row generation g+1 will reuse
+            self.collector.fold_generation(self.generation - 1)
         self._publish_generation(spec)
         self.log(f"risk-engine: generation {self.generation} = {spec['label']}")
         return f"generation {self.generation} = {spec['label']}"
@@ -224,6 +232,7 @@ class Supervisor:
         rundir.write_json(self.run_dir, "status.json", {
             "instance": self.cfg.instance, "bind": self.cfg.ingress.bind,
             "metrics": self.cfg.metrics.bind if self.cfg.metrics.enabled else None,
+            "admin": self.admin.bind if self.admin else None,
             "generation": self.generation, "processes": self.status(),
             "rings": [r.names() for r in self.rings]})
 
@@ -255,6 +264,8 @@ class Supervisor:
     def cleanup(self) -> None:
         if self.exporter is not None:
             self.exporter.close()
+        if self.admin is not None:
+            self.admin.close()
         for r in self.rings:
             r.unlink()
         self.block = None

@@ -160,6 +160,9 @@ class Router:
             if self.deadlines and self.deadlines[0][0] <= time.monotonic_ns():
                 self._expire()
         sock.close(linger=1000)
+        if self.cfg.ingress.curve.enabled:
+            from ingress.security import stop_authenticator
+            stop_authenticator(ctx)
         ctx.term()
         for r in self.rings:
             r.close()
