@@ -1,0 +1,116 @@
+"""Snapshots: round trip of named arrays and metadata, atomic write, corruption refused with a
+clear error, keep-last-K, fallback to an older good snapshot."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from engine.snapshot import (HEAD_SIZE, SnapshotCorruptError, SnapshotStore, load_snapshot,
+                             load_snapshot_meta, write_snapshot)
+
+TABLE = np.dtype([("key", np.uint64), ("count", np.uint32), ("hll", np.uint8, (16,))], align=True)
+
+
+def arrays(seed=0):
+    rng = np.random.default_rng(seed)
+    t = np.zeros(100, TABLE)
+    t["key"] = rng.integers(0, 1 << 63, 100, dtype=np.uint64)
+    t["count"] = rng.integers(0, 1000, 100)
+    t["hll"] = rng.integers(0, 255, (100, 16))
+    return {"table": t, "counts": rng.integers(0, 50, (7, 9)).astype(np.int64),
+            "blocked_ips": np.sort(rng.integers(0, 1 << 32, 33, dtype=np.uint64)).astype(np.uint32),
+            "empty": np.zeros(0, np.float64), "flag": np.array(True)}
+
+
+def same_bytes(a, b):
+    return a.dtype.itemsize == b.dtype.itemsize and a.shape == b.shape and \
+        a.reshape(-1).view(np.uint8).tobytes() == b.reshape(-1).view(np.uint8).tobytes()
+
+
+def test_round_trip_arrays_and_metadata(tmp_path):
+    a = arrays()
+    p = str(tmp_path / "s.rsnap")
+    size = write_snapshot(p, a, {0: 1234, 3: 7}, generation=5, meta={"why": "test"}, created_ns=99)
+    assert size == os.path.getsize(p) and not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+    s = load_snapshot(p)
+    assert s.journal_seq == {0: 1234, 3: 7} and s.generation == 5 and s.created_ns == 99
+    assert s.meta == {"why": "test"} and set(s.arrays) == set(a)
+    for k in a:
+        assert same_bytes(s.arrays[k], a[k]), k
+    assert s.arrays["table"].dtype.fields["hll"][1] == TABLE.fields["hll"][1]
+    assert (s.arrays["table"]["count"] == a["table"]["count"]).all()
+    assert load_snapshot_meta(p) == {0: 1234, 3: 7}
+
+
+def array_offset(path, name):
+    raw = open(path, "rb").read()
+    toc_len = int.from_bytes(raw[12:16], "little")            # head: magic, version, toc_len
+    toc = json.loads(raw[HEAD_SIZE:HEAD_SIZE + toc_len])
+    return next(e["offset"] for e in toc["arrays"] if e["name"] == name)
+
+
+def corrupt_at(path, offset):
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0x40]))
+
+
+@pytest.mark.parametrize("where,match", [
+    ("magic", "bad magic"), ("head", "head checksum"), ("toc", "table of contents checksum"),
+    ("array", "array 'counts': checksum mismatch"), ("truncate", "file size"),
+    ("extend", "file size"), ("empty", "smaller than")])
+def test_corruption_refused_with_clear_error(tmp_path, where, match):
+    p = str(tmp_path / "s.rsnap")
+    write_snapshot(p, arrays(), {0: 1})
+    if where == "magic":
+        corrupt_at(p, 0)
+    elif where == "head":
+        corrupt_at(p, 20)
+    elif where == "toc":
+        corrupt_at(p, HEAD_SIZE + 5)
+    elif where == "array":
+        corrupt_at(p, array_offset(p, "counts") + 3)
+    elif where == "truncate":
+        os.truncate(p, os.path.getsize(p) - 1)
+    elif where == "extend":
+        with open(p, "ab") as f:
+            f.write(b"\0")
+    else:
+        os.truncate(p, 0)
+    with pytest.raises(SnapshotCorruptError, match=match) as e:
+        load_snapshot(p)
+    assert p in str(e.value) and "refused" in str(e.value)
+
+
+def test_store_keeps_last_k_and_falls_back_past_corrupt(tmp_path):
+    st = SnapshotStore(str(tmp_path), keep=3)
+    paths = [st.write(arrays(i), {0: 10 * i}, generation=i) for i in range(5)]
+    assert st.paths() == paths[:1:-1]                       # newest first, 3 kept
+    s, errs = st.load_latest()
+    assert s.path == paths[4] and s.journal_seq == {0: 40} and errs == []
+    assert st.oldest_journal_seq(0) == 20
+    corrupt_at(paths[4], array_offset(paths[4], "table") + 100)
+    corrupt_at(paths[3], 0)
+    s, errs = st.load_latest()
+    assert s.path == paths[2] and s.generation == 2 and len(errs) == 2
+    assert paths[4] in errs[0] and "checksum" in errs[0] and "bad magic" in errs[1]
+    for k, v in arrays(2).items():
+        assert same_bytes(s.arrays[k], v)
+
+
+def test_store_removes_stale_temp_files_and_ignores_them(tmp_path):
+    st = SnapshotStore(str(tmp_path), keep=2)
+    stale = tmp_path / ".snap-00000000000000000001.rsnap.4242.tmp"
+    stale.write_bytes(b"half written")                      # a crash mid-write leaves this
+    s, errs = st.load_latest()
+    assert s is None and errs == []
+    st.write(arrays(), {0: 5})
+    assert not stale.exists() and len(st.paths()) == 1
+
+
+def test_object_arrays_rejected(tmp_path):
+    with pytest.raises(TypeError, match="object dtype"):
+        write_snapshot(str(tmp_path / "x.rsnap"), {"o": np.array([object()])}, {0: 0})
