@@ -1,0 +1,85 @@
+"""asyncio client: ``await AsyncClient(endpoint).evaluate(event) -> Decision`` (zmq.asyncio).
+
+Same frames, Lazy Pirate retry (close + reopen the REQ socket, resend the same ids with the
+RETRY flag) and exceptions as ``ingress.client.Client``. Calls on one client are serialised by
+an ``asyncio.Lock`` (a REQ socket has one request in flight); open several clients for
+concurrency. The client belongs to the event loop it is first used on.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+
+import zmq
+import zmq.asyncio
+
+from engine.schema import Schema
+from ingress.client import ClientCodec, ClientTimeout, CurveKeys, Decision, load_schema
+
+
+class AsyncClient:
+    def __init__(self, endpoint: str, schema: Schema | str | os.PathLike | None = None, *,
+                 timeout_ms: int = 1000, retries: int = 3, transport: str = "binary",
+                 deadline_ms: float = 0, curve: CurveKeys | None = None,
+                 client_id: int | None = None, context: zmq.asyncio.Context | None = None):
+        if timeout_ms <= 0 or retries < 0:
+            raise ValueError(f"timeout_ms={timeout_ms} retries={retries}: need > 0 and >= 0")
+        self.endpoint, self.timeout_ms, self.retries = endpoint, timeout_ms, retries
+        self.deadline_ms, self.curve = deadline_ms, curve
+        self.codec = ClientCodec(load_schema(schema), transport, client_id)
+        self._ctx = context or zmq.asyncio.Context.instance()
+        self._sock: zmq.asyncio.Socket | None = None
+        self._lock = asyncio.Lock()
+        self.reconnects = 0
+
+    @property
+    def client_id(self) -> int:
+        return self.codec.client_id
+
+    async def evaluate(self, event: dict, *, timeout_ms: int | None = None,
+                       deadline_ms: float | None = None) -> Decision:
+        return (await self.evaluate_batch([event], timeout_ms=timeout_ms,
+                                          deadline_ms=deadline_ms))[0]
+
+    async def evaluate_batch(self, events, *, timeout_ms: int | None = None,
+                             deadline_ms: float | None = None) -> list[Decision]:
+        recs = self.codec.records(events)
+        timeout_ms = timeout_ms or self.timeout_ms
+        deadline_ms = self.deadline_ms if deadline_ms is None else deadline_ms
+        async with self._lock:
+            rid = self.codec.new_request_id()
+            for attempt in range(self.retries + 1):
+                frame = self.codec.frame(recs, rid, deadline_ms, retry=attempt > 0)
+                sock = self._socket()
+                await sock.send(frame)
+                if await sock.poll(timeout_ms, zmq.POLLIN):
+                    return self.codec.parse(await sock.recv(), rid, len(recs))
+                self._drop_socket()
+        raise ClientTimeout(self.endpoint, rid, self.retries + 1, timeout_ms)
+
+    def _socket(self) -> zmq.asyncio.Socket:
+        if self._sock is None:
+            s = self._ctx.socket(zmq.REQ)
+            s.linger = 0
+            if self.curve is not None:
+                self.curve.apply(s)
+            s.connect(self.endpoint)
+            self._sock = s
+        return self._sock
+
+    def _drop_socket(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+            self.reconnects += 1
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.close()

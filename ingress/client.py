@@ -1,0 +1,246 @@
+"""Python client: ``Client(endpoint).evaluate(event) -> Decision`` over a REQ socket.
+
+Lazy Pirate (ZeroMQ guide ch. 4): after ``timeout_ms`` without a reply the REQ socket is closed
+(linger 0) and reopened, and the SAME request (same client id and request id, header flag
+RETRY) is sent again, at most ``retries`` more times; the engine deduplicates on
+(client id, request id). Then ``ClientTimeout`` is raised. One request is in flight per client
+(REQ semantics); use one client per thread. ``ingress.aio.AsyncClient`` is the asyncio twin.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+from engine.schema import Schema
+from engine.types import ACTION_NAMES, MAX_FIRED, DecisionFlag, ErrorCode
+from ingress import wire
+from ingress.jsonevents import EventConverter
+from ingress.wire import HeaderFlag, WireError
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One decision. Binary transport: ``rules`` are the fired rule indexes (enforce and
+    shadow, at most MAX_FIRED), ``shadow_rules`` is empty, ``ruleset`` None and ``generation``
+    set. JSON transport: ``rules``/``shadow_rules`` are rule ids, ``ruleset`` is
+    "name@version", ``generation`` None. ``error`` names why a default action was used."""
+    action: str
+    score: float
+    rules: tuple = ()
+    shadow_rules: tuple = ()
+    ruleset: str | None = None
+    generation: int | None = None
+    flags: tuple[str, ...] = ()
+    error: str | None = None
+
+
+class RequestError(Exception):
+    """The engine (or local validation, request_id None) refused the request with ``code``."""
+
+    def __init__(self, code: ErrorCode, message: str, request_id: int | None = None):
+        super().__init__(f"{code.name} ({int(code)}): {message}")
+        self.code, self.message, self.request_id = code, message, request_id
+
+
+class ClientTimeout(TimeoutError):
+    """No reply after all attempts; ``request_id`` may still be decided by the engine."""
+
+    def __init__(self, endpoint: str, request_id: int, attempts: int, timeout_ms: int):
+        super().__init__(f"no reply from {endpoint}: request_id={request_id} "
+                         f"attempts={attempts} timeout_ms={timeout_ms}")
+        self.request_id = request_id
+
+
+class ProtocolError(Exception):
+    """A reply that does not belong to the request or is not a valid reply frame."""
+
+
+@dataclass(frozen=True)
+class CurveKeys:
+    """Client CURVE keys (Z85 bytes) and the server's public key."""
+    public: bytes
+    secret: bytes
+    server_public: bytes
+
+    @classmethod
+    def from_files(cls, client_secret_file: str, server_public_file: str) -> "CurveKeys":
+        """From zmq.auth certificate files (``risk-engine keys`` writes them)."""
+        import zmq.auth
+        pub, sec = zmq.auth.load_certificate(client_secret_file)
+        if not sec:
+            raise ValueError(f"client_secret_file={client_secret_file!r}: holds no secret key")
+        server_pub, _ = zmq.auth.load_certificate(server_public_file)
+        return cls(pub, sec, server_pub)
+
+    def apply(self, sock: zmq.Socket) -> None:
+        sock.curve_publickey, sock.curve_secretkey = self.public, self.secret
+        sock.curve_serverkey = self.server_public
+
+
+def load_schema(schema: Schema | str | os.PathLike | None) -> Schema:
+    """A Schema as is, else the schema of a config file (None: the bundled default config)."""
+    if isinstance(schema, Schema):
+        return schema
+    from engine.config import load_config
+    return load_config(Path(schema) if schema is not None else None).schema
+
+
+class ClientCodec:
+    """Request frames and reply parsing shared by the sync and asyncio clients."""
+
+    def __init__(self, schema: Schema, transport: str, client_id: int | None):
+        if transport not in ("binary", "json"):
+            raise ValueError(f"transport={transport!r}: must be 'binary' or 'json'")
+        self.schema, self.transport = schema, transport
+        self.events = EventConverter(schema)
+        self.client_id = client_id if client_id is not None else int.from_bytes(os.urandom(8), "little")
+        self._next_id = 0
+
+    def new_request_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    def records(self, events) -> np.ndarray:
+        """Validated records from a list of dicts (same checks as the engine) or an array."""
+        if isinstance(events, np.ndarray):
+            if events.dtype != self.schema.dtype:
+                raise TypeError(f"records dtype {events.dtype} != schema dtype {self.schema.dtype}")
+            return events
+        try:
+            return self.events.to_records(list(events))
+        except WireError as e:
+            raise RequestError(e.code, e.message) from None
+
+    def frame(self, records: np.ndarray, request_id: int, deadline_ms: float, retry: bool) -> bytes:
+        if self.transport == "binary":
+            return wire.pack_request(self.schema.hash, records, self.client_id, request_id,
+                                     round(deadline_ms * 1000), HeaderFlag.RETRY if retry else 0)
+        obj = {"request_id": request_id, "client_id": self.client_id,
+               "events": self.events.to_events(records)}
+        if deadline_ms:
+            obj["deadline_ms"] = deadline_ms
+        return json.dumps(obj, separators=(",", ":")).encode()
+
+    def parse(self, frame: bytes, request_id: int, count: int) -> list[Decision]:
+        """Decisions of a reply to ``request_id``; raises RequestError or ProtocolError."""
+        if frame[:1] == b"{":
+            return self._parse_json(frame, request_id, count)
+        try:
+            rid, error, dec, msg = wire.unpack_reply(frame)
+        except ValueError as e:
+            raise ProtocolError(str(e)) from None
+        if rid != request_id and not (error and rid == 0):
+            raise ProtocolError(f"reply request_id={rid}, expected {request_id}")
+        if error:
+            raise RequestError(_code(error), msg, request_id)
+        if len(dec) != count:
+            raise ProtocolError(f"reply count={len(dec)}, expected {count}")
+        return [Decision(ACTION_NAMES[a] if a < len(ACTION_NAMES) else str(a), sc,
+                         tuple(fired[:min(nf, MAX_FIRED)]), (), None, g, _flag_names(fl),
+                         _code(err).name if err else None)
+                for a, fl, err, nf, g, sc, fired in dec.tolist()]
+
+    def _parse_json(self, frame: bytes, request_id: int, count: int) -> list[Decision]:
+        try:
+            obj = json.loads(frame)
+            rid = obj["request_id"]
+            if "error" in obj:
+                e = obj["error"]
+                code = ErrorCode[e["code"]] if e["code"] in ErrorCode.__members__ else ErrorCode.INTERNAL
+                if rid not in (None, request_id):
+                    raise ProtocolError(f"reply request_id={rid}, expected {request_id}")
+                raise RequestError(code, e["message"], request_id)
+            decisions = obj["decisions"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ProtocolError(f"invalid JSON reply: {e}") from None
+        if rid != request_id or len(decisions) != count:
+            raise ProtocolError(f"reply request_id={rid} count={len(decisions)}, "
+                                f"expected {request_id} and {count}")
+        return [Decision(d["action"], d["score"], tuple(d["rules"]), tuple(d["shadow_rules"]),
+                         d["ruleset"], None, tuple(d.get("flags", ())), d.get("error"))
+                for d in decisions]
+
+
+def _code(value: int) -> ErrorCode:
+    try:
+        return ErrorCode(value)
+    except ValueError:
+        return ErrorCode.INTERNAL
+
+
+def _flag_names(flags: int) -> tuple[str, ...]:
+    return tuple(f.name for f in DecisionFlag if f.value and f.value & flags)
+
+
+class Client:
+    """Synchronous client (see module doc). ``schema``: a Schema or a config file path
+    (None: the bundled default config). ``deadline_ms`` 0 lets the engine use its default."""
+
+    def __init__(self, endpoint: str, schema: Schema | str | os.PathLike | None = None, *,
+                 timeout_ms: int = 1000, retries: int = 3, transport: str = "binary",
+                 deadline_ms: float = 0, curve: CurveKeys | None = None,
+                 client_id: int | None = None, context: zmq.Context | None = None):
+        if timeout_ms <= 0 or retries < 0:
+            raise ValueError(f"timeout_ms={timeout_ms} retries={retries}: need > 0 and >= 0")
+        self.endpoint, self.timeout_ms, self.retries = endpoint, timeout_ms, retries
+        self.deadline_ms, self.curve = deadline_ms, curve
+        self.codec = ClientCodec(load_schema(schema), transport, client_id)
+        self._ctx = context or zmq.Context.instance()
+        self._sock: zmq.Socket | None = None
+        self.reconnects = 0          # Lazy Pirate socket re-creations, for tests and metrics
+
+    @property
+    def client_id(self) -> int:
+        return self.codec.client_id
+
+    def evaluate(self, event: dict, *, timeout_ms: int | None = None,
+                 deadline_ms: float | None = None) -> Decision:
+        return self.evaluate_batch([event], timeout_ms=timeout_ms, deadline_ms=deadline_ms)[0]
+
+    def evaluate_batch(self, events, *, timeout_ms: int | None = None,
+                       deadline_ms: float | None = None) -> list[Decision]:
+        """Decisions for a list of event dicts or an array of ``schema.dtype``, in order."""
+        recs = self.codec.records(events)
+        rid = self.codec.new_request_id()
+        timeout_ms = timeout_ms or self.timeout_ms
+        deadline_ms = self.deadline_ms if deadline_ms is None else deadline_ms
+        for attempt in range(self.retries + 1):
+            frame = self.codec.frame(recs, rid, deadline_ms, retry=attempt > 0)
+            sock = self._socket()
+            sock.send(frame, copy=len(frame) < 65536)
+            if sock.poll(timeout_ms, zmq.POLLIN):
+                return self.codec.parse(sock.recv(), rid, len(recs))
+            self._drop_socket()       # Lazy Pirate: a REQ socket cannot send twice
+        raise ClientTimeout(self.endpoint, rid, self.retries + 1, timeout_ms)
+
+    def _socket(self) -> zmq.Socket:
+        if self._sock is None:
+            s = self._ctx.socket(zmq.REQ)
+            s.linger = 0
+            if self.curve is not None:
+                self.curve.apply(s)
+            s.connect(self.endpoint)
+            self._sock = s
+        return self._sock
+
+    def _drop_socket(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+            self.reconnects += 1
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
