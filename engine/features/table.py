@@ -43,7 +43,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from engine.features._atomics import _cas, _fetch_add, _load_acquire, _pause, _store_release
+from engine.features._atomics import _cas, _fetch_add, _load_acquire, _pause, _prefetch, _store_release
 
 MAGIC = 0x31454C4241544652          # b'RFTABLE1' little-endian
 VERSION = 1
@@ -267,3 +267,12 @@ def _acquire(t, key, capacity, slot_words, probe_len, create, evict):
 @njit(cache=True, inline="always")
 def _recency(t, b):
     return np.int64(t[b + META_OFF] & REC_MASK)
+
+
+@njit(cache=True, inline="always")
+def _prefetch_key(t, key, capacity, slot_words):
+    """Prefetch the key's home slot (its first two cache lines) ahead of a read/update:
+    a batch kernel calls it for every event first, so the misses of a batch overlap."""
+    b = _slot_word(_home(key, capacity), slot_words)
+    _prefetch(t, b)
+    _prefetch(t, b + 8)

@@ -1,0 +1,144 @@
+"""Value lists (``ip in blocked_ips``): sorted u64 arrays, double-buffered, replaced atomically.
+
+Buffer layout (uint64)::
+
+    word 0   generation (the active half is generation & 1)
+    word 1   length of half 0
+    word 2   length of half 1
+    word 3   capacity (values per half)
+    word 8   half 0: capacity sorted unique u64 values
+    8+cap    half 1
+
+Values are encoded with engine.features.keys (u32/u64/i64 exact, bytesN<=8 exact, longer
+bytes hashed). One writer at a time (the admin plane) builds the new sorted array into the
+inactive half and publishes it with a release store of generation+1. Readers (kernels) load
+the generation (acquire), binary-search that half and re-check the generation after a full
+fence (seqlock): if it moved, the half may have been rewritten, so they search again.
+
+List file format: one value per line; ``#`` starts a comment; blank lines are skipped.
+u32 also accepts a dotted IPv4 address (its integer value, 1.2.3.4 = 0x01020304). Numbers
+may be decimal or 0x hex. A bad line refuses the whole file with its line number.
+"""
+from __future__ import annotations
+
+import ipaddress
+
+import numpy as np
+from numba import njit
+
+from engine.features._atomics import _fence, _load_acquire, _store_release
+from engine.features.keys import key_from_python
+
+W_GEN, W_LEN0, W_CAP = 0, 1, 3
+HEADER_WORDS = 8
+MAX_RETRIES = 1000
+
+
+class ListError(ValueError):
+    """A list file or value is invalid; the message names the file and line."""
+
+
+def list_words(capacity: int) -> int:
+    return HEADER_WORDS + 2 * capacity
+
+
+def init_list(buf: np.ndarray, capacity: int) -> None:
+    if buf.dtype != np.uint64 or buf.shape[0] < list_words(capacity):
+        raise ValueError(f"list buffer: need uint64[{list_words(capacity)}], got {buf.dtype}[{buf.shape}]")
+    buf[W_CAP] = capacity
+
+
+@njit(cache=True)
+def _list_contains(lst, v):
+    """True if the u64 ``v`` is in the list's active half."""
+    cap = np.int64(lst[W_CAP])
+    v = np.uint64(v)
+    found = False
+    for _ in range(MAX_RETRIES):
+        g = _load_acquire(lst, W_GEN)   # acquire: the half and its length are published
+        h = np.int64(g & np.uint64(1))
+        n = np.int64(lst[W_LEN0 + h])
+        base = HEADER_WORDS + h * cap
+        lo = 0
+        hi = n
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if lst[base + mid] < v:
+                lo = mid + 1
+            else:
+                hi = mid
+        found = lo < n and lst[base + lo] == v
+        _fence()                        # full fence: the searched loads complete before the re-check
+        if _load_acquire(lst, W_GEN) == g:
+            break
+    return found
+
+
+@njit(cache=True)
+def _list_publish(lst, gen):
+    _store_release(lst, W_GEN, gen)     # release: the new half and length are visible first
+
+
+def replace_list(buf: np.ndarray, values: np.ndarray) -> int:
+    """Publish ``values`` (any u64 array) as the list's content; returns the new generation.
+    Single writer. Raises ListError if the values do not fit."""
+    vals = np.unique(np.asarray(values, dtype=np.uint64))
+    cap = int(buf[W_CAP])
+    if vals.shape[0] > cap:
+        raise ListError(f"list: {vals.shape[0]} values exceed capacity={cap}")
+    g = int(buf[W_GEN])
+    h = (g + 1) & 1
+    base = HEADER_WORDS + h * cap
+    buf[base:base + vals.shape[0]] = vals
+    buf[W_LEN0 + h] = vals.shape[0]
+    _list_publish(buf, g + 1)
+    return g + 1
+
+
+def list_values(buf: np.ndarray) -> np.ndarray:
+    """A copy of the active half (admin `list show`)."""
+    g = int(buf[W_GEN])
+    h = g & 1
+    cap = int(buf[W_CAP])
+    n = int(buf[W_LEN0 + h])
+    return buf[HEADER_WORDS + h * cap:HEADER_WORDS + h * cap + n].copy()
+
+
+def parse_value(text: str, vtype: str) -> int:
+    """One list value as its u64 encoding. Raises ValueError with a short reason."""
+    if vtype.startswith("bytes"):
+        return key_from_python(text.encode(), vtype)
+    if vtype == "u32" and text.count(".") == 3:
+        return int(ipaddress.IPv4Address(text))
+    try:
+        v = int(text, 0)
+    except ValueError:
+        raise ValueError(f"not an integer: {text!r}") from None
+    lo, hi = {"u32": (0, 2**32 - 1), "u64": (0, 2**64 - 1), "i64": (-2**63, 2**63 - 1)}[vtype]
+    if not lo <= v <= hi:
+        raise ValueError(f"{v} out of range for {vtype}")
+    return v & 0xFFFFFFFFFFFFFFFF
+
+
+def parse_list_text(text: str, vtype: str, where: str = "<text>") -> np.ndarray:
+    """Parse a list file's text into sorted unique u64 values; the first bad line raises
+    ListError('<where>:<line>: ...') and nothing is returned."""
+    out = []
+    for i, line in enumerate(text.splitlines(), 1):
+        s = line.split("#", 1)[0].strip()
+        if not s:
+            continue
+        try:
+            out.append(parse_value(s, vtype))
+        except ValueError as e:
+            raise ListError(f"{where}:{i}: {e}") from None
+    return np.unique(np.array(out, dtype=np.uint64))
+
+
+def load_list_file(path: str, vtype: str) -> np.ndarray:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ListError(f"{path}: cannot read list file: {e}") from None
+    return parse_list_text(text, vtype, path)
