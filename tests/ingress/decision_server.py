@@ -1,8 +1,8 @@
 """A tiny real ROUTER decision server for client tests (a thread, real ZeroMQ, real Codec).
 
 Decides score = y_f64, block >= 80, review >= 50, else allow; rule 0 ("big", enforce) fires when
-score >= 50 and rule 1 ("flagged", shadow) when ``flag`` is true. ``drop`` makes it swallow
-the first N requests without replying (to force client timeouts). Every request it receives
+score >= 50 and rule 1 ("flagged", shadow) when ``flag`` is true. ``drop`` (a count N, or a set
+of 0-based arrival numbers) makes it swallow the first N (or those) requests without replying (to force client timeouts). Every request it receives
 is recorded as (client_id, request_id, flags) or ("error", code).
 """
 from __future__ import annotations
@@ -33,9 +33,10 @@ def decide(records: np.ndarray) -> np.ndarray:
 
 
 class DecisionServer:
-    def __init__(self, codec: Codec, drop: int = 0, curve_secret: bytes | None = None,
+    def __init__(self, codec: Codec, drop: int | set = 0, curve_secret: bytes | None = None,
                  curve_public: bytes | None = None, endpoint: str = "tcp://127.0.0.1"):
-        self.codec, self.drop = codec, drop
+        self.codec = codec
+        self.drop = set(range(drop)) if isinstance(drop, int) else set(drop)
         self.seen: list = []
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
@@ -80,8 +81,7 @@ class DecisionServer:
                 self.sock.send_multipart(env + [self.codec.error_reply(e)])
                 continue
             self.seen.append((req.client_id, req.request_id, req.flags))
-            if self.drop > 0:
-                self.drop -= 1
+            if len(self.seen) - 1 in self.drop:
                 continue
             reply = self.codec.encode_reply(req, decide(req.records), {1: META})
             self.sock.send_multipart(env + [reply])
