@@ -13,6 +13,7 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python setup.py
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
+	scripts/link_bcc.sh $(VENV)
 	touch $(STAMP)
 
 install: $(STAMP)

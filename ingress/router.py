@@ -32,6 +32,8 @@ from shm.doorbell import EventfdDoorbell
 
 EVENT_BITS = 16                       # token = (request sequence << 16) | event index
 EVENT_MASK = (1 << EVENT_BITS) - 1
+EPOCH_SHIFT = 40                      # request sequence = (ingress epoch << 40) + counter: a
+                                      # restarted ingress never matches a predecessor's token
 _HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
 _TRANSPORT = {"binary": 0, "json": 1}
 MAX_DEDUP_ENTRIES = 1 << 20
@@ -82,7 +84,8 @@ class Router:
         self.deadlines: list[tuple[int, int]] = []
         self.dedup: OrderedDict = OrderedDict()        # (client, request) -> (expiry, _Pending)
         self.metas: dict[int, RulesetMeta] = {}
-        self.seq = 1
+        epoch = (int(self.block.view("supervisor.ingress_restarts")[0]) + 1) % 256
+        self.seq = (epoch << EPOCH_SHIFT) + 1
         self.one = np.zeros(1, self.slot_dtype)          # reused for single-event requests
         b = self.block
         self.c_requests = b.view("ingress.requests").reshape(2, N_CODES)
@@ -280,8 +283,13 @@ class Router:
             if not p.first_resp_ns:
                 p.first_resp_ns = now
             idx = (tokens[a:b] & np.uint64(EVENT_MASK)).astype(np.intp)
-            p.slots[idx] = v[a:b]
-            p.remaining -= b - a
+            fresh = p.slots["generation"][idx] == 0    # a restarted worker may re-decide
+            if fresh.all():                           # events its predecessor answered
+                p.slots[idx] = v[a:b]
+                p.remaining -= b - a
+            else:
+                p.slots[idx[fresh]] = v[a:b][fresh]
+                p.remaining -= int(fresh.sum())
             if p.remaining <= 0:
                 self._finish(p, 0)
 

@@ -1,0 +1,184 @@
+"""End to end: a real `risk-engine serve` (supervisor, ingress, 2 workers, real rings), real
+ZeroMQ clients, every decision checked against the rule compiler's reference evaluator."""
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+import zmq
+
+from engine.config import load_config
+from engine.types import ACTION_NAMES
+from ingress.client import Client
+from ingress.jsonevents import EventConverter
+from tests.engine.engine_proc import EngineProcess, shm_entries
+
+CLIENTS = 8
+REQUESTS = 2000
+COUNTRIES = [b"US", b"GB", b"NG", b"RU", b"DE", b"FR", b"BR", b"CN", b"IR", b"KP"]
+CURRENCIES = [b"USD", b"EUR", b"GBP", b"NGN", b"RUB"]
+
+
+def random_events(rng: np.random.Generator, schema, n: int) -> np.ndarray:
+    """Valid events spread over the interesting ranges of the example rule packs."""
+    r = np.zeros(n, schema.dtype)
+    for f in schema.fields:
+        col = r[f.name]
+        if f.kind == "bytes":
+            pool = CURRENCIES if f.size == 3 else COUNTRIES
+            col[:] = [pool[i] for i in rng.integers(0, len(pool), n)]
+        elif f.kind == "bool":
+            col[:] = rng.random(n) < 0.1
+        elif f.kind == "float":
+            col[:] = np.round(np.exp(rng.uniform(0, 12, n)), 2)
+        else:
+            hi = min(int(f.hi), 5000)
+            col[:] = rng.integers(max(int(f.lo), 0), hi + 1, n)
+    if "side" in schema.names:
+        r["side"] = rng.integers(0, 4, n)
+    if "ref_price" in schema.names:
+        r["ref_price"] = np.round(r["price"] * rng.uniform(0.8, 1.2, n), 2)
+    return r
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    with EngineProcess(tmp_path_factory.mktemp("e2e"), workers=2,
+                       overrides={"ingress": {"default_deadline_ms": 10_000}}) as eng:
+        yield eng
+
+
+@pytest.fixture(scope="module")
+def reference():
+    from rules import compile_ruleset
+    cfg = load_config()
+    return cfg.schema, compile_ruleset(list(cfg.rules.files), cfg.schema,
+                                       thresholds=cfg.rules.thresholds, on_error=cfg.rules.on_error)
+
+
+def _expected(rs, rec):
+    action, score, fired = rs.reference(rec)
+    return ACTION_NAMES[action], score, fired
+
+
+def test_concurrent_clients_match_reference(engine, reference):
+    schema, rs = reference
+    conv = EventConverter(schema)
+    errors: list[str] = []
+    counts = {"binary": 0, "json": 0, "events": 0}
+    lock = threading.Lock()
+
+    def client(k: int) -> None:
+        rng = np.random.default_rng(1000 + k)
+        with Client(engine.endpoint, schema, timeout_ms=20_000, retries=0, transport="binary") as cb, \
+                Client(engine.endpoint, schema, timeout_ms=20_000, retries=0, transport="json") as cj:
+            for i in range(REQUESTS):
+                n = 1 if i % 4 else int(rng.integers(2, 40))
+                recs = random_events(rng, schema, n)
+                use_json = i % 3 == 0
+                if use_json:
+                    got = cj.evaluate_batch(conv.to_events(recs))
+                else:
+                    got = cb.evaluate_batch(recs)
+                for rec, d in zip(recs, got):
+                    action, score, fired = _expected(rs, rec)
+                    if use_json:
+                        names = set(d.rules) | set(d.shadow_rules)
+                        want = {rs.rule_ids[j] for j in fired}
+                    else:
+                        names, want = set(d.rules), set(fired)
+                        if len(fired) > 16:
+                            want = set(sorted(fired)[:16])
+                    if d.action != action or abs(d.score - score) > 1e-9 or names != want or d.flags:
+                        with lock:
+                            errors.append(f"{rec}: got {d}, want {action} {score} {sorted(want)}")
+                with lock:
+                    counts["json" if use_json else "binary"] += 1
+                    counts["events"] += n
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(CLIENTS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(600)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == [], f"{len(errors)} wrong decisions, first: {errors[:3]}"
+    assert counts["binary"] + counts["json"] == CLIENTS * REQUESTS
+    assert counts["json"] > 0 and counts["binary"] > 0
+
+
+def _raw(engine, frames: list[bytes], dealer: bool = False) -> list[bytes]:
+    ctx = zmq.Context.instance()
+    s = ctx.socket(zmq.DEALER if dealer else zmq.REQ)
+    s.linger = 0
+    s.connect(engine.endpoint)
+    try:
+        s.send_multipart(frames)
+        assert s.poll(10_000), "no reply"
+        return s.recv_multipart()
+    finally:
+        s.close(0)
+
+
+@pytest.mark.parametrize("body,code", [
+    (b"{not json", "BAD_JSON"),
+    (json.dumps({"request_id": 3, "event": {"account_id": 1, "nope": 2}}).encode(), "UNKNOWN_FIELD"),
+    (json.dumps({"request_id": 4, "event": {"account_id": -1}}).encode(), "OUT_OF_RANGE"),
+    (json.dumps({"request_id": 5, "events": []}).encode(), "BAD_COUNT"),
+])
+def test_bad_json_gets_error_and_engine_keeps_serving(engine, reference, body, code):
+    rep = json.loads(_raw(engine, [body])[0])
+    assert rep["error"]["code"] == code
+    schema, rs = reference
+    with Client(engine.endpoint, schema, timeout_ms=10_000, retries=0) as c:
+        rec = random_events(np.random.default_rng(7), schema, 1)
+        assert c.evaluate_batch(rec)[0].action == _expected(rs, rec[0])[0]
+
+
+def test_dealer_extra_frames_get_bad_frame(engine):
+    rep = _raw(engine, [b"", b"part1", b"part2"], dealer=True)
+    assert rep[0] == b""
+    body = rep[-1]
+    from ingress.wire import unpack_reply
+    from engine.types import ErrorCode
+    assert unpack_reply(body)[1] == ErrorCode.BAD_FRAME
+
+
+def test_status_lists_processes(engine):
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "engine.cli", "status", "--instance", engine.instance],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    for role in ("supervisor", "ingress", "worker 0", "worker 1"):
+        assert role in out.stdout
+    for pid in engine.children():
+        assert str(pid) in out.stdout
+
+
+def test_sigterm_leaves_no_segment(tmp_path):
+    eng = EngineProcess(tmp_path, workers=1, metrics=False).start()
+    try:
+        assert shm_entries(eng.instance)
+        assert eng.stop() == 0, eng.output()
+        assert shm_entries(eng.instance) == []
+    finally:
+        eng.kill()
+
+
+def test_sigkill_then_restart_reclaims_stale_segments(tmp_path):
+    eng = EngineProcess(tmp_path, workers=1, metrics=False).start()
+    stale = shm_entries(eng.instance)
+    eng.kill()                                   # the whole process group, no clean-up
+    assert stale and shm_entries(eng.instance) == stale
+    eng2 = EngineProcess(tmp_path, workers=1, metrics=False)
+    eng2.instance, eng2.port = eng.instance, eng.port
+    eng2.raw["instance"] = eng.instance
+    import yaml
+    eng2.config_path.write_text(yaml.safe_dump({**eng2.raw, "instance": eng.instance}))
+    with eng2.start():
+        now = shm_entries(eng.instance)
+        assert not set(stale) & set(now), "stale segments of the dead instance survived"
+        assert "reclaimed" in eng2.output()
