@@ -1,0 +1,20 @@
+"""Rule language and compiler: YAML rules -> checked expressions -> one fused Numba kernel.
+
+    compile_ruleset(files, schema, *, thresholds=(), on_error="skip", cache_dir=None)
+        -> CompiledRuleset        (raises RulesetError with .diagnostics)
+
+See docs/RULES.md for the language, the semantics and the limits. Heavy imports (numba)
+happen on first use of compile_ruleset so the CLI stays fast.
+"""
+from __future__ import annotations
+
+from rules.diagnostics import Diagnostic, RulesetError
+
+__all__ = ["compile_ruleset", "CompiledRuleset", "RulesetError", "Diagnostic", "Decision"]
+
+
+def __getattr__(name):
+    if name in ("compile_ruleset", "CompiledRuleset", "Decision"):
+        from rules import compiler
+        return getattr(compiler, name)
+    raise AttributeError(name)

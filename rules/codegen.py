@@ -1,0 +1,257 @@
+"""Pass 5: generate the Python source of ONE fused @njit kernel for a whole ruleset.
+
+Input: the folded, typed IR of every enabled rule plus its index, action, score and mode.
+Output: module source text (no rule text is ever executed: the source is built only from
+the checked IR, names are schema field names and generated temporaries, literals are
+re-printed with ``repr``). Rules are grouped into chunk functions of CHUNK_RULES rules so
+compile time grows linearly; the kernel loops over events and calls the chunks in order,
+so fired rule indexes come out ascending.
+
+Kernel contract (see rules/__init__.py): kernel(events, out, bits, hits, errors, *ext).
+"""
+from __future__ import annotations
+
+import math
+
+from engine.types import MAX_FIRED, DecisionFlag
+from rules import ir
+from rules.symbols import INT64_MIN
+
+CHUNK_RULES = 48
+BSEARCH_MIN_ITEMS = 9
+_CMP_CODE = {"<": "== -1", "<=": "<= 0", ">": "== 1", ">=": ">= 0", "==": "== 0", "!=": "!= 0"}
+_SWAP = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "==", "!=": "!="}
+
+
+def flit(x: float) -> str:
+    if math.isnan(x):
+        return "np.nan"
+    if math.isinf(x):
+        return "np.inf" if x > 0 else "(-np.inf)"
+    return repr(float(x))
+
+
+def ilit(x: int) -> str:
+    return "(-9223372036854775807 - 1)" if x == INT64_MIN else repr(int(x))
+
+
+def chunks_of(value: bytes, width: int) -> list[int]:
+    """Little-endian uint64 chunks of ``value`` zero-padded to ``width`` bytes."""
+    padded = value.ljust(width, b"\x00")
+    return [int.from_bytes(padded[k:k + 8], "little") for k in range(0, width, 8)]
+
+
+class RuleEmitter:
+    """Emits statements for one rule's IR into ``lines`` (indented), temps ``v{r}_{k}``."""
+
+    def __init__(self, rid: int, fields: dict, consts: dict):
+        self.rid = rid
+        self.k = 0
+        self.lines: list[str] = []
+        self.fields = fields          # field name -> spec, records the loads needed
+        self.consts = consts          # global name -> (dtype, sorted values) for big sets
+
+    def tmp(self) -> str:
+        self.k += 1
+        return f"v{self.rid}_{self.k}"
+
+    def emit(self, ind: int, s: str) -> None:
+        self.lines.append("    " * ind + s)
+
+    def fail(self, ind: int, call: str) -> str:
+        t = self.tmp()
+        self.emit(ind, f"{t}, x_ = {call}")
+        self.emit(ind, "e |= x_")
+        return t
+
+    def bytes_chunks(self, n: ir.Node, width: int) -> list[str]:
+        if isinstance(n, ir.Const):
+            return [hex(c) for c in chunks_of(n.value, width)]
+        self.fields[n.name] = n.spec
+        k = (n.width + 7) // 8
+        return [f"b_{n.name}_{j}" if j < k else "0" for j in range((width + 7) // 8)]
+
+    def expr(self, n: ir.Node, ind: int) -> str:
+        if isinstance(n, ir.Const):
+            if n.type == "float":
+                return flit(n.value)
+            if n.type == "bool":
+                return "True" if n.value else "False"
+            return ilit(n.value)
+        if isinstance(n, ir.Field):
+            self.fields[n.name] = n.spec
+            return f"f_{n.name}"
+        if isinstance(n, ir.Ext):
+            return "(" + n.symbol.kernel_load("ev", "i") + ")"
+        if isinstance(n, ir.Conv):
+            x = self.expr(n.x, ind)
+            if n.type == "float":
+                return f"np.float64({x})"
+            if n.x.type == "u64":
+                return self.fail(ind, f"_u64_to_i({x})")
+            return f"np.int64({x})"
+        if isinstance(n, ir.Truth):
+            x = self.expr(n.x, ind)
+            zero = "0.0" if n.x.type == "float" else ("False" if n.x.type == "bool" else "0")
+            t = self.tmp()
+            self.emit(ind, f"{t} = {x} != {zero}")
+            return t
+        if isinstance(n, ir.Unary):
+            x = self.expr(n.x, ind)
+            t = self.tmp()
+            if n.op == "not":
+                self.emit(ind, f"{t} = not {x}")
+                return t
+            if n.type == "int":
+                return self.fail(ind, f"_neg_i({x})")
+            self.emit(ind, f"{t} = -{x}")
+            return t
+        if isinstance(n, ir.Bin):
+            return self.binop(n, ind)
+        if isinstance(n, ir.Cmp):
+            return self.compare(n, ind)
+        if isinstance(n, ir.In):
+            return self.member(n, ind)
+        if isinstance(n, ir.BoolOp):
+            t = self.tmp()
+            self.emit(ind, f"{t} = {self.expr(n.values[0], ind)}")
+            depth = ind
+            for v in n.values[1:]:
+                self.emit(depth, f"if {'' if n.op == 'and' else 'not '}{t}:")
+                depth += 1
+                self.emit(depth, f"{t} = {self.expr(v, depth)}")
+            return t
+        if isinstance(n, ir.IfExp):
+            t = self.tmp()
+            c = self.expr(n.cond, ind)
+            self.emit(ind, f"if {c}:")
+            self.emit(ind + 1, f"{t} = {self.expr(n.a, ind + 1)}")
+            self.emit(ind, "else:")
+            self.emit(ind + 1, f"{t} = {self.expr(n.b, ind + 1)}")
+            return t
+        if isinstance(n, ir.Call):
+            args = [self.expr(a, ind) for a in n.args]
+            if n.fn == "abs":
+                return self.fail(ind, f"_abs_i({args[0]})") if n.type == "int" else f"abs({args[0]})"
+            if n.fn == "round":
+                return self.fail(ind, f"_round_f({args[0]})")
+            t = self.tmp()
+            self.emit(ind, f"{t} = {args[0]}")
+            op = "<" if n.fn == "min" else ">"
+            for a in args[1:]:
+                self.emit(ind, f"if {a} {op} {t}:")
+                self.emit(ind + 1, f"{t} = {a}")
+            return t
+        raise ValueError(f"codegen: unexpected node {type(n).__name__}")
+
+    def binop(self, n: ir.Bin, ind: int) -> str:
+        a = self.expr(n.a, ind)
+        b = self.expr(n.b, ind)
+        if n.a.type == "int":
+            name = {"+": "_add_ii", "-": "_sub_ii", "*": "_mul_ii", "/": "_truediv_ii",
+                    "//": "_floordiv_ii", "%": "_mod_ii", "**": "_pow_ii"}[n.op]
+            return self.fail(ind, f"{name}({a}, {b})")
+        if n.op in ("+", "-", "*"):
+            t = self.tmp()
+            self.emit(ind, f"{t} = {a} {n.op} {b}")
+            return t
+        name = {"/": "_div_ff", "//": "_floordiv_ff", "%": "_mod_ff", "**": "_pow_ff"}[n.op]
+        return self.fail(ind, f"{name}({a}, {b})")
+
+    def cmp2(self, op: str, a: str, ta: ir.Node, b: str, tb: ir.Node) -> str:
+        if ta.type == "bytes":
+            w = max(getattr(ta, "width", 0), getattr(tb, "width", 0))
+            ca, cb = self.bytes_chunks(ta, w), self.bytes_chunks(tb, w)
+            eq = " and ".join(f"{x} == {y}" for x, y in zip(ca, cb))
+            return f"({eq})" if op == "==" else f"(not ({eq}))"
+        kinds = (ta.type, tb.type)
+        if kinds in (("int", "int"), ("float", "float"), ("u64", "u64")):
+            return f"({a} {op} {b})"
+        if kinds == ("int", "float"):
+            return f"(_cmp_if({a}, {b}) {_CMP_CODE[op]})"
+        if kinds == ("float", "int"):
+            return f"(_cmp_if({b}, {a}) {_CMP_CODE[_SWAP[op]]})"
+        if kinds == ("u64", "float"):
+            return f"(_cmp_uf({a}, {b}) {_CMP_CODE[op]})"
+        if kinds == ("float", "u64"):
+            return f"(_cmp_uf({b}, {a}) {_CMP_CODE[_SWAP[op]]})"
+        if kinds == ("u64", "int"):
+            return f"(_cmp_ui({a}, {b}) {_CMP_CODE[op]})"
+        if kinds == ("int", "u64"):
+            return f"(_cmp_ui({b}, {a}) {_CMP_CODE[_SWAP[op]]})"
+        raise ValueError(f"codegen: cannot compare {kinds}")
+
+    def operand(self, n: ir.Node, ind: int) -> str:
+        return "" if n.type == "bytes" else self.expr(n, ind)
+
+    def compare(self, n: ir.Cmp, ind: int) -> str:
+        t = self.tmp()
+        prev = self.operand(n.operands[0], ind)
+        depth = ind
+        for j, op in enumerate(n.ops):
+            right = self.operand(n.operands[j + 1], depth)
+            if right and not right.startswith(("v", "f_")) and j + 1 < len(n.ops):
+                r2 = self.tmp()
+                self.emit(depth, f"{r2} = {right}")
+                right = r2
+            self.emit(depth, f"{t} = {self.cmp2(op, prev, n.operands[j], right, n.operands[j + 1])}")
+            if j + 1 < len(n.ops):
+                self.emit(depth, f"if {t}:")
+                depth += 1
+            prev = right
+        return t
+
+    def member(self, n: ir.In, ind: int) -> str:
+        t = self.tmp()
+        neg = "not " if n.negate else ""
+        if n.symbol is not None:
+            x = self.operand(n.x, ind)
+            self.emit(ind, f"{t} = {neg}({n.symbol.kernel_contains(x)})")
+            return t
+        items = list(n.items)
+        if not items:
+            self.emit(ind, f"{t} = {'True' if n.negate else 'False'}")
+            return t
+        x = self.operand(n.x, ind)
+        if n.x.type == "bytes" and n.x.width <= 8 and len(items) >= BSEARCH_MIN_ITEMS:
+            vals = sorted({chunks_of(c.value, n.x.width)[0] for c in items})
+            g = f"_S{self.rid}_{len(self.consts)}"
+            self.consts[g] = ("np.uint64", vals)
+            self.fields[n.x.name] = n.x.spec
+            self.emit(ind, f"{t} = {neg}_in_sorted_u(b_{n.x.name}_0, {g})")
+            return t
+        if n.x.type in ("int", "u64") and len(items) >= BSEARCH_MIN_ITEMS \
+                and all(c.type == "int" for c in items):
+            vals = sorted({c.value for c in items if n.x.type == "int" or c.value >= 0})
+            g = f"_S{self.rid}_{len(self.consts)}"
+            if n.x.type == "int":
+                self.consts[g] = ("np.int64", vals)
+                self.emit(ind, f"{t} = {neg}_in_sorted_i({x}, {g})")
+            else:
+                self.consts[g] = ("np.uint64", vals)
+                self.emit(ind, f"{t} = {neg}_in_sorted_u({x}, {g})")
+            return t
+        if n.x.type != "bytes" and not x.startswith(("v", "f_")):
+            x2 = self.tmp()
+            self.emit(ind, f"{x2} = {x}")
+            x = x2
+        terms = [self.cmp2("==", x, n.x, self.expr(c, ind) if c.type != "bytes" else "", c) for c in items]
+        self.emit(ind, f"{t} = {neg}({' or '.join(terms)})")
+        return t
+
+
+def field_loads(fields: dict, schema) -> list[str]:
+    out = []
+    for name in sorted(fields, key=lambda k: schema.names.index(k)):
+        s = fields[name]
+        off = schema.dtype.fields[name][1]
+        if s.kind == "bytes":
+            for j in range((s.size + 7) // 8):
+                out.append(f"b_{name}_{j} = _ldb(ev, {off + 8 * j}, {min(8, s.size - 8 * j)})")
+        elif s.kind == "float":
+            out.append(f"f_{name} = np.float64(ev.{name})")
+        elif s.kind == "bool" or s.type == "u64":
+            out.append(f"f_{name} = ev.{name}")
+        else:
+            out.append(f"f_{name} = np.int64(ev.{name})")
+    return out
