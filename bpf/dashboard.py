@@ -1,0 +1,148 @@
+"""Build the Grafana dashboard over the engine's and the sidecar's metrics.
+
+    python -m bpf.dashboard > docs/grafana/risk-engine.json
+
+The committed JSON is this function's output (a test checks they match), so edit here.
+Queries use only names from bpf/metric_names.py.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+DS = {"type": "prometheus", "uid": "${datasource}"}
+RATE = "$__rate_interval"
+
+
+def _target(expr: str, legend: str = "", ref: str = "A", **extra) -> dict:
+    t = {"refId": ref, "datasource": DS, "expr": expr, "legendFormat": legend or "__auto"}
+    t.update(extra)
+    return t
+
+
+def _panel(kind: str, title: str, targets: list[dict], unit: str = "short", **extra) -> dict:
+    p = {"type": kind, "title": title, "datasource": DS,
+         "targets": [dict(t, refId=chr(ord("A") + i)) for i, t in enumerate(targets)],
+         "fieldConfig": {"defaults": {"unit": unit}, "overrides": []}, "options": {}}
+    p.update(extra)
+    return p
+
+
+def _quantiles(metric: str, by: str, qs=(0.5, 0.99)) -> list[dict]:
+    keep = f"le, {by}" if by else "le"
+    tag = f" {{{{{by}}}}}" if by else ""
+    return [_target(f"histogram_quantile({q}, sum by ({keep}) (rate({metric}_bucket[{RATE}])))",
+                    f"p{int(q * 100)}{tag}") for q in qs]
+
+
+def _rows() -> list[tuple[str, list[dict]]]:
+    ts = "timeseries"
+    latency = [
+        _panel("heatmap", "Eval latency heatmap (risk_eval_duration_seconds)",
+               [_target(f"sum by (le) (increase(risk_eval_duration_seconds_bucket[{RATE}]))",
+                        "{{le}}", format="heatmap")], unit="s",
+               options={"calculate": False, "yAxis": {"unit": "s"}, "cellGap": 1,
+                        "color": {"mode": "scheme", "scheme": "Oranges", "steps": 64}}),
+        _panel(ts, "Eval latency P50 / P99 by transport",
+               _quantiles("risk_eval_duration_seconds", "transport"), unit="s"),
+        _panel(ts, "Stage latency P99 (parse_route, ring_wait, kernel, reply)",
+               _quantiles("risk_stage_duration_seconds", "stage", qs=(0.99,)), unit="s"),
+        _panel(ts, "Requests/s by result",
+               [_target(f"sum by (result) (rate(risk_requests_total[{RATE}]))", "{{result}}")],
+               unit="reqps"),
+    ]
+    decisions = [
+        _panel(ts, "Decisions/s by action",
+               [_target(f"sum by (action) (rate(risk_decisions_total[{RATE}]))", "{{action}}")],
+               unit="ops", fieldConfig={"defaults": {"unit": "ops", "custom": {
+                   "stacking": {"mode": "normal", "group": "A"}}}, "overrides": []}),
+        _panel("bargauge", "Top 10 rules by hits (time range)",
+               [_target("topk(10, sum by (rule, mode) (increase(risk_rule_hits_total[$__range])))",
+                        "{{rule}} ({{mode}})", instant=True)],
+               options={"orientation": "horizontal", "displayMode": "gradient",
+                        "reduceOptions": {"calcs": ["lastNotNull"], "values": False}}),
+        _panel(ts, "Rule errors/s",
+               [_target(f"sum by (rule) (rate(risk_rule_errors_total[{RATE}]))", "{{rule}}")],
+               unit="ops"),
+        _panel("table", "Active ruleset", [_target("risk_ruleset_info", instant=True,
+                                                   format="table")]),
+    ]
+    internals = [
+        _panel(ts, "Ring occupancy (slots)",
+               [_target("risk_ring_occupancy", "worker {{worker}} {{direction}}")]),
+        _panel(ts, "GC pause P99 by process",
+               _quantiles("risk_gc_pause_seconds", "process", qs=(0.99,)), unit="s"),
+        _panel(ts, "Share of time in GC by process",
+               [_target(f"sum by (process) (rate(risk_gc_pause_seconds_sum[{RATE}]))",
+                        "{{process}}")], unit="percentunit"),
+        _panel(ts, "Restarts and reload errors (time range)",
+               [_target("increase(risk_worker_restarts_total[$__range])", "worker restarts"),
+                _target("increase(risk_ingress_restarts_total[$__range])", "ingress restarts"),
+                _target("increase(risk_ruleset_reload_errors_total[$__range])", "reload errors")]),
+        _panel(ts, "In flight, deduplicated/s, events/s by worker",
+               [_target("risk_requests_in_flight", "in flight"),
+                _target(f"rate(risk_deduplicated_requests_total[{RATE}])", "deduplicated/s"),
+                _target(f"sum by (worker) (rate(risk_worker_events_total[{RATE}]))",
+                        "events/s worker {{worker}}")]),
+        _panel(ts, "CPU by process role",
+               [_target(f"sum by (role) (rate(risk_process_cpu_seconds_total[{RATE}]))",
+                        "{{role}}")], unit="percentunit"),
+        _panel(ts, "RSS by process role",
+               [_target("sum by (role) (risk_process_resident_memory_bytes)", "{{role}}")],
+               unit="bytes"),
+    ]
+    tcp = [
+        _panel("stat", "eBPF sidecar enabled", [_target("max(risk_ebpf_enabled)", "enabled")],
+               options={"reduceOptions": {"calcs": ["lastNotNull"], "values": False}}),
+        _panel(ts, "TCP srtt P50 / P99 (front door, eBPF)",
+               _quantiles("risk_tcp_srtt_seconds", ""), unit="s"),
+        _panel(ts, "TCP retransmits/s",
+               [_target(f"sum(rate(risk_tcp_retransmits_total[{RATE}]))", "retransmits/s")],
+               unit="ops"),
+        _panel(ts, "TCP connections", [_target("sum(risk_tcp_connections)", "open")]),
+        _panel(ts, "TCP bytes/s by direction",
+               [_target(f"sum by (direction) (rate(risk_tcp_bytes_total[{RATE}]))",
+                        "{{direction}}")], unit="Bps"),
+        _panel(ts, "TCP state transitions/s",
+               [_target(f"sum by (from, to) (rate(risk_tcp_state_transitions_total[{RATE}]))",
+                        "{{from}} -> {{to}}"),
+                _target(f"sum(rate(risk_tcp_conn_table_full_total[{RATE}]))",
+                        "untracked (map full)")], unit="ops"),
+    ]
+    return [("Latency", latency), ("Decisions and rules", decisions),
+            ("Engine internals", internals), ("TCP (eBPF sidecar)", tcp)]
+
+
+def build() -> dict:
+    """The dashboard as a dict (Grafana schemaVersion 39)."""
+    panels, y, pid = [], 0, 1
+    for title, row in _rows():
+        panels.append({"type": "row", "title": title, "id": pid, "collapsed": False,
+                       "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}, "panels": []})
+        pid, y, x = pid + 1, y + 1, 0
+        for p in row:                       # left to right, 8 units high, wrap at 24
+            w = 24 if p["type"] == "heatmap" else 12
+            if x + w > 24:
+                x, y = 0, y + 8
+            panels.append(dict(p, id=pid, gridPos={"h": 8, "w": w, "x": x, "y": y}))
+            pid, x = pid + 1, x + w
+        y += 8
+    return {
+        "title": "risk-engine", "uid": "risk-engine", "tags": ["risk-engine", "zeromq", "ebpf"],
+        "description": "Decisions, latency, rules, rings, GC and front-door TCP (issue 5)",
+        "schemaVersion": 39, "version": 1, "editable": True, "graphTooltip": 1,
+        "time": {"from": "now-1h", "to": "now"}, "refresh": "10s", "timezone": "utc",
+        "templating": {"list": [{"name": "datasource", "label": "Prometheus",
+                                 "type": "datasource", "query": "prometheus",
+                                 "current": {}, "hide": 0}]},
+        "annotations": {"list": []},
+        "panels": panels,
+    }
+
+
+def render() -> str:
+    return json.dumps(build(), indent=2) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render())

@@ -1,0 +1,56 @@
+"""Every metric family name the engine and the sidecar expose, as Prometheus shows it.
+
+The Grafana dashboard (docs/grafana/risk-engine.json) may only query names listed here;
+tests/bpf/test_dashboard.py enforces it, checks SIDECAR against what the sidecar's collector
+really yields, and ENGINE against engine/exporter.py. Counters carry their ``_total``
+suffix; histograms are listed by base name (samples add _bucket, _count, _sum).
+"""
+from __future__ import annotations
+
+COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"
+
+# Issue 5 "Prometheus" section, as engine/exporter.py names them.
+ENGINE: dict[str, str] = {
+    "risk_eval_duration_seconds": HISTOGRAM,      # {transport}
+    "risk_stage_duration_seconds": HISTOGRAM,     # {stage}
+    "risk_requests_total": COUNTER,               # {result, transport}
+    "risk_decisions_total": COUNTER,              # {action}
+    "risk_rule_hits_total": COUNTER,              # {rule, mode}
+    "risk_rule_errors_total": COUNTER,            # {rule}
+    "risk_ring_occupancy": GAUGE,                 # {worker, direction}
+    "risk_worker_restarts_total": COUNTER,
+    "risk_ingress_restarts_total": COUNTER,
+    "risk_ruleset_reload_errors_total": COUNTER,
+    "risk_ruleset_info": GAUGE,                   # {name, version, generation}
+    "risk_requests_in_flight": GAUGE,
+    "risk_deduplicated_requests_total": COUNTER,
+    "risk_worker_events_total": COUNTER,          # {worker}
+    "risk_gc_pause_seconds": HISTOGRAM,           # {process}
+    "risk_process_cpu_seconds_total": COUNTER,    # {role}
+    "risk_process_resident_memory_bytes": GAUGE,  # {role}
+    "risk_ebpf_enabled": GAUGE,
+}
+
+# bpf/collector.py (the sidecar's own endpoint); every series has a {port} label.
+SIDECAR: dict[str, str] = {
+    "risk_ebpf_enabled": GAUGE,
+    "risk_tcp_srtt_seconds": HISTOGRAM,
+    "risk_tcp_retransmits_total": COUNTER,
+    "risk_tcp_state_transitions_total": COUNTER,  # {from, to}
+    "risk_tcp_connections": GAUGE,
+    "risk_tcp_bytes_total": COUNTER,              # {direction: rx|tx}
+    "risk_tcp_conn_table_full_total": COUNTER,
+}
+
+ALL: dict[str, str] = {**ENGINE, **SIDECAR}
+
+
+def family_of(sample_name: str) -> str | None:
+    """The listed family a sample name belongs to (histogram suffixes stripped), or None."""
+    if sample_name in ALL:
+        return sample_name
+    for suffix in ("_bucket", "_count", "_sum"):
+        base = sample_name[: -len(suffix)] if sample_name.endswith(suffix) else None
+        if base and ALL.get(base) == HISTOGRAM:
+            return base
+    return None
