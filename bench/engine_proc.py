@@ -1,0 +1,125 @@
+"""Start and stop a ``risk-engine serve`` for a bench run, and read its GC pauses.
+
+``EngineProcess(config, workers)`` runs ``python -m engine.cli serve`` on a free 127.0.0.1
+port with a unique ``--instance`` and ``--metrics`` on another free port, and waits for the
+``risk-engine: serving`` line (the first start compiles the rule kernel: allow minutes on a
+busy machine). ``stop()`` sends SIGTERM and returns the exit code (0 = clean).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+READY_PREFIX = "risk-engine: serving"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class EngineProcess:
+    def __init__(self, config: str | None = None, workers: int | None = None,
+                 start_timeout_s: float = 300.0, instance: str | None = None):
+        self.bind = f"tcp://127.0.0.1:{free_port()}"
+        self.metrics = f"127.0.0.1:{free_port()}"
+        self.instance = instance or f"bench{os.getpid() % 100000}{int(time.time()) % 1000}"
+        cmd = [sys.executable, "-m", "engine.cli", "serve", "--bind", self.bind,
+               "--metrics", self.metrics, "--instance", self.instance]
+        if config:
+            cmd += ["--config", config]
+        if workers:
+            cmd += ["--workers", str(workers)]
+        self.cmd = cmd
+        self.stderr = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.stderr, text=True,
+                                     start_new_session=True)
+        self.ready_line = self._wait_ready(start_timeout_s)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def _wait_ready(self, timeout_s: float) -> str:
+        import select
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            r, _, _ = select.select([self.proc.stdout], [], [], 0.5)
+            if r:
+                line = self.proc.stdout.readline()
+                if line.startswith(READY_PREFIX):
+                    return line.strip()
+                if line:
+                    continue
+            if self.proc.poll() is not None:
+                break
+        rc = self.proc.poll()
+        self.kill()
+        raise RuntimeError(f"engine did not start: rc={rc} timeout_s={timeout_s} "
+                           f"cmd={' '.join(self.cmd)}\n{self.stderr_text()[-3000:]}")
+
+    def stderr_text(self) -> str:
+        self.stderr.seek(0)
+        return self.stderr.read()
+
+    def stats(self) -> dict | None:
+        return read_stats(self.metrics)
+
+    def stop(self, timeout_s: float = 60.0) -> int:
+        """SIGTERM, wait; returns the exit code (kills the group after ``timeout_s``)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                return -9
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(10)
+
+
+def read_stats(metrics: str | None) -> dict | None:
+    """The ``/stats`` JSON of the engine whose metrics listen on HOST:PORT, or None."""
+    if not metrics:
+        return None
+    try:
+        with urllib.request.urlopen(f"http://{metrics}/stats", timeout=5) as r:
+            return json.loads(r.read())
+    except (OSError, ValueError):
+        return None
+
+
+def gc_pauses(stats: dict | None) -> dict[str, tuple[int, float]]:
+    """``risk_gc_pause_seconds`` from ``/stats``: process -> (pauses, total seconds)."""
+    out: dict[str, list] = {}
+    for row in (stats or {}).get("risk_gc_pause_seconds", []):
+        proc = row.get("process", "?")
+        if row.get("sample", "").endswith("_count"):
+            out.setdefault(proc, [0, 0.0])[0] = int(row["value"])
+        elif row.get("sample", "").endswith("_sum"):
+            out.setdefault(proc, [0, 0.0])[1] = float(row["value"])
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+def gc_delta(before: dict | None, after: dict | None) -> dict | None:
+    """GC pauses between two ``/stats`` reads: {process: {"pauses", "total_ms"}} or None."""
+    if before is None or after is None:
+        return None
+    b, a = gc_pauses(before), gc_pauses(after)
+    return {p: {"pauses": a[p][0] - b.get(p, (0, 0.0))[0],
+                "total_ms": round((a[p][1] - b.get(p, (0, 0.0))[1]) * 1e3, 3)} for p in a}

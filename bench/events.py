@@ -1,0 +1,111 @@
+"""Random but valid events for any schema, and pools of pre-built request bodies.
+
+The bench must not spend its (shared) CPU building events, so a ``PayloadPool`` builds a few
+hundred bodies once; per request only the header (binary) or the JSON envelope is formatted,
+with a fresh request id every time (the engine's idempotency window would otherwise answer
+replayed ids from its cache, and the bench would measure the cache).
+
+Values are generic per field kind, with a few conventions for realistic rules: the shard key
+is drawn from ``n_accounts`` ids (so events spread over every worker), floats are positive
+log-normal amounts, 2- and 3-byte fields are country and currency codes, integer fields
+ending in ``_ms`` are current epoch milliseconds, and bools are mostly false.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+
+from engine.schema import Schema
+from ingress import wire
+
+COUNTRIES = (b"US", b"GB", b"DE", b"FR", b"NL", b"IT", b"ES", b"JP", b"BR", b"NG", b"RU", b"CN")
+CURRENCIES = (b"USD", b"EUR", b"GBP", b"JPY", b"BRL", b"CHF")
+
+
+def random_records(schema: Schema, n: int, seed: int = 0, n_accounts: int = 100_000) -> np.ndarray:
+    """``n`` valid records of ``schema.dtype`` (finite floats, in-range ints, ASCII bytes)."""
+    if n < 1 or n_accounts < 1:
+        raise ValueError(f"random_records: n={n} and n_accounts={n_accounts} must be >= 1")
+    rng = np.random.default_rng(seed)
+    rec = np.zeros(n, dtype=schema.dtype)
+    now_ms = int(time.time() * 1000)
+    for f in schema.fields:
+        col = rec[f.name]
+        if f.name == schema.shard_key:
+            col[:] = rng.integers(1, n_accounts + 1, n)
+        elif f.kind == "bool":
+            col[:] = rng.random(n) < 0.02
+        elif f.kind == "float":
+            col[:] = np.round(rng.lognormal(4.0, 1.5, n), 2)
+        elif f.kind == "bytes":
+            pool = COUNTRIES if f.size == 2 else CURRENCIES if f.size == 3 else None
+            if pool is None:
+                letters = rng.integers(65, 91, (n, f.size), dtype=np.uint8)
+                col[:] = letters.view(f"S{f.size}").ravel()
+            else:
+                col[:] = np.array(pool, dtype=f"S{f.size}")[rng.integers(0, len(pool), n)]
+        elif f.name.endswith("_ms") and f.kind == "int" and f.hi >= now_ms:
+            col[:] = now_ms - rng.integers(0, 60_000, n)
+        else:
+            hi = min(int(f.hi), 1_000_000)
+            lo = max(int(f.lo), 0)
+            col[:] = rng.integers(lo, hi + 1, n)
+    return rec
+
+
+def records_to_json(schema: Schema, rec: np.ndarray) -> list[dict]:
+    """Records as JSON-ready dicts (bytes fields as strings, trailing zeros stripped)."""
+    out = []
+    kinds = [(f.name, f.kind) for f in schema.fields]
+    for r in rec:
+        d = {}
+        for name, kind in kinds:
+            v = r[name]
+            if kind == "bytes":
+                d[name] = bytes(v).rstrip(b"\0").decode("ascii")
+            elif kind == "float":
+                d[name] = float(v)
+            elif kind == "bool":
+                d[name] = bool(v)
+            else:
+                d[name] = int(v)
+        out.append(d)
+    return out
+
+
+class PayloadPool:
+    """``size`` pre-built bodies of ``batch`` events each; ``request(i, client_id, rid)``
+    returns the full request frame for body ``i % size`` with fresh ids.
+
+    transport 'binary': 40-byte header (``ingress.wire.REQUEST_HEADER``) + packed records.
+    transport 'json': ``{"request_id": R, "client_id": C, "events": [...]}``.
+    """
+
+    def __init__(self, schema: Schema, batch: int, transport: str, size: int = 256,
+                 seed: int = 0, n_accounts: int = 100_000):
+        if transport not in ("binary", "json"):
+            raise ValueError(f"transport={transport!r} (allowed: binary, json)")
+        if batch < 1:
+            raise ValueError(f"batch={batch} must be >= 1")
+        self.transport = transport
+        self.batch = batch
+        self.size = size
+        self.schema_hash = schema.hash
+        rec = random_records(schema, size * batch, seed, n_accounts).reshape(size, batch)
+        if transport == "binary":
+            self.bodies = [rec[i].tobytes() for i in range(size)]
+        else:
+            self.bodies = [json.dumps(records_to_json(schema, rec[i]), separators=(",", ":"))
+                           for i in range(size)]
+        self._pack = wire.REQUEST_HEADER.pack
+        self._magic = wire.REQUEST_MAGIC
+        self._version = wire.PROTOCOL_VERSION
+
+    def request(self, i: int, client_id: int, request_id: int) -> bytes:
+        body = self.bodies[i % self.size]
+        if self.transport == "binary":
+            return self._pack(self._magic, self._version, 0, self.schema_hash, self.batch, 0,
+                              client_id, request_id) + body
+        return ('{"request_id":%d,"client_id":%d,"events":%s}' % (request_id, client_id, body)).encode()

@@ -1,0 +1,149 @@
+"""``python -m bench.latency``: engine round-trip latency next to a raw pyzmq echo baseline.
+
+One run = up to two phases with the same clients, payload and concurrency: the echo server
+(bench.echo, its own process) and then the engine (started here as ``risk-engine serve`` on
+free ports, or the running one named by ``--target``). See docs/BENCH.md for how to read
+the table. Exit code: 0 when the engine phase passes the acceptance bar (P99 <= 8 ms and no
+errors) or only the echo ran, 1 when it fails the bar, 2 when the run could not be made.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--clients", type=int, default=100, help="concurrent clients, one request in flight each (default 100)")
+    p.add_argument("--duration", type=float, default=30.0, metavar="S", help="measured seconds per phase (default 30)")
+    p.add_argument("--warmup", type=float, default=2.0, metavar="S", help="unrecorded seconds before measuring (default 2)")
+    p.add_argument("--rate", type=float, default=0.0, metavar="R",
+                   help="open loop: total requests/s, latency from intended send time (default: closed loop)")
+    p.add_argument("--batch", type=int, default=1, metavar="N", help="events per request (default 1)")
+    p.add_argument("--transport", choices=("binary", "json"), default="binary")
+    p.add_argument("--processes", type=int, default=2, metavar="P", help="load processes (default 2)")
+    p.add_argument("--target", metavar="ADDR", help="a running engine to measure instead of starting one")
+    p.add_argument("--target-metrics", metavar="HOST:PORT", help="metrics endpoint of --target (for GC pauses)")
+    p.add_argument("--config", help="engine config (default: the bundled engine/default.yaml)")
+    p.add_argument("--workers", type=int, help="engine worker processes (default: the config's)")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--plot", metavar="FILE.png", help="HDR percentile plot (needs matplotlib)")
+    p.add_argument("--echo-only", action="store_true", help="only the echo baseline")
+    p.add_argument("--no-echo", action="store_true", help="only the engine")
+    p.add_argument("--timeout-ms", type=int, default=5000, help="client timeout per request (default 5000)")
+    p.add_argument("--start-timeout", type=float, default=300.0, metavar="S", help="engine start-up limit")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument("--alloc", action="store_true", help="allocation check instead of latency (bench.alloc)")
+    p.add_argument("--alloc-events", type=int, default=100_000, help="events for --alloc (default 100000)")
+
+
+def check_args(a) -> None:
+    for name, v, lo in (("clients", a.clients, 1), ("batch", a.batch, 1), ("processes", a.processes, 1)):
+        if v < lo:
+            raise SystemExit(f"bench: --{name}={v} must be >= {lo}")
+    if a.duration <= 0 or a.warmup < 0 or a.rate < 0:
+        raise SystemExit(f"bench: duration={a.duration} warmup={a.warmup} rate={a.rate}: need "
+                         f"duration > 0, warmup >= 0, rate >= 0")
+    if a.echo_only and a.no_echo:
+        raise SystemExit("bench: --echo-only and --no-echo exclude each other")
+
+
+def build_document(a, summaries: dict, gc: dict | None, notes: list[str]) -> dict:
+    from bench import report
+    doc = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+           "command": " ".join(["python -m bench.latency"] + sys.argv[1:]),
+           "cpus": len(os.sched_getaffinity(0)),
+           "settings": {"clients": a.clients, "processes": min(a.processes, a.clients),
+                        "duration_s": a.duration, "warmup_s": a.warmup, "rate": a.rate,
+                        "batch": a.batch, "transport": a.transport,
+                        "target": a.target or ("-" if a.echo_only else "own engine"), "config": a.config or "default"},
+           "phases": summaries, "engine_gc": gc, "notes": notes}
+    if "engine" in summaries and "echo" in summaries:
+        doc["ratio"] = report.ratios(summaries["engine"], summaries["echo"])
+    if "engine" in summaries:
+        doc["acceptance"] = report.acceptance(summaries["engine"])
+    return doc
+
+
+def run(a) -> int:
+    check_args(a)
+    if a.alloc:
+        from bench import alloc
+        return alloc.run(a)
+    from bench import report
+    from bench.echo import EchoServer
+    from bench.engine_proc import EngineProcess, free_port, gc_delta, read_stats
+    from bench.loadgen import LoadSpec
+    from bench.phase import run_phase
+
+    progress = sys.stderr.isatty() and not a.no_progress
+    spec = LoadSpec(target="", clients=a.clients, duration_s=a.duration, warmup_s=a.warmup,
+                    rate=a.rate, batch=a.batch, transport=a.transport, config=a.config,
+                    seed=a.seed, timeout_ms=a.timeout_ms)
+    cpus = len(os.sched_getaffinity(0))
+    phases, summaries, notes, gc = {}, {}, [], None
+    rc = 0
+    if not a.no_echo:
+        echo = EchoServer(f"tcp://127.0.0.1:{free_port()}")
+        try:
+            spec.target, spec.kind = echo.bind, "echo"
+            phases["echo"] = run_phase("echo", spec, a.processes, (echo.pid,), progress)
+        finally:
+            handled = echo.stop()
+        notes.append(f"echo process handled {handled} messages")
+        summaries["echo"] = report.summarise(phases["echo"], cpus)
+    if not a.echo_only:
+        engine = None
+        try:
+            if a.target:
+                spec.target, metrics, pids = a.target, a.target_metrics, ()
+            else:
+                print("bench: starting risk-engine serve (the first start compiles the kernel) ...",
+                      file=sys.stderr, flush=True)
+                engine = EngineProcess(a.config, a.workers, a.start_timeout)
+                spec.target, metrics, pids = engine.bind, engine.metrics, (engine.pid,)
+                notes.append(f"engine: {engine.ready_line}")
+            spec.kind = "engine"
+            before = read_stats(metrics)
+            phases["engine"] = run_phase("engine", spec, a.processes, pids, progress)
+            gc = gc_delta(before, read_stats(metrics))
+            summaries["engine"] = report.summarise(phases["engine"], cpus)
+        except RuntimeError as e:
+            print(f"bench: engine phase failed: {e}", file=sys.stderr)
+            notes.append(f"engine phase failed: {str(e).splitlines()[0]}")
+            rc = 2
+        finally:
+            if engine is not None:
+                erc = engine.stop()
+                notes.append(f"engine stopped with SIGTERM: exit code {erc}")
+                if erc != 0:
+                    print(f"bench: engine exit code {erc} after SIGTERM (expected 0)\n"
+                          f"{engine.stderr_text()[-2000:]}", file=sys.stderr)
+                    rc = rc or 2
+    doc = build_document(a, summaries, gc, notes)
+    if summaries:
+        print(report.table(doc))
+    for n in notes:
+        print(f"note: {n}")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(doc, f, indent=1)
+        print(f"json: wrote {os.path.abspath(a.json)}")
+    if a.plot:
+        print(report.plot(a.plot, phases))
+    if rc == 0 and "acceptance" in doc and not doc["acceptance"]["pass"]:
+        rc = 1
+    return rc
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.latency", description=__doc__.split("\n")[0])
+    add_arguments(ap)
+    return run(ap.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

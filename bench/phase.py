@@ -1,0 +1,156 @@
+"""One measured phase: spread the clients (and the open-loop rate) over P load processes,
+start them at the same monotonic instant, draw a progress bar on stderr, merge their
+histograms (HdrHistogram encode/decode) and counts, and measure their CPU with psutil.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import sys
+import time
+from dataclasses import dataclass, field, replace
+
+import psutil
+from hdrh.histogram import HdrHistogram
+
+from bench.loadgen import LoadResult, LoadSpec, child_main, new_histogram
+
+
+@dataclass
+class PhaseResult:
+    label: str
+    spec: LoadSpec                    # the template (clients and rate are the totals)
+    processes: int
+    sent: int = 0
+    ok: int = 0
+    events_ok: int = 0
+    unsent: int = 0
+    errors: dict = field(default_factory=dict)
+    decision_errors: dict = field(default_factory=dict)
+    hist: HdrHistogram = None
+    intervals: list = field(default_factory=list)     # HdrHistogram per interval
+    samples: list = field(default_factory=list)
+    load_cpu_s: float = 0.0           # CPU seconds of the load processes during the phase
+    wall_s: float = 0.0
+    server_cpu_s: float | None = None
+
+    @property
+    def answered(self) -> int:
+        return self.ok + sum(v for k, v in self.errors.items() if k != "NO_REPLY")
+
+    @property
+    def error_count(self) -> int:
+        return sum(self.errors.values())
+
+
+def split(total: int, parts: int) -> list[int]:
+    """``total`` spread over ``parts`` as evenly as possible (zeros dropped)."""
+    out = [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+    return [n for n in out if n > 0]
+
+
+def _bar(label: str, done: int, elapsed: float, total: float) -> str:
+    frac = min(1.0, elapsed / total) if total > 0 else 1.0
+    width = 30
+    fill = int(frac * width)
+    rate = done / elapsed if elapsed > 0 else 0.0
+    return (f"\r{label:>7} [{'#' * fill}{'.' * (width - fill)}] {elapsed:5.1f}/{total:.0f} s "
+            f"{done:>9} replies {rate:>9.0f}/s")
+
+
+def run_phase(label: str, spec: LoadSpec, processes: int, server_pids: tuple[int, ...] = (),
+              progress: bool = True) -> PhaseResult:
+    """Run ``spec`` (``clients`` and ``rate`` are totals) over ``processes`` load processes."""
+    counts = split(spec.clients, max(1, processes))
+    ctx = mp.get_context("spawn")
+    shared = ctx.Array("q", len(counts), lock=False)
+    children = []
+    base = spec.client_id_base
+    for j, c in enumerate(counts):
+        rate = spec.rate * c / spec.clients if spec.rate else 0.0
+        sub = replace(spec, clients=c, rate=rate, phase=j / len(counts), seed=spec.seed + j,
+                      client_id_base=base)
+        base += c
+        parent, child = ctx.Pipe()
+        p = ctx.Process(target=child_main, args=(sub, child, shared, j), daemon=True,
+                        name=f"bench-load-{j}")
+        p.start()
+        children.append((p, parent))
+    try:
+        procs = []
+        for p, conn in children:
+            if not conn.poll(120):
+                raise RuntimeError(f"load process {p.name} not ready after 120 s")
+            msg = conn.recv()
+            if msg[0] != "ready":
+                raise RuntimeError(f"load process {p.name} failed: {msg[1]}")
+            procs.append(psutil.Process(msg[1]))
+        servers = [psutil.Process(pid) for pid in server_pids]
+        srv_cpu0 = sum(_tree_cpu(s) for s in servers)
+        start_ns = time.monotonic_ns() + 200_000_000
+        for _, conn in children:
+            conn.send(start_ns)
+        total_s = spec.warmup_s + spec.duration_s
+        results: list[LoadResult] = []
+        pending = dict(enumerate(children))
+        while pending:
+            elapsed = max(0.0, (time.monotonic_ns() - start_ns) / 1e9)
+            if progress:
+                sys.stderr.write(_bar(label, int(sum(shared)), max(0.0, elapsed - spec.warmup_s),
+                                      spec.duration_s) if elapsed > spec.warmup_s
+                                 else _bar(label + "~", 0, elapsed, spec.warmup_s))
+                sys.stderr.flush()
+            for j, (p, conn) in list(pending.items()):
+                if conn.poll(0.05 if progress else 0.2):
+                    msg = conn.recv()
+                    if msg[0] != "result":
+                        raise RuntimeError(f"load process {p.name} failed: {msg[1]}")
+                    results.append(msg[1])
+                    del pending[j]
+                elif not p.is_alive():
+                    raise RuntimeError(f"load process {p.name} died: exitcode={p.exitcode}")
+            if elapsed > total_s + spec.drain_s + spec.timeout_ms / 1000 + 60:
+                raise RuntimeError(f"load processes still running {elapsed:.0f} s after start")
+        wall_s = (time.monotonic_ns() - start_ns) / 1e9
+        srv_cpu = sum(_tree_cpu(s) for s in servers) - srv_cpu0 if servers else None
+        if progress:
+            sys.stderr.write("\n")
+    finally:
+        for p, conn in children:
+            p.join(5)
+            if p.is_alive():
+                p.kill()
+                p.join()
+    out = PhaseResult(label, spec, len(counts), hist=new_histogram(), wall_s=wall_s,
+                      server_cpu_s=srv_cpu)
+    for r in results:
+        merge(out, r)
+    return out
+
+
+def merge(out: PhaseResult, r: LoadResult) -> None:
+    out.sent += r.sent
+    out.ok += r.ok
+    out.events_ok += r.events_ok
+    out.unsent += r.unsent
+    out.load_cpu_s += r.cpu_s
+    for src, dst in ((r.errors, out.errors), (r.decision_errors, out.decision_errors)):
+        for k, v in src.items():
+            dst[k] = dst.get(k, 0) + v
+    out.hist.add(HdrHistogram.decode(r.hist))
+    for j, enc in enumerate(r.intervals):
+        while len(out.intervals) <= j:
+            out.intervals.append(new_histogram())
+        out.intervals[j].add(HdrHistogram.decode(enc))
+    out.samples.extend(r.samples)
+
+
+def _tree_cpu(p: psutil.Process) -> float:
+    """CPU seconds of a process and its live children."""
+    total = 0.0
+    for q in [p] + p.children(recursive=True):
+        try:
+            t = q.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total

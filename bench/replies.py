@@ -1,0 +1,64 @@
+"""Reply checking for the load generator: every reply is decoded and classified, so errors are
+counted, never hidden.
+
+``classify(kind, transport, request, reply, request_id)`` returns ``(code, decision_errors)``:
+``code`` is None for a good reply, else a request-level error name (an ``ErrorCode`` name such
+as ``OVERLOADED``, or ``BAD_REPLY`` when the reply cannot be decoded or answers another
+request); ``decision_errors`` is a list of per-decision error names (``TIMEOUT``,
+``OVERLOADED``, ``WORKER_LOST`` ...) for decisions that carry one, empty when all are clean.
+For the echo baseline a good reply is byte-identical to the request.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from engine.types import ErrorCode
+from ingress import wire
+
+BAD_REPLY = "BAD_REPLY"       # undecodable reply, or a reply to another request
+NO_REPLY = "NO_REPLY"         # no reply within the client timeout or the final drain
+
+
+def code_name(code: int) -> str:
+    try:
+        return ErrorCode(code).name
+    except ValueError:
+        return f"CODE_{code}"
+
+
+def classify(kind: str, transport: str, request: bytes, reply: bytes,
+             request_id: int) -> tuple[str | None, list[str]]:
+    if kind == "echo":
+        return (None, []) if reply == request else (BAD_REPLY, [])
+    if transport == "binary":
+        return _binary(reply, request_id)
+    return _json(reply, request_id)
+
+
+def _binary(reply: bytes, request_id: int) -> tuple[str | None, list[str]]:
+    try:
+        rid, error, dec, _ = wire.unpack_reply(reply)
+    except ValueError:
+        return BAD_REPLY, []
+    if error:
+        return code_name(error), []
+    if rid != request_id:
+        return BAD_REPLY, []
+    errs = dec["error"]
+    if not errs.any():
+        return None, []
+    return None, [code_name(int(e)) for e in errs[np.flatnonzero(errs)]]
+
+
+def _json(reply: bytes, request_id: int) -> tuple[str | None, list[str]]:
+    try:
+        obj = json.loads(reply)
+        if "error" in obj:
+            return str(obj["error"]["code"]), []
+        if obj["request_id"] != request_id:
+            return BAD_REPLY, []
+        return None, [str(d["error"]) for d in obj["decisions"] if "error" in d]
+    except (ValueError, KeyError, TypeError):
+        return BAD_REPLY, []
