@@ -118,6 +118,13 @@ def _count_valid(words, expect_seq):
     return words.shape[0]
 
 
+def warm_up() -> None:
+    """Compile (or load from the numba cache) every kernel signature; the writer calls it."""
+    w = np.zeros((1, 2), np.uint64)
+    _seal(w, np.uint64(1))
+    _count_valid(w, np.uint64(1))
+
+
 def checksum(records: np.ndarray) -> np.ndarray:
     """Check words of journal records as stored (u64 per record); for tests and tools."""
     words = np.ascontiguousarray(records).view(np.uint64).reshape(len(records), -1)
@@ -178,6 +185,8 @@ def list_segments(directory: str, writer_id: int) -> list[tuple[int, str]]:
     """(first_seq, path) of one writer's segments, oldest first (from the file names)."""
     prefix = f"w{writer_id:03d}-"
     out = []
+    if not os.path.isdir(directory):
+        return out
     for name in os.listdir(directory):
         if name.startswith(prefix) and name.endswith(SUFFIX):
             digits = name[len(prefix):-len(SUFFIX)]
@@ -246,6 +255,7 @@ class JournalWriter:
         # counters (read by the worker's stats)
         self.syncs = self.rotations = self.segments_deleted = self.torn_bytes_repaired = 0
         self.records_appended = 0
+        warm_up()
         os.makedirs(self.directory, exist_ok=True)
         segs = list_segments(self.directory, self.writer_id)
         if segs:
