@@ -10,7 +10,9 @@
 
 ``start_sidecar`` runs ``check_ebpf()`` first (no child when it fails), then starts
 ``python -m bpf.sidecar`` and waits for its ``ready`` line. The child gets SIGTERM when
-the parent dies (PR_SET_PDEATHSIG), so it never outlives the engine.
+the thread that started it dies (PR_SET_PDEATHSIG is per thread: call it from the main
+thread or one that lives as long as the engine), so it never outlives the engine.
+``port_of_bind(cfg.ingress.bind)`` gives the port to watch.
 """
 from __future__ import annotations
 
@@ -23,6 +25,20 @@ import time
 
 from bpf.availability import Exit, check_ebpf
 from bpf.sidecar import DEFAULT_METRICS
+
+
+def port_of_bind(bind: str) -> int:
+    """TCP port of a ZeroMQ bind address: 'tcp://127.0.0.1:5555' -> 5555.
+
+    Raises SidecarUnavailable(Exit.USAGE) for non-TCP transports (ipc://, inproc://) or a
+    wildcard port: the sidecar watches TCP sockets by local port only.
+    """
+    scheme, sep, rest = bind.partition("://")
+    port = rest.rpartition(":")[2]
+    if scheme != "tcp" or not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise SidecarUnavailable(int(Exit.USAGE), f"ebpf unavailable: bind={bind!r} is not "
+                                 "tcp://HOST:PORT with a fixed port")
+    return int(port)
 
 
 class SidecarUnavailable(RuntimeError):

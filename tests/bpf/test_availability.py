@@ -78,3 +78,25 @@ def test_cli_bad_arguments_exit_2():
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == Exit.USAGE
     assert "port=0" in p.stderr
+
+
+def test_port_of_bind():
+    from bpf.spawn import SidecarUnavailable, port_of_bind
+    assert port_of_bind("tcp://127.0.0.1:5555") == 5555
+    assert port_of_bind("tcp://[::1]:6000") == 6000
+    for bad in ("ipc:///tmp/x.sock", "tcp://127.0.0.1:*", "tcp://127.0.0.1:0", "5555"):
+        with pytest.raises(SidecarUnavailable) as e:
+            port_of_bind(bad)
+        assert e.value.code == Exit.USAGE
+
+
+def test_start_sidecar_reports_failure_as_exception():
+    """No root: the availability reason; root: a bad metrics address (exit 2 from the child)."""
+    from bpf.spawn import SidecarUnavailable, start_sidecar
+    with pytest.raises(SidecarUnavailable) as e:
+        start_sidecar(5555, metrics="no-port-here")
+    missing = check_ebpf()
+    if missing is not None:
+        assert e.value.code == missing.code and str(e.value) == missing.reason
+    else:
+        assert e.value.code == Exit.USAGE and "metrics='no-port-here'" in str(e.value)
