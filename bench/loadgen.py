@@ -132,13 +132,13 @@ def run(spec: LoadSpec, wait_start=None, progress=None, slot: int = 0) -> LoadRe
     while True:
         now = time.monotonic_ns()
         if gap_ns:
-            while next_due <= now and next_due < t_end and free:
+            while next_due <= now < t_end and free:
                 send(free.pop(), next_due)
                 next_due += gap_ns
         if now >= t_end and (not in_flight or now >= t_end + spec.drain_s * 1e9):
             break
         wait_ms = 100
-        if gap_ns and next_due < t_end:
+        if gap_ns and next_due < t_end and free:      # no free client: a reply wakes us
             wait_ms = max(0, min(wait_ms, (next_due - now) // 1_000_000))
         events = poller.poll(wait_ms)
         for s, _ in events:
@@ -168,7 +168,7 @@ def run(spec: LoadSpec, wait_start=None, progress=None, slot: int = 0) -> LoadRe
                 send(i, t_rx)
             else:
                 free.append(i)
-        if not events and gap_ns and next_due < t_end:
+        if not events and gap_ns and next_due < t_end and free:
             left_ns = next_due - time.monotonic_ns()
             if 0 < left_ns < 1_000_000:       # sub-millisecond: sleep, never spin
                 time.sleep(left_ns / 1e9)
