@@ -70,7 +70,7 @@ else
     || die "cannot mount tracefs at /sys/kernel/tracing (CONFIG_TRACING off or no CAP_SYS_ADMIN)"
   say "mounted tracefs at /sys/kernel/tracing"
 fi
-for tp in tcp/tcp_probe tcp/tcp_retransmit_skb sock/inet_sock_set_state; do
+for tp in tcp/tcp_probe tcp/tcp_retransmit_skb sock/inet_sock_set_state sock/sock_send_length sock/sock_recv_length; do
   [ -e "/sys/kernel/tracing/events/$tp" ] || die "tracepoint $tp missing from this kernel"
 done
 

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
+import time
 
 import pytest
 
@@ -19,10 +21,19 @@ def require_ebpf() -> None:
     pytest.skip(missing.reason)
 
 
-def free_tcp_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_tcp_port(low: int = 20000, high: int = 32000, attempts: int = 200) -> int:
+    """A port free now and BELOW the ephemeral range (32768+), so no client socket of another
+    test on this machine can get it as its local port and be counted by the sidecar."""
+    rng = random.Random(os.getpid() ^ int(time.time()))
+    for _ in range(attempts):
+        port = rng.randrange(low, high)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError(f"no free port in range={low}..{high} after attempts={attempts}")
 
 
 @pytest.fixture(scope="module")
