@@ -208,11 +208,11 @@ class Codec:
         if type(cid) is not int or not 0 <= cid <= U64_MAX:
             raise WireError(ErrorCode.BAD_JSON, "client_id: an integer in [0, 2**64-1]")
         dl = obj.get("deadline_ms", 0)
-        if type(dl) not in (int, float) or not math.isfinite(dl) or dl < 0:
+        if not (type(dl) is int or type(dl) is float and math.isfinite(dl)) or dl < 0:
             raise WireError(ErrorCode.BAD_JSON, "deadline_ms: a finite number >= 0")
-        deadline_us = round(dl * 1000)
-        if deadline_us > U32_MAX:
+        if dl > U32_MAX // 1000:      # compare before scaling: 1e308 * 1000 is inf
             raise WireError(ErrorCode.OUT_OF_RANGE, f"deadline_ms={dl} over {U32_MAX // 1000}")
+        deadline_us = round(dl * 1000)
         if ("event" in obj) == ("events" in obj):
             raise WireError(ErrorCode.BAD_JSON, "exactly one of 'event' or 'events' is required")
         events = [obj["event"]] if "event" in obj else obj["events"]

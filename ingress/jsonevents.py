@@ -105,7 +105,7 @@ class EventConverter:
         try:
             arr = np.array(col, dtype=np.float64)
         except OverflowError:
-            i = next(i for i, v in enumerate(col) if type(v) is int and abs(v) > 2 ** 1023)
+            i = next(i for i, v in enumerate(col) if not _fits_float(v))
             raise WireError(ErrorCode.OUT_OF_RANGE,
                             f"events[{i}].{name}: {_show(col[i])} does not fit a float") from None
         if not np.isfinite(arr).all():
@@ -134,6 +134,14 @@ class EventConverter:
             raise WireError(ErrorCode.OUT_OF_RANGE,
                             f"events[{i}].{name}: {len(enc[i])} bytes, at most {size} allowed")
         return enc
+
+
+def _fits_float(v) -> bool:
+    try:
+        float(v)
+        return True
+    except OverflowError:
+        return False
 
 
 def _utf8_ok(s: str) -> bool:

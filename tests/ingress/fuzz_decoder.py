@@ -109,7 +109,8 @@ class Fuzzer:
         if rng.random() < 0.3:
             obj["client_id"] = rng.choice([1, -1, 2 ** 64, "x"])
         if rng.random() < 0.2:
-            obj["deadline_ms"] = rng.choice([0, 0.5, -1, 1e12, None, float("nan")])
+            obj["deadline_ms"] = rng.choice([0, 0.5, -1, 1e12, 1e308, 10 ** 400, None,
+                                            float("nan"), float("inf")])
         for _ in range(rng.randint(0, 3)):
             op = rng.randrange(6)
             target = rng.choice(obj["events"]) if isinstance(obj.get("events"), list) \

@@ -91,9 +91,16 @@ def test_bad_shape_keeps_request_id(obj):
     assert e.code == ErrorCode.BAD_JSON and e.request_id == 4
 
 
-def test_deadline_out_of_range():
-    e = err(js({"request_id": 4, "event": event(), "deadline_ms": 2 ** 32}))
+@pytest.mark.parametrize("dl", [2 ** 32, 4294968, 1e308, 10 ** 400])
+def test_deadline_out_of_range(dl):
+    # 1e308 was found by the fuzzer: 1e308 * 1000 overflowed to inf before the range check
+    e = err(js({"request_id": 4, "event": event(), "deadline_ms": dl}))
     assert e.code == ErrorCode.OUT_OF_RANGE
+
+
+def test_deadline_at_the_limit():
+    assert CODEC.decode(js({"request_id": 4, "event": event(), "deadline_ms": 4294967})) \
+        .deadline_us == 4294967000
 
 
 def test_zero_events_and_too_many_events():
