@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import os
 import signal
 import sys
 import threading
@@ -52,7 +53,6 @@ def _die_with_parent(parent_pid: int) -> bool:
         return True
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    import os
     return os.getppid() == parent_pid
 
 

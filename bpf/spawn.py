@@ -114,6 +114,7 @@ def start_sidecar(port: int, metrics: str = DEFAULT_METRICS, max_conns: int = 40
         code = proc.returncode if proc.returncode not in (None, 0) else int(Exit.LOAD_FAILED)
         raise SidecarUnavailable(code, reason)
     bound = line.decode().split("metrics=", 1)[1].strip()
-    threading.Thread(target=_forward, args=(proc.stderr, sys.stderr), daemon=True,
-                     name="sidecar-stderr").start()
+    for stream, out in ((proc.stdout, sys.stdout), (proc.stderr, sys.stderr)):
+        threading.Thread(target=_forward, args=(stream, out), daemon=True,
+                         name="sidecar-output").start()
     return Sidecar(proc, port, bound)
