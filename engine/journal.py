@@ -100,12 +100,17 @@ def _record_hash(row):
 
 
 @njit(cache=True)
-def _seal(words, first_seq):
-    """Number rows first_seq.. and store their checks (seq first: the hash covers it)."""
-    w = words.shape[1] - 1
-    for i in range(words.shape[0]):
-        words[i, 0] = first_seq + np.uint64(i)
-        words[i, w] = _record_hash(words[i])
+def _append(words, pos, src, first_row, n, first_seq):
+    """Copy src rows first_row.. (flat u64 words) into rows pos.., numbering them first_seq..
+    and storing their checks. seq is stored before the hash is taken: the hash covers it."""
+    w = words.shape[1]
+    for i in range(n):
+        r = pos + i
+        base = (first_row + i) * w
+        for k in range(w - 1):
+            words[r, k] = src[base + k]
+        words[r, 0] = np.uint64(first_seq + i)
+        words[r, w - 1] = _record_hash(words[r])
 
 
 @njit(cache=True)
@@ -121,7 +126,7 @@ def _count_valid(words, expect_seq):
 def warm_up() -> None:
     """Compile (or load from the numba cache) every kernel signature; the writer calls it."""
     w = np.zeros((1, 2), np.uint64)
-    _seal(w, np.uint64(1))
+    _append(w, 0, w.reshape(-1), 0, 1, 1)
     _count_valid(w, np.uint64(1))
 
 
@@ -250,7 +255,7 @@ class JournalWriter:
             raise ValueError(f"journal.segment_bytes: {config.segment_bytes} holds no {self._rs}-byte record")
         self._interval_ns = config.interval_ms * 1_000_000
         self._mm = None
-        self._recs = self._words = self._bytes = None
+        self._recs = self._words = None
         self.snapshot_seq: int | None = None   # retention floor, see set_snapshot_seq
         # counters (read by the worker's stats)
         self.syncs = self.rotations = self.segments_deleted = self.torn_bytes_repaired = 0
@@ -285,7 +290,10 @@ class JournalWriter:
         if records.dtype != self.dtype:
             raise TypeError(f"records: dtype must be the journal dtype, got {records.dtype}")
         n = len(records)
-        src = np.ascontiguousarray(records).view(np.uint8).reshape(n, self._rs)
+        try:
+            src = records.view(np.uint64)                    # raw words: padding bytes included
+        except ValueError:
+            src = np.ascontiguousarray(records).view(np.uint64)
         first = self.next_seq
         done = 0
         while done < n:
@@ -293,8 +301,7 @@ class JournalWriter:
                 self._rotate()
             k = min(n - done, self._cap - self._pos)
             p = self._pos
-            self._bytes[p:p + k] = src[done:done + k]        # one memcpy, padding included
-            _seal(self._words[p:p + k], np.uint64(self._first + p))
+            _append(self._words, p, src, done, k, self._first + p)   # one copy + seal pass
             self._mark_dirty(p, p + k)
             self._pos = p + k
             done += k
@@ -335,7 +342,7 @@ class JournalWriter:
         if self._mm is not None:
             if self.config.fsync != "none":
                 self.sync()
-            self._recs = self._words = self._bytes = None
+            self._recs = self._words = None
             self._mm.close()
             self._mm = None
 
@@ -359,7 +366,6 @@ class JournalWriter:
             os.close(fd)
         self._recs = np.frombuffer(self._mm, self.dtype, self._cap, HEADER_SIZE)
         self._words = self._recs.view(np.uint64).reshape(self._cap, self._rs // 8)
-        self._bytes = self._recs.view(np.uint8).reshape(self._cap, self._rs)
         self._path, self._first, self._pos = path, first, pos
         self._dirty_lo = self._dirty_hi = pos
         self._last_sync_ns = time.monotonic_ns()
@@ -398,7 +404,7 @@ class JournalWriter:
         if self.config.fsync != "none":       # the old segment is durable before the new exists
             self.sync()
         nxt = self.next_seq
-        self._recs = self._words = self._bytes = None
+        self._recs = self._words = None
         self._mm.close()
         self._cap = (self.config.segment_bytes - HEADER_SIZE) // self._rs
         self._create(nxt)
