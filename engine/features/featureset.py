@@ -143,8 +143,8 @@ class FeatureSet:
             self.bindings[ls.name] = Binding(ls.name, "list", ls.type, "bool", f"fl_{ls.name}",
                                              "", "", "", "", "")
         for ss in specs.states:
-            self._table(f"fs_{ss.name}", ss.capacity, ss.slot_words, alloc)
-            self.bindings[ss.name] = Binding(ss.name, "state", "state", "int", f"fs_{ss.name}",
+            self._table(f"st_{ss.name}", ss.capacity, ss.slot_words, alloc)
+            self.bindings[ss.name] = Binding(ss.name, "state", "state", "int", f"st_{ss.name}",
                                              f"{ss.capacity}, {ss.slot_words}, {ss.probe_len}",
                                              _key_src(schema, (ss.key,)), "", "", "")
         arr, _ = alloc(CONTROL_ARG, CONTROL_WORDS)
@@ -181,7 +181,7 @@ class FeatureSet:
         ss = next(s for s in self.specs.states if s.name == name)
         if state not in STATE_NAMES.values():
             raise ValueError(f"state.{name}: state={state} is not ACTIVE/REDUCING/HALTED")
-        rc = _set_state(self._arrays[f"fs_{name}"], ss.capacity, ss.slot_words, ss.probe_len,
+        rc = _set_state(self._arrays[f"st_{name}"], ss.capacity, ss.slot_words, ss.probe_len,
                         np.uint64(key & 0xFFFFFFFFFFFFFFFF), state, now_ms)
         if rc < 0:
             raise state_full_error(name, key)
@@ -191,7 +191,7 @@ class FeatureSet:
 
     # --- reporting ---------------------------------------------------------------------
     def counters(self) -> dict[str, dict]:
-        return {n: T.counters(a) for n, a in self._arrays.items() if n.startswith(("ft_", "fs_"))}
+        return {n: T.counters(a) for n, a in self._arrays.items() if n.startswith(("ft_", "st_"))}
 
     def memory_report(self) -> str:
         lines = [f"{'name':<24}{'kind':<10}{'B/key':>7}{'capacity':>12}{'MiB':>10}"]
@@ -201,7 +201,7 @@ class FeatureSet:
             total += nb
             lines.append(f"{fs.name:<24}{fs.kind:<10}{fs.bytes_per_key:>7}{fs.capacity:>12}{nb / 2**20:>10.1f}")
         for ss in self.specs.states:
-            nb = self._arrays[f"fs_{ss.name}"].nbytes
+            nb = self._arrays[f"st_{ss.name}"].nbytes
             total += nb
             lines.append(f"{ss.name:<24}{'state':<10}{8 * ss.slot_words:>7}{ss.capacity:>12}{nb / 2**20:>10.1f}")
         for ls in self.specs.lists:
