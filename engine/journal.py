@@ -32,6 +32,7 @@ Durability of each ``fsync`` policy: see docs/DURABILITY.md.
 """
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
 import struct
@@ -200,6 +201,19 @@ def list_segments(directory: str, writer_id: int) -> list[tuple[int, str]]:
     return sorted(out)
 
 
+def _lock_writer(directory: str, writer_id: int) -> int:
+    """Exclusive flock on w{id}.lock: one live writer per series (the kernel drops it on death)."""
+    path = os.path.join(directory, f"w{writer_id:03d}.lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise JournalError(f"journal {directory}: writer_id={writer_id} is already open by another "
+                           f"writer (lock file {path})") from None
+    return fd
+
+
 def fsync_dir(directory: str) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -254,7 +268,7 @@ class JournalWriter:
         if self._cap < 1:
             raise ValueError(f"journal.segment_bytes: {config.segment_bytes} holds no {self._rs}-byte record")
         self._interval_ns = config.interval_ms * 1_000_000
-        self._mm = None
+        self._mm = self._lock_fd = None
         self._recs = self._words = None
         self.snapshot_seq: int | None = None   # retention floor, see set_snapshot_seq
         # counters (read by the worker's stats)
@@ -262,6 +276,7 @@ class JournalWriter:
         self.records_appended = 0
         warm_up()
         os.makedirs(self.directory, exist_ok=True)
+        self._lock_fd = _lock_writer(self.directory, self.writer_id)
         segs = list_segments(self.directory, self.writer_id)
         if segs:
             self._open_existing(segs[-1][1])
@@ -345,6 +360,9 @@ class JournalWriter:
             self._recs = self._words = None
             self._mm.close()
             self._mm = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)             # releases the flock
+            self._lock_fd = None
 
     def __enter__(self):
         return self

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from engine.journal import (HEADER_SIZE, JournalConfig, JournalCorruptError, JournalGapError,
-                            JournalReader, JournalWriter, journal_dtype, list_segments)
+from engine.journal import (HEADER_SIZE, JournalConfig, JournalCorruptError, JournalError,
+                            JournalGapError, JournalReader, JournalWriter, journal_dtype,
+                            list_segments)
 from engine.schema import Schema
 
 SCHEMA = Schema.build({"account_id": "u64", "amount": "f64", "country": "bytes2", "ok": "bool"},
@@ -229,3 +230,12 @@ def test_fsync_policies_count_syncs(tmp_path):
             else:
                 assert synced == [False, True, False] and w.syncs == 1
         check_records(reader(d).read_all())
+
+
+def test_second_writer_on_same_series_refused(tmp_path):
+    with writer(tmp_path) as w:
+        with pytest.raises(JournalError, match="writer_id=0 is already open"):
+            writer(tmp_path)
+        w.append_batch(batch(w, 3))
+    with writer(tmp_path) as w:                            # released on close
+        assert w.next_seq == 4
