@@ -124,7 +124,9 @@ class Segment:
         if offset_bytes < 0 or offset_bytes + count * dt.itemsize > self.size:
             raise SegmentError(f"name={self.name!r} offset_bytes={offset_bytes} count={count} "
                                f"itemsize={dt.itemsize}: beyond segment size {self.size}")
-        return np.ndarray((count,), dtype=dt, buffer=self.buf, offset=offset_bytes)
+        # frombuffer holds a buffer export, so close() refuses (instead of leaving a view
+        # over unmapped memory, which would crash on access) while this view lives.
+        return np.frombuffer(self.buf, dt, count, offset_bytes)
 
     def prefault(self, offset_bytes: int = 0, size_bytes: int | None = None) -> None:
         """Allocate the pages of a range now, in this process (first touch decides the NUMA node).
@@ -138,13 +140,13 @@ class Segment:
         try:
             self.buf.madvise(_MADV_POPULATE_WRITE, start, end - start)
         except (OSError, ValueError):
-            view = np.ndarray((end - offset_bytes,), np.uint8, self.buf, offset_bytes)
+            view = self.array(np.uint8, offset_bytes, end - offset_bytes)
             view[::_PAGE_BYTES] = 0
             del view
 
     def close(self) -> bool:
-        """Unmap. Returns False (and leaves the unmap to garbage collection) while numpy views
-        over the buffer are still alive."""
+        """Unmap. Returns False while numpy views over the buffer are still alive: the mapping
+        then stays valid and is unmapped when the last view and this object are collected."""
         if self.buf is None:
             return True
         try:

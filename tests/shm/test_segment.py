@@ -1,0 +1,81 @@
+"""shm.segment: names, create/attach/close/unlink, prefault, and reclaim of a dead owner's
+segments and semaphores after SIGKILL (never a live owner's, never another instance's)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from shm.segment import (Segment, SegmentError, list_names, parse_name, reclaim_stale,
+                         segment_name, unlink_owned)
+
+
+def test_names_carry_instance_and_owner_pid():
+    assert segment_name("re", "req0", 1234) == "/risk-engine.re.1234.req0"
+    assert segment_name("re", "x") == f"/risk-engine.re.{os.getpid()}.x"
+    p = parse_name("risk-engine.re.1234.req0")
+    assert (p.instance, p.owner_pid, p.name) == ("re", 1234, "req0")
+    assert parse_name("/risk-engine.re.12x.req0") is None
+    for bad in (("r.e", "x"), ("", "x"), ("re", "a/b"), ("re", "a.b"), ("a" * 17, "x")):
+        with pytest.raises(SegmentError):
+            segment_name(*bad)
+
+
+def test_create_attach_share_bytes_and_unlink(instance):
+    seg = Segment.create(instance, "data", 10_000)
+    assert os.path.exists("/dev/shm" + seg.name)
+    other = Segment.attach(seg.name)
+    assert other.size == 10_000
+    seg.prefault()                                   # contents unchanged, pages allocated
+    a, b = seg.array(np.int64, 64, 8), other.array(np.int64, 64, 8)
+    a[:] = np.arange(8)
+    assert b.tolist() == list(range(8))
+    seg.prefault(64, 64)
+    assert b.tolist() == list(range(8))
+    assert not seg.close()                           # a view is alive: not unmapped yet
+    del a, b
+    assert seg.close() and other.close()
+    seg.unlink()
+    seg.unlink()                                     # idempotent
+    assert not os.path.exists("/dev/shm" + seg.name)
+    with pytest.raises(SegmentError, match="no such segment"):
+        Segment.attach(seg.name)
+    with pytest.raises(SegmentError, match="beyond segment size"):
+        Segment.create(instance, "small", 16).array(np.int64, 8, 2)
+
+
+def test_reclaim_after_sigkill_of_the_owner(instance):
+    live = Segment.create(instance, "mine", 4096)             # owner: this live process
+    child = subprocess.Popen([sys.executable, "-m", "tests.shm.peers", "own", instance,
+                              "ring", "bell"], stdout=subprocess.PIPE, text=True)
+    try:
+        ring_name, bell_name = child.stdout.readline().split()
+        other = "t" + instance[1:][::-1]                       # another instance, same dead pid
+        foreign = Segment.create(other, "keep", 4096, owner_pid=child.pid)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(30)
+    try:
+        assert os.path.exists("/dev/shm" + ring_name)
+        assert os.path.exists("/dev/shm/sem." + bell_name[1:])
+        removed = reclaim_stale(instance)
+        assert sorted(removed) == sorted([ring_name, "sem:" + bell_name])
+        assert [full for _, full, _ in list_names(instance)] == [live.name]
+        assert os.path.exists("/dev/shm" + foreign.name)    # other instance: untouched
+        assert reclaim_stale(instance) == []
+    finally:
+        foreign.unlink()
+        live.unlink()
+
+
+def test_unlink_owned_removes_only_that_owner(instance):
+    mine = Segment.create(instance, "a", 4096)
+    theirs = Segment.create(instance, "b", 4096, owner_pid=1)  # pid 1 is alive: kept by reclaim
+    assert reclaim_stale(instance) == []
+    assert unlink_owned(instance) == [mine.name]
+    assert [full for _, full, _ in list_names(instance)] == [theirs.name]
+    assert unlink_owned(instance, 1) == [theirs.name]
