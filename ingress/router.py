@@ -298,7 +298,7 @@ class Router:
         an unanswered slot: real generations start at 1)."""
         todo = p.slots["generation"] == 0
         p.slots["action"][todo] = action
-        p.slots["flags"][todo] |= flag
+        p.slots["flags"][todo] |= np.uint8(flag)
         p.slots["error"][todo] = code
         p.slots["score"][todo] = 0.0
         p.remaining = 0
@@ -343,7 +343,7 @@ class Router:
         slots = p.slots
         if duplicate:
             slots = slots.copy()
-            slots["flags"] |= DecisionFlag.DUPLICATE
+            slots["flags"] |= np.uint8(DecisionFlag.DUPLICATE)
         metas = None
         if p.req.kind == "json":
             metas = {g: self.meta(g) for g in set(slots["generation"].tolist())}
