@@ -232,9 +232,12 @@ class Codec:
         ``ruleset_meta`` (by generation); an unknown generation is named "generation:G" and
         its rules "#index".
         """
+        n = len(slots)
+        if n != len(req.records):
+            raise ValueError(f"encode_reply: {n} slots for {len(req.records)} records "
+                             f"(request_id={req.request_id})")
         if req.kind == "json":
             return self._json_reply(req.request_id, slots, ruleset_meta)
-        n = len(slots)
         buf = bytearray(wire.REPLY_HEADER_SIZE + n * wire.DECISION_SIZE)
         wire.REPLY_HEADER.pack_into(buf, 0, wire.REPLY_MAGIC, wire.PROTOCOL_VERSION, 0, n, 0,
                                     req.request_id)

@@ -86,6 +86,11 @@ def test_json_reply_overflow_flag():
     assert "FIRED_OVERFLOW" in d["flags"] and len(d["rules"]) == MAX_FIRED
 
 
+def test_reply_needs_one_slot_per_record():
+    with pytest.raises(ValueError, match="2 slots for 3 records"):
+        CODEC.encode_reply(binary_request(3), slots(2))
+
+
 def test_error_replies():
     out = json.loads(CODEC.encode_error("json", None, ErrorCode.BAD_JSON, "bad"))
     assert out == {"request_id": None, "error": {"code": "BAD_JSON", "message": "bad"}}
