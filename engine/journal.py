@@ -201,6 +201,26 @@ def list_segments(directory: str, writer_id: int) -> list[tuple[int, str]]:
     return sorted(out)
 
 
+_ZEROS = memoryview(bytes(1 << 20))
+
+
+@dataclass
+class _NextSegment:
+    fd: int
+    path: str            # final name; the file is path + ".tmp" until published
+    first: int
+    cap: int
+    size: int
+    filled: int = 0
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 def _lock_writer(directory: str, writer_id: int) -> int:
     """Exclusive flock on w{id}.lock: one live writer per series (the kernel drops it on death)."""
     path = os.path.join(directory, f"w{writer_id:03d}.lock")
@@ -268,7 +288,7 @@ class JournalWriter:
         if self._cap < 1:
             raise ValueError(f"journal.segment_bytes: {config.segment_bytes} holds no {self._rs}-byte record")
         self._interval_ns = config.interval_ms * 1_000_000
-        self._mm = self._lock_fd = None
+        self._mm = self._lock_fd = self._retired = None
         self._recs = self._words = None
         self.snapshot_seq: int | None = None   # retention floor, see set_snapshot_seq
         # counters (read by the worker's stats)
@@ -277,6 +297,11 @@ class JournalWriter:
         warm_up()
         os.makedirs(self.directory, exist_ok=True)
         self._lock_fd = _lock_writer(self.directory, self.writer_id)
+        self._next = None                      # the next segment, being zero-filled when idle
+        prefix = f"w{self.writer_id:03d}-"
+        for name in os.listdir(self.directory):
+            if name.startswith(prefix) and name.endswith(SUFFIX + ".tmp"):
+                _unlink(os.path.join(self.directory, name))   # a crash mid-preparation
         segs = list_segments(self.directory, self.writer_id)
         if segs:
             self._open_existing(segs[-1][1])
@@ -325,6 +350,19 @@ class JournalWriter:
         self.records_appended += n
         return first, first + n - 1
 
+    def on_idle(self, now_monotonic_ns: int | None = None, budget_bytes: int = 1 << 20) -> bool:
+        """Idle-path hook: ``maybe_sync``, then once the segment is half full zero-fill up to
+        budget_bytes of the next one, so rotation and first-touch faults leave the append path.
+        Returns True if it did any work. Call it whenever the worker finds its ring empty."""
+        did = self.maybe_sync(now_monotonic_ns)
+        if self._retired is not None:
+            self._close_retired()
+            did = True
+        if 2 * self._pos >= self._cap and (self._next is None or self._next.filled < self._next.size):
+            self._prepare(budget_bytes, self._first + self._cap)   # segments rotate only when full
+            did = True
+        return did
+
     def maybe_sync(self, now_monotonic_ns: int | None = None) -> bool:
         """Idle-path hook for fsync=interval_ms: msync if dirty and the interval passed."""
         if self._dirty_hi <= self._dirty_lo or self.config.fsync != "interval_ms":
@@ -360,6 +398,8 @@ class JournalWriter:
             self._recs = self._words = None
             self._mm.close()
             self._mm = None
+        self._drop_next()
+        self._close_retired()
         if self._lock_fd is not None:
             os.close(self._lock_fd)             # releases the flock
             self._lock_fd = None
@@ -388,22 +428,59 @@ class JournalWriter:
         self._dirty_lo = self._dirty_hi = pos
         self._last_sync_ns = time.monotonic_ns()
 
+    def _prepare(self, budget_bytes: int, first: int) -> bool:
+        """Zero-fill the next segment's file, at most budget_bytes now; True when complete.
+
+        posix_fallocate first (a full disk fails here, never as SIGBUS in the mmap), then real
+        zero writes: pages of a fallocated-only file fault at first touch with ext4 extent
+        conversion (8-10 ms p99 per 136 KiB batch measured here); written pages do not.
+        """
+        n = self._next
+        if n is None:
+            cap = (self.config.segment_bytes - HEADER_SIZE) // self._rs
+            path = os.path.join(self.directory, segment_name(self.writer_id, first))
+            fd = os.open(path + ".tmp", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.posix_fallocate(fd, 0, HEADER_SIZE + cap * self._rs)
+            except OSError:
+                os.close(fd)
+                raise
+            n = self._next = _NextSegment(fd, path, first, cap, HEADER_SIZE + cap * self._rs)
+        while n.filled < n.size and budget_bytes > 0:
+            k = min(len(_ZEROS), n.size - n.filled, budget_bytes)
+            n.filled += os.pwrite(n.fd, _ZEROS[:k], n.filled)
+            budget_bytes -= k
+        return n.filled >= n.size
+
     def _create(self, first: int) -> None:
-        path = os.path.join(self.directory, segment_name(self.writer_id, first))
-        hdr = SegmentHeader(path, self.schema_hash, self._rs, self.writer_id, first, now_ns(), self._cap)
-        tmp = path + ".tmp"
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        """Finish the prepared next segment (or make one now), publish it by rename, map it."""
+        if self._next is not None and self._next.first != first:
+            self._drop_next()
+        self._prepare(1 << 62, first)
+        n, self._next = self._next, None
+        self._cap = n.cap
+        hdr = SegmentHeader(n.path, self.schema_hash, self._rs, self.writer_id, first, now_ns(), n.cap)
         try:
-            os.posix_fallocate(fd, 0, HEADER_SIZE + self._cap * self._rs)
-            os.pwrite(fd, hdr.pack(), 0)
+            os.pwrite(n.fd, hdr.pack(), 0)
             if self.config.fsync != "none":
-                os.fsync(fd)
+                os.fsync(n.fd)
         finally:
-            os.close(fd)
-        os.rename(tmp, path)
+            os.close(n.fd)
+        os.rename(n.path + ".tmp", n.path)
         if self.config.fsync != "none":
             fsync_dir(self.directory)
-        self._map(path, first, 0)
+        self._map(n.path, first, 0)
+
+    def _close_retired(self) -> None:
+        if self._retired is not None:
+            self._retired.close()
+            self._retired = None
+
+    def _drop_next(self) -> None:
+        if self._next is not None:
+            os.close(self._next.fd)
+            _unlink(self._next.path + ".tmp")
+            self._next = None
 
     def _open_existing(self, path: str) -> None:
         hdr = read_header(path, self.schema_hash, self._rs, self.writer_id)
@@ -423,9 +500,9 @@ class JournalWriter:
             self.sync()
         nxt = self.next_seq
         self._recs = self._words = None
-        self._mm.close()
-        self._cap = (self.config.segment_bytes - HEADER_SIZE) // self._rs
-        self._create(nxt)
+        self._close_retired()
+        self._retired, self._mm = self._mm, None   # munmap of a dirty 64 MiB map took ~10 ms here:
+        self._create(nxt)                          # on_idle (or close) does it, not the append
         self.rotations += 1
         self._apply_retention()
 

@@ -239,3 +239,25 @@ def test_second_writer_on_same_series_refused(tmp_path):
         w.append_batch(batch(w, 3))
     with writer(tmp_path) as w:                            # released on close
         assert w.next_seq == 4
+
+
+def test_on_idle_prepares_next_segment_and_stale_preparation_is_removed(tmp_path):
+    with writer(tmp_path) as w:
+        w.append_batch(batch(w, 20))
+        assert not w.on_idle(budget_bytes=4096)              # less than half full: nothing to do
+        w.append_batch(batch(w, 10, 20))
+        steps = 0
+        while w.on_idle(budget_bytes=4096):
+            steps += 1
+        assert steps >= 2 and os.path.exists(tmp_path / "w000-00000000000000000051.rjl.tmp")
+        w.append_batch(batch(w, 40, 30))                     # rotates into the prepared file
+        assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+        w.on_idle(budget_bytes=4096)                         # starts preparing seq 101's file
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]   # close drops it
+    (tmp_path / "w000-00000000000000000101.rjl.tmp").write_bytes(b"crashed mid-preparation")
+    with writer(tmp_path) as w:
+        assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+        w.append_batch(batch(w, 60, 70))
+    r = reader(tmp_path)
+    check_records(r.read_all())
+    assert r.last_seq == 130 and r.torn is None
