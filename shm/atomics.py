@@ -15,10 +15,13 @@ fetch_add(a, i, v)      ``atomicrmw add seq_cst``            ``lock xadd``
 compare_and_swap(...)   ``cmpxchg seq_cst seq_cst``          ``lock cmpxchg``
 ======================  ===================================  ================================
 
-``a`` is a C-contiguous or strided int64 or uint64 array, ``i`` an integer element index (no
-bounds check, no negative wrap-around inside compiled code: the caller owns the index), and
-the element must be 8-byte aligned (every array over an mmap'd segment at an 8-byte multiple
-offset is). The memory model is LLVM's, but the design built on it (shm.ring) is only claimed
+``a`` is a 1-D integer array (int64/uint64 for the ring positions; any integer width works,
+e.g. int32 lock words), ``i`` an integer element index (no bounds check, no negative
+wrap-around inside compiled code: the caller owns the index), and the element must be
+naturally aligned (every numpy array over an mmap'd segment at a matching offset is).
+
+Two hints for spin and batch loops come with them: ``pause()`` (x86 PAUSE, for the few
+iterations a spin is allowed) and ``prefetch(a, i)`` (write prefetch of the element's line). The memory model is LLVM's, but the design built on it (shm.ring) is only claimed
 for x86-64 (TSO): that is the only machine it is tested on.
 
 The ``*_py`` functions are tiny ``@njit`` wrappers with bounds checks, callable from Python
@@ -26,16 +29,18 @@ The ``*_py`` functions are tiny ``@njit`` wrappers with bounds checks, callable 
 """
 from __future__ import annotations
 
+from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-_ALIGN_BYTES = 8
-_WORD_TYPES = (types.int64, types.uint64)
-
 
 def _word_array(arr) -> bool:
-    return isinstance(arr, types.Array) and arr.dtype in _WORD_TYPES
+    return isinstance(arr, types.Array) and arr.ndim == 1 and isinstance(arr.dtype, types.Integer)
+
+
+def _align(aryty) -> int:
+    return aryty.dtype.bitwidth // 8
 
 
 def _element_pointer(context, builder, aryty, ary_val, idxty, idx_val):
@@ -53,7 +58,7 @@ def load_acquire(typingctx, arr, idx):
 
     def codegen(context, builder, signature, args):
         ptr = _element_pointer(context, builder, signature.args[0], args[0], signature.args[1], args[1])
-        return builder.load_atomic(ptr, "acquire", _ALIGN_BYTES)
+        return builder.load_atomic(ptr, "acquire", _align(signature.args[0]))
 
     return sig, codegen
 
@@ -69,7 +74,7 @@ def store_release(typingctx, arr, idx, val):
         aryty, idxty, valty = signature.args
         ptr = _element_pointer(context, builder, aryty, args[0], idxty, args[1])
         v = context.cast(builder, args[2], valty, aryty.dtype)
-        builder.store_atomic(v, ptr, "release", _ALIGN_BYTES)
+        builder.store_atomic(v, ptr, "release", _align(aryty))
         return context.get_dummy_value()
 
     return sig, codegen
@@ -121,6 +126,40 @@ def compare_and_swap(typingctx, arr, idx, expected, new):
         nv = context.cast(builder, args[3], newty, aryty.dtype)
         pair = builder.cmpxchg(ptr, exp, nv, "seq_cst", "seq_cst")
         return builder.extract_value(pair, 0)
+
+    return sig, codegen
+
+
+@intrinsic
+def pause(typingctx):
+    """x86 PAUSE: tells the core this is a spin-wait iteration (saves power, yields to the
+    sibling hyper-thread). Not a fence."""
+    sig = types.void()
+
+    def codegen(context, builder, signature, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
+                                            "llvm.x86.sse2.pause")
+        builder.call(fn, [])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def prefetch(typingctx, arr, idx):
+    """Prefetch the cache line of ``arr[idx]`` for writing (a hint: never faults)."""
+    if not (isinstance(arr, types.Array) and arr.ndim == 1 and isinstance(idx, types.Integer)):
+        return None
+    sig = types.void(arr, idx)
+
+    def codegen(context, builder, signature, args):
+        ptr = _element_pointer(context, builder, signature.args[0], args[0], signature.args[1], args[1])
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0")
+        # rw=1 (will write), locality=3 (keep in all levels), 1 = data cache
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(1), i32(3), i32(1)])
+        return context.get_dummy_value()
 
     return sig, codegen
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from numba import njit
 
-from shm.atomics import (compare_and_swap_py, fence_seq_cst_py, fetch_add_py, load_acquire,
-                         load_acquire_py, store_release_py)
+from shm.atomics import (compare_and_swap, compare_and_swap_py, fence_seq_cst_py, fetch_add_py,
+                         load_acquire, load_acquire_py, pause, prefetch, store_release,
+                         store_release_py)
 from shm.segment import Segment
 
 READY, FLAG, GO, COUNTER = 0, 8, 16, 24      # words on separate cache lines
@@ -44,13 +45,28 @@ def test_python_wrappers_on_both_word_types():
             load_acquire_py(a, 4)
 
 
-def test_intrinsics_reject_non_word_arrays():
+def test_other_integer_widths_and_hints():
     @njit
-    def load32(a):
+    def lock_and_count(a, counts):
+        prefetch(counts, 1)
+        for _ in range(3):
+            while compare_and_swap(a, 0, 0, 1) != 0:     # int32 lock word
+                pause()
+            counts[1] += 1
+            store_release(a, 0, 0)
+        return load_acquire(a, 0)
+    a = np.zeros(2, np.int32)
+    counts = np.zeros(4, np.int64)
+    assert lock_and_count(a, counts) == 0 and counts[1] == 3
+
+
+def test_intrinsics_reject_non_integer_arrays():
+    @njit
+    def load_float(a):
         return load_acquire(a, 0)
     from numba.core.errors import TypingError
     with pytest.raises(TypingError):
-        load32(np.zeros(2, np.int32))
+        load_float(np.zeros(2, np.float64))
 
 
 def test_njit_spin_on_acquire_load_sees_other_process_store(words, peer):
