@@ -52,6 +52,14 @@ def _reset_bucket(t, t32, tf, b, kind, nb, i):
         tf[p + i] = _identity(kind)
 
 
+@njit(cache=True, inline="always")
+def _sum_u32(a, start, n):
+    s = np.int64(0)
+    for j in range(start, start + n):
+        s += a[j]
+    return s
+
+
 @njit(cache=True)
 def _win_read(t, capacity, slot_words, probe_len, kind, nb, bucket_ms, key, now_ms, value):
     """Generic window read (kind: K_COUNT..K_MAX); count is returned as a float."""
@@ -67,11 +75,16 @@ def _win_read(t, capacity, slot_words, probe_len, kind, nb, bucket_ms, key, now_
         eff = max(head, e)
         lo = max(eff - nb + 1, head - nb + 1)
         p = b + PAYLOAD_OFF
-        for ep in range(lo, head + 1):
-            i = ep % nb
-            if kind == K_COUNT:
-                acc += t32[2 * p + i]
-            elif kind == K_SUM:
+        # valid epochs lo..head, as at most two contiguous index runs (no modulo per bucket)
+        n_valid = max(0, head - lo + 1)
+        i0 = lo % nb if n_valid > 0 else 0
+        i1 = min(nb, i0 + n_valid)
+        if kind == K_COUNT:
+            acc = float(_sum_u32(t32, 2 * p + i0, i1 - i0) + _sum_u32(t32, 2 * p, n_valid - (i1 - i0)))
+            n_valid = 0
+        for k in range(n_valid):
+            i = i0 + k if i0 + k < i1 else i0 + k - nb
+            if kind == K_SUM:
                 acc += tf[p + i]
             elif kind == K_AVG:
                 acc += tf[p + i]
