@@ -25,6 +25,7 @@ copies; no per-field Python work.
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from shm import _ring_kernels as K
@@ -100,6 +101,21 @@ class OneToOneRing:
     def unlink(self) -> None:
         """Remove the segment name (owner, at clean shutdown). Idempotent."""
         unlink_segment(self.name)
+
+    def warm_up(self) -> None:
+        """Compile (or load from Numba's cache) every kernel this ring calls, for its slot
+        dtype, without touching the ring's state. Call before serving, then gc.freeze()."""
+        hdr_t = numba.typeof(self._hdr)
+        slots_t = numba.typeof(self.slots)
+        i64 = numba.types.int64
+        for rec_t in (slots_t, slots_t.copy(layout="A")):      # contiguous and strided batches
+            K._try_publish.compile((hdr_t, slots_t, rec_t, i64))
+        for fn, args in ((K._claim_position, (hdr_t, i64, i64)), (K._publish, (hdr_t, i64)),
+                         (K._readable, (hdr_t, i64)), (K._available, (hdr_t,)),
+                         (K._release, (hdr_t, i64)), (K._occupancy, (hdr_t,)),
+                         (K._prepare_sleep, (hdr_t,)), (K._end_sleep, (hdr_t,)),
+                         (K._load_acquire_word, (hdr_t, i64))):
+            fn.compile(args)
 
     def prefault(self) -> None:
         """Allocate the slot pages in this process (call from the pinned consumer: node-local)."""

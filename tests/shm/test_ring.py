@@ -133,3 +133,24 @@ def test_stats_count_sleeps_and_doorbell_rings(pair):
     assert not cons.prepare_sleep()                           # data there: do not sleep
     s = prod.stats()
     assert (s["sleep_count"], s["doorbell_count"], s["consumer_sleeping"]) == (1, 1, 0)
+
+
+def test_warm_up_compiles_every_signature_the_calls_use(pair):
+    from shm import _ring_kernels as K
+    prod, cons = pair
+    prod.warm_up()
+    kernels = [K._try_publish, K._readable, K._release, K._claim_position, K._publish,
+               K._available, K._occupancy, K._prepare_sleep, K._end_sleep]
+    before = [len(k.signatures) for k in kernels]
+    assert prod.try_publish(make_messages(0, 2))
+    strided = np.zeros(4, MSG_DTYPE)[::2]
+    strided[:] = make_messages(2, 2)
+    assert prod.try_publish(strided)                          # a strided batch
+    views = prod.try_claim(1)
+    views[0][:] = make_messages(4, 1)
+    prod.commit(1)
+    assert _drain_all(cons, 0) == 5
+    cons.available(), cons.occupancy()
+    assert cons.prepare_sleep()
+    cons.end_sleep()
+    assert [len(k.signatures) for k in kernels] == before
