@@ -261,3 +261,30 @@ def test_on_idle_prepares_next_segment_and_stale_preparation_is_removed(tmp_path
     r = reader(tmp_path)
     check_records(r.read_all())
     assert r.last_seq == 130 and r.torn is None
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 140), cut=st.floats(0, 1), kind=st.sampled_from(["truncate", "flip"]))
+def test_damage_in_last_segment_keeps_exactly_the_prefix(tmp_path_factory, n, cut, kind):
+    """Oracle: a kill or a bad sector at byte b of the newest segment loses the record holding
+    b and everything after it, nothing before; older segments are untouched."""
+    d = tmp_path_factory.mktemp("j")
+    with writer(d) as w:
+        w.append_batch(batch(w, n))
+        live = reader(d).read_all()                        # a reader beside the live writer
+        assert len(live) == n and live["seq"][-1] == n
+    first, last = list_segments(str(d), 0)[-1]
+    used = n - (first - 1)                                 # records in the newest segment
+    b = HEADER_SIZE + min(int(cut * used * RS), used * RS - 1)
+    if kind == "truncate":                                 # bytes from b on never reached disk
+        corrupt(last, b, bytes(HEADER_SIZE + used * RS - b))
+    else:
+        with open(last, "rb") as f:
+            f.seek(b)
+            corrupt(last, b, bytes([f.read(1)[0] ^ 0x5A]))    # always a different byte
+    keep = (first - 1) + (b - HEADER_SIZE) // RS
+    r = reader(d)
+    recs = r.read_all()
+    check_records(recs)
+    assert r.last_seq == keep == len(recs)
+    assert (r.torn is None) == (kind == "truncate" and (b - HEADER_SIZE) % RS == 0)
