@@ -327,8 +327,9 @@ class JournalWriter:
 
         With fsync=batch the records are on stable storage when this returns.
         """
-        if records.dtype != self.dtype:
-            raise TypeError(f"records: dtype must be the journal dtype, got {records.dtype}")
+        if records.dtype != self.dtype or records.ndim != 1:
+            raise TypeError(f"records: must be a 1-d array of the journal dtype, got "
+                            f"ndim={records.ndim} dtype={records.dtype}")
         n = len(records)
         try:
             src = records.view(np.uint64)                    # raw words: padding bytes included
@@ -542,7 +543,9 @@ class JournalReader:
 
     Any process may read, also while the writer appends (a record being written looks like a
     torn tail until it is sealed). After ``iter_batches`` is exhausted, ``last_seq`` is the
-    last committed record read and ``torn`` describes an ignored tail (or is None).
+    seq of the last committed record read (from_seq - 1 if none was) and ``torn`` describes
+    an ignored tail (or is None). Batches are fresh arrays (not views of a reused buffer) and
+    never span two segments.
     """
 
     def __init__(self, directory: str, event_dtype: np.dtype, schema_hash: int, writer_id: int = 0):
@@ -562,6 +565,16 @@ class JournalReader:
                                           f"differs from the file name")
             out.append(h)
         return out
+
+    def last_committed_seq(self) -> int:
+        """Seq of the newest committed record (0 if none), validating the newest segment only:
+        the total for a replay progress bar, or a status line. Sets ``torn`` like a read."""
+        segs = self.segments()
+        if not segs:
+            return 0
+        for _ in self.iter_batches(from_seq=segs[-1].first_seq):
+            pass
+        return self.last_seq
 
     def read_all(self, from_seq: int | None = None) -> np.ndarray:
         """All committed records from from_seq, as one array (np.concatenate would drop padding)."""

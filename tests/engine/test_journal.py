@@ -85,6 +85,7 @@ def test_round_trip_across_segments_and_checksums_match_reference(tmp_path):
     n = fill(tmp_path, [1, 49, 50, 120, 3, 77])
     assert len(list_segments(str(tmp_path), 0)) == 6       # 300 records / 50 per segment
     r = reader(tmp_path)
+    assert r.last_committed_seq() == 300 and reader(tmp_path / "absent").last_committed_seq() == 0
     recs = r.read_all()
     assert len(recs) == n == 300 and r.last_seq == 300 and r.torn is None
     check_records(recs)
