@@ -53,6 +53,7 @@ class OneToOneRing:
         self._claim_pos = -1
         self._claim_n = 0
         self._drained_n = 0
+        self.warm_up()
 
     # --- lifetime ---------------------------------------------------------------------------
 
@@ -104,18 +105,27 @@ class OneToOneRing:
 
     def warm_up(self) -> None:
         """Compile (or load from Numba's cache) every kernel this ring calls, for its slot
-        dtype, without touching the ring's state. Call before serving, then gc.freeze()."""
+        dtype, without touching the ring's state, and bind the compiled entry points.
+
+        Runs once at construction. Calling a bound entry point skips the dispatcher's
+        per-call type resolution (about half the cost of a call here); the arguments are
+        always this ring's own arrays and ints, and records are checked against slot_dtype
+        and passed to the any-layout ('A') specialisation, so the types always match.
+        """
         hdr_t = numba.typeof(self._hdr)
         slots_t = numba.typeof(self.slots)
         i64 = numba.types.int64
-        for rec_t in (slots_t, slots_t.copy(layout="A")):      # contiguous and strided batches
-            K._try_publish.compile((hdr_t, slots_t, rec_t, i64))
-        for fn, args in ((K._claim_position, (hdr_t, i64, i64)), (K._publish, (hdr_t, i64)),
-                         (K._readable, (hdr_t, i64)), (K._available, (hdr_t,)),
-                         (K._release, (hdr_t, i64)), (K._occupancy, (hdr_t,)),
-                         (K._prepare_sleep, (hdr_t,)), (K._end_sleep, (hdr_t,)),
-                         (K._load_acquire_word, (hdr_t, i64))):
-            fn.compile(args)
+        rec_t = slots_t.copy(layout="A")                   # contiguous and strided batches
+        self._k_try_publish = _bind(K._try_publish, (hdr_t, slots_t, rec_t, i64))
+        self._k_claim_position = _bind(K._claim_position, (hdr_t, i64, i64))
+        self._k_publish = _bind(K._publish, (hdr_t, i64))
+        self._k_readable = _bind(K._readable, (hdr_t, i64))
+        self._k_available = _bind(K._available, (hdr_t,))
+        self._k_release = _bind(K._release, (hdr_t, i64))
+        self._k_occupancy = _bind(K._occupancy, (hdr_t,))
+        self._k_prepare_sleep = _bind(K._prepare_sleep, (hdr_t,))
+        self._k_end_sleep = _bind(K._end_sleep, (hdr_t,))
+        self._k_load_word = _bind(K._load_acquire_word, (hdr_t, i64))
 
     def prefault(self) -> None:
         """Allocate the slot pages in this process (call from the pinned consumer: node-local)."""
@@ -129,11 +139,12 @@ class OneToOneRing:
         (wrapping at most once), then one release store of the producer position; rings the
         doorbell only if the consumer sleeps. ``records`` must have exactly ``slot_dtype``
         (else ValueError); a batch larger than ``capacity`` never fits."""
-        if records.dtype != self.slot_dtype:
-            raise ValueError(f"records dtype={records.dtype}: must be the ring's slot_dtype {self.slot_dtype}")
+        if records.dtype != self.slot_dtype or records.ndim != 1:
+            raise ValueError(f"records dtype={records.dtype} ndim={records.ndim}: must be a 1-D "
+                             f"array of the ring's slot_dtype {self.slot_dtype}")
         if len(records) == 0:
             return True
-        rc = K._try_publish(self._hdr, self.slots, records, self.capacity)
+        rc = self._k_try_publish(self._hdr, self.slots, records, self.capacity)
         if rc > 0 and self.doorbell is not None:
             self.doorbell.ring()
         return rc >= 0
@@ -142,7 +153,7 @@ class OneToOneRing:
         """Reserve ``n`` free slots for in-place writing: ``(view1, view2)`` (view2 is empty
         unless the claim wraps) or None if they do not fit (counted). Nothing is visible to
         the consumer until ``commit``. A new claim replaces an uncommitted one."""
-        pos = K._claim_position(self._hdr, n, self.capacity) if n > 0 else -1
+        pos = self._k_claim_position(self._hdr, n, self.capacity) if n > 0 else -1
         if pos < 0:
             return None
         self._claim_pos, self._claim_n = pos, n
@@ -156,7 +167,7 @@ class OneToOneRing:
         """Publish the first ``n`` (0 <= n <= claimed) slots of the last claim."""
         if n < 0 or n > self._claim_n:
             raise ValueError(f"commit n={n}: must be in [0, {self._claim_n}] (the claimed count)")
-        if n and K._publish(self._hdr, self._claim_pos + n) and self.doorbell is not None:
+        if n and self._k_publish(self._hdr, self._claim_pos + n) and self.doorbell is not None:
             self.doorbell.ring()
         self._claim_pos, self._claim_n = -1, 0
 
@@ -165,7 +176,7 @@ class OneToOneRing:
     def try_drain(self, max_n: int):
         """Up to ``max_n`` readable slots as ``(view1, view2)`` in position order; both empty if
         none. Slots stay readable (and are returned again) until ``release``."""
-        pos, n = K._readable(self._hdr, max_n)
+        pos, n = self._k_readable(self._hdr, max_n)
         self._drained_n = n
         if n <= 0:
             return self._empty, self._empty
@@ -180,27 +191,27 @@ class OneToOneRing:
         if n < 0 or n > self._drained_n:
             raise ValueError(f"release n={n}: must be in [0, {self._drained_n}] (the drained count)")
         if n:
-            K._release(self._hdr, n)
+            self._k_release(self._hdr, n)
             self._drained_n -= n
 
     def available(self) -> int:
         """Consumer: readable slots now (fresh acquire load of the producer position)."""
-        return int(K._available(self._hdr))
+        return int(self._k_available(self._hdr))
 
     def prepare_sleep(self) -> bool:
         """Consumer: raise the sleeping flag and re-check (full fence). True: still empty, sleep
         now, then call ``end_sleep``. False: data arrived, flag already lowered."""
-        return bool(K._prepare_sleep(self._hdr))
+        return bool(self._k_prepare_sleep(self._hdr))
 
     def end_sleep(self) -> None:
         """Consumer: lower the sleeping flag after waking (by doorbell or timeout)."""
-        K._end_sleep(self._hdr)
+        self._k_end_sleep(self._hdr)
 
     # --- any process ------------------------------------------------------------------------
 
     def occupancy(self) -> int:
         """Slots published and not yet released (monitoring; any process)."""
-        return int(K._occupancy(self._hdr))
+        return int(self._k_occupancy(self._hdr))
 
     def stats(self) -> dict:
         """Counters kept in the header (readable from any process)."""
@@ -210,7 +221,17 @@ class OneToOneRing:
                 "full_count": int(h[L.PRODUCER_FULL_COUNT_WORD]),
                 "doorbell_count": int(h[L.PRODUCER_DOORBELL_COUNT_WORD]),
                 "sleep_count": int(h[L.CONSUMER_SLEEP_COUNT_WORD]),
-                "consumer_sleeping": int(K._load_acquire_word(h, L.CONSUMER_SLEEPING_WORD))}
+                "consumer_sleeping": int(self._k_load_word(h, L.CONSUMER_SLEEPING_WORD))}
+
+
+def _bind(dispatcher, sig: tuple):
+    """The compiled entry point of ``dispatcher`` for ``sig`` (compiled or loaded from cache
+    now); the dispatcher itself if this Numba version does not expose it."""
+    dispatcher.compile(sig)
+    try:
+        return dispatcher.overloads[tuple(sig)].entry_point
+    except (AttributeError, KeyError):
+        return dispatcher
 
 
 def _full(short: str, instance: str | None, owner_pid: int | None) -> str:
