@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from engine.snapshot import (HEAD_SIZE, SnapshotCorruptError, SnapshotStore, load_snapshot,
                              load_snapshot_meta, write_snapshot)
@@ -114,3 +115,29 @@ def test_store_removes_stale_temp_files_and_ignores_them(tmp_path):
 def test_object_arrays_rejected(tmp_path):
     with pytest.raises(TypeError, match="object dtype"):
         write_snapshot(str(tmp_path / "x.rsnap"), {"o": np.array([object()])}, {0: 0})
+
+
+DTYPES = [np.dtype(t) for t in ("u1", "i2", "<u4", "i8", "f4", "f8", "?", "S5", "V3")] + [
+    TABLE, np.dtype([("a", "u1"), ("b", "f8", (2,)), ("c", "S3")], align=True),
+    np.dtype({"names": ["x", "y"], "formats": ["u8", "u2"], "offsets": [0, 12], "itemsize": 24})]
+
+
+@settings(max_examples=25, deadline=None)
+@given(specs=st.lists(st.tuples(st.sampled_from(range(len(DTYPES))),
+                                st.lists(st.integers(0, 5), min_size=0, max_size=3)),
+                      min_size=0, max_size=5),
+       seed=st.integers(0, 2 ** 32 - 1))
+def test_round_trip_property_any_dtype_and_shape(tmp_path_factory, specs, seed):
+    rng = np.random.default_rng(seed)
+    arrs = {}
+    for i, (k, shape) in enumerate(specs):
+        dt = DTYPES[k]
+        n = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+        arrs[f"a{i}"] = np.frombuffer(rng.bytes(n), np.uint8).view(dt).reshape(shape) if n \
+            else np.zeros(shape, dt)
+    p = str(tmp_path_factory.mktemp("s") / "x.rsnap")
+    write_snapshot(p, arrs, {int(seed % 7): seed})
+    s = load_snapshot(p)
+    assert s.journal_seq == {int(seed % 7): seed} and set(s.arrays) == set(arrs)
+    for k, a in arrs.items():
+        assert same_bytes(s.arrays[k], a) and s.arrays[k].dtype.fields == a.dtype.fields
