@@ -32,6 +32,7 @@ Durability of each ``fsync`` policy: see docs/DURABILITY.md.
 """
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import mmap
 import os
@@ -202,6 +203,22 @@ def list_segments(directory: str, writer_id: int) -> list[tuple[int, str]]:
 
 
 _ZEROS = memoryview(bytes(1 << 20))
+_SYNC_FILE_RANGE_WRITE = 2
+try:
+    _libc = ctypes.CDLL(None, use_errno=True)
+    _sync_file_range = _libc.sync_file_range
+    _sync_file_range.argtypes = (ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint)
+except (OSError, AttributeError):            # not Linux/glibc: the fsync does all the work
+    _sync_file_range = None
+
+
+def _start_writeback(fd: int, offset: int, nbytes: int) -> None:
+    """Start (not wait for) writeback of a byte range: sync_file_range(SYNC_FILE_RANGE_WRITE).
+
+    Zero-filling a 64 MiB segment without it left the fsync at publication 37 ms of work here,
+    with it 2-9 ms."""
+    if _sync_file_range is not None:
+        _sync_file_range(fd, offset, nbytes, _SYNC_FILE_RANGE_WRITE)
 
 
 @dataclass
@@ -351,7 +368,7 @@ class JournalWriter:
         self.records_appended += n
         return first, first + n - 1
 
-    def on_idle(self, now_monotonic_ns: int | None = None, budget_bytes: int = 1 << 20) -> bool:
+    def on_idle(self, now_monotonic_ns: int | None = None, budget_bytes: int = 256 << 10) -> bool:
         """Idle-path hook: ``maybe_sync``, then once the segment is half full zero-fill up to
         budget_bytes of the next one, so rotation and first-touch faults leave the append path.
         Returns True if it did any work. Call it whenever the worker finds its ring empty."""
@@ -449,7 +466,9 @@ class JournalWriter:
             n = self._next = _NextSegment(fd, path, first, cap, HEADER_SIZE + cap * self._rs)
         while n.filled < n.size and budget_bytes > 0:
             k = min(len(_ZEROS), n.size - n.filled, budget_bytes)
-            n.filled += os.pwrite(n.fd, _ZEROS[:k], n.filled)
+            w = os.pwrite(n.fd, _ZEROS[:k], n.filled)
+            _start_writeback(n.fd, n.filled, w)   # so the fsync at publication finds it clean
+            n.filled += w
             budget_bytes -= k
         return n.filled >= n.size
 
