@@ -93,6 +93,29 @@ class EngineProcess:
             self.proc.wait(10)
 
 
+def listening_pids(addr: str) -> tuple[int, ...]:
+    """The engine process tree serving ``tcp://127.0.0.1:PORT`` (the process listening there,
+    or its parent when that is the supervisor), for CPU accounting; () when unknown."""
+    import psutil
+    if not addr.startswith("tcp://"):
+        return ()
+    port = int(addr.rsplit(":", 1)[1])
+    try:
+        conns = psutil.net_connections("tcp")
+    except psutil.Error:
+        return ()
+    for c in conns:
+        if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid:
+            try:
+                parent = psutil.Process(c.pid).parent()
+                if parent and " ".join(parent.cmdline()).startswith("risk-engine: supervisor"):
+                    return (parent.pid,)
+            except psutil.Error:
+                pass
+            return (c.pid,)
+    return ()
+
+
 def read_stats(metrics: str | None) -> dict | None:
     """The ``/stats`` JSON of the engine whose metrics listen on HOST:PORT, or None."""
     if not metrics:

@@ -8,7 +8,8 @@ replayed ids from its cache, and the bench would measure the cache).
 Values are generic per field kind, with a few conventions for realistic rules: the shard key
 is drawn from ``n_accounts`` ids (so events spread over every worker), floats are positive
 log-normal amounts, 2- and 3-byte fields are country and currency codes, integer fields
-ending in ``_ms`` are current epoch milliseconds, and bools are mostly false.
+ending in ``_ms`` are current epoch milliseconds, 1-byte integers are small enums (1 or 2)
+and bools are mostly false.
 """
 from __future__ import annotations
 
@@ -48,6 +49,8 @@ def random_records(schema: Schema, n: int, seed: int = 0, n_accounts: int = 100_
                 col[:] = np.array(pool, dtype=f"S{f.size}")[rng.integers(0, len(pool), n)]
         elif f.name.endswith("_ms") and f.kind == "int" and f.hi >= now_ms:
             col[:] = now_ms - rng.integers(0, 60_000, n)
+        elif f.size == 1:                 # u8/i8 are enums in practice (side, channel)
+            col[:] = rng.integers(1, 3, n)
         else:
             hi = min(int(f.hi), 1_000_000)
             lo = max(int(f.lo), 0)

@@ -68,6 +68,13 @@ def build_document(a, summaries: dict, gc: dict | None, notes: list[str]) -> dic
     return doc
 
 
+def run_client_id_base() -> int:
+    """Client ids unique to this run: the engine's idempotency window answers a repeated
+    (client id, request id) from its cache, so two runs must never share them."""
+    import random
+    return random.getrandbits(40) << 20
+
+
 def run(a) -> int:
     check_args(a)
     if a.alloc:
@@ -75,14 +82,14 @@ def run(a) -> int:
         return alloc.run(a)
     from bench import report
     from bench.echo import EchoServer
-    from bench.engine_proc import EngineProcess, free_port, gc_delta, read_stats
+    from bench.engine_proc import EngineProcess, free_port, gc_delta, listening_pids, read_stats
     from bench.loadgen import LoadSpec
     from bench.phase import run_phase
 
     progress = sys.stderr.isatty() and not a.no_progress
     spec = LoadSpec(target="", clients=a.clients, duration_s=a.duration, warmup_s=a.warmup,
                     rate=a.rate, batch=a.batch, transport=a.transport, config=a.config,
-                    seed=a.seed, timeout_ms=a.timeout_ms)
+                    seed=a.seed, timeout_ms=a.timeout_ms, client_id_base=run_client_id_base())
     cpus = len(os.sched_getaffinity(0))
     phases, summaries, notes, gc = {}, {}, [], None
     rc = 0
@@ -99,7 +106,7 @@ def run(a) -> int:
         engine = None
         try:
             if a.target:
-                spec.target, metrics, pids = a.target, a.target_metrics, ()
+                spec.target, metrics, pids = a.target, a.target_metrics, listening_pids(a.target)
             else:
                 print("bench: starting risk-engine serve (the first start compiles the kernel) ...",
                       file=sys.stderr, flush=True)

@@ -1,0 +1,149 @@
+"""``python -m bench.latency --alloc``: Python allocations per event in the worker hot path and
+per message in the ingress codec (the design's ``pprof -alloc_space`` bar).
+
+Worker: engine/worker.py has no reusable per-batch function yet, so this drives a
+worker-EQUIVALENT loop in-process over real shared-memory rings and the real compiled kernel:
+publish a batch into a request ring, then the worker body (try_drain, token/generation copy,
+one kernel call, kernel-time histogram, try_publish of the decisions, release), then drain
+the response ring. It mirrors the loop body of ``engine.worker.serve`` line for line; keep
+the two in step (or move that body into a function both call).
+
+Ingress: ``Codec.decode`` of a binary request and ``Codec.encode_reply`` of its decisions.
+
+Measured with ``sys.getallocatedblocks()`` around ``events`` events after a warm-up, with the
+collector disabled so a collection cannot hide or add blocks. The target is 0 net new blocks
+per event in the worker loop at steady state. Numbers are net (allocated minus freed):
+temporaries that are freed in the same iteration cost time but not net blocks.
+"""
+from __future__ import annotations
+
+import gc
+import os
+import sys
+import time
+
+import numpy as np
+
+
+def blocks_delta(fn, iterations: int, warmup: int, windows: int = 3) -> list[int]:
+    """Net new blocks over each of ``windows`` consecutive runs of ``iterations`` calls, after
+    ``warmup`` calls, minus the same measurement of a no-op (the harness's own blocks). A
+    per-call leak shows in every window; one-time caches only in the first."""
+    base = _raw_delta(lambda: None, iterations, 10, windows)
+    return [a - b for a, b in zip(_raw_delta(fn, iterations, warmup, windows), base)]
+
+
+def _raw_delta(fn, iterations: int, warmup: int, windows: int) -> list[int]:
+    for _ in range(warmup):
+        fn()
+    gc.collect()
+    gc.disable()
+    out = []
+    try:
+        for _ in range(windows):
+            b0 = sys.getallocatedblocks()
+            for _ in range(iterations):
+                fn()
+            out.append(sys.getallocatedblocks() - b0)
+    finally:
+        gc.enable()
+    return out
+
+
+def worker_loop(cfg, batch: int, instance: str):
+    """(step, close): ``step()`` moves one batch of ``batch`` events through rings + kernel."""
+    from bench.events import random_records
+    from engine.control import KERNEL_BOUNDS_NS
+    from engine.types import RESPONSE_SLOT_DTYPE, request_slot_dtype
+    from rules import compile_ruleset
+    from shm.ring import OneToOneRing
+
+    rs = compile_ruleset(list(cfg.rules.files), cfg.schema, thresholds=cfg.rules.thresholds,
+                         on_error=cfg.rules.on_error)
+    rs.warm_up()
+    cap = max(64, 1 << (2 * batch - 1).bit_length())
+    req = OneToOneRing.create("allocreq", cap, request_slot_dtype(cfg.schema.dtype),
+                              instance=instance, owner_pid=os.getpid())
+    resp = OneToOneRing.create("allocresp", cap, RESPONSE_SLOT_DTYPE, instance=instance,
+                               owner_pid=os.getpid())
+    slots = np.zeros(batch, request_slot_dtype(cfg.schema.dtype))
+    slots["event"] = random_records(cfg.schema, batch, seed=3)
+    slots["token"] = np.arange(batch)
+    out, bits, hits, errors = rs.new_buffers(batch)
+    khist = np.zeros(len(KERNEL_BOUNDS_NS) + 2, np.int64)
+    kernel, generation = rs.kernel, 1
+
+    def step() -> None:
+        req.try_publish(slots)                          # ingress side
+        v1, _ = req.try_drain(batch)                    # --- worker body (engine.worker) ---
+        n = len(v1)
+        o = out[:n]
+        o["token"] = v1["token"]
+        o["generation"] = generation
+        t0 = time.perf_counter_ns()
+        kernel(v1["event"], o, bits[:n], hits, errors)
+        dt = time.perf_counter_ns() - t0
+        khist[int(np.searchsorted(KERNEL_BOUNDS_NS, dt // n))] += n
+        khist[-1] += dt
+        resp.try_publish(o)
+        req.release(n)                                  # --- end of worker body ---
+        r1, _ = resp.try_drain(n)                       # ingress side
+        resp.release(len(r1))
+
+    def close() -> None:
+        for r in (req, resp):
+            r.close()
+            r.unlink()
+
+    return step, close, rs
+
+
+def ingress_codec(cfg, batch: int, rs=None):
+    """``step()`` decodes one binary request of ``batch`` events and encodes its reply."""
+    from bench.events import random_records
+    from engine.types import RESPONSE_SLOT_DTYPE
+    from ingress import wire
+    from ingress.codec import Codec, RulesetMeta
+
+    codec = Codec(cfg.schema, cfg.ingress.max_batch, cfg.ingress.max_frame_bytes)
+    frame = wire.pack_request(cfg.schema.hash, random_records(cfg.schema, batch, seed=4), 1, 1)
+    slots = np.zeros(batch, RESPONSE_SLOT_DTYPE)
+    meta = RulesetMeta(0, "bench@1", (), ()) if rs is None else \
+        RulesetMeta(0, rs.label, tuple(rs.rule_ids), tuple(rs.modes))
+
+    def step() -> None:
+        codec.encode_reply(codec.decode(frame), slots, meta)
+
+    return step
+
+
+def run(a) -> int:
+    from engine.config import load_config
+    cfg = load_config(a.config)
+    batch = a.batch
+    events = a.alloc_events
+    iters = max(1, events // batch)
+    instance = f"alloc{os.getpid() % 100000}"
+    print(f"alloc check: {iters * batch} events in batches of {batch}, gc disabled while counting; "
+          f"net new blocks (sys.getallocatedblocks) per event", flush=True)
+    rc = 0
+    rs = None
+    try:
+        step, close, rs = worker_loop(cfg, batch, instance)
+        try:
+            w = blocks_delta(step, iters, warmup=min(iters, 1000))
+        finally:
+            close()
+        ok = w[-1] <= 0
+        rc = 0 if ok else 1
+        print(f"worker loop (rings + kernel, in-process equivalent): net blocks per window of "
+              f"{iters * batch} events: {w}; steady state (last window) {w[-1] / (iters * batch):+.5f}"
+              f" blocks/event [{'OK' if ok else 'ALLOCATES'}; target 0]")
+    except ImportError as e:
+        print(f"worker loop: not measured ({e})")
+    n = max(1, iters // 10)
+    i = blocks_delta(ingress_codec(cfg, batch, rs), n, warmup=200)
+    print(f"ingress codec (decode + encode_reply): net blocks per window of {n} messages: {i}; "
+          f"last window {i[-1] / n:+.5f} blocks/message; not measured here: the ROUTER loop's "
+          f"own bookkeeping (pending table, envelopes)")
+    return rc

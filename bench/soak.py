@@ -1,0 +1,132 @@
+"""``python -m bench.soak`` (``make soak``, issue 7): a long open-loop run at half the
+sustainable rate against an engine started here.
+
+1. Start ``risk-engine serve`` (bench.engine_proc) and probe the sustainable rate with a
+   short closed-loop run (``--probe`` seconds, ``--clients`` clients), unless ``--rate``.
+2. Record RSS of every engine process and the bytes of the instance's /dev/shm segments.
+3. Open loop at ``--fraction`` (0.5) of that rate for ``--duration`` (600 s), latency from the
+   intended send time, one histogram per ``--interval`` (60 s).
+4. Record RSS and shared memory again; print the P99 per interval, errors, and the verdicts:
+   RSS growth <= 1 % per process, shared memory unchanged, 0 errors. Exit 0 when all hold.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import psutil
+
+RSS_GROWTH_MAX = 0.01
+
+
+def engine_rss(pid: int) -> dict[str, int]:
+    """RSS bytes by process title (``risk-engine: worker 0`` ...) of the engine tree."""
+    out = {}
+    root = psutil.Process(pid)
+    for p in [root] + root.children(recursive=True):
+        try:
+            title = " ".join(p.cmdline()).strip() or p.name()
+            if not title.startswith("risk-engine:"):
+                title = f"{title[:40]} (pid {p.pid})"
+            out[title] = p.memory_info().rss
+        except psutil.Error:
+            continue
+    return out
+
+
+def shm_bytes(instance: str, shm_dir: str = "/dev/shm") -> int:
+    """Apparent bytes of the /dev/shm entries (segments and semaphores) of ``instance``."""
+    total = 0
+    for name in os.listdir(shm_dir):
+        if f"risk-engine.{instance}." in name:
+            try:
+                total += os.stat(os.path.join(shm_dir, name)).st_size
+            except FileNotFoundError:
+                pass
+    return total
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--duration", type=float, default=600.0, metavar="S", help="soak seconds (default 600)")
+    p.add_argument("--interval", type=float, default=60.0, metavar="S", help="P99 per interval (default 60)")
+    p.add_argument("--rate", type=float, default=0.0, help="requests/s (default: --fraction of the probed rate)")
+    p.add_argument("--fraction", type=float, default=0.5, help="of the sustainable rate (default 0.5)")
+    p.add_argument("--probe", type=float, default=10.0, metavar="S", help="closed-loop probe seconds")
+    p.add_argument("--clients", type=int, default=100)
+    p.add_argument("--processes", type=int, default=2)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--config")
+    p.add_argument("--workers", type=int)
+    p.add_argument("--json", metavar="FILE")
+    p.add_argument("--start-timeout", type=float, default=300.0)
+
+
+def run(a) -> int:
+    from bench.engine_proc import EngineProcess
+    from bench.latency import run_client_id_base
+    from bench.loadgen import LoadSpec
+    from bench.phase import run_phase
+
+    progress = sys.stderr.isatty()
+    eng = EngineProcess(a.config, a.workers, a.start_timeout)
+    doc: dict = {"command": " ".join(["python -m bench.soak"] + sys.argv[1:]), "engine": eng.ready_line}
+    try:
+        spec = LoadSpec(eng.bind, clients=a.clients, batch=a.batch, config=a.config, warmup_s=1.0,
+                        client_id_base=run_client_id_base())
+        rate = a.rate
+        if not rate:
+            spec.duration_s = a.probe
+            probe = run_phase("probe", spec, a.processes, progress=progress)
+            doc["probed_rate"] = probe.answered / a.probe
+            rate = a.fraction * doc["probed_rate"]
+        doc["rate"] = rate
+        doc["rss_start"] = engine_rss(eng.pid)
+        doc["shm_bytes_start"] = shm_bytes(eng.instance)
+        spec.duration_s, spec.rate, spec.interval_s = a.duration, rate, a.interval
+        spec.client_id_base = run_client_id_base()          # never replay the probe's ids
+        ph = run_phase("soak", spec, a.processes, progress=progress)
+        doc["rss_end"] = engine_rss(eng.pid)
+        doc["shm_bytes_end"] = shm_bytes(eng.instance)
+    finally:
+        doc["engine_exit"] = eng.stop()
+    doc.update(sent=ph.sent, ok=ph.ok, errors=ph.errors, decision_errors=ph.decision_errors,
+               unsent=ph.unsent,
+               p99_ms_per_interval=[h.get_value_at_percentile(99) / 1e6 if h.get_total_count() else None
+                                    for h in ph.intervals],
+               p99_ms=ph.hist.get_value_at_percentile(99) / 1e6)
+    growth = {k: (doc["rss_end"].get(k, 0) - v) / v for k, v in doc["rss_start"].items() if v}
+    doc["rss_growth"] = growth
+    checks = {"rss_growth_le_1pct": all(g <= RSS_GROWTH_MAX for g in growth.values()),
+              "shm_unchanged": doc["shm_bytes_start"] == doc["shm_bytes_end"],
+              "no_errors": ph.error_count == 0 and not ph.decision_errors,
+              "rate_reached": ph.unsent <= max(1, 0.01 * (ph.sent + ph.unsent)),
+              "engine_exit_0": doc["engine_exit"] == 0}
+    doc["checks"] = checks
+    print(f"soak: {a.duration:g} s at {rate:.0f} req/s"
+          + (f" ({a.fraction:g} x probed {doc['probed_rate']:.0f}/s)" if "probed_rate" in doc else ""))
+    for k, v in doc["rss_start"].items():
+        print(f"  RSS {k:<28} start {v / 2**20:8.1f} MiB  end {doc['rss_end'].get(k, 0) / 2**20:8.1f} MiB"
+              f"  growth {growth.get(k, 0):+.2%}")
+    print(f"  shared memory bytes: start {doc['shm_bytes_start']}  end {doc['shm_bytes_end']}")
+    print(f"  sent {ph.sent}  ok {ph.ok}  errors {ph.errors or 'none'}  decision errors "
+          f"{ph.decision_errors or 'none'}  unsent {ph.unsent}")
+    print("  P99 ms per interval: " + " ".join("-" if v is None else f"{v:.2f}"
+                                              for v in doc["p99_ms_per_interval"]))
+    for k, v in checks.items():
+        print(f"  {k}: {'PASS' if v else 'FAIL'}")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(doc, f, indent=1)
+    return 0 if all(checks.values()) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.split("\n")[0])
+    add_arguments(ap)
+    return run(ap.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""The allocation counter itself: it sees a per-call leak, reports a no-op as zero, and runs
+on the real ingress codec."""
+from __future__ import annotations
+
+from bench.alloc import blocks_delta, ingress_codec
+from engine.config import load_config
+
+
+def test_blocks_delta_sees_a_per_call_leak_and_not_a_noop():
+    kept = []
+    assert blocks_delta(lambda: kept.append(object()), 500, 10) == [500, 500, 500]
+    assert blocks_delta(lambda: None, 500, 10) == [0, 0, 0]
+
+
+def test_temporaries_freed_in_the_call_are_not_net_blocks():
+    assert blocks_delta(lambda: [object() for _ in range(5)], 500, 10)[-1] == 0
+
+
+def test_ingress_codec_step_runs_on_the_default_config():
+    cfg = load_config(None)
+    step = ingress_codec(cfg, 4)
+    step()
+    w = blocks_delta(step, 200, 50)
+    assert len(w) == 3 and all(isinstance(x, int) for x in w)

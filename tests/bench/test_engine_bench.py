@@ -1,0 +1,57 @@
+"""The harness against a real ``risk-engine serve`` (one per module, started by
+bench.engine_proc like a bench run does): counts add up for binary and JSON, the engine's CPU
+and GC pauses are read, SIGTERM stops it with exit 0 and leaves no shared memory of the
+instance. Skipped only while the rule compiler is not importable."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+try:
+    from rules import compile_ruleset  # noqa: F401
+except ImportError as e:                 # the engine cannot start without it
+    pytest.skip(f"rule compiler not available: {e}", allow_module_level=True)
+
+from bench.engine_proc import EngineProcess
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def engine():
+    eng = EngineProcess(workers=1, start_timeout_s=240)
+    yield eng
+    eng.kill()
+
+
+def bench(engine, tmp_path, *extra) -> tuple[dict, str]:
+    out = tmp_path / "b.json"
+    cmd = [sys.executable, "-m", "bench.latency", "--clients", "4", "--processes", "2",
+           "--duration", "1.5", "--warmup", "0.3", "--no-echo", "--target", engine.bind,
+           "--target-metrics", engine.metrics, "--json", str(out), "--no-progress", *extra]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert p.returncode in (0, 1), p.stdout + p.stderr      # 1 = ran but missed the P99 bar
+    return json.loads(out.read_text()), p.stdout
+
+
+@pytest.mark.parametrize("transport", ["binary", "json"])
+def test_counts_add_up_against_the_engine(engine, tmp_path, transport):
+    doc, stdout = bench(engine, tmp_path, "--transport", transport, "--batch", "3")
+    e = doc["phases"]["engine"]
+    assert e["sent"] > 0
+    assert e["sent"] == e["ok"] + e["error_count"]
+    assert e["error_count"] == 0, e["errors"]
+    assert e["events_per_s"] == pytest.approx(3 * e["ok"] / 1.5)
+    assert e["server_cpu_s"] is not None and e["server_cpu_s"] > 0     # found by its port
+    assert doc["engine_gc"] is not None and "ingress" in doc["engine_gc"]
+    assert "P99" in stdout and ("PASS" in stdout or "FAIL" in stdout)
+
+
+def test_sigterm_stops_the_engine_cleanly(engine):
+    assert engine.stop() == 0, engine.stderr_text()[-2000:]
+    left = [f for f in os.listdir("/dev/shm") if f"risk-engine.{engine.instance}." in f]
+    assert not left
