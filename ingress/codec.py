@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import math
+import struct
 from dataclasses import dataclass
 from typing import Mapping
 
 import numpy as np
 
 from engine.schema import Schema
-from engine.types import ACTION_NAMES, MAX_FIRED, DecisionFlag, ErrorCode
+from engine.types import ACTION_NAMES, MAX_FIRED, RESPONSE_SLOT_DTYPE, DecisionFlag, ErrorCode
 from ingress import wire
 from ingress.jsonevents import EventConverter, _jtype
 from ingress.wire import WireError
@@ -28,6 +29,25 @@ _JSON_KEYS = frozenset(("request_id", "client_id", "deadline_ms", "event", "even
 _FLAG_ERRORS = ((DecisionFlag.DEFAULT_TIMEOUT, ErrorCode.TIMEOUT),
                 (DecisionFlag.DEFAULT_OVERLOAD, ErrorCode.OVERLOADED),
                 (DecisionFlag.DEFAULT_WORKER_LOST, ErrorCode.WORKER_LOST))
+
+
+def _slot_struct() -> struct.Struct:
+    """Reads score, generation, action, flags, nfired, fired[] of one response slot, at the
+    offsets RESPONSE_SLOT_DTYPE gives them (checked: the unpack order is fixed below)."""
+    codes = {"score": "d", "generation": "I", "action": "B", "flags": "B", "nfired": "H",
+             "fired": f"{MAX_FIRED}H"}
+    fmt, pos = "<", 0
+    placed = sorted((RESPONSE_SLOT_DTYPE.fields[k][1], k) for k in codes)
+    for off, k in placed:
+        fmt += (f"{off - pos}x" if off > pos else "") + codes[k]
+        pos = off + RESPONSE_SLOT_DTYPE.fields[k][0].itemsize
+    order = [k for _, k in placed]
+    if order != list(codes):
+        raise RuntimeError(f"RESPONSE_SLOT_DTYPE field order {order} != {list(codes)}: update _slot_struct")
+    return struct.Struct(fmt)
+
+
+_SLOT = _slot_struct()
 
 
 @dataclass(slots=True)
@@ -111,10 +131,16 @@ class Codec:
             (np.dtype(f"<f{w}"), self._columns(schema, "float", w)) for w in (4, 8)
             if self._columns(schema, "float", w)[0].size)
         self._bool_cols = self._columns(schema, "bool", 1)
+        # single-event fast path: the same checks from one struct.unpack_from each (~10x
+        # cheaper than the numpy calls for N = 1, ENGINEERING.md §2); a failure falls through
+        # to the vectorised checks, which name the field
+        self._one_floats = self._struct(schema, "float")
+        self._one_bools = self._struct(schema, "bool")
         errs = np.zeros(256, np.uint16)
         for flag, code in reversed(_FLAG_ERRORS):
             errs[(np.arange(256) & int(flag)) != 0] = int(code)
         self._flag_errors = errs
+        self._flag_errors_t = tuple(errs.tolist())
         self._flag_names = tuple(
             [f.name for f in DecisionFlag if f.value and f.value & v] for v in range(256))
 
@@ -125,6 +151,16 @@ class Codec:
         offs = [schema.dtype.fields[f.name][1] for f in fs]
         assert all(o % width == 0 for o in offs), "aligned dtype"
         return np.array([o // width for o in offs], np.intp), tuple(f.name for f in fs)
+
+    @staticmethod
+    def _struct(schema: Schema, kind: str) -> struct.Struct | None:
+        """A struct reading every field of ``kind`` of one record, or None if there is none."""
+        fs = sorted((schema.dtype.fields[f.name][1], f.size) for f in schema.fields if f.kind == kind)
+        fmt, pos = "<", 0
+        for off, size in fs:
+            fmt += (f"{off - pos}x" if off > pos else "") + {1: "B", 4: "f", 8: "d"}[size]
+            pos = off + size
+        return struct.Struct(fmt) if fs else None
 
     # --- requests ----------------------------------------------------------------------------
 
@@ -167,6 +203,8 @@ class Codec:
                             f"record_size={self._rsize}", rid)
         # one byte copy (bytearray) instead of a structured copy: several times cheaper
         recs = np.frombuffer(bytearray(memoryview(frame)[wire.REQUEST_HEADER_SIZE:]), self._dtype)
+        if count == 1 and self._single_ok(frame):
+            return Request("binary", rid, client_id, deadline_us, flags, recs)
         for dt, (cols, names) in self._float_checks:
             vals = recs.view(dt).reshape(count, -1).take(cols, axis=1)
             ok = np.isfinite(vals)
@@ -182,6 +220,13 @@ class Codec:
                 raise WireError(ErrorCode.OUT_OF_RANGE,
                                 f"events[{i}].{names[j]}: bool byte {raw[i, j]} is not 0 or 1", rid)
         return Request("binary", rid, client_id, deadline_us, flags, recs)
+
+    def _single_ok(self, frame) -> bool:
+        off = wire.REQUEST_HEADER_SIZE
+        if self._one_floats is not None and \
+                not all(map(math.isfinite, self._one_floats.unpack_from(frame, off))):
+            return False
+        return self._one_bools is None or max(self._one_bools.unpack_from(frame, off)) <= 1
 
     def _decode_json(self, frame) -> Request:
         try:
@@ -238,6 +283,8 @@ class Codec:
                              f"(request_id={req.request_id})")
         if req.kind == "json":
             return self._json_reply(req.request_id, slots, ruleset_meta)
+        if n == 1 and slots.flags.c_contiguous:
+            return self._binary_reply_one(req.request_id, slots)
         buf = bytearray(wire.REPLY_HEADER_SIZE + n * wire.DECISION_SIZE)
         wire.REPLY_HEADER.pack_into(buf, 0, wire.REPLY_MAGIC, wire.PROTOCOL_VERSION, 0, n, 0,
                                     req.request_id)
@@ -252,6 +299,14 @@ class Codec:
         d["score"] = slots["score"]
         d["fired"] = slots["fired"]
         return bytes(buf)
+
+    def _binary_reply_one(self, rid: int, slots: np.ndarray) -> bytes:
+        """N = 1: two struct calls instead of eight numpy column copies (same bytes)."""
+        score, gen, action, flags, nfired, *fired = _SLOT.unpack_from(slots)
+        if nfired > MAX_FIRED:
+            flags |= DecisionFlag.FIRED_OVERFLOW
+        return wire.REPLY_HEADER.pack(wire.REPLY_MAGIC, wire.PROTOCOL_VERSION, 0, 1, 0, rid) + \
+            wire.DECISION.pack(action, flags, self._flag_errors_t[flags], nfired, gen, score, *fired)
 
     def _json_reply(self, rid: int, slots: np.ndarray, metas) -> bytes:
         if isinstance(metas, RulesetMeta):

@@ -56,6 +56,8 @@ KNOWN_HEADER_FLAGS = int(HeaderFlag.RETRY)
 REQUEST_HEADER = struct.Struct("<IHHQIIQQ")
 REPLY_HEADER = struct.Struct("<IHHIIQ")
 
+DECISION = struct.Struct(f"<BBHHxxIxxxxd{MAX_FIRED}H")   # one decision record (N = 1 path)
+
 REQUEST_HEADER_DTYPE = np.dtype({
     "names": ["magic", "version", "flags", "schema_hash", "count", "deadline_us",
               "client_id", "request_id"],
@@ -79,7 +81,7 @@ MAX_ERROR_MESSAGE_BYTES = 1024
 
 assert REQUEST_HEADER_DTYPE.itemsize == REQUEST_HEADER_SIZE == 40
 assert REPLY_HEADER_DTYPE.itemsize == REPLY_HEADER_SIZE == 24
-assert DECISION_SIZE == 24 + 2 * MAX_FIRED
+assert DECISION_SIZE == 24 + 2 * MAX_FIRED == DECISION.size
 
 
 def pack_request(schema_hash: int, records: np.ndarray, client_id: int, request_id: int,

@@ -112,13 +112,14 @@ def test_frame_over_max_frame_bytes():
     assert e.code == ErrorCode.FRAME_TOO_LARGE and e.kind == "binary"
 
 
+@pytest.mark.parametrize("n", [1, 4])          # the single-event fast path and the vector path
 @pytest.mark.parametrize("field", ["x_f32", "y_f64"])
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_non_finite_float_in_any_record(field, bad):
-    recs = records(4)
-    recs[field][2] = bad
+def test_non_finite_float_in_any_record(n, field, bad):
+    recs = records(n)
+    recs[field][n - 1] = bad
     e = code_of(frame(recs))
-    assert e.code == ErrorCode.NON_FINITE and f"events[2].{field}" in e.message
+    assert e.code == ErrorCode.NON_FINITE and f"events[{n - 1}].{field}" in e.message
 
 
 def test_nan_payload_bits_are_caught():
@@ -129,11 +130,25 @@ def test_nan_payload_bits_are_caught():
     assert code_of(frame(recs)).code == ErrorCode.NON_FINITE
 
 
-def test_bool_byte_other_than_0_or_1():
-    recs = records(3)
-    recs.view(np.uint8).reshape(3, -1)[1, SCHEMA.dtype.fields["flag"][1]] = 2
+@pytest.mark.parametrize("n", [1, 3])
+@pytest.mark.parametrize("byte", [2, 255])
+def test_bool_byte_other_than_0_or_1(n, byte):
+    recs = records(n)
+    recs.view(np.uint8).reshape(n, -1)[n - 1, SCHEMA.dtype.fields["flag"][1]] = byte
     e = code_of(frame(recs))
-    assert e.code == ErrorCode.OUT_OF_RANGE and "events[1].flag" in e.message
+    assert e.code == ErrorCode.OUT_OF_RANGE and f"events[{n - 1}].flag" in e.message
+
+
+def test_schema_without_float_or_bool_fields():
+    from engine.schema import Schema
+    from ingress.codec import Codec
+    s = Schema.build({"id": "u64", "tag": "bytes3"}, "id")
+    recs = np.zeros(2, s.dtype)
+    recs["id"] = [1, 2]
+    c = Codec(s, 8, 1024)
+    for n in (1, 2):
+        got = c.decode(wire.pack_request(s.hash, recs[:n], 1, 2)).records
+        assert got.tobytes() == recs[:n].tobytes()
 
 
 def test_extreme_finite_values_pass():

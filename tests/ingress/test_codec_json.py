@@ -52,6 +52,24 @@ def test_bytes_are_zero_padded_and_stripped_back():
     assert CODEC.events.to_events(req.records)[0]["name"] == "ab"
 
 
+def test_padding_bytes_are_zero():
+    req = CODEC.decode(js({"request_id": 1, "events": [event(i) for i in range(3)]}))
+    raw = req.records.view(np.uint8).reshape(3, -1)
+    used = np.zeros(SCHEMA.record_size, bool)
+    for name in SCHEMA.names:
+        off = SCHEMA.dtype.fields[name][1]
+        used[off:off + SCHEMA.dtype.fields[name][0].itemsize] = True
+    assert not raw[:, ~used].any()
+
+
+def test_f32_rounding_boundary():
+    limit = 2.0 ** 128 - 2.0 ** 103            # the first value that rounds to inf in f32
+    assert bad_event(x_f32=limit).code == ErrorCode.OUT_OF_RANGE
+    below = float(np.nextafter(limit, 0))
+    req = CODEC.decode(js({"request_id": 1, "event": event(x_f32=-below)}))
+    assert req.records["x_f32"][0] == -np.finfo(np.float32).max
+
+
 def test_floats_accept_integers():
     req = CODEC.decode(js({"request_id": 1, "event": event(y_f64=3, x_f32=-2)}))
     assert req.records["y_f64"][0] == 3.0 and req.records["x_f32"][0] == -2.0

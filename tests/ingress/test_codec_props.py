@@ -82,6 +82,13 @@ def test_reply_round_trip(rows):
         assert np.array_equal(dec[name], s[name])
     overflow = (s["nfired"] > MAX_FIRED).astype(np.uint8)
     assert np.array_equal(dec["flags"], s["flags"] | overflow)
+    # the single-decision fast path (struct) writes the same bytes as the vectorised path
+    multi = CODEC.encode_reply(req, s)
+    one = CODEC.decode(wire.pack_request(SCHEMA.hash, recs[:1], 1, 2))
+    for i in range(n):
+        body = CODEC.encode_reply(one, s[i:i + 1])[wire.REPLY_HEADER_SIZE:]
+        start = wire.REPLY_HEADER_SIZE + i * wire.DECISION_SIZE
+        assert body == multi[start:start + wire.DECISION_SIZE]
     meta = RulesetMeta(1, "r@1", tuple(f"r{i}" for i in range(40)),
                        tuple("shadow" if i % 3 == 0 else "enforce" for i in range(40)))
     req.kind = "json"
