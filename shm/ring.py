@@ -20,8 +20,8 @@ Consumer::
     if nothing: idle.idle(ring)         # shm.idle.SpinThenSleep
 
 Views returned by try_claim / try_drain are valid until commit / release: after that the
-other side may reuse the slots. Each method is one or two Numba calls plus numpy slice
-copies; no per-field Python work.
+other side may reuse the slots. Each method is one compiled call (plus numpy slicing for the
+views); no per-field Python work.
 """
 from __future__ import annotations
 
@@ -144,7 +144,10 @@ class OneToOneRing:
                              f"array of the ring's slot_dtype {self.slot_dtype}")
         if len(records) == 0:
             return True
-        rc = self._k_try_publish(self._hdr, self.slots, records, self.capacity)
+        if records.flags.aligned:
+            rc = self._k_try_publish(self._hdr, self.slots, records, self.capacity)
+        else:       # e.g. a view into a received frame: let the dispatcher specialise
+            rc = K._try_publish(self._hdr, self.slots, records, self.capacity)
         if rc > 0 and self.doorbell is not None:
             self.doorbell.ring()
         return rc >= 0

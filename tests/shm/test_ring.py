@@ -99,6 +99,30 @@ def test_publish_needs_the_slot_dtype(pair):
     prod, _ = pair
     with pytest.raises(ValueError, match="slot_dtype"):
         prod.try_publish(np.zeros(1, RESPONSE_SLOT_DTYPE))
+    with pytest.raises(ValueError, match="ndim=2"):
+        prod.try_publish(np.zeros((1, 1), MSG_DTYPE))
+
+
+def test_publish_from_unaligned_and_readonly_buffers(instance):
+    dt = np.dtype({"names": ["token", "fired"], "formats": ["<u8", ("<u2", (16,))],
+                   "offsets": [0, 8], "itemsize": 64, "aligned": True})   # alignment 8
+    prod = OneToOneRing.create("unaligned", 8, dt, instance=instance)
+    cons = OneToOneRing.attach(prod.name, dt)
+    raw = bytearray(1 + 3 * dt.itemsize)
+    recs = np.frombuffer(raw, dt, 3, offset=1)                 # like a body after a 1-byte header
+    recs["token"] = [1, 2, 3]
+    recs["fired"][1] = np.arange(16)
+    assert not recs.flags.aligned
+    assert prod.try_publish(recs)
+    frozen = np.frombuffer(recs.tobytes(), dt)
+    assert not frozen.flags.writeable
+    assert prod.try_publish(frozen)
+    v1, v2 = cons.try_drain(8)
+    assert v1.tobytes() == recs.tobytes() * 2 and len(v2) == 0
+    cons.release(6)
+    cons.close()
+    prod.unlink()
+    prod.close()
 
 
 def test_engine_slot_dtypes_round_trip(instance):
