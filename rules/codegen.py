@@ -17,7 +17,7 @@ from engine.types import MAX_FIRED, DecisionFlag
 from rules import ir
 from rules.symbols import INT64_MIN
 
-CHUNK_RULES = 48
+CHUNK_RULES = 16              # divides 64: a chunk never straddles a bitmap word
 BSEARCH_MIN_ITEMS = 9
 _CMP_CODE = {"<": "== -1", "<=": "<= 0", ">": "== 1", ">=": ">= 0", "==": "== 0", "!=": "!= 0"}
 _SWAP = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "==", "!=": "!="}
@@ -47,6 +47,7 @@ class RuleEmitter:
     def __init__(self, rid: int, fields: dict, consts: dict):
         self.rid = rid
         self.k = 0
+        self.can_fail = False         # set when a statement may fail (needs the e flag)
         self.lines: list[str] = []
         self.fields = fields          # field name -> spec, records the loads needed
         self.consts = consts          # global name -> (dtype, sorted values) for big sets
@@ -60,8 +61,9 @@ class RuleEmitter:
 
     def fail(self, ind: int, call: str) -> str:
         t = self.tmp()
-        self.emit(ind, f"{t}, x_ = {call}")
-        self.emit(ind, "e |= x_")
+        self.can_fail = True
+        self.emit(ind, f"{t}, x{t} = {call}")
+        self.emit(ind, f"e{self.rid} |= x{t}")
         return t
 
     def bytes_chunks(self, n: ir.Node, width: int) -> list[str]:
@@ -93,19 +95,14 @@ class RuleEmitter:
         if isinstance(n, ir.Truth):
             x = self.expr(n.x, ind)
             zero = "0.0" if n.x.type == "float" else ("False" if n.x.type == "bool" else "0")
-            t = self.tmp()
-            self.emit(ind, f"{t} = {x} != {zero}")
-            return t
+            return f"({x} != {zero})"
         if isinstance(n, ir.Unary):
             x = self.expr(n.x, ind)
-            t = self.tmp()
             if n.op == "not":
-                self.emit(ind, f"{t} = not {x}")
-                return t
+                return f"(not {x})"
             if n.type == "int":
                 return self.fail(ind, f"_neg_i({x})")
-            self.emit(ind, f"{t} = -{x}")
-            return t
+            return f"(-{x})"
         if isinstance(n, ir.Bin):
             return self.binop(n, ind)
         if isinstance(n, ir.Cmp):
@@ -136,6 +133,7 @@ class RuleEmitter:
             if n.fn == "round":
                 return self.fail(ind, f"_round_f({args[0]})")
             t = self.tmp()
+            args = [self.simple(a, ind) for a in args]
             self.emit(ind, f"{t} = {args[0]}")
             op = "<" if n.fn == "min" else ">"
             for a in args[1:]:
@@ -152,9 +150,7 @@ class RuleEmitter:
                     "//": "_floordiv_ii", "%": "_mod_ii", "**": "_pow_ii"}[n.op]
             return self.fail(ind, f"{name}({a}, {b})")
         if n.op in ("+", "-", "*"):
-            t = self.tmp()
-            self.emit(ind, f"{t} = {a} {n.op} {b}")
-            return t
+            return f"({a} {n.op} {b})"
         name = {"/": "_div_ff", "//": "_floordiv_ff", "%": "_mod_ff", "**": "_pow_ff"}[n.op]
         return self.fail(ind, f"{name}({a}, {b})")
 
@@ -184,16 +180,27 @@ class RuleEmitter:
     def operand(self, n: ir.Node, ind: int) -> str:
         return "" if n.type == "bytes" else self.expr(n, ind)
 
+    def simple(self, code: str, ind: int) -> str:
+        """``code`` as a name or literal, so it can be used twice without recomputing."""
+        if code.startswith(("v", "f_", "b_")) and code.replace("_", "").isalnum() or \
+                code.lstrip("-").replace(".", "").replace("e", "").isdigit():
+            return code
+        t = self.tmp()
+        self.emit(ind, f"{t} = {code}")
+        return t
+
     def compare(self, n: ir.Cmp, ind: int) -> str:
+        if len(n.ops) == 1:
+            a = self.operand(n.operands[0], ind)
+            b = self.operand(n.operands[1], ind)
+            return self.cmp2(n.ops[0], a, n.operands[0], b, n.operands[1])
         t = self.tmp()
         prev = self.operand(n.operands[0], ind)
         depth = ind
         for j, op in enumerate(n.ops):
             right = self.operand(n.operands[j + 1], depth)
-            if right and not right.startswith(("v", "f_")) and j + 1 < len(n.ops):
-                r2 = self.tmp()
-                self.emit(depth, f"{r2} = {right}")
-                right = r2
+            if right and j + 1 < len(n.ops):
+                right = self.simple(right, depth)
             self.emit(depth, f"{t} = {self.cmp2(op, prev, n.operands[j], right, n.operands[j + 1])}")
             if j + 1 < len(n.ops):
                 self.emit(depth, f"if {t}:")
@@ -231,13 +238,10 @@ class RuleEmitter:
                 self.consts[g] = ("np.uint64", vals)
                 self.emit(ind, f"{t} = {neg}_in_sorted_u({x}, {g})")
             return t
-        if n.x.type != "bytes" and not x.startswith(("v", "f_")):
-            x2 = self.tmp()
-            self.emit(ind, f"{x2} = {x}")
-            x = x2
+        if n.x.type != "bytes" and len(items) > 1:
+            x = self.simple(x, ind)
         terms = [self.cmp2("==", x, n.x, self.expr(c, ind) if c.type != "bytes" else "", c) for c in items]
-        self.emit(ind, f"{t} = {neg}({' or '.join(terms)})")
-        return t
+        return f"({neg}({' or '.join(terms)}))"
 
 
 def field_loads(fields: dict, schema) -> list[str]:

@@ -67,12 +67,11 @@ def _thresholds(thresholds) -> dict:
     return {k: float(v) for k, v in th.items()}
 
 
-def compile_ruleset(files: Sequence[str], schema, *, thresholds=(), on_error: str = "skip",
-                    cache_dir=None, extensions: Mapping[str, object] | None = None) -> "CompiledRuleset":
-    """Compile rule files into one kernel; raise RulesetError listing every problem."""
-    if on_error not in ("skip", "fire"):
-        raise ValueError(f"on_error={on_error!r} (allowed: skip, fire)")
-    th = _thresholds(thresholds)
+def check_ruleset(files: Sequence[str], schema, extensions: Mapping[str, object] | None = None):
+    """Passes load..fold for every rule; (loaded files, [(RuleSource, IR)] of enabled rules).
+
+    Raises RulesetError listing every problem. Never generates or compiles code.
+    """
     if not files:
         raise ValueError("files: at least one rule file is required")
     diags: list[Diagnostic] = []
@@ -105,6 +104,20 @@ def compile_ruleset(files: Sequence[str], schema, *, thresholds=(), on_error: st
         diags.append(Diagnostic(str(files[0]), 0, 0, "", f"{len(compiled)} enabled rules (limit {MAX_RULES})"))
     if diags:
         raise RulesetError(diags)
+    return loaded, compiled
+
+
+def compile_ruleset(files: Sequence[str], schema, *, thresholds=(), on_error: str = "skip",
+                    cache_dir=None, extensions: Mapping[str, object] | None = None) -> "CompiledRuleset":
+    """Compile rule files into one kernel; raise RulesetError listing every problem.
+
+    Safe to call off the hot path while another ruleset serves: it touches no shared state
+    besides the cache directory (files published atomically).
+    """
+    if on_error not in ("skip", "fire"):
+        raise ValueError(f"on_error={on_error!r} (allowed: skip, fire)")
+    th = _thresholds(thresholds)
+    loaded, compiled = check_ruleset(files, schema, extensions)
     label = "+".join(f"{rf.name}@{rf.version}" for rf in loaded)
     krules = [KernelRule(i, r.id, f"{Path(r.file).name}:{r.line}", node, r.action, r.score,
                          r.mode == "enforce") for i, (r, node) in enumerate(compiled)]

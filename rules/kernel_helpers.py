@@ -314,3 +314,46 @@ def _in_sorted_u(x, arr):
         else:
             hi = mid
     return lo < arr.shape[0] and arr[lo] == x
+
+
+# --- per-event bookkeeping shared by every generated kernel ------------------------------
+@intrinsic
+def _ctz(typingctx, x):
+    """Count of trailing zero bits of a non-zero uint64 (llvm.cttz)."""
+    if not isinstance(x, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.cttz(args[0], llir.Constant(llir.IntType(1), 1))
+    return types.uint64(types.uint64), codegen
+
+
+@njit(**_OPTS)
+def _count_errors(errors, word, base):
+    """errors[base + b] += 1 for each set bit b of ``word`` (uint64)."""
+    m = word
+    while m != np.uint64(0):
+        errors[base + np.int64(_ctz(m))] += 1
+        m &= m - np.uint64(1)
+
+
+@njit(**_OPTS)
+def _finish_word(o, word, base, hits, scores, actions, score, action, nf, max_fired):
+    """Account the fired rules of one bitmap word in ascending index order.
+
+    hits[k] += 1, the first ``max_fired`` indexes go to o.fired, score adds scores[k] and
+    action takes the max of actions[k] (both 0 for shadow rules). Returns the running
+    (score, action, nf).
+    """
+    m = word
+    while m != np.uint64(0):
+        k = base + np.int64(_ctz(m))
+        m &= m - np.uint64(1)
+        hits[k] += 1
+        if nf < max_fired:
+            o.fired[nf] = k
+        nf += 1
+        score += scores[k]
+        if actions[k] > action:
+            action = actions[k]
+    return score, action, nf

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 
 from engine.types import MAX_FIRED, DecisionFlag
 from rules import ir
-from rules.codegen import CHUNK_RULES, RuleEmitter, field_loads, flit
+from rules.codegen import CHUNK_RULES, RuleEmitter, field_loads, flit, ilit
 
 _HELPERS = ("_ldb", "_add_ii", "_sub_ii", "_mul_ii", "_floordiv_ii", "_mod_ii", "_pow_ii",
             "_neg_i", "_abs_i", "_u64_to_i", "_truediv_ii", "_div_ff", "_mod_ff",
             "_floordiv_ff", "_pow_ff", "_round_f", "_cmp_if", "_cmp_uf", "_cmp_ui",
-            "_in_sorted_i", "_in_sorted_u")
+            "_in_sorted_i", "_in_sorted_u", "_count_errors", "_finish_word")
 
 
 @dataclass(frozen=True)
@@ -39,29 +39,24 @@ def _dtype_literal(dt) -> str:
 
 
 def _rule_block(r: KernelRule, on_error_fire: bool, fields: dict, consts: dict) -> list[str]:
+    """Statements that set rule r's bit in ``fw`` (fired) or ``ew`` (evaluation error)."""
     em = RuleEmitter(r.index, fields, consts)
+    bit = r.index % 64
+    mask = ilit(-(1 << 63)) if bit == 63 else str(1 << bit)
     em.emit(1, f"# [{r.index}] {r.rule_id}  {r.where}")
-    em.emit(1, "e = False")
+    at = len(em.lines)
     cond = em.expr(r.cond, 1)
-    em.emit(1, "if e:")
-    em.emit(2, f"errors[{r.index}] += 1")
-    em.emit(2, f"flags |= {int(DecisionFlag.EVAL_ERROR)}")
-    em.emit(2, f"f = {on_error_fire}")
-    em.emit(1, "else:")
-    em.emit(2, f"f = {cond}")
-    em.emit(1, "if f:")
-    em.emit(2, f"hits[{r.index}] += 1")
-    w, b = divmod(r.index, 64)
-    em.emit(2, f"bits[i, {w}] |= np.uint64({1 << b})")
-    em.emit(2, f"if nf < {MAX_FIRED}:")
-    em.emit(3, f"o.fired[nf] = {r.index}")
-    em.emit(2, "nf += 1")
-    if r.enforce:
-        if r.score:
-            em.emit(2, f"score += {flit(r.score)}")
-        if r.action:
-            em.emit(2, f"if action < {r.action}:")
-            em.emit(3, f"action = {r.action}")
+    if not em.can_fail:
+        em.emit(1, f"if {cond}:")
+        em.emit(2, f"fw |= {mask}")
+        return em.lines
+    em.lines.insert(at, f"    e{r.index} = False")
+    em.emit(1, f"if e{r.index}:")
+    em.emit(2, f"ew |= {mask}")
+    if on_error_fire:
+        em.emit(2, f"fw |= {mask}")
+    em.emit(1, f"elif {cond}:")
+    em.emit(2, f"fw |= {mask}")
     return em.lines
 
 
@@ -84,22 +79,26 @@ def generate(rules: list[KernelRule], n_rules: int, schema, thresholds: dict,
         "",
     ]
     body = []
-    chunk_names = []
+    calls = []
     for c in range(0, len(rules), CHUNK_RULES):
         fields: dict = {}
         lines = []
         for r in rules[c:c + CHUNK_RULES]:
             lines += _rule_block(r, on_error == "fire", fields, consts)
         name = f"_chunk{c // CHUNK_RULES}"
-        chunk_names.append(name)
+        calls.append((name, c // 64))
         body.append("@njit(**_OPTS)")
-        body.append(f"def {name}(ev, i, o, bits, hits, errors, score, action, nf, flags{extra}):")
+        body.append(f"def {name}(ev, i{extra}):")
         body += ["    " + s for s in field_loads(fields, schema)]
-        body += lines
-        body.append("    return score, action, nf, flags")
+        body += ["    fw = 0", "    ew = 0"] + lines
+        body.append("    return fw, ew")
         body.append("")
     for g, (dt, vals) in consts.items():
         out.append(f"{g} = np.array({vals!r}, dtype={dt})")
+    scores = [r.score if r.enforce else 0.0 for r in rules]
+    actions = [r.action if r.enforce else 0 for r in rules]
+    out.append(f"_SCORES = np.array([{', '.join(flit(x) for x in scores)}], dtype=np.float64)")
+    out.append(f"_ACTIONS = np.array({actions!r}, dtype=np.int64)")
     out += [""] + body
     nw = max(1, (n_rules + 63) // 64)
     out += [
@@ -113,15 +112,22 @@ def generate(rules: list[KernelRule], n_rules: int, schema, thresholds: dict,
         "    for i in range(events.shape[0]):",
         "        ev = events[i]",
         "        o = out[i]",
-        f"        for w in range({nw}):",
-        "            bits[i, w] = np.uint64(0)",
-        "        score = 0.0",
-        "        action = 0",
-        "        nf = 0",
-        "        flags = 0",
     ]
-    for name in chunk_names:
-        out.append(f"        score, action, nf, flags = {name}(ev, i, o, bits, hits, errors, score, action, nf, flags{extra})")
+    for w in range(nw):
+        out.append(f"        fw{w} = 0")
+        out.append(f"        ew{w} = 0")
+    for name, w in calls:
+        out.append(f"        a, b = {name}(ev, i{extra})")
+        out.append(f"        fw{w} |= a")
+        out.append(f"        ew{w} |= b")
+    out += ["        score = 0.0", "        action = 0", "        nf = 0", "        flags = 0"]
+    for w in range(nw):
+        out += [f"        bits[i, {w}] = np.uint64(fw{w})",
+                f"        if ew{w} != 0:",
+                f"            _count_errors(errors, np.uint64(ew{w}), {64 * w})",
+                f"            flags |= {int(DecisionFlag.EVAL_ERROR)}",
+                f"        if fw{w} != 0:",
+                f"            score, action, nf = _finish_word(o, np.uint64(fw{w}), {64 * w}, hits, _SCORES, _ACTIONS, score, action, nf, {MAX_FIRED})"]
     th = dict(thresholds)
     if "block" in th:
         out.append(f"        if score >= {flit(th['block'])} and action < 2:")

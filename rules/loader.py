@@ -211,7 +211,7 @@ def _rule(loader, src: str, path: str, node, sink: Sink, constants: dict) -> Rul
         return v
 
     when = get("when", (str,), "", required=True)
-    action = get("action", (str,), "allow", required=True)
+    action = get("action", (str,), "allow")
     if action not in ACTION_NAMES:
         rs.error(*_pos(items["action"][1]), f"action must be one of {', '.join(ACTION_NAMES)}, got {action!r}")
         ok = False

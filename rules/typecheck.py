@@ -275,6 +275,11 @@ class Checker:
         if bad:
             return ir.Node("err", p)
         out = [self.to_int(o) if o.type == "bool" else o for o in out]
+        for j, o in enumerate(out):     # an exact int literal next to a float compares as float
+            near = out[max(j - 1, 0):j + 2]
+            if isinstance(o, ir.Const) and o.type == "int" and abs(o.value) <= 2**53 \
+                    and any(x.type == "float" for x in near):
+                out[j] = ir.Const("float", o.pos, float(o.value))
         return ir.Cmp("bool", p, ops, out)
 
     def membership(self, node, left_ast, right_ast, negate: bool, d) -> ir.Node:
@@ -293,8 +298,11 @@ class Checker:
                         and isinstance(e.operand.value, (int, float)) and not isinstance(e.operand.value, bool):
                     c = self.visit(e.operand, d)
                     items.append((e, c if c.type == "err" else ir.Const(c.type, c.pos, -c.value)))
+                elif isinstance(e, ast.Name) and isinstance(self.sym.resolve(e.id), ConstantDef) \
+                        and not isinstance(self.sym.resolve(e.id).value, tuple):
+                    items.append((e, self.visit(e, d)))
                 else:
-                    return self.err(e, "tuple/set items after 'in' must be literals")
+                    return self.err(e, "tuple/set items after 'in' must be literals or scalar constants")
             if not items:
                 return self.err(right_ast, "empty tuple/set after 'in'")
         elif isinstance(right_ast, ast.Name):
@@ -328,6 +336,9 @@ class Checker:
             typed = [t for t in typed if not isinstance(x, ir.Field) or t.width <= x.width] or typed[:0]
         else:
             typed = [ir.Const("int", t.pos, int(t.value)) if t.type == "bool" else t for t in typed]
+            if x.type == "float":
+                typed = [ir.Const("float", t.pos, float(t.value)) if t.type == "int" and abs(t.value) <= 2**53
+                         else t for t in typed]
             x = self.to_int(x) if x.type == "bool" else x
         return ir.In("bool", p, x, tuple(typed), negate)
 
