@@ -148,7 +148,10 @@ class Supervisor:
             if all(g[0] == self.generation for g in gens) and accepting[0]:
                 return
             time.sleep(0.02)
-        raise StartupError(f"engine not ready after {READY_TIMEOUT_S} s")
+        waiting = [f"worker {w}" for w, g in enumerate(gens) if g[0] != self.generation]
+        if not accepting[0]:
+            waiting.append("ingress")
+        raise StartupError(f"engine not ready after {READY_TIMEOUT_S} s; still starting: {', '.join(waiting)}")
 
     # --- run ----------------------------------------------------------------------------------
 

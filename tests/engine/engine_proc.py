@@ -61,7 +61,7 @@ class EngineProcess:
             else:
                 raw[section] = vals
         self.config_path = self.tmp / f"{self.instance}.yaml"
-        self.config_path.write_text(yaml.safe_dump(raw))
+        self.config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
         self.raw = raw
         self.extra_args = extra_args
         self.log_path = self.tmp / f"{self.instance}.log"

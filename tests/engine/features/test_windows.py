@@ -12,13 +12,18 @@ from hypothesis import given, settings, strategies as st
 
 from engine.features import layout, table as T
 from engine.features.hll import _hll_add_many, _hll_estimate
-from engine.features.windows import (LATE, OK, _read_avg, _read_count, _read_distinct, _read_max,
+from engine.features.scalar import (_read_age, _read_last, _read_update_age, _read_update_last,
+                                    _update_age, _update_last)
+from engine.features.windows import (LATE, OK, _read_update_avg, _read_update_count,
+                                     _read_update_max, _read_update_min, _read_update_sum, _read_avg, _read_count, _read_distinct, _read_max,
                                      _read_min, _read_sum, _update_avg, _update_count,
                                      _update_distinct, _update_max, _update_min, _update_sum)
 
 READ = {"count": _read_count, "sum": _read_sum, "avg": _read_avg, "min": _read_min, "max": _read_max}
 UPDATE = {"count": _update_count, "sum": _update_sum, "avg": _update_avg, "min": _update_min,
           "max": _update_max}
+FUSED = {"count": _read_update_count, "sum": _read_update_sum, "avg": _read_update_avg,
+         "min": _read_update_min, "max": _read_update_max}
 PROBE = 8
 
 
@@ -79,6 +84,7 @@ event = st.tuples(st.integers(0, 3),                                   # key
 def test_window_matches_oracle(kind, nb, stream):
     bucket_ms = 1000
     t, sw = new_table(kind, nb, 16)
+    fused, _ = new_table(kind, nb, 16)          # read+update in one call must agree
     ref = Oracle(nb, bucket_ms)
     now = 20_000
     for key, dt, v in stream:
@@ -88,9 +94,11 @@ def test_window_matches_oracle(kind, nb, stream):
         vals, inside = ref.window(key, now)
         want = agg(kind, vals + ([v] if inside else []))
         assert same(got, want), (kind, key, now, got, want)
+        assert same(FUSED[kind](fused, 16, sw, PROBE, nb, bucket_ms, k, now, float(v)), want)
         rc = UPDATE[kind](t, 16, sw, PROBE, nb, bucket_ms, k, now, float(v))
         assert rc == ref.commit(key, now, v)
     assert T.counters(t)["evictions"] == 0
+    assert T.counters(t)["late_dropped"] == T.counters(fused)["late_dropped"]
 
 
 @settings(max_examples=30, deadline=None)
@@ -168,3 +176,30 @@ def test_eviction_only_forgets(stream):
 
 def test_bytes_per_key_count_60():
     assert layout.slot_bytes("count", 60) == 256
+
+
+@settings(max_examples=30, deadline=None)
+@given(stream=st.lists(st.tuples(st.integers(0, 3), st.integers(-3000, 5000), st.integers(0, 9)),
+                       min_size=1, max_size=60))
+def test_age_and_last_match_oracle(stream):
+    sw = layout.slot_words("age")
+    ta, tl, fa, fl = (new_table("age", 0, 16)[0] for _ in range(4))
+    first, last = {}, {}                       # key -> first ms; key -> (ms, value)
+    now = 10_000
+    for key, dt, v in stream:
+        now = max(0, now + dt)
+        k = np.uint64(key)
+        want_age = (now - min(first.get(key, now), now)) // 1000
+        want_last = last[key][1] if key in last else math.nan
+        assert _read_age(ta, 16, sw, PROBE, k, now) == want_age
+        assert _read_update_age(fa, 16, sw, PROBE, k, now) == want_age
+        assert same(_read_last(tl, 16, sw, PROBE, k, now), want_last)
+        assert same(_read_update_last(fl, 16, sw, PROBE, k, now, float(v)), want_last)
+        _update_age(ta, 16, sw, PROBE, k, now)
+        rc = _update_last(tl, 16, sw, PROBE, k, now, float(v))
+        first[key] = min(first.get(key, now), now)
+        if key not in last or now >= last[key][0]:
+            last[key] = (now, float(v))
+            assert rc == OK
+        else:
+            assert rc == LATE
