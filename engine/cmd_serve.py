@@ -50,7 +50,7 @@ def run(args) -> int:
         print(f"risk-engine: config error: {e}", file=sys.stderr)
         return 2
     try:
-        return serve(cfg)
+        return serve(cfg, ebpf=args.ebpf)
     except (StartupError, TopologyError) as e:
         print(f"risk-engine: cannot start: {e}", file=sys.stderr)
         return 2

@@ -39,6 +39,6 @@ def run(args) -> int:
             cpu = p["cpu"] if p["cpu"] >= 0 else "-"
             node = p["node"] if p["node"] >= 0 else "-"
             print(f"  {p['pid']:>8}  {p['role']:<12} {cpu:>4} {node:>5}")
-        for w, names in enumerate(st["rings"]):
-            print(f"  worker {w} rings: " + ", ".join(f"/dev/shm{n}" for n in names))
+        for w, (req, resp, bell) in enumerate(st["rings"]):
+            print(f"  worker {w} rings: /dev/shm{req}, /dev/shm{resp}; doorbell /dev/shm/sem.{bell[1:]}")
     return 0

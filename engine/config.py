@@ -50,6 +50,7 @@ class IngressConfig:
 class MetricsConfig:
     enabled: bool = True
     bind: str = "127.0.0.1:9108"
+    ebpf_bind: str = "127.0.0.1:9109"  # the eBPF sidecar's own endpoint (serve --ebpf)
 
 
 @dataclass(frozen=True)
@@ -185,11 +186,14 @@ def parse_config(raw: Mapping | None, path: str = "<memory>") -> Config:
         dedup_window_s=_int(s, "ingress", "dedup_window_s", IngressConfig.dedup_window_s, 0, 86_400),
         curve=_curve(s, "ingress", base),
     )
-    s = _section(raw, "metrics", {"enabled", "bind"})
+    s = _section(raw, "metrics", {"enabled", "bind", "ebpf_bind"})
     metrics = MetricsConfig(enabled=_bool(s, "metrics", "enabled", True),
-                            bind=_str(s, "metrics", "bind", MetricsConfig.bind))
-    if ":" not in metrics.bind:
-        raise ConfigError("metrics.bind", f"must be HOST:PORT, got {metrics.bind!r}")
+                            bind=_str(s, "metrics", "bind", MetricsConfig.bind),
+                            ebpf_bind=_str(s, "metrics", "ebpf_bind", MetricsConfig.ebpf_bind))
+    for key in ("bind", "ebpf_bind"):
+        v = getattr(metrics, key)
+        if ":" not in v or not v.rsplit(":", 1)[1].isdigit():
+            raise ConfigError(f"metrics.{key}", f"must be HOST:PORT, got {v!r}")
     s = _section(raw, "admin", {"bind", "curve"})
     admin = AdminConfig(bind=_str(s, "admin", "bind", AdminConfig.bind), curve=_curve(s, "admin", base))
     if not _is_loopback_bind(admin.bind) and not admin.curve.enabled:

@@ -306,7 +306,7 @@ class JournalWriter:
             raise ValueError(f"journal.segment_bytes: {config.segment_bytes} holds no {self._rs}-byte record")
         self._interval_ns = config.interval_ms * 1_000_000
         self._mm = self._lock_fd = self._retired = None
-        self._recs = self._words = None
+        self._recs = self._words = self._raw = None
         self.snapshot_seq: int | None = None   # retention floor, see set_snapshot_seq
         # counters (read by the worker's stats)
         self.syncs = self.rotations = self.segments_deleted = self.torn_bytes_repaired = 0
@@ -368,11 +368,15 @@ class JournalWriter:
         self.records_appended += n
         return first, first + n - 1
 
-    def on_idle(self, now_monotonic_ns: int | None = None, budget_bytes: int = 256 << 10) -> bool:
-        """Idle-path hook: ``maybe_sync``, then once the segment is half full zero-fill up to
-        budget_bytes of the next one, so rotation and first-touch faults leave the append path.
-        Returns True if it did any work. Call it whenever the worker finds its ring empty."""
+    def on_idle(self, now_monotonic_ns: int | None = None, budget_bytes: int = 256 << 10,
+                prefault_bytes: int = 1 << 20) -> bool:
+        """Idle-path hook: ``maybe_sync``; pre-fault the pages of the next prefault_bytes of the
+        segment; once the segment is half full, zero-fill up to budget_bytes of the next one.
+        So page faults, rotation and unmapping leave the append path. Returns True if it did
+        any work. Call it whenever the worker finds its ring empty."""
         did = self.maybe_sync(now_monotonic_ns)
+        if prefault_bytes and self._prefault(prefault_bytes):
+            did = True
         if self._retired is not None:
             self._close_retired()
             did = True
@@ -413,7 +417,7 @@ class JournalWriter:
         if self._mm is not None:
             if self.config.fsync != "none":
                 self.sync()
-            self._recs = self._words = None
+            self._recs = self._words = self._raw = None
             self._mm.close()
             self._mm = None
         self._drop_next()
@@ -429,6 +433,26 @@ class JournalWriter:
         self.close()
 
     # -- segments -------------------------------------------------------------------------
+    def _prefault(self, ahead_bytes: int) -> bool:
+        """Store a zero into each page from the append position to ahead_bytes beyond it.
+
+        The first store to a clean page of a shared file mapping faults, and ext4's fault
+        handler (page_mkwrite) updates the file time through its own journal, which waits
+        for a running commit under disk load: ms-scale stalls inside append_batch here. The
+        pages past the position hold zeros by invariant, so the stores change nothing."""
+        page = mmap.PAGESIZE
+        end = HEADER_SIZE + self._pos * self._rs          # first byte past committed data
+        lo = max(self._prefaulted, end)
+        hi = min(len(self._mm), end + ahead_bytes)
+        if lo >= hi:
+            return False
+        self._raw[lo] = 0                                 # never below `end`: committed bytes
+        nxt = (lo // page + 1) * page
+        if nxt < hi:
+            self._raw[nxt:hi:page] = 0
+        self._prefaulted = hi
+        return True
+
     def _mark_dirty(self, lo: int, hi: int) -> None:
         if self._dirty_hi <= self._dirty_lo:
             self._dirty_lo = lo
@@ -442,6 +466,8 @@ class JournalWriter:
             os.close(fd)
         self._recs = np.frombuffer(self._mm, self.dtype, self._cap, HEADER_SIZE)
         self._words = self._recs.view(np.uint64).reshape(self._cap, self._rs // 8)
+        self._raw = np.frombuffer(self._mm, np.uint8)
+        self._prefaulted = 0                    # byte offset up to which pages were pre-faulted
         self._path, self._first, self._pos = path, first, pos
         self._dirty_lo = self._dirty_hi = pos
         self._last_sync_ns = time.monotonic_ns()
@@ -519,7 +545,7 @@ class JournalWriter:
         if self.config.fsync != "none":       # the old segment is durable before the new exists
             self.sync()
         nxt = self.next_seq
-        self._recs = self._words = None
+        self._recs = self._words = self._raw = None
         self._close_retired()
         self._retired, self._mm = self._mm, None   # munmap of a dirty 64 MiB map took ~10 ms here:
         self._create(nxt)                          # on_idle (or close) does it, not the append

@@ -47,8 +47,10 @@ def ruleset_spec(cfg: Config, files: tuple[str, ...]) -> tuple[dict, object]:
 
 
 class Supervisor:
-    def __init__(self, cfg: Config, topology: Topology | None = None, log=print):
+    def __init__(self, cfg: Config, topology: Topology | None = None, log=print, ebpf: bool = False):
         self.cfg = cfg
+        self.want_ebpf = ebpf
+        self.sidecar = None
         self.log = log
         self.pid = os.getpid()
         self.run_dir = rundir.run_dir_for(cfg.instance)
@@ -110,7 +112,24 @@ class Supervisor:
             self.admin = AdminServer(self)
         except Exception as e:
             raise StartupError(f"admin.bind={cfg.admin.bind!r}: {e}") from None
+        if self.want_ebpf:
+            self._start_sidecar()
         self._write_status()
+
+    def _start_sidecar(self) -> None:
+        """`serve --ebpf`: the eBPF sidecar as a child; if it cannot run here, say why in one
+        line and keep serving (risk_ebpf_enabled stays 0)."""
+        from bpf.spawn import SidecarUnavailable, port_of_bind, start_sidecar
+        try:
+            self.sidecar = start_sidecar(port_of_bind(self.cfg.ingress.bind),
+                                         metrics=self.cfg.metrics.ebpf_bind)
+            self.log(f"risk-engine: eBPF sidecar pid {self.sidecar.pid} on {self.sidecar.url}")
+        except SidecarUnavailable as e:
+            self.log(f"risk-engine: {e}; serving without eBPF telemetry")
+
+    @property
+    def ebpf_enabled(self) -> int:
+        return int(self.sidecar is not None and self.sidecar.alive())
 
     def _publish_generation(self, spec: dict) -> None:
         g = self.generation + 1
@@ -229,6 +248,8 @@ class Supervisor:
                 cpu = self.cfg.workers.ingress_cpu
                 node = self.topology.node(cpu)
             rows.append({"role": role, "pid": p.pid, "cpu": cpu, "node": node})
+        if self.sidecar is not None and self.sidecar.alive():
+            rows.append({"role": "sidecar", "pid": self.sidecar.pid, "cpu": -1, "node": -1})
         return rows
 
     def _write_status(self) -> None:
@@ -265,16 +286,24 @@ class Supervisor:
         return 0
 
     def cleanup(self) -> None:
-        if self.exporter is not None:
-            self.exporter.close()
-        if self.admin is not None:
-            self.admin.close()
+        """Release everything this supervisor created; safe after a partial start."""
+        for p in self.children.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for res in (self.sidecar, self.exporter, self.admin):
+            if res is not None:
+                (res.stop if res is self.sidecar else res.close)()
         for r in self.rings:
             r.unlink()
         self.block = None
-        self.control.unlink()
-        self.control.close()
+        if getattr(self, "control", None) is not None:
+            self.control.unlink()
+            self.control.close()
         unlink_owned(self.cfg.instance, self.pid)
+        if (self.run_dir / "supervisor.pid").exists() and \
+                (self.run_dir / "supervisor.pid").read_text() != str(self.pid):
+            return                      # another live supervisor owns the run dir
         for f in self.run_dir.glob("*"):
             f.unlink()
         try:
@@ -283,20 +312,13 @@ class Supervisor:
             pass
 
 
-def serve(cfg: Config) -> int:
+def serve(cfg: Config, ebpf: bool = False) -> int:
     procname.set_role("supervisor")
-    sup = Supervisor(cfg)
+    sup = Supervisor(cfg, ebpf=ebpf)
     try:
         sup.start()
     except BaseException:
-        for p in sup.children.values():
-            p.kill()
-        if getattr(sup, "control", None) is not None:
-            sup.block = None
-            for r in sup.rings:
-                r.unlink()
-            sup.control.unlink()
-        unlink_owned(cfg.instance, sup.pid)
+        sup.cleanup()
         raise
     print(f"risk-engine: serving {cfg.ingress.bind} with {len(sup.placements)} worker(s), "
           f"ruleset {sup.generations[sup.generation]['label']}; metrics "

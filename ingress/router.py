@@ -84,6 +84,7 @@ class Router:
         self.deadlines: list[tuple[int, int]] = []
         self.dedup: OrderedDict = OrderedDict()        # (client, request) -> (expiry, _Pending)
         self.metas: dict[int, RulesetMeta] = {}
+        self.sock: zmq.Socket | None = None
         epoch = (int(self.block.view("supervisor.ingress_restarts")[0]) + 1) % 256
         self.seq = (epoch << EPOCH_SHIFT) + 1
         self.one = np.zeros(1, self.slot_dtype)          # reused for single-event requests
@@ -132,7 +133,8 @@ class Router:
 
     def run(self) -> int:
         ctx = zmq.Context(io_threads=1)
-        sock = self.sock = self._socket(ctx)
+        sock = self._socket(ctx)
+        self.sock = sock
         efd = self.efd.fileno()
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
@@ -363,7 +365,15 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)      # the supervisor coordinates shutdown
     plan = rundir.read_plan(a.run_dir)
     pin_self(plan.get("ingress_cpu", -1))
-    return Router(a.run_dir).run()
+    router = Router(a.run_dir)
+    try:
+        return router.run()
+    except zmq.ZMQError as e:
+        if router.sock is None:            # bind failed: one line, not a traceback
+            print(f"risk-engine: ingress: cannot bind ingress.bind={router.cfg.ingress.bind!r}: {e}",
+                  file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":

@@ -27,8 +27,10 @@ IMPORTS = (
     "from engine.features.keys import _key_int, _key_bytes, _key_pair",
     "from engine.features.windows import (_read_count, _update_count, _read_sum, _update_sum, "
     "_read_avg, _update_avg, _read_min, _update_min, _read_max, _update_max, "
-    "_read_distinct, _update_distinct)",
-    "from engine.features.scalar import _read_age, _update_age, _read_last, _update_last",
+    "_read_distinct, _update_distinct, _read_update_count, _read_update_sum, _read_update_avg, "
+    "_read_update_min, _read_update_max)",
+    "from engine.features.scalar import (_read_age, _update_age, _read_last, _update_last, "
+    "_read_update_age, _read_update_last)",
     "from engine.features.state import _read_state, _halt_get",
     "from engine.features.lists import _list_contains",
     "from engine.features.table import _prefetch_key",
@@ -88,6 +90,23 @@ class Binding:
         if self.kind == "last":
             return f"_update_last({self.arg}, {self.consts}, {k}, {now}, {v})"
         return f"_update_{self.kind}({self.arg}, {self.consts}, {k}, {now}, {v})"
+
+    def can_fuse(self) -> bool:
+        """True if the read and the update may be one call (``emit_read_update``) at read time:
+        the update does not depend on the decision (update: always) and a fused kernel exists."""
+        return self.what == "feature" and self.update == "always" and self.kind != "distinct"
+
+    def emit_read_update(self, rec: str = "rec", arrival_ms: str = "arrival_ms") -> str:
+        """Expression: the same value as emit_read, committing the event in the same lock
+        (half the lock operations). Only when can_fuse(); then emit no separate update."""
+        if not self.can_fuse():
+            raise ValueError(f"feature {self.name}: kind={self.kind} update={self.update} cannot fuse")
+        k = self.key_src.format(rec=rec)
+        now = self.time_src.format(rec=rec, arrival_ms=arrival_ms)
+        v = self.value_src.format(rec=rec)
+        if self.kind == "age":
+            return f"_read_update_age({self.arg}, {self.consts}, {k}, {now})"
+        return f"_read_update_{self.kind}({self.arg}, {self.consts}, {k}, {now}, {v})"
 
     def emit_contains(self, value_expr: str, value_type: str) -> str:
         """``value_expr in <list>``; value_type is the schema type of the left operand."""

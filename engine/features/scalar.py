@@ -71,3 +71,33 @@ def _update_last(t, capacity, slot_words, probe_len, key, now_ms, value):
     tf[b + PAYLOAD_OFF] = value
     _unlock(t, b, now_ms)
     return OK
+
+
+@njit(cache=True)
+def _read_update_age(t, capacity, slot_words, probe_len, key, now_ms):
+    """_read_age then _update_age under one lock (for ``update: always``)."""
+    b, is_new = _acquire(t, key, capacity, slot_words, probe_len, True, True)
+    if b < 0:
+        return np.int64(0)
+    first = now_ms if is_new else min(np.int64(t[b + PAYLOAD_OFF]), now_ms)
+    t[b + PAYLOAD_OFF] = np.uint64(first)
+    _unlock(t, b, now_ms if is_new else max(_recency(t, b), now_ms))
+    return (now_ms - first) // 1000
+
+
+@njit(cache=True)
+def _read_update_last(t, capacity, slot_words, probe_len, key, now_ms, value):
+    """_read_last then _update_last under one lock (for ``update: always``)."""
+    tf = t.view(np.float64)
+    b, is_new = _acquire(t, key, capacity, slot_words, probe_len, True, True)
+    if b < 0:
+        return np.nan
+    prev = np.nan if is_new else tf[b + PAYLOAD_OFF]
+    rec = _recency(t, b)
+    if not is_new and now_ms < rec:
+        _unlock(t, b, rec)
+        _fetch_add(t, C_LATE, 1)
+        return prev
+    tf[b + PAYLOAD_OFF] = value
+    _unlock(t, b, now_ms)
+    return prev

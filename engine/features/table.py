@@ -271,8 +271,8 @@ def _recency(t, b):
 
 @njit(cache=True, inline="always")
 def _prefetch_key(t, key, capacity, slot_words):
-    """Prefetch the key's home slot (its first two cache lines) ahead of a read/update:
+    """Prefetch the key's home slot (up to its first 8 cache lines) ahead of a read/update:
     a batch kernel calls it for every event first, so the misses of a batch overlap."""
     b = _slot_word(_home(key, capacity), slot_words)
-    _prefetch(t, b)
-    _prefetch(t, b + 8)
+    for w in range(0, min(slot_words, 64), 8):
+        _prefetch(t, b + w)

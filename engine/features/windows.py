@@ -60,6 +60,89 @@ def _sum_u32(a, start, n):
     return s
 
 
+@njit(cache=True, inline="always")
+def _win_fold_locked(t32, tf, b, kind, nb, lo, head):
+    """Aggregate the buckets of epochs lo..head of a locked slot -> (acc, count)."""
+    acc = _identity(kind)
+    cnt = 0.0
+    p = b + PAYLOAD_OFF
+    # valid epochs lo..head, as at most two contiguous index runs (no modulo per bucket)
+    n_valid = max(0, head - lo + 1)
+    i0 = lo % nb if n_valid > 0 else 0
+    i1 = min(nb, i0 + n_valid)
+    if kind == K_COUNT:
+        return float(_sum_u32(t32, 2 * p + i0, i1 - i0) + _sum_u32(t32, 2 * p, n_valid - (i1 - i0))), cnt
+    for k in range(n_valid):
+        i = i0 + k if i0 + k < i1 else i0 + k - nb
+        if kind == K_SUM:
+            acc += tf[p + i]
+        elif kind == K_AVG:
+            acc += tf[p + i]
+            cnt += t32[2 * (p + nb) + i]
+        elif kind == K_MIN:
+            acc = min(acc, tf[p + i])
+        else:
+            acc = max(acc, tf[p + i])
+    return acc, cnt
+
+
+@njit(cache=True, inline="always")
+def _win_add(acc, cnt, kind, value):
+    if kind == K_COUNT:
+        return acc + 1.0, cnt
+    if kind == K_SUM:
+        return acc + value, cnt
+    if kind == K_AVG:
+        return acc + value, cnt + 1.0
+    if kind == K_MIN:
+        return min(acc, value), cnt
+    return max(acc, value), cnt
+
+
+@njit(cache=True, inline="always")
+def _win_finish(acc, cnt, kind):
+    if kind == K_AVG:
+        return acc / cnt if cnt > 0 else NAN
+    if (kind == K_MIN or kind == K_MAX) and (acc == INF or acc == -INF):
+        return NAN
+    return acc
+
+
+@njit(cache=True, inline="always")
+def _win_apply_locked(t, t32, tf, b, is_new, kind, nb, e, value):
+    """Commit one event of epoch e to a locked slot -> (new head, OK | LATE)."""
+    p = b + PAYLOAD_OFF
+    if is_new:
+        head = e
+        if kind == K_MIN or kind == K_MAX:
+            for i in range(nb):
+                tf[p + i] = _identity(kind)
+    else:
+        head = _recency(t, b)
+    if e > head:
+        first = max(head + 1, e - nb + 1)
+        i = first % nb
+        for _ in range(first, e + 1):
+            _reset_bucket(t, t32, tf, b, kind, nb, i)
+            i = i + 1 if i + 1 < nb else 0
+        head = e
+    elif e <= head - nb:
+        return head, LATE
+    i = e % nb
+    if kind == K_COUNT:
+        t32[2 * p + i] += 1
+    elif kind == K_SUM:
+        tf[p + i] += value
+    elif kind == K_AVG:
+        tf[p + i] += value
+        t32[2 * (p + nb) + i] += 1
+    elif kind == K_MIN:
+        tf[p + i] = min(tf[p + i], value)
+    else:
+        tf[p + i] = max(tf[p + i], value)
+    return head, OK
+
+
 @njit(cache=True)
 def _win_read(t, capacity, slot_words, probe_len, kind, nb, bucket_ms, key, now_ms, value):
     """Generic window read (kind: K_COUNT..K_MAX); count is returned as a float."""
@@ -73,85 +156,43 @@ def _win_read(t, capacity, slot_words, probe_len, kind, nb, bucket_ms, key, now_
     if b >= 0:
         head = _recency(t, b)
         eff = max(head, e)
-        lo = max(eff - nb + 1, head - nb + 1)
-        p = b + PAYLOAD_OFF
-        # valid epochs lo..head, as at most two contiguous index runs (no modulo per bucket)
-        n_valid = max(0, head - lo + 1)
-        i0 = lo % nb if n_valid > 0 else 0
-        i1 = min(nb, i0 + n_valid)
-        if kind == K_COUNT:
-            acc = float(_sum_u32(t32, 2 * p + i0, i1 - i0) + _sum_u32(t32, 2 * p, n_valid - (i1 - i0)))
-            n_valid = 0
-        for k in range(n_valid):
-            i = i0 + k if i0 + k < i1 else i0 + k - nb
-            if kind == K_SUM:
-                acc += tf[p + i]
-            elif kind == K_AVG:
-                acc += tf[p + i]
-                cnt += t32[2 * (p + nb) + i]
-            elif kind == K_MIN:
-                acc = min(acc, tf[p + i])
-            else:
-                acc = max(acc, tf[p + i])
+        acc, cnt = _win_fold_locked(t32, tf, b, kind, nb, max(eff - nb + 1, head - nb + 1), head)
         _unlock(t, b, head)
     if e > eff - nb:                    # the current event is inside the window
-        if kind == K_COUNT:
-            acc += 1.0
-        elif kind == K_SUM:
-            acc += value
-        elif kind == K_AVG:
-            acc += value
-            cnt += 1.0
-        elif kind == K_MIN:
-            acc = min(acc, value)
-        else:
-            acc = max(acc, value)
-    if kind == K_AVG:
-        return acc / cnt if cnt > 0 else NAN
-    if (kind == K_MIN or kind == K_MAX) and (acc == INF or acc == -INF):
-        return NAN
-    return acc
+        acc, cnt = _win_add(acc, cnt, kind, value)
+    return _win_finish(acc, cnt, kind)
 
 
 @njit(cache=True)
 def _win_update(t, capacity, slot_words, probe_len, kind, nb, bucket_ms, key, now_ms, value):
     t32 = t.view(np.uint32)
     tf = t.view(np.float64)
-    e = now_ms // bucket_ms
     b, is_new = _acquire(t, key, capacity, slot_words, probe_len, True, True)
     if b < 0:
         return b
-    p = b + PAYLOAD_OFF
-    if is_new:
-        head = e
-        if kind == K_MIN or kind == K_MAX:
-            for i in range(nb):
-                tf[p + i] = _identity(kind)
-    else:
-        head = _recency(t, b)
-    if e > head:
-        first = max(head + 1, e - nb + 1)
-        for ep in range(first, e + 1):
-            _reset_bucket(t, t32, tf, b, kind, nb, ep % nb)
-        head = e
-    elif e <= head - nb:
-        _unlock(t, b, head)
-        _fetch_add(t, C_LATE, 1)
-        return LATE
-    i = e % nb
-    if kind == K_COUNT:
-        t32[2 * p + i] += 1
-    elif kind == K_SUM:
-        tf[p + i] += value
-    elif kind == K_AVG:
-        tf[p + i] += value
-        t32[2 * (p + nb) + i] += 1
-    elif kind == K_MIN:
-        tf[p + i] = min(tf[p + i], value)
-    else:
-        tf[p + i] = max(tf[p + i], value)
+    head, rc = _win_apply_locked(t, t32, tf, b, is_new, kind, nb, now_ms // bucket_ms, value)
     _unlock(t, b, head)                 # release: bucket stores before the unlocked meta
-    return OK
+    if rc == LATE:
+        _fetch_add(t, C_LATE, 1)
+    return rc
+
+
+@njit(cache=True)
+def _win_read_update(t, capacity, slot_words, probe_len, kind, nb, bucket_ms, key, now_ms, value):
+    """Update then read under one lock: the same value as _win_read followed by _win_update,
+    for features with ``update: always`` (the decision cannot change the update)."""
+    t32 = t.view(np.uint32)
+    tf = t.view(np.float64)
+    b, is_new = _acquire(t, key, capacity, slot_words, probe_len, True, True)
+    if b < 0:
+        acc, cnt = _win_add(_identity(kind), 0.0, kind, value)
+        return _win_finish(acc, cnt, kind)
+    head, rc = _win_apply_locked(t, t32, tf, b, is_new, kind, nb, now_ms // bucket_ms, value)
+    acc, cnt = _win_fold_locked(t32, tf, b, kind, nb, head - nb + 1, head)
+    _unlock(t, b, head)
+    if rc == LATE:
+        _fetch_add(t, C_LATE, 1)
+    return _win_finish(acc, cnt, kind)
 
 
 # --- named entry points the rule compiler emits (kind folded by inlining) -------------------
@@ -159,6 +200,11 @@ def _win_update(t, capacity, slot_words, probe_len, kind, nb, bucket_ms, key, no
 @njit(cache=True, inline="always")
 def _read_count(t, capacity, slot_words, probe_len, nb, bucket_ms, key, now_ms, value):
     return np.int64(_win_read(t, capacity, slot_words, probe_len, K_COUNT, nb, bucket_ms, key, now_ms, value))
+
+
+@njit(cache=True, inline="always")
+def _read_update_count(t, capacity, slot_words, probe_len, nb, bucket_ms, key, now_ms, value):
+    return np.int64(_win_read_update(t, capacity, slot_words, probe_len, K_COUNT, nb, bucket_ms, key, now_ms, value))
 
 
 @njit(cache=True, inline="always")
@@ -172,6 +218,11 @@ def _read_sum(t, capacity, slot_words, probe_len, nb, bucket_ms, key, now_ms, va
 
 
 @njit(cache=True, inline="always")
+def _read_update_sum(t, capacity, slot_words, probe_len, nb, bucket_ms, key, now_ms, value):
+    return _win_read_update(t, capacity, slot_words, probe_len, K_SUM, nb, bucket_ms, key, now_ms, value)
+
+
+@njit(cache=True, inline="always")
 def _update_sum(t, capacity, slot_words, probe_len, nb, bucket_ms, key, now_ms, value):
     return _win_update(t, capacity, slot_words, probe_len, K_SUM, nb, bucket_ms, key, now_ms, value)
 
@@ -179,6 +230,11 @@ def _update_sum(t, capacity, slot_words, probe_len, nb, bucket_ms, key, now_ms, 
 @njit(cache=True, inline="always")
 def _read_avg(t, capacity, slot_words, probe_len, nb, bucket_ms, key, now_ms, value):
     return _win_read(t, capacity, slot_words, probe_len, K_AVG, nb, bucket_ms, key, now_ms, value)
+
+
+@njit(cache=True, inline="always")
+def _read_update_avg(t, capacity, slot_words, probe_len, nb, bucket_ms, key, now_ms, value):
+    return _win_read_update(t, capacity, slot_words, probe_len, K_AVG, nb, bucket_ms, key, now_ms, value)
 
 
 @njit(cache=True, inline="always")
@@ -192,6 +248,11 @@ def _read_min(t, capacity, slot_words, probe_len, nb, bucket_ms, key, now_ms, va
 
 
 @njit(cache=True, inline="always")
+def _read_update_min(t, capacity, slot_words, probe_len, nb, bucket_ms, key, now_ms, value):
+    return _win_read_update(t, capacity, slot_words, probe_len, K_MIN, nb, bucket_ms, key, now_ms, value)
+
+
+@njit(cache=True, inline="always")
 def _update_min(t, capacity, slot_words, probe_len, nb, bucket_ms, key, now_ms, value):
     return _win_update(t, capacity, slot_words, probe_len, K_MIN, nb, bucket_ms, key, now_ms, value)
 
@@ -199,6 +260,11 @@ def _update_min(t, capacity, slot_words, probe_len, nb, bucket_ms, key, now_ms, 
 @njit(cache=True, inline="always")
 def _read_max(t, capacity, slot_words, probe_len, nb, bucket_ms, key, now_ms, value):
     return _win_read(t, capacity, slot_words, probe_len, K_MAX, nb, bucket_ms, key, now_ms, value)
+
+
+@njit(cache=True, inline="always")
+def _read_update_max(t, capacity, slot_words, probe_len, nb, bucket_ms, key, now_ms, value):
+    return _win_read_update(t, capacity, slot_words, probe_len, K_MAX, nb, bucket_ms, key, now_ms, value)
 
 
 @njit(cache=True, inline="always")
