@@ -1,0 +1,66 @@
+"""`risk-engine test-rules`: run rule test cases (like `opa test`)."""
+HELP = "run rule test cases: event -> expected action, score, fired rules (exit 1 on failure)"
+
+
+def add_arguments(p):
+    p.add_argument("--rules", nargs="+", required=True, metavar="F", help="rule files")
+    p.add_argument("--cases", nargs="+", required=True, metavar="T", help="case files (YAML)")
+    p.add_argument("--config", help="config file for schema, thresholds, on_error (default: bundled)")
+    p.add_argument("--cache-dir", help="kernel cache directory")
+    p.add_argument("-v", "--verbose", action="store_true", help="print the fired rules of every case")
+
+
+def run(args) -> int:
+    import os
+    import sys
+
+    from engine.config import ConfigError, load_config
+    from rules.cases import CaseFileError, build_events, check_case, load_cases
+    from rules.diagnostics import RulesetError
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        print(f"risk-engine: config error: {e}", file=sys.stderr)
+        return 2
+    from rules.compiler import compile_ruleset
+    try:
+        rs = compile_ruleset(args.rules, cfg.schema, thresholds=cfg.rules.thresholds,
+                             on_error=cfg.rules.on_error, cache_dir=args.cache_dir)
+    except RulesetError as e:
+        for d in e.diagnostics:
+            print(d)
+        return 1
+    passed = failed = 0
+    for path in args.cases:
+        try:
+            cases = load_cases(path)
+            events = build_events(cases, cfg.schema)
+        except (OSError, CaseFileError, ValueError) as e:
+            print(f"ERROR {path}: {e}")
+            failed += 1
+            continue
+        out = rs.evaluate(events)
+        for i, c in enumerate(cases):
+            fired = {int(k) for k in out[i]["fired"][:min(int(out[i]["nfired"]), len(out[i]["fired"]))]}
+            if out[i]["nfired"] > len(out[i]["fired"]):   # overflowed the slot: use the reference set
+                fired = set(rs.reference(events[i])[2])
+            ref = rs.reference(events[i])
+            probs = check_case(c, int(out[i]["action"]), float(out[i]["score"]), fired, rs.rule_ids, ref)
+            tag = f"{os.path.basename(path)}: {c.name}"
+            if probs:
+                failed += 1
+                print(f"FAIL  {tag}")
+                for p in probs:
+                    print(f"        {p}")
+            else:
+                passed += 1
+                print(f"PASS  {tag}")
+            if args.verbose:
+                print(f"        fired: {', '.join(rs.rule_ids[k] for k in sorted(fired)) or '-'}"
+                      f"  score {float(out[i]['score']):g}")
+    total = passed + failed
+    print("-" * 80)
+    print(f"PASS: {passed}/{total}")
+    if failed:
+        print(f"FAIL: {failed}/{total}")
+    return 1 if failed or not total else 0
