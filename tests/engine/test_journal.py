@@ -244,9 +244,11 @@ def test_second_writer_on_same_series_refused(tmp_path):
 
 def test_on_idle_prepares_next_segment_and_stale_preparation_is_removed(tmp_path):
     with writer(tmp_path) as w:
-        w.append_batch(batch(w, 20))
-        assert not w.on_idle(budget_bytes=4096)              # less than half full: nothing to do
-        w.append_batch(batch(w, 10, 20))
+        w.append_batch(batch(w, 21))
+        assert w.on_idle(budget_bytes=4096)                  # pre-faults the pages ahead
+        assert not w.on_idle(budget_bytes=4096)              # less than half full: nothing left
+        check_records(reader(tmp_path).read_all())           # pre-faulting kept every record
+        w.append_batch(batch(w, 9, 21))
         steps = 0
         while w.on_idle(budget_bytes=4096):
             steps += 1
