@@ -56,6 +56,7 @@ def build_document(a, summaries: dict, gc: dict | None, notes: list[str]) -> dic
     doc = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
            "command": " ".join(["python -m bench.latency"] + sys.argv[1:]),
            "cpus": len(os.sched_getaffinity(0)),
+           "loadavg_1m": round(os.getloadavg()[0], 2),    # other work on the machine
            "settings": {"clients": a.clients, "processes": min(a.processes, a.clients),
                         "duration_s": a.duration, "warmup_s": a.warmup, "rate": a.rate,
                         "batch": a.batch, "transport": a.transport,

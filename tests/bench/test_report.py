@@ -52,6 +52,14 @@ def test_one_error_fails_the_bar_and_is_shown_by_code():
     assert "FAIL" in t and "OVERLOADED=1" in t
 
 
+def test_a_decision_error_fails_the_bar():
+    e = phase("engine", [1_000_000] * 100)
+    e.decision_errors = {"TIMEOUT": 1}
+    d = doc_for(e, phase("echo", [1_000_000] * 100))
+    assert d["acceptance"]["errors"] == 1 and not d["acceptance"]["pass"]
+    assert "TIMEOUT=1" in report.table(d)
+
+
 def test_slow_p99_fails_the_bar():
     d = doc_for(phase("engine", [1_000_000] * 98 + [9_000_000] * 2), phase("echo", [1_000_000] * 100))
     assert d["phases"]["engine"]["p99_ms"] > 8 and not d["acceptance"]["pass"]
