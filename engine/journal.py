@@ -1,34 +1,13 @@
-"""Append-only event journal: one single writer per worker, memory-mapped fixed-size records.
+"""Append-only event journal writer: one single writer per worker, memory-mapped fixed-size records.
 
-Directory layout: ``w{writer:03d}-{first_seq:020d}.rjl`` segment files, one series per writer,
-ordered by first sequence number. Each segment is preallocated (``posix_fallocate``, so a full
-disk fails at rotation, not as SIGBUS inside the mmap), created under a temporary name and
-renamed once its header is written::
+Format (record diagram, check word, segment header): engine.journal_format. Reader:
+engine.journal_reader. Both are re-exported here, so ``from engine.journal import ...`` is the
+whole API. Durability of each ``fsync`` policy and the snapshot protocol: docs/DURABILITY.md.
 
-    segment file
-    +---------------------------+ 0
-    | header (struct, 4096 B)   |  magic, version, header_size, schema_hash, record_size,
-    |                           |  writer_id, first_seq, created_ns, capacity, header_crc32
-    +---------------------------+ 4096  (page aligned: msync ranges need no rounding here)
-    | record 0 (seq first_seq)  |
-    | record 1                  |  capacity = (segment_bytes - 4096) // record_size
-    | ...                       |
-    +---------------------------+
-
-    record (journal_dtype(event_dtype), every field 8-byte aligned)
-    +-----+------------+-----------+-------+------------+--------+-------+-----+-------+
-    | seq | arrival_ns | event ... | score | generation | action | flags | pad | check |
-    | u64 | i64        | schema    | f64   | u32        | u8     | u8    | u16 | u64   |
-    +-----+------------+-----------+-------+------------+--------+-------+-----+-------+
-
-``check`` is the per-record checksum and the commit marker: a 64-bit multiply-xorshift hash of
-every other word of the record, with its low bit forced to 1 so that never-written (zero) space
-never validates. A record is committed iff ``check`` matches and ``seq`` is the next expected
-number; sequence numbers start at 1 and are gap-free per writer. The first invalid record
-ends the journal: zeros after it mean a clean end, anything else is a torn tail (reported,
-ignored) in the last segment and corruption (``JournalCorruptError``) in an earlier one.
-
-Durability of each ``fsync`` policy: see docs/DURABILITY.md.
+The writer owns a series ``w{id:03d}-*.rjl`` in a directory (flock ``w{id:03d}.lock``). Segments
+are filled completely before rotating, so segment k+1 starts where k ends. The next segment
+is prepared as ``*.rjl.tmp`` (fallocated, zero-filled, writeback started) and published by
+rename once its header is written.
 """
 from __future__ import annotations
 
@@ -36,171 +15,17 @@ import ctypes
 import fcntl
 import mmap
 import os
-import struct
 import time
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
 
-MAGIC = b"RJOURNL\x00"
-VERSION = 1
-HEADER_SIZE = 4096
-_HEADER = struct.Struct("<8sIIQIIQqQ")         # followed by crc32 of these bytes (u32)
-SUFFIX = ".rjl"
-FSYNC_POLICIES = ("none", "interval_ms", "batch")
-
-_K0 = np.uint64(0x9E3779B97F4A7C15)
-_K1 = np.uint64(0xBF58476D1CE4E5B9)
-_K2 = np.uint64(0x94D049BB133111EB)
-_S27 = np.uint64(27)
-_S31 = np.uint64(31)
-_S32 = np.uint64(32)
-_ONE = np.uint64(1)
-
-
-class JournalError(RuntimeError):
-    """Base class of journal errors; messages name the file and the byte offset."""
-
-
-class JournalCorruptError(JournalError):
-    """A record or header that is neither valid nor a tail: the journal cannot be trusted."""
-
-
-class JournalGapError(JournalError):
-    """The asked sequence number is not in the retained journal."""
-
-
-def journal_dtype(event_dtype: np.dtype) -> np.dtype:
-    """The journal record dtype for an event dtype (see the module diagram)."""
-    ev = np.dtype(event_dtype)
-    if ev.itemsize % 8:
-        raise ValueError(f"event_dtype: itemsize must be a multiple of 8, got {ev.itemsize}")
-    o = 16 + ev.itemsize
-    return np.dtype({
-        "names": ["seq", "arrival_ns", "event", "score", "generation", "action", "flags", "check"],
-        "formats": [np.uint64, np.int64, ev, np.float64, np.uint32, np.uint8, np.uint8, np.uint64],
-        "offsets": [0, 8, 16, o, o + 8, o + 12, o + 13, o + 16],
-        "itemsize": o + 24})
-
-
-# --- kernels: records seen as rows of u64 words; seq is word 0, check the last word ----------
-
-@njit(cache=True, inline="always")
-def _record_hash(row):
-    n = row.shape[0] - 1
-    h = _K0 * np.uint64(n + 1)
-    for k in range(n):
-        h ^= row[k]
-        h *= _K1
-        h ^= h >> _S32
-    h ^= h >> _S27
-    h *= _K2
-    h ^= h >> _S31
-    return h | _ONE
-
-
-@njit(cache=True)
-def _append(words, pos, src, first_row, n, first_seq):
-    """Copy src rows first_row.. (flat u64 words) into rows pos.., numbering them first_seq..
-    and storing their checks. seq is stored before the hash is taken: the hash covers it."""
-    w = words.shape[1]
-    for i in range(n):
-        r = pos + i
-        base = (first_row + i) * w
-        for k in range(w - 1):
-            words[r, k] = src[base + k]
-        words[r, 0] = np.uint64(first_seq + i)
-        words[r, w - 1] = _record_hash(words[r])
-
-
-@njit(cache=True)
-def _count_valid(words, expect_seq):
-    """Length of the prefix of rows numbered expect_seq.. whose checks match."""
-    w = words.shape[1] - 1
-    for i in range(words.shape[0]):
-        if words[i, 0] != expect_seq + np.uint64(i) or words[i, w] != _record_hash(words[i]):
-            return i
-    return words.shape[0]
-
-
-def warm_up() -> None:
-    """Compile (or load from the numba cache) every kernel signature; the writer calls it."""
-    w = np.zeros((1, 2), np.uint64)
-    _append(w, 0, w.reshape(-1), 0, 1, 1)
-    _count_valid(w, np.uint64(1))
-
-
-def checksum(records: np.ndarray) -> np.ndarray:
-    """Check words of journal records as stored (u64 per record); for tests and tools."""
-    words = np.ascontiguousarray(records).view(np.uint64).reshape(len(records), -1)
-    out = np.empty(len(records), np.uint64)
-    for i in range(len(records)):
-        out[i] = _record_hash(words[i])
-    return out
-
-
-# --- segment header --------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class SegmentHeader:
-    path: str
-    schema_hash: int
-    record_size: int
-    writer_id: int
-    first_seq: int
-    created_ns: int
-    capacity: int        # records
-
-    def pack(self) -> bytes:
-        body = _HEADER.pack(MAGIC, VERSION, HEADER_SIZE, self.schema_hash, self.record_size,
-                            self.writer_id, self.first_seq, self.created_ns, self.capacity)
-        return body + struct.pack("<I", zlib.crc32(body))
-
-
-def read_header(path: str, schema_hash: int, record_size: int, writer_id: int) -> SegmentHeader:
-    """Read and validate a segment header; raise JournalCorruptError naming file and field."""
-    with open(path, "rb") as f:
-        raw = f.read(_HEADER.size + 4)
-        size = os.fstat(f.fileno()).st_size
-    if len(raw) < _HEADER.size + 4:
-        raise JournalCorruptError(f"journal segment {path}: offset=0 header truncated ({len(raw)} bytes)")
-    magic, ver, hsize, shash, rsize, wid, first, created, cap = _HEADER.unpack_from(raw)
-    if magic != MAGIC:
-        raise JournalCorruptError(f"journal segment {path}: offset=0 bad magic {magic!r}")
-    if struct.unpack_from("<I", raw, _HEADER.size)[0] != zlib.crc32(raw[:_HEADER.size]):
-        raise JournalCorruptError(f"journal segment {path}: offset=0 header checksum mismatch")
-    if ver != VERSION or hsize != HEADER_SIZE:
-        raise JournalCorruptError(f"journal segment {path}: version={ver} header_size={hsize} not supported")
-    if shash != schema_hash:
-        raise JournalCorruptError(f"journal segment {path}: schema_hash=0x{shash:016x} but the "
-                                  f"engine's schema is 0x{schema_hash:016x}")
-    if rsize != record_size or wid != writer_id:
-        raise JournalCorruptError(f"journal segment {path}: record_size={rsize} writer_id={wid}, "
-                                  f"expected record_size={record_size} writer_id={writer_id}")
-    if size < HEADER_SIZE + cap * rsize:
-        raise JournalCorruptError(f"journal segment {path}: file size {size} < header + capacity={cap} records")
-    return SegmentHeader(path, shash, rsize, wid, first, created, cap)
-
-
-def segment_name(writer_id: int, first_seq: int) -> str:
-    return f"w{writer_id:03d}-{first_seq:020d}{SUFFIX}"
-
-
-def list_segments(directory: str, writer_id: int) -> list[tuple[int, str]]:
-    """(first_seq, path) of one writer's segments, oldest first (from the file names)."""
-    prefix = f"w{writer_id:03d}-"
-    out = []
-    if not os.path.isdir(directory):
-        return out
-    for name in os.listdir(directory):
-        if name.startswith(prefix) and name.endswith(SUFFIX):
-            digits = name[len(prefix):-len(SUFFIX)]
-            if digits.isdigit():
-                out.append((int(digits), os.path.join(directory, name)))
-    return sorted(out)
-
+from engine.journal_format import (FSYNC_POLICIES, HEADER_SIZE, MAGIC, SUFFIX, VERSION,  # noqa: F401
+                                   JournalCorruptError, JournalError, JournalGapError,
+                                   SegmentHeader, _append, _count_valid, _unlink, checksum,
+                                   fsync_dir, journal_dtype, list_segments, now_ns, read_header,
+                                   segment_name, warm_up)
+from engine.journal_reader import JournalReader, TornTail  # noqa: F401
 
 _ZEROS = memoryview(bytes(1 << 20))
 _SYNC_FILE_RANGE_WRITE = 2
@@ -231,13 +56,6 @@ class _NextSegment:
     filled: int = 0
 
 
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
 def _lock_writer(directory: str, writer_id: int) -> int:
     """Exclusive flock on w{id}.lock: one live writer per series (the kernel drops it on death)."""
     path = os.path.join(directory, f"w{writer_id:03d}.lock")
@@ -249,18 +67,6 @@ def _lock_writer(directory: str, writer_id: int) -> int:
         raise JournalError(f"journal {directory}: writer_id={writer_id} is already open by another "
                            f"writer (lock file {path})") from None
     return fd
-
-
-def fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def now_ns() -> int:
-    return time.time_ns()
 
 
 # --- writer ----------------------------------------------------------------------------------
@@ -570,133 +376,3 @@ class JournalWriter:
             os.unlink(path)
             keep -= 1
             self.segments_deleted += 1
-
-
-# --- reader ----------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class TornTail:
-    """Where the last segment stops being valid; the records from there on are ignored."""
-    path: str
-    offset: int      # byte offset in the file of the first invalid record
-    seq: int         # the sequence number expected there
-    reason: str
-
-
-class JournalReader:
-    """Reads one writer's journal in sequence order as numpy batches, validating every record.
-
-    Any process may read, also while the writer appends (a record being written looks like a
-    torn tail until it is sealed). After ``iter_batches`` is exhausted, ``last_seq`` is the
-    seq of the last committed record read (from_seq - 1 if none was) and ``torn`` describes
-    an ignored tail (or is None). Batches are fresh arrays (not views of a reused buffer) and
-    never span two segments.
-    """
-
-    def __init__(self, directory: str, event_dtype: np.dtype, schema_hash: int, writer_id: int = 0):
-        self.directory = str(directory)
-        self.dtype = journal_dtype(event_dtype)
-        self.schema_hash = int(schema_hash)
-        self.writer_id = int(writer_id)
-        self.last_seq = 0
-        self.torn: TornTail | None = None
-
-    def segments(self) -> list[SegmentHeader]:
-        out = []
-        for first, path in list_segments(self.directory, self.writer_id):
-            h = read_header(path, self.schema_hash, self.dtype.itemsize, self.writer_id)
-            if h.first_seq != first:
-                raise JournalCorruptError(f"journal segment {path}: offset=0 header first_seq={h.first_seq} "
-                                          f"differs from the file name")
-            out.append(h)
-        return out
-
-    def last_committed_seq(self) -> int:
-        """Seq of the newest committed record (0 if none), validating the newest segment only:
-        the total for a replay progress bar, or a status line. Sets ``torn`` like a read."""
-        segs = self.segments()
-        if not segs:
-            return 0
-        for _ in self.iter_batches(from_seq=segs[-1].first_seq):
-            pass
-        return self.last_seq
-
-    def read_all(self, from_seq: int | None = None) -> np.ndarray:
-        """All committed records from from_seq, as one array (np.concatenate would drop padding)."""
-        parts = list(self.iter_batches(from_seq))
-        out = np.empty(sum(len(p) for p in parts), self.dtype)
-        raw = out.view(np.uint8)
-        pos = 0
-        for p in parts:                         # byte copies: field assignment skips padding
-            raw[pos:pos + p.nbytes] = p.view(np.uint8)
-            pos += p.nbytes
-        return out
-
-    def iter_batches(self, from_seq: int | None = None, batch_records: int = 65536):
-        """Yield committed records with seq >= from_seq (default: the oldest retained) in order.
-
-        Raises JournalGapError if from_seq precedes the retained journal, JournalCorruptError
-        (with file and offset) for an invalid record or a gap before the last segment.
-        """
-        segs = self.segments()
-        self.torn = None
-        start = segs[0].first_seq if segs and from_seq is None else int(from_seq or 1)
-        self.last_seq = start - 1
-        if not segs:
-            return
-        if start < segs[0].first_seq:
-            raise JournalGapError(f"journal {self.directory} writer={self.writer_id}: seq {start} "
-                                  f"asked but the retained journal starts at {segs[0].first_seq}")
-        k = max(i for i, h in enumerate(segs) if h.first_seq <= start)
-        expect = start
-        rs, w = self.dtype.itemsize, self.dtype.itemsize // 8
-        for i in range(k, len(segs)):
-            h = segs[i]
-            if i > k and h.first_seq != expect:
-                raise JournalCorruptError(f"journal segment {h.path}: offset=0 first_seq={h.first_seq} but "
-                                          f"{segs[i - 1].path} ends at seq {expect - 1}")
-            idx = expect - h.first_seq
-            if idx > h.capacity:
-                raise JournalGapError(f"journal segment {h.path}: seq {expect} is past its capacity {h.capacity}")
-            bad = None
-            with open(h.path, "rb") as f:
-                f.seek(HEADER_SIZE + idx * rs)
-                while idx < h.capacity:
-                    m = min(batch_records, h.capacity - idx)
-                    buf = np.empty(m * rs, np.uint8)
-                    f.readinto(memoryview(buf))
-                    words = buf.view(np.uint64).reshape(m, w)
-                    n = int(_count_valid(words, np.uint64(expect)))
-                    if n:
-                        yield buf.view(self.dtype)[:n]
-                        expect += n
-                        idx += n
-                    if n < m:
-                        bad = self._classify(h, f.fileno(), idx, words[n], expect)
-                        break
-            if bad is not None:
-                if i == len(segs) - 1:
-                    self.torn = bad
-                    break
-                raise JournalCorruptError(f"journal segment {bad.path}: offset={bad.offset} {bad.reason} "
-                                          f"(not the last segment: the journal after it cannot be trusted)")
-        self.last_seq = expect - 1
-
-    def _classify(self, h: SegmentHeader, fd: int, idx: int, row: np.ndarray, expect: int):
-        """None if the file is all zeros from record idx on (clean end), else a TornTail."""
-        off = HEADER_SIZE + idx * h.record_size
-        if row.any():
-            why = f"seq={int(row[0])} expected={expect}" if int(row[0]) != expect else "checksum mismatch"
-            return TornTail(h.path, off, expect, why)
-        end = HEADER_SIZE + h.capacity * h.record_size
-        pos = off
-        while pos < end:
-            chunk = np.frombuffer(os.pread(fd, min(8 << 20, end - pos), pos), np.uint8)
-            if not len(chunk):
-                break
-            nz = np.flatnonzero(chunk)
-            if len(nz):
-                at = pos + int(nz[0])
-                return TornTail(h.path, off, expect, f"zero record followed by data at offset={at}")
-            pos += len(chunk)
-        return None

@@ -1,0 +1,220 @@
+"""Journal on-disk format: record dtype, checksum kernels, segment header, file naming.
+
+Shared by the writer (engine.journal) and the reader (engine.journal_reader).
+
+Directory layout: ``w{writer:03d}-{first_seq:020d}.rjl`` segment files, one series per writer,
+ordered by first sequence number. Each segment is preallocated (``posix_fallocate``, so a full
+disk fails at rotation, not as SIGBUS inside the mmap), created under a temporary name and
+renamed once its header is written::
+
+    segment file
+    +---------------------------+ 0
+    | header (struct, 4096 B)   |  magic, version, header_size, schema_hash, record_size,
+    |                           |  writer_id, first_seq, created_ns, capacity, header_crc32
+    +---------------------------+ 4096  (page aligned: msync ranges need no rounding here)
+    | record 0 (seq first_seq)  |
+    | record 1                  |  capacity = (segment_bytes - 4096) // record_size
+    | ...                       |
+    +---------------------------+
+
+    record (journal_dtype(event_dtype), every field 8-byte aligned)
+    +-----+------------+-----------+-------+------------+--------+-------+-----+-------+
+    | seq | arrival_ns | event ... | score | generation | action | flags | pad | check |
+    | u64 | i64        | schema    | f64   | u32        | u8     | u8    | u16 | u64   |
+    +-----+------------+-----------+-------+------------+--------+-------+-----+-------+
+
+``check`` is the per-record checksum and the commit marker: a 64-bit multiply-xorshift hash of
+every other word of the record, with its low bit forced to 1 so that never-written (zero) space
+never validates. A record is committed iff ``check`` matches and ``seq`` is the next expected
+number; sequence numbers start at 1 and are gap-free per writer. The first invalid record
+ends the journal: zeros after it mean a clean end, anything else is a torn tail (reported,
+ignored) in the last segment and corruption (``JournalCorruptError``) in an earlier one.
+
+Durability of each ``fsync`` policy: see docs/DURABILITY.md.
+"""
+from __future__ import annotations
+
+import os
+import struct
+import time
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+
+MAGIC = b"RJOURNL\x00"
+VERSION = 1
+HEADER_SIZE = 4096
+_HEADER = struct.Struct("<8sIIQIIQqQ")         # followed by crc32 of these bytes (u32)
+SUFFIX = ".rjl"
+FSYNC_POLICIES = ("none", "interval_ms", "batch")
+
+_K0 = np.uint64(0x9E3779B97F4A7C15)
+_K1 = np.uint64(0xBF58476D1CE4E5B9)
+_K2 = np.uint64(0x94D049BB133111EB)
+_S27 = np.uint64(27)
+_S31 = np.uint64(31)
+_S32 = np.uint64(32)
+_ONE = np.uint64(1)
+
+
+class JournalError(RuntimeError):
+    """Base class of journal errors; messages name the file and the byte offset."""
+
+
+class JournalCorruptError(JournalError):
+    """A record or header that is neither valid nor a tail: the journal cannot be trusted."""
+
+
+class JournalGapError(JournalError):
+    """The asked sequence number is not in the retained journal."""
+
+
+def journal_dtype(event_dtype: np.dtype) -> np.dtype:
+    """The journal record dtype for an event dtype (see the module diagram)."""
+    ev = np.dtype(event_dtype)
+    if ev.itemsize % 8:
+        raise ValueError(f"event_dtype: itemsize must be a multiple of 8, got {ev.itemsize}")
+    o = 16 + ev.itemsize
+    return np.dtype({
+        "names": ["seq", "arrival_ns", "event", "score", "generation", "action", "flags", "check"],
+        "formats": [np.uint64, np.int64, ev, np.float64, np.uint32, np.uint8, np.uint8, np.uint64],
+        "offsets": [0, 8, 16, o, o + 8, o + 12, o + 13, o + 16],
+        "itemsize": o + 24})
+
+
+# --- kernels: records seen as rows of u64 words; seq is word 0, check the last word ----------
+
+@njit(cache=True, inline="always")
+def _record_hash(row):
+    n = row.shape[0] - 1
+    h = _K0 * np.uint64(n + 1)
+    for k in range(n):
+        h ^= row[k]
+        h *= _K1
+        h ^= h >> _S32
+    h ^= h >> _S27
+    h *= _K2
+    h ^= h >> _S31
+    return h | _ONE
+
+
+@njit(cache=True)
+def _append(words, pos, src, first_row, n, first_seq):
+    """Copy src rows first_row.. (flat u64 words) into rows pos.., numbering them first_seq..
+    and storing their checks. seq is stored before the hash is taken: the hash covers it."""
+    w = words.shape[1]
+    for i in range(n):
+        r = pos + i
+        base = (first_row + i) * w
+        for k in range(w - 1):
+            words[r, k] = src[base + k]
+        words[r, 0] = np.uint64(first_seq + i)
+        words[r, w - 1] = _record_hash(words[r])
+
+
+@njit(cache=True)
+def _count_valid(words, expect_seq):
+    """Length of the prefix of rows numbered expect_seq.. whose checks match."""
+    w = words.shape[1] - 1
+    for i in range(words.shape[0]):
+        if words[i, 0] != expect_seq + np.uint64(i) or words[i, w] != _record_hash(words[i]):
+            return i
+    return words.shape[0]
+
+
+def warm_up() -> None:
+    """Compile (or load from the numba cache) every kernel signature; the writer calls it."""
+    w = np.zeros((1, 2), np.uint64)
+    _append(w, 0, w.reshape(-1), 0, 1, 1)
+    _count_valid(w, np.uint64(1))
+
+
+def checksum(records: np.ndarray) -> np.ndarray:
+    """Check words of journal records as stored (u64 per record); for tests and tools."""
+    words = np.ascontiguousarray(records).view(np.uint64).reshape(len(records), -1)
+    out = np.empty(len(records), np.uint64)
+    for i in range(len(records)):
+        out[i] = _record_hash(words[i])
+    return out
+
+
+# --- segment header --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SegmentHeader:
+    path: str
+    schema_hash: int
+    record_size: int
+    writer_id: int
+    first_seq: int
+    created_ns: int
+    capacity: int        # records
+
+    def pack(self) -> bytes:
+        body = _HEADER.pack(MAGIC, VERSION, HEADER_SIZE, self.schema_hash, self.record_size,
+                            self.writer_id, self.first_seq, self.created_ns, self.capacity)
+        return body + struct.pack("<I", zlib.crc32(body))
+
+
+def read_header(path: str, schema_hash: int, record_size: int, writer_id: int) -> SegmentHeader:
+    """Read and validate a segment header; raise JournalCorruptError naming file and field."""
+    with open(path, "rb") as f:
+        raw = f.read(_HEADER.size + 4)
+        size = os.fstat(f.fileno()).st_size
+    if len(raw) < _HEADER.size + 4:
+        raise JournalCorruptError(f"journal segment {path}: offset=0 header truncated ({len(raw)} bytes)")
+    magic, ver, hsize, shash, rsize, wid, first, created, cap = _HEADER.unpack_from(raw)
+    if magic != MAGIC:
+        raise JournalCorruptError(f"journal segment {path}: offset=0 bad magic {magic!r}")
+    if struct.unpack_from("<I", raw, _HEADER.size)[0] != zlib.crc32(raw[:_HEADER.size]):
+        raise JournalCorruptError(f"journal segment {path}: offset=0 header checksum mismatch")
+    if ver != VERSION or hsize != HEADER_SIZE:
+        raise JournalCorruptError(f"journal segment {path}: version={ver} header_size={hsize} not supported")
+    if shash != schema_hash:
+        raise JournalCorruptError(f"journal segment {path}: schema_hash=0x{shash:016x} but the "
+                                  f"engine's schema is 0x{schema_hash:016x}")
+    if rsize != record_size or wid != writer_id:
+        raise JournalCorruptError(f"journal segment {path}: record_size={rsize} writer_id={wid}, "
+                                  f"expected record_size={record_size} writer_id={writer_id}")
+    if size < HEADER_SIZE + cap * rsize:
+        raise JournalCorruptError(f"journal segment {path}: file size {size} < header + capacity={cap} records")
+    return SegmentHeader(path, shash, rsize, wid, first, created, cap)
+
+
+def segment_name(writer_id: int, first_seq: int) -> str:
+    return f"w{writer_id:03d}-{first_seq:020d}{SUFFIX}"
+
+
+def list_segments(directory: str, writer_id: int) -> list[tuple[int, str]]:
+    """(first_seq, path) of one writer's segments, oldest first (from the file names)."""
+    prefix = f"w{writer_id:03d}-"
+    out = []
+    if not os.path.isdir(directory):
+        return out
+    for name in os.listdir(directory):
+        if name.startswith(prefix) and name.endswith(SUFFIX):
+            digits = name[len(prefix):-len(SUFFIX)]
+            if digits.isdigit():
+                out.append((int(digits), os.path.join(directory, name)))
+    return sorted(out)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def now_ns() -> int:
+    return time.time_ns()

@@ -1,0 +1,144 @@
+"""Journal reader: one writer's records in sequence order as numpy batches, every record validated.
+
+A committed record has a matching check word and the next expected seq (engine.journal_format).
+The first record that is not committed ends the journal: zeros from there to the end of the
+file mean a clean end; anything else is a torn tail (reported in ``JournalReader.torn``,
+ignored) in the newest segment, and ``JournalCorruptError`` (file, offset) in an older one.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.journal_format import (HEADER_SIZE, JournalCorruptError, JournalGapError, SegmentHeader,
+                                   _count_valid, journal_dtype, list_segments, read_header)
+
+
+@dataclass(frozen=True)
+class TornTail:
+    """Where the last segment stops being valid; the records from there on are ignored."""
+    path: str
+    offset: int      # byte offset in the file of the first invalid record
+    seq: int         # the sequence number expected there
+    reason: str
+
+
+class JournalReader:
+    """Reads one writer's journal in sequence order as numpy batches, validating every record.
+
+    Any process may read, also while the writer appends (a record being written looks like a
+    torn tail until it is sealed). After ``iter_batches`` is exhausted, ``last_seq`` is the
+    seq of the last committed record read (from_seq - 1 if none was) and ``torn`` describes
+    an ignored tail (or is None). Batches are fresh arrays (not views of a reused buffer) and
+    never span two segments.
+    """
+
+    def __init__(self, directory: str, event_dtype: np.dtype, schema_hash: int, writer_id: int = 0):
+        self.directory = str(directory)
+        self.dtype = journal_dtype(event_dtype)
+        self.schema_hash = int(schema_hash)
+        self.writer_id = int(writer_id)
+        self.last_seq = 0
+        self.torn: TornTail | None = None
+
+    def segments(self) -> list[SegmentHeader]:
+        out = []
+        for first, path in list_segments(self.directory, self.writer_id):
+            h = read_header(path, self.schema_hash, self.dtype.itemsize, self.writer_id)
+            if h.first_seq != first:
+                raise JournalCorruptError(f"journal segment {path}: offset=0 header first_seq={h.first_seq} "
+                                          f"differs from the file name")
+            out.append(h)
+        return out
+
+    def last_committed_seq(self) -> int:
+        """Seq of the newest committed record (0 if none), validating the newest segment only:
+        the total for a replay progress bar, or a status line. Sets ``torn`` like a read."""
+        segs = self.segments()
+        if not segs:
+            return 0
+        for _ in self.iter_batches(from_seq=segs[-1].first_seq):
+            pass
+        return self.last_seq
+
+    def read_all(self, from_seq: int | None = None) -> np.ndarray:
+        """All committed records from from_seq, as one array (np.concatenate would drop padding)."""
+        parts = list(self.iter_batches(from_seq))
+        out = np.empty(sum(len(p) for p in parts), self.dtype)
+        raw = out.view(np.uint8)
+        pos = 0
+        for p in parts:                         # byte copies: field assignment skips padding
+            raw[pos:pos + p.nbytes] = p.view(np.uint8)
+            pos += p.nbytes
+        return out
+
+    def iter_batches(self, from_seq: int | None = None, batch_records: int = 65536):
+        """Yield committed records with seq >= from_seq (default: the oldest retained) in order.
+
+        Raises JournalGapError if from_seq precedes the retained journal, JournalCorruptError
+        (with file and offset) for an invalid record or a gap before the last segment.
+        """
+        segs = self.segments()
+        self.torn = None
+        start = segs[0].first_seq if segs and from_seq is None else int(from_seq or 1)
+        self.last_seq = start - 1
+        if not segs:
+            return
+        if start < segs[0].first_seq:
+            raise JournalGapError(f"journal {self.directory} writer={self.writer_id}: seq {start} "
+                                  f"asked but the retained journal starts at {segs[0].first_seq}")
+        k = max(i for i, h in enumerate(segs) if h.first_seq <= start)
+        expect = start
+        rs, w = self.dtype.itemsize, self.dtype.itemsize // 8
+        for i in range(k, len(segs)):
+            h = segs[i]
+            if i > k and h.first_seq != expect:
+                raise JournalCorruptError(f"journal segment {h.path}: offset=0 first_seq={h.first_seq} but "
+                                          f"{segs[i - 1].path} ends at seq {expect - 1}")
+            idx = expect - h.first_seq
+            if idx > h.capacity:
+                raise JournalGapError(f"journal segment {h.path}: seq {expect} is past its capacity {h.capacity}")
+            bad = None
+            with open(h.path, "rb") as f:
+                f.seek(HEADER_SIZE + idx * rs)
+                while idx < h.capacity:
+                    m = min(batch_records, h.capacity - idx)
+                    buf = np.empty(m * rs, np.uint8)
+                    f.readinto(memoryview(buf))
+                    words = buf.view(np.uint64).reshape(m, w)
+                    n = int(_count_valid(words, np.uint64(expect)))
+                    if n:
+                        yield buf.view(self.dtype)[:n]
+                        expect += n
+                        idx += n
+                    if n < m:
+                        bad = self._classify(h, f.fileno(), idx, words[n], expect)
+                        break
+            if bad is not None:
+                if i == len(segs) - 1:
+                    self.torn = bad
+                    break
+                raise JournalCorruptError(f"journal segment {bad.path}: offset={bad.offset} {bad.reason} "
+                                          f"(not the last segment: the journal after it cannot be trusted)")
+        self.last_seq = expect - 1
+
+    def _classify(self, h: SegmentHeader, fd: int, idx: int, row: np.ndarray, expect: int):
+        """None if the file is all zeros from record idx on (clean end), else a TornTail."""
+        off = HEADER_SIZE + idx * h.record_size
+        if row.any():
+            why = f"seq={int(row[0])} expected={expect}" if int(row[0]) != expect else "checksum mismatch"
+            return TornTail(h.path, off, expect, why)
+        end = HEADER_SIZE + h.capacity * h.record_size
+        pos = off
+        while pos < end:
+            chunk = np.frombuffer(os.pread(fd, min(8 << 20, end - pos), pos), np.uint8)
+            if not len(chunk):
+                break
+            nz = np.flatnonzero(chunk)
+            if len(nz):
+                at = pos + int(nz[0])
+                return TornTail(h.path, off, expect, f"zero record followed by data at offset={at}")
+            pos += len(chunk)
+        return None
