@@ -53,7 +53,7 @@ def _bar(label: str, done: int, elapsed: float, total: float) -> str:
     width = 30
     fill = int(frac * width)
     rate = done / elapsed if elapsed > 0 else 0.0
-    return (f"\r{label:>7} [{'#' * fill}{'.' * (width - fill)}] {elapsed:5.1f}/{total:.0f} s "
+    return (f"\r{label:>7} [{'#' * fill}{'.' * (width - fill)}] {elapsed:5.1f}/{total:g} s "
             f"{done:>9} replies {rate:>9.0f}/s")
 
 
