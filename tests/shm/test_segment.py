@@ -79,3 +79,28 @@ def test_unlink_owned_removes_only_that_owner(instance):
     assert unlink_owned(instance) == [mine.name]
     assert [full for _, full, _ in list_names(instance)] == [theirs.name]
     assert unlink_owned(instance, 1) == [theirs.name]
+
+
+def _rss_kib(seg_name: str) -> int:
+    """Resident KiB of this process's mapping of the segment (from /proc/self/smaps)."""
+    rss, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            if "-" in line.split(" ", 1)[0]:                 # a mapping header line
+                inside = line.rstrip().endswith("/dev/shm" + seg_name)
+            elif inside and line.startswith("Rss:"):
+                rss += int(line.split()[1])
+    return rss
+
+
+def test_prefault_makes_the_pages_resident_in_this_process(instance):
+    seg = Segment.create(instance, "pages", 64 * 4096)
+    try:
+        assert _rss_kib(seg.name) == 0                      # sparse until first touch
+        seg.prefault(8 * 4096, 16 * 4096)
+        assert _rss_kib(seg.name) == 16 * 4
+        seg.prefault()
+        assert _rss_kib(seg.name) == 64 * 4
+    finally:
+        assert seg.close()
+        seg.unlink()
