@@ -23,7 +23,8 @@ import numpy as np
 from engine.journal_format import (FSYNC_POLICIES, HEADER_SIZE, MAGIC, SUFFIX, VERSION,  # noqa: F401
                                    JournalCorruptError, JournalError, JournalGapError,
                                    SegmentHeader, _append, _count_valid, _unlink, checksum,
-                                   fsync_dir, journal_dtype, list_segments, now_ns, read_header,
+                                   fsync_dir, journal_dtype, list_segments, list_writers, now_ns,
+                                   read_header,
                                    segment_name, warm_up)
 from engine.journal_reader import JournalReader, TornTail  # noqa: F401
 
@@ -112,7 +113,7 @@ class JournalWriter:
             raise ValueError(f"journal.segment_bytes: {config.segment_bytes} holds no {self._rs}-byte record")
         self._interval_ns = config.interval_ms * 1_000_000
         self._mm = self._lock_fd = self._retired = None
-        self._recs = self._words = self._raw = None
+        self._recs = self._words = self._raw = self._staging = None
         self.snapshot_seq: int | None = None   # retention floor, see set_snapshot_seq
         # counters (read by the worker's stats)
         self.syncs = self.rotations = self.segments_deleted = self.torn_bytes_repaired = 0
@@ -173,6 +174,22 @@ class JournalWriter:
                 self.sync()
         self.records_appended += n
         return first, first + n - 1
+
+    def append_columns(self, event: np.ndarray, arrival_ns, action, flags, score,
+                       generation) -> tuple[int, int]:
+        """Append a batch given as columns (events of the schema dtype; the others arrays of
+        the same length or scalars), through a reused staging buffer. Returns (first, last) seq."""
+        n = len(event)
+        if self._staging is None or len(self._staging) < n:
+            self._staging = np.zeros(max(n, 64), self.dtype)
+        st = self._staging[:n]
+        st["event"] = event
+        st["arrival_ns"] = arrival_ns
+        st["action"] = action
+        st["flags"] = flags
+        st["score"] = score
+        st["generation"] = generation
+        return self.append_batch(st)
 
     def on_idle(self, now_monotonic_ns: int | None = None, budget_bytes: int = 256 << 10,
                 prefault_bytes: int = 1 << 20) -> bool:

@@ -201,6 +201,17 @@ def list_segments(directory: str, writer_id: int) -> list[tuple[int, str]]:
     return sorted(out)
 
 
+def list_writers(directory: str) -> list[int]:
+    """Writer ids that have at least one segment in the directory, ascending."""
+    if not os.path.isdir(directory):
+        return []
+    ids = set()
+    for name in os.listdir(directory):
+        if name.startswith("w") and name.endswith(SUFFIX) and name[1:4].isdigit() and name[4:5] == "-":
+            ids.add(int(name[1:4]))
+    return sorted(ids)
+
+
 def _unlink(path: str) -> None:
     try:
         os.unlink(path)

@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 from engine.journal import (HEADER_SIZE, JournalConfig, JournalCorruptError, JournalError,
                             JournalGapError, JournalReader, JournalWriter, journal_dtype,
-                            list_segments)
+                            list_segments, list_writers)
 from engine.schema import Schema
 
 SCHEMA = Schema.build({"account_id": "u64", "amount": "f64", "country": "bytes2", "ok": "bool"},
@@ -269,8 +269,8 @@ def test_on_idle_prepares_next_segment_and_stale_preparation_is_removed(tmp_path
 @settings(max_examples=25, deadline=None)
 @given(n=st.integers(1, 140), cut=st.floats(0, 1), kind=st.sampled_from(["truncate", "flip"]))
 def test_damage_in_last_segment_keeps_exactly_the_prefix(tmp_path_factory, n, cut, kind):
-    """Oracle: a kill or a bad sector at byte b of the newest segment loses the record holding
-    b and everything after it, nothing before; older segments are untouched."""
+    """Oracle: a kill or a bad sector in the newest segment loses the first record whose bytes
+    changed and everything after it, nothing before; older segments are untouched."""
     d = tmp_path_factory.mktemp("j")
     with writer(d) as w:
         w.append_batch(batch(w, n))
@@ -278,16 +278,36 @@ def test_damage_in_last_segment_keeps_exactly_the_prefix(tmp_path_factory, n, cu
         assert len(live) == n and live["seq"][-1] == n
     first, last = list_segments(str(d), 0)[-1]
     used = n - (first - 1)                                 # records in the newest segment
+    before = open(last, "rb").read()
     b = HEADER_SIZE + min(int(cut * used * RS), used * RS - 1)
     if kind == "truncate":                                 # bytes from b on never reached disk
-        corrupt(last, b, bytes(HEADER_SIZE + used * RS - b))
+        corrupt(last, b, bytes(len(before) - b))
     else:
-        with open(last, "rb") as f:
-            f.seek(b)
-            corrupt(last, b, bytes([f.read(1)[0] ^ 0x5A]))    # always a different byte
-    keep = (first - 1) + (b - HEADER_SIZE) // RS
+        corrupt(last, b, bytes([before[b] ^ 0x5A]))        # always a different byte
+    after = open(last, "rb").read()
+    changed = [i for i in range(used) if before[HEADER_SIZE + i * RS:HEADER_SIZE + (i + 1) * RS]
+               != after[HEADER_SIZE + i * RS:HEADER_SIZE + (i + 1) * RS]]
+    kept = changed[0] if changed else used
     r = reader(d)
     recs = r.read_all()
     check_records(recs)
-    assert r.last_seq == keep == len(recs)
-    assert (r.torn is None) == (kind == "truncate" and (b - HEADER_SIZE) % RS == 0)
+    assert r.last_seq == first - 1 + kept == len(recs)
+    assert (r.torn is None) == (not any(after[HEADER_SIZE + kept * RS:]))
+
+
+def test_append_columns_and_several_writers_in_one_directory(tmp_path):
+    cfg = JournalConfig(segment_bytes=HEADER_SIZE + 50 * RS, fsync="none")
+    ev = np.zeros(70, SCHEMA.dtype)
+    ev["account_id"] = np.arange(70)
+    ev["amount"] = np.arange(70) * 0.5
+    ev["country"] = b"FR"
+    with JournalWriter(str(tmp_path), SCHEMA.dtype, SCHEMA.hash, 3, cfg) as w3, \
+            JournalWriter(str(tmp_path), SCHEMA.dtype, SCHEMA.hash, 12, cfg) as w12:
+        k = np.arange(70)
+        assert w3.append_columns(ev, k * 1000, k % 3, k % 7, k * 1.25, 9) == (1, 70)
+        assert w12.append_columns(ev[:5], 0, 1, 0, 2.0, 1) == (1, 5)
+    assert list_writers(str(tmp_path)) == [3, 12] and list_writers(str(tmp_path / "no")) == []
+    recs = JournalReader(str(tmp_path), SCHEMA.dtype, SCHEMA.hash, 3).read_all()
+    check_records(recs)
+    other = JournalReader(str(tmp_path), SCHEMA.dtype, SCHEMA.hash, 12).read_all()
+    assert len(other) == 5 and (other["action"] == 1).all() and (other["score"] == 2.0).all()
