@@ -1,0 +1,142 @@
+"""Deadlines, overload and idempotent retries against a real engine whose worker is frozen
+with SIGSTOP (so "not ready in time" and "ring full" are made to happen, not hoped for)."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from contextlib import contextmanager
+
+import numpy as np
+import psutil
+import pytest
+import zmq
+
+from engine.config import load_config
+from engine.types import ErrorCode
+from ingress import wire
+from ingress.client import Client
+from tests.engine.engine_proc import EngineProcess
+from tests.engine.test_e2e import random_events
+from tests.engine.test_metrics import scrape, value
+
+CAPACITY = 64
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    with EngineProcess(tmp_path_factory.mktemp("rel"), workers=1,
+                       overrides={"rings": {"capacity": CAPACITY},
+                                  "ingress": {"default_deadline_ms": 10_000, "on_timeout": "block"}}) as eng:
+        yield eng
+
+
+@pytest.fixture(scope="module")
+def schema():
+    return load_config().schema
+
+
+@contextmanager
+def frozen_worker(engine):
+    w = [p for p in psutil.Process(engine.proc.pid).children() if "worker 0" in " ".join(p.cmdline())]
+    assert len(w) == 1
+    os.kill(w[0].pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(w[0].pid, signal.SIGCONT)
+
+
+def events_done(engine) -> float:
+    return value(scrape(engine.metrics_url), "risk_worker_events_total", worker="0")
+
+
+def test_deadline_gives_fail_closed_default_flagged_timeout(engine, schema):
+    rec = random_events(np.random.default_rng(1), schema, 1)
+    with frozen_worker(engine), Client(engine.endpoint, schema, timeout_ms=5000, retries=0) as c:
+        t0 = time.monotonic()
+        d = c.evaluate_batch(rec, deadline_ms=100)[0]
+        elapsed = time.monotonic() - t0
+    assert d.action == "block" and "DEFAULT_TIMEOUT" in d.flags and d.error == "TIMEOUT"
+    assert elapsed < 4.0          # answered at the deadline, not at the client's timeout
+
+
+def settle(engine, schema) -> None:
+    """One round trip, so the worker has drained whatever an earlier test left in its ring."""
+    with Client(engine.endpoint, schema, timeout_ms=20_000, retries=0) as c:
+        c.evaluate_batch(random_events(np.random.default_rng(0), schema, 1))
+
+
+def test_full_ring_gets_fast_overloaded_and_admitted_are_decided(engine, schema):
+    rng = np.random.default_rng(2)
+    ctx = zmq.Context.instance()
+    socks = []
+    settle(engine, schema)
+    with frozen_worker(engine):
+        for i in range(CAPACITY + 20):                    # one event each, no reply read yet
+            s = ctx.socket(zmq.DEALER)
+            s.linger = 0
+            s.connect(engine.endpoint)
+            s.send_multipart([b"", wire.pack_request(schema.hash, random_events(rng, schema, 1), 77, i + 1)])
+            socks.append(s)
+        time.sleep(0.5)
+        quick = []
+        for i, s in enumerate(socks):                     # the refused ones answered at once
+            if s.poll(0):
+                rid, err, dec, msg = wire.unpack_reply(s.recv_multipart()[-1])
+                quick.append((i, rid, err, msg, dec))
+        assert [q[0] for q in quick] == list(range(CAPACITY, CAPACITY + 20)), quick[:3]
+        assert all(q[2] == ErrorCode.OVERLOADED for q in quick), quick[:3]
+        socks = socks[:CAPACITY]
+    decided = 0
+    for s in socks:
+        if s.poll(10_000):
+            rid, err, dec, _ = wire.unpack_reply(s.recv_multipart()[-1])
+            assert err == 0 and not (dec["flags"] & 0xFE).any()     # FIRED_OVERFLOW at most
+            decided += 1
+        s.close(0)
+    assert decided == CAPACITY
+
+
+def test_retry_with_same_ids_is_answered_once(engine, schema):
+    settle(engine, schema)
+    rec = random_events(np.random.default_rng(3), schema, 1)
+    before = events_done(engine)
+    with Client(engine.endpoint, schema, timeout_ms=5000, retries=0, client_id=4242) as c:
+        first = c.evaluate_batch(rec)[0]
+    # the same (client id, request id) again, as a Lazy-Pirate retry would send it
+    frame = wire.pack_request(schema.hash, rec, 4242, 1, 0, int(wire.HeaderFlag.RETRY))
+    s = zmq.Context.instance().socket(zmq.REQ)
+    s.linger = 0
+    s.connect(engine.endpoint)
+    s.send(frame)
+    assert s.poll(5000)
+    rid, err, dec, _ = wire.unpack_reply(s.recv())
+    s.close(0)
+    assert rid == 1 and err == 0
+    assert dec["action"][0] == {"allow": 0, "review": 1, "block": 2}[first.action]
+    assert dec["score"][0] == first.score and dec["flags"][0] & 16      # DUPLICATE
+    assert events_done(engine) == before + 1                            # evaluated once
+
+
+def test_lazy_pirate_retry_while_worker_is_stalled(engine, schema):
+    settle(engine, schema)
+    rec = random_events(np.random.default_rng(4), schema, 1)
+    before = events_done(engine)
+    c = Client(engine.endpoint, schema, timeout_ms=300, retries=20, client_id=999)
+    w = [p for p in psutil.Process(engine.proc.pid).children() if "worker 0" in " ".join(p.cmdline())][0]
+    os.kill(w.pid, signal.SIGSTOP)
+    import threading
+    threading.Timer(1.0, os.kill, (w.pid, signal.SIGCONT)).start()   # thaw after 3 retries
+    try:
+        d = c.evaluate_batch(rec)[0]
+    finally:
+        os.kill(w.pid, signal.SIGCONT)
+        c.close()
+    assert c.reconnects >= 2
+    assert d.action in ("allow", "review", "block") and "DEFAULT_TIMEOUT" not in d.flags
+    t_end = time.monotonic() + 5
+    while time.monotonic() < t_end and events_done(engine) < before + 1:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert events_done(engine) == before + 1          # one evaluation for all the attempts
