@@ -265,6 +265,8 @@ class JournalWriter:
         pages past the position hold zeros by invariant, so the stores change nothing."""
         page = mmap.PAGESIZE
         end = HEADER_SIZE + self._pos * self._rs          # first byte past committed data
+        if self._prefaulted - end >= ahead_bytes // 2:     # enough ahead: refill by halves
+            return False
         lo = max(self._prefaulted, end)
         hi = min(len(self._mm), end + ahead_bytes)
         if lo >= hi:
