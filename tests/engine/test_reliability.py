@@ -140,3 +140,17 @@ def test_lazy_pirate_retry_while_worker_is_stalled(engine, schema):
         time.sleep(0.05)
     time.sleep(0.3)
     assert events_done(engine) == before + 1          # one evaluation for all the attempts
+
+
+def test_killed_ingress_is_restarted_and_lazy_pirate_client_carries_on(engine, schema):
+    settle(engine, schema)
+    before = value(scrape(engine.metrics_url), "risk_ingress_restarts_total")
+    rng = np.random.default_rng(6)
+    with Client(engine.endpoint, schema, timeout_ms=1000, retries=60) as c:
+        assert c.evaluate_batch(random_events(rng, schema, 1))
+        ing = [p for p in psutil.Process(engine.proc.pid).children() if "ingress" in " ".join(p.cmdline())]
+        assert len(ing) == 1
+        os.kill(ing[0].pid, signal.SIGKILL)
+        got = [c.evaluate_batch(random_events(rng, schema, 2)) for _ in range(5)]
+    assert all(len(g) == 2 for g in got)
+    assert value(scrape(engine.metrics_url), "risk_ingress_restarts_total") == before + 1
