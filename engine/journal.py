@@ -26,7 +26,7 @@ from engine.journal_format import (FSYNC_POLICIES, HEADER_SIZE, MAGIC, SUFFIX, V
                                    fsync_dir, journal_dtype, list_segments, list_writers, now_ns,
                                    read_header,
                                    segment_name, warm_up)
-from engine.journal_reader import JournalReader, TornTail  # noqa: F401
+from engine.journal_reader import JournalReader, TornTail, iter_merged  # noqa: F401
 
 _ZEROS = memoryview(bytes(1 << 20))
 _SYNC_FILE_RANGE_WRITE = 2

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.journal_format import (HEADER_SIZE, JournalCorruptError, JournalGapError, SegmentHeader,
-                                   _count_valid, journal_dtype, list_segments, read_header)
+                                   _count_valid, journal_dtype, list_segments, list_writers,
+                                   read_header)
 
 
 @dataclass(frozen=True)
@@ -142,3 +143,58 @@ class JournalReader:
                 return TornTail(h.path, off, expect, f"zero record followed by data at offset={at}")
             pos += len(chunk)
         return None
+
+
+def iter_merged(directory: str, event_dtype: np.dtype, schema_hash: int,
+                writers: list[int] | None = None, from_seqs: dict[int, int] | None = None,
+                batch_records: int = 65536):
+    """Yield ``(records, writer_ids)`` over several writers' series, interleaved by arrival time.
+
+    Order contract: each writer's records stay in seq order; across writers, records go by the
+    running maximum of ``arrival_ns`` within their writer (equal to arrival_ns when a writer's
+    arrivals never go back), ties by writer id within an emitted batch. Memory: at most one
+    read batch per writer plus what is held back. ``writers`` defaults to every writer in the
+    directory; ``from_seqs`` maps writer -> first seq (default: its oldest retained record).
+    """
+    writers = list_writers(directory) if writers is None else list(writers)
+    from_seqs = from_seqs or {}
+    dtype = journal_dtype(event_dtype)
+    its = {w: JournalReader(directory, event_dtype, schema_hash, w).iter_batches(
+        from_seqs.get(w), batch_records) for w in writers}
+    pend = {w: (np.zeros(0, dtype), np.zeros(0, np.int64)) for w in writers}
+    carry = {w: np.iinfo(np.int64).min for w in writers}
+    while its or any(len(r) for r, _ in pend.values()):
+        for w in list(its):                       # every live writer holds at least one record
+            if not len(pend[w][0]):
+                b = next(its[w], None)
+                if b is None:
+                    del its[w]
+                    continue
+                keys = np.maximum.accumulate(np.maximum(b["arrival_ns"], carry[w]))
+                carry[w] = int(keys[-1])
+                pend[w] = (b, keys)
+        if its:                                   # nothing later from a live writer sorts before this
+            mark = min(int(pend[w][1][-1]) for w in its)
+            cut = {w: int(np.searchsorted(k, mark, "right")) for w, (_, k) in pend.items()}
+        else:
+            cut = {w: len(r) for w, (r, _) in pend.items()}
+        parts = [(w, r[:cut[w]], k[:cut[w]]) for w, (r, k) in pend.items() if cut[w]]
+        pend = {w: (r[cut[w]:], k[cut[w]:]) for w, (r, k) in pend.items()}
+        if not parts:
+            continue
+        n = sum(len(r) for _, r, _ in parts)
+        recs = np.empty(n, dtype)
+        raw = recs.view(np.uint8)
+        keys = np.empty(n, np.int64)
+        wid = np.empty(n, np.int64)
+        pos = 0
+        for w, r, k in parts:                     # byte copies: structured assignment skips padding
+            raw[pos * dtype.itemsize:(pos + len(r)) * dtype.itemsize] = r.view(np.uint8)
+            keys[pos:pos + len(r)] = k
+            wid[pos:pos + len(r)] = w
+            pos += len(r)
+        order = np.lexsort((wid, keys))           # stable: seq order kept within a writer
+        out = np.empty(n, dtype)                  # reorder rows as bytes: recs[order] copies
+        out.view(np.uint8).reshape(n, dtype.itemsize)[:] = \
+            raw.reshape(n, dtype.itemsize)[order]  # field by field and leaves padding garbage
+        yield out, wid[order]
