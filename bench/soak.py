@@ -3,7 +3,9 @@ sustainable rate against an engine started here.
 
 1. Start ``risk-engine serve`` (bench.engine_proc) and probe the sustainable rate with a
    short closed-loop run (``--probe`` seconds, ``--clients`` clients), unless ``--rate``.
-2. Record RSS of every engine process and the bytes of the instance's /dev/shm segments.
+2. Run ``--settle`` seconds (60) at the soak rate, so that the engine's idempotency window
+   (``ingress.dedup_window_s``, 60 s by default) and its caches are full, then record RSS
+   of every engine process and the bytes of the instance's /dev/shm segments.
 3. Open loop at ``--fraction`` (0.5) of that rate for ``--duration`` (600 s), latency from the
    intended send time, one histogram per ``--interval`` (60 s).
 4. Record RSS and shared memory again; print the P99 per interval, errors, and the verdicts:
@@ -54,6 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rate", type=float, default=0.0, help="requests/s (default: --fraction of the probed rate)")
     p.add_argument("--fraction", type=float, default=0.5, help="of the sustainable rate (default 0.5)")
     p.add_argument("--probe", type=float, default=10.0, metavar="S", help="closed-loop probe seconds")
+    p.add_argument("--settle", type=float, default=60.0, metavar="S",
+                   help="open loop at the soak rate before RSS start is read (default 60: the "
+                        "engine's idempotency window, ingress.dedup_window_s, fills meanwhile)")
     p.add_argument("--clients", type=int, default=100)
     p.add_argument("--processes", type=int, default=2)
     p.add_argument("--batch", type=int, default=1)
@@ -82,6 +87,10 @@ def run(a) -> int:
             doc["probed_rate"] = probe.answered / a.probe
             rate = a.fraction * doc["probed_rate"]
         doc["rate"] = rate
+        if a.settle > 0:               # fill the idempotency window and caches first
+            spec.duration_s, spec.rate = a.settle, rate
+            spec.client_id_base = run_client_id_base()
+            run_phase("settle", spec, a.processes, progress=progress)
         doc["rss_start"] = engine_rss(eng.pid)
         doc["shm_bytes_start"] = shm_bytes(eng.instance)
         spec.duration_s, spec.rate, spec.interval_s = a.duration, rate, a.interval
