@@ -178,7 +178,7 @@ def iter_merged(directory: str, event_dtype: np.dtype, schema_hash: int,
             cut = {w: int(np.searchsorted(k, mark, "right")) for w, (_, k) in pend.items()}
         else:
             cut = {w: len(r) for w, (r, _) in pend.items()}
-        parts = [(w, r[:cut[w]], k[:cut[w]]) for w, (r, k) in pend.items() if cut[w]]
+        parts = sorted((w, r[:cut[w]], k[:cut[w]]) for w, (r, k) in pend.items() if cut[w])
         pend = {w: (r[cut[w]:], k[cut[w]:]) for w, (r, k) in pend.items()}
         if not parts:
             continue
@@ -193,7 +193,8 @@ def iter_merged(directory: str, event_dtype: np.dtype, schema_hash: int,
             keys[pos:pos + len(r)] = k
             wid[pos:pos + len(r)] = w
             pos += len(r)
-        order = np.lexsort((wid, keys))           # stable: seq order kept within a writer
+        order = np.argsort(keys, kind="stable")   # parts are sorted runs in writer order:
+                                                  # timsort merges them; ties keep writer, seq
         out = np.empty(n, dtype)                  # reorder rows as bytes: recs[order] copies
         out.view(np.uint8).reshape(n, dtype.itemsize)[:] = \
             raw.reshape(n, dtype.itemsize)[order]  # field by field and leaves padding garbage
