@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from engine.journal import JournalGapError, JournalReader, TornTail
+from engine.journal import JournalGapError, JournalReader, TornTail, iter_merged, list_writers
 from engine.snapshot import Snapshot, SnapshotStore
 
 
@@ -68,3 +68,50 @@ def recover(snapshot_dir: str, journal_dir: str, apply_batch: Callable[[np.ndarr
                             f"seq {reader.last_seq}")
     return RecoveryReport(snap.path if snap else None, seq, tuple(refused), replayed,
                           reader.last_seq, reader.torn)
+
+
+def recover_all(snapshot_dir: str, journal_dir: str,
+                apply_batch: Callable[[np.ndarray, np.ndarray], object], *,
+                event_dtype: np.dtype, schema_hash: int,
+                restore: Callable[[Snapshot | None], object], writers: list[int] | None = None,
+                batch_records: int = 65536) -> dict[int, RecoveryReport]:
+    """Rebuild state shared by several writers: one snapshot with ``journal_seq`` for each
+    writer, then every writer's records after its S, merged by ``iter_merged`` order.
+
+    ``apply_batch(records, writer_ids)``. ``writers`` defaults to every writer with segments
+    plus every writer named in the snapshot. Raises RecoveryError as ``recover`` does, per writer.
+    """
+    snap, refused = SnapshotStore(snapshot_dir).load_latest()
+    seqs = dict(snap.journal_seq) if snap is not None else {}
+    ids = sorted(set(list_writers(journal_dir)) | set(seqs)) if writers is None else list(writers)
+    where = f"snapshot={snap.path if snap else None} journal={journal_dir}"
+    for w in ids:                                 # every S must still be in its journal
+        s = seqs.get(w, 0)
+        r = JournalReader(journal_dir, event_dtype, schema_hash, w)
+        segs = r.segments()
+        if s == 0:
+            if segs and segs[0].first_seq != 1:
+                raise RecoveryError(f"{where} writer={w}: no snapshot seq and the journal starts at "
+                                    f"seq {segs[0].first_seq}, not 1")
+            continue
+        try:
+            first = next(r.iter_batches(from_seq=s, batch_records=1), None)
+        except JournalGapError as e:
+            raise RecoveryError(f"{where} writer={w}: snapshot seq {s} is not in the journal ({e})") from None
+        if first is None:
+            raise RecoveryError(f"{where} writer={w}: the snapshot includes seq {s} but the journal "
+                                f"ends at seq {r.last_seq}")
+    restore(snap)
+    counts = dict.fromkeys(ids, 0)
+    for recs, wid in iter_merged(journal_dir, event_dtype, schema_hash, ids,
+                                 {w: seqs.get(w, 0) + 1 for w in ids}, batch_records):
+        apply_batch(recs, wid)
+        for w, c in zip(*np.unique(wid, return_counts=True)):
+            counts[int(w)] += int(c)
+    out = {}
+    for w in ids:
+        r = JournalReader(journal_dir, event_dtype, schema_hash, w)
+        last = r.last_committed_seq()
+        out[w] = RecoveryReport(snap.path if snap else None, seqs.get(w, 0), tuple(refused),
+                                counts[w], last, r.torn)
+    return out
