@@ -131,19 +131,21 @@ class ClientCodec:
         if frame[:1] == b"{":
             return self._parse_json(frame, request_id, count)
         try:
-            rid, error, dec, msg = wire.unpack_reply(frame)
+            rid, error, n, msg = wire.unpack_reply_header(frame)
         except ValueError as e:
             raise ProtocolError(str(e)) from None
         if rid != request_id and not (error and rid == 0):
             raise ProtocolError(f"reply request_id={rid}, expected {request_id}")
         if error:
             raise RequestError(_code(error), msg, request_id)
-        if len(dec) != count:
-            raise ProtocolError(f"reply count={len(dec)}, expected {count}")
-        return [Decision(ACTION_NAMES[a] if a < len(ACTION_NAMES) else str(a), sc,
-                         tuple(fired[:min(nf, MAX_FIRED)]), (), None, g, _flag_names(fl),
+        if n != count:
+            raise ProtocolError(f"reply count={n}, expected {count}")
+        # struct per decision: a Decision object per decision is built anyway
+        return [Decision(_ACTIONS[a] if a < len(_ACTIONS) else str(a), sc,
+                         tuple(fired[:min(nf, MAX_FIRED)]), (), None, g, _FLAG_NAMES[fl],
                          _code(err).name if err else None)
-                for a, fl, err, nf, g, sc, fired in dec.tolist()]
+                for a, fl, err, nf, g, sc, *fired in
+                wire.DECISION.iter_unpack(memoryview(frame)[wire.REPLY_HEADER_SIZE:])]
 
     def _parse_json(self, frame: bytes, request_id: int, count: int) -> list[Decision]:
         try:
@@ -173,8 +175,9 @@ def _code(value: int) -> ErrorCode:
         return ErrorCode.INTERNAL
 
 
-def _flag_names(flags: int) -> tuple[str, ...]:
-    return tuple(f.name for f in DecisionFlag if f.value and f.value & flags)
+_ACTIONS = ACTION_NAMES
+_FLAG_NAMES = tuple(tuple(f.name for f in DecisionFlag if f.value and f.value & v)
+                    for v in range(256))
 
 
 class Client:

@@ -12,6 +12,7 @@ the offending event index is searched for only after a check failed.
 from __future__ import annotations
 
 import math
+import struct
 
 import numpy as np
 
@@ -22,6 +23,7 @@ from ingress.wire import WireError
 _MAX_SHOWN = 40
 # smallest magnitude that rounds to infinity in binary32 (round half to even): 2**128 - 2**103
 _F32_OVERFLOW = 2.0 ** 128 - 2.0 ** 103
+_F64_SAFE = 2.0 ** 1023          # fast path bound; larger magnitudes go to the column checks
 
 
 def _show(v) -> str:
@@ -45,6 +47,7 @@ class EventConverter:
         self.names = frozenset(schema.names)
         self._fields = tuple((f.name, f.kind, f.lo, f.hi, f.size, schema.dtype.fields[f.name][0])
                              for f in schema.fields)
+        self._record = record_struct(schema)
 
     def to_records(self, events: list) -> np.ndarray:
         """Validated records, one per event object; raises ``WireError`` on the first fault."""
@@ -61,6 +64,10 @@ class EventConverter:
                                     f"events[{i}]: unknown field {_show(unknown[0])}")
                 missing = sorted(names - ev.keys())
                 raise WireError(ErrorCode.MISSING_FIELD, f"events[{i}]: missing field {missing[0]!r}")
+        if len(events) == 1:
+            one = self._one(events[0])
+            if one is not None:
+                return one
         cols = []
         for name, kind, lo, hi, size, dt in self._fields:
             col = [ev[name] for ev in events]
@@ -74,11 +81,42 @@ class EventConverter:
                 cols.append(col)
             else:
                 cols.append(self._bytes(name, col, size))
-        # one assignment for the whole batch (a column assignment per field costs ~1.5 us
-        # each); into zeroed bytes so that padding is deterministic (np.array leaves garbage)
-        out = np.zeros(len(events) * self.dtype.itemsize, np.uint8).view(self.dtype)
-        out[:] = list(zip(*cols))
-        return out
+        # one struct.pack_into per record into zeroed bytes (padding stays zero): cheaper than
+        # numpy structured assignment (~1.5 us per column) and np.array (garbage in padding)
+        size, pack_into = self.dtype.itemsize, self._record.pack_into
+        buf = bytearray(len(events) * size)
+        for k, row in enumerate(zip(*cols)):
+            pack_into(buf, k * size, *row)
+        return np.frombuffer(buf, self.dtype)
+
+    def _one(self, ev: dict) -> np.ndarray | None:
+        """Single-event fast path: scalar checks at least as strict as the column checks;
+        None (let the column checks decide and name the fault) when any check fails."""
+        vals = []
+        for name, kind, lo, hi, size, dt in self._fields:
+            v = ev[name]
+            t = type(v)
+            if kind == "uint" or kind == "int":
+                if t is not int or not lo <= v <= hi:
+                    return None
+            elif kind == "float":
+                limit = _F32_OVERFLOW if size == 4 else _F64_SAFE
+                if not (t is float and math.isfinite(v) or t is int) or not -limit < v < limit:
+                    return None
+            elif kind == "bool":
+                if t is not bool:
+                    return None
+            else:
+                if t is not str:
+                    return None
+                try:
+                    v = v.encode("utf-8")
+                except UnicodeEncodeError:
+                    return None
+                if len(v) > size:
+                    return None
+            vals.append(v)
+        return np.frombuffer(bytearray(self._record.pack(*vals)), self.dtype)
 
     def to_events(self, records: np.ndarray) -> list[dict]:
         """The inverse of ``to_records``: plain Python values, bytes decoded as UTF-8."""
@@ -138,6 +176,28 @@ class EventConverter:
             raise WireError(ErrorCode.OUT_OF_RANGE,
                             f"events[{i}].{name}: {len(enc[i])} bytes, at most {size} allowed")
         return enc
+
+
+_STRUCT_CODES = {"u8": "B", "u16": "H", "u32": "I", "u64": "Q", "i8": "b", "i16": "h",
+                 "i32": "i", "i64": "q", "f32": "f", "f64": "d", "bool": "?"}
+
+
+def record_struct(schema: Schema) -> struct.Struct:
+    """A struct with the record's exact layout (fields in declaration order, which is offset
+    order in ``record_dtype``; explicit padding bytes)."""
+    fmt, pos = "<", 0
+    for f in schema.fields:
+        off = schema.dtype.fields[f.name][1]
+        if off < pos:
+            raise RuntimeError(f"record_struct: field {f.name} at offset {off} < {pos}")
+        fmt += (f"{off - pos}x" if off > pos else "") + \
+            (f"{f.size}s" if f.kind == "bytes" else _STRUCT_CODES[f.type])
+        pos = off + f.size
+    fmt += f"{schema.record_size - pos}x" if schema.record_size > pos else ""
+    st = struct.Struct(fmt)
+    if st.size != schema.record_size:
+        raise RuntimeError(f"record_struct: size {st.size} != record_size {schema.record_size}")
+    return st
 
 
 def _fits_float(v) -> bool:

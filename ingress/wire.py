@@ -102,8 +102,8 @@ def pack_error_reply(request_id: int | None, code: int, message: str) -> bytes:
     return pack_reply_header(code, 0, request_id or 0, len(msg)) + msg
 
 
-def unpack_reply(frame: bytes) -> tuple[int, int, np.ndarray | None, str]:
-    """Client side: ``(request_id, error, decisions or None, message)``.
+def unpack_reply_header(frame: bytes) -> tuple[int, int, int, str]:
+    """Client side: ``(request_id, error, count, message)`` of a reply, its length checked.
 
     Raises ``ValueError`` naming the offending field when the frame is not a valid reply.
     """
@@ -116,9 +116,17 @@ def unpack_reply(frame: bytes) -> tuple[int, int, np.ndarray | None, str]:
     if error:
         if count != 0 or msg_len != body:
             raise ValueError(f"bad error reply: count={count} msg_len={msg_len} body={body}")
-        return request_id, error, None, bytes(frame[REPLY_HEADER_SIZE:]).decode("utf-8", "replace")
+        return request_id, error, 0, bytes(frame[REPLY_HEADER_SIZE:]).decode("utf-8", "replace")
     if msg_len != 0 or body != count * DECISION_SIZE:
         raise ValueError(f"bad reply length: count={count} body={body} msg_len={msg_len}")
+    return request_id, 0, count, ""
+
+
+def unpack_reply(frame: bytes) -> tuple[int, int, np.ndarray | None, str]:
+    """Client side: ``(request_id, error, decisions of DECISION_DTYPE or None, message)``."""
+    request_id, error, count, msg = unpack_reply_header(frame)
+    if error:
+        return request_id, error, None, msg
     dec = np.frombuffer(frame, DECISION_DTYPE, count=count, offset=REPLY_HEADER_SIZE).copy()
     return request_id, 0, dec, ""
 

@@ -98,3 +98,39 @@ def test_reply_round_trip(rows):
         names = [f"r{i}" for i in fired[:k]] if row[4] == 1 else [f"#{i}" for i in fired[:k]]
         assert sorted(d["rules"] + d["shadow_rules"]) == sorted(names)
         assert d["score"] == row[3] and ("flags" in d) == bool(row[1] or row[2] > MAX_FIRED)
+
+
+WEIRD = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(),
+                  st.text(max_size=70), st.just(2 ** 64), st.just(-2 ** 63 - 1),
+                  st.just(10 ** 400), st.just(2.0 ** 128 - 2.0 ** 103), st.lists(st.integers(), max_size=2))
+FLOAT_EDGE = st.sampled_from([float("nan"), float("inf"), -float("inf"), 1e39, -3.5e38,
+                               2.0 ** 128 - 2.0 ** 103, 2 ** 1024, 1e308])
+
+
+@st.composite
+def maybe_bad_event(draw):
+    """A valid event with zero to two fields replaced by odd values (one fault at a time is
+    what reaches the later checks of a path)."""
+    ev = draw(EVENT)
+    for _ in range(draw(st.integers(0, 2))):
+        name = draw(st.sampled_from(SCHEMA.names))
+        ev[name] = draw(st.one_of(WEIRD, FLOAT_EDGE))
+    return ev
+
+
+MAYBE_BAD_EVENT = maybe_bad_event()
+
+
+@settings(max_examples=400, deadline=None)
+@given(MAYBE_BAD_EVENT)
+def test_single_event_fast_path_agrees_with_column_checks(ev):
+    """The N = 1 fast path accepts exactly what the batch path accepts, with the same bytes."""
+    from ingress.wire import WireError
+
+    def outcome(events):
+        try:
+            return "ok", CODEC.events.to_records(events)[0].tobytes()
+        except WireError as e:
+            return e.code, e.message
+
+    assert outcome([ev]) == outcome([ev, ev])
