@@ -24,8 +24,7 @@ from engine.journal_format import (FSYNC_POLICIES, HEADER_SIZE, MAGIC, SUFFIX, V
                                    JournalCorruptError, JournalError, JournalGapError,
                                    SegmentHeader, _append, _count_valid, _unlink, checksum,
                                    fsync_dir, journal_dtype, list_segments, list_writers, now_ns,
-                                   read_header,
-                                   segment_name, warm_up)
+                                   read_header, segment_name, warm_up)
 from engine.journal_reader import JournalReader, TornTail, iter_merged  # noqa: F401
 
 _ZEROS = memoryview(bytes(1 << 20))
@@ -106,6 +105,8 @@ class JournalWriter:
         self.dtype = journal_dtype(event_dtype)
         self.schema_hash = int(schema_hash)
         self.writer_id = int(writer_id)
+        if not 0 <= self.writer_id <= 999:
+            raise ValueError(f"writer_id: must be in [0, 999] (3 digits in file names), got {writer_id}")
         self.config = config
         self._rs = self.dtype.itemsize
         self._cap = (config.segment_bytes - HEADER_SIZE) // self._rs
@@ -120,17 +121,21 @@ class JournalWriter:
         self.records_appended = 0
         warm_up()
         os.makedirs(self.directory, exist_ok=True)
-        self._lock_fd = _lock_writer(self.directory, self.writer_id)
         self._next = None                      # the next segment, being zero-filled when idle
-        prefix = f"w{self.writer_id:03d}-"
-        for name in os.listdir(self.directory):
-            if name.startswith(prefix) and name.endswith(SUFFIX + ".tmp"):
-                _unlink(os.path.join(self.directory, name))   # a crash mid-preparation
-        segs = list_segments(self.directory, self.writer_id)
-        if segs:
-            self._open_existing(segs[-1][1])
-        else:
-            self._create(int(first_seq))
+        self._lock_fd = _lock_writer(self.directory, self.writer_id)
+        try:
+            prefix = f"w{self.writer_id:03d}-"
+            for name in os.listdir(self.directory):
+                if name.startswith(prefix) and name.endswith(SUFFIX + ".tmp"):
+                    _unlink(os.path.join(self.directory, name))   # a crash mid-preparation
+            segs = list_segments(self.directory, self.writer_id)
+            if segs:
+                self._open_existing(segs[-1][1])
+            else:
+                self._create(int(first_seq))
+        except BaseException:
+            self.close()                       # releases the lock of a failed open
+            raise
 
     # -- public ---------------------------------------------------------------------------
     @property

@@ -183,6 +183,9 @@ def test_wrong_schema_hash_refused(tmp_path):
         JournalReader(str(tmp_path), other.dtype, other.hash).read_all()
     with pytest.raises(JournalCorruptError, match="schema_hash"):
         JournalWriter(str(tmp_path), other.dtype, other.hash)
+    writer(tmp_path).close()                               # the failed open released its lock
+    with pytest.raises(ValueError, match="writer_id"):
+        JournalWriter(str(tmp_path), SCHEMA.dtype, SCHEMA.hash, 1000)
 
 
 def test_wrong_dtype_refused_on_append(tmp_path):
