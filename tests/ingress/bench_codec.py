@@ -16,6 +16,7 @@ import numpy as np
 from engine.config import load_config
 from engine.types import RESPONSE_SLOT_DTYPE
 from ingress import wire
+from ingress.client import ClientCodec
 from ingress.codec import Codec, RulesetMeta
 
 
@@ -51,6 +52,14 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((f"decode json N={n}", best_us(lambda: codec.decode(jf), max(1, k // 10))))
             rows.append((f"encode_reply json N={n}",
                          best_us(lambda: codec.encode_reply(jreq, slots, meta), max(1, k // 10))))
+    cc = ClientCodec(schema, "binary", 1)
+    ev = codec.events.to_events(one)[0]
+    rep = codec.encode_reply(codec.decode(floor_frame), np.zeros(1, RESPONSE_SLOT_DTYPE))
+
+    def client_call():
+        cc.frame(cc.records([ev]), 1, 0, False)
+        return cc.parse(rep, 2, 1)
+    rows.append(("client: dict -> frame, parse reply", best_us(client_call, a.number // 4)))
     print(f"schema: {len(schema.fields)} fields, record {schema.record_size} B")
     for name, us in rows:
         print(f"  {name:<34} {us:9.2f} us   {us / floor:7.1f} x floor")
