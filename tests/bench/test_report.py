@@ -75,3 +75,19 @@ def test_plot_writes_a_png_or_says_matplotlib_is_missing(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)       # as if not installed
     msg = report.plot(str(tmp_path / "q.png"), phases)
     assert "matplotlib is not installed" in msg and not (tmp_path / "q.png").exists()
+
+
+def test_missed_open_loop_rate_is_reported():
+    e = phase("engine", [1_000_000] * 100)
+    e.spec = LoadSpec("tcp://x", duration_s=2.0, rate=500.0)
+    e.unsent = 900
+    d = doc_for(e, phase("echo", [1_000_000] * 100))
+    assert d["phases"]["engine"]["rate_reached"] is False
+    assert "TARGET RATE NOT REACHED (900 requests never sent" in report.table(d)
+
+
+def test_bench_is_a_risk_engine_subcommand():
+    from engine.cli import build_parser
+    a = build_parser().parse_args(["bench", "--echo-only", "--clients", "3", "--rate", "10"])
+    assert a._module.__name__ == "bench.cmd_bench"
+    assert (a.clients, a.rate, a.echo_only, a.duration) == (3, 10.0, True, 30.0)
