@@ -27,7 +27,7 @@ DEFAULT_BUCKETS = 60
 DEFAULT_DISTINCT_BUCKETS = 8
 DEFAULT_REGISTERS = 64
 DEFAULT_CAPACITY = 262_144
-DEFAULT_PROBE = 16
+DEFAULT_PROBE = 32
 RESERVED = {"ACTIVE", "REDUCING", "HALTED", "global_halt", "now_ms"}
 _FEATURE_KEYS = {"kind", "key", "of", "window", "buckets", "registers", "capacity", "probe",
                  "update", "time"}
