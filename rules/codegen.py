@@ -19,7 +19,9 @@ from rules.symbols import INT64_MIN
 
 CHUNK_RULES = 16              # divides 64: a chunk never straddles a bitmap word
 BSEARCH_MIN_ITEMS = 9
-_CMP_CODE = {"<": "== -1", "<=": "<= 0", ">": "== 1", ">=": ">= 0", "==": "== 0", "!=": "!= 0"}
+# applied to a -1/0/1/2 (unordered: nan) code; written so that 2 never satisfies <, <=, >, >=
+_CMP_CODE = {"<": "({}) == -1", "<=": "-1 <= ({}) <= 0", ">": "({}) == 1", ">=": "0 <= ({}) <= 1",
+             "==": "({}) == 0", "!=": "({}) != 0"}
 _SWAP = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "==", "!=": "!="}
 
 
@@ -164,17 +166,17 @@ class RuleEmitter:
         if kinds in (("int", "int"), ("float", "float"), ("u64", "u64")):
             return f"({a} {op} {b})"
         if kinds == ("int", "float"):
-            return f"(_cmp_if({a}, {b}) {_CMP_CODE[op]})"
+            return "(" + _CMP_CODE[op].format(f"_cmp_if({a}, {b})") + ")"
         if kinds == ("float", "int"):
-            return f"(_cmp_if({b}, {a}) {_CMP_CODE[_SWAP[op]]})"
+            return "(" + _CMP_CODE[_SWAP[op]].format(f"_cmp_if({b}, {a})") + ")"
         if kinds == ("u64", "float"):
-            return f"(_cmp_uf({a}, {b}) {_CMP_CODE[op]})"
+            return "(" + _CMP_CODE[op].format(f"_cmp_uf({a}, {b})") + ")"
         if kinds == ("float", "u64"):
-            return f"(_cmp_uf({b}, {a}) {_CMP_CODE[_SWAP[op]]})"
+            return "(" + _CMP_CODE[_SWAP[op]].format(f"_cmp_uf({b}, {a})") + ")"
         if kinds == ("u64", "int"):
-            return f"(_cmp_ui({a}, {b}) {_CMP_CODE[op]})"
+            return "(" + _CMP_CODE[op].format(f"_cmp_ui({a}, {b})") + ")"
         if kinds == ("int", "u64"):
-            return f"(_cmp_ui({b}, {a}) {_CMP_CODE[_SWAP[op]]})"
+            return "(" + _CMP_CODE[_SWAP[op]].format(f"_cmp_ui({b}, {a})") + ")"
         raise ValueError(f"codegen: cannot compare {kinds}")
 
     def operand(self, n: ir.Node, ind: int) -> str:

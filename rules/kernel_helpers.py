@@ -194,7 +194,7 @@ def _floordiv_ff(a, b):
         if (b < 0.0) != (m < 0.0):
             d -= 1.0
     if d != 0.0:
-        fd = math.floor(d)
+        fd = np.floor(d)
         if d - fd > 0.5:
             fd += 1.0
     else:
@@ -231,7 +231,7 @@ def _pow_ff(a, b):
         if b < 0.0:
             return 0.0, True
         return (a if _odd(b) else 0.0), False
-    if a < 0.0 and b != math.floor(b):
+    if a < 0.0 and b != np.floor(b):
         return 0.0, True
     r = a ** b
     return r, math.isinf(r)
@@ -257,7 +257,7 @@ def _cmp_if(i, f):
         return -1
     if f < -_TWO63:
         return 1
-    fl = math.floor(f)
+    fl = np.floor(f)
     fi = np.int64(fl)
     if i < fi:
         return -1

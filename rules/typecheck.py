@@ -184,6 +184,12 @@ class Checker:
             x = self.value(node.operand, d)
             t = self.truth(node.operand, x)
             return t if t.type == "err" else ir.Unary("bool", p, "not", t)
+        if isinstance(node.op, ast.USub) and isinstance(node.operand, ast.Constant) \
+                and type(node.operand.value) in (int, float):
+            v = -node.operand.value           # a negative literal: -9223372036854775808 fits
+            if isinstance(v, int) and not INT64_MIN <= v <= INT64_MAX:
+                return self.err(node, f"integer literal {v} is outside the int64 range")
+            return ir.Const(type(v).__name__, p, v)
         x = self.value(node.operand, d)
         if not self.numeric(node.operand, x, "unary " + ("-" if isinstance(node.op, ast.USub) else "+")):
             return ir.Node("err", p)
@@ -296,8 +302,7 @@ class Checker:
                     items.append((e, self.visit(e, d)))
                 elif isinstance(e, ast.UnaryOp) and isinstance(e.op, ast.USub) and isinstance(e.operand, ast.Constant) \
                         and isinstance(e.operand.value, (int, float)) and not isinstance(e.operand.value, bool):
-                    c = self.visit(e.operand, d)
-                    items.append((e, c if c.type == "err" else ir.Const(c.type, c.pos, -c.value)))
+                    items.append((e, self.visit(e, d)))
                 elif isinstance(e, ast.Name) and isinstance(self.sym.resolve(e.id), ConstantDef) \
                         and not isinstance(self.sym.resolve(e.id).value, tuple):
                     items.append((e, self.visit(e, d)))
