@@ -50,6 +50,21 @@ def _raw_delta(fn, iterations: int, warmup: int, windows: int) -> list[int]:
     return out
 
 
+def top_allocators(fn, iterations: int, limit: int = 5) -> list[str]:
+    """Where net new memory comes from (tracemalloc, by line) over ``iterations`` calls:
+    printed when a window is not 0, so a leak names its line."""
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        for _ in range(iterations):
+            fn()
+        stats = tracemalloc.take_snapshot().compare_to(before, "lineno")
+    finally:
+        tracemalloc.stop()
+    return [str(st) for st in stats if st.count_diff > 0][:limit]
+
+
 def worker_loop(cfg, batch: int, instance: str):
     """(step, close): ``step()`` moves one batch of ``batch`` events through rings + kernel."""
     from bench.events import random_records
@@ -132,6 +147,7 @@ def run(a) -> int:
         step, close, rs = worker_loop(cfg, batch, instance)
         try:
             w = blocks_delta(step, iters, warmup=min(iters, 1000))
+            leaks = top_allocators(step, min(iters, 10_000)) if w[-1] > 0 else []
         finally:
             close()
         ok = w[-1] <= 0
@@ -139,6 +155,8 @@ def run(a) -> int:
         print(f"worker loop (rings + kernel, in-process equivalent): net blocks per window of "
               f"{iters * batch} events: {w}; steady state (last window) {w[-1] / (iters * batch):+.5f}"
               f" blocks/event [{'OK' if ok else 'ALLOCATES'}; target 0]")
+        for line in leaks:
+            print(f"  {line}")
     except ImportError as e:
         print(f"worker loop: not measured ({e})")
     n = max(1, iters // 10)

@@ -2,7 +2,7 @@
 on the real ingress codec."""
 from __future__ import annotations
 
-from bench.alloc import blocks_delta, ingress_codec
+from bench.alloc import blocks_delta, ingress_codec, top_allocators
 from engine.config import load_config
 
 
@@ -22,3 +22,13 @@ def test_ingress_codec_step_runs_on_the_default_config():
     step()
     w = blocks_delta(step, 200, 50)
     assert len(w) == 3 and all(isinstance(x, int) for x in w)
+
+
+def test_top_allocators_names_the_leaking_line():
+    kept = []
+
+    def leak():
+        kept.append(bytearray(100))
+
+    lines = top_allocators(leak, 200)
+    assert lines and "test_alloc.py" in lines[0]
