@@ -108,7 +108,9 @@ class Router:
         sock = ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 1000)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, self.cfg.ingress.max_frame_bytes + 4096)
+        # Frames up to max_frame_bytes are decoded; up to twice that they get FRAME_TOO_LARGE;
+        # beyond, ZeroMQ drops the connection before buffering them (memory bound).
+        sock.setsockopt(zmq.MAXMSGSIZE, 2 * self.cfg.ingress.max_frame_bytes + 4096)
         sock.setsockopt(zmq.RCVHWM, 100_000)
         sock.setsockopt(zmq.SNDHWM, 100_000)
         curve = self.cfg.ingress.curve

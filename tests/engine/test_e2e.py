@@ -124,16 +124,25 @@ def _raw(engine, frames: list[bytes], dealer: bool = False) -> list[bytes]:
         s.close(0)
 
 
-@pytest.mark.parametrize("body,code", [
-    (b"{not json", "BAD_JSON"),
-    (json.dumps({"request_id": 3, "event": {"account_id": 1, "nope": 2}}).encode(), "UNKNOWN_FIELD"),
-    (json.dumps({"request_id": 4, "event": {"account_id": -1}}).encode(), "OUT_OF_RANGE"),
-    (json.dumps({"request_id": 5, "events": []}).encode(), "BAD_COUNT"),
+def _full_event(schema, **over) -> dict:
+    ev = EventConverter(schema).to_events(random_events(np.random.default_rng(3), schema, 1))[0]
+    ev.update(over)
+    return ev
+
+
+@pytest.mark.parametrize("make,code", [
+    (lambda s: b"{not json", "BAD_JSON"),
+    (lambda s: {"request_id": 3, "event": _full_event(s, nope=2)}, "UNKNOWN_FIELD"),
+    (lambda s: {"request_id": 3, "event": {"account_id": 1}}, "MISSING_FIELD"),
+    (lambda s: {"request_id": 4, "event": _full_event(s, account_id=-1)}, "OUT_OF_RANGE"),
+    (lambda s: {"request_id": 4, "event": _full_event(s, amount="12")}, "BAD_FIELD"),
+    (lambda s: {"request_id": 5, "events": []}, "BAD_COUNT"),
 ])
-def test_bad_json_gets_error_and_engine_keeps_serving(engine, reference, body, code):
-    rep = json.loads(_raw(engine, [body])[0])
-    assert rep["error"]["code"] == code
+def test_bad_json_gets_error_and_engine_keeps_serving(engine, reference, make, code):
     schema, rs = reference
+    body = make(schema)
+    rep = json.loads(_raw(engine, [body if isinstance(body, bytes) else json.dumps(body).encode()])[0])
+    assert rep["error"]["code"] == code
     with Client(engine.endpoint, schema, timeout_ms=10_000, retries=0) as c:
         rec = random_events(np.random.default_rng(7), schema, 1)
         assert c.evaluate_batch(rec)[0].action == _expected(rs, rec[0])[0]
@@ -184,3 +193,35 @@ def test_sigkill_then_restart_reclaims_stale_segments(tmp_path):
         now = shm_entries(eng.instance)
         assert not set(stale) & set(now), "stale segments of the dead instance survived"
         assert "reclaimed" in eng2.output()
+
+
+def _binary_cases(schema):
+    from ingress import wire
+    rec = random_events(np.random.default_rng(4), schema, 2)
+    good = wire.pack_request(schema.hash, rec, 1, 9)
+    nan = rec.copy()
+    nan["amount"][1] = np.nan
+    return [
+        (b"XXXX" + good[4:], "BAD_MAGIC"),
+        (good[:4] + (9).to_bytes(2, "little") + good[6:], "BAD_VERSION"),
+        (wire.pack_request(schema.hash ^ 1, rec, 1, 9), "SCHEMA_MISMATCH"),
+        (good[:-1], "BAD_LENGTH"),
+        (wire.pack_request(schema.hash, rec[:0], 1, 9), "BAD_COUNT"),
+        (wire.pack_request(schema.hash, np.zeros(4097, schema.dtype), 1, 9), "BAD_COUNT"),
+        (good + bytes(1 << 20), "FRAME_TOO_LARGE"),
+        (wire.pack_request(schema.hash, nan, 1, 9), "NON_FINITE"),
+        (wire.pack_request(schema.hash, rec, 1, 9, flags=0x80), "BAD_FLAGS"),
+    ]
+
+
+def test_bad_binary_requests_get_their_codes(engine, reference):
+    from engine.types import ErrorCode
+    from ingress import wire
+    schema, rs = reference
+    for frame, code in _binary_cases(schema):
+        rid, err, dec, msg = wire.unpack_reply(_raw(engine, [frame])[0])
+        assert ErrorCode(err).name == code, (code, msg)
+        assert dec is None and msg
+    with Client(engine.endpoint, schema, timeout_ms=10_000, retries=0) as c:   # still serving
+        rec = random_events(np.random.default_rng(8), schema, 3)
+        assert [d.action for d in c.evaluate_batch(rec)] == [_expected(rs, r)[0] for r in rec]
