@@ -31,6 +31,24 @@ class RecoveryReport:
     torn: TornTail | None         # ignored torn tail of the journal, if any
 
 
+def _check_holds(reader: JournalReader, seq: int, where: str) -> None:
+    """Raise RecoveryError unless the journal can continue a state that includes records 1..seq:
+    record seq itself is present (seq > 0), or the journal starts at 1 (seq == 0)."""
+    segs = reader.segments()
+    if seq == 0:
+        if segs and segs[0].first_seq != 1:
+            raise RecoveryError(f"{where}: no snapshot seq and the journal starts at seq "
+                                f"{segs[0].first_seq}, not 1")
+        return
+    try:
+        first = next(reader.iter_batches(from_seq=seq, batch_records=1), None)
+    except JournalGapError as e:
+        raise RecoveryError(f"{where}: snapshot seq {seq} is not in the journal ({e})") from None
+    if first is None:
+        raise RecoveryError(f"{where}: the snapshot includes seq {seq} but the journal ends at "
+                            f"seq {reader.last_seq}")
+
+
 def recover(snapshot_dir: str, journal_dir: str, apply_batch: Callable[[np.ndarray], object], *,
             event_dtype: np.dtype, schema_hash: int,
             restore: Callable[[Snapshot | None], object], writer_id: int = 0,
@@ -39,35 +57,23 @@ def recover(snapshot_dir: str, journal_dir: str, apply_batch: Callable[[np.ndarr
 
     ``restore`` receives the newest snapshot that validates (None: start from empty state);
     ``apply_batch`` receives journal records (journal_dtype) with seq > S, in order, as
-    batches of at most ``batch_records``. Raises RecoveryError when the journal does not
-    hold record S (it was lost or retention removed it) or no longer starts at seq 1 when
-    there is no snapshot; JournalCorruptError propagates for a corrupt non-final segment.
+    batches of at most ``batch_records``. Raises RecoveryError, before ``restore`` is called,
+    when the journal does not hold record S (lost, or removed by retention) or no longer starts
+    at seq 1 when there is no snapshot. JournalCorruptError (a corrupt non-final segment)
+    propagates from the replay, after ``restore``: the caller's state is then partial.
     """
     snap, refused = SnapshotStore(snapshot_dir).load_latest()
     seq = snap.journal_seq.get(writer_id, 0) if snap is not None else 0
     reader = JournalReader(journal_dir, event_dtype, schema_hash, writer_id)
-    where = f"snapshot={snap.path if snap else None} journal={journal_dir} writer={writer_id}"
-    segs = reader.segments()
-    if seq == 0 and segs and segs[0].first_seq != 1:
-        raise RecoveryError(f"{where}: no snapshot and the journal starts at seq {segs[0].first_seq}, not 1")
+    _check_holds(reader, seq, f"snapshot={snap.path if snap else None} journal={journal_dir} "
+                              f"writer={writer_id}")
     restore(snap)
     replayed = 0
-    seen_s = seq == 0
-    try:
-        for batch in reader.iter_batches(from_seq=max(seq, 1), batch_records=batch_records):
-            if not seen_s:                       # the first record must be S itself: proves
-                seen_s = True                    # the journal still holds what the snapshot has
-                batch = batch[1:]
-            if len(batch):
-                apply_batch(batch)
-                replayed += len(batch)
-    except JournalGapError as e:
-        raise RecoveryError(f"{where}: snapshot seq {seq} is not in the journal ({e})") from None
-    if not seen_s:
-        raise RecoveryError(f"{where}: the snapshot includes seq {seq} but the journal ends at "
-                            f"seq {reader.last_seq}")
+    for batch in reader.iter_batches(from_seq=seq + 1, batch_records=batch_records):
+        apply_batch(batch)
+        replayed += len(batch)
     return RecoveryReport(snap.path if snap else None, seq, tuple(refused), replayed,
-                          reader.last_seq, reader.torn)
+                          max(reader.last_seq, seq), reader.torn)
 
 
 def recover_all(snapshot_dir: str, journal_dir: str,
@@ -86,21 +92,8 @@ def recover_all(snapshot_dir: str, journal_dir: str,
     ids = sorted(set(list_writers(journal_dir)) | set(seqs)) if writers is None else list(writers)
     where = f"snapshot={snap.path if snap else None} journal={journal_dir}"
     for w in ids:                                 # every S must still be in its journal
-        s = seqs.get(w, 0)
-        r = JournalReader(journal_dir, event_dtype, schema_hash, w)
-        segs = r.segments()
-        if s == 0:
-            if segs and segs[0].first_seq != 1:
-                raise RecoveryError(f"{where} writer={w}: no snapshot seq and the journal starts at "
-                                    f"seq {segs[0].first_seq}, not 1")
-            continue
-        try:
-            first = next(r.iter_batches(from_seq=s, batch_records=1), None)
-        except JournalGapError as e:
-            raise RecoveryError(f"{where} writer={w}: snapshot seq {s} is not in the journal ({e})") from None
-        if first is None:
-            raise RecoveryError(f"{where} writer={w}: the snapshot includes seq {s} but the journal "
-                                f"ends at seq {r.last_seq}")
+        _check_holds(JournalReader(journal_dir, event_dtype, schema_hash, w), seqs.get(w, 0),
+                     f"{where} writer={w}")
     restore(snap)
     counts = dict.fromkeys(ids, 0)
     for recs, wid in iter_merged(journal_dir, event_dtype, schema_hash, ids,

@@ -152,7 +152,7 @@ def test_no_snapshot_and_truncated_journal_is_an_error(tmp_path):
                       JournalConfig(segment_bytes=4096 + 16 * 100, fsync="none", max_files=2))
     w.append_batch(w.empty_batch(1000))
     w.close()
-    with pytest.raises(RecoveryError, match="no snapshot and the journal starts at seq"):
+    with pytest.raises(RecoveryError, match="no snapshot seq and the journal starts at seq"):
         rebuild(tmp_path / "s", tmp_path / "j")
 
 
