@@ -12,6 +12,7 @@ def run(args) -> int:
     import json
     import sys
     from engine import rundir
+    from engine.topology import pages_by_node
     found = []
     for d, pid in rundir.live_instances():
         if args.instance and d.name != args.instance:
@@ -39,6 +40,12 @@ def run(args) -> int:
             cpu = p["cpu"] if p["cpu"] >= 0 else "-"
             node = p["node"] if p["node"] >= 0 else "-"
             print(f"  {p['pid']:>8}  {p['role']:<12} {cpu:>4} {node:>5}")
+        pids = {p["role"]: p["pid"] for p in st["processes"]}
         for w, (req, resp, bell) in enumerate(st["rings"]):
-            print(f"  worker {w} rings: /dev/shm{req}, /dev/shm{resp}; doorbell /dev/shm/sem.{bell[1:]}")
+            where = []
+            for name in (req, resp):
+                nodes = pages_by_node(pids.get(f"worker {w}", -1), name)
+                where.append(",".join(f"node{n}:{c}p" for n, c in sorted(nodes.items())) or "not mapped")
+            print(f"  worker {w} rings: /dev/shm{req} [{where[0]}], /dev/shm{resp} [{where[1]}]; "
+                  f"doorbell /dev/shm/sem.{bell[1:]}")
     return 0

@@ -94,3 +94,21 @@ def pin_self(cpu: int) -> None:
     pinning keeps pages on the CPU's node)."""
     if cpu >= 0:
         os.sched_setaffinity(0, {cpu})
+
+
+def pages_by_node(pid: int, path_fragment: str, numa_maps_root: str = "/proc") -> dict[int, int]:
+    """Resident pages per NUMA node of the mappings of ``pid`` whose file contains
+    ``path_fragment`` (from /proc/PID/numa_maps): where a process's rings really live."""
+    out: dict[int, int] = {}
+    try:
+        lines = Path(numa_maps_root, str(pid), "numa_maps").read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        if path_fragment not in line:
+            continue
+        for tok in line.split():
+            if tok.startswith("N") and "=" in tok and tok[1:tok.index("=")].isdigit():
+                node, pages = tok[1:].split("=", 1)
+                out[int(node)] = out.get(int(node), 0) + int(pages)
+    return out

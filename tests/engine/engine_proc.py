@@ -45,7 +45,7 @@ def default_raw() -> dict:
 
 class EngineProcess:
     def __init__(self, tmp_path: Path, workers: int = 1, overrides: dict | None = None,
-                 metrics: bool = True, extra_args: tuple = ()):
+                 metrics: bool = True, extra_args: tuple = (), prefix: tuple = ()):
         self.tmp = Path(tmp_path)
         self.instance = "t" + uuid.uuid4().hex[:10]
         self.port = free_port()
@@ -64,6 +64,7 @@ class EngineProcess:
         self.config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
         self.raw = raw
         self.extra_args = extra_args
+        self.prefix = prefix                  # e.g. ("numactl", "--cpunodebind=0", ...)
         self.log_path = self.tmp / f"{self.instance}.log"
         self.proc: subprocess.Popen | None = None
 
@@ -79,7 +80,7 @@ class EngineProcess:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.log = open(self.log_path, "w+")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "engine.cli", "serve", "--config", str(self.config_path),
+            [*self.prefix, sys.executable, "-m", "engine.cli", "serve", "--config", str(self.config_path),
              *self.extra_args], stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO, env=env,
             start_new_session=True)
         t_end = time.monotonic() + READY_TIMEOUT_S

@@ -55,3 +55,16 @@ def test_this_machine():
     topo = read_topology()
     assert topo.node_of_cpu
     assert all(n >= 0 for n in topo.node_of_cpu.values())
+
+
+def test_pages_by_node_reads_numa_maps(tmp_path):
+    from engine.topology import pages_by_node
+    d = tmp_path / "42"
+    d.mkdir()
+    (d / "numa_maps").write_text(
+        "7f00 default file=/dev/shm/risk-engine.x.1.req0 dirty=3 active=0 N0=2 N1=5 kernelpagesize_kB=4\n"
+        "7f10 default file=/dev/shm/risk-engine.x.1.resp0 N1=4 kernelpagesize_kB=4\n"
+        "7f20 default file=/usr/lib/libc.so N0=9\n")
+    assert pages_by_node(42, "risk-engine.x.1.req0", str(tmp_path)) == {0: 2, 1: 5}
+    assert pages_by_node(42, "resp0", str(tmp_path)) == {1: 4}
+    assert pages_by_node(43, "req0", str(tmp_path)) == {}
