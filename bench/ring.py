@@ -130,6 +130,38 @@ def throughput(total: int, batch: int, capacity: int) -> float:
         _cleanup(made)
 
 
+def call_costs(capacity: int, n: int = 100_000) -> dict:
+    """Per-call cost in us of the ring API in one process (no scheduling noise)."""
+    made = []
+    try:
+        ring = OneToOneRing.create("calls", capacity, MSG_DTYPE, instance=INSTANCE)
+        made.append(ring)
+        peer = OneToOneRing.attach(ring.name, MSG_DTYPE)
+        one = np.zeros(1, MSG_DTYPE)
+        out = {}
+        for batch in (1, 64):
+            recs = np.zeros(batch, MSG_DTYPE)
+            t0 = time.perf_counter_ns()
+            for _ in range(n):
+                ring.try_publish(recs)
+                v1, v2 = peer.try_drain(batch)
+                peer.release(len(v1) + len(v2))
+            out[f"publish+drain+release batch={batch}"] = (time.perf_counter_ns() - t0) / n / 1000
+        t0 = time.perf_counter_ns()
+        for _ in range(n):
+            peer.try_drain(1)
+        out["try_drain on empty"] = (time.perf_counter_ns() - t0) / n / 1000
+        t0 = time.perf_counter_ns()
+        for _ in range(n):
+            peer.available()
+        out["available"] = (time.perf_counter_ns() - t0) / n / 1000
+        del one, v1, v2
+        peer.close()
+        return out
+    finally:
+        _cleanup(made)
+
+
 def _cleanup(made) -> None:
     for obj in made:
         obj.unlink()
@@ -145,6 +177,9 @@ def main(argv=None) -> int:
     ap.add_argument("--spins-us", type=float, nargs="+", default=[0.0, 5.0, 50.0])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 16, 256])
     args = ap.parse_args(argv)
+    print("OneProcessCallCost (the ring API's own cost, no other process involved)")
+    for k, v in call_costs(args.capacity).items():
+        print(f"  {k:38s} {v:6.2f} us")
     print(f"PingPongLatency (2 processes, 64 B slots, semaphore doorbell, {args.round_trips} round trips)")
     print(f"  {'spin_us':>8} {'p50_us':>8} {'p99_us':>8} {'p99.9_us':>9} {'max_us':>9}")
     for spin in args.spins_us:

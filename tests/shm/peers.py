@@ -8,7 +8,7 @@ Two ways in:
 """
 from __future__ import annotations
 
-import os
+import multiprocessing as mp
 import sys
 import time
 
@@ -176,6 +176,39 @@ def serve(conn) -> None:
             conn.send(COMMANDS[cmd](*args))
         except Exception as e:           # reported to the test, which fails with it
             conn.send(("error", f"{type(e).__name__}: {e}"))
+
+
+class Peer:
+    """A spawned process running tests.shm.peers.serve; ``call`` runs one command there."""
+
+    def __init__(self):
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=serve, args=(child,), daemon=True)
+        self.proc.start()
+        child.close()
+
+    def start(self, cmd: str, *args) -> None:
+        self.conn.send((cmd, args))
+
+    def result(self, timeout_s: float = 90.0):
+        if not self.conn.poll(timeout_s):
+            raise TimeoutError(f"peer gave no answer within {timeout_s} s")
+        return self.conn.recv()
+
+    def call(self, cmd: str, *args, timeout_s: float = 90.0):
+        self.start(cmd, *args)
+        return self.result(timeout_s)
+
+    def stop(self) -> None:
+        try:
+            self.conn.send(None)
+        except OSError:
+            pass
+        self.proc.join(10)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(5)
 
 
 def _main(argv: list[str]) -> int:

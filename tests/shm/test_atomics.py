@@ -12,6 +12,7 @@ from shm.atomics import (compare_and_swap, compare_and_swap_py, fence_seq_cst_py
                          load_acquire, load_acquire_py, pause, prefetch, store_release,
                          store_release_py)
 from shm.segment import Segment
+from tests.shm.peers import Peer
 
 READY, FLAG, GO, COUNTER = 0, 8, 16, 24      # words on separate cache lines
 
@@ -83,7 +84,6 @@ def test_njit_spin_on_acquire_load_sees_other_process_store(words, peer):
 
 @pytest.mark.parametrize("use_cas", [False, True])
 def test_fetch_add_and_cas_from_two_processes_sum_exactly(instance, use_cas):
-    from tests.shm.conftest import Peer
     seg = Segment.create(instance, "adders", 4096)
     a = seg.array(np.int64, 0, 64)
     n = 200_000 if use_cas else 1_000_000
