@@ -16,7 +16,6 @@ import os
 import signal
 import sys
 import time
-from collections import OrderedDict
 
 import numpy as np
 import zmq
@@ -27,6 +26,7 @@ from engine.rings import EngineRings
 from engine.topology import pin_self
 from engine.types import Action, DecisionFlag, ErrorCode, RESPONSE_SLOT_DTYPE, request_slot_dtype
 from ingress.codec import Codec, RulesetMeta, split_envelope
+from ingress.dedup import IdempotencyWindow
 from ingress.wire import WireError
 from shm.doorbell import EventfdDoorbell
 
@@ -36,7 +36,6 @@ EPOCH_SHIFT = 40                      # request sequence = (ingress epoch << 40)
                                       # restarted ingress never matches a predecessor's token
 _HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
 _TRANSPORT = {"binary": 0, "json": 1}
-MAX_DEDUP_ENTRIES = 1 << 20
 
 
 class _Pending:
@@ -46,7 +45,7 @@ class _Pending:
 
     def __init__(self, seq, envelope, req, n, arrival_ns, deadline_ns, workers, dedup_key):
         self.seq = seq
-        self.envelopes = [envelope]
+        self.envelopes = [(envelope, req)]   # a retry in flight adds its own (envelope, req)
         self.req = req
         self.slots = np.zeros(n, RESPONSE_SLOT_DTYPE)
         self.remaining = n
@@ -79,10 +78,9 @@ class Router:
         self.default_deadline_ns = cfg.ingress.default_deadline_ms * 1_000_000
         self.timeout_action = int(Action.ALLOW if cfg.ingress.on_timeout == "allow" else Action.BLOCK)
         self.overload_action = {"error": -1, "allow": 0, "review": 1, "block": 2}[cfg.ingress.on_overload]
-        self.dedup_window_ns = cfg.ingress.dedup_window_s * 1_000_000_000
         self.pending: dict[int, _Pending] = {}
         self.deadlines: list[tuple[int, int]] = []
-        self.dedup: OrderedDict = OrderedDict()        # (client, request) -> (expiry, _Pending)
+        self.dedup = IdempotencyWindow(cfg.ingress.dedup_window_s * 1_000_000_000)
         self.metas: dict[int, RulesetMeta] = {}
         self.sock: zmq.Socket | None = None
         epoch = (int(self.block.view("supervisor.ingress_restarts")[0]) + 1) % 256
@@ -201,19 +199,20 @@ class Router:
             req = self.codec.decode(body)
         except WireError as e:
             return self._reply_error(envelope, e)
-        dkey = None
-        if req.client_id and self.dedup_window_ns:
-            dkey = (req.client_id, req.request_id)
-            hit = self.dedup.get(dkey)
-            if hit is not None and hit[0] > now_ns:
-                self.c_dedup[0] += 1
-                p = hit[1]
-                if p.remaining:                    # first copy still in flight: answer both
-                    p.envelopes.append(envelope)
-                else:
-                    self._send(envelope, p, duplicate=True)
-                return
         n = len(req.records)
+        dkey = None
+        if req.client_id and self.dedup.enabled:
+            dkey = (req.client_id, req.request_id)
+            p = self.dedup.pending(dkey)
+            if p is not None and len(p.slots) == n:   # first copy in flight: answer both
+                self.c_dedup[0] += 1
+                p.envelopes.append((envelope, req))
+                return
+            slots = self.dedup.decided_slots(dkey, now_ns, n)
+            if slots is not None:
+                self.c_dedup[0] += 1
+                self._send(envelope, req, slots)
+                return
         if self.n_workers == 1:
             groups = ((0, None),)
         else:
@@ -242,17 +241,7 @@ class Router:
         heapq.heappush(self.deadlines, (deadline, seq))
         self.c_inflight[0] = len(self.pending)
         if dkey is not None:
-            self._remember(dkey, p, now_ns)
-
-    def _remember(self, dkey, p: _Pending, now_ns: int) -> None:
-        d = self.dedup
-        d[dkey] = (now_ns + self.dedup_window_ns, p)
-        d.move_to_end(dkey)
-        while d:                                   # expiry is monotonic: drop from the front
-            k, (exp, _) = next(iter(d.items()))
-            if exp > now_ns and len(d) <= MAX_DEDUP_ENTRIES:
-                break
-            del d[k]
+            self.dedup.start(dkey, p)
 
     def _overloaded(self, envelope, req, n: int, now_ns: int) -> None:
         if self.overload_action < 0:
@@ -331,10 +320,16 @@ class Router:
     def _finish(self, p: _Pending, code: int) -> None:
         self.pending.pop(p.seq, None)
         self.c_inflight[0] = len(self.pending)
-        for env in p.envelopes:
-            self._send(env, p)
+        for i, (env, req) in enumerate(p.envelopes):
+            slots = p.slots
+            if i:                                  # retries that arrived while in flight
+                slots = slots.copy()
+                slots["flags"] |= np.uint8(DecisionFlag.DUPLICATE)
+            self._send(env, req, slots)
         t = _TRANSPORT[p.req.kind]
         now = time.monotonic_ns()
+        if p.dedup_key is not None:
+            self.dedup.finish(p.dedup_key, p.slots, now)
         self.c_requests[t, code] += 1
         acts = p.slots["action"]
         if len(acts) == 1:
@@ -347,20 +342,16 @@ class Router:
             observe(self.c_stage[1], LATENCY_BOUNDS_NS, p.first_resp_ns - p.routed_ns)
             observe(self.c_stage[2], LATENCY_BOUNDS_NS, now - p.first_resp_ns)
 
-    def _send(self, envelope, p: _Pending, duplicate: bool = False) -> None:
-        slots = p.slots
-        if duplicate:
-            slots = slots.copy()
-            slots["flags"] |= np.uint8(DecisionFlag.DUPLICATE)
+    def _send(self, envelope, req, slots: np.ndarray) -> None:
         metas = None
-        if p.req.kind == "json":
+        if req.kind == "json":
             metas = {g: self.meta(g) for g in set(slots["generation"].tolist())}
             metas = {g: m for g, m in metas.items() if m is not None}
         try:
-            self.sock.send_multipart(envelope + [self.codec.encode_reply(p.req, slots, metas)],
+            self.sock.send_multipart(envelope + [self.codec.encode_reply(req, slots, metas)],
                                      zmq.NOBLOCK)
         except zmq.Again:                          # the client stopped reading: drop, counted
-            self.c_requests[_TRANSPORT[p.req.kind], int(ErrorCode.INTERNAL)] += 1
+            self.c_requests[_TRANSPORT[req.kind], int(ErrorCode.INTERNAL)] += 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -116,6 +116,19 @@ def test_retry_with_same_ids_is_answered_once(engine, schema):
     assert rid == 1 and err == 0
     assert dec["action"][0] == {"allow": 0, "review": 1, "block": 2}[first.action]
     assert dec["score"][0] == first.score and dec["flags"][0] & 16      # DUPLICATE
+    # the same ids in JSON: answered in JSON, from the same first decision
+    from ingress.jsonevents import EventConverter
+    body = {"request_id": 1, "client_id": 4242, "events": EventConverter(schema).to_events(rec)}
+    s = zmq.Context.instance().socket(zmq.REQ)
+    s.linger = 0
+    s.connect(engine.endpoint)
+    import json
+    s.send(json.dumps(body).encode())
+    assert s.poll(5000)
+    rep = json.loads(s.recv())
+    s.close(0)
+    d = rep["decisions"][0]
+    assert d["action"] == first.action and d["score"] == first.score and "DUPLICATE" in d["flags"]
     assert events_done(engine) == before + 1                            # evaluated once
 
 
