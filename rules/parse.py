@@ -88,8 +88,8 @@ def check_depth(node: ast.AST) -> None:
                             f"expression nests deeper than {MAX_DEPTH} levels")
         if count > MAX_NODES:
             raise ExprError(1, 0, f"expression has more than {MAX_NODES} nodes")
-        for child in ast.iter_child_nodes(n):
-            stack.append((child, d + 1))
+        for child in ast.iter_child_nodes(n):   # contexts and operator tokens add no depth
+            stack.append((child, d + 1 if isinstance(child, ast.expr) else d))
 
 
 def allowlist(node: ast.AST) -> list[ExprError]:

@@ -165,3 +165,23 @@ def test_cache_survives_restart(files, tmp_path):
     assert runs[1]["hits"] == 1 and runs[1]["misses"] == 0
     assert runs[0]["path"] == runs[1]["path"] and runs[0]["path"].startswith(str(cache))
     assert any(n.endswith(".nbi") for n in os.listdir(cache / "__pycache__"))
+
+
+def test_extension_symbols_become_kernel_arguments(files, all_schema, kernel_cache):
+    """The hook for features/lists (issue 4): extra state arrays after ``errors``."""
+    from tests.rules.test_passes import _Blocked, _Count
+    path = files / "ext.yaml"
+    path.write_text("ruleset: ext\nversion: 1\nrules:\n"
+                    "  - {id: velocity, when: 'txn_count_1m > 5', action: review, score: 10}\n"
+                    "  - {id: listed, when: 'u32f in blocked_ips', action: block}\n")
+    rs = compile_ruleset([str(path)], all_schema, cache_dir=kernel_cache,
+                         extensions={"txn_count_1m": _Count(), "blocked_ips": _Blocked()})
+    ev = _events(all_schema, u32f=[7, 8, 9])
+    out, bits, hits, errors = rs.new_buffers(3)
+    counts = np.array([6, 1, 9], np.int64)
+    blocked = np.array([7, 9], np.int64)
+    rs.kernel(ev, out, bits, hits, errors, counts, blocked)
+    assert list(out["action"]) == [Action.BLOCK, Action.ALLOW, Action.BLOCK]
+    assert list(out["nfired"]) == [2, 0, 2]
+    st = {"count": 6, "blocked": {7, 9}}
+    assert rs.reference(ev[0], st) == (Action.BLOCK, 10.0, frozenset({0, 1}))

@@ -1,0 +1,53 @@
+"""`risk-engine check` and `risk-engine test-rules`, in process, on the shipped examples."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine.cli import main
+from engine.config import load_config
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "rules" / "examples"
+
+
+def test_default_config_loads_the_example_packs_of_100_rules(capsys):
+    files = load_config(None).rules.files
+    assert [Path(f).name for f in files] == ["payments.yaml", "pretrade.yaml"]
+    assert main(["check", "--no-kernel"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("ok: payments@7+pretrade@3: ")
+    assert int(line.split(": ")[2].split()[0]) >= 100
+
+
+def test_check_compiles_and_reports_errors(write_rules, kernel_cache, capsys):
+    good = write_rules("ruleset: g\nversion: 1\nrules:\n  - {id: a, when: 'qty > 1'}\n", "g.yaml")
+    assert main(["check", "--rules", good, "--cache-dir", str(kernel_cache)]) == 0
+    assert "ok: g@1: 1 rules (1 enforce, 0 shadow), kernel k_" in capsys.readouterr().out
+    bad = write_rules("ruleset: b\nversion: 1\nrules:\n  - {id: x, when: 'qty > 1 and foo'}\n"
+                      "  - {id: c, when: \"country == 'NG'\"}\n", "b.yaml")
+    assert main(["check", "--rules", good, bad, "--no-kernel"]) == 1
+    cap = capsys.readouterr()
+    assert cap.out.splitlines() == [
+        f"{bad}:4:31: rule x: unknown name 'foo' (not a field, constant, feature or list)",
+        f"{bad}:5:30: rule c: str literal 'NG' compared with bytes2 field country: write b'NG'",
+    ]
+    assert "2 errors; ruleset refused" in cap.err
+
+
+def test_example_cases_pass(kernel_cache, capsys):
+    for pack in ("payments", "pretrade"):
+        rc = main(["test-rules", "--rules", str(EXAMPLES / f"{pack}.yaml"),
+                   "--cases", str(EXAMPLES / f"{pack}_cases.yaml"), "--cache-dir", str(kernel_cache)])
+        out = capsys.readouterr().out
+        assert rc == 0, out
+        assert "FAIL" not in out and out.count("PASS  ") >= 15
+
+
+def test_failing_case_exits_1(write_rules, kernel_cache, capsys):
+    rules = write_rules("ruleset: g\nversion: 1\nrules:\n  - {id: a, when: 'qty > 1', action: block, score: 5}\n", "g.yaml")
+    cases = write_rules("cases:\n  - {name: ok, event: {qty: 2}, expect: {action: block, score: 5, fired: [a]}}\n"
+                        "  - {name: wrong, event: {qty: 0}, expect: {action: block, fired: [a]}}\n", "c.yaml")
+    assert main(["test-rules", "--rules", rules, "--cases", cases, "--cache-dir", str(kernel_cache)]) == 1
+    out = capsys.readouterr().out
+    assert "PASS  c.yaml: ok" in out and "FAIL  c.yaml: wrong" in out
+    assert "action: expected block, got allow" in out and "fired: missing a" in out
+    assert "PASS: 1/2" in out and "FAIL: 1/2" in out
