@@ -80,6 +80,27 @@ class RulesConfig:
 
 
 @dataclass(frozen=True)
+class DurabilityConfig:
+    """journal: + snapshot: sections. Directories may contain {instance}."""
+    journal_enabled: bool = True
+    journal_dir: str = "/var/tmp/risk-engine/{instance}/journal"
+    fsync: str = "interval_ms"          # none | interval_ms | batch (docs/DURABILITY.md)
+    interval_ms: int = 10
+    segment_bytes: int = 16 << 20
+    max_files: int = 0
+    max_age_s: int = 0
+    snapshot_dir: str = "/var/tmp/risk-engine/{instance}/snapshots"
+    snapshot_interval_s: int = 60
+    snapshot_keep: int = 3
+
+    def journal_config(self):
+        from engine.journal import JournalConfig
+        return JournalConfig(segment_bytes=self.segment_bytes, fsync=self.fsync,
+                             interval_ms=self.interval_ms, max_files=self.max_files,
+                             max_age_s=self.max_age_s)
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     ingress: IngressConfig
@@ -89,6 +110,7 @@ class Config:
     rings: RingsConfig
     schema: Schema
     rules: RulesConfig
+    durability: DurabilityConfig = DurabilityConfig()
     features: Mapping[str, Any] = field(default_factory=dict)   # validated by the features layer
     lists: Mapping[str, Any] = field(default_factory=dict)
     state: Mapping[str, Any] = field(default_factory=dict)
@@ -160,8 +182,34 @@ def _is_loopback_bind(addr: str) -> bool:
     return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
 
 
+def _durability(raw: Mapping, base: Path) -> DurabilityConfig:
+    d = DurabilityConfig
+    j = _section(raw, "journal", {"enabled", "dir", "fsync", "interval_ms", "segment_bytes",
+                                  "max_files", "max_age_s"})
+    s = _section(raw, "snapshot", {"dir", "interval_s", "keep"})
+    jdir = _str(j, "journal", "dir", d.journal_dir)
+    sdir = _str(s, "snapshot", "dir", d.snapshot_dir)
+    out = DurabilityConfig(
+        journal_enabled=_bool(j, "journal", "enabled", True),
+        journal_dir=_resolve(base, jdir) if "dir" in j else jdir,
+        fsync=_str(j, "journal", "fsync", d.fsync, ("none", "interval_ms", "batch")),
+        interval_ms=_int(j, "journal", "interval_ms", d.interval_ms, 1, 60_000),
+        segment_bytes=_int(j, "journal", "segment_bytes", d.segment_bytes, 1 << 16, 1 << 40),
+        max_files=_int(j, "journal", "max_files", 0, 0, 1 << 20),
+        max_age_s=_int(j, "journal", "max_age_s", 0, 0, 1 << 31),
+        snapshot_dir=_resolve(base, sdir) if "dir" in s else sdir,
+        snapshot_interval_s=_int(s, "snapshot", "interval_s", d.snapshot_interval_s, 1, 86_400),
+        snapshot_keep=_int(s, "snapshot", "keep", d.snapshot_keep, 1, 1000))
+    try:
+        out.journal_config()
+    except ValueError as e:
+        msg = str(e)
+        raise ConfigError(msg.split(":", 1)[0], msg.split(":", 1)[1].strip()) from None
+    return out
+
+
 _TOP = {"ingress", "metrics", "admin", "workers", "rings", "schema", "rules",
-        "features", "lists", "state", "instance"}
+        "features", "lists", "state", "instance", "journal", "snapshot"}
 
 
 def parse_config(raw: Mapping | None, path: str = "<memory>") -> Config:
@@ -233,6 +281,8 @@ def parse_config(raw: Mapping | None, path: str = "<memory>") -> Config:
                         on_error=_str(s, "rules", "on_error", "skip", ("skip", "fire")),
                         watch=_bool(s, "rules", "watch", False))
 
+    durability = _durability(raw, base)
+
     extra = {}
     for k in ("features", "lists", "state"):
         v = raw.get(k, {}) or {}
@@ -243,7 +293,8 @@ def parse_config(raw: Mapping | None, path: str = "<memory>") -> Config:
     if not isinstance(inst, str) or not inst.isalnum() or len(inst) > 16:
         raise ConfigError("instance", f"must be 1-16 letters/digits, got {inst!r}")
     return Config(path=path, ingress=ingress, metrics=metrics, admin=admin, workers=workers,
-                  rings=rings, schema=schema, rules=rules, instance=inst, **extra)
+                  rings=rings, schema=schema, rules=rules, instance=inst, durability=durability,
+                  **extra)
 
 
 def load_config(path: str | os.PathLike | None = None) -> Config:

@@ -1,15 +1,21 @@
 """A worker process: drain its request ring in batches, one compiled-kernel call per batch,
-publish the decisions to its response ring.
+journal the decisions, publish them to its response ring.
 
 Started by the supervisor as ``python -m engine.worker --run-dir D --index I``. The loop does
-one thing: drain, evaluate, publish, then idle by the ring's strategy. Between two batches it
-polls the control block for a stop request or a new ruleset generation, and swaps the kernel
-there, so no batch sees half a ruleset. A new generation is loaded on a background thread
-(the compile comes from the kernel cache) and swapped in by reference between batches.
+one thing: drain, evaluate, journal, publish, then idle by the ring's strategy. Between two
+batches it polls the control block for a stop request or a new ruleset generation, and swaps
+the kernel there, so no batch sees half a ruleset. A new generation is loaded on a background
+thread (the compile comes from the kernel cache) and swapped in by reference between batches.
+
+Order per batch and why: kernel -> journal append -> publish responses -> release requests.
+A decision is journaled before anyone can see it (nothing acknowledged is missing from the
+journal); requests are released last, so a worker killed mid-batch leaves them in the ring
+for its successor.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
 import time
@@ -24,7 +30,7 @@ from engine.types import RESPONSE_SLOT_DTYPE
 from shm.doorbell import EventfdDoorbell
 
 
-class _Active:
+class Active:
     """The ruleset a worker evaluates with, and the counter rows it writes."""
 
     def __init__(self, ruleset, generation: int, block: Block, index: int, max_batch: int):
@@ -43,7 +49,49 @@ class _Active:
         self.bits = np.zeros((max_batch, words), dtype=np.uint64)
 
 
-def _load_generation(run_dir: str, generation: int, schema):
+class BatchProcessor:
+    """The per-batch body, reusable on its own (bench/alloc.py measures it): evaluate one
+    contiguous view of request slots into the response ring. Allocates nothing per batch."""
+
+    def __init__(self, rings: EngineRings, active: Active, block: Block, index: int,
+                 max_batch: int, journal=None):
+        self.rings = rings
+        self.active = active
+        self.journal = journal
+        self.out = np.zeros(max_batch, dtype=RESPONSE_SLOT_DTYPE)
+        self.batches = block.worker(index, "batches")
+        self.events = block.worker(index, "events")
+        self.khist = block.worker(index, "kernel_hist")
+        self.stop = block.view("supervisor.stop")
+
+    def process(self, v: np.ndarray) -> int:
+        """Evaluate ``v`` (request slots), journal, publish; returns len(v). The caller
+        releases the request slots afterwards."""
+        n = len(v)
+        a = self.active
+        o = self.out[:n]
+        o["token"] = v["token"]
+        o["generation"] = a.generation
+        t0 = time.perf_counter_ns()
+        a.kernel(v["event"], o, a.bits[:n], a.hits, a.errors)
+        dt = time.perf_counter_ns() - t0
+        self.khist[int(np.searchsorted(KERNEL_BOUNDS_NS, dt // n))] += n
+        self.khist[-1] += dt
+        if self.journal is not None:
+            self.journal.append_columns(v["event"], v["arrival_ns"], o["action"], o["flags"],
+                                        o["score"], o["generation"])
+            self.journal.maybe_sync()
+        resp = self.rings.response
+        while not resp.try_publish(o):      # the ingress always drains; wait for room
+            if self.stop[0] >= 2:
+                break
+            self.rings.response_full_idle.wait()
+        self.batches[0] += 1
+        self.events[0] += n
+        return n
+
+
+def load_generation(run_dir: str, generation: int, schema):
     from rules import compile_ruleset
     spec = rundir.read_generation(run_dir, generation)
     rs = compile_ruleset(spec["files"], schema, thresholds=tuple(spec["thresholds"]),
@@ -52,6 +100,50 @@ def _load_generation(run_dir: str, generation: int, schema):
         raise ValueError(f"ruleset has {rs.n_rules} rules, more than MAX_RULES={MAX_RULES}")
     rs.warm_up()
     return rs
+
+
+def open_journal(cfg, index: int):
+    """This worker's journal writer (writer id = worker index), or None when disabled."""
+    d = cfg.durability
+    if not d.journal_enabled:
+        return None
+    from engine.journal import JournalWriter
+    path = d.journal_dir.replace("{instance}", cfg.instance)
+    os.makedirs(path, exist_ok=True)
+    return JournalWriter(path, cfg.schema.dtype, cfg.schema.hash, writer_id=index,
+                         config=d.journal_config())
+
+
+class _Reloader:
+    """Loads a new generation on a background thread; the loop swaps it in between batches."""
+
+    def __init__(self, run_dir: str, schema):
+        self.run_dir, self.schema = run_dir, schema
+        self.thread = None
+        self.generation = 0
+        self.result = None
+
+    def start(self, generation: int) -> None:
+        self.generation, self.result = generation, None
+        self.thread = threading.Thread(target=self._load, daemon=True, name="reload")
+        self.thread.start()
+
+    def _load(self) -> None:
+        try:
+            self.result = load_generation(self.run_dir, self.generation, self.schema)
+        except Exception as e:            # reported by the loop, which keeps the old ruleset
+            self.result = e
+
+    @property
+    def busy(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    def take(self):
+        """(generation, ruleset-or-exception) once the load finished, else None."""
+        if self.thread is None or self.thread.is_alive():
+            return None
+        self.thread = None
+        return self.generation, self.result
 
 
 def serve(run_dir: str, index: int) -> int:
@@ -64,70 +156,50 @@ def serve(run_dir: str, index: int) -> int:
     rings.prefault()                                        # first touch after pinning
     gcstats.install(block.worker(index, "gc_hist"))
     max_batch = min(cfg.ingress.max_batch, cfg.rings.capacity)
+    journal = open_journal(cfg, index)
 
     generation = int(block.view("supervisor.generation")[0])
-    active = _Active(_load_generation(run_dir, generation, cfg.schema), generation, block, index, max_batch)
+    active = Active(load_generation(run_dir, generation, cfg.schema), generation, block, index, max_batch)
+    proc = BatchProcessor(rings, active, block, index, max_batch, journal)
     block.worker(index, "generation")[0] = generation
-    out = np.zeros(max_batch, dtype=RESPONSE_SLOT_DTYPE)
     gcstats.freeze_after_warmup()
 
     stop = block.view("supervisor.stop")
     want_gen = block.view("supervisor.generation")
-    batches = block.worker(index, "batches")
-    events = block.worker(index, "events")
-    khist = block.worker(index, "kernel_hist")
     heartbeat = block.worker(index, "heartbeat_ns")
     reload_errors = block.worker(index, "reload_errors")
-    pending: list = []               # [thread, generation, result-or-exception]
-    req, resp, idle = rings.request, rings.response, rings.worker_idle
+    reloader = _Reloader(run_dir, cfg.schema)
+    refused = -1                        # a generation this worker could not load: not retried
+    req, idle = rings.request, rings.worker_idle
 
     while stop[0] < 2:                  # 1: ingress stops accepting; 2: workers stop
-        v1, v2 = req.try_drain(max_batch)
-        n = len(v1)
-        if n == 0:
-            heartbeat[0] = time.monotonic_ns()
-            g = int(want_gen[0])
-            if g != active.generation and not pending:
-                pending = [None, g, None]
-                pending[0] = threading.Thread(target=_background_load, daemon=True,
-                                              args=(pending, run_dir, g, cfg.schema))
-                pending[0].start()
-            if pending and not pending[0].is_alive():
-                if isinstance(pending[2], Exception):
-                    reload_errors[0] += 1
-                    print(f"risk-engine: worker {index}: generation {pending[1]} refused: {pending[2]}",
-                          file=sys.stderr)
-                else:                         # swap between two batches
-                    active = _Active(pending[2], pending[1], block, index, max_batch)
-                    block.worker(index, "generation")[0] = active.generation
-                pending = []
-            idle.wait()
+        v1, _ = req.try_drain(max_batch)
+        if len(v1):
+            req.release(proc.process(v1))   # after publishing: a crash before this re-reads
             continue
-        o = out[:n]
-        o["token"] = v1["token"]
-        o["generation"] = active.generation
-        t0 = time.perf_counter_ns()
-        active.kernel(v1["event"], o, active.bits[:n], active.hits, active.errors)
-        dt = time.perf_counter_ns() - t0
-        khist[int(np.searchsorted(KERNEL_BOUNDS_NS, dt // n))] += n
-        khist[-1] += dt
-        while not resp.try_publish(o):      # the ingress always drains; wait for room
-            if stop[0]:
-                break
-            rings.response_full_idle.wait()
-        req.release(n)                      # after publishing: a crash before this re-reads
-        batches[0] += 1
-        events[0] += n
+        heartbeat[0] = time.monotonic_ns()
+        g = int(want_gen[0])
+        if g != proc.active.generation and g != refused and not reloader.busy:
+            done = reloader.take()
+            if done is None:
+                reloader.start(g)
+            elif isinstance(done[1], Exception):
+                reload_errors[0] += 1
+                print(f"risk-engine: worker {index}: generation {done[0]} refused: {done[1]}",
+                      file=sys.stderr)
+                refused = done[0]
+            else:                               # swap between two batches
+                proc.active = Active(done[1], done[0], block, index, max_batch)
+                block.worker(index, "generation")[0] = done[0]
+        if journal is not None:
+            journal.on_idle()
+        idle.wait()
+    if journal is not None:
+        journal.sync()
+        journal.close()
     rings.close()
     block_seg.close()
     return 0
-
-
-def _background_load(pending: list, run_dir: str, generation: int, schema) -> None:
-    try:
-        pending[2] = _load_generation(run_dir, generation, schema)
-    except Exception as e:            # reported by the loop, which keeps the old ruleset
-        pending[2] = e
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -55,6 +55,8 @@ class EngineProcess:
         raw["ingress"]["bind"] = f"tcp://127.0.0.1:{self.port}"
         raw["metrics"] = {"bind": f"127.0.0.1:{self.metrics_port}", "enabled": metrics}
         raw["workers"] = {"count": workers}
+        raw["journal"] = {"dir": str(self.tmp / self.instance / "journal")}
+        raw["snapshot"] = {"dir": str(self.tmp / self.instance / "snapshots")}
         for section, vals in (overrides or {}).items():
             if isinstance(vals, dict) and isinstance(raw.get(section), dict):
                 raw[section].update(vals)
