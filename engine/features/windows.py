@@ -197,77 +197,77 @@ def _win_read_update(t, capacity, slot_words, probe_len, kind, nb, bucket_ms, ke
 
 # --- named entry points the rule compiler emits (kind folded by inlining) -------------------
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _read_count(t, capacity, slot_words, probe_len, nb, bucket_ms, key, now_ms, value):
     return np.int64(_win_read(t, capacity, slot_words, probe_len, K_COUNT, nb, bucket_ms, key, now_ms, value))
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _read_update_count(t, capacity, slot_words, probe_len, nb, bucket_ms, key, now_ms, value):
     return np.int64(_win_read_update(t, capacity, slot_words, probe_len, K_COUNT, nb, bucket_ms, key, now_ms, value))
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _update_count(t, capacity, slot_words, probe_len, nb, bucket_ms, key, now_ms, value):
     return _win_update(t, capacity, slot_words, probe_len, K_COUNT, nb, bucket_ms, key, now_ms, value)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _read_sum(t, capacity, slot_words, probe_len, nb, bucket_ms, key, now_ms, value):
     return _win_read(t, capacity, slot_words, probe_len, K_SUM, nb, bucket_ms, key, now_ms, value)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _read_update_sum(t, capacity, slot_words, probe_len, nb, bucket_ms, key, now_ms, value):
     return _win_read_update(t, capacity, slot_words, probe_len, K_SUM, nb, bucket_ms, key, now_ms, value)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _update_sum(t, capacity, slot_words, probe_len, nb, bucket_ms, key, now_ms, value):
     return _win_update(t, capacity, slot_words, probe_len, K_SUM, nb, bucket_ms, key, now_ms, value)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _read_avg(t, capacity, slot_words, probe_len, nb, bucket_ms, key, now_ms, value):
     return _win_read(t, capacity, slot_words, probe_len, K_AVG, nb, bucket_ms, key, now_ms, value)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _read_update_avg(t, capacity, slot_words, probe_len, nb, bucket_ms, key, now_ms, value):
     return _win_read_update(t, capacity, slot_words, probe_len, K_AVG, nb, bucket_ms, key, now_ms, value)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _update_avg(t, capacity, slot_words, probe_len, nb, bucket_ms, key, now_ms, value):
     return _win_update(t, capacity, slot_words, probe_len, K_AVG, nb, bucket_ms, key, now_ms, value)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _read_min(t, capacity, slot_words, probe_len, nb, bucket_ms, key, now_ms, value):
     return _win_read(t, capacity, slot_words, probe_len, K_MIN, nb, bucket_ms, key, now_ms, value)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _read_update_min(t, capacity, slot_words, probe_len, nb, bucket_ms, key, now_ms, value):
     return _win_read_update(t, capacity, slot_words, probe_len, K_MIN, nb, bucket_ms, key, now_ms, value)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _update_min(t, capacity, slot_words, probe_len, nb, bucket_ms, key, now_ms, value):
     return _win_update(t, capacity, slot_words, probe_len, K_MIN, nb, bucket_ms, key, now_ms, value)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _read_max(t, capacity, slot_words, probe_len, nb, bucket_ms, key, now_ms, value):
     return _win_read(t, capacity, slot_words, probe_len, K_MAX, nb, bucket_ms, key, now_ms, value)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _read_update_max(t, capacity, slot_words, probe_len, nb, bucket_ms, key, now_ms, value):
     return _win_read_update(t, capacity, slot_words, probe_len, K_MAX, nb, bucket_ms, key, now_ms, value)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _update_max(t, capacity, slot_words, probe_len, nb, bucket_ms, key, now_ms, value):
     return _win_update(t, capacity, slot_words, probe_len, K_MAX, nb, bucket_ms, key, now_ms, value)
 
