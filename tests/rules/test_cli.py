@@ -27,8 +27,8 @@ def test_check_compiles_and_reports_errors(write_rules, kernel_cache, capsys):
     assert main(["check", "--rules", good, bad, "--no-kernel"]) == 1
     cap = capsys.readouterr()
     assert cap.out.splitlines() == [
-        f"{bad}:4:31: rule x: unknown name 'foo' (not a field, constant, feature or list)",
-        f"{bad}:5:30: rule c: str literal 'NG' compared with bytes2 field country: write b'NG'",
+        f"{bad}:4:32: rule x: unknown name 'foo' (not a field, constant, feature or list)",
+        f"{bad}:5:31: rule c: str literal 'NG' compared with bytes2 field country: write b'NG'",
     ]
     assert "2 errors; ruleset refused" in cap.err
 
