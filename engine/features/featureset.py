@@ -18,6 +18,7 @@ import numpy as np
 
 from engine.features import lists as L
 from engine.features import table as T
+from engine.features.keys import key_from_python
 from engine.features.spec import FeatureSpec, Specs
 from engine.features.state import CONTROL_WORDS, STATE_NAMES, _halt_set, _set_state, state_full_error
 from engine.schema import Schema
@@ -196,12 +197,14 @@ class FeatureSet:
     def replace_list(self, name: str, values) -> int:
         return L.replace_list(self._arrays[f"fl_{name}"], values)
 
-    def set_state(self, name: str, key: int, state: int, now_ms: int = 0) -> None:
+    def set_state(self, name: str, key, state: int, now_ms: int = 0) -> None:
+        """Set the state of one key (a Python value of the state's key field: int or bytes)."""
         ss = next(s for s in self.specs.states if s.name == name)
         if state not in STATE_NAMES.values():
             raise ValueError(f"state.{name}: state={state} is not ACTIVE/REDUCING/HALTED")
+        k = key_from_python(key, self.schema.field(ss.key).type)
         rc = _set_state(self._arrays[f"st_{name}"], ss.capacity, ss.slot_words, ss.probe_len,
-                        np.uint64(key & 0xFFFFFFFFFFFFFFFF), state, now_ms)
+                        np.uint64(k), state, now_ms)
         if rc < 0:
             raise state_full_error(name, key)
 

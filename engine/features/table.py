@@ -161,6 +161,7 @@ def _find_locked(t, key, capacity, slot_words, probe_len):
         if m & LOCK:
             spins += 1
             if spins > MAX_SPINS:
+                _fetch_add(t, C_TIMEOUTS, 1)
                 return ERR_TIMEOUT
             _pause()
             continue
@@ -173,6 +174,7 @@ def _find_locked(t, key, capacity, slot_words, probe_len):
             _store_release(t, b + META_OFF, m)   # evicted meanwhile: unlock and rescan
             restarts += 1
             if restarts > MAX_SPINS:
+                _fetch_add(t, C_TIMEOUTS, 1)
                 return ERR_TIMEOUT
             i = 0
     return ERR_NOT_FOUND
@@ -254,12 +256,7 @@ def _insert_locked(t, key, capacity, slot_words, probe_len, evict):
 def _acquire(t, key, capacity, slot_words, probe_len, create, evict):
     """Lock the key's slot, inserting it if ``create``. Returns (base word or error, is_new)."""
     b = _find_locked(t, key, capacity, slot_words, probe_len)
-    if b >= 0:
-        return b, False
-    if b == ERR_TIMEOUT:
-        _fetch_add(t, C_TIMEOUTS, 1)
-        return b, False
-    if not create:
+    if b >= 0 or b == ERR_TIMEOUT or not create:
         return b, False
     return _insert_locked(t, key, capacity, slot_words, probe_len, evict)
 

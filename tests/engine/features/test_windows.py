@@ -203,3 +203,16 @@ def test_age_and_last_match_oracle(stream):
             assert rc == OK
         else:
             assert rc == LATE
+
+
+def test_lock_held_by_a_dead_process_times_out_and_is_counted():
+    nb, bucket_ms, cap = 4, 1000, 8
+    t, sw = new_table("count", nb, cap)
+    k = np.uint64(3)
+    assert _update_count(t, cap, sw, PROBE, nb, bucket_ms, k, 1000, 0.0) == OK
+    used = np.nonzero(t[T.SLOT_BASE + 1::sw][:cap])[0]
+    b = T.SLOT_BASE + int(used[0]) * sw
+    t[b + 1] |= T.LOCK                               # a holder killed mid-update
+    assert _update_count(t, cap, sw, PROBE, nb, bucket_ms, k, 1000, 0.0) == T.ERR_TIMEOUT
+    assert _read_count(t, cap, sw, PROBE, nb, bucket_ms, k, 1000, 0.0) == 1   # only the event
+    assert T.counters(t)["lock_timeouts"] == 2
