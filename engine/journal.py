@@ -197,12 +197,13 @@ class JournalWriter:
         return self.append_batch(st)
 
     def on_idle(self, now_monotonic_ns: int | None = None, budget_bytes: int = 256 << 10,
-                prefault_bytes: int = 1 << 20) -> bool:
+                prefault_bytes: int = 1 << 20, sync: bool = True) -> bool:
         """Idle-path hook: ``maybe_sync``; pre-fault the pages of the next prefault_bytes of the
         segment; once the segment is half full, zero-fill up to budget_bytes of the next one.
         So page faults, rotation and unmapping leave the append path. Returns True if it did
-        any work. Call it whenever the worker finds its ring empty."""
-        did = self.maybe_sync(now_monotonic_ns)
+        any work. Call it whenever the worker finds its ring empty. ``sync=False`` when another
+        thread fsyncs the segment (engine.worker.JournalSyncer)."""
+        did = self.maybe_sync(now_monotonic_ns) if sync else False
         if prefault_bytes and self._prefault(prefault_bytes):
             did = True
         if self._retired is not None:

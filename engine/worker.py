@@ -78,9 +78,10 @@ class BatchProcessor:
         self.khist[int(np.searchsorted(KERNEL_BOUNDS_NS, dt // n))] += n
         self.khist[-1] += dt
         if self.journal is not None:
+            # fsync=batch: append syncs before returning, so before the reply; interval_ms:
+            # JournalSyncer's thread; none: the OS
             self.journal.append_columns(v["event"], v["arrival_ns"], o["action"], o["flags"],
                                         o["score"], o["generation"])
-            self.journal.maybe_sync()
         resp = self.rings.response
         while not resp.try_publish(o):      # the ingress always drains; wait for room
             if self.stop[0] >= 2:
@@ -112,6 +113,40 @@ def open_journal(cfg, index: int):
     os.makedirs(path, exist_ok=True)
     return JournalWriter(path, cfg.schema.dtype, cfg.schema.hash, writer_id=index,
                          config=d.journal_config())
+
+
+class JournalSyncer:
+    """fsync=interval_ms off the hot path: a thread fsyncs the journal's current segment
+    every interval (os.fsync releases the GIL; an msync from the loop blocked whole batches:
+    64% of the worker's time in a profile under load). Loss window on power failure:
+    about interval_ms plus one fsync."""
+
+    def __init__(self, journal):
+        self.journal = journal
+        self.interval_s = journal.config.interval_ms / 1000
+        self.stopped = threading.Event()
+        self.syncs = 0
+        self.thread = threading.Thread(target=self._run, daemon=True, name="journal-sync")
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stopped.wait(self.interval_s):
+            path = getattr(self.journal, "_path", None)
+            if not path:
+                continue
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:                 # rotated away meanwhile: the rotation synced it
+                continue
+            try:
+                os.fsync(fd)
+                self.syncs += 1
+            finally:
+                os.close(fd)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join(2)
 
 
 class _Reloader:
@@ -157,6 +192,7 @@ def serve(run_dir: str, index: int) -> int:
     gcstats.install(block.worker(index, "gc_hist"))
     max_batch = min(cfg.ingress.max_batch, cfg.rings.capacity)
     journal = open_journal(cfg, index)
+    syncer = JournalSyncer(journal) if journal is not None and journal.config.fsync == "interval_ms" else None
 
     generation = int(block.view("supervisor.generation")[0])
     active = Active(load_generation(run_dir, generation, cfg.schema), generation, block, index, max_batch)
@@ -192,8 +228,10 @@ def serve(run_dir: str, index: int) -> int:
                 proc.active = Active(done[1], done[0], block, index, max_batch)
                 block.worker(index, "generation")[0] = done[0]
         if journal is not None:
-            journal.on_idle()
+            journal.on_idle(sync=syncer is None)
         idle.wait()
+    if syncer is not None:
+        syncer.stop()
     if journal is not None:
         journal.sync()
         journal.close()
