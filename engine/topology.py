@@ -70,7 +70,8 @@ class Placement:
 def plan_workers(topology: Topology, allowed: set[int], count: int, cpus: tuple[int, ...]) -> list[Placement]:
     """One CPU per worker. Explicit ``cpus`` must be allowed; otherwise spread the allowed
     CPUs node by node (round robin over nodes, so two workers land on two nodes when they
-    exist). ``count`` 0 means one worker per chosen CPU."""
+    exist). ``count`` 0 means one worker per allowed CPU but one, which is left to the
+    ingress (on 2 CPUs: 1 worker; the front door is busy whenever a worker is)."""
     for c in cpus:
         if c not in allowed:
             raise TopologyError(f"workers.cpus: cpu={c} is not in the allowed set {sorted(allowed)}")
@@ -84,7 +85,7 @@ def plan_workers(topology: Topology, allowed: set[int], count: int, cpus: tuple[
         chosen.extend(sorted(allowed - set(chosen)))    # CPUs sysfs did not list
     if not chosen:
         raise TopologyError("workers: no allowed CPU to run on")
-    n = count or len(chosen)
+    n = count or (max(1, len(chosen) - 1) if not cpus else len(chosen))
     return [Placement(f"worker {i}", chosen[i % len(chosen)], topology.node(chosen[i % len(chosen)]))
             for i in range(n)]
 

@@ -30,8 +30,10 @@ def test_two_nodes_spread_round_robin(tmp_path):
 
 def test_four_nodes_only_allowed_cpus(tmp_path):
     topo = read_topology(fake_sysfs(tmp_path, {0: "0-1", 1: "2-3", 2: "4-5", 3: "6-7"}))
-    plan = plan_workers(topo, {1, 2, 7}, 0, ())
+    plan = plan_workers(topo, {1, 2, 7}, 3, ())
     assert [(p.cpu, p.node) for p in plan] == [(1, 0), (2, 1), (7, 3)]
+    assert len(plan_workers(topo, {1, 2, 7}, 0, ())) == 2        # one CPU left to the ingress
+    assert len(plan_workers(topo, {5}, 0, ())) == 1
 
 
 def test_explicit_cpus_get_their_node(tmp_path):
