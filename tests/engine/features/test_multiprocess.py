@@ -16,14 +16,14 @@ from engine.features.windows import _read_count, _read_sum, _update_count, _upda
 NB, BUCKET_MS, PROBE = 60, 1000, 32
 CAP = 64                     # few slots: probing collisions and concurrent inserts
 NKEYS = 40
-N_PER_WORKER = 150_000
+N_PER_WORKER = 400_000
 SW_COUNT = layout.slot_words("count", NB)
 SW_SUM = layout.slot_words("sum", NB)
 
 
-def stream(worker):
+def stream(worker, nkeys=NKEYS):
     rng = np.random.default_rng(1000 + worker)
-    keys = rng.integers(0, NKEYS, N_PER_WORKER).astype(np.uint64) * np.uint64(0x9E3779B1)
+    keys = rng.integers(0, nkeys, N_PER_WORKER).astype(np.uint64) * np.uint64(0x9E3779B1)
     times = 5_000 + rng.integers(0, 50_000, N_PER_WORKER)     # all inside one 60 s window
     return keys, times
 
@@ -44,20 +44,22 @@ def _attach(name, nwords):
     return mm, np.frombuffer(mm, dtype=np.uint64, count=nwords)
 
 
-def _worker(worker, names, sizes, start, q):
+def _worker(worker, names, sizes, start, q, nkeys):
     mm1, tc = _attach(names[0], sizes[0])
     mm2, ts = _attach(names[1], sizes[1])
-    keys, times = stream(worker)
+    keys, times = stream(worker, nkeys)
     start.wait(30)
     q.put(int(_hammer(tc, ts, keys, times)))
     del tc, ts
 
 
-@pytest.mark.parametrize("nproc", [2, 4])
-def test_processes_count_every_event(nproc):
+@pytest.mark.parametrize("nproc,nkeys", [(2, NKEYS), (4, NKEYS), (3, 500)])
+def test_processes_count_every_event(nproc, nkeys):
+    """nkeys=NKEYS fits: exact. nkeys=500 > 64 slots: constant concurrent eviction; allowed
+    outcome: every key at most once in the table, counts never above the exact count."""
     _hammer(np.zeros(1, np.uint64), np.zeros(1, np.uint64), np.zeros(0, np.uint64),
             np.zeros(0, np.int64))                       # compile before forking
-    names = [f"/re_feat_test_{os.getpid()}_{nproc}_{i}" for i in range(2)]
+    names = [f"/re_feat_test_{os.getpid()}_{nproc}_{nkeys}_{i}" for i in range(2)]
     sizes = [T.table_words(CAP, SW_COUNT), T.table_words(CAP, SW_SUM)]
     segs, maps, views = [], [], []
     ctx = mp.get_context("fork")
@@ -74,29 +76,36 @@ def test_processes_count_every_event(nproc):
             views.append(v)
         start = ctx.Barrier(nproc)
         q = ctx.Queue()
-        procs = [ctx.Process(target=_worker, args=(w, names, sizes, start, q)) for w in range(nproc)]
+        procs = [ctx.Process(target=_worker, args=(w, names, sizes, start, q, nkeys)) for w in range(nproc)]
         for p in procs:
             p.start()
         bad = [q.get(timeout=120) for _ in procs]
         for p in procs:
             p.join(30)
             assert p.exitcode == 0
-        assert bad == [0] * nproc
         want = {}
         for w in range(nproc):
-            keys, _ = stream(w)
+            keys, _ = stream(w, nkeys)
             for k, c in zip(*np.unique(keys, return_counts=True)):
                 want[int(k)] = want.get(int(k), 0) + int(c)
         tc, ts = views
+        evicting = nkeys > CAP
+        if not evicting:
+            assert bad == [0] * nproc
         for k, c in want.items():
-            assert _read_count(tc, CAP, SW_COUNT, PROBE, NB, BUCKET_MS, np.uint64(k), 55_000, 0.0) == c + 1
-            assert _read_sum(ts, CAP, SW_SUM, PROBE, NB, BUCKET_MS, np.uint64(k), 55_000, 0.0) == c
+            got_c = _read_count(tc, CAP, SW_COUNT, PROBE, NB, BUCKET_MS, np.uint64(k), 55_000, 0.0) - 1
+            got_s = _read_sum(ts, CAP, SW_SUM, PROBE, NB, BUCKET_MS, np.uint64(k), 55_000, 0.0)
+            if evicting:
+                assert 0 <= got_c <= c and 0 <= got_s <= c
+            else:
+                assert got_c == c and got_s == c
         for v, sw in ((tc, SW_COUNT), (ts, SW_SUM)):
             c = T.counters(v)
-            assert c["fill"] == len(want) and c["evictions"] == 0 and c["lock_timeouts"] == 0
+            assert c["lock_timeouts"] == 0 and c["fill"] <= CAP
+            assert c["evictions"] > 0 if evicting else (c["evictions"] == 0 and c["fill"] == len(want))
             slot_keys = v[T.SLOT_BASE::sw][:CAP]
             used = v[T.SLOT_BASE + 1::sw][:CAP] != 0
-            assert np.unique(slot_keys[used]).shape[0] == used.sum() == len(want)   # no duplicate key
+            assert np.unique(slot_keys[used]).shape[0] == used.sum() == c["fill"]   # no duplicate key
     finally:
         for p in procs:
             if p.is_alive():
