@@ -16,7 +16,7 @@ from engine.features.windows import _read_count, _read_sum, _update_count, _upda
 NB, BUCKET_MS, PROBE = 60, 1000, 32
 CAP = 64                     # few slots: probing collisions and concurrent inserts
 NKEYS = 40
-N_PER_WORKER = 400_000
+N_PER_WORKER = 1_000_000   # long enough (0.1-0.5 s each) that the workers overlap
 SW_COUNT = layout.slot_words("count", NB)
 SW_SUM = layout.slot_words("sum", NB)
 
