@@ -17,7 +17,7 @@ from engine.types import MAX_FIRED, DecisionFlag
 from rules import ir
 from rules.symbols import INT64_MIN
 
-CHUNK_RULES = 16              # divides 64: a chunk never straddles a bitmap word
+CHUNK_RULES = 64              # one chunk per bitmap word (must divide 64)
 BSEARCH_MIN_ITEMS = 9
 # applied to a -1/0/1/2 (unordered: nan) code; written so that 2 never satisfies <, <=, >, >=
 _CMP_CODE = {"<": "({}) == -1", "<=": "-1 <= ({}) <= 0", ">": "({}) == 1", ">=": "0 <= ({}) <= 1",
@@ -41,6 +41,23 @@ def chunks_of(value: bytes, width: int) -> list[int]:
     """Little-endian uint64 chunks of ``value`` zero-padded to ``width`` bytes."""
     padded = value.ljust(width, b"\x00")
     return [int.from_bytes(padded[k:k + 8], "little") for k in range(0, width, 8)]
+
+
+def pure(n: ir.Node) -> bool:
+    """True when evaluating ``n`` can never fail: then short-circuit operators may evaluate
+    every operand and combine with & | (no branches to mispredict, same result)."""
+    for m in ir.walk(n):
+        if isinstance(m, ir.Bin) and (m.a.type == "int" or m.op in ("/", "//", "%", "**")):
+            return False
+        if isinstance(m, ir.Conv) and m.x.type == "u64" and m.type == "int":
+            return False
+        if isinstance(m, ir.Unary) and m.op == "-" and m.type == "int":
+            return False
+        if isinstance(m, ir.Call) and (m.fn == "round" or m.fn == "abs" and m.type == "int"):
+            return False
+        if isinstance(m, (ir.Ext, ir.In)) and getattr(m, "symbol", None) is not None:
+            return False
+    return True
 
 
 class RuleEmitter:
@@ -112,6 +129,9 @@ class RuleEmitter:
         if isinstance(n, ir.In):
             return self.member(n, ind)
         if isinstance(n, ir.BoolOp):
+            if n.type == "bool" and pure(n):
+                op = " & " if n.op == "and" else " | "
+                return "(" + op.join(self.expr(v, ind) for v in n.values) + ")"
             t = self.tmp()
             self.emit(ind, f"{t} = {self.expr(n.values[0], ind)}")
             depth = ind
@@ -196,6 +216,11 @@ class RuleEmitter:
             a = self.operand(n.operands[0], ind)
             b = self.operand(n.operands[1], ind)
             return self.cmp2(n.ops[0], a, n.operands[0], b, n.operands[1])
+        if pure(n):
+            codes = [self.operand(o, ind) for o in n.operands]
+            codes = [c if j in (0, len(codes) - 1) or not c else self.simple(c, ind) for j, c in enumerate(codes)]
+            return "(" + " & ".join(self.cmp2(op, codes[j], n.operands[j], codes[j + 1], n.operands[j + 1])
+                                    for j, op in enumerate(n.ops)) + ")"
         t = self.tmp()
         prev = self.operand(n.operands[0], ind)
         depth = ind
@@ -243,7 +268,7 @@ class RuleEmitter:
         if n.x.type != "bytes" and len(items) > 1:
             x = self.simple(x, ind)
         terms = [self.cmp2("==", x, n.x, self.expr(c, ind) if c.type != "bytes" else "", c) for c in items]
-        return f"({neg}({' or '.join(terms)}))"
+        return f"({neg}({' | '.join(terms)}))"
 
 
 def field_loads(fields: dict, schema) -> list[str]:

@@ -15,6 +15,7 @@ from numba import njit, types
 from numba.extending import intrinsic
 
 _OPTS = dict(cache=True, nogil=True, error_model="numpy")
+_INL = dict(_OPTS, inline="always")   # small helpers: inlined into the generated chunks
 I64_MIN = np.int64(-(1 << 63))
 I64_MAX = np.int64((1 << 63) - 1)
 _TWO63 = 9.223372036854775808e18
@@ -42,13 +43,13 @@ def _ldb(typingctx, rec, offset, nbytes):
 
 
 # --- int64 arithmetic with overflow detection (unsigned wraparound is well defined) ----
-@njit(**_OPTS)
+@njit(**_INL)
 def _add_ii(a, b):
     r = np.int64(np.uint64(a) + np.uint64(b))
     return r, ((a ^ r) & (b ^ r)) < 0
 
 
-@njit(**_OPTS)
+@njit(**_INL)
 def _sub_ii(a, b):
     r = np.int64(np.uint64(a) - np.uint64(b))
     return r, ((a ^ b) & (a ^ r)) < 0
@@ -66,7 +67,7 @@ def _mul_ii(a, b):
     return r, r // b != a or (r % b) != 0
 
 
-@njit(**_OPTS)
+@njit(**_INL)
 def _floordiv_ii(a, b):
     if b == 0:
         return np.int64(0), True
@@ -75,7 +76,7 @@ def _floordiv_ii(a, b):
     return a // b, False
 
 
-@njit(**_OPTS)
+@njit(**_INL)
 def _mod_ii(a, b):
     if b == 0:
         return np.int64(0), True
@@ -112,19 +113,19 @@ def _pow_ii(a, b):
             return np.int64(0), True
 
 
-@njit(**_OPTS)
+@njit(**_INL)
 def _neg_i(a):
     return np.int64(np.uint64(0) - np.uint64(a)), a == I64_MIN
 
 
-@njit(**_OPTS)
+@njit(**_INL)
 def _abs_i(a):
     if a < 0:
         return np.int64(np.uint64(0) - np.uint64(a)), a == I64_MIN
     return a, False
 
 
-@njit(**_OPTS)
+@njit(**_INL)
 def _u64_to_i(u):
     return np.int64(u), u > np.uint64(I64_MAX)
 
@@ -162,7 +163,7 @@ def _truediv_ii(a, b):
 
 
 # --- float64 operations with Python's error cases --------------------------------------
-@njit(**_OPTS)
+@njit(**_INL)
 def _div_ff(a, b):
     if b == 0.0:
         return 0.0, True
@@ -249,7 +250,7 @@ def _round_f(x):
 
 
 # --- exact mixed comparisons: -1 less, 0 equal, 1 greater, 2 unordered (nan) -------------
-@njit(**_OPTS)
+@njit(**_INL)
 def _cmp_if(i, f):
     if f != f:
         return 2
@@ -280,7 +281,7 @@ def _cmp_uf(u, f):
     return -1 if u < fu else (1 if u > fu else 0)
 
 
-@njit(**_OPTS)
+@njit(**_INL)
 def _cmp_ui(u, i):
     if i < 0 or u > np.uint64(I64_MAX):
         return 1

@@ -1,0 +1,214 @@
+"""Rule kernel benchmark: ns/event for 10, 100 and 1,000 rules x batches of 1..4096 events,
+next to the reference evaluator on the same rules and events, plus compile times.
+
+    python -m bench.kernel [--json FILE] [--quick]
+
+Rulesets are synthetic but realistic (payments and pre-trade templates over the default
+schema, random thresholds and lists); a row for the shipped example packs (about 100 rules)
+is added. Events live in a request-ring-like slot array and are passed as strided views
+(layout 'A', as the engine does). Compile "cold" means the ruleset's kernel is not in the
+cache directory (the shared helper functions are cached, as after any first run); "warm"
+starts a fresh Python process that loads the kernel from the cache (compile_ruleset +
+warm_up), and also reports the process's whole wall time including interpreter and Numba
+imports. Targets (issue 2): <= 200 ns/event for 100 rules at batch >= 1024, >= 100x the
+reference, warm-cache ready <= 2 s for 100 rules.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+RULE_COUNTS = (10, 100, 1000)
+BATCHES = (1, 64, 1024, 4096)
+COUNTRIES = ["US", "GB", "DE", "FR", "NG", "RU", "BR", "IN", "CN", "JP", "PK", "VE", "UA", "TR"]
+CURRENCIES = ["USD", "EUR", "GBP", "JPY", "BRL", "CHF"]
+MCCS = [5411, 5541, 5812, 5999, 6011, 6051, 7995, 4829, 5944, 5732, 4722, 7011, 8398]
+
+_TEMPLATES = [
+    lambda r: f"instrument_id == 0 and amount > {r.choice([500, 1000, 5000, 10000, 25000])}",
+    lambda r: f"amount >= {r.randint(100, 20000)} and country in ({_codes(r, 3)})",
+    lambda r: f"mcc in ({', '.join(str(m) for m in r.sample(MCCS, 4))}) and amount >= {r.randint(50, 5000)}",
+    lambda r: f"channel == {r.randint(1, 5)} and (ip == 0 or device_id == 0)",
+    lambda r: f"between(amount, {(lo := r.randint(1000, 9000))}, {lo + r.randint(100, 999)}) and currency != b'USD'",
+    lambda r: f"ts_ms % 86400000 // 3600000 in (1, 2, 3, 4) and amount > {r.randint(200, 3000)}",
+    lambda r: f"amount >= {r.randint(1000, 5000)} and amount % {r.choice([100, 500, 1000])} == 0",
+    lambda r: f"country == b'{r.choice(COUNTRIES)}' and currency not in (b'{r.choice(CURRENCIES)}', b'EUR')",
+    lambda r: f"instrument_id > 0 and qty * price > {r.choice([1e5, 5e5, 1e6, 5e6])}",
+    lambda r: f"instrument_id > 0 and ref_price > 0 and abs(price - ref_price) / ref_price > {r.choice([0.02, 0.05, 0.1])}",
+    lambda r: f"instrument_id > 0 and side == {r.randint(1, 2)} and price > ref_price * {1 + r.randint(1, 10) / 100}",
+    lambda r: f"instrument_id > 0 and (qty <= 0 or qty > {r.randint(10**4, 10**6)} or qty % 100 != 0)",
+    lambda r: f"instrument_id in ({', '.join(str(r.randint(1, 5000)) for _ in range(12))})",
+    lambda r: f"is_test and amount > {r.randint(10, 500)}",
+    lambda r: f"card_id != 0 and card_id == device_id or account_id == {r.randint(1, 10**6)}",
+]
+
+
+def _codes(r, n):
+    return ", ".join(f"b'{c}'" for c in r.sample(COUNTRIES, n))
+
+
+def synthetic_rules(n: int, seed: int = 1) -> str:
+    r = random.Random(seed)
+    lines = ["ruleset: synthetic", f"version: {n}", "rules:"]
+    for k in range(n):
+        when = r.choice(_TEMPLATES)(r)
+        mode = "shadow" if r.random() < 0.1 else "enforce"
+        lines.append(f"  - {{id: r{k}, when: \"{when}\", action: {r.choice(['allow', 'review', 'block'])}, "
+                     f"score: {r.choice([0, 5, 10, 20, 40])}, mode: {mode}}}")
+    return "\n".join(lines) + "\n"
+
+
+def events(schema, n: int, seed: int = 2) -> np.ndarray:
+    """Slot-like array of n events; returns the strided 'event' view."""
+    rng = np.random.default_rng(seed)
+    slots = np.zeros(n, [("token", np.uint64), ("arrival_ns", np.int64), ("event", schema.dtype)])
+    ev = slots["event"]
+    order = rng.random(n) < 0.3
+    ev["account_id"] = rng.integers(1, 10**6, n)
+    ev["card_id"] = rng.integers(0, 10**12, n)
+    ev["device_id"] = rng.integers(0, 10**6, n)
+    ev["amount"] = np.where(order, 0.0, np.round(rng.lognormal(4, 1.5, n), 2))
+    ev["currency"] = rng.choice([c.encode() for c in CURRENCIES], n)
+    ev["country"] = rng.choice([c.encode() for c in COUNTRIES], n)
+    ev["ip"] = rng.integers(0, 2**32, n, dtype=np.uint64)
+    ev["mcc"] = rng.choice(MCCS, n)
+    ev["channel"] = rng.integers(1, 6, n)
+    ev["ts_ms"] = 1764300000000 + rng.integers(0, 86400000, n)
+    ev["instrument_id"] = np.where(order, rng.integers(1, 5000, n), 0)
+    ev["side"] = np.where(order, rng.integers(1, 3, n), 0)
+    ev["qty"] = np.where(order, rng.integers(1, 20000, n), 0)
+    ref = rng.uniform(1, 500, n)
+    ev["ref_price"] = np.where(order, ref, 0)
+    ev["price"] = np.where(order, np.round(ref * rng.normal(1, 0.04, n), 2), 0)
+    ev["is_test"] = rng.random(n) < 0.01
+    return ev
+
+
+def time_kernel(rs, ev, batch: int, target_events: int, cpu: bool = True) -> float:
+    """Best-of-5 ns/event of kernel calls over consecutive batches of ``ev``.
+
+    cpu=True measures this thread's CPU time (time.thread_time_ns): on a shared 2-core
+    machine wall time mostly measures the other processes; cpu=False gives wall time.
+    """
+    n = ev.shape[0]
+    resp, bits, hits, errors = rs.new_buffers(n)
+    reps = max(5, target_events // batch)
+    clock = time.thread_time_ns if cpu else time.perf_counter_ns
+    best = float("inf")
+    for _ in range(5):
+        t0 = clock()
+        for k in range(reps):
+            s = (k * batch) % (n - batch + 1)
+            rs.kernel(ev[s:s + batch], resp[s:s + batch], bits[s:s + batch], hits, errors)
+        best = min(best, (clock() - t0) / (reps * batch))
+    return best
+
+
+def time_reference(rs, ev, n_events: int) -> float:
+    """CPU ns/event of the plain-Python reference evaluator (same clock as the kernel)."""
+    t0 = time.thread_time_ns()
+    for i in range(n_events):
+        rs.reference(ev[i])
+    return (time.thread_time_ns() - t0) / n_events
+
+
+_CHILD = """
+import json, sys, time
+t_start = time.perf_counter()
+from engine.config import load_config
+from rules import compile_ruleset
+schema = load_config(None).schema
+t0 = time.perf_counter()
+rs = compile_ruleset(sys.argv[1].split(","), schema, thresholds={"review": 50, "block": 80},
+                     cache_dir=sys.argv[2])
+rs.warm_up()
+print(json.dumps({"ready_s": time.perf_counter() - t0, "imports_s": t0 - t_start,
+                  "cache_hits": sum(rs.kernel.stats.cache_hits.values())}))
+"""
+
+
+def warm_start(files: list[str], cache_dir: str) -> dict:
+    t0 = time.perf_counter()
+    p = subprocess.run([sys.executable, "-c", _CHILD, ",".join(files), cache_dir],
+                       capture_output=True, text=True, timeout=600)
+    wall = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise RuntimeError(f"warm start failed: {p.stderr[-2000:]}")
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    out["process_wall_s"] = wall
+    return out
+
+
+def bench_ruleset(label, files, schema, ev, args, tmp) -> dict:
+    from rules import compile_ruleset
+    cache = tempfile.mkdtemp(dir=tmp, prefix="cache_")
+    t0 = time.perf_counter()
+    rs = compile_ruleset(files, schema, thresholds={"review": 50, "block": 80}, cache_dir=cache)
+    rs.warm_up()
+    cold = time.perf_counter() - t0
+    warm = warm_start(files, cache)
+    n_ref = (60 if rs.n_rules >= 1000 else 300) // (3 if args.quick else 1)
+    ref_ns = time_reference(rs, ev, n_ref)
+    row = {"ruleset": label, "rules": rs.n_rules, "compile_cold_s": cold,
+           "warm_ready_s": warm["ready_s"], "warm_process_wall_s": warm["process_wall_s"],
+           "warm_imports_s": warm["imports_s"], "warm_cache_hits": warm["cache_hits"],
+           "reference_ns_per_event": ref_ns, "batches": {}}
+    for b in BATCHES:
+        ns = time_kernel(rs, ev, b, 20_000 if args.quick else 200_000)
+        wall = time_kernel(rs, ev, b, 20_000 if args.quick else 200_000, cpu=False)
+        row["batches"][b] = {"kernel_ns_per_event": ns, "kernel_wall_ns_per_event": wall,
+                             "speedup": ref_ns / ns}
+    return row
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--json", help="write the results to this file")
+    ap.add_argument("--quick", action="store_true", help="10 and 100 rules, fewer repetitions")
+    args = ap.parse_args(argv)
+    from engine.config import load_config
+    cfg = load_config(None)
+    ev = events(cfg.schema, 8192)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench_kernel_") as tmp:
+        sets = [(f"synthetic-{n}", n) for n in (RULE_COUNTS[:2] if args.quick else RULE_COUNTS)]
+        sets.insert(2, ("examples (default config)", None))
+        for label, n in sets:
+            if n is None:
+                files = list(cfg.rules.files)
+            else:
+                p = Path(tmp) / f"synthetic_{n}.yaml"
+                p.write_text(synthetic_rules(n))
+                files = [str(p)]
+            print(f"... {label}: compiling", file=sys.stderr, flush=True)
+            rows.append(bench_ruleset(label, files, cfg.schema, ev, args, tmp))
+            _print_row(rows[-1])
+    if args.json:
+        Path(args.json).write_text(json.dumps({"numba": __import__("numba").__version__,
+                                               "cpus": os.cpu_count(), "rows": rows}, indent=2))
+    return 0
+
+
+def _print_row(r: dict) -> None:
+    print(f"\n{r['ruleset']}: {r['rules']} rules; compile cold {r['compile_cold_s']:.2f} s, "
+          f"warm cache ready {r['warm_ready_s']:.2f} s in a fresh process (process wall "
+          f"{r['warm_process_wall_s']:.2f} s incl. {r['warm_imports_s']:.2f} s imports; cache hits "
+          f"{r['warm_cache_hits']})")
+    print(f"  {'batch':>6} {'kernel ns/event':>16} {'(wall)':>9} {'reference ns/event':>19} {'speedup':>9}")
+    for b, c in r["batches"].items():
+        print(f"  {b:>6} {c['kernel_ns_per_event']:>16.1f} {c['kernel_wall_ns_per_event']:>9.1f} "
+              f"{r['reference_ns_per_event']:>19.0f} {c['speedup']:>8.0f}x")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
