@@ -29,7 +29,7 @@ IMPORTS = (
     "from engine.features.windows import (_read_count, _update_count, _read_sum, _update_sum, "
     "_read_avg, _update_avg, _read_min, _update_min, _read_max, _update_max, "
     "_read_distinct, _update_distinct, _read_update_count, _read_update_sum, _read_update_avg, "
-    "_read_update_min, _read_update_max)",
+    "_read_update_min, _read_update_max, _read_update_distinct)",
     "from engine.features.scalar import (_read_age, _update_age, _read_last, _update_last, "
     "_read_update_age, _read_update_last)",
     "from engine.features.state import _read_state, _halt_get",
@@ -94,8 +94,8 @@ class Binding:
 
     def can_fuse(self) -> bool:
         """True if the read and the update may be one call (``emit_read_update``) at read time:
-        the update does not depend on the decision (update: always) and a fused kernel exists."""
-        return self.what == "feature" and self.update == "always" and self.kind != "distinct"
+        the update does not depend on the decision (update: always)."""
+        return self.what == "feature" and self.update == "always"
 
     def emit_read_update(self, rec: str = "rec", arrival_ms: str = "arrival_ms") -> str:
         """Expression: the same value as emit_read, committing the event in the same lock

@@ -274,61 +274,93 @@ def _update_max(t, capacity, slot_words, probe_len, nb, bucket_ms, key, now_ms, 
 
 # --- distinct: one HyperLogLog of m = 2^p u8 registers per bucket ---------------------------
 
+@njit(cache=True, inline="always")
+def _hll_window_estimate(t8, base, m, nb, lo, head, jc, rc):
+    """Estimate of the register-wise max over the buckets of epochs lo..head (slot payload at
+    byte ``base``; base < 0: no slot) and, if jc >= 0, the value (jc, rc)."""
+    n_valid = max(0, head - lo + 1) if base >= 0 else 0
+    i0 = lo % nb if n_valid > 0 else 0
+    s = 0.0
+    zeros = 0
+    for j in range(m):
+        r = 0
+        i = i0
+        for _ in range(n_valid):
+            r = max(r, np.int64(t8[base + i * m + j]))
+            i = i + 1 if i + 1 < nb else 0
+        if j == jc:
+            r = max(r, rc)
+        s += 1.0 / float(np.uint64(1) << np.uint64(r))
+        zeros += r == 0
+    return np.int64(round(_hll_finish(s, zeros, m)))
+
+
+@njit(cache=True, inline="always")
+def _hll_apply_locked(t, t8, b, is_new, nb, m, p, e, value_u64):
+    """Commit one value of epoch e to a locked distinct slot -> (new head, OK | LATE)."""
+    base = 8 * (b + PAYLOAD_OFF)
+    head = e if is_new else _recency(t, b)
+    if e > head:
+        first = max(head + 1, e - nb + 1)
+        i = first % nb
+        for _ in range(first, e + 1):
+            o = base + i * m
+            for j in range(m):
+                t8[o + j] = 0
+            i = i + 1 if i + 1 < nb else 0
+        head = e
+    elif e <= head - nb:
+        return head, LATE
+    j, r = _hll_index_rank(np.uint64(value_u64), p)
+    o = base + (e % nb) * m + j
+    if t8[o] < r:
+        t8[o] = r
+    return head, OK
+
+
 @njit(cache=True)
 def _read_distinct(t, capacity, slot_words, probe_len, nb, bucket_ms, p, key, now_ms, value_u64):
     """Estimated distinct values in the window, including the current event's value."""
     t8 = t.view(np.uint8)
-    m = 1 << p
     e = now_ms // bucket_ms
     jc, rc = _hll_index_rank(np.uint64(value_u64), p)
     b = _find_locked(t, key, capacity, slot_words, probe_len)
-    head = e
-    eff = e
-    if b >= 0:
-        head = _recency(t, b)
-        eff = max(head, e)
-    lo = max(eff - nb + 1, head - nb + 1)
-    include = e > eff - nb
-    s = 0.0
-    zeros = 0
-    base = 8 * (b + PAYLOAD_OFF)
-    for j in range(m):
-        r = 0
-        if b >= 0:
-            for ep in range(lo, head + 1):
-                r = max(r, np.int64(t8[base + (ep % nb) * m + j]))
-        if include and j == jc:
-            r = max(r, rc)
-        s += 1.0 / float(np.uint64(1) << np.uint64(r))
-        zeros += r == 0
-    if b >= 0:
-        _unlock(t, b, head)
-    return np.int64(round(_hll_finish(s, zeros, m)))
+    if b < 0:
+        return _hll_window_estimate(t8, -1, 1 << p, nb, e, e, jc, rc)
+    head = _recency(t, b)
+    eff = max(head, e)
+    if e <= eff - nb:
+        jc = -1                         # late beyond the window: not included
+    est = _hll_window_estimate(t8, 8 * (b + PAYLOAD_OFF), 1 << p, nb,
+                               max(eff - nb + 1, head - nb + 1), head, jc, rc)
+    _unlock(t, b, head)
+    return est
 
 
 @njit(cache=True)
 def _update_distinct(t, capacity, slot_words, probe_len, nb, bucket_ms, p, key, now_ms, value_u64):
     t8 = t.view(np.uint8)
-    m = 1 << p
-    e = now_ms // bucket_ms
     b, is_new = _acquire(t, key, capacity, slot_words, probe_len, True, True)
     if b < 0:
         return b
-    base = 8 * (b + PAYLOAD_OFF)
-    head = e if is_new else _recency(t, b)
-    if e > head:
-        for ep in range(max(head + 1, e - nb + 1), e + 1):
-            o = base + (ep % nb) * m
-            for j in range(m):
-                t8[o + j] = 0
-        head = e
-    elif e <= head - nb:
-        _unlock(t, b, head)
-        _fetch_add(t, C_LATE, 1)
-        return LATE
-    j, r = _hll_index_rank(np.uint64(value_u64), p)
-    o = base + (e % nb) * m + j
-    if t8[o] < r:
-        t8[o] = r
+    head, rc = _hll_apply_locked(t, t8, b, is_new, nb, 1 << p, p, now_ms // bucket_ms, value_u64)
     _unlock(t, b, head)
-    return OK
+    if rc == LATE:
+        _fetch_add(t, C_LATE, 1)
+    return rc
+
+
+@njit(cache=True)
+def _read_update_distinct(t, capacity, slot_words, probe_len, nb, bucket_ms, p, key, now_ms, value_u64):
+    """_read_distinct then _update_distinct under one lock (for ``update: always``)."""
+    t8 = t.view(np.uint8)
+    b, is_new = _acquire(t, key, capacity, slot_words, probe_len, True, True)
+    if b < 0:
+        jc, rc = _hll_index_rank(np.uint64(value_u64), p)
+        return _hll_window_estimate(t8, -1, 1 << p, nb, 0, 0, jc, rc)
+    head, rc = _hll_apply_locked(t, t8, b, is_new, nb, 1 << p, p, now_ms // bucket_ms, value_u64)
+    est = _hll_window_estimate(t8, 8 * (b + PAYLOAD_OFF), 1 << p, nb, head - nb + 1, head, -1, 0)
+    _unlock(t, b, head)
+    if rc == LATE:
+        _fetch_add(t, C_LATE, 1)
+    return est

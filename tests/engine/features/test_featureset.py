@@ -25,6 +25,7 @@ def build(tmp_path):
                         {"account_state": {"key": "account_id", "capacity": 64}}, CFG.schema)
     fs = FeatureSet(specs, CFG.schema)
     b = fs.bindings
+    assert b["txn_count_1m"].can_fuse() and not b["card_blocked_sum"].can_fuse()
     args = ", ".join(fs.arg_names())
     # rule: block if more than 2 txns a minute, blocked ip, halted account or global halt
     src = "\n".join(IMPORTS) + f"""
@@ -35,7 +36,7 @@ def kernel(events, arrival_ms, out, {args}):
     for i in range(events.shape[0]):
         rec = events[i]
         a_ms = arrival_ms[i]
-        c = {b['txn_count_1m'].emit_read('rec', 'a_ms')}
+        c = {b['txn_count_1m'].emit_read_update('rec', 'a_ms')}   # always: fused, no update below
         s = {b['card_blocked_sum'].emit_read('rec', 'a_ms')}
         age = {b['first_seen_s'].emit_read('rec', 'a_ms')}
         last = {b['last_amount'].emit_read('rec', 'a_ms')}
@@ -46,7 +47,6 @@ def kernel(events, arrival_ms, out, {args}):
         out[i, 2] = age
         out[i, 3] = last
         out[i, 4] = blocked
-        {b['txn_count_1m'].emit_update('rec', 'a_ms')}
         if not blocked:
             {b['card_blocked_sum'].emit_update('rec', 'a_ms')}
         {b['first_seen_s'].emit_update('rec', 'a_ms')}

@@ -15,6 +15,7 @@ from engine.features.hll import _hll_add_many, _hll_estimate
 from engine.features.scalar import (_read_age, _read_last, _read_update_age, _read_update_last,
                                     _update_age, _update_last)
 from engine.features.windows import (LATE, OK, _read_update_avg, _read_update_count,
+                                     _read_update_distinct,
                                      _read_update_max, _read_update_min, _read_update_sum, _read_avg, _read_count, _read_distinct, _read_max,
                                      _read_min, _read_sum, _update_avg, _update_count,
                                      _update_distinct, _update_max, _update_min, _update_sum)
@@ -107,6 +108,7 @@ def test_distinct_window_is_hll_of_window_values(stream):
     """The windowed sketch is exactly the HLL of the values inside the window."""
     nb, bucket_ms, p = 3, 1000, 6
     t, sw = new_table("distinct", nb, 16, 1 << p)
+    fused, _ = new_table("distinct", nb, 16, 1 << p)
     ref = Oracle(nb, bucket_ms)
     now = 20_000
     for key, dt, v in stream:
@@ -117,6 +119,7 @@ def test_distinct_window_is_hll_of_window_values(stream):
         regs = np.zeros(1 << p, np.uint8)
         _hll_add_many(regs, p, np.array(vals + ([int(val)] if inside else []), dtype=np.uint64))
         assert got == round(_hll_estimate(regs))
+        assert _read_update_distinct(fused, 16, sw, PROBE, nb, bucket_ms, p, np.uint64(key), now, val) == got
         rc = _update_distinct(t, 16, sw, PROBE, nb, bucket_ms, p, np.uint64(key), now, val)
         assert rc == ref.commit(key, now, int(val))
 
