@@ -126,6 +126,15 @@ def test_strided_views_leave_token_and_generation(pay, all_schema):
     assert list(resp["token"]) == list(range(8)) and (resp["generation"] == 9).all()
 
 
+def test_entry_point_matches_dispatcher(pay, all_schema):
+    ev = _events(all_schema, f64f=[5000, 1], code=[b"NG", b""])
+    a, b = pay.new_buffers(2), pay.new_buffers(2)
+    pay.kernel(ev, *a)
+    pay.entry(ev, *b)
+    for x, y in zip(a, b):
+        assert (x == y).all()
+
+
 def test_evaluate_validates(pay, all_schema):
     with pytest.raises(TypeError, match="events"):
         pay.evaluate(np.zeros(3, np.float64))
