@@ -35,7 +35,9 @@ class Active:
 
     def __init__(self, ruleset, generation: int, block: Block, index: int, max_batch: int):
         self.ruleset = ruleset
-        self.kernel = ruleset.kernel
+        # the compiled entry point: skips Numba's per-call typing of the record arrays; safe
+        # because BatchProcessor always passes the kernel contract's dtypes and layouts
+        self.kernel = ruleset.entry
         self.generation = generation
         row = generation % 2
         gens = block.worker(index, "row_generation")
