@@ -28,12 +28,13 @@ def free_port() -> int:
 
 class EngineProcess:
     def __init__(self, config: str | None = None, workers: int | None = None,
-                 start_timeout_s: float = 300.0, instance: str | None = None):
+                 start_timeout_s: float = 300.0, instance: str | None = None,
+                 metrics_off: bool = False):
         self.bind = f"tcp://127.0.0.1:{free_port()}"
         self.metrics = f"127.0.0.1:{free_port()}"
         self.instance = instance or f"bench{os.getpid() % 100000}{int(time.time()) % 1000}"
         cmd = [sys.executable, "-m", "engine.cli", "serve", "--bind", self.bind,
-               "--metrics", self.metrics, "--instance", self.instance]
+               "--metrics", "off" if metrics_off else self.metrics, "--instance", self.instance]
         if config:
             cmd += ["--config", config]
         if workers:

@@ -81,6 +81,7 @@ class Router:
         self.overload_action = {"error": -1, "allow": 0, "review": 1, "block": 2}[cfg.ingress.on_overload]
         self.pending: dict[int, _Pending] = {}
         self.deadlines: list[tuple[int, int]] = []
+        self.instrument = cfg.metrics.enabled
         self.dedup = IdempotencyWindow(cfg.ingress.dedup_window_s * 1_000_000_000)
         self.metas: dict[int, RulesetMeta] = {}
         self.sock: zmq.Socket | None = None
@@ -339,6 +340,8 @@ class Router:
         now = time.monotonic_ns()
         if p.dedup_key is not None:
             self.dedup.finish(p.dedup_key, p.slots, now)
+        if not self.instrument:             # metrics.enabled: false (bench.metrics_overhead)
+            return
         self.c_requests[t, code] += 1
         acts = p.slots["action"]
         if len(acts) == 1:
