@@ -21,7 +21,7 @@ FEATURES = {
 
 
 def build(tmp_path):
-    specs = parse_specs(FEATURES, {"blocked_ips": {"type": "u32", "file": "lists/blocked_ips.txt", "capacity": 16}},
+    specs = parse_specs(FEATURES, {"blocked_ips": {"type": "u32", "file": "rules/examples/blocked_ips.txt", "capacity": 16}},
                         {"account_state": {"key": "account_id", "capacity": 64}}, CFG.schema)
     fs = FeatureSet(specs, CFG.schema)
     b = fs.bindings

@@ -85,7 +85,7 @@ def test_list_values_and_atomic_replace(tmp_path):
 
 
 def test_example_list_and_encodings():
-    v = L.load_list_file("lists/blocked_ips.txt", "u32")
+    v = L.load_list_file("rules/examples/blocked_ips.txt", "u32")
     assert 0xCB007107 in v.tolist() and 0xC0000201 in v.tolist() and len(v) == 4
     assert key_from_python(b"US", "bytes2") == ord("U") | ord("S") << 8
     assert key_from_python(b"a" * 20, "bytes32") == L.parse_value("a" * 20, "bytes32")

@@ -1,0 +1,51 @@
+"""Feature tables, lists and account state in POSIX shared memory, for the whole engine.
+
+The supervisor creates one segment per table (``/risk-engine.<instance>.<pid>.ft_<name>``,
+``fl_<name>``, ``st_<name>``, ``ctl_features``) before any worker starts; the workers attach
+the same segments, so every worker reads and updates the same tables (exactness across
+workers: engine/features/table.py's per-slot locks). Nothing here runs per event.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from shm.segment import Segment, segment_name
+
+
+class FeatureStore:
+    """A FeatureSet whose arrays live in shared memory. ``create`` in the supervisor,
+    ``attach`` in workers (and in the admin plane, which is the supervisor's)."""
+
+    def __init__(self, cfg, owner_pid: int, create: bool):
+        from engine.features.featureset import FeatureSet
+        from engine.features.spec import specs_from_config
+        self.segments: list[Segment] = []
+        self.specs = specs_from_config(cfg)
+
+        def alloc(name: str, nwords: int):
+            if create:
+                seg = Segment.create(cfg.instance, name, nwords * 8, owner_pid)
+            else:
+                seg = Segment.attach(segment_name(cfg.instance, name, owner_pid))
+            self.segments.append(seg)
+            return seg.array(np.uint64, 0, nwords), create
+
+        self.fs = FeatureSet(self.specs, cfg.schema, alloc=alloc)
+
+    @property
+    def empty(self) -> bool:
+        s = self.specs
+        return not (s.features or s.lists or s.states)
+
+    def prefault(self) -> None:
+        for seg in self.segments:
+            seg.prefault()
+
+    def close(self) -> None:
+        self.fs = None
+        for seg in self.segments:
+            seg.close()
+
+    def unlink(self) -> None:
+        for seg in self.segments:
+            seg.unlink()
