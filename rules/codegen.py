@@ -18,7 +18,7 @@ from rules import ir
 from rules.symbols import INT64_MIN
 
 CHUNK_RULES = 64              # one chunk per bitmap word (must divide 64)
-BSEARCH_MIN_ITEMS = 9
+BSEARCH_MIN_ITEMS = 33          # below: a branchless == chain beats binary search
 # applied to a -1/0/1/2 (unordered: nan) code; written so that 2 never satisfies <, <=, >, >=
 _CMP_CODE = {"<": "({}) == -1", "<=": "-1 <= ({}) <= 0", ">": "({}) == 1", ">=": "0 <= ({}) <= 1",
              "==": "({}) == 0", "!=": "({}) != 0"}

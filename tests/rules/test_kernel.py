@@ -194,3 +194,24 @@ def test_extension_symbols_become_kernel_arguments(files, all_schema, kernel_cac
     assert list(out["nfired"]) == [2, 0, 2]
     st = {"count": 6, "blocked": {7, 9}}
     assert rs.reference(ev[0], st) == (Action.BLOCK, 10.0, frozenset({0, 1}))
+
+
+def test_large_sets_use_binary_search(files, all_schema, kernel_cache):
+    """Sets of >= 33 items compile to a sorted-array search; same answers as the reference."""
+    ints = list(range(-40, 400, 11))
+    codes = [f"{chr(65 + a)}{chr(65 + b)}" for a in range(6) for b in range(7)]
+    path = files / "big.yaml"
+    path.write_text("ruleset: big\nversion: 1\nconstants:\n"
+                    f"  INTS: {ints}\n  CODES: {codes}\n  U: {[2**40 + k for k in range(35)]}\n"
+                    "rules:\n  - {id: i, when: 'i32f in INTS', score: 1}\n"
+                    "  - {id: c, when: 'code not in CODES', score: 2}\n"
+                    "  - {id: u, when: 'k in U', score: 4}\n")
+    rs = compile_ruleset([str(path)], all_schema, cache_dir=kernel_cache)
+    src = open(rs.module_path).read()
+    assert "_in_sorted_i(" in src and src.count("_in_sorted_u(") == 2
+    ev = _events(all_schema, i32f=[-40, -39, 399, 7, 0], code=[b"AA", b"AH", b"FG", b"", b"ZZ"],
+                 k=[2**40, 2**40 + 34, 2**40 + 35, 0, 2**64 - 1])
+    out = rs.evaluate(ev)
+    assert list(out["score"]) == [5.0, 6.0, 0.0, 2.0, 2.0]
+    for i in range(len(ev)):
+        assert rs.reference(ev[i])[1] == out[i]["score"]
