@@ -44,6 +44,11 @@ def _reload(sup, req):
 COMMANDS = {"status": _status, "stats": _stats, "reload": _reload}
 
 
+def _commands() -> dict:
+    from engine import admin_state
+    return {**COMMANDS, **admin_state.COMMANDS}
+
+
 def admin_bind(cfg) -> str:
     return cfg.admin.bind.replace("{instance}", cfg.instance)
 
@@ -73,9 +78,10 @@ class AdminServer:
             req = json.loads(raw)
             if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
                 raise AdminError("BAD_REQUEST", 'expected a JSON object with "cmd"')
-            fn = COMMANDS.get(req["cmd"])
+            commands = _commands()
+            fn = commands.get(req["cmd"])
             if fn is None:
-                raise AdminError("UNKNOWN_COMMAND", f"cmd={req['cmd']!r}; known: {', '.join(sorted(COMMANDS))}")
+                raise AdminError("UNKNOWN_COMMAND", f"cmd={req['cmd']!r}; known: {', '.join(sorted(commands))}")
             return {"ok": True, **fn(self.sup, req)}
         except AdminError as e:
             return {"ok": False, "error": {"code": e.code, "message": str(e)}}

@@ -63,6 +63,7 @@ class Supervisor:
         self.exporter = None
         self.admin = None
         self.collector = None
+        self.features = None
 
     # --- start --------------------------------------------------------------------------------
 
@@ -86,6 +87,10 @@ class Supervisor:
         self.control = Segment.create(cfg.instance, "control", BlockLayout(n).nbytes, self.pid)
         self.block = Block(self.control.buf, n, create=True)
         self.doorbell = EventfdDoorbell.create()
+        from engine.featurestore import FeatureStore
+        self.features = FeatureStore(cfg, self.pid, create=True)
+        if not self.features.empty:
+            self.log("risk-engine: feature tables in shared memory:\n" + self.features.fs.memory_report())
         for w in range(n):
             self.rings.append(EngineRings.create(cfg, self.pid, w, self.doorbell))
         plan = {"instance": cfg.instance, "owner_pid": self.pid, "eventfd": self.doorbell.fileno(),
@@ -115,6 +120,15 @@ class Supervisor:
         if self.want_ebpf:
             self._start_sidecar()
         self._write_status()
+
+    def admin_log_path(self) -> str | None:
+        """admin.log in the journal directory (None when the journal is off)."""
+        d = self.cfg.durability
+        if not d.journal_enabled:
+            return None
+        path = d.journal_dir.replace("{instance}", self.cfg.instance)
+        os.makedirs(path, exist_ok=True)
+        return os.path.join(path, "admin.log")
 
     def _start_sidecar(self) -> None:
         """`serve --ebpf`: the eBPF sidecar as a child; if it cannot run here, say why in one
@@ -296,6 +310,10 @@ class Supervisor:
                 (res.stop if res is self.sidecar else res.close)()
         for r in self.rings:
             r.unlink()
+        if self.features is not None:
+            self.features.unlink()
+            self.features.close()
+            self.features = None
         self.block = None
         if getattr(self, "control", None) is not None:
             self.control.unlink()

@@ -56,8 +56,9 @@ class BatchProcessor:
     contiguous view of request slots into the response ring. Allocates nothing per batch."""
 
     def __init__(self, rings: EngineRings, active: Active, block: Block, index: int,
-                 max_batch: int, journal=None):
+                 max_batch: int, journal=None, feature_arrays: tuple = ()):
         self.rings = rings
+        self.feature_arrays = feature_arrays      # shared-memory tables, in kernel order
         self.active = active
         self.journal = journal
         self.out = np.zeros(max_batch, dtype=RESPONSE_SLOT_DTYPE)
@@ -194,11 +195,13 @@ def serve(run_dir: str, index: int) -> int:
     gcstats.install(block.worker(index, "gc_hist"))
     max_batch = min(cfg.ingress.max_batch, cfg.rings.capacity)
     journal = open_journal(cfg, index)
+    from engine.featurestore import FeatureStore
+    store = FeatureStore(cfg, plan["owner_pid"], create=False)
     syncer = JournalSyncer(journal) if journal is not None and journal.config.fsync == "interval_ms" else None
 
     generation = int(block.view("supervisor.generation")[0])
     active = Active(load_generation(run_dir, generation, cfg.schema), generation, block, index, max_batch)
-    proc = BatchProcessor(rings, active, block, index, max_batch, journal)
+    proc = BatchProcessor(rings, active, block, index, max_batch, journal, store.fs.arrays())
     block.worker(index, "generation")[0] = generation
     gcstats.freeze_after_warmup()
 
@@ -238,6 +241,8 @@ def serve(run_dir: str, index: int) -> int:
         journal.sync()
         journal.close()
     rings.close()
+    proc.feature_arrays = ()
+    store.close()
     block_seg.close()
     return 0
 
