@@ -41,7 +41,15 @@ def _reload(sup, req):
     return {"outcome": outcome, "generation": sup.generation}
 
 
-COMMANDS = {"status": _status, "stats": _stats, "reload": _reload}
+def _snapshot(sup, req):
+    from engine.supervisor import StartupError
+    try:
+        return {"path": sup.snapshot()}
+    except (StartupError, OSError) as e:
+        raise AdminError("SNAPSHOT_FAILED", str(e)) from None
+
+
+COMMANDS = {"status": _status, "stats": _stats, "reload": _reload, "snapshot": _snapshot}
 
 
 def _commands() -> dict:

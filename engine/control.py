@@ -55,13 +55,15 @@ def _hist(nb: int) -> int:
 
 
 SUPERVISOR = [("header", 2), ("stop", 1), ("generation", 1), ("worker_restarts", 1),
-              ("ingress_restarts", 1), ("reload_errors", 1), ("worker_epoch", MAX_WORKERS), ("worker_pid", MAX_WORKERS),
+              ("ingress_restarts", 1), ("reload_errors", 1), ("pause", 1), ("snapshots", 1),
+              ("snapshot_errors", 1), ("worker_epoch", MAX_WORKERS), ("worker_pid", MAX_WORKERS),
               ("worker_alive", MAX_WORKERS), ("ingress_pid", 1), ("ingress_alive", 1)]
 INGRESS = [("requests", N_TRANSPORTS * N_CODES), ("decisions", 3), ("inflight", 1),
            ("accepting", 1), ("deduplicated", 1), ("timeouts", 1), ("worker_lost", 1),
            ("eval_hist", N_TRANSPORTS * _hist(NB)), ("stage_hist", len(STAGES) * _hist(NB)),
            ("gc_hist", _hist(NBG)), ("generation_seen", 1)]
 WORKER = [("batches", 1), ("events", 1), ("generation", 1), ("reload_errors", 1),
+          ("paused", 1), ("journal_seq", 1), ("retain_seq", 1),
           ("kernel_hist", _hist(NBK)), ("gc_hist", _hist(NBG)), ("heartbeat_ns", 1),
           ("row_generation", 2),
           ("rule_hits", 2 * MAX_RULES), ("rule_errors", 2 * MAX_RULES)]

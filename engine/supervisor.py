@@ -64,6 +64,7 @@ class Supervisor:
         self.admin = None
         self.collector = None
         self.features = None
+        self.last_snapshot = time.monotonic()
 
     # --- start --------------------------------------------------------------------------------
 
@@ -120,6 +121,41 @@ class Supervisor:
         if self.want_ebpf:
             self._start_sidecar()
         self._write_status()
+
+    def snapshot(self, timeout_s: float = 5.0) -> str:
+        """Pause every worker between two batches, copy the feature tables, resume, then
+        write the copy with each worker's journal seq (engine.snapshot). Returns the path.
+        The pause lasts one memory copy of the tables; the file write happens after."""
+        from engine.snapshot import SnapshotStore
+        d = self.cfg.durability
+        if not d.journal_enabled:
+            raise StartupError("snapshot: journal.enabled is false; a snapshot needs the journal")
+        b = self.block
+        pause = b.view("supervisor.pause")
+        epoch = int(b.view("supervisor.snapshots")[0]) + 1
+        n = len(self.placements)
+        pause[0] = epoch
+        try:
+            for r in self.rings:
+                r.wake_worker()
+            t_end = time.monotonic() + timeout_s
+            while any(b.worker(w, "paused")[0] != epoch for w in range(n)):
+                if time.monotonic() > t_end:
+                    b.view("supervisor.snapshot_errors")[0] += 1
+                    raise StartupError(f"snapshot: workers did not pause within {timeout_s} s")
+                time.sleep(0.0005)
+            arrays = {name: a.copy() for name, a in zip(self.features.fs.arg_names(), self.features.fs.arrays())}
+            seqs = {w: int(b.worker(w, "journal_seq")[0]) for w in range(n)}
+        finally:
+            pause[0] = 0
+        store = SnapshotStore(d.snapshot_dir.replace("{instance}", self.cfg.instance), keep=d.snapshot_keep)
+        path = store.write(arrays, seqs, generation=self.generation)
+        b.view("supervisor.snapshots")[0] = epoch
+        for w in range(n):
+            floor = store.oldest_journal_seq(w)
+            b.worker(w, "retain_seq")[0] = floor if floor is not None else 0
+        self.last_snapshot = time.monotonic()
+        return path
 
     def admin_log_path(self) -> str | None:
         """admin.log in the journal directory (None when the journal is off)."""
@@ -201,6 +237,13 @@ class Supervisor:
                     return self.shutdown()
             self._reap()
             self.admin.poll(20)
+            d = self.cfg.durability
+            if d.journal_enabled and time.monotonic() - self.last_snapshot > d.snapshot_interval_s:
+                try:
+                    self.snapshot()
+                except (StartupError, OSError) as e:
+                    self.last_snapshot = time.monotonic()
+                    self.log(f"risk-engine: snapshot failed: {e}")
 
     def _reap(self) -> None:
         for role, p in list(self.children.items()):

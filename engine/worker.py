@@ -95,6 +95,27 @@ class BatchProcessor:
         return n
 
 
+def hold_for_snapshot(block: Block, index: int, journal) -> None:
+    """Snapshot protocol, worker side: make the journal durable, publish its last seq, say
+    "paused", and wait until the supervisor has copied the tables. The copy then equals the
+    state after exactly those journal records (docs/DURABILITY.md)."""
+    pause = block.view("supervisor.pause")
+    stop = block.view("supervisor.stop")
+    paused = block.worker(index, "paused")
+    epoch = int(pause[0])
+    if not epoch or paused[0] == epoch:
+        return
+    if journal is not None:
+        journal.sync()
+        block.worker(index, "journal_seq")[0] = journal.last_seq
+    paused[0] = epoch                   # the supervisor copies the tables after this store
+    while pause[0] == epoch and stop[0] < 2:
+        time.sleep(0.0002)
+    retain = int(block.worker(index, "retain_seq")[0])
+    if journal is not None and retain:
+        journal.set_snapshot_seq(retain)   # retention never deletes what a snapshot needs
+
+
 def load_generation(run_dir: str, generation: int, schema):
     from rules import compile_ruleset
     spec = rundir.read_generation(run_dir, generation)
@@ -213,7 +234,10 @@ def serve(run_dir: str, index: int) -> int:
     refused = -1                        # a generation this worker could not load: not retried
     req, idle = rings.request, rings.worker_idle
 
+    pause = block.view("supervisor.pause")
     while stop[0] < 2:                  # 1: ingress stops accepting; 2: workers stop
+        if pause[0]:                    # a snapshot: hold still between two batches
+            hold_for_snapshot(block, index, journal)
         v1, _ = req.try_drain(max_batch)
         if len(v1):
             req.release(proc.process(v1))   # after publishing: a crash before this re-reads

@@ -49,3 +49,23 @@ def test_state_and_halt_are_logged(engine):
     assert cmds[-3:] == ["set-state", "halt", "resume"]
     assert admin(engine, cmd="bogus")["error"]["code"] == "UNKNOWN_COMMAND"
     assert "memory" in admin(engine, cmd="features")
+
+
+def test_snapshot_pauses_workers_and_records_journal_seqs(engine):
+    import numpy as np
+    from engine.config import load_config
+    from engine.journal import JournalReader
+    from engine.snapshot import SnapshotStore
+    from ingress.client import Client
+    from tests.engine.test_e2e import random_events
+    schema = load_config().schema
+    with Client(engine.endpoint, schema, timeout_ms=20_000, retries=0) as c:
+        c.evaluate_batch(random_events(np.random.default_rng(5), schema, 25))
+    assert admin(engine, cmd="set-state", name="account_state", key=7, state="REDUCING")["ok"]
+    r = admin(engine, cmd="snapshot")
+    assert r["ok"], r
+    snap, refused = SnapshotStore(engine.raw["snapshot"]["dir"]).load_latest()
+    assert snap is not None and not refused and snap.path == r["path"]
+    last = JournalReader(engine.raw["journal"]["dir"], schema.dtype, schema.hash, 0).last_committed_seq()
+    assert snap.journal_seq == {0: last} and last >= 25
+    assert set(snap.arrays) >= {"fl_blocked_ips", "st_account_state"}
