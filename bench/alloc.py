@@ -96,7 +96,7 @@ def worker_loop(cfg, batch: int, instance: str):
         o["token"] = v1["token"]
         o["generation"] = generation
         t0 = time.perf_counter_ns()
-        kernel(v1["event"], o, bits[:n], hits, errors)
+        kernel(v1["event"], v1["arrival_ns"], o, bits[:n], hits, errors, *rs.feature_arrays)
         dt = time.perf_counter_ns() - t0
         khist[int(np.searchsorted(KERNEL_BOUNDS_NS, dt // n))] += n
         khist[-1] += dt

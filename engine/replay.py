@@ -55,10 +55,11 @@ class _Eval:
         self.hits = np.zeros(max(rs.n_rules, 1), np.int64)
         self.errors = np.zeros(max(rs.n_rules, 1), np.int64)
 
-    def run(self, events: np.ndarray) -> np.ndarray:
+    def run(self, events: np.ndarray, arrival_ns: np.ndarray) -> np.ndarray:
         n = len(events)
         o = self.out[:n]
-        self.rs.kernel(events, o, self.bits[:n], self.hits, self.errors)
+        self.rs.kernel(events, arrival_ns, o, self.bits[:n], self.hits, self.errors,
+                       *self.rs.feature_arrays)
         return o["action"]
 
     def hit_counts(self) -> dict:
@@ -68,9 +69,13 @@ class _Eval:
 def replay(journal_dir: str, cfg, candidate_files=None, batch: int = 65536, progress=None) -> ReplayReport:
     from engine.journal import iter_merged, list_writers
     from rules import compile_ruleset
+    from rules.features import feature_set_for
     kw = dict(thresholds=cfg.rules.thresholds, on_error=cfg.rules.on_error)
-    base = compile_ruleset(list(cfg.rules.files), cfg.schema, **kw)
-    cand = compile_ruleset(list(candidate_files), cfg.schema, **kw) if candidate_files else base
+    # each ruleset rebuilds the features from scratch over the replayed events (its own
+    # process-local tables; lists from their files, state ACTIVE, no halt)
+    base = compile_ruleset(list(cfg.rules.files), cfg.schema, features=feature_set_for(cfg), **kw)
+    cand = compile_ruleset(list(candidate_files), cfg.schema, features=feature_set_for(cfg), **kw) \
+        if candidate_files else base
     if not list_writers(journal_dir):
         raise FileNotFoundError(f"journal={journal_dir!r}: no journal files")
     eb, ec = _Eval(base, batch), (_Eval(cand, batch) if cand is not base else None)
@@ -79,9 +84,9 @@ def replay(journal_dir: str, cfg, candidate_files=None, batch: int = 65536, prog
     for records, _ in iter_merged(journal_dir, cfg.schema.dtype, cfg.schema.hash, batch_records=batch):
         for lo in range(0, len(records), batch):
             r = records[lo:lo + batch]
-            ev = r["event"]
-            eb.run(ev)
-            new = ec.run(ev) if ec is not None else eb.out[:len(r)]["action"]
+            ev, arrival = r["event"], r["arrival_ns"]
+            eb.run(ev, arrival)
+            new = ec.run(ev, arrival) if ec is not None else eb.out[:len(r)]["action"]
             np.add.at(rep.changed, (r["action"].astype(np.intp), new.astype(np.intp)), 1)
             rep.events += len(r)
         if progress:

@@ -76,7 +76,7 @@ class BatchProcessor:
         o["token"] = v["token"]
         o["generation"] = a.generation
         t0 = time.perf_counter_ns()
-        a.kernel(v["event"], o, a.bits[:n], a.hits, a.errors)
+        a.kernel(v["event"], v["arrival_ns"], o, a.bits[:n], a.hits, a.errors, *a.ruleset.feature_arrays)
         dt = time.perf_counter_ns() - t0
         self.khist[int(np.searchsorted(KERNEL_BOUNDS_NS, dt // n))] += n
         self.khist[-1] += dt

@@ -7,7 +7,7 @@ re-printed with ``repr``). Rules are grouped into chunk functions of CHUNK_RULES
 compile time grows linearly; the kernel loops over events and calls the chunks in order,
 so fired rule indexes come out ascending.
 
-Kernel contract (see rules/__init__.py): kernel(events, out, bits, hits, errors, *ext).
+Kernel contract (see rules/__init__.py): kernel(events, arrival_ns, out, bits, hits, errors, *ext).
 """
 from __future__ import annotations
 
@@ -55,7 +55,8 @@ def pure(n: ir.Node) -> bool:
             return False
         if isinstance(m, ir.Call) and (m.fn == "round" or m.fn == "abs" and m.type == "int"):
             return False
-        if isinstance(m, (ir.Ext, ir.In)) and getattr(m, "symbol", None) is not None:
+        if isinstance(m, (ir.Ext, ir.In)) and getattr(m, "symbol", None) is not None \
+                and not getattr(m.symbol, "pure", False):     # features: locals, never fail
             return False
     return True
 
@@ -239,8 +240,9 @@ class RuleEmitter:
         t = self.tmp()
         neg = "not " if n.negate else ""
         if n.symbol is not None:
-            x = self.operand(n.x, ind)
-            self.emit(ind, f"{t} = {neg}({n.symbol.kernel_contains(x)})")
+            code = n.symbol.kernel_contains_bytes(n.x) if n.x.type == "bytes" \
+                else n.symbol.kernel_contains(self.operand(n.x, ind))
+            self.emit(ind, f"{t} = {neg}({code})")
             return t
         items = list(n.items)
         if not items:

@@ -20,9 +20,10 @@ from engine.types import MAX_FIRED, RESPONSE_SLOT_DTYPE, Action
 from rules import ir
 from rules.cache import default_cache_dir, import_module, module_name, source_hash, write_module
 from rules.diagnostics import Diagnostic, RulesetError, Sink
+from rules.features import FeaturePlan, FeatureRead, ListSet, feature_symbols
 from rules.fold import FoldError, fold
 from rules.kernel_source import KernelRule, generate
-from rules.loader import RuleSource, load_rule_file
+from rules.loader import ConstantDef, RuleSource, load_rule_file
 from rules.parse import ExprError, allowlist, check_depth, parse_expr
 from rules.reference import EvalError, evaluate, event_env
 from rules.symbols import Symbols
@@ -107,9 +108,24 @@ def check_ruleset(files: Sequence[str], schema, extensions: Mapping[str, object]
     return loaded, compiled
 
 
+def _read_names(compiled) -> list[str]:
+    """Names of the features/lists/state the rules use (rules.features symbols)."""
+    names = []
+    for _, node in compiled:
+        for m in ir.walk(node):
+            sym = getattr(m, "symbol", None)
+            if isinstance(sym, (FeatureRead, ListSet)) and sym.name not in names:
+                names.append(sym.name)
+    return names
+
+
 def compile_ruleset(files: Sequence[str], schema, *, thresholds=(), on_error: str = "skip",
-                    cache_dir=None, extensions: Mapping[str, object] | None = None) -> "CompiledRuleset":
+                    cache_dir=None, extensions: Mapping[str, object] | None = None,
+                    features=None) -> "CompiledRuleset":
     """Compile rule files into one kernel; raise RulesetError listing every problem.
+
+    ``features``: an engine.features.featureset.FeatureSet (or None): its names become usable
+    in rules and its arrays kernel arguments (``feature_args``; rules/features.py).
 
     Safe to call off the hot path while another ruleset serves: it touches no shared state
     besides the cache directory (files published atomically).
@@ -117,12 +133,18 @@ def compile_ruleset(files: Sequence[str], schema, *, thresholds=(), on_error: st
     if on_error not in ("skip", "fire"):
         raise ValueError(f"on_error={on_error!r} (allowed: skip, fire)")
     th = _thresholds(thresholds)
+    plan = None
+    if features is not None:
+        extensions = {**feature_symbols(features), **(extensions or {})}
     loaded, compiled = check_ruleset(files, schema, extensions)
+    if features is not None:
+        plan = FeaturePlan(features, _read_names(compiled))
+        extensions = {k: v for k, v in extensions.items() if not isinstance(v, (FeatureRead, ListSet, ConstantDef))}
     label = "+".join(f"{rf.name}@{rf.version}" for rf in loaded)
     krules = [KernelRule(i, r.id, f"{Path(r.file).name}:{r.line}", node, r.action, r.score,
                          r.mode == "enforce") for i, (r, node) in enumerate(compiled)]
     ext_args = tuple(dict.fromkeys(a for s in (extensions or {}).values() for a in s.kernel_args))
-    source = generate(krules, len(krules), schema, th, on_error, label, ext_args)
+    source = generate(krules, len(krules), schema, th, on_error, label, ext_args, plan)
     t0 = time.perf_counter()
     cdir = Path(cache_dir) if cache_dir else default_cache_dir()
     name = module_name(source_hash(source), schema.hash, numba.__version__)
@@ -138,7 +160,10 @@ def compile_ruleset(files: Sequence[str], schema, *, thresholds=(), on_error: st
         where=tuple(f"{r.file}:{r.line}" for r, _ in compiled),
         n_rules=len(compiled), source_hash=name, kernel=mod._kernel, schema=schema,
         thresholds=th, on_error=on_error, module_path=str(path), import_s=time.perf_counter() - t0,
-        conditions=tuple(node for _, node in compiled))
+        conditions=tuple(node for _, node in compiled),
+        feature_args=plan.kernel_args if plan else (), features=features,
+        feature_arrays=features.arrays() if features is not None else (),
+        update_kernel=getattr(mod, "_apply_updates", None))
 
 
 @dataclass(frozen=True, eq=False)
@@ -155,13 +180,17 @@ class CompiledRuleset:
     where: tuple               # "file:line" of each rule
     n_rules: int
     source_hash: str           # cache key (module name) of the generated kernel
-    kernel: object             # raw njit: kernel(events, out, bits, hits, errors)
+    kernel: object             # raw njit: kernel(events, arrival_ns, out, bits, hits, errors, *feature_arrays)
     schema: object
     thresholds: dict = field(default_factory=dict)
     on_error: str = "skip"
     module_path: str = ""
     import_s: float = 0.0      # write + import (compile or cache load) wall time
     conditions: tuple = ()     # folded IR per rule (the reference evaluator's input)
+    feature_args: tuple = ()   # names of the feature arrays after ``errors`` (FeatureSet.arg_names())
+    features: object = None    # the FeatureSet compiled against (None: no features)
+    feature_arrays: tuple = () # its arrays, in feature_args order (what the engine passes)
+    update_kernel: object = None  # raw njit _apply_updates(events, arrival_ns, actions, *feature_arrays)
 
     @property
     def entry(self):
@@ -183,11 +212,45 @@ class CompiledRuleset:
         return (np.zeros(n, RESPONSE_SLOT_DTYPE), np.zeros((n, self.n_words), np.uint64),
                 np.zeros(self.n_rules, np.int64), np.zeros(self.n_rules, np.int64))
 
-    def evaluate(self, events, out=None, bits=None, hits=None, errors=None):
-        """Validate the arguments, run the kernel, return ``out``. Not for the hot path."""
+    def _arrival(self, arrival_ns, n: int) -> np.ndarray:
+        if arrival_ns is None:
+            return np.zeros(n, np.int64)
+        a = np.asarray(arrival_ns)
+        if a.dtype != np.int64 or a.ndim != 1 or a.shape[0] != n:
+            raise TypeError(f"arrival_ns: expected int64[{n}], got {a.dtype}{a.shape}")
+        return a
+
+    def _feature_arrays(self, feature_arrays) -> tuple:
+        fa = self.feature_arrays if feature_arrays is None else tuple(feature_arrays)
+        if len(fa) != len(self.feature_args):
+            raise TypeError(f"feature_arrays: expected {len(self.feature_args)} arrays {self.feature_args}, got {len(fa)}")
+        return fa
+
+    def apply_updates(self, events, arrival_ns, actions, *feature_arrays) -> None:
+        """Commit every feature update of ``events`` exactly as the kernel would have after
+        deciding ``actions`` (unless_blocked features skip BLOCK), without evaluating rules:
+        recovery and replay. ``feature_arrays`` default to the compile-time FeatureSet's."""
+        if self.update_kernel is None:
+            return
+        n = events.shape[0]
+        act = np.asarray(actions)
+        if act.dtype != np.uint8:
+            act = act.astype(np.uint8)
+        if act.shape != (n,):
+            raise TypeError(f"actions: expected {n} actions, got shape {act.shape}")
+        self.update_kernel(events, self._arrival(arrival_ns, n), act,
+                           *self._feature_arrays(feature_arrays or None))
+
+    def evaluate(self, events, out=None, bits=None, hits=None, errors=None, arrival_ns=None,
+                 feature_arrays=None):
+        """Validate the arguments, run the kernel, return ``out``. Not for the hot path.
+        ``arrival_ns`` defaults to zeros, ``feature_arrays`` to the compile-time FeatureSet's
+        (the kernel updates those tables)."""
         if not isinstance(events, np.ndarray) or events.ndim != 1 or events.dtype != self.schema.dtype:
             raise TypeError(f"events: expected a 1-D array of the schema dtype, got {getattr(events, 'dtype', type(events))}")
         n = events.shape[0]
+        arrival = self._arrival(arrival_ns, n)
+        fa = self._feature_arrays(feature_arrays)
         o, b, h, e = self.new_buffers(n)
         out = o if out is None else out
         bits = b if bits is None else bits
@@ -203,7 +266,7 @@ class CompiledRuleset:
         for nm, a in (("hits", hits), ("errors", errors)):
             if a.dtype != np.int64 or a.shape != (self.n_rules,) or not a.flags.c_contiguous:
                 raise TypeError(f"{nm}: expected C-contiguous int64[{self.n_rules}], got {a.dtype}{a.shape}")
-        self.kernel(events, out[:n], bits[:n], hits, errors)
+        self.kernel(events, arrival, out[:n], bits[:n], hits, errors, *fa)
         return out
 
     def reference_decision(self, event, state=None) -> Decision:
@@ -233,7 +296,12 @@ class CompiledRuleset:
         return d.action, d.score, d.fired
 
     def warm_up(self) -> None:
-        """Run the kernel once on a strided view (the layout the engine passes)."""
-        ev = np.zeros(2, self.schema.dtype)[::2]
+        """Run the kernel once on a strided view (the layout the engine passes). With
+        features, on zero events: the tables must not see a fake event."""
+        k = 0 if self.feature_args else 1
+        ev = np.zeros(2, self.schema.dtype)[::2][:k]
+        arrival = np.zeros(2, np.int64)[::2][:k]
         out, bits, hits, errors = self.new_buffers(2)
-        self.kernel(ev, out[::2], bits[:1], hits, errors)
+        self.kernel(ev, arrival, out[::2][:k], bits[:k], hits, errors, *self.feature_arrays)
+        if self.update_kernel is not None:
+            self.update_kernel(ev, arrival, np.zeros(2, np.uint8)[::2][:k], *self.feature_arrays)

@@ -317,7 +317,7 @@ class Checker:
             if r.type == "extset":
                 s = r.value
                 want = "bytes" if x.type == "bytes" else "int"
-                if s.element_type != want:
+                if s.element_type != want or x.type == "float":
                     return self.err(right_ast, f"list {right_ast.id} holds {s.element_type}, not {_describe(x)}")
                 return ir.In("bool", p, x if x.type == "bytes" else self.to_int(x) if x.type == "bool" else x, (), negate, s)
             if r.type != "list":

@@ -29,6 +29,12 @@ from rules.symbols import Symbols
 from tests.rules.exprgen import (CONSTANTS, CONSTANTS_YAML, gen_bool, gen_num, python_value,
                                  random_event, to_record)
 
+
+def _arr(events):
+    """The arrival_ns argument of the kernel (unused without features)."""
+    return np.zeros(len(events), np.int64)
+
+
 _SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
@@ -147,7 +153,7 @@ def _check_batch(rs, arr, strided: bool):
     bits = np.zeros((n, rs.n_words), np.uint64)
     hits = np.zeros(rs.n_rules, np.int64)
     errors = np.zeros(rs.n_rules, np.int64)
-    rs.kernel(events, out, bits, hits, errors)
+    rs.kernel(events, _arr(events), out, bits, hits, errors)
     want_hits = np.zeros(rs.n_rules, np.int64)
     want_errors = np.zeros(rs.n_rules, np.int64)
     for i in range(n):
@@ -185,7 +191,7 @@ def test_kernel_rule_values_match_python(random_ruleset, all_schema):
     rng = random.Random(7)
     arr = to_record([random_event(rng, all_schema) for _ in range(64)], all_schema)
     out, bits, hits, errors = random_ruleset.new_buffers(len(arr))
-    random_ruleset.kernel(arr, out, bits, hits, errors)
+    random_ruleset.kernel(arr, _arr(arr), out, bits, hits, errors)
     texts = [l.split("when: ", 1)[1] for l in open(random_ruleset.where[0].rsplit(":", 1)[0]).read().splitlines()
              if l.startswith("    when: ")]
     import ast

@@ -12,6 +12,12 @@ import pytest
 from engine.types import MAX_FIRED, RESPONSE_SLOT_DTYPE, Action, DecisionFlag
 from rules import compile_ruleset
 
+
+def _arr(events):
+    """The arrival_ns argument of the kernel (unused without features)."""
+    return np.zeros(len(events), np.int64)
+
+
 RULES = """
 ruleset: pay
 version: 3
@@ -85,7 +91,7 @@ def test_counters_accumulate_and_bits(pay, all_schema):
     out, bits, hits, errors = pay.new_buffers(3)
     bits[:] = 0xFFFF          # stale scratch is overwritten
     for _ in range(2):
-        pay.kernel(ev, out, bits, hits, errors)
+        pay.kernel(ev, _arr(ev), out, bits, hits, errors)
     assert list(hits) == [4, 0, 2, 0, 0] and list(errors) == [0, 0, 4, 0, 0]
     assert list(bits[:, 0]) == [0b1, 0, 0b101]
 
@@ -104,7 +110,7 @@ def test_many_rules_multiword_bitmap_and_overflow(files, all_schema, kernel_cach
     assert rs.n_words == 2
     ev = _events(all_schema, i32f=[0, 1, 17, 69, 100])
     out, bits, hits, errors = rs.new_buffers(len(ev))
-    rs.kernel(ev, out, bits, hits, errors)
+    rs.kernel(ev, _arr(ev), out, bits, hits, errors)
     assert list(out["nfired"]) == [0, 1, 17, 69, 70]
     assert list(out["action"]) == [0, 0, 0, Action.BLOCK, Action.BLOCK]
     assert out[2]["flags"] == out[3]["flags"] == DecisionFlag.FIRED_OVERFLOW and out[1]["flags"] == 0
@@ -121,7 +127,7 @@ def test_strided_views_leave_token_and_generation(pay, all_schema):
     resp["token"] = np.arange(8)
     resp["generation"] = 9
     out, bits, hits, errors = pay.new_buffers(3)
-    pay.kernel(slots["event"][2:5], resp[4:7], bits, hits, errors)
+    pay.kernel(slots["event"][2:5], _arr(slots["event"][2:5]), resp[4:7], bits, hits, errors)
     assert list(resp["action"]) == [0, 0, 0, 0, 1, 1, 1, 0]
     assert list(resp["token"]) == list(range(8)) and (resp["generation"] == 9).all()
 
@@ -129,8 +135,8 @@ def test_strided_views_leave_token_and_generation(pay, all_schema):
 def test_entry_point_matches_dispatcher(pay, all_schema):
     ev = _events(all_schema, f64f=[5000, 1], code=[b"NG", b""])
     a, b = pay.new_buffers(2), pay.new_buffers(2)
-    pay.kernel(ev, *a)
-    pay.entry(ev, *b)
+    pay.kernel(ev, _arr(ev), *a)
+    pay.entry(ev, _arr(ev), *b)
     for x, y in zip(a, b):
         assert (x == y).all()
 
@@ -189,7 +195,7 @@ def test_extension_symbols_become_kernel_arguments(files, all_schema, kernel_cac
     out, bits, hits, errors = rs.new_buffers(3)
     counts = np.array([6, 1, 9], np.int64)
     blocked = np.array([7, 9], np.int64)
-    rs.kernel(ev, out, bits, hits, errors, counts, blocked)
+    rs.kernel(ev, _arr(ev), out, bits, hits, errors, counts, blocked)
     assert list(out["action"]) == [Action.BLOCK, Action.ALLOW, Action.BLOCK]
     assert list(out["nfired"]) == [2, 0, 2]
     st = {"count": 6, "blocked": {7, 9}}
