@@ -71,6 +71,16 @@ def attach_control(run_dir, cfg):
     return Block(seg.buf, len(plan["workers"])), seg
 
 
+def is_supervisor(pid: int) -> bool:
+    """True if ``pid`` runs and is an engine supervisor: a pid file left by a killed engine
+    may name a pid that the system has since given to an unrelated process."""
+    try:
+        title = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return title.startswith(b"risk-engine: supervisor")
+
+
 def live_instances() -> list[tuple[Path, int]]:
     """(run dir, supervisor pid) of every instance whose supervisor is alive."""
     out = []
@@ -80,8 +90,8 @@ def live_instances() -> list[tuple[Path, int]]:
     for d in sorted(root.iterdir()):
         try:
             pid = int((d / "supervisor.pid").read_text())
-            os.kill(pid, 0)
         except (OSError, ValueError):
             continue
-        out.append((d, pid))
+        if is_supervisor(pid):
+            out.append((d, pid))
     return out

@@ -189,7 +189,7 @@ def test_sigkill_then_restart_reclaims_stale_segments(tmp_path):
     eng2.raw["instance"] = eng.instance
     import yaml
     eng2.config_path.write_text(yaml.safe_dump({**eng2.raw, "instance": eng.instance}, sort_keys=False))
-    with eng2.start():
+    with eng2:
         now = shm_entries(eng.instance)
         assert not set(stale) & set(now), "stale segments of the dead instance survived"
         assert "reclaimed" in eng2.output()
