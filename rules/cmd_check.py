@@ -25,16 +25,18 @@ def run(args) -> int:
         print("risk-engine check: no rule files (give --rules or set rules.files)", file=sys.stderr)
         return 2
     from rules.compiler import check_ruleset, compile_ruleset
+    from rules.features import feature_set_for, feature_symbols
     t0 = time.perf_counter()
     try:
+        fs = feature_set_for(cfg)           # the config's features, lists, state (local tables)
         if args.no_kernel:
-            loaded, compiled = check_ruleset(files, cfg.schema)
+            loaded, compiled = check_ruleset(files, cfg.schema, feature_symbols(fs))
             label = "+".join(f"{rf.name}@{rf.version}" for rf in loaded)
             modes = [r.mode for r, _ in compiled]
             extra = "kernel not compiled"
         else:
             rs = compile_ruleset(files, cfg.schema, thresholds=cfg.rules.thresholds,
-                                 on_error=cfg.rules.on_error, cache_dir=args.cache_dir)
+                                 on_error=cfg.rules.on_error, cache_dir=args.cache_dir, features=fs)
             label, modes = rs.label, rs.modes
             extra = f"kernel {rs.source_hash}"
     except RulesetError as e:

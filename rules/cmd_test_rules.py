@@ -15,7 +15,8 @@ def run(args) -> int:
     import sys
 
     from engine.config import ConfigError, load_config
-    from rules.cases import CaseFileError, build_events, check_case, load_cases
+    from rules.case_runner import run_case
+    from rules.cases import CaseFileError, check_case, load_cases
     from rules.diagnostics import RulesetError
     try:
         cfg = load_config(args.config)
@@ -23,9 +24,11 @@ def run(args) -> int:
         print(f"risk-engine: config error: {e}", file=sys.stderr)
         return 2
     from rules.compiler import compile_ruleset
+    from rules.features import feature_set_for
     try:
         rs = compile_ruleset(args.rules, cfg.schema, thresholds=cfg.rules.thresholds,
-                             on_error=cfg.rules.on_error, cache_dir=args.cache_dir)
+                             on_error=cfg.rules.on_error, cache_dir=args.cache_dir,
+                             features=feature_set_for(cfg))
     except RulesetError as e:
         for d in e.diagnostics:
             print(d)
@@ -34,18 +37,13 @@ def run(args) -> int:
     for path in args.cases:
         try:
             cases = load_cases(path)
-            events = build_events(cases, cfg.schema)
+            results = [run_case(rs, c) for c in cases]   # each from empty feature tables
         except (OSError, CaseFileError, ValueError) as e:
             print(f"ERROR {path}: {e}")
             failed += 1
             continue
-        out = rs.evaluate(events)
-        for i, c in enumerate(cases):
-            fired = {int(k) for k in out[i]["fired"][:min(int(out[i]["nfired"]), len(out[i]["fired"]))]}
-            if out[i]["nfired"] > len(out[i]["fired"]):   # overflowed the slot: use the reference set
-                fired = set(rs.reference(events[i])[2])
-            ref = rs.reference(events[i])
-            probs = check_case(c, int(out[i]["action"]), float(out[i]["score"]), fired, rs.rule_ids, ref)
+        for c, ((action, score, fired), ref) in zip(cases, results):
+            probs = check_case(c, action, score, fired, rs.rule_ids, ref)
             tag = f"{os.path.basename(path)}: {c.name}"
             if probs:
                 failed += 1
@@ -57,7 +55,7 @@ def run(args) -> int:
                 print(f"PASS  {tag}")
             if args.verbose:
                 print(f"        fired: {', '.join(rs.rule_ids[k] for k in sorted(fired)) or '-'}"
-                      f"  score {float(out[i]['score']):g}")
+                      f"  score {score:g}")
     total = passed + failed
     print("-" * 80)
     print(f"PASS: {passed}/{total}")

@@ -11,10 +11,10 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "rules" / "examples"
 
 def test_default_config_loads_the_example_packs_of_100_rules(capsys):
     files = load_config(None).rules.files
-    assert [Path(f).name for f in files] == ["payments.yaml", "pretrade.yaml"]
+    assert [Path(f).name for f in files][:2] == ["payments.yaml", "pretrade.yaml"]  # + velocity packs
     assert main(["check", "--no-kernel"]) == 0
     line = capsys.readouterr().out.strip()
-    assert line.startswith("ok: payments@7+pretrade@3: ")
+    assert line.startswith("ok: payments@7+pretrade@3")
     assert int(line.split(": ")[2].split()[0]) >= 100
 
 
