@@ -31,6 +31,16 @@ class FeatureStore:
             return seg.array(np.uint64, 0, nwords), create
 
         self.fs = FeatureSet(self.specs, cfg.schema, alloc=alloc)
+        self._schema = cfg.schema
+
+    def reinit(self) -> None:
+        """Re-initialise every table, list and cell in place (same segments, so every
+        compiled ruleset's arrays stay valid): the first step of a rebuild after a crash."""
+        from engine.features.featureset import FeatureSet
+        arrays = dict(zip(self.fs.arg_names(), self.fs.arrays()))
+        for a in arrays.values():
+            a[:] = 0
+        self.fs = FeatureSet(self.specs, self._schema, alloc=lambda name, n: (arrays[name], True))
 
     @property
     def empty(self) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+from contextlib import contextmanager
 import subprocess
 import sys
 import time
@@ -32,12 +33,12 @@ class StartupError(RuntimeError):
     """The engine cannot start; the message says why (exit code 2)."""
 
 
-def ruleset_spec(cfg: Config, files: tuple[str, ...]) -> tuple[dict, object]:
+def ruleset_spec(cfg: Config, files: tuple[str, ...], features=None) -> tuple[dict, object]:
     """Compile (validates, fills the kernel cache) -> (generation spec, ruleset). Raises
     rules.RulesetError on a bad ruleset."""
     from rules import compile_ruleset
     rs = compile_ruleset(list(files), cfg.schema, thresholds=cfg.rules.thresholds,
-                         on_error=cfg.rules.on_error)
+                         on_error=cfg.rules.on_error, features=features)
     if rs.n_rules > MAX_RULES:
         raise StartupError(f"rules: {rs.n_rules} rules, more than MAX_RULES={MAX_RULES}")
     spec = {"files": list(files), "thresholds": [list(t) for t in cfg.rules.thresholds],
@@ -84,14 +85,16 @@ class Supervisor:
         self.placements = plan_workers(self.topology, set(os.sched_getaffinity(0)),
                                        cfg.workers.count, cfg.workers.cpus)
         n = len(self.placements)
-        spec, _ = ruleset_spec(cfg, cfg.rules.files)       # refuse to start on a bad ruleset
+        from engine.featurestore import FeatureStore
+        self.features = FeatureStore(cfg, self.pid, create=True)
+        spec, rs = ruleset_spec(cfg, cfg.rules.files, self.features.fs)   # refuse a bad ruleset
+        self.ruleset = rs
+        if not self.features.empty:
+            self.log("risk-engine: feature tables in shared memory:\n" + self.features.fs.memory_report())
+            self._recover_state(rs)
         self.control = Segment.create(cfg.instance, "control", BlockLayout(n).nbytes, self.pid)
         self.block = Block(self.control.buf, n, create=True)
         self.doorbell = EventfdDoorbell.create()
-        from engine.featurestore import FeatureStore
-        self.features = FeatureStore(cfg, self.pid, create=True)
-        if not self.features.empty:
-            self.log("risk-engine: feature tables in shared memory:\n" + self.features.fs.memory_report())
         for w in range(n):
             self.rings.append(EngineRings.create(cfg, self.pid, w, self.doorbell))
         plan = {"instance": cfg.instance, "owner_pid": self.pid, "eventfd": self.doorbell.fileno(),
@@ -122,6 +125,37 @@ class Supervisor:
             self._start_sidecar()
         self._write_status()
 
+    def _recover_state(self, rs) -> None:
+        """Feature state = last good snapshot + every journal record after it (engine.recovery),
+        then the admin changes logged after the snapshot. Runs before any worker starts."""
+        from engine.recovery_state import recover_features
+        msg = recover_features(self.cfg, self.features, rs)
+        if msg:
+            self.log(f"risk-engine: {msg}")
+
+    @contextmanager
+    def paused_workers(self, timeout_s: float = 5.0):
+        """Hold every live worker between two batches (its journal synced, its last seq in
+        the control block) for the duration of the block."""
+        b = self.block
+        pause = b.view("supervisor.pause")
+        self.pause_epoch = getattr(self, "pause_epoch", 0) + 1
+        epoch = self.pause_epoch
+        n = len(self.placements)
+        pause[0] = epoch
+        try:
+            for r in self.rings:
+                r.wake_worker()
+            t_end = time.monotonic() + timeout_s
+            alive = b.view("supervisor.worker_alive")
+            while any(alive[w] and b.worker(w, "paused")[0] != epoch for w in range(n)):
+                if time.monotonic() > t_end:
+                    raise StartupError(f"workers did not pause within {timeout_s} s")
+                time.sleep(0.0005)
+            yield
+        finally:
+            pause[0] = 0
+
     def snapshot(self, timeout_s: float = 5.0) -> str:
         """Pause every worker between two batches, copy the feature tables, resume, then
         write the copy with each worker's journal seq (engine.snapshot). Returns the path.
@@ -131,31 +165,35 @@ class Supervisor:
         if not d.journal_enabled:
             raise StartupError("snapshot: journal.enabled is false; a snapshot needs the journal")
         b = self.block
-        pause = b.view("supervisor.pause")
-        epoch = int(b.view("supervisor.snapshots")[0]) + 1
         n = len(self.placements)
-        pause[0] = epoch
         try:
-            for r in self.rings:
-                r.wake_worker()
-            t_end = time.monotonic() + timeout_s
-            while any(b.worker(w, "paused")[0] != epoch for w in range(n)):
-                if time.monotonic() > t_end:
-                    b.view("supervisor.snapshot_errors")[0] += 1
-                    raise StartupError(f"snapshot: workers did not pause within {timeout_s} s")
-                time.sleep(0.0005)
-            arrays = {name: a.copy() for name, a in zip(self.features.fs.arg_names(), self.features.fs.arrays())}
-            seqs = {w: int(b.worker(w, "journal_seq")[0]) for w in range(n)}
-        finally:
-            pause[0] = 0
+            with self.paused_workers(timeout_s):
+                fs = self.features.fs
+                arrays = {name: a.copy() for name, a in zip(fs.arg_names(), fs.arrays())}
+                seqs = {w: int(b.worker(w, "journal_seq")[0]) for w in range(n)}
+        except StartupError as e:
+            b.view("supervisor.snapshot_errors")[0] += 1
+            raise StartupError(f"snapshot: {e}") from None
         store = SnapshotStore(d.snapshot_dir.replace("{instance}", self.cfg.instance), keep=d.snapshot_keep)
         path = store.write(arrays, seqs, generation=self.generation)
-        b.view("supervisor.snapshots")[0] = epoch
+        b.view("supervisor.snapshots")[0] += 1
         for w in range(n):
-            floor = store.oldest_journal_seq(w)
-            b.worker(w, "retain_seq")[0] = floor if floor is not None else 0
+            b.worker(w, "retain_seq")[0] = store.oldest_journal_seq(w)
         self.last_snapshot = time.monotonic()
         return path
+
+    def rebuild_features(self) -> None:
+        """After a worker died: its kernel may have updated tables for events it never
+        journaled (and it may have died holding a slot lock). With the other workers held,
+        re-initialise the tables and rebuild them from snapshot + journals; its successor then
+        re-decides only what was never journaled (engine.worker.serve_journaled_tail)."""
+        if self.features is None or self.features.empty or not self.cfg.durability.journal_enabled:
+            return
+        from engine.recovery_state import recover_features
+        with self.paused_workers():
+            self.features.reinit()
+            msg = recover_features(self.cfg, self.features, self.ruleset)
+        self.log(f"risk-engine: worker crash: {msg or 'feature state re-initialised (empty journal)'}")
 
     def admin_log_path(self) -> str | None:
         """admin.log in the journal directory (None when the journal is off)."""
@@ -258,6 +296,10 @@ class Supervisor:
                 w = int(role.split()[1])
                 self.block.view("supervisor.worker_alive")[w] = 0
                 self.block.view("supervisor.worker_restarts")[0] += 1
+                try:
+                    self.rebuild_features()
+                except Exception as e:         # keep serving; say loudly what is not exact
+                    self.log(f"risk-engine: feature rebuild after worker {w} died failed: {e}")
                 self._spawn_worker(w)
             self._write_status()
 
@@ -283,7 +325,7 @@ class Supervisor:
             files = tuple(self.generations[older[-1]]["files"])
         files = files or tuple(self.generations[self.generation]["files"])
         try:
-            spec, _ = ruleset_spec(self.cfg, files)
+            spec, rs = ruleset_spec(self.cfg, files, self.features.fs)
         except (RulesetError, StartupError, OSError) as e:
             self.block.view("supervisor.reload_errors")[0] += 1
             self.log(f"risk-engine: reload refused, generation {self.generation} keeps serving:\n{e}")
@@ -291,6 +333,7 @@ class Supervisor:
         if self.collector is not None:     # fold the counter row generation g+1 will reuse
             self.collector.fold_generation(self.generation - 1)
         self._publish_generation(spec)
+        self.ruleset = rs
         self.log(f"risk-engine: generation {self.generation} = {spec['label']}")
         return f"generation {self.generation} = {spec['label']}"
 

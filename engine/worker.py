@@ -116,11 +116,45 @@ def hold_for_snapshot(block: Block, index: int, journal) -> None:
         journal.set_snapshot_seq(retain)   # retention never deletes what a snapshot needs
 
 
-def load_generation(run_dir: str, generation: int, schema):
+def serve_journaled_tail(rings: EngineRings, journal, proc: "BatchProcessor") -> int:
+    """A restarted worker's first step. Its predecessor may have died after journaling a
+    batch but before releasing it: those requests are still in the ring AND already counted
+    in the (rebuilt) feature tables. Find the longest prefix of the unreleased requests that
+    equals the journal's tail (arrival stamp and event), answer it from the journal, release
+    it, and leave the rest to be decided normally. Fired rule indexes are not journaled: these
+    few replies carry the journaled action and score with an empty rule list."""
+    if journal is None or journal.last_seq == 0:
+        return 0
+    from engine.journal import JournalReader
+    v, _ = rings.request.try_drain(rings.request.capacity)
+    m = min(len(v), journal.last_seq)
+    if m == 0:
+        return 0
+    reader = JournalReader(journal.directory, journal.dtype["event"], journal.schema_hash,
+                           journal.writer_id)
+    tail = reader.read_all(from_seq=journal.last_seq - m + 1)
+    for j in range(min(m, len(tail)), 0, -1):
+        t = tail[len(tail) - j:]
+        if (t["arrival_ns"] == v["arrival_ns"][:j]).all() and (t["event"] == v["event"][:j]).all():
+            o = proc.out[:j]
+            o[:] = 0
+            o["token"] = v["token"][:j]
+            for f in ("action", "flags", "score", "generation"):
+                o[f] = t[f]
+            while not rings.response.try_publish(o):
+                rings.response_full_idle.wait()
+            rings.request.release(j)
+            return j
+    return 0
+
+
+def load_generation(run_dir: str, generation: int, schema, features=None):
+    """Compile (from the kernel cache) generation ``generation``'s rules against the
+    engine's shared feature tables, and warm the kernel up."""
     from rules import compile_ruleset
     spec = rundir.read_generation(run_dir, generation)
     rs = compile_ruleset(spec["files"], schema, thresholds=tuple(spec["thresholds"]),
-                         on_error=spec["on_error"])
+                         on_error=spec["on_error"], features=features)
     if rs.n_rules > MAX_RULES:
         raise ValueError(f"ruleset has {rs.n_rules} rules, more than MAX_RULES={MAX_RULES}")
     rs.warm_up()
@@ -176,8 +210,8 @@ class JournalSyncer:
 class _Reloader:
     """Loads a new generation on a background thread; the loop swaps it in between batches."""
 
-    def __init__(self, run_dir: str, schema):
-        self.run_dir, self.schema = run_dir, schema
+    def __init__(self, run_dir: str, schema, features=None):
+        self.run_dir, self.schema, self.features = run_dir, schema, features
         self.thread = None
         self.generation = 0
         self.result = None
@@ -189,7 +223,7 @@ class _Reloader:
 
     def _load(self) -> None:
         try:
-            self.result = load_generation(self.run_dir, self.generation, self.schema)
+            self.result = load_generation(self.run_dir, self.generation, self.schema, self.features)
         except Exception as e:            # reported by the loop, which keeps the old ruleset
             self.result = e
 
@@ -221,16 +255,21 @@ def serve(run_dir: str, index: int) -> int:
     syncer = JournalSyncer(journal) if journal is not None and journal.config.fsync == "interval_ms" else None
 
     generation = int(block.view("supervisor.generation")[0])
-    active = Active(load_generation(run_dir, generation, cfg.schema), generation, block, index, max_batch)
+    active = Active(load_generation(run_dir, generation, cfg.schema, store.fs), generation, block,
+                    index, max_batch)
     proc = BatchProcessor(rings, active, block, index, max_batch, journal, store.fs.arrays())
     block.worker(index, "generation")[0] = generation
+    resent = serve_journaled_tail(rings, journal, proc)
+    if resent:
+        print(f"risk-engine: worker {index}: answered {resent} journaled request(s) its "
+              f"predecessor left unreleased", file=sys.stderr)
     gcstats.freeze_after_warmup()
 
     stop = block.view("supervisor.stop")
     want_gen = block.view("supervisor.generation")
     heartbeat = block.worker(index, "heartbeat_ns")
     reload_errors = block.worker(index, "reload_errors")
-    reloader = _Reloader(run_dir, cfg.schema)
+    reloader = _Reloader(run_dir, cfg.schema, store.fs)
     refused = -1                        # a generation this worker could not load: not retried
     req, idle = rings.request, rings.worker_idle
 

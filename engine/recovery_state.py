@@ -1,0 +1,105 @@
+"""Rebuild the shared feature tables at start (or after a worker crash): last good snapshot,
+then every journaled event after it through the ruleset's update-only kernel, then the admin
+changes logged after the snapshot.
+
+Exactness: a snapshot equals the tables after exactly its journal seqs (docs/DURABILITY.md);
+the update-only kernel commits what the serving kernel committed for the recorded action
+(unless_blocked included); so the rebuilt tables equal the tables as they were, minus events
+that were never journaled, which were never answered either.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+
+class StateLayoutChanged(RuntimeError):
+    """The snapshot's tables do not fit the configured features (the config changed)."""
+
+
+def _dirs(cfg) -> tuple[str, str]:
+    d = cfg.durability
+    return (d.journal_dir.replace("{instance}", cfg.instance),
+            d.snapshot_dir.replace("{instance}", cfg.instance))
+
+
+def _apply_admin_log(store, path: str, after_ns: int) -> int:
+    """Re-apply list/state/halt changes logged after ``after_ns``; returns how many."""
+    from engine.admin_state import STATE_CODES
+    from engine.features.lists import list_values, parse_list_text
+    if not os.path.exists(path):
+        return 0
+    fs, n = store.fs, 0
+    for line in open(path):
+        try:
+            e = json.loads(line)
+        except ValueError:
+            continue                      # a torn last line: the change was never acknowledged
+        if e.get("time_ns", 0) <= after_ns:
+            continue
+        cmd = e.get("cmd", "")
+        if cmd in ("halt", "resume"):
+            fs.set_halt(cmd == "halt")
+        elif cmd == "set-state":
+            fs.set_state(e["name"], e["key"], STATE_CODES[e["state"]])
+        elif cmd.startswith("list-"):
+            arr = fs.array(f"fl_{e['name']}")
+            cur, vals = list_values(arr), np.asarray(e["values"], np.uint64)
+            new = {"list-add": np.union1d(cur, vals), "list-remove": np.setdiff1d(cur, vals),
+                   "list-replace": np.unique(vals)}[cmd]
+            fs.replace_list(e["name"], new.astype(np.uint64))
+        n += 1
+    return n
+
+
+def recover_features(cfg, store, rs) -> str | None:
+    """Rebuild ``store`` (freshly created, zeroed tables) from disk. Returns a one-line
+    summary, or None when there was nothing to recover."""
+    from engine.journal import list_writers
+    from engine.recovery import recover_all
+    from engine.snapshot import SnapshotStore
+    if not cfg.durability.journal_enabled:
+        return None
+    jdir, sdir = _dirs(cfg)
+    has_snap = os.path.isdir(sdir) and SnapshotStore(sdir).paths()
+    if not (os.path.isdir(jdir) and list_writers(jdir)) and not has_snap:
+        return None
+    arrays = dict(zip(store.fs.arg_names(), store.fs.arrays()))
+    fresh = {k: a.copy() for k, a in arrays.items()}       # initialised tables and lists
+    seen = {"snap": None}
+
+    def restore(snap) -> None:
+        seen["snap"] = snap
+        if snap is None:
+            return
+        for name, arr in arrays.items():
+            got = snap.arrays.get(name)
+            if got is None or got.shape != arr.shape or got.dtype != arr.dtype:
+                raise StateLayoutChanged(
+                    f"snapshot {snap.path}: table {name} does not match the configured features "
+                    f"(config changed?); not restored, features start empty")
+        for name, arr in arrays.items():
+            arr[:] = snap.arrays[name]
+
+    def apply(records, writer_ids) -> None:
+        rs.apply_updates(records["event"], records["arrival_ns"], records["action"])
+
+    from engine.recovery import RecoveryError
+    os.makedirs(jdir, exist_ok=True)
+    try:
+        reports = recover_all(sdir, jdir, apply, event_dtype=cfg.schema.dtype,
+                              schema_hash=cfg.schema.hash, restore=restore)
+    except RecoveryError as e:
+        raise RecoveryError(f"{e}. Feature state cannot be rebuilt exactly; move {jdir} and {sdir} "
+                            f"aside to start with empty state") from None
+    except StateLayoutChanged as e:
+        for name, arr in arrays.items():
+            arr[:] = fresh[name]
+        return str(e)
+    snap = seen["snap"]
+    admin = _apply_admin_log(store, os.path.join(jdir, "admin.log"), snap.created_ns if snap else 0)
+    replayed = sum(r.replayed for r in reports.values())
+    return (f"recovered feature state: snapshot {snap.path if snap else 'none'} + {replayed} "
+            f"journal records from {len(reports)} worker(s) + {admin} admin change(s)")
