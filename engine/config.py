@@ -43,6 +43,7 @@ class IngressConfig:
     on_timeout: str = "block"           # fail-closed by default: allow | block
     on_overload: str = "error"          # error | allow | review | block
     dedup_window_s: int = 60
+    max_inflight: int = 4096            # requests in flight; more get OVERLOADED at once
     curve: CurveConfig = CurveConfig()
 
 
@@ -223,7 +224,7 @@ def parse_config(raw: Mapping | None, path: str = "<memory>") -> Config:
     base = Path(path).resolve().parent if path != "<memory>" else Path.cwd()
 
     s = _section(raw, "ingress", {"bind", "max_frame_bytes", "max_batch", "default_deadline_ms",
-                                  "on_timeout", "on_overload", "dedup_window_s", "curve"})
+                                  "on_timeout", "on_overload", "dedup_window_s", "max_inflight", "curve"})
     ingress = IngressConfig(
         bind=_str(s, "ingress", "bind", IngressConfig.bind),
         max_frame_bytes=_int(s, "ingress", "max_frame_bytes", IngressConfig.max_frame_bytes, 64, 1 << 30),
@@ -232,6 +233,7 @@ def parse_config(raw: Mapping | None, path: str = "<memory>") -> Config:
         on_timeout=_str(s, "ingress", "on_timeout", IngressConfig.on_timeout, ("allow", "block")),
         on_overload=_str(s, "ingress", "on_overload", IngressConfig.on_overload, ("error", "allow", "review", "block")),
         dedup_window_s=_int(s, "ingress", "dedup_window_s", IngressConfig.dedup_window_s, 0, 86_400),
+        max_inflight=_int(s, "ingress", "max_inflight", IngressConfig.max_inflight, 1, 1 << 22),
         curve=_curve(s, "ingress", base),
     )
     s = _section(raw, "metrics", {"enabled", "bind", "ebpf_bind"})

@@ -82,6 +82,7 @@ class Router:
         self.pending: dict[int, _Pending] = {}
         self.deadlines: list[tuple[int, int]] = []
         self.instrument = cfg.metrics.enabled
+        self.max_inflight = cfg.ingress.max_inflight
         self.dedup = IdempotencyWindow(cfg.ingress.dedup_window_s * 1_000_000_000)
         self.metas: dict[int, RulesetMeta] = {}
         self.sock: zmq.Socket | None = None
@@ -207,6 +208,8 @@ class Router:
         except WireError as e:
             return self._reply_error(envelope, e)
         n = len(req.records)
+        if len(self.pending) >= self.max_inflight:   # bounded: shed load at the door
+            return self._overloaded(envelope, req, n, now_ns)
         dkey = None
         if req.client_id and self.dedup.enabled:
             dkey = (req.client_id, req.request_id)

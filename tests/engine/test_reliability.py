@@ -167,3 +167,28 @@ def test_killed_ingress_is_restarted_and_lazy_pirate_client_carries_on(engine, s
         got = [c.evaluate_batch(random_events(rng, schema, 2)) for _ in range(5)]
     assert all(len(g) == 2 for g in got)
     assert value(scrape(engine.metrics_url), "risk_ingress_restarts_total") == before + 1
+
+
+def test_inflight_bound_sheds_load_at_the_door(tmp_path, schema):
+    rng = np.random.default_rng(8)
+    with EngineProcess(tmp_path, workers=1, metrics=False,
+                       overrides={"ingress": {"max_inflight": 5, "default_deadline_ms": 10_000}}) as eng:
+        settle(eng, schema)
+        ctx = zmq.Context.instance()
+        socks = []
+        with frozen_worker(eng):
+            for i in range(12):
+                s = ctx.socket(zmq.DEALER)
+                s.linger = 0
+                s.connect(eng.endpoint)
+                s.send_multipart([b"", wire.pack_request(schema.hash, random_events(rng, schema, 1), 5, i + 1)])
+                socks.append(s)
+            time.sleep(0.5)
+            quick = [i for i, s in enumerate(socks) if s.poll(0)]
+            assert quick == list(range(5, 12))
+            for i in quick:
+                assert wire.unpack_reply(socks[i].recv_multipart()[-1])[1] == ErrorCode.OVERLOADED
+        for s in socks[:5]:
+            assert s.poll(10_000) and wire.unpack_reply(s.recv_multipart()[-1])[1] == 0
+        for s in socks:
+            s.close(0)
