@@ -29,6 +29,7 @@ from rules.symbols import ExtSet, ExtValue
 _FEATURE_SOURCES = ("windows.py", "scalar.py", "table.py", "state.py", "lists.py", "keys.py",
                     "hll.py", "_atomics.py", "featureset.py")
 ARRIVAL_MS = "arrival_ms"
+PREFETCH_EVENTS = 64             # events per prefetch block (docs/FEATURES.md: batches of 64)
 REC = "ev"
 
 
@@ -111,9 +112,21 @@ class FeaturePlan:
         self.chunk_args = tuple(f"fv_{b.name}" for b in self.reads) + tuple(b.arg for b in self.lists)
         self.features = [b for b in fs.bindings.values() if b.what == "feature"]
 
+    def prefetched(self) -> list:
+        """Bindings whose key slot the batch prefetch touches: every feature, read states."""
+        if not PREFETCH_EVENTS:
+            return []
+        return self.features + [b for b in self.reads if b.what == "state"]
+
     def read_lines(self) -> list[str]:
-        """Statements computing every read value of the current event ``ev``."""
-        out = [f"{ARRIVAL_MS} = arrival_ns[i] // 1000000"] if self.features else []
+        """Statements computing every read value of the current event ``ev`` (first, every
+        PREFETCH_EVENTS events: prefetch the next block's table slots, so misses overlap)."""
+        out = []
+        if self.prefetched():
+            args = ", ".join(b.arg for b in self.prefetched())
+            out += [f"if i % {PREFETCH_EVENTS} == 0:",
+                    f"    _prefetch_block(events, i, min(events.shape[0], i + {PREFETCH_EVENTS}), {args})"]
+        out += [f"{ARRIVAL_MS} = arrival_ns[i] // 1000000"] if self.features else []
         for b in self.reads:
             if b.what == "feature":
                 src = b.emit_read_update(REC, ARRIVAL_MS) if b.can_fuse() else b.emit_read(REC, ARRIVAL_MS)
@@ -139,6 +152,14 @@ class FeaturePlan:
             else:
                 out.append(b.emit_update(REC, ARRIVAL_MS))
         return out
+
+    def prefetch_source(self) -> list[str]:
+        if not self.prefetched():
+            return []
+        args = ", ".join(b.arg for b in self.prefetched())
+        return ["@njit(**_OPTS)", f"def _prefetch_block(events, lo, hi, {args}):",
+                "    for i in range(lo, hi):", f"        {REC} = events[i]"] \
+            + [f"        {b.emit_prefetch(REC)}" for b in self.prefetched()] + ["", ""]
 
     def apply_updates_source(self) -> list[str]:
         args = "".join(f", {a}" for a in self.kernel_args)

@@ -120,7 +120,7 @@ def generate(rules: list[KernelRule], n_rules: int, schema, thresholds: dict,
     actions = [r.action if r.enforce else 0 for r in rules]
     out.append(f"_SCORES = np.array([{', '.join(flit(x) for x in scores)}], dtype=np.float64)")
     out.append(f"_ACTIONS = np.array({actions!r}, dtype=np.int64)")
-    out += [""] + body
+    out += [""] + body + (plan.prefetch_source() if plan else [])
     nw = max(1, (n_rules + 63) // 64)
     out += [
         "_SIG = numba.void(numba.types.Array(numba.from_dtype(EVENT_DTYPE), 1, 'A'),",
