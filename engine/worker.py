@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 from engine import gcstats, procname, rundir
-from engine.control import KERNEL_BOUNDS_NS, MAX_RULES, Block
+from engine.control import KERNEL_BOUNDS_NS, MAX_RULES, Block, observe
 from engine.rings import EngineRings
 from engine.topology import pin_self
 from engine.types import RESPONSE_SLOT_DTYPE
@@ -78,8 +78,7 @@ class BatchProcessor:
         t0 = time.perf_counter_ns()
         a.kernel(v["event"], v["arrival_ns"], o, a.bits[:n], a.hits, a.errors, *a.ruleset.feature_arrays)
         dt = time.perf_counter_ns() - t0
-        self.khist[int(np.searchsorted(KERNEL_BOUNDS_NS, dt // n))] += n
-        self.khist[-1] += dt
+        observe(self.khist, KERNEL_BOUNDS_NS, dt // n, n)     # per-event time, n events
         if self.journal is not None:
             # fsync=batch: append syncs before returning, so before the reply; interval_ms:
             # JournalSyncer's thread; none: the OS

@@ -23,7 +23,7 @@ import numpy as np
 import zmq
 
 from engine import gcstats, procname, rundir
-from engine.control import LATENCY_BOUNDS_NS, N_CODES, STAGES, observe
+from engine.control import LATENCY_BOUNDS_NS, N_CODES, STAGES, observe_request
 from engine.rings import EngineRings
 from engine.topology import pin_self
 from engine.types import Action, DecisionFlag, ErrorCode, RESPONSE_SLOT_DTYPE, request_slot_dtype
@@ -377,11 +377,8 @@ class Router:
             self.c_decisions[int(acts[0])] += 1
         else:
             self.c_decisions += np.bincount(acts, minlength=3)[:3]
-        observe(self.c_eval[t], LATENCY_BOUNDS_NS, now - p.arrival_ns)
-        if p.first_resp_ns:
-            observe(self.c_stage[0], LATENCY_BOUNDS_NS, p.routed_ns - p.arrival_ns)
-            observe(self.c_stage[1], LATENCY_BOUNDS_NS, p.first_resp_ns - p.routed_ns)
-            observe(self.c_stage[2], LATENCY_BOUNDS_NS, now - p.first_resp_ns)
+        observe_request(self.c_eval[t], self.c_stage, LATENCY_BOUNDS_NS, p.arrival_ns,
+                        p.routed_ns, p.first_resp_ns, now)
 
     def _send(self, envelope, req, slots: np.ndarray) -> None:
         metas = None
