@@ -1,7 +1,15 @@
 """Rule language and compiler: YAML rules -> checked expressions -> one fused Numba kernel.
 
-    compile_ruleset(files, schema, *, thresholds=(), on_error="skip", cache_dir=None)
+    compile_ruleset(files, schema, *, thresholds=(), on_error="skip", cache_dir=None,
+                    features=None)   # features: engine.features.featureset.FeatureSet
         -> CompiledRuleset        (raises RulesetError with .diagnostics)
+
+    rs.kernel / rs.entry(events, arrival_ns, out, bits, hits, errors, *rs.feature_arrays)
+    rs.apply_updates(events, arrival_ns, actions, *feature_arrays)   # recovery, replay
+    rs.feature_args: names of the feature arrays (FeatureSet.arg_names()); () without features
+
+Features, lists, account state and global_halt in rules: rules/features.py; the oracle for
+them: rules/feature_model.py.
 
 See docs/RULES.md for the language, the semantics and the limits. Heavy imports (numba)
 happen on first use of compile_ruleset so the CLI stays fast.

@@ -30,6 +30,8 @@ FEATURES = {
                       "capacity": CAP, "update": "unless_blocked"},
     "first_seen_s": {"kind": "age", "key": "device_id", "capacity": CAP},
     "last_amount": {"kind": "last", "of": "amount", "key": "card_id", "capacity": CAP},
+    "ts_count_10s": {"kind": "count", "key": "account_id", "window": "10s", "time": "ts_ms",
+                     "buckets": 10, "capacity": CAP},
     "unread_count": {"kind": "count", "key": "card_id", "window": "10s", "capacity": CAP,
                      "update": "unless_blocked"},
 }
@@ -41,9 +43,9 @@ RULES = """\
 ruleset: velocity
 version: 1
 rules:
-  - {id: velocity, when: "txn_count_1m > 3", action: block, score: 10}
-  - {id: spend, when: "amount_sum_1h > 150", action: block, score: 5}
-  - {id: ips, when: "ips_24h > 2 and not global_halt", action: review, score: 20}
+  - {id: velocity, when: "txn_count_1m > 5", action: block, score: 10}
+  - {id: spend, when: "amount_sum_1h > 900", action: block, score: 5}
+  - {id: ips, when: "ips_24h > 4 and not global_halt", action: review, score: 20}
   - {id: big_jump, when: "amount > 2 * min_amount_10s and max_amount_10m >= 40", action: review, score: 30}
   - {id: avg, when: "avg_amount_1m > 60 or last_amount == amount", action: allow, score: 25, mode: shadow}
   - {id: new_device, when: "first_seen_s < 5 and amount >= 90", action: review, score: 40}
@@ -51,6 +53,7 @@ rules:
   - {id: cur_ok, when: "currency not in bad_currencies and ip not in blocked_ips", action: allow}
   - {id: halted, when: "account_state == HALTED or global_halt", action: block}
   - {id: reducing, when: "account_state == REDUCING and txn_count_1m > 1", action: review, score: 1}
+  - {id: client_clock, when: "ts_count_10s > 2", action: review, score: 15}
 """
 _SET = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -79,7 +82,7 @@ def _stream(rng: random.Random, n: int):
     t = 1_000_000
     arrival = np.zeros(n, np.int64)
     for i in range(n):
-        t = max(0, t + rng.choice([0, 1, 500, 999, 1000, 2000, 5000, 10_000, 61_000, -700, -3000]))
+        t = max(0, t + rng.choice([0, 0, 1, 1, 500, 999, 1000, 2000, 5000, 10_000, 61_000, -700, -3000]))
         arrival[i] = t * 1_000_000 + rng.randrange(1_000_000)
         ev[i]["account_id"] = rng.randrange(1, 4)
         ev[i]["card_id"] = rng.randrange(10, 13)
@@ -88,6 +91,7 @@ def _stream(rng: random.Random, n: int):
         ev[i]["ip"] = rng.randrange(5, 12)
         ev[i]["country"] = rng.choice([b"DE", b"NG"])
         ev[i]["currency"] = rng.choice([b"EUR", b"XXX"])
+        ev[i]["ts_ms"] = max(0, t + rng.choice([-12_000, -2000, 0, 0, 1500, 9000]))   # client clock
     return ev, arrival
 
 
@@ -119,7 +123,10 @@ def test_kernel_matches_reference_over_streams(rules_file, kernel_cache, seed, n
         assert (int(out[i]["action"]), float(out[i]["score"]), fired) == (d.action, d.score, set(d.fired)), i
 
 
-def test_features_are_read_including_the_event_and_unless_blocked(rules_file, kernel_cache):
+def test_features_are_read_including_the_event_and_unless_blocked(write_rules, kernel_cache):
+    rules_file = write_rules("ruleset: t\nversion: 1\nrules:\n"
+                             "  - {id: velocity, when: 'txn_count_1m > 3', action: block}\n"
+                             "  - {id: spend, when: 'amount_sum_1h > 150', action: block}\n")
     fs, rs, _ = _fresh(rules_file, kernel_cache)
     ev = np.zeros(6, SCHEMA.dtype)
     ev["account_id"], ev["card_id"], ev["amount"], ev["device_id"] = 1, 10, 60.0, 20
