@@ -64,7 +64,10 @@ class FeatureModel:
 
     def contains(self, name: str, x) -> bool:
         t = self.list_types[name]
-        k = key_from_python(x, t) if isinstance(x, bytes) else int(x) & 0xFFFFFFFFFFFFFFFF
+        if isinstance(x, bytes):       # same encoding family as the list (checked at compile)
+            k = key_from_python(x, t if len(x) <= int(t[5:]) else f"bytes{len(x)}")
+        else:
+            k = int(x) & 0xFFFFFFFFFFFFFFFF
         return k in self.lists[name]
 
     # --- per event --------------------------------------------------------------------

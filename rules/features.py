@@ -62,6 +62,15 @@ class ListSet(ExtSet):
         self.element_type = "bytes" if binding.kind.startswith("bytes") else "int"
         self.kernel_args = (binding.arg,)
 
+    @property
+    def kind(self) -> str:
+        return self.binding.kind
+
+    def accepts_width(self, width: int) -> bool:
+        """A bytes value of ``width`` encodes like this list's values (both packed: <= 8
+        bytes, or both hashed: longer)."""
+        return self.element_type == "bytes" and (width <= 8) == (int(self.kind[5:]) <= 8)
+
     def kernel_contains(self, value_code: str) -> str:
         return self.binding.emit_contains(value_code, "i64")
 

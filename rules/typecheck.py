@@ -319,6 +319,9 @@ class Checker:
                 want = "bytes" if x.type == "bytes" else "int"
                 if s.element_type != want or x.type == "float":
                     return self.err(right_ast, f"list {right_ast.id} holds {s.element_type}, not {_describe(x)}")
+                if x.type == "bytes" and not getattr(s, "accepts_width", lambda w: True)(x.width):
+                    return self.err(right_ast, f"list {right_ast.id} ({s.kind}) and {_describe(x)}: both must be "
+                                               "at most 8 bytes or both longer (keys are packed vs hashed)")
                 return ir.In("bool", p, x if x.type == "bytes" else self.to_int(x) if x.type == "bool" else x, (), negate, s)
             if r.type != "list":
                 return self.err(right_ast, f"right side of 'in' must be a list constant, a tuple/set of literals or a list; {right_ast.id} is a single value")

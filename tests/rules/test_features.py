@@ -36,7 +36,8 @@ FEATURES = {
                      "update": "unless_blocked"},
 }
 LISTS = {"blocked_ips": {"type": "u32", "file": "", "capacity": 16},
-         "bad_currencies": {"type": "bytes3", "file": "", "capacity": 16}}
+         "bad_currencies": {"type": "bytes3", "file": "", "capacity": 16},
+         "long_names": {"type": "bytes12", "file": "", "capacity": 16}}
 STATE = {"account_state": {"key": "account_id", "capacity": CAP}}
 SPECS = parse_specs(FEATURES, LISTS, STATE, SCHEMA)
 RULES = """\
@@ -181,6 +182,7 @@ def test_errors_name_position_and_kind(write_rules, kernel_cache):
           - {id: b, when: "amount in blocked_ips", action: block}
           - {id: c, when: "currency in blocked_ips", action: block}
           - {id: d, when: "blocked_ips > 1", action: block}
+          - {id: e, when: "currency in long_names", action: block}
     """)
     with pytest.raises(RulesetError) as e:
         compile_ruleset([p], SCHEMA, cache_dir=kernel_cache, features=fs)
@@ -189,6 +191,7 @@ def test_errors_name_position_and_kind(write_rules, kernel_cache):
     assert ":5:" in msgs[1] and "blocked_ips holds int" in msgs[1]
     assert ":6:" in msgs[2] and "holds int, not bytes" in msgs[2]
     assert ":7:" in msgs[3] and "is a list" in msgs[3]
+    assert ":8:" in msgs[4] and "list long_names (bytes12) and bytes3 field currency" in msgs[4]
     with pytest.raises(RulesetError, match="unknown name 'txn_count_1m'"):
         compile_ruleset([write_rules("ruleset: t\nversion: 1\nrules:\n  - {id: a, when: 'txn_count_1m > 5', action: block}\n", "n.yaml")],
                         SCHEMA, cache_dir=kernel_cache)
