@@ -49,9 +49,11 @@ def run(args) -> int:
     except ConfigError as e:
         print(f"risk-engine: config error: {e}", file=sys.stderr)
         return 2
+    from engine.recovery import RecoveryError
     try:
         return serve(cfg, ebpf=args.ebpf)
-    except (StartupError, TopologyError) as e:
+    except (StartupError, TopologyError, ConfigError, RecoveryError, ValueError, OSError) as e:
+        # ValueError covers list files and feature specs (engine.features: key path + value)
         print(f"risk-engine: cannot start: {e}", file=sys.stderr)
         return 2
     except Exception as e:

@@ -40,6 +40,9 @@ def default_raw() -> dict:
     raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
     base = DEFAULT_CONFIG.parent
     raw["rules"]["files"] = [str((base / f).resolve()) for f in raw["rules"]["files"]]
+    for spec in (raw.get("lists") or {}).values():
+        if spec.get("file"):
+            spec["file"] = str((base / spec["file"]).resolve())
     return raw
 
 
