@@ -8,6 +8,7 @@ ruleset if anything was reported.
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass, field
 
@@ -233,9 +234,18 @@ def _rule(loader, src: str, path: str, node, sink: Sink, constants: dict) -> Rul
                       float(score), reason, mode, enabled, line, col, constants)
 
 
+MAX_RULE_FILE_BYTES = 4 << 20      # PyYAML parses ~1 MB/s here: bounds compile time and memory
+
+
 def load_rule_file(path: str, sink: Sink) -> RuleFile | None:
-    """Parse one rule file; problems go to ``sink``; None when the file is unusable."""
+    """Parse one rule file; problems go to ``sink``; None when the file is unusable. Files
+    over MAX_RULE_FILE_BYTES are refused before parsing (a 50 MB file took minutes)."""
     try:
+        size = os.stat(path).st_size
+        if size > MAX_RULE_FILE_BYTES:
+            sink.error(1, 1, f"rule file of {size} bytes is over the limit of {MAX_RULE_FILE_BYTES} "
+                             f"bytes; split it")
+            return None
         with open(path, encoding="utf-8") as f:
             src = f.read()
     except (OSError, UnicodeDecodeError) as e:
