@@ -16,7 +16,8 @@ def test_bundled_default_loads():
     c = load_config()
     assert c.schema.shard_key == "account_id"
     assert c.rings.capacity == 4096
-    assert len(c.rules.files) == 2 and all(f.endswith(".yaml") for f in c.rules.files)
+    assert len(c.rules.files) == 4 and all(f.endswith(".yaml") for f in c.rules.files)
+    assert "txn_count_1m" in c.features and "blocked_ips" in c.lists
 
 
 @pytest.mark.parametrize("over,key", [

@@ -40,6 +40,7 @@ def schema():
 def frozen_worker(engine):
     w = [p for p in psutil.Process(engine.proc.pid).children() if "worker 0" in " ".join(p.cmdline())]
     assert len(w) == 1
+    time.sleep(0.2)           # a worker releases its requests just after publishing the replies
     os.kill(w[0].pid, signal.SIGSTOP)
     try:
         yield

@@ -27,11 +27,23 @@ def feature_config(tmp_path_factory) -> str:
     return str(p)
 
 
-def test_check_knows_the_config_features(feature_config, capsys):
+@pytest.fixture(scope="module")
+def no_features_config(tmp_path_factory) -> str:
+    raw = yaml.safe_load((REPO / "engine" / "default.yaml").read_text())
+    for k in ("features", "lists", "state"):
+        raw.pop(k, None)
+    raw["rules"]["files"] = [str(EXAMPLES / f) for f in PACKS[:2]]
+    p = tmp_path_factory.mktemp("cfg") / "without_features.yaml"
+    p.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return str(p)
+
+
+def test_check_knows_the_config_features(feature_config, no_features_config, capsys):
     assert main(["check", "--config", feature_config, "--no-kernel"]) == 0
     assert "payments_velocity@1+pretrade_throttle@1" in capsys.readouterr().out
     # without the features block the velocity pack is refused with positions
-    assert main(["check", "--rules", str(EXAMPLES / "pretrade_throttle.yaml"), "--no-kernel"]) == 1
+    assert main(["check", "--config", no_features_config, "--rules", str(EXAMPLES / "pretrade_throttle.yaml"),
+                 "--no-kernel"]) == 1
     out = capsys.readouterr().out
     assert f"{EXAMPLES / 'pretrade_throttle.yaml'}:8:34: rule order_rate_throttle: unknown name 'orders_1s'" in out
 
