@@ -9,7 +9,6 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    import json
     import os
     import signal
     import sys

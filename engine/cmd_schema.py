@@ -9,11 +9,9 @@ def add_arguments(p):
 
 def run(args) -> int:
     import sys
-    from engine.config import ConfigError, load_config
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as e:
-        print(f"risk-engine: config error: {e}", file=sys.stderr)
+    from engine.config import load_config_cli
+    cfg = load_config_cli(args.config)
+    if cfg is None:
         return 2
     s = cfg.schema
     if args.c_header:

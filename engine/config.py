@@ -310,3 +310,13 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
     except yaml.YAMLError as e:
         raise ConfigError("", f"{p}: invalid YAML: {e}") from None
     return parse_config(raw, str(p))
+
+
+def load_config_cli(path: str | os.PathLike | None) -> Config | None:
+    """For commands: the config, or None after printing the error (the caller exits 2)."""
+    import sys
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        print(f"risk-engine: config error: {e}", file=sys.stderr)
+        return None

@@ -28,7 +28,7 @@ def _dirs(cfg) -> tuple[str, str]:
 def _apply_admin_log(store, path: str, after_ns: int) -> int:
     """Re-apply list/state/halt changes logged after ``after_ns``; returns how many."""
     from engine.admin_state import STATE_CODES
-    from engine.features.lists import list_values, parse_list_text
+    from engine.features.lists import list_values
     if not os.path.exists(path):
         return 0
     fs, n = store.fs, 0

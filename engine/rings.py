@@ -11,8 +11,6 @@ the full names in plan.json.
 """
 from __future__ import annotations
 
-import numpy as np
-
 from engine.types import RESPONSE_SLOT_DTYPE, request_slot_dtype
 from shm.doorbell import EventfdDoorbell, SemaphoreDoorbell
 from shm.idle import SleepingBackoff, SpinThenSleep

@@ -64,7 +64,7 @@ def read_generation(run_dir, generation: int) -> dict:
 
 def attach_control(run_dir, cfg):
     """Attach the control block of the instance -> (Block, segment)."""
-    from engine.control import Block, BlockLayout
+    from engine.control import Block
     from shm.segment import Segment
     plan = read_plan(run_dir)
     seg = Segment.attach(plan["control"])

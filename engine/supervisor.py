@@ -15,7 +15,6 @@ from contextlib import contextmanager
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from engine import procname, rundir
 from engine.config import Config

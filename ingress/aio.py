@@ -14,10 +14,11 @@ import zmq
 import zmq.asyncio
 
 from engine.schema import Schema
-from ingress.client import ClientCodec, ClientTimeout, CurveKeys, Decision, load_schema
+from ingress.client import (ClientCodec, ClientTimeout, CurveKeys, Decision, LazyPirateSocket,
+                            load_schema)
 
 
-class AsyncClient:
+class AsyncClient(LazyPirateSocket):
     def __init__(self, endpoint: str, schema: Schema | str | os.PathLike | None = None, *,
                  timeout_ms: int = 1000, retries: int = 3, transport: str = "binary",
                  deadline_ms: float = 0, curve: CurveKeys | None = None,
@@ -56,27 +57,6 @@ class AsyncClient:
                     return self.codec.parse(await sock.recv(), rid, len(recs))
                 self._drop_socket()
         raise ClientTimeout(self.endpoint, rid, self.retries + 1, timeout_ms)
-
-    def _socket(self) -> zmq.asyncio.Socket:
-        if self._sock is None:
-            s = self._ctx.socket(zmq.REQ)
-            s.linger = 0
-            if self.curve is not None:
-                self.curve.apply(s)
-            s.connect(self.endpoint)
-            self._sock = s
-        return self._sock
-
-    def _drop_socket(self) -> None:
-        if self._sock is not None:
-            self._sock.close(linger=0)
-            self._sock = None
-            self.reconnects += 1
-
-    def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close(linger=0)
-            self._sock = None
 
     async def __aenter__(self) -> "AsyncClient":
         return self

@@ -180,7 +180,34 @@ _FLAG_NAMES = tuple(tuple(f.name for f in DecisionFlag if f.value and f.value & 
                     for v in range(256))
 
 
-class Client:
+class LazyPirateSocket:
+    """The REQ socket of a client (sync or asyncio, by the context it was given): made on
+    first use, dropped after a timeout (a REQ socket cannot send twice: Lazy Pirate).
+    Needs ``_ctx``, ``_sock``, ``endpoint``, ``curve`` and ``reconnects``."""
+
+    def _socket(self) -> zmq.Socket:
+        if self._sock is None:
+            s = self._ctx.socket(zmq.REQ)
+            s.linger = 0
+            if self.curve is not None:
+                self.curve.apply(s)
+            s.connect(self.endpoint)
+            self._sock = s
+        return self._sock
+
+    def _drop_socket(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+            self.reconnects += 1
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+
+
+class Client(LazyPirateSocket):
     """Synchronous client (see module doc). ``schema``: a Schema or a config file path
     (None: the bundled default config). ``deadline_ms`` 0 lets the engine use its default."""
 
@@ -221,26 +248,6 @@ class Client:
             self._drop_socket()       # Lazy Pirate: a REQ socket cannot send twice
         raise ClientTimeout(self.endpoint, rid, self.retries + 1, timeout_ms)
 
-    def _socket(self) -> zmq.Socket:
-        if self._sock is None:
-            s = self._ctx.socket(zmq.REQ)
-            s.linger = 0
-            if self.curve is not None:
-                self.curve.apply(s)
-            s.connect(self.endpoint)
-            self._sock = s
-        return self._sock
-
-    def _drop_socket(self) -> None:
-        if self._sock is not None:
-            self._sock.close(linger=0)
-            self._sock = None
-            self.reconnects += 1
-
-    def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close(linger=0)
-            self._sock = None
 
     def __enter__(self) -> "Client":
         return self

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import heapq
-import os
 import select
 import signal
 import struct

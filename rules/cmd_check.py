@@ -13,12 +13,10 @@ def run(args) -> int:
     import sys
     import time
 
-    from engine.config import ConfigError, load_config
+    from engine.config import load_config_cli
     from rules.diagnostics import RulesetError
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as e:
-        print(f"risk-engine: config error: {e}", file=sys.stderr)
+    cfg = load_config_cli(args.config)
+    if cfg is None:
         return 2
     files = args.rules or list(cfg.rules.files)
     if not files:

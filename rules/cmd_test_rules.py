@@ -12,16 +12,13 @@ def add_arguments(p):
 
 def run(args) -> int:
     import os
-    import sys
 
-    from engine.config import ConfigError, load_config
+    from engine.config import load_config_cli
     from rules.case_runner import run_case
     from rules.cases import CaseFileError, check_case, load_cases
     from rules.diagnostics import RulesetError
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as e:
-        print(f"risk-engine: config error: {e}", file=sys.stderr)
+    cfg = load_config_cli(args.config)
+    if cfg is None:
         return 2
     from rules.compiler import compile_ruleset
     from rules.features import feature_set_for
