@@ -159,9 +159,31 @@ class EngineCollector:
             pairs, s = _buckets(b.worker(w, "gc_hist"), GC_BOUNDS_NS)
             h.add_metric([f"worker {w}"], pairs, s)
         yield h
+        yield from self._features()
         yield from self._processes()
         yield GaugeMetricFamily("risk_ebpf_enabled", "1 when the eBPF sidecar runs",
                                 value=float(getattr(self.sup, "ebpf_enabled", 0)))
+
+    def _features(self):
+        """Fill and evictions of every feature and state table (counters kept in the tables'
+        shared-memory headers by the kernels)."""
+        store = getattr(self.sup, "features", None)
+        if store is None or store.fs is None:
+            return
+        fill = GaugeMetricFamily("risk_feature_table_fill_ratio", "Used slots / capacity", labels=["feature"])
+        ev = CounterMetricFamily("risk_feature_evictions", "Keys evicted (least recently seen) from a full probe window",
+                                 labels=["feature"])
+        late = CounterMetricFamily("risk_feature_late_dropped", "Updates dropped: event older than the window",
+                                   labels=["feature"])
+        locks = CounterMetricFamily("risk_feature_lock_timeouts", "Slot locks not acquired in time (a dead holder)",
+                                    labels=["feature"])
+        for arg, c in store.fs.counters().items():
+            name = arg.split("_", 1)[1]
+            fill.add_metric([name], float(c["fill_ratio"]))
+            ev.add_metric([name], float(c["evictions"]))
+            late.add_metric([name], float(c["late_dropped"]))
+            locks.add_metric([name], float(c["lock_timeouts"]))
+        yield from (fill, ev, late, locks)
 
     def _processes(self):
         cpu = CounterMetricFamily("risk_process_cpu_seconds", "CPU time per engine process", labels=["role"])

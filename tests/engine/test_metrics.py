@@ -97,6 +97,9 @@ def test_counts_equal_traffic(engine):
     roles = {dict(lbl)["role"] for (n, lbl) in m if n == "risk_process_resident_memory_bytes"}
     assert {"supervisor", "ingress", "worker 0", "worker 1"} <= roles
     assert ("risk_gc_pause_seconds_count", frozenset({"process": "ingress"}.items())) in m
+    # unique keys per event: the count feature holds one key per event sent
+    assert value(m, "risk_feature_table_fill_ratio", feature="txn_count_1m") == (n_bin + 5 * n_json) / 65536
+    assert value(m, "risk_feature_evictions_total", feature="txn_count_1m") == 0
     stats = json.loads(urllib.request.urlopen(engine.metrics_url.replace("/metrics", "/stats")).read())
     assert any(r["value"] == n_bin for r in stats["risk_requests"]
                if r.get("result") == "ok" and r.get("transport") == "binary")
