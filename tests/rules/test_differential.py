@@ -117,7 +117,7 @@ def test_reference_matches_python_values(all_schema, seed):
         assert _same(ref, pyv), (rule, env, ref, pyv)
 
 
-N_RULES = 160
+N_RULES = 96                 # one kernel holds them all: its cold compile dominates this file
 
 
 @pytest.fixture(scope="module")
