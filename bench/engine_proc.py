@@ -20,6 +20,28 @@ import urllib.request
 READY_PREFIX = "risk-engine: serving"
 
 
+def config_with_private_state(config: str | None, state_dir: str) -> str:
+    """A copy of ``config`` (default: the bundled one) whose journal and snapshots go to
+    ``state_dir`` (removed after the run) and whose relative paths are made absolute: a
+    bench run must leave no journal behind."""
+    import yaml
+    from engine.config import DEFAULT_CONFIG
+    src = os.path.abspath(config) if config else str(DEFAULT_CONFIG)
+    base = os.path.dirname(src)
+    raw = yaml.safe_load(open(src)) or {}
+    rules = raw.setdefault("rules", {})
+    rules["files"] = [os.path.join(base, f) for f in rules.get("files", [])]
+    for spec in (raw.get("lists") or {}).values():
+        if spec.get("file"):
+            spec["file"] = os.path.join(base, spec["file"])
+    raw["journal"] = {**(raw.get("journal") or {}), "dir": os.path.join(state_dir, "journal")}
+    raw["snapshot"] = {**(raw.get("snapshot") or {}), "dir": os.path.join(state_dir, "snapshots")}
+    out = os.path.join(state_dir, "config.yaml")
+    with open(out, "w") as f:
+        yaml.safe_dump(raw, f, sort_keys=False)
+    return out
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -33,10 +55,10 @@ class EngineProcess:
         self.bind = f"tcp://127.0.0.1:{free_port()}"
         self.metrics = f"127.0.0.1:{free_port()}"
         self.instance = instance or f"bench{os.getpid() % 100000}{int(time.time()) % 1000}"
+        self.state_dir = tempfile.mkdtemp(prefix="risk-engine-bench-")
         cmd = [sys.executable, "-m", "engine.cli", "serve", "--bind", self.bind,
-               "--metrics", "off" if metrics_off else self.metrics, "--instance", self.instance]
-        if config:
-            cmd += ["--config", config]
+               "--metrics", "off" if metrics_off else self.metrics, "--instance", self.instance,
+               "--config", config_with_private_state(config, self.state_dir)]
         if workers:
             cmd += ["--workers", str(workers)]
         self.cmd = cmd
@@ -75,15 +97,20 @@ class EngineProcess:
         return read_stats(self.metrics)
 
     def stop(self, timeout_s: float = 60.0) -> int:
-        """SIGTERM, wait; returns the exit code (kills the group after ``timeout_s``)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.kill()
-                return -9
-        return self.proc.returncode
+        """SIGTERM, wait; returns the exit code (kills the group after ``timeout_s``).
+        Removes the run's journal and snapshots."""
+        import shutil
+        try:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(timeout_s)
+                except subprocess.TimeoutExpired:
+                    self.kill()
+                    return -9
+            return self.proc.returncode
+        finally:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
 
     def kill(self) -> None:
         if self.proc.poll() is None:
