@@ -11,3 +11,20 @@ def set_role(role: str) -> None:
         setproctitle.setproctitle(PREFIX + role)
     except ImportError:       # pragma: no cover - setproctitle is an install requirement
         pass
+
+
+def become_child(role: str) -> None:
+    """Set-up of every process the supervisor starts: name it; leave SIGINT/SIGTERM to the
+    supervisor, which stops its children in order (a Ctrl-C or a systemd stop reaches the
+    whole process group); and die with the supervisor if it is killed (PR_SET_PDEATHSIG), so
+    no child ever outlives its engine."""
+    import ctypes
+    import signal
+    set_role(role)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)          # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):                    # not Linux: best effort
+        pass

@@ -239,7 +239,7 @@ class _Reloader:
 
 
 def serve(run_dir: str, index: int) -> int:
-    procname.set_role(f"worker {index}")
+    procname.become_child(f"worker {index}")
     plan = rundir.read_plan(run_dir)
     pin_self(plan["workers"][index]["cpu"])                 # before touching memory
     cfg = rundir.read_config(run_dir)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import heapq
 import select
-import signal
 import struct
 import sys
 import time
@@ -416,8 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="ingress.router")
     ap.add_argument("--run-dir", required=True)
     a = ap.parse_args(argv)
-    procname.set_role("ingress")
-    signal.signal(signal.SIGINT, signal.SIG_IGN)      # the supervisor coordinates shutdown
+    procname.become_child("ingress")                  # the supervisor coordinates shutdown
     plan = rundir.read_plan(a.run_dir)
     pin_self(plan.get("ingress_cpu", -1))
     router = Router(a.run_dir)
