@@ -291,7 +291,7 @@ def _cmp_ui(u, i):
 
 @njit(**_OPTS)
 def _in_sorted_i(x, arr):
-    """x in a sorted int64 array (binary search)."""
+    """x in a sorted int64 or uint64 array (binary search; Numba specialises per dtype)."""
     lo = 0
     hi = arr.shape[0]
     while lo < hi:
@@ -303,18 +303,7 @@ def _in_sorted_i(x, arr):
     return lo < arr.shape[0] and arr[lo] == x
 
 
-@njit(**_OPTS)
-def _in_sorted_u(x, arr):
-    """x in a sorted uint64 array (binary search)."""
-    lo = 0
-    hi = arr.shape[0]
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if arr[mid] < x:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo < arr.shape[0] and arr[lo] == x
+_in_sorted_u = _in_sorted_i        # the name generated code uses for uint64 sets
 
 
 # --- per-event bookkeeping shared by every generated kernel ------------------------------

@@ -206,6 +206,19 @@ def list_names(instance: str | None = None) -> list[tuple[str, str, NameParts]]:
     return out
 
 
+def _unlink_where(instance: str, owned_by) -> list[str]:
+    """Unlink every segment and semaphore of ``instance`` whose owner pid passes ``owned_by``."""
+    removed = []
+    for kind, full, parts in list_names(instance):
+        if not owned_by(parts.owner_pid):
+            continue
+        if kind == "shm" and unlink_segment(full):
+            removed.append(full)
+        elif kind == "sem" and unlink_semaphore(full):
+            removed.append("sem:" + full)
+    return removed
+
+
 def reclaim_stale(instance: str) -> list[str]:
     """Unlink every segment and semaphore of ``instance`` whose owner pid is dead.
 
@@ -213,27 +226,11 @@ def reclaim_stale(instance: str) -> list[str]:
     owner are never touched (a reused pid keeps its entries: safe, they are reclaimed later).
     """
     segment_name(instance, "x", 1)   # validates instance
-    removed = []
-    for kind, full, parts in list_names(instance):
-        if pid_alive(parts.owner_pid):
-            continue
-        if kind == "shm" and unlink_segment(full):
-            removed.append(full)
-        elif kind == "sem" and unlink_semaphore(full):
-            removed.append("sem:" + full)
-    return removed
+    return _unlink_where(instance, lambda pid: not pid_alive(pid))
 
 
 def unlink_owned(instance: str, owner_pid: int | None = None) -> list[str]:
     """Unlink every segment and semaphore of ``instance`` owned by ``owner_pid`` (default: this
     process). For a clean shutdown, after the rings were unlinked one by one: catches leftovers."""
     pid = os.getpid() if owner_pid is None else owner_pid
-    removed = []
-    for kind, full, parts in list_names(instance):
-        if parts.owner_pid != pid:
-            continue
-        if kind == "shm" and unlink_segment(full):
-            removed.append(full)
-        elif kind == "sem" and unlink_semaphore(full):
-            removed.append("sem:" + full)
-    return removed
+    return _unlink_where(instance, lambda p: p == pid)
