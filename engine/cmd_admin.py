@@ -1,12 +1,13 @@
 """`risk-engine admin`: send one command to a running engine's admin plane."""
-HELP = "send an admin command (status, stats, reload, ...) to a running engine"
+HELP = ("send an admin command to a running engine: status, stats, reload, snapshot, features, "
+        "list-show|list-add|list-remove|list-replace, set-state, halt, resume")
 
 
 def add_arguments(p):
     p.add_argument("--instance", default="re", help="instance (default: re)")
     p.add_argument("--bind", help="admin address (default: from the instance's status file)")
     p.add_argument("--timeout-ms", type=int, default=60_000, help="reply timeout in ms (default 60000)")
-    p.add_argument("cmd", help="command name: status, stats, reload, ...")
+    p.add_argument("cmd", help="command name (see above)")
     p.add_argument("args", nargs="*", metavar="KEY=VALUE",
                    help="arguments; VALUE is parsed as JSON when it parses (files='[\"a.yaml\"]')")
 
