@@ -173,13 +173,28 @@ class Supervisor:
         except StartupError as e:
             b.view("supervisor.snapshot_errors")[0] += 1
             raise StartupError(f"snapshot: {e}") from None
+        self._fsync_journals()             # the journal up to `seqs` is durable before the
         store = SnapshotStore(d.snapshot_dir.replace("{instance}", self.cfg.instance), keep=d.snapshot_keep)
-        path = store.write(arrays, seqs, generation=self.generation)
+        path = store.write(arrays, seqs, generation=self.generation)   # snapshot that names it
         b.view("supervisor.snapshots")[0] += 1
         for w in range(n):
             b.worker(w, "retain_seq")[0] = store.oldest_journal_seq(w)
         self.last_snapshot = time.monotonic()
         return path
+
+    def _fsync_journals(self) -> None:
+        """fsync every worker's newest journal segments (shared file mappings: an fsync from
+        this process writes back the pages the workers dirtied). Older segments were synced
+        at rotation."""
+        from engine.journal import list_segments, list_writers
+        jdir = self.cfg.durability.journal_dir.replace("{instance}", self.cfg.instance)
+        for w in list_writers(jdir):
+            for _, path in list_segments(jdir, w)[-2:]:
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
 
     def rebuild_features(self) -> None:
         """After a worker died: its kernel may have updated tables for events it never

@@ -95,18 +95,19 @@ class BatchProcessor:
 
 
 def hold_for_snapshot(block: Block, index: int, journal) -> None:
-    """Snapshot protocol, worker side: make the journal durable, publish its last seq, say
-    "paused", and wait until the supervisor has copied the tables. The copy then equals the
-    state after exactly those journal records (docs/DURABILITY.md)."""
+    """Snapshot protocol, worker side: publish the journal's last seq, say "paused", and wait
+    until the supervisor has copied the tables. The copy then equals the state after exactly
+    those journal records (docs/DURABILITY.md). The journal is made durable by the supervisor
+    after the workers resume, before the snapshot file is written: the pause lasts one
+    memory copy, not a disk flush."""
     pause = block.view("supervisor.pause")
     stop = block.view("supervisor.stop")
     paused = block.worker(index, "paused")
     epoch = int(pause[0])
     if not epoch or paused[0] == epoch:
         return
-    if journal is not None:
-        journal.sync()
-        block.worker(index, "journal_seq")[0] = journal.last_seq
+    if journal is not None:             # durable later: the supervisor fsyncs the segments
+        block.worker(index, "journal_seq")[0] = journal.last_seq   # before writing the snapshot
     paused[0] = epoch                   # the supervisor copies the tables after this store
     while pause[0] == epoch and stop[0] < 2:
         time.sleep(0.0002)
