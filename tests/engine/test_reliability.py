@@ -62,6 +62,18 @@ def test_deadline_gives_fail_closed_default_flagged_timeout(engine, schema):
     assert elapsed < 4.0          # answered at the deadline, not at the client's timeout
 
 
+def send_singles(endpoint: str, schema, rng, n: int, client_id: int) -> list:
+    """n DEALER sockets, each sending one single-event request and reading nothing yet."""
+    socks = []
+    for i in range(n):
+        s = zmq.Context.instance().socket(zmq.DEALER)
+        s.linger = 0
+        s.connect(endpoint)
+        s.send_multipart([b"", wire.pack_request(schema.hash, random_events(rng, schema, 1), client_id, i + 1)])
+        socks.append(s)
+    return socks
+
+
 def settle(engine, schema) -> None:
     """One round trip, so the worker has drained whatever an earlier test left in its ring."""
     with Client(engine.endpoint, schema, timeout_ms=20_000, retries=0) as c:
@@ -70,16 +82,9 @@ def settle(engine, schema) -> None:
 
 def test_full_ring_gets_fast_overloaded_and_admitted_are_decided(engine, schema):
     rng = np.random.default_rng(2)
-    ctx = zmq.Context.instance()
-    socks = []
     settle(engine, schema)
     with frozen_worker(engine):
-        for i in range(CAPACITY + 20):                    # one event each, no reply read yet
-            s = ctx.socket(zmq.DEALER)
-            s.linger = 0
-            s.connect(engine.endpoint)
-            s.send_multipart([b"", wire.pack_request(schema.hash, random_events(rng, schema, 1), 77, i + 1)])
-            socks.append(s)
+        socks = send_singles(engine.endpoint, schema, rng, CAPACITY + 20, 77)
         time.sleep(0.5)
         quick = []
         for i, s in enumerate(socks):                     # the refused ones answered at once
@@ -175,15 +180,8 @@ def test_inflight_bound_sheds_load_at_the_door(tmp_path, schema):
     with EngineProcess(tmp_path, workers=1, metrics=False,
                        overrides={"ingress": {"max_inflight": 5, "default_deadline_ms": 10_000}}) as eng:
         settle(eng, schema)
-        ctx = zmq.Context.instance()
-        socks = []
         with frozen_worker(eng):
-            for i in range(12):
-                s = ctx.socket(zmq.DEALER)
-                s.linger = 0
-                s.connect(eng.endpoint)
-                s.send_multipart([b"", wire.pack_request(schema.hash, random_events(rng, schema, 1), 5, i + 1)])
-                socks.append(s)
+            socks = send_singles(eng.endpoint, schema, rng, 12, 5)
             time.sleep(0.5)
             quick = [i for i, s in enumerate(socks) if s.poll(0)]
             assert quick == list(range(5, 12))
