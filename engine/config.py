@@ -44,6 +44,7 @@ class IngressConfig:
     on_overload: str = "error"          # error | allow | review | block
     dedup_window_s: int = 60
     max_inflight: int = 4096            # requests in flight; more get OVERLOADED at once
+    spin_us: int = 1000                 # poll socket and decisions this long before sleeping
     curve: CurveConfig = CurveConfig()
 
 
@@ -65,6 +66,7 @@ class WorkersConfig:
     count: int = 0                      # 0: one worker per allowed CPU
     cpus: tuple[int, ...] = ()          # empty: the allowed CPUs, in order
     ingress_cpu: int = -1               # -1: not pinned
+    spin_us: int = 1000                 # poll an empty request ring this long before sleeping
 
 
 @dataclass(frozen=True)
@@ -224,7 +226,7 @@ def parse_config(raw: Mapping | None, path: str = "<memory>") -> Config:
     base = Path(path).resolve().parent if path != "<memory>" else Path.cwd()
 
     s = _section(raw, "ingress", {"bind", "max_frame_bytes", "max_batch", "default_deadline_ms",
-                                  "on_timeout", "on_overload", "dedup_window_s", "max_inflight", "curve"})
+                                  "on_timeout", "on_overload", "dedup_window_s", "max_inflight", "spin_us", "curve"})
     ingress = IngressConfig(
         bind=_str(s, "ingress", "bind", IngressConfig.bind),
         max_frame_bytes=_int(s, "ingress", "max_frame_bytes", IngressConfig.max_frame_bytes, 64, 1 << 30),
@@ -234,6 +236,7 @@ def parse_config(raw: Mapping | None, path: str = "<memory>") -> Config:
         on_overload=_str(s, "ingress", "on_overload", IngressConfig.on_overload, ("error", "allow", "review", "block")),
         dedup_window_s=_int(s, "ingress", "dedup_window_s", IngressConfig.dedup_window_s, 0, 86_400),
         max_inflight=_int(s, "ingress", "max_inflight", IngressConfig.max_inflight, 1, 1 << 22),
+        spin_us=_int(s, "ingress", "spin_us", IngressConfig.spin_us, 0, 100_000),
         curve=_curve(s, "ingress", base),
     )
     s = _section(raw, "metrics", {"enabled", "bind", "ebpf_bind"})
@@ -249,12 +252,13 @@ def parse_config(raw: Mapping | None, path: str = "<memory>") -> Config:
     if not _is_loopback_bind(admin.bind) and not admin.curve.enabled:
         raise ConfigError("admin.bind", f"{admin.bind!r} is not loopback or ipc://: enable admin.curve first")
 
-    s = _section(raw, "workers", {"count", "cpus", "ingress_cpu"})
+    s = _section(raw, "workers", {"count", "cpus", "ingress_cpu", "spin_us"})
     cpus = s.get("cpus", [])
     if not isinstance(cpus, list) or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in cpus):
         raise ConfigError("workers.cpus", f"must be a list of CPU numbers, got {cpus!r}")
     workers = WorkersConfig(count=_int(s, "workers", "count", 0, 0, 256), cpus=tuple(cpus),
-                            ingress_cpu=_int(s, "workers", "ingress_cpu", -1, -1, 4095))
+                            ingress_cpu=_int(s, "workers", "ingress_cpu", -1, -1, 4095),
+                            spin_us=_int(s, "workers", "spin_us", WorkersConfig.spin_us, 0, 100_000))
 
     s = _section(raw, "rings", {"capacity"})
     cap = _int(s, "rings", "capacity", RingsConfig.capacity, 2, 1 << 24)

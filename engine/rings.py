@@ -17,7 +17,6 @@ from shm.idle import SleepingBackoff, SpinThenSleep
 from shm.ring import OneToOneRing
 from shm.segment import Segment
 
-WORKER_SPIN_US = 5.0            # a few microseconds only: 2 cores (ENGINEERING.md section 5)
 WORKER_SLEEP_TIMEOUT_MS = 50.0  # safety net against a lost wake-up; also the stop-poll period
 
 
@@ -40,12 +39,12 @@ class _Idle:
 
 class EngineRings:
     def __init__(self, request: OneToOneRing, response: OneToOneRing, bell: SemaphoreDoorbell,
-                 eventfd: EventfdDoorbell | None):
+                 eventfd: EventfdDoorbell | None, spin_us: float = 0.0):
         self.request = request
         self.response = response
         self.bell = bell
         self.eventfd_bell = eventfd
-        self.worker_idle = _Idle(SpinThenSleep(WORKER_SPIN_US, WORKER_SLEEP_TIMEOUT_MS), request)
+        self.worker_idle = _Idle(SpinThenSleep(spin_us, WORKER_SLEEP_TIMEOUT_MS, yield_cpu=True), request)
         self.response_full_idle = _Idle(SleepingBackoff())
 
     @classmethod
@@ -56,7 +55,7 @@ class EngineRings:
                                   instance=cfg.instance, owner_pid=owner_pid, doorbell=bell)
         resp = OneToOneRing.create(f"resp{w}", cap, RESPONSE_SLOT_DTYPE, instance=cfg.instance,
                                    owner_pid=owner_pid, doorbell=eventfd)
-        return cls(req, resp, bell, eventfd)
+        return cls(req, resp, bell, eventfd, cfg.workers.spin_us)
 
     @classmethod
     def attach(cls, cfg, plan: dict, w: int, eventfd: EventfdDoorbell) -> "EngineRings":
@@ -64,7 +63,7 @@ class EngineRings:
         bell = SemaphoreDoorbell.open(bell_name)
         req = OneToOneRing.attach(req_name, request_slot_dtype(cfg.schema.dtype), doorbell=bell)
         resp = OneToOneRing.attach(resp_name, RESPONSE_SLOT_DTYPE, doorbell=eventfd)
-        return cls(req, resp, bell, eventfd)
+        return cls(req, resp, bell, eventfd, cfg.workers.spin_us)
 
     def names(self) -> list[str]:
         return [self.request.name, self.response.name, self.bell.name]

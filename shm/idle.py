@@ -6,6 +6,7 @@ machine a spinner steals the CPU the other side needs (ENGINEERING.md section 5)
 """
 from __future__ import annotations
 
+import os
 import time
 
 
@@ -20,12 +21,14 @@ class SpinThenSleep:
     A ring without a doorbell is polled every ``sleep_timeout_ms``.
     """
 
-    def __init__(self, spin_us: float = 5.0, sleep_timeout_ms: float = 100.0):
+    def __init__(self, spin_us: float = 5.0, sleep_timeout_ms: float = 100.0,
+                 yield_cpu: bool = False):
         if spin_us < 0 or sleep_timeout_ms <= 0:
             raise ValueError(f"spin_us={spin_us} sleep_timeout_ms={sleep_timeout_ms}: "
                              "need spin_us >= 0 and sleep_timeout_ms > 0")
         self.spin_ns = int(spin_us * 1000)
         self.sleep_timeout_ms = float(sleep_timeout_ms)
+        self.yield_cpu = yield_cpu
         self.spin_hits = 0         # data seen while spinning
         self.doorbell_wakes = 0    # woken by the producer's doorbell
         self.timeout_wakes = 0     # woken by the safety timeout
@@ -33,8 +36,14 @@ class SpinThenSleep:
 
     def idle(self, ring) -> int:
         """Call when ``try_drain`` found nothing. Returns ``ring.available()`` (0 after an
-        empty timeout: just call ``try_drain`` / ``idle`` again)."""
+        empty timeout: just call ``try_drain`` / ``idle`` again).
+
+        ``yield_cpu``: every spin iteration calls sched_yield, so a spinner sharing its CPU
+        with a runnable process hands the CPU over at once; on an otherwise idle CPU it keeps
+        polling. That makes a long spin (hundreds of microseconds, to skip the wake-up of a
+        sleeping CPU between two requests) affordable where cores are shared."""
         deadline = time.perf_counter_ns() + self.spin_ns
+        yield_cpu = self.yield_cpu
         while True:
             n = ring.available()
             if n:
@@ -42,6 +51,8 @@ class SpinThenSleep:
                 return n
             if time.perf_counter_ns() >= deadline:
                 break
+            if yield_cpu:
+                os.sched_yield()
         if not ring.prepare_sleep():
             self.recheck_hits += 1
             return ring.available()

@@ -53,6 +53,7 @@ class OneToOneRing:
         self._claim_pos = -1
         self._claim_n = 0
         self._drained_n = 0
+        self.doorbell_owed = False     # try_publish(defer_doorbell=True) found the consumer asleep
         self.warm_up()
 
     # --- lifetime ---------------------------------------------------------------------------
@@ -133,12 +134,16 @@ class OneToOneRing:
 
     # --- producer ---------------------------------------------------------------------------
 
-    def try_publish(self, records: np.ndarray) -> bool:
+    def try_publish(self, records: np.ndarray, defer_doorbell: bool = False) -> bool:
         """Copy all ``records`` into the ring and publish them, or nothing (returns False, and
         the refusal is counted) if they do not fit. One compiled call: copy the records
         (wrapping at most once), then one release store of the producer position; rings the
         doorbell only if the consumer sleeps. ``records`` must have exactly ``slot_dtype``
-        (else ValueError); a batch larger than ``capacity`` never fits."""
+        (else ValueError); a batch larger than ``capacity`` never fits.
+
+        ``defer_doorbell=True``: instead of ringing, remember that the consumer sleeps
+        (``doorbell_owed``); the producer must call ``ring_owed()`` soon. A producer that
+        publishes several messages back to back wakes its consumer once for all of them."""
         if records.dtype != self.slot_dtype or records.ndim != 1:
             raise ValueError(f"records dtype={records.dtype} ndim={records.ndim}: must be a 1-D "
                              f"array of the ring's slot_dtype {self.slot_dtype}")
@@ -149,8 +154,17 @@ class OneToOneRing:
         else:       # e.g. a view into a received frame: let the dispatcher specialise
             rc = K._try_publish(self._hdr, self.slots, records, self.capacity)
         if rc > 0 and self.doorbell is not None:
-            self.doorbell.ring()
+            if defer_doorbell:
+                self.doorbell_owed = True
+            else:
+                self.doorbell.ring()
         return rc >= 0
+
+    def ring_owed(self) -> None:
+        """Ring the doorbell a deferred ``try_publish`` owes (no-op if none is owed)."""
+        if self.doorbell_owed:
+            self.doorbell_owed = False
+            self.doorbell.ring()
 
     def try_claim(self, n: int):
         """Reserve ``n`` free slots for in-place writing: ``(view1, view2)`` (view2 is empty

@@ -29,6 +29,8 @@ def test_bundled_default_loads():
     ({"rings": {"capacity": 1000}}, "rings.capacity"),
     ({"workers": {"cpus": [0, "x"]}}, "workers.cpus"),
     ({"workers": {"count": True}}, "workers.count"),
+    ({"workers": {"spin_us": -1}}, "workers.spin_us"),
+    ({"ingress": {"spin_us": 100_001}}, "ingress.spin_us"),
     ({"metrics": {"bind": "9108"}}, "metrics.bind"),
     ({"admin": {"bind": "tcp://0.0.0.0:7000"}}, "admin.bind"),
     ({"rules": {"thresholds": {"deny": 3}}}, "rules.thresholds"),

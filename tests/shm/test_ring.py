@@ -159,6 +159,26 @@ def test_stats_count_sleeps_and_doorbell_rings(pair):
     assert (s["sleep_count"], s["doorbell_count"], s["consumer_sleeping"]) == (1, 1, 0)
 
 
+def test_deferred_doorbell_rings_once_when_the_producer_pays_it(pair):
+    prod, cons = pair
+    bell = prod.doorbell = EventfdDoorbell.create()
+    prod.ring_owed()                                          # nothing owed: no ring
+    assert cons.prepare_sleep()
+    assert prod.try_publish(make_messages(0, 1), defer_doorbell=True)
+    assert prod.try_publish(make_messages(1, 1), defer_doorbell=True)
+    assert prod.doorbell_owed and bell.drain() == 0           # the consumer still sleeps
+    prod.ring_owed()
+    prod.ring_owed()                                          # paid: the second is a no-op
+    assert bell.drain() == 1 and not prod.doorbell_owed
+    cons.end_sleep()
+    v1, _ = cons.try_drain(8)
+    assert len(v1) == 2 and check_messages(v1, 0) == ""
+    cons.release(len(v1))
+    assert prod.try_publish(make_messages(2, 1), defer_doorbell=True)   # consumer awake
+    assert not prod.doorbell_owed
+    bell.close()
+
+
 def test_warm_up_compiles_every_signature_the_calls_use(pair):
     from shm import _ring_kernels as K
     prod, cons = pair
