@@ -57,7 +57,8 @@ def _hist(nb: int) -> int:
 
 SUPERVISOR = [("header", 2), ("stop", 1), ("generation", 1), ("worker_restarts", 1),
               ("ingress_restarts", 1), ("reload_errors", 1), ("pause", 1), ("snapshots", 1),
-              ("snapshot_errors", 1), ("worker_epoch", MAX_WORKERS), ("worker_pid", MAX_WORKERS),
+              ("snapshot_errors", 1), ("snapshot_pause_ns", 1), ("snapshot_pause_max_ns", 1),
+              ("worker_epoch", MAX_WORKERS), ("worker_pid", MAX_WORKERS),
               ("worker_alive", MAX_WORKERS), ("ingress_pid", 1), ("ingress_alive", 1)]
 INGRESS = [("requests", N_TRANSPORTS * N_CODES), ("decisions", 3), ("inflight", 1),
            ("accepting", 1), ("deduplicated", 1), ("timeouts", 1), ("worker_lost", 1),

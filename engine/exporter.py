@@ -137,6 +137,14 @@ class EngineCollector:
                                   value=float(sv("supervisor.ingress_restarts")[0]))
         yield CounterMetricFamily("risk_ruleset_reload_errors", "Rulesets refused at reload",
                                   value=float(sv("supervisor.reload_errors")[0]))
+        yield CounterMetricFamily("risk_snapshots", "Feature-state snapshots written",
+                                  value=float(sv("supervisor.snapshots")[0]))
+        yield CounterMetricFamily("risk_snapshot_errors", "Snapshots that failed",
+                                  value=float(sv("supervisor.snapshot_errors")[0]))
+        yield GaugeMetricFamily("risk_snapshot_pause_seconds", "How long the last snapshot held "
+                                "the workers (table copy)", value=sv("supervisor.snapshot_pause_ns")[0] / 1e9)
+        yield GaugeMetricFamily("risk_snapshot_pause_max_seconds", "Longest snapshot hold since start",
+                                value=sv("supervisor.snapshot_pause_max_ns")[0] / 1e9)
         spec = self.sup.generations[self.sup.generation]
         g = GaugeMetricFamily("risk_ruleset_info", "The active ruleset (value 1)",
                               labels=["name", "version", "generation"])

@@ -69,3 +69,7 @@ def test_snapshot_pauses_workers_and_records_journal_seqs(engine):
     last = JournalReader(engine.raw["journal"]["dir"], schema.dtype, schema.hash, 0).last_committed_seq()
     assert snap.journal_seq == {0: last} and last >= 25
     assert set(snap.arrays) >= {"fl_blocked_ips", "st_account_state"}
+    st = admin(engine, cmd="stats")["stats"]
+    pause = st["risk_snapshot_pause_seconds"][0]["value"]
+    assert 0 < pause <= st["risk_snapshot_pause_max_seconds"][0]["value"] < 5.0
+    assert st["risk_snapshots"][0]["value"] >= 1
