@@ -13,6 +13,7 @@ import datetime
 import json
 import os
 import sys
+from dataclasses import replace
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,6 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, help="engine worker processes (default: the config's)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="HDR percentile plot (needs matplotlib)")
+    p.add_argument("--rounds", type=int, default=1, metavar="K",
+                   help="alternate echo and engine K times, duration/K each, and merge each side "
+                        "(both see the same machine state; default 1)")
     p.add_argument("--echo-only", action="store_true", help="only the echo baseline")
     p.add_argument("--no-echo", action="store_true", help="only the engine")
     p.add_argument("--timeout-ms", type=int, default=5000, help="client timeout per request (default 5000)")
@@ -41,7 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def check_args(a) -> None:
-    for name, v, lo in (("clients", a.clients, 1), ("batch", a.batch, 1), ("processes", a.processes, 1)):
+    for name, v, lo in (("clients", a.clients, 1), ("batch", a.batch, 1), ("processes", a.processes, 1),
+                        ("rounds", a.rounds, 1)):
         if v < lo:
             raise SystemExit(f"bench: --{name}={v} must be >= {lo}")
     if a.duration <= 0 or a.warmup < 0 or a.rate < 0:
@@ -85,7 +90,7 @@ def run(a) -> int:
     from bench.echo import EchoServer
     from bench.engine_proc import EngineProcess, free_port, gc_delta, listening_pids, read_stats
     from bench.loadgen import LoadSpec
-    from bench.phase import run_phase
+    from bench.phase import combine, run_phase
 
     progress = sys.stderr.isatty() and not a.no_progress
     spec = LoadSpec(target="", clients=a.clients, duration_s=a.duration, warmup_s=a.warmup,
@@ -94,43 +99,58 @@ def run(a) -> int:
     cpus = len(os.sched_getaffinity(0))
     phases, summaries, notes, gc = {}, {}, [], None
     rc = 0
-    if not a.no_echo:
-        echo = EchoServer(f"tcp://127.0.0.1:{free_port()}")
-        try:
-            spec.target, spec.kind = echo.bind, "echo"
-            phases["echo"] = run_phase("echo", spec, a.processes, (echo.pid,), progress)
-        finally:
-            handled = echo.stop()
-        notes.append(f"echo process handled {handled} messages")
-        summaries["echo"] = report.summarise(phases["echo"], cpus)
-    if not a.echo_only:
-        engine = None
-        try:
-            if a.target:
-                spec.target, metrics, pids = a.target, a.target_metrics, listening_pids(a.target)
-            else:
-                print("bench: starting risk-engine serve (the first start compiles the kernel) ...",
-                      file=sys.stderr, flush=True)
-                engine = EngineProcess(a.config, a.workers, a.start_timeout)
-                spec.target, metrics, pids = engine.bind, engine.metrics, (engine.pid,)
-                notes.append(f"engine: {engine.ready_line}")
-            spec.kind = "engine"
-            before = read_stats(metrics)
-            phases["engine"] = run_phase("engine", spec, a.processes, pids, progress)
+    echo = engine = None
+    parts: dict[str, list] = {"echo": [], "engine": []}
+    rounds = [replace(spec, duration_s=a.duration / a.rounds) for _ in range(a.rounds)]
+    try:
+        if not a.no_echo:
+            echo = EchoServer(f"tcp://127.0.0.1:{free_port()}")
+        if not a.echo_only:
+            try:
+                if a.target:
+                    target, metrics, pids = a.target, a.target_metrics, listening_pids(a.target)
+                else:
+                    print("bench: starting risk-engine serve (the first start compiles the kernel) ...",
+                          file=sys.stderr, flush=True)
+                    engine = EngineProcess(a.config, a.workers, a.start_timeout)
+                    target, metrics, pids = engine.bind, engine.metrics, (engine.pid,)
+                    notes.append(f"engine: {engine.ready_line}")
+                before = read_stats(metrics)
+            except RuntimeError as e:
+                print(f"bench: engine failed to start: {e}", file=sys.stderr)
+                notes.append(f"engine phase failed: {str(e).splitlines()[0]}")
+                rc = 2
+        for k, r in enumerate(rounds):
+            tag = f" {k + 1}/{a.rounds}" if a.rounds > 1 else ""
+            if echo is not None:
+                r.target, r.kind = echo.bind, "echo"
+                parts["echo"].append(run_phase("echo" + tag, r, a.processes, (echo.pid,), progress))
+            if not a.echo_only and rc == 0:
+                r = replace(r, target=target, kind="engine")
+                try:
+                    parts["engine"].append(run_phase("engine" + tag, r, a.processes, pids, progress))
+                except RuntimeError as e:
+                    print(f"bench: engine phase failed: {e}", file=sys.stderr)
+                    notes.append(f"engine phase failed: {str(e).splitlines()[0]}")
+                    rc = 2
+        if parts["engine"] and rc == 0:
             gc = gc_delta(before, read_stats(metrics))
-            summaries["engine"] = report.summarise(phases["engine"], cpus)
-        except RuntimeError as e:
-            print(f"bench: engine phase failed: {e}", file=sys.stderr)
-            notes.append(f"engine phase failed: {str(e).splitlines()[0]}")
-            rc = 2
-        finally:
-            if engine is not None:
-                erc = engine.stop()
-                notes.append(f"engine stopped with SIGTERM: exit code {erc}")
-                if erc != 0:
-                    print(f"bench: engine exit code {erc} after SIGTERM (expected 0)\n"
-                          f"{engine.stderr_text()[-2000:]}", file=sys.stderr)
-                    rc = rc or 2
+    finally:
+        if echo is not None:
+            notes.append(f"echo process handled {echo.stop()} messages")
+        if engine is not None:
+            erc = engine.stop()
+            notes.append(f"engine stopped with SIGTERM: exit code {erc}")
+            if erc != 0:
+                print(f"bench: engine exit code {erc} after SIGTERM (expected 0)\n"
+                      f"{engine.stderr_text()[-2000:]}", file=sys.stderr)
+                rc = rc or 2
+    if a.rounds > 1:
+        notes.append(f"{a.rounds} rounds, echo and engine alternating, {a.duration / a.rounds:g} s each")
+    for side in ("echo", "engine"):
+        if parts[side] and not (side == "engine" and rc):
+            phases[side] = combine(parts[side])
+            summaries[side] = report.summarise(phases[side], cpus)
     doc = build_document(a, summaries, gc, notes)
     if summaries:
         print(report.table(doc))

@@ -127,6 +127,30 @@ def run_phase(label: str, spec: LoadSpec, processes: int, server_pids: tuple[int
     return out
 
 
+def combine(parts: list[PhaseResult]) -> PhaseResult:
+    """One result from the rounds of one side (``--rounds``): counts, CPU and wall time
+    summed, histograms merged, intervals concatenated; the spec's duration is the total."""
+    first = parts[0]
+    out = PhaseResult(first.label, replace(first.spec, duration_s=sum(p.spec.duration_s for p in parts)),
+                      first.processes, hist=new_histogram(), server_cpu_s=None)
+    for p in parts:
+        out.sent += p.sent
+        out.ok += p.ok
+        out.events_ok += p.events_ok
+        out.unsent += p.unsent
+        out.load_cpu_s += p.load_cpu_s
+        out.wall_s += p.wall_s
+        if p.server_cpu_s is not None:
+            out.server_cpu_s = (out.server_cpu_s or 0.0) + p.server_cpu_s
+        for src, dst in ((p.errors, out.errors), (p.decision_errors, out.decision_errors)):
+            for k, v in src.items():
+                dst[k] = dst.get(k, 0) + v
+        out.hist.add(p.hist)
+        out.intervals.extend(p.intervals)
+        out.samples.extend(p.samples)
+    return out
+
+
 def merge(out: PhaseResult, r: LoadResult) -> None:
     out.sent += r.sent
     out.ok += r.ok

@@ -51,6 +51,23 @@ def test_counts_add_up_against_the_engine(engine, tmp_path, transport):
     assert "P99" in stdout and ("PASS" in stdout or "FAIL" in stdout)
 
 
+def test_rounds_alternate_echo_and_engine_and_merge_each_side(engine, tmp_path):
+    out = tmp_path / "r.json"
+    cmd = [sys.executable, "-m", "bench.latency", "--clients", "2", "--processes", "1",
+           "--duration", "1.2", "--warmup", "0.2", "--rounds", "3", "--target", engine.bind,
+           "--json", str(out), "--no-progress"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=ROOT)
+    assert p.returncode in (0, 1), p.stdout + p.stderr
+    doc = json.loads(out.read_text())
+    assert "3 rounds, echo and engine alternating, 0.4 s each" in doc["notes"]
+    for side in ("echo", "engine"):
+        ph = doc["phases"][side]
+        assert ph["sent"] > 0 and ph["sent"] == ph["ok"] + ph["error_count"]
+        assert ph["recorded"] == ph["answered"]                  # every round's histogram merged
+        assert ph["requests_per_s"] == pytest.approx(ph["answered"] / 1.2)
+    assert doc["ratio"]["p50_ms"] > 0
+
+
 def test_sigterm_stops_the_engine_cleanly(engine):
     assert engine.stop() == 0, engine.stderr_text()[-2000:]
     left = [f for f in os.listdir("/dev/shm") if f"risk-engine.{engine.instance}." in f]
