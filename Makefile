@@ -25,7 +25,7 @@ test: install
 	$(BIN)/python -m pytest -q tests
 
 bench: install
-	$(BIN)/python -m bench.latency --clients 100 --duration 30
+	$(BIN)/python -m bench.latency --clients 100 --duration 30 --rounds 3
 
 fuzz: install
 	$(BIN)/python -m tests.ingress.fuzz_decoder --iterations 1000000

@@ -101,7 +101,10 @@ def run(a) -> int:
     rc = 0
     echo = engine = None
     parts: dict[str, list] = {"echo": [], "engine": []}
-    rounds = [replace(spec, duration_s=a.duration / a.rounds) for _ in range(a.rounds)]
+    # fresh client ids every round: a repeated (client id, request id) is answered from the
+    # engine's idempotency window, and the round would measure that cache
+    rounds = [replace(spec, duration_s=a.duration / a.rounds, client_id_base=run_client_id_base())
+              for _ in range(a.rounds)]
     try:
         if not a.no_echo:
             echo = EchoServer(f"tcp://127.0.0.1:{free_port()}")

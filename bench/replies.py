@@ -6,6 +6,8 @@ counted, never hidden.
 as ``OVERLOADED``, or ``BAD_REPLY`` when the reply cannot be decoded or answers another
 request); ``decision_errors`` is a list of per-decision error names (``TIMEOUT``,
 ``OVERLOADED``, ``WORKER_LOST`` ...) for decisions that carry one, empty when all are clean.
+A decision flagged DUPLICATE counts as ``DUPLICATE``: the engine answered it from its
+idempotency window, so the bench reused a (client id, request id) and measured that cache.
 For the echo baseline a good reply is byte-identical to the request.
 """
 from __future__ import annotations
@@ -14,9 +16,10 @@ import json
 
 import numpy as np
 
-from engine.types import ErrorCode
+from engine.types import DecisionFlag, ErrorCode
 from ingress import wire
 
+DUPLICATE = "DUPLICATE"       # answered from the idempotency window: a bench bug
 BAD_REPLY = "BAD_REPLY"       # undecodable reply, or a reply to another request
 NO_REPLY = "NO_REPLY"         # no reply within the client timeout or the final drain
 
@@ -47,9 +50,10 @@ def _binary(reply: bytes, request_id: int) -> tuple[str | None, list[str]]:
     if rid != request_id:
         return BAD_REPLY, []
     errs = dec["error"]
-    if not errs.any():
+    dup = int(np.count_nonzero(dec["flags"] & np.uint8(DecisionFlag.DUPLICATE)))
+    if not errs.any() and not dup:
         return None, []
-    return None, [code_name(int(e)) for e in errs[np.flatnonzero(errs)]]
+    return None, [code_name(int(e)) for e in errs[np.flatnonzero(errs)]] + [DUPLICATE] * dup
 
 
 def _json(reply: bytes, request_id: int) -> tuple[str | None, list[str]]:
@@ -59,6 +63,7 @@ def _json(reply: bytes, request_id: int) -> tuple[str | None, list[str]]:
             return str(obj["error"]["code"]), []
         if obj["request_id"] != request_id:
             return BAD_REPLY, []
-        return None, [str(d["error"]) for d in obj["decisions"] if "error" in d]
+        return None, ([str(d["error"]) for d in obj["decisions"] if "error" in d]
+                      + [DUPLICATE for d in obj["decisions"] if "DUPLICATE" in d.get("flags", ())])
     except (ValueError, KeyError, TypeError):
         return BAD_REPLY, []

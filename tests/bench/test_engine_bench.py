@@ -65,6 +65,8 @@ def test_rounds_alternate_echo_and_engine_and_merge_each_side(engine, tmp_path):
         assert ph["sent"] > 0 and ph["sent"] == ph["ok"] + ph["error_count"]
         assert ph["recorded"] == ph["answered"]                  # every round's histogram merged
         assert ph["requests_per_s"] == pytest.approx(ph["answered"] / 1.2)
+    # every round has its own client ids: nothing is answered from the idempotency window
+    assert doc["phases"]["engine"]["decision_errors"] == {}
     assert doc["ratio"]["p50_ms"] > 0
 
 

@@ -138,3 +138,21 @@ def test_open_loop_reaches_a_modest_rate_against_echo(echo):
     assert r.errors == {}
     # 200 intended in the window; sent + unsent accounts for every one of them
     assert r.sent + r.unsent in (199, 200, 201)
+
+
+def test_a_duplicate_decision_is_counted_not_taken_for_an_evaluation():
+    """A reply from the engine's idempotency window means the bench reused a (client id,
+    request id): counted as DUPLICATE, in both transports."""
+    from bench.replies import DUPLICATE, classify
+    from engine.config import load_config
+    from engine.types import RESPONSE_SLOT_DTYPE, DecisionFlag
+    from ingress.codec import Codec, Request
+    codec = Codec(load_config(None).schema, 16, 1 << 20)
+    slots = np.zeros(2, RESPONSE_SLOT_DTYPE)
+    slots["generation"] = 1
+    for kind in ("binary", "json"):
+        req = Request(kind, 9, 5, 0, 0, np.zeros(2, codec._dtype))
+        assert classify("engine", kind, b"", codec.encode_reply(req, slots), 9) == (None, [])
+        dup = slots.copy()
+        dup["flags"][1] |= np.uint8(DecisionFlag.DUPLICATE)
+        assert classify("engine", kind, b"", codec.encode_reply(req, dup), 9) == (None, [DUPLICATE])
