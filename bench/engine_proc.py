@@ -113,12 +113,19 @@ class EngineProcess:
             shutil.rmtree(self.state_dir, ignore_errors=True)
 
     def kill(self) -> None:
+        """SIGKILL the engine's process group, then remove what a killed engine leaves: its
+        shared memory (each bench run has its own instance, so no later start reclaims it)
+        and its journal and snapshots."""
+        import shutil
+        from shm.segment import reclaim_stale
         if self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
             self.proc.wait(10)
+        reclaim_stale(self.instance)
+        shutil.rmtree(self.state_dir, ignore_errors=True)
 
 
 def listening_pids(addr: str) -> tuple[int, ...]:

@@ -2,7 +2,12 @@
 in one run. Two engines (same config, 1 worker each; one started with ``--metrics off``,
 which also skips the ingress's per-request counters and histograms) are measured by one REQ
 client in interleaved rounds, so machine noise hits both alike. Target (issue 5): ratio
-on/off <= 1.05."""
+on/off <= 1.05.
+
+Two estimates are printed: the ratio of the p50s over all requests, and the median of the
+per-round ratios (round r's on-p50 / round r's off-p50, the two measured back to back). On
+this VM a noisy minute moves the pooled p50s of one side; the per-round median is robust to
+that, so it is the figure to compare with the target. The first round is warm-up."""
 from __future__ import annotations
 
 import argparse
@@ -20,26 +25,44 @@ def rounds(endpoints: dict, n_per_round: int, n_rounds: int, schema) -> dict:
     socks = {k: ctx.socket(zmq.REQ) for k in endpoints}
     for k, s in socks.items():
         s.connect(endpoints[k])
-    lat = {k: [] for k in endpoints}
+    lat = {k: [] for k in endpoints}              # per round: an array of latencies (us)
     rid = 1
-    for r in range(n_rounds):
+    for r in range(n_rounds + 1):                 # round 0: warm-up, dropped
         for k, s in (socks.items() if r % 2 == 0 else reversed(list(socks.items()))):
+            one = np.empty(n_per_round, np.int64)
             for i in range(n_per_round):
                 f = wire.pack_request(schema.hash, recs[i % 512:i % 512 + 1], 1, rid)
                 rid += 1
                 t = time.perf_counter_ns()
                 s.send(f)
                 s.recv()
-                lat[k].append(time.perf_counter_ns() - t)
+                one[i] = time.perf_counter_ns() - t
+            if r:
+                lat[k].append(one / 1e3)
     for s in socks.values():
         s.close(0)
-    return {k: np.array(v[n_per_round // 2:]) / 1e3 for k, v in lat.items()}
+    return lat
+
+
+def estimates(lat: dict) -> dict:
+    """p50 and p99 over every request of each side, the pooled p50 ratio, and the per-round
+    p50 ratios with their median and quartiles."""
+    pooled = {k: np.concatenate(v) for k, v in lat.items()}
+    per_round = np.array([np.percentile(a, 50) / np.percentile(b, 50)
+                          for a, b in zip(lat["on"], lat["off"])])
+    return {"p50": {k: float(np.percentile(v, 50)) for k, v in pooled.items()},
+            "p99": {k: float(np.percentile(v, 99)) for k, v in pooled.items()},
+            "n": {k: len(v) for k, v in pooled.items()},
+            "pooled_ratio": float(np.percentile(pooled["on"], 50) / np.percentile(pooled["off"], 50)),
+            "round_ratios": per_round.tolist(),
+            "median_round_ratio": float(np.median(per_round)),
+            "quartiles": [float(np.percentile(per_round, 25)), float(np.percentile(per_round, 75))]}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="bench.metrics_overhead")
-    ap.add_argument("--requests", type=int, default=2000, help="per engine per round")
-    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--requests", type=int, default=1000, help="per engine per round")
+    ap.add_argument("--rounds", type=int, default=20, help="measured rounds (plus one warm-up)")
     a = ap.parse_args(argv)
     from bench.engine_proc import EngineProcess
     from engine.config import load_config
@@ -51,11 +74,12 @@ def main(argv=None) -> int:
     finally:
         on.stop()
         off.stop()
-    p50 = {k: float(np.percentile(v, 50)) for k, v in lat.items()}
-    p99 = {k: float(np.percentile(v, 99)) for k, v in lat.items()}
-    print(f"metrics on : p50 {p50['on']:.1f} us  p99 {p99['on']:.1f} us  ({len(lat['on'])} requests)")
-    print(f"metrics off: p50 {p50['off']:.1f} us  p99 {p99['off']:.1f} us  ({len(lat['off'])} requests)")
-    print(f"p50 ratio on/off: {p50['on'] / p50['off']:.3f} (target <= 1.05)")
+    e = estimates(lat)
+    for k in ("on", "off"):
+        print(f"metrics {k:3s}: p50 {e['p50'][k]:.1f} us  p99 {e['p99'][k]:.1f} us  ({e['n'][k]} requests)")
+    print(f"p50 ratio on/off, all requests pooled: {e['pooled_ratio']:.3f}")
+    print(f"p50 ratio on/off, median of {len(e['round_ratios'])} rounds: {e['median_round_ratio']:.3f} "
+          f"(quartiles {e['quartiles'][0]:.3f} .. {e['quartiles'][1]:.3f}; target <= 1.05)")
     return 0
 
 

@@ -74,3 +74,11 @@ def test_sigterm_stops_the_engine_cleanly(engine):
     assert engine.stop() == 0, engine.stderr_text()[-2000:]
     left = [f for f in os.listdir("/dev/shm") if f"risk-engine.{engine.instance}." in f]
     assert not left
+
+
+def test_kill_leaves_no_shared_memory_or_state_behind():
+    eng = EngineProcess(workers=1, start_timeout_s=240)
+    assert any(f".{eng.instance}." in f for f in os.listdir("/dev/shm"))
+    eng.kill()
+    assert not [f for f in os.listdir("/dev/shm") if f".{eng.instance}." in f]
+    assert not os.path.exists(eng.state_dir)
