@@ -82,6 +82,7 @@ class Router:
         self.block, self._block_seg = rundir.attach_control(run_dir, cfg)
         self.efd = EventfdDoorbell(plan["eventfd"])
         self.rings = [EngineRings.attach(cfg, plan, w, self.efd) for w in range(self.n_workers)]
+        self.response_rings = [r.response for r in self.rings]
         self.codec = Codec(cfg.schema, cfg.ingress.max_batch, cfg.ingress.max_frame_bytes)
         self.slot_dtype = request_slot_dtype(cfg.schema.dtype)
         self.shard_key = cfg.schema.shard_key
@@ -208,7 +209,9 @@ class Router:
         top (about 100 us each, measured here with one client). Every round yields the CPU,
         so a runnable process on this CPU is not delayed. Returns True when something arrived."""
         end = time.monotonic_ns() + self.spin_ns
-        rings = [r.response for r in self.rings]
+        if self.deadlines:                         # never answer a deadline late for a spin
+            end = min(end, self.deadlines[0][0])
+        rings = self.response_rings
         get = sock.get
         while time.monotonic_ns() < end:
             for r in rings:
