@@ -43,6 +43,8 @@ class IngressConfig:
     on_timeout: str = "block"           # fail-closed by default: allow | block
     on_overload: str = "error"          # error | allow | review | block
     dedup_window_s: int = 60
+    dedup_max_entries: int = 1 << 18    # decided requests kept (fixed memory, allocated at start)
+    dedup_max_bytes: int = 32 << 20     # their response slots, 64 B per event
     max_inflight: int = 4096            # requests in flight; more get OVERLOADED at once
     spin_us: int = 1000                 # poll socket and decisions this long before sleeping
     curve: CurveConfig = CurveConfig()
@@ -226,7 +228,8 @@ def parse_config(raw: Mapping | None, path: str = "<memory>") -> Config:
     base = Path(path).resolve().parent if path != "<memory>" else Path.cwd()
 
     s = _section(raw, "ingress", {"bind", "max_frame_bytes", "max_batch", "default_deadline_ms",
-                                  "on_timeout", "on_overload", "dedup_window_s", "max_inflight", "spin_us", "curve"})
+                                  "on_timeout", "on_overload", "dedup_window_s", "dedup_max_entries", "dedup_max_bytes",
+                                  "max_inflight", "spin_us", "curve"})
     ingress = IngressConfig(
         bind=_str(s, "ingress", "bind", IngressConfig.bind),
         max_frame_bytes=_int(s, "ingress", "max_frame_bytes", IngressConfig.max_frame_bytes, 64, 1 << 30),
@@ -235,6 +238,8 @@ def parse_config(raw: Mapping | None, path: str = "<memory>") -> Config:
         on_timeout=_str(s, "ingress", "on_timeout", IngressConfig.on_timeout, ("allow", "block")),
         on_overload=_str(s, "ingress", "on_overload", IngressConfig.on_overload, ("error", "allow", "review", "block")),
         dedup_window_s=_int(s, "ingress", "dedup_window_s", IngressConfig.dedup_window_s, 0, 86_400),
+        dedup_max_entries=_int(s, "ingress", "dedup_max_entries", IngressConfig.dedup_max_entries, 1, 1 << 26),
+        dedup_max_bytes=_int(s, "ingress", "dedup_max_bytes", IngressConfig.dedup_max_bytes, 64, 1 << 36),
         max_inflight=_int(s, "ingress", "max_inflight", IngressConfig.max_inflight, 1, 1 << 22),
         spin_us=_int(s, "ingress", "spin_us", IngressConfig.spin_us, 0, 100_000),
         curve=_curve(s, "ingress", base),

@@ -63,7 +63,7 @@ SUPERVISOR = [("header", 2), ("stop", 1), ("generation", 1), ("worker_restarts",
 INGRESS = [("requests", N_TRANSPORTS * N_CODES), ("decisions", 3), ("inflight", 1),
            ("accepting", 1), ("deduplicated", 1), ("timeouts", 1), ("worker_lost", 1),
            ("eval_hist", N_TRANSPORTS * _hist(NB)), ("stage_hist", len(STAGES) * _hist(NB)),
-           ("gc_hist", _hist(NBG)), ("generation_seen", 1)]
+           ("gc_hist", _hist(NBG)), ("generation_seen", 1), ("dedup_meta", 4)]
 WORKER = [("batches", 1), ("events", 1), ("generation", 1), ("reload_errors", 1),
           ("paused", 1), ("journal_seq", 1), ("retain_seq", 1),
           ("kernel_hist", _hist(NBK)), ("gc_hist", _hist(NBG)), ("heartbeat_ns", 1),

@@ -3,11 +3,13 @@ decision, and is never evaluated twice (no feature counts an event twice).
 
 Two tables:
 - in flight: key -> the pending request; a retry arriving before the decision is attached
-  to it and answered together with the first copy;
-- decided: key -> (expiry_ns, N, the response slots as bytes), in arrival order, for
-  ``dedup_window_s``. Entries hold only ints and bytes, so the garbage collector stops
-  tracking them (a window of 100k entries would otherwise make every full collection walk
-  them), and cost about 100 B + 64 B per event. At most ``max_entries``; the oldest go first.
+  to it and answered together with the first copy (a dict bounded by ingress.max_inflight);
+- decided: the first decision's response slots, for ``dedup_window_s``, in preallocated
+  arrays (ingress._dedup_kernels): at most ``max_entries`` requests and ``max_bytes`` of
+  slots (64 B per event). Memory is fixed at start: nothing is allocated per request. When
+  either bound is reached before entries expire, the oldest are forgotten early and counted
+  (``evicted_early``, exported as risk_dedup_evicted_total): the window is then shorter than
+  configured for that traffic and should be enlarged.
 
 The cached decision is transport-neutral (response slots), so a retry is answered in its own
 transport (binary or JSON), with DecisionFlag.DUPLICATE set. The window lives in the ingress
@@ -15,25 +17,64 @@ process: an ingress restart forgets it (documented in docs/RELIABILITY.md).
 """
 from __future__ import annotations
 
-from collections import OrderedDict
-
+import numba
 import numpy as np
 
 from engine.types import RESPONSE_SLOT_DTYPE, DecisionFlag
+from ingress import _dedup_kernels as K
+from shm.ring import _bind
 
 DEFAULT_MAX_ENTRIES = 1 << 18
+DEFAULT_MAX_BYTES = 32 << 20           # 512k one-event decisions
+_SLOT = RESPONSE_SLOT_DTYPE.itemsize
+assert _SLOT == 64, "ingress._dedup_kernels counts events as bytes // 64"
+_I64 = numba.types.int64
+_ARR1 = numba.types.Array(numba.types.int64, 1, "C")
+_ARR2 = numba.types.Array(numba.types.int64, 2, "C")
+_U8 = numba.types.Array(numba.types.uint8, 1, "C")
+_LOOKUP = _bind(K.lookup, (_ARR1, _ARR2, _I64, _I64, _I64, _I64, _I64))
+_INSERT = _bind(K.insert, (_ARR1, _ARR1, _ARR2, _U8, _I64, _I64, _I64, _I64, _U8))
+_TOP = 1 << 63
+
+
+def _i64(x: int) -> int:
+    """A u64 id as the int64 bit pattern the kernels store."""
+    return x if x < _TOP else x - (1 << 64)
 
 
 class IdempotencyWindow:
-    def __init__(self, window_ns: int, max_entries: int = DEFAULT_MAX_ENTRIES):
+    def __init__(self, window_ns: int, max_entries: int = DEFAULT_MAX_ENTRIES,
+                 max_bytes: int = DEFAULT_MAX_BYTES, meta: np.ndarray | None = None):
+        """``meta``: optional int64 cells (K.META_WORDS) to keep the window's positions and
+        its early-eviction counter in, e.g. the control block, where the exporter reads the
+        counter; the positions are reset, the counter keeps counting."""
+        if max_entries < 1 or max_bytes < _SLOT:
+            raise ValueError(f"max_entries={max_entries} max_bytes={max_bytes}: need >= 1 and >= {_SLOT}")
         self.window_ns = window_ns
-        self.max_entries = max_entries
         self.inflight: dict[tuple[int, int], object] = {}
-        self.decided: OrderedDict[tuple[int, int], tuple[int, int, bytes]] = OrderedDict()
+        if window_ns <= 0:                                    # disabled: nothing to keep
+            max_entries, max_bytes = 1, _SLOT
+        cap = 1 << (max_entries - 1).bit_length()            # a power of two >= max_entries
+        self.max_entries = cap
+        self._meta = np.zeros(K.META_WORDS, np.int64) if meta is None else meta
+        self._meta[[K.HEAD, K.TAIL, K.POOL_HEAD]] = 0
+        self._index = np.full(2 * cap, -1, np.int64)
+        self._ent = np.zeros((cap, K.ENT_WORDS), np.int64)
+        self._ent[:, K.HSLOT] = -1
+        self._pool = np.zeros(max_bytes - max_bytes % _SLOT, np.uint8)
 
     @property
     def enabled(self) -> bool:
         return self.window_ns > 0
+
+    @property
+    def evicted_early(self) -> int:
+        """Decided requests forgotten before their window ended (entries or bytes full)."""
+        return int(self._meta[K.EVICTED_EARLY])
+
+    def __len__(self) -> int:
+        """Decided requests remembered (expired ones included until they are dropped)."""
+        return int(self._meta[K.HEAD] - self._meta[K.TAIL])
 
     def pending(self, key):
         """The in-flight request with this key, or None."""
@@ -42,10 +83,10 @@ class IdempotencyWindow:
     def decided_slots(self, key, now_ns: int, n: int):
         """A copy of the first decision's slots flagged DUPLICATE, or None. A key reused
         for a request of another size is not a retry: None (it is decided afresh)."""
-        hit = self.decided.get(key)
-        if hit is None or hit[0] <= now_ns or hit[1] != n:
+        off = _LOOKUP(self._index, self._ent, self._pool.size, _i64(key[0]), _i64(key[1]), now_ns, n)
+        if off < 0:
             return None
-        slots = np.frombuffer(hit[2], RESPONSE_SLOT_DTYPE).copy()
+        slots = self._pool[off:off + n * _SLOT].view(RESPONSE_SLOT_DTYPE).copy()
         slots["flags"] |= np.uint8(DecisionFlag.DUPLICATE)
         return slots
 
@@ -54,14 +95,9 @@ class IdempotencyWindow:
 
     def finish(self, key, slots: np.ndarray, now_ns: int) -> None:
         self.inflight.pop(key, None)
-        d = self.decided
-        d[key] = (now_ns + self.window_ns, len(slots), slots.tobytes())
-        d.move_to_end(key)
-        while d:                                   # expiry is monotonic: drop from the front
-            k, v = next(iter(d.items()))
-            if v[0] > now_ns and len(d) <= self.max_entries:
-                break
-            del d[k]
+        data = np.ascontiguousarray(slots).view(np.uint8).reshape(-1)
+        _INSERT(self._meta, self._index, self._ent, self._pool, _i64(key[0]), _i64(key[1]),
+                now_ns + self.window_ns, now_ns, data)
 
     def forget(self, key) -> None:
         self.inflight.pop(key, None)

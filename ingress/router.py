@@ -96,7 +96,9 @@ class Router:
         self.backlog_since = 0
         self.spin_ns = cfg.ingress.spin_us * 1000
         self.owed_since = 0                # first publish whose doorbell is deferred (0: none)
-        self.dedup = IdempotencyWindow(cfg.ingress.dedup_window_s * 1_000_000_000)
+        self.dedup = IdempotencyWindow(cfg.ingress.dedup_window_s * 1_000_000_000,
+                                       cfg.ingress.dedup_max_entries, cfg.ingress.dedup_max_bytes,
+                                       meta=self.block.view("ingress.dedup_meta"))
         self.metas: dict[int, RulesetMeta] = {}
         self.sock: zmq.Socket | None = None
         epoch = (int(self.block.view("supervisor.ingress_restarts")[0]) + 1) % 256

@@ -31,6 +31,8 @@ def test_bundled_default_loads():
     ({"workers": {"count": True}}, "workers.count"),
     ({"workers": {"spin_us": -1}}, "workers.spin_us"),
     ({"ingress": {"spin_us": 100_001}}, "ingress.spin_us"),
+    ({"ingress": {"dedup_max_entries": 0}}, "ingress.dedup_max_entries"),
+    ({"ingress": {"dedup_max_bytes": 63}}, "ingress.dedup_max_bytes"),
     ({"metrics": {"bind": "9108"}}, "metrics.bind"),
     ({"admin": {"bind": "tcp://0.0.0.0:7000"}}, "admin.bind"),
     ({"rules": {"thresholds": {"deny": 3}}}, "rules.thresholds"),

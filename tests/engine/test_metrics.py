@@ -100,6 +100,8 @@ def test_counts_equal_traffic(engine):
     # unique keys per event: the count feature holds one key per event sent
     assert value(m, "risk_feature_table_fill_ratio", feature="txn_count_1m") == (n_bin + 5 * n_json) / 65536
     assert value(m, "risk_feature_evictions_total", feature="txn_count_1m") == 0
+    assert ("risk_dedup_evicted_total", frozenset()) in m and value(m, "risk_dedup_evicted_total") == 0
+    assert ("risk_snapshot_pause_seconds", frozenset()) in m
     stats = json.loads(urllib.request.urlopen(engine.metrics_url.replace("/metrics", "/stats")).read())
     assert any(r["value"] == n_bin for r in stats["risk_requests"]
                if r.get("result") == "ok" and r.get("transport") == "binary")
