@@ -60,8 +60,10 @@ class IdempotencyWindow:
         self._meta[[K.HEAD, K.TAIL, K.POOL_HEAD]] = 0
         self._index = np.full(2 * cap, -1, np.int64)
         self._ent = np.zeros((cap, K.ENT_WORDS), np.int64)
-        self._ent[:, K.HSLOT] = -1
         self._pool = np.zeros(max_bytes - max_bytes % _SLOT, np.uint8)
+        for a in (self._ent, self._pool):      # fault every page in now: np.zeros maps them
+            a.fill(0)                          # lazily, and RSS would grow for minutes as the
+        self._ent[:, K.HSLOT] = -1             # FIFO and the pool are first written
 
     @property
     def enabled(self) -> bool:
