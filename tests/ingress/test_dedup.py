@@ -49,6 +49,18 @@ def test_disabled_window_remembers_nothing():
     assert not w.enabled
 
 
+def replay(w: IdempotencyWindow, ops):
+    """Finish one decision per op (key number, events, time step) with a 2 s window; yields
+    (position, key, n, now, newest) after each, newest: key -> (position, expiry, n, decision)."""
+    newest, now = {}, 0
+    for pos, (k, n, dt) in enumerate(ops):
+        now += dt
+        key = (k, 1000 + k)
+        w.finish(key, decision(n, pos), now)
+        newest[key] = (pos, now + 2 * S, n, decision(n, pos))
+        yield pos, key, n, now, newest
+
+
 @settings(max_examples=80, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 40), st.integers(1, 4), st.integers(0, 3 * S)),
                 min_size=1, max_size=300),
@@ -58,13 +70,7 @@ def test_exactly_the_last_max_entries_unexpired_decisions_are_found(ops, max_ent
     among the last ``max_entries`` finished and its window is not over, and then it is that
     decision. Small tables: probe runs collide and the index's back-shift deletions run."""
     w = IdempotencyWindow(2 * S, max_entries, 1 << 20)
-    newest = {}                                 # key -> (position, expiry, n, decision)
-    now = 0
-    for pos, (k, n, dt) in enumerate(ops):
-        now += dt
-        key = (k, 1000 + k)
-        w.finish(key, decision(n, pos), now)
-        newest[key] = (pos, now + 2 * S, n, decision(n, pos))
+    for pos, key, n, now, newest in replay(w, ops):
         for kk, (p, exp, nn, dec) in newest.items():
             got = w.decided_slots(kk, now, nn)
             assert (got is not None) == (p > pos - max_entries and exp > now), (kk, p, pos)
@@ -78,13 +84,7 @@ def test_exactly_the_last_max_entries_unexpired_decisions_are_found(ops, max_ent
        st.sampled_from([64 * 4, 64 * 9, 64 * 20]))
 def test_a_full_pool_forgets_oldest_first_and_never_returns_a_wrong_decision(ops, max_bytes):
     w = IdempotencyWindow(2 * S, 1024, max_bytes)
-    newest = {}
-    now = 0
-    for pos, (k, n, dt) in enumerate(ops):
-        now += dt
-        key = (k, 1000 + k)
-        w.finish(key, decision(n, pos), now)
-        newest[key] = (pos, now + 2 * S, n, decision(n, pos))
+    for pos, key, n, now, newest in replay(w, ops):
         assert w.decided_slots(key, now, n) is not None          # the newest always fits
         found = [p for kk, (p, exp, nn, dec) in newest.items()
                  if (got := w.decided_slots(kk, now, nn)) is not None and same(got, dec)]
