@@ -91,9 +91,12 @@ def test_full_ring_gets_fast_overloaded_and_admitted_are_decided(engine, schema)
             if s.poll(0):
                 rid, err, dec, msg = wire.unpack_reply(s.recv_multipart()[-1])
                 quick.append((i, rid, err, msg, dec))
-        assert [q[0] for q in quick] == list(range(CAPACITY, CAPACITY + 20)), quick[:3]
-        assert all(q[2] == ErrorCode.OVERLOADED for q in quick), quick[:3]
-        socks = socks[:CAPACITY]
+        # which 20 are refused depends on the order the connections' messages reach the
+        # ROUTER, not on the order they were sent: count them, and match each reply to its id
+        assert len(quick) == 20, quick[:3]
+        assert all(q[2] == ErrorCode.OVERLOADED and q[1] == q[0] + 1 for q in quick), quick[:3]
+        refused = {q[0] for q in quick}
+        socks = [s for i, s in enumerate(socks) if i not in refused]
     decided = 0
     for s in socks:
         if s.poll(10_000):
