@@ -25,15 +25,8 @@ def config_with_private_state(config: str | None, state_dir: str) -> str:
     ``state_dir`` (removed after the run) and whose relative paths are made absolute: a
     bench run must leave no journal behind."""
     import yaml
-    from engine.config import DEFAULT_CONFIG
-    src = os.path.abspath(config) if config else str(DEFAULT_CONFIG)
-    base = os.path.dirname(src)
-    raw = yaml.safe_load(open(src)) or {}
-    rules = raw.setdefault("rules", {})
-    rules["files"] = [os.path.join(base, f) for f in rules.get("files", [])]
-    for spec in (raw.get("lists") or {}).values():
-        if spec.get("file"):
-            spec["file"] = os.path.join(base, spec["file"])
+    from engine.config import portable_raw
+    raw = portable_raw(config)
     raw["journal"] = {**(raw.get("journal") or {}), "dir": os.path.join(state_dir, "journal")}
     raw["snapshot"] = {**(raw.get("snapshot") or {}), "dir": os.path.join(state_dir, "snapshots")}
     out = os.path.join(state_dir, "config.yaml")

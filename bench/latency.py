@@ -126,12 +126,12 @@ def run(a) -> int:
         for k, r in enumerate(rounds):
             tag = f" {k + 1}/{a.rounds}" if a.rounds > 1 else ""
             if echo is not None:
-                r.target, r.kind = echo.bind, "echo"
-                parts["echo"].append(run_phase("echo" + tag, r, a.processes, (echo.pid,), progress))
+                parts["echo"].append(run_phase("echo" + tag, replace(r, target=echo.bind, kind="echo"),
+                                               a.processes, (echo.pid,), progress))
             if not a.echo_only and rc == 0:
-                r = replace(r, target=target, kind="engine")
                 try:
-                    parts["engine"].append(run_phase("engine" + tag, r, a.processes, pids, progress))
+                    parts["engine"].append(run_phase("engine" + tag, replace(r, target=target, kind="engine"),
+                                                     a.processes, pids, progress))
                 except RuntimeError as e:
                     print(f"bench: engine phase failed: {e}", file=sys.stderr)
                     notes.append(f"engine phase failed: {str(e).splitlines()[0]}")

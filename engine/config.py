@@ -329,3 +329,27 @@ def load_config_cli(path: str | os.PathLike | None) -> Config | None:
     except ConfigError as e:
         print(f"risk-engine: config error: {e}", file=sys.stderr)
         return None
+
+
+def portable_raw(path: str | os.PathLike | None = None) -> dict:
+    """The YAML mapping of a config file (default: the bundled one) with its file paths
+    (rule files, list files, CURVE key files) made absolute, so a changed copy can be written
+    anywhere (bench and test runs point the journal elsewhere, change ports ...)."""
+    p = Path(path).resolve() if path else DEFAULT_CONFIG
+    raw = yaml.safe_load(p.read_text()) or {}
+
+    def absolute(f):
+        return str((p.parent / f).resolve())
+
+    rules = raw.setdefault("rules", {})
+    rules["files"] = [absolute(f) for f in rules.get("files", [])]
+    for spec in (raw.get("lists") or {}).values():
+        if spec.get("file"):
+            spec["file"] = absolute(spec["file"])
+    for section in ("ingress", "admin"):
+        curve = (raw.get(section) or {}).get("curve") or {}
+        for key in ("server_secret_file", "authorized_keys_dir"):
+            if curve.get(key):
+                curve[key] = absolute(curve[key])
+    return raw
+

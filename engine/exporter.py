@@ -20,6 +20,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from engine.control import (GC_BOUNDS_NS, KERNEL_BOUNDS_NS, LATENCY_BOUNDS_NS, N_CODES,
                             STAGES, TRANSPORTS)
 from engine.types import ACTION_NAMES, ErrorCode
+from ingress._dedup_kernels import EVICTED_EARLY as DEDUP_EVICTED_EARLY
 
 
 def _buckets(hist: np.ndarray, bounds_ns: np.ndarray):
@@ -156,10 +157,9 @@ class EngineCollector:
                                 value=float(sv("ingress.inflight")[0]))
         yield CounterMetricFamily("risk_deduplicated_requests", "Retries answered from the idempotency window",
                                   value=float(sv("ingress.deduplicated")[0]))
-        from ingress._dedup_kernels import EVICTED_EARLY
         yield CounterMetricFamily("risk_dedup_evicted", "Decided requests the idempotency window "
                                   "forgot before dedup_window_s (its entries or bytes were full)",
-                                  value=float(sv("ingress.dedup_meta")[EVICTED_EARLY]))
+                                  value=float(sv("ingress.dedup_meta")[DEDUP_EVICTED_EARLY]))
         c = CounterMetricFamily("risk_worker_events", "Events evaluated", labels=["worker"])
         for w in range(b.n_workers):
             c.add_metric([str(w)], float(b.worker(w, "events")[0]))

@@ -1,7 +1,8 @@
 """Compiled parts of the idempotency window (ingress.dedup): a FIFO of decided requests in
 preallocated arrays, a linear-probing hash index over it, and a byte pool holding each
 request's response slots. Nothing is allocated per request, so the window's memory is fixed
-at start (a dict of Python objects grew in steps of 8-20 MiB as it churned).
+at start (a dict of Python objects kept growing as it churned: +46 MiB of ingress RSS in a
+10-minute soak, docs/RELIABILITY.md).
 
 Entries are rows of one int64 table ``ent`` (C x ENT_WORDS: the key's two u64 halves as bit
 patterns, expiry, event count, pool start, index slot), so a call passes few arrays.

@@ -22,7 +22,7 @@ import numpy as np
 
 from engine.types import RESPONSE_SLOT_DTYPE, DecisionFlag
 from ingress import _dedup_kernels as K
-from shm.ring import _bind
+from shm.ring import bind_entry
 
 DEFAULT_MAX_ENTRIES = 1 << 18
 DEFAULT_MAX_BYTES = 32 << 20           # 512k one-event decisions
@@ -32,8 +32,8 @@ _I64 = numba.types.int64
 _ARR1 = numba.types.Array(numba.types.int64, 1, "C")
 _ARR2 = numba.types.Array(numba.types.int64, 2, "C")
 _U8 = numba.types.Array(numba.types.uint8, 1, "C")
-_LOOKUP = _bind(K.lookup, (_ARR1, _ARR2, _I64, _I64, _I64, _I64, _I64))
-_INSERT = _bind(K.insert, (_ARR1, _ARR1, _ARR2, _U8, _I64, _I64, _I64, _I64, _U8))
+_LOOKUP = bind_entry(K.lookup, (_ARR1, _ARR2, _I64, _I64, _I64, _I64, _I64))
+_INSERT = bind_entry(K.insert, (_ARR1, _ARR1, _ARR2, _U8, _I64, _I64, _I64, _I64, _U8))
 _TOP = 1 << 63
 
 

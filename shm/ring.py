@@ -117,16 +117,16 @@ class OneToOneRing:
         slots_t = numba.typeof(self.slots)
         i64 = numba.types.int64
         rec_t = slots_t.copy(layout="A")                   # contiguous and strided batches
-        self._k_try_publish = _bind(K._try_publish, (hdr_t, slots_t, rec_t, i64))
-        self._k_claim_position = _bind(K._claim_position, (hdr_t, i64, i64))
-        self._k_publish = _bind(K._publish, (hdr_t, i64))
-        self._k_readable = _bind(K._readable, (hdr_t, i64))
-        self._k_available = _bind(K._available, (hdr_t,))
-        self._k_release = _bind(K._release, (hdr_t, i64))
-        self._k_occupancy = _bind(K._occupancy, (hdr_t,))
-        self._k_prepare_sleep = _bind(K._prepare_sleep, (hdr_t,))
-        self._k_end_sleep = _bind(K._end_sleep, (hdr_t,))
-        self._k_load_word = _bind(K._load_acquire_word, (hdr_t, i64))
+        self._k_try_publish = bind_entry(K._try_publish, (hdr_t, slots_t, rec_t, i64))
+        self._k_claim_position = bind_entry(K._claim_position, (hdr_t, i64, i64))
+        self._k_publish = bind_entry(K._publish, (hdr_t, i64))
+        self._k_readable = bind_entry(K._readable, (hdr_t, i64))
+        self._k_available = bind_entry(K._available, (hdr_t,))
+        self._k_release = bind_entry(K._release, (hdr_t, i64))
+        self._k_occupancy = bind_entry(K._occupancy, (hdr_t,))
+        self._k_prepare_sleep = bind_entry(K._prepare_sleep, (hdr_t,))
+        self._k_end_sleep = bind_entry(K._end_sleep, (hdr_t,))
+        self._k_load_word = bind_entry(K._load_acquire_word, (hdr_t, i64))
 
     def prefault(self) -> None:
         """Allocate the slot pages in this process (call from the pinned consumer: node-local)."""
@@ -241,9 +241,10 @@ class OneToOneRing:
                 "consumer_sleeping": int(self._k_load_word(h, L.CONSUMER_SLEEPING_WORD))}
 
 
-def _bind(dispatcher, sig: tuple):
+def bind_entry(dispatcher, sig: tuple):
     """The compiled entry point of ``dispatcher`` for ``sig`` (compiled or loaded from cache
-    now); the dispatcher itself if this Numba version does not expose it."""
+    now); the dispatcher itself if this Numba version does not expose it. Calling it skips
+    the dispatcher's per-call typing: the caller must always pass exactly ``sig``."""
     dispatcher.compile(sig)
     try:
         return dispatcher.overloads[tuple(sig)].entry_point

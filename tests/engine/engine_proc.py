@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from engine.config import DEFAULT_CONFIG
+from engine.config import portable_raw
 
 READY_TIMEOUT_S = 240
 REPO = Path(__file__).resolve().parents[2]
@@ -36,16 +36,6 @@ def shm_entries(instance: str) -> list[str]:
     return [e for e in os.listdir("/dev/shm") if f"risk-engine.{instance}." in e]
 
 
-def default_raw() -> dict:
-    raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
-    base = DEFAULT_CONFIG.parent
-    raw["rules"]["files"] = [str((base / f).resolve()) for f in raw["rules"]["files"]]
-    for spec in (raw.get("lists") or {}).values():
-        if spec.get("file"):
-            spec["file"] = str((base / spec["file"]).resolve())
-    return raw
-
-
 class EngineProcess:
     def __init__(self, tmp_path: Path, workers: int = 1, overrides: dict | None = None,
                  metrics: bool = True, extra_args: tuple = (), prefix: tuple = ()):
@@ -53,7 +43,7 @@ class EngineProcess:
         self.instance = "t" + uuid.uuid4().hex[:10]
         self.port = free_port()
         self.metrics_port = free_port()
-        raw = default_raw()
+        raw = portable_raw()
         raw["instance"] = self.instance
         raw["ingress"]["bind"] = f"tcp://127.0.0.1:{self.port}"
         raw["metrics"] = {"bind": f"127.0.0.1:{self.metrics_port}", "enabled": metrics}

@@ -1,4 +1,6 @@
 """Config validation: every bad key or value names its key path."""
+import os
+
 import pytest
 import yaml
 
@@ -64,3 +66,14 @@ def test_unreadable_and_invalid_yaml(tmp_path):
     p.write_text("a: [1,\n")
     with pytest.raises(ConfigError, match="invalid YAML"):
         load_config(p)
+
+
+def test_portable_raw_makes_file_paths_absolute_and_loads_anywhere(tmp_path):
+    import yaml
+    from engine.config import portable_raw
+    raw = portable_raw()
+    files = raw["rules"]["files"] + [s["file"] for s in raw["lists"].values() if s.get("file")]
+    assert files and all(os.path.isabs(f) and os.path.exists(f) for f in files)
+    moved = tmp_path / "elsewhere.yaml"
+    moved.write_text(yaml.safe_dump(raw))
+    assert load_config(moved).rules.files == load_config(None).rules.files
