@@ -10,6 +10,9 @@ sustainable rate against an engine started here.
    intended send time, one histogram per ``--interval`` (60 s).
 4. Record RSS and shared memory again; print the P99 per interval, errors, and the verdicts:
    RSS growth <= 1 % per process, shared memory unchanged, 0 errors. Exit 0 when all hold.
+5. If any decision missed its deadline or a worker stalled: the timeout forensics
+   (bench.forensics), each burst of TIMEOUT decisions next to the worker stalls, snapshots
+   and CPU steal logged around it.
 """
 from __future__ import annotations
 
@@ -70,6 +73,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(a) -> int:
     from bench.engine_proc import EngineProcess
+    from bench.forensics import LogCollector, explain, print_report
     from bench.latency import run_client_id_base
     from bench.loadgen import LoadSpec
     from bench.phase import run_phase
@@ -95,9 +99,14 @@ def run(a) -> int:
         doc["shm_bytes_start"] = shm_bytes(eng.instance)
         spec.duration_s, spec.rate, spec.interval_s = a.duration, rate, a.interval
         spec.client_id_base = run_client_id_base()          # never replay the probe's ids
-        ph = run_phase("soak", spec, a.processes, progress=progress)
+        logs = LogCollector(eng.stats).start()
+        try:
+            ph = run_phase("soak", spec, a.processes, progress=progress)
+        finally:
+            logs.stop()
         doc["rss_end"] = engine_rss(eng.pid)
         doc["shm_bytes_end"] = shm_bytes(eng.instance)
+        final = eng.stats() or {}
     finally:
         doc["engine_exit"] = eng.stop()
     doc.update(sent=ph.sent, ok=ph.ok, errors=ph.errors, decision_errors=ph.decision_errors,
@@ -123,6 +132,15 @@ def run(a) -> int:
           f"{ph.decision_errors or 'none'}  unsent {ph.unsent}")
     print("  P99 ms per interval: " + " ".join("-" if v is None else f"{v:.2f}"
                                               for v in doc["p99_ms_per_interval"]))
+    timeouts = logs.entries("timeouts")
+    stalls = logs.entries("stalls")
+    doc["forensics"] = explain(timeouts, stalls, logs.entries("snapshots"), logs.cpu)
+    doc["worker_stalls"] = {f"{r['worker']} {r['phase']}": r["value"]
+                            for r in final.get("risk_worker_stalls", []) if r["value"]}
+    if ph.decision_errors or stalls:
+        print_report(doc["forensics"], len(stalls), len(timeouts),
+                     (ph.decision_errors or {}).get("TIMEOUT", 0))
+        print(f"  worker stalls by phase: {doc['worker_stalls'] or 'none'}")
     for k, v in checks.items():
         print(f"  {k}: {'PASS' if v else 'FAIL'}")
     if a.json:

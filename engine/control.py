@@ -27,6 +27,7 @@ Only this module computes offsets. ``Block.section(name)`` returns named numpy v
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,6 +46,12 @@ LATENCY_BOUNDS_NS = np.array([5e3, 1e4, 2.5e4, 5e4, 1e5, 2.5e5, 5e5, 1e6, 2.5e6,
                               2.5e7, 5e7, 1e8], dtype=np.int64)
 KERNEL_BOUNDS_NS = np.array([25, 50, 100, 200, 500, 1e3, 2e3, 5e3, 1e4, 1e5], dtype=np.int64)
 GC_BOUNDS_NS = np.array([1e4, 1e5, 1e6, 1e7, 1e8, 1e9], dtype=np.int64)
+# Stalls: a worker step slower than STALL_NS is counted by phase and logged with its wall
+# time, so a TIMEOUT decision can be lined up with what held its worker (bench/soak.py).
+STALL_NS = 10_000_000
+STALL_PHASES = ("pickup", "kernel", "journal", "publish", "hold")
+LOG_ENTRIES = 64             # entries per event log (the newest overwrite the oldest)
+LOG_WIDTH = 8                # cells per entry: wall time (ns since the epoch), then 7 values
 NB = len(LATENCY_BOUNDS_NS) + 1
 NBK = len(KERNEL_BOUNDS_NS) + 1
 NBG = len(GC_BOUNDS_NS) + 1
@@ -59,14 +66,18 @@ SUPERVISOR = [("header", 2), ("stop", 1), ("generation", 1), ("worker_restarts",
               ("ingress_restarts", 1), ("reload_errors", 1), ("pause", 1), ("snapshots", 1),
               ("snapshot_errors", 1), ("snapshot_pause_ns", 1), ("snapshot_pause_max_ns", 1),
               ("worker_epoch", MAX_WORKERS), ("worker_pid", MAX_WORKERS),
-              ("worker_alive", MAX_WORKERS), ("ingress_pid", 1), ("ingress_alive", 1)]
+              ("worker_alive", MAX_WORKERS), ("ingress_pid", 1), ("ingress_alive", 1),
+              ("snapshot_log", 1 + LOG_ENTRIES * LOG_WIDTH)]
 INGRESS = [("requests", N_TRANSPORTS * N_CODES), ("decisions", 3), ("inflight", 1),
            ("accepting", 1), ("deduplicated", 1), ("timeouts", 1), ("worker_lost", 1),
            ("eval_hist", N_TRANSPORTS * _hist(NB)), ("stage_hist", len(STAGES) * _hist(NB)),
-           ("gc_hist", _hist(NBG)), ("generation_seen", 1), ("dedup_meta", 4)]
+           ("gc_hist", _hist(NBG)), ("generation_seen", 1), ("dedup_meta", 4),
+           ("timeout_log", 1 + LOG_ENTRIES * LOG_WIDTH)]
 WORKER = [("batches", 1), ("events", 1), ("generation", 1), ("reload_errors", 1),
           ("paused", 1), ("journal_seq", 1), ("retain_seq", 1),
           ("kernel_hist", _hist(NBK)), ("gc_hist", _hist(NBG)), ("heartbeat_ns", 1),
+          ("pickup_hist", _hist(NB)), ("stalls", len(STALL_PHASES)),
+          ("stall_log", 1 + LOG_ENTRIES * LOG_WIDTH),
           ("row_generation", 2),
           ("rule_hits", 2 * MAX_RULES), ("rule_errors", 2 * MAX_RULES)]
 # Rule counters come in two rows: generation g counts into row g % 2. A row is zeroed only
@@ -166,6 +177,31 @@ def observe(hist: np.ndarray, bounds_ns: np.ndarray, value_ns: int, count: int =
     [buckets..., sum_ns]. One compiled call: numpy's searchsorted plus two scalar
     increments cost ~4 us a call from Python here; this ~0.3 us."""
     _observe(hist, bounds_ns, value_ns, count)
+
+
+class EventLog:
+    """A small ring of fixed-width entries in a control-block view (one writer): cell 0
+    counts the entries ever added; entry i lives at 1 + (i % LOG_ENTRIES) * LOG_WIDTH. Written
+    only on rare events (a stall, a timeout, a snapshot), read at scrape time."""
+
+    def __init__(self, view: np.ndarray):
+        self.count = view[:1]
+        self.rows = view[1:].reshape(LOG_ENTRIES, LOG_WIDTH)
+
+    def add(self, *values: int) -> None:
+        """Append (wall time now, *values); at most LOG_WIDTH - 1 values."""
+        i = int(self.count[0])
+        row = self.rows[i % LOG_ENTRIES]
+        row[:] = 0
+        row[0] = time.time_ns()
+        row[1:1 + len(values)] = values
+        self.count[0] = i + 1
+
+    def entries(self) -> list[list[int]]:
+        """The retained entries, oldest first."""
+        n = int(self.count[0])
+        idx = [i % LOG_ENTRIES for i in range(max(0, n - LOG_ENTRIES), n)]
+        return self.rows[idx].tolist()
 
 
 def observe_many(hist: np.ndarray, bounds_ns: np.ndarray, values_ns: np.ndarray) -> None:

@@ -18,7 +18,7 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from engine.control import (GC_BOUNDS_NS, KERNEL_BOUNDS_NS, LATENCY_BOUNDS_NS, N_CODES,
-                            STAGES, TRANSPORTS)
+                            STAGES, STALL_NS, STALL_PHASES, TRANSPORTS, EventLog)
 from engine.types import ACTION_NAMES, ErrorCode
 from ingress._dedup_kernels import EVICTED_EARLY as DEDUP_EVICTED_EARLY
 
@@ -114,6 +114,18 @@ class EngineCollector:
         pairs, s = _buckets(kh, KERNEL_BOUNDS_NS)
         h.add_metric(["kernel"], pairs, s)
         yield h
+        h = HistogramMetricFamily("risk_worker_pickup_delay_seconds",
+                                  "Wait of the oldest event of each batch between the ingress's "
+                                  "arrival stamp and its worker draining it", labels=["worker"])
+        c = CounterMetricFamily("risk_worker_stalls", f"Worker steps slower than {STALL_NS / 1e6:g} ms, "
+                                "by phase (the log at /stats has their times)", labels=["worker", "phase"])
+        for w in range(b.n_workers):
+            pairs, s = _buckets(b.worker(w, "pickup_hist"), LATENCY_BOUNDS_NS)
+            h.add_metric([str(w)], pairs, s)
+            for i, phase in enumerate(STALL_PHASES):
+                c.add_metric([str(w), phase], float(b.worker(w, "stalls")[i]))
+        yield h
+        yield c
         hits, errs, modes = self.rule_totals()
         c = CounterMetricFamily("risk_rule_hits", "Times a rule fired", labels=["rule", "mode"])
         for rid, v in sorted(hits.items()):
@@ -235,13 +247,33 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def stats(collector: EngineCollector) -> dict:
-    """The metric families as plain JSON: {name: [{labels..., value}]}."""
+    """The metric families as plain JSON: {name: [{labels..., value}]}, plus "log": the
+    newest entries of the engine's event logs (event_logs)."""
     out = {}
     for fam in collector.collect():
         rows = out.setdefault(fam.name, [])
         for s in fam.samples:
             rows.append({**s.labels, "sample": s.name, "value": s.value})
+    if collector.sup.block is not None:
+        out["log"] = event_logs(collector.sup.block)
     return out
+
+
+def event_logs(b) -> dict:
+    """Rare events with their wall time (ns since the epoch), newest last: worker stalls,
+    TIMEOUT decisions and snapshots, to line a missed deadline up with its cause."""
+    stalls = []
+    for w in range(b.n_workers):
+        for t, phase, d, n, woke, *_ in EventLog(b.worker(w, "stall_log")).entries():
+            stalls.append({"time_ns": t, "worker": w, "phase": STALL_PHASES[phase], "ns": d,
+                           "events": n, "woke": ("busy", "doorbell", "timeout")[woke]})
+    timeouts = [{"time_ns": t, "worker": w, "events": n, "undecided": r, "age_ns": age,
+                 "request_ring_occupancy": occ}
+                for t, w, n, r, age, occ, *_ in EventLog(b.view("ingress.timeout_log")).entries()]
+    snaps = [{"time_ns": t, "hold_ns": hold, "journal_fsync_ns": fs, "write_ns": wr}
+             for t, hold, fs, wr, *_ in EventLog(b.view("supervisor.snapshot_log")).entries()]
+    return {"stalls": sorted(stalls, key=lambda e: e["time_ns"]), "timeouts": timeouts,
+            "snapshots": snaps}
 
 
 class Exporter:

@@ -20,7 +20,7 @@ import numpy as np
 
 from engine import procname, rundir
 from engine.config import Config
-from engine.control import MAX_RULES, Block, BlockLayout
+from engine.control import MAX_RULES, Block, BlockLayout, EventLog
 from engine.rings import EngineRings
 from engine.topology import Topology, plan_workers, read_topology
 from shm.doorbell import EventfdDoorbell
@@ -195,10 +195,14 @@ class Supervisor:
         except StartupError as e:
             b.view("supervisor.snapshot_errors")[0] += 1
             raise StartupError(f"snapshot: {e}") from None
+        t1 = time.monotonic_ns()
         self._fsync_journals()             # the journal up to `seqs` is durable before the
+        t2 = time.monotonic_ns()
         store = SnapshotStore(d.snapshot_dir.replace("{instance}", self.cfg.instance), keep=d.snapshot_keep)
         path = store.write(arrays, seqs, generation=self.generation)   # snapshot that names it
         b.view("supervisor.snapshots")[0] += 1
+        # wall time at the end; hold, journal fsync and file write durations (ns)
+        EventLog(b.view("supervisor.snapshot_log")).add(held, t2 - t1, time.monotonic_ns() - t2)
         for w in range(n):
             b.worker(w, "retain_seq")[0] = store.oldest_journal_seq(w)
         self.last_snapshot = time.monotonic()

@@ -23,11 +23,15 @@ import time
 import numpy as np
 
 from engine import gcstats, procname, rundir
-from engine.control import KERNEL_BOUNDS_NS, MAX_RULES, Block, observe
+from engine.control import (KERNEL_BOUNDS_NS, LATENCY_BOUNDS_NS, MAX_RULES, STALL_NS,
+                            STALL_PHASES, Block, EventLog, observe)
 from engine.rings import EngineRings
 from engine.topology import pin_self
 from engine.types import RESPONSE_SLOT_DTYPE
 from shm.doorbell import EventfdDoorbell
+
+
+_HOLD = STALL_PHASES.index("hold")
 
 
 class Active:
@@ -65,6 +69,8 @@ class BatchProcessor:
         self.batches = block.worker(index, "batches")
         self.events = block.worker(index, "events")
         self.khist = block.worker(index, "kernel_hist")
+        self.pickup = block.worker(index, "pickup_hist")
+        self.stalls = StallRecorder(block, index, rings.worker_idle.strategy)
         self.stop = block.view("supervisor.stop")
 
     def process(self, v: np.ndarray) -> int:
@@ -75,26 +81,56 @@ class BatchProcessor:
         o = self.out[:n]
         o["token"] = v["token"]
         o["generation"] = a.generation
-        t0 = time.perf_counter_ns()
-        a.kernel(v["event"], v["arrival_ns"], o, a.bits[:n], a.hits, a.errors, *a.ruleset.feature_arrays)
-        dt = time.perf_counter_ns() - t0
-        observe(self.khist, KERNEL_BOUNDS_NS, dt // n, n)     # per-event time, n events
+        arrival = v["arrival_ns"]
+        t0 = time.monotonic_ns()               # the ingress stamps arrival on this clock
+        waited = t0 - int(arrival[0])          # the oldest event's wait for this worker
+        observe(self.pickup, LATENCY_BOUNDS_NS, waited, 1)
+        a.kernel(v["event"], arrival, o, a.bits[:n], a.hits, a.errors, *a.ruleset.feature_arrays)
+        t1 = time.monotonic_ns()
+        observe(self.khist, KERNEL_BOUNDS_NS, (t1 - t0) // n, n)     # per-event time, n events
         if self.journal is not None:
             # fsync=batch: append syncs before returning, so before the reply; interval_ms:
             # JournalSyncer's thread; none: the OS
-            self.journal.append_columns(v["event"], v["arrival_ns"], o["action"], o["flags"],
+            self.journal.append_columns(v["event"], arrival, o["action"], o["flags"],
                                         o["score"], o["generation"])
+        t2 = time.monotonic_ns()
         resp = self.rings.response
         while not resp.try_publish(o):      # the ingress always drains; wait for room
             if self.stop[0] >= 2:
                 break
             self.rings.response_full_idle.wait()
+        t3 = time.monotonic_ns()
+        if waited > STALL_NS or t3 - t0 > STALL_NS:
+            self.stalls.note((waited, t1 - t0, t2 - t1, t3 - t2), n)
         self.batches[0] += 1
         self.events[0] += n
         return n
 
 
-def hold_for_snapshot(block: Block, index: int, journal) -> None:
+class StallRecorder:
+    """Counts and logs (engine.control.EventLog) the steps of a worker slower than
+    STALL_NS, by phase: pickup (the oldest event's wait before this worker drained it:
+    the worker was busy, held, descheduled or asleep), kernel, journal, publish, hold.
+    Each log entry: wall time, phase, duration ns, events, and how the worker last woke
+    (0 busy or spinning, 1 doorbell, 2 safety timeout: a lost wake-up would show as 2)."""
+
+    def __init__(self, block: Block, index: int, idle=None):
+        self.counts = block.worker(index, "stalls")
+        self.log = EventLog(block.worker(index, "stall_log"))
+        self.idle = idle
+
+    def note(self, durations, n: int) -> None:
+        """Per-batch durations of the first four phases, in STALL_PHASES order."""
+        for phase, d in enumerate(durations):
+            if d > STALL_NS:
+                self.add(phase, d, n)
+
+    def add(self, phase: int, d: int, n: int) -> None:
+        self.counts[phase] += 1
+        self.log.add(phase, d, n, self.idle.last_wake if self.idle is not None else 0)
+
+
+def hold_for_snapshot(block: Block, index: int, journal, stalls: StallRecorder | None = None) -> None:
     """Snapshot protocol, worker side: publish the journal's last seq, say "paused", and wait
     until the supervisor has copied the tables. The copy then equals the state after exactly
     those journal records (docs/DURABILITY.md). The journal is made durable by the supervisor
@@ -109,8 +145,12 @@ def hold_for_snapshot(block: Block, index: int, journal) -> None:
     if journal is not None:             # durable later: the supervisor fsyncs the segments
         block.worker(index, "journal_seq")[0] = journal.last_seq   # before writing the snapshot
     paused[0] = epoch                   # the supervisor copies the tables after this store
+    t0 = time.monotonic_ns()
     while pause[0] == epoch and stop[0] < 2:
         time.sleep(0.0002)
+    held = time.monotonic_ns() - t0
+    if held > STALL_NS and stalls is not None:
+        stalls.add(_HOLD, held, 0)
     retain = int(block.worker(index, "retain_seq")[0])
     if journal is not None and retain:
         journal.set_snapshot_seq(retain)   # retention never deletes what a snapshot needs
@@ -272,14 +312,16 @@ def serve(run_dir: str, index: int) -> int:
     reloader = _Reloader(run_dir, cfg.schema, store.fs)
     refused = -1                        # a generation this worker could not load: not retried
     req, idle = rings.request, rings.worker_idle
+    wake = idle.strategy
 
     pause = block.view("supervisor.pause")
     while stop[0] < 2:                  # 1: ingress stops accepting; 2: workers stop
         if pause[0]:                    # a snapshot: hold still between two batches
-            hold_for_snapshot(block, index, journal)
+            hold_for_snapshot(block, index, journal, proc.stalls)
         v1, _ = req.try_drain(max_batch)
         if len(v1):
             req.release(proc.process(v1))   # after publishing: a crash before this re-reads
+            wake.last_wake = 0              # the next batch, if any, needed no wake-up
             continue
         heartbeat[0] = time.monotonic_ns()
         g = int(want_gen[0])

@@ -22,7 +22,7 @@ import numpy as np
 import zmq
 
 from engine import gcstats, procname, rundir
-from engine.control import LATENCY_BOUNDS_NS, N_CODES, STAGES, observe_request
+from engine.control import LATENCY_BOUNDS_NS, N_CODES, STAGES, EventLog, observe_request
 from engine.rings import EngineRings
 from engine.topology import pin_self
 from engine.types import Action, DecisionFlag, ErrorCode, RESPONSE_SLOT_DTYPE, request_slot_dtype
@@ -117,6 +117,7 @@ class Router:
         self.c_dedup = b.view("ingress.deduplicated")
         self.c_timeouts = b.view("ingress.timeouts")
         self.c_lost = b.view("ingress.worker_lost")
+        self.timeout_log = EventLog(b.view("ingress.timeout_log"))
         self.c_eval = b.view("ingress.eval_hist").reshape(2, -1)
         self.c_stage = b.view("ingress.stage_hist").reshape(len(STAGES), -1)
         self.stop = b.view("supervisor.stop")
@@ -423,6 +424,9 @@ class Router:
                 self._finish(p, int(ErrorCode.WORKER_LOST))
             else:
                 self.c_timeouts[0] += 1
+                w = p.workers[0]
+                self.timeout_log.add(w, len(p.slots), p.remaining, now - p.arrival_ns,
+                                     self.rings[w].request.occupancy())
                 self._default(p, self.timeout_action, DecisionFlag.DEFAULT_TIMEOUT, ErrorCode.TIMEOUT)
                 self._finish(p, int(ErrorCode.TIMEOUT))
 

@@ -33,6 +33,7 @@ class SpinThenSleep:
         self.doorbell_wakes = 0    # woken by the producer's doorbell
         self.timeout_wakes = 0     # woken by the safety timeout
         self.recheck_hits = 0      # data seen by the re-check after raising the flag
+        self.last_wake = 0         # how the last idle() ended: 0 data seen, 1 doorbell, 2 timeout
 
     def idle(self, ring) -> int:
         """Call when ``try_drain`` found nothing. Returns ``ring.available()`` (0 after an
@@ -48,6 +49,7 @@ class SpinThenSleep:
             n = ring.available()
             if n:
                 self.spin_hits += 1
+                self.last_wake = 0
                 return n
             if time.perf_counter_ns() >= deadline:
                 break
@@ -55,6 +57,7 @@ class SpinThenSleep:
                 os.sched_yield()
         if not ring.prepare_sleep():
             self.recheck_hits += 1
+            self.last_wake = 0
             return ring.available()
         try:
             if ring.doorbell is not None:
@@ -66,8 +69,10 @@ class SpinThenSleep:
             ring.end_sleep()
         if rung:
             self.doorbell_wakes += 1
+            self.last_wake = 1
         else:
             self.timeout_wakes += 1
+            self.last_wake = 2
         return ring.available()
 
 

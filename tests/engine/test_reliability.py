@@ -2,9 +2,11 @@
 with SIGSTOP (so "not ready in time" and "ring full" are made to happen, not hoped for)."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
+import urllib.request
 from contextlib import contextmanager
 
 import numpy as np
@@ -60,6 +62,30 @@ def test_deadline_gives_fail_closed_default_flagged_timeout(engine, schema):
         elapsed = time.monotonic() - t0
     assert d.action == "block" and "DEFAULT_TIMEOUT" in d.flags and d.error == "TIMEOUT"
     assert elapsed < 4.0          # answered at the deadline, not at the client's timeout
+
+
+def test_a_timeout_and_the_stall_behind_it_are_logged_with_their_times(engine, schema):
+    """The forensics bench.soak relies on: the ingress logs the TIMEOUT (which worker, how old,
+    the request still in its ring) and the worker, once it runs again, logs the pickup stall."""
+    rec = random_events(np.random.default_rng(2), schema, 1)
+    stats_url = engine.metrics_url.replace("/metrics", "/stats")
+    before = json.load(urllib.request.urlopen(stats_url, timeout=5))["log"]
+    t0 = time.time_ns()
+    with frozen_worker(engine), Client(engine.endpoint, schema, timeout_ms=5000, retries=0) as c:
+        assert c.evaluate_batch(rec, deadline_ms=60)[0].error == "TIMEOUT"
+        time.sleep(0.1)                  # the worker stays stopped well past the deadline
+    for _ in range(100):                 # bounded: the thawed worker drains the stale request
+        log = json.load(urllib.request.urlopen(stats_url, timeout=5))["log"]
+        if len(log["stalls"]) > len(before["stalls"]):
+            break
+        time.sleep(0.05)
+    new_t = [e for e in log["timeouts"] if e["time_ns"] >= t0]
+    assert len(new_t) == 1, log["timeouts"]
+    assert new_t[0]["worker"] == 0 and new_t[0]["age_ns"] >= 60e6
+    assert new_t[0]["request_ring_occupancy"] >= 1 and new_t[0]["undecided"] == 1
+    pick = [e for e in log["stalls"] if e["time_ns"] >= t0 and e["phase"] == "pickup"]
+    assert pick and pick[-1]["ns"] >= 150e6 and pick[-1]["worker"] == 0, log["stalls"]
+    assert value(scrape(engine.metrics_url), "risk_worker_stalls_total", worker="0", phase="pickup") >= 1
 
 
 def send_singles(endpoint: str, schema, rng, n: int, client_id: int) -> list:
