@@ -66,10 +66,11 @@ class LogCollector:
 
 
 def bursts(timeouts: list[dict], gap_ns: int = 1_000_000_000) -> list[list[dict]]:
-    """Timeouts closer than ``gap_ns`` to the previous one form one burst."""
+    """Timeout log entries (each already one burst of one worker) closer than ``gap_ns``
+    to the previous one form one burst."""
     out: list[list[dict]] = []
     for e in timeouts:
-        if out and e["time_ns"] - out[-1][-1]["time_ns"] < gap_ns:
+        if out and e["time_ns"] - max(x["last_time_ns"] for x in out[-1]) < gap_ns:
             out[-1].append(e)
         else:
             out.append([e])
@@ -78,41 +79,45 @@ def bursts(timeouts: list[dict], gap_ns: int = 1_000_000_000) -> list[list[dict]
 
 def explain(timeouts: list[dict], stalls: list[dict], snapshots: list[dict],
             cpu: list[tuple[int, float, float]]) -> list[dict]:
-    """One row per burst of timeouts: when, how many, the worker stalls that overlap the
-    burst (from WINDOW_BEFORE_NS before its first timeout to its last), snapshots within
+    """One row per burst of timeouts: when, how many, the worker stalls whose span (end
+    time minus duration .. end time) overlaps the burst widened by WINDOW_BEFORE_NS before
+    it (a request times out 50 ms after the stall that holds it began), snapshots within
     SNAPSHOT_WINDOW_NS, and the highest CPU steal and iowait sampled around it."""
     rows = []
     for b in bursts(timeouts):
-        t0, t1 = b[0]["time_ns"], b[-1]["time_ns"]
-        near = [s for s in stalls if t0 - WINDOW_BEFORE_NS <= s["time_ns"] <= t1 + 10_000_000]
-        snaps = [s for s in snapshots if abs(s["time_ns"] - t0) <= SNAPSHOT_WINDOW_NS]
+        t0, t1 = b[0]["time_ns"], max(e["last_time_ns"] for e in b)
+        near = [s for s in stalls
+                if s["time_ns"] >= t0 - WINDOW_BEFORE_NS and s["time_ns"] - s["ns"] <= t1]
+        snaps = [s for s in snapshots if t0 - SNAPSHOT_WINDOW_NS <= s["time_ns"] <= t1 + SNAPSHOT_WINDOW_NS]
         around = [c for c in cpu if t0 - 2_000_000_000 <= c[0] <= t1 + 2_000_000_000]
         rows.append({
-            "time_ns": t0, "timeouts": len(b),
-            "max_age_ms": max(e["age_ns"] for e in b) / 1e6,
-            "request_ring_occupancy_max": max(e["request_ring_occupancy"] for e in b),
-            "stalls": [f"w{s['worker']} {s['phase']} {s['ns'] / 1e6:.1f} ms (woke: {s['woke']})"
+            "time_ns": t0, "span_ms": (t1 - t0) / 1e6, "timeouts": sum(e["timeouts"] for e in b),
+            "max_age_ms": max(e["max_age_ns"] for e in b) / 1e6,
+            "request_ring_occupancy_max": max(e["request_ring_occupancy_max"] for e in b),
+            "stalls": [f"w{s['worker']} {s['phase']} {s['ns'] / 1e6:.1f} ms, ended "
+                       f"{(s['time_ns'] - t0) / 1e6:+.0f} ms from the first timeout (woke: {s['woke']})"
                        for s in near],
             "snapshots": [f"hold {s['hold_ns'] / 1e6:.1f} ms, journal fsync "
                           f"{s['journal_fsync_ns'] / 1e6:.1f} ms, write {s['write_ns'] / 1e6:.1f} ms, "
-                          f"{(s['time_ns'] - t0) / 1e6:+.0f} ms from the burst" for s in snaps],
+                          f"ended {(s['time_ns'] - t0) / 1e6:+.0f} ms from the first timeout" for s in snaps],
             "steal_pct_max": max((c[1] for c in around), default=None),
             "iowait_pct_max": max((c[2] for c in around), default=None),
         })
     return rows
 
 
-def print_report(rows: list[dict], stall_count: int, logged_timeouts: int, total_timeouts: int,
-                 out=None) -> None:
+def print_report(rows: list[dict], stall_count: int, total_timeouts: int, out=None) -> None:
     import sys
     out = out or sys.stdout
-    print(f"  timeout forensics: {total_timeouts} TIMEOUT decisions, {logged_timeouts} in the "
-          f"logs read, in {len(rows)} burst(s); {stall_count} worker stalls logged", file=out)
+    logged = sum(r["timeouts"] for r in rows)
+    print(f"  timeout forensics: {total_timeouts} TIMEOUT decisions ({logged} in the logs read), "
+          f"in {len(rows)} burst(s); {stall_count} worker stalls logged", file=out)
     for r in rows:
         t = time.strftime("%H:%M:%S", time.gmtime(r["time_ns"] / 1e9))
         steal = "-" if r["steal_pct_max"] is None else f"{r['steal_pct_max']:.0f}%"
         iow = "-" if r["iowait_pct_max"] is None else f"{r['iowait_pct_max']:.0f}%"
-        print(f"    {t}Z {r['timeouts']:5d} timeouts, oldest {r['max_age_ms']:.1f} ms, ring "
+        print(f"    {t}Z {r['timeouts']:5d} timeouts over {r['span_ms']:.0f} ms, oldest "
+              f"{r['max_age_ms']:.1f} ms, ring "
               f"occupancy <= {r['request_ring_occupancy_max']}; steal <= {steal}, iowait <= {iow}",
               file=out)
         for s in r["stalls"][:8]:

@@ -267,9 +267,9 @@ def event_logs(b) -> dict:
         for t, phase, d, n, woke, *_ in EventLog(b.worker(w, "stall_log")).entries():
             stalls.append({"time_ns": t, "worker": w, "phase": STALL_PHASES[phase], "ns": d,
                            "events": n, "woke": ("busy", "doorbell", "timeout")[woke]})
-    timeouts = [{"time_ns": t, "worker": w, "events": n, "undecided": r, "age_ns": age,
-                 "request_ring_occupancy": occ}
-                for t, w, n, r, age, occ, *_ in EventLog(b.view("ingress.timeout_log")).entries()]
+    timeouts = [{"time_ns": t, "worker": w, "timeouts": n, "max_age_ns": age,
+                 "request_ring_occupancy_max": occ, "last_time_ns": last}
+                for t, w, n, age, occ, last, *_ in EventLog(b.view("ingress.timeout_log")).entries()]
     snaps = [{"time_ns": t, "hold_ns": hold, "journal_fsync_ns": fs, "write_ns": wr}
              for t, hold, fs, wr, *_ in EventLog(b.view("supervisor.snapshot_log")).entries()]
     return {"stalls": sorted(stalls, key=lambda e: e["time_ns"]), "timeouts": timeouts,

@@ -31,7 +31,7 @@ from engine.types import RESPONSE_SLOT_DTYPE
 from shm.doorbell import EventfdDoorbell
 
 
-_HOLD = STALL_PHASES.index("hold")
+_HOLD, _HOUSEKEEPING = STALL_PHASES.index("hold"), STALL_PHASES.index("housekeeping")
 
 
 class Active:
@@ -110,7 +110,8 @@ class BatchProcessor:
 class StallRecorder:
     """Counts and logs (engine.control.EventLog) the steps of a worker slower than
     STALL_NS, by phase: pickup (the oldest event's wait before this worker drained it:
-    the worker was busy, held, descheduled or asleep), kernel, journal, publish, hold.
+    the worker was busy, held, descheduled or asleep), kernel, journal (append), publish,
+    hold (snapshot), housekeeping (the journal's idle-path work: prefault, next segment).
     Each log entry: wall time, phase, duration ns, events, and how the worker last woke
     (0 busy or spinning, 1 doorbell, 2 safety timeout: a lost wake-up would show as 2)."""
 
@@ -338,7 +339,11 @@ def serve(run_dir: str, index: int) -> int:
                 proc.active = Active(done[1], done[0], block, index, max_batch)
                 block.worker(index, "generation")[0] = done[0]
         if journal is not None:
+            t0 = time.monotonic_ns()
             journal.on_idle(sync=syncer is None)
+            took = time.monotonic_ns() - t0
+            if took > STALL_NS:
+                proc.stalls.add(_HOUSEKEEPING, took, 0)
         idle.wait()
     if syncer is not None:
         syncer.stop()

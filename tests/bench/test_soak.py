@@ -5,7 +5,9 @@ import os
 import subprocess
 import sys
 
-from bench.soak import engine_rss, shm_bytes
+import mmap
+
+from bench.soak import engine_memory, shm_bytes
 
 
 def test_shm_bytes_counts_only_the_instance(tmp_path):
@@ -15,12 +17,20 @@ def test_shm_bytes_counts_only_the_instance(tmp_path):
     assert shm_bytes("soaka", str(tmp_path)) == 4096 + 32
 
 
-def test_engine_rss_covers_the_process_tree():
+def test_engine_memory_covers_the_process_tree_and_leaves_file_pages_out(tmp_path):
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
-        rss = engine_rss(os.getpid())
-        assert len(rss) >= 2 and all(v > 0 for v in rss.values())
-        assert any(f"pid {child.pid}" in k for k in rss)
+        mem = engine_memory(os.getpid())
+        assert len(mem) >= 2 and all(rss >= nofile > 0 for rss, nofile in mem.values())
+        assert any(f"pid {child.pid}" in k for k in mem)
+        me = next(k for k in mem if f"pid {os.getpid()}" in k)
+        path = tmp_path / "mapped"
+        path.write_bytes(b"\1" * (32 << 20))          # 32 MiB of page cache, mapped and read
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            sum(m[i] for i in range(0, len(m), mmap.PAGESIZE))
+            after = engine_memory(os.getpid())[me]
+        assert after[0] - mem[me][0] >= 24 << 20       # RSS counts the mapped file pages
+        assert after[1] - mem[me][1] < 8 << 20         # the leak check does not
     finally:
         child.kill()
         child.wait()

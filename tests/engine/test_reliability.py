@@ -81,8 +81,8 @@ def test_a_timeout_and_the_stall_behind_it_are_logged_with_their_times(engine, s
         time.sleep(0.05)
     new_t = [e for e in log["timeouts"] if e["time_ns"] >= t0]
     assert len(new_t) == 1, log["timeouts"]
-    assert new_t[0]["worker"] == 0 and new_t[0]["age_ns"] >= 60e6
-    assert new_t[0]["request_ring_occupancy"] >= 1 and new_t[0]["undecided"] == 1
+    assert new_t[0]["worker"] == 0 and new_t[0]["max_age_ns"] >= 60e6 and new_t[0]["timeouts"] == 1
+    assert new_t[0]["request_ring_occupancy_max"] >= 1
     pick = [e for e in log["stalls"] if e["time_ns"] >= t0 and e["phase"] == "pickup"]
     assert pick and pick[-1]["ns"] >= 150e6 and pick[-1]["worker"] == 0, log["stalls"]
     assert value(scrape(engine.metrics_url), "risk_worker_stalls_total", worker="0", phase="pickup") >= 1
