@@ -15,6 +15,7 @@ import ctypes
 import fcntl
 import mmap
 import os
+import threading
 import time
 from dataclasses import dataclass
 
@@ -35,6 +36,14 @@ try:
     _sync_file_range.argtypes = (ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint)
 except (OSError, AttributeError):            # not Linux/glibc: the fsync does all the work
     _sync_file_range = None
+_MADV_POPULATE_WRITE = 23                     # Linux >= 5.14
+try:
+    # through ctypes, which releases the GIL: a populate that waits on the file system (ext4's
+    # page_mkwrite under a journal commit) must not hold up the worker's main thread
+    _madvise = ctypes.CDLL(None, use_errno=True).madvise
+    _madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+except (OSError, AttributeError):
+    _madvise = None
 
 
 def _start_writeback(fd: int, offset: int, nbytes: int) -> None:
@@ -113,7 +122,12 @@ class JournalWriter:
         if self._cap < 1:
             raise ValueError(f"journal.segment_bytes: {config.segment_bytes} holds no {self._rs}-byte record")
         self._interval_ns = config.interval_ms * 1_000_000
-        self._mm = self._lock_fd = self._retired = None
+        self._mm = self._lock_fd = None
+        self._retired: list = []               # maps of rotated-away segments, to munmap later
+        self._retention_due = False
+        self._hk_lock = threading.Lock()       # housekeeping thread vs rotation (see housekeep)
+        self.background = False                # True: a thread calls housekeep(); rotation then
+                                               # leaves unmapping and retention to it
         self._recs = self._words = self._raw = self._staging = None
         self.snapshot_seq: int | None = None   # retention floor, see set_snapshot_seq
         # counters (read by the worker's stats)
@@ -198,19 +212,36 @@ class JournalWriter:
 
     def on_idle(self, now_monotonic_ns: int | None = None, budget_bytes: int = 256 << 10,
                 prefault_bytes: int = 1 << 20, sync: bool = True) -> bool:
-        """Idle-path hook: ``maybe_sync``; pre-fault the pages of the next prefault_bytes of the
-        segment; once the segment is half full, zero-fill up to budget_bytes of the next one.
-        So page faults, rotation and unmapping leave the append path. Returns True if it did
-        any work. Call it whenever the worker finds its ring empty. ``sync=False`` when another
-        thread fsyncs the segment (engine.worker.JournalSyncer)."""
+        """Idle-path hook for a writer without a housekeeping thread: ``maybe_sync``, then
+        ``housekeep`` (page faults, rotation's file work and unmapping leave the append
+        path). Returns True if it did any work. ``sync=False`` when another thread fsyncs."""
         did = self.maybe_sync(now_monotonic_ns) if sync else False
+        return self.housekeep(budget_bytes, prefault_bytes) or did
+
+    def housekeep(self, budget_bytes: int = 256 << 10, prefault_bytes: int = 1 << 20) -> bool:
+        """The journal's file-system work apart from appending: pre-fault the pages of the
+        next ``prefault_bytes`` of the segment; once it is half full, zero-fill up to
+        ``budget_bytes`` of the next one; unmap rotated segments; apply retention. Safe to
+        call from a second thread while another appends (engine.worker.JournalHousekeeper):
+        every step either touches no byte the appender writes (the prefault is
+        MADV_POPULATE_WRITE, which changes no content) or holds the lock that rotation
+        takes. Returns True if it did any work."""
+        did = False
+        with self._hk_lock:
+            retired, self._retired = self._retired, []
+            retention, self._retention_due = self._retention_due, False
+        for mm in retired:
+            mm.close()                          # munmap of a dirty map: ~10 ms here
+            did = True
+        if retention:
+            self._apply_retention()
+            did = True
         if prefault_bytes and self._prefault(prefault_bytes):
             did = True
-        if self._retired is not None:
-            self._close_retired()
-            did = True
         if 2 * self._pos >= self._cap and (self._next is None or self._next.filled < self._next.size):
-            self._prepare(budget_bytes, self._first + self._cap)   # segments rotate only when full
+            with self._hk_lock:
+                if 2 * self._pos >= self._cap:    # a rotation meanwhile: next time
+                    self._prepare(budget_bytes, self._first + self._cap)
             did = True
         return did
 
@@ -250,7 +281,9 @@ class JournalWriter:
             self._mm.close()
             self._mm = None
         self._drop_next()
-        self._close_retired()
+        for mm in self._retired:
+            mm.close()
+        self._retired = []
         if self._lock_fd is not None:
             os.close(self._lock_fd)             # releases the flock
             self._lock_fd = None
@@ -263,25 +296,38 @@ class JournalWriter:
 
     # -- segments -------------------------------------------------------------------------
     def _prefault(self, ahead_bytes: int) -> bool:
-        """Store a zero into each page from the append position to ahead_bytes beyond it.
+        """Fault in, writable, each page from the append position to ahead_bytes beyond it.
 
         The first store to a clean page of a shared file mapping faults, and ext4's fault
         handler (page_mkwrite) updates the file time through its own journal, which waits
-        for a running commit under disk load: ms-scale stalls inside append_batch here. The
-        pages past the position hold zeros by invariant, so the stores change nothing."""
-        page = mmap.PAGESIZE
-        end = HEADER_SIZE + self._pos * self._rs          # first byte past committed data
-        if self._prefaulted - end >= ahead_bytes // 2:     # enough ahead: refill by halves
+        for a running commit under disk load: ms-scale (once 478 ms) stalls inside
+        append_batch here. MADV_POPULATE_WRITE takes those faults without changing a byte,
+        so it is safe beside the appender; where it is missing, a zero is stored into each
+        page past the committed records (only when called from the appending thread)."""
+        with self._hk_lock:
+            mm, raw, pos = self._mm, self._raw, self._pos
+            done = self._prefaulted
+        if mm is None or raw is None:
             return False
-        lo = max(self._prefaulted, end)
-        hi = min(len(self._mm), end + ahead_bytes)
+        page = mmap.PAGESIZE
+        end = HEADER_SIZE + pos * self._rs                # first byte past committed data
+        if done - end >= ahead_bytes // 2:                # enough ahead: refill by halves
+            return False
+        lo = max(done, end)
+        hi = min(len(raw), end + ahead_bytes)
         if lo >= hi:
             return False
-        self._raw[lo] = 0                                 # never below `end`: committed bytes
-        nxt = (lo // page + 1) * page
-        if nxt < hi:
-            self._raw[nxt:hi:page] = 0
-        self._prefaulted = hi
+        start = lo // page * page
+        if _madvise is None or _madvise(raw.ctypes.data + start, hi - start, _MADV_POPULATE_WRITE) != 0:
+            if threading.current_thread() is not threading.main_thread():
+                return False                          # stores are only safe from the appender
+            raw[lo] = 0                               # never below `end`: committed bytes
+            nxt = (lo // page + 1) * page
+            if nxt < hi:
+                raw[nxt:hi:page] = 0
+        with self._hk_lock:
+            if self._mm is mm:                        # not rotated away meanwhile
+                self._prefaulted = max(self._prefaulted, hi)
         return True
 
     def _mark_dirty(self, lo: int, hi: int) -> None:
@@ -348,11 +394,6 @@ class JournalWriter:
             fsync_dir(self.directory)
         self._map(n.path, first, 0)
 
-    def _close_retired(self) -> None:
-        if self._retired is not None:
-            self._retired.close()
-            self._retired = None
-
     def _drop_next(self) -> None:
         if self._next is not None:
             os.close(self._next.fd)
@@ -376,12 +417,19 @@ class JournalWriter:
         if self.config.fsync != "none":       # the old segment is durable before the new exists
             self.sync()
         nxt = self.next_seq
-        self._recs = self._words = self._raw = None
-        self._close_retired()
-        self._retired, self._mm = self._mm, None   # munmap of a dirty 64 MiB map took ~10 ms here:
-        self._create(nxt)                          # on_idle (or close) does it, not the append
+        with self._hk_lock:
+            self._recs = self._words = self._raw = None
+            if not self.background:            # munmap the one before (on_idle may not have)
+                for mm in self._retired:
+                    mm.close()
+                self._retired = []
+            self._retired.append(self._mm)     # munmap of a dirty 64 MiB map took ~10 ms here:
+            self._mm = None                    # housekeep (or close) does it, not the append
+            self._create(nxt)
+            self._retention_due = self.background   # unlinking old segments: housekeep too
         self.rotations += 1
-        self._apply_retention()
+        if not self.background:
+            self._apply_retention()
 
     def _apply_retention(self) -> None:
         c = self.config

@@ -31,7 +31,7 @@ from engine.types import RESPONSE_SLOT_DTYPE
 from shm.doorbell import EventfdDoorbell
 
 
-_HOLD, _HOUSEKEEPING = STALL_PHASES.index("hold"), STALL_PHASES.index("housekeeping")
+_HOLD = STALL_PHASES.index("hold")
 
 
 class Active:
@@ -90,7 +90,7 @@ class BatchProcessor:
         observe(self.khist, KERNEL_BOUNDS_NS, (t1 - t0) // n, n)     # per-event time, n events
         if self.journal is not None:
             # fsync=batch: append syncs before returning, so before the reply; interval_ms:
-            # JournalSyncer's thread; none: the OS
+            # JournalHousekeeper's thread; none: the OS
             self.journal.append_columns(v["event"], arrival, o["action"], o["flags"],
                                         o["score"], o["generation"])
         t2 = time.monotonic_ns()
@@ -111,7 +111,7 @@ class StallRecorder:
     """Counts and logs (engine.control.EventLog) the steps of a worker slower than
     STALL_NS, by phase: pickup (the oldest event's wait before this worker drained it:
     the worker was busy, held, descheduled or asleep), kernel, journal (append), publish,
-    hold (snapshot), housekeeping (the journal's idle-path work: prefault, next segment).
+    hold (snapshot).
     Each log entry: wall time, phase, duration ns, events, and how the worker last woke
     (0 busy or spinning, 1 doorbell, 2 safety timeout: a lost wake-up would show as 2)."""
 
@@ -214,34 +214,51 @@ def open_journal(cfg, index: int):
                          config=d.journal_config())
 
 
-class JournalSyncer:
-    """fsync=interval_ms off the hot path: a thread fsyncs the journal's current segment
-    every interval (os.fsync releases the GIL; an msync from the loop blocked whole batches:
-    64% of the worker's time in a profile under load). Loss window on power failure:
-    about interval_ms plus one fsync."""
+class JournalHousekeeper:
+    """The journal's file-system work, off the worker's main thread: every interval_ms (10 ms
+    when the policy has none) fsync the current segment (fsync=interval_ms), then
+    ``JournalWriter.housekeep`` (pre-fault the pages ahead, zero-fill the next segment, unmap
+    rotated ones, retention). On the main thread these waited on the disk: an msync from the
+    loop blocked whole batches (64% of the worker's time in a profile under load), and the
+    idle-path pre-faulting stalled batches for up to hundreds of ms under disk load in the
+    ten-minute soak. os.fsync and the populate (ctypes) release the GIL. Loss window on
+    power failure with interval_ms: about interval_ms plus one fsync."""
 
     def __init__(self, journal):
         self.journal = journal
-        self.interval_s = journal.config.interval_ms / 1000
+        journal.background = True
+        self.fsync = journal.config.fsync == "interval_ms"
+        self.interval_s = (journal.config.interval_ms or 10) / 1000
         self.stopped = threading.Event()
         self.syncs = 0
-        self.thread = threading.Thread(target=self._run, daemon=True, name="journal-sync")
+        self.errors = 0
+        self.thread = threading.Thread(target=self._run, daemon=True, name="journal-housekeeper")
         self.thread.start()
 
     def _run(self) -> None:
         while not self.stopped.wait(self.interval_s):
-            path = getattr(self.journal, "_path", None)
-            if not path:
-                continue
             try:
-                fd = os.open(path, os.O_RDONLY)
-            except OSError:                 # rotated away meanwhile: the rotation synced it
-                continue
-            try:
-                os.fsync(fd)
-                self.syncs += 1
-            finally:
-                os.close(fd)
+                if self.fsync:
+                    self._fsync()
+                self.journal.housekeep()
+            except OSError as e:            # a full disk: the appender meets it at rotation
+                self.errors += 1
+                if self.errors == 1:
+                    print(f"risk-engine: journal housekeeping: {e}", file=sys.stderr)
+
+    def _fsync(self) -> None:
+        path = getattr(self.journal, "_path", None)
+        if not path:
+            return
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:                     # rotated away meanwhile: the rotation synced it
+            return
+        try:
+            os.fsync(fd)
+            self.syncs += 1
+        finally:
+            os.close(fd)
 
     def stop(self) -> None:
         self.stopped.set()
@@ -293,7 +310,7 @@ def serve(run_dir: str, index: int) -> int:
     journal = open_journal(cfg, index)
     from engine.featurestore import FeatureStore
     store = FeatureStore(cfg, plan["owner_pid"], create=False)
-    syncer = JournalSyncer(journal) if journal is not None and journal.config.fsync == "interval_ms" else None
+    keeper = JournalHousekeeper(journal) if journal is not None else None
 
     generation = int(block.view("supervisor.generation")[0])
     active = Active(load_generation(run_dir, generation, cfg.schema, store.fs), generation, block,
@@ -338,15 +355,9 @@ def serve(run_dir: str, index: int) -> int:
             else:                               # swap between two batches
                 proc.active = Active(done[1], done[0], block, index, max_batch)
                 block.worker(index, "generation")[0] = done[0]
-        if journal is not None:
-            t0 = time.monotonic_ns()
-            journal.on_idle(sync=syncer is None)
-            took = time.monotonic_ns() - t0
-            if took > STALL_NS:
-                proc.stalls.add(_HOUSEKEEPING, took, 0)
         idle.wait()
-    if syncer is not None:
-        syncer.stop()
+    if keeper is not None:
+        keeper.stop()
     if journal is not None:
         journal.sync()
         journal.close()
