@@ -6,7 +6,9 @@
    due at t0 + i / rate and its latency is measured from that intended time (coordinated
    omission corrected). Replies are classified: decided, OVERLOADED, TIMEOUT default, other.
 3. Prints the admitted requests' p50/p99/max, how fast OVERLOADED came back, the requests
-   never answered, and the RSS of every engine process before and after (memory must stay
+   never answered, the engine's own latency histogram of what it admitted over the same
+   period (arrival at the ingress to reply: what the engine bounds, whatever the sender's
+   lateness), and the RSS of every engine process before and after (memory must stay
    flat: every queue is bounded; ingress.max_inflight sheds the rest).
 The sender shares the machine's 2 cores with the engine: say so with the figures.
 """
@@ -39,6 +41,29 @@ def _classify(frame: bytes) -> tuple[int, str]:
     if (dec["flags"] & 0xDE).any():          # beyond FIRED_OVERFLOW and EVAL_ERROR: a default
         return rid, "DEFAULT_" + ("TIMEOUT" if (dec["error"] == ErrorCode.TIMEOUT).any() else "OTHER")
     return rid, "decided"
+
+
+def engine_latency(before: dict | None, after: dict | None, transport: str = "binary") -> dict | None:
+    """The engine's own view of the requests it admitted between two ``/stats`` reads: count
+    and the bucket upper bounds holding p50 / p99 / max of ``risk_eval_duration_seconds``
+    (arrival at the ingress to reply sent), in ms. Independent of the sender's lateness."""
+    def buckets(st):
+        return {r["le"]: r["value"] for r in (st or {}).get("risk_eval_duration_seconds", [])
+                if r.get("transport") == transport and r["sample"].endswith("_bucket")}
+    b0, b1 = buckets(before), buckets(after)
+    if not b1:
+        return None
+    les = sorted(b1, key=lambda le: float("inf") if le == "+Inf" else float(le))
+    cum = [b1[le] - b0.get(le, 0.0) for le in les]
+    total = cum[-1]
+    if total <= 0:
+        return {"count": 0}
+
+    def bound(q):
+        le = next(le for le, c in zip(les, cum) if c >= q * total)
+        return float("inf") if le == "+Inf" else float(le) * 1e3
+    return {"count": int(total), "p50_le_ms": bound(0.5), "p99_le_ms": bound(0.99),
+            "max_le_ms": bound(1.0)}
 
 
 def run(endpoint: str, schema, rate: float, seconds: float, closed_inflight: int = 0,
@@ -96,7 +121,9 @@ def main(argv=None) -> int:
         rss0 = _rss(eng.pid)
         probe = run(eng.bind, schema, 0, a.probe, closed_inflight=a.inflight)
         x = len(probe["lat_us"].get("decided", [])) / a.probe
+        st0 = eng.stats()
         r = run(eng.bind, schema, a.factor * x, a.duration, client_id=10)   # fresh ids: no dedup
+        st1 = eng.stats()
         rss1 = _rss(eng.pid)
     finally:
         eng.stop()
@@ -106,6 +133,11 @@ def main(argv=None) -> int:
     for k, v in sorted(r["lat_us"].items()):
         p = np.percentile(v, [50, 99, 100]) if len(v) else [0, 0, 0]
         print(f"  {k:<18} {len(v):>8}  p50 {p[0] / 1e3:8.2f} ms  p99 {p[1] / 1e3:8.2f} ms  max {p[2] / 1e3:8.2f} ms")
+    e = engine_latency(st0, st1)
+    if e and e.get("count"):
+        print(f"  engine side, admitted ({e['count']} requests, arrival at the ingress to reply, "
+              f"risk_eval_duration_seconds buckets): p50 <= {e['p50_le_ms']:g} ms  p99 <= "
+              f"{e['p99_le_ms']:g} ms  max <= {e['max_le_ms']:g} ms")
     print("RSS before -> after (MiB):")
     for k in rss0:
         print(f"  {k:<14} {rss0[k] / 2**20:8.1f} -> {rss1.get(k, 0) / 2**20:8.1f}")

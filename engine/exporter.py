@@ -80,6 +80,15 @@ class EngineCollector:
     # --- the scrape ----------------------------------------------------------------------------
 
     def collect(self):
+        """The metric families; never while a snapshot holds the workers (Supervisor.hold_lock)."""
+        lock = getattr(self.sup, "hold_lock", None)
+        if lock is None:
+            yield from self._collect()
+            return
+        with lock:
+            yield from self._collect()
+
+    def _collect(self):
         b = self.sup.block
         if b is None:
             return

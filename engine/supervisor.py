@@ -14,6 +14,7 @@ import signal
 from contextlib import contextmanager
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -76,6 +77,7 @@ class Supervisor:
         self.rings: list[EngineRings] = []
         self.exporter = None
         self.admin = None
+        self.hold_lock = threading.Lock()    # held while the workers are paused (paused_workers)
         self.collector = None
         self.features = None
         self.last_snapshot = time.monotonic()
@@ -150,12 +152,15 @@ class Supervisor:
     @contextmanager
     def paused_workers(self, timeout_s: float = 5.0):
         """Hold every live worker between two batches (its journal synced, its last seq in
-        the control block) for the duration of the block."""
+        the control block) for the duration of the block. A metrics scrape (another thread
+        of this process) waits for the hold to end instead of competing with it for the GIL
+        (``hold_lock``): the workers' requests queue meanwhile."""
         b = self.block
         pause = b.view("supervisor.pause")
         self.pause_epoch = getattr(self, "pause_epoch", 0) + 1
         epoch = self.pause_epoch
         n = len(self.placements)
+        self.hold_lock.acquire()
         pause[0] = epoch
         try:
             for r in self.rings:
@@ -169,6 +174,7 @@ class Supervisor:
             yield
         finally:
             pause[0] = 0
+            self.hold_lock.release()
 
     def snapshot(self, timeout_s: float = 5.0) -> str:
         """Pause every worker between two batches, copy the feature tables, resume, then

@@ -1,0 +1,26 @@
+"""bench.overload's engine-side percentiles, from two /stats reads of a histogram."""
+from __future__ import annotations
+
+from bench.overload import engine_latency
+
+
+def _stats(counts: dict[str, float], transport: str = "binary") -> dict:
+    rows = [{"transport": transport, "le": le, "sample": "risk_eval_duration_seconds_bucket", "value": v}
+            for le, v in counts.items()]
+    rows.append({"transport": "json", "le": "+Inf", "sample": "risk_eval_duration_seconds_bucket",
+                 "value": 1e9})                                     # another transport: ignored
+    return {"risk_eval_duration_seconds": rows}
+
+
+def test_percentile_bounds_come_from_the_bucket_deltas():
+    before = _stats({"0.001": 100, "0.005": 100, "0.05": 100, "+Inf": 100})
+    # between the reads: 60 under 1 ms, 39 more under 5 ms, 1 more under 50 ms
+    after = _stats({"0.001": 160, "0.005": 199, "0.05": 200, "+Inf": 200})
+    e = engine_latency(before, after)
+    assert e == {"count": 100, "p50_le_ms": 1.0, "p99_le_ms": 5.0, "max_le_ms": 50.0}
+
+
+def test_nothing_admitted_and_no_histogram():
+    s = _stats({"0.001": 5, "+Inf": 5})
+    assert engine_latency(s, s) == {"count": 0}
+    assert engine_latency(None, {}) is None
