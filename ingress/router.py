@@ -28,6 +28,7 @@ from engine.topology import pin_self
 from engine.types import Action, DecisionFlag, ErrorCode, RESPONSE_SLOT_DTYPE, request_slot_dtype
 from ingress.codec import Codec, RulesetMeta, split_envelope
 from ingress.dedup import IdempotencyWindow
+from ingress.sockopts import SockOpts
 from ingress.wire import WireError
 from shm.doorbell import EventfdDoorbell
 
@@ -41,8 +42,7 @@ TIMEOUT_BURST_NS = 100_000_000        # timeouts closer than this share one log 
 SHED_AFTER_NS = 5_000_000             # a queue that has not emptied for 5 ms: shed
 DOORBELL_DEFER_NS = 100_000           # while more requests are queued, wake a sleeping worker
                                       # at most this late (one wake-up for several requests)
-_EVENTS, _POLLIN, _RCVMORE = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.RCVMORE)   # plain ints:
-                                      # the enum forms cost 2.5 us per socket call
+_POLLIN = int(zmq.POLLIN)             # plain ints: the enum forms cost 2.5 us per socket call
 _MORE_NOWAIT, _NOWAIT = int(zmq.SNDMORE | zmq.NOBLOCK), int(zmq.NOBLOCK)   # per socket call
 _TRANSPORT = {"binary": 0, "json": 1}
 SLOT_BYTES = RESPONSE_SLOT_DTYPE.itemsize
@@ -161,6 +161,7 @@ class Router:
         ctx = zmq.Context(io_threads=1)
         sock = self._socket(ctx)
         self.sock = sock
+        self.opts = SockOpts(sock)
         # One epoll over the ROUTER socket's ZMQ_FD and the responses' eventfd. zmq.Poller
         # made 6 system calls per wait here (two zmq_poll passes); this makes one, plus the
         # ZMQ_EVENTS check that the edge-triggered ZMQ_FD requires before every sleep.
@@ -189,7 +190,7 @@ class Router:
                 timeout_s = max(0.0, min(timeout_s, (self.deadlines[0][0] - time.monotonic_ns()) / 1e9))
             if any(r.response_sleep_begin() for r in self.rings):
                 timeout_s = 0.0                    # a response arrived before we slept
-            if timeout_s and not (accepting and sock.get(_EVENTS) & _POLLIN):
+            if timeout_s and not (accepting and self.opts.events() & _POLLIN):
                 ep.poll(timeout_s)
             for r in self.rings:
                 r.response_sleep_end()
@@ -217,12 +218,12 @@ class Router:
         if self.deadlines:                         # never answer a deadline late for a spin
             end = min(end, self.deadlines[0][0])
         rings = self.response_rings
-        get = sock.get
+        events = self.opts.events
         while time.monotonic_ns() < end:
             for r in rings:
                 if r.available():
                     return True
-            if accepting and get(_EVENTS) & _POLLIN:
+            if accepting and events() & _POLLIN:
                 return True
             os.sched_yield()                       # a runnable process on this CPU goes first
         return False
@@ -239,11 +240,11 @@ class Router:
         a bounded latency, the rest get a fast refusal, and no queue grows."""
         n = 0
         now = time.monotonic_ns()
-        get, recv = sock.get, sock.recv
-        more = get(_EVENTS) & _POLLIN
+        events, rcvmore, recv = self.opts.events, self.opts.rcvmore, sock.recv
+        more = events() & _POLLIN
         while n < 256 and more:
             frames = [recv()]                      # recv_multipart's enum RCVMORE cost more
-            while get(_RCVMORE):                   # than the frames themselves
+            while rcvmore():                       # than the frames themselves (sockopts.py)
                 frames.append(recv())
             t = time.monotonic_ns()
             if self.backlog_since and now - self.backlog_since > SHED_AFTER_NS:
@@ -251,7 +252,7 @@ class Router:
             else:
                 self._handle(frames, t)
             n += 1
-            more = get(_EVENTS) & _POLLIN
+            more = events() & _POLLIN
             if self.owed_since and (not more or t - self.owed_since > DOORBELL_DEFER_NS):
                 self._ring_owed()
         self._ring_owed()

@@ -1,0 +1,34 @@
+"""ingress.sockopts against real ZeroMQ sockets: the same answers as pyzmq's Socket.get."""
+from __future__ import annotations
+
+import zmq
+
+from ingress.sockopts import SockOpts
+
+
+def test_events_and_rcvmore_match_pyzmq():
+    ctx = zmq.Context()
+    r, d = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
+    try:
+        r.bind("inproc://sockopts-test")
+        d.connect("inproc://sockopts-test")
+        opts = SockOpts(r)
+        assert opts.direct                        # pyzmq's libzmq was found
+        assert opts.events() & zmq.POLLIN == 0 == r.get(zmq.EVENTS) & zmq.POLLIN
+        d.send_multipart([b"", b"a", b"body"])
+        assert r.poll(2000)
+        assert opts.events() & zmq.POLLIN and r.get(zmq.EVENTS) & zmq.POLLIN
+        frames, more = [r.recv()], []
+        while True:
+            m = opts.rcvmore()
+            assert m == r.get(zmq.RCVMORE)
+            more.append(m)
+            if not m:
+                break
+            frames.append(r.recv())
+        assert frames[1:] == [b"", b"a", b"body"] and more == [1, 1, 1, 0]
+        assert opts.events() & zmq.POLLIN == 0
+    finally:
+        d.close(0)
+        r.close(0)
+        ctx.term()
