@@ -56,7 +56,8 @@ def check_args(a) -> None:
         raise SystemExit("bench: --echo-only and --no-echo exclude each other")
 
 
-def build_document(a, summaries: dict, gc: dict | None, notes: list[str]) -> dict:
+def build_document(a, summaries: dict, gc: dict | None, notes: list[str],
+                   inside: dict | None = None) -> dict:
     from bench import report
     doc = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
            "command": " ".join(["python -m bench.latency"] + sys.argv[1:]),
@@ -66,7 +67,7 @@ def build_document(a, summaries: dict, gc: dict | None, notes: list[str]) -> dic
                         "duration_s": a.duration, "warmup_s": a.warmup, "rate": a.rate,
                         "batch": a.batch, "transport": a.transport,
                         "target": a.target or ("-" if a.echo_only else "own engine"), "config": a.config or "default"},
-           "phases": summaries, "engine_gc": gc, "notes": notes}
+           "phases": summaries, "engine_gc": gc, "engine_inside": inside, "notes": notes}
     if "engine" in summaries and "echo" in summaries:
         doc["ratio"] = report.ratios(summaries["engine"], summaries["echo"])
     if "engine" in summaries:
@@ -88,7 +89,8 @@ def run(a) -> int:
         return alloc.run(a)
     from bench import report
     from bench.echo import EchoServer
-    from bench.engine_proc import EngineProcess, free_port, gc_delta, listening_pids, read_stats
+    from bench.engine_proc import (EngineProcess, engine_latency, free_port, gc_delta,
+                                   listening_pids, read_stats)
     from bench.loadgen import LoadSpec
     from bench.phase import combine, run_phase
 
@@ -97,7 +99,7 @@ def run(a) -> int:
                     rate=a.rate, batch=a.batch, transport=a.transport, config=a.config,
                     seed=a.seed, timeout_ms=a.timeout_ms, client_id_base=run_client_id_base())
     cpus = len(os.sched_getaffinity(0))
-    phases, summaries, notes, gc = {}, {}, [], None
+    phases, summaries, notes, gc, inside = {}, {}, [], None, None
     rc = 0
     echo = engine = None
     parts: dict[str, list] = {"echo": [], "engine": []}
@@ -137,7 +139,9 @@ def run(a) -> int:
                     notes.append(f"engine phase failed: {str(e).splitlines()[0]}")
                     rc = 2
         if parts["engine"] and rc == 0:
-            gc = gc_delta(before, read_stats(metrics))
+            after = read_stats(metrics)
+            gc = gc_delta(before, after)
+            inside = engine_latency(before, after, a.transport)
     finally:
         if echo is not None:
             notes.append(f"echo process handled {echo.stop()} messages")
@@ -154,7 +158,7 @@ def run(a) -> int:
         if parts[side] and not (side == "engine" and rc):
             phases[side] = combine(parts[side])
             summaries[side] = report.summarise(phases[side], cpus)
-    doc = build_document(a, summaries, gc, notes)
+    doc = build_document(a, summaries, gc, notes, inside)
     if summaries:
         print(report.table(doc))
     for n in notes:

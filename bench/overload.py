@@ -43,29 +43,6 @@ def _classify(frame: bytes) -> tuple[int, str]:
     return rid, "decided"
 
 
-def engine_latency(before: dict | None, after: dict | None, transport: str = "binary") -> dict | None:
-    """The engine's own view of the requests it admitted between two ``/stats`` reads: count
-    and the bucket upper bounds holding p50 / p99 / max of ``risk_eval_duration_seconds``
-    (arrival at the ingress to reply sent), in ms. Independent of the sender's lateness."""
-    def buckets(st):
-        return {r["le"]: r["value"] for r in (st or {}).get("risk_eval_duration_seconds", [])
-                if r.get("transport") == transport and r["sample"].endswith("_bucket")}
-    b0, b1 = buckets(before), buckets(after)
-    if not b1:
-        return None
-    les = sorted(b1, key=lambda le: float("inf") if le == "+Inf" else float(le))
-    cum = [b1[le] - b0.get(le, 0.0) for le in les]
-    total = cum[-1]
-    if total <= 0:
-        return {"count": 0}
-
-    def bound(q):
-        le = next(le for le, c in zip(les, cum) if c >= q * total)
-        return float("inf") if le == "+Inf" else float(le) * 1e3
-    return {"count": int(total), "p50_le_ms": bound(0.5), "p99_le_ms": bound(0.99),
-            "max_le_ms": bound(1.0)}
-
-
 def run(endpoint: str, schema, rate: float, seconds: float, closed_inflight: int = 0,
         client_id: int = 9) -> dict:
     from bench.events import random_records
@@ -113,7 +90,7 @@ def main(argv=None) -> int:
     ap.add_argument("--factor", type=float, default=2.0)
     ap.add_argument("--inflight", type=int, default=64)
     a = ap.parse_args(argv)
-    from bench.engine_proc import EngineProcess
+    from bench.engine_proc import EngineProcess, engine_latency
     from engine.config import load_config
     schema = load_config().schema
     eng = EngineProcess()

@@ -117,6 +117,12 @@ def table(doc: dict) -> str:
         else:
             lines.append("GC pauses in the engine: " + ("; ".join(
                 f"{p}: {v['pauses']} ({v['total_ms']:.1f} ms)" for p, v in gc.items()) or "none"))
+    e = doc.get("engine_inside")
+    if "engine" in ph and e and e.get("count"):
+        lines.append(f"inside the engine (arrival at the ingress to reply sent, risk_eval_duration_seconds "
+                     f"buckets, {e['count']} requests): p50 <= {e['p50_le_ms']:g} ms, p99 <= "
+                     f"{e['p99_le_ms']:g} ms; the rest of a round trip is the client, the network stack "
+                     f"and the ROUTER socket's queue before the ingress reads it")
     cpu = ", ".join(f"{c} phase {_f(ph[c]['load_cpu_share'], '{:.0%}')}" for c in cols)
     srv = ", ".join(f"{c} {_f(ph[c]['server_cpu_share'], '{:.0%}')}" for c in cols)
     lines.append(f"client CPU share of the {doc['cpus']} cores: {cpu} (the load generator shares "

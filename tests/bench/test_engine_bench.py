@@ -48,6 +48,9 @@ def test_counts_add_up_against_the_engine(engine, tmp_path, transport):
     assert e["events_per_s"] == pytest.approx(3 * e["ok"] / 1.5)
     assert e["server_cpu_s"] is not None and e["server_cpu_s"] > 0     # found by its port
     assert doc["engine_gc"] is not None and "ingress" in doc["engine_gc"]
+    inside = doc["engine_inside"]       # the engine's own histogram counted the same requests
+    assert inside["count"] >= e["ok"] and inside["p50_le_ms"] <= inside["p99_le_ms"]
+    assert "inside the engine" in stdout
     assert "P99" in stdout and ("PASS" in stdout or "FAIL" in stdout)
 
 

@@ -1,7 +1,7 @@
-"""bench.overload's engine-side percentiles, from two /stats reads of a histogram."""
+"""The engine-side percentiles bench.overload and bench.latency print, from two /stats reads."""
 from __future__ import annotations
 
-from bench.overload import engine_latency
+from bench.engine_proc import engine_latency
 
 
 def _stats(counts: dict[str, float], transport: str = "binary") -> dict:
