@@ -99,7 +99,7 @@ def run(a) -> int:
                     rate=a.rate, batch=a.batch, transport=a.transport, config=a.config,
                     seed=a.seed, timeout_ms=a.timeout_ms, client_id_base=run_client_id_base())
     cpus = len(os.sched_getaffinity(0))
-    phases, summaries, notes, gc, inside = {}, {}, [], None, None
+    phases, summaries, notes, gc, inside, logs = {}, {}, [], None, None, None
     rc = 0
     echo = engine = None
     parts: dict[str, list] = {"echo": [], "engine": []}
@@ -142,6 +142,7 @@ def run(a) -> int:
             after = read_stats(metrics)
             gc = gc_delta(before, after)
             inside = engine_latency(before, after, a.transport)
+            logs = (after or {}).get("log")
     finally:
         if echo is not None:
             notes.append(f"echo process handled {echo.stop()} messages")
@@ -161,6 +162,12 @@ def run(a) -> int:
     doc = build_document(a, summaries, gc, notes, inside)
     if summaries:
         print(report.table(doc))
+    timeouts = summaries.get("engine", {}).get("decision_errors", {}).get("TIMEOUT", 0)
+    if timeouts and logs:                  # what the engine logged around them (bench.forensics)
+        from bench.forensics import explain, print_report
+        doc["engine_log"] = logs
+        print_report(explain(logs["timeouts"], logs["stalls"], logs["snapshots"], []),
+                     len(logs["stalls"]), timeouts)
     for n in notes:
         print(f"note: {n}")
     if a.json:

@@ -39,6 +39,7 @@ EPOCH_SHIFT = 40                      # request sequence = (ingress epoch << 40)
 _HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
 _RID = struct.Struct("<Q")             # request id at offset 32 of a binary request header
 TIMEOUT_BURST_NS = 100_000_000        # timeouts closer than this share one log entry
+READ_BATCH = 256                      # requests read before the responses get their turn
 SHED_AFTER_NS = 5_000_000             # a queue that has not emptied for 5 ms: shed
 DOORBELL_DEFER_NS = 100_000           # while more requests are queued, wake a sleeping worker
                                       # at most this late (one wake-up for several requests)
@@ -229,7 +230,7 @@ class Router:
         return False
 
     def _read_requests(self, sock: zmq.Socket) -> int:
-        """Read what is queued, at most 256 messages (the response side gets its turn).
+        """Read what is queued, at most READ_BATCH messages (the response side gets its turn).
         Polled with ZMQ_EVENTS rather than a NOBLOCK recv that ends in zmq.Again: building
         that exception cost more than the rest of a small request. Returns the count.
 
@@ -242,7 +243,7 @@ class Router:
         now = time.monotonic_ns()
         events, rcvmore, recv = self.opts.events, self.opts.rcvmore, sock.recv
         more = events() & _POLLIN
-        while n < 256 and more:
+        while n < READ_BATCH and more:
             frames = [recv()]                      # recv_multipart's enum RCVMORE cost more
             while rcvmore():                       # than the frames themselves (sockopts.py)
                 frames.append(recv())
@@ -256,7 +257,7 @@ class Router:
             if self.owed_since and (not more or t - self.owed_since > DOORBELL_DEFER_NS):
                 self._ring_owed()
         self._ring_owed()
-        if n == 256 and more:
+        if n == READ_BATCH and more:
             self.backlog_since = self.backlog_since or now
         else:
             self.backlog_since = 0
