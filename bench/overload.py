@@ -18,18 +18,7 @@ import argparse
 import time
 
 import numpy as np
-import psutil
 import zmq
-
-
-def _rss(pid: int) -> dict:
-    out = {}
-    for p in [psutil.Process(pid)] + psutil.Process(pid).children():
-        try:
-            out[" ".join(p.cmdline()).replace("risk-engine: ", "")] = p.memory_info().rss
-        except psutil.Error:
-            pass
-    return out
 
 
 def _classify(frame: bytes) -> tuple[int, str]:
@@ -91,17 +80,18 @@ def main(argv=None) -> int:
     ap.add_argument("--inflight", type=int, default=64)
     a = ap.parse_args(argv)
     from bench.engine_proc import EngineProcess, engine_latency
+    from bench.soak import engine_memory
     from engine.config import load_config
     schema = load_config().schema
     eng = EngineProcess()
     try:
-        rss0 = _rss(eng.pid)
+        rss0 = engine_memory(eng.pid)
         probe = run(eng.bind, schema, 0, a.probe, closed_inflight=a.inflight)
         x = len(probe["lat_us"].get("decided", [])) / a.probe
         st0 = eng.stats()
         r = run(eng.bind, schema, a.factor * x, a.duration, client_id=10)   # fresh ids: no dedup
         st1 = eng.stats()
-        rss1 = _rss(eng.pid)
+        rss1 = engine_memory(eng.pid)
     finally:
         eng.stop()
     print(f"sustainable (closed loop, {a.inflight} in flight): {x:,.0f} decisions/s")
@@ -115,9 +105,12 @@ def main(argv=None) -> int:
         print(f"  engine side, admitted ({e['count']} requests, arrival at the ingress to reply, "
               f"risk_eval_duration_seconds buckets): p50 <= {e['p50_le_ms']:g} ms  p99 <= "
               f"{e['p99_le_ms']:g} ms  max <= {e['max_le_ms']:g} ms")
-    print("RSS before -> after (MiB):")
-    for k in rss0:
-        print(f"  {k:<14} {rss0[k] / 2**20:8.1f} -> {rss1.get(k, 0) / 2**20:8.1f}")
+    print("memory before -> after, MiB: RSS; RssAnon (private; RSS also counts the shared "
+          "feature tables and journal pages a process touched)")
+    for k, (rss, anon) in rss0.items():
+        r1, n1 = rss1.get(k, (0, 0))
+        print(f"  {k.replace('risk-engine: ', ''):<12} {rss / 2**20:7.1f} -> {r1 / 2**20:7.1f};"
+              f"  {anon / 2**20:7.1f} -> {n1 / 2**20:7.1f}")
     print("note: the sender runs on the same 2 cores as the engine")
     return 0
 

@@ -9,9 +9,9 @@ sustainable rate against an engine started here.
 3. Open loop at ``--fraction`` (0.5) of that rate for ``--duration`` (600 s), latency from the
    intended send time, one histogram per ``--interval`` (60 s).
 4. Record RSS and shared memory again; print the P99 per interval, errors, and the verdicts:
-   RSS growth <= 1 % per process (RSS without file-backed pages: a worker's mapped journal
-   segment is page cache, a sawtooth that rotation resets), shared memory unchanged, 0
-   errors. Exit 0 when all hold.
+   RSS growth <= 1 % per process, judged on RssAnon (RSS also counts touched pages of shared
+   mappings: a worker's journal segment, a sawtooth that rotation resets, and the feature
+   tables, checked as shared memory), shared memory unchanged, 0 errors. Exit 0 when all hold.
 5. If any decision missed its deadline or a worker stalled: the timeout forensics
    (bench.forensics), each burst of TIMEOUT decisions next to the worker stalls, snapshots
    and CPU steal logged around it.
@@ -29,10 +29,11 @@ RSS_GROWTH_MAX = 0.01
 
 
 def engine_memory(pid: int) -> dict[str, tuple[int, int]]:
-    """(RSS, RSS without file-backed pages) in bytes by process title (``risk-engine: worker
-    0`` ...) of the engine tree. A worker's
-    RSS includes the pages of its mapped journal segment (page cache, not heap): a sawtooth
-    of up to journal.segment_bytes that rotation resets, so leaks are judged without it."""
+    """(RSS, RssAnon) in bytes by process title (``risk-engine: worker 0`` ...) of the
+    engine tree. RSS also counts the pages of shared mappings a process has touched: a
+    worker's journal segment (page cache, a sawtooth of up to journal.segment_bytes that
+    rotation resets) and the shared-memory feature tables (fixed, checked on their own).
+    RssAnon, the process's private memory (heap, Python objects), is what a leak grows."""
     out = {}
     root = psutil.Process(pid)
     for p in [root] + root.children(recursive=True):
@@ -40,20 +41,19 @@ def engine_memory(pid: int) -> dict[str, tuple[int, int]]:
             title = " ".join(p.cmdline()).strip() or p.name()
             if not title.startswith("risk-engine:"):
                 title = f"{title[:40]} (pid {p.pid})"
-            rss = p.memory_info().rss
-            out[title] = (rss, rss - _rss_file(p.pid))
+            out[title] = (p.memory_info().rss, _rss_anon(p.pid))
         except (psutil.Error, OSError):
             continue
     return out
 
 
-def _rss_file(pid: int) -> int:
-    """RssFile of /proc/PID/status in bytes (0 if the kernel does not report it)."""
+def _rss_anon(pid: int) -> int:
+    """RssAnon of /proc/PID/status in bytes."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("RssFile:"):
+            if line.startswith("RssAnon:"):
                 return int(line.split()[1]) * 1024
-    return 0
+    raise OSError(f"/proc/{pid}/status has no RssAnon")
 
 
 def shm_bytes(instance: str, shm_dir: str = "/dev/shm") -> int:
@@ -112,7 +112,7 @@ def run(a) -> int:
             run_phase("settle", spec, a.processes, progress=progress)
         mem = engine_memory(eng.pid)
         doc["rss_start"] = {k: v[0] for k, v in mem.items()}
-        doc["rss_nofile_start"] = {k: v[1] for k, v in mem.items()}
+        doc["rss_anon_start"] = {k: v[1] for k, v in mem.items()}
         doc["shm_bytes_start"] = shm_bytes(eng.instance)
         spec.duration_s, spec.rate, spec.interval_s = a.duration, rate, a.interval
         spec.client_id_base = run_client_id_base()          # never replay the probe's ids
@@ -123,7 +123,7 @@ def run(a) -> int:
             logs.stop()
         mem = engine_memory(eng.pid)
         doc["rss_end"] = {k: v[0] for k, v in mem.items()}
-        doc["rss_nofile_end"] = {k: v[1] for k, v in mem.items()}
+        doc["rss_anon_end"] = {k: v[1] for k, v in mem.items()}
         doc["shm_bytes_end"] = shm_bytes(eng.instance)
         final = eng.stats() or {}
     finally:
@@ -133,7 +133,7 @@ def run(a) -> int:
                p99_ms_per_interval=[h.get_value_at_percentile(99) / 1e6 if h.get_total_count() else None
                                     for h in ph.intervals],
                p99_ms=ph.hist.get_value_at_percentile(99) / 1e6)
-    growth = {k: (doc["rss_nofile_end"].get(k, 0) - v) / v for k, v in doc["rss_nofile_start"].items() if v}
+    growth = {k: (doc["rss_anon_end"].get(k, 0) - v) / v for k, v in doc["rss_anon_start"].items() if v}
     doc["rss_growth"] = growth
     checks = {"rss_growth_le_1pct": all(g <= RSS_GROWTH_MAX for g in growth.values()),
               "shm_unchanged": doc["shm_bytes_start"] == doc["shm_bytes_end"],
@@ -143,11 +143,11 @@ def run(a) -> int:
     doc["checks"] = checks
     print(f"soak: {a.duration:g} s at {rate:.0f} req/s"
           + (f" ({a.fraction:g} x probed {doc['probed_rate']:.0f}/s)" if "probed_rate" in doc else ""))
-    print("  memory per process, MiB: RSS start -> end; without file-backed pages (the journal "
-          "mapping) start -> end, growth (the check)")
+    print("  memory per process, MiB: RSS start -> end; RssAnon (private: what a leak grows) "
+          "start -> end, growth (the check)")
     for k, v in doc["rss_start"].items():
         print(f"  {k:<28} {v / 2**20:7.1f} -> {doc['rss_end'].get(k, 0) / 2**20:7.1f};"
-              f" {doc['rss_nofile_start'][k] / 2**20:7.1f} -> {doc['rss_nofile_end'].get(k, 0) / 2**20:7.1f}"
+              f" {doc['rss_anon_start'][k] / 2**20:7.1f} -> {doc['rss_anon_end'].get(k, 0) / 2**20:7.1f}"
               f"  {growth.get(k, 0):+.2%}")
     print(f"  shared memory bytes: start {doc['shm_bytes_start']}  end {doc['shm_bytes_end']}")
     print(f"  sent {ph.sent}  ok {ph.ok}  errors {ph.errors or 'none'}  decision errors "
