@@ -96,7 +96,8 @@ class Router:
         self.deadlines: list[tuple[int, int]] = []
         self.instrument = cfg.metrics.enabled
         self.max_inflight = cfg.ingress.max_inflight
-        self.backlog_since = 0
+        self.backlog_since = 0             # since when the socket queue has not emptied
+        self.backlog_reads = 0             # requests read since then
         self.spin_ns = cfg.ingress.spin_us * 1000
         self.owed_since = 0                # first publish whose doorbell is deferred (0: none)
         self.dedup = IdempotencyWindow(cfg.ingress.dedup_window_s * 1_000_000_000,
@@ -235,32 +236,37 @@ class Router:
         that exception cost more than the rest of a small request. Returns the count.
 
         Load shedding (CoDel-like): the socket's queue is invisible, but a queue that never
-        empties is not. When requests have been waiting without a break for longer than
-        SHED_AFTER_NS, the ingress answers what it reads with OVERLOADED at once (a header
-        peek, no decode) until the queue is empty: under overload the admitted requests keep
-        a bounded latency, the rest get a fast refusal, and no queue grows."""
+        empties is not. Once the queue has stayed non-empty for longer than SHED_AFTER_NS
+        while at least READ_BATCH requests were read from it (sustained arrivals, not this
+        process being descheduled for a while), the ingress answers what it reads with
+        OVERLOADED at once (a header peek, no decode) until the queue is empty. Checked per
+        message, not per call: a call that decodes READ_BATCH requests takes several ms
+        itself, and the refusals would wait behind it. Under overload the admitted
+        requests keep a bounded latency, the rest get a fast refusal, and no queue grows."""
         n = 0
-        now = time.monotonic_ns()
         events, rcvmore, recv = self.opts.events, self.opts.rcvmore, sock.recv
         more = events() & _POLLIN
+        if not more:
+            self.backlog_since = 0
         while n < READ_BATCH and more:
             frames = [recv()]                      # recv_multipart's enum RCVMORE cost more
             while rcvmore():                       # than the frames themselves (sockopts.py)
                 frames.append(recv())
             t = time.monotonic_ns()
-            if self.backlog_since and now - self.backlog_since > SHED_AFTER_NS:
+            if not self.backlog_since:             # the queue is non-empty from here on
+                self.backlog_since, self.backlog_reads = t, 0
+            self.backlog_reads += 1
+            if t - self.backlog_since > SHED_AFTER_NS and self.backlog_reads > READ_BATCH:
                 self._shed(frames)
             else:
                 self._handle(frames, t)
             n += 1
             more = events() & _POLLIN
+            if not more:
+                self.backlog_since = 0             # emptied: the next request starts afresh
             if self.owed_since and (not more or t - self.owed_since > DOORBELL_DEFER_NS):
                 self._ring_owed()
         self._ring_owed()
-        if n == READ_BATCH and more:
-            self.backlog_since = self.backlog_since or now
-        else:
-            self.backlog_since = 0
         return n
 
     def _ring_owed(self) -> None:

@@ -249,3 +249,42 @@ def test_inflight_bound_sheds_load_at_the_door(tmp_path, schema):
                 assert s.poll(10_000) and wire.unpack_reply(s.recv_multipart()[-1])[1] == 0
         for s in socks:
             s.close(0)
+
+
+def test_a_queue_that_never_empties_is_shed_and_every_request_answered(tmp_path, schema):
+    """The CoDel-like shedder: 6,000 requests queued at once on one DEALER keep the ROUTER's
+    queue non-empty for far longer than 5 ms, so after the first READ_BATCH decisions the
+    ingress answers the rest of the queue with OVERLOADED ('shedding load') without decoding
+    them; every request gets exactly one reply. A worker ring large enough for all of them
+    and no in-flight bound make the shedder the only source of refusals."""
+    from ingress.router import READ_BATCH
+    n = 6000
+    recs = random_events(np.random.default_rng(9), schema, n)
+    with EngineProcess(tmp_path, workers=1, metrics=False,
+                       overrides={"rings": {"capacity": 8192},
+                                  "ingress": {"max_inflight": 100_000, "default_deadline_ms": 10_000}}) as eng:
+        settle(eng, schema)
+        ctx = zmq.Context.instance()
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.SNDHWM, 0)
+        s.setsockopt(zmq.RCVHWM, 0)
+        s.connect(eng.endpoint)
+        try:
+            for i in range(n):
+                s.send_multipart([b"", wire.pack_request(schema.hash, recs[i:i + 1], 77, i + 1)])
+            codes, shed_msgs = {}, 0
+            deadline = time.monotonic() + 60
+            while len(codes) < n and time.monotonic() < deadline:     # bounded
+                if not s.poll(1000):
+                    continue
+                rid, err, _, msg = wire.unpack_reply(s.recv_multipart()[-1])
+                assert rid not in codes                # exactly one reply per request
+                codes[rid] = err
+                shed_msgs += "shedding load" in msg
+        finally:
+            s.close(0)
+    assert len(codes) == n
+    refused = [r for r, e in codes.items() if e == ErrorCode.OVERLOADED]
+    assert shed_msgs == len(refused) > 0               # every refusal came from the shedder
+    assert set(codes.values()) <= {0, int(ErrorCode.OVERLOADED)}
+    assert min(refused) > READ_BATCH                   # the first READ_BATCH were decided
