@@ -96,8 +96,10 @@ class IdempotencyWindow:
         self.inflight[key] = pending
 
     def finish(self, key, slots: np.ndarray, now_ns: int) -> None:
+        """Remember the decision: ``slots`` (RESPONSE_SLOT_DTYPE), or their bytes as a flat
+        contiguous uint8 array (the ingress passes those: no conversion per request)."""
         self.inflight.pop(key, None)
-        data = np.ascontiguousarray(slots).view(np.uint8).reshape(-1)
+        data = slots if slots.dtype == np.uint8 else np.ascontiguousarray(slots).view(np.uint8).reshape(-1)
         _INSERT(self._meta, self._index, self._ent, self._pool, _i64(key[0]), _i64(key[1]),
                 now_ns + self.window_ns, now_ns, data)
 
