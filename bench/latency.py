@@ -41,6 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument("--alloc", action="store_true", help="allocation check instead of latency (bench.alloc)")
+    p.add_argument("--overload", action="store_true",
+                   help="twice the sustainable rate instead of latency (bench.overload): admitted "
+                        "p50/p99, OVERLOADED replies, memory; --duration S (probe: min(3, S) s), --config")
     p.add_argument("--alloc-events", type=int, default=100_000, help="events for --alloc (default 100000)")
 
 
@@ -87,6 +90,10 @@ def run(a) -> int:
     if a.alloc:
         from bench import alloc
         return alloc.run(a)
+    if a.overload:
+        from bench import overload
+        return overload.main(["--duration", str(a.duration), "--probe", str(min(3.0, a.duration))]
+                             + (["--config", a.config] if a.config else []))
     from bench import report
     from bench.echo import EchoServer
     from bench.engine_proc import (EngineProcess, engine_latency, free_port, gc_delta,

@@ -78,12 +78,13 @@ def main(argv=None) -> int:
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--factor", type=float, default=2.0)
     ap.add_argument("--inflight", type=int, default=64)
+    ap.add_argument("--config", help="engine config (default: the bundled one)")
     a = ap.parse_args(argv)
     from bench.engine_proc import EngineProcess, engine_latency
     from bench.soak import engine_memory
     from engine.config import load_config
-    schema = load_config().schema
-    eng = EngineProcess()
+    schema = load_config(a.config).schema
+    eng = EngineProcess(a.config)
     try:
         rss0 = engine_memory(eng.pid)
         probe = run(eng.bind, schema, 0, a.probe, closed_inflight=a.inflight)
@@ -112,7 +113,7 @@ def main(argv=None) -> int:
         print(f"  {k.replace('risk-engine: ', ''):<12} {rss / 2**20:7.1f} -> {r1 / 2**20:7.1f};"
               f"  {anon / 2**20:7.1f} -> {n1 / 2**20:7.1f}")
     print("note: the sender runs on the same 2 cores as the engine")
-    return 0
+    return 0 if r["unanswered"] == 0 else 1
 
 
 if __name__ == "__main__":

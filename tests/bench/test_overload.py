@@ -24,3 +24,17 @@ def test_nothing_admitted_and_no_histogram():
     s = _stats({"0.001": 5, "+Inf": 5})
     assert engine_latency(s, s) == {"count": 0}
     assert engine_latency(None, {}) is None
+
+
+def test_overload_mode_answers_every_request_and_reports_both_sides():
+    """`risk-engine bench --overload` (bench.overload) against a real engine, short."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    p = subprocess.run([sys.executable, "-m", "bench.latency", "--overload", "--duration", "1.5"],
+                       capture_output=True, text=True, timeout=240, cwd=root)
+    assert p.returncode == 0, p.stdout + p.stderr          # 0: never answered == 0
+    assert "never answered 0" in p.stdout
+    assert "decided" in p.stdout and "engine side, admitted" in p.stdout
+    assert "RssAnon" in p.stdout
