@@ -303,7 +303,8 @@ class JournalWriter:
         for a running commit under disk load: ms-scale (once 478 ms) stalls inside
         append_batch here. MADV_POPULATE_WRITE takes those faults without changing a byte,
         so it is safe beside the appender; where it is missing, a zero is stored into each
-        page past the committed records (only when called from the appending thread)."""
+        page past the committed records (only without a housekeeping thread, i.e. when the
+        appender itself calls on_idle)."""
         with self._hk_lock:
             mm, raw, pos = self._mm, self._raw, self._pos
             done = self._prefaulted
@@ -319,7 +320,7 @@ class JournalWriter:
             return False
         start = lo // page * page
         if _madvise is None or _madvise(raw.ctypes.data + start, hi - start, _MADV_POPULATE_WRITE) != 0:
-            if threading.current_thread() is not threading.main_thread():
+            if self.background:                       # called by the housekeeping thread:
                 return False                          # stores are only safe from the appender
             raw[lo] = 0                               # never below `end`: committed bytes
             nxt = (lo // page + 1) * page
