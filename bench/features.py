@@ -1,6 +1,6 @@
 """Feature storage cost per event versus the number of keys (OneWorkerBatchedFeatures).
 
-    python -m bench.features [--keys 1000,1000000,10000000] [--events 1000000] [--no-hugepages]
+    python -m bench.features [--keys 1000,1000000,10000000] [--events 1000000] [--no-hugepages] [--shm]
 
 Four features per event, as a fused rule kernel would run them (``update: always`` ->
 ``_read_update_*``: one slot lock per feature per event), in batches of 64 events, with
@@ -17,12 +17,14 @@ keys uniformly. Time is the process's CPU time (time.process_time): the machine 
 and wall time would count the time other processes hold the CPU. Prints ns per event per key count (best of 3 runs of --events, best
 prefetch strategy), the ratio to the first row (target <= 1.5 at 1e7 vs 1e3) and bytes per
 key. Buffers are anonymous mmaps with MADV_HUGEPAGE (transparent huge pages, if the kernel
-allows) and are unmapped after each size.
+allows) and are unmapped after each size; ``--shm`` puts them in POSIX shared memory as the
+engine does, where huge pages also need shmem_enabled = advise (docs/DEPLOY.md).
 """
 from __future__ import annotations
 
 import argparse
 import mmap
+import os
 import time
 
 import numpy as np
@@ -77,11 +79,32 @@ def _run(tc, ts, tm, ta, cap, acct, card, dev, amount, now, prefetch):
     return blocked
 
 
-def _alloc(nwords: int, hugepages: bool):
-    mm = mmap.mmap(-1, nwords * 8, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+def _alloc(nwords: int, hugepages: bool, shm: bool = False):
+    """Anonymous memory, or (``shm``) a POSIX shared-memory segment mapped MAP_SHARED as the
+    engine maps its tables (unlinked at once: nothing is left in /dev/shm)."""
+    if shm:
+        import posix_ipc
+        seg = posix_ipc.SharedMemory(f"/risk-engine-bench-features-{os.getpid()}",
+                                     posix_ipc.O_CREX, size=nwords * 8)
+        try:
+            mm = mmap.mmap(seg.fd, nwords * 8)
+        finally:
+            seg.close_fd()
+            seg.unlink()
+    else:
+        mm = mmap.mmap(-1, nwords * 8, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     if hugepages and hasattr(mmap, "MADV_HUGEPAGE"):
         mm.madvise(mmap.MADV_HUGEPAGE)
     return mm, np.frombuffer(mm, dtype=np.uint64)
+
+
+def shmem_thp() -> str:
+    """The kernel's transparent-huge-page policy for shared memory (the bracketed word)."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/shmem_enabled") as f:
+            return next(w.strip("[]") for w in f.read().split() if w.startswith("["))
+    except (OSError, StopIteration):
+        return "unknown"
 
 
 def _events(nkeys: int, n: int, seed: int, t0_ms: int):
@@ -94,11 +117,11 @@ def _events(nkeys: int, n: int, seed: int, t0_ms: int):
     return acct, card, dev, amount, now
 
 
-def measure(nkeys: int, nevents: int, hugepages: bool) -> dict:
+def measure(nkeys: int, nevents: int, hugepages: bool, shm: bool = False) -> dict:
     cap = int(nkeys * 1.5) + 1
     maps, tabs = [], []
     for sw in (SW_C, SW_S, SW_M, SW_A):
-        mm, t = _alloc(T.table_words(cap, sw), hugepages)
+        mm, t = _alloc(T.table_words(cap, sw), hugepages, shm)
         T.init_table(t, cap, sw)
         maps.append(mm)
         tabs.append(t)
@@ -131,6 +154,9 @@ def main(argv=None) -> int:
     ap.add_argument("--keys", default="1000,1000000,10000000")
     ap.add_argument("--events", type=int, default=1_000_000, help="per repetition (best of 3)")
     ap.add_argument("--no-hugepages", action="store_true")
+    ap.add_argument("--shm", action="store_true",
+                    help="tables in POSIX shared memory, mapped as the engine maps them (huge "
+                         "pages there only if /sys/kernel/mm/transparent_hugepage/shmem_enabled allows)")
     a = ap.parse_args(argv)
     sizes = [int(x) for x in a.keys.split(",")]
     bpk = {"count_1m": 8 * SW_C, "sum_1h": 8 * SW_S, "max_10m": 8 * SW_M, "age": 8 * SW_A}
@@ -141,7 +167,7 @@ def main(argv=None) -> int:
     print(f"{'keys':>10} {'ns/event':>9} {'ratio':>6} {'no-prefetch':>12} {'batch-prefetch':>15} "
           f"{'evictions':>10} {'fill':>5} {'MiB':>7}")
     for n in sizes:
-        r = measure(n, a.events, not a.no_hugepages)
+        r = measure(n, a.events, not a.no_hugepages, a.shm)
         best = min(r[k] for k in MODES)
         base = base or best
         mib = sum(bpk.values()) * (int(n * 1.5) + 1) / 2**20
@@ -149,6 +175,8 @@ def main(argv=None) -> int:
               f"{r['evictions']:>10} {r['counters']['fill_ratio']:>5.2f} {mib:>7.0f}", flush=True)
     print("ns/event: best prefetch strategy (none, batch, pipelined), best of 3 runs; ratio to the first row "
           "(target <= 1.5 at 1e7 vs 1e3)")
+    print(f"memory: {'POSIX shared memory (as the engine), shmem_enabled=' + shmem_thp() if a.shm else 'anonymous'}"
+          f", MADV_HUGEPAGE {'off' if a.no_hugepages else 'on'}")
     return 0
 
 
