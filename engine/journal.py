@@ -63,6 +63,7 @@ class _NextSegment:
     cap: int
     size: int
     filled: int = 0
+    sealed: bool = False   # header written (and fsynced unless fsync=none) after the zero-fill
 
 
 def _lock_writer(directory: str, writer_id: int) -> int:
@@ -374,22 +375,28 @@ class JournalWriter:
             _start_writeback(n.fd, n.filled, w)   # so the fsync at publication finds it clean
             n.filled += w
             budget_bytes -= k
+        if n.filled >= n.size and not n.sealed:
+            # the header now, and its fsync, so that rotation (on the appending thread) finds
+            # the file clean: only the rename and the directory fsync are left to it
+            hdr = SegmentHeader(n.path, self.schema_hash, self._rs, self.writer_id, n.first, now_ns(), n.cap)
+            os.pwrite(n.fd, hdr.pack(), 0)
+            if self.config.fsync != "none":
+                os.fsync(n.fd)
+            n.sealed = True
         return n.filled >= n.size
 
     def _create(self, first: int) -> None:
         """Finish the prepared next segment (or make one now), publish it by rename, map it."""
         if self._next is not None and self._next.first != first:
             self._drop_next()
-        self._prepare(1 << 62, first)
+        try:
+            self._prepare(1 << 62, first)          # zero-fills and seals what is not yet
+        except BaseException:
+            self._drop_next()
+            raise
         n, self._next = self._next, None
         self._cap = n.cap
-        hdr = SegmentHeader(n.path, self.schema_hash, self._rs, self.writer_id, first, now_ns(), n.cap)
-        try:
-            os.pwrite(n.fd, hdr.pack(), 0)
-            if self.config.fsync != "none":
-                os.fsync(n.fd)
-        finally:
-            os.close(n.fd)
+        os.close(n.fd)
         os.rename(n.path + ".tmp", n.path)
         if self.config.fsync != "none":
             fsync_dir(self.directory)

@@ -256,6 +256,10 @@ def test_on_idle_prepares_next_segment_and_stale_preparation_is_removed(tmp_path
         while w.on_idle(budget_bytes=4096):
             steps += 1
         assert steps >= 2 and os.path.exists(tmp_path / "w000-00000000000000000051.rjl.tmp")
+        # sealed ahead of rotation: its header is already written and valid
+        from engine.journal_format import read_header
+        hdr = read_header(str(tmp_path / "w000-00000000000000000051.rjl.tmp"), SCHEMA.hash, RS, 0)
+        assert hdr.first_seq == 51 and hdr.capacity == 50
         w.append_batch(batch(w, 40, 30))                     # rotates into the prepared file
         assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
         w.on_idle(budget_bytes=4096)                         # starts preparing seq 101's file

@@ -86,7 +86,9 @@ def test_sigkill_mid_load_then_recovery_equals_brute_force_recount(tmp_path):
     jdir, sdir = tmp_path / "journal", tmp_path / "snap"
     rng = np.random.default_rng(7)
     used_snapshot = replayed = 0
-    for rnd in range(4):
+    for rnd in range(12):       # at least 4 kills; more (bounded) until both paths were hit twice
+        if rnd >= 4 and used_snapshot >= 2 and replayed >= 2:
+            break
         p = subprocess.Popen([sys.executable, "-c", CHILD, str(jdir), str(sdir), str(rnd), str(NKEYS)],
                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
