@@ -227,13 +227,9 @@ class JournalWriter:
         every step either touches no byte the appender writes (the prefault is
         MADV_POPULATE_WRITE, which changes no content) or holds the lock that rotation
         takes. Returns True if it did any work."""
-        did = False
+        did = self._unmap_retired()
         with self._hk_lock:
-            retired, self._retired = self._retired, []
             retention, self._retention_due = self._retention_due, False
-        for mm in retired:
-            mm.close()                          # munmap of a dirty map: ~10 ms here
-            did = True
         if retention:
             self._apply_retention()
             did = True
@@ -282,9 +278,7 @@ class JournalWriter:
             self._mm.close()
             self._mm = None
         self._drop_next()
-        for mm in self._retired:
-            mm.close()
-        self._retired = []
+        self._unmap_retired()
         if self._lock_fd is not None:
             os.close(self._lock_fd)             # releases the flock
             self._lock_fd = None
@@ -425,12 +419,10 @@ class JournalWriter:
         if self.config.fsync != "none":       # the old segment is durable before the new exists
             self.sync()
         nxt = self.next_seq
+        if not self.background:
+            self._unmap_retired()              # the one before (on_idle may not have)
         with self._hk_lock:
             self._recs = self._words = self._raw = None
-            if not self.background:            # munmap the one before (on_idle may not have)
-                for mm in self._retired:
-                    mm.close()
-                self._retired = []
             self._retired.append(self._mm)     # munmap of a dirty 64 MiB map took ~10 ms here:
             self._mm = None                    # housekeep (or close) does it, not the append
             self._create(nxt)
@@ -438,6 +430,15 @@ class JournalWriter:
         self.rotations += 1
         if not self.background:
             self._apply_retention()
+
+    def _unmap_retired(self) -> bool:
+        """munmap the maps of rotated-away segments (taken under the lock, closed outside it);
+        True if there were any."""
+        with self._hk_lock:
+            retired, self._retired = self._retired, []
+        for mm in retired:
+            mm.close()
+        return bool(retired)
 
     def _apply_retention(self) -> None:
         c = self.config

@@ -219,12 +219,17 @@ def _unlink(path: str) -> None:
         pass
 
 
-def fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY)
+def fsync_path(path: str) -> None:
+    """fsync a file or a directory by name (a file: whatever any process wrote to it,
+    through a shared mapping included)."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+fsync_dir = fsync_path
 
 
 def now_ns() -> int:

@@ -34,6 +34,8 @@ from typing import Mapping
 
 import numpy as np
 
+from engine.journal_format import fsync_dir
+
 MAGIC = b"RSNAPSH\x00"
 VERSION = 1
 HEAD_SIZE = 64
@@ -105,11 +107,7 @@ def write_snapshot(path: str, arrays: Mapping[str, np.ndarray], journal_seq: Map
         f.flush()
         os.fsync(f.fileno())
     os.rename(tmp, path)
-    fd = os.open(d, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(d)
     return file_size
 
 

@@ -232,14 +232,11 @@ class Supervisor:
         this process writes back the pages the workers dirtied). Older segments were synced
         at rotation."""
         from engine.journal import list_segments, list_writers
+        from engine.journal_format import fsync_path
         jdir = self.cfg.durability.journal_dir.replace("{instance}", self.cfg.instance)
         for w in list_writers(jdir):
             for _, path in list_segments(jdir, w)[-2:]:
-                fd = os.open(path, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                fsync_path(path)
 
     def rebuild_features(self) -> None:
         """After a worker died: its kernel may have updated tables for events it never

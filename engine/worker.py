@@ -115,10 +115,10 @@ class StallRecorder:
     Each log entry: wall time, phase, duration ns, events, and how the worker last woke
     (0 busy or spinning, 1 doorbell, 2 safety timeout: a lost wake-up would show as 2)."""
 
-    def __init__(self, block: Block, index: int, idle=None):
+    def __init__(self, block: Block, index: int, idle):
         self.counts = block.worker(index, "stalls")
         self.log = EventLog(block.worker(index, "stall_log"))
-        self.idle = idle
+        self.idle = idle                    # the worker's SpinThenSleep (its last_wake)
 
     def note(self, durations, n: int) -> None:
         """Per-batch durations of the first four phases, in STALL_PHASES order."""
@@ -128,10 +128,10 @@ class StallRecorder:
 
     def add(self, phase: int, d: int, n: int) -> None:
         self.counts[phase] += 1
-        self.log.add(phase, d, n, self.idle.last_wake if self.idle is not None else 0)
+        self.log.add(phase, d, n, self.idle.last_wake)
 
 
-def hold_for_snapshot(block: Block, index: int, journal, stalls: StallRecorder | None = None) -> None:
+def hold_for_snapshot(block: Block, index: int, journal, stalls: StallRecorder) -> None:
     """Snapshot protocol, worker side: publish the journal's last seq, say "paused", and wait
     until the supervisor has copied the tables. The copy then equals the state after exactly
     those journal records (docs/DURABILITY.md). The journal is made durable by the supervisor
@@ -150,7 +150,7 @@ def hold_for_snapshot(block: Block, index: int, journal, stalls: StallRecorder |
     while pause[0] == epoch and stop[0] < 2:
         time.sleep(0.0002)
     held = time.monotonic_ns() - t0
-    if held > STALL_NS and stalls is not None:
+    if held > STALL_NS:
         stalls.add(_HOLD, held, 0)
     retain = int(block.worker(index, "retain_seq")[0])
     if journal is not None and retain:
@@ -247,18 +247,15 @@ class JournalHousekeeper:
                     print(f"risk-engine: journal housekeeping: {e}", file=sys.stderr)
 
     def _fsync(self) -> None:
+        from engine.journal_format import fsync_path
         path = getattr(self.journal, "_path", None)
         if not path:
             return
         try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:                     # rotated away meanwhile: the rotation synced it
-            return
-        try:
-            os.fsync(fd)
+            fsync_path(path)
             self.syncs += 1
-        finally:
-            os.close(fd)
+        except FileNotFoundError:           # rotated away meanwhile: the rotation synced it
+            pass
 
     def stop(self) -> None:
         self.stopped.set()

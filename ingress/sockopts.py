@@ -1,8 +1,9 @@
 """ZMQ_EVENTS and ZMQ_RCVMORE of one socket, read from libzmq directly.
 
 pyzmq 27's ``Socket.get`` turns every option number into a ``SocketOption`` enum before the
-call. The ingress reads ZMQ_EVENTS twice and ZMQ_RCVMORE once per frame of every request (a
-profile under 100 clients put 5% of the ingress's samples in that enum conversion). This
+call. The ingress reads ZMQ_RCVMORE once per frame of every request and ZMQ_EVENTS before
+every sleep (a profile under 100 clients put 5% of the ingress's samples in that enum
+conversion, when it still read ZMQ_EVENTS per request too). This
 calls ``zmq_getsockopt`` of the same libzmq that pyzmq loaded (found through pyzmq's
 extension module) with ctypes. ``python -m bench.sockopts``, one run: receiving a 3-frame
 message 1.70-1.86 us (recv_multipart 3.38-3.57, Socket.get(RCVMORE) loop 2.82-3.07);
