@@ -7,6 +7,11 @@ event by a hash of the shard key to its worker (single writer per key), copies t
 the rings in one batch operation per worker, and answers when every event of the request has a
 decision, when its deadline passes (the configured default, flagged TIMEOUT or WORKER_LOST), or
 at once when a ring is full (OVERLOADED).
+
+Binary requests with one event, the latency-critical case, take a compiled fast path first
+(ingress.fastpath: a preallocated in-flight table, one compiled call per request and one per
+drained batch of responses); everything else, and anything the fast path declines, takes the
+general path below. Both share the limits, the idempotency window and the metrics.
 """
 from __future__ import annotations
 
@@ -28,6 +33,8 @@ from engine.topology import pin_self
 from engine.types import Action, DecisionFlag, ErrorCode, RESPONSE_SLOT_DTYPE, request_slot_dtype
 from ingress.codec import Codec, RulesetMeta, split_envelope
 from ingress.dedup import IdempotencyWindow
+from ingress.fastpath import FastPath
+from ingress._fast_kernels import MIN_DEADLINE
 from ingress.sockopts import SockOpts
 from ingress.wire import WireError
 from shm.doorbell import EventfdDoorbell
@@ -35,7 +42,8 @@ from shm.doorbell import EventfdDoorbell
 EVENT_BITS = 16                       # token = (request sequence << 16) | event index
 EVENT_MASK = (1 << EVENT_BITS) - 1
 EPOCH_SHIFT = 40                      # request sequence = (ingress epoch << 40) + counter: a
-                                      # restarted ingress never matches a predecessor's token
+EPOCHS = 128                          # restarted ingress never matches a predecessor's token;
+                                      # under 2^47, so bit 63 of a token is free (fast path)
 _HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
 _RID = struct.Struct("<Q")             # request id at offset 32 of a binary request header
 TIMEOUT_BURST_NS = 100_000_000        # timeouts closer than this share one log entry
@@ -77,6 +85,12 @@ def shard_of(keys: np.ndarray, n_workers: int) -> np.ndarray:
     return ((h >> np.uint64(32)) % np.uint64(n_workers)).astype(np.intp)
 
 
+def shard_struct(dt: np.dtype) -> struct.Struct:
+    """A struct reading one integer shard key field of dtype ``dt`` (little-endian)."""
+    code = {1: "b", 2: "h", 4: "i", 8: "q"}[dt.itemsize]
+    return struct.Struct("<" + (code.upper() if dt.kind == "u" else code))
+
+
 class Router:
     def __init__(self, run_dir: str):
         self.run_dir = run_dir
@@ -106,7 +120,7 @@ class Router:
                                        meta=self.block.view("ingress.dedup_meta"))
         self.metas: dict[int, RulesetMeta] = {}
         self.sock: zmq.Socket | None = None
-        epoch = (int(self.block.view("supervisor.ingress_restarts")[0]) + 1) % 256
+        epoch = (int(self.block.view("supervisor.ingress_restarts")[0]) + 1) % EPOCHS
         self.seq = (epoch << EPOCH_SHIFT) + 1
         self.one = np.zeros(1, self.slot_dtype)          # reused for single-event requests
         ev_off = self.slot_dtype.fields["event"][1]
@@ -127,6 +141,11 @@ class Router:
         self.c_stage = b.view("ingress.stage_hist").reshape(len(STAGES), -1)
         self.stop = b.view("supervisor.stop")
         self.alive = b.view("supervisor.worker_alive")
+        self.bounds = LATENCY_BOUNDS_NS
+        key = cfg.schema.dtype.fields[self.shard_key]
+        self.shard_struct = shard_struct(key[0])
+        self.shard_off = key[1]
+        self.fast = FastPath(self, self.max_inflight)
         gcstats.install(b.view("ingress.gc_hist"))
 
     # --- set-up ------------------------------------------------------------------------------
@@ -173,24 +192,27 @@ class Router:
         ep.register(self.efd.fileno(), select.EPOLLIN)
         accepting = True
         self.c_accepting[0] = 1
+        fast, fast_meta = self.fast, self.fast.meta
         gcstats.freeze_after_warmup()
         while True:
             if accepting and self.stop[0]:         # stop: read no more requests; finish the rest
                 accepting = False
                 self.c_accepting[0] = 0
-            if not accepting and not self.pending:
+            if not accepting and not self.pending and not fast.in_use:
                 break
             got = self._read_requests(sock) if accepting else 0
             got += self._drain_responses()
-            if self.deadlines and self.deadlines[0][0] <= time.monotonic_ns():
+            now = time.monotonic_ns()
+            if self.deadlines and self.deadlines[0][0] <= now:
                 self._expire()
+            if fast_meta[MIN_DEADLINE] <= now:
+                fast.expire(now)
+            self.c_inflight[0] = len(self.pending) + fast.in_use
             if got:
                 continue                           # busy: look again before sleeping
             if self.spin_ns and self._spin_for_work(sock, accepting):
                 continue
-            timeout_s = 0.1
-            if self.deadlines:
-                timeout_s = max(0.0, min(timeout_s, (self.deadlines[0][0] - time.monotonic_ns()) / 1e9))
+            timeout_s = max(0.0, min(0.1, (self._next_deadline() - time.monotonic_ns()) / 1e9))
             if any(r.response_sleep_begin() for r in self.rings):
                 timeout_s = 0.0                    # a response arrived before we slept
             if timeout_s and not (accepting and self.opts.events() & _POLLIN):
@@ -210,6 +232,10 @@ class Router:
         self._block_seg.close()
         return 0
 
+    def _next_deadline(self) -> int:
+        nxt = int(self.fast.meta[MIN_DEADLINE])
+        return min(nxt, self.deadlines[0][0]) if self.deadlines else nxt
+
     def _spin_for_work(self, sock: zmq.Socket, accepting: bool) -> bool:
         """Nothing is ready: poll the response rings and the socket for up to ``spin_ns``
         (``ingress.spin_us``; 0 sleeps at once) before sleeping in epoll. A decision takes
@@ -217,9 +243,8 @@ class Router:
         sleeping and being woken by the worker's eventfd or by libzmq costs a CPU wake-up on
         top (about 100 us each, measured here with one client). Every round yields the CPU,
         so a runnable process on this CPU is not delayed. Returns True when something arrived."""
-        end = time.monotonic_ns() + self.spin_ns
-        if self.deadlines:                         # never answer a deadline late for a spin
-            end = min(end, self.deadlines[0][0])
+        # never answer a deadline late for a spin
+        end = min(time.monotonic_ns() + self.spin_ns, self._next_deadline())
         rings = self.response_rings
         events = self.opts.events
         while time.monotonic_ns() < end:
@@ -247,6 +272,7 @@ class Router:
         requests keep a bounded latency, the rest get a fast refusal, and no queue grows."""
         n = 0
         rcvmore, recv = self.opts.rcvmore, sock.recv
+        admit = self.fast.admit
         while n < READ_BATCH:
             try:
                 frames = [recv(_NOWAIT)]
@@ -261,7 +287,7 @@ class Router:
             self.backlog_reads += 1
             if t - self.backlog_since > SHED_AFTER_NS and self.backlog_reads > READ_BATCH:
                 self._shed(frames)
-            else:
+            elif not admit(frames, t):
                 self._handle(frames, t)
             n += 1
             if self.owed_since and t - self.owed_since > DOORBELL_DEFER_NS:
@@ -287,7 +313,7 @@ class Router:
     def _reply_error(self, envelope, e: WireError) -> None:
         self.c_requests[_TRANSPORT[e.kind], int(e.code)] += 1
         if envelope:
-            self._send_frames(envelope, self.codec.error_reply(e), e.kind)
+            self.send_frames(envelope, self.codec.error_reply(e), e.kind)
 
     def _handle(self, frames: list, now_ns: int) -> None:
         try:
@@ -299,26 +325,30 @@ class Router:
         except WireError as e:
             return self._reply_error(envelope, e)
         n = len(req.records)
-        if len(self.pending) >= self.max_inflight:   # bounded: shed load at the door
+        if len(self.pending) + self.fast.in_use >= self.max_inflight:   # bounded: shed load
             return self._overloaded(envelope, req, n, now_ns)
         dkey = None
         if req.client_id and self.dedup.enabled:
             dkey = (req.client_id, req.request_id)
             p = self.dedup.pending(dkey)
-            if p is not None and len(p.slots) == n:   # first copy in flight: answer both
+            if type(p) is int:                     # first copy in flight on the fast path
+                if n == 1:
+                    self.c_dedup[0] += 1
+                    return self.fast.attach(p, envelope, req)
+            elif p is not None and len(p.slots) == n:   # first copy in flight: answer both
                 self.c_dedup[0] += 1
                 p.envelopes.append((envelope, req))
                 return
             slots = self.dedup.decided_slots(dkey, now_ns, n)
             if slots is not None:
                 self.c_dedup[0] += 1
-                self._send(envelope, req, slots)
+                self.send_decision(envelope, req, slots)
                 return
-        if self.n_workers == 1:
-            groups = ((0, None),)
+        if n == 1:
+            groups = ((self.worker_of_record(req.records.view(np.uint8), 0), None),)
         else:
             widx = shard_of(req.records[self.shard_key], self.n_workers)
-            if n == 1 or (widx == widx[0]).all():
+            if (widx == widx[0]).all():
                 groups = ((int(widx[0]), None),)
             else:
                 groups = tuple((w, np.flatnonzero(widx == w)) for w in np.unique(widx).tolist())
@@ -347,9 +377,15 @@ class Router:
         p.routed_ns = time.monotonic_ns()
         self.pending[seq] = p
         heapq.heappush(self.deadlines, (deadline, seq))
-        self.c_inflight[0] = len(self.pending)
         if dkey is not None:
             self.dedup.start(dkey, p)
+
+    def worker_of_record(self, buf, off: int) -> int:
+        """The worker of the one event record at ``buf[off:]``: ``shard_of`` for one key."""
+        if self.n_workers == 1:
+            return 0
+        key = self.shard_struct.unpack_from(buf, self.shard_off + off)[0] & 0xFFFFFFFFFFFFFFFF
+        return (((key * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF) >> 32) % self.n_workers
 
     def _overloaded(self, envelope, req, n: int, now_ns: int) -> None:
         if self.overload_action < 0:
@@ -362,14 +398,16 @@ class Router:
 
     def _drain_responses(self) -> int:
         got = 0
-        for r in self.rings:
-            ring = r.response
+        deliver = self.fast.deliver
+        for w, ring in enumerate(self.response_rings):
             while True:
-                v, _ = ring.try_drain(ring.capacity)
-                n = len(v)
-                if n == 0:
+                pos, n = ring.readable(ring.capacity)
+                if n <= 0:
                     break
-                self._deliver(v)
+                if deliver(w, pos, n, time.monotonic_ns()):    # some belong to this path
+                    for v in ring.views(pos, n):
+                        if len(v):
+                            self._deliver(v)
                 ring.release(n)
                 got += n
         return got
@@ -429,24 +467,26 @@ class Router:
             p = self.pending.get(seq)
             if p is None:
                 continue
-            lost = any(not self.alive[w] for w in p.workers)
-            if lost:
-                self.c_lost[0] += 1
-                self._default(p, self.timeout_action, DecisionFlag.DEFAULT_WORKER_LOST, ErrorCode.WORKER_LOST)
-                self._finish(p, int(ErrorCode.WORKER_LOST))
-            else:
-                self.c_timeouts[0] += 1
-                self._log_timeout(p, now)
-                self._default(p, self.timeout_action, DecisionFlag.DEFAULT_TIMEOUT, ErrorCode.TIMEOUT)
-                self._finish(p, int(ErrorCode.TIMEOUT))
+            lost = [w for w in p.workers if not self.alive[w]]
+            flag, code = self.expiry(lost[0] if lost else p.workers[0], now - p.arrival_ns)
+            self._default(p, self.timeout_action, flag, code)
+            self._finish(p, int(code))
 
-    def _log_timeout(self, p: _Pending, now: int) -> None:
+    def expiry(self, w: int, age: int) -> tuple[DecisionFlag, ErrorCode]:
+        """A request on worker ``w`` (age ``age`` ns) passed its deadline: WORKER_LOST if the
+        worker is gone, else TIMEOUT (logged); counted. Returns (decision flag, code)."""
+        if not self.alive[w]:
+            self.c_lost[0] += 1
+            return DecisionFlag.DEFAULT_WORKER_LOST, ErrorCode.WORKER_LOST
+        self.c_timeouts[0] += 1
+        self._log_timeout(w, age)
+        return DecisionFlag.DEFAULT_TIMEOUT, ErrorCode.TIMEOUT
+
+    def _log_timeout(self, w: int, age: int) -> None:
         """One log entry per burst: [wall time of the first, worker, timeouts, oldest age ns,
         highest request-ring occupancy, wall time of the last]. A timeout within
         TIMEOUT_BURST_NS of the previous one for the same worker joins its entry."""
-        w = p.workers[0]
         occ = self.rings[w].request.occupancy()
-        age = now - p.arrival_ns
         wall = time.time_ns()
         row = self.timeout_log.newest()
         if row is not None and row[1] == w and wall - row[5] < TIMEOUT_BURST_NS:
@@ -459,13 +499,12 @@ class Router:
 
     def _finish(self, p: _Pending, code: int) -> None:
         self.pending.pop(p.seq, None)
-        self.c_inflight[0] = len(self.pending)
         for i, (env, req) in enumerate(p.envelopes):
             slots = p.slots
             if i:                                  # retries that arrived while in flight
                 slots = slots.copy()
                 slots["flags"] |= np.uint8(DecisionFlag.DUPLICATE)
-            self._send(env, req, slots)
+            self.send_decision(env, req, slots)
         t = _TRANSPORT[p.req.kind]
         now = time.monotonic_ns()
         if p.dedup_key is not None:
@@ -481,14 +520,14 @@ class Router:
         observe_request(self.c_eval[t], self.c_stage, LATENCY_BOUNDS_NS, p.arrival_ns,
                         p.routed_ns, p.first_resp_ns, now)
 
-    def _send(self, envelope, req, slots: np.ndarray) -> None:
+    def send_decision(self, envelope, req, slots: np.ndarray) -> None:
         metas = None
         if req.kind == "json":
             metas = {g: self.meta(g) for g in set(slots["generation"].tolist())}
             metas = {g: m for g, m in metas.items() if m is not None}
-        self._send_frames(envelope, self.codec.encode_reply(req, slots, metas), req.kind)
+        self.send_frames(envelope, self.codec.encode_reply(req, slots, metas), req.kind)
 
-    def _send_frames(self, envelope, body: bytes, kind: str) -> None:
+    def send_frames(self, envelope, body, kind: str) -> None:
         """One send per frame with int flags (send_multipart with enum flags cost 3x here).
         A ROUTER drops what it cannot queue, so the Again branch is a safety net."""
         send = self.sock.send

@@ -193,8 +193,18 @@ class OneToOneRing:
     def try_drain(self, max_n: int):
         """Up to ``max_n`` readable slots as ``(view1, view2)`` in position order; both empty if
         none. Slots stay readable (and are returned again) until ``release``."""
+        return self.views(*self.readable(max_n))
+
+    def readable(self, max_n: int) -> tuple[int, int]:
+        """``(position, n)``: up to ``max_n`` slots from ``position`` are readable (slot
+        ``position & (capacity - 1)`` first, wrapping); ``release`` hands them back."""
         pos, n = self._k_readable(self._hdr, max_n)
-        self._drained_n = n
+        self._drained_n = max(n, 0)
+        return pos, n
+
+    def views(self, pos: int, n: int):
+        """``(view1, view2)`` of ``n`` slots from position ``pos`` (view2 empty unless they
+        wrap); both empty when ``n <= 0``."""
         if n <= 0:
             return self._empty, self._empty
         i = pos & self._mask

@@ -1,0 +1,248 @@
+"""Compiled parts of the ingress's single-event fast path (ingress.fastpath).
+
+A binary request with one event is the latency-critical case (one order, one payment); the
+general path spent about 25 us of Python per such request on bookkeeping (a pending object,
+numpy views, a heap entry, several small numpy copies, three compiled calls). Here the
+bookkeeping lives in preallocated arrays and two compiled calls do it: ``admit`` per request
+(value checks, duplicate lookup, table slot, ring slot, publish) and ``deliver`` per drained
+batch of responses (match, metrics, idempotency window, reply encoding, slot release).
+
+Table ``ft`` (capacity x FT_WORDS int64), one row per request in flight; ``SEQ`` 0 = free.
+Decisions ``fdec`` (capacity x 64 B, RESPONSE_SLOT_DTYPE bytes; generation 0 = none yet) and
+encoded replies ``fout`` (capacity x REPLY_BYTES) are per row too. ``free`` is a stack of free
+rows (low rows on top, so the rows in use stay below a small high-water mark); ``meta`` holds
+its top, the rows in use, the earliest deadline (a lower bound: rows finished since then may
+have held it, which costs one needless scan, never a late answer) and the high-water mark.
+
+Token of a fast request in a ring slot: FAST_BIT | seq << 16 | row. ``seq`` never repeats
+within an ingress epoch and the epoch is part of it, so a stale response (its request already
+answered by deadline, or sent by a predecessor ingress) never matches a row's SEQ.
+All integer byte fields are little-endian; x86-64 only, like the rest of the engine.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from engine.control import _observe_request
+from ingress import _dedup_kernels as DK
+from shm import _ring_kernels as RK
+
+FAST_BIT = np.uint64(1 << 63)
+ROW_BITS = 16
+ROW_MASK = (1 << ROW_BITS) - 1
+SEQ_MASK = (1 << 47) - 1
+# ft columns
+SEQ, ARRIVAL, ROUTED, FIRST, DEADLINE, WORKER, CID, RID, KEYED = range(9)
+FT_WORDS = 9
+# meta cells
+TOP, USED, MIN_DEADLINE, HIGH = 0, 1, 2, 3        # HIGH: rows below it were ever used
+META_WORDS = 4
+NO_DEADLINE = np.int64((1 << 63) - 1)
+# admit results (>= 0: row * 2 + doorbell owed)
+BAD_VALUE, RING_FULL, TABLE_FULL, DECIDED = -1, -2, -3, -4
+# value check kinds (column 1 of ``checks``)
+CHECK_F32, CHECK_F64, CHECK_BOOL = 4, 8, 1
+# response slot (RESPONSE_SLOT_DTYPE) and reply (wire) offsets: checked in ingress.fastpath
+S_SCORE, S_GEN, S_ACTION, S_FLAGS, S_NFIRED, S_FIRED, S_ERROR = 8, 16, 20, 21, 22, 24, 56
+SLOT_BYTES = 64
+REPLY_BYTES = 24 + 56
+MAX_FIRED = 16
+FIRED_OVERFLOW = 1
+REPLY_MAGIC = 0x414B5352              # b'RSKA'
+PROTOCOL_VERSION = 1
+
+
+@njit(cache=True, inline="always")
+def _get(buf, off, nbytes):
+    """Unsigned little-endian integer of ``nbytes`` at ``off`` (uint64)."""
+    v = np.uint64(0)
+    for k in range(nbytes):
+        v |= np.uint64(buf[off + k]) << np.uint64(8 * k)
+    return v
+
+
+@njit(cache=True, inline="always")
+def _put(buf, off, nbytes, value):
+    v = np.uint64(value)
+    for k in range(nbytes):
+        buf[off + k] = np.uint8((v >> np.uint64(8 * k)) & np.uint64(0xFF))
+
+
+@njit(cache=True)
+def values_ok(body, off, checks):
+    """The record at ``body[off:]`` has only finite floats and 0/1 bools."""
+    for c in range(checks.shape[0]):
+        o = off + checks[c, 0]
+        kind = checks[c, 1]
+        if kind == CHECK_F64:
+            if (_get(body, o, 8) >> np.uint64(52)) & np.uint64(0x7FF) == np.uint64(0x7FF):
+                return False
+        elif kind == CHECK_F32:
+            if (_get(body, o, 4) >> np.uint64(23)) & np.uint64(0xFF) == np.uint64(0xFF):
+                return False
+        elif body[o] > 1:
+            return False
+    return True
+
+
+@njit(cache=True)
+def admit(body, hdr_off, rsize, checks, cid, rid, keyed, dd_index, dd_ent, dd_pool_size,
+          ring_hdr, ring_u8, ring_cap, ev_off, worker, ft, free, meta, fdec, seq, now, deadline):
+    """Admit a one-event binary request whose header the caller checked: returns row * 2 +
+    (1 if the worker sleeps and is owed a doorbell), or BAD_VALUE (non-finite float, bool not
+    0/1: the general path names it), DECIDED (a retry of a decided request: the general path
+    answers it from the window), TABLE_FULL or RING_FULL (the general path answers
+    OVERLOADED). ``keyed``: (cid, rid) is an idempotency key (client id set, window on)."""
+    if not values_ok(body, hdr_off, checks):
+        return BAD_VALUE
+    if keyed and DK.lookup(dd_index, dd_ent, dd_pool_size, cid, rid, now, 1) >= 0:
+        return DECIDED
+    top = meta[TOP]
+    if top == 0:
+        return TABLE_FULL
+    pos = RK._claim_position(ring_hdr, 1, ring_cap)
+    if pos < 0:
+        return RING_FULL
+    row = free[top - 1]
+    meta[TOP] = top - 1
+    meta[USED] += 1
+    slot = ring_u8[pos & (ring_cap - 1)]
+    token = FAST_BIT | (np.uint64(seq) << np.uint64(ROW_BITS)) | np.uint64(row)
+    _put(slot, 0, 8, token)
+    _put(slot, 8, 8, now)
+    for k in range(rsize):
+        slot[ev_off + k] = body[hdr_off + k]
+    for k in range(ev_off + rsize, slot.shape[0]):
+        slot[k] = 0
+    owed = RK._publish(ring_hdr, pos + 1)
+    r = ft[row]
+    r[SEQ] = seq
+    r[ARRIVAL] = now
+    r[ROUTED] = now
+    r[FIRST] = 0
+    r[DEADLINE] = deadline
+    r[WORKER] = worker
+    r[CID] = cid
+    r[RID] = rid
+    r[KEYED] = keyed
+    d = fdec[row]
+    for k in range(SLOT_BYTES):
+        d[k] = 0
+    if deadline < meta[MIN_DEADLINE]:
+        meta[MIN_DEADLINE] = deadline
+    if row >= meta[HIGH]:
+        meta[HIGH] = row + 1
+    return row * 2 + owed
+
+
+@njit(cache=True)
+def encode_reply(d, out, rid, flag_errors):
+    """The binary reply (header + one decision record, docs/PROTOCOL.md) for the response
+    slot bytes ``d``, into ``out`` (REPLY_BYTES): the same bytes as Codec.encode_reply."""
+    _put(out, 0, 4, REPLY_MAGIC)
+    _put(out, 4, 2, PROTOCOL_VERSION)
+    _put(out, 6, 2, 0)
+    _put(out, 8, 4, 1)
+    _put(out, 12, 4, 0)
+    _put(out, 16, 8, rid)
+    o = 24
+    nfired = _get(d, S_NFIRED, 2)
+    flags = d[S_FLAGS]
+    if nfired > MAX_FIRED:
+        flags |= FIRED_OVERFLOW
+    out[o] = d[S_ACTION]
+    out[o + 1] = flags
+    _put(out, o + 2, 2, flag_errors[flags])
+    _put(out, o + 4, 2, nfired)
+    _put(out, o + 6, 2, 0)
+    for k in range(4):
+        out[o + 8 + k] = d[S_GEN + k]
+        out[o + 12 + k] = 0
+    for k in range(8):
+        out[o + 16 + k] = d[S_SCORE + k]
+    for k in range(2 * MAX_FIRED):
+        out[o + 24 + k] = d[S_FIRED + k]
+
+
+@njit(cache=True)
+def finish_row(row, code, now, ft, free, meta, fdec, fout, flag_errors, instrument, c_eval,
+               c_stage, bounds, c_req, c_dec, dd_meta, dd_index, dd_ent, dd_pool, window_ns):
+    """Answer row ``row`` (its decision filled in): encode the reply into ``fout[row]``,
+    remember it in the idempotency window if keyed, count it, free the row. The caller sends
+    ``fout[row]`` before it admits anything else (the row's bytes stay until reused)."""
+    r = ft[row]
+    d = fdec[row]
+    encode_reply(d, fout[row], r[RID], flag_errors)
+    if r[KEYED]:
+        DK.insert(dd_meta, dd_index, dd_ent, dd_pool, r[CID], r[RID], now + window_ns, now, d)
+    if instrument:
+        c_req[code] += 1
+        a = d[S_ACTION]
+        if a < c_dec.shape[0]:
+            c_dec[a] += 1
+        _observe_request(c_eval, c_stage, bounds, r[ARRIVAL], r[ROUTED], r[FIRST], now)
+    r[SEQ] = 0
+    free[meta[TOP]] = row
+    meta[TOP] += 1
+    meta[USED] -= 1
+
+
+@njit(cache=True)
+def deliver(resp_u8, pos, n, done, now, ft, free, meta, fdec, fout, flag_errors, instrument,
+            c_eval, c_stage, bounds, c_req, c_dec, dd_meta, dd_index, dd_ent, dd_pool, window_ns):
+    """File the fast responses among ``n`` drained slots from position ``pos`` of a response
+    ring (its bytes ``resp_u8``, capacity x 64): a matching row gets its decision and is
+    finished (finish_row); its row number goes to ``done``. Returns (rows done, slots that
+    belong to the general path). Responses of rows already answered are dropped."""
+    mask = resp_u8.shape[0] - 1
+    ndone = 0
+    nslow = 0
+    for j in range(n):
+        s = resp_u8[(pos + j) & mask]
+        tok = _get(s, 0, 8)
+        if not tok & FAST_BIT:
+            nslow += 1
+            continue
+        row = np.int64(tok & np.uint64(ROW_MASK))
+        seq = np.int64((tok >> np.uint64(ROW_BITS)) & np.uint64(SEQ_MASK))
+        if row >= ft.shape[0] or ft[row, SEQ] != seq:
+            continue                            # answered already (deadline): drop
+        d = fdec[row]
+        for k in range(SLOT_BYTES):
+            d[k] = s[k]
+        ft[row, FIRST] = now
+        finish_row(row, 0, now, ft, free, meta, fdec, fout, flag_errors, instrument, c_eval,
+                   c_stage, bounds, c_req, c_dec, dd_meta, dd_index, dd_ent, dd_pool, window_ns)
+        done[ndone] = row
+        ndone += 1
+    return ndone, nslow
+
+
+@njit(cache=True)
+def expired(ft, meta, now, out):
+    """Rows in use whose deadline has passed (into ``out``; returns how many); the earliest
+    deadline of the others becomes meta[MIN_DEADLINE]."""
+    k = 0
+    lo = NO_DEADLINE
+    for row in range(meta[HIGH]):
+        if ft[row, SEQ] == 0:
+            continue
+        dl = ft[row, DEADLINE]
+        if dl <= now:
+            out[k] = row
+            k += 1
+        elif dl < lo:
+            lo = dl
+    meta[MIN_DEADLINE] = lo
+    return k
+
+
+@njit(cache=True)
+def default_decision(d, action, flag, code):
+    """A default decision (deadline passed, worker lost) in slot bytes ``d``: generation 0."""
+    for k in range(SLOT_BYTES):
+        d[k] = 0
+    d[S_ACTION] = action
+    d[S_FLAGS] = flag
+    _put(d, S_ERROR, 2, code)

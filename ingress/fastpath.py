@@ -1,0 +1,221 @@
+"""The ingress's fast path for binary requests with one event (kernels: ingress._fast_kernels).
+
+The router offers every message to ``FastPath.admit`` first. Admitted are well-formed binary
+requests with N = 1 whose idempotency key is neither in flight nor decided, while the
+in-flight table and the worker's ring have room; anything else (JSON, batches, a bad header
+or value, a retry, overload) returns False and takes the general path, which produces the
+precise error or answer. The two paths share the limits (``ingress.max_inflight`` counts
+both), the idempotency window, the counters and the histograms.
+
+Per admitted request the Python work is one header unpack, one compiled call and a list
+store; per drained batch of responses one compiled call, then three frame sends per reply.
+"""
+from __future__ import annotations
+
+import time
+
+import numba
+import numpy as np
+
+from engine.types import RESPONSE_SLOT_DTYPE, DecisionFlag
+from ingress import _fast_kernels as K
+from ingress import wire
+from shm.ring import bind_entry
+
+_HEADER = wire.REQUEST_HEADER
+_TOP = 1 << 63
+_MORE_NOWAIT = 3                       # zmq.SNDMORE | zmq.NOBLOCK (plain ints: see router)
+_NOWAIT = 1
+
+for _name, _off in (("score", K.S_SCORE), ("generation", K.S_GEN), ("action", K.S_ACTION),
+                    ("flags", K.S_FLAGS), ("nfired", K.S_NFIRED), ("fired", K.S_FIRED),
+                    ("error", K.S_ERROR)):
+    assert RESPONSE_SLOT_DTYPE.fields[_name][1] == _off, _name
+assert RESPONSE_SLOT_DTYPE.itemsize == K.SLOT_BYTES
+assert K.REPLY_BYTES == wire.REPLY_HEADER_SIZE + wire.DECISION_SIZE
+assert K.REPLY_MAGIC == wire.REPLY_MAGIC and K.MAX_FIRED == RESPONSE_SLOT_DTYPE["fired"].shape[0]
+
+
+def value_checks(schema) -> np.ndarray:
+    """(offset in the record, kind) of every float and bool field: what ``admit`` checks."""
+    rows = []
+    for f in schema.fields:
+        off = schema.dtype.fields[f.name][1]
+        if f.kind == "float":
+            rows.append((off, K.CHECK_F64 if f.size == 8 else K.CHECK_F32))
+        elif f.kind == "bool":
+            rows.append((off, K.CHECK_BOOL))
+    return np.array(rows, np.int64).reshape(-1, 2)
+
+
+def _i64(x: int) -> int:
+    return x if x < _TOP else x - (1 << 64)
+
+
+class FastPath:
+    def __init__(self, router, capacity: int):
+        if capacity > K.ROW_MASK + 1:
+            capacity = K.ROW_MASK + 1          # the row number travels in 16 token bits
+        self.router = router
+        cfg = router.cfg
+        self.capacity = capacity
+        self.ft = np.zeros((capacity, K.FT_WORDS), np.int64)
+        self.free = np.arange(capacity - 1, -1, -1, dtype=np.int64)   # row 0 on top
+        self.meta = np.zeros(K.META_WORDS, np.int64)
+        self.meta[K.TOP] = capacity
+        self.meta[K.MIN_DEADLINE] = K.NO_DEADLINE
+        self.fdec = np.zeros((capacity, K.SLOT_BYTES), np.uint8)
+        self.fout = np.zeros((capacity, K.REPLY_BYTES), np.uint8)
+        self.fout_bytes = memoryview(self.fout).cast("B")          # flat: sliced per reply
+        self.done = np.zeros(capacity, np.int64)
+        self.envelopes: list = [None] * capacity
+        self.keys: list = [None] * capacity
+        self.duplicates: dict[int, list] = {}   # row -> [(envelope, request)] retries in flight
+        schema = cfg.schema
+        self.body_len = wire.REQUEST_HEADER_SIZE + schema.record_size
+        self.rsize = schema.record_size
+        self.schema_hash = schema.hash
+        self.checks = value_checks(schema)
+        self.ev_off = router.slot_dtype.fields["event"][1]
+        self.default_deadline_ns = router.default_deadline_ns
+        d = router.dedup
+        self.dedup = d
+        self.inflight = d.inflight
+        self.keyed_ok = d.enabled
+        self.window_ns = d.window_ns
+        self.ring_u8 = [r.request.slots.view(np.uint8).reshape(r.request.capacity, -1) for r in router.rings]
+        self.ring_hdr = [r.request._hdr for r in router.rings]
+        self.ring_cap = [r.request.capacity for r in router.rings]
+        self.resp_u8 = [r.response.slots.view(np.uint8).reshape(r.response.capacity, -1)
+                        for r in router.rings]
+        self.flag_errors = router.codec._flag_errors
+        self.instrument = 1 if router.instrument else 0
+        self.bounds = router.bounds
+        self.c_eval = router.c_eval[0]
+        self.c_req = router.c_requests[0]
+        self._bind()
+
+    def _bind(self) -> None:
+        """Compile (or load) the kernels for exactly these argument types and keep their entry
+        points: a call then skips Numba's per-call type dispatch."""
+        ty = numba.typeof
+        i64 = numba.types.int64
+        r, d = self.router, self.dedup
+        body_t = ty(b"x")
+        self._admit = bind_entry(K.admit, (
+            body_t, i64, i64, ty(self.checks), i64, i64, i64, ty(d._index), ty(d._ent), i64,
+            ty(self.ring_hdr[0]), ty(self.ring_u8[0]), i64, i64, i64, ty(self.ft), ty(self.free),
+            ty(self.meta), ty(self.fdec), i64, i64, i64))
+        finish_tail = (ty(self.ft), ty(self.free), ty(self.meta), ty(self.fdec), ty(self.fout),
+                       ty(self.flag_errors), i64, ty(self.c_eval), ty(r.c_stage), ty(self.bounds),
+                       ty(self.c_req), ty(r.c_decisions), ty(d._meta), ty(d._index), ty(d._ent),
+                       ty(d._pool), i64)
+        self._deliver = bind_entry(K.deliver, (ty(self.resp_u8[0]), i64, i64, ty(self.done), i64)
+                                   + finish_tail)
+        self._finish = bind_entry(K.finish_row, (i64, i64, i64) + finish_tail)
+        self._expired = bind_entry(K.expired, (ty(self.ft), ty(self.meta), i64, ty(self.done)))
+
+    # --- requests ----------------------------------------------------------------------------
+
+    @property
+    def in_use(self) -> int:
+        return int(self.meta[K.USED])
+
+    def admit(self, frames: list, now: int) -> bool:
+        """Admit one message if it qualifies (module doc); False: the general path takes it."""
+        if len(frames) == 3:
+            if frames[1]:
+                return False
+            body = frames[2]
+        elif len(frames) == 2:
+            body = frames[1]
+        else:
+            return False
+        if len(body) != self.body_len:
+            return False
+        magic, version, flags, shash, count, deadline_us, cid, rid = _HEADER.unpack_from(body)
+        if magic != wire.REQUEST_MAGIC or version != wire.PROTOCOL_VERSION or count != 1 \
+                or shash != self.schema_hash or flags & ~wire.KNOWN_HEADER_FLAGS:
+            return False
+        r = self.router
+        if self.in_use + len(r.pending) >= r.max_inflight:
+            return False
+        key = None
+        if cid and self.keyed_ok:
+            key = (cid, rid)
+            if key in self.inflight:
+                return False
+        w = r.worker_of_record(body, wire.REQUEST_HEADER_SIZE)
+        seq = r.seq
+        d = self.dedup
+        res = self._admit(body, wire.REQUEST_HEADER_SIZE, self.rsize, self.checks,
+                          _i64(cid), _i64(rid), 0 if key is None else 1, d._index, d._ent,
+                          d._pool.size, self.ring_hdr[w], self.ring_u8[w], self.ring_cap[w],
+                          self.ev_off, w, self.ft, self.free, self.meta, self.fdec, seq, now,
+                          now + (deadline_us * 1000 if deadline_us else self.default_deadline_ns))
+        if res < 0:
+            return False
+        r.seq = seq + 1
+        row = res >> 1
+        self.ft[row, K.ROUTED] = time.monotonic_ns()
+        if res & 1:
+            r.rings[w].request.doorbell_owed = True
+        self.envelopes[row] = frames[:-1]
+        if key is not None:
+            self.keys[row] = key
+            self.inflight[key] = row
+        return True
+
+    def attach(self, row: int, envelope, req) -> None:
+        """A retry of in-flight row ``row`` (its own transport): answered with its decision."""
+        self.duplicates.setdefault(row, []).append((envelope, req))
+
+    # --- responses ---------------------------------------------------------------------------
+
+    def deliver(self, w: int, pos: int, n: int, now: int) -> int:
+        """File the fast responses among ``n`` drained slots of worker ``w``'s response ring
+        and send their replies. Returns how many slots belong to the general path."""
+        d = self.dedup
+        r = self.router
+        ndone, nslow = self._deliver(self.resp_u8[w], pos, n, self.done, now, self.ft, self.free,
+                                     self.meta, self.fdec, self.fout, self.flag_errors,
+                                     self.instrument, self.c_eval, r.c_stage, self.bounds,
+                                     self.c_req, r.c_decisions, d._meta, d._index, d._ent,
+                                     d._pool, self.window_ns)
+        for row in self.done[:ndone].tolist():
+            self._reply(row)
+        return nslow
+
+    def expire(self, now: int) -> None:
+        """Answer every row whose deadline passed with the configured default (the router
+        decides TIMEOUT or WORKER_LOST, logs and counts, as for the general path)."""
+        r = self.router
+        k = self._expired(self.ft, self.meta, now, self.done)
+        for row in self.done[:k].tolist():
+            w = int(self.ft[row, K.WORKER])
+            flag, code = r.expiry(w, now - int(self.ft[row, K.ARRIVAL]))
+            K.default_decision(self.fdec[row], r.timeout_action, int(flag), int(code))
+            self.finish(row, int(code), now)
+
+    def finish(self, row: int, code: int, now: int) -> None:
+        d, r = self.dedup, self.router
+        self._finish(row, code, now, self.ft, self.free, self.meta, self.fdec, self.fout,
+                     self.flag_errors, self.instrument, self.c_eval, r.c_stage, self.bounds,
+                     self.c_req, r.c_decisions, d._meta, d._index, d._ent, d._pool, self.window_ns)
+        self._reply(row)
+
+    def _reply(self, row: int) -> None:
+        env = self.envelopes[row]
+        self.envelopes[row] = None
+        o = row * K.REPLY_BYTES
+        self.router.send_frames(env, self.fout_bytes[o:o + K.REPLY_BYTES], "binary")
+        key = self.keys[row]
+        if key is not None:
+            self.keys[row] = None
+            self.inflight.pop(key, None)
+        dups = self.duplicates.pop(row, None) if self.duplicates else None
+        if dups:
+            slots = self.fdec[row].copy().view(RESPONSE_SLOT_DTYPE)
+            slots["flags"] |= np.uint8(DecisionFlag.DUPLICATE)
+            for env, req in dups:
+                self.router.send_decision(env, req, slots)
