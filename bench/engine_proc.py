@@ -56,8 +56,15 @@ class EngineProcess:
             cmd += ["--workers", str(workers)]
         self.cmd = cmd
         self.stderr = tempfile.TemporaryFile(mode="w+")
+        # Its own process group (a terminal's Ctrl-C reaches the bench, which stops the engine
+        # cleanly; kill() signals the group), NOT its own session: a new session is a new
+        # scheduler autogroup (kernel.sched_autogroup_enabled=1 here), and CFS then splits the
+        # 2 CPUs between the engine's group and the load generator's, capping the engine near
+        # half the machine while the echo baseline competes thread by thread in the bench's
+        # group. Measured 2026-12-02: with a new session P99 25-35 ms at 15-18k requests/s,
+        # without 7-12 ms at 16-26k, same engine and clients (docs/BENCH.md).
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.stderr, text=True,
-                                     start_new_session=True)
+                                     process_group=0)
         self.ready_line = self._wait_ready(start_timeout_s)
 
     @property
