@@ -279,6 +279,7 @@ class Router:
             except zmq.Again:                      # the queue is empty
                 self.backlog_since = 0             # (the next request starts afresh)
                 break
+            frames.append(recv())                  # a ROUTER message is identity + >= 1 frame
             while rcvmore():                       # recv_multipart's enum RCVMORE cost more
                 frames.append(recv())              # than the frames themselves (sockopts.py)
             t = time.monotonic_ns()

@@ -148,11 +148,16 @@ def test_a_duplicate_decision_is_counted_not_taken_for_an_evaluation():
     from engine.types import RESPONSE_SLOT_DTYPE, DecisionFlag
     from ingress.codec import Codec, Request
     codec = Codec(load_config(None).schema, 16, 1 << 20)
-    slots = np.zeros(2, RESPONSE_SLOT_DTYPE)
-    slots["generation"] = 1
-    for kind in ("binary", "json"):
-        req = Request(kind, 9, 5, 0, 0, np.zeros(2, codec._dtype))
+    for kind, n in (("binary", 1), ("binary", 2), ("json", 1), ("json", 2)):   # binary N = 1
+        slots = np.zeros(n, RESPONSE_SLOT_DTYPE)                          # has its own branch
+        slots["generation"] = 1
+        req = Request(kind, 9, 5, 0, 0, np.zeros(n, codec._dtype))
         assert classify("engine", kind, b"", codec.encode_reply(req, slots), 9) == (None, [])
         dup = slots.copy()
-        dup["flags"][1] |= np.uint8(DecisionFlag.DUPLICATE)
+        dup["flags"][-1] |= np.uint8(DecisionFlag.DUPLICATE)
         assert classify("engine", kind, b"", codec.encode_reply(req, dup), 9) == (None, [DUPLICATE])
+        late = slots.copy()
+        late["flags"][-1] |= np.uint8(DecisionFlag.DEFAULT_TIMEOUT | DecisionFlag.DUPLICATE)
+        assert classify("engine", kind, b"", codec.encode_reply(req, late), 9) == \
+            (None, ["TIMEOUT", DUPLICATE])
+        assert classify("engine", kind, b"", codec.encode_reply(req, slots), 8)[0] == "BAD_REPLY"
