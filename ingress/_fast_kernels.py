@@ -27,6 +27,8 @@ from numba import njit
 from engine.control import _observe_request
 from ingress import _dedup_kernels as DK
 from shm import _ring_kernels as RK
+from shm.atomics import load_acquire
+from shm.layout import CONSUMER_POSITION_WORD, PRODUCER_POSITION_WORD
 
 FAST_BIT = np.uint64(1 << 63)
 ROW_BITS = 16
@@ -40,7 +42,7 @@ TOP, USED, MIN_DEADLINE, HIGH = 0, 1, 2, 3        # HIGH: rows below it were eve
 META_WORDS = 4
 NO_DEADLINE = np.int64((1 << 63) - 1)
 # admit results (>= 0: row * 2 + doorbell owed)
-BAD_VALUE, RING_FULL, TABLE_FULL, DECIDED = -1, -2, -3, -4
+BAD_VALUE, RING_FULL, TABLE_FULL, DECIDED, WORKER_BEHIND = -1, -2, -3, -4, -5
 # value check kinds (column 1 of ``checks``)
 CHECK_F32, CHECK_F64, CHECK_BOOL = 4, 8, 1
 # response slot (RESPONSE_SLOT_DTYPE) and reply (wire) offsets: checked in ingress.fastpath
@@ -87,13 +89,27 @@ def values_ok(body, off, checks):
 
 
 @njit(cache=True)
+def queue_age(ring_hdr, ring_u8, ring_cap, now):
+    """How long the oldest event a worker has not finished (queued, or in the batch it is
+    evaluating) has been in its request ring: ``now`` minus that slot's arrival stamp; 0
+    when the ring is empty. Called by the ring's producer (the ingress), which wrote the slot
+    and alone may overwrite it."""
+    pos = load_acquire(ring_hdr, CONSUMER_POSITION_WORD)   # pairs with the worker's release
+    if pos == ring_hdr[PRODUCER_POSITION_WORD]:            # own field
+        return 0
+    return now - np.int64(_get(ring_u8[pos & (ring_cap - 1)], 8, 8))
+
+
+@njit(cache=True)
 def admit(body, hdr_off, rsize, checks, cid, rid, keyed, dd_index, dd_ent, dd_pool_size,
-          ring_hdr, ring_u8, ring_cap, ev_off, worker, ft, free, meta, fdec, seq, now, deadline):
+          ring_hdr, ring_u8, ring_cap, ev_off, worker, ft, free, meta, fdec, seq, now, deadline,
+          behind_ns):
     """Admit a one-event binary request whose header the caller checked: returns row * 2 +
     (1 if the worker sleeps and is owed a doorbell), or BAD_VALUE (non-finite float, bool not
     0/1: the general path names it), DECIDED (a retry of a decided request: the general path
-    answers it from the window), TABLE_FULL or RING_FULL (the general path answers
-    OVERLOADED). ``keyed``: (cid, rid) is an idempotency key (client id set, window on)."""
+    answers it from the window), TABLE_FULL, RING_FULL or WORKER_BEHIND (queue_age over
+    ``behind_ns``; the general path answers OVERLOADED). ``keyed``: (cid, rid) is an
+    idempotency key (client id set, window on)."""
     if not values_ok(body, hdr_off, checks):
         return BAD_VALUE
     if keyed and DK.lookup(dd_index, dd_ent, dd_pool_size, cid, rid, now, 1) >= 0:
@@ -101,6 +117,8 @@ def admit(body, hdr_off, rsize, checks, cid, rid, keyed, dd_index, dd_ent, dd_po
     top = meta[TOP]
     if top == 0:
         return TABLE_FULL
+    if queue_age(ring_hdr, ring_u8, ring_cap, now) > behind_ns:
+        return WORKER_BEHIND
     pos = RK._claim_position(ring_hdr, 1, ring_cap)
     if pos < 0:
         return RING_FULL

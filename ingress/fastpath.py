@@ -105,7 +105,8 @@ class FastPath:
         self._admit = bind_entry(K.admit, (
             body_t, i64, i64, ty(self.checks), i64, i64, i64, ty(d._index), ty(d._ent), i64,
             ty(self.ring_hdr[0]), ty(self.ring_u8[0]), i64, i64, i64, ty(self.ft), ty(self.free),
-            ty(self.meta), ty(self.fdec), i64, i64, i64))
+            ty(self.meta), ty(self.fdec), i64, i64, i64, i64))
+        self._queue_age = bind_entry(K.queue_age, (ty(self.ring_hdr[0]), ty(self.ring_u8[0]), i64, i64))
         finish_tail = (ty(self.ft), ty(self.free), ty(self.meta), ty(self.fdec), ty(self.fout),
                        ty(self.flag_errors), i64, ty(self.c_eval), ty(r.c_stage), ty(self.bounds),
                        ty(self.c_req), ty(r.c_decisions), ty(d._meta), ty(d._index), ty(d._ent),
@@ -152,7 +153,8 @@ class FastPath:
                           _i64(cid), _i64(rid), 0 if key is None else 1, d._index, d._ent,
                           d._pool.size, self.ring_hdr[w], self.ring_u8[w], self.ring_cap[w],
                           self.ev_off, w, self.ft, self.free, self.meta, self.fdec, seq, now,
-                          now + (deadline_us * 1000 if deadline_us else self.default_deadline_ns))
+                          now + (deadline_us * 1000 if deadline_us else self.default_deadline_ns),
+                          r.behind_ns)
         if res < 0:
             return False
         r.seq = seq + 1
@@ -165,6 +167,10 @@ class FastPath:
             self.keys[row] = key
             self.inflight[key] = row
         return True
+
+    def queue_age(self, w: int, now: int) -> int:
+        """ns the oldest unfinished event in worker ``w``'s request ring has waited (0: none)."""
+        return self._queue_age(self.ring_hdr[w], self.ring_u8[w], self.ring_cap[w], now)
 
     def attach(self, row: int, envelope, req) -> None:
         """A retry of in-flight row ``row`` (its own transport): answered with its decision."""

@@ -36,6 +36,7 @@ from ingress.dedup import IdempotencyWindow
 from ingress.fastpath import FastPath
 from ingress._fast_kernels import MIN_DEADLINE
 from ingress.sockopts import SockOpts
+from ingress import wire
 from ingress.wire import WireError
 from shm.doorbell import EventfdDoorbell
 
@@ -54,6 +55,9 @@ DOORBELL_DEFER_NS = 100_000           # while more requests are queued, wake a s
 _POLLIN = int(zmq.POLLIN)             # plain ints: the enum forms cost 2.5 us per socket call
 _MORE_NOWAIT, _NOWAIT = int(zmq.SNDMORE | zmq.NOBLOCK), int(zmq.NOBLOCK)   # per socket call
 _TRANSPORT = {"binary": 0, "json": 1}
+SHED_MESSAGE = "shedding load: the front door is behind; retry later"
+_SHED_BYTES = SHED_MESSAGE.encode()
+_OVERLOADED = int(ErrorCode.OVERLOADED)
 SLOT_BYTES = RESPONSE_SLOT_DTYPE.itemsize
 _GEN_OFF = RESPONSE_SLOT_DTYPE.fields["generation"][1]   # generation 0 = no decision yet
 
@@ -105,6 +109,10 @@ class Router:
         self.slot_dtype = request_slot_dtype(cfg.schema.dtype)
         self.shard_key = cfg.schema.shard_key
         self.default_deadline_ns = cfg.ingress.default_deadline_ms * 1_000_000
+        # a worker whose oldest unfinished event has waited half the default deadline is
+        # behind: new work for it is refused (OVERLOADED) until it catches up, so what it
+        # admits can still be decided in time and its ring never holds a deadline's worth
+        self.behind_ns = self.default_deadline_ns // 2
         self.timeout_action = int(Action.ALLOW if cfg.ingress.on_timeout == "allow" else Action.BLOCK)
         self.overload_action = {"error": -1, "allow": 0, "review": 1, "block": 2}[cfg.ingress.on_overload]
         self.pending: dict[int, _Pending] = {}
@@ -305,11 +313,17 @@ class Router:
         self.owed_since = 0
 
     def _shed(self, frames: list) -> None:
-        body = frames[-1] if len(frames) >= 2 else b""
-        kind = "json" if body[:1] == b"{" else "binary"
-        rid = _RID.unpack_from(body, 32)[0] if kind == "binary" and len(body) >= 40 else None
-        self._reply_error(frames[:-1], WireError(ErrorCode.OVERLOADED, "shedding load: the front door "
-                                                 "is behind; retry later", request_id=rid, kind=kind))
+        """OVERLOADED without decoding. A binary reply is a header packed onto a prepared
+        message (the error path's exception and formatting cost as much again: shedding
+        must be the cheapest thing the ingress does)."""
+        body = frames[-1]
+        if body[:1] == b"{":
+            return self._reply_error(frames[:-1], WireError(
+                ErrorCode.OVERLOADED, SHED_MESSAGE, request_id=None, kind="json"))
+        rid = _RID.unpack_from(body, 32)[0] if len(body) >= 40 else 0
+        self.c_requests[0, _OVERLOADED] += 1
+        self.send_frames(frames[:-1], wire.pack_reply_header(_OVERLOADED, 0, rid, len(_SHED_BYTES))
+                         + _SHED_BYTES, "binary")
 
     def _reply_error(self, envelope, e: WireError) -> None:
         self.c_requests[_TRANSPORT[e.kind], int(e.code)] += 1
@@ -327,7 +341,8 @@ class Router:
             return self._reply_error(envelope, e)
         n = len(req.records)
         if len(self.pending) + self.fast.in_use >= self.max_inflight:   # bounded: shed load
-            return self._overloaded(envelope, req, n, now_ns)
+            return self._overloaded(envelope, req, n, now_ns,
+                                    f"ingress.max_inflight={self.max_inflight} requests in flight")
         dkey = None
         if req.client_id and self.dedup.enabled:
             dkey = (req.client_id, req.request_id)
@@ -356,6 +371,10 @@ class Router:
         for w, sel in groups:                      # all-or-nothing: room in every ring first
             if self.rings[w].free_request_slots() < (n if sel is None else len(sel)):
                 return self._overloaded(envelope, req, n, now_ns)
+            age = self.fast.queue_age(w, now_ns)
+            if age > self.behind_ns:
+                return self._overloaded(envelope, req, n, now_ns, f"worker {w} is behind: its "
+                                        f"oldest queued event has waited {age / 1e6:.1f} ms")
         seq = self.seq
         self.seq += 1
         # byte-view copies of the records into the slots: a structured field assignment costs
@@ -388,10 +407,10 @@ class Router:
         key = self.shard_struct.unpack_from(buf, self.shard_off + off)[0] & 0xFFFFFFFFFFFFFFFF
         return (((key * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF) >> 32) % self.n_workers
 
-    def _overloaded(self, envelope, req, n: int, now_ns: int) -> None:
+    def _overloaded(self, envelope, req, n: int, now_ns: int, why: str = "") -> None:
         if self.overload_action < 0:
             return self._reply_error(envelope, WireError(
-                ErrorCode.OVERLOADED, "a worker ring is full; nothing was evaluated",
+                ErrorCode.OVERLOADED, f"{why or 'a worker ring is full'}; nothing was evaluated",
                 request_id=req.request_id, kind=req.kind))
         p = _Pending(0, envelope, req, n, now_ns, now_ns, [], None)
         self._default(p, self.overload_action, DecisionFlag.DEFAULT_OVERLOAD, ErrorCode.OVERLOADED)

@@ -14,6 +14,7 @@ import psutil
 import pytest
 import zmq
 
+from bench.events import records_to_json
 from engine.config import load_config
 from engine.types import ErrorCode
 from ingress import wire
@@ -248,6 +249,40 @@ def test_inflight_bound_sheds_load_at_the_door(tmp_path, schema):
             if i not in quick:                 # the admitted five are decided after the thaw
                 assert s.poll(10_000) and wire.unpack_reply(s.recv_multipart()[-1])[1] == 0
         for s in socks:
+            s.close(0)
+
+
+def test_a_worker_behind_gets_fast_overloaded_before_its_ring_fills(tmp_path, schema):
+    """Half the default deadline is the most a worker's oldest unfinished event may have
+    waited: past it new work for that worker is refused at once (one event on the fast
+    path, a batch on the general path, JSON too), so no queue of hopeless requests builds up
+    in a ring that still has room; once it catches up, requests are admitted again."""
+    rng = np.random.default_rng(10)
+    with EngineProcess(tmp_path, workers=1, metrics=False,
+                       overrides={"ingress": {"default_deadline_ms": 400}}) as eng:
+        settle(eng, schema)
+        with frozen_worker(eng):
+            first = send_singles(eng.endpoint, schema, rng, 1, 3)[0]
+            time.sleep(0.3)                              # its event has waited > 200 ms
+            late = send_singles(eng.endpoint, schema, rng, 2, 4)
+            late[1].send_multipart([b"", wire.pack_request(schema.hash, random_events(rng, schema, 3), 4, 9)])
+            j = zmq.Context.instance().socket(zmq.DEALER)
+            j.linger = 0
+            j.connect(eng.endpoint)
+            ev = records_to_json(schema, random_events(rng, schema, 1))[0]
+            j.send_multipart([b"", json.dumps({"request_id": 5, "event": ev}).encode()])
+            for s in late + [j]:
+                assert s.poll(2000), "refused at once, not after the thaw"
+            replies = [wire.unpack_reply(s.recv_multipart()[-1]) for s in late[:1] + late[1:] * 2]
+            assert [r[1] for r in replies] == [ErrorCode.OVERLOADED] * 3
+            assert all("worker 0 is behind" in r[3] for r in replies), replies
+            err = json.loads(j.recv_multipart()[-1])["error"]
+            assert err["code"] == "OVERLOADED" and "behind" in err["message"]
+        assert first.poll(10_000)                        # answered (decided or TIMEOUT)
+        with Client(eng.endpoint, schema, timeout_ms=10_000, retries=0) as c:
+            d = c.evaluate_batch(random_events(rng, schema, 1))[0]
+        assert d.error is None and not d.flags                   # admitted again
+        for s in late + [first, j]:
             s.close(0)
 
 
