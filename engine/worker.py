@@ -214,6 +214,10 @@ def open_journal(cfg, index: int):
                          config=d.journal_config())
 
 
+HOUSEKEEP_ZERO_BYTES = 4 << 20      # zero-fill per round: up to 400 MB/s at 10 ms rounds, far
+                                    # above what a worker appends (34 MB/s at 250k events/s)
+
+
 class JournalHousekeeper:
     """The journal's file-system work, off the worker's main thread: every interval_ms (10 ms
     when the policy has none) fsync the current segment (fsync=interval_ms), then
@@ -240,7 +244,7 @@ class JournalHousekeeper:
             try:
                 if self.fsync:
                     self._fsync()
-                self.journal.housekeep()
+                self.journal.housekeep(HOUSEKEEP_ZERO_BYTES)
             except OSError as e:            # a full disk: the appender meets it at rotation
                 self.errors += 1
                 if self.errors == 1:
