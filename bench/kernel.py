@@ -2,6 +2,7 @@
 next to the reference evaluator on the same rules and events, plus compile times.
 
     python -m bench.kernel [--json FILE] [--quick]
+    python -m bench.kernel --features     (the default config's whole ruleset with its features)
 
 Rulesets are synthetic but realistic (payments and pre-trade templates over the default
 schema, random thresholds and lists); a row for the shipped example packs (about 100 rules)
@@ -201,9 +202,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--json", help="write the results to this file")
     ap.add_argument("--quick", action="store_true", help="10 and 100 rules, fewer repetitions")
+    ap.add_argument("--features", action="store_true",
+                    help="only the default config's rule files with its feature tables (process-local), "
+                         "on the latency bench's events: what a worker's kernel costs per event")
     args = ap.parse_args(argv)
     from engine.config import load_config
     cfg = load_config(None)
+    if args.features:
+        return features(cfg)
     ev = events(cfg.schema, 8192)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_kernel_") as tmp:
@@ -222,6 +228,38 @@ def main(argv=None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({"numba": __import__("numba").__version__,
                                                "cpus": os.cpu_count(), "rows": rows}, indent=2))
+    return 0
+
+
+def features(cfg) -> int:
+    """ns/event of the whole default ruleset with its six features, on bench.events' records
+    (100,000 accounts; cards, devices and IPs from a pool of 16,384 events, as the latency
+    bench sends them), arrival = now, batches of 64 and 1024, CPU time, best of 5; then the
+    same events through the stateless rule files alone. The tables are process-local, in the
+    same layout as the engine's shared ones."""
+    from bench.events import random_records
+    from rules import compile_ruleset
+    from rules.features import feature_set_for
+    kw = dict(thresholds=cfg.rules.thresholds, on_error=cfg.rules.on_error)
+    pool = random_records(cfg.schema, 16_384, seed=1)
+    arrival = np.full(len(pool), time.time_ns(), np.int64)     # the tables' clock: wall ms
+    for label, files, fs in (("default ruleset with its features", list(cfg.rules.files),
+                              feature_set_for(cfg)),
+                             ("stateless rule files only", stateless_files(cfg), None)):
+        rs = compile_ruleset(files, cfg.schema, features=fs, **kw)
+        print(f"{label}: {rs.n_rules} rules, {len(cfg.features) if fs else 0} features")
+        for batch in (64, 1024):
+            resp, bits, hits, errors = rs.new_buffers(batch)
+            calls = [(pool[i:i + batch], arrival[i:i + batch]) for i in range(0, len(pool), batch)]
+            for ev, arr in calls:                                 # warm: tables filled once
+                rs.kernel(ev, arr, resp[:len(ev)], bits[:len(ev)], hits, errors, *rs.feature_arrays)
+            best = float("inf")
+            for _ in range(5):
+                t0 = time.thread_time_ns()
+                for ev, arr in calls:
+                    rs.kernel(ev, arr, resp[:len(ev)], bits[:len(ev)], hits, errors, *rs.feature_arrays)
+                best = min(best, (time.thread_time_ns() - t0) / len(pool))
+            print(f"  batch {batch:>5}: {best:7.0f} ns/event")
     return 0
 
 
