@@ -8,7 +8,14 @@ one kernel call, kernel-time histogram, try_publish of the decisions, release), 
 the response ring. It mirrors the loop body of ``engine.worker.serve`` line for line; keep
 the two in step (or move that body into a function both call).
 
-Ingress: ``Codec.decode`` of a binary request and ``Codec.encode_reply`` of its decisions.
+Ingress: ``Codec.decode`` of a binary request and ``Codec.encode_reply`` of its decisions
+(the general path's codec), in-process.
+
+Engine processes: a real engine (``risk-engine serve``) takes windows of single-event binary
+requests (the ingress's fast path) over a real socket, and each process's own count of live
+blocks (``risk_python_blocks``: the ingress updates it every loop, a worker when idle) is read
+from its /stats after each window: the whole per-message path of the real ingress (socket
+calls, fast path, bookkeeping, idempotency window) and of the real worker loop.
 
 Measured with ``sys.getallocatedblocks()`` around ``events`` events after a warm-up, with the
 collector disabled so a collection cannot hide or add blocks. The target is 0 net new blocks
@@ -73,8 +80,9 @@ def worker_loop(cfg, batch: int, instance: str):
     from rules import compile_ruleset
     from shm.ring import OneToOneRing
 
+    from rules.features import feature_set_for
     rs = compile_ruleset(list(cfg.rules.files), cfg.schema, thresholds=cfg.rules.thresholds,
-                         on_error=cfg.rules.on_error)
+                         on_error=cfg.rules.on_error, features=feature_set_for(cfg))
     rs.warm_up()
     cap = max(64, 1 << (2 * batch - 1).bit_length())
     req = OneToOneRing.create("allocreq", cap, request_slot_dtype(cfg.schema.dtype),
@@ -132,6 +140,62 @@ def ingress_codec(cfg, batch: int, rs=None):
     return step
 
 
+def engine_processes(config: str | None, n: int, windows: int = 3, warmup: int = 5000,
+                     in_flight: int = 64) -> dict[str, list[int]]:
+    """Net blocks per window of ``n`` single-event requests in each process of a real engine
+    (module doc). Requests go out ``in_flight`` at a time from one DEALER, each with a fresh
+    (client id, request id), every reply is checked; after each window the processes go idle
+    and their counts are read."""
+    import zmq
+    from bench.engine_proc import EngineProcess
+    from bench.events import random_records
+    from engine.config import load_config
+    from ingress import wire
+    schema = load_config(config).schema
+    recs = random_records(schema, 256, seed=5)
+    eng = EngineProcess(config)
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.linger = 0
+    sock.connect(eng.bind)
+    rid = 0
+
+    def send(count: int) -> None:
+        nonlocal rid
+        while count > 0:
+            k = min(in_flight, count)
+            for _ in range(k):
+                rid += 1
+                sock.send_multipart([b"", wire.pack_request(schema.hash, recs[rid % 256:rid % 256 + 1],
+                                                            7, rid)])
+            for _ in range(k):
+                if not sock.poll(10_000):
+                    raise RuntimeError("alloc: no reply from the engine within 10 s")
+                _, err, _, msg = wire.unpack_reply(sock.recv_multipart()[-1])
+                if err:
+                    raise RuntimeError(f"alloc: the engine answered error {err}: {msg}")
+            count -= k
+
+    def blocks() -> dict[str, int]:
+        time.sleep(0.3)                              # every process back in its idle loop
+        return {r["process"]: int(r["value"]) for r in eng.stats()["risk_python_blocks"]}
+
+    try:
+        send(warmup)
+        before = blocks()
+        out = {p: [] for p in before}
+        for _ in range(windows):
+            send(n)
+            after = blocks()
+            for p in out:
+                out[p].append(after[p] - before[p])
+            before = after
+        return out
+    finally:
+        sock.close(0)
+        eng.stop()
+
+
 def run(a) -> int:
     from engine.config import load_config
     cfg = load_config(a.config)
@@ -161,7 +225,14 @@ def run(a) -> int:
         print(f"worker loop: not measured ({e})")
     n = max(1, iters // 10)
     i = blocks_delta(ingress_codec(cfg, batch, rs), n, warmup=200)
-    print(f"ingress codec (decode + encode_reply): net blocks per window of {n} messages: {i}; "
-          f"last window {i[-1] / n:+.5f} blocks/message; not measured here: the ROUTER loop's "
-          f"own bookkeeping (pending table, envelopes)")
+    print(f"ingress codec (decode + encode_reply, the general path): net blocks per window of "
+          f"{n} messages: {i}; last window {i[-1] / n:+.5f} blocks/message")
+    n = max(1000, events // 10)
+    e = engine_processes(a.config, n)
+    for proc, d in e.items():
+        ok = d[-1] / n < 0.01                      # well under one block per 100 messages
+        rc = rc if ok else 1
+        print(f"engine process {proc} (real engine, one-event binary requests: the fast path): net "
+              f"blocks per window of {n} requests: {d}; last window {d[-1] / n:+.5f} blocks/request "
+              f"[{'OK' if ok else 'ALLOCATES'}]")
     return rc

@@ -72,13 +72,13 @@ INGRESS = [("requests", N_TRANSPORTS * N_CODES), ("decisions", 3), ("inflight", 
            ("accepting", 1), ("deduplicated", 1), ("timeouts", 1), ("worker_lost", 1),
            ("eval_hist", N_TRANSPORTS * _hist(NB)), ("stage_hist", len(STAGES) * _hist(NB)),
            ("gc_hist", _hist(NBG)), ("generation_seen", 1), ("dedup_meta", 4),
-           ("timeout_log", 1 + LOG_ENTRIES * LOG_WIDTH)]
+           ("timeout_log", 1 + LOG_ENTRIES * LOG_WIDTH), ("py_blocks", 1)]
 WORKER = [("batches", 1), ("events", 1), ("generation", 1), ("reload_errors", 1),
           ("paused", 1), ("journal_seq", 1), ("retain_seq", 1),
           ("kernel_hist", _hist(NBK)), ("gc_hist", _hist(NBG)), ("heartbeat_ns", 1),
           ("pickup_hist", _hist(NB)), ("stalls", len(STALL_PHASES)),
           ("stall_log", 1 + LOG_ENTRIES * LOG_WIDTH),
-          ("row_generation", 2),
+          ("row_generation", 2), ("py_blocks", 1),
           ("rule_hits", 2 * MAX_RULES), ("rule_errors", 2 * MAX_RULES)]
 # Rule counters come in two rows: generation g counts into row g % 2. A row is zeroed only
 # when generation g + 2 starts, and the supervisor folds a row into its totals before it

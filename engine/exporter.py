@@ -192,6 +192,13 @@ class EngineCollector:
             pairs, s = _buckets(b.worker(w, "gc_hist"), GC_BOUNDS_NS)
             h.add_metric([f"worker {w}"], pairs, s)
         yield h
+        g = GaugeMetricFamily("risk_python_blocks", "Python memory blocks allocated in the process "
+                              "(sys.getallocatedblocks; the ingress per loop, a worker when idle): a "
+                              "steady climb under steady traffic is a leak", labels=["process"])
+        g.add_metric(["ingress"], float(sv("ingress.py_blocks")[0]))
+        for w in range(b.n_workers):
+            g.add_metric([f"worker {w}"], float(b.worker(w, "py_blocks")[0]))
+        yield g
         yield from self._features()
         yield from self._processes()
         yield GaugeMetricFamily("risk_ebpf_enabled", "1 when the eBPF sidecar runs",

@@ -327,6 +327,7 @@ def serve(run_dir: str, index: int) -> int:
     stop = block.view("supervisor.stop")
     want_gen = block.view("supervisor.generation")
     heartbeat = block.worker(index, "heartbeat_ns")
+    py_blocks = block.worker(index, "py_blocks")
     reload_errors = block.worker(index, "reload_errors")
     reloader = _Reloader(run_dir, cfg.schema, store.fs)
     refused = -1                        # a generation this worker could not load: not retried
@@ -343,6 +344,7 @@ def serve(run_dir: str, index: int) -> int:
             wake.last_wake = 0              # the next batch, if any, needed no wake-up
             continue
         heartbeat[0] = time.monotonic_ns()
+        py_blocks[0] = sys.getallocatedblocks()    # idle: a per-event leak shows (bench.alloc)
         g = int(want_gen[0])
         if g != proc.active.generation and g != refused and not reloader.busy:
             done = reloader.take()

@@ -201,6 +201,7 @@ class Router:
         accepting = True
         self.c_accepting[0] = 1
         fast, fast_meta = self.fast, self.fast.meta
+        c_blocks = self.block.view("ingress.py_blocks")
         gcstats.freeze_after_warmup()
         while True:
             if accepting and self.stop[0]:         # stop: read no more requests; finish the rest
@@ -216,6 +217,7 @@ class Router:
             if fast_meta[MIN_DEADLINE] <= now:
                 fast.expire(now)
             self.c_inflight[0] = len(self.pending) + fast.in_use
+            c_blocks[0] = sys.getallocatedblocks()  # a per-message leak shows here (bench.alloc)
             if got:
                 continue                           # busy: look again before sleeping
             if self.spin_ns and self._spin_for_work(sock, accepting):

@@ -32,3 +32,16 @@ def test_top_allocators_names_the_leaking_line():
 
     lines = top_allocators(leak, 200)
     assert lines and "test_alloc.py" in lines[0]
+
+
+def test_a_real_engine_allocates_nothing_per_request():
+    """The real ingress and worker processes count their own live blocks
+    (risk_python_blocks); over windows of one-event requests through the fast path, a
+    per-request leak would add about one block per request: allow a few blocks per window
+    (the worker's housekeeping thread allocates asynchronously)."""
+    from bench.alloc import engine_processes
+    n = 2000
+    d = engine_processes(None, n, windows=3, warmup=2000)
+    assert set(d) == {"ingress", "worker 0"}
+    for proc, w in d.items():
+        assert len(w) == 3 and w[-1] < n // 100, (proc, w)
