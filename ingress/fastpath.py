@@ -84,7 +84,7 @@ class FastPath:
         self.keyed_ok = d.enabled
         self.window_ns = d.window_ns
         self.ring_u8 = [r.request.slots.view(np.uint8).reshape(r.request.capacity, -1) for r in router.rings]
-        self.ring_hdr = [r.request._hdr for r in router.rings]
+        self.ring_hdr = [r.request.header for r in router.rings]
         self.ring_cap = [r.request.capacity for r in router.rings]
         self.resp_u8 = [r.response.slots.view(np.uint8).reshape(r.response.capacity, -1)
                         for r in router.rings]
@@ -107,13 +107,14 @@ class FastPath:
             ty(self.ring_hdr[0]), ty(self.ring_u8[0]), i64, i64, i64, ty(self.ft), ty(self.free),
             ty(self.meta), ty(self.fdec), i64, i64, i64, i64))
         self._queue_age = bind_entry(K.queue_age, (ty(self.ring_hdr[0]), ty(self.ring_u8[0]), i64, i64))
-        finish_tail = (ty(self.ft), ty(self.free), ty(self.meta), ty(self.fdec), ty(self.fout),
-                       ty(self.flag_errors), i64, ty(self.c_eval), ty(r.c_stage), ty(self.bounds),
-                       ty(self.c_req), ty(r.c_decisions), ty(d._meta), ty(d._index), ty(d._ent),
-                       ty(d._pool), i64)
+        # the arguments every finished row needs (K.finish_row), passed to deliver and finish
+        self._tail = (self.ft, self.free, self.meta, self.fdec, self.fout, self.flag_errors,
+                      self.instrument, self.c_eval, r.c_stage, self.bounds, self.c_req,
+                      r.c_decisions, d._meta, d._index, d._ent, d._pool, self.window_ns)
+        tail_t = tuple(i64 if type(a) is int else ty(a) for a in self._tail)
         self._deliver = bind_entry(K.deliver, (ty(self.resp_u8[0]), i64, i64, ty(self.done), i64)
-                                   + finish_tail)
-        self._finish = bind_entry(K.finish_row, (i64, i64, i64) + finish_tail)
+                                   + tail_t)
+        self._finish = bind_entry(K.finish_row, (i64, i64, i64) + tail_t)
         self._expired = bind_entry(K.expired, (ty(self.ft), ty(self.meta), i64, ty(self.done)))
 
     # --- requests ----------------------------------------------------------------------------
@@ -181,13 +182,7 @@ class FastPath:
     def deliver(self, w: int, pos: int, n: int, now: int) -> int:
         """File the fast responses among ``n`` drained slots of worker ``w``'s response ring
         and send their replies. Returns how many slots belong to the general path."""
-        d = self.dedup
-        r = self.router
-        ndone, nslow = self._deliver(self.resp_u8[w], pos, n, self.done, now, self.ft, self.free,
-                                     self.meta, self.fdec, self.fout, self.flag_errors,
-                                     self.instrument, self.c_eval, r.c_stage, self.bounds,
-                                     self.c_req, r.c_decisions, d._meta, d._index, d._ent,
-                                     d._pool, self.window_ns)
+        ndone, nslow = self._deliver(self.resp_u8[w], pos, n, self.done, now, *self._tail)
         for row in self.done[:ndone].tolist():
             self._reply(row)
         return nslow
@@ -204,10 +199,7 @@ class FastPath:
             self.finish(row, int(code), now)
 
     def finish(self, row: int, code: int, now: int) -> None:
-        d, r = self.dedup, self.router
-        self._finish(row, code, now, self.ft, self.free, self.meta, self.fdec, self.fout,
-                     self.flag_errors, self.instrument, self.c_eval, r.c_stage, self.bounds,
-                     self.c_req, r.c_decisions, d._meta, d._index, d._ent, d._pool, self.window_ns)
+        self._finish(row, code, now, *self._tail)
         self._reply(row)
 
     def _reply(self, row: int) -> None:

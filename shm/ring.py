@@ -104,6 +104,12 @@ class OneToOneRing:
         """Remove the segment name (owner, at clean shutdown). Idempotent."""
         unlink_segment(self.name)
 
+    @property
+    def header(self) -> np.ndarray:
+        """The header words (int64): for a compiled producer or consumer that calls the ring
+        kernels itself (ingress.fastpath); the same atomics rules apply (shm/layout.py)."""
+        return self._hdr
+
     def warm_up(self) -> None:
         """Compile (or load from Numba's cache) every kernel this ring calls, for its slot
         dtype, without touching the ring's state, and bind the compiled entry points.
