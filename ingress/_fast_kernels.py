@@ -25,6 +25,8 @@ import numpy as np
 from numba import njit
 
 from engine.control import _observe_request
+from engine.types import MAX_FIRED, RESPONSE_SLOT_DTYPE, DecisionFlag
+from ingress import wire
 from ingress import _dedup_kernels as DK
 from shm import _ring_kernels as RK
 from shm.atomics import load_acquire
@@ -45,14 +47,14 @@ NO_DEADLINE = np.int64((1 << 63) - 1)
 BAD_VALUE, RING_FULL, TABLE_FULL, DECIDED, WORKER_BEHIND = -1, -2, -3, -4, -5
 # value check kinds (column 1 of ``checks``)
 CHECK_F32, CHECK_F64, CHECK_BOOL = 4, 8, 1
-# response slot (RESPONSE_SLOT_DTYPE) and reply (wire) offsets: checked in ingress.fastpath
-S_SCORE, S_GEN, S_ACTION, S_FLAGS, S_NFIRED, S_FIRED, S_ERROR = 8, 16, 20, 21, 22, 24, 56
-SLOT_BYTES = 64
-REPLY_BYTES = 24 + 56
-MAX_FIRED = 16
-FIRED_OVERFLOW = 1
-REPLY_MAGIC = 0x414B5352              # b'RSKA'
-PROTOCOL_VERSION = 1
+# byte offsets of the response slot's fields (the kernels read and write its raw bytes)
+S_SCORE, S_GEN, S_ACTION, S_FLAGS, S_NFIRED, S_FIRED, S_ERROR = (
+    RESPONSE_SLOT_DTYPE.fields[f][1] for f in ("score", "generation", "action", "flags", "nfired",
+                                               "fired", "error"))
+SLOT_BYTES = RESPONSE_SLOT_DTYPE.itemsize
+REPLY_BYTES = wire.REPLY_HEADER_SIZE + wire.DECISION_SIZE     # one decision
+FIRED_OVERFLOW = int(DecisionFlag.FIRED_OVERFLOW)
+REPLY_MAGIC, PROTOCOL_VERSION = wire.REPLY_MAGIC, wire.PROTOCOL_VERSION
 
 
 @njit(cache=True, inline="always")

@@ -45,7 +45,9 @@ EVENT_MASK = (1 << EVENT_BITS) - 1
 EPOCH_SHIFT = 40                      # request sequence = (ingress epoch << 40) + counter: a
 EPOCHS = 128                          # restarted ingress never matches a predecessor's token;
                                       # under 2^47, so bit 63 of a token is free (fast path)
-_HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
+_HASH_MUL_INT = 0x9E3779B97F4A7C15      # shard = ((key * this) mod 2^64 >> 32) mod workers
+_HASH_MUL = np.uint64(_HASH_MUL_INT)
+_U64 = (1 << 64) - 1
 _RID = struct.Struct("<Q")             # request id at offset 32 of a binary request header
 TIMEOUT_BURST_NS = 100_000_000        # timeouts closer than this share one log entry
 READ_BATCH = 256                      # requests read before the responses get their turn
@@ -406,8 +408,8 @@ class Router:
         """The worker of the one event record at ``buf[off:]``: ``shard_of`` for one key."""
         if self.n_workers == 1:
             return 0
-        key = self.shard_struct.unpack_from(buf, self.shard_off + off)[0] & 0xFFFFFFFFFFFFFFFF
-        return (((key * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF) >> 32) % self.n_workers
+        key = self.shard_struct.unpack_from(buf, self.shard_off + off)[0] & _U64
+        return (((key * _HASH_MUL_INT) & _U64) >> 32) % self.n_workers
 
     def _overloaded(self, envelope, req, n: int, now_ns: int, why: str = "") -> None:
         if self.overload_action < 0:
