@@ -203,7 +203,7 @@ class Router:
         accepting = True
         self.c_accepting[0] = 1
         fast, fast_meta = self.fast, self.fast.meta
-        c_blocks = self.block.view("ingress.py_blocks")
+        c_blocks, blocks_due = self.block.view("ingress.py_blocks"), 0
         gcstats.freeze_after_warmup()
         while True:
             if accepting and self.stop[0]:         # stop: read no more requests; finish the rest
@@ -219,7 +219,9 @@ class Router:
             if fast_meta[MIN_DEADLINE] <= now:
                 fast.expire(now)
             self.c_inflight[0] = len(self.pending) + fast.in_use
-            c_blocks[0] = sys.getallocatedblocks()  # a per-message leak shows here (bench.alloc)
+            if now >= blocks_due:       # a per-message leak shows here (bench.alloc); the call
+                c_blocks[0] = sys.getallocatedblocks()      # costs 0.5 us, 2.5 % of a batched
+                blocks_due = now + 50_000_000               # run's loop when made every round
             if got:
                 continue                           # busy: look again before sleeping
             if self.spin_ns and self._spin_for_work(sock, accepting):
