@@ -1,8 +1,9 @@
 """The front door: one ROUTER socket, the request rings to the workers, the response rings back.
 
 Started by the supervisor as ``python -m ingress.router --run-dir D``. One thread, one
-``zmq.Poller`` holding the ROUTER socket and the eventfd doorbell of the response rings, so
-nothing spins while idle. Per message it decodes and validates (ingress.codec), routes each
+epoll over the ROUTER socket's ZMQ_FD and the eventfd doorbell of the response rings; after
+its last work it polls both for ``ingress.spin_us`` (yielding the CPU each round), then
+sleeps in the epoll, so nothing spins while idle. Per message it decodes and validates (ingress.codec), routes each
 event by a hash of the shard key to its worker (single writer per key), copies the records into
 the rings in one batch operation per worker, and answers when every event of the request has a
 decision, when its deadline passes (the configured default, flagged TIMEOUT or WORKER_LOST), or
