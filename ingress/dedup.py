@@ -95,13 +95,20 @@ class IdempotencyWindow:
     def start(self, key, pending) -> None:
         self.inflight[key] = pending
 
-    def finish(self, key, slots: np.ndarray, now_ns: int) -> None:
+    def finish(self, key, slots: np.ndarray, now_ns: int, owner=None) -> None:
         """Remember the decision: ``slots`` (RESPONSE_SLOT_DTYPE), or their bytes as a flat
-        contiguous uint8 array (the ingress passes those: no conversion per request)."""
-        self.inflight.pop(key, None)
+        contiguous uint8 array (the ingress passes those: no conversion per request).
+        ``owner``: the in-flight entry this request registered; a later request that reused
+        the key (another size: not a retry) registered its own, which stays."""
+        self.end_inflight(key, owner)
         data = slots if slots.dtype == np.uint8 else np.ascontiguousarray(slots).view(np.uint8).reshape(-1)
         _INSERT(self._meta, self._index, self._ent, self._pool, _i64(key[0]), _i64(key[1]),
                 now_ns + self.window_ns, now_ns, data)
 
     def forget(self, key) -> None:
         self.inflight.pop(key, None)
+
+    def end_inflight(self, key, owner=None) -> None:
+        """Drop the in-flight entry of ``key`` if it is still ``owner``'s (any, if None)."""
+        if owner is None or self.inflight.get(key) is owner:
+            self.inflight.pop(key, None)

@@ -207,7 +207,9 @@ class FastPath:
         key = self.keys[row]
         if key is not None:
             self.keys[row] = None
-            self.inflight.pop(key, None)
+            v = self.inflight.get(key)
+            if type(v) is int and v == row:     # a later request that reused the key (another
+                del self.inflight[key]          # size: not a retry) keeps its own entry
         dups = self.duplicates.pop(row, None) if self.duplicates else None
         if dups:
             slots = self.fdec[row].copy().view(RESPONSE_SLOT_DTYPE)

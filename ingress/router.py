@@ -535,7 +535,7 @@ class Router:
         t = _TRANSPORT[p.req.kind]
         now = time.monotonic_ns()
         if p.dedup_key is not None:
-            self.dedup.finish(p.dedup_key, p.flat, now)
+            self.dedup.finish(p.dedup_key, p.flat, now, owner=p)
         if not self.instrument:             # metrics.enabled: false (bench.metrics_overhead)
             return
         self.c_requests[t, code] += 1

@@ -44,6 +44,20 @@ def test_hit_miss_size_and_expiry():
     assert w.evicted_early == 0
 
 
+def test_a_reused_key_keeps_the_later_requests_in_flight_entry():
+    """A key reused for a request of another size is not a retry: that request registers its
+    own in-flight entry, and the first request finishing must not remove it (a retry of the
+    second, arriving while it is in flight, would otherwise be evaluated again)."""
+    w = IdempotencyWindow(10 * S)
+    first, second = object(), object()
+    w.start((1, 5), first)
+    w.start((1, 5), second)                              # same key, another size
+    w.finish((1, 5), decision(1, 3), now_ns=100, owner=first)
+    assert w.pending((1, 5)) is second
+    w.finish((1, 5), decision(2, 4), now_ns=200, owner=second)
+    assert w.pending((1, 5)) is None
+
+
 def test_disabled_window_remembers_nothing():
     w = IdempotencyWindow(0)
     assert not w.enabled
