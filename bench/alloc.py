@@ -13,8 +13,8 @@ Ingress: ``Codec.decode`` of a binary request and ``Codec.encode_reply`` of its 
 
 Engine processes: a real engine (``risk-engine serve``) takes windows of single-event binary
 requests (the ingress's fast path) over a real socket, and each process's own count of live
-blocks (``risk_python_blocks``: the ingress updates it every loop, a worker when idle) is read
-from its /stats after each window: the whole per-message path of the real ingress (socket
+blocks (``risk_python_blocks``: refreshed every 50 ms, a worker's when idle) is read from its
+/stats after each window, once the processes are idle: the whole per-message path of the real ingress (socket
 calls, fast path, bookkeeping, idempotency window) and of the real worker loop.
 
 Measured with ``sys.getallocatedblocks()`` around ``events`` events after a warm-up, with the

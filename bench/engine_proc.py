@@ -204,3 +204,10 @@ def engine_latency(before: dict | None, after: dict | None, transport: str = "bi
         return float("inf") if le == "+Inf" else float(le) * 1e3
     return {"count": int(total), "p50_le_ms": bound(0.5), "p99_le_ms": bound(0.99),
             "max_le_ms": bound(1.0)}
+
+
+def engine_latency_text(e: dict) -> str:
+    """One line for an ``engine_latency`` result (count > 0), as the benches print it."""
+    return (f"{e['count']} requests, arrival at the ingress to reply sent, "
+            f"risk_eval_duration_seconds buckets: p50 <= {e['p50_le_ms']:g} ms, "
+            f"p99 <= {e['p99_le_ms']:g} ms, max <= {e['max_le_ms']:g} ms")

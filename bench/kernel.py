@@ -95,7 +95,8 @@ def events(schema, n: int, seed: int = 2) -> np.ndarray:
     return ev
 
 
-def time_kernel(rs, ev, batch: int, target_events: int, cpu: bool = True, entry: bool = True) -> float:
+def time_kernel(rs, ev, batch: int, target_events: int, cpu: bool = True, entry: bool = True,
+                arrival_ns: int = 0) -> float:
     """Best-of-5 ns/event of kernel calls over consecutive batches of ``ev``.
 
     entry=True calls ``rs.entry``, the compiled entry point the worker calls (no per-call
@@ -105,16 +106,18 @@ def time_kernel(rs, ev, batch: int, target_events: int, cpu: bool = True, entry:
     slices cost about 0.7 us here, more than the kernel at batch 1).
     cpu=True measures this thread's CPU time (time.thread_time_ns): on a shared 2-core
     machine wall time mostly measures the other processes; cpu=False gives wall time.
+    A ruleset with features gets its feature tables, as the worker passes them; every event
+    arrives at ``arrival_ns`` (the tables' clock).
     """
     n = ev.shape[0]
     resp, bits, hits, errors = rs.new_buffers(n)
     reps = max(5, target_events // batch)
     clock = time.thread_time_ns if cpu else time.perf_counter_ns
     kernel = rs.entry if entry else rs.kernel
-    arrival = np.zeros(n, np.int64)
+    arrival = np.full(n, arrival_ns, np.int64)
     starts = [(k * batch) % (n - batch + 1) for k in range(min(reps, 512))]
-    calls = [(ev[s:s + batch], arrival[s:s + batch], resp[s:s + batch], bits[s:s + batch], hits, errors)
-             for s in starts]
+    calls = [(ev[s:s + batch], arrival[s:s + batch], resp[s:s + batch], bits[s:s + batch], hits, errors,
+              *rs.feature_arrays) for s in starts]
     best = float("inf")
     for _ in range(5):
         t0 = clock()
@@ -234,32 +237,27 @@ def main(argv=None) -> int:
 def features(cfg) -> int:
     """ns/event of the whole default ruleset with its six features, on bench.events' records
     (100,000 accounts; cards, devices and IPs from a pool of 16,384 events, as the latency
-    bench sends them), arrival = now, batches of 64 and 1024, CPU time, best of 5; then the
-    same events through the stateless rule files alone. The tables are process-local, in the
-    same layout as the engine's shared ones."""
+    bench sends them) in slot-like strided views, arrival = now, batches of 64 and 1024
+    (time_kernel: CPU time, best of 5, the first pass fills the tables); then the same events
+    through the stateless rule files alone. The tables are process-local, in the same layout
+    as the engine's shared ones."""
     from bench.events import random_records
     from rules import compile_ruleset
     from rules.features import feature_set_for
     kw = dict(thresholds=cfg.rules.thresholds, on_error=cfg.rules.on_error)
     pool = random_records(cfg.schema, 16_384, seed=1)
-    arrival = np.full(len(pool), time.time_ns(), np.int64)     # the tables' clock: wall ms
+    slots = np.zeros(len(pool), [("token", np.uint64), ("arrival_ns", np.int64), ("event", cfg.schema.dtype)])
+    slots["event"] = pool
+    now_ns = time.time_ns()                                   # the tables' clock: wall ms
     for label, files, fs in (("default ruleset with its features", list(cfg.rules.files),
                               feature_set_for(cfg)),
                              ("stateless rule files only", stateless_files(cfg), None)):
         rs = compile_ruleset(files, cfg.schema, features=fs, **kw)
+        rs.warm_up()
         print(f"{label}: {rs.n_rules} rules, {len(cfg.features) if fs else 0} features")
         for batch in (64, 1024):
-            resp, bits, hits, errors = rs.new_buffers(batch)
-            calls = [(pool[i:i + batch], arrival[i:i + batch]) for i in range(0, len(pool), batch)]
-            for ev, arr in calls:                                 # warm: tables filled once
-                rs.kernel(ev, arr, resp[:len(ev)], bits[:len(ev)], hits, errors, *rs.feature_arrays)
-            best = float("inf")
-            for _ in range(5):
-                t0 = time.thread_time_ns()
-                for ev, arr in calls:
-                    rs.kernel(ev, arr, resp[:len(ev)], bits[:len(ev)], hits, errors, *rs.feature_arrays)
-                best = min(best, (time.thread_time_ns() - t0) / len(pool))
-            print(f"  batch {batch:>5}: {best:7.0f} ns/event")
+            ns = time_kernel(rs, slots["event"], batch, 4 * len(pool), arrival_ns=now_ns)
+            print(f"  batch {batch:>5}: {ns:7.0f} ns/event")
     return 0
 
 

@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     ap.add_argument("--inflight", type=int, default=64)
     ap.add_argument("--config", help="engine config (default: the bundled one)")
     a = ap.parse_args(argv)
-    from bench.engine_proc import EngineProcess, engine_latency
+    from bench.engine_proc import EngineProcess, engine_latency, engine_latency_text
     from bench.soak import engine_memory
     from engine.config import load_config
     schema = load_config(a.config).schema
@@ -103,9 +103,7 @@ def main(argv=None) -> int:
         print(f"  {k:<18} {len(v):>8}  p50 {p[0] / 1e3:8.2f} ms  p99 {p[1] / 1e3:8.2f} ms  max {p[2] / 1e3:8.2f} ms")
     e = engine_latency(st0, st1)
     if e and e.get("count"):
-        print(f"  engine side, admitted ({e['count']} requests, arrival at the ingress to reply, "
-              f"risk_eval_duration_seconds buckets): p50 <= {e['p50_le_ms']:g} ms  p99 <= "
-              f"{e['p99_le_ms']:g} ms  max <= {e['max_le_ms']:g} ms")
+        print(f"  engine side, admitted: {engine_latency_text(e)}")
     print("memory before -> after, MiB: RSS; RssAnon (private; RSS also counts the shared "
           "feature tables and journal pages a process touched)")
     for k, (rss, anon) in rss0.items():

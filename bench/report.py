@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+from bench.engine_proc import engine_latency_text
 from bench.phase import PhaseResult
 
 PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99.9", 99.9))
@@ -119,10 +120,8 @@ def table(doc: dict) -> str:
                 f"{p}: {v['pauses']} ({v['total_ms']:.1f} ms)" for p, v in gc.items()) or "none"))
     e = doc.get("engine_inside")
     if "engine" in ph and e and e.get("count"):
-        lines.append(f"inside the engine (arrival at the ingress to reply sent, risk_eval_duration_seconds "
-                     f"buckets, {e['count']} requests): p50 <= {e['p50_le_ms']:g} ms, p99 <= "
-                     f"{e['p99_le_ms']:g} ms; the rest of a round trip is the client, the network stack "
-                     f"and the ROUTER socket's queue before the ingress reads it")
+        lines.append(f"inside the engine: {engine_latency_text(e)}; the rest of a round trip is the "
+                     f"client, the network stack and the ROUTER socket's queue before the ingress reads it")
     cpu = ", ".join(f"{c} phase {_f(ph[c]['load_cpu_share'], '{:.0%}')}" for c in cols)
     srv = ", ".join(f"{c} {_f(ph[c]['server_cpu_share'], '{:.0%}')}" for c in cols)
     lines.append(f"client CPU share of the {doc['cpus']} cores: {cpu} (the load generator shares "

@@ -50,6 +50,7 @@ GC_BOUNDS_NS = np.array([1e4, 1e5, 1e6, 1e7, 1e8, 1e9], dtype=np.int64)
 # time, so a TIMEOUT decision can be lined up with what held its worker (bench/soak.py).
 STALL_NS = 10_000_000
 STALL_PHASES = ("pickup", "kernel", "journal", "publish", "hold")
+BLOCKS_EVERY_NS = 50_000_000 # py_blocks cells (risk_python_blocks) refresh at most this often
 LOG_ENTRIES = 64             # entries per event log (the newest overwrite the oldest)
 LOG_WIDTH = 8                # cells per entry: wall time (ns since the epoch), then 7 values
 NB = len(LATENCY_BOUNDS_NS) + 1

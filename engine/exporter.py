@@ -193,7 +193,7 @@ class EngineCollector:
             h.add_metric([f"worker {w}"], pairs, s)
         yield h
         g = GaugeMetricFamily("risk_python_blocks", "Python memory blocks allocated in the process "
-                              "(sys.getallocatedblocks; the ingress per loop, a worker when idle): a "
+                              "(sys.getallocatedblocks, refreshed every 50 ms; a worker's when idle): a "
                               "steady climb under steady traffic is a leak", labels=["process"])
         g.add_metric(["ingress"], float(sv("ingress.py_blocks")[0]))
         for w in range(b.n_workers):

@@ -23,8 +23,8 @@ import time
 import numpy as np
 
 from engine import gcstats, procname, rundir
-from engine.control import (KERNEL_BOUNDS_NS, LATENCY_BOUNDS_NS, MAX_RULES, STALL_NS,
-                            STALL_PHASES, Block, EventLog, observe)
+from engine.control import (BLOCKS_EVERY_NS, KERNEL_BOUNDS_NS, LATENCY_BOUNDS_NS, MAX_RULES,
+                            STALL_NS, STALL_PHASES, Block, EventLog, observe)
 from engine.rings import EngineRings
 from engine.topology import pin_self
 from engine.types import RESPONSE_SLOT_DTYPE
@@ -327,7 +327,7 @@ def serve(run_dir: str, index: int) -> int:
     stop = block.view("supervisor.stop")
     want_gen = block.view("supervisor.generation")
     heartbeat = block.worker(index, "heartbeat_ns")
-    py_blocks = block.worker(index, "py_blocks")
+    py_blocks, blocks_due = block.worker(index, "py_blocks"), 0
     reload_errors = block.worker(index, "reload_errors")
     reloader = _Reloader(run_dir, cfg.schema, store.fs)
     refused = -1                        # a generation this worker could not load: not retried
@@ -343,8 +343,10 @@ def serve(run_dir: str, index: int) -> int:
             req.release(proc.process(v1))   # after publishing: a crash before this re-reads
             wake.last_wake = 0              # the next batch, if any, needed no wake-up
             continue
-        heartbeat[0] = time.monotonic_ns()
-        py_blocks[0] = sys.getallocatedblocks()    # idle: a per-event leak shows (bench.alloc)
+        now = heartbeat[0] = time.monotonic_ns()
+        if now >= blocks_due:           # idle: a per-event leak shows here (bench.alloc); the
+            py_blocks[0] = sys.getallocatedblocks()         # call walks the allocator's
+            blocks_due = now + BLOCKS_EVERY_NS              # arenas (0.5 us): not every round
         g = int(want_gen[0])
         if g != proc.active.generation and g != refused and not reloader.busy:
             done = reloader.take()

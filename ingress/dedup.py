@@ -37,7 +37,7 @@ _INSERT = bind_entry(K.insert, (_ARR1, _ARR1, _ARR2, _U8, _I64, _I64, _I64, _I64
 _TOP = 1 << 63
 
 
-def _i64(x: int) -> int:
+def i64_bits(x: int) -> int:
     """A u64 id as the int64 bit pattern the kernels store."""
     return x if x < _TOP else x - (1 << 64)
 
@@ -85,7 +85,7 @@ class IdempotencyWindow:
     def decided_slots(self, key, now_ns: int, n: int):
         """A copy of the first decision's slots flagged DUPLICATE, or None. A key reused
         for a request of another size is not a retry: None (it is decided afresh)."""
-        off = _LOOKUP(self._index, self._ent, self._pool.size, _i64(key[0]), _i64(key[1]), now_ns, n)
+        off = _LOOKUP(self._index, self._ent, self._pool.size, i64_bits(key[0]), i64_bits(key[1]), now_ns, n)
         if off < 0:
             return None
         slots = self._pool[off:off + n * _SLOT].view(RESPONSE_SLOT_DTYPE).copy()
@@ -102,7 +102,7 @@ class IdempotencyWindow:
         the key (another size: not a retry) registered its own, which stays."""
         self.end_inflight(key, owner)
         data = slots if slots.dtype == np.uint8 else np.ascontiguousarray(slots).view(np.uint8).reshape(-1)
-        _INSERT(self._meta, self._index, self._ent, self._pool, _i64(key[0]), _i64(key[1]),
+        _INSERT(self._meta, self._index, self._ent, self._pool, i64_bits(key[0]), i64_bits(key[1]),
                 now_ns + self.window_ns, now_ns, data)
 
     def forget(self, key) -> None:

@@ -20,12 +20,10 @@ import numpy as np
 from engine.types import RESPONSE_SLOT_DTYPE, DecisionFlag
 from ingress import _fast_kernels as K
 from ingress import wire
+from ingress.dedup import i64_bits
 from shm.ring import bind_entry
 
 _HEADER = wire.REQUEST_HEADER
-_TOP = 1 << 63
-_MORE_NOWAIT = 3                       # zmq.SNDMORE | zmq.NOBLOCK (plain ints: see router)
-_NOWAIT = 1
 
 # the reply layout the kernel writes (encode_reply: header, then one decision record)
 assert [wire.DECISION_DTYPE.fields[f][1] for f in ("action", "flags", "error", "nfired", "generation",
@@ -43,10 +41,6 @@ def value_checks(schema) -> np.ndarray:
         elif f.kind == "bool":
             rows.append((off, K.CHECK_BOOL))
     return np.array(rows, np.int64).reshape(-1, 2)
-
-
-def _i64(x: int) -> int:
-    return x if x < _TOP else x - (1 << 64)
 
 
 class FastPath:
@@ -74,7 +68,6 @@ class FastPath:
         self.schema_hash = schema.hash
         self.checks = value_checks(schema)
         self.ev_off = router.slot_dtype.fields["event"][1]
-        self.default_deadline_ns = router.default_deadline_ns
         d = router.dedup
         self.dedup = d
         self.inflight = d.inflight
@@ -148,10 +141,10 @@ class FastPath:
         seq = r.seq
         d = self.dedup
         res = self._admit(body, wire.REQUEST_HEADER_SIZE, self.rsize, self.checks,
-                          _i64(cid), _i64(rid), 0 if key is None else 1, d._index, d._ent,
+                          i64_bits(cid), i64_bits(rid), 0 if key is None else 1, d._index, d._ent,
                           d._pool.size, self.ring_hdr[w], self.ring_u8[w], self.ring_cap[w],
                           self.ev_off, w, self.ft, self.free, self.meta, self.fdec, seq, now,
-                          now + (deadline_us * 1000 if deadline_us else self.default_deadline_ns),
+                          r.deadline(now, deadline_us),
                           r.behind_ns)
         if res < 0:
             return False

@@ -3,11 +3,11 @@
 Started by the supervisor as ``python -m ingress.router --run-dir D``. One thread, one
 epoll over the ROUTER socket's ZMQ_FD and the eventfd doorbell of the response rings; after
 its last work it polls both for ``ingress.spin_us`` (yielding the CPU each round), then
-sleeps in the epoll, so nothing spins while idle. Per message it decodes and validates (ingress.codec), routes each
-event by a hash of the shard key to its worker (single writer per key), copies the records into
-the rings in one batch operation per worker, and answers when every event of the request has a
-decision, when its deadline passes (the configured default, flagged TIMEOUT or WORKER_LOST), or
-at once when a ring is full (OVERLOADED).
+sleeps in the epoll, so nothing spins while idle. Per message it decodes and validates
+(ingress.codec), routes each event by a hash of the shard key to its worker (single writer
+per key), copies the records into the rings in one batch operation per worker, and answers
+when every event of the request has a decision, when its deadline passes (the configured
+default, flagged TIMEOUT or WORKER_LOST), or at once when it cannot be admitted (OVERLOADED).
 
 Binary requests with one event, the latency-critical case, take a compiled fast path first
 (ingress.fastpath: a preallocated in-flight table, one compiled call per request and one per
@@ -28,7 +28,8 @@ import numpy as np
 import zmq
 
 from engine import gcstats, procname, rundir
-from engine.control import LATENCY_BOUNDS_NS, N_CODES, STAGES, EventLog, observe_request
+from engine.control import (BLOCKS_EVERY_NS, LATENCY_BOUNDS_NS, N_CODES, STAGES, EventLog,
+                            observe_request)
 from engine.rings import EngineRings
 from engine.topology import pin_self
 from engine.types import Action, DecisionFlag, ErrorCode, RESPONSE_SLOT_DTYPE, request_slot_dtype
@@ -222,7 +223,7 @@ class Router:
             self.c_inflight[0] = len(self.pending) + fast.in_use
             if now >= blocks_due:       # a per-message leak shows here (bench.alloc); the call
                 c_blocks[0] = sys.getallocatedblocks()      # costs 0.5 us, 2.5 % of a batched
-                blocks_due = now + 50_000_000               # run's loop when made every round
+                blocks_due = now + BLOCKS_EVERY_NS          # run's loop when made every round
             if got:
                 continue                           # busy: look again before sleeping
             if self.spin_ns and self._spin_for_work(sock, accepting):
@@ -399,13 +400,18 @@ class Router:
         for w, sel in groups:
             self.rings[w].request.try_publish(slots if sel is None else slots[sel], defer_doorbell=True)
         self.owed_since = self.owed_since or now_ns
-        deadline = now_ns + (req.deadline_us * 1000 if req.deadline_us else self.default_deadline_ns)
+        deadline = self.deadline(now_ns, req.deadline_us)
         p = _Pending(seq, envelope, req, n, now_ns, deadline, [w for w, _ in groups], dkey)
         p.routed_ns = time.monotonic_ns()
         self.pending[seq] = p
         heapq.heappush(self.deadlines, (deadline, seq))
         if dkey is not None:
             self.dedup.start(dkey, p)
+
+    def deadline(self, now_ns: int, deadline_us: int) -> int:
+        """When a request that arrived at ``now_ns`` must be answered: its header's deadline,
+        or ingress.default_deadline_ms when it carries none (0)."""
+        return now_ns + (deadline_us * 1000 if deadline_us else self.default_deadline_ns)
 
     def worker_of_record(self, buf, off: int) -> int:
         """The worker of the one event record at ``buf[off:]``: ``shard_of`` for one key."""

@@ -31,6 +31,7 @@ def test_time_kernel_evaluates_every_event_of_every_batch(tmp_path):
         entry = staticmethod(lambda *a: (calls.append(len(a[0])), real(*a)))
         kernel = entry
         new_buffers = staticmethod(rs.new_buffers)
+        feature_arrays = rs.feature_arrays
 
     ns = bk.time_kernel(Spy, ev, 4, 40)
     assert ns > 0 and len(calls) == 5 * 10 and set(calls) == {4}
@@ -41,3 +42,16 @@ def test_time_kernel_evaluates_every_event_of_every_batch(tmp_path):
     assert resp["action"].tolist() == [a for a, _, _ in ref]
     assert resp["score"].tolist() == [s for _, s, _ in ref]
     assert len({a for a, _, _ in ref}) > 1           # the events exercise several outcomes
+
+
+def test_time_kernel_passes_the_feature_tables(tmp_path):
+    """--features times the default ruleset with its tables: the timed calls must update
+    them (a kernel called without its tables would not even run)."""
+    from engine.features.table import counters
+    from rules.features import feature_set_for
+    cfg = load_config(None)
+    rs = compile_ruleset(list(cfg.rules.files), cfg.schema, features=feature_set_for(cfg),
+                         thresholds=cfg.rules.thresholds, on_error=cfg.rules.on_error)
+    ev = bk.events(cfg.schema, 256)
+    assert bk.time_kernel(rs, ev, 64, 256, arrival_ns=1_764_300_000_000_000_000) > 0
+    assert counters(rs.feature_arrays[0])["fill"] > 100         # txn_count_1m: one key per account

@@ -10,6 +10,7 @@ from engine.schema import Schema
 from engine.types import MAX_FIRED, RESPONSE_SLOT_DTYPE, DecisionFlag, ErrorCode
 from ingress import _fast_kernels as K
 from ingress import wire
+from ingress.dedup import i64_bits
 from ingress.fastpath import value_checks
 from ingress.router import Router, shard_of, shard_struct
 from ingress.wire import WireError
@@ -39,8 +40,7 @@ def test_reply_bytes_equal_the_codecs():
         rid = int(rng.integers(0, 2 ** 63)) * 2 + 1       # the top bit set half of the time
         req.request_id = rid
         one = np.array([s], RESPONSE_SLOT_DTYPE)
-        K.encode_reply(one.view(np.uint8), out, np.int64(rid - (1 << 64) if rid >= 1 << 63 else rid),
-                       CODEC._flag_errors)
+        K.encode_reply(one.view(np.uint8), out, np.int64(i64_bits(rid)), CODEC._flag_errors)
         assert out.tobytes() == CODEC.encode_reply(req, one), s
 
 
