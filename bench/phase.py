@@ -169,9 +169,14 @@ def merge(out: PhaseResult, r: LoadResult) -> None:
 
 
 def _tree_cpu(p: psutil.Process) -> float:
-    """CPU seconds of a process and its live children."""
+    """CPU seconds of a process and its live children (0 for a server that has exited:
+    the run's replies say what happened to it; the harness must still print them)."""
     total = 0.0
-    for q in [p] + p.children(recursive=True):
+    try:
+        procs = [p] + p.children(recursive=True)
+    except psutil.Error:
+        return total
+    for q in procs:
         try:
             t = q.cpu_times()
             total += t.user + t.system

@@ -90,6 +90,18 @@ def values_ok(body, off, checks):
     return True
 
 
+@njit(cache=True, inline="always")
+def write_slot(slot, token, now, src, src_off, rsize, ev_off):
+    """One request slot: token, arrival stamp, the record's ``rsize`` bytes from
+    ``src[src_off:]`` at ``ev_off``, zeroed padding (the bytes a worker reads are all set)."""
+    _put(slot, 0, 8, token)
+    _put(slot, 8, 8, now)
+    for k in range(rsize):
+        slot[ev_off + k] = src[src_off + k]
+    for k in range(ev_off + rsize, slot.shape[0]):
+        slot[k] = 0
+
+
 @njit(cache=True)
 def queue_age(ring_hdr, ring_u8, ring_cap, now):
     """How long the oldest event a worker has not finished (queued, or in the batch it is
@@ -127,14 +139,8 @@ def admit(body, hdr_off, rsize, checks, cid, rid, keyed, dd_index, dd_ent, dd_po
     row = free[top - 1]
     meta[TOP] = top - 1
     meta[USED] += 1
-    slot = ring_u8[pos & (ring_cap - 1)]
     token = FAST_BIT | (np.uint64(seq) << np.uint64(ROW_BITS)) | np.uint64(row)
-    _put(slot, 0, 8, token)
-    _put(slot, 8, 8, now)
-    for k in range(rsize):
-        slot[ev_off + k] = body[hdr_off + k]
-    for k in range(ev_off + rsize, slot.shape[0]):
-        slot[k] = 0
+    write_slot(ring_u8[pos & (ring_cap - 1)], token, now, body, hdr_off, rsize, ev_off)
     owed = RK._publish(ring_hdr, pos + 1)
     r = ft[row]
     r[SEQ] = seq
@@ -156,17 +162,21 @@ def admit(body, hdr_off, rsize, checks, cid, rid, keyed, dd_index, dd_ent, dd_po
     return row * 2 + owed
 
 
-@njit(cache=True)
-def encode_reply(d, out, rid, flag_errors):
-    """The binary reply (header + one decision record, docs/PROTOCOL.md) for the response
-    slot bytes ``d``, into ``out`` (REPLY_BYTES): the same bytes as Codec.encode_reply."""
+@njit(cache=True, inline="always")
+def encode_header(out, n, rid):
+    """The binary reply header for ``n`` decisions (docs/PROTOCOL.md) into ``out[:24]``."""
     _put(out, 0, 4, REPLY_MAGIC)
     _put(out, 4, 2, PROTOCOL_VERSION)
     _put(out, 6, 2, 0)
-    _put(out, 8, 4, 1)
+    _put(out, 8, 4, n)
     _put(out, 12, 4, 0)
     _put(out, 16, 8, rid)
-    o = 24
+
+
+@njit(cache=True, inline="always")
+def encode_decision(d, out, o, flag_errors):
+    """One decision record (wire.DECISION_SIZE bytes) for the response slot bytes ``d``, at
+    ``out[o:]``."""
     nfired = _get(d, S_NFIRED, 2)
     flags = d[S_FLAGS]
     if nfired > MAX_FIRED:
@@ -183,6 +193,14 @@ def encode_reply(d, out, rid, flag_errors):
         out[o + 16 + k] = d[S_SCORE + k]
     for k in range(2 * MAX_FIRED):
         out[o + 24 + k] = d[S_FIRED + k]
+
+
+@njit(cache=True)
+def encode_reply(d, out, rid, flag_errors):
+    """The binary reply (header + one decision record) for the response slot bytes ``d``,
+    into ``out`` (REPLY_BYTES): the same bytes as Codec.encode_reply."""
+    encode_header(out, 1, rid)
+    encode_decision(d, out, wire.REPLY_HEADER_SIZE, flag_errors)
 
 
 @njit(cache=True)

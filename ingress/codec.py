@@ -2,27 +2,34 @@
 
 ``Codec(schema, max_batch, max_frame_bytes)`` precomputes everything at construction; per
 request ``decode`` does one ``struct.unpack_from`` for the header, one ``np.frombuffer`` +
-copy for the body and one vectorised check per float/bool field. Every malformed input
-raises ``WireError`` with its stable ``ErrorCode``: no malformed record is ever returned.
+copy for the body and one compiled pass over the float and bool fields (only a record that
+fails it goes through the vectorised checks that name the field); a binary reply is one
+compiled call (ingress._batch_kernels). Every malformed input raises ``WireError`` with its
+stable ``ErrorCode``: no malformed record is ever returned.
 The byte layout is in ``ingress.wire`` and docs/PROTOCOL.md.
 """
 from __future__ import annotations
 
 import json
 import math
-import struct
 from dataclasses import dataclass
 from typing import Mapping
 
+import numba
 import numpy as np
 
 from engine.schema import Schema
 from engine.types import ACTION_NAMES, MAX_FIRED, RESPONSE_SLOT_DTYPE, DecisionFlag, ErrorCode
+from ingress import _batch_kernels as BK
+from ingress import _fast_kernels as FK
 from ingress import wire
+from ingress.dedup import i64_bits
 from ingress.jsonevents import EventConverter, _jtype
 from ingress.wire import WireError
+from shm.ring import bind_entry
 
 U64_MAX = (1 << 64) - 1
+SLOT_BYTES = RESPONSE_SLOT_DTYPE.itemsize
 U32_MAX = (1 << 32) - 1
 _JSON_KEYS = frozenset(("request_id", "client_id", "deadline_ms", "event", "events"))
 # decision flag -> per-decision error code (binary reply "error" field)
@@ -31,23 +38,18 @@ _FLAG_ERRORS = ((DecisionFlag.DEFAULT_TIMEOUT, ErrorCode.TIMEOUT),
                 (DecisionFlag.DEFAULT_WORKER_LOST, ErrorCode.WORKER_LOST))
 
 
-def _slot_struct() -> struct.Struct:
-    """Reads score, generation, action, flags, nfired, fired[] of one response slot, at the
-    offsets RESPONSE_SLOT_DTYPE gives them (checked: the unpack order is fixed below)."""
-    codes = {"score": "d", "generation": "I", "action": "B", "flags": "B", "nfired": "H",
-             "fired": f"{MAX_FIRED}H"}
-    fmt, pos = "<", 0
-    placed = sorted((RESPONSE_SLOT_DTYPE.fields[k][1], k) for k in codes)
-    for off, k in placed:
-        fmt += (f"{off - pos}x" if off > pos else "") + codes[k]
-        pos = off + RESPONSE_SLOT_DTYPE.fields[k][0].itemsize
-    order = [k for _, k in placed]
-    if order != list(codes):
-        raise RuntimeError(f"RESPONSE_SLOT_DTYPE field order {order} != {list(codes)}: update _slot_struct")
-    return struct.Struct(fmt)
 
-
-_SLOT = _slot_struct()
+def value_checks(schema: Schema) -> np.ndarray:
+    """(offset in the record, kind) of every float and bool field: what the compiled value
+    check (ingress._fast_kernels.values_ok) tests."""
+    rows = []
+    for f in schema.fields:
+        off = schema.dtype.fields[f.name][1]
+        if f.kind == "float":
+            rows.append((off, FK.CHECK_F64 if f.size == 8 else FK.CHECK_F32))
+        elif f.kind == "bool":
+            rows.append((off, FK.CHECK_BOOL))
+    return np.array(rows, np.int64).reshape(-1, 2)
 
 
 @dataclass(slots=True)
@@ -131,16 +133,19 @@ class Codec:
             (np.dtype(f"<f{w}"), self._columns(schema, "float", w)) for w in (4, 8)
             if self._columns(schema, "float", w)[0].size)
         self._bool_cols = self._columns(schema, "bool", 1)
-        # single-event fast path: the same checks from one struct.unpack_from each (~10x
-        # cheaper than the numpy calls for N = 1, ENGINEERING.md §2); a failure falls through
-        # to the vectorised checks, which name the field
-        self._one_floats = self._struct(schema, "float")
-        self._one_bools = self._struct(schema, "bool")
+        # the compiled pass over every record (the fast path's checks); a failure falls
+        # through to the vectorised checks above, which name the event and the field
+        self.value_checks = value_checks(schema)
+        self._first_bad = bind_entry(BK.first_bad_record, (
+            numba.typeof(np.zeros(1, np.uint8)), numba.types.int64, numba.types.int64,
+            numba.typeof(self.value_checks)))
         errs = np.zeros(256, np.uint16)
         for flag, code in reversed(_FLAG_ERRORS):
             errs[(np.arange(256) & int(flag)) != 0] = int(code)
         self._flag_errors = errs
-        self._flag_errors_t = tuple(errs.tolist())
+        self._encode = bind_entry(BK.encode_replies, (
+            numba.typeof(np.zeros((1, SLOT_BYTES), np.uint8)), numba.typeof(np.zeros(1, np.uint8)),
+            numba.types.int64, numba.typeof(errs)))
         self._flag_names = tuple(
             [f.name for f in DecisionFlag if f.value and f.value & v] for v in range(256))
 
@@ -151,16 +156,6 @@ class Codec:
         offs = [schema.dtype.fields[f.name][1] for f in fs]
         assert all(o % width == 0 for o in offs), "aligned dtype"
         return np.array([o // width for o in offs], np.intp), tuple(f.name for f in fs)
-
-    @staticmethod
-    def _struct(schema: Schema, kind: str) -> struct.Struct | None:
-        """A struct reading every field of ``kind`` of one record, or None if there is none."""
-        fs = sorted((schema.dtype.fields[f.name][1], f.size) for f in schema.fields if f.kind == kind)
-        fmt, pos = "<", 0
-        for off, size in fs:
-            fmt += (f"{off - pos}x" if off > pos else "") + {1: "B", 4: "f", 8: "d"}[size]
-            pos = off + size
-        return struct.Struct(fmt) if fs else None
 
     # --- requests ----------------------------------------------------------------------------
 
@@ -203,7 +198,7 @@ class Codec:
                             f"record_size={self._rsize}", rid)
         # one byte copy (bytearray) instead of a structured copy: several times cheaper
         recs = np.frombuffer(bytearray(memoryview(frame)[wire.REQUEST_HEADER_SIZE:]), self._dtype)
-        if count == 1 and self._single_ok(frame):
+        if self._first_bad(recs.view(np.uint8), count, self._rsize, self.value_checks) < 0:
             return Request("binary", rid, client_id, deadline_us, flags, recs)
         for dt, (cols, names) in self._float_checks:
             vals = recs.view(dt).reshape(count, -1).take(cols, axis=1)
@@ -220,13 +215,6 @@ class Codec:
                 raise WireError(ErrorCode.OUT_OF_RANGE,
                                 f"events[{i}].{names[j]}: bool byte {raw[i, j]} is not 0 or 1", rid)
         return Request("binary", rid, client_id, deadline_us, flags, recs)
-
-    def _single_ok(self, frame) -> bool:
-        off = wire.REQUEST_HEADER_SIZE
-        if self._one_floats is not None and \
-                not all(map(math.isfinite, self._one_floats.unpack_from(frame, off))):
-            return False
-        return self._one_bools is None or max(self._one_bools.unpack_from(frame, off)) <= 1
 
     def _decode_json(self, frame) -> Request:
         try:
@@ -283,30 +271,10 @@ class Codec:
                              f"(request_id={req.request_id})")
         if req.kind == "json":
             return self._json_reply(req.request_id, slots, ruleset_meta)
-        if n == 1 and slots.flags.c_contiguous:
-            return self._binary_reply_one(req.request_id, slots)
         buf = bytearray(wire.REPLY_HEADER_SIZE + n * wire.DECISION_SIZE)
-        wire.REPLY_HEADER.pack_into(buf, 0, wire.REPLY_MAGIC, wire.PROTOCOL_VERSION, 0, n, 0,
-                                    req.request_id)
-        d = np.frombuffer(buf, wire.DECISION_DTYPE, n, wire.REPLY_HEADER_SIZE)
-        d["action"] = slots["action"]
-        flags = d["flags"]
-        flags[:] = slots["flags"]
-        flags |= slots["nfired"] > MAX_FIRED
-        d["error"] = self._flag_errors[slots["flags"]]
-        d["nfired"] = slots["nfired"]
-        d["generation"] = slots["generation"]
-        d["score"] = slots["score"]
-        d["fired"] = slots["fired"]
+        raw = np.ascontiguousarray(slots).view(np.uint8).reshape(n, SLOT_BYTES)
+        self._encode(raw, np.frombuffer(buf, np.uint8), i64_bits(req.request_id), self._flag_errors)
         return bytes(buf)
-
-    def _binary_reply_one(self, rid: int, slots: np.ndarray) -> bytes:
-        """N = 1: two struct calls instead of eight numpy column copies (same bytes)."""
-        score, gen, action, flags, nfired, *fired = _SLOT.unpack_from(slots)
-        if nfired > MAX_FIRED:
-            flags |= DecisionFlag.FIRED_OVERFLOW
-        return wire.REPLY_HEADER.pack(wire.REPLY_MAGIC, wire.PROTOCOL_VERSION, 0, 1, 0, rid) + \
-            wire.DECISION.pack(action, flags, self._flag_errors_t[flags], nfired, gen, score, *fired)
 
     def _json_reply(self, rid: int, slots: np.ndarray, metas) -> bytes:
         if isinstance(metas, RulesetMeta):

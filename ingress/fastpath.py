@@ -31,18 +31,6 @@ assert [wire.DECISION_DTYPE.fields[f][1] for f in ("action", "flags", "error", "
 assert wire.REPLY_HEADER.format == "<IHHIIQ"
 
 
-def value_checks(schema) -> np.ndarray:
-    """(offset in the record, kind) of every float and bool field: what ``admit`` checks."""
-    rows = []
-    for f in schema.fields:
-        off = schema.dtype.fields[f.name][1]
-        if f.kind == "float":
-            rows.append((off, K.CHECK_F64 if f.size == 8 else K.CHECK_F32))
-        elif f.kind == "bool":
-            rows.append((off, K.CHECK_BOOL))
-    return np.array(rows, np.int64).reshape(-1, 2)
-
-
 class FastPath:
     def __init__(self, router, capacity: int):
         if capacity > K.ROW_MASK + 1:
@@ -66,7 +54,7 @@ class FastPath:
         self.body_len = wire.REQUEST_HEADER_SIZE + schema.record_size
         self.rsize = schema.record_size
         self.schema_hash = schema.hash
-        self.checks = value_checks(schema)
+        self.checks = router.codec.value_checks
         self.ev_off = router.slot_dtype.fields["event"][1]
         d = router.dedup
         self.dedup = d

@@ -24,6 +24,7 @@ import struct
 import sys
 import time
 
+import numba
 import numpy as np
 import zmq
 
@@ -37,13 +38,14 @@ from ingress.codec import Codec, RulesetMeta, split_envelope
 from ingress.dedup import IdempotencyWindow
 from ingress.fastpath import FastPath
 from ingress._fast_kernels import MIN_DEADLINE
+from ingress import _batch_kernels as BK
+from ingress._batch_kernels import EVENT_BITS
 from ingress.sockopts import SockOpts
 from ingress import wire
 from ingress.wire import WireError
 from shm.doorbell import EventfdDoorbell
+from shm.ring import bind_entry
 
-EVENT_BITS = 16                       # token = (request sequence << 16) | event index
-EVENT_MASK = (1 << EVENT_BITS) - 1
 EPOCH_SHIFT = 40                      # request sequence = (ingress epoch << 40) + counter: a
 EPOCHS = 128                          # restarted ingress never matches a predecessor's token;
                                       # under 2^47, so bit 63 of a token is free (fast path)
@@ -63,7 +65,6 @@ SHED_MESSAGE = "shedding load: the front door is behind; retry later"
 _SHED_BYTES = SHED_MESSAGE.encode()
 _OVERLOADED = int(ErrorCode.OVERLOADED)
 SLOT_BYTES = RESPONSE_SLOT_DTYPE.itemsize
-_GEN_OFF = RESPONSE_SLOT_DTYPE.fields["generation"][1]   # generation 0 = no decision yet
 
 
 class _Pending:
@@ -134,11 +135,7 @@ class Router:
         self.sock: zmq.Socket | None = None
         epoch = (int(self.block.view("supervisor.ingress_restarts")[0]) + 1) % EPOCHS
         self.seq = (epoch << EPOCH_SHIFT) + 1
-        self.one = np.zeros(1, self.slot_dtype)          # reused for single-event requests
-        ev_off = self.slot_dtype.fields["event"][1]
-        self.ev_bytes = slice(ev_off, ev_off + cfg.schema.record_size)
-        self.one_u8 = self.one.view(np.uint8)[self.ev_bytes]          # the event's bytes
-        self.one_u64 = self.one.view(np.uint64)                       # word 0 token, 1 arrival
+        self.rsize = cfg.schema.record_size
         assert self.slot_dtype.fields["token"][1] == 0 and self.slot_dtype.fields["arrival_ns"][1] == 8
         b = self.block
         self.c_requests = b.view("ingress.requests").reshape(2, N_CODES)
@@ -158,9 +155,27 @@ class Router:
         self.shard_struct = shard_struct(key[0])
         self.shard_off = key[1]
         self.fast = FastPath(self, self.max_inflight)
+        self._bind_kernels()
         gcstats.install(b.view("ingress.gc_hist"))
 
     # --- set-up ------------------------------------------------------------------------------
+
+    def _bind_kernels(self) -> None:
+        """The general path's compiled calls (ingress._batch_kernels), bound to exactly the
+        argument types they get: a call then skips Numba's per-call type dispatch."""
+        ty, i64, fast = numba.typeof, numba.types.int64, self.fast
+        u8 = ty(np.zeros(1, np.uint8))
+        self._no_widx = np.zeros(0, np.intp)       # every record to the one worker
+        self.ring_args = [(fast.ring_hdr[w], fast.ring_u8[w], fast.ring_cap[w], fast.ev_off)
+                          for w in range(self.n_workers)]
+        self._stage = bind_entry(BK.stage, (u8, i64, i64, ty(self._no_widx), i64, ty(fast.ring_hdr[0]),
+                                            ty(fast.ring_u8[0]), i64, i64, i64, i64))
+        resp_t = ty(fast.resp_u8[0])
+        self.run_buf = np.zeros((max(r.response.capacity for r in self.rings), 3), np.int64)
+        self._runs = bind_entry(BK.runs, (resp_t, i64, i64, ty(self.run_buf)))
+        raw_t = ty(np.zeros((1, SLOT_BYTES), np.uint8))
+        self._file_run = bind_entry(BK.file_run, (resp_t, i64, i64, i64, raw_t))
+        self._count_actions = bind_entry(BK.count_actions, (raw_t, ty(self.c_decisions)))
 
     def _socket(self, ctx: zmq.Context) -> zmq.Socket:
         sock = ctx.socket(zmq.ROUTER)
@@ -368,16 +383,17 @@ class Router:
                 self.c_dedup[0] += 1
                 self.send_decision(envelope, req, slots)
                 return
-        if n == 1:
-            groups = ((self.worker_of_record(req.records.view(np.uint8), 0), None),)
+        recs = req.records.view(np.uint8)
+        if self.n_workers == 1:
+            widx, groups = self._no_widx, ((0, n),)
+        elif n == 1:
+            widx, groups = self._no_widx, ((self.worker_of_record(recs, 0), 1),)
         else:
             widx = shard_of(req.records[self.shard_key], self.n_workers)
-            if (widx == widx[0]).all():
-                groups = ((int(widx[0]), None),)
-            else:
-                groups = tuple((w, np.flatnonzero(widx == w)) for w in np.unique(widx).tolist())
-        for w, sel in groups:                      # all-or-nothing: room in every ring first
-            if self.rings[w].free_request_slots() < (n if sel is None else len(sel)):
+            counts = np.bincount(widx, minlength=self.n_workers).tolist()
+            groups = tuple((w, c) for w, c in enumerate(counts) if c)
+        for w, count in groups:                    # all-or-nothing: room in every ring first
+            if self.rings[w].free_request_slots() < count:
                 return self._overloaded(envelope, req, n, now_ns)
             age = self.fast.queue_age(w, now_ns)
             if age > self.behind_ns:
@@ -385,20 +401,11 @@ class Router:
                                         f"oldest queued event has waited {age / 1e6:.1f} ms")
         seq = self.seq
         self.seq += 1
-        # byte-view copies of the records into the slots: a structured field assignment costs
-        # several times more, and the padding bytes travel too
-        if n == 1:
-            slots = self.one
-            self.one_u8[:] = req.records.view(np.uint8)
-            self.one_u64[0] = seq << EVENT_BITS
-            self.one_u64[1] = now_ns
-        else:
-            slots = np.empty(n, self.slot_dtype)
-            slots.view(np.uint8).reshape(n, -1)[:, self.ev_bytes] = req.records.view(np.uint8).reshape(n, -1)
-            slots["arrival_ns"] = now_ns
-            slots["token"] = (seq << EVENT_BITS) + np.arange(n, dtype=np.uint64)
-        for w, sel in groups:
-            self.rings[w].request.try_publish(slots if sel is None else slots[sel], defer_doorbell=True)
+        for w, _ in groups:                        # records straight into the ring slots
+            owed = self._stage(recs, n, self.rsize, widx, w, *self.ring_args[w],
+                               seq << EVENT_BITS, now_ns)
+            if owed > 0:
+                self.rings[w].request.doorbell_owed = True
         self.owed_since = self.owed_since or now_ns
         deadline = self.deadline(now_ns, req.deadline_us)
         p = _Pending(seq, envelope, req, n, now_ns, deadline, [w for w, _ in groups], dkey)
@@ -438,46 +445,24 @@ class Router:
                 if n <= 0:
                     break
                 if deliver(w, pos, n, time.monotonic_ns()):    # some belong to this path
-                    for v in ring.views(pos, n):
-                        if len(v):
-                            self._deliver(v)
+                    self._deliver(self.fast.resp_u8[w], pos, n)
                 ring.release(n)
                 got += n
         return got
 
-    def _deliver(self, v: np.ndarray) -> None:
-        """File each response slot into its request; answer a request when complete. Runs of
-        slots of one request (a batch) are filed with one fancy-indexed row copy; single slots
-        with one byte-row copy (per-slot structured-array operations cost tens of us)."""
-        vb = v.view(np.uint8).reshape(len(v), SLOT_BYTES)
+    def _deliver(self, resp_u8: np.ndarray, pos: int, n: int) -> None:
+        """File the general path's response slots among ``n`` drained ones (ring bytes
+        ``resp_u8`` from position ``pos``) into their requests; answer a request when it is
+        complete. One compiled call splits the slots into runs of one request, one per run
+        copies them (ingress._batch_kernels)."""
         now = time.monotonic_ns()
         pending = self.pending
-        toks = v["token"]
-        if len(v) > 8:
-            seqs = toks >> np.uint64(EVENT_BITS)
-            cuts = np.flatnonzero(seqs[1:] != seqs[:-1]) + 1
-            edges = [0] + cuts.tolist() + [len(v)]
-            runs = zip(edges[:-1], edges[1:])
-        else:
-            runs = ((i, i + 1) for i in range(len(v)))
-        tl = toks.tolist()
-        for a, b in runs:
-            p = pending.get(tl[a] >> EVENT_BITS)
+        k = self._runs(resp_u8, pos, n, self.run_buf)
+        for a, b, seq in self.run_buf[:k].tolist():
+            p = pending.get(seq)
             if p is None:                          # already answered (deadline): drop it
                 continue
-            if b - a == 1:
-                row = p.raw[tl[a] & EVENT_MASK]
-                # a restarted worker re-decided an event its predecessor had answered: keep the
-                # first (a one-event request is already answered and gone from pending)
-                if len(p.raw) > 1 and row[_GEN_OFF:_GEN_OFF + 4].any():
-                    continue
-                row[:] = vb[a]
-                p.remaining -= 1
-            else:
-                idx = (toks[a:b] & np.uint64(EVENT_MASK)).astype(np.intp)
-                fresh = ~p.raw[idx, _GEN_OFF:_GEN_OFF + 4].any(axis=1)
-                p.raw[idx[fresh]] = vb[a:b][fresh]
-                p.remaining -= int(fresh.sum())
+            p.remaining -= self._file_run(resp_u8, pos, a, b, p.raw)
             if not p.first_resp_ns:
                 p.first_resp_ns = now
             if p.remaining <= 0:
@@ -545,11 +530,7 @@ class Router:
         if not self.instrument:             # metrics.enabled: false (bench.metrics_overhead)
             return
         self.c_requests[t, code] += 1
-        acts = p.slots["action"]
-        if len(acts) == 1:
-            self.c_decisions[int(acts[0])] += 1
-        else:
-            self.c_decisions += np.bincount(acts, minlength=3)[:3]
+        self._count_actions(p.raw, self.c_decisions)
         observe_request(self.c_eval[t], self.c_stage, LATENCY_BOUNDS_NS, p.arrival_ns,
                         p.routed_ns, p.first_resp_ns, now)
 

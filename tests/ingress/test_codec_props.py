@@ -82,7 +82,7 @@ def test_reply_round_trip(rows):
         assert np.array_equal(dec[name], s[name])
     overflow = (s["nfired"] > MAX_FIRED).astype(np.uint8)
     assert np.array_equal(dec["flags"], s["flags"] | overflow)
-    # the single-decision fast path (struct) writes the same bytes as the vectorised path
+    # a decision encoded alone has the same bytes as in a batch reply
     multi = CODEC.encode_reply(req, s)
     one = CODEC.decode(wire.pack_request(SCHEMA.hash, recs[:1], 1, 2))
     for i in range(n):

@@ -11,7 +11,7 @@ from engine.types import MAX_FIRED, RESPONSE_SLOT_DTYPE, DecisionFlag, ErrorCode
 from ingress import _fast_kernels as K
 from ingress import wire
 from ingress.dedup import i64_bits
-from ingress.fastpath import value_checks
+from ingress.codec import value_checks
 from ingress.router import Router, shard_of, shard_struct
 from ingress.wire import WireError
 from tests.ingress.wire_helpers import SCHEMA, make_codec, records
@@ -32,16 +32,30 @@ def random_slots(rng, n):
     return s
 
 
-def test_reply_bytes_equal_the_codecs():
+def expected_decisions(s: np.ndarray) -> dict:
+    """What the protocol says a reply carries for response slots ``s`` (docs/PROTOCOL.md):
+    the oracle the encoders are checked against (the wire decoder reads their bytes)."""
+    flag_errors = CODEC._flag_errors
+    flags = s["flags"] | (s["nfired"] > MAX_FIRED).astype(np.uint8)
+    return {"action": s["action"], "flags": flags, "error": flag_errors[s["flags"]],
+            "nfired": s["nfired"], "generation": s["generation"], "score": s["score"],
+            "fired": s["fired"]}
+
+
+def test_one_decision_reply_reads_as_the_protocol_says():
     rng = np.random.default_rng(7)
-    req = CODEC.decode(wire.pack_request(SCHEMA.hash, records(1), 1, 0))
     out = np.zeros(K.REPLY_BYTES, np.uint8)
+    req = CODEC.decode(wire.pack_request(SCHEMA.hash, records(1), 1, 0))
     for s in random_slots(rng, 400):
         rid = int(rng.integers(0, 2 ** 63)) * 2 + 1       # the top bit set half of the time
-        req.request_id = rid
         one = np.array([s], RESPONSE_SLOT_DTYPE)
         K.encode_reply(one.view(np.uint8), out, np.int64(i64_bits(rid)), CODEC._flag_errors)
-        assert out.tobytes() == CODEC.encode_reply(req, one), s
+        got_rid, err, dec, _ = wire.unpack_reply(out.tobytes())
+        assert (got_rid, err, len(dec)) == (rid, 0, 1)
+        for name, want in expected_decisions(one).items():
+            assert np.array_equal(dec[name], want), (name, s)
+        req.request_id = rid
+        assert out.tobytes() == CODEC.encode_reply(req, one)     # the general path's bytes
 
 
 def test_default_decision_reads_as_the_general_paths():
