@@ -6,8 +6,12 @@ whole API. Durability of each ``fsync`` policy and the snapshot protocol: docs/D
 
 The writer owns a series ``w{id:03d}-*.rjl`` in a directory (flock ``w{id:03d}.lock``). Segments
 are filled completely before rotating, so segment k+1 starts where k ends. The next segment
-is prepared as ``*.rjl.tmp`` (fallocated, zero-filled, writeback started) and published by
-rename once its header is written.
+is prepared as ``*.rjl.tmp`` (fallocated, zero-filled, writeback started, header sealed) and
+published by rename, only once its predecessor is durable. With a housekeeping thread
+(``background``) rotation does no disk I/O on the appending thread: it maps the prepared
+``.tmp`` and appends on, and the thread publishes it (``publish_pending``). Readers and a
+reopening writer take a sealed ``.tmp`` successor of a complete segment as part of the
+journal (journal_format.pending_successor), so a crash before publication loses nothing.
 """
 from __future__ import annotations
 
@@ -24,8 +28,9 @@ import numpy as np
 from engine.journal_format import (FSYNC_POLICIES, HEADER_SIZE, MAGIC, SUFFIX, VERSION,  # noqa: F401
                                    JournalCorruptError, JournalError, JournalGapError,
                                    SegmentHeader, _append, _count_valid, _unlink, checksum,
-                                   fsync_dir, journal_dtype, list_segments, list_writers, now_ns,
-                                   read_header, segment_name, warm_up)
+                                   fsync_dir, fsync_path, journal_dtype, list_segments,
+                                   list_writers, now_ns, pending_successor, read_header,
+                                   segment_name, warm_up)
 from engine.journal_reader import JournalReader, TornTail, iter_merged  # noqa: F401
 
 _ZEROS = memoryview(bytes(1 << 20))
@@ -79,6 +84,23 @@ def _lock_writer(directory: str, writer_id: int) -> int:
     return fd
 
 
+def sync_tail(directory: str, writer_id: int, schema_hash: int, record_size: int) -> None:
+    """From any process: fsync the newest records of one writer's series (its unpublished
+    successor, then its two newest segments) and the directory. Safe while the writer's
+    thread publishes: a successor renamed meanwhile is in the second listing, or is synced
+    under its final name."""
+    segs = list_segments(directory, writer_id)
+    nxt = pending_successor(read_header(segs[-1][1], schema_hash, record_size, writer_id)) if segs else None
+    if nxt is not None:
+        try:
+            fsync_path(nxt.path)
+        except FileNotFoundError:
+            fsync_path(nxt.path[:-len(".tmp")])
+    for _, path in list_segments(directory, writer_id)[-2:]:
+        fsync_path(path)
+    fsync_dir(directory)
+
+
 # --- writer ----------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -127,26 +149,30 @@ class JournalWriter:
         self._retired: list = []               # maps of rotated-away segments, to munmap later
         self._retention_due = False
         self._hk_lock = threading.Lock()       # housekeeping thread vs rotation (see housekeep)
+        self._pub_lock = threading.Lock()      # one publisher at a time (publish_pending)
+        self._unpublished: tuple[str, str] | None = None   # (predecessor, final path) to publish
         self.background = False                # True: a thread calls housekeep(); rotation then
                                                # leaves unmapping and retention to it
         self._recs = self._words = self._raw = self._staging = None
         self.snapshot_seq: int | None = None   # retention floor, see set_snapshot_seq
         # counters (read by the worker's stats)
-        self.syncs = self.rotations = self.segments_deleted = self.torn_bytes_repaired = 0
+        self.syncs = self.rotations = self.publications = self.segments_deleted = 0
+        self.torn_bytes_repaired = 0
         self.records_appended = 0
         warm_up()
         os.makedirs(self.directory, exist_ok=True)
         self._next = None                      # the next segment, being zero-filled when idle
         self._lock_fd = _lock_writer(self.directory, self.writer_id)
         try:
+            segs = list_segments(self.directory, self.writer_id)
+            if segs:
+                self._open_existing(segs[-1][1])
+                self._adopt_pending()
             prefix = f"w{self.writer_id:03d}-"
             for name in os.listdir(self.directory):
                 if name.startswith(prefix) and name.endswith(SUFFIX + ".tmp"):
                     _unlink(os.path.join(self.directory, name))   # a crash mid-preparation
-            segs = list_segments(self.directory, self.writer_id)
-            if segs:
-                self._open_existing(segs[-1][1])
-            else:
+            if not segs:
                 self._create(int(first_seq))
         except BaseException:
             self.close()                       # releases the lock of a failed open
@@ -273,8 +299,33 @@ class JournalWriter:
         """
         self.snapshot_seq = int(seq)
 
+    def publish_pending(self) -> bool:
+        """Publish the segment a background rotation switched to: make its predecessor durable
+        (fsync, unless fsync=none), rename the ``.tmp`` to its final name, fsync the directory.
+        A segment is thus never published before its predecessor is durable, so a hole cannot
+        span published segments. Called every round by the housekeeping thread, by the next
+        rotation if the thread is behind, and by close. True if it published one."""
+        with self._pub_lock:
+            with self._hk_lock:
+                job = self._unpublished
+            if job is None:
+                return False
+            before, path = job
+            if self.config.fsync != "none":
+                fsync_path(before)
+            os.rename(path + ".tmp", path)
+            if self.config.fsync != "none":
+                fsync_dir(self.directory)
+            with self._hk_lock:
+                self._unpublished = None
+                if self._path == path + ".tmp":
+                    self._path = path
+            self.publications += 1
+            return True
+
     def close(self) -> None:
         if self._mm is not None:
+            self.publish_pending()
             if self.config.fsync != "none":
                 self.sync()
             self._recs = self._words = self._raw = None
@@ -386,8 +437,9 @@ class JournalWriter:
             n.sealed = True
         return n.filled >= n.size
 
-    def _create(self, first: int) -> None:
-        """Finish the prepared next segment (or make one now), publish it by rename, map it."""
+    def _take_next(self, first: int) -> str:
+        """Finish the prepared next segment (or make one now): its final path; the file is
+        still ``path + '.tmp'``."""
         if self._next is not None and self._next.first != first:
             self._drop_next()
         try:
@@ -398,10 +450,31 @@ class JournalWriter:
         n, self._next = self._next, None
         self._cap = n.cap
         os.close(n.fd)
-        os.rename(n.path + ".tmp", n.path)
+        return n.path
+
+    def _create(self, first: int) -> None:
+        """Finish the next segment, publish it by rename, map it."""
+        path = self._take_next(first)
+        os.rename(path + ".tmp", path)
         if self.config.fsync != "none":
             fsync_dir(self.directory)
-        self._map(n.path, first, 0)
+        self._map(path, first, 0)
+
+    def _adopt_pending(self) -> None:
+        """At open: a complete newest segment with a sealed successor (a background rotation
+        the process did not live to publish) continues in that successor, published now."""
+        if self._pos < self._cap:
+            return
+        nxt = pending_successor(read_header(self._path, self.schema_hash, self._rs, self.writer_id))
+        if nxt is None:
+            return
+        path = nxt.path[:-len(".tmp")]
+        self._unpublished = (self._path, path)
+        self.publish_pending()
+        self._recs = self._words = self._raw = None
+        self._mm.close()
+        self._mm = None
+        self._open_existing(path)
 
     def _drop_next(self) -> None:
         if self._next is not None:
@@ -423,20 +496,34 @@ class JournalWriter:
         self._pos = self._dirty_lo = self._dirty_hi = n
 
     def _rotate(self) -> None:
+        nxt = self.next_seq
+        if self.background:
+            # No disk wait here: the msync of the old segment's tail took up to 350 ms under
+            # a batched run's writeback (the worker stalled, its requests timed out). Switch
+            # to the prepared successor, still named .tmp; the housekeeping thread makes the
+            # old segment durable, then publishes the new one (publish_pending).
+            self.publish_pending()             # the previous one, if the thread is behind
+            with self._hk_lock:
+                before = self._path
+                self._recs = self._words = self._raw = None
+                self._retired.append(self._mm)     # munmap of a dirty 64 MiB map took ~10 ms
+                self._mm = None                    # here: housekeep does it, not the append
+                path = self._take_next(nxt)
+                self._map(path + ".tmp", nxt, 0)
+                self._unpublished = (before, path)
+                self._retention_due = True         # unlinking old segments: housekeep too
+            self.rotations += 1
+            return
         if self.config.fsync != "none":       # the old segment is durable before the new exists
             self.sync()
-        nxt = self.next_seq
-        if not self.background:
-            self._unmap_retired()              # the one before (on_idle may not have)
+        self._unmap_retired()                  # the one before (on_idle may not have)
         with self._hk_lock:
             self._recs = self._words = self._raw = None
-            self._retired.append(self._mm)     # munmap of a dirty 64 MiB map took ~10 ms here:
-            self._mm = None                    # housekeep (or close) does it, not the append
+            self._retired.append(self._mm)
+            self._mm = None
             self._create(nxt)
-            self._retention_due = self.background   # unlinking old segments: housekeep too
         self.rotations += 1
-        if not self.background:
-            self._apply_retention()
+        self._apply_retention()
 
     def _unmap_retired(self) -> bool:
         """munmap the maps of rotated-away segments (taken under the lock, closed outside it);

@@ -187,6 +187,20 @@ def segment_name(writer_id: int, first_seq: int) -> str:
     return f"w{writer_id:03d}-{first_seq:020d}{SUFFIX}"
 
 
+def pending_successor(last: SegmentHeader) -> SegmentHeader | None:
+    """The sealed, not yet published successor of segment ``last`` (``<name>.tmp`` of seq
+    last.first_seq + last.capacity, with a valid header), or None. A writer with a
+    housekeeping thread appends into it before the thread publishes it (docs/DURABILITY.md:
+    rotation); it belongs to the journal only if ``last`` is complete."""
+    path = os.path.join(os.path.dirname(last.path),
+                        segment_name(last.writer_id, last.first_seq + last.capacity)) + ".tmp"
+    try:
+        h = read_header(path, last.schema_hash, last.record_size, last.writer_id)
+    except (OSError, JournalCorruptError):      # absent, or still being prepared (no header)
+        return None
+    return h if h.first_seq == last.first_seq + last.capacity else None
+
+
 def list_segments(directory: str, writer_id: int) -> list[tuple[int, str]]:
     """(first_seq, path) of one writer's segments, oldest first (from the file names)."""
     prefix = f"w{writer_id:03d}-"

@@ -4,6 +4,8 @@ A committed record has a matching check word and the next expected seq (engine.j
 The first record that is not committed ends the journal: zeros from there to the end of the
 file mean a clean end; anything else is a torn tail (reported in ``JournalReader.torn``,
 ignored) in the newest segment, and ``JournalCorruptError`` (file, offset) in an older one.
+A sealed successor not yet published (``*.rjl.tmp``, engine.journal_format.pending_successor)
+is read after the newest segment when that one is complete, and ignored otherwise.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import numpy as np
 
 from engine.journal_format import (HEADER_SIZE, JournalCorruptError, JournalGapError, SegmentHeader,
                                    _count_valid, journal_dtype, list_segments, list_writers,
-                                   read_header)
+                                   pending_successor, read_header)
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,18 @@ class JournalReader:
             out.append(h)
         return out
 
+    def _with_pending(self) -> tuple[list[SegmentHeader], int]:
+        """The published segments plus a pending successor of the newest, if any; and the
+        index of the newest published one (a torn tail there ends the journal)."""
+        segs = self.segments()
+        for _ in range(8):                      # a writer's thread may publish meanwhile:
+            nxt = pending_successor(segs[-1]) if segs else None
+            again = self.segments()             # then the successor is in the new listing
+            if [h.first_seq for h in again[-1:]] == [h.first_seq for h in segs[-1:]]:
+                break
+            segs = again
+        return (segs + [nxt] if nxt is not None else segs), len(segs) - 1
+
     def last_committed_seq(self) -> int:
         """Seq of the newest committed record (0 if none), validating the newest segment only:
         the total for a replay progress bar, or a status line. Sets ``torn`` like a read."""
@@ -81,7 +95,7 @@ class JournalReader:
         Raises JournalGapError if from_seq precedes the retained journal, JournalCorruptError
         (with file and offset) for an invalid record or a gap before the last segment.
         """
-        segs = self.segments()
+        segs, last = self._with_pending()
         self.torn = None
         start = segs[0].first_seq if segs and from_seq is None else int(from_seq or 1)
         self.last_seq = start - 1
@@ -95,6 +109,8 @@ class JournalReader:
         rs, w = self.dtype.itemsize, self.dtype.itemsize // 8
         for i in range(k, len(segs)):
             h = segs[i]
+            if i > last and h.first_seq != expect:
+                break                           # a successor of an incomplete segment: not ours
             if i > k and h.first_seq != expect:
                 raise JournalCorruptError(f"journal segment {h.path}: offset=0 first_seq={h.first_seq} but "
                                           f"{segs[i - 1].path} ends at seq {expect - 1}")
@@ -102,7 +118,7 @@ class JournalReader:
             if idx > h.capacity:
                 raise JournalGapError(f"journal segment {h.path}: seq {expect} is past its capacity {h.capacity}")
             bad = None
-            with open(h.path, "rb") as f:
+            with _open_segment(h.path, pending=i > last) as f:
                 f.seek(HEADER_SIZE + idx * rs)
                 while idx < h.capacity:
                     m = min(batch_records, h.capacity - idx)
@@ -118,7 +134,7 @@ class JournalReader:
                         bad = self._classify(h, f.fileno(), idx, words[n], expect)
                         break
             if bad is not None:
-                if i == len(segs) - 1:
+                if i >= last:
                     self.torn = bad
                     break
                 raise JournalCorruptError(f"journal segment {bad.path}: offset={bad.offset} {bad.reason} "
@@ -143,6 +159,17 @@ class JournalReader:
                 return TornTail(h.path, off, expect, f"zero record followed by data at offset={at}")
             pos += len(chunk)
         return None
+
+
+def _open_segment(path: str, pending: bool):
+    """Open a segment for reading; a pending one may have been published (renamed) since it
+    was listed: then under its final name."""
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        if not pending:
+            raise
+        return open(path[:-len(".tmp")], "rb")
 
 
 def iter_merged(directory: str, event_dtype: np.dtype, schema_hash: int,

@@ -228,15 +228,14 @@ class Supervisor:
         return bufs
 
     def _fsync_journals(self) -> None:
-        """fsync every worker's newest journal segments (shared file mappings: an fsync from
-        this process writes back the pages the workers dirtied). Older segments were synced
-        at rotation."""
-        from engine.journal import list_segments, list_writers
-        from engine.journal_format import fsync_path
+        """fsync every worker's newest journal records (shared file mappings: an fsync from
+        this process writes back the pages the workers dirtied), an unpublished successor
+        segment included. Older segments were synced before their successor was published."""
+        from engine.journal import journal_dtype, list_writers, sync_tail
         jdir = self.cfg.durability.journal_dir.replace("{instance}", self.cfg.instance)
+        rs = journal_dtype(self.cfg.schema.dtype).itemsize
         for w in list_writers(jdir):
-            for _, path in list_segments(jdir, w)[-2:]:
-                fsync_path(path)
+            sync_tail(jdir, w, self.cfg.schema.hash, rs)
 
     def rebuild_features(self) -> None:
         """After a worker died: its kernel may have updated tables for events it never

@@ -105,12 +105,15 @@ def assert_tables_match_journal(eng, jdir, schema):
         assert got[k] == pytest.approx(v, rel=1e-9), k
 
 
-@pytest.fixture
-def setup(tmp_path):
+@pytest.fixture(params=[16 << 20, 1 << 16], ids=["default-segments", "64KiB-segments"])
+def setup(tmp_path, request):
+    """64 KiB journal segments rotate every few hundred events: the kill then often finds a
+    successor segment its housekeeping thread had not published yet."""
     rules = tmp_path / "crash_rules.yaml"
     rules.write_text(yaml.safe_dump(RULES))
     ov = {"features": FEATURES, "rules": {"files": [str(rules)]},
-          "ingress": {"default_deadline_ms": 10_000}, "snapshot": {"interval_s": 2}}
+          "ingress": {"default_deadline_ms": 10_000}, "snapshot": {"interval_s": 2},
+          "journal": {"segment_bytes": request.param}}
     return tmp_path, ov
 
 

@@ -357,8 +357,9 @@ def test_iter_merged_keeps_each_writer_in_order_and_interleaves_by_arrival(tmp_p
 
 def test_housekeeping_from_a_second_thread_while_appending(tmp_path):
     """The worker's arrangement: the main thread appends (and rotates) while a housekeeping
-    thread pre-faults, prepares the next segment, unmaps rotated ones and applies retention
-    (engine.worker.JournalHousekeeper). No record is lost or damaged, nothing is left over."""
+    thread publishes the segments rotation switched to, pre-faults, prepares the next segment,
+    unmaps rotated ones and applies retention (engine.worker.JournalHousekeeper). No record
+    is lost or damaged, nothing is left over."""
     import threading
     stop = threading.Event()
     calls = [0]
@@ -367,6 +368,7 @@ def test_housekeeping_from_a_second_thread_while_appending(tmp_path):
 
         def keep():
             while not stop.is_set():
+                w.publish_pending()
                 w.housekeep(budget_bytes=64 << 10, prefault_bytes=64 << 10)
                 calls[0] += 1
 
@@ -388,3 +390,76 @@ def test_housekeeping_from_a_second_thread_while_appending(tmp_path):
     recs = reader(tmp_path).read_all()
     check_records(recs, int(recs["seq"][0]))
     assert recs["seq"][-1] == done
+
+
+def tmp_files(d):
+    return sorted(n for n in os.listdir(d) if n.endswith(".tmp"))
+
+
+def test_background_rotation_publishes_later_and_readers_see_every_record(tmp_path):
+    """With a housekeeping thread, rotation maps the prepared successor (still .tmp) and
+    leaves its publication to publish_pending; readers read through it meanwhile."""
+    with writer(tmp_path, fsync="interval_ms") as w:
+        w.background = True
+        w.append_batch(batch(w, 70))                          # rotates at 50
+        assert tmp_files(tmp_path) == ["w000-00000000000000000051.rjl.tmp"]
+        assert len(list_segments(str(tmp_path), 0)) == 1 and w.publications == 0
+        r = reader(tmp_path)
+        check_records(r.read_all())
+        assert r.last_seq == 70 and r.torn is None
+        assert w.publish_pending() and not w.publish_pending()
+        assert tmp_files(tmp_path) == [] and len(list_segments(str(tmp_path), 0)) == 2
+        w.append_batch(batch(w, 130, 70))                     # behind by a whole segment: the
+        assert w.publications == 2                            # next rotation publishes first
+    assert tmp_files(tmp_path) == []                          # close publishes the last one
+    check_records(reader(tmp_path).read_all())
+    assert reader(tmp_path).last_committed_seq() == 200
+
+
+_CRASH = """
+import os, sys
+sys.path.insert(0, {root!r})
+from tests.engine.test_journal import writer, batch
+w = writer({d!r}, fsync="interval_ms")
+w.background = True
+w.append_batch(batch(w, {n}))
+os._exit(0)                      # killed before its thread published the successor
+"""
+
+
+@pytest.mark.parametrize("n", [50, 63, 99])
+def test_a_successor_left_unpublished_by_a_crash_is_read_and_adopted(tmp_path, n):
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    subprocess.run([sys.executable, "-c", _CRASH.format(root=root, d=str(tmp_path), n=n)],
+                   check=True, timeout=60)
+    if n > 50:
+        assert tmp_files(tmp_path) == ["w000-00000000000000000051.rjl.tmp"]
+    r = reader(tmp_path)
+    check_records(r.read_all())
+    assert r.last_seq == n and r.torn is None
+    with writer(tmp_path) as w:                               # reopening publishes it
+        assert w.next_seq == n + 1 and tmp_files(tmp_path) == []
+        w.append_batch(batch(w, 10, n))
+    r = reader(tmp_path)
+    check_records(r.read_all())
+    assert r.last_seq == n + 10
+
+
+def test_a_successor_of_an_incomplete_segment_is_not_part_of_the_journal(tmp_path):
+    """A power failure may leave the successor's records on disk and a hole in its
+    predecessor: the journal then ends at the hole (a torn tail), the successor is ignored
+    by readers and removed by the reopening writer."""
+    with writer(tmp_path) as w:
+        w.background = True
+        w.append_batch(batch(w, 60))
+        w._unpublished = None                   # as if the process died before publishing
+    seg = list_segments(str(tmp_path), 0)[0][1]
+    corrupt(seg, HEADER_SIZE + 45 * RS)         # a hole in record 46 of the predecessor
+    assert tmp_files(tmp_path) == ["w000-00000000000000000051.rjl.tmp"]
+    r = reader(tmp_path)
+    check_records(r.read_all())
+    assert r.last_seq == 45 and r.torn is not None and r.torn.seq == 46
+    with writer(tmp_path) as w:
+        assert w.next_seq == 46 and tmp_files(tmp_path) == []
