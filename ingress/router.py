@@ -44,6 +44,7 @@ from ingress.sockopts import SockOpts
 from ingress import wire
 from ingress.wire import WireError
 from shm.doorbell import EventfdDoorbell
+from shm.idle import SpinPayoff
 from shm.ring import bind_entry
 
 EPOCH_SHIFT = 40                      # request sequence = (ingress epoch << 40) + counter: a
@@ -221,6 +222,7 @@ class Router:
         self.c_accepting[0] = 1
         fast, fast_meta = self.fast, self.fast.meta
         c_blocks, blocks_due = self.block.view("ingress.py_blocks"), 0
+        payoff, idle_since = SpinPayoff(self.spin_ns), 0   # spin only while it pays
         gcstats.freeze_after_warmup()
         while True:
             if accepting and self.stop[0]:         # stop: read no more requests; finish the rest
@@ -240,8 +242,12 @@ class Router:
                 c_blocks[0] = sys.getallocatedblocks()      # costs 0.5 us, 2.5 % of a batched
                 blocks_due = now + BLOCKS_EVERY_NS          # run's loop when made every round
             if got:
+                if idle_since:                     # work after a wait: would a spin have
+                    payoff.gap(now - idle_since)   # caught it?
+                    idle_since = 0
                 continue                           # busy: look again before sleeping
-            if self.spin_ns and self._spin_for_work(sock, accepting):
+            idle_since = idle_since or now
+            if payoff.spin and self._spin_for_work(sock, accepting):
                 continue
             timeout_s = max(0.0, min(0.1, (self._next_deadline() - time.monotonic_ns()) / 1e9))
             if any(r.response_sleep_begin() for r in self.rings):
@@ -273,7 +279,8 @@ class Router:
         tens of microseconds and a client's next request often follows within a few hundred;
         sleeping and being woken by the worker's eventfd or by libzmq costs a CPU wake-up on
         top (about 100 us each, measured here with one client). Every round yields the CPU,
-        so a runnable process on this CPU is not delayed. Returns True when something arrived."""
+        so a runnable process on this CPU is not delayed. Returns True when something arrived.
+        The loop calls it only while spinning pays (shm.idle.SpinPayoff)."""
         # never answer a deadline late for a spin
         end = min(time.monotonic_ns() + self.spin_ns, self._next_deadline())
         rings = self.response_rings

@@ -1,0 +1,32 @@
+"""shm.idle.SpinPayoff: spin only while the gaps it would bridge are short enough to pay."""
+import numpy as np
+import pytest
+
+from shm.idle import WAKE_NS, SpinPayoff
+
+
+def test_threshold_is_the_break_even_of_cpu_burnt_and_wake_ups_saved():
+    p = SpinPayoff(1_000_000)
+    assert p.threshold == pytest.approx(1_000_000 / (1_000_000 + WAKE_NS))
+    assert SpinPayoff(100_000).threshold == pytest.approx(0.5)
+    assert not SpinPayoff(0).spin                  # spin_us: 0 never spins
+
+
+@pytest.mark.parametrize("long_share,spins", [(0.006, True), (0.02, True), (0.3, False), (0.6, False)])
+def test_spins_when_few_gaps_exceed_the_spin(long_share, spins):
+    """One client: 0.6 % of the gaps exceeded 1 ms; 100 clients on 2 cores: about a third."""
+    rng = np.random.default_rng(1)
+    p = SpinPayoff(1_000_000)
+    for long in rng.random(2000) < long_share:
+        p.gap(5_000_000 if long else 80_000)
+    assert p.spin is spins
+
+
+def test_recovers_once_gaps_shorten_again():
+    p = SpinPayoff(1_000_000)
+    for _ in range(200):
+        p.gap(3_000_000)
+    assert not p.spin
+    for _ in range(200):                           # samples keep coming while it sleeps
+        p.gap(50_000)
+    assert p.spin
