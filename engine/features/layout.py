@@ -7,7 +7,8 @@ Slot = key u64 | meta u64 | payload::
     sum      nb x f64 sums                                 16 + 8*nb
     min/max  nb x f64 (empty bucket = +inf / -inf)         16 + 8*nb
     avg      nb x f64 sums, then nb x u32 counts           16 + 12*nb
-    distinct nb x m u8 HyperLogLog registers               16 + nb*m
+    distinct nb x m u8 HyperLogLog registers, then m u8   16 + (nb+1)*m
+             window registers (max of the buckets)
     age      i64 first-seen ms                             24
     last     f64 last value (meta recency = its time ms)   24
     state    u64 account state                             24
@@ -34,7 +35,7 @@ def payload_bytes(kind: str, nbuckets: int = 0, registers: int = 0) -> int:
     if kind == "avg":
         return 8 * nbuckets + 4 * nbuckets
     if kind == "distinct":
-        return nbuckets * registers
+        return (nbuckets + 1) * registers
     if kind in ("age", "last", "state"):
         return 8
     raise ValueError(f"kind={kind!r}: unknown")

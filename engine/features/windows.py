@@ -324,7 +324,9 @@ def _bytes_max(a, b):
 
 @njit(cache=True, inline="always")
 def _hll_apply_locked(t, t8, b, is_new, nb, m, p, e, value_u64):
-    """Commit one value of epoch e to a locked distinct slot -> (new head, OK | LATE)."""
+    """Commit one value of epoch e to a locked distinct slot -> (new head, OK | LATE). Keeps
+    the window registers (after the nb buckets) equal to the register-wise max of the
+    buckets: raised with each value; recomputed when the head moves and buckets leave."""
     base = 8 * (b + PAYLOAD_OFF)
     head = e if is_new else _recency(t, b)
     if e > head:
@@ -336,13 +338,36 @@ def _hll_apply_locked(t, t8, b, is_new, nb, m, p, e, value_u64):
                 t8[o + j] = 0
             i = i + 1 if i + 1 < nb else 0
         head = e
+        _hll_merge_buckets(t, base, m, nb)
     elif e <= head - nb:
         return head, LATE
     j, r = _hll_index_rank(np.uint64(value_u64), p)
     o = base + (e % nb) * m + j
     if t8[o] < r:
         t8[o] = r
+    o = base + nb * m + j
+    if t8[o] < r:
+        t8[o] = r
     return head, OK
+
+
+@njit(cache=True, inline="always")
+def _hll_merge_buckets(t, base, m, nb):
+    """Window registers := register-wise max of the nb buckets (SWAR, a word at a time)."""
+    w0 = base // 8
+    mw = m // 8
+    for w in range(mw):
+        acc = np.uint64(0)
+        for i in range(nb):
+            acc = _bytes_max(acc, t[w0 + i * mw + w])
+        t[w0 + nb * mw + w] = acc
+
+
+@njit(cache=True, inline="always")
+def _hll_merged_estimate(t, base, m, nb, jc, rc):
+    """Estimate of the slot's window registers (and the value (jc, rc) if jc >= 0): the
+    whole window at the slot's head, one register set instead of nb."""
+    return _hll_window_estimate(t, base + nb * m, m, 1, 0, 0, jc, rc)
 
 
 @njit(cache=True)
@@ -354,11 +379,13 @@ def _read_distinct(t, capacity, slot_words, probe_len, nb, bucket_ms, p, key, no
     if b < 0:
         return _hll_window_estimate(t, -1, 1 << p, nb, e, e, jc, rc)
     head = _recency(t, b)
-    eff = max(head, e)
-    if e <= eff - nb:
-        jc = -1                         # late beyond the window: not included
-    est = _hll_window_estimate(t, 8 * (b + PAYLOAD_OFF), 1 << p, nb,
-                               max(eff - nb + 1, head - nb + 1), head, jc, rc)
+    if e <= head:                       # the window at the head: its registers
+        if e <= head - nb:
+            jc = -1                     # late beyond the window: not included
+        est = _hll_merged_estimate(t, 8 * (b + PAYLOAD_OFF), 1 << p, nb, jc, rc)
+    else:                               # ahead of the head: older buckets leave the window
+        est = _hll_window_estimate(t, 8 * (b + PAYLOAD_OFF), 1 << p, nb,
+                                   max(e - nb + 1, head - nb + 1), head, jc, rc)
     _unlock(t, b, head)
     return est
 
@@ -385,7 +412,7 @@ def _read_update_distinct(t, capacity, slot_words, probe_len, nb, bucket_ms, p, 
         jc, rc = _hll_index_rank(np.uint64(value_u64), p)
         return _hll_window_estimate(t, -1, 1 << p, nb, 0, 0, jc, rc)
     head, rc = _hll_apply_locked(t, t8, b, is_new, nb, 1 << p, p, now_ms // bucket_ms, value_u64)
-    est = _hll_window_estimate(t, 8 * (b + PAYLOAD_OFF), 1 << p, nb, head - nb + 1, head, -1, 0)
+    est = _hll_merged_estimate(t, 8 * (b + PAYLOAD_OFF), 1 << p, nb, -1, 0)
     _unlock(t, b, head)
     if rc == LATE:
         _fetch_add(t, C_LATE, 1)

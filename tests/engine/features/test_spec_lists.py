@@ -18,7 +18,7 @@ def test_defaults_and_sizes():
     f = feat(kind="count", key="account_id", window="60s")
     assert (f.nbuckets, f.bucket_ms, f.bytes_per_key, f.expr_type) == (60, 1000, 256, "int")
     f = feat(kind="distinct", of="ip", key="account_id", window="24h")
-    assert (f.nbuckets, f.registers, f.bytes_per_key) == (8, 64, 528)
+    assert (f.nbuckets, f.registers, f.bytes_per_key) == (8, 64, 592)   # + window registers
     assert feat(kind="count", key="account_id", window="1s").nbuckets == 50   # largest divisor <= 60
     assert feat(kind="sum", of="amount", key=["account_id", "country"], window="7d").key == ("account_id", "country")
     assert feat(kind="age", key="device_id").expr_type == "int"
