@@ -46,7 +46,7 @@ from numba import njit
 from engine.features._atomics import _cas, _fetch_add, _load_acquire, _pause, _prefetch, _store_release
 
 MAGIC = 0x31454C4241544652          # b'RFTABLE1' little-endian
-VERSION = 2                         # 2: distinct slots carry window registers (2026-12-02)
+VERSION = 1
 W_MAGIC, W_VERSION, W_CAPACITY, W_SLOT_WORDS = 0, 1, 2, 3
 C_FILL, C_EVICTIONS, C_LATE, C_TIMEOUTS, C_FULL = 8, 16, 24, 32, 40
 COUNTER_NAMES = {"fill": C_FILL, "evictions": C_EVICTIONS, "late_dropped": C_LATE,
