@@ -68,7 +68,7 @@ class WorkersConfig:
     count: int = 0                      # 0: one worker per allowed CPU
     cpus: tuple[int, ...] = ()          # empty: the allowed CPUs, in order
     ingress_cpu: int = -1               # -1: not pinned
-    spin_us: int = 5                    # poll an empty request ring this long before sleeping
+    spin_us: int = 1000                 # poll an empty request ring this long (while it pays)
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,8 @@ class EngineRings:
         self.response = response
         self.bell = bell
         self.eventfd_bell = eventfd
-        self.worker_idle = _Idle(SpinThenSleep(spin_us, WORKER_SLEEP_TIMEOUT_MS, yield_cpu=True), request)
+        self.worker_idle = _Idle(SpinThenSleep(spin_us, WORKER_SLEEP_TIMEOUT_MS, yield_cpu=True,
+                                               adaptive=True), request)
         self.response_full_idle = _Idle(SleepingBackoff())
 
     @classmethod

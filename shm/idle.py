@@ -1,13 +1,18 @@
 """Idle strategies: what a loop does when its ring has nothing for it (Disruptor style).
 
-Both are small objects built once and called from the loop's idle branch; they count how they
-woke, for the metrics. Neither busy-waits for longer than a few microseconds: on this 2-core
-machine a spinner steals the CPU the other side needs (ENGINEERING.md section 5).
+Small objects built once and called from the loop's idle branch; they count how they woke,
+for the metrics. A long spin (hundreds of microseconds, to skip the wake-up of an idle CPU)
+is only for a spinner that yields every round and spins only while spinning pays
+(SpinPayoff): on this 2-core machine a plain spinner steals the CPU the other side needs
+(ENGINEERING.md section 5).
 """
 from __future__ import annotations
 
 import os
 import time
+
+
+ADAPTIVE_FLOOR_NS = 5_000   # an adaptive spinner whose spin does not pay still spins this long
 
 
 class SpinThenSleep:
@@ -17,18 +22,23 @@ class SpinThenSleep:
     Spinning a few microseconds catches a back-to-back burst without a system call; then the
     consumer raises the ring's sleeping flag, fences, re-checks, and sleeps on the doorbell
     for at most ``sleep_timeout_ms`` (the safety net against a lost wake-up: it can only
-    delay, never lose, a message). ``spin_us=0`` sleeps at once (best when CPUs are shared).
-    A ring without a doorbell is polled every ``sleep_timeout_ms``.
+    delay, never lose, a message). ``spin_us=0`` sleeps at once. ``adaptive``: spin the
+    full ``spin_us`` only while it pays (SpinPayoff: most idle gaps end within it), else
+    ADAPTIVE_FLOOR_NS; the engine's workers use 1000 us this way (docs/DEPLOY.md: with one
+    client it took the p50 from 1.51x to 1.06x the echo's, and changed nothing measurable
+    under load). A ring without a doorbell is polled every ``sleep_timeout_ms``.
     """
 
     def __init__(self, spin_us: float = 5.0, sleep_timeout_ms: float = 100.0,
-                 yield_cpu: bool = False):
+                 yield_cpu: bool = False, adaptive: bool = False):
         if spin_us < 0 or sleep_timeout_ms <= 0:
             raise ValueError(f"spin_us={spin_us} sleep_timeout_ms={sleep_timeout_ms}: "
                              "need spin_us >= 0 and sleep_timeout_ms > 0")
         self.spin_ns = int(spin_us * 1000)
         self.sleep_timeout_ms = float(sleep_timeout_ms)
         self.yield_cpu = yield_cpu
+        self.payoff = SpinPayoff(self.spin_ns) if adaptive else None
+        self._idle_since = 0
         self.spin_hits = 0         # data seen while spinning
         self.doorbell_wakes = 0    # woken by the producer's doorbell
         self.timeout_wakes = 0     # woken by the safety timeout
@@ -43,14 +53,20 @@ class SpinThenSleep:
         with a runnable process hands the CPU over at once; on an otherwise idle CPU it keeps
         polling. That makes a long spin (hundreds of microseconds, to skip the wake-up of a
         sleeping CPU between two requests) affordable where cores are shared."""
-        deadline = time.perf_counter_ns() + self.spin_ns
+        now = time.perf_counter_ns()
+        spin = self.spin_ns
+        if self.payoff is not None:
+            self._idle_since = self._idle_since or now
+            if not self.payoff.spin:
+                spin = min(spin, ADAPTIVE_FLOOR_NS)
+        deadline = now + spin
         yield_cpu = self.yield_cpu
         while True:
             n = ring.available()
             if n:
                 self.spin_hits += 1
                 self.last_wake = 0
-                return n
+                return self._got(n)
             if time.perf_counter_ns() >= deadline:
                 break
             if yield_cpu:
@@ -58,7 +74,7 @@ class SpinThenSleep:
         if not ring.prepare_sleep():
             self.recheck_hits += 1
             self.last_wake = 0
-            return ring.available()
+            return self._got(ring.available())
         try:
             if ring.doorbell is not None:
                 rung = ring.doorbell.wait(self.sleep_timeout_ms)
@@ -73,7 +89,14 @@ class SpinThenSleep:
         else:
             self.timeout_wakes += 1
             self.last_wake = 2
-        return ring.available()
+        return self._got(ring.available())
+
+    def _got(self, n: int) -> int:
+        """Data after an idle period: tell the payoff policy how long it waited."""
+        if n and self.payoff is not None and self._idle_since:
+            self.payoff.gap(time.perf_counter_ns() - self._idle_since)
+            self._idle_since = 0
+        return n
 
 
 class SleepingBackoff:
@@ -105,8 +128,8 @@ WAKE_NS = 100_000       # an idle CPU's wake-up on this VM kind: 20-100 us per h
 class SpinPayoff:
     """Whether a loop should spin for ``spin_ns`` before sleeping: only while spinning pays.
 
-    Use for a loop that spins on an otherwise idle CPU to skip a wake-up (the ingress) on a
-    machine whose CPUs it may share. ``gap(ns)`` is told, every time work arrives after the
+    Use for a loop that spins on an otherwise idle CPU to skip a wake-up (the ingress, a
+    worker through SpinThenSleep(adaptive=True)) on a machine whose CPUs it may share. ``gap(ns)`` is told, every time work arrives after the
     loop ran out of it, how long it waited (spinning, sleeping, or both). A spin of
     ``spin_ns`` would have caught that work iff gap <= spin_ns; ``payoff`` is the moving
     average of that (1/32 per sample). Spinning pays when the wake-ups it saves outweigh the

@@ -30,3 +30,49 @@ def test_recovers_once_gaps_shorten_again():
     for _ in range(200):                           # samples keep coming while it sleeps
         p.gap(50_000)
     assert p.spin
+
+
+class FakeRing:
+    """A ring whose data appears ``after_ns`` after each idle period starts; no doorbell."""
+
+    def __init__(self, after_ns):
+        import time
+        self.clock = time.perf_counter_ns
+        self.after_ns = after_ns
+        self.due = 0
+        self.doorbell = None
+
+    def start(self):
+        self.due = self.clock() + self.after_ns
+
+    def available(self):
+        return 1 if self.clock() >= self.due else 0
+
+    def prepare_sleep(self):
+        return self.available() == 0
+
+    def end_sleep(self):
+        pass
+
+
+def test_an_adaptive_spinner_keeps_spinning_while_data_comes_within_the_spin():
+    from shm.idle import SpinThenSleep
+    idle = SpinThenSleep(spin_us=2000, sleep_timeout_ms=1, adaptive=True)
+    ring = FakeRing(200_000)                       # data 0.2 ms after each idle start
+    for _ in range(40):
+        ring.start()
+        while not idle.idle(ring):
+            pass
+    assert idle.payoff.spin and idle.spin_hits == 40
+
+
+def test_an_adaptive_spinner_stops_spinning_when_gaps_outlast_the_spin():
+    from shm.idle import SpinThenSleep
+    idle = SpinThenSleep(spin_us=200, sleep_timeout_ms=1, adaptive=True)
+    ring = FakeRing(3_000_000)                     # data 3 ms after each idle start
+    for _ in range(60):
+        ring.start()
+        while not idle.idle(ring):
+            pass
+    assert not idle.payoff.spin and idle.spin_hits == 0
+    assert idle.timeout_wakes >= 60                # it slept through each gap instead
