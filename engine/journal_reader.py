@@ -105,11 +105,13 @@ class JournalReader:
             raise JournalGapError(f"journal {self.directory} writer={self.writer_id}: seq {start} "
                                   f"asked but the retained journal starts at {segs[0].first_seq}")
         k = max(i for i, h in enumerate(segs) if h.first_seq <= start)
+        if k > last and not self._ends_complete(segs[last]):
+            segs, k = segs[:last + 1], last    # start is past a predecessor with a hole
         expect = start
         rs, w = self.dtype.itemsize, self.dtype.itemsize // 8
         for i in range(k, len(segs)):
             h = segs[i]
-            if i > last and h.first_seq != expect:
+            if i > max(k, last) and h.first_seq != expect:
                 break                           # a successor of an incomplete segment: not ours
             if i > k and h.first_seq != expect:
                 raise JournalCorruptError(f"journal segment {h.path}: offset=0 first_seq={h.first_seq} but "
@@ -140,6 +142,20 @@ class JournalReader:
                 raise JournalCorruptError(f"journal segment {bad.path}: offset={bad.offset} {bad.reason} "
                                           f"(not the last segment: the journal after it cannot be trusted)")
         self.last_seq = expect - 1
+
+    def _ends_complete(self, h: SegmentHeader) -> bool:
+        """Whether every record of segment ``h`` is committed. Reading from inside its pending
+        successor skips it, so it is checked here (a full read checks every record on its
+        way): one read of the segment, only on that rare path (a restarted worker's journal
+        tail, a snapshot taken just after a rotation)."""
+        rs = self.dtype.itemsize
+        with open(h.path, "rb") as f:
+            f.seek(HEADER_SIZE)
+            buf = np.empty(h.capacity * rs, np.uint8)
+            if f.readinto(memoryview(buf)) < len(buf):
+                return False
+        words = buf.view(np.uint64).reshape(h.capacity, rs // 8)
+        return int(_count_valid(words, np.uint64(h.first_seq))) == h.capacity
 
     def _classify(self, h: SegmentHeader, fd: int, idx: int, row: np.ndarray, expect: int):
         """None if the file is all zeros from record idx on (clean end), else a TornTail."""

@@ -407,6 +407,9 @@ def test_background_rotation_publishes_later_and_readers_see_every_record(tmp_pa
         r = reader(tmp_path)
         check_records(r.read_all())
         assert r.last_seq == 70 and r.torn is None
+        tail = r.read_all(from_seq=60)                       # from inside the successor
+        check_records(tail, 60)
+        assert len(tail) == 11 and r.last_seq == 70
         assert w.publish_pending() and not w.publish_pending()
         assert tmp_files(tmp_path) == [] and len(list_segments(str(tmp_path), 0)) == 2
         w.append_batch(batch(w, 130, 70))                     # behind by a whole segment: the
@@ -461,5 +464,7 @@ def test_a_successor_of_an_incomplete_segment_is_not_part_of_the_journal(tmp_pat
     r = reader(tmp_path)
     check_records(r.read_all())
     assert r.last_seq == 45 and r.torn is not None and r.torn.seq == 46
+    with pytest.raises(JournalGapError):                     # the successor is not the journal's:
+        r.read_all(from_seq=55)                              # 55 is past its end
     with writer(tmp_path) as w:
         assert w.next_seq == 46 and tmp_files(tmp_path) == []
