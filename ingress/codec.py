@@ -29,14 +29,13 @@ from ingress.wire import WireError
 from shm.ring import bind_entry
 
 U64_MAX = (1 << 64) - 1
-SLOT_BYTES = RESPONSE_SLOT_DTYPE.itemsize
 U32_MAX = (1 << 32) - 1
+SLOT_BYTES = RESPONSE_SLOT_DTYPE.itemsize
 _JSON_KEYS = frozenset(("request_id", "client_id", "deadline_ms", "event", "events"))
 # decision flag -> per-decision error code (binary reply "error" field)
 _FLAG_ERRORS = ((DecisionFlag.DEFAULT_TIMEOUT, ErrorCode.TIMEOUT),
                 (DecisionFlag.DEFAULT_OVERLOAD, ErrorCode.OVERLOADED),
                 (DecisionFlag.DEFAULT_WORKER_LOST, ErrorCode.WORKER_LOST))
-
 
 
 def value_checks(schema: Schema) -> np.ndarray:
@@ -261,9 +260,9 @@ class Codec:
                      ruleset_meta: Mapping[int, RulesetMeta] | RulesetMeta | None = None) -> bytes:
         """Reply frame for ``req``; ``slots[i]`` (RESPONSE_SLOT_DTYPE) decides ``records[i]``.
 
-        Binary: vectorised column copies. JSON: rule ids, modes and label from
-        ``ruleset_meta`` (by generation); an unknown generation is named "generation:G" and
-        its rules "#index".
+        Binary: one compiled call (the fast path's encoder, N records). JSON: rule ids,
+        modes and label from ``ruleset_meta`` (by generation); an unknown generation is named
+        "generation:G" and its rules "#index".
         """
         n = len(slots)
         if n != len(req.records):

@@ -129,8 +129,9 @@ class SpinPayoff:
     """Whether a loop should spin for ``spin_ns`` before sleeping: only while spinning pays.
 
     Use for a loop that spins on an otherwise idle CPU to skip a wake-up (the ingress, a
-    worker through SpinThenSleep(adaptive=True)) on a machine whose CPUs it may share. ``gap(ns)`` is told, every time work arrives after the
-    loop ran out of it, how long it waited (spinning, sleeping, or both). A spin of
+    worker through SpinThenSleep(adaptive=True)) on a machine whose CPUs it may share.
+    ``gap(ns)`` is told, every time work arrives after the loop ran out of it, how long it
+    waited (spinning, sleeping, or both). A spin of
     ``spin_ns`` would have caught that work iff gap <= spin_ns; ``payoff`` is the moving
     average of that (1/32 per sample). Spinning pays when the wake-ups it saves outweigh the
     CPU it burns in vain: payoff x WAKE_NS > (1 - payoff) x spin_ns, i.e. payoff >=
