@@ -55,24 +55,25 @@ class FakeRing:
         pass
 
 
-def test_an_adaptive_spinner_keeps_spinning_while_data_comes_within_the_spin():
+def drive(spin_us, gap_ns, periods):
+    """An adaptive SpinThenSleep through ``periods`` idle periods whose data comes ``gap_ns``
+    after each starts."""
     from shm.idle import SpinThenSleep
-    idle = SpinThenSleep(spin_us=2000, sleep_timeout_ms=1, adaptive=True)
-    ring = FakeRing(200_000)                       # data 0.2 ms after each idle start
-    for _ in range(40):
+    idle = SpinThenSleep(spin_us=spin_us, sleep_timeout_ms=1, adaptive=True)
+    ring = FakeRing(gap_ns)
+    for _ in range(periods):
         ring.start()
         while not idle.idle(ring):
             pass
+    return idle
+
+
+def test_an_adaptive_spinner_keeps_spinning_while_data_comes_within_the_spin():
+    idle = drive(2000, 200_000, 40)                # data 0.2 ms after each idle start
     assert idle.payoff.spin and idle.spin_hits == 40
 
 
 def test_an_adaptive_spinner_stops_spinning_when_gaps_outlast_the_spin():
-    from shm.idle import SpinThenSleep
-    idle = SpinThenSleep(spin_us=200, sleep_timeout_ms=1, adaptive=True)
-    ring = FakeRing(3_000_000)                     # data 3 ms after each idle start
-    for _ in range(60):
-        ring.start()
-        while not idle.idle(ring):
-            pass
+    idle = drive(200, 3_000_000, 60)               # data 3 ms after each idle start
     assert not idle.payoff.spin and idle.spin_hits == 0
     assert idle.timeout_wakes >= 60                # it slept through each gap instead
