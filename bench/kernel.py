@@ -208,11 +208,15 @@ def main(argv=None) -> int:
     ap.add_argument("--features", action="store_true",
                     help="only the default config's rule files with its feature tables (process-local), "
                          "on the latency bench's events: what a worker's kernel costs per event")
+    ap.add_argument("--per-feature", action="store_true",
+                    help="each default feature alone: ns/event updating it, and reading it too")
     args = ap.parse_args(argv)
     from engine.config import load_config
     cfg = load_config(None)
     if args.features:
         return features(cfg)
+    if args.per_feature:
+        return per_feature(cfg)
     ev = events(cfg.schema, 8192)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_kernel_") as tmp:
@@ -234,20 +238,25 @@ def main(argv=None) -> int:
     return 0
 
 
-def features(cfg) -> int:
-    """ns/event of the whole default ruleset with its six features, on bench.events' records
-    (100,000 accounts; cards, devices and IPs from a pool of 16,384 events, as the latency
-    bench sends them) in slot-like strided views, arrival = now, batches of 64 and 1024
-    (time_kernel: CPU time, best of 5, the first pass fills the tables); then the same events
-    through the stateless rule files alone. The tables are process-local, in the same layout
-    as the engine's shared ones."""
+def _pool_events(cfg) -> np.ndarray:
+    """bench.events' records (100,000 accounts; cards, devices and IPs from a pool of 16,384
+    events, as the latency bench sends them) in slot-like strided views."""
     from bench.events import random_records
-    from rules import compile_ruleset
-    from rules.features import feature_set_for
-    kw = dict(thresholds=cfg.rules.thresholds, on_error=cfg.rules.on_error)
     pool = random_records(cfg.schema, 16_384, seed=1)
     slots = np.zeros(len(pool), [("token", np.uint64), ("arrival_ns", np.int64), ("event", cfg.schema.dtype)])
     slots["event"] = pool
+    return slots["event"]
+
+
+def features(cfg) -> int:
+    """ns/event of the whole default ruleset with its six features, on ``_pool_events``,
+    arrival = now, batches of 64 and 1024 (time_kernel: CPU time, best of 5, the first pass
+    fills the tables); then the same events through the stateless rule files alone. The
+    tables are process-local, in the same layout as the engine's shared ones."""
+    from rules import compile_ruleset
+    from rules.features import feature_set_for
+    kw = dict(thresholds=cfg.rules.thresholds, on_error=cfg.rules.on_error)
+    ev = _pool_events(cfg)
     now_ns = time.time_ns()                                   # the tables' clock: wall ms
     for label, files, fs in (("default ruleset with its features", list(cfg.rules.files),
                               feature_set_for(cfg)),
@@ -256,8 +265,37 @@ def features(cfg) -> int:
         rs.warm_up()
         print(f"{label}: {rs.n_rules} rules, {len(cfg.features) if fs else 0} features")
         for batch in (64, 1024):
-            ns = time_kernel(rs, slots["event"], batch, 4 * len(pool), arrival_ns=now_ns)
+            ns = time_kernel(rs, ev, batch, 4 * len(ev), arrival_ns=now_ns)
             print(f"  batch {batch:>5}: {ns:7.0f} ns/event")
+    return 0
+
+
+def per_feature(cfg) -> int:
+    """ns/event of each default feature on its own, same events and clock as ``features``,
+    batches of 64: a one-rule ruleset whose rule does not read it (the feature is still
+    updated for every event) and one whose rule reads it (a fused read + update; for
+    ``update: unless_blocked`` a read, then the update). The difference is what a read
+    costs; best of 2 runs of time_kernel each."""
+    import dataclasses
+    from rules import compile_ruleset
+    from rules.features import feature_set_for
+    kw = dict(thresholds=cfg.rules.thresholds, on_error=cfg.rules.on_error)
+    ev = _pool_events(cfg)
+    now_ns = time.time_ns()
+    print(f"{'feature':<16} {'kind':<9} {'update only':>12} {'read':>8} {'read cost':>10}  (ns/event)")
+    with tempfile.TemporaryDirectory(prefix="bench_kernel_") as tmp:
+        for name, spec in cfg.features.items():
+            one = dataclasses.replace(cfg, features={name: spec})
+            ns = []
+            for k, when in enumerate(("amount < 0", f"{name} < 0")):
+                p = Path(tmp) / f"{name}_{k}.yaml"
+                p.write_text(f"ruleset: bench\nversion: 1\nrules:\n"
+                             f"  - {{id: r, when: \"{when}\", action: review, score: 1}}\n")
+                rs = compile_ruleset([str(p)], cfg.schema, features=feature_set_for(one), **kw)
+                rs.warm_up()
+                ns.append(min(time_kernel(rs, ev, 64, 4 * len(ev), arrival_ns=now_ns) for _ in range(2)))
+            print(f"{name:<16} {spec['kind']:<9} {ns[0]:>12.0f} {ns[1]:>8.0f} {ns[1] - ns[0]:>10.0f}",
+                  flush=True)
     return 0
 
 

@@ -46,7 +46,7 @@ class IngressConfig:
     dedup_max_entries: int = 1 << 18    # decided requests kept (fixed memory, allocated at start)
     dedup_max_bytes: int = 32 << 20     # their response slots, 64 B per event
     max_inflight: int = 4096            # requests in flight; more get OVERLOADED at once
-    spin_us: int = 1000                 # poll socket and decisions this long before sleeping
+    spin_us: int = 1000                 # poll socket and decisions this long (while it pays)
     curve: CurveConfig = CurveConfig()
 
 

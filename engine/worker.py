@@ -262,7 +262,7 @@ class JournalHousekeeper:
         try:
             fsync_path(path)
             self.syncs += 1
-        except FileNotFoundError:           # rotated away meanwhile: the rotation synced it
+        except FileNotFoundError:           # published (and synced) or removed meanwhile
             pass
 
     def stop(self) -> None:

@@ -109,6 +109,7 @@ class IdempotencyWindow:
         self.inflight.pop(key, None)
 
     def end_inflight(self, key, owner=None) -> None:
-        """Drop the in-flight entry of ``key`` if it is still ``owner``'s (any, if None)."""
-        if owner is None or self.inflight.get(key) is owner:
+        """Drop the in-flight entry of ``key`` if it is still ``owner``'s (any, if None): the
+        general path's pending request (compared by identity) or the fast path's row number."""
+        if owner is None or self.inflight.get(key) == owner:
             self.inflight.pop(key, None)
