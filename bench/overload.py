@@ -10,40 +10,66 @@
    period (arrival at the ingress to reply: what the engine bounds, whatever the sender's
    lateness), and the RSS of every engine process before and after (memory must stay
    flat: every queue is bounded; ingress.max_inflight sheds the rest).
-The sender shares the machine's 2 cores with the engine: say so with the figures.
+The sender shares the machine's 2 cores with the engine unless ``--split`` gives each side a
+core of its own; it prints how much of a CPU the sender used (a saturated sender queues the
+replies itself, and that wait lands in its figures).
 """
 from __future__ import annotations
 
 import argparse
+import os
+import struct
 import time
 
 import numpy as np
 import zmq
 
+_U64 = struct.Struct("<Q")
 
-def _classify(frame: bytes) -> tuple[int, str]:
+
+def _classify(frame: bytes) -> str:
     from engine.types import ErrorCode
     from ingress import wire
-    rid, err, dec, _ = wire.unpack_reply(frame)
+    _, err, dec, _ = wire.unpack_reply(frame)
     if err:
-        return rid, ErrorCode(err).name
+        return ErrorCode(err).name
     if (dec["flags"] & 0xDE).any():          # beyond FIRED_OVERFLOW and EVAL_ERROR: a default
-        return rid, "DEFAULT_" + ("TIMEOUT" if (dec["error"] == ErrorCode.TIMEOUT).any() else "OTHER")
-    return rid, "decided"
+        return "DEFAULT_" + ("TIMEOUT" if (dec["error"] == ErrorCode.TIMEOUT).any() else "OTHER")
+    return "decided"
 
 
 def run(endpoint: str, schema, rate: float, seconds: float, closed_inflight: int = 0,
         client_id: int = 9) -> dict:
+    """One DEALER, closed loop (``closed_inflight``) or open loop at ``rate``. The loop does
+    as little per message as it can (a request is a copied template with its id patched in,
+    two plain sends; a reply is two plain receives, its id read with struct, and the
+    classification waits until the run is over): a sender that saturates its own CPU queues
+    the replies itself, and that wait would be charged to the engine. ``cpu_share`` reports
+    how busy it was."""
     from bench.events import random_records
     from ingress import wire
     recs = random_records(schema, 4096, seed=5, n_accounts=100_000)
+    templates = [wire.pack_request(schema.hash, recs[j:j + 1], client_id, 0) for j in range(4096)]
+    rid_at = wire.REQUEST_HEADER_DTYPE.fields["request_id"][1]
+    reply_rid = wire.REPLY_HEADER
     s = zmq.Context.instance().socket(zmq.DEALER)
     s.linger = 0
     s.setsockopt(zmq.SNDHWM, 0)
     s.setsockopt(zmq.RCVHWM, 0)
     s.connect(endpoint)
+    send, recv = s.send, s.recv
+    more, nowait = int(zmq.SNDMORE), int(zmq.NOBLOCK)
     due: dict[int, int] = {}
-    lat: dict[str, list] = {}
+    replies: list = []                        # (frame, latency ns), classified after the run
+
+    def send_one(i: int, t: int) -> None:
+        frame = bytearray(templates[i & 4095])
+        _U64.pack_into(frame, rid_at, i)
+        due[i] = t
+        send(b"", more)
+        send(frame)
+
+    cpu0 = time.process_time()
     t0 = time.monotonic_ns()
     end = t0 + int(seconds * 1e9)
     i = 0
@@ -52,24 +78,41 @@ def run(endpoint: str, schema, rate: float, seconds: float, closed_inflight: int
         if closed_inflight:
             while len(due) < closed_inflight and now < end:
                 i += 1
-                due[i] = now
-                s.send_multipart([b"", wire.pack_request(schema.hash, recs[i % 4096:i % 4096 + 1], client_id, i)])
+                send_one(i, now)
         else:
             while now < end and t0 + int((i + 1) * 1e9 / rate) <= now:
                 i += 1
-                due[i] = t0 + int(i * 1e9 / rate)
-                s.send_multipart([b"", wire.pack_request(schema.hash, recs[i % 4096:i % 4096 + 1], client_id, i)])
+                send_one(i, t0 + int(i * 1e9 / rate))
         if now >= end and (not due or now > end + 5e9):
             break
         if s.poll(1):
-            while s.poll(0):
-                rid, kind = _classify(s.recv_multipart()[-1])
-                t = due.pop(rid, None)
+            while True:
+                try:
+                    recv(nowait)                  # the empty delimiter
+                except zmq.Again:
+                    break
+                frame = recv()
+                t = due.pop(reply_rid.unpack_from(frame)[5], None)
                 if t is not None:
-                    lat.setdefault(kind, []).append(time.monotonic_ns() - t)
+                    replies.append((frame, time.monotonic_ns() - t))
+    wall = (time.monotonic_ns() - t0) / 1e9
+    cpu = time.process_time() - cpu0
     s.close(0)
-    return {"sent": i, "unanswered": len(due), "elapsed_s": seconds,
+    lat: dict[str, list] = {}
+    for frame, ns in replies:
+        lat.setdefault(_classify(frame), []).append(ns)
+    return {"sent": i, "unanswered": len(due), "elapsed_s": seconds, "cpu_share": cpu / wall,
             "lat_us": {k: np.array(v) / 1e3 for k, v in lat.items()}}
+
+
+def _pin_tree(pid: int, cpus: set) -> None:
+    """Every thread of a process and of its descendants onto ``cpus`` (libzmq's I/O threads
+    included: taskset -a over the tree)."""
+    import psutil
+    root = psutil.Process(pid)
+    for p in [root] + root.children(recursive=True):
+        for t in p.threads():
+            os.sched_setaffinity(t.id, cpus)
 
 
 def main(argv=None) -> int:
@@ -79,6 +122,10 @@ def main(argv=None) -> int:
     ap.add_argument("--factor", type=float, default=2.0)
     ap.add_argument("--inflight", type=int, default=64)
     ap.add_argument("--config", help="engine config (default: the bundled one)")
+    ap.add_argument("--split", action="store_true",
+                    help="every engine thread on the first allowed CPU, the sender on the others: "
+                         "each side gets its own core (the closest this machine has to a sender "
+                         "on another host)")
     a = ap.parse_args(argv)
     from bench.engine_proc import EngineProcess, engine_latency, engine_latency_text
     from bench.soak import engine_memory
@@ -86,6 +133,12 @@ def main(argv=None) -> int:
     schema = load_config(a.config).schema
     eng = EngineProcess(a.config)
     try:
+        if a.split:
+            cpus = sorted(os.sched_getaffinity(0))
+            if len(cpus) < 2:
+                raise SystemExit(f"--split needs two CPUs; this process may use {cpus}")
+            _pin_tree(eng.pid, {cpus[0]})
+            os.sched_setaffinity(0, set(cpus[1:]))
         rss0 = engine_memory(eng.pid)
         probe = run(eng.bind, schema, 0, a.probe, closed_inflight=a.inflight)
         x = len(probe["lat_us"].get("decided", [])) / a.probe
@@ -110,7 +163,11 @@ def main(argv=None) -> int:
         r1, n1 = rss1.get(k, (0, 0))
         print(f"  {k.replace('risk-engine: ', ''):<12} {rss / 2**20:7.1f} -> {r1 / 2**20:7.1f};"
               f"  {anon / 2**20:7.1f} -> {n1 / 2**20:7.1f}")
-    print("note: the sender runs on the same 2 cores as the engine")
+    where = (f"engine on CPU {cpus[0]}, sender on {','.join(map(str, cpus[1:]))}" if a.split
+             else "the sender runs on the same cores as the engine")
+    print(f"note: {where}; the sender used {r['cpu_share']:.0%} of a CPU"
+          + (" (saturated: replies queued in the sender itself are in its figures)"
+             if r["cpu_share"] > 0.9 else ""))
     return 0 if r["unanswered"] == 0 else 1
 
 

@@ -53,7 +53,8 @@ EPOCHS = 128                          # restarted ingress never matches a predec
 _HASH_MUL_INT = 0x9E3779B97F4A7C15      # shard = ((key * this) mod 2^64 >> 32) mod workers
 _HASH_MUL = np.uint64(_HASH_MUL_INT)
 _U64 = (1 << 64) - 1
-_RID = struct.Struct("<Q")             # request id at offset 32 of a binary request header
+_RID = struct.Struct("<Q")             # the request id of a binary request header
+_RID_AT = wire.REQUEST_HEADER_DTYPE.fields["request_id"][1]
 TIMEOUT_BURST_NS = 100_000_000        # timeouts closer than this share one log entry
 READ_BATCH = 256                      # requests read before the responses get their turn
 SHED_AFTER_NS = 5_000_000             # a queue that has not emptied for 5 ms: shed
@@ -350,7 +351,7 @@ class Router:
         if body[:1] == b"{":
             return self._reply_error(frames[:-1], WireError(
                 ErrorCode.OVERLOADED, SHED_MESSAGE, request_id=None, kind="json"))
-        rid = _RID.unpack_from(body, 32)[0] if len(body) >= 40 else 0
+        rid = _RID.unpack_from(body, _RID_AT)[0] if len(body) >= wire.REQUEST_HEADER_SIZE else 0
         self.c_requests[0, _OVERLOADED] += 1
         self.send_frames(frames[:-1], wire.pack_reply_header(_OVERLOADED, 0, rid, len(_SHED_BYTES))
                          + _SHED_BYTES, "binary")

@@ -38,3 +38,39 @@ def test_overload_mode_answers_every_request_and_reports_both_sides():
     assert "never answered 0" in p.stdout
     assert "decided" in p.stdout and "engine side, admitted" in p.stdout
     assert "RssAnon" in p.stdout
+    assert "the sender used" in p.stdout
+
+
+def test_split_pins_every_thread_of_the_engine_tree():
+    """--split's pinning reaches a child's threads, not just the process it was given."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+    import pytest
+
+    from bench.overload import _pin_tree
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs")
+    code = ("import subprocess, sys, threading, time; threading.Thread(target=time.sleep, args=(30,), "
+            "daemon=True).start(); c = subprocess.Popen([sys.executable, '-c', 'import time; "
+            "time.sleep(30)']); print('up', flush=True); time.sleep(30)")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout.readline().strip() == "up"
+        deadline = time.monotonic() + 10
+        while not psutil.Process(parent.pid).children() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        _pin_tree(parent.pid, {cpus[0]})
+        tree = [psutil.Process(parent.pid)] + psutil.Process(parent.pid).children(recursive=True)
+        tids = [t.id for p in tree for t in p.threads()]
+        assert len(tree) == 2 and len(tids) >= 3
+        assert all(os.sched_getaffinity(t) == {cpus[0]} for t in tids)
+    finally:
+        for p in psutil.Process(parent.pid).children(recursive=True):
+            p.kill()
+        parent.kill()
+        parent.wait()
