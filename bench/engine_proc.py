@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 
@@ -66,6 +67,14 @@ class EngineProcess:
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.stderr, text=True,
                                      process_group=0)
         self.ready_line = self._wait_ready(start_timeout_s)
+        # the supervisor logs to stdout (restarts, snapshots, reloads): keep reading it, so a
+        # long run never fills the pipe and blocks the supervisor in print()
+        self.stdout_lines: list[str] = []
+        threading.Thread(target=self._read_stdout, daemon=True).start()
+
+    def _read_stdout(self) -> None:
+        for line in self.proc.stdout:
+            self.stdout_lines.append(line.rstrip("\n"))
 
     @property
     def pid(self) -> int:

@@ -34,7 +34,10 @@ def _classify(frame: bytes) -> str:
     if err:
         return ErrorCode(err).name
     if (dec["flags"] & 0xDE).any():          # beyond FIRED_OVERFLOW and EVAL_ERROR: a default
-        return "DEFAULT_" + ("TIMEOUT" if (dec["error"] == ErrorCode.TIMEOUT).any() else "OTHER")
+        for code in (ErrorCode.TIMEOUT, ErrorCode.WORKER_LOST):
+            if (dec["error"] == code).any():
+                return f"DEFAULT_{code.name}"
+        return "DEFAULT_OTHER"
     return "decided"
 
 

@@ -155,6 +155,9 @@ class EngineCollector:
         sv = b.view
         yield CounterMetricFamily("risk_worker_restarts", "Worker processes restarted",
                                   value=float(sv("supervisor.worker_restarts")[0]))
+        yield GaugeMetricFamily("risk_worker_restart_seconds", "How long the last restarted worker "
+                                "was out: its death noticed to its successor's first loop (feature "
+                                "rebuild included)", value=sv("supervisor.worker_restart_ns")[0] / 1e9)
         yield CounterMetricFamily("risk_ingress_restarts", "Ingress processes restarted",
                                   value=float(sv("supervisor.ingress_restarts")[0]))
         yield CounterMetricFamily("risk_ruleset_reload_errors", "Rulesets refused at reload",

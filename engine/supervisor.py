@@ -81,6 +81,7 @@ class Supervisor:
         self.collector = None
         self.features = None
         self.last_snapshot = time.monotonic()
+        self.restarting: dict[int, tuple[int, int, int]] = {}   # worker -> (noticed, rebuilt, spawned) ns
         self._snap_bufs: dict = {}          # reused snapshot copy buffers (_snapshot_buffers)
 
     # --- start --------------------------------------------------------------------------------
@@ -329,6 +330,7 @@ class Supervisor:
                 else:
                     return self.shutdown()
             self._reap()
+            self._note_restarted()
             self.admin.poll(20)
             d = self.cfg.durability
             if d.journal_enabled and time.monotonic() - self.last_snapshot > d.snapshot_interval_s:
@@ -349,14 +351,31 @@ class Supervisor:
                 self._spawn_ingress()
             else:
                 w = int(role.split()[1])
+                noticed = time.monotonic_ns()
                 self.block.view("supervisor.worker_alive")[w] = 0
                 self.block.view("supervisor.worker_restarts")[0] += 1
                 try:
                     self.rebuild_features()
                 except Exception as e:         # keep serving; say loudly what is not exact
                     self.log(f"risk-engine: feature rebuild after worker {w} died failed: {e}")
+                rebuilt = time.monotonic_ns()
                 self._spawn_worker(w)
+                self.restarting[w] = (noticed, rebuilt, time.monotonic_ns())
             self._write_status()
+
+    def _note_restarted(self) -> None:
+        """A restarted worker serves once its loop beats (heartbeat_ns, CLOCK_MONOTONIC in every
+        process): log how long it was out, from its death being noticed (the reap runs every
+        20 ms), and keep that as risk_worker_restart_seconds."""
+        for w, (noticed, rebuilt, spawned) in list(self.restarting.items()):
+            beat = int(self.block.worker(w, "heartbeat_ns")[0])
+            if beat <= spawned:
+                continue
+            del self.restarting[w]
+            self.block.view("supervisor.worker_restart_ns")[0] = beat - noticed
+            self.log(f"risk-engine: worker {w} serving again {(beat - noticed) / 1e6:.0f} ms after "
+                     f"its death was noticed (feature rebuild {(rebuilt - noticed) / 1e6:.0f} ms, "
+                     f"process start {(beat - spawned) / 1e6:.0f} ms)")
 
     def _reload_request(self) -> None:
         """SIGHUP: `risk-engine reload` may have left a request file with files / previous."""

@@ -121,6 +121,10 @@ def test_killed_worker_is_restarted_and_counted(engine):
             break
         time.sleep(0.1)
     assert value(scrape(engine.metrics_url), "risk_worker_restarts_total") == before + 1
+    t_end = time.monotonic() + 120                 # the successor's first loop sets the gauge
+    while time.monotonic() < t_end and not value(scrape(engine.metrics_url), "risk_worker_restart_seconds"):
+        time.sleep(0.1)
+    assert 0 < value(scrape(engine.metrics_url), "risk_worker_restart_seconds") < 120
     rng = np.random.default_rng(9)
     with Client(engine.endpoint, cfg.schema, timeout_ms=60_000, retries=0) as c:
         got = c.evaluate_batch(random_events(rng, cfg.schema, 64))     # both workers' shards
