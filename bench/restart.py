@@ -3,8 +3,9 @@ supervisor restarts it within 1 s, its shard's state rebuilt from snapshot + jou
 
 Starts the engine (bench.engine_proc), sends an open-loop stream at ``--rate`` from one
 DEALER (bench.overload's sender) and SIGKILLs worker 0 ``--kill-after`` seconds in. The
-default kill lands just before the first snapshot (``snapshot.interval_s`` = 60 s in the
-bundled config): the worst case, the most journal to replay since a snapshot. Prints the
+default kill lands 5 s before the second snapshot (``snapshot.interval_s`` = 60 s in the
+bundled config, so 115 s in): the worst case, a snapshot to load and the most journal to
+replay after it. Prints the
 supervisor's own account (death noticed -> successor's first loop, split into feature
 rebuild and process start; risk_worker_restart_seconds), and the sender's: every request
 answered or not, by kind (decided, WORKER_LOST or TIMEOUT defaults, OVERLOADED), and the
@@ -33,8 +34,9 @@ def _worker_pid(engine_pid: int, index: int = 0) -> int:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="bench.restart", description=__doc__.split("\n\n")[0])
     ap.add_argument("--rate", type=float, default=10_000, help="requests/s, open loop (default 10,000)")
-    ap.add_argument("--kill-after", type=float, default=55.0,
-                    help="seconds of load before the SIGKILL (default 55: just before the first snapshot)")
+    ap.add_argument("--kill-after", type=float,
+                    help="seconds of load before the SIGKILL (default: 5 s before the second "
+                         "snapshot, 2 x snapshot.interval_s - 5)")
     ap.add_argument("--after", type=float, default=5.0, help="seconds of load after the kill (default 5)")
     ap.add_argument("--bound", type=float, default=1.0, help="restart bound in seconds (default 1)")
     ap.add_argument("--config", help="engine config (default: the bundled one)")
@@ -42,7 +44,10 @@ def main(argv=None) -> int:
     from bench.engine_proc import EngineProcess, read_stats
     from bench.overload import run
     from engine.config import load_config
-    schema = load_config(a.config).schema
+    cfg = load_config(a.config)
+    schema = cfg.schema
+    if a.kill_after is None:
+        a.kill_after = max(1.0, 2 * cfg.durability.snapshot_interval_s - 5)
     eng = EngineProcess(a.config)
     try:
         timer = threading.Timer(a.kill_after, lambda: os.kill(_worker_pid(eng.pid), signal.SIGKILL))

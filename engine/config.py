@@ -69,6 +69,7 @@ class WorkersConfig:
     cpus: tuple[int, ...] = ()          # empty: the allowed CPUs, in order
     ingress_cpu: int = -1               # -1: not pinned
     spin_us: int = 1000                 # poll an empty request ring this long (while it pays)
+    standby: bool = True                # keep a warmed-up spare worker process for restarts
 
 
 @dataclass(frozen=True)
@@ -257,13 +258,14 @@ def parse_config(raw: Mapping | None, path: str = "<memory>") -> Config:
     if not _is_loopback_bind(admin.bind) and not admin.curve.enabled:
         raise ConfigError("admin.bind", f"{admin.bind!r} is not loopback or ipc://: enable admin.curve first")
 
-    s = _section(raw, "workers", {"count", "cpus", "ingress_cpu", "spin_us"})
+    s = _section(raw, "workers", {"count", "cpus", "ingress_cpu", "spin_us", "standby"})
     cpus = s.get("cpus", [])
     if not isinstance(cpus, list) or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in cpus):
         raise ConfigError("workers.cpus", f"must be a list of CPU numbers, got {cpus!r}")
     workers = WorkersConfig(count=_int(s, "workers", "count", 0, 0, 256), cpus=tuple(cpus),
                             ingress_cpu=_int(s, "workers", "ingress_cpu", -1, -1, 4095),
-                            spin_us=_int(s, "workers", "spin_us", WorkersConfig.spin_us, 0, 100_000))
+                            spin_us=_int(s, "workers", "spin_us", WorkersConfig.spin_us, 0, 100_000),
+                            standby=_bool(s, "workers", "standby", WorkersConfig.standby))
 
     s = _section(raw, "rings", {"capacity"})
     cap = _int(s, "rings", "capacity", RingsConfig.capacity, 2, 1 << 24)

@@ -68,7 +68,8 @@ SUPERVISOR = [("header", 2), ("stop", 1), ("generation", 1), ("worker_restarts",
               ("snapshot_errors", 1), ("snapshot_pause_ns", 1), ("snapshot_pause_max_ns", 1),
               ("worker_epoch", MAX_WORKERS), ("worker_pid", MAX_WORKERS),
               ("worker_alive", MAX_WORKERS), ("ingress_pid", 1), ("ingress_alive", 1),
-              ("snapshot_log", 1 + LOG_ENTRIES * LOG_WIDTH), ("worker_restart_ns", 1)]
+              ("snapshot_log", 1 + LOG_ENTRIES * LOG_WIDTH), ("worker_restart_ns", 1),
+              ("standby_pid", 1)]
 INGRESS = [("requests", N_TRANSPORTS * N_CODES), ("decisions", 3), ("inflight", 1),
            ("accepting", 1), ("deduplicated", 1), ("timeouts", 1), ("worker_lost", 1),
            ("eval_hist", N_TRANSPORTS * _hist(NB)), ("stage_hist", len(STAGES) * _hist(NB)),

@@ -67,15 +67,14 @@ def recover_features(cfg, store, rs) -> str | None:
     if not (os.path.isdir(jdir) and list_writers(jdir)) and not has_snap:
         return None
     arrays = dict(zip(store.fs.arg_names(), store.fs.arrays()))
-    fresh = {k: a.copy() for k, a in arrays.items()}       # initialised tables and lists
     seen = {"snap": None}
 
     def restore(snap) -> None:
         seen["snap"] = snap
         if snap is None:
             return
-        for name, arr in arrays.items():
-            got = snap.arrays.get(name)
+        for name, arr in arrays.items():        # every table checked before any is written:
+            got = snap.arrays.get(name)           # a refused snapshot leaves them initialised
             if got is None or got.shape != arr.shape or got.dtype != arr.dtype:
                 raise StateLayoutChanged(
                     f"snapshot {snap.path}: table {name} does not match the configured features "
@@ -94,9 +93,7 @@ def recover_features(cfg, store, rs) -> str | None:
     except RecoveryError as e:
         raise RecoveryError(f"{e}. Feature state cannot be rebuilt exactly; move {jdir} and {sdir} "
                             f"aside to start with empty state") from None
-    except StateLayoutChanged as e:
-        for name, arr in arrays.items():
-            arr[:] = fresh[name]
+    except StateLayoutChanged as e:         # raised by restore() before it wrote anything
         return str(e)
     snap = seen["snap"]
     admin = _apply_admin_log(store, os.path.join(jdir, "admin.log"), snap.created_ns if snap else 0)

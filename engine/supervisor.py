@@ -27,6 +27,7 @@ from engine.topology import Topology, plan_workers, read_topology
 from shm.doorbell import EventfdDoorbell
 from shm.segment import Segment, reclaim_stale, unlink_owned
 
+STANDBY_RESPAWN_S = 2.0      # after a standby took over a worker, wait this long for the next
 READY_TIMEOUT_S = 120        # cold kernel compile of a big ruleset on a busy 2-core machine
 STOP_GRACE_S = 10
 
@@ -82,6 +83,8 @@ class Supervisor:
         self.features = None
         self.last_snapshot = time.monotonic()
         self.restarting: dict[int, tuple[int, int, int]] = {}   # worker -> (noticed, rebuilt, spawned) ns
+        self.standby: subprocess.Popen | None = None     # a prepared spare worker (workers.standby)
+        self.standby_due = 0.0                           # when to start the next one
         self._snap_bufs: dict = {}          # reused snapshot copy buffers (_snapshot_buffers)
 
     # --- start --------------------------------------------------------------------------------
@@ -125,6 +128,8 @@ class Supervisor:
         for w in range(n):
             self._spawn_worker(w)
         self._spawn_ingress()
+        if cfg.workers.standby:
+            self._spawn_standby()
         self._wait_ready()
         from engine.admin import AdminServer
         from engine.exporter import EngineCollector, Exporter
@@ -282,14 +287,69 @@ class Supervisor:
         self.generation = g
         self.block.view("supervisor.generation")[0] = g     # workers poll it between batches
 
-    def _spawn(self, role: str, args: list[str]) -> subprocess.Popen:
+    def _spawn(self, role: str | None, args: list[str], **kw) -> subprocess.Popen:
         p = subprocess.Popen([sys.executable, "-m", *args, "--run-dir", str(self.run_dir)],
-                             pass_fds=(self.doorbell.fileno(),))
-        self.children[role] = p
+                             pass_fds=(self.doorbell.fileno(),), **kw)
+        if role is not None:
+            self.children[role] = p
         return p
 
+    def _spawn_standby(self) -> None:
+        """A spare worker that imports, attaches and loads the kernel now, so that a worker
+        restart costs only its index-specific part (engine.worker.standby)."""
+        self.standby = self._spawn(None, ["engine.worker", "--standby"], stdin=subprocess.PIPE, text=True)
+
+    def _standby_ready(self) -> bool:
+        sb = self.standby
+        return sb is not None and sb.poll() is None and \
+            int(self.block.view("supervisor.standby_pid")[0]) == sb.pid
+
+    def _take_standby(self, w: int) -> subprocess.Popen | None:
+        """Hand worker index ``w`` to the prepared standby; None when there is none ready."""
+        if not self._standby_ready():
+            return None
+        sb, self.standby = self.standby, None
+        self.block.view("supervisor.standby_pid")[0] = 0
+        self.standby_due = time.monotonic() + STANDBY_RESPAWN_S
+        try:
+            sb.stdin.write(f"{w}\n")
+            sb.stdin.close()
+        except OSError:                    # it died just now: start a worker the slow way
+            return None
+        return sb
+
+    def _retire_standby(self) -> None:
+        """EOF on its stdin: it exits (after a reload its kernel is stale; at shutdown)."""
+        sb, self.standby = self.standby, None
+        self.block.view("supervisor.standby_pid")[0] = 0
+        if sb is None:
+            return
+        try:
+            sb.stdin.close()
+            sb.wait(STOP_GRACE_S)
+        except (OSError, subprocess.TimeoutExpired):
+            sb.kill()
+            sb.wait()
+
+    def _keep_standby(self) -> None:
+        """Start a standby when there is none (used, retired, or died), not sooner than
+        STANDBY_RESPAWN_S after the last was used: its start-up would compete for the CPU
+        with the worker that just took over."""
+        if not self.cfg.workers.standby or time.monotonic() < self.standby_due:
+            return
+        if self.standby is not None and self.standby.poll() is not None:
+            self.log(f"risk-engine: standby worker (pid {self.standby.pid}) exited with code "
+                     f"{self.standby.returncode}; starting another")
+            self.standby = None
+        if self.standby is None:
+            self._spawn_standby()
+
     def _spawn_worker(self, w: int) -> None:
-        p = self._spawn(f"worker {w}", ["engine.worker", "--index", str(w)])
+        p = self._take_standby(w)
+        if p is not None:
+            self.children[f"worker {w}"] = p
+        else:
+            p = self._spawn(f"worker {w}", ["engine.worker", "--index", str(w)])
         self.block.view("supervisor.worker_pid")[w] = p.pid
         self.block.view("supervisor.worker_epoch")[w] += 1
         self.block.view("supervisor.worker_alive")[w] = 1
@@ -308,12 +368,18 @@ class Supervisor:
             if dead:
                 raise StartupError(f"{dead[0]} exited with code {self.children[dead[0]].returncode} "
                                    f"during start-up")
-            if all(g[0] == self.generation for g in gens) and accepting[0]:
+            if self.standby is not None and self.standby.poll() is not None:
+                raise StartupError(f"standby worker exited with code {self.standby.returncode} "
+                                   f"during start-up")
+            if all(g[0] == self.generation for g in gens) and accepting[0] and \
+                    (self.standby is None or self._standby_ready()):
                 return
             time.sleep(0.02)
         waiting = [f"worker {w}" for w, g in enumerate(gens) if g[0] != self.generation]
         if not accepting[0]:
             waiting.append("ingress")
+        if self.standby is not None and not self._standby_ready():
+            waiting.append("standby worker")
         raise StartupError(f"engine not ready after {READY_TIMEOUT_S} s; still starting: {', '.join(waiting)}")
 
     # --- run ----------------------------------------------------------------------------------
@@ -331,6 +397,7 @@ class Supervisor:
                     return self.shutdown()
             self._reap()
             self._note_restarted()
+            self._keep_standby()
             self.admin.poll(20)
             d = self.cfg.durability
             if d.journal_enabled and time.monotonic() - self.last_snapshot > d.snapshot_interval_s:
@@ -408,6 +475,9 @@ class Supervisor:
             self.collector.fold_generation(self.generation - 1)
         self._publish_generation(spec)
         self.ruleset = rs
+        if self.standby is not None:        # its kernel is the old generation's: replace it
+            self._retire_standby()
+            self.standby_due = time.monotonic() + STANDBY_RESPAWN_S
         self.log(f"risk-engine: generation {self.generation} = {spec['label']}")
         return f"generation {self.generation} = {spec['label']}"
 
@@ -422,6 +492,8 @@ class Supervisor:
                 cpu = self.cfg.workers.ingress_cpu
                 node = self.topology.node(cpu)
             rows.append({"role": role, "pid": p.pid, "cpu": cpu, "node": node})
+        if self.standby is not None and self.standby.poll() is None:
+            rows.append({"role": "standby", "pid": self.standby.pid, "cpu": -1, "node": -1})
         if self.sidecar is not None and self.sidecar.alive():
             rows.append({"role": "sidecar", "pid": self.sidecar.pid, "cpu": -1, "node": -1})
         return rows
@@ -437,6 +509,7 @@ class Supervisor:
     # --- stop ---------------------------------------------------------------------------------
 
     def shutdown(self) -> int:
+        self._retire_standby()
         stop = self.block.view("supervisor.stop")
         stop[0] = 1
         ing = self.children.get("ingress")
@@ -461,7 +534,7 @@ class Supervisor:
 
     def cleanup(self) -> None:
         """Release everything this supervisor created; safe after a partial start."""
-        for p in self.children.values():
+        for p in [*self.children.values(), *([self.standby] if self.standby else [])]:
             if p.poll() is None:
                 p.kill()
                 p.wait()

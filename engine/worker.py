@@ -302,24 +302,58 @@ class _Reloader:
         return self.generation, self.result
 
 
-def serve(run_dir: str, index: int) -> int:
+class Prepared:
+    """What a worker loads before it needs its index: the config, the control block, the
+    shared feature tables and the active generation's kernel (from the kernel cache, warmed
+    up: numba's first load costs about 0.2 s of it). A standby worker holds one ready."""
+
+    def __init__(self, run_dir: str):
+        from engine.featurestore import FeatureStore
+        self.plan = rundir.read_plan(run_dir)
+        self.cfg = rundir.read_config(run_dir)
+        self.block, self.block_seg = rundir.attach_control(run_dir, self.cfg)
+        self.store = FeatureStore(self.cfg, self.plan["owner_pid"], create=False)
+        self.generation = int(self.block.view("supervisor.generation")[0])
+        self.ruleset = load_generation(run_dir, self.generation, self.cfg.schema, self.store.fs)
+
+
+def standby(run_dir: str) -> int:
+    """A spare worker: prepare everything that does not depend on the index, say so in the
+    control block (supervisor.standby_pid), then wait for the supervisor to write an index
+    on stdin and serve it. EOF (the supervisor retired it, or is gone): exit."""
+    procname.become_child("worker standby (loading)")
+    prep = Prepared(run_dir)
+    from engine.journal import warm_up
+    warm_up()                                    # the journal's compiled helpers
+    gcstats.freeze_after_warmup()
+    prep.block.view("supervisor.standby_pid")[0] = os.getpid()
+    procname.set_role("worker standby")          # ready (tests and `ps` tell it apart)
+    line = sys.stdin.readline()
+    if not line.strip():
+        prep.store.close()
+        prep.block_seg.close()
+        return 0
+    return serve(run_dir, int(line), prep)
+
+
+def serve(run_dir: str, index: int, prep: Prepared | None = None) -> int:
     procname.become_child(f"worker {index}")
-    plan = rundir.read_plan(run_dir)
-    pin_self(plan["workers"][index]["cpu"])                 # before touching memory
-    cfg = rundir.read_config(run_dir)
-    block, block_seg = rundir.attach_control(run_dir, cfg)
+    plan = prep.plan if prep is not None else rundir.read_plan(run_dir)
+    pin_self(plan["workers"][index]["cpu"])                 # before touching the rings
+    prep = prep or Prepared(run_dir)
+    cfg, block, block_seg, store = prep.cfg, prep.block, prep.block_seg, prep.store
     rings = EngineRings.attach(cfg, plan, index, EventfdDoorbell(plan["eventfd"]))
     rings.prefault()                                        # first touch after pinning
     gcstats.install(block.worker(index, "gc_hist"))
     max_batch = min(cfg.ingress.max_batch, cfg.rings.capacity)
     journal = open_journal(cfg, index)
-    from engine.featurestore import FeatureStore
-    store = FeatureStore(cfg, plan["owner_pid"], create=False)
     keeper = JournalHousekeeper(journal) if journal is not None else None
 
     generation = int(block.view("supervisor.generation")[0])
-    active = Active(load_generation(run_dir, generation, cfg.schema, store.fs), generation, block,
-                    index, max_batch)
+    rs = prep.ruleset if prep.generation == generation else \
+        load_generation(run_dir, generation, cfg.schema, store.fs)     # a reload since
+    prep.ruleset = None
+    active = Active(rs, generation, block, index, max_batch)
     proc = BatchProcessor(rings, active, block, index, max_batch, journal, store.fs.arrays())
     block.worker(index, "generation")[0] = generation
     resent = serve_journaled_tail(rings, journal, proc)
@@ -380,9 +414,12 @@ def serve(run_dir: str, index: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="engine.worker")
     ap.add_argument("--run-dir", required=True)
-    ap.add_argument("--index", type=int, required=True)
+    g = ap.add_mutually_exclusive_group(required=True)
+    g.add_argument("--index", type=int)
+    g.add_argument("--standby", action="store_true",
+                   help="prepare, then wait for an index on stdin (engine.supervisor)")
     a = ap.parse_args(argv)
-    return serve(a.run_dir, a.index)
+    return standby(a.run_dir) if a.standby else serve(a.run_dir, a.index)
 
 
 if __name__ == "__main__":

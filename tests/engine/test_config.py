@@ -32,6 +32,7 @@ def test_bundled_default_loads():
     ({"workers": {"cpus": [0, "x"]}}, "workers.cpus"),
     ({"workers": {"count": True}}, "workers.count"),
     ({"workers": {"spin_us": -1}}, "workers.spin_us"),
+    ({"workers": {"standby": "yes"}}, "workers.standby"),
     ({"ingress": {"spin_us": 100_001}}, "ingress.spin_us"),
     ({"ingress": {"dedup_max_entries": 0}}, "ingress.dedup_max_entries"),
     ({"ingress": {"dedup_max_bytes": 63}}, "ingress.dedup_max_bytes"),
