@@ -161,6 +161,9 @@ def run(a) -> int:
                   "cpu_steal_iowait_pct": logs.cpu}
     doc["worker_stalls"] = {f"{r['worker']} {r['phase']}": r["value"]
                             for r in final.get("risk_worker_stalls", []) if r["value"]}
+    doc["overloaded"] = {r["reason"]: r["value"] for r in final.get("risk_overloaded", []) if r["value"]}
+    if doc["overloaded"]:
+        print(f"  OVERLOADED by reason (risk_overloaded_total, whole run): {doc['overloaded']}")
     if ph.decision_errors or stalls:
         print_report(doc["forensics"], len(stalls), (ph.decision_errors or {}).get("TIMEOUT", 0))
         print(f"  worker stalls by phase: {doc['worker_stalls'] or 'none'}")

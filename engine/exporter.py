@@ -17,7 +17,7 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from engine.control import (GC_BOUNDS_NS, KERNEL_BOUNDS_NS, LATENCY_BOUNDS_NS, N_CODES,
+from engine.control import (GC_BOUNDS_NS, KERNEL_BOUNDS_NS, LATENCY_BOUNDS_NS, N_CODES, OVERLOAD_REASONS,
                             STAGES, STALL_NS, STALL_PHASES, TRANSPORTS, EventLog)
 from engine.types import ACTION_NAMES, ErrorCode
 from ingress._dedup_kernels import EVICTED_EARLY as DEDUP_EVICTED_EARLY
@@ -179,6 +179,12 @@ class EngineCollector:
         yield g
         yield GaugeMetricFamily("risk_requests_in_flight", "Requests waiting for decisions",
                                 value=float(sv("ingress.inflight")[0]))
+        c = CounterMetricFamily("risk_overloaded", "Requests refused with OVERLOADED, by why: shed "
+                                "(the socket queue stood too long), ring_full, max_inflight, "
+                                "worker_behind", labels=["reason"])
+        for reason, v in zip(OVERLOAD_REASONS, sv("ingress.overloaded").tolist()):
+            c.add_metric([reason], float(v))
+        yield c
         yield CounterMetricFamily("risk_deduplicated_requests", "Retries answered from the idempotency window",
                                   value=float(sv("ingress.deduplicated")[0]))
         yield CounterMetricFamily("risk_dedup_evicted", "Decided requests the idempotency window "
@@ -289,8 +295,9 @@ def event_logs(b) -> dict:
     timeouts = [{"time_ns": t, "worker": w, "timeouts": n, "max_age_ns": age,
                  "request_ring_occupancy_max": occ, "last_time_ns": last}
                 for t, w, n, age, occ, last, *_ in EventLog(b.view("ingress.timeout_log")).entries()]
-    snaps = [{"time_ns": t, "hold_ns": hold, "journal_fsync_ns": fs, "write_ns": wr}
-             for t, hold, fs, wr, *_ in EventLog(b.view("supervisor.snapshot_log")).entries()]
+    snaps = [{"time_ns": t, "hold_ns": hold, "journal_fsync_ns": fs, "write_ns": wr,
+              "hold_preempted": pre}
+             for t, hold, fs, wr, pre, *_ in EventLog(b.view("supervisor.snapshot_log")).entries()]
     return {"stalls": sorted(stalls, key=lambda e: e["time_ns"]), "timeouts": timeouts,
             "snapshots": snaps}
 

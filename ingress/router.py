@@ -29,8 +29,8 @@ import numpy as np
 import zmq
 
 from engine import gcstats, procname, rundir
-from engine.control import (BLOCKS_EVERY_NS, LATENCY_BOUNDS_NS, N_CODES, STAGES, EventLog,
-                            observe_request)
+from engine.control import (BLOCKS_EVERY_NS, LATENCY_BOUNDS_NS, N_CODES, OVERLOAD_REASONS, STAGES,
+                            EventLog, observe_request)
 from engine.rings import EngineRings
 from engine.topology import pin_self
 from engine.types import Action, DecisionFlag, ErrorCode, RESPONSE_SLOT_DTYPE, request_slot_dtype
@@ -66,6 +66,8 @@ _TRANSPORT = {"binary": 0, "json": 1}
 SHED_MESSAGE = "shedding load: the front door is behind; retry later"
 _SHED_BYTES = SHED_MESSAGE.encode()
 _OVERLOADED = int(ErrorCode.OVERLOADED)
+_SHED, _RING_FULL, _MAX_INFLIGHT, _BEHIND = (OVERLOAD_REASONS.index(r) for r in (
+    "shed", "ring_full", "max_inflight", "worker_behind"))
 SLOT_BYTES = RESPONSE_SLOT_DTYPE.itemsize
 
 
@@ -145,6 +147,7 @@ class Router:
         self.c_inflight = b.view("ingress.inflight")
         self.c_accepting = b.view("ingress.accepting")
         self.c_dedup = b.view("ingress.deduplicated")
+        self.c_overloaded = b.view("ingress.overloaded")          # by OVERLOAD_REASONS
         self.c_timeouts = b.view("ingress.timeouts")
         self.c_lost = b.view("ingress.worker_lost")
         self.timeout_log = EventLog(b.view("ingress.timeout_log"))
@@ -353,6 +356,7 @@ class Router:
                 ErrorCode.OVERLOADED, SHED_MESSAGE, request_id=None, kind="json"))
         rid = _RID.unpack_from(body, _RID_AT)[0] if len(body) >= wire.REQUEST_HEADER_SIZE else 0
         self.c_requests[0, _OVERLOADED] += 1
+        self.c_overloaded[_SHED] += 1
         self.send_frames(frames[:-1], wire.pack_reply_header(_OVERLOADED, 0, rid, len(_SHED_BYTES))
                          + _SHED_BYTES, "binary")
 
@@ -372,7 +376,7 @@ class Router:
             return self._reply_error(envelope, e)
         n = len(req.records)
         if len(self.pending) + self.fast.in_use >= self.max_inflight:   # bounded: shed load
-            return self._overloaded(envelope, req, n, now_ns,
+            return self._overloaded(envelope, req, n, now_ns, _MAX_INFLIGHT,
                                     f"ingress.max_inflight={self.max_inflight} requests in flight")
         dkey = None
         if req.client_id and self.dedup.enabled:
@@ -402,11 +406,11 @@ class Router:
             groups = tuple((w, c) for w, c in enumerate(counts) if c)
         for w, count in groups:                    # all-or-nothing: room in every ring first
             if self.rings[w].free_request_slots() < count:
-                return self._overloaded(envelope, req, n, now_ns)
+                return self._overloaded(envelope, req, n, now_ns, _RING_FULL, "a worker ring is full")
             age = self.fast.queue_age(w, now_ns)
             if age > self.behind_ns:
-                return self._overloaded(envelope, req, n, now_ns, f"worker {w} is behind: its "
-                                        f"oldest queued event has waited {age / 1e6:.1f} ms")
+                return self._overloaded(envelope, req, n, now_ns, _BEHIND, f"worker {w} is behind: "
+                                        f"its oldest queued event has waited {age / 1e6:.1f} ms")
         seq = self.seq
         self.seq += 1
         for w, _ in groups:                        # records straight into the ring slots
@@ -435,10 +439,11 @@ class Router:
         key = self.shard_struct.unpack_from(buf, self.shard_off + off)[0] & _U64
         return (((key * _HASH_MUL_INT) & _U64) >> 32) % self.n_workers
 
-    def _overloaded(self, envelope, req, n: int, now_ns: int, why: str = "") -> None:
+    def _overloaded(self, envelope, req, n: int, now_ns: int, reason: int, why: str) -> None:
+        self.c_overloaded[reason] += 1
         if self.overload_action < 0:
             return self._reply_error(envelope, WireError(
-                ErrorCode.OVERLOADED, f"{why or 'a worker ring is full'}; nothing was evaluated",
+                ErrorCode.OVERLOADED, f"{why}; nothing was evaluated",
                 request_id=req.request_id, kind=req.kind))
         p = _Pending(0, envelope, req, n, now_ns, now_ns, [], None)
         self._default(p, self.overload_action, DecisionFlag.DEFAULT_OVERLOAD, ErrorCode.OVERLOADED)

@@ -110,6 +110,7 @@ def settle(engine, schema) -> None:
 def test_full_ring_gets_fast_overloaded_and_admitted_are_decided(engine, schema):
     rng = np.random.default_rng(2)
     settle(engine, schema)
+    full0 = value(scrape(engine.metrics_url), "risk_overloaded_total", reason="ring_full")
     with frozen_worker(engine):
         socks = send_singles(engine.endpoint, schema, rng, CAPACITY + 20, 77)
         time.sleep(0.5)
@@ -122,6 +123,7 @@ def test_full_ring_gets_fast_overloaded_and_admitted_are_decided(engine, schema)
         # ROUTER, not on the order they were sent: count them, and match each reply to its id
         assert len(quick) == 20, quick[:3]
         assert all(q[2] == ErrorCode.OVERLOADED and q[1] == q[0] + 1 for q in quick), quick[:3]
+        assert value(scrape(engine.metrics_url), "risk_overloaded_total", reason="ring_full") == full0 + 20
         refused = {q[0] for q in quick}
         socks = [s for i, s in enumerate(socks) if i not in refused]
     decided = 0
@@ -295,7 +297,7 @@ def test_a_queue_that_never_empties_is_shed_and_every_request_answered(tmp_path,
     from ingress.router import READ_BATCH
     n = 6000
     recs = random_events(np.random.default_rng(9), schema, n)
-    with EngineProcess(tmp_path, workers=1, metrics=False,
+    with EngineProcess(tmp_path, workers=1,
                        overrides={"rings": {"capacity": 8192},
                                   "ingress": {"max_inflight": 100_000, "default_deadline_ms": 10_000}}) as eng:
         settle(eng, schema)
@@ -316,10 +318,13 @@ def test_a_queue_that_never_empties_is_shed_and_every_request_answered(tmp_path,
                 assert rid not in codes                # exactly one reply per request
                 codes[rid] = err
                 shed_msgs += "shedding load" in msg
+            by_reason = {r: value(scrape(eng.metrics_url), "risk_overloaded_total", reason=r)
+                         for r in ("shed", "ring_full", "max_inflight", "worker_behind")}
         finally:
             s.close(0)
     assert len(codes) == n
     refused = [r for r, e in codes.items() if e == ErrorCode.OVERLOADED]
     assert shed_msgs == len(refused) > 0               # every refusal came from the shedder
+    assert by_reason == {"shed": len(refused), "ring_full": 0, "max_inflight": 0, "worker_behind": 0}
     assert set(codes.values()) <= {0, int(ErrorCode.OVERLOADED)}
     assert min(refused) > READ_BATCH                   # the first READ_BATCH were decided

@@ -141,3 +141,25 @@ def test_round_trip_property_any_dtype_and_shape(tmp_path_factory, specs, seed):
     assert s.journal_seq == {int(seed % 7): seed} and set(s.arrays) == set(arrs)
     for k, a in arrs.items():
         assert same_bytes(s.arrays[k], a) and s.arrays[k].dtype.fields == a.dtype.fields
+
+
+def test_the_snapshot_hold_runs_realtime_when_allowed_and_restores_the_policy():
+    """engine.supervisor._realtime: SCHED_FIFO inside when the process may (root or
+    CAP_SYS_NICE), unchanged otherwise; the old policy is back afterwards, also on error."""
+    import os
+
+    import pytest
+
+    from engine.supervisor import _realtime
+    before = os.sched_getscheduler(0), os.sched_getparam(0).sched_priority
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+        allowed = True
+    except OSError:
+        allowed = False
+    os.sched_setscheduler(0, before[0], os.sched_param(before[1]))
+    with pytest.raises(RuntimeError):
+        with _realtime():
+            assert os.sched_getscheduler(0) == (os.SCHED_FIFO if allowed else before[0])
+            raise RuntimeError("the copy failed")
+    assert (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority) == before
