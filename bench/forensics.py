@@ -97,8 +97,10 @@ def explain(timeouts: list[dict], stalls: list[dict], snapshots: list[dict],
             "stalls": [f"w{s['worker']} {s['phase']} {s['ns'] / 1e6:.1f} ms, ended "
                        f"{(s['time_ns'] - t0) / 1e6:+.0f} ms from the first timeout (woke: {s['woke']})"
                        for s in near],
-            "snapshots": [f"hold {s['hold_ns'] / 1e6:.1f} ms (preempted {s.get('hold_preempted', '?')} "
-                          f"times), journal fsync "
+            "snapshots": [f"hold {s['hold_ns'] / 1e6:.1f} ms (pause {s.get('pause_wait_ns', 0) / 1e6:.1f} "
+                          f"+ copy {s.get('copy_ns', 0) / 1e6:.1f} ms; preempted "
+                          f"{s.get('hold_preempted', '?')}, waited {s.get('hold_waits', '?')} times), "
+                          f"journal fsync "
                           f"{s['journal_fsync_ns'] / 1e6:.1f} ms, write {s['write_ns'] / 1e6:.1f} ms, "
                           f"ended {(s['time_ns'] - t0) / 1e6:+.0f} ms from the first timeout" for s in snaps],
             "steal_pct_max": max((c[1] for c in around), default=None),

@@ -296,8 +296,9 @@ def event_logs(b) -> dict:
                  "request_ring_occupancy_max": occ, "last_time_ns": last}
                 for t, w, n, age, occ, last, *_ in EventLog(b.view("ingress.timeout_log")).entries()]
     snaps = [{"time_ns": t, "hold_ns": hold, "journal_fsync_ns": fs, "write_ns": wr,
-              "hold_preempted": pre}
-             for t, hold, fs, wr, pre, *_ in EventLog(b.view("supervisor.snapshot_log")).entries()]
+              "hold_preempted": pre, "hold_waits": waits, "pause_wait_ns": pw, "copy_ns": cp}
+             for t, hold, fs, wr, pre, waits, pw, cp in
+             EventLog(b.view("supervisor.snapshot_log")).entries()]
     return {"stalls": sorted(stalls, key=lambda e: e["time_ns"]), "timeouts": timeouts,
             "snapshots": snaps}
 

@@ -19,6 +19,7 @@ import threading
 import time
 
 import numpy as np
+from numba import njit
 
 from engine import procname, rundir
 from engine.config import Config
@@ -37,8 +38,8 @@ STOP_GRACE_S = 10
 def _realtime():
     """SCHED_FIFO (priority 1) for this thread inside the block, when it may (root or
     CAP_SYS_NICE); otherwise nothing changes. For the snapshot's hold: the workers wait for
-    one memory copy of the tables, and with the CPUs busy the copy was preempted 14-53 times
-    per snapshot here, once stretching a 10 ms copy into a 136 ms hold that cost 100 TIMEOUTs
+    one memory copy of the tables, and with the CPUs busy the copy competed with every other
+    thread, once stretching a 10 ms copy into a 136 ms hold that cost 100 TIMEOUTs
     (docs/DURABILITY.md). It sleeps while it waits for the workers, so they are not starved."""
     try:
         old = os.sched_getscheduler(0), os.sched_getparam(0)
@@ -50,6 +51,15 @@ def _realtime():
     finally:
         if old is not None:
             os.sched_setscheduler(0, *old)
+
+
+@njit(cache=True)
+def _copy_tables(dst, src):
+    """Copy every feature array (a tuple of uint64 arrays) in one call that keeps the GIL:
+    np.copyto releases it for each array, and getting it back could wait for another thread
+    of this process (a metrics scrape) that the busy CPUs had preempted."""
+    for i in range(len(src)):
+        dst[i][:] = src[i]
 
 
 def _touch_pages(a: np.ndarray, write: bool) -> None:
@@ -215,14 +225,18 @@ class Supervisor:
         fs = self.features.fs
         arrays = self._snapshot_buffers(fs)
         try:
-            switched0 = resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw
+            dst = tuple(arrays[name] for name in fs.arg_names())
+            src = tuple(fs.arrays())
+            ru0 = resource.getrusage(resource.RUSAGE_THREAD)
             t0 = time.monotonic_ns()
             with _realtime(), self.paused_workers(timeout_s):
-                for name, a in zip(fs.arg_names(), fs.arrays()):
-                    np.copyto(arrays[name], a)
+                tp = time.monotonic_ns()
+                if src:                    # one compiled call: the GIL never changes hands
+                    _copy_tables(dst, src)
+                tc = time.monotonic_ns()
                 seqs = {w: int(b.worker(w, "journal_seq")[0]) for w in range(n)}
             held = time.monotonic_ns() - t0
-            preempted = resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw - switched0
+            ru1 = resource.getrusage(resource.RUSAGE_THREAD)
             b.view("supervisor.snapshot_pause_ns")[0] = held
             mx = b.view("supervisor.snapshot_pause_max_ns")
             mx[0] = max(int(mx[0]), held)
@@ -235,9 +249,12 @@ class Supervisor:
         store = SnapshotStore(d.snapshot_dir.replace("{instance}", self.cfg.instance), keep=d.snapshot_keep)
         path = store.write(arrays, seqs, generation=self.generation)   # snapshot that names it
         b.view("supervisor.snapshots")[0] += 1
-        # wall time at the end; hold, journal fsync and file write durations (ns), and how
-        # often this thread was preempted during the hold
-        EventLog(b.view("supervisor.snapshot_log")).add(held, t2 - t1, time.monotonic_ns() - t2, preempted)
+        # wall time at the end; hold, journal fsync and file write durations (ns); how often
+        # this thread was preempted, and how often it waited (GIL, sleeps), during the hold;
+        # the hold's two parts: waiting for the workers to pause, and the copy (ns)
+        EventLog(b.view("supervisor.snapshot_log")).add(
+            held, t2 - t1, time.monotonic_ns() - t2, ru1.ru_nivcsw - ru0.ru_nivcsw,
+            ru1.ru_nvcsw - ru0.ru_nvcsw, tp - t0, tc - tp)
         for w in range(n):
             b.worker(w, "retain_seq")[0] = store.oldest_journal_seq(w)
         self.last_snapshot = time.monotonic()
@@ -254,6 +271,9 @@ class Supervisor:
                 buf = bufs[name] = np.empty_like(a)
                 _touch_pages(buf, write=True)
             _touch_pages(a, write=False)
+        tiny = tuple(np.zeros(1, a.dtype) for a in fs.arrays())
+        if tiny:                            # the copy kernel compiled (or loaded from the
+            _copy_tables(tiny, tiny)        # cache) here, not inside the hold
         return bufs
 
     def _fsync_journals(self) -> None:
@@ -342,17 +362,23 @@ class Supervisor:
         return sb
 
     def _retire_standby(self) -> None:
-        """EOF on its stdin: it exits (after a reload its kernel is stale; at shutdown)."""
+        """After a reload (its kernel is stale) and at shutdown. A ready standby reads EOF on
+        its stdin and exits; one still loading is killed rather than waited for (it writes
+        nothing shared; the supervisor's loop must not block on it)."""
+        ready = self._standby_ready()
         sb, self.standby = self.standby, None
         self.block.view("supervisor.standby_pid")[0] = 0
         if sb is None:
             return
         try:
             sb.stdin.close()
-            sb.wait(STOP_GRACE_S)
+            if ready:
+                sb.wait(STOP_GRACE_S)
         except (OSError, subprocess.TimeoutExpired):
+            pass
+        if sb.poll() is None:
             sb.kill()
-            sb.wait()
+        sb.wait()
 
     def _keep_standby(self) -> None:
         """Start a standby when there is none (used, retired, or died), not sooner than
