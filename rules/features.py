@@ -181,7 +181,10 @@ class FeaturePlan:
             "",
             "@njit(_USIG, **_OPTS)",
             f"def _apply_updates(events, arrival_ns, actions{args}):",
-            "    for i in range(events.shape[0]):",
+            "    n = events.shape[0]",
+            "    if arrival_ns.shape[0] < n or actions.shape[0] < n:",
+            "        raise ValueError('update kernel: an array is shorter than the batch')",
+            "    for i in range(n):",
             f"        {REC} = events[i]",
             "        action = actions[i]",
         ]

@@ -132,7 +132,13 @@ def generate(rules: list[KernelRule], n_rules: int, schema, thresholds: dict,
         "",
         "@njit(_SIG, **_OPTS)" if not ext_args else "@njit(**_OPTS)",
         f"def _kernel(events, arrival_ns, out, bits, hits, errors{kextra}):",
-        "    for i in range(events.shape[0]):",
+        # compiled code has no bounds checks: a buffer shorter than the batch would be written
+        # past its end (heap corruption), so the kernel refuses it once per call
+        "    n = events.shape[0]",
+        "    if arrival_ns.shape[0] < n or out.shape[0] < n or bits.shape[0] < n \\",
+        f"            or bits.shape[1] < {nw} or hits.shape[0] < N_RULES or errors.shape[0] < N_RULES:",
+        "        raise ValueError('rule kernel: an array is shorter than the batch or the ruleset')",
+        "    for i in range(n):",
         "        ev = events[i]",
         "        o = out[i]",
     ]

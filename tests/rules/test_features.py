@@ -212,3 +212,12 @@ def test_cache_key_includes_feature_specs(write_rules, kernel_cache):
     kinds[0].apply_updates(ev, np.arange(3, dtype=np.int64), np.zeros(3, np.uint8), *fs2.arrays())
     assert (fs2.arrays()[0] == kinds[0].feature_arrays[0]).all()
     assert kinds[0].feature_arrays[0].any()
+
+
+def test_the_update_kernel_refuses_arrays_shorter_than_the_batch(rules_file, kernel_cache):
+    fs, rs, _ = _fresh(rules_file, kernel_cache)
+    ev, arrival = _stream(random.Random(6), 10)
+    with pytest.raises(ValueError, match="shorter than the batch"):
+        rs.update_kernel(ev, arrival[:9], np.zeros(10, np.uint8), *fs.arrays())
+    with pytest.raises(ValueError, match="shorter than the batch"):
+        rs.update_kernel(ev, arrival, np.zeros(9, np.uint8), *fs.arrays())

@@ -221,3 +221,21 @@ def test_large_sets_use_binary_search(files, all_schema, kernel_cache):
     assert list(out["score"]) == [5.0, 6.0, 0.0, 2.0, 2.0]
     for i in range(len(ev)):
         assert rs.reference(ev[i])[1] == out[i]["score"]
+
+
+@pytest.mark.parametrize("short", ["arrival_ns", "out", "bits_rows", "bits_words", "hits", "errors"])
+def test_a_buffer_shorter_than_the_batch_is_refused_not_written_past(pay, all_schema, short):
+    """Compiled code has no bounds checks: the kernel checks its buffers once per call."""
+    n = 8
+    ev = _events(all_schema, f64f=[5000.0] * n)
+    out, bits, hits, errors = pay.new_buffers(n)
+    args = {"arrival_ns": _arr(ev), "out": out, "bits_rows": bits, "bits_words": bits,
+            "hits": hits, "errors": errors}
+    args[short] = {"arrival_ns": lambda a: a[:n - 1], "out": lambda a: a[:n - 1],
+                   "bits_rows": lambda a: a[:n - 1], "bits_words": lambda a: a[:, :0],
+                   "hits": lambda a: a[:pay.n_rules - 1], "errors": lambda a: a[:pay.n_rules - 1]}[short](args[short])
+    with pytest.raises(ValueError, match="shorter than the batch"):
+        pay.kernel(ev, args["arrival_ns"], args["out"], args["bits_rows"] if short != "bits_words"
+                   else args["bits_words"], args["hits"], args["errors"], *pay.feature_arrays)
+    pay.kernel(ev, _arr(ev), out, bits, hits, errors, *pay.feature_arrays)    # the right sizes
+    assert (out["score"] >= 30).all()
