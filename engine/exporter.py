@@ -17,8 +17,9 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from engine.control import (GC_BOUNDS_NS, KERNEL_BOUNDS_NS, LATENCY_BOUNDS_NS, N_CODES, OVERLOAD_REASONS,
-                            STAGES, STALL_NS, STALL_PHASES, TRANSPORTS, EventLog)
+from engine.control import (GC_BOUNDS_NS, KERNEL_BOUNDS_NS, LATENCY_BOUNDS_NS, N_CODES,
+                            OVERLOAD_REASONS, STAGES, STALL_NS, STALL_PHASES, TRANSPORTS,
+                            EventLog)
 from engine.types import ACTION_NAMES, ErrorCode
 from ingress._dedup_kernels import EVICTED_EARLY as DEDUP_EVICTED_EARLY
 

@@ -351,12 +351,12 @@ class Router:
         message (the error path's exception and formatting cost as much again: shedding
         must be the cheapest thing the ingress does)."""
         body = frames[-1]
+        self.c_overloaded[_SHED] += 1
         if body[:1] == b"{":
             return self._reply_error(frames[:-1], WireError(
                 ErrorCode.OVERLOADED, SHED_MESSAGE, request_id=None, kind="json"))
         rid = _RID.unpack_from(body, _RID_AT)[0] if len(body) >= wire.REQUEST_HEADER_SIZE else 0
         self.c_requests[0, _OVERLOADED] += 1
-        self.c_overloaded[_SHED] += 1
         self.send_frames(frames[:-1], wire.pack_reply_header(_OVERLOADED, 0, rid, len(_SHED_BYTES))
                          + _SHED_BYTES, "binary")
 
