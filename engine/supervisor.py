@@ -30,8 +30,15 @@ from shm.doorbell import EventfdDoorbell
 from shm.segment import Segment, reclaim_stale, unlink_owned
 
 STANDBY_RESPAWN_S = 2.0      # after a standby took over a worker, wait this long for the next
+STANDBY_BACKOFF_MAX_S = 300.0  # the longest wait after standbys kept dying by themselves
 READY_TIMEOUT_S = 120        # cold kernel compile of a big ruleset on a busy 2-core machine
 STOP_GRACE_S = 10
+
+
+def standby_backoff_s(failures: int) -> float:
+    """Wait before the next standby after ``failures`` in a row died by themselves:
+    STANDBY_RESPAWN_S doubling per failure, at most STANDBY_BACKOFF_MAX_S."""
+    return min(STANDBY_RESPAWN_S * 2 ** max(0, failures - 1), STANDBY_BACKOFF_MAX_S)
 
 
 @contextmanager
@@ -115,6 +122,7 @@ class Supervisor:
         self.restarting: dict[int, tuple[int, int, int]] = {}   # worker -> (noticed, rebuilt, spawned) ns
         self.standby: subprocess.Popen | None = None     # a prepared spare worker (workers.standby)
         self.standby_due = 0.0                           # when to start the next one
+        self.standby_failures = 0                        # standbys that died by themselves in a row
         self._snap_bufs: dict = {}          # reused snapshot copy buffers (_snapshot_buffers)
 
     # --- start --------------------------------------------------------------------------------
@@ -364,10 +372,12 @@ class Supervisor:
     def _retire_standby(self) -> None:
         """After a reload (its kernel is stale) and at shutdown. A ready standby reads EOF on
         its stdin and exits; one still loading is killed rather than waited for (it writes
-        nothing shared; the supervisor's loop must not block on it)."""
+        nothing shared; the supervisor's loop must not block on it). The next one starts
+        STANDBY_RESPAWN_S later."""
         ready = self._standby_ready()
         sb, self.standby = self.standby, None
         self.block.view("supervisor.standby_pid")[0] = 0
+        self.standby_due = time.monotonic() + STANDBY_RESPAWN_S
         if sb is None:
             return
         try:
@@ -383,14 +393,21 @@ class Supervisor:
     def _keep_standby(self) -> None:
         """Start a standby when there is none (used, retired, or died), not sooner than
         STANDBY_RESPAWN_S after the last was used: its start-up would compete for the CPU
-        with the worker that just took over."""
-        if not self.cfg.workers.standby or time.monotonic() < self.standby_due:
+        with the worker that just took over. One that dies by itself is replaced after
+        standby_backoff_s(its failures in a row): a start-up that keeps failing costs about
+        a second of CPU each time, and must not run in a loop."""
+        if not self.cfg.workers.standby:
             return
+        now = time.monotonic()
         if self.standby is not None and self.standby.poll() is not None:
+            self.standby_failures += 1
+            self.standby_due = now + standby_backoff_s(self.standby_failures)
             self.log(f"risk-engine: standby worker (pid {self.standby.pid}) exited with code "
-                     f"{self.standby.returncode}; starting another")
+                     f"{self.standby.returncode}; another in {self.standby_due - now:.0f} s")
             self.standby = None
-        if self.standby is None:
+        elif self._standby_ready():
+            self.standby_failures = 0
+        if self.standby is None and now >= self.standby_due:
             self._spawn_standby()
 
     def _spawn_worker(self, w: int) -> None:
@@ -526,7 +543,6 @@ class Supervisor:
         self.ruleset = rs
         if self.standby is not None:        # its kernel is the old generation's: replace it
             self._retire_standby()
-            self.standby_due = time.monotonic() + STANDBY_RESPAWN_S
         self.log(f"risk-engine: generation {self.generation} = {spec['label']}")
         return f"generation {self.generation} = {spec['label']}"
 

@@ -68,6 +68,24 @@ def test_standby_takes_over_a_killed_worker_and_a_reload_replaces_it(tmp_path):
         assert all(d.ruleset == "live@2" and d.action == "block" for d in decide(eng, schema))
 
 
+def test_a_standby_that_dies_by_itself_is_replaced_after_a_backoff(tmp_path):
+    with EngineProcess(tmp_path, workers=1) as eng:
+        first = wait_for(lambda: roles(eng).get(READY))
+        os.kill(first, signal.SIGKILL)
+        assert wait_for(lambda: f"standby worker (pid {first}) exited with code -9; another in 2 s"
+                        in eng.output()), eng.output()
+        second = wait_for(lambda: roles(eng).get(READY) not in (None, first) and roles(eng).get(READY))
+        assert second and second != first
+        assert len(decide(eng, load_config().schema)) == 3          # the worker never noticed
+
+
+def test_standby_backoff_doubles_and_is_capped():
+    from engine.supervisor import STANDBY_BACKOFF_MAX_S, STANDBY_RESPAWN_S, standby_backoff_s
+    assert [standby_backoff_s(k) for k in (1, 2, 3)] == [STANDBY_RESPAWN_S, 2 * STANDBY_RESPAWN_S,
+                                                        4 * STANDBY_RESPAWN_S]
+    assert standby_backoff_s(60) == STANDBY_BACKOFF_MAX_S
+
+
 def test_without_standby_a_restart_is_a_fresh_process(tmp_path):
     schema = load_config().schema
     eng = EngineProcess(tmp_path, workers=1, overrides={"workers": {"standby": False},
