@@ -161,3 +161,17 @@ def test_a_duplicate_decision_is_counted_not_taken_for_an_evaluation():
         assert classify("engine", kind, b"", codec.encode_reply(req, late), 9) == \
             (None, ["TIMEOUT", DUPLICATE])
         assert classify("engine", kind, b"", codec.encode_reply(req, slots), 8)[0] == "BAD_REPLY"
+
+
+def test_an_error_reply_of_a_decisions_length_is_read_as_an_error():
+    """The one-decision fast path keys on the reply's length: an error reply whose message
+    makes it exactly that long must still count by its code, and a header that does not
+    parse must count BAD_REPLY."""
+    from bench.replies import BAD_REPLY, classify
+    from engine.types import ErrorCode
+    from ingress import wire
+    msg = b"m" * wire.DECISION_SIZE
+    err = wire.pack_reply_header(int(ErrorCode.OVERLOADED), 0, 9, len(msg)) + msg
+    assert len(err) == wire.REPLY_HEADER_SIZE + wire.DECISION_SIZE
+    assert classify("engine", "binary", b"", err, 9) == ("OVERLOADED", [])
+    assert classify("engine", "binary", b"", b"\0" * len(err), 9) == (BAD_REPLY, [])
