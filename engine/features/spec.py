@@ -190,10 +190,8 @@ def parse_feature(name: str, raw: Any, schema: Schema) -> FeatureSpec:
     time = raw.get("time", "arrival")
     if time != "arrival" and (time not in schema.names or schema.field(time).kind not in ("int", "uint")):
         raise ConfigError(f"{p}.time", f"must be 'arrival' or an integer field holding ms, got {time!r}")
-    return FeatureSpec(name, kind, keys, of, window_ms, nb, registers,
-                       _int(f"{p}.capacity", raw.get("capacity", DEFAULT_CAPACITY), 1, (1 << 32) - 1),
-                       _int(f"{p}.probe", raw.get("probe", DEFAULT_PROBE), 1, 1024),
-                       update, time)
+    cap, probe = _capacity_probe(p, raw, DEFAULT_PROBE)
+    return FeatureSpec(name, kind, keys, of, window_ms, nb, registers, cap, probe, update, time)
 
 
 def parse_list(name: str, raw: Any, base: Path) -> ListSpec:
@@ -224,8 +222,15 @@ def parse_state(name: str, raw: Any, schema: Schema) -> StateSpec:
         if k not in ("key", "capacity", "probe"):
             raise ConfigError(f"{p}.{k}", "unknown key (allowed: capacity, key, probe)")
     key = _key_field(f"{p}.key", raw.get("key"), schema)
-    return StateSpec(name, key, _int(f"{p}.capacity", raw.get("capacity", DEFAULT_CAPACITY), 1, (1 << 32) - 1),
-                     _int(f"{p}.probe", raw.get("probe", 64), 1, 1024))
+    return StateSpec(name, key, *_capacity_probe(p, raw, 64))
+
+
+def _capacity_probe(p: str, raw: Mapping, default_probe: int) -> tuple[int, int]:
+    """A table's ``capacity`` and ``probe``. The probe window is at most the table: a longer
+    one wraps past the end of the table more than once, and the compiled lookups (which wrap
+    once) would read and write beyond the table's buffer."""
+    cap = _int(f"{p}.capacity", raw.get("capacity", DEFAULT_CAPACITY), 1, (1 << 32) - 1)
+    return cap, min(cap, _int(f"{p}.probe", raw.get("probe", default_probe), 1, 1024))
 
 
 def parse_specs(features: Mapping, lists: Mapping, state: Mapping, schema: Schema,

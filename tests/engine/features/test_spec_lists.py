@@ -24,6 +24,30 @@ def test_defaults_and_sizes():
     assert feat(kind="age", key="device_id").expr_type == "int"
 
 
+def test_a_probe_longer_than_the_table_stays_inside_it():
+    """capacity 2 with the default probe of 32 once wrote past the table (heap corruption):
+    the probe window is capped at the capacity, and a stream of keys through the real table
+    functions leaves guard words after the table untouched."""
+    from engine.features import table as T
+    from engine.features.scalar import _read_update_age
+    from engine.features.windows import _read_update_count
+    f = feat(kind="age", key="device_id", capacity=2)
+    c = feat(kind="count", key="account_id", window="60s", capacity=3, probe=8)
+    st = parse_specs({}, {}, {"s": {"key": "account_id", "capacity": 5}}, SCHEMA).states[0]
+    assert (f.probe_len, c.probe_len, st.probe_len) == (2, 3, 5)
+    assert feat(kind="age", key="device_id", capacity=100, probe=8).probe_len == 8
+    for spec, call in ((f, lambda t, k: _read_update_age(t, f.capacity, f.slot_words, f.probe_len, k, 1000 + k)),
+                       (c, lambda t, k: _read_update_count(t, c.capacity, c.slot_words, c.probe_len,
+                                                           c.nbuckets, c.bucket_ms, k, 1000 * k, 0.0))):
+        end = T.table_words(spec.capacity, spec.slot_words)
+        t = np.zeros(end + 64, np.uint64)
+        T.init_table(t, spec.capacity, spec.slot_words)
+        for k in range(1, 50):
+            call(t, k)
+        assert not t[end:].any()
+        assert T.counters(t)["fill"] == spec.capacity and T.counters(t)["evictions"] == 49 - spec.capacity
+
+
 @pytest.mark.parametrize("raw,path", [
     ({"kind": "count", "key": "account_id", "window": "8d"}, "features.f.window"),
     ({"kind": "count", "key": "account_id", "window": "500ms"}, "features.f.window"),
