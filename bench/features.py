@@ -1,12 +1,14 @@
 """Feature storage cost per event versus the number of keys (OneWorkerBatchedFeatures).
 
     python -m bench.features [--keys 1000,1000000,10000000] [--events 1000000] [--no-hugepages] [--shm]
+    python -m bench.features --split         (the staged prefetch's passes: what each costs)
     python -m bench.features --distinct      (the HyperLogLog window: ns per estimate and per event)
 
 Four features per event, as a fused rule kernel would run them (``update: always`` ->
 ``_read_update_*``: one slot lock per feature per event), in batches of 64 events, with
-three prefetch strategies: none, the whole batch's home slots first, or pipelined
-(``AHEAD`` events ahead of the work):
+four prefetch strategies: none, the whole batch's home slots first, pipelined (``AHEAD``
+events ahead of the work), or staged (the home slots, then each key's own slot found by a
+hint walk of its probe sequence: what the rule compiler emits, docs/FEATURES.md):
 
     count_1m  count by account, 60 s / 60 buckets     256 B/key
     sum_1h    sum of amount by card, 1 h / 12 buckets  112 B/key
@@ -34,7 +36,7 @@ from numba import njit
 from engine.features import layout, table as T
 from engine.features.hll import _hll_finish
 from engine.features.scalar import _read_update_age
-from engine.features.table import _prefetch_key
+from engine.features.table import _prefetch_key, _prefetch_slot
 from engine.features.windows import (_hll_window_estimate, _read_update_count, _read_update_distinct,
                                      _read_update_max, _read_update_sum)
 
@@ -49,23 +51,32 @@ SW_A = layout.slot_words("age")
 BATCH = 64
 REPEATS = 3
 AHEAD = 12
-MODES = ("ns_plain", "ns_batch", "ns_ahead")
+MODES = ("ns_plain", "ns_batch", "ns_ahead", "ns_staged")
 MUL = np.uint64(0x9E3779B97F4A7C15)
 
 
 @njit(cache=True)
-def _run(tc, ts, tm, ta, cap, acct, card, dev, amount, now, prefetch):
+def _run(tc, ts, tm, ta, cap, acct, card, dev, amount, now, prefetch, upto=3):
+    """``upto`` (staged prefetch only, --split): 1 = the home-slot prefetch alone, 2 = and
+    the walk, 3 = and the work."""
     n = acct.shape[0]
     blocked = 0
     for start in range(0, n, BATCH):
         end = min(n, start + BATCH)
-        if prefetch == 1:                # whole batch first, then the work
+        if prefetch == 1 or prefetch == 3:   # whole batch first, then the work
             for i in range(start, end):
                 _prefetch_key(tc, acct[i], cap, SW_C)
                 _prefetch_key(ts, card[i], cap, SW_S)
                 _prefetch_key(tm, acct[i], cap, SW_M)
                 _prefetch_key(ta, dev[i], cap, SW_A)
-        for i in range(start, end):
+        if prefetch == 3 and upto >= 2:  # staged (what the rule compiler emits): then each
+            # key's own slot, found by a hint walk of its probe sequence
+            for i in range(start, end):
+                _prefetch_slot(tc, acct[i], cap, SW_C, PROBE)
+                _prefetch_slot(ts, card[i], cap, SW_S, PROBE)
+                _prefetch_slot(tm, acct[i], cap, SW_M, PROBE)
+                _prefetch_slot(ta, dev[i], cap, SW_A, PROBE)
+        for i in range(start if upto >= 3 else end, end):
             j = i + AHEAD
             if prefetch == 2 and j < n:     # pipelined: AHEAD events ahead of the work
                 _prefetch_key(tc, acct[j], cap, SW_C)
@@ -120,7 +131,9 @@ def _events(nkeys: int, n: int, seed: int, t0_ms: int):
     return acct, card, dev, amount, now
 
 
-def measure(nkeys: int, nevents: int, hugepages: bool, shm: bool = False) -> dict:
+def _tables(nkeys: int, hugepages: bool, shm: bool):
+    """(maps, tables, capacity): the four tables, each pre-filled with every key once (keys
+    in order, so every table holds all nkeys)."""
     cap = int(nkeys * 1.5) + 1
     maps, tabs = [], []
     for sw in (SW_C, SW_S, SW_M, SW_A):
@@ -128,28 +141,52 @@ def measure(nkeys: int, nevents: int, hugepages: bool, shm: bool = False) -> dic
         T.init_table(t, cap, sw)
         maps.append(mm)
         tabs.append(t)
-    # pre-fill every key once (keys in order, so every table holds all nkeys)
     k = np.arange(nkeys, dtype=np.uint64) * MUL
-    fill = (k, k + np.uint64(1), k + np.uint64(2), np.zeros(nkeys), np.zeros(nkeys, np.int64))
-    t0 = time.process_time()
-    _run(*tabs, cap, *fill, 2)
-    fill_s = time.process_time() - t0
-    out = {"keys": nkeys, "fill_s": fill_s}
-    t_ms = 1000
-    for rep in range(REPEATS):            # best of REPEATS: the machine is shared
-        for prefetch, k in enumerate(MODES):
-            ev = _events(nkeys, nevents, 7 + 3 * rep + prefetch, t_ms)
+    _run(*tabs, cap, k, k + np.uint64(1), k + np.uint64(2), np.zeros(nkeys), np.zeros(nkeys, np.int64), 2)
+    return maps, tabs, cap
+
+
+def _best_ns(tabs, cap, nkeys, nevents, runs) -> dict:
+    """{name: best ns/event} over REPEATS rounds of ``runs`` = [(name, prefetch, upto)];
+    every run on fresh events later in time (best of REPEATS: the machine is shared)."""
+    out, t_ms = {}, 1000
+    for rep in range(REPEATS):
+        for j, (name, prefetch, upto) in enumerate(runs):
+            ev = _events(nkeys, nevents, 7 + 3 * rep + j, t_ms)
             t_ms = int(ev[4][-1]) + 1
             t0 = time.process_time()
-            _run(*tabs, cap, *ev, prefetch)
+            _run(*tabs, cap, *ev, prefetch, upto)
             ns = (time.process_time() - t0) / nevents * 1e9
-            out[k] = min(out.get(k, ns), ns)
+            out[name] = min(out.get(name, ns), ns)
+    return out
+
+
+def _free(maps, tabs) -> None:
+    tabs.clear()
+    for mm in maps:
+        mm.close()                       # free the memory now (the views are gone)
+
+
+def measure(nkeys: int, nevents: int, hugepages: bool, shm: bool = False) -> dict:
+    maps, tabs, cap = _tables(nkeys, hugepages, shm)
+    out = {"keys": nkeys, **_best_ns(tabs, cap, nkeys, nevents, [(k, p, 3) for p, k in enumerate(MODES)])}
     out["counters"] = T.counters(tabs[0])
     out["evictions"] = sum(T.counters(t)["evictions"] for t in tabs)
-    del tabs, t, fill, k
-    for mm in maps:
-        mm.close()                       # free the memory now (views are gone)
+    _free(maps, tabs)
     return out
+
+
+def split(sizes, nevents: int, hugepages: bool, shm: bool) -> int:
+    """--split: the staged strategy's three passes, cumulated (each run stops after one)."""
+    runs = [("home", 3, 1), ("walk", 3, 2), ("work", 3, 3)]
+    print(f"{'keys':>10} {'home prefetch':>14} {'+ walk':>8} {'+ 4 locked read+updates':>24}  (ns/event)")
+    for n in sizes:
+        maps, tabs, cap = _tables(n, hugepages, shm)
+        r = _best_ns(tabs, cap, n, nevents, runs)
+        _free(maps, tabs)
+        print(f"{n:>10} {r['home']:>14.0f} {r['walk'] - r['home']:>8.0f} {r['work'] - r['walk']:>24.0f}")
+    print("each column: the cost that pass adds (runs that stop after it, best of 3 each)")
+    return 0
 
 
 def main(argv=None) -> int:
@@ -160,6 +197,8 @@ def main(argv=None) -> int:
     ap.add_argument("--shm", action="store_true",
                     help="tables in POSIX shared memory, mapped as the engine maps them (huge "
                          "pages there only if /sys/kernel/mm/transparent_hugepage/shmem_enabled allows)")
+    ap.add_argument("--split", action="store_true",
+                    help="the staged prefetch's passes (home slots, walk, work): ns/event each adds")
     ap.add_argument("--distinct", action="store_true",
                     help="only the distinct (HyperLogLog) kind: ns per window estimate on one hot "
                          "slot, and per read+update event over 16,384 keys (docs/FEATURES.md)")
@@ -167,21 +206,25 @@ def main(argv=None) -> int:
     if a.distinct:
         return distinct(a.events)
     sizes = [int(x) for x in a.keys.split(",")]
+    if a.split:
+        measure(100, 10_000, False)     # compile / warm up
+        return split(sizes, a.events, not a.no_hugepages, a.shm)
     bpk = {"count_1m": 8 * SW_C, "sum_1h": 8 * SW_S, "max_10m": 8 * SW_M, "age": 8 * SW_A}
     print("bytes per key: " + ", ".join(f"{k}={v}" for k, v in bpk.items())
           + f"; all four: {sum(bpk.values())} B/key x 1.5 capacity")
     measure(100, 10_000, False)         # compile / warm up
     base = None
     print(f"{'keys':>10} {'ns/event':>9} {'ratio':>6} {'no-prefetch':>12} {'batch-prefetch':>15} "
-          f"{'evictions':>10} {'fill':>5} {'MiB':>7}")
+          f"{'pipelined':>10} {'staged':>7} {'evictions':>10} {'fill':>5} {'MiB':>7}")
     for n in sizes:
         r = measure(n, a.events, not a.no_hugepages, a.shm)
         best = min(r[k] for k in MODES)
         base = base or best
         mib = sum(bpk.values()) * (int(n * 1.5) + 1) / 2**20
         print(f"{n:>10} {best:>9.0f} {best / base:>6.2f} {r['ns_plain']:>12.0f} {r['ns_batch']:>15.0f} "
+              f"{r['ns_ahead']:>10.0f} {r['ns_staged']:>7.0f} "
               f"{r['evictions']:>10} {r['counters']['fill_ratio']:>5.2f} {mib:>7.0f}", flush=True)
-    print("ns/event: best prefetch strategy (none, batch, pipelined), best of 3 runs; ratio to the first row "
+    print("ns/event: best prefetch strategy (none, batch, pipelined, staged), best of 3 runs; ratio to the first row "
           "(target <= 1.5 at 1e7 vs 1e3)")
     print(f"memory: {'POSIX shared memory (as the engine), shmem_enabled=' + shmem_thp() if a.shm else 'anonymous'}"
           f", MADV_HUGEPAGE {'off' if a.no_hugepages else 'on'}")

@@ -166,9 +166,11 @@ class FeaturePlan:
         if not self.prefetched():
             return []
         args = ", ".join(b.arg for b in self.prefetched())
-        return ["@njit(**_OPTS)", f"def _prefetch_block(events, lo, hi, {args}):",
-                "    for i in range(lo, hi):", f"        {REC} = events[i]"] \
-            + [f"        {b.emit_prefetch(REC)}" for b in self.prefetched()] + ["", ""]
+        out = ["@njit(**_OPTS)", f"def _prefetch_block(events, lo, hi, {args}):"]
+        for stage in (1, 2):            # home slots of the whole block, then the keys' own
+            out += ["    for i in range(lo, hi):", f"        {REC} = events[i]"] \
+                + [f"        {b.emit_prefetch(REC, stage)}" for b in self.prefetched()]
+        return out + ["", ""]
 
     def apply_updates_source(self) -> list[str]:
         args = "".join(f", {a}" for a in self.kernel_args)

@@ -34,7 +34,7 @@ IMPORTS = (
     "_read_update_age, _read_update_last)",
     "from engine.features.state import _read_state, _halt_get",
     "from engine.features.lists import _list_contains",
-    "from engine.features.table import _prefetch_key",
+    "from engine.features.table import _prefetch_key, _prefetch_slot",
 )
 CONSTANTS = dict(STATE_NAMES)           # ACTIVE=0 REDUCING=1 HALTED=2, folded by the compiler
 CONTROL_ARG = "fs_control"
@@ -115,9 +115,14 @@ class Binding:
             else f"_key_int({value_expr})"
         return f"_list_contains({self.arg}, {enc})"
 
-    def emit_prefetch(self, rec: str = "rec") -> str:
-        cap, sw = self.consts.split(", ")[:2]
-        return f"_prefetch_key({self.arg}, {self.key_src.format(rec=rec)}, {cap}, {sw})"
+    def emit_prefetch(self, rec: str = "rec", stage: int = 1) -> str:
+        """Stage 1: prefetch the key's home slot; stage 2 (a second pass over the block, once
+        the home slots are in): walk to the key's own slot and prefetch it (table.py)."""
+        cap, sw, probe = self.consts.split(", ")[:3]
+        k = self.key_src.format(rec=rec)
+        if stage == 1:
+            return f"_prefetch_key({self.arg}, {k}, {cap}, {sw})"
+        return f"_prefetch_slot({self.arg}, {k}, {cap}, {sw}, {probe})"
 
 
 def _key_src(schema: Schema, fields: tuple[str, ...]) -> str:
