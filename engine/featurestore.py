@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from shm.segment import Segment, segment_name
+from shm.segment import Segment, SegmentError, check_room, segment_name
 
 
 class FeatureStore:
@@ -17,20 +17,29 @@ class FeatureStore:
     ``attach`` in workers (and in the admin plane, which is the supervisor's)."""
 
     def __init__(self, cfg, owner_pid: int, create: bool):
-        from engine.features.featureset import FeatureSet
+        from engine.features.featureset import FeatureSet, array_words
         from engine.features.spec import specs_from_config
         self.segments: list[Segment] = []
         self.specs = specs_from_config(cfg)
+        if create:
+            _check_room(array_words(self.specs))
 
         def alloc(name: str, nwords: int):
-            if create:
-                seg = Segment.create(cfg.instance, name, nwords * 8, owner_pid)
+            if create:   # reserved: a table that does not fit fails here, never as SIGBUS
+                seg = Segment.create(cfg.instance, name, nwords * 8, owner_pid, reserve=True)
             else:
                 seg = Segment.attach(segment_name(cfg.instance, name, owner_pid))
             self.segments.append(seg)
             return seg.array(np.uint64, 0, nwords), create
 
-        self.fs = FeatureSet(self.specs, cfg.schema, alloc=alloc)
+        try:
+            self.fs = FeatureSet(self.specs, cfg.schema, alloc=alloc)
+        except BaseException:
+            self.fs = None
+            self.close()
+            if create:
+                self.unlink()
+            raise
         self._schema = cfg.schema
 
     def reinit(self) -> None:
@@ -59,3 +68,17 @@ class FeatureStore:
     def unlink(self) -> None:
         for seg in self.segments:
             seg.unlink()
+
+
+def _check_room(words: dict) -> None:
+    """The tables are shared memory, and every snapshot copies them into buffers of the
+    supervisor's own (engine.supervisor._snapshot_buffers): refuse a config whose tables do
+    not fit twice, naming the largest, before anything is created."""
+    total = 8 * sum(words.values())
+    big = sorted(words.items(), key=lambda kv: -kv[1])[:3]
+    try:
+        check_room(total, total, "feature tables")
+    except SegmentError as e:
+        raise SegmentError(f"{e}; largest: " + ", ".join(
+            f"{name[3:] if name[2] == '_' else name} {8 * n / 2**20:.0f} MiB" for name, n in big)
+            + " (lower their `capacity`)") from None

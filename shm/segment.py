@@ -14,7 +14,9 @@ one whose owner is alive.
 
 Memory placement: ``ftruncate`` gives sparse pages; a page is allocated on the NUMA node of
 the CPU that first touches it. Call ``Segment.prefault()`` from the process that will use the
-memory (after it is pinned) so the pages are node-local.
+memory (after it is pinned) so the pages are node-local. ``create(..., reserve=True)``
+allocates every page at creation instead (in the creating process's node): for memory that
+must never fault for want of space later.
 """
 from __future__ import annotations
 
@@ -79,8 +81,14 @@ class Segment:
         self.created = created
 
     @classmethod
-    def create(cls, instance: str, name: str, size_bytes: int, owner_pid: int | None = None) -> "Segment":
-        """Create a new zero-filled segment; fails if the name exists (stale? see reclaim_stale)."""
+    def create(cls, instance: str, name: str, size_bytes: int, owner_pid: int | None = None,
+               reserve: bool = False) -> "Segment":
+        """Create a new zero-filled segment; fails if the name exists (stale? see reclaim_stale).
+
+        ``reserve``: allocate every page now (posix_fallocate). Without it the segment is
+        sparse, and a page that tmpfs cannot back when it is first written raises SIGBUS in
+        whichever process writes it; with it a segment that does not fit fails here, with
+        a SegmentError, and no later write can fault for want of memory."""
         full = segment_name(instance, name, owner_pid)
         if size_bytes <= 0:
             raise SegmentError(f"size_bytes={size_bytes}: must be positive")
@@ -89,6 +97,13 @@ class Segment:
         except posix_ipc.ExistentialError:
             raise SegmentError(f"name={full!r}: segment already exists") from None
         try:
+            if reserve:
+                try:
+                    os.posix_fallocate(shm.fd, 0, size_bytes)
+                except OSError as e:
+                    raise SegmentError(f"name={full!r} size={size_bytes}: cannot reserve "
+                                       f"{size_bytes / 2**20:.1f} MiB of shared memory "
+                                       f"({e.strerror})") from None
             mm = mmap.mmap(shm.fd, size_bytes)
         except BaseException:
             posix_ipc.unlink_shared_memory(full)
@@ -159,6 +174,41 @@ class Segment:
     def unlink(self) -> None:
         """Remove the name from /dev/shm (idempotent). Mappings stay valid until closed."""
         unlink_segment(self.name)
+
+
+def memory_room() -> tuple[int, int]:
+    """(bytes free in /dev/shm, MemAvailable bytes); -1 for what cannot be read."""
+    try:
+        st = os.statvfs(SHM_DIR)
+        shm_free = st.f_bavail * st.f_frsize
+    except OSError:
+        shm_free = -1
+    avail = -1
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    return shm_free, avail
+
+
+def check_room(shared_bytes: int, private_bytes: int, what: str) -> None:
+    """Refuse (SegmentError) to start something that needs ``shared_bytes`` in /dev/shm plus
+    ``private_bytes`` of process memory when this machine does not have them now: refused
+    here it is an error message at start; found out later it is SIGBUS in a worker or the
+    OOM killer at the first snapshot."""
+    shm_free, avail = memory_room()
+    mib = 2 ** 20
+    if shm_free >= 0 and shared_bytes > shm_free:
+        raise SegmentError(f"{what}: need {shared_bytes / mib:.0f} MiB of shared memory, "
+                           f"{SHM_DIR} has {shm_free / mib:.0f} MiB free")
+    if avail >= 0 and shared_bytes + private_bytes > avail:
+        raise SegmentError(f"{what}: need {shared_bytes / mib:.0f} MiB of shared memory and "
+                           f"{private_bytes / mib:.0f} MiB of process memory, the machine has "
+                           f"{avail / mib:.0f} MiB available (MemAvailable)")
 
 
 def unlink_segment(full_name: str) -> bool:

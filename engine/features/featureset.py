@@ -147,6 +147,15 @@ def _feature_binding(fs: FeatureSpec, schema: Schema) -> Binding:
                    ", ".join(str(c) for c in consts), _key_src(schema, fs.key), value, now, fs.update)
 
 
+def array_words(specs: Specs) -> dict[str, int]:
+    """The u64 words of every array a FeatureSet asks ``alloc`` for, by argument name."""
+    out = {f"ft_{fs.name}": T.table_words(fs.capacity, fs.slot_words) for fs in specs.features}
+    out.update({f"fl_{ls.name}": L.list_words(ls.capacity) for ls in specs.lists})
+    out.update({f"st_{ss.name}": T.table_words(ss.capacity, ss.slot_words) for ss in specs.states})
+    out[CONTROL_ARG] = CONTROL_WORDS
+    return out
+
+
 class FeatureSet:
     """Owns the feature tables, lists, state tables and control array of one engine."""
 
@@ -155,11 +164,12 @@ class FeatureSet:
         self.schema = schema
         self._arrays: dict[str, np.ndarray] = {}
         self.bindings: dict[str, Binding] = {}
+        words = array_words(specs)
         for fs in specs.features:
-            self._table(f"ft_{fs.name}", fs.capacity, fs.slot_words, alloc)
+            self._table(f"ft_{fs.name}", fs.capacity, fs.slot_words, alloc, words)
             self.bindings[fs.name] = _feature_binding(fs, schema)
         for ls in specs.lists:
-            arr, created = alloc(f"fl_{ls.name}", L.list_words(ls.capacity))
+            arr, created = alloc(f"fl_{ls.name}", words[f"fl_{ls.name}"])
             if created:
                 L.init_list(arr, ls.capacity)
                 if load_lists and ls.file:
@@ -168,17 +178,17 @@ class FeatureSet:
             self.bindings[ls.name] = Binding(ls.name, "list", ls.type, "bool", f"fl_{ls.name}",
                                              "", "", "", "", "")
         for ss in specs.states:
-            self._table(f"st_{ss.name}", ss.capacity, ss.slot_words, alloc)
+            self._table(f"st_{ss.name}", ss.capacity, ss.slot_words, alloc, words)
             self.bindings[ss.name] = Binding(ss.name, "state", "state", "int", f"st_{ss.name}",
                                              f"{ss.capacity}, {ss.slot_words}, {ss.probe_len}",
                                              _key_src(schema, (ss.key,)), "", "", "")
-        arr, _ = alloc(CONTROL_ARG, CONTROL_WORDS)
+        arr, _ = alloc(CONTROL_ARG, words[CONTROL_ARG])
         self._arrays[CONTROL_ARG] = arr
         self.bindings["global_halt"] = Binding("global_halt", "halt", "halt", "bool", CONTROL_ARG,
                                                "", "", "", "", "")
 
-    def _table(self, arg: str, capacity: int, slot_words: int, alloc) -> None:
-        arr, created = alloc(arg, T.table_words(capacity, slot_words))
+    def _table(self, arg: str, capacity: int, slot_words: int, alloc, words: dict) -> None:
+        arr, created = alloc(arg, words[arg])
         if created:
             T.init_table(arr, capacity, slot_words)
         else:

@@ -104,3 +104,29 @@ def test_prefault_makes_the_pages_resident_in_this_process(instance):
     finally:
         assert seg.close()
         seg.unlink()
+
+
+def test_a_reserved_segment_owns_its_pages_and_one_that_cannot_fit_is_refused(instance):
+    """reserve=True allocates every page at creation (tmpfs blocks, no process touched them),
+    so no later write can fault for want of memory; a reservation larger than /dev/shm fails
+    with SegmentError and leaves no segment behind. check_room refuses the same up front."""
+    from shm.segment import check_room, memory_room
+    seg = Segment.create(instance, "reserved", 64 * 4096, reserve=True)
+    sparse = Segment.create(instance, "sparse", 64 * 4096)
+    try:
+        assert os.stat("/dev/shm" + seg.name).st_blocks * 512 >= 64 * 4096
+        assert os.stat("/dev/shm" + sparse.name).st_blocks == 0
+    finally:
+        for s in (seg, sparse):
+            assert s.close()
+            s.unlink()
+    shm_free, avail = memory_room()
+    assert shm_free > 0 and avail > 0
+    with pytest.raises(SegmentError, match="cannot reserve"):
+        Segment.create(instance, "huge", shm_free + (1 << 30), reserve=True)
+    assert not [n for _, n, _ in list_names(instance)]
+    with pytest.raises(SegmentError, match="free"):
+        check_room(shm_free + (1 << 30), 0, "tables")
+    with pytest.raises(SegmentError, match="MemAvailable"):
+        check_room(1 << 20, avail + (1 << 30), "tables")
+    check_room(1 << 20, 1 << 20, "tables")
