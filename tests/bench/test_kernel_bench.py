@@ -55,3 +55,15 @@ def test_time_kernel_passes_the_feature_tables(tmp_path):
     ev = bk.events(cfg.schema, 256)
     assert bk.time_kernel(rs, ev, 64, 256, arrival_ns=1_764_300_000_000_000_000) > 0
     assert counters(rs.feature_arrays[0])["fill"] > 100         # txn_count_1m: one key per account
+
+
+def test_the_batched_issue6_config_is_the_100_rule_ruleset_with_4_features():
+    """bench/batched_4f.yaml (docs/BENCH.md) is what its name says, and its rules check."""
+    from engine.config import load_config
+    from rules.compiler import check_ruleset
+    from rules.features import feature_set_for, feature_symbols
+    cfg = load_config("bench/batched_4f.yaml")
+    assert [f.rsplit("/", 1)[1] for f in cfg.rules.files] == ["payments.yaml", "pretrade.yaml"]
+    assert sorted(cfg.features) == ["amount_sum_1h", "first_seen_s", "max_amount_10m", "txn_count_1m"]
+    _, compiled = check_ruleset(list(cfg.rules.files), cfg.schema, feature_symbols(feature_set_for(cfg)))
+    assert 100 <= len(compiled) <= 110
