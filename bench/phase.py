@@ -32,6 +32,7 @@ class PhaseResult:
     load_cpu_s: float = 0.0           # CPU seconds of the load processes during the phase
     wall_s: float = 0.0
     server_cpu_s: float | None = None
+    server_threads: dict = field(default_factory=dict)   # "process: thread" -> CPU seconds
 
     @property
     def answered(self) -> int:
@@ -86,6 +87,7 @@ def run_phase(label: str, spec: LoadSpec, processes: int, server_pids: tuple[int
             procs.append(psutil.Process(msg[1]))
         servers = [psutil.Process(pid) for pid in server_pids]
         srv_cpu0 = sum(_tree_cpu(s) for s in servers)
+        threads0 = _tree_threads(servers)
         start_ns = time.monotonic_ns() + 200_000_000
         for _, conn in children:
             conn.send(start_ns)
@@ -112,6 +114,7 @@ def run_phase(label: str, spec: LoadSpec, processes: int, server_pids: tuple[int
                 raise RuntimeError(f"load processes still running {elapsed:.0f} s after start")
         wall_s = (time.monotonic_ns() - start_ns) / 1e9
         srv_cpu = sum(_tree_cpu(s) for s in servers) - srv_cpu0 if servers else None
+        threads = {k: v - threads0.get(k, 0.0) for k, v in _tree_threads(servers).items()}
         if progress:
             sys.stderr.write("\n")
     finally:
@@ -121,7 +124,7 @@ def run_phase(label: str, spec: LoadSpec, processes: int, server_pids: tuple[int
                 p.kill()
                 p.join()
     out = PhaseResult(label, spec, len(counts), hist=new_histogram(), wall_s=wall_s,
-                      server_cpu_s=srv_cpu)
+                      server_cpu_s=srv_cpu, server_threads=threads)
     for r in results:
         merge(out, r)
     return out
@@ -142,6 +145,8 @@ def combine(parts: list[PhaseResult]) -> PhaseResult:
         out.wall_s += p.wall_s
         if p.server_cpu_s is not None:
             out.server_cpu_s = (out.server_cpu_s or 0.0) + p.server_cpu_s
+        for k, v in p.server_threads.items():
+            out.server_threads[k] = out.server_threads.get(k, 0.0) + v
         for src, dst in ((p.errors, out.errors), (p.decision_errors, out.decision_errors)):
             for k, v in src.items():
                 dst[k] = dst.get(k, 0) + v
@@ -166,6 +171,37 @@ def merge(out: PhaseResult, r: LoadResult) -> None:
             out.intervals.append(new_histogram())
         out.intervals[j].add(HdrHistogram.decode(enc))
     out.samples.extend(r.samples)
+
+
+def _tree_threads(servers) -> dict[str, float]:
+    """CPU seconds of every thread of the servers' process trees, keyed ``process: thread``
+    (the process title, e.g. ``risk-engine: worker 0``; the thread ``main`` or its kernel
+    name, e.g. ``ZMQbg/IO/0``; threads of one process with the same name are summed)."""
+    out: dict[str, float] = {}
+    for p in servers:
+        try:
+            procs = [p] + p.children(recursive=True)
+        except psutil.Error:
+            continue
+        for q in procs:
+            try:
+                cmd = q.cmdline()
+                title = cmd[0].strip() if cmd and cmd[0].startswith("risk-engine:") else q.name()
+                for t in q.threads():
+                    name = "main" if t.id == q.pid else _comm(q.pid, t.id)
+                    key = f"{title}: {name}"
+                    out[key] = out.get(key, 0.0) + t.user_time + t.system_time
+            except psutil.Error:
+                pass
+    return out
+
+
+def _comm(pid: int, tid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/task/{tid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return str(tid)
 
 
 def _tree_cpu(p: psutil.Process) -> float:

@@ -36,6 +36,13 @@ def summarise(ph: PhaseResult, cpus: int) -> dict:
     d["server_cpu_s"] = None if ph.server_cpu_s is None else round(ph.server_cpu_s, 3)
     d["server_cpu_share"] = (ph.server_cpu_s / (ph.wall_s * cpus)
                              if ph.server_cpu_s is not None and ph.wall_s else None)
+    # per request: CPU over the whole phase (warm-up included) / the requests of the whole
+    # phase at the measured rate
+    n = ph.answered / dur * ph.wall_s if dur else 0
+    d["load_cpu_us_per_request"] = ph.load_cpu_s / n * 1e6 if n else None
+    d["server_thread_us_per_request"] = {
+        k: round(v / n * 1e6, 2) for k, v in sorted(ph.server_threads.items(), key=lambda kv: -kv[1])
+        if n and v > 0}
     if ph.spec.rate:
         d["target_rate"] = ph.spec.rate
         d["unsent"] = ph.unsent
@@ -126,6 +133,12 @@ def table(doc: dict) -> str:
     srv = ", ".join(f"{c} {_f(ph[c]['server_cpu_share'], '{:.0%}')}" for c in cols)
     lines.append(f"client CPU share of the {doc['cpus']} cores: {cpu} (the load generator shares "
                  f"these cores with the server under test); server CPU share: {srv}")
+    for c in cols:                         # where each side's CPU goes, per answered request
+        th = ph[c].get("server_thread_us_per_request") or {}
+        if th:
+            lines.append(f"{c} CPU per request, us: load generator "
+                         f"{_f(ph[c]['load_cpu_us_per_request'], '{:.1f}')}, server "
+                         f"{sum(th.values()):.1f} = " + ", ".join(f"{k} {v:.1f}" for k, v in th.items() if v >= 0.05))
     if "acceptance" in doc:
         a = doc["acceptance"]
         lines.append(f"P99 {_f(a['p99_ms'])} ms, error rate {ph['engine']['error_rate']:.4%}, "

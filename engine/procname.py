@@ -13,6 +13,16 @@ def set_role(role: str) -> None:
         pass
 
 
+def name_thread(name: str) -> None:
+    """Name the calling thread for `top -H`, `ps -L` and the bench's per-thread CPU
+    (the kernel keeps 15 bytes); other threads inherit the process title's first 15."""
+    try:
+        import setproctitle
+        setproctitle.setthreadtitle(name[:15])
+    except (ImportError, AttributeError):   # pragma: no cover - setproctitle < 1.2
+        pass
+
+
 def become_child(role: str) -> None:
     """Set-up of every process the supervisor starts: name it; leave SIGINT/SIGTERM to the
     supervisor, which stops its children in order (a Ctrl-C or a systemd stop reaches the

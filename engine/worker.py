@@ -243,6 +243,8 @@ class JournalHousekeeper:
         self.thread.start()
 
     def _run(self) -> None:
+        from engine.procname import name_thread
+        name_thread("journal")
         while not self.stopped.wait(self.interval_s):
             try:
                 self.journal.publish_pending()      # a rotation's successor, its predecessor

@@ -47,6 +47,9 @@ def test_counts_add_up_against_the_engine(engine, tmp_path, transport):
     assert e["error_count"] == 0, e["errors"]
     assert e["events_per_s"] == pytest.approx(3 * e["ok"] / 1.5)
     assert e["server_cpu_s"] is not None and e["server_cpu_s"] > 0     # found by its port
+    th = e["server_thread_us_per_request"]      # by engine process and thread
+    assert "risk-engine: ingress: main" in th and any(k.startswith("risk-engine: worker 0") for k in th)
+    assert "engine CPU per request, us:" in stdout
     assert doc["engine_gc"] is not None and "ingress" in doc["engine_gc"]
     inside = doc["engine_inside"]       # the engine's own histogram counted the same requests
     assert inside["count"] >= e["ok"] and inside["p50_le_ms"] <= inside["p99_le_ms"]

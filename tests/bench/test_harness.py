@@ -45,6 +45,10 @@ def test_echo_phase_counts_add_up_and_echo_process_handled_them(echo):
     assert handled >= r.sent
     assert r.server_cpu_s is not None and r.server_cpu_s > 0
     assert r.load_cpu_s > 0
+    # per thread: the echo's main thread and libzmq's I/O thread, adding up to the total
+    assert any(k.endswith(": main") for k in r.server_threads)
+    assert any("ZMQbg/IO" in k for k in r.server_threads)
+    assert sum(r.server_threads.values()) == pytest.approx(r.server_cpu_s, rel=0.1, abs=0.05)
 
 
 def test_percentiles_come_from_the_merged_histogram(echo):
