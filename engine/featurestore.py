@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from shm.segment import Segment, SegmentError, check_room, segment_name
+from shm.segment import Segment, segment_name
 
 
 class FeatureStore:
@@ -17,12 +17,10 @@ class FeatureStore:
     ``attach`` in workers (and in the admin plane, which is the supervisor's)."""
 
     def __init__(self, cfg, owner_pid: int, create: bool):
-        from engine.features.featureset import FeatureSet, array_words
+        from engine.features.featureset import FeatureSet
         from engine.features.spec import specs_from_config
         self.segments: list[Segment] = []
         self.specs = specs_from_config(cfg)
-        if create:
-            _check_room(array_words(self.specs))
 
         def alloc(name: str, nwords: int):
             if create:   # reserved: a table that does not fit fails here, never as SIGBUS
@@ -70,15 +68,8 @@ class FeatureStore:
             seg.unlink()
 
 
-def _check_room(words: dict) -> None:
-    """The tables are shared memory, and every snapshot copies them into buffers of the
-    supervisor's own (engine.supervisor._snapshot_buffers): refuse a config whose tables do
-    not fit twice, naming the largest, before anything is created."""
-    total = 8 * sum(words.values())
-    big = sorted(words.items(), key=lambda kv: -kv[1])[:3]
-    try:
-        check_room(total, total, "feature tables")
-    except SegmentError as e:
-        raise SegmentError(f"{e}; largest: " + ", ".join(
-            f"{name[3:] if name[2] == '_' else name} {8 * n / 2**20:.0f} MiB" for name, n in big)
-            + " (lower their `capacity`)") from None
+def table_bytes(cfg) -> dict[str, int]:
+    """Bytes of every feature table, list, state table and the control block, by name."""
+    from engine.features.featureset import array_words
+    from engine.features.spec import specs_from_config
+    return {name: 8 * n for name, n in array_words(specs_from_config(cfg)).items()}

@@ -37,6 +37,14 @@ class _Idle:
             self.strategy.idle(self.ring)
 
 
+def ring_bytes(cfg) -> int:
+    """Bytes of one worker's request and response ring segments."""
+    from shm.layout import segment_bytes
+    cap = cfg.rings.capacity
+    return (segment_bytes(cap, request_slot_dtype(cfg.schema.dtype).itemsize)
+            + segment_bytes(cap, RESPONSE_SLOT_DTYPE.itemsize))
+
+
 class EngineRings:
     def __init__(self, request: OneToOneRing, response: OneToOneRing, bell: SemaphoreDoorbell,
                  eventfd: EventfdDoorbell | None, spin_us: float = 0.0):

@@ -24,6 +24,7 @@ from numba import njit
 from engine import procname, rundir
 from engine.config import Config
 from engine.control import MAX_RULES, Block, BlockLayout, EventLog
+from engine.memplan import check_memory
 from engine.rings import EngineRings
 from engine.topology import Topology, plan_workers, read_topology
 from shm.doorbell import EventfdDoorbell
@@ -143,6 +144,7 @@ class Supervisor:
         self.placements = plan_workers(self.topology, set(os.sched_getaffinity(0)),
                                        cfg.workers.count, cfg.workers.cpus)
         n = len(self.placements)
+        check_memory(cfg, n)
         from engine.featurestore import FeatureStore
         self.features = FeatureStore(cfg, self.pid, create=True)
         spec, rs = ruleset_spec(cfg, cfg.rules.files, self.features.fs)   # refuse a bad ruleset

@@ -52,18 +52,22 @@ class IdempotencyWindow:
             raise ValueError(f"max_entries={max_entries} max_bytes={max_bytes}: need >= 1 and >= {_SLOT}")
         self.window_ns = window_ns
         self.inflight: dict[tuple[int, int], object] = {}
-        if window_ns <= 0:                                    # disabled: nothing to keep
-            max_entries, max_bytes = 1, _SLOT
-        cap = 1 << (max_entries - 1).bit_length()            # a power of two >= max_entries
+        cap, pool = _sizes(window_ns, max_entries, max_bytes)
         self.max_entries = cap
         self._meta = np.zeros(K.META_WORDS, np.int64) if meta is None else meta
         self._meta[[K.HEAD, K.TAIL, K.POOL_HEAD]] = 0
         self._index = np.full(2 * cap, -1, np.int64)
         self._ent = np.zeros((cap, K.ENT_WORDS), np.int64)
-        self._pool = np.zeros(max_bytes - max_bytes % _SLOT, np.uint8)
+        self._pool = np.zeros(pool, np.uint8)
         for a in (self._ent, self._pool):      # fault every page in now: np.zeros maps them
             a.fill(0)                          # lazily, and RSS would grow for minutes as the
         self._ent[:, K.HSLOT] = -1             # FIFO and the pool are first written
+
+    @staticmethod
+    def memory_bytes(window_ns: int, max_entries: int, max_bytes: int) -> int:
+        """What a window of these settings allocates (and faults in) at start."""
+        cap, pool = _sizes(window_ns, max_entries, max_bytes)
+        return 8 * (2 * cap + cap * K.ENT_WORDS) + pool
 
     @property
     def enabled(self) -> bool:
@@ -113,3 +117,10 @@ class IdempotencyWindow:
         general path's pending request (compared by identity) or the fast path's row number."""
         if owner is None or self.inflight.get(key) == owner:
             self.inflight.pop(key, None)
+
+
+def _sizes(window_ns: int, max_entries: int, max_bytes: int) -> tuple[int, int]:
+    """(entry capacity, a power of two >= max_entries; pool bytes) of a window."""
+    if window_ns <= 0:                                        # disabled: nothing to keep
+        max_entries, max_bytes = 1, _SLOT
+    return 1 << (max_entries - 1).bit_length(), max_bytes - max_bytes % _SLOT

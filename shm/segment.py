@@ -195,20 +195,24 @@ def memory_room() -> tuple[int, int]:
     return shm_free, avail
 
 
-def check_room(shared_bytes: int, private_bytes: int, what: str) -> None:
-    """Refuse (SegmentError) to start something that needs ``shared_bytes`` in /dev/shm plus
-    ``private_bytes`` of process memory when this machine does not have them now: refused
-    here it is an error message at start; found out later it is SIGBUS in a worker or the
-    OOM killer at the first snapshot."""
+def check_room(shared: dict, private: dict) -> None:
+    """Refuse (SegmentError) to start something whose fixed allocations, ``shared`` bytes in
+    /dev/shm and ``private`` bytes of process memory (each a dict: what -> bytes), this
+    machine does not have now: refused here it is an error message at start; found out later
+    it is SIGBUS in a worker or the OOM killer."""
     shm_free, avail = memory_room()
     mib = 2 ** 20
-    if shm_free >= 0 and shared_bytes > shm_free:
-        raise SegmentError(f"{what}: need {shared_bytes / mib:.0f} MiB of shared memory, "
+    need_shm, need_priv = sum(shared.values()), sum(private.values())
+
+    def parts(d: dict) -> str:
+        return ", ".join(f"{k} {v / mib:.0f} MiB" for k, v in sorted(d.items(), key=lambda kv: -kv[1]) if v)
+    if shm_free >= 0 and need_shm > shm_free:
+        raise SegmentError(f"need {need_shm / mib:.0f} MiB of shared memory ({parts(shared)}), "
                            f"{SHM_DIR} has {shm_free / mib:.0f} MiB free")
-    if avail >= 0 and shared_bytes + private_bytes > avail:
-        raise SegmentError(f"{what}: need {shared_bytes / mib:.0f} MiB of shared memory and "
-                           f"{private_bytes / mib:.0f} MiB of process memory, the machine has "
-                           f"{avail / mib:.0f} MiB available (MemAvailable)")
+    if avail >= 0 and need_shm + need_priv > avail:
+        raise SegmentError(f"need {need_shm / mib:.0f} MiB of shared memory ({parts(shared)}) and "
+                           f"{need_priv / mib:.0f} MiB of process memory ({parts(private)}), the "
+                           f"machine has {avail / mib:.0f} MiB available (MemAvailable)")
 
 
 def unlink_segment(full_name: str) -> bool:

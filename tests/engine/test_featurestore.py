@@ -1,5 +1,6 @@
-"""Feature tables that the machine cannot hold are refused at start with a clear error,
-before any segment exists; tables that fit are reserved page by page at creation."""
+"""Fixed allocations that the machine cannot hold (feature tables, the idempotency window)
+are refused at start with the parts named, before any segment exists; feature tables that
+fit are reserved page by page at creation."""
 from __future__ import annotations
 
 import os
@@ -12,24 +13,39 @@ from engine.config import portable_raw
 from shm.segment import list_names, reclaim_stale
 
 
-def test_serve_refuses_tables_larger_than_the_machine(tmp_path):
+def _serve(tmp_path, edit) -> subprocess.CompletedProcess:
     raw = portable_raw(None)
-    raw["features"]["txn_count_1m"]["capacity"] = 4_294_967_295      # 256 B/key: 1 TiB
+    edit(raw)
     raw["journal"] = {**raw["journal"], "dir": str(tmp_path / "j")}
     raw["snapshot"] = {**raw["snapshot"], "dir": str(tmp_path / "s")}
-    path = tmp_path / "huge.yaml"
+    path = tmp_path / "big.yaml"
     path.write_text(yaml.safe_dump(raw))
-    instance = f"huge{os.getpid() % 100000}"
+    instance = f"big{os.getpid() % 100000}"
     try:
         p = subprocess.run([sys.executable, "-m", "engine.cli", "serve", "--config", str(path),
                             "--instance", instance, "--metrics", "off", "--bind", "tcp://127.0.0.1:0"],
                            capture_output=True, text=True, timeout=120)
         assert p.returncode == 2, p.stderr
-        assert "cannot start: feature tables: need 1048" in p.stderr
-        assert "txn_count_1m 1048576 MiB" in p.stderr and "capacity" in p.stderr
-        assert not list_names(instance)
+        assert not list_names(instance)              # refused before anything was created
+        return p
     finally:
         reclaim_stale(instance)
+
+
+def test_serve_refuses_tables_larger_than_the_machine(tmp_path):
+    def edit(raw):
+        raw["features"]["txn_count_1m"]["capacity"] = 4_294_967_295    # 256 B/key: 1 TiB
+    p = _serve(tmp_path, edit)
+    assert "cannot start: memory: need 1048" in p.stderr
+    assert "feature tables 1048634 MiB" in p.stderr and "txn_count_1m 1048576 MiB" in p.stderr
+
+
+def test_serve_refuses_an_idempotency_window_larger_than_the_machine(tmp_path):
+    def edit(raw):
+        raw["ingress"] = {**raw["ingress"], "dedup_max_bytes": 1 << 36}  # 64 GiB, faulted in
+    p = _serve(tmp_path, edit)
+    assert "cannot start: memory:" in p.stderr and "idempotency window 65552 MiB" in p.stderr
+    assert "MemAvailable" in p.stderr and "dedup_max_bytes" in p.stderr
 
 
 def test_created_tables_are_reserved(tmp_path):
