@@ -4,6 +4,7 @@ default config), and the timing loop calls the kernel over every batch it claims
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from bench import kernel as bk
 from engine.config import load_config
@@ -67,3 +68,22 @@ def test_the_batched_issue6_config_is_the_100_rule_ruleset_with_4_features():
     assert sorted(cfg.features) == ["amount_sum_1h", "first_seen_s", "max_amount_10m", "txn_count_1m"]
     _, compiled = check_ruleset(list(cfg.rules.files), cfg.schema, feature_symbols(feature_set_for(cfg)))
     assert 100 <= len(compiled) <= 110
+
+
+def test_the_features_bench_runs_every_prefetch_strategy_and_the_split():
+    """bench.features on small tables: a row per key count with the four strategies (the
+    best of them is the ns/event column), and --split's three passes."""
+    import subprocess
+    import sys
+    p = subprocess.run([sys.executable, "-m", "bench.features", "--keys", "100,2000", "--events", "20000"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    rows = [line.split() for line in p.stdout.splitlines() if line.split()[:1] in (["100"], ["2000"])]
+    assert len(rows) == 2
+    for r in rows:
+        best, modes = float(r[1]), [float(x) for x in r[3:7]]
+        assert best == pytest.approx(min(modes), abs=1) and all(m > 0 for m in modes)
+    p = subprocess.run([sys.executable, "-m", "bench.features", "--split", "--keys", "100", "--events", "5000"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "home prefetch" in p.stdout and len([ln for ln in p.stdout.splitlines() if ln.split()[:1] == ["100"]]) == 1
