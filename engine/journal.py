@@ -265,9 +265,18 @@ class JournalWriter:
             did = True
         n = self._next
         if n is None or not n.sealed:
+            fd = -1
             with self._hk_lock:
                 if self._mm is not None:          # (closed meanwhile: nothing to prepare)
-                    self._prepare(budget_bytes, self._first + self._cap)
+                    self._prepare(budget_bytes, self._first + self._cap, sync=False)
+                    n = self._next
+                    if n is not None and n.sealed and self.config.fsync != "none":
+                        fd = os.dup(n.fd)         # a rotation may close n.fd meanwhile
+            if fd >= 0:
+                try:                              # outside the lock that rotation takes: this
+                    os.fsync(fd)                  # fsync waited seconds under disk pressure,
+                finally:                          # and so did the worker, for the lock
+                    os.close(fd)
             did = True
         return did
 
@@ -300,8 +309,9 @@ class JournalWriter:
         self.snapshot_seq = int(seq)
 
     def publish_pending(self) -> bool:
-        """Publish the segment a background rotation switched to: make its predecessor durable
-        (fsync, unless fsync=none), rename the ``.tmp`` to its final name, fsync the directory.
+        """Publish the segment a background rotation switched to: make its predecessor and its
+        own header durable (fsync, unless fsync=none), rename the ``.tmp`` to its final name,
+        fsync the directory.
         A segment is thus never published before its predecessor is durable, so a hole cannot
         span published segments. Called every round by the housekeeping thread, by the next
         rotation if the thread is behind, and by close. True if it published one."""
@@ -313,7 +323,8 @@ class JournalWriter:
             before, path = job
             if self.config.fsync != "none":
                 fsync_path(before)
-            os.rename(path + ".tmp", path)
+                fsync_path(path + ".tmp")      # its header too: a rotation may have left
+            os.rename(path + ".tmp", path)     # that fsync to this thread (_take_next)
             if self.config.fsync != "none":
                 fsync_dir(self.directory)
             with self._hk_lock:
@@ -403,12 +414,13 @@ class JournalWriter:
         self._dirty_lo = self._dirty_hi = pos
         self._last_sync_ns = time.monotonic_ns()
 
-    def _prepare(self, budget_bytes: int, first: int) -> bool:
+    def _prepare(self, budget_bytes: int, first: int, sync: bool = True) -> bool:
         """Zero-fill the next segment's file, at most budget_bytes now; True when complete.
 
         posix_fallocate first (a full disk fails here, never as SIGBUS in the mmap), then real
         zero writes: pages of a fallocated-only file fault at first touch with ext4 extent
         conversion (8-10 ms p99 per 136 KiB batch measured here); written pages do not.
+        ``sync=False``: write the header at completion but leave its fsync to the caller.
         """
         n = self._next
         if n is None:
@@ -432,7 +444,7 @@ class JournalWriter:
             # the file clean: only the rename and the directory fsync are left to it
             hdr = SegmentHeader(n.path, self.schema_hash, self._rs, self.writer_id, n.first, now_ns(), n.cap)
             os.pwrite(n.fd, hdr.pack(), 0)
-            if self.config.fsync != "none":
+            if sync and self.config.fsync != "none":
                 os.fsync(n.fd)
             n.sealed = True
         return n.filled >= n.size
@@ -443,7 +455,13 @@ class JournalWriter:
         if self._next is not None and self._next.first != first:
             self._drop_next()
         try:
-            self._prepare(1 << 62, first)          # zero-fills and seals what is not yet
+            # zero-fills and seals what is not yet. On the appending thread of a writer with a
+            # housekeeping thread and fsync=interval_ms (or none), without the header's fsync:
+            # under disk pressure that fsync held the worker for 0.1-1 s (a batched run's
+            # TIMEOUT bursts, docs/DURABILITY.md). The thread's next sync of the segment, the
+            # one that makes its first records durable, takes the header with it. fsync=batch
+            # keeps it: an acknowledged record needs its segment's header on disk.
+            self._prepare(1 << 62, first, sync=not (self.background and self.config.fsync != "batch"))
         except BaseException:
             self._drop_next()
             raise
