@@ -419,6 +419,34 @@ def test_background_rotation_publishes_later_and_readers_see_every_record(tmp_pa
     assert reader(tmp_path).last_committed_seq() == 200
 
 
+def test_a_background_rotation_leaves_every_fsync_to_the_housekeeping_thread(tmp_path, monkeypatch):
+    """fsync=interval_ms with a housekeeping thread: the appending thread never fsyncs at a
+    rotation, not even the successor's header when the thread has not sealed it yet (an
+    fsync there held a worker for up to 926 ms under disk pressure). The thread's
+    publication fsyncs the predecessor and the successor, then renames."""
+    import engine.journal as J
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd):                       # the real call, with its file recorded
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real_fsync(fd)
+    monkeypatch.setattr(J.os, "fsync", fsync)
+    with writer(tmp_path, fsync="interval_ms") as w:
+        w.background = True
+        w.append_batch(batch(w, 30))
+        w.housekeep(1 << 10)                                  # the next segment: partly zeroed
+        assert w._next is not None and not w._next.sealed
+        synced.clear()
+        w.append_batch(batch(w, 40, 30))                      # rotates at 50
+        assert synced == [] and tmp_files(tmp_path) == ["w000-00000000000000000051.rjl.tmp"]
+        assert w.publish_pending()
+        names = [os.path.basename(p) for p in synced]
+        assert names[:2] == ["w000-00000000000000000001.rjl", "w000-00000000000000000051.rjl.tmp"]
+    check_records(reader(tmp_path).read_all())
+    assert reader(tmp_path).last_committed_seq() == 70
+
+
 _CRASH = """
 import os, sys
 sys.path.insert(0, {root!r})
