@@ -24,8 +24,8 @@ DUPLICATE = "DUPLICATE"       # answered from the idempotency window: a bench bu
 BAD_REPLY = "BAD_REPLY"       # undecodable reply, or a reply to another request
 NO_REPLY = "NO_REPLY"         # no reply within the client timeout or the final drain
 _FIRST_FLAGS_ERROR = struct.Struct("<xBH")   # flags and error of a decision record
-# a plain int: `int & IntFlag` builds an enum member, 0.9 us a reply (the whole struct path
-# costs 0.4 us), which the load generator paid on every engine reply and never on the echo's
+# a plain int: `int & IntFlag` builds an enum member, which the load generator paid on every
+# engine reply and never on the echo's (docs/BENCH.md has the timeit command and figures)
 _DUP = int(DecisionFlag.DUPLICATE)
 assert wire.DECISION_DTYPE.fields["flags"][1] == 1 and wire.DECISION_DTYPE.fields["error"][1] == 2
 
@@ -47,7 +47,7 @@ def classify(kind: str, transport: str, request: bytes, reply: bytes,
 
 
 # A one-decision reply read in one struct call: the header, then the decision's flags and
-# error. 0.2 us, where unpack_reply_header and a second unpack took 0.6 us: the load generator
+# error, instead of unpack_reply_header and a second unpack (docs/BENCH.md): the load generator
 # shares the CPUs with the server it measures, so its cost per reply is the server's loss.
 _ONE = struct.Struct("<" + wire.REPLY_HEADER.format.lstrip("<=") + _FIRST_FLAGS_ERROR.format.lstrip("<"))
 _ONE_LEN = wire.REPLY_HEADER_SIZE + wire.DECISION_SIZE
