@@ -33,7 +33,12 @@ from engine.journal_format import (FSYNC_POLICIES, HEADER_SIZE, MAGIC, SUFFIX, V
                                    segment_name, warm_up)
 from engine.journal_reader import JournalReader, TornTail, iter_merged  # noqa: F401
 
-_ZEROS = memoryview(bytes(1 << 20))
+# The zero-fill writes one page per call: a larger write creates the page cache as large folios
+# (ext4, Linux >= 6.x), and writeback writes a dirty folio whole. With 1 MiB writes, every
+# record stored after the interval fsync re-dirtied up to 1 MiB and the next fsync wrote it out
+# again: 90 MB/s of disk writes for 2.7 MB/s of records at 20,000 events/s, measured here.
+_ZERO_PAGE = memoryview(bytes(mmap.PAGESIZE))
+_ZERO_CHUNK = 1 << 20                        # bytes zero-filled per writeback started
 _SYNC_FILE_RANGE_WRITE = 2
 try:
     _libc = ctypes.CDLL(None, use_errno=True)
@@ -433,12 +438,15 @@ class JournalWriter:
                 os.close(fd)
                 raise
             n = self._next = _NextSegment(fd, path, first, cap, HEADER_SIZE + cap * self._rs)
+        page = len(_ZERO_PAGE)
         while n.filled < n.size and budget_bytes > 0:
-            k = min(len(_ZEROS), n.size - n.filled, budget_bytes)
-            w = os.pwrite(n.fd, _ZEROS[:k], n.filled)
-            _start_writeback(n.fd, n.filled, w)   # so the fsync at publication finds it clean
-            n.filled += w
-            budget_bytes -= k
+            lo = n.filled
+            hi = min(n.size, lo + budget_bytes, lo + _ZERO_CHUNK)
+            while n.filled < hi:                  # never across a page boundary (_ZERO_PAGE)
+                k = min(page - n.filled % page, hi - n.filled)
+                n.filled += os.pwrite(n.fd, _ZERO_PAGE[:k], n.filled)
+            _start_writeback(n.fd, lo, hi - lo)   # so the fsync at publication finds it clean
+            budget_bytes -= hi - lo
         if n.filled >= n.size and not n.sealed:
             # the header now, and its fsync, so that rotation (on the appending thread) finds
             # the file clean: only the rename and the directory fsync are left to it
