@@ -192,6 +192,20 @@ def gc_delta(before: dict | None, after: dict | None) -> dict | None:
                 "total_ms": round((a[p][1] - b.get(p, (0, 0.0))[1]) * 1e3, 3)} for p in a}
 
 
+def stall_delta(before: dict | None, after: dict | None) -> dict | None:
+    """Worker steps slower than engine.control.STALL_NS between two ``/stats`` reads
+    (``risk_worker_stalls``): {"<worker> <phase>": count}, only the non-zero ones; None
+    without both reads. A P99 spike next to a count here names the stage that held the
+    batch (docs/BENCH.md, "Reading the table")."""
+    if before is None or after is None:
+        return None
+
+    def counts(st):
+        return {f"{r['worker']} {r['phase']}": r["value"] for r in st.get("risk_worker_stalls", [])}
+    b, a = counts(before), counts(after)
+    return {k: int(v - b.get(k, 0.0)) for k, v in a.items() if v - b.get(k, 0.0) > 0}
+
+
 def engine_latency(before: dict | None, after: dict | None, transport: str = "binary") -> dict | None:
     """The engine's own view of the requests it admitted between two ``/stats`` reads: count
     and the bucket upper bounds holding p50 / p99 / max of ``risk_eval_duration_seconds``

@@ -60,7 +60,7 @@ def check_args(a) -> None:
 
 
 def build_document(a, summaries: dict, gc: dict | None, notes: list[str],
-                   inside: dict | None = None) -> dict:
+                   inside: dict | None = None, stalls: dict | None = None) -> dict:
     from bench import report
     doc = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
            "command": " ".join(["python -m bench.latency"] + sys.argv[1:]),
@@ -70,7 +70,8 @@ def build_document(a, summaries: dict, gc: dict | None, notes: list[str],
                         "duration_s": a.duration, "warmup_s": a.warmup, "rate": a.rate,
                         "batch": a.batch, "transport": a.transport,
                         "target": a.target or ("-" if a.echo_only else "own engine"), "config": a.config or "default"},
-           "phases": summaries, "engine_gc": gc, "engine_inside": inside, "notes": notes}
+           "phases": summaries, "engine_gc": gc, "engine_inside": inside,
+           "engine_stalls": stalls, "notes": notes}
     if "engine" in summaries and "echo" in summaries:
         doc["ratio"] = report.ratios(summaries["engine"], summaries["echo"])
     if "engine" in summaries:
@@ -96,7 +97,7 @@ def run(a) -> int:
                              + (["--config", a.config] if a.config else []))
     from bench import report
     from bench.echo import EchoServer
-    from bench.engine_proc import (EngineProcess, engine_latency, free_port, gc_delta,
+    from bench.engine_proc import (EngineProcess, engine_latency, free_port, gc_delta, stall_delta,
                                    listening_pids, read_stats)
     from bench.loadgen import LoadSpec
     from bench.phase import combine, run_phase
@@ -106,7 +107,7 @@ def run(a) -> int:
                     rate=a.rate, batch=a.batch, transport=a.transport, config=a.config,
                     seed=a.seed, timeout_ms=a.timeout_ms, client_id_base=run_client_id_base())
     cpus = len(os.sched_getaffinity(0))
-    phases, summaries, notes, gc, inside, logs = {}, {}, [], None, None, None
+    phases, summaries, notes, gc, inside, logs, stalls = {}, {}, [], None, None, None, None
     rc = 0
     echo = engine = None
     parts: dict[str, list] = {"echo": [], "engine": []}
@@ -148,6 +149,7 @@ def run(a) -> int:
         if parts["engine"] and rc == 0:
             after = read_stats(metrics)
             gc = gc_delta(before, after)
+            stalls = stall_delta(before, after)
             inside = engine_latency(before, after, a.transport)
             logs = (after or {}).get("log")
     finally:
@@ -166,7 +168,7 @@ def run(a) -> int:
         if parts[side] and not (side == "engine" and rc):
             phases[side] = combine(parts[side])
             summaries[side] = report.summarise(phases[side], cpus)
-    doc = build_document(a, summaries, gc, notes, inside)
+    doc = build_document(a, summaries, gc, notes, inside, stalls)
     if summaries:
         print(report.table(doc))
     timeouts = summaries.get("engine", {}).get("decision_errors", {}).get("TIMEOUT", 0)

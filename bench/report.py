@@ -10,6 +10,7 @@ import os
 
 from bench.engine_proc import engine_latency_text
 from bench.phase import PhaseResult
+from engine.control import STALL_NS
 
 PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99.9", 99.9))
 BAR_P99_MS = 8.0          # make bench acceptance bar (issue 6)
@@ -125,6 +126,10 @@ def table(doc: dict) -> str:
         else:
             lines.append("GC pauses in the engine: " + ("; ".join(
                 f"{p}: {v['pauses']} ({v['total_ms']:.1f} ms)" for p, v in gc.items()) or "none"))
+    if "engine" in ph and doc.get("engine_stalls") is not None:
+        st = doc["engine_stalls"]
+        lines.append(f"worker steps over {STALL_NS / 1e6:g} ms (risk_worker_stalls, by worker and stage): "
+                     + (", ".join(f"{k} {v}" for k, v in st.items()) or "none"))
     e = doc.get("engine_inside")
     if "engine" in ph and e and e.get("count"):
         lines.append(f"inside the engine: {engine_latency_text(e)}; the rest of a round trip is the "

@@ -179,3 +179,16 @@ def test_an_error_reply_of_a_decisions_length_is_read_as_an_error():
     assert len(err) == wire.REPLY_HEADER_SIZE + wire.DECISION_SIZE
     assert classify("engine", "binary", b"", err, 9) == ("OVERLOADED", [])
     assert classify("engine", "binary", b"", b"\0" * len(err), 9) == (BAD_REPLY, [])
+
+
+def test_worker_stalls_are_the_difference_between_two_reads():
+    from bench.engine_proc import stall_delta
+
+    def stats(pickup, journal):
+        return {"risk_worker_stalls": [
+            {"worker": "0", "phase": "pickup", "value": pickup},
+            {"worker": "0", "phase": "journal", "value": journal},
+            {"worker": "1", "phase": "kernel", "value": 4.0}]}
+    assert stall_delta(stats(3.0, 1.0), stats(5.0, 1.0)) == {"0 pickup": 2}
+    assert stall_delta(stats(3.0, 1.0), stats(3.0, 1.0)) == {}
+    assert stall_delta(None, stats(3.0, 1.0)) is None
