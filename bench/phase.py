@@ -33,6 +33,7 @@ class PhaseResult:
     wall_s: float = 0.0
     server_cpu_s: float | None = None
     server_threads: dict = field(default_factory=dict)   # "process: thread" -> CPU seconds
+    server_write_bytes: int | None = None   # file bytes the servers dirtied (/proc/PID/io)
 
     @property
     def answered(self) -> int:
@@ -87,6 +88,7 @@ def run_phase(label: str, spec: LoadSpec, processes: int, server_pids: tuple[int
             procs.append(psutil.Process(msg[1]))
         servers = [psutil.Process(pid) for pid in server_pids]
         srv_cpu0 = sum(_tree_cpu(s) for s in servers)
+        srv_wb0 = _tree_write_bytes(servers)
         threads0 = _tree_threads(servers)
         start_ns = time.monotonic_ns() + 200_000_000
         for _, conn in children:
@@ -114,6 +116,7 @@ def run_phase(label: str, spec: LoadSpec, processes: int, server_pids: tuple[int
                 raise RuntimeError(f"load processes still running {elapsed:.0f} s after start")
         wall_s = (time.monotonic_ns() - start_ns) / 1e9
         srv_cpu = sum(_tree_cpu(s) for s in servers) - srv_cpu0 if servers else None
+        srv_wb = _tree_write_bytes(servers) - srv_wb0 if servers else None
         threads = {k: v - threads0.get(k, 0.0) for k, v in _tree_threads(servers).items()}
         if progress:
             sys.stderr.write("\n")
@@ -124,7 +127,7 @@ def run_phase(label: str, spec: LoadSpec, processes: int, server_pids: tuple[int
                 p.kill()
                 p.join()
     out = PhaseResult(label, spec, len(counts), hist=new_histogram(), wall_s=wall_s,
-                      server_cpu_s=srv_cpu, server_threads=threads)
+                      server_cpu_s=srv_cpu, server_threads=threads, server_write_bytes=srv_wb)
     for r in results:
         merge(out, r)
     return out
@@ -145,6 +148,8 @@ def combine(parts: list[PhaseResult]) -> PhaseResult:
         out.wall_s += p.wall_s
         if p.server_cpu_s is not None:
             out.server_cpu_s = (out.server_cpu_s or 0.0) + p.server_cpu_s
+        if p.server_write_bytes is not None:
+            out.server_write_bytes = (out.server_write_bytes or 0) + p.server_write_bytes
         for k, v in p.server_threads.items():
             out.server_threads[k] = out.server_threads.get(k, 0.0) + v
         for src, dst in ((p.errors, out.errors), (p.decision_errors, out.decision_errors)):
@@ -202,6 +207,24 @@ def _comm(pid: int, tid: int) -> str:
             return f.read().strip()
     except OSError:
         return str(tid)
+
+
+def _tree_write_bytes(servers) -> int:
+    """Bytes of file pages the servers' process trees dirtied (write_bytes of /proc/PID/io:
+    counted when a clean page, or a whole large folio, turns dirty; what writeback will
+    write). Pages of /dev/shm count nothing. 0 for a process that has exited."""
+    total = 0
+    for p in servers:
+        try:
+            procs = [p] + p.children(recursive=True)
+        except psutil.Error:
+            continue
+        for q in procs:
+            try:
+                total += q.io_counters().write_bytes
+            except psutil.Error:
+                pass
+    return total
 
 
 def _tree_cpu(p: psutil.Process) -> float:

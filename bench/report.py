@@ -44,6 +44,8 @@ def summarise(ph: PhaseResult, cpus: int) -> dict:
     d["server_thread_us_per_request"] = {
         k: round(v / n * 1e6, 2) for k, v in sorted(ph.server_threads.items(), key=lambda kv: -kv[1])
         if n and v > 0}
+    d["server_write_bytes_per_request"] = (round(ph.server_write_bytes / n, 1)
+                                           if n and ph.server_write_bytes is not None else None)
     if ph.spec.rate:
         d["target_rate"] = ph.spec.rate
         d["unsent"] = ph.unsent
@@ -144,6 +146,13 @@ def table(doc: dict) -> str:
             lines.append(f"{c} CPU per request, us: load generator "
                          f"{_f(ph[c]['load_cpu_us_per_request'], '{:.1f}')}, server "
                          f"{sum(th.values()):.1f} = " + ", ".join(f"{k} {v:.1f}" for k, v in th.items() if v >= 0.05))
+    wb = {c: ph[c].get("server_write_bytes_per_request") for c in cols}
+    if any(v is not None for v in wb.values()):
+        per_event = doc["settings"]["batch"]
+        lines.append("file bytes dirtied per request (server processes' write_bytes: what the disk "
+                     "must write): " + ", ".join(
+                         f"{c} {_f(v, '{:.0f}')}" + (f" ({v / per_event:.0f} per event)" if v and per_event > 1 else "")
+                         for c, v in wb.items()))
     if "acceptance" in doc:
         a = doc["acceptance"]
         lines.append(f"P99 {_f(a['p99_ms'])} ms, error rate {ph['engine']['error_rate']:.4%}, "

@@ -50,6 +50,7 @@ def test_counts_add_up_against_the_engine(engine, tmp_path, transport):
     th = e["server_thread_us_per_request"]      # by engine process and thread
     assert "risk-engine: ingress: main" in th and any(k.startswith("risk-engine: worker 0") for k in th)
     assert "engine CPU per request, us:" in stdout
+    assert e["server_write_bytes_per_request"] is not None and "file bytes dirtied per request" in stdout
     assert doc["engine_gc"] is not None and "ingress" in doc["engine_gc"]
     assert doc["engine_stalls"] is not None and "worker steps over 10 ms" in stdout
     inside = doc["engine_inside"]       # the engine's own histogram counted the same requests

@@ -49,6 +49,7 @@ def test_echo_phase_counts_add_up_and_echo_process_handled_them(echo):
     assert any(k.endswith(": main") for k in r.server_threads)
     assert any("ZMQbg/IO" in k for k in r.server_threads)
     assert sum(r.server_threads.values()) == pytest.approx(r.server_cpu_s, rel=0.1, abs=0.05)
+    assert r.server_write_bytes == 0                 # the echo writes no file
 
 
 def test_percentiles_come_from_the_merged_histogram(echo):
