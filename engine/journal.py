@@ -56,6 +56,22 @@ except (OSError, AttributeError):
     _madvise = None
 
 
+def _zero_fill(fd: int, lo: int, hi: int) -> None:
+    """Write zeros over bytes [lo, hi) of a file, never across a page boundary (_ZERO_PAGE).
+    The loop is the housekeeping thread's only Python per page: it holds the GIL between two
+    writes, and a thread preempted while holding it stalls the worker's main thread."""
+    page = len(_ZERO_PAGE)
+    a = min(hi, -(-lo // page) * page)            # lo up to its page boundary
+    b = max(a, hi // page * page)                 # whole pages [a, b), then the rest
+    for off, k in ((lo, a - lo), (b, hi - b)):
+        if k and os.pwrite(fd, _ZERO_PAGE[:k], off) != k:
+            raise OSError(f"journal zero-fill: short write at {off}")
+    pwrite = os.pwrite
+    for off in range(a, b, page):
+        if pwrite(fd, _ZERO_PAGE, off) != page:
+            raise OSError(f"journal zero-fill: short write at {off}")
+
+
 def _start_writeback(fd: int, offset: int, nbytes: int) -> None:
     """Start (not wait for) writeback of a byte range: sync_file_range(SYNC_FILE_RANGE_WRITE).
 
@@ -438,14 +454,12 @@ class JournalWriter:
                 os.close(fd)
                 raise
             n = self._next = _NextSegment(fd, path, first, cap, HEADER_SIZE + cap * self._rs)
-        page = len(_ZERO_PAGE)
         while n.filled < n.size and budget_bytes > 0:
             lo = n.filled
             hi = min(n.size, lo + budget_bytes, lo + _ZERO_CHUNK)
-            while n.filled < hi:                  # never across a page boundary (_ZERO_PAGE)
-                k = min(page - n.filled % page, hi - n.filled)
-                n.filled += os.pwrite(n.fd, _ZERO_PAGE[:k], n.filled)
+            _zero_fill(n.fd, lo, hi)
             _start_writeback(n.fd, lo, hi - lo)   # so the fsync at publication finds it clean
+            n.filled = hi
             budget_bytes -= hi - lo
         if n.filled >= n.size and not n.sealed:
             # the header now, and its fsync, so that rotation (on the appending thread) finds
