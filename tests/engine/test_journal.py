@@ -498,24 +498,18 @@ def test_a_successor_of_an_incomplete_segment_is_not_part_of_the_journal(tmp_pat
         assert w.next_seq == 46 and tmp_files(tmp_path) == []
 
 
-def _dirtied_bytes() -> int:
-    """Bytes of page cache this thread has dirtied (write_bytes: counted per folio when a
-    clean folio turns dirty, by a write() or by a store to a shared mapping)."""
-    with open("/proc/thread-self/io") as f:
-        return next(int(v) for k, v in (line.split(": ") for line in f) if k == "write_bytes")
-
-
 def test_a_record_stored_after_an_fsync_redirties_one_page_not_a_large_folio(tmp_path):
     """Every fsync writes back each dirty folio whole. The segment's zero-fill used to create
     its page cache with 1 MiB writes, so the cache held large folios: a record stored after
     the interval fsync re-dirtied up to 1 MiB, and the next fsync wrote it all out again
     (90 MB/s of disk writes for 2.7 MB/s of records at 20,000 events/s, measured here). The
     zero-fill writes page by page, so a record dirties the page or two it lands on."""
+    from bench.journal import dirtied_bytes
     probe = os.path.join(tmp_path, "probe")
-    before = _dirtied_bytes()
+    before = dirtied_bytes()
     with open(probe, "wb") as f:
         f.write(bytes(4096))
-    if _dirtied_bytes() - before < 4096:
+    if dirtied_bytes() - before < 4096:
         pytest.skip("this file system does not account dirtied pages (tmpfs?)")
     with writer(tmp_path, seg_records=(4 << 20) // RS) as w:
         (seg,) = [f for f in os.listdir(tmp_path) if f.endswith(".rjl")]
@@ -526,10 +520,10 @@ def test_a_record_stored_after_an_fsync_redirties_one_page_not_a_large_folio(tmp
                 w.append_batch(batch(w, 1, pos))
                 pos += 1
                 os.fsync(fd)                                  # every page clean again
-                before = _dirtied_bytes()
+                before = dirtied_bytes()
                 w.append_batch(batch(w, 1, pos))
                 pos += 1
-                assert _dirtied_bytes() - before <= 2 * 4096  # the page(s) the record is on
+                assert dirtied_bytes() - before <= 2 * 4096  # the page(s) the record is on
                 os.fsync(fd)
         finally:
             os.close(fd)
