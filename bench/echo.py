@@ -2,8 +2,9 @@
 
 ``python -m bench.echo --bind ADDR`` prints ``echo: serving ADDR`` when bound and, after
 SIGTERM or SIGINT, ``echo: handled N`` (messages echoed) and exits 0. The loop uses plain
-``recv``/``send(SNDMORE)`` calls (cheaper than ``*_multipart``, ENGINEERING.md section 2): it
-is the floor a Python ZeroMQ server can reach here, not a straw man.
+``recv``/``send(SNDMORE)`` calls (cheaper than ``*_multipart``, ENGINEERING.md section 2), and
+the ingress's own shortcuts (ingress.sockopts: ZMQ_RCVMORE read from libzmq, the backend's
+``send``): it is the floor a Python ZeroMQ server can reach here, not a straw man.
 
 ``EchoServer(bind)`` starts and stops that process from the harness.
 """
@@ -19,6 +20,8 @@ import time
 def serve(bind: str, stop: list) -> int:
     """Echo until ``stop[0]`` is true (checked at least every 200 ms); returns messages echoed."""
     import zmq
+
+    from ingress.sockopts import SockOpts, backend_send
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -29,13 +32,13 @@ def serve(bind: str, stop: list) -> int:
     print(f"echo: serving {bind}", flush=True)
     handled = 0
     frames: list = []
-    recv, send, more, sndmore = sock.recv, sock.send, sock.get, zmq.SNDMORE
+    recv, send, more, sndmore = sock.recv, backend_send(sock), SockOpts(sock).rcvmore, int(zmq.SNDMORE)
     while not stop[0]:
         try:
             frames.append(recv())
         except zmq.Again:
             continue
-        while more(zmq.RCVMORE):
+        while more():
             frames.append(recv())
         last = len(frames) - 1
         for j, f in enumerate(frames):

@@ -5,6 +5,9 @@
     recv_multipart              pyzmq's own loop
     recv + Socket.get(RCVMORE)  pyzmq 27 converts the option to an enum on every call
     recv + SockOpts.rcvmore()   libzmq's zmq_getsockopt through ctypes (ingress.sockopts)
+
+and what one ``send`` of a 136-byte frame costs through pyzmq's ``Socket.send`` and through
+``backend_send`` (the compiled backend's, without the Python wrapper).
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import time
 
 import zmq
 
-from ingress.sockopts import SockOpts
+from ingress.sockopts import SockOpts, backend_send
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,6 +61,14 @@ def main(argv: list[str] | None = None) -> int:
             t = time.perf_counter()
             fn()
             best[name] = min(best.get(name, 1e9), (time.perf_counter() - t) / n * 1e6)
+        for name, send in (("Socket.send", d.send), ("backend_send", backend_send(d))):
+            frame, nowait = bytes(136), int(zmq.NOBLOCK)
+            t = time.perf_counter()
+            for _ in range(n):
+                send(frame, nowait)
+            best[name] = min(best.get(name, 1e9), (time.perf_counter() - t) / n * 1e6)
+            for _ in range(n):
+                r.recv_multipart()
         for name, fn in (("Socket.get(EVENTS)", lambda: r.get(events_int)), ("SockOpts.events()", opts.events)):
             t = time.perf_counter()
             for _ in range(n):

@@ -40,7 +40,7 @@ from ingress.fastpath import FastPath
 from ingress._fast_kernels import MIN_DEADLINE
 from ingress import _batch_kernels as BK
 from ingress._batch_kernels import EVENT_BITS
-from ingress.sockopts import SockOpts
+from ingress.sockopts import SockOpts, backend_send
 from ingress import wire
 from ingress.wire import WireError
 from shm.doorbell import EventfdDoorbell
@@ -216,6 +216,7 @@ class Router:
         sock = self._socket(ctx)
         self.sock = sock
         self.opts = SockOpts(sock)
+        self._send = backend_send(sock)
         # One epoll over the ROUTER socket's ZMQ_FD and the responses' eventfd. zmq.Poller
         # made 6 system calls per wait here (two zmq_poll passes); this makes one, plus the
         # ZMQ_EVENTS check that the edge-triggered ZMQ_FD requires before every sleep.
@@ -557,7 +558,7 @@ class Router:
     def send_frames(self, envelope, body, kind: str) -> None:
         """One send per frame with int flags (send_multipart with enum flags cost 3x here).
         A ROUTER drops what it cannot queue, so the Again branch is a safety net."""
-        send = self.sock.send
+        send = self._send
         try:
             for f in envelope:
                 send(f, _MORE_NOWAIT)

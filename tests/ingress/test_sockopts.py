@@ -32,3 +32,27 @@ def test_events_and_rcvmore_match_pyzmq():
         d.close(0)
         r.close(0)
         ctx.term()
+
+
+def test_backend_send_sends_frames_like_socket_send():
+    from ingress.sockopts import backend_send
+    ctx = zmq.Context()
+    r, d = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
+    try:
+        r.bind("inproc://sockopts-send")
+        d.connect("inproc://sockopts-send")
+        send = backend_send(d)
+        assert send.__func__ is not zmq.Socket.send        # the compiled one, not the wrapper
+        send(b"", int(zmq.SNDMORE))
+        send(b"body", int(zmq.NOBLOCK))
+        assert r.poll(2000)
+        ident, *rest = r.recv_multipart()
+        assert rest == [b"", b"body"]
+        back = backend_send(r)
+        back(ident, int(zmq.SNDMORE))
+        back(b"reply")
+        assert d.poll(2000) and d.recv() == b"reply"
+    finally:
+        d.close(0)
+        r.close(0)
+        ctx.term()
