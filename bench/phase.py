@@ -87,7 +87,7 @@ def run_phase(label: str, spec: LoadSpec, processes: int, server_pids: tuple[int
                 raise RuntimeError(f"load process {p.name} failed: {msg[1]}")
             procs.append(psutil.Process(msg[1]))
         servers = [psutil.Process(pid) for pid in server_pids]
-        srv_cpu0 = sum(_tree_cpu(s) for s in servers)
+        srv_cpu0 = _tree_cpu(servers)
         srv_wb0 = _tree_write_bytes(servers)
         threads0 = _tree_threads(servers)
         start_ns = time.monotonic_ns() + 200_000_000
@@ -115,7 +115,7 @@ def run_phase(label: str, spec: LoadSpec, processes: int, server_pids: tuple[int
             if elapsed > total_s + spec.drain_s + spec.timeout_ms / 1000 + 60:
                 raise RuntimeError(f"load processes still running {elapsed:.0f} s after start")
         wall_s = (time.monotonic_ns() - start_ns) / 1e9
-        srv_cpu = sum(_tree_cpu(s) for s in servers) - srv_cpu0 if servers else None
+        srv_cpu = _tree_cpu(servers) - srv_cpu0 if servers else None
         srv_wb = _tree_write_bytes(servers) - srv_wb0 if servers else None
         threads = {k: v - threads0.get(k, 0.0) for k, v in _tree_threads(servers).items()}
         if progress:
@@ -178,26 +178,43 @@ def merge(out: PhaseResult, r: LoadResult) -> None:
     out.samples.extend(r.samples)
 
 
-def _tree_threads(servers) -> dict[str, float]:
-    """CPU seconds of every thread of the servers' process trees, keyed ``process: thread``
-    (the process title, e.g. ``risk-engine: worker 0``; the thread ``main`` or its kernel
-    name, e.g. ``ZMQbg/IO/0``; threads of one process with the same name are summed)."""
-    out: dict[str, float] = {}
+def _tree(servers):
+    """Every live process of the servers' trees: each server, then its children."""
     for p in servers:
         try:
             procs = [p] + p.children(recursive=True)
         except psutil.Error:
             continue
-        for q in procs:
-            try:
-                cmd = q.cmdline()
-                title = cmd[0].strip() if cmd and cmd[0].startswith("risk-engine:") else q.name()
-                for t in q.threads():
-                    name = "main" if t.id == q.pid else _comm(q.pid, t.id)
-                    key = f"{title}: {name}"
-                    out[key] = out.get(key, 0.0) + t.user_time + t.system_time
-            except psutil.Error:
-                pass
+        yield from procs
+
+
+def _sum_tree(servers, read) -> float:
+    """``read(process)`` summed over the servers' trees (a process that exits meanwhile adds
+    nothing: the run's replies say what happened to it; the harness must still print them)."""
+    total = 0
+    for q in _tree(servers):
+        try:
+            total += read(q)
+        except psutil.Error:
+            pass
+    return total
+
+
+def _tree_threads(servers) -> dict[str, float]:
+    """CPU seconds of every thread of the servers' process trees, keyed ``process: thread``
+    (the process title, e.g. ``risk-engine: worker 0``; the thread ``main`` or its kernel
+    name, e.g. ``ZMQbg/IO/0``; threads of one process with the same name are summed)."""
+    out: dict[str, float] = {}
+    for q in _tree(servers):
+        try:
+            cmd = q.cmdline()
+            title = cmd[0].strip() if cmd and cmd[0].startswith("risk-engine:") else q.name()
+            for t in q.threads():
+                name = "main" if t.id == q.pid else _comm(q.pid, t.id)
+                key = f"{title}: {name}"
+                out[key] = out.get(key, 0.0) + t.user_time + t.system_time
+        except psutil.Error:
+            pass
     return out
 
 
@@ -212,33 +229,10 @@ def _comm(pid: int, tid: int) -> str:
 def _tree_write_bytes(servers) -> int:
     """Bytes of file pages the servers' process trees dirtied (write_bytes of /proc/PID/io:
     counted when a clean page, or a whole large folio, turns dirty; what writeback will
-    write). Pages of /dev/shm count nothing. 0 for a process that has exited."""
-    total = 0
-    for p in servers:
-        try:
-            procs = [p] + p.children(recursive=True)
-        except psutil.Error:
-            continue
-        for q in procs:
-            try:
-                total += q.io_counters().write_bytes
-            except psutil.Error:
-                pass
-    return total
+    write). Pages of /dev/shm count nothing."""
+    return _sum_tree(servers, lambda q: q.io_counters().write_bytes)
 
 
-def _tree_cpu(p: psutil.Process) -> float:
-    """CPU seconds of a process and its live children (0 for a server that has exited:
-    the run's replies say what happened to it; the harness must still print them)."""
-    total = 0.0
-    try:
-        procs = [p] + p.children(recursive=True)
-    except psutil.Error:
-        return total
-    for q in procs:
-        try:
-            t = q.cpu_times()
-            total += t.user + t.system
-        except psutil.Error:
-            pass
-    return total
+def _tree_cpu(servers) -> float:
+    """CPU seconds of the servers and their live children."""
+    return float(_sum_tree(servers, lambda q: sum(q.cpu_times()[:2])))
