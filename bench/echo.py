@@ -1,10 +1,13 @@
 """The baseline: a raw pyzmq ROUTER that sends every message straight back, in its own process.
 
 ``python -m bench.echo --bind ADDR`` prints ``echo: serving ADDR`` when bound and, after
-SIGTERM or SIGINT, ``echo: handled N`` (messages echoed) and exits 0. The loop uses plain
-``recv``/``send(SNDMORE)`` calls (cheaper than ``*_multipart``, ENGINEERING.md section 2), and
-the ingress's own shortcuts (ingress.sockopts: ZMQ_RCVMORE read from libzmq, the backend's
-``send``): it is the floor a Python ZeroMQ server can reach here, not a straw man.
+SIGTERM or SIGINT, ``echo: handled N`` (messages echoed) and exits 0. The loop uses pyzmq
+only, at its cheapest: ``recv``, ``Socket.get(RCVMORE)`` and the compiled backend's ``send``
+(ingress.sockopts.backend_send), cheaper than ``*_multipart`` (ENGINEERING.md section 2): the
+floor plain pyzmq reaches here, not a straw man. It is the "raw pyzmq echo" of issue 6, so it
+does not read ZMQ_RCVMORE from libzmq through ctypes as the ingress does (that is the
+engine's own engineering, and the echo with it answered 40,971 against 23,648 requests/s
+in one `make bench`, docs/BENCH.md).
 
 ``EchoServer(bind)`` starts and stops that process from the harness.
 """
@@ -21,7 +24,7 @@ def serve(bind: str, stop: list) -> int:
     """Echo until ``stop[0]`` is true (checked at least every 200 ms); returns messages echoed."""
     import zmq
 
-    from ingress.sockopts import SockOpts, backend_send
+    from ingress.sockopts import backend_send
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -32,13 +35,13 @@ def serve(bind: str, stop: list) -> int:
     print(f"echo: serving {bind}", flush=True)
     handled = 0
     frames: list = []
-    recv, send, more, sndmore = sock.recv, backend_send(sock), SockOpts(sock).rcvmore, int(zmq.SNDMORE)
+    recv, send, more, sndmore = sock.recv, backend_send(sock), sock.get, int(zmq.SNDMORE)
     while not stop[0]:
         try:
             frames.append(recv())
         except zmq.Again:
             continue
-        while more():
+        while more(zmq.RCVMORE):
             frames.append(recv())
         last = len(frames) - 1
         for j, f in enumerate(frames):
