@@ -13,7 +13,7 @@ ZMQ_EVENTS 1.04 us (Socket.get 1.50; libzmq processes its command pipe on that c
 ``backend_send(sock)``: pyzmq's ``Socket.send`` is a Python method that handles the DRAFT
 ``routing_id`` and ``group`` arguments, then calls the compiled backend's ``send``; the ingress
 sends three frames per reply (identity, delimiter, body) and uses neither, so it calls the
-backend's directly. ``python -m bench.sockopts``, four runs at 2026-12-02 11:25 UTC: one 136-byte
+backend's directly. ``python -m bench.sockopts``, four runs at 2026-12-02 11:15 UTC: one 136-byte
 frame 0.37-0.69 us through ``Socket.send``, 0.18-0.31 us through ``backend_send``.
 
 Falls back to ``Socket.get`` if libzmq's symbol cannot be found, and on any error return
