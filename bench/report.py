@@ -148,10 +148,10 @@ def table(doc: dict) -> str:
                          f"{sum(th.values()):.1f} = " + ", ".join(f"{k} {v:.1f}" for k, v in th.items() if v >= 0.05))
     wb = {c: ph[c].get("server_write_bytes_per_request") for c in cols}
     if any(v is not None for v in wb.values()):
-        per_event = doc["settings"]["batch"]
+        batch = doc["settings"]["batch"]
         lines.append("file bytes dirtied per request (server processes' write_bytes: what the disk "
                      "must write): " + ", ".join(
-                         f"{c} {_f(v, '{:.0f}')}" + (f" ({v / per_event:.0f} per event)" if v and per_event > 1 else "")
+                         f"{c} {_f(v, '{:.0f}')}" + (f" ({v / batch:.0f} per event)" if v and batch > 1 else "")
                          for c, v in wb.items()))
     if "acceptance" in doc:
         a = doc["acceptance"]

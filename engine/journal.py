@@ -36,7 +36,8 @@ from engine.journal_reader import JournalReader, TornTail, iter_merged  # noqa: 
 # The zero-fill writes one page per call: a larger write creates the page cache as large folios
 # (ext4, Linux >= 6.x), and writeback writes a dirty folio whole. With 1 MiB writes, every
 # record stored after the interval fsync re-dirtied up to 1 MiB and the next fsync wrote it out
-# again: 90 MB/s of disk writes for 2.7 MB/s of records at 20,000 events/s, measured here.
+# again: 77-94 MB/s of disk writes for 2.7 MB/s of records at 20,000 events/s (docs/DURABILITY.md,
+# section 1, has the commands and the before/after runs).
 _ZERO_PAGE = memoryview(bytes(mmap.PAGESIZE))
 _ZERO_CHUNK = 1 << 20                        # bytes zero-filled per writeback started
 _SYNC_FILE_RANGE_WRITE = 2
