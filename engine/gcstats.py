@@ -11,6 +11,8 @@ from engine.control import GC_BOUNDS_NS, observe
 
 
 def install(hist: np.ndarray) -> None:
+    """Record every collection from now on: call it after ``freeze_after_warmup`` (that one
+    runs before the process reports ready and no request waits for it)."""
     started = [0]
 
     def _cb(phase: str, info: dict) -> None:

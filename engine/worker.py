@@ -346,7 +346,6 @@ def serve(run_dir: str, index: int, prep: Prepared | None = None) -> int:
     cfg, block, block_seg, store = prep.cfg, prep.block, prep.block_seg, prep.store
     rings = EngineRings.attach(cfg, plan, index, EventfdDoorbell(plan["eventfd"]))
     rings.prefault()                                        # first touch after pinning
-    gcstats.install(block.worker(index, "gc_hist"))
     max_batch = min(cfg.ingress.max_batch, cfg.rings.capacity)
     journal = open_journal(cfg, index)
     keeper = JournalHousekeeper(journal) if journal is not None else None
@@ -357,12 +356,14 @@ def serve(run_dir: str, index: int, prep: Prepared | None = None) -> int:
     prep.ruleset = None
     active = Active(rs, generation, block, index, max_batch)
     proc = BatchProcessor(rings, active, block, index, max_batch, journal, store.fs.arrays())
+    # the start-up collection (~70 ms) before this worker reports its generation (ready)
+    gcstats.freeze_after_warmup()
+    gcstats.install(block.worker(index, "gc_hist"))
     block.worker(index, "generation")[0] = generation
     resent = serve_journaled_tail(rings, journal, proc)
     if resent:
         print(f"risk-engine: worker {index}: answered {resent} journaled request(s) its "
               f"predecessor left unreleased", file=sys.stderr)
-    gcstats.freeze_after_warmup()
 
     stop = block.view("supervisor.stop")
     want_gen = block.view("supervisor.generation")

@@ -161,7 +161,6 @@ class Router:
         self.shard_off = key[1]
         self.fast = FastPath(self, self.max_inflight)
         self._bind_kernels()
-        gcstats.install(b.view("ingress.gc_hist"))
 
     # --- set-up ------------------------------------------------------------------------------
 
@@ -212,6 +211,9 @@ class Router:
     # --- the loop ----------------------------------------------------------------------------
 
     def run(self) -> int:
+        # the start-up collection (~100 ms) before the socket binds: no request waits for it
+        gcstats.freeze_after_warmup()
+        gcstats.install(self.block.view("ingress.gc_hist"))
         ctx = zmq.Context(io_threads=1)
         sock = self._socket(ctx)
         self.sock = sock
@@ -228,7 +230,6 @@ class Router:
         fast, fast_meta = self.fast, self.fast.meta
         c_blocks, blocks_due = self.block.view("ingress.py_blocks"), 0
         payoff, idle_since = SpinPayoff(self.spin_ns), 0   # spin only while it pays
-        gcstats.freeze_after_warmup()
         while True:
             if accepting and self.stop[0]:         # stop: read no more requests; finish the rest
                 accepting = False
