@@ -1,12 +1,11 @@
 """``python -m bench.latency --alloc``: Python allocations per event in the worker hot path and
 per message in the ingress codec (the design's ``pprof -alloc_space`` bar).
 
-Worker: engine/worker.py has no reusable per-batch function yet, so this drives a
-worker-EQUIVALENT loop in-process over real shared-memory rings and the real compiled kernel:
-publish a batch into a request ring, then the worker body (try_drain, token/generation copy,
-one kernel call, kernel-time histogram, try_publish of the decisions, release), then drain
-the response ring. It mirrors the loop body of ``engine.worker.serve`` line for line; keep
-the two in step (or move that body into a function both call).
+Worker: the worker's own per-batch body, ``engine.worker.BatchProcessor.process`` (kernel,
+journal append, publish of the decisions), in-process over real shared-memory rings, a real
+journal in a temporary directory and the real compiled kernel; each step publishes a batch
+into the request ring as the ingress would, drains and processes it as the worker loop
+does, releases it, and drains the response ring.
 
 Ingress: ``Codec.decode`` of a binary request and ``Codec.encode_reply`` of its decisions
 (the general path's codec), in-process.
@@ -73,50 +72,55 @@ def top_allocators(fn, iterations: int, limit: int = 5) -> list[str]:
 
 
 def worker_loop(cfg, batch: int, instance: str):
-    """(step, close): ``step()`` moves one batch of ``batch`` events through rings + kernel."""
-    from bench.events import random_records
-    from engine.control import KERNEL_BOUNDS_NS
-    from engine.types import RESPONSE_SLOT_DTYPE, request_slot_dtype
-    from rules import compile_ruleset
-    from shm.ring import OneToOneRing
+    """(step, close, ruleset): ``step()`` moves one batch of ``batch`` events through the
+    request ring, ``BatchProcessor.process`` (kernel, journal append, publish) and the response
+    ring, as engine.worker.serve's loop does."""
+    import dataclasses
+    import shutil
+    import tempfile
 
+    from bench.events import random_records
+    from engine.control import Block, BlockLayout
+    from engine.journal import JournalWriter
+    from engine.rings import EngineRings
+    from engine.types import request_slot_dtype
+    from engine.worker import Active, BatchProcessor
+    from rules import compile_ruleset
     from rules.features import feature_set_for
+    from shm.doorbell import EventfdDoorbell
+
     rs = compile_ruleset(list(cfg.rules.files), cfg.schema, thresholds=cfg.rules.thresholds,
                          on_error=cfg.rules.on_error, features=feature_set_for(cfg))
     rs.warm_up()
     cap = max(64, 1 << (2 * batch - 1).bit_length())
-    req = OneToOneRing.create("allocreq", cap, request_slot_dtype(cfg.schema.dtype),
-                              instance=instance, owner_pid=os.getpid())
-    resp = OneToOneRing.create("allocresp", cap, RESPONSE_SLOT_DTYPE, instance=instance,
-                               owner_pid=os.getpid())
+    cfg = dataclasses.replace(cfg, instance=instance, rings=dataclasses.replace(cfg.rings, capacity=cap))
+    efd = EventfdDoorbell.create()
+    rings = EngineRings.create(cfg, os.getpid(), 0, efd)
+    block = Block(bytearray(BlockLayout(1).nbytes), 1, create=True)
+    jdir = tempfile.mkdtemp(prefix="risk-engine-alloc-")
+    # one segment holds every event of a run: a rotation is a one-time cost, not per event
+    jcfg = dataclasses.replace(cfg.durability.journal_config(), fsync="none", segment_bytes=256 << 20)
+    journal = JournalWriter(jdir, cfg.schema.dtype, cfg.schema.hash, config=jcfg)
+    proc = BatchProcessor(rings, Active(rs, 1, block, 0, batch), block, 0, batch, journal,
+                          rs.feature_arrays)
     slots = np.zeros(batch, request_slot_dtype(cfg.schema.dtype))
     slots["event"] = random_records(cfg.schema, batch, seed=3)
     slots["token"] = np.arange(batch)
-    out, bits, hits, errors = rs.new_buffers(batch)
-    khist = np.zeros(len(KERNEL_BOUNDS_NS) + 2, np.int64)
-    kernel, generation = rs.kernel, 1
+    req, resp = rings.request, rings.response
 
     def step() -> None:
-        req.try_publish(slots)                          # ingress side
-        v1, _ = req.try_drain(batch)                    # --- worker body (engine.worker) ---
-        n = len(v1)
-        o = out[:n]
-        o["token"] = v1["token"]
-        o["generation"] = generation
-        t0 = time.perf_counter_ns()
-        kernel(v1["event"], v1["arrival_ns"], o, bits[:n], hits, errors, *rs.feature_arrays)
-        dt = time.perf_counter_ns() - t0
-        khist[int(np.searchsorted(KERNEL_BOUNDS_NS, dt // n))] += n
-        khist[-1] += dt
-        resp.try_publish(o)
-        req.release(n)                                  # --- end of worker body ---
-        r1, _ = resp.try_drain(n)                       # ingress side
-        resp.release(len(r1))
+        req.try_publish(slots)                          # the ingress
+        v, _ = req.try_drain(batch)                     # the worker loop
+        req.release(proc.process(v))
+        r, _ = resp.try_drain(batch)                    # the ingress
+        resp.release(len(r))
 
     def close() -> None:
-        for r in (req, resp):
-            r.close()
-            r.unlink()
+        journal.close()
+        shutil.rmtree(jdir, ignore_errors=True)
+        rings.close()
+        rings.unlink()
+        efd.close()
 
     return step, close, rs
 
@@ -216,7 +220,7 @@ def run(a) -> int:
             close()
         ok = w[-1] <= 0
         rc = 0 if ok else 1
-        print(f"worker loop (rings + kernel, in-process equivalent): net blocks per window of "
+        print(f"worker loop (BatchProcessor: kernel, journal, rings; in-process): net blocks per window of "
               f"{iters * batch} events: {w}; steady state (last window) {w[-1] / (iters * batch):+.5f}"
               f" blocks/event [{'OK' if ok else 'ALLOCATES'}; target 0]")
         for line in leaks:
