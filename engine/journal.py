@@ -6,9 +6,12 @@ whole API. Durability of each ``fsync`` policy and the snapshot protocol: docs/D
 
 The writer owns a series ``w{id:03d}-*.rjl`` in a directory (flock ``w{id:03d}.lock``). Segments
 are filled completely before rotating, so segment k+1 starts where k ends. The next segment
-is prepared as ``*.rjl.tmp`` (fallocated, zero-filled, writeback started, header sealed) and
-published by rename, only once its predecessor is durable. With a housekeeping thread
-(``background``) rotation does no disk I/O on the appending thread: it maps the prepared
+is prepared as ``*.rjl.tmp`` (fallocated, its header written and fsynced, then zero-filled)
+and published by rename, only once its predecessor is durable. Under fsync=interval_ms and
+none the zero pages are not written back on their own: records overwrite them in the page
+cache and the syncs cover the records' range only (``sync``, ``sync_appended``), so the disk
+takes each journal page once. fsync=batch writes the zero pages back ahead instead (module
+comment below). With a housekeeping thread (``background``) rotation does no disk I/O on the appending thread: it maps the prepared
 ``.tmp`` and appends on, and the thread publishes it (``publish_pending``). Readers and a
 reopening writer take a sealed ``.tmp`` successor of a complete segment as part of the
 journal (journal_format.pending_successor), so a crash before publication loses nothing.
@@ -38,15 +41,30 @@ from engine.journal_reader import JournalReader, TornTail, iter_merged  # noqa: 
 # record stored after the interval fsync re-dirtied up to 1 MiB and the next fsync wrote it out
 # again: 77-94 MB/s of disk writes for 2.7 MB/s of records at 20,000 events/s (docs/DURABILITY.md,
 # section 1, has the commands and the before/after runs).
+#
+# Nor are the zero pages written back before records fill them, except under fsync=batch
+# (until 2026-12-02 15:20 UTC they always were: writeback started after each zero-filled MiB,
+# then the whole segment fsynced, so each journal page reached the disk twice, 275 bytes per
+# 136-byte record in a batched run against 135 now). Under fsync=batch the per-batch msync is
+# on the reply path, and its first write of a block converts the fallocated (unwritten) extent
+# there: `python -m bench.journal` put batches of 64 at 0.7-0.8x the throughput without the
+# writeback ahead. That policy keeps it and writes each page twice (docs/DURABILITY.md, 1).
 _ZERO_PAGE = memoryview(bytes(mmap.PAGESIZE))
-_ZERO_CHUNK = 1 << 20                        # bytes zero-filled per writeback started
+_ZERO_CHUNK = 1 << 20                        # bytes zero-filled per loop round
 _SYNC_FILE_RANGE_WRITE = 2
+_MS_SYNC = 4
 try:
-    _libc = ctypes.CDLL(None, use_errno=True)
-    _sync_file_range = _libc.sync_file_range
+    _sync_file_range = ctypes.CDLL(None, use_errno=True).sync_file_range
     _sync_file_range.argtypes = (ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint)
-except (OSError, AttributeError):            # not Linux/glibc: the fsync does all the work
+except (OSError, AttributeError):
     _sync_file_range = None
+try:
+    # through ctypes, which releases the GIL (mmap.flush holds it): the housekeeping thread's
+    # interval sync must not stop the worker's main thread while the disk writes
+    _msync = ctypes.CDLL(None, use_errno=True).msync
+    _msync.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+except (OSError, AttributeError):
+    _msync = None
 _MADV_POPULATE_WRITE = 23                     # Linux >= 5.14
 try:
     # through ctypes, which releases the GIL: a populate that waits on the file system (ext4's
@@ -73,15 +91,6 @@ def _zero_fill(fd: int, lo: int, hi: int) -> None:
             raise OSError(f"journal zero-fill: short write at {off}")
 
 
-def _start_writeback(fd: int, offset: int, nbytes: int) -> None:
-    """Start (not wait for) writeback of a byte range: sync_file_range(SYNC_FILE_RANGE_WRITE).
-
-    Zero-filling a 64 MiB segment without it left the fsync at publication 37 ms of work here,
-    with it 2-9 ms."""
-    if _sync_file_range is not None:
-        _sync_file_range(fd, offset, nbytes, _SYNC_FILE_RANGE_WRITE)
-
-
 @dataclass
 class _NextSegment:
     fd: int
@@ -89,8 +98,10 @@ class _NextSegment:
     first: int
     cap: int
     size: int
-    filled: int = 0
-    sealed: bool = False   # header written (and fsynced unless fsync=none) after the zero-fill
+    filled: int = HEADER_SIZE   # bytes written: the header at creation, then the zero-fill
+    durable: bool = False  # the header and the allocation fsynced (or fsync=none): from then
+                           # on only records need a sync, never the whole file
+    sealed: bool = False   # zero-filled to the end: ready to append into
 
 
 def _lock_writer(directory: str, writer_id: int) -> int:
@@ -172,10 +183,11 @@ class JournalWriter:
         self._retention_due = False
         self._hk_lock = threading.Lock()       # housekeeping thread vs rotation (see housekeep)
         self._pub_lock = threading.Lock()      # one publisher at a time (publish_pending)
-        self._unpublished: tuple[str, str] | None = None   # (predecessor, final path) to publish
+        self._unpublished: tuple | None = None  # (predecessor, final path, _NextSegment or None)
         self.background = False                # True: a thread calls housekeep(); rotation then
                                                # leaves unmapping and retention to it
         self._recs = self._words = self._raw = self._staging = None
+        self._appended_map, self._appended_synced = None, 0    # sync_appended's progress
         self.snapshot_seq: int | None = None   # retention floor, see set_snapshot_seq
         # counters (read by the worker's stats)
         self.syncs = self.rotations = self.publications = self.segments_deleted = 0
@@ -290,17 +302,49 @@ class JournalWriter:
             fd = -1
             with self._hk_lock:
                 if self._mm is not None:          # (closed meanwhile: nothing to prepare)
-                    self._prepare(budget_bytes, self._first + self._cap, sync=False)
-                    n = self._next
-                    if n is not None and n.sealed and self.config.fsync != "none":
-                        fd = os.dup(n.fd)         # a rotation may close n.fd meanwhile
+                    n = self._next or self._open_next(self._first + self._cap)
+                    if n.durable:
+                        self._prepare(budget_bytes, n.first, sync=False)
+                    else:                         # the header's fsync first, while no zero
+                        fd = os.dup(n.fd)         # page is dirty (rotation may close n.fd)
             if fd >= 0:
-                try:                              # outside the lock that rotation takes: this
+                try:                              # outside the lock that rotation takes: an
                     os.fsync(fd)                  # fsync waited seconds under disk pressure,
                 finally:                          # and so did the worker, for the lock
                     os.close(fd)
+                n.durable = True                  # (publish_pending reads it if rotated since)
             did = True
         return did
+
+    def sync_appended(self) -> bool:
+        """From the housekeeping thread (fsync=interval_ms): make the records appended to the
+        current segment since its last call durable, with an msync(MS_SYNC) of their byte
+        range. Not fsync: the zero-filled pages past the records are dirty, and an fsync
+        would write them now and again once records fill them. The map stays valid during
+        the call: a rotation retires it and only this thread unmaps retired maps. The
+        predecessor's last records are synced at publication (publish_pending). True if it
+        synced."""
+        with self._hk_lock:
+            mm, addr, pos = self._mm, self._raw_addr, self._pos
+            if mm is None:
+                return False
+            if self._appended_map is not mm:      # a new segment: from its first record
+                self._appended_map, self._appended_synced = mm, 0
+            done = self._appended_synced
+        if pos <= done:
+            return False
+        page = mmap.PAGESIZE                  # from 0 the first time: the header's page too,
+        lo = (HEADER_SIZE + done * self._rs) // page * page if done else 0   # if not durable
+        hi = HEADER_SIZE + pos * self._rs
+        if _msync is None:
+            mm.flush(lo, hi - lo)
+        elif _msync(addr + lo, hi - lo, _MS_SYNC) != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, f"journal {self._path}: msync: {os.strerror(e)}")
+        with self._hk_lock:
+            if self._appended_map is mm:
+                self._appended_synced = max(self._appended_synced, pos)
+        return True
 
     def maybe_sync(self, now_monotonic_ns: int | None = None) -> bool:
         """Idle-path hook for fsync=interval_ms: msync if dirty and the interval passed."""
@@ -342,11 +386,12 @@ class JournalWriter:
                 job = self._unpublished
             if job is None:
                 return False
-            before, path = job
+            before, path, nxt = job
             if self.config.fsync != "none":
                 fsync_path(before)
-                fsync_path(path + ".tmp")      # its header too: a rotation may have left
-            os.rename(path + ".tmp", path)     # that fsync to this thread (_take_next)
+                if nxt is None or not nxt.durable:   # its header too: a rotation may have
+                    fsync_path(path + ".tmp")        # left that fsync to this thread
+            os.rename(path + ".tmp", path)
             if self.config.fsync != "none":
                 fsync_dir(self.directory)
             with self._hk_lock:
@@ -436,54 +481,62 @@ class JournalWriter:
         self._dirty_lo = self._dirty_hi = pos
         self._last_sync_ns = time.monotonic_ns()
 
-    def _prepare(self, budget_bytes: int, first: int, sync: bool = True) -> bool:
-        """Zero-fill the next segment's file, at most budget_bytes now; True when complete.
+    def _open_next(self, first: int) -> _NextSegment:
+        """Create the next segment's ``.tmp`` with its header (a reader takes it for the
+        sealed successor of a complete segment from now on: its records, none yet, are all it
+        holds). posix_fallocate reserves the space: a full disk fails here, never as SIGBUS
+        in the mmap. Not yet fsynced (``durable``) unless fsync=none."""
+        cap = (self.config.segment_bytes - HEADER_SIZE) // self._rs
+        path = os.path.join(self.directory, segment_name(self.writer_id, first))
+        fd = os.open(path + ".tmp", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.posix_fallocate(fd, 0, HEADER_SIZE + cap * self._rs)
+            os.pwrite(fd, SegmentHeader(path, self.schema_hash, self._rs, self.writer_id, first,
+                                        now_ns(), cap).pack(), 0)
+        except OSError:
+            os.close(fd)
+            _unlink(path + ".tmp")
+            raise
+        n = self._next = _NextSegment(fd, path, first, cap, HEADER_SIZE + cap * self._rs,
+                                      durable=self.config.fsync == "none")
+        return n
 
-        posix_fallocate first (a full disk fails here, never as SIGBUS in the mmap), then real
-        zero writes: pages of a fallocated-only file fault at first touch with ext4 extent
-        conversion (8-10 ms p99 per 136 KiB batch measured here); written pages do not.
-        ``sync=False``: write the header at completion but leave its fsync to the caller.
+    def _prepare(self, budget_bytes: int, first: int, sync: bool = True) -> bool:
+        """Zero-fill the next segment's file (creating it first), at most budget_bytes now;
+        True when complete. Real zero writes: pages of a fallocated-only file fault at first
+        touch with ext4 extent conversion (8-10 ms p99 per 136 KiB batch measured here);
+        written pages do not. They stay in the page cache, dirty, until records overwrite
+        them (fsync=batch: their writeback starts at once, module comment). ``sync``: fsync
+        the header before zero-filling, unless done already (the file
+        holds nothing else dirty then); False leaves that to the caller, or to publication.
         """
-        n = self._next
-        if n is None:
-            cap = (self.config.segment_bytes - HEADER_SIZE) // self._rs
-            path = os.path.join(self.directory, segment_name(self.writer_id, first))
-            fd = os.open(path + ".tmp", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                os.posix_fallocate(fd, 0, HEADER_SIZE + cap * self._rs)
-            except OSError:
-                os.close(fd)
-                raise
-            n = self._next = _NextSegment(fd, path, first, cap, HEADER_SIZE + cap * self._rs)
+        n = self._next or self._open_next(first)
+        if sync and not n.durable:
+            os.fsync(n.fd)
+            n.durable = True
         while n.filled < n.size and budget_bytes > 0:
             lo = n.filled
             hi = min(n.size, lo + budget_bytes, lo + _ZERO_CHUNK)
             _zero_fill(n.fd, lo, hi)
-            _start_writeback(n.fd, lo, hi - lo)   # so the fsync at publication finds it clean
+            if self.config.fsync == "batch" and _sync_file_range is not None:
+                _sync_file_range(n.fd, lo, hi - lo, _SYNC_FILE_RANGE_WRITE)
             n.filled = hi
             budget_bytes -= hi - lo
-        if n.filled >= n.size and not n.sealed:
-            # the header now, and its fsync, so that rotation (on the appending thread) finds
-            # the file clean: only the rename and the directory fsync are left to it
-            hdr = SegmentHeader(n.path, self.schema_hash, self._rs, self.writer_id, n.first, now_ns(), n.cap)
-            os.pwrite(n.fd, hdr.pack(), 0)
-            if sync and self.config.fsync != "none":
-                os.fsync(n.fd)
-            n.sealed = True
-        return n.filled >= n.size
+        n.sealed = n.filled >= n.size
+        return n.sealed
 
-    def _take_next(self, first: int) -> str:
-        """Finish the prepared next segment (or make one now): its final path; the file is
-        still ``path + '.tmp'``."""
+    def _take_next(self, first: int) -> _NextSegment:
+        """Finish the prepared next segment (or make one now) and hand it over (its fd
+        closed): the file is still ``n.path + '.tmp'``."""
         if self._next is not None and self._next.first != first:
             self._drop_next()
         try:
-            # zero-fills and seals what is not yet. On the appending thread of a writer with a
-            # housekeeping thread and fsync=interval_ms (or none), without the header's fsync:
-            # under disk pressure that fsync held the worker for 0.1-1 s (a batched run's
-            # TIMEOUT bursts, docs/DURABILITY.md). The thread's next sync of the segment, the
-            # one that makes its first records durable, takes the header with it. fsync=batch
-            # keeps it: an acknowledged record needs its segment's header on disk.
+            # zero-fills what is not yet. On the appending thread of a writer with a
+            # housekeeping thread and fsync=interval_ms (or none), without the header's fsync
+            # if the thread has not done it: under disk pressure that fsync held the worker for
+            # 0.1-1 s (a batched run's TIMEOUT bursts, docs/DURABILITY.md). Publication, or the
+            # thread's first sync of the segment, takes the header with it. fsync=batch keeps
+            # it: an acknowledged record needs its segment's header on disk.
             self._prepare(1 << 62, first, sync=not (self.background and self.config.fsync != "batch"))
         except BaseException:
             self._drop_next()
@@ -491,11 +544,11 @@ class JournalWriter:
         n, self._next = self._next, None
         self._cap = n.cap
         os.close(n.fd)
-        return n.path
+        return n
 
     def _create(self, first: int) -> None:
         """Finish the next segment, publish it by rename, map it."""
-        path = self._take_next(first)
+        path = self._take_next(first).path
         os.rename(path + ".tmp", path)
         if self.config.fsync != "none":
             fsync_dir(self.directory)
@@ -510,7 +563,7 @@ class JournalWriter:
         if nxt is None:
             return
         path = nxt.path[:-len(".tmp")]
-        self._unpublished = (self._path, path)
+        self._unpublished = (self._path, path, None)   # its header's fsync: not known
         self.publish_pending()
         self._recs = self._words = self._raw = None
         self._mm.close()
@@ -549,9 +602,9 @@ class JournalWriter:
                 self._recs = self._words = self._raw = None
                 self._retired.append(self._mm)     # munmap of a dirty 64 MiB map took ~10 ms
                 self._mm = None                    # here: housekeep does it, not the append
-                path = self._take_next(nxt)
-                self._map(path + ".tmp", nxt, 0)
-                self._unpublished = (before, path)
+                n = self._take_next(nxt)
+                self._map(n.path + ".tmp", nxt, 0)
+                self._unpublished = (before, n.path, n)
                 self._retention_due = True         # unlinking old segments: housekeep too
             self.rotations += 1
             return

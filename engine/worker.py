@@ -221,14 +221,15 @@ HOUSEKEEP_ZERO_BYTES = 4 << 20      # zero-fill per round: up to 400 MB/s at 10 
 class JournalHousekeeper:
     """The journal's file-system work, off the worker's main thread: every interval_ms (10 ms
     when the policy has none) publish the segment a rotation switched to (fsync of its
-    predecessor, rename, directory fsync: JournalWriter.publish_pending), fsync the current
-    segment (fsync=interval_ms), then ``JournalWriter.housekeep`` (pre-fault the pages ahead,
+    predecessor, rename, directory fsync: JournalWriter.publish_pending), sync the records
+    appended to the current segment (fsync=interval_ms: JournalWriter.sync_appended), then
+    ``JournalWriter.housekeep`` (pre-fault the pages ahead,
     zero-fill the next segment, unmap rotated ones, retention). On the main thread these
     waited on the disk (a rotation's msync stalled a batched run's worker for up to 350 ms
     on 2026-12-02, and its requests timed out): an msync from the
     loop blocked whole batches (64% of the worker's time in a profile under load), and the
     idle-path pre-faulting stalled batches for up to hundreds of ms under disk load in the
-    ten-minute soak. os.fsync and the populate (ctypes) release the GIL. Loss window on
+    ten-minute soak. os.fsync, the msync and the populate (both ctypes) release the GIL. Loss window on
     power failure with interval_ms: about interval_ms plus one fsync."""
 
     def __init__(self, journal):
@@ -257,15 +258,8 @@ class JournalHousekeeper:
                     print(f"risk-engine: journal housekeeping: {e}", file=sys.stderr)
 
     def _fsync(self) -> None:
-        from engine.journal_format import fsync_path
-        path = getattr(self.journal, "_path", None)
-        if not path:
-            return
-        try:
-            fsync_path(path)
+        if self.journal.sync_appended():    # the records' byte range (msync), not the file
             self.syncs += 1
-        except FileNotFoundError:           # published (and synced) or removed meanwhile
-            pass
 
     def stop(self) -> None:
         self.stopped.set()
