@@ -250,14 +250,14 @@ class JournalHousekeeper:
             try:
                 self.journal.publish_pending()      # a rotation's successor, its predecessor
                 if self.fsync:                      # made durable first
-                    self._fsync()
+                    self._sync()
                 self.journal.housekeep(HOUSEKEEP_ZERO_BYTES)
             except OSError as e:            # a full disk: the appender meets it at rotation
                 self.errors += 1
                 if self.errors == 1:
                     print(f"risk-engine: journal housekeeping: {e}", file=sys.stderr)
 
-    def _fsync(self) -> None:
+    def _sync(self) -> None:
         if self.journal.sync_appended():    # the records' byte range (msync), not the file
             self.syncs += 1
 
