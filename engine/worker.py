@@ -230,7 +230,7 @@ class JournalHousekeeper:
     loop blocked whole batches (64% of the worker's time in a profile under load), and the
     idle-path pre-faulting stalled batches for up to hundreds of ms under disk load in the
     ten-minute soak. os.fsync, the msync and the populate (both ctypes) release the GIL. Loss window on
-    power failure with interval_ms: about interval_ms plus one fsync."""
+    power failure with interval_ms: about interval_ms plus one sync."""
 
     def __init__(self, journal):
         self.journal = journal
