@@ -114,6 +114,39 @@ def _append(words, pos, src, first_row, n, first_seq):
         words[r, w - 1] = _record_hash(words[r])
 
 
+_TAIL_MASK = np.uint64((1 << 48) - 1)       # generation u32, action u8, flags u8; pad u16 = 0
+
+
+def field_mask(dtype: np.dtype) -> np.ndarray:
+    """u64 words over ``dtype``'s bytes: all ones on the bytes of its fields, zero on its
+    padding (a record stores zeros there, whatever the bytes it was copied from held)."""
+    m = np.zeros(dtype.itemsize, np.uint8)
+    for name in dtype.names:
+        sub, off = dtype.fields[name][:2]
+        m[off:off + sub.itemsize] = 0xFF
+    return m.view(np.uint64)
+
+
+@njit(cache=True)
+def _append_slots(words, pos, req, req_w, mask, resp, first_row, n, first_seq):
+    """Records straight from ring slots (JournalWriter.append_slots): request row i (flat u64
+    words, ``req_w`` per row) holds (token, arrival_ns, event) and response row i (``resp``,
+    2-d u64) holds (token, score, generation|action|flags|nfired): arrival_ns and the event
+    are record words 1..w-4 (``mask``: their field bytes, padding zeroed), score word w-3,
+    and word w-2 is the response's third word without nfired (the record's pad is zero).
+    Then seq and check, as ``_append``."""
+    w = words.shape[1]
+    for i in range(n):
+        r = pos + i
+        b = (first_row + i) * req_w
+        for k in range(1, w - 3):
+            words[r, k] = req[b + k] & mask[k - 1]
+        words[r, w - 3] = resp[first_row + i, 1]
+        words[r, w - 2] = resp[first_row + i, 2] & _TAIL_MASK
+        words[r, 0] = np.uint64(first_seq + i)
+        words[r, w - 1] = _record_hash(words[r])
+
+
 @njit(cache=True)
 def _count_valid(words, expect_seq):
     """Length of the prefix of rows numbered expect_seq.. whose checks match."""
@@ -128,6 +161,7 @@ def warm_up() -> None:
     """Compile (or load from the numba cache) every kernel signature; the writer calls it."""
     w = np.zeros((1, 2), np.uint64)
     _append(w, 0, w.reshape(-1), 0, 1, 1)
+    _append_slots(np.zeros((1, 5), np.uint64), 0, w.reshape(-1), 2, w.reshape(-1), w, 0, 0, 1)
     _count_valid(w, np.uint64(1))
 
 

@@ -27,11 +27,20 @@ from engine.control import (BLOCKS_EVERY_NS, KERNEL_BOUNDS_NS, LATENCY_BOUNDS_NS
                             STALL_NS, STALL_PHASES, Block, EventLog, observe)
 from engine.rings import EngineRings
 from engine.topology import pin_self
-from engine.types import RESPONSE_SLOT_DTYPE
+from engine.journal_format import journal_dtype
+from engine.types import RESPONSE_SLOT_DTYPE, request_slot_dtype
 from shm.doorbell import EventfdDoorbell
 
 
 _HOLD = STALL_PHASES.index("hold")
+# JournalWriter.append_slots copies records word by word from the ring slots: a request slot
+# is (token, arrival_ns, event) as a journal record is (seq, arrival_ns, event), and a
+# response slot's score, generation, action and flags are laid out as the record's tail
+_ev = np.dtype([("x", np.uint64)])
+assert [request_slot_dtype(_ev).fields[f][1] for f in ("arrival_ns", "event")] == \
+    [journal_dtype(_ev).fields[f][1] for f in ("arrival_ns", "event")] == [8, 16]
+assert [RESPONSE_SLOT_DTYPE.fields[f][1] - 8 for f in ("score", "generation", "action", "flags")] \
+    == [journal_dtype(_ev).fields[f][1] - 24 for f in ("score", "generation", "action", "flags")]
 
 
 class Active:
@@ -66,6 +75,8 @@ class BatchProcessor:
         self.active = active
         self.journal = journal
         self.out = np.zeros(max_batch, dtype=RESPONSE_SLOT_DTYPE)
+        self.out_words = self.out.view(np.uint64).reshape(max_batch, -1)   # append_slots
+        self.req_w = rings.request.slots.dtype.itemsize // 8
         self.batches = block.worker(index, "batches")
         self.events = block.worker(index, "events")
         self.khist = block.worker(index, "kernel_hist")
@@ -91,8 +102,7 @@ class BatchProcessor:
         if self.journal is not None:
             # fsync=batch: append syncs before returning, so before the reply; interval_ms:
             # JournalHousekeeper's thread; none: the OS
-            self.journal.append_columns(v["event"], arrival, o["action"], o["flags"],
-                                        o["score"], o["generation"])
+            self.journal.append_slots(v.view(np.uint64), self.req_w, self.out_words, n)
         t2 = time.monotonic_ns()
         resp = self.rings.response
         while not resp.try_publish(o):      # the ingress always drains; wait for room
