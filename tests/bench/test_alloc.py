@@ -24,7 +24,7 @@ def test_ingress_codec_step_runs_on_the_default_config():
     assert len(w) == 3 and all(isinstance(x, int) for x in w)
 
 
-def test_worker_loop_drives_the_real_batch_body(monkeypatch, tmp_path):
+def test_worker_loop_drives_the_real_batch_body(monkeypatch):
     """The worker check runs engine.worker.BatchProcessor.process itself (kernel, journal,
     rings): 0 net blocks per batch at steady state, and a leak put into process() shows."""
     import os
