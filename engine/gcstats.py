@@ -10,9 +10,8 @@ import numpy as np
 from engine.control import GC_BOUNDS_NS, observe
 
 
-def install(hist: np.ndarray) -> None:
-    """Record every collection from now on: call it after ``freeze_after_warmup`` (that one
-    runs before the process reports ready and no request waits for it)."""
+def _install(hist: np.ndarray) -> None:
+    """Record every collection from now on in ``hist``."""
     started = [0]
 
     def _cb(phase: str, info: dict) -> None:
@@ -25,8 +24,13 @@ def install(hist: np.ndarray) -> None:
     gc.callbacks.append(_cb)
 
 
-def freeze_after_warmup() -> None:
+def freeze_after_warmup(hist: np.ndarray | None = None) -> None:
     """Collect once, then move every object to the permanent generation: a full collection
-    later costs ~0 ms instead of ~100 ms (ENGINEERING.md §4). Gen0 stays on."""
+    later costs ~0 ms instead of ~100 ms (ENGINEERING.md §4). Gen0 stays on. Call it before
+    the process reports ready (60-125 ms here: no request should wait for it). ``hist``:
+    from then on record every collection's pause there (risk_gc_pause_seconds), so the
+    start-up collection, which no request saw, is not among them."""
     gc.collect()
     gc.freeze()
+    if hist is not None:
+        _install(hist)

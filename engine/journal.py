@@ -246,7 +246,7 @@ class JournalWriter:
     def append_slots(self, req_words: np.ndarray, req_w: int, resp_words: np.ndarray,
                      n: int) -> tuple[int, int]:
         """Append ``n`` records straight from a worker's ring slots, without the staging copy
-        of ``append_columns`` (4-5 us a batch): ``req_words`` the request slots as flat u64
+        of ``append_columns`` (3.7-6.2 us a batch, ``python -m bench.worker_step``): ``req_words`` the request slots as flat u64
         words (``req_w`` per slot: token, arrival_ns, event), ``resp_words`` the response
         slots as 2-d u64 rows (token, score, generation, action, flags ...). engine.worker
         asserts the slot layouts this relies on (journal_format._append_slots). Returns

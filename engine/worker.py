@@ -361,8 +361,7 @@ def serve(run_dir: str, index: int, prep: Prepared | None = None) -> int:
     active = Active(rs, generation, block, index, max_batch)
     proc = BatchProcessor(rings, active, block, index, max_batch, journal, store.fs.arrays())
     # the start-up collection (~70 ms) before this worker reports its generation (ready)
-    gcstats.freeze_after_warmup()
-    gcstats.install(block.worker(index, "gc_hist"))
+    gcstats.freeze_after_warmup(block.worker(index, "gc_hist"))
     block.worker(index, "generation")[0] = generation
     resent = serve_journaled_tail(rings, journal, proc)
     if resent:

@@ -212,8 +212,7 @@ class Router:
 
     def run(self) -> int:
         # the start-up collection (~100 ms) before the socket binds: no request waits for it
-        gcstats.freeze_after_warmup()
-        gcstats.install(self.block.view("ingress.gc_hist"))
+        gcstats.freeze_after_warmup(self.block.view("ingress.gc_hist"))
         ctx = zmq.Context(io_threads=1)
         sock = self._socket(ctx)
         self.sock = sock

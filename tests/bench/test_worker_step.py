@@ -1,0 +1,21 @@
+"""bench.worker_step runs the real journal and worker code it names and reports one figure
+per batch size; its shared memory is gone afterwards."""
+from __future__ import annotations
+
+import os
+
+from bench.worker_step import journal_append, worker_step
+from engine.config import load_config
+
+
+def test_journal_append_times_both_paths_per_batch_size():
+    rows = journal_append(load_config(None), [1, 16], repeats=1)
+    assert [r[0] for r in rows] == [1, 16]
+    assert all(c > 0 and s > 0 for _, c, s in rows)
+
+
+def test_worker_step_runs_batch_processor_and_cleans_up():
+    before = set(os.listdir("/dev/shm"))
+    rows = worker_step(load_config(None), [4], repeats=1)
+    assert len(rows) == 1 and rows[0][0] == 4 and rows[0][1] > 0
+    assert set(os.listdir("/dev/shm")) <= before
