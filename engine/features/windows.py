@@ -146,7 +146,7 @@ def _win_apply_locked(t, t32, tf, b, is_new, kind, nb, e, value):
     return head, OK
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _win_read(t, capacity, slot_words, probe_len, kind, nb, bucket_ms, key, now_ms, value):
     """Generic window read (kind: K_COUNT..K_MAX); count is returned as a float."""
     t32 = t.view(np.uint32)
@@ -166,7 +166,7 @@ def _win_read(t, capacity, slot_words, probe_len, kind, nb, bucket_ms, key, now_
     return _win_finish(acc, cnt, kind)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _win_update(t, capacity, slot_words, probe_len, kind, nb, bucket_ms, key, now_ms, value):
     t32 = t.view(np.uint32)
     tf = t.view(np.float64)
@@ -180,7 +180,7 @@ def _win_update(t, capacity, slot_words, probe_len, kind, nb, bucket_ms, key, no
     return rc
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _win_read_update(t, capacity, slot_words, probe_len, kind, nb, bucket_ms, key, now_ms, value):
     """Update then read under one lock: the same value as _win_read followed by _win_update,
     for features with ``update: always`` (the decision cannot change the update)."""
