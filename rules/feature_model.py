@@ -18,6 +18,7 @@ import math
 import numpy as np
 
 from engine.features.keys import key_from_python
+from engine.features.table import MAX_TIME_MS
 from engine.types import Action
 
 _AGG = {"count": len, "sum": sum, "min": min, "max": max, "avg": lambda x: sum(x) / len(x)}
@@ -72,7 +73,9 @@ class FeatureModel:
 
     # --- per event --------------------------------------------------------------------
     def _now(self, f, env, arrival_ms: int) -> int:
-        return max(0, arrival_ms if f.time == "arrival" else int(env[f.time]))
+        """As the kernel: the time as a signed 64-bit integer, clamped to [0, MAX_TIME_MS]."""
+        t = arrival_ms if f.time == "arrival" else (int(env[f.time]) + 2**63) % 2**64 - 2**63
+        return min(max(0, t), MAX_TIME_MS)
 
     def _key(self, f, env):
         return tuple(env[k] for k in f.key)

@@ -142,7 +142,8 @@ def _feature_binding(fs: FeatureSpec, schema: Schema) -> Binding:
         value = encode_src("{rec}." + fs.of, schema, fs.of)
     else:
         value = "float({rec}." + fs.of + ")"
-    now = "max(0, {arrival_ms})" if fs.time == "arrival" else "max(0, np.int64({rec}." + fs.time + "))"
+    t = "{arrival_ms}" if fs.time == "arrival" else "np.int64({rec}." + fs.time + ")"
+    now = f"min(max(0, {t}), {T.MAX_TIME_MS})"         # what the slot meta's recency holds
     return Binding(fs.name, "feature", fs.kind, fs.expr_type, f"ft_{fs.name}",
                    ", ".join(str(c) for c in consts), _key_src(schema, fs.key), value, now, fs.update)
 

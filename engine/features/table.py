@@ -61,6 +61,7 @@ KEY_OFF, META_OFF, PAYLOAD_OFF = 0, 1, 2
 LOCK = np.uint64(1 << 63)
 USED = np.uint64(1 << 62)
 REC_MASK = np.uint64((1 << 62) - 1)
+MAX_TIME_MS = (1 << 62) - 1         # event times are clamped to [0, MAX_TIME_MS] (featureset)
 MAX_SPINS = 1 << 22                 # about 10-40 ms of PAUSE: only a dead lock holder hits it
 
 # status codes (>= 0 is a slot base word)

@@ -140,6 +140,23 @@ def test_bucket_and_window_boundaries_exact():
     assert T.counters(t)["late_dropped"] == 1
 
 
+def test_event_times_are_clamped_to_what_the_meta_holds():
+    """A time field beyond 2^62 - 1 ms (or negative) is clamped, as the kernel and the reference
+    model both do, so a hostile timestamp cannot wrap a key's head."""
+    from engine.features.featureset import FeatureSet
+    from engine.features.spec import parse_specs
+    from engine.schema import Schema
+    from rules.feature_model import FeatureModel
+    schema = Schema.build({"account_id": "u64", "ts": "u64"}, "account_id")
+    specs = parse_specs({"n": {"kind": "count", "key": "account_id", "window": "60s", "time": "ts"}},
+                        {}, {}, schema)
+    b = FeatureSet(specs, schema).binding("n")
+    assert "min(max(0, np.int64(rec.ts)), %d)" % T.MAX_TIME_MS in b.emit_read("rec")
+    model = FeatureModel(specs, schema)
+    for raw, want in ((2**64 - 1, 0), (2**62 + 5, T.MAX_TIME_MS), (2**63 - 1, T.MAX_TIME_MS), (5, 5)):
+        assert model._now(specs.features[0], {"ts": raw}, 0) == want
+
+
 def test_eviction_least_recently_seen():
     nb, bucket_ms, cap = 10, 1000, 4
     t, sw = new_table("count", nb, cap)
