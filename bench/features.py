@@ -34,6 +34,7 @@ import numpy as np
 from numba import njit
 
 from engine.features import layout, table as T
+from engine.features._atomics import _prefetch
 from engine.features.hll import _hll_finish
 from engine.features.scalar import _read_update_age
 from engine.features.table import _prefetch_key, _prefetch_slot
@@ -189,6 +190,79 @@ def split(sizes, nevents: int, hugepages: bool, shm: bool) -> int:
     return 0
 
 
+@njit(cache=True)
+def _lines_touched(t, cap, sw, keys):
+    """64 B lines the staged prefetch brings in for these keys, summed: every line of the
+    home slot, the first line of each slot the walk passes, every line of the slot found
+    (or of the empty slot an insertion would take)."""
+    total = 0
+    for k in keys:
+        home = T._home(k, cap)
+        last = -1                        # the highest line counted so far (slots ascend)
+        for i in range(PROBE):
+            s = home + i
+            if s >= cap:
+                s -= cap
+                last = -1
+            b = T._slot_word(s, sw)
+            found = t[b] == k or t[b + 1] == 0
+            lo = b // 8
+            hi = (b + sw - 1) // 8 if i == 0 or found or i == PROBE - 1 else lo
+            total += max(0, hi - max(lo, last + 1) + 1)
+            last = max(last, hi)
+            if found:
+                break
+    return total
+
+
+@njit(cache=True)
+def _touch_lines(buf, idx, per_event):
+    """Per block of 64 events: prefetch ``per_event`` random lines per event, then load them:
+    the best a batch can do with independent misses (no walk, no lock, no arithmetic)."""
+    n = idx.shape[0] // per_event
+    s = np.uint64(0)
+    for start in range(0, n, BATCH):
+        end = min(n, start + BATCH)
+        for i in range(start * per_event, end * per_event):
+            _prefetch(buf, idx[i])
+        for i in range(start * per_event, end * per_event):
+            s += buf[idx[i]]
+    return s
+
+
+def floor(sizes, nevents: int, hugepages: bool, shm: bool) -> int:
+    """--floor: the lines an event of this bench brings in (the staged prefetch's, counted
+    on the pre-filled tables), and the least a line costs in memory of the tables' size:
+    random independent lines in one buffer as big as the four tables, 10 per event."""
+    print(f"{'keys':>10} {'lines/event':>12} {'ns/line':>8} {'floor ns/event':>15}")
+    rng = np.random.default_rng(5)
+    per_event = 10
+    for n in sizes:
+        maps, tabs, cap = _tables(n, hugepages, shm)
+        acct, card, dev, _, _ = _events(n, 100_000, 11, 0)
+        lines = sum(_lines_touched(t, cap, sw, k) for t, sw, k in
+                    zip(tabs, (SW_C, SW_S, SW_M, SW_A), (acct, card, acct, dev))) / len(acct)
+        words = sum(t.shape[0] for t in tabs)
+        _free(maps, tabs)
+        mm, buf = _alloc(words, hugepages, shm)
+        buf[::512] = 1                   # fault every page in (4 KiB) before timing
+        best = float("inf")
+        for rep in range(REPEATS + 1):   # the first run compiles and warms up
+            idx = rng.integers(0, words // 8, nevents * per_event) * 8
+            c = time.process_time()
+            _touch_lines(buf, idx, per_event)
+            ns = (time.process_time() - c) / (nevents * per_event) * 1e9
+            best = min(best, ns) if rep else best
+        del buf
+        mm.close()
+        print(f"{n:>10} {lines:>12.2f} {best:>8.1f} {best * lines:>15.0f}", flush=True)
+    print("lines/event: the four tables' lines the staged prefetch brings in per event; ns/line: "
+          "random lines in a buffer of the four tables' size, prefetched 64 events (640 lines) at a "
+          "time then loaded, CPU time, best of 3; floor: their product, the memory part of an "
+          "event's cost if its misses overlapped perfectly")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--keys", default="1000,1000000,10000000")
@@ -202,10 +276,15 @@ def main(argv=None) -> int:
     ap.add_argument("--distinct", action="store_true",
                     help="only the distinct (HyperLogLog) kind: ns per window estimate on one hot "
                          "slot, and per read+update event over 16,384 keys (docs/FEATURES.md)")
+    ap.add_argument("--floor", action="store_true",
+                    help="the memory floor: cache lines an event brings in, and ns per line for "
+                         "random independent lines in memory of the tables' size (docs/FEATURES.md)")
     a = ap.parse_args(argv)
     if a.distinct:
         return distinct(a.events)
     sizes = [int(x) for x in a.keys.split(",")]
+    if a.floor:
+        return floor(sizes, a.events, not a.no_hugepages, a.shm)
     if a.split:
         measure(100, 10_000, False)     # compile / warm up
         return split(sizes, a.events, not a.no_hugepages, a.shm)

@@ -87,3 +87,42 @@ def test_the_features_bench_runs_every_prefetch_strategy_and_the_split():
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     assert "home prefetch" in p.stdout and len([ln for ln in p.stdout.splitlines() if ln.split()[:1] == ["100"]]) == 1
+
+
+def test_the_floor_counts_the_lines_the_staged_prefetch_touches():
+    """bench.features --floor: _lines_touched against a set of lines built slot by slot (the
+    home slot whole, the first line of each slot the walk passes, the found slot whole), on
+    a small, full-ish table; then the command prints a row per key count."""
+    import subprocess
+    import sys
+    import numpy as np
+    from bench import features as bf
+    from engine.features import table as T
+    maps, tabs, cap = bf._tables(300, False, False)
+    try:
+        for t, sw in zip(tabs, (bf.SW_C, bf.SW_S, bf.SW_M, bf.SW_A)):
+            keys = np.concatenate([np.arange(300, dtype=np.uint64) * bf.MUL + np.uint64(o) for o in range(3)])
+            want = 0
+            for k in keys:
+                home, lines = T._home(k, cap), set()
+                for i in range(bf.PROBE):
+                    s = (home + i) % cap
+                    b = T.SLOT_BASE + s * sw
+                    found = t[b] == k or t[b + 1] == 0
+                    whole = i == 0 or found or i == bf.PROBE - 1
+                    lines |= set(range(b // 8, (b + sw - 1) // 8 + 1)) if whole else {b // 8}
+                    if found:
+                        break
+                want += len(lines)
+            assert bf._lines_touched(t, cap, sw, keys) == want
+    finally:
+        t = None                        # no view may outlive the maps
+        bf._free(maps, tabs)
+    p = subprocess.run([sys.executable, "-m", "bench.features", "--floor", "--keys", "100,2000", "--events", "5000"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    rows = [line.split() for line in p.stdout.splitlines() if line.split()[:1] in (["100"], ["2000"])]
+    assert len(rows) == 2
+    for r in rows:
+        lines, ns_line, floor = float(r[1]), float(r[2]), float(r[3])
+        assert 9 <= lines <= 40 and ns_line > 0 and floor == pytest.approx(lines * ns_line, rel=0.05, abs=1)
