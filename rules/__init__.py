@@ -16,6 +16,7 @@ happen on first use of compile_ruleset so the CLI stays fast.
 """
 from __future__ import annotations
 
+import shm  # noqa: F401  (first: it sweeps Numba caches made from older sources, shm/jitcache.py)
 from rules.diagnostics import Diagnostic, RulesetError
 
 __all__ = ["compile_ruleset", "CompiledRuleset", "RulesetError", "Diagnostic", "Decision"]
