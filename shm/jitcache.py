@@ -12,7 +12,8 @@ so each function compiles once more, and records the new digest. Numba tolerates
 file that disappears under it (it compiles instead), so concurrent starts are safe.
 
 The generated rule kernels are keyed by the hashes of the sources they inline already
-(rules/cache.py); a ``NUMBA_CACHE_DIR`` outside the tree is not swept (docs/DEPLOY.md).
+(rules/cache.py); a ``NUMBA_CACHE_DIR`` outside the tree is not swept (docs/RULES.md,
+"Kernel cache").
 """
 from __future__ import annotations
 
