@@ -7,7 +7,7 @@ would keep running the old table code, and the two could disagree on a slot's la
 it first): it hashes the project's compiled sources (the files under ``PACKAGES`` that use
 Numba) and compares the digest with the one recorded beside the caches. On a difference it
 deletes every Numba cache file of the project (``*.nbi``, ``*.nbc`` in its ``__pycache__``
-directories, ``bench/`` and ``tests/`` included, as their functions inline the engine's),
+directories, ``bench/`` and, in a checkout, ``tests/``: their functions inline the engine's),
 so each function compiles once more, and records the new digest. Numba tolerates a cache
 file that disappears under it (it compiles instead), so concurrent starts are safe.
 
@@ -23,9 +23,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("shm", "engine", "rules", "ingress")    # whose sources compiled code inlines
-SWEEP = PACKAGES + ("bench", "tests")               # whose __pycache__ hold Numba caches
 STAMP = Path("shm") / "__pycache__" / "numba-sources.digest"
 _MARKERS = (b"njit", b"@intrinsic", b"numba")
+
+
+def sweep_dirs(root: Path) -> tuple:
+    """The directories whose ``__pycache__`` hold the project's Numba caches. ``tests`` only
+    in a source checkout (setup.py beside the packages): an installed copy sits in
+    site-packages, where a top-level ``tests`` belongs to some other project."""
+    return PACKAGES + ("bench",) + (("tests",) if (root / "setup.py").exists() else ())
 
 
 def sources_digest(root: Path = ROOT, packages=PACKAGES) -> str:
@@ -41,7 +47,7 @@ def sources_digest(root: Path = ROOT, packages=PACKAGES) -> str:
     return h.hexdigest()
 
 
-def invalidate_stale(root: Path = ROOT, packages=PACKAGES, sweep=SWEEP) -> int:
+def invalidate_stale(root: Path = ROOT, packages=PACKAGES, sweep=None) -> int:
     """Delete the project's Numba cache files if the compiled sources changed since the
     digest was recorded (or none was). Returns how many files were deleted; 0 and no change
     when the tree is not writable (an installed copy whose caches live elsewhere)."""
@@ -53,7 +59,7 @@ def invalidate_stale(root: Path = ROOT, packages=PACKAGES, sweep=SWEEP) -> int:
     except OSError:
         pass
     removed = 0
-    for pkg in sweep:
+    for pkg in sweep if sweep is not None else sweep_dirs(root):
         for cache_dir in (root / pkg).rglob("__pycache__"):
             for f in cache_dir.iterdir():
                 if f.suffix in (".nbi", ".nbc"):

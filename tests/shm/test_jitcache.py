@@ -56,3 +56,16 @@ def test_a_cached_caller_sees_its_changed_callee(tmp_path):
     assert run() == 1                            # stale: user.py did not change
     assert jitcache.invalidate_stale(tmp_path, ("pkgx",), ("pkgx",)) > 0
     assert run() == 2
+
+
+def test_tests_dir_is_swept_only_in_a_source_checkout(tmp_path):
+    """In a checkout (setup.py beside the packages) the test suite's caches go too; an
+    installed copy lives in site-packages, whose top-level tests/ is someone else's."""
+    _touch(tmp_path / "shm" / "a.py", "from numba import njit\n")
+    theirs = _touch(tmp_path / "tests" / "__pycache__" / "other.f-1.py311.nbi")
+    ours = _touch(tmp_path / "bench" / "__pycache__" / "features._run-9.py311.nbi")
+    assert jitcache.invalidate_stale(tmp_path) == 1 and theirs.exists() and not ours.exists()
+    _touch(tmp_path / "setup.py")
+    _touch(tmp_path / "shm" / "a.py", "from numba import njit\nX = 1\n")
+    assert jitcache.invalidate_stale(tmp_path) == 1 and not theirs.exists()
+    assert "tests" in jitcache.sweep_dirs(jitcache.ROOT)     # this checkout
