@@ -66,3 +66,55 @@ def test_children_validate_the_config_again(tmp_path, monkeypatch):
     with pytest.raises(PermissionError, match="refusing to read it"):
         rundir.read_config(d)
     assert parse_config(doc["raw"] | {"rings": {"capacity": 4}}, doc["path"]).rings.capacity == 4
+
+
+def supervisor_for(tmp_path, instance: str, jdir: Path, sdir: Path):
+    from engine.config import portable_raw
+    from engine.supervisor import Supervisor
+    from engine.topology import read_topology
+    raw = portable_raw()
+    raw.update(instance=instance, journal={"dir": str(jdir)}, snapshot={"dir": str(sdir)})
+    logged: list[str] = []
+    return Supervisor(parse_config(raw), topology=read_topology(), log=logged.append), logged
+
+
+def test_state_dirs_are_made_private_checked_and_narrowed(tmp_path, monkeypatch):
+    from engine.supervisor import StartupError
+    monkeypatch.setenv("RISK_ENGINE_RUN_ROOT", str(tmp_path / "run"))
+    jdir, sdir = tmp_path / "st" / "journal", tmp_path / "st" / "snapshots"
+    sup, logged = supervisor_for(tmp_path, "x", jdir, sdir)
+    sup._check_dirs()
+    assert [oct(os.stat(p).st_mode & 0o777) for p in (jdir.parent, jdir, sdir, tmp_path / "run" / "x")] == ["0o700"] * 4
+    (jdir / "w000-00000000000000000001.rjl").write_bytes(b"old")   # written 0644 by an older version
+    os.chmod(jdir / "w000-00000000000000000001.rjl", 0o644)
+    sup._check_dirs()
+    assert os.stat(jdir / "w000-00000000000000000001.rjl").st_mode & 0o777 == 0o600
+    assert any("1 file(s) readable by others narrowed to mode 0600" in m for m in logged), logged
+    os.chmod(sdir, 0o777)
+    with pytest.raises(StartupError, match=rf"unsafe directory: snapshot.dir: {sdir}: .*mode 0777 is writable"):
+        sup._check_dirs()
+
+
+def test_an_upgrade_that_would_start_from_empty_state_is_refused(tmp_path, monkeypatch):
+    """Journal and snapshots defaulted to /var/tmp/risk-engine/<instance>: a new, empty journal
+    dir beside a journal of ours at the old place is an upgrade, not a first start."""
+    import shutil
+    import uuid
+    from engine.supervisor import StartupError
+    monkeypatch.setenv("RISK_ENGINE_RUN_ROOT", str(tmp_path / "run"))
+    inst = "u" + uuid.uuid4().hex[:10]
+    old = Path("/var/tmp/risk-engine") / inst
+    sup, _ = supervisor_for(tmp_path, inst, tmp_path / "journal", tmp_path / "snapshots")
+    sup._check_dirs()                                   # nothing at the old place: a first start
+    made_parent = not old.parent.exists()
+    try:
+        (old / "journal").mkdir(parents=True)
+        (old / "journal" / "w000-00000000000000000001.rjl").write_bytes(b"x")
+        with pytest.raises(StartupError, match=rf"journal.dir={tmp_path}/journal is empty but {old}/journal"):
+            sup._check_dirs()
+        (tmp_path / "journal" / "w000-00000000000000000001.rjl").write_bytes(b"x")
+        sup._check_dirs()                               # the new place has a journal: no upgrade
+    finally:
+        shutil.rmtree(old)
+        if made_parent:
+            old.parent.rmdir()
