@@ -22,7 +22,7 @@ import json
 import os
 from pathlib import Path
 
-from engine.securedir import ensure_private_dir, read_private_file, write_private_file
+from engine.securedir import UnsafePathError, ensure_private_dir, read_private_file, write_private_file
 
 RUN_ROOT_ENV = "RISK_ENGINE_RUN_ROOT"
 SYSTEM_RUN_ROOT = "/run/risk-engine"
@@ -51,7 +51,13 @@ def run_dir_for(instance: str) -> Path:
 def make_run_dir(instance: str) -> Path:
     """Create (or check) <root> and <root>/<instance>: 0700, ours, writable by no one else.
     Raises securedir.UnsafePathError naming the path, owner and mode."""
-    ensure_private_dir(run_root(), "run directory root")
+    try:
+        ensure_private_dir(run_root(), "run directory root")
+    except PermissionError as e:
+        if isinstance(e, UnsafePathError):
+            raise
+        raise PermissionError(f"{e} (set ${RUN_ROOT_ENV} or $XDG_RUNTIME_DIR to a directory of "
+                              f"yours, or run under systemd with RuntimeDirectory=risk-engine)") from None
     return ensure_private_dir(run_dir_for(instance), "run directory")
 
 

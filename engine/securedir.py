@@ -128,6 +128,8 @@ def _mkdir_private(path: str, what: str) -> None:
         os.mkdir(path, DIR_MODE)
     except FileExistsError:
         pass                                # created meanwhile (a racing start): checked below
+    except PermissionError as e:
+        raise PermissionError(f"{what}: cannot create {path}: {e.strerror}") from None
     st = os.lstat(path)
     _check_own_dir(path, st, what)
     if stat.S_IMODE(st.st_mode) != DIR_MODE:
