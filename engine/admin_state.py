@@ -4,12 +4,11 @@ Each change is applied to the shared-memory tables with an atomic publish (a lis
 double buffer; a state slot and the halt cell are release stores), so the next batch of every
 worker sees all of it or none of it. Each change is appended to ``admin.log`` (JSON lines,
 fsynced) in the journal directory before the reply, so an operator's action is durable and
-auditable; recovery replays it after the snapshot that precedes it.
+auditable; recovery replays it after the snapshot that precedes it. Its records are numbered
+and checksummed (engine.admin_log): recovery refuses a damaged or out-of-sequence one.
 """
 from __future__ import annotations
 
-import json
-import os
 import time
 
 import numpy as np
@@ -34,16 +33,21 @@ def _list_spec(sup, name):
 
 
 def log_change(sup, entry: dict) -> None:
+    """Append ``entry`` to admin.log (numbered, checksummed, fsynced: engine.admin_log)."""
+    from engine.admin_log import AdminLog, AdminLogCorrupt
     path = sup.admin_log_path()
     if path is None:
         return
-    line = json.dumps({"time_ns": time.time_ns(), **entry}, sort_keys=True) + "\n"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    log = sup.admin_log
     try:
-        os.write(fd, line.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        if log is None or log.path != path:
+            log = sup.admin_log = AdminLog(path)
+            if log.torn is not None:
+                sup.log(f"risk-engine: admin log {path}: cut off an unfinished record of "
+                        f"{log.torn.nbytes} bytes at offset={log.torn.offset} (never acknowledged)")
+        log.append(time.time_ns(), entry)
+    except AdminLogCorrupt as e:
+        raise AdminError("ADMIN_LOG_CORRUPT", str(e)) from None
 
 
 def _values(spec, req) -> np.ndarray:

@@ -87,15 +87,16 @@ class RulesConfig:
 
 @dataclass(frozen=True)
 class DurabilityConfig:
-    """journal: + snapshot: sections. Directories may contain {instance}."""
+    """journal: + snapshot: sections. Directories may contain {instance}; {state} is replaced
+    by state_root() when the config is read."""
     journal_enabled: bool = True
-    journal_dir: str = "/var/tmp/risk-engine/{instance}/journal"
+    journal_dir: str = "{state}/{instance}/journal"
     fsync: str = "interval_ms"          # none | interval_ms | batch (docs/DURABILITY.md)
     interval_ms: int = 10
     segment_bytes: int = 16 << 20
     max_files: int = 0
     max_age_s: int = 0
-    snapshot_dir: str = "/var/tmp/risk-engine/{instance}/snapshots"
+    snapshot_dir: str = "{state}/{instance}/snapshots"
     snapshot_interval_s: int = 60
     snapshot_keep: int = 3
 
@@ -188,22 +189,36 @@ def _is_loopback_bind(addr: str) -> bool:
     return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
 
 
+def state_root() -> str:
+    """{state} in journal.dir / snapshot.dir: $STATE_DIRECTORY (set by systemd's
+    StateDirectory=), else /var/lib/risk-engine for root, else
+    ${XDG_STATE_HOME:-~/.local/state}/risk-engine. Not /var/tmp: tmpfiles ages files out of it,
+    and an admin.log untouched for 30 days would go with them."""
+    env = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if env:
+        return env
+    if os.geteuid() == 0:
+        return "/var/lib/risk-engine"
+    xdg = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(xdg, "risk-engine")
+
+
 def _durability(raw: Mapping, base: Path) -> DurabilityConfig:
     d = DurabilityConfig
     j = _section(raw, "journal", {"enabled", "dir", "fsync", "interval_ms", "segment_bytes",
                                   "max_files", "max_age_s"})
     s = _section(raw, "snapshot", {"dir", "interval_s", "keep"})
-    jdir = _str(j, "journal", "dir", d.journal_dir)
-    sdir = _str(s, "snapshot", "dir", d.snapshot_dir)
+    jdir = _str(j, "journal", "dir", d.journal_dir).replace("{state}", state_root())
+    sdir = _str(s, "snapshot", "dir", d.snapshot_dir).replace("{state}", state_root())
     out = DurabilityConfig(
         journal_enabled=_bool(j, "journal", "enabled", True),
-        journal_dir=_resolve(base, jdir) if "dir" in j else jdir,
+        journal_dir=_resolve(base, jdir),
         fsync=_str(j, "journal", "fsync", d.fsync, ("none", "interval_ms", "batch")),
         interval_ms=_int(j, "journal", "interval_ms", d.interval_ms, 1, 60_000),
         segment_bytes=_int(j, "journal", "segment_bytes", d.segment_bytes, 1 << 16, 1 << 40),
         max_files=_int(j, "journal", "max_files", 0, 0, 1 << 20),
         max_age_s=_int(j, "journal", "max_age_s", 0, 0, 1 << 31),
-        snapshot_dir=_resolve(base, sdir) if "dir" in s else sdir,
+        snapshot_dir=_resolve(base, sdir),
         snapshot_interval_s=_int(s, "snapshot", "interval_s", d.snapshot_interval_s, 1, 86_400),
         snapshot_keep=_int(s, "snapshot", "keep", d.snapshot_keep, 1, 1000))
     try:
@@ -355,3 +370,36 @@ def portable_raw(path: str | os.PathLike | None = None) -> dict:
                 curve[key] = absolute(curve[key])
     return raw
 
+
+def config_to_raw(cfg: Config) -> dict:
+    """The YAML-shaped mapping that ``parse_config(config_to_raw(cfg), cfg.path)`` turns back
+    into ``cfg``: how the supervisor hands the validated config (file + CLI overrides) to its
+    children as plain data that they validate again (engine.rundir.write_config checks the
+    round trip). Sections whose keys are their dataclass's fields are copied field by field."""
+    from dataclasses import fields, is_dataclass
+
+    def plain(v):
+        if is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in fields(v)}
+        if isinstance(v, (tuple, list)):
+            return [plain(x) for x in v]
+        if isinstance(v, Mapping):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    d = cfg.durability
+    return {
+        "instance": cfg.instance,
+        "ingress": plain(cfg.ingress), "metrics": plain(cfg.metrics), "admin": plain(cfg.admin),
+        "workers": plain(cfg.workers), "rings": plain(cfg.rings),
+        "schema": {"shard_key": cfg.schema.shard_key,
+                   "fields": {f.name: f.type for f in cfg.schema.fields}},
+        "rules": {"files": list(cfg.rules.files), "thresholds": dict(cfg.rules.thresholds),
+                  "on_error": cfg.rules.on_error, "watch": cfg.rules.watch},
+        "journal": {"enabled": d.journal_enabled, "dir": d.journal_dir, "fsync": d.fsync,
+                    "interval_ms": d.interval_ms, "segment_bytes": d.segment_bytes,
+                    "max_files": d.max_files, "max_age_s": d.max_age_s},
+        "snapshot": {"dir": d.snapshot_dir, "interval_s": d.snapshot_interval_s,
+                     "keep": d.snapshot_keep},
+        "features": plain(cfg.features), "lists": plain(cfg.lists), "state": plain(cfg.state),
+    }

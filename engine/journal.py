@@ -35,6 +35,7 @@ from engine.journal_format import (FSYNC_POLICIES, HEADER_SIZE, MAGIC, SUFFIX, V
                                    list_segments, list_writers, now_ns, pending_successor, read_header,
                                    segment_name, warm_up)
 from engine.journal_reader import JournalReader, TornTail, iter_merged  # noqa: F401
+from engine.securedir import ensure_private_dir
 
 # The zero-fill writes one page per call: a larger write creates the page cache as large folios
 # (ext4, Linux >= 6.x), and writeback writes a dirty folio whole. With 1 MiB writes, every
@@ -107,7 +108,7 @@ class _NextSegment:
 def _lock_writer(directory: str, writer_id: int) -> int:
     """Exclusive flock on w{id}.lock: one live writer per series (the kernel drops it on death)."""
     path = os.path.join(directory, f"w{writer_id:03d}.lock")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -197,7 +198,7 @@ class JournalWriter:
         self.torn_bytes_repaired = 0
         self.records_appended = 0
         warm_up()
-        os.makedirs(self.directory, exist_ok=True)
+        ensure_private_dir(self.directory, "journal.dir")
         self._next = None                      # the next segment, being zero-filled when idle
         self._lock_fd = _lock_writer(self.directory, self.writer_id)
         try:
@@ -505,7 +506,7 @@ class JournalWriter:
         in the mmap. Not yet fsynced (``durable``) unless fsync=none."""
         cap = (self.config.segment_bytes - HEADER_SIZE) // self._rs
         path = os.path.join(self.directory, segment_name(self.writer_id, first))
-        fd = os.open(path + ".tmp", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(path + ".tmp", os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         try:
             os.posix_fallocate(fd, 0, HEADER_SIZE + cap * self._rs)
             os.pwrite(fd, SegmentHeader(path, self.schema_hash, self._rs, self.writer_id, first,

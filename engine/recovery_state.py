@@ -9,10 +9,11 @@ that were never journaled, which were never answered either.
 """
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
+
+from engine.securedir import ensure_private_dir
 
 
 class StateLayoutChanged(RuntimeError):
@@ -25,19 +26,24 @@ def _dirs(cfg) -> tuple[str, str]:
             d.snapshot_dir.replace("{instance}", cfg.instance))
 
 
-def _apply_admin_log(store, path: str, after_ns: int) -> int:
-    """Re-apply list/state/halt changes logged after ``after_ns``; returns how many."""
+def _apply_admin_log(store, path: str, after_ns: int) -> tuple[int, str]:
+    """Re-apply list/state/halt changes logged after ``after_ns`` -> (how many, a note on a
+    torn last record, or ""). Every record is checked first (engine.admin_log): a damaged or
+    out-of-sequence one raises RecoveryError naming the file, line, offset and seq."""
+    from engine.admin_log import AdminLogCorrupt, read
     from engine.admin_state import STATE_CODES
     from engine.features.lists import list_values
-    if not os.path.exists(path):
-        return 0
+    from engine.recovery import RecoveryError
+    try:
+        records, torn, _ = read(path)
+    except AdminLogCorrupt as e:
+        raise RecoveryError(f"{e}. The operator's list/state/halt changes cannot be replayed "
+                            f"exactly; check the file (each line is JSON, then its blake2b-128)") from None
+    note = (f"; dropped an unfinished last admin record ({torn.nbytes} bytes at offset={torn.offset} "
+            f"of {path}, never acknowledged)" if torn else "")
     fs, n = store.fs, 0
-    for line in open(path):
-        try:
-            e = json.loads(line)
-        except ValueError:
-            continue                      # a torn last line: the change was never acknowledged
-        if e.get("time_ns", 0) <= after_ns:
+    for e in records:
+        if e["time_ns"] <= after_ns:
             continue
         cmd = e.get("cmd", "")
         if cmd in ("halt", "resume"):
@@ -51,7 +57,7 @@ def _apply_admin_log(store, path: str, after_ns: int) -> int:
                    "list-replace": np.unique(vals)}[cmd]
             fs.replace_list(e["name"], new.astype(np.uint64))
         n += 1
-    return n
+    return n, note
 
 
 def recover_features(cfg, store, rs) -> str | None:
@@ -86,7 +92,7 @@ def recover_features(cfg, store, rs) -> str | None:
         rs.apply_updates(records["event"], records["arrival_ns"], records["action"])
 
     from engine.recovery import RecoveryError
-    os.makedirs(jdir, exist_ok=True)
+    ensure_private_dir(jdir, "journal.dir")
     try:
         reports = recover_all(sdir, jdir, apply, event_dtype=cfg.schema.dtype,
                               schema_hash=cfg.schema.hash, restore=restore)
@@ -96,7 +102,7 @@ def recover_features(cfg, store, rs) -> str | None:
     except StateLayoutChanged as e:         # raised by restore() before it wrote anything
         return str(e)
     snap = seen["snap"]
-    admin = _apply_admin_log(store, os.path.join(jdir, "admin.log"), snap.created_ns if snap else 0)
+    admin, torn = _apply_admin_log(store, os.path.join(jdir, "admin.log"), snap.created_ns if snap else 0)
     replayed = sum(r.replayed for r in reports.values())
     return (f"recovered feature state: snapshot {snap.path if snap else 'none'} + {replayed} "
-            f"journal records from {len(reports)} worker(s) + {admin} admin change(s)")
+            f"journal records from {len(reports)} worker(s) + {admin} admin change(s){torn}")

@@ -1,53 +1,106 @@
 """The run directory of one engine instance: how the supervisor hands set-up to its children
 and how `risk-engine status` / scripts/pin_workers.sh find a running engine.
 
-    <root>/<instance>/
+    <root>/<instance>/          0700, owned by the engine's uid (engine.securedir)
         supervisor.pid      pid of the supervisor (the instance is alive while it is)
-        config.pickle       the validated Config (children never re-parse YAML)
+        config.json         the validated config as plain data; each child validates it again
         plan.json           owner pid, segment names, worker CPUs and NUMA nodes, eventfd
         gen-<g>.json        ruleset generation g: files, thresholds, on_error, label, rule ids
         status.json         pid, role, cpu, node of every engine process (rewritten on change)
 
-<root> is $RISK_ENGINE_RUN_ROOT or /tmp/risk-engine.
+Every file is written 0600 and read back only if the engine's uid (or root) owns it: nothing
+here is code, and nothing here is taken from a place another user can write.
+
+<root> is $RISK_ENGINE_RUN_ROOT if set, else $XDG_RUNTIME_DIR/risk-engine if that variable is
+set, else /run/risk-engine (systemd's RuntimeDirectory=risk-engine). Commands that look for a
+running engine (status, admin, reload) search $RISK_ENGINE_RUN_ROOT only if it is set, else both
+of the others, so an operator with a login session still finds an engine started by systemd.
 """
 from __future__ import annotations
 
 import json
 import os
-import pickle
 from pathlib import Path
 
+from engine.securedir import UnsafePathError, ensure_private_dir, read_private_file, write_private_file
+
 RUN_ROOT_ENV = "RISK_ENGINE_RUN_ROOT"
+SYSTEM_RUN_ROOT = "/run/risk-engine"
 
 
 def run_root() -> Path:
-    return Path(os.environ.get(RUN_ROOT_ENV, "/tmp/risk-engine"))
+    """Where this process would create its instance's run directory."""
+    if os.environ.get(RUN_ROOT_ENV):
+        return Path(os.environ[RUN_ROOT_ENV])
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return Path(os.environ["XDG_RUNTIME_DIR"]) / "risk-engine"
+    return Path(SYSTEM_RUN_ROOT)
+
+
+def search_roots() -> list[Path]:
+    """Where a running engine may have its run directory (see the module doc)."""
+    if os.environ.get(RUN_ROOT_ENV):
+        return [Path(os.environ[RUN_ROOT_ENV])]
+    return list(dict.fromkeys([run_root(), Path(SYSTEM_RUN_ROOT)]))
 
 
 def run_dir_for(instance: str) -> Path:
     return run_root() / instance
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+def make_run_dir(instance: str) -> Path:
+    """Create (or check) <root> and <root>/<instance>: 0700, ours, writable by no one else.
+    Raises securedir.UnsafePathError naming the path, owner and mode."""
+    try:
+        ensure_private_dir(run_root(), "run directory root")
+    except PermissionError as e:
+        if isinstance(e, UnsafePathError):
+            raise
+        raise PermissionError(f"{e} (set ${RUN_ROOT_ENV} or $XDG_RUNTIME_DIR to a directory of "
+                              f"yours, or run under systemd with RuntimeDirectory=risk-engine)") from None
+    return ensure_private_dir(run_dir_for(instance), "run directory")
 
 
 def write_json(run_dir, name: str, obj) -> None:
-    _write_atomic(Path(run_dir) / name, json.dumps(obj, indent=1, sort_keys=True).encode())
+    """0600; when root writes into the run dir of an engine running as another user
+    (`risk-engine reload` by an operator), the file is handed to that user so it can read it."""
+    path = Path(run_dir) / name
+    write_private_file(path, json.dumps(obj, indent=1, sort_keys=True).encode())
+    if os.geteuid() == 0:
+        owner = os.stat(run_dir).st_uid
+        if owner != 0:
+            os.chown(path, owner, -1, follow_symlinks=False)
 
 
 def read_json(run_dir, name: str):
-    return json.loads((Path(run_dir) / name).read_text())
+    return json.loads(read_private_file(Path(run_dir) / name))
 
 
 def write_config(run_dir, cfg) -> None:
-    _write_atomic(Path(run_dir) / "config.pickle", pickle.dumps(cfg))
+    """The validated config as JSON data (engine.config.config_to_raw). Refuses a config that
+    would not come back identical in the children (a value JSON cannot carry)."""
+    from engine.config import ConfigError, config_to_raw, parse_config
+    doc = {"path": cfg.path, "raw": config_to_raw(cfg)}
+    try:
+        text = json.dumps(doc, allow_nan=False)      # key order matters: schema fields
+        back = parse_config(json.loads(text)["raw"], cfg.path)
+    except (TypeError, ValueError) as e:
+        raise ConfigError("", f"the config cannot be handed to the engine's processes as "
+                              f"JSON data: {e}") from None
+    if back != cfg:
+        diff = [k for k in ("ingress", "metrics", "admin", "workers", "rings", "schema", "rules",
+                            "durability", "features", "lists", "state", "instance")
+                if getattr(back, k) != getattr(cfg, k)]
+        raise ConfigError(",".join(diff), "differs after the hand-off to the engine's processes "
+                                          "as JSON data (a value JSON cannot carry?)")
+    write_private_file(Path(run_dir) / "config.json", text.encode())
 
 
 def read_config(run_dir):
-    return pickle.loads((Path(run_dir) / "config.pickle").read_bytes())
+    """The supervisor's config, validated again here (engine.config.parse_config)."""
+    from engine.config import parse_config
+    doc = read_json(run_dir, "config.json")
+    return parse_config(doc["raw"], doc["path"])
 
 
 def read_plan(run_dir) -> dict:
@@ -84,14 +137,16 @@ def is_supervisor(pid: int) -> bool:
 def live_instances() -> list[tuple[Path, int]]:
     """(run dir, supervisor pid) of every instance whose supervisor is alive."""
     out = []
-    root = run_root()
-    if not root.is_dir():
-        return out
-    for d in sorted(root.iterdir()):
+    for root in search_roots():
         try:
-            pid = int((d / "supervisor.pid").read_text())
-        except (OSError, ValueError):
+            dirs = sorted(root.iterdir())
+        except OSError:
             continue
-        if is_supervisor(pid):
-            out.append((d, pid))
+        for d in dirs:
+            try:
+                pid = int(read_private_file(d / "supervisor.pid"))
+            except (OSError, ValueError):
+                continue
+            if is_supervisor(pid):
+                out.append((d, pid))
     return out

@@ -35,6 +35,7 @@ from typing import Mapping
 import numpy as np
 
 from engine.journal_format import fsync_dir
+from engine.securedir import ensure_private_dir, open_private
 
 MAGIC = b"RSNAPSH\x00"
 VERSION = 1
@@ -96,7 +97,7 @@ def write_snapshot(path: str, arrays: Mapping[str, np.ndarray], journal_seq: Map
     head = (body + struct.pack("<I", zlib.crc32(body))).ljust(HEAD_SIZE, b"\0")
     d = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(d, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
+    with os.fdopen(open_private(tmp), "wb") as f:
         f.write(head)
         f.write(toc_bytes)
         for e in entries:
@@ -181,7 +182,7 @@ class SnapshotStore:
             raise ValueError(f"snapshot.keep: must be >= 1, got {keep}")
         self.directory = str(directory)
         self.keep = keep
-        os.makedirs(self.directory, exist_ok=True)
+        ensure_private_dir(self.directory, "snapshot.dir")
 
     def paths(self) -> list[str]:
         """Snapshot files, newest first."""

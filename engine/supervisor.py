@@ -26,6 +26,7 @@ from engine.config import Config
 from engine.control import MAX_RULES, Block, BlockLayout, EventLog
 from engine.memplan import check_memory
 from engine.rings import EngineRings
+from engine.securedir import UnsafePathError, check_private_files, ensure_private_dir, write_private_file
 from engine.topology import Topology, plan_workers, read_topology
 from shm.doorbell import EventfdDoorbell
 from shm.segment import Segment, reclaim_stale, unlink_owned
@@ -108,6 +109,8 @@ class Supervisor:
         self.log = log
         self.pid = os.getpid()
         self.run_dir = rundir.run_dir_for(cfg.instance)
+        self.run_dir_checked = False        # made or checked private by _check_dirs
+        self.admin_log = None               # engine.admin_log.AdminLog, opened by the first change
         self.topology = topology or read_topology()
         self.children: dict[str, subprocess.Popen] = {}
         self.signals: list[int] = []
@@ -130,6 +133,7 @@ class Supervisor:
 
     def start(self) -> None:
         cfg = self.cfg
+        self._check_dirs()
         for d, pid in rundir.live_instances():
             if d.name == cfg.instance and pid != self.pid:
                 raise StartupError(f"instance={cfg.instance!r} is already running (supervisor pid={pid}); "
@@ -138,7 +142,6 @@ class Supervisor:
         if removed:
             self.log(f"risk-engine: reclaimed {len(removed)} stale shared-memory segment(s) of "
                      f"instance {cfg.instance}")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         for f in self.run_dir.glob("gen-*.json"):
             f.unlink()
         self.placements = plan_workers(self.topology, set(os.sched_getaffinity(0)),
@@ -164,7 +167,7 @@ class Supervisor:
         rundir.write_config(self.run_dir, cfg)
         rundir.write_json(self.run_dir, "plan.json", plan)
         self._publish_generation(spec)
-        (self.run_dir / "supervisor.pid").write_text(str(self.pid))
+        write_private_file(self.run_dir / "supervisor.pid", str(self.pid).encode())
         for w in range(n):
             self._spawn_worker(w)
         self._spawn_ingress()
@@ -186,6 +189,45 @@ class Supervisor:
         if self.want_ebpf:
             self._start_sidecar()
         self._write_status()
+
+    def _check_dirs(self) -> None:
+        """The run directory and the state directories: created 0700, or refused when another
+        user owns them or can write them (engine.securedir); state files narrowed to 0600."""
+        cfg, d = self.cfg, self.cfg.durability
+        try:
+            self.run_dir = rundir.make_run_dir(cfg.instance)
+            self.run_dir_checked = True
+            if d.journal_enabled:
+                for key, path in (("journal.dir", d.journal_dir), ("snapshot.dir", d.snapshot_dir)):
+                    path = ensure_private_dir(path.replace("{instance}", cfg.instance), key)
+                    narrowed = check_private_files(path, key)
+                    if narrowed:
+                        self.log(f"risk-engine: {key}={path}: {narrowed} file(s) readable by "
+                                 f"others narrowed to mode 0600")
+        except UnsafePathError as e:
+            raise StartupError(f"unsafe directory: {e}") from None
+        if d.journal_enabled:
+            self._refuse_legacy_state()
+
+    def _refuse_legacy_state(self) -> None:
+        """Journal and snapshots defaulted to /var/tmp/risk-engine/{instance} before they
+        moved to {state} (engine.config.state_root): an empty journal dir while the old one
+        holds this user's journal means an upgrade, not a first start. Refuse rather than
+        start from empty feature state."""
+        from engine.journal import list_writers
+        cfg = self.cfg
+        jdir = cfg.durability.journal_dir.replace("{instance}", cfg.instance)
+        old = f"/var/tmp/risk-engine/{cfg.instance}"
+        if os.path.realpath(jdir).startswith(old + "/") or list_writers(jdir):
+            return
+        try:
+            mine = os.lstat(old).st_uid == os.geteuid() and list_writers(f"{old}/journal")
+        except OSError:
+            return
+        if mine:
+            raise StartupError(f"journal.dir={jdir} is empty but {old}/journal (the default before "
+                               f"this version) holds this engine's journal: move {old}/journal and "
+                               f"{old}/snapshots there, or set journal.dir and snapshot.dir to them")
 
     def _recover_state(self, rs) -> None:
         """Feature state = last good snapshot + every journal record after it (engine.recovery),
@@ -314,8 +356,7 @@ class Supervisor:
         d = self.cfg.durability
         if not d.journal_enabled:
             return None
-        path = d.journal_dir.replace("{instance}", self.cfg.instance)
-        os.makedirs(path, exist_ok=True)
+        path = ensure_private_dir(d.journal_dir.replace("{instance}", self.cfg.instance), "journal.dir")
         return os.path.join(path, "admin.log")
 
     def _start_sidecar(self) -> None:
@@ -619,6 +660,8 @@ class Supervisor:
             self.control.unlink()
             self.control.close()
         unlink_owned(self.cfg.instance, self.pid)
+        if not self.run_dir_checked:
+            return                      # refused or never made: not ours to empty
         if (self.run_dir / "supervisor.pid").exists() and \
                 (self.run_dir / "supervisor.pid").read_text() != str(self.pid):
             return                      # another live supervisor owns the run dir

@@ -219,7 +219,6 @@ def open_journal(cfg, index: int):
         return None
     from engine.journal import JournalWriter
     path = d.journal_dir.replace("{instance}", cfg.instance)
-    os.makedirs(path, exist_ok=True)
     return JournalWriter(path, cfg.schema.dtype, cfg.schema.hash, writer_id=index,
                          config=d.journal_config())
 

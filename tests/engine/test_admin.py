@@ -1,12 +1,12 @@
 """Admin plane against a real engine: lists, account state, halt, every change logged."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from engine.admin import request
+from engine.admin_log import read as read_admin_log
 from tests.engine.engine_proc import REPO, EngineProcess
 
 
@@ -45,7 +45,7 @@ def test_state_and_halt_are_logged(engine):
     assert admin(engine, cmd="halt")["global_halt"] is True
     assert admin(engine, cmd="resume")["global_halt"] is False
     log = Path(engine.raw["journal"]["dir"]) / "admin.log"
-    cmds = [json.loads(l)["cmd"] for l in log.read_text().splitlines()]
+    cmds = [r["cmd"] for r in read_admin_log(str(log))[0]]
     assert cmds[-3:] == ["set-state", "halt", "resume"]
     assert admin(engine, cmd="bogus")["error"]["code"] == "UNKNOWN_COMMAND"
     assert "memory" in admin(engine, cmd="features")
