@@ -29,11 +29,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.journal_format import (FSYNC_POLICIES, HEADER_SIZE, MAGIC, SUFFIX, VERSION,  # noqa: F401
-                                   JournalCorruptError, JournalError, JournalGapError,
-                                   SegmentHeader, _append, _append_slots, _count_valid, _unlink,
+                                   CorruptRecords, JournalCorruptError, JournalError, JournalGapError,
+                                   SegmentHeader, _append, _append_slots, _unlink,
                                    checksum, field_mask, fsync_dir, fsync_path, journal_dtype,
                                    list_segments, list_writers, now_ns, pending_successor, read_header,
-                                   segment_name, warm_up)
+                                   segment_name, walk_segment, warm_up)
 from engine.journal_reader import JournalReader, TornTail, iter_merged  # noqa: F401
 
 # The zero-fill writes one page per call: a larger write creates the page cache as large folios
@@ -159,13 +159,16 @@ class JournalWriter:
     """The single writer of one worker's journal (OneToMany: no locks; one process appends).
 
     Opening an existing journal finds the last committed record of the newest segment,
-    zeroes whatever follows it (a torn tail), and continues the sequence from there.
+    stepping over corrupt runs (records after them are kept; listed in ``corrupt``), zeroes
+    whatever follows it (a torn tail), and continues the sequence from there. ``seq_floor``
+    (the newest snapshot's seq for this writer): the sequence never restarts at or below it.
     ``append_batch`` is the hot path: one copy of the batch into the mmap and one njit pass
     that numbers and checksums it.
     """
 
     def __init__(self, directory: str, event_dtype: np.dtype, schema_hash: int,
-                 writer_id: int = 0, config: JournalConfig = JournalConfig(), first_seq: int = 1):
+                 writer_id: int = 0, config: JournalConfig = JournalConfig(), first_seq: int = 1,
+                 seq_floor: int = 0):
         self.directory = str(directory)
         self.dtype = journal_dtype(event_dtype)
         self.schema_hash = int(schema_hash)
@@ -196,6 +199,8 @@ class JournalWriter:
         self.syncs = self.rotations = self.publications = self.segments_deleted = 0
         self.torn_bytes_repaired = 0
         self.records_appended = 0
+        self.seq_floor = int(seq_floor)
+        self.corrupt: list[CorruptRecords] = []   # stepped over at open (never rewritten)
         warm_up()
         os.makedirs(self.directory, exist_ok=True)
         self._next = None                      # the next segment, being zero-filled when idle
@@ -210,7 +215,11 @@ class JournalWriter:
                 if name.startswith(prefix) and name.endswith(SUFFIX + ".tmp"):
                     _unlink(os.path.join(self.directory, name))   # a crash mid-preparation
             if not segs:
-                self._create(int(first_seq))
+                self._create(max(int(first_seq), self.seq_floor + 1))
+            elif self.last_seq < self.seq_floor:
+                raise JournalError(f"journal {self.directory} writer_id={self.writer_id}: it ends at "
+                                   f"seq {self.last_seq} but a snapshot counted seq {self.seq_floor}; "
+                                   f"refusing to reuse sequence numbers")
         except BaseException:
             self.close()                       # releases the lock of a failed open
             raise
@@ -597,7 +606,12 @@ class JournalWriter:
         hdr = read_header(path, self.schema_hash, self._rs, self.writer_id)
         self._cap = hdr.capacity              # segment_bytes may have changed: finish this one as is
         self._map(path, hdr.first_seq, 0)
-        n = int(_count_valid(self._words, np.uint64(hdr.first_seq)))
+        # never cut the journal at a corrupt record that later records outlive, nor below the
+        # floor: the next kill -9 would then replay past reused sequence numbers
+        n, runs = walk_segment(self._words, hdr.first_seq, self.seq_floor)
+        self.corrupt += [CorruptRecords(path, HEADER_SIZE + r * self._rs, hdr.first_seq + r, k,
+                                        "invalid record(s) stepped over at open (kept as found)")
+                         for r, k in runs]
         tail = self._recs[n:].view(np.uint8)
         nz = np.flatnonzero(tail)
         if len(nz):                            # torn tail: zero it so no stale record revives

@@ -182,7 +182,7 @@ def serve_journaled_tail(rings: EngineRings, journal, proc: "BatchProcessor") ->
     if m == 0:
         return 0
     reader = JournalReader(journal.directory, journal.dtype["event"], journal.schema_hash,
-                           journal.writer_id)
+                           journal.writer_id, skip_corrupt=True)   # reported at open
     tail = reader.read_all(from_seq=journal.last_seq - m + 1)
     for j in range(min(m, len(tail)), 0, -1):
         t = tail[len(tail) - j:]
@@ -212,16 +212,23 @@ def load_generation(run_dir: str, generation: int, schema, features=None):
     return rs
 
 
-def open_journal(cfg, index: int):
-    """This worker's journal writer (writer id = worker index), or None when disabled."""
+def open_journal(cfg, index: int, seq_floor: int = 0):
+    """This worker's journal writer (writer id = worker index), or None when disabled.
+    ``seq_floor``: the newest snapshot's seq for this worker (control block journal_seq): the
+    sequence never restarts at or below it. Corrupt records it steps over are logged (the
+    supervisor's recovery counted them)."""
     d = cfg.durability
     if not d.journal_enabled:
         return None
     from engine.journal import JournalWriter
     path = d.journal_dir.replace("{instance}", cfg.instance)
     os.makedirs(path, exist_ok=True)
-    return JournalWriter(path, cfg.schema.dtype, cfg.schema.hash, writer_id=index,
-                         config=d.journal_config())
+    j = JournalWriter(path, cfg.schema.dtype, cfg.schema.hash, writer_id=index,
+                      config=d.journal_config(), seq_floor=seq_floor)
+    for c in j.corrupt:
+        print(f"risk-engine: worker {index}: journal continues at seq {j.next_seq} after corrupt "
+              f"record(s), kept as found: {c}", file=sys.stderr)
+    return j
 
 
 HOUSEKEEP_ZERO_BYTES = 4 << 20      # zero-fill per round: up to 400 MB/s at 10 ms rounds, far
@@ -351,7 +358,7 @@ def serve(run_dir: str, index: int, prep: Prepared | None = None) -> int:
     rings = EngineRings.attach(cfg, plan, index, EventfdDoorbell(plan["eventfd"]))
     rings.prefault()                                        # first touch after pinning
     max_batch = min(cfg.ingress.max_batch, cfg.rings.capacity)
-    journal = open_journal(cfg, index)
+    journal = open_journal(cfg, index, int(block.worker(index, "journal_seq")[0]))
     keeper = JournalHousekeeper(journal) if journal is not None else None
 
     generation = int(block.view("supervisor.generation")[0])
