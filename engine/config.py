@@ -100,6 +100,8 @@ class DurabilityConfig:
     snapshot_keep: int = 3
     # recovery skips (and reports) corrupt journal records instead of stopping at them
     skip_corrupt_journal_records: bool = False
+    # the action for events that cannot be journaled (full disk), flagged DEFAULT_JOURNAL
+    on_journal_unavailable: str = "block"
 
     def journal_config(self):
         from engine.journal import JournalConfig
@@ -193,7 +195,7 @@ def _is_loopback_bind(addr: str) -> bool:
 def _durability(raw: Mapping, base: Path) -> DurabilityConfig:
     d = DurabilityConfig
     j = _section(raw, "journal", {"enabled", "dir", "fsync", "interval_ms", "segment_bytes",
-                                  "max_files", "max_age_s", "skip_corrupt_records"})
+                                  "max_files", "max_age_s", "skip_corrupt_records", "on_unavailable"})
     s = _section(raw, "snapshot", {"dir", "interval_s", "keep"})
     jdir = _str(j, "journal", "dir", d.journal_dir)
     sdir = _str(s, "snapshot", "dir", d.snapshot_dir)
@@ -208,7 +210,9 @@ def _durability(raw: Mapping, base: Path) -> DurabilityConfig:
         snapshot_dir=_resolve(base, sdir) if "dir" in s else sdir,
         snapshot_interval_s=_int(s, "snapshot", "interval_s", d.snapshot_interval_s, 1, 86_400),
         snapshot_keep=_int(s, "snapshot", "keep", d.snapshot_keep, 1, 1000),
-        skip_corrupt_journal_records=_bool(j, "journal", "skip_corrupt_records", False))
+        skip_corrupt_journal_records=_bool(j, "journal", "skip_corrupt_records", False),
+        on_journal_unavailable=_str(j, "journal", "on_unavailable", d.on_journal_unavailable,
+                                    ("allow", "review", "block")))
     try:
         out.journal_config()
     except ValueError as e:

@@ -52,6 +52,7 @@ HEADER_SIZE = 4096
 _HEADER = struct.Struct("<8sIIQIIQqQ")         # followed by crc32 of these bytes (u32)
 SUFFIX = ".rjl"
 FSYNC_POLICIES = ("none", "interval_ms", "batch")
+RETRY_NS = 100_000_000       # an unavailable journal (full disk) is retried this often
 
 _K0 = np.uint64(0x9E3779B97F4A7C15)
 _K1 = np.uint64(0xBF58476D1CE4E5B9)

@@ -670,3 +670,75 @@ def test_the_zero_fill_zeroes_exactly_its_range(tmp_path_factory, a, b):
         os.close(fd)
     data = path.read_bytes()
     assert data == b"\xff" * lo + bytes(hi - lo) + b"\xff" * (3 * 4096 - hi)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A real 1 MiB tmpfs (a full disk on demand), unmounted afterwards; root only."""
+    import subprocess
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (the full-disk tests run as root in CI)")
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def fill_disk(d) -> str:
+    """Write a file until the file system is full; returns its path (delete it to free)."""
+    path = os.path.join(str(d), "filler")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\x01" * 4096)
+    except OSError as e:
+        assert e.errno == 28
+    finally:
+        os.close(fd)
+    return path
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_a_full_disk_makes_the_journal_unavailable_not_a_crash_and_it_resumes(small_tmpfs, background):
+    """Issue 19, "Full disk": the rotation's posix_fallocate raised ENOSPC out of the append
+    and the worker crash-looped. Now try_reserve says no (counted), nothing is appended, and
+    once space returns the journal continues gap-free."""
+    jdir = small_tmpfs / "j"
+    cfg = JournalConfig(segment_bytes=HEADER_SIZE + 50 * RS, fsync="interval_ms")
+    w = JournalWriter(str(jdir), SCHEMA.dtype, SCHEMA.hash, 0, cfg)
+    w.background = background
+    try:
+        w.append_batch(batch(w, 40))
+        filler = fill_disk(small_tmpfs)
+        w._drop_next()                                     # no successor was prepared in time
+        assert w.try_reserve(10)                           # still fits in the current segment
+        w.append_batch(batch(w, 10, 40))
+        assert not w.try_reserve(5)                        # needs the next segment: no room
+        assert w.unavailable == 28 and w.write_errors == 1 and "No space" in w.last_error
+        assert not w.try_reserve(5) and w.write_errors == 1   # retried every RETRY_NS only
+        k = w.try_append_slots(np.zeros(5 * 8, np.uint64), 8, np.zeros((5, 4), np.uint64), 5)
+        assert k == 0 and w.last_seq == 50                 # a forced append journals nothing
+        os.unlink(filler)                                  # space returns
+        w._retry_at_ns = 0                                 # (instead of waiting RETRY_NS)
+        assert w.try_reserve(5) and w.unavailable == 0
+        w.append_batch(batch(w, 30, 50))
+    finally:
+        w.close()
+    r = reader(jdir)
+    check_records(r.read_all())
+    assert r.last_seq == 80
+
+
+def test_a_full_disk_at_the_first_segment_starts_unavailable(small_tmpfs):
+    filler = fill_disk(small_tmpfs)
+    cfg = JournalConfig(segment_bytes=HEADER_SIZE + 50 * RS, fsync="none")
+    with JournalWriter(str(small_tmpfs / "j"), SCHEMA.dtype, SCHEMA.hash, 0, cfg) as w:
+        assert w.unavailable == 28 and not w.try_reserve(1)
+        os.unlink(filler)
+        w._retry_at_ns = 0
+        assert w.try_reserve(1)
+        w.append_batch(batch(w, 3))
+    check_records(reader(small_tmpfs / "j").read_all())

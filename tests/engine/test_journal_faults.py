@@ -154,3 +154,82 @@ def test_a_flipped_bit_under_the_snapshot_never_reuses_seqs_and_loses_nothing(tm
     assert f"held by the snapshot, nothing lost: journal segment {path}: offset={off} seq={seq}:" in out2
     recs = JournalReader(jdir, SCHEMA.dtype, SCHEMA.hash, 0, skip_corrupt=True).read_all()
     assert int(recs["seq"][-1]) == 1500 and len(recs) == 1499
+
+
+def _metric(eng, name: str, **labels) -> float:
+    return value(scrape(eng.metrics_url), name, **labels)
+
+
+def test_a_full_disk_answers_journal_unavailable_without_restarts_then_resumes(tmp_path):
+    """Before: on a 2 MiB tmpfs the rotation's posix_fallocate raised ENOSPC out of the
+    worker's append; the worker crash-looped (each restart a full feature rebuild) and clients
+    got OVERLOADED "worker N is behind". Now the events that cannot be journaled are answered
+    with journal.on_unavailable's action flagged DEFAULT_JOURNAL (JOURNAL_UNAVAILABLE) and not
+    counted, no worker restarts, and decisions are normal again once space returns.
+    Allowed outcomes per request: a normal decision, or every decision of it flagged
+    JOURNAL_UNAVAILABLE (a request is one batch of one worker here)."""
+    import os
+    import subprocess
+    import pytest
+    if os.geteuid() != 0:
+        pytest.skip("mounting a 2 MiB tmpfs needs root (the full-disk test runs as root in CI)")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], check=True)
+    try:
+        ov = _overrides(tmp_path, 86_400, dir=str(disk / "journal"), segment_bytes=1 << 16)
+        with EngineProcess(tmp_path, workers=1, overrides=ov) as eng:
+            rng = np.random.default_rng(5)
+            normal = refused = 0
+            with Client(eng.endpoint, SCHEMA, timeout_ms=20_000, retries=0) as c:
+                def send() -> bool:
+                    """One request of 20 events; True if the journal refused it."""
+                    nonlocal normal, refused
+                    ds = c.evaluate_batch(random_events(rng, SCHEMA, 20))
+                    bad = [d for d in ds if d.error == "JOURNAL_UNAVAILABLE"]
+                    assert len(bad) in (0, len(ds)), ds
+                    for d in bad:
+                        assert d.action == "block" and d.flags == ("DEFAULT_JOURNAL",), d
+                    if not bad:
+                        assert all(not set(d.flags) - {"EVAL_ERROR"} for d in ds), ds
+                    normal += 0 if bad else len(ds)
+                    refused += len(bad)
+                    return bool(bad)
+
+                send()
+                filler = disk / "filler"
+                fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+                try:
+                    while True:
+                        os.write(fd, b"\x01" * 4096)
+                except OSError as e:
+                    assert e.errno == 28
+                finally:
+                    os.close(fd)
+                for _ in range(200):                   # a 64 KiB segment holds ~450 events
+                    if send():
+                        break
+                else:
+                    raise AssertionError("no JOURNAL_UNAVAILABLE after 4,000 events on a full disk")
+                for _ in range(20):                    # it stays so, answered at once
+                    assert send()
+                assert _metric(eng, "risk_journal_unavailable", worker="0") == 1
+                assert _metric(eng, "risk_journal_write_errors_total", worker="0") >= 1
+                assert _metric(eng, "risk_worker_restarts_total") == 0
+                os.unlink(filler)                      # space returns
+                t_end = time.monotonic() + 60
+                while send():
+                    assert time.monotonic() < t_end, "still JOURNAL_UNAVAILABLE 60 s after space returned"
+                    time.sleep(0.05)
+                for _ in range(20):
+                    assert not send()
+            assert _metric(eng, "risk_journal_unavailable", worker="0") == 0
+            assert _metric(eng, "risk_worker_restarts_total") == 0
+            out = eng.output()
+            assert "journal unavailable ([Errno 28] No space left on device)" in out
+            assert "journal available again" in out and "restarting" not in out
+            time.sleep(0.5)                            # the last appends are in the page cache
+            recs = JournalReader(str(disk / "journal"), SCHEMA.dtype, SCHEMA.hash, 0).read_all()
+            assert len(recs) == normal and refused >= 20 * 21   # refused events: not journaled
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=True)
