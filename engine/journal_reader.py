@@ -201,6 +201,8 @@ class JournalReader:
             words = words[:len(words) // w * w].reshape(-1, w)
             r = resume_after(words, 0, expect + pos - idx)
             if r >= 0:
+                if self._sealed_now(h, fd, idx, expect):
+                    return None               # a live writer's record, sealed meanwhile
                 return self._run(h, idx, expect, pos + r - idx, bad)
             if len(words) < m:
                 break
@@ -210,6 +212,16 @@ class JournalReader:
         if older and self.skip_corrupt:
             return self._run(h, idx, expect, h.capacity - idx, bad)
         return None
+
+    @staticmethod
+    def _sealed_now(h: SegmentHeader, fd: int, idx: int, expect: int) -> bool:
+        """Re-read record ``idx`` after a later record was seen committed. A writer seals in
+        order, so a record it was still writing when first read is committed by now; a
+        corrupt one is not. Keeps a reader beside a live writer from calling its record
+        being written corruption (it stays a torn tail until sealed)."""
+        row = np.frombuffer(os.pread(fd, h.record_size, HEADER_SIZE + idx * h.record_size), np.uint64)
+        return len(row) * 8 == h.record_size and \
+            int(_count_valid(row.reshape(1, -1), np.uint64(expect))) == 1
 
     @staticmethod
     def _run(h: SegmentHeader, idx: int, expect: int, count: int, bad: TornTail | None) -> CorruptRecords:

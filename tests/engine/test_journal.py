@@ -742,3 +742,20 @@ def test_a_full_disk_at_the_first_segment_starts_unavailable(small_tmpfs):
         assert w.try_reserve(1)
         w.append_batch(batch(w, 3))
     check_records(reader(small_tmpfs / "j").read_all())
+
+
+def test_a_record_a_live_writer_was_sealing_is_not_called_corruption(tmp_path):
+    """A reader beside a live writer may read record i half-written and then, in a later
+    read, records after it sealed. The re-read of record i (sealed by then: the writer seals
+    in order) keeps that a torn tail, never corruption."""
+    from engine.journal import TornTail
+    fill(tmp_path, [30])
+    r = reader(tmp_path)
+    h = r.segments()[0]
+    with open(h.path, "rb") as f:                          # record 5 intact on disk now, as
+        bad = TornTail(h.path, HEADER_SIZE + 4 * RS, 5, "checksum mismatch")   # if sealed
+        assert r._corrupt_run(h, f.fileno(), 4, 5, bad, older=False) is None   # after the 1st read
+    corrupt(h.path, HEADER_SIZE + 4 * RS + 20)             # really corrupt: it stays so
+    with open(h.path, "rb") as f:
+        run = r._corrupt_run(h, f.fileno(), 4, 5, bad, older=False)
+    assert (run.seq, run.count, run.offset) == (5, 1, HEADER_SIZE + 4 * RS)
