@@ -12,6 +12,7 @@ from engine.config import load_config
 from engine.journal import HEADER_SIZE, JournalReader, journal_dtype, list_segments
 from engine.snapshot import SnapshotStore
 from ingress.client import Client
+from shm.segment import reclaim_stale
 from tests.engine.engine_proc import EngineProcess
 from tests.engine.test_crash_recovery import FEATURES, RULES, table_contents
 from tests.engine.test_e2e import random_events
@@ -37,6 +38,12 @@ def _same_engine(tmp, first: EngineProcess, ov: dict, extra_args: tuple = ()) ->
     eng.raw["snapshot"] = {**eng.raw["snapshot"], "dir": first.raw["snapshot"]["dir"]}
     eng.config_path.write_text(yaml.safe_dump(eng.raw, sort_keys=False))
     return eng
+
+
+def _kill(eng: EngineProcess) -> None:
+    """kill -9 of the whole engine; its shared memory reclaimed (the disk is what matters)."""
+    eng.kill()
+    reclaim_stale(eng.instance)
 
 
 def _send(eng, acked: dict, n_batches: int, seed: int) -> None:
@@ -80,7 +87,7 @@ def test_a_flipped_bit_mid_segment_stops_start_then_the_flag_skips_exactly_that_
     try:
         _send(eng, acked, 100, seed=1)                 # 1,000 acknowledged events
     finally:
-        eng.kill()                                     # kill -9 of the whole engine
+        _kill(eng)                                     # kill -9 of the whole engine
     jdir = eng.raw["journal"]["dir"]
     path, off, seq, account = _flip_bit_from_end(jdir, 300)
 
@@ -93,7 +100,7 @@ def test_a_flipped_bit_mid_segment_stops_start_then_the_flag_skips_exactly_that_
         assert f"{path}: offset={off} seq={seq}:" in refused.output()
         assert "--skip-corrupt-journal-records" in refused.output()
     finally:
-        refused.kill()
+        _kill(refused)
     assert len(JournalReader(jdir, SCHEMA.dtype, SCHEMA.hash, 0,
                              skip_corrupt=True).read_all()) == 999      # nothing was discarded
 
@@ -129,7 +136,7 @@ def test_a_flipped_bit_under_the_snapshot_never_reuses_seqs_and_loses_nothing(tm
         else:
             raise AssertionError("no snapshot of the whole journal within 60 s")
     finally:
-        eng.kill()
+        _kill(eng)
     path, off, seq, _ = _flip_bit_from_end(jdir, 300)  # held by the snapshot: nothing lost
 
     ov = _overrides(tmp_path, 86_400)                  # no newer snapshot from here on
@@ -139,7 +146,7 @@ def test_a_flipped_bit_under_the_snapshot_never_reuses_seqs_and_loses_nothing(tm
         _send(eng2, acked, 50, seed=3)                 # 500 more, acknowledged
         out2 = eng2.output()
     finally:
-        eng2.kill()
+        _kill(eng2)
     sdir = eng.raw["snapshot"]["dir"]                 # a newer snapshot that fails validation:
     bogus = f"{sdir}/snap-{time.time_ns() + 10**12:020d}.rsnap"   # refused, said and counted
     with open(sorted(SnapshotStore(sdir).paths())[-1], "rb") as f, open(bogus, "wb") as g:
