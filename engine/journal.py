@@ -349,7 +349,9 @@ class JournalWriter:
         done = 0
         while done < n:
             try:
-                if self._pos == self._cap:
+                if self._mm is None:            # no segment yet (a full disk at open)
+                    self._create(self._first)
+                elif self._pos == self._cap:
                     self._rotate()
             except OSError as e:
                 self._fail(e)

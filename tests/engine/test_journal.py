@@ -736,12 +736,20 @@ def test_a_full_disk_at_the_first_segment_starts_unavailable(small_tmpfs):
     filler = fill_disk(small_tmpfs)
     cfg = JournalConfig(segment_bytes=HEADER_SIZE + 50 * RS, fsync="none")
     with JournalWriter(str(small_tmpfs / "j"), SCHEMA.dtype, SCHEMA.hash, 0, cfg) as w:
-        assert w.unavailable == 28 and not w.try_reserve(1)
+        assert w.unavailable == 28 and not w.try_reserve(1) and w.last_seq == 0
+        with pytest.raises(OSError, match="No space"):      # a library append says so
+            w.append_batch(batch(w, 3))
         os.unlink(filler)
         w._retry_at_ns = 0
         assert w.try_reserve(1)
         w.append_batch(batch(w, 3))
     check_records(reader(small_tmpfs / "j").read_all())
+    filler = fill_disk(small_tmpfs)
+    with JournalWriter(str(small_tmpfs / "k"), SCHEMA.dtype, SCHEMA.hash, 0, cfg) as w:
+        assert w.unavailable == 28
+        os.unlink(filler)
+        w.append_batch(batch(w, 3))                        # without try_reserve: made at once
+    check_records(reader(small_tmpfs / "k").read_all())
 
 
 def test_a_record_a_live_writer_was_sealing_is_not_called_corruption(tmp_path):
