@@ -269,7 +269,7 @@ class JournalWriter:
             src = records.view(np.uint64)                    # raw words: padding bytes included
         except ValueError:
             src = np.ascontiguousarray(records).view(np.uint64)
-        return self._append_rows(len(records), _append, (src,))
+        return self._append_or_raise(len(records), _append, (src,))
 
     def append_slots(self, req_words: np.ndarray, req_w: int, resp_words: np.ndarray,
                      n: int) -> tuple[int, int]:
@@ -279,7 +279,7 @@ class JournalWriter:
         slots as 2-d u64 rows (token, score, generation, action, flags ...). engine.worker
         asserts the slot layouts this relies on (journal_format._append_slots). Returns
         (first, last) seq."""
-        return self._append_rows(n, _append_slots, (req_words, req_w, self._slot_mask, resp_words))
+        return self._append_or_raise(n, _append_slots, (req_words, req_w, self._slot_mask, resp_words))
 
     def try_append_slots(self, req_words: np.ndarray, req_w: int, resp_words: np.ndarray,
                          n: int) -> int:
@@ -287,8 +287,7 @@ class JournalWriter:
         (with fsync=batch: made durable); fewer than n only when the disk failed (full, I/O
         error: ``unavailable`` is then set and counted), never raising for that. Call
         ``try_reserve(n)`` first, so that a rotation finds its successor allocated."""
-        return self._append_rows(n, _append_slots, (req_words, req_w, self._slot_mask, resp_words),
-                                 partial=True)[0]
+        return self._append_rows(n, _append_slots, (req_words, req_w, self._slot_mask, resp_words))
 
     def try_reserve(self, n: int) -> bool:
         """Whether ``n`` records can be journaled now: they fit in the current segment, or its
@@ -340,12 +339,19 @@ class JournalWriter:
             self._fail(e)
             self._sync_failed = self._sync_failed or sync
 
-    def _append_rows(self, n: int, kernel, args: tuple, partial: bool = False) -> tuple[int, int]:
+    def _append_or_raise(self, n: int, kernel, args: tuple) -> tuple[int, int]:
+        """``_append_rows`` for the library API: (first, last) seq, or OSError on a disk failure."""
+        first = self.next_seq
+        if self._append_rows(n, kernel, args) < n:
+            raise OSError(self.unavailable, f"journal {self.directory} writer_id={self.writer_id}: "
+                                            f"{self.last_error}")
+        return first, first + n - 1
+
+    def _append_rows(self, n: int, kernel, args: tuple) -> int:
         """``kernel(words, pos, *args, first_row, k, first_seq)`` copies and seals rows
         first_row.. into rows pos.. of the current segment; rotations between the pieces.
-        A disk failure (rotation, fsync=batch sync) stops it: ``partial`` returns (rows
-        journaled, 0), else it raises the OSError."""
-        first = self.next_seq
+        Returns the rows journaled: fewer than n after a disk failure (rotation, fsync=batch
+        sync), which ``_fail`` notes."""
         done = 0
         while done < n:
             try:
@@ -370,12 +376,7 @@ class JournalWriter:
                     break
             done += k
         self.records_appended += done
-        if done < n:
-            if partial:
-                return done, 0
-            raise OSError(self.unavailable, f"journal {self.directory} writer_id={self.writer_id}: "
-                                            f"{self.last_error}")
-        return (done, 0) if partial else (first, first + n - 1)
+        return done
 
     def append_columns(self, event: np.ndarray, arrival_ns, action, flags, score,
                        generation) -> tuple[int, int]:
