@@ -10,6 +10,10 @@ def add_arguments(p):
     p.add_argument("--workers", type=int, metavar="N", help="worker processes (overrides workers.count)")
     p.add_argument("--instance", help="instance name: shared-memory prefix and run dir (overrides instance)")
     p.add_argument("--ebpf", action="store_true", help="also run the eBPF socket-telemetry sidecar")
+    p.add_argument("--skip-corrupt-journal-records", action="store_true",
+                   help="recovery skips corrupt journal records (each logged and counted in "
+                        "risk_journal_corrupt_records_total) and keeps every later one, instead of "
+                        "refusing to start (sets journal.skip_corrupt_records; docs/DURABILITY.md)")
 
 
 def apply_overrides(cfg, args):
@@ -32,6 +36,8 @@ def apply_overrides(cfg, args):
         if not 1 <= args.workers <= 64:
             raise ConfigError("--workers", f"must be in [1, 64], got {args.workers}")
         cfg = replace(cfg, workers=replace(cfg.workers, count=args.workers, cpus=cfg.workers.cpus))
+    if getattr(args, "skip_corrupt_journal_records", False):
+        cfg = replace(cfg, durability=replace(cfg.durability, skip_corrupt_journal_records=True))
     if args.instance:
         if not args.instance.isalnum() or len(args.instance) > 16:
             raise ConfigError("--instance", f"must be 1-16 letters/digits, got {args.instance!r}")
@@ -49,10 +55,12 @@ def run(args) -> int:
     except ConfigError as e:
         print(f"risk-engine: config error: {e}", file=sys.stderr)
         return 2
+    from engine.journal_format import JournalError
     from engine.recovery import RecoveryError
     try:
         return serve(cfg, ebpf=args.ebpf)
-    except (StartupError, TopologyError, ConfigError, RecoveryError, ValueError, OSError) as e:
+    except (StartupError, TopologyError, ConfigError, RecoveryError, JournalError, ValueError,
+            OSError) as e:
         # ValueError covers list files and feature specs (engine.features: key path + value)
         print(f"risk-engine: cannot start: {e}", file=sys.stderr)
         return 2

@@ -99,6 +99,10 @@ class DurabilityConfig:
     snapshot_dir: str = "{state}/{instance}/snapshots"
     snapshot_interval_s: int = 60
     snapshot_keep: int = 3
+    # recovery skips (and reports) corrupt journal records instead of stopping at them
+    skip_corrupt_journal_records: bool = False
+    # the action for events that cannot be journaled (full disk), flagged DEFAULT_JOURNAL
+    on_journal_unavailable: str = "block"
 
     def journal_config(self):
         from engine.journal import JournalConfig
@@ -206,7 +210,7 @@ def state_root() -> str:
 def _durability(raw: Mapping, base: Path) -> DurabilityConfig:
     d = DurabilityConfig
     j = _section(raw, "journal", {"enabled", "dir", "fsync", "interval_ms", "segment_bytes",
-                                  "max_files", "max_age_s"})
+                                  "max_files", "max_age_s", "skip_corrupt_records", "on_unavailable"})
     s = _section(raw, "snapshot", {"dir", "interval_s", "keep"})
     jdir = _str(j, "journal", "dir", d.journal_dir).replace("{state}", state_root())
     sdir = _str(s, "snapshot", "dir", d.snapshot_dir).replace("{state}", state_root())
@@ -220,7 +224,10 @@ def _durability(raw: Mapping, base: Path) -> DurabilityConfig:
         max_age_s=_int(j, "journal", "max_age_s", 0, 0, 1 << 31),
         snapshot_dir=_resolve(base, sdir),
         snapshot_interval_s=_int(s, "snapshot", "interval_s", d.snapshot_interval_s, 1, 86_400),
-        snapshot_keep=_int(s, "snapshot", "keep", d.snapshot_keep, 1, 1000))
+        snapshot_keep=_int(s, "snapshot", "keep", d.snapshot_keep, 1, 1000),
+        skip_corrupt_journal_records=_bool(j, "journal", "skip_corrupt_records", False),
+        on_journal_unavailable=_str(j, "journal", "on_unavailable", d.on_journal_unavailable,
+                                    ("allow", "review", "block")))
     try:
         out.journal_config()
     except ValueError as e:

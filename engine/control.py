@@ -69,7 +69,7 @@ SUPERVISOR = [("header", 2), ("stop", 1), ("generation", 1), ("worker_restarts",
               ("worker_epoch", MAX_WORKERS), ("worker_pid", MAX_WORKERS),
               ("worker_alive", MAX_WORKERS), ("ingress_pid", 1), ("ingress_alive", 1),
               ("snapshot_log", 1 + LOG_ENTRIES * LOG_WIDTH), ("worker_restart_ns", 1),
-              ("standby_pid", 1)]
+              ("standby_pid", 1), ("journal_corrupt_records", 1), ("snapshots_refused", 1)]
 # why a request was refused with OVERLOADED (ingress.overloaded[i]; risk_overloaded_total{reason})
 OVERLOAD_REASONS = ("shed", "ring_full", "max_inflight", "worker_behind")
 INGRESS = [("requests", N_TRANSPORTS * N_CODES), ("decisions", 3), ("inflight", 1),
@@ -84,6 +84,7 @@ WORKER = [("batches", 1), ("events", 1), ("generation", 1), ("reload_errors", 1)
           ("pickup_hist", _hist(NB)), ("stalls", len(STALL_PHASES)),
           ("stall_log", 1 + LOG_ENTRIES * LOG_WIDTH),
           ("row_generation", 2), ("py_blocks", 1),
+          ("journal_unavailable", 1), ("journal_write_errors", 1),
           ("rule_hits", 2 * MAX_RULES), ("rule_errors", 2 * MAX_RULES)]
 # Rule counters come in two rows: generation g counts into row g % 2. A row is zeroed only
 # when generation g + 2 starts, and the supervisor folds a row into its totals before it

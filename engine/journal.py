@@ -19,6 +19,7 @@ journal (journal_format.pending_successor), so a crash before publication loses 
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
 import mmap
 import os
@@ -29,11 +30,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.journal_format import (FSYNC_POLICIES, HEADER_SIZE, MAGIC, SUFFIX, VERSION,  # noqa: F401
-                                   JournalCorruptError, JournalError, JournalGapError,
-                                   SegmentHeader, _append, _append_slots, _count_valid, _unlink,
+                                   RETRY_NS, CorruptRecords, JournalCorruptError, JournalError,
+                                   JournalGapError, SegmentHeader, _append, _append_slots, _unlink,
                                    checksum, field_mask, fsync_dir, fsync_path, journal_dtype,
                                    list_segments, list_writers, now_ns, pending_successor, read_header,
-                                   segment_name, warm_up)
+                                   segment_name, walk_segment, warm_up)
 from engine.journal_reader import JournalReader, TornTail, iter_merged  # noqa: F401
 from engine.securedir import ensure_private_dir
 
@@ -50,6 +51,10 @@ from engine.securedir import ensure_private_dir
 # on the reply path, and its first write of a block converts the fallocated (unwritten) extent
 # there: `python -m bench.journal` put batches of 64 at 0.7-0.8x the throughput without the
 # writeback ahead. That policy keeps it and writes each page twice (docs/DURABILITY.md, 1).
+# A full disk or a failing one: the journal is unavailable (JournalWriter.try_reserve says so,
+# the worker answers JOURNAL_UNAVAILABLE) until a retry succeeds; any other OSError is a bug
+# and raises.
+DISK_ERRNOS = frozenset((errno.ENOSPC, errno.EDQUOT, errno.EIO))
 _ZERO_PAGE = memoryview(bytes(mmap.PAGESIZE))
 _ZERO_CHUNK = 1 << 20                        # bytes zero-filled per loop round
 _SYNC_FILE_RANGE_WRITE = 2
@@ -160,13 +165,16 @@ class JournalWriter:
     """The single writer of one worker's journal (OneToMany: no locks; one process appends).
 
     Opening an existing journal finds the last committed record of the newest segment,
-    zeroes whatever follows it (a torn tail), and continues the sequence from there.
+    stepping over corrupt runs (records after them are kept; listed in ``corrupt``), zeroes
+    whatever follows it (a torn tail), and continues the sequence from there. ``seq_floor``
+    (the newest snapshot's seq for this writer): the sequence never restarts at or below it.
     ``append_batch`` is the hot path: one copy of the batch into the mmap and one njit pass
     that numbers and checksums it.
     """
 
     def __init__(self, directory: str, event_dtype: np.dtype, schema_hash: int,
-                 writer_id: int = 0, config: JournalConfig = JournalConfig(), first_seq: int = 1):
+                 writer_id: int = 0, config: JournalConfig = JournalConfig(), first_seq: int = 1,
+                 seq_floor: int = 0):
         self.directory = str(directory)
         self.dtype = journal_dtype(event_dtype)
         self.schema_hash = int(schema_hash)
@@ -197,6 +205,18 @@ class JournalWriter:
         self.syncs = self.rotations = self.publications = self.segments_deleted = 0
         self.torn_bytes_repaired = 0
         self.records_appended = 0
+        self.seq_floor = int(seq_floor)
+        self.corrupt: list[CorruptRecords] = []   # stepped over at open (never rewritten)
+        # full disk / I/O errors (try_reserve): errno while unavailable, else 0
+        self.unavailable = 0
+        self.last_error = ""
+        self.write_errors = 0
+        self._retry_at_ns = 0
+        self._sync_failed = False              # a sync failed: nothing is durable until one works
+        self._first = max(int(first_seq), self.seq_floor + 1)
+        self._pos = 0
+        self._dirty_lo = self._dirty_hi = 0
+        self._last_sync_ns = time.monotonic_ns()
         warm_up()
         ensure_private_dir(self.directory, "journal.dir")
         self._next = None                      # the next segment, being zero-filled when idle
@@ -211,7 +231,15 @@ class JournalWriter:
                 if name.startswith(prefix) and name.endswith(SUFFIX + ".tmp"):
                     _unlink(os.path.join(self.directory, name))   # a crash mid-preparation
             if not segs:
-                self._create(int(first_seq))
+                try:
+                    self._create(self._first)
+                except OSError as e:           # a full disk at the first segment: start
+                    self._fail(e)              # unavailable (try_reserve retries), not crash
+                    self._cap = 0
+            elif self.last_seq < self.seq_floor:
+                raise JournalError(f"journal {self.directory} writer_id={self.writer_id}: it ends at "
+                                   f"seq {self.last_seq} but a snapshot counted seq {self.seq_floor}; "
+                                   f"refusing to reuse sequence numbers")
         except BaseException:
             self.close()                       # releases the lock of a failed open
             raise
@@ -242,7 +270,7 @@ class JournalWriter:
             src = records.view(np.uint64)                    # raw words: padding bytes included
         except ValueError:
             src = np.ascontiguousarray(records).view(np.uint64)
-        return self._append_rows(len(records), _append, (src,))
+        return self._append_or_raise(len(records), _append, (src,))
 
     def append_slots(self, req_words: np.ndarray, req_w: int, resp_words: np.ndarray,
                      n: int) -> tuple[int, int]:
@@ -252,26 +280,104 @@ class JournalWriter:
         slots as 2-d u64 rows (token, score, generation, action, flags ...). engine.worker
         asserts the slot layouts this relies on (journal_format._append_slots). Returns
         (first, last) seq."""
+        return self._append_or_raise(n, _append_slots, (req_words, req_w, self._slot_mask, resp_words))
+
+    def try_append_slots(self, req_words: np.ndarray, req_w: int, resp_words: np.ndarray,
+                         n: int) -> int:
+        """``append_slots`` for the worker: returns how many of the ``n`` rows were journaled
+        (with fsync=batch: made durable); fewer than n only when the disk failed (full, I/O
+        error: ``unavailable`` is then set and counted), never raising for that. Call
+        ``try_reserve(n)`` first, so that a rotation finds its successor allocated."""
         return self._append_rows(n, _append_slots, (req_words, req_w, self._slot_mask, resp_words))
 
-    def _append_rows(self, n: int, kernel, args: tuple) -> tuple[int, int]:
-        """``kernel(words, pos, *args, first_row, k, first_seq)`` copies and seals rows
-        first_row.. into rows pos.. of the current segment; rotations between the pieces."""
+    def try_reserve(self, n: int) -> bool:
+        """Whether ``n`` records can be journaled now: they fit in the current segment, or its
+        successor is allocated (``posix_fallocate`` reserved its blocks: the rotation then needs
+        no new space, and nothing can fail as SIGBUS in the mapping). False while the journal
+        is unavailable (a full disk, an I/O error); the allocation is retried at most every
+        RETRY_NS, and the first success makes it available again. One comparison when the
+        records fit: the worker calls it before evaluating each batch."""
+        if self._pos + n <= self._cap and not self._sync_failed:
+            return True
+        return self._try_ready(n)
+
+    def _try_ready(self, n: int) -> bool:
+        now = time.monotonic_ns()
+        if self.unavailable and now < self._retry_at_ns:
+            return False
+        try:
+            if self._sync_failed:
+                self.sync()
+                self._sync_failed = False
+            if self._mm is None:                    # no segment yet (a full disk at open)
+                self._create(self._first)
+            elif self._pos + n > self._cap:
+                with self._hk_lock:
+                    nxt = self._first + self._cap
+                    if self._next is None or self._next.first != nxt:
+                        self._drop_next()
+                        self._open_next(nxt)
+        except OSError as e:
+            self._fail(e)
+            return False
+        self.unavailable = 0
+        return True
+
+    def _fail(self, e: OSError) -> None:
+        """Note a disk failure (unavailable until a retry works); other errors raise."""
+        if e.errno not in DISK_ERRNOS:
+            raise e
+        self.unavailable = e.errno
+        self.last_error = str(e)
+        self.write_errors += 1
+        self._retry_at_ns = time.monotonic_ns() + RETRY_NS
+
+    def note_error(self, e: OSError, sync: bool) -> None:
+        """From the housekeeping thread: a disk failure there. ``sync``: a sync of appended
+        records failed, so nothing more is journaled until one succeeds. Other errors are
+        the thread's to report."""
+        if e.errno in DISK_ERRNOS:
+            self._fail(e)
+            self._sync_failed = self._sync_failed or sync
+
+    def _append_or_raise(self, n: int, kernel, args: tuple) -> tuple[int, int]:
+        """``_append_rows`` for the library API: (first, last) seq, or OSError on a disk failure."""
         first = self.next_seq
+        if self._append_rows(n, kernel, args) < n:
+            raise OSError(self.unavailable, f"journal {self.directory} writer_id={self.writer_id}: "
+                                            f"{self.last_error}")
+        return first, first + n - 1
+
+    def _append_rows(self, n: int, kernel, args: tuple) -> int:
+        """``kernel(words, pos, *args, first_row, k, first_seq)`` copies and seals rows
+        first_row.. into rows pos.. of the current segment; rotations between the pieces.
+        Returns the rows journaled: fewer than n after a disk failure (rotation, fsync=batch
+        sync), which ``_fail`` notes."""
         done = 0
         while done < n:
-            if self._pos == self._cap:
-                self._rotate()
+            try:
+                if self._mm is None:            # no segment yet (a full disk at open)
+                    self._create(self._first)
+                elif self._pos == self._cap:
+                    self._rotate()
+            except OSError as e:
+                self._fail(e)
+                break
             k = min(n - done, self._cap - self._pos)
             p = self._pos
             kernel(self._words, p, *args, done, k, self._first + p)   # one copy + seal pass
             self._mark_dirty(p, p + k)
             self._pos = p + k
-            done += k
             if self.config.fsync == "batch":
-                self.sync()
-        self.records_appended += n
-        return first, first + n - 1
+                try:
+                    self.sync()
+                except OSError as e:           # appended, not durable: not journaled as far
+                    self._fail(e)              # as the caller's reply is concerned
+                    self._sync_failed = True
+                    break
+            done += k
+        self.records_appended += done
+        return done
 
     def append_columns(self, event: np.ndarray, arrival_ns, action, flags, score,
                        generation) -> tuple[int, int]:
@@ -566,7 +672,9 @@ class JournalWriter:
 
     def _create(self, first: int) -> None:
         """Finish the next segment, publish it by rename, map it."""
-        path = self._take_next(first).path
+        self._publish_and_map(self._take_next(first).path, first)
+
+    def _publish_and_map(self, path: str, first: int) -> None:
         os.rename(path + ".tmp", path)
         if self.config.fsync != "none":
             fsync_dir(self.directory)
@@ -598,7 +706,12 @@ class JournalWriter:
         hdr = read_header(path, self.schema_hash, self._rs, self.writer_id)
         self._cap = hdr.capacity              # segment_bytes may have changed: finish this one as is
         self._map(path, hdr.first_seq, 0)
-        n = int(_count_valid(self._words, np.uint64(hdr.first_seq)))
+        # never cut the journal at a corrupt record that later records outlive, nor below the
+        # floor: the next kill -9 would then replay past reused sequence numbers
+        n, runs = walk_segment(self._words, hdr.first_seq, self.seq_floor)
+        self.corrupt += [CorruptRecords(path, HEADER_SIZE + r * self._rs, hdr.first_seq + r, k,
+                                        "invalid record(s) stepped over at open (kept as found)")
+                         for r, k in runs]
         tail = self._recs[n:].view(np.uint8)
         nz = np.flatnonzero(tail)
         if len(nz):                            # torn tail: zero it so no stale record revives
@@ -616,11 +729,11 @@ class JournalWriter:
             # old segment durable, then publishes the new one (publish_pending).
             self.publish_pending()             # the previous one, if the thread is behind
             with self._hk_lock:
+                n = self._take_next(nxt)           # first: a full disk leaves all as it was
                 before = self._path
                 self._recs = self._words = self._raw = None
                 self._retired.append(self._mm)     # munmap of a dirty 64 MiB map took ~10 ms
                 self._mm = None                    # here: housekeep does it, not the append
-                n = self._take_next(nxt)
                 self._map(n.path + ".tmp", nxt, 0)
                 self._unpublished = (before, n.path, n)
                 self._retention_due = True         # unlinking old segments: housekeep too
@@ -630,10 +743,11 @@ class JournalWriter:
             self.sync()
         self._unmap_retired()                  # the one before (on_idle may not have)
         with self._hk_lock:
+            path = self._take_next(nxt).path       # first: a full disk leaves all as it was
             self._recs = self._words = self._raw = None
             self._retired.append(self._mm)
             self._mm = None
-            self._create(nxt)
+            self._publish_and_map(path, nxt)
         self.rotations += 1
         self._apply_retention()
 

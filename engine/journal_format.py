@@ -26,9 +26,12 @@ renamed once its header is written::
 ``check`` is the per-record checksum and the commit marker: a 64-bit multiply-xorshift hash of
 every other word of the record, with its low bit forced to 1 so that never-written (zero) space
 never validates. A record is committed iff ``check`` matches and ``seq`` is the next expected
-number; sequence numbers start at 1 and are gap-free per writer. The first invalid record
-ends the journal: zeros after it mean a clean end, anything else is a torn tail (reported,
-ignored) in the last segment and corruption (``JournalCorruptError``) in an earlier one.
+number; sequence numbers start at 1 and are gap-free per writer. An invalid record followed,
+in the same segment, by a record committed at its own place (``resume_after``) is corruption
+in the middle of the journal: reported with file, offset and seq, never taken for the end.
+Otherwise the first invalid record ends the journal: zeros after it mean a clean end, anything
+else is a torn tail (reported, ignored) in the last segment and corruption
+(``JournalCorruptError``) in an earlier one.
 
 Durability of each ``fsync`` policy: see docs/DURABILITY.md.
 """
@@ -49,6 +52,7 @@ HEADER_SIZE = 4096
 _HEADER = struct.Struct("<8sIIQIIQqQ")         # followed by crc32 of these bytes (u32)
 SUFFIX = ".rjl"
 FSYNC_POLICIES = ("none", "interval_ms", "batch")
+RETRY_NS = 100_000_000       # an unavailable journal (full disk) is retried this often
 
 _K0 = np.uint64(0x9E3779B97F4A7C15)
 _K1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -69,6 +73,21 @@ class JournalCorruptError(JournalError):
 
 class JournalGapError(JournalError):
     """The asked sequence number is not in the retained journal."""
+
+
+@dataclass(frozen=True)
+class CorruptRecords:
+    """A run of ``count`` invalid records (seq .. seq + count - 1) that records after it
+    outlive: corruption, not a torn tail (a torn tail is only a suffix at the write position)."""
+    path: str
+    offset: int      # byte offset in the file of the first invalid record
+    seq: int         # its sequence number
+    count: int
+    reason: str
+
+    def __str__(self) -> str:
+        seqs = f"seq={self.seq}" if self.count == 1 else f"seq={self.seq}..{self.seq + self.count - 1}"
+        return f"journal segment {self.path}: offset={self.offset} {seqs}: {self.reason}"
 
 
 def journal_dtype(event_dtype: np.dtype) -> np.dtype:
@@ -155,6 +174,40 @@ def _count_valid(words, expect_seq):
         if words[i, 0] != expect_seq + np.uint64(i) or words[i, w] != _record_hash(words[i]):
             return i
     return words.shape[0]
+
+
+def resume_after(words, bad: int, expect: int) -> int:
+    """Index of the first row after row ``bad`` (whose expected seq is ``expect``) that is
+    committed at its own place (seq ``expect + (i - bad)``, check matching), or -1. Rows are
+    u64 words as in the kernels; ``words`` may start anywhere in a segment."""
+    rest = words[bad + 1:, 0]
+    want = np.arange(expect + 1, expect + 1 + len(rest), dtype=np.uint64)
+    for c in np.flatnonzero(rest == want).tolist():
+        i = bad + 1 + c
+        if _count_valid(words[i:i + 1], np.uint64(expect + 1 + c)):
+            return i
+    return -1
+
+
+def walk_segment(words, first_seq: int, floor_seq: int = 0) -> tuple[int, list[tuple[int, int]]]:
+    """(end, runs): ``end`` the row after the last committed record of a segment, stepping
+    over corrupt runs; ``runs`` those runs as (row, count). A run is corrupt when a committed
+    record follows it, or when it is not zeros to the end and its seq is <= ``floor_seq`` (a
+    snapshot already counted it: it was written, so it is not a tail); then the walk goes on
+    after ``floor_seq``. Zeros to the end are the journal's end, wherever the floor is."""
+    cap, pos, runs = words.shape[0], 0, []
+    while pos < cap:
+        pos += int(_count_valid(words[pos:], np.uint64(first_seq + pos)))
+        if pos >= cap:
+            break
+        r = resume_after(words, pos, first_seq + pos)
+        if r < 0 and first_seq + pos <= floor_seq and words[pos:].any():
+            r = min(cap, floor_seq - first_seq + 1)
+        if r < 0:
+            break
+        runs.append((pos, r - pos))
+        pos = r
+    return pos, runs
 
 
 def warm_up() -> None:

@@ -1,9 +1,12 @@
 """Journal reader: one writer's records in sequence order as numpy batches, every record validated.
 
 A committed record has a matching check word and the next expected seq (engine.journal_format).
-The first record that is not committed ends the journal: zeros from there to the end of the
-file mean a clean end; anything else is a torn tail (reported in ``JournalReader.torn``,
-ignored) in the newest segment, and ``JournalCorruptError`` (file, offset) in an older one.
+An invalid record that committed records follow in its segment is corruption: it raises
+``JournalCorruptError`` naming file, offset and seq (nothing after it is dropped), or, with
+``skip_corrupt``, is stepped over and listed in ``JournalReader.corrupt``. Otherwise the first
+record that is not committed ends the journal: zeros from there to the end of the file mean a
+clean end; anything else is a torn tail (reported in ``JournalReader.torn``, ignored) in the
+newest segment, and ``JournalCorruptError`` (file, offset) in an older one.
 A sealed successor not yet published (``*.rjl.tmp``, engine.journal_format.pending_successor)
 is read after the newest segment when that one is complete, and ignored otherwise.
 """
@@ -14,9 +17,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.journal_format import (HEADER_SIZE, JournalCorruptError, JournalGapError, SegmentHeader,
-                                   _count_valid, journal_dtype, list_segments, list_writers,
-                                   pending_successor, read_header)
+from engine.journal_format import (HEADER_SIZE, CorruptRecords, JournalCorruptError, JournalGapError,
+                                   SegmentHeader, _count_valid, journal_dtype, list_segments,
+                                   list_writers, pending_successor, read_header, resume_after)
+
+SKIP_HINT = ("recovery stopped and nothing was discarded; restore the file from a copy, or "
+             "restart with --skip-corrupt-journal-records (journal.skip_corrupt_records: true) "
+             "to skip exactly the corrupt record(s) and keep every later one")
 
 
 @dataclass(frozen=True)
@@ -36,13 +43,22 @@ class JournalReader:
     seq of the last committed record read (from_seq - 1 if none was) and ``torn`` describes
     an ignored tail (or is None). Batches are fresh arrays (not views of a reused buffer) and
     never span two segments.
+
+    ``skip_corrupt``: step over corrupt runs (listed in ``corrupt``, a list the caller may
+    pass to share) instead of raising; the records after them are read. ``floor_seq``: a
+    record with seq <= floor_seq is known to have been written (a snapshot counted it), so an
+    invalid one there is corruption even with nothing valid after it.
     """
 
-    def __init__(self, directory: str, event_dtype: np.dtype, schema_hash: int, writer_id: int = 0):
+    def __init__(self, directory: str, event_dtype: np.dtype, schema_hash: int, writer_id: int = 0,
+                 *, skip_corrupt: bool = False, floor_seq: int = 0, corrupt: list | None = None):
         self.directory = str(directory)
         self.dtype = journal_dtype(event_dtype)
         self.schema_hash = int(schema_hash)
         self.writer_id = int(writer_id)
+        self.skip_corrupt = skip_corrupt
+        self.floor_seq = int(floor_seq)
+        self.corrupt: list[CorruptRecords] = [] if corrupt is None else corrupt
         self.last_seq = 0
         self.torn: TornTail | None = None
 
@@ -121,10 +137,10 @@ class JournalReader:
                 raise JournalGapError(f"journal segment {h.path}: seq {expect} is past its capacity {h.capacity}")
             bad = None
             with _open_segment(h.path, pending=i > last) as f:
-                f.seek(HEADER_SIZE + idx * rs)
                 while idx < h.capacity:
                     m = min(batch_records, h.capacity - idx)
                     buf = np.empty(m * rs, np.uint8)
+                    f.seek(HEADER_SIZE + idx * rs)
                     f.readinto(memoryview(buf))
                     words = buf.view(np.uint64).reshape(m, w)
                     n = int(_count_valid(words, np.uint64(expect)))
@@ -132,9 +148,18 @@ class JournalReader:
                         yield buf.view(self.dtype)[:n]
                         expect += n
                         idx += n
-                    if n < m:
-                        bad = self._classify(h, f.fileno(), idx, words[n], expect)
+                    if n == m:
+                        continue
+                    bad = self._classify(h, f.fileno(), idx, words[n], expect)
+                    run = self._corrupt_run(h, f.fileno(), idx, expect, bad, older=i < last)
+                    if run is None:
                         break
+                    if not self.skip_corrupt:
+                        raise JournalCorruptError(f"{run}; {SKIP_HINT}")
+                    self.corrupt.append(run)
+                    bad = None
+                    expect += run.count
+                    idx += run.count
             if bad is not None:
                 if i >= last:
                     self.torn = bad
@@ -155,7 +180,55 @@ class JournalReader:
             if f.readinto(memoryview(buf)) < len(buf):
                 return False
         words = buf.view(np.uint64).reshape(h.capacity, rs // 8)
+        if self.skip_corrupt:                 # corrupt runs stepped over: its last record
+            return int(_count_valid(words[-1:], np.uint64(h.first_seq + h.capacity - 1))) == 1
         return int(_count_valid(words, np.uint64(h.first_seq))) == h.capacity
+
+    def _corrupt_run(self, h: SegmentHeader, fd: int, idx: int, expect: int, bad: TornTail | None,
+                     older: bool) -> CorruptRecords | None:
+        """The invalid records from row ``idx`` on, if they are corruption rather than the
+        journal's end (``bad``: the tail ``_classify`` found, None for zeros to the end): a
+        committed record follows them in the segment, or their seq is <= floor_seq, or (with
+        skip_corrupt) the rest of an older segment, whose successor continues the journal."""
+        if bad is None:
+            return None                       # zeros to the end of the file: a clean end
+        rs, w = h.record_size, h.record_size // 8
+        chunk = max(1, (8 << 20) // rs)
+        pos = idx
+        while pos < h.capacity:               # the rest of the segment, 8 MiB at a time
+            m = min(chunk + 1, h.capacity - pos)
+            words = np.frombuffer(os.pread(fd, m * rs, HEADER_SIZE + pos * rs), np.uint64)
+            words = words[:len(words) // w * w].reshape(-1, w)
+            r = resume_after(words, 0, expect + pos - idx)
+            if r >= 0:
+                if self._sealed_now(h, fd, idx, expect):
+                    return None               # a live writer's record, sealed meanwhile
+                return self._run(h, idx, expect, pos + r - idx, bad)
+            if len(words) < m:
+                break
+            pos += max(1, len(words) - 1)     # the chunk's last row starts the next one
+        if expect <= self.floor_seq:
+            return self._run(h, idx, expect, min(self.floor_seq - expect + 1, h.capacity - idx), bad)
+        if older and self.skip_corrupt:
+            return self._run(h, idx, expect, h.capacity - idx, bad)
+        return None
+
+    @staticmethod
+    def _sealed_now(h: SegmentHeader, fd: int, idx: int, expect: int) -> bool:
+        """Re-read record ``idx`` after a later record was seen committed. A writer seals in
+        order, so a record it was still writing when first read is committed by now; a
+        corrupt one is not. Keeps a reader beside a live writer from calling its record
+        being written corruption (it stays a torn tail until sealed)."""
+        row = np.frombuffer(os.pread(fd, h.record_size, HEADER_SIZE + idx * h.record_size), np.uint64)
+        return len(row) * 8 == h.record_size and \
+            int(_count_valid(row.reshape(1, -1), np.uint64(expect))) == 1
+
+    @staticmethod
+    def _run(h: SegmentHeader, idx: int, expect: int, count: int, bad: TornTail | None) -> CorruptRecords:
+        why = bad.reason if bad is not None else "zero record"
+        return CorruptRecords(h.path, HEADER_SIZE + idx * h.record_size, expect, count,
+                              f"{why}, {count} record(s) invalid and records after them intact: "
+                              f"corruption, not a torn tail")
 
     def _classify(self, h: SegmentHeader, fd: int, idx: int, row: np.ndarray, expect: int):
         """None if the file is all zeros from record idx on (clean end), else a TornTail."""
@@ -190,7 +263,8 @@ def _open_segment(path: str, pending: bool):
 
 def iter_merged(directory: str, event_dtype: np.dtype, schema_hash: int,
                 writers: list[int] | None = None, from_seqs: dict[int, int] | None = None,
-                batch_records: int = 65536):
+                batch_records: int = 65536, *, skip_corrupt: bool = False,
+                corrupt: dict[int, list] | None = None):
     """Yield ``(records, writer_ids)`` over several writers' series, interleaved by arrival time.
 
     Order contract: each writer's records stay in seq order; across writers, records go by the
@@ -198,12 +272,15 @@ def iter_merged(directory: str, event_dtype: np.dtype, schema_hash: int,
     arrivals never go back), ties by writer id within an emitted batch. Memory: at most one
     read batch per writer plus what is held back. ``writers`` defaults to every writer in the
     directory; ``from_seqs`` maps writer -> first seq (default: its oldest retained record).
+    ``skip_corrupt`` as JournalReader; the runs skipped go to ``corrupt[writer]`` if given.
     """
     writers = list_writers(directory) if writers is None else list(writers)
     from_seqs = from_seqs or {}
     dtype = journal_dtype(event_dtype)
-    its = {w: JournalReader(directory, event_dtype, schema_hash, w).iter_batches(
-        from_seqs.get(w), batch_records) for w in writers}
+    corrupt = corrupt if corrupt is not None else {}
+    its = {w: JournalReader(directory, event_dtype, schema_hash, w, skip_corrupt=skip_corrupt,
+                            corrupt=corrupt.setdefault(w, [])).iter_batches(from_seqs.get(w), batch_records)
+           for w in writers}
     pend = {w: (np.zeros(0, dtype), np.zeros(0, np.int64)) for w in writers}
     carry = {w: np.iinfo(np.int64).min for w in writers}
     while its or any(len(r) for r, _ in pend.values()):

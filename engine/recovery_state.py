@@ -10,6 +10,7 @@ that were never journaled, which were never answered either.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -18,6 +19,17 @@ from engine.securedir import ensure_private_dir
 
 class StateLayoutChanged(RuntimeError):
     """The snapshot's tables do not fit the configured features (the config changed)."""
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """What a recovery did: a one-line summary, one line per refused snapshot and per corrupt
+    journal run met (skipped, or held by the snapshot), and their counts for the metrics."""
+    summary: str
+    notices: tuple[str, ...] = ()
+    corrupt_records: int = 0
+    refused_snapshots: int = 0
+    snapshot_seqs: tuple[tuple[int, int], ...] = ()   # (writer, S): each writer's seq floor
 
 
 def _dirs(cfg) -> tuple[str, str]:
@@ -60,9 +72,10 @@ def _apply_admin_log(store, path: str, after_ns: int) -> tuple[int, str]:
     return n, note
 
 
-def recover_features(cfg, store, rs) -> str | None:
-    """Rebuild ``store`` (freshly created, zeroed tables) from disk. Returns a one-line
-    summary, or None when there was nothing to recover."""
+def recover_features(cfg, store, rs) -> Recovered | None:
+    """Rebuild ``store`` (freshly created, zeroed tables) from disk. Returns what it did, or
+    None when there was nothing to recover. A corrupt journal record raises
+    JournalCorruptError (file, offset, seq) unless journal.skip_corrupt_records is set."""
     from engine.journal import list_writers
     from engine.recovery import recover_all
     from engine.snapshot import SnapshotStore
@@ -93,16 +106,28 @@ def recover_features(cfg, store, rs) -> str | None:
 
     from engine.recovery import RecoveryError
     ensure_private_dir(jdir, "journal.dir")
+    skip = cfg.durability.skip_corrupt_journal_records
     try:
         reports = recover_all(sdir, jdir, apply, event_dtype=cfg.schema.dtype,
-                              schema_hash=cfg.schema.hash, restore=restore)
+                              schema_hash=cfg.schema.hash, restore=restore, skip_corrupt=skip)
     except RecoveryError as e:
         raise RecoveryError(f"{e}. Feature state cannot be rebuilt exactly; move {jdir} and {sdir} "
                             f"aside to start with empty state") from None
     except StateLayoutChanged as e:         # raised by restore() before it wrote anything
-        return str(e)
+        return Recovered(str(e))
     snap = seen["snap"]
     admin, torn = _apply_admin_log(store, os.path.join(jdir, "admin.log"), snap.created_ns if snap else 0)
     replayed = sum(r.replayed for r in reports.values())
-    return (f"recovered feature state: snapshot {snap.path if snap else 'none'} + {replayed} "
-            f"journal records from {len(reports)} worker(s) + {admin} admin change(s){torn}")
+    refused = next(iter(reports.values())).refused if reports else ()
+    notices = [f"snapshot refused, recovery used an older one or none: {e}" for e in refused]
+    corrupt = 0
+    for w, r in reports.items():
+        for c in r.corrupt:
+            held = c.seq + c.count - 1 <= r.snapshot_seq
+            notices.append(f"corrupt journal record(s) {'held by the snapshot, nothing lost' if held else 'SKIPPED (journal.skip_corrupt_records), their events are not counted'}: {c}")
+            corrupt += c.count
+    return Recovered(f"recovered feature state: snapshot {snap.path if snap else 'none'} + {replayed} "
+                     f"journal records from {len(reports)} worker(s) + {admin} admin change(s)"
+                     + (f"; {corrupt} corrupt journal record(s)" if corrupt else "") + torn,
+                     tuple(notices), corrupt, len(refused),
+                     tuple((w, r.snapshot_seq) for w, r in reports.items()))

@@ -128,6 +128,9 @@ class Supervisor:
         self.standby_due = 0.0                           # when to start the next one
         self.standby_failures = 0                        # standbys that died by themselves in a row
         self._snap_bufs: dict = {}          # reused snapshot copy buffers (_snapshot_buffers)
+        self.block = None
+        self._recovery_counts = (0, 0)      # corrupt journal records, refused snapshots
+        self._seq_floors: dict[int, int] = {}   # writer -> the recovered snapshot's seq
 
     # --- start --------------------------------------------------------------------------------
 
@@ -157,6 +160,7 @@ class Supervisor:
             self._recover_state(rs)
         self.control = Segment.create(cfg.instance, "control", BlockLayout(n).nbytes, self.pid)
         self.block = Block(self.control.buf, n, create=True)
+        self._count_recovery()
         self.doorbell = EventfdDoorbell.create()
         for w in range(n):
             self.rings.append(EngineRings.create(cfg, self.pid, w, self.doorbell))
@@ -233,9 +237,31 @@ class Supervisor:
         """Feature state = last good snapshot + every journal record after it (engine.recovery),
         then the admin changes logged after the snapshot. Runs before any worker starts."""
         from engine.recovery_state import recover_features
-        msg = recover_features(self.cfg, self.features, rs)
-        if msg:
-            self.log(f"risk-engine: {msg}")
+        done = recover_features(self.cfg, self.features, rs)
+        if done:
+            self._report_recovery(done)
+
+    def _report_recovery(self, done, prefix: str = "") -> None:
+        """Log a recovery's summary and each refused snapshot and corrupt journal run; count
+        them (risk_journal_corrupt_records_total, risk_snapshot_refused_total)."""
+        for line in done.notices:
+            self.log(f"risk-engine: {line}")
+        self.log(f"risk-engine: {prefix}{done.summary}")
+        c, r = self._recovery_counts
+        self._recovery_counts = (c + done.corrupt_records, r + done.refused_snapshots)
+        self._seq_floors = dict(done.snapshot_seqs)
+        self._count_recovery()
+
+    def _count_recovery(self) -> None:
+        """Into the control block (created after the first recovery: held until then)."""
+        corrupt, refused = self._recovery_counts
+        if self.block is not None:
+            self.block.view("supervisor.journal_corrupt_records")[0] = corrupt
+            self.block.view("supervisor.snapshots_refused")[0] = refused
+            for w, seq in self._seq_floors.items():   # a worker's journal never restarts at or
+                if w < self.block.n_workers:          # below its snapshot's seq (open_journal)
+                    cell = self.block.worker(w, "journal_seq")
+                    cell[0] = max(int(cell[0]), seq)
 
     @contextmanager
     def paused_workers(self, timeout_s: float = 5.0):
@@ -348,8 +374,11 @@ class Supervisor:
         from engine.recovery_state import recover_features
         with self.paused_workers():
             self.features.reinit()
-            msg = recover_features(self.cfg, self.features, self.ruleset)
-        self.log(f"risk-engine: worker crash: {msg or 'feature state re-initialised (empty journal)'}")
+            done = recover_features(self.cfg, self.features, self.ruleset)
+        if done:
+            self._report_recovery(done, "worker crash: ")
+        else:
+            self.log("risk-engine: worker crash: feature state re-initialised (empty journal)")
 
     def admin_log_path(self) -> str | None:
         """admin.log in the journal directory (None when the journal is off)."""

@@ -42,6 +42,8 @@ class ErrorCode(enum.IntEnum):
     SHUTTING_DOWN = 17
     INTERNAL = 18
     BAD_FLAGS = 19         # unknown header flag bits
+    JOURNAL_UNAVAILABLE = 20   # the journal cannot be written (full disk, I/O error): the
+                               # event was not evaluated; journal.on_unavailable's action
 
 
 class DecisionFlag(enum.IntFlag):
@@ -53,6 +55,8 @@ class DecisionFlag(enum.IntFlag):
     DEFAULT_WORKER_LOST = 8
     DUPLICATE = 16         # replayed from the idempotency window (retry of a seen request)
     EVAL_ERROR = 32        # at least one rule raised (counted; see rules.on_error)
+    DEFAULT_JOURNAL = 64   # the configured default action (journal.on_unavailable): the event
+                           # could not be journaled, so it was not evaluated nor counted
 
 
 MAX_FIRED = 16             # fired rule indexes carried per decision

@@ -27,8 +27,9 @@ from engine.control import (BLOCKS_EVERY_NS, KERNEL_BOUNDS_NS, LATENCY_BOUNDS_NS
                             STALL_NS, STALL_PHASES, Block, EventLog, observe)
 from engine.rings import EngineRings
 from engine.topology import pin_self
-from engine.journal_format import journal_dtype
-from engine.types import RESPONSE_SLOT_DTYPE, request_slot_dtype
+from engine.journal_format import RETRY_NS, journal_dtype
+from engine.types import (ACTION_NAMES, RESPONSE_SLOT_DTYPE, DecisionFlag, ErrorCode,
+                          request_slot_dtype)
 from shm.doorbell import EventfdDoorbell
 
 
@@ -69,8 +70,13 @@ class BatchProcessor:
     contiguous view of request slots into the response ring. Allocates nothing per batch."""
 
     def __init__(self, rings: EngineRings, active: Active, block: Block, index: int,
-                 max_batch: int, journal=None, feature_arrays: tuple = ()):
+                 max_batch: int, journal=None, feature_arrays: tuple = (),
+                 on_journal_unavailable: str = "block"):
         self.rings = rings
+        self.index = index
+        self.unjournaled_action = ACTION_NAMES.index(on_journal_unavailable)
+        self.j_unavailable = block.worker(index, "journal_unavailable")
+        self.j_errors = block.worker(index, "journal_write_errors")
         self.feature_arrays = feature_arrays      # shared-memory tables, in kernel order
         self.active = active
         self.journal = journal
@@ -96,14 +102,23 @@ class BatchProcessor:
         t0 = time.monotonic_ns()               # the ingress stamps arrival on this clock
         waited = t0 - int(arrival[0])          # the oldest event's wait for this worker
         observe(self.pickup, LATENCY_BOUNDS_NS, waited, 1)
-        a.kernel(v["event"], arrival, o, a.bits[:n], a.hits, a.errors, *a.ruleset.feature_arrays)
-        t1 = time.monotonic_ns()
-        observe(self.khist, KERNEL_BOUNDS_NS, (t1 - t0) // n, n)     # per-event time, n events
-        if self.journal is not None:
-            # fsync=batch: append syncs before returning, so before the reply; interval_ms:
-            # JournalHousekeeper's thread; none: the OS
-            self.journal.append_slots(v.view(np.uint64), self.req_w, self.out_words, n)
-        t2 = time.monotonic_ns()
+        j = self.journal
+        if j is not None and not j.try_reserve(n):
+            self._unjournaled(o, 0)            # full disk: evaluate (and count) nothing
+            t1 = t2 = time.monotonic_ns()
+        else:
+            a.kernel(v["event"], arrival, o, a.bits[:n], a.hits, a.errors, *a.ruleset.feature_arrays)
+            t1 = time.monotonic_ns()
+            observe(self.khist, KERNEL_BOUNDS_NS, (t1 - t0) // n, n)     # per-event time, n events
+            if j is not None:
+                # fsync=batch: append syncs before returning, so before the reply; interval_ms:
+                # JournalHousekeeper's thread; none: the OS
+                k = j.try_append_slots(v.view(np.uint64), self.req_w, self.out_words, n)
+                if k < n:
+                    self._unjournaled(o, k)
+                elif self.j_unavailable[0]:
+                    self._journal_back()
+            t2 = time.monotonic_ns()
         resp = self.rings.response
         while not resp.try_publish(o):      # the ingress always drains; wait for room
             if self.stop[0] >= 2:
@@ -115,6 +130,32 @@ class BatchProcessor:
         self.batches[0] += 1
         self.events[0] += n
         return n
+
+    def _unjournaled(self, o: np.ndarray, k: int) -> None:
+        """Rows k.. of this batch could not be journaled (a full or failing disk): they get
+        journal.on_unavailable's action flagged DEFAULT_JOURNAL (JOURNAL_UNAVAILABLE), never
+        a decision that looks durable. k = 0: the kernel did not run, nothing was counted;
+        k > 0 (a batch larger than a segment, or a failed fsync=batch sync): the kernel ran,
+        so the live tables counted rows the journal will not replay."""
+        r = o[k:]
+        r["action"] = self.unjournaled_action
+        r["flags"] = DecisionFlag.DEFAULT_JOURNAL
+        r["score"] = 0.0
+        r["nfired"] = 0
+        r["error"] = ErrorCode.JOURNAL_UNAVAILABLE
+        j = self.journal
+        self.j_errors[0] = j.write_errors
+        if not self.j_unavailable[0]:
+            self.j_unavailable[0] = 1
+            print(f"risk-engine: worker {self.index}: journal unavailable ({j.last_error}); events "
+                  f"answered {ACTION_NAMES[self.unjournaled_action]} with JOURNAL_UNAVAILABLE, "
+                  f"retried every {RETRY_NS / 1e9:g} s", file=sys.stderr)
+
+    def _journal_back(self) -> None:
+        self.j_unavailable[0] = 0
+        self.j_errors[0] = self.journal.write_errors
+        print(f"risk-engine: worker {self.index}: journal available again, deciding normally",
+              file=sys.stderr)
 
 
 class StallRecorder:
@@ -182,7 +223,7 @@ def serve_journaled_tail(rings: EngineRings, journal, proc: "BatchProcessor") ->
     if m == 0:
         return 0
     reader = JournalReader(journal.directory, journal.dtype["event"], journal.schema_hash,
-                           journal.writer_id)
+                           journal.writer_id, skip_corrupt=True)   # reported at open
     tail = reader.read_all(from_seq=journal.last_seq - m + 1)
     for j in range(min(m, len(tail)), 0, -1):
         t = tail[len(tail) - j:]
@@ -212,15 +253,22 @@ def load_generation(run_dir: str, generation: int, schema, features=None):
     return rs
 
 
-def open_journal(cfg, index: int):
-    """This worker's journal writer (writer id = worker index), or None when disabled."""
+def open_journal(cfg, index: int, seq_floor: int = 0):
+    """This worker's journal writer (writer id = worker index), or None when disabled.
+    ``seq_floor``: the newest snapshot's seq for this worker (control block journal_seq): the
+    sequence never restarts at or below it. Corrupt records it steps over are logged (the
+    supervisor's recovery counted them)."""
     d = cfg.durability
     if not d.journal_enabled:
         return None
     from engine.journal import JournalWriter
     path = d.journal_dir.replace("{instance}", cfg.instance)
-    return JournalWriter(path, cfg.schema.dtype, cfg.schema.hash, writer_id=index,
-                         config=d.journal_config())
+    j = JournalWriter(path, cfg.schema.dtype, cfg.schema.hash, writer_id=index,
+                      config=d.journal_config(), seq_floor=seq_floor)
+    for c in j.corrupt:
+        print(f"risk-engine: worker {index}: journal continues at seq {j.next_seq} after corrupt "
+              f"record(s), kept as found: {c}", file=sys.stderr)
+    return j
 
 
 HOUSEKEEP_ZERO_BYTES = 4 << 20      # zero-fill per round: up to 400 MB/s at 10 ms rounds, far
@@ -260,11 +308,21 @@ class JournalHousekeeper:
                 self.journal.publish_pending()      # a rotation's successor, its predecessor
                 if self.fsync:                      # made durable first
                     self._sync()
+            except OSError as e:            # records not durable: journal nothing more until
+                self._error(e)              # a sync works (JournalWriter.try_reserve)
+                self.journal.note_error(e, sync=True)
+                continue
+            try:
                 self.journal.housekeep(HOUSEKEEP_ZERO_BYTES)
-            except OSError as e:            # a full disk: the appender meets it at rotation
-                self.errors += 1
-                if self.errors == 1:
-                    print(f"risk-engine: journal housekeeping: {e}", file=sys.stderr)
+            except OSError as e:            # the next segment cannot be allocated (full disk):
+                self._error(e)              # the appender's try_reserve meets it when it needs
+                continue                    # that segment; retried every round meanwhile
+            self.errors = 0
+
+    def _error(self, e: OSError) -> None:
+        self.errors += 1
+        if self.errors == 1:                # once per run of failures
+            print(f"risk-engine: journal housekeeping: {e}", file=sys.stderr)
 
     def _sync(self) -> None:
         if self.journal.sync_appended():    # the records' byte range (msync), not the file
@@ -350,7 +408,7 @@ def serve(run_dir: str, index: int, prep: Prepared | None = None) -> int:
     rings = EngineRings.attach(cfg, plan, index, EventfdDoorbell(plan["eventfd"]))
     rings.prefault()                                        # first touch after pinning
     max_batch = min(cfg.ingress.max_batch, cfg.rings.capacity)
-    journal = open_journal(cfg, index)
+    journal = open_journal(cfg, index, int(block.worker(index, "journal_seq")[0]))
     keeper = JournalHousekeeper(journal) if journal is not None else None
 
     generation = int(block.view("supervisor.generation")[0])
@@ -358,7 +416,8 @@ def serve(run_dir: str, index: int, prep: Prepared | None = None) -> int:
         load_generation(run_dir, generation, cfg.schema, store.fs)     # a reload since
     prep.ruleset = None
     active = Active(rs, generation, block, index, max_batch)
-    proc = BatchProcessor(rings, active, block, index, max_batch, journal, store.fs.arrays())
+    proc = BatchProcessor(rings, active, block, index, max_batch, journal, store.fs.arrays(),
+                          cfg.durability.on_journal_unavailable)
     # the start-up collection (~70 ms) before this worker reports its generation (ready)
     gcstats.freeze_after_warmup(block.worker(index, "gc_hist"))
     block.worker(index, "generation")[0] = generation
@@ -407,8 +466,11 @@ def serve(run_dir: str, index: int, prep: Prepared | None = None) -> int:
     if keeper is not None:
         keeper.stop()
     if journal is not None:
-        journal.sync()
-        journal.close()
+        try:
+            journal.sync()
+            journal.close()
+        except OSError as e:            # a failing disk: what was synced is all there is
+            print(f"risk-engine: worker {index}: journal close: {e}", file=sys.stderr)
     rings.close()
     proc.feature_arrays = ()
     store.close()

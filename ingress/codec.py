@@ -35,7 +35,8 @@ _JSON_KEYS = frozenset(("request_id", "client_id", "deadline_ms", "event", "even
 # decision flag -> per-decision error code (binary reply "error" field)
 _FLAG_ERRORS = ((DecisionFlag.DEFAULT_TIMEOUT, ErrorCode.TIMEOUT),
                 (DecisionFlag.DEFAULT_OVERLOAD, ErrorCode.OVERLOADED),
-                (DecisionFlag.DEFAULT_WORKER_LOST, ErrorCode.WORKER_LOST))
+                (DecisionFlag.DEFAULT_WORKER_LOST, ErrorCode.WORKER_LOST),
+                (DecisionFlag.DEFAULT_JOURNAL, ErrorCode.JOURNAL_UNAVAILABLE))
 
 
 def value_checks(schema: Schema) -> np.ndarray:

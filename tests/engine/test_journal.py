@@ -115,17 +115,18 @@ def test_reopen_continues_sequence(tmp_path):
     check_records(reader(tmp_path).read_all())
 
 
-@pytest.mark.parametrize("how", ["flip", "half", "zero_then_data"])
+@pytest.mark.parametrize("how", ["flip", "half", "garbage_then_zeros"])
 def test_torn_tail_reported_then_repaired_by_writer(tmp_path, how):
-    fill(tmp_path, [80])                                   # segments of 50 + 30
+    fill(tmp_path, [78])                                   # segments of 50 + 28
     last = list_segments(str(tmp_path), 0)[-1][1]
-    off = HEADER_SIZE + 27 * RS                            # record seq 78
+    off = HEADER_SIZE + 27 * RS                            # record seq 78, the last one
     if how == "flip":
         corrupt(last, off + 20)
     elif how == "half":
         corrupt(last, off + RS // 2, bytes(RS - RS // 2))  # second half of seq 78 never written
     else:
-        corrupt(last, off, bytes(RS))                      # a zero record, then 79 and 80 intact
+        corrupt(last, off, bytes(RS))                      # a zero record, then a half-written one
+        corrupt(last, off + RS, b"\x01" * (RS // 2))
     r = reader(tmp_path)
     recs = r.read_all()
     assert r.last_seq == 77 and len(recs) == 77
@@ -151,6 +152,57 @@ def test_corrupt_record_in_middle_segment_raises_with_file_and_offset(tmp_path):
     with pytest.raises(JournalCorruptError, match="seq=0 expected=61"):
         corrupt(mid, off, (0).to_bytes(8, "little"))
         r.read_all(from_seq=55)
+
+
+@pytest.mark.parametrize("damage", ["flip", "zero"])
+def test_a_bad_record_followed_by_intact_ones_is_corruption_never_a_tail(tmp_path, damage):
+    """Issue 19, defect 6: one flipped bit 30 records from the end of the newest segment
+    dropped (and the writer zero-filled) every later record. Now reading stops with the
+    file, offset and seq; nothing is discarded; with skip_corrupt exactly that record is
+    skipped; the reopening writer keeps every later record and continues after the last."""
+    fill(tmp_path, [60, 60])                               # segments 1-50, 51-100, 101-120
+    last = list_segments(str(tmp_path), 0)[-1][1]
+    off = HEADER_SIZE + 9 * RS                             # seq 110: 10 intact records after it
+    if damage == "flip":
+        corrupt(last, off + 21, bytes([open(last, "rb").read()[off + 21] ^ 0x04]))
+    else:
+        corrupt(last, off, bytes(RS))
+    with pytest.raises(JournalCorruptError) as e:
+        reader(tmp_path).read_all()
+    msg = str(e.value)
+    assert last in msg and f"offset={off} seq=110:" in msg and "skip-corrupt-journal-records" in msg
+    r = JournalReader(str(tmp_path), SCHEMA.dtype, SCHEMA.hash, 0, skip_corrupt=True)
+    recs = r.read_all()
+    assert len(recs) == 119 and r.last_seq == 120 and r.torn is None
+    assert [(c.path, c.offset, c.seq, c.count) for c in r.corrupt] == [(last, off, 110, 1)]
+    check_records(recs[:109])
+    check_records(recs[109:], 111)
+    with writer(tmp_path) as w:                            # keeps 111..120, continues at 121
+        assert w.next_seq == 121 and w.torn_bytes_repaired == 0
+        assert [(c.seq, c.count) for c in w.corrupt] == [(110, 1)]
+        w.append_batch(batch(w, 5, 120))
+    r = JournalReader(str(tmp_path), SCHEMA.dtype, SCHEMA.hash, 0, skip_corrupt=True)
+    recs = r.read_all()
+    assert len(recs) == 124 and r.last_seq == 125
+    check_records(recs[109:], 111)
+
+
+def test_the_reopening_writer_never_restarts_below_the_snapshot_floor(tmp_path):
+    """A bad last record that a snapshot already counted (seq <= floor) is not a tail: the
+    writer keeps its place and continues after the floor, so no sequence number is reused."""
+    fill(tmp_path, [70])
+    last = list_segments(str(tmp_path), 0)[-1][1]
+    corrupt(last, HEADER_SIZE + 19 * RS + 30)              # seq 70, the newest record
+    with writer(tmp_path) as w:                            # no floor: a torn tail, reused
+        assert w.next_seq == 70
+    corrupt(last, HEADER_SIZE + 19 * RS + 30)              # (the writer zeroed it: damage again)
+    cfg = JournalConfig(segment_bytes=HEADER_SIZE + 50 * RS, fsync="none")
+    with JournalWriter(str(tmp_path), SCHEMA.dtype, SCHEMA.hash, 0, cfg, seq_floor=70) as w:
+        assert w.next_seq == 71 and [(c.seq, c.count) for c in w.corrupt] == [(70, 1)]
+    with JournalWriter(str(tmp_path), SCHEMA.dtype, SCHEMA.hash, 0, cfg, seq_floor=80) as w:
+        assert w.next_seq == 81 and [(c.seq, c.count) for c in w.corrupt] == [(70, 11)]
+    with pytest.raises(JournalError, match="ends at seq 100 but a snapshot counted seq 200"):
+        JournalWriter(str(tmp_path), SCHEMA.dtype, SCHEMA.hash, 0, cfg, seq_floor=200)
 
 
 def test_missing_middle_segment_is_a_gap(tmp_path):
@@ -295,6 +347,14 @@ def test_damage_in_last_segment_keeps_exactly_the_prefix(tmp_path_factory, n, cu
                != after[HEADER_SIZE + i * RS:HEADER_SIZE + (i + 1) * RS]]
     kept = changed[0] if changed else used
     r = reader(d)
+    if kept + 1 < used and kind == "flip":                 # intact records after it: corruption
+        with pytest.raises(JournalCorruptError, match=f"offset={HEADER_SIZE + kept * RS} seq={first + kept}:"):
+            r.read_all()
+        r = JournalReader(str(d), SCHEMA.dtype, SCHEMA.hash, 0, skip_corrupt=True)
+        recs = r.read_all()                                # exactly that record is skipped
+        assert len(recs) == n - 1 and first + kept not in recs["seq"]
+        assert [(c.seq, c.count) for c in r.corrupt] == [(first + kept, 1)] and r.torn is None
+        return
     recs = r.read_all()
     check_records(recs)
     assert r.last_seq == first - 1 + kept == len(recs)
@@ -522,7 +582,9 @@ def test_a_successor_of_an_incomplete_segment_is_not_part_of_the_journal(tmp_pat
         w.append_batch(batch(w, 60))
         w._unpublished = None                   # as if the process died before publishing
     seg = list_segments(str(tmp_path), 0)[0][1]
-    corrupt(seg, HEADER_SIZE + 45 * RS)         # a hole in record 46 of the predecessor
+    corrupt(seg, HEADER_SIZE + 45 * RS)         # a hole from record 46 to the end of the
+    corrupt(seg, HEADER_SIZE + 46 * RS, bytes(4 * RS))   # predecessor (intact records after a
+                                                # bad one would make it corruption, not a tail)
     assert tmp_files(tmp_path) == ["w000-00000000000000000051.rjl.tmp"]
     r = reader(tmp_path)
     check_records(r.read_all())
@@ -608,3 +670,100 @@ def test_the_zero_fill_zeroes_exactly_its_range(tmp_path_factory, a, b):
         os.close(fd)
     data = path.read_bytes()
     assert data == b"\xff" * lo + bytes(hi - lo) + b"\xff" * (3 * 4096 - hi)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A real 1 MiB tmpfs (a full disk on demand), unmounted afterwards; root only."""
+    import subprocess
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (the full-disk tests run as root in CI)")
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def fill_disk(d) -> str:
+    """Write a file until the file system is full; returns its path (delete it to free)."""
+    path = os.path.join(str(d), "filler")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\x01" * 4096)
+    except OSError as e:
+        assert e.errno == 28
+    finally:
+        os.close(fd)
+    return path
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_a_full_disk_makes_the_journal_unavailable_not_a_crash_and_it_resumes(small_tmpfs, background):
+    """Issue 19, "Full disk": the rotation's posix_fallocate raised ENOSPC out of the append
+    and the worker crash-looped. Now try_reserve says no (counted), nothing is appended, and
+    once space returns the journal continues gap-free."""
+    jdir = small_tmpfs / "j"
+    cfg = JournalConfig(segment_bytes=HEADER_SIZE + 50 * RS, fsync="interval_ms")
+    w = JournalWriter(str(jdir), SCHEMA.dtype, SCHEMA.hash, 0, cfg)
+    w.background = background
+    try:
+        w.append_batch(batch(w, 40))
+        filler = fill_disk(small_tmpfs)
+        w._drop_next()                                     # no successor was prepared in time
+        assert w.try_reserve(10)                           # still fits in the current segment
+        w.append_batch(batch(w, 10, 40))
+        assert not w.try_reserve(5)                        # needs the next segment: no room
+        assert w.unavailable == 28 and w.write_errors == 1 and "No space" in w.last_error
+        assert not w.try_reserve(5) and w.write_errors == 1   # retried every RETRY_NS only
+        k = w.try_append_slots(np.zeros(5 * 8, np.uint64), 8, np.zeros((5, 4), np.uint64), 5)
+        assert k == 0 and w.last_seq == 50                 # a forced append journals nothing
+        os.unlink(filler)                                  # space returns
+        w._retry_at_ns = 0                                 # (instead of waiting RETRY_NS)
+        assert w.try_reserve(5) and w.unavailable == 0
+        w.append_batch(batch(w, 30, 50))
+    finally:
+        w.close()
+    r = reader(jdir)
+    check_records(r.read_all())
+    assert r.last_seq == 80
+
+
+def test_a_full_disk_at_the_first_segment_starts_unavailable(small_tmpfs):
+    filler = fill_disk(small_tmpfs)
+    cfg = JournalConfig(segment_bytes=HEADER_SIZE + 50 * RS, fsync="none")
+    with JournalWriter(str(small_tmpfs / "j"), SCHEMA.dtype, SCHEMA.hash, 0, cfg) as w:
+        assert w.unavailable == 28 and not w.try_reserve(1) and w.last_seq == 0
+        with pytest.raises(OSError, match="No space"):      # a library append says so
+            w.append_batch(batch(w, 3))
+        os.unlink(filler)
+        w._retry_at_ns = 0
+        assert w.try_reserve(1)
+        w.append_batch(batch(w, 3))
+    check_records(reader(small_tmpfs / "j").read_all())
+    filler = fill_disk(small_tmpfs)
+    with JournalWriter(str(small_tmpfs / "k"), SCHEMA.dtype, SCHEMA.hash, 0, cfg) as w:
+        assert w.unavailable == 28
+        os.unlink(filler)
+        w.append_batch(batch(w, 3))                        # without try_reserve: made at once
+    check_records(reader(small_tmpfs / "k").read_all())
+
+
+def test_a_record_a_live_writer_was_sealing_is_not_called_corruption(tmp_path):
+    """A reader beside a live writer may read record i half-written and then, in a later
+    read, records after it sealed. The re-read of record i (sealed by then: the writer seals
+    in order) keeps that a torn tail, never corruption."""
+    from engine.journal import TornTail
+    fill(tmp_path, [30])
+    r = reader(tmp_path)
+    h = r.segments()[0]
+    with open(h.path, "rb") as f:                          # record 5 intact on disk now, as
+        bad = TornTail(h.path, HEADER_SIZE + 4 * RS, 5, "checksum mismatch")   # if sealed
+        assert r._corrupt_run(h, f.fileno(), 4, 5, bad, older=False) is None   # after the 1st read
+    corrupt(h.path, HEADER_SIZE + 4 * RS + 20)             # really corrupt: it stays so
+    with open(h.path, "rb") as f:
+        run = r._corrupt_run(h, f.fileno(), 4, 5, bad, older=False)
+    assert (run.seq, run.count, run.offset) == (5, 1, HEADER_SIZE + 4 * RS)

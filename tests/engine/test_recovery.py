@@ -192,3 +192,75 @@ def test_recover_all_merges_writers_after_their_snapshot_seqs(tmp_path):
     assert (np.diff(np.concatenate(arrivals)) >= 0).all()         # merged by arrival
     assert {w: r.snapshot_seq for w, r in reps.items()} == at_snapshot
     assert all(r.snapshot_seq + r.replayed == r.last_seq == ws[w].last_seq for w, r in reps.items())
+
+
+def _flip_bit(path, offset, bit=3):
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)[0]
+        f.seek(offset)
+        f.write(bytes([b ^ (1 << bit)]))
+
+
+def _newest_segment_record_offset(jdir, from_end):
+    """(path, byte offset) of the record ``from_end`` records before the newest one."""
+    from engine.journal import HEADER_SIZE, journal_dtype, list_segments
+    path = list_segments(str(jdir), 0)[-1][1]
+    r = JournalReader(str(jdir), SCHEMA.dtype, SCHEMA.hash).read_all()
+    rs = journal_dtype(SCHEMA.dtype).itemsize
+    first = list_segments(str(jdir), 0)[-1][0]
+    seq = int(r["seq"][-1]) - from_end
+    return path, HEADER_SIZE + (seq - first) * rs, seq
+
+
+def test_a_flipped_bit_mid_journal_stops_recovery_and_the_flag_skips_exactly_it(tmp_path):
+    """Issue 19, defect 6, first half: a bit flipped in the record 300 from the end of the
+    newest segment. Recovery stops naming file, offset and seq (before: the 300 later records
+    were dropped and the writer zero-filled them); with skip_corrupt exactly that record is
+    skipped; the reopening writer keeps the later ones and continues after them."""
+    keys = np.random.default_rng(3).integers(0, NKEYS, 2000)
+    write_journal(tmp_path / "j", keys, seg_bytes=1 << 20).close()
+    path, off, seq = _newest_segment_record_offset(tmp_path / "j", 300)
+    _flip_bit(path, off + 20)
+    from engine.journal import JournalCorruptError
+    with pytest.raises(JournalCorruptError) as e:
+        rebuild(tmp_path / "s", tmp_path / "j")
+    assert f"{path}: offset={off} seq={seq}:" in str(e.value)
+    counts = np.zeros(NKEYS, np.int64)
+    rep = recover(str(tmp_path / "s"), str(tmp_path / "j"),
+                  lambda b: np.add.at(counts, b["event"]["account_id"].astype(np.int64), 1),
+                  event_dtype=SCHEMA.dtype, schema_hash=SCHEMA.hash, restore=lambda s: None,
+                  skip_corrupt=True)
+    expect = np.bincount(np.delete(keys, seq - 1), minlength=NKEYS)
+    assert (counts == expect).all() and rep.last_seq == 2000 and rep.replayed == 1999
+    assert [(c.path, c.offset, c.seq, c.count) for c in rep.corrupt] == [(path, off, seq, 1)]
+    w = JournalWriter(str(tmp_path / "j"), SCHEMA.dtype, SCHEMA.hash, 0,
+                      JournalConfig(segment_bytes=1 << 20, fsync="none"))
+    assert w.next_seq == 2001 and w.torn_bytes_repaired == 0
+    w.close()
+
+
+def test_a_flipped_bit_under_the_snapshot_never_makes_the_writer_reuse_seqs(tmp_path):
+    """Issue 19, defect 6, second half: the flipped record is covered by the newest snapshot.
+    Before, the writer restarted at the flipped seq, reusing numbers at or below the
+    snapshot's, and the next recovery (from that snapshot) skipped the 300 newer records.
+    Now the writer continues after the journal's end and recovery counts every record."""
+    keys = np.random.default_rng(4).integers(0, NKEYS, 3000)
+    store = SnapshotStore(str(tmp_path / "s"))
+    w = write_journal(tmp_path / "j", keys[:2000], seg_bytes=1 << 20)
+    store.write({"counts": np.bincount(keys[:2000], minlength=NKEYS)}, {0: 2000})
+    w.close()
+    path, off, seq = _newest_segment_record_offset(tmp_path / "j", 300)
+    _flip_bit(path, off + 20)
+    counts, rep = rebuild(tmp_path / "s", tmp_path / "j")          # nothing lost: reported
+    assert rep.snapshot_seq == 2000 and rep.last_seq == 2000
+    assert [(c.offset, c.seq) for c in rep.corrupt] == [(off, seq)]
+    w = JournalWriter(str(tmp_path / "j"), SCHEMA.dtype, SCHEMA.hash, 0,
+                      JournalConfig(segment_bytes=1 << 20, fsync="none"), seq_floor=rep.snapshot_seq)
+    assert w.next_seq == 2001
+    b = w.empty_batch(1000)
+    b["event"]["account_id"] = keys[2000:]
+    w.append_batch(b)
+    w.close()                                                     # (a kill -9 keeps the same)
+    counts, rep = rebuild(tmp_path / "s", tmp_path / "j")
+    assert rep.replayed == 1000 and (counts == np.bincount(keys, minlength=NKEYS)).all()
