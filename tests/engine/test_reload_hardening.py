@@ -68,17 +68,12 @@ def test_fifo_and_devices_are_refused_and_the_loop_keeps_running(tmp_path):
 
         # a slow reload (a 1 MiB rule file, refused after parsing) runs in its own process:
         # status is answered meanwhile, and a killed worker is restarted
-        big = tmp_path / "big.yaml"
-        lines = ["ruleset: big", "version: 1", "rules:"]
-        for i in range(15_000):
-            lines.append(f"  - {{id: r{i}, when: 'amount > {i}', action: review, score: 1}}")
-        lines.append("  - {id: bad, when: 'amount >', action: review}")
-        big.write_text("\n".join(lines) + "\n")
+        big = big_ruleset(tmp_path / "big.yaml", 15_000)
         s = zmq.Context.instance().socket(zmq.DEALER)
         s.linger = 0
         s.connect(b)
         try:
-            s.send_multipart([b"", b'{"cmd": "reload", "files": ["%s"]}' % str(big).encode()])
+            s.send_multipart([b"", b'{"cmd": "reload", "files": ["%s"]}' % big.encode()])
             st = request(b, {"cmd": "status"}, 30_000)
             assert st["ok"] and st["reloading"] is True, st
             assert request(b, {"cmd": "reload"}, 30_000)["error"]["code"] == "RELOAD_BUSY"
@@ -99,3 +94,31 @@ def test_fifo_and_devices_are_refused_and_the_loop_keeps_running(tmp_path):
         finally:
             s.close(0)
         serves_live1(eng, schema)
+
+
+def big_ruleset(path, n_rules: int) -> str:
+    """A rule file that takes seconds to parse (PyYAML, about 1 MB/s) and is then refused."""
+    lines = ["ruleset: big", "version: 1", "rules:"]
+    lines += [f"  - {{id: r{i}, when: 'amount > {i}', action: review, score: 1}}" for i in range(n_rules)]
+    lines.append("  - {id: bad, when: 'amount >', action: review}")
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def test_a_reload_past_its_deadline_is_stopped(tmp_path):
+    """The reload process is killed at its deadline and the outcome is a refusal (the engine's
+    own deadline is RELOAD_TIMEOUT_S; here 1 s against a parse of several seconds)."""
+    from types import SimpleNamespace
+
+    from engine import rundir
+    from engine.reload import ReloadJob
+    run = tmp_path / "run"
+    run.mkdir()
+    rundir.write_config(run, load_config())
+    sup = SimpleNamespace(run_dir=run, cfg=load_config(), features=None)   # the child's inputs
+    job = ReloadJob(sup, (big_ruleset(tmp_path / "big.yaml", 60_000),), timeout_s=1)
+    t_end = time.monotonic() + 120
+    while (res := job.poll()) is None and time.monotonic() < t_end:
+        time.sleep(0.05)
+    assert res == "reload took longer than 1 s; stopped"
+    assert job.child.returncode == -signal.SIGKILL
