@@ -123,12 +123,25 @@ def set_state(sup, args):
         names = ", ".join(s.name for s in sup.features.specs.states) or "none"
         raise AdminError("UNKNOWN_STATE", f"state={name!r}; states: {names}")
     key = _state_key(sup, spec, args["key"])
+    _claim_slot(fs, spec, key)
     log_change(sup, {"cmd": "set-state", "name": name, "key": key, "state": state})
-    try:
-        fs.set_state(name, key, STATE_CODES[state])
-    except ValueError as e:             # the table is full: logged, not applied
-        raise AdminError("STATE_FULL", str(e)) from None
+    fs.set_state(name, key, STATE_CODES[state])
     return {"name": name, "key": key, "state": state}
+
+
+def _claim_slot(fs, spec, key) -> None:
+    """Give ``key`` its slot now, with the state it has (only the admin plane writes states,
+    and a key without a slot is ACTIVE): a change nobody can see, which fails with STATE_FULL
+    before anything is logged. A full table after logging left an entry that recovery could
+    not apply, and the engine would not start."""
+    from engine.features.keys import key_from_python
+    from engine.features.state import _read_state
+    k = np.uint64(key_from_python(key, fs.schema.field(spec.key).type))
+    current = int(_read_state(fs.array(f"st_{spec.name}"), spec.capacity, spec.slot_words, spec.probe_len, k))
+    try:
+        fs.set_state(spec.name, key, current)
+    except ValueError as e:
+        raise AdminError("STATE_FULL", str(e)) from None
 
 
 def halt(sup, args):

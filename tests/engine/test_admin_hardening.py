@@ -99,3 +99,22 @@ def test_file_arguments_are_confined_and_never_echoed(tmp_path):
         assert secret not in rep["error"]["message"] and "0123456789abcdef" not in rep["error"]["message"]
         assert request(b, {"cmd": "list-show", "name": "blocked_ips"}, 30_000)["count"] == 1
         assert admin_log(eng) == []
+
+
+def test_a_full_state_table_is_refused_before_logging(tmp_path):
+    """set-state into a full table used to be logged first: recovery then could not apply
+    the entry and the engine did not start again."""
+    ov = {**engine_overrides(LIST_FILE), "state": {"account_state": {"key": "account_id", "capacity": 4}}}
+    eng = EngineProcess(tmp_path, workers=1, metrics=False, overrides=ov)
+    with eng:
+        codes = [code(request(eng.admin_bind, {"cmd": "set-state", "name": "account_state", "key": k,
+                                               "state": "HALTED"}, 30_000)) for k in range(1, 9)]
+        assert codes[:4] == ["OK"] * 4 and set(codes[4:]) == {"STATE_FULL"}, codes
+        assert [e["key"] for e in admin_log(eng)] == [1, 2, 3, 4]
+        # a key already in the table can still change
+        assert code(request(eng.admin_bind, {"cmd": "set-state", "name": "account_state", "key": 2,
+                                             "state": "ACTIVE"}, 30_000)) == "OK"
+    again = EngineProcess(tmp_path, workers=1, metrics=False, overrides={
+        **ov, "journal": eng.raw["journal"], "snapshot": eng.raw["snapshot"]})
+    with again:
+        still_serves(again)
