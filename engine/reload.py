@@ -75,8 +75,8 @@ class ReloadJob:
             res = json.loads(raw.decode())
         except ValueError:
             return f"reload process exited with code {code}: {err[-500:] or 'no output'}"
-        if not res.get("ok"):
-            return str(res.get("error", "refused"))
+        if not isinstance(res, dict) or not res.get("ok") or not isinstance(res.get("spec"), dict):
+            return str(res.get("error", "refused") if isinstance(res, dict) else "no result")
         return res["spec"]
 
     def _load(self):

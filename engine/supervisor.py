@@ -557,7 +557,11 @@ class Supervisor:
         job = self.reload_job
         if job is None:
             return
-        res = job.poll()
+        try:
+            res = job.poll()
+        except Exception as e:                 # noqa: BLE001 - a refusal, never the loop's end
+            job.kill()
+            res = f"reload failed: {type(e).__name__}: {e}"
         if res is None:
             return
         self.reload_job = None
