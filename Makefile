@@ -27,8 +27,11 @@ test: install
 bench: install
 	$(BIN)/python -m bench.latency --clients 100 --duration 30 --rounds 3
 
+# the admin fuzzer drives a real engine's admin socket: a round trip per input (not an
+# in-process decode), so 100,000 inputs take minutes where the decoder does a million
 fuzz: install
 	$(BIN)/python -m tests.ingress.fuzz_decoder --iterations 1000000
+	$(BIN)/python -m tests.engine.fuzz_admin --iterations 100000
 
 soak: install
 	$(BIN)/python -m bench.soak --duration 600

@@ -1,47 +1,74 @@
-"""The admin plane: a ZeroMQ REP socket in the supervisor, JSON in and out.
+"""The admin plane: a ZeroMQ ROUTER socket in the supervisor, JSON in and out.
 
-Bound to ``admin.bind`` (default an ipc:// path per instance; a TCP address other than
-loopback is refused at config time unless admin.curve is on). Requests are
-``{"cmd": NAME, ...}``; replies ``{"ok": true, ...}`` or
-``{"ok": false, "error": {"code": CODE, "message": ...}}``. Commands are registered in
-``COMMANDS``; each takes the supervisor and the request and returns a dict.
+Bound to ``admin.bind`` (default an ipc:// path per instance; an address reachable from
+another machine is refused at config time unless admin.curve is on: engine.endpoints).
+Requests are one frame ``{"cmd": NAME, ...}`` (a REQ client, or a DEALER with or without the
+empty delimiter); replies ``{"ok": true, ...}`` or
+``{"ok": false, "error": {"code": CODE, "message": ...}}``.
+
+Every request is validated completely (engine.admin_request: size, UTF-8, nesting, then the
+command's argument schema, then the command's own checks against the engine) before anything
+is applied or logged. No request can end the admin loop: any failure is an error reply, an
+unexpected exception is ``INTERNAL`` and counted. A reload is answered when its outcome is
+known; meanwhile the supervisor's loop and other admin requests keep being served.
 """
 from __future__ import annotations
 
 import json
+import os
 
 import zmq
 
-MAX_REQUEST_BYTES = 1 << 20
+from engine.admin_request import (MAX_FILES, MAX_MESSAGE_CHARS, MAX_REQUEST_BYTES, NO_ARGS, PATH,
+                                  AdminError, boolean, check_args, list_of, parse_request)
+
+MAX_FRAMES = 3                   # identity, delimiter, body: anything longer is refused
+MAX_REQUESTS_PER_POLL = 64       # then the supervisor's loop runs again
+
+__all__ = ["AdminError", "AdminServer", "request"]
 
 
-class AdminError(Exception):
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-
-
-def _status(sup, req):
+def _status(sup, args):
     return {"processes": sup.status(), "generation": sup.generation,
-            "ruleset": sup.generations[sup.generation]["label"]}
+            "ruleset": sup.generations[sup.generation]["label"],
+            "reloading": sup.reload_job is not None}
 
 
-def _stats(sup, req):
+def _stats(sup, args):
     from engine.exporter import stats
     return {"stats": stats(sup.collector)}
 
 
-def _reload(sup, req):
-    files = req.get("files")
-    if files is not None and (not isinstance(files, list) or not all(isinstance(f, str) for f in files)):
-        raise AdminError("BAD_ARGUMENT", "files: must be a list of paths")
-    outcome = sup.reload(tuple(files) if files else None, previous=bool(req.get("previous")))
-    if outcome.startswith("reload refused"):
-        raise AdminError("RULESET_REFUSED", outcome)
-    return {"outcome": outcome, "generation": sup.generation}
+def allowed_file(path: str, roots: list[str], what: str) -> str:
+    """``path`` resolved (symlinks followed) if it lies inside one of ``roots``; else
+    FILE_NOT_ALLOWED. The path is not echoed back in full."""
+    if not roots:
+        raise AdminError("FILE_NOT_ALLOWED", f"{what}: no directory allows files here")
+    real = os.path.realpath(path)
+    for root in roots:
+        if os.path.commonpath([real, root]) == root:
+            return real
+    raise AdminError("FILE_NOT_ALLOWED", f"{what}: only files under {', '.join(roots)} may be named")
 
 
-def _snapshot(sup, req):
+def rule_roots(sup) -> list[str]:
+    """Reload may name files in the directories of the configured rule files."""
+    return sorted({os.path.dirname(os.path.realpath(f)) for f in sup.cfg.rules.files})
+
+
+def _reload(sup, args):
+    files, previous = args.get("files"), args.get("previous", False)
+    if files is not None and previous:
+        raise AdminError("BAD_ARGUMENT", "give files or previous, not both")
+    if files is not None:
+        if not files:
+            raise AdminError("BAD_ARGUMENT", "files: at least one path")
+        roots = rule_roots(sup)
+        files = tuple(allowed_file(f, roots, f"files[{i}]") for i, f in enumerate(files))
+    return _Deferred(lambda done: sup.reload(files, previous=previous, on_done=done))
+
+
+def _snapshot(sup, args):
     from engine.supervisor import StartupError
     try:
         return {"path": sup.snapshot()}
@@ -49,7 +76,10 @@ def _snapshot(sup, req):
         raise AdminError("SNAPSHOT_FAILED", str(e)) from None
 
 
-COMMANDS = {"status": _status, "stats": _stats, "reload": _reload, "snapshot": _snapshot}
+COMMANDS = {"status": (_status, NO_ARGS), "stats": (_stats, NO_ARGS),
+            "reload": (_reload, {"files": (list_of(PATH, MAX_FILES), False),
+                                 "previous": (boolean, False)}),
+            "snapshot": (_snapshot, NO_ARGS)}
 
 
 def _commands() -> dict:
@@ -57,44 +87,125 @@ def _commands() -> dict:
     return {**COMMANDS, **admin_state.COMMANDS}
 
 
+class _Deferred:
+    """A command whose reply comes later: ``start(done)`` returns a refusal now or None and
+    calls ``done(outcome)`` once (reload)."""
+
+    def __init__(self, start):
+        self.start = start
+
+
 def admin_bind(cfg) -> str:
     return cfg.admin.bind.replace("{instance}", cfg.instance)
 
 
+def _error(code: str, message: str) -> dict:
+    return {"ok": False, "error": {"code": code, "message": message[:MAX_MESSAGE_CHARS]}}
+
+
+def _reload_reply(sup, outcome: str) -> dict:
+    if outcome.startswith("reload refused"):
+        busy = "in progress" in outcome
+        return _error("RELOAD_BUSY" if busy else "RULESET_REFUSED", outcome)
+    return {"ok": True, "outcome": outcome, "generation": sup.generation}
+
+
 class AdminServer:
     def __init__(self, sup):
+        from engine.endpoints import parse_zmq_bind
         self.sup = sup
         self.ctx = zmq.Context.instance()
-        self.sock = self.ctx.socket(zmq.REP)
+        self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
+        bind = admin_bind(sup.cfg)
+        ep = parse_zmq_bind(bind, "admin.bind")
+        if ":" in ep.host:
+            self.sock.setsockopt(zmq.IPV6, 1)
         if sup.cfg.admin.curve.enabled:
             from ingress.security import configure_server
             configure_server(self.ctx, self.sock, sup.cfg.admin.curve)
-        self.bind = admin_bind(sup.cfg)
-        self.sock.bind(self.bind)
+        self.sock.bind(bind)
+        self.bind = self.sock.getsockopt(zmq.LAST_ENDPOINT).decode() if ep.transport == "tcp" else bind
+        self.refused = 0                # error replies (risk_admin_refused_total)
+        self.internal = 0               # unexpected exceptions (risk_admin_internal_errors_total)
 
     def poll(self, timeout_ms: int) -> None:
-        """Wait up to ``timeout_ms`` for one request and answer it."""
+        """Wait up to ``timeout_ms`` for requests and answer what is queued (bounded)."""
         if not self.sock.poll(timeout_ms):
             return
-        raw = self.sock.recv()
-        self.sock.send(json.dumps(self.handle(raw)).encode())
+        for _ in range(MAX_REQUESTS_PER_POLL):
+            frames = self._recv()
+            if frames is None:
+                return
+            self._serve(frames)
 
-    def handle(self, raw: bytes) -> dict:
+    def _recv(self) -> list | None:
+        """One message's first MAX_FRAMES + 1 frames (the rest are drained, not kept)."""
         try:
-            req = json.loads(raw)
-            if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
-                raise AdminError("BAD_REQUEST", 'expected a JSON object with "cmd"')
+            frames = [self.sock.recv(zmq.NOBLOCK)]
+        except zmq.Again:
+            return None
+        while self.sock.getsockopt(zmq.RCVMORE):
+            f = self.sock.recv()
+            if len(frames) <= MAX_FRAMES:
+                frames.append(f)
+        return frames
+
+    def _serve(self, frames: list) -> None:
+        envelope, body = frames[:1], frames[1:]
+        if body and body[0] == b"":           # a REQ client's delimiter
+            envelope, body = frames[:2], frames[2:]
+        if len(body) != 1:
+            self._send(envelope, _error("BAD_REQUEST", f"expected one frame, got {len(body)}"
+                                        f"{' or more' if len(frames) > MAX_FRAMES else ''}"))
+            return
+        rep = self.handle(body[0])
+        if isinstance(rep, _Deferred):
+            self._start_deferred(envelope, rep)
+        else:
+            self._send(envelope, rep)
+
+    def _start_deferred(self, envelope: list, d: _Deferred) -> None:
+        def done(outcome: str) -> None:
+            self._send(envelope, _reload_reply(self.sup, outcome))
+        try:
+            refused = d.start(done)
+        except Exception as e:                 # noqa: BLE001 - the loop must survive it
+            self._send(envelope, self._internal(e))
+            return
+        if refused:
+            done(refused)
+
+    def _send(self, envelope: list, rep: dict) -> None:
+        if not rep.get("ok"):
+            self.refused += 1
+        try:
+            self.sock.send_multipart([*envelope, json.dumps(rep).encode()], zmq.NOBLOCK)
+        except zmq.ZMQError:                   # the peer is gone or not reading: drop it
+            pass
+
+    def _internal(self, e: BaseException) -> dict:
+        self.internal += 1
+        self.sup.log(f"risk-engine: admin: internal error {type(e).__name__}: {str(e)[:200]}")
+        return _error("INTERNAL", f"{type(e).__name__} (logged)")
+
+    def handle(self, raw: bytes):
+        """One request frame -> reply dict (or a _Deferred). Never raises."""
+        try:
+            req = parse_request(raw)
             commands = _commands()
-            fn = commands.get(req["cmd"])
-            if fn is None:
-                raise AdminError("UNKNOWN_COMMAND", f"cmd={req['cmd']!r}; known: {', '.join(sorted(commands))}")
-            return {"ok": True, **fn(self.sup, req)}
+            entry = commands.get(req["cmd"])
+            if entry is None:
+                raise AdminError("UNKNOWN_COMMAND", f"cmd={req['cmd'][:64]!r}; known: "
+                                                    f"{', '.join(sorted(commands))}")
+            fn, schema = entry
+            rep = fn(self.sup, {"cmd": req["cmd"], **check_args(req, schema)})
+            return rep if isinstance(rep, _Deferred) else {"ok": True, **rep}
         except AdminError as e:
-            return {"ok": False, "error": {"code": e.code, "message": str(e)}}
-        except ValueError as e:
-            return {"ok": False, "error": {"code": "BAD_REQUEST", "message": f"invalid JSON: {e}"}}
+            return _error(e.code, str(e))
+        except Exception as e:                 # noqa: BLE001 - the loop must survive any request
+            return self._internal(e)
 
     def close(self) -> None:
         self.sock.close(0)

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from engine.admin import AdminError
+from engine.admin_request import NAME, NO_ARGS, PATH, AdminError, int_or_string, list_of, one_of
 
 STATE_CODES = {"ACTIVE": 0, "REDUCING": 1, "HALTED": 2}
 
@@ -50,30 +50,45 @@ def log_change(sup, entry: dict) -> None:
         raise AdminError("ADMIN_LOG_CORRUPT", str(e)) from None
 
 
-def _values(spec, req) -> np.ndarray:
-    from engine.features.lists import ListError, load_list_file, parse_list_text
-    try:
-        if "file" in req:
-            return load_list_file(str(req["file"]), spec.type)
-        vals = req.get("values")
-        if not isinstance(vals, list):
-            raise AdminError("BAD_ARGUMENT", "values: a JSON list of values (or file=PATH)")
-        return parse_list_text("\n".join(str(v) for v in vals), spec.type, "<admin>")
-    except ListError as e:
-        raise AdminError("BAD_LIST", str(e)) from None
+MAX_ADMIN_VALUES = 1 << 20         # values in one list request (the 1 MiB frame bounds it too)
 
 
-def list_cmd(sup, req):
+def _values(sup, spec, args) -> np.ndarray:
+    """The request's values (or file) parsed into the list's u64 encoding; nothing applied."""
+    from engine.admin import allowed_file
+    from engine.features.lists import ListError, load_list_file, parse_value
+    from rules.textfile import excerpt
+    if ("file" in args) == ("values" in args):
+        raise AdminError("BAD_ARGUMENT", "give values (a JSON list) or file (a path), one of them")
+    if "file" in args:
+        roots = sorted({os.path.dirname(os.path.realpath(l.file)) for l in sup.features.specs.lists if l.file})
+        path = allowed_file(args["file"], roots, "file")
+        try:
+            return load_list_file(path, spec.type)
+        except ListError as e:
+            raise AdminError("BAD_LIST", str(e)) from None
+    out = np.empty(len(args["values"]), np.uint64)
+    for i, v in enumerate(args["values"]):
+        try:
+            out[i] = parse_value(str(v) if isinstance(v, int) else v, spec.type)
+        except (ValueError, OverflowError) as e:
+            raise AdminError("BAD_LIST", f"values[{i}]: {excerpt(str(e), 80)}") from None
+    return np.unique(out)
+
+
+def list_cmd(sup, args):
     from engine.features.lists import list_values
     fs = _fs(sup)
-    name = req.get("name")
+    name = args["name"]
     spec = _list_spec(sup, name)
-    op = req["cmd"].split("-", 1)[1]
+    op = args["cmd"].split("-", 1)[1]
     arr = fs.array(f"fl_{name}")
     current = list_values(arr)
     if op == "show":
+        if "values" in args or "file" in args:
+            raise AdminError("BAD_ARGUMENT", "list-show takes only name")
         return {"name": name, "count": int(len(current)), "values": [int(v) for v in current[:10000]]}
-    vals = _values(spec, req)
+    vals = _values(sup, spec, args)
     if op == "add":
         new = np.union1d(current, vals)
     elif op == "remove":
@@ -87,33 +102,69 @@ def list_cmd(sup, req):
     return {"name": name, "count": int(len(new))}
 
 
-def set_state(sup, req):
+def _state_key(sup, spec, key):
+    """The key as its field's Python value: an int in the field's range (never a bool or a
+    float: 1.5, 2**64 and -1 are refused for a u64, not wrapped), or a str for bytesN."""
+    field = sup.features.fs.schema.field(spec.key)
+    if field.kind in ("uint", "int"):
+        if isinstance(key, bool) or not isinstance(key, int):
+            raise AdminError("BAD_ARGUMENT", f"key: must be an integer ({field.type}), got {type(key).__name__}")
+        if not field.lo <= key <= field.hi:
+            raise AdminError("BAD_ARGUMENT", f"key: out of range for {field.type} [{field.lo}, {field.hi}]")
+        return key
+    if field.kind == "bytes":
+        if not isinstance(key, str) or len(key.encode()) > field.size:
+            raise AdminError("BAD_ARGUMENT", f"key: must be a string of at most {field.size} bytes ({field.type})")
+        return key
+    raise AdminError("BAD_ARGUMENT", f"key: state keyed by a {field.type} field cannot be set here")
+
+
+def set_state(sup, args):
     fs = _fs(sup)
-    name, key, state = req.get("name"), req.get("key"), req.get("state")
-    if name not in {s.name for s in sup.features.specs.states}:
-        raise AdminError("UNKNOWN_STATE", f"state={name!r}")
-    if state not in STATE_CODES:
-        raise AdminError("BAD_ARGUMENT", f"state={state!r}: one of {', '.join(STATE_CODES)}")
+    name, state = args["name"], args["state"]
+    spec = next((s for s in sup.features.specs.states if s.name == name), None)
+    if spec is None:
+        names = ", ".join(s.name for s in sup.features.specs.states) or "none"
+        raise AdminError("UNKNOWN_STATE", f"state={name!r}; states: {names}")
+    key = _state_key(sup, spec, args["key"])
+    _claim_slot(fs, spec, key)
     log_change(sup, {"cmd": "set-state", "name": name, "key": key, "state": state})
-    try:
-        fs.set_state(name, key, STATE_CODES[state])
-    except ValueError as e:
-        raise AdminError("BAD_ARGUMENT", str(e)) from None
+    fs.set_state(name, key, STATE_CODES[state])
     return {"name": name, "key": key, "state": state}
 
 
-def halt(sup, req):
-    on = req["cmd"] == "halt"
-    log_change(sup, {"cmd": req["cmd"]})
-    _fs(sup).set_halt(on)
+def _claim_slot(fs, spec, key) -> None:
+    """Give ``key`` its slot now, with the state it has (only the admin plane writes states,
+    and a key without a slot is ACTIVE): a change nobody can see, which fails with STATE_FULL
+    before anything is logged. A full table after logging left an entry that recovery could
+    not apply, and the engine would not start."""
+    from engine.features.keys import key_from_python
+    from engine.features.state import _read_state
+    k = np.uint64(key_from_python(key, fs.schema.field(spec.key).type))
+    current = int(_read_state(fs.array(f"st_{spec.name}"), spec.capacity, spec.slot_words, spec.probe_len, k))
+    try:
+        fs.set_state(spec.name, key, current)
+    except ValueError as e:
+        raise AdminError("STATE_FULL", str(e)) from None
+
+
+def halt(sup, args):
+    on = args["cmd"] == "halt"
+    fs = _fs(sup)
+    log_change(sup, {"cmd": args["cmd"]})
+    fs.set_halt(on)
     return {"global_halt": on}
 
 
-def features(sup, req):
+def features(sup, args):
     fs = _fs(sup)
     return {"counters": fs.counters(), "memory": fs.memory_report()}
 
 
-COMMANDS = {"list-show": list_cmd, "list-add": list_cmd, "list-remove": list_cmd,
-            "list-replace": list_cmd, "set-state": set_state, "halt": halt, "resume": halt,
-            "features": features}
+_LIST_ARGS = {"name": (NAME, True), "values": (list_of(int_or_string, MAX_ADMIN_VALUES), False),
+              "file": (PATH, False)}
+COMMANDS = {"list-show": (list_cmd, {"name": (NAME, True)}), "list-add": (list_cmd, _LIST_ARGS),
+            "list-remove": (list_cmd, _LIST_ARGS), "list-replace": (list_cmd, _LIST_ARGS),
+            "set-state": (set_state, {"name": (NAME, True), "key": (int_or_string, True),
+                                      "state": (one_of(*STATE_CODES), True)}),
+            "halt": (halt, NO_ARGS), "resume": (halt, NO_ARGS), "features": (features, NO_ARGS)}

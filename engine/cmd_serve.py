@@ -20,14 +20,12 @@ def apply_overrides(cfg, args):
     """CLI flags override the file; the result is validated like the file itself."""
     import os
     from dataclasses import replace
-    from engine.config import ConfigError
+    from engine.config import ConfigError, check_binds
     if args.bind:
         cfg = replace(cfg, ingress=replace(cfg.ingress, bind=args.bind))
     if args.metrics:
         if args.metrics == "off":
             cfg = replace(cfg, metrics=replace(cfg.metrics, enabled=False))
-        elif ":" not in args.metrics:
-            raise ConfigError("--metrics", f"must be HOST:PORT or off, got {args.metrics!r}")
         else:
             cfg = replace(cfg, metrics=replace(cfg.metrics, bind=args.metrics, enabled=True))
     if args.rules:
@@ -42,6 +40,7 @@ def apply_overrides(cfg, args):
         if not args.instance.isalnum() or len(args.instance) > 16:
             raise ConfigError("--instance", f"must be 1-16 letters/digits, got {args.instance!r}")
         cfg = replace(cfg, instance=args.instance)
+    check_binds(cfg)
     return cfg
 
 

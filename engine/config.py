@@ -186,11 +186,25 @@ def _curve(sec: dict, path: str, base: Path) -> CurveConfig:
     return cc
 
 
-def _is_loopback_bind(addr: str) -> bool:
-    if addr.startswith("ipc://") or addr.startswith("inproc://"):
-        return True
-    host = addr.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
-    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+def check_binds(cfg: "Config") -> None:
+    """Parse every bind address as libzmq / http.server will read it (engine.endpoints) and
+    refuse an admin plane reachable from another machine unless admin.curve is on. Also run
+    after CLI overrides (engine.cmd_serve)."""
+    from engine.endpoints import EndpointError, parse_host_port, parse_zmq_bind
+    try:
+        parse_zmq_bind(cfg.ingress.bind, "ingress.bind")
+        if cfg.metrics.enabled:
+            parse_host_port(cfg.metrics.bind, "metrics.bind")
+        parse_host_port(cfg.metrics.ebpf_bind, "metrics.ebpf_bind")
+        admin = parse_zmq_bind(cfg.admin.bind.replace("{instance}", cfg.instance), "admin.bind")
+    except EndpointError as e:
+        key, _, msg = str(e).partition(": ")
+        raise ConfigError(key, msg) from None
+    if not admin.local_only and not cfg.admin.curve.enabled:
+        why = {"wildcard": "binds every interface", "interface": "names a network interface"}.get(
+            admin.kind, f"resolves to {', '.join(admin.addresses) or 'nothing'}")
+        raise ConfigError("admin.bind", f"{cfg.admin.bind!r} {why}, not only loopback: use ipc://, "
+                                        f"127.0.0.1 or [::1], or enable admin.curve first")
 
 
 def state_root() -> str:
@@ -271,14 +285,8 @@ def parse_config(raw: Mapping | None, path: str = "<memory>") -> Config:
     metrics = MetricsConfig(enabled=_bool(s, "metrics", "enabled", True),
                             bind=_str(s, "metrics", "bind", MetricsConfig.bind),
                             ebpf_bind=_str(s, "metrics", "ebpf_bind", MetricsConfig.ebpf_bind))
-    for key in ("bind", "ebpf_bind"):
-        v = getattr(metrics, key)
-        if ":" not in v or not v.rsplit(":", 1)[1].isdigit():
-            raise ConfigError(f"metrics.{key}", f"must be HOST:PORT, got {v!r}")
     s = _section(raw, "admin", {"bind", "curve"})
     admin = AdminConfig(bind=_str(s, "admin", "bind", AdminConfig.bind), curve=_curve(s, "admin", base))
-    if not _is_loopback_bind(admin.bind) and not admin.curve.enabled:
-        raise ConfigError("admin.bind", f"{admin.bind!r} is not loopback or ipc://: enable admin.curve first")
 
     s = _section(raw, "workers", {"count", "cpus", "ingress_cpu", "spin_us", "standby"})
     cpus = s.get("cpus", [])
@@ -327,9 +335,11 @@ def parse_config(raw: Mapping | None, path: str = "<memory>") -> Config:
     inst = raw.get("instance", "re")
     if not isinstance(inst, str) or not inst.isalnum() or len(inst) > 16:
         raise ConfigError("instance", f"must be 1-16 letters/digits, got {inst!r}")
-    return Config(path=path, ingress=ingress, metrics=metrics, admin=admin, workers=workers,
-                  rings=rings, schema=schema, rules=rules, instance=inst, durability=durability,
-                  **extra)
+    out = Config(path=path, ingress=ingress, metrics=metrics, admin=admin, workers=workers,
+                 rings=rings, schema=schema, rules=rules, instance=inst, durability=durability,
+                 **extra)
+    check_binds(out)
+    return out
 
 
 def load_config(path: str | os.PathLike | None = None) -> Config:

@@ -7,6 +7,7 @@ scrapes. ``/stats`` on the same port serves the same numbers as JSON for humans 
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -163,6 +164,12 @@ class EngineCollector:
                                   value=float(sv("supervisor.ingress_restarts")[0]))
         yield CounterMetricFamily("risk_ruleset_reload_errors", "Rulesets refused at reload",
                                   value=float(sv("supervisor.reload_errors")[0]))
+        adm = self.sup.admin
+        yield CounterMetricFamily("risk_admin_refused", "Admin requests answered with an error",
+                                  value=float(adm.refused if adm else 0))
+        yield CounterMetricFamily("risk_admin_internal_errors", "Admin requests that raised "
+                                  "unexpectedly (answered INTERNAL; the supervisor's log says what)",
+                                  value=float(adm.internal if adm else 0))
         yield CounterMetricFamily("risk_snapshots", "Feature-state snapshots written",
                                   value=float(sv("supervisor.snapshots")[0]))
         yield CounterMetricFamily("risk_snapshot_errors", "Snapshots that failed",
@@ -330,9 +337,13 @@ class Exporter:
         self.registry.register(self.collector)
         from prometheus_client import ProcessCollector
         ProcessCollector(registry=self.registry)          # the supervisor's own process_* metrics
-        host, port = sup.cfg.metrics.bind.rsplit(":", 1)
+        from engine.endpoints import parse_host_port
+        ep = parse_host_port(sup.cfg.metrics.bind, "metrics.bind")
         handler = type("Handler", (_Handler,), {"registry": self.registry, "collector": self.collector})
-        self.server = ThreadingHTTPServer((host.strip("[]"), int(port)), handler)
+        server_cls = ThreadingHTTPServer
+        if ":" in ep.host:                 # [IPv6]:PORT: an AF_INET6 listening socket
+            server_cls = type("Server6", (ThreadingHTTPServer,), {"address_family": socket.AF_INET6})
+        self.server = server_cls((ep.host, ep.port), handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True,
                                        name="metrics")

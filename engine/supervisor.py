@@ -131,6 +131,7 @@ class Supervisor:
         self.block = None
         self._recovery_counts = (0, 0)      # corrupt journal records, refused snapshots
         self._seq_floors: dict[int, int] = {}   # writer -> the recovered snapshot's seq
+        self.reload_job = None              # an engine.reload.ReloadJob in flight
 
     # --- start --------------------------------------------------------------------------------
 
@@ -536,6 +537,7 @@ class Supervisor:
             self._reap()
             self._note_restarted()
             self._keep_standby()
+            self._poll_reload()
             self.admin.poll(20)
             d = self.cfg.durability
             if d.journal_enabled and time.monotonic() - self.last_snapshot > d.snapshot_interval_s:
@@ -590,33 +592,65 @@ class Supervisor:
             (self.run_dir / "reload.request").unlink()
         except (OSError, ValueError):
             pass
-        files = tuple(req["files"]) if req.get("files") else None
-        self.reload(files, previous=bool(req.get("previous")))
+        if not isinstance(req, dict):
+            req = {}
+        files = req.get("files")
+        if not (isinstance(files, list) and files and all(isinstance(f, str) for f in files)):
+            files = None
+        refused = self.reload(tuple(files) if files else None, previous=req.get("previous") is True)
+        if refused:
+            self.log(f"risk-engine: {refused}")
 
-    def reload(self, files: tuple[str, ...] | None = None, previous: bool = False) -> str:
-        """Compile off the hot path, then publish a new generation; workers swap between two
-        batches. A refused ruleset keeps the old one serving. Returns a one-line outcome."""
-        from rules import RulesetError
+    def reload(self, files: tuple[str, ...] | None = None, previous: bool = False, on_done=None) -> str | None:
+        """Start a reload (engine.reload: parsed and compiled in a child process, never on
+        this loop). Returns a refusal at once, or None: the outcome goes to the log and to
+        ``on_done(outcome)`` when it is known (run()). A refused ruleset keeps the old one
+        serving."""
+        if self.reload_job is not None:
+            return "reload refused: another reload is in progress"
         if previous:
             older = sorted(g for g in self.generations if g < self.generation)
             if not older:
                 return "reload refused: no previous generation"
             files = tuple(self.generations[older[-1]]["files"])
         files = files or tuple(self.generations[self.generation]["files"])
+        from engine.reload import ReloadJob
         try:
-            spec, rs = ruleset_spec(self.cfg, files, self.features.fs)
-        except (RulesetError, StartupError, OSError) as e:
+            self.reload_job = ReloadJob(self, files)
+        except OSError as e:
+            return f"reload refused: cannot start the reload process: {e}"
+        if on_done is not None:
+            self.reload_job.callbacks.append(on_done)
+        return None
+
+    def _poll_reload(self) -> None:
+        job = self.reload_job
+        if job is None:
+            return
+        try:
+            res = job.poll()
+        except Exception as e:                 # noqa: BLE001 - a refusal, never the loop's end
+            job.kill()
+            res = f"reload failed: {type(e).__name__}: {e}"
+        if res is None:
+            return
+        self.reload_job = None
+        if isinstance(res, str):
             self.block.view("supervisor.reload_errors")[0] += 1
-            self.log(f"risk-engine: reload refused, generation {self.generation} keeps serving:\n{e}")
-            return f"reload refused: {e}"
-        if self.collector is not None:     # fold the counter row generation g+1 will reuse
-            self.collector.fold_generation(self.generation - 1)
-        self._publish_generation(spec)
-        self.ruleset = rs
-        if self.standby is not None:        # its kernel is the old generation's: replace it
-            self._retire_standby()
-        self.log(f"risk-engine: generation {self.generation} = {spec['label']}")
-        return f"generation {self.generation} = {spec['label']}"
+            self.log(f"risk-engine: reload refused, generation {self.generation} keeps serving:\n{res}")
+            outcome = f"reload refused: {res}"
+        else:
+            spec, rs = res
+            if self.collector is not None:     # fold the counter row generation g+1 will reuse
+                self.collector.fold_generation(self.generation - 1)
+            self._publish_generation(spec)
+            self.ruleset = rs
+            if self.standby is not None:        # its kernel is the old generation's: replace it
+                self._retire_standby()
+            outcome = f"generation {self.generation} = {spec['label']}"
+            self.log(f"risk-engine: {outcome}")
+        for cb in job.callbacks:
+            cb(outcome)
 
     def status(self) -> list[dict]:
         rows = [{"role": "supervisor", "pid": self.pid, "cpu": -1, "node": -1}]
@@ -671,6 +705,9 @@ class Supervisor:
 
     def cleanup(self) -> None:
         """Release everything this supervisor created; safe after a partial start."""
+        if self.reload_job is not None:
+            self.reload_job.kill()
+            self.reload_job = None
         for p in [*self.children.values(), *([self.standby] if self.standby else [])]:
             if p.poll() is None:
                 p.kill()

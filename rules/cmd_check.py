@@ -22,6 +22,14 @@ def run(args) -> int:
     if not files:
         print("risk-engine check: no rule files (give --rules or set rules.files)", file=sys.stderr)
         return 2
+    from rules.loader import MAX_RULE_FILE_BYTES
+    from rules.textfile import TextFileError, read_text_file
+    for f in files:                         # a FIFO, a device, a huge file: usage error, exit 2
+        try:
+            read_text_file(f, MAX_RULE_FILE_BYTES, "rule file")
+        except TextFileError as e:
+            print(f"risk-engine check: {e}", file=sys.stderr)
+            return 2
     from rules.compiler import check_ruleset, compile_ruleset
     from rules.features import feature_set_for, feature_symbols
     t0 = time.perf_counter()

@@ -8,7 +8,6 @@ ruleset if anything was reported.
 from __future__ import annotations
 
 import math
-import os
 import re
 from dataclasses import dataclass, field
 
@@ -16,6 +15,7 @@ import yaml
 
 from engine.types import ACTION_NAMES, Action
 from rules.diagnostics import Sink
+from rules.textfile import TextFileError, excerpt, read_text_file
 
 RULE_ID_RE = re.compile(r"^[a-z0-9_]{1,64}$")
 RULESET_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -124,8 +124,20 @@ def _pos(node) -> tuple[int, int]:
     return node.start_mark.line + 1, node.start_mark.column + 1
 
 
+class _BadScalar(ValueError):
+    pass
+
+
 def _scalar(loader, node):
-    return loader.construct_object(node, deep=True)
+    """The scalar's value (SafeLoader: no code-carrying tags). A tag it refuses
+    (``!!python/name:...``) or a bad scalar (``!!int "0x_"``) raises _BadScalar with the
+    position; load_rule_file reports it as file:line:col."""
+    try:
+        return loader.construct_object(node, deep=True)
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError, RecursionError) as e:
+        line, col = _pos(node)
+        problem = getattr(e, "problem", None) or f"{type(e).__name__}: {e}"
+        raise _BadScalar(line, col, f"invalid value (tag {excerpt(node.tag, 60)}): {excerpt(problem, 80)}") from None
 
 
 def _mapping_items(node, sink: Sink, what: str):
@@ -137,7 +149,7 @@ def _mapping_items(node, sink: Sink, what: str):
             sink.error(*_pos(k), f"{what}: keys must be strings")
             continue
         if key in seen:
-            sink.error(*_pos(k), f"{what}: duplicate key {key!r} (first at line {seen[key]})")
+            sink.error(*_pos(k), f"{what}: duplicate key {excerpt(key)} (first at line {seen[key]})")
             continue
         seen[key] = k.start_mark.line + 1
         yield key, k, v
@@ -150,7 +162,7 @@ def _const_value(loader, node, sink: Sink, name: str):
             return None
         v = _scalar(loader, n)
         if v is None or not isinstance(v, (bool, int, float, str)):
-            sink.error(*_pos(n), f"constant {name}: unsupported value {n.value!r} (numbers, strings, lists of them)")
+            sink.error(*_pos(n), f"constant {name}: unsupported value {excerpt(n.value)} (numbers, strings, lists of them)")
             return None
         if isinstance(v, float) and not math.isfinite(v):
             sink.error(*_pos(n), f"constant {name}: value must be finite, got {v!r}")
@@ -185,7 +197,7 @@ def _rule(loader, src: str, path: str, node, sink: Sink, constants: dict) -> Rul
         rid_node = items["id"][1]
         rid = rid_node.value if isinstance(rid_node, yaml.ScalarNode) else ""
         if not RULE_ID_RE.match(str(rid)):
-            sink.error(*_pos(rid_node), f"rule id {rid!r} must match [a-z0-9_]+ (at most 64 characters)")
+            sink.error(*_pos(rid_node), f"rule id {excerpt(rid)} must match [a-z0-9_]+ (at most 64 characters)")
             rid = ""
     else:
         sink.error(*_pos(node), "rule has no id")
@@ -193,20 +205,20 @@ def _rule(loader, src: str, path: str, node, sink: Sink, constants: dict) -> Rul
     ok = bool(rid)
     for key, (knode, _) in items.items():
         if key not in _RULE_KEYS:
-            rs.error(*_pos(knode), f"unknown key {key!r} (allowed: {', '.join(_RULE_KEYS)})")
+            rs.error(*_pos(knode), f"unknown key {excerpt(key)} (allowed: {', '.join(_RULE_KEYS)})")
             ok = False
 
     def get(key, types, default, required=False):
         nonlocal ok
         if key not in items:
             if required:
-                rs.error(*_pos(node), f"missing key {key!r}")
+                rs.error(*_pos(node), f"missing key {excerpt(key)}")
                 ok = False
             return default
         vnode = items[key][1]
         v = _scalar(loader, vnode) if isinstance(vnode, yaml.ScalarNode) else None
         if v is None or isinstance(v, bool) and bool not in types or not isinstance(v, types):
-            rs.error(*_pos(vnode), f"{key} must be {' or '.join(t.__name__ for t in types)}, got {vnode.value if isinstance(vnode, yaml.ScalarNode) else 'a collection'!r}")
+            rs.error(*_pos(vnode), f"{key} must be {' or '.join(t.__name__ for t in types)}, got {excerpt(vnode.value) if isinstance(vnode, yaml.ScalarNode) else 'a collection'}")
             ok = False
             return default
         return v
@@ -214,7 +226,7 @@ def _rule(loader, src: str, path: str, node, sink: Sink, constants: dict) -> Rul
     when = get("when", (str,), "", required=True)
     action = get("action", (str,), "allow")
     if action not in ACTION_NAMES:
-        rs.error(*_pos(items["action"][1]), f"action must be one of {', '.join(ACTION_NAMES)}, got {action!r}")
+        rs.error(*_pos(items["action"][1]), f"action must be one of {', '.join(ACTION_NAMES)}, got {excerpt(action)}")
         ok = False
     score = get("score", (int, float), 0)
     if not math.isfinite(score) or abs(score) > 1e12:
@@ -223,7 +235,7 @@ def _rule(loader, src: str, path: str, node, sink: Sink, constants: dict) -> Rul
     reason = get("reason", (str,), "")
     mode = get("mode", (str,), "enforce")
     if mode not in ("enforce", "shadow"):
-        rs.error(*_pos(items["mode"][1]), f"mode must be enforce or shadow, got {mode!r}")
+        rs.error(*_pos(items["mode"][1]), f"mode must be enforce or shadow, got {excerpt(mode)}")
         ok = False
     enabled = get("enabled", (bool,), True)
     if not ok:
@@ -238,18 +250,24 @@ MAX_RULE_FILE_BYTES = 4 << 20      # PyYAML parses ~1 MB/s here: bounds compile 
 
 
 def load_rule_file(path: str, sink: Sink) -> RuleFile | None:
-    """Parse one rule file; problems go to ``sink``; None when the file is unusable. Files
-    over MAX_RULE_FILE_BYTES are refused before parsing (a 50 MB file took minutes)."""
+    """Parse one rule file; problems go to ``sink``; None when the file is unusable. Only a
+    regular file of at most MAX_RULE_FILE_BYTES is read (rules.textfile: a FIFO or
+    /dev/zero is refused, never waited on); a 50 MB file took minutes to parse."""
     try:
-        size = os.stat(path).st_size
-        if size > MAX_RULE_FILE_BYTES:
-            sink.error(1, 1, f"rule file of {size} bytes is over the limit of {MAX_RULE_FILE_BYTES} "
-                             f"bytes; split it")
-            return None
-        with open(path, encoding="utf-8") as f:
-            src = f.read()
-    except (OSError, UnicodeDecodeError) as e:
-        sink.error(0, 0, f"cannot read rule file: {e}")
+        return _load_rule_file(path, sink)
+    except _BadScalar as e:
+        sink.error(*e.args)
+        return None
+    except RecursionError:
+        sink.error(0, 0, "YAML nested too deeply")
+        return None
+
+
+def _load_rule_file(path: str, sink: Sink) -> RuleFile | None:
+    try:
+        src = read_text_file(path, MAX_RULE_FILE_BYTES, "rule file")
+    except TextFileError as e:
+        sink.error(0, 0, str(e).removeprefix(f"{path}: "))
         return None
     loader = yaml.SafeLoader(src)
     try:
@@ -257,7 +275,7 @@ def load_rule_file(path: str, sink: Sink) -> RuleFile | None:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
-        sink.error(line, col, f"invalid YAML: {getattr(e, 'problem', None) or e}")
+        sink.error(line, col, f"invalid YAML: {excerpt(getattr(e, 'problem', None) or type(e).__name__, 80)}")
         return None
     finally:
         loader.dispose()
@@ -267,7 +285,7 @@ def load_rule_file(path: str, sink: Sink) -> RuleFile | None:
     top = {k: (kn, vn) for k, kn, vn in _mapping_items(root, sink, "rule file")}
     for k, (kn, _) in top.items():
         if k not in _TOP_KEYS:
-            sink.error(*_pos(kn), f"unknown key {k!r} (allowed: {', '.join(_TOP_KEYS)})")
+            sink.error(*_pos(kn), f"unknown key {excerpt(k)} (allowed: {', '.join(_TOP_KEYS)})")
     name, version = "", 0
     if "ruleset" not in top:
         sink.error(1, 1, "missing key 'ruleset'")
@@ -275,14 +293,14 @@ def load_rule_file(path: str, sink: Sink) -> RuleFile | None:
         n = top["ruleset"][1]
         name = str(_scalar(loader, n)) if isinstance(n, yaml.ScalarNode) else ""
         if not RULESET_RE.match(name):
-            sink.error(*_pos(n), f"ruleset must match [A-Za-z0-9_.-]+, got {n.value if isinstance(n, yaml.ScalarNode) else n.tag!r}")
+            sink.error(*_pos(n), f"ruleset must match [A-Za-z0-9_.-]+, got {excerpt(n.value if isinstance(n, yaml.ScalarNode) else n.tag)}")
     if "version" not in top:
         sink.error(1, 1, "missing key 'version'")
     else:
         n = top["version"][1]
         v = _scalar(loader, n) if isinstance(n, yaml.ScalarNode) else None
         if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**31:
-            sink.error(*_pos(n), f"version must be an integer >= 0, got {getattr(n, 'value', n.tag)!r}")
+            sink.error(*_pos(n), f"version must be an integer >= 0, got {excerpt(n.value if isinstance(n, yaml.ScalarNode) else n.tag)}")
         else:
             version = v
     constants = {}
@@ -291,7 +309,7 @@ def load_rule_file(path: str, sink: Sink) -> RuleFile | None:
         if isinstance(cnode, yaml.MappingNode):
             for key, kn, vn in _mapping_items(cnode, sink, "constants"):
                 if not CONST_RE.match(key) or key.startswith("__"):
-                    sink.error(*_pos(kn), f"constant name {key!r} must be an identifier (no dunder)")
+                    sink.error(*_pos(kn), f"constant name {excerpt(key)} must be an identifier (no dunder)")
                     continue
                 val = _const_value(loader, vn, sink, key)
                 if val is not None:

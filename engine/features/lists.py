@@ -28,6 +28,7 @@ from numba import njit
 
 from engine.features._atomics import _fence, _load_acquire, _store_release
 from engine.features.keys import key_from_python
+from rules.textfile import TextFileError, excerpt, read_text_file
 
 W_GEN, W_LEN0, W_CAP = 0, 1, 3
 HEADER_WORDS = 8
@@ -105,18 +106,25 @@ def list_values(buf: np.ndarray) -> np.ndarray:
 
 
 def parse_value(text: str, vtype: str) -> int:
-    """One list value as its u64 encoding. Raises ValueError with a short reason."""
+    """One list value as its u64 encoding. Raises ValueError with a short reason that quotes
+    at most a short excerpt of ``text``."""
     if vtype.startswith("bytes"):
+        n = int(vtype[5:])
+        if len(text.encode()) > n:
+            raise ValueError(f"{excerpt(text)} longer than {vtype}")
         return key_from_python(text.encode(), vtype)
     if vtype == "u32" and text.count(".") == 3:
-        return int(ipaddress.IPv4Address(text))
+        try:
+            return int(ipaddress.IPv4Address(text))
+        except ValueError:
+            raise ValueError(f"not an IPv4 address: {excerpt(text)}") from None
     try:
         v = int(text, 0)
     except ValueError:
-        raise ValueError(f"not an integer: {text!r}") from None
+        raise ValueError(f"not an integer: {excerpt(text)}") from None
     lo, hi = {"u32": (0, 2**32 - 1), "u64": (0, 2**64 - 1), "i64": (-2**63, 2**63 - 1)}[vtype]
     if not lo <= v <= hi:
-        raise ValueError(f"{v} out of range for {vtype}")
+        raise ValueError(f"{excerpt(str(v))} out of range for {vtype}")
     return v & 0xFFFFFFFFFFFFFFFF
 
 
@@ -135,10 +143,13 @@ def parse_list_text(text: str, vtype: str, where: str = "<text>") -> np.ndarray:
     return np.unique(np.array(out, dtype=np.uint64))
 
 
+MAX_LIST_FILE_BYTES = 64 << 20     # a 2^22-value list of dotted IPs is about 64 MiB
+
+
 def load_list_file(path: str, vtype: str) -> np.ndarray:
+    """A list file: a regular file of at most MAX_LIST_FILE_BYTES (rules.textfile)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ListError(f"{path}: cannot read list file: {e}") from None
+        text = read_text_file(path, MAX_LIST_FILE_BYTES, "list file")
+    except TextFileError as e:
+        raise ListError(str(e)) from None
     return parse_list_text(text, vtype, path)

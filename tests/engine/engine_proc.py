@@ -68,6 +68,10 @@ class EngineProcess:
         return f"tcp://127.0.0.1:{self.port}"
 
     @property
+    def admin_bind(self) -> str:
+        return f"ipc:///tmp/risk-engine-{self.instance}-admin.sock"
+
+    @property
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
