@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import heapq
 import os
+import resource
 import select
 import struct
 import sys
@@ -34,8 +35,10 @@ from engine.control import (BLOCKS_EVERY_NS, LATENCY_BOUNDS_NS, N_CODES, OVERLOA
 from engine.rings import EngineRings
 from engine.topology import pin_self
 from engine.types import Action, DecisionFlag, ErrorCode, RESPONSE_SLOT_DTYPE, request_slot_dtype
-from ingress.codec import Codec, RulesetMeta, split_envelope
+from ingress.codec import Codec, RulesetMeta, frame_kind, split_envelope
+from ingress.conns import SERVICE_EVERY_NS, Connections, effective_cap, raise_nofile_limit
 from ingress.dedup import IdempotencyWindow
+from ingress.discard import FrameDiscarder
 from ingress.fastpath import FastPath
 from ingress._fast_kernels import MIN_DEADLINE
 from ingress import _batch_kernels as BK
@@ -57,6 +60,8 @@ _RID = struct.Struct("<Q")             # the request id of a binary request head
 _RID_AT = wire.REQUEST_HEADER_DTYPE.fields["request_id"][1]
 TIMEOUT_BURST_NS = 100_000_000        # timeouts closer than this share one log entry
 READ_BATCH = 256                      # requests read before the responses get their turn
+MAX_FRAMES = 4                        # frames kept of one message: identity, delimiter, body
+                                      # and one more, to see there are too many
 SHED_AFTER_NS = 5_000_000             # a queue that has not emptied for 5 ms: shed
 DOORBELL_DEFER_NS = 100_000           # while more requests are queued, wake a sleeping worker
                                       # at most this late (one wake-up for several requests)
@@ -65,7 +70,7 @@ _MORE_NOWAIT, _NOWAIT = int(zmq.SNDMORE | zmq.NOBLOCK), int(zmq.NOBLOCK)   # per
 _TRANSPORT = {"binary": 0, "json": 1}
 SHED_MESSAGE = "shedding load: the front door is behind; retry later"
 _SHED_BYTES = SHED_MESSAGE.encode()
-_OVERLOADED = int(ErrorCode.OVERLOADED)
+_OVERLOADED, _BAD_FRAME = int(ErrorCode.OVERLOADED), int(ErrorCode.BAD_FRAME)
 _SHED, _RING_FULL, _MAX_INFLIGHT, _BEHIND = (OVERLOAD_REASONS.index(r) for r in (
     "shed", "ring_full", "max_inflight", "worker_behind"))
 SLOT_BYTES = RESPONSE_SLOT_DTYPE.itemsize
@@ -218,12 +223,16 @@ class Router:
         self.sock = sock
         self.opts = SockOpts(sock)
         self._send = backend_send(sock)
+        self.discard = FrameDiscarder(sock).discard
+        self.conns = self._connections(sock)
+        conns_fd, conns_due = self.conns.fileno(), 0
         # One epoll over the ROUTER socket's ZMQ_FD and the responses' eventfd. zmq.Poller
         # made 6 system calls per wait here (two zmq_poll passes); this makes one, plus the
         # ZMQ_EVENTS check that the edge-triggered ZMQ_FD requires before every sleep.
         ep = select.epoll()
         ep.register(sock.getsockopt(zmq.FD), select.EPOLLIN)
         ep.register(self.efd.fileno(), select.EPOLLIN)
+        ep.register(conns_fd, select.EPOLLIN)
         accepting = True
         self.c_accepting[0] = 1
         fast, fast_meta = self.fast, self.fast.meta
@@ -246,6 +255,9 @@ class Router:
             if now >= blocks_due:       # a per-message leak shows here (bench.alloc); the call
                 c_blocks[0] = sys.getallocatedblocks()      # costs 0.5 us, 2.5 % of a batched
                 blocks_due = now + BLOCKS_EVERY_NS          # run's loop when made every round
+            if now >= conns_due:                   # connections: counted, capped (ingress.conns)
+                self.conns.service(now)
+                conns_due = now + SERVICE_EVERY_NS
             if got:
                 if idle_since:                     # work after a wait: would a spin have
                     payoff.gap(now - idle_since)   # caught it?
@@ -258,11 +270,14 @@ class Router:
             if any(r.response_sleep_begin() for r in self.rings):
                 timeout_s = 0.0                    # a response arrived before we slept
             if timeout_s and not (accepting and self.opts.events() & _POLLIN):
-                ep.poll(timeout_s)
+                for fd, _ in ep.poll(timeout_s):
+                    if fd == conns_fd:             # a connection came or went
+                        conns_due = 0
             for r in self.rings:
                 r.response_sleep_end()
             self.efd.drain()
         ep.close()
+        self.conns.close()
         sock.close(linger=1000)
         if self.cfg.ingress.curve.enabled:
             from ingress.security import stop_authenticator
@@ -273,6 +288,17 @@ class Router:
         self.efd.close()
         self._block_seg.close()
         return 0
+
+    def _connections(self, sock: zmq.Socket) -> Connections:
+        """The connection cap (ingress.conns), within this process's descriptor limit."""
+        want = self.cfg.ingress.max_connections
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        cap = effective_cap(want, nofile)
+        if cap < want:
+            print(f"risk-engine: ingress: ingress.max_connections={want} lowered to {cap}: "
+                  f"RLIMIT_NOFILE={nofile}", file=sys.stderr, flush=True)
+        b = self.block
+        return Connections(sock, cap, b.view("ingress.connections"), b.view("ingress.connections_closed"))
 
     def _next_deadline(self) -> int:
         nxt = int(self.fast.meta[MIN_DEADLINE])
@@ -324,12 +350,17 @@ class Router:
                 break
             frames.append(recv())                  # a ROUTER message is identity + >= 1 frame
             while rcvmore():                       # recv_multipart's enum RCVMORE cost more
-                frames.append(recv())              # than the frames themselves (sockopts.py)
+                if len(frames) == MAX_FRAMES:      # than the frames themselves (sockopts.py)
+                    frames = self._too_many_frames(frames)
+                    break
+                frames.append(recv())
             t = time.monotonic_ns()
             if not self.backlog_since:             # the queue is non-empty from here on
                 self.backlog_since, self.backlog_reads = t, 0
             self.backlog_reads += 1
-            if t - self.backlog_since > SHED_AFTER_NS and self.backlog_reads > READ_BATCH:
+            if frames is None:                     # refused for its frame count: let the
+                n = READ_BATCH                     # loop close its connection (ingress.conns)
+            elif t - self.backlog_since > SHED_AFTER_NS and self.backlog_reads > READ_BATCH:
                 self._shed(frames)
             elif not admit(frames, t):
                 self._handle(frames, t)
@@ -346,6 +377,24 @@ class Router:
         for r in self.rings:
             r.request.ring_owed()
         self.owed_since = 0
+
+    def _too_many_frames(self, frames: list) -> None:
+        """A message of more than MAX_FRAMES frames is never valid: drop the rest unread (one
+        compiled loop, nothing allocated per frame; ingress.discard), answer BAD_FRAME once per
+        connection and close that connection soon after (ingress.conns), so it cannot queue
+        more. Returns None: the message is done with."""
+        try:                                       # the connection it came on, to close
+            fd = self.sock.recv(copy=False).get(zmq.SRCFD)
+        except zmq.ZMQError:
+            fd = -1
+        n = len(frames) + 1 + self.discard()
+        if fd >= 0 and not self.conns.close_later(fd, time.monotonic_ns()):
+            self.c_requests[0, _BAD_FRAME] += 1     # this connection had its reply
+            return None
+        env = frames[:2] if not frames[1] else frames[:1]
+        self._reply_error(env, WireError(
+            ErrorCode.BAD_FRAME, f"a message of {n} frames: expected [identity, (empty,) body]",
+            kind=frame_kind(frames[len(env)])))
 
     def _shed(self, frames: list) -> None:
         """OVERLOADED without decoding. A binary reply is a header packed onto a prepared
@@ -574,6 +623,7 @@ def main(argv: list[str] | None = None) -> int:
     procname.become_child("ingress")                  # the supervisor coordinates shutdown
     plan = rundir.read_plan(a.run_dir)
     pin_self(plan.get("ingress_cpu", -1))
+    raise_nofile_limit()                              # connections are descriptors
     router = Router(a.run_dir)
     try:
         return router.run()
