@@ -63,6 +63,8 @@ READ_BATCH = 256                      # requests read before the responses get t
 MAX_FRAMES = 4                        # frames kept of one message: identity, delimiter, body
                                       # and one more, to see there are too many
 SHED_AFTER_NS = 5_000_000             # a queue that has not emptied for 5 ms: shed
+SHED_PEER_SHARE = 32                  # while shedding, a peer's messages read per SHED_AFTER_NS
+                                      # that are still served; beyond, only its are shed
 DOORBELL_DEFER_NS = 100_000           # while more requests are queued, wake a sleeping worker
                                       # at most this late (one wake-up for several requests)
 _POLLIN = int(zmq.POLLIN)             # plain ints: the enum forms cost 2.5 us per socket call
@@ -135,6 +137,8 @@ class Router:
         self.max_inflight = cfg.ingress.max_inflight
         self.backlog_since = 0             # since when the socket queue has not emptied
         self.backlog_reads = 0             # requests read since then
+        self.shed_reads: dict[bytes, int] = {}   # while shedding: messages per peer this round
+        self.shed_round_end = 0
         self.spin_ns = cfg.ingress.spin_us * 1000
         self.owed_since = 0                # first publish whose doorbell is deferred (0: none)
         self.dedup = IdempotencyWindow(cfg.ingress.dedup_window_s * 1_000_000_000,
@@ -334,11 +338,12 @@ class Router:
         Load shedding (CoDel-like): the socket's queue is invisible, but a queue that never
         empties is not. Once the queue has stayed non-empty for longer than SHED_AFTER_NS
         while at least READ_BATCH requests were read from it (sustained arrivals, not this
-        process being descheduled for a while), the ingress answers what it reads with
-        OVERLOADED at once (a header peek, no decode) until the queue is empty. Checked per
-        message, not per call: a call that decodes READ_BATCH requests takes several ms
-        itself, and the refusals would wait behind it. Under overload the admitted
-        requests keep a bounded latency, the rest get a fast refusal, and no queue grows."""
+        process being descheduled for a while), the ingress answers what it reads from a
+        peer over its share (``_over_share``) with OVERLOADED at once (a header peek, no
+        decode) until the queue is empty. Checked per message, not per call: a call that
+        decodes READ_BATCH requests takes several ms itself, and the refusals would wait
+        behind it. Under overload the admitted requests keep a bounded latency, the peers
+        that flood get a fast refusal, quiet peers are still served, and no queue grows."""
         n = 0
         rcvmore, recv = self.opts.rcvmore, sock.recv
         admit = self.fast.admit
@@ -360,7 +365,8 @@ class Router:
             self.backlog_reads += 1
             if frames is None:                     # refused for its frame count: let the
                 n = READ_BATCH                     # loop close its connection (ingress.conns)
-            elif t - self.backlog_since > SHED_AFTER_NS and self.backlog_reads > READ_BATCH:
+            elif t - self.backlog_since > SHED_AFTER_NS and self.backlog_reads > READ_BATCH \
+                    and self._over_share(frames[0], t):
                 self._shed(frames)
             elif not admit(frames, t):
                 self._handle(frames, t)
@@ -369,6 +375,18 @@ class Router:
                 self._ring_owed()
         self._ring_owed()                          # when the queue empties, or every call
         return n
+
+    def _over_share(self, peer: bytes, now: int) -> bool:
+        """While the shedder is on: has ``peer`` (a ROUTER identity) had its share of this
+        round (SHED_PEER_SHARE messages per SHED_AFTER_NS)? Only those peers are shed, so
+        one peer flooding the queue cannot get every other client refused: libzmq reads the
+        peers' queues in turn, and a quiet peer's messages stay under its share."""
+        if now >= self.shed_round_end:
+            self.shed_reads.clear()
+            self.shed_round_end = now + SHED_AFTER_NS
+        c = self.shed_reads.get(peer, 0) + 1
+        self.shed_reads[peer] = c
+        return c > SHED_PEER_SHARE
 
     def _ring_owed(self) -> None:
         """Wake the workers that fell asleep while requests were published to them. Deferred

@@ -6,6 +6,8 @@ import socket
 import struct
 
 GREETING = b"\xff" + b"\0" * 8 + b"\x7f" + b"\x03\x00" + b"NULL".ljust(20, b"\0") + b"\0" * 32
+_READY_BODY = b"\x05READY" + b"\x0bSocket-Type" + struct.pack(">I", 6) + b"DEALER"
+READY = bytes([4, len(_READY_BODY)]) + _READY_BODY          # a command frame
 
 
 def frame(body: bytes, more: bool) -> bytes:
@@ -33,9 +35,13 @@ class RawPeer:
         if handshake:
             self.sock.sendall(GREETING)
             _recv_exact(self.sock, 64)
-            ready = b"\x05READY" + b"\x0bSocket-Type" + struct.pack(">I", 6) + b"DEALER"
-            self.sock.sendall(bytes([4, len(ready)]) + ready)
+            self.sock.sendall(READY)
             self._read_frame()                            # the server's READY command
+
+    @staticmethod
+    def greeting_and_ready() -> bytes:
+        """What a DEALER sends first, without waiting for the server's half."""
+        return GREETING + READY
 
     def send_raw(self, data: bytes) -> None:
         self.sock.sendall(data)
