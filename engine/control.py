@@ -71,7 +71,7 @@ SUPERVISOR = [("header", 2), ("stop", 1), ("generation", 1), ("worker_restarts",
               ("snapshot_log", 1 + LOG_ENTRIES * LOG_WIDTH), ("worker_restart_ns", 1),
               ("standby_pid", 1)]
 # why a request was refused with OVERLOADED (ingress.overloaded[i]; risk_overloaded_total{reason})
-OVERLOAD_REASONS = ("shed", "ring_full", "max_inflight", "worker_behind")
+OVERLOAD_REASONS = ("shed", "ring_full", "max_inflight", "worker_behind", "peer_inflight")
 # why the ingress closed a connection (ingress.connections_closed[i]; ingress.conns)
 CONN_CLOSE_REASONS = ("over_cap", "bad_frames")
 INGRESS = [("requests", N_TRANSPORTS * N_CODES), ("decisions", 3), ("inflight", 1),

@@ -182,7 +182,7 @@ class EngineCollector:
                                 value=float(sv("ingress.inflight")[0]))
         c = CounterMetricFamily("risk_overloaded", "Requests refused with OVERLOADED, by why: shed "
                                 "(the socket queue stood too long), ring_full, max_inflight, "
-                                "worker_behind", labels=["reason"])
+                                "worker_behind, peer_inflight", labels=["reason"])
         for reason, v in zip(OVERLOAD_REASONS, sv("ingress.overloaded").tolist()):
             c.add_metric([reason], float(v))
         yield c

@@ -73,8 +73,8 @@ _TRANSPORT = {"binary": 0, "json": 1}
 SHED_MESSAGE = "shedding load: the front door is behind; retry later"
 _SHED_BYTES = SHED_MESSAGE.encode()
 _OVERLOADED, _BAD_FRAME = int(ErrorCode.OVERLOADED), int(ErrorCode.BAD_FRAME)
-_SHED, _RING_FULL, _MAX_INFLIGHT, _BEHIND = (OVERLOAD_REASONS.index(r) for r in (
-    "shed", "ring_full", "max_inflight", "worker_behind"))
+_SHED, _RING_FULL, _MAX_INFLIGHT, _BEHIND, _PEER_INFLIGHT = (OVERLOAD_REASONS.index(r) for r in (
+    "shed", "ring_full", "max_inflight", "worker_behind", "peer_inflight"))
 SLOT_BYTES = RESPONSE_SLOT_DTYPE.itemsize
 
 
@@ -135,6 +135,9 @@ class Router:
         self.deadlines: list[tuple[int, int]] = []
         self.instrument = cfg.metrics.enabled
         self.max_inflight = cfg.ingress.max_inflight
+        # one connection's share: a client pipelining requests cannot take every slot
+        self.max_per_peer = cfg.ingress.max_inflight_per_peer or max(1, self.max_inflight // 4)
+        self.peer_inflight: dict[bytes, int] = {}   # ROUTER identity -> requests in flight
         self.backlog_since = 0             # since when the socket queue has not emptied
         self.backlog_reads = 0             # requests read since then
         self.shed_reads: dict[bytes, int] = {}   # while shedding: messages per peer this round
@@ -446,6 +449,10 @@ class Router:
         if len(self.pending) + self.fast.in_use >= self.max_inflight:   # bounded: shed load
             return self._overloaded(envelope, req, n, now_ns, _MAX_INFLIGHT,
                                     f"ingress.max_inflight={self.max_inflight} requests in flight")
+        if self.peer_inflight.get(envelope[0], 0) >= self.max_per_peer:
+            return self._overloaded(envelope, req, n, now_ns, _PEER_INFLIGHT,
+                                    f"ingress.max_inflight_per_peer={self.max_per_peer} requests "
+                                    f"of this connection in flight")
         dkey = None
         if req.client_id and self.dedup.enabled:
             dkey = (req.client_id, req.request_id)
@@ -491,6 +498,8 @@ class Router:
         p = _Pending(seq, envelope, req, n, now_ns, deadline, [w for w, _ in groups], dkey)
         p.routed_ns = time.monotonic_ns()
         self.pending[seq] = p
+        pin = self.peer_inflight
+        pin[envelope[0]] = pin.get(envelope[0], 0) + 1
         heapq.heappush(self.deadlines, (deadline, seq))
         if dkey is not None:
             self.dedup.start(dkey, p)
@@ -596,8 +605,16 @@ class Router:
         else:
             self.timeout_log.add(w, 1, age, occ, wall)
 
+    def peer_done(self, peer: bytes) -> None:
+        """One request of connection ``peer`` (its identity) is no longer in flight."""
+        c = self.peer_inflight.pop(peer, 1) - 1
+        if c:
+            self.peer_inflight[peer] = c
+
     def _finish(self, p: _Pending, code: int) -> None:
         self.pending.pop(p.seq, None)
+        if p.seq:                                  # admitted (not an overload default)
+            self.peer_done(p.envelopes[0][0][0])
         for i, (env, req) in enumerate(p.envelopes):
             slots = p.slots
             if i:                                  # retries that arrived while in flight

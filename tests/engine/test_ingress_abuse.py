@@ -183,3 +183,37 @@ def test_one_peer_flooding_junk_does_not_get_quiet_peers_refused(tmp_path, schem
     print(f"flooder sent {sent}, shed {shed:.0f}; quiet client outcomes {outcomes}")
     assert shed > 0, "the flood never overloaded the ingress: nothing was tested"
     assert set(outcomes) == {"decided"} and outcomes["decided"] >= 5, outcomes
+
+
+def test_a_peer_pipelining_requests_gets_its_share_of_inflight_not_all(tmp_path, schema):
+    """With the worker frozen nothing finishes: one DEALER pipelines 50 requests against
+    ingress.max_inflight 40 and max_inflight_per_peer 10. It gets 10 admitted and 40 refused
+    at once (OVERLOADED, reason peer_inflight); a second connection's request is still
+    admitted (old code: the first peer took all 40 slots and the second was refused)."""
+    from tests.engine.test_reliability import frozen_worker, send_singles, settle
+    rng = np.random.default_rng(22)
+    with EngineProcess(tmp_path, workers=1, overrides={"ingress": {
+            "max_inflight": 40, "max_inflight_per_peer": 10, "default_deadline_ms": 10_000}}) as eng:
+        settle(eng, schema)
+        with frozen_worker(eng):
+            greedy = zmq.Context.instance().socket(zmq.DEALER)
+            greedy.linger = 0
+            greedy.connect(eng.endpoint)
+            for i in range(50):
+                greedy.send_multipart([b"", wire.pack_request(schema.hash, random_events(rng, schema, 1), 5, i + 1)])
+            refused = []
+            while len(refused) < 40 and greedy.poll(10_000):         # bounded
+                refused.append(wire.unpack_reply(greedy.recv_multipart()[-1]))
+            assert [r[1] for r in refused] == [ErrorCode.OVERLOADED] * 40
+            assert all("max_inflight_per_peer=10" in r[3] for r in refused), refused[0]
+            quiet = send_singles(eng.endpoint, schema, rng, 1, 6)[0]
+            time.sleep(0.5)
+            assert not quiet.poll(0), "the quiet peer was refused: " + str(
+                wire.unpack_reply(quiet.recv_multipart()[-1]))
+        assert quiet.poll(10_000) and wire.unpack_reply(quiet.recv_multipart()[-1])[1] == 0
+        for _ in range(10):                                            # the admitted ten
+            assert greedy.poll(10_000) and wire.unpack_reply(greedy.recv_multipart()[-1])[1] == 0
+        peer = value(scrape(eng.metrics_url), "risk_overloaded_total", reason="peer_inflight")
+        assert peer == 40
+        quiet.close(0)
+        greedy.close(0)
