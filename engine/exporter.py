@@ -191,7 +191,7 @@ class EngineCollector:
                                 value=float(sv("ingress.connections")[0]))
         c = CounterMetricFamily("risk_connections_closed", "Connections the ingress closed, by why: "
                                 "over_cap (the idlest, over ingress.max_connections), bad_frames "
-                                "(its peer sent a message of more frames than a request has)",
+                                "(its peer sent a message of more than 1024 frames)",
                                 labels=["reason"])
         for reason, v in zip(CONN_CLOSE_REASONS, sv("ingress.connections_closed").tolist()):
             c.add_metric([reason], float(v))

@@ -10,8 +10,8 @@ ipc://) down to the cap less a reserve, so there is room for new clients and an 
 must open that many more before the next scan. Closing is ``shutdown(2)`` on libzmq's
 descriptor: libzmq reads EOF and tears the connection down itself (it owns the close).
 
-A connection is also closed when its peer sent a message of more frames than any request
-has (after its BAD_FRAME reply had ``CLOSE_DELAY_NS`` to leave): what it queued behind that
+A connection is also closed when its peer sent a message of far more frames than any request
+has (ingress.router.CLOSE_OVER_FRAMES; after its BAD_FRAME reply had ``CLOSE_DELAY_NS`` to leave): what it queued behind that
 message is dropped with it, unread.
 
 Nothing here runs per message: ``service(now)`` is called every ``SERVICE_EVERY_NS`` and

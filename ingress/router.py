@@ -62,6 +62,8 @@ TIMEOUT_BURST_NS = 100_000_000        # timeouts closer than this share one log 
 READ_BATCH = 256                      # requests read before the responses get their turn
 MAX_FRAMES = 4                        # frames kept of one message: identity, delimiter, body
                                       # and one more, to see there are too many
+CLOSE_OVER_FRAMES = 1024              # a message of more frames is abuse, not a client's slip:
+                                      # its connection is closed (ingress.conns)
 SHED_AFTER_NS = 5_000_000             # a queue that has not emptied for 5 ms: shed
 SHED_PEER_SHARE = 32                  # while shedding, a peer's messages read per SHED_AFTER_NS
                                       # that are still served; beyond, only its are shed
@@ -401,15 +403,15 @@ class Router:
 
     def _too_many_frames(self, frames: list) -> None:
         """A message of more than MAX_FRAMES frames is never valid: drop the rest unread (one
-        compiled loop, nothing allocated per frame; ingress.discard), answer BAD_FRAME once per
-        connection and close that connection soon after (ingress.conns), so it cannot queue
-        more. Returns None: the message is done with."""
+        compiled loop, nothing allocated per frame; ingress.discard) and answer BAD_FRAME. Over
+        CLOSE_OVER_FRAMES frames, answer once per connection and close that connection soon
+        after (ingress.conns), so it cannot queue more. Returns None: the message is done with."""
         try:                                       # the connection it came on, to close
             fd = self.sock.recv(copy=False).get(zmq.SRCFD)
         except zmq.ZMQError:
             fd = -1
         n = len(frames) + 1 + self.discard()
-        if fd >= 0 and not self.conns.close_later(fd, time.monotonic_ns()):
+        if n > CLOSE_OVER_FRAMES and fd >= 0 and not self.conns.close_later(fd, time.monotonic_ns()):
             self.c_requests[0, _BAD_FRAME] += 1     # this connection had its reply
             return None
         env = frames[:2] if not frames[1] else frames[:1]

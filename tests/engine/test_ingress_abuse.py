@@ -40,7 +40,8 @@ def test_messages_of_a_million_empty_frames_cost_bounded_memory_and_time(tmp_pat
     bounds a frame, not their number). Each such message held the old ingress about 1.8 s
     and its RSS grew by the frames libzmq queued meanwhile (30 of them: 293 MiB to 1.8 GB).
     Now the ingress keeps 4 frames, drops the rest in one compiled loop, answers BAD_FRAME
-    once and closes that connection, so the peer cannot queue more. Sent here from a raw
+    once and, over 1024 frames, closes that connection, so the peer cannot queue more (a
+    message of a few frames too many is answered and its connection kept). Sent here from a raw
     ZMTP peer at the speed of sendall: 20 such messages (old code: RSS +1.2 GiB or more).
     Allowed outcomes: the peer's sends stop with a broken connection, or all go through; a
     normal client's every request is decided meanwhile (deadline 10 s: no timing luck)."""
@@ -48,6 +49,16 @@ def test_messages_of_a_million_empty_frames_cost_bounded_memory_and_time(tmp_pat
     rng = np.random.default_rng(19)
     with EngineProcess(tmp_path, workers=1, overrides={"ingress": {"default_deadline_ms": 10_000}}) as eng:
         ing = ingress_process(eng)
+        slip = zmq.Context.instance().socket(zmq.DEALER)   # a few frames too many: a client's
+        slip.linger = 0                                     # bug, answered, connection kept
+        slip.connect(eng.endpoint)
+        slip.send_multipart([b"", b"a", b"b", b"c", b"d", b"e"])
+        assert slip.poll(20_000)
+        reply = wire.unpack_reply(slip.recv_multipart()[-1])
+        assert reply[1] == ErrorCode.BAD_FRAME and "7 frames" in reply[3], reply
+        slip.send_multipart([b"", wire.pack_request(schema.hash, random_events(rng, schema, 1), 3, 1)])
+        assert slip.poll(20_000) and wire.unpack_reply(slip.recv_multipart()[-1])[1] == 0
+        slip.close(0)
         with Client(eng.endpoint, schema, timeout_ms=60_000, retries=0) as c:
             c.evaluate_batch(random_events(rng, schema, 1))
             rss0 = ing.memory_info().rss
