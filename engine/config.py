@@ -46,6 +46,8 @@ class IngressConfig:
     dedup_max_entries: int = 1 << 18    # decided requests kept (fixed memory, allocated at start)
     dedup_max_bytes: int = 32 << 20     # their response slots, 64 B per event
     max_inflight: int = 4096            # requests in flight; more get OVERLOADED at once
+    max_inflight_per_peer: int = 0      # one connection's share of it; 0: max_inflight / 4
+    max_connections: int = 10_000       # over this the idlest connections are closed
     spin_us: int = 1000                 # poll socket and decisions this long (while it pays)
     curve: CurveConfig = CurveConfig()
 
@@ -266,7 +268,7 @@ def parse_config(raw: Mapping | None, path: str = "<memory>") -> Config:
 
     s = _section(raw, "ingress", {"bind", "max_frame_bytes", "max_batch", "default_deadline_ms",
                                   "on_timeout", "on_overload", "dedup_window_s", "dedup_max_entries", "dedup_max_bytes",
-                                  "max_inflight", "spin_us", "curve"})
+                                  "max_inflight", "max_inflight_per_peer", "max_connections", "spin_us", "curve"})
     ingress = IngressConfig(
         bind=_str(s, "ingress", "bind", IngressConfig.bind),
         max_frame_bytes=_int(s, "ingress", "max_frame_bytes", IngressConfig.max_frame_bytes, 64, 1 << 30),
@@ -278,6 +280,9 @@ def parse_config(raw: Mapping | None, path: str = "<memory>") -> Config:
         dedup_max_entries=_int(s, "ingress", "dedup_max_entries", IngressConfig.dedup_max_entries, 1, 1 << 26),
         dedup_max_bytes=_int(s, "ingress", "dedup_max_bytes", IngressConfig.dedup_max_bytes, 64, 1 << 36),
         max_inflight=_int(s, "ingress", "max_inflight", IngressConfig.max_inflight, 1, 1 << 22),
+        max_inflight_per_peer=_int(s, "ingress", "max_inflight_per_peer", IngressConfig.max_inflight_per_peer,
+                                   0, 1 << 22),
+        max_connections=_int(s, "ingress", "max_connections", IngressConfig.max_connections, 1, 1 << 20),
         spin_us=_int(s, "ingress", "spin_us", IngressConfig.spin_us, 0, 100_000),
         curve=_curve(s, "ingress", base),
     )

@@ -71,13 +71,16 @@ SUPERVISOR = [("header", 2), ("stop", 1), ("generation", 1), ("worker_restarts",
               ("snapshot_log", 1 + LOG_ENTRIES * LOG_WIDTH), ("worker_restart_ns", 1),
               ("standby_pid", 1), ("journal_corrupt_records", 1), ("snapshots_refused", 1)]
 # why a request was refused with OVERLOADED (ingress.overloaded[i]; risk_overloaded_total{reason})
-OVERLOAD_REASONS = ("shed", "ring_full", "max_inflight", "worker_behind")
+OVERLOAD_REASONS = ("shed", "ring_full", "max_inflight", "worker_behind", "peer_inflight")
+# why the ingress closed a connection (ingress.connections_closed[i]; ingress.conns)
+CONN_CLOSE_REASONS = ("over_cap", "bad_frames")
 INGRESS = [("requests", N_TRANSPORTS * N_CODES), ("decisions", 3), ("inflight", 1),
            ("accepting", 1), ("deduplicated", 1), ("timeouts", 1), ("worker_lost", 1),
            ("eval_hist", N_TRANSPORTS * _hist(NB)), ("stage_hist", len(STAGES) * _hist(NB)),
            ("gc_hist", _hist(NBG)), ("generation_seen", 1), ("dedup_meta", 4),
            ("timeout_log", 1 + LOG_ENTRIES * LOG_WIDTH), ("py_blocks", 1),
-           ("overloaded", len(OVERLOAD_REASONS))]
+           ("overloaded", len(OVERLOAD_REASONS)), ("connections", 1),
+           ("connections_closed", len(CONN_CLOSE_REASONS))]
 WORKER = [("batches", 1), ("events", 1), ("generation", 1), ("reload_errors", 1),
           ("paused", 1), ("journal_seq", 1), ("retain_seq", 1),
           ("kernel_hist", _hist(NBK)), ("gc_hist", _hist(NBG)), ("heartbeat_ns", 1),

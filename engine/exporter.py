@@ -19,7 +19,7 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from engine.control import (GC_BOUNDS_NS, KERNEL_BOUNDS_NS, LATENCY_BOUNDS_NS, N_CODES,
-                            OVERLOAD_REASONS, STAGES, STALL_NS, STALL_PHASES, TRANSPORTS,
+                            OVERLOAD_REASONS, CONN_CLOSE_REASONS, STAGES, STALL_NS, STALL_PHASES, TRANSPORTS,
                             EventLog)
 from engine.types import ACTION_NAMES, ErrorCode
 from ingress._dedup_kernels import EVICTED_EARLY as DEDUP_EVICTED_EARLY
@@ -206,8 +206,18 @@ class EngineCollector:
                                 value=float(sv("ingress.inflight")[0]))
         c = CounterMetricFamily("risk_overloaded", "Requests refused with OVERLOADED, by why: shed "
                                 "(the socket queue stood too long), ring_full, max_inflight, "
-                                "worker_behind", labels=["reason"])
+                                "worker_behind, peer_inflight", labels=["reason"])
         for reason, v in zip(OVERLOAD_REASONS, sv("ingress.overloaded").tolist()):
+            c.add_metric([reason], float(v))
+        yield c
+        yield GaugeMetricFamily("risk_connections", "Connections open to the front door (socket "
+                                "monitor; at most ingress.max_connections)",
+                                value=float(sv("ingress.connections")[0]))
+        c = CounterMetricFamily("risk_connections_closed", "Connections the ingress closed, by why: "
+                                "over_cap (the idlest, over ingress.max_connections), bad_frames "
+                                "(its peer sent a message of more than 1024 frames)",
+                                labels=["reason"])
+        for reason, v in zip(CONN_CLOSE_REASONS, sv("ingress.connections_closed").tolist()):
             c.add_metric([reason], float(v))
         yield c
         yield CounterMetricFamily("risk_deduplicated_requests", "Retries answered from the idempotency window",

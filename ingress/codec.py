@@ -32,6 +32,21 @@ U64_MAX = (1 << 64) - 1
 U32_MAX = (1 << 32) - 1
 SLOT_BYTES = RESPONSE_SLOT_DTYPE.itemsize
 _JSON_KEYS = frozenset(("request_id", "client_id", "deadline_ms", "event", "events"))
+
+
+def _unique_keys(pairs: list) -> dict:
+    """object_pairs_hook: an object that names a key twice is refused (json's default keeps
+    the last silently, so '"event": A, "event": B' would be decided on B unseen)."""
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        seen = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"duplicate key {dup[:40]!r}")
+    return d
+
+
+# strict: json.loads on bytes guesses UTF-16/32 and lets UTF-8-encoded surrogates through
+_JSON_DECODE = json.JSONDecoder(object_pairs_hook=_unique_keys).decode
 # decision flag -> per-decision error code (binary reply "error" field)
 _FLAG_ERRORS = ((DecisionFlag.DEFAULT_TIMEOUT, ErrorCode.TIMEOUT),
                 (DecisionFlag.DEFAULT_OVERLOAD, ErrorCode.OVERLOADED),
@@ -218,8 +233,8 @@ class Codec:
 
     def _decode_json(self, frame) -> Request:
         try:
-            obj = json.loads(bytes(frame))
-        except (ValueError, RecursionError) as e:
+            obj = _JSON_DECODE(bytes(frame).decode("utf-8"))   # PROTOCOL.md: UTF-8 only
+        except (ValueError, RecursionError) as e:      # UnicodeDecodeError is a ValueError
             raise WireError(ErrorCode.BAD_JSON, f"invalid JSON: {str(e)[:120]}", kind="json") from None
         if type(obj) is not dict:
             raise WireError(ErrorCode.BAD_JSON, f"expected an object, got {_jtype(obj)}", kind="json")

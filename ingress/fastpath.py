@@ -4,11 +4,12 @@ The router offers every message to ``FastPath.admit`` first. Admitted are well-f
 requests with N = 1 whose idempotency key is neither in flight nor decided, while the
 in-flight table and the worker's ring have room; anything else (JSON, batches, a bad header
 or value, a retry, overload) returns False and takes the general path, which produces the
-precise error or answer. The two paths share the limits (``ingress.max_inflight`` counts
-both), the idempotency window, the counters and the histograms.
+precise error or answer. The two paths share the limits (``ingress.max_inflight`` and
+``max_inflight_per_peer`` count both), the idempotency window, the counters and the histograms.
 
-Per admitted request the Python work is one header unpack, one compiled call and a list
-store; per drained batch of responses one compiled call, then three frame sends per reply.
+Per admitted request the Python work is one header unpack, one compiled call, a list store
+and the connection's in-flight count; per drained batch of responses one compiled call, then
+three frame sends per reply.
 """
 from __future__ import annotations
 
@@ -120,6 +121,10 @@ class FastPath:
         r = self.router
         if self.in_use + len(r.pending) >= r.max_inflight:
             return False
+        pin, peer = r.peer_inflight, frames[0]
+        held = pin.get(peer, 0)
+        if held >= r.max_per_peer:                # the general path refuses it, reason named
+            return False
         key = None
         if cid and self.keyed_ok:
             key = (cid, rid)
@@ -137,6 +142,7 @@ class FastPath:
         if res < 0:
             return False
         r.seq = seq + 1
+        pin[peer] = held + 1
         row = res >> 1
         self.ft[row, K.ROUTED] = time.monotonic_ns()
         if res & 1:
@@ -183,6 +189,7 @@ class FastPath:
     def _reply(self, row: int) -> None:
         env = self.envelopes[row]
         self.envelopes[row] = None
+        self.router.peer_done(env[0])
         o = row * K.REPLY_BYTES
         self.router.send_frames(env, self.fout_bytes[o:o + K.REPLY_BYTES], "binary")
         key = self.keys[row]

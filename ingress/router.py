@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import heapq
 import os
+import resource
 import select
 import struct
 import sys
@@ -34,8 +35,10 @@ from engine.control import (BLOCKS_EVERY_NS, LATENCY_BOUNDS_NS, N_CODES, OVERLOA
 from engine.rings import EngineRings
 from engine.topology import pin_self
 from engine.types import Action, DecisionFlag, ErrorCode, RESPONSE_SLOT_DTYPE, request_slot_dtype
-from ingress.codec import Codec, RulesetMeta, split_envelope
+from ingress.codec import Codec, RulesetMeta, frame_kind, split_envelope
+from ingress.conns import SERVICE_EVERY_NS, Connections, effective_cap, raise_nofile_limit
 from ingress.dedup import IdempotencyWindow
+from ingress.discard import FrameDiscarder
 from ingress.fastpath import FastPath
 from ingress._fast_kernels import MIN_DEADLINE
 from ingress import _batch_kernels as BK
@@ -57,7 +60,13 @@ _RID = struct.Struct("<Q")             # the request id of a binary request head
 _RID_AT = wire.REQUEST_HEADER_DTYPE.fields["request_id"][1]
 TIMEOUT_BURST_NS = 100_000_000        # timeouts closer than this share one log entry
 READ_BATCH = 256                      # requests read before the responses get their turn
+MAX_FRAMES = 4                        # frames kept of one message: identity, delimiter, body
+                                      # and one more, to see there are too many
+CLOSE_OVER_FRAMES = 1024              # a message of more frames is abuse, not a client's slip:
+                                      # its connection is closed (ingress.conns)
 SHED_AFTER_NS = 5_000_000             # a queue that has not emptied for 5 ms: shed
+SHED_PEER_SHARE = 32                  # while shedding, a peer's messages read per SHED_AFTER_NS
+                                      # that are still served; beyond, only its are shed
 DOORBELL_DEFER_NS = 100_000           # while more requests are queued, wake a sleeping worker
                                       # at most this late (one wake-up for several requests)
 _POLLIN = int(zmq.POLLIN)             # plain ints: the enum forms cost 2.5 us per socket call
@@ -65,9 +74,9 @@ _MORE_NOWAIT, _NOWAIT = int(zmq.SNDMORE | zmq.NOBLOCK), int(zmq.NOBLOCK)   # per
 _TRANSPORT = {"binary": 0, "json": 1}
 SHED_MESSAGE = "shedding load: the front door is behind; retry later"
 _SHED_BYTES = SHED_MESSAGE.encode()
-_OVERLOADED = int(ErrorCode.OVERLOADED)
-_SHED, _RING_FULL, _MAX_INFLIGHT, _BEHIND = (OVERLOAD_REASONS.index(r) for r in (
-    "shed", "ring_full", "max_inflight", "worker_behind"))
+_OVERLOADED, _BAD_FRAME = int(ErrorCode.OVERLOADED), int(ErrorCode.BAD_FRAME)
+_SHED, _RING_FULL, _MAX_INFLIGHT, _BEHIND, _PEER_INFLIGHT = (OVERLOAD_REASONS.index(r) for r in (
+    "shed", "ring_full", "max_inflight", "worker_behind", "peer_inflight"))
 SLOT_BYTES = RESPONSE_SLOT_DTYPE.itemsize
 
 
@@ -128,8 +137,13 @@ class Router:
         self.deadlines: list[tuple[int, int]] = []
         self.instrument = cfg.metrics.enabled
         self.max_inflight = cfg.ingress.max_inflight
+        # one connection's share: a client pipelining requests cannot take every slot
+        self.max_per_peer = cfg.ingress.max_inflight_per_peer or max(1, self.max_inflight // 4)
+        self.peer_inflight: dict[bytes, int] = {}   # ROUTER identity -> requests in flight
         self.backlog_since = 0             # since when the socket queue has not emptied
         self.backlog_reads = 0             # requests read since then
+        self.shed_reads: dict[bytes, int] = {}   # while shedding: messages per peer this round
+        self.shed_round_end = 0
         self.spin_ns = cfg.ingress.spin_us * 1000
         self.owed_since = 0                # first publish whose doorbell is deferred (0: none)
         self.dedup = IdempotencyWindow(cfg.ingress.dedup_window_s * 1_000_000_000,
@@ -218,12 +232,16 @@ class Router:
         self.sock = sock
         self.opts = SockOpts(sock)
         self._send = backend_send(sock)
+        self.discard = FrameDiscarder(sock).discard
+        self.conns = self._connections(sock)
+        conns_fd, conns_due = self.conns.fileno(), 0
         # One epoll over the ROUTER socket's ZMQ_FD and the responses' eventfd. zmq.Poller
         # made 6 system calls per wait here (two zmq_poll passes); this makes one, plus the
         # ZMQ_EVENTS check that the edge-triggered ZMQ_FD requires before every sleep.
         ep = select.epoll()
         ep.register(sock.getsockopt(zmq.FD), select.EPOLLIN)
         ep.register(self.efd.fileno(), select.EPOLLIN)
+        ep.register(conns_fd, select.EPOLLIN)
         accepting = True
         self.c_accepting[0] = 1
         fast, fast_meta = self.fast, self.fast.meta
@@ -246,6 +264,9 @@ class Router:
             if now >= blocks_due:       # a per-message leak shows here (bench.alloc); the call
                 c_blocks[0] = sys.getallocatedblocks()      # costs 0.5 us, 2.5 % of a batched
                 blocks_due = now + BLOCKS_EVERY_NS          # run's loop when made every round
+            if now >= conns_due:                   # connections: counted, capped (ingress.conns)
+                self.conns.service(now)
+                conns_due = now + SERVICE_EVERY_NS
             if got:
                 if idle_since:                     # work after a wait: would a spin have
                     payoff.gap(now - idle_since)   # caught it?
@@ -258,11 +279,14 @@ class Router:
             if any(r.response_sleep_begin() for r in self.rings):
                 timeout_s = 0.0                    # a response arrived before we slept
             if timeout_s and not (accepting and self.opts.events() & _POLLIN):
-                ep.poll(timeout_s)
+                for fd, _ in ep.poll(timeout_s):
+                    if fd == conns_fd:             # a connection came or went
+                        conns_due = 0
             for r in self.rings:
                 r.response_sleep_end()
             self.efd.drain()
         ep.close()
+        self.conns.close()
         sock.close(linger=1000)
         if self.cfg.ingress.curve.enabled:
             from ingress.security import stop_authenticator
@@ -273,6 +297,17 @@ class Router:
         self.efd.close()
         self._block_seg.close()
         return 0
+
+    def _connections(self, sock: zmq.Socket) -> Connections:
+        """The connection cap (ingress.conns), within this process's descriptor limit."""
+        want = self.cfg.ingress.max_connections
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        cap = effective_cap(want, nofile)
+        if cap < want:
+            print(f"risk-engine: ingress: ingress.max_connections={want} lowered to {cap}: "
+                  f"RLIMIT_NOFILE={nofile}", file=sys.stderr, flush=True)
+        b = self.block
+        return Connections(sock, cap, b.view("ingress.connections"), b.view("ingress.connections_closed"))
 
     def _next_deadline(self) -> int:
         nxt = int(self.fast.meta[MIN_DEADLINE])
@@ -308,11 +343,12 @@ class Router:
         Load shedding (CoDel-like): the socket's queue is invisible, but a queue that never
         empties is not. Once the queue has stayed non-empty for longer than SHED_AFTER_NS
         while at least READ_BATCH requests were read from it (sustained arrivals, not this
-        process being descheduled for a while), the ingress answers what it reads with
-        OVERLOADED at once (a header peek, no decode) until the queue is empty. Checked per
-        message, not per call: a call that decodes READ_BATCH requests takes several ms
-        itself, and the refusals would wait behind it. Under overload the admitted
-        requests keep a bounded latency, the rest get a fast refusal, and no queue grows."""
+        process being descheduled for a while), the ingress answers what it reads from a
+        peer over its share (``_over_share``) with OVERLOADED at once (a header peek, no
+        decode) until the queue is empty. Checked per message, not per call: a call that
+        decodes READ_BATCH requests takes several ms itself, and the refusals would wait
+        behind it. Under overload the admitted requests keep a bounded latency, the peers
+        that flood get a fast refusal, quiet peers are still served, and no queue grows."""
         n = 0
         rcvmore, recv = self.opts.rcvmore, sock.recv
         admit = self.fast.admit
@@ -324,12 +360,18 @@ class Router:
                 break
             frames.append(recv())                  # a ROUTER message is identity + >= 1 frame
             while rcvmore():                       # recv_multipart's enum RCVMORE cost more
-                frames.append(recv())              # than the frames themselves (sockopts.py)
+                if len(frames) == MAX_FRAMES:      # than the frames themselves (sockopts.py)
+                    frames = self._too_many_frames(frames)
+                    break
+                frames.append(recv())
             t = time.monotonic_ns()
             if not self.backlog_since:             # the queue is non-empty from here on
                 self.backlog_since, self.backlog_reads = t, 0
             self.backlog_reads += 1
-            if t - self.backlog_since > SHED_AFTER_NS and self.backlog_reads > READ_BATCH:
+            if frames is None:                     # refused for its frame count: let the
+                n = READ_BATCH                     # loop close its connection (ingress.conns)
+            elif t - self.backlog_since > SHED_AFTER_NS and self.backlog_reads > READ_BATCH \
+                    and self._over_share(frames[0], t):
                 self._shed(frames)
             elif not admit(frames, t):
                 self._handle(frames, t)
@@ -339,6 +381,18 @@ class Router:
         self._ring_owed()                          # when the queue empties, or every call
         return n
 
+    def _over_share(self, peer: bytes, now: int) -> bool:
+        """While the shedder is on: has ``peer`` (a ROUTER identity) had its share of this
+        round (SHED_PEER_SHARE messages per SHED_AFTER_NS)? Only those peers are shed, so
+        one peer flooding the queue cannot get every other client refused: libzmq reads the
+        peers' queues in turn, and a quiet peer's messages stay under its share."""
+        if now >= self.shed_round_end:
+            self.shed_reads.clear()
+            self.shed_round_end = now + SHED_AFTER_NS
+        c = self.shed_reads.get(peer, 0) + 1
+        self.shed_reads[peer] = c
+        return c > SHED_PEER_SHARE
+
     def _ring_owed(self) -> None:
         """Wake the workers that fell asleep while requests were published to them. Deferred
         while more requests are queued (at most DOORBELL_DEFER_NS): under load one wake-up
@@ -346,6 +400,24 @@ class Router:
         for r in self.rings:
             r.request.ring_owed()
         self.owed_since = 0
+
+    def _too_many_frames(self, frames: list) -> None:
+        """A message of more than MAX_FRAMES frames is never valid: drop the rest unread (one
+        compiled loop, nothing allocated per frame; ingress.discard) and answer BAD_FRAME. Over
+        CLOSE_OVER_FRAMES frames, answer once per connection and close that connection soon
+        after (ingress.conns), so it cannot queue more. Returns None: the message is done with."""
+        try:                                       # the connection it came on, to close
+            fd = self.sock.recv(copy=False).get(zmq.SRCFD)
+        except zmq.ZMQError:
+            fd = -1
+        n = len(frames) + 1 + self.discard()
+        if n > CLOSE_OVER_FRAMES and fd >= 0 and not self.conns.close_later(fd, time.monotonic_ns()):
+            self.c_requests[0, _BAD_FRAME] += 1     # this connection had its reply
+            return None
+        env = frames[:2] if not frames[1] else frames[:1]
+        self._reply_error(env, WireError(
+            ErrorCode.BAD_FRAME, f"a message of {n} frames: expected [identity, (empty,) body]",
+            kind=frame_kind(frames[len(env)])))
 
     def _shed(self, frames: list) -> None:
         """OVERLOADED without decoding. A binary reply is a header packed onto a prepared
@@ -379,6 +451,10 @@ class Router:
         if len(self.pending) + self.fast.in_use >= self.max_inflight:   # bounded: shed load
             return self._overloaded(envelope, req, n, now_ns, _MAX_INFLIGHT,
                                     f"ingress.max_inflight={self.max_inflight} requests in flight")
+        if self.peer_inflight.get(envelope[0], 0) >= self.max_per_peer:
+            return self._overloaded(envelope, req, n, now_ns, _PEER_INFLIGHT,
+                                    f"ingress.max_inflight_per_peer={self.max_per_peer} requests "
+                                    f"of this connection in flight")
         dkey = None
         if req.client_id and self.dedup.enabled:
             dkey = (req.client_id, req.request_id)
@@ -424,6 +500,8 @@ class Router:
         p = _Pending(seq, envelope, req, n, now_ns, deadline, [w for w, _ in groups], dkey)
         p.routed_ns = time.monotonic_ns()
         self.pending[seq] = p
+        pin = self.peer_inflight
+        pin[envelope[0]] = pin.get(envelope[0], 0) + 1
         heapq.heappush(self.deadlines, (deadline, seq))
         if dkey is not None:
             self.dedup.start(dkey, p)
@@ -529,8 +607,16 @@ class Router:
         else:
             self.timeout_log.add(w, 1, age, occ, wall)
 
+    def peer_done(self, peer: bytes) -> None:
+        """One request of connection ``peer`` (its identity) is no longer in flight."""
+        c = self.peer_inflight.pop(peer, 1) - 1
+        if c:
+            self.peer_inflight[peer] = c
+
     def _finish(self, p: _Pending, code: int) -> None:
         self.pending.pop(p.seq, None)
+        if p.seq:                                  # admitted (not an overload default)
+            self.peer_done(p.envelopes[0][0][0])
         for i, (env, req) in enumerate(p.envelopes):
             slots = p.slots
             if i:                                  # retries that arrived while in flight
@@ -574,6 +660,7 @@ def main(argv: list[str] | None = None) -> int:
     procname.become_child("ingress")                  # the supervisor coordinates shutdown
     plan = rundir.read_plan(a.run_dir)
     pin_self(plan.get("ingress_cpu", -1))
+    raise_nofile_limit()                              # connections are descriptors
     router = Router(a.run_dir)
     try:
         return router.run()

@@ -187,3 +187,37 @@ def test_non_finite_float(literal, field):
     frame = frame.replace(f'"{field}": 0.125'.encode(), f'"{field}": '.encode() + literal)
     e = err(frame)
     assert e.code == ErrorCode.NON_FINITE and e.request_id == 5
+
+
+@pytest.mark.parametrize("frame", [
+    # two "event" keys: json's default keeps the last one silently (decided on FR, not KP)
+    b'{"request_id": 5, "event": ' + js(event(name="KP")) + b', "event": ' + js(event(name="FR")) + b'}',
+    b'{"request_id": 5, "request_id": 6, "event": ' + js(event()) + b'}',
+    # inside an event, and inside an event of a batch
+    js({"request_id": 5, "event": event()}).replace(b'"id": ', b'"id": 1, "id": '),
+    js({"request_id": 5, "events": [event(0), event(1)]}).replace(b'"name": ', b'"name": "x", "name": ', 1),
+])
+def test_duplicate_keys_are_bad_json_at_every_level(frame):
+    e = err(frame)
+    assert e.code == ErrorCode.BAD_JSON and "duplicate key" in e.message, e.message
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-32-le"])
+def test_utf16_and_utf32_bodies_are_bad_json(encoding):
+    """PROTOCOL.md: UTF-8 only. json.loads on bytes guesses UTF-16/32 (first byte still '{'
+    in little-endian), so these were decided as if they were UTF-8."""
+    frame = json.dumps({"request_id": 5, "event": event()}).encode(encoding)
+    assert frame[0] == ord("{")
+    assert err(frame).code == ErrorCode.BAD_JSON
+
+
+def test_utf8_encoded_surrogate_is_bad_json():
+    """Strict UTF-8: CESU-style surrogate bytes (json's bytes path decodes with surrogatepass)."""
+    frame = js({"request_id": 5, "event": event()}).replace(b'"Z"', b'"\xed\xa0\x80"')
+    assert err(frame).code == ErrorCode.BAD_JSON
+
+
+def test_non_ascii_utf8_is_still_accepted():
+    frame = json.dumps({"request_id": 5, "event": event()}, ensure_ascii=False).encode()
+    assert "été".encode() in frame
+    assert CODEC.events.to_events(CODEC.decode(frame).records) == [event()]
