@@ -19,6 +19,8 @@ import os
 
 import zmq
 
+from engine import config
+
 from engine.admin_request import (MAX_FILES, MAX_MESSAGE_CHARS, MAX_REQUEST_BYTES, NO_ARGS, PATH,
                                   AdminError, boolean, check_args, list_of, parse_request)
 
@@ -95,8 +97,7 @@ class _Deferred:
         self.start = start
 
 
-def admin_bind(cfg) -> str:
-    return cfg.admin.bind.replace("{instance}", cfg.instance)
+admin_bind = config.admin_bind
 
 
 def _error(code: str, message: str) -> dict:
@@ -126,6 +127,8 @@ class AdminServer:
             from ingress.security import configure_server
             configure_server(self.ctx, self.sock, sup.cfg.admin.curve)
         self.sock.bind(bind)
+        if ep.transport == "ipc":       # connecting needs write access: root and our user only
+            os.chmod(ep.path, 0o600)
         self.bind = self.sock.getsockopt(zmq.LAST_ENDPOINT).decode() if ep.transport == "tcp" else bind
         self.refused = 0                # error replies (risk_admin_refused_total)
         self.internal = 0               # unexpected exceptions (risk_admin_internal_errors_total)

@@ -61,7 +61,7 @@ class MetricsConfig:
 
 @dataclass(frozen=True)
 class AdminConfig:
-    bind: str = "ipc:///tmp/risk-engine-{instance}-admin.sock"
+    bind: str = "ipc://{run}/admin.sock"
     curve: CurveConfig = CurveConfig()
 
 
@@ -188,6 +188,17 @@ def _curve(sec: dict, path: str, base: Path) -> CurveConfig:
     return cc
 
 
+IPC_PATH_MAX = 107       # sun_path less its NUL: libzmq cannot bind a longer ipc:// path
+
+
+def admin_bind(cfg: "Config") -> str:
+    """admin.bind with {instance} and {run} (the instance's 0700 run directory, engine.rundir)
+    replaced: the default socket is reachable only by root and the engine's user."""
+    from engine.rundir import run_dir_for
+    return cfg.admin.bind.replace("{instance}", cfg.instance).replace(
+        "{run}", str(run_dir_for(cfg.instance)))
+
+
 def check_binds(cfg: "Config") -> None:
     """Parse every bind address as libzmq / http.server will read it (engine.endpoints) and
     refuse an admin plane reachable from another machine unless admin.curve is on. Also run
@@ -198,10 +209,13 @@ def check_binds(cfg: "Config") -> None:
         if cfg.metrics.enabled:
             parse_host_port(cfg.metrics.bind, "metrics.bind")
         parse_host_port(cfg.metrics.ebpf_bind, "metrics.ebpf_bind")
-        admin = parse_zmq_bind(cfg.admin.bind.replace("{instance}", cfg.instance), "admin.bind")
+        admin = parse_zmq_bind(admin_bind(cfg), "admin.bind")
     except EndpointError as e:
         key, _, msg = str(e).partition(": ")
         raise ConfigError(key, msg) from None
+    if admin.transport == "ipc" and len(admin.path.encode()) > IPC_PATH_MAX:
+        raise ConfigError("admin.bind", f"ipc path {admin.path!r} is {len(admin.path.encode())} bytes, "
+                                        f"over the {IPC_PATH_MAX} a Unix socket address holds")
     if not admin.local_only and not cfg.admin.curve.enabled:
         why = {"wildcard": "binds every interface", "interface": "names a network interface"}.get(
             admin.kind, f"resolves to {', '.join(admin.addresses) or 'nothing'}")

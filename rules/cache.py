@@ -15,6 +15,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from engine.securedir import ensure_private_dir
+
 
 def default_cache_dir() -> Path:
     env = os.environ.get("RISK_ENGINE_CACHE")
@@ -31,8 +33,10 @@ def module_name(src_hash: str, schema_hash: int, numba_version: str) -> str:
 
 
 def write_module(cache_dir: Path, name: str, source: str) -> Path:
-    """Write ``source`` as ``cache_dir/name.py`` unless an identical file exists."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    """Write ``source`` as ``cache_dir/name.py`` unless an identical file exists. The
+    directory holds code this process imports: it is created 0700, and one that another user
+    owns or can write is refused (engine.securedir.UnsafePathError)."""
+    ensure_private_dir(cache_dir, "kernel cache (RISK_ENGINE_CACHE)")
     path = cache_dir / f"{name}.py"
     if path.exists():
         try:

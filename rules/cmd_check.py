@@ -14,6 +14,7 @@ def run(args) -> int:
     import time
 
     from engine.config import load_config_cli
+    from engine.securedir import UnsafePathError
     from rules.diagnostics import RulesetError
     cfg = load_config_cli(args.config)
     if cfg is None:
@@ -45,6 +46,9 @@ def run(args) -> int:
                                  on_error=cfg.rules.on_error, cache_dir=args.cache_dir, features=fs)
             label, modes = rs.label, rs.modes
             extra = f"kernel {rs.source_hash}"
+    except UnsafePathError as e:            # the kernel cache holds code: never a shared dir
+        print(f"risk-engine check: {e}", file=sys.stderr)
+        return 2
     except RulesetError as e:
         for d in e.diagnostics:
             print(d)

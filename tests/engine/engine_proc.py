@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from engine.config import portable_raw
+from engine.rundir import run_dir_for
 
 READY_TIMEOUT_S = 240
 REPO = Path(__file__).resolve().parents[2]
@@ -69,7 +70,7 @@ class EngineProcess:
 
     @property
     def admin_bind(self) -> str:
-        return f"ipc:///tmp/risk-engine-{self.instance}-admin.sock"
+        return f"ipc://{run_dir_for(self.instance)}/admin.sock"
 
     @property
     def metrics_url(self) -> str:

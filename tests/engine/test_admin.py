@@ -17,7 +17,7 @@ def engine(tmp_path_factory):
                                     "capacity": 64}},
           "state": {"account_state": {"key": "account_id", "capacity": 1024}}}
     with EngineProcess(tmp, workers=1, metrics=False, overrides=ov) as eng:
-        eng.admin = f"ipc:///tmp/risk-engine-{eng.instance}-admin.sock"
+        eng.admin = eng.admin_bind
         yield eng
 
 

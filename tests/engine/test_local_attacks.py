@@ -136,7 +136,7 @@ def test_world_writable_journal_dir_with_planted_admin_log_is_refused(tmp_path, 
               "    os.chmod(p, 0o777)", jdir=str(jdir))
     # time_ns: later than any snapshot, so the old reader replayed it
     plant = '{"cmd":"list-replace","name":"blocked_ips","values":[],"time_ns":9000000000000000000}\n'
-    admin = f"ipc:///tmp/risk-engine-{eng.instance}-admin.sock"
+    admin = eng.admin_bind
     refused, blocked_after = None, None
     try:
         eng.start()
@@ -176,14 +176,15 @@ def admin_changes(admin: str) -> None:
 
 def test_files_the_engine_creates_are_private(tmp_path, monkeypatch):
     """After a real start, traffic, admin changes and a snapshot: every directory the engine
-    made (run root, run dir, journal, snapshots) is 0700 and every file in them 0600."""
+    made (run root, run dir, journal, snapshots) is 0700 and every file in them 0600; the
+    admin socket is in the run directory, and `nobody` cannot connect to it."""
     import numpy as np
     from engine.config import load_config
     from ingress.client import Client
     from tests.engine.test_e2e import random_events
     monkeypatch.setenv("RISK_ENGINE_RUN_ROOT", str(tmp_path / "run"))
     eng = EngineProcess(tmp_path, workers=1, metrics=False)
-    admin = f"ipc:///tmp/risk-engine-{eng.instance}-admin.sock"
+    admin = eng.admin_bind
     with eng:
         schema = load_config().schema
         with Client(eng.endpoint, schema, timeout_ms=30_000, retries=0) as c:
@@ -191,10 +192,19 @@ def test_files_the_engine_creates_are_private(tmp_path, monkeypatch):
         admin_changes(admin)
         assert request(admin, {"cmd": "snapshot"}, 30_000)["ok"]
         seen = {**modes(tmp_path / "run"), **modes(tmp_path / eng.instance)}
+        sock_path = admin.removeprefix("ipc://")
+        assert Path(sock_path).parent == tmp_path / "run" / eng.instance, admin
+        as_nobody("import socket\n"
+                  "s = socket.socket(socket.AF_UNIX)\n"
+                  "try:\n"
+                  "    s.connect(path)\n"
+                  "    raise SystemExit('nobody connected to the admin socket')\n"
+                  "except PermissionError:\n"
+                  "    pass\n", path=sock_path)
     wrong = {p: oct(m) for p, (is_dir, m) in seen.items() if m != (0o700 if is_dir else 0o600)}
     assert not wrong, wrong
     names = {Path(p).name for p in seen}
-    assert {"config.json", "plan.json", "status.json", "supervisor.pid", "admin.log",
+    assert {"config.json", "plan.json", "status.json", "supervisor.pid", "admin.sock", "admin.log",
             "w000.lock"} <= names and not any(n.endswith(".pickle") for n in names), names
     assert any(n.endswith(".rsnap") for n in names) and any(n.endswith(".rjl") for n in names), names
 
@@ -205,7 +215,7 @@ def test_admin_log_damage_is_refused_and_a_torn_tail_dropped(tmp_path, monkeypat
     finished, so never acknowledged): the start drops it, says so, and appends after it."""
     monkeypatch.setenv("RISK_ENGINE_RUN_ROOT", str(tmp_path / "run"))
     eng = EngineProcess(tmp_path, workers=1, metrics=False)
-    admin = f"ipc:///tmp/risk-engine-{eng.instance}-admin.sock"
+    admin = eng.admin_bind
     log = Path(eng.raw["journal"]["dir"]) / "admin.log"
     with eng:
         admin_changes(admin)

@@ -46,7 +46,7 @@ def test_reload_refuse_and_restore(tmp_path):
     eng = EngineProcess(tmp_path, workers=1, overrides={"rules": {"files": [v1]},
                                                          "ingress": {"default_deadline_ms": 10_000}})
     with eng:
-        admin = f"ipc:///tmp/risk-engine-{eng.instance}-admin.sock"
+        admin = eng.admin_bind
         d = decide(eng, schema)
         assert all(x.ruleset == "live@1" and x.action == "review" for x in d)
         # a new version through the CLI (SIGHUP + request file)

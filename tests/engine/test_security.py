@@ -57,7 +57,7 @@ def test_unknown_key_and_plaintext_are_refused(curve_engine, who):
 def test_admin_plane_needs_an_allowed_key(curve_engine):
     import zmq.auth
     eng, s_pub, alice, mallory = curve_engine
-    bind = f"ipc:///tmp/risk-engine-{eng.instance}-admin.sock"
+    bind = eng.admin_bind
     server_pub = zmq.auth.load_certificate(str(s_pub))[0]
     pub, sec = zmq.auth.load_certificate(str(alice))
     assert admin_request(bind, {"cmd": "status"}, 10_000, (pub, sec, server_pub))["ok"]

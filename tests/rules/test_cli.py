@@ -51,3 +51,25 @@ def test_failing_case_exits_1(write_rules, kernel_cache, capsys):
     assert "PASS  c.yaml: ok" in out and "FAIL  c.yaml: wrong" in out
     assert "action: expected block, got allow" in out and "fired: missing a" in out
     assert "PASS: 1/2" in out and "FAIL: 1/2" in out
+
+
+def test_a_kernel_cache_another_user_can_write_is_refused(write_rules, tmp_path, capsys):
+    """The cache holds generated modules and Numba's (pickled) cache index, both loaded as
+    code: a directory group/others can write, or one owned by another user, is refused."""
+    import os
+    good = write_rules("ruleset: g\nversion: 1\nrules:\n  - {id: a, when: 'qty > 1'}\n", "g.yaml")
+    shared = tmp_path / "shared-cache"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    assert main(["check", "--rules", good, "--cache-dir", str(shared)]) == 2
+    err = capsys.readouterr().err
+    assert "kernel cache" in err and str(shared) in err
+    assert list(shared.iterdir()) == []           # nothing written, nothing imported from it
+    if os.geteuid() == 0:
+        os.chmod(shared, 0o700)
+        os.chown(shared, 65534, 65534)            # owned by nobody
+        assert main(["check", "--rules", good, "--cache-dir", str(shared)]) == 2
+        assert "kernel cache" in capsys.readouterr().err
+    fresh = tmp_path / "a" / "fresh-cache"
+    assert main(["check", "--rules", good, "--cache-dir", str(fresh)]) == 0
+    assert (fresh.stat().st_mode & 0o777) == 0o700
