@@ -289,6 +289,65 @@ def _cmp_ui(u, i):
     return -1 if si < i else (1 if si > i else 0)
 
 
+# --- 'wide' integers: a tuple (int64 v, bool big); the value is uint64(v) when big -------
+# (if-else, and/or, min/max, abs between a u64 and a signed int: exact, no arithmetic)
+@njit(**_INL)
+def _w_i(i):
+    return (np.int64(i), False)
+
+
+@njit(**_INL)
+def _w_u(u):
+    return (np.int64(u), u > np.uint64(I64_MAX))
+
+
+@njit(**_INL)
+def _w_to_i(w):
+    return w[0], w[1]
+
+
+@njit(**_INL)
+def _w_to_f(w):
+    return np.float64(np.uint64(w[0])) if w[1] else np.float64(w[0])
+
+
+@njit(**_INL)
+def _abs_w(w):
+    """|w| (never fails: |INT64_MIN| = 2**63 is big)."""
+    if w[1] or w[0] >= 0:
+        return w
+    return (np.int64(np.uint64(0) - np.uint64(w[0])), w[0] == I64_MIN)
+
+
+@njit(**_INL)
+def _cmp_wi(w, i):
+    if w[1]:
+        return 1
+    return -1 if w[0] < i else (1 if w[0] > i else 0)
+
+
+@njit(**_INL)
+def _cmp_wu(w, u):
+    if w[1]:
+        a = np.uint64(w[0])
+        return -1 if a < u else (1 if a > u else 0)
+    return -_cmp_ui(u, w[0])
+
+
+@njit(**_INL)
+def _cmp_wf(w, f):
+    return _cmp_uf(np.uint64(w[0]), f) if w[1] else _cmp_if(w[0], f)
+
+
+@njit(**_INL)
+def _cmp_ww(a, b):
+    if a[1] != b[1]:
+        return 1 if a[1] else -1
+    if a[1]:
+        return _cmp_wu(a, np.uint64(b[0]))
+    return -1 if a[0] < b[0] else (1 if a[0] > b[0] else 0)
+
+
 @njit(**_OPTS)
 def _in_sorted_i(x, arr):
     """x in a sorted int64 or uint64 array (binary search; Numba specialises per dtype)."""

@@ -20,6 +20,8 @@ from rules.codegen import CHUNK_RULES, RuleEmitter, field_loads, flit, ilit
 _HELPERS = ("_ldb", "_add_ii", "_sub_ii", "_mul_ii", "_floordiv_ii", "_mod_ii", "_pow_ii",
             "_neg_i", "_abs_i", "_u64_to_i", "_truediv_ii", "_div_ff", "_mod_ff",
             "_floordiv_ff", "_pow_ff", "_round_f", "_cmp_if", "_cmp_uf", "_cmp_ui",
+            "_w_i", "_w_u", "_w_to_i", "_w_to_f", "_abs_w", "_cmp_wi", "_cmp_wu", "_cmp_wf",
+            "_cmp_ww",
             "_in_sorted_i", "_in_sorted_u", "_count_errors", "_finish_word")
 
 
