@@ -257,45 +257,50 @@ class Codec:
     # --- replies -----------------------------------------------------------------------------
 
     def encode_reply(self, req: Request, slots: np.ndarray,
-                     ruleset_meta: Mapping[int, RulesetMeta] | RulesetMeta | None = None) -> bytes:
+                     ruleset_meta: Mapping[int, RulesetMeta] | RulesetMeta | None = None,
+                     fired: Mapping[int, list] | None = None) -> bytes:
         """Reply frame for ``req``; ``slots[i]`` (RESPONSE_SLOT_DTYPE) decides ``records[i]``.
 
         Binary: one compiled call (the fast path's encoder, N records). JSON: rule ids,
         modes and label from ``ruleset_meta`` (by generation); an unknown generation is named
-        "generation:G" and its rules "#index".
+        "generation:G" and its rules "#index". ``fired[i]``: every fired index of decision i
+        when more than MAX_FIRED fired (the worker's fired ring); JSON lists them all.
         """
         n = len(slots)
         if n != len(req.records):
             raise ValueError(f"encode_reply: {n} slots for {len(req.records)} records "
                              f"(request_id={req.request_id})")
         if req.kind == "json":
-            return self._json_reply(req.request_id, slots, ruleset_meta)
+            return self._json_reply(req.request_id, slots, ruleset_meta, fired or {})
         buf = bytearray(wire.REPLY_HEADER_SIZE + n * wire.DECISION_SIZE)
         raw = np.ascontiguousarray(slots).view(np.uint8).reshape(n, SLOT_BYTES)
         self._encode(raw, np.frombuffer(buf, np.uint8), i64_bits(req.request_id), self._flag_errors)
         return bytes(buf)
 
-    def _json_reply(self, rid: int, slots: np.ndarray, metas) -> bytes:
+    def _json_reply(self, rid: int, slots: np.ndarray, metas, full: Mapping[int, list]) -> bytes:
         if isinstance(metas, RulesetMeta):
             metas = {metas.generation: metas}
         metas = metas or {}
         out = []
-        for a, sc, g, fl, nf, fired in zip(slots["action"].tolist(), slots["score"].tolist(),
-                                           slots["generation"].tolist(), slots["flags"].tolist(),
-                                           slots["nfired"].tolist(), slots["fired"].tolist()):
+        for i, (a, sc, g, fl, nf, fired) in enumerate(zip(
+                slots["action"].tolist(), slots["score"].tolist(), slots["generation"].tolist(),
+                slots["flags"].tolist(), slots["nfired"].tolist(), slots["fired"].tolist())):
             meta = metas.get(g)
             rules, shadow = [], []
-            for idx in fired[:min(nf, MAX_FIRED)]:
+            every = full.get(i)
+            if every is not None and len(every) == nf:
+                fired, fl = every, fl & ~int(DecisionFlag.FIRED_OVERFLOW)    # nothing left out
+            elif nf > MAX_FIRED:
+                fl |= DecisionFlag.FIRED_OVERFLOW
+            for idx in fired[:nf]:
                 if meta is not None and idx < len(meta.rule_ids):
                     (shadow if meta.modes[idx] == "shadow" else rules).append(meta.rule_ids[idx])
                 else:
                     rules.append(f"#{idx}")
             d = {"action": ACTION_NAMES[a] if a < len(ACTION_NAMES) else str(a),
                  "score": sc if math.isfinite(sc) else None, "rules": rules,
-                 "shadow_rules": shadow,
+                 "shadow_rules": shadow, "nfired": nf,
                  "ruleset": meta.label if meta is not None else f"generation:{g}"}
-            if nf > MAX_FIRED:
-                fl |= DecisionFlag.FIRED_OVERFLOW
             if fl:
                 d["flags"] = self._flag_names[fl]
                 err = int(self._flag_errors[fl])

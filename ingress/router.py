@@ -37,7 +37,7 @@ from engine.types import Action, DecisionFlag, ErrorCode, RESPONSE_SLOT_DTYPE, r
 from ingress.codec import Codec, RulesetMeta, split_envelope
 from ingress.dedup import IdempotencyWindow
 from ingress.fastpath import FastPath
-from ingress._fast_kernels import MIN_DEADLINE
+from ingress._fast_kernels import FAST_BIT, MIN_DEADLINE
 from ingress import _batch_kernels as BK
 from ingress._batch_kernels import EVENT_BITS
 from ingress.sockopts import SockOpts, backend_send
@@ -53,6 +53,7 @@ EPOCHS = 128                          # restarted ingress never matches a predec
 _HASH_MUL_INT = 0x9E3779B97F4A7C15      # shard = ((key * this) mod 2^64 >> 32) mod workers
 _HASH_MUL = np.uint64(_HASH_MUL_INT)
 _U64 = (1 << 64) - 1
+_FAST_BIT = int(FAST_BIT)
 _RID = struct.Struct("<Q")             # the request id of a binary request header
 _RID_AT = wire.REQUEST_HEADER_DTYPE.fields["request_id"][1]
 TIMEOUT_BURST_NS = 100_000_000        # timeouts closer than this share one log entry
@@ -114,6 +115,8 @@ class Router:
         self.efd = EventfdDoorbell(plan["eventfd"])
         self.rings = [EngineRings.attach(cfg, plan, w, self.efd) for w in range(self.n_workers)]
         self.response_rings = [r.response for r in self.rings]
+        self.fired_rings = [r.fired for r in self.rings]
+        self.fired_lists: dict[int, list] = {}     # token -> every fired index (JSON, overflow)
         self.codec = Codec(cfg.schema, cfg.ingress.max_batch, cfg.ingress.max_frame_bytes)
         self.slot_dtype = request_slot_dtype(cfg.schema.dtype)
         self.shard_key = cfg.schema.shard_key
@@ -456,6 +459,7 @@ class Router:
         for w, ring in enumerate(self.response_rings):
             while True:
                 pos, n = ring.readable(ring.capacity)
+                self._drain_fired(w)               # after readable: covers these responses
                 if n <= 0:
                     break
                 if deliver(w, pos, n, time.monotonic_ns()):    # some belong to this path
@@ -463,6 +467,21 @@ class Router:
                 ring.release(n)
                 got += n
         return got
+
+    def _drain_fired(self, w: int) -> None:
+        """Keep the full fired lists the worker published (before their response slots) for
+        pending JSON requests; binary replies carry the slot's MAX_FIRED, so others drop."""
+        ring = self.fired_rings[w]
+        while True:             # until empty: only an empty read re-loads the producer position
+            pos, n = ring.readable(ring.capacity)
+            if n <= 0:
+                return
+            for v in ring.views(pos, n):
+                for tok, cnt, idx in zip(v["token"].tolist(), v["count"].tolist(), v["idx"].tolist()):
+                    p = None if tok & _FAST_BIT else self.pending.get(tok >> EVENT_BITS)
+                    if p is not None and p.req.kind == "json":
+                        self.fired_lists.setdefault(tok, []).extend(idx[:cnt])
+            ring.release(n)
 
     def _deliver(self, resp_u8: np.ndarray, pos: int, n: int) -> None:
         """File the general path's response slots among ``n`` drained ones (ring bytes
@@ -531,12 +550,16 @@ class Router:
 
     def _finish(self, p: _Pending, code: int) -> None:
         self.pending.pop(p.seq, None)
+        fired = None
+        if self.fired_lists and p.req.kind == "json":
+            base = p.seq << EVENT_BITS
+            fired = {i: self.fired_lists.pop(base + i) for i in range(len(p.slots)) if base + i in self.fired_lists}
         for i, (env, req) in enumerate(p.envelopes):
             slots = p.slots
             if i:                                  # retries that arrived while in flight
                 slots = slots.copy()
                 slots["flags"] |= np.uint8(DecisionFlag.DUPLICATE)
-            self.send_decision(env, req, slots)
+            self.send_decision(env, req, slots, fired)
         t = _TRANSPORT[p.req.kind]
         now = time.monotonic_ns()
         if p.dedup_key is not None:
@@ -548,12 +571,13 @@ class Router:
         observe_request(self.c_eval[t], self.c_stage, LATENCY_BOUNDS_NS, p.arrival_ns,
                         p.routed_ns, p.first_resp_ns, now)
 
-    def send_decision(self, envelope, req, slots: np.ndarray) -> None:
+    def send_decision(self, envelope, req, slots: np.ndarray, fired: dict | None = None) -> None:
+        """``fired``: decision index -> every fired rule index (JSON, more than MAX_FIRED)."""
         metas = None
         if req.kind == "json":
             metas = {g: self.meta(g) for g in set(slots["generation"].tolist())}
             metas = {g: m for g, m in metas.items() if m is not None}
-        self.send_frames(envelope, self.codec.encode_reply(req, slots, metas), req.kind)
+        self.send_frames(envelope, self.codec.encode_reply(req, slots, metas, fired), req.kind)
 
     def send_frames(self, envelope, body, kind: str) -> None:
         """One send per frame with int flags (send_multipart with enum flags cost 3x here).

@@ -406,3 +406,35 @@ def _finish_word(o, word, base, hits, scores, actions, score, action, nf, max_fi
         if actions[k] > action:
             action = actions[k]
     return score, action, nf
+
+
+@njit(**_OPTS)
+def _select_fired(o, row, prio, max_fired):
+    """More than ``max_fired`` rules fired: o.fired gets the ``max_fired`` that matter most,
+    ascending. ``prio`` lists every rule index by importance (enforce rules by action, most
+    severe first, then score, highest first; shadow rules last), so the rules that set the
+    action are never the ones left out. Runs only on overflow."""
+    k = 0
+    for j in range(prio.shape[0]):
+        r = prio[j]
+        if row[r >> 6] >> np.uint64(r & 63) & np.uint64(1):
+            o.fired[k] = r
+            k += 1
+            if k == max_fired:
+                break
+    for a in range(1, k):                # insertion sort of at most max_fired indexes
+        v = o.fired[a]
+        b = a - 1
+        while b >= 0 and o.fired[b] > v:
+            o.fired[b + 1] = o.fired[b]
+            b -= 1
+        o.fired[b + 1] = v
+
+
+@njit(**_OPTS)
+def any_above(a, n, limit):
+    """True if one of ``a[:n]`` exceeds ``limit`` (the worker: did a decision overflow?)."""
+    for i in range(n):
+        if a[i] > limit:
+            return True
+    return False

@@ -1,0 +1,87 @@
+"""Issue 20 against a real engine: what a decision tells its caller (every fired rule,
+idempotency conflicts, error replies a client can match, the documented messages)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import zmq
+
+from engine.config import load_config
+from ingress import wire
+from ingress.client import Client
+from ingress.jsonevents import EventConverter
+from tests.engine.engine_proc import EngineProcess
+
+N_EXTRA = 80                     # rules that fire only for amount > 100
+
+
+def _rules_text() -> str:
+    rules = ["  - {id: s%d, when: 'amount > 0', action: block, score: 50, mode: shadow}" % k for k in range(2)]
+    rules += ["  - {id: a%d, when: 'amount > 0', score: %d}" % (k, 1 + (k == 13)) for k in range(14)]
+    rules += ["  - {id: r0, when: 'amount > 0', action: review, score: 5}"]
+    rules += ["  - {id: b%d, when: 'amount > 0', action: block}" % k for k in range(3)]
+    rules += ["  - {id: x%d, when: 'amount > 100'}" % k for k in range(N_EXTRA)]
+    rules += ["  - {id: kp, when: \"country == b'KP'\", action: block, score: 100}"]
+    return "ruleset: many\nversion: 3\nrules:\n" + "\n".join(rules) + "\n"
+
+
+@pytest.fixture(scope="module")
+def rules_path(tmp_path_factory):
+    p = tmp_path_factory.mktemp("contract-rules") / "many.yaml"
+    p.write_text(_rules_text())
+    return p
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory, rules_path):
+    with EngineProcess(tmp_path_factory.mktemp("contract"), workers=1,
+                       overrides={"rules": {"files": [str(rules_path)], "thresholds": {"review": 50, "block": 80},
+                                            "on_error": "skip"},
+                                  "ingress": {"default_deadline_ms": 10_000}}) as eng:
+        yield eng
+
+
+@pytest.fixture(scope="module")
+def ruleset(rules_path):
+    from rules import compile_ruleset
+    return compile_ruleset([str(rules_path)], load_config().schema, thresholds={"review": 50, "block": 80})
+
+
+def _events(schema, amounts, country=b"FR"):
+    ev = np.zeros(len(amounts), schema.dtype)
+    ev["amount"] = amounts
+    ev["country"] = country
+    ev["account_id"] = np.arange(1, len(amounts) + 1)
+    ev["currency"] = b"EUR"
+    return ev
+
+
+def test_json_lists_every_fired_rule_and_binary_keeps_the_blocking_ones(engine, ruleset):
+    """Defect 1: 20 and 100 rules fire. JSON lists every one (enforce and shadow) with a
+    count; binary keeps the rules that set the action in its 16 slots, nfired exact."""
+    schema = load_config().schema
+    ev = _events(schema, [1.0, 1000.0, 1.0])
+    ev["amount"][2] = 0.0                         # nothing fires
+    with Client(engine.endpoint, schema, timeout_ms=20_000, retries=0, transport="json") as cj, \
+            Client(engine.endpoint, schema, timeout_ms=20_000, retries=0, transport="binary") as cb:
+        got_json = cj.evaluate_batch(EventConverter(schema).to_events(ev))
+        got_bin = cb.evaluate_batch(ev)
+    for i, d in enumerate(got_json):
+        ref = ruleset.reference_decision(ev[i])
+        want = {ruleset.rule_ids[k] for k in ref.fired}
+        assert set(d.rules) | set(d.shadow_rules) == want and len(d.rules) + len(d.shadow_rules) == len(want)
+        assert set(d.shadow_rules) == ({"s0", "s1"} if want else set())
+        assert d.nfired == len(want) and "FIRED_OVERFLOW" not in d.flags
+        assert d.action == ("block" if want else "allow")
+    assert got_json[1].nfired == 100 and {"b0", "b1", "b2", "r0"} <= set(got_json[1].rules)
+    for i, d in enumerate(got_bin):
+        ref = ruleset.reference_decision(ev[i])
+        assert d.nfired == len(ref.fired)
+        assert list(d.rules) == ruleset.slot_fired(ref.fired)
+        assert ("FIRED_OVERFLOW" in d.flags) == (len(ref.fired) > 16)
+        if ref.fired:
+            assert {ruleset.index_of(b) for b in ("b0", "b1", "b2", "r0")} <= set(d.rules)
+            assert not {ruleset.index_of(s) for s in ("s0", "s1")} & set(d.rules)
+
