@@ -42,6 +42,7 @@ class ErrorCode(enum.IntEnum):
     SHUTTING_DOWN = 17
     INTERNAL = 18
     BAD_FLAGS = 19         # unknown header flag bits
+    IDEMPOTENCY_CONFLICT = 20   # (client_id, request_id) reused for other events
 
 
 class DecisionFlag(enum.IntFlag):

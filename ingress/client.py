@@ -100,7 +100,7 @@ class ClientCodec:
             raise ValueError(f"transport={transport!r}: must be 'binary' or 'json'")
         self.schema, self.transport = schema, transport
         self.events = EventConverter(schema)
-        self.client_id = client_id if client_id is not None else int.from_bytes(os.urandom(8), "little")
+        self.client_id = client_id if client_id is not None else int.from_bytes(os.urandom(8), "little") or 1
         self._next_id = 0
 
     def new_request_id(self) -> int:

@@ -35,8 +35,9 @@ from engine.rings import EngineRings
 from engine.topology import pin_self
 from engine.types import Action, DecisionFlag, ErrorCode, RESPONSE_SLOT_DTYPE, request_slot_dtype
 from ingress.codec import Codec, RulesetMeta, split_envelope
-from ingress.dedup import IdempotencyWindow
+from ingress.dedup import CONFLICT, IdempotencyWindow, records_hash
 from ingress.fastpath import FastPath
+from ingress import _fast_kernels as FK
 from ingress._fast_kernels import FAST_BIT, MIN_DEADLINE
 from ingress import _batch_kernels as BK
 from ingress._batch_kernels import EVENT_BITS
@@ -66,6 +67,7 @@ _MORE_NOWAIT, _NOWAIT = int(zmq.SNDMORE | zmq.NOBLOCK), int(zmq.NOBLOCK)   # per
 _TRANSPORT = {"binary": 0, "json": 1}
 SHED_MESSAGE = "shedding load: the front door is behind; retry later"
 _SHED_BYTES = SHED_MESSAGE.encode()
+IDEMPOTENCY_CONFLICT_MESSAGE = "request_id already used by this client_id for other events"
 _OVERLOADED = int(ErrorCode.OVERLOADED)
 _SHED, _RING_FULL, _MAX_INFLIGHT, _BEHIND = (OVERLOAD_REASONS.index(r) for r in (
     "shed", "ring_full", "max_inflight", "worker_behind"))
@@ -75,7 +77,7 @@ SLOT_BYTES = RESPONSE_SLOT_DTYPE.itemsize
 class _Pending:
     """One request in flight."""
     __slots__ = ("seq", "envelopes", "req", "slots", "flat", "raw", "remaining", "deadline_ns",
-                 "arrival_ns", "routed_ns", "first_resp_ns", "workers", "dedup_key")
+                 "arrival_ns", "routed_ns", "first_resp_ns", "workers", "dedup_key", "rhash")
 
     def __init__(self, seq, envelope, req, n, arrival_ns, deadline_ns, workers, dedup_key):
         self.seq = seq
@@ -91,6 +93,7 @@ class _Pending:
         self.first_resp_ns = 0
         self.workers = workers            # set of worker indexes holding this request's events
         self.dedup_key = dedup_key
+        self.rhash = 0                    # records_hash of its events (keyed requests)
 
 
 def shard_of(keys: np.ndarray, n_workers: int) -> np.ndarray:
@@ -383,18 +386,25 @@ class Router:
             return self._overloaded(envelope, req, n, now_ns, _MAX_INFLIGHT,
                                     f"ingress.max_inflight={self.max_inflight} requests in flight")
         dkey = None
+        rhash = 0
         if req.client_id and self.dedup.enabled:
             dkey = (req.client_id, req.request_id)
+            rhash = records_hash(req.records)
             p = self.dedup.pending(dkey)
             if type(p) is int:                     # first copy in flight on the fast path
-                if n == 1:
-                    self.c_dedup[0] += 1
-                    return self.fast.attach(p, envelope, req)
-            elif p is not None and len(p.slots) == n:   # first copy in flight: answer both
+                if n != 1 or int(self.fast.ft[p, FK.RHASH]) != rhash:
+                    return self._conflict(envelope, req)
+                self.c_dedup[0] += 1
+                return self.fast.attach(p, envelope, req)
+            if p is not None:                      # first copy in flight: answer both
+                if len(p.slots) != n or p.rhash != rhash:
+                    return self._conflict(envelope, req)
                 self.c_dedup[0] += 1
                 p.envelopes.append((envelope, req))
                 return
-            slots = self.dedup.decided_slots(dkey, now_ns, n)
+            slots = self.dedup.decided_slots(dkey, now_ns, n, rhash)
+            if slots is CONFLICT:
+                return self._conflict(envelope, req)
             if slots is not None:
                 self.c_dedup[0] += 1
                 self.send_decision(envelope, req, slots)
@@ -425,11 +435,19 @@ class Router:
         self.owed_since = self.owed_since or now_ns
         deadline = self.deadline(now_ns, req.deadline_us)
         p = _Pending(seq, envelope, req, n, now_ns, deadline, [w for w, _ in groups], dkey)
+        p.rhash = rhash
         p.routed_ns = time.monotonic_ns()
         self.pending[seq] = p
         heapq.heappush(self.deadlines, (deadline, seq))
         if dkey is not None:
             self.dedup.start(dkey, p)
+
+    def _conflict(self, envelope, req) -> None:
+        """The idempotency key of ``req`` belongs to a request with other events (in flight
+        or decided): refused, never answered with that request's decision."""
+        self._reply_error(envelope, WireError(
+            ErrorCode.IDEMPOTENCY_CONFLICT, IDEMPOTENCY_CONFLICT_MESSAGE,
+            request_id=req.request_id, kind=req.kind))
 
     def deadline(self, now_ns: int, deadline_us: int) -> int:
         """When a request that arrived at ``now_ns`` must be answered: its header's deadline,
@@ -563,7 +581,7 @@ class Router:
         t = _TRANSPORT[p.req.kind]
         now = time.monotonic_ns()
         if p.dedup_key is not None:
-            self.dedup.finish(p.dedup_key, p.flat, now, owner=p)
+            self.dedup.finish(p.dedup_key, p.flat, now, owner=p, rhash=p.rhash)
         if not self.instrument:             # metrics.enabled: false (bench.metrics_overhead)
             return
         self.c_requests[t, code] += 1

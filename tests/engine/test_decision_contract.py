@@ -85,3 +85,81 @@ def test_json_lists_every_fired_rule_and_binary_keeps_the_blocking_ones(engine, 
             assert {ruleset.index_of(b) for b in ("b0", "b1", "b2", "r0")} <= set(d.rules)
             assert not {ruleset.index_of(s) for s in ("s0", "s1")} & set(d.rules)
 
+
+def _rpc(engine, frame: bytes, timeout_ms: int = 20_000) -> bytes:
+    ctx = zmq.Context.instance()
+    s = ctx.socket(zmq.REQ)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(engine.endpoint)
+    try:
+        s.send(frame)
+        assert s.poll(timeout_ms, zmq.POLLIN), "no reply"
+        return s.recv()
+    finally:
+        s.close()
+
+
+def _binary(schema, ev, cid: int, rid: int) -> bytes:
+    return wire.pack_request(schema.hash, ev, cid, rid)
+
+
+def test_a_reused_request_id_with_other_events_is_refused(engine):
+    """Defect 2: same (client_id, request_id), another record (a KP payment): refused with
+    IDEMPOTENCY_CONFLICT, never answered with the earlier decision; an identical retry still
+    gets the first decision (DUPLICATE). One event (fast path), a batch and JSON."""
+    schema = load_config().schema
+    cid = 0x5EED0000_00000001
+    for n, rid in ((1, 5), (3, 6)):
+        order = _events(schema, [0.0] * n)
+        kp = _events(schema, [0.0] * n, country=b"KP")
+        first = wire.unpack_reply(_rpc(engine, _binary(schema, order, cid, rid)))
+        assert first[1] == 0 and (first[2]["action"] == 0).all()
+        rid_back, code, dec, msg = wire.unpack_reply(_rpc(engine, _binary(schema, kp, cid, rid)))
+        assert (rid_back, code, dec) == (rid, 20, None) and "other events" in msg
+        other_size = _events(schema, [0.0] * (n + 1))
+        assert wire.unpack_reply(_rpc(engine, _binary(schema, other_size, cid, rid)))[1] == 20
+        again = wire.unpack_reply(_rpc(engine, _binary(schema, order, cid, rid)))
+        assert again[1] == 0 and (again[2]["flags"] & 16).all()
+        assert (again[2]["action"] == first[2]["action"]).all()
+    conv = EventConverter(schema)
+    ev = conv.to_events(_events(schema, [0.0]))[0]
+    req = {"request_id": 9, "client_id": cid, "event": ev}
+    got = json.loads(_rpc(engine, json.dumps(req).encode()))
+    assert got["decisions"][0]["action"] == "allow"
+    bad = json.loads(_rpc(engine, json.dumps({**req, "event": {**ev, "country": "KP"}}).encode()))
+    assert bad == {"request_id": 9, "error": {"code": "IDEMPOTENCY_CONFLICT",
+                                              "message": "request_id already used by this client_id for other events"}}
+    dup = json.loads(_rpc(engine, json.dumps(req).encode()))["decisions"][0]
+    assert dup["action"] == "allow" and dup["flags"] == ["DUPLICATE"]
+    # client_id 0 is never deduplicated: the same ids decide each record afresh
+    kp0 = wire.unpack_reply(_rpc(engine, _binary(schema, _events(schema, [0.0], country=b"KP"), 0, 5)))
+    ok0 = wire.unpack_reply(_rpc(engine, _binary(schema, _events(schema, [0.0]), 0, 5)))
+    assert kp0[2]["action"][0] == 2 and ok0[2]["action"][0] == 0 and not ok0[2]["flags"][0] & 16
+
+
+def test_a_conflicting_retry_while_the_first_is_in_flight(engine):
+    """A DEALER sends the first request and, at once, a conflicting and an identical copy:
+    whether the first is still in flight or decided when they arrive, the conflicting one is
+    refused and the identical one gets the first decision."""
+    schema = load_config().schema
+    cid = 0x5EED0000_00000002
+    ctx = zmq.Context.instance()
+    d = ctx.socket(zmq.DEALER)
+    d.setsockopt(zmq.LINGER, 0)
+    d.connect(engine.endpoint)
+    try:
+        for n, rid in ((1, 1), (4, 2)):
+            order, kp = _events(schema, [0.0] * n), _events(schema, [0.0] * n, country=b"KP")
+            for ev in (order, kp, order):
+                d.send_multipart([b"", _binary(schema, ev, cid, rid)])
+            replies = []
+            for _ in range(3):
+                assert d.poll(20_000, zmq.POLLIN)
+                replies.append(wire.unpack_reply(d.recv_multipart()[-1]))
+            codes = sorted(r[1] for r in replies)
+            assert codes == [0, 0, 20] and all(r[0] == rid for r in replies)
+            decided = [r[2] for r in replies if r[1] == 0]
+            assert all((x["action"] == 0).all() for x in decided)
+            assert sorted(int(x["flags"][0] & 16) for x in decided) == [0, 16]
+    finally:
+        d.close()
