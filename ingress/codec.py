@@ -91,6 +91,26 @@ def frame_kind(frame) -> str:
     return "json" if len(frame) and frame[0] == wire.JSON_FIRST_BYTE else "binary"
 
 
+_RID_AT = wire.REQUEST_HEADER_DTYPE.fields["request_id"][1]
+
+
+def peek_request_id(frame) -> int | None:
+    """The request_id of a frame refused before decoding (FRAME_TOO_LARGE, BAD_FRAME), when
+    it can be read: a binary header (magic, and all 40 bytes present) or a JSON object with
+    a valid request_id. None otherwise. A DEALER client matches replies by this id."""
+    n = len(frame)
+    if n >= wire.REQUEST_HEADER_SIZE and int.from_bytes(frame[:4], "little") == wire.REQUEST_MAGIC:
+        return int.from_bytes(frame[_RID_AT:_RID_AT + 8], "little")
+    if n and frame[0] == wire.JSON_FIRST_BYTE:
+        try:
+            obj = json.loads(bytes(frame))
+        except (ValueError, RecursionError):
+            return None
+        rid = obj.get("request_id") if type(obj) is dict else None
+        return rid if type(rid) is int and 0 <= rid <= U64_MAX else None
+    return None
+
+
 def split_envelope(frames: list) -> tuple[list, object]:
     """ROUTER message -> (envelope frames, body frame). Accepted shapes (docs/PROTOCOL.md):
 
@@ -108,7 +128,7 @@ def split_envelope(frames: list) -> tuple[list, object]:
     first = frames[len(env)] if n > len(env) else b""
     raise WireError(ErrorCode.BAD_FRAME, f"expected [identity, (empty,) body] with a non-empty body, "
                     f"got {n} frames of sizes {[len(f) for f in frames[:8]]}",
-                    kind=frame_kind(first), envelope=list(env))
+                    request_id=peek_request_id(first), kind=frame_kind(first), envelope=list(env))
 
 
 class Codec:
@@ -164,7 +184,7 @@ class Codec:
         if n > self.max_frame_bytes:
             raise WireError(ErrorCode.FRAME_TOO_LARGE,
                             f"frame of {n} bytes over max_frame_bytes={self.max_frame_bytes}",
-                            kind=frame_kind(frame))
+                            peek_request_id(frame), kind=frame_kind(frame))
         if n == 0:
             raise WireError(ErrorCode.BAD_FRAME, "empty body frame")
         if frame[0] == wire.JSON_FIRST_BYTE:

@@ -163,3 +163,35 @@ def test_a_conflicting_retry_while_the_first_is_in_flight(engine):
             assert sorted(int(x["flags"][0] & 16) for x in decided) == [0, 16]
     finally:
         d.close()
+
+
+def test_frame_errors_carry_the_request_id_when_readable(engine):
+    """Defect 3: FRAME_TOO_LARGE and BAD_FRAME carried request_id 0 although the header (or
+    the JSON object) was readable: a DEALER client could not match the reply."""
+    schema = load_config().schema
+    ev = _events(schema, [0.0])
+    big = _binary(schema, ev, 1, 4242) + bytes(1 << 20)            # over max_frame_bytes
+    rid, code, _, msg = wire.unpack_reply(_rpc(engine, big))
+    assert (rid, code) == (4242, 2) and "max_frame_bytes" in msg
+    conv = EventConverter(schema)
+    events = conv.to_events(_events(schema, [0.0] * 6000))
+    got = json.loads(_rpc(engine, json.dumps({"request_id": 4243, "events": events}).encode()))
+    assert got["request_id"] == 4243 and got["error"]["code"] == "FRAME_TOO_LARGE"
+    ctx = zmq.Context.instance()
+    d = ctx.socket(zmq.DEALER)
+    d.setsockopt(zmq.LINGER, 0)
+    d.connect(engine.endpoint)
+    try:
+        d.send_multipart([b"", _binary(schema, ev, 1, 4244), b"extra"])     # a frame too many
+        assert d.poll(20_000, zmq.POLLIN)
+        rid, code, _, _ = wire.unpack_reply(d.recv_multipart()[-1])
+        assert (rid, code) == (4244, 1)
+        d.send_multipart([b"", b'{"request_id": 4245, "event": {}}', b"extra"])
+        assert d.poll(20_000, zmq.POLLIN)
+        got = json.loads(d.recv_multipart()[-1])
+        assert got["request_id"] == 4245 and got["error"]["code"] == "BAD_FRAME"
+        d.send_multipart([b"", b"RSKQ" + bytes(20), b"extra"])             # header cut short
+        assert d.poll(20_000, zmq.POLLIN)
+        assert wire.unpack_reply(d.recv_multipart()[-1])[:2] == (0, 1)
+    finally:
+        d.close()
