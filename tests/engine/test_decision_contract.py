@@ -195,3 +195,59 @@ def test_frame_errors_carry_the_request_id_when_readable(engine):
         assert wire.unpack_reply(d.recv_multipart()[-1])[:2] == (0, 1)
     finally:
         d.close()
+
+
+def _worker_pid(engine) -> int:
+    import psutil
+    pids = [p for p in engine.children()                  # procname: not the standby
+            if " ".join(psutil.Process(p).cmdline()).strip() == "risk-engine: worker 0"]
+    assert len(pids) == 1, pids
+    return pids[0]
+
+
+def test_overloaded_and_conflict_messages_are_the_documented_formats(tmp_path, rules_path, engine):
+    """Defect 4, the codes only an engine produces: OVERLOADED for each cause, provoked for
+    real (a ring of 16 slots and a batch of 17; a stopped worker with max_inflight=1; a
+    worker whose queued event waited over half the deadline), and IDEMPOTENCY_CONFLICT;
+    each whole message must match a documented format of its code."""
+    import os
+    import signal
+    from ingress.router import SHED_MESSAGE
+    from tests.ingress.test_protocol_doc import unmatched
+    schema = load_config().schema
+    cid = 0x5EED0000_00000003
+    assert wire.unpack_reply(_rpc(engine, _binary(schema, _events(schema, [0.0]), cid, 1)))[1] == 0
+    conflict = wire.unpack_reply(_rpc(engine, _binary(schema, _events(schema, [0.0], b"KP"), cid, 1)))
+    assert conflict[1] == 20 and unmatched("IDEMPOTENCY_CONFLICT", [conflict[3]]) == ([], [])
+    overloaded = []
+    with EngineProcess(tmp_path, workers=1, overrides={
+            "rules": {"files": [str(rules_path)]}, "rings": {"capacity": 16},
+            "ingress": {"default_deadline_ms": 400, "max_inflight": 1}}) as eng:
+        rid, code, _, msg = wire.unpack_reply(_rpc(eng, _binary(schema, _events(schema, [0.0] * 17), 0, 1)))
+        assert (rid, code) == (1, 14)
+        overloaded.append(msg)
+        worker = _worker_pid(eng)
+        os.kill(worker, signal.SIGSTOP)
+        d = zmq.Context.instance().socket(zmq.DEALER)
+        d.setsockopt(zmq.LINGER, 0)
+        d.connect(eng.endpoint)
+        try:
+            replies = {}
+            for rid in (2, 3):                 # 2 waits for the stopped worker, 3 is one too many
+                d.send_multipart([b"", _binary(schema, _events(schema, [0.0]), 0, rid)])
+            while len(replies) < 2:
+                assert d.poll(20_000, zmq.POLLIN)
+                r = wire.unpack_reply(d.recv_multipart()[-1])
+                replies[r[0]] = r
+            assert replies[3][1] == 14 and replies[2][1] == 0 and replies[2][2]["error"][0] == 15
+            overloaded.append(replies[3][3])
+            # request 2 still sits in the stopped worker's ring, older than half the deadline
+            rid, code, _, msg = wire.unpack_reply(_rpc(eng, _binary(schema, _events(schema, [0.0]), 0, 4)))
+            assert (rid, code) == (4, 14)
+            overloaded.append(msg)
+        finally:
+            os.kill(worker, signal.SIGCONT)
+            d.close()
+    # the shed reply is a prepared constant the router sends as is (cheapest refusal)
+    bad, unused = unmatched("OVERLOADED", overloaded + [SHED_MESSAGE])
+    assert not bad and not unused, (bad, unused, overloaded)
