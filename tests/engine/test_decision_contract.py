@@ -24,6 +24,9 @@ def _rules_text() -> str:
     rules += ["  - {id: b%d, when: 'amount > 0', action: block}" % k for k in range(3)]
     rules += ["  - {id: x%d, when: 'amount > 100'}" % k for k in range(N_EXTRA)]
     rules += ["  - {id: kp, when: \"country == b'KP'\", action: block, score: 100}"]
+    rules += ["  - {id: t0, when: 'amount == -7', score: 60}",          # review by threshold only
+              "  - {id: t_shadow, when: 'amount == -7', action: block, score: 100, mode: shadow}",
+              "  - {id: off, when: 'amount == -7', action: block, score: 100, enabled: false}"]
     return "ruleset: many\nversion: 3\nrules:\n" + "\n".join(rules) + "\n"
 
 
@@ -101,6 +104,24 @@ def _rpc(engine, frame: bytes, timeout_ms: int = 20_000) -> bytes:
 
 def _binary(schema, ev, cid: int, rid: int) -> bytes:
     return wire.pack_request(schema.hash, ev, cid, rid)
+
+
+def test_decision_meaning_documented_in_protocol(engine, ruleset):
+    """Defect 6, checked on a real engine: indexes are the enabled rules in file order (the
+    disabled one has none), the ruleset label, the score leaves out shadow rules and the
+    action comes from rules.thresholds when no rule sets it."""
+    schema = load_config().schema
+    assert ruleset.rule_ids[:2] == ("s0", "s1") and ruleset.rule_ids[-2:] == ("t0", "t_shadow")
+    assert "off" not in ruleset.rule_ids and ruleset.label == "many@3"
+    ev = _events(schema, [-7.0, 1.0])
+    with Client(engine.endpoint, schema, timeout_ms=20_000, retries=0, transport="json") as cj, \
+            Client(engine.endpoint, schema, timeout_ms=20_000, retries=0, transport="binary") as cb:
+        j = cj.evaluate_batch(EventConverter(schema).to_events(ev))
+        b = cb.evaluate_batch(ev)
+    assert (j[0].action, j[0].score, j[0].rules, j[0].shadow_rules) == ("review", 60.0, ("t0",), ("t_shadow",))
+    assert j[0].ruleset == "many@3" and b[0].generation == 1
+    assert b[0].rules == (ruleset.index_of("t0"), ruleset.index_of("t_shadow"))
+    assert j[1].score == 13 * 1 + 2 + 5 and j[1].action == "block"     # s0, s1 (50 each) left out
 
 
 def test_a_reused_request_id_with_other_events_is_refused(engine):
@@ -240,6 +261,8 @@ def test_overloaded_and_conflict_messages_are_the_documented_formats(tmp_path, r
                 r = wire.unpack_reply(d.recv_multipart()[-1])
                 replies[r[0]] = r
             assert replies[3][1] == 14 and replies[2][1] == 0 and replies[2][2]["error"][0] == 15
+            dflt = replies[2][2][0]                # a default decision: generation 0, score 0
+            assert (dflt["generation"], dflt["score"], dflt["nfired"], dflt["action"]) == (0, 0.0, 0, 2)
             overloaded.append(replies[3][3])
             # request 2 still sits in the stopped worker's ring, older than half the deadline
             rid, code, _, msg = wire.unpack_reply(_rpc(eng, _binary(schema, _events(schema, [0.0]), 0, 4)))
