@@ -68,6 +68,7 @@ _TRANSPORT = {"binary": 0, "json": 1}
 SHED_MESSAGE = "shedding load: the front door is behind; retry later"
 _SHED_BYTES = SHED_MESSAGE.encode()
 IDEMPOTENCY_CONFLICT_MESSAGE = "request_id already used by this client_id for other events"
+DUP_FIRED_MAX_INDEXES = 1 << 18       # full fired lists kept for retries (about 10 MiB)
 _OVERLOADED = int(ErrorCode.OVERLOADED)
 _SHED, _RING_FULL, _MAX_INFLIGHT, _BEHIND = (OVERLOAD_REASONS.index(r) for r in (
     "shed", "ring_full", "max_inflight", "worker_behind"))
@@ -120,6 +121,10 @@ class Router:
         self.response_rings = [r.response for r in self.rings]
         self.fired_rings = [r.fired for r in self.rings]
         self.fired_lists: dict[int, list] = {}     # token -> every fired index (JSON, overflow)
+        # idempotency key -> (expiry ns, {decision index: every fired index}) of decided
+        # requests that overflowed, so a JSON retry lists them all too; oldest first
+        self.dup_fired: dict[tuple, tuple] = {}
+        self.dup_fired_n = 0                       # indexes held there (bounded)
         self.codec = Codec(cfg.schema, cfg.ingress.max_batch, cfg.ingress.max_frame_bytes)
         self.slot_dtype = request_slot_dtype(cfg.schema.dtype)
         self.shard_key = cfg.schema.shard_key
@@ -407,7 +412,8 @@ class Router:
                 return self._conflict(envelope, req)
             if slots is not None:
                 self.c_dedup[0] += 1
-                self.send_decision(envelope, req, slots)
+                kept = self.dup_fired.get(dkey) if req.kind == "json" else None
+                self.send_decision(envelope, req, slots, kept[1] if kept else None)
                 return
         recs = req.records.view(np.uint8)
         if self.n_workers == 1:
@@ -497,7 +503,7 @@ class Router:
             for v in ring.views(pos, n):
                 for tok, cnt, idx in zip(v["token"].tolist(), v["count"].tolist(), v["idx"].tolist()):
                     p = None if tok & _FAST_BIT else self.pending.get(tok >> EVENT_BITS)
-                    if p is not None and p.req.kind == "json":
+                    if p is not None and (p.req.kind == "json" or p.dedup_key is not None):
                         self.fired_lists.setdefault(tok, []).extend(idx[:cnt])
             ring.release(n)
 
@@ -569,9 +575,11 @@ class Router:
     def _finish(self, p: _Pending, code: int) -> None:
         self.pending.pop(p.seq, None)
         fired = None
-        if self.fired_lists and p.req.kind == "json":
+        if self.fired_lists:
             base = p.seq << EVENT_BITS
             fired = {i: self.fired_lists.pop(base + i) for i in range(len(p.slots)) if base + i in self.fired_lists}
+            if fired and p.dedup_key is not None:
+                self._keep_dup_fired(p.dedup_key, fired)
         for i, (env, req) in enumerate(p.envelopes):
             slots = p.slots
             if i:                                  # retries that arrived while in flight
@@ -588,6 +596,24 @@ class Router:
         self._count_actions(p.raw, self.c_decisions)
         observe_request(self.c_eval[t], self.c_stage, LATENCY_BOUNDS_NS, p.arrival_ns,
                         p.routed_ns, p.first_resp_ns, now)
+
+    def _keep_dup_fired(self, key, fired: dict) -> None:
+        """Keep an overflowed decision's full fired lists while the window keeps the
+        decision; expired ones go, and the oldest while over DUP_FIRED_MAX_INDEXES (a retry
+        of those lists 16 with FIRED_OVERFLOW)."""
+        now = time.monotonic_ns()
+        d = self.dup_fired
+        old = d.pop(key, None)
+        if old is not None:
+            self.dup_fired_n -= sum(map(len, old[1].values()))
+        d[key] = (now + self.dedup.window_ns, fired)
+        self.dup_fired_n += sum(map(len, fired.values()))
+        while d:
+            k, (exp, lists) = next(iter(d.items()))
+            if exp > now and self.dup_fired_n <= DUP_FIRED_MAX_INDEXES:
+                break
+            del d[k]
+            self.dup_fired_n -= sum(map(len, lists.values()))
 
     def send_decision(self, envelope, req, slots: np.ndarray, fired: dict | None = None) -> None:
         """``fired``: decision index -> every fired rule index (JSON, more than MAX_FIRED)."""

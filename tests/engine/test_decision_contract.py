@@ -274,3 +274,17 @@ def test_overloaded_and_conflict_messages_are_the_documented_formats(tmp_path, r
     # the shed reply is a prepared constant the router sends as is (cheapest refusal)
     bad, unused = unmatched("OVERLOADED", overloaded + [SHED_MESSAGE])
     assert not bad and not unused, (bad, unused, overloaded)
+
+
+def test_a_json_retry_of_an_overflowed_decision_lists_every_rule(engine, ruleset):
+    """The first decision came from the workers with 100 fired rules; its retry, answered
+    from the idempotency window, lists all of them too (DUPLICATE, no FIRED_OVERFLOW)."""
+    schema = load_config().schema
+    ev = EventConverter(schema).to_events(_events(schema, [1000.0]))[0]
+    req = json.dumps({"request_id": 77, "client_id": 0x5EED0000_00000004, "event": ev}).encode()
+    first = json.loads(_rpc(engine, req))["decisions"][0]
+    again = json.loads(_rpc(engine, req))["decisions"][0]
+    assert first["nfired"] == again["nfired"] == 100 and "flags" not in first
+    assert again["flags"] == ["DUPLICATE"]
+    assert (again["rules"], again["shadow_rules"]) == (first["rules"], first["shadow_rules"])
+    assert len(first["rules"]) + len(first["shadow_rules"]) == 100
