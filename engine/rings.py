@@ -5,13 +5,16 @@
     ingress <--resp<w>-- worker <w>     response slots (RESPONSE_SLOT_DTYPE); doorbell: the
                                         eventfd every response ring shares, which the ingress
                                         polls together with its ROUTER socket
+    ingress <--fired<w>- worker <w>     the full fired list of a decision with more than
+                                        MAX_FIRED fired rules (FIRED_SLOT_DTYPE), published
+                                        before its response slot; no doorbell of its own
 
 The supervisor creates both (it owns their lifetime); the ingress and the worker attach by
 the full names in plan.json.
 """
 from __future__ import annotations
 
-from engine.types import RESPONSE_SLOT_DTYPE, request_slot_dtype
+from engine.types import FIRED_SLOT_DTYPE, RESPONSE_SLOT_DTYPE, request_slot_dtype
 from shm.doorbell import EventfdDoorbell, SemaphoreDoorbell
 from shm.idle import SleepingBackoff, SpinThenSleep
 from shm.ring import OneToOneRing
@@ -42,14 +45,24 @@ def ring_bytes(cfg) -> int:
     from shm.layout import segment_bytes
     cap = cfg.rings.capacity
     return (segment_bytes(cap, request_slot_dtype(cfg.schema.dtype).itemsize)
-            + segment_bytes(cap, RESPONSE_SLOT_DTYPE.itemsize))
+            + segment_bytes(cap, RESPONSE_SLOT_DTYPE.itemsize) + segment_bytes(cap, FIRED_SLOT_DTYPE.itemsize))
+
+
+def fired_ring_name(response_name: str, w: int) -> str:
+    """The fired ring's full segment name, next to worker ``w``'s response ring (the plan
+    lists three names per worker; this one is derived)."""
+    suffix = f".resp{w}"
+    if not response_name.endswith(suffix):
+        raise ValueError(f"response ring name={response_name!r}: does not end in {suffix!r}")
+    return response_name[:-len(suffix)] + f".fired{w}"
 
 
 class EngineRings:
     def __init__(self, request: OneToOneRing, response: OneToOneRing, bell: SemaphoreDoorbell,
-                 eventfd: EventfdDoorbell | None, spin_us: float = 0.0):
+                 eventfd: EventfdDoorbell | None, spin_us: float = 0.0, fired: OneToOneRing | None = None):
         self.request = request
         self.response = response
+        self.fired = fired
         self.bell = bell
         self.eventfd_bell = eventfd
         self.worker_idle = _Idle(SpinThenSleep(spin_us, WORKER_SLEEP_TIMEOUT_MS, yield_cpu=True,
@@ -64,7 +77,9 @@ class EngineRings:
                                   instance=cfg.instance, owner_pid=owner_pid, doorbell=bell)
         resp = OneToOneRing.create(f"resp{w}", cap, RESPONSE_SLOT_DTYPE, instance=cfg.instance,
                                    owner_pid=owner_pid, doorbell=eventfd)
-        return cls(req, resp, bell, eventfd, cfg.workers.spin_us)
+        fired = OneToOneRing.create(f"fired{w}", cap, FIRED_SLOT_DTYPE, instance=cfg.instance,
+                                    owner_pid=owner_pid)
+        return cls(req, resp, bell, eventfd, cfg.workers.spin_us, fired)
 
     @classmethod
     def attach(cls, cfg, plan: dict, w: int, eventfd: EventfdDoorbell) -> "EngineRings":
@@ -72,7 +87,8 @@ class EngineRings:
         bell = SemaphoreDoorbell.open(bell_name)
         req = OneToOneRing.attach(req_name, request_slot_dtype(cfg.schema.dtype), doorbell=bell)
         resp = OneToOneRing.attach(resp_name, RESPONSE_SLOT_DTYPE, doorbell=eventfd)
-        return cls(req, resp, bell, eventfd, cfg.workers.spin_us)
+        fired = OneToOneRing.attach(fired_ring_name(resp_name, w), FIRED_SLOT_DTYPE)
+        return cls(req, resp, bell, eventfd, cfg.workers.spin_us, fired)
 
     def names(self) -> list[str]:
         return [self.request.name, self.response.name, self.bell.name]
@@ -83,6 +99,8 @@ class EngineRings:
         """First touch of both rings' slots from the pinned worker: node-local pages."""
         self.request.prefault()
         self.response.prefault()
+        if self.fired is not None:
+            self.fired.prefault()
 
     # --- ingress side --------------------------------------------------------------------------
 
@@ -107,12 +125,15 @@ class EngineRings:
         return self.request.occupancy(), self.response.occupancy()
 
     def close(self) -> None:
-        for r in (self.request, self.response):
-            r.doorbell = None              # doorbells are shared; closed by their owner
-            r.close()
+        for r in (self.request, self.response, self.fired):
+            if r is not None:
+                r.doorbell = None          # doorbells are shared; closed by their owner
+                r.close()
         self.bell.close()
 
     def unlink(self) -> None:
         self.request.unlink()
         self.response.unlink()
+        if self.fired is not None:
+            self.fired.unlink()
         self.bell.unlink()

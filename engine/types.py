@@ -44,6 +44,7 @@ class ErrorCode(enum.IntEnum):
     BAD_FLAGS = 19         # unknown header flag bits
     JOURNAL_UNAVAILABLE = 20   # the journal cannot be written (full disk, I/O error): the
                                # event was not evaluated; journal.on_unavailable's action
+    IDEMPOTENCY_CONFLICT = 21   # (client_id, request_id) reused for other events
 
 
 class DecisionFlag(enum.IntFlag):
@@ -87,4 +88,16 @@ RESPONSE_SLOT_DTYPE = _padded([
     ("nfired", np.uint16),         # total fired (enforce + shadow), may exceed MAX_FIRED
     ("fired", np.uint16, (MAX_FIRED,)),   # first MAX_FIRED fired rule indexes, ascending
     ("error", np.uint16),          # ErrorCode: OK, or why a default decision was used
+])
+
+FIRED_PER_SLOT = 24        # rule indexes per fired-list slot
+# The full fired list of a decision with more than MAX_FIRED fired rules: the worker publishes
+# it on its fired ring (one slot per FIRED_PER_SLOT indexes) before the response slot, so
+# JSON replies can list every fired rule; binary replies carry the response slot's MAX_FIRED.
+FIRED_SLOT_DTYPE = np.dtype([
+    ("token", np.uint64),          # the response slot's token
+    ("total", np.uint16),          # fired rules of that decision (= its nfired)
+    ("count", np.uint16),          # valid entries of idx in this slot
+    ("reserved", np.uint32),
+    ("idx", np.uint16, (FIRED_PER_SLOT,)),   # fired rule indexes, ascending across slots
 ])

@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 
+import numba
 import numpy as np
 
 from engine import gcstats, procname, rundir
@@ -28,8 +29,10 @@ from engine.control import (BLOCKS_EVERY_NS, KERNEL_BOUNDS_NS, LATENCY_BOUNDS_NS
 from engine.rings import EngineRings
 from engine.topology import pin_self
 from engine.journal_format import RETRY_NS, journal_dtype
-from engine.types import (ACTION_NAMES, RESPONSE_SLOT_DTYPE, DecisionFlag, ErrorCode,
-                          request_slot_dtype)
+from engine.types import (ACTION_NAMES, FIRED_PER_SLOT, FIRED_SLOT_DTYPE, MAX_FIRED, RESPONSE_SLOT_DTYPE,
+                          DecisionFlag, ErrorCode, request_slot_dtype)
+from rules.kernel_helpers import any_above
+from shm.ring import bind_entry
 from shm.doorbell import EventfdDoorbell
 
 
@@ -82,6 +85,8 @@ class BatchProcessor:
         self.journal = journal
         self.out = np.zeros(max_batch, dtype=RESPONSE_SLOT_DTYPE)
         self.out_words = self.out.view(np.uint64).reshape(max_batch, -1)   # append_slots
+        self.out_nfired = self.out["nfired"]
+        self._any_above = bind_entry(any_above, (numba.typeof(self.out_nfired), numba.int64, numba.int64))
         self.req_w = rings.request.slots.dtype.itemsize // 8
         self.batches = block.worker(index, "batches")
         self.events = block.worker(index, "events")
@@ -119,6 +124,8 @@ class BatchProcessor:
                 elif self.j_unavailable[0]:
                     self._journal_back()
             t2 = time.monotonic_ns()
+        if self._any_above(self.out_nfired, n, MAX_FIRED):     # rare: full lists, for JSON
+            self.publish_fired(o, a.bits, n)
         resp = self.rings.response
         while not resp.try_publish(o):      # the ingress always drains; wait for room
             if self.stop[0] >= 2:
@@ -156,6 +163,35 @@ class BatchProcessor:
         self.j_errors[0] = self.journal.write_errors
         print(f"risk-engine: worker {self.index}: journal available again, deciding normally",
               file=sys.stderr)
+
+
+    def publish_fired(self, o: np.ndarray, bits: np.ndarray, n: int) -> None:
+        """Every fired index of each decision of ``o[:n]`` with more than MAX_FIRED, on the
+        fired ring, before the response slots (the ingress reads them first: docs/SHM.md)."""
+        ring = self.rings.fired
+        if ring is None:
+            return
+        lists = [(int(o[i]["token"]), np.flatnonzero(np.unpackbits(bits[i].view(np.uint8), bitorder="little")))
+                 for i in np.flatnonzero(self.out_nfired[:n] > MAX_FIRED).tolist()]
+        arr = np.zeros(sum(-(-len(idx) // FIRED_PER_SLOT) for _, idx in lists), FIRED_SLOT_DTYPE)
+        j = 0
+        for token, idx in lists:
+            for c in range(0, len(idx), FIRED_PER_SLOT):
+                part = idx[c:c + FIRED_PER_SLOT]
+                arr[j]["token"], arr[j]["total"], arr[j]["count"] = token, len(idx), len(part)
+                arr[j]["idx"][:len(part)] = part
+                j += 1
+        k = 0
+        while k < len(arr):               # in pieces that fit; the ingress drains as it polls
+            m = min(len(arr) - k, ring.capacity)
+            if ring.try_publish(arr[k:k + m]):
+                k += m
+                continue
+            if self.stop[0] >= 2:
+                return
+            if self.rings.eventfd_bell is not None:
+                self.rings.eventfd_bell.ring()      # wake a sleeping ingress to drain it
+            self.rings.response_full_idle.wait()
 
 
 class StallRecorder:

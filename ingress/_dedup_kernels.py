@@ -5,7 +5,9 @@ at start (a dict of Python objects kept growing as it churned: +46 MiB of ingres
 10-minute soak, docs/RELIABILITY.md).
 
 Entries are rows of one int64 table ``ent`` (C x ENT_WORDS: the key's two u64 halves as bit
-patterns, expiry, event count, pool start, index slot), so a call passes few arrays.
+patterns, expiry, event count, pool start, index slot, hash of the request's record bytes),
+so a call passes few arrays. A key found with another record hash (or count) is a conflict:
+the same idempotency key reused for other events.
 Coordinates: an entry's *position* is a monotonic counter; its row is ``position & (C-1)``.
 Live entries are positions [tail, head). Pool bytes are addressed by a monotonic byte counter
 too; an entry's bytes are [start, start + nbytes), stored at ``start % P`` and never split
@@ -20,8 +22,9 @@ from numba import njit
 # meta words
 HEAD, TAIL, POOL_HEAD, EVICTED_EARLY = 0, 1, 2, 3
 META_WORDS = 4
-CID, RID, EXP, N, START, HSLOT = 0, 1, 2, 3, 4, 5       # columns of ent
-ENT_WORDS = 6
+CID, RID, EXP, N, START, HSLOT, RHASH = 0, 1, 2, 3, 4, 5, 6     # columns of ent
+ENT_WORDS = 7
+CONFLICT = -2                  # lookup: the key was decided for other events
 
 
 _M1 = np.uint64(0x9E3779B97F4A7C15)
@@ -41,6 +44,31 @@ def _hash(cid, rid):
     h *= _M3
     h ^= h >> _S32
     return np.int64(h & _LOW62)
+
+
+@njit(cache=True)
+def records_hash(buf, off, nbytes):
+    """64-bit hash (int64 bit pattern) of ``nbytes`` of ``buf`` (bytes or a uint8 array) from
+    ``off``: the request's event records, to tell a retry from a reused key. Eight bytes per
+    step (about 1 ns each here); not cryptographic: a collision only lets a client's own
+    reused key be answered with its own earlier decision."""
+    h = (np.uint64(nbytes) + _A) * _M1
+    k = 0
+    while k + 8 <= nbytes:
+        w = np.uint64(0)
+        for b in range(8):
+            w |= np.uint64(buf[off + k + b]) << np.uint64(8 * b)
+        h = (h ^ (w * _M2)) * _M3
+        h ^= h >> _S29
+        k += 8
+    w = np.uint64(0)
+    for b in range(nbytes - k):
+        w |= np.uint64(buf[off + k + b]) << np.uint64(8 * b)
+    h = (h ^ (w * _M2)) * _M1
+    h ^= h >> _S32
+    h *= _M3
+    h ^= h >> _S29
+    return np.int64(h)
 
 
 @njit(cache=True)
@@ -92,22 +120,25 @@ def _evict_oldest(meta, index, ent):
 
 
 @njit(cache=True)
-def lookup(index, ent, pool_size, cid, rid, now, n):
-    """Pool byte offset of the decided request (cid, rid) with ``n`` events, or -1 when it is
-    unknown, expired or of another size. ``cid``/``rid``: u64 values as int64 bit patterns."""
+def lookup(index, ent, pool_size, cid, rid, now, n, rhash):
+    """Pool byte offset of the decided request (cid, rid) with ``n`` events hashing to
+    ``rhash`` (records_hash), -1 when it is unknown or expired, CONFLICT when it was decided
+    for other events. ``cid``/``rid``: u64 values as int64 bit patterns."""
     p, _ = _find(index, ent, cid, rid)
     if p < 0:
         return -1
     s = p & (ent.shape[0] - 1)
-    if ent[s, EXP] <= now or ent[s, N] != n:
+    if ent[s, EXP] <= now:
         return -1
+    if ent[s, N] != n or ent[s, RHASH] != rhash:
+        return CONFLICT
     return ent[s, START] % pool_size
 
 
 @njit(cache=True)
-def insert(meta, index, ent, pool, cid, rid, exp, now, data):
-    """Remember ``data`` (the response slots' bytes, 64 per event) for (cid, rid) until
-    ``exp``. Expired entries go first; then the oldest go while the entries or the pool are
+def insert(meta, index, ent, pool, cid, rid, exp, now, data, rhash):
+    """Remember ``data`` (the response slots' bytes, 64 per event) of the request whose
+    records hash to ``rhash`` for (cid, rid) until ``exp``. Expired entries go first; then the oldest go while the entries or the pool are
     full (counted in meta[EVICTED_EARLY]: the window is too small for the traffic). Returns
     False when ``data`` is larger than the whole pool (not remembered)."""
     nbytes = data.size
@@ -138,6 +169,7 @@ def insert(meta, index, ent, pool, cid, rid, exp, now, data):
     ent[s, EXP] = exp
     ent[s, N] = nbytes // 64
     ent[s, START] = start
+    ent[s, RHASH] = rhash
     for k in range(nbytes):
         pool[off + k] = data[k]
     _, i = _find(index, ent, cid, rid)

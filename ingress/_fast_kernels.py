@@ -37,8 +37,8 @@ ROW_BITS = 16
 ROW_MASK = (1 << ROW_BITS) - 1
 SEQ_MASK = (1 << 47) - 1
 # ft columns
-SEQ, ARRIVAL, ROUTED, FIRST, DEADLINE, WORKER, CID, RID, KEYED = range(9)
-FT_WORDS = 9
+SEQ, ARRIVAL, ROUTED, FIRST, DEADLINE, WORKER, CID, RID, KEYED, RHASH = range(10)
+FT_WORDS = 10
 # meta cells
 TOP, USED, MIN_DEADLINE, HIGH = 0, 1, 2, 3        # HIGH: rows below it were ever used
 META_WORDS = 4
@@ -120,14 +120,17 @@ def admit(body, hdr_off, rsize, checks, cid, rid, keyed, dd_index, dd_ent, dd_po
           behind_ns):
     """Admit a one-event binary request whose header the caller checked: returns row * 2 +
     (1 if the worker sleeps and is owed a doorbell), or BAD_VALUE (non-finite float, bool not
-    0/1: the general path names it), DECIDED (a retry of a decided request: the general path
-    answers it from the window), TABLE_FULL, RING_FULL or WORKER_BEHIND (queue_age over
+    0/1: the general path names it), DECIDED (the key was decided, for these events or
+    others: the general path answers it from the window or refuses it), TABLE_FULL, RING_FULL or WORKER_BEHIND (queue_age over
     ``behind_ns``; the general path answers OVERLOADED). ``keyed``: (cid, rid) is an
     idempotency key (client id set, window on)."""
     if not values_ok(body, hdr_off, checks):
         return BAD_VALUE
-    if keyed and DK.lookup(dd_index, dd_ent, dd_pool_size, cid, rid, now, 1) >= 0:
-        return DECIDED
+    rhash = np.int64(0)
+    if keyed:
+        rhash = DK.records_hash(body, hdr_off, rsize)
+        if DK.lookup(dd_index, dd_ent, dd_pool_size, cid, rid, now, 1, rhash) != -1:
+            return DECIDED
     top = meta[TOP]
     if top == 0:
         return TABLE_FULL
@@ -152,6 +155,7 @@ def admit(body, hdr_off, rsize, checks, cid, rid, keyed, dd_index, dd_ent, dd_po
     r[CID] = cid
     r[RID] = rid
     r[KEYED] = keyed
+    r[RHASH] = rhash
     d = fdec[row]
     for k in range(SLOT_BYTES):
         d[k] = 0
@@ -213,7 +217,7 @@ def finish_row(row, code, now, ft, free, meta, fdec, fout, flag_errors, instrume
     d = fdec[row]
     encode_reply(d, fout[row], r[RID], flag_errors)
     if r[KEYED]:
-        DK.insert(dd_meta, dd_index, dd_ent, dd_pool, r[CID], r[RID], now + window_ns, now, d)
+        DK.insert(dd_meta, dd_index, dd_ent, dd_pool, r[CID], r[RID], now + window_ns, now, d, r[RHASH])
     if instrument:
         c_req[code] += 1
         a = d[S_ACTION]

@@ -28,7 +28,8 @@ class Decision:
     """One decision. Binary transport: ``rules`` are the fired rule indexes (enforce and
     shadow, at most MAX_FIRED), ``shadow_rules`` is empty, ``ruleset`` None and ``generation``
     set. JSON transport: ``rules``/``shadow_rules`` are rule ids, ``ruleset`` is
-    "name@version", ``generation`` None. ``error`` names why a default action was used."""
+    "name@version", ``generation`` None, and list every fired rule. ``error`` names why a
+    default action was used; ``nfired`` is how many rules fired (enforce and shadow)."""
     action: str
     score: float
     rules: tuple = ()
@@ -37,6 +38,7 @@ class Decision:
     generation: int | None = None
     flags: tuple[str, ...] = ()
     error: str | None = None
+    nfired: int = 0
 
 
 class RequestError(Exception):
@@ -98,7 +100,7 @@ class ClientCodec:
             raise ValueError(f"transport={transport!r}: must be 'binary' or 'json'")
         self.schema, self.transport = schema, transport
         self.events = EventConverter(schema)
-        self.client_id = client_id if client_id is not None else int.from_bytes(os.urandom(8), "little")
+        self.client_id = client_id if client_id is not None else int.from_bytes(os.urandom(8), "little") or 1
         self._next_id = 0
 
     def new_request_id(self) -> int:
@@ -143,7 +145,7 @@ class ClientCodec:
         # struct per decision: a Decision object per decision is built anyway
         return [Decision(_ACTIONS[a] if a < len(_ACTIONS) else str(a), sc,
                          tuple(fired[:min(nf, MAX_FIRED)]), (), None, g, _FLAG_NAMES[fl],
-                         _code(err).name if err else None)
+                         _code(err).name if err else None, nf)
                 for a, fl, err, nf, g, sc, *fired in
                 wire.DECISION.iter_unpack(memoryview(frame)[wire.REPLY_HEADER_SIZE:])]
 
@@ -164,7 +166,8 @@ class ClientCodec:
             raise ProtocolError(f"reply request_id={rid} count={len(decisions)}, "
                                 f"expected {request_id} and {count}")
         return [Decision(d["action"], d["score"], tuple(d["rules"]), tuple(d["shadow_rules"]),
-                         d["ruleset"], None, tuple(d.get("flags", ())), d.get("error"))
+                         d["ruleset"], None, tuple(d.get("flags", ())), d.get("error"),
+                         d.get("nfired", len(d["rules"]) + len(d["shadow_rules"])))
                 for d in decisions]
 
 

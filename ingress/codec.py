@@ -107,6 +107,26 @@ def frame_kind(frame) -> str:
     return "json" if len(frame) and frame[0] == wire.JSON_FIRST_BYTE else "binary"
 
 
+_RID_AT = wire.REQUEST_HEADER_DTYPE.fields["request_id"][1]
+
+
+def peek_request_id(frame) -> int | None:
+    """The request_id of a frame refused before decoding (FRAME_TOO_LARGE, BAD_FRAME), when
+    it can be read: a binary header (magic, and all 40 bytes present) or a JSON object with
+    a valid request_id. None otherwise. A DEALER client matches replies by this id."""
+    n = len(frame)
+    if n >= wire.REQUEST_HEADER_SIZE and int.from_bytes(frame[:4], "little") == wire.REQUEST_MAGIC:
+        return int.from_bytes(frame[_RID_AT:_RID_AT + 8], "little")
+    if n and frame[0] == wire.JSON_FIRST_BYTE:
+        try:
+            obj = json.loads(bytes(frame))
+        except (ValueError, RecursionError):
+            return None
+        rid = obj.get("request_id") if type(obj) is dict else None
+        return rid if type(rid) is int and 0 <= rid <= U64_MAX else None
+    return None
+
+
 def split_envelope(frames: list) -> tuple[list, object]:
     """ROUTER message -> (envelope frames, body frame). Accepted shapes (docs/PROTOCOL.md):
 
@@ -124,7 +144,7 @@ def split_envelope(frames: list) -> tuple[list, object]:
     first = frames[len(env)] if n > len(env) else b""
     raise WireError(ErrorCode.BAD_FRAME, f"expected [identity, (empty,) body] with a non-empty body, "
                     f"got {n} frames of sizes {[len(f) for f in frames[:8]]}",
-                    kind=frame_kind(first), envelope=list(env))
+                    request_id=peek_request_id(first), kind=frame_kind(first), envelope=list(env))
 
 
 class Codec:
@@ -180,7 +200,7 @@ class Codec:
         if n > self.max_frame_bytes:
             raise WireError(ErrorCode.FRAME_TOO_LARGE,
                             f"frame of {n} bytes over max_frame_bytes={self.max_frame_bytes}",
-                            kind=frame_kind(frame))
+                            peek_request_id(frame), kind=frame_kind(frame))
         if n == 0:
             raise WireError(ErrorCode.BAD_FRAME, "empty body frame")
         if frame[0] == wire.JSON_FIRST_BYTE:
@@ -273,45 +293,50 @@ class Codec:
     # --- replies -----------------------------------------------------------------------------
 
     def encode_reply(self, req: Request, slots: np.ndarray,
-                     ruleset_meta: Mapping[int, RulesetMeta] | RulesetMeta | None = None) -> bytes:
+                     ruleset_meta: Mapping[int, RulesetMeta] | RulesetMeta | None = None,
+                     fired: Mapping[int, list] | None = None) -> bytes:
         """Reply frame for ``req``; ``slots[i]`` (RESPONSE_SLOT_DTYPE) decides ``records[i]``.
 
         Binary: one compiled call (the fast path's encoder, N records). JSON: rule ids,
         modes and label from ``ruleset_meta`` (by generation); an unknown generation is named
-        "generation:G" and its rules "#index".
+        "generation:G" and its rules "#index". ``fired[i]``: every fired index of decision i
+        when more than MAX_FIRED fired (the worker's fired ring); JSON lists them all.
         """
         n = len(slots)
         if n != len(req.records):
             raise ValueError(f"encode_reply: {n} slots for {len(req.records)} records "
                              f"(request_id={req.request_id})")
         if req.kind == "json":
-            return self._json_reply(req.request_id, slots, ruleset_meta)
+            return self._json_reply(req.request_id, slots, ruleset_meta, fired or {})
         buf = bytearray(wire.REPLY_HEADER_SIZE + n * wire.DECISION_SIZE)
         raw = np.ascontiguousarray(slots).view(np.uint8).reshape(n, SLOT_BYTES)
         self._encode(raw, np.frombuffer(buf, np.uint8), i64_bits(req.request_id), self._flag_errors)
         return bytes(buf)
 
-    def _json_reply(self, rid: int, slots: np.ndarray, metas) -> bytes:
+    def _json_reply(self, rid: int, slots: np.ndarray, metas, full: Mapping[int, list]) -> bytes:
         if isinstance(metas, RulesetMeta):
             metas = {metas.generation: metas}
         metas = metas or {}
         out = []
-        for a, sc, g, fl, nf, fired in zip(slots["action"].tolist(), slots["score"].tolist(),
-                                           slots["generation"].tolist(), slots["flags"].tolist(),
-                                           slots["nfired"].tolist(), slots["fired"].tolist()):
+        for i, (a, sc, g, fl, nf, fired) in enumerate(zip(
+                slots["action"].tolist(), slots["score"].tolist(), slots["generation"].tolist(),
+                slots["flags"].tolist(), slots["nfired"].tolist(), slots["fired"].tolist())):
             meta = metas.get(g)
             rules, shadow = [], []
-            for idx in fired[:min(nf, MAX_FIRED)]:
+            every = full.get(i)
+            if every is not None and len(every) == nf:
+                fired, fl = every, fl & ~int(DecisionFlag.FIRED_OVERFLOW)    # nothing left out
+            elif nf > MAX_FIRED:
+                fl |= DecisionFlag.FIRED_OVERFLOW
+            for idx in fired[:nf]:
                 if meta is not None and idx < len(meta.rule_ids):
                     (shadow if meta.modes[idx] == "shadow" else rules).append(meta.rule_ids[idx])
                 else:
                     rules.append(f"#{idx}")
             d = {"action": ACTION_NAMES[a] if a < len(ACTION_NAMES) else str(a),
                  "score": sc if math.isfinite(sc) else None, "rules": rules,
-                 "shadow_rules": shadow,
+                 "shadow_rules": shadow, "nfired": nf,
                  "ruleset": meta.label if meta is not None else f"generation:{g}"}
-            if nf > MAX_FIRED:
-                fl |= DecisionFlag.FIRED_OVERFLOW
             if fl:
                 d["flags"] = self._flag_names[fl]
                 err = int(self._flag_errors[fl])

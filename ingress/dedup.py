@@ -12,7 +12,9 @@ Two tables:
   configured for that traffic and should be enlarged.
 
 The cached decision is transport-neutral (response slots), so a retry is answered in its own
-transport (binary or JSON), with DecisionFlag.DUPLICATE set. The window lives in the ingress
+transport (binary or JSON), with DecisionFlag.DUPLICATE set. Each entry keeps a hash of the
+request's record bytes (``records_hash``): a key reused for other events is a conflict
+(ErrorCode.IDEMPOTENCY_CONFLICT), never answered with the other request's decision. The window lives in the ingress
 process: an ingress restart forgets it (documented in docs/RELIABILITY.md).
 """
 from __future__ import annotations
@@ -32,8 +34,9 @@ _I64 = numba.types.int64
 _ARR1 = numba.types.Array(numba.types.int64, 1, "C")
 _ARR2 = numba.types.Array(numba.types.int64, 2, "C")
 _U8 = numba.types.Array(numba.types.uint8, 1, "C")
-_LOOKUP = bind_entry(K.lookup, (_ARR1, _ARR2, _I64, _I64, _I64, _I64, _I64))
-_INSERT = bind_entry(K.insert, (_ARR1, _ARR1, _ARR2, _U8, _I64, _I64, _I64, _I64, _U8))
+_LOOKUP = bind_entry(K.lookup, (_ARR1, _ARR2, _I64, _I64, _I64, _I64, _I64, _I64))
+_INSERT = bind_entry(K.insert, (_ARR1, _ARR1, _ARR2, _U8, _I64, _I64, _I64, _I64, _U8, _I64))
+CONFLICT = "conflict"                  # decided_slots: the key was decided for other events
 _TOP = 1 << 63
 
 
@@ -86,10 +89,14 @@ class IdempotencyWindow:
         """The in-flight request with this key, or None."""
         return self.inflight.get(key)
 
-    def decided_slots(self, key, now_ns: int, n: int):
-        """A copy of the first decision's slots flagged DUPLICATE, or None. A key reused
-        for a request of another size is not a retry: None (it is decided afresh)."""
-        off = _LOOKUP(self._index, self._ent, self._pool.size, i64_bits(key[0]), i64_bits(key[1]), now_ns, n)
+    def decided_slots(self, key, now_ns: int, n: int, rhash: int):
+        """A copy of the first decision's slots flagged DUPLICATE, None when the key is not
+        (or no longer) known, or CONFLICT when it was decided for other events (another
+        count or another ``records_hash``): never another request's decision."""
+        off = _LOOKUP(self._index, self._ent, self._pool.size, i64_bits(key[0]), i64_bits(key[1]),
+                      now_ns, n, rhash)
+        if off == K.CONFLICT:
+            return CONFLICT
         if off < 0:
             return None
         slots = self._pool[off:off + n * _SLOT].view(RESPONSE_SLOT_DTYPE).copy()
@@ -99,15 +106,17 @@ class IdempotencyWindow:
     def start(self, key, pending) -> None:
         self.inflight[key] = pending
 
-    def finish(self, key, slots: np.ndarray, now_ns: int, owner=None) -> None:
+    def finish(self, key, slots: np.ndarray, now_ns: int, owner=None, rhash: int = 0) -> None:
         """Remember the decision: ``slots`` (RESPONSE_SLOT_DTYPE), or their bytes as a flat
-        contiguous uint8 array (the ingress passes those: no conversion per request).
-        ``owner``: the in-flight entry this request registered; a later request that reused
-        the key (another size: not a retry) registered its own, which stays."""
+        contiguous uint8 array (the ingress passes those: no conversion per request), of the
+        request whose records hash to ``rhash`` (``records_hash``).
+        ``owner``: the in-flight entry this request registered; an entry another owner
+        registered under the key stays (the router refuses a reused key with other events,
+        IDEMPOTENCY_CONFLICT, so that takes a new registration by hand)."""
         self.end_inflight(key, owner)
         data = slots if slots.dtype == np.uint8 else np.ascontiguousarray(slots).view(np.uint8).reshape(-1)
         _INSERT(self._meta, self._index, self._ent, self._pool, i64_bits(key[0]), i64_bits(key[1]),
-                now_ns + self.window_ns, now_ns, data)
+                now_ns + self.window_ns, now_ns, data, rhash)
 
     def forget(self, key) -> None:
         self.inflight.pop(key, None)
@@ -117,6 +126,13 @@ class IdempotencyWindow:
         general path's pending request (compared by identity) or the fast path's row number."""
         if owner is None or self.inflight.get(key) == owner:
             self.inflight.pop(key, None)
+
+
+def records_hash(records: np.ndarray) -> int:
+    """``_dedup_kernels.records_hash`` of a request's records (a contiguous array of the
+    schema dtype, or their bytes): what the window compares a retry's events by."""
+    b = records if records.dtype == np.uint8 else records.view(np.uint8)
+    return int(K.records_hash(b, 0, b.size))
 
 
 def _sizes(window_ns: int, max_entries: int, max_bytes: int) -> tuple[int, int]:

@@ -195,8 +195,7 @@ class FastPath:
         key = self.keys[row]
         if key is not None:
             self.keys[row] = None
-            self.dedup.end_inflight(key, row)   # a later request that reused the key (another
-                                                # size: not a retry) keeps its own entry
+            self.dedup.end_inflight(key, row)   # only if still this row's entry
         dups = self.duplicates.pop(row, None) if self.duplicates else None
         if dups:
             slots = self.fdec[row].copy().view(RESPONSE_SLOT_DTYPE)

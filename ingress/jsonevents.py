@@ -63,7 +63,7 @@ class EventConverter:
                     raise WireError(ErrorCode.UNKNOWN_FIELD,
                                     f"events[{i}]: unknown field {_show(unknown[0])}")
                 missing = sorted(names - ev.keys())
-                raise WireError(ErrorCode.MISSING_FIELD, f"events[{i}]: missing field {missing[0]!r}")
+                raise WireError(ErrorCode.MISSING_FIELD, f"events[{i}].{missing[0]}: missing")
         if len(events) == 1:
             one = self._one(events[0])
             if one is not None:

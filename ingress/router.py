@@ -35,12 +35,13 @@ from engine.control import (BLOCKS_EVERY_NS, LATENCY_BOUNDS_NS, N_CODES, OVERLOA
 from engine.rings import EngineRings
 from engine.topology import pin_self
 from engine.types import Action, DecisionFlag, ErrorCode, RESPONSE_SLOT_DTYPE, request_slot_dtype
-from ingress.codec import Codec, RulesetMeta, frame_kind, split_envelope
+from ingress.codec import Codec, RulesetMeta, frame_kind, peek_request_id, split_envelope
 from ingress.conns import SERVICE_EVERY_NS, Connections, effective_cap, raise_nofile_limit
-from ingress.dedup import IdempotencyWindow
+from ingress.dedup import CONFLICT, IdempotencyWindow, records_hash
 from ingress.discard import FrameDiscarder
 from ingress.fastpath import FastPath
-from ingress._fast_kernels import MIN_DEADLINE
+from ingress import _fast_kernels as FK
+from ingress._fast_kernels import FAST_BIT, MIN_DEADLINE
 from ingress import _batch_kernels as BK
 from ingress._batch_kernels import EVENT_BITS
 from ingress.sockopts import SockOpts, backend_send
@@ -56,6 +57,7 @@ EPOCHS = 128                          # restarted ingress never matches a predec
 _HASH_MUL_INT = 0x9E3779B97F4A7C15      # shard = ((key * this) mod 2^64 >> 32) mod workers
 _HASH_MUL = np.uint64(_HASH_MUL_INT)
 _U64 = (1 << 64) - 1
+_FAST_BIT = int(FAST_BIT)
 _RID = struct.Struct("<Q")             # the request id of a binary request header
 _RID_AT = wire.REQUEST_HEADER_DTYPE.fields["request_id"][1]
 TIMEOUT_BURST_NS = 100_000_000        # timeouts closer than this share one log entry
@@ -77,13 +79,15 @@ _SHED_BYTES = SHED_MESSAGE.encode()
 _OVERLOADED, _BAD_FRAME = int(ErrorCode.OVERLOADED), int(ErrorCode.BAD_FRAME)
 _SHED, _RING_FULL, _MAX_INFLIGHT, _BEHIND, _PEER_INFLIGHT = (OVERLOAD_REASONS.index(r) for r in (
     "shed", "ring_full", "max_inflight", "worker_behind", "peer_inflight"))
+IDEMPOTENCY_CONFLICT_MESSAGE = "request_id already used by this client_id for other events"
+DUP_FIRED_MAX_INDEXES = 1 << 18       # full fired lists kept for retries (about 10 MiB)
 SLOT_BYTES = RESPONSE_SLOT_DTYPE.itemsize
 
 
 class _Pending:
     """One request in flight."""
     __slots__ = ("seq", "envelopes", "req", "slots", "flat", "raw", "remaining", "deadline_ns",
-                 "arrival_ns", "routed_ns", "first_resp_ns", "workers", "dedup_key")
+                 "arrival_ns", "routed_ns", "first_resp_ns", "workers", "dedup_key", "rhash")
 
     def __init__(self, seq, envelope, req, n, arrival_ns, deadline_ns, workers, dedup_key):
         self.seq = seq
@@ -99,6 +103,7 @@ class _Pending:
         self.first_resp_ns = 0
         self.workers = workers            # set of worker indexes holding this request's events
         self.dedup_key = dedup_key
+        self.rhash = 0                    # records_hash of its events (keyed requests)
 
 
 def shard_of(keys: np.ndarray, n_workers: int) -> np.ndarray:
@@ -123,6 +128,12 @@ class Router:
         self.efd = EventfdDoorbell(plan["eventfd"])
         self.rings = [EngineRings.attach(cfg, plan, w, self.efd) for w in range(self.n_workers)]
         self.response_rings = [r.response for r in self.rings]
+        self.fired_rings = [r.fired for r in self.rings]
+        self.fired_lists: dict[int, list] = {}     # token -> every fired index (JSON, overflow)
+        # idempotency key -> (expiry ns, {decision index: every fired index}) of decided
+        # requests that overflowed, so a JSON retry lists them all too; oldest first
+        self.dup_fired: dict[tuple, tuple] = {}
+        self.dup_fired_n = 0                       # indexes held there (bounded)
         self.codec = Codec(cfg.schema, cfg.ingress.max_batch, cfg.ingress.max_frame_bytes)
         self.slot_dtype = request_slot_dtype(cfg.schema.dtype)
         self.shard_key = cfg.schema.shard_key
@@ -415,9 +426,10 @@ class Router:
             self.c_requests[0, _BAD_FRAME] += 1     # this connection had its reply
             return None
         env = frames[:2] if not frames[1] else frames[:1]
+        body = frames[len(env)]
         self._reply_error(env, WireError(
             ErrorCode.BAD_FRAME, f"a message of {n} frames: expected [identity, (empty,) body]",
-            kind=frame_kind(frames[len(env)])))
+            request_id=peek_request_id(body), kind=frame_kind(body)))
 
     def _shed(self, frames: list) -> None:
         """OVERLOADED without decoding. A binary reply is a header packed onto a prepared
@@ -456,21 +468,29 @@ class Router:
                                     f"ingress.max_inflight_per_peer={self.max_per_peer} requests "
                                     f"of this connection in flight")
         dkey = None
+        rhash = 0
         if req.client_id and self.dedup.enabled:
             dkey = (req.client_id, req.request_id)
+            rhash = records_hash(req.records)
             p = self.dedup.pending(dkey)
             if type(p) is int:                     # first copy in flight on the fast path
-                if n == 1:
-                    self.c_dedup[0] += 1
-                    return self.fast.attach(p, envelope, req)
-            elif p is not None and len(p.slots) == n:   # first copy in flight: answer both
+                if n != 1 or int(self.fast.ft[p, FK.RHASH]) != rhash:
+                    return self._conflict(envelope, req)
+                self.c_dedup[0] += 1
+                return self.fast.attach(p, envelope, req)
+            if p is not None:                      # first copy in flight: answer both
+                if len(p.slots) != n or p.rhash != rhash:
+                    return self._conflict(envelope, req)
                 self.c_dedup[0] += 1
                 p.envelopes.append((envelope, req))
                 return
-            slots = self.dedup.decided_slots(dkey, now_ns, n)
+            slots = self.dedup.decided_slots(dkey, now_ns, n, rhash)
+            if slots is CONFLICT:
+                return self._conflict(envelope, req)
             if slots is not None:
                 self.c_dedup[0] += 1
-                self.send_decision(envelope, req, slots)
+                kept = self.dup_fired.get(dkey) if req.kind == "json" else None
+                self.send_decision(envelope, req, slots, kept[1] if kept else None)
                 return
         recs = req.records.view(np.uint8)
         if self.n_workers == 1:
@@ -498,6 +518,7 @@ class Router:
         self.owed_since = self.owed_since or now_ns
         deadline = self.deadline(now_ns, req.deadline_us)
         p = _Pending(seq, envelope, req, n, now_ns, deadline, [w for w, _ in groups], dkey)
+        p.rhash = rhash
         p.routed_ns = time.monotonic_ns()
         self.pending[seq] = p
         pin = self.peer_inflight
@@ -505,6 +526,13 @@ class Router:
         heapq.heappush(self.deadlines, (deadline, seq))
         if dkey is not None:
             self.dedup.start(dkey, p)
+
+    def _conflict(self, envelope, req) -> None:
+        """The idempotency key of ``req`` belongs to a request with other events (in flight
+        or decided): refused, never answered with that request's decision."""
+        self._reply_error(envelope, WireError(
+            ErrorCode.IDEMPOTENCY_CONFLICT, IDEMPOTENCY_CONFLICT_MESSAGE,
+            request_id=req.request_id, kind=req.kind))
 
     def deadline(self, now_ns: int, deadline_us: int) -> int:
         """When a request that arrived at ``now_ns`` must be answered: its header's deadline,
@@ -534,6 +562,7 @@ class Router:
         for w, ring in enumerate(self.response_rings):
             while True:
                 pos, n = ring.readable(ring.capacity)
+                self._drain_fired(w)               # after readable: covers these responses
                 if n <= 0:
                     break
                 if deliver(w, pos, n, time.monotonic_ns()):    # some belong to this path
@@ -541,6 +570,21 @@ class Router:
                 ring.release(n)
                 got += n
         return got
+
+    def _drain_fired(self, w: int) -> None:
+        """Keep the full fired lists the worker published (before their response slots) for
+        pending JSON requests; binary replies carry the slot's MAX_FIRED, so others drop."""
+        ring = self.fired_rings[w]
+        while True:             # until empty: only an empty read re-loads the producer position
+            pos, n = ring.readable(ring.capacity)
+            if n <= 0:
+                return
+            for v in ring.views(pos, n):
+                for tok, cnt, idx in zip(v["token"].tolist(), v["count"].tolist(), v["idx"].tolist()):
+                    p = None if tok & _FAST_BIT else self.pending.get(tok >> EVENT_BITS)
+                    if p is not None and (p.req.kind == "json" or p.dedup_key is not None):
+                        self.fired_lists.setdefault(tok, []).extend(idx[:cnt])
+            ring.release(n)
 
     def _deliver(self, resp_u8: np.ndarray, pos: int, n: int) -> None:
         """File the general path's response slots among ``n`` drained ones (ring bytes
@@ -617,16 +661,22 @@ class Router:
         self.pending.pop(p.seq, None)
         if p.seq:                                  # admitted (not an overload default)
             self.peer_done(p.envelopes[0][0][0])
+        fired = None
+        if self.fired_lists:
+            base = p.seq << EVENT_BITS
+            fired = {i: self.fired_lists.pop(base + i) for i in range(len(p.slots)) if base + i in self.fired_lists}
+            if fired and p.dedup_key is not None:
+                self._keep_dup_fired(p.dedup_key, fired)
         for i, (env, req) in enumerate(p.envelopes):
             slots = p.slots
             if i:                                  # retries that arrived while in flight
                 slots = slots.copy()
                 slots["flags"] |= np.uint8(DecisionFlag.DUPLICATE)
-            self.send_decision(env, req, slots)
+            self.send_decision(env, req, slots, fired)
         t = _TRANSPORT[p.req.kind]
         now = time.monotonic_ns()
         if p.dedup_key is not None:
-            self.dedup.finish(p.dedup_key, p.flat, now, owner=p)
+            self.dedup.finish(p.dedup_key, p.flat, now, owner=p, rhash=p.rhash)
         if not self.instrument:             # metrics.enabled: false (bench.metrics_overhead)
             return
         self.c_requests[t, code] += 1
@@ -634,12 +684,31 @@ class Router:
         observe_request(self.c_eval[t], self.c_stage, LATENCY_BOUNDS_NS, p.arrival_ns,
                         p.routed_ns, p.first_resp_ns, now)
 
-    def send_decision(self, envelope, req, slots: np.ndarray) -> None:
+    def _keep_dup_fired(self, key, fired: dict) -> None:
+        """Keep an overflowed decision's full fired lists while the window keeps the
+        decision; expired ones go, and the oldest while over DUP_FIRED_MAX_INDEXES (a retry
+        of those lists 16 with FIRED_OVERFLOW)."""
+        now = time.monotonic_ns()
+        d = self.dup_fired
+        old = d.pop(key, None)
+        if old is not None:
+            self.dup_fired_n -= sum(map(len, old[1].values()))
+        d[key] = (now + self.dedup.window_ns, fired)
+        self.dup_fired_n += sum(map(len, fired.values()))
+        while d:
+            k, (exp, lists) = next(iter(d.items()))
+            if exp > now and self.dup_fired_n <= DUP_FIRED_MAX_INDEXES:
+                break
+            del d[k]
+            self.dup_fired_n -= sum(map(len, lists.values()))
+
+    def send_decision(self, envelope, req, slots: np.ndarray, fired: dict | None = None) -> None:
+        """``fired``: decision index -> every fired rule index (JSON, more than MAX_FIRED)."""
         metas = None
         if req.kind == "json":
             metas = {g: self.meta(g) for g in set(slots["generation"].tolist())}
             metas = {g: m for g, m in metas.items() if m is not None}
-        self.send_frames(envelope, self.codec.encode_reply(req, slots, metas), req.kind)
+        self.send_frames(envelope, self.codec.encode_reply(req, slots, metas, fired), req.kind)
 
     def send_frames(self, envelope, body, kind: str) -> None:
         """One send per frame with int flags (send_multipart with enum flags cost 3x here).

@@ -49,7 +49,7 @@ def pure(n: ir.Node) -> bool:
     for m in ir.walk(n):
         if isinstance(m, ir.Bin) and (m.a.type == "int" or m.op in ("/", "//", "%", "**")):
             return False
-        if isinstance(m, ir.Conv) and m.x.type == "u64" and m.type == "int":
+        if isinstance(m, ir.Conv) and m.x.type in ("u64", "wide") and m.type == "int":
             return False
         if isinstance(m, ir.Unary) and m.op == "-" and m.type == "int":
             return False
@@ -99,6 +99,10 @@ class RuleEmitter:
                 return flit(n.value)
             if n.type == "bool":
                 return "True" if n.value else "False"
+            if n.type == "u64":
+                return f"np.uint64({int(n.value)})"
+            if n.type == "wide":
+                return f"_w_u(np.uint64({int(n.value)}))" if n.value > 0 else f"_w_i({ilit(n.value)})"
             return ilit(n.value)
         if isinstance(n, ir.Field):
             self.fields[n.name] = n.spec
@@ -108,12 +112,20 @@ class RuleEmitter:
         if isinstance(n, ir.Conv):
             x = self.expr(n.x, ind)
             if n.type == "float":
-                return f"np.float64({x})"
+                return f"_w_to_f({x})" if n.x.type == "wide" else f"np.float64({x})"
+            if n.type == "u64":
+                return f"np.uint64({x})"                # from bool
+            if n.type == "wide":
+                return f"_w_u({x})" if n.x.type == "u64" else f"_w_i({x})"
             if n.x.type == "u64":
                 return self.fail(ind, f"_u64_to_i({x})")
+            if n.x.type == "wide":
+                return self.fail(ind, f"_w_to_i({x})")
             return f"np.int64({x})"
         if isinstance(n, ir.Truth):
             x = self.expr(n.x, ind)
+            if n.x.type == "wide":
+                return f"({x}[0] != 0)"                 # big implies non-zero
             zero = "0.0" if n.x.type == "float" else ("False" if n.x.type == "bool" else "0")
             return f"({x} != {zero})"
         if isinstance(n, ir.Unary):
@@ -136,8 +148,9 @@ class RuleEmitter:
             t = self.tmp()
             self.emit(ind, f"{t} = {self.expr(n.values[0], ind)}")
             depth = ind
+            truth = f"{t}[0] != 0" if n.type == "wide" else t     # a tuple is always true
             for v in n.values[1:]:
-                self.emit(depth, f"if {'' if n.op == 'and' else 'not '}{t}:")
+                self.emit(depth, f"if {'' if n.op == 'and' else 'not '}({truth}):")
                 depth += 1
                 self.emit(depth, f"{t} = {self.expr(v, depth)}")
             return t
@@ -152,6 +165,8 @@ class RuleEmitter:
         if isinstance(n, ir.Call):
             args = [self.expr(a, ind) for a in n.args]
             if n.fn == "abs":
+                if n.type == "wide":
+                    return f"_abs_w({args[0]})"
                 return self.fail(ind, f"_abs_i({args[0]})") if n.type == "int" else f"abs({args[0]})"
             if n.fn == "round":
                 return self.fail(ind, f"_round_f({args[0]})")
@@ -160,7 +175,7 @@ class RuleEmitter:
             self.emit(ind, f"{t} = {args[0]}")
             op = "<" if n.fn == "min" else ">"
             for a in args[1:]:
-                self.emit(ind, f"if {a} {op} {t}:")
+                self.emit(ind, f"if {self.cmp2(op, a, n, t, n)}:")
                 self.emit(ind + 1, f"{t} = {a}")
             return t
         raise ValueError(f"codegen: unexpected node {type(n).__name__}")
@@ -186,6 +201,12 @@ class RuleEmitter:
         kinds = (ta.type, tb.type)
         if kinds in (("int", "int"), ("float", "float"), ("u64", "u64")):
             return f"({a} {op} {b})"
+        if "wide" in kinds:
+            other = kinds[1] if kinds[0] == "wide" else kinds[0]
+            fn = {"int": "_cmp_wi", "u64": "_cmp_wu", "float": "_cmp_wf", "wide": "_cmp_ww"}[other]
+            if kinds[0] == "wide":
+                return "(" + _CMP_CODE[op].format(f"{fn}({a}, {b})") + ")"
+            return "(" + _CMP_CODE[_SWAP[op]].format(f"{fn}({b}, {a})") + ")"
         if kinds == ("int", "float"):
             return "(" + _CMP_CODE[op].format(f"_cmp_if({a}, {b})") + ")"
         if kinds == ("float", "int"):
@@ -240,8 +261,13 @@ class RuleEmitter:
         t = self.tmp()
         neg = "not " if n.negate else ""
         if n.symbol is not None:
-            code = n.symbol.kernel_contains_bytes(n.x) if n.x.type == "bytes" \
-                else n.symbol.kernel_contains(self.operand(n.x, ind))
+            if n.x.type == "bytes":
+                code = n.symbol.kernel_contains_bytes(n.x)
+            else:
+                x = self.simple(self.operand(n.x, ind), ind)
+                code = n.symbol.kernel_contains(f"{x}[0]" if n.x.type == "wide" else x)
+                guard = _list_range_guard(getattr(n.symbol, "kind", ""), n.x.type, x)
+                code = f"{guard} and {code}" if guard else code
             self.emit(ind, f"{t} = {neg}({code})")
             return t
         items = list(n.items)
@@ -271,6 +297,20 @@ class RuleEmitter:
             x = self.simple(x, ind)
         terms = [self.cmp2("==", x, n.x, self.expr(c, ind) if c.type != "bytes" else "", c) for c in items]
         return f"({neg}({' | '.join(terms)}))"
+
+
+def _list_range_guard(list_type: str, x_type: str, x: str) -> str:
+    """Keys are the value's 64 bits, so -1 and 2**64-1 share one: a value outside the list's
+    type can never be in it (Python: 2**64-1 is not in [-1])."""
+    if list_type == "i64" and x_type == "u64":
+        return f"({x} <= np.uint64({2**63 - 1}))"
+    if list_type == "i64" and x_type == "wide":
+        return f"(not {x}[1])"
+    if list_type in ("u64", "u32") and x_type == "int":
+        return f"({x} >= 0)"
+    if list_type in ("u64", "u32") and x_type == "wide":
+        return f"({x}[1] or {x}[0] >= 0)"
+    return ""
 
 
 def field_loads(fields: dict, schema) -> list[str]:

@@ -291,6 +291,17 @@ class CompiledRuleset:
             action = max(action, int(Action.REVIEW))
         return Decision(action, score, frozenset(fired), frozenset(failed))
 
+    def slot_fired(self, fired) -> list[int]:
+        """The rule indexes a response slot carries for the fired set ``fired`` (the oracle
+        of the kernel's choice): all of them when they fit in MAX_FIRED, else the MAX_FIRED
+        that matter most (enforce rules by action, most severe first, then score, highest
+        first, then index; shadow rules last); ascending either way."""
+        def rank(k):
+            if self.modes[k] == "shadow":
+                return (1, 0, 0.0, k)
+            return (0, -int(self.actions[k]), -float(self.scores[k]), k)
+        return sorted(sorted(fired, key=rank)[:MAX_FIRED])
+
     def reference(self, event, state=None) -> tuple[int, float, frozenset]:
         d = self.reference_decision(event, state)
         return d.action, d.score, d.fired

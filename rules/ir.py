@@ -2,8 +2,10 @@
 pass (fold, reference evaluator, code generator).
 
 Types are strings: 'bool', 'int' (int64), 'u64' (a u64 field, compared exactly, converted
-to int64 for arithmetic), 'float' (float64), 'bytes' (width in ``Node.width``) and 'err'
-(a node that already produced a diagnostic). Operands are explicitly converted (``Conv``)
+to int64 for arithmetic), 'wide' (an integer in [-2**63, 2**64-1]: a value chosen between a
+u64 and a signed int by if-else, and/or, min/max, abs; compared exactly, converted to int64
+for arithmetic), 'float' (float64), 'bytes' (width in ``Node.width``) and 'err' (a node
+that already produced a diagnostic). Operands are explicitly converted (``Conv``)
 so every later pass sees same-typed arithmetic.
 """
 from __future__ import annotations
@@ -41,7 +43,8 @@ class Ext(Node):
 
 @dataclass(eq=False)
 class Conv(Node):
-    """Conversion to ``type`` ('int' or 'float') from bool/int/u64; u64 -> int may fail."""
+    """Conversion to ``type`` ('int', 'float', 'u64' from bool, 'wide' from bool/int/u64);
+    only u64/wide -> int may fail (a value above 2**63-1)."""
     x: Node = None
 
     def children(self):

@@ -289,6 +289,65 @@ def _cmp_ui(u, i):
     return -1 if si < i else (1 if si > i else 0)
 
 
+# --- 'wide' integers: a tuple (int64 v, bool big); the value is uint64(v) when big -------
+# (if-else, and/or, min/max, abs between a u64 and a signed int: exact, no arithmetic)
+@njit(**_INL)
+def _w_i(i):
+    return (np.int64(i), False)
+
+
+@njit(**_INL)
+def _w_u(u):
+    return (np.int64(u), u > np.uint64(I64_MAX))
+
+
+@njit(**_INL)
+def _w_to_i(w):
+    return w[0], w[1]
+
+
+@njit(**_INL)
+def _w_to_f(w):
+    return np.float64(np.uint64(w[0])) if w[1] else np.float64(w[0])
+
+
+@njit(**_INL)
+def _abs_w(w):
+    """|w| (never fails: |INT64_MIN| = 2**63 is big)."""
+    if w[1] or w[0] >= 0:
+        return w
+    return (np.int64(np.uint64(0) - np.uint64(w[0])), w[0] == I64_MIN)
+
+
+@njit(**_INL)
+def _cmp_wi(w, i):
+    if w[1]:
+        return 1
+    return -1 if w[0] < i else (1 if w[0] > i else 0)
+
+
+@njit(**_INL)
+def _cmp_wu(w, u):
+    if w[1]:
+        a = np.uint64(w[0])
+        return -1 if a < u else (1 if a > u else 0)
+    return -_cmp_ui(u, w[0])
+
+
+@njit(**_INL)
+def _cmp_wf(w, f):
+    return _cmp_uf(np.uint64(w[0]), f) if w[1] else _cmp_if(w[0], f)
+
+
+@njit(**_INL)
+def _cmp_ww(a, b):
+    if a[1] != b[1]:
+        return 1 if a[1] else -1
+    if a[1]:
+        return _cmp_wu(a, np.uint64(b[0]))
+    return -1 if a[0] < b[0] else (1 if a[0] > b[0] else 0)
+
+
 @njit(**_OPTS)
 def _in_sorted_i(x, arr):
     """x in a sorted int64 or uint64 array (binary search; Numba specialises per dtype)."""
@@ -347,3 +406,35 @@ def _finish_word(o, word, base, hits, scores, actions, score, action, nf, max_fi
         if actions[k] > action:
             action = actions[k]
     return score, action, nf
+
+
+@njit(**_OPTS)
+def _select_fired(o, row, prio, max_fired):
+    """More than ``max_fired`` rules fired: o.fired gets the ``max_fired`` that matter most,
+    ascending. ``prio`` lists every rule index by importance (enforce rules by action, most
+    severe first, then score, highest first; shadow rules last), so the rules that set the
+    action are never the ones left out. Runs only on overflow."""
+    k = 0
+    for j in range(prio.shape[0]):
+        r = prio[j]
+        if row[r >> 6] >> np.uint64(r & 63) & np.uint64(1):
+            o.fired[k] = r
+            k += 1
+            if k == max_fired:
+                break
+    for a in range(1, k):                # insertion sort of at most max_fired indexes
+        v = o.fired[a]
+        b = a - 1
+        while b >= 0 and o.fired[b] > v:
+            o.fired[b + 1] = o.fired[b]
+            b -= 1
+        o.fired[b + 1] = v
+
+
+@njit(**_OPTS)
+def any_above(a, n, limit):
+    """True if one of ``a[:n]`` exceeds ``limit`` (the worker: did a decision overflow?)."""
+    for i in range(n):
+        if a[i] > limit:
+            return True
+    return False

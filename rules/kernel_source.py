@@ -20,7 +20,9 @@ from rules.codegen import CHUNK_RULES, RuleEmitter, field_loads, flit, ilit
 _HELPERS = ("_ldb", "_add_ii", "_sub_ii", "_mul_ii", "_floordiv_ii", "_mod_ii", "_pow_ii",
             "_neg_i", "_abs_i", "_u64_to_i", "_truediv_ii", "_div_ff", "_mod_ff",
             "_floordiv_ff", "_pow_ff", "_round_f", "_cmp_if", "_cmp_uf", "_cmp_ui",
-            "_in_sorted_i", "_in_sorted_u", "_count_errors", "_finish_word")
+            "_w_i", "_w_u", "_w_to_i", "_w_to_f", "_abs_w", "_cmp_wi", "_cmp_wu", "_cmp_wf",
+            "_cmp_ww",
+            "_in_sorted_i", "_in_sorted_u", "_count_errors", "_finish_word", "_select_fired")
 
 
 def _helpers_hash() -> str:
@@ -120,6 +122,11 @@ def generate(rules: list[KernelRule], n_rules: int, schema, thresholds: dict,
     actions = [r.action if r.enforce else 0 for r in rules]
     out.append(f"_SCORES = np.array([{', '.join(flit(x) for x in scores)}], dtype=np.float64)")
     out.append(f"_ACTIONS = np.array({actions!r}, dtype=np.int64)")
+    # binary replies carry MAX_FIRED indexes: on overflow the ones that set the action win
+    prio = sorted(range(len(rules)), key=lambda k: (not rules[k].enforce, -rules[k].action,
+                                                    -rules[k].score, k) if rules[k].enforce
+                  else (True, 0, 0.0, k))
+    out.append(f"_PRIO = np.array({[rules[k].index for k in prio]!r}, dtype=np.int64)")
     out += [""] + body + (plan.prefetch_source() if plan else [])
     nw = max(1, (n_rules + 63) // 64)
     out += [
@@ -168,6 +175,7 @@ def generate(rules: list[KernelRule], n_rules: int, schema, thresholds: dict,
     out += [
         f"        if nf > {MAX_FIRED}:",
         f"            flags |= {int(DecisionFlag.FIRED_OVERFLOW)}",
+        f"            _select_fired(o, bits[i], _PRIO, {MAX_FIRED})",
         f"        for k in range(min(nf, {MAX_FIRED}), {MAX_FIRED}):",
         "            o.fired[k] = 0",
         "        o.action = np.uint8(action)",

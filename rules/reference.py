@@ -83,7 +83,9 @@ def evaluate(n: ir.Node, env, state=None):
         return n.symbol.reference_value(env, state)
     if isinstance(n, ir.Conv):
         v = evaluate(n.x, env, state)
-        return float(v) if n.type == "float" else _int(int(v))
+        if n.type == "float":
+            return float(v)
+        return _int(int(v)) if n.type == "int" else int(v)      # to u64/wide: exact
     if isinstance(n, ir.Truth):
         return bool(evaluate(n.x, env, state))
     if isinstance(n, ir.Unary):

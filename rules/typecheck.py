@@ -23,7 +23,7 @@ _BIN = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.FloorDiv: "
         ast.Mod: "%", ast.Pow: "**"}
 _CMP = {ast.Eq: "==", ast.NotEq: "!=", ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">",
         ast.GtE: ">=", ast.In: "in", ast.NotIn: "not in"}
-NUMERIC = ("bool", "int", "u64", "float")
+NUMERIC = ("bool", "int", "u64", "wide", "float")
 
 
 def _describe(n: ir.Node) -> str:
@@ -61,6 +61,14 @@ class Checker:
             return ir.Const("float", n.pos, float(n.value))
         return ir.Conv("float", n.pos, n)
 
+    def to_exact(self, n: ir.Node, t: str) -> ir.Node:
+        """``n`` (bool/int/u64/wide) as 'u64' or 'wide': never fails, never changes the value."""
+        if n.type == t:
+            return n
+        if isinstance(n, ir.Const):
+            return ir.Const(t, n.pos, int(n.value))
+        return ir.Conv(t, n.pos, n)
+
     def numeric(self, node: ast.AST, n: ir.Node, what: str) -> bool:
         if n.type == "err":
             return False
@@ -70,12 +78,25 @@ class Checker:
         return True
 
     def common(self, nodes: list[ir.Node], allow_bool: bool) -> tuple[str, list[ir.Node]]:
+        """Operand type of arithmetic: u64 and wide values are converted to int (checked)."""
         types = {n.type for n in nodes}
         if allow_bool and types == {"bool"}:
             return "bool", nodes
         if "float" in types:
             return "float", [self.to_float(n) for n in nodes]
         return "int", [self.to_int(n) for n in nodes]
+
+    def chosen(self, nodes: list[ir.Node]) -> tuple[str, list[ir.Node]]:
+        """Type of a value chosen among ``nodes`` (if-else, and/or, min/max): no arithmetic,
+        so a u64 operand keeps its exact value. All unsigned (bools and non-negative
+        literals included) -> u64; u64 next to a signed int -> wide (any value of either)."""
+        types = {n.type for n in nodes}
+        if not types & {"u64", "wide"} or "float" in types:
+            return self.common(nodes, allow_bool=True)
+        signed = any(n.type == "wide" or n.type == "int" and not (isinstance(n, ir.Const) and n.value >= 0)
+                     for n in nodes)
+        t = "wide" if signed else "u64"
+        return t, [self.to_exact(n, t) for n in nodes]
 
     def truth(self, node: ast.AST, n: ir.Node) -> ir.Node:
         if n.type == "err":
@@ -209,7 +230,7 @@ class Checker:
                 bad = True
         if bad:
             return ir.Node("err", self._p(node))
-        t, vals = self.common(vals, allow_bool=True)
+        t, vals = self.chosen(vals)
         return ir.BoolOp(t, self._p(node), "and" if isinstance(node.op, ast.And) else "or", vals)
 
     def v_IfExp(self, node, d):
@@ -218,7 +239,7 @@ class Checker:
         ok = self.numeric(node.body, a, "if-else branch") & self.numeric(node.orelse, b, "if-else branch")
         if not ok or cond.type == "err":
             return ir.Node("err", self._p(node))
-        t, (a, b) = self.common([a, b], allow_bool=True)
+        t, (a, b) = self.chosen([a, b])
         return ir.IfExp(t, self._p(node), cond, a, b)
 
     # --- comparisons --------------------------------------------------------------------
@@ -385,14 +406,19 @@ class Checker:
         if not ok:
             return ir.Node("err", p)
         if fn == "abs":
-            x = args[0] if args[0].type == "float" else self.to_int(args[0])
+            x = args[0]
+            if x.type == "u64":
+                return x                  # already its own absolute value
+            x = x if x.type in ("float", "wide") else self.to_int(x)
             return ir.Call(x.type, p, "abs", [x])
         if fn == "round":
             x = args[0]
             if x.type == "float":
                 return ir.Call("int", p, "round", [x])
-            return self.to_int(x)
-        t, args = self.common(args, allow_bool=False)
+            return self.to_int(x) if x.type == "bool" else x     # round(int) is the int itself
+        t, args = self.chosen(args)
+        if t == "bool":
+            t, args = "int", [self.to_int(a) for a in args]     # min(True, False) is an int
         return ir.Call(t, p, fn, args)
 
     def v_Tuple(self, node, d):

@@ -65,7 +65,7 @@ def test_json_reply_names_rules_by_mode_and_ruleset():
     assert [x["action"] for x in d] == ["allow", "review", "block", "allow"]
     assert [x["score"] for x in d] == [0.0, 10.5, 21.0, 31.5]
     assert d[2] == {"action": "block", "score": 21.0, "rules": ["r0"], "shadow_rules": ["r1"],
-                    "ruleset": "payments@3"}
+                    "nfired": 2, "ruleset": "payments@3"}
     assert d[3]["rules"] == ["r0", "r2"] and d[3]["shadow_rules"] == ["r1"]
     assert d[3]["flags"] == ["DEFAULT_TIMEOUT"] and d[3]["error"] == "TIMEOUT"
     assert all("flags" not in x for x in d[:3])
@@ -83,7 +83,18 @@ def test_json_reply_overflow_flag():
     s = slots(1)
     s["nfired"] = MAX_FIRED + 1
     d = json.loads(CODEC.encode_reply(json_request(1), s, {}))["decisions"][0]
-    assert "FIRED_OVERFLOW" in d["flags"] and len(d["rules"]) == MAX_FIRED
+    assert "FIRED_OVERFLOW" in d["flags"] and len(d["rules"]) == MAX_FIRED and d["nfired"] == MAX_FIRED + 1
+
+
+def test_json_reply_lists_every_fired_rule_when_given_the_full_list():
+    """The worker's fired ring gives the ingress every index: no cap, no overflow flag."""
+    s = slots(1)
+    s["nfired"] = 20
+    meta = RulesetMeta(7, "big@1", tuple(f"r{k}" for k in range(20)),
+                       tuple("shadow" if k in (0, 1) else "enforce" for k in range(20)))
+    d = json.loads(CODEC.encode_reply(json_request(1), s, meta, {0: list(range(20))}))["decisions"][0]
+    assert d["rules"] == [f"r{k}" for k in range(2, 20)] and d["shadow_rules"] == ["r0", "r1"]
+    assert d["nfired"] == 20 and "flags" not in d
 
 
 def test_reply_needs_one_slot_per_record():

@@ -10,7 +10,7 @@ import numpy as np
 from hypothesis import given, settings, strategies as st
 
 from engine.types import RESPONSE_SLOT_DTYPE, DecisionFlag
-from ingress.dedup import IdempotencyWindow
+from ingress.dedup import CONFLICT, IdempotencyWindow
 
 S = 1_000_000_000
 
@@ -36,18 +36,20 @@ def test_hit_miss_size_and_expiry():
     w = IdempotencyWindow(10 * S)
     big = 2**64 - 1                                       # full u64 client and request ids
     w.finish((big, big - 1), decision(3, 7), now_ns=100)
-    got = w.decided_slots((big, big - 1), 100 + 5 * S, 3)
+    got = w.decided_slots((big, big - 1), 100 + 5 * S, 3, 0)
     assert same(got, decision(3, 7)) and (got["flags"] & DecisionFlag.DUPLICATE).all()
-    assert w.decided_slots((big, big - 1), 100 + 5 * S, 2) is None      # another size
-    assert w.decided_slots((big, big - 2), 100 + 5 * S, 3) is None      # another key
-    assert w.decided_slots((big, big - 1), 100 + 10 * S, 3) is None     # window over
+    assert w.decided_slots((big, big - 1), 100 + 5 * S, 2, 0) is CONFLICT  # another size
+    assert w.decided_slots((big, big - 1), 100 + 5 * S, 3, 99) is CONFLICT   # other events
+    assert w.decided_slots((big, big - 2), 100 + 5 * S, 3, 0) is None      # another key
+    assert w.decided_slots((big, big - 1), 100 + 10 * S, 3, 0) is None     # window over
     assert w.evicted_early == 0
 
 
 def test_a_reused_key_keeps_the_later_requests_in_flight_entry():
-    """A key reused for a request of another size is not a retry: that request registers its
-    own in-flight entry, and the first request finishing must not remove it (a retry of the
-    second, arriving while it is in flight, would otherwise be evaluated again)."""
+    """Two owners registered under one key (the router refuses a reused key with other
+    events; this is the window's own contract): the first finishing must not remove the
+    second's entry (a retry of the second, arriving while it is in flight, would otherwise
+    be evaluated again)."""
     w = IdempotencyWindow(10 * S)
     first, second = object(), object()
     w.start((1, 5), first)
@@ -86,7 +88,7 @@ def test_exactly_the_last_max_entries_unexpired_decisions_are_found(ops, max_ent
     w = IdempotencyWindow(2 * S, max_entries, 1 << 20)
     for pos, key, n, now, newest in replay(w, ops):
         for kk, (p, exp, nn, dec) in newest.items():
-            got = w.decided_slots(kk, now, nn)
+            got = w.decided_slots(kk, now, nn, 0)
             assert (got is not None) == (p > pos - max_entries and exp > now), (kk, p, pos)
             if got is not None:
                 assert same(got, dec) and (got["flags"] & DecisionFlag.DUPLICATE).all()
@@ -99,14 +101,14 @@ def test_exactly_the_last_max_entries_unexpired_decisions_are_found(ops, max_ent
 def test_a_full_pool_forgets_oldest_first_and_never_returns_a_wrong_decision(ops, max_bytes):
     w = IdempotencyWindow(2 * S, 1024, max_bytes)
     for pos, key, n, now, newest in replay(w, ops):
-        assert w.decided_slots(key, now, n) is not None          # the newest always fits
+        assert w.decided_slots(key, now, n, 0) is not None          # the newest always fits
         found = [p for kk, (p, exp, nn, dec) in newest.items()
-                 if (got := w.decided_slots(kk, now, nn)) is not None and same(got, dec)]
+                 if (got := w.decided_slots(kk, now, nn, 0)) is not None and same(got, dec)]
         lost = [p for kk, (p, exp, nn, dec) in newest.items()
-                if exp > now and w.decided_slots(kk, now, nn) is None]
+                if exp > now and w.decided_slots(kk, now, nn, 0) is None]
         assert not found or not lost or min(found) > max(lost)    # oldest go first
         assert len(found) + len([1 for kk, (p, exp, nn, dec) in newest.items()
-                                 if w.decided_slots(kk, now, nn) is None]) == len(newest)
+                                 if w.decided_slots(kk, now, nn, 0) is None]) == len(newest)
 
 
 def test_full_bounds_count_early_evictions():
@@ -114,11 +116,11 @@ def test_full_bounds_count_early_evictions():
     for i in range(20):
         w.finish((1, i), decision(1, i), now_ns=i)
     assert len(w) == 8 and w.evicted_early == 12
-    assert w.decided_slots((1, 19), 20, 1) is not None and w.decided_slots((1, 11), 20, 1) is None
+    assert w.decided_slots((1, 19), 20, 1, 0) is not None and w.decided_slots((1, 11), 20, 1, 0) is None
     w = IdempotencyWindow(60 * S, max_entries=1024, max_bytes=64 * 10)
     for i in range(6):
         w.finish((2, i), decision(3, i), now_ns=i)      # 192 B each: 3 fit in 640 B
-    assert w.evicted_early == 3 and w.decided_slots((2, 5), 9, 3) is not None
+    assert w.evicted_early == 3 and w.decided_slots((2, 5), 9, 3, 0) is not None
 
 
 def test_remembering_allocates_no_python_objects():

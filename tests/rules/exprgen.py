@@ -15,8 +15,9 @@ import numpy as np
 
 INT_FIELDS = ["u8f", "u16f", "u32f", "u64f", "i8f", "i16f", "i32f", "i64f", "k"]
 FLOAT_FIELDS = ["f32f", "f64f"]
-INT_LITS = [0, 1, 2, 3, -1, -7, 100, 255, 65536, 2**31, 2**53 + 1, 2**62,
+INT_LITS = [0, 1, 2, 3, -1, -7, 100, 255, 65536, 2**31, 2**32 - 1, -2**31, 2**53 + 1, 2**62,
             2**63 - 1, -2**63, 10000]
+U64_FIELDS = ["k", "u64f"]
 FLOAT_LITS = [0.0, 0.5, -2.5, 3.0, 1e300, -1e300, 1e-300, 2.0**53, 9.2e18, 1.5]
 CONSTANTS = {"BIG": 10000, "HALF": 0.5, "K_INTS": (0, 1, -1, 255, 2**40),
              "K_CODES": ("AB", "ZZ", "A")}
@@ -95,6 +96,71 @@ def gen_num(rng: random.Random, depth: int, kind: str | None = None):
     return f"({a[0]} {op} {b[0]})", f"({a[1]} {op} {b[1]})", kind
 
 
+def gen_exact(rng: random.Random, depth: int):
+    """(rule_text, python_text, has_u64): an integer expression with no arithmetic (if-else,
+    and/or, min/max, abs, round, unary +) over u64 and signed fields, bools and literals.
+    Rules must evaluate it exactly, as Python does, with no evaluation error: abs only
+    around a u64 operand (abs of a signed int64 can overflow: that is arithmetic)."""
+    if depth <= 0 or rng.random() < 0.25:
+        r = rng.random()
+        if r < 0.4:
+            f = rng.choice(U64_FIELDS)
+            return f, f, True
+        if r < 0.75:
+            f = rng.choice(INT_FIELDS + ["flag"])
+            return f, f, f in U64_FIELDS
+        v = _lit(rng.choice(INT_LITS))
+        return v, v, False
+    c = rng.randrange(6)
+    if c == 0:
+        cond = gen_exact_bool(rng, depth - 1)
+        a, b = gen_exact(rng, depth - 1), gen_exact(rng, depth - 1)
+        return f"({a[0]} if {cond[0]} else {b[0]})", f"({a[1]} if {cond[1]} else {b[1]})", a[2] or b[2]
+    if c == 1:
+        op = rng.choice(["and", "or"])
+        a, b = gen_exact(rng, depth - 1), gen_exact(rng, depth - 1)
+        return f"({a[0]} {op} {b[0]})", f"({a[1]} {op} {b[1]})", a[2] or b[2]
+    if c <= 3:
+        fn = rng.choice(["min", "max"])
+        args = [gen_exact(rng, depth - 1) for _ in range(rng.choice([2, 2, 3]))]
+        return (f"{fn}({', '.join(a[0] for a in args)})", f"{fn}({', '.join(a[1] for a in args)})",
+                any(a[2] for a in args))
+    a = gen_exact(rng, depth - 1)
+    if c == 4 and a[2]:
+        return f"abs({a[0]})", f"abs({a[1]})", True
+    fn = rng.choice(["round", "+"])
+    return (f"round({a[0]})", f"round({a[1]})", a[2]) if fn == "round" else (f"(+{a[0]})", f"(+{a[1]})", a[2])
+
+
+def gen_exact_bool(rng: random.Random, depth: int):
+    """(rule_text, python_text): a condition over ``gen_exact`` values (comparisons, chains,
+    between, in / not in, truth, not, and/or) that must never be an evaluation error."""
+    c = rng.randrange(7)
+    if c <= 2 or depth <= 0:
+        n = rng.choice([1, 1, 2])
+        parts = [gen_exact(rng, depth - 1) for _ in range(n + 1)]
+        if rng.random() < 0.2:
+            parts[rng.randrange(n + 1)] = (lambda v: (v, v, False))(_lit(rng.choice(FLOAT_LITS)))
+        ops = [rng.choice(["<", "<=", ">", ">=", "==", "!="]) for _ in range(n)]
+        rt = parts[0][0] + "".join(f" {o} {p[0]}" for o, p in zip(ops, parts[1:]))
+        pt = parts[0][1] + "".join(f" {o} {p[1]}" for o, p in zip(ops, parts[1:]))
+        return f"({rt})", f"({pt})"
+    if c == 3:
+        x, lo, hi = (gen_exact(rng, depth - 1) for _ in range(3))
+        return f"between({x[0]}, {lo[0]}, {hi[0]})", f"({lo[1]} <= {x[1]} <= {hi[1]})"
+    if c == 4:
+        x = gen_exact(rng, depth - 1)
+        items = ", ".join(_lit(v) for v in rng.sample(INT_LITS + [0.5, -2.5, 2.0**63], 3))
+        neg = rng.choice(["in", "not in"])
+        return f"({x[0]} {neg} ({items}))", f"({x[1]} {neg} ({items}))"
+    if c == 5:
+        op = rng.choice(["and", "or"])
+        a, b = gen_exact_bool(rng, depth - 1), gen_exact_bool(rng, depth - 1)
+        return f"({a[0]} {op} {b[0]})", f"({a[1]} {op} {b[1]})"
+    a = gen_exact(rng, depth - 1)
+    return (f"(not {a[0]})", f"(not {a[1]})") if rng.random() < 0.5 else (a[0], a[1])
+
+
 def gen_bool(rng: random.Random, depth: int):
     """(rule_text, python_text) of a condition."""
     c = rng.randrange(10)
@@ -141,11 +207,11 @@ def gen_bool(rng: random.Random, depth: int):
     return a[0], a[1]      # truthiness of a number
 
 
-SPECIAL = {
-    "u8": [0, 1, 255], "u16": [0, 1, 65535], "u32": [0, 1, 2**32 - 1],
-    "u64": [0, 1, 2**63 - 1, 2**63, 2**64 - 1], "i8": [0, -1, -128, 127],
-    "i16": [0, -1, -32768, 32767], "i32": [0, -1, -2**31, 2**31 - 1],
-    "i64": [0, -1, 1, -2**63, 2**63 - 1, 10000],
+SPECIAL = {                     # every 64-bit edge a type can hold
+    "u8": [0, 1, 255], "u16": [0, 1, 65535], "u32": [0, 1, 2**31, 2**32 - 1],
+    "u64": [0, 1, 2**31, 2**32 - 1, 2**63 - 1, 2**63, 2**64 - 1], "i8": [0, -1, -128, 127],
+    "i16": [0, -1, -32768, 32767], "i32": [0, -1, 1, -2**31, 2**31 - 1],
+    "i64": [0, -1, 1, 2**31, -2**31, 2**32 - 1, -2**32 + 1, -2**63, -2**63 + 1, 2**63 - 1, 10000],
     "f32": [0.0, -0.0, 1.5, -2.5, 3.4028234663852886e38, 1e-45, math.inf, math.nan],
     "f64": [0.0, -0.0, 0.5, -2.5, 1e300, -1.7976931348623157e308, 2.0**63, 9007199254740993.0,
             math.inf, -math.inf, math.nan, 10000.0],

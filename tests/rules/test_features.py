@@ -221,3 +221,34 @@ def test_the_update_kernel_refuses_arrays_shorter_than_the_batch(rules_file, ker
         rs.update_kernel(ev, arrival[:9], np.zeros(10, np.uint8), *fs.arrays())
     with pytest.raises(ValueError, match="shorter than the batch"):
         rs.update_kernel(ev, arrival, np.zeros(9, np.uint8), *fs.arrays())
+
+
+def test_list_membership_is_exact_across_signedness(write_rules, kernel_cache):
+    """Keys are a value's 64 bits, so -1 and 2**64-1 share one: a u64 value is never in an
+    i64 list because of a negative item (and the reverse), as in Python (issue 20, defect 5)."""
+    specs = parse_specs({}, {"neg_ids": {"type": "i64", "file": "", "capacity": 16},
+                             "big_ids": {"type": "u64", "file": "", "capacity": 16}}, {}, SCHEMA)
+    rules_file = write_rules("ruleset: t\nversion: 1\nrules:\n"
+                             "  - {id: card_neg, when: 'card_id in neg_ids', action: block}\n"
+                             "  - {id: qty_big, when: 'qty in big_ids', action: block}\n"
+                             "  - {id: pick_neg, when: '(qty if is_test else card_id) in neg_ids', action: block}\n"
+                             "  - {id: pick_big, when: '(qty if is_test else card_id) not in big_ids', action: block}\n")
+    fs = FeatureSet(specs, SCHEMA)
+    fs.replace_list("neg_ids", np.array([2**64 - 1], np.uint64))      # -1
+    fs.replace_list("big_ids", np.array([2**64 - 1], np.uint64))
+    rs = compile_ruleset([rules_file], SCHEMA, cache_dir=kernel_cache, features=fs)
+    model = FeatureModel(specs, SCHEMA, {"neg_ids": [2**64 - 1], "big_ids": [2**64 - 1]})
+    ev = np.zeros(3, SCHEMA.dtype)
+    ev["card_id"], ev["qty"], ev["is_test"] = 2**64 - 1, -1, [False, True, False]
+    ev["card_id"][2] = 5
+    out, bits, hits, errors = rs.new_buffers(3)
+    rs.kernel(ev, np.zeros(3, np.int64), out, bits, hits, errors, *fs.arrays())
+    py = [{"card_neg": False, "qty_big": False, "pick_neg": False, "pick_big": False},
+          {"card_neg": False, "qty_big": False, "pick_neg": True, "pick_big": True},
+          {"card_neg": False, "qty_big": False, "pick_neg": False, "pick_big": True}]
+    ref = reference_stream(rs, model, ev, np.zeros(3, np.int64))
+    for i in range(3):
+        fired = {rs.rule_ids[k] for k in range(rs.n_rules) if int(bits[i, 0]) >> k & 1}
+        assert fired == {r for r, v in py[i].items() if v}, i
+        assert {rs.rule_ids[k] for k in ref[i].fired} == fired, i
+    assert not errors.any()

@@ -120,6 +120,25 @@ def test_many_rules_multiword_bitmap_and_overflow(files, all_schema, kernel_cach
     assert list(hits[:3]) == [4, 3, 3]
 
 
+def test_overflow_keeps_the_rules_that_set_the_action(write_rules, all_schema, kernel_cache):
+    """Issue 20, defect 1: 20 rules fire; the three blocking ones come last in file order and
+    two shadow rules come first. The 16 slots must hold the blocking and reviewing rules,
+    then the highest-scoring allow rules, shadow rules only if room is left."""
+    rules = ["  - {id: s%d, when: 'i32f > 0', action: block, score: 50, mode: shadow}" % k for k in range(2)]
+    rules += ["  - {id: a%d, when: 'i32f > 0', score: %d}" % (k, 1 + (k == 13)) for k in range(14)]
+    rules += ["  - {id: r0, when: 'i32f > 0', action: review, score: 5}"]
+    rules += ["  - {id: b%d, when: 'i32f > 0', action: block}" % k for k in range(3)]
+    rs = compile_ruleset([write_rules("ruleset: o\nversion: 1\nrules:\n" + "\n".join(rules) + "\n")],
+                         all_schema, cache_dir=kernel_cache)
+    out = rs.evaluate(_events(all_schema, i32f=[1, 0]))
+    assert out[0]["nfired"] == 20 and out[0]["flags"] == DecisionFlag.FIRED_OVERFLOW
+    ids = [rs.rule_ids[k] for k in out[0]["fired"]]
+    assert ids == ["a0", "a1", "a2", "a3", "a4", "a5", "a6", "a7", "a8", "a9", "a10", "a13",
+                   "r0", "b0", "b1", "b2"]
+    assert list(out[0]["fired"]) == rs.slot_fired(rs.reference_decision(_events(all_schema, i32f=[1])[0]).fired)
+    assert out[1]["nfired"] == 0 and out[1]["flags"] == 0
+
+
 def test_strided_views_leave_token_and_generation(pay, all_schema):
     slots = np.zeros(8, [("token", np.uint64), ("event", all_schema.dtype)])
     slots["event"]["f64f"] = 5000
