@@ -9,6 +9,7 @@ import pytest
 import zmq
 
 from engine.config import load_config
+from engine.types import ErrorCode
 from ingress import wire
 from ingress.client import Client
 from ingress.jsonevents import EventConverter
@@ -136,9 +137,9 @@ def test_a_reused_request_id_with_other_events_is_refused(engine):
         first = wire.unpack_reply(_rpc(engine, _binary(schema, order, cid, rid)))
         assert first[1] == 0 and (first[2]["action"] == 0).all()
         rid_back, code, dec, msg = wire.unpack_reply(_rpc(engine, _binary(schema, kp, cid, rid)))
-        assert (rid_back, code, dec) == (rid, 20, None) and "other events" in msg
+        assert (rid_back, code, dec) == (rid, ErrorCode.IDEMPOTENCY_CONFLICT, None) and "other events" in msg
         other_size = _events(schema, [0.0] * (n + 1))
-        assert wire.unpack_reply(_rpc(engine, _binary(schema, other_size, cid, rid)))[1] == 20
+        assert wire.unpack_reply(_rpc(engine, _binary(schema, other_size, cid, rid)))[1] == ErrorCode.IDEMPOTENCY_CONFLICT
         again = wire.unpack_reply(_rpc(engine, _binary(schema, order, cid, rid)))
         assert again[1] == 0 and (again[2]["flags"] & 16).all()
         assert (again[2]["action"] == first[2]["action"]).all()
@@ -178,7 +179,7 @@ def test_a_conflicting_retry_while_the_first_is_in_flight(engine):
                 assert d.poll(20_000, zmq.POLLIN)
                 replies.append(wire.unpack_reply(d.recv_multipart()[-1]))
             codes = sorted(r[1] for r in replies)
-            assert codes == [0, 0, 20] and all(r[0] == rid for r in replies)
+            assert codes == [0, 0, ErrorCode.IDEMPOTENCY_CONFLICT] and all(r[0] == rid for r in replies)
             decided = [r[2] for r in replies if r[1] == 0]
             assert all((x["action"] == 0).all() for x in decided)
             assert sorted(int(x["flags"][0] & 16) for x in decided) == [0, 16]
@@ -228,8 +229,9 @@ def _worker_pid(engine) -> int:
 
 def test_overloaded_and_conflict_messages_are_the_documented_formats(tmp_path, rules_path, engine):
     """Defect 4, the codes only an engine produces: OVERLOADED for each cause, provoked for
-    real (a ring of 16 slots and a batch of 17; a stopped worker with max_inflight=1; a
-    worker whose queued event waited over half the deadline), and IDEMPOTENCY_CONFLICT;
+    real (a ring of 16 slots and a batch of 17; a stopped worker with max_inflight=2 and
+    max_inflight_per_peer=1; a worker whose queued event waited over half the deadline), the
+    router's own BAD_FRAME, and IDEMPOTENCY_CONFLICT;
     each whole message must match a documented format of its code."""
     import os
     import signal
@@ -239,38 +241,58 @@ def test_overloaded_and_conflict_messages_are_the_documented_formats(tmp_path, r
     cid = 0x5EED0000_00000003
     assert wire.unpack_reply(_rpc(engine, _binary(schema, _events(schema, [0.0]), cid, 1)))[1] == 0
     conflict = wire.unpack_reply(_rpc(engine, _binary(schema, _events(schema, [0.0], b"KP"), cid, 1)))
-    assert conflict[1] == 20 and unmatched("IDEMPOTENCY_CONFLICT", [conflict[3]]) == ([], [])
+    assert conflict[1] == ErrorCode.IDEMPOTENCY_CONFLICT and unmatched("IDEMPOTENCY_CONFLICT", [conflict[3]]) == ([], [])
     overloaded = []
     with EngineProcess(tmp_path, workers=1, overrides={
             "rules": {"files": [str(rules_path)]}, "rings": {"capacity": 16},
-            "ingress": {"default_deadline_ms": 400, "max_inflight": 1}}) as eng:
+            "ingress": {"default_deadline_ms": 2000, "max_inflight": 2,
+                        "max_inflight_per_peer": 1}}) as eng:
         rid, code, _, msg = wire.unpack_reply(_rpc(eng, _binary(schema, _events(schema, [0.0] * 17), 0, 1)))
         assert (rid, code) == (1, 14)
         overloaded.append(msg)
         worker = _worker_pid(eng)
         os.kill(worker, signal.SIGSTOP)
-        d = zmq.Context.instance().socket(zmq.DEALER)
-        d.setsockopt(zmq.LINGER, 0)
-        d.connect(eng.endpoint)
+        socks = []
+        for _ in range(3):
+            s = zmq.Context.instance().socket(zmq.DEALER)
+            s.setsockopt(zmq.LINGER, 0)
+            s.connect(eng.endpoint)
+            socks.append(s)
+        d, d2, d3 = socks
         try:
             replies = {}
-            for rid in (2, 3):                 # 2 waits for the stopped worker, 3 is one too many
-                d.send_multipart([b"", _binary(schema, _events(schema, [0.0]), 0, rid)])
-            while len(replies) < 2:
-                assert d.poll(20_000, zmq.POLLIN)
-                r = wire.unpack_reply(d.recv_multipart()[-1])
+            # 2 waits for the stopped worker; 3 is one too many for its connection (per peer);
+            # 6, from another connection, waits too; 7 is one too many for the engine
+            for s, rid in ((d, 2), (d, 3), (d2, 6), (d3, 7)):
+                s.send_multipart([b"", _binary(schema, _events(schema, [0.0]), 0, rid)])
+                if rid in (3, 7):
+                    assert s.poll(20_000, zmq.POLLIN)
+                    r = wire.unpack_reply(s.recv_multipart()[-1])
+                    replies[r[0]] = r
+            for s in (d, d2):
+                assert s.poll(20_000, zmq.POLLIN)
+                r = wire.unpack_reply(s.recv_multipart()[-1])
                 replies[r[0]] = r
-            assert replies[3][1] == 14 and replies[2][1] == 0 and replies[2][2]["error"][0] == 15
+            assert replies[3][1] == replies[7][1] == 14
+            assert "max_inflight_per_peer" in replies[3][3] and "max_inflight=" in replies[7][3]
+            assert replies[2][1] == replies[6][1] == 0 and replies[2][2]["error"][0] == 15
             dflt = replies[2][2][0]                # a default decision: generation 0, score 0
             assert (dflt["generation"], dflt["score"], dflt["nfired"], dflt["action"]) == (0, 0.0, 0, 2)
-            overloaded.append(replies[3][3])
+            overloaded += [replies[3][3], replies[7][3]]
             # request 2 still sits in the stopped worker's ring, older than half the deadline
             rid, code, _, msg = wire.unpack_reply(_rpc(eng, _binary(schema, _events(schema, [0.0]), 0, 4)))
             assert (rid, code) == (4, 14)
             overloaded.append(msg)
+            # the router's own BAD_FRAME: a message of more frames than it keeps, its id read
+            d.send_multipart([b"", _binary(schema, _events(schema, [0.0]), 0, 5), *[b"x"] * 8])
+            assert d.poll(20_000, zmq.POLLIN)
+            rid, code, _, msg = wire.unpack_reply(d.recv_multipart()[-1])
+            assert (rid, code) == (5, ErrorCode.BAD_FRAME)
+            assert unmatched("BAD_FRAME", [msg])[0] == [] and msg.startswith("a message of 11 frames"), msg
         finally:
             os.kill(worker, signal.SIGCONT)
-            d.close()
+            for s in socks:
+                s.close()
     # the shed reply is a prepared constant the router sends as is (cheapest refusal)
     bad, unused = unmatched("OVERLOADED", overloaded + [SHED_MESSAGE])
     assert not bad and not unused, (bad, unused, overloaded)

@@ -95,6 +95,8 @@ def unmatched(code: str, messages: list[str]) -> tuple[list[str], list[str]]:
 
 
 ENGINE_ONLY = {"OVERLOADED", "IDEMPOTENCY_CONFLICT"}      # tests/engine/test_decision_contract.py
+# formats of codec codes that only the router produces, provoked there too
+ROUTER_FORMATS = {"a message of <n> frames: expected [identity, (empty,) body]"}
 
 
 def _provoke_codec() -> dict[str, list[str]]:
@@ -171,6 +173,6 @@ def test_every_documented_message_format_is_the_codecs_real_reply():
             assert code in ENGINE_ONLY or code not in got, (code, got.get(code))
             continue
         bad, unused = unmatched(code, got.get(code, []))
-        assert not bad and not unused, (code, bad, unused)
+        assert not bad and not set(unused) - ROUTER_FORMATS, (code, bad, unused)
     assert got["MISSING_FIELD"] == ["events[0].a_u32: missing"]
     assert set(got) <= set(doc_formats())
