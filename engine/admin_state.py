@@ -9,6 +9,7 @@ and checksummed (engine.admin_log): recovery refuses a damaged or out-of-sequenc
 """
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import zmq
 
+from engine.admin_log import read as admin_log_read
 from engine.admin import request
 from tests.engine.engine_proc import REPO, EngineProcess
 from tests.engine.fuzz_admin import engine_overrides, fuzz_engine, still_serves
@@ -33,8 +34,8 @@ def code(rep: dict) -> str:
 
 
 def admin_log(eng) -> list[dict]:
-    p = Path(eng.raw["journal"]["dir"]) / "admin.log"
-    return [json.loads(l) for l in p.read_text().splitlines()] if p.exists() else []
+    """The checked records of the engine's admin.log (engine.admin_log.read)."""
+    return admin_log_read(str(Path(eng.raw["journal"]["dir"]) / "admin.log"))[0]
 
 
 def test_messages_that_killed_the_supervisor_get_error_replies(tmp_path):

@@ -1,5 +1,6 @@
 """Journal: round trips across segments, checksums against a reference, torn tails, corruption,
 schema mismatch, retention and fsync policies. Real files in a tmp dir."""
+import contextlib
 import os
 
 import numpy as np
@@ -672,19 +673,25 @@ def test_the_zero_fill_zeroes_exactly_its_range(tmp_path_factory, a, b):
     assert data == b"\xff" * lo + bytes(hi - lo) + b"\xff" * (3 * 4096 - hi)
 
 
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    """A real 1 MiB tmpfs (a full disk on demand), unmounted afterwards; root only."""
+@contextlib.contextmanager
+def mounted_tmpfs(mnt, size: str):
+    """A real tmpfs of ``size`` at the new directory ``mnt`` (a full disk on demand),
+    unmounted afterwards; skips the test when not root (CI runs as root)."""
     import subprocess
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root (the full-disk tests run as root in CI)")
-    mnt = tmp_path / "tmpfs"
     mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], check=True)
     try:
         yield mnt
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    with mounted_tmpfs(tmp_path / "tmpfs", "1m") as mnt:
+        yield mnt
 
 
 def fill_disk(d) -> str:

@@ -3,6 +3,7 @@ defect 6) and a full disk (issue 19, weakness "Full disk"). Per-account counts a
 the feature tables' shared memory and compared with what the engine acknowledged."""
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -16,6 +17,7 @@ from shm.segment import reclaim_stale
 from tests.engine.engine_proc import EngineProcess
 from tests.engine.test_crash_recovery import FEATURES, RULES, table_contents
 from tests.engine.test_e2e import random_events
+from tests.engine.test_journal import fill_disk, mounted_tmpfs
 from tests.engine.test_metrics import scrape, value
 
 SCHEMA = load_config().schema
@@ -175,15 +177,7 @@ def test_a_full_disk_answers_journal_unavailable_without_restarts_then_resumes(t
     counted, no worker restarts, and decisions are normal again once space returns.
     Allowed outcomes per request: a normal decision, or every decision of it flagged
     JOURNAL_UNAVAILABLE (a request is one batch of one worker here)."""
-    import os
-    import subprocess
-    import pytest
-    if os.geteuid() != 0:
-        pytest.skip("mounting a 2 MiB tmpfs needs root (the full-disk test runs as root in CI)")
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], check=True)
-    try:
+    with mounted_tmpfs(tmp_path / "disk", "2m") as disk:
         ov = _overrides(tmp_path, 86_400, dir=str(disk / "journal"), segment_bytes=1 << 16)
         with EngineProcess(tmp_path, workers=1, overrides=ov) as eng:
             rng = np.random.default_rng(5)
@@ -204,15 +198,7 @@ def test_a_full_disk_answers_journal_unavailable_without_restarts_then_resumes(t
                     return bool(bad)
 
                 send()
-                filler = disk / "filler"
-                fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-                try:
-                    while True:
-                        os.write(fd, b"\x01" * 4096)
-                except OSError as e:
-                    assert e.errno == 28
-                finally:
-                    os.close(fd)
+                filler = fill_disk(disk)
                 for _ in range(200):                   # a 64 KiB segment holds ~450 events
                     if send():
                         break
@@ -238,5 +224,3 @@ def test_a_full_disk_answers_journal_unavailable_without_restarts_then_resumes(t
             time.sleep(0.5)                            # the last appends are in the page cache
             recs = JournalReader(str(disk / "journal"), SCHEMA.dtype, SCHEMA.hash, 0).read_all()
             assert len(recs) == normal and refused >= 20 * 21   # refused events: not journaled
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=True)
