@@ -653,8 +653,10 @@ class Supervisor:
             cb(outcome)
 
     def status(self) -> list[dict]:
+        """Every engine process. Also called by a metrics scrape on the exporter's thread while
+        the loop replaces children and the standby: it reads each once, into a local."""
         rows = [{"role": "supervisor", "pid": self.pid, "cpu": -1, "node": -1}]
-        for role, p in self.children.items():
+        for role, p in list(self.children.items()):
             cpu, node = -1, -1
             if role.startswith("worker"):
                 pl = self.placements[int(role.split()[1])]
@@ -663,10 +665,11 @@ class Supervisor:
                 cpu = self.cfg.workers.ingress_cpu
                 node = self.topology.node(cpu)
             rows.append({"role": role, "pid": p.pid, "cpu": cpu, "node": node})
-        if self.standby is not None and self.standby.poll() is None:
-            rows.append({"role": "standby", "pid": self.standby.pid, "cpu": -1, "node": -1})
-        if self.sidecar is not None and self.sidecar.alive():
-            rows.append({"role": "sidecar", "pid": self.sidecar.pid, "cpu": -1, "node": -1})
+        sb, sidecar = self.standby, self.sidecar
+        if sb is not None and sb.poll() is None:
+            rows.append({"role": "standby", "pid": sb.pid, "cpu": -1, "node": -1})
+        if sidecar is not None and sidecar.alive():
+            rows.append({"role": "sidecar", "pid": sidecar.pid, "cpu": -1, "node": -1})
         return rows
 
     def _write_status(self) -> None:
