@@ -74,8 +74,17 @@ def test_fifo_and_devices_are_refused_and_the_loop_keeps_running(tmp_path):
         s.connect(b)
         try:
             s.send_multipart([b"", b'{"cmd": "reload", "files": ["%s"]}' % big.encode()])
-            st = request(b, {"cmd": "status"}, 30_000)
-            assert st["ok"] and st["reloading"] is True, st
+            # the reload and the status come over two connections: either may be read first,
+            # so ask until the reload is seen running (it parses 1 MiB: seconds, not ms)
+            t_end = time.monotonic() + 60
+            while True:
+                st = request(b, {"cmd": "status"}, 30_000)
+                assert st["ok"], st
+                if st["reloading"]:
+                    break
+                assert not s.poll(0), "the slow reload was answered before status saw it run"
+                assert time.monotonic() < t_end, st
+                time.sleep(0.05)
             assert request(b, {"cmd": "reload"}, 30_000)["error"]["code"] == "RELOAD_BUSY"
             worker = next(p for p in st["processes"] if p["role"] == "worker 0")
             os.kill(worker["pid"], signal.SIGKILL)
