@@ -18,6 +18,8 @@ import threading
 import time
 import urllib.request
 
+import psutil
+
 READY_PREFIX = "risk-engine: serving"
 
 
@@ -140,7 +142,6 @@ class EngineProcess:
 def listening_pids(addr: str) -> tuple[int, ...]:
     """The engine process tree serving ``tcp://127.0.0.1:PORT`` (the process listening there,
     or its parent when that is the supervisor), for CPU accounting; () when unknown."""
-    import psutil
     if not addr.startswith("tcp://"):
         return ()
     port = int(addr.rsplit(":", 1)[1])
@@ -158,6 +159,34 @@ def listening_pids(addr: str) -> tuple[int, ...]:
                 pass
             return (c.pid,)
     return ()
+
+
+def engine_memory(pid: int) -> dict[str, tuple[int, int]]:
+    """(RSS, RssAnon) in bytes by process title (``risk-engine: worker 0`` ...) of the
+    engine tree. RSS also counts the pages of shared mappings a process has touched: a
+    worker's journal segment (page cache, a sawtooth of up to journal.segment_bytes that
+    rotation resets) and the shared-memory feature tables (fixed, checked on their own).
+    RssAnon, the process's private memory (heap, Python objects), is what a leak grows."""
+    out = {}
+    root = psutil.Process(pid)
+    for p in [root] + root.children(recursive=True):
+        try:
+            title = " ".join(p.cmdline()).strip() or p.name()
+            if not title.startswith("risk-engine:"):
+                title = f"{title[:40]} (pid {p.pid})"
+            out[title] = (p.memory_info().rss, _rss_anon(p.pid))
+        except (psutil.Error, OSError):
+            continue
+    return out
+
+
+def _rss_anon(pid: int) -> int:
+    """RssAnon of /proc/PID/status in bytes."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    raise OSError(f"/proc/{pid}/status has no RssAnon")
 
 
 def read_stats(metrics: str | None) -> dict | None:

@@ -79,14 +79,9 @@ def build_document(a, summaries: dict, gc: dict | None, notes: list[str],
     return doc
 
 
-def run_client_id_base() -> int:
-    """Client ids unique to this run: the engine's idempotency window answers a repeated
-    (client id, request id) from its cache, so two runs must never share them."""
-    import random
-    return random.getrandbits(40) << 20
-
-
 def run(a) -> int:
+    # the imports below wait until a run: `risk-engine` builds its parser from add_arguments
+    # above (bench/cmd_bench.py), and --help must not load numpy, zmq and the engine
     check_args(a)
     if a.alloc:
         from bench import alloc
@@ -99,7 +94,7 @@ def run(a) -> int:
     from bench.echo import EchoServer
     from bench.engine_proc import (EngineProcess, engine_latency, free_port, gc_delta, stall_delta,
                                    listening_pids, read_stats)
-    from bench.loadgen import LoadSpec
+    from bench.loadgen import LoadSpec, run_client_id_base
     from bench.phase import combine, run_phase
 
     progress = sys.stderr.isatty() and not a.no_progress

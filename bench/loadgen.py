@@ -19,6 +19,7 @@ Pirate). So for the window: ``sent == ok + sum(errors)``.
 from __future__ import annotations
 
 import os
+import random
 import time
 from dataclasses import dataclass, field
 
@@ -30,6 +31,13 @@ HIST_DIGITS = 3
 
 def new_histogram() -> HdrHistogram:
     return HdrHistogram(1, HIST_MAX_NS, HIST_DIGITS)
+
+
+def run_client_id_base() -> int:
+    """Client ids unique to this run (``LoadSpec.client_id_base``): the engine's idempotency
+    window answers a repeated (client id, request id) from its cache, so two runs must never
+    share them."""
+    return random.getrandbits(40) << 20
 
 
 @dataclass

@@ -22,14 +22,19 @@ import struct
 import time
 
 import numpy as np
+import psutil
 import zmq
+
+from bench.engine_proc import EngineProcess, engine_latency, engine_latency_text, engine_memory
+from bench.events import random_records
+from engine.config import load_config
+from engine.types import ErrorCode
+from ingress import wire
 
 _U64 = struct.Struct("<Q")
 
 
 def _classify(frame: bytes) -> str:
-    from engine.types import ErrorCode
-    from ingress import wire
     _, err, dec, _ = wire.unpack_reply(frame)
     if err:
         return ErrorCode(err).name
@@ -49,8 +54,6 @@ def run(endpoint: str, schema, rate: float, seconds: float, closed_inflight: int
     classification waits until the run is over): a sender that saturates its own CPU queues
     the replies itself, and that wait would be charged to the engine. ``cpu_share`` reports
     how busy it was."""
-    from bench.events import random_records
-    from ingress import wire
     recs = random_records(schema, 4096, seed=5, n_accounts=100_000)
     templates = [wire.pack_request(schema.hash, recs[j:j + 1], client_id, 0) for j in range(4096)]
     rid_at = wire.REQUEST_HEADER_DTYPE.fields["request_id"][1]
@@ -111,7 +114,6 @@ def run(endpoint: str, schema, rate: float, seconds: float, closed_inflight: int
 def _pin_tree(pid: int, cpus: set) -> None:
     """Every thread of a process and of its descendants onto ``cpus`` (libzmq's I/O threads
     included: taskset -a over the tree)."""
-    import psutil
     root = psutil.Process(pid)
     for p in [root] + root.children(recursive=True):
         for t in p.threads():
@@ -130,9 +132,6 @@ def main(argv=None) -> int:
                          "each side gets its own core (the closest this machine has to a sender "
                          "on another host)")
     a = ap.parse_args(argv)
-    from bench.engine_proc import EngineProcess, engine_latency, engine_latency_text
-    from bench.soak import engine_memory
-    from engine.config import load_config
     schema = load_config(a.config).schema
     eng = EngineProcess(a.config)
     try:

@@ -23,37 +23,12 @@ import json
 import os
 import sys
 
-import psutil
+from bench.engine_proc import EngineProcess, engine_memory
+from bench.forensics import LogCollector, explain, print_report
+from bench.loadgen import LoadSpec, run_client_id_base
+from bench.phase import run_phase
 
 RSS_GROWTH_MAX = 0.01
-
-
-def engine_memory(pid: int) -> dict[str, tuple[int, int]]:
-    """(RSS, RssAnon) in bytes by process title (``risk-engine: worker 0`` ...) of the
-    engine tree. RSS also counts the pages of shared mappings a process has touched: a
-    worker's journal segment (page cache, a sawtooth of up to journal.segment_bytes that
-    rotation resets) and the shared-memory feature tables (fixed, checked on their own).
-    RssAnon, the process's private memory (heap, Python objects), is what a leak grows."""
-    out = {}
-    root = psutil.Process(pid)
-    for p in [root] + root.children(recursive=True):
-        try:
-            title = " ".join(p.cmdline()).strip() or p.name()
-            if not title.startswith("risk-engine:"):
-                title = f"{title[:40]} (pid {p.pid})"
-            out[title] = (p.memory_info().rss, _rss_anon(p.pid))
-        except (psutil.Error, OSError):
-            continue
-    return out
-
-
-def _rss_anon(pid: int) -> int:
-    """RssAnon of /proc/PID/status in bytes."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) * 1024
-    raise OSError(f"/proc/{pid}/status has no RssAnon")
 
 
 def shm_bytes(instance: str, shm_dir: str = "/dev/shm") -> int:
@@ -87,12 +62,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(a) -> int:
-    from bench.engine_proc import EngineProcess
-    from bench.forensics import LogCollector, explain, print_report
-    from bench.latency import run_client_id_base
-    from bench.loadgen import LoadSpec
-    from bench.phase import run_phase
-
     progress = sys.stderr.isatty()
     eng = EngineProcess(a.config, a.workers, a.start_timeout)
     doc: dict = {"command": " ".join(["python -m bench.soak"] + sys.argv[1:]), "engine": eng.ready_line}

@@ -7,9 +7,13 @@ whose module is not installed is simply not offered.
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import importlib.util
 import sys
+from pathlib import Path
+
+DIST = "risk-engine"
 
 COMMANDS = {
     "serve": "engine.cmd_serve",
@@ -27,10 +31,43 @@ COMMANDS = {
 }
 
 
+def version() -> str:
+    """The installed distribution's version (setup.py is its one source). A source checkout
+    that was never installed has no metadata: then setup.py's ``version=`` beside the
+    packages, marked as such; "unknown" if neither exists."""
+    import importlib.metadata          # here: it loads email and zipfile, unneeded by other commands
+    try:
+        return importlib.metadata.version(DIST)
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    setup_py = Path(__file__).resolve().parent.parent / "setup.py"
+    try:
+        tree = ast.parse(setup_py.read_text(), str(setup_py))
+    except (OSError, SyntaxError):
+        return "unknown"
+    for node in ast.walk(tree):
+        if isinstance(node, ast.keyword) and node.arg == "version" and \
+                isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+            return f"{node.value.value} (source checkout, not installed)"
+    return "unknown"
+
+
+class _Version(argparse.Action):
+    """--version, looked up only when asked for."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{DIST} {version()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="risk-engine", description=(
         "Real-time risk decisions over ZeroMQ: rules compiled to Numba kernels, state in "
         "shared memory."))
+    parser.add_argument("--version", action=_Version, help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, modname in COMMANDS.items():
         if importlib.util.find_spec(modname) is None:

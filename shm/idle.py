@@ -27,16 +27,19 @@ class SpinThenSleep:
     ADAPTIVE_FLOOR_NS; the engine's workers use 1000 us this way (docs/DEPLOY.md: with one
     client it took the p50 from 1.51x to 1.06x the echo's, and changed nothing measurable
     under load). A ring without a doorbell is polled every ``sleep_timeout_ms``.
+    ``clock``: nanoseconds, monotonic (a test drives the spin deadline and the payoff's gaps
+    with a clock of its own).
     """
 
     def __init__(self, spin_us: float = 5.0, sleep_timeout_ms: float = 100.0,
-                 yield_cpu: bool = False, adaptive: bool = False):
+                 yield_cpu: bool = False, adaptive: bool = False, clock=time.perf_counter_ns):
         if spin_us < 0 or sleep_timeout_ms <= 0:
             raise ValueError(f"spin_us={spin_us} sleep_timeout_ms={sleep_timeout_ms}: "
                              "need spin_us >= 0 and sleep_timeout_ms > 0")
         self.spin_ns = int(spin_us * 1000)
         self.sleep_timeout_ms = float(sleep_timeout_ms)
         self.yield_cpu = yield_cpu
+        self.clock = clock
         self.payoff = SpinPayoff(self.spin_ns) if adaptive else None
         self._idle_since = 0
         self.spin_hits = 0         # data seen while spinning
@@ -53,7 +56,8 @@ class SpinThenSleep:
         with a runnable process hands the CPU over at once; on an otherwise idle CPU it keeps
         polling. That makes a long spin (hundreds of microseconds, to skip the wake-up of a
         sleeping CPU between two requests) affordable where cores are shared."""
-        now = time.perf_counter_ns()
+        clock = self.clock
+        now = clock()
         spin = self.spin_ns
         if self.payoff is not None:
             self._idle_since = self._idle_since or now
@@ -67,7 +71,7 @@ class SpinThenSleep:
                 self.spin_hits += 1
                 self.last_wake = 0
                 return self._got(n)
-            if time.perf_counter_ns() >= deadline:
+            if clock() >= deadline:
                 break
             if yield_cpu:
                 os.sched_yield()
@@ -94,7 +98,7 @@ class SpinThenSleep:
     def _got(self, n: int) -> int:
         """Data after an idle period: tell the payoff policy how long it waited."""
         if n and self.payoff is not None and self._idle_since:
-            self.payoff.gap(time.perf_counter_ns() - self._idle_since)
+            self.payoff.gap(self.clock() - self._idle_since)
             self._idle_since = 0
         return n
 

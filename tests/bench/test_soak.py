@@ -1,4 +1,5 @@
-"""Soak helpers on real processes and a real directory (the full soak is `make soak`)."""
+"""The soak's measurements (bench.soak, bench.engine_proc) on real processes and a real
+directory (the full soak is `make soak`)."""
 from __future__ import annotations
 
 import os
@@ -7,7 +8,8 @@ import sys
 
 import mmap
 
-from bench.soak import engine_memory, shm_bytes
+from bench.engine_proc import engine_memory
+from bench.soak import shm_bytes
 
 
 def test_shm_bytes_counts_only_the_instance(tmp_path):

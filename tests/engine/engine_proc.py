@@ -9,6 +9,7 @@ The engine's stdout/stderr go to a log file in tmp_path, shown when start-up fai
 """
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import socket
@@ -38,13 +39,19 @@ def shm_entries(instance: str) -> list[str]:
 
 
 class EngineProcess:
+    """``raw``: the config mapping to start from (default: the bundled one, portable_raw());
+    ``command``: what runs ``serve`` (default: this interpreter on this checkout, from ``cwd``);
+    ``env``: its whole environment (default: ours)."""
+
     def __init__(self, tmp_path: Path, workers: int = 1, overrides: dict | None = None,
-                 metrics: bool = True, extra_args: tuple = (), prefix: tuple = ()):
+                 metrics: bool = True, extra_args: tuple = (), prefix: tuple = (),
+                 raw: dict | None = None, command: tuple = (sys.executable, "-m", "engine.cli"),
+                 cwd: Path = REPO, env: dict | None = None, ready_timeout_s: float = READY_TIMEOUT_S):
         self.tmp = Path(tmp_path)
         self.instance = "t" + uuid.uuid4().hex[:10]
         self.port = free_port()
         self.metrics_port = free_port()
-        raw = portable_raw()
+        raw = copy.deepcopy(raw) if raw is not None else portable_raw()
         raw["instance"] = self.instance
         raw["ingress"]["bind"] = f"tcp://127.0.0.1:{self.port}"
         raw["metrics"] = {"bind": f"127.0.0.1:{self.metrics_port}", "enabled": metrics}
@@ -61,6 +68,8 @@ class EngineProcess:
         self.raw = raw
         self.extra_args = extra_args
         self.prefix = prefix                  # e.g. ("numactl", "--cpunodebind=0", ...)
+        self.command, self.cwd, self.env = command, cwd, env
+        self.ready_timeout_s = ready_timeout_s
         self.log_path = self.tmp / f"{self.instance}.log"
         self.proc: subprocess.Popen | None = None
 
@@ -77,13 +86,13 @@ class EngineProcess:
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def start(self) -> "EngineProcess":
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ if self.env is None else self.env, PYTHONUNBUFFERED="1")
         self.log = open(self.log_path, "w+")
         self.proc = subprocess.Popen(
-            [*self.prefix, sys.executable, "-m", "engine.cli", "serve", "--config", str(self.config_path),
-             *self.extra_args], stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO, env=env,
+            [*self.prefix, *self.command, "serve", "--config", str(self.config_path),
+             *self.extra_args], stdout=self.log, stderr=subprocess.STDOUT, cwd=self.cwd, env=env,
             start_new_session=True)
-        t_end = time.monotonic() + READY_TIMEOUT_S
+        t_end = time.monotonic() + self.ready_timeout_s
         while time.monotonic() < t_end:
             if "risk-engine: serving" in self.log_path.read_text():
                 return self
@@ -91,7 +100,7 @@ class EngineProcess:
                 raise RuntimeError(f"engine exited with {self.proc.returncode}:\n{self.output()}")
             time.sleep(0.05)
         self.kill()
-        raise RuntimeError(f"engine not ready in {READY_TIMEOUT_S} s:\n{self.output()}")
+        raise RuntimeError(f"engine not ready in {self.ready_timeout_s} s:\n{self.output()}")
 
     def output(self) -> str:
         return self.log_path.read_text()
