@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?=
 
-.PHONY: install run test bench fuzz soak clean
+.PHONY: install run test test-slow bench fuzz soak clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -22,7 +22,12 @@ run: install
 	$(BIN)/risk-engine serve $(if $(CONFIG),--config $(CONFIG),)
 
 test: install
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+# Suites that take minutes each (tests marked `slow`: the wheel built and installed in a fresh
+# venv); .ci/run runs them after `make test`.
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow tests
 
 bench: install
 	$(BIN)/python -m bench.latency --clients 100 --duration 30 --rounds 3

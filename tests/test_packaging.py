@@ -2,7 +2,7 @@
 outside the checkout: `risk-engine --version`, `check` on the example rules, `test-rules`, and
 `serve` answering one request with a rule's decision.
 
-Slow (marked ``slow``, part of `make test`): it builds the wheel, installs its dependencies
+Slow (marked ``slow``: `make test-slow`, which .ci/run runs after `make test`): it builds the wheel, installs its dependencies
 into the new venv (from pip's cache or the package registry, pinned to the versions this
 interpreter runs) and compiles every kernel cold: 1-3 minutes when quiet, more under load.
 """
