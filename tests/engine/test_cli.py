@@ -20,10 +20,16 @@ def test_version_option_prints_the_version_and_exits_0():
                         p.stdout), p.stdout
 
 
-def test_a_checkout_without_metadata_reads_setup_py():
-    """-S: no site-packages, so no installed metadata of any risk-engine (engine.cli needs
-    only the standard library)."""
+def test_a_checkout_without_metadata_reads_setup_py(tmp_path):
+    """A copy of the checkout's sources with no metadata beside them (`make`'s editable
+    install leaves risk_engine.egg-info in the checkout itself), run with -S: no
+    site-packages either (engine.cli needs only the standard library)."""
+    import shutil
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc", "*.nbi", "*.nbc")
+    for pkg in ("engine", "shm"):
+        shutil.copytree(REPO / pkg, tmp_path / pkg, ignore=skip)
+    shutil.copy(REPO / "setup.py", tmp_path / "setup.py")
     p = subprocess.run([sys.executable, "-S", "-c", "from engine.cli import version; print(version())"],
-                       cwd=REPO, capture_output=True, text=True, timeout=60)
+                       cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert p.stdout == f"{SETUP_VERSION} (source checkout, not installed)\n"
