@@ -33,10 +33,11 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
+from engine.types import MAX_RULES
+
 MAGIC = 0x5245_4354_4C31     # "RECTL1"
 VERSION = 1
 MAX_WORKERS = 64
-MAX_RULES = 2048             # rules in one ruleset generation
 N_CODES = 32                 # ErrorCode values fit below this
 N_TRANSPORTS = 2             # 0 binary, 1 json
 TRANSPORTS = ("binary", "json")

@@ -23,7 +23,7 @@ from numba import njit
 
 from engine import procname, rundir
 from engine.config import Config
-from engine.control import MAX_RULES, Block, BlockLayout, EventLog
+from engine.control import Block, BlockLayout, EventLog
 from engine.memplan import check_memory
 from engine.rings import EngineRings
 from engine.securedir import UnsafePathError, check_private_files, ensure_private_dir, write_private_file
@@ -93,8 +93,6 @@ def ruleset_spec(cfg: Config, files: tuple[str, ...], features=None) -> tuple[di
     from rules import compile_ruleset
     rs = compile_ruleset(list(files), cfg.schema, thresholds=cfg.rules.thresholds,
                          on_error=cfg.rules.on_error, features=features)
-    if rs.n_rules > MAX_RULES:
-        raise StartupError(f"rules: {rs.n_rules} rules, more than MAX_RULES={MAX_RULES}")
     spec = {"files": list(files), "thresholds": [list(t) for t in cfg.rules.thresholds],
             "on_error": cfg.rules.on_error, "label": rs.label, "rule_ids": list(rs.rule_ids),
             "modes": list(rs.modes), "source_hash": rs.source_hash}

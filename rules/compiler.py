@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 import numba
 import numpy as np
 
-from engine.types import MAX_FIRED, RESPONSE_SLOT_DTYPE, Action
+from engine.types import MAX_FIRED, MAX_RULES, RESPONSE_SLOT_DTYPE, Action
 from rules import ir
 from rules.cache import default_cache_dir, import_module, module_name, source_hash, write_module
 from rules.diagnostics import Diagnostic, RulesetError, Sink
@@ -29,7 +29,6 @@ from rules.reference import EvalError, evaluate, event_env
 from rules.symbols import Symbols
 from rules.typecheck import typecheck
 
-MAX_RULES = 10_000
 
 
 @dataclass(frozen=True)

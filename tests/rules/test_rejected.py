@@ -169,3 +169,21 @@ def test_loader_errors_with_exact_position(write_rules, text, line, col, rule_id
     d = ei.value.diagnostics[0]
     assert (d.line, d.col, d.rule_id) == (line, col, rule_id), str(ei.value)
     assert message in d.message, str(ei.value)
+
+
+def test_more_enabled_rules_than_the_engine_counts_are_refused(tmp_path):
+    """engine.types.MAX_RULES is the one limit: `check` refuses what the engine could not serve
+    (its control block keeps a hit and an error counter per rule)."""
+    from engine.config import load_config
+    from engine.types import MAX_RULES
+    body = "".join(f"  - {{id: r{i}, when: 'amount > {i}'}}\n" for i in range(MAX_RULES + 1))
+    off = "  - {id: off, when: 'amount > 0', enabled: false}\n"
+    schema = load_config().schema
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("ruleset: t\nversion: 1\nrules:\n" + "".join(body.splitlines(True)[:MAX_RULES]) + off)
+    check_ruleset([str(ok)], schema)                       # the limit itself, a disabled rule beside it
+    over = tmp_path / "over.yaml"
+    over.write_text("ruleset: t\nversion: 1\nrules:\n" + body)
+    with pytest.raises(RulesetError) as e:
+        check_ruleset([str(over)], schema)
+    assert f"{MAX_RULES + 1} enabled rules (limit {MAX_RULES})" in str(e.value)
