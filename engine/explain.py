@@ -466,8 +466,9 @@ def _view_text(title: str, v: RulesetView) -> list[str]:
                 L.append(f"{pad}{c['expr']}  (not evaluated: short-circuit)")
                 continue
             val = f"error: {c['error']}" if c["error"] else _show(c["value"])
+            shown = [o for o in c["operands"] if o["error"] is not None or o["expr"] != _show(o["value"])]
             ops = "  [" + ", ".join(f"{o['expr']}={_show(o['value']) if o['error'] is None else 'error'}"
-                                     for o in c["operands"]) + "]" if c["operands"] else ""
+                                     for o in shown) + "]" if shown else ""     # literals not repeated
             L.append(f"{pad}{c['expr']} -> {val}{ops}")
     return L
 
