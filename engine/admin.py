@@ -22,7 +22,7 @@ import zmq
 from engine import config
 
 from engine.admin_request import (MAX_FILES, MAX_MESSAGE_CHARS, MAX_REQUEST_BYTES, NO_ARGS, PATH,
-                                  AdminError, boolean, check_args, list_of, parse_request)
+                                  AdminError, boolean, check_args, integer, list_of, parse_request)
 
 MAX_FRAMES = 3                   # identity, delimiter, body: anything longer is refused
 MAX_REQUESTS_PER_POLL = 64       # then the supervisor's loop runs again
@@ -78,10 +78,22 @@ def _snapshot(sup, args):
         raise AdminError("SNAPSHOT_FAILED", str(e)) from None
 
 
+def _explain(sup, args):
+    """Explain a journaled event in a child process (engine.explain_job): the workers go on."""
+    from engine.explain_job import MAX_JOBS, ExplainJob
+    if not sup.cfg.durability.journal_enabled:
+        raise AdminError("NO_JOURNAL", "the journal is off (journal.enabled: false): nothing to explain")
+    if len(sup.admin.jobs) >= MAX_JOBS:
+        raise AdminError("EXPLAIN_BUSY", f"{MAX_JOBS} explains are running; try again when one is answered")
+    return _Job(ExplainJob(sup.run_dir, args["seq"], args.get("writer"), sup.started_ns))
+
+
 COMMANDS = {"status": (_status, NO_ARGS), "stats": (_stats, NO_ARGS),
             "reload": (_reload, {"files": (list_of(PATH, MAX_FILES), False),
                                  "previous": (boolean, False)}),
-            "snapshot": (_snapshot, NO_ARGS)}
+            "snapshot": (_snapshot, NO_ARGS),
+            "explain": (_explain, {"seq": (integer(1, 2**64 - 1), True),
+                                   "writer": (integer(0, 999), False)})}
 
 
 def _commands() -> dict:
@@ -95,6 +107,13 @@ class _Deferred:
 
     def __init__(self, start):
         self.start = start
+
+
+class _Job:
+    """A command answered by a child process: ``job.poll()`` gives None, then the reply."""
+
+    def __init__(self, job):
+        self.job = job
 
 
 admin_bind = config.admin_bind
@@ -132,9 +151,12 @@ class AdminServer:
         self.bind = self.sock.getsockopt(zmq.LAST_ENDPOINT).decode() if ep.transport == "tcp" else bind
         self.refused = 0                # error replies (risk_admin_refused_total)
         self.internal = 0               # unexpected exceptions (risk_admin_internal_errors_total)
+        self.jobs: list = []            # (envelope, job) of explains in flight (engine.explain_job)
 
     def poll(self, timeout_ms: int) -> None:
-        """Wait up to ``timeout_ms`` for requests and answer what is queued (bounded)."""
+        """Answer finished jobs, then wait up to ``timeout_ms`` for requests and answer what
+        is queued (bounded)."""
+        self._poll_jobs()
         if not self.sock.poll(timeout_ms):
             return
         for _ in range(MAX_REQUESTS_PER_POLL):
@@ -164,7 +186,9 @@ class AdminServer:
                                         f"{' or more' if len(frames) > MAX_FRAMES else ''}"))
             return
         rep = self.handle(body[0])
-        if isinstance(rep, _Deferred):
+        if isinstance(rep, _Job):
+            self.jobs.append((envelope, rep.job))
+        elif isinstance(rep, _Deferred):
             self._start_deferred(envelope, rep)
         else:
             self._send(envelope, rep)
@@ -179,6 +203,19 @@ class AdminServer:
             return
         if refused:
             done(refused)
+
+    def _poll_jobs(self) -> None:
+        for item in list(self.jobs):
+            envelope, job = item
+            try:
+                rep = job.poll()
+            except Exception as e:             # noqa: BLE001 - the loop must survive it
+                job.kill()
+                rep = self._internal(e)
+            if rep is not None:
+                self.jobs.remove(item)
+                self._send(envelope, rep if rep.get("ok") else
+                           _error(rep["error"]["code"], str(rep["error"]["message"])))
 
     def _send(self, envelope: list, rep: dict) -> None:
         if not rep.get("ok"):
@@ -204,13 +241,16 @@ class AdminServer:
                                                     f"{', '.join(sorted(commands))}")
             fn, schema = entry
             rep = fn(self.sup, {"cmd": req["cmd"], **check_args(req, schema)})
-            return rep if isinstance(rep, _Deferred) else {"ok": True, **rep}
+            return rep if isinstance(rep, (_Deferred, _Job)) else {"ok": True, **rep}
         except AdminError as e:
             return _error(e.code, str(e))
         except Exception as e:                 # noqa: BLE001 - the loop must survive any request
             return self._internal(e)
 
     def close(self) -> None:
+        for _, job in self.jobs:
+            job.kill()
+        self.jobs = []
         self.sock.close(0)
         if self.sup.cfg.admin.curve.enabled:
             from ingress.security import stop_authenticator

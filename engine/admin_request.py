@@ -112,6 +112,17 @@ def one_of(*choices: str) -> Check:
     return check
 
 
+def integer(lo: int, hi: int) -> Check:
+    """An exact integer in [lo, hi] (never a bool or a float)."""
+    def check(key, v):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise _bad(key, "an integer", v)
+        if not lo <= v <= hi:
+            raise AdminError("BAD_ARGUMENT", f"{key}: must be in [{lo}, {hi}]")
+        return v
+    return check
+
+
 def int_or_string(key, v):
     """An exact integer (never bool or float) or a string: a key or list value; the range is
     the field's, checked by the command."""

@@ -46,7 +46,9 @@ def log_change(sup, entry: dict) -> None:
             if log.torn is not None:
                 sup.log(f"risk-engine: admin log {path}: cut off an unfinished record of "
                         f"{log.torn.nbytes} bytes at offset={log.torn.offset} (never acknowledged)")
-        log.append(time.time_ns(), entry)
+        # mono_ns: the clock of the journal's arrival_ns (the ingress stamps CLOCK_MONOTONIC),
+        # so explain can tell which events a change preceded (docs/EXPLAIN.md)
+        log.append(time.time_ns(), {**entry, "mono_ns": time.monotonic_ns()})
     except AdminLogCorrupt as e:
         raise AdminError("ADMIN_LOG_CORRUPT", str(e)) from None
 

@@ -22,6 +22,7 @@ COMMANDS = {
     "reload": "engine.cmd_reload",
     "admin": "engine.cmd_admin",
     "replay": "engine.cmd_replay",
+    "explain": "engine.cmd_explain",
     "schema": "engine.cmd_schema",
     "check": "rules.cmd_check",
     "test-rules": "rules.cmd_test_rules",

@@ -38,10 +38,13 @@ def _dirs(cfg) -> tuple[str, str]:
             d.snapshot_dir.replace("{instance}", cfg.instance))
 
 
-def _apply_admin_log(store, path: str, after_ns: int) -> tuple[int, str]:
-    """Re-apply list/state/halt changes logged after ``after_ns`` -> (how many, a note on a
-    torn last record, or ""). Every record is checked first (engine.admin_log): a damaged or
-    out-of-sequence one raises RecoveryError naming the file, line, offset and seq."""
+def _apply_admin_log(store, path: str, after_ns: int, before_mono_ns: int | None = None) -> tuple[int, str]:
+    """Re-apply list/state/halt changes logged after ``after_ns`` (wall clock, a snapshot's
+    created_ns) and, with ``before_mono_ns`` (explain: an event's arrival_ns, CLOCK_MONOTONIC),
+    before it by their ``mono_ns``; a record without one (an older engine's) cannot be placed
+    and is applied, with a note -> (how many, notes on a torn last record or such records, or
+    ""). Every record is checked first (engine.admin_log): a damaged or out-of-sequence one
+    raises RecoveryError naming the file, line, offset and seq."""
     from engine.admin_log import AdminLogCorrupt, read
     from engine.admin_state import STATE_CODES
     from engine.features.lists import list_values
@@ -53,10 +56,15 @@ def _apply_admin_log(store, path: str, after_ns: int) -> tuple[int, str]:
                             f"exactly; check the file (each line is JSON, then its blake2b-128)") from None
     note = (f"; dropped an unfinished last admin record ({torn.nbytes} bytes at offset={torn.offset} "
             f"of {path}, never acknowledged)" if torn else "")
-    fs, n = store.fs, 0
+    fs, n, unplaced = store.fs, 0, 0
     for e in records:
         if e["time_ns"] <= after_ns:
             continue
+        if before_mono_ns is not None:
+            if not isinstance(e.get("mono_ns"), int):
+                unplaced += 1
+            elif e["mono_ns"] >= before_mono_ns:
+                continue
         cmd = e.get("cmd", "")
         if cmd in ("halt", "resume"):
             fs.set_halt(cmd == "halt")
@@ -69,6 +77,9 @@ def _apply_admin_log(store, path: str, after_ns: int) -> tuple[int, str]:
                    "list-replace": np.unique(vals)}[cmd]
             fs.replace_list(e["name"], new.astype(np.uint64))
         n += 1
+    if unplaced:
+        note += (f"; {unplaced} admin change(s) without mono_ns (an older engine's) applied, their "
+                 f"order relative to the event unknown")
     return n, note
 
 

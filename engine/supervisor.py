@@ -130,6 +130,7 @@ class Supervisor:
         self._recovery_counts = (0, 0)      # corrupt journal records, refused snapshots
         self._seq_floors: dict[int, int] = {}   # writer -> the recovered snapshot's seq
         self.reload_job = None              # an engine.reload.ReloadJob in flight
+        self.started_ns = 0                 # CLOCK_MONOTONIC (arrival_ns' clock) when this run began
 
     # --- start --------------------------------------------------------------------------------
 
@@ -169,6 +170,7 @@ class Supervisor:
                              "rings": self.rings[i].names()} for i, p in enumerate(self.placements)]}
         rundir.write_config(self.run_dir, cfg)
         rundir.write_json(self.run_dir, "plan.json", plan)
+        self.started_ns = time.monotonic_ns()   # records arriving after it are this run's (explain)
         self._publish_generation(spec)
         write_private_file(self.run_dir / "supervisor.pid", str(self.pid).encode())
         for w in range(n):

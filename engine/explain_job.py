@@ -1,0 +1,118 @@
+"""`risk-engine admin explain seq=N [writer=W]`: explain, off the supervisor's loop.
+
+The replay runs in a child process (``python -m engine.explain_job``) with a deadline, like a
+reload (engine.reload): it reads the journal and the snapshots from disk, rebuilds its own
+process-local tables and never touches the engine's shared memory, so the workers are not
+paused. The admin server polls the job from its loop and answers when it is done.
+The child explains with the rule files of the generation that decided the event when that
+generation belongs to this run of the engine (the event arrived after the supervisor
+started; gen-N.json in the run directory), else with the config's rule files (a note says so).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+EXPLAIN_TIMEOUT_S = 300              # a cold compile of the ruleset on a busy 2-core machine
+MAX_CHILD_OUTPUT_BYTES = 16 << 20
+MAX_JOBS = 2                         # explains in flight; more are refused (EXPLAIN_BUSY)
+
+
+class ExplainJob:
+    """One explain in flight; ``poll()`` returns None while it runs, then the reply dict."""
+
+    def __init__(self, run_dir, seq: int, writer: int | None, started_ns: int,
+                 timeout_s: float = EXPLAIN_TIMEOUT_S):
+        self.deadline = time.monotonic() + timeout_s
+        self.timeout_s = timeout_s
+        self.out = tempfile.TemporaryFile()
+        self.err = tempfile.TemporaryFile()
+        argv = [sys.executable, "-m", "engine.explain_job", "--run-dir", str(run_dir),
+                "--seq", str(seq), "--started-ns", str(started_ns)]
+        if writer is not None:
+            argv += ["--writer", str(writer)]
+        self.child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.out, stderr=self.err)
+
+    def poll(self) -> dict | None:
+        if self.child.poll() is None:
+            if time.monotonic() < self.deadline:
+                return None
+            self.kill()
+            return _error("EXPLAIN_TIMEOUT", f"explain took longer than {self.timeout_s:.0f} s; stopped")
+        self.out.seek(0)
+        raw = self.out.read(MAX_CHILD_OUTPUT_BYTES + 1)
+        self.err.seek(0)
+        err = self.err.read(4096).decode(errors="replace").strip()
+        self.close()
+        if len(raw) > MAX_CHILD_OUTPUT_BYTES:
+            return _error("EXPLAIN_FAILED", f"explanation over {MAX_CHILD_OUTPUT_BYTES} bytes; use "
+                                            f"`risk-engine explain` on the journal directory")
+        try:
+            res = json.loads(raw.decode())
+        except ValueError:
+            return _error("EXPLAIN_FAILED", f"explain process exited with code "
+                                            f"{self.child.returncode}: {err[-500:] or 'no output'}")
+        return res if isinstance(res, dict) else _error("EXPLAIN_FAILED", "no result")
+
+    def kill(self) -> None:
+        if self.child.poll() is None:
+            self.child.kill()
+            self.child.wait()
+        self.close()
+
+    def close(self) -> None:
+        for f in (self.out, self.err):
+            if not f.closed:
+                f.close()
+
+
+def _error(code: str, message: str) -> dict:
+    return {"ok": False, "error": {"code": code, "message": message}}
+
+
+def main(argv=None) -> int:
+    """The child: print {"ok": true, "explanation": ...} or an error reply as one JSON line."""
+    import argparse
+    ap = argparse.ArgumentParser(prog="python -m engine.explain_job")
+    ap.add_argument("--run-dir", required=True)
+    ap.add_argument("--seq", type=int, required=True)
+    ap.add_argument("--writer", type=int)
+    ap.add_argument("--started-ns", type=int, required=True)
+    args = ap.parse_args(argv)
+    from engine import procname, rundir
+    procname.become_child("explain")
+    os.nice(10)                        # a replay must not take CPU from the workers
+    from engine.explain import ExplainError, Explainer, find_event
+    from engine.recovery_state import _dirs
+    try:
+        cfg = rundir.read_config(args.run_dir)
+        jdir = _dirs(cfg)[0]
+        _, rec = find_event(jdir, cfg.schema, args.seq, args.writer)
+        gen, files, note = int(rec["generation"]), None, None
+        if gen > 0 and int(rec["arrival_ns"]) >= args.started_ns:
+            try:
+                files = rundir.read_generation(args.run_dir, gen)["files"]
+            except (OSError, ValueError, KeyError):
+                note = f"generation {gen}: its rule files are not recorded in the run directory"
+        elif gen > 0:
+            note = (f"the event arrived before this engine started: its generation {gen} was "
+                    f"another run's; explained with the config's rule files")
+        ex = Explainer(cfg, jdir, rules=files).explain(args.seq, args.writer)
+        if note:
+            ex.notes.append(note)
+        out = {"ok": True, "explanation": ex.to_dict()}
+    except ExplainError as e:
+        out = _error(e.code, e.message)
+    except Exception as e:             # every failure is the reply's text
+        out = _error("EXPLAIN_FAILED", f"{type(e).__name__}: {e}"[:2000])
+    sys.stdout.write(json.dumps(out) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
