@@ -14,9 +14,9 @@ import time
 
 import numpy as np
 
+from engine.features.state import STATE_NAMES
 from engine.admin_request import NAME, NO_ARGS, PATH, AdminError, int_or_string, list_of, one_of
 
-STATE_CODES = {"ACTIVE": 0, "REDUCING": 1, "HALTED": 2}
 
 
 def _fs(sup):
@@ -132,7 +132,7 @@ def set_state(sup, args):
     key = _state_key(sup, spec, args["key"])
     _claim_slot(fs, spec, key)
     log_change(sup, {"cmd": "set-state", "name": name, "key": key, "state": state})
-    fs.set_state(name, key, STATE_CODES[state])
+    fs.set_state(name, key, STATE_NAMES[state])
     return {"name": name, "key": key, "state": state}
 
 
@@ -169,5 +169,5 @@ _LIST_ARGS = {"name": (NAME, True), "values": (list_of(int_or_string, MAX_ADMIN_
 COMMANDS = {"list-show": (list_cmd, {"name": (NAME, True)}), "list-add": (list_cmd, _LIST_ARGS),
             "list-remove": (list_cmd, _LIST_ARGS), "list-replace": (list_cmd, _LIST_ARGS),
             "set-state": (set_state, {"name": (NAME, True), "key": (int_or_string, True),
-                                      "state": (one_of(*STATE_CODES), True)}),
+                                      "state": (one_of(*STATE_NAMES), True)}),
             "halt": (halt, NO_ARGS), "resume": (halt, NO_ARGS), "features": (features, NO_ARGS)}

@@ -46,7 +46,7 @@ def _apply_admin_log(store, path: str, after_ns: int, before_mono_ns: int | None
     ""). Every record is checked first (engine.admin_log): a damaged or out-of-sequence one
     raises RecoveryError naming the file, line, offset and seq."""
     from engine.admin_log import AdminLogCorrupt, read
-    from engine.admin_state import STATE_CODES
+    from engine.features.state import STATE_NAMES
     from engine.features.lists import list_values
     from engine.recovery import RecoveryError
     try:
@@ -69,7 +69,7 @@ def _apply_admin_log(store, path: str, after_ns: int, before_mono_ns: int | None
         if cmd in ("halt", "resume"):
             fs.set_halt(cmd == "halt")
         elif cmd == "set-state":
-            fs.set_state(e["name"], e["key"], STATE_CODES[e["state"]])
+            fs.set_state(e["name"], e["key"], STATE_NAMES[e["state"]])
         elif cmd.startswith("list-"):
             arr = fs.array(f"fl_{e['name']}")
             cur, vals = list_values(arr), np.asarray(e["values"], np.uint64)

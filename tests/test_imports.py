@@ -24,11 +24,9 @@ PACKAGES = ("shm", "engine", "ingress", "rules", "bpf", "bench", "tests")
 KNOWN_CYCLES: tuple[frozenset, ...] = (
     # config.py:197 -> rundir.run_dir_for ({run} in binds); rundir.py:82,101 -> config.parse_config
     frozenset({"engine.config", "engine.rundir"}),
-    # admin -> supervisor.StartupError; supervisor -> admin.AdminServer, recovery_state, reload;
-    # admin_state -> admin.allowed_file; recovery_state -> admin_state.STATE_CODES;
-    # reload -> supervisor.ruleset_spec
-    frozenset({"engine.admin", "engine.admin_state", "engine.recovery_state", "engine.reload",
-               "engine.supervisor"}),
+    # admin -> supervisor.StartupError; supervisor -> admin.AdminServer, reload;
+    # admin_state -> admin.allowed_file; reload -> supervisor.ruleset_spec
+    frozenset({"engine.admin", "engine.admin_state", "engine.reload", "engine.supervisor"}),
 )
 
 

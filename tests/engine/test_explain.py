@@ -140,7 +140,7 @@ def _norm(x):
 def _recount(cfg, jdir, rs, wanted: set) -> dict:
     """Brute force over the whole journal in merged order, admin changes by time: for each
     wanted (writer, seq) the oracle's values and every rule's clauses on them."""
-    from engine.admin_state import STATE_CODES
+    from engine.features.state import STATE_NAMES
     from engine.features.spec import specs_from_config
     model = FeatureModel(specs_from_config(cfg), cfg.schema)
     admin, _, _ = read_admin_log(os.path.join(jdir, "admin.log"))
@@ -153,7 +153,7 @@ def _recount(cfg, jdir, rs, wanted: set) -> dict:
                 if e["cmd"] in ("halt", "resume"):
                     model.halt = e["cmd"] == "halt"
                 elif e["cmd"] == "set-state":
-                    model.set_state(e["name"], e["key"], STATE_CODES[e["state"]])
+                    model.set_state(e["name"], e["key"], STATE_NAMES[e["state"]])
                 else:
                     cur, vals = model.lists[e["name"]], set(e["values"])
                     model.lists[e["name"]] = {"list-add": cur | vals, "list-remove": cur - vals,
