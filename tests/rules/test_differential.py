@@ -207,6 +207,7 @@ def _check_batch(rs, arr, strided: bool):
         assert (out_big[1::3]["score"] == 0).all()
 
 
+@pytest.mark.slow                # a cold compile of the random ruleset, 75 s: make test-slow (CI)
 @settings(max_examples=40, **_SETTINGS)
 @given(seed=st.integers(0, 2**32 - 1), n=st.sampled_from([1, 3, 17, 64]), strided=st.booleans())
 def test_kernel_matches_reference(random_ruleset, all_schema, seed, n, strided):

@@ -6,6 +6,7 @@ table: see test_spec_lists.)"""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from engine.config import load_config
@@ -51,6 +52,7 @@ def _call(kind, spec, t, op, key, now, value):
 
 
 @settings(max_examples=150, deadline=None)
+@pytest.mark.slow                # about a minute of table kernels: make test-slow (CI)
 @given(table_specs(), st.lists(st.tuples(st.integers(0, 2), st.integers(1, 12),
                                          st.integers(0, 400_000), st.floats(0, 1e6)),
                                min_size=1, max_size=60))

@@ -8,6 +8,7 @@ max(head, epoch(t)), plus the event itself if its epoch is in that range.
 import math
 
 import numpy as np
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from engine.features import layout, table as T
@@ -79,6 +80,7 @@ event = st.tuples(st.integers(0, 3),                                   # key
                   st.integers(-50, 50))                                # value
 
 
+@pytest.mark.slow                # 45-60 s of window kernels: make test-slow (CI)
 @settings(max_examples=60, deadline=None)
 @given(kind=st.sampled_from(["count", "sum", "avg", "min", "max"]),
        nb=st.sampled_from([1, 2, 5]), stream=st.lists(event, min_size=1, max_size=80))
