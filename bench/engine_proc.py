@@ -128,6 +128,7 @@ class EngineProcess:
         shared memory (each bench run has its own instance, so no later start reclaims it)
         and its journal and snapshots."""
         import shutil
+        from engine.rundir import remove_dead_run_dir
         from shm.segment import reclaim_stale
         if self.proc.poll() is None:
             try:
@@ -136,6 +137,7 @@ class EngineProcess:
                 pass
             self.proc.wait(10)
         reclaim_stale(self.instance)
+        remove_dead_run_dir(self.instance)
         shutil.rmtree(self.state_dir, ignore_errors=True)
 
 

@@ -134,6 +134,22 @@ def is_supervisor(pid: int) -> bool:
     return title.startswith(b"risk-engine: supervisor")
 
 
+def remove_dead_run_dir(instance: str) -> bool:
+    """Remove the run directory an engine killed with SIGKILL left (its pid file names no
+    live supervisor), as shm.segment.reclaim_stale removes its segments. True if removed."""
+    d = run_dir_for(instance)
+    try:
+        pid = int((d / "supervisor.pid").read_text())
+    except (OSError, ValueError):
+        pid = 0
+    if not d.is_dir() or (pid and is_supervisor(pid)):
+        return False
+    for f in d.iterdir():
+        f.unlink()
+    d.rmdir()
+    return True
+
+
 def live_instances() -> list[tuple[Path, int]]:
     """(run dir, supervisor pid) of every instance whose supervisor is alive."""
     out = []

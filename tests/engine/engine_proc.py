@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from engine.config import portable_raw
-from engine.rundir import run_dir_for
+from engine.rundir import remove_dead_run_dir, run_dir_for
 
 READY_TIMEOUT_S = 240
 REPO = Path(__file__).resolve().parents[2]
@@ -142,4 +142,5 @@ class EngineProcess:
                 self.kill()
             from shm.segment import reclaim_stale
             reclaim_stale(self.instance)
+            remove_dead_run_dir(self.instance)
             self.log.close()

@@ -10,6 +10,7 @@ import numpy as np
 import yaml
 
 from engine.config import load_config
+from engine.rundir import remove_dead_run_dir
 from engine.journal import HEADER_SIZE, JournalReader, journal_dtype, list_segments
 from engine.snapshot import SnapshotStore
 from ingress.client import Client
@@ -46,6 +47,7 @@ def _kill(eng: EngineProcess) -> None:
     """kill -9 of the whole engine; its shared memory reclaimed (the disk is what matters)."""
     eng.kill()
     reclaim_stale(eng.instance)
+    remove_dead_run_dir(eng.instance)
 
 
 def _send(eng, acked: dict, n_batches: int, seed: int) -> None:

@@ -55,7 +55,9 @@ def shared_base():
 
 
 def finish(eng: EngineProcess) -> None:
-    """Stop an engine a test started by hand; remove its shared memory; close its log."""
+    """Stop an engine a test started by hand; remove its shared memory and run directory;
+    close its log."""
+    from engine.rundir import remove_dead_run_dir
     from shm.segment import reclaim_stale
     try:
         eng.stop(timeout_s=30)
@@ -63,6 +65,7 @@ def finish(eng: EngineProcess) -> None:
         pass
     eng.kill()
     reclaim_stale(eng.instance)
+    remove_dead_run_dir(eng.instance)
     eng.log.close()
 
 

@@ -118,3 +118,20 @@ def test_an_upgrade_that_would_start_from_empty_state_is_refused(tmp_path, monke
         shutil.rmtree(old)
         if made_parent:
             old.parent.rmdir()
+
+
+def test_the_run_dir_of_a_killed_engine_is_removed_and_a_live_one_kept(tmp_path, monkeypatch):
+    """What a SIGKILLed engine leaves (its pid file names no live supervisor) goes; a run
+    directory whose supervisor runs stays."""
+    import os
+    from engine import rundir
+    monkeypatch.setenv(rundir.RUN_ROOT_ENV, str(tmp_path / "run"))
+    dead = rundir.make_run_dir("dead")
+    (dead / "supervisor.pid").write_text("999999999")
+    (dead / "config.json").write_text("{}")
+    assert rundir.remove_dead_run_dir("dead") and not dead.exists()
+    assert not rundir.remove_dead_run_dir("never")
+    live = rundir.make_run_dir("live")
+    (live / "supervisor.pid").write_text(str(os.getpid()))
+    monkeypatch.setattr(rundir, "is_supervisor", lambda pid: pid == os.getpid())
+    assert not rundir.remove_dead_run_dir("live") and (live / "supervisor.pid").exists()
