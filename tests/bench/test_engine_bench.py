@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import urllib.request
 
 import pytest
 
@@ -28,6 +30,13 @@ def engine():
     eng.kill()
 
 
+def overloaded_total(engine) -> float:
+    """The engine's own count of requests it refused with OVERLOADED (every reason)."""
+    with urllib.request.urlopen(f"http://{engine.metrics}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return sum(float(v) for v in re.findall(r"^risk_overloaded_total\{[^}]*\} (\S+)$", text, re.M))
+
+
 def bench(engine, tmp_path, *extra) -> tuple[dict, str]:
     out = tmp_path / "b.json"
     cmd = [sys.executable, "-m", "bench.latency", "--clients", "4", "--processes", "2",
@@ -40,11 +49,16 @@ def bench(engine, tmp_path, *extra) -> tuple[dict, str]:
 
 @pytest.mark.parametrize("transport", ["binary", "json"])
 def test_counts_add_up_against_the_engine(engine, tmp_path, transport):
+    before = overloaded_total(engine)
     doc, stdout = bench(engine, tmp_path, "--transport", transport, "--batch", "3")
     e = doc["phases"]["engine"]
-    assert e["sent"] > 0
+    assert e["sent"] > 0 and e["ok"] > 0
     assert e["sent"] == e["ok"] + e["error_count"]
-    assert e["error_count"] == 0, e["errors"]
+    # On a loaded 2-core machine the engine may shed (OVERLOADED is its documented answer to
+    # a queue that stands too long); no other error is acceptable, and every OVERLOADED the
+    # bench counted is one the engine counted too (warm-up refusals only add to the engine's)
+    assert set(e["errors"]) <= {"OVERLOADED"}, e["errors"]
+    assert overloaded_total(engine) - before >= e["errors"].get("OVERLOADED", 0)
     assert e["events_per_s"] == pytest.approx(3 * e["ok"] / 1.5)
     assert e["server_cpu_s"] is not None and e["server_cpu_s"] > 0     # found by its port
     th = e["server_thread_us_per_request"]      # by engine process and thread
