@@ -312,8 +312,8 @@ def main(argv=None) -> int:
 
 @njit(cache=True)
 def _reference_estimate(t8, base, m, nb, lo, head, jc, rc):
-    """The estimate register by register with a division each: the loop the engine used
-    until 2026-12-02, kept as the same-run baseline and as a cross-check of the word-wise one."""
+    """The estimate register by register with a division each: the engine's former loop, kept
+    as the same-run baseline and as a cross-check of the word-wise one."""
     n_valid = max(0, head - lo + 1) if base >= 0 else 0
     i0 = lo % nb if n_valid > 0 else 0
     s = 0.0

@@ -38,19 +38,10 @@ from engine.journal_format import (FSYNC_POLICIES, HEADER_SIZE, MAGIC, SUFFIX, V
 from engine.journal_reader import JournalReader, TornTail, iter_merged  # noqa: F401
 from engine.securedir import ensure_private_dir
 
-# The zero-fill writes one page per call: a larger write creates the page cache as large folios
-# (ext4, Linux >= 6.x), and writeback writes a dirty folio whole. With 1 MiB writes, every
-# record stored after the interval fsync re-dirtied up to 1 MiB and the next fsync wrote it out
-# again: 77-94 MB/s of disk writes for 2.7 MB/s of records at 20,000 events/s (docs/DURABILITY.md,
-# section 1, has the commands and the before/after runs).
-#
-# Nor are the zero pages written back before records fill them, except under fsync=batch
-# (until 2026-12-02 15:20 UTC they always were: writeback started after each zero-filled MiB,
-# then the whole segment fsynced, so each journal page reached the disk twice, 275 bytes per
-# 136-byte record in a batched run against 135 now). Under fsync=batch the per-batch msync is
-# on the reply path, and its first write of a block converts the fallocated (unwritten) extent
-# there: `python -m bench.journal` put batches of 64 at 0.7-0.8x the throughput without the
-# writeback ahead. That policy keeps it and writes each page twice (docs/DURABILITY.md, 1).
+# The zero-fill writes one page per call: larger writes make large page-cache folios, and every
+# record stored after an fsync would re-dirty (and rewrite) a whole folio (docs/DURABILITY.md, 1).
+# Zero pages are written back ahead of the records only under fsync=batch, whose per-batch msync
+# would otherwise convert unwritten extents on the reply path.
 # A full disk or a failing one: the journal is unavailable (JournalWriter.try_reserve says so,
 # the worker answers JOURNAL_UNAVAILABLE) until a retry succeeds; any other OSError is a bug
 # and raises.
@@ -406,9 +397,8 @@ class JournalWriter:
     def housekeep(self, budget_bytes: int = 256 << 10, prefault_bytes: int = 1 << 20) -> bool:
         """The journal's file-system work apart from appending: pre-fault the pages of the
         next ``prefault_bytes`` of the segment; zero-fill up to ``budget_bytes`` of the next
-        segment (from the moment this one opens: begun at half, as before 2026-12-02, a 16 MiB
-        segment filled at 34 MB/s left most of the zero-fill to rotation, on the appending
-        thread: 50-150 ms stalls); unmap rotated segments; apply retention. Safe to
+        segment (from the moment this one opens, so that rotation, on the appending thread,
+        finds it done); unmap rotated segments; apply retention. Safe to
         call from a second thread while another appends (engine.worker.JournalHousekeeper):
         every step either touches no byte the appender writes (the prefault is
         MADV_POPULATE_WRITE, which changes no content) or holds the lock that rotation

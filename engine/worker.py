@@ -315,13 +315,10 @@ class JournalHousekeeper:
     predecessor, rename, directory fsync: JournalWriter.publish_pending), sync the records
     appended to the current segment (fsync=interval_ms: JournalWriter.sync_appended), then
     ``JournalWriter.housekeep`` (pre-fault the pages ahead,
-    zero-fill the next segment, unmap rotated ones, retention). On the main thread these
-    waited on the disk (a rotation's msync stalled a batched run's worker for up to 350 ms
-    on 2026-12-02, and its requests timed out): an msync from the
-    loop blocked whole batches (64% of the worker's time in a profile under load), and the
-    idle-path pre-faulting stalled batches for up to hundreds of ms under disk load in the
-    ten-minute soak. os.fsync, the msync and the populate (both ctypes) release the GIL. Loss window on
-    power failure with interval_ms: about interval_ms plus one sync."""
+    zero-fill the next segment, unmap rotated ones, retention). Each of these can wait on the
+    disk for hundreds of ms, which on the main thread would hold whole batches past their
+    deadline; os.fsync, the msync and the populate (both ctypes) release the GIL. Loss window
+    on power failure with interval_ms: about interval_ms plus one sync."""
 
     def __init__(self, journal):
         self.journal = journal

@@ -6,15 +6,12 @@ call. The ingress reads ZMQ_RCVMORE once per frame of every request and ZMQ_EVEN
 every sleep (a profile under 100 clients put 5% of the ingress's samples in that enum
 conversion, when it still read ZMQ_EVENTS per request too). This
 calls ``zmq_getsockopt`` of the same libzmq that pyzmq loaded (found through pyzmq's
-extension module) with ctypes. ``python -m bench.sockopts``, one run: receiving a 3-frame
-message 1.70-1.86 us (recv_multipart 3.38-3.57, Socket.get(RCVMORE) loop 2.82-3.07);
-ZMQ_EVENTS 1.04 us (Socket.get 1.50; libzmq processes its command pipe on that call).
+extension module) with ctypes (``python -m bench.sockopts`` compares both; docs/BENCH.md).
 
 ``backend_send(sock)``: pyzmq's ``Socket.send`` is a Python method that handles the DRAFT
 ``routing_id`` and ``group`` arguments, then calls the compiled backend's ``send``; the ingress
 sends three frames per reply (identity, delimiter, body) and uses neither, so it calls the
-backend's directly. ``python -m bench.sockopts``, four runs at 2026-12-02 11:15 UTC: one 136-byte
-frame 0.37-0.69 us through ``Socket.send``, 0.18-0.31 us through ``backend_send``.
+backend's directly, at about half the cost per frame (``python -m bench.sockopts``).
 
 Falls back to ``Socket.get`` if libzmq's symbol cannot be found, and on any error return
 (so errors still raise pyzmq's ZMQError). Never call after the socket is closed: the handle
