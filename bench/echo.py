@@ -3,11 +3,10 @@
 ``python -m bench.echo --bind ADDR`` prints ``echo: serving ADDR`` when bound and, after
 SIGTERM or SIGINT, ``echo: handled N`` (messages echoed) and exits 0. The loop uses pyzmq
 only, at its cheapest: ``recv``, ``Socket.get(RCVMORE)`` and the compiled backend's ``send``
-(ingress.sockopts.backend_send), cheaper than ``*_multipart`` (ENGINEERING.md section 2): the
+(ingress.sockopts.backend_send), cheaper than ``*_multipart``: the
 floor plain pyzmq reaches here, not a straw man. It is the "raw pyzmq echo" of issue 6, so it
 does not read ZMQ_RCVMORE from libzmq through ctypes as the ingress does (that is the
-engine's own engineering, and the echo with it answered 40,971 against 23,648 requests/s
-in one `make bench`, docs/BENCH.md).
+engine's own engineering).
 
 ``EchoServer(bind)`` starts and stops that process from the harness.
 """

@@ -9,7 +9,7 @@ OneToOneThroughput: the spawned process publishes M messages in batches of B (sl
 backoff when full); this process drains (max_n = capacity, SpinThenSleep(5 us) on a semaphore
 doorbell) and checks order; messages per second from first drain to last.
 
-Figures drift up to 2x between runs on this 2-vCPU VM (ENGINEERING.md): compare within one
+Figures drift up to 2x between runs on this 2-vCPU VM: compare within one
 run. Nothing here asserts a speed.
 """
 from __future__ import annotations

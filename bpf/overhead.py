@@ -7,7 +7,7 @@ one on an unwatched port, so machine drift hits both equally. Phase "off" runs w
 sidecar (control, ratio about 1); phase "on" with the sidecar watching the first port.
 The on-phase ratio p50_watched / p50_unwatched is the cost of the map updates per round
 trip; "on/off" compares the unwatched pair across phases (the cost of attached tracepoints
-that return after one compare). Compare ratios, not absolute figures (ENGINEERING.md).
+that return after one compare). Compare ratios, not absolute figures.
 """
 from __future__ import annotations
 

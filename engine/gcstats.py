@@ -26,7 +26,7 @@ def _install(hist: np.ndarray) -> None:
 
 def freeze_after_warmup(hist: np.ndarray | None = None) -> None:
     """Collect once, then move every object to the permanent generation: a full collection
-    later costs ~0 ms instead of ~100 ms (ENGINEERING.md §4). Gen0 stays on. Call it before
+    later costs ~0 ms instead of ~100 ms. Gen0 stays on. Call it before
     the process reports ready (60-125 ms here: no request should wait for it). ``hist``:
     from then on record every collection's pause there (risk_gc_pause_seconds), so the
     start-up collection, which no request saw, is not among them."""

@@ -27,7 +27,7 @@ error code is not OK, by a UTF-8 message of ``msg_len`` bytes (N = 0)::
     16   8   score    (f64)
     24  32   fired    (u16[MAX_FIRED] rule indexes, ascending; first min(nfired, 16) valid)
 
-The header is parsed with ``struct`` (cheaper than numpy for 40 bytes, ENGINEERING.md §2);
+The header is parsed with ``struct`` (cheaper than numpy for 40 bytes);
 the numpy dtypes below describe the same layout and are checked against the struct formats.
 """
 from __future__ import annotations

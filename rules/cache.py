@@ -2,8 +2,8 @@
 
 A generated module is written once as ``k_<source hash>_<schema hash>_nb<numba>.py`` in the
 cache directory and imported from there, so Numba's ``cache=True`` can locate it and a
-restart loads the compiled kernel instead of compiling (exec'd code cannot be cached:
-ENGINEERING.md section 3). The file is published with a hard link (never replaced), so its
+restart loads the compiled kernel instead of compiling (exec'd code cannot be
+cached). The file is published with a hard link (never replaced), so its
 mtime, which Numba's cache index checks, never changes under a running process.
 """
 from __future__ import annotations

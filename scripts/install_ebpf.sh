@@ -8,7 +8,7 @@
 #      linux-headers-amd64, iptables, iproute2, util-linux (the tests use the last three).
 #   2. /lib/modules/$(uname -r)/build -> /usr/src/linux-headers-<v>-amd64 and
 #      /lib/modules/$(uname -r)/source -> /usr/src/linux-headers-<v>-common (no headers exist
-#      for the running kernel and CONFIG_IKHEADERS is off; see ENGINEERING.md section 6).
+#      for the running kernel and CONFIG_IKHEADERS is off; docs/EBPF.md).
 #   3. mount tracefs at /sys/kernel/tracing if it is not mounted.
 #   4. link bcc into ./.venv if that venv exists (scripts/link_bcc.sh).
 # Exit status: 0 when set up; 1 with a one-line reason on stderr when it cannot be done.

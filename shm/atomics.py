@@ -1,6 +1,6 @@
 """CPU atomics for Numba code over shared memory (x86-64 only).
 
-Why this module exists (ENGINEERING.md section 3): a spin loop in ``@njit`` code that re-reads
+Why this module exists: a spin loop in ``@njit`` code that re-reads
 an array element written by another process never sees the store, because LLVM hoists the
 plain load out of the loop (numba issue 1351). Numba has no CPU atomics (numba issue 2988), so
 these intrinsics emit LLVM's atomic instructions directly:

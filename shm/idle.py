@@ -3,8 +3,7 @@
 Small objects built once and called from the loop's idle branch; they count how they woke,
 for the metrics. A long spin (hundreds of microseconds, to skip the wake-up of an idle CPU)
 is only for a spinner that yields every round and spins only while spinning pays
-(SpinPayoff): on this 2-core machine a plain spinner steals the CPU the other side needs
-(ENGINEERING.md section 5).
+(SpinPayoff): on this 2-core machine a plain spinner steals the CPU the other side needs.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The atomics the feature tables use, under the names the feature kernels call.
 
-They are the shared intrinsics of shm/atomics.py (x86-64 only; see its docstring and
-/work/shared/ENGINEERING.md section 3). Orderings as used here:
+They are the shared intrinsics of shm/atomics.py (x86-64 only; see its docstring).
+Orderings as used here:
   _load_acquire   acquire load: later loads/stores are not hoisted above it.
   _store_release  release store: earlier loads/stores are not sunk below it.
   _cas            seq_cst compare-and-swap, returns the value seen (== expected on success).

@@ -2,7 +2,7 @@
 
     python -m tests.ingress.bench_codec [--number 20000]
 
-Figures drift up to 2x between runs on this shared 2-core machine (ENGINEERING.md): read the
+Figures drift up to 2x between runs on this shared 2-core machine: read the
 ratios to the floor (`frombuffer` = one np.frombuffer call) rather than the microseconds.
 """
 from __future__ import annotations
