@@ -90,3 +90,18 @@ def test_every_risk_engine_subcommand_a_doc_shows_exists():
                 if cmd not in known:
                     unknown.setdefault(doc.name, set()).add(cmd)
     assert not unknown, f"subcommands not in `risk-engine --help`: {unknown}"
+
+
+def test_the_readme_client_example_sends_a_valid_event_of_the_default_schema():
+    """The README's example was run against `risk-engine serve`; this keeps its event in step
+    with the bundled schema (every field, each value accepted by the client's own checks)."""
+    from ingress.client import ClientCodec, load_schema
+    code = re.search(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
+    assert len(code.strip().splitlines()) <= 10, "the README promises a 10-line example"
+    setup = code[:code.index("with Client(")]          # the imports and the event, no socket
+    ns: dict = {}
+    exec(compile(setup, "README.md", "exec"), ns)
+    schema = load_schema(None)
+    assert set(ns["event"]) == set(schema.dtype.names)
+    recs = ClientCodec(schema, "binary", None).records([ns["event"]])
+    assert len(recs) == 1 and recs["account_id"][0] == ns["event"]["account_id"]
