@@ -7,7 +7,7 @@ import pytest
 
 from engine.admin import request
 from engine.admin_log import read as read_admin_log
-from tests.engine.engine_proc import REPO, EngineProcess
+from bench.engine_proc import REPO, EngineProcess
 
 
 @pytest.fixture(scope="module")

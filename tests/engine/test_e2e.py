@@ -13,7 +13,7 @@ from engine.config import load_config
 from engine.types import ACTION_NAMES
 from ingress.client import Client
 from ingress.jsonevents import EventConverter
-from tests.engine.engine_proc import EngineProcess, shm_entries
+from bench.engine_proc import EngineProcess, shm_entries
 
 CLIENTS = 8
 REQUESTS = 1000               # x 8 clients: 8,000 requests, about 16,000 events, each checked

@@ -15,7 +15,7 @@ from engine.journal import HEADER_SIZE, JournalReader, journal_dtype, list_segme
 from engine.snapshot import SnapshotStore
 from ingress.client import Client
 from shm.segment import reclaim_stale
-from tests.engine.engine_proc import EngineProcess
+from bench.engine_proc import EngineProcess
 from tests.engine.test_crash_recovery import FEATURES, RULES, table_contents
 from tests.engine.test_e2e import random_events
 from tests.engine.test_journal import fill_disk, mounted_tmpfs

@@ -13,7 +13,7 @@ import pytest
 from engine import rundir
 from engine.cmd_serve import add_arguments, apply_overrides
 from engine.config import ConfigError, load_config, parse_config
-from tests.engine.engine_proc import EngineProcess
+from bench.engine_proc import EngineProcess
 
 
 def test_run_root_defaults(monkeypatch):
