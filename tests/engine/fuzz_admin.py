@@ -167,7 +167,7 @@ def still_serves(eng) -> None:
     from engine.admin import request
     from engine.config import load_config
     from ingress.client import Client
-    from tests.engine.test_e2e import random_events
+    from bench.events import random_events
     st = request(eng.admin_bind, {"cmd": "status"}, 30_000)
     assert st["ok"] and st["generation"] >= 1, st
     schema = load_config().schema

@@ -7,7 +7,7 @@ from engine.config import load_config
 from engine.journal import JournalReader, list_writers
 from ingress.client import Client
 from bench.engine_proc import EngineProcess
-from tests.engine.test_e2e import random_events
+from bench.events import random_events
 
 ACTIONS = {"allow": 0, "review": 1, "block": 2}
 

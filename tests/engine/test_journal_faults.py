@@ -17,7 +17,7 @@ from ingress.client import Client
 from shm.segment import reclaim_stale
 from bench.engine_proc import EngineProcess
 from tests.engine.test_crash_recovery import FEATURES, RULES, table_contents
-from tests.engine.test_e2e import random_events
+from bench.events import random_events
 from tests.engine.test_journal import fill_disk, mounted_tmpfs
 from tests.engine.test_metrics import scrape, value
 

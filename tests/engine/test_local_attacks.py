@@ -175,7 +175,7 @@ def test_files_the_engine_creates_are_private(tmp_path, monkeypatch):
     import numpy as np
     from engine.config import load_config
     from ingress.client import Client
-    from tests.engine.test_e2e import random_events
+    from bench.events import random_events
     monkeypatch.setenv("RISK_ENGINE_RUN_ROOT", str(tmp_path / "run"))
     eng = EngineProcess(tmp_path, workers=1, metrics=False)
     admin = eng.admin_bind

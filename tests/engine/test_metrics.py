@@ -18,7 +18,7 @@ from engine.types import ACTION_NAMES
 from ingress.client import Client
 from ingress.jsonevents import EventConverter
 from bench.engine_proc import EngineProcess
-from tests.engine.test_e2e import random_events
+from bench.events import random_events
 
 
 def scrape(url: str) -> dict:

@@ -20,7 +20,7 @@ from engine.types import ErrorCode
 from ingress import wire
 from ingress.client import Client
 from bench.engine_proc import EngineProcess
-from tests.engine.test_e2e import random_events
+from bench.events import random_events
 from tests.engine.test_metrics import scrape, value
 
 CAPACITY = 64
