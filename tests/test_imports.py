@@ -22,7 +22,7 @@ PACKAGES = ("shm", "engine", "ingress", "rules", "bpf", "bench", "tests")
 # graph with function-level imports: issue 21 removes them. Every edge of these is an import
 # inside a function. Delete an entry when its cycle is gone.
 KNOWN_CYCLES: tuple[frozenset, ...] = (
-    # config.py:197 -> rundir.run_dir_for ({run} in binds); rundir.py:82,101 -> config.parse_config
+    # config._admin_bind -> rundir.run_dir_for ({run} in admin.bind); rundir.py:82,101 -> config.parse_config
     frozenset({"engine.config", "engine.rundir"}),
     # admin -> supervisor.StartupError; supervisor -> admin.AdminServer, reload;
     # admin_state -> admin.allowed_file; reload -> supervisor.ruleset_spec
