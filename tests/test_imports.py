@@ -195,6 +195,17 @@ def test_bench_has_no_import_cycle_even_through_imports_inside_functions():
     assert not found, "import cycles through bench/:\n" + describe(graph, found)
 
 
+def test_nothing_outside_tests_imports_tests():
+    """tests/ is not installed: bench/ (the one EngineProcess, the one event generator) and the
+    product sit below it; tests may import them, never the reverse."""
+    graph = import_graph()
+    assert any(m.startswith("bench.") for m in graph)
+    bad = {m: sorted(t for t in ts if t.split(".")[0] == "tests")
+           for m, ts in graph.items() if m.split(".")[0] != "tests"}
+    bad = {m: ts for m, ts in bad.items() if ts}
+    assert not bad, f"imports of tests/ from outside it: {bad}"
+
+
 def test_no_import_cycle_but_the_known_ones_of_issue_21():
     graph = import_graph()
     found = [c for c in cycles(graph) if not any(m.split(".")[0] == "bench" for m in c)]
