@@ -141,23 +141,23 @@ class EngineProcess:
              *self.extra_args], stdout=self.log, stderr=subprocess.STDOUT, cwd=self.cwd, env=env,
             **({"start_new_session": True} if self.own_session else {"process_group": 0}))
         t_end = time.monotonic() + self.ready_timeout_s
-        while time.monotonic() < t_end:
-            ready = [ln for ln in self.output().splitlines() if ln.startswith(READY_PREFIX)]
-            if ready:
-                self.ready_line = ready[0].strip()
-                return self
-            if self.proc.poll() is not None:
-                self._failed_start()
-                raise RuntimeError(f"engine exited with {self.proc.returncode}:\n{self.output()}")
-            time.sleep(0.05)
-        self.kill()
-        self._failed_start()
-        raise RuntimeError(f"engine not ready in {self.ready_timeout_s} s:\n{self.output()}")
-
-    def _failed_start(self) -> None:
-        # a caller that passed no tmp_path has no handle left to clean up with
-        if self.owns_tmp:
-            self.close()
+        try:
+            while time.monotonic() < t_end:
+                ready = [ln for ln in self.output().splitlines() if ln.startswith(READY_PREFIX)]
+                if ready:
+                    self.ready_line = ready[0].strip()
+                    return self
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"engine exited with {self.proc.returncode}:\n{self.output()}")
+                time.sleep(0.05)
+            raise RuntimeError(f"engine not ready in {self.ready_timeout_s} s:\n{self.output()}")
+        except BaseException:
+            # no engine (or what is left of its process group) outlives a start that failed,
+            # Ctrl-C included; a caller that passed no tmp_path has no handle to clean up with
+            self.kill()
+            if self.owns_tmp:
+                self.close()
+            raise
 
     def output(self) -> str:
         """The engine's stdout and stderr so far."""
