@@ -160,11 +160,11 @@ def engine_processes(config: str | None, n: int, windows: int = 3, warmup: int =
     from ingress import wire
     schema = load_config(config).schema
     recs = random_records(schema, 256, seed=5)
-    eng = EngineProcess(config)
+    eng = EngineProcess(config=config, workers=None, own_session=False).start()
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.linger = 0
-    sock.connect(eng.bind)
+    sock.connect(eng.endpoint)
     rid = 0
 
     def send(count: int) -> None:
@@ -200,7 +200,7 @@ def engine_processes(config: str | None, n: int, windows: int = 3, warmup: int =
         return out
     finally:
         sock.close(0)
-        eng.stop()
+        eng.close()
 
 
 def run(a) -> int:

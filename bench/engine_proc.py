@@ -1,144 +1,229 @@
-"""Start and stop a ``risk-engine serve`` for a bench run, and read its GC pauses.
+"""Start a real ``risk-engine serve`` for a test or a bench run, and read what it reports.
 
-``EngineProcess(config, workers)`` runs ``python -m engine.cli serve`` on a free 127.0.0.1
-port with a unique ``--instance`` and ``--metrics`` on another free port, and waits for the
-``risk-engine: serving`` line (the first start compiles the rule kernel: allow minutes on a
-busy machine). ``stop()`` sends SIGTERM and returns the exit code (0 = clean).
+    with EngineProcess(tmp_path, workers=2) as eng:     # tests: stopped with SIGTERM, exit
+        eng.endpoint            # tcp://127.0.0.1:PORT    # code 0 and no /dev/shm left checked
+        eng.metrics_url         # http://127.0.0.1:PORT/metrics
+
+    eng = EngineProcess(config=path, workers=None).start()    # bench: config file as given
+    try: ... finally: rc = eng.close()
+
+Each engine has its own instance, ports and config file (``raw``: the mapping to start from,
+default the bundled config or ``config``, with ``overrides`` per section); journal and
+snapshots go under ``tmp_path`` (default: a private temporary directory that ``close()``
+removes, so a bench run leaves no journal behind). Its stdout and stderr go to one log file
+(``output()``), shown when start-up fails (the first start compiles the rule kernel: allow
+minutes on a busy machine). The one harness for tests and bench: bench/ sits above
+everything and tests may import it, never the reverse.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
+import uuid
+from pathlib import Path
 
 import psutil
+import yaml
+
+from engine.config import portable_raw
+from engine.rundir import remove_dead_run_dir, run_dir_for
 
 READY_PREFIX = "risk-engine: serving"
-
-
-def config_with_private_state(config: str | None, state_dir: str) -> str:
-    """A copy of ``config`` (default: the bundled one) whose journal and snapshots go to
-    ``state_dir`` (removed after the run) and whose relative paths are made absolute: a
-    bench run must leave no journal behind."""
-    import yaml
-    from engine.config import portable_raw
-    raw = portable_raw(config)
-    raw["journal"] = {**(raw.get("journal") or {}), "dir": os.path.join(state_dir, "journal")}
-    raw["snapshot"] = {**(raw.get("snapshot") or {}), "dir": os.path.join(state_dir, "snapshots")}
-    out = os.path.join(state_dir, "config.yaml")
-    with open(out, "w") as f:
-        yaml.safe_dump(raw, f, sort_keys=False)
-    return out
+READY_TIMEOUT_S = 300
+REPO = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-class EngineProcess:
-    def __init__(self, config: str | None = None, workers: int | None = None,
-                 start_timeout_s: float = 300.0, instance: str | None = None,
-                 metrics_off: bool = False):
-        self.bind = f"tcp://127.0.0.1:{free_port()}"
-        self.metrics = f"127.0.0.1:{free_port()}"
-        self.instance = instance or f"bench{os.getpid() % 100000}{int(time.time()) % 1000}"
-        self.state_dir = tempfile.mkdtemp(prefix="risk-engine-bench-")
-        cmd = [sys.executable, "-m", "engine.cli", "serve", "--bind", self.bind,
-               "--metrics", "off" if metrics_off else self.metrics, "--instance", self.instance,
-               "--config", config_with_private_state(config, self.state_dir)]
-        if workers:
-            cmd += ["--workers", str(workers)]
-        self.cmd = cmd
-        self.stderr = tempfile.TemporaryFile(mode="w+")
-        # Its own process group (a terminal's Ctrl-C reaches the bench, which stops the engine
-        # cleanly; kill() signals the group), NOT its own session: a new session is a new
-        # scheduler autogroup (kernel.sched_autogroup_enabled=1 here), and CFS then splits the
-        # 2 CPUs between the engine's group and the load generator's, capping the engine near
-        # half the machine while the echo baseline competes thread by thread in the bench's
-        # group. Measured 2026-12-02: with a new session P99 25-35 ms at 15-18k requests/s,
-        # without 7-12 ms at 16-26k, same engine and clients (docs/BENCH.md).
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.stderr, text=True,
-                                     process_group=0)
-        self.ready_line = self._wait_ready(start_timeout_s)
-        # the supervisor logs to stdout (restarts, snapshots, reloads): keep reading it, so a
-        # long run never fills the pipe and blocks the supervisor in print()
-        self.stdout_lines: list[str] = []
-        threading.Thread(target=self._read_stdout, daemon=True).start()
+def shm_entries(instance: str) -> list[str]:
+    """The /dev/shm segments of ``instance``."""
+    return [e for e in os.listdir("/dev/shm") if f"risk-engine.{instance}." in e]
 
-    def _read_stdout(self) -> None:
-        for line in self.proc.stdout:
-            self.stdout_lines.append(line.rstrip("\n"))
+
+class EngineProcess:
+    """``tmp_path``: where the config, log, journal and snapshots go (default: a temporary
+    directory of its own, removed by ``close()``); ``workers``: workers.count (None: the
+    config's); ``raw``: the config mapping to start from (default: ``portable_raw(config)``);
+    ``command``: what runs ``serve`` (default: this interpreter on this checkout, from ``cwd``);
+    ``env``: its whole environment (default: ours); ``prefix``: e.g. ("prlimit", ...).
+
+    ``own_session``: the engine gets its own session (tests). A bench passes False: the engine
+    then has its own process group only (a terminal's Ctrl-C still reaches just the bench, and
+    kill() signals the group) but stays in the bench's scheduler autogroup
+    (kernel.sched_autogroup_enabled=1 here); in a session of its own CFS splits the 2 CPUs
+    between the engine's autogroup and the load generator's, capping the engine near half the
+    machine (docs/BENCH.md)."""
+
+    def __init__(self, tmp_path: Path | str | None = None, workers: int | None = 1,
+                 overrides: dict | None = None, metrics: bool = True, extra_args: tuple = (),
+                 prefix: tuple = (), raw: dict | None = None, config: str | None = None,
+                 command: tuple = (sys.executable, "-m", "engine.cli"), cwd: Path = REPO,
+                 env: dict | None = None, ready_timeout_s: float = READY_TIMEOUT_S,
+                 own_session: bool = True):
+        self.owns_tmp = tmp_path is None
+        self.tmp = Path(tempfile.mkdtemp(prefix="risk-engine-run-") if tmp_path is None else tmp_path)
+        self.instance = "t" + uuid.uuid4().hex[:10]
+        self.port = free_port()
+        self.metrics_port = free_port()
+        self.metrics_enabled = metrics
+        raw = copy.deepcopy(raw) if raw is not None else portable_raw(config)
+        raw["instance"] = self.instance
+        raw["ingress"] = {**(raw.get("ingress") or {}), "bind": self.endpoint}
+        raw["metrics"] = {**(raw.get("metrics") or {}), "bind": f"127.0.0.1:{self.metrics_port}",
+                          "enabled": metrics}
+        if workers is not None:
+            raw["workers"] = {**(raw.get("workers") or {}), "count": workers}
+        raw["journal"] = {**(raw.get("journal") or {}), "dir": str(self.tmp / self.instance / "journal")}
+        raw["snapshot"] = {**(raw.get("snapshot") or {}), "dir": str(self.tmp / self.instance / "snapshots")}
+        for section, vals in (overrides or {}).items():
+            if isinstance(vals, dict) and isinstance(raw.get(section), dict):
+                raw[section].update(vals)
+            else:
+                raw[section] = vals
+        self.config_path = self.tmp / f"{self.instance}.yaml"
+        self.config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+        self.raw = raw
+        self.extra_args = extra_args
+        self.prefix = prefix
+        self.command, self.cwd, self.env = command, cwd, env
+        self.ready_timeout_s = ready_timeout_s
+        self.own_session = own_session
+        self.log_path = self.tmp / f"{self.instance}.log"
+        self.proc: subprocess.Popen | None = None
+        self.ready_line = ""
+        self._closed_output: str | None = None
+
+    @property
+    def state_dir(self) -> Path:
+        """Journal and snapshots (unless ``overrides`` moved them)."""
+        return self.tmp / self.instance
+
+    @property
+    def endpoint(self) -> str:
+        return f"tcp://127.0.0.1:{self.port}"
+
+    @property
+    def admin_bind(self) -> str:
+        return f"ipc://{run_dir_for(self.instance)}/admin.sock"
+
+    @property
+    def metrics_bind(self) -> str:
+        """HOST:PORT of /metrics and /stats."""
+        return f"127.0.0.1:{self.metrics_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.metrics_bind}/metrics"
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
-    def _wait_ready(self, timeout_s: float) -> str:
-        import select
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            r, _, _ = select.select([self.proc.stdout], [], [], 0.5)
-            if r:
-                line = self.proc.stdout.readline()
-                if line.startswith(READY_PREFIX):
-                    return line.strip()
-                if line:
-                    continue
-            if self.proc.poll() is not None:
-                break
-        rc = self.proc.poll()
-        self.kill()
-        raise RuntimeError(f"engine did not start: rc={rc} timeout_s={timeout_s} "
-                           f"cmd={' '.join(self.cmd)}\n{self.stderr_text()[-3000:]}")
+    def start(self) -> "EngineProcess":
+        env = dict(os.environ if self.env is None else self.env, PYTHONUNBUFFERED="1")
+        self.log = open(self.log_path, "w+")
+        self.proc = subprocess.Popen(
+            [*self.prefix, *self.command, "serve", "--config", str(self.config_path),
+             *self.extra_args], stdout=self.log, stderr=subprocess.STDOUT, cwd=self.cwd, env=env,
+            **({"start_new_session": True} if self.own_session else {"process_group": 0}))
+        t_end = time.monotonic() + self.ready_timeout_s
+        try:
+            while time.monotonic() < t_end:
+                ready = [ln for ln in self.output().splitlines() if ln.startswith(READY_PREFIX)]
+                if ready:
+                    self.ready_line = ready[0].strip()
+                    return self
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"engine exited with {self.proc.returncode}:\n{self.output()}")
+                time.sleep(0.05)
+            raise RuntimeError(f"engine not ready in {self.ready_timeout_s} s:\n{self.output()}")
+        except BaseException:
+            # no engine (or what is left of its process group) outlives a start that failed,
+            # Ctrl-C included; a caller that passed no tmp_path has no handle to clean up with
+            self.kill()
+            if self.owns_tmp:
+                self.close()
+            raise
 
-    def stderr_text(self) -> str:
-        self.stderr.seek(0)
-        return self.stderr.read()
+    def output(self) -> str:
+        """The engine's stdout and stderr so far."""
+        if self._closed_output is not None:
+            return self._closed_output
+        return self.log_path.read_text()
 
     def stats(self) -> dict | None:
-        return read_stats(self.metrics)
+        return read_stats(self.metrics_bind) if self.metrics_enabled else None
 
-    def stop(self, timeout_s: float = 60.0) -> int:
-        """SIGTERM, wait; returns the exit code (kills the group after ``timeout_s``).
-        Removes the run's journal and snapshots."""
-        import shutil
+    def stop(self, sig=signal.SIGTERM, timeout_s: float = 60) -> int:
+        """Send ``sig`` and wait: the exit code. After ``timeout_s`` SIGKILL and raise."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(sig)
         try:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(timeout_s)
-                except subprocess.TimeoutExpired:
-                    self.kill()
-                    return -9
-            return self.proc.returncode
-        finally:
-            shutil.rmtree(self.state_dir, ignore_errors=True)
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
 
     def kill(self) -> None:
-        """SIGKILL the engine's process group, then remove what a killed engine leaves: its
-        shared memory (each bench run has its own instance, so no later start reclaims it)
-        and its journal and snapshots."""
-        import shutil
-        from engine.rundir import remove_dead_run_dir
-        from shm.segment import reclaim_stale
-        if self.proc.poll() is None:
+        """SIGKILL the whole process group (supervisor, ingress, workers), no clean-up: what
+        a crash leaves stays (``close()`` removes it)."""
+        if self.proc is not None:
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            self.proc.wait(10)
+            self.proc.wait(60)
+
+    def children(self) -> list[int]:
+        return [c.pid for c in psutil.Process(self.proc.pid).children()]
+
+    def close(self, timeout_s: float = 60) -> int | None:
+        """Stop the engine if it still runs (SIGTERM, SIGKILL after ``timeout_s``: -9), then
+        remove what a killed engine leaves (its shared memory and run directory) and, when
+        the temporary directory is its own, that directory. The exit code (None: never
+        started). Safe to call again."""
+        rc = None
+        if self.proc is not None:
+            try:
+                rc = self.stop(timeout_s=timeout_s)
+            except subprocess.TimeoutExpired:
+                rc = -9
+        from shm.segment import reclaim_stale
         reclaim_stale(self.instance)
         remove_dead_run_dir(self.instance)
-        shutil.rmtree(self.state_dir, ignore_errors=True)
+        if self.proc is not None and not self.log.closed:
+            self.log.close()
+        if self.owns_tmp and self.tmp.exists():
+            self._closed_output = self.output() if self.log_path.exists() else ""
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        return rc
+
+    def __enter__(self) -> "EngineProcess":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        try:
+            code = self.stop()
+            if exc[0] is None:
+                assert code == 0, f"engine exited with {code}:\n{self.output()}"
+                assert shm_entries(self.instance) == [], shm_entries(self.instance)
+        finally:
+            self.close()
 
 
 def listening_pids(addr: str) -> tuple[int, ...]:

@@ -5,16 +5,19 @@ hundred bodies once; per request only the header (binary) or the JSON envelope i
 with a fresh request id every time (the engine's idempotency window would otherwise answer
 replayed ids from its cache, and the bench would measure the cache).
 
-Values are generic per field kind, with a few conventions for realistic rules: the shard key
-is drawn from ``n_accounts`` ids (so events spread over every worker), floats are positive
-log-normal amounts, 2- and 3-byte fields are country and currency codes, integer fields
-ending in ``_ms`` are current epoch milliseconds, 1-byte integers are small enums (1 or 2)
-and bools are mostly false.
+``random_records`` is the one event generator of bench and tests; a ``Spread`` says how values
+are drawn. ``LOAD`` (the bench's): the shard key from ``n_accounts`` ids (so events spread
+over every worker), positive log-normal amounts, 2- and 3-byte fields country and currency
+codes, integer fields ending in ``_ms`` current epoch milliseconds, 1-byte integers small
+enums (1 or 2), bools mostly false. ``RULES`` (the tests'): values over the interesting ranges
+of the example rule packs, sanctioned countries included, and a fresh 62-bit key per event
+for every key field, so each feature sees one event.
 """
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -25,8 +28,35 @@ COUNTRIES = (b"US", b"GB", b"DE", b"FR", b"NL", b"IT", b"ES", b"JP", b"BR", b"NG
 CURRENCIES = (b"USD", b"EUR", b"GBP", b"JPY", b"BRL", b"CHF")
 
 
-def random_records(schema: Schema, n: int, seed: int = 0, n_accounts: int = 100_000) -> np.ndarray:
-    """``n`` valid records of ``schema.dtype`` (finite floats, in-range ints, ASCII bytes)."""
+@dataclass(frozen=True)
+class Spread:
+    """How ``random_records`` draws each field (see the module docstring)."""
+    unique_keys: tuple[str, ...]        # fields drawn from [0, 2**62): a new key per event
+    shard_from_accounts: bool           # the shard key from 1..n_accounts
+    bool_rate: float
+    lognormal_amounts: bool             # else exp(uniform(0, 12)): 1 to 160,000
+    countries: tuple[bytes, ...]
+    currencies: tuple[bytes, ...]
+    recent_ms: bool                     # *_ms integer fields: the last minute, epoch ms
+    small_enums: bool                   # 1-byte integers: 1 or 2
+    int_hi: int                         # other integers: [max(lo, 0), min(hi, int_hi)]
+    order_book: bool                    # side 0-3, ref_price within 20 % of price
+
+
+LOAD = Spread(unique_keys=(), shard_from_accounts=True, bool_rate=0.02, lognormal_amounts=True,
+              countries=COUNTRIES, currencies=CURRENCIES, recent_ms=True, small_enums=True,
+              int_hi=1_000_000, order_book=False)
+RULES = Spread(unique_keys=("account_id", "card_id", "device_id"), shard_from_accounts=False,
+               bool_rate=0.1, lognormal_amounts=False,
+               countries=(b"US", b"GB", b"NG", b"RU", b"DE", b"FR", b"BR", b"CN", b"IR", b"KP"),
+               currencies=(b"USD", b"EUR", b"GBP", b"NGN", b"RUB"), recent_ms=False,
+               small_enums=False, int_hi=5000, order_book=True)
+
+
+def random_records(schema: Schema, n: int, seed: int | np.random.Generator = 0,
+                   n_accounts: int = 100_000, spread: Spread = LOAD) -> np.ndarray:
+    """``n`` valid records of ``schema.dtype`` (finite floats, in-range ints, ASCII bytes);
+    ``seed``: a number or a Generator to draw from."""
     if n < 1 or n_accounts < 1:
         raise ValueError(f"random_records: n={n} and n_accounts={n_accounts} must be >= 1")
     rng = np.random.default_rng(seed)
@@ -34,28 +64,40 @@ def random_records(schema: Schema, n: int, seed: int = 0, n_accounts: int = 100_
     now_ms = int(time.time() * 1000)
     for f in schema.fields:
         col = rec[f.name]
-        if f.name == schema.shard_key:
+        if f.name in spread.unique_keys:
+            col[:] = rng.integers(0, 1 << 62, n)
+        elif spread.shard_from_accounts and f.name == schema.shard_key:
             col[:] = rng.integers(1, n_accounts + 1, n)
         elif f.kind == "bool":
-            col[:] = rng.random(n) < 0.02
+            col[:] = rng.random(n) < spread.bool_rate
         elif f.kind == "float":
-            col[:] = np.round(rng.lognormal(4.0, 1.5, n), 2)
+            amounts = rng.lognormal(4.0, 1.5, n) if spread.lognormal_amounts else np.exp(rng.uniform(0, 12, n))
+            col[:] = np.round(amounts, 2)
         elif f.kind == "bytes":
-            pool = COUNTRIES if f.size == 2 else CURRENCIES if f.size == 3 else None
+            pool = spread.countries if f.size == 2 else spread.currencies if f.size == 3 else None
             if pool is None:
                 letters = rng.integers(65, 91, (n, f.size), dtype=np.uint8)
                 col[:] = letters.view(f"S{f.size}").ravel()
             else:
                 col[:] = np.array(pool, dtype=f"S{f.size}")[rng.integers(0, len(pool), n)]
-        elif f.name.endswith("_ms") and f.kind == "int" and f.hi >= now_ms:
+        elif spread.recent_ms and f.name.endswith("_ms") and f.kind == "int" and f.hi >= now_ms:
             col[:] = now_ms - rng.integers(0, 60_000, n)
-        elif f.size == 1:                 # u8/i8 are enums in practice (side, channel)
+        elif spread.small_enums and f.size == 1:          # u8/i8 are enums in practice (side, channel)
             col[:] = rng.integers(1, 3, n)
         else:
-            hi = min(int(f.hi), 1_000_000)
+            hi = min(int(f.hi), spread.int_hi)
             lo = max(int(f.lo), 0)
             col[:] = rng.integers(lo, hi + 1, n)
+    if spread.order_book and "side" in schema.names:
+        rec["side"] = rng.integers(0, 4, n)
+    if spread.order_book and "ref_price" in schema.names:
+        rec["ref_price"] = np.round(rec["price"] * rng.uniform(0.8, 1.2, n), 2)
     return rec
+
+
+def random_events(rng: np.random.Generator, schema: Schema, n: int) -> np.ndarray:
+    """The tests' events: ``random_records`` with the ``RULES`` spread."""
+    return random_records(schema, n, rng, spread=RULES)
 
 
 def records_to_json(schema: Schema, rec: np.ndarray) -> list[dict]:

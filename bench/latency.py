@@ -120,8 +120,9 @@ def run(a) -> int:
                 else:
                     print("bench: starting risk-engine serve (the first start compiles the kernel) ...",
                           file=sys.stderr, flush=True)
-                    engine = EngineProcess(a.config, a.workers, a.start_timeout)
-                    target, metrics, pids = engine.bind, engine.metrics, (engine.pid,)
+                    engine = EngineProcess(config=a.config, workers=a.workers or None,
+                                           ready_timeout_s=a.start_timeout, own_session=False).start()
+                    target, metrics, pids = engine.endpoint, engine.metrics_bind, (engine.pid,)
                     notes.append(f"engine: {engine.ready_line}")
                 before = read_stats(metrics)
             except RuntimeError as e:
@@ -151,11 +152,11 @@ def run(a) -> int:
         if echo is not None:
             notes.append(f"echo process handled {echo.stop()} messages")
         if engine is not None:
-            erc = engine.stop()
+            erc = engine.close()
             notes.append(f"engine stopped with SIGTERM: exit code {erc}")
             if erc != 0:
                 print(f"bench: engine exit code {erc} after SIGTERM (expected 0)\n"
-                      f"{engine.stderr_text()[-2000:]}", file=sys.stderr)
+                      f"{engine.output()[-2000:]}", file=sys.stderr)
                 rc = rc or 2
     if a.rounds > 1:
         notes.append(f"{a.rounds} rounds, echo and engine alternating, {a.duration / a.rounds:g} s each")

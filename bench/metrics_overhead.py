@@ -67,13 +67,13 @@ def main(argv=None) -> int:
     from bench.engine_proc import EngineProcess
     from engine.config import load_config
     schema = load_config().schema
-    on = EngineProcess(workers=1)
-    off = EngineProcess(workers=1, metrics_off=True)
+    on = EngineProcess(workers=1, own_session=False).start()
+    off = EngineProcess(workers=1, metrics=False, own_session=False).start()
     try:
-        lat = rounds({"on": on.bind, "off": off.bind}, a.requests, a.rounds, schema)
+        lat = rounds({"on": on.endpoint, "off": off.endpoint}, a.requests, a.rounds, schema)
     finally:
-        on.stop()
-        off.stop()
+        on.close()
+        off.close()
     e = estimates(lat)
     for k in ("on", "off"):
         print(f"metrics {k:3s}: p50 {e['p50'][k]:.1f} us  p99 {e['p99'][k]:.1f} us  ({e['n'][k]} requests)")

@@ -133,7 +133,7 @@ def main(argv=None) -> int:
                          "on another host)")
     a = ap.parse_args(argv)
     schema = load_config(a.config).schema
-    eng = EngineProcess(a.config)
+    eng = EngineProcess(config=a.config, workers=None, own_session=False).start()
     try:
         if a.split:
             cpus = sorted(os.sched_getaffinity(0))
@@ -142,14 +142,14 @@ def main(argv=None) -> int:
             _pin_tree(eng.pid, {cpus[0]})
             os.sched_setaffinity(0, set(cpus[1:]))
         rss0 = engine_memory(eng.pid)
-        probe = run(eng.bind, schema, 0, a.probe, closed_inflight=a.inflight)
+        probe = run(eng.endpoint, schema, 0, a.probe, closed_inflight=a.inflight)
         x = len(probe["lat_us"].get("decided", [])) / a.probe
         st0 = eng.stats()
-        r = run(eng.bind, schema, a.factor * x, a.duration, client_id=10)   # fresh ids: no dedup
+        r = run(eng.endpoint, schema, a.factor * x, a.duration, client_id=10)   # fresh ids: no dedup
         st1 = eng.stats()
         rss1 = engine_memory(eng.pid)
     finally:
-        eng.stop()
+        eng.close()
     print(f"sustainable (closed loop, {a.inflight} in flight): {x:,.0f} decisions/s")
     print(f"offered {a.factor:g}x = {a.factor * x:,.0f} req/s for {a.duration:g} s: sent {r['sent']} "
           f"({r['sent'] / a.duration:,.0f}/s achieved by the sender), never answered {r['unanswered']}")

@@ -25,7 +25,7 @@ def main(argv=None) -> int:
     from engine.config import load_config
     from engine.journal import JournalConfig, JournalWriter
     from engine.replay import replay
-    from tests.engine.test_e2e import random_events
+    from bench.events import random_events
     cfg = load_config()
     if a.no_features:
         from dataclasses import replace

@@ -48,22 +48,22 @@ def main(argv=None) -> int:
     schema = cfg.schema
     if a.kill_after is None:
         a.kill_after = max(1.0, 2 * cfg.durability.snapshot_interval_s - 5)
-    eng = EngineProcess(a.config)
+    eng = EngineProcess(config=a.config, workers=None, own_session=False).start()
     try:
         timer = threading.Timer(a.kill_after, lambda: os.kill(_worker_pid(eng.pid), signal.SIGKILL))
         timer.start()
-        r = run(eng.bind, schema, a.rate, a.kill_after + a.after, client_id=11)
+        r = run(eng.endpoint, schema, a.rate, a.kill_after + a.after, client_id=11)
         timer.join()
         out_s = 0.0
         for _ in range(100):                       # the gauge is set by the successor's first loop
-            st = read_stats(eng.metrics) or {}
+            st = read_stats(eng.metrics_bind) or {}
             out_s = sum(x["value"] for x in st.get("risk_worker_restart_seconds", []))
             if out_s:
                 break
             time.sleep(0.1)
     finally:
-        eng.stop()
-    log = [ln for ln in eng.stdout_lines + eng.stderr_text().splitlines()
+        eng.close()
+    log = [ln for ln in eng.output().splitlines()
            if re.search(r"worker 0 .*(exited|serving again)|worker crash", ln)]
     print(f"open loop at {a.rate:,.0f} req/s for {a.kill_after + a.after:g} s; worker 0 SIGKILLed "
           f"{a.kill_after:g} s in; sent {r['sent']}, never answered {r['unanswered']}")

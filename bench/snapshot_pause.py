@@ -38,10 +38,10 @@ def copy_ms(mib: int, repeat: int) -> tuple[list, list]:
 
 def engine_pauses(n: int, gap_s: float, clients: int = 4) -> list[tuple[float, str]]:
     from bench.engine_proc import EngineProcess
-    eng = EngineProcess()
+    eng = EngineProcess(workers=None, own_session=False).start()
     out = []
     try:
-        load = subprocess.Popen([sys.executable, "-m", "bench.latency", "--target", eng.bind,
+        load = subprocess.Popen([sys.executable, "-m", "bench.latency", "--target", eng.endpoint,
                                  "--no-echo", "--clients", str(clients), "--duration", str(n * gap_s + 4),
                                  "--no-progress"], stdout=subprocess.DEVNULL)
         time.sleep(3)
@@ -57,7 +57,7 @@ def engine_pauses(n: int, gap_s: float, clients: int = 4) -> list[tuple[float, s
             time.sleep(gap_s)
         load.wait(120)
     finally:
-        eng.stop()
+        eng.close()
     return out
 
 

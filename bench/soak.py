@@ -63,10 +63,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(a) -> int:
     progress = sys.stderr.isatty()
-    eng = EngineProcess(a.config, a.workers, a.start_timeout)
+    eng = EngineProcess(config=a.config, workers=a.workers or None, ready_timeout_s=a.start_timeout,
+                        own_session=False).start()
     doc: dict = {"command": " ".join(["python -m bench.soak"] + sys.argv[1:]), "engine": eng.ready_line}
     try:
-        spec = LoadSpec(eng.bind, clients=a.clients, batch=a.batch, config=a.config, warmup_s=1.0,
+        spec = LoadSpec(eng.endpoint, clients=a.clients, batch=a.batch, config=a.config, warmup_s=1.0,
                         client_id_base=run_client_id_base())
         rate = a.rate
         if not rate:
@@ -96,7 +97,7 @@ def run(a) -> int:
         doc["shm_bytes_end"] = shm_bytes(eng.instance)
         final = eng.stats() or {}
     finally:
-        doc["engine_exit"] = eng.stop()
+        doc["engine_exit"] = eng.close()
     doc.update(sent=ph.sent, ok=ph.ok, errors=ph.errors, decision_errors=ph.decision_errors,
                unsent=ph.unsent,
                p99_ms_per_interval=[h.get_value_at_percentile(99) / 1e6 if h.get_total_count() else None

@@ -19,8 +19,6 @@ import os
 
 import zmq
 
-from engine import config
-
 from engine.admin_request import (MAX_FILES, MAX_MESSAGE_CHARS, MAX_REQUEST_BYTES, NO_ARGS, PATH,
                                   AdminError, boolean, check_args, integer, list_of, parse_request)
 
@@ -116,9 +114,6 @@ class _Job:
         self.job = job
 
 
-admin_bind = config.admin_bind
-
-
 def _error(code: str, message: str) -> dict:
     return {"ok": False, "error": {"code": code, "message": message[:MAX_MESSAGE_CHARS]}}
 
@@ -138,7 +133,7 @@ class AdminServer:
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
-        bind = admin_bind(sup.cfg)
+        bind = sup.cfg.admin.bind
         ep = parse_zmq_bind(bind, "admin.bind")
         if ":" in ep.host:
             self.sock.setsockopt(zmq.IPV6, 1)

@@ -16,8 +16,16 @@ def add_arguments(p):
                         "refusing to start (sets journal.skip_corrupt_records; docs/DURABILITY.md)")
 
 
+def serve_config(args):
+    """The config ``serve`` runs with: the file read with --instance in place of its instance
+    (paths are made from it when the file is read), then the other flags."""
+    from engine.config import load_config
+    return apply_overrides(load_config(args.config, instance=args.instance or None), args)
+
+
 def apply_overrides(cfg, args):
-    """CLI flags override the file; the result is validated like the file itself."""
+    """CLI flags but --instance (serve_config) override the file; the result is validated
+    like the file itself."""
     import os
     from dataclasses import replace
     from engine.config import ConfigError, check_binds
@@ -36,21 +44,17 @@ def apply_overrides(cfg, args):
         cfg = replace(cfg, workers=replace(cfg.workers, count=args.workers, cpus=cfg.workers.cpus))
     if getattr(args, "skip_corrupt_journal_records", False):
         cfg = replace(cfg, durability=replace(cfg.durability, skip_corrupt_journal_records=True))
-    if args.instance:
-        if not args.instance.isalnum() or len(args.instance) > 16:
-            raise ConfigError("--instance", f"must be 1-16 letters/digits, got {args.instance!r}")
-        cfg = replace(cfg, instance=args.instance)
     check_binds(cfg)
     return cfg
 
 
 def run(args) -> int:
     import sys
-    from engine.config import ConfigError, load_config
+    from engine.config import ConfigError
     from engine.supervisor import StartupError, serve
     from engine.topology import TopologyError
     try:
-        cfg = apply_overrides(load_config(args.config), args)
+        cfg = serve_config(args)
     except ConfigError as e:
         print(f"risk-engine: config error: {e}", file=sys.stderr)
         return 2

@@ -1,133 +1,27 @@
-"""Engine configuration: one YAML file, validated once into frozen dataclasses.
+"""Engine configuration: one YAML file, validated once into the frozen dataclasses of
+engine.config_types.
 
 Every error names the key path and the value (``ConfigError``); ``risk-engine serve``
 turns it into exit code 2. Relative file paths are resolved against the directory of the
-config file that names them. When no file is given the bundled ``engine/default.yaml`` is
-used.
+config file that names them, and the placeholders {state}, {instance} and {run} are replaced
+here, once: a Config holds final paths, and parsing it again (a child reading the
+supervisor's hand-off, engine.rundir) gives the same Config. When no file is given the
+bundled ``engine/default.yaml`` is used.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 import yaml
 
+from engine.config_types import (AdminConfig, Config, ConfigError, CurveConfig, DurabilityConfig,
+                                 IngressConfig, MetricsConfig, RingsConfig, RulesConfig, WorkersConfig)
 from engine.schema import Schema, SchemaError
 
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
-
-
-class ConfigError(ValueError):
-    """Invalid configuration. ``key`` is the dotted path of the offending key."""
-
-    def __init__(self, key: str, message: str):
-        super().__init__(f"{key}: {message}" if key else message)
-        self.key = key
-
-
-@dataclass(frozen=True)
-class CurveConfig:
-    enabled: bool = False
-    server_secret_file: str = ""        # zmq.auth key file holding the server's secret key
-    authorized_keys_dir: str = ""       # directory of allowed client public key files
-
-
-@dataclass(frozen=True)
-class IngressConfig:
-    bind: str = "tcp://127.0.0.1:5555"
-    max_frame_bytes: int = 1 << 20
-    max_batch: int = 4096
-    default_deadline_ms: int = 50
-    on_timeout: str = "block"           # fail-closed by default: allow | block
-    on_overload: str = "error"          # error | allow | review | block
-    dedup_window_s: int = 60
-    dedup_max_entries: int = 1 << 18    # decided requests kept (fixed memory, allocated at start)
-    dedup_max_bytes: int = 32 << 20     # their response slots, 64 B per event
-    max_inflight: int = 4096            # requests in flight; more get OVERLOADED at once
-    max_inflight_per_peer: int = 0      # one connection's share of it; 0: max_inflight / 4
-    max_connections: int = 10_000       # over this the idlest connections are closed
-    spin_us: int = 1000                 # poll socket and decisions this long (while it pays)
-    curve: CurveConfig = CurveConfig()
-
-
-@dataclass(frozen=True)
-class MetricsConfig:
-    enabled: bool = True
-    bind: str = "127.0.0.1:9108"
-    ebpf_bind: str = "127.0.0.1:9109"  # the eBPF sidecar's own endpoint (serve --ebpf)
-
-
-@dataclass(frozen=True)
-class AdminConfig:
-    bind: str = "ipc://{run}/admin.sock"
-    curve: CurveConfig = CurveConfig()
-
-
-@dataclass(frozen=True)
-class WorkersConfig:
-    count: int = 0                      # 0: one worker per allowed CPU
-    cpus: tuple[int, ...] = ()          # empty: the allowed CPUs, in order
-    ingress_cpu: int = -1               # -1: not pinned
-    spin_us: int = 1000                 # poll an empty request ring this long (while it pays)
-    standby: bool = True                # keep a warmed-up spare worker process for restarts
-
-
-@dataclass(frozen=True)
-class RingsConfig:
-    capacity: int = 4096                # slots, power of two
-
-
-@dataclass(frozen=True)
-class RulesConfig:
-    files: tuple[str, ...] = ()
-    thresholds: tuple[tuple[str, float], ...] = ()   # (action, score) pairs, e.g. review: 50
-    on_error: str = "skip"              # skip (rule not fired) | fire
-    watch: bool = False
-
-
-@dataclass(frozen=True)
-class DurabilityConfig:
-    """journal: + snapshot: sections. Directories may contain {instance}; {state} is replaced
-    by state_root() when the config is read."""
-    journal_enabled: bool = True
-    journal_dir: str = "{state}/{instance}/journal"
-    fsync: str = "interval_ms"          # none | interval_ms | batch (docs/DURABILITY.md)
-    interval_ms: int = 10
-    segment_bytes: int = 16 << 20
-    max_files: int = 0
-    max_age_s: int = 0
-    snapshot_dir: str = "{state}/{instance}/snapshots"
-    snapshot_interval_s: int = 60
-    snapshot_keep: int = 3
-    # recovery skips (and reports) corrupt journal records instead of stopping at them
-    skip_corrupt_journal_records: bool = False
-    # the action for events that cannot be journaled (full disk), flagged DEFAULT_JOURNAL
-    on_journal_unavailable: str = "block"
-
-    def journal_config(self):
-        from engine.journal import JournalConfig
-        return JournalConfig(segment_bytes=self.segment_bytes, fsync=self.fsync,
-                             interval_ms=self.interval_ms, max_files=self.max_files,
-                             max_age_s=self.max_age_s)
-
-
-@dataclass(frozen=True)
-class Config:
-    path: str
-    ingress: IngressConfig
-    metrics: MetricsConfig
-    admin: AdminConfig
-    workers: WorkersConfig
-    rings: RingsConfig
-    schema: Schema
-    rules: RulesConfig
-    durability: DurabilityConfig = DurabilityConfig()
-    features: Mapping[str, Any] = field(default_factory=dict)   # validated by the features layer
-    lists: Mapping[str, Any] = field(default_factory=dict)
-    state: Mapping[str, Any] = field(default_factory=dict)
-    instance: str = "re"                # shared-memory segment prefix; see shm.segment
 
 
 # --- small typed getters -------------------------------------------------------------------
@@ -191,12 +85,11 @@ def _curve(sec: dict, path: str, base: Path) -> CurveConfig:
 IPC_PATH_MAX = 107       # sun_path less its NUL: libzmq cannot bind a longer ipc:// path
 
 
-def admin_bind(cfg: "Config") -> str:
+def _admin_bind(bind: str, instance: str) -> str:
     """admin.bind with {instance} and {run} (the instance's 0700 run directory, engine.rundir)
     replaced: the default socket is reachable only by root and the engine's user."""
     from engine.rundir import run_dir_for
-    return cfg.admin.bind.replace("{instance}", cfg.instance).replace(
-        "{run}", str(run_dir_for(cfg.instance)))
+    return bind.replace("{instance}", instance).replace("{run}", str(run_dir_for(instance)))
 
 
 def check_binds(cfg: "Config") -> None:
@@ -209,7 +102,7 @@ def check_binds(cfg: "Config") -> None:
         if cfg.metrics.enabled:
             parse_host_port(cfg.metrics.bind, "metrics.bind")
         parse_host_port(cfg.metrics.ebpf_bind, "metrics.ebpf_bind")
-        admin = parse_zmq_bind(admin_bind(cfg), "admin.bind")
+        admin = parse_zmq_bind(cfg.admin.bind, "admin.bind")
     except EndpointError as e:
         key, _, msg = str(e).partition(": ")
         raise ConfigError(key, msg) from None
@@ -237,21 +130,25 @@ def state_root() -> str:
     return os.path.join(xdg, "risk-engine")
 
 
-def _durability(raw: Mapping, base: Path) -> DurabilityConfig:
+def _state_path(p: str, instance: str) -> str:
+    return p.replace("{state}", state_root()).replace("{instance}", instance)
+
+
+def _durability(raw: Mapping, base: Path, instance: str) -> DurabilityConfig:
     d = DurabilityConfig
     j = _section(raw, "journal", {"enabled", "dir", "fsync", "interval_ms", "segment_bytes",
                                   "max_files", "max_age_s", "skip_corrupt_records", "on_unavailable"})
     s = _section(raw, "snapshot", {"dir", "interval_s", "keep"})
-    jdir = _str(j, "journal", "dir", d.journal_dir).replace("{state}", state_root())
-    sdir = _str(s, "snapshot", "dir", d.snapshot_dir).replace("{state}", state_root())
+    jdir = _state_path(_str(j, "journal", "dir", d.journal_dir), instance)
+    sdir = _state_path(_str(s, "snapshot", "dir", d.snapshot_dir), instance)
     out = DurabilityConfig(
         journal_enabled=_bool(j, "journal", "enabled", True),
         journal_dir=_resolve(base, jdir),
         fsync=_str(j, "journal", "fsync", d.fsync, ("none", "interval_ms", "batch")),
         interval_ms=_int(j, "journal", "interval_ms", d.interval_ms, 1, 60_000),
         segment_bytes=_int(j, "journal", "segment_bytes", d.segment_bytes, 1 << 16, 1 << 40),
-        max_files=_int(j, "journal", "max_files", 0, 0, 1 << 20),
-        max_age_s=_int(j, "journal", "max_age_s", 0, 0, 1 << 31),
+        max_files=_int(j, "journal", "max_files", d.max_files, 0, 1 << 20),
+        max_age_s=_int(j, "journal", "max_age_s", d.max_age_s, 0, 1 << 31),
         snapshot_dir=_resolve(base, sdir),
         snapshot_interval_s=_int(s, "snapshot", "interval_s", d.snapshot_interval_s, 1, 86_400),
         snapshot_keep=_int(s, "snapshot", "keep", d.snapshot_keep, 1, 1000),
@@ -270,8 +167,16 @@ _TOP = {"ingress", "metrics", "admin", "workers", "rings", "schema", "rules",
         "features", "lists", "state", "instance", "journal", "snapshot"}
 
 
-def parse_config(raw: Mapping | None, path: str = "<memory>") -> Config:
-    """Validate a parsed YAML mapping. Raises ConfigError naming the key path."""
+def _instance(raw: Mapping, override: str | None) -> str:
+    inst, key = (raw.get("instance", "re"), "instance") if override is None else (override, "--instance")
+    if not isinstance(inst, str) or not inst.isalnum() or len(inst) > 16:
+        raise ConfigError(key, f"must be 1-16 letters/digits, got {inst!r}")
+    return inst
+
+
+def parse_config(raw: Mapping | None, path: str = "<memory>", instance: str | None = None) -> Config:
+    """Validate a parsed YAML mapping. Raises ConfigError naming the key path. ``instance``
+    overrides the file's (serve --instance) before any path is made from it."""
     raw = raw or {}
     if not isinstance(raw, Mapping):
         raise ConfigError("", f"{path}: top level must be a mapping")
@@ -279,6 +184,7 @@ def parse_config(raw: Mapping | None, path: str = "<memory>") -> Config:
         if k not in _TOP:
             raise ConfigError(str(k), f"unknown key (allowed: {', '.join(sorted(_TOP))})")
     base = Path(path).resolve().parent if path != "<memory>" else Path.cwd()
+    inst = _instance(raw, instance)
 
     s = _section(raw, "ingress", {"bind", "max_frame_bytes", "max_batch", "default_deadline_ms",
                                   "on_timeout", "on_overload", "dedup_window_s", "dedup_max_entries", "dedup_max_bytes",
@@ -305,7 +211,8 @@ def parse_config(raw: Mapping | None, path: str = "<memory>") -> Config:
                             bind=_str(s, "metrics", "bind", MetricsConfig.bind),
                             ebpf_bind=_str(s, "metrics", "ebpf_bind", MetricsConfig.ebpf_bind))
     s = _section(raw, "admin", {"bind", "curve"})
-    admin = AdminConfig(bind=_str(s, "admin", "bind", AdminConfig.bind), curve=_curve(s, "admin", base))
+    admin = AdminConfig(bind=_admin_bind(_str(s, "admin", "bind", AdminConfig.bind), inst),
+                        curve=_curve(s, "admin", base))
 
     s = _section(raw, "workers", {"count", "cpus", "ingress_cpu", "spin_us", "standby"})
     cpus = s.get("cpus", [])
@@ -343,7 +250,7 @@ def parse_config(raw: Mapping | None, path: str = "<memory>") -> Config:
                         on_error=_str(s, "rules", "on_error", "skip", ("skip", "fire")),
                         watch=_bool(s, "rules", "watch", False))
 
-    durability = _durability(raw, base)
+    durability = _durability(raw, base, inst)
 
     extra = {}
     for k in ("features", "lists", "state"):
@@ -351,9 +258,6 @@ def parse_config(raw: Mapping | None, path: str = "<memory>") -> Config:
         if not isinstance(v, Mapping):
             raise ConfigError(k, f"must be a mapping, got {type(v).__name__}")
         extra[k] = dict(v)
-    inst = raw.get("instance", "re")
-    if not isinstance(inst, str) or not inst.isalnum() or len(inst) > 16:
-        raise ConfigError("instance", f"must be 1-16 letters/digits, got {inst!r}")
     out = Config(path=path, ingress=ingress, metrics=metrics, admin=admin, workers=workers,
                  rings=rings, schema=schema, rules=rules, instance=inst, durability=durability,
                  **extra)
@@ -361,7 +265,9 @@ def parse_config(raw: Mapping | None, path: str = "<memory>") -> Config:
     return out
 
 
-def load_config(path: str | os.PathLike | None = None) -> Config:
+def load_config(path: str | os.PathLike | None = None, instance: str | None = None) -> Config:
+    """The config file at ``path`` (default: the bundled one), validated; ``instance``
+    overrides its instance (parse_config)."""
     p = Path(path) if path else DEFAULT_CONFIG
     try:
         text = p.read_text()
@@ -371,7 +277,7 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError("", f"{p}: invalid YAML: {e}") from None
-    return parse_config(raw, str(p))
+    return parse_config(raw, str(p), instance)
 
 
 def load_config_cli(path: str | os.PathLike | None) -> Config | None:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine.config_types import JournalConfig
 from engine.journal_format import (FSYNC_POLICIES, HEADER_SIZE, MAGIC, SUFFIX, VERSION,  # noqa: F401
                                    RETRY_NS, CorruptRecords, JournalCorruptError, JournalError,
                                    JournalGapError, SegmentHeader, _append, _append_slots, _unlink,
@@ -132,25 +133,6 @@ def sync_tail(directory: str, writer_id: int, schema_hash: int, record_size: int
 
 
 # --- writer ----------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class JournalConfig:
-    """Journal settings. ``fsync``: none | interval_ms | batch (loss windows: DURABILITY.md)."""
-    segment_bytes: int = 64 << 20
-    fsync: str = "interval_ms"
-    interval_ms: int = 10
-    max_files: int = 0          # 0: unlimited; else keep at most this many segments per writer
-    max_age_s: int = 0          # 0: unlimited; else delete segments not written for this long
-
-    def __post_init__(self):
-        if self.fsync not in FSYNC_POLICIES:
-            raise ValueError(f"journal.fsync: must be one of {', '.join(FSYNC_POLICIES)}, got {self.fsync!r}")
-        if not (HEADER_SIZE + 64 <= self.segment_bytes <= 1 << 40):
-            raise ValueError(f"journal.segment_bytes: must be in [{HEADER_SIZE + 64}, 2**40], got {self.segment_bytes}")
-        for k in ("interval_ms", "max_files", "max_age_s"):
-            if getattr(self, k) < 0:
-                raise ValueError(f"journal.{k}: must be >= 0, got {getattr(self, k)}")
-
 
 class JournalWriter:
     """The single writer of one worker's journal (OneToMany: no locks; one process appends).

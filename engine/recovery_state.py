@@ -34,8 +34,7 @@ class Recovered:
 
 def _dirs(cfg) -> tuple[str, str]:
     d = cfg.durability
-    return (d.journal_dir.replace("{instance}", cfg.instance),
-            d.snapshot_dir.replace("{instance}", cfg.instance))
+    return d.journal_dir, d.snapshot_dir
 
 
 def _apply_admin_log(store, path: str, after_ns: int, before_mono_ns: int | None = None) -> tuple[int, str]:

@@ -204,7 +204,7 @@ class Supervisor:
             self.run_dir_checked = True
             if d.journal_enabled:
                 for key, path in (("journal.dir", d.journal_dir), ("snapshot.dir", d.snapshot_dir)):
-                    path = ensure_private_dir(path.replace("{instance}", cfg.instance), key)
+                    path = ensure_private_dir(path, key)
                     narrowed = check_private_files(path, key)
                     if narrowed:
                         self.log(f"risk-engine: {key}={path}: {narrowed} file(s) readable by "
@@ -221,7 +221,7 @@ class Supervisor:
         start from empty feature state."""
         from engine.journal import list_writers
         cfg = self.cfg
-        jdir = cfg.durability.journal_dir.replace("{instance}", cfg.instance)
+        jdir = cfg.durability.journal_dir
         old = f"/var/tmp/risk-engine/{cfg.instance}"
         if os.path.realpath(jdir).startswith(old + "/") or list_writers(jdir):
             return
@@ -325,7 +325,7 @@ class Supervisor:
         t1 = time.monotonic_ns()
         self._fsync_journals()             # the journal up to `seqs` is durable before the
         t2 = time.monotonic_ns()
-        store = SnapshotStore(d.snapshot_dir.replace("{instance}", self.cfg.instance), keep=d.snapshot_keep)
+        store = SnapshotStore(d.snapshot_dir, keep=d.snapshot_keep)
         path = store.write(arrays, seqs, generation=self.generation)   # snapshot that names it
         b.view("supervisor.snapshots")[0] += 1
         # wall time at the end; hold, journal fsync and file write durations (ns); how often
@@ -360,7 +360,7 @@ class Supervisor:
         this process writes back the pages the workers dirtied), an unpublished successor
         segment included. Older segments were synced before their successor was published."""
         from engine.journal import journal_dtype, list_writers, sync_tail
-        jdir = self.cfg.durability.journal_dir.replace("{instance}", self.cfg.instance)
+        jdir = self.cfg.durability.journal_dir
         rs = journal_dtype(self.cfg.schema.dtype).itemsize
         for w in list_writers(jdir):
             sync_tail(jdir, w, self.cfg.schema.hash, rs)
@@ -386,7 +386,7 @@ class Supervisor:
         d = self.cfg.durability
         if not d.journal_enabled:
             return None
-        path = ensure_private_dir(d.journal_dir.replace("{instance}", self.cfg.instance), "journal.dir")
+        path = ensure_private_dir(d.journal_dir, "journal.dir")
         return os.path.join(path, "admin.log")
 
     def _start_sidecar(self) -> None:

@@ -296,8 +296,7 @@ def open_journal(cfg, index: int, seq_floor: int = 0):
     if not d.journal_enabled:
         return None
     from engine.journal import JournalWriter
-    path = d.journal_dir.replace("{instance}", cfg.instance)
-    j = JournalWriter(path, cfg.schema.dtype, cfg.schema.hash, writer_id=index,
+    j = JournalWriter(d.journal_dir, cfg.schema.dtype, cfg.schema.hash, writer_id=index,
                       config=d.journal_config(), seq_floor=seq_floor)
     for c in j.corrupt:
         print(f"risk-engine: worker {index}: journal continues at seq {j.next_seq} after corrupt "

@@ -12,6 +12,7 @@ one that is gone fails too, so that its entry is deleted.
 from __future__ import annotations
 
 import ast
+import functools
 import sys
 from pathlib import Path
 
@@ -22,7 +23,7 @@ PACKAGES = ("shm", "engine", "ingress", "rules", "bpf", "bench", "tests")
 # graph with function-level imports: issue 21 removes them. Every edge of these is an import
 # inside a function. Delete an entry when its cycle is gone.
 KNOWN_CYCLES: tuple[frozenset, ...] = (
-    # config.py:197 -> rundir.run_dir_for ({run} in binds); rundir.py:82,101 -> config.parse_config
+    # config._admin_bind -> rundir.run_dir_for ({run} in admin.bind); rundir.py:82,101 -> config.parse_config
     frozenset({"engine.config", "engine.rundir"}),
     # admin -> supervisor.StartupError; supervisor -> admin.AdminServer, reload;
     # admin_state -> admin.allowed_file; reload -> supervisor.ruleset_spec
@@ -182,21 +183,38 @@ def describe(graph: dict[str, set], comps) -> str:
 
 # --- the repository ------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=None)
+def repo_graph(function_level: bool = True) -> dict[str, set]:
+    """import_graph of this checkout, read once per run (3-4 s each on a loaded machine)."""
+    return import_graph(function_level=function_level)
+
+
 def test_no_module_level_import_cycle_anywhere():
-    graph = import_graph(function_level=False)
+    graph = repo_graph(function_level=False)
     assert len(graph) > 100 and sum(map(len, graph.values())) > 300    # it read the tree
     found = cycles(graph)
     assert not found, "import cycles among module-level imports:\n" + describe(graph, found)
 
 
 def test_bench_has_no_import_cycle_even_through_imports_inside_functions():
-    graph = import_graph()
+    graph = repo_graph()
     found = [c for c in cycles(graph) if any(m.split(".")[0] == "bench" for m in c)]
     assert not found, "import cycles through bench/:\n" + describe(graph, found)
 
 
+def test_nothing_outside_tests_imports_tests():
+    """tests/ is not installed: bench/ (the one EngineProcess, the one event generator) and the
+    product sit below it; tests may import them, never the reverse."""
+    graph = repo_graph()
+    assert any(m.startswith("bench.") for m in graph)
+    bad = {m: sorted(t for t in ts if t.split(".")[0] == "tests")
+           for m, ts in graph.items() if m.split(".")[0] != "tests"}
+    bad = {m: ts for m, ts in bad.items() if ts}
+    assert not bad, f"imports of tests/ from outside it: {bad}"
+
+
 def test_no_import_cycle_but_the_known_ones_of_issue_21():
-    graph = import_graph()
+    graph = repo_graph()
     found = [c for c in cycles(graph) if not any(m.split(".")[0] == "bench" for m in c)]
     new = [c for c in found if c not in KNOWN_CYCLES]
     gone = [c for c in KNOWN_CYCLES if c not in found]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.engine.engine_proc import REPO, EngineProcess
+from bench.engine_proc import REPO, EngineProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 

@@ -25,14 +25,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 @pytest.fixture(scope="module")
 def engine():
-    eng = EngineProcess(workers=1, start_timeout_s=240)
+    eng = EngineProcess(workers=1, ready_timeout_s=240, own_session=False).start()
     yield eng
-    eng.kill()
+    eng.close()
 
 
 def overloaded_total(engine) -> float:
     """The engine's own count of requests it refused with OVERLOADED (every reason)."""
-    with urllib.request.urlopen(f"http://{engine.metrics}/metrics", timeout=10) as r:
+    with urllib.request.urlopen(engine.metrics_url, timeout=10) as r:
         text = r.read().decode()
     return sum(float(v) for v in re.findall(r"^risk_overloaded_total\{[^}]*\} (\S+)$", text, re.M))
 
@@ -40,8 +40,8 @@ def overloaded_total(engine) -> float:
 def bench(engine, tmp_path, *extra) -> tuple[dict, str]:
     out = tmp_path / "b.json"
     cmd = [sys.executable, "-m", "bench.latency", "--clients", "4", "--processes", "2",
-           "--duration", "1.5", "--warmup", "0.3", "--no-echo", "--target", engine.bind,
-           "--target-metrics", engine.metrics, "--json", str(out), "--no-progress", *extra]
+           "--duration", "1.5", "--warmup", "0.3", "--no-echo", "--target", engine.endpoint,
+           "--target-metrics", engine.metrics_bind, "--json", str(out), "--no-progress", *extra]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert p.returncode in (0, 1), p.stdout + p.stderr      # 1 = ran but missed the P99 bar
     return json.loads(out.read_text()), p.stdout
@@ -76,7 +76,7 @@ def test_counts_add_up_against_the_engine(engine, tmp_path, transport):
 def test_rounds_alternate_echo_and_engine_and_merge_each_side(engine, tmp_path):
     out = tmp_path / "r.json"
     cmd = [sys.executable, "-m", "bench.latency", "--clients", "2", "--processes", "1",
-           "--duration", "1.2", "--warmup", "0.2", "--rounds", "3", "--target", engine.bind,
+           "--duration", "1.2", "--warmup", "0.2", "--rounds", "3", "--target", engine.endpoint,
            "--json", str(out), "--no-progress"]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=ROOT)
     assert p.returncode in (0, 1), p.stdout + p.stderr
@@ -93,14 +93,16 @@ def test_rounds_alternate_echo_and_engine_and_merge_each_side(engine, tmp_path):
 
 
 def test_sigterm_stops_the_engine_cleanly(engine):
-    assert engine.stop() == 0, engine.stderr_text()[-2000:]
+    assert engine.stop() == 0, engine.output()[-2000:]
     left = [f for f in os.listdir("/dev/shm") if f"risk-engine.{engine.instance}." in f]
     assert not left
 
 
-def test_kill_leaves_no_shared_memory_or_state_behind():
-    eng = EngineProcess(workers=1, start_timeout_s=240)
+def test_close_after_a_kill_leaves_no_shared_memory_or_state_behind():
+    eng = EngineProcess(workers=1, ready_timeout_s=240, own_session=False).start()
     assert any(f".{eng.instance}." in f for f in os.listdir("/dev/shm"))
-    eng.kill()
+    eng.kill()                                # a crash: the segments stay until close()
+    assert any(f".{eng.instance}." in f for f in os.listdir("/dev/shm"))
+    eng.close()
     assert not [f for f in os.listdir("/dev/shm") if f".{eng.instance}." in f]
-    assert not os.path.exists(eng.state_dir)
+    assert not os.path.exists(eng.state_dir) and not os.path.exists(eng.tmp)

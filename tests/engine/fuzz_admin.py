@@ -2,7 +2,7 @@
 
     python -m tests.engine.fuzz_admin --iterations 100000 [--seed S]
 
-Starts a real engine (tests/engine/engine_proc.py, with a list and an account-state table)
+Starts a real engine (bench/engine_proc.py, with a list and an account-state table)
 and sends each input as one message from a DEALER socket: random frame counts, raw bytes,
 deep nesting, mutated and truncated JSON, duplicate keys, and JSON objects naming every
 command with arguments of every wrong type and size. Every input must get exactly one reply
@@ -167,7 +167,7 @@ def still_serves(eng) -> None:
     from engine.admin import request
     from engine.config import load_config
     from ingress.client import Client
-    from tests.engine.test_e2e import random_events
+    from bench.events import random_events
     st = request(eng.admin_bind, {"cmd": "status"}, 30_000)
     assert st["ok"] and st["generation"] >= 1, st
     schema = load_config().schema
@@ -179,7 +179,7 @@ def still_serves(eng) -> None:
 def fuzz_engine(tmp: Path, iterations: int, seed: int) -> Counter:
     """The whole run: engine up, fuzz, still serving, stop, restart on the same journal,
     serving again. Returns the reply codes."""
-    from tests.engine.engine_proc import REPO, EngineProcess
+    from bench.engine_proc import REPO, EngineProcess
     list_file = str(REPO / "rules/examples/blocked_ips.txt")
     eng = EngineProcess(tmp, workers=1, metrics=False, overrides=engine_overrides(list_file))
     with eng:

@@ -7,7 +7,7 @@ import pytest
 
 from engine.admin import request
 from engine.admin_log import read as read_admin_log
-from tests.engine.engine_proc import REPO, EngineProcess
+from bench.engine_proc import REPO, EngineProcess
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_snapshot_pauses_workers_and_records_journal_seqs(engine):
     from engine.journal import JournalReader
     from engine.snapshot import SnapshotStore
     from ingress.client import Client
-    from tests.engine.test_e2e import random_events
+    from bench.events import random_events
     schema = load_config().schema
     with Client(engine.endpoint, schema, timeout_ms=20_000, retries=0) as c:
         c.evaluate_batch(random_events(np.random.default_rng(5), schema, 25))

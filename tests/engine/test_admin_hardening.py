@@ -10,7 +10,7 @@ import zmq
 
 from engine.admin_log import read as admin_log_read
 from engine.admin import request
-from tests.engine.engine_proc import REPO, EngineProcess
+from bench.engine_proc import REPO, EngineProcess
 from tests.engine.fuzz_admin import engine_overrides, fuzz_engine, still_serves
 
 LIST_FILE = str(REPO / "rules/examples/blocked_ips.txt")

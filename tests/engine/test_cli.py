@@ -7,7 +7,7 @@ import re
 import subprocess
 import sys
 
-from tests.engine.engine_proc import REPO
+from bench.engine_proc import REPO
 
 SETUP_VERSION = re.search(r'\bversion="([^"]+)"', (REPO / "setup.py").read_text()).group(1)
 

@@ -78,3 +78,54 @@ def test_portable_raw_makes_file_paths_absolute_and_loads_anywhere(tmp_path):
     moved = tmp_path / "elsewhere.yaml"
     moved.write_text(yaml.safe_dump(raw))
     assert load_config(moved).rules.files == load_config(None).rules.files
+
+
+def test_placeholders_are_resolved_once_when_the_config_is_read(tmp_path, monkeypatch):
+    """{state}, {instance} and {run} become final paths in parse_config, so nothing downstream
+    substitutes them; an instance override (serve --instance) is in place before they are made."""
+    from engine.rundir import run_dir_for
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
+    c = cfg(instance="abc")
+    assert c.durability.journal_dir == str(tmp_path / "state" / "abc" / "journal")
+    assert c.durability.snapshot_dir == str(tmp_path / "state" / "abc" / "snapshots")
+    assert c.admin.bind == f"ipc://{run_dir_for('abc')}/admin.sock"
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump({**BASE, "instance": "abc", "admin": {"bind": "ipc:///tmp/{instance}.sock"},
+                                 "journal": {"dir": "j/{instance}"}, "snapshot": {"dir": "/s/{instance}"}}))
+    o = load_config(p, instance="xyz")
+    assert o.instance == "xyz" and o.admin.bind == "ipc:///tmp/xyz.sock"
+    assert o.durability.journal_dir == str(tmp_path / "j" / "xyz") and o.durability.snapshot_dir == "/s/xyz"
+    with pytest.raises(ConfigError) as e:
+        load_config(p, instance="a/b")
+    assert e.value.key == "--instance"
+    import argparse
+    from engine.cmd_serve import add_arguments, serve_config
+    ap = argparse.ArgumentParser()
+    add_arguments(ap)
+    s = serve_config(ap.parse_args(["--instance", "cli7"]))
+    assert s.instance == "cli7" and s.durability.journal_dir == str(tmp_path / "state" / "cli7" / "journal")
+
+
+def test_a_resolved_config_parses_again_to_itself_and_is_validated_again(tmp_path, monkeypatch):
+    """The supervisor hands children config_to_raw(cfg) (engine.rundir.write_config): parsing
+    it again is idempotent, and it is validated again like a file."""
+    from engine.config import config_to_raw
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
+    c = load_config()
+    again = parse_config(config_to_raw(c), c.path)
+    assert again == c and parse_config(config_to_raw(again), c.path) == c
+    assert "{" not in again.durability.journal_dir + again.durability.snapshot_dir + again.admin.bind
+    raw = config_to_raw(c)
+    raw["admin"]["bind"] = "tcp://0.0.0.0:7000"
+    with pytest.raises(ConfigError) as e:
+        parse_config(raw, c.path)
+    assert e.value.key == "admin.bind"
+
+
+def test_journal_defaults_have_one_source():
+    """The journal writer's defaults are the journal: section's (16 MiB segments, the
+    documented default), not a second set of its own."""
+    from engine.config import DurabilityConfig
+    from engine.journal import JournalConfig
+    assert JournalConfig() == cfg().durability.journal_config() == DurabilityConfig().journal_config()
+    assert JournalConfig().segment_bytes == 16 << 20

@@ -18,8 +18,8 @@ from engine.features import table as T
 from engine.journal import JournalReader, list_writers
 from ingress.client import Client
 from shm.segment import Segment, segment_name
-from tests.engine.engine_proc import EngineProcess, shm_entries
-from tests.engine.test_e2e import random_events
+from bench.engine_proc import EngineProcess, shm_entries
+from bench.events import random_events
 
 FEATURES = {"cnt_acct": {"kind": "count", "key": "account_id", "window": "1h", "buckets": 60, "capacity": 4096},
             "sum_card": {"kind": "sum", "of": "amount", "key": "card_id", "window": "1h", "buckets": 12,

@@ -13,7 +13,7 @@ from engine.types import ErrorCode
 from ingress import wire
 from ingress.client import Client
 from ingress.jsonevents import EventConverter
-from tests.engine.engine_proc import EngineProcess
+from bench.engine_proc import EngineProcess
 
 N_EXTRA = 80                     # rules that fire only for amount > 100
 

@@ -6,8 +6,8 @@ import numpy as np
 from engine.config import load_config
 from engine.journal import JournalReader, list_writers
 from ingress.client import Client
-from tests.engine.engine_proc import EngineProcess
-from tests.engine.test_e2e import random_events
+from bench.engine_proc import EngineProcess
+from bench.events import random_events
 
 ACTIONS = {"allow": 0, "review": 1, "block": 2}
 

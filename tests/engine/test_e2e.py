@@ -13,37 +13,12 @@ from engine.config import load_config
 from engine.types import ACTION_NAMES
 from ingress.client import Client
 from ingress.jsonevents import EventConverter
-from tests.engine.engine_proc import EngineProcess, shm_entries
+from bench.engine_proc import EngineProcess, shm_entries
+from bench.events import random_events
 
 CLIENTS = 8
 REQUESTS = 1000               # x 8 clients: 8,000 requests, about 16,000 events, each checked
                               # against the Python reference (the bulk of this test's time)
-COUNTRIES = [b"US", b"GB", b"NG", b"RU", b"DE", b"FR", b"BR", b"CN", b"IR", b"KP"]
-CURRENCIES = [b"USD", b"EUR", b"GBP", b"NGN", b"RUB"]
-
-
-def random_events(rng: np.random.Generator, schema, n: int) -> np.ndarray:
-    """Valid events spread over the interesting ranges of the example rule packs."""
-    r = np.zeros(n, schema.dtype)
-    for f in schema.fields:
-        col = r[f.name]
-        if f.kind == "bytes":
-            pool = CURRENCIES if f.size == 3 else COUNTRIES
-            col[:] = [pool[i] for i in rng.integers(0, len(pool), n)]
-        elif f.kind == "bool":
-            col[:] = rng.random(n) < 0.1
-        elif f.kind == "float":
-            col[:] = np.round(np.exp(rng.uniform(0, 12, n)), 2)
-        elif f.name in ("account_id", "card_id", "device_id"):
-            col[:] = rng.integers(0, 1 << 62, n)      # unique keys: every feature sees one event
-        else:
-            hi = min(int(f.hi), 5000)
-            col[:] = rng.integers(max(int(f.lo), 0), hi + 1, n)
-    if "side" in schema.names:
-        r["side"] = rng.integers(0, 4, n)
-    if "ref_price" in schema.names:
-        r["ref_price"] = np.round(r["price"] * rng.uniform(0.8, 1.2, n), 2)
-    return r
 
 
 @pytest.fixture(scope="module")

@@ -33,8 +33,8 @@ from engine.explain import ExplainError, Explainer, explain, trace
 from engine.journal import JournalWriter, iter_merged
 from rules.feature_model import FeatureModel
 from rules.reference import event_env
-from tests.engine.engine_proc import REPO, EngineProcess
-from tests.engine.test_e2e import random_events
+from bench.engine_proc import REPO, EngineProcess
+from bench.events import random_events
 
 EVENTS = int(os.environ.get("RISK_EXPLAIN_EVENTS", "240"))
 SAMPLES = int(os.environ.get("RISK_EXPLAIN_SAMPLES", "24"))

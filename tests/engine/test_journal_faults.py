@@ -10,14 +10,12 @@ import numpy as np
 import yaml
 
 from engine.config import load_config
-from engine.rundir import remove_dead_run_dir
 from engine.journal import HEADER_SIZE, JournalReader, journal_dtype, list_segments
 from engine.snapshot import SnapshotStore
 from ingress.client import Client
-from shm.segment import reclaim_stale
-from tests.engine.engine_proc import EngineProcess
+from bench.engine_proc import EngineProcess
 from tests.engine.test_crash_recovery import FEATURES, RULES, table_contents
-from tests.engine.test_e2e import random_events
+from bench.events import random_events
 from tests.engine.test_journal import fill_disk, mounted_tmpfs
 from tests.engine.test_metrics import scrape, value
 
@@ -46,8 +44,7 @@ def _same_engine(tmp, first: EngineProcess, ov: dict, extra_args: tuple = ()) ->
 def _kill(eng: EngineProcess) -> None:
     """kill -9 of the whole engine; its shared memory reclaimed (the disk is what matters)."""
     eng.kill()
-    reclaim_stale(eng.instance)
-    remove_dead_run_dir(eng.instance)
+    eng.close()
 
 
 def _send(eng, acked: dict, n_batches: int, seed: int) -> None:

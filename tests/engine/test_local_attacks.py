@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from engine.admin import request
-from tests.engine.engine_proc import EngineProcess
+from bench.engine_proc import EngineProcess
 
 NOBODY = 65534
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
@@ -57,16 +57,7 @@ def shared_base():
 def finish(eng: EngineProcess) -> None:
     """Stop an engine a test started by hand; remove its shared memory and run directory;
     close its log."""
-    from engine.rundir import remove_dead_run_dir
-    from shm.segment import reclaim_stale
-    try:
-        eng.stop(timeout_s=30)
-    except subprocess.TimeoutExpired:
-        pass
-    eng.kill()
-    reclaim_stale(eng.instance)
-    remove_dead_run_dir(eng.instance)
-    eng.log.close()
+    eng.close(timeout_s=30)
 
 
 def start_refused(eng: EngineProcess) -> str | None:
@@ -184,7 +175,7 @@ def test_files_the_engine_creates_are_private(tmp_path, monkeypatch):
     import numpy as np
     from engine.config import load_config
     from ingress.client import Client
-    from tests.engine.test_e2e import random_events
+    from bench.events import random_events
     monkeypatch.setenv("RISK_ENGINE_RUN_ROOT", str(tmp_path / "run"))
     eng = EngineProcess(tmp_path, workers=1, metrics=False)
     admin = eng.admin_bind

@@ -17,8 +17,8 @@ from engine.config import load_config
 from engine.types import ACTION_NAMES
 from ingress.client import Client
 from ingress.jsonevents import EventConverter
-from tests.engine.engine_proc import EngineProcess
-from tests.engine.test_e2e import random_events
+from bench.engine_proc import EngineProcess
+from bench.events import random_events
 
 
 def scrape(url: str) -> dict:

@@ -19,8 +19,8 @@ from engine.config import load_config
 from engine.types import ErrorCode
 from ingress import wire
 from ingress.client import Client
-from tests.engine.engine_proc import EngineProcess
-from tests.engine.test_e2e import random_events
+from bench.engine_proc import EngineProcess
+from bench.events import random_events
 from tests.engine.test_metrics import scrape, value
 
 CAPACITY = 64

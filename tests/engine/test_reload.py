@@ -14,8 +14,8 @@ from engine.admin import request
 from engine.config import load_config
 from ingress.client import Client
 from ingress.jsonevents import EventConverter
-from tests.engine.engine_proc import EngineProcess
-from tests.engine.test_e2e import random_events
+from bench.engine_proc import EngineProcess
+from bench.events import random_events
 from tests.engine.test_metrics import scrape, value
 
 

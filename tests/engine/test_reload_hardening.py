@@ -13,7 +13,7 @@ import zmq
 
 from engine.admin import request
 from engine.config import load_config
-from tests.engine.engine_proc import EngineProcess
+from bench.engine_proc import EngineProcess
 from tests.engine.test_reload import decide, ruleset
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from engine import rundir
-from engine.cmd_serve import add_arguments, apply_overrides
+from engine.cmd_serve import add_arguments, serve_config
 from engine.config import ConfigError, load_config, parse_config
-from tests.engine.engine_proc import EngineProcess
+from bench.engine_proc import EngineProcess
 
 
 def test_run_root_defaults(monkeypatch):
@@ -35,9 +35,10 @@ def test_config_hand_off_round_trips(tmp_path, monkeypatch):
     p = argparse.ArgumentParser()
     add_arguments(p)
     args = p.parse_args(["--workers", "3", "--metrics", "off", "--rules", "rules/examples/payments.yaml",
-                         "--bind", "tcp://127.0.0.1:1234", "--instance", "abc"])
+                         "--bind", "tcp://127.0.0.1:1234", "--instance", "abc",
+                         "--config", str(eng.config_path)])
     for cfg in (load_config(), load_config(eng.config_path),
-                apply_overrides(load_config(eng.config_path), args)):
+                serve_config(args)):
         d = rundir.make_run_dir(cfg.instance)
         rundir.write_config(d, cfg)
         assert rundir.read_config(d) == cfg

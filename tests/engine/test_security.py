@@ -11,8 +11,8 @@ import pytest
 from engine.admin import request as admin_request
 from engine.config import load_config
 from ingress.client import Client, ClientTimeout, CurveKeys
-from tests.engine.engine_proc import EngineProcess
-from tests.engine.test_e2e import random_events
+from bench.engine_proc import EngineProcess
+from bench.events import random_events
 
 
 def keys(d, name):

@@ -12,7 +12,7 @@ import time
 import psutil
 
 from engine.config import load_config
-from tests.engine.engine_proc import EngineProcess
+from bench.engine_proc import EngineProcess
 from tests.engine.test_reload import decide, ruleset, wait_label
 
 READY = "worker standby"               # the title a standby takes once it is prepared

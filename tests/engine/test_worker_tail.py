@@ -14,7 +14,7 @@ from engine.types import RESPONSE_SLOT_DTYPE, request_slot_dtype
 from engine.worker import serve_journaled_tail
 from shm.idle import SleepingBackoff
 from shm.ring import OneToOneRing
-from tests.engine.test_e2e import random_events
+from bench.events import random_events
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.engine.engine_proc import REPO, EngineProcess
+from bench.engine_proc import REPO, EngineProcess
 
 SCRIPT = REPO / "scripts" / "pin_workers.sh"
 ENV = dict(os.environ, RISK_ENGINE=str(Path(sys.executable).parent / "risk-engine"))

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from tests.engine.engine_proc import REPO
+from bench.engine_proc import REPO
 
 UNIT = REPO / "scripts" / "systemd" / "risk-engine.service"
 
