@@ -29,7 +29,8 @@ import yaml
 from engine.admin import request as admin_request
 from engine.admin_log import read as read_admin_log
 from engine.config import load_config
-from engine.explain import ExplainError, Explainer, explain, trace
+from engine.explain import ExplainError, Explainer, explain
+from engine.explain_trace import trace
 from engine.journal import JournalWriter, iter_merged
 from rules.feature_model import FeatureModel
 from rules.reference import event_env
