@@ -27,8 +27,8 @@ import os
 from types import SimpleNamespace
 
 from engine.explain_replay import (ExplainError, _check_retained, _pick_snapshot, _replay_before,
-                                   _restore, find_event)
-from engine.explain_report import Explanation, _decide, _flag_names, _mismatches
+                                   _restore, find_event, request_events)
+from engine.explain_report import Explanation, RequestExplanation, _decide, _flag_names, _mismatches
 from engine.explain_trace import SeenState, read_values
 from engine.types import ACTION_NAMES
 
@@ -113,6 +113,16 @@ class Explainer:
                             "records": n, "admin_changes": admin},
                            values, {k: int(len(v)) for k, v in state.lists.items()}, view, cand,
                            _mismatches(recorded, view), notes)
+
+
+    def explain_request(self, client_id: int, request_id: int) -> RequestExplanation:
+        """Every journaled event of request (client_id, request_id), each replayed and
+        explained as ``explain`` does; REQUEST_NOT_IN_JOURNAL, or REQUEST_AMBIGUOUS when
+        several requests in the journal carry the ids (their events named)."""
+        arrival, events = request_events(self.journal_dir, self.cfg.schema, client_id, request_id,
+                                         self.cfg.durability.skip_corrupt_journal_records)
+        return RequestExplanation(client_id, request_id, arrival,
+                                  [self.explain(s, w) for w, s in events])
 
 
 def explain(cfg, journal_dir: str, seq: int, writer: int | None = None, **kw) -> Explanation:

@@ -22,12 +22,14 @@ class ExplainError(RuntimeError):
 
 def _journal_call(fn, *args, **kw):
     """Run a journal read, mapping its errors to ExplainError codes."""
-    from engine.journal import JournalCorruptError, JournalError
+    from engine.journal import JournalCorruptError, JournalError, JournalVersionError
     try:
         return fn(*args, **kw)
     except JournalCorruptError as e:
         code = "SCHEMA_MISMATCH" if "schema_hash=0x" in str(e) else "JOURNAL_CORRUPT"
         raise ExplainError(code, str(e)) from None
+    except JournalVersionError as e:
+        raise ExplainError("JOURNAL_VERSION", str(e)) from None
     except JournalError as e:
         raise ExplainError("SEQ_NOT_IN_JOURNAL", str(e)) from None
 
@@ -63,6 +65,74 @@ def find_event(journal_dir: str, schema, seq: int, writer: int | None):
         raise ExplainError("SEQ_NOT_IN_JOURNAL", f"seq={seq} writer={writer}: the journal ends "
                            f"at seq {last}")
     return writer, rec
+
+
+# --- finding a request's events --------------------------------------------------------------
+
+MAX_LISTED = 20                      # occurrences named in a REQUEST_AMBIGUOUS message
+_U64_MAX = 2**64 - 1
+
+
+def parse_request_key(text: str) -> tuple[int, int]:
+    """``CLIENT_ID:REQUEST_ID`` (two decimal u64) -> (client_id, request_id); ValueError
+    saying what is wrong."""
+    c, sep, r = str(text).partition(":")
+    if not sep or not (c.isascii() and c.isdigit() and r.isascii() and r.isdigit()) \
+            or int(c) > _U64_MAX or int(r) > _U64_MAX:
+        raise ValueError(f"request={str(text)[:64]!r}: must be CLIENT_ID:REQUEST_ID, two decimal "
+                         f"integers in [0, 2**64-1]")
+    return int(c), int(r)
+
+
+def find_request(journal_dir: str, schema, client_id: int, request_id: int,
+                 skip_corrupt: bool = False) -> list[tuple[int, int, int]]:
+    """(arrival_ns, writer, seq) of every journaled event carrying (client_id, request_id),
+    in the journal's merged order (arrival, then writer, then seq). One pass over every
+    writer's retained journal, two column compares per batch."""
+    from engine.journal import JournalReader, list_writers
+    writers = list_writers(journal_dir)
+    if not writers:
+        raise ExplainError("JOURNAL_NOT_FOUND", f"journal={journal_dir!r}: no journal files")
+    cid, rid = np.uint64(client_id), np.uint64(request_id)
+    out = []
+    for w in writers:
+        it = JournalReader(journal_dir, schema.dtype, schema.hash, w,
+                           skip_corrupt=skip_corrupt).iter_batches(batch_records=REPLAY_BATCH)
+        while (b := _journal_call(next, it, None)) is not None:
+            hit = np.flatnonzero((b["request_id"] == rid) & (b["client_id"] == cid))
+            out += [(int(b["arrival_ns"][i]), w, int(b["seq"][i])) for i in hit]
+    return sorted(out)
+
+
+def request_events(journal_dir: str, schema, client_id: int, request_id: int,
+                   skip_corrupt: bool = False) -> tuple[int, list[tuple[int, int]]]:
+    """(arrival_ns, [(writer, seq), ...]) of the one request (client_id, request_id) in the
+    journal. The ingress stamps a request's events with one arrival time, so each distinct
+    arrival is one request: more than one is REQUEST_AMBIGUOUS, naming each one's events."""
+    found = find_request(journal_dir, schema, client_id, request_id, skip_corrupt)
+    key = f"client_id={client_id} request_id={request_id}"
+    if not found:
+        raise ExplainError("REQUEST_NOT_IN_JOURNAL", f"{key}: no journaled event carries it in "
+                           f"journal={journal_dir!r}. A request refused with an error, answered "
+                           f"from the idempotency window (a retry) or with a default decision "
+                           f"(deadline, overload, worker lost, journal unavailable) journals nothing; "
+                           f"events before the retained journal are gone")
+    by_arrival: dict[int, list] = {}
+    for a, w, s in found:
+        by_arrival.setdefault(a, []).append((w, s))
+    if len(by_arrival) > 1:
+        why = ("client_id 0 is never deduplicated, so its request ids may repeat" if client_id == 0
+               else "the id was reused after the idempotency window (ingress.dedup_window_s)")
+        listed = [f"arrival_ns={a}: " + ", ".join(f"writer={w} seq={s}" for w, s in ev[:8])
+                  + (f" and {len(ev) - 8} more" if len(ev) > 8 else "")
+                  for a, ev in list(by_arrival.items())[:MAX_LISTED]]
+        more = len(by_arrival) - MAX_LISTED
+        raise ExplainError("REQUEST_AMBIGUOUS", f"{key}: {len(by_arrival)} requests in the journal "
+                           f"carry it ({why}): " + "; ".join(listed)
+                           + (f"; and {more} more" if more > 0 else "")
+                           + "; explain one event with --seq N --writer W")
+    (arrival, events), = by_arrival.items()
+    return arrival, events
 
 
 # --- rebuilding the tables -----------------------------------------------------------------

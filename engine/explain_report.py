@@ -117,6 +117,34 @@ class Explanation:
         return "\n".join(L)
 
 
+@dataclass
+class RequestExplanation:
+    """Every journaled event of one request (client_id, request_id), in the journal's merged
+    order (writer, then seq: a request's events share one arrival time)."""
+    client_id: int
+    request_id: int
+    arrival_ns: int
+    events: list                  # Explanation per event
+
+    @property
+    def agrees(self) -> bool:
+        return all(e.agrees for e in self.events)
+
+    def to_dict(self) -> dict:
+        return {"client_id": self.client_id, "request_id": self.request_id,
+                "arrival_ns": self.arrival_ns, "agrees": self.agrees,
+                "events": [e.to_dict() for e in self.events]}
+
+    def text(self) -> str:
+        head = (f"request client_id={self.client_id} request_id={self.request_id} "
+                f"arrival_ns={self.arrival_ns}: {len(self.events)} journaled event(s) "
+                f"(" + ", ".join(f"writer={e.writer} seq={e.seq}" for e in self.events) + ")")
+        parts = [head]
+        for k, e in enumerate(self.events):
+            parts += ["", f"=== event {k + 1} of {len(self.events)} ===", e.text()]
+        return "\n".join(parts)
+
+
 def _view_text(title: str, v: RulesetView) -> list[str]:
     th = " ".join(f"{k}>={x:g}" for k, x in sorted(v.thresholds.items())) or "none"
     L = ["", f"{title} {v.label}  thresholds: {th}",
