@@ -81,17 +81,34 @@ def _explain(sup, args):
     from engine.explain_job import MAX_JOBS, ExplainJob
     if not sup.cfg.durability.journal_enabled:
         raise AdminError("NO_JOURNAL", "the journal is off (journal.enabled: false): nothing to explain")
+    if ("seq" in args) == ("request" in args):
+        raise AdminError("BAD_ARGUMENT", "give seq=N [writer=W] or request=CLIENT_ID:REQUEST_ID")
+    if "request" in args and "writer" in args:
+        raise AdminError("BAD_ARGUMENT", "writer goes with seq; request finds its events' writers")
     if len(sup.admin.jobs) >= MAX_JOBS:
         raise AdminError("EXPLAIN_BUSY", f"{MAX_JOBS} explains are running; try again when one is answered")
-    return _Job(ExplainJob(sup.run_dir, args["seq"], args.get("writer"), sup.started_ns))
+    return _Job(ExplainJob(sup.run_dir, args.get("seq"), args.get("writer"), sup.started_ns,
+                           request=args.get("request")))
+
+
+def _request_key(key, v):
+    """CLIENT_ID:REQUEST_ID, checked whole here (the explain child gets it as parsed ints)."""
+    from engine.explain_replay import parse_request_key
+    if not isinstance(v, str):
+        raise AdminError("BAD_ARGUMENT", f"{key}: must be a string CLIENT_ID:REQUEST_ID, got {type(v).__name__}")
+    try:
+        return parse_request_key(v)
+    except ValueError as e:
+        raise AdminError("BAD_ARGUMENT", str(e)) from None
 
 
 COMMANDS = {"status": (_status, NO_ARGS), "stats": (_stats, NO_ARGS),
             "reload": (_reload, {"files": (list_of(PATH, MAX_FILES), False),
                                  "previous": (boolean, False)}),
             "snapshot": (_snapshot, NO_ARGS),
-            "explain": (_explain, {"seq": (integer(1, 2**64 - 1), True),
-                                   "writer": (integer(0, 999), False)})}
+            "explain": (_explain, {"seq": (integer(1, 2**64 - 1), False),
+                                   "writer": (integer(0, 999), False),
+                                   "request": (_request_key, False)})}
 
 
 def _commands() -> dict:

@@ -23,6 +23,7 @@ COMMANDS = {
     "admin": "engine.cmd_admin",
     "replay": "engine.cmd_replay",
     "explain": "engine.cmd_explain",
+    "journal-upgrade": "engine.cmd_journal_upgrade",
     "schema": "engine.cmd_schema",
     "check": "rules.cmd_check",
     "test-rules": "rules.cmd_test_rules",

@@ -1,6 +1,7 @@
 """`risk-engine admin`: send one command to a running engine's admin plane."""
 HELP = ("send an admin command to a running engine: status, stats, reload, snapshot, features, "
-        "list-show|list-add|list-remove|list-replace, set-state, halt, resume, explain seq=N [writer=W]")
+        "list-show|list-add|list-remove|list-replace, set-state, halt, resume, "
+        "explain seq=N [writer=W] | explain request=CLIENT_ID:REQUEST_ID")
 
 
 def add_arguments(p):

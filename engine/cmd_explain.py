@@ -1,5 +1,7 @@
-"""`risk-engine explain`: why one journaled event was decided as it was (docs/EXPLAIN.md)."""
-HELP = "replay the journal up to one event and show every rule, clause and feature value behind its decision"
+"""`risk-engine explain`: why a journaled event (or every event of a request) was decided as it
+was (docs/EXPLAIN.md)."""
+HELP = ("replay the journal up to one event (--seq) or each event of a request (--request) and show "
+        "every rule, clause and feature value behind its decision")
 
 
 def add_arguments(p):
@@ -10,7 +12,8 @@ def add_arguments(p):
     p.add_argument("--writer", type=int, metavar="W",
                    help="the journal writer (worker) of the event; needed when the journal has several")
     which.add_argument("--request", metavar="CLIENT_ID:REQUEST_ID",
-                       help="not available: the journal does not record request ids (docs/EXPLAIN.md)")
+                       help="every journaled event of that request (client_id 0 included: refused as "
+                            "REQUEST_AMBIGUOUS, with their seqs, when several requests carry the ids)")
     p.add_argument("--config", help="config the engine ran with (default: the bundled default)")
     p.add_argument("--rules", nargs="+", metavar="F", help="candidate rule files shown beside the recorded ruleset (what-if)")
     p.add_argument("--recorded-rules", nargs="+", metavar="F",
@@ -25,19 +28,26 @@ def run(args) -> int:
     import os
     import sys
     from engine.config import ConfigError, load_config
-    from engine.explain import ExplainError, explain
+    from engine.explain import ExplainError, Explainer
+    from engine.explain_replay import parse_request_key
     from rules import RulesetError
+    key = None
     if args.request is not None:
-        print("risk-engine: REQUEST_NOT_JOURNALED: the journal records the event, its arrival time and "
-              "its decision, not the client_id/request_id it came with; find the event's writer and "
-              "seq (docs/EXPLAIN.md) and use --seq", file=sys.stderr)
-        return 2
+        if args.writer is not None:
+            print("risk-engine: --writer goes with --seq; --request finds its events' writers",
+                  file=sys.stderr)
+            return 2
+        try:
+            key = parse_request_key(args.request)
+        except ValueError as e:
+            print(f"risk-engine: {e}", file=sys.stderr)
+            return 2
     try:
         cfg = load_config(args.config)
         abs_ = (lambda fs: [os.path.abspath(f) for f in fs] if fs else None)
-        ex = explain(cfg, args.journal, args.seq, args.writer, rules=abs_(args.recorded_rules),
-                     candidate=abs_(args.rules),
-                     snapshot_dir=None if args.no_snapshots else (args.snapshots or ""))
+        ex = Explainer(cfg, args.journal, rules=abs_(args.recorded_rules), candidate=abs_(args.rules),
+                       snapshot_dir=None if args.no_snapshots else (args.snapshots or ""))
+        ex = ex.explain_request(*key) if key else ex.explain(args.seq, args.writer)
     except ConfigError as e:
         print(f"risk-engine: config error: {e}", file=sys.stderr)
         return 2

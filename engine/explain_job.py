@@ -1,4 +1,5 @@
-"""`risk-engine admin explain seq=N [writer=W]`: explain, off the supervisor's loop.
+"""`risk-engine admin explain seq=N [writer=W] | request=CLIENT_ID:REQUEST_ID`: explain, off the
+supervisor's loop.
 
 The replay runs in a child process (``python -m engine.explain_job``) with a deadline, like a
 reload (engine.reload): it reads the journal and the snapshots from disk, rebuilds its own
@@ -25,14 +26,15 @@ MAX_JOBS = 2                         # explains in flight; more are refused (EXP
 class ExplainJob:
     """One explain in flight; ``poll()`` returns None while it runs, then the reply dict."""
 
-    def __init__(self, run_dir, seq: int, writer: int | None, started_ns: int,
-                 timeout_s: float = EXPLAIN_TIMEOUT_S):
+    def __init__(self, run_dir, seq: int | None, writer: int | None, started_ns: int,
+                 timeout_s: float = EXPLAIN_TIMEOUT_S, request: tuple[int, int] | None = None):
         self.deadline = time.monotonic() + timeout_s
         self.timeout_s = timeout_s
         self.out = tempfile.TemporaryFile()
         self.err = tempfile.TemporaryFile()
         argv = [sys.executable, "-m", "engine.explain_job", "--run-dir", str(run_dir),
-                "--seq", str(seq), "--started-ns", str(started_ns)]
+                "--started-ns", str(started_ns)]
+        argv += ["--request", f"{request[0]}:{request[1]}"] if request else ["--seq", str(seq)]
         if writer is not None:
             argv += ["--writer", str(writer)]
         self.child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.out, stderr=self.err)
@@ -74,37 +76,60 @@ def _error(code: str, message: str) -> dict:
     return {"ok": False, "error": {"code": code, "message": message}}
 
 
+def _explain_one(cfg, jdir: str, args, explainers: dict, writer: int, rec):
+    """Explain one event with the rule files of the generation that decided it when this run
+    recorded them (one Explainer, compiled once, per set of files)."""
+    from engine import rundir
+    from engine.explain import Explainer
+    gen, files, note = int(rec["generation"]), None, None
+    if gen > 0 and int(rec["arrival_ns"]) >= args.started_ns:
+        try:
+            files = rundir.read_generation(args.run_dir, gen)["files"]
+        except (OSError, ValueError, KeyError):
+            note = f"generation {gen}: its rule files are not recorded in the run directory"
+    elif gen > 0:
+        note = (f"the event arrived before this engine started: its generation {gen} was "
+                f"another run's; explained with the config's rule files")
+    k = tuple(files) if files else None
+    if k not in explainers:
+        explainers[k] = Explainer(cfg, jdir, rules=files)
+    ex = explainers[k].explain(int(rec["seq"]), writer)
+    if note:
+        ex.notes.append(note)
+    return ex
+
+
 def main(argv=None) -> int:
     """The child: print {"ok": true, "explanation": ...} or an error reply as one JSON line."""
     import argparse
     ap = argparse.ArgumentParser(prog="python -m engine.explain_job")
     ap.add_argument("--run-dir", required=True)
-    ap.add_argument("--seq", type=int, required=True)
+    which = ap.add_mutually_exclusive_group(required=True)
+    which.add_argument("--seq", type=int)
+    which.add_argument("--request", help="CLIENT_ID:REQUEST_ID")
     ap.add_argument("--writer", type=int)
     ap.add_argument("--started-ns", type=int, required=True)
     args = ap.parse_args(argv)
     from engine import procname, rundir
     procname.become_child("explain")
     os.nice(10)                        # a replay must not take CPU from the workers
-    from engine.explain import ExplainError, Explainer, find_event
+    from engine.explain_replay import ExplainError, find_event, parse_request_key, request_events
+    from engine.explain_report import RequestExplanation
     from engine.recovery_state import _dirs
     try:
         cfg = rundir.read_config(args.run_dir)
         jdir = _dirs(cfg)[0]
-        _, rec = find_event(jdir, cfg.schema, args.seq, args.writer)
-        gen, files, note = int(rec["generation"]), None, None
-        if gen > 0 and int(rec["arrival_ns"]) >= args.started_ns:
-            try:
-                files = rundir.read_generation(args.run_dir, gen)["files"]
-            except (OSError, ValueError, KeyError):
-                note = f"generation {gen}: its rule files are not recorded in the run directory"
-        elif gen > 0:
-            note = (f"the event arrived before this engine started: its generation {gen} was "
-                    f"another run's; explained with the config's rule files")
-        ex = Explainer(cfg, jdir, rules=files).explain(args.seq, args.writer)
-        if note:
-            ex.notes.append(note)
-        out = {"ok": True, "explanation": ex.to_dict()}
+        explainers: dict = {}
+        if args.request is None:
+            out = {"ok": True, "explanation": _explain_one(
+                cfg, jdir, args, explainers, *find_event(jdir, cfg.schema, args.seq, args.writer)).to_dict()}
+        else:
+            key = parse_request_key(args.request)
+            arrival, events = request_events(jdir, cfg.schema, *key,
+                                             cfg.durability.skip_corrupt_journal_records)
+            exs = [_explain_one(cfg, jdir, args, explainers, *find_event(jdir, cfg.schema, s, w))
+                   for w, s in events]
+            out = {"ok": True, "request": RequestExplanation(*key, arrival, exs).to_dict()}
     except ExplainError as e:
         out = _error(e.code, e.message)
     except Exception as e:             # every failure is the reply's text

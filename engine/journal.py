@@ -32,7 +32,7 @@ import numpy as np
 from engine.config_types import JournalConfig
 from engine.journal_format import (FSYNC_POLICIES, HEADER_SIZE, MAGIC, SUFFIX, VERSION,  # noqa: F401
                                    RETRY_NS, CorruptRecords, JournalCorruptError, JournalError,
-                                   JournalGapError, SegmentHeader, _append, _append_slots, _unlink,
+                                   JournalGapError, JournalVersionError, SegmentHeader, _append, _append_slots, _unlink,
                                    checksum, field_mask, fsync_dir, fsync_path, journal_dtype,
                                    list_segments, list_writers, now_ns, pending_successor, read_header,
                                    segment_name, walk_segment, warm_up)
@@ -156,8 +156,9 @@ class JournalWriter:
             raise ValueError(f"writer_id: must be in [0, 999] (3 digits in file names), got {writer_id}")
         self.config = config
         self._rs = self.dtype.itemsize
-        # arrival_ns and the event's field bytes (append_slots zeroes the event's padding)
-        self._slot_mask = np.concatenate([np.full(1, np.uint64(2**64 - 1)),
+        # arrival_ns, client_id, request_id and the event's field bytes (append_slots zeroes
+        # the event's padding)
+        self._slot_mask = np.concatenate([np.full(3, np.uint64(2**64 - 1)),
                                           field_mask(self.dtype["event"])])
         self._cap = (config.segment_bytes - HEADER_SIZE) // self._rs
         if self._cap < 1:
@@ -249,7 +250,7 @@ class JournalWriter:
                      n: int) -> tuple[int, int]:
         """Append ``n`` records straight from a worker's ring slots, without the staging copy
         of ``append_columns`` (3.7-6.2 us a batch, ``python -m bench.worker_step``): ``req_words`` the request slots as flat u64
-        words (``req_w`` per slot: token, arrival_ns, event), ``resp_words`` the response
+        words (``req_w`` per slot: token, arrival_ns, client_id, request_id, event), ``resp_words`` the response
         slots as 2-d u64 rows (token, score, generation, action, flags ...). engine.worker
         asserts the slot layouts this relies on (journal_format._append_slots). Returns
         (first, last) seq."""
@@ -353,7 +354,7 @@ class JournalWriter:
         return done
 
     def append_columns(self, event: np.ndarray, arrival_ns, action, flags, score,
-                       generation) -> tuple[int, int]:
+                       generation, client_id=0, request_id=0) -> tuple[int, int]:
         """Append a batch given as columns (events of the schema dtype; the others arrays of
         the same length or scalars), through a reused staging buffer. Returns (first, last) seq."""
         n = len(event)
@@ -366,6 +367,8 @@ class JournalWriter:
         st["flags"] = flags
         st["score"] = score
         st["generation"] = generation
+        st["client_id"] = client_id
+        st["request_id"] = request_id
         return self.append_batch(st)
 
     def on_idle(self, now_monotonic_ns: int | None = None, budget_bytes: int = 256 << 10,

@@ -9,7 +9,7 @@ renamed once its header is written::
 
     segment file
     +---------------------------+ 0
-    | header (struct, 4096 B)   |  magic, version, header_size, schema_hash, record_size,
+    | header (struct, 4096 B)   |  magic, version (2), header_size, schema_hash, record_size,
     |                           |  writer_id, first_seq, created_ns, capacity, header_crc32
     +---------------------------+ 4096  (page aligned: msync ranges need no rounding here)
     | record 0 (seq first_seq)  |
@@ -18,10 +18,15 @@ renamed once its header is written::
     +---------------------------+
 
     record (journal_dtype(event_dtype), every field 8-byte aligned)
-    +-----+------------+-----------+-------+------------+--------+-------+-----+-------+
-    | seq | arrival_ns | event ... | score | generation | action | flags | pad | check |
-    | u64 | i64        | schema    | f64   | u32        | u8     | u8    | u16 | u64   |
-    +-----+------------+-----------+-------+------------+--------+-------+-----+-------+
+    +-----+------------+-----------+------------+-----------+-------+------------+--------+-------+-----+-------+
+    | seq | arrival_ns | client_id | request_id | event ... | score | generation | action | flags | pad | check |
+    | u64 | i64        | u64       | u64        | schema    | f64   | u32        | u8     | u8    | u16 | u64   |
+    +-----+------------+-----------+------------+-----------+-------+------------+--------+-------+-----+-------+
+
+Words 1..3 and the event are the request ring slot's (engine.types.request_slot_dtype, same
+offsets: the worker copies them word by word). Version 1 records had no client_id and
+request_id; this engine refuses a version-1 segment (JournalVersionError), never reads it
+with the wrong layout (docs/DURABILITY.md, "Journal format versions").
 
 ``check`` is the per-record checksum and the commit marker: a 64-bit multiply-xorshift hash of
 every other word of the record, with its low bit forced to 1 so that never-written (zero) space
@@ -47,7 +52,8 @@ import numpy as np
 from numba import njit
 
 MAGIC = b"RJOURNL\x00"
-VERSION = 1
+VERSION = 2                  # 2: records carry client_id and request_id (1: they did not)
+VERSIONS = (1, 2)            # readable by journal_dtype / read_header when asked (the upgrade)
 HEADER_SIZE = 4096
 _HEADER = struct.Struct("<8sIIQIIQqQ")         # followed by crc32 of these bytes (u32)
 SUFFIX = ".rjl"
@@ -71,6 +77,10 @@ class JournalCorruptError(JournalError):
     """A record or header that is neither valid nor a tail: the journal cannot be trusted."""
 
 
+class JournalVersionError(JournalError):
+    """A segment written in another format version: refused whole, never misread."""
+
+
 class JournalGapError(JournalError):
     """The asked sequence number is not in the retained journal."""
 
@@ -90,16 +100,28 @@ class CorruptRecords:
         return f"journal segment {self.path}: offset={self.offset} {seqs}: {self.reason}"
 
 
-def journal_dtype(event_dtype: np.dtype) -> np.dtype:
-    """The journal record dtype for an event dtype (see the module diagram)."""
+def journal_dtype(event_dtype: np.dtype, version: int = VERSION) -> np.dtype:
+    """The journal record dtype for an event dtype (see the module diagram); ``version`` 1:
+    the previous format's, without client_id and request_id (engine.journal_upgrade)."""
     ev = np.dtype(event_dtype)
     if ev.itemsize % 8:
         raise ValueError(f"event_dtype: itemsize must be a multiple of 8, got {ev.itemsize}")
-    o = 16 + ev.itemsize
+    if version not in VERSIONS:
+        raise ValueError(f"version: one of {VERSIONS}, got {version}")
+    if version == 1:
+        o = 16 + ev.itemsize
+        return np.dtype({
+            "names": ["seq", "arrival_ns", "event", "score", "generation", "action", "flags", "check"],
+            "formats": [np.uint64, np.int64, ev, np.float64, np.uint32, np.uint8, np.uint8, np.uint64],
+            "offsets": [0, 8, 16, o, o + 8, o + 12, o + 13, o + 16],
+            "itemsize": o + 24})
+    o = 32 + ev.itemsize
     return np.dtype({
-        "names": ["seq", "arrival_ns", "event", "score", "generation", "action", "flags", "check"],
-        "formats": [np.uint64, np.int64, ev, np.float64, np.uint32, np.uint8, np.uint8, np.uint64],
-        "offsets": [0, 8, 16, o, o + 8, o + 12, o + 13, o + 16],
+        "names": ["seq", "arrival_ns", "client_id", "request_id", "event", "score", "generation",
+                  "action", "flags", "check"],
+        "formats": [np.uint64, np.int64, np.uint64, np.uint64, ev, np.float64, np.uint32, np.uint8,
+                    np.uint8, np.uint64],
+        "offsets": [0, 8, 16, 24, 32, o, o + 8, o + 12, o + 13, o + 16],
         "itemsize": o + 24})
 
 
@@ -149,9 +171,9 @@ def field_mask(dtype: np.dtype) -> np.ndarray:
 @njit(cache=True)
 def _append_slots(words, pos, req, req_w, mask, resp, first_row, n, first_seq):
     """Records straight from ring slots (JournalWriter.append_slots): request row i (flat u64
-    words, ``req_w`` per row) holds (token, arrival_ns, event) and response row i (``resp``,
-    2-d u64) holds (token, score, generation|action|flags|nfired): arrival_ns and the event
-    are record words 1..w-4 (``mask``: their field bytes, padding zeroed), score word w-3,
+    words, ``req_w`` per row) holds (token, arrival_ns, client_id, request_id, event) and
+    response row i (``resp``, 2-d u64) holds (token, score, generation|action|flags|nfired):
+    arrival_ns, the ids and the event are record words 1..w-4 (``mask``: their field bytes, padding zeroed), score word w-3,
     and word w-2 is the response's third word without nfired (the record's pad is zero).
     Then seq and check, as ``_append``."""
     w = words.shape[1]
@@ -238,15 +260,18 @@ class SegmentHeader:
     first_seq: int
     created_ns: int
     capacity: int        # records
+    version: int = VERSION
 
     def pack(self) -> bytes:
-        body = _HEADER.pack(MAGIC, VERSION, HEADER_SIZE, self.schema_hash, self.record_size,
+        body = _HEADER.pack(MAGIC, self.version, HEADER_SIZE, self.schema_hash, self.record_size,
                             self.writer_id, self.first_seq, self.created_ns, self.capacity)
         return body + struct.pack("<I", zlib.crc32(body))
 
 
-def read_header(path: str, schema_hash: int, record_size: int, writer_id: int) -> SegmentHeader:
-    """Read and validate a segment header; raise JournalCorruptError naming file and field."""
+def read_header(path: str, schema_hash: int, record_size: int, writer_id: int,
+                version: int = VERSION) -> SegmentHeader:
+    """Read and validate a segment header of format ``version``; raise JournalVersionError
+    for another version, JournalCorruptError naming file and field."""
     with open(path, "rb") as f:
         raw = f.read(_HEADER.size + 4)
         size = os.fstat(f.fileno()).st_size
@@ -257,7 +282,12 @@ def read_header(path: str, schema_hash: int, record_size: int, writer_id: int) -
         raise JournalCorruptError(f"journal segment {path}: offset=0 bad magic {magic!r}")
     if struct.unpack_from("<I", raw, _HEADER.size)[0] != zlib.crc32(raw[:_HEADER.size]):
         raise JournalCorruptError(f"journal segment {path}: offset=0 header checksum mismatch")
-    if ver != VERSION or hsize != HEADER_SIZE:
+    if ver != version:
+        raise JournalVersionError(
+            f"journal segment {path}: format version {ver}, this engine reads version {version} "
+            f"only (version 2 records carry client_id and request_id); convert it with "
+            f"`risk-engine journal-upgrade` (docs/DURABILITY.md, Journal format versions)")
+    if hsize != HEADER_SIZE:
         raise JournalCorruptError(f"journal segment {path}: version={ver} header_size={hsize} not supported")
     if shash != schema_hash:
         raise JournalCorruptError(f"journal segment {path}: schema_hash=0x{shash:016x} but the "
@@ -267,7 +297,7 @@ def read_header(path: str, schema_hash: int, record_size: int, writer_id: int) -
                                   f"expected record_size={record_size} writer_id={writer_id}")
     if size < HEADER_SIZE + cap * rsize:
         raise JournalCorruptError(f"journal segment {path}: file size {size} < header + capacity={cap} records")
-    return SegmentHeader(path, shash, rsize, wid, first, created, cap)
+    return SegmentHeader(path, shash, rsize, wid, first, created, cap, ver)
 
 
 def segment_name(writer_id: int, first_seq: int) -> str:
@@ -282,7 +312,7 @@ def pending_successor(last: SegmentHeader) -> SegmentHeader | None:
     path = os.path.join(os.path.dirname(last.path),
                         segment_name(last.writer_id, last.first_seq + last.capacity)) + ".tmp"
     try:
-        h = read_header(path, last.schema_hash, last.record_size, last.writer_id)
+        h = read_header(path, last.schema_hash, last.record_size, last.writer_id, last.version)
     except (OSError, JournalCorruptError):      # absent, or still being prepared (no header)
         return None
     return h if h.first_seq == last.first_seq + last.capacity else None

@@ -19,7 +19,8 @@ import numpy as np
 
 from engine.journal_format import (HEADER_SIZE, CorruptRecords, JournalCorruptError, JournalGapError,
                                    SegmentHeader, _count_valid, journal_dtype, list_segments,
-                                   list_writers, pending_successor, read_header, resume_after)
+                                   list_writers, pending_successor, read_header, resume_after,
+                                   VERSION)
 
 SKIP_HINT = ("recovery stopped and nothing was discarded; restore the file from a copy, or "
              "restart with --skip-corrupt-journal-records (journal.skip_corrupt_records: true) "
@@ -51,9 +52,11 @@ class JournalReader:
     """
 
     def __init__(self, directory: str, event_dtype: np.dtype, schema_hash: int, writer_id: int = 0,
-                 *, skip_corrupt: bool = False, floor_seq: int = 0, corrupt: list | None = None):
+                 *, skip_corrupt: bool = False, floor_seq: int = 0, corrupt: list | None = None,
+                 version: int = VERSION):
         self.directory = str(directory)
-        self.dtype = journal_dtype(event_dtype)
+        self.version = version                  # 1: the previous format (engine.journal_upgrade)
+        self.dtype = journal_dtype(event_dtype, version)
         self.schema_hash = int(schema_hash)
         self.writer_id = int(writer_id)
         self.skip_corrupt = skip_corrupt
@@ -65,7 +68,7 @@ class JournalReader:
     def segments(self) -> list[SegmentHeader]:
         out = []
         for first, path in list_segments(self.directory, self.writer_id):
-            h = read_header(path, self.schema_hash, self.dtype.itemsize, self.writer_id)
+            h = read_header(path, self.schema_hash, self.dtype.itemsize, self.writer_id, self.version)
             if h.first_seq != first:
                 raise JournalCorruptError(f"journal segment {path}: offset=0 header first_seq={h.first_seq} "
                                           f"differs from the file name")

@@ -73,12 +73,15 @@ def _padded(fields: list, multiple: int = 64) -> np.dtype:
 
 
 def request_slot_dtype(event_dtype: np.dtype) -> np.dtype:
-    """Request ring slot: routing token, arrival time, then the event record; 64 B multiple.
+    """Request ring slot: routing token, arrival time, the request's client_id and request_id,
+    then the event record; 64 B multiple.
 
     token: opaque to the worker, echoed in the response slot (the ingress encodes
-    pending-request index and event index in it).
+    pending-request index and event index in it). client_id and request_id: the request's
+    header ids, journaled with the event (``risk-engine explain --request``).
     """
-    return _padded([("token", np.uint64), ("arrival_ns", np.int64), ("event", event_dtype)])
+    return _padded([("token", np.uint64), ("arrival_ns", np.int64), ("client_id", np.uint64),
+                    ("request_id", np.uint64), ("event", event_dtype)])
 
 
 RESPONSE_SLOT_DTYPE = _padded([

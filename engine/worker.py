@@ -38,13 +38,15 @@ from shm.doorbell import EventfdDoorbell
 
 _HOLD = STALL_PHASES.index("hold")
 # JournalWriter.append_slots copies records word by word from the ring slots: a request slot
-# is (token, arrival_ns, event) as a journal record is (seq, arrival_ns, event), and a
-# response slot's score, generation, action and flags are laid out as the record's tail
+# is (token, arrival_ns, client_id, request_id, event) as a journal record is (seq, arrival_ns,
+# client_id, request_id, event), and a response slot's score, generation, action and flags are
+# laid out as the record's tail
 _ev = np.dtype([("x", np.uint64)])
-assert [request_slot_dtype(_ev).fields[f][1] for f in ("arrival_ns", "event")] == \
-    [journal_dtype(_ev).fields[f][1] for f in ("arrival_ns", "event")] == [8, 16]
+_SLOT_WORDS = ("arrival_ns", "client_id", "request_id", "event")
+assert [request_slot_dtype(_ev).fields[f][1] for f in _SLOT_WORDS] == \
+    [journal_dtype(_ev).fields[f][1] for f in _SLOT_WORDS] == [8, 16, 24, 32]
 assert [RESPONSE_SLOT_DTYPE.fields[f][1] - 8 for f in ("score", "generation", "action", "flags")] \
-    == [journal_dtype(_ev).fields[f][1] - 24 for f in ("score", "generation", "action", "flags")]
+    == [journal_dtype(_ev).fields[f][1] - 40 for f in ("score", "generation", "action", "flags")]
 
 
 class Active:

@@ -33,10 +33,11 @@ def first_bad_record(recs, n, rsize, checks):
 
 
 @njit(cache=True)
-def stage(recs, n, rsize, widx, w, ring_hdr, ring_u8, ring_cap, ev_off, token0, now):
+def stage(recs, n, rsize, widx, w, ring_hdr, ring_u8, ring_cap, ev_off, token0, now, cid, rid):
     """Write the records ``i`` of ``recs`` (n x rsize bytes) routed to worker ``w``
     (``widx[i] == w``; every record when ``widx`` is empty) into its request ring, token
-    ``token0 + i``, arrival ``now``, and publish them at once. Returns 1 if the worker
+    ``token0 + i``, arrival ``now``, the request's ids ``cid``, ``rid`` (int64 bit patterns),
+    and publish them at once. Returns 1 if the worker
     sleeps and is owed a doorbell, 0, or -1 when they do not fit (nothing written)."""
     m = n
     if widx.shape[0]:
@@ -51,8 +52,8 @@ def stage(recs, n, rsize, widx, w, ring_hdr, ring_u8, ring_cap, ev_off, token0, 
     for i in range(n):
         if widx.shape[0] and widx[i] != w:
             continue
-        FK.write_slot(ring_u8[(pos + j) & mask], np.uint64(token0 + i), now, recs, i * rsize,
-                      rsize, ev_off)
+        FK.write_slot(ring_u8[(pos + j) & mask], np.uint64(token0 + i), now, cid, rid, recs,
+                      i * rsize, rsize, ev_off)
         j += 1
     # _publish's release store keeps the slot stores above before the new position
     return RK._publish(ring_hdr, pos + m)

@@ -91,11 +91,15 @@ def values_ok(body, off, checks):
 
 
 @njit(cache=True, inline="always")
-def write_slot(slot, token, now, src, src_off, rsize, ev_off):
-    """One request slot: token, arrival stamp, the record's ``rsize`` bytes from
-    ``src[src_off:]`` at ``ev_off``, zeroed padding (the bytes a worker reads are all set)."""
+def write_slot(slot, token, now, cid, rid, src, src_off, rsize, ev_off):
+    """One request slot: token, arrival stamp, the request's client_id and request_id (the
+    worker journals them), the record's ``rsize`` bytes from ``src[src_off:]`` at ``ev_off``,
+    zeroed padding (the bytes a worker reads are all set). Offsets: ingress.router asserts
+    them against engine.types.request_slot_dtype."""
     _put(slot, 0, 8, token)
     _put(slot, 8, 8, now)
+    _put(slot, 16, 8, cid)
+    _put(slot, 24, 8, rid)
     for k in range(rsize):
         slot[ev_off + k] = src[src_off + k]
     for k in range(ev_off + rsize, slot.shape[0]):
@@ -143,7 +147,7 @@ def admit(body, hdr_off, rsize, checks, cid, rid, keyed, dd_index, dd_ent, dd_po
     meta[TOP] = top - 1
     meta[USED] += 1
     token = FAST_BIT | (np.uint64(seq) << np.uint64(ROW_BITS)) | np.uint64(row)
-    write_slot(ring_u8[pos & (ring_cap - 1)], token, now, body, hdr_off, rsize, ev_off)
+    write_slot(ring_u8[pos & (ring_cap - 1)], token, now, cid, rid, body, hdr_off, rsize, ev_off)
     owed = RK._publish(ring_hdr, pos + 1)
     r = ft[row]
     r[SEQ] = seq

@@ -37,7 +37,7 @@ from engine.topology import pin_self
 from engine.types import Action, DecisionFlag, ErrorCode, RESPONSE_SLOT_DTYPE, request_slot_dtype
 from ingress.codec import Codec, RulesetMeta, frame_kind, peek_request_id, split_envelope
 from ingress.conns import SERVICE_EVERY_NS, Connections, effective_cap, raise_nofile_limit
-from ingress.dedup import CONFLICT, IdempotencyWindow, records_hash
+from ingress.dedup import CONFLICT, IdempotencyWindow, i64_bits, records_hash
 from ingress.discard import FrameDiscarder
 from ingress.fastpath import FastPath
 from ingress import _fast_kernels as FK
@@ -165,7 +165,9 @@ class Router:
         epoch = (int(self.block.view("supervisor.ingress_restarts")[0]) + 1) % EPOCHS
         self.seq = (epoch << EPOCH_SHIFT) + 1
         self.rsize = cfg.schema.record_size
-        assert self.slot_dtype.fields["token"][1] == 0 and self.slot_dtype.fields["arrival_ns"][1] == 8
+        # the offsets ingress._fast_kernels.write_slot stores at
+        assert [self.slot_dtype.fields[f][1] for f in ("token", "arrival_ns", "client_id", "request_id")] \
+            == [0, 8, 16, 24]
         b = self.block
         self.c_requests = b.view("ingress.requests").reshape(2, N_CODES)
         self.c_decisions = b.view("ingress.decisions")
@@ -198,7 +200,7 @@ class Router:
         self.ring_args = [(fast.ring_hdr[w], fast.ring_u8[w], fast.ring_cap[w], fast.ev_off)
                           for w in range(self.n_workers)]
         self._stage = bind_entry(BK.stage, (u8, i64, i64, ty(self._no_widx), i64, ty(fast.ring_hdr[0]),
-                                            ty(fast.ring_u8[0]), i64, i64, i64, i64))
+                                            ty(fast.ring_u8[0]), i64, i64, i64, i64, i64, i64))
         resp_t = ty(fast.resp_u8[0])
         self.run_buf = np.zeros((max(r.response.capacity for r in self.rings), 3), np.int64)
         self._runs = bind_entry(BK.runs, (resp_t, i64, i64, ty(self.run_buf)))
@@ -510,9 +512,10 @@ class Router:
                                         f"its oldest queued event has waited {age / 1e6:.1f} ms")
         seq = self.seq
         self.seq += 1
+        cid, rid = i64_bits(req.client_id), i64_bits(req.request_id)   # journaled with the events
         for w, _ in groups:                        # records straight into the ring slots
             owed = self._stage(recs, n, self.rsize, widx, w, *self.ring_args[w],
-                               seq << EVENT_BITS, now_ns)
+                               seq << EVENT_BITS, now_ns, cid, rid)
             if owed > 0:
                 self.rings[w].request.doorbell_owed = True
         self.owed_since = self.owed_since or now_ns

@@ -29,7 +29,9 @@ import yaml
 from engine.admin import request as admin_request
 from engine.admin_log import read as read_admin_log
 from engine.config import load_config
-from engine.explain import ExplainError, Explainer, explain, trace
+from engine.explain import ExplainError, Explainer, explain
+from engine.explain_replay import parse_request_key
+from engine.explain_trace import trace
 from engine.journal import JournalWriter, iter_merged
 from rules.feature_model import FeatureModel
 from rules.reference import event_env
@@ -120,11 +122,23 @@ def _admin(eng, **req):
     assert rep.get("ok"), rep
 
 
-def _send(eng, schema, evs) -> None:
+def _send(eng, schema, evs, client_id: int, transport: str = "binary") -> list:
+    """Each event as its own request of ``client_id`` (request ids 1, 2, ...); their keys.
+    Binary one-event requests take the ingress's fast path, JSON ones the general path."""
     from ingress.client import Client
-    with Client(eng.endpoint, schema, timeout_ms=10_000, retries=0) as c:
+    with Client(eng.endpoint, schema, timeout_ms=10_000, retries=0, client_id=client_id,
+                transport=transport) as c:
         for i in range(len(evs)):                     # one at a time: see the module docstring
             c.evaluate_batch(evs[i:i + 1])
+    return [(client_id, i + 1) for i in range(len(evs))]
+
+
+def _send_batch(eng, schema, evs, client_id: int) -> tuple:
+    """All of ``evs`` as one request (request id 1): the ingress splits it across workers."""
+    from ingress.client import Client
+    with Client(eng.endpoint, schema, timeout_ms=10_000, retries=0, client_id=client_id) as c:
+        c.evaluate_batch(evs)
+    return client_id, 1
 
 
 def _norm(x):
@@ -178,19 +192,25 @@ def test_explain_is_exact_across_workers_admin_changes_and_a_sigkill(tmp_path):
     schema = load_config().schema
     rng = np.random.default_rng(11)
     evs = _events(rng, schema, EVENTS)
+    # the last 4 events are one request, decided by both workers at once: no key of a
+    # feature that is not sharded (card, device) may be shared between them
+    evs["account_id"][-4:] = [0, 1, 2, 3]
+    evs["card_id"][-4:] = evs["device_id"][-4:] = 1000 + np.arange(4)
     q = EVENTS // 4
+    keys = []                                         # (client_id, request_id) of each event
     eng = _engine(tmp_path, rules_path, list_path).start()
     try:
-        _send(eng, schema, evs[:q])
+        keys += _send(eng, schema, evs[:q], 11)
         _admin(eng, cmd="snapshot")
         _admin(eng, cmd="list-add", name="blocked_ips", values=["10.0.0.2", "10.0.0.3"])
         _admin(eng, cmd="set-state", name="account_state", key=3, state="HALTED")
-        _send(eng, schema, evs[q:2 * q])
+        keys += _send(eng, schema, evs[q:2 * q], 2**64 - 12, transport="json")
         _admin(eng, cmd="halt")
-        _send(eng, schema, evs[2 * q:2 * q + 10])
+        keys += _send(eng, schema, evs[2 * q:2 * q + 10], 0)    # client 0: never deduplicated,
         _admin(eng, cmd="resume")
         _admin(eng, cmd="snapshot")
-        _send(eng, schema, evs[2 * q + 10:3 * q])
+        keys += _send(eng, schema, evs[2 * q + 10:2 * q + 11], 0)   # so request id 1 twice
+        keys += _send(eng, schema, evs[2 * q + 11:3 * q], 13)
     finally:
         eng.kill()                                    # SIGKILL the whole engine between requests
     eng2 = _engine(tmp_path, rules_path, list_path, first=eng)
@@ -198,16 +218,19 @@ def test_explain_is_exact_across_workers_admin_changes_and_a_sigkill(tmp_path):
     jdir = eng.raw["journal"]["dir"]
     with eng2:
         assert "recovered feature state" in eng2.output()
-        _send(eng2, schema, evs[3 * q:3 * q + 20])
+        keys += _send(eng2, schema, evs[3 * q:3 * q + 20], 21)
         _admin(eng2, cmd="set-state", name="account_state", key=3, state="ACTIVE")
         _admin(eng2, cmd="snapshot")
-        _send(eng2, schema, evs[3 * q + 20:])
-        _check_admin_explain(eng2, cfg, jdir)
-    seqs = [(int(w), int(s)) for recs, wid in iter_merged(jdir, schema.dtype, schema.hash)
-            for w, s in zip(wid.tolist(), recs["seq"].tolist())]
+        keys += _send(eng2, schema, evs[3 * q + 20:-4], 22, transport="json")
+        batch_key = _send_batch(eng2, schema, evs[-4:], 23)
+        _check_admin_explain(eng2, cfg, jdir, batch_key)
+    merged = [(int(w), r) for recs, wid in iter_merged(jdir, schema.dtype, schema.hash)
+              for w, r in zip(wid.tolist(), recs)]
+    seqs = [(w, int(r["seq"])) for w, r in merged]
     assert len(seqs) == EVENTS and {w for w, _ in seqs} == {0, 1}
-    wanted = set(random.Random(3).sample(seqs, min(SAMPLES, len(seqs))))
     ex = Explainer(cfg, jdir)
+    _check_request_ids(ex, schema, evs, merged, keys, batch_key)
+    wanted = set(random.Random(3).sample(seqs, min(SAMPLES, len(seqs))))
     oracle = _recount(cfg, jdir, ex.rs, wanted)
     used_snapshot = 0
     for w, s in sorted(wanted):
@@ -227,7 +250,40 @@ def test_explain_is_exact_across_workers_admin_changes_and_a_sigkill(tmp_path):
     assert 2 in actions and len(actions) > 1          # unless_blocked updates both skipped and made
 
 
-def _check_admin_explain(eng, cfg, jdir):
+def _check_request_ids(ex, schema, evs, merged, keys, batch_key):
+    """Every journal record carries the (client_id, request_id) its request was sent with,
+    through the fast path (binary, one event), the general path (JSON, a batch) and a
+    recovery; ``explain --request`` finds the same events as by seq, and names both requests
+    of a client-0 request id that was sent twice."""
+    n = len(keys)                                     # the single-event requests, in send order
+    assert [(int(r["client_id"]), int(r["request_id"])) for _, r in merged[:n]] == keys
+    assert all(event_env(r["event"], schema) == event_env(evs[k], schema)
+               for k, (_, r) in enumerate(merged[:n]))
+    batch = [(w, int(r["seq"])) for w, r in merged[n:]]
+    assert {(int(r["client_id"]), int(r["request_id"])) for _, r in merged[n:]} == {batch_key}
+    assert len(batch) == 4 and {w for w, _ in batch} == {0, 1}   # split across both workers
+    for k in (3, len(evs) // 4 + 5, n - 1):             # fast path, JSON, after the restart
+        got = ex.explain_request(*keys[k])
+        (w, r), = [merged[k]]
+        assert [(e.writer, e.seq) for e in got.events] == [(w, int(r["seq"]))]
+        assert got.arrival_ns == int(r["arrival_ns"]) and got.agrees
+        if k == 3:                                    # the same explanation as by seq
+            assert got.events[0].to_dict() == ex.explain(int(r["seq"]), w).to_dict()
+    got = ex.explain_request(*batch_key)
+    assert [(e.writer, e.seq) for e in got.events] == sorted(batch) and got.agrees
+    assert sorted(e.event["card_id"] for e in got.events) == [1000, 1001, 1002, 1003]
+    twice = [(w, int(r["seq"])) for w, r in merged[:n] if (int(r["client_id"]), int(r["request_id"])) == (0, 1)]
+    assert len(twice) == 2
+    with pytest.raises(ExplainError) as e:
+        ex.explain_request(0, 1)
+    assert e.value.code == "REQUEST_AMBIGUOUS" and "client_id 0 is never deduplicated" in e.value.message
+    assert all(f"writer={w} seq={s}" in e.value.message for w, s in twice)
+    with pytest.raises(ExplainError) as e:
+        ex.explain_request(11, 10**6)
+    assert e.value.code == "REQUEST_NOT_IN_JOURNAL"
+
+
+def _check_admin_explain(eng, cfg, jdir, batch_key):
     """`admin explain` answers from the journal while the engine serves, as the command does;
     its arguments are validated like every admin request's."""
     last = {}
@@ -240,9 +296,23 @@ def _check_admin_explain(eng, cfg, jdir):
         got, want = rep["explanation"], explain(cfg, jdir, s, w).to_dict()
         assert got["agrees"] and got["recorded"] == want["recorded"]
         assert got["values"] == want["values"] and got["recorded_rules"] == want["recorded_rules"]
+    # request=: every event of the batch request, each as explained by seq
+    rep = admin_request(eng.admin_bind, {"cmd": "explain", "request": "%d:%d" % batch_key}, 600_000)
+    assert rep["ok"], rep
+    got = rep["request"]
+    assert (got["client_id"], got["request_id"]) == batch_key and got["agrees"]
+    assert len(got["events"]) == 4 and len({(e["writer"], e["seq"]) for e in got["events"]}) == 4
+    first = got["events"][0]
+    want = explain(cfg, jdir, first["seq"], first["writer"]).to_dict()
+    assert first["recorded"] == want["recorded"] and first["values"] == want["values"]
+    assert first["event"] == want["event"] and first["arrival_ns"] == got["arrival_ns"]
     for bad, code in (({"seq": 0}, "BAD_ARGUMENT"), ({"seq": "1"}, "BAD_ARGUMENT"),
                       ({"seq": True}, "BAD_ARGUMENT"), ({"seq": 1, "writer": 1.0}, "BAD_ARGUMENT"),
                       ({"seq": 1, "x": 1}, "BAD_ARGUMENT"), ({}, "BAD_ARGUMENT"),
+                      ({"request": "23"}, "BAD_ARGUMENT"), ({"request": 23}, "BAD_ARGUMENT"),
+                      ({"request": "23:-1"}, "BAD_ARGUMENT"), ({"request": f"1:{2**64}"}, "BAD_ARGUMENT"),
+                      ({"request": "23:1", "seq": 1}, "BAD_ARGUMENT"),
+                      ({"request": "23:1", "writer": 0}, "BAD_ARGUMENT"),
                       ({"seq": 10**9, "writer": 0}, "SEQ_NOT_IN_JOURNAL"),
                       ({"seq": 1}, "WRITER_REQUIRED")):
         rep = admin_request(eng.admin_bind, {"cmd": "explain", **bad}, 600_000)
@@ -254,19 +324,24 @@ def _check_admin_explain(eng, cfg, jdir):
 @pytest.fixture
 def small_journal(tmp_path):
     """A one-writer journal of 20 events of one account, decided by the default config's
-    kernel in order (as a worker would have), no snapshots."""
+    kernel in order (as a worker would have), no snapshots. Requests: client 77, request ids
+    101..120, except seq 11 and 12, one request (111) of two events, and seq 19 and 20, two
+    requests of client 0 with request id 5."""
     from rules import compile_ruleset
     from rules.features import feature_set_for
     cfg = load_config()
     ev = np.zeros(20, cfg.schema.dtype)
     ev["account_id"], ev["amount"], ev["currency"] = 5, 10.0, b"USD"
     arrival = 10**18 + np.arange(20, dtype=np.int64) * 1_000_000
+    arrival[11] = arrival[10]                         # one request's events share its arrival
+    cid, rid = np.full(20, 77, np.uint64), np.arange(101, 121, dtype=np.uint64)
+    rid[11], cid[18:], rid[18:] = 111, 0, 5
     rs = compile_ruleset(list(cfg.rules.files), cfg.schema, thresholds=cfg.rules.thresholds,
                          on_error=cfg.rules.on_error, features=feature_set_for(cfg))
     out = rs.evaluate(ev, arrival_ns=arrival)
     jdir = tmp_path / "journal"
     w = JournalWriter(str(jdir), cfg.schema.dtype, cfg.schema.hash, writer_id=0)
-    w.append_columns(ev, arrival, out["action"], out["flags"], out["score"], 1)
+    w.append_columns(ev, arrival, out["action"], out["flags"], out["score"], 1, cid, rid)
     w.close()
     return cfg, str(jdir)
 
@@ -291,6 +366,64 @@ def test_errors_have_stable_codes(small_journal, tmp_path):
                      np.zeros(1, np.uint8), np.zeros(1), 1)
     w.close()
     assert _code(lambda: explain(cfg, str(other), 1, snapshot_dir=None))[0] == "SCHEMA_MISMATCH"
+    ex = Explainer(cfg, jdir, snapshot_dir=None)
+    code, msg = _code(lambda: ex.explain_request(0, 5))
+    assert code == "REQUEST_AMBIGUOUS" and "writer=0 seq=19" in msg and "writer=0 seq=20" in msg
+    assert _code(lambda: ex.explain_request(77, 5))[0] == "REQUEST_NOT_IN_JOURNAL"
+    assert _code(lambda: ex.explain_request(78, 101))[0] == "REQUEST_NOT_IN_JOURNAL"
+    for bad in ("5", "a:1", "1:", ":1", "-1:2", f"1:{2**64}", "1:2:3", "\u0661:1"):
+        with pytest.raises(ValueError):
+            parse_request_key(bad)
+    assert parse_request_key(f"0:{2**64 - 1}") == (0, 2**64 - 1)
+
+
+def _write_v1(jdir: str, cfg, out) -> np.ndarray:
+    """The records of ``jdir`` as a version-1 engine wrote them (no client and request ids,
+    40 B + the event), in one segment of ``out`` with 10 free records; returns them."""
+    from engine.journal import JournalReader, checksum
+    from engine.journal_format import HEADER_SIZE, SegmentHeader, journal_dtype, segment_name
+    recs = JournalReader(jdir, cfg.schema.dtype, cfg.schema.hash, 0).read_all()
+    v1 = np.zeros(len(recs), journal_dtype(cfg.schema.dtype, version=1))
+    for f in v1.dtype.names:
+        v1[f] = recs[f]
+    v1["check"] = checksum(v1)
+    path = os.path.join(out, segment_name(0, 1))
+    h = SegmentHeader(path, cfg.schema.hash, v1.dtype.itemsize, 0, 1, 0, len(v1) + 10, version=1)
+    with open(path, "wb") as f:
+        f.write(h.pack().ljust(HEADER_SIZE, b"\0") + v1.tobytes() + bytes(10 * v1.dtype.itemsize))
+    return recs
+
+
+def test_a_journal_of_the_previous_format_is_refused_not_misread_then_converted(small_journal, tmp_path):
+    """Version 1 records had no client_id/request_id (16 bytes fewer): a version-1 journal
+    is refused by name (JOURNAL_VERSION) by explain, the reader and a reopening writer, never
+    read with the new layout nor taken for corruption; `journal-upgrade` converts it (same
+    seqs, ids 0) and the converted journal explains exactly."""
+    from engine.journal import JournalReader, JournalVersionError
+    from engine.journal_upgrade import upgrade
+    cfg, jdir = small_journal
+    old = tmp_path / "v1"
+    old.mkdir(mode=0o700)
+    recs = _write_v1(jdir, cfg, str(old))
+    code, msg = _code(lambda: explain(cfg, str(old), 3, snapshot_dir=None))
+    assert code == "JOURNAL_VERSION" and "format version 1" in msg and "journal-upgrade" in msg
+    assert _code(lambda: Explainer(cfg, str(old), snapshot_dir=None).explain_request(77, 103))[0] \
+        == "JOURNAL_VERSION"
+    with pytest.raises(JournalVersionError):
+        JournalReader(str(old), cfg.schema.dtype, cfg.schema.hash, 0).read_all()
+    with pytest.raises(JournalVersionError):
+        JournalWriter(str(old), cfg.schema.dtype, cfg.schema.hash, writer_id=0).close()
+    new = tmp_path / "v2"
+    rep = upgrade(str(old), str(new), cfg.schema.dtype, cfg.schema.hash)
+    assert rep.writers == {0: (1, 20, 20)} and rep.torn == []
+    got = JournalReader(str(new), cfg.schema.dtype, cfg.schema.hash, 0).read_all()
+    for f in ("seq", "arrival_ns", "event", "score", "generation", "action", "flags"):
+        assert (got[f] == recs[f]).all(), f            # (tobytes of a field view: padding undefined)
+    assert not got["client_id"].any() and not got["request_id"].any()
+    e = explain(cfg, str(new), 12, snapshot_dir=None)
+    assert e.agrees and e.values["txn_count_1m"] == 12
+    with pytest.raises(Exception, match="not empty"):             # never into a used directory
+        upgrade(str(old), str(new), cfg.schema.dtype, cfg.schema.hash)
 
 
 def test_a_corrupt_record_before_the_event_is_reported_not_skipped(small_journal):
@@ -338,7 +471,15 @@ def test_cli_text_json_and_request(small_journal, tmp_path):
     p = run("--seq", "4", "--no-snapshots", "--json")
     d = json.loads(p.stdout)
     assert d["agrees"] and d["values"]["txn_count_1m"] == 4 and d["seq"] == 4
-    p = run("--request", "1:2")
-    assert p.returncode == 2 and "REQUEST_NOT_JOURNALED" in p.stderr
+    p = run("--request", "77:111", "--json", "--no-snapshots")   # the request of seq 11 and 12
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout)
+    assert (r["client_id"], r["request_id"], r["agrees"]) == (77, 111, True)
+    assert [(e["writer"], e["seq"]) for e in r["events"]] == [(0, 11), (0, 12)]
+    assert r["events"][1]["values"] == explain(cfg, jdir, 12, snapshot_dir=None).to_dict()["values"]
+    p = run("--request", "0:5", "--no-snapshots")
+    assert p.returncode == 1 and "REQUEST_AMBIGUOUS" in p.stderr and "seq=20" in p.stderr
+    p = run("--request", "1:2", "--writer", "0")
+    assert p.returncode == 2 and "--writer goes with --seq" in p.stderr
     p = run("--seq", "99", "--no-snapshots")
     assert p.returncode == 1 and "SEQ_NOT_IN_JOURNAL" in p.stderr

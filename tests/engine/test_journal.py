@@ -1,6 +1,7 @@
 """Journal: round trips across segments, checksums against a reference, torn tails, corruption,
 schema mismatch, retention and fsync policies. Real files in a tmp dir."""
 import contextlib
+import math
 import os
 
 import numpy as np
@@ -383,7 +384,7 @@ def test_append_slots_writes_the_records_append_columns_writes(tmp_path_factory,
             wa.append_slots(req[k:].view(np.uint64), req.dtype.itemsize // 8,
                             resp[k:].view(np.uint64).reshape(n - k, -1), n - k)
         wb.append_columns(req["event"], req["arrival_ns"], resp["action"], resp["flags"],
-                          resp["score"], resp["generation"])
+                          resp["score"], resp["generation"], req["client_id"], req["request_id"])
     ra, rb = reader(a).read_all(), reader(b).read_all()
     assert len(ra) == n and ra.tobytes() == rb.tobytes()
 
@@ -614,13 +615,14 @@ def test_each_journal_page_reaches_the_disk_once(tmp_path):
     thread drives it, on this thread, where write_bytes counts what turns dirty."""
     from bench.journal import dirtied_bytes
     _skip_unless_dirtied_pages_are_counted(tmp_path)
-    seg = (1 << 20) // RS
+    per = 4096 // math.gcd(RS, 4096)      # records per append filling whole pages: a sync of a
+    seg = (1 << 20) // (per * RS) * per   # part-filled page writes it again with the next records
     with writer(tmp_path, seg_records=seg, fsync="interval_ms") as w:
         w.background = True
         before, n = dirtied_bytes(), 0
         while n < 6 * seg:                                    # six segments, five rotations
-            w.append_batch(batch(w, 64, n))
-            n += 64
+            w.append_batch(batch(w, per, n))
+            n += per
             w.publish_pending()                               # one JournalHousekeeper round
             assert w.sync_appended()
             w.housekeep(1 << 20)

@@ -41,18 +41,20 @@ def test_stage_writes_each_workers_records_in_order(n_workers):
     recs = records(n)
     widx = rng.integers(0, n_workers, n).astype(np.intp) if n_workers > 1 else np.zeros(0, np.intp)
     token0, now = 77 << BK.EVENT_BITS, 123_456_789
+    cid, rid = 2**64 - 3, 2**63 + 5                   # u64 ids above int64: their bit patterns
     for w in range(n_workers):
         hdr, slots = ring(64)
         hdr[L.PRODUCER_POSITION_WORD] = hdr[L.CONSUMER_POSITION_WORD] = \
             hdr[L.PRODUCER_CACHED_CONSUMER_WORD] = 50           # the claim wraps
         mine = [i for i in range(n) if not len(widx) or widx[i] == w]
         assert BK.stage(recs.view(np.uint8), n, SCHEMA.record_size, widx, w, hdr, slots, 64,
-                        EV_OFF, token0, now) in (0, 1)
+                        EV_OFF, token0, now, i64_bits(cid), i64_bits(rid)) in (0, 1)
         assert hdr[L.PRODUCER_POSITION_WORD] == 50 + len(mine)
         got = slots.view(SLOT_DT).reshape(-1)
         for j, i in enumerate(mine):
             s = got[(50 + j) % 64]
             assert (int(s["token"]), int(s["arrival_ns"])) == (token0 + i, now)
+            assert (int(s["client_id"]), int(s["request_id"])) == (cid, rid)
             assert s["event"].tobytes() == recs[i].tobytes()
             assert not slots[(50 + j) % 64, EV_OFF + SCHEMA.record_size:].any()   # padding zeroed
 
@@ -61,7 +63,7 @@ def test_stage_refuses_what_does_not_fit_and_writes_nothing():
     hdr, slots = ring(8)
     before = slots.copy()
     assert BK.stage(records(9).view(np.uint8), 9, SCHEMA.record_size, np.zeros(0, np.intp), 0,
-                    hdr, slots, 8, EV_OFF, 0, 1) == -1
+                    hdr, slots, 8, EV_OFF, 0, 1, 0, 0) == -1
     assert hdr[L.PRODUCER_POSITION_WORD] == 0 and np.array_equal(slots, before)
 
 
