@@ -23,6 +23,7 @@ from engine import config
 
 from engine.admin_request import (MAX_FILES, MAX_MESSAGE_CHARS, MAX_REQUEST_BYTES, NO_ARGS, PATH,
                                   AdminError, boolean, check_args, integer, list_of, parse_request)
+from engine.snapshot_coordinator import SnapshotError
 
 MAX_FRAMES = 3                   # identity, delimiter, body: anything longer is refused
 MAX_REQUESTS_PER_POLL = 64       # then the supervisor's loop runs again
@@ -71,10 +72,9 @@ def _reload(sup, args):
 
 
 def _snapshot(sup, args):
-    from engine.supervisor import StartupError
     try:
         return {"path": sup.snapshot()}
-    except (StartupError, OSError) as e:
+    except (SnapshotError, OSError) as e:
         raise AdminError("SNAPSHOT_FAILED", str(e)) from None
 
 

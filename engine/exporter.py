@@ -82,8 +82,10 @@ class EngineCollector:
     # --- the scrape ----------------------------------------------------------------------------
 
     def collect(self):
-        """The metric families; never while a snapshot holds the workers (Supervisor.hold_lock)."""
-        lock = getattr(self.sup, "hold_lock", None)
+        """The metric families; never while a snapshot holds the workers
+        (SnapshotCoordinator.hold_lock)."""
+        snapshots = self.sup.snapshots
+        lock = snapshots.hold_lock if snapshots is not None else None
         if lock is None:
             yield from self._collect()
             return

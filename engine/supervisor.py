@@ -10,23 +10,18 @@ WORKER_LOST).
 from __future__ import annotations
 
 import os
-import resource
 import signal
-from contextlib import contextmanager
 import subprocess
 import sys
-import threading
 import time
-
-import numpy as np
-from numba import njit
 
 from engine import procname, rundir
 from engine.config import Config
-from engine.control import Block, BlockLayout, EventLog
+from engine.control import Block, BlockLayout
 from engine.memplan import check_memory
 from engine.rings import EngineRings
 from engine.securedir import UnsafePathError, check_private_files, ensure_private_dir, write_private_file
+from engine.snapshot_coordinator import SnapshotCoordinator, SnapshotError
 from engine.topology import Topology, plan_workers, read_topology
 from shm.doorbell import EventfdDoorbell
 from shm.segment import Segment, reclaim_stale, unlink_owned
@@ -41,46 +36,6 @@ def standby_backoff_s(failures: int) -> float:
     """Wait before the next standby after ``failures`` in a row died by themselves:
     STANDBY_RESPAWN_S doubling per failure, at most STANDBY_BACKOFF_MAX_S."""
     return min(STANDBY_RESPAWN_S * 2 ** max(0, failures - 1), STANDBY_BACKOFF_MAX_S)
-
-
-@contextmanager
-def _realtime():
-    """SCHED_FIFO (priority 1) for this thread inside the block, when it may (root or
-    CAP_SYS_NICE); otherwise nothing changes. For the snapshot's hold: the workers wait for
-    one memory copy of the tables, and with the CPUs busy the copy competed with every other
-    thread, once stretching a 10 ms copy into a 136 ms hold that cost 100 TIMEOUTs
-    (docs/DURABILITY.md). It sleeps while it waits for the workers, so they are not starved."""
-    try:
-        old = os.sched_getscheduler(0), os.sched_getparam(0)
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
-    except OSError:
-        old = None
-    try:
-        yield
-    finally:
-        if old is not None:
-            os.sched_setscheduler(0, *old)
-
-
-@njit(cache=True)
-def _copy_tables(dst, src):
-    """Copy every feature array (a tuple of uint64 arrays) in one call that keeps the GIL:
-    np.copyto releases it for each array, and getting it back could wait for another thread
-    of this process (a metrics scrape) that the busy CPUs had preempted."""
-    for i in range(len(src)):
-        dst[i][:] = src[i]
-
-
-def _touch_pages(a: np.ndarray, write: bool) -> None:
-    """Fault in every page of a contiguous array in this process (read: map it; write:
-    allocate it). Arrays that are not contiguous are left alone."""
-    if not a.flags.c_contiguous or a.nbytes == 0:
-        return
-    b = a.reshape(-1).view(np.uint8)
-    if write:
-        b[::4096] = 0
-    else:
-        int(b[::4096].sum())
 
 
 class StartupError(RuntimeError):
@@ -117,16 +72,15 @@ class Supervisor:
         self.rings: list[EngineRings] = []
         self.exporter = None
         self.admin = None
-        self.hold_lock = threading.Lock()    # held while the workers are paused (paused_workers)
         self.collector = None
         self.features = None
-        self.last_snapshot = time.monotonic()
+        self.created_s = time.monotonic()   # the first snapshot is due snapshot.interval_s after it
         self.restarting: dict[int, tuple[int, int, int]] = {}   # worker -> (noticed, rebuilt, spawned) ns
         self.standby: subprocess.Popen | None = None     # a prepared spare worker (workers.standby)
         self.standby_due = 0.0                           # when to start the next one
         self.standby_failures = 0                        # standbys that died by themselves in a row
-        self._snap_bufs: dict = {}          # reused snapshot copy buffers (_snapshot_buffers)
         self.block = None
+        self.snapshots: SnapshotCoordinator | None = None  # made by start() with the control block
         self._recovery_counts = (0, 0)      # corrupt journal records, refused snapshots
         self._seq_floors: dict[int, int] = {}   # writer -> the recovered snapshot's seq
         self.reload_job = None              # an engine.reload.ReloadJob in flight
@@ -164,6 +118,7 @@ class Supervisor:
         self.doorbell = EventfdDoorbell.create()
         for w in range(n):
             self.rings.append(EngineRings.create(cfg, self.pid, w, self.doorbell))
+        self.snapshots = SnapshotCoordinator(cfg, self.block, self.rings, self.features, self.created_s)
         plan = {"instance": cfg.instance, "owner_pid": self.pid, "eventfd": self.doorbell.fileno(),
                 "control": self.control.name, "ingress_cpu": cfg.workers.ingress_cpu,
                 "workers": [{"cpu": p.cpu, "node": p.node,
@@ -264,106 +219,9 @@ class Supervisor:
                     cell = self.block.worker(w, "journal_seq")
                     cell[0] = max(int(cell[0]), seq)
 
-    @contextmanager
-    def paused_workers(self, timeout_s: float = 5.0):
-        """Hold every live worker between two batches (its journal synced, its last seq in
-        the control block) for the duration of the block. A metrics scrape (another thread
-        of this process) waits for the hold to end instead of competing with it for the GIL
-        (``hold_lock``): the workers' requests queue meanwhile."""
-        b = self.block
-        pause = b.view("supervisor.pause")
-        self.pause_epoch = getattr(self, "pause_epoch", 0) + 1
-        epoch = self.pause_epoch
-        n = len(self.placements)
-        self.hold_lock.acquire()
-        pause[0] = epoch
-        try:
-            for r in self.rings:
-                r.wake_worker()
-            t_end = time.monotonic() + timeout_s
-            alive = b.view("supervisor.worker_alive")
-            while any(alive[w] and b.worker(w, "paused")[0] != epoch for w in range(n)):
-                if time.monotonic() > t_end:
-                    raise StartupError(f"workers did not pause within {timeout_s} s")
-                time.sleep(0.0005)
-            yield
-        finally:
-            pause[0] = 0
-            self.hold_lock.release()
-
     def snapshot(self, timeout_s: float = 5.0) -> str:
-        """Pause every worker between two batches, copy the feature tables, resume, then
-        write the copy with each worker's journal seq (engine.snapshot). Returns the path.
-        The pause lasts one memory copy of the tables; the file write happens after."""
-        from engine.snapshot import SnapshotStore
-        d = self.cfg.durability
-        if not d.journal_enabled:
-            raise StartupError("snapshot: journal.enabled is false; a snapshot needs the journal")
-        b = self.block
-        n = len(self.placements)
-        fs = self.features.fs
-        arrays = self._snapshot_buffers(fs)
-        try:
-            dst = tuple(arrays[name] for name in fs.arg_names())
-            src = tuple(fs.arrays())
-            ru0 = resource.getrusage(resource.RUSAGE_THREAD)
-            t0 = time.monotonic_ns()
-            with _realtime(), self.paused_workers(timeout_s):
-                tp = time.monotonic_ns()
-                if src:                    # one compiled call: the GIL never changes hands
-                    _copy_tables(dst, src)
-                tc = time.monotonic_ns()
-                seqs = {w: int(b.worker(w, "journal_seq")[0]) for w in range(n)}
-            held = time.monotonic_ns() - t0
-            ru1 = resource.getrusage(resource.RUSAGE_THREAD)
-            b.view("supervisor.snapshot_pause_ns")[0] = held
-            mx = b.view("supervisor.snapshot_pause_max_ns")
-            mx[0] = max(int(mx[0]), held)
-        except StartupError as e:
-            b.view("supervisor.snapshot_errors")[0] += 1
-            raise StartupError(f"snapshot: {e}") from None
-        t1 = time.monotonic_ns()
-        self._fsync_journals()             # the journal up to `seqs` is durable before the
-        t2 = time.monotonic_ns()
-        store = SnapshotStore(d.snapshot_dir.replace("{instance}", self.cfg.instance), keep=d.snapshot_keep)
-        path = store.write(arrays, seqs, generation=self.generation)   # snapshot that names it
-        b.view("supervisor.snapshots")[0] += 1
-        # wall time at the end; hold, journal fsync and file write durations (ns); how often
-        # this thread was preempted, and how often it waited (GIL, sleeps), during the hold;
-        # the hold's two parts: waiting for the workers to pause, and the copy (ns)
-        EventLog(b.view("supervisor.snapshot_log")).add(
-            held, t2 - t1, time.monotonic_ns() - t2, ru1.ru_nivcsw - ru0.ru_nivcsw,
-            ru1.ru_nvcsw - ru0.ru_nvcsw, tp - t0, tc - tp)
-        for w in range(n):
-            b.worker(w, "retain_seq")[0] = store.oldest_journal_seq(w)
-        self.last_snapshot = time.monotonic()
-        return path
-
-    def _snapshot_buffers(self, fs) -> dict:
-        """One reusable copy buffer per feature table, its pages (and this process's mapping
-        of the table) faulted in BEFORE the workers are held: a fresh 70 MiB copy faulted
-        about 36k pages inside the pause, long enough to miss 50 ms deadlines."""
-        bufs = self._snap_bufs
-        for name, a in zip(fs.arg_names(), fs.arrays()):
-            buf = bufs.get(name)
-            if buf is None or buf.shape != a.shape or buf.dtype != a.dtype:
-                buf = bufs[name] = np.empty_like(a)
-                _touch_pages(buf, write=True)
-            _touch_pages(a, write=False)
-        tiny = tuple(np.zeros(1, a.dtype) for a in fs.arrays())
-        if tiny:                            # the copy kernel compiled (or loaded from the
-            _copy_tables(tiny, tiny)        # cache) here, not inside the hold
-        return bufs
-
-    def _fsync_journals(self) -> None:
-        """fsync every worker's newest journal records (shared file mappings: an fsync from
-        this process writes back the pages the workers dirtied), an unpublished successor
-        segment included. Older segments were synced before their successor was published."""
-        from engine.journal import journal_dtype, list_writers, sync_tail
-        jdir = self.cfg.durability.journal_dir.replace("{instance}", self.cfg.instance)
-        rs = journal_dtype(self.cfg.schema.dtype).itemsize
-        for w in list_writers(jdir):
-            sync_tail(jdir, w, self.cfg.schema.hash, rs)
+        """A snapshot of the feature tables now (engine.snapshot_coordinator); its path."""
+        return self.snapshots.snapshot(self.generation, timeout_s)
 
     def rebuild_features(self) -> None:
         """After a worker died: its kernel may have updated tables for events it never
@@ -373,7 +231,7 @@ class Supervisor:
         if self.features is None or self.features.empty or not self.cfg.durability.journal_enabled:
             return
         from engine.recovery_state import recover_features
-        with self.paused_workers():
+        with self.snapshots.paused_workers():
             self.features.reinit()
             done = recover_features(self.cfg, self.features, self.ruleset)
         if done:
@@ -539,12 +397,11 @@ class Supervisor:
             self._keep_standby()
             self._poll_reload()
             self.admin.poll(20)
-            d = self.cfg.durability
-            if d.journal_enabled and time.monotonic() - self.last_snapshot > d.snapshot_interval_s:
+            if self.snapshots.due():
                 try:
                     self.snapshot()
-                except (StartupError, OSError) as e:
-                    self.last_snapshot = time.monotonic()
+                except (SnapshotError, OSError) as e:
+                    self.snapshots.postpone()
                     self.log(f"risk-engine: snapshot failed: {e}")
 
     def _reap(self) -> None:

@@ -27,6 +27,7 @@ from engine import gcstats, procname, rundir
 from engine.control import (BLOCKS_EVERY_NS, KERNEL_BOUNDS_NS, LATENCY_BOUNDS_NS,
                             STALL_NS, STALL_PHASES, Block, EventLog, observe)
 from engine.rings import EngineRings
+from engine.snapshot_coordinator import hold_for_snapshot
 from engine.topology import pin_self
 from engine.journal_format import RETRY_NS, journal_dtype
 from engine.types import (ACTION_NAMES, FIRED_PER_SLOT, FIRED_SLOT_DTYPE, MAX_FIRED, RESPONSE_SLOT_DTYPE,
@@ -35,8 +36,6 @@ from rules.kernel_helpers import any_above
 from shm.ring import bind_entry
 from shm.doorbell import EventfdDoorbell
 
-
-_HOLD = STALL_PHASES.index("hold")
 # JournalWriter.append_slots copies records word by word from the ring slots: a request slot
 # is (token, arrival_ns, event) as a journal record is (seq, arrival_ns, event), and a
 # response slot's score, generation, action and flags are laid out as the record's tail
@@ -216,32 +215,6 @@ class StallRecorder:
     def add(self, phase: int, d: int, n: int) -> None:
         self.counts[phase] += 1
         self.log.add(phase, d, n, self.idle.last_wake)
-
-
-def hold_for_snapshot(block: Block, index: int, journal, stalls: StallRecorder) -> None:
-    """Snapshot protocol, worker side: publish the journal's last seq, say "paused", and wait
-    until the supervisor has copied the tables. The copy then equals the state after exactly
-    those journal records (docs/DURABILITY.md). The journal is made durable by the supervisor
-    after the workers resume, before the snapshot file is written: the pause lasts one
-    memory copy, not a disk flush."""
-    pause = block.view("supervisor.pause")
-    stop = block.view("supervisor.stop")
-    paused = block.worker(index, "paused")
-    epoch = int(pause[0])
-    if not epoch or paused[0] == epoch:
-        return
-    if journal is not None:             # durable later: the supervisor fsyncs the segments
-        block.worker(index, "journal_seq")[0] = journal.last_seq   # before writing the snapshot
-    paused[0] = epoch                   # the supervisor copies the tables after this store
-    t0 = time.monotonic_ns()
-    while pause[0] == epoch and stop[0] < 2:
-        time.sleep(0.0002)
-    held = time.monotonic_ns() - t0
-    if held > STALL_NS:
-        stalls.add(_HOLD, held, 0)
-    retain = int(block.worker(index, "retain_seq")[0])
-    if journal is not None and retain:
-        journal.set_snapshot_seq(retain)   # retention never deletes what a snapshot needs
 
 
 def serve_journaled_tail(rings: EngineRings, journal, proc: "BatchProcessor") -> int:
