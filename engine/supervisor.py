@@ -22,20 +22,12 @@ from engine.memplan import check_memory
 from engine.rings import EngineRings
 from engine.securedir import UnsafePathError, check_private_files, ensure_private_dir, write_private_file
 from engine.snapshot_coordinator import SnapshotCoordinator, SnapshotError
+from engine.standby import STOP_GRACE_S, StandbyPool
 from engine.topology import Topology, plan_workers, read_topology
 from shm.doorbell import EventfdDoorbell
 from shm.segment import Segment, reclaim_stale, unlink_owned
 
-STANDBY_RESPAWN_S = 2.0      # after a standby took over a worker, wait this long for the next
-STANDBY_BACKOFF_MAX_S = 300.0  # the longest wait after standbys kept dying by themselves
 READY_TIMEOUT_S = 120        # cold kernel compile of a big ruleset on a busy 2-core machine
-STOP_GRACE_S = 10
-
-
-def standby_backoff_s(failures: int) -> float:
-    """Wait before the next standby after ``failures`` in a row died by themselves:
-    STANDBY_RESPAWN_S doubling per failure, at most STANDBY_BACKOFF_MAX_S."""
-    return min(STANDBY_RESPAWN_S * 2 ** max(0, failures - 1), STANDBY_BACKOFF_MAX_S)
 
 
 class StartupError(RuntimeError):
@@ -76,11 +68,10 @@ class Supervisor:
         self.features = None
         self.created_s = time.monotonic()   # the first snapshot is due snapshot.interval_s after it
         self.restarting: dict[int, tuple[int, int, int]] = {}   # worker -> (noticed, rebuilt, spawned) ns
-        self.standby: subprocess.Popen | None = None     # a prepared spare worker (workers.standby)
-        self.standby_due = 0.0                           # when to start the next one
-        self.standby_failures = 0                        # standbys that died by themselves in a row
         self.block = None
-        self.snapshots: SnapshotCoordinator | None = None  # made by start() with the control block
+        # the parts below need the control block: made by start() once it exists
+        self.snapshots: SnapshotCoordinator | None = None  # snapshots and the workers' pause
+        self.standbys: StandbyPool | None = None           # the spare worker (workers.standby)
         self._recovery_counts = (0, 0)      # corrupt journal records, refused snapshots
         self._seq_floors: dict[int, int] = {}   # writer -> the recovered snapshot's seq
         self.reload_job = None              # an engine.reload.ReloadJob in flight
@@ -119,6 +110,8 @@ class Supervisor:
         for w in range(n):
             self.rings.append(EngineRings.create(cfg, self.pid, w, self.doorbell))
         self.snapshots = SnapshotCoordinator(cfg, self.block, self.rings, self.features, self.created_s)
+        self.standbys = StandbyPool(cfg.workers.standby, self.block,
+                                    lambda args, **kw: self._spawn(None, args, **kw), self.log)
         plan = {"instance": cfg.instance, "owner_pid": self.pid, "eventfd": self.doorbell.fileno(),
                 "control": self.control.name, "ingress_cpu": cfg.workers.ingress_cpu,
                 "workers": [{"cpu": p.cpu, "node": p.node,
@@ -132,7 +125,7 @@ class Supervisor:
             self._spawn_worker(w)
         self._spawn_ingress()
         if cfg.workers.standby:
-            self._spawn_standby()
+            self.standbys.start()
         self._wait_ready()
         from engine.admin import AdminServer
         from engine.exporter import EngineCollector, Exporter
@@ -276,73 +269,13 @@ class Supervisor:
             self.children[role] = p
         return p
 
-    def _spawn_standby(self) -> None:
-        """A spare worker that imports, attaches and loads the kernel now, so that a worker
-        restart costs only its index-specific part (engine.worker.standby)."""
-        self.standby = self._spawn(None, ["engine.worker", "--standby"], stdin=subprocess.PIPE, text=True)
-
-    def _standby_ready(self) -> bool:
-        sb = self.standby
-        return sb is not None and sb.poll() is None and \
-            int(self.block.view("supervisor.standby_pid")[0]) == sb.pid
-
-    def _take_standby(self, w: int) -> subprocess.Popen | None:
-        """Hand worker index ``w`` to the prepared standby; None when there is none ready."""
-        if not self._standby_ready():
-            return None
-        sb, self.standby = self.standby, None
-        self.block.view("supervisor.standby_pid")[0] = 0
-        self.standby_due = time.monotonic() + STANDBY_RESPAWN_S
-        try:
-            sb.stdin.write(f"{w}\n")
-            sb.stdin.close()
-        except OSError:                    # it died just now: start a worker the slow way
-            return None
-        return sb
-
-    def _retire_standby(self) -> None:
-        """After a reload (its kernel is stale) and at shutdown. A ready standby reads EOF on
-        its stdin and exits; one still loading is killed rather than waited for (it writes
-        nothing shared; the supervisor's loop must not block on it). The next one starts
-        STANDBY_RESPAWN_S later."""
-        ready = self._standby_ready()
-        sb, self.standby = self.standby, None
-        self.block.view("supervisor.standby_pid")[0] = 0
-        self.standby_due = time.monotonic() + STANDBY_RESPAWN_S
-        if sb is None:
-            return
-        try:
-            sb.stdin.close()
-            if ready:
-                sb.wait(STOP_GRACE_S)
-        except (OSError, subprocess.TimeoutExpired):
-            pass
-        if sb.poll() is None:
-            sb.kill()
-        sb.wait()
-
-    def _keep_standby(self) -> None:
-        """Start a standby when there is none (used, retired, or died), not sooner than
-        STANDBY_RESPAWN_S after the last was used: its start-up would compete for the CPU
-        with the worker that just took over. One that dies by itself is replaced after
-        standby_backoff_s(its failures in a row): a start-up that keeps failing costs about
-        a second of CPU each time, and must not run in a loop."""
-        if not self.cfg.workers.standby:
-            return
-        now = time.monotonic()
-        if self.standby is not None and self.standby.poll() is not None:
-            self.standby_failures += 1
-            self.standby_due = now + standby_backoff_s(self.standby_failures)
-            self.log(f"risk-engine: standby worker (pid {self.standby.pid}) exited with code "
-                     f"{self.standby.returncode}; another in {self.standby_due - now:.0f} s")
-            self.standby = None
-        elif self._standby_ready():
-            self.standby_failures = 0
-        if self.standby is None and now >= self.standby_due:
-            self._spawn_standby()
+    def _after_reload(self) -> None:
+        """A standby's kernel is the old generation's: replace it."""
+        if self.standbys.process is not None:
+            self.standbys.retire()
 
     def _spawn_worker(self, w: int) -> None:
-        p = self._take_standby(w)
+        p = self.standbys.take(w)
         if p is not None:
             self.children[f"worker {w}"] = p
         else:
@@ -365,17 +298,18 @@ class Supervisor:
             if dead:
                 raise StartupError(f"{dead[0]} exited with code {self.children[dead[0]].returncode} "
                                    f"during start-up")
-            if self.standby is not None and self.standby.poll() is not None:
-                raise StartupError(f"standby worker exited with code {self.standby.returncode} "
+            sb = self.standbys.process
+            if sb is not None and sb.poll() is not None:
+                raise StartupError(f"standby worker exited with code {sb.returncode} "
                                    f"during start-up")
             if all(g[0] == self.generation for g in gens) and accepting[0] and \
-                    (self.standby is None or self._standby_ready()):
+                    (sb is None or self.standbys.ready()):
                 return
             time.sleep(0.02)
         waiting = [f"worker {w}" for w, g in enumerate(gens) if g[0] != self.generation]
         if not accepting[0]:
             waiting.append("ingress")
-        if self.standby is not None and not self._standby_ready():
+        if self.standbys.process is not None and not self.standbys.ready():
             waiting.append("standby worker")
         raise StartupError(f"engine not ready after {READY_TIMEOUT_S} s; still starting: {', '.join(waiting)}")
 
@@ -394,7 +328,7 @@ class Supervisor:
                     return self.shutdown()
             self._reap()
             self._note_restarted()
-            self._keep_standby()
+            self.standbys.keep()
             self._poll_reload()
             self.admin.poll(20)
             if self.snapshots.due():
@@ -502,8 +436,7 @@ class Supervisor:
                 self.collector.fold_generation(self.generation - 1)
             self._publish_generation(spec)
             self.ruleset = rs
-            if self.standby is not None:        # its kernel is the old generation's: replace it
-                self._retire_standby()
+            self._after_reload()
             outcome = f"generation {self.generation} = {spec['label']}"
             self.log(f"risk-engine: {outcome}")
         for cb in job.callbacks:
@@ -522,7 +455,8 @@ class Supervisor:
                 cpu = self.cfg.workers.ingress_cpu
                 node = self.topology.node(cpu)
             rows.append({"role": role, "pid": p.pid, "cpu": cpu, "node": node})
-        sb, sidecar = self.standby, self.sidecar
+        sb = self.standbys.process if self.standbys is not None else None
+        sidecar = self.sidecar
         if sb is not None and sb.poll() is None:
             rows.append({"role": "standby", "pid": sb.pid, "cpu": -1, "node": -1})
         if sidecar is not None and sidecar.alive():
@@ -540,7 +474,7 @@ class Supervisor:
     # --- stop ---------------------------------------------------------------------------------
 
     def shutdown(self) -> int:
-        self._retire_standby()
+        self.standbys.retire()
         stop = self.block.view("supervisor.stop")
         stop[0] = 1
         ing = self.children.get("ingress")
@@ -568,10 +502,12 @@ class Supervisor:
         if self.reload_job is not None:
             self.reload_job.kill()
             self.reload_job = None
-        for p in [*self.children.values(), *([self.standby] if self.standby else [])]:
+        for p in self.children.values():
             if p.poll() is None:
                 p.kill()
                 p.wait()
+        if self.standbys is not None:
+            self.standbys.kill()
         for res in (self.sidecar, self.exporter, self.admin):
             if res is not None:
                 (res.stop if res is self.sidecar else res.close)()
