@@ -32,9 +32,10 @@ __all__ = ["AdminError", "AdminServer", "request"]
 
 
 def _status(sup, args):
-    return {"processes": sup.status(), "generation": sup.generation,
-            "ruleset": sup.generations[sup.generation]["label"],
-            "reloading": sup.reload_job is not None}
+    rulesets = sup.rulesets
+    return {"processes": sup.status(), "generation": rulesets.generation,
+            "ruleset": rulesets.specs[rulesets.generation]["label"],
+            "reloading": rulesets.job is not None}
 
 
 def _stats(sup, args):
@@ -68,7 +69,7 @@ def _reload(sup, args):
             raise AdminError("BAD_ARGUMENT", "files: at least one path")
         roots = rule_roots(sup)
         files = tuple(allowed_file(f, roots, f"files[{i}]") for i, f in enumerate(files))
-    return _Deferred(lambda done: sup.reload(files, previous=previous, on_done=done))
+    return _Deferred(lambda done: sup.rulesets.reload(files, previous=previous, on_done=done))
 
 
 def _snapshot(sup, args):
@@ -127,7 +128,7 @@ def _reload_reply(sup, outcome: str) -> dict:
     if outcome.startswith("reload refused"):
         busy = "in progress" in outcome
         return _error("RELOAD_BUSY" if busy else "RULESET_REFUSED", outcome)
-    return {"ok": True, "outcome": outcome, "generation": sup.generation}
+    return {"ok": True, "outcome": outcome, "generation": sup.rulesets.generation}
 
 
 class AdminServer:

@@ -19,6 +19,7 @@ from engine import procname, rundir
 from engine.config import Config
 from engine.control import Block, BlockLayout
 from engine.memplan import check_memory
+from engine.reload import Rulesets, ruleset_spec
 from engine.rings import EngineRings
 from engine.securedir import UnsafePathError, check_private_files, ensure_private_dir, write_private_file
 from engine.snapshot_coordinator import SnapshotCoordinator, SnapshotError
@@ -34,18 +35,6 @@ class StartupError(RuntimeError):
     """The engine cannot start; the message says why (exit code 2)."""
 
 
-def ruleset_spec(cfg: Config, files: tuple[str, ...], features=None) -> tuple[dict, object]:
-    """Compile (validates, fills the kernel cache) -> (generation spec, ruleset). Raises
-    rules.RulesetError on a bad ruleset."""
-    from rules import compile_ruleset
-    rs = compile_ruleset(list(files), cfg.schema, thresholds=cfg.rules.thresholds,
-                         on_error=cfg.rules.on_error, features=features)
-    spec = {"files": list(files), "thresholds": [list(t) for t in cfg.rules.thresholds],
-            "on_error": cfg.rules.on_error, "label": rs.label, "rule_ids": list(rs.rule_ids),
-            "modes": list(rs.modes), "source_hash": rs.source_hash}
-    return spec, rs
-
-
 class Supervisor:
     def __init__(self, cfg: Config, topology: Topology | None = None, log=print, ebpf: bool = False):
         self.cfg = cfg
@@ -59,8 +48,6 @@ class Supervisor:
         self.topology = topology or read_topology()
         self.children: dict[str, subprocess.Popen] = {}
         self.signals: list[int] = []
-        self.generation = 0
-        self.generations: dict[int, dict] = {}
         self.rings: list[EngineRings] = []
         self.exporter = None
         self.admin = None
@@ -70,11 +57,11 @@ class Supervisor:
         self.restarting: dict[int, tuple[int, int, int]] = {}   # worker -> (noticed, rebuilt, spawned) ns
         self.block = None
         # the parts below need the control block: made by start() once it exists
+        self.rulesets: Rulesets | None = None              # generations and the reload in flight
         self.snapshots: SnapshotCoordinator | None = None  # snapshots and the workers' pause
         self.standbys: StandbyPool | None = None           # the spare worker (workers.standby)
         self._recovery_counts = (0, 0)      # corrupt journal records, refused snapshots
         self._seq_floors: dict[int, int] = {}   # writer -> the recovered snapshot's seq
-        self.reload_job = None              # an engine.reload.ReloadJob in flight
         self.started_ns = 0                 # CLOCK_MONOTONIC (arrival_ns' clock) when this run began
 
     # --- start --------------------------------------------------------------------------------
@@ -99,7 +86,6 @@ class Supervisor:
         from engine.featurestore import FeatureStore
         self.features = FeatureStore(cfg, self.pid, create=True)
         spec, rs = ruleset_spec(cfg, cfg.rules.files, self.features.fs)   # refuse a bad ruleset
-        self.ruleset = rs
         if not self.features.empty:
             self.log("risk-engine: feature tables in shared memory:\n" + self.features.fs.memory_report())
             self._recover_state(rs)
@@ -109,6 +95,8 @@ class Supervisor:
         self.doorbell = EventfdDoorbell.create()
         for w in range(n):
             self.rings.append(EngineRings.create(cfg, self.pid, w, self.doorbell))
+        self.rulesets = Rulesets(cfg, self.run_dir, self.block, self.features, self.log,
+                                 before_publish=self._fold_counters, after_reload=self._after_reload)
         self.snapshots = SnapshotCoordinator(cfg, self.block, self.rings, self.features, self.created_s)
         self.standbys = StandbyPool(cfg.workers.standby, self.block,
                                     lambda args, **kw: self._spawn(None, args, **kw), self.log)
@@ -119,7 +107,7 @@ class Supervisor:
         rundir.write_config(self.run_dir, cfg)
         rundir.write_json(self.run_dir, "plan.json", plan)
         self.started_ns = time.monotonic_ns()   # records arriving after it are this run's (explain)
-        self._publish_generation(spec)
+        self.rulesets.publish(spec, rs)
         write_private_file(self.run_dir / "supervisor.pid", str(self.pid).encode())
         for w in range(n):
             self._spawn_worker(w)
@@ -214,7 +202,7 @@ class Supervisor:
 
     def snapshot(self, timeout_s: float = 5.0) -> str:
         """A snapshot of the feature tables now (engine.snapshot_coordinator); its path."""
-        return self.snapshots.snapshot(self.generation, timeout_s)
+        return self.snapshots.snapshot(self.rulesets.generation, timeout_s)
 
     def rebuild_features(self) -> None:
         """After a worker died: its kernel may have updated tables for events it never
@@ -226,7 +214,7 @@ class Supervisor:
         from engine.recovery_state import recover_features
         with self.snapshots.paused_workers():
             self.features.reinit()
-            done = recover_features(self.cfg, self.features, self.ruleset)
+            done = recover_features(self.cfg, self.features, self.rulesets.ruleset)
         if done:
             self._report_recovery(done, "worker crash: ")
         else:
@@ -255,13 +243,6 @@ class Supervisor:
     def ebpf_enabled(self) -> int:
         return int(self.sidecar is not None and self.sidecar.alive())
 
-    def _publish_generation(self, spec: dict) -> None:
-        g = self.generation + 1
-        rundir.write_generation(self.run_dir, g, spec)
-        self.generations[g] = spec
-        self.generation = g
-        self.block.view("supervisor.generation")[0] = g     # workers poll it between batches
-
     def _spawn(self, role: str | None, args: list[str], **kw) -> subprocess.Popen:
         p = subprocess.Popen([sys.executable, "-m", *args, "--run-dir", str(self.run_dir)],
                              pass_fds=(self.doorbell.fileno(),), **kw)
@@ -273,6 +254,11 @@ class Supervisor:
         """A standby's kernel is the old generation's: replace it."""
         if self.standbys.process is not None:
             self.standbys.retire()
+
+    def _fold_counters(self, generation: int) -> None:
+        """Before a reload publishes: generation's counter row is about to be reused."""
+        if self.collector is not None:
+            self.collector.fold_generation(generation)
 
     def _spawn_worker(self, w: int) -> None:
         p = self.standbys.take(w)
@@ -302,11 +288,11 @@ class Supervisor:
             if sb is not None and sb.poll() is not None:
                 raise StartupError(f"standby worker exited with code {sb.returncode} "
                                    f"during start-up")
-            if all(g[0] == self.generation for g in gens) and accepting[0] and \
+            if all(g[0] == self.rulesets.generation for g in gens) and accepting[0] and \
                     (sb is None or self.standbys.ready()):
                 return
             time.sleep(0.02)
-        waiting = [f"worker {w}" for w, g in enumerate(gens) if g[0] != self.generation]
+        waiting = [f"worker {w}" for w, g in enumerate(gens) if g[0] != self.rulesets.generation]
         if not accepting[0]:
             waiting.append("ingress")
         if self.standbys.process is not None and not self.standbys.ready():
@@ -323,13 +309,13 @@ class Supervisor:
             while self.signals:
                 sig = self.signals.pop(0)
                 if sig == signal.SIGHUP:
-                    self._reload_request()
+                    self.rulesets.request_from_file()
                 else:
                     return self.shutdown()
             self._reap()
             self._note_restarted()
             self.standbys.keep()
-            self._poll_reload()
+            self.rulesets.poll()
             self.admin.poll(20)
             if self.snapshots.due():
                 try:
@@ -375,73 +361,6 @@ class Supervisor:
                      f"its death was noticed (feature rebuild {(rebuilt - noticed) / 1e6:.0f} ms, "
                      f"process start {(beat - spawned) / 1e6:.0f} ms)")
 
-    def _reload_request(self) -> None:
-        """SIGHUP: `risk-engine reload` may have left a request file with files / previous."""
-        req = {}
-        try:
-            req = rundir.read_json(self.run_dir, "reload.request")
-            (self.run_dir / "reload.request").unlink()
-        except (OSError, ValueError):
-            pass
-        if not isinstance(req, dict):
-            req = {}
-        files = req.get("files")
-        if not (isinstance(files, list) and files and all(isinstance(f, str) for f in files)):
-            files = None
-        refused = self.reload(tuple(files) if files else None, previous=req.get("previous") is True)
-        if refused:
-            self.log(f"risk-engine: {refused}")
-
-    def reload(self, files: tuple[str, ...] | None = None, previous: bool = False, on_done=None) -> str | None:
-        """Start a reload (engine.reload: parsed and compiled in a child process, never on
-        this loop). Returns a refusal at once, or None: the outcome goes to the log and to
-        ``on_done(outcome)`` when it is known (run()). A refused ruleset keeps the old one
-        serving."""
-        if self.reload_job is not None:
-            return "reload refused: another reload is in progress"
-        if previous:
-            older = sorted(g for g in self.generations if g < self.generation)
-            if not older:
-                return "reload refused: no previous generation"
-            files = tuple(self.generations[older[-1]]["files"])
-        files = files or tuple(self.generations[self.generation]["files"])
-        from engine.reload import ReloadJob
-        try:
-            self.reload_job = ReloadJob(self, files)
-        except OSError as e:
-            return f"reload refused: cannot start the reload process: {e}"
-        if on_done is not None:
-            self.reload_job.callbacks.append(on_done)
-        return None
-
-    def _poll_reload(self) -> None:
-        job = self.reload_job
-        if job is None:
-            return
-        try:
-            res = job.poll()
-        except Exception as e:                 # noqa: BLE001 - a refusal, never the loop's end
-            job.kill()
-            res = f"reload failed: {type(e).__name__}: {e}"
-        if res is None:
-            return
-        self.reload_job = None
-        if isinstance(res, str):
-            self.block.view("supervisor.reload_errors")[0] += 1
-            self.log(f"risk-engine: reload refused, generation {self.generation} keeps serving:\n{res}")
-            outcome = f"reload refused: {res}"
-        else:
-            spec, rs = res
-            if self.collector is not None:     # fold the counter row generation g+1 will reuse
-                self.collector.fold_generation(self.generation - 1)
-            self._publish_generation(spec)
-            self.ruleset = rs
-            self._after_reload()
-            outcome = f"generation {self.generation} = {spec['label']}"
-            self.log(f"risk-engine: {outcome}")
-        for cb in job.callbacks:
-            cb(outcome)
-
     def status(self) -> list[dict]:
         """Every engine process. Also called by a metrics scrape on the exporter's thread while
         the loop replaces children and the standby: it reads each once, into a local."""
@@ -468,7 +387,7 @@ class Supervisor:
             "instance": self.cfg.instance, "bind": self.cfg.ingress.bind,
             "metrics": self.cfg.metrics.bind if self.cfg.metrics.enabled else None,
             "admin": self.admin.bind if self.admin else None,
-            "generation": self.generation, "processes": self.status(),
+            "generation": self.rulesets.generation, "processes": self.status(),
             "rings": [r.names() for r in self.rings]})
 
     # --- stop ---------------------------------------------------------------------------------
@@ -499,9 +418,8 @@ class Supervisor:
 
     def cleanup(self) -> None:
         """Release everything this supervisor created; safe after a partial start."""
-        if self.reload_job is not None:
-            self.reload_job.kill()
-            self.reload_job = None
+        if self.rulesets is not None:
+            self.rulesets.kill()
         for p in self.children.values():
             if p.poll() is None:
                 p.kill()
@@ -544,7 +462,7 @@ def serve(cfg: Config, ebpf: bool = False) -> int:
         sup.cleanup()
         raise
     print(f"risk-engine: serving {cfg.ingress.bind} with {len(sup.placements)} worker(s), "
-          f"ruleset {sup.generations[sup.generation]['label']}; metrics "
+          f"ruleset {sup.rulesets.specs[sup.rulesets.generation]['label']}; metrics "
           f"{'http://' + cfg.metrics.bind + '/metrics' if cfg.metrics.enabled else 'off'}; "
           f"instance {cfg.instance} (pid {sup.pid})", flush=True)
     return sup.run()

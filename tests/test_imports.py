@@ -26,8 +26,6 @@ KNOWN_CYCLES: tuple[frozenset, ...] = (
     frozenset({"engine.config", "engine.rundir"}),
     # admin -> admin_state.COMMANDS; admin_state -> admin.allowed_file
     frozenset({"engine.admin", "engine.admin_state"}),
-    # supervisor -> reload.ReloadJob; reload -> supervisor.ruleset_spec
-    frozenset({"engine.reload", "engine.supervisor"}),
 )
 
 
