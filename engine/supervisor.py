@@ -1,5 +1,9 @@
-"""The supervisor: owns the instance's shared memory, starts and restarts the ingress and the
-workers, reloads rules, serves metrics, and shuts everything down in order.
+"""The supervisor, the engine's process lifecycle: owns the instance's shared memory, starts
+and restarts the ingress and the workers, serves metrics and the admin plane, and shuts
+everything down in order. Its other jobs are parts it composes: engine.preflight (checks
+before anything is created), engine.recovery_state.StateRecovery (feature state at start and
+after a worker died), engine.reload.Rulesets (generations and reloads),
+engine.snapshot_coordinator (snapshots and the workers' pause), engine.standby (the spare).
 
 Shutdown (SIGINT/SIGTERM): stop=1 (the ingress reads no more requests and answers every one
 in flight), wait for the ingress to exit, stop=2 (workers exit between batches), unlink every
@@ -19,20 +23,18 @@ from engine import procname, rundir
 from engine.config import Config
 from engine.control import Block, BlockLayout
 from engine.memplan import check_memory
+from engine.preflight import StartupError, check_state_dirs, claim_instance
+from engine.recovery_state import StateRecovery
 from engine.reload import Rulesets, ruleset_spec
 from engine.rings import EngineRings
-from engine.securedir import UnsafePathError, check_private_files, ensure_private_dir, write_private_file
+from engine.securedir import UnsafePathError, ensure_private_dir, write_private_file
 from engine.snapshot_coordinator import SnapshotCoordinator, SnapshotError
 from engine.standby import STOP_GRACE_S, StandbyPool
 from engine.topology import Topology, plan_workers, read_topology
 from shm.doorbell import EventfdDoorbell
-from shm.segment import Segment, reclaim_stale, unlink_owned
+from shm.segment import Segment, unlink_owned
 
 READY_TIMEOUT_S = 120        # cold kernel compile of a big ruleset on a busy 2-core machine
-
-
-class StartupError(RuntimeError):
-    """The engine cannot start; the message says why (exit code 2)."""
 
 
 class Supervisor:
@@ -48,20 +50,22 @@ class Supervisor:
         self.topology = topology or read_topology()
         self.children: dict[str, subprocess.Popen] = {}
         self.signals: list[int] = []
+        self.placements: list = []          # engine.topology.plan_workers: one per worker
         self.rings: list[EngineRings] = []
         self.exporter = None
         self.admin = None
         self.collector = None
         self.features = None
+        self.control: Segment | None = None
+        self.block: Block | None = None
+        self.doorbell: EventfdDoorbell | None = None
         self.created_s = time.monotonic()   # the first snapshot is due snapshot.interval_s after it
         self.restarting: dict[int, tuple[int, int, int]] = {}   # worker -> (noticed, rebuilt, spawned) ns
-        self.block = None
+        self.recovery: StateRecovery | None = None     # made by start() with the feature tables
         # the parts below need the control block: made by start() once it exists
         self.rulesets: Rulesets | None = None              # generations and the reload in flight
         self.snapshots: SnapshotCoordinator | None = None  # snapshots and the workers' pause
         self.standbys: StandbyPool | None = None           # the spare worker (workers.standby)
-        self._recovery_counts = (0, 0)      # corrupt journal records, refused snapshots
-        self._seq_floors: dict[int, int] = {}   # writer -> the recovered snapshot's seq
         self.started_ns = 0                 # CLOCK_MONOTONIC (arrival_ns' clock) when this run began
 
     # --- start --------------------------------------------------------------------------------
@@ -69,14 +73,7 @@ class Supervisor:
     def start(self) -> None:
         cfg = self.cfg
         self._check_dirs()
-        for d, pid in rundir.live_instances():
-            if d.name == cfg.instance and pid != self.pid:
-                raise StartupError(f"instance={cfg.instance!r} is already running (supervisor pid={pid}); "
-                                   f"stop it or set a different `instance` in the config")
-        removed = reclaim_stale(cfg.instance)
-        if removed:
-            self.log(f"risk-engine: reclaimed {len(removed)} stale shared-memory segment(s) of "
-                     f"instance {cfg.instance}")
+        claim_instance(cfg, self.pid, self.log)
         for f in self.run_dir.glob("gen-*.json"):
             f.unlink()
         self.placements = plan_workers(self.topology, set(os.sched_getaffinity(0)),
@@ -86,12 +83,13 @@ class Supervisor:
         from engine.featurestore import FeatureStore
         self.features = FeatureStore(cfg, self.pid, create=True)
         spec, rs = ruleset_spec(cfg, cfg.rules.files, self.features.fs)   # refuse a bad ruleset
+        self.recovery = StateRecovery(cfg, self.features, self.log)
         if not self.features.empty:
             self.log("risk-engine: feature tables in shared memory:\n" + self.features.fs.memory_report())
-            self._recover_state(rs)
+            self.recovery.at_start(rs)          # before any worker starts
         self.control = Segment.create(cfg.instance, "control", BlockLayout(n).nbytes, self.pid)
         self.block = Block(self.control.buf, n, create=True)
-        self._count_recovery()
+        self.recovery.count_into(self.block)
         self.doorbell = EventfdDoorbell.create()
         for w in range(n):
             self.rings.append(EngineRings.create(cfg, self.pid, w, self.doorbell))
@@ -132,93 +130,18 @@ class Supervisor:
         self._write_status()
 
     def _check_dirs(self) -> None:
-        """The run directory and the state directories: created 0700, or refused when another
-        user owns them or can write them (engine.securedir); state files narrowed to 0600."""
-        cfg, d = self.cfg, self.cfg.durability
+        """The run directory (created 0700, or refused: engine.rundir) and the state
+        directories (engine.preflight)."""
         try:
-            self.run_dir = rundir.make_run_dir(cfg.instance)
-            self.run_dir_checked = True
-            if d.journal_enabled:
-                for key, path in (("journal.dir", d.journal_dir), ("snapshot.dir", d.snapshot_dir)):
-                    path = ensure_private_dir(path.replace("{instance}", cfg.instance), key)
-                    narrowed = check_private_files(path, key)
-                    if narrowed:
-                        self.log(f"risk-engine: {key}={path}: {narrowed} file(s) readable by "
-                                 f"others narrowed to mode 0600")
+            self.run_dir = rundir.make_run_dir(self.cfg.instance)
         except UnsafePathError as e:
             raise StartupError(f"unsafe directory: {e}") from None
-        if d.journal_enabled:
-            self._refuse_legacy_state()
-
-    def _refuse_legacy_state(self) -> None:
-        """Journal and snapshots defaulted to /var/tmp/risk-engine/{instance} before they
-        moved to {state} (engine.config.state_root): an empty journal dir while the old one
-        holds this user's journal means an upgrade, not a first start. Refuse rather than
-        start from empty feature state."""
-        from engine.journal import list_writers
-        cfg = self.cfg
-        jdir = cfg.durability.journal_dir.replace("{instance}", cfg.instance)
-        old = f"/var/tmp/risk-engine/{cfg.instance}"
-        if os.path.realpath(jdir).startswith(old + "/") or list_writers(jdir):
-            return
-        try:
-            mine = os.lstat(old).st_uid == os.geteuid() and list_writers(f"{old}/journal")
-        except OSError:
-            return
-        if mine:
-            raise StartupError(f"journal.dir={jdir} is empty but {old}/journal (the default before "
-                               f"this version) holds this engine's journal: move {old}/journal and "
-                               f"{old}/snapshots there, or set journal.dir and snapshot.dir to them")
-
-    def _recover_state(self, rs) -> None:
-        """Feature state = last good snapshot + every journal record after it (engine.recovery),
-        then the admin changes logged after the snapshot. Runs before any worker starts."""
-        from engine.recovery_state import recover_features
-        done = recover_features(self.cfg, self.features, rs)
-        if done:
-            self._report_recovery(done)
-
-    def _report_recovery(self, done, prefix: str = "") -> None:
-        """Log a recovery's summary and each refused snapshot and corrupt journal run; count
-        them (risk_journal_corrupt_records_total, risk_snapshot_refused_total)."""
-        for line in done.notices:
-            self.log(f"risk-engine: {line}")
-        self.log(f"risk-engine: {prefix}{done.summary}")
-        c, r = self._recovery_counts
-        self._recovery_counts = (c + done.corrupt_records, r + done.refused_snapshots)
-        self._seq_floors = dict(done.snapshot_seqs)
-        self._count_recovery()
-
-    def _count_recovery(self) -> None:
-        """Into the control block (created after the first recovery: held until then)."""
-        corrupt, refused = self._recovery_counts
-        if self.block is not None:
-            self.block.view("supervisor.journal_corrupt_records")[0] = corrupt
-            self.block.view("supervisor.snapshots_refused")[0] = refused
-            for w, seq in self._seq_floors.items():   # a worker's journal never restarts at or
-                if w < self.block.n_workers:          # below its snapshot's seq (open_journal)
-                    cell = self.block.worker(w, "journal_seq")
-                    cell[0] = max(int(cell[0]), seq)
+        self.run_dir_checked = True
+        check_state_dirs(self.cfg, self.log)
 
     def snapshot(self, timeout_s: float = 5.0) -> str:
         """A snapshot of the feature tables now (engine.snapshot_coordinator); its path."""
         return self.snapshots.snapshot(self.rulesets.generation, timeout_s)
-
-    def rebuild_features(self) -> None:
-        """After a worker died: its kernel may have updated tables for events it never
-        journaled (and it may have died holding a slot lock). With the other workers held,
-        re-initialise the tables and rebuild them from snapshot + journals; its successor then
-        re-decides only what was never journaled (engine.worker.serve_journaled_tail)."""
-        if self.features is None or self.features.empty or not self.cfg.durability.journal_enabled:
-            return
-        from engine.recovery_state import recover_features
-        with self.snapshots.paused_workers():
-            self.features.reinit()
-            done = recover_features(self.cfg, self.features, self.rulesets.ruleset)
-        if done:
-            self._report_recovery(done, "worker crash: ")
-        else:
-            self.log("risk-engine: worker crash: feature state re-initialised (empty journal)")
 
     def admin_log_path(self) -> str | None:
         """admin.log in the journal directory (None when the journal is off)."""
@@ -339,7 +262,7 @@ class Supervisor:
                 self.block.view("supervisor.worker_alive")[w] = 0
                 self.block.view("supervisor.worker_restarts")[0] += 1
                 try:
-                    self.rebuild_features()
+                    self.recovery.after_crash(self.snapshots.paused_workers, self.rulesets.ruleset)
                 except Exception as e:         # keep serving; say loudly what is not exact
                     self.log(f"risk-engine: feature rebuild after worker {w} died failed: {e}")
                 rebuilt = time.monotonic_ns()
@@ -436,7 +359,7 @@ class Supervisor:
             self.features.close()
             self.features = None
         self.block = None
-        if getattr(self, "control", None) is not None:
+        if self.control is not None:
             self.control.unlink()
             self.control.close()
         unlink_owned(self.cfg.instance, self.pid)
