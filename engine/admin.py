@@ -22,7 +22,8 @@ import zmq
 from engine import config
 
 from engine.admin_request import (MAX_FILES, MAX_MESSAGE_CHARS, MAX_REQUEST_BYTES, NO_ARGS, PATH,
-                                  AdminError, boolean, check_args, integer, list_of, parse_request)
+                                  AdminError, allowed_file, boolean, check_args, integer, list_of,
+                                  parse_request)
 from engine.snapshot_coordinator import SnapshotError
 
 MAX_FRAMES = 3                   # identity, delimiter, body: anything longer is refused
@@ -41,18 +42,6 @@ def _status(sup, args):
 def _stats(sup, args):
     from engine.exporter import stats
     return {"stats": stats(sup.collector)}
-
-
-def allowed_file(path: str, roots: list[str], what: str) -> str:
-    """``path`` resolved (symlinks followed) if it lies inside one of ``roots``; else
-    FILE_NOT_ALLOWED. The path is not echoed back in full."""
-    if not roots:
-        raise AdminError("FILE_NOT_ALLOWED", f"{what}: no directory allows files here")
-    real = os.path.realpath(path)
-    for root in roots:
-        if os.path.commonpath([real, root]) == root:
-            return real
-    raise AdminError("FILE_NOT_ALLOWED", f"{what}: only files under {', '.join(roots)} may be named")
 
 
 def rule_roots(sup) -> list[str]:

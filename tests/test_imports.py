@@ -24,8 +24,6 @@ PACKAGES = ("shm", "engine", "ingress", "rules", "bpf", "bench", "tests")
 KNOWN_CYCLES: tuple[frozenset, ...] = (
     # config.py:197 -> rundir.run_dir_for ({run} in binds); rundir.py:82,101 -> config.parse_config
     frozenset({"engine.config", "engine.rundir"}),
-    # admin -> admin_state.COMMANDS; admin_state -> admin.allowed_file
-    frozenset({"engine.admin", "engine.admin_state"}),
 )
 
 
