@@ -20,7 +20,9 @@ import os
 import zmq
 
 from engine.admin_request import (MAX_FILES, MAX_MESSAGE_CHARS, MAX_REQUEST_BYTES, NO_ARGS, PATH,
-                                  AdminError, boolean, check_args, integer, list_of, parse_request)
+                                  AdminError, allowed_file, boolean, check_args, integer, list_of,
+                                  parse_request)
+from engine.snapshot_coordinator import SnapshotError
 
 MAX_FRAMES = 3                   # identity, delimiter, body: anything longer is refused
 MAX_REQUESTS_PER_POLL = 64       # then the supervisor's loop runs again
@@ -29,26 +31,15 @@ __all__ = ["AdminError", "AdminServer", "request"]
 
 
 def _status(sup, args):
-    return {"processes": sup.status(), "generation": sup.generation,
-            "ruleset": sup.generations[sup.generation]["label"],
-            "reloading": sup.reload_job is not None}
+    rulesets = sup.rulesets
+    return {"processes": sup.status(), "generation": rulesets.generation,
+            "ruleset": rulesets.specs[rulesets.generation]["label"],
+            "reloading": rulesets.job is not None}
 
 
 def _stats(sup, args):
     from engine.exporter import stats
     return {"stats": stats(sup.collector)}
-
-
-def allowed_file(path: str, roots: list[str], what: str) -> str:
-    """``path`` resolved (symlinks followed) if it lies inside one of ``roots``; else
-    FILE_NOT_ALLOWED. The path is not echoed back in full."""
-    if not roots:
-        raise AdminError("FILE_NOT_ALLOWED", f"{what}: no directory allows files here")
-    real = os.path.realpath(path)
-    for root in roots:
-        if os.path.commonpath([real, root]) == root:
-            return real
-    raise AdminError("FILE_NOT_ALLOWED", f"{what}: only files under {', '.join(roots)} may be named")
 
 
 def rule_roots(sup) -> list[str]:
@@ -65,14 +56,13 @@ def _reload(sup, args):
             raise AdminError("BAD_ARGUMENT", "files: at least one path")
         roots = rule_roots(sup)
         files = tuple(allowed_file(f, roots, f"files[{i}]") for i, f in enumerate(files))
-    return _Deferred(lambda done: sup.reload(files, previous=previous, on_done=done))
+    return _Deferred(lambda done: sup.rulesets.reload(files, previous=previous, on_done=done))
 
 
 def _snapshot(sup, args):
-    from engine.supervisor import StartupError
     try:
         return {"path": sup.snapshot()}
-    except (StartupError, OSError) as e:
+    except (SnapshotError, OSError) as e:
         raise AdminError("SNAPSHOT_FAILED", str(e)) from None
 
 
@@ -139,7 +129,7 @@ def _reload_reply(sup, outcome: str) -> dict:
     if outcome.startswith("reload refused"):
         busy = "in progress" in outcome
         return _error("RELOAD_BUSY" if busy else "RULESET_REFUSED", outcome)
-    return {"ok": True, "outcome": outcome, "generation": sup.generation}
+    return {"ok": True, "outcome": outcome, "generation": sup.rulesets.generation}
 
 
 class AdminServer:

@@ -6,12 +6,13 @@ before json.loads, so 100k ``[`` cannot recurse), no duplicate keys, no NaN/Infi
 top-level object with a string ``cmd``. ``check_args`` then applies the command's argument
 schema: unknown keys refused, exact types (an int is never a bool or a float), bounded
 sizes. Checks that need the engine (a list or state that exists, a key in its field's
-range, a file inside the allowed directories) are the commands' own, and also run before
-``admin_state.log_change``.
+range, a file inside the allowed directories: ``allowed_file``) are the commands' own, and
+also run before ``admin_state.log_change``.
 """
 from __future__ import annotations
 
 import json
+import os
 import re
 from typing import Any, Callable
 
@@ -170,3 +171,15 @@ def check_args(req: dict, schema: dict) -> dict:
         elif required:
             raise AdminError("BAD_ARGUMENT", f"{key}: required")
     return args
+
+
+def allowed_file(path: str, roots: list[str], what: str) -> str:
+    """``path`` resolved (symlinks followed) if it lies inside one of ``roots``; else
+    FILE_NOT_ALLOWED. The path is not echoed back in full."""
+    if not roots:
+        raise AdminError("FILE_NOT_ALLOWED", f"{what}: no directory allows files here")
+    real = os.path.realpath(path)
+    for root in roots:
+        if os.path.commonpath([real, root]) == root:
+            return real
+    raise AdminError("FILE_NOT_ALLOWED", f"{what}: only files under {', '.join(roots)} may be named")

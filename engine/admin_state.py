@@ -15,7 +15,8 @@ import time
 import numpy as np
 
 from engine.features.state import STATE_NAMES
-from engine.admin_request import NAME, NO_ARGS, PATH, AdminError, int_or_string, list_of, one_of
+from engine.admin_request import (NAME, NO_ARGS, PATH, AdminError, allowed_file, int_or_string,
+                                  list_of, one_of)
 
 
 
@@ -58,7 +59,6 @@ MAX_ADMIN_VALUES = 1 << 20         # values in one list request (the 1 MiB frame
 
 def _values(sup, spec, args) -> np.ndarray:
     """The request's values (or file) parsed into the list's u64 encoding; nothing applied."""
-    from engine.admin import allowed_file
     from engine.features.lists import ListError, load_list_file, parse_value
     from rules.textfile import excerpt
     if ("file" in args) == ("values" in args):

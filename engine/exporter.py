@@ -44,7 +44,7 @@ class EngineCollector:
 
     def fold_generation(self, generation: int) -> None:
         """Add the counters of ``generation`` (about to have its row reused) to the totals."""
-        if generation < 1 or generation not in self.sup.generations:
+        if generation < 1 or generation not in self.sup.rulesets.specs:
             return
         with self.lock:
             for rid, h, e in self._rows_of(generation):
@@ -52,7 +52,7 @@ class EngineCollector:
                 self.folded_errors[rid] = self.folded_errors.get(rid, 0) + e
 
     def _rows_of(self, generation: int):
-        spec = self.sup.generations[generation]
+        spec = self.sup.rulesets.specs[generation]
         n = len(spec["rule_ids"])
         b = self.sup.block
         hits = np.zeros(n, np.int64)
@@ -69,10 +69,11 @@ class EngineCollector:
         with self.lock:
             hits, errs = dict(self.folded_hits), dict(self.folded_errors)
         modes = {}
-        for g in (self.sup.generation - 1, self.sup.generation):
-            if g not in self.sup.generations:
+        rulesets = self.sup.rulesets
+        for g in (rulesets.generation - 1, rulesets.generation):
+            if g not in rulesets.specs:
                 continue
-            spec = self.sup.generations[g]
+            spec = rulesets.specs[g]
             modes.update(zip(spec["rule_ids"], spec["modes"]))
             for rid, h, e in self._rows_of(g):
                 hits[rid] = hits.get(rid, 0) + h
@@ -82,8 +83,10 @@ class EngineCollector:
     # --- the scrape ----------------------------------------------------------------------------
 
     def collect(self):
-        """The metric families; never while a snapshot holds the workers (Supervisor.hold_lock)."""
-        lock = getattr(self.sup, "hold_lock", None)
+        """The metric families; never while a snapshot holds the workers
+        (SnapshotCoordinator.hold_lock)."""
+        snapshots = self.sup.snapshots
+        lock = snapshots.hold_lock if snapshots is not None else None
         if lock is None:
             yield from self._collect()
             return
@@ -195,12 +198,13 @@ class EngineCollector:
                                 "the workers (table copy)", value=sv("supervisor.snapshot_pause_ns")[0] / 1e9)
         yield GaugeMetricFamily("risk_snapshot_pause_max_seconds", "Longest snapshot hold since start",
                                 value=sv("supervisor.snapshot_pause_max_ns")[0] / 1e9)
-        spec = self.sup.generations[self.sup.generation]
+        gen = self.sup.rulesets.generation
+        spec = self.sup.rulesets.specs[gen]
         g = GaugeMetricFamily("risk_ruleset_info", "The active ruleset (value 1)",
                               labels=["name", "version", "generation"])
         for part in spec["label"].split("+"):
             name, _, ver = part.partition("@")
-            g.add_metric([name, ver, str(self.sup.generation)], 1.0)
+            g.add_metric([name, ver, str(gen)], 1.0)
         yield g
         yield GaugeMetricFamily("risk_requests_in_flight", "Requests waiting for decisions",
                                 value=float(sv("ingress.inflight")[0]))

@@ -2,7 +2,7 @@
 
 Everything big is sized by the config and allocated once: the feature tables (shared
 memory, reserved page by page at creation), one copy of them for snapshots (the
-supervisor's own buffers, engine.supervisor._snapshot_buffers), every worker's request
+supervisor's own buffers, engine.snapshot_coordinator), every worker's request
 and response rings (shared memory, faulted in by the worker) and the ingress's idempotency
 window (faulted in at start). A config whose sum the machine does not have now is refused
 at start with the parts named; found out later, it would be SIGBUS in a worker (a tmpfs page

@@ -141,3 +141,63 @@ def recover_features(cfg, store, rs) -> Recovered | None:
                      + (f"; {corrupt} corrupt journal record(s)" if corrupt else "") + torn,
                      tuple(notices), corrupt, len(refused),
                      tuple((w, r.snapshot_seq) for w, r in reports.items()))
+
+
+class StateRecovery:
+    """The supervisor's feature-state recovery: at start, before any worker runs
+    (``at_start``), and after a worker died, with the others held (``after_crash``). What
+    each found is logged and counted into the control block (``count_into``: it exists only
+    after the first recovery, which is held until then)."""
+
+    def __init__(self, cfg, features, log):
+        self.cfg = cfg
+        self.features = features            # engine.featurestore.FeatureStore
+        self.log = log
+        self.block = None                   # the control block, once count_into gave it
+        self.counts = (0, 0)                # corrupt journal records, refused snapshots
+        self.seq_floors: dict[int, int] = {}   # writer -> the recovered snapshot's seq
+
+    def at_start(self, rs) -> None:
+        """Feature state = last good snapshot + every journal record after it (engine.recovery),
+        then the admin changes logged after the snapshot."""
+        done = recover_features(self.cfg, self.features, rs)
+        if done:
+            self._report(done)
+
+    def after_crash(self, paused_workers, rs) -> None:
+        """After a worker died: its kernel may have updated tables for events it never
+        journaled (and it may have died holding a slot lock). With the other workers held
+        (``paused_workers()``), re-initialise the tables and rebuild them from snapshot +
+        journals; its successor then re-decides only what was never journaled
+        (engine.worker.serve_journaled_tail)."""
+        if self.features.empty or not self.cfg.durability.journal_enabled:
+            return
+        with paused_workers():
+            self.features.reinit()
+            done = recover_features(self.cfg, self.features, rs)
+        if done:
+            self._report(done, "worker crash: ")
+        else:
+            self.log("risk-engine: worker crash: feature state re-initialised (empty journal)")
+
+    def _report(self, done: Recovered, prefix: str = "") -> None:
+        """Log a recovery's summary and each refused snapshot and corrupt journal run; count
+        them (risk_journal_corrupt_records_total, risk_snapshot_refused_total)."""
+        for line in done.notices:
+            self.log(f"risk-engine: {line}")
+        self.log(f"risk-engine: {prefix}{done.summary}")
+        c, r = self.counts
+        self.counts = (c + done.corrupt_records, r + done.refused_snapshots)
+        self.seq_floors = dict(done.snapshot_seqs)
+        if self.block is not None:
+            self.count_into(self.block)
+
+    def count_into(self, block) -> None:
+        self.block = block
+        corrupt, refused = self.counts
+        block.view("supervisor.journal_corrupt_records")[0] = corrupt
+        block.view("supervisor.snapshots_refused")[0] = refused
+        for w, seq in self.seq_floors.items():   # a worker's journal never restarts at or
+            if w < block.n_workers:              # below its snapshot's seq (open_journal)
+                cell = block.worker(w, "journal_seq")
+                cell[0] = max(int(cell[0]), seq)

@@ -18,8 +18,123 @@ import tempfile
 import threading
 import time
 
+from engine import rundir
+
 RELOAD_TIMEOUT_S = 300          # a cold compile of a big ruleset on a busy 2-core machine
 MAX_CHILD_OUTPUT_BYTES = 1 << 20
+
+
+def ruleset_spec(cfg, files: tuple[str, ...], features=None) -> tuple[dict, object]:
+    """Compile (validates, fills the kernel cache) -> (generation spec, ruleset). Raises
+    rules.RulesetError on a bad ruleset."""
+    from rules import compile_ruleset
+    rs = compile_ruleset(list(files), cfg.schema, thresholds=cfg.rules.thresholds,
+                         on_error=cfg.rules.on_error, features=features)
+    spec = {"files": list(files), "thresholds": [list(t) for t in cfg.rules.thresholds],
+            "on_error": cfg.rules.on_error, "label": rs.label, "rule_ids": list(rs.rule_ids),
+            "modes": list(rs.modes), "source_hash": rs.source_hash}
+    return spec, rs
+
+
+class Rulesets:
+    """The ruleset generations the supervisor published, the one serving, and the reload
+    that may replace it (one at a time). Generation g's spec is gen-g.json in the run
+    directory; supervisor.generation in the control block tells the workers which serves.
+    ``before_publish(g)``: generation g's counter row is about to be reused (the collector
+    folds it); ``after_reload()``: a reload published a new generation."""
+
+    def __init__(self, cfg, run_dir, block, features, log, before_publish, after_reload):
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.block = block
+        self.features = features            # the feature tables a reload compiles against
+        self.log = log
+        self.before_publish = before_publish
+        self.after_reload = after_reload
+        self.generation = 0                 # the one serving (0: none yet)
+        self.specs: dict[int, dict] = {}    # generation -> its spec (ruleset_spec)
+        self.ruleset = None                 # the serving generation's, for feature rebuilds
+        self.job: ReloadJob | None = None   # the reload in flight
+
+    def publish(self, spec: dict, rs) -> None:
+        g = self.generation + 1
+        rundir.write_generation(self.run_dir, g, spec)
+        self.specs[g] = spec
+        self.generation = g
+        self.ruleset = rs
+        self.block.view("supervisor.generation")[0] = g     # workers poll it between batches
+
+    def request_from_file(self) -> None:
+        """SIGHUP: `risk-engine reload` may have left a request file with files / previous."""
+        req = {}
+        try:
+            req = rundir.read_json(self.run_dir, "reload.request")
+            (self.run_dir / "reload.request").unlink()
+        except (OSError, ValueError):
+            pass
+        if not isinstance(req, dict):
+            req = {}
+        files = req.get("files")
+        if not (isinstance(files, list) and files and all(isinstance(f, str) for f in files)):
+            files = None
+        refused = self.reload(tuple(files) if files else None, previous=req.get("previous") is True)
+        if refused:
+            self.log(f"risk-engine: {refused}")
+
+    def reload(self, files: tuple[str, ...] | None = None, previous: bool = False, on_done=None) -> str | None:
+        """Start a reload (parsed and compiled in a child process, never on the
+        supervisor's loop). Returns a refusal at once, or None: the outcome goes to the log
+        and to ``on_done(outcome)`` when it is known (poll()). A refused ruleset keeps the
+        old one serving."""
+        if self.job is not None:
+            return "reload refused: another reload is in progress"
+        if previous:
+            older = sorted(g for g in self.specs if g < self.generation)
+            if not older:
+                return "reload refused: no previous generation"
+            files = tuple(self.specs[older[-1]]["files"])
+        files = files or tuple(self.specs[self.generation]["files"])
+        try:
+            self.job = ReloadJob(self, files)
+        except OSError as e:
+            return f"reload refused: cannot start the reload process: {e}"
+        if on_done is not None:
+            self.job.callbacks.append(on_done)
+        return None
+
+    def poll(self) -> None:
+        """The supervisor's loop: publish the reload's ruleset once it is ready, or count
+        and log its refusal; then tell whoever asked for it."""
+        job = self.job
+        if job is None:
+            return
+        try:
+            res = job.poll()
+        except Exception as e:                 # noqa: BLE001 - a refusal, never the loop's end
+            job.kill()
+            res = f"reload failed: {type(e).__name__}: {e}"
+        if res is None:
+            return
+        self.job = None
+        if isinstance(res, str):
+            self.block.view("supervisor.reload_errors")[0] += 1
+            self.log(f"risk-engine: reload refused, generation {self.generation} keeps serving:\n{res}")
+            outcome = f"reload refused: {res}"
+        else:
+            spec, rs = res
+            self.before_publish(self.generation - 1)   # the counter row g+1 will reuse
+            self.publish(spec, rs)
+            self.after_reload()
+            outcome = f"generation {self.generation} = {spec['label']}"
+            self.log(f"risk-engine: {outcome}")
+        for cb in job.callbacks:
+            cb(outcome)
+
+    def kill(self) -> None:
+        """Stop a reload in flight (cleanup)."""
+        if self.job is not None:
+            self.job.kill()
+            self.job = None
 
 
 class ReloadJob:
@@ -80,7 +195,6 @@ class ReloadJob:
         return res["spec"]
 
     def _load(self):
-        from engine.supervisor import ruleset_spec
         try:
             self.loaded = ruleset_spec(self.sup.cfg, self.files, self.sup.features.fs)
         except Exception as e:         # any failure is a refusal; the loop keeps serving
@@ -103,9 +217,8 @@ def main(argv=None) -> int:
     ap.add_argument("--run-dir", required=True)
     ap.add_argument("files", nargs="+")
     args = ap.parse_args(argv)
-    from engine import procname, rundir
+    from engine import procname
     procname.become_child("reload")
-    from engine.supervisor import ruleset_spec
     from rules.features import feature_set_for
     try:
         cfg = rundir.read_config(args.run_dir)

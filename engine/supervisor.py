@@ -1,5 +1,9 @@
-"""The supervisor: owns the instance's shared memory, starts and restarts the ingress and the
-workers, reloads rules, serves metrics, and shuts everything down in order.
+"""The supervisor, the engine's process lifecycle: owns the instance's shared memory, starts
+and restarts the ingress and the workers, serves metrics and the admin plane, and shuts
+everything down in order. Its other jobs are parts it composes: engine.preflight (checks
+before anything is created), engine.recovery_state.StateRecovery (feature state at start and
+after a worker died), engine.reload.Rulesets (generations and reloads),
+engine.snapshot_coordinator (snapshots and the workers' pause), engine.standby (the spare).
 
 Shutdown (SIGINT/SIGTERM): stop=1 (the ingress reads no more requests and answers every one
 in flight), wait for the ingress to exit, stop=2 (workers exit between batches), unlink every
@@ -10,93 +14,27 @@ WORKER_LOST).
 from __future__ import annotations
 
 import os
-import resource
 import signal
-from contextlib import contextmanager
 import subprocess
 import sys
-import threading
 import time
-
-import numpy as np
-from numba import njit
 
 from engine import procname, rundir
 from engine.config import Config
-from engine.control import Block, BlockLayout, EventLog
+from engine.control import Block, BlockLayout
 from engine.memplan import check_memory
+from engine.preflight import StartupError, check_state_dirs, claim_instance
+from engine.recovery_state import StateRecovery
+from engine.reload import Rulesets, ruleset_spec
 from engine.rings import EngineRings
-from engine.securedir import UnsafePathError, check_private_files, ensure_private_dir, write_private_file
+from engine.securedir import UnsafePathError, ensure_private_dir, write_private_file
+from engine.snapshot_coordinator import SnapshotCoordinator, SnapshotError
+from engine.standby import STOP_GRACE_S, StandbyPool
 from engine.topology import Topology, plan_workers, read_topology
 from shm.doorbell import EventfdDoorbell
-from shm.segment import Segment, reclaim_stale, unlink_owned
+from shm.segment import Segment, unlink_owned
 
-STANDBY_RESPAWN_S = 2.0      # after a standby took over a worker, wait this long for the next
-STANDBY_BACKOFF_MAX_S = 300.0  # the longest wait after standbys kept dying by themselves
 READY_TIMEOUT_S = 120        # cold kernel compile of a big ruleset on a busy 2-core machine
-STOP_GRACE_S = 10
-
-
-def standby_backoff_s(failures: int) -> float:
-    """Wait before the next standby after ``failures`` in a row died by themselves:
-    STANDBY_RESPAWN_S doubling per failure, at most STANDBY_BACKOFF_MAX_S."""
-    return min(STANDBY_RESPAWN_S * 2 ** max(0, failures - 1), STANDBY_BACKOFF_MAX_S)
-
-
-@contextmanager
-def _realtime():
-    """SCHED_FIFO (priority 1) for this thread inside the block, when it may (root or
-    CAP_SYS_NICE); otherwise nothing changes. For the snapshot's hold: the workers wait for
-    one memory copy of the tables, and with the CPUs busy the copy competed with every other
-    thread, once stretching a 10 ms copy into a 136 ms hold that cost 100 TIMEOUTs
-    (docs/DURABILITY.md). It sleeps while it waits for the workers, so they are not starved."""
-    try:
-        old = os.sched_getscheduler(0), os.sched_getparam(0)
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
-    except OSError:
-        old = None
-    try:
-        yield
-    finally:
-        if old is not None:
-            os.sched_setscheduler(0, *old)
-
-
-@njit(cache=True)
-def _copy_tables(dst, src):
-    """Copy every feature array (a tuple of uint64 arrays) in one call that keeps the GIL:
-    np.copyto releases it for each array, and getting it back could wait for another thread
-    of this process (a metrics scrape) that the busy CPUs had preempted."""
-    for i in range(len(src)):
-        dst[i][:] = src[i]
-
-
-def _touch_pages(a: np.ndarray, write: bool) -> None:
-    """Fault in every page of a contiguous array in this process (read: map it; write:
-    allocate it). Arrays that are not contiguous are left alone."""
-    if not a.flags.c_contiguous or a.nbytes == 0:
-        return
-    b = a.reshape(-1).view(np.uint8)
-    if write:
-        b[::4096] = 0
-    else:
-        int(b[::4096].sum())
-
-
-class StartupError(RuntimeError):
-    """The engine cannot start; the message says why (exit code 2)."""
-
-
-def ruleset_spec(cfg: Config, files: tuple[str, ...], features=None) -> tuple[dict, object]:
-    """Compile (validates, fills the kernel cache) -> (generation spec, ruleset). Raises
-    rules.RulesetError on a bad ruleset."""
-    from rules import compile_ruleset
-    rs = compile_ruleset(list(files), cfg.schema, thresholds=cfg.rules.thresholds,
-                         on_error=cfg.rules.on_error, features=features)
-    spec = {"files": list(files), "thresholds": [list(t) for t in cfg.rules.thresholds],
-            "on_error": cfg.rules.on_error, "label": rs.label, "rule_ids": list(rs.rule_ids),
-            "modes": list(rs.modes), "source_hash": rs.source_hash}
-    return spec, rs
 
 
 class Supervisor:
@@ -112,24 +50,22 @@ class Supervisor:
         self.topology = topology or read_topology()
         self.children: dict[str, subprocess.Popen] = {}
         self.signals: list[int] = []
-        self.generation = 0
-        self.generations: dict[int, dict] = {}
+        self.placements: list = []          # engine.topology.plan_workers: one per worker
         self.rings: list[EngineRings] = []
         self.exporter = None
         self.admin = None
-        self.hold_lock = threading.Lock()    # held while the workers are paused (paused_workers)
         self.collector = None
         self.features = None
-        self.last_snapshot = time.monotonic()
+        self.control: Segment | None = None
+        self.block: Block | None = None
+        self.doorbell: EventfdDoorbell | None = None
+        self.created_s = time.monotonic()   # the first snapshot is due snapshot.interval_s after it
         self.restarting: dict[int, tuple[int, int, int]] = {}   # worker -> (noticed, rebuilt, spawned) ns
-        self.standby: subprocess.Popen | None = None     # a prepared spare worker (workers.standby)
-        self.standby_due = 0.0                           # when to start the next one
-        self.standby_failures = 0                        # standbys that died by themselves in a row
-        self._snap_bufs: dict = {}          # reused snapshot copy buffers (_snapshot_buffers)
-        self.block = None
-        self._recovery_counts = (0, 0)      # corrupt journal records, refused snapshots
-        self._seq_floors: dict[int, int] = {}   # writer -> the recovered snapshot's seq
-        self.reload_job = None              # an engine.reload.ReloadJob in flight
+        self.recovery: StateRecovery | None = None     # made by start() with the feature tables
+        # the parts below need the control block: made by start() once it exists
+        self.rulesets: Rulesets | None = None              # generations and the reload in flight
+        self.snapshots: SnapshotCoordinator | None = None  # snapshots and the workers' pause
+        self.standbys: StandbyPool | None = None           # the spare worker (workers.standby)
         self.started_ns = 0                 # CLOCK_MONOTONIC (arrival_ns' clock) when this run began
 
     # --- start --------------------------------------------------------------------------------
@@ -137,14 +73,7 @@ class Supervisor:
     def start(self) -> None:
         cfg = self.cfg
         self._check_dirs()
-        for d, pid in rundir.live_instances():
-            if d.name == cfg.instance and pid != self.pid:
-                raise StartupError(f"instance={cfg.instance!r} is already running (supervisor pid={pid}); "
-                                   f"stop it or set a different `instance` in the config")
-        removed = reclaim_stale(cfg.instance)
-        if removed:
-            self.log(f"risk-engine: reclaimed {len(removed)} stale shared-memory segment(s) of "
-                     f"instance {cfg.instance}")
+        claim_instance(cfg, self.pid, self.log)
         for f in self.run_dir.glob("gen-*.json"):
             f.unlink()
         self.placements = plan_workers(self.topology, set(os.sched_getaffinity(0)),
@@ -154,16 +83,21 @@ class Supervisor:
         from engine.featurestore import FeatureStore
         self.features = FeatureStore(cfg, self.pid, create=True)
         spec, rs = ruleset_spec(cfg, cfg.rules.files, self.features.fs)   # refuse a bad ruleset
-        self.ruleset = rs
+        self.recovery = StateRecovery(cfg, self.features, self.log)
         if not self.features.empty:
             self.log("risk-engine: feature tables in shared memory:\n" + self.features.fs.memory_report())
-            self._recover_state(rs)
+            self.recovery.at_start(rs)          # before any worker starts
         self.control = Segment.create(cfg.instance, "control", BlockLayout(n).nbytes, self.pid)
         self.block = Block(self.control.buf, n, create=True)
-        self._count_recovery()
+        self.recovery.count_into(self.block)
         self.doorbell = EventfdDoorbell.create()
         for w in range(n):
             self.rings.append(EngineRings.create(cfg, self.pid, w, self.doorbell))
+        self.rulesets = Rulesets(cfg, self.run_dir, self.block, self.features, self.log,
+                                 before_publish=self._fold_counters, after_reload=self._after_reload)
+        self.snapshots = SnapshotCoordinator(cfg, self.block, self.rings, self.features, self.created_s)
+        self.standbys = StandbyPool(cfg.workers.standby, self.block,
+                                    lambda args, **kw: self._spawn(None, args, **kw), self.log)
         plan = {"instance": cfg.instance, "owner_pid": self.pid, "eventfd": self.doorbell.fileno(),
                 "control": self.control.name, "ingress_cpu": cfg.workers.ingress_cpu,
                 "workers": [{"cpu": p.cpu, "node": p.node,
@@ -171,13 +105,13 @@ class Supervisor:
         rundir.write_config(self.run_dir, cfg)
         rundir.write_json(self.run_dir, "plan.json", plan)
         self.started_ns = time.monotonic_ns()   # records arriving after it are this run's (explain)
-        self._publish_generation(spec)
+        self.rulesets.publish(spec, rs)
         write_private_file(self.run_dir / "supervisor.pid", str(self.pid).encode())
         for w in range(n):
             self._spawn_worker(w)
         self._spawn_ingress()
         if cfg.workers.standby:
-            self._spawn_standby()
+            self.standbys.start()
         self._wait_ready()
         from engine.admin import AdminServer
         from engine.exporter import EngineCollector, Exporter
@@ -196,190 +130,18 @@ class Supervisor:
         self._write_status()
 
     def _check_dirs(self) -> None:
-        """The run directory and the state directories: created 0700, or refused when another
-        user owns them or can write them (engine.securedir); state files narrowed to 0600."""
-        cfg, d = self.cfg, self.cfg.durability
+        """The run directory (created 0700, or refused: engine.rundir) and the state
+        directories (engine.preflight)."""
         try:
-            self.run_dir = rundir.make_run_dir(cfg.instance)
-            self.run_dir_checked = True
-            if d.journal_enabled:
-                for key, path in (("journal.dir", d.journal_dir), ("snapshot.dir", d.snapshot_dir)):
-                    path = ensure_private_dir(path, key)
-                    narrowed = check_private_files(path, key)
-                    if narrowed:
-                        self.log(f"risk-engine: {key}={path}: {narrowed} file(s) readable by "
-                                 f"others narrowed to mode 0600")
+            self.run_dir = rundir.make_run_dir(self.cfg.instance)
         except UnsafePathError as e:
             raise StartupError(f"unsafe directory: {e}") from None
-        if d.journal_enabled:
-            self._refuse_legacy_state()
-
-    def _refuse_legacy_state(self) -> None:
-        """Journal and snapshots defaulted to /var/tmp/risk-engine/{instance} before they
-        moved to {state} (engine.config.state_root): an empty journal dir while the old one
-        holds this user's journal means an upgrade, not a first start. Refuse rather than
-        start from empty feature state."""
-        from engine.journal import list_writers
-        cfg = self.cfg
-        jdir = cfg.durability.journal_dir
-        old = f"/var/tmp/risk-engine/{cfg.instance}"
-        if os.path.realpath(jdir).startswith(old + "/") or list_writers(jdir):
-            return
-        try:
-            mine = os.lstat(old).st_uid == os.geteuid() and list_writers(f"{old}/journal")
-        except OSError:
-            return
-        if mine:
-            raise StartupError(f"journal.dir={jdir} is empty but {old}/journal (the default before "
-                               f"this version) holds this engine's journal: move {old}/journal and "
-                               f"{old}/snapshots there, or set journal.dir and snapshot.dir to them")
-
-    def _recover_state(self, rs) -> None:
-        """Feature state = last good snapshot + every journal record after it (engine.recovery),
-        then the admin changes logged after the snapshot. Runs before any worker starts."""
-        from engine.recovery_state import recover_features
-        done = recover_features(self.cfg, self.features, rs)
-        if done:
-            self._report_recovery(done)
-
-    def _report_recovery(self, done, prefix: str = "") -> None:
-        """Log a recovery's summary and each refused snapshot and corrupt journal run; count
-        them (risk_journal_corrupt_records_total, risk_snapshot_refused_total)."""
-        for line in done.notices:
-            self.log(f"risk-engine: {line}")
-        self.log(f"risk-engine: {prefix}{done.summary}")
-        c, r = self._recovery_counts
-        self._recovery_counts = (c + done.corrupt_records, r + done.refused_snapshots)
-        self._seq_floors = dict(done.snapshot_seqs)
-        self._count_recovery()
-
-    def _count_recovery(self) -> None:
-        """Into the control block (created after the first recovery: held until then)."""
-        corrupt, refused = self._recovery_counts
-        if self.block is not None:
-            self.block.view("supervisor.journal_corrupt_records")[0] = corrupt
-            self.block.view("supervisor.snapshots_refused")[0] = refused
-            for w, seq in self._seq_floors.items():   # a worker's journal never restarts at or
-                if w < self.block.n_workers:          # below its snapshot's seq (open_journal)
-                    cell = self.block.worker(w, "journal_seq")
-                    cell[0] = max(int(cell[0]), seq)
-
-    @contextmanager
-    def paused_workers(self, timeout_s: float = 5.0):
-        """Hold every live worker between two batches (its journal synced, its last seq in
-        the control block) for the duration of the block. A metrics scrape (another thread
-        of this process) waits for the hold to end instead of competing with it for the GIL
-        (``hold_lock``): the workers' requests queue meanwhile."""
-        b = self.block
-        pause = b.view("supervisor.pause")
-        self.pause_epoch = getattr(self, "pause_epoch", 0) + 1
-        epoch = self.pause_epoch
-        n = len(self.placements)
-        self.hold_lock.acquire()
-        pause[0] = epoch
-        try:
-            for r in self.rings:
-                r.wake_worker()
-            t_end = time.monotonic() + timeout_s
-            alive = b.view("supervisor.worker_alive")
-            while any(alive[w] and b.worker(w, "paused")[0] != epoch for w in range(n)):
-                if time.monotonic() > t_end:
-                    raise StartupError(f"workers did not pause within {timeout_s} s")
-                time.sleep(0.0005)
-            yield
-        finally:
-            pause[0] = 0
-            self.hold_lock.release()
+        self.run_dir_checked = True
+        check_state_dirs(self.cfg, self.log)
 
     def snapshot(self, timeout_s: float = 5.0) -> str:
-        """Pause every worker between two batches, copy the feature tables, resume, then
-        write the copy with each worker's journal seq (engine.snapshot). Returns the path.
-        The pause lasts one memory copy of the tables; the file write happens after."""
-        from engine.snapshot import SnapshotStore
-        d = self.cfg.durability
-        if not d.journal_enabled:
-            raise StartupError("snapshot: journal.enabled is false; a snapshot needs the journal")
-        b = self.block
-        n = len(self.placements)
-        fs = self.features.fs
-        arrays = self._snapshot_buffers(fs)
-        try:
-            dst = tuple(arrays[name] for name in fs.arg_names())
-            src = tuple(fs.arrays())
-            ru0 = resource.getrusage(resource.RUSAGE_THREAD)
-            t0 = time.monotonic_ns()
-            with _realtime(), self.paused_workers(timeout_s):
-                tp = time.monotonic_ns()
-                if src:                    # one compiled call: the GIL never changes hands
-                    _copy_tables(dst, src)
-                tc = time.monotonic_ns()
-                seqs = {w: int(b.worker(w, "journal_seq")[0]) for w in range(n)}
-            held = time.monotonic_ns() - t0
-            ru1 = resource.getrusage(resource.RUSAGE_THREAD)
-            b.view("supervisor.snapshot_pause_ns")[0] = held
-            mx = b.view("supervisor.snapshot_pause_max_ns")
-            mx[0] = max(int(mx[0]), held)
-        except StartupError as e:
-            b.view("supervisor.snapshot_errors")[0] += 1
-            raise StartupError(f"snapshot: {e}") from None
-        t1 = time.monotonic_ns()
-        self._fsync_journals()             # the journal up to `seqs` is durable before the
-        t2 = time.monotonic_ns()
-        store = SnapshotStore(d.snapshot_dir, keep=d.snapshot_keep)
-        path = store.write(arrays, seqs, generation=self.generation)   # snapshot that names it
-        b.view("supervisor.snapshots")[0] += 1
-        # wall time at the end; hold, journal fsync and file write durations (ns); how often
-        # this thread was preempted, and how often it waited (GIL, sleeps), during the hold;
-        # the hold's two parts: waiting for the workers to pause, and the copy (ns)
-        EventLog(b.view("supervisor.snapshot_log")).add(
-            held, t2 - t1, time.monotonic_ns() - t2, ru1.ru_nivcsw - ru0.ru_nivcsw,
-            ru1.ru_nvcsw - ru0.ru_nvcsw, tp - t0, tc - tp)
-        for w in range(n):
-            b.worker(w, "retain_seq")[0] = store.oldest_journal_seq(w)
-        self.last_snapshot = time.monotonic()
-        return path
-
-    def _snapshot_buffers(self, fs) -> dict:
-        """One reusable copy buffer per feature table, its pages (and this process's mapping
-        of the table) faulted in BEFORE the workers are held: a fresh 70 MiB copy faulted
-        about 36k pages inside the pause, long enough to miss 50 ms deadlines."""
-        bufs = self._snap_bufs
-        for name, a in zip(fs.arg_names(), fs.arrays()):
-            buf = bufs.get(name)
-            if buf is None or buf.shape != a.shape or buf.dtype != a.dtype:
-                buf = bufs[name] = np.empty_like(a)
-                _touch_pages(buf, write=True)
-            _touch_pages(a, write=False)
-        tiny = tuple(np.zeros(1, a.dtype) for a in fs.arrays())
-        if tiny:                            # the copy kernel compiled (or loaded from the
-            _copy_tables(tiny, tiny)        # cache) here, not inside the hold
-        return bufs
-
-    def _fsync_journals(self) -> None:
-        """fsync every worker's newest journal records (shared file mappings: an fsync from
-        this process writes back the pages the workers dirtied), an unpublished successor
-        segment included. Older segments were synced before their successor was published."""
-        from engine.journal import journal_dtype, list_writers, sync_tail
-        jdir = self.cfg.durability.journal_dir
-        rs = journal_dtype(self.cfg.schema.dtype).itemsize
-        for w in list_writers(jdir):
-            sync_tail(jdir, w, self.cfg.schema.hash, rs)
-
-    def rebuild_features(self) -> None:
-        """After a worker died: its kernel may have updated tables for events it never
-        journaled (and it may have died holding a slot lock). With the other workers held,
-        re-initialise the tables and rebuild them from snapshot + journals; its successor then
-        re-decides only what was never journaled (engine.worker.serve_journaled_tail)."""
-        if self.features is None or self.features.empty or not self.cfg.durability.journal_enabled:
-            return
-        from engine.recovery_state import recover_features
-        with self.paused_workers():
-            self.features.reinit()
-            done = recover_features(self.cfg, self.features, self.ruleset)
-        if done:
-            self._report_recovery(done, "worker crash: ")
-        else:
-            self.log("risk-engine: worker crash: feature state re-initialised (empty journal)")
+        """A snapshot of the feature tables now (engine.snapshot_coordinator); its path."""
+        return self.snapshots.snapshot(self.rulesets.generation, timeout_s)
 
     def admin_log_path(self) -> str | None:
         """admin.log in the journal directory (None when the journal is off)."""
@@ -404,13 +166,6 @@ class Supervisor:
     def ebpf_enabled(self) -> int:
         return int(self.sidecar is not None and self.sidecar.alive())
 
-    def _publish_generation(self, spec: dict) -> None:
-        g = self.generation + 1
-        rundir.write_generation(self.run_dir, g, spec)
-        self.generations[g] = spec
-        self.generation = g
-        self.block.view("supervisor.generation")[0] = g     # workers poll it between batches
-
     def _spawn(self, role: str | None, args: list[str], **kw) -> subprocess.Popen:
         p = subprocess.Popen([sys.executable, "-m", *args, "--run-dir", str(self.run_dir)],
                              pass_fds=(self.doorbell.fileno(),), **kw)
@@ -418,73 +173,18 @@ class Supervisor:
             self.children[role] = p
         return p
 
-    def _spawn_standby(self) -> None:
-        """A spare worker that imports, attaches and loads the kernel now, so that a worker
-        restart costs only its index-specific part (engine.worker.standby)."""
-        self.standby = self._spawn(None, ["engine.worker", "--standby"], stdin=subprocess.PIPE, text=True)
+    def _after_reload(self) -> None:
+        """A standby's kernel is the old generation's: replace it."""
+        if self.standbys.process is not None:
+            self.standbys.retire()
 
-    def _standby_ready(self) -> bool:
-        sb = self.standby
-        return sb is not None and sb.poll() is None and \
-            int(self.block.view("supervisor.standby_pid")[0]) == sb.pid
-
-    def _take_standby(self, w: int) -> subprocess.Popen | None:
-        """Hand worker index ``w`` to the prepared standby; None when there is none ready."""
-        if not self._standby_ready():
-            return None
-        sb, self.standby = self.standby, None
-        self.block.view("supervisor.standby_pid")[0] = 0
-        self.standby_due = time.monotonic() + STANDBY_RESPAWN_S
-        try:
-            sb.stdin.write(f"{w}\n")
-            sb.stdin.close()
-        except OSError:                    # it died just now: start a worker the slow way
-            return None
-        return sb
-
-    def _retire_standby(self) -> None:
-        """After a reload (its kernel is stale) and at shutdown. A ready standby reads EOF on
-        its stdin and exits; one still loading is killed rather than waited for (it writes
-        nothing shared; the supervisor's loop must not block on it). The next one starts
-        STANDBY_RESPAWN_S later."""
-        ready = self._standby_ready()
-        sb, self.standby = self.standby, None
-        self.block.view("supervisor.standby_pid")[0] = 0
-        self.standby_due = time.monotonic() + STANDBY_RESPAWN_S
-        if sb is None:
-            return
-        try:
-            sb.stdin.close()
-            if ready:
-                sb.wait(STOP_GRACE_S)
-        except (OSError, subprocess.TimeoutExpired):
-            pass
-        if sb.poll() is None:
-            sb.kill()
-        sb.wait()
-
-    def _keep_standby(self) -> None:
-        """Start a standby when there is none (used, retired, or died), not sooner than
-        STANDBY_RESPAWN_S after the last was used: its start-up would compete for the CPU
-        with the worker that just took over. One that dies by itself is replaced after
-        standby_backoff_s(its failures in a row): a start-up that keeps failing costs about
-        a second of CPU each time, and must not run in a loop."""
-        if not self.cfg.workers.standby:
-            return
-        now = time.monotonic()
-        if self.standby is not None and self.standby.poll() is not None:
-            self.standby_failures += 1
-            self.standby_due = now + standby_backoff_s(self.standby_failures)
-            self.log(f"risk-engine: standby worker (pid {self.standby.pid}) exited with code "
-                     f"{self.standby.returncode}; another in {self.standby_due - now:.0f} s")
-            self.standby = None
-        elif self._standby_ready():
-            self.standby_failures = 0
-        if self.standby is None and now >= self.standby_due:
-            self._spawn_standby()
+    def _fold_counters(self, generation: int) -> None:
+        """Before a reload publishes: generation's counter row is about to be reused."""
+        if self.collector is not None:
+            self.collector.fold_generation(generation)
 
     def _spawn_worker(self, w: int) -> None:
-        p = self._take_standby(w)
+        p = self.standbys.take(w)
         if p is not None:
             self.children[f"worker {w}"] = p
         else:
@@ -507,17 +207,18 @@ class Supervisor:
             if dead:
                 raise StartupError(f"{dead[0]} exited with code {self.children[dead[0]].returncode} "
                                    f"during start-up")
-            if self.standby is not None and self.standby.poll() is not None:
-                raise StartupError(f"standby worker exited with code {self.standby.returncode} "
+            sb = self.standbys.process
+            if sb is not None and sb.poll() is not None:
+                raise StartupError(f"standby worker exited with code {sb.returncode} "
                                    f"during start-up")
-            if all(g[0] == self.generation for g in gens) and accepting[0] and \
-                    (self.standby is None or self._standby_ready()):
+            if all(g[0] == self.rulesets.generation for g in gens) and accepting[0] and \
+                    (sb is None or self.standbys.ready()):
                 return
             time.sleep(0.02)
-        waiting = [f"worker {w}" for w, g in enumerate(gens) if g[0] != self.generation]
+        waiting = [f"worker {w}" for w, g in enumerate(gens) if g[0] != self.rulesets.generation]
         if not accepting[0]:
             waiting.append("ingress")
-        if self.standby is not None and not self._standby_ready():
+        if self.standbys.process is not None and not self.standbys.ready():
             waiting.append("standby worker")
         raise StartupError(f"engine not ready after {READY_TIMEOUT_S} s; still starting: {', '.join(waiting)}")
 
@@ -531,20 +232,19 @@ class Supervisor:
             while self.signals:
                 sig = self.signals.pop(0)
                 if sig == signal.SIGHUP:
-                    self._reload_request()
+                    self.rulesets.request_from_file()
                 else:
                     return self.shutdown()
             self._reap()
             self._note_restarted()
-            self._keep_standby()
-            self._poll_reload()
+            self.standbys.keep()
+            self.rulesets.poll()
             self.admin.poll(20)
-            d = self.cfg.durability
-            if d.journal_enabled and time.monotonic() - self.last_snapshot > d.snapshot_interval_s:
+            if self.snapshots.due():
                 try:
                     self.snapshot()
-                except (StartupError, OSError) as e:
-                    self.last_snapshot = time.monotonic()
+                except (SnapshotError, OSError) as e:
+                    self.snapshots.postpone()
                     self.log(f"risk-engine: snapshot failed: {e}")
 
     def _reap(self) -> None:
@@ -562,7 +262,7 @@ class Supervisor:
                 self.block.view("supervisor.worker_alive")[w] = 0
                 self.block.view("supervisor.worker_restarts")[0] += 1
                 try:
-                    self.rebuild_features()
+                    self.recovery.after_crash(self.snapshots.paused_workers, self.rulesets.ruleset)
                 except Exception as e:         # keep serving; say loudly what is not exact
                     self.log(f"risk-engine: feature rebuild after worker {w} died failed: {e}")
                 rebuilt = time.monotonic_ns()
@@ -584,74 +284,6 @@ class Supervisor:
                      f"its death was noticed (feature rebuild {(rebuilt - noticed) / 1e6:.0f} ms, "
                      f"process start {(beat - spawned) / 1e6:.0f} ms)")
 
-    def _reload_request(self) -> None:
-        """SIGHUP: `risk-engine reload` may have left a request file with files / previous."""
-        req = {}
-        try:
-            req = rundir.read_json(self.run_dir, "reload.request")
-            (self.run_dir / "reload.request").unlink()
-        except (OSError, ValueError):
-            pass
-        if not isinstance(req, dict):
-            req = {}
-        files = req.get("files")
-        if not (isinstance(files, list) and files and all(isinstance(f, str) for f in files)):
-            files = None
-        refused = self.reload(tuple(files) if files else None, previous=req.get("previous") is True)
-        if refused:
-            self.log(f"risk-engine: {refused}")
-
-    def reload(self, files: tuple[str, ...] | None = None, previous: bool = False, on_done=None) -> str | None:
-        """Start a reload (engine.reload: parsed and compiled in a child process, never on
-        this loop). Returns a refusal at once, or None: the outcome goes to the log and to
-        ``on_done(outcome)`` when it is known (run()). A refused ruleset keeps the old one
-        serving."""
-        if self.reload_job is not None:
-            return "reload refused: another reload is in progress"
-        if previous:
-            older = sorted(g for g in self.generations if g < self.generation)
-            if not older:
-                return "reload refused: no previous generation"
-            files = tuple(self.generations[older[-1]]["files"])
-        files = files or tuple(self.generations[self.generation]["files"])
-        from engine.reload import ReloadJob
-        try:
-            self.reload_job = ReloadJob(self, files)
-        except OSError as e:
-            return f"reload refused: cannot start the reload process: {e}"
-        if on_done is not None:
-            self.reload_job.callbacks.append(on_done)
-        return None
-
-    def _poll_reload(self) -> None:
-        job = self.reload_job
-        if job is None:
-            return
-        try:
-            res = job.poll()
-        except Exception as e:                 # noqa: BLE001 - a refusal, never the loop's end
-            job.kill()
-            res = f"reload failed: {type(e).__name__}: {e}"
-        if res is None:
-            return
-        self.reload_job = None
-        if isinstance(res, str):
-            self.block.view("supervisor.reload_errors")[0] += 1
-            self.log(f"risk-engine: reload refused, generation {self.generation} keeps serving:\n{res}")
-            outcome = f"reload refused: {res}"
-        else:
-            spec, rs = res
-            if self.collector is not None:     # fold the counter row generation g+1 will reuse
-                self.collector.fold_generation(self.generation - 1)
-            self._publish_generation(spec)
-            self.ruleset = rs
-            if self.standby is not None:        # its kernel is the old generation's: replace it
-                self._retire_standby()
-            outcome = f"generation {self.generation} = {spec['label']}"
-            self.log(f"risk-engine: {outcome}")
-        for cb in job.callbacks:
-            cb(outcome)
-
     def status(self) -> list[dict]:
         """Every engine process. Also called by a metrics scrape on the exporter's thread while
         the loop replaces children and the standby: it reads each once, into a local."""
@@ -665,7 +297,8 @@ class Supervisor:
                 cpu = self.cfg.workers.ingress_cpu
                 node = self.topology.node(cpu)
             rows.append({"role": role, "pid": p.pid, "cpu": cpu, "node": node})
-        sb, sidecar = self.standby, self.sidecar
+        sb = self.standbys.process if self.standbys is not None else None
+        sidecar = self.sidecar
         if sb is not None and sb.poll() is None:
             rows.append({"role": "standby", "pid": sb.pid, "cpu": -1, "node": -1})
         if sidecar is not None and sidecar.alive():
@@ -677,13 +310,13 @@ class Supervisor:
             "instance": self.cfg.instance, "bind": self.cfg.ingress.bind,
             "metrics": self.cfg.metrics.bind if self.cfg.metrics.enabled else None,
             "admin": self.admin.bind if self.admin else None,
-            "generation": self.generation, "processes": self.status(),
+            "generation": self.rulesets.generation, "processes": self.status(),
             "rings": [r.names() for r in self.rings]})
 
     # --- stop ---------------------------------------------------------------------------------
 
     def shutdown(self) -> int:
-        self._retire_standby()
+        self.standbys.retire()
         stop = self.block.view("supervisor.stop")
         stop[0] = 1
         ing = self.children.get("ingress")
@@ -708,13 +341,14 @@ class Supervisor:
 
     def cleanup(self) -> None:
         """Release everything this supervisor created; safe after a partial start."""
-        if self.reload_job is not None:
-            self.reload_job.kill()
-            self.reload_job = None
-        for p in [*self.children.values(), *([self.standby] if self.standby else [])]:
+        if self.rulesets is not None:
+            self.rulesets.kill()
+        for p in self.children.values():
             if p.poll() is None:
                 p.kill()
                 p.wait()
+        if self.standbys is not None:
+            self.standbys.kill()
         for res in (self.sidecar, self.exporter, self.admin):
             if res is not None:
                 (res.stop if res is self.sidecar else res.close)()
@@ -725,7 +359,7 @@ class Supervisor:
             self.features.close()
             self.features = None
         self.block = None
-        if getattr(self, "control", None) is not None:
+        if self.control is not None:
             self.control.unlink()
             self.control.close()
         unlink_owned(self.cfg.instance, self.pid)
@@ -751,7 +385,7 @@ def serve(cfg: Config, ebpf: bool = False) -> int:
         sup.cleanup()
         raise
     print(f"risk-engine: serving {cfg.ingress.bind} with {len(sup.placements)} worker(s), "
-          f"ruleset {sup.generations[sup.generation]['label']}; metrics "
+          f"ruleset {sup.rulesets.specs[sup.rulesets.generation]['label']}; metrics "
           f"{'http://' + cfg.metrics.bind + '/metrics' if cfg.metrics.enabled else 'off'}; "
           f"instance {cfg.instance} (pid {sup.pid})", flush=True)
     return sup.run()

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import threading
 import time
 
 import numba
@@ -26,8 +25,11 @@ import numpy as np
 from engine import gcstats, procname, rundir
 from engine.control import (BLOCKS_EVERY_NS, KERNEL_BOUNDS_NS, LATENCY_BOUNDS_NS,
                             STALL_NS, STALL_PHASES, Block, EventLog, observe)
+from engine.journal_housekeeper import JournalHousekeeper
 from engine.rings import EngineRings
+from engine.snapshot_coordinator import hold_for_snapshot
 from engine.topology import pin_self
+from engine.worker_prepare import GenerationLoader, Prepared, load_generation
 from engine.journal_format import RETRY_NS, journal_dtype
 from engine.types import (ACTION_NAMES, FIRED_PER_SLOT, FIRED_SLOT_DTYPE, MAX_FIRED, RESPONSE_SLOT_DTYPE,
                           DecisionFlag, ErrorCode, request_slot_dtype)
@@ -35,8 +37,6 @@ from rules.kernel_helpers import any_above
 from shm.ring import bind_entry
 from shm.doorbell import EventfdDoorbell
 
-
-_HOLD = STALL_PHASES.index("hold")
 # JournalWriter.append_slots copies records word by word from the ring slots: a request slot
 # is (token, arrival_ns, client_id, request_id, event) as a journal record is (seq, arrival_ns,
 # client_id, request_id, event), and a response slot's score, generation, action and flags are
@@ -220,32 +220,6 @@ class StallRecorder:
         self.log.add(phase, d, n, self.idle.last_wake)
 
 
-def hold_for_snapshot(block: Block, index: int, journal, stalls: StallRecorder) -> None:
-    """Snapshot protocol, worker side: publish the journal's last seq, say "paused", and wait
-    until the supervisor has copied the tables. The copy then equals the state after exactly
-    those journal records (docs/DURABILITY.md). The journal is made durable by the supervisor
-    after the workers resume, before the snapshot file is written: the pause lasts one
-    memory copy, not a disk flush."""
-    pause = block.view("supervisor.pause")
-    stop = block.view("supervisor.stop")
-    paused = block.worker(index, "paused")
-    epoch = int(pause[0])
-    if not epoch or paused[0] == epoch:
-        return
-    if journal is not None:             # durable later: the supervisor fsyncs the segments
-        block.worker(index, "journal_seq")[0] = journal.last_seq   # before writing the snapshot
-    paused[0] = epoch                   # the supervisor copies the tables after this store
-    t0 = time.monotonic_ns()
-    while pause[0] == epoch and stop[0] < 2:
-        time.sleep(0.0002)
-    held = time.monotonic_ns() - t0
-    if held > STALL_NS:
-        stalls.add(_HOLD, held, 0)
-    retain = int(block.worker(index, "retain_seq")[0])
-    if journal is not None and retain:
-        journal.set_snapshot_seq(retain)   # retention never deletes what a snapshot needs
-
-
 def serve_journaled_tail(rings: EngineRings, journal, proc: "BatchProcessor") -> int:
     """A restarted worker's first step. Its predecessor may have died after journaling a
     batch but before releasing it: those requests are still in the ring AND already counted
@@ -278,17 +252,6 @@ def serve_journaled_tail(rings: EngineRings, journal, proc: "BatchProcessor") ->
     return 0
 
 
-def load_generation(run_dir: str, generation: int, schema, features=None):
-    """Compile (from the kernel cache) generation ``generation``'s rules against the
-    engine's shared feature tables, and warm the kernel up."""
-    from rules import compile_ruleset
-    spec = rundir.read_generation(run_dir, generation)
-    rs = compile_ruleset(spec["files"], schema, thresholds=tuple(spec["thresholds"]),
-                         on_error=spec["on_error"], features=features)
-    rs.warm_up()
-    return rs
-
-
 def open_journal(cfg, index: int, seq_floor: int = 0):
     """This worker's journal writer (writer id = worker index), or None when disabled.
     ``seq_floor``: the newest snapshot's seq for this worker (control block journal_seq): the
@@ -304,112 +267,6 @@ def open_journal(cfg, index: int, seq_floor: int = 0):
         print(f"risk-engine: worker {index}: journal continues at seq {j.next_seq} after corrupt "
               f"record(s), kept as found: {c}", file=sys.stderr)
     return j
-
-
-HOUSEKEEP_ZERO_BYTES = 4 << 20      # zero-fill per round: up to 400 MB/s at 10 ms rounds, far
-                                    # above what a worker appends (34 MB/s at 250k events/s)
-
-
-class JournalHousekeeper:
-    """The journal's file-system work, off the worker's main thread: every interval_ms (10 ms
-    when the policy has none) publish the segment a rotation switched to (fsync of its
-    predecessor, rename, directory fsync: JournalWriter.publish_pending), sync the records
-    appended to the current segment (fsync=interval_ms: JournalWriter.sync_appended), then
-    ``JournalWriter.housekeep`` (pre-fault the pages ahead,
-    zero-fill the next segment, unmap rotated ones, retention). Each of these can wait on the
-    disk for hundreds of ms, which on the main thread would hold whole batches past their
-    deadline; os.fsync, the msync and the populate (both ctypes) release the GIL. Loss window
-    on power failure with interval_ms: about interval_ms plus one sync."""
-
-    def __init__(self, journal):
-        self.journal = journal
-        journal.background = True
-        self.fsync = journal.config.fsync == "interval_ms"
-        self.interval_s = (journal.config.interval_ms or 10) / 1000
-        self.stopped = threading.Event()
-        self.syncs = 0
-        self.errors = 0
-        self.thread = threading.Thread(target=self._run, daemon=True, name="journal-housekeeper")
-        self.thread.start()
-
-    def _run(self) -> None:
-        from engine.procname import name_thread
-        name_thread("journal")
-        while not self.stopped.wait(self.interval_s):
-            try:
-                self.journal.publish_pending()      # a rotation's successor, its predecessor
-                if self.fsync:                      # made durable first
-                    self._sync()
-            except OSError as e:            # records not durable: journal nothing more until
-                self._error(e)              # a sync works (JournalWriter.try_reserve)
-                self.journal.note_error(e, sync=True)
-                continue
-            try:
-                self.journal.housekeep(HOUSEKEEP_ZERO_BYTES)
-            except OSError as e:            # the next segment cannot be allocated (full disk):
-                self._error(e)              # the appender's try_reserve meets it when it needs
-                continue                    # that segment; retried every round meanwhile
-            self.errors = 0
-
-    def _error(self, e: OSError) -> None:
-        self.errors += 1
-        if self.errors == 1:                # once per run of failures
-            print(f"risk-engine: journal housekeeping: {e}", file=sys.stderr)
-
-    def _sync(self) -> None:
-        if self.journal.sync_appended():    # the records' byte range (msync), not the file
-            self.syncs += 1
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self.thread.join(2)
-
-
-class _Reloader:
-    """Loads a new generation on a background thread; the loop swaps it in between batches."""
-
-    def __init__(self, run_dir: str, schema, features=None):
-        self.run_dir, self.schema, self.features = run_dir, schema, features
-        self.thread = None
-        self.generation = 0
-        self.result = None
-
-    def start(self, generation: int) -> None:
-        self.generation, self.result = generation, None
-        self.thread = threading.Thread(target=self._load, daemon=True, name="reload")
-        self.thread.start()
-
-    def _load(self) -> None:
-        try:
-            self.result = load_generation(self.run_dir, self.generation, self.schema, self.features)
-        except Exception as e:            # reported by the loop, which keeps the old ruleset
-            self.result = e
-
-    @property
-    def busy(self) -> bool:
-        return self.thread is not None and self.thread.is_alive()
-
-    def take(self):
-        """(generation, ruleset-or-exception) once the load finished, else None."""
-        if self.thread is None or self.thread.is_alive():
-            return None
-        self.thread = None
-        return self.generation, self.result
-
-
-class Prepared:
-    """What a worker loads before it needs its index: the config, the control block, the
-    shared feature tables and the active generation's kernel (from the kernel cache, warmed
-    up: numba's first load costs about 0.2 s of it). A standby worker holds one ready."""
-
-    def __init__(self, run_dir: str):
-        from engine.featurestore import FeatureStore
-        self.plan = rundir.read_plan(run_dir)
-        self.cfg = rundir.read_config(run_dir)
-        self.block, self.block_seg = rundir.attach_control(run_dir, self.cfg)
-        self.store = FeatureStore(self.cfg, self.plan["owner_pid"], create=False)
-        self.generation = int(self.block.view("supervisor.generation")[0])
-        self.ruleset = load_generation(run_dir, self.generation, self.cfg.schema, self.store.fs)
 
 
 def standby(run_dir: str) -> int:
@@ -463,7 +320,7 @@ def serve(run_dir: str, index: int, prep: Prepared | None = None) -> int:
     heartbeat = block.worker(index, "heartbeat_ns")
     py_blocks, blocks_due = block.worker(index, "py_blocks"), 0
     reload_errors = block.worker(index, "reload_errors")
-    reloader = _Reloader(run_dir, cfg.schema, store.fs)
+    reloader = GenerationLoader(run_dir, cfg.schema, store.fs)
     refused = -1                        # a generation this worker could not load: not retried
     req, idle = rings.request, rings.worker_idle
     wake = idle.strategy

@@ -25,9 +25,6 @@ PACKAGES = ("shm", "engine", "ingress", "rules", "bpf", "bench", "tests")
 KNOWN_CYCLES: tuple[frozenset, ...] = (
     # config._admin_bind -> rundir.run_dir_for ({run} in admin.bind); rundir.py:82,101 -> config.parse_config
     frozenset({"engine.config", "engine.rundir"}),
-    # admin -> supervisor.StartupError; supervisor -> admin.AdminServer, reload;
-    # admin_state -> admin.allowed_file; reload -> supervisor.ruleset_spec
-    frozenset({"engine.admin", "engine.admin_state", "engine.reload", "engine.supervisor"}),
 )
 
 

@@ -446,7 +446,7 @@ def test_iter_merged_keeps_each_writer_in_order_and_interleaves_by_arrival(tmp_p
 def test_housekeeping_from_a_second_thread_while_appending(tmp_path):
     """The worker's arrangement: the main thread appends (and rotates) while a housekeeping
     thread publishes the segments rotation switched to, pre-faults, prepares the next segment,
-    unmaps rotated ones and applies retention (engine.worker.JournalHousekeeper). No record
+    unmaps rotated ones and applies retention (engine.journal_housekeeper). No record
     is lost or damaged, nothing is left over."""
     import threading
     stop = threading.Event()

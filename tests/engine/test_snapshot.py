@@ -144,13 +144,13 @@ def test_round_trip_property_any_dtype_and_shape(tmp_path_factory, specs, seed):
 
 
 def test_the_snapshot_hold_runs_realtime_when_allowed_and_restores_the_policy():
-    """engine.supervisor._realtime: SCHED_FIFO inside when the process may (root or
+    """engine.snapshot_coordinator._realtime: SCHED_FIFO inside when the process may (root or
     CAP_SYS_NICE), unchanged otherwise; the old policy is back afterwards, also on error."""
     import os
 
     import pytest
 
-    from engine.supervisor import _realtime
+    from engine.snapshot_coordinator import _realtime
     before = os.sched_getscheduler(0), os.sched_getparam(0).sched_priority
     try:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))

@@ -80,7 +80,7 @@ def test_a_standby_that_dies_by_itself_is_replaced_after_a_backoff(tmp_path):
 
 
 def test_standby_backoff_doubles_and_is_capped():
-    from engine.supervisor import STANDBY_BACKOFF_MAX_S, STANDBY_RESPAWN_S, standby_backoff_s
+    from engine.standby import STANDBY_BACKOFF_MAX_S, STANDBY_RESPAWN_S, standby_backoff_s
     assert [standby_backoff_s(k) for k in (1, 2, 3)] == [STANDBY_RESPAWN_S, 2 * STANDBY_RESPAWN_S,
                                                         4 * STANDBY_RESPAWN_S]
     assert standby_backoff_s(60) == STANDBY_BACKOFF_MAX_S
