@@ -98,8 +98,11 @@ class SnapshotCoordinator:
     after a worker died), copies the tables and writes the snapshot file. Made by the
     supervisor once the control block, the rings and the feature tables exist."""
 
-    def __init__(self, cfg, block: Block, rings: list, features, last_snapshot_s: float):
+    def __init__(self, cfg, block: Block, rings: list, features, last_snapshot_s: float,
+                 exited=lambda w: False):
         self.cfg = cfg
+        self.exited = exited                # exited(w): worker w's process has ended (reaped
+                                            # or not): it will never pause
         self.block = block
         self.rings = rings                  # the supervisor's EngineRings, one per worker
         self.features = features            # engine.featurestore.FeatureStore
@@ -136,7 +139,13 @@ class SnapshotCoordinator:
                 r.wake_worker()
             t_end = time.monotonic() + timeout_s
             alive = b.view("supervisor.worker_alive")
-            while any(alive[w] and b.worker(w, "paused")[0] != epoch for w in range(n)):
+            while waiting := [w for w in range(n) if alive[w] and b.worker(w, "paused")[0] != epoch]:
+                # a worker that died before pausing: end the hold now (the others' requests
+                # would wait out timeout_s), and take no copy: its tables may hold a batch
+                # it never journaled, past the seq it last published
+                dead = [w for w in waiting if self.exited(w)]
+                if dead:
+                    raise SnapshotError(f"worker {dead[0]} exited before it paused")
                 if time.monotonic() > t_end:
                     raise SnapshotError(f"workers did not pause within {timeout_s} s")
                 time.sleep(0.0005)

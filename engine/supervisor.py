@@ -95,7 +95,8 @@ class Supervisor:
             self.rings.append(EngineRings.create(cfg, self.pid, w, self.doorbell))
         self.rulesets = Rulesets(cfg, self.run_dir, self.block, self.features, self.log,
                                  before_publish=self._fold_counters, after_reload=self._after_reload)
-        self.snapshots = SnapshotCoordinator(cfg, self.block, self.rings, self.features, self.created_s)
+        self.snapshots = SnapshotCoordinator(cfg, self.block, self.rings, self.features, self.created_s,
+                                             exited=self._worker_exited)
         self.standbys = StandbyPool(cfg.workers.standby, self.block,
                                     lambda args, **kw: self._spawn(None, args, **kw), self.log)
         plan = {"instance": cfg.instance, "owner_pid": self.pid, "eventfd": self.doorbell.fileno(),
@@ -246,6 +247,11 @@ class Supervisor:
                 except (SnapshotError, OSError) as e:
                     self.snapshots.postpone()
                     self.log(f"risk-engine: snapshot failed: {e}")
+
+    def _worker_exited(self, w: int) -> bool:
+        """Worker w's process has ended; Popen keeps the status, so _reap still sees it."""
+        p = self.children.get(f"worker {w}")
+        return p is not None and p.poll() is not None
 
     def _reap(self) -> None:
         for role, p in list(self.children.items()):

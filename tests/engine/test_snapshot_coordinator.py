@@ -101,6 +101,21 @@ def test_a_worker_that_never_pauses_fails_the_hold_and_releases_everything():
         assert int(b.view("supervisor.pause")[0]) == 0 and not coord.hold_lock.locked()
 
 
+def test_a_worker_that_dies_before_it_pauses_ends_the_hold_at_once():
+    """A worker killed while a hold waits for it (alive still 1: the supervisor's loop has not
+    reaped it) never pauses: the hold ends with that reason, not after timeout_s with the other
+    workers held all along (which put their requests past a 10 s deadline under load)."""
+    coord = coordinator(2)
+    coord.exited = lambda w: w == 1
+    b = coord.block
+    with Workers(b, (0,)):
+        b.view("supervisor.worker_alive")[1] = 1
+        with pytest.raises(SnapshotError, match="worker 1 exited before it paused"):
+            with coord.paused_workers(timeout_s=120):
+                pytest.fail("the block ran without every live worker paused")
+        assert int(b.view("supervisor.pause")[0]) == 0 and not coord.hold_lock.locked()
+
+
 def test_a_snapshot_without_the_journal_is_a_snapshot_error_not_a_startup_error():
     from engine.config import parse_config, portable_raw
     from engine.preflight import StartupError
