@@ -144,16 +144,17 @@ def test_u64_through_if_else_and_min_max_is_exact(all_schema):
         assert _ref(_compile_or_skip(text, all_schema), env) == ("ok", True), text
 
 
-N_RULES = 96                 # one kernel holds them all: its cold compile dominates this file
-N_EXACT = 32                 # of which these are gen_exact_bool rules (ids x<n>)
+# One kernel holds each random ruleset; its cold compile dominates this file. `make test` runs
+# the small one; the 96-rule one (75 s cold) runs in make test-slow (CI).
+N_RULES, N_EXACT = 96, 32          # rules, of which gen_exact_bool rules (ids x<n>)
+N_RULES_FAST, N_EXACT_FAST = 24, 8
 
 
-@pytest.fixture(scope="module")
-def random_ruleset(all_schema, kernel_cache, tmp_path_factory):
-    rng = random.Random(20261128)
+def _random_ruleset(all_schema, kernel_cache, tmp_path_factory, n_rules: int, n_exact: int):
+    rng = random.Random(20261128 + n_rules)
     rules = []
-    while len(rules) < N_RULES:
-        exact = len(rules) >= N_RULES - N_EXACT
+    while len(rules) < n_rules:
+        exact = len(rules) >= n_rules - n_exact
         text, _ = (gen_exact_bool if exact else gen_bool)(rng, rng.randint(1, 4))
         if _compile_or_skip(text, all_schema) is None:
             continue
@@ -161,10 +162,20 @@ def random_ruleset(all_schema, kernel_cache, tmp_path_factory):
         rules.append(f"  - id: {'x' if exact else 'g'}{len(rules)}\n    when: {text!r}\n    action: "
                      f"{rng.choice(['allow', 'review', 'block'])}\n    score: {rng.choice([0, 1, 2.5, 3])}\n"
                      f"    mode: {mode}\n")
-    path = tmp_path_factory.mktemp("diff") / "random.yaml"
+    path = tmp_path_factory.mktemp("diff") / f"random{n_rules}.yaml"
     path.write_text(f"ruleset: random\nversion: 1\n{CONSTANTS_YAML}\nrules:\n" + "".join(rules))
     return compile_ruleset([str(path)], all_schema, thresholds={"review": 6, "block": 11},
                            cache_dir=kernel_cache)
+
+
+@pytest.fixture(scope="module")
+def random_ruleset(all_schema, kernel_cache, tmp_path_factory):
+    return _random_ruleset(all_schema, kernel_cache, tmp_path_factory, N_RULES, N_EXACT)
+
+
+@pytest.fixture(scope="module")
+def small_ruleset(all_schema, kernel_cache, tmp_path_factory):
+    return _random_ruleset(all_schema, kernel_cache, tmp_path_factory, N_RULES_FAST, N_EXACT_FAST)
 
 
 def _check_batch(rs, arr, strided: bool):
@@ -207,7 +218,15 @@ def _check_batch(rs, arr, strided: bool):
         assert (out_big[1::3]["score"] == 0).all()
 
 
-@pytest.mark.slow                # a cold compile of the random ruleset, 75 s: make test-slow (CI)
+@settings(max_examples=12, **_SETTINGS)
+@given(seed=st.integers(0, 2**32 - 1), n=st.sampled_from([1, 3, 17, 64]), strided=st.booleans())
+def test_small_kernel_matches_reference(small_ruleset, all_schema, seed, n, strided):
+    rng = random.Random(seed)
+    arr = to_record([random_event(rng, all_schema) for _ in range(n)], all_schema)
+    _check_batch(small_ruleset, arr, strided)
+
+
+@pytest.mark.slow
 @settings(max_examples=40, **_SETTINGS)
 @given(seed=st.integers(0, 2**32 - 1), n=st.sampled_from([1, 3, 17, 64]), strided=st.booleans())
 def test_kernel_matches_reference(random_ruleset, all_schema, seed, n, strided):
@@ -216,7 +235,16 @@ def test_kernel_matches_reference(random_ruleset, all_schema, seed, n, strided):
     _check_batch(random_ruleset, arr, strided)
 
 
+def test_small_kernel_rule_values_match_python(small_ruleset, all_schema):
+    _check_rule_values(small_ruleset, all_schema, min_checked=250)
+
+
+@pytest.mark.slow
 def test_kernel_rule_values_match_python(random_ruleset, all_schema):
+    _check_rule_values(random_ruleset, all_schema, min_checked=1000)
+
+
+def _check_rule_values(random_ruleset, all_schema, min_checked: int):
     """Each compiled rule's fired bit equals Python's truth of its text where Python defines it."""
     rng = random.Random(7)
     arr = to_record([random_event(rng, all_schema) for _ in range(64)], all_schema)
@@ -246,4 +274,4 @@ def test_kernel_rule_values_match_python(random_ruleset, all_schema):
             fired = bool(int(bits[i, r // 64]) >> (r % 64) & 1)
             assert fired == truth, (text, env)
             checked += 1
-    assert checked > 1000
+    assert checked > min_checked
