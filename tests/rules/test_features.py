@@ -66,16 +66,29 @@ def rules_file(tmp_path_factory):
     return str(p)
 
 
-def _fresh(rules_file, cache, **kw):
+def _state():
+    """Fresh feature tables and the model of the same state (empty tables, the two lists)."""
     fs = FeatureSet(SPECS, SCHEMA)
     fs.replace_list("blocked_ips", np.array([7, 9], np.uint64))
     from engine.features.keys import key_from_python
     fs.replace_list("bad_currencies", np.array([key_from_python(b"XXX", "bytes3")], np.uint64))
-    rs = compile_ruleset([rules_file], SCHEMA, thresholds={"review": 30, "block": 60},
-                         cache_dir=cache, features=fs, **kw)
     model = FeatureModel(SPECS, SCHEMA, {"blocked_ips": [7, 9],
                                          "bad_currencies": [key_from_python(b"XXX", "bytes3")]})
+    return fs, model
+
+
+def _fresh(rules_file, cache, **kw):
+    fs, model = _state()
+    rs = compile_ruleset([rules_file], SCHEMA, thresholds={"review": 30, "block": 60},
+                         cache_dir=cache, features=fs, **kw)
     return fs, rs, model
+
+
+@pytest.fixture(scope="module")
+def stream_ruleset(rules_file, kernel_cache):
+    """Compiled once: the stream examples pass each one's fresh tables to the kernel (loading
+    the kernel again per example cost most of make test's time in this file)."""
+    return _fresh(rules_file, kernel_cache)[1]
 
 
 def _stream(rng: random.Random, n: int):
@@ -109,8 +122,9 @@ def _run_kernel(rs, ev, arrival, fs, cuts):
 @settings(max_examples=25, **_SET)
 @given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 70), halted=st.integers(0, 3),
        halt=st.booleans())
-def test_kernel_matches_reference_over_streams(rules_file, kernel_cache, seed, n, halted, halt):
-    fs, rs, model = _fresh(rules_file, kernel_cache)
+def test_kernel_matches_reference_over_streams(stream_ruleset, seed, n, halted, halt):
+    rs = stream_ruleset
+    fs, model = _state()
     if halted:
         fs.set_state("account_state", halted, 2 if halted != 3 else 1)
         model.set_state("account_state", halted, 2 if halted != 3 else 1)
