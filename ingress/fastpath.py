@@ -59,6 +59,7 @@ class FastPath:
         self.ev_off = router.slot_dtype.fields["event"][1]
         d = router.dedup
         self.dedup = d
+        self.dd_meta, self.dd_index, self.dd_ent, self.dd_pool = d.tables
         self.inflight = d.inflight
         self.keyed_ok = d.enabled
         self.window_ns = d.window_ns
@@ -67,7 +68,7 @@ class FastPath:
         self.ring_cap = [r.request.capacity for r in router.rings]
         self.resp_u8 = [r.response.slots.view(np.uint8).reshape(r.response.capacity, -1)
                         for r in router.rings]
-        self.flag_errors = router.codec._flag_errors
+        self.flag_errors = router.codec.flag_errors
         self.instrument = 1 if router.instrument else 0
         self.bounds = router.bounds
         self.c_eval = router.c_eval[0]
@@ -79,17 +80,18 @@ class FastPath:
         points: a call then skips Numba's per-call type dispatch."""
         ty = numba.typeof
         i64 = numba.types.int64
-        r, d = self.router, self.dedup
+        r = self.router
         body_t = ty(b"x")
         self._admit = bind_entry(K.admit, (
-            body_t, i64, i64, ty(self.checks), i64, i64, i64, ty(d._index), ty(d._ent), i64,
+            body_t, i64, i64, ty(self.checks), i64, i64, i64, ty(self.dd_index), ty(self.dd_ent), i64,
             ty(self.ring_hdr[0]), ty(self.ring_u8[0]), i64, i64, i64, ty(self.ft), ty(self.free),
             ty(self.meta), ty(self.fdec), i64, i64, i64, i64))
         self._queue_age = bind_entry(K.queue_age, (ty(self.ring_hdr[0]), ty(self.ring_u8[0]), i64, i64))
         # the arguments every finished row needs (K.finish_row), passed to deliver and finish
         self._tail = (self.ft, self.free, self.meta, self.fdec, self.fout, self.flag_errors,
                       self.instrument, self.c_eval, r.c_stage, self.bounds, self.c_req,
-                      r.c_decisions, d._meta, d._index, d._ent, d._pool, self.window_ns)
+                      r.c_decisions, self.dd_meta, self.dd_index, self.dd_ent, self.dd_pool,
+                      self.window_ns)
         tail_t = tuple(i64 if type(a) is int else ty(a) for a in self._tail)
         self._deliver = bind_entry(K.deliver, (ty(self.resp_u8[0]), i64, i64, ty(self.done), i64)
                                    + tail_t)
@@ -132,10 +134,9 @@ class FastPath:
                 return False
         w = r.worker_of_record(body, wire.REQUEST_HEADER_SIZE)
         seq = r.seq
-        d = self.dedup
         res = self._admit(body, wire.REQUEST_HEADER_SIZE, self.rsize, self.checks,
-                          i64_bits(cid), i64_bits(rid), 0 if key is None else 1, d._index, d._ent,
-                          d._pool.size, self.ring_hdr[w], self.ring_u8[w], self.ring_cap[w],
+                          i64_bits(cid), i64_bits(rid), 0 if key is None else 1, self.dd_index,
+                          self.dd_ent, self.dd_pool.size, self.ring_hdr[w], self.ring_u8[w], self.ring_cap[w],
                           self.ev_off, w, self.ft, self.free, self.meta, self.fdec, seq, now,
                           r.deadline(now, deadline_us),
                           r.behind_ns)

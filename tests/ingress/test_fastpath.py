@@ -35,7 +35,7 @@ def random_slots(rng, n):
 def expected_decisions(s: np.ndarray) -> dict:
     """What the protocol says a reply carries for response slots ``s`` (docs/PROTOCOL.md):
     the oracle the encoders are checked against (the wire decoder reads their bytes)."""
-    flag_errors = CODEC._flag_errors
+    flag_errors = CODEC.flag_errors
     flags = s["flags"] | (s["nfired"] > MAX_FIRED).astype(np.uint8)
     return {"action": s["action"], "flags": flags, "error": flag_errors[s["flags"]],
             "nfired": s["nfired"], "generation": s["generation"], "score": s["score"],
@@ -49,7 +49,7 @@ def test_one_decision_reply_reads_as_the_protocol_says():
     for s in random_slots(rng, 400):
         rid = int(rng.integers(0, 2 ** 63)) * 2 + 1       # the top bit set half of the time
         one = np.array([s], RESPONSE_SLOT_DTYPE)
-        K.encode_reply(one.view(np.uint8), out, np.int64(i64_bits(rid)), CODEC._flag_errors)
+        K.encode_reply(one.view(np.uint8), out, np.int64(i64_bits(rid)), CODEC.flag_errors)
         got_rid, err, dec, _ = wire.unpack_reply(out.tobytes())
         assert (got_rid, err, len(dec)) == (rid, 0, 1)
         for name, want in expected_decisions(one).items():
