@@ -1,8 +1,6 @@
 """The ingress fast path's compiled pieces against the general path they stand in for: the
 reply bytes, the value checks and the shard choice must be exactly the codec's and
 ``shard_of``'s (the engine-level behaviour is covered by tests/engine through real sockets)."""
-import types
-
 import numpy as np
 import pytest
 
@@ -12,7 +10,7 @@ from ingress import _fast_kernels as K
 from ingress import wire
 from ingress.dedup import i64_bits
 from ingress.codec import value_checks
-from ingress.router import Router, shard_of, shard_struct
+from ingress.admission import Shards, shard_of
 from ingress.wire import WireError
 from tests.ingress.wire_helpers import SCHEMA, make_codec, records
 
@@ -102,11 +100,8 @@ def test_one_record_routes_as_shard_of(ktype, n_workers):
     recs = np.zeros(500, schema.dtype)
     info = np.iinfo(recs["k"].dtype)
     recs["k"] = rng.integers(info.min, info.max, 500, endpoint=True, dtype=recs["k"].dtype)
-    fake = types.SimpleNamespace(n_workers=n_workers)
-    key = schema.dtype.fields["k"]
-    fake.shard_struct = shard_struct(key[0])
-    fake.shard_off = key[1]
+    shards = Shards(schema, n_workers)
     want = shard_of(recs["k"], n_workers)
     raw = recs.view(np.uint8).reshape(len(recs), -1)
-    got = [Router.worker_of_record(fake, raw[i].tobytes(), 0) for i in range(len(recs))]
+    got = [shards.worker_of_record(raw[i].tobytes(), 0) for i in range(len(recs))]
     assert got == want.tolist()
