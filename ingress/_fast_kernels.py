@@ -119,15 +119,27 @@ def queue_age(ring_hdr, ring_u8, ring_cap, now):
 
 
 @njit(cache=True)
+def worker_refusal(ring_hdr, ring_u8, ring_cap, n, now, behind_ns):
+    """The admission policy's question for one worker (ingress.admission), asked by both
+    paths: RING_FULL when its request ring has no room for ``n`` more slots, WORKER_BEHIND
+    when its oldest unfinished event has waited over ``behind_ns`` (queue_age), else 0."""
+    if ring_cap - RK._occupancy(ring_hdr) < n:
+        return RING_FULL
+    if queue_age(ring_hdr, ring_u8, ring_cap, now) > behind_ns:
+        return WORKER_BEHIND
+    return 0
+
+
+@njit(cache=True)
 def admit(body, hdr_off, rsize, checks, cid, rid, keyed, dd_index, dd_ent, dd_pool_size,
           ring_hdr, ring_u8, ring_cap, ev_off, worker, ft, free, meta, fdec, seq, now, deadline,
           behind_ns):
     """Admit a one-event binary request whose header the caller checked: returns row * 2 +
     (1 if the worker sleeps and is owed a doorbell), or BAD_VALUE (non-finite float, bool not
     0/1: the general path names it), DECIDED (the key was decided, for these events or
-    others: the general path answers it from the window or refuses it), TABLE_FULL, RING_FULL or WORKER_BEHIND (queue_age over
-    ``behind_ns``; the general path answers OVERLOADED). ``keyed``: (cid, rid) is an
-    idempotency key (client id set, window on)."""
+    others: the general path answers it from the window or refuses it), TABLE_FULL, or
+    worker_refusal's RING_FULL or WORKER_BEHIND (the general path answers OVERLOADED).
+    ``keyed``: (cid, rid) is an idempotency key (client id set, window on)."""
     if not values_ok(body, hdr_off, checks):
         return BAD_VALUE
     rhash = np.int64(0)
@@ -138,10 +150,11 @@ def admit(body, hdr_off, rsize, checks, cid, rid, keyed, dd_index, dd_ent, dd_po
     top = meta[TOP]
     if top == 0:
         return TABLE_FULL
-    if queue_age(ring_hdr, ring_u8, ring_cap, now) > behind_ns:
-        return WORKER_BEHIND
+    refused = worker_refusal(ring_hdr, ring_u8, ring_cap, 1, now, behind_ns)
+    if refused:
+        return refused
     pos = RK._claim_position(ring_hdr, 1, ring_cap)
-    if pos < 0:
+    if pos < 0:                                 # not after worker_refusal: one producer
         return RING_FULL
     row = free[top - 1]
     meta[TOP] = top - 1

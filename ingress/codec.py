@@ -177,7 +177,7 @@ class Codec:
         errs = np.zeros(256, np.uint16)
         for flag, code in reversed(_FLAG_ERRORS):
             errs[(np.arange(256) & int(flag)) != 0] = int(code)
-        self._flag_errors = errs
+        self.flag_errors = errs            # decision flags -> error code (the reply's encoders)
         self._encode = bind_entry(BK.encode_replies, (
             numba.typeof(np.zeros((1, SLOT_BYTES), np.uint8)), numba.typeof(np.zeros(1, np.uint8)),
             numba.types.int64, numba.typeof(errs)))
@@ -310,7 +310,7 @@ class Codec:
             return self._json_reply(req.request_id, slots, ruleset_meta, fired or {})
         buf = bytearray(wire.REPLY_HEADER_SIZE + n * wire.DECISION_SIZE)
         raw = np.ascontiguousarray(slots).view(np.uint8).reshape(n, SLOT_BYTES)
-        self._encode(raw, np.frombuffer(buf, np.uint8), i64_bits(req.request_id), self._flag_errors)
+        self._encode(raw, np.frombuffer(buf, np.uint8), i64_bits(req.request_id), self.flag_errors)
         return bytes(buf)
 
     def _json_reply(self, rid: int, slots: np.ndarray, metas, full: Mapping[int, list]) -> bytes:
@@ -339,7 +339,7 @@ class Codec:
                  "ruleset": meta.label if meta is not None else f"generation:{g}"}
             if fl:
                 d["flags"] = self._flag_names[fl]
-                err = int(self._flag_errors[fl])
+                err = int(self.flag_errors[fl])
                 if err:
                     d["error"] = ErrorCode(err).name
             out.append(d)

@@ -77,6 +77,12 @@ class IdempotencyWindow:
         return self.window_ns > 0
 
     @property
+    def tables(self) -> tuple:
+        """(meta, index, entries, pool): the window's arrays as ingress._dedup_kernels take
+        them, for compiled code that looks up and inserts into this window (the fast path)."""
+        return self._meta, self._index, self._ent, self._pool
+
+    @property
     def evicted_early(self) -> int:
         """Decided requests forgotten before their window ended (entries or bytes full)."""
         return int(self._meta[K.EVICTED_EARLY])

@@ -2,10 +2,11 @@
 
 The router offers every message to ``FastPath.admit`` first. Admitted are well-formed binary
 requests with N = 1 whose idempotency key is neither in flight nor decided, while the
-in-flight table and the worker's ring have room; anything else (JSON, batches, a bad header
-or value, a retry, overload) returns False and takes the general path, which produces the
-precise error or answer. The two paths share the limits (``ingress.max_inflight`` and
-``max_inflight_per_peer`` count both), the idempotency window, the counters and the histograms.
+admission policy (ingress.admission) admits it and the in-flight table has room; anything
+else (JSON, batches, a bad header or value, a retry, overload) returns False and takes the
+general path (ingress.generalpath), which produces the precise error or answer. The two
+paths share the admission policy and its counts, the idempotency window, the replies, the
+counters and the histograms; neither reads the other's state.
 
 Per admitted request the Python work is one header unpack, one compiled call, a list store
 and the connection's in-flight count; per drained batch of responses one compiled call, then
@@ -18,9 +19,11 @@ import time
 import numba
 import numpy as np
 
+from engine.control import LATENCY_BOUNDS_NS, N_CODES, STAGES
 from engine.types import RESPONSE_SLOT_DTYPE, DecisionFlag
 from ingress import _fast_kernels as K
 from ingress import wire
+from ingress.admission import ADMITTED
 from ingress.dedup import i64_bits
 from shm.ring import bind_entry
 
@@ -33,11 +36,15 @@ assert wire.REPLY_HEADER.format == "<IHHIIQ"
 
 
 class FastPath:
-    def __init__(self, router, capacity: int):
+    def __init__(self, cfg, block, codec, dedup, admission, shards, views, replies, timeouts):
+        """The fast path of one ingress: ``admission`` (ingress.admission) decides and counts
+        what is in flight, ``shards`` and ``views`` route and reach the rings, ``replies``
+        sends, ``timeouts`` names a late answer; ``block`` holds the counters it adds to."""
+        capacity = admission.max_inflight
         if capacity > K.ROW_MASK + 1:
             capacity = K.ROW_MASK + 1          # the row number travels in 16 token bits
-        self.router = router
-        cfg = router.cfg
+        self.admission, self.shards, self.replies, self.timeouts = admission, shards, replies, timeouts
+        self.views = views
         self.capacity = capacity
         self.ft = np.zeros((capacity, K.FT_WORDS), np.int64)
         self.free = np.arange(capacity - 1, -1, -1, dtype=np.int64)   # row 0 on top
@@ -55,23 +62,23 @@ class FastPath:
         self.body_len = wire.REQUEST_HEADER_SIZE + schema.record_size
         self.rsize = schema.record_size
         self.schema_hash = schema.hash
-        self.checks = router.codec.value_checks
-        self.ev_off = router.slot_dtype.fields["event"][1]
-        d = router.dedup
-        self.dedup = d
-        self.inflight = d.inflight
-        self.keyed_ok = d.enabled
-        self.window_ns = d.window_ns
-        self.ring_u8 = [r.request.slots.view(np.uint8).reshape(r.request.capacity, -1) for r in router.rings]
-        self.ring_hdr = [r.request.header for r in router.rings]
-        self.ring_cap = [r.request.capacity for r in router.rings]
-        self.resp_u8 = [r.response.slots.view(np.uint8).reshape(r.response.capacity, -1)
-                        for r in router.rings]
-        self.flag_errors = router.codec._flag_errors
-        self.instrument = 1 if router.instrument else 0
-        self.bounds = router.bounds
-        self.c_eval = router.c_eval[0]
-        self.c_req = router.c_requests[0]
+        self.checks = codec.value_checks
+        self.ev_off = views.ev_off
+        self.dedup = dedup
+        self.inflight = dedup.inflight
+        self.keyed_ok = dedup.enabled
+        self.window_ns = dedup.window_ns
+        self.dd_meta, self.dd_index, self.dd_ent, self.dd_pool = dedup.tables
+        self.ring_u8, self.ring_hdr, self.ring_cap = views.ring_u8, views.ring_hdr, views.ring_cap
+        self.resp_u8 = views.resp_u8
+        self.behind_ns = admission.behind_ns
+        self.flag_errors = codec.flag_errors
+        self.instrument = 1 if cfg.metrics.enabled else 0
+        self.bounds = LATENCY_BOUNDS_NS
+        self.c_eval = block.view("ingress.eval_hist").reshape(2, -1)[0]
+        self.c_stage = block.view("ingress.stage_hist").reshape(len(STAGES), -1)
+        self.c_req = block.view("ingress.requests").reshape(2, N_CODES)[0]
+        self.c_decisions = block.view("ingress.decisions")
         self._bind()
 
     def _bind(self) -> None:
@@ -79,17 +86,16 @@ class FastPath:
         points: a call then skips Numba's per-call type dispatch."""
         ty = numba.typeof
         i64 = numba.types.int64
-        r, d = self.router, self.dedup
         body_t = ty(b"x")
         self._admit = bind_entry(K.admit, (
-            body_t, i64, i64, ty(self.checks), i64, i64, i64, ty(d._index), ty(d._ent), i64,
+            body_t, i64, i64, ty(self.checks), i64, i64, i64, ty(self.dd_index), ty(self.dd_ent), i64,
             ty(self.ring_hdr[0]), ty(self.ring_u8[0]), i64, i64, i64, ty(self.ft), ty(self.free),
             ty(self.meta), ty(self.fdec), i64, i64, i64, i64))
-        self._queue_age = bind_entry(K.queue_age, (ty(self.ring_hdr[0]), ty(self.ring_u8[0]), i64, i64))
         # the arguments every finished row needs (K.finish_row), passed to deliver and finish
         self._tail = (self.ft, self.free, self.meta, self.fdec, self.fout, self.flag_errors,
-                      self.instrument, self.c_eval, r.c_stage, self.bounds, self.c_req,
-                      r.c_decisions, d._meta, d._index, d._ent, d._pool, self.window_ns)
+                      self.instrument, self.c_eval, self.c_stage, self.bounds, self.c_req,
+                      self.c_decisions, self.dd_meta, self.dd_index, self.dd_ent, self.dd_pool,
+                      self.window_ns)
         tail_t = tuple(i64 if type(a) is int else ty(a) for a in self._tail)
         self._deliver = bind_entry(K.deliver, (ty(self.resp_u8[0]), i64, i64, ty(self.done), i64)
                                    + tail_t)
@@ -118,44 +124,41 @@ class FastPath:
         if magic != wire.REQUEST_MAGIC or version != wire.PROTOCOL_VERSION or count != 1 \
                 or shash != self.schema_hash or flags & ~wire.KNOWN_HEADER_FLAGS:
             return False
-        r = self.router
-        if self.in_use + len(r.pending) >= r.max_inflight:
-            return False
-        pin, peer = r.peer_inflight, frames[0]
-        held = pin.get(peer, 0)
-        if held >= r.max_per_peer:                # the general path refuses it, reason named
+        adm, peer = self.admission, frames[0]
+        if adm.refusal(peer) != ADMITTED:         # the general path refuses it, reason named
             return False
         key = None
         if cid and self.keyed_ok:
             key = (cid, rid)
             if key in self.inflight:
                 return False
-        w = r.worker_of_record(body, wire.REQUEST_HEADER_SIZE)
-        seq = r.seq
-        d = self.dedup
+        w = self.shards.worker_of_record(body, wire.REQUEST_HEADER_SIZE)
         res = self._admit(body, wire.REQUEST_HEADER_SIZE, self.rsize, self.checks,
-                          i64_bits(cid), i64_bits(rid), 0 if key is None else 1, d._index, d._ent,
-                          d._pool.size, self.ring_hdr[w], self.ring_u8[w], self.ring_cap[w],
-                          self.ev_off, w, self.ft, self.free, self.meta, self.fdec, seq, now,
-                          r.deadline(now, deadline_us),
-                          r.behind_ns)
+                          i64_bits(cid), i64_bits(rid), 0 if key is None else 1, self.dd_index,
+                          self.dd_ent, self.dd_pool.size, self.ring_hdr[w], self.ring_u8[w],
+                          self.ring_cap[w], self.ev_off, w, self.ft, self.free, self.meta, self.fdec,
+                          adm.seq, now, adm.deadline(now, deadline_us), self.behind_ns)
         if res < 0:
             return False
-        r.seq = seq + 1
-        pin[peer] = held + 1
+        adm.commit(peer)
         row = res >> 1
         self.ft[row, K.ROUTED] = time.monotonic_ns()
         if res & 1:
-            r.rings[w].request.doorbell_owed = True
+            self.views.owe(w)
         self.envelopes[row] = frames[:-1]
         if key is not None:
             self.keys[row] = key
             self.inflight[key] = row
         return True
 
-    def queue_age(self, w: int, now: int) -> int:
-        """ns the oldest unfinished event in worker ``w``'s request ring has waited (0: none)."""
-        return self._queue_age(self.ring_hdr[w], self.ring_u8[w], self.ring_cap[w], now)
+    def holds(self, row: int, rhash: int) -> bool:
+        """Row ``row`` in flight is a request whose one event hashes to ``rhash``
+        (dedup.records_hash): a retry with that key and event is the same request."""
+        return int(self.ft[row, K.RHASH]) == rhash
+
+    def next_deadline(self) -> int:
+        """A lower bound of the earliest deadline in flight (K.NO_DEADLINE: none)."""
+        return int(self.meta[K.MIN_DEADLINE])
 
     def attach(self, row: int, envelope, req) -> None:
         """A retry of in-flight row ``row`` (its own transport): answered with its decision."""
@@ -172,14 +175,16 @@ class FastPath:
         return nslow
 
     def expire(self, now: int) -> None:
-        """Answer every row whose deadline passed with the configured default (the router
-        decides TIMEOUT or WORKER_LOST, logs and counts, as for the general path)."""
-        r = self.router
+        """Answer every row whose deadline passed, if any may have, with the configured
+        default (TIMEOUT or WORKER_LOST, logged and counted: ingress.timeouts)."""
+        if self.meta[K.MIN_DEADLINE] > now:
+            return
+        to = self.timeouts
         k = self._expired(self.ft, self.meta, now, self.done)
         for row in self.done[:k].tolist():
             w = int(self.ft[row, K.WORKER])
-            flag, code = r.expiry(w, now - int(self.ft[row, K.ARRIVAL]))
-            K.default_decision(self.fdec[row], r.timeout_action, int(flag), int(code))
+            flag, code = to.expiry(w, now - int(self.ft[row, K.ARRIVAL]))
+            K.default_decision(self.fdec[row], to.action, int(flag), int(code))
             self.finish(row, int(code), now)
 
     def finish(self, row: int, code: int, now: int) -> None:
@@ -189,9 +194,9 @@ class FastPath:
     def _reply(self, row: int) -> None:
         env = self.envelopes[row]
         self.envelopes[row] = None
-        self.router.peer_done(env[0])
+        self.admission.release(env[0])
         o = row * K.REPLY_BYTES
-        self.router.send_frames(env, self.fout_bytes[o:o + K.REPLY_BYTES], "binary")
+        self.replies.send_frames(env, self.fout_bytes[o:o + K.REPLY_BYTES], "binary")
         key = self.keys[row]
         if key is not None:
             self.keys[row] = None
@@ -201,4 +206,4 @@ class FastPath:
             slots = self.fdec[row].copy().view(RESPONSE_SLOT_DTYPE)
             slots["flags"] |= np.uint8(DecisionFlag.DUPLICATE)
             for env, req in dups:
-                self.router.send_decision(env, req, slots)
+                self.replies.send_decision(env, req, slots)

@@ -235,7 +235,7 @@ def test_overloaded_and_conflict_messages_are_the_documented_formats(tmp_path, r
     each whole message must match a documented format of its code."""
     import os
     import signal
-    from ingress.router import SHED_MESSAGE
+    from ingress.replies import SHED_MESSAGE
     from tests.ingress.test_protocol_doc import unmatched
     schema = load_config().schema
     cid = 0x5EED0000_00000003

@@ -102,7 +102,7 @@ def test_reply_of_n_decisions_reads_as_the_protocol_says():
         s = random_slots(rng, n)
         rid = int(rng.integers(0, 2 ** 64, dtype=np.uint64))
         out = np.zeros(wire.REPLY_HEADER_SIZE + n * wire.DECISION_SIZE, np.uint8)
-        BK.encode_replies(s.view(np.uint8).reshape(n, -1), out, i64_bits(rid), CODEC._flag_errors)
+        BK.encode_replies(s.view(np.uint8).reshape(n, -1), out, i64_bits(rid), CODEC.flag_errors)
         got_rid, err, dec, _ = wire.unpack_reply(out.tobytes())
         assert (got_rid, err, len(dec)) == (rid, 0, n)
         for name, want in expected_decisions(s).items():

@@ -1,8 +1,6 @@
 """The ingress fast path's compiled pieces against the general path they stand in for: the
 reply bytes, the value checks and the shard choice must be exactly the codec's and
 ``shard_of``'s (the engine-level behaviour is covered by tests/engine through real sockets)."""
-import types
-
 import numpy as np
 import pytest
 
@@ -12,7 +10,7 @@ from ingress import _fast_kernels as K
 from ingress import wire
 from ingress.dedup import i64_bits
 from ingress.codec import value_checks
-from ingress.router import Router, shard_of, shard_struct
+from ingress.admission import Shards, shard_of
 from ingress.wire import WireError
 from tests.ingress.wire_helpers import SCHEMA, make_codec, records
 
@@ -35,7 +33,7 @@ def random_slots(rng, n):
 def expected_decisions(s: np.ndarray) -> dict:
     """What the protocol says a reply carries for response slots ``s`` (docs/PROTOCOL.md):
     the oracle the encoders are checked against (the wire decoder reads their bytes)."""
-    flag_errors = CODEC._flag_errors
+    flag_errors = CODEC.flag_errors
     flags = s["flags"] | (s["nfired"] > MAX_FIRED).astype(np.uint8)
     return {"action": s["action"], "flags": flags, "error": flag_errors[s["flags"]],
             "nfired": s["nfired"], "generation": s["generation"], "score": s["score"],
@@ -49,7 +47,7 @@ def test_one_decision_reply_reads_as_the_protocol_says():
     for s in random_slots(rng, 400):
         rid = int(rng.integers(0, 2 ** 63)) * 2 + 1       # the top bit set half of the time
         one = np.array([s], RESPONSE_SLOT_DTYPE)
-        K.encode_reply(one.view(np.uint8), out, np.int64(i64_bits(rid)), CODEC._flag_errors)
+        K.encode_reply(one.view(np.uint8), out, np.int64(i64_bits(rid)), CODEC.flag_errors)
         got_rid, err, dec, _ = wire.unpack_reply(out.tobytes())
         assert (got_rid, err, len(dec)) == (rid, 0, 1)
         for name, want in expected_decisions(one).items():
@@ -102,11 +100,8 @@ def test_one_record_routes_as_shard_of(ktype, n_workers):
     recs = np.zeros(500, schema.dtype)
     info = np.iinfo(recs["k"].dtype)
     recs["k"] = rng.integers(info.min, info.max, 500, endpoint=True, dtype=recs["k"].dtype)
-    fake = types.SimpleNamespace(n_workers=n_workers)
-    key = schema.dtype.fields["k"]
-    fake.shard_struct = shard_struct(key[0])
-    fake.shard_off = key[1]
+    shards = Shards(schema, n_workers)
     want = shard_of(recs["k"], n_workers)
     raw = recs.view(np.uint8).reshape(len(recs), -1)
-    got = [Router.worker_of_record(fake, raw[i].tobytes(), 0) for i in range(len(recs))]
+    got = [shards.worker_of_record(raw[i].tobytes(), 0) for i in range(len(recs))]
     assert got == want.tolist()
