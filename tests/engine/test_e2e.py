@@ -163,16 +163,6 @@ def test_status_lists_processes(engine):
         assert str(pid) in out.stdout
 
 
-def test_sigterm_leaves_no_segment(tmp_path):
-    eng = EngineProcess(tmp_path, workers=1, metrics=False).start()
-    try:
-        assert shm_entries(eng.instance)
-        assert eng.stop() == 0, eng.output()
-        assert shm_entries(eng.instance) == []
-    finally:
-        eng.kill()
-
-
 def test_sigkill_then_restart_reclaims_stale_segments(tmp_path):
     eng = EngineProcess(tmp_path, workers=1, metrics=False).start()
     stale = shm_entries(eng.instance)
