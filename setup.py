@@ -7,7 +7,7 @@ setup(
     version="0.1.0",
     description="Real-time risk-decision engine: ZeroMQ front door, shared-memory rings, Numba rule kernels",
     python_requires=">=3.10",
-    # every subpackage (engine.features was missing from a hand-written list); tests/ stays out
+    # every subpackage (shm.features was missing from a hand-written list); tests/ stays out
     packages=find_packages(include=["engine", "engine.*", "ingress", "ingress.*", "shm", "shm.*",
                                     "rules", "rules.*", "bpf", "bpf.*", "bench", "bench.*"]),
     # files the code opens beside itself: the bundled config and the example rules and list
@@ -21,7 +21,7 @@ setup(
     # bcc is Debian's python3-bpfcc (scripts/install_ebpf.sh links it into the venv);
     # PyPI's package named 'bcc' is an unrelated library and must never be listed here.
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6", "pytest-timeout>=2"],
+        "test": ["pytest>=7", "hypothesis>=6", "pytest-timeout>=2", "import-linter>=2"],
         "plot": ["matplotlib>=3.5"],
         "fuzz": ["atheris>=2"],
     },

@@ -80,10 +80,10 @@ def worker_loop(cfg, batch: int, instance: str):
     import tempfile
 
     from bench.events import random_records
-    from engine.control import Block, BlockLayout
+    from shm.control import Block, BlockLayout
     from engine.journal import JournalWriter
-    from engine.rings import EngineRings
-    from engine.types import request_slot_dtype
+    from shm.rings import EngineRings
+    from shm.types import request_slot_dtype
     from engine.worker import Active, BatchProcessor
     from rules import compile_ruleset
     from rules.features import feature_set_for
@@ -131,7 +131,7 @@ def worker_loop(cfg, batch: int, instance: str):
 def ingress_codec(cfg, batch: int, rs=None):
     """``step()`` decodes one binary request of ``batch`` events and encodes its reply."""
     from bench.events import random_records
-    from engine.types import RESPONSE_SLOT_DTYPE
+    from shm.types import RESPONSE_SLOT_DTYPE
     from ingress import wire
     from ingress.codec import Codec, RulesetMeta
 
@@ -156,7 +156,7 @@ def engine_processes(config: str | None, n: int, windows: int = 3, warmup: int =
     import zmq
     from bench.engine_proc import EngineProcess
     from bench.events import random_records
-    from engine.config import load_config
+    from shm.runtime.config import load_config
     from ingress import wire
     schema = load_config(config).schema
     recs = random_records(schema, 256, seed=5)
@@ -204,7 +204,7 @@ def engine_processes(config: str | None, n: int, windows: int = 3, warmup: int =
 
 
 def run(a) -> int:
-    from engine.config import load_config
+    from shm.runtime.config import load_config
     cfg = load_config(a.config)
     batch = a.batch
     events = a.alloc_events

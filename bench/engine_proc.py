@@ -34,8 +34,8 @@ from pathlib import Path
 import psutil
 import yaml
 
-from engine.config import portable_raw
-from engine.rundir import remove_dead_run_dir, run_dir_for
+from shm.runtime.config import portable_raw
+from shm.runtime.rundir import remove_dead_run_dir, run_dir_for
 
 READY_PREFIX = "risk-engine: serving"
 READY_TIMEOUT_S = 300
@@ -309,7 +309,7 @@ def gc_delta(before: dict | None, after: dict | None) -> dict | None:
 
 
 def stall_delta(before: dict | None, after: dict | None) -> dict | None:
-    """Worker steps slower than engine.control.STALL_NS between two ``/stats`` reads
+    """Worker steps slower than shm.control.STALL_NS between two ``/stats`` reads
     (``risk_worker_stalls``): {"<worker> <phase>": count}, only the non-zero ones; None
     without both reads. A P99 spike next to a count here names the stage that held the
     batch (docs/BENCH.md, "Reading the table")."""

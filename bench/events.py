@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.schema import Schema
+from shm.schema import Schema
 from ingress import wire
 
 COUNTRIES = (b"US", b"GB", b"DE", b"FR", b"NL", b"IT", b"ES", b"JP", b"BR", b"NG", b"RU", b"CN")

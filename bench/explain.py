@@ -26,7 +26,7 @@ CHUNK = 65536
 def build(d: str, events: int, every: int, keys: int):
     """Write the journal and the snapshots into ``d``; returns (cfg, journal dir, snapshot dir, last seq)."""
     from bench.events import random_records
-    from engine.config import load_config
+    from shm.runtime.config import load_config
     from engine.journal import JournalConfig, JournalWriter
     from engine.snapshot import SnapshotStore
     from rules import compile_ruleset

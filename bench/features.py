@@ -33,12 +33,12 @@ import time
 import numpy as np
 from numba import njit
 
-from engine.features import layout, table as T
-from engine.features._atomics import _prefetch
-from engine.features.hll import _hll_finish
-from engine.features.scalar import _read_update_age
-from engine.features.table import _prefetch_key, _prefetch_slot
-from engine.features.windows import (_hll_window_estimate, _read_update_count, _read_update_distinct,
+from shm.features import layout, table as T
+from shm.features._atomics import _prefetch
+from shm.features.hll import _hll_finish
+from shm.features.scalar import _read_update_age
+from shm.features.table import _prefetch_key, _prefetch_slot
+from shm.features.windows import (_hll_window_estimate, _read_update_count, _read_update_distinct,
                                      _read_update_max, _read_update_sum)
 
 PROBE = 32

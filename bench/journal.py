@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from engine.config import load_config
+from shm.runtime.config import load_config
 from engine.journal import JournalConfig, JournalReader, JournalWriter, iter_merged, journal_dtype
 
 

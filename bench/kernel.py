@@ -138,7 +138,7 @@ def time_reference(rs, ev, n_events: int) -> float:
 _CHILD = """
 import json, sys, time
 t_start = time.perf_counter()
-from engine.config import load_config
+from shm.runtime.config import load_config
 from rules import compile_ruleset
 schema = load_config(None).schema
 t0 = time.perf_counter()
@@ -211,7 +211,7 @@ def main(argv=None) -> int:
     ap.add_argument("--per-feature", action="store_true",
                     help="each default feature alone: ns/event updating it, and reading it too")
     args = ap.parse_args(argv)
-    from engine.config import load_config
+    from shm.runtime.config import load_config
     cfg = load_config(None)
     if args.features:
         return features(cfg)

@@ -86,7 +86,7 @@ def run(spec: LoadSpec, wait_start=None, progress=None, slot: int = 0) -> LoadRe
 
     from bench.events import PayloadPool
     from bench.replies import NO_REPLY, classify
-    from engine.config import load_config
+    from shm.runtime.config import load_config
 
     pool = PayloadPool(load_config(spec.config).schema, spec.batch, spec.transport,
                        seed=spec.seed)

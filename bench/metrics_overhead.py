@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=20, help="measured rounds (plus one warm-up)")
     a = ap.parse_args(argv)
     from bench.engine_proc import EngineProcess
-    from engine.config import load_config
+    from shm.runtime.config import load_config
     schema = load_config().schema
     on = EngineProcess(workers=1, own_session=False).start()
     off = EngineProcess(workers=1, metrics=False, own_session=False).start()

@@ -27,8 +27,8 @@ import zmq
 
 from bench.engine_proc import EngineProcess, engine_latency, engine_latency_text, engine_memory
 from bench.events import random_records
-from engine.config import load_config
-from engine.types import ErrorCode
+from shm.runtime.config import load_config
+from shm.types import ErrorCode
 from ingress import wire
 
 _U64 = struct.Struct("<Q")

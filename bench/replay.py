@@ -22,7 +22,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-features", action="store_true",
                     help="the 102 stateless example rules only (payments + pretrade), no feature tables")
     a = ap.parse_args(argv)
-    from engine.config import load_config
+    from shm.runtime.config import load_config
     from engine.journal import JournalConfig, JournalWriter
     from engine.replay import replay
     from bench.events import random_events

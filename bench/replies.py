@@ -17,7 +17,7 @@ import struct
 
 import numpy as np
 
-from engine.types import DecisionFlag, ErrorCode
+from shm.types import DecisionFlag, ErrorCode
 from ingress import wire
 
 DUPLICATE = "DUPLICATE"       # answered from the idempotency window: a bench bug

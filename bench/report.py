@@ -10,7 +10,7 @@ import os
 
 from bench.engine_proc import engine_latency_text
 from bench.phase import PhaseResult
-from engine.control import STALL_NS
+from shm.control import STALL_NS
 
 PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99.9", 99.9))
 BAR_P99_MS = 8.0          # make bench acceptance bar (issue 6)

@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     from bench.engine_proc import EngineProcess, read_stats
     from bench.overload import run
-    from engine.config import load_config
+    from shm.runtime.config import load_config
     cfg = load_config(a.config)
     schema = cfg.schema
     if a.kill_after is None:

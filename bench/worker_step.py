@@ -39,7 +39,7 @@ def _best_us(fn, calls: int, repeats: int) -> float:
 def journal_append(cfg, batches, repeats: int) -> list[tuple[int, float, float]]:
     """(batch, append_columns us, append_slots us) per batch size."""
     from engine.journal import JournalConfig, JournalWriter
-    from engine.types import RESPONSE_SLOT_DTYPE, request_slot_dtype
+    from shm.types import RESPONSE_SLOT_DTYPE, request_slot_dtype
     rows = []
     with tempfile.TemporaryDirectory(prefix="risk-engine-step-") as d:
         w = JournalWriter(d, cfg.schema.dtype, cfg.schema.hash,
@@ -82,7 +82,7 @@ def worker_step(cfg, batches, repeats: int) -> list[tuple[int, float]]:
 
 
 def main(argv=None) -> int:
-    from engine.config import load_config
+    from shm.runtime.config import load_config
     ap = argparse.ArgumentParser(prog="python -m bench.worker_step", description=__doc__.split("\n")[0])
     ap.add_argument("--batches", default="1,8,64", help="events per batch, comma-separated")
     ap.add_argument("--repeats", type=int, default=3)

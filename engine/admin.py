@@ -1,7 +1,7 @@
 """The admin plane: a ZeroMQ ROUTER socket in the supervisor, JSON in and out.
 
 Bound to ``admin.bind`` (default an ipc:// path per instance; an address reachable from
-another machine is refused at config time unless admin.curve is on: engine.endpoints).
+another machine is refused at config time unless admin.curve is on: shm.runtime.endpoints).
 Requests are one frame ``{"cmd": NAME, ...}`` (a REQ client, or a DEALER with or without the
 empty delimiter); replies ``{"ok": true, ...}`` or
 ``{"ok": false, "error": {"code": CODE, "message": ...}}``.
@@ -134,7 +134,7 @@ def _reload_reply(sup, outcome: str) -> dict:
 
 class AdminServer:
     def __init__(self, sup):
-        from engine.endpoints import parse_zmq_bind
+        from shm.runtime.endpoints import parse_zmq_bind
         self.sup = sup
         self.ctx = zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.ROUTER)

@@ -11,7 +11,7 @@ after the last newline are a record whose write did not finish, never fsynced an
 acknowledged; they are reported (``AdminLog.torn``) and cut off before the next append.
 
 A checksum is not a signature: whoever can write the file can write valid records. What keeps
-other users out is the journal directory (0700, checked at start, engine.securedir).
+other users out is the journal directory (0700, checked at start, shm.runtime.securedir).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import json
 import os
 from dataclasses import dataclass
 
-from engine.securedir import open_private
+from shm.runtime.securedir import open_private
 
 _DIGEST_BYTES = 16
 

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from engine.features.state import STATE_NAMES
+from shm.features.state import STATE_NAMES
 from engine.admin_request import (NAME, NO_ARGS, PATH, AdminError, allowed_file, int_or_string,
                                   list_of, one_of)
 
@@ -59,8 +59,8 @@ MAX_ADMIN_VALUES = 1 << 20         # values in one list request (the 1 MiB frame
 
 def _values(sup, spec, args) -> np.ndarray:
     """The request's values (or file) parsed into the list's u64 encoding; nothing applied."""
-    from engine.features.lists import ListError, load_list_file, parse_value
-    from rules.textfile import excerpt
+    from shm.features.lists import ListError, load_list_file, parse_value
+    from shm.runtime.textfile import excerpt
     if ("file" in args) == ("values" in args):
         raise AdminError("BAD_ARGUMENT", "give values (a JSON list) or file (a path), one of them")
     if "file" in args:
@@ -80,7 +80,7 @@ def _values(sup, spec, args) -> np.ndarray:
 
 
 def list_cmd(sup, args):
-    from engine.features.lists import list_values
+    from shm.features.lists import list_values
     fs = _fs(sup)
     name = args["name"]
     spec = _list_spec(sup, name)
@@ -141,8 +141,8 @@ def _claim_slot(fs, spec, key) -> None:
     and a key without a slot is ACTIVE): a change nobody can see, which fails with STATE_FULL
     before anything is logged. A full table after logging left an entry that recovery could
     not apply, and the engine would not start."""
-    from engine.features.keys import key_from_python
-    from engine.features.state import _read_state
+    from shm.features.keys import key_from_python
+    from shm.features.state import _read_state
     k = np.uint64(key_from_python(key, fs.schema.field(spec.key).type))
     current = int(_read_state(fs.array(f"st_{spec.name}"), spec.capacity, spec.slot_words, spec.probe_len, k))
     try:

@@ -14,7 +14,7 @@ def add_arguments(p):
 
 
 def find_admin_bind(instance: str) -> str | None:
-    from engine import rundir
+    from shm.runtime import rundir
     for d, _pid in rundir.live_instances():
         if d.name == instance:
             try:

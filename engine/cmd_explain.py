@@ -27,7 +27,7 @@ def run(args) -> int:
     import json
     import os
     import sys
-    from engine.config import ConfigError, load_config
+    from shm.runtime.config import ConfigError, load_config
     from engine.explain import ExplainError, Explainer
     from engine.explain_replay import parse_request_key
     from rules import RulesetError

@@ -11,7 +11,7 @@ def add_arguments(p):
 
 def run(args) -> int:
     import sys
-    from engine.config import ConfigError, load_config
+    from shm.runtime.config import ConfigError, load_config
     from engine.journal import JournalError
     from engine.journal_upgrade import upgrade
     try:

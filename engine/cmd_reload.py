@@ -12,7 +12,7 @@ def run(args) -> int:
     import os
     import signal
     import sys
-    from engine import rundir
+    from shm.runtime import rundir
     for d, pid in rundir.live_instances():
         if d.name == args.instance:
             req = {"files": [os.path.abspath(f) for f in args.rules] if args.rules else None,

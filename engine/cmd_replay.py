@@ -12,7 +12,7 @@ def add_arguments(p):
 def run(args) -> int:
     import os
     import sys
-    from engine.config import ConfigError, load_config
+    from shm.runtime.config import ConfigError, load_config
     from engine.journal import JournalError
     from engine.replay import replay, stderr_progress
     from rules import RulesetError

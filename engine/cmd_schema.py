@@ -9,7 +9,7 @@ def add_arguments(p):
 
 def run(args) -> int:
     import sys
-    from engine.config import load_config_cli
+    from shm.runtime.config import load_config_cli
     cfg = load_config_cli(args.config)
     if cfg is None:
         return 2

@@ -19,7 +19,7 @@ def add_arguments(p):
 def serve_config(args):
     """The config ``serve`` runs with: the file read with --instance in place of its instance
     (paths are made from it when the file is read), then the other flags."""
-    from engine.config import load_config
+    from shm.runtime.config import load_config
     return apply_overrides(load_config(args.config, instance=args.instance or None), args)
 
 
@@ -28,7 +28,7 @@ def apply_overrides(cfg, args):
     like the file itself."""
     import os
     from dataclasses import replace
-    from engine.config import ConfigError, check_binds
+    from shm.runtime.config import ConfigError, check_binds
     if args.bind:
         cfg = replace(cfg, ingress=replace(cfg.ingress, bind=args.bind))
     if args.metrics:
@@ -50,21 +50,21 @@ def apply_overrides(cfg, args):
 
 def run(args) -> int:
     import sys
-    from engine.config import ConfigError
+    from shm.runtime.config import ConfigError
     from engine.supervisor import StartupError, serve
-    from engine.topology import TopologyError
+    from shm.runtime.topology import TopologyError
     try:
         cfg = serve_config(args)
     except ConfigError as e:
         print(f"risk-engine: config error: {e}", file=sys.stderr)
         return 2
-    from engine.journal_format import JournalError
+    from shm.journal_format import JournalError
     from engine.recovery import RecoveryError
     try:
         return serve(cfg, ebpf=args.ebpf)
     except (StartupError, TopologyError, ConfigError, RecoveryError, JournalError, ValueError,
             OSError) as e:
-        # ValueError covers list files and feature specs (engine.features: key path + value)
+        # ValueError covers list files and feature specs (shm.features: key path + value)
         print(f"risk-engine: cannot start: {e}", file=sys.stderr)
         return 2
     except Exception as e:

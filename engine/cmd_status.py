@@ -11,8 +11,8 @@ def add_arguments(p):
 def run(args) -> int:
     import json
     import sys
-    from engine import rundir
-    from engine.topology import pages_by_node
+    from shm.runtime import rundir
+    from shm.runtime.topology import pages_by_node
     found = []
     for d, pid in rundir.live_instances():
         if args.instance and d.name != args.instance:

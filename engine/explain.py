@@ -30,7 +30,7 @@ from engine.explain_replay import (ExplainError, _check_retained, _pick_snapshot
                                    _restore, find_event, request_events)
 from engine.explain_report import Explanation, RequestExplanation, _decide, _flag_names, _mismatches
 from engine.explain_trace import SeenState, read_values
-from engine.types import ACTION_NAMES
+from shm.types import ACTION_NAMES
 
 
 def _compile(cfg, files, fs):

@@ -79,7 +79,7 @@ def _error(code: str, message: str) -> dict:
 def _explain_one(cfg, jdir: str, args, explainers: dict, writer: int, rec):
     """Explain one event with the rule files of the generation that decided it when this run
     recorded them (one Explainer, compiled once, per set of files)."""
-    from engine import rundir
+    from shm.runtime import rundir
     from engine.explain import Explainer
     gen, files, note = int(rec["generation"]), None, None
     if gen > 0 and int(rec["arrival_ns"]) >= args.started_ns:
@@ -110,7 +110,7 @@ def main(argv=None) -> int:
     ap.add_argument("--writer", type=int)
     ap.add_argument("--started-ns", type=int, required=True)
     args = ap.parse_args(argv)
-    from engine import procname, rundir
+    from shm.runtime import procname, rundir
     procname.become_child("explain")
     os.nice(10)                        # a replay must not take CPU from the workers
     from engine.explain_replay import ExplainError, find_event, parse_request_key, request_events

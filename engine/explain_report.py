@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from engine.types import ACTION_NAMES, Action, DecisionFlag
+from shm.types import ACTION_NAMES, Action, DecisionFlag
 from engine.explain_trace import trace
 
 

@@ -9,9 +9,9 @@ import numpy as np
 def read_values(fs, event, arrival_ns: int) -> dict:
     """Every feature, state and the halt as the kernel reads them for ``event`` (a record of
     the schema dtype) on ``fs``'s tables now, with the kernel's own njit primitives."""
-    from engine.features import scalar, state, windows
-    from engine.features.keys import _key_pair, key_from_python
-    from engine.features.table import MAX_TIME_MS
+    from shm.features import scalar, state, windows
+    from shm.features.keys import _key_pair, key_from_python
+    from shm.features.table import MAX_TIME_MS
     schema = fs.schema
 
     def enc(name) -> np.uint64:
@@ -53,7 +53,7 @@ class SeenState:
     current contents."""
 
     def __init__(self, fs, values: dict):
-        from engine.features.lists import list_values
+        from shm.features.lists import list_values
         from rules.feature_model import FeatureModel
         self.values = values
         self.lists = {ls.name: list_values(fs.array(f"fl_{ls.name}")) for ls in fs.specs.lists}

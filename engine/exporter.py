@@ -1,7 +1,7 @@
 """Prometheus exporter: served by the supervisor, reading the control block at scrape time.
 
 No Python metric object is touched per event: the ingress and the workers write plain int64
-cells (engine.control); this collector turns them into metric families when Prometheus
+cells (shm.control); this collector turns them into metric families when Prometheus
 scrapes. ``/stats`` on the same port serves the same numbers as JSON for humans and scripts.
 """
 from __future__ import annotations
@@ -18,10 +18,10 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from engine.control import (GC_BOUNDS_NS, KERNEL_BOUNDS_NS, LATENCY_BOUNDS_NS, N_CODES,
+from shm.control import (GC_BOUNDS_NS, KERNEL_BOUNDS_NS, LATENCY_BOUNDS_NS, N_CODES,
                             OVERLOAD_REASONS, CONN_CLOSE_REASONS, STAGES, STALL_NS, STALL_PHASES, TRANSPORTS,
                             EventLog)
-from engine.types import ACTION_NAMES, ErrorCode
+from shm.types import ACTION_NAMES, ErrorCode
 from ingress._dedup_kernels import EVICTED_EARLY as DEDUP_EVICTED_EARLY
 
 
@@ -351,7 +351,7 @@ class Exporter:
         self.registry.register(self.collector)
         from prometheus_client import ProcessCollector
         ProcessCollector(registry=self.registry)          # the supervisor's own process_* metrics
-        from engine.endpoints import parse_host_port
+        from shm.runtime.endpoints import parse_host_port
         ep = parse_host_port(sup.cfg.metrics.bind, "metrics.bind")
         handler = type("Handler", (_Handler,), {"registry": self.registry, "collector": self.collector})
         server_cls = ThreadingHTTPServer

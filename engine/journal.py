@@ -1,6 +1,6 @@
 """Append-only event journal writer: one single writer per worker, memory-mapped fixed-size records.
 
-Format (record diagram, check word, segment header): engine.journal_format. Reader:
+Format (record diagram, check word, segment header): shm.journal_format. Reader:
 engine.journal_reader. Both are re-exported here, so ``from engine.journal import ...`` is the
 whole API. Durability of each ``fsync`` policy and the snapshot protocol: docs/DURABILITY.md.
 
@@ -29,15 +29,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.config_types import JournalConfig
-from engine.journal_format import (FSYNC_POLICIES, HEADER_SIZE, MAGIC, SUFFIX, VERSION,  # noqa: F401
+from shm.runtime.config_types import JournalConfig
+from shm.journal_format import (FSYNC_POLICIES, HEADER_SIZE, MAGIC, SUFFIX, VERSION,  # noqa: F401
                                    RETRY_NS, CorruptRecords, JournalCorruptError, JournalError,
                                    JournalGapError, JournalVersionError, SegmentHeader, _append, _append_slots, _unlink,
                                    checksum, field_mask, fsync_dir, fsync_path, journal_dtype,
                                    list_segments, list_writers, now_ns, pending_successor, read_header,
                                    segment_name, walk_segment, warm_up)
 from engine.journal_reader import JournalReader, TornTail, iter_merged  # noqa: F401
-from engine.securedir import ensure_private_dir
+from shm.runtime.securedir import ensure_private_dir
 
 # The zero-fill writes one page per call: larger writes make large page-cache folios, and every
 # record stored after an fsync would re-dirty (and rewrite) a whole folio (docs/DURABILITY.md, 1).

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 import threading
 
-from engine.procname import name_thread
+from shm.runtime.procname import name_thread
 
 HOUSEKEEP_ZERO_BYTES = 4 << 20      # zero-fill per round: up to 400 MB/s at 10 ms rounds, far
                                     # above what a worker appends (34 MB/s at 250k events/s)

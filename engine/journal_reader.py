@@ -1,13 +1,13 @@
 """Journal reader: one writer's records in sequence order as numpy batches, every record validated.
 
-A committed record has a matching check word and the next expected seq (engine.journal_format).
+A committed record has a matching check word and the next expected seq (shm.journal_format).
 An invalid record that committed records follow in its segment is corruption: it raises
 ``JournalCorruptError`` naming file, offset and seq (nothing after it is dropped), or, with
 ``skip_corrupt``, is stepped over and listed in ``JournalReader.corrupt``. Otherwise the first
 record that is not committed ends the journal: zeros from there to the end of the file mean a
 clean end; anything else is a torn tail (reported in ``JournalReader.torn``, ignored) in the
 newest segment, and ``JournalCorruptError`` (file, offset) in an older one.
-A sealed successor not yet published (``*.rjl.tmp``, engine.journal_format.pending_successor)
+A sealed successor not yet published (``*.rjl.tmp``, shm.journal_format.pending_successor)
 is read after the newest segment when that one is complete, and ignored otherwise.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.journal_format import (HEADER_SIZE, CorruptRecords, JournalCorruptError, JournalGapError,
+from shm.journal_format import (HEADER_SIZE, CorruptRecords, JournalCorruptError, JournalGapError,
                                    SegmentHeader, _count_valid, journal_dtype, list_segments,
                                    list_writers, pending_successor, read_header, resume_after,
                                    VERSION)

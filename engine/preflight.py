@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import os
 
-from engine import rundir
-from engine.securedir import UnsafePathError, check_private_files, ensure_private_dir
+from shm.runtime import rundir
+from shm.runtime.securedir import UnsafePathError, check_private_files, ensure_private_dir
 from shm.segment import reclaim_stale
 
 
@@ -30,7 +30,7 @@ def claim_instance(cfg, pid: int, log) -> None:
 
 def check_state_dirs(cfg, log) -> None:
     """The journal and snapshot directories: created 0700, or refused when another user
-    owns them or can write them (engine.securedir); state files narrowed to 0600."""
+    owns them or can write them (shm.runtime.securedir); state files narrowed to 0600."""
     d = cfg.durability
     if not d.journal_enabled:
         return
@@ -48,7 +48,7 @@ def check_state_dirs(cfg, log) -> None:
 
 def refuse_legacy_state(cfg) -> None:
     """Journal and snapshots defaulted to /var/tmp/risk-engine/{instance} before they
-    moved to {state} (engine.config.state_root): an empty journal dir while the old one
+    moved to {state} (shm.runtime.config.state_root): an empty journal dir while the old one
     holds this user's journal means an upgrade, not a first start. Refuse rather than
     start from empty feature state."""
     from engine.journal import list_writers

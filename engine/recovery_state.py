@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.securedir import ensure_private_dir
+from shm.runtime.securedir import ensure_private_dir
 
 
 class StateLayoutChanged(RuntimeError):
@@ -45,8 +45,8 @@ def _apply_admin_log(store, path: str, after_ns: int, before_mono_ns: int | None
     ""). Every record is checked first (engine.admin_log): a damaged or out-of-sequence one
     raises RecoveryError naming the file, line, offset and seq."""
     from engine.admin_log import AdminLogCorrupt, read
-    from engine.features.state import STATE_NAMES
-    from engine.features.lists import list_values
+    from shm.features.state import STATE_NAMES
+    from shm.features.lists import list_values
     from engine.recovery import RecoveryError
     try:
         records, torn, _ = read(path)
@@ -151,7 +151,7 @@ class StateRecovery:
 
     def __init__(self, cfg, features, log):
         self.cfg = cfg
-        self.features = features            # engine.featurestore.FeatureStore
+        self.features = features            # shm.featurestore.FeatureStore
         self.log = log
         self.block = None                   # the control block, once count_into gave it
         self.counts = (0, 0)                # corrupt journal records, refused snapshots

@@ -18,7 +18,7 @@ import tempfile
 import threading
 import time
 
-from engine import rundir
+from shm.runtime import rundir
 
 RELOAD_TIMEOUT_S = 300          # a cold compile of a big ruleset on a busy 2-core machine
 MAX_CHILD_OUTPUT_BYTES = 1 << 20
@@ -217,7 +217,7 @@ def main(argv=None) -> int:
     ap.add_argument("--run-dir", required=True)
     ap.add_argument("files", nargs="+")
     args = ap.parse_args(argv)
-    from engine import procname
+    from shm.runtime import procname
     procname.become_child("reload")
     from rules.features import feature_set_for
     try:

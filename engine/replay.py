@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from engine.types import ACTION_NAMES, RESPONSE_SLOT_DTYPE
+from shm.types import ACTION_NAMES, RESPONSE_SLOT_DTYPE
 
 
 @dataclass

@@ -34,8 +34,8 @@ from typing import Mapping
 
 import numpy as np
 
-from engine.journal_format import fsync_dir
-from engine.securedir import ensure_private_dir, open_private
+from shm.journal_format import fsync_dir
+from shm.runtime.securedir import ensure_private_dir, open_private
 
 MAGIC = b"RSNAPSH\x00"
 VERSION = 1

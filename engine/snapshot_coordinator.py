@@ -17,7 +17,7 @@ from contextlib import contextmanager
 import numpy as np
 from numba import njit
 
-from engine.control import STALL_NS, STALL_PHASES, Block, EventLog
+from shm.control import STALL_NS, STALL_PHASES, Block, EventLog
 
 _HOLD = STALL_PHASES.index("hold")
 
@@ -105,7 +105,7 @@ class SnapshotCoordinator:
                                             # or not): it will never pause
         self.block = block
         self.rings = rings                  # the supervisor's EngineRings, one per worker
-        self.features = features            # engine.featurestore.FeatureStore
+        self.features = features            # shm.featurestore.FeatureStore
         self.hold_lock = threading.Lock()   # held while the workers are paused (paused_workers):
                                             # a metrics scrape takes it (engine.exporter)
         self.pause_epoch = 0                # the last epoch written to supervisor.pause

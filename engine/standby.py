@@ -7,7 +7,7 @@ from __future__ import annotations
 import subprocess
 import time
 
-from engine.control import Block
+from shm.control import Block
 
 STANDBY_RESPAWN_S = 2.0      # after a standby took over a worker, wait this long for the next
 STANDBY_BACKOFF_MAX_S = 300.0  # the longest wait after standbys kept dying by themselves

@@ -19,18 +19,18 @@ import subprocess
 import sys
 import time
 
-from engine import procname, rundir
-from engine.config import Config
-from engine.control import Block, BlockLayout
+from shm.runtime import procname, rundir
+from shm.runtime.config import Config
+from shm.control import Block, BlockLayout
 from engine.memplan import check_memory
 from engine.preflight import StartupError, check_state_dirs, claim_instance
 from engine.recovery_state import StateRecovery
 from engine.reload import Rulesets, ruleset_spec
-from engine.rings import EngineRings
-from engine.securedir import UnsafePathError, ensure_private_dir, write_private_file
+from shm.rings import EngineRings
+from shm.runtime.securedir import UnsafePathError, ensure_private_dir, write_private_file
 from engine.snapshot_coordinator import SnapshotCoordinator, SnapshotError
 from engine.standby import STOP_GRACE_S, StandbyPool
-from engine.topology import Topology, plan_workers, read_topology
+from shm.runtime.topology import Topology, plan_workers, read_topology
 from shm.doorbell import EventfdDoorbell
 from shm.segment import Segment, unlink_owned
 
@@ -50,7 +50,7 @@ class Supervisor:
         self.topology = topology or read_topology()
         self.children: dict[str, subprocess.Popen] = {}
         self.signals: list[int] = []
-        self.placements: list = []          # engine.topology.plan_workers: one per worker
+        self.placements: list = []          # shm.runtime.topology.plan_workers: one per worker
         self.rings: list[EngineRings] = []
         self.exporter = None
         self.admin = None
@@ -80,7 +80,7 @@ class Supervisor:
                                        cfg.workers.count, cfg.workers.cpus)
         n = len(self.placements)
         check_memory(cfg, n)
-        from engine.featurestore import FeatureStore
+        from shm.featurestore import FeatureStore
         self.features = FeatureStore(cfg, self.pid, create=True)
         spec, rs = ruleset_spec(cfg, cfg.rules.files, self.features.fs)   # refuse a bad ruleset
         self.recovery = StateRecovery(cfg, self.features, self.log)
@@ -131,7 +131,7 @@ class Supervisor:
         self._write_status()
 
     def _check_dirs(self) -> None:
-        """The run directory (created 0700, or refused: engine.rundir) and the state
+        """The run directory (created 0700, or refused: shm.runtime.rundir) and the state
         directories (engine.preflight)."""
         try:
             self.run_dir = rundir.make_run_dir(self.cfg.instance)

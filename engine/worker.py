@@ -22,16 +22,16 @@ import time
 import numba
 import numpy as np
 
-from engine import gcstats, procname, rundir
-from engine.control import (BLOCKS_EVERY_NS, KERNEL_BOUNDS_NS, LATENCY_BOUNDS_NS,
+from shm.runtime import gcstats, procname, rundir
+from shm.control import (BLOCKS_EVERY_NS, KERNEL_BOUNDS_NS, LATENCY_BOUNDS_NS,
                             STALL_NS, STALL_PHASES, Block, EventLog, observe)
 from engine.journal_housekeeper import JournalHousekeeper
-from engine.rings import EngineRings
+from shm.rings import EngineRings
 from engine.snapshot_coordinator import hold_for_snapshot
-from engine.topology import pin_self
+from shm.runtime.topology import pin_self
 from engine.worker_prepare import GenerationLoader, Prepared, load_generation
-from engine.journal_format import RETRY_NS, journal_dtype
-from engine.types import (ACTION_NAMES, FIRED_PER_SLOT, FIRED_SLOT_DTYPE, MAX_FIRED, RESPONSE_SLOT_DTYPE,
+from shm.journal_format import RETRY_NS, journal_dtype
+from shm.types import (ACTION_NAMES, FIRED_PER_SLOT, FIRED_SLOT_DTYPE, MAX_FIRED, RESPONSE_SLOT_DTYPE,
                           DecisionFlag, ErrorCode, request_slot_dtype)
 from rules.kernel_helpers import any_above
 from shm.ring import bind_entry
@@ -197,7 +197,7 @@ class BatchProcessor:
 
 
 class StallRecorder:
-    """Counts and logs (engine.control.EventLog) the steps of a worker slower than
+    """Counts and logs (shm.control.EventLog) the steps of a worker slower than
     STALL_NS, by phase: pickup (the oldest event's wait before this worker drained it:
     the worker was busy, held, descheduled or asleep), kernel, journal (append), publish,
     hold (snapshot).

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 
-from engine import rundir
+from shm.runtime import rundir
 
 
 def load_generation(run_dir: str, generation: int, schema, features=None):
@@ -57,7 +57,7 @@ class Prepared:
     up: numba's first load costs about 0.2 s of it). A standby worker holds one ready."""
 
     def __init__(self, run_dir: str):
-        from engine.featurestore import FeatureStore
+        from shm.featurestore import FeatureStore
         self.plan = rundir.read_plan(run_dir)
         self.cfg = rundir.read_config(run_dir)
         self.block, self.block_seg = rundir.attach_control(run_dir, self.cfg)

@@ -24,8 +24,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from engine.control import _observe_request
-from engine.types import MAX_FIRED, RESPONSE_SLOT_DTYPE, DecisionFlag
+from shm.control import _observe_request
+from shm.types import MAX_FIRED, RESPONSE_SLOT_DTYPE, DecisionFlag
 from ingress import wire
 from ingress import _dedup_kernels as DK
 from shm import _ring_kernels as RK
@@ -95,7 +95,7 @@ def write_slot(slot, token, now, cid, rid, src, src_off, rsize, ev_off):
     """One request slot: token, arrival stamp, the request's client_id and request_id (the
     worker journals them), the record's ``rsize`` bytes from ``src[src_off:]`` at ``ev_off``,
     zeroed padding (the bytes a worker reads are all set). Offsets: ingress.router asserts
-    them against engine.types.request_slot_dtype."""
+    them against shm.types.request_slot_dtype."""
     _put(slot, 0, 8, token)
     _put(slot, 8, 8, now)
     _put(slot, 16, 8, cid)

@@ -21,7 +21,7 @@ import struct
 import numba
 import numpy as np
 
-from engine.control import OVERLOAD_REASONS
+from shm.control import OVERLOAD_REASONS
 from ingress import _fast_kernels as FK
 from shm.ring import bind_entry
 

@@ -13,7 +13,7 @@ import os
 import zmq
 import zmq.asyncio
 
-from engine.schema import Schema
+from shm.schema import Schema
 from ingress.client import (ClientCodec, ClientTimeout, CurveKeys, Decision, LazyPirateSocket,
                             load_schema)
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from engine.schema import Schema
-from engine.types import ACTION_NAMES, MAX_FIRED, DecisionFlag, ErrorCode
+from shm.schema import Schema
+from shm.types import ACTION_NAMES, MAX_FIRED, DecisionFlag, ErrorCode
 from ingress import wire
 from ingress.jsonevents import EventConverter
 from ingress.wire import HeaderFlag, WireError
@@ -88,7 +88,7 @@ def load_schema(schema: Schema | str | os.PathLike | None) -> Schema:
     """A Schema as is, else the schema of a config file (None: the bundled default config)."""
     if isinstance(schema, Schema):
         return schema
-    from engine.config import load_config
+    from shm.runtime.config import load_config
     return load_config(Path(schema) if schema is not None else None).schema
 
 

@@ -18,8 +18,8 @@ from typing import Mapping
 import numba
 import numpy as np
 
-from engine.schema import Schema
-from engine.types import ACTION_NAMES, MAX_FIRED, RESPONSE_SLOT_DTYPE, DecisionFlag, ErrorCode
+from shm.schema import Schema
+from shm.types import ACTION_NAMES, MAX_FIRED, RESPONSE_SLOT_DTYPE, DecisionFlag, ErrorCode
 from ingress import _batch_kernels as BK
 from ingress import _fast_kernels as FK
 from ingress import wire

@@ -34,7 +34,7 @@ _TCP_INFO_LAST_DATA_RECV = 52    # byte offset of tcpi_last_data_recv (u32, ms) 
 _TCP_INFO_LEN = 104
 _EVENT = struct.Struct("=Hi")
 _ACCEPTED, _DISCONNECTED = int(zmq.EVENT_ACCEPTED), int(zmq.EVENT_DISCONNECTED)
-_OVER_CAP, _BAD_FRAMES = 0, 1     # cells of c_closed: engine.control.CONN_CLOSE_REASONS
+_OVER_CAP, _BAD_FRAMES = 0, 1     # cells of c_closed: shm.control.CONN_CLOSE_REASONS
 
 
 def raise_nofile_limit() -> int:
@@ -56,7 +56,7 @@ def effective_cap(max_connections: int, nofile: int) -> int:
 
 class Connections:
     """Counts the ROUTER's connections (``current``), enforces the cap, closes on request.
-    ``c_current`` (1 cell) and ``c_closed`` (one cell per engine.control.CONN_CLOSE_REASONS)
+    ``c_current`` (1 cell) and ``c_closed`` (one cell per shm.control.CONN_CLOSE_REASONS)
     are cells of the control block."""
 
     def __init__(self, sock: zmq.Socket, cap: int, c_current, c_closed):

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from engine.types import RESPONSE_SLOT_DTYPE, DecisionFlag
+from shm.types import RESPONSE_SLOT_DTYPE, DecisionFlag
 from ingress import _dedup_kernels as K
 from shm.ring import bind_entry
 

@@ -19,8 +19,8 @@ import time
 import numba
 import numpy as np
 
-from engine.control import LATENCY_BOUNDS_NS, N_CODES, STAGES
-from engine.types import RESPONSE_SLOT_DTYPE, DecisionFlag
+from shm.control import LATENCY_BOUNDS_NS, N_CODES, STAGES
+from shm.types import RESPONSE_SLOT_DTYPE, DecisionFlag
 from ingress import _fast_kernels as K
 from ingress import wire
 from ingress.admission import ADMITTED

@@ -15,8 +15,8 @@ import time
 import numba
 import numpy as np
 
-from engine.control import LATENCY_BOUNDS_NS, STAGES, N_CODES, observe_request
-from engine.types import DecisionFlag, ErrorCode, RESPONSE_SLOT_DTYPE
+from shm.control import LATENCY_BOUNDS_NS, STAGES, N_CODES, observe_request
+from shm.types import DecisionFlag, ErrorCode, RESPONSE_SLOT_DTYPE
 from ingress.admission import ADMITTED, Admission, RingViews, Shards
 from ingress.codec import split_envelope
 from ingress.dedup import CONFLICT, IdempotencyWindow, i64_bits, records_hash

@@ -16,8 +16,8 @@ import struct
 
 import numpy as np
 
-from engine.schema import Schema
-from engine.types import ErrorCode
+from shm.schema import Schema
+from shm.types import ErrorCode
 from ingress.wire import WireError
 
 _MAX_SHOWN = 40

@@ -12,8 +12,8 @@ import struct
 import numpy as np
 import zmq
 
-from engine import rundir
-from engine.types import ErrorCode
+from shm.runtime import rundir
+from shm.types import ErrorCode
 from ingress.codec import Codec, RulesetMeta
 from ingress.sockopts import backend_send
 from ingress import wire

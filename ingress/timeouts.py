@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import time
 
-from engine.control import EventLog
-from engine.types import Action, DecisionFlag, ErrorCode
+from shm.control import EventLog
+from shm.types import Action, DecisionFlag, ErrorCode
 
 TIMEOUT_BURST_NS = 100_000_000        # timeouts closer than this share one log entry
 

@@ -37,7 +37,7 @@ import struct
 
 import numpy as np
 
-from engine.types import MAX_FIRED
+from shm.types import MAX_FIRED
 
 PROTOCOL_VERSION = 1
 REQUEST_MAGIC = int.from_bytes(b"RSKQ", "little")

@@ -1,7 +1,7 @@
 """Rule language and compiler: YAML rules -> checked expressions -> one fused Numba kernel.
 
     compile_ruleset(files, schema, *, thresholds=(), on_error="skip", cache_dir=None,
-                    features=None)   # features: engine.features.featureset.FeatureSet
+                    features=None)   # features: shm.features.featureset.FeatureSet
         -> CompiledRuleset        (raises RulesetError with .diagnostics)
 
     rs.kernel / rs.entry(events, arrival_ns, out, bits, hits, errors, *rs.feature_arrays)

@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from engine.securedir import ensure_private_dir
+from shm.runtime.securedir import ensure_private_dir
 
 
 def default_cache_dir() -> Path:
@@ -35,7 +35,7 @@ def module_name(src_hash: str, schema_hash: int, numba_version: str) -> str:
 def write_module(cache_dir: Path, name: str, source: str) -> Path:
     """Write ``source`` as ``cache_dir/name.py`` unless an identical file exists. The
     directory holds code this process imports: it is created 0700, and one that another user
-    owns or can write is refused (engine.securedir.UnsafePathError)."""
+    owns or can write is refused (shm.runtime.securedir.UnsafePathError)."""
     ensure_private_dir(cache_dir, "kernel cache (RISK_ENGINE_CACHE)")
     path = cache_dir / f"{name}.py"
     if path.exists():

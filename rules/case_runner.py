@@ -16,8 +16,8 @@ def _fresh_features(rs, c: Case):
     """(FeatureSet, FeatureModel) for one case, or (None, None) without features."""
     if rs.features is None:
         return None, None
-    from engine.features.featureset import CONSTANTS, FeatureSet
-    from engine.features.lists import parse_value
+    from shm.features.featureset import CONSTANTS, FeatureSet
+    from shm.features.lists import parse_value
     from rules.feature_model import FeatureModel
     specs, schema = rs.features.specs, rs.schema
     fs = FeatureSet(specs, schema)

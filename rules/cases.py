@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import yaml
 
-from engine.types import ACTION_NAMES
+from shm.types import ACTION_NAMES
 
 _EXPECT_KEYS = ("action", "score", "fired", "fired_includes", "not_fired")
 

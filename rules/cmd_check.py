@@ -13,8 +13,8 @@ def run(args) -> int:
     import sys
     import time
 
-    from engine.config import load_config_cli
-    from engine.securedir import UnsafePathError
+    from shm.runtime.config import load_config_cli
+    from shm.runtime.securedir import UnsafePathError
     from rules.diagnostics import RulesetError
     cfg = load_config_cli(args.config)
     if cfg is None:
@@ -24,7 +24,7 @@ def run(args) -> int:
         print("risk-engine check: no rule files (give --rules or set rules.files)", file=sys.stderr)
         return 2
     from rules.loader import MAX_RULE_FILE_BYTES
-    from rules.textfile import TextFileError, read_text_file
+    from shm.runtime.textfile import TextFileError, read_text_file
     for f in files:                         # a FIFO, a device, a huge file: usage error, exit 2
         try:
             read_text_file(f, MAX_RULE_FILE_BYTES, "rule file")

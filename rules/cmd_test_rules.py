@@ -13,7 +13,7 @@ def add_arguments(p):
 def run(args) -> int:
     import os
 
-    from engine.config import load_config_cli
+    from shm.runtime.config import load_config_cli
     from rules.case_runner import run_case
     from rules.cases import CaseFileError, check_case, load_cases
     from rules.diagnostics import RulesetError

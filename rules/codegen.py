@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 
-from engine.types import MAX_FIRED, DecisionFlag
+from shm.types import MAX_FIRED, DecisionFlag
 from rules import ir
 from rules.symbols import INT64_MIN
 

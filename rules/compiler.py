@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 import numba
 import numpy as np
 
-from engine.types import MAX_FIRED, MAX_RULES, RESPONSE_SLOT_DTYPE, Action
+from shm.types import MAX_FIRED, MAX_RULES, RESPONSE_SLOT_DTYPE, Action
 from rules import ir
 from rules.cache import default_cache_dir, import_module, module_name, source_hash, write_module
 from rules.diagnostics import Diagnostic, RulesetError, Sink
@@ -123,7 +123,7 @@ def compile_ruleset(files: Sequence[str], schema, *, thresholds=(), on_error: st
                     features=None) -> "CompiledRuleset":
     """Compile rule files into one kernel; raise RulesetError listing every problem.
 
-    ``features``: an engine.features.featureset.FeatureSet (or None): its names become usable
+    ``features``: an shm.features.featureset.FeatureSet (or None): its names become usable
     in rules and its arrays kernel arguments (``feature_args``; rules/features.py).
 
     Safe to call off the hot path while another ruleset serves: it touches no shared state
@@ -173,7 +173,7 @@ class CompiledRuleset:
     label: str                 # "payments@7+pretrade@3": carried by every decision
     rule_ids: tuple
     modes: tuple               # 'enforce' | 'shadow'
-    actions: tuple             # engine.types.Action values
+    actions: tuple             # shm.types.Action values
     scores: tuple
     reasons: tuple
     where: tuple               # "file:line" of each rule

@@ -17,15 +17,15 @@ import math
 
 import numpy as np
 
-from engine.features.keys import key_from_python
-from engine.features.table import MAX_TIME_MS
-from engine.types import Action
+from shm.features.keys import key_from_python
+from shm.features.table import MAX_TIME_MS
+from shm.types import Action
 
 _AGG = {"count": len, "sum": sum, "min": min, "max": max, "avg": lambda x: sum(x) / len(x)}
 
 
 def _hll(values: list[int], p: int) -> int:
-    from engine.features.hll import _hll_add_many, _hll_estimate
+    from shm.features.hll import _hll_add_many, _hll_estimate
     regs = np.zeros(1 << p, np.uint8)
     _hll_add_many(regs, p, np.array(values, dtype=np.uint64))
     return int(round(float(_hll_estimate(regs))))
@@ -33,7 +33,7 @@ def _hll(values: list[int], p: int) -> int:
 
 class FeatureModel:
     def __init__(self, specs, schema, list_values: dict | None = None):
-        from engine.features.lists import load_list_file
+        from shm.features.lists import load_list_file
         self.specs, self.schema = specs, schema
         self.lists = {}
         self.list_types = {}

@@ -1,6 +1,6 @@
 """Features, lists, account state and the global halt in rule expressions (issue 4).
 
-Adapts an ``engine.features.featureset.FeatureSet`` to the compiler's extension point
+Adapts an ``shm.features.featureset.FeatureSet`` to the compiler's extension point
 (rules.symbols) and plans the per-event feature code of the generated kernel:
 
 - every name the FeatureSet binds becomes a symbol: a feature, a state or ``global_halt``
@@ -78,7 +78,7 @@ class ListSet(ExtSet):
         """``node`` is a bytes Field (read from the record) or a bytes Const (encoded now)."""
         if getattr(node, "name", ""):
             return self.binding.emit_contains(f"{REC}.{node.name}", node.spec.type)
-        from engine.features.keys import key_from_python
+        from shm.features.keys import key_from_python
         return f"_list_contains({self.binding.arg}, np.uint64({key_from_python(node.value, f'bytes{node.width}')}))"
 
     def reference_contains(self, value, state) -> bool:
@@ -89,7 +89,7 @@ class ListSet(ExtSet):
 
 def feature_symbols(fs) -> dict:
     """name -> symbol for every name ``fs`` binds, plus the state constants."""
-    from engine.features.featureset import CONSTANTS
+    from shm.features.featureset import CONSTANTS
     out: dict = {k: ConstantDef(k, v, 0, 0) for k, v in CONSTANTS.items()}
     for name, b in fs.bindings.items():
         out[name] = ListSet(b) if b.what == "list" else FeatureRead(b)
@@ -99,7 +99,7 @@ def feature_symbols(fs) -> dict:
 def specs_digest(fs) -> str:
     """Hash of the feature specs and the feature primitives' sources: part of the kernel
     source, hence of its cache key (Numba's cache does not see changes in called modules)."""
-    import engine.features as pkg
+    import shm.features as pkg
     h = hashlib.blake2b(repr(fs.specs).encode(), digest_size=8)
     for f in _FEATURE_SOURCES:
         h.update((Path(pkg.__file__).parent / f).read_bytes())
@@ -110,7 +110,7 @@ class FeaturePlan:
     """The feature part of one generated module, for the rules that read ``read_names``."""
 
     def __init__(self, fs, read_names):
-        from engine.features.featureset import IMPORTS
+        from shm.features.featureset import IMPORTS
         self.fs = fs
         self.imports = IMPORTS
         self.kernel_args = fs.arg_names()
@@ -202,6 +202,6 @@ def feature_set_for(cfg, alloc=None):
     """A FeatureSet of ``cfg``'s features/lists/state with process-local tables (or
     ``alloc``): what check, test-rules and replay compile against. Never None: even without
     features it binds ``global_halt``."""
-    from engine.features.featureset import FeatureSet, default_alloc
-    from engine.features.spec import specs_from_config
+    from shm.features.featureset import FeatureSet, default_alloc
+    from shm.features.spec import specs_from_config
     return FeatureSet(specs_from_config(cfg), cfg.schema, alloc=alloc or default_alloc)

@@ -31,7 +31,7 @@ class Const(Node):
 @dataclass(eq=False)
 class Field(Node):
     name: str = ""
-    spec: object = None              # engine.schema.FieldSpec
+    spec: object = None              # shm.schema.FieldSpec
     width: int = 0                   # bytes fields: N
 
 

@@ -13,7 +13,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.types import MAX_FIRED, DecisionFlag
+from shm.types import MAX_FIRED, DecisionFlag
 from rules import ir
 from rules.codegen import CHUNK_RULES, RuleEmitter, field_loads, flit, ilit
 
@@ -91,7 +91,7 @@ def generate(rules: list[KernelRule], n_rules: int, schema, thresholds: dict,
         "import numba",
         "import numpy as np",
         "from numba import njit",
-        "from engine.types import RESPONSE_SLOT_DTYPE",
+        "from shm.types import RESPONSE_SLOT_DTYPE",
         f"from rules.kernel_helpers import {', '.join(_HELPERS)}",
         *(plan.imports if plan else ()),
         *((f"# features {plan.digest}",) if plan else ()),

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from engine.types import ACTION_NAMES, Action
+from shm.types import ACTION_NAMES, Action
 from rules.diagnostics import Sink
-from rules.textfile import TextFileError, excerpt, read_text_file
+from shm.runtime.textfile import TextFileError, excerpt, read_text_file
 
 RULE_ID_RE = re.compile(r"^[a-z0-9_]{1,64}$")
 RULESET_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -251,7 +251,7 @@ MAX_RULE_FILE_BYTES = 4 << 20      # PyYAML parses ~1 MB/s here: bounds compile 
 
 def load_rule_file(path: str, sink: Sink) -> RuleFile | None:
     """Parse one rule file; problems go to ``sink``; None when the file is unusable. Only a
-    regular file of at most MAX_RULE_FILE_BYTES is read (rules.textfile: a FIFO or
+    regular file of at most MAX_RULE_FILE_BYTES is read (shm.runtime.textfile: a FIFO or
     /dev/zero is refused, never waited on); a 50 MB file took minutes to parse."""
     try:
         return _load_rule_file(path, sink)

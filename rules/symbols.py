@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from engine.schema import Schema
+from shm.schema import Schema
 
 INT64_MIN = -(1 << 63)
 INT64_MAX = (1 << 63) - 1

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ast
 import difflib
 
-from engine.schema import FieldSpec
+from shm.schema import FieldSpec
 from rules import ir
 from rules.loader import ConstantDef
 from rules.parse import ExprError, MAX_DEPTH

@@ -1,6 +1,6 @@
 """Numba's on-disk cache (``cache=True``) is checked against the function's own source file
 only: code it inlined or called from another file stays cached after that file changes.
-After an upgrade that changes, say, engine/features/table.py, engine/features/windows.py
+After an upgrade that changes, say, shm/features/table.py, shm/features/windows.py
 would keep running the old table code, and the two could disagree on a slot's layout.
 
 ``invalidate_stale()`` runs when ``shm`` is imported (every process that compiles imports

@@ -112,7 +112,7 @@ def check_slot_dtype(slot_dtype: object) -> np.dtype:
     dt = np.dtype(slot_dtype)
     if dt.itemsize == 0 or dt.itemsize % SLOT_ALIGN_BYTES:
         raise LayoutError(f"slot_dtype.itemsize={dt.itemsize}: must be a positive multiple of "
-                          f"{SLOT_ALIGN_BYTES} (pad the dtype, e.g. engine.types.request_slot_dtype)")
+                          f"{SLOT_ALIGN_BYTES} (pad the dtype, e.g. shm.types.request_slot_dtype)")
     if dt.hasobject:
         raise LayoutError(f"slot_dtype={dt}: must not hold Python objects")
     return dt

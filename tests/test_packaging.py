@@ -24,7 +24,7 @@ from bench.engine_proc import REPO, EngineProcess
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 STEP_TIMEOUT_S = 900       # one pip install or one cold compile, on a loaded machine
-# what the code opens beside itself once installed (engine/config.py, default.yaml, bpf/loader.py)
+# what the code opens beside itself once installed (shm/runtime/config.py, default.yaml, bpf/loader.py)
 DATA_FILES = ("engine/default.yaml", "rules/examples/payments.yaml", "rules/examples/blocked_ips.txt",
               "bpf/program.c", "bench/batched_4f.yaml")
 
@@ -88,7 +88,7 @@ def venv_python(installed, code: str, *args) -> str:
 
 def test_the_wheel_holds_every_package_and_data_file_and_no_tests(installed):
     names = zipfile.ZipFile(installed["wheel"]).namelist()
-    for pkg in ("engine", "engine/features", "ingress", "shm", "rules", "bpf", "bench"):
+    for pkg in ("engine", "shm/features", "ingress", "shm", "rules", "bpf", "bench"):
         assert f"{pkg}/__init__.py" in names, pkg
     for f in DATA_FILES:
         assert f in names, f
@@ -97,7 +97,7 @@ def test_the_wheel_holds_every_package_and_data_file_and_no_tests(installed):
 
 def test_installed_copy_is_what_runs_and_its_cache_sweep_stays_in_site_packages(installed):
     out = json.loads(venv_python(installed, (
-        "import json, engine, engine.features, rules, bench; from shm import jitcache; "
+        "import json, engine, shm.features, rules, bench; from shm import jitcache; "
         "print(json.dumps({'engine': engine.__file__, 'root': str(jitcache.ROOT), "
         "'sweep': jitcache.sweep_dirs(jitcache.ROOT), "
         "'stamp': (jitcache.ROOT / jitcache.STAMP).exists()}))")))
@@ -127,7 +127,7 @@ def test_check_and_test_rules_on_the_installed_examples(installed):
 
 CLIENT = """
 import json, sys
-from engine.config import load_config
+from shm.runtime.config import load_config
 from ingress.client import Client
 schema = load_config(sys.argv[2]).schema
 event = {f.name: False if f.kind == "bool" else 0 for f in schema.fields}
@@ -143,7 +143,7 @@ def test_serve_answers_a_request_with_a_rules_decision(installed):
     """The installed `risk-engine serve` on its bundled config (journal, snapshots, run
     directory and kernel cache in temporary directories), one event from a sanctioned
     country sent with the installed client."""
-    raw = json.loads(venv_python(installed, "import json; from engine.config import portable_raw; "
+    raw = json.loads(venv_python(installed, "import json; from shm.runtime.config import portable_raw; "
                                  "print(json.dumps(portable_raw()))"))
     assert all(Path(f).is_relative_to(installed["venv"]) for f in raw["rules"]["files"])
     with EngineProcess(installed["tmp"], workers=1, raw=raw, command=(str(installed["exe"]),),

@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import zmq
 
-from engine.types import ErrorCode
+from shm.types import ErrorCode
 from ingress import wire
 
 

@@ -3,7 +3,7 @@ on the real ingress codec and the real worker batch body."""
 from __future__ import annotations
 
 from bench.alloc import blocks_delta, ingress_codec, top_allocators
-from engine.config import load_config
+from shm.runtime.config import load_config
 
 
 def test_blocks_delta_sees_a_per_call_leak_and_not_a_noop():

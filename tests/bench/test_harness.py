@@ -149,8 +149,8 @@ def test_a_duplicate_decision_is_counted_not_taken_for_an_evaluation():
     """A reply from the engine's idempotency window means the bench reused a (client id,
     request id): counted as DUPLICATE, in both transports."""
     from bench.replies import DUPLICATE, classify
-    from engine.config import load_config
-    from engine.types import RESPONSE_SLOT_DTYPE, DecisionFlag
+    from shm.runtime.config import load_config
+    from shm.types import RESPONSE_SLOT_DTYPE, DecisionFlag
     from ingress.codec import Codec, Request
     codec = Codec(load_config(None).schema, 16, 1 << 20)
     for kind, n in (("binary", 1), ("binary", 2), ("json", 1), ("json", 2)):   # binary N = 1
@@ -173,7 +173,7 @@ def test_an_error_reply_of_a_decisions_length_is_read_as_an_error():
     makes it exactly that long must still count by its code, and a header that does not
     parse must count BAD_REPLY."""
     from bench.replies import BAD_REPLY, classify
-    from engine.types import ErrorCode
+    from shm.types import ErrorCode
     from ingress import wire
     msg = b"m" * wire.DECISION_SIZE
     err = wire.pack_reply_header(int(ErrorCode.OVERLOADED), 0, 9, len(msg)) + msg

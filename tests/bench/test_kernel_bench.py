@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from bench import kernel as bk
-from engine.config import load_config
+from shm.runtime.config import load_config
 from rules import compile_ruleset
 
 
@@ -48,7 +48,7 @@ def test_time_kernel_evaluates_every_event_of_every_batch(tmp_path):
 def test_time_kernel_passes_the_feature_tables(tmp_path):
     """--features times the default ruleset with its tables: the timed calls must update
     them (a kernel called without its tables would not even run)."""
-    from engine.features.table import counters
+    from shm.features.table import counters
     from rules.features import feature_set_for
     cfg = load_config(None)
     rs = compile_ruleset(list(cfg.rules.files), cfg.schema, features=feature_set_for(cfg),
@@ -60,7 +60,7 @@ def test_time_kernel_passes_the_feature_tables(tmp_path):
 
 def test_the_batched_issue6_config_is_the_100_rule_ruleset_with_4_features():
     """bench/batched_4f.yaml (docs/BENCH.md) is what its name says, and its rules check."""
-    from engine.config import load_config
+    from shm.runtime.config import load_config
     from rules.compiler import check_ruleset
     from rules.features import feature_set_for, feature_symbols
     cfg = load_config("bench/batched_4f.yaml")
@@ -97,7 +97,7 @@ def test_the_floor_counts_the_lines_the_staged_prefetch_touches():
     import sys
     import numpy as np
     from bench import features as bf
-    from engine.features import table as T
+    from shm.features import table as T
     maps, tabs, cap = bf._tables(300, False, False)
     try:
         for t, sw in zip(tabs, (bf.SW_C, bf.SW_S, bf.SW_M, bf.SW_A)):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from bench.worker_step import journal_append, worker_step
-from engine.config import load_config
+from shm.runtime.config import load_config
 
 
 def test_journal_append_times_both_paths_per_batch_size():

@@ -165,7 +165,7 @@ def still_serves(eng) -> None:
     """``status`` answered and a request decided."""
     import numpy as np
     from engine.admin import request
-    from engine.config import load_config
+    from shm.runtime.config import load_config
     from ingress.client import Client
     from bench.events import random_events
     st = request(eng.admin_bind, {"cmd": "status"}, 30_000)

@@ -53,7 +53,7 @@ def test_state_and_halt_are_logged(engine):
 
 def test_snapshot_pauses_workers_and_records_journal_seqs(engine):
     import numpy as np
-    from engine.config import load_config
+    from shm.runtime.config import load_config
     from engine.journal import JournalReader
     from engine.snapshot import SnapshotStore
     from ingress.client import Client

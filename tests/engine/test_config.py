@@ -4,7 +4,7 @@ import os
 import pytest
 import yaml
 
-from engine.config import ConfigError, load_config, parse_config
+from shm.runtime.config import ConfigError, load_config, parse_config
 
 BASE = {"schema": {"shard_key": "a", "fields": {"a": "u64", "b": "f64", "c": "bytes2"}}}
 
@@ -71,7 +71,7 @@ def test_unreadable_and_invalid_yaml(tmp_path):
 
 def test_portable_raw_makes_file_paths_absolute_and_loads_anywhere(tmp_path):
     import yaml
-    from engine.config import portable_raw
+    from shm.runtime.config import portable_raw
     raw = portable_raw()
     files = raw["rules"]["files"] + [s["file"] for s in raw["lists"].values() if s.get("file")]
     assert files and all(os.path.isabs(f) and os.path.exists(f) for f in files)
@@ -83,7 +83,7 @@ def test_portable_raw_makes_file_paths_absolute_and_loads_anywhere(tmp_path):
 def test_placeholders_are_resolved_once_when_the_config_is_read(tmp_path, monkeypatch):
     """{state}, {instance} and {run} become final paths in parse_config, so nothing downstream
     substitutes them; an instance override (serve --instance) is in place before they are made."""
-    from engine.rundir import run_dir_for
+    from shm.runtime.rundir import run_dir_for
     monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
     c = cfg(instance="abc")
     assert c.durability.journal_dir == str(tmp_path / "state" / "abc" / "journal")
@@ -107,9 +107,9 @@ def test_placeholders_are_resolved_once_when_the_config_is_read(tmp_path, monkey
 
 
 def test_a_resolved_config_parses_again_to_itself_and_is_validated_again(tmp_path, monkeypatch):
-    """The supervisor hands children config_to_raw(cfg) (engine.rundir.write_config): parsing
+    """The supervisor hands children config_to_raw(cfg) (shm.runtime.rundir.write_config): parsing
     it again is idempotent, and it is validated again like a file."""
-    from engine.config import config_to_raw
+    from shm.runtime.config import config_to_raw
     monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
     c = load_config()
     again = parse_config(config_to_raw(c), c.path)
@@ -125,7 +125,7 @@ def test_a_resolved_config_parses_again_to_itself_and_is_validated_again(tmp_pat
 def test_journal_defaults_have_one_source():
     """The journal writer's defaults are the journal: section's (16 MiB segments, the
     documented default), not a second set of its own."""
-    from engine.config import DurabilityConfig
+    from shm.runtime.config import DurabilityConfig
     from engine.journal import JournalConfig
     assert JournalConfig() == cfg().durability.journal_config() == DurabilityConfig().journal_config()
     assert JournalConfig().segment_bytes == 16 << 20

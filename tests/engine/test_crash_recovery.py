@@ -13,8 +13,8 @@ import psutil
 import pytest
 import yaml
 
-from engine.config import load_config
-from engine.features import table as T
+from shm.runtime.config import load_config
+from shm.features import table as T
 from engine.journal import JournalReader, list_writers
 from ingress.client import Client
 from shm.segment import Segment, segment_name

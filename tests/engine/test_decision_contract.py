@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import zmq
 
-from engine.config import load_config
-from engine.types import ErrorCode
+from shm.runtime.config import load_config
+from shm.types import ErrorCode
 from ingress import wire
 from ingress.client import Client
 from ingress.jsonevents import EventConverter

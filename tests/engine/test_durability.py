@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.config import load_config
+from shm.runtime.config import load_config
 from engine.journal import JournalReader, list_writers
 from ingress.client import Client
 from bench.engine_proc import EngineProcess
@@ -44,7 +44,7 @@ def test_replay_backtests_a_candidate(tmp_path):
     import subprocess
     import sys
     import yaml
-    from engine.config import DEFAULT_CONFIG
+    from shm.runtime.config import DEFAULT_CONFIG
     schema = load_config().schema
     eng = EngineProcess(tmp_path, workers=2, metrics=False,
                         overrides={"journal": {"dir": str(tmp_path / "j")},

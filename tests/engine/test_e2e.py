@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import zmq
 
-from engine.config import load_config
-from engine.types import ACTION_NAMES
+from shm.runtime.config import load_config
+from shm.types import ACTION_NAMES
 from ingress.client import Client
 from ingress.jsonevents import EventConverter
 from bench.engine_proc import EngineProcess, shm_entries
@@ -55,7 +55,7 @@ _LISTS: dict = {}
 
 
 def _list_values(rs) -> dict:
-    from engine.features.lists import load_list_file
+    from shm.features.lists import load_list_file
     return {ls.name: load_list_file(ls.file, ls.type) for ls in rs.features.specs.lists}
 
 
@@ -147,7 +147,7 @@ def test_dealer_extra_frames_get_bad_frame(engine):
     assert rep[0] == b""
     body = rep[-1]
     from ingress.wire import unpack_reply
-    from engine.types import ErrorCode
+    from shm.types import ErrorCode
     assert unpack_reply(body)[1] == ErrorCode.BAD_FRAME
 
 
@@ -199,7 +199,7 @@ def _binary_cases(schema):
 
 
 def test_bad_binary_requests_get_their_codes(engine, reference):
-    from engine.types import ErrorCode
+    from shm.types import ErrorCode
     from ingress import wire
     schema, rs = reference
     for frame, code in _binary_cases(schema):

@@ -7,8 +7,8 @@ import socket
 
 import pytest
 
-from engine.config import ConfigError, parse_config
-from engine.endpoints import EndpointError, parse_host_port, parse_zmq_bind
+from shm.runtime.config import ConfigError, parse_config
+from shm.runtime.endpoints import EndpointError, parse_host_port, parse_zmq_bind
 
 BASE = {"schema": {"shard_key": "a", "fields": {"a": "u64"}}}
 CURVE = {"enabled": True, "server_secret_file": "s.key_secret", "authorized_keys_dir": "keys"}

@@ -28,7 +28,7 @@ import yaml
 
 from engine.admin import request as admin_request
 from engine.admin_log import read as read_admin_log
-from engine.config import load_config
+from shm.runtime.config import load_config
 from engine.explain import ExplainError, Explainer, explain
 from engine.explain_replay import parse_request_key
 from engine.explain_trace import trace
@@ -154,8 +154,8 @@ def _norm(x):
 def _recount(cfg, jdir, rs, wanted: set) -> dict:
     """Brute force over the whole journal in merged order, admin changes by time: for each
     wanted (writer, seq) the oracle's values and every rule's clauses on them."""
-    from engine.features.state import STATE_NAMES
-    from engine.features.spec import specs_from_config
+    from shm.features.state import STATE_NAMES
+    from shm.features.spec import specs_from_config
     model = FeatureModel(specs_from_config(cfg), cfg.schema)
     admin, _, _ = read_admin_log(os.path.join(jdir, "admin.log"))
     k, out = 0, {}
@@ -381,7 +381,7 @@ def _write_v1(jdir: str, cfg, out) -> np.ndarray:
     """The records of ``jdir`` as a version-1 engine wrote them (no client and request ids,
     40 B + the event), in one segment of ``out`` with 10 free records; returns them."""
     from engine.journal import JournalReader, checksum
-    from engine.journal_format import HEADER_SIZE, SegmentHeader, journal_dtype, segment_name
+    from shm.journal_format import HEADER_SIZE, SegmentHeader, journal_dtype, segment_name
     recs = JournalReader(jdir, cfg.schema.dtype, cfg.schema.hash, 0).read_all()
     v1 = np.zeros(len(recs), journal_dtype(cfg.schema.dtype, version=1))
     for f in v1.dtype.names:
@@ -427,7 +427,7 @@ def test_a_journal_of_the_previous_format_is_refused_not_misread_then_converted(
 
 
 def test_a_corrupt_record_before_the_event_is_reported_not_skipped(small_journal):
-    from engine.journal_format import HEADER_SIZE, journal_dtype, list_segments
+    from shm.journal_format import HEADER_SIZE, journal_dtype, list_segments
     cfg, jdir = small_journal
     path = list_segments(jdir, 0)[0][1]
     rsize = journal_dtype(cfg.schema.dtype).itemsize

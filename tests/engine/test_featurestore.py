@@ -9,7 +9,7 @@ import sys
 
 import yaml
 
-from engine.config import portable_raw
+from shm.runtime.config import portable_raw
 from shm.segment import list_names, reclaim_stale
 
 
@@ -52,8 +52,8 @@ def test_serve_refuses_an_idempotency_window_larger_than_the_machine(tmp_path):
 
 
 def test_created_tables_are_reserved(tmp_path):
-    from engine.config import load_config
-    from engine.featurestore import FeatureStore
+    from shm.runtime.config import load_config
+    from shm.featurestore import FeatureStore
     cfg = load_config(None)
     store = FeatureStore(cfg, os.getpid(), create=True)
     try:

@@ -12,8 +12,8 @@ import psutil
 import pytest
 import zmq
 
-from engine.config import load_config
-from engine.types import ErrorCode
+from shm.runtime.config import load_config
+from shm.types import ErrorCode
 from ingress import wire
 from ingress.client import Client, RequestError
 from bench.engine_proc import EngineProcess

@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 from engine.journal import (HEADER_SIZE, JournalConfig, JournalCorruptError, JournalError,
                             JournalGapError, JournalReader, JournalWriter, checksum,
                             iter_merged, journal_dtype, list_segments, list_writers)
-from engine.schema import Schema
+from shm.schema import Schema
 
 SCHEMA = Schema.build({"account_id": "u64", "amount": "f64", "country": "bytes2", "ok": "bool"},
                       "account_id")
@@ -310,7 +310,7 @@ def test_on_idle_prepares_next_segment_and_stale_preparation_is_removed(tmp_path
         check_records(reader(tmp_path).read_all())           # pre-faulting kept every record
         w.append_batch(batch(w, 9, 21))
         # its header is written when the file is made, ahead of the zero-fill and rotation
-        from engine.journal_format import read_header
+        from shm.journal_format import read_header
         hdr = read_header(str(tmp_path / "w000-00000000000000000051.rjl.tmp"), SCHEMA.hash, RS, 0)
         assert hdr.first_seq == 51 and hdr.capacity == 50
         w.append_batch(batch(w, 40, 30))                     # rotates into the prepared file
@@ -370,7 +370,7 @@ def test_append_slots_writes_the_records_append_columns_writes(tmp_path_factory,
     staging path give byte-identical journals, across rotations (50-record segments), for
     slots whose every byte is random: the token, the slot padding and the response's
     nfired and fired must not leak into a record."""
-    from engine.types import RESPONSE_SLOT_DTYPE, request_slot_dtype
+    from shm.types import RESPONSE_SLOT_DTYPE, request_slot_dtype
     rng = np.random.default_rng(seed)
     req = np.frombuffer(rng.bytes(n * request_slot_dtype(SCHEMA.dtype).itemsize),
                         request_slot_dtype(SCHEMA.dtype)).copy()

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import yaml
 
-from engine.config import load_config
+from shm.runtime.config import load_config
 from engine.journal import HEADER_SIZE, JournalReader, journal_dtype, list_segments
 from engine.snapshot import SnapshotStore
 from ingress.client import Client

@@ -173,7 +173,7 @@ def test_files_the_engine_creates_are_private(tmp_path, monkeypatch):
     made (run root, run dir, journal, snapshots) is 0700 and every file in them 0600; the
     admin socket is in the run directory, and `nobody` cannot connect to it."""
     import numpy as np
-    from engine.config import load_config
+    from shm.runtime.config import load_config
     from ingress.client import Client
     from bench.events import random_events
     monkeypatch.setenv("RISK_ENGINE_RUN_ROOT", str(tmp_path / "run"))

@@ -13,8 +13,8 @@ import pytest
 import zmq
 from prometheus_client.parser import text_string_to_metric_families
 
-from engine.config import load_config
-from engine.types import ACTION_NAMES
+from shm.runtime.config import load_config
+from shm.types import ACTION_NAMES
 from ingress.client import Client
 from ingress.jsonevents import EventConverter
 from bench.engine_proc import EngineProcess

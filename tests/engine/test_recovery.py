@@ -16,7 +16,7 @@ import pytest
 
 from engine.journal import JournalConfig, JournalReader, JournalWriter
 from engine.recovery import RecoveryError, recover, recover_all
-from engine.schema import Schema
+from shm.schema import Schema
 from engine.snapshot import SnapshotStore
 
 FIELDS = {"account_id": "u64", "amount": "f64"}
@@ -29,7 +29,7 @@ import sys, time
 import numpy as np
 from engine.journal import JournalConfig, JournalWriter
 from engine.recovery import recover
-from engine.schema import Schema
+from shm.schema import Schema
 from engine.snapshot import SnapshotStore
 jdir, sdir, seed, nkeys = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 schema = Schema.build(%r, "account_id")

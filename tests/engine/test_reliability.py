@@ -15,8 +15,8 @@ import pytest
 import zmq
 
 from bench.events import records_to_json
-from engine.config import load_config
-from engine.types import ErrorCode
+from shm.runtime.config import load_config
+from shm.types import ErrorCode
 from ingress import wire
 from ingress.client import Client
 from bench.engine_proc import EngineProcess

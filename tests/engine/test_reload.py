@@ -11,7 +11,7 @@ import numpy as np
 import yaml
 
 from engine.admin import request
-from engine.config import load_config
+from shm.runtime.config import load_config
 from ingress.client import Client
 from ingress.jsonevents import EventConverter
 from bench.engine_proc import EngineProcess

@@ -12,7 +12,7 @@ import time
 import zmq
 
 from engine.admin import request
-from engine.config import load_config
+from shm.runtime.config import load_config
 from bench.engine_proc import EngineProcess
 from tests.engine.test_reload import decide, ruleset
 
@@ -119,7 +119,7 @@ def test_a_reload_past_its_deadline_is_stopped(tmp_path):
     own deadline is RELOAD_TIMEOUT_S; here 1 s against a parse of several seconds)."""
     from types import SimpleNamespace
 
-    from engine import rundir
+    from shm.runtime import rundir
     from engine.reload import ReloadJob
     run = tmp_path / "run"
     run.mkdir()

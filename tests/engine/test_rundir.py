@@ -1,4 +1,4 @@
-"""engine.rundir: where the run directory is, and the config hand-off to the children as
+"""shm.runtime.rundir: where the run directory is, and the config hand-off to the children as
 JSON data that they validate again (no pickle, nothing that carries code)."""
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from engine import rundir
+from shm.runtime import rundir
 from engine.cmd_serve import add_arguments, serve_config
-from engine.config import ConfigError, load_config, parse_config
+from shm.runtime.config import ConfigError, load_config, parse_config
 from bench.engine_proc import EngineProcess
 
 
@@ -70,9 +70,9 @@ def test_children_validate_the_config_again(tmp_path, monkeypatch):
 
 
 def supervisor_for(tmp_path, instance: str, jdir: Path, sdir: Path):
-    from engine.config import portable_raw
+    from shm.runtime.config import portable_raw
     from engine.supervisor import Supervisor
-    from engine.topology import read_topology
+    from shm.runtime.topology import read_topology
     raw = portable_raw()
     raw.update(instance=instance, journal={"dir": str(jdir)}, snapshot={"dir": str(sdir)})
     logged: list[str] = []
@@ -125,7 +125,7 @@ def test_the_run_dir_of_a_killed_engine_is_removed_and_a_live_one_kept(tmp_path,
     """What a SIGKILLed engine leaves (its pid file names no live supervisor) goes; a run
     directory whose supervisor runs stays."""
     import os
-    from engine import rundir
+    from shm.runtime import rundir
     monkeypatch.setenv(rundir.RUN_ROOT_ENV, str(tmp_path / "run"))
     dead = rundir.make_run_dir("dead")
     (dead / "supervisor.pid").write_text("999999999")

@@ -4,7 +4,7 @@ import re
 import numpy as np
 import pytest
 
-from engine.schema import Schema, SchemaError
+from shm.schema import Schema, SchemaError
 
 ALL = {"a": "u8", "b": "u64", "c": "i16", "d": "f32", "e": "bytes3", "f": "bool", "g": "i64",
        "h": "u16", "i": "u32", "j": "i8", "k": "i32", "l": "f64", "m": "bytes64"}

@@ -1,4 +1,4 @@
-"""engine.securedir: what the engine accepts as a run or state directory, and how it writes
+"""shm.runtime.securedir: what the engine accepts as a run or state directory, and how it writes
 and reads the files in them. Cases that need another user run as root only."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.securedir import (UnsafePathError, check_private_files, ensure_private_dir,
+from shm.runtime.securedir import (UnsafePathError, check_private_files, ensure_private_dir,
                               read_private_file, write_private_file)
 
 NOBODY = 65534

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from engine.admin import request as admin_request
-from engine.config import load_config
+from shm.runtime.config import load_config
 from ingress.client import Client, ClientTimeout, CurveKeys
 from bench.engine_proc import EngineProcess
 from bench.events import random_events

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from engine.config import load_config
-from engine.control import Block, BlockLayout
+from shm.runtime.config import load_config
+from shm.control import Block, BlockLayout
 from engine.snapshot_coordinator import SnapshotCoordinator, SnapshotError, hold_for_snapshot
 from engine.worker import StallRecorder
 from shm.idle import SpinThenSleep
@@ -117,7 +117,7 @@ def test_a_worker_that_dies_before_it_pauses_ends_the_hold_at_once():
 
 
 def test_a_snapshot_without_the_journal_is_a_snapshot_error_not_a_startup_error():
-    from engine.config import parse_config, portable_raw
+    from shm.runtime.config import parse_config, portable_raw
     from engine.preflight import StartupError
     raw = portable_raw()
     raw["journal"] = {"enabled": False}

@@ -11,7 +11,7 @@ import time
 
 import psutil
 
-from engine.config import load_config
+from shm.runtime.config import load_config
 from bench.engine_proc import EngineProcess
 from tests.engine.test_reload import decide, ruleset, wait_label
 

@@ -1,7 +1,7 @@
 """NUMA topology from fake sysfs trees, and the worker placement plan."""
 import pytest
 
-from engine.topology import TopologyError, parse_cpulist, plan_workers, read_topology
+from shm.runtime.topology import TopologyError, parse_cpulist, plan_workers, read_topology
 
 
 def fake_sysfs(tmp_path, nodes: dict[int, str]):
@@ -60,7 +60,7 @@ def test_this_machine():
 
 
 def test_pages_by_node_reads_numa_maps(tmp_path):
-    from engine.topology import pages_by_node
+    from shm.runtime.topology import pages_by_node
     d = tmp_path / "42"
     d.mkdir()
     (d / "numa_maps").write_text(

@@ -8,9 +8,9 @@ import types
 import numpy as np
 import pytest
 
-from engine.config import load_config
+from shm.runtime.config import load_config
 from engine.journal import JournalConfig, JournalWriter
-from engine.types import RESPONSE_SLOT_DTYPE, request_slot_dtype
+from shm.types import RESPONSE_SLOT_DTYPE, request_slot_dtype
 from engine.worker import serve_journaled_tail
 from shm.idle import SleepingBackoff
 from shm.ring import OneToOneRing

@@ -13,8 +13,8 @@ import timeit
 
 import numpy as np
 
-from engine.config import load_config
-from engine.types import RESPONSE_SLOT_DTYPE
+from shm.runtime.config import load_config
+from shm.types import RESPONSE_SLOT_DTYPE
 from ingress import wire
 from ingress.client import ClientCodec
 from ingress.codec import Codec, RulesetMeta

@@ -12,7 +12,7 @@ import threading
 import numpy as np
 import zmq
 
-from engine.types import RESPONSE_SLOT_DTYPE
+from shm.types import RESPONSE_SLOT_DTYPE
 from ingress.codec import Codec, RulesetMeta, split_envelope
 from ingress.wire import WireError
 

@@ -28,8 +28,8 @@ from collections import Counter
 
 import numpy as np
 
-from engine.schema import Schema
-from engine.types import RESPONSE_SLOT_DTYPE, ErrorCode
+from shm.schema import Schema
+from shm.types import RESPONSE_SLOT_DTYPE, ErrorCode
 from ingress import wire
 from ingress.codec import Codec, Request, split_envelope
 from ingress.wire import WireError
@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     t0 = time.perf_counter()
     if a.endpoint:
-        from engine.config import load_config
+        from shm.runtime.config import load_config
         cfg = load_config(a.config)
         codec = Codec(cfg.schema, cfg.ingress.max_batch, cfg.ingress.max_frame_bytes)
         out = run_live(a.endpoint, codec, a.iterations, a.seed, a.reply_timeout_ms)

@@ -11,7 +11,7 @@ import uuid
 import numpy as np
 import pytest
 
-from engine.types import RESPONSE_SLOT_DTYPE, request_slot_dtype
+from shm.types import RESPONSE_SLOT_DTYPE, request_slot_dtype
 from ingress import _fast_kernels as K
 from ingress import wire
 from ingress.admission import (ADMITTED, BEHIND, EPOCH_SHIFT, MAX_INFLIGHT, PEER_INFLIGHT, RING_FULL,

@@ -4,8 +4,8 @@ import asyncio
 import pytest
 import zmq.asyncio
 
-from engine.schema import Schema
-from engine.types import ErrorCode
+from shm.schema import Schema
+from shm.types import ErrorCode
 from ingress import wire
 from ingress.aio import AsyncClient
 from ingress.client import ClientTimeout, RequestError

@@ -4,7 +4,7 @@ and fill their requests, and the N-decision reply as the wire decoder reads it."
 import numpy as np
 import pytest
 
-from engine.types import RESPONSE_SLOT_DTYPE, request_slot_dtype
+from shm.types import RESPONSE_SLOT_DTYPE, request_slot_dtype
 from ingress import _batch_kernels as BK
 from ingress import _fast_kernels as FK
 from ingress import wire

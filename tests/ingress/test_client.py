@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import zmq
 
-from engine.schema import Schema
-from engine.types import ErrorCode
+from shm.schema import Schema
+from shm.types import ErrorCode
 from ingress import wire
 from ingress.client import Client, ClientTimeout, Decision, RequestError
 from tests.ingress.decision_server import DecisionServer

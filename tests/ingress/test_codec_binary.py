@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import zmq
 
-from engine.types import ErrorCode
+from shm.types import ErrorCode
 from ingress import wire
 from ingress.wire import WireError
 from tests.ingress.wire_helpers import MAX_BATCH, MAX_FRAME, SCHEMA, make_codec, records
@@ -140,7 +140,7 @@ def test_bool_byte_other_than_0_or_1(n, byte):
 
 
 def test_schema_without_float_or_bool_fields():
-    from engine.schema import Schema
+    from shm.schema import Schema
     from ingress.codec import Codec
     s = Schema.build({"id": "u64", "tag": "bytes3"}, "id")
     recs = np.zeros(2, s.dtype)

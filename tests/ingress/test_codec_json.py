@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from engine.types import ErrorCode
+from shm.types import ErrorCode
 from ingress.wire import WireError
 from tests.ingress.wire_helpers import MAX_BATCH, MAX_FRAME, SCHEMA, event, make_codec
 

@@ -5,7 +5,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.types import MAX_FIRED, RESPONSE_SLOT_DTYPE
+from shm.types import MAX_FIRED, RESPONSE_SLOT_DTYPE
 from ingress import wire
 from ingress.codec import RulesetMeta
 from tests.ingress.wire_helpers import MAX_BATCH, SCHEMA, make_codec

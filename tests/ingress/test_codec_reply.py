@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from engine.types import MAX_FIRED, RESPONSE_SLOT_DTYPE, DecisionFlag, ErrorCode
+from shm.types import MAX_FIRED, RESPONSE_SLOT_DTYPE, DecisionFlag, ErrorCode
 from ingress import wire
 from ingress.codec import RulesetMeta, split_envelope
 from ingress.wire import WireError

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
-from engine.types import RESPONSE_SLOT_DTYPE, DecisionFlag
+from shm.types import RESPONSE_SLOT_DTYPE, DecisionFlag
 from ingress.dedup import CONFLICT, IdempotencyWindow
 
 S = 1_000_000_000

@@ -4,8 +4,8 @@ reply bytes, the value checks and the shard choice must be exactly the codec's a
 import numpy as np
 import pytest
 
-from engine.schema import Schema
-from engine.types import MAX_FIRED, RESPONSE_SLOT_DTYPE, DecisionFlag, ErrorCode
+from shm.schema import Schema
+from shm.types import MAX_FIRED, RESPONSE_SLOT_DTYPE, DecisionFlag, ErrorCode
 from ingress import _fast_kernels as K
 from ingress import wire
 from ingress.dedup import i64_bits

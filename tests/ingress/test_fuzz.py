@@ -1,5 +1,5 @@
 """CI-sized run of the decoder fuzz target (tests/ingress/fuzz_decoder.py): 20,000 inputs."""
-from engine.types import ErrorCode
+from shm.types import ErrorCode
 from tests.ingress.fuzz_decoder import run
 
 

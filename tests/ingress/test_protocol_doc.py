@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.schema import Schema
-from engine.types import RESPONSE_SLOT_DTYPE, DecisionFlag, ErrorCode
+from shm.schema import Schema
+from shm.types import RESPONSE_SLOT_DTYPE, DecisionFlag, ErrorCode
 from ingress import wire
 from ingress.codec import Codec, RulesetMeta, split_envelope
 from ingress.wire import WireError

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.schema import Schema
+from shm.schema import Schema
 from ingress.codec import Codec
 
 ALL_TYPES = {

@@ -5,7 +5,7 @@ import textwrap
 
 import pytest
 
-from engine.schema import Schema
+from shm.schema import Schema
 
 ALL_TYPES = {
     "k": "u64", "u8f": "u8", "u16f": "u16", "u32f": "u32", "u64f": "u64",

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.cli import main
-from engine.config import load_config
+from shm.runtime.config import load_config
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "rules" / "examples"
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
-from engine.types import RESPONSE_SLOT_DTYPE, DecisionFlag, MAX_FIRED
+from shm.types import RESPONSE_SLOT_DTYPE, DecisionFlag, MAX_FIRED
 from rules import compile_ruleset
 from rules import ir
 from rules.compiler import compile_expr

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from engine.config import load_config
-from engine.features.featureset import FeatureSet
-from engine.features.spec import parse_specs
-from engine.types import Action
+from shm.runtime.config import load_config
+from shm.features.featureset import FeatureSet
+from shm.features.spec import parse_specs
+from shm.types import Action
 from rules import RulesetError, compile_ruleset
 from rules.feature_model import FeatureModel, reference_stream
 
@@ -70,7 +70,7 @@ def _state():
     """Fresh feature tables and the model of the same state (empty tables, the two lists)."""
     fs = FeatureSet(SPECS, SCHEMA)
     fs.replace_list("blocked_ips", np.array([7, 9], np.uint64))
-    from engine.features.keys import key_from_python
+    from shm.features.keys import key_from_python
     fs.replace_list("bad_currencies", np.array([key_from_python(b"XXX", "bytes3")], np.uint64))
     model = FeatureModel(SPECS, SCHEMA, {"blocked_ips": [7, 9],
                                          "bad_currencies": [key_from_python(b"XXX", "bytes3")]})
@@ -168,7 +168,7 @@ def test_apply_updates_rebuilds_the_kernel_tables(rules_file, kernel_cache):
 
 def test_strided_slot_views_and_entry(rules_file, kernel_cache):
     """The engine passes ring_slots['event'][i:j] and ring_slots['arrival_ns'][i:j]."""
-    from engine.types import RESPONSE_SLOT_DTYPE, request_slot_dtype
+    from shm.types import RESPONSE_SLOT_DTYPE, request_slot_dtype
     slots = np.zeros(8, request_slot_dtype(SCHEMA.dtype))
     ev, arrival = _stream(random.Random(9), 8)
     slots["event"], slots["arrival_ns"] = ev, arrival

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from engine.types import MAX_FIRED, RESPONSE_SLOT_DTYPE, Action, DecisionFlag
+from shm.types import MAX_FIRED, RESPONSE_SLOT_DTYPE, Action, DecisionFlag
 from rules import compile_ruleset
 
 
@@ -177,7 +177,7 @@ def test_bad_arguments(files, all_schema):
 
 _CHILD = """
 import json, sys
-from engine.schema import Schema
+from shm.schema import Schema
 from tests.rules.conftest import ALL_TYPES
 from rules import compile_ruleset
 rs = compile_ruleset([sys.argv[1]], Schema.build(ALL_TYPES, "k"), cache_dir=sys.argv[2])

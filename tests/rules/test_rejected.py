@@ -92,7 +92,7 @@ def _diags(write_rules, expr: str):
 
 
 def _schema():
-    from engine.config import load_config
+    from shm.runtime.config import load_config
     return load_config(None).schema
 
 
@@ -172,10 +172,10 @@ def test_loader_errors_with_exact_position(write_rules, text, line, col, rule_id
 
 
 def test_more_enabled_rules_than_the_engine_counts_are_refused(tmp_path):
-    """engine.types.MAX_RULES is the one limit: `check` refuses what the engine could not serve
+    """shm.types.MAX_RULES is the one limit: `check` refuses what the engine could not serve
     (its control block keeps a hit and an error counter per rule)."""
-    from engine.config import load_config
-    from engine.types import MAX_RULES
+    from shm.runtime.config import load_config
+    from shm.types import MAX_RULES
     body = "".join(f"  - {{id: r{i}, when: 'amount > {i}'}}\n" for i in range(MAX_RULES + 1))
     off = "  - {id: off, when: 'amount > 0', enabled: false}\n"
     schema = load_config().schema

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from engine.config import parse_config
+from shm.runtime.config import parse_config
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "rules" / "examples"

@@ -8,7 +8,7 @@ import time
 import pytest
 import yaml
 
-from engine.config import load_config
+from shm.runtime.config import load_config
 from rules import RulesetError, compile_ruleset
 
 SCHEMA = load_config().schema

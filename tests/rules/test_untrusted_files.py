@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from engine.features.lists import MAX_LIST_FILE_BYTES, ListError, load_list_file, parse_value
+from shm.features.lists import MAX_LIST_FILE_BYTES, ListError, load_list_file, parse_value
 from rules.diagnostics import Sink
 from rules.loader import load_rule_file
 

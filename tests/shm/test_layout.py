@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 
-from engine.types import RESPONSE_SLOT_DTYPE
+from shm.types import RESPONSE_SLOT_DTYPE
 from shm import layout as L
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.config import load_config
-from engine.types import RESPONSE_SLOT_DTYPE, request_slot_dtype
+from shm.runtime.config import load_config
+from shm.types import RESPONSE_SLOT_DTYPE, request_slot_dtype
 from shm.doorbell import EventfdDoorbell
 from shm.ring import OneToOneRing
 from tests.shm.peers import MSG_DTYPE, check_messages, make_messages

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.types import RESPONSE_SLOT_DTYPE
+from shm.types import RESPONSE_SLOT_DTYPE
 from shm import layout as L
 from shm.ring import OneToOneRing, RingAttachError
 from shm.segment import Segment

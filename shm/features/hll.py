@@ -15,7 +15,7 @@ import math
 import numpy as np
 from numba import njit
 
-from engine.features.table import _mix64
+from shm.features.table import _mix64
 
 
 def std_error(m: int) -> float:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from engine.features._atomics import _fetch_add
-from engine.features.table import C_LATE, PAYLOAD_OFF, _acquire, _find_locked, _recency, _unlock
+from shm.features._atomics import _fetch_add
+from shm.features.table import C_LATE, PAYLOAD_OFF, _acquire, _find_locked, _recency, _unlock
 
 OK = 0
 LATE = 1

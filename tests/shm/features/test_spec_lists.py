@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
-from engine.config import ConfigError, load_config
-from engine.features import lists as L
-from engine.features.keys import key_from_python
-from engine.features.spec import parse_specs
+from shm.runtime.config import ConfigError, load_config
+from shm.features import lists as L
+from shm.features.keys import key_from_python
+from shm.features.spec import parse_specs
 
 SCHEMA = load_config().schema
 
@@ -28,9 +28,9 @@ def test_a_probe_longer_than_the_table_stays_inside_it():
     """capacity 2 with the default probe of 32 once wrote past the table (heap corruption):
     the probe window is capped at the capacity, and a stream of keys through the real table
     functions leaves guard words after the table untouched."""
-    from engine.features import table as T
-    from engine.features.scalar import _read_update_age
-    from engine.features.windows import _read_update_count
+    from shm.features import table as T
+    from shm.features.scalar import _read_update_age
+    from shm.features.windows import _read_update_count
     f = feat(kind="age", key="device_id", capacity=2)
     c = feat(kind="count", key="account_id", window="60s", capacity=3, probe=8)
     st = parse_specs({}, {}, {"s": {"key": "account_id", "capacity": 5}}, SCHEMA).states[0]

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from engine.control import GC_BOUNDS_NS, observe
+from shm.control import GC_BOUNDS_NS, observe
 
 
 def _install(hist: np.ndarray) -> None:

@@ -1,6 +1,6 @@
 """The pair of rings between the ingress and one worker, as each process sees them.
 
-    ingress --req<w>--> worker <w>     request slots (engine.types.request_slot_dtype);
+    ingress --req<w>--> worker <w>     request slots (shm.types.request_slot_dtype);
                                         doorbell: a posix_ipc semaphore the worker sleeps on
     ingress <--resp<w>-- worker <w>     response slots (RESPONSE_SLOT_DTYPE); doorbell: the
                                         eventfd every response ring shares, which the ingress
@@ -14,7 +14,7 @@ the full names in plan.json.
 """
 from __future__ import annotations
 
-from engine.types import FIRED_SLOT_DTYPE, RESPONSE_SLOT_DTYPE, request_slot_dtype
+from shm.types import FIRED_SLOT_DTYPE, RESPONSE_SLOT_DTYPE, request_slot_dtype
 from shm.doorbell import EventfdDoorbell, SemaphoreDoorbell
 from shm.idle import SleepingBackoff, SpinThenSleep
 from shm.ring import OneToOneRing

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from engine.features import layout, table as T
-from engine.features.hll import _hll_add_many, _hll_estimate
-from engine.features.scalar import (_read_age, _read_last, _read_update_age, _read_update_last,
+from shm.features import layout, table as T
+from shm.features.hll import _hll_add_many, _hll_estimate
+from shm.features.scalar import (_read_age, _read_last, _read_update_age, _read_update_last,
                                     _update_age, _update_last)
-from engine.features.windows import (LATE, OK, _read_update_avg, _read_update_count,
+from shm.features.windows import (LATE, OK, _read_update_avg, _read_update_count,
                                      _read_update_distinct,
                                      _read_update_max, _read_update_min, _read_update_sum, _read_avg, _read_count, _read_distinct, _read_max,
                                      _read_min, _read_sum, _update_avg, _update_count,
@@ -145,9 +145,9 @@ def test_bucket_and_window_boundaries_exact():
 def test_event_times_are_clamped_to_what_the_meta_holds():
     """A time field beyond 2^62 - 1 ms (or negative) is clamped, as the kernel and the reference
     model both do, so a hostile timestamp cannot wrap a key's head."""
-    from engine.features.featureset import FeatureSet
-    from engine.features.spec import parse_specs
-    from engine.schema import Schema
+    from shm.features.featureset import FeatureSet
+    from shm.features.spec import parse_specs
+    from shm.schema import Schema
     from rules.feature_model import FeatureModel
     schema = Schema.build({"account_id": "u64", "ts": "u64"}, "account_id")
     specs = parse_specs({"n": {"kind": "count", "key": "account_id", "window": "60s", "time": "ts"}},

@@ -2,7 +2,7 @@
 
 This module is the one place that owns the table layout: nothing else computes an offset
 into a table buffer except through ``SLOT_BASE`` / ``_slot_word`` and the payload offsets
-that each kind declares in ``engine.features.layout``.
+that each kind declares in ``shm.features.layout``.
 
 Buffer layout (all words are u64, little-endian, x86-64 only)::
 
@@ -43,7 +43,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from engine.features._atomics import _cas, _fetch_add, _load_acquire, _pause, _prefetch, _store_release
+from shm.features._atomics import _cas, _fetch_add, _load_acquire, _pause, _prefetch, _store_release
 
 MAGIC = 0x31454C4241544652          # b'RFTABLE1' little-endian
 VERSION = 1

@@ -5,10 +5,10 @@ import importlib.util
 
 import numpy as np
 
-from engine.config import load_config
-from engine.features.featureset import IMPORTS, FeatureSet
-from engine.features.spec import parse_specs
-from engine.features.state import HALTED
+from shm.runtime.config import load_config
+from shm.features.featureset import IMPORTS, FeatureSet
+from shm.features.spec import parse_specs
+from shm.features.state import HALTED
 
 CFG = load_config()
 FEATURES = {

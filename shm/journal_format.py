@@ -23,7 +23,7 @@ renamed once its header is written::
     | u64 | i64        | u64       | u64        | schema    | f64   | u32        | u8     | u8    | u16 | u64   |
     +-----+------------+-----------+------------+-----------+-------+------------+--------+-------+-----+-------+
 
-Words 1..3 and the event are the request ring slot's (engine.types.request_slot_dtype, same
+Words 1..3 and the event are the request ring slot's (shm.types.request_slot_dtype, same
 offsets: the worker copies them word by word). Version 1 records had no client_id and
 request_id; this engine refuses a version-1 segment (JournalVersionError), never reads it
 with the wrong layout (docs/DURABILITY.md, "Journal format versions").

@@ -9,7 +9,7 @@ Buffer layout (uint64)::
     word 8   half 0: capacity sorted unique u64 values
     8+cap    half 1
 
-Values are encoded with engine.features.keys (u32/u64/i64 exact, bytesN<=8 exact, longer
+Values are encoded with shm.features.keys (u32/u64/i64 exact, bytesN<=8 exact, longer
 bytes hashed). One writer at a time (the admin plane) builds the new sorted array into the
 inactive half and publishes it with a release store of generation+1. Readers (kernels) load
 the generation (acquire), binary-search that half and re-check the generation after a full
@@ -26,9 +26,9 @@ import ipaddress
 import numpy as np
 from numba import njit
 
-from engine.features._atomics import _fence, _load_acquire, _store_release
-from engine.features.keys import key_from_python
-from rules.textfile import TextFileError, excerpt, read_text_file
+from shm.features._atomics import _fence, _load_acquire, _store_release
+from shm.features.keys import key_from_python
+from shm.runtime.textfile import TextFileError, excerpt, read_text_file
 
 W_GEN, W_LEN0, W_CAP = 0, 1, 3
 HEADER_WORDS = 8
@@ -147,7 +147,7 @@ MAX_LIST_FILE_BYTES = 64 << 20     # a 2^22-value list of dotted IPs is about 64
 
 
 def load_list_file(path: str, vtype: str) -> np.ndarray:
-    """A list file: a regular file of at most MAX_LIST_FILE_BYTES (rules.textfile)."""
+    """A list file: a regular file of at most MAX_LIST_FILE_BYTES (shm.runtime.textfile)."""
     try:
         text = read_text_file(path, MAX_LIST_FILE_BYTES, "list file")
     except TextFileError as e:

@@ -62,7 +62,7 @@ class DecisionFlag(enum.IntFlag):
 
 MAX_FIRED = 16             # fired rule indexes carried per decision
 MAX_RULES = 2048           # enabled rules in one ruleset: the control block keeps a hit and an
-                           # error counter row of this size per worker (engine.control)
+                           # error counter row of this size per worker (shm.control)
 
 
 def _padded(fields: list, multiple: int = 64) -> np.dtype:

@@ -16,25 +16,25 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.features import lists as L
-from engine.features import table as T
-from engine.features.keys import key_from_python
-from engine.features.spec import FeatureSpec, Specs
-from engine.features.state import CONTROL_WORDS, STATE_NAMES, _halt_set, _set_state, state_full_error
-from engine.schema import Schema
+from shm.features import lists as L
+from shm.features import table as T
+from shm.features.keys import key_from_python
+from shm.features.spec import FeatureSpec, Specs
+from shm.features.state import CONTROL_WORDS, STATE_NAMES, _halt_set, _set_state, state_full_error
+from shm.schema import Schema
 
 IMPORTS = (
     "import numpy as np",
-    "from engine.features.keys import _key_int, _key_bytes, _key_pair",
-    "from engine.features.windows import (_read_count, _update_count, _read_sum, _update_sum, "
+    "from shm.features.keys import _key_int, _key_bytes, _key_pair",
+    "from shm.features.windows import (_read_count, _update_count, _read_sum, _update_sum, "
     "_read_avg, _update_avg, _read_min, _update_min, _read_max, _update_max, "
     "_read_distinct, _update_distinct, _read_update_count, _read_update_sum, _read_update_avg, "
     "_read_update_min, _read_update_max, _read_update_distinct)",
-    "from engine.features.scalar import (_read_age, _update_age, _read_last, _update_last, "
+    "from shm.features.scalar import (_read_age, _update_age, _read_last, _update_last, "
     "_read_update_age, _read_update_last)",
-    "from engine.features.state import _read_state, _halt_get",
-    "from engine.features.lists import _list_contains",
-    "from engine.features.table import _prefetch_key, _prefetch_slot",
+    "from shm.features.state import _read_state, _halt_get",
+    "from shm.features.lists import _list_contains",
+    "from shm.features.table import _prefetch_key, _prefetch_slot",
 )
 CONSTANTS = dict(STATE_NAMES)           # ACTIVE=0 REDUCING=1 HALTED=2, folded by the compiler
 CONTROL_ARG = "fs_control"

@@ -3,7 +3,7 @@
 The supervisor creates one segment per table (``/risk-engine.<instance>.<pid>.ft_<name>``,
 ``fl_<name>``, ``st_<name>``, ``ctl_features``) before any worker starts; the workers attach
 the same segments, so every worker reads and updates the same tables (exactness across
-workers: engine/features/table.py's per-slot locks). Nothing here runs per event.
+workers: shm/features/table.py's per-slot locks). Nothing here runs per event.
 """
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ class FeatureStore:
     ``attach`` in workers (and in the admin plane, which is the supervisor's)."""
 
     def __init__(self, cfg, owner_pid: int, create: bool):
-        from engine.features.featureset import FeatureSet
-        from engine.features.spec import specs_from_config
+        from shm.features.featureset import FeatureSet
+        from shm.features.spec import specs_from_config
         self.segments: list[Segment] = []
         self.specs = specs_from_config(cfg)
 
@@ -43,7 +43,7 @@ class FeatureStore:
     def reinit(self) -> None:
         """Re-initialise every table, list and cell in place (same segments, so every
         compiled ruleset's arrays stay valid): the first step of a rebuild after a crash."""
-        from engine.features.featureset import FeatureSet
+        from shm.features.featureset import FeatureSet
         arrays = dict(zip(self.fs.arg_names(), self.fs.arrays()))
         for a in arrays.values():
             a[:] = 0
@@ -70,6 +70,6 @@ class FeatureStore:
 
 def table_bytes(cfg) -> dict[str, int]:
     """Bytes of every feature table, list, state table and the control block, by name."""
-    from engine.features.featureset import array_words
-    from engine.features.spec import specs_from_config
+    from shm.features.featureset import array_words
+    from shm.features.spec import specs_from_config
     return {name: 8 * n for name, n in array_words(specs_from_config(cfg)).items()}

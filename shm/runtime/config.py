@@ -1,11 +1,11 @@
 """Engine configuration: one YAML file, validated once into the frozen dataclasses of
-engine.config_types.
+shm.runtime.config_types.
 
 Every error names the key path and the value (``ConfigError``); ``risk-engine serve``
 turns it into exit code 2. Relative file paths are resolved against the directory of the
 config file that names them, and the placeholders {state}, {instance} and {run} are replaced
 here, once: a Config holds final paths, and parsing it again (a child reading the
-supervisor's hand-off, engine.rundir) gives the same Config. When no file is given the
+supervisor's hand-off, shm.runtime.rundir) gives the same Config. When no file is given the
 bundled ``engine/default.yaml`` is used.
 """
 from __future__ import annotations
@@ -17,11 +17,12 @@ from typing import Mapping
 
 import yaml
 
-from engine.config_types import (AdminConfig, Config, ConfigError, CurveConfig, DurabilityConfig,
+from shm.runtime.runroot import run_dir_for
+from shm.runtime.config_types import (AdminConfig, Config, ConfigError, CurveConfig, DurabilityConfig,
                                  IngressConfig, MetricsConfig, RingsConfig, RulesConfig, WorkersConfig)
-from engine.schema import Schema, SchemaError
+from shm.schema import Schema, SchemaError
 
-DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
+DEFAULT_CONFIG = Path(__file__).parents[2] / "engine" / "default.yaml"   # beside the CLI that names it
 
 
 # --- small typed getters -------------------------------------------------------------------
@@ -86,17 +87,16 @@ IPC_PATH_MAX = 107       # sun_path less its NUL: libzmq cannot bind a longer ip
 
 
 def _admin_bind(bind: str, instance: str) -> str:
-    """admin.bind with {instance} and {run} (the instance's 0700 run directory, engine.rundir)
+    """admin.bind with {instance} and {run} (the instance's 0700 run directory, shm.runtime.rundir)
     replaced: the default socket is reachable only by root and the engine's user."""
-    from engine.rundir import run_dir_for
     return bind.replace("{instance}", instance).replace("{run}", str(run_dir_for(instance)))
 
 
 def check_binds(cfg: "Config") -> None:
-    """Parse every bind address as libzmq / http.server will read it (engine.endpoints) and
+    """Parse every bind address as libzmq / http.server will read it (shm.runtime.endpoints) and
     refuse an admin plane reachable from another machine unless admin.curve is on. Also run
     after CLI overrides (engine.cmd_serve)."""
-    from engine.endpoints import EndpointError, parse_host_port, parse_zmq_bind
+    from shm.runtime.endpoints import EndpointError, parse_host_port, parse_zmq_bind
     try:
         parse_zmq_bind(cfg.ingress.bind, "ingress.bind")
         if cfg.metrics.enabled:
@@ -316,7 +316,7 @@ def portable_raw(path: str | os.PathLike | None = None) -> dict:
 def config_to_raw(cfg: Config) -> dict:
     """The YAML-shaped mapping that ``parse_config(config_to_raw(cfg), cfg.path)`` turns back
     into ``cfg``: how the supervisor hands the validated config (file + CLI overrides) to its
-    children as plain data that they validate again (engine.rundir.write_config checks the
+    children as plain data that they validate again (shm.runtime.rundir.write_config checks the
     round trip). Sections whose keys are their dataclass's fields are copied field by field."""
     from dataclasses import fields, is_dataclass
 

@@ -1,7 +1,7 @@
 """The run directory of one engine instance: how the supervisor hands set-up to its children
 and how `risk-engine status` / scripts/pin_workers.sh find a running engine.
 
-    <root>/<instance>/          0700, owned by the engine's uid (engine.securedir)
+    <root>/<instance>/          0700, owned by the engine's uid (shm.runtime.securedir)
         supervisor.pid      pid of the supervisor (the instance is alive while it is)
         config.json         the validated config as plain data; each child validates it again
         plan.json           owner pid, segment names, worker CPUs and NUMA nodes, eventfd
@@ -22,30 +22,9 @@ import json
 import os
 from pathlib import Path
 
-from engine.securedir import UnsafePathError, ensure_private_dir, read_private_file, write_private_file
+from shm.runtime.securedir import UnsafePathError, ensure_private_dir, read_private_file, write_private_file
 
-RUN_ROOT_ENV = "RISK_ENGINE_RUN_ROOT"
-SYSTEM_RUN_ROOT = "/run/risk-engine"
-
-
-def run_root() -> Path:
-    """Where this process would create its instance's run directory."""
-    if os.environ.get(RUN_ROOT_ENV):
-        return Path(os.environ[RUN_ROOT_ENV])
-    if os.environ.get("XDG_RUNTIME_DIR"):
-        return Path(os.environ["XDG_RUNTIME_DIR"]) / "risk-engine"
-    return Path(SYSTEM_RUN_ROOT)
-
-
-def search_roots() -> list[Path]:
-    """Where a running engine may have its run directory (see the module doc)."""
-    if os.environ.get(RUN_ROOT_ENV):
-        return [Path(os.environ[RUN_ROOT_ENV])]
-    return list(dict.fromkeys([run_root(), Path(SYSTEM_RUN_ROOT)]))
-
-
-def run_dir_for(instance: str) -> Path:
-    return run_root() / instance
+from shm.runtime.runroot import RUN_ROOT_ENV, SYSTEM_RUN_ROOT, run_dir_for, run_root, search_roots  # noqa: F401
 
 
 def make_run_dir(instance: str) -> Path:
@@ -77,9 +56,9 @@ def read_json(run_dir, name: str):
 
 
 def write_config(run_dir, cfg) -> None:
-    """The validated config as JSON data (engine.config.config_to_raw). Refuses a config that
+    """The validated config as JSON data (shm.runtime.config.config_to_raw). Refuses a config that
     would not come back identical in the children (a value JSON cannot carry)."""
-    from engine.config import ConfigError, config_to_raw, parse_config
+    from shm.runtime.config import ConfigError, config_to_raw, parse_config
     doc = {"path": cfg.path, "raw": config_to_raw(cfg)}
     try:
         text = json.dumps(doc, allow_nan=False)      # key order matters: schema fields
@@ -97,8 +76,8 @@ def write_config(run_dir, cfg) -> None:
 
 
 def read_config(run_dir):
-    """The supervisor's config, validated again here (engine.config.parse_config)."""
-    from engine.config import parse_config
+    """The supervisor's config, validated again here (shm.runtime.config.parse_config)."""
+    from shm.runtime.config import parse_config
     doc = read_json(run_dir, "config.json")
     return parse_config(doc["raw"], doc["path"])
 
@@ -117,7 +96,7 @@ def read_generation(run_dir, generation: int) -> dict:
 
 def attach_control(run_dir, cfg):
     """Attach the control block of the instance -> (Block, segment)."""
-    from engine.control import Block
+    from shm.control import Block
     from shm.segment import Segment
     plan = read_plan(run_dir)
     seg = Segment.attach(plan["control"])

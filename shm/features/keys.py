@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from engine.features.table import _mix64
+from shm.features.table import _mix64
 
 
 @njit(cache=True, inline="always")

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from engine.types import MAX_RULES
+from shm.types import MAX_RULES
 
 MAGIC = 0x5245_4354_4C31     # "RECTL1"
 VERSION = 1

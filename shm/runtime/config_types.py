@@ -1,11 +1,11 @@
 """The engine's configuration as values: frozen dataclasses holding every default, and
-``ConfigError``. Reading, validating and writing a config file is engine.config's job."""
+``ConfigError``. Reading, validating and writing a config file is shm.runtime.config's job."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from engine.schema import Schema
+from shm.schema import Schema
 
 
 class ConfigError(ValueError):
@@ -88,7 +88,7 @@ class JournalConfig:
 
     def __post_init__(self):
         # journal_format compiles with numba: loaded only when a journal is configured
-        from engine.journal_format import FSYNC_POLICIES, HEADER_SIZE
+        from shm.journal_format import FSYNC_POLICIES, HEADER_SIZE
         if self.fsync not in FSYNC_POLICIES:
             raise ValueError(f"journal.fsync: must be one of {', '.join(FSYNC_POLICIES)}, got {self.fsync!r}")
         if not (HEADER_SIZE + 64 <= self.segment_bytes <= 1 << 40):
@@ -101,7 +101,7 @@ class JournalConfig:
 @dataclass(frozen=True)
 class DurabilityConfig:
     """journal: + snapshot: sections. The directories as read from a file may hold {state}
-    and {instance}; engine.config replaces both when it reads the file, so a Config holds
+    and {instance}; shm.runtime.config replaces both when it reads the file, so a Config holds
     final paths."""
     journal_enabled: bool = True
     journal_dir: str = "{state}/{instance}/journal"

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from engine.features.hll import _hll_add_many, _hll_estimate, std_error
+from shm.features.hll import _hll_add_many, _hll_estimate, std_error
 
 
 @pytest.mark.parametrize("n", [1_000, 100_000, 1_000_000])

@@ -1,6 +1,6 @@
 """Account state table and the global halt cell.
 
-Account state: a table (engine.features.table) whose payload word is the state, keyed by
+Account state: a table (shm.features.table) whose payload word is the state, keyed by
 one integer field. A key never set reads ACTIVE. The table never evicts (an evicted HALTED
 account would silently become ACTIVE): when the probe window is full, ``set_state`` fails.
 
@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from engine.features._atomics import _load_acquire, _store_release
-from engine.features.table import ERR_FULL, PAYLOAD_OFF, _acquire, _find_locked, _recency, _unlock
+from shm.features._atomics import _load_acquire, _store_release
+from shm.features.table import ERR_FULL, PAYLOAD_OFF, _acquire, _find_locked, _recency, _unlock
 
 ACTIVE, REDUCING, HALTED = 0, 1, 2
 STATE_NAMES = {"ACTIVE": ACTIVE, "REDUCING": REDUCING, "HALTED": HALTED}

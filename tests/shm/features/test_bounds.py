@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from engine.config import load_config
-from engine.features import scalar as S, state as ST, table as T, windows as W
-from engine.features.spec import parse_specs
+from shm.runtime.config import load_config
+from shm.features import scalar as S, state as ST, table as T, windows as W
+from shm.features.spec import parse_specs
 
 SCHEMA = load_config().schema
 GUARD = 64

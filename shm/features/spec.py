@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from engine.config import ConfigError
-from engine.features import layout
-from engine.schema import Schema
+from shm.runtime.config import ConfigError
+from shm.features import layout
+from shm.schema import Schema
 
 KINDS = ("count", "sum", "avg", "min", "max", "distinct", "age", "last")
 NEEDS_OF = {"sum", "avg", "min", "max", "distinct", "last"}
@@ -235,7 +235,7 @@ def _capacity_probe(p: str, raw: Mapping, default_probe: int) -> tuple[int, int]
 
 def parse_specs(features: Mapping, lists: Mapping, state: Mapping, schema: Schema,
                 base_dir: str | Path = ".") -> Specs:
-    """Validate the three sections (as kept raw by engine.config.Config)."""
+    """Validate the three sections (as kept raw by shm.runtime.config.Config)."""
     taken: set = set()
     fs = tuple(parse_feature(_name("features", n, schema, taken), r, schema) for n, r in (features or {}).items())
     ls = tuple(parse_list(_name("lists", n, schema, taken), r, Path(base_dir)) for n, r in (lists or {}).items())

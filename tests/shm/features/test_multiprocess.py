@@ -10,8 +10,8 @@ import posix_ipc
 import pytest
 from numba import njit
 
-from engine.features import layout, table as T
-from engine.features.windows import _read_count, _read_sum, _update_count, _update_sum
+from shm.features import layout, table as T
+from shm.features.windows import _read_count, _read_sum, _update_count, _update_sum
 
 NB, BUCKET_MS, PROBE = 60, 1000, 32
 CAP = 64                     # few slots: probing collisions and concurrent inserts

@@ -19,9 +19,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from engine.features._atomics import _fetch_add
-from engine.features.hll import _hll_finish, _hll_index_rank
-from engine.features.table import (C_LATE, PAYLOAD_OFF, _acquire, _find_locked, _recency,
+from shm.features._atomics import _fetch_add
+from shm.features.hll import _hll_finish, _hll_index_rank
+from shm.features.table import (C_LATE, PAYLOAD_OFF, _acquire, _find_locked, _recency,
                                    _unlock)
 
 OK = 0

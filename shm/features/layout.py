@@ -1,5 +1,5 @@
 """Per-kind slot layout: the one place that says how many words a slot has and where the
-payload of each kind lives (the table header and slot head are in ``engine.features.table``).
+payload of each kind lives (the table header and slot head are in ``shm.features.table``).
 
 Slot = key u64 | meta u64 | payload::
 
