@@ -38,8 +38,8 @@ from shm.features._atomics import _prefetch
 from shm.features.hll import _hll_finish
 from shm.features.scalar import _read_update_age
 from shm.features.table import _prefetch_key, _prefetch_slot
-from shm.features.windows import (_hll_window_estimate, _read_update_count, _read_update_distinct,
-                                     _read_update_max, _read_update_sum)
+from shm.features.distinct import _hll_window_estimate, _read_update_distinct
+from shm.features.windows import _read_update_count, _read_update_max, _read_update_sum
 
 PROBE = 32
 NB_C, BMS_C = 60, 1000

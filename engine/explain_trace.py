@@ -9,7 +9,7 @@ import numpy as np
 def read_values(fs, event, arrival_ns: int) -> dict:
     """Every feature, state and the halt as the kernel reads them for ``event`` (a record of
     the schema dtype) on ``fs``'s tables now, with the kernel's own njit primitives."""
-    from shm.features import scalar, state, windows
+    from shm.features import distinct, scalar, state, windows
     from shm.features.keys import _key_pair, key_from_python
     from shm.features.table import MAX_TIME_MS
     schema = fs.schema
@@ -42,7 +42,7 @@ def read_values(fs, event, arrival_ns: int) -> dict:
             v = getattr(scalar, f"_read_{f.kind}")(arr, *consts, key, now)
         else:
             value = 0.0 if f.of is None else (enc(f.of) if f.kind == "distinct" else float(event[f.of]))
-            v = getattr(windows, f"_read_{f.kind}")(arr, *consts, key, now, value)
+            v = getattr(distinct if f.kind == "distinct" else windows, f"_read_{f.kind}")(arr, *consts, key, now, value)
         out[name] = int(v) if b.expr_type == "int" else float(v)
     return out
 

@@ -32,8 +32,8 @@ from shm.runtime.topology import pin_self
 from engine.worker_prepare import GenerationLoader, Prepared, load_generation
 from shm.journal_format import RETRY_NS, journal_dtype
 from shm.types import (ACTION_NAMES, FIRED_PER_SLOT, FIRED_SLOT_DTYPE, MAX_FIRED, RESPONSE_SLOT_DTYPE,
-                          DecisionFlag, ErrorCode, request_slot_dtype)
-from rules.kernel_helpers import any_above
+                       DecisionFlag, ErrorCode, request_slot_dtype)
+from rules.kernel_fired import any_above
 from shm.ring import bind_entry
 from shm.doorbell import EventfdDoorbell
 

@@ -26,8 +26,8 @@ from pathlib import Path
 from rules.loader import ConstantDef
 from rules.symbols import ExtSet, ExtValue
 
-_FEATURE_SOURCES = ("windows.py", "scalar.py", "table.py", "state.py", "lists.py", "keys.py",
-                    "hll.py", "_atomics.py", "featureset.py")
+_FEATURE_SOURCES = ("windows.py", "distinct.py", "scalar.py", "table.py", "state.py", "lists.py",
+                    "keys.py", "hll.py", "_atomics.py", "featureset.py")
 ARRIVAL_MS = "arrival_ms"
 PREFETCH_EVENTS = 64             # events per prefetch block (docs/FEATURES.md: batches of 64)
 REC = "ev"

@@ -22,14 +22,15 @@ _HELPERS = ("_ldb", "_add_ii", "_sub_ii", "_mul_ii", "_floordiv_ii", "_mod_ii", 
             "_floordiv_ff", "_pow_ff", "_round_f", "_cmp_if", "_cmp_uf", "_cmp_ui",
             "_w_i", "_w_u", "_w_to_i", "_w_to_f", "_abs_w", "_cmp_wi", "_cmp_wu", "_cmp_wf",
             "_cmp_ww",
-            "_in_sorted_i", "_in_sorted_u", "_count_errors", "_finish_word", "_select_fired")
+            "_in_sorted_i", "_in_sorted_u")
+_FIRED = ("_count_errors", "_finish_word", "_select_fired")
 
 
 def _helpers_hash() -> str:
     """Hash of the helper and codegen sources. Numba's cache does not notice a change in a
     called function, so it is part of every generated file (and therefore its cache key)."""
     h = hashlib.blake2b(digest_size=8)
-    for mod in ("kernel_helpers.py", "codegen.py", "kernel_source.py"):
+    for mod in ("kernel_helpers.py", "kernel_fired.py", "codegen.py", "kernel_source.py"):
         h.update((Path(__file__).parent / mod).read_bytes())
     return h.hexdigest()
 
@@ -93,6 +94,7 @@ def generate(rules: list[KernelRule], n_rules: int, schema, thresholds: dict,
         "from numba import njit",
         "from shm.types import RESPONSE_SLOT_DTYPE",
         f"from rules.kernel_helpers import {', '.join(_HELPERS)}",
+        f"from rules.kernel_fired import {', '.join(_FIRED)}",
         *(plan.imports if plan else ()),
         *((f"# features {plan.digest}",) if plan else ()),
         "",

@@ -28,8 +28,8 @@ IMPORTS = (
     "from shm.features.keys import _key_int, _key_bytes, _key_pair",
     "from shm.features.windows import (_read_count, _update_count, _read_sum, _update_sum, "
     "_read_avg, _update_avg, _read_min, _update_min, _read_max, _update_max, "
-    "_read_distinct, _update_distinct, _read_update_count, _read_update_sum, _read_update_avg, "
-    "_read_update_min, _read_update_max, _read_update_distinct)",
+    "_read_update_count, _read_update_sum, _read_update_avg, _read_update_min, _read_update_max)",
+    "from shm.features.distinct import _read_distinct, _update_distinct, _read_update_distinct",
     "from shm.features.scalar import (_read_age, _update_age, _read_last, _update_last, "
     "_read_update_age, _read_update_last)",
     "from shm.features.state import _read_state, _halt_get",

@@ -14,12 +14,12 @@ from hypothesis import given, settings, strategies as st
 from shm.features import layout, table as T
 from shm.features.hll import _hll_add_many, _hll_estimate
 from shm.features.scalar import (_read_age, _read_last, _read_update_age, _read_update_last,
-                                    _update_age, _update_last)
+                                 _update_age, _update_last)
+from shm.features.distinct import _read_distinct, _read_update_distinct, _update_distinct
 from shm.features.windows import (LATE, OK, _read_update_avg, _read_update_count,
-                                     _read_update_distinct,
-                                     _read_update_max, _read_update_min, _read_update_sum, _read_avg, _read_count, _read_distinct, _read_max,
-                                     _read_min, _read_sum, _update_avg, _update_count,
-                                     _update_distinct, _update_max, _update_min, _update_sum)
+                                  _read_update_max, _read_update_min, _read_update_sum, _read_avg, _read_count, _read_max,
+                                  _read_min, _read_sum, _update_avg, _update_count,
+                                  _update_max, _update_min, _update_sum)
 
 READ = {"count": _read_count, "sum": _read_sum, "avg": _read_avg, "min": _read_min, "max": _read_max}
 UPDATE = {"count": _update_count, "sum": _update_sum, "avg": _update_avg, "min": _update_min,
