@@ -31,11 +31,11 @@ import numpy as np
 
 from shm.runtime.config_types import JournalConfig
 from shm.journal_format import (FSYNC_POLICIES, HEADER_SIZE, MAGIC, SUFFIX, VERSION,  # noqa: F401
-                                   RETRY_NS, CorruptRecords, JournalCorruptError, JournalError,
-                                   JournalGapError, JournalVersionError, SegmentHeader, _append, _append_slots, _unlink,
-                                   checksum, field_mask, fsync_dir, fsync_path, journal_dtype,
-                                   list_segments, list_writers, now_ns, pending_successor, read_header,
-                                   segment_name, walk_segment, warm_up)
+                                RETRY_NS, CorruptRecords, JournalCorruptError, JournalError,
+                                JournalGapError, JournalVersionError, SegmentHeader, _append, _append_slots, _unlink,
+                                checksum, field_mask, fsync_dir, fsync_path, journal_dtype,
+                                list_segments, list_writers, now_ns, pending_successor, read_header,
+                                segment_name, walk_segment, warm_up)
 from engine.journal_reader import JournalReader, TornTail, iter_merged  # noqa: F401
 from shm.runtime.securedir import ensure_private_dir
 

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from shm.journal_format import (HEADER_SIZE, CorruptRecords, JournalCorruptError, JournalGapError,
-                                   SegmentHeader, _count_valid, journal_dtype, list_segments,
-                                   list_writers, pending_successor, read_header, resume_after,
-                                   VERSION)
+                                SegmentHeader, _count_valid, journal_dtype, list_segments,
+                                list_writers, pending_successor, read_header, resume_after,
+                                VERSION)
 
 SKIP_HINT = ("recovery stopped and nothing was discarded; restore the file from a copy, or "
              "restart with --skip-corrupt-journal-records (journal.skip_corrupt_records: true) "

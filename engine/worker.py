@@ -24,7 +24,7 @@ import numpy as np
 
 from shm.runtime import gcstats, procname, rundir
 from shm.control import (BLOCKS_EVERY_NS, KERNEL_BOUNDS_NS, LATENCY_BOUNDS_NS,
-                            STALL_NS, STALL_PHASES, Block, EventLog, observe)
+                         STALL_NS, STALL_PHASES, Block, EventLog, observe)
 from engine.journal_housekeeper import JournalHousekeeper
 from shm.rings import EngineRings
 from engine.snapshot_coordinator import hold_for_snapshot

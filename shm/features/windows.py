@@ -22,7 +22,7 @@ from numba import njit
 
 from shm.features._atomics import _fetch_add
 from shm.features.table import (C_LATE, PAYLOAD_OFF, _acquire, _find_locked, _recency,
-                                   _unlock)
+                                _unlock)
 
 OK = 0
 LATE = 1

@@ -19,7 +19,7 @@ import yaml
 
 from shm.runtime.runroot import run_dir_for
 from shm.runtime.config_types import (AdminConfig, Config, ConfigError, CurveConfig, DurabilityConfig,
-                                 IngressConfig, MetricsConfig, RingsConfig, RulesConfig, WorkersConfig)
+                                      IngressConfig, MetricsConfig, RingsConfig, RulesConfig, WorkersConfig)
 from shm.schema import Schema, SchemaError
 
 DEFAULT_CONFIG = Path(__file__).parents[2] / "engine" / "default.yaml"   # beside the CLI that names it

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from shm.runtime.securedir import (UnsafePathError, check_private_files, ensure_private_dir,
-                              read_private_file, write_private_file)
+                                   read_private_file, write_private_file)
 
 NOBODY = 65534
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown to another user")
