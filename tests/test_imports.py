@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import ast
 import functools
+import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 

@@ -2,6 +2,8 @@
 on the real ingress codec and the real worker batch body."""
 from __future__ import annotations
 
+import pytest
+
 from bench.alloc import blocks_delta, ingress_codec, top_allocators
 from shm.runtime.config import load_config
 
@@ -24,6 +26,7 @@ def test_ingress_codec_step_runs_on_the_default_config():
     assert len(w) == 3 and all(isinstance(x, int) for x in w)
 
 
+@pytest.mark.slow                # its own cold kernel compile, 60 s: make test-slow (CI)
 def test_worker_loop_drives_the_real_batch_body(monkeypatch):
     """The worker check runs engine.worker.BatchProcessor.process itself (kernel, journal,
     rings): 0 net blocks per batch at steady state, and a leak put into process() shows."""

@@ -70,6 +70,7 @@ def test_the_batched_issue6_config_is_the_100_rule_ruleset_with_4_features():
     assert 100 <= len(compiled) <= 110
 
 
+@pytest.mark.slow                # a bench run per strategy, 25 s: make test-slow (CI)
 def test_the_features_bench_runs_every_prefetch_strategy_and_the_split():
     """bench.features on small tables: a row per key count with the four strategies (the
     best of them is the ns/event column), and --split's three passes."""

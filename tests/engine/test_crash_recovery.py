@@ -119,6 +119,7 @@ def setup(tmp_path, request):
     return tmp_path, ov
 
 
+@pytest.mark.slow                # an engine under load, 30 s; the engine-kill variant stays in make test: make test-slow (CI)
 def test_worker_kill_under_load(setup):
     tmp, ov = setup
     schema = load_config().schema

@@ -35,6 +35,7 @@ def ingress_process(eng: EngineProcess) -> psutil.Process:
     return procs[0]
 
 
+@pytest.mark.slow                # a million frames, 16 s: make test-slow (CI)
 def test_messages_of_a_million_empty_frames_cost_bounded_memory_and_time(tmp_path, schema):
     """Issue 19 defect 7: 2 MB of '01 00' (a million empty frames in one message; ZMQ_MAXMSGSIZE
     bounds a frame, not their number). Each such message held the old ingress about 1.8 s
