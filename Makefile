@@ -24,8 +24,9 @@ run: install
 test: install
 	$(BIN)/python -m pytest -q -m "not slow" tests
 
-# Suites that take minutes each (tests marked `slow`: the wheel built and installed in a fresh
-# venv); .ci/run runs them after `make test`.
+# The tests marked `slow` (a wheel built and installed in a fresh venv, the largest kernel
+# oracles, engines under load, bench smoke runs): each has a cheaper sibling in `make test`;
+# .ci/run runs them after `make test`, so CI runs every test.
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow tests
 

@@ -57,6 +57,7 @@ def test_top_allocators_names_the_leaking_line():
     assert lines and "test_alloc.py" in lines[0]
 
 
+@pytest.mark.slow                # an engine under a load phase, 14 s: make test-slow (CI)
 def test_a_real_engine_allocates_nothing_per_request():
     """The real ingress and worker processes count their own live blocks
     (risk_python_blocks); over windows of one-event requests through the fast path, a

@@ -73,6 +73,7 @@ def test_counts_add_up_against_the_engine(engine, tmp_path, transport):
     assert "P99" in stdout and ("PASS" in stdout or "FAIL" in stdout)
 
 
+@pytest.mark.slow                # a bench run with rounds, 10 s: make test-slow (CI)
 def test_rounds_alternate_echo_and_engine_and_merge_each_side(engine, tmp_path):
     out = tmp_path / "r.json"
     cmd = [sys.executable, "-m", "bench.latency", "--clients", "2", "--processes", "1",

@@ -1,6 +1,8 @@
 """The engine-side percentiles bench.overload and bench.latency print, from two /stats reads."""
 from __future__ import annotations
 
+import pytest
+
 from bench.engine_proc import engine_latency
 
 
@@ -26,6 +28,7 @@ def test_nothing_admitted_and_no_histogram():
     assert engine_latency(None, {}) is None
 
 
+@pytest.mark.slow                # a bench run, 9 s: make test-slow (CI)
 def test_overload_mode_answers_every_request_and_reports_both_sides():
     """`risk-engine bench --overload` (bench.overload) against a real engine, short."""
     import subprocess

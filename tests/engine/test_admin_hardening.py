@@ -3,6 +3,8 @@ and the /etc/shadow echo): the exact messages that killed the supervisor, silent
 a fuzz run against a real engine, and file arguments confined to the configured directories."""
 from __future__ import annotations
 
+import pytest
+
 import json
 from pathlib import Path
 
@@ -66,6 +68,7 @@ def test_messages_that_killed_the_supervisor_get_error_replies(tmp_path):
         still_serves(again)
 
 
+@pytest.mark.slow                # make fuzz runs 100,000 of them; 12 s: make test-slow (CI)
 def test_fuzzed_admin_messages_never_stop_the_engine(tmp_path):
     """3,000 random and malformed admin messages (tests/engine/fuzz_admin.py): each gets one
     reply with a known code, never INTERNAL; the engine then still serves, stops cleanly and
@@ -102,6 +105,7 @@ def test_file_arguments_are_confined_and_never_echoed(tmp_path):
         assert admin_log(eng) == []
 
 
+@pytest.mark.slow                # two engines with their own table size (a cold compile), 25 s: make test-slow (CI)
 def test_a_full_state_table_is_refused_before_logging(tmp_path):
     """set-state into a full table used to be logged first: recovery then could not apply
     the entry and the engine did not start again."""

@@ -184,6 +184,7 @@ def _recount(cfg, jdir, rs, wanted: set) -> dict:
     return out
 
 
+@pytest.mark.slow                # two workers, a SIGKILL and a replay per sample, 75 s; the CLI and admin tests stay: make test-slow (CI)
 def test_explain_is_exact_across_workers_admin_changes_and_a_sigkill(tmp_path):
     rules_path = tmp_path / "explain_rules.yaml"
     rules_path.write_text(yaml.safe_dump(random_rules(7)))

@@ -3,6 +3,8 @@ scalars are refusals with file:line:col, a FIFO or a device is refused without b
 the supervisor's loop keeps serving while a reload runs."""
 from __future__ import annotations
 
+import pytest
+
 import os
 import signal
 import subprocess
@@ -52,6 +54,7 @@ def test_yaml_tags_and_bad_scalars_are_refused_with_positions(tmp_path):
         serves_live1(eng, schema)
 
 
+@pytest.mark.slow                # a 1 MiB reload and a worker restart, 14 s: make test-slow (CI)
 def test_fifo_and_devices_are_refused_and_the_loop_keeps_running(tmp_path):
     schema = load_config().schema
     fifo = tmp_path / "fifo.yaml"

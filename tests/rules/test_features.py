@@ -211,6 +211,7 @@ def test_errors_name_position_and_kind(write_rules, kernel_cache):
                         SCHEMA, cache_dir=kernel_cache)
 
 
+@pytest.mark.slow                # two more kernel compiles, 10 s: make test-slow (CI)
 def test_cache_key_includes_feature_specs(write_rules, kernel_cache):
     p = write_rules("ruleset: t\nversion: 1\nrules:\n  - {id: a, when: 'amount > 5', action: block}\n")
     kinds = [compile_ruleset([p], SCHEMA, cache_dir=kernel_cache, features=FeatureSet(parse_specs(
