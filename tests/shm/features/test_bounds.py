@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from shm.runtime.config import load_config
-from shm.features import scalar as S, state as ST, table as T, windows as W
+from shm.features import distinct as D, scalar as S, state as ST, table as T, windows as W
 from shm.features.spec import parse_specs
 
 SCHEMA = load_config().schema
@@ -45,7 +45,7 @@ def _call(kind, spec, t, op, key, now, value):
         return f(*a, key, now, *(extra if op or kind != "last" else ()))
     w = (spec.nbuckets, spec.bucket_ms)
     if kind == "distinct":
-        f = getattr(W, ("_read_", "_update_", "_read_update_")[op] + kind)
+        f = getattr(D, ("_read_", "_update_", "_read_update_")[op] + kind)
         return f(*a, *w, int(np.log2(spec.registers)), key, now, int(value) & 0xFFFFFFFF)
     f = getattr(W, ("_read_", "_update_", "_read_update_")[op] + kind)
     return f(*a, *w, key, now, value)
