@@ -8,7 +8,7 @@ the recorded one, every feature/state/halt value equals a brute-force recount of
 (rules.feature_model, the reference oracle) and every clause equals the reference
 evaluator's on that recount. Size: RISK_EXPLAIN_EVENTS events sent (default 240) and
 RISK_EXPLAIN_SAMPLES explained (default 24). The issue's run:
-    RISK_EXPLAIN_EVENTS=10000 RISK_EXPLAIN_SAMPLES=10000 python -m pytest --timeout 0 \\
+    RISK_EXPLAIN_EVENTS=10000 RISK_EXPLAIN_SAMPLES=10000 python -m pytest --timeout 0 -m slow \\
         tests/engine/test_explain.py -k exact
 Events are sent one request at a time by one client, so each event was decided after the
 previous one: the live order across workers is the arrival order the replay uses.
