@@ -62,3 +62,30 @@ def test_c_header_compiles_to_the_same_layout(tmp_path):
     got = dict(line.split() for line in out.splitlines())
     assert int(got.pop("size")) == s.record_size
     assert {k: int(v) for k, v in got.items()} == {f.name: s.dtype.fields[f.name][1] for f in s.fields}
+
+
+@pytest.mark.parametrize("compiler,std,ext", [("gcc", "-std=c11", "c"), ("g++", "-std=c++11", "cpp")])
+def test_c_header_command_compiles_as_c_and_cpp(tmp_path, capsys, compiler, std, ext):
+    """`risk-engine schema --c-header` (issue 25): included twice (its include guard) by a C
+    and a C++ file, every offset and the size asserted statically against numpy's layout."""
+    import shutil
+    import subprocess
+    from engine.cli import main
+    from shm.runtime.config import load_config
+    cc = shutil.which(compiler)
+    if cc is None:
+        pytest.fail(f"the system compiler {compiler} is not installed (Debian: build-essential)")
+    assert main(["schema", "--c-header"]) == 0
+    (tmp_path / "risk_event.h").write_text(capsys.readouterr().out)
+    s = load_config(None).schema
+    check = "static_assert" if ext == "cpp" else "_Static_assert"
+    asserts = "".join(f'{check}(offsetof(struct risk_event, {f.name}) == {s.dtype.fields[f.name][1]}, "{f.name}");\n'
+                      for f in s.fields)
+    src = tmp_path / f"t.{ext}"
+    src.write_text('#include "risk_event.h"\n#include "risk_event.h"\n#include <stddef.h>\n' + asserts
+                   + f'{check}(sizeof(struct risk_event) == {s.record_size}, "size");\n'
+                   + f'{check}(RISK_RECORD_SIZE == {s.record_size}, "macro");\n'
+                   + "int main(void) { struct risk_event e; e.ip = 0x0A000001u; return (int)(e.ip >> 31); }\n")
+    r = subprocess.run([cc, std, "-Wall", "-Wextra", "-Werror", "-pedantic", "-c", "-o",
+                        str(tmp_path / "t.o"), str(src)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr

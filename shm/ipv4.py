@@ -1,0 +1,39 @@
+"""IPv4 addresses as the schema's ``ipv4`` type: a u32 in records, kernels and lists (the
+address's integer value, 10.0.0.1 = 0x0A000001, little-endian in a record like every u32),
+a dotted quad wherever a person reads or writes one (JSON events, lists, explain).
+
+Parsing is strict, so one address has one spelling: four decimal octets 0..255 separated by
+dots, no leading zeros (``010`` is octal to inet_aton and decimal to others), no sign, no
+whitespace, no other form (``10.1``, hex, ``0x0a.0.0.1``).
+"""
+from __future__ import annotations
+
+import re
+
+_QUAD = re.compile(r"([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})")
+MAX_SHOWN = 40
+
+
+def parse_ipv4(text: str) -> int:
+    """The u32 of a dotted quad; ValueError with the reason (the text shown, cut to 40)."""
+    shown = repr(text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN] + "...")
+    m = _QUAD.fullmatch(text) if text.isascii() else None
+    if m is None:
+        why = "has whitespace" if any(c.isspace() for c in text) else \
+            "is not four decimal octets a.b.c.d"
+        raise ValueError(f"{shown} {why} (an IPv4 address like 10.0.0.1)")
+    v = 0
+    for octet in m.groups():
+        if len(octet) > 1 and octet[0] == "0":
+            raise ValueError(f"{shown}: octet {octet!r} has a leading zero (ambiguous: octal to some parsers)")
+        n = int(octet)
+        if n > 255:
+            raise ValueError(f"{shown}: octet {n} out of range 0..255")
+        v = v << 8 | n
+    return v
+
+
+def format_ipv4(value: int) -> str:
+    """The dotted quad of a u32 (any int is taken modulo 2**32, as a u32 record holds it)."""
+    v = int(value) & 0xFFFFFFFF
+    return f"{v >> 24}.{v >> 16 & 255}.{v >> 8 & 255}.{v & 255}"
