@@ -73,7 +73,12 @@ def _values(sup, spec, args) -> np.ndarray:
     out = np.empty(len(args["values"]), np.uint64)
     for i, v in enumerate(args["values"]):
         try:
-            out[i] = parse_value(str(v) if isinstance(v, int) else v, spec.type)
+            if spec.type == "ipv4" and isinstance(v, int):    # a JSON integer, as in events
+                if not 0 <= v <= 0xFFFFFFFF:
+                    raise ValueError(f"{v} out of range for ipv4 [0, 4294967295]")
+                out[i] = v
+            else:
+                out[i] = parse_value(str(v) if isinstance(v, int) else v, spec.type)
         except (ValueError, OverflowError) as e:
             raise AdminError("BAD_LIST", f"values[{i}]: {excerpt(str(e), 80)}") from None
     return np.unique(out)
@@ -90,7 +95,11 @@ def list_cmd(sup, args):
     if op == "show":
         if "values" in args or "file" in args:
             raise AdminError("BAD_ARGUMENT", "list-show takes only name")
-        return {"name": name, "count": int(len(current)), "values": [int(v) for v in current[:10000]]}
+        shown = current[:10000].tolist()
+        if spec.type == "ipv4":
+            from shm.ipv4 import format_ipv4
+            shown = [format_ipv4(v) for v in shown]
+        return {"name": name, "count": int(len(current)), "values": shown}
     vals = _values(sup, spec, args)
     if op == "add":
         new = np.union1d(current, vals)

@@ -70,6 +70,7 @@ class Explainer:
         from engine.recovery_state import _apply_admin_log
         from rules.features import feature_set_for
         from rules.reference import event_env
+        from shm.ipv4 import format_ipv4
         cfg, jdir, schema = self.cfg, self.journal_dir, self.cfg.schema
         writer, rec = find_event(jdir, schema, seq, writer)
         arrival = int(rec["arrival_ns"])
@@ -107,7 +108,8 @@ class Explainer:
             notes.append(f"recorded generation {recorded['generation']}: decided after a reload (0: a "
                          f"default decision); explained with {', '.join(self.files)}; if those were "
                          f"not that generation's rules, give them with --recorded-rules")
-        return Explanation(writer, seq, arrival, env, recorded,
+        shown = {k: format_ipv4(v) if schema.field(k).type == "ipv4" else v for k, v in env.items()}
+        return Explanation(writer, seq, arrival, shown, recorded,
                            {"snapshot": snap.path if snap else None,
                             "snapshot_seqs": dict(snap.journal_seq) if snap else {},
                             "records": n, "admin_changes": admin},

@@ -4,7 +4,9 @@ JSON value rules (docs/PROTOCOL.md "JSON"): integer fields take JSON integers on
 no true) within the field's full range (u64/i64 included); float fields take integers or
 numbers and reject NaN/Infinity (``NON_FINITE``) and values an f32 cannot hold
 (``OUT_OF_RANGE``); bool fields take true/false; bytesN fields take strings of at most N
-UTF-8 bytes, zero-padded in the record and returned with trailing zeros stripped.
+UTF-8 bytes, zero-padded in the record and returned with trailing zeros stripped; ipv4
+fields take a dotted quad (strict: shm.ipv4; a bad one is ``BAD_FIELD``) or, as before
+the type existed, a JSON integer in [0, 2**32-1], and are returned as dotted quads.
 
 Each check is one pass of C-level builtins (``all``/``min``/``max``) over a field's column;
 the offending event index is searched for only after a check failed.
@@ -16,6 +18,7 @@ import struct
 
 import numpy as np
 
+from shm.ipv4 import format_ipv4, parse_ipv4
 from shm.schema import Schema
 from shm.types import ErrorCode
 from ingress.wire import WireError
@@ -45,7 +48,7 @@ class EventConverter:
         self.schema = schema
         self.dtype = schema.dtype
         self.names = frozenset(schema.names)
-        self._fields = tuple((f.name, f.kind, f.lo, f.hi, f.size, schema.dtype.fields[f.name][0])
+        self._fields = tuple((f.name, "ipv4" if f.type == "ipv4" else f.kind, f.lo, f.hi, f.size, schema.dtype.fields[f.name][0])
                              for f in schema.fields)
         self._record = record_struct(schema)
 
@@ -73,6 +76,8 @@ class EventConverter:
             col = [ev[name] for ev in events]
             if kind in ("uint", "int"):
                 cols.append(self._ints(name, col, lo, hi))
+            elif kind == "ipv4":
+                cols.append(self._ipv4s(name, col, hi))
             elif kind == "float":
                 cols.append(self._floats(name, col, dt))
             elif kind == "bool":
@@ -106,6 +111,14 @@ class EventConverter:
             elif kind == "bool":
                 if t is not bool:
                     return None
+            elif kind == "ipv4":
+                if t is str:
+                    try:
+                        v = parse_ipv4(v)
+                    except ValueError:
+                        return None
+                elif t is not int or not 0 <= v <= hi:
+                    return None
             else:
                 if t is not str:
                     return None
@@ -125,6 +138,8 @@ class EventConverter:
             vals = records[name].tolist()
             if kind == "bytes":
                 vals = [v.decode("utf-8", "replace") for v in vals]
+            elif kind == "ipv4":
+                vals = [format_ipv4(v) for v in vals]
             cols.append((name, vals))
         return [{name: vals[i] for name, vals in cols} for i in range(len(records))]
 
@@ -144,6 +159,23 @@ class EventConverter:
             raise WireError(ErrorCode.OUT_OF_RANGE,
                             f"events[{i}].{name}: {_show(col[i])} out of range [{lo}, {hi}]")
         return col
+
+    def _ipv4s(self, name, col, hi):
+        out = []
+        for i, v in enumerate(col):
+            if type(v) is str:
+                try:
+                    v = parse_ipv4(v)
+                except ValueError as e:
+                    raise WireError(ErrorCode.BAD_FIELD, f"events[{i}].{name}: {e}") from None
+            elif type(v) is not int:
+                raise WireError(ErrorCode.BAD_FIELD, f"events[{i}].{name}: expected an IPv4 "
+                                f"address (\"10.0.0.1\") or an integer, got {_jtype(v)}")
+            elif not 0 <= v <= hi:
+                raise WireError(ErrorCode.OUT_OF_RANGE,
+                                f"events[{i}].{name}: {_show(v)} out of range [0, {hi}]")
+            out.append(v)
+        return out
 
     def _floats(self, name, col, dt):
         if not all(type(v) is float or type(v) is int for v in col):
@@ -191,7 +223,7 @@ def record_struct(schema: Schema) -> struct.Struct:
         if off < pos:
             raise RuntimeError(f"record_struct: field {f.name} at offset {off} < {pos}")
         fmt += (f"{off - pos}x" if off > pos else "") + \
-            (f"{f.size}s" if f.kind == "bytes" else _STRUCT_CODES[f.type])
+            (f"{f.size}s" if f.kind == "bytes" else _STRUCT_CODES[f.scalar])
         pos = off + f.size
     fmt += f"{schema.record_size - pos}x" if schema.record_size > pos else ""
     st = struct.Struct(fmt)

@@ -13,7 +13,8 @@ Case file format (YAML)::
           fired_includes: [...]    # optional: at least these
           not_fired: [...]         # optional: none of these
 
-Fields missing from an event are 0 / empty; bytes fields take ASCII strings.
+Fields missing from an event are 0 / empty; bytes fields take ASCII strings, ipv4 fields a
+dotted address or an integer.
 
 History, features, lists and state (issue 4): every case starts from EMPTY feature tables
 (lists from their files, every account ACTIVE, no global halt), then optionally::
@@ -142,6 +143,12 @@ def build_events(cases: list[Case], schema, events: list[dict] | None = None) ->
                 v = v.encode("ascii") if isinstance(v, str) else bytes(v)
                 if len(v) > spec.size:
                     raise CaseFileError(f"case {c.name}: {k}={v!r} longer than {spec.type}")
+            elif spec.type == "ipv4" and isinstance(v, str):
+                from shm.ipv4 import parse_ipv4
+                try:
+                    v = parse_ipv4(v)
+                except ValueError as e:
+                    raise CaseFileError(f"case {c.name}: {k}: {e}") from None
             try:
                 ev[i][k] = v
             except (TypeError, ValueError, OverflowError) as e:

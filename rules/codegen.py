@@ -306,9 +306,9 @@ def _list_range_guard(list_type: str, x_type: str, x: str) -> str:
         return f"({x} <= np.uint64({2**63 - 1}))"
     if list_type == "i64" and x_type == "wide":
         return f"(not {x}[1])"
-    if list_type in ("u64", "u32") and x_type == "int":
+    if list_type in ("u64", "u32", "ipv4") and x_type == "int":
         return f"({x} >= 0)"
-    if list_type in ("u64", "u32") and x_type == "wide":
+    if list_type in ("u64", "u32", "ipv4") and x_type == "wide":
         return f"({x}[1] or {x}[0] >= 0)"
     return ""
 

@@ -68,7 +68,7 @@ class FeatureModel:
         if isinstance(x, bytes):       # same encoding family as the list (checked at compile)
             k = key_from_python(x, t if len(x) <= int(t[5:]) else f"bytes{len(x)}")
         else:
-            lo, hi = {"u32": (0, 2**32 - 1), "u64": (0, 2**64 - 1), "i64": (-2**63, 2**63 - 1)}[t]
+            lo, hi = {"u32": (0, 2**32 - 1), "ipv4": (0, 2**32 - 1), "u64": (0, 2**64 - 1), "i64": (-2**63, 2**63 - 1)}[t]
             if not lo <= int(x) <= hi:
                 return False              # outside the list's type: never a member (as Python)
             k = int(x) & 0xFFFFFFFFFFFFFFFF

@@ -16,8 +16,9 @@ the generation (acquire), binary-search that half and re-check the generation af
 fence (seqlock): if it moved, the half may have been rewritten, so they search again.
 
 List file format: one value per line; ``#`` starts a comment; blank lines are skipped.
-u32 also accepts a dotted IPv4 address (its integer value, 1.2.3.4 = 0x01020304). Numbers
-may be decimal or 0x hex. A bad line refuses the whole file with its line number.
+u32 also accepts a dotted IPv4 address (its integer value, 1.2.3.4 = 0x01020304); ipv4 takes
+dotted addresses only, parsed strictly (shm.ipv4). Numbers may be decimal or 0x hex. A bad
+line refuses the whole file with its line number.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from numba import njit
 
 from shm.features._atomics import _fence, _load_acquire, _store_release
 from shm.features.keys import key_from_python
+from shm.ipv4 import parse_ipv4
 from shm.runtime.textfile import TextFileError, excerpt, read_text_file
 
 W_GEN, W_LEN0, W_CAP = 0, 1, 3
@@ -113,6 +115,8 @@ def parse_value(text: str, vtype: str) -> int:
         if len(text.encode()) > n:
             raise ValueError(f"{excerpt(text)} longer than {vtype}")
         return key_from_python(text.encode(), vtype)
+    if vtype == "ipv4":
+        return parse_ipv4(text)
     if vtype == "u32" and text.count(".") == 3:
         try:
             return int(ipaddress.IPv4Address(text))
