@@ -25,6 +25,7 @@ COMMANDS = {
     "explain": "engine.cmd_explain",
     "journal-upgrade": "engine.cmd_journal_upgrade",
     "schema": "engine.cmd_schema",
+    "eval": "engine.cmd_eval",
     "check": "rules.cmd_check",
     "test-rules": "rules.cmd_test_rules",
     "keys": "ingress.cmd_keys",

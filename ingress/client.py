@@ -5,12 +5,15 @@ Lazy Pirate (ZeroMQ guide ch. 4): after ``timeout_ms`` without a reply the REQ s
 RETRY) is sent again, at most ``retries`` more times; the engine deduplicates on
 (client id, request id). Then ``ClientTimeout`` is raised. One request is in flight per client
 (REQ semantics); use one client per thread. ``ingress.aio.AsyncClient`` is the asyncio twin.
+
+A binary reply names fired rules by index; ``Client.resolve(decision)`` names them, from
+the engine's answer to a rules request (docs/PROTOCOL.md 8b), asked once per generation.
 """
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +63,16 @@ class ClientTimeout(TimeoutError):
 
 class ProtocolError(Exception):
     """A reply that does not belong to the request or is not a valid reply frame."""
+
+
+@dataclass(frozen=True)
+class RuleIds:
+    """What the rule indexes of one ruleset generation mean: ``rule_ids[i]`` and ``modes[i]``
+    ('enforce' | 'shadow') belong to index i; ``ruleset`` is "name@version"."""
+    generation: int
+    ruleset: str
+    rule_ids: tuple[str, ...]
+    modes: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -127,6 +140,26 @@ class ClientCodec:
         if deadline_ms:
             obj["deadline_ms"] = deadline_ms
         return json.dumps(obj, separators=(",", ":")).encode()
+
+    def rules_frame(self, request_id: int, generation: int) -> bytes:
+        return json.dumps({"request_id": request_id, "rules": generation}).encode()
+
+    def parse_rules(self, frame: bytes, request_id: int, generation: int) -> RuleIds:
+        """The answer to a rules request; raises RequestError or ProtocolError."""
+        try:
+            obj = json.loads(frame)
+            if "error" in obj:
+                e = obj["error"]
+                code = ErrorCode[e["code"]] if e["code"] in ErrorCode.__members__ else ErrorCode.INTERNAL
+                raise RequestError(code, e["message"], request_id)
+            got = RuleIds(obj["generation"], obj["ruleset"], tuple(obj["rule_ids"]), tuple(obj["modes"]))
+            rid = obj["request_id"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ProtocolError(f"invalid rules reply: {e}") from None
+        if rid != request_id or got.generation != generation or len(got.rule_ids) != len(got.modes):
+            raise ProtocolError(f"rules reply request_id={rid} generation={got.generation}, "
+                                f"expected {request_id} and {generation}")
+        return got
 
     def parse(self, frame: bytes, request_id: int, count: int) -> list[Decision]:
         """Decisions of a reply to ``request_id``; raises RequestError or ProtocolError."""
@@ -226,6 +259,7 @@ class Client(LazyPirateSocket):
         self._ctx = context or zmq.Context.instance()
         self._sock: zmq.Socket | None = None
         self.reconnects = 0          # Lazy Pirate socket re-creations, for tests and metrics
+        self._rule_ids: dict[int, RuleIds] = {}     # generation -> its rule ids (never change)
 
     @property
     def client_id(self) -> int:
@@ -250,6 +284,38 @@ class Client(LazyPirateSocket):
                 return self.codec.parse(sock.recv(), rid, len(recs))
             self._drop_socket()       # Lazy Pirate: a REQ socket cannot send twice
         raise ClientTimeout(self.endpoint, rid, self.retries + 1, timeout_ms)
+
+    def rule_ids(self, generation: int, *, timeout_ms: int | None = None) -> RuleIds:
+        """The rule ids of ``generation``, asked of the engine once and cached (a generation's
+        rules never change; a reload makes a new generation)."""
+        got = self._rule_ids.get(generation)
+        if got is None:
+            rid = self.codec.new_request_id()
+            timeout_ms = timeout_ms or self.timeout_ms
+            frame = self.codec.rules_frame(rid, generation)
+            for _ in range(self.retries + 1):
+                sock = self._socket()
+                sock.send(frame)
+                if sock.poll(timeout_ms, zmq.POLLIN):
+                    got = self.codec.parse_rules(sock.recv(), rid, generation)
+                    break
+                self._drop_socket()
+            else:
+                raise ClientTimeout(self.endpoint, rid, self.retries + 1, timeout_ms)
+            self._rule_ids[generation] = got
+        return got
+
+    def resolve(self, d: Decision) -> Decision:
+        """``d`` with rule ids for indexes (split into enforce ``rules`` and ``shadow_rules``)
+        and ``ruleset`` set; a JSON decision, or one without a generation (0: a default
+        action), is returned as it is."""
+        if d.ruleset is not None or not d.generation:
+            return d
+        ids = self.rule_ids(d.generation)
+        rules = [ids.rule_ids[i] if i < len(ids.rule_ids) else f"#{i}" for i in d.rules]
+        shadow = [r for i, r in zip(d.rules, rules) if i < len(ids.modes) and ids.modes[i] == "shadow"]
+        return replace(d, rules=tuple(r for r in rules if r not in shadow), shadow_rules=tuple(shadow),
+                       ruleset=ids.ruleset)
 
 
     def __enter__(self) -> "Client":

@@ -32,6 +32,7 @@ U64_MAX = (1 << 64) - 1
 U32_MAX = (1 << 32) - 1
 SLOT_BYTES = RESPONSE_SLOT_DTYPE.itemsize
 _JSON_KEYS = frozenset(("request_id", "client_id", "deadline_ms", "event", "events"))
+_RULES_KEYS = frozenset(("request_id", "client_id", "rules"))   # the rules request (PROTOCOL.md 8b)
 
 
 def _unique_keys(pairs: list) -> dict:
@@ -77,6 +78,7 @@ class Request:
     deadline_us: int
     flags: int             # wire.HeaderFlag bits
     records: np.ndarray
+    rules_of: int = -1     # a rules request: the generation whose rule ids are asked for
 
     @property
     def deadline_ms(self) -> float:
@@ -269,6 +271,8 @@ class Codec:
             raise
 
     def _json_body(self, obj: dict, rid: int) -> Request:
+        if "rules" in obj:
+            return self._rules_request(obj, rid)
         if not obj.keys() <= _JSON_KEYS:
             extra = sorted(k for k in obj if k not in _JSON_KEYS)[0]
             raise WireError(ErrorCode.BAD_JSON, f"unknown top-level key {extra[:40]!r}")
@@ -289,6 +293,17 @@ class Codec:
         if not 1 <= len(events) <= self.max_batch:
             raise WireError(ErrorCode.BAD_COUNT, f"count={len(events)}, must be 1..{self.max_batch}")
         return Request("json", rid, cid, deadline_us, 0, self.events.to_records(events))
+
+    def _rules_request(self, obj: dict, rid: int) -> Request:
+        """``{"request_id": R, "rules": G}``: which rule id each index of generation G is."""
+        if not obj.keys() <= _RULES_KEYS:
+            extra = sorted(k for k in obj if k not in _RULES_KEYS)[0]
+            raise WireError(ErrorCode.BAD_JSON, f"a rules request takes request_id, client_id "
+                            f"and rules only, got {extra[:40]!r}")
+        g = obj["rules"]
+        if type(g) is not int or not 0 <= g <= U32_MAX:
+            raise WireError(ErrorCode.BAD_JSON, "rules: a generation, an integer in [0, 2**32-1]")
+        return Request("json", rid, 0, 0, 0, np.zeros(0, self._dtype), g)
 
     # --- replies -----------------------------------------------------------------------------
 
@@ -344,6 +359,13 @@ class Codec:
                     d["error"] = ErrorCode(err).name
             out.append(d)
         return json.dumps({"request_id": rid, "decisions": out}, separators=(",", ":")).encode()
+
+    @staticmethod
+    def rules_reply(rid: int, meta: RulesetMeta) -> bytes:
+        """The answer to a rules request: rule_ids[i] and modes[i] belong to rule index i."""
+        return json.dumps({"request_id": rid, "generation": meta.generation, "ruleset": meta.label,
+                           "rule_ids": list(meta.rule_ids), "modes": list(meta.modes)},
+                          separators=(",", ":")).encode()
 
     def encode_error(self, kind: str, request_id: int | None, code, message: str) -> bytes:
         """Request-level error reply (JSON object, or binary header with N = 0 + message)."""

@@ -119,6 +119,8 @@ class GeneralPath:
             req = self.codec.decode(body)
         except WireError as e:
             return self.replies.error(envelope, e)
+        if req.rules_of >= 0:                  # not an evaluation: the rule ids of a generation
+            return self.replies.send_rules(envelope, req)
         n = len(req.records)
         adm = self.admission
         refused = adm.refusal(envelope[0])     # bounded: shed load

@@ -87,6 +87,16 @@ class Replies:
             metas = {g: m for g, m in metas.items() if m is not None}
         self.send_frames(envelope, self.codec.encode_reply(req, slots, metas, fired), req.kind)
 
+    def send_rules(self, envelope, req) -> None:
+        """The rule ids of generation ``req.rules_of`` (a rules request), or UNKNOWN_GENERATION."""
+        meta = self.meta(req.rules_of)
+        if meta is None:
+            return self.error(envelope, WireError(
+                ErrorCode.UNKNOWN_GENERATION, f"generation {req.rules_of} was never loaded by this engine",
+                request_id=req.request_id, kind="json"))
+        self.c_requests[TRANSPORT["json"], 0] += 1
+        self.send_frames(envelope, self.codec.rules_reply(req.request_id, meta), "json")
+
     def send_frames(self, envelope, body, kind: str) -> None:
         """One send per frame with int flags (send_multipart with enum flags cost 3x here).
         A ROUTER drops what it cannot queue, so the Again branch is a safety net."""

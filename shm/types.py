@@ -45,6 +45,7 @@ class ErrorCode(enum.IntEnum):
     JOURNAL_UNAVAILABLE = 20   # the journal cannot be written (full disk, I/O error): the
                                # event was not evaluated; journal.on_unavailable's action
     IDEMPOTENCY_CONFLICT = 21   # (client_id, request_id) reused for other events
+    UNKNOWN_GENERATION = 22     # a rules request for a generation the engine never loaded
 
 
 class DecisionFlag(enum.IntFlag):

@@ -94,7 +94,8 @@ def unmatched(code: str, messages: list[str]) -> tuple[list[str], list[str]]:
     return bad, unused
 
 
-ENGINE_ONLY = {"OVERLOADED", "IDEMPOTENCY_CONFLICT"}      # tests/engine/test_decision_contract.py
+ENGINE_ONLY = {"OVERLOADED", "IDEMPOTENCY_CONFLICT",      # tests/engine/test_decision_contract.py
+               "UNKNOWN_GENERATION"}                       # tests/engine/test_first_request.py
 # formats of codec codes that only the router produces, provoked there too
 ROUTER_FORMATS = {"a message of <n> frames: expected [identity, (empty,) body]"}
 
@@ -160,6 +161,13 @@ def _provoke_codec() -> dict[str, list[str]]:
     refuse(lone)
     # a JSON request beyond the binary limit: BAD_COUNT from the events array
     refuse(js({"request_id": 1, "events": [event()] * (MAX_BATCH + 1)}))
+    # the rules request (section 8b)
+    refuse(js({"request_id": 1, "rules": 1, "event": event()}))
+    refuse(js({"request_id": 1, "rules": -1}))
+    # an ipv4 field (section 8)
+    codec = Codec(Schema.build({"id": "u64", "ip": "ipv4"}, "id"), MAX_BATCH, MAX_FRAME)
+    for v in (1.5, "10.0.1", " 10.0.0.1", "010.0.0.1", "10.0.0.256"):
+        refuse(js({"request_id": 1, "event": {"id": 1, "ip": v}}))
     return got
 
 
