@@ -1,6 +1,10 @@
 """Pass 3, comparisons: chains of == != < <= > >=, bytes operands (literals, constants,
 fields of one width) and ``in`` / ``not in`` over sets, lists and constants. Mixed into
-rules.typecheck.Checker, whose helpers (err, _p, visit, numeric, common) these call."""
+rules.typecheck.Checker, whose helpers (err, _p, visit, numeric, common) these call.
+
+Next to an ipv4 field a str literal is an address (``ip == "10.0.0.1"``, ``ip in ("10.0.0.1",
+"10.0.0.2")``) and ``ip in "10.0.0.0/8"`` tests a CIDR block (a range compare), both
+parsed strictly by shm.ipv4 at build time."""
 from __future__ import annotations
 
 import ast
@@ -8,6 +12,7 @@ import ast
 from rules import ir
 from rules.loader import ConstantDef
 from rules.symbols import INT64_MAX, INT64_MIN
+from shm.ipv4 import parse_cidr, parse_ipv4
 
 _CMP = {ast.Eq: "==", ast.NotEq: "!=", ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">",
         ast.GtE: ">=", ast.In: "in", ast.NotIn: "not in"}
@@ -22,7 +27,28 @@ def _describe(n: ir.Node) -> str:
     return n.type
 
 
+def _is_ipv4(n: ir.Node) -> bool:
+    return isinstance(n, ir.Field) and n.spec.type == "ipv4"
+
+
 class CompareChecks:
+    def address(self, node, n: ir.Node, field: ir.Node) -> ir.Node:
+        """A str literal next to an ipv4 field: the address's u32 as an int literal."""
+        try:
+            return ir.Const("int", n.pos, parse_ipv4(n.value))
+        except ValueError as e:
+            return self.err(node, f"{_describe(field)}: {e}")
+
+    def cidr(self, node, x: ir.Node, text: str, negate: bool) -> ir.Node:
+        """``x in "a.b.c.d/n"``: first <= x <= last of the block."""
+        p = self._p(node)
+        try:
+            lo, hi = parse_cidr(text)
+        except ValueError as e:
+            return self.err(node, f"{_describe(x)}: {e}")
+        c = ir.Cmp("bool", p, ["<=", "<="], [ir.Const("int", p, lo), x, ir.Const("int", p, hi)])
+        return ir.Unary("bool", p, "not", c) if negate else c
+
     def bytes_operand(self, node, n: ir.Node, other: ir.Node, other_node) -> ir.Node:
         """Make ``n`` a bytes operand next to the bytes operand ``other``."""
         if n.type == "str":
@@ -53,6 +79,10 @@ class CompareChecks:
             return self.membership(node, node.left, node.comparators[0], ops[0] == "not in", d)
         asts = [node.left] + list(node.comparators)
         raw = [self.visit(a, d) for a in asts]
+        for j, r in enumerate(raw):
+            near = raw[max(j - 1, 0):j + 2]
+            if r.type == "str" and isinstance(r, ir.Const) and any(map(_is_ipv4, near)):
+                raw[j] = self.address(asts[j], r, next(filter(_is_ipv4, near)))
         is_bytes = [r.type == "bytes" and not isinstance(r, ir.Const) for r in raw]
         out = list(raw)
         bad = False
@@ -96,6 +126,8 @@ class CompareChecks:
             return x
         if x.type not in NUMERIC + ("bytes",):
             return self.err(left_ast, f"'in' needs a number or bytes on the left, got {_describe(x)}")
+        if _is_ipv4(x) and isinstance(right_ast, ast.Constant) and isinstance(right_ast.value, str):
+            return self.cidr(right_ast, x, right_ast.value, negate)
         if isinstance(right_ast, (ast.Tuple, ast.Set)):
             items = []
             for e in right_ast.elts:
@@ -134,6 +166,10 @@ class CompareChecks:
         for e, it in items:
             if it.type == "err":
                 return it
+            if it.type == "str" and _is_ipv4(x):
+                it = self.address(e, it, x)
+                if it.type == "err":
+                    return it
             if x.type == "bytes":
                 it = self.bytes_operand(e, it, x, left_ast)
                 if it.type == "err":

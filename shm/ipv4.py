@@ -37,3 +37,20 @@ def format_ipv4(value: int) -> str:
     """The dotted quad of a u32 (any int is taken modulo 2**32, as a u32 record holds it)."""
     v = int(value) & 0xFFFFFFFF
     return f"{v >> 24}.{v >> 16 & 255}.{v >> 8 & 255}.{v & 255}"
+
+
+def parse_cidr(text: str) -> tuple[int, int]:
+    """``a.b.c.d/n`` -> (first, last) address of the block; the address strict as in
+    parse_ipv4, n decimal 0..32 without leading zeros, no host bits set (10.0.0.1/8 is
+    refused: which block was meant?). ValueError with the reason."""
+    addr, slash, bits = text.partition("/")
+    if not slash:
+        v = parse_ipv4(text)
+        return v, v
+    first = parse_ipv4(addr)
+    if not bits.isascii() or not bits.isdigit() or (len(bits) > 1 and bits[0] == "0") or int(bits) > 32:
+        raise ValueError(f"{text[:MAX_SHOWN]!r}: prefix length must be 0..32, got {bits[:MAX_SHOWN]!r}")
+    host = (1 << (32 - int(bits))) - 1
+    if first & host:
+        raise ValueError(f"{text!r} has host bits set (the block is {format_ipv4(first & ~host)}/{bits})")
+    return first, first | host
