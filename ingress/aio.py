@@ -15,7 +15,7 @@ import zmq.asyncio
 
 from shm.schema import Schema
 from ingress.client import (ClientCodec, ClientTimeout, CurveKeys, Decision, LazyPirateSocket,
-                            load_schema)
+                            RuleIds, load_schema)
 
 
 class AsyncClient(LazyPirateSocket):
@@ -57,6 +57,31 @@ class AsyncClient(LazyPirateSocket):
                     return self.codec.parse(await sock.recv(), rid, len(recs))
                 self._drop_socket()
         raise ClientTimeout(self.endpoint, rid, self.retries + 1, timeout_ms)
+
+    async def rule_ids(self, generation: int, *, timeout_ms: int | None = None) -> RuleIds:
+        """As ``Client.rule_ids``: asked once per generation, then cached."""
+        got = self.codec.rule_ids.get(generation)
+        if got is not None:
+            return got
+        timeout_ms = timeout_ms or self.timeout_ms
+        async with self._lock:
+            rid = self.codec.new_request_id()
+            frame = self.codec.rules_frame(rid, generation)
+            for _ in range(self.retries + 1):
+                sock = self._socket()
+                await sock.send(frame)
+                if await sock.poll(timeout_ms, zmq.POLLIN):
+                    got = self.codec.rule_ids[generation] = self.codec.parse_rules(
+                        await sock.recv(), rid, generation)
+                    return got
+                self._drop_socket()
+        raise ClientTimeout(self.endpoint, rid, self.retries + 1, timeout_ms)
+
+    async def resolve(self, d: Decision) -> Decision:
+        """As ``Client.resolve``: the rule ids of a binary decision's indexes."""
+        if d.ruleset is not None or not d.generation:
+            return d
+        return self.codec.named(d, await self.rule_ids(d.generation))
 
     async def __aenter__(self) -> "AsyncClient":
         return self

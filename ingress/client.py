@@ -115,6 +115,7 @@ class ClientCodec:
         self.events = EventConverter(schema)
         self.client_id = client_id if client_id is not None else int.from_bytes(os.urandom(8), "little") or 1
         self._next_id = 0
+        self.rule_ids: dict[int, RuleIds] = {}     # generation -> its rule ids (never change)
 
     def new_request_id(self) -> int:
         self._next_id += 1
@@ -160,6 +161,15 @@ class ClientCodec:
             raise ProtocolError(f"rules reply request_id={rid} generation={got.generation}, "
                                 f"expected {request_id} and {generation}")
         return got
+
+    @staticmethod
+    def named(d: Decision, ids: RuleIds) -> Decision:
+        """``d`` with the rule ids of its indexes, split into enforce ``rules`` and
+        ``shadow_rules``, and ``ruleset`` set."""
+        rules = [ids.rule_ids[i] if i < len(ids.rule_ids) else f"#{i}" for i in d.rules]
+        shadow = {r for i, r in zip(d.rules, rules) if i < len(ids.modes) and ids.modes[i] == "shadow"}
+        return replace(d, rules=tuple(r for r in rules if r not in shadow),
+                       shadow_rules=tuple(r for r in rules if r in shadow), ruleset=ids.ruleset)
 
     def parse(self, frame: bytes, request_id: int, count: int) -> list[Decision]:
         """Decisions of a reply to ``request_id``; raises RequestError or ProtocolError."""
@@ -259,7 +269,6 @@ class Client(LazyPirateSocket):
         self._ctx = context or zmq.Context.instance()
         self._sock: zmq.Socket | None = None
         self.reconnects = 0          # Lazy Pirate socket re-creations, for tests and metrics
-        self._rule_ids: dict[int, RuleIds] = {}     # generation -> its rule ids (never change)
 
     @property
     def client_id(self) -> int:
@@ -288,7 +297,7 @@ class Client(LazyPirateSocket):
     def rule_ids(self, generation: int, *, timeout_ms: int | None = None) -> RuleIds:
         """The rule ids of ``generation``, asked of the engine once and cached (a generation's
         rules never change; a reload makes a new generation)."""
-        got = self._rule_ids.get(generation)
+        got = self.codec.rule_ids.get(generation)
         if got is None:
             rid = self.codec.new_request_id()
             timeout_ms = timeout_ms or self.timeout_ms
@@ -302,7 +311,7 @@ class Client(LazyPirateSocket):
                 self._drop_socket()
             else:
                 raise ClientTimeout(self.endpoint, rid, self.retries + 1, timeout_ms)
-            self._rule_ids[generation] = got
+            self.codec.rule_ids[generation] = got
         return got
 
     def resolve(self, d: Decision) -> Decision:
@@ -311,11 +320,7 @@ class Client(LazyPirateSocket):
         action), is returned as it is."""
         if d.ruleset is not None or not d.generation:
             return d
-        ids = self.rule_ids(d.generation)
-        rules = [ids.rule_ids[i] if i < len(ids.rule_ids) else f"#{i}" for i in d.rules]
-        shadow = [r for i, r in zip(d.rules, rules) if i < len(ids.modes) and ids.modes[i] == "shadow"]
-        return replace(d, rules=tuple(r for r in rules if r not in shadow), shadow_rules=tuple(shadow),
-                       ruleset=ids.ruleset)
+        return self.codec.named(d, self.rule_ids(d.generation))
 
 
     def __enter__(self) -> "Client":

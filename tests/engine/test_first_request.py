@@ -113,6 +113,15 @@ def test_rules_request_names_the_indexes_of_a_binary_reply(eng):
     assert "blocked_ip" in named.rules and named.ruleset == j.ruleset
     assert set(named.rules) == set(j.rules) and set(named.shadow_rules) == set(j.shadow_rules)
     assert [ids.rule_ids[i] for i in d.rules] == sorted(j.rules + j.shadow_rules, key=ids.rule_ids.index)
+
+
+    async def aio():                               # the asyncio client resolves the same way
+        from ingress.aio import AsyncClient
+        async with AsyncClient(eng.endpoint, SCHEMA, timeout_ms=60_000, retries=0) as ac:
+            return await ac.resolve(await ac.evaluate(event(ip=BLOCKED, account_id=89)))
+    import asyncio
+    a = asyncio.run(aio())
+    assert "blocked_ip" in a.rules and a.ruleset == j.ruleset
     r = json_request(eng, {"request_id": 9, "rules": d.generation})
     assert r["generation"] == d.generation and r["rule_ids"] == list(ids.rule_ids), r
     r = json_request(eng, {"request_id": 9, "rules": d.generation, "event": ev})
@@ -138,3 +147,25 @@ def test_eval_prints_the_decision_with_rule_names(eng):
     assert r.returncode == 1 and "BAD_FIELD" in r.stderr and "leading zero" in r.stderr, r.stderr
     r = _eval(eng, "nope=1")
     assert r.returncode == 2 and "nope: not a field" in r.stderr, r.stderr
+
+
+def test_readme_first_request_examples_run_as_shown(eng, capsys):
+    """The README's `risk-engine eval` line and its Python client print what the README says
+    (fresh accounts, so this module's other requests do not move their features)."""
+    import contextlib
+    import io
+    import re
+    readme = (REPO / "README.md").read_text()
+    cmd, shown = re.search(r"\n\$ \.venv/bin/risk-engine eval (.*)\n(.*)\n```", readme).groups()
+    cmd = cmd.replace("account_id=42", "account_id=990001").replace("$(date +%s000)", f"{int(time.time())}000")
+    r = _eval(eng, *cmd.split())
+    assert r.returncode == 0 and r.stdout.strip() == shown, (r.stdout, r.stderr)
+    code = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
+    assert len(code.strip().splitlines()) <= 10 + 2, "the README promises a 10-line client"
+    want = re.search(r"print\(.*\)\s+# (.*)\n", code).group(1)
+    code = code.replace('"account_id": 42', '"account_id": 990002').replace(
+        "tcp://127.0.0.1:5555", eng.endpoint)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, "README.md", "exec"), {})
+    assert out.getvalue().strip() == want
