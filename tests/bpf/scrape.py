@@ -57,11 +57,26 @@ class Exposition:
         return None
 
 
-@functools.lru_cache(maxsize=None)
 def engine_exposition() -> Exposition:
     """/metrics of a real engine (two workers) after one binary and one JSON request, so
     every labelled family has samples. One engine per test session: it is started on the
-    first call, scraped and stopped at once (nothing is left running)."""
+    first call, scraped and stopped at once (nothing is left running). A start that failed
+    is not retried by every later caller: they get the same error at once."""
+    result = _engine_exposition()
+    if isinstance(result, Exception):
+        raise RuntimeError(f"the scraped engine did not start: {result}") from result
+    return result
+
+
+@functools.lru_cache(maxsize=None)
+def _engine_exposition() -> Exposition | Exception:
+    try:
+        return _scrape_engine()
+    except Exception as e:          # not BaseException: Ctrl-C and a test timeout still stop the run
+        return e
+
+
+def _scrape_engine() -> Exposition:
     import numpy as np
     from bench.engine_proc import EngineProcess
     from bench.events import random_events
