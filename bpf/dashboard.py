@@ -12,6 +12,7 @@ import sys
 
 DS = {"type": "prometheus", "uid": "${datasource}"}
 RATE = "$__rate_interval"
+NOT_OK = 'result!="ok"'
 # Engines to show: every instance that exports risk_build_info (docs/OPERATIONS.md gives an
 # engine and its eBPF sidecar one shared `instance` label, so the TCP row follows it too).
 INSTANCE = {"name": "instance", "label": "Instance", "type": "query", "datasource": DS,
@@ -24,6 +25,15 @@ def sel(metric: str, matchers: str = "") -> str:
     """``metric`` limited to the instances picked in the ``instance`` variable, plus
     ``matchers`` (e.g. 'result!="ok"'). Every query selects through here."""
     return f'{metric}{{instance=~"$instance"{"," + matchers if matchers else ""}}}'
+
+
+def _rate(metric: str, matchers: str = "") -> str:
+    return f"rate({sel(metric, matchers)}[{RATE}])"
+
+
+def _in_range(metric: str) -> str:
+    """The increase over the dashboard's time range."""
+    return f"increase({sel(metric)}[$__range])"
 
 
 def _target(expr: str, legend: str = "", ref: str = "A", **extra) -> dict:
@@ -43,7 +53,7 @@ def _panel(kind: str, title: str, targets: list[dict], unit: str = "short", **ex
 def _quantiles(metric: str, by: str, qs=(0.5, 0.99)) -> list[dict]:
     keep = f"le, {by}" if by else "le"
     tag = f" {{{{{by}}}}}" if by else ""
-    return [_target(f"histogram_quantile({q}, sum by ({keep}) (rate({sel(metric + '_bucket')}[{RATE}])))",
+    return [_target(f"histogram_quantile({q}, sum by ({keep}) ({_rate(metric + '_bucket')}))",
                     f"p{int(q * 100)}{tag}") for q in qs]
 
 
@@ -51,7 +61,8 @@ def _rows() -> list[tuple[str, list[dict]]]:
     ts = "timeseries"
     latency = [
         _panel("heatmap", "Eval latency heatmap (risk_eval_duration_seconds)",
-               [_target(f"sum by (le) (increase({sel('risk_eval_duration_seconds_bucket')}[{RATE}]))",
+               [_target("sum by (le) (increase("
+                        f"{sel('risk_eval_duration_seconds_bucket')}[{RATE}]))",
                         "{{le}}", format="heatmap")], unit="s",
                options={"calculate": False, "yAxis": {"unit": "s"}, "cellGap": 1,
                         "color": {"mode": "scheme", "scheme": "Oranges", "steps": 64}}),
@@ -60,41 +71,40 @@ def _rows() -> list[tuple[str, list[dict]]]:
         _panel(ts, "Stage latency P99 (parse_route, ring_wait, kernel, reply)",
                _quantiles("risk_stage_duration_seconds", "stage", qs=(0.99,)), unit="s"),
         _panel(ts, "Requests/s by result",
-               [_target(f"sum by (result) (rate({sel('risk_requests_total')}[{RATE}]))", "{{result}}")],
+               [_target(f"sum by (result) ({_rate('risk_requests_total')})", "{{result}}")],
                unit="reqps"),
     ]
     decisions = [
         _panel(ts, "Decisions/s by action",
-               [_target(f"sum by (action) (rate({sel('risk_decisions_total')}[{RATE}]))", "{{action}}")],
+               [_target(f"sum by (action) ({_rate('risk_decisions_total')})", "{{action}}")],
                unit="ops", fieldConfig={"defaults": {"unit": "ops", "custom": {
                    "stacking": {"mode": "normal", "group": "A"}}}, "overrides": []}),
         _panel("bargauge", "Top 10 rules by hits (time range)",
-               [_target(f"topk(10, sum by (rule, mode) (increase({sel('risk_rule_hits_total')}[$__range])))",
+               [_target(f"topk(10, sum by (rule, mode) ({_in_range('risk_rule_hits_total')}))",
                         "{{rule}} ({{mode}})", instant=True)],
                options={"orientation": "horizontal", "displayMode": "gradient",
                         "reduceOptions": {"calcs": ["lastNotNull"], "values": False}}),
         _panel(ts, "Rule errors/s",
-               [_target(f"sum by (rule) (rate({sel('risk_rule_errors_total')}[{RATE}]))", "{{rule}}")],
+               [_target(f"sum by (rule) ({_rate('risk_rule_errors_total')})", "{{rule}}")],
                unit="ops"),
         _panel("table", "Active ruleset", [_target(sel("risk_ruleset_info"), instant=True,
                                                    format="table")]),
     ]
     # issue 25: what the alerts in deploy/prometheus/alerts.yml watch, per instance
-    NOT_OK = sel("risk_requests_total", 'result!="ok"')
     operations = [
         _panel(ts, "OVERLOADED refusals/s by reason",
-               [_target(f"sum by (instance, reason) (rate({sel('risk_overloaded_total')}[{RATE}]))",
+               [_target(f"sum by (instance, reason) ({_rate('risk_overloaded_total')})",
                         "{{instance}} {{reason}}")], unit="reqps"),
         _panel(ts, "Requests/s answered with an error (TIMEOUT: default action, not the rules)",
-               [_target(f"sum by (instance, result) (rate({NOT_OK}[{RATE}]))",
+               [_target(f"sum by (instance, result) ({_rate('risk_requests_total', NOT_OK)})",
                         "{{instance}} {{result}}")], unit="reqps"),
         _panel(ts, "Feature table fill (alert over 0.9)",
                [_target(f"max by (instance, feature) ({sel('risk_feature_table_fill_ratio')})",
                         "{{instance}} {{feature}}")], unit="percentunit"),
         _panel(ts, "Feature evictions/s and idempotency-window evictions/s",
-               [_target(f"sum by (instance, feature) (rate({sel('risk_feature_evictions_total')}[{RATE}]))",
+               [_target(f"sum by (instance, feature) ({_rate('risk_feature_evictions_total')})",
                         "{{instance}} {{feature}}"),
-                _target(f"sum by (instance) (rate({sel('risk_dedup_evicted_total')}[{RATE}]))",
+                _target(f"sum by (instance) ({_rate('risk_dedup_evicted_total')})",
                         "{{instance}} dedup window")], unit="ops"),
         _panel(ts, "Snapshot hold of the workers (last, longest since start)",
                [_target(f"max by (instance) ({sel('risk_snapshot_pause_seconds')})",
@@ -102,7 +112,7 @@ def _rows() -> list[tuple[str, list[dict]]]:
                 _target(f"max by (instance) ({sel('risk_snapshot_pause_max_seconds')})",
                         "{{instance}} longest hold")], unit="s"),
         _panel(ts, "Worker stalls/s (steps over 10 ms) by worker and phase",
-               [_target(f"sum by (instance, worker, phase) (rate({sel('risk_worker_stalls_total')}[{RATE}]))",
+               [_target(f"sum by (instance, worker, phase) ({_rate('risk_worker_stalls_total')})",
                         "{{instance}} worker {{worker}} {{phase}}")], unit="ops"),
         _panel("table", "Build (risk_build_info)",
                [_target(sel("risk_build_info"), instant=True, format="table")]),
@@ -113,41 +123,43 @@ def _rows() -> list[tuple[str, list[dict]]]:
         _panel(ts, "GC pause P99 by process",
                _quantiles("risk_gc_pause_seconds", "process", qs=(0.99,)), unit="s"),
         _panel(ts, "Share of time in GC by process",
-               [_target(f"sum by (process) (rate({sel('risk_gc_pause_seconds_sum')}[{RATE}]))",
+               [_target(f"sum by (process) ({_rate('risk_gc_pause_seconds_sum')})",
                         "{{process}}")], unit="percentunit"),
         _panel(ts, "Restarts, reload errors, snapshot failures (time range)",
-               [_target(f"increase({sel('risk_worker_restarts_total')}[$__range])", "worker restarts"),
-                _target(f"increase({sel('risk_ingress_restarts_total')}[$__range])", "ingress restarts"),
-                _target(f"increase({sel('risk_ruleset_reload_errors_total')}[$__range])", "reload errors"),
-                _target(f"increase({sel('risk_snapshot_errors_total')}[$__range])", "snapshot failures")]),
+               [_target(f"{_in_range('risk_worker_restarts_total')}", "worker restarts"),
+                _target(f"{_in_range('risk_ingress_restarts_total')}", "ingress restarts"),
+                _target(f"{_in_range('risk_ruleset_reload_errors_total')}", "reload errors"),
+                _target(f"{_in_range('risk_snapshot_errors_total')}", "snapshot failures")]),
         _panel(ts, "In flight, deduplicated/s, events/s by worker",
                [_target(sel("risk_requests_in_flight"), "in flight"),
-                _target(f"rate({sel('risk_deduplicated_requests_total')}[{RATE}])", "deduplicated/s"),
-                _target(f"sum by (worker) (rate({sel('risk_worker_events_total')}[{RATE}]))",
+                _target(f"{_rate('risk_deduplicated_requests_total')}", "deduplicated/s"),
+                _target(f"sum by (worker) ({_rate('risk_worker_events_total')})",
                         "events/s worker {{worker}}")]),
         _panel(ts, "CPU by process role",
-               [_target(f"sum by (role) (rate({sel('risk_process_cpu_seconds_total')}[{RATE}]))",
+               [_target(f"sum by (role) ({_rate('risk_process_cpu_seconds_total')})",
                         "{{role}}")], unit="percentunit"),
         _panel(ts, "RSS by process role",
-               [_target(f"sum by (role) ({sel('risk_process_resident_memory_bytes')})", "{{role}}")],
+               [_target(f"sum by (role) ({sel('risk_process_resident_memory_bytes')})",
+                        "{{role}}")],
                unit="bytes"),
     ]
     tcp = [
-        _panel("stat", "eBPF sidecar enabled", [_target(f"max({sel('risk_ebpf_enabled')})", "enabled")],
+        _panel("stat", "eBPF sidecar enabled",
+               [_target(f"max({sel('risk_ebpf_enabled')})", "enabled")],
                options={"reduceOptions": {"calcs": ["lastNotNull"], "values": False}}),
         _panel(ts, "TCP srtt P50 / P99 (front door, eBPF)",
                _quantiles("risk_tcp_srtt_seconds", ""), unit="s"),
         _panel(ts, "TCP retransmits/s",
-               [_target(f"sum(rate({sel('risk_tcp_retransmits_total')}[{RATE}]))", "retransmits/s")],
+               [_target(f"sum({_rate('risk_tcp_retransmits_total')})", "retransmits/s")],
                unit="ops"),
         _panel(ts, "TCP connections", [_target(f"sum({sel('risk_tcp_connections')})", "open")]),
         _panel(ts, "TCP bytes/s by direction",
-               [_target(f"sum by (direction) (rate({sel('risk_tcp_bytes_total')}[{RATE}]))",
+               [_target(f"sum by (direction) ({_rate('risk_tcp_bytes_total')})",
                         "{{direction}}")], unit="Bps"),
         _panel(ts, "TCP state transitions/s",
-               [_target(f"sum by (from, to) (rate({sel('risk_tcp_state_transitions_total')}[{RATE}]))",
+               [_target(f"sum by (from, to) ({_rate('risk_tcp_state_transitions_total')})",
                         "{{from}} -> {{to}}"),
-                _target(f"sum(rate({sel('risk_tcp_conn_table_full_total')}[{RATE}]))",
+                _target(f"sum({_rate('risk_tcp_conn_table_full_total')})",
                         "untracked (map full)")], unit="ops"),
     ]
     return [("Latency", latency), ("Decisions and rules", decisions),
