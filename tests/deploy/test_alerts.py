@@ -3,15 +3,21 @@ severity, a summary and a runbook section, and every series it selects is one a 
 (or its eBPF sidecar) exposes, with labels and label values that exist."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
+import time
+import urllib.error
+import urllib.request
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 import yaml
 
+from bench.engine_proc import EngineProcess, free_port
 from bpf import metric_names
 from shm.types import ErrorCode
 from tests.bpf.scrape import engine_exposition
@@ -142,3 +148,71 @@ def test_scrape_jobs_the_alerts_name_are_the_documented_ones():
             for label, op, value in parse(r["expr"]).matchers_of(name):
                 if label == "job":
                     assert op == "=" and value in documented, f"alert={r['alert']}: job {value}"
+
+
+@pytest.mark.slow                  # its own engine and a Prometheus server, ~30 s
+@pytest.mark.timeout(900)
+def test_a_real_prometheus_evaluates_every_rule_against_a_real_engine(tmp_path):
+    """promtool checks syntax; only an evaluation on real series shows a rule that errors at
+    run time (e.g. many-to-many matching). Prometheus (the package that carries promtool)
+    scrapes an engine as docs/OPERATIONS.md says, with the sidecar job pointing at a port
+    nothing serves: every rule must evaluate healthy, RiskEngineDown stay inactive and
+    RiskEngineEbpfSidecarDown become pending for that instance."""
+    _promtool()
+    prometheus = shutil.which("prometheus")
+    assert prometheus, "promtool without the prometheus server: Debian ships both in one package"
+    api = f"http://127.0.0.1:{free_port()}/api/v1"
+    with EngineProcess(tmp_path, workers=1) as eng:
+        (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": [str(ALERTS)],
+            "scrape_configs": [
+                {"job_name": "risk-engine", "static_configs": [
+                    {"targets": [eng.metrics_bind], "labels": {"instance": "pay-1"}}]},
+                {"job_name": "risk-engine-ebpf", "static_configs": [
+                    {"targets": [f"127.0.0.1:{free_port()}"], "labels": {"instance": "pay-1"}}]}]}))
+        with open(tmp_path / "prometheus.log", "w") as log:
+            proc = subprocess.Popen(
+                [prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
+                 f"--storage.tsdb.path={tmp_path / 'data'}",
+                 f"--web.listen-address={api.split('/')[2]}"], stdout=log, stderr=log)
+        try:
+            # two scrapes in: rate() and increase() over the engine's series have values
+            _wait_for(api, proc, "query?query=rate(risk_build_info[5m])",
+                      lambda d: len(d["result"]) == 1)
+            scraped = time.time()          # the rules' next evaluations see them
+            rules = _wait_for(api, proc, "rules", lambda d: all(
+                _evaluated_after(r, scraped) for g in d["groups"] for r in g["rules"])
+                and any(r["name"] == "RiskEngineEbpfSidecarDown" and r["state"] != "inactive"
+                        for g in d["groups"] for r in g["rules"]))
+            rules = {r["name"]: r for g in rules["groups"] for r in g["rules"]}
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    for name, r in rules.items():
+        assert r["health"] == "ok", f"alert={name}: {r.get('lastError')}"
+    assert rules["RiskEngineDown"]["state"] == "inactive"
+    down = rules["RiskEngineEbpfSidecarDown"]["alerts"]
+    assert [a["labels"]["instance"] for a in down] == ["pay-1"], down
+
+
+def _evaluated_after(rule: dict, t: float) -> bool:
+    """Did the rule's last evaluation (RFC 3339, nanoseconds) come after wall time ``t``?"""
+    stamp = re.sub(r"(\.\d{6})\d+", r"\1", rule["lastEvaluation"]).replace("Z", "+00:00")
+    return datetime.fromisoformat(stamp).timestamp() > t
+
+
+def _wait_for(api: str, proc, path: str, done, timeout_s: float = 120) -> dict:
+    """The ``data`` of Prometheus's ``/api/v1/{path}`` once ``done(data)`` holds (bounded)."""
+    deadline, data = time.monotonic() + timeout_s, None
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"prometheus exited with {proc.returncode}"
+        try:
+            with urllib.request.urlopen(f"{api}/{path}", timeout=5) as r:
+                data = json.load(r)["data"]
+        except (urllib.error.URLError, ConnectionError):
+            data = None
+        if data is not None and done(data):
+            return data
+        time.sleep(0.5)
+    raise AssertionError(f"/api/v1/{path} not as expected within {timeout_s} s: {data}")
