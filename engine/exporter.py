@@ -21,9 +21,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from shm.control import (GC_BOUNDS_NS, KERNEL_BOUNDS_NS, LATENCY_BOUNDS_NS, N_CODES,
                          OVERLOAD_REASONS, CONN_CLOSE_REASONS, STAGES, STALL_NS, STALL_PHASES, TRANSPORTS,
                          EventLog)
-from engine.cli import version
 from shm.types import ACTION_NAMES, ErrorCode
 from ingress._dedup_kernels import EVICTED_EARLY as DEDUP_EVICTED_EARLY
+from engine.cli import version
 
 
 def _buckets(hist: np.ndarray, bounds_ns: np.ndarray):

@@ -77,6 +77,7 @@ def _engine_exposition() -> Exposition | Exception:
 
 
 def _scrape_engine() -> Exposition:
+    # here: test_sidecar imports this module for scrape() alone, without numpy or the engine
     import numpy as np
     from bench.engine_proc import EngineProcess
     from bench.events import random_events
