@@ -2,33 +2,58 @@
 
 The Grafana dashboard (docs/grafana/risk-engine.json) may only query names listed here;
 tests/bpf/test_dashboard.py enforces it, checks SIDECAR against what the sidecar's collector
-really yields, and ENGINE against engine/exporter.py. Counters carry their ``_total``
-suffix; histograms are listed by base name (samples add _bucket, _count, _sum).
+really yields, and ENGINE against what a real engine's /metrics exposes. Counters carry their
+``_total`` suffix; histograms are listed by base name (samples add _bucket, _count, _sum).
 """
 from __future__ import annotations
 
 COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"
 
-# Issue 5 "Prometheus" section, as engine/exporter.py names them.
+# engine/exporter.py, in its order; tests/bpf/test_dashboard.py checks this is exactly what a
+# real engine's /metrics exposes (process_* of the supervisor's standard collector aside).
 ENGINE: dict[str, str] = {
-    "risk_eval_duration_seconds": HISTOGRAM,      # {transport}
-    "risk_stage_duration_seconds": HISTOGRAM,     # {stage}
     "risk_requests_total": COUNTER,               # {result, transport}
     "risk_decisions_total": COUNTER,              # {action}
+    "risk_eval_duration_seconds": HISTOGRAM,      # {transport}
+    "risk_stage_duration_seconds": HISTOGRAM,     # {stage}
+    "risk_worker_pickup_delay_seconds": HISTOGRAM,  # {worker}
+    "risk_worker_stalls_total": COUNTER,          # {worker, phase}
     "risk_rule_hits_total": COUNTER,              # {rule, mode}
     "risk_rule_errors_total": COUNTER,            # {rule}
     "risk_ring_occupancy": GAUGE,                 # {worker, direction}
     "risk_worker_restarts_total": COUNTER,
+    "risk_worker_restart_seconds": GAUGE,
     "risk_ingress_restarts_total": COUNTER,
     "risk_ruleset_reload_errors_total": COUNTER,
+    "risk_admin_refused_total": COUNTER,
+    "risk_admin_internal_errors_total": COUNTER,
+    "risk_snapshots_total": COUNTER,
+    "risk_snapshot_errors_total": COUNTER,
+    "risk_snapshot_refused_total": COUNTER,
+    "risk_journal_corrupt_records_total": COUNTER,
+    "risk_journal_unavailable": GAUGE,            # {worker}
+    "risk_journal_write_errors_total": COUNTER,   # {worker}
+    "risk_snapshot_pause_seconds": GAUGE,
+    "risk_snapshot_pause_max_seconds": GAUGE,
     "risk_ruleset_info": GAUGE,                   # {name, version, generation}
     "risk_requests_in_flight": GAUGE,
+    "risk_overloaded_total": COUNTER,             # {reason}
+    "risk_connections": GAUGE,
+    "risk_connections_closed_total": COUNTER,     # {reason}
     "risk_deduplicated_requests_total": COUNTER,
+    "risk_dedup_evicted_total": COUNTER,
     "risk_worker_events_total": COUNTER,          # {worker}
     "risk_gc_pause_seconds": HISTOGRAM,           # {process}
+    "risk_python_blocks": GAUGE,                  # {process}
+    "risk_feature_table_fill_ratio": GAUGE,       # {feature}
+    "risk_feature_evictions_total": COUNTER,      # {feature}
+    "risk_feature_late_dropped_total": COUNTER,   # {feature}
+    "risk_feature_lock_timeouts_total": COUNTER,  # {feature}
     "risk_process_cpu_seconds_total": COUNTER,    # {role}
     "risk_process_resident_memory_bytes": GAUGE,  # {role}
     "risk_ebpf_enabled": GAUGE,
+    "risk_ebpf_requested": GAUGE,
+    "risk_build_info": GAUGE,                     # {version}
 }
 
 # bpf/collector.py (the sidecar's own endpoint); every series has a {port} label.

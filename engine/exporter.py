@@ -23,6 +23,7 @@ from shm.control import (GC_BOUNDS_NS, KERNEL_BOUNDS_NS, LATENCY_BOUNDS_NS, N_CO
                          EventLog)
 from shm.types import ACTION_NAMES, ErrorCode
 from ingress._dedup_kernels import EVICTED_EARLY as DEDUP_EVICTED_EARLY
+from engine.cli import version
 
 
 def _buckets(hist: np.ndarray, bounds_ns: np.ndarray):
@@ -39,6 +40,7 @@ class EngineCollector:
         self.lock = threading.Lock()
         self.folded_hits: dict[str, int] = {}     # rule id -> hits of retired generations
         self.folded_errors: dict[str, int] = {}
+        self.version = version()                  # read once: it parses metadata or setup.py
 
     # --- rule counters across generations ------------------------------------------------------
 
@@ -251,6 +253,13 @@ class EngineCollector:
         yield from self._processes()
         yield GaugeMetricFamily("risk_ebpf_enabled", "1 when the eBPF sidecar runs",
                                 value=float(getattr(self.sup, "ebpf_enabled", 0)))
+        yield GaugeMetricFamily("risk_ebpf_requested", "1 when started with serve --ebpf: with "
+                                "risk_ebpf_enabled 0 the sidecar could not start or has died",
+                                value=float(bool(getattr(self.sup, "want_ebpf", False))))
+        g = GaugeMetricFamily("risk_build_info", "The engine's package version (value 1)",
+                              labels=["version"])
+        g.add_metric([self.version], 1.0)
+        yield g
 
     def _features(self):
         """Fill and evictions of every feature and state table (counters kept in the tables'

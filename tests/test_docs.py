@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 # a path into one of the repository's top-level folders, not part of a longer path or a URL
-_PATH = re.compile(r"(?<![\w./~$-])((?:engine|ingress|shm|rules|bpf|bench|scripts|tests|docs|\.ci)"
+_PATH = re.compile(r"(?<![\w./~$-])((?:engine|ingress|shm|rules|bpf|bench|scripts|tests|docs|deploy|\.ci)"
                    r"/(?:[\w/*.{}-]*[\w*/])?)(?:::(\w+))?")
 _UP = re.compile(r"(?<![\w.])\.\./([\w./-]*\w)")     # ../x: from a top-level folder, e.g. in a config
 _ABSOLUTE = re.compile(r"(?<![\w.])/work/[\w./-]+")     # this machine's checkouts, not the repository

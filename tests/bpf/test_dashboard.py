@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from bpf import dashboard, metric_names
 from bpf.collector import SocketCollector
 from bpf.loader import Snapshot
+from tests.bpf.scrape import Exposition, engine_exposition
+from tests.deploy.promql import parse
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "docs" / "grafana" / "risk-engine.json"
@@ -70,20 +71,75 @@ def test_layout_ids_unique_and_no_overlap(board):
         cells |= mine
 
 
-def test_sidecar_list_matches_the_collector():
+def _sidecar_exposition() -> Exposition:
+    """What the sidecar's collector exposes, every labelled family with a sample."""
     snap = Snapshot(bytes_rx=1, srtt_count=1, transitions={("SYN_RECV", "ESTABLISHED"): 1})
     reg = CollectorRegistry()
     reg.register(SocketCollector(lambda: snap, 5555))
-    fams = {f.name + ("_total" if f.type == "counter" else ""): f.type
-            for f in text_string_to_metric_families(generate_latest(reg).decode())}
-    assert fams == metric_names.SIDECAR
+    return Exposition(generate_latest(reg).decode())
 
 
-def test_engine_list_matches_the_exporter():
-    src_path = ROOT / "engine" / "exporter.py"
-    if not src_path.exists():
-        pytest.skip("engine/exporter.py not built yet")
-    src = src_path.read_text()
-    for name in metric_names.ENGINE:
-        base = name[:-len("_total")] if metric_names.ENGINE[name] == "counter" else name
-        assert f'"{base}"' in src, f"{base} not exported by engine/exporter.py"
+def test_sidecar_list_matches_the_collector():
+    assert _sidecar_exposition().types == metric_names.SIDECAR
+
+
+@pytest.mark.timeout(900)          # the session's one scraped engine may start here (busy CI)
+def test_engine_list_is_what_a_real_engine_exposes():
+    exp = engine_exposition()
+    exposed = {n: t for n, t in exp.types.items() if n.startswith("risk_")}
+    assert exposed == metric_names.ENGINE
+
+
+def test_instance_variable_and_every_query_filters_on_it(board):
+    """One dashboard for many engines: the `instance` variable lists every engine that exports
+    risk_build_info, and every series of every query is limited to the picked instances."""
+    var = {v["name"]: v for v in board["templating"]["list"]}["instance"]
+    assert var["type"] == "query" and var["query"]["query"] == "label_values(risk_build_info, instance)"
+    assert var["multi"] and var["includeAll"]
+    n = 0
+    for p in board["panels"]:
+        if p["type"] == "row":
+            continue
+        assert p.get("targets"), f"panel {p['title']!r} has no query"
+        for t in p["targets"]:
+            sel = parse(t["expr"])
+            assert sel.names, t["expr"]
+            for name in sel.names:
+                assert ("instance", "=~", "$instance") in sel.matchers_of(name), \
+                    f"panel {p['title']!r}: {name} not filtered on $instance: {t['expr']}"
+                n += 1
+    assert n >= 30
+
+
+def _panels_using(board, family: str) -> list[dict]:
+    return [p for p, e in _exprs(board) if any(metric_names.family_of(x) == family
+                                               for x in parse(e).names)]
+
+
+def test_issue_25_panels_present(board):
+    """Overload by reason, feature fill and evictions, snapshot pauses, worker stalls, build."""
+    for family in ("risk_overloaded_total", "risk_feature_table_fill_ratio",
+                   "risk_feature_evictions_total", "risk_snapshot_pause_seconds",
+                   "risk_worker_stalls_total", "risk_build_info"):
+        assert _panels_using(board, family), f"no panel queries {family}"
+    over = [e for p, e in _exprs(board) if "risk_overloaded_total" in parse(e).names]
+    assert any("reason" in parse(e).grouping for e in over), over
+
+
+@pytest.mark.timeout(900)
+def test_every_queried_series_is_exported_by_a_real_engine(board):
+    """Names and label names of every query, against a real engine's /metrics (the sidecar's
+    against its collector, test_sidecar_list_matches_the_collector)."""
+    engine, sidecar = engine_exposition(), _sidecar_exposition()
+    for p, expr in _exprs(board):
+        sel = parse(expr)
+        labels = {"instance", "job"}
+        for name in sel.names:
+            exp = engine if engine.family_of(name) else sidecar
+            family = exp.family_of(name)
+            assert family, f"panel {p['title']!r}: {name} is exposed by neither the engine nor the sidecar"
+            labels |= set(exp.labels[family])
+            for label, _, _ in sel.matchers_of(name):
+                assert label in exp.labels[family] or label in ("instance", "job"), \
+                    f"panel {p['title']!r}: {name} has no label {label}"
+        assert sel.grouping <= labels, f"panel {p['title']!r}: grouping by {sel.grouping - labels}"
