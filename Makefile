@@ -21,8 +21,12 @@ install: $(STAMP)
 run: install
 	$(BIN)/risk-engine serve $(if $(CONFIG),--config $(CONFIG),)
 
+# two pytest processes (the machine's 2 cores: a test mostly waits on an engine or a compile);
+# --dist loadfile keeps a module's tests, and so its module-scoped engine, in one process
+TEST_JOBS ?= 2
+
 test: install
-	$(BIN)/python -m pytest -q -m "not slow" tests
+	$(BIN)/python -m pytest -q -m "not slow" -n $(TEST_JOBS) --dist loadfile tests
 
 # The tests marked `slow` (a wheel built and installed in a fresh venv, the largest kernel
 # oracles, engines under load, bench smoke runs): each has a cheaper sibling in `make test`;

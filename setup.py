@@ -21,7 +21,7 @@ setup(
     # bcc is Debian's python3-bpfcc (scripts/install_ebpf.sh links it into the venv);
     # PyPI's package named 'bcc' is an unrelated library and must never be listed here.
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6", "pytest-timeout>=2", "import-linter>=2"],
+        "test": ["pytest>=7", "hypothesis>=6", "pytest-timeout>=2", "pytest-xdist>=3", "import-linter>=2"],
         "plot": ["matplotlib>=3.5"],
         "fuzz": ["atheris>=2"],
     },

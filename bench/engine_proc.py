@@ -18,6 +18,7 @@ everything and tests may import it, never the reverse.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import os
 import shutil
@@ -42,11 +43,29 @@ READY_TIMEOUT_S = 300
 REPO = Path(__file__).resolve().parents[1]
 
 
+_PORT_BLOCK = 2000
+_port_seq = itertools.count()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that was free a moment ago. Under pytest-xdist each worker
+    draws from its own block below the ephemeral range (32768-), so a port handed to one
+    worker's engine is never handed to another's before that engine binds it."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw"):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    base = 20000 + int(worker[2:]) * _PORT_BLOCK
+    for _ in range(_PORT_BLOCK):
+        port = base + next(_port_seq) % _PORT_BLOCK
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {base}-{base + _PORT_BLOCK - 1} worker={worker}")
 
 
 def shm_entries(instance: str) -> list[str]:

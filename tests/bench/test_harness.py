@@ -193,3 +193,13 @@ def test_worker_stalls_are_the_difference_between_two_reads():
     assert stall_delta(stats(3.0, 1.0), stats(5.0, 1.0)) == {"0 pickup": 2}
     assert stall_delta(stats(3.0, 1.0), stats(3.0, 1.0)) == {}
     assert stall_delta(None, stats(3.0, 1.0)) is None
+
+
+def test_free_port_gives_each_xdist_worker_its_own_block(monkeypatch):
+    seen = {}
+    for worker in ("gw0", "gw1"):
+        monkeypatch.setenv("PYTEST_XDIST_WORKER", worker)
+        seen[worker] = {free_port() for _ in range(20)}
+    assert all(20000 <= p < 22000 for p in seen["gw0"])
+    assert all(22000 <= p < 24000 for p in seen["gw1"])
+    assert len(seen["gw0"]) == 20                   # a worker does not hand one port out twice

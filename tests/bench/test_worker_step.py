@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from bench.engine_proc import shm_entries
 from bench.worker_step import journal_append, worker_step
 from shm.runtime.config import load_config
 
@@ -15,7 +16,7 @@ def test_journal_append_times_both_paths_per_batch_size():
 
 
 def test_worker_step_runs_batch_processor_and_cleans_up():
-    before = set(os.listdir("/dev/shm"))
+    instance = f"step{os.getpid() % 100000}"     # the one bench.worker_step creates
     rows = worker_step(load_config(None), [4], repeats=1)
     assert len(rows) == 1 and rows[0][0] == 4 and rows[0][1] > 0
-    assert set(os.listdir("/dev/shm")) <= before
+    assert shm_entries(instance) == []
