@@ -90,3 +90,38 @@ def test_a_closed_stdout_exits_quietly(engine, args):
 
 
 
+def test_status_follows_reloads_and_the_standby(engine):
+    """After a reload the generation is the serving one and no listed pid is dead (a reload
+    retires the standby; a new one starts 2 s later and is listed once it runs)."""
+    admin = request(engine.admin_bind, {"cmd": "status"}, 60_000)
+    old_standby = next((p["pid"] for p in admin["processes"] if p["role"] == "standby"), None)
+    v4 = ruleset(engine.tmp / "rules" / "v4.yaml", 4)
+    r = request(engine.admin_bind, {"cmd": "reload", "files": [v4]}, 400_000)
+    assert r["ok"], r
+    t_end = time.monotonic() + 120
+    while time.monotonic() < t_end:
+        st = status_file(engine)
+        standby = next((p["pid"] for p in st["processes"] if p["role"] == "standby"), None)
+        if st["generation"] == r["generation"] and standby not in (None, old_standby):
+            break
+        time.sleep(0.5)
+    assert st["generation"] == r["generation"] and st["ruleset"] == "live@4", st
+    assert standby not in (None, old_standby), st
+    assert all(alive(p["pid"]) for p in st["processes"]), st
+    human = cli("status", "--instance", engine.instance).stdout
+    assert f"generation {r['generation']} (live@4)" in human, human
+
+
+def test_pin_script_works_from_any_shell(engine):
+    """Without the venv on PATH, from another directory, with a login-less environment."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/")}
+    for k in ("RISK_ENGINE_RUN_ROOT", "XDG_RUNTIME_DIR"):
+        if k in os.environ:
+            env[k] = os.environ[k]
+    script = str(REPO / "scripts" / "pin_workers.sh")
+    p = subprocess.run([script, "--instance", engine.instance, "--dry-run", "1"], capture_output=True,
+                       text=True, env=env, cwd="/", timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert re.search(r"would pin worker 0 \(pid \d+\) to cpu 1", p.stdout), p.stdout
+    h = subprocess.run([script, "--help"], capture_output=True, text=True, env=env, cwd="/", timeout=120)
+    assert h.returncode == 0 and "usage: risk-engine pin" in h.stdout and "set -euo" not in h.stdout
