@@ -25,7 +25,7 @@ from shm.control import Block, BlockLayout
 from engine.memplan import check_memory
 from engine.preflight import StartupError, check_state_dirs, claim_instance
 from engine.recovery_state import StateRecovery
-from engine.reload import Rulesets, ruleset_spec
+from engine.reload import Rulesets, startup_ruleset
 from shm.rings import EngineRings
 from shm.runtime.securedir import UnsafePathError, ensure_private_dir, write_private_file
 from engine.snapshot_coordinator import SnapshotCoordinator, SnapshotError
@@ -84,7 +84,7 @@ class Supervisor:
         check_memory(cfg, n)
         from shm.featurestore import FeatureStore
         self.features = FeatureStore(cfg, self.pid, create=True)
-        spec, rs = ruleset_spec(cfg, cfg.rules.files, self.features.fs)   # refuse a bad ruleset
+        spec, rs = startup_ruleset(cfg, self.features.fs, self.log)   # refuse a bad ruleset
         self.recovery = StateRecovery(cfg, self.features, self.log)
         if not self.features.empty:
             self.log("risk-engine: feature tables in shared memory:\n" + self.features.fs.memory_report())

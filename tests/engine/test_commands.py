@@ -74,7 +74,8 @@ def test_stats_prints_a_summary_and_raw_json(engine):
     assert any(r["sample"].endswith("_bucket") for r in json.loads(raw.stdout)["risk_eval_duration_seconds"])
 
 
-@pytest.mark.parametrize("args", [("stats", "--json"), ("stats",), ("status",)])
+@pytest.mark.parametrize("args", [("stats", "--timeout-ms", "120000"),
+                                  ("stats", "--json", "--timeout-ms", "120000"), ("status",)])
 def test_a_closed_stdout_exits_quietly(engine, args):
     """`risk-engine stats | head`: the reader is gone before the command writes. The pipe's
     read end is closed before the child starts writing, so every run sees EPIPE."""
@@ -88,6 +89,26 @@ def test_a_closed_stdout_exits_quietly(engine, args):
     assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr, p.stderr
     assert p.returncode == 141
 
+
+def test_reload_waits_and_exits_non_zero_on_refusal(engine, tmp_path):
+    rules_dir = engine.tmp / "rules"
+    missing = cli("reload", "--instance", engine.instance, "--rules", str(tmp_path / "nope.yaml"))
+    assert missing.returncode == 1, (missing.stdout, missing.stderr)
+    assert "FILE_NOT_FOUND" in missing.stderr and "nope.yaml" in missing.stderr
+    bad = ruleset(rules_dir / "bad.yaml", 3, when="amount.__class__ > 0")
+    r = cli("reload", "--instance", engine.instance, "--rules", bad)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert "RULESET_REFUSED" in r.stderr and re.search(r"bad\.yaml:\d+:\d+", r.stderr), r.stderr
+    assert all(d.ruleset == "live@1" for d in decide(engine, SCHEMA))
+    v2 = ruleset(rules_dir / "v2.yaml", 2, action="block")
+    r = cli("reload", "--instance", engine.instance, "--rules", v2)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    assert re.search(r"generation \d+ serves live@2 from .*v2\.yaml", r.stdout), r.stdout
+    assert "replaced the whole set" in r.stdout and "v1.yaml" in r.stdout
+    assert "a restart serves it again" in r.stdout
+    assert all(d.ruleset == "live@2" and d.action == "block" for d in decide(engine, SCHEMA))
+    help_text = cli("reload", "--help").stdout
+    assert "replaces the WHOLE rule set" in " ".join(help_text.split())
 
 
 def test_status_follows_reloads_and_the_standby(engine):
@@ -125,3 +146,31 @@ def test_pin_script_works_from_any_shell(engine):
     assert re.search(r"would pin worker 0 \(pid \d+\) to cpu 1", p.stdout), p.stdout
     h = subprocess.run([script, "--help"], capture_output=True, text=True, env=env, cwd="/", timeout=120)
     assert h.returncode == 0 and "usage: risk-engine pin" in h.stdout and "set -euo" not in h.stdout
+
+
+def test_reloaded_rules_survive_a_restart(engine, tmp_path):
+    """A reload from a directory outside the configured one (the CLI is not confined), then
+    restarts: the reloaded ruleset serves again; once its file is edited (not reloaded) and
+    then removed, the recorded copy serves, and the log says so."""
+    elsewhere = tmp_path / "candidate"
+    elsewhere.mkdir()
+    v5 = ruleset(elsewhere / "v5.yaml", 5, action="block")
+    r = cli("reload", "--instance", engine.instance, "--rules", v5)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    engine.stop()
+    engine.start()
+    assert wait_label(engine, SCHEMA, "live@5", timeout_s=60)
+    ruleset(elsewhere / "v5.yaml", 6, action="allow")          # edited, never reloaded
+    engine.stop()
+    engine.start()
+    d = decide(engine, SCHEMA)
+    assert all(x.ruleset == "live@5" and x.action == "block" for x in d), d
+    assert "changed since it was reloaded; serving its recorded copy" in engine.output()
+    os.unlink(v5)
+    engine.stop()
+    engine.start()
+    assert all(x.ruleset == "live@5" for x in decide(engine, SCHEMA))
+    assert "vanished since it was reloaded" in engine.output()
+    rec = engine.state_dir / "journal" / "rules"
+    assert oct(rec.stat().st_mode & 0o777) == "0o700"
+    assert oct((rec / "active.json").stat().st_mode & 0o777) == "0o600"
