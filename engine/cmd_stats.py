@@ -107,7 +107,7 @@ def summary(stats: dict, status: dict | None, rates, top: int) -> list[str]:
         out.append("overloaded by reason: " + ", ".join(overload))
     hits = sorted(_rows(stats, "risk_rule_hits", "risk_rule_hits_total"), key=lambda r: -r["value"])
     hits = [r for r in hits if r["value"]][:max(0, top)]
-    out.append(f"top rules by hits: " + (", ".join(f"{r['rule']} {r['value']:.0f}"
+    out.append("top rules by hits: " + (", ".join(f"{r['rule']} {r['value']:.0f}"
                                                      f"{' (shadow)' if r.get('mode') == 'shadow' else ''}"
                                                      for r in hits) or "none fired"))
     rule_errors = [f"{r['rule']} {r['value']:.0f}" for r in _rows(stats, "risk_rule_errors", "risk_rule_errors_total")
