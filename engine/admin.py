@@ -22,6 +22,7 @@ import zmq
 from engine.admin_request import (MAX_FILES, MAX_MESSAGE_CHARS, MAX_REQUEST_BYTES, NO_ARGS, PATH,
                                   AdminError, allowed_file, boolean, check_args, integer, list_of,
                                   parse_request)
+from engine.reload import reload_reply
 from engine.snapshot_coordinator import SnapshotError
 
 MAX_FRAMES = 3                   # identity, delimiter, body: anything longer is refused
@@ -125,13 +126,6 @@ def _error(code: str, message: str) -> dict:
     return {"ok": False, "error": {"code": code, "message": message[:MAX_MESSAGE_CHARS]}}
 
 
-def _reload_reply(sup, outcome: str) -> dict:
-    if outcome.startswith("reload refused"):
-        busy = "in progress" in outcome
-        return _error("RELOAD_BUSY" if busy else "RULESET_REFUSED", outcome)
-    return {"ok": True, "outcome": outcome, "generation": sup.rulesets.generation}
-
-
 class AdminServer:
     def __init__(self, sup):
         from shm.runtime.endpoints import parse_zmq_bind
@@ -197,7 +191,10 @@ class AdminServer:
 
     def _start_deferred(self, envelope: list, d: _Deferred) -> None:
         def done(outcome: str) -> None:
-            self._send(envelope, _reload_reply(self.sup, outcome))
+            rep = reload_reply(self.sup.rulesets, outcome)
+            if not rep["ok"]:
+                rep = _error(rep["error"]["code"], rep["error"]["message"])   # cut to size
+            self._send(envelope, rep)
         try:
             refused = d.start(done)
         except Exception as e:                 # noqa: BLE001 - the loop must survive it

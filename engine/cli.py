@@ -10,6 +10,7 @@ import argparse
 import ast
 import importlib
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -24,6 +25,7 @@ COMMANDS = {
     "replay": "engine.cmd_replay",
     "explain": "engine.cmd_explain",
     "journal-upgrade": "engine.cmd_journal_upgrade",
+    "pin": "engine.cmd_pin",
     "schema": "engine.cmd_schema",
     "eval": "engine.cmd_eval",
     "check": "rules.cmd_check",
@@ -89,9 +91,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args._module.run(args) or 0)
+        code = int(args._module.run(args) or 0)
+        sys.stdout.flush()              # a closed pipe shows here, not at exit
+        return code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:             # `risk-engine stats | head`: the reader is gone
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())   # so the flush at exit cannot fail again
+        return 141                      # 128 + SIGPIPE, as a shell reports `yes | head`
 
 
 if __name__ == "__main__":

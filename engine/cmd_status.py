@@ -1,4 +1,5 @@
-"""`risk-engine status`: the processes of running engines with pid, role, CPU and NUMA node."""
+"""`risk-engine status`: the processes of running engines with pid, role, CPU and NUMA node,
+from status.json, which the supervisor keeps current (engine.status_file)."""
 HELP = "list running engine processes: pid, role, CPU, NUMA node, rings"
 
 
@@ -33,8 +34,8 @@ def run(args) -> int:
             for p in st["processes"]:
                 print(f"{p['role'].replace(' ', '')} {p['pid']}")
             continue
-        print(f"instance {st['instance']}: {st['bind']}, generation {st['generation']}, "
-              f"metrics {st['metrics'] or 'off'}")
+        print(f"instance {st['instance']}: {st['bind']}, generation {st['generation']}"
+              f"{' (' + st['ruleset'] + ')' if st.get('ruleset') else ''}, metrics {st['metrics'] or 'off'}")
         print(f"  {'PID':>8}  {'ROLE':<12} {'CPU':>4} {'NODE':>5}")
         for p in st["processes"]:
             cpu = p["cpu"] if p["cpu"] >= 0 else "-"

@@ -6,22 +6,72 @@ kill it, never the supervisor. The child compiles the kernel into the kernel cac
 the generation spec. Then a thread of the supervisor loads that ruleset from the cache (the
 supervisor keeps it for feature rebuilds); Python switches threads every few ms, so the
 loop keeps reaping and restarting workers and taking snapshots meanwhile. The supervisor
-publishes the generation only when both succeeded and the kernels match; anything else is a
-refusal and the serving generation is untouched.
+publishes the generation only when both succeeded, the kernels match and the rule files
+still hold what they held when the reload began; anything else is a refusal and the serving
+generation is untouched. A published ruleset is recorded first (engine.rules_record), so a
+restart serves it again.
+
+Who asked is told the outcome: an admin ``reload`` in its reply, `risk-engine reload` (a
+request file in the run directory) in a result file beside it (``reload_reply`` for both).
 """
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 
+from engine.rules_record import files_at_start, read_rules, write_record
 from shm.runtime import rundir
+from shm.runtime.textfile import TextFileError
 
 RELOAD_TIMEOUT_S = 300          # a cold compile of a big ruleset on a busy 2-core machine
 MAX_CHILD_OUTPUT_BYTES = 1 << 20
+MAX_REQUESTS_PER_POLL = 16       # `risk-engine reload` request files answered per turn
+_REQUEST_RE = re.compile(r"reload-([0-9a-f]{32})\.request")
+
+
+class Refusal(str):
+    """A reload's refusal: the message, and its stable error code (docs/DEPLOY.md)."""
+
+    def __new__(cls, message: str, code: str = "RULESET_REFUSED"):
+        self = super().__new__(cls, message)
+        self.code = code
+        return self
+
+
+def reload_reply(rulesets, outcome: str) -> dict:
+    """A reload's outcome as an admin reply: the error with its code, or the generation now
+    serving, its ruleset and files, the files it replaced, and where it is recorded."""
+    if isinstance(outcome, Refusal):
+        return {"ok": False, "error": {"code": outcome.code, "message": str(outcome)}}
+    g = rulesets.generation
+    spec = rulesets.specs[g]
+    return {"ok": True, "outcome": outcome, "generation": g, "ruleset": spec["label"],
+            "files": spec.get("origin_files", spec["files"]),
+            "replaced_files": rulesets.specs.get(g - 1, {}).get("origin_files", []),
+            "recorded": rulesets.recorded}
+
+
+def startup_ruleset(cfg, features, log) -> tuple[dict, object]:
+    """The ruleset a start serves: the configured one, or the one a reload made serving
+    before a restart (engine.rules_record.files_at_start); recorded again."""
+    pairs = files_at_start(cfg, log)
+    try:
+        before = read_rules(pairs)
+    except TextFileError:
+        before = None                   # the compiler says why, with file:line:col
+    spec, rs = ruleset_spec(cfg, tuple(src for _, src in pairs), features)
+    after = read_rules(pairs)
+    if before is None or [r.sha256 for r in after] != [r.sha256 for r in before]:
+        raise TextFileError("rule files changed while the engine compiled them; start it again")
+    spec["origin_files"] = [path for path, _ in pairs]
+    spec["recorded"] = write_record(cfg, after, spec["label"])
+    return spec, rs
 
 
 def ruleset_spec(cfg, files: tuple[str, ...], features=None) -> tuple[dict, object]:
@@ -55,8 +105,10 @@ class Rulesets:
         self.specs: dict[int, dict] = {}    # generation -> its spec (ruleset_spec)
         self.ruleset = None                 # the serving generation's, for feature rebuilds
         self.job: ReloadJob | None = None   # the reload in flight
+        self.recorded: str | None = None    # engine.rules_record's active.json (None: journal off)
 
     def publish(self, spec: dict, rs) -> None:
+        self.recorded = spec.pop("recorded", self.recorded)
         g = self.generation + 1
         rundir.write_generation(self.run_dir, g, spec)
         self.specs[g] = spec
@@ -65,21 +117,42 @@ class Rulesets:
         self.block.view("supervisor.generation")[0] = g     # workers poll it between batches
 
     def request_from_file(self) -> None:
-        """SIGHUP: `risk-engine reload` may have left a request file with files / previous."""
-        req = {}
-        try:
-            req = rundir.read_json(self.run_dir, "reload.request")
-            (self.run_dir / "reload.request").unlink()
-        except (OSError, ValueError):
-            pass
-        if not isinstance(req, dict):
-            req = {}
-        files = req.get("files")
-        if not (isinstance(files, list) and files and all(isinstance(f, str) for f in files)):
-            files = None
-        refused = self.reload(tuple(files) if files else None, previous=req.get("previous") is True)
+        """SIGHUP (systemctl reload): recompile the serving files; the outcome goes to the log."""
+        refused = self.reload()
         if refused:
             self.log(f"risk-engine: {refused}")
+
+    def take_requests(self) -> None:
+        """`risk-engine reload` leaves reload-<id>.request (files, previous) in the run
+        directory and waits for reload-<id>.result. Looked for on every turn of the loop (one
+        listdir of a small directory); while a reload runs, a new request gets RELOAD_BUSY."""
+        try:
+            names = sorted(n for n in os.listdir(self.run_dir) if _REQUEST_RE.fullmatch(n))
+        except OSError:
+            return
+        for name in names[:MAX_REQUESTS_PER_POLL]:
+            rid = _REQUEST_RE.fullmatch(name).group(1)
+
+            def done(outcome, rid=rid):
+                try:
+                    rundir.write_json(self.run_dir, f"reload-{rid}.result", reload_reply(self, outcome))
+                except OSError as e:        # the caller times out; the loop goes on
+                    self.log(f"risk-engine: reload {rid}: cannot write its result: {e}")
+            try:
+                req = rundir.read_json(self.run_dir, name)
+            except (OSError, ValueError) as e:
+                req = e
+            (self.run_dir / name).unlink(missing_ok=True)
+            files = req.get("files") if isinstance(req, dict) else None
+            if not isinstance(req, dict) or not (files is None or (
+                    isinstance(files, list) and 0 < len(files) <= 64 and
+                    all(isinstance(f, str) and f for f in files))):
+                done(Refusal(f"reload refused: bad request file: {str(req)[:200]}", "BAD_ARGUMENT"))
+                continue
+            refused = self.reload(tuple(files) if files else None, previous=req.get("previous") is True,
+                                  on_done=done)
+            if refused:
+                done(refused)
 
     def reload(self, files: tuple[str, ...] | None = None, previous: bool = False, on_done=None) -> str | None:
         """Start a reload (parsed and compiled in a child process, never on the
@@ -87,17 +160,23 @@ class Rulesets:
         and to ``on_done(outcome)`` when it is known (poll()). A refused ruleset keeps the
         old one serving."""
         if self.job is not None:
-            return "reload refused: another reload is in progress"
+            return Refusal("reload refused: another reload is in progress", "RELOAD_BUSY")
         if previous:
             older = sorted(g for g in self.specs if g < self.generation)
             if not older:
-                return "reload refused: no previous generation"
-            files = tuple(self.specs[older[-1]]["files"])
-        files = files or tuple(self.specs[self.generation]["files"])
+                return Refusal("reload refused: no previous generation")
+            files = tuple(self.specs[older[-1]]["origin_files"])
+        files = files or tuple(self.specs[self.generation]["origin_files"])
+        try:
+            before = read_rules([(f, f) for f in files])     # what the compile must see
+        except TextFileError as e:
+            missing = [f for f in files if not os.path.lexists(f)]
+            return Refusal(f"reload refused: {e}", "FILE_NOT_FOUND" if missing else "RULESET_REFUSED")
         try:
             self.job = ReloadJob(self, files)
         except OSError as e:
-            return f"reload refused: cannot start the reload process: {e}"
+            return Refusal(f"reload refused: cannot start the reload process: {e}")
+        self.job.before = before
         if on_done is not None:
             self.job.callbacks.append(on_done)
         return None
@@ -105,6 +184,7 @@ class Rulesets:
     def poll(self) -> None:
         """The supervisor's loop: publish the reload's ruleset once it is ready, or count
         and log its refusal; then tell whoever asked for it."""
+        self.take_requests()
         job = self.job
         if job is None:
             return
@@ -116,10 +196,12 @@ class Rulesets:
         if res is None:
             return
         self.job = None
+        if not isinstance(res, str):
+            res = self._record(job, *res)
         if isinstance(res, str):
             self.block.view("supervisor.reload_errors")[0] += 1
             self.log(f"risk-engine: reload refused, generation {self.generation} keeps serving:\n{res}")
-            outcome = f"reload refused: {res}"
+            outcome = Refusal(f"reload refused: {res}")
         else:
             spec, rs = res
             self.before_publish(self.generation - 1)   # the counter row g+1 will reuse
@@ -129,6 +211,23 @@ class Rulesets:
             self.log(f"risk-engine: {outcome}")
         for cb in job.callbacks:
             cb(outcome)
+
+    def _record(self, job, spec: dict, rs):
+        """Before publishing: the files still hold what the reload began with, and the
+        ruleset is recorded for a restart. (spec, rs), or the refusal's text."""
+        try:
+            after = read_rules([(f, f) for f in job.files])
+        except TextFileError as e:
+            return f"{e} (while the reload ran)"
+        if [r.sha256 for r in after] != [r.sha256 for r in job.before]:
+            return "rule files changed while the reload ran; run it again"
+        spec["origin_files"] = list(job.files)
+        keep = [f for sp in self.specs.values() for f in sp["files"]]  # explain reads them
+        try:
+            spec["recorded"] = write_record(self.cfg, after, spec["label"], keep)
+        except OSError as e:
+            return f"cannot record the ruleset for a restart ({e}); generation {self.generation} keeps serving"
+        return spec, rs
 
     def kill(self) -> None:
         """Stop a reload in flight (cleanup)."""
@@ -152,6 +251,7 @@ class ReloadJob:
             [sys.executable, "-m", "engine.reload", "--run-dir", str(sup.run_dir), "--", *files],
             stdin=subprocess.DEVNULL, stdout=self.out, stderr=self.err)
         self.thread: threading.Thread | None = None
+        self.before: list = []          # the files as read when the reload began (rules_record)
         self.loaded = None              # (spec, rs) or an exception, set by the thread
         self.child_spec: dict | None = None
 

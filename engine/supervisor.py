@@ -25,11 +25,12 @@ from shm.control import Block, BlockLayout
 from engine.memplan import check_memory
 from engine.preflight import StartupError, check_state_dirs, claim_instance
 from engine.recovery_state import StateRecovery
-from engine.reload import Rulesets, ruleset_spec
+from engine.reload import Rulesets, startup_ruleset
 from shm.rings import EngineRings
 from shm.runtime.securedir import UnsafePathError, ensure_private_dir, write_private_file
 from engine.snapshot_coordinator import SnapshotCoordinator, SnapshotError
 from engine.standby import STOP_GRACE_S, StandbyPool
+from engine.status_file import status_doc
 from shm.runtime.topology import Topology, plan_workers, read_topology
 from shm.doorbell import EventfdDoorbell
 from shm.segment import Segment, unlink_owned
@@ -67,6 +68,7 @@ class Supervisor:
         self.snapshots: SnapshotCoordinator | None = None  # snapshots and the workers' pause
         self.standbys: StandbyPool | None = None           # the spare worker (workers.standby)
         self.started_ns = 0                 # CLOCK_MONOTONIC (arrival_ns' clock) when this run began
+        self.status_written: dict | None = None  # status.json as last written (engine.status_file)
 
     # --- start --------------------------------------------------------------------------------
 
@@ -82,7 +84,7 @@ class Supervisor:
         check_memory(cfg, n)
         from shm.featurestore import FeatureStore
         self.features = FeatureStore(cfg, self.pid, create=True)
-        spec, rs = ruleset_spec(cfg, cfg.rules.files, self.features.fs)   # refuse a bad ruleset
+        spec, rs = startup_ruleset(cfg, self.features.fs, self.log)   # refuse a bad ruleset
         self.recovery = StateRecovery(cfg, self.features, self.log)
         if not self.features.empty:
             self.log("risk-engine: feature tables in shared memory:\n" + self.features.fs.memory_report())
@@ -240,6 +242,7 @@ class Supervisor:
             self._note_restarted()
             self.standbys.keep()
             self.rulesets.poll()
+            self._write_status()            # after a reload or a standby change
             self.admin.poll(20)
             if self.snapshots.due():
                 try:
@@ -312,12 +315,10 @@ class Supervisor:
         return rows
 
     def _write_status(self) -> None:
-        rundir.write_json(self.run_dir, "status.json", {
-            "instance": self.cfg.instance, "bind": self.cfg.ingress.bind,
-            "metrics": self.cfg.metrics.bind if self.cfg.metrics.enabled else None,
-            "admin": self.admin.bind if self.admin else None,
-            "generation": self.rulesets.generation, "processes": self.status(),
-            "rings": [r.names() for r in self.rings]})
+        st = status_doc(self)
+        if st != self.status_written:       # rewritten only when it changed
+            rundir.write_json(self.run_dir, "status.json", st)
+            self.status_written = st
 
     # --- stop ---------------------------------------------------------------------------------
 

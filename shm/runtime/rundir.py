@@ -6,7 +6,9 @@ and how `risk-engine status` / scripts/pin_workers.sh find a running engine.
         config.json         the validated config as plain data; each child validates it again
         plan.json           owner pid, segment names, worker CPUs and NUMA nodes, eventfd
         gen-<g>.json        ruleset generation g: files, thresholds, on_error, label, rule ids
-        status.json         pid, role, cpu, node of every engine process (rewritten on change)
+        status.json         generation, ruleset, pid, role, cpu, node of every engine process
+                            (rewritten on change: engine.status_file)
+        reload-<id>.request / reload-<id>.result   `risk-engine reload` and its answer
 
 Every file is written 0600 and read back only if the engine's uid (or root) owns it: nothing
 here is code, and nothing here is taken from a place another user can write.

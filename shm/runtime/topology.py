@@ -97,6 +97,43 @@ def pin_self(cpu: int) -> None:
         os.sched_setaffinity(0, {cpu})
 
 
+def format_cpulist(cpus) -> str:
+    """The kernel's cpulist format: {0, 1, 2, 3, 8} -> '0-3,8' (parse_cpulist's inverse)."""
+    out, run = [], []
+    for c in sorted(cpus):
+        if run and c != run[-1] + 1:
+            out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+            run = []
+        run.append(c)
+    if run:
+        out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ",".join(out)
+
+
+def pin_process(pid: int, cpu: int) -> None:
+    """Pin every thread of a running process to one CPU (as ``taskset -a``: sched_setaffinity
+    on a pid changes only its main thread). Raises ProcessLookupError when the process is
+    gone; a thread that ends meanwhile is skipped."""
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except FileNotFoundError:
+        raise ProcessLookupError(pid) from None
+    for tid in tids:
+        try:
+            os.sched_setaffinity(tid, {cpu})
+        except ProcessLookupError:
+            if tid == pid:
+                raise
+
+
+def affinity_of(pid: int) -> set[int] | None:
+    """The CPUs a process may run on; None when it is gone."""
+    try:
+        return os.sched_getaffinity(pid)
+    except ProcessLookupError:
+        return None
+
+
 def pages_by_node(pid: int, path_fragment: str, numa_maps_root: str = "/proc") -> dict[int, int]:
     """Resident pages per NUMA node of the mappings of ``pid`` whose file contains
     ``path_fragment`` (from /proc/PID/numa_maps): where a process's rings really live."""

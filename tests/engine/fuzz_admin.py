@@ -28,7 +28,7 @@ from pathlib import Path
 
 CODES = {"BAD_REQUEST", "BAD_ARGUMENT", "UNKNOWN_COMMAND", "UNKNOWN_LIST", "UNKNOWN_STATE",
          "BAD_LIST", "LIST_FULL", "FILE_NOT_ALLOWED", "NO_FEATURES", "STATE_FULL",
-         "SNAPSHOT_FAILED", "RULESET_REFUSED", "RELOAD_BUSY"}
+         "SNAPSHOT_FAILED", "RULESET_REFUSED", "RELOAD_BUSY", "FILE_NOT_FOUND"}
 COMMANDS = {"status": [], "stats": [], "features": [], "halt": [], "resume": [],
             "snapshot": [], "reload": ["files", "previous"], "list-show": ["name"],
             "list-add": ["name", "values", "file"], "list-remove": ["name", "values", "file"],

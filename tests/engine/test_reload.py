@@ -49,7 +49,7 @@ def test_reload_refuse_and_restore(tmp_path):
         admin = eng.admin_bind
         d = decide(eng, schema)
         assert all(x.ruleset == "live@1" and x.action == "review" for x in d)
-        # a new version through the CLI (SIGHUP + request file)
+        # a new version through the CLI (a request file; it waits for the outcome)
         v2 = ruleset(tmp_path / "v2.yaml", 2, action="block")
         out = subprocess.run([sys.executable, "-m", "engine.cli", "reload", "--instance", eng.instance,
                               "--rules", v2], capture_output=True, text=True, timeout=60)
