@@ -69,7 +69,7 @@ def runs(resp_u8, pos, n, out):
     k = 0
     cur = np.int64(-1)
     for j in range(n):
-        tok = FK._get(resp_u8[(pos + j) & mask], 0, 8)
+        tok = FK._get(resp_u8[(pos + j) & mask], FK.R_TOKEN, 8)
         if tok & FK.FAST_BIT:
             cur = -1
             continue
@@ -95,7 +95,7 @@ def file_run(resp_u8, pos, first, end, raw):
     filled = 0
     for j in range(first, end):
         s = resp_u8[(pos + j) & mask]
-        i = np.int64(FK._get(s, 0, 8) & np.uint64(EVENT_MASK))
+        i = np.int64(FK._get(s, FK.R_TOKEN, 8) & np.uint64(EVENT_MASK))
         if i >= raw.shape[0]:
             continue
         row = raw[i]

@@ -25,7 +25,8 @@ import numpy as np
 from numba import njit
 
 from shm.control import _observe_request
-from shm.types import MAX_FIRED, RESPONSE_SLOT_DTYPE, DecisionFlag
+from shm.types import (MAX_FIRED, RESPONSE_SLOT_DTYPE, SLOT_ARRIVAL_OFFSET, SLOT_CLIENT_ID_OFFSET,
+                       SLOT_REQUEST_ID_OFFSET, SLOT_TOKEN_OFFSET, DecisionFlag)
 from ingress import wire
 from ingress import _dedup_kernels as DK
 from shm import _ring_kernels as RK
@@ -48,9 +49,9 @@ BAD_VALUE, RING_FULL, TABLE_FULL, DECIDED, WORKER_BEHIND = -1, -2, -3, -4, -5
 # value check kinds (column 1 of ``checks``)
 CHECK_F32, CHECK_F64, CHECK_BOOL = 4, 8, 1
 # byte offsets of the response slot's fields (the kernels read and write its raw bytes)
-S_SCORE, S_GEN, S_ACTION, S_FLAGS, S_NFIRED, S_FIRED, S_ERROR = (
-    RESPONSE_SLOT_DTYPE.fields[f][1] for f in ("score", "generation", "action", "flags", "nfired",
-                                               "fired", "error"))
+R_TOKEN, S_SCORE, S_GEN, S_ACTION, S_FLAGS, S_NFIRED, S_FIRED, S_ERROR = (
+    RESPONSE_SLOT_DTYPE.fields[f][1] for f in ("token", "score", "generation", "action", "flags",
+                                               "nfired", "fired", "error"))
 SLOT_BYTES = RESPONSE_SLOT_DTYPE.itemsize
 REPLY_BYTES = wire.REPLY_HEADER_SIZE + wire.DECISION_SIZE     # one decision
 FIRED_OVERFLOW = int(DecisionFlag.FIRED_OVERFLOW)
@@ -94,12 +95,11 @@ def values_ok(body, off, checks):
 def write_slot(slot, token, now, cid, rid, src, src_off, rsize, ev_off):
     """One request slot: token, arrival stamp, the request's client_id and request_id (the
     worker journals them), the record's ``rsize`` bytes from ``src[src_off:]`` at ``ev_off``,
-    zeroed padding (the bytes a worker reads are all set). Offsets: ingress.router asserts
-    them against shm.types.request_slot_dtype."""
-    _put(slot, 0, 8, token)
-    _put(slot, 8, 8, now)
-    _put(slot, 16, 8, cid)
-    _put(slot, 24, 8, rid)
+    zeroed padding (the bytes a worker reads are all set). Offsets: shm.types.REQUEST_HEAD."""
+    _put(slot, SLOT_TOKEN_OFFSET, 8, token)
+    _put(slot, SLOT_ARRIVAL_OFFSET, 8, now)
+    _put(slot, SLOT_CLIENT_ID_OFFSET, 8, cid)
+    _put(slot, SLOT_REQUEST_ID_OFFSET, 8, rid)
     for k in range(rsize):
         slot[ev_off + k] = src[src_off + k]
     for k in range(ev_off + rsize, slot.shape[0]):
@@ -115,7 +115,7 @@ def queue_age(ring_hdr, ring_u8, ring_cap, now):
     pos = load_acquire(ring_hdr, CONSUMER_POSITION_WORD)   # pairs with the worker's release
     if pos == ring_hdr[PRODUCER_POSITION_WORD]:            # own field
         return 0
-    return now - np.int64(_get(ring_u8[pos & (ring_cap - 1)], 8, 8))
+    return now - np.int64(_get(ring_u8[pos & (ring_cap - 1)], SLOT_ARRIVAL_OFFSET, 8))
 
 
 @njit(cache=True)
@@ -259,7 +259,7 @@ def deliver(resp_u8, pos, n, done, now, ft, free, meta, fdec, fout, flag_errors,
     nslow = 0
     for j in range(n):
         s = resp_u8[(pos + j) & mask]
-        tok = _get(s, 0, 8)
+        tok = _get(s, R_TOKEN, 8)
         if not tok & FAST_BIT:
             nslow += 1
             continue
