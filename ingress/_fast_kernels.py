@@ -14,7 +14,7 @@ rows (low rows on top, so the rows in use stay below a small high-water mark); `
 its top, the rows in use, the earliest deadline (a lower bound: rows finished since then may
 have held it, which costs one needless scan, never a late answer) and the high-water mark.
 
-Token of a fast request in a ring slot: FAST_BIT | seq << 16 | row. ``seq`` never repeats
+Token of a fast request in a ring slot (shm.tokens): FAST | seq | row. ``seq`` never repeats
 within an ingress epoch and the epoch is part of it, so a stale response (its request already
 answered by deadline, or sent by a predecessor ingress) never matches a row's SEQ.
 All integer byte fields are little-endian; x86-64 only, like the rest of the engine.
@@ -32,11 +32,8 @@ from ingress import _dedup_kernels as DK
 from shm import _ring_kernels as RK
 from shm.atomics import load_acquire
 from shm.layout import CONSUMER_POSITION_WORD, PRODUCER_POSITION_WORD
+from shm.tokens import fast_token, is_fast, token_index, token_seq
 
-FAST_BIT = np.uint64(1 << 63)
-ROW_BITS = 16
-ROW_MASK = (1 << ROW_BITS) - 1
-SEQ_MASK = (1 << 47) - 1
 # ft columns
 SEQ, ARRIVAL, ROUTED, FIRST, DEADLINE, WORKER, CID, RID, KEYED, RHASH = range(10)
 FT_WORDS = 10
@@ -159,7 +156,7 @@ def admit(body, hdr_off, rsize, checks, cid, rid, keyed, dd_index, dd_ent, dd_po
     row = free[top - 1]
     meta[TOP] = top - 1
     meta[USED] += 1
-    token = FAST_BIT | (np.uint64(seq) << np.uint64(ROW_BITS)) | np.uint64(row)
+    token = fast_token(seq, row)
     write_slot(ring_u8[pos & (ring_cap - 1)], token, now, cid, rid, body, hdr_off, rsize, ev_off)
     owed = RK._publish(ring_hdr, pos + 1)
     r = ft[row]
@@ -260,11 +257,11 @@ def deliver(resp_u8, pos, n, done, now, ft, free, meta, fdec, fout, flag_errors,
     for j in range(n):
         s = resp_u8[(pos + j) & mask]
         tok = _get(s, R_TOKEN, 8)
-        if not tok & FAST_BIT:
+        if not is_fast(tok):
             nslow += 1
             continue
-        row = np.int64(tok & np.uint64(ROW_MASK))
-        seq = np.int64((tok >> np.uint64(ROW_BITS)) & np.uint64(SEQ_MASK))
+        row = token_index(tok)
+        seq = token_seq(tok)
         if row >= ft.shape[0] or ft[row, SEQ] != seq:
             continue                            # answered already (deadline): drop
         d = fdec[row]

@@ -31,8 +31,9 @@ from shm.runtime import gcstats, procname, rundir
 from shm.control import BLOCKS_EVERY_NS, N_CODES, OVERLOAD_REASONS
 from shm.rings import EngineRings
 from shm.runtime.topology import pin_self
+from shm.tokens import EPOCHS
 from shm.types import ErrorCode, request_slot_dtype
-from ingress.admission import DOORBELL_DEFER_NS, EPOCHS, Admission, RingViews, Shards
+from ingress.admission import DOORBELL_DEFER_NS, Admission, RingViews, Shards
 from ingress.codec import Codec, frame_kind, peek_request_id
 from ingress.conns import SERVICE_EVERY_NS, Connections, effective_cap, raise_nofile_limit
 from ingress.dedup import IdempotencyWindow
