@@ -118,17 +118,22 @@ class Builder:
     def __init__(self, name: str = ""):
         self.name = name
         self._fields: list[Field] = []
+        self._names: set[str] = set()
         self._pos = 0
         self._align = 1
         self._reserved = 0
+
+    def _claim(self, name: str) -> None:
+        if name in self._names:
+            raise LayoutError(f"layout={self.name!r} field={name!r}: declared twice")
+        self._names.add(name)
 
     def _place(self, name: str, size: int, align: int, fmt, reserved: bool = False) -> None:
         if not isinstance(size, int) or size < 0:
             raise LayoutError(f"layout={self.name!r} field={name!r} size={size!r}: must be an int >= 0")
         if not isinstance(align, int) or align < 1 or align & (align - 1):
             raise LayoutError(f"layout={self.name!r} field={name!r} align={align!r}: must be a power of two")
-        if any(f.name == name for f in self._fields):
-            raise LayoutError(f"layout={self.name!r} field={name!r}: declared twice")
+        self._claim(name)
         off = round_up(self._pos, align)
         self._fields.append(Field(name, off, size, fmt, reserved))
         self._pos = off + size
@@ -160,8 +165,7 @@ class Builder:
         base = round_up(self._pos, align)
         for f in layout.fields:
             name = prefix + f.name
-            if any(g.name == name for g in self._fields):
-                raise LayoutError(f"layout={self.name!r} field={name!r}: declared twice")
+            self._claim(name)
             self._fields.append(Field(name, base + f.offset, f.size, f.fmt, f.reserved))
         self._pos = base + layout.size
         self._align = max(self._align, align)
