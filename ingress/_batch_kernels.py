@@ -35,9 +35,10 @@ def first_bad_record(recs, n, rsize, checks):
 def stage(recs, n, rsize, widx, w, ring_hdr, ring_u8, ring_cap, ev_off, token0, now, cid, rid):
     """Write the records ``i`` of ``recs`` (n x rsize bytes) routed to worker ``w``
     (``widx[i] == w``; every record when ``widx`` is empty) into its request ring, token
-    ``token0 + i`` (token0: the request's token of index 0, shm.tokens), arrival ``now``, the request's ids ``cid``, ``rid`` (int64 bit patterns),
-    and publish them at once. Returns 1 if the worker
-    sleeps and is owed a doorbell, 0, or -1 when they do not fit (nothing written)."""
+    ``token0 + i`` (token0: the request's token of index 0, shm.tokens), arrival ``now``, the
+    request's ids ``cid``, ``rid`` (int64 bit patterns), and publish them at once. Returns 1
+    if the worker sleeps and is owed a doorbell, 0, or -1 when they do not fit (nothing
+    written)."""
     m = n
     if widx.shape[0]:
         m = 0
@@ -62,13 +63,13 @@ def stage(recs, n, rsize, widx, w, ring_hdr, ring_u8, ring_cap, ev_off, token0, 
 def runs(resp_u8, pos, n, out):
     """Split ``n`` drained response slots from position ``pos`` (ring bytes ``resp_u8``)
     into runs of consecutive slots of one general-path request: ``out[k] = (first, end,
-    sequence)`` in drain order; the fast path's slots (shm.tokens.is_fast) belong to no run. Returns
-    the number of runs (``out`` has room for ``n``)."""
+    sequence)`` in drain order; the fast path's slots (shm.tokens.is_fast) belong to no run.
+    Returns the number of runs (``out`` has room for ``n``)."""
     mask = resp_u8.shape[0] - 1
     k = 0
     cur = np.int64(-1)
     for j in range(n):
-        tok = FK._get(resp_u8[(pos + j) & mask], FK.R_TOKEN, 8)
+        tok = FK._get(resp_u8[(pos + j) & mask], FK.S_TOKEN, 8)
         if is_fast(tok):
             cur = -1
             continue
@@ -94,7 +95,7 @@ def file_run(resp_u8, pos, first, end, raw):
     filled = 0
     for j in range(first, end):
         s = resp_u8[(pos + j) & mask]
-        i = token_index(FK._get(s, FK.R_TOKEN, 8))
+        i = token_index(FK._get(s, FK.S_TOKEN, 8))
         if i >= raw.shape[0]:
             continue
         row = raw[i]

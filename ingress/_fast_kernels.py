@@ -46,7 +46,7 @@ BAD_VALUE, RING_FULL, TABLE_FULL, DECIDED, WORKER_BEHIND = -1, -2, -3, -4, -5
 # value check kinds (column 1 of ``checks``)
 CHECK_F32, CHECK_F64, CHECK_BOOL = 4, 8, 1
 # byte offsets of the response slot's fields (the kernels read and write its raw bytes)
-R_TOKEN, S_SCORE, S_GEN, S_ACTION, S_FLAGS, S_NFIRED, S_FIRED, S_ERROR = (
+S_TOKEN, S_SCORE, S_GEN, S_ACTION, S_FLAGS, S_NFIRED, S_FIRED, S_ERROR = (
     RESPONSE_SLOT_DTYPE.fields[f][1] for f in ("token", "score", "generation", "action", "flags",
                                                "nfired", "fired", "error"))
 SLOT_BYTES = RESPONSE_SLOT_DTYPE.itemsize
@@ -256,7 +256,7 @@ def deliver(resp_u8, pos, n, done, now, ft, free, meta, fdec, fout, flag_errors,
     nslow = 0
     for j in range(n):
         s = resp_u8[(pos + j) & mask]
-        tok = _get(s, R_TOKEN, 8)
+        tok = _get(s, S_TOKEN, 8)
         if not is_fast(tok):
             nslow += 1
             continue

@@ -26,6 +26,7 @@ from ingress import _batch_kernels as BK
 from ingress.wire import WireError
 from shm.ring import bind_entry
 from shm.tokens import FAST_BIT, INDEX_BITS
+
 DUP_FIRED_MAX_INDEXES = 1 << 18       # full fired lists kept for retries (about 10 MiB)
 SLOT_BYTES = RESPONSE_SLOT_DTYPE.itemsize
 
