@@ -251,8 +251,8 @@ class JournalWriter:
         """Append ``n`` records straight from a worker's ring slots, without the staging copy
         of ``append_columns`` (3.7-6.2 us a batch, ``python -m bench.worker_step``): ``req_words`` the request slots as flat u64
         words (``req_w`` per slot: token, arrival_ns, client_id, request_id, event), ``resp_words`` the response
-        slots as 2-d u64 rows (token, score, generation, action, flags ...). engine.worker
-        asserts the slot layouts this relies on (journal_format._append_slots). Returns
+        slots as 2-d u64 rows (token, score, generation, action, flags ...). The record is built
+        from the slots' descriptors (journal_format.journal_layout), so they line up. Returns
         (first, last) seq."""
         return self._append_or_raise(n, _append_slots, (req_words, req_w, self._slot_mask, resp_words))
 

@@ -34,6 +34,7 @@ from engine.status_file import status_doc
 from shm.runtime.topology import Topology, plan_workers, read_topology
 from shm.doorbell import EventfdDoorbell
 from shm.segment import Segment, unlink_owned
+from shm import names
 
 READY_TIMEOUT_S = 120        # cold kernel compile of a big ruleset on a busy 2-core machine
 
@@ -89,7 +90,7 @@ class Supervisor:
         if not self.features.empty:
             self.log("risk-engine: feature tables in shared memory:\n" + self.features.fs.memory_report())
             self.recovery.at_start(rs)          # before any worker starts
-        self.control = Segment.create(cfg.instance, "control", BlockLayout(n).nbytes, self.pid)
+        self.control = Segment.create(cfg.instance, names.CONTROL, BlockLayout(n).nbytes, self.pid)
         self.block = Block(self.control.buf, n, create=True)
         self.recovery.count_into(self.block)
         self.doorbell = EventfdDoorbell.create()

@@ -30,23 +30,12 @@ from shm.rings import EngineRings
 from engine.snapshot_coordinator import hold_for_snapshot
 from shm.runtime.topology import pin_self
 from engine.worker_prepare import GenerationLoader, Prepared, load_generation
-from shm.journal_format import RETRY_NS, journal_dtype
+from shm.journal_format import RETRY_NS
 from shm.types import (ACTION_NAMES, FIRED_PER_SLOT, FIRED_SLOT_DTYPE, MAX_FIRED, RESPONSE_SLOT_DTYPE,
-                       DecisionFlag, ErrorCode, request_slot_dtype)
+                       DecisionFlag, ErrorCode)
 from rules.kernel_fired import any_above
 from shm.ring import bind_entry
 from shm.doorbell import EventfdDoorbell
-
-# JournalWriter.append_slots copies records word by word from the ring slots: a request slot
-# is (token, arrival_ns, client_id, request_id, event) as a journal record is (seq, arrival_ns,
-# client_id, request_id, event), and a response slot's score, generation, action and flags are
-# laid out as the record's tail
-_ev = np.dtype([("x", np.uint64)])
-_SLOT_WORDS = ("arrival_ns", "client_id", "request_id", "event")
-assert [request_slot_dtype(_ev).fields[f][1] for f in _SLOT_WORDS] == \
-    [journal_dtype(_ev).fields[f][1] for f in _SLOT_WORDS] == [8, 16, 24, 32]
-assert [RESPONSE_SLOT_DTYPE.fields[f][1] - 8 for f in ("score", "generation", "action", "flags")] \
-    == [journal_dtype(_ev).fields[f][1] - 40 for f in ("score", "generation", "action", "flags")]
 
 
 class Active:

@@ -16,9 +16,8 @@ from numba import njit
 from ingress import _fast_kernels as FK
 from ingress import wire
 from shm import _ring_kernels as RK
+from shm.tokens import general_seq, is_fast, token_index
 
-EVENT_BITS = 16                       # token = (request sequence << 16) | event index
-EVENT_MASK = (1 << EVENT_BITS) - 1
 _GEN = FK.S_GEN                       # generation 0 = no decision yet
 
 
@@ -36,9 +35,10 @@ def first_bad_record(recs, n, rsize, checks):
 def stage(recs, n, rsize, widx, w, ring_hdr, ring_u8, ring_cap, ev_off, token0, now, cid, rid):
     """Write the records ``i`` of ``recs`` (n x rsize bytes) routed to worker ``w``
     (``widx[i] == w``; every record when ``widx`` is empty) into its request ring, token
-    ``token0 + i``, arrival ``now``, the request's ids ``cid``, ``rid`` (int64 bit patterns),
-    and publish them at once. Returns 1 if the worker
-    sleeps and is owed a doorbell, 0, or -1 when they do not fit (nothing written)."""
+    ``token0 + i`` (token0: the request's token of index 0, shm.tokens), arrival ``now``, the
+    request's ids ``cid``, ``rid`` (int64 bit patterns), and publish them at once. Returns 1
+    if the worker sleeps and is owed a doorbell, 0, or -1 when they do not fit (nothing
+    written)."""
     m = n
     if widx.shape[0]:
         m = 0
@@ -63,17 +63,17 @@ def stage(recs, n, rsize, widx, w, ring_hdr, ring_u8, ring_cap, ev_off, token0, 
 def runs(resp_u8, pos, n, out):
     """Split ``n`` drained response slots from position ``pos`` (ring bytes ``resp_u8``)
     into runs of consecutive slots of one general-path request: ``out[k] = (first, end,
-    sequence)`` in drain order; the fast path's slots (FAST_BIT) belong to no run. Returns
-    the number of runs (``out`` has room for ``n``)."""
+    sequence)`` in drain order; the fast path's slots (shm.tokens.is_fast) belong to no run.
+    Returns the number of runs (``out`` has room for ``n``)."""
     mask = resp_u8.shape[0] - 1
     k = 0
     cur = np.int64(-1)
     for j in range(n):
-        tok = FK._get(resp_u8[(pos + j) & mask], 0, 8)
-        if tok & FK.FAST_BIT:
+        tok = FK._get(resp_u8[(pos + j) & mask], FK.S_TOKEN, 8)
+        if is_fast(tok):
             cur = -1
             continue
-        seq = np.int64(tok >> np.uint64(EVENT_BITS))
+        seq = general_seq(tok)
         if seq == cur and out[k - 1, 1] == j:
             out[k - 1, 1] = j + 1
             continue
@@ -95,7 +95,7 @@ def file_run(resp_u8, pos, first, end, raw):
     filled = 0
     for j in range(first, end):
         s = resp_u8[(pos + j) & mask]
-        i = np.int64(FK._get(s, 0, 8) & np.uint64(EVENT_MASK))
+        i = token_index(FK._get(s, FK.S_TOKEN, 8))
         if i >= raw.shape[0]:
             continue
         row = raw[i]

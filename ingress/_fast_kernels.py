@@ -14,7 +14,7 @@ rows (low rows on top, so the rows in use stay below a small high-water mark); `
 its top, the rows in use, the earliest deadline (a lower bound: rows finished since then may
 have held it, which costs one needless scan, never a late answer) and the high-water mark.
 
-Token of a fast request in a ring slot: FAST_BIT | seq << 16 | row. ``seq`` never repeats
+Token of a fast request in a ring slot (shm.tokens): FAST | seq | row. ``seq`` never repeats
 within an ingress epoch and the epoch is part of it, so a stale response (its request already
 answered by deadline, or sent by a predecessor ingress) never matches a row's SEQ.
 All integer byte fields are little-endian; x86-64 only, like the rest of the engine.
@@ -25,17 +25,15 @@ import numpy as np
 from numba import njit
 
 from shm.control import _observe_request
-from shm.types import MAX_FIRED, RESPONSE_SLOT_DTYPE, DecisionFlag
+from shm.types import (MAX_FIRED, RESPONSE_SLOT_DTYPE, SLOT_ARRIVAL_OFFSET, SLOT_CLIENT_ID_OFFSET,
+                       SLOT_REQUEST_ID_OFFSET, SLOT_TOKEN_OFFSET, DecisionFlag)
 from ingress import wire
 from ingress import _dedup_kernels as DK
 from shm import _ring_kernels as RK
 from shm.atomics import load_acquire
 from shm.layout import CONSUMER_POSITION_WORD, PRODUCER_POSITION_WORD
+from shm.tokens import fast_token, is_fast, token_index, token_seq
 
-FAST_BIT = np.uint64(1 << 63)
-ROW_BITS = 16
-ROW_MASK = (1 << ROW_BITS) - 1
-SEQ_MASK = (1 << 47) - 1
 # ft columns
 SEQ, ARRIVAL, ROUTED, FIRST, DEADLINE, WORKER, CID, RID, KEYED, RHASH = range(10)
 FT_WORDS = 10
@@ -48,9 +46,9 @@ BAD_VALUE, RING_FULL, TABLE_FULL, DECIDED, WORKER_BEHIND = -1, -2, -3, -4, -5
 # value check kinds (column 1 of ``checks``)
 CHECK_F32, CHECK_F64, CHECK_BOOL = 4, 8, 1
 # byte offsets of the response slot's fields (the kernels read and write its raw bytes)
-S_SCORE, S_GEN, S_ACTION, S_FLAGS, S_NFIRED, S_FIRED, S_ERROR = (
-    RESPONSE_SLOT_DTYPE.fields[f][1] for f in ("score", "generation", "action", "flags", "nfired",
-                                               "fired", "error"))
+S_TOKEN, S_SCORE, S_GEN, S_ACTION, S_FLAGS, S_NFIRED, S_FIRED, S_ERROR = (
+    RESPONSE_SLOT_DTYPE.fields[f][1] for f in ("token", "score", "generation", "action", "flags",
+                                               "nfired", "fired", "error"))
 SLOT_BYTES = RESPONSE_SLOT_DTYPE.itemsize
 REPLY_BYTES = wire.REPLY_HEADER_SIZE + wire.DECISION_SIZE     # one decision
 FIRED_OVERFLOW = int(DecisionFlag.FIRED_OVERFLOW)
@@ -94,12 +92,11 @@ def values_ok(body, off, checks):
 def write_slot(slot, token, now, cid, rid, src, src_off, rsize, ev_off):
     """One request slot: token, arrival stamp, the request's client_id and request_id (the
     worker journals them), the record's ``rsize`` bytes from ``src[src_off:]`` at ``ev_off``,
-    zeroed padding (the bytes a worker reads are all set). Offsets: ingress.router asserts
-    them against shm.types.request_slot_dtype."""
-    _put(slot, 0, 8, token)
-    _put(slot, 8, 8, now)
-    _put(slot, 16, 8, cid)
-    _put(slot, 24, 8, rid)
+    zeroed padding (the bytes a worker reads are all set). Offsets: shm.types.REQUEST_HEAD."""
+    _put(slot, SLOT_TOKEN_OFFSET, 8, token)
+    _put(slot, SLOT_ARRIVAL_OFFSET, 8, now)
+    _put(slot, SLOT_CLIENT_ID_OFFSET, 8, cid)
+    _put(slot, SLOT_REQUEST_ID_OFFSET, 8, rid)
     for k in range(rsize):
         slot[ev_off + k] = src[src_off + k]
     for k in range(ev_off + rsize, slot.shape[0]):
@@ -115,7 +112,7 @@ def queue_age(ring_hdr, ring_u8, ring_cap, now):
     pos = load_acquire(ring_hdr, CONSUMER_POSITION_WORD)   # pairs with the worker's release
     if pos == ring_hdr[PRODUCER_POSITION_WORD]:            # own field
         return 0
-    return now - np.int64(_get(ring_u8[pos & (ring_cap - 1)], 8, 8))
+    return now - np.int64(_get(ring_u8[pos & (ring_cap - 1)], SLOT_ARRIVAL_OFFSET, 8))
 
 
 @njit(cache=True)
@@ -159,7 +156,7 @@ def admit(body, hdr_off, rsize, checks, cid, rid, keyed, dd_index, dd_ent, dd_po
     row = free[top - 1]
     meta[TOP] = top - 1
     meta[USED] += 1
-    token = FAST_BIT | (np.uint64(seq) << np.uint64(ROW_BITS)) | np.uint64(row)
+    token = fast_token(seq, row)
     write_slot(ring_u8[pos & (ring_cap - 1)], token, now, cid, rid, body, hdr_off, rsize, ev_off)
     owed = RK._publish(ring_hdr, pos + 1)
     r = ft[row]
@@ -259,12 +256,12 @@ def deliver(resp_u8, pos, n, done, now, ft, free, meta, fdec, fout, flag_errors,
     nslow = 0
     for j in range(n):
         s = resp_u8[(pos + j) & mask]
-        tok = _get(s, 0, 8)
-        if not tok & FAST_BIT:
+        tok = _get(s, S_TOKEN, 8)
+        if not is_fast(tok):
             nslow += 1
             continue
-        row = np.int64(tok & np.uint64(ROW_MASK))
-        seq = np.int64((tok >> np.uint64(ROW_BITS)) & np.uint64(SEQ_MASK))
+        row = token_index(tok)
+        seq = token_seq(tok)
         if row >= ft.shape[0] or ft[row, SEQ] != seq:
             continue                            # answered already (deadline): drop
         d = fdec[row]

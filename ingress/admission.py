@@ -24,10 +24,8 @@ import numpy as np
 from shm.control import OVERLOAD_REASONS
 from ingress import _fast_kernels as FK
 from shm.ring import bind_entry
+from shm.tokens import first_sequence
 
-EPOCH_SHIFT = 40                      # request sequence = (ingress epoch << 40) + counter: a
-EPOCHS = 128                          # restarted ingress never matches a predecessor's token;
-                                      # under 2^47, so bit 63 of a token is free (fast path)
 _HASH_MUL_INT = 0x9E3779B97F4A7C15      # shard = ((key * this) mod 2^64 >> 32) mod workers
 _HASH_MUL = np.uint64(_HASH_MUL_INT)
 _U64 = (1 << 64) - 1
@@ -113,7 +111,7 @@ class Admission:
         self.behind_ns = self.default_deadline_ns // 2
         self.inflight = 0                       # admitted, not yet answered (both paths)
         self.peer_inflight: dict[bytes, int] = {}   # ROUTER identity -> requests in flight
-        self.seq = (epoch << EPOCH_SHIFT) + 1   # the next admitted request's sequence
+        self.seq = first_sequence(epoch)        # the next admitted request's sequence (shm.tokens)
         self._views = views
         ty, i64 = numba.typeof, numba.types.int64
         hdr_t, u8_t = ty(views.ring_hdr[0]), ty(views.ring_u8[0])

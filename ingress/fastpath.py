@@ -26,6 +26,7 @@ from ingress import wire
 from ingress.admission import ADMITTED
 from ingress.dedup import i64_bits
 from shm.ring import bind_entry
+from shm.tokens import INDEX_SPAN
 
 _HEADER = wire.REQUEST_HEADER
 
@@ -41,8 +42,8 @@ class FastPath:
         what is in flight, ``shards`` and ``views`` route and reach the rings, ``replies``
         sends, ``timeouts`` names a late answer; ``block`` holds the counters it adds to."""
         capacity = admission.max_inflight
-        if capacity > K.ROW_MASK + 1:
-            capacity = K.ROW_MASK + 1          # the row number travels in 16 token bits
+        if capacity > INDEX_SPAN:
+            capacity = INDEX_SPAN              # the row number travels in the token (shm.tokens)
         self.admission, self.shards, self.replies, self.timeouts = admission, shards, replies, timeouts
         self.views = views
         self.capacity = capacity

@@ -22,13 +22,11 @@ from ingress.codec import split_envelope
 from ingress.dedup import CONFLICT, IdempotencyWindow, i64_bits, records_hash
 from ingress.replies import TRANSPORT, Replies
 from ingress.timeouts import Timeouts
-from ingress._fast_kernels import FAST_BIT
 from ingress import _batch_kernels as BK
-from ingress._batch_kernels import EVENT_BITS
 from ingress.wire import WireError
 from shm.ring import bind_entry
+from shm.tokens import FAST_BIT, INDEX_BITS
 
-_FAST_BIT = int(FAST_BIT)
 DUP_FIRED_MAX_INDEXES = 1 << 18       # full fired lists kept for retries (about 10 MiB)
 SLOT_BYTES = RESPONSE_SLOT_DTYPE.itemsize
 
@@ -169,7 +167,7 @@ class GeneralPath:
         cid, rid = i64_bits(req.client_id), i64_bits(req.request_id)   # journaled with the events
         for w, _ in groups:                        # records straight into the ring slots
             owed = self._stage(recs, n, self.rsize, widx, w, *self.ring_args[w],
-                               seq << EVENT_BITS, now_ns, cid, rid)
+                               seq << INDEX_BITS, now_ns, cid, rid)
             if owed > 0:
                 views.owe(w)
         views.owed_since = views.owed_since or now_ns
@@ -204,7 +202,7 @@ class GeneralPath:
                 return
             for v in ring.views(pos, n):
                 for tok, cnt, idx in zip(v["token"].tolist(), v["count"].tolist(), v["idx"].tolist()):
-                    p = None if tok & _FAST_BIT else self.pending.get(tok >> EVENT_BITS)
+                    p = None if tok & FAST_BIT else self.pending.get(tok >> INDEX_BITS)
                     if p is not None and (p.req.kind == "json" or p.dedup_key is not None):
                         self.fired_lists.setdefault(tok, []).extend(idx[:cnt])
             ring.release(n)
@@ -259,7 +257,7 @@ class GeneralPath:
             self.admission.release(p.envelopes[0][0][0])
         fired = None
         if self.fired_lists:
-            base = p.seq << EVENT_BITS
+            base = p.seq << INDEX_BITS
             fired = {i: self.fired_lists.pop(base + i) for i in range(len(p.slots)) if base + i in self.fired_lists}
             if fired and p.dedup_key is not None:
                 self._keep_dup_fired(p.dedup_key, fired)

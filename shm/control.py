@@ -23,16 +23,20 @@ never share a line):
     | worker 1 section ...      |
     +---------------------------+
 
-Only this module computes offsets. ``Block.section(name)`` returns named numpy views.
+Only this module computes offsets: each section is one descriptor (shm.descriptor) whose
+fields each start on a fresh cache line, and ``block_layout(n_workers)`` places the sections
+one after another. ``Block.view(name)`` returns named numpy views.
 """
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 
 import numpy as np
 from numba import njit
 
+from shm.descriptor import CACHE_LINE_BYTES, WORD_BYTES, Builder, Layout
 from shm.types import MAX_RULES
 
 MAGIC = 0x5245_4354_4C31     # "RECTL1"
@@ -57,7 +61,6 @@ LOG_WIDTH = 8                # cells per entry: wall time (ns since the epoch), 
 NB = len(LATENCY_BOUNDS_NS) + 1
 NBK = len(KERNEL_BOUNDS_NS) + 1
 NBG = len(GC_BOUNDS_NS) + 1
-CELLS_PER_LINE = 8
 
 
 def _hist(nb: int) -> int:
@@ -96,36 +99,47 @@ WORKER = [("batches", 1), ("events", 1), ("generation", 1), ("reload_errors", 1)
 # counting on top of its row (the block outlives worker processes).
 
 
-def _place(fields: list[tuple[str, int]], start: int) -> tuple[dict[str, tuple[int, int]], int]:
-    """Running offset; every field starts on a fresh cache line."""
-    out, pos = {}, start
-    for name, n in fields:
-        pos = (pos + CELLS_PER_LINE - 1) // CELLS_PER_LINE * CELLS_PER_LINE
-        out[name] = (pos, n)
-        pos += n
-    return out, (pos + CELLS_PER_LINE - 1) // CELLS_PER_LINE * CELLS_PER_LINE
+def _section(name: str, fields: list[tuple[str, int]]) -> Layout:
+    """A section's descriptor: each field (n int64 cells) starts on a fresh cache line, and
+    so does whatever follows the section."""
+    b = Builder(name)
+    for field, n in fields:
+        b.field(field, n * WORD_BYTES, align=CACHE_LINE_BYTES)
+    return b.build(align=CACHE_LINE_BYTES)
+
+
+SUPERVISOR_SECTION = _section("supervisor", SUPERVISOR)
+INGRESS_SECTION = _section("ingress", INGRESS)
+WORKER_SECTION = _section("worker", WORKER)
+
+
+@functools.lru_cache(maxsize=MAX_WORKERS)
+def block_layout(n_workers: int) -> Layout:
+    """The whole block: supervisor, ingress, then one worker section per worker; fields
+    are named ``<section>.<field>`` (``worker0.rule_hits``). Computed once per size."""
+    b = Builder(f"control block of {n_workers} workers")
+    b.group(SUPERVISOR_SECTION, prefix="supervisor.")
+    b.group(INGRESS_SECTION, prefix="ingress.")
+    for w in range(n_workers):
+        b.group(WORKER_SECTION, prefix=f"worker{w}.")
+    return b.build(align=CACHE_LINE_BYTES)
 
 
 @dataclass(frozen=True)
 class BlockLayout:
     n_workers: int
 
-    def offsets(self) -> dict[str, dict[str, tuple[int, int]]]:
-        secs, pos = {}, 0
-        secs["supervisor"], pos = _place(SUPERVISOR, pos)
-        secs["ingress"], pos = _place(INGRESS, pos)
-        for w in range(self.n_workers):
-            secs[f"worker{w}"], pos = _place(WORKER, pos)
-        secs["_end"] = {"": (pos, 0)}
-        return secs
+    @property
+    def layout(self) -> Layout:
+        return block_layout(self.n_workers)
 
     @property
     def n_cells(self) -> int:
-        return self.offsets()["_end"][""][0]
+        return self.layout.words
 
     @property
     def nbytes(self) -> int:
-        return self.n_cells * 8
+        return self.layout.size
 
 
 class Block:
@@ -134,13 +148,11 @@ class Block:
     def __init__(self, buf, n_workers: int, create: bool = False):
         if not 1 <= n_workers <= MAX_WORKERS:
             raise ValueError(f"control block: n_workers={n_workers} outside [1, {MAX_WORKERS}]")
-        self.layout = BlockLayout(n_workers)
-        self.cells = np.frombuffer(buf, dtype=np.int64, count=self.layout.n_cells)
+        self.layout = block_layout(n_workers)
+        self.cells = np.frombuffer(buf, dtype=np.int64, count=self.layout.words)
         self.n_workers = n_workers
-        self._views = {}
-        for sec, fields in self.layout.offsets().items():
-            for name, (off, n) in fields.items():
-                self._views[f"{sec}.{name}"] = self.cells[off:off + n]
+        self._views = {f.name: self.cells[f.offset // WORD_BYTES:f.end // WORD_BYTES]
+                       for f in self.layout}
         hdr = self._views["supervisor.header"]
         if create:
             self.cells[:] = 0

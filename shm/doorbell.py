@@ -15,7 +15,8 @@ import select
 
 import posix_ipc
 
-from shm.segment import SegmentError, segment_name, unlink_semaphore
+from shm.names import SegmentError, segment_name
+from shm.segment import unlink_semaphore
 
 
 class SemaphoreDoorbell:

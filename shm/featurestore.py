@@ -1,15 +1,16 @@
 """Feature tables, lists and account state in POSIX shared memory, for the whole engine.
 
 The supervisor creates one segment per table (``/risk-engine.<instance>.<pid>.ft_<name>``,
-``fl_<name>``, ``st_<name>``, ``ctl_features``) before any worker starts; the workers attach
-the same segments, so every worker reads and updates the same tables (exactness across
+``fl_<name>``, ``st_<name>``, ``fs_control``: shm.names) before any worker starts; the workers
+attach the same segments, so every worker reads and updates the same tables (exactness across
 workers: shm/features/table.py's per-slot locks). Nothing here runs per event.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from shm.segment import Segment, segment_name
+from shm.names import feature_array, segment_name
+from shm.segment import Segment
 
 
 class FeatureStore:
@@ -23,10 +24,11 @@ class FeatureStore:
         self.specs = specs_from_config(cfg)
 
         def alloc(name: str, nwords: int):
+            role = feature_array(name)
             if create:   # reserved: a table that does not fit fails here, never as SIGBUS
-                seg = Segment.create(cfg.instance, name, nwords * 8, owner_pid, reserve=True)
+                seg = Segment.create(cfg.instance, role, nwords * 8, owner_pid, reserve=True)
             else:
-                seg = Segment.attach(segment_name(cfg.instance, name, owner_pid))
+                seg = Segment.attach(segment_name(cfg.instance, role, owner_pid))
             self.segments.append(seg)
             return seg.array(np.uint64, 0, nwords), create
 

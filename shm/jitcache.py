@@ -5,7 +5,7 @@ would keep running the old table code, and the two could disagree on a slot's la
 
 ``invalidate_stale()`` runs when ``shm`` is imported (every process that compiles imports
 it first): it hashes the project's compiled sources (the files under ``PACKAGES`` that use
-Numba) and compares the digest with the one recorded beside the caches. On a difference it
+Numba, or define a layout whose constants kernels compile in) and compares the digest with the one recorded beside the caches. On a difference it
 deletes every Numba cache file of the project (``*.nbi``, ``*.nbc`` in its ``__pycache__``
 directories, ``bench/`` and, in a checkout, ``tests/``: their functions inline the engine's),
 so each function compiles once more, and records the new digest. Numba tolerates a cache
@@ -24,7 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("shm", "engine", "rules", "ingress")    # whose sources compiled code inlines
 STAMP = Path("shm") / "__pycache__" / "numba-sources.digest"
-_MARKERS = (b"njit", b"@intrinsic", b"numba")
+# a file whose module-level ints kernels freeze (a layout built with shm.descriptor) is a
+# source of compiled code as much as one with @njit in it
+_MARKERS = (b"njit", b"@intrinsic", b"numba", b"shm.descriptor")
 
 
 def sweep_dirs(root: Path) -> tuple:

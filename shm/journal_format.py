@@ -23,8 +23,9 @@ renamed once its header is written::
     | u64 | i64        | u64       | u64        | schema    | f64   | u32        | u8     | u8    | u16 | u64   |
     +-----+------------+-----------+------------+-----------+-------+------------+--------+-------+-----+-------+
 
-Words 1..3 and the event are the request ring slot's (shm.types.request_slot_dtype, same
-offsets: the worker copies them word by word). Version 1 records had no client_id and
+Words 1..3 and the event are the request ring slot's, and score..flags the response slot's
+DECISION: ``journal_layout`` builds the record from the same descriptors as the slots
+(shm.types.event_words, DECISION), so the worker can copy them word by word. Version 1 records had no client_id and
 request_id; this engine refuses a version-1 segment (JournalVersionError), never reads it
 with the wrong layout (docs/DURABILITY.md, "Journal format versions").
 
@@ -50,6 +51,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from numba import njit
+
+from shm.descriptor import WORD_BYTES, Builder, Layout
+from shm.types import DECISION, RESPONSE_SLOT, event_words
 
 MAGIC = b"RJOURNL\x00"
 VERSION = 2                  # 2: records carry client_id and request_id (1: they did not)
@@ -100,29 +104,27 @@ class CorruptRecords:
         return f"journal segment {self.path}: offset={self.offset} {seqs}: {self.reason}"
 
 
-def journal_dtype(event_dtype: np.dtype, version: int = VERSION) -> np.dtype:
-    """The journal record dtype for an event dtype (see the module diagram); ``version`` 1:
-    the previous format's, without client_id and request_id (engine.journal_upgrade)."""
+def journal_layout(event_dtype: np.dtype, version: int = VERSION) -> Layout:
+    """The journal record's descriptor (see the module diagram): built from the request
+    slot's words (shm.types.event_words) and the response slot's DECISION, so a record is
+    the slots' words by construction; ``version`` 1: the previous format's, without
+    client_id and request_id (engine.journal_upgrade)."""
     ev = np.dtype(event_dtype)
     if ev.itemsize % 8:
         raise ValueError(f"event_dtype: itemsize must be a multiple of 8, got {ev.itemsize}")
     if version not in VERSIONS:
         raise ValueError(f"version: one of {VERSIONS}, got {version}")
     if version == 1:
-        o = 16 + ev.itemsize
-        return np.dtype({
-            "names": ["seq", "arrival_ns", "event", "score", "generation", "action", "flags", "check"],
-            "formats": [np.uint64, np.int64, ev, np.float64, np.uint32, np.uint8, np.uint8, np.uint64],
-            "offsets": [0, 8, 16, o, o + 8, o + 12, o + 13, o + 16],
-            "itemsize": o + 24})
-    o = 32 + ev.itemsize
-    return np.dtype({
-        "names": ["seq", "arrival_ns", "client_id", "request_id", "event", "score", "generation",
-                  "action", "flags", "check"],
-        "formats": [np.uint64, np.int64, np.uint64, np.uint64, ev, np.float64, np.uint32, np.uint8,
-                    np.uint8, np.uint64],
-        "offsets": [0, 8, 16, 24, 32, o, o + 8, o + 12, o + 13, o + 16],
-        "itemsize": o + 24})
+        b = (Builder("journal record v1").field("seq", fmt=np.uint64).field("arrival_ns", fmt=np.int64)
+             .field("event", fmt=ev, align=WORD_BYTES))
+    else:
+        b = event_words("journal record", "seq", ev)
+    return b.group(DECISION).field("check", fmt=np.uint64).build(align=WORD_BYTES)
+
+
+def journal_dtype(event_dtype: np.dtype, version: int = VERSION) -> np.dtype:
+    """The journal record dtype for an event dtype (journal_layout)."""
+    return journal_layout(event_dtype, version).dtype()
 
 
 # --- kernels: records seen as rows of u64 words; seq is word 0, check the last word ----------
@@ -155,7 +157,10 @@ def _append(words, pos, src, first_row, n, first_seq):
         words[r, w - 1] = _record_hash(words[r])
 
 
-_TAIL_MASK = np.uint64((1 << 48) - 1)       # generation u32, action u8, flags u8; pad u16 = 0
+# a response slot's DECISION word 1 (generation u32, action u8, flags u8) without what
+# follows it there (nfired): the record's bytes after DECISION are padding, stored as zeros
+_TAIL_MASK = np.uint64((1 << 8 * (DECISION.size - WORD_BYTES)) - 1)
+_RESP_SCORE_WORD = RESPONSE_SLOT.word("score")     # DECISION's first word in a response slot
 
 
 def field_mask(dtype: np.dtype) -> np.ndarray:
@@ -173,17 +178,18 @@ def _append_slots(words, pos, req, req_w, mask, resp, first_row, n, first_seq):
     """Records straight from ring slots (JournalWriter.append_slots): request row i (flat u64
     words, ``req_w`` per row) holds (token, arrival_ns, client_id, request_id, event) and
     response row i (``resp``, 2-d u64) holds (token, score, generation|action|flags|nfired):
-    arrival_ns, the ids and the event are record words 1..w-4 (``mask``: their field bytes, padding zeroed), score word w-3,
-    and word w-2 is the response's third word without nfired (the record's pad is zero).
-    Then seq and check, as ``_append``."""
+    arrival_ns, the ids and the event are record words 1..w-4 (``mask``: their field bytes,
+    padding zeroed), DECISION is words w-3..w-2 (the response's, without nfired: the
+    record's pad is zero). Then seq and check, as ``_append``. The words line up by
+    construction (journal_layout)."""
     w = words.shape[1]
     for i in range(n):
         r = pos + i
         b = (first_row + i) * req_w
         for k in range(1, w - 3):
             words[r, k] = req[b + k] & mask[k - 1]
-        words[r, w - 3] = resp[first_row + i, 1]
-        words[r, w - 2] = resp[first_row + i, 2] & _TAIL_MASK
+        words[r, w - 3] = resp[first_row + i, _RESP_SCORE_WORD]
+        words[r, w - 2] = resp[first_row + i, _RESP_SCORE_WORD + 1] & _TAIL_MASK
         words[r, 0] = np.uint64(first_seq + i)
         words[r, w - 1] = _record_hash(words[r])
 

@@ -25,8 +25,9 @@ A ring segment is a header followed by the slot area::
     |       |  aligned; each slot is a multiple of 64 B)                               |
     +-------+--------------------------------------------------------------------------+
 
-Every header field is one little-endian int64 at the first byte of its 128-byte block. The
-ring code addresses the header as an int64 array, so it uses the ``*_WORD`` constants
+Every header field is one little-endian int64 at the first byte of its 128-byte block.
+``RING_HEADER`` is the descriptor (shm.descriptor); every constant below is derived from it.
+The ring code addresses the header as an int64 array, so it uses the ``*_WORD`` constants
 (byte offset // 8). Vocabulary: a *position* is a monotonically growing slot counter (never
 wraps in practice: 2**63 slots), an *index* is ``position & (CAPACITY - 1)``, an *offset* is a
 byte distance from the start of the segment.
@@ -37,65 +38,59 @@ import hashlib
 
 import numpy as np
 
-CACHE_LINE_BYTES = 64
+from shm.descriptor import CACHE_LINE_BYTES, Builder, LayoutError
+
 FIELD_STRIDE_BYTES = 2 * CACHE_LINE_BYTES
 SLOT_ALIGN_BYTES = 64
-WORD_BYTES = 8
 
 MAGIC = int.from_bytes(b"RERING\x00\x01", "little")   # positive as int64
 LAYOUT_VERSION = 1
 
-_running_offset = 0
+# The descriptor: each field owns FIELD_STRIDE_BYTES (its own two cache lines), and the
+# slots start on the next multiple of it.
+_h = Builder("ring header")
+for _name in ("magic", "layout_version", "capacity", "slot_size", "slot_dtype_hash",
+              "producer_position", "producer_cached_consumer", "producer_full_count",
+              "producer_doorbell_count", "consumer_position", "consumer_cached_producer",
+              "consumer_sleeping", "consumer_sleep_count"):
+    _h.field(_name, fmt=np.int64, align=FIELD_STRIDE_BYTES)
+RING_HEADER = _h.build(align=FIELD_STRIDE_BYTES)
+del _h, _name
 
-
-def _next_field() -> int:
-    """Place the next header field two cache lines after the previous one."""
-    global _running_offset
-    off = _running_offset
-    _running_offset += FIELD_STRIDE_BYTES
-    return off
-
-
-MAGIC_OFFSET = _next_field()
-LAYOUT_VERSION_OFFSET = _next_field()
-CAPACITY_OFFSET = _next_field()
-SLOT_SIZE_OFFSET = _next_field()
-SLOT_DTYPE_HASH_OFFSET = _next_field()
-PRODUCER_POSITION_OFFSET = _next_field()
-PRODUCER_CACHED_CONSUMER_OFFSET = _next_field()
-PRODUCER_FULL_COUNT_OFFSET = _next_field()
-PRODUCER_DOORBELL_COUNT_OFFSET = _next_field()
-CONSUMER_POSITION_OFFSET = _next_field()
-CONSUMER_CACHED_PRODUCER_OFFSET = _next_field()
-CONSUMER_SLEEPING_OFFSET = _next_field()
-CONSUMER_SLEEP_COUNT_OFFSET = _next_field()
-HEADER_BYTES = _running_offset
+MAGIC_OFFSET = RING_HEADER.offset("magic")
+LAYOUT_VERSION_OFFSET = RING_HEADER.offset("layout_version")
+CAPACITY_OFFSET = RING_HEADER.offset("capacity")
+SLOT_SIZE_OFFSET = RING_HEADER.offset("slot_size")
+SLOT_DTYPE_HASH_OFFSET = RING_HEADER.offset("slot_dtype_hash")
+PRODUCER_POSITION_OFFSET = RING_HEADER.offset("producer_position")
+PRODUCER_CACHED_CONSUMER_OFFSET = RING_HEADER.offset("producer_cached_consumer")
+PRODUCER_FULL_COUNT_OFFSET = RING_HEADER.offset("producer_full_count")
+PRODUCER_DOORBELL_COUNT_OFFSET = RING_HEADER.offset("producer_doorbell_count")
+CONSUMER_POSITION_OFFSET = RING_HEADER.offset("consumer_position")
+CONSUMER_CACHED_PRODUCER_OFFSET = RING_HEADER.offset("consumer_cached_producer")
+CONSUMER_SLEEPING_OFFSET = RING_HEADER.offset("consumer_sleeping")
+CONSUMER_SLEEP_COUNT_OFFSET = RING_HEADER.offset("consumer_sleep_count")
+HEADER_BYTES = RING_HEADER.size
 SLOTS_OFFSET = HEADER_BYTES
-HEADER_WORDS = HEADER_BYTES // WORD_BYTES
-del _running_offset
+HEADER_WORDS = RING_HEADER.words
 
-MAGIC_WORD = MAGIC_OFFSET // WORD_BYTES
-LAYOUT_VERSION_WORD = LAYOUT_VERSION_OFFSET // WORD_BYTES
-CAPACITY_WORD = CAPACITY_OFFSET // WORD_BYTES
-SLOT_SIZE_WORD = SLOT_SIZE_OFFSET // WORD_BYTES
-SLOT_DTYPE_HASH_WORD = SLOT_DTYPE_HASH_OFFSET // WORD_BYTES
-PRODUCER_POSITION_WORD = PRODUCER_POSITION_OFFSET // WORD_BYTES
-PRODUCER_CACHED_CONSUMER_WORD = PRODUCER_CACHED_CONSUMER_OFFSET // WORD_BYTES
-PRODUCER_FULL_COUNT_WORD = PRODUCER_FULL_COUNT_OFFSET // WORD_BYTES
-PRODUCER_DOORBELL_COUNT_WORD = PRODUCER_DOORBELL_COUNT_OFFSET // WORD_BYTES
-CONSUMER_POSITION_WORD = CONSUMER_POSITION_OFFSET // WORD_BYTES
-CONSUMER_CACHED_PRODUCER_WORD = CONSUMER_CACHED_PRODUCER_OFFSET // WORD_BYTES
-CONSUMER_SLEEPING_WORD = CONSUMER_SLEEPING_OFFSET // WORD_BYTES
-CONSUMER_SLEEP_COUNT_WORD = CONSUMER_SLEEP_COUNT_OFFSET // WORD_BYTES
+# word indexes: the ring code addresses the header as an int64 array (plain ints, which
+# Numba compiles in as literals)
+MAGIC_WORD = RING_HEADER.word("magic")
+LAYOUT_VERSION_WORD = RING_HEADER.word("layout_version")
+CAPACITY_WORD = RING_HEADER.word("capacity")
+SLOT_SIZE_WORD = RING_HEADER.word("slot_size")
+SLOT_DTYPE_HASH_WORD = RING_HEADER.word("slot_dtype_hash")
+PRODUCER_POSITION_WORD = RING_HEADER.word("producer_position")
+PRODUCER_CACHED_CONSUMER_WORD = RING_HEADER.word("producer_cached_consumer")
+PRODUCER_FULL_COUNT_WORD = RING_HEADER.word("producer_full_count")
+PRODUCER_DOORBELL_COUNT_WORD = RING_HEADER.word("producer_doorbell_count")
+CONSUMER_POSITION_WORD = RING_HEADER.word("consumer_position")
+CONSUMER_CACHED_PRODUCER_WORD = RING_HEADER.word("consumer_cached_producer")
+CONSUMER_SLEEPING_WORD = RING_HEADER.word("consumer_sleeping")
+CONSUMER_SLEEP_COUNT_WORD = RING_HEADER.word("consumer_sleep_count")
 
 MAX_CAPACITY = 1 << 24
-
-assert HEADER_BYTES % SLOT_ALIGN_BYTES == 0   # debug invariant of the table above
-
-
-class LayoutError(ValueError):
-    """A ring geometry or slot dtype is invalid; the message names the key and the value."""
-
 
 def check_capacity(capacity: object) -> int:
     """Return ``capacity`` if it is a power of two in [2, MAX_CAPACITY], else raise LayoutError."""

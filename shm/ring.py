@@ -30,7 +30,8 @@ import numpy as np
 
 from shm import _ring_kernels as K
 from shm import layout as L
-from shm.segment import Segment, SegmentError, segment_name, unlink_segment
+from shm.names import SegmentError, segment_name
+from shm.segment import Segment, unlink_segment
 
 
 class RingAttachError(SegmentError):

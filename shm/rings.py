@@ -10,10 +10,11 @@
                                         before its response slot; no doorbell of its own
 
 The supervisor creates both (it owns their lifetime); the ingress and the worker attach by
-the full names in plan.json.
+the full names in plan.json (roles: shm.names).
 """
 from __future__ import annotations
 
+from shm import names
 from shm.types import FIRED_SLOT_DTYPE, RESPONSE_SLOT_DTYPE, request_slot_dtype
 from shm.doorbell import EventfdDoorbell, SemaphoreDoorbell
 from shm.idle import SleepingBackoff, SpinThenSleep
@@ -48,15 +49,6 @@ def ring_bytes(cfg) -> int:
             + segment_bytes(cap, RESPONSE_SLOT_DTYPE.itemsize) + segment_bytes(cap, FIRED_SLOT_DTYPE.itemsize))
 
 
-def fired_ring_name(response_name: str, w: int) -> str:
-    """The fired ring's full segment name, next to worker ``w``'s response ring (the plan
-    lists three names per worker; this one is derived)."""
-    suffix = f".resp{w}"
-    if not response_name.endswith(suffix):
-        raise ValueError(f"response ring name={response_name!r}: does not end in {suffix!r}")
-    return response_name[:-len(suffix)] + f".fired{w}"
-
-
 class EngineRings:
     def __init__(self, request: OneToOneRing, response: OneToOneRing, bell: SemaphoreDoorbell,
                  eventfd: EventfdDoorbell | None, spin_us: float = 0.0, fired: OneToOneRing | None = None):
@@ -72,12 +64,12 @@ class EngineRings:
     @classmethod
     def create(cls, cfg, owner_pid: int, w: int, eventfd: EventfdDoorbell) -> "EngineRings":
         cap = cfg.rings.capacity
-        bell = SemaphoreDoorbell.create(cfg.instance, f"reqbell{w}", owner_pid)
-        req = OneToOneRing.create(f"req{w}", cap, request_slot_dtype(cfg.schema.dtype),
+        bell = SemaphoreDoorbell.create(cfg.instance, names.request_bell(w), owner_pid)
+        req = OneToOneRing.create(names.request_ring(w), cap, request_slot_dtype(cfg.schema.dtype),
                                   instance=cfg.instance, owner_pid=owner_pid, doorbell=bell)
-        resp = OneToOneRing.create(f"resp{w}", cap, RESPONSE_SLOT_DTYPE, instance=cfg.instance,
+        resp = OneToOneRing.create(names.response_ring(w), cap, RESPONSE_SLOT_DTYPE, instance=cfg.instance,
                                    owner_pid=owner_pid, doorbell=eventfd)
-        fired = OneToOneRing.create(f"fired{w}", cap, FIRED_SLOT_DTYPE, instance=cfg.instance,
+        fired = OneToOneRing.create(names.fired_ring(w), cap, FIRED_SLOT_DTYPE, instance=cfg.instance,
                                     owner_pid=owner_pid)
         return cls(req, resp, bell, eventfd, cfg.workers.spin_us, fired)
 
@@ -87,7 +79,7 @@ class EngineRings:
         bell = SemaphoreDoorbell.open(bell_name)
         req = OneToOneRing.attach(req_name, request_slot_dtype(cfg.schema.dtype), doorbell=bell)
         resp = OneToOneRing.attach(resp_name, RESPONSE_SLOT_DTYPE, doorbell=eventfd)
-        fired = OneToOneRing.attach(fired_ring_name(resp_name, w), FIRED_SLOT_DTYPE)
+        fired = OneToOneRing.attach(names.fired_ring_name(resp_name, w), FIRED_SLOT_DTYPE)
         return cls(req, resp, bell, eventfd, cfg.workers.spin_us, fired)
 
     def names(self) -> list[str]:

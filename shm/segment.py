@@ -1,16 +1,9 @@
 """POSIX shared-memory segments (posix_ipc + mmap), named so that a dead instance can be reclaimed.
 
 Naming: every segment and semaphore of an engine is called
-
-    /risk-engine.<instance>.<owner_pid>.<name>
-
-``instance`` is the config's ``instance`` (1-16 letters/digits), ``owner_pid`` the pid of the
-supervisor that created it (it owns the lifetime: it unlinks on clean shutdown), ``name`` a
-short role name (letters, digits, ``_`` and ``-``). On Linux a segment shows up as
-``/dev/shm/risk-engine.<instance>.<pid>.<name>`` and a posix_ipc semaphore as
-``/dev/shm/sem.risk-engine.<instance>.<pid>.<name>``. ``reclaim_stale(instance)`` unlinks
-every segment and semaphore of that instance whose owner pid is no longer alive, and never
-one whose owner is alive.
+``/risk-engine.<instance>.<owner_pid>.<role>`` (shm.names spells every name).
+``reclaim_stale(instance)`` unlinks every segment and semaphore of that instance whose owner
+pid is no longer alive, and never one whose owner is alive.
 
 Memory placement: ``ftruncate`` gives sparse pages; a page is allocated on the NUMA node of
 the CPU that first touches it. Call ``Segment.prefault()`` from the process that will use the
@@ -22,48 +15,15 @@ from __future__ import annotations
 
 import mmap
 import os
-import re
-from dataclasses import dataclass
 
 import numpy as np
 import posix_ipc
 
-PREFIX = "risk-engine"
+from shm.names import PREFIX, NameParts, SegmentError, parse_name, segment_name
+
 SHM_DIR = "/dev/shm"
-_INSTANCE_RE = re.compile(r"^[A-Za-z0-9]{1,16}$")
-_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_FULL_RE = re.compile(r"^/?" + re.escape(PREFIX) + r"\.([A-Za-z0-9]{1,16})\.([0-9]+)\.([A-Za-z0-9_-]{1,64})$")
 _MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)   # Linux >= 5.14
 _PAGE_BYTES = mmap.PAGESIZE
-
-
-class SegmentError(OSError):
-    """A segment could not be created, opened or checked; the message names key=value."""
-
-
-def segment_name(instance: str, name: str, owner_pid: int | None = None) -> str:
-    """Full POSIX name ``/risk-engine.<instance>.<owner_pid>.<name>`` (owner defaults to this pid)."""
-    if not isinstance(instance, str) or not _INSTANCE_RE.match(instance):
-        raise SegmentError(f"instance={instance!r}: must be 1-16 letters/digits")
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise SegmentError(f"name={name!r}: must be 1-64 of [A-Za-z0-9_-]")
-    pid = os.getpid() if owner_pid is None else int(owner_pid)
-    if pid <= 0:
-        raise SegmentError(f"owner_pid={owner_pid!r}: must be a positive pid")
-    return f"/{PREFIX}.{instance}.{pid}.{name}"
-
-
-@dataclass(frozen=True)
-class NameParts:
-    instance: str
-    owner_pid: int
-    name: str
-
-
-def parse_name(full_name: str) -> NameParts | None:
-    """Split a full name (with or without the leading '/'); None if it is not one of ours."""
-    m = _FULL_RE.match(full_name)
-    return NameParts(m.group(1), int(m.group(2)), m.group(3)) if m else None
 
 
 class Segment:

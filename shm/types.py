@@ -1,6 +1,7 @@
 """The contract between layers: action codes, error codes, decision flags, ring slot layouts.
 
-Everything that crosses a process or the wire is defined here once. Codes are stable: a code
+Everything that crosses a process or the wire is defined here once. This module imports only
+the layout vocabulary (shm.descriptor), nothing else of ours. Codes are stable: a code
 is never renumbered or reused (clients switch on them); new codes are appended.
 """
 from __future__ import annotations
@@ -8,6 +9,8 @@ from __future__ import annotations
 import enum
 
 import numpy as np
+
+from shm.descriptor import CACHE_LINE_BYTES, WORD_BYTES, Builder, Layout
 
 
 class Action(enum.IntEnum):
@@ -66,11 +69,44 @@ MAX_RULES = 2048           # enabled rules in one ruleset: the control block kee
                            # error counter row of this size per worker (shm.control)
 
 
-def _padded(fields: list, multiple: int = 64) -> np.dtype:
-    dt = np.dtype(fields, align=True)
-    size = (dt.itemsize + multiple - 1) // multiple * multiple
-    return np.dtype({"names": dt.names, "formats": [dt.fields[n][0] for n in dt.names],
-                     "offsets": [dt.fields[n][1] for n in dt.names], "itemsize": size})
+# --- ring slots and the journal record ---------------------------------------------------
+# The worker journals a batch straight from its ring slots, word by word
+# (shm.journal_format._append_slots), so the layouts below are built from shared
+# descriptors (shm.descriptor) and are equal by construction, not by a check:
+#
+#   request slot     | token | arrival_ns | client_id | request_id | event ... | pad to 64 B
+#   journal record   | seq   | arrival_ns | client_id | request_id | event ... | DECISION | check
+#   response slot    | token | DECISION | nfired | fired[MAX_FIRED] | error    | pad to 64 B
+#   DECISION         | score f64 | generation u32 | action u8 | flags u8 |  (14 B, 8-aligned)
+#
+# A request slot and a journal record share every word after the first (event_words); a
+# response slot and a journal record share DECISION (a group placed at an 8-byte boundary).
+
+def _head(name: str, first: str) -> Builder:
+    return (Builder(name).field(first, fmt=np.uint64).field("arrival_ns", fmt=np.int64)
+            .field("client_id", fmt=np.uint64).field("request_id", fmt=np.uint64))
+
+
+def event_words(name: str, first: str, event_dtype: np.dtype) -> Builder:
+    """A fresh builder holding the words a request slot and a journal record share: word 0
+    ``first`` (the slot's token, the record's seq), arrival_ns, client_id, request_id, then
+    the event record at the next 8-byte boundary."""
+    return _head(name, first).field("event", fmt=event_dtype, align=WORD_BYTES)
+
+
+DECISION = (Builder("decision").field("score", fmt=np.float64).field("generation", fmt=np.uint32)
+            .field("action", fmt=np.uint8).field("flags", fmt=np.uint8).build())
+# the request slot's words before the event, whatever the schema: the ingress's kernels
+# write them at these offsets (ingress._fast_kernels.write_slot)
+REQUEST_HEAD = _head("request slot head", "token").build()
+SLOT_TOKEN_OFFSET = REQUEST_HEAD.offset("token")
+SLOT_ARRIVAL_OFFSET = REQUEST_HEAD.offset("arrival_ns")
+SLOT_CLIENT_ID_OFFSET = REQUEST_HEAD.offset("client_id")
+SLOT_REQUEST_ID_OFFSET = REQUEST_HEAD.offset("request_id")
+
+
+def request_slot_layout(event_dtype: np.dtype) -> Layout:
+    return event_words("request slot", "token", event_dtype).build(align=CACHE_LINE_BYTES)
 
 
 def request_slot_dtype(event_dtype: np.dtype) -> np.dtype:
@@ -78,32 +114,30 @@ def request_slot_dtype(event_dtype: np.dtype) -> np.dtype:
     then the event record; 64 B multiple.
 
     token: opaque to the worker, echoed in the response slot (the ingress encodes
-    pending-request index and event index in it). client_id and request_id: the request's
-    header ids, journaled with the event (``risk-engine explain --request``).
+    pending-request index and event index in it: shm.tokens). client_id and request_id: the
+    request's header ids, journaled with the event (``risk-engine explain --request``).
     """
-    return _padded([("token", np.uint64), ("arrival_ns", np.int64), ("client_id", np.uint64),
-                    ("request_id", np.uint64), ("event", event_dtype)])
+    return request_slot_layout(event_dtype).dtype()
 
 
-RESPONSE_SLOT_DTYPE = _padded([
-    ("token", np.uint64),
-    ("score", np.float64),
-    ("generation", np.uint32),     # ruleset generation that decided (see engine reload)
-    ("action", np.uint8),
-    ("flags", np.uint8),
-    ("nfired", np.uint16),         # total fired (enforce + shadow), may exceed MAX_FIRED
-    ("fired", np.uint16, (MAX_FIRED,)),   # first MAX_FIRED fired rule indexes, ascending
-    ("error", np.uint16),          # ErrorCode: OK, or why a default decision was used
-])
+RESPONSE_SLOT = (Builder("response slot")
+                 .field("token", fmt=np.uint64)
+                 .group(DECISION)                 # generation: the ruleset that decided
+                 .field("nfired", fmt=np.uint16)  # total fired (enforce + shadow), may exceed MAX_FIRED
+                 .field("fired", fmt=(np.uint16, (MAX_FIRED,)))   # first MAX_FIRED fired rule indexes, ascending
+                 .field("error", fmt=np.uint16)   # ErrorCode: OK, or why a default decision was used
+                 .build(align=CACHE_LINE_BYTES))
+RESPONSE_SLOT_DTYPE = RESPONSE_SLOT.dtype()
 
 FIRED_PER_SLOT = 24        # rule indexes per fired-list slot
 # The full fired list of a decision with more than MAX_FIRED fired rules: the worker publishes
 # it on its fired ring (one slot per FIRED_PER_SLOT indexes) before the response slot, so
 # JSON replies can list every fired rule; binary replies carry the response slot's MAX_FIRED.
-FIRED_SLOT_DTYPE = np.dtype([
-    ("token", np.uint64),          # the response slot's token
-    ("total", np.uint16),          # fired rules of that decision (= its nfired)
-    ("count", np.uint16),          # valid entries of idx in this slot
-    ("reserved", np.uint32),
-    ("idx", np.uint16, (FIRED_PER_SLOT,)),   # fired rule indexes, ascending across slots
-])
+FIRED_SLOT = (Builder("fired slot")
+              .field("token", fmt=np.uint64)     # the response slot's token
+              .field("total", fmt=np.uint16)     # fired rules of that decision (= its nfired)
+              .field("count", fmt=np.uint16)     # valid entries of idx in this slot
+              .field("reserved", fmt=np.uint32)
+              .field("idx", fmt=(np.uint16, (FIRED_PER_SLOT,)))   # fired rule indexes, ascending across slots
+              .build(align=CACHE_LINE_BYTES))
+FIRED_SLOT_DTYPE = FIRED_SLOT.dtype()

@@ -2,7 +2,8 @@
 
 This module is the one place that owns the table layout: nothing else computes an offset
 into a table buffer except through ``SLOT_BASE`` / ``_slot_word`` and the payload offsets
-that each kind declares in ``shm.features.layout``.
+that each kind declares in ``shm.features.layout``. ``TABLE_HEADER`` and ``SLOT_HEAD`` are
+the descriptors (shm.descriptor); the word constants below are derived from them.
 
 Buffer layout (all words are u64, little-endian, x86-64 only)::
 
@@ -15,6 +16,7 @@ Buffer layout (all words are u64, little-endian, x86-64 only)::
     word 24        counter: late events dropped          |  updated with atomic add,
     word 32        counter: lock timeouts                |  read by any process
     word 40        counter: table full (no eviction)    /
+    word 48        reserved: two cache lines
     word 64        stripe locks: N_STRIPES x 8 words (one cache line each)
     SLOT_BASE      slot 0, slot 1, ... capacity slots of slot_words words
 
@@ -43,20 +45,34 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from shm.descriptor import CACHE_LINE_BYTES, WORD_BYTES, Builder
 from shm.features._atomics import _cas, _fetch_add, _load_acquire, _pause, _prefetch, _store_release
 
 MAGIC = 0x31454C4241544652          # b'RFTABLE1' little-endian
 VERSION = 1
-W_MAGIC, W_VERSION, W_CAPACITY, W_SLOT_WORDS = 0, 1, 2, 3
-C_FILL, C_EVICTIONS, C_LATE, C_TIMEOUTS, C_FULL = 8, 16, 24, 32, 40
-COUNTER_NAMES = {"fill": C_FILL, "evictions": C_EVICTIONS, "late_dropped": C_LATE,
-                 "lock_timeouts": C_TIMEOUTS, "full": C_FULL}
 N_STRIPES = 256
-STRIPE_BASE = 64
-STRIPE_STRIDE = 8
-SLOT_BASE = STRIPE_BASE + N_STRIPES * STRIPE_STRIDE        # 2112 words = 16896 B (64 B multiple)
-HEADER_BYTES = SLOT_BASE * 8
-KEY_OFF, META_OFF, PAYLOAD_OFF = 0, 1, 2
+COUNTERS = ("fill", "evictions", "late_dropped", "lock_timeouts", "full")
+# Each counter and each stripe lock owns a cache line: processes update them with atomics.
+_h = Builder("feature table header")
+for _name in ("magic", "version", "capacity", "slot_words"):
+    _h.field(_name, fmt=np.uint64)
+for _name in COUNTERS:
+    _h.field(_name, fmt=np.uint64, align=CACHE_LINE_BYTES)
+_h.reserve(2 * CACHE_LINE_BYTES, align=CACHE_LINE_BYTES)
+_h.field("stripes", N_STRIPES * CACHE_LINE_BYTES, align=CACHE_LINE_BYTES)
+TABLE_HEADER = _h.build(align=CACHE_LINE_BYTES)
+del _h, _name
+SLOT_HEAD = Builder("feature slot head").field("key", fmt=np.uint64).field("meta", fmt=np.uint64).build()
+
+W_MAGIC, W_VERSION, W_CAPACITY, W_SLOT_WORDS = (TABLE_HEADER.word(n) for n in ("magic", "version",
+                                                                               "capacity", "slot_words"))
+C_FILL, C_EVICTIONS, C_LATE, C_TIMEOUTS, C_FULL = (TABLE_HEADER.word(n) for n in COUNTERS)
+COUNTER_NAMES = {name: TABLE_HEADER.word(name) for name in COUNTERS}
+STRIPE_BASE = TABLE_HEADER.word("stripes")
+STRIPE_STRIDE = CACHE_LINE_BYTES // WORD_BYTES
+SLOT_BASE = TABLE_HEADER.words      # 2112 words = 16896 B (64 B multiple)
+HEADER_BYTES = TABLE_HEADER.size
+KEY_OFF, META_OFF, PAYLOAD_OFF = SLOT_HEAD.word("key"), SLOT_HEAD.word("meta"), SLOT_HEAD.words
 
 LOCK = np.uint64(1 << 63)
 USED = np.uint64(1 << 62)

@@ -17,7 +17,8 @@ from shm.runtime.config import load_config
 from shm.features import table as T
 from engine.journal import JournalReader, list_writers
 from ingress.client import Client
-from shm.segment import Segment, segment_name
+from shm.names import segment_name
+from shm.segment import Segment
 from bench.engine_proc import EngineProcess, shm_entries
 from bench.events import random_events
 

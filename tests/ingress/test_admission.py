@@ -14,12 +14,13 @@ import pytest
 from shm.types import RESPONSE_SLOT_DTYPE, request_slot_dtype
 from ingress import _fast_kernels as K
 from ingress import wire
-from ingress.admission import (ADMITTED, BEHIND, EPOCH_SHIFT, MAX_INFLIGHT, PEER_INFLIGHT, RING_FULL,
+from ingress.admission import (ADMITTED, BEHIND, MAX_INFLIGHT, PEER_INFLIGHT, RING_FULL,
                                Admission, RingViews)
 from ingress.codec import value_checks
 from ingress.dedup import IdempotencyWindow
 from shm.ring import OneToOneRing
 from shm.segment import list_names, reclaim_stale, unlink_owned
+from shm.tokens import EPOCH_SHIFT
 from tests.ingress.wire_helpers import SCHEMA, records
 
 CAP = 4

@@ -6,12 +6,12 @@ import pytest
 
 from shm.types import RESPONSE_SLOT_DTYPE, request_slot_dtype
 from ingress import _batch_kernels as BK
-from ingress import _fast_kernels as FK
 from ingress import wire
 from ingress.codec import value_checks
 from ingress.dedup import i64_bits
 from shm import _ring_kernels as RK
 from shm import layout as L
+from shm.tokens import FAST_BIT, INDEX_BITS
 from tests.ingress.test_fastpath import CODEC, expected_decisions, random_slots
 from tests.ingress.wire_helpers import SCHEMA, records
 
@@ -40,7 +40,7 @@ def test_stage_writes_each_workers_records_in_order(n_workers):
     n = 40
     recs = records(n)
     widx = rng.integers(0, n_workers, n).astype(np.intp) if n_workers > 1 else np.zeros(0, np.intp)
-    token0, now = 77 << BK.EVENT_BITS, 123_456_789
+    token0, now = 77 << INDEX_BITS, 123_456_789
     cid, rid = 2**64 - 3, 2**63 + 5                   # u64 ids above int64: their bit patterns
     for w in range(n_workers):
         hdr, slots = ring(64)
@@ -78,8 +78,8 @@ def response_ring(tokens, cap=16, start=0):
 
 
 def test_runs_split_by_request_and_skip_the_fast_paths_slots():
-    tok = lambda seq, i: (seq << BK.EVENT_BITS) | i            # noqa: E731
-    fast = int(FK.FAST_BIT) | 5
+    tok = lambda seq, i: (seq << INDEX_BITS) | i            # noqa: E731
+    fast = FAST_BIT | 5
     tokens = [tok(3, 0), tok(3, 1), tok(4, 0), fast, tok(4, 1), tok(4, 2), tok(3, 2), tok(9, 0)]
     out = np.zeros((16, 3), np.int64)
     k = BK.runs(response_ring(tokens, start=12), 12, len(tokens), out)
@@ -87,7 +87,7 @@ def test_runs_split_by_request_and_skip_the_fast_paths_slots():
 
 
 def test_file_run_fills_rows_once():
-    tokens = [(1 << BK.EVENT_BITS) | i for i in (2, 0, 2, 7)]   # 2 twice; 7 is out of range
+    tokens = [(1 << INDEX_BITS) | i for i in (2, 0, 2, 7)]   # 2 twice; 7 is out of range
     rb = response_ring(tokens, start=14)
     raw = np.zeros((3, RESPONSE_SLOT_DTYPE.itemsize), np.uint8)
     assert BK.file_run(rb, 14, 0, 4, raw) == 2

@@ -69,3 +69,19 @@ def test_tests_dir_is_swept_only_in_a_source_checkout(tmp_path):
     _touch(tmp_path / "shm" / "a.py", "from numba import njit\nX = 1\n")
     assert jitcache.invalidate_stale(tmp_path) == 1 and not theirs.exists()
     assert "tests" in jitcache.sweep_dirs(jitcache.ROOT)     # this checkout
+
+
+def test_a_layout_change_sweeps_the_kernels_that_froze_its_offsets(tmp_path):
+    """Kernels compile the layout modules' ints in as literals (shm.descriptor): the ring
+    header, the slots and the descriptor itself count as compiled sources though they hold
+    no Numba code, so changing an offset there recompiles the cached kernels."""
+    root = jitcache.ROOT
+    for rel in ("shm/descriptor.py", "shm/layout.py", "shm/types.py"):
+        _touch(tmp_path / rel, (root / rel).read_text())
+    before = jitcache.sources_digest(tmp_path, ("shm",))
+    for rel in ("shm/descriptor.py", "shm/layout.py", "shm/types.py"):
+        path = tmp_path / rel
+        path.write_text(path.read_text() + "\nX = 1\n")
+        after = jitcache.sources_digest(tmp_path, ("shm",))
+        assert after != before, f"{rel} is not hashed with the compiled sources"
+        before = after
