@@ -96,7 +96,7 @@ class Supervisor:
         self.rulesets = Rulesets(cfg, self.run_dir, self.block, self.features, self.log,
                                  before_publish=self._fold_counters, after_reload=self._after_reload)
         self.snapshots = SnapshotCoordinator(cfg, self.block, self.rings, self.features, self.created_s,
-                                             exited=self._worker_exited)
+                                             exited=self._worker_exited, log=self.log)
         self.standbys = StandbyPool(cfg.workers.standby, self.block,
                                     lambda args, **kw: self._spawn(None, args, **kw), self.log)
         plan = {"instance": cfg.instance, "owner_pid": self.pid, "eventfd": self.doorbell.fileno(),
@@ -243,7 +243,7 @@ class Supervisor:
             self.admin.poll(20)
             if self.snapshots.due():
                 try:
-                    self.snapshot()
+                    self.snapshots.periodic(self.rulesets.generation)
                 except (SnapshotError, OSError) as e:
                     self.snapshots.postpone()
                     self.log(f"risk-engine: snapshot failed: {e}")
