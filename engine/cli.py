@@ -24,6 +24,7 @@ COMMANDS = {
     "replay": "engine.cmd_replay",
     "explain": "engine.cmd_explain",
     "journal-upgrade": "engine.cmd_journal_upgrade",
+    "gc": "engine.cmd_gc",
     "schema": "engine.cmd_schema",
     "check": "rules.cmd_check",
     "test-rules": "rules.cmd_test_rules",

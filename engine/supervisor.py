@@ -23,7 +23,7 @@ from shm.runtime import procname, rundir
 from shm.runtime.config import Config
 from shm.control import Block, BlockLayout
 from engine.memplan import check_memory
-from engine.preflight import StartupError, check_state_dirs, claim_instance
+from engine.preflight import StartupError, check_ports, check_state_dirs, claim_instance
 from engine.recovery_state import StateRecovery
 from engine.reload import Rulesets, ruleset_spec
 from shm.rings import EngineRings
@@ -72,6 +72,7 @@ class Supervisor:
 
     def start(self) -> None:
         cfg = self.cfg
+        check_ports(cfg)                    # before anything exists: a busy port leaves nothing
         self._check_dirs()
         claim_instance(cfg, self.pid, self.log)
         for f in self.run_dir.glob("gen-*.json"):
