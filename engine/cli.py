@@ -25,6 +25,7 @@ COMMANDS = {
     "explain": "engine.cmd_explain",
     "journal-upgrade": "engine.cmd_journal_upgrade",
     "gc": "engine.cmd_gc",
+    "config": "engine.cmd_config",
     "schema": "engine.cmd_schema",
     "check": "rules.cmd_check",
     "test-rules": "rules.cmd_test_rules",
