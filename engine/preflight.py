@@ -63,14 +63,36 @@ def claim_instance(cfg, pid: int, log) -> None:
             f"instance {cfg.instance}")
 
 
-def check_state_dirs(cfg, log) -> None:
+def _missing_dirs(path: str) -> list[str]:
+    """``path`` and its ancestors that do not exist yet, deepest first."""
+    out, p = [], os.path.abspath(path)
+    while not os.path.lexists(p) and p != os.path.dirname(p):
+        out.append(p)
+        p = os.path.dirname(p)
+    return out
+
+
+def remove_created_dirs(created: list[str]) -> None:
+    """After a start that failed: remove the directories check_state_dirs made, if they are
+    still empty (os.rmdir never removes a file)."""
+    for p in sorted(set(created), key=len, reverse=True):
+        try:
+            os.rmdir(p)
+        except OSError:
+            pass
+
+
+def check_state_dirs(cfg, log, created: list[str] | None = None) -> None:
     """The journal and snapshot directories: created 0700, or refused when another user
-    owns them or can write them (shm.runtime.securedir); state files narrowed to 0600."""
+    owns them or can write them (shm.runtime.securedir); state files narrowed to 0600.
+    ``created`` gets the directories made here (remove_created_dirs after a failed start)."""
     d = cfg.durability
     if not d.journal_enabled:
         return
     try:
         for key, path in (("journal.dir", d.journal_dir), ("snapshot.dir", d.snapshot_dir)):
+            if created is not None:
+                created += _missing_dirs(path)
             path = ensure_private_dir(path, key)
             narrowed = check_private_files(path, key)
             if narrowed:

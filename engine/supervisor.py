@@ -23,7 +23,8 @@ from shm.runtime import procname, rundir
 from shm.runtime.config import Config
 from shm.control import Block, BlockLayout
 from engine.memplan import check_memory
-from engine.preflight import StartupError, check_ports, check_state_dirs, claim_instance
+from engine.preflight import (StartupError, check_ports, check_state_dirs, claim_instance,
+                              remove_created_dirs)
 from engine.recovery_state import StateRecovery
 from engine.reload import Rulesets, ruleset_spec
 from shm.rings import EngineRings
@@ -46,6 +47,7 @@ class Supervisor:
         self.pid = os.getpid()
         self.run_dir = rundir.run_dir_for(cfg.instance)
         self.run_dir_checked = False        # made or checked private by _check_dirs
+        self.created_dirs: list[str] = []   # state directories this start made (preflight)
         self.admin_log = None               # engine.admin_log.AdminLog, opened by the first change
         self.topology = topology or read_topology()
         self.children: dict[str, subprocess.Popen] = {}
@@ -139,7 +141,7 @@ class Supervisor:
         except UnsafePathError as e:
             raise StartupError(f"unsafe directory: {e}") from None
         self.run_dir_checked = True
-        check_state_dirs(self.cfg, self.log)
+        check_state_dirs(self.cfg, self.log, self.created_dirs)
 
     def snapshot(self, timeout_s: float = 5.0) -> str:
         """A snapshot of the feature tables now (engine.snapshot_coordinator); its path."""
@@ -390,6 +392,7 @@ def serve(cfg: Config, ebpf: bool = False) -> int:
         sup.start()
     except BaseException:
         sup.cleanup()
+        remove_created_dirs(sup.created_dirs)   # a failed start leaves no empty state dirs
         raise
     print(f"risk-engine: serving {cfg.ingress.bind} with {len(sup.placements)} worker(s), "
           f"ruleset {sup.rulesets.specs[sup.rulesets.generation]['label']}; metrics "
