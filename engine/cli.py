@@ -26,6 +26,8 @@ COMMANDS = {
     "explain": "engine.cmd_explain",
     "journal-upgrade": "engine.cmd_journal_upgrade",
     "pin": "engine.cmd_pin",
+    "gc": "engine.cmd_gc",
+    "config": "engine.cmd_config",
     "schema": "engine.cmd_schema",
     "eval": "engine.cmd_eval",
     "check": "rules.cmd_check",

@@ -177,6 +177,10 @@ class EngineCollector:
                                   value=float(adm.internal if adm else 0))
         yield CounterMetricFamily("risk_snapshots", "Feature-state snapshots written",
                                   value=float(sv("supervisor.snapshots")[0]))
+        yield CounterMetricFamily("risk_snapshots_skipped", "Periodic snapshots not written "
+                                  "because nothing changed since the last one (no journal "
+                                  "record, admin change or reload)",
+                                  value=float(sv("supervisor.snapshots_skipped")[0]))
         yield CounterMetricFamily("risk_snapshot_errors", "Snapshots that failed",
                                   value=float(sv("supervisor.snapshot_errors")[0]))
         yield CounterMetricFamily("risk_snapshot_refused", "Snapshots that failed validation at "

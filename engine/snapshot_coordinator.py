@@ -99,7 +99,7 @@ class SnapshotCoordinator:
     supervisor once the control block, the rings and the feature tables exist."""
 
     def __init__(self, cfg, block: Block, rings: list, features, last_snapshot_s: float,
-                 exited=lambda w: False):
+                 exited=lambda w: False, log=lambda line: None):
         self.cfg = cfg
         self.exited = exited                # exited(w): worker w's process has ended (reaped
                                             # or not): it will never pause
@@ -111,11 +111,42 @@ class SnapshotCoordinator:
         self.pause_epoch = 0                # the last epoch written to supervisor.pause
         self.last_snapshot_s = last_snapshot_s   # time.monotonic() of the last snapshot (or start)
         self._bufs: dict = {}               # reused copy buffers (_snapshot_buffers)
+        self.written: tuple | None = None   # what the last snapshot written covers (_changes)
+        self.log = log                      # one line when periodic snapshots start skipping
+        self.skipping = False
 
     def due(self) -> bool:
         """A periodic snapshot is due (snapshot.interval_s since the last; journal on)."""
         d = self.cfg.durability
         return d.journal_enabled and time.monotonic() - self.last_snapshot_s > d.snapshot_interval_s
+
+    def periodic(self, generation: int, timeout_s: float = 5.0) -> str | None:
+        """The periodic snapshot: written only when the state changed since the last one
+        (a journal record, an admin change or a reload); otherwise counted in
+        ``supervisor.snapshots_skipped`` and None. An idle engine so writes no 77 MB file a
+        minute; recovery from the older snapshot plus the journal after it is the same."""
+        path = self.snapshot(generation, timeout_s, skip_unchanged=True)
+        if path is None:
+            b = self.block.view("supervisor.snapshots_skipped")
+            if self.skipping is False:
+                self.log("risk-engine: snapshot skipped: nothing changed since the last one "
+                         "(further skips are counted in risk_snapshots_skipped_total)")
+            self.skipping = True
+            b[0] += 1
+        else:
+            self.skipping = False
+        return path
+
+    def _changes(self, generation: int) -> tuple:
+        """What decides whether the state changed, apart from the journal seqs read in the
+        hold: admin.log (every list, state and halt change is appended to it, by this thread,
+        before it is applied) and the ruleset generation."""
+        try:
+            st = os.stat(os.path.join(self.cfg.durability.journal_dir, "admin.log"))
+            admin = (st.st_ino, st.st_size, st.st_mtime_ns)
+        except FileNotFoundError:
+            admin = None
+        return admin, int(generation)
 
     def postpone(self) -> None:
         """A periodic snapshot failed: the next try is snapshot.interval_s from now."""
@@ -154,10 +185,13 @@ class SnapshotCoordinator:
             pause[0] = 0
             self.hold_lock.release()
 
-    def snapshot(self, generation: int, timeout_s: float = 5.0) -> str:
+    def snapshot(self, generation: int, timeout_s: float = 5.0,
+                 skip_unchanged: bool = False) -> str | None:
         """Pause every worker between two batches, copy the feature tables, resume, then
         write the copy with each worker's journal seq (engine.snapshot). Returns the path.
-        The pause lasts one memory copy of the tables; the file write happens after."""
+        The pause lasts one memory copy of the tables; the file write happens after.
+        ``skip_unchanged``: when every worker's journal seq, admin.log and the generation
+        are those of the last snapshot written, copy and write nothing and return None."""
         from engine.snapshot import SnapshotStore
         d = self.cfg.durability
         if not d.journal_enabled:
@@ -166,6 +200,7 @@ class SnapshotCoordinator:
         n = b.n_workers
         fs = self.features.fs
         arrays = self._snapshot_buffers(fs)
+        changes = self._changes(generation)   # same thread as admin changes: none meanwhile
         try:
             dst = tuple(arrays[name] for name in fs.arg_names())
             src = tuple(fs.arrays())
@@ -173,10 +208,14 @@ class SnapshotCoordinator:
             t0 = time.monotonic_ns()
             with _realtime(), self.paused_workers(timeout_s):
                 tp = time.monotonic_ns()
+                seqs = {w: int(b.worker(w, "journal_seq")[0]) for w in range(n)}
+                covers = (tuple(sorted(seqs.items())), *changes)
+                if skip_unchanged and covers == self.written:
+                    self.last_snapshot_s = time.monotonic()
+                    return None
                 if src:                    # one compiled call: the GIL never changes hands
                     _copy_tables(dst, src)
                 tc = time.monotonic_ns()
-                seqs = {w: int(b.worker(w, "journal_seq")[0]) for w in range(n)}
             held = time.monotonic_ns() - t0
             ru1 = resource.getrusage(resource.RUSAGE_THREAD)
             b.view("supervisor.snapshot_pause_ns")[0] = held
@@ -199,6 +238,7 @@ class SnapshotCoordinator:
             ru1.ru_nvcsw - ru0.ru_nvcsw, tp - t0, tc - tp)
         for w in range(n):
             b.worker(w, "retain_seq")[0] = store.oldest_journal_seq(w)
+        self.written = covers
         self.last_snapshot_s = time.monotonic()
         return path
 

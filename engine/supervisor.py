@@ -23,7 +23,8 @@ from shm.runtime import procname, rundir
 from shm.runtime.config import Config
 from shm.control import Block, BlockLayout
 from engine.memplan import check_memory
-from engine.preflight import StartupError, check_state_dirs, claim_instance
+from engine.preflight import (StartupError, check_ports, check_state_dirs, claim_instance,
+                              remove_created_dirs)
 from engine.recovery_state import StateRecovery
 from engine.reload import Rulesets, startup_ruleset
 from shm.rings import EngineRings
@@ -48,6 +49,7 @@ class Supervisor:
         self.pid = os.getpid()
         self.run_dir = rundir.run_dir_for(cfg.instance)
         self.run_dir_checked = False        # made or checked private by _check_dirs
+        self.created_dirs: list[str] = []   # state directories this start made (preflight)
         self.admin_log = None               # engine.admin_log.AdminLog, opened by the first change
         self.topology = topology or read_topology()
         self.children: dict[str, subprocess.Popen] = {}
@@ -75,6 +77,7 @@ class Supervisor:
 
     def start(self) -> None:
         cfg = self.cfg
+        check_ports(cfg)                    # before anything exists: a busy port leaves nothing
         self._check_dirs()
         claim_instance(cfg, self.pid, self.log)
         for f in self.run_dir.glob("gen-*.json"):
@@ -99,7 +102,7 @@ class Supervisor:
         self.rulesets = Rulesets(cfg, self.run_dir, self.block, self.features, self.log,
                                  before_publish=self._fold_counters, after_reload=self._after_reload)
         self.snapshots = SnapshotCoordinator(cfg, self.block, self.rings, self.features, self.created_s,
-                                             exited=self._worker_exited)
+                                             exited=self._worker_exited, log=self.log)
         self.standbys = StandbyPool(cfg.workers.standby, self.block,
                                     lambda args, **kw: self._spawn(None, args, **kw), self.log)
         plan = {"instance": cfg.instance, "owner_pid": self.pid, "eventfd": self.doorbell.fileno(),
@@ -141,7 +144,7 @@ class Supervisor:
         except UnsafePathError as e:
             raise StartupError(f"unsafe directory: {e}") from None
         self.run_dir_checked = True
-        check_state_dirs(self.cfg, self.log)
+        check_state_dirs(self.cfg, self.log, self.created_dirs)
 
     def snapshot(self, timeout_s: float = 5.0) -> str:
         """A snapshot of the feature tables now (engine.snapshot_coordinator); its path."""
@@ -247,7 +250,7 @@ class Supervisor:
             self.admin.poll(20)
             if self.snapshots.due():
                 try:
-                    self.snapshot()
+                    self.snapshots.periodic(self.rulesets.generation)
                 except (SnapshotError, OSError) as e:
                     self.snapshots.postpone()
                     self.log(f"risk-engine: snapshot failed: {e}")
@@ -391,6 +394,7 @@ def serve(cfg: Config, ebpf: bool = False) -> int:
         sup.start()
     except BaseException:
         sup.cleanup()
+        remove_created_dirs(sup.created_dirs)   # a failed start leaves no empty state dirs
         raise
     print(f"risk-engine: serving {cfg.ingress.bind} with {len(sup.placements)} worker(s), "
           f"ruleset {sup.rulesets.specs[sup.rulesets.generation]['label']}; metrics "

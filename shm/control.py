@@ -73,7 +73,8 @@ SUPERVISOR = [("header", 2), ("stop", 1), ("generation", 1), ("worker_restarts",
               ("worker_epoch", MAX_WORKERS), ("worker_pid", MAX_WORKERS),
               ("worker_alive", MAX_WORKERS), ("ingress_pid", 1), ("ingress_alive", 1),
               ("snapshot_log", 1 + LOG_ENTRIES * LOG_WIDTH), ("worker_restart_ns", 1),
-              ("standby_pid", 1), ("journal_corrupt_records", 1), ("snapshots_refused", 1)]
+              ("standby_pid", 1), ("journal_corrupt_records", 1), ("snapshots_refused", 1),
+              ("snapshots_skipped", 1)]
 # why a request was refused with OVERLOADED (ingress.overloaded[i]; risk_overloaded_total{reason})
 OVERLOAD_REASONS = ("shed", "ring_full", "max_inflight", "worker_behind", "peer_inflight")
 # why the ingress closed a connection (ingress.connections_closed[i]; ingress.conns)

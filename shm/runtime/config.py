@@ -5,8 +5,9 @@ Every error names the key path and the value (``ConfigError``); ``risk-engine se
 turns it into exit code 2. Relative file paths are resolved against the directory of the
 config file that names them, and the placeholders {state}, {instance} and {run} are replaced
 here, once: a Config holds final paths, and parsing it again (a child reading the
-supervisor's hand-off, shm.runtime.rundir) gives the same Config. When no file is given the
-bundled ``engine/default.yaml`` is used.
+supervisor's hand-off, shm.runtime.rundir) gives the same Config. A file overlays the bundled
+``engine/default.yaml`` (shm.runtime.config_overlay); when no file is given that one is used.
+Every error found is reported at once (shm.runtime.config_check).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Mapping
 
 import yaml
 
+from shm.runtime.config_check import attempt, collecting, report, unknown_key
 from shm.runtime.runroot import run_dir_for
 from shm.runtime.config_types import (AdminConfig, Config, ConfigError, CurveConfig, DurabilityConfig,
                                       IngressConfig, MetricsConfig, RingsConfig, RulesConfig, WorkersConfig)
@@ -32,35 +34,41 @@ def _section(raw: Mapping, key: str, allowed: set[str]) -> dict:
     if val is None:
         val = {}
     if not isinstance(val, Mapping):
-        raise ConfigError(key, f"must be a mapping, got {type(val).__name__}")
+        report(ConfigError(key, f"must be a mapping, got {type(val).__name__}"))
+        return {}
     for k in val:
         if k not in allowed:
-            raise ConfigError(f"{key}.{k}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
-    return dict(val)
+            report(unknown_key(f"{key}.{k}", k, allowed))
+    return {k: v for k, v in val.items() if k in allowed}
 
 
 def _int(sec: dict, path: str, name: str, default: int, lo: int | None = None, hi: int | None = None) -> int:
     v = sec.get(name, default)
     if isinstance(v, bool) or not isinstance(v, int):
-        raise ConfigError(f"{path}.{name}", f"must be an integer, got {v!r}")
+        report(ConfigError(f"{path}.{name}", f"must be an integer, got {v!r}"))
+        return default
     if lo is not None and v < lo or hi is not None and v > hi:
-        raise ConfigError(f"{path}.{name}", f"must be in [{lo}, {hi}], got {v}")
+        report(ConfigError(f"{path}.{name}", f"must be in [{lo}, {hi}], got {v}"))
+        return default
     return v
 
 
 def _str(sec: dict, path: str, name: str, default: str, choices: tuple[str, ...] = ()) -> str:
     v = sec.get(name, default)
     if not isinstance(v, str):
-        raise ConfigError(f"{path}.{name}", f"must be a string, got {v!r}")
+        report(ConfigError(f"{path}.{name}", f"must be a string, got {v!r}"))
+        return default
     if choices and v not in choices:
-        raise ConfigError(f"{path}.{name}", f"must be one of {', '.join(choices)}, got {v!r}")
+        report(ConfigError(f"{path}.{name}", f"must be one of {', '.join(choices)}, got {v!r}"))
+        return default
     return v
 
 
 def _bool(sec: dict, path: str, name: str, default: bool) -> bool:
     v = sec.get(name, default)
     if not isinstance(v, bool):
-        raise ConfigError(f"{path}.{name}", f"must be true or false, got {v!r}")
+        report(ConfigError(f"{path}.{name}", f"must be true or false, got {v!r}"))
+        return default
     return v
 
 
@@ -76,7 +84,8 @@ def _curve(sec: dict, path: str, base: Path) -> CurveConfig:
         authorized_keys_dir=_str(c, f"{path}.curve", "authorized_keys_dir", ""),
     )
     if cc.enabled and not (cc.server_secret_file and cc.authorized_keys_dir):
-        raise ConfigError(f"{path}.curve", "enabled needs server_secret_file and authorized_keys_dir")
+        report(ConfigError(f"{path}.curve", "enabled needs server_secret_file and authorized_keys_dir"))
+        return CurveConfig()
     if cc.enabled:
         cc = replace(cc, server_secret_file=_resolve(base, cc.server_secret_file),
                      authorized_keys_dir=_resolve(base, cc.authorized_keys_dir))
@@ -159,7 +168,7 @@ def _durability(raw: Mapping, base: Path, instance: str) -> DurabilityConfig:
         out.journal_config()
     except ValueError as e:
         msg = str(e)
-        raise ConfigError(msg.split(":", 1)[0], msg.split(":", 1)[1].strip()) from None
+        report(ConfigError(msg.split(":", 1)[0], msg.split(":", 1)[1].strip()))
     return out
 
 
@@ -175,16 +184,23 @@ def _instance(raw: Mapping, override: str | None) -> str:
 
 
 def parse_config(raw: Mapping | None, path: str = "<memory>", instance: str | None = None) -> Config:
-    """Validate a parsed YAML mapping. Raises ConfigError naming the key path. ``instance``
+    """Validate a parsed YAML mapping. Raises ConfigError naming the key path, or
+    ConfigErrors (shm.runtime.config_check) listing every error found. ``instance``
     overrides the file's (serve --instance) before any path is made from it."""
     raw = raw or {}
     if not isinstance(raw, Mapping):
         raise ConfigError("", f"{path}: top level must be a mapping")
+    with collecting() as errors:
+        out = _parse(raw, path, instance, errors)
+    return out
+
+
+def _parse(raw: Mapping, path: str, instance: str | None, errors: list) -> Config | None:
     for k in raw:
         if k not in _TOP:
-            raise ConfigError(str(k), f"unknown key (allowed: {', '.join(sorted(_TOP))})")
+            report(unknown_key(str(k), k, _TOP))
     base = Path(path).resolve().parent if path != "<memory>" else Path.cwd()
-    inst = _instance(raw, instance)
+    inst = attempt(_instance, raw, instance) or "re"
 
     s = _section(raw, "ingress", {"bind", "max_frame_bytes", "max_batch", "default_deadline_ms",
                                   "on_timeout", "on_overload", "dedup_window_s", "dedup_max_entries", "dedup_max_bytes",
@@ -217,7 +233,8 @@ def parse_config(raw: Mapping | None, path: str = "<memory>", instance: str | No
     s = _section(raw, "workers", {"count", "cpus", "ingress_cpu", "spin_us", "standby"})
     cpus = s.get("cpus", [])
     if not isinstance(cpus, list) or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in cpus):
-        raise ConfigError("workers.cpus", f"must be a list of CPU numbers, got {cpus!r}")
+        report(ConfigError("workers.cpus", f"must be a list of CPU numbers, got {cpus!r}"))
+        cpus = []
     workers = WorkersConfig(count=_int(s, "workers", "count", 0, 0, 256), cpus=tuple(cpus),
                             ingress_cpu=_int(s, "workers", "ingress_cpu", -1, -1, 4095),
                             spin_us=_int(s, "workers", "spin_us", WorkersConfig.spin_us, 0, 100_000),
@@ -226,25 +243,29 @@ def parse_config(raw: Mapping | None, path: str = "<memory>", instance: str | No
     s = _section(raw, "rings", {"capacity"})
     cap = _int(s, "rings", "capacity", RingsConfig.capacity, 2, 1 << 24)
     if cap & (cap - 1):
-        raise ConfigError("rings.capacity", f"must be a power of two, got {cap}")
+        report(ConfigError("rings.capacity", f"must be a power of two, got {cap}"))
     rings = RingsConfig(capacity=cap)
 
     s = _section(raw, "schema", {"shard_key", "fields"})
+    schema = None
     if "fields" not in s:
-        raise ConfigError("schema.fields", "is required")
-    try:
-        schema = Schema.build(s["fields"], _str(s, "schema", "shard_key", ""))
-    except SchemaError as e:
-        raise ConfigError("schema", str(e)) from None
+        report(ConfigError("schema.fields", "is required"))
+    else:
+        try:
+            schema = Schema.build(s["fields"], _str(s, "schema", "shard_key", ""))
+        except SchemaError as e:
+            report(ConfigError("schema", str(e)))
 
     s = _section(raw, "rules", {"files", "thresholds", "on_error", "watch"})
     files = s.get("files", [])
     if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
-        raise ConfigError("rules.files", f"must be a list of paths, got {files!r}")
+        report(ConfigError("rules.files", f"must be a list of paths, got {files!r}"))
+        files = []
     th = s.get("thresholds", {}) or {}
     if not isinstance(th, Mapping) or any(k not in ("review", "block") for k in th) \
             or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in th.values()):
-        raise ConfigError("rules.thresholds", f"must map review/block to numbers, got {th!r}")
+        report(ConfigError("rules.thresholds", f"must map review/block to numbers, got {th!r}"))
+        th = {}
     rules = RulesConfig(files=tuple(_resolve(base, f) for f in files),
                         thresholds=tuple((k, float(v)) for k, v in th.items()),
                         on_error=_str(s, "rules", "on_error", "skip", ("skip", "fire")),
@@ -256,18 +277,19 @@ def parse_config(raw: Mapping | None, path: str = "<memory>", instance: str | No
     for k in ("features", "lists", "state"):
         v = raw.get(k, {}) or {}
         if not isinstance(v, Mapping):
-            raise ConfigError(k, f"must be a mapping, got {type(v).__name__}")
+            report(ConfigError(k, f"must be a mapping, got {type(v).__name__}"))
+            v = {}
         extra[k] = dict(v)
     out = Config(path=path, ingress=ingress, metrics=metrics, admin=admin, workers=workers,
                  rings=rings, schema=schema, rules=rules, instance=inst, durability=durability,
                  **extra)
-    check_binds(out)
-    return out
+    attempt(check_binds, out)
+    return None if errors else out      # collecting() raises the errors
 
 
 def load_config(path: str | os.PathLike | None = None, instance: str | None = None) -> Config:
-    """The config file at ``path`` (default: the bundled one), validated; ``instance``
-    overrides its instance (parse_config)."""
+    """The config file at ``path`` over the bundled one (shm.runtime.config_overlay; no
+    path: the bundled one), validated; ``instance`` overrides its instance (parse_config)."""
     p = Path(path) if path else DEFAULT_CONFIG
     try:
         text = p.read_text()
@@ -277,6 +299,9 @@ def load_config(path: str | os.PathLike | None = None, instance: str | None = No
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError("", f"{p}: invalid YAML: {e}") from None
+    if isinstance(raw, Mapping) and p.resolve() != DEFAULT_CONFIG.resolve():
+        from shm.runtime.config_overlay import overlay     # a file names only what it changes
+        raw = overlay(portable_raw(), raw)
     return parse_config(raw, str(p), instance)
 
 

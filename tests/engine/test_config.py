@@ -129,3 +129,83 @@ def test_journal_defaults_have_one_source():
     from engine.journal import JournalConfig
     assert JournalConfig() == cfg().durability.journal_config() == DurabilityConfig().journal_config()
     assert JournalConfig().segment_bytes == 16 << 20
+
+
+# --- every error at once; a partial file overlays the bundled one (issue 25) ---------------
+
+def list_file(c) -> str:
+    """blocked_ips' file as the features layer opens it (relative: to the config's directory)."""
+    return os.path.realpath(os.path.join(os.path.dirname(c.path), c.lists["blocked_ips"]["file"]))
+
+
+def test_every_error_is_reported_with_its_key_path_and_a_did_you_mean():
+    from shm.runtime.config_check import ConfigErrors
+    with pytest.raises(ConfigErrors) as e:
+        cfg(ingres={}, ingress={"bnd": "x", "max_batch": 0}, rings={"capacity": 1000},
+            snapshot={"kep": 3}, workers={"count": True})
+    keys = [err.key for err in e.value.errors]
+    assert sorted(keys) == sorted(["ingres", "ingress.bnd", "ingress.max_batch", "rings.capacity",
+                                   "snapshot.kep", "workers.count"])
+    text = str(e.value)
+    assert text.startswith("6 errors:")
+    assert "ingres: unknown key; did you mean 'ingress'?" in text
+    assert "ingress.bnd: unknown key; did you mean 'bind'?" in text
+    assert "snapshot.kep: unknown key; did you mean 'keep'?" in text
+    assert "rings.capacity: must be a power of two, got 1000" in text
+
+
+def test_a_partial_config_file_overlays_the_bundled_one(tmp_path):
+    p = tmp_path / "mine.yaml"
+    p.write_text("ingress: {bind: 'tcp://127.0.0.1:6001'}\nsnapshot: {keep: 5}\n")
+    c, d = load_config(p), load_config()
+    assert c.ingress.bind == "tcp://127.0.0.1:6001"
+    assert c.ingress.max_batch == d.ingress.max_batch          # the rest of the section stays
+    assert (c.durability.snapshot_keep, c.durability.snapshot_interval_s) == (5, d.durability.snapshot_interval_s)
+    assert c.schema.hash == d.schema.hash and c.features == d.features
+    assert c.rules.files == d.rules.files and all(os.path.isfile(f) for f in c.rules.files)
+    assert list_file(c) == list_file(d) and os.path.isfile(list_file(c))
+
+
+def test_a_config_with_its_own_schema_gets_none_of_the_bundled_tables(tmp_path):
+    p = tmp_path / "own.yaml"
+    p.write_text(yaml.safe_dump({**BASE, "rules": {"files": ["r.yaml"]}}))
+    c = load_config(p)
+    assert c.schema.shard_key == "a" and c.features == {} and c.lists == {} and c.state == {}
+    assert c.rules.files == (str(tmp_path / "r.yaml"),) and c.rules.thresholds == ()
+    assert c.ingress.default_deadline_ms == load_config().ingress.default_deadline_ms
+
+
+def test_print_default_writes_a_config_that_works_wherever_it_is_saved(tmp_path):
+    import subprocess
+    import sys
+    from shm.runtime.config import config_to_raw
+    from bench.engine_proc import REPO
+    out = subprocess.run([sys.executable, "-m", "engine.cli", "config", "--print-default"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "# Bundled default configuration" in out.stdout          # comments kept
+    saved = tmp_path / "elsewhere" / "engine.yaml"
+    saved.parent.mkdir()
+    saved.write_text(out.stdout)
+    got = yaml.safe_load(out.stdout)                                  # complete on its own
+    got.pop("instance", None)
+    c, d = parse_config(got, str(saved)), load_config()
+    assert list_file(c) == list_file(d) and os.path.isfile(list_file(c))
+    rc, rd = config_to_raw(c), config_to_raw(d)
+    for r in (rc, rd):
+        r.pop("lists")
+    assert rc == rd
+    assert all(os.path.isfile(f) for f in c.rules.files)
+
+
+def test_config_check_lists_every_error(tmp_path):
+    import subprocess
+    import sys
+    from bench.engine_proc import REPO
+    p = tmp_path / "bad.yaml"
+    p.write_text("ingress: {max_bach: 10, on_timeout: maybe}\nmetrics: {enabeld: true}\n")
+    out = subprocess.run([sys.executable, "-m", "engine.cli", "config", "--check", "--config", str(p)],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert "3 errors" in out.stderr and "did you mean 'max_batch'" in out.stderr
+    assert "did you mean 'enabled'" in out.stderr and "ingress.on_timeout" in out.stderr
