@@ -319,5 +319,6 @@ def test_ctrl_c_stops_cleanly(fresh):
     rc = fresh.proc.wait(60)
     check_stopped_clean(fresh, rc, "SIGINT")
     assert not admin_sock.exists()
+    assert [f for f in os.listdir("/tmp") if fresh.instance in f] == []    # the old admin socket place
     assert set(os.listdir(fresh.state_dir)) <= {"journal", "snapshots"}, os.listdir(fresh.state_dir)
     assert wait_for(lambda: fresh.notify.lines("STOPPING=1"), 5), fresh.notify.got
