@@ -152,19 +152,29 @@ class EngineProcess:
     def pid(self) -> int:
         return self.proc.pid
 
-    def start(self) -> "EngineProcess":
+    def launch(self) -> "EngineProcess":
+        """Start ``serve`` and return at once (start-up tests); ``start()`` also waits."""
         env = dict(os.environ if self.env is None else self.env, PYTHONUNBUFFERED="1")
         self.log = open(self.log_path, "w+")
         self.proc = subprocess.Popen(
             [*self.prefix, *self.command, "serve", "--config", str(self.config_path),
              *self.extra_args], stdout=self.log, stderr=subprocess.STDOUT, cwd=self.cwd, env=env,
             **({"start_new_session": True} if self.own_session else {"process_group": 0}))
+        return self
+
+    def serving(self) -> bool:
+        """Has it printed its "serving" line (kept in ``ready_line``)?"""
+        ready = [ln for ln in self.output().splitlines() if ln.startswith(READY_PREFIX)]
+        if ready:
+            self.ready_line = ready[0].strip()
+        return bool(ready)
+
+    def start(self) -> "EngineProcess":
+        self.launch()
         t_end = time.monotonic() + self.ready_timeout_s
         try:
             while time.monotonic() < t_end:
-                ready = [ln for ln in self.output().splitlines() if ln.startswith(READY_PREFIX)]
-                if ready:
-                    self.ready_line = ready[0].strip()
+                if self.serving():
                     return self
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"engine exited with {self.proc.returncode}:\n{self.output()}")

@@ -49,9 +49,50 @@ def apply_overrides(cfg, args):
 
 
 def run(args) -> int:
+    from engine.stopsignals import StopRequested, StopSignals
+    stops = StopSignals()           # first of all: a stop at any point of start-up is clean
+    try:
+        return _run(args, stops)
+    except StopRequested as e:      # before the supervisor made anything
+        print(f"risk-engine: stopped ({e} during start-up)", flush=True)
+        return 0
+
+
+def serve(cfg, stops, ebpf: bool = False) -> int:
+    """Start the engine (engine.supervisor), announce it, run it; the exit code."""
+    from shm.runtime import procname
+    from engine.sdnotify import Notifier
+    from engine.stopsignals import StopRequested
+    from engine.preflight import remove_created_dirs
+    from engine.supervisor import Supervisor
+    procname.set_role("supervisor")
+    sup = Supervisor(cfg, log=lambda line: print(line, flush=True), ebpf=ebpf, stops=stops,
+                     notify=Notifier())        # flushed: under systemd stdout is a pipe
+    try:
+        sup.start()
+        stops.serving()
+    except StopRequested as e:
+        stops.hold()
+        return sup.shutdown(e.sig)
+    except BaseException:
+        stops.hold()
+        sup.cleanup()
+        remove_created_dirs(sup.created_dirs)   # a failed start leaves no empty state dirs
+        raise
+    line = (f"serving {cfg.ingress.bind} with {len(sup.placements)} worker(s), ruleset "
+            f"{sup.rulesets.specs[sup.rulesets.generation]['label']}; metrics "
+            f"{'http://' + cfg.metrics.bind + '/metrics' if cfg.metrics.enabled else 'off'}; "
+            f"instance {cfg.instance} (pid {sup.pid}); started in {sup.started_s:.1f} s")
+    print(f"risk-engine: {line}", flush=True)
+    sup.block.view("supervisor.serving")[0] = 1     # after the line: no reply precedes it
+    sup.notify.ready(line)
+    return sup.run()
+
+
+def _run(args, stops) -> int:
     import sys
     from shm.runtime.config import ConfigError
-    from engine.supervisor import StartupError, serve
+    from engine.supervisor import StartupError
     from shm.runtime.topology import TopologyError
     try:
         cfg = serve_config(args)
@@ -61,7 +102,7 @@ def run(args) -> int:
     from shm.journal_format import JournalError
     from engine.recovery import RecoveryError
     try:
-        return serve(cfg, ebpf=args.ebpf)
+        return serve(cfg, stops, ebpf=args.ebpf)
     except (StartupError, TopologyError, ConfigError, RecoveryError, JournalError, ValueError,
             OSError) as e:
         # ValueError covers list files and feature specs (shm.features: key path + value)

@@ -1,4 +1,5 @@
-"""Prometheus exporter: served by the supervisor, reading the control block at scrape time.
+"""Prometheus exporter: served by the supervisor, reading the control block at scrape time;
+also /healthz (alive) and /ready (serving) for probes and load balancers.
 
 No Python metric object is touched per event: the ingress and the workers write plain int64
 cells (shm.control); this collector turns them into metric families when Prometheus
@@ -22,6 +23,7 @@ from shm.control import (GC_BOUNDS_NS, KERNEL_BOUNDS_NS, LATENCY_BOUNDS_NS, N_CO
                          OVERLOAD_REASONS, CONN_CLOSE_REASONS, STAGES, STALL_NS, STALL_PHASES, TRANSPORTS,
                          EventLog)
 from shm.types import ACTION_NAMES, ErrorCode
+from engine.readiness import not_ready
 from ingress._dedup_kernels import EVICTED_EARLY as DEDUP_EVICTED_EARLY
 from engine.cli import version
 
@@ -97,8 +99,8 @@ class EngineCollector:
 
     def _collect(self):
         b = self.sup.block
-        if b is None:
-            return
+        if b is None or self.sup.rulesets is None or self.sup.rulesets.generation < 1:
+            return                          # starting: nothing to count yet
         req = b.view("ingress.requests").reshape(len(TRANSPORTS), N_CODES)
         c = CounterMetricFamily("risk_requests", "Requests answered, by result (ok or error code) and transport",
                                 labels=["result", "transport"])
@@ -306,14 +308,18 @@ class _Handler(BaseHTTPRequestHandler):
     collector: EngineCollector = None
 
     def do_GET(self):
+        status = 200
         if self.path.startswith("/metrics"):
             body, ctype = generate_latest(self.registry), CONTENT_TYPE_LATEST
         elif self.path.startswith("/stats"):
             body, ctype = json.dumps(stats(self.collector), indent=1).encode(), "application/json"
+        elif self.path in ("/healthz", "/ready"):
+            status, text = _probe(self.path, self.collector.sup)
+            body, ctype = text.encode(), "text/plain; charset=utf-8"
         else:
-            self.send_error(404, "try /metrics or /stats")
+            self.send_error(404, "try /metrics, /stats, /healthz or /ready")
             return
-        self.send_response(200)
+        self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -321,6 +327,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
+
+
+def _probe(path: str, sup) -> tuple[int, str]:
+    """/healthz: 200 while the supervisor answers (it starts before any child, so a start-up
+    that compiles for minutes is alive). /ready: 200 once "serving" was announced and while
+    the ingress and every worker run and serve and rules are loaded, else 503 with why
+    (engine.readiness.not_ready)."""
+    if path == "/healthz":
+        return 200, "alive\n"
+    why = not_ready(sup)
+    return (503, "not ready: " + "; ".join(why) + "\n") if why else (200, "ready\n")
 
 
 def stats(collector: EngineCollector) -> dict:

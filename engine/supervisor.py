@@ -5,11 +5,16 @@ before anything is created), engine.recovery_state.StateRecovery (feature state 
 after a worker died), engine.reload.Rulesets (generations and reloads),
 engine.snapshot_coordinator (snapshots and the workers' pause), engine.standby (the spare).
 
+Start-up (start, then serve): the children compile and warm their kernels; the ingress reads
+no request before supervisor.serving, set after every process is ready and "serving" is
+printed (engine.readiness). Signals are handled from before the first segment exists
+(engine.stopsignals): a stop during start-up stops what started and removes every segment.
+
 Shutdown (SIGINT/SIGTERM): stop=1 (the ingress reads no more requests and answers every one
 in flight), wait for the ingress to exit, stop=2 (workers exit between batches), unlink every
-segment, exit 0. A child that dies is restarted; a worker's unreleased requests stay in its
-ring and are evaluated by its successor (or answered by the ingress at their deadline, flagged
-WORKER_LOST).
+segment, print one "stopped" line, exit 0. A child that dies is restarted; a worker's
+unreleased requests stay in its ring and are evaluated by its successor (or answered by the
+ingress at their deadline, flagged WORKER_LOST).
 """
 from __future__ import annotations
 
@@ -18,30 +23,34 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 
-from shm.runtime import procname, rundir
+from shm.runtime import rundir
 from shm.runtime.config import Config
-from shm.control import Block, BlockLayout
+from shm.control import STARTUP_PHASES, Block, BlockLayout
 from engine.memplan import check_memory
-from engine.preflight import (StartupError, check_ports, check_state_dirs, claim_instance,
-                              remove_created_dirs)
+from engine.preflight import StartupError, check_ports, check_state_dirs, claim_instance
+from engine.readiness import Progress, child_phases, wait_ready
 from engine.recovery_state import StateRecovery
 from engine.reload import Rulesets, startup_ruleset
 from shm.rings import EngineRings
 from shm.runtime.securedir import UnsafePathError, ensure_private_dir, write_private_file
 from engine.snapshot_coordinator import SnapshotCoordinator, SnapshotError
+from engine.sdnotify import Notifier
 from engine.standby import STOP_GRACE_S, StandbyPool
 from engine.status_file import status_doc
+from engine.stopsignals import StopSignals
 from shm.runtime.topology import Topology, plan_workers, read_topology
 from shm.doorbell import EventfdDoorbell
 from shm.segment import Segment, unlink_owned
 from shm import names
 
-READY_TIMEOUT_S = 120        # cold kernel compile of a big ruleset on a busy 2-core machine
+STARTING_GRACE_S = 2         # a child stopped before it was ready: it holds nothing to close
 
 
 class Supervisor:
-    def __init__(self, cfg: Config, topology: Topology | None = None, log=print, ebpf: bool = False):
+    def __init__(self, cfg: Config, topology: Topology | None = None, log=print, ebpf: bool = False,
+                 stops: StopSignals | None = None, notify: Notifier | None = None):
         self.cfg = cfg
         self.want_ebpf = ebpf
         self.sidecar = None
@@ -53,7 +62,9 @@ class Supervisor:
         self.admin_log = None               # engine.admin_log.AdminLog, opened by the first change
         self.topology = topology or read_topology()
         self.children: dict[str, subprocess.Popen] = {}
-        self.signals: list[int] = []
+        self.stops = stops                  # engine.stopsignals (serve() installs it first)
+        self.notify = notify or Notifier({})
+        self.progress: Progress | None = None   # start-up's progress lines
         self.placements: list = []          # shm.runtime.topology.plan_workers: one per worker
         self.rings: list[EngineRings] = []
         self.exporter = None
@@ -72,14 +83,17 @@ class Supervisor:
         self.standbys: StandbyPool | None = None           # the spare worker (workers.standby)
         self.started_ns = 0                 # CLOCK_MONOTONIC (arrival_ns' clock) when this run began
         self.status_written: dict | None = None  # status.json as last written (engine.status_file)
+        self.started_s = 0.0                # how long start() took
 
     # --- start --------------------------------------------------------------------------------
 
     def start(self) -> None:
         cfg = self.cfg
         check_ports(cfg)                    # before anything exists: a busy port leaves nothing
+        self.progress = Progress(self.log, self.notify)
         self._check_dirs()
         claim_instance(cfg, self.pid, self.log)
+        self._start_exporter()                  # /healthz from now on, /ready once serving
         for f in self.run_dir.glob("gen-*.json"):
             f.unlink()
         self.placements = plan_workers(self.topology, set(os.sched_getaffinity(0)),
@@ -88,10 +102,14 @@ class Supervisor:
         check_memory(cfg, n)
         from shm.featurestore import FeatureStore
         self.features = FeatureStore(cfg, self.pid, create=True)
+        self.progress.step(f"compiling the rules of {len(cfg.rules.files)} file(s)")
         spec, rs = startup_ruleset(cfg, self.features.fs, self.log)   # refuse a bad ruleset
+        self.log(f"risk-engine: ruleset {rs.label}: {rs.n_rules} rules, kernel compiled or "
+                 f"loaded in {rs.import_s:.1f} s")
         self.recovery = StateRecovery(cfg, self.features, self.log)
         if not self.features.empty:
             self.log("risk-engine: feature tables in shared memory:\n" + self.features.fs.memory_report())
+            self.progress.step("recovering feature state")
             self.recovery.at_start(rs)          # before any worker starts
         self.control = Segment.create(cfg.instance, names.CONTROL, BlockLayout(n).nbytes, self.pid)
         self.block = Block(self.control.buf, n, create=True)
@@ -114,20 +132,17 @@ class Supervisor:
         self.started_ns = time.monotonic_ns()   # records arriving after it are this run's (explain)
         self.rulesets.publish(spec, rs)
         write_private_file(self.run_dir / "supervisor.pid", str(self.pid).encode())
+        spawned_s = time.monotonic()
         for w in range(n):
             self._spawn_worker(w)
         self._spawn_ingress()
         if cfg.workers.standby:
-            self.standbys.start()
-        self._wait_ready()
+            with self.stops.spawning() if self.stops else nullcontext():   # until it is known
+                self.standbys.start()
+        self.progress.step("")
+        self.progress.children = lambda: child_phases(self, spawned_s)
+        wait_ready(self)
         from engine.admin import AdminServer
-        from engine.exporter import EngineCollector, Exporter
-        self.collector = EngineCollector(self)
-        if cfg.metrics.enabled:
-            try:
-                self.exporter = Exporter(self, self.collector)
-            except OSError as e:
-                raise StartupError(f"metrics.bind={cfg.metrics.bind!r}: {e.strerror}") from None
         try:
             self.admin = AdminServer(self)
         except Exception as e:
@@ -135,6 +150,16 @@ class Supervisor:
         if self.want_ebpf:
             self._start_sidecar()
         self._write_status()
+        self.started_s = self.progress.close()
+
+    def _start_exporter(self) -> None:
+        from engine.exporter import EngineCollector, Exporter
+        self.collector = EngineCollector(self)
+        if self.cfg.metrics.enabled:
+            try:
+                self.exporter = Exporter(self, self.collector)
+            except OSError as e:
+                raise StartupError(f"metrics.bind={self.cfg.metrics.bind!r}: {e.strerror}") from None
 
     def _check_dirs(self) -> None:
         """The run directory (created 0700, or refused: shm.runtime.rundir) and the state
@@ -174,10 +199,11 @@ class Supervisor:
         return int(self.sidecar is not None and self.sidecar.alive())
 
     def _spawn(self, role: str | None, args: list[str], **kw) -> subprocess.Popen:
-        p = subprocess.Popen([sys.executable, "-m", *args, "--run-dir", str(self.run_dir)],
-                             pass_fds=(self.doorbell.fileno(),), **kw)
-        if role is not None:
-            self.children[role] = p
+        with self.stops.spawning() if self.stops else nullcontext():   # engine.stopsignals
+            p = subprocess.Popen([sys.executable, "-m", *args, "--run-dir", str(self.run_dir)],
+                                 pass_fds=(self.doorbell.fileno(),), **kw)
+            if role is not None:
+                self.children[role] = p
         return p
 
     def _after_reload(self) -> None:
@@ -205,43 +231,17 @@ class Supervisor:
         self.block.view("supervisor.ingress_pid")[0] = p.pid
         self.block.view("supervisor.ingress_alive")[0] = 1
 
-    def _wait_ready(self) -> None:
-        gens = [self.block.worker(w, "generation") for w in range(len(self.placements))]
-        accepting = self.block.view("ingress.accepting")
-        t_end = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < t_end:
-            dead = [r for r, p in self.children.items() if p.poll() is not None]
-            if dead:
-                raise StartupError(f"{dead[0]} exited with code {self.children[dead[0]].returncode} "
-                                   f"during start-up")
-            sb = self.standbys.process
-            if sb is not None and sb.poll() is not None:
-                raise StartupError(f"standby worker exited with code {sb.returncode} "
-                                   f"during start-up")
-            if all(g[0] == self.rulesets.generation for g in gens) and accepting[0] and \
-                    (sb is None or self.standbys.ready()):
-                return
-            time.sleep(0.02)
-        waiting = [f"worker {w}" for w, g in enumerate(gens) if g[0] != self.rulesets.generation]
-        if not accepting[0]:
-            waiting.append("ingress")
-        if self.standbys.process is not None and not self.standbys.ready():
-            waiting.append("standby worker")
-        raise StartupError(f"engine not ready after {READY_TIMEOUT_S} s; still starting: {', '.join(waiting)}")
-
     # --- run ----------------------------------------------------------------------------------
 
     def run(self) -> int:
         """Watch children, restart the dead, handle signals. Returns the exit code."""
-        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(s, lambda sig, _f: self.signals.append(sig))
         while True:
-            while self.signals:
-                sig = self.signals.pop(0)
+            while (sig := self.stops.take()) is not None:
                 if sig == signal.SIGHUP:
                     self.rulesets.request_from_file()
                 else:
-                    return self.shutdown()
+                    return self.shutdown(sig)
+            self.notify.watchdog()
             self._reap()
             self._note_restarted()
             self.standbys.keep()
@@ -326,32 +326,48 @@ class Supervisor:
 
     # --- stop ---------------------------------------------------------------------------------
 
-    def shutdown(self) -> int:
-        self.standbys.retire()
-        stop = self.block.view("supervisor.stop")
-        stop[0] = 1
-        ing = self.children.get("ingress")
-        if ing is not None:
-            try:
-                ing.wait(self.cfg.ingress.default_deadline_ms / 1000 + STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                ing.kill()
-        stop[0] = 2
-        for role, p in self.children.items():
-            if role.startswith("worker"):
-                for r in self.rings:
-                    r.wake_worker()
-        for role, p in self.children.items():
-            try:
-                p.wait(STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+    def shutdown(self, sig: int) -> int:
+        """Stop in order (module doc), also part-way through start-up; one "stopped" line."""
+        self.notify.stopping()
+        if self.progress is not None:
+            self.progress.close()
+        starting = self.block is None or not self.block.view("supervisor.serving")[0]
+        if self.standbys is not None:
+            self.standbys.retire()
+        if self.block is not None:
+            stop = self.block.view("supervisor.stop")
+            stop[0] = 1
+            ing = self.children.get("ingress")
+            if ing is not None:
+                self._stop_child(ing, self.cfg.ingress.default_deadline_ms / 1000 + STOP_GRACE_S,
+                                 self.block.view("ingress.phase"))
+            stop[0] = 2
+            for r in self.rings:
+                r.wake_worker()
+            for role, p in self.children.items():
+                if role != "ingress":
+                    self._stop_child(p, STOP_GRACE_S, self.block.worker(int(role.split()[1]), "phase"))
         self.cleanup()
+        self.log(f"risk-engine: stopped ({signal.Signals(sig).name}{' during start-up' if starting else ''}); "
+                 f"instance {self.cfg.instance} (pid {self.pid}): shared memory and run directory removed")
         return 0
+
+    @staticmethod
+    def _stop_child(p: subprocess.Popen, grace_s: float, phase) -> None:
+        """Wait for a child to exit; one not ready yet is compiling or loading and holds
+        nothing that needs closing: it gets STARTING_GRACE_S, then SIGKILL."""
+        if phase[0] != STARTUP_PHASES.index("ready"):
+            grace_s = STARTING_GRACE_S
+        try:
+            p.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
     def cleanup(self) -> None:
         """Release everything this supervisor created; safe after a partial start."""
+        if self.progress is not None:
+            self.progress.close()
         if self.rulesets is not None:
             self.rulesets.kill()
         for p in self.children.values():
@@ -385,19 +401,3 @@ class Supervisor:
             self.run_dir.rmdir()
         except OSError:
             pass
-
-
-def serve(cfg: Config, ebpf: bool = False) -> int:
-    procname.set_role("supervisor")
-    sup = Supervisor(cfg, ebpf=ebpf)
-    try:
-        sup.start()
-    except BaseException:
-        sup.cleanup()
-        remove_created_dirs(sup.created_dirs)   # a failed start leaves no empty state dirs
-        raise
-    print(f"risk-engine: serving {cfg.ingress.bind} with {len(sup.placements)} worker(s), "
-          f"ruleset {sup.rulesets.specs[sup.rulesets.generation]['label']}; metrics "
-          f"{'http://' + cfg.metrics.bind + '/metrics' if cfg.metrics.enabled else 'off'}; "
-          f"instance {cfg.instance} (pid {sup.pid})", flush=True)
-    return sup.run()

@@ -24,7 +24,7 @@ import numpy as np
 
 from shm.runtime import gcstats, procname, rundir
 from shm.control import (BLOCKS_EVERY_NS, KERNEL_BOUNDS_NS, LATENCY_BOUNDS_NS,
-                         STALL_NS, STALL_PHASES, Block, EventLog, observe)
+                         STALL_NS, STALL_PHASES, Block, EventLog, observe, set_phase)
 from engine.journal_housekeeper import JournalHousekeeper
 from shm.rings import EngineRings
 from engine.snapshot_coordinator import hold_for_snapshot
@@ -263,26 +263,36 @@ def standby(run_dir: str) -> int:
     control block (supervisor.standby_pid), then wait for the supervisor to write an index
     on stdin and serve it. EOF (the supervisor retired it, or is gone): exit."""
     procname.become_child("worker standby (loading)")
-    prep = Prepared(run_dir)
+    prep = Prepared(run_dir, "supervisor.standby_phase")
     from engine.journal import warm_up
     warm_up()                                    # the journal's compiled helpers
     gcstats.freeze_after_warmup()
+    set_phase(prep.block.view("supervisor.standby_phase"), "ready")
     prep.block.view("supervisor.standby_pid")[0] = os.getpid()
     procname.set_role("worker standby")          # ready (tests and `ps` tell it apart)
     line = sys.stdin.readline()
     if not line.strip():
-        prep.store.close()
-        prep.block_seg.close()
-        return 0
+        return _close(prep)
     return serve(run_dir, int(line), prep)
+
+
+def _close(prep: Prepared) -> int:
+    """Exit before serving (a retired standby, a stop during start-up)."""
+    prep.ruleset = None
+    prep.store.close()
+    prep.block_seg.close()
+    return 0
 
 
 def serve(run_dir: str, index: int, prep: Prepared | None = None) -> int:
     procname.become_child(f"worker {index}")
     plan = prep.plan if prep is not None else rundir.read_plan(run_dir)
     pin_self(plan["workers"][index]["cpu"])                 # before touching the rings
-    prep = prep or Prepared(run_dir)
+    prep = prep or Prepared(run_dir, f"worker{index}.phase")
     cfg, block, block_seg, store = prep.cfg, prep.block, prep.block_seg, prep.store
+    if block.view("supervisor.stop")[0] >= 2:  # stopped while it loaded: nothing opened yet
+        return _close(prep)
+    set_phase(block.worker(index, "phase"), "warming")
     rings = EngineRings.attach(cfg, plan, index, EventfdDoorbell(plan["eventfd"]))
     rings.prefault()                                        # first touch after pinning
     max_batch = min(cfg.ingress.max_batch, cfg.rings.capacity)
@@ -298,6 +308,7 @@ def serve(run_dir: str, index: int, prep: Prepared | None = None) -> int:
                           cfg.durability.on_journal_unavailable)
     # the start-up collection (~70 ms) before this worker reports its generation (ready)
     gcstats.freeze_after_warmup(block.worker(index, "gc_hist"))
+    set_phase(block.worker(index, "phase"), "ready")
     block.worker(index, "generation")[0] = generation
     resent = serve_journaled_tail(rings, journal, proc)
     if resent:

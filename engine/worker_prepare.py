@@ -53,14 +53,21 @@ class GenerationLoader:
 
 class Prepared:
     """What a worker loads before it needs its index: the config, the control block, the
-    shared feature tables and the active generation's kernel (from the kernel cache, warmed
-    up: numba's first load costs about 0.2 s of it). A standby worker holds one ready."""
+    shared feature tables (their pages mapped: the first batches would otherwise fault them
+    in, 73 MiB with the default config) and the active generation's kernel (from the kernel
+    cache, warmed up: numba's first load costs about 0.2 s of it). A standby worker holds
+    one ready. ``phase``: the control-block view where this process reports its start-up
+    phase (shm.control.STARTUP_PHASES)."""
 
-    def __init__(self, run_dir: str):
+    def __init__(self, run_dir: str, phase: str):
+        from shm.control import set_phase
         from shm.featurestore import FeatureStore
         self.plan = rundir.read_plan(run_dir)
         self.cfg = rundir.read_config(run_dir)
         self.block, self.block_seg = rundir.attach_control(run_dir, self.cfg)
+        set_phase(self.block.view(phase), "compiling")
         self.store = FeatureStore(self.cfg, self.plan["owner_pid"], create=False)
         self.generation = int(self.block.view("supervisor.generation")[0])
         self.ruleset = load_generation(run_dir, self.generation, self.cfg.schema, self.store.fs)
+        set_phase(self.block.view(phase), "warming")
+        self.store.prefault()

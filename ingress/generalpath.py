@@ -171,7 +171,7 @@ class GeneralPath:
             if owed > 0:
                 views.owe(w)
         views.owed_since = views.owed_since or now_ns
-        deadline = adm.deadline(now_ns, req.deadline_us)
+        deadline = adm.deadline(now_ns, req.deadline_us, n)
         p = Pending(seq, envelope, req, n, now_ns, deadline, [w for w, _ in groups], dkey)
         p.rhash = rhash
         p.routed_ns = time.monotonic_ns()

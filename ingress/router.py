@@ -28,7 +28,7 @@ import time
 import zmq
 
 from shm.runtime import gcstats, procname, rundir
-from shm.control import BLOCKS_EVERY_NS, N_CODES, OVERLOAD_REASONS
+from shm.control import BLOCKS_EVERY_NS, N_CODES, OVERLOAD_REASONS, set_phase
 from shm.rings import EngineRings
 from shm.runtime.topology import pin_self
 from shm.tokens import EPOCHS
@@ -43,6 +43,7 @@ from ingress.generalpath import GeneralPath
 from ingress.replies import Replies
 from ingress.sockopts import SockOpts
 from ingress.timeouts import Timeouts
+from ingress.warmup import warm_up
 from ingress.wire import WireError
 from shm.doorbell import EventfdDoorbell
 from shm.idle import SpinPayoff
@@ -59,6 +60,7 @@ _POLLIN = int(zmq.POLLIN)             # plain ints: the enum forms cost 2.5 us p
 _NOWAIT = int(zmq.NOBLOCK)
 _BAD_FRAME = int(ErrorCode.BAD_FRAME)
 _SHED = OVERLOAD_REASONS.index("shed")
+SERVING_POLL_S = 0.005                # ready, waiting for the supervisor's "serving"
 
 
 class Router:
@@ -68,10 +70,12 @@ class Router:
         plan = rundir.read_plan(run_dir)
         self.n_workers = len(plan["workers"])
         self.block, self._block_seg = rundir.attach_control(run_dir, cfg)
+        self.phase = self.block.view("ingress.phase")
+        set_phase(self.phase, "compiling")          # the paths bind (compile) their kernels
         self.efd = EventfdDoorbell(plan["eventfd"])
         self.rings = [EngineRings.attach(cfg, plan, w, self.efd) for w in range(self.n_workers)]
         self.response_rings = [r.response for r in self.rings]
-        codec = Codec(cfg.schema, cfg.ingress.max_batch, cfg.ingress.max_frame_bytes)
+        self.codec = codec = Codec(cfg.schema, cfg.ingress.max_batch, cfg.ingress.max_frame_bytes)
         slot_dtype = request_slot_dtype(cfg.schema.dtype)
         self.backlog_since = 0             # since when the socket queue has not emptied
         self.backlog_reads = 0             # requests read since then
@@ -120,6 +124,8 @@ class Router:
     # --- the loop ----------------------------------------------------------------------------
 
     def run(self) -> int:
+        set_phase(self.phase, "warming")
+        warm_up(self.codec, self.fast, self.general)
         # the start-up collection (~100 ms) before the socket binds: no request waits for it
         gcstats.freeze_after_warmup(self.block.view("ingress.gc_hist"))
         ctx = zmq.Context(io_threads=1)
@@ -137,8 +143,9 @@ class Router:
         ep.register(sock.getsockopt(zmq.FD), select.EPOLLIN)
         ep.register(self.efd.fileno(), select.EPOLLIN)
         ep.register(conns_fd, select.EPOLLIN)
-        accepting = True
-        self.c_accepting[0] = 1
+        set_phase(self.phase, "ready")
+        accepting = self._wait_serving()
+        self.c_accepting[0] = int(accepting)
         fast, general, admission = self.fast, self.general, self.admission
         c_blocks, blocks_due = self.block.view("ingress.py_blocks"), 0
         payoff, idle_since = SpinPayoff(self.spin_ns), 0   # spin only while it pays
@@ -190,6 +197,17 @@ class Router:
         self.efd.close()
         self._block_seg.close()
         return 0
+
+    def _wait_serving(self) -> bool:
+        """Bound and warm: read no request before the supervisor announced "serving" (every
+        process ready: engine.readiness); meanwhile libzmq queues what clients send. False:
+        stopped first."""
+        serving = self.block.view("supervisor.serving")
+        while not serving[0]:
+            if self.stop[0]:
+                return False
+            time.sleep(SERVING_POLL_S)
+        return True
 
     def _connections(self, sock: zmq.Socket) -> Connections:
         """The connection cap (ingress.conns), within this process's descriptor limit."""

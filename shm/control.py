@@ -74,7 +74,7 @@ SUPERVISOR = [("header", 2), ("stop", 1), ("generation", 1), ("worker_restarts",
               ("worker_alive", MAX_WORKERS), ("ingress_pid", 1), ("ingress_alive", 1),
               ("snapshot_log", 1 + LOG_ENTRIES * LOG_WIDTH), ("worker_restart_ns", 1),
               ("standby_pid", 1), ("journal_corrupt_records", 1), ("snapshots_refused", 1),
-              ("snapshots_skipped", 1)]
+              ("snapshots_skipped", 1), ("serving", 1), ("standby_phase", 2)]
 # why a request was refused with OVERLOADED (ingress.overloaded[i]; risk_overloaded_total{reason})
 OVERLOAD_REASONS = ("shed", "ring_full", "max_inflight", "worker_behind", "peer_inflight")
 # why the ingress closed a connection (ingress.connections_closed[i]; ingress.conns)
@@ -85,7 +85,7 @@ INGRESS = [("requests", N_TRANSPORTS * N_CODES), ("decisions", 3), ("inflight", 
            ("gc_hist", _hist(NBG)), ("generation_seen", 1), ("dedup_meta", 4),
            ("timeout_log", 1 + LOG_ENTRIES * LOG_WIDTH), ("py_blocks", 1),
            ("overloaded", len(OVERLOAD_REASONS)), ("connections", 1),
-           ("connections_closed", len(CONN_CLOSE_REASONS))]
+           ("connections_closed", len(CONN_CLOSE_REASONS)), ("phase", 2)]
 WORKER = [("batches", 1), ("events", 1), ("generation", 1), ("reload_errors", 1),
           ("paused", 1), ("journal_seq", 1), ("retain_seq", 1),
           ("kernel_hist", _hist(NBK)), ("gc_hist", _hist(NBG)), ("heartbeat_ns", 1),
@@ -93,7 +93,12 @@ WORKER = [("batches", 1), ("events", 1), ("generation", 1), ("reload_errors", 1)
           ("stall_log", 1 + LOG_ENTRIES * LOG_WIDTH),
           ("row_generation", 2), ("py_blocks", 1),
           ("journal_unavailable", 1), ("journal_write_errors", 1),
-          ("rule_hits", 2 * MAX_RULES), ("rule_errors", 2 * MAX_RULES)]
+          ("rule_hits", 2 * MAX_RULES), ("rule_errors", 2 * MAX_RULES), ("phase", 2)]
+# Start-up: each child process says where it is in a ("phase", 2) view, [STARTUP_PHASES
+# index, CLOCK_MONOTONIC ns it entered it] (engine.readiness prints them while the engine
+# starts). supervisor.serving: 1 once the supervisor announced "serving"; the ingress reads
+# no request before it.
+STARTUP_PHASES = ("starting", "compiling", "warming", "ready")
 # Rule counters come in two rows: generation g counts into row g % 2. A row is zeroed only
 # when generation g + 2 starts, and the supervisor folds a row into its totals before it
 # asks for that generation, so no hit is lost across reloads; a restarted worker keeps
@@ -200,6 +205,12 @@ def observe(hist: np.ndarray, bounds_ns: np.ndarray, value_ns: int, count: int =
     [buckets..., sum_ns]. One compiled call: numpy's searchsorted plus two scalar
     increments cost ~4 us a call from Python here; this ~0.3 us."""
     _observe(hist, bounds_ns, value_ns, count)
+
+
+def set_phase(view: np.ndarray, phase: str) -> None:
+    """Enter start-up phase ``phase`` (STARTUP_PHASES) in a ("phase", 2) view."""
+    view[1] = time.monotonic_ns()
+    view[0] = STARTUP_PHASES.index(phase)
 
 
 class EventLog:

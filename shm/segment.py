@@ -107,8 +107,9 @@ class Segment:
         """Allocate the pages of a range now, in this process (first touch decides the NUMA node).
 
         Uses madvise(MADV_POPULATE_WRITE), which allocates writable pages without changing
-        their contents, so it is safe at any time. On kernels without it, falls back to
-        writing zeros: then call it only before the range holds data.
+        their contents; on kernels without it, reads one byte per page (a shmem read fault
+        allocates the page too). Either way safe at any time, on live data too (a restarted
+        worker maps rings and feature tables that hold requests and state).
         """
         end = self.size if size_bytes is None else offset_bytes + size_bytes
         start = offset_bytes - offset_bytes % _PAGE_BYTES
@@ -116,7 +117,7 @@ class Segment:
             self.buf.madvise(_MADV_POPULATE_WRITE, start, end - start)
         except (OSError, ValueError):
             view = self.array(np.uint8, offset_bytes, end - offset_bytes)
-            view[::_PAGE_BYTES] = 0
+            int(view[::_PAGE_BYTES].sum())
             del view
 
     def close(self) -> bool:

@@ -203,6 +203,7 @@ def _parse(raw: Mapping, path: str, instance: str | None, errors: list) -> Confi
     inst = attempt(_instance, raw, instance) or "re"
 
     s = _section(raw, "ingress", {"bind", "max_frame_bytes", "max_batch", "default_deadline_ms",
+                                  "default_deadline_per_event_us",
                                   "on_timeout", "on_overload", "dedup_window_s", "dedup_max_entries", "dedup_max_bytes",
                                   "max_inflight", "max_inflight_per_peer", "max_connections", "spin_us", "curve"})
     ingress = IngressConfig(
@@ -210,6 +211,8 @@ def _parse(raw: Mapping, path: str, instance: str | None, errors: list) -> Confi
         max_frame_bytes=_int(s, "ingress", "max_frame_bytes", IngressConfig.max_frame_bytes, 64, 1 << 30),
         max_batch=_int(s, "ingress", "max_batch", IngressConfig.max_batch, 1, 1 << 16),
         default_deadline_ms=_int(s, "ingress", "default_deadline_ms", IngressConfig.default_deadline_ms, 1, 3_600_000),
+        default_deadline_per_event_us=_int(s, "ingress", "default_deadline_per_event_us",
+                                           IngressConfig.default_deadline_per_event_us, 0, 1_000_000),
         on_timeout=_str(s, "ingress", "on_timeout", IngressConfig.on_timeout, ("allow", "block")),
         on_overload=_str(s, "ingress", "on_overload", IngressConfig.on_overload, ("error", "allow", "review", "block")),
         dedup_window_s=_int(s, "ingress", "dedup_window_s", IngressConfig.dedup_window_s, 0, 86_400),

@@ -29,6 +29,9 @@ class IngressConfig:
     max_frame_bytes: int = 1 << 20
     max_batch: int = 4096
     default_deadline_ms: int = 50
+    # a request of n events without a deadline gets default_deadline_ms plus this per event
+    # after the first: a 4096-event batch takes a worker tens of ms (docs/RELIABILITY.md)
+    default_deadline_per_event_us: int = 50
     on_timeout: str = "block"           # fail-closed by default: allow | block
     on_overload: str = "error"          # error | allow | review | block
     dedup_window_s: int = 60

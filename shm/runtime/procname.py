@@ -27,12 +27,15 @@ def become_child(role: str) -> None:
     """Set-up of every process the supervisor starts: name it; leave SIGINT/SIGTERM to the
     supervisor, which stops its children in order (a Ctrl-C or a systemd stop reaches the
     whole process group); and die with the supervisor if it is killed (PR_SET_PDEATHSIG), so
-    no child ever outlives its engine."""
+    no child ever outlives its engine. The supervisor starts a child with SIGINT and SIGTERM
+    blocked (engine.stopsignals), so none can end it before this: once they are ignored they
+    are unblocked, and one that arrived meanwhile is discarded."""
     import ctypes
     import signal
     set_role(role)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGINT, signal.SIGTERM))
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL, 0, 0, 0)          # PR_SET_PDEATHSIG = 1

@@ -25,12 +25,14 @@ from tests.ingress.wire_helpers import SCHEMA, records
 
 CAP = 4
 DEADLINE_MS = 10                         # behind = half: 5 ms
+PER_EVENT_US = 50
 SLOT = request_slot_dtype(SCHEMA.dtype)
 
 
 def _cfg(max_inflight=8, per_peer=2):
     return types.SimpleNamespace(max_inflight=max_inflight, max_inflight_per_peer=per_peer,
-                                 default_deadline_ms=DEADLINE_MS)
+                                 default_deadline_ms=DEADLINE_MS,
+                                 default_deadline_per_event_us=PER_EVENT_US)
 
 
 @pytest.fixture
@@ -115,3 +117,14 @@ def test_in_flight_counts_and_sequence_are_kept_once(rings):
     adm.release(b"a")
     adm.release(b"b")
     assert adm.inflight == 0 and adm.peer_inflight == {}
+
+
+def test_the_default_deadline_grows_with_the_events_a_given_one_is_kept(rings):
+    """No deadline in the header: default_deadline_ms, plus default_deadline_per_event_us per
+    event after the first (a worker's time is per event); a header deadline is used as given."""
+    pair, _ = rings
+    adm = Admission(_cfg(), 1, RingViews([pair], SLOT))
+    now = 1_000_000_000
+    assert adm.deadline(now, 0) == adm.deadline(now, 0, 1) == now + DEADLINE_MS * 1_000_000
+    assert adm.deadline(now, 0, 4096) == now + DEADLINE_MS * 1_000_000 + 4095 * PER_EVENT_US * 1000
+    assert adm.deadline(now, 7_000, 4096) == now + 7_000_000

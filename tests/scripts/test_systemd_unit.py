@@ -1,5 +1,6 @@
 """scripts/systemd/risk-engine.service: runs as its own user with private run, state and
-cache directories, is a unit systemd accepts, and is the one docs/DEPLOY.md shows."""
+cache directories, tells systemd when it serves (Type=notify), is a unit systemd accepts,
+and is the one docs/DEPLOY.md shows."""
 from __future__ import annotations
 
 import shutil
@@ -30,6 +31,16 @@ def test_runs_as_a_dedicated_user_with_private_directories():
     assert s["ProtectSystem"] == ["strict"] and s["UMask"] == ["0077"]
     assert s["CapabilityBoundingSet"] == s["AmbientCapabilities"] == ["CAP_SYS_NICE"]
     assert "PrivateDevices" not in s and "MemoryDenyWriteExecute" not in s   # /dev/shm, Numba
+
+
+def test_systemd_waits_for_serving_and_watches_the_loop():
+    """Type=notify: READY=1 comes after "serving" (engine.sdnotify, tested against a real
+    socket in tests/engine/test_startup.py); the watchdog and a start timeout that a cold
+    kernel cache fits in."""
+    s = settings()
+    assert s["Type"] == ["notify"] and s["NotifyAccess"] == ["main"]
+    assert int(s["WatchdogSec"][0]) >= 10 and int(s["TimeoutStartSec"][0]) >= 300
+    assert "/tmp" not in " ".join(v for k, vs in s.items() for v in vs if k != "PrivateTmp")
 
 
 def test_deploy_doc_shows_the_shipped_unit():
