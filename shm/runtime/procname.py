@@ -2,24 +2,28 @@
 `pgrep -f` and scripts/pin_workers.sh can tell them apart."""
 from __future__ import annotations
 
+import ctypes
+import signal
+
+try:
+    import setproctitle
+except ImportError:           # pragma: no cover - setproctitle is an install requirement
+    setproctitle = None
+
 PREFIX = "risk-engine: "
 
 
 def set_role(role: str) -> None:
-    try:
-        import setproctitle
+    if setproctitle is not None:
         setproctitle.setproctitle(PREFIX + role)
-    except ImportError:       # pragma: no cover - setproctitle is an install requirement
-        pass
 
 
 def name_thread(name: str) -> None:
     """Name the calling thread for `top -H`, `ps -L` and the bench's per-thread CPU
     (the kernel keeps 15 bytes); other threads inherit the process title's first 15."""
     try:
-        import setproctitle
         setproctitle.setthreadtitle(name[:15])
-    except (ImportError, AttributeError):   # pragma: no cover - setproctitle < 1.2
+    except AttributeError:    # pragma: no cover - setproctitle missing or < 1.2
         pass
 
 
@@ -28,8 +32,6 @@ def become_child(role: str) -> None:
     supervisor, which stops its children in order (a Ctrl-C or a systemd stop reaches the
     whole process group); and die with the supervisor if it is killed (PR_SET_PDEATHSIG), so
     no child ever outlives its engine."""
-    import ctypes
-    import signal
     set_role(role)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
