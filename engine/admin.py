@@ -19,10 +19,15 @@ import os
 
 import zmq
 
+from engine import admin_state
 from engine.admin_request import (MAX_FILES, MAX_MESSAGE_CHARS, MAX_REQUEST_BYTES, NO_ARGS, PATH,
                                   AdminError, allowed_file, boolean, check_args, integer, list_of,
                                   parse_request)
+from engine.explain_job import MAX_JOBS, ExplainJob
+from engine.explain_replay import parse_request_key
 from engine.snapshot_coordinator import SnapshotError
+from ingress.security import configure_server, stop_authenticator
+from shm.runtime.endpoints import parse_zmq_bind
 
 MAX_FRAMES = 3                   # identity, delimiter, body: anything longer is refused
 MAX_REQUESTS_PER_POLL = 64       # then the supervisor's loop runs again
@@ -38,7 +43,7 @@ def _status(sup, args):
 
 
 def _stats(sup, args):
-    from engine.exporter import stats
+    from engine.exporter import stats   # lazy: prometheus, psutil; the admin CLI imports us
     return {"stats": stats(sup.collector)}
 
 
@@ -68,7 +73,6 @@ def _snapshot(sup, args):
 
 def _explain(sup, args):
     """Explain a journaled event in a child process (engine.explain_job): the workers go on."""
-    from engine.explain_job import MAX_JOBS, ExplainJob
     if not sup.cfg.durability.journal_enabled:
         raise AdminError("NO_JOURNAL", "the journal is off (journal.enabled: false): nothing to explain")
     if ("seq" in args) == ("request" in args):
@@ -83,7 +87,6 @@ def _explain(sup, args):
 
 def _request_key(key, v):
     """CLIENT_ID:REQUEST_ID, checked whole here (the explain child gets it as parsed ints)."""
-    from engine.explain_replay import parse_request_key
     if not isinstance(v, str):
         raise AdminError("BAD_ARGUMENT", f"{key}: must be a string CLIENT_ID:REQUEST_ID, got {type(v).__name__}")
     try:
@@ -102,7 +105,6 @@ COMMANDS = {"status": (_status, NO_ARGS), "stats": (_stats, NO_ARGS),
 
 
 def _commands() -> dict:
-    from engine import admin_state
     return {**COMMANDS, **admin_state.COMMANDS}
 
 
@@ -134,7 +136,6 @@ def _reload_reply(sup, outcome: str) -> dict:
 
 class AdminServer:
     def __init__(self, sup):
-        from shm.runtime.endpoints import parse_zmq_bind
         self.sup = sup
         self.ctx = zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.ROUTER)
@@ -145,7 +146,6 @@ class AdminServer:
         if ":" in ep.host:
             self.sock.setsockopt(zmq.IPV6, 1)
         if sup.cfg.admin.curve.enabled:
-            from ingress.security import configure_server
             configure_server(self.ctx, self.sock, sup.cfg.admin.curve)
         self.sock.bind(bind)
         if ep.transport == "ipc":       # connecting needs write access: root and our user only
@@ -255,7 +255,6 @@ class AdminServer:
         self.jobs = []
         self.sock.close(0)
         if self.sup.cfg.admin.curve.enabled:
-            from ingress.security import stop_authenticator
             stop_authenticator(self.ctx)
 
 

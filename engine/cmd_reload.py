@@ -1,4 +1,9 @@
 """`risk-engine reload`: ask a running engine to recompile its rules and swap them in."""
+
+import os
+import signal
+import sys
+
 HELP = "reload the rules of a running engine (compile off the hot path, swap between batches)"
 
 
@@ -9,9 +14,7 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    import os
-    import signal
-    import sys
+    # lazy: every risk-engine start imports this module (engine/cli.py)
     from shm.runtime import rundir
     for d, pid in rundir.live_instances():
         if d.name == args.instance:

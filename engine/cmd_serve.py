@@ -1,4 +1,11 @@
 """`risk-engine serve`: start the engine in the foreground."""
+
+import os
+import sys
+from dataclasses import replace
+
+from rules import RulesetError
+
 HELP = "start the engine (supervisor, ingress, workers) in the foreground"
 
 
@@ -19,17 +26,15 @@ def add_arguments(p):
 def serve_config(args):
     """The config ``serve`` runs with: the file read with --instance in place of its instance
     (paths are made from it when the file is read), then the other flags."""
-    from shm.runtime.config import load_config
+    from shm.runtime.config import load_config   # lazy: numpy, yaml (cli.py imports this module)
     return apply_overrides(load_config(args.config, instance=args.instance or None), args)
 
 
 def apply_overrides(cfg, args):
     """CLI flags but --instance (serve_config) override the file; the result is validated
     like the file itself."""
-    import os
-    from dataclasses import replace
-    from shm.runtime.config import ConfigError, check_binds
-    if args.bind:
+    from shm.runtime.config import ConfigError, check_binds   # lazy: as in serve_config
+    if args.bind:   # lazy: numpy and yaml (see serve_config)
         cfg = replace(cfg, ingress=replace(cfg.ingress, bind=args.bind))
     if args.metrics:
         if args.metrics == "off":
@@ -49,7 +54,7 @@ def apply_overrides(cfg, args):
 
 
 def run(args) -> int:
-    import sys
+    # lazy: every risk-engine start imports this module (engine/cli.py); numpy, numba, zmq
     from shm.runtime.config import ConfigError
     from engine.supervisor import StartupError, serve
     from shm.runtime.topology import TopologyError
@@ -58,7 +63,7 @@ def run(args) -> int:
     except ConfigError as e:
         print(f"risk-engine: config error: {e}", file=sys.stderr)
         return 2
-    from shm.journal_format import JournalError
+    from shm.journal_format import JournalError     # lazy: as at the top of run
     from engine.recovery import RecoveryError
     try:
         return serve(cfg, ebpf=args.ebpf)
@@ -68,7 +73,6 @@ def run(args) -> int:
         print(f"risk-engine: cannot start: {e}", file=sys.stderr)
         return 2
     except Exception as e:
-        from rules import RulesetError
         if isinstance(e, RulesetError):
             print(f"risk-engine: ruleset refused:\n{e}", file=sys.stderr)
             return 2

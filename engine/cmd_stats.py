@@ -1,4 +1,9 @@
 """`risk-engine stats`: the metrics of a running engine as JSON (through the admin plane)."""
+
+import json
+
+from engine.cmd_admin import send
+
 HELP = "print a running engine's counters and histograms as JSON"
 
 
@@ -9,8 +14,6 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    import json
-    from engine.cmd_admin import send
     code, rep = send(args, {"cmd": "stats"})
     if code == 0:
         print(json.dumps(rep["stats"], indent=1))

@@ -1,4 +1,8 @@
 """`risk-engine status`: the processes of running engines with pid, role, CPU and NUMA node."""
+
+import json
+import sys
+
 HELP = "list running engine processes: pid, role, CPU, NUMA node, rings"
 
 
@@ -9,8 +13,7 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    import json
-    import sys
+    # lazy: every risk-engine start imports this module (engine/cli.py)
     from shm.runtime import rundir
     from shm.runtime.topology import pages_by_node
     found = []

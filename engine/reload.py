@@ -11,6 +11,7 @@ refusal and the serving generation is untouched.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -18,7 +19,9 @@ import tempfile
 import threading
 import time
 
-from shm.runtime import rundir
+from rules import compile_ruleset
+from rules.features import feature_set_for
+from shm.runtime import procname, rundir
 
 RELOAD_TIMEOUT_S = 300          # a cold compile of a big ruleset on a busy 2-core machine
 MAX_CHILD_OUTPUT_BYTES = 1 << 20
@@ -27,7 +30,6 @@ MAX_CHILD_OUTPUT_BYTES = 1 << 20
 def ruleset_spec(cfg, files: tuple[str, ...], features=None) -> tuple[dict, object]:
     """Compile (validates, fills the kernel cache) -> (generation spec, ruleset). Raises
     rules.RulesetError on a bad ruleset."""
-    from rules import compile_ruleset
     rs = compile_ruleset(list(files), cfg.schema, thresholds=cfg.rules.thresholds,
                          on_error=cfg.rules.on_error, features=features)
     spec = {"files": list(files), "thresholds": [list(t) for t in cfg.rules.thresholds],
@@ -212,14 +214,11 @@ class ReloadJob:
 def main(argv=None) -> int:
     """The child: compile ``files`` against the running instance's config and print
     {"ok": true, "spec": ...} or {"ok": false, "error": ...} as one JSON line."""
-    import argparse
     ap = argparse.ArgumentParser(prog="python -m engine.reload")
     ap.add_argument("--run-dir", required=True)
     ap.add_argument("files", nargs="+")
     args = ap.parse_args(argv)
-    from shm.runtime import procname
     procname.become_child("reload")
-    from rules.features import feature_set_for
     try:
         cfg = rundir.read_config(args.run_dir)
         spec, _rs = ruleset_spec(cfg, tuple(args.files), feature_set_for(cfg))

@@ -17,6 +17,9 @@ from contextlib import contextmanager
 import numpy as np
 from numba import njit
 
+from engine.journal import journal_dtype, list_writers
+from engine.journal_segments import sync_tail
+from engine.snapshot import SnapshotStore
 from shm.control import STALL_NS, STALL_PHASES, Block, EventLog
 
 _HOLD = STALL_PHASES.index("hold")
@@ -158,7 +161,6 @@ class SnapshotCoordinator:
         """Pause every worker between two batches, copy the feature tables, resume, then
         write the copy with each worker's journal seq (engine.snapshot). Returns the path.
         The pause lasts one memory copy of the tables; the file write happens after."""
-        from engine.snapshot import SnapshotStore
         d = self.cfg.durability
         if not d.journal_enabled:
             raise SnapshotError("snapshot: journal.enabled is false; a snapshot needs the journal")
@@ -222,8 +224,6 @@ class SnapshotCoordinator:
         """fsync every worker's newest journal records (shared file mappings: an fsync from
         this process writes back the pages the workers dirtied), an unpublished successor
         segment included. Older segments were synced before their successor was published."""
-        from engine.journal import journal_dtype, list_writers
-        from engine.journal_segments import sync_tail
         jdir = self.cfg.durability.journal_dir
         rs = journal_dtype(self.cfg.schema.dtype).itemsize
         for w in list_writers(jdir):

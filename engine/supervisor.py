@@ -33,6 +33,10 @@ from engine.standby import STOP_GRACE_S, StandbyPool
 from shm.runtime.topology import Topology, plan_workers, read_topology
 from shm.doorbell import EventfdDoorbell
 from shm.segment import Segment, unlink_owned
+from bpf.spawn import SidecarUnavailable, port_of_bind, start_sidecar
+from engine.admin import AdminServer
+from engine.exporter import EngineCollector, Exporter
+from shm.featurestore import FeatureStore
 
 READY_TIMEOUT_S = 120        # cold kernel compile of a big ruleset on a busy 2-core machine
 
@@ -80,7 +84,6 @@ class Supervisor:
                                        cfg.workers.count, cfg.workers.cpus)
         n = len(self.placements)
         check_memory(cfg, n)
-        from shm.featurestore import FeatureStore
         self.features = FeatureStore(cfg, self.pid, create=True)
         spec, rs = ruleset_spec(cfg, cfg.rules.files, self.features.fs)   # refuse a bad ruleset
         self.recovery = StateRecovery(cfg, self.features, self.log)
@@ -114,8 +117,6 @@ class Supervisor:
         if cfg.workers.standby:
             self.standbys.start()
         self._wait_ready()
-        from engine.admin import AdminServer
-        from engine.exporter import EngineCollector, Exporter
         self.collector = EngineCollector(self)
         if cfg.metrics.enabled:
             try:
@@ -155,7 +156,6 @@ class Supervisor:
     def _start_sidecar(self) -> None:
         """`serve --ebpf`: the eBPF sidecar as a child; if it cannot run here, say why in one
         line and keep serving (risk_ebpf_enabled stays 0)."""
-        from bpf.spawn import SidecarUnavailable, port_of_bind, start_sidecar
         try:
             self.sidecar = start_sidecar(port_of_bind(self.cfg.ingress.bind),
                                          metrics=self.cfg.metrics.ebpf_bind)

@@ -36,6 +36,7 @@ from shm.types import (ACTION_NAMES, FIRED_PER_SLOT, FIRED_SLOT_DTYPE, MAX_FIRED
 from rules.kernel_fired import any_above
 from shm.ring import bind_entry
 from shm.doorbell import EventfdDoorbell
+from engine.journal import JournalReader, JournalWriter, warm_up
 
 # JournalWriter.append_slots copies records word by word from the ring slots: a request slot
 # is (token, arrival_ns, client_id, request_id, event) as a journal record is (seq, arrival_ns,
@@ -229,7 +230,6 @@ def serve_journaled_tail(rings: EngineRings, journal, proc: "BatchProcessor") ->
     few replies carry the journaled action and score with an empty rule list."""
     if journal is None or journal.last_seq == 0:
         return 0
-    from engine.journal import JournalReader
     v, _ = rings.request.try_drain(rings.request.capacity)
     m = min(len(v), journal.last_seq)
     if m == 0:
@@ -260,7 +260,6 @@ def open_journal(cfg, index: int, seq_floor: int = 0):
     d = cfg.durability
     if not d.journal_enabled:
         return None
-    from engine.journal import JournalWriter
     j = JournalWriter(d.journal_dir, cfg.schema.dtype, cfg.schema.hash, writer_id=index,
                       config=d.journal_config(), seq_floor=seq_floor)
     for c in j.corrupt:
@@ -275,7 +274,6 @@ def standby(run_dir: str) -> int:
     on stdin and serve it. EOF (the supervisor retired it, or is gone): exit."""
     procname.become_child("worker standby (loading)")
     prep = Prepared(run_dir)
-    from engine.journal import warm_up
     warm_up()                                    # the journal's compiled helpers
     gcstats.freeze_after_warmup()
     prep.block.view("supervisor.standby_pid")[0] = os.getpid()

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import threading
 
+from rules import compile_ruleset
+from shm.featurestore import FeatureStore
 from shm.runtime import rundir
 
 
 def load_generation(run_dir: str, generation: int, schema, features=None):
     """Compile (from the kernel cache) generation ``generation``'s rules against the
     engine's shared feature tables, and warm the kernel up."""
-    from rules import compile_ruleset
     spec = rundir.read_generation(run_dir, generation)
     rs = compile_ruleset(spec["files"], schema, thresholds=tuple(spec["thresholds"]),
                          on_error=spec["on_error"], features=features)
@@ -57,7 +58,6 @@ class Prepared:
     up: numba's first load costs about 0.2 s of it). A standby worker holds one ready."""
 
     def __init__(self, run_dir: str):
-        from shm.featurestore import FeatureStore
         self.plan = rundir.read_plan(run_dir)
         self.cfg = rundir.read_config(run_dir)
         self.block, self.block_seg = rundir.attach_control(run_dir, self.cfg)
