@@ -2,8 +2,10 @@
 
 The writer's lock (``w{id:03d}.lock``), the next segment's file (created as ``*.rjl.tmp``,
 fallocated, its header written, then zero-filled: ``NextSegment``), its publication by
-rename, retention of old segments, and ``sync_tail`` for another process. Names, headers and
-listing: shm.journal_format; the writer that maps and fills the segments: engine.journal.
+rename, retention of old segments, and ``sync_tail`` for another process. ``SegmentSeries``
+is the writer's part that uses them: it maps segments, opens the newest at start and
+prepares the next. Names, headers and listing: shm.journal_format; the writer that appends:
+engine.journal.
 """
 from __future__ import annotations
 
@@ -201,7 +203,6 @@ class SegmentSeries:
         self._path, self._first, self._pos = path, first, pos
         self._dirty_lo = self._dirty_hi = pos
         self._last_sync_ns = time.monotonic_ns()
-
 
     def _open_next(self, first: int) -> NextSegment:
         """Create the next segment (NextSegment.create); not yet fsynced (``durable``) unless
