@@ -23,12 +23,31 @@ temporaries that are freed in the same iteration cost time but not net blocks.
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
+import shutil
 import sys
+import tempfile
 import time
+import tracemalloc
 
 import numpy as np
+import zmq
+
+from bench.engine_proc import EngineProcess
+from bench.events import random_records
+from engine.journal import JournalWriter
+from engine.worker import Active, BatchProcessor
+from ingress import wire
+from ingress.codec import Codec, RulesetMeta
+from rules import compile_ruleset
+from rules.features import feature_set_for
+from shm.control import Block, BlockLayout
+from shm.doorbell import EventfdDoorbell
+from shm.rings import EngineRings
+from shm.runtime.config import load_config
+from shm.types import RESPONSE_SLOT_DTYPE, request_slot_dtype
 
 
 def blocks_delta(fn, iterations: int, warmup: int, windows: int = 3) -> list[int]:
@@ -59,7 +78,6 @@ def _raw_delta(fn, iterations: int, warmup: int, windows: int) -> list[int]:
 def top_allocators(fn, iterations: int, limit: int = 5) -> list[str]:
     """Where net new memory comes from (tracemalloc, by line) over ``iterations`` calls:
     printed when a window is not 0, so a leak names its line."""
-    import tracemalloc
     tracemalloc.start()
     try:
         before = tracemalloc.take_snapshot()
@@ -75,19 +93,7 @@ def worker_loop(cfg, batch: int, instance: str):
     """(step, close, ruleset): ``step()`` moves one batch of ``batch`` events through the
     request ring, ``BatchProcessor.process`` (kernel, journal append, publish) and the response
     ring, as engine.worker.serve's loop does."""
-    import dataclasses
-    import shutil
-    import tempfile
 
-    from bench.events import random_records
-    from shm.control import Block, BlockLayout
-    from engine.journal import JournalWriter
-    from shm.rings import EngineRings
-    from shm.types import request_slot_dtype
-    from engine.worker import Active, BatchProcessor
-    from rules import compile_ruleset
-    from rules.features import feature_set_for
-    from shm.doorbell import EventfdDoorbell
 
     rs = compile_ruleset(list(cfg.rules.files), cfg.schema, thresholds=cfg.rules.thresholds,
                          on_error=cfg.rules.on_error, features=feature_set_for(cfg))
@@ -130,10 +136,6 @@ def worker_loop(cfg, batch: int, instance: str):
 
 def ingress_codec(cfg, batch: int, rs=None):
     """``step()`` decodes one binary request of ``batch`` events and encodes its reply."""
-    from bench.events import random_records
-    from shm.types import RESPONSE_SLOT_DTYPE
-    from ingress import wire
-    from ingress.codec import Codec, RulesetMeta
 
     codec = Codec(cfg.schema, cfg.ingress.max_batch, cfg.ingress.max_frame_bytes)
     frame = wire.pack_request(cfg.schema.hash, random_records(cfg.schema, batch, seed=4), 1, 1)
@@ -153,11 +155,6 @@ def engine_processes(config: str | None, n: int, windows: int = 3, warmup: int =
     (module doc). Requests go out ``in_flight`` at a time from one DEALER, each with a fresh
     (client id, request id), every reply is checked; after each window the processes go idle
     and their counts are read."""
-    import zmq
-    from bench.engine_proc import EngineProcess
-    from bench.events import random_records
-    from shm.runtime.config import load_config
-    from ingress import wire
     schema = load_config(config).schema
     recs = random_records(schema, 256, seed=5)
     eng = EngineProcess(config=config, workers=None, own_session=False).start()
@@ -204,7 +201,6 @@ def engine_processes(config: str | None, n: int, windows: int = 3, warmup: int =
 
 
 def run(a) -> int:
-    from shm.runtime.config import load_config
     cfg = load_config(a.config)
     batch = a.batch
     events = a.alloc_events

@@ -13,17 +13,20 @@ engine's own engineering).
 from __future__ import annotations
 
 import argparse
+import select
 import signal
 import subprocess
 import sys
 import time
 
+import zmq
+
+from ingress.sockopts import backend_send
+
 
 def serve(bind: str, stop: list) -> int:
     """Echo until ``stop[0]`` is true (checked at least every 200 ms); returns messages echoed."""
-    import zmq
 
-    from ingress.sockopts import backend_send
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -93,7 +96,6 @@ class EchoServer:
 
 
 def _readline(proc: subprocess.Popen, timeout_s: float) -> str:
-    import select
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         r, _, _ = select.select([proc.stdout], [], [], 0.2)

@@ -37,6 +37,7 @@ import yaml
 
 from shm.runtime.config import portable_raw
 from shm.runtime.rundir import remove_dead_run_dir, run_dir_for
+from shm.segment import reclaim_stale
 
 READY_PREFIX = "risk-engine: serving"
 READY_TIMEOUT_S = 300
@@ -232,7 +233,6 @@ class EngineProcess:
                 rc = self.stop(timeout_s=timeout_s)
             except subprocess.TimeoutExpired:
                 rc = -9
-        from shm.segment import reclaim_stale
         reclaim_stale(self.instance)
         remove_dead_run_dir(self.instance)
         if self.proc is not None and not self.log.closed:

@@ -20,17 +20,19 @@ import time
 
 import numpy as np
 
+from bench.events import random_records
+from engine.explain import Explainer
+from engine.journal import JournalConfig, JournalWriter
+from engine.snapshot import SnapshotStore
+from rules import compile_ruleset
+from rules.features import feature_set_for
+from shm.runtime.config import load_config
+
 CHUNK = 65536
 
 
 def build(d: str, events: int, every: int, keys: int):
     """Write the journal and the snapshots into ``d``; returns (cfg, journal dir, snapshot dir, last seq)."""
-    from bench.events import random_records
-    from shm.runtime.config import load_config
-    from engine.journal import JournalConfig, JournalWriter
-    from engine.snapshot import SnapshotStore
-    from rules import compile_ruleset
-    from rules.features import feature_set_for
     cfg = load_config()
     jdir, sdir = os.path.join(d, "journal"), os.path.join(d, "snapshots")
     fs = feature_set_for(cfg)
@@ -63,7 +65,6 @@ def main(argv=None) -> int:
     ap.add_argument("--snapshot-every", type=int, default=500_000, metavar="K")
     ap.add_argument("--keys", type=int, default=100_000, help="accounts drawn from (default 100000)")
     a = ap.parse_args(argv)
-    from engine.explain import Explainer
     with tempfile.TemporaryDirectory(prefix="bench-explain-") as d:
         t0 = time.perf_counter()
         cfg, jdir, sdir, last = build(d, a.events, a.snapshot_every, a.keys)

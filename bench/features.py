@@ -31,6 +31,7 @@ import os
 import time
 
 import numpy as np
+import posix_ipc
 from numba import njit
 
 from shm.features import layout, table as T
@@ -98,7 +99,6 @@ def _alloc(nwords: int, hugepages: bool, shm: bool = False):
     """Anonymous memory, or (``shm``) a POSIX shared-memory segment mapped MAP_SHARED as the
     engine maps its tables (unlinked at once: nothing is left in /dev/shm)."""
     if shm:
-        import posix_ipc
         seg = posix_ipc.SharedMemory(f"/risk-engine-bench-features-{os.getpid()}",
                                      posix_ipc.O_CREX, size=nwords * 8)
         try:

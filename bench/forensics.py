@@ -8,6 +8,7 @@ timeouts into bursts and names, for each, what the engine logged around it.
 """
 from __future__ import annotations
 
+import sys
 import threading
 import time
 
@@ -110,7 +111,6 @@ def explain(timeouts: list[dict], stalls: list[dict], snapshots: list[dict],
 
 
 def print_report(rows: list[dict], stall_count: int, total_timeouts: int, out=None) -> None:
-    import sys
     out = out or sys.stdout
     logged = sum(r["timeouts"] for r in rows)
     print(f"  timeout forensics: {total_timeouts} TIMEOUT decisions ({logged} in the logs read), "

@@ -17,6 +17,7 @@ reference, warm-cache ready <= 2 s for 100 rules.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import os
@@ -28,6 +29,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from bench.events import random_records
+from rules import compile_ruleset
+from rules.compiler import check_ruleset
+from rules.diagnostics import RulesetError
+from rules.features import feature_set_for
+from shm.runtime.config import load_config
 
 RULE_COUNTS = (10, 100, 1000)
 BATCHES = (1, 64, 1024, 4096)
@@ -163,7 +171,6 @@ def warm_start(files: list[str], cache_dir: str) -> dict:
 
 
 def bench_ruleset(label, files, schema, ev, args, tmp) -> dict:
-    from rules import compile_ruleset
     cache = tempfile.mkdtemp(dir=tmp, prefix="cache_")
     t0 = time.perf_counter()
     rs = compile_ruleset(files, schema, thresholds={"review": 50, "block": 80}, cache_dir=cache)
@@ -189,8 +196,6 @@ def bench_ruleset(label, files, schema, ev, args, tmp) -> dict:
 def stateless_files(cfg) -> list[str]:
     """The default config's rule files that use no feature, list or state (the kernel alone
     is measured here; bench.features measures the state)."""
-    from rules.compiler import check_ruleset
-    from rules.diagnostics import RulesetError
     out = []
     for f in cfg.rules.files:
         try:
@@ -211,7 +216,6 @@ def main(argv=None) -> int:
     ap.add_argument("--per-feature", action="store_true",
                     help="each default feature alone: ns/event updating it, and reading it too")
     args = ap.parse_args(argv)
-    from shm.runtime.config import load_config
     cfg = load_config(None)
     if args.features:
         return features(cfg)
@@ -241,7 +245,6 @@ def main(argv=None) -> int:
 def _pool_events(cfg) -> np.ndarray:
     """bench.events' records (100,000 accounts; cards, devices and IPs from a pool of 16,384
     events, as the latency bench sends them) in slot-like strided views."""
-    from bench.events import random_records
     pool = random_records(cfg.schema, 16_384, seed=1)
     slots = np.zeros(len(pool), [("token", np.uint64), ("arrival_ns", np.int64), ("event", cfg.schema.dtype)])
     slots["event"] = pool
@@ -253,8 +256,6 @@ def features(cfg) -> int:
     arrival = now, batches of 64 and 1024 (time_kernel: CPU time, best of 5, the first pass
     fills the tables); then the same events through the stateless rule files alone. The
     tables are process-local, in the same layout as the engine's shared ones."""
-    from rules import compile_ruleset
-    from rules.features import feature_set_for
     kw = dict(thresholds=cfg.rules.thresholds, on_error=cfg.rules.on_error)
     ev = _pool_events(cfg)
     now_ns = time.time_ns()                                   # the tables' clock: wall ms
@@ -276,9 +277,6 @@ def per_feature(cfg) -> int:
     updated for every event) and one whose rule reads it (a fused read + update; for
     ``update: unless_blocked`` a read, then the update). The difference is what a read
     costs; best of 2 runs of time_kernel each."""
-    import dataclasses
-    from rules import compile_ruleset
-    from rules.features import feature_set_for
     kw = dict(thresholds=cfg.rules.thresholds, on_error=cfg.rules.on_error)
     ev = _pool_events(cfg)
     now_ns = time.time_ns()

@@ -61,7 +61,7 @@ def check_args(a) -> None:
 
 def build_document(a, summaries: dict, gc: dict | None, notes: list[str],
                    inside: dict | None = None, stalls: dict | None = None) -> dict:
-    from bench import report
+    from bench import report    # lazy: numpy, psutil, yaml (run says why)
     doc = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
            "command": " ".join(["python -m bench.latency"] + sys.argv[1:]),
            "cpus": len(os.sched_getaffinity(0)),
@@ -84,13 +84,13 @@ def run(a) -> int:
     # above (bench/cmd_bench.py), and --help must not load numpy, zmq and the engine
     check_args(a)
     if a.alloc:
-        from bench import alloc
+        from bench import alloc             # lazy, as every import in run
         return alloc.run(a)
     if a.overload:
-        from bench import overload
+        from bench import overload          # lazy, as every import in run
         return overload.main(["--duration", str(a.duration), "--probe", str(min(3.0, a.duration))]
                              + (["--config", a.config] if a.config else []))
-    from bench import report
+    from bench import report                # lazy, as every import in run
     from bench.echo import EchoServer
     from bench.engine_proc import (EngineProcess, engine_latency, free_port, gc_delta, stall_delta,
                                    listening_pids, read_stats)
@@ -169,7 +169,7 @@ def run(a) -> int:
         print(report.table(doc))
     timeouts = summaries.get("engine", {}).get("decision_errors", {}).get("TIMEOUT", 0)
     if timeouts and logs:                  # what the engine logged around them (bench.forensics)
-        from bench.forensics import explain, print_report
+        from bench.forensics import explain, print_report     # lazy, as every import in run
         doc["engine_log"] = logs
         print_report(explain(logs["timeouts"], logs["stalls"], logs["snapshots"], []),
                      len(logs["stalls"]), timeouts)

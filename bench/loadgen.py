@@ -23,7 +23,12 @@ import random
 import time
 from dataclasses import dataclass, field
 
+import zmq
 from hdrh.histogram import HdrHistogram
+
+from bench.events import PayloadPool
+from bench.replies import NO_REPLY, classify
+from shm.runtime.config import load_config
 
 HIST_MAX_NS = 60_000_000_000      # 60 s; slower replies are clamped (and count as max)
 HIST_DIGITS = 3
@@ -82,11 +87,7 @@ def run(spec: LoadSpec, wait_start=None, progress=None, slot: int = 0) -> LoadRe
     """Connect, then ``start_ns = wait_start()`` (a ``time.monotonic_ns`` value shared by every
     load process; default: now) and run the load from then. ``progress[slot]`` (optional, a
     shared array) is kept at the number of answered measured requests."""
-    import zmq
 
-    from bench.events import PayloadPool
-    from bench.replies import NO_REPLY, classify
-    from shm.runtime.config import load_config
 
     pool = PayloadPool(load_config(spec.config).schema, spec.batch, spec.transport,
                        seed=spec.seed)

@@ -16,10 +16,13 @@ import time
 import numpy as np
 import zmq
 
+from bench.engine_proc import EngineProcess
+from bench.events import random_records
+from ingress import wire
+from shm.runtime.config import load_config
+
 
 def rounds(endpoints: dict, n_per_round: int, n_rounds: int, schema) -> dict:
-    from bench.events import random_records
-    from ingress import wire
     recs = random_records(schema, 512, seed=3, n_accounts=1000)
     ctx = zmq.Context.instance()
     socks = {k: ctx.socket(zmq.REQ) for k in endpoints}
@@ -64,8 +67,6 @@ def main(argv=None) -> int:
     ap.add_argument("--requests", type=int, default=1000, help="per engine per round")
     ap.add_argument("--rounds", type=int, default=20, help="measured rounds (plus one warm-up)")
     a = ap.parse_args(argv)
-    from bench.engine_proc import EngineProcess
-    from shm.runtime.config import load_config
     schema = load_config().schema
     on = EngineProcess(workers=1, own_session=False).start()
     off = EngineProcess(workers=1, metrics=False, own_session=False).start()

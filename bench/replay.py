@@ -7,8 +7,14 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+from dataclasses import replace
 
 import numpy as np
+
+from bench.events import random_events
+from engine.journal import JournalConfig, JournalWriter
+from engine.replay import replay
+from shm.runtime.config import load_config
 
 
 def main(argv=None) -> int:
@@ -22,13 +28,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-features", action="store_true",
                     help="the 102 stateless example rules only (payments + pretrade), no feature tables")
     a = ap.parse_args(argv)
-    from shm.runtime.config import load_config
-    from engine.journal import JournalConfig, JournalWriter
-    from engine.replay import replay
-    from bench.events import random_events
     cfg = load_config()
     if a.no_features:
-        from dataclasses import replace
         cfg = replace(cfg, features={}, lists={}, state={},
                       rules=replace(cfg.rules, files=cfg.rules.files[:2]))
     rng = np.random.default_rng(1)

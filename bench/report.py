@@ -167,9 +167,9 @@ def plot(path: str, phases: dict[str, PhaseResult]) -> str:
     """HDR percentile curve (latency vs 1/(1-percentile), log x) of each phase into ``path``.
     Returns a message; never raises for a missing matplotlib."""
     try:
-        import matplotlib
+        import matplotlib          # lazy: optional (the 'plot' extra), needed here only
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt    # lazy: as matplotlib above
     except ImportError:
         return (f"plot: matplotlib is not installed, {path} not written "
                 f"(pip install matplotlib, the optional 'plot' extra)")

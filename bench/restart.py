@@ -21,10 +21,14 @@ import threading
 import time
 
 import numpy as np
+import psutil
+
+from bench.engine_proc import EngineProcess, read_stats
+from bench.overload import run
+from shm.runtime.config import load_config
 
 
 def _worker_pid(engine_pid: int, index: int = 0) -> int:
-    import psutil
     for p in psutil.Process(engine_pid).children():
         if f"worker {index}" in " ".join(p.cmdline()):
             return p.pid
@@ -41,9 +45,6 @@ def main(argv=None) -> int:
     ap.add_argument("--bound", type=float, default=1.0, help="restart bound in seconds (default 1)")
     ap.add_argument("--config", help="engine config (default: the bundled one)")
     a = ap.parse_args(argv)
-    from bench.engine_proc import EngineProcess, read_stats
-    from bench.overload import run
-    from shm.runtime.config import load_config
     cfg = load_config(a.config)
     schema = cfg.schema
     if a.kill_after is None:

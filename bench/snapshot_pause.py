@@ -19,6 +19,8 @@ import time
 
 import numpy as np
 
+from bench.engine_proc import EngineProcess
+
 
 def copy_ms(mib: int, repeat: int) -> tuple[list, list]:
     src = np.ones(mib << 20, np.uint8)
@@ -37,7 +39,6 @@ def copy_ms(mib: int, repeat: int) -> tuple[list, list]:
 
 
 def engine_pauses(n: int, gap_s: float, clients: int = 4) -> list[tuple[float, str]]:
-    from bench.engine_proc import EngineProcess
     eng = EngineProcess(workers=None, own_session=False).start()
     out = []
     try:

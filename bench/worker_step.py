@@ -25,6 +25,11 @@ import time
 
 import numpy as np
 
+from bench.alloc import worker_loop
+from engine.journal import JournalConfig, JournalWriter
+from shm.runtime.config import load_config
+from shm.types import RESPONSE_SLOT_DTYPE, request_slot_dtype
+
 
 def _best_us(fn, calls: int, repeats: int) -> float:
     best = float("inf")
@@ -38,8 +43,6 @@ def _best_us(fn, calls: int, repeats: int) -> float:
 
 def journal_append(cfg, batches, repeats: int) -> list[tuple[int, float, float]]:
     """(batch, append_columns us, append_slots us) per batch size."""
-    from engine.journal import JournalConfig, JournalWriter
-    from shm.types import RESPONSE_SLOT_DTYPE, request_slot_dtype
     rows = []
     with tempfile.TemporaryDirectory(prefix="risk-engine-step-") as d:
         w = JournalWriter(d, cfg.schema.dtype, cfg.schema.hash,
@@ -67,7 +70,6 @@ def journal_append(cfg, batches, repeats: int) -> list[tuple[int, float, float]]
 
 def worker_step(cfg, batches, repeats: int) -> list[tuple[int, float]]:
     """(batch, us per BatchProcessor step) per batch size."""
-    from bench.alloc import worker_loop
     rows = []
     for n in batches:
         step, close, _ = worker_loop(cfg, n, f"step{os.getpid() % 100000}")
@@ -82,7 +84,6 @@ def worker_step(cfg, batches, repeats: int) -> list[tuple[int, float]]:
 
 
 def main(argv=None) -> int:
-    from shm.runtime.config import load_config
     ap = argparse.ArgumentParser(prog="python -m bench.worker_step", description=__doc__.split("\n")[0])
     ap.add_argument("--batches", default="1,8,64", help="events per batch, comma-separated")
     ap.add_argument("--repeats", type=int, default=3)

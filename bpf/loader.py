@@ -45,7 +45,7 @@ def load(port: int, max_conns: int = 4096):
         raise ValueError(f"port={port!r}: must be 1..65535")
     if not 1 <= int(max_conns) <= 1 << 20:
         raise ValueError(f"max_conns={max_conns!r}: must be 1..1048576")
-    from bcc import BPF   # Debian's python3-bpfcc
+    from bcc import BPF   # lazy: optional (Debian's python3-bpfcc), needed by load() only
     return BPF(src_file=str(PROGRAM_PATH).encode(),
                cflags=[f"-DFRONT_PORT={int(port)}", f"-DMAX_CONNS={int(max_conns)}", "-w"])
 

@@ -19,6 +19,8 @@ import time
 import numpy as np
 import zmq
 
+from bpf.spawn import SidecarUnavailable, start_sidecar
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -59,7 +61,6 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--round-trips", type=int, default=5000)
     a = p.parse_args(argv)
-    from bpf.spawn import SidecarUnavailable, start_sidecar
     watched, unwatched = _free_port(), _free_port()
     p50 = {}
     for phase in ("off", "on"):

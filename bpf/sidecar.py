@@ -70,6 +70,7 @@ def run(args) -> int:
     if missing is not None:
         return _fail(missing.code, missing.reason)
     try:
+        # lazy, as the imports below: every risk-engine start imports this module (its arguments)
         import setproctitle
         setproctitle.setproctitle(PROC_TITLE)
     except ImportError:
@@ -78,12 +79,13 @@ def run(args) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
 
-    from bpf import loader
+    from bpf import loader           # lazy: see setproctitle above
     try:
         bpf = loader.load(args.port, args.max_conns)
     except Exception as e:   # bcc raises bare Exception on compile/attach errors
         return _fail(Exit.LOAD_FAILED, f"load failed port={args.port}: "
                      f"{str(e).splitlines()[0] if str(e) else type(e).__name__}")
+    # lazy: prometheus_client loads ~110 modules (see setproctitle above)
     from prometheus_client import CollectorRegistry, start_http_server
     from prometheus_client import ProcessCollector
     from bpf.collector import SocketCollector

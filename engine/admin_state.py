@@ -14,9 +14,13 @@ import time
 
 import numpy as np
 
-from shm.features.state import STATE_NAMES
+from shm.features.state import STATE_NAMES, _read_state
 from engine.admin_request import (NAME, NO_ARGS, PATH, AdminError, allowed_file, int_or_string,
                                   list_of, one_of)
+from engine.admin_log import AdminLog, AdminLogCorrupt
+from shm.features.keys import key_from_python
+from shm.features.lists import ListError, list_values, load_list_file, parse_value
+from shm.runtime.textfile import excerpt
 
 
 
@@ -36,7 +40,6 @@ def _list_spec(sup, name):
 
 def log_change(sup, entry: dict) -> None:
     """Append ``entry`` to admin.log (numbered, checksummed, fsynced: engine.admin_log)."""
-    from engine.admin_log import AdminLog, AdminLogCorrupt
     path = sup.admin_log_path()
     if path is None:
         return
@@ -59,8 +62,6 @@ MAX_ADMIN_VALUES = 1 << 20         # values in one list request (the 1 MiB frame
 
 def _values(sup, spec, args) -> np.ndarray:
     """The request's values (or file) parsed into the list's u64 encoding; nothing applied."""
-    from shm.features.lists import ListError, load_list_file, parse_value
-    from shm.runtime.textfile import excerpt
     if ("file" in args) == ("values" in args):
         raise AdminError("BAD_ARGUMENT", "give values (a JSON list) or file (a path), one of them")
     if "file" in args:
@@ -85,7 +86,6 @@ def _values(sup, spec, args) -> np.ndarray:
 
 
 def list_cmd(sup, args):
-    from shm.features.lists import list_values
     fs = _fs(sup)
     name = args["name"]
     spec = _list_spec(sup, name)
@@ -150,8 +150,6 @@ def _claim_slot(fs, spec, key) -> None:
     and a key without a slot is ACTIVE): a change nobody can see, which fails with STATE_FULL
     before anything is logged. A full table after logging left an entry that recovery could
     not apply, and the engine would not start."""
-    from shm.features.keys import key_from_python
-    from shm.features.state import _read_state
     k = np.uint64(key_from_python(key, fs.schema.field(spec.key).type))
     current = int(_read_state(fs.array(f"st_{spec.name}"), spec.capacity, spec.slot_words, spec.probe_len, k))
     try:

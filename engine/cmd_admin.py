@@ -1,4 +1,8 @@
 """`risk-engine admin`: send one command to a running engine's admin plane."""
+
+import json
+import sys
+
 HELP = ("send an admin command to a running engine: status, stats, reload, snapshot, features, "
         "list-show|list-add|list-remove|list-replace, set-state, halt, resume, "
         "explain seq=N [writer=W] | explain request=CLIENT_ID:REQUEST_ID")
@@ -14,7 +18,7 @@ def add_arguments(p):
 
 
 def find_admin_bind(instance: str) -> str | None:
-    from shm.runtime import rundir
+    from shm.runtime import rundir   # lazy: every risk-engine start imports this module (cli.py)
     for d, _pid in rundir.live_instances():
         if d.name == instance:
             try:
@@ -25,8 +29,7 @@ def find_admin_bind(instance: str) -> str | None:
 
 
 def send(args, req: dict) -> tuple[int, dict | None]:
-    import sys
-    from engine.admin import request
+    from engine.admin import request   # lazy: numba, zmq (cli.py imports this module)
     bind = args.bind or find_admin_bind(args.instance)
     if not bind:
         print(f"risk-engine: no running engine with instance {args.instance}", file=sys.stderr)
@@ -44,7 +47,6 @@ def send(args, req: dict) -> tuple[int, dict | None]:
 
 
 def run(args) -> int:
-    import json
     req = {"cmd": args.cmd}
     for kv in args.args:
         k, sep, v = kv.partition("=")

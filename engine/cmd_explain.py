@@ -1,5 +1,12 @@
 """`risk-engine explain`: why a journaled event (or every event of a request) was decided as it
 was (docs/EXPLAIN.md)."""
+
+import json
+import os
+import sys
+
+from rules import RulesetError
+
 HELP = ("replay the journal up to one event (--seq) or each event of a request (--request) and show "
         "every rule, clause and feature value behind its decision")
 
@@ -24,13 +31,10 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    import json
-    import os
-    import sys
+    # lazy: every risk-engine start imports this module (engine/cli.py); numpy, numba
     from shm.runtime.config import ConfigError, load_config
     from engine.explain import ExplainError, Explainer
     from engine.explain_replay import parse_request_key
-    from rules import RulesetError
     key = None
     if args.request is not None:
         if args.writer is not None:

@@ -1,4 +1,7 @@
 """`risk-engine journal-upgrade`: a version-1 journal rewritten in the current format."""
+
+import sys
+
 HELP = ("convert a journal of the previous format (version 1, no request ids) into a new directory "
         "in the current one, same writers and sequence numbers (docs/DURABILITY.md)")
 
@@ -10,7 +13,7 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    import sys
+    # lazy: every risk-engine start imports this module (engine/cli.py); numpy, numba
     from shm.runtime.config import ConfigError, load_config
     from engine.journal import JournalError
     from engine.journal_upgrade import upgrade

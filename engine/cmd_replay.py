@@ -1,4 +1,10 @@
 """`risk-engine replay`: backtest a candidate ruleset on journaled traffic."""
+
+import os
+import sys
+
+from rules import RulesetError
+
 HELP = "re-evaluate journaled events with a candidate ruleset and print what would change"
 
 
@@ -10,12 +16,10 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    import os
-    import sys
+    # lazy: every risk-engine start imports this module (engine/cli.py); numpy, numba
     from shm.runtime.config import ConfigError, load_config
     from engine.journal import JournalError
     from engine.replay import replay, stderr_progress
-    from rules import RulesetError
     try:
         cfg = load_config(args.config)
         files = [os.path.abspath(f) for f in args.rules] if args.rules else None

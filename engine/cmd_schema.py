@@ -1,4 +1,7 @@
 """`risk-engine schema`: print the event record layout of a config."""
+
+import sys
+
 HELP = "print the event record layout (numpy dtype, or a C struct with --c-header)"
 
 
@@ -8,8 +11,7 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    import sys
-    from shm.runtime.config import load_config_cli
+    from shm.runtime.config import load_config_cli   # lazy: numpy, yaml (cli.py imports us)
     cfg = load_config_cli(args.config)
     if cfg is None:
         return 2

@@ -11,12 +11,19 @@ started; gen-N.json in the run directory), else with the config's rule files (a 
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+
+from engine.explain import Explainer
+from engine.explain_replay import ExplainError, find_event, parse_request_key, request_events
+from engine.explain_report import RequestExplanation
+from engine.recovery_state import _dirs
+from shm.runtime import procname, rundir
 
 EXPLAIN_TIMEOUT_S = 300              # a cold compile of the ruleset on a busy 2-core machine
 MAX_CHILD_OUTPUT_BYTES = 16 << 20
@@ -79,8 +86,6 @@ def _error(code: str, message: str) -> dict:
 def _explain_one(cfg, jdir: str, args, explainers: dict, writer: int, rec):
     """Explain one event with the rule files of the generation that decided it when this run
     recorded them (one Explainer, compiled once, per set of files)."""
-    from shm.runtime import rundir
-    from engine.explain import Explainer
     gen, files, note = int(rec["generation"]), None, None
     if gen > 0 and int(rec["arrival_ns"]) >= args.started_ns:
         try:
@@ -101,7 +106,6 @@ def _explain_one(cfg, jdir: str, args, explainers: dict, writer: int, rec):
 
 def main(argv=None) -> int:
     """The child: print {"ok": true, "explanation": ...} or an error reply as one JSON line."""
-    import argparse
     ap = argparse.ArgumentParser(prog="python -m engine.explain_job")
     ap.add_argument("--run-dir", required=True)
     which = ap.add_mutually_exclusive_group(required=True)
@@ -110,12 +114,8 @@ def main(argv=None) -> int:
     ap.add_argument("--writer", type=int)
     ap.add_argument("--started-ns", type=int, required=True)
     args = ap.parse_args(argv)
-    from shm.runtime import procname, rundir
     procname.become_child("explain")
     os.nice(10)                        # a replay must not take CPU from the workers
-    from engine.explain_replay import ExplainError, find_event, parse_request_key, request_events
-    from engine.explain_report import RequestExplanation
-    from engine.recovery_state import _dirs
     try:
         cfg = rundir.read_config(args.run_dir)
         jdir = _dirs(cfg)[0]

@@ -7,6 +7,10 @@ import os
 
 import numpy as np
 
+from engine.journal import (JournalCorruptError, JournalError, JournalReader, JournalVersionError,
+                            iter_merged, list_writers)
+from engine.snapshot import PREFIX, SUFFIX, SnapshotCorruptError, load_snapshot, load_snapshot_meta
+
 REPLAY_BATCH = 65536
 
 
@@ -22,7 +26,6 @@ class ExplainError(RuntimeError):
 
 def _journal_call(fn, *args, **kw):
     """Run a journal read, mapping its errors to ExplainError codes."""
-    from engine.journal import JournalCorruptError, JournalError, JournalVersionError
     try:
         return fn(*args, **kw)
     except JournalCorruptError as e:
@@ -36,7 +39,6 @@ def _journal_call(fn, *args, **kw):
 
 def _record_at(journal_dir: str, schema, writer: int, seq: int):
     """The committed record ``seq`` of ``writer``, or None past the journal's end."""
-    from engine.journal import JournalReader
     r = JournalReader(journal_dir, schema.dtype, schema.hash, writer)
     b = _journal_call(lambda: next(r.iter_batches(from_seq=seq, batch_records=1), None))
     return b[0].copy() if b is not None and len(b) else None
@@ -44,7 +46,6 @@ def _record_at(journal_dir: str, schema, writer: int, seq: int):
 
 def find_event(journal_dir: str, schema, seq: int, writer: int | None):
     """(writer, record) of journal event ``seq``; ExplainError naming what is missing."""
-    from engine.journal import JournalReader, list_writers
     writers = list_writers(journal_dir)
     if not writers:
         raise ExplainError("JOURNAL_NOT_FOUND", f"journal={journal_dir!r}: no journal files")
@@ -89,7 +90,6 @@ def find_request(journal_dir: str, schema, client_id: int, request_id: int,
     """(arrival_ns, writer, seq) of every journaled event carrying (client_id, request_id),
     in the journal's merged order (arrival, then writer, then seq). One pass over every
     writer's retained journal, two column compares per batch."""
-    from engine.journal import JournalReader, list_writers
     writers = list_writers(journal_dir)
     if not writers:
         raise ExplainError("JOURNAL_NOT_FOUND", f"journal={journal_dir!r}: no journal files")
@@ -140,7 +140,6 @@ def request_events(journal_dir: str, schema, client_id: int, request_id: int,
 def _pick_snapshot(snapshot_dir, journal_dir, schema, writer: int, seq: int, arrival_ns: int,
                    notes: list):
     """The newest valid snapshot every record of which is merged before the event, or None."""
-    from engine.snapshot import PREFIX, SUFFIX, SnapshotCorruptError, load_snapshot, load_snapshot_meta
     if not snapshot_dir or not os.path.isdir(snapshot_dir):
         return None
     names = sorted((n for n in os.listdir(snapshot_dir) if n.startswith(PREFIX) and n.endswith(SUFFIX)),
@@ -188,7 +187,6 @@ def _restore(fs, snap) -> None:
 
 def _replay_before(cfg, rs, arrays, journal_dir: str, writer: int, seq: int, from_seqs: dict) -> int:
     """Apply every record ``iter_merged`` yields before (writer, seq); returns how many."""
-    from engine.journal import iter_merged, list_writers
     n = 0
     it = iter_merged(journal_dir, cfg.schema.dtype, cfg.schema.hash, list_writers(journal_dir),
                      from_seqs, REPLAY_BATCH, skip_corrupt=cfg.durability.skip_corrupt_journal_records)
@@ -210,7 +208,6 @@ def _replay_before(cfg, rs, arrays, journal_dir: str, writer: int, seq: int, fro
 
 def _check_retained(cfg, journal_dir: str, from_seqs: dict) -> None:
     """Without a snapshot for a writer, its journal must still start at seq 1."""
-    from engine.journal import JournalReader, list_writers
     for w in list_writers(journal_dir):
         if from_seqs.get(w, 1) > 1:
             continue

@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import numpy as np
 
+from rules import ir
+from rules.feature_model import FeatureModel
+from rules.reference import _CMP, EvalError, evaluate
+from shm.features import distinct, scalar, windows
+from shm.features import state as state_table   # `state` is the evaluator's state below
+from shm.features.keys import _key_pair, key_from_python
+from shm.features.lists import list_values
+from shm.features.table import MAX_TIME_MS
+
 
 def read_values(fs, event, arrival_ns: int) -> dict:
     """Every feature, state and the halt as the kernel reads them for ``event`` (a record of
     the schema dtype) on ``fs``'s tables now, with the kernel's own njit primitives."""
-    from shm.features import distinct, scalar, state, windows
-    from shm.features.keys import _key_pair, key_from_python
-    from shm.features.table import MAX_TIME_MS
     schema = fs.schema
 
     def enc(name) -> np.uint64:
@@ -24,14 +30,14 @@ def read_values(fs, event, arrival_ns: int) -> dict:
     out = {}
     for name, b in fs.bindings.items():
         if b.what == "halt":
-            out[name] = bool(state._halt_get(fs.array(b.arg)))
+            out[name] = bool(state_table._halt_get(fs.array(b.arg)))
             continue
         if b.what == "list":
             continue
         consts = [int(c) for c in b.consts.split(", ")]
         arr = fs.array(b.arg)
         if b.what == "state":
-            out[name] = int(state._read_state(arr, *consts, enc(states[name].key)))
+            out[name] = int(state_table._read_state(arr, *consts, enc(states[name].key)))
             continue
         f = specs[name]
         keys = [enc(k) for k in f.key]
@@ -53,8 +59,6 @@ class SeenState:
     current contents."""
 
     def __init__(self, fs, values: dict):
-        from shm.features.lists import list_values
-        from rules.feature_model import FeatureModel
         self.values = values
         self.lists = {ls.name: list_values(fs.array(f"fl_{ls.name}")) for ls in fs.specs.lists}
         self._model = FeatureModel(fs.specs, fs.schema, list_values=self.lists)
@@ -70,7 +74,6 @@ class SeenState:
 
 def source(n) -> str:
     """The expression of an IR node as text (conversions implicit, as written)."""
-    from rules import ir
     if isinstance(n, ir.Const):
         return repr(n.value)
     if isinstance(n, ir.Field):
@@ -102,7 +105,6 @@ def source(n) -> str:
 
 def _value(n, env, state):
     """(value, error) of a node by the reference evaluator."""
-    from rules.reference import EvalError, evaluate
     try:
         return evaluate(n, env, state), None
     except EvalError as e:
@@ -113,7 +115,6 @@ def trace(cond, env, state) -> list[dict]:
     """The clauses of a condition in evaluation order: each comparison, membership, boolean
     clause (and, or, not) and conditional, with its value and its operands' values; clauses
     a short-circuit skipped have ``evaluated: False``."""
-    from rules import ir
     out: list[dict] = []
 
     def clause(n, depth, operands):
@@ -172,5 +173,4 @@ def trace(cond, env, state) -> list[dict]:
 
 
 def _cmp(op, a, b) -> bool:
-    from rules.reference import _CMP
     return _CMP[op](a, b)

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine.journal import JournalConfig, JournalError, JournalWriter, list_writers
+from engine.journal_reader import JournalReader
+
 _COPIED = ("arrival_ns", "event", "score", "generation", "action", "flags")
 
 
@@ -38,8 +41,6 @@ def upgrade(src: str, dst: str, event_dtype: np.dtype, schema_hash: int, config=
     """Write the version-1 journal ``src`` as a current one into ``dst`` (absent or empty).
     Raises JournalError (JournalCorruptError for a corrupt record, JournalVersionError for a
     segment that is not version 1)."""
-    from engine.journal import JournalConfig, JournalError, JournalWriter, list_writers
-    from engine.journal_reader import JournalReader
     writers = list_writers(src)
     if not writers:
         raise JournalError(f"journal {src}: no journal segments")

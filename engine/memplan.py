@@ -10,14 +10,14 @@ that cannot be backed) or the OOM killer taking some process of the host.
 """
 from __future__ import annotations
 
+from ingress.dedup import IdempotencyWindow
+from shm.featurestore import table_bytes
+from shm.rings import ring_bytes
 from shm.segment import SegmentError, check_room
 
 
 def plan(cfg, n_workers: int) -> tuple[dict, dict]:
     """(shared, private): bytes by what, for ``n_workers`` workers."""
-    from shm.featurestore import table_bytes
-    from shm.rings import ring_bytes
-    from ingress.dedup import IdempotencyWindow
     tables = sum(table_bytes(cfg).values())
     ing = cfg.ingress
     shared = {"feature tables": tables, f"rings of {n_workers} worker(s)": n_workers * ring_bytes(cfg)}
@@ -35,7 +35,6 @@ def check_memory(cfg, n_workers: int) -> None:
     except SegmentError as e:
         hint = "lower rings.capacity or ingress.dedup_max_entries / dedup_max_bytes"
         if max({**shared, **private}.items(), key=lambda kv: kv[1])[0] == "feature tables":
-            from shm.featurestore import table_bytes
             big = sorted(table_bytes(cfg).items(), key=lambda kv: -kv[1])[:3]
             hint = "largest tables: " + ", ".join(
                 f"{n[3:] if n[2] == '_' else n} {b / 2**20:.0f} MiB" for n, b in big) + "; lower their `capacity`"

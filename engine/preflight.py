@@ -9,6 +9,7 @@ import errno
 import os
 import socket
 
+from engine.journal import list_writers
 from shm.runtime import rundir
 from shm.runtime.securedir import UnsafePathError, check_private_files, ensure_private_dir
 from shm.segment import reclaim_stale
@@ -108,7 +109,6 @@ def refuse_legacy_state(cfg) -> None:
     moved to {state} (shm.runtime.config.state_root): an empty journal dir while the old one
     holds this user's journal means an upgrade, not a first start. Refuse rather than
     start from empty feature state."""
-    from engine.journal import list_writers
     jdir = cfg.durability.journal_dir
     old = f"/var/tmp/risk-engine/{cfg.instance}"
     if os.path.realpath(jdir).startswith(old + "/") or list_writers(jdir):

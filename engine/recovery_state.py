@@ -14,6 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine.admin_log import AdminLogCorrupt, read
+from engine.journal import list_writers
+from engine.recovery import RecoveryError, recover_all
+from engine.snapshot import SnapshotStore
+from shm.features.lists import list_values
+from shm.features.state import STATE_NAMES
 from shm.runtime.securedir import ensure_private_dir
 
 
@@ -44,10 +50,6 @@ def _apply_admin_log(store, path: str, after_ns: int, before_mono_ns: int | None
     and is applied, with a note -> (how many, notes on a torn last record or such records, or
     ""). Every record is checked first (engine.admin_log): a damaged or out-of-sequence one
     raises RecoveryError naming the file, line, offset and seq."""
-    from engine.admin_log import AdminLogCorrupt, read
-    from shm.features.state import STATE_NAMES
-    from shm.features.lists import list_values
-    from engine.recovery import RecoveryError
     try:
         records, torn, _ = read(path)
     except AdminLogCorrupt as e:
@@ -86,9 +88,6 @@ def recover_features(cfg, store, rs) -> Recovered | None:
     """Rebuild ``store`` (freshly created, zeroed tables) from disk. Returns what it did, or
     None when there was nothing to recover. A corrupt journal record raises
     JournalCorruptError (file, offset, seq) unless journal.skip_corrupt_records is set."""
-    from engine.journal import list_writers
-    from engine.recovery import recover_all
-    from engine.snapshot import SnapshotStore
     if not cfg.durability.journal_enabled:
         return None
     jdir, sdir = _dirs(cfg)
@@ -114,7 +113,6 @@ def recover_features(cfg, store, rs) -> Recovered | None:
     def apply(records, writer_ids) -> None:
         rs.apply_updates(records["event"], records["arrival_ns"], records["action"])
 
-    from engine.recovery import RecoveryError
     ensure_private_dir(jdir, "journal.dir")
     skip = cfg.durability.skip_corrupt_journal_records
     try:

@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from engine.journal import iter_merged, list_writers
+from rules import compile_ruleset
+from rules.features import feature_set_for
 from shm.types import ACTION_NAMES, RESPONSE_SLOT_DTYPE
 
 
@@ -70,9 +73,6 @@ class _Eval:
 
 
 def replay(journal_dir: str, cfg, candidate_files=None, batch: int = 65536, progress=None) -> ReplayReport:
-    from engine.journal import iter_merged, list_writers
-    from rules import compile_ruleset
-    from rules.features import feature_set_for
     kw = dict(thresholds=cfg.rules.thresholds, on_error=cfg.rules.on_error)
     # each ruleset rebuilds the features from scratch over the replayed events (its own
     # process-local tables; lists from their files, state ACTIVE, no halt)

@@ -18,12 +18,14 @@ from pathlib import Path
 
 import numpy as np
 import zmq
+import zmq.auth
 
 from shm.schema import Schema
 from shm.types import ACTION_NAMES, MAX_FIRED, DecisionFlag, ErrorCode
 from ingress import wire
 from ingress.jsonevents import EventConverter
 from ingress.wire import HeaderFlag, WireError
+from shm.runtime.config import load_config
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,6 @@ class CurveKeys:
     @classmethod
     def from_files(cls, client_secret_file: str, server_public_file: str) -> "CurveKeys":
         """From zmq.auth certificate files (``risk-engine keys`` writes them)."""
-        import zmq.auth
         pub, sec = zmq.auth.load_certificate(client_secret_file)
         if not sec:
             raise ValueError(f"client_secret_file={client_secret_file!r}: holds no secret key")
@@ -101,7 +102,6 @@ def load_schema(schema: Schema | str | os.PathLike | None) -> Schema:
     """A Schema as is, else the schema of a config file (None: the bundled default config)."""
     if isinstance(schema, Schema):
         return schema
-    from shm.runtime.config import load_config
     return load_config(Path(schema) if schema is not None else None).schema
 
 

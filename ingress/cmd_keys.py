@@ -1,4 +1,9 @@
 """`risk-engine keys`: generate a CURVE key pair (zmq.auth certificate files)."""
+
+import os
+import re
+import sys
+
 HELP = "generate a CURVE key pair: DIR/NAME.key (public) and DIR/NAME.key_secret"
 
 
@@ -9,11 +14,7 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    import os
-    import re
-    import sys
-
-    import zmq
+    import zmq           # lazy: every risk-engine start imports this module (engine/cli.py)
     import zmq.auth
 
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", args.name):

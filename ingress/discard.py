@@ -24,7 +24,7 @@ _RCVMORE = int(zmq.RCVMORE)
 
 def _libzmq():
     try:
-        from zmq.backend.cython import _zmq
+        from zmq.backend.cython import _zmq   # optional: pyzmq's cffi backend has none
         lib = ctypes.CDLL(_zmq.__file__)                  # dlsym searches its libzmq too
         recv, get = lib.zmq_recv, lib.zmq_getsockopt
     except (ImportError, OSError, AttributeError):

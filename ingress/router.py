@@ -47,6 +47,7 @@ from ingress.warmup import warm_up
 from ingress.wire import WireError
 from shm.doorbell import EventfdDoorbell
 from shm.idle import SpinPayoff
+from ingress.security import configure_server, stop_authenticator
 
 READ_BATCH = 256                      # requests read before the responses get their turn
 MAX_FRAMES = 4                        # frames kept of one message: identity, delimiter, body
@@ -116,7 +117,6 @@ class Router:
         sock.setsockopt(zmq.SNDHWM, 100_000)
         curve = self.cfg.ingress.curve
         if curve.enabled:
-            from ingress.security import configure_server
             configure_server(ctx, sock, curve)
         sock.bind(self.cfg.ingress.bind)
         return sock
@@ -189,7 +189,6 @@ class Router:
         self.conns.close()
         sock.close(linger=1000)
         if self.cfg.ingress.curve.enabled:
-            from ingress.security import stop_authenticator
             stop_authenticator(ctx)
         ctx.term()
         for r in self.rings:

@@ -28,7 +28,7 @@ _EVENTS, _RCVMORE = int(zmq.EVENTS), int(zmq.RCVMORE)
 
 def _getsockopt():
     try:
-        from zmq.backend.cython import _zmq
+        from zmq.backend.cython import _zmq   # optional: pyzmq's cffi backend has none
         f = ctypes.CDLL(_zmq.__file__).zmq_getsockopt      # dlsym searches its libzmq too
     except (ImportError, OSError, AttributeError):
         return None

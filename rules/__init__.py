@@ -24,6 +24,6 @@ __all__ = ["compile_ruleset", "CompiledRuleset", "RulesetError", "Diagnostic", "
 
 def __getattr__(name):
     if name in ("compile_ruleset", "CompiledRuleset", "Decision"):
-        from rules import compiler
+        from rules import compiler     # lazy: numba, on first use only (module docstring)
         return getattr(compiler, name)
     raise AttributeError(name)

@@ -10,15 +10,15 @@ from __future__ import annotations
 import numpy as np
 
 from rules.cases import Case, CaseFileError, build_events
+from rules.feature_model import FeatureModel, reference_stream
+from shm.features.featureset import CONSTANTS, FeatureSet
+from shm.features.lists import parse_value
 
 
 def _fresh_features(rs, c: Case):
     """(FeatureSet, FeatureModel) for one case, or (None, None) without features."""
     if rs.features is None:
         return None, None
-    from shm.features.featureset import CONSTANTS, FeatureSet
-    from shm.features.lists import parse_value
-    from rules.feature_model import FeatureModel
     specs, schema = rs.features.specs, rs.schema
     fs = FeatureSet(specs, schema)
     lists = {}
@@ -52,7 +52,6 @@ def _fresh_features(rs, c: Case):
 def run_case(rs, c: Case):
     """((action, score, fired set), reference (action, score, fired frozenset)) of the
     case's event, after its history."""
-    from rules.feature_model import reference_stream
     if c.stateful and rs.features is None:
         raise CaseFileError(f"case {c.name}: history/state/lists need a config with features")
     events = build_events([c], rs.schema, [e for e, _ in c.history] + [c.event])

@@ -1,4 +1,10 @@
 """`risk-engine check`: compile rule files and report like a compiler."""
+
+import sys
+import time
+
+from rules.diagnostics import RulesetError
+
 HELP = "compile rule files and report errors as file:line:col: message (exit 1 on error)"
 
 
@@ -10,12 +16,10 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    import sys
-    import time
-
+    # lazy, here and below: every risk-engine start imports this module (engine/cli.py); config
+    # loads numpy and yaml, and the compiler numba only once the inputs passed the cheap checks
     from shm.runtime.config import load_config_cli
     from shm.runtime.securedir import UnsafePathError
-    from rules.diagnostics import RulesetError
     cfg = load_config_cli(args.config)
     if cfg is None:
         return 2
@@ -23,7 +27,7 @@ def run(args) -> int:
     if not files:
         print("risk-engine check: no rule files (give --rules or set rules.files)", file=sys.stderr)
         return 2
-    from rules.loader import MAX_RULE_FILE_BYTES
+    from rules.loader import MAX_RULE_FILE_BYTES      # lazy: see the top of run
     from shm.runtime.textfile import TextFileError, read_text_file
     for f in files:                         # a FIFO, a device, a huge file: usage error, exit 2
         try:
@@ -31,7 +35,7 @@ def run(args) -> int:
         except TextFileError as e:
             print(f"risk-engine check: {e}", file=sys.stderr)
             return 2
-    from rules.compiler import check_ruleset, compile_ruleset
+    from rules.compiler import check_ruleset, compile_ruleset     # lazy: numba (top of run)
     from rules.features import feature_set_for, feature_symbols
     t0 = time.perf_counter()
     try:

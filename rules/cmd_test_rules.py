@@ -1,4 +1,9 @@
 """`risk-engine test-rules`: run rule test cases (like `opa test`)."""
+
+import os
+
+from rules.diagnostics import RulesetError
+
 HELP = "run rule test cases: event -> expected action, score, fired rules (exit 1 on failure)"
 
 
@@ -11,16 +16,15 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    import os
-
+    # lazy, here and below: every risk-engine start imports this module (engine/cli.py), and
+    # these load numpy and yaml (config, cases), then numba (compiler) once the config is read
     from shm.runtime.config import load_config_cli
     from rules.case_runner import run_case
     from rules.cases import CaseFileError, check_case, load_cases
-    from rules.diagnostics import RulesetError
     cfg = load_config_cli(args.config)
     if cfg is None:
         return 2
-    from rules.compiler import compile_ruleset
+    from rules.compiler import compile_ruleset     # lazy: numba (see above)
     from rules.features import feature_set_for
     try:
         rs = compile_ruleset(args.rules, cfg.schema, thresholds=cfg.rules.thresholds,

@@ -17,7 +17,10 @@ import math
 
 import numpy as np
 
+from rules.reference import event_env
+from shm.features.hll import _hll_add_many, _hll_estimate
 from shm.features.keys import key_from_python
+from shm.features.lists import load_list_file
 from shm.features.table import MAX_TIME_MS
 from shm.types import Action
 
@@ -25,7 +28,6 @@ _AGG = {"count": len, "sum": sum, "min": min, "max": max, "avg": lambda x: sum(x
 
 
 def _hll(values: list[int], p: int) -> int:
-    from shm.features.hll import _hll_add_many, _hll_estimate
     regs = np.zeros(1 << p, np.uint8)
     _hll_add_many(regs, p, np.array(values, dtype=np.uint64))
     return int(round(float(_hll_estimate(regs))))
@@ -33,7 +35,6 @@ def _hll(values: list[int], p: int) -> int:
 
 class FeatureModel:
     def __init__(self, specs, schema, list_values: dict | None = None):
-        from shm.features.lists import load_list_file
         self.specs, self.schema = specs, schema
         self.lists = {}
         self.list_types = {}
@@ -138,7 +139,6 @@ class FeatureModel:
 
 def reference_stream(rs, model: FeatureModel, events, arrival_ns) -> list:
     """Decisions of the reference evaluator over ``events`` in order, with ``model``."""
-    from rules.reference import event_env
     out = []
     for i in range(len(events)):
         env = event_env(events[i], rs.schema)

@@ -23,8 +23,12 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import shm.features as pkg
 from rules.loader import ConstantDef
 from rules.symbols import ExtSet, ExtValue
+from shm.features.featureset import CONSTANTS, IMPORTS, FeatureSet, default_alloc
+from shm.features.keys import key_from_python
+from shm.features.spec import specs_from_config
 
 _FEATURE_SOURCES = ("windows.py", "distinct.py", "scalar.py", "table.py", "state.py", "lists.py",
                     "keys.py", "hll.py", "_atomics.py", "featureset.py")
@@ -78,7 +82,6 @@ class ListSet(ExtSet):
         """``node`` is a bytes Field (read from the record) or a bytes Const (encoded now)."""
         if getattr(node, "name", ""):
             return self.binding.emit_contains(f"{REC}.{node.name}", node.spec.type)
-        from shm.features.keys import key_from_python
         return f"_list_contains({self.binding.arg}, np.uint64({key_from_python(node.value, f'bytes{node.width}')}))"
 
     def reference_contains(self, value, state) -> bool:
@@ -89,7 +92,6 @@ class ListSet(ExtSet):
 
 def feature_symbols(fs) -> dict:
     """name -> symbol for every name ``fs`` binds, plus the state constants."""
-    from shm.features.featureset import CONSTANTS
     out: dict = {k: ConstantDef(k, v, 0, 0) for k, v in CONSTANTS.items()}
     for name, b in fs.bindings.items():
         out[name] = ListSet(b) if b.what == "list" else FeatureRead(b)
@@ -99,7 +101,6 @@ def feature_symbols(fs) -> dict:
 def specs_digest(fs) -> str:
     """Hash of the feature specs and the feature primitives' sources: part of the kernel
     source, hence of its cache key (Numba's cache does not see changes in called modules)."""
-    import shm.features as pkg
     h = hashlib.blake2b(repr(fs.specs).encode(), digest_size=8)
     for f in _FEATURE_SOURCES:
         h.update((Path(pkg.__file__).parent / f).read_bytes())
@@ -110,7 +111,6 @@ class FeaturePlan:
     """The feature part of one generated module, for the rules that read ``read_names``."""
 
     def __init__(self, fs, read_names):
-        from shm.features.featureset import IMPORTS
         self.fs = fs
         self.imports = IMPORTS
         self.kernel_args = fs.arg_names()
@@ -202,6 +202,4 @@ def feature_set_for(cfg, alloc=None):
     """A FeatureSet of ``cfg``'s features/lists/state with process-local tables (or
     ``alloc``): what check, test-rules and replay compile against. Never None: even without
     features it binds ``global_halt``."""
-    from shm.features.featureset import FeatureSet, default_alloc
-    from shm.features.spec import specs_from_config
     return FeatureSet(specs_from_config(cfg), cfg.schema, alloc=alloc or default_alloc)

@@ -20,6 +20,7 @@ from shm.doorbell import EventfdDoorbell, SemaphoreDoorbell
 from shm.idle import SleepingBackoff, SpinThenSleep
 from shm.ring import OneToOneRing
 from shm.segment import Segment
+from shm.layout import segment_bytes
 
 WORKER_SLEEP_TIMEOUT_MS = 50.0  # safety net against a lost wake-up; also the stop-poll period
 
@@ -43,7 +44,6 @@ class _Idle:
 
 def ring_bytes(cfg) -> int:
     """Bytes of one worker's request and response ring segments."""
-    from shm.layout import segment_bytes
     cap = cfg.rings.capacity
     return (segment_bytes(cap, request_slot_dtype(cfg.schema.dtype).itemsize)
             + segment_bytes(cap, RESPONSE_SLOT_DTYPE.itemsize) + segment_bytes(cap, FIRED_SLOT_DTYPE.itemsize))

@@ -231,6 +231,36 @@ def test_the_layer_contract_holds():
     assert "Contracts: 2 kept, 0 broken." in r.stdout, r.stdout[-2000:]
 
 
+def unexplained_function_imports(root: Path = REPO, packages=PACKAGES) -> list[str]:
+    """``path:line`` of every import inside a function (not under ``if TYPE_CHECKING``) with
+    no reason beside it: a comment on its line, or on the line before it, or (for a block of
+    imports) on the block's first import."""
+    out = []
+    for path in module_files(root, packages).values():
+        text = path.read_text()
+        lines = text.splitlines()
+        explained_ends: set = set()          # last lines of function-level imports with a reason
+        nodes = sorted((n for n, top in _imports(ast.parse(text, str(path))) if not top),
+                       key=lambda n: n.lineno)
+        for node in nodes:
+            first, last = lines[node.lineno - 1], lines[node.end_lineno - 1]
+            before = lines[node.lineno - 2].strip() if node.lineno > 1 else ""
+            if "#" in first or "#" in last or before.startswith("#") or \
+                    node.lineno - 1 in explained_ends:
+                explained_ends.add(node.end_lineno)
+            else:
+                out.append(f"{path.relative_to(root)}:{node.lineno}")
+    return out
+
+
+def test_every_import_inside_a_function_says_why():
+    """Issue 21: an import inside a function only where it saves start-up time (or would
+    otherwise make a cycle), with a one-line reason; every other import sits at the top."""
+    bad = unexplained_function_imports(packages=("shm", "engine", "ingress", "rules", "bpf", "bench"))
+    assert not bad, ("imports inside functions without a reason (hoist them to the module's top, "
+                     "or say why on the line or the line before):\n" + "\n".join(bad))
+
+
 # --- the checker itself --------------------------------------------------------------------
 
 def _write(root: Path, files: dict[str, str]) -> Path:
@@ -271,6 +301,18 @@ def test_reads_relative_dotted_and_type_checking_imports(tmp_path):
     assert graph == {"pkg": {"pkg.a"}, "pkg.a": {"pkg.sub.b"}, "pkg.sub": set(),
                      "pkg.sub.b": {"pkg.a"}, "pkg.c": {"pkg.sub.b"}}
     assert cycles(graph) == [frozenset({"pkg.a", "pkg.sub.b"})]
+
+
+def test_finds_an_import_inside_a_function_without_a_reason(tmp_path):
+    root = _write(tmp_path, {
+        "pkg/__init__.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import json\n",
+        "pkg/a.py": ("import os\n\ndef f():\n    import sys\n    return sys\n\n"
+                     "def g():\n    # lazy: a reason\n    import json\n    import re\n"
+                     "    x = 1\n    import math\n    return x\n\n"
+                     "def h():\n    from os import (path,\n                    sep)   # lazy: why\n"
+                     "    import csv  # lazy: why\n"),
+    })
+    assert unexplained_function_imports(tmp_path, ("pkg",)) == ["pkg/a.py:4", "pkg/a.py:12"]
 
 
 def main() -> int:

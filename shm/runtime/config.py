@@ -12,7 +12,8 @@ Every error found is reported at once (shm.runtime.config_check).
 from __future__ import annotations
 
 import os
-from dataclasses import replace
+import sys
+from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
 from typing import Mapping
 
@@ -23,6 +24,7 @@ from shm.runtime.runroot import run_dir_for
 from shm.runtime.config_types import (AdminConfig, Config, ConfigError, CurveConfig, DurabilityConfig,
                                       IngressConfig, MetricsConfig, RingsConfig, RulesConfig, WorkersConfig)
 from shm.schema import Schema, SchemaError
+from shm.runtime.endpoints import EndpointError, parse_host_port, parse_zmq_bind
 
 DEFAULT_CONFIG = Path(__file__).parents[2] / "engine" / "default.yaml"   # beside the CLI that names it
 
@@ -105,7 +107,6 @@ def check_binds(cfg: "Config") -> None:
     """Parse every bind address as libzmq / http.server will read it (shm.runtime.endpoints) and
     refuse an admin plane reachable from another machine unless admin.curve is on. Also run
     after CLI overrides (engine.cmd_serve)."""
-    from shm.runtime.endpoints import EndpointError, parse_host_port, parse_zmq_bind
     try:
         parse_zmq_bind(cfg.ingress.bind, "ingress.bind")
         if cfg.metrics.enabled:
@@ -310,7 +311,6 @@ def load_config(path: str | os.PathLike | None = None, instance: str | None = No
 
 def load_config_cli(path: str | os.PathLike | None) -> Config | None:
     """For commands: the config, or None after printing the error (the caller exits 2)."""
-    import sys
     try:
         return load_config(path)
     except ConfigError as e:
@@ -346,7 +346,6 @@ def config_to_raw(cfg: Config) -> dict:
     into ``cfg``: how the supervisor hands the validated config (file + CLI overrides) to its
     children as plain data that they validate again (shm.runtime.rundir.write_config checks the
     round trip). Sections whose keys are their dataclass's fields are copied field by field."""
-    from dataclasses import fields, is_dataclass
 
     def plain(v):
         if is_dataclass(v):

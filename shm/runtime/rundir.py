@@ -60,6 +60,7 @@ def read_json(run_dir, name: str):
 def write_config(run_dir, cfg) -> None:
     """The validated config as JSON data (shm.runtime.config.config_to_raw). Refuses a config that
     would not come back identical in the children (a value JSON cannot carry)."""
+    # lazy: config loads numpy and yaml; `risk-engine status` reads the run dir without them
     from shm.runtime.config import ConfigError, config_to_raw, parse_config
     doc = {"path": cfg.path, "raw": config_to_raw(cfg)}
     try:
@@ -79,7 +80,7 @@ def write_config(run_dir, cfg) -> None:
 
 def read_config(run_dir):
     """The supervisor's config, validated again here (shm.runtime.config.parse_config)."""
-    from shm.runtime.config import parse_config
+    from shm.runtime.config import parse_config   # lazy: numpy and yaml (write_config)
     doc = read_json(run_dir, "config.json")
     return parse_config(doc["raw"], doc["path"])
 
@@ -98,7 +99,7 @@ def read_generation(run_dir, generation: int) -> dict:
 
 def attach_control(run_dir, cfg):
     """Attach the control block of the instance -> (Block, segment)."""
-    from shm.control import Block
+    from shm.control import Block       # lazy: numba and numpy (write_config says why)
     from shm.segment import Segment
     plan = read_plan(run_dir)
     seg = Segment.attach(plan["control"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import os
+import pwd
 import stat
 from pathlib import Path
 
@@ -36,7 +37,6 @@ class UnsafePathError(PermissionError):
 
 def _owner(uid: int) -> str:
     try:
-        import pwd
         return f"uid={uid} ({pwd.getpwuid(uid).pw_name})"
     except (KeyError, ImportError):
         return f"uid={uid}"

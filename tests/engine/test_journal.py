@@ -662,13 +662,13 @@ def test_a_record_stored_after_an_fsync_redirties_one_page_not_a_large_folio(tmp
 @settings(max_examples=60, deadline=None)
 @given(st.integers(0, 3 * 4096), st.integers(0, 3 * 4096))
 def test_the_zero_fill_zeroes_exactly_its_range(tmp_path_factory, a, b):
-    from engine.journal import _zero_fill
+    from engine.journal_segments import zero_fill
     lo, hi = min(a, b), max(a, b)
     path = tmp_path_factory.mktemp("zf") / "f"
     path.write_bytes(b"\xff" * (3 * 4096))
     fd = os.open(path, os.O_RDWR)
     try:
-        _zero_fill(fd, lo, hi)
+        zero_fill(fd, lo, hi)
     finally:
         os.close(fd)
     data = path.read_bytes()
