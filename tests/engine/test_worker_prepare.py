@@ -30,7 +30,6 @@ def decide_amount(eng, schema, amount: float):
         return c.evaluate_batch(EventConverter(schema).to_events(recs))[0]
 
 
-@pytest.mark.slow          # about 70 s warm: a reload and three worker preparations
 def test_a_restarted_worker_serves_the_published_bytes_not_the_file_edited_since(tmp_path):
     schema = load_config().schema
     v1 = ruleset(tmp_path / "v1.yaml", 1)
