@@ -1,5 +1,6 @@
 """A worker serves exactly the rules the supervisor compiled and published for a generation
-(engine/worker_prepare.py load_generation), never a rule file edited on disk since."""
+(engine/worker_prepare.py load_generation), and `explain` replays with them
+(engine/explain_job.py), never a rule file edited on disk since."""
 from __future__ import annotations
 
 import json
@@ -13,6 +14,8 @@ import pytest
 
 from bench.engine_proc import EngineProcess
 from bench.events import random_events
+from engine.admin import request as admin_request
+from engine.journal import iter_merged
 from engine.reload import ruleset_spec
 from engine.worker_prepare import GenerationMismatch, load_generation
 from ingress.client import Client
@@ -30,6 +33,7 @@ def decide_amount(eng, schema, amount: float):
         return c.evaluate_batch(EventConverter(schema).to_events(recs))[0]
 
 
+@pytest.mark.slow          # 15-22 s warm (a reload, three worker preparations, an explain)
 def test_a_restarted_worker_serves_the_published_bytes_not_the_file_edited_since(tmp_path):
     schema = load_config().schema
     v1 = ruleset(tmp_path / "v1.yaml", 1)
@@ -56,6 +60,12 @@ def test_a_restarted_worker_serves_the_published_bytes_not_the_file_edited_since
         d = decide_amount(eng, schema, 500.0)
         assert (d.ruleset, d.action) == ("live@2", "block"), (d, eng.output())
         assert "GENERATION_MISMATCH" not in eng.output()
+        # explain replays the last event with generation 2's published bytes too
+        seq = max(int(r["seq"]) for recs, _ in iter_merged(eng.raw["journal"]["dir"], schema.dtype,
+                                                          schema.hash) for r in recs)
+        rep = admin_request(eng.admin_bind, {"cmd": "explain", "seq": seq, "writer": 0}, 600_000)
+        assert rep["ok"], rep
+        assert rep["explanation"]["agrees"], rep["explanation"]
 
 
 @pytest.fixture
