@@ -241,14 +241,14 @@ class Rulesets:
             return "rule files changed while the reload ran; run it again"
         spec["origin_files"] = list(job.files)
         keep = [f for sp in self.specs.values() for f in sp["files"]]  # explain reads them
+        try:                    # before the record: a refusal here leaves no record of it
+            self.keep_compiled_bytes(spec)
+        except OSError as e:
+            return f"cannot keep the compiled rule files in the run directory ({e})"
         try:
             spec["recorded"] = write_record(self.cfg, after, spec["label"], keep)
         except OSError as e:
             return f"cannot record the ruleset for a restart ({e}); generation {self.generation} keeps serving"
-        try:
-            self.keep_compiled_bytes(spec)
-        except OSError as e:
-            return f"cannot keep the compiled rule files in the run directory ({e})"
         return spec, rs
 
     def kill(self) -> None:
