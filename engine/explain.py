@@ -33,23 +33,24 @@ from engine.explain_trace import SeenState, read_values
 from shm.types import ACTION_NAMES
 
 
-def _compile(cfg, files, fs):
+def _compile(cfg, files, fs, texts=None):
     from rules import compile_ruleset
     return compile_ruleset(list(files), cfg.schema, thresholds=cfg.rules.thresholds,
-                           on_error=cfg.rules.on_error, features=fs)
+                           on_error=cfg.rules.on_error, features=fs, texts=texts)
 
 
 class Explainer:
     """Explains events of one journal: the rulesets are compiled once, the tables rebuilt
     for every event (fresh process-local tables each time).
 
-    ``rules``: the files of the ruleset that decided (default: the config's); ``candidate``:
+    ``rules``: the files of the ruleset that decided (default: the config's), ``rule_texts``
+    their contents as the engine compiled them (else read from ``rules``); ``candidate``:
     files of a ruleset shown beside it (what-if); ``snapshot_dir``: "" = the config's,
     None = no snapshots; ``admin_log``: "" = admin.log in the journal directory, None = none.
     Raises ExplainError (stable codes) and rules.RulesetError.
     """
 
-    def __init__(self, cfg, journal_dir: str, *, rules=None, candidate=None,
+    def __init__(self, cfg, journal_dir: str, *, rules=None, rule_texts=None, candidate=None,
                  snapshot_dir: str | None = "", admin_log: str | None = ""):
         from engine.recovery_state import _dirs
         from rules.features import feature_set_for
@@ -62,7 +63,7 @@ class Explainer:
         self.rules_given = bool(rules)
         self.candidate_files = [str(f) for f in candidate] if candidate else None
         fs = feature_set_for(cfg)                      # compile-time tables; never the replay's
-        self.rs = _compile(cfg, self.files, fs)
+        self.rs = _compile(cfg, self.files, fs, rule_texts)
         self.crs = _compile(cfg, self.candidate_files, fs) if candidate else None
 
     def explain(self, seq: int, writer: int | None = None) -> Explanation:

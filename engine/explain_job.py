@@ -7,7 +7,9 @@ process-local tables and never touches the engine's shared memory, so the worker
 paused. The admin server polls the job from its loop and answers when it is done.
 The child explains with the rule files of the generation that decided the event when that
 generation belongs to this run of the engine (the event arrived after the supervisor
-started; gen-N.json in the run directory), else with the config's rule files (a note says so).
+started; gen-N.json in the run directory), as the bytes that generation compiled
+(rules-<sha256>.yaml there, never the files as edited since), else with the config's rule
+files (a note says so).
 """
 from __future__ import annotations
 
@@ -86,18 +88,21 @@ def _error(code: str, message: str) -> dict:
 def _explain_one(cfg, jdir: str, args, explainers: dict, writer: int, rec):
     """Explain one event with the rule files of the generation that decided it when this run
     recorded them (one Explainer, compiled once, per set of files)."""
-    gen, files, note = int(rec["generation"]), None, None
+    gen, files, texts, note = int(rec["generation"]), None, None, None
     if gen > 0 and int(rec["arrival_ns"]) >= args.started_ns:
-        try:
-            files = rundir.read_generation(args.run_dir, gen)["files"]
-        except (OSError, ValueError, KeyError):
-            note = f"generation {gen}: its rule files are not recorded in the run directory"
+        try:                            # the bytes the generation compiled, not the files now
+            spec = rundir.read_generation(args.run_dir, gen)
+            files, shas = spec["files"], spec["sha256"]
+            texts = tuple(rundir.read_rules_copy(args.run_dir, h).decode() for h in shas)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            files, texts = None, None
+            note = f"generation {gen}: its rule files are not recorded in the run directory ({e})"
     elif gen > 0:
         note = (f"the event arrived before this engine started: its generation {gen} was "
                 f"another run's; explained with the config's rule files")
-    k = tuple(files) if files else None
+    k = (tuple(files), texts) if files else None
     if k not in explainers:
-        explainers[k] = Explainer(cfg, jdir, rules=files)
+        explainers[k] = Explainer(cfg, jdir, rules=files, rule_texts=texts)
     ex = explainers[k].explain(int(rec["seq"]), writer)
     if note:
         ex.notes.append(note)

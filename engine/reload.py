@@ -9,7 +9,10 @@ loop keeps reaping and restarting workers and taking snapshots meanwhile. The su
 publishes the generation only when both succeeded, the kernels match and the rule files
 still hold what they held when the reload began; anything else is a refusal and the serving
 generation is untouched. A published ruleset is recorded first (engine.rules_record), so a
-restart serves it again.
+restart serves it again. The supervisor compiles the bytes it read, and keeps them in the run
+directory beside the generation (rundir.write_rules_copy): a worker that starts later compiles
+those bytes and checks its kernel against the generation's (worker_prepare.load_generation),
+so a rule file edited on disk without a reload never serves.
 
 Who asked is told the outcome: an admin ``reload`` in its reply, `risk-engine reload` (a
 request file in the run directory) in a result file beside it (``reload_reply`` for both).
@@ -65,7 +68,8 @@ def startup_ruleset(cfg, features, log) -> tuple[dict, object]:
         before = read_rules(pairs)
     except TextFileError:
         before = None                   # the compiler says why, with file:line:col
-    spec, rs = ruleset_spec(cfg, tuple(src for _, src in pairs), features)
+    spec, rs = ruleset_spec(cfg, tuple(src for _, src in pairs), features,
+                            [r.text for r in before] if before is not None else None)
     after = read_rules(pairs)
     if before is None or [r.sha256 for r in after] != [r.sha256 for r in before]:
         raise TextFileError("rule files changed while the engine compiled them; start it again")
@@ -74,15 +78,18 @@ def startup_ruleset(cfg, features, log) -> tuple[dict, object]:
     return spec, rs
 
 
-def ruleset_spec(cfg, files: tuple[str, ...], features=None) -> tuple[dict, object]:
-    """Compile (validates, fills the kernel cache) -> (generation spec, ruleset). Raises
-    rules.RulesetError on a bad ruleset."""
+def ruleset_spec(cfg, files: tuple[str, ...], features=None, texts=None) -> tuple[dict, object]:
+    """Compile (validates, fills the kernel cache) -> (generation spec, ruleset). ``texts``:
+    the files' contents as read (then compiled, and kept for the workers by publish), else
+    the files are read. Raises rules.RulesetError on a bad ruleset."""
     from rules import compile_ruleset
     rs = compile_ruleset(list(files), cfg.schema, thresholds=cfg.rules.thresholds,
-                         on_error=cfg.rules.on_error, features=features)
+                         on_error=cfg.rules.on_error, features=features, texts=texts)
     spec = {"files": list(files), "thresholds": [list(t) for t in cfg.rules.thresholds],
             "on_error": cfg.rules.on_error, "label": rs.label, "rule_ids": list(rs.rule_ids),
             "modes": list(rs.modes), "source_hash": rs.source_hash}
+    if texts is not None:
+        spec["texts"] = list(texts)         # not published: keep_compiled_bytes writes them
     return spec, rs
 
 
@@ -107,8 +114,19 @@ class Rulesets:
         self.job: ReloadJob | None = None   # the reload in flight
         self.recorded: str | None = None    # engine.rules_record's active.json (None: journal off)
 
+    def keep_compiled_bytes(self, spec: dict) -> None:
+        """The bytes the supervisor compiled, kept in the run directory for the workers
+        (rundir.write_rules_copy); the spec names them by sha256. Raises OSError."""
+        texts = spec.pop("texts", None)
+        if texts is not None:
+            spec["sha256"] = [rundir.write_rules_copy(self.run_dir, t.encode()) for t in texts]
+
     def publish(self, spec: dict, rs) -> None:
         self.recorded = spec.pop("recorded", self.recorded)
+        self.keep_compiled_bytes(spec)
+        if len(spec.get("sha256", ())) != len(spec["files"]):
+            raise ValueError(f"generation {self.generation + 1}: no compiled bytes to publish "
+                             f"for files={spec['files']}")
         g = self.generation + 1
         rundir.write_generation(self.run_dir, g, spec)
         self.specs[g] = spec
@@ -223,6 +241,10 @@ class Rulesets:
             return "rule files changed while the reload ran; run it again"
         spec["origin_files"] = list(job.files)
         keep = [f for sp in self.specs.values() for f in sp["files"]]  # explain reads them
+        try:                    # before the record: a refusal here leaves no record of it
+            self.keep_compiled_bytes(spec)
+        except OSError as e:
+            return f"cannot keep the compiled rule files in the run directory ({e})"
         try:
             spec["recorded"] = write_record(self.cfg, after, spec["label"], keep)
         except OSError as e:
@@ -296,7 +318,8 @@ class ReloadJob:
 
     def _load(self):
         try:
-            self.loaded = ruleset_spec(self.sup.cfg, self.files, self.sup.features.fs)
+            self.loaded = ruleset_spec(self.sup.cfg, self.files, self.sup.features.fs,
+                                       [r.text for r in self.before])
         except Exception as e:         # any failure is a refusal; the loop keeps serving
             self.loaded = e
 

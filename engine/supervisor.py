@@ -94,7 +94,7 @@ class Supervisor:
         self._check_dirs()
         claim_instance(cfg, self.pid, self.log)
         self._start_exporter()                  # /healthz from now on, /ready once serving
-        for f in self.run_dir.glob("gen-*.json"):
+        for f in [*self.run_dir.glob("gen-*.json"), *self.run_dir.glob("rules-*.yaml")]:
             f.unlink()
         self.placements = plan_workers(self.topology, set(os.sched_getaffinity(0)),
                                        cfg.workers.count, cfg.workers.cpus)

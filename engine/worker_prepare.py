@@ -8,13 +8,33 @@ import threading
 from shm.runtime import rundir
 
 
+class GenerationMismatch(RuntimeError):
+    """What a worker compiled for a generation is not what the supervisor published."""
+    code = "GENERATION_MISMATCH"
+
+    def __init__(self, generation: int, why: str):
+        super().__init__(f"{self.code}: generation {generation}: {why}; not served")
+
+
 def load_generation(run_dir: str, generation: int, schema, features=None):
     """Compile (from the kernel cache) generation ``generation``'s rules against the
-    engine's shared feature tables, and warm the kernel up."""
+    engine's shared feature tables, and warm the kernel up. The rules are the bytes the
+    supervisor compiled (rundir.read_rules_copy), never the files as they are now (edited
+    since, maybe); the kernel must be the published one. Raises GenerationMismatch."""
     from rules import compile_ruleset
     spec = rundir.read_generation(run_dir, generation)
+    try:
+        texts = [rundir.read_rules_copy(run_dir, h).decode() for h in spec["sha256"]]
+    except (KeyError, TypeError, ValueError, OSError) as e:
+        raise GenerationMismatch(generation, f"the rule files' compiled bytes are unusable: "
+                                             f"{type(e).__name__}: {e}") from None
     rs = compile_ruleset(spec["files"], schema, thresholds=tuple(spec["thresholds"]),
-                         on_error=spec["on_error"], features=features)
+                         on_error=spec["on_error"], features=features, texts=texts)
+    if rs.source_hash != spec["source_hash"] or list(rs.rule_ids) != spec["rule_ids"]:
+        raise GenerationMismatch(generation, f"compiled kernel {rs.source_hash} rules "
+                                             f"{','.join(rs.rule_ids)[:200]}, published kernel "
+                                             f"{spec['source_hash']} rules "
+                                             f"{','.join(spec['rule_ids'])[:200]}")
     rs.warm_up()
     return rs
 

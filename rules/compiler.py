@@ -67,17 +67,21 @@ def _thresholds(thresholds) -> dict:
     return {k: float(v) for k, v in th.items()}
 
 
-def check_ruleset(files: Sequence[str], schema, extensions: Mapping[str, object] | None = None):
+def check_ruleset(files: Sequence[str], schema, extensions: Mapping[str, object] | None = None,
+                  texts: Sequence[str] | None = None):
     """Passes load..fold for every rule; (loaded files, [(RuleSource, IR)] of enabled rules).
+    ``texts``: the files' contents, already read (then ``files`` only name them).
 
     Raises RulesetError listing every problem. Never generates or compiles code.
     """
     if not files:
         raise ValueError("files: at least one rule file is required")
+    if texts is not None and len(texts) != len(files):
+        raise ValueError(f"texts: {len(texts)} texts for {len(files)} rule files")
     diags: list[Diagnostic] = []
     loaded = []
-    for f in files:
-        rf = load_rule_file(str(f), Sink(str(f), out=diags))
+    for i, f in enumerate(files):
+        rf = load_rule_file(str(f), Sink(str(f), out=diags), None if texts is None else texts[i])
         if rf is not None:
             loaded.append(rf)
     seen: dict[str, RuleSource] = {}
@@ -120,8 +124,10 @@ def _read_names(compiled) -> list[str]:
 
 def compile_ruleset(files: Sequence[str], schema, *, thresholds=(), on_error: str = "skip",
                     cache_dir=None, extensions: Mapping[str, object] | None = None,
-                    features=None) -> "CompiledRuleset":
+                    features=None, texts: Sequence[str] | None = None) -> "CompiledRuleset":
     """Compile rule files into one kernel; raise RulesetError listing every problem.
+    ``texts``: the files' contents as already read (check_ruleset); ``files`` then only name
+    them, so the same text under the same path gives the same kernel (cache key).
 
     ``features``: an shm.features.featureset.FeatureSet (or None): its names become usable
     in rules and its arrays kernel arguments (``feature_args``; rules/features.py).
@@ -135,7 +141,7 @@ def compile_ruleset(files: Sequence[str], schema, *, thresholds=(), on_error: st
     plan = None
     if features is not None:
         extensions = {**feature_symbols(features), **(extensions or {})}
-    loaded, compiled = check_ruleset(files, schema, extensions)
+    loaded, compiled = check_ruleset(files, schema, extensions, texts)
     if features is not None:
         plan = FeaturePlan(features, _read_names(compiled))
         extensions = {k: v for k, v in extensions.items() if not isinstance(v, (FeatureRead, ListSet, ConstantDef))}

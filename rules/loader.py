@@ -249,12 +249,14 @@ def _rule(loader, src: str, path: str, node, sink: Sink, constants: dict) -> Rul
 MAX_RULE_FILE_BYTES = 4 << 20      # PyYAML parses ~1 MB/s here: bounds compile time and memory
 
 
-def load_rule_file(path: str, sink: Sink) -> RuleFile | None:
+def load_rule_file(path: str, sink: Sink, text: str | None = None) -> RuleFile | None:
     """Parse one rule file; problems go to ``sink``; None when the file is unusable. Only a
     regular file of at most MAX_RULE_FILE_BYTES is read (shm.runtime.textfile: a FIFO or
-    /dev/zero is refused, never waited on); a 50 MB file took minutes to parse."""
+    /dev/zero is refused, never waited on); a 50 MB file took minutes to parse. ``text``:
+    the file's content as already read (a worker compiles the bytes the supervisor
+    published); ``path`` then only names it in rule locations and diagnostics."""
     try:
-        return _load_rule_file(path, sink)
+        return _load_rule_file(path, sink, text)
     except _BadScalar as e:
         sink.error(*e.args)
         return None
@@ -263,9 +265,12 @@ def load_rule_file(path: str, sink: Sink) -> RuleFile | None:
         return None
 
 
-def _load_rule_file(path: str, sink: Sink) -> RuleFile | None:
+def _load_rule_file(path: str, sink: Sink, src: str | None) -> RuleFile | None:
+    if src is not None and len(src.encode()) > MAX_RULE_FILE_BYTES:
+        sink.error(0, 0, f"rule file text is over the limit of {MAX_RULE_FILE_BYTES} bytes")
+        return None
     try:
-        src = read_text_file(path, MAX_RULE_FILE_BYTES, "rule file")
+        src = read_text_file(path, MAX_RULE_FILE_BYTES, "rule file") if src is None else src
     except TextFileError as e:
         sink.error(0, 0, str(e).removeprefix(f"{path}: "))
         return None

@@ -5,7 +5,11 @@ and how `risk-engine status` / scripts/pin_workers.sh find a running engine.
         supervisor.pid      pid of the supervisor (the instance is alive while it is)
         config.json         the validated config as plain data; each child validates it again
         plan.json           owner pid, segment names, worker CPUs and NUMA nodes, eventfd
-        gen-<g>.json        ruleset generation g: files, thresholds, on_error, label, rule ids
+        gen-<g>.json        ruleset generation g: files, their sha256, thresholds, on_error,
+                            label, rule ids, kernel cache key (source_hash)
+        rules-<sha256>.yaml the bytes of a rule file as the supervisor compiled them, written
+                            before a generation naming it is published; workers compile these,
+                            never the operator's file, which may have been edited since
         status.json         generation, ruleset, pid, role, cpu, node of every engine process
                             (rewritten on change: engine.status_file)
         reload-<id>.request / reload-<id>.result   `risk-engine reload` and its answer
@@ -20,8 +24,10 @@ of the others, so an operator with a login session still finds an engine started
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 from shm.runtime.securedir import UnsafePathError, ensure_private_dir, read_private_file, write_private_file
@@ -95,6 +101,28 @@ def write_generation(run_dir, generation: int, spec: dict) -> None:
 
 def read_generation(run_dir, generation: int) -> dict:
     return read_json(run_dir, f"gen-{generation}.json")
+
+
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+
+
+def write_rules_copy(run_dir, data: bytes) -> str:
+    """Keep ``data`` (a rule file's bytes) as rules-<sha256>.yaml, 0600, atomically; its sha256."""
+    sha256 = hashlib.sha256(data).hexdigest()
+    write_private_file(Path(run_dir) / f"rules-{sha256}.yaml", data)
+    return sha256
+
+
+def read_rules_copy(run_dir, sha256: str) -> bytes:
+    """The bytes kept by write_rules_copy. Raises ValueError if ``sha256`` is not one or the
+    bytes no longer hash to it, OSError if the copy cannot be read."""
+    if not isinstance(sha256, str) or not _SHA256_RE.fullmatch(sha256):
+        raise ValueError(f"sha256={str(sha256)[:80]!r}: not a sha256 hex digest")
+    path = Path(run_dir) / f"rules-{sha256}.yaml"
+    data = read_private_file(path)
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise ValueError(f"{path}: its bytes do not hash to {sha256} (damaged)")
+    return data
 
 
 def attach_control(run_dir, cfg):
