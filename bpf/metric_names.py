@@ -30,6 +30,7 @@ ENGINE: dict[str, str] = {
     "risk_snapshots_total": COUNTER,
     "risk_snapshot_errors_total": COUNTER,
     "risk_snapshot_refused_total": COUNTER,
+    "risk_snapshots_skipped_total": COUNTER,
     "risk_journal_corrupt_records_total": COUNTER,
     "risk_journal_unavailable": GAUGE,            # {worker}
     "risk_journal_write_errors_total": COUNTER,   # {worker}
