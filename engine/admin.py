@@ -24,6 +24,7 @@ from engine.admin_request import (MAX_FILES, MAX_MESSAGE_CHARS, MAX_REQUEST_BYTE
                                   parse_request)
 from engine.reload import reload_reply
 from engine.snapshot_coordinator import SnapshotError
+from shm.runtime.endpoints import parse_zmq_bind
 
 MAX_FRAMES = 3                   # identity, delimiter, body: anything longer is refused
 MAX_REQUESTS_PER_POLL = 64       # then the supervisor's loop runs again
@@ -39,7 +40,7 @@ def _status(sup, args):
 
 
 def _stats(sup, args):
-    from engine.exporter import stats
+    from engine.exporter import stats   # lazy: prometheus_client; `risk-engine admin`/`stats` import this module
     return {"stats": stats(sup.collector)}
 
 
@@ -69,7 +70,7 @@ def _snapshot(sup, args):
 
 def _explain(sup, args):
     """Explain a journaled event in a child process (engine.explain_job): the workers go on."""
-    from engine.explain_job import MAX_JOBS, ExplainJob
+    from engine.explain_job import MAX_JOBS, ExplainJob   # lazy: `risk-engine admin`/`stats` import this module for request()
     if not sup.cfg.durability.journal_enabled:
         raise AdminError("NO_JOURNAL", "the journal is off (journal.enabled: false): nothing to explain")
     if ("seq" in args) == ("request" in args):
@@ -84,7 +85,7 @@ def _explain(sup, args):
 
 def _request_key(key, v):
     """CLIENT_ID:REQUEST_ID, checked whole here (the explain child gets it as parsed ints)."""
-    from engine.explain_replay import parse_request_key
+    from engine.explain_replay import parse_request_key   # lazy: `risk-engine admin`/`stats` import this module for request()
     if not isinstance(v, str):
         raise AdminError("BAD_ARGUMENT", f"{key}: must be a string CLIENT_ID:REQUEST_ID, got {type(v).__name__}")
     try:
@@ -103,7 +104,7 @@ COMMANDS = {"status": (_status, NO_ARGS), "stats": (_stats, NO_ARGS),
 
 
 def _commands() -> dict:
-    from engine import admin_state
+    from engine import admin_state   # lazy: `risk-engine admin`/`stats` import this module for request()
     return {**COMMANDS, **admin_state.COMMANDS}
 
 
@@ -128,7 +129,6 @@ def _error(code: str, message: str) -> dict:
 
 class AdminServer:
     def __init__(self, sup):
-        from shm.runtime.endpoints import parse_zmq_bind
         self.sup = sup
         self.ctx = zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.ROUTER)
@@ -139,7 +139,7 @@ class AdminServer:
         if ":" in ep.host:
             self.sock.setsockopt(zmq.IPV6, 1)
         if sup.cfg.admin.curve.enabled:
-            from ingress.security import configure_server
+            from ingress.security import configure_server   # lazy: asyncio, ssl; only with admin.curve
             configure_server(self.ctx, self.sock, sup.cfg.admin.curve)
         self.sock.bind(bind)
         if ep.transport == "ipc":       # connecting needs write access: root and our user only
@@ -252,7 +252,7 @@ class AdminServer:
         self.jobs = []
         self.sock.close(0)
         if self.sup.cfg.admin.curve.enabled:
-            from ingress.security import stop_authenticator
+            from ingress.security import stop_authenticator   # lazy: asyncio, ssl; only with admin.curve
             stop_authenticator(self.ctx)
 
 

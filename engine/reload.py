@@ -16,6 +16,7 @@ request file in the run directory) in a result file beside it (``reload_reply`` 
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -77,7 +78,7 @@ def startup_ruleset(cfg, features, log) -> tuple[dict, object]:
 def ruleset_spec(cfg, files: tuple[str, ...], features=None) -> tuple[dict, object]:
     """Compile (validates, fills the kernel cache) -> (generation spec, ruleset). Raises
     rules.RulesetError on a bad ruleset."""
-    from rules import compile_ruleset
+    from rules import compile_ruleset   # lazy: the compiler; `risk-engine admin`/`stats` load this module
     rs = compile_ruleset(list(files), cfg.schema, thresholds=cfg.rules.thresholds,
                          on_error=cfg.rules.on_error, features=features)
     spec = {"files": list(files), "thresholds": [list(t) for t in cfg.rules.thresholds],
@@ -312,14 +313,13 @@ class ReloadJob:
 def main(argv=None) -> int:
     """The child: compile ``files`` against the running instance's config and print
     {"ok": true, "spec": ...} or {"ok": false, "error": ...} as one JSON line."""
-    import argparse
     ap = argparse.ArgumentParser(prog="python -m engine.reload")
     ap.add_argument("--run-dir", required=True)
     ap.add_argument("files", nargs="+")
     args = ap.parse_args(argv)
-    from shm.runtime import procname
+    from shm.runtime import procname   # lazy: setproctitle; `risk-engine admin`/`stats` load this module
     procname.become_child("reload")
-    from rules.features import feature_set_for
+    from rules.features import feature_set_for   # lazy: as compile_ruleset in ruleset_spec
     try:
         cfg = rundir.read_config(args.run_dir)
         spec, _rs = ruleset_spec(cfg, tuple(args.files), feature_set_for(cfg))

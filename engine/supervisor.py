@@ -25,9 +25,12 @@ import sys
 import time
 from contextlib import nullcontext
 
+from bpf.spawn import SidecarUnavailable, port_of_bind, start_sidecar
 from shm.runtime import rundir
 from shm.runtime.config import Config
 from shm.control import STARTUP_PHASES, Block, BlockLayout
+from engine.admin import AdminServer
+from engine.exporter import EngineCollector, Exporter
 from engine.memplan import check_memory
 from engine.preflight import StartupError, check_ports, check_state_dirs, claim_instance
 from engine.readiness import Progress, child_phases, wait_ready
@@ -42,6 +45,7 @@ from engine.status_file import status_doc
 from engine.stopsignals import StopSignals
 from shm.runtime.topology import Topology, plan_workers, read_topology
 from shm.doorbell import EventfdDoorbell
+from shm.featurestore import FeatureStore
 from shm.segment import Segment, unlink_owned
 from shm import names
 
@@ -100,7 +104,6 @@ class Supervisor:
                                        cfg.workers.count, cfg.workers.cpus)
         n = len(self.placements)
         check_memory(cfg, n)
-        from shm.featurestore import FeatureStore
         self.features = FeatureStore(cfg, self.pid, create=True)
         self.progress.step(f"compiling the rules of {len(cfg.rules.files)} file(s)")
         spec, rs = startup_ruleset(cfg, self.features.fs, self.log)   # refuse a bad ruleset
@@ -142,7 +145,6 @@ class Supervisor:
         self.progress.step("")
         self.progress.children = lambda: child_phases(self, spawned_s)
         wait_ready(self)
-        from engine.admin import AdminServer
         try:
             self.admin = AdminServer(self)
         except Exception as e:
@@ -153,7 +155,6 @@ class Supervisor:
         self.started_s = self.progress.close()
 
     def _start_exporter(self) -> None:
-        from engine.exporter import EngineCollector, Exporter
         self.collector = EngineCollector(self)
         if self.cfg.metrics.enabled:
             try:
@@ -186,7 +187,6 @@ class Supervisor:
     def _start_sidecar(self) -> None:
         """`serve --ebpf`: the eBPF sidecar as a child; if it cannot run here, say why in one
         line and keep serving (risk_ebpf_enabled stays 0)."""
-        from bpf.spawn import SidecarUnavailable, port_of_bind, start_sidecar
         try:
             self.sidecar = start_sidecar(port_of_bind(self.cfg.ingress.bind),
                                          metrics=self.cfg.metrics.ebpf_bind)

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import threading
 
+from rules import compile_ruleset
+from shm.control import set_phase
+from shm.featurestore import FeatureStore
 from shm.runtime import rundir
 
 
 def load_generation(run_dir: str, generation: int, schema, features=None):
     """Compile (from the kernel cache) generation ``generation``'s rules against the
     engine's shared feature tables, and warm the kernel up."""
-    from rules import compile_ruleset
     spec = rundir.read_generation(run_dir, generation)
     rs = compile_ruleset(spec["files"], schema, thresholds=tuple(spec["thresholds"]),
                          on_error=spec["on_error"], features=features)
@@ -60,8 +62,6 @@ class Prepared:
     phase (shm.control.STARTUP_PHASES)."""
 
     def __init__(self, run_dir: str, phase: str):
-        from shm.control import set_phase
-        from shm.featurestore import FeatureStore
         self.plan = rundir.read_plan(run_dir)
         self.cfg = rundir.read_config(run_dir)
         self.block, self.block_seg = rundir.attach_control(run_dir, self.cfg)
