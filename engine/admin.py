@@ -24,6 +24,7 @@ from engine.admin_request import (MAX_FILES, MAX_MESSAGE_CHARS, MAX_REQUEST_BYTE
                                   parse_request)
 from engine.reload import reload_reply
 from engine.snapshot_coordinator import SnapshotError
+from engine.status_file import processes
 from shm.runtime.endpoints import parse_zmq_bind
 
 MAX_FRAMES = 3                   # identity, delimiter, body: anything longer is refused
@@ -34,7 +35,7 @@ __all__ = ["AdminError", "AdminServer", "request"]
 
 def _status(sup, args):
     rulesets = sup.rulesets
-    return {"processes": sup.status(), "generation": rulesets.generation,
+    return {"processes": processes(sup), "generation": rulesets.generation,
             "ruleset": rulesets.specs[rulesets.generation]["label"],
             "reloading": rulesets.job is not None}
 

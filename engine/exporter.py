@@ -25,6 +25,7 @@ from shm.control import (GC_BOUNDS_NS, KERNEL_BOUNDS_NS, LATENCY_BOUNDS_NS, N_CO
 from shm.runtime.endpoints import parse_host_port
 from shm.types import ACTION_NAMES, ErrorCode
 from engine.readiness import not_ready
+from engine.status_file import processes
 from ingress._dedup_kernels import EVICTED_EARLY as DEDUP_EVICTED_EARLY
 from engine.cli import version
 
@@ -292,7 +293,7 @@ class EngineCollector:
     def _processes(self):
         cpu = CounterMetricFamily("risk_process_cpu_seconds", "CPU time per engine process", labels=["role"])
         rss = GaugeMetricFamily("risk_process_resident_memory_bytes", "RSS per engine process", labels=["role"])
-        for row in self.sup.status():
+        for row in processes(self.sup):
             try:
                 p = psutil.Process(row["pid"])
                 t = p.cpu_times()
