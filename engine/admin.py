@@ -19,9 +19,14 @@ import os
 
 import zmq
 
+from engine import admin_state
+from engine.admin_client import request
 from engine.admin_request import (MAX_FILES, MAX_MESSAGE_CHARS, MAX_REQUEST_BYTES, NO_ARGS, PATH,
                                   AdminError, allowed_file, boolean, check_args, integer, list_of,
                                   parse_request)
+from engine.explain_job import MAX_JOBS, ExplainJob
+from engine.explain_replay import parse_request_key
+from engine.exporter import stats
 from engine.reload import reload_reply
 from engine.snapshot_coordinator import SnapshotError
 from engine.status_file import processes
@@ -41,7 +46,6 @@ def _status(sup, args):
 
 
 def _stats(sup, args):
-    from engine.exporter import stats   # lazy: prometheus_client; `risk-engine admin`/`stats` import this module
     return {"stats": stats(sup.collector)}
 
 
@@ -71,7 +75,6 @@ def _snapshot(sup, args):
 
 def _explain(sup, args):
     """Explain a journaled event in a child process (engine.explain_job): the workers go on."""
-    from engine.explain_job import MAX_JOBS, ExplainJob   # lazy: `risk-engine admin`/`stats` import this module for request()
     if not sup.cfg.durability.journal_enabled:
         raise AdminError("NO_JOURNAL", "the journal is off (journal.enabled: false): nothing to explain")
     if ("seq" in args) == ("request" in args):
@@ -86,7 +89,6 @@ def _explain(sup, args):
 
 def _request_key(key, v):
     """CLIENT_ID:REQUEST_ID, checked whole here (the explain child gets it as parsed ints)."""
-    from engine.explain_replay import parse_request_key   # lazy: `risk-engine admin`/`stats` import this module for request()
     if not isinstance(v, str):
         raise AdminError("BAD_ARGUMENT", f"{key}: must be a string CLIENT_ID:REQUEST_ID, got {type(v).__name__}")
     try:
@@ -105,7 +107,6 @@ COMMANDS = {"status": (_status, NO_ARGS), "stats": (_stats, NO_ARGS),
 
 
 def _commands() -> dict:
-    from engine import admin_state   # lazy: `risk-engine admin`/`stats` import this module for request()
     return {**COMMANDS, **admin_state.COMMANDS}
 
 
@@ -255,20 +256,3 @@ class AdminServer:
         if self.sup.cfg.admin.curve.enabled:
             from ingress.security import stop_authenticator   # lazy: asyncio, ssl; only with admin.curve
             stop_authenticator(self.ctx)
-
-
-def request(bind: str, req: dict, timeout_ms: int = 60_000, curve_client=None) -> dict:
-    """Client side: one request, one reply; raises TimeoutError after ``timeout_ms``."""
-    ctx = zmq.Context.instance()
-    s = ctx.socket(zmq.REQ)
-    s.setsockopt(zmq.LINGER, 0)
-    if curve_client:
-        s.curve_publickey, s.curve_secretkey, s.curve_serverkey = curve_client
-    try:
-        s.connect(bind)
-        s.send(json.dumps(req).encode())
-        if not s.poll(timeout_ms):
-            raise TimeoutError(f"admin {bind}: no reply within {timeout_ms} ms")
-        return json.loads(s.recv())
-    finally:
-        s.close(0)

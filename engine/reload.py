@@ -27,7 +27,9 @@ import threading
 import time
 
 from engine.rules_record import files_at_start, read_rules, write_record
-from shm.runtime import rundir
+from rules import compile_ruleset
+from rules.features import feature_set_for
+from shm.runtime import procname, rundir
 from shm.runtime.textfile import TextFileError
 
 RELOAD_TIMEOUT_S = 300          # a cold compile of a big ruleset on a busy 2-core machine
@@ -78,7 +80,6 @@ def startup_ruleset(cfg, features, log) -> tuple[dict, object]:
 def ruleset_spec(cfg, files: tuple[str, ...], features=None) -> tuple[dict, object]:
     """Compile (validates, fills the kernel cache) -> (generation spec, ruleset). Raises
     rules.RulesetError on a bad ruleset."""
-    from rules import compile_ruleset   # lazy: the compiler; `risk-engine admin`/`stats` load this module
     rs = compile_ruleset(list(files), cfg.schema, thresholds=cfg.rules.thresholds,
                          on_error=cfg.rules.on_error, features=features)
     spec = {"files": list(files), "thresholds": [list(t) for t in cfg.rules.thresholds],
@@ -317,9 +318,7 @@ def main(argv=None) -> int:
     ap.add_argument("--run-dir", required=True)
     ap.add_argument("files", nargs="+")
     args = ap.parse_args(argv)
-    from shm.runtime import procname   # lazy: setproctitle; `risk-engine admin`/`stats` load this module
     procname.become_child("reload")
-    from rules.features import feature_set_for   # lazy: as compile_ruleset in ruleset_spec
     try:
         cfg = rundir.read_config(args.run_dir)
         spec, _rs = ruleset_spec(cfg, tuple(args.files), feature_set_for(cfg))
