@@ -19,11 +19,18 @@ import os
 
 import zmq
 
+from engine import admin_state
+from engine.admin_client import request
 from engine.admin_request import (MAX_FILES, MAX_MESSAGE_CHARS, MAX_REQUEST_BYTES, NO_ARGS, PATH,
                                   AdminError, allowed_file, boolean, check_args, integer, list_of,
                                   parse_request)
+from engine.explain_job import MAX_JOBS, ExplainJob
+from engine.explain_replay import parse_request_key
+from engine.exporter import stats
 from engine.reload import reload_reply
 from engine.snapshot_coordinator import SnapshotError
+from engine.status_file import processes
+from shm.runtime.endpoints import parse_zmq_bind
 
 MAX_FRAMES = 3                   # identity, delimiter, body: anything longer is refused
 MAX_REQUESTS_PER_POLL = 64       # then the supervisor's loop runs again
@@ -33,13 +40,12 @@ __all__ = ["AdminError", "AdminServer", "request"]
 
 def _status(sup, args):
     rulesets = sup.rulesets
-    return {"processes": sup.status(), "generation": rulesets.generation,
+    return {"processes": processes(sup), "generation": rulesets.generation,
             "ruleset": rulesets.specs[rulesets.generation]["label"],
             "reloading": rulesets.job is not None}
 
 
 def _stats(sup, args):
-    from engine.exporter import stats
     return {"stats": stats(sup.collector)}
 
 
@@ -69,7 +75,6 @@ def _snapshot(sup, args):
 
 def _explain(sup, args):
     """Explain a journaled event in a child process (engine.explain_job): the workers go on."""
-    from engine.explain_job import MAX_JOBS, ExplainJob
     if not sup.cfg.durability.journal_enabled:
         raise AdminError("NO_JOURNAL", "the journal is off (journal.enabled: false): nothing to explain")
     if ("seq" in args) == ("request" in args):
@@ -84,7 +89,6 @@ def _explain(sup, args):
 
 def _request_key(key, v):
     """CLIENT_ID:REQUEST_ID, checked whole here (the explain child gets it as parsed ints)."""
-    from engine.explain_replay import parse_request_key
     if not isinstance(v, str):
         raise AdminError("BAD_ARGUMENT", f"{key}: must be a string CLIENT_ID:REQUEST_ID, got {type(v).__name__}")
     try:
@@ -103,7 +107,6 @@ COMMANDS = {"status": (_status, NO_ARGS), "stats": (_stats, NO_ARGS),
 
 
 def _commands() -> dict:
-    from engine import admin_state
     return {**COMMANDS, **admin_state.COMMANDS}
 
 
@@ -128,7 +131,6 @@ def _error(code: str, message: str) -> dict:
 
 class AdminServer:
     def __init__(self, sup):
-        from shm.runtime.endpoints import parse_zmq_bind
         self.sup = sup
         self.ctx = zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.ROUTER)
@@ -139,7 +141,7 @@ class AdminServer:
         if ":" in ep.host:
             self.sock.setsockopt(zmq.IPV6, 1)
         if sup.cfg.admin.curve.enabled:
-            from ingress.security import configure_server
+            from ingress.security import configure_server   # lazy: asyncio, ssl; only with admin.curve
             configure_server(self.ctx, self.sock, sup.cfg.admin.curve)
         self.sock.bind(bind)
         if ep.transport == "ipc":       # connecting needs write access: root and our user only
@@ -252,22 +254,5 @@ class AdminServer:
         self.jobs = []
         self.sock.close(0)
         if self.sup.cfg.admin.curve.enabled:
-            from ingress.security import stop_authenticator
+            from ingress.security import stop_authenticator   # lazy: asyncio, ssl; only with admin.curve
             stop_authenticator(self.ctx)
-
-
-def request(bind: str, req: dict, timeout_ms: int = 60_000, curve_client=None) -> dict:
-    """Client side: one request, one reply; raises TimeoutError after ``timeout_ms``."""
-    ctx = zmq.Context.instance()
-    s = ctx.socket(zmq.REQ)
-    s.setsockopt(zmq.LINGER, 0)
-    if curve_client:
-        s.curve_publickey, s.curve_secretkey, s.curve_serverkey = curve_client
-    try:
-        s.connect(bind)
-        s.send(json.dumps(req).encode())
-        if not s.poll(timeout_ms):
-            raise TimeoutError(f"admin {bind}: no reply within {timeout_ms} ms")
-        return json.loads(s.recv())
-    finally:
-        s.close(0)

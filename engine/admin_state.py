@@ -15,6 +15,7 @@ import time
 import numpy as np
 
 from shm.features.state import STATE_NAMES, _read_state
+from shm.ipv4 import format_ipv4
 from engine.admin_request import (NAME, NO_ARGS, PATH, AdminError, allowed_file, int_or_string,
                                   list_of, one_of)
 from engine.admin_log import AdminLog, AdminLogCorrupt
@@ -97,7 +98,6 @@ def list_cmd(sup, args):
             raise AdminError("BAD_ARGUMENT", "list-show takes only name")
         shown = current[:10000].tolist()
         if spec.type == "ipv4":
-            from shm.ipv4 import format_ipv4
             shown = [format_ipv4(v) for v in shown]
         return {"name": name, "count": int(len(current)), "values": shown}
     vals = _values(sup, spec, args)

@@ -29,7 +29,7 @@ def find_admin_bind(instance: str) -> str | None:
 
 
 def send(args, req: dict) -> tuple[int, dict | None]:
-    from engine.admin import request   # lazy: numba, zmq (cli.py imports this module)
+    from engine.admin_client import request   # lazy: zmq (cli.py imports this module)
     bind = args.bind or find_admin_bind(args.instance)
     if not bind:
         print(f"risk-engine: no running engine with instance {args.instance}", file=sys.stderr)

@@ -1,6 +1,9 @@
 """`risk-engine config`: print the bundled config as a complete file that works wherever it is
 saved, check a config (every error at once), or show the effective config a file gives
 over the bundled one (shm.runtime.config_overlay)."""
+import re
+import sys
+
 HELP = "print the default config (--print-default), check a config, or show the effective one"
 
 
@@ -20,8 +23,7 @@ def add_arguments(p):
 def default_text() -> str:
     """engine/default.yaml with each relative file path (rules.files, lists.*.file, CURVE key
     files) replaced by its absolute form; the YAML it holds equals config.portable_raw()."""
-    import re
-    import yaml
+    import yaml   # lazy: yaml and the config are for this command only (cli.py imports every command)
     from shm.runtime.config import DEFAULT_CONFIG, portable_raw
     text = DEFAULT_CONFIG.read_text()
     raw, full = yaml.safe_load(text), portable_raw()
@@ -42,8 +44,7 @@ def default_text() -> str:
 
 
 def run(args) -> int:
-    import sys
-    import yaml
+    import yaml   # lazy: yaml and the config are for this command only (cli.py imports every command)
     from shm.runtime.config import ConfigError, config_to_raw, load_config
     if args.print_default:
         sys.stdout.write(default_text())

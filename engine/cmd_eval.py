@@ -5,6 +5,9 @@ on stdin; a field not given is zero (0, 0.0, false, "", 0.0.0.0) and named on st
 first request fits on one line. The request goes through ingress.client (binary, Lazy
 Pirate retries) and the fired rule indexes are named with the engine's rules request.
 """
+import json
+import sys
+
 HELP = "send one event (key=value ... or JSON on stdin) to a running engine and print its decision"
 ZERO = {"uint": 0, "int": 0, "float": 0.0, "bool": False, "bytes": ""}
 
@@ -61,7 +64,7 @@ def complete(schema, event: dict) -> tuple[dict, list[str]]:
 
 def connect_address(bind: str) -> str:
     """Where a client on this machine reaches ``bind``: a wildcard host means loopback."""
-    from shm.runtime.endpoints import parse_zmq_bind
+    from shm.runtime.endpoints import parse_zmq_bind   # lazy: cli.py imports every command module
     ep = parse_zmq_bind(bind, "ingress.bind")
     if ep.transport == "tcp" and ep.kind == "wildcard":
         return f"tcp://{'[::1]' if ':' in ep.host else '127.0.0.1'}:{ep.port}"
@@ -69,9 +72,7 @@ def connect_address(bind: str) -> str:
 
 
 def run(args) -> int:
-    import json
-    import sys
-    from shm.runtime.config import load_config_cli
+    from shm.runtime.config import load_config_cli   # lazy: yaml, zmq, numpy (cli.py imports every command)
     from ingress.client import Client, ClientTimeout, ProtocolError, RequestError
     cfg = load_config_cli(args.config)
     if cfg is None:

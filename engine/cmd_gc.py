@@ -12,6 +12,10 @@ Refused while any journal writer lock is held or the instance's supervisor is al
 """
 from __future__ import annotations
 
+import os
+import sys
+import time
+
 HELP = "remove old snapshots and journal segments that retention allows (stopped instance only)"
 
 
@@ -32,8 +36,7 @@ class GcRefused(RuntimeError):
 def _held_locks(jdir: str) -> tuple[list[int], list[str]]:
     """flock every w*.lock of the journal directory (as a writer does); the fds held, and the
     lock files another process holds (a live writer)."""
-    import fcntl
-    import os
+    import fcntl   # lazy: cli.py imports every command module, and only gc takes locks
     fds, busy = [], []
     for n in sorted(os.listdir(jdir)):
         if not (n.startswith("w") and n.endswith(".lock")):
@@ -51,7 +54,7 @@ def _held_locks(jdir: str) -> tuple[list[int], list[str]]:
 def _snapshot_plan(sdir: str, keep: int) -> tuple[list[str], list[str], list[str]]:
     """(snapshots kept, files to remove, notes). Walks newest first: once ``keep`` snapshots
     validated, every older file goes; a newer one that fails validation stays, reported."""
-    import os
+    # lazy: numpy (cli.py imports every command module)
     from engine.snapshot import PREFIX, SnapshotCorruptError, SnapshotStore, load_snapshot
     store = SnapshotStore(sdir, keep=keep)
     kept, remove, notes = [], [], []
@@ -74,9 +77,7 @@ def _snapshot_plan(sdir: str, keep: int) -> tuple[list[str], list[str], list[str
 def _journal_plan(cfg, kept: list[str], all_covered: bool) -> list[str]:
     """Segments wholly below each writer's floor (the oldest kept snapshot's S), oldest
     first, as retention allows; never the newest segment of a writer."""
-    import os
-    import time
-    from engine.journal import list_segments, list_writers
+    from engine.journal import list_segments, list_writers   # lazy: numpy (cli.py imports every command)
     from engine.snapshot import SnapshotCorruptError, load_snapshot_meta
     d = cfg.durability
     metas = []
@@ -104,7 +105,6 @@ def _journal_plan(cfg, kept: list[str], all_covered: bool) -> list[str]:
 
 
 def _du(*dirs: str) -> int:
-    import os
     total = 0
     for d in dirs:
         for root, _, files in os.walk(d):
@@ -119,8 +119,7 @@ def _du(*dirs: str) -> int:
 def gc(cfg, dry_run: bool = False, all_covered: bool = False, log=print) -> list[str]:
     """Remove (or, ``dry_run``, list) what retention allows; returns the paths. Raises
     GcRefused while the instance runs."""
-    import os
-    from shm.runtime import rundir
+    from shm.runtime import rundir   # lazy: cli.py imports every command module
     d = cfg.durability
     live = [pid for p, pid in rundir.live_instances() if p.name == cfg.instance]
     if live and not dry_run:
@@ -157,8 +156,7 @@ def gc(cfg, dry_run: bool = False, all_covered: bool = False, log=print) -> list
 
 
 def run(args) -> int:
-    import sys
-    from shm.runtime.config import ConfigError, load_config
+    from shm.runtime.config import ConfigError, load_config   # lazy: yaml (cli.py imports every command)
     try:
         cfg = load_config(args.config, instance=args.instance or None)
     except ConfigError as e:

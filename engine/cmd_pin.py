@@ -4,6 +4,11 @@ The processes come from the instance's status file (kept current by the supervis
 the ingress, the standby), or, with --pid-file, from a supervisor pid and its children's
 titles. scripts/pin_workers.sh is a thin wrapper around this command.
 """
+import argparse
+import os
+import sys
+from pathlib import Path
+
 HELP = "pin a running engine's workers (and optionally its ingress) to CPUs"
 
 EXIT_BAD_ARGS = 2          # a CPU that is not a number or not allowed; nothing was changed
@@ -12,7 +17,6 @@ EXIT_GONE = 1              # a process to pin ended meanwhile (a restart): run t
 
 
 def _cpu(text: str) -> int:
-    import argparse
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"cpu={text}: not a CPU number")
     return int(text)
@@ -42,7 +46,7 @@ class PinError(Exception):
 
 def processes_from_status(instance: str) -> dict[str, int]:
     """role -> pid of the running instance, from its status file."""
-    from shm.runtime import rundir
+    from shm.runtime import rundir   # lazy: cli.py imports every command module
     for d, _pid in rundir.live_instances():
         if d.name == instance:
             try:
@@ -54,8 +58,7 @@ def processes_from_status(instance: str) -> dict[str, int]:
 
 def processes_from_pid_file(path: str) -> dict[str, int]:
     """role -> pid from a supervisor pid file and its children's process titles."""
-    from pathlib import Path
-    from shm.runtime.rundir import is_supervisor
+    from shm.runtime.rundir import is_supervisor   # lazy: cli.py imports every command module
     try:
         sup = int(Path(path).read_text().strip())
     except (OSError, ValueError) as e:
@@ -97,8 +100,7 @@ def plan(procs: dict[str, int], cpus: list[int], ingress_cpu: int | None) -> lis
 
 
 def run(args) -> int:
-    import os
-    import sys
+    # lazy: cli.py imports every command module
     from shm.runtime.topology import affinity_of, format_cpulist, pin_process
     allowed = os.sched_getaffinity(0)
     try:

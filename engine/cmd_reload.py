@@ -7,6 +7,10 @@ engine.reload.reload_reply): whoever may write the run directory (0700: the engi
 root) may reload, and the files are not confined to the configured directories as an admin
 ``reload`` is (docs/DEPLOY.md).
 """
+import os
+import sys
+import time
+
 HELP = "reload the rules of a running engine, wait for the outcome and print it"
 
 EXIT_REFUSED = 1        # the engine refused: the message has the code and file:line:col
@@ -32,8 +36,7 @@ def add_arguments(p):
 
 def _wait(run_dir, pid: int, rid: str, timeout_s: float):
     """The engine's reply from reload-<rid>.result, or an error string."""
-    import time
-    from shm.runtime import rundir
+    from shm.runtime import rundir   # lazy: cli.py imports every command module
     name = f"reload-{rid}.result"
     t_end = time.monotonic() + timeout_s
     while time.monotonic() < t_end:
@@ -54,9 +57,7 @@ def _wait(run_dir, pid: int, rid: str, timeout_s: float):
 
 
 def run(args) -> int:
-    import os
-    import sys
-    import uuid
+    import uuid   # lazy: it and the run dir are for this command only (cli.py imports every command)
     from shm.runtime import rundir
     if args.rules and args.previous:
         print("risk-engine: reload: give --rules or --previous, not both", file=sys.stderr)

@@ -1,4 +1,8 @@
 """`risk-engine serve`: start the engine in the foreground."""
+import os
+import sys
+from dataclasses import replace
+
 HELP = "start the engine (supervisor, ingress, workers) in the foreground"
 
 
@@ -19,16 +23,14 @@ def add_arguments(p):
 def serve_config(args):
     """The config ``serve`` runs with: the file read with --instance in place of its instance
     (paths are made from it when the file is read), then the other flags."""
-    from shm.runtime.config import load_config
+    from shm.runtime.config import load_config   # lazy: yaml (cli.py imports every command module)
     return apply_overrides(load_config(args.config, instance=args.instance or None), args)
 
 
 def apply_overrides(cfg, args):
     """CLI flags but --instance (serve_config) override the file; the result is validated
     like the file itself."""
-    import os
-    from dataclasses import replace
-    from shm.runtime.config import ConfigError, check_binds
+    from shm.runtime.config import ConfigError, check_binds   # lazy: yaml (cli.py imports every command)
     if args.bind:
         cfg = replace(cfg, ingress=replace(cfg.ingress, bind=args.bind))
     if args.metrics:
@@ -49,7 +51,7 @@ def apply_overrides(cfg, args):
 
 
 def run(args) -> int:
-    from engine.stopsignals import StopRequested, StopSignals
+    from engine.stopsignals import StopRequested, StopSignals   # lazy: cli.py imports every command module
     stops = StopSignals()           # first of all: a stop at any point of start-up is clean
     try:
         return _run(args, stops)
@@ -60,6 +62,7 @@ def run(args) -> int:
 
 def serve(cfg, stops, ebpf: bool = False) -> int:
     """Start the engine (engine.supervisor), announce it, run it; the exit code."""
+    # lazy: numba, numpy, zmq for serve only (cli.py imports every command module)
     from shm.runtime import procname
     from engine.sdnotify import Notifier
     from engine.stopsignals import StopRequested
@@ -90,8 +93,7 @@ def serve(cfg, stops, ebpf: bool = False) -> int:
 
 
 def _run(args, stops) -> int:
-    import sys
-    from shm.runtime.config import ConfigError
+    from shm.runtime.config import ConfigError   # lazy: yaml, numba (cli.py imports every command)
     from engine.supervisor import StartupError
     from shm.runtime.topology import TopologyError
     try:
@@ -99,7 +101,7 @@ def _run(args, stops) -> int:
     except ConfigError as e:
         print(f"risk-engine: config error: {e}", file=sys.stderr)
         return 2
-    from shm.journal_format import JournalError
+    from shm.journal_format import JournalError   # lazy: cli.py imports every command module
     from engine.recovery import RecoveryError
     try:
         return serve(cfg, stops, ebpf=args.ebpf)
@@ -109,7 +111,7 @@ def _run(args, stops) -> int:
         print(f"risk-engine: cannot start: {e}", file=sys.stderr)
         return 2
     except Exception as e:
-        from rules import RulesetError
+        from rules import RulesetError   # lazy: cli.py imports every command module
         if isinstance(e, RulesetError):
             print(f"risk-engine: ruleset refused:\n{e}", file=sys.stderr)
             return 2

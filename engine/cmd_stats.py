@@ -1,5 +1,10 @@
 """`risk-engine stats`: a running engine's metrics (through the admin plane) as a short summary
 for a person, or every counter and histogram bucket as JSON (``--json``)."""
+import json
+import time
+
+from engine.cmd_admin import send
+
 HELP = ("print a running engine's metrics: a summary (rates, p50/p99/p99.9 per stage, errors by "
         "code, top rules), or every counter and bucket with --json")
 
@@ -17,9 +22,6 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    import json
-    import time
-    from engine.cmd_admin import send
     code, rep = send(args, {"cmd": "stats"})
     if code != 0:
         return code

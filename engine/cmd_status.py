@@ -1,5 +1,8 @@
 """`risk-engine status`: the processes of running engines with pid, role, CPU and NUMA node,
 from status.json, which the supervisor keeps current (engine.status_file)."""
+import json
+import sys
+
 HELP = "list running engine processes: pid, role, CPU, NUMA node, rings"
 
 
@@ -10,9 +13,7 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    import json
-    import sys
-    from shm.runtime import rundir
+    from shm.runtime import rundir   # lazy: cli.py imports every command module
     from shm.runtime.topology import pages_by_node
     found = []
     for d, pid in rundir.live_instances():

@@ -30,11 +30,16 @@ from engine.explain_replay import (ExplainError, _check_retained, _pick_snapshot
                                    _restore, find_event, request_events)
 from engine.explain_report import Explanation, RequestExplanation, _decide, _flag_names, _mismatches
 from engine.explain_trace import SeenState, read_values
+from engine.recovery import RecoveryError
+from engine.recovery_state import _apply_admin_log, _dirs
+from rules import compile_ruleset
+from rules.features import feature_set_for
+from rules.reference import event_env
+from shm.ipv4 import format_ipv4
 from shm.types import ACTION_NAMES
 
 
 def _compile(cfg, files, fs, texts=None):
-    from rules import compile_ruleset
     return compile_ruleset(list(files), cfg.schema, thresholds=cfg.rules.thresholds,
                            on_error=cfg.rules.on_error, features=fs, texts=texts)
 
@@ -52,8 +57,6 @@ class Explainer:
 
     def __init__(self, cfg, journal_dir: str, *, rules=None, rule_texts=None, candidate=None,
                  snapshot_dir: str | None = "", admin_log: str | None = ""):
-        from engine.recovery_state import _dirs
-        from rules.features import feature_set_for
         if not os.path.isdir(journal_dir):
             raise ExplainError("JOURNAL_NOT_FOUND", f"journal={journal_dir!r}: not a directory")
         self.cfg, self.journal_dir = cfg, str(journal_dir)
@@ -67,11 +70,6 @@ class Explainer:
         self.crs = _compile(cfg, self.candidate_files, fs) if candidate else None
 
     def explain(self, seq: int, writer: int | None = None) -> Explanation:
-        from engine.recovery import RecoveryError
-        from engine.recovery_state import _apply_admin_log
-        from rules.features import feature_set_for
-        from rules.reference import event_env
-        from shm.ipv4 import format_ipv4
         cfg, jdir, schema = self.cfg, self.journal_dir, self.cfg.schema
         writer, rec = find_event(jdir, schema, seq, writer)
         arrival = int(rec["arrival_ns"])

@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import psutil
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -22,8 +22,10 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from shm.control import (GC_BOUNDS_NS, KERNEL_BOUNDS_NS, LATENCY_BOUNDS_NS, N_CODES,
                          OVERLOAD_REASONS, CONN_CLOSE_REASONS, STAGES, STALL_NS, STALL_PHASES, TRANSPORTS,
                          EventLog)
+from shm.runtime.endpoints import parse_host_port
 from shm.types import ACTION_NAMES, ErrorCode
 from engine.readiness import not_ready
+from engine.status_file import processes
 from ingress._dedup_kernels import EVICTED_EARLY as DEDUP_EVICTED_EARLY
 from engine.cli import version
 
@@ -291,7 +293,7 @@ class EngineCollector:
     def _processes(self):
         cpu = CounterMetricFamily("risk_process_cpu_seconds", "CPU time per engine process", labels=["role"])
         rss = GaugeMetricFamily("risk_process_resident_memory_bytes", "RSS per engine process", labels=["role"])
-        for row in self.sup.status():
+        for row in processes(self.sup):
             try:
                 p = psutil.Process(row["pid"])
                 t = p.cpu_times()
@@ -379,9 +381,7 @@ class Exporter:
         self.collector = collector
         self.registry = CollectorRegistry()
         self.registry.register(self.collector)
-        from prometheus_client import ProcessCollector
         ProcessCollector(registry=self.registry)          # the supervisor's own process_* metrics
-        from shm.runtime.endpoints import parse_host_port
         ep = parse_host_port(sup.cfg.metrics.bind, "metrics.bind")
         handler = type("Handler", (_Handler,), {"registry": self.registry, "collector": self.collector})
         server_cls = ThreadingHTTPServer

@@ -11,6 +11,7 @@ import socket
 
 from engine.journal import list_writers
 from shm.runtime import rundir
+from shm.runtime.endpoints import parse_host_port, parse_zmq_bind
 from shm.runtime.securedir import UnsafePathError, check_private_files, ensure_private_dir
 from shm.segment import reclaim_stale
 
@@ -24,7 +25,6 @@ def check_ports(cfg) -> None:
     at once, before anything is created: a busy port used to be found by the ingress after
     the workers had made their journals (17 MB left behind by a start that failed). ipc://
     paths live in the run directory, which claim_instance guards."""
-    from shm.runtime.endpoints import parse_host_port, parse_zmq_bind
     eps = [("ingress.bind", cfg.ingress.bind, parse_zmq_bind(cfg.ingress.bind, "ingress.bind"))]
     if cfg.metrics.enabled:
         eps.append(("metrics.bind", cfg.metrics.bind, parse_host_port(cfg.metrics.bind, "metrics.bind")))

@@ -19,6 +19,7 @@ request file in the run directory) in a result file beside it (``reload_reply`` 
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -29,7 +30,9 @@ import threading
 import time
 
 from engine.rules_record import files_at_start, read_rules, write_record
-from shm.runtime import rundir
+from rules import compile_ruleset
+from rules.features import feature_set_for
+from shm.runtime import procname, rundir
 from shm.runtime.textfile import TextFileError
 
 RELOAD_TIMEOUT_S = 300          # a cold compile of a big ruleset on a busy 2-core machine
@@ -82,7 +85,6 @@ def ruleset_spec(cfg, files: tuple[str, ...], features=None, texts=None) -> tupl
     """Compile (validates, fills the kernel cache) -> (generation spec, ruleset). ``texts``:
     the files' contents as read (then compiled, and kept for the workers by publish), else
     the files are read. Raises rules.RulesetError on a bad ruleset."""
-    from rules import compile_ruleset
     rs = compile_ruleset(list(files), cfg.schema, thresholds=cfg.rules.thresholds,
                          on_error=cfg.rules.on_error, features=features, texts=texts)
     spec = {"files": list(files), "thresholds": [list(t) for t in cfg.rules.thresholds],
@@ -335,14 +337,11 @@ class ReloadJob:
 def main(argv=None) -> int:
     """The child: compile ``files`` against the running instance's config and print
     {"ok": true, "spec": ...} or {"ok": false, "error": ...} as one JSON line."""
-    import argparse
     ap = argparse.ArgumentParser(prog="python -m engine.reload")
     ap.add_argument("--run-dir", required=True)
     ap.add_argument("files", nargs="+")
     args = ap.parse_args(argv)
-    from shm.runtime import procname
     procname.become_child("reload")
-    from rules.features import feature_set_for
     try:
         cfg = rundir.read_config(args.run_dir)
         spec, _rs = ruleset_spec(cfg, tuple(args.files), feature_set_for(cfg))

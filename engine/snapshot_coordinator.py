@@ -17,6 +17,9 @@ from contextlib import contextmanager
 import numpy as np
 from numba import njit
 
+from engine.journal import journal_dtype, list_writers
+from engine.journal_segments import sync_tail
+from engine.snapshot import SnapshotStore
 from shm.control import STALL_NS, STALL_PHASES, Block, EventLog
 
 _HOLD = STALL_PHASES.index("hold")
@@ -192,7 +195,6 @@ class SnapshotCoordinator:
         The pause lasts one memory copy of the tables; the file write happens after.
         ``skip_unchanged``: when every worker's journal seq, admin.log and the generation
         are those of the last snapshot written, copy and write nothing and return None."""
-        from engine.snapshot import SnapshotStore
         d = self.cfg.durability
         if not d.journal_enabled:
             raise SnapshotError("snapshot: journal.enabled is false; a snapshot needs the journal")
@@ -262,8 +264,6 @@ class SnapshotCoordinator:
         """fsync every worker's newest journal records (shared file mappings: an fsync from
         this process writes back the pages the workers dirtied), an unpublished successor
         segment included. Older segments were synced before their successor was published."""
-        from engine.journal import journal_dtype, list_writers
-        from engine.journal_segments import sync_tail
         jdir = self.cfg.durability.journal_dir
         rs = journal_dtype(self.cfg.schema.dtype).itemsize
         for w in list_writers(jdir):

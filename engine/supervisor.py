@@ -3,7 +3,8 @@ and restarts the ingress and the workers, serves metrics and the admin plane, an
 everything down in order. Its other jobs are parts it composes: engine.preflight (checks
 before anything is created), engine.recovery_state.StateRecovery (feature state at start and
 after a worker died), engine.reload.Rulesets (generations and reloads),
-engine.snapshot_coordinator (snapshots and the workers' pause), engine.standby (the spare).
+engine.snapshot_coordinator (snapshots and the workers' pause), engine.standby (the spare),
+engine.status_file (its processes and status.json).
 
 Start-up (start, then serve): the children compile and warm their kernels; the ingress reads
 no request before supervisor.serving, set after every process is ready and "serving" is
@@ -25,9 +26,12 @@ import sys
 import time
 from contextlib import nullcontext
 
+from bpf.spawn import SidecarUnavailable, port_of_bind, start_sidecar
 from shm.runtime import rundir
 from shm.runtime.config import Config
 from shm.control import STARTUP_PHASES, Block, BlockLayout
+from engine.admin import AdminServer
+from engine.exporter import EngineCollector, Exporter
 from engine.memplan import check_memory
 from engine.preflight import StartupError, check_ports, check_state_dirs, claim_instance
 from engine.readiness import Progress, child_phases, wait_ready
@@ -38,10 +42,11 @@ from shm.runtime.securedir import UnsafePathError, ensure_private_dir, write_pri
 from engine.snapshot_coordinator import SnapshotCoordinator, SnapshotError
 from engine.sdnotify import Notifier
 from engine.standby import STOP_GRACE_S, StandbyPool
-from engine.status_file import status_doc
+from engine.status_file import StatusFile
 from engine.stopsignals import StopSignals
 from shm.runtime.topology import Topology, plan_workers, read_topology
 from shm.doorbell import EventfdDoorbell
+from shm.featurestore import FeatureStore
 from shm.segment import Segment, unlink_owned
 from shm import names
 
@@ -82,7 +87,7 @@ class Supervisor:
         self.snapshots: SnapshotCoordinator | None = None  # snapshots and the workers' pause
         self.standbys: StandbyPool | None = None           # the spare worker (workers.standby)
         self.started_ns = 0                 # CLOCK_MONOTONIC (arrival_ns' clock) when this run began
-        self.status_written: dict | None = None  # status.json as last written (engine.status_file)
+        self.status_file = StatusFile()     # status.json, rewritten when it changes
         self.started_s = 0.0                # how long start() took
 
     # --- start --------------------------------------------------------------------------------
@@ -100,7 +105,6 @@ class Supervisor:
                                        cfg.workers.count, cfg.workers.cpus)
         n = len(self.placements)
         check_memory(cfg, n)
-        from shm.featurestore import FeatureStore
         self.features = FeatureStore(cfg, self.pid, create=True)
         self.progress.step(f"compiling the rules of {len(cfg.rules.files)} file(s)")
         spec, rs = startup_ruleset(cfg, self.features.fs, self.log)   # refuse a bad ruleset
@@ -142,18 +146,16 @@ class Supervisor:
         self.progress.step("")
         self.progress.children = lambda: child_phases(self, spawned_s)
         wait_ready(self)
-        from engine.admin import AdminServer
         try:
             self.admin = AdminServer(self)
         except Exception as e:
             raise StartupError(f"admin.bind={cfg.admin.bind!r}: {e}") from None
         if self.want_ebpf:
             self._start_sidecar()
-        self._write_status()
+        self.status_file.update(self)
         self.started_s = self.progress.close()
 
     def _start_exporter(self) -> None:
-        from engine.exporter import EngineCollector, Exporter
         self.collector = EngineCollector(self)
         if self.cfg.metrics.enabled:
             try:
@@ -186,7 +188,6 @@ class Supervisor:
     def _start_sidecar(self) -> None:
         """`serve --ebpf`: the eBPF sidecar as a child; if it cannot run here, say why in one
         line and keep serving (risk_ebpf_enabled stays 0)."""
-        from bpf.spawn import SidecarUnavailable, port_of_bind, start_sidecar
         try:
             self.sidecar = start_sidecar(port_of_bind(self.cfg.ingress.bind),
                                          metrics=self.cfg.metrics.ebpf_bind)
@@ -246,7 +247,7 @@ class Supervisor:
             self._note_restarted()
             self.standbys.keep()
             self.rulesets.poll()
-            self._write_status()            # after a reload or a standby change
+            self.status_file.update(self)            # after a reload or a standby change
             self.admin.poll(20)
             if self.snapshots.due():
                 try:
@@ -281,7 +282,7 @@ class Supervisor:
                 rebuilt = time.monotonic_ns()
                 self._spawn_worker(w)
                 self.restarting[w] = (noticed, rebuilt, time.monotonic_ns())
-            self._write_status()
+            self.status_file.update(self)
 
     def _note_restarted(self) -> None:
         """A restarted worker serves once its loop beats (heartbeat_ns, CLOCK_MONOTONIC in every
@@ -296,33 +297,6 @@ class Supervisor:
             self.log(f"risk-engine: worker {w} serving again {(beat - noticed) / 1e6:.0f} ms after "
                      f"its death was noticed (feature rebuild {(rebuilt - noticed) / 1e6:.0f} ms, "
                      f"process start {(beat - spawned) / 1e6:.0f} ms)")
-
-    def status(self) -> list[dict]:
-        """Every engine process. Also called by a metrics scrape on the exporter's thread while
-        the loop replaces children and the standby: it reads each once, into a local."""
-        rows = [{"role": "supervisor", "pid": self.pid, "cpu": -1, "node": -1}]
-        for role, p in list(self.children.items()):
-            cpu, node = -1, -1
-            if role.startswith("worker"):
-                pl = self.placements[int(role.split()[1])]
-                cpu, node = pl.cpu, pl.node
-            elif role == "ingress" and self.cfg.workers.ingress_cpu >= 0:
-                cpu = self.cfg.workers.ingress_cpu
-                node = self.topology.node(cpu)
-            rows.append({"role": role, "pid": p.pid, "cpu": cpu, "node": node})
-        sb = self.standbys.process if self.standbys is not None else None
-        sidecar = self.sidecar
-        if sb is not None and sb.poll() is None:
-            rows.append({"role": "standby", "pid": sb.pid, "cpu": -1, "node": -1})
-        if sidecar is not None and sidecar.alive():
-            rows.append({"role": "sidecar", "pid": sidecar.pid, "cpu": -1, "node": -1})
-        return rows
-
-    def _write_status(self) -> None:
-        st = status_doc(self)
-        if st != self.status_written:       # rewritten only when it changed
-            rundir.write_json(self.run_dir, "status.json", st)
-            self.status_written = st
 
     # --- stop ---------------------------------------------------------------------------------
 

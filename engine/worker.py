@@ -25,6 +25,7 @@ import numpy as np
 from shm.runtime import gcstats, procname, rundir
 from shm.control import (BLOCKS_EVERY_NS, KERNEL_BOUNDS_NS, LATENCY_BOUNDS_NS,
                          STALL_NS, STALL_PHASES, Block, EventLog, observe, set_phase)
+from engine.journal import JournalReader, JournalWriter, warm_up
 from engine.journal_housekeeper import JournalHousekeeper
 from shm.rings import EngineRings
 from engine.snapshot_coordinator import hold_for_snapshot
@@ -218,7 +219,6 @@ def serve_journaled_tail(rings: EngineRings, journal, proc: "BatchProcessor") ->
     few replies carry the journaled action and score with an empty rule list."""
     if journal is None or journal.last_seq == 0:
         return 0
-    from engine.journal import JournalReader
     v, _ = rings.request.try_drain(rings.request.capacity)
     m = min(len(v), journal.last_seq)
     if m == 0:
@@ -249,7 +249,6 @@ def open_journal(cfg, index: int, seq_floor: int = 0):
     d = cfg.durability
     if not d.journal_enabled:
         return None
-    from engine.journal import JournalWriter
     j = JournalWriter(d.journal_dir, cfg.schema.dtype, cfg.schema.hash, writer_id=index,
                       config=d.journal_config(), seq_floor=seq_floor)
     for c in j.corrupt:
@@ -264,7 +263,6 @@ def standby(run_dir: str) -> int:
     on stdin and serve it. EOF (the supervisor retired it, or is gone): exit."""
     procname.become_child("worker standby (loading)")
     prep = Prepared(run_dir, "supervisor.standby_phase")
-    from engine.journal import warm_up
     warm_up()                                    # the journal's compiled helpers
     gcstats.freeze_after_warmup()
     set_phase(prep.block.view("supervisor.standby_phase"), "ready")

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import threading
 
+from rules import compile_ruleset
+from shm.control import set_phase
+from shm.featurestore import FeatureStore
 from shm.runtime import rundir
 
 
@@ -21,7 +24,6 @@ def load_generation(run_dir: str, generation: int, schema, features=None):
     engine's shared feature tables, and warm the kernel up. The rules are the bytes the
     supervisor compiled (rundir.read_rules_copy), never the files as they are now (edited
     since, maybe); the kernel must be the published one. Raises GenerationMismatch."""
-    from rules import compile_ruleset
     spec = rundir.read_generation(run_dir, generation)
     try:
         texts = [rundir.read_rules_copy(run_dir, h).decode() for h in spec["sha256"]]
@@ -80,8 +82,6 @@ class Prepared:
     phase (shm.control.STARTUP_PHASES)."""
 
     def __init__(self, run_dir: str, phase: str):
-        from shm.control import set_phase
-        from shm.featurestore import FeatureStore
         self.plan = rundir.read_plan(run_dir)
         self.cfg = rundir.read_config(run_dir)
         self.block, self.block_seg = rundir.attach_control(run_dir, self.cfg)

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import yaml
 
+from shm.ipv4 import parse_ipv4
 from shm.types import ACTION_NAMES
 
 _EXPECT_KEYS = ("action", "score", "fired", "fired_includes", "not_fired")
@@ -144,7 +145,6 @@ def build_events(cases: list[Case], schema, events: list[dict] | None = None) ->
                 if len(v) > spec.size:
                     raise CaseFileError(f"case {c.name}: {k}={v!r} longer than {spec.type}")
             elif spec.type == "ipv4" and isinstance(v, str):
-                from shm.ipv4 import parse_ipv4
                 try:
                     v = parse_ipv4(v)
                 except ValueError as e:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from shm.features.featureset import FeatureSet, array_words
+from shm.features.spec import specs_from_config
 from shm.names import feature_array, segment_name
 from shm.segment import Segment
 
@@ -18,8 +20,6 @@ class FeatureStore:
     ``attach`` in workers (and in the admin plane, which is the supervisor's)."""
 
     def __init__(self, cfg, owner_pid: int, create: bool):
-        from shm.features.featureset import FeatureSet
-        from shm.features.spec import specs_from_config
         self.segments: list[Segment] = []
         self.specs = specs_from_config(cfg)
 
@@ -45,7 +45,6 @@ class FeatureStore:
     def reinit(self) -> None:
         """Re-initialise every table, list and cell in place (same segments, so every
         compiled ruleset's arrays stay valid): the first step of a rebuild after a crash."""
-        from shm.features.featureset import FeatureSet
         arrays = dict(zip(self.fs.arg_names(), self.fs.arrays()))
         for a in arrays.values():
             a[:] = 0
@@ -72,6 +71,4 @@ class FeatureStore:
 
 def table_bytes(cfg) -> dict[str, int]:
     """Bytes of every feature table, list, state table and the control block, by name."""
-    from shm.features.featureset import array_words
-    from shm.features.spec import specs_from_config
     return {name: 8 * n for name, n in array_words(specs_from_config(cfg)).items()}

@@ -2,24 +2,24 @@
 `pgrep -f` and scripts/pin_workers.sh can tell them apart."""
 from __future__ import annotations
 
+import ctypes
+import signal
+
+import setproctitle
+
 PREFIX = "risk-engine: "
 
 
 def set_role(role: str) -> None:
-    try:
-        import setproctitle
-        setproctitle.setproctitle(PREFIX + role)
-    except ImportError:       # pragma: no cover - setproctitle is an install requirement
-        pass
+    setproctitle.setproctitle(PREFIX + role)
 
 
 def name_thread(name: str) -> None:
     """Name the calling thread for `top -H`, `ps -L` and the bench's per-thread CPU
     (the kernel keeps 15 bytes); other threads inherit the process title's first 15."""
     try:
-        import setproctitle
         setproctitle.setthreadtitle(name[:15])
-    except (ImportError, AttributeError):   # pragma: no cover - setproctitle < 1.2
+    except AttributeError:   # pragma: no cover - setproctitle < 1.2
         pass
 
 
@@ -30,8 +30,6 @@ def become_child(role: str) -> None:
     no child ever outlives its engine. The supervisor starts a child with SIGINT and SIGTERM
     blocked (engine.stopsignals), so none can end it before this: once they are ignored they
     are unblocked, and one that arrived meanwhile is discarded."""
-    import ctypes
-    import signal
     set_role(role)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
