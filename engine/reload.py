@@ -30,6 +30,7 @@ import threading
 import time
 
 from engine.rules_record import files_at_start, read_rules, write_record
+from engine.switchover import Switchover
 from rules import compile_ruleset
 from rules.features import feature_set_for
 from shm.runtime import procname, rundir
@@ -114,6 +115,7 @@ class Rulesets:
         self.specs: dict[int, dict] = {}    # generation -> its spec (ruleset_spec)
         self.ruleset = None                 # the serving generation's, for feature rebuilds
         self.job: ReloadJob | None = None   # the reload in flight
+        self.switch: Switchover | None = None   # its published generation, workers loading it
         self.recorded: str | None = None    # engine.rules_record's active.json (None: journal off)
 
     def keep_compiled_bytes(self, spec: dict) -> None:
@@ -179,7 +181,7 @@ class Rulesets:
         supervisor's loop). Returns a refusal at once, or None: the outcome goes to the log
         and to ``on_done(outcome)`` when it is known (poll()). A refused ruleset keeps the
         old one serving."""
-        if self.job is not None:
+        if self.job is not None or self.switch is not None:
             return Refusal("reload refused: another reload is in progress", "RELOAD_BUSY")
         if previous:
             older = sorted(g for g in self.specs if g < self.generation)
@@ -205,6 +207,7 @@ class Rulesets:
         """The supervisor's loop: publish the reload's ruleset once it is ready, or count
         and log its refusal; then tell whoever asked for it."""
         self.take_requests()
+        self._answer_when_switched()
         job = self.job
         if job is None:
             return
@@ -229,7 +232,22 @@ class Rulesets:
             self.after_reload()
             outcome = f"generation {self.generation} = {spec['label']}"
             self.log(f"risk-engine: {outcome}")
+            self.switch = Switchover(self.block, self.generation, outcome, job.callbacks)
+            return                                  # answered once the workers serve it
         for cb in job.callbacks:
+            cb(outcome)
+
+    def _answer_when_switched(self) -> None:
+        sw = self.switch
+        res = sw.poll() if sw is not None else None
+        if res is None:
+            return
+        self.switch = None
+        text, code = res
+        if code is not None:
+            self.log(f"risk-engine: reload: {text}")
+        outcome = text if code is None else Refusal(f"reload incomplete: {text}", code)
+        for cb in sw.callbacks:
             cb(outcome)
 
     def _record(self, job, spec: dict, rs):

@@ -328,14 +328,17 @@ def serve(run_dir: str, index: int, prep: Prepared | None = None) -> int:
         if pause[0]:                    # a snapshot: hold still between two batches
             hold_for_snapshot(block, index, journal, proc.stalls)
         v1, _ = req.try_drain(max_batch)
-        if len(v1):
+        busy = len(v1) > 0
+        if busy:
             req.release(proc.process(v1))   # after publishing: a crash before this re-reads
             wake.last_wake = 0              # the next batch, if any, needed no wake-up
-            continue
-        now = heartbeat[0] = time.monotonic_ns()
-        if now >= blocks_due:           # idle: a per-event leak shows here (bench.alloc); the
-            py_blocks[0] = sys.getallocatedblocks()         # call walks the allocator's
-            blocks_due = now + BLOCKS_EVERY_NS              # arenas (0.5 us): not every round
+            if want_gen[0] == proc.active.generation:
+                continue                    # else a reload is due: a busy worker takes it up too
+        else:
+            now = heartbeat[0] = time.monotonic_ns()
+            if now >= blocks_due:       # idle: a per-event leak shows here (bench.alloc); the
+                py_blocks[0] = sys.getallocatedblocks()     # call walks the allocator's
+                blocks_due = now + BLOCKS_EVERY_NS          # arenas (0.5 us): not every round
         g = int(want_gen[0])
         if g != proc.active.generation and g != refused and not reloader.busy:
             done = reloader.take()
@@ -349,7 +352,8 @@ def serve(run_dir: str, index: int, prep: Prepared | None = None) -> int:
             else:                               # swap between two batches
                 proc.active = Active(done[1], done[0], block, index, max_batch)
                 block.worker(index, "generation")[0] = done[0]
-        idle.wait()
+        if not busy:
+            idle.wait()
     if keeper is not None:
         keeper.stop()
     if journal is not None:

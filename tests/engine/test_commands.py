@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -20,6 +22,7 @@ import yaml
 from bench.engine_proc import REPO, EngineProcess
 from engine.admin import request
 from shm.runtime.config import load_config
+from shm.runtime.rundir import run_dir_for
 from tests.engine.test_reload import decide, wait_label
 
 SCHEMA = load_config().schema
@@ -109,6 +112,35 @@ def test_reload_waits_and_exits_non_zero_on_refusal(engine, tmp_path):
     assert all(d.ruleset == "live@2" and d.action == "block" for d in decide(engine, SCHEMA))
     help_text = cli("reload", "--help").stdout
     assert "replaces the WHOLE rule set" in " ".join(help_text.split())
+
+
+def test_reload_returns_once_the_worker_serves_the_new_generation(engine):
+    """The worker is stopped (SIGSTOP) until a second after the new generation is published:
+    `risk-engine reload` must not return before the worker serves it, so a request sent as
+    soon as it returns is decided by the new rules, not by the old ones still loaded."""
+    v6 = ruleset(engine.tmp / "rules" / "v6.yaml", 6, action="block")
+    st = status_file(engine)
+    worker = next(p["pid"] for p in st["processes"] if p["role"] == "worker 0")
+    published = run_dir_for(engine.instance) / f"gen-{st['generation'] + 1}.json"
+
+    def resume_after_publication():
+        t_end = time.monotonic() + 300
+        while not published.exists() and time.monotonic() < t_end:
+            time.sleep(0.05)
+        time.sleep(1.0)
+        os.kill(worker, signal.SIGCONT)
+
+    os.kill(worker, signal.SIGSTOP)
+    resume = threading.Thread(target=resume_after_publication, daemon=True)
+    resume.start()
+    try:
+        r = cli("reload", "--instance", engine.instance, "--rules", v6)
+        ds = decide(engine, SCHEMA)
+    finally:
+        resume.join(310)
+        os.kill(worker, signal.SIGCONT)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    assert [(d.ruleset, d.action) for d in ds] == [("live@6", "block")] * len(ds)
 
 
 def test_status_follows_reloads_and_the_standby(engine):
