@@ -262,7 +262,8 @@ class SnapshotCoordinator:
         """fsync every worker's newest journal records (shared file mappings: an fsync from
         this process writes back the pages the workers dirtied), an unpublished successor
         segment included. Older segments were synced before their successor was published."""
-        from engine.journal import journal_dtype, list_writers, sync_tail
+        from engine.journal import journal_dtype, list_writers
+        from engine.journal_segments import sync_tail
         jdir = self.cfg.durability.journal_dir
         rs = journal_dtype(self.cfg.schema.dtype).itemsize
         for w in list_writers(jdir):
