@@ -1,5 +1,7 @@
 """Before/after: the latency bench (what `make bench` runs) and the kernel bench on two
-checkouts, alternating A B A B in one run, so the machine's drift falls on both sides.
+checkouts, alternating A B, B A, A B ... in one run, so the machine's drift and any advantage
+of going first or second fall on both sides (two runs of one commit differed by 20% between
+the slots of A B A B).
 
     python -m bench.ab --before /path/to/old/checkout [--after .] [--rounds 3]
 
@@ -60,7 +62,8 @@ def main(argv=None) -> int:
             print(f"warm-up: {side} ({path})", file=sys.stderr, flush=True)
             one(path, Path(tmp), 2.0)
         for k in range(a.rounds):
-            for side, path in sides.items():
+            order = list(sides.items())
+            for side, path in order if k % 2 == 0 else order[::-1]:   # neither side always first
                 figures[side].append(one(path, Path(tmp), a.duration))
                 print(f"round {k + 1} {side:6} " + "  ".join(f"{n}={v:.4g}" for n, v in figures[side][-1].items()),
                       flush=True)
