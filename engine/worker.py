@@ -24,7 +24,7 @@ import numpy as np
 
 from shm.runtime import gcstats, procname, rundir
 from shm.control import (BLOCKS_EVERY_NS, KERNEL_BOUNDS_NS, LATENCY_BOUNDS_NS,
-                         STALL_NS, STALL_PHASES, Block, EventLog, observe, set_phase)
+                         STALL_NS, Block, EventLog, observe, set_phase)
 from engine.journal import JournalReader, JournalWriter, warm_up
 from engine.journal_housekeeper import JournalHousekeeper
 from shm.rings import EngineRings
