@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from bench.engine_proc import shm_entries
+from bench.snapshot_delta import changed_pages
 from bench.worker_step import journal_append, worker_step
 from shm.runtime.config import load_config
 
@@ -20,3 +21,12 @@ def test_worker_step_runs_batch_processor_and_cleans_up():
     rows = worker_step(load_config(None), [4], repeats=1)
     assert len(rows) == 1 and rows[0][0] == 4 and rows[0][1] > 0
     assert shm_entries(instance) == []
+
+
+def test_snapshot_delta_counts_the_pages_that_differ():
+    a = bytes(3 * 4096 + 10)
+    b = bytearray(a)
+    b[5000] = 1                                     # page 1
+    b[-1] = 1                                       # the short last page
+    assert changed_pages(a, bytes(b)) == (2, 4)
+    assert changed_pages(a, a) == (0, 4)
