@@ -1,8 +1,11 @@
 """`risk-engine serve`: start the engine in the foreground."""
 import os
+import signal
 import sys
+import traceback
 from dataclasses import replace
 
+EXIT_SUPERVISOR_FAILED = 70        # EX_SOFTWARE: not 0, so systemd's Restart=on-failure restarts
 HELP = "start the engine (supervisor, ingress, workers) in the foreground"
 
 
@@ -89,7 +92,13 @@ def serve(cfg, stops, ebpf: bool = False) -> int:
     print(f"risk-engine: {line}", flush=True)
     sup.block.view("supervisor.serving")[0] = 1     # after the line: no reply precedes it
     sup.notify.ready(line)
-    return sup.run()
+    try:
+        return sup.run()
+    except Exception as e:           # a defect in the loop: stop in order (the ingress answers
+        stops.hold()                 # what it admitted, segments go) instead of dying and
+        traceback.print_exc()        # taking the children with it (PR_SET_PDEATHSIG)
+        sup.shutdown(signal.SIGTERM, failure=f"supervisor failed: {type(e).__name__}: {e}")
+        return EXIT_SUPERVISOR_FAILED
 
 
 def _run(args, stops) -> int:

@@ -20,6 +20,7 @@ ingress at their deadline, flagged WORKER_LOST).
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -300,8 +301,9 @@ class Supervisor:
 
     # --- stop ---------------------------------------------------------------------------------
 
-    def shutdown(self, sig: int) -> int:
-        """Stop in order (module doc), also part-way through start-up; one "stopped" line."""
+    def shutdown(self, sig: int, failure: str | None = None) -> int:
+        """Stop in order (module doc), also part-way through start-up; one "stopped" line,
+        naming ``failure`` (what broke the loop) instead of the signal when given."""
         self.notify.stopping()
         if self.progress is not None:
             self.progress.close()
@@ -322,7 +324,8 @@ class Supervisor:
                 if role != "ingress":
                     self._stop_child(p, STOP_GRACE_S, self.block.worker(int(role.split()[1]), "phase"))
         self.cleanup()
-        self.log(f"risk-engine: stopped ({signal.Signals(sig).name}{' during start-up' if starting else ''}); "
+        why = failure or f"{signal.Signals(sig).name}{' during start-up' if starting else ''}"
+        self.log(f"risk-engine: stopped ({why}); "
                  f"instance {self.cfg.instance} (pid {self.pid}): shared memory and run directory removed")
         return 0
 
@@ -370,7 +373,10 @@ class Supervisor:
                 (self.run_dir / "supervisor.pid").read_text() != str(self.pid):
             return                      # another live supervisor owns the run dir
         for f in self.run_dir.glob("*"):
-            f.unlink()
+            if f.is_dir() and not f.is_symlink():
+                shutil.rmtree(f, ignore_errors=True)    # nothing of ours; the dir is 0700 and ours
+            else:
+                f.unlink()
         try:
             self.run_dir.rmdir()
         except OSError:
