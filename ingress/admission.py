@@ -32,12 +32,9 @@ _HASH_MUL = np.uint64(_HASH_MUL_INT)
 _U64 = (1 << 64) - 1
 DOORBELL_DEFER_NS = 100_000           # while more requests are queued, wake a sleeping worker
                                       # at most this late (one wake-up for several requests)
-# A worker is behind once its oldest unfinished event has waited this many default deadlines.
-# Not less than one and a margin: a stall as long as the deadline times out the request in
-# flight, and that event stays in the ring (answered, unfinished) until the worker runs again;
-# at half a deadline every immediate resend was refused until then (issue 22: 1,130 refusals
-# for one client after one stall). At two, what a stalled worker is sent meanwhile waits and
-# is decided when it resumes; a stuck one is still refused, after two deadlines.
+# A worker is behind once its oldest unfinished event has waited this many default deadlines:
+# more than one, since a stall as long as the deadline leaves the timed-out event in the ring
+# until the worker runs again, and a shorter limit refused every resend until then (a storm).
 BEHIND_DEADLINES = 2
 RING_FULL, MAX_INFLIGHT, BEHIND, PEER_INFLIGHT = (OVERLOAD_REASONS.index(r) for r in (
     "ring_full", "max_inflight", "worker_behind", "peer_inflight"))
