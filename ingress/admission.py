@@ -3,8 +3,9 @@
 A request is admitted while (in this order) fewer than ``ingress.max_inflight`` requests are
 in flight, its connection holds fewer than its share (``max_inflight_per_peer``), and each
 worker it goes to has room in its request ring and is not behind (its oldest unfinished
-event has waited under half the default deadline, so what it admits can still be decided in
-time). Otherwise it is refused OVERLOADED with the reason counted (OVERLOAD_REASONS). The
+event has waited under BEHIND_DEADLINES default deadlines: a worker that has not moved past an
+event for that long is stuck, not briefly stalled). Otherwise it is refused OVERLOADED with
+the reason counted (OVERLOAD_REASONS). The
 fast path (ingress.fastpath) asks the same questions (the worker's inside its compiled admit,
 through ``_fast_kernels.worker_refusal``) and declines what fails, so that the general path
 (ingress.generalpath) answers it with the reason named.
@@ -31,6 +32,10 @@ _HASH_MUL = np.uint64(_HASH_MUL_INT)
 _U64 = (1 << 64) - 1
 DOORBELL_DEFER_NS = 100_000           # while more requests are queued, wake a sleeping worker
                                       # at most this late (one wake-up for several requests)
+# A worker is behind once its oldest unfinished event has waited this many default deadlines:
+# more than one, since a stall as long as the deadline leaves the timed-out event in the ring
+# until the worker runs again, and a shorter limit refused every resend until then (a storm).
+BEHIND_DEADLINES = 2
 RING_FULL, MAX_INFLIGHT, BEHIND, PEER_INFLIGHT = (OVERLOAD_REASONS.index(r) for r in (
     "ring_full", "max_inflight", "worker_behind", "peer_inflight"))
 ADMITTED = -1                         # a refusal method's answer when nothing refuses
@@ -106,10 +111,9 @@ class Admission:
         self.max_per_peer = ingress_cfg.max_inflight_per_peer or max(1, self.max_inflight // 4)
         self.default_deadline_ns = ingress_cfg.default_deadline_ms * 1_000_000
         self.per_event_ns = ingress_cfg.default_deadline_per_event_us * 1000
-        # a worker whose oldest unfinished event has waited half the default deadline is
-        # behind: new work for it is refused (OVERLOADED) until it catches up, so what it
-        # admits can still be decided in time and its ring never holds a deadline's worth
-        self.behind_ns = self.default_deadline_ns // 2
+        # a worker whose oldest unfinished event has waited this long is behind: new work for
+        # it is refused (OVERLOADED) until it moves past that event (BEHIND_DEADLINES)
+        self.behind_ns = BEHIND_DEADLINES * self.default_deadline_ns
         self.inflight = 0                       # admitted, not yet answered (both paths)
         self.peer_inflight: dict[bytes, int] = {}   # ROUTER identity -> requests in flight
         self.seq = first_sequence(epoch)        # the next admitted request's sequence (shm.tokens)

@@ -35,6 +35,15 @@ def engine(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def short_deadline_engine(tmp_path_factory):
+    """One worker and a 400 ms default deadline: a worker is behind after 800 ms
+    (ingress.admission.BEHIND_DEADLINES), so tests stop it past both."""
+    with EngineProcess(tmp_path_factory.mktemp("behind"), workers=1,
+                       overrides={"ingress": {"default_deadline_ms": 400}}) as eng:
+        yield eng
+
+
+@pytest.fixture(scope="module")
 def schema():
     return load_config().schema
 
@@ -254,38 +263,83 @@ def test_inflight_bound_sheds_load_at_the_door(tmp_path, schema):
             s.close(0)
 
 
-def test_a_worker_behind_gets_fast_overloaded_before_its_ring_fills(tmp_path, schema):
-    """Half the default deadline is the most a worker's oldest unfinished event may have
-    waited: past it new work for that worker is refused at once (one event on the fast
-    path, a batch on the general path, JSON too), so no queue of hopeless requests builds up
-    in a ring that still has room; once it catches up, requests are admitted again."""
+def test_a_worker_behind_gets_fast_overloaded_before_its_ring_fills(short_deadline_engine, schema):
+    """Two default deadlines are the most a worker's oldest unfinished event may have
+    waited: past them new work for that worker is refused at once (one event on the fast
+    path, a batch on the general path, JSON too), so a stuck worker's ring does not keep
+    filling with requests that can only time out; once it moves, requests are admitted again."""
     rng = np.random.default_rng(10)
-    with EngineProcess(tmp_path, workers=1, metrics=False,
-                       overrides={"ingress": {"default_deadline_ms": 400}}) as eng:
-        settle(eng, schema)
+    eng = short_deadline_engine
+    settle(eng, schema)
+    with frozen_worker(eng):
+        first = send_singles(eng.endpoint, schema, rng, 1, 3)[0]
+        time.sleep(1.0)                              # its event has waited > 800 ms
+        late = send_singles(eng.endpoint, schema, rng, 2, 4)
+        late[1].send_multipart([b"", wire.pack_request(schema.hash, random_events(rng, schema, 3), 4, 9)])
+        j = zmq.Context.instance().socket(zmq.DEALER)
+        j.linger = 0
+        j.connect(eng.endpoint)
+        ev = records_to_json(schema, random_events(rng, schema, 1))[0]
+        j.send_multipart([b"", json.dumps({"request_id": 5, "event": ev}).encode()])
+        for s in late + [j]:
+            assert s.poll(2000), "refused at once, not after the thaw"
+        replies = [wire.unpack_reply(s.recv_multipart()[-1]) for s in late[:1] + late[1:] * 2]
+        assert [r[1] for r in replies] == [ErrorCode.OVERLOADED] * 3
+        assert all("worker 0 is behind" in r[3] for r in replies), replies
+        err = json.loads(j.recv_multipart()[-1])["error"]
+        assert err["code"] == "OVERLOADED" and "behind" in err["message"]
+    assert first.poll(10_000)                        # answered (decided or TIMEOUT)
+    with Client(eng.endpoint, schema, timeout_ms=10_000, retries=0) as c:
+        d = c.evaluate_batch(random_events(rng, schema, 1))[0]
+    assert d.error is None and not d.flags                   # admitted again
+    for s in late + [first, j]:
+        s.close(0)
+
+
+def test_a_stall_costs_only_the_request_in_flight(short_deadline_engine, schema):
+    """Issue 22 (no refusal storms): a worker stopped past the deadline times out the request
+    in flight, and the client's resend, made at once while the worker is still stopped, is
+    admitted (the timed-out event left in the ring is no sign the worker cannot decide it)
+    and decided once the worker continues. It used to be refused OVERLOADED worker_behind,
+    and so was every immediate resend after it, one per round trip, until the worker ran.
+    Allowed outcomes: the first request TIMEOUT (the worker is stopped throughout its
+    deadline); no reply at all while the worker stays stopped 0.2 s more (every refusal
+    counted, and the client resends at once); then the resend decided, or TIMEOUT if the
+    continued worker is not scheduled within the ~200 ms its deadline leaves; never refused."""
+    eng = short_deadline_engine
+    rng = np.random.default_rng(11)
+    settle(eng, schema)
+    behind0 = value(scrape(eng.metrics_url), "risk_overloaded_total", reason="worker_behind")
+    s = zmq.Context.instance().socket(zmq.DEALER)
+    s.linger = 0
+    s.connect(eng.endpoint)
+    refused = []
+
+    def send(rid: int) -> None:
+        s.send_multipart([b"", wire.pack_request(schema.hash, random_events(rng, schema, 1), 21, rid)])
+
+    try:
         with frozen_worker(eng):
-            first = send_singles(eng.endpoint, schema, rng, 1, 3)[0]
-            time.sleep(0.3)                              # its event has waited > 200 ms
-            late = send_singles(eng.endpoint, schema, rng, 2, 4)
-            late[1].send_multipart([b"", wire.pack_request(schema.hash, random_events(rng, schema, 3), 4, 9)])
-            j = zmq.Context.instance().socket(zmq.DEALER)
-            j.linger = 0
-            j.connect(eng.endpoint)
-            ev = records_to_json(schema, random_events(rng, schema, 1))[0]
-            j.send_multipart([b"", json.dumps({"request_id": 5, "event": ev}).encode()])
-            for s in late + [j]:
-                assert s.poll(2000), "refused at once, not after the thaw"
-            replies = [wire.unpack_reply(s.recv_multipart()[-1]) for s in late[:1] + late[1:] * 2]
-            assert [r[1] for r in replies] == [ErrorCode.OVERLOADED] * 3
-            assert all("worker 0 is behind" in r[3] for r in replies), replies
-            err = json.loads(j.recv_multipart()[-1])["error"]
-            assert err["code"] == "OVERLOADED" and "behind" in err["message"]
-        assert first.poll(10_000)                        # answered (decided or TIMEOUT)
-        with Client(eng.endpoint, schema, timeout_ms=10_000, retries=0) as c:
-            d = c.evaluate_batch(random_events(rng, schema, 1))[0]
-        assert d.error is None and not d.flags                   # admitted again
-        for s in late + [first, j]:
-            s.close(0)
+            send(1)
+            assert s.poll(10_000), "answered at its deadline while the worker is stopped"
+            rid, err, dec, _ = wire.unpack_reply(s.recv_multipart()[-1])
+            assert (rid, err, int(dec["error"][0])) == (1, 0, ErrorCode.TIMEOUT)
+            rid = 2
+            send(rid)
+            hold_end = time.monotonic() + 0.2          # bounded: the worker stays stopped
+            while time.monotonic() < hold_end:
+                if s.poll(10):                         # only a refusal can come back now
+                    refused.append(wire.unpack_reply(s.recv_multipart()[-1])[1:4:2])
+                    rid += 1
+                    send(rid)
+        assert s.poll(10_000), "the resend is answered once the worker runs"
+        got, err, dec, msg = wire.unpack_reply(s.recv_multipart()[-1])
+    finally:
+        s.close(0)
+    assert refused == [], f"{len(refused)} refusals while the worker was stopped: {refused[:3]}"
+    assert (got, err) == (rid, 0), msg
+    assert int(dec["error"][0]) in (0, ErrorCode.TIMEOUT)
+    assert value(scrape(eng.metrics_url), "risk_overloaded_total", reason="worker_behind") == behind0
 
 
 def test_a_queue_that_never_empties_is_shed_and_every_request_answered(tmp_path, schema):

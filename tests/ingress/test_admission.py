@@ -14,8 +14,8 @@ import pytest
 from shm.types import RESPONSE_SLOT_DTYPE, request_slot_dtype
 from ingress import _fast_kernels as K
 from ingress import wire
-from ingress.admission import (ADMITTED, BEHIND, MAX_INFLIGHT, PEER_INFLIGHT, RING_FULL,
-                               Admission, RingViews)
+from ingress.admission import (ADMITTED, BEHIND, BEHIND_DEADLINES, MAX_INFLIGHT, PEER_INFLIGHT,
+                               RING_FULL, Admission, RingViews)
 from ingress.codec import value_checks
 from ingress.dedup import IdempotencyWindow
 from shm.ring import OneToOneRing
@@ -24,7 +24,7 @@ from shm.tokens import EPOCH_SHIFT
 from tests.ingress.wire_helpers import SCHEMA, records
 
 CAP = 4
-DEADLINE_MS = 10                         # behind = half: 5 ms
+DEADLINE_MS = 10                         # behind = BEHIND_DEADLINES of it: 20 ms
 PER_EVENT_US = 50
 SLOT = request_slot_dtype(SCHEMA.dtype)
 
@@ -93,7 +93,7 @@ def test_both_paths_refuse_a_full_ring_and_a_behind_worker_alike(rings):
     _consume(worker, CAP)
     assert adm.worker_refusal(0, CAP, now) == ADMITTED
     assert adm.worker_refusal(0, CAP + 1, now) == RING_FULL   # all-or-nothing for a batch
-    _publish(pair.request, 1, now - 6_000_000)             # oldest unfinished event: 6 ms
+    _publish(pair.request, 1, now - 21_000_000)            # oldest unfinished event: 21 ms
     assert adm.worker_refusal(0, 1, now) == BEHIND
     assert _fast_admit(views, adm, now) == K.WORKER_BEHIND
     assert "worker 0 is behind" in adm.why(BEHIND, 0, now)
@@ -101,6 +101,28 @@ def test_both_paths_refuse_a_full_ring_and_a_behind_worker_alike(rings):
     assert adm.worker_refusal(0, 1, now) == ADMITTED
     assert _fast_admit(views, adm, now) >= 0               # admitted: row 0 published
     assert pair.request.occupancy() == 1
+
+
+def test_an_event_answered_by_its_deadline_does_not_refuse_the_resend(rings):
+    """Issue 22 (refusal storms): a worker stalled past the deadline leaves the timed-out
+    event in its ring; the client's resend, made then, is admitted by both paths (it waits
+    and is decided when the worker runs again). Refused, it used to be, by that event's age
+    alone, at every resend until the worker moved. Only an event older than BEHIND_DEADLINES
+    deadlines makes the worker behind, and moving past it admits again."""
+    pair, worker = rings
+    views = RingViews([pair], SLOT)
+    adm = Admission(_cfg(), 1, views)
+    assert adm.behind_ns == BEHIND_DEADLINES * DEADLINE_MS * 1_000_000 > DEADLINE_MS * 1_000_000
+    now = time.monotonic_ns()
+    _publish(pair.request, 1, now - 12_000_000)            # past its 10 ms deadline: answered
+    assert adm.worker_refusal(0, 1, now) == ADMITTED
+    assert _fast_admit(views, adm, now) >= 0               # the resend, behind it in the ring
+    assert pair.request.occupancy() == 2
+    later = now + 9_000_000                                # still stopped: 21 ms since the first
+    assert adm.worker_refusal(0, 1, later) == BEHIND
+    assert _fast_admit(views, adm, later) == K.WORKER_BEHIND
+    _consume(worker, 1)                                    # it moved: the resend is 9 ms old
+    assert adm.worker_refusal(0, 1, later) == ADMITTED
 
 
 def test_in_flight_counts_and_sequence_are_kept_once(rings):
