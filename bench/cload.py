@@ -1,0 +1,176 @@
+"""The C load generator (bench/loadgen.c) from Python: built with gcc against the libzmq pyzmq
+has loaded, fed a payload file of requests built by bench/events.py, run, and its JSON line
+read back with error codes named as bench/replies.py names them.
+
+On two shared cores a Python client at 32 clients x 64 events (over 1 M events/s) can be the
+bottleneck it measures; the C one spends a few microseconds of CPU per request. ``run_load``
+falls back to the Python load generator (bench/loadgen.py) when gcc is missing, and the
+result says which one ran (``generator``: "c" or "python").
+
+The binary is cached as ``~/.cache/risk-engine/loadgen/loadgen-<hash>``, the hash covering the
+source and the libzmq it links: that directory holds code we execute, so it is created 0700
+and refused if another user owns it or can write it (shm.runtime.securedir).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import struct
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import zmq
+
+from bench.events import PayloadPool
+from bench.loadgen import LoadSpec
+from bench.phase import run_phase
+from bench.replies import code_name
+from ingress import wire
+from shm.runtime.config import load_config
+from shm.runtime.securedir import ensure_private_dir, write_private_file
+from shm.types import DecisionFlag
+
+SOURCE = Path(__file__).with_name("loadgen.c")
+PAYLOAD_MAGIC = b"RLGP"
+PAYLOAD_VERSION = 1
+
+
+class GccMissing(RuntimeError):
+    """No C compiler: the caller falls back to the Python load generator."""
+
+
+@dataclass(frozen=True)
+class Load:
+    """One closed-loop run: ``clients`` each with one request of ``batch`` events in flight;
+    ``kind`` 'echo' (a good reply is the request) or 'engine' (a decision reply)."""
+    target: str
+    kind: str
+    clients: int
+    batch: int
+    duration_s: float
+    warmup_s: float = 1.0
+    config: str | None = None          # the engine config whose schema the events follow
+    seed: int = 0
+    timeout_ms: int = 5000
+    drain_s: float = 2.0
+    max_requests: int = -1             # measured requests at most (-1: the clock alone)
+
+
+def default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "risk-engine" / "loadgen"
+
+
+def libzmq_path() -> Path:
+    """The libzmq shared object this process loaded through pyzmq (its bundled copy, whose
+    file name carries a hash, or the system's)."""
+    with open("/proc/self/maps") as f:          # importing zmq mapped it
+        for line in f:
+            fields = line.split(maxsplit=5)
+            path = fields[5].strip() if len(fields) == 6 else ""
+            if "/libzmq" in path and ".so" in path and Path(path).is_file():
+                return Path(path)
+    raise RuntimeError("libzmq not found: no libzmq*.so mapped after importing zmq "
+                       f"(pyzmq at {os.path.dirname(zmq.__file__)})")
+
+
+def build(cache_dir: Path | None = None) -> Path:
+    """The compiled load generator, built on first use. Raises GccMissing without gcc,
+    RuntimeError when the build fails (gcc's output in the message)."""
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        raise GccMissing(f"gcc not found on PATH={os.environ.get('PATH', '')}: cannot build "
+                         f"{SOURCE.name} (apt-get install gcc)")
+    lib = libzmq_path()
+    key = hashlib.blake2b(SOURCE.read_bytes() + str(lib).encode(), digest_size=8).hexdigest()
+    d = ensure_private_dir(cache_dir or default_cache_dir(), "load generator cache")
+    exe = d / f"loadgen-{key}"
+    if exe.is_file():
+        return exe
+    tmp = d / f".build-{os.getpid()}-{key}"
+    r = subprocess.run([gcc, "-O2", "-Wall", "-Wextra", "-o", str(tmp), str(SOURCE), str(lib),
+                        f"-Wl,-rpath,{lib.parent}"], capture_output=True, text=True, timeout=300)
+    if r.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(f"gcc failed: rc={r.returncode} source={SOURCE} libzmq={lib}\n{r.stderr}")
+    os.chmod(tmp, 0o700)
+    os.replace(tmp, exe)                # atomic: a concurrent build publishes the same bytes
+    return exe
+
+
+def write_payloads(path: Path, config: str | None, batch: int, size: int = 256,
+                   seed: int = 0) -> None:
+    """``size`` binary requests of ``batch`` events (bench.events.PayloadPool, ids left 0:
+    the generator writes fresh ones), in the format bench/loadgen.c reads, file mode 0600."""
+    pool = PayloadPool(load_config(config).schema, batch, "binary", size=size, seed=seed)
+    parts = [PAYLOAD_MAGIC, struct.pack("<II", PAYLOAD_VERSION, size)]
+    for i in range(size):
+        req = pool.request(i, 0, 0)
+        parts += [struct.pack("<II", len(req), batch), req]
+    write_private_file(path, b"".join(parts))
+
+
+def check_args(kind: str) -> list[str]:
+    """What the generator needs to know of the wire format (ingress/wire.py), as options."""
+    req, rep, dec = wire.REQUEST_HEADER_DTYPE.fields, wire.REPLY_HEADER_DTYPE.fields, wire.DECISION_DTYPE.fields
+    ids = ["--client-id-at", str(req["client_id"][1]), "--request-id-at", str(req["request_id"][1])]
+    if kind == "echo":
+        return ids + ["--check", "echo"]
+    if kind != "engine":
+        raise ValueError(f"kind={kind!r} (allowed: echo, engine)")
+    assert rep["magic"][1] == 0 and rep["version"][1] == 4       # the prefix below
+    prefix = struct.pack("<IH", wire.REPLY_MAGIC, wire.PROTOCOL_VERSION)
+    return ids + ["--check", "engine", "--reply-prefix", prefix.hex(),
+                  "--reply-error-at", str(rep["error"][1]), "--reply-id-at", str(rep["request_id"][1]),
+                  "--reply-header", str(wire.REPLY_HEADER_SIZE), "--record-size", str(wire.DECISION_SIZE),
+                  "--record-error-at", str(dec["error"][1]), "--record-flags-at", str(dec["flags"][1]),
+                  "--dup-flag", str(int(DecisionFlag.DUPLICATE))]
+
+
+def _named(counts: dict) -> dict:
+    """``code_N`` keys as ErrorCode names (bench.replies.code_name)."""
+    return {(code_name(int(k[5:])) if k.startswith("code_") else k): v for k, v in counts.items()}
+
+
+def run_c(exe: Path, load: Load, payloads: Path, client_id_base: int) -> dict:
+    """One run of the compiled generator: its JSON document, error codes named."""
+    cmd = [str(exe), "--target", load.target, "--payloads", str(payloads),
+           "--clients", str(load.clients), "--duration-s", repr(load.duration_s),
+           "--warmup-s", repr(load.warmup_s), "--drain-s", repr(load.drain_s),
+           "--timeout-ms", str(load.timeout_ms), "--max-requests", str(load.max_requests),
+           "--client-id-base", str(client_id_base), *check_args(load.kind)]
+    limit_s = load.warmup_s + load.duration_s + load.drain_s + load.timeout_ms / 1e3 + 30
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=limit_s)
+    if r.returncode != 0 or not r.stdout.strip():
+        raise RuntimeError(f"loadgen failed: rc={r.returncode} target={load.target} "
+                           f"stderr={r.stderr.strip()[-2000:]!r}")
+    doc = json.loads(r.stdout.strip().splitlines()[-1])
+    doc["errors"] = _named(doc["errors"])
+    doc["decision_errors"] = _named(doc["decision_errors"])
+    return doc
+
+
+def run_python(load: Load, client_id_base: int, processes: int = 2) -> dict:
+    """The same run with the Python load generator, in the C generator's document shape."""
+    spec = LoadSpec(target=load.target, kind=load.kind, clients=load.clients,
+                    duration_s=load.duration_s, warmup_s=load.warmup_s, batch=load.batch,
+                    config=load.config, seed=load.seed, client_id_base=client_id_base,
+                    timeout_ms=load.timeout_ms, drain_s=load.drain_s)
+    ph = run_phase(load.kind, spec, processes, progress=False)
+    h, n, dur = ph.hist, ph.hist.get_total_count(), load.duration_s
+    dec = sum(ph.decision_errors.values())
+    # as the C side counts: events/s counts decisions without an error (a decision carrying
+    # both an error and DUPLICATE is subtracted twice here, hence the floor)
+    events_ok = max(0, ph.events_ok - dec)
+    return {"generator": "python", "clients": load.clients, "window_s": dur,
+            "sent": ph.sent, "ok": ph.ok, "answered": ph.answered, "events_ok": events_ok,
+            "errors": dict(ph.errors), "decision_errors": dict(ph.decision_errors),
+            "error_count": ph.error_count, "decision_error_count": dec, "recorded": n,
+            **{f"{name}_us": (h.get_value_at_percentile(p) / 1e3 if n else 0.0)
+               for name, p in (("p50", 50.0), ("p99", 99.0), ("p999", 99.9))},
+            "max_us": h.get_max_value() / 1e3 if n else 0.0,
+            "mean_us": h.get_mean_value() / 1e3 if n else 0.0,
+            "requests_per_s": ph.ok / dur, "events_per_s": events_ok / dur,
+            "cpu_s": round(ph.load_cpu_s, 4)}
