@@ -134,7 +134,7 @@ def table(evaluated: list[dict]) -> str:
 def raw_table(runs: dict, unavailable: dict) -> str:
     """Per scenario and target: medians over rounds, and every error by name (summed)."""
     lines = [f"{'scenario':8} {'target':14} {'gen':6} {'rounds':>6} {'requests/s':>11} {'events/s':>11} "
-             f"{'p50 us':>9} {'p99 us':>9} {'p99.9 us':>9} {'sent':>9} {'errors':>7}  error kinds"]
+             f"{'p50 us':>9} {'p99 us':>9} {'p99.9 us':>9} {'gen us/req':>10} {'sent':>9} {'errors':>7}  error kinds"]
     for s, by_target in runs.items():
         for t in TARGETS:
             why = unavailable.get(t) or unavailable.get((s, t))
@@ -143,7 +143,8 @@ def raw_table(runs: dict, unavailable: dict) -> str:
                 lines.append(f"{s:8} {t:14} not available: {why or 'no round ran'}")
                 continue
             med = {k: statistics.median(r[k] for r in done)
-                   for k in ("requests_per_s", "events_per_s", "p50_us", "p99_us", "p999_us")}
+                   for k in ("requests_per_s", "events_per_s", "p50_us", "p99_us", "p999_us",
+                             "cpu_us_per_request")}
             kinds: dict[str, int] = {}
             for r in done:
                 for k, n in [*r["errors"].items(), *r["decision_errors"].items()]:
@@ -151,6 +152,7 @@ def raw_table(runs: dict, unavailable: dict) -> str:
             lines.append(f"{s:8} {t:14} {done[0]['generator']:6} {len(done):>6} "
                          f"{med['requests_per_s']:>11,.0f} {med['events_per_s']:>11,.0f} "
                          f"{med['p50_us']:>9.1f} {med['p99_us']:>9.1f} {med['p999_us']:>9.1f} "
+                         f"{med['cpu_us_per_request']:>10.1f} "
                          f"{sum(r['sent'] for r in done):>9} {sum(errors_of(r) for r in done):>7}  "
                          + (", ".join(f"{k} {n}" for k, n in sorted(kinds.items())) or "-"))
     return "\n".join(lines)
@@ -175,6 +177,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="engine config for 100x1 and 1x1 (default: engine/default.yaml)")
     p.add_argument("--batched-config", default=str(REPO / BATCHED_CONFIG),
                    help=f"engine config for 32x64 (default {BATCHED_CONFIG})")
+    p.add_argument("--io-threads", type=int, default=1,
+                   help="libzmq I/O threads of the C load generator (default 1)")
     p.add_argument("--timeout-ms", type=int, default=5000, help="client timeout per request (default 5000)")
     p.add_argument("--start-timeout", type=float, default=300.0, metavar="S", help="engine start-up limit (default 300)")
     p.add_argument("--seed", type=int, default=1)
@@ -187,9 +191,10 @@ def settings(a) -> argparse.Namespace:
     a.rounds = a.rounds if a.rounds is not None else (2 if q else 3)
     a.duration = a.duration if a.duration is not None else (1.0 if q else 10.0)
     a.warmup = a.warmup if a.warmup is not None else (0.3 if q else 1.0)
-    if a.rounds < 1 or a.duration <= 0 or a.warmup < 0 or a.timeout_ms < 1:
+    if a.rounds < 1 or a.duration <= 0 or a.warmup < 0 or a.timeout_ms < 1 or a.io_threads < 1:
         raise SystemExit(f"targets: rounds={a.rounds} duration={a.duration} warmup={a.warmup} "
-                         f"timeout_ms={a.timeout_ms}: need rounds >= 1, duration > 0, warmup >= 0")
+                         f"timeout_ms={a.timeout_ms} io_threads={a.io_threads}: need rounds >= 1, "
+                         f"duration > 0, warmup >= 0, timeout_ms and io_threads >= 1")
     names = {s.name: s for s in SCENARIOS}
     a.scenario_list = [names[n] if n in names else _bad("scenarios", n, names)
                        for n in a.scenarios.split(",")]
@@ -268,7 +273,8 @@ def run(a) -> int:
             for k in range(a.rounds):
                 for t in round_order(live, k):
                     load = cload.Load(addr[t], "engine" if t == "engine" else "echo", sc.clients,
-                                      sc.batch, a.duration, a.warmup, config, a.seed, a.timeout_ms)
+                                      sc.batch, a.duration, a.warmup, config, a.seed, a.timeout_ms,
+                                      io_threads=a.io_threads)
                     ids = run_client_id_base()      # fresh ids: never the idempotency cache
                     r = (cload.run_c(exe, load, payloads, ids) if exe
                          else cload.run_python(load, ids))

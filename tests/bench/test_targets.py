@@ -16,14 +16,16 @@ from bench.targets import ROWS, evaluate, raw_table, round_order, table
 REPO = Path(__file__).resolve().parents[2]
 # what the table reads of a run: both load generators must report it
 READ = {"generator", "sent", "ok", "error_count", "decision_error_count", "errors",
-        "decision_errors", "requests_per_s", "events_per_s", "p50_us", "p99_us", "p999_us"}
+        "decision_errors", "requests_per_s", "events_per_s", "p50_us", "p99_us", "p999_us",
+        "cpu_us_per_request"}
 
 
 def doc(gen="c", **kw) -> dict:
     """A load generator's document with the given figures."""
     d = {"generator": gen, "sent": 100, "ok": 100, "error_count": 0, "decision_error_count": 0,
          "errors": {}, "decision_errors": {}, "requests_per_s": 1000.0, "events_per_s": 1000.0,
-         "p50_us": 100.0, "p99_us": 1000.0, "p999_us": 2000.0}
+         "p50_us": 100.0, "p99_us": 1000.0, "p999_us": 2000.0,
+         "cpu_us_per_request": 20.0}
     return {**d, **kw}
 
 
