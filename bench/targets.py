@@ -146,8 +146,9 @@ def raw_table(runs: dict, unavailable: dict) -> str:
                    for k in ("requests_per_s", "events_per_s", "p50_us", "p99_us", "p999_us",
                              "cpu_us_per_request")}
             kinds: dict[str, int] = {}
-            for r in done:
-                for k, n in [*r["errors"].items(), *r["decision_errors"].items()]:
+            for r in done:       # a request answered with an error vs a decision with one
+                for k, n in [*r["errors"].items(),
+                             *((f"decision {k}", n) for k, n in r["decision_errors"].items())]:
                     kinds[k] = kinds.get(k, 0) + n
             lines.append(f"{s:8} {t:14} {done[0]['generator']:6} {len(done):>6} "
                          f"{med['requests_per_s']:>11,.0f} {med['events_per_s']:>11,.0f} "

@@ -57,7 +57,7 @@ def test_one_error_in_any_round_misses_the_errors_target_and_is_shown_by_name():
     assert got["measured"] == 3 and got["met"] is False
     assert "no" in table([got]).splitlines()[1].split()[-1]
     raw = raw_table(runs, {})
-    assert "NO_REPLY 1, TIMEOUT 2" in raw
+    assert "NO_REPLY 1, decision TIMEOUT 2" in raw
 
 
 def test_a_missing_baseline_is_not_available_never_met():
