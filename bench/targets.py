@@ -328,7 +328,8 @@ def _close_engine(engine, notes: list) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.targets", description=__doc__.split("\n")[0],
+    ap = argparse.ArgumentParser(prog="python -m bench.targets", description=__doc__.split(": ", 1)[1],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="docs/BENCH.md, 'Issue 22's targets', says what each line means.")
     add_arguments(ap)
     return run(ap.parse_args(argv))
