@@ -20,14 +20,15 @@ import os
 import shutil
 import struct
 import subprocess
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import zmq
 
 from bench.events import PayloadPool
 from bench.loadgen import LoadSpec
-from bench.phase import run_phase
+from bench.phase import run_phase, split
 from bench.replies import code_name
 from ingress import wire
 from shm.runtime.config import load_config
@@ -59,6 +60,7 @@ class Load:
     drain_s: float = 2.0
     max_requests: int = -1             # measured requests at most (-1: the clock alone)
     io_threads: int = 1                # libzmq I/O threads of the C generator
+    processes: int = 1                 # C generator processes sharing the clients
 
 
 def default_cache_dir() -> Path:
@@ -137,22 +139,87 @@ def _named(counts: dict) -> dict:
 
 
 def run_c(exe: Path, load: Load, payloads: Path, client_id_base: int) -> dict:
-    """One run of the compiled generator: its JSON document, error codes named."""
-    cmd = [str(exe), "--target", load.target, "--payloads", str(payloads),
-           "--clients", str(load.clients), "--duration-s", repr(load.duration_s),
-           "--warmup-s", repr(load.warmup_s), "--drain-s", repr(load.drain_s),
-           "--timeout-ms", str(load.timeout_ms), "--max-requests", str(load.max_requests),
-           "--io-threads", str(load.io_threads),
-           "--client-id-base", str(client_id_base), *check_args(load.kind)]
+    """One run of the compiled generator, its clients spread over ``load.processes``
+    processes started together (client ids stay distinct): the document, error codes named,
+    several processes' merged (``merge``)."""
+    procs, docs = [], []
     limit_s = load.warmup_s + load.duration_s + load.drain_s + load.timeout_ms / 1e3 + 30
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=limit_s)
-    if r.returncode != 0 or not r.stdout.strip():
-        raise RuntimeError(f"loadgen failed: rc={r.returncode} target={load.target} "
-                           f"stderr={r.stderr.strip()[-2000:]!r}")
-    doc = json.loads(r.stdout.strip().splitlines()[-1])
+    try:
+        for n in split(load.clients, load.processes):
+            procs.append(subprocess.Popen(_command(exe, replace(load, clients=n), payloads, client_id_base),
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            client_id_base += n
+        for p in procs:
+            out, err = p.communicate(timeout=limit_s)
+            if p.returncode != 0 or not out.strip():
+                raise RuntimeError(f"loadgen failed: rc={p.returncode} target={load.target} "
+                                   f"stderr={err.strip()[-2000:]!r}")
+            docs.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for p in procs:              # a failed or interrupted run leaves no generator behind
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    doc = docs[0] if len(docs) == 1 else merge(docs)
+    doc["processes"] = len(docs)
     doc["errors"] = _named(doc["errors"])
     doc["decision_errors"] = _named(doc["decision_errors"])
     return doc
+
+
+def _command(exe: Path, load: Load, payloads: Path, client_id_base: int) -> list[str]:
+    return [str(exe), "--target", load.target, "--payloads", str(payloads),
+            "--clients", str(load.clients), "--duration-s", repr(load.duration_s),
+            "--warmup-s", repr(load.warmup_s), "--drain-s", repr(load.drain_s),
+            "--timeout-ms", str(load.timeout_ms), "--max-requests", str(load.max_requests),
+            "--io-threads", str(load.io_threads), "--client-id-base", str(client_id_base),
+            *check_args(load.kind)]
+
+
+def bucket_top(b: int, sub_bits: int) -> int:
+    """The largest latency (ns) bucket ``b`` of bench/loadgen.c's histogram holds."""
+    sub = 1 << sub_bits
+    if b < 2 * sub:
+        return b
+    shift = (b - 2 * sub) // sub + 1
+    return ((sub + (b - 2 * sub) % sub + 1) << shift) - 1
+
+
+def percentile_ns(hist: dict[int, int], p: float, max_ns: int, sub_bits: int) -> int:
+    """As bench/loadgen.c computes it: HdrHistogram's rank round(p% x n), at least 1."""
+    total = sum(hist.values())
+    if not total:
+        return 0
+    rank, seen = max(1, int(p / 100.0 * total + 0.5)), 0
+    for b in sorted(hist):
+        seen += hist[b]
+        if seen >= rank:
+            return min(bucket_top(b, sub_bits), max_ns)
+    return max_ns
+
+
+def merge(docs: list[dict]) -> dict:
+    """Several generator processes' documents of one run as one: counts and rates add up,
+    percentiles come from the summed histograms."""
+    out = {"generator": "c", "libzmq": docs[0]["libzmq"], "window_s": max(d["window_s"] for d in docs)}
+    for k in ("clients", "sent", "ok", "answered", "events_ok", "error_count", "decision_error_count",
+              "recorded", "requests_total", "requests_per_s", "events_per_s", "cpu_s"):
+        out[k] = sum(d[k] for d in docs)
+    for k in ("errors", "decision_errors"):
+        out[k] = dict(sum((Counter(d[k]) for d in docs), Counter()))
+    sub_bits = docs[0]["hist_sub_bits"]
+    hist: Counter = Counter()
+    for d in docs:
+        hist.update({b: c for b, c in d["hist"]})
+    max_ns = max(round(d["max_us"] * 1e3) for d in docs)
+    for name, p in (("p50", 50.0), ("p99", 99.0), ("p999", 99.9)):
+        out[f"{name}_us"] = percentile_ns(hist, p, max_ns, sub_bits) / 1e3
+    out["max_us"] = max_ns / 1e3
+    out["mean_us"] = (sum(d["mean_us"] * d["recorded"] for d in docs) / out["recorded"]
+                      if out["recorded"] else 0.0)
+    out["cpu_us_per_request"] = out["cpu_s"] / out["requests_total"] * 1e6 if out["requests_total"] else 0.0
+    out["hist_sub_bits"], out["hist"] = sub_bits, sorted(hist.items())
+    return out
 
 
 def run_python(load: Load, client_id_base: int, processes: int = 2) -> dict:

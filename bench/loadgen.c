@@ -20,7 +20,9 @@
  * --max-requests of them) are measured; then no new request is sent, in-flight ones get
  * --drain-s, and what is left counts NO_REPLY. A reply slower than --timeout-ms counts NO_REPLY
  * and the client reopens its socket (Lazy Pirate). So sent == ok + sum(errors).
- * Prints one JSON line on stdout; exit 0 after a run, 2 on a set-up error (stderr says why).
+ * Prints one JSON line on stdout (counts, percentiles in us, rates, its own CPU, and the
+ * non-empty histogram buckets so several processes can be merged); exit 0 after a run, 2 on a
+ * set-up error (stderr says why). --io-threads N: libzmq I/O threads (1).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -521,8 +523,14 @@ int main(int argc, char **argv) {
            hist_count ? (double)hist_sum_ns / (double)hist_count / 1e3 : 0.0);
     /* the generator's own CPU (every thread, libzmq's I/O thread too) per request sent,
      * warm-up included: next to the target's, it says whether the client was the limit */
-    printf("\"requests_per_s\":%.3f,\"events_per_s\":%.3f,\"cpu_s\":%.4f,\"cpu_us_per_request\":%.2f}\n",
-           window_s > 0 ? ok / window_s : 0.0, window_s > 0 ? events_ok / window_s : 0.0, cpu_s,
+    printf("\"requests_per_s\":%.3f,\"events_per_s\":%.3f,\"cpu_s\":%.4f,\"requests_total\":%" PRIu64
+           ",\"cpu_us_per_request\":%.2f,", window_s > 0 ? ok / window_s : 0.0,
+           window_s > 0 ? events_ok / window_s : 0.0, cpu_s, sent_all,
            sent_all ? cpu_s / (double)sent_all * 1e6 : 0.0);
+    /* the non-empty buckets, [index, count]: bench/cload.py merges several processes' */
+    printf("\"hist_sub_bits\":%d,\"hist\":[", SUB_BITS);
+    for (unsigned b = 0, first = 1; b < NBUCKETS; b++)
+        if (hist[b]) { printf("%s[%u,%" PRIu64 "]", first ? "" : ",", b, hist[b]); first = 0; }
+    printf("]}\n");
     return 0;
 }

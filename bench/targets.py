@@ -180,6 +180,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"engine config for 32x64 (default {BATCHED_CONFIG})")
     p.add_argument("--io-threads", type=int, default=1,
                    help="libzmq I/O threads of the C load generator (default 1)")
+    p.add_argument("--processes", type=int, default=2,
+                   help="C load generator processes sharing the clients (default 2, as bench.latency's "
+                        "Python ones; one client runs in one)")
     p.add_argument("--timeout-ms", type=int, default=5000, help="client timeout per request (default 5000)")
     p.add_argument("--start-timeout", type=float, default=300.0, metavar="S", help="engine start-up limit (default 300)")
     p.add_argument("--seed", type=int, default=1)
@@ -192,10 +195,11 @@ def settings(a) -> argparse.Namespace:
     a.rounds = a.rounds if a.rounds is not None else (2 if q else 3)
     a.duration = a.duration if a.duration is not None else (1.0 if q else 10.0)
     a.warmup = a.warmup if a.warmup is not None else (0.3 if q else 1.0)
-    if a.rounds < 1 or a.duration <= 0 or a.warmup < 0 or a.timeout_ms < 1 or a.io_threads < 1:
+    if (a.rounds < 1 or a.duration <= 0 or a.warmup < 0 or a.timeout_ms < 1 or a.io_threads < 1
+            or a.processes < 1):
         raise SystemExit(f"targets: rounds={a.rounds} duration={a.duration} warmup={a.warmup} "
-                         f"timeout_ms={a.timeout_ms} io_threads={a.io_threads}: need rounds >= 1, "
-                         f"duration > 0, warmup >= 0, timeout_ms and io_threads >= 1")
+                         f"timeout_ms={a.timeout_ms} io_threads={a.io_threads} processes={a.processes}: "
+                         f"need rounds >= 1, duration > 0, warmup >= 0, the rest >= 1")
     names = {s.name: s for s in SCENARIOS}
     a.scenario_list = [names[n] if n in names else _bad("scenarios", n, names)
                        for n in a.scenarios.split(",")]
@@ -228,7 +232,8 @@ def run(a) -> int:
                   file=sys.stderr)
             generator = "python"
     print(f"targets: load generator: {generator}"
-          + (f" ({exe})" if exe else " (bench/loadgen.py, 2 processes)"), flush=True)
+          + (f" ({exe}, {a.processes} process(es))" if exe else " (bench/loadgen.py, 2 processes)"),
+          flush=True)
     runs: dict = {s.name: {t: [] for t in a.target_list} for s in a.scenario_list}
     for t in TARGETS:
         if t not in a.target_list:
@@ -275,10 +280,11 @@ def run(a) -> int:
                 for t in round_order(live, k):
                     load = cload.Load(addr[t], "engine" if t == "engine" else "echo", sc.clients,
                                       sc.batch, a.duration, a.warmup, config, a.seed, a.timeout_ms,
-                                      io_threads=a.io_threads)
+                                      io_threads=a.io_threads, processes=a.processes)
                     ids = run_client_id_base()      # fresh ids: never the idempotency cache
                     r = (cload.run_c(exe, load, payloads, ids) if exe
                          else cload.run_python(load, ids))
+                    r.pop("hist", None)            # its percentiles are in the document
                     runs[sc.name][t].append(r)
                     print(f"round {k + 1}/{a.rounds} {sc.name:6} {t:14} {r['requests_per_s']:>11,.0f} req/s "
                           f"{r['events_per_s']:>12,.0f} events/s  p50 {r['p50_us']:8.1f} us  "

@@ -53,6 +53,35 @@ def test_against_the_echo_counts_add_up_and_the_json_is_sane(exe, payloads):
     assert handled >= r["sent"]                    # warm-up requests come on top
 
 
+def test_two_processes_share_the_clients_and_merge_into_one_document(exe, payloads):
+    echo = EchoServer(f"tcp://127.0.0.1:{free_port()}")
+    try:
+        r = cload.run_c(exe, cload.Load(echo.bind, "echo", clients=5, batch=1, duration_s=1.0,
+                                        warmup_s=0.2, processes=2), payloads / "b1", 1000)
+    finally:
+        echo.stop()
+    assert r["processes"] == 2 and r["clients"] == 5
+    assert r["sent"] == r["ok"] + r["error_count"] > 0 and r["errors"] == {}
+    assert sum(c for _, c in r["hist"]) == r["recorded"] == r["sent"]
+    assert 0 < r["p50_us"] <= r["p99_us"] <= r["p999_us"] <= r["max_us"]
+
+
+def test_python_reads_the_histogram_as_the_c_side_does(exe, payloads):
+    """merge() recomputes percentiles from the buckets: on one process's buckets it must give
+    the figures that process printed."""
+    echo = EchoServer(f"tcp://127.0.0.1:{free_port()}")
+    try:
+        r = cload.run_c(exe, cload.Load(echo.bind, "echo", clients=3, batch=1, duration_s=0.5,
+                                        warmup_s=0.0), payloads / "b1", 1000)
+    finally:
+        echo.stop()
+    hist, max_ns = dict(r["hist"]), round(r["max_us"] * 1e3)
+    for key, p in (("p50_us", 50.0), ("p99_us", 99.0), ("p999_us", 99.9)):
+        assert cload.percentile_ns(hist, p, max_ns, r["hist_sub_bits"]) / 1e3 == pytest.approx(r[key], abs=1e-3)
+    two = cload.merge([r, r])                       # the same run twice: same percentiles
+    assert two["sent"] == 2 * r["sent"] and two["p99_us"] == pytest.approx(r["p99_us"], abs=1e-3)
+
+
 def test_every_kind_of_error_the_server_made_is_counted_by_name(exe, payloads):
     srv = ErrorServer()
     try:
