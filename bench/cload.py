@@ -146,7 +146,9 @@ def run_c(exe: Path, load: Load, payloads: Path, client_id_base: int) -> dict:
     limit_s = load.warmup_s + load.duration_s + load.drain_s + load.timeout_ms / 1e3 + 30
     try:
         for n in split(load.clients, load.processes):
-            procs.append(subprocess.Popen(_command(exe, replace(load, clients=n), payloads, client_id_base),
+            cap = load.max_requests if load.max_requests < 0 else load.max_requests * n // load.clients
+            one = replace(load, clients=n, max_requests=cap)     # its share of clients and count
+            procs.append(subprocess.Popen(_command(exe, one, payloads, client_id_base),
                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
             client_id_base += n
         for p in procs:
