@@ -4,7 +4,7 @@ seal it (the check word, shm.journal_format) in one call per batch.
 The check is a chain of dependent multiplies over a record's words, about 6 cycles a word
 on one record. Sealing ``LANES`` records side by side keeps that many independent chains in
 flight, so the multiplier, not the chain's latency, sets the pace: the same hash, the same
-bytes, several times faster (``python -m bench.journal``). Records go in groups of
+bytes, sealed about twice as fast (``python -m bench.journal``). Records go in groups of
 ``LANES``: each group is copied (seq and check left as they were, zero in a segment past the
 append position), then numbered and sealed. A process killed in the middle of a batch thus
 leaves sealed records and at most ``LANES`` unsealed ones at the append position: their seq
