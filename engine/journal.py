@@ -29,9 +29,12 @@ import numpy as np
 from shm.runtime.config_types import JournalConfig
 from shm.journal_format import (FSYNC_POLICIES, HEADER_SIZE, MAGIC, VERSION,  # noqa: F401
                                 RETRY_NS, CorruptRecords, JournalCorruptError, JournalError,
-                                JournalGapError, JournalVersionError, SegmentHeader, _append, _append_slots,
-                                checksum, field_mask, journal_dtype, list_segments, list_writers,
-                                read_header, segment_name, warm_up)
+                                JournalGapError, JournalVersionError, SegmentHeader,
+                                checksum, journal_dtype, list_segments, list_writers,
+                                read_header, segment_name)
+from shm.journal_append import (ST_APPENDED, ST_DIRTY_HI, ST_DIRTY_LO, ST_FIRST, ST_POS, ST_WORDS,
+                                _append, _append_at, _append_slots, _append_slots_at, field_mask,
+                                warm_up)
 from engine.journal_reader import JournalReader, TornTail, iter_merged  # noqa: F401
 from engine.journal_segments import SegmentSeries, lock_writer, remove_unfinished
 from engine.journal_sync import WriterSync
@@ -45,6 +48,11 @@ DISK_ERRNOS = frozenset((errno.ENOSPC, errno.EDQUOT, errno.EIO))
 
 # --- writer ----------------------------------------------------------------------------------
 
+def _state(i: int, doc: str) -> property:
+    """A JournalWriter attribute kept in word ``i`` of its append state (``_st``)."""
+    return property(lambda self: int(self._st[i]), lambda self, v: self._st.__setitem__(i, v), doc=doc)
+
+
 class JournalWriter(SegmentSeries, WriterSync):
     """The single writer of one worker's journal (OneToMany: no locks; one process appends).
 
@@ -52,10 +60,12 @@ class JournalWriter(SegmentSeries, WriterSync):
     stepping over corrupt runs (records after them are kept; listed in ``corrupt``), zeroes
     whatever follows it (a torn tail), and continues the sequence from there. ``seq_floor``
     (the newest snapshot's seq for this writer): the sequence never restarts at or below it.
-    ``append_batch`` is the hot path: one copy of the batch into the mmap and one njit pass
-    that numbers and checksums it. Three parts share the state made here: this class (the
-    append path, disk-failure availability, rotation), SegmentSeries (engine.journal_segments:
-    the segment files) and WriterSync (engine.journal_sync: syncs and housekeeping).
+    ``append_batch`` and ``try_append_slots`` are the hot path: one compiled call per batch
+    copies it into the mmap, numbers and seals it, and advances the position
+    (shm.journal_append); Python runs only to rotate and for fsync=batch. Three parts share
+    the state made here: this class (the append path, disk-failure availability, rotation),
+    SegmentSeries (engine.journal_segments: the segment files) and WriterSync
+    (engine.journal_sync: syncs and housekeeping).
     """
 
     def __init__(self, directory: str, event_dtype: np.dtype, schema_hash: int,
@@ -68,6 +78,8 @@ class JournalWriter(SegmentSeries, WriterSync):
         if not 0 <= self.writer_id <= 999:
             raise ValueError(f"writer_id: must be in [0, 999] (3 digits in file names), got {writer_id}")
         self.config = config
+        self._sync_each = config.fsync == "batch"
+        self._st = np.zeros(ST_WORDS, np.int64)  # position etc.: the kernels advance it
         self._rs = self.dtype.itemsize
         # arrival_ns, client_id, request_id and the event's field bytes (append_slots zeroes
         # the event's padding)
@@ -91,7 +103,6 @@ class JournalWriter(SegmentSeries, WriterSync):
         # counters (read by the worker's stats)
         self.syncs = self.rotations = self.publications = self.segments_deleted = 0
         self.torn_bytes_repaired = 0
-        self.records_appended = 0
         self.seq_floor = int(seq_floor)
         self.corrupt: list[CorruptRecords] = []   # stepped over at open (never rewritten)
         # full disk / I/O errors (try_reserve): errno while unavailable, else 0
@@ -128,6 +139,13 @@ class JournalWriter(SegmentSeries, WriterSync):
             self.close()                       # releases the lock of a failed open
             raise
 
+    # the append state lives in self._st, which the compiled append advances (shm.journal_append)
+    _pos = _state(ST_POS, "rows of the current segment appended")
+    _first = _state(ST_FIRST, "seq of the current segment's first row")
+    _dirty_lo = _state(ST_DIRTY_LO, "rows [_dirty_lo, _dirty_hi) were appended since the last sync")
+    _dirty_hi = _state(ST_DIRTY_HI, "see _dirty_lo")
+    records_appended = property(lambda self: int(self._st[ST_APPENDED]), doc="records appended since open")
+
     # -- public ---------------------------------------------------------------------------
     @property
     def next_seq(self) -> int:
@@ -150,11 +168,16 @@ class JournalWriter(SegmentSeries, WriterSync):
         if records.dtype != self.dtype or records.ndim != 1:
             raise TypeError(f"records: must be a 1-d array of the journal dtype, got "
                             f"ndim={records.ndim} dtype={records.dtype}")
-        try:
-            src = records.view(np.uint64)                    # raw words: padding bytes included
-        except ValueError:
-            src = np.ascontiguousarray(records).view(np.uint64)
-        return self._append_or_raise(len(records), _append, (src,))
+        try:      # raw words, padding bytes included (half the cost of .view for a record dtype)
+            src = np.frombuffer(records, np.uint64)
+        except ValueError:                                   # not contiguous
+            src = np.frombuffer(np.ascontiguousarray(records), np.uint64)
+        n = len(records)            # (no local reference to the map: rotation closes it)
+        if self._words is not None and not self._sync_each:
+            first = _append_at(self._words, self._st, src, n)   # 0: does not fit, rotate first
+            if first:
+                return first, first + n - 1
+        return self._append_or_raise(n, _append, (src,))
 
     def append_slots(self, req_words: np.ndarray, req_w: int, resp_words: np.ndarray,
                      n: int) -> tuple[int, int]:
@@ -172,6 +195,9 @@ class JournalWriter(SegmentSeries, WriterSync):
         (with fsync=batch: made durable); fewer than n only when the disk failed (full, I/O
         error: ``unavailable`` is then set and counted), never raising for that. Call
         ``try_reserve(n)`` first, so that a rotation finds its successor allocated."""
+        if self._words is not None and not self._sync_each and _append_slots_at(
+                self._words, self._st, req_words, req_w, self._slot_mask, resp_words, n):
+            return n                                         # (0: does not fit, rotate first)
         return self._append_rows(n, _append_slots, (req_words, req_w, self._slot_mask, resp_words))
 
     def try_reserve(self, n: int) -> bool:
@@ -233,8 +259,9 @@ class JournalWriter(SegmentSeries, WriterSync):
         return first, first + n - 1
 
     def _append_rows(self, n: int, kernel, args: tuple) -> int:
-        """``kernel(words, pos, *args, first_row, k, first_seq)`` copies and seals rows
-        first_row.. into rows pos.. of the current segment; rotations between the pieces.
+        """The append's slow path (rotation, fsync=batch, no segment): ``kernel(words, pos,
+        *args, first_row, k, first_seq)`` copies and seals rows first_row.. into rows pos..
+        of the current segment; rotations between the pieces.
         Returns the rows journaled: fewer than n after a disk failure (rotation, fsync=batch
         sync), which ``_fail`` notes."""
         done = 0
@@ -252,7 +279,7 @@ class JournalWriter(SegmentSeries, WriterSync):
             kernel(self._words, p, *args, done, k, self._first + p)   # one copy + seal pass
             self._mark_dirty(p, p + k)
             self._pos = p + k
-            if self.config.fsync == "batch":
+            if self._sync_each:
                 try:
                     self.sync()
                 except OSError as e:           # appended, not durable: not journaled as far
@@ -260,7 +287,7 @@ class JournalWriter(SegmentSeries, WriterSync):
                     self._sync_failed = True
                     break
             done += k
-        self.records_appended += done
+            self._st[ST_APPENDED] += k
         return done
 
     def append_columns(self, event: np.ndarray, arrival_ns, action, flags, score,

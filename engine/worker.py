@@ -110,7 +110,8 @@ class BatchProcessor:
             if j is not None:
                 # fsync=batch: append syncs before returning, so before the reply; interval_ms:
                 # JournalHousekeeper's thread; none: the OS
-                k = j.try_append_slots(v.view(np.uint64), self.req_w, self.out_words, n)
+                # frombuffer: half the cost of .view for a record dtype (v is contiguous)
+                k = j.try_append_slots(np.frombuffer(v, np.uint64), self.req_w, self.out_words, n)
                 if k < n:
                     self._unjournaled(o, k)
                 elif self.j_unavailable[0]:

@@ -1,6 +1,7 @@
 """Journal on-disk format: record dtype, checksum kernels, segment header, file naming.
 
-Shared by the writer (engine.journal) and the reader (engine.journal_reader).
+Shared by the writer (engine.journal; its compiled append: shm.journal_append) and the
+reader (engine.journal_reader).
 
 Directory layout: ``w{writer:03d}-{first_seq:020d}.rjl`` segment files, one series per writer,
 ordered by first sequence number. Each segment is preallocated (``posix_fallocate``, so a full
@@ -25,7 +26,8 @@ renamed once its header is written::
 
 Words 1..3 and the event are the request ring slot's, and score..flags the response slot's
 DECISION: ``journal_layout`` builds the record from the same descriptors as the slots
-(shm.types.event_words, DECISION), so the worker can copy them word by word. Version 1 records had no client_id and
+(shm.types.event_words, DECISION), so the worker can copy them word by word
+(shm.journal_append). Version 1 records had no client_id and
 request_id; this engine refuses a version-1 segment (JournalVersionError), never reads it
 with the wrong layout (docs/DURABILITY.md, "Journal format versions").
 
@@ -53,7 +55,7 @@ import numpy as np
 from numba import njit
 
 from shm.descriptor import WORD_BYTES, Builder, Layout
-from shm.types import DECISION, RESPONSE_SLOT, event_words
+from shm.types import DECISION, event_words
 
 MAGIC = b"RJOURNL\x00"
 VERSION = 2                  # 2: records carry client_id and request_id (1: they did not)
@@ -130,68 +132,31 @@ def journal_dtype(event_dtype: np.dtype, version: int = VERSION) -> np.dtype:
 # --- kernels: records seen as rows of u64 words; seq is word 0, check the last word ----------
 
 @njit(cache=True, inline="always")
-def _record_hash(row):
-    n = row.shape[0] - 1
-    h = _K0 * np.uint64(n + 1)
-    for k in range(n):
-        h ^= row[k]
-        h *= _K1
-        h ^= h >> _S32
+def _mix(h, word):
+    """One round of the check: fold ``word`` into ``h``."""
+    h ^= word
+    h *= _K1
+    return h ^ (h >> _S32)
+
+
+@njit(cache=True, inline="always")
+def _finish(h):
+    """The check's final avalanche; the low bit forced to 1 (zero space never validates)."""
     h ^= h >> _S27
     h *= _K2
     h ^= h >> _S31
     return h | _ONE
 
 
-@njit(cache=True)
-def _append(words, pos, src, first_row, n, first_seq):
-    """Copy src rows first_row.. (flat u64 words) into rows pos.., numbering them first_seq..
-    and storing their checks. seq is stored before the hash is taken: the hash covers it."""
-    w = words.shape[1]
-    for i in range(n):
-        r = pos + i
-        base = (first_row + i) * w
-        for k in range(w - 1):
-            words[r, k] = src[base + k]
-        words[r, 0] = np.uint64(first_seq + i)
-        words[r, w - 1] = _record_hash(words[r])
-
-
-# a response slot's DECISION word 1 (generation u32, action u8, flags u8) without what
-# follows it there (nfired): the record's bytes after DECISION are padding, stored as zeros
-_TAIL_MASK = np.uint64((1 << 8 * (DECISION.size - WORD_BYTES)) - 1)
-_RESP_SCORE_WORD = RESPONSE_SLOT.word("score")     # DECISION's first word in a response slot
-
-
-def field_mask(dtype: np.dtype) -> np.ndarray:
-    """u64 words over ``dtype``'s bytes: all ones on the bytes of its fields, zero on its
-    padding (a record stores zeros there, whatever the bytes it was copied from held)."""
-    m = np.zeros(dtype.itemsize, np.uint8)
-    for name in dtype.names:
-        sub, off = dtype.fields[name][:2]
-        m[off:off + sub.itemsize] = 0xFF
-    return m.view(np.uint64)
-
-
-@njit(cache=True)
-def _append_slots(words, pos, req, req_w, mask, resp, first_row, n, first_seq):
-    """Records straight from ring slots (JournalWriter.append_slots): request row i (flat u64
-    words, ``req_w`` per row) holds (token, arrival_ns, client_id, request_id, event) and
-    response row i (``resp``, 2-d u64) holds (token, score, generation|action|flags|nfired):
-    arrival_ns, the ids and the event are record words 1..w-4 (``mask``: their field bytes,
-    padding zeroed), DECISION is words w-3..w-2 (the response's, without nfired: the
-    record's pad is zero). Then seq and check, as ``_append``. The words line up by
-    construction (journal_layout)."""
-    w = words.shape[1]
-    for i in range(n):
-        r = pos + i
-        b = (first_row + i) * req_w
-        for k in range(1, w - 3):
-            words[r, k] = req[b + k] & mask[k - 1]
-        words[r, w - 3] = resp[first_row + i, _RESP_SCORE_WORD]
-        words[r, w - 2] = resp[first_row + i, _RESP_SCORE_WORD + 1] & _TAIL_MASK
-        words[r, 0] = np.uint64(first_seq + i)
-        words[r, w - 1] = _record_hash(words[r])
+@njit(cache=True, inline="always")
+def _record_hash(row):
+    """The check word of a record (u64 row): every word but the last, seq included. The
+    writer's kernels (shm.journal_append) compute the same rounds on 8 records at once."""
+    n = row.shape[0] - 1
+    h = _K0 * np.uint64(n + 1)
+    for k in range(n):
+        h = _mix(h, row[k])
+    return _finish(h)
 
 
 @njit(cache=True)
@@ -239,11 +204,9 @@ def walk_segment(words, first_seq: int, floor_seq: int = 0) -> tuple[int, list[t
 
 
 def warm_up() -> None:
-    """Compile (or load from the numba cache) every kernel signature; the writer calls it."""
-    w = np.zeros((1, 2), np.uint64)
-    _append(w, 0, w.reshape(-1), 0, 1, 1)
-    _append_slots(np.zeros((1, 5), np.uint64), 0, w.reshape(-1), 2, w.reshape(-1), w, 0, 0, 1)
-    _count_valid(w, np.uint64(1))
+    """Compile (or load from the numba cache) the reader's kernel; the writer's are
+    shm.journal_append.warm_up."""
+    _count_valid(np.zeros((1, 2), np.uint64), np.uint64(1))
 
 
 def checksum(records: np.ndarray) -> np.ndarray:

@@ -71,7 +71,7 @@ MAX_RULES = 2048           # enabled rules in one ruleset: the control block kee
 
 # --- ring slots and the journal record ---------------------------------------------------
 # The worker journals a batch straight from its ring slots, word by word
-# (shm.journal_format._append_slots), so the layouts below are built from shared
+# (shm.journal_append._append_slots), so the layouts below are built from shared
 # descriptors (shm.descriptor) and are equal by construction, not by a check:
 #
 #   request slot     | token | arrival_ns | client_id | request_id | event ... | pad to 64 B

@@ -19,7 +19,7 @@ SCHEMAS = [({"a": "u8"}, "a"),
 @pytest.mark.parametrize("fields,key", SCHEMAS)
 def test_a_request_slot_and_a_journal_record_share_their_words(fields, key):
     """What the worker's word-by-word copy into the journal relies on
-    (shm.journal_format._append_slots), for any schema."""
+    (shm.journal_append._append_slots), for any schema."""
     ev = Schema.build(fields, key).dtype
     slot, rec = request_slot_layout(ev), journal_layout(ev)
     for name in ("arrival_ns", "client_id", "request_id", "event"):
