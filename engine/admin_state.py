@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from shm.features.state import STATE_NAMES, _read_state
-from shm.ipv4 import format_ipv4
+from shm.ipv4 import format_cidr4, format_ipv4
 from engine.admin_request import (NAME, NO_ARGS, PATH, AdminError, allowed_file, int_or_string,
                                   list_of, one_of)
 from engine.admin_log import AdminLog, AdminLogCorrupt
@@ -97,8 +97,8 @@ def list_cmd(sup, args):
         if "values" in args or "file" in args:
             raise AdminError("BAD_ARGUMENT", "list-show takes only name")
         shown = current[:10000].tolist()
-        if spec.type == "ipv4":
-            shown = [format_ipv4(v) for v in shown]
+        if spec.type in ("ipv4", "cidr4"):
+            shown = [(format_ipv4 if spec.type == "ipv4" else format_cidr4)(v) for v in shown]
         return {"name": name, "count": int(len(current)), "values": shown}
     vals = _values(sup, spec, args)
     if op == "add":
