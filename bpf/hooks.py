@@ -89,8 +89,14 @@ def xdp_prog_id(ifname: str) -> int:
 
 def tc_prog_id(ifname: str) -> int:
     """Id of the program in our TC slot (priority/handle) on ``ifname`` ingress, 0 if none."""
-    o = _opts()
-    rc = _libbpf().bpf_tc_query(ctypes.byref(_hook(ifindex(ifname))), ctypes.byref(o))
+    o, lib = _opts(), _libbpf()
+    lib.libbpf_set_print.restype = ctypes.c_void_p
+    lib.libbpf_set_print.argtypes = [ctypes.c_void_p]
+    old = lib.libbpf_set_print(None)     # an empty slot is the usual answer, not a warning
+    try:
+        rc = lib.bpf_tc_query(ctypes.byref(_hook(ifindex(ifname))), ctypes.byref(o))
+    finally:
+        lib.libbpf_set_print(old)
     return o.prog_id if rc == 0 else 0
 
 

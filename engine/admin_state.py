@@ -111,6 +111,10 @@ def list_cmd(sup, args):
         raise AdminError("LIST_FULL", f"list={name!r}: {len(new)} values over capacity={spec.capacity}")
     log_change(sup, {"cmd": f"list-{op}", "name": name, "values": [int(v) for v in vals]})
     fs.replace_list(name, new.astype(np.uint64))
+    enf = sup.enforcement
+    if enf is not None and enf.enforces(name):
+        # the kernel's map before the reply (engine.enforcement)
+        return {"name": name, "count": int(len(new)), "enforced": enf.mirror(name, op, vals, new)}
     return {"name": name, "count": int(len(new))}
 
 
