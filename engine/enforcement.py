@@ -12,6 +12,8 @@ import ipaddress
 import json
 import subprocess
 
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
 from bpf.availability import check_ebpf
 from bpf.enforce import ADDR_TYPES, EnforceError, Enforcer
 from bpf.spawn import SidecarUnavailable, port_of_bind
@@ -120,3 +122,25 @@ def start_enforcement(cfg, features, log) -> Enforcement | None:
             raise StartupError(f"{err} (enforce.required: true)") from None
         log(f"risk-engine: {err}; serving without enforcement")
         return None
+
+
+def metric_families(enf: Enforcement | None):
+    """The enforcement metrics (engine.exporter), their families always, samples while the
+    kernel enforces: the per-CPU counters summed at scrape, never touched per packet here."""
+    on = enf is not None and not enf.stopped
+    yield GaugeMetricFamily("risk_enforce_enabled", "1 while the kernel drops the enforced "
+                            "lists' sources (enforce:)", value=float(on))
+    drop = CounterMetricFamily("risk_enforce_dropped_packets", "Packets the kernel dropped, by "
+                               "the enforced list holding their source", labels=["reason"])
+    passed = CounterMetricFamily("risk_enforce_passed_packets", "Packets to an enforced port "
+                                 "whose source no enforced list holds", labels=[])
+    entries = GaugeMetricFamily("risk_enforce_map_entries", "Values of each enforced list in "
+                                "the kernel's maps", labels=["list"])
+    if on:
+        c = enf.enforcer.counters()
+        for name, _ in enf.enforcer.lists:
+            drop.add_metric([name], float(c[f"dropped:{name}"]))
+        passed.add_metric([], float(c["passed"]))
+        for name, n in enf.enforcer.entries().items():
+            entries.add_metric([name], float(n))
+    yield from (drop, passed, entries)

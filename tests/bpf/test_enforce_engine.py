@@ -28,10 +28,10 @@ def net():
         yield n
 
 
-def _engine(net, tmp, mode="xdp", **enforce):
+def _engine(net, tmp, mode="xdp", metrics=False, **enforce):
     blocked = tmp / "blocked.txt"
     blocked.write_text(f"# the blocked client\n{net.blocked}\n")
-    eng = EngineProcess(tmp, workers=1, metrics=False, prefix=tuple(net.exec_prefix(net.server_ns)),
+    eng = EngineProcess(tmp, workers=1, metrics=metrics, prefix=tuple(net.exec_prefix(net.server_ns)),
                         overrides={"workers": {"standby": False},
                                    "lists": {"blocked_ips": {"type": "ipv4", "file": str(blocked), "capacity": 64},
                                              "nets": {"type": "cidr4", "capacity": 16}},
@@ -44,9 +44,10 @@ def _engine(net, tmp, mode="xdp", **enforce):
 
 @pytest.fixture(scope="module")
 def engine(net, tmp_path_factory):
-    eng = _engine(net, tmp_path_factory.mktemp("enforce"))
+    eng = _engine(net, tmp_path_factory.mktemp("enforce"), metrics=True)
     with eng:
         yield eng
+    assert not net.xdp_shown(), "SIGTERM left the XDP program attached"
 
 
 def _admin(eng, **req):
@@ -66,6 +67,23 @@ def test_the_lists_are_enforced_from_the_start(net, engine):
     assert net.xdp_shown()
     assert _served(net, engine, net.allowed)
     assert _dropped(net, engine, net.blocked)
+
+
+def _metric(net, eng, name, **labels) -> float | None:
+    with net.inside(net.server_ns):                  # /metrics listens on the namespace's lo
+        st = eng.stats()
+    rows = [r for r in st.get(name, []) if all(r.get(k) == v for k, v in labels.items())]
+    return rows[0]["value"] if rows else None
+
+
+def test_drops_and_entries_are_metrics(net, engine):
+    assert _metric(net, engine, "risk_enforce_enabled") == 1.0
+    assert _metric(net, engine, "risk_enforce_map_entries", list="blocked_ips") == 1.0
+    before = _metric(net, engine, "risk_enforce_dropped_packets", reason="blocked_ips")
+    passed = _metric(net, engine, "risk_enforce_passed_packets")
+    assert _dropped(net, engine, net.blocked) and _served(net, engine, net.allowed)
+    assert _metric(net, engine, "risk_enforce_dropped_packets", reason="blocked_ips") > before
+    assert _metric(net, engine, "risk_enforce_passed_packets") > passed
 
 
 def test_list_add_then_dropped_list_remove_then_served(net, engine):
