@@ -208,8 +208,10 @@ class Enforcer:
         return out
 
     def close(self) -> None:
-        self.detach()
-        if self.bpf is not None:
-            self.bpf.cleanup()
-            self.bpf = None
+        try:
+            self.detach()
+        finally:                    # the maps and program go even when the detach failed
+            if self.bpf is not None:
+                self.bpf.cleanup()
+                self.bpf = None
 

@@ -140,3 +140,12 @@ def test_required_enforcement_that_cannot_attach_refuses_the_start(net, tmp_path
                "(enforce.required: true)" in eng.output()
     finally:
         eng.close()
+
+
+def test_enforcement_that_cannot_attach_is_one_line_and_the_engine_serves(net, tmp_path):
+    eng = _engine(net, tmp_path, interface="nosuch0")
+    with eng:
+        lines = [ln for ln in eng.output().splitlines() if "enforce" in ln]
+        assert lines == ["risk-engine: enforce: interface='nosuch0': no such interface in this "
+                         "network namespace; serving without enforcement"], lines
+        assert _served(net, eng, net.blocked)
