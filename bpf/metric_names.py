@@ -58,6 +58,7 @@ ENGINE: dict[str, str] = {
     "risk_enforce_dropped_packets_total": COUNTER,  # {reason}: the list holding the source
     "risk_enforce_passed_packets_total": COUNTER,
     "risk_enforce_map_entries": GAUGE,            # {list}
+    "risk_enforce_update_seconds": HISTOGRAM,     # admin list change: engine list -> kernel map
     "risk_build_info": GAUGE,                     # {version}
 }
 

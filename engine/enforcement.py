@@ -8,11 +8,13 @@ refused with that line when ``enforce.required`` is true.
 """
 from __future__ import annotations
 
+import bisect
 import ipaddress
 import json
 import subprocess
+import time
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from bpf.availability import check_ebpf
 from bpf.enforce import ADDR_TYPES, EnforceError, Enforcer
@@ -44,9 +46,14 @@ def resolve_interface(name: str, bind: str) -> str:
 class Enforcement:
     """An attached Enforcer and the lists it mirrors."""
 
+    UPDATE_BOUNDS_S = (1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0)
+
     def __init__(self, enforcer: Enforcer, log):
         self.enforcer, self.log = enforcer, log
         self.stopped = False
+        # mirror durations (engine list published -> kernel map updated): one slot per bound + Inf
+        self.update_counts = [0] * (len(self.UPDATE_BOUNDS_S) + 1)
+        self.update_sum_s = 0.0
 
     def enforces(self, name: str) -> bool:
         return not self.stopped and name in self.enforcer.types
@@ -57,6 +64,7 @@ class Enforcement:
         hold every enforced list at its capacity, so an update cannot be refused for room; if
         the kernel refuses one anyway, enforcement stops (detached, one line) rather than
         judge packets by a list that differs from the engine's. False then."""
+        t0 = time.perf_counter()
         try:
             if op == "add":
                 self.enforcer.add(name, values)
@@ -64,6 +72,9 @@ class Enforcement:
                 self.enforcer.remove(name, values)
             else:
                 self.enforcer.replace(name, new)
+            took_s = time.perf_counter() - t0
+            self.update_counts[bisect.bisect_left(self.UPDATE_BOUNDS_S, took_s)] += 1
+            self.update_sum_s += took_s
             return True
         except Exception as e:            # bcc raises bare Exception on a map update
             self.log(f"risk-engine: enforce: updating list={name!r} in the kernel failed "
@@ -143,4 +154,11 @@ def metric_families(enf: Enforcement | None):
         passed.add_metric([], float(c["passed"]))
         for name, n in enf.enforcer.entries().items():
             entries.add_metric([name], float(n))
-    yield from (drop, passed, entries)
+    counts = enf.update_counts if enf is not None else [0] * (len(Enforcement.UPDATE_BOUNDS_S) + 1)
+    cum = [sum(counts[:i + 1]) for i in range(len(counts))]
+    upd = HistogramMetricFamily("risk_enforce_update_seconds", "An admin list change: from the "
+                                "engine's list published to the kernel's map updated (the reply "
+                                "follows)", buckets=[*zip(map(str, Enforcement.UPDATE_BOUNDS_S), cum),
+                                                     ("+Inf", cum[-1])],
+                                sum_value=enf.update_sum_s if enf is not None else 0.0)
+    yield from (drop, passed, entries, upd)

@@ -87,8 +87,11 @@ def test_drops_and_entries_are_metrics(net, engine):
 
 
 def test_list_add_then_dropped_list_remove_then_served(net, engine):
+    updates = _metric(net, engine, "risk_enforce_update_seconds", sample="risk_enforce_update_seconds_count")
     r = _admin(engine, cmd="list-add", name="blocked_ips", values=[net.other])
     assert r["ok"] and r["enforced"] is True, r
+    assert _metric(net, engine, "risk_enforce_update_seconds",
+                   sample="risk_enforce_update_seconds_count") == updates + 1
     assert _dropped(net, engine, net.other)
     r = _admin(engine, cmd="list-remove", name="blocked_ips", values=[net.other])
     assert r["ok"] and r["enforced"] is True, r
