@@ -8,6 +8,9 @@ times out) and its drop counter rises; an unlisted one connects. Outcomes allowe
 from __future__ import annotations
 
 import socket
+import struct
+import threading
+import time
 
 import pytest
 
@@ -140,3 +143,54 @@ def test_an_attached_xdp_program_is_never_replaced(net):
     finally:
         with net.inside(net.server_ns):
             first.close()
+
+
+def _syn(src: str, dst: str, dport: int) -> bytes:
+    """An IPv4 TCP SYN (the kernel fills in the IP checksum; the program reads no TCP checksum)."""
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, 0, 0, 64, socket.IPPROTO_TCP, 0,
+                     socket.inet_aton(src), socket.inet_aton(dst))
+    return ip + struct.pack("!HHIIBBHHH", 40000, dport, 1, 0, 5 << 4, 0x02, 65535, 0, 0)
+
+
+def test_list_replace_under_a_syn_stream_never_lets_a_source_listed_on_both_sides_through(net):
+    """A source in the old AND the new content must be dropped by every packet during the
+    swap: a half-applied list (cleared, then filled) would pass some of a dense SYN stream.
+    Each replace rewrites 2,000 entries, so a non-atomic swap is open for milliseconds while
+    the stream sends thousands of packets a second: the passed counter would rise."""
+    e = _enforcer(net, "xdp")
+    fill_a = [parse_ipv4(f"10.201.{i // 250}.{i % 250 + 1}") for i in range(2000)]   # map keys only
+    fill_b = [parse_ipv4(f"10.202.{i // 250}.{i % 250 + 1}") for i in range(2000)]
+    both = parse_ipv4(net.blocked)
+    with net.inside(net.client_ns):
+        raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    stop = threading.Event()
+    sent = [0]
+
+    def stream():
+        pkt = _syn(net.blocked, net.server, net.port)
+        deadline = time.monotonic() + 30          # bounded even if the test body hangs
+        while not stop.is_set() and time.monotonic() < deadline:
+            raw.sendto(pkt, (net.server, 0))
+            sent[0] += 1
+
+    t = threading.Thread(target=stream, daemon=True)
+    try:
+        e.replace("blocked_ips", [both, *fill_a])
+        with net.inside(net.server_ns):
+            e.attach()
+        t.start()
+        before = e.counters()
+        for i in range(20):
+            e.replace("blocked_ips", [both, *(fill_b if i % 2 == 0 else fill_a)])
+        stop.set()
+        t.join(10)
+        after = e.counters()
+        dropped = after["dropped:blocked_ips"] - before["dropped:blocked_ips"]
+        print(f"sent={sent[0]} dropped_during_swaps={dropped} passed={after['passed'] - before['passed']}")
+        assert dropped > 1000, "the stream must be dense for the check to mean anything"
+        assert after["passed"] == before["passed"]
+    finally:
+        stop.set()
+        raw.close()
+        with net.inside(net.server_ns):
+            e.close()
