@@ -9,9 +9,11 @@ refused with that line when ``enforce.required`` is true.
 from __future__ import annotations
 
 import bisect
+import collections
 import ipaddress
 import json
 import subprocess
+import threading
 import time
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -21,6 +23,7 @@ from bpf.enforce import ADDR_TYPES, EnforceError, Enforcer
 from bpf.spawn import SidecarUnavailable, port_of_bind
 from engine.preflight import StartupError
 from shm.features.lists import list_values
+from shm.ipv4 import format_ipv4
 from shm.runtime.endpoints import parse_zmq_bind
 
 
@@ -54,6 +57,19 @@ class Enforcement:
         # mirror durations (engine list published -> kernel map updated): one slot per bound + Inf
         self.update_counts = [0] * (len(self.UPDATE_BOUNDS_S) + 1)
         self.update_sum_s = 0.0
+        self.drops: collections.deque = collections.deque(maxlen=DROP_LOG_LEN)
+        self._drops_lock = threading.Lock()     # scrapes run on several threads, one ring reader
+
+    def last_drops(self) -> list[dict]:
+        """The newest sampled drop events (the program sends at most 1000/s per CPU), oldest
+        first, with wall time (time_ns, like /stats' other logs)."""
+        with self._drops_lock:
+            if not self.stopped and self.enforcer.bpf is not None:
+                wall = time.time_ns() - time.monotonic_ns()
+                for e in self.enforcer.poll_events():
+                    self.drops.append({"time_ns": e.ts_ns + wall, "source": format_ipv4(e.saddr),
+                                       "port": e.dport, "list": e.list, "generation": e.generation})
+            return list(self.drops)
 
     def enforces(self, name: str) -> bool:
         return not self.stopped and name in self.enforcer.types
@@ -88,6 +104,15 @@ class Enforcement:
             self.enforcer.close()
         except EnforceError as e:
             self.log(f"risk-engine: {e}")
+
+
+DROP_LOG_LEN = 32
+
+
+def drop_log(sup) -> list[dict]:
+    """/stats' log.enforce_drops: the last sampled drops, [] without enforcement."""
+    enf = getattr(sup, "enforcement", None)
+    return enf.last_drops() if enf is not None else []
 
 
 def _open(cfg, features, log) -> Enforcement:

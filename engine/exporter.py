@@ -24,7 +24,7 @@ from shm.control import (GC_BOUNDS_NS, KERNEL_BOUNDS_NS, LATENCY_BOUNDS_NS, N_CO
                          EventLog)
 from shm.runtime.endpoints import parse_host_port
 from shm.types import ACTION_NAMES, ErrorCode
-from engine.enforcement import metric_families as enforce_families
+from engine.enforcement import drop_log, metric_families as enforce_families
 from engine.readiness import not_ready
 from engine.status_file import processes
 from ingress._dedup_kernels import EVICTED_EARLY as DEDUP_EVICTED_EARLY
@@ -353,7 +353,7 @@ def stats(collector: EngineCollector) -> dict:
         for s in fam.samples:
             rows.append({**s.labels, "sample": s.name, "value": s.value})
     if collector.sup.block is not None:
-        out["log"] = event_logs(collector.sup.block)
+        out["log"] = {**event_logs(collector.sup.block), "enforce_drops": drop_log(collector.sup)}
     return out
 
 

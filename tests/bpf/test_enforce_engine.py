@@ -84,6 +84,9 @@ def test_drops_and_entries_are_metrics(net, engine):
     assert _dropped(net, engine, net.blocked) and _served(net, engine, net.allowed)
     assert _metric(net, engine, "risk_enforce_dropped_packets", reason="blocked_ips") > before
     assert _metric(net, engine, "risk_enforce_passed_packets") > passed
+    with net.inside(net.server_ns):
+        drops = engine.stats()["log"]["enforce_drops"]
+    assert {"source": net.blocked, "port": engine.port, "list": "blocked_ips"}.items() <= drops[-1].items(), drops
 
 
 def test_list_add_then_dropped_list_remove_then_served(net, engine):
