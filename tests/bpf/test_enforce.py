@@ -37,12 +37,27 @@ def net():
             n.listener.close()
 
 
-def _enforcer(net, mode):
+@pytest.fixture(scope="module")
+def loaded(net):
+    """One compiled program per mode for the module (a bcc compile costs seconds)."""
     from bpf.enforce import Enforcer
-    e = Enforcer(mode, net.server_if, (net.port,), (("blocked_ips", "ipv4"), ("nets", "cidr4")))
-    e.load()
-    e.replace("blocked_ips", [parse_ipv4(net.blocked)])     # filled before attach
-    return e
+    cache = {}
+
+    def get(mode):
+        if mode not in cache:
+            cache[mode] = Enforcer(mode, net.server_if, (net.port,), (("blocked_ips", "ipv4"), ("nets", "cidr4")))
+            cache[mode].load()
+        e = cache[mode]
+        assert not e.attached
+        e.replace("nets", [])
+        e.replace("blocked_ips", [parse_ipv4(net.blocked)])     # filled before attach
+        return e
+    try:
+        yield get
+    finally:
+        with net.inside(net.server_ns):
+            for e in cache.values():
+                e.close()
 
 
 def _served(net, source) -> bool:
@@ -54,8 +69,8 @@ def _dropped(net, source) -> bool:
 
 
 @pytest.mark.parametrize("mode", ["xdp", "tc"])
-def test_listed_sources_get_no_handshake(net, mode):
-    e = _enforcer(net, mode)
+def test_listed_sources_get_no_handshake(net, loaded, mode):
+    e = loaded(mode)
     try:
         with net.inside(net.server_ns):
             e.attach()
@@ -87,13 +102,13 @@ def test_listed_sources_get_no_handshake(net, mode):
         assert _dropped(net, net.blocked)         # the other list survived both flips
     finally:
         with net.inside(net.server_ns):
-            e.close()
+            e.detach()
     assert not net.xdp_shown()
     assert _served(net, net.blocked)
 
 
-def test_removing_a_list_entry_keeps_it_dropped_while_another_list_holds_it(net):
-    e = _enforcer(net, "xdp")
+def test_removing_a_list_entry_keeps_it_dropped_while_another_list_holds_it(net, loaded):
+    e = loaded("xdp")
     try:
         with net.inside(net.server_ns):
             e.attach()
@@ -103,20 +118,22 @@ def test_removing_a_list_entry_keeps_it_dropped_while_another_list_holds_it(net)
         assert _dropped(net, net.other)
     finally:
         with net.inside(net.server_ns):
-            e.close()
+            e.detach()
 
 
-def test_a_program_left_by_a_dead_run_is_removed_at_the_next_attach(net):
+def test_a_program_left_by_a_dead_run_is_removed_at_the_next_attach(net, loaded):
     """An XDP program attached through netlink outlives its process: the next start finds it
     by name on the interface and removes it before attaching its own."""
     from bpf import hooks
-    dead = _enforcer(net, "xdp")
+    from bpf.enforce import Enforcer
+    dead = Enforcer("xdp", net.server_if, (net.port,), (("blocked_ips", "ipv4"),))
+    dead.load()
     with net.inside(net.server_ns):
         dead.attach()
     dead.attached = False           # as after SIGKILL: nobody will detach it
-    dead.bpf.cleanup()
+    dead.bpf.cleanup()              # and no process holds the program's descriptors
     assert net.xdp_shown()
-    e = _enforcer(net, "xdp")
+    e = loaded("xdp")
     try:
         with net.inside(net.server_ns):
             removed = e.attach()
@@ -124,15 +141,15 @@ def test_a_program_left_by_a_dead_run_is_removed_at_the_next_attach(net):
             assert hooks.prog_name(hooks.xdp_prog_id(net.server_if)) == hooks.XDP_PROG_NAME
     finally:
         with net.inside(net.server_ns):
-            e.close()
+            e.detach()
     assert not net.xdp_shown()
 
 
-def test_an_attached_xdp_program_is_never_replaced(net):
+def test_an_attached_xdp_program_is_never_replaced(net, loaded):
     """attach_xdp asks the kernel to attach only where no XDP program is (UPDATE_IF_NOEXIST):
     a second attach fails with one line naming the program there, which stays."""
     from bpf import hooks
-    first = _enforcer(net, "xdp")
+    first = loaded("xdp")
     try:
         with net.inside(net.server_ns):
             first.attach()
@@ -142,7 +159,7 @@ def test_an_attached_xdp_program_is_never_replaced(net):
             assert hooks.xdp_prog_id(net.server_if) == pid
     finally:
         with net.inside(net.server_ns):
-            first.close()
+            first.detach()
 
 
 def _syn(src: str, dst: str, dport: int) -> bytes:
@@ -152,12 +169,12 @@ def _syn(src: str, dst: str, dport: int) -> bytes:
     return ip + struct.pack("!HHIIBBHHH", 40000, dport, 1, 0, 5 << 4, 0x02, 65535, 0, 0)
 
 
-def test_list_replace_under_a_syn_stream_never_lets_a_source_listed_on_both_sides_through(net):
+def test_list_replace_under_a_syn_stream_never_lets_a_source_listed_on_both_sides_through(net, loaded):
     """A source in the old AND the new content must be dropped by every packet during the
     swap: a half-applied list (cleared, then filled) would pass some of a dense SYN stream.
     Each replace rewrites 2,000 entries, so a non-atomic swap is open for milliseconds while
     the stream sends thousands of packets a second: the passed counter would rise."""
-    e = _enforcer(net, "xdp")
+    e = loaded("xdp")
     fill_a = [parse_ipv4(f"10.201.{i // 250}.{i % 250 + 1}") for i in range(2000)]   # map keys only
     fill_b = [parse_ipv4(f"10.202.{i // 250}.{i % 250 + 1}") for i in range(2000)]
     both = parse_ipv4(net.blocked)
@@ -193,4 +210,4 @@ def test_list_replace_under_a_syn_stream_never_lets_a_source_listed_on_both_side
         stop.set()
         raw.close()
         with net.inside(net.server_ns):
-            e.close()
+            e.detach()
