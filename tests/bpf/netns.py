@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import os
 import socket
+import struct
 import subprocess
 from contextlib import contextmanager
 
@@ -39,6 +40,14 @@ def _setns(path: str):
     finally:
         os.close(here)
         os.close(there)
+
+
+def syn_packet(src: str, dst: str, dport: int) -> bytes:
+    """An IPv4 TCP SYN for a raw socket (the kernel fills in the IP checksum; the enforcement
+    program reads no TCP checksum)."""
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, 0, 0, 64, socket.IPPROTO_TCP, 0,
+                     socket.inet_aton(src), socket.inet_aton(dst))
+    return ip + struct.pack("!HHIIBBHHH", 40000, dport, 1, 0, 5 << 4, 0x02, 65535, 0, 0)
 
 
 class VethPair:
@@ -91,6 +100,11 @@ class VethPair:
             return False
         finally:
             s.close()
+
+    def raw_socket(self) -> socket.socket:
+        """A raw IPv4 socket in the client namespace (sendto(syn_packet(...), (server, 0)))."""
+        with self.inside(self.client_ns):
+            return socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
 
     def xdp_shown(self) -> bool:
         """`ip link show` names an xdp program on the server's interface."""

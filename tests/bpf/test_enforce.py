@@ -8,7 +8,6 @@ times out) and its drop counter rises; an unlisted one connects. Outcomes allowe
 from __future__ import annotations
 
 import socket
-import struct
 import threading
 import time
 
@@ -16,7 +15,7 @@ import pytest
 
 from shm.ipv4 import cidr4_key, parse_ipv4
 from tests.bpf.conftest import free_tcp_port, require_ebpf
-from tests.bpf.netns import VethPair
+from tests.bpf.netns import VethPair, syn_packet
 
 ALLOWED_TIMEOUT_S = 5.0      # an answered SYN takes well under a millisecond here
 BLOCKED_TIMEOUT_S = 1.0      # a dropped one is never answered: the wait is the test's cost
@@ -162,13 +161,6 @@ def test_an_attached_xdp_program_is_never_replaced(net, loaded):
             first.detach()
 
 
-def _syn(src: str, dst: str, dport: int) -> bytes:
-    """An IPv4 TCP SYN (the kernel fills in the IP checksum; the program reads no TCP checksum)."""
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, 0, 0, 64, socket.IPPROTO_TCP, 0,
-                     socket.inet_aton(src), socket.inet_aton(dst))
-    return ip + struct.pack("!HHIIBBHHH", 40000, dport, 1, 0, 5 << 4, 0x02, 65535, 0, 0)
-
-
 def test_list_replace_under_a_syn_stream_never_lets_a_source_listed_on_both_sides_through(net, loaded):
     """A source in the old AND the new content must be dropped by every packet during the
     swap: a half-applied list (cleared, then filled) would pass some of a dense SYN stream.
@@ -178,13 +170,12 @@ def test_list_replace_under_a_syn_stream_never_lets_a_source_listed_on_both_side
     fill_a = [parse_ipv4(f"10.201.{i // 250}.{i % 250 + 1}") for i in range(2000)]   # map keys only
     fill_b = [parse_ipv4(f"10.202.{i // 250}.{i % 250 + 1}") for i in range(2000)]
     both = parse_ipv4(net.blocked)
-    with net.inside(net.client_ns):
-        raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    raw = net.raw_socket()
     stop = threading.Event()
     sent = [0]
 
     def stream():
-        pkt = _syn(net.blocked, net.server, net.port)
+        pkt = syn_packet(net.blocked, net.server, net.port)
         deadline = time.monotonic() + 30          # bounded even if the test body hangs
         while not stop.is_set() and time.monotonic() < deadline:
             raw.sendto(pkt, (net.server, 0))

@@ -16,7 +16,7 @@ import yaml
 from bench.engine_proc import EngineProcess
 from engine.admin_client import request
 from tests.bpf.conftest import require_ebpf
-from tests.bpf.netns import VethPair
+from tests.bpf.netns import VethPair, syn_packet
 
 ALLOWED_TIMEOUT_S, BLOCKED_TIMEOUT_S = 5.0, 1.0
 
@@ -99,6 +99,38 @@ def test_list_add_then_dropped_list_remove_then_served(net, engine):
     r = _admin(engine, cmd="list-remove", name="blocked_ips", values=[net.other])
     assert r["ok"] and r["enforced"] is True, r
     assert _served(net, engine, net.other)
+
+
+def test_the_first_packet_after_a_list_add_reply_is_dropped(net, engine):
+    """The reply to list-add means the kernel's map holds the address: one SYN sent right after
+    it is dropped (a ring-buffer event from that source; the drop counter rises). Printed: the
+    time from the reply to that packet's drop, 10 samples (no bound asserted: a loaded
+    machine may delay the send, never the map update)."""
+    raw = net.raw_socket()
+    pkt = syn_packet(net.other, net.server, engine.port)
+    delays_us = []
+    try:
+        for _ in range(10):
+            dropped = _metric(net, engine, "risk_enforce_dropped_packets", reason="blocked_ips")
+            assert _admin(engine, cmd="list-add", name="blocked_ips", values=[net.other])["enforced"]
+            reply_ns = time.time_ns()
+            raw.sendto(pkt, (net.server, 0))
+            seen = []
+            for _ in range(100):             # bounded: 5 s
+                with net.inside(net.server_ns):
+                    seen = [d for d in engine.stats()["log"]["enforce_drops"]
+                            if d["source"] == net.other and d["time_ns"] >= reply_ns - 1_000_000]
+                if seen:
+                    break
+                time.sleep(0.05)
+            assert seen, "no drop event for the SYN sent after the reply"
+            assert _metric(net, engine, "risk_enforce_dropped_packets", reason="blocked_ips") >= dropped + 1
+            delays_us.append((seen[0]["time_ns"] - reply_ns) / 1e3)
+            assert _admin(engine, cmd="list-remove", name="blocked_ips", values=[net.other])["enforced"]
+    finally:
+        raw.close()
+    print("reply -> drop of the next SYN, us (wall clocks of test and engine; +-few us):",
+          sorted(round(d) for d in delays_us))
 
 
 def test_list_replace_of_a_prefix_list(net, engine):
