@@ -48,8 +48,9 @@ def _bcc_origin() -> str | None:
 
 
 def check_ebpf(root: str = "/", euid: int | None = None, release: str | None = None,
-               bcc_origin: str | None = "auto") -> Unavailable | None:
+               bcc_origin: str | None = "auto", tracepoints: bool = True) -> Unavailable | None:
     """None if the sidecar can start here, else the first missing precondition.
+    ``tracepoints=False``: packet programs only (enforcement), tracefs not needed.
 
     ``root``, ``euid``, ``release`` and ``bcc_origin`` default to this machine; tests pass a
     fake tree. Debian's bcc is recognised by ``bcc/libbcc.py`` next to ``__init__.py``
@@ -71,6 +72,8 @@ def check_ebpf(root: str = "/", euid: int | None = None, release: str | None = N
     if not os.path.isdir(os.path.join(build, "include")):
         return Unavailable(Exit.NO_HEADERS, f"ebpf unavailable: no kernel headers at {build} "
                            "(run scripts/install_ebpf.sh)")
+    if not tracepoints:
+        return None
     tracefs = next((os.path.join(root, d) for d in TRACEFS_DIRS
                     if os.path.isdir(os.path.join(root, d, "events"))), None)
     if tracefs is None:

@@ -162,9 +162,24 @@ def _rows() -> list[tuple[str, list[dict]]]:
                 _target(f"sum({_rate('risk_tcp_conn_table_full_total')})",
                         "untracked (map full)")], unit="ops"),
     ]
+    stat = {"reduceOptions": {"calcs": ["lastNotNull"], "values": False}}
+    # no `sum by (reason|list)`: an engine with enforce.mode off exposes these families
+    # without samples, and the series keep their labels for the legend anyway
+    enforce = [
+        _panel("stat", "Kernel enforcement enabled",
+               [_target(f"max({sel('risk_enforce_enabled')})", "enabled")], options=stat),
+        _panel(ts, "Packets/s dropped in the kernel, by list; passed",
+               [_target(_rate("risk_enforce_dropped_packets_total"), "dropped {{reason}}"),
+                _target(_rate("risk_enforce_passed_packets_total"), "passed")], unit="pps"),
+        _panel(ts, "Enforced list entries in the kernel's maps",
+               [_target(sel("risk_enforce_map_entries"), "{{list}}")]),
+        _panel(ts, "Admin list change to kernel map, P50 / P99",
+               _quantiles("risk_enforce_update_seconds", ""), unit="s"),
+    ]
     return [("Latency", latency), ("Decisions and rules", decisions),
             ("Operations (deploy/prometheus/alerts.yml)", operations),
-            ("Engine internals", internals), ("TCP (eBPF sidecar)", tcp)]
+            ("Engine internals", internals), ("TCP (eBPF sidecar)", tcp),
+            ("Kernel enforcement (enforce:, XDP/TC)", enforce)]
 
 
 def build() -> dict:

@@ -54,6 +54,11 @@ ENGINE: dict[str, str] = {
     "risk_process_resident_memory_bytes": GAUGE,  # {role}
     "risk_ebpf_enabled": GAUGE,
     "risk_ebpf_requested": GAUGE,
+    "risk_enforce_enabled": GAUGE,                # engine.enforcement (enforce:)
+    "risk_enforce_dropped_packets_total": COUNTER,  # {reason}: the list holding the source
+    "risk_enforce_passed_packets_total": COUNTER,
+    "risk_enforce_map_entries": GAUGE,            # {list}
+    "risk_enforce_update_seconds": HISTOGRAM,     # admin list change: engine list -> kernel map
     "risk_build_info": GAUGE,                     # {version}
 }
 

@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from shm.features.state import STATE_NAMES, _read_state
-from shm.ipv4 import format_ipv4
+from shm.ipv4 import format_cidr4, format_ipv4
 from engine.admin_request import (NAME, NO_ARGS, PATH, AdminError, allowed_file, int_or_string,
                                   list_of, one_of)
 from engine.admin_log import AdminLog, AdminLogCorrupt
@@ -97,8 +97,8 @@ def list_cmd(sup, args):
         if "values" in args or "file" in args:
             raise AdminError("BAD_ARGUMENT", "list-show takes only name")
         shown = current[:10000].tolist()
-        if spec.type == "ipv4":
-            shown = [format_ipv4(v) for v in shown]
+        if spec.type in ("ipv4", "cidr4"):
+            shown = [(format_ipv4 if spec.type == "ipv4" else format_cidr4)(v) for v in shown]
         return {"name": name, "count": int(len(current)), "values": shown}
     vals = _values(sup, spec, args)
     if op == "add":
@@ -111,6 +111,10 @@ def list_cmd(sup, args):
         raise AdminError("LIST_FULL", f"list={name!r}: {len(new)} values over capacity={spec.capacity}")
     log_change(sup, {"cmd": f"list-{op}", "name": name, "values": [int(v) for v in vals]})
     fs.replace_list(name, new.astype(np.uint64))
+    enf = sup.enforcement
+    if enf is not None and enf.enforces(name):
+        # the kernel's map before the reply (engine.enforcement)
+        return {"name": name, "count": int(len(new)), "enforced": enf.mirror(name, op, vals, new)}
     return {"name": name, "count": int(len(new))}
 
 

@@ -24,6 +24,7 @@ from shm.control import (GC_BOUNDS_NS, KERNEL_BOUNDS_NS, LATENCY_BOUNDS_NS, N_CO
                          EventLog)
 from shm.runtime.endpoints import parse_host_port
 from shm.types import ACTION_NAMES, ErrorCode
+from engine.enforcement import drop_log, metric_families as enforce_families
 from engine.readiness import not_ready
 from engine.status_file import processes
 from ingress._dedup_kernels import EVICTED_EARLY as DEDUP_EVICTED_EARLY
@@ -264,6 +265,7 @@ class EngineCollector:
         yield GaugeMetricFamily("risk_ebpf_requested", "1 when started with serve --ebpf: with "
                                 "risk_ebpf_enabled 0 the sidecar could not start or has died",
                                 value=float(bool(getattr(self.sup, "want_ebpf", False))))
+        yield from enforce_families(getattr(self.sup, "enforcement", None))
         g = GaugeMetricFamily("risk_build_info", "The engine's package version (value 1)",
                               labels=["version"])
         g.add_metric([self.version], 1.0)
@@ -351,7 +353,7 @@ def stats(collector: EngineCollector) -> dict:
         for s in fam.samples:
             rows.append({**s.labels, "sample": s.name, "value": s.value})
     if collector.sup.block is not None:
-        out["log"] = event_logs(collector.sup.block)
+        out["log"] = {**event_logs(collector.sup.block), "enforce_drops": drop_log(collector.sup)}
     return out
 
 

@@ -32,6 +32,7 @@ from shm.runtime import rundir
 from shm.runtime.config import Config
 from shm.control import STARTUP_PHASES, Block, BlockLayout
 from engine.admin import AdminServer
+from engine.enforcement import start_enforcement
 from engine.exporter import EngineCollector, Exporter
 from engine.memplan import check_memory
 from engine.preflight import StartupError, check_ports, check_state_dirs, claim_instance
@@ -60,6 +61,7 @@ class Supervisor:
         self.cfg = cfg
         self.want_ebpf = ebpf
         self.sidecar = None
+        self.enforcement = None             # engine.enforcement: the kernel's copy of the lists
         self.log = log
         self.pid = os.getpid()
         self.run_dir = rundir.run_dir_for(cfg.instance)
@@ -137,6 +139,8 @@ class Supervisor:
         self.started_ns = time.monotonic_ns()   # records arriving after it are this run's (explain)
         self.rulesets.publish(spec, rs)
         write_private_file(self.run_dir / "supervisor.pid", str(self.pid).encode())
+        # lists final (recovered), no admin plane yet, front door not bound: attach now
+        self.enforcement = start_enforcement(cfg, self.features, self.log)
         spawned_s = time.monotonic()
         for w in range(n):
             self._spawn_worker(w)
@@ -353,7 +357,7 @@ class Supervisor:
                 p.wait()
         if self.standbys is not None:
             self.standbys.kill()
-        for res in (self.sidecar, self.exporter, self.admin):
+        for res in (self.sidecar, self.exporter, self.admin, self.enforcement):
             if res is not None:
                 (res.stop if res is self.sidecar else res.close)()
         for r in self.rings:

@@ -149,6 +149,9 @@ class CompareChecks:
                 return r
             if r.type == "extset":
                 s = r.value
+                if getattr(s, "kind", "") == "cidr4":    # prefixes: the kernel's trie matches them, the kernels' exact search cannot
+                    return self.err(right_ast, f"list {right_ast.id} is a cidr4 list: it is enforced in the kernel "
+                                               "(enforce:), not testable in a rule")
                 want = "bytes" if x.type == "bytes" else "int"
                 if s.element_type != want or x.type == "float":
                     return self.err(right_ast, f"list {right_ast.id} holds {s.element_type}, not {_describe(x)}")

@@ -54,3 +54,16 @@ def parse_cidr(text: str) -> tuple[int, int]:
     if first & host:
         raise ValueError(f"{text!r} has host bits set (the block is {format_ipv4(first & ~host)}/{bits})")
     return first, first | host
+
+
+def cidr4_key(text: str) -> int:
+    """A cidr4 list value as its u64: prefix length << 32 | network address, so one block has
+    one key (a bare address is its /32). Host bits set are refused as in parse_cidr, never
+    masked: 10.0.0.1/8 is a typo for one of two blocks and the list must not guess."""
+    first, last = parse_cidr(text)
+    return (33 - (last - first + 1).bit_length()) << 32 | first
+
+
+def format_cidr4(key: int) -> str:
+    """``a.b.c.d/n`` of a cidr4_key value."""
+    return f"{format_ipv4(key)}/{(int(key) >> 32) & 63}"

@@ -17,7 +17,10 @@ fence (seqlock): if it moved, the half may have been rewritten, so they search a
 
 List file format: one value per line; ``#`` starts a comment; blank lines are skipped.
 u32 also accepts a dotted IPv4 address (its integer value, 1.2.3.4 = 0x01020304); ipv4 takes
-dotted addresses only, parsed strictly (shm.ipv4). Numbers may be decimal or 0x hex. A bad
+dotted addresses only, parsed strictly (shm.ipv4). cidr4 takes ``a.b.c.d/n`` prefixes (a bare
+address is its /32) stored as prefix length << 32 | network; a prefix with host bits set is
+refused (shm.ipv4.cidr4_key). cidr4 lists feed the kernel's prefix trie (enforce:); rules
+cannot test membership in them (rules.typecheck_compare refuses it). Numbers may be decimal or 0x hex. A bad
 line refuses the whole file with its line number.
 """
 from __future__ import annotations
@@ -29,7 +32,7 @@ from numba import njit
 
 from shm.features._atomics import _fence, _load_acquire, _store_release
 from shm.features.keys import key_from_python
-from shm.ipv4 import parse_ipv4
+from shm.ipv4 import cidr4_key, parse_ipv4
 from shm.runtime.textfile import TextFileError, excerpt, read_text_file
 
 W_GEN, W_LEN0, W_CAP = 0, 1, 3
@@ -117,6 +120,8 @@ def parse_value(text: str, vtype: str) -> int:
         return key_from_python(text.encode(), vtype)
     if vtype == "ipv4":
         return parse_ipv4(text)
+    if vtype == "cidr4":
+        return cidr4_key(text)
     if vtype == "u32" and text.count(".") == 3:
         try:
             return int(ipaddress.IPv4Address(text))

@@ -20,6 +20,7 @@ from typing import Mapping
 import yaml
 
 from shm.runtime.config_check import attempt, collecting, report, unknown_key
+from shm.runtime.config_enforce import KEYS as ENFORCE_KEYS, enforce_to_raw, parse_enforce
 from shm.runtime.runroot import run_dir_for
 from shm.runtime.config_types import (AdminConfig, Config, ConfigError, CurveConfig, DurabilityConfig,
                                       IngressConfig, MetricsConfig, RingsConfig, RulesConfig, WorkersConfig)
@@ -174,7 +175,7 @@ def _durability(raw: Mapping, base: Path, instance: str) -> DurabilityConfig:
 
 
 _TOP = {"ingress", "metrics", "admin", "workers", "rings", "schema", "rules",
-        "features", "lists", "state", "instance", "journal", "snapshot"}
+        "features", "lists", "state", "instance", "journal", "snapshot", "enforce"}
 
 
 def _instance(raw: Mapping, override: str | None) -> str:
@@ -284,9 +285,10 @@ def _parse(raw: Mapping, path: str, instance: str | None, errors: list) -> Confi
             report(ConfigError(k, f"must be a mapping, got {type(v).__name__}"))
             v = {}
         extra[k] = dict(v)
+    enforce = parse_enforce(_section(raw, "enforce", ENFORCE_KEYS), ingress.bind, extra["lists"])
     out = Config(path=path, ingress=ingress, metrics=metrics, admin=admin, workers=workers,
                  rings=rings, schema=schema, rules=rules, instance=inst, durability=durability,
-                 **extra)
+                 enforce=enforce, **extra)
     attempt(check_binds, out)
     return None if errors else out      # collecting() raises the errors
 
@@ -373,4 +375,5 @@ def config_to_raw(cfg: Config) -> dict:
         "snapshot": {"dir": d.snapshot_dir, "interval_s": d.snapshot_interval_s,
                      "keep": d.snapshot_keep},
         "features": plain(cfg.features), "lists": plain(cfg.lists), "state": plain(cfg.state),
+        "enforce": enforce_to_raw(cfg.enforce),
     }

@@ -128,6 +128,16 @@ class DurabilityConfig:
 
 
 @dataclass(frozen=True)
+class EnforceConfig:
+    """enforce: kernel-side drops of listed sources (bpf/enforce.py, docs/EBPF.md)."""
+    mode: str = "off"                   # off | xdp | tc
+    interface: str = "auto"             # auto: the interface holding ingress.bind's address
+    lists: tuple[str, ...] = ()         # ipv4/u32 lists (hash map) and cidr4 lists (LPM trie)
+    ports: tuple[int, ...] = ()         # destination TCP ports; empty: ingress.bind's port
+    required: bool = False              # true: refuse to start when enforcement cannot attach
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     ingress: IngressConfig
@@ -142,3 +152,4 @@ class Config:
     lists: Mapping[str, Any] = field(default_factory=dict)
     state: Mapping[str, Any] = field(default_factory=dict)
     instance: str = "re"                # shared-memory segment prefix; see shm.segment
+    enforce: EnforceConfig = EnforceConfig()

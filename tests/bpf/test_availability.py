@@ -54,6 +54,15 @@ def test_each_missing_precondition(tmp_path, case, code, words):
     assert "\n" not in got.reason
 
 
+def test_packet_programs_need_no_tracefs(tmp_path):
+    """Enforcement (XDP/TC) checks root, bcc and headers, not tracefs: it attaches no
+    tracepoint, and a machine without tracefs can still enforce."""
+    root, origin = _tree(tmp_path, tracefs=False)
+    assert check_ebpf(root=root, euid=0, release="6.18.0-test", bcc_origin=origin, tracepoints=False) is None
+    got = check_ebpf(root=root, euid=1000, release="6.18.0-test", bcc_origin=origin, tracepoints=False)
+    assert got.code == Exit.NOT_ROOT
+
+
 def _as_unprivileged(cmd: list[str]) -> list[str]:
     if os.geteuid() != 0:
         return cmd

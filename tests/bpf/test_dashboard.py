@@ -143,3 +143,10 @@ def test_every_queried_series_is_exported_by_a_real_engine(board):
                 assert label in exp.labels[family] or label in ("instance", "job"), \
                     f"panel {p['title']!r}: {name} has no label {label}"
         assert sel.grouping <= labels, f"panel {p['title']!r}: grouping by {sel.grouping - labels}"
+
+
+def test_issue_23_enforcement_panels_present(board):
+    for family in ("risk_enforce_enabled", "risk_enforce_dropped_packets_total",
+                   "risk_enforce_passed_packets_total", "risk_enforce_map_entries",
+                   "risk_enforce_update_seconds"):
+        assert _panels_using(board, family), f"no panel queries {family}"

@@ -1,0 +1,113 @@
+"""Two network namespaces joined by a veth pair, made by a test and always removed.
+
+    with VethPair() as net:                 # net.server_ns holds 10.200.N.1 on net.server_if
+        with net.inside(net.server_ns): ... # this thread's sockets/netlink live in that ns
+        net.connect_from(net.blocked, port) # a TCP handshake from a source in the client ns
+
+Addresses exist only inside these namespaces (10.200.N.0/24, N from the pid), never
+elsewhere. Entering a namespace is per thread (setns), so the test's main thread goes in
+and comes back; a socket keeps the namespace it was made in.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import socket
+import struct
+import subprocess
+from contextlib import contextmanager
+
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
+
+
+@contextmanager
+def _setns(path: str):
+    here = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    there = os.open(path, os.O_RDONLY)
+    try:
+        if _libc.setns(there, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns {path}")
+        try:
+            yield
+        finally:
+            if _libc.setns(here, CLONE_NEWNET) != 0:   # cannot happen: our own namespace
+                raise OSError(ctypes.get_errno(), "setns back")
+    finally:
+        os.close(here)
+        os.close(there)
+
+
+def syn_packet(src: str, dst: str, dport: int) -> bytes:
+    """An IPv4 TCP SYN for a raw socket (the kernel fills in the IP checksum; the enforcement
+    program reads no TCP checksum)."""
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, 0, 0, 64, socket.IPPROTO_TCP, 0,
+                     socket.inet_aton(src), socket.inet_aton(dst))
+    return ip + struct.pack("!HHIIBBHHH", 40000, dport, 1, 0, 5 << 4, 0x02, 65535, 0, 0)
+
+
+class VethPair:
+    def __init__(self):
+        n = os.getpid() % 200 + 20
+        tag = f"{os.getpid() % 100000}"
+        self.server_ns, self.client_ns = f"re-srv-{tag}", f"re-cli-{tag}"
+        self.server_if, self.client_if = f"re-s{tag}", f"re-c{tag}"
+        self.server = f"10.200.{n}.1"
+        self.blocked, self.allowed, self.other = f"10.200.{n}.2", f"10.200.{n}.3", f"10.200.{n}.4"
+        self.prefix = f"10.200.{n}.0/24"
+
+    def __enter__(self) -> "VethPair":
+        try:
+            _ip("netns", "add", self.server_ns)
+            _ip("netns", "add", self.client_ns)
+            _ip("link", "add", self.server_if, "netns", self.server_ns, "type", "veth",
+                "peer", "name", self.client_if, "netns", self.client_ns)
+            for ns, dev, addrs in ((self.server_ns, self.server_if, [self.server]),
+                                   (self.client_ns, self.client_if, [self.blocked, self.allowed, self.other])):
+                for a in addrs:
+                    _ip("-n", ns, "addr", "add", f"{a}/24", "dev", dev)
+                _ip("-n", ns, "link", "set", dev, "up")
+                _ip("-n", ns, "link", "set", "lo", "up")
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for ns in (self.server_ns, self.client_ns):    # deleting a ns deletes its veth end
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
+
+    def inside(self, ns: str):
+        return _setns(f"/run/netns/{ns}")
+
+    def exec_prefix(self, ns: str) -> list[str]:
+        return ["ip", "netns", "exec", ns]
+
+    def connect_from(self, source: str, port: int, timeout_s: float = 1.0) -> bool:
+        """True if a TCP handshake from ``source`` to the server's ``port`` completes."""
+        with self.inside(self.client_ns):
+            s = socket.socket()
+        try:
+            s.settimeout(timeout_s)
+            s.bind((source, 0))
+            s.connect((self.server, port))
+            return True
+        except (socket.timeout, ConnectionRefusedError):
+            return False
+        finally:
+            s.close()
+
+    def raw_socket(self) -> socket.socket:
+        """A raw IPv4 socket in the client namespace (sendto(syn_packet(...), (server, 0)))."""
+        with self.inside(self.client_ns):
+            return socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+
+    def xdp_shown(self) -> bool:
+        """`ip link show` names an xdp program on the server's interface."""
+        out = subprocess.run(["ip", "-n", self.server_ns, "link", "show", self.server_if],
+                             capture_output=True, text=True, timeout=10).stdout
+        return "xdp" in out
