@@ -23,7 +23,7 @@ FEATURES = {
     "biggest": {"kind": "max", "of": "amount", "key": "device_id", "window": "10m", "capacity": 256},
     "seen": {"kind": "age", "key": "account_id", "capacity": 256},
 }
-CNT_BITS, SPEND_BITS = 9, 13
+CNT_BITS, SPEND_BITS = 8, 11
 # each read value is spelled out in binary by the fired bits, so the decisions carry it exactly
 RULES = "ruleset: b\nversion: 1\nrules:\n  - {id: blk, when: \"amount == 7\", action: block}\n" + "".join(
     f"  - {{id: c{b}, when: \"cnt // {2 ** b} % 2 == 1\", action: allow}}\n" for b in range(CNT_BITS)) + "".join(
