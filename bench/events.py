@@ -6,8 +6,11 @@ with a fresh request id every time (the engine's idempotency window would otherw
 replayed ids from its cache, and the bench would measure the cache).
 
 ``random_records`` is the one event generator of bench and tests; a ``Spread`` says how values
-are drawn. ``LOAD`` (the bench's): the shard key from ``n_accounts`` ids (so events spread
-over every worker), positive log-normal amounts, 2- and 3-byte fields country and currency
+are drawn. ``LOAD`` (the bench's): the shard key and the other key fields (card, device) from
+``n_accounts`` ids (so events spread over every worker), drawn by ``keys``: ``zipf`` (the
+default: a few accounts and cards carry much of the traffic, as in real payment flows, so
+feature tables see hot keys; exponent ``ZIPF_S``) or ``uniform`` (every id as likely: nearly
+every feature lookup is a cache miss), positive log-normal amounts, 2- and 3-byte fields country and currency
 codes, integer fields ending in ``_ms`` current epoch milliseconds, 1-byte integers small
 enums (1 or 2), bools mostly false. ``RULES`` (the tests'): values over the interesting ranges
 of the example rule packs, sanctioned countries included, and a fresh 62-bit key per event
@@ -15,7 +18,9 @@ for every key field, so each feature sees one event.
 """
 from __future__ import annotations
 
+import functools
 import json
+import math
 import time
 from dataclasses import dataclass
 
@@ -26,13 +31,20 @@ from ingress import wire
 
 COUNTRIES = (b"US", b"GB", b"DE", b"FR", b"NL", b"IT", b"ES", b"JP", b"BR", b"NG", b"RU", b"CN")
 CURRENCIES = (b"USD", b"EUR", b"GBP", b"JPY", b"BRL", b"CHF")
+KEY_DISTRIBUTIONS = ("zipf", "uniform")
+ZIPF_S = 0.99               # YCSB's zipfian constant, the usual skew of key-value benchmarks:
+                            # over 1M ids the top 1,000 take half the events, the top one 6.5 %
+N_KEYS = 1_000_000          # accounts, cards and devices the bench's events come from
+POOL_EVENTS = 16_384        # events a PayloadPool holds at least (about 11,000 ids under zipf)
+_SCATTER = 2_654_435_761    # a prime: rank -> id is a bijection of [0, n) for n it does not divide
 
 
 @dataclass(frozen=True)
 class Spread:
     """How ``random_records`` draws each field (see the module docstring)."""
     unique_keys: tuple[str, ...]        # fields drawn from [0, 2**62): a new key per event
-    shard_from_accounts: bool           # the shard key from 1..n_accounts
+    shard_from_accounts: bool           # the shard key from 1..n_accounts (``keys``)
+    key_fields: tuple[str, ...]         # more fields drawn like the shard key, each on its own
     bool_rate: float
     lognormal_amounts: bool             # else exp(uniform(0, 12)): 1 to 160,000
     countries: tuple[bytes, ...]
@@ -43,20 +55,47 @@ class Spread:
     order_book: bool                    # side 0-3, ref_price within 20 % of price
 
 
-LOAD = Spread(unique_keys=(), shard_from_accounts=True, bool_rate=0.02, lognormal_amounts=True,
+LOAD = Spread(unique_keys=(), shard_from_accounts=True, key_fields=("card_id", "device_id"), bool_rate=0.02, lognormal_amounts=True,
               countries=COUNTRIES, currencies=CURRENCIES, recent_ms=True, small_enums=True,
               int_hi=1_000_000, order_book=False)
-RULES = Spread(unique_keys=("account_id", "card_id", "device_id"), shard_from_accounts=False,
+RULES = Spread(unique_keys=("account_id", "card_id", "device_id"), shard_from_accounts=False, key_fields=(),
                bool_rate=0.1, lognormal_amounts=False,
                countries=(b"US", b"GB", b"NG", b"RU", b"DE", b"FR", b"BR", b"CN", b"IR", b"KP"),
                currencies=(b"USD", b"EUR", b"GBP", b"NGN", b"RUB"), recent_ms=False,
                small_enums=False, int_hi=5000, order_book=True)
 
 
+@functools.lru_cache(maxsize=4)
+def _zipf_cdf(n_keys: int, s: float) -> np.ndarray:
+    cdf = np.cumsum(np.arange(1, n_keys + 1, dtype=np.float64) ** -s)
+    return cdf / cdf[-1]
+
+
+def draw_keys(rng: np.random.Generator, n: int, n_keys: int = N_KEYS, keys: str = "zipf",
+              zipf_s: float = ZIPF_S, salt: int = 0) -> np.ndarray:
+    """``n`` ids in 1..n_keys: ``zipf`` draws rank k with probability proportional to
+    k**-zipf_s (bounded, inverse CDF, exact for any s > 0), ``uniform`` every id alike. Ranks
+    are scattered over the ids (``salt`` differs per field), so the hottest account is not
+    id 1 and not the hottest card's id (rules compare card_id with device_id)."""
+    if keys not in KEY_DISTRIBUTIONS:
+        raise ValueError(f"keys={keys!r} (allowed: {', '.join(KEY_DISTRIBUTIONS)})")
+    if n_keys < 1 or not (math.isfinite(zipf_s) and zipf_s > 0):
+        raise ValueError(f"draw_keys: n_keys={n_keys} must be >= 1 and zipf_s={zipf_s} > 0")
+    if keys == "uniform":
+        rank = rng.integers(0, n_keys, n)
+    else:
+        rank = np.minimum(np.searchsorted(_zipf_cdf(n_keys, zipf_s), rng.random(n), side="right"),
+                          n_keys - 1)
+    mul = _SCATTER if math.gcd(_SCATTER, n_keys) == 1 else 1
+    return (rank.astype(np.int64) * mul + salt * 7919) % n_keys + 1
+
+
 def random_records(schema: Schema, n: int, seed: int | np.random.Generator = 0,
-                   n_accounts: int = 100_000, spread: Spread = LOAD) -> np.ndarray:
+                   n_accounts: int = N_KEYS, spread: Spread = LOAD, keys: str = "zipf",
+                   zipf_s: float = ZIPF_S) -> np.ndarray:
     """``n`` valid records of ``schema.dtype`` (finite floats, in-range ints, ASCII bytes);
-    ``seed``: a number or a Generator to draw from."""
+    ``seed``: a number or a Generator to draw from; ``keys``, ``zipf_s``: how the shard key
+    and the spread's key fields are drawn from 1..n_accounts (``draw_keys``)."""
     if n < 1 or n_accounts < 1:
         raise ValueError(f"random_records: n={n} and n_accounts={n_accounts} must be >= 1")
     rng = np.random.default_rng(seed)
@@ -66,8 +105,10 @@ def random_records(schema: Schema, n: int, seed: int | np.random.Generator = 0,
         col = rec[f.name]
         if f.name in spread.unique_keys:
             col[:] = rng.integers(0, 1 << 62, n)
-        elif spread.shard_from_accounts and f.name == schema.shard_key:
-            col[:] = rng.integers(1, n_accounts + 1, n)
+        elif f.kind in ("uint", "int") and (spread.shard_from_accounts and f.name == schema.shard_key
+                                            or f.name in spread.key_fields):
+            col[:] = draw_keys(rng, n, min(n_accounts, int(f.hi)), keys, zipf_s,
+                               salt=schema.names.index(f.name))
         elif f.kind == "bool":
             col[:] = rng.random(n) < spread.bool_rate
         elif f.kind == "float":
@@ -121,24 +162,27 @@ def records_to_json(schema: Schema, rec: np.ndarray) -> list[dict]:
 
 
 class PayloadPool:
-    """``size`` pre-built bodies of ``batch`` events each; ``request(i, client_id, rid)``
-    returns the full request frame for body ``i % size`` with fresh ids.
+    """``size`` pre-built bodies of ``batch`` events each (default: enough for POOL_EVENTS
+    events, so a skewed key distribution is sampled beyond its head); ``request(i,
+    client_id, rid)`` returns the full request frame for body ``i % size`` with fresh ids.
 
     transport 'binary': 40-byte header (``ingress.wire.REQUEST_HEADER``) + packed records.
     transport 'json': ``{"request_id": R, "client_id": C, "events": [...]}``.
     """
 
-    def __init__(self, schema: Schema, batch: int, transport: str, size: int = 256,
-                 seed: int = 0, n_accounts: int = 100_000):
+    def __init__(self, schema: Schema, batch: int, transport: str, size: int | None = None,
+                 seed: int = 0, n_accounts: int = N_KEYS, keys: str = "zipf", zipf_s: float = ZIPF_S):
         if transport not in ("binary", "json"):
             raise ValueError(f"transport={transport!r} (allowed: binary, json)")
         if batch < 1:
             raise ValueError(f"batch={batch} must be >= 1")
+        size = size or max(256, -(-POOL_EVENTS // batch))
         self.transport = transport
         self.batch = batch
         self.size = size
         self.schema_hash = schema.hash
-        rec = random_records(schema, size * batch, seed, n_accounts).reshape(size, batch)
+        rec = random_records(schema, size * batch, seed, n_accounts, keys=keys,
+                             zipf_s=zipf_s).reshape(size, batch)
         if transport == "binary":
             self.bodies = [rec[i].tobytes() for i in range(size)]
         else:

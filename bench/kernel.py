@@ -2,7 +2,9 @@
 next to the reference evaluator on the same rules and events, plus compile times.
 
     python -m bench.kernel [--json FILE] [--quick]
-    python -m bench.kernel --features     (the default config's whole ruleset with its features)
+    python -m bench.kernel --features [--config FILE] [--zipf-s S]
+        (the config's whole ruleset with its features, on Zipf and on uniform keys)
+    python -m bench.kernel --per-feature [--config FILE] [--keys zipf|uniform]
 
 Rulesets are synthetic but realistic (payments and pre-trade templates over the default
 schema, random thresholds and lists); a row for the shipped example packs (about 100 rules)
@@ -30,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.events import random_records
+from bench.events import KEY_DISTRIBUTIONS, N_KEYS, ZIPF_S, random_records
 from rules import compile_ruleset
 from rules.compiler import check_ruleset
 from rules.diagnostics import RulesetError
@@ -109,7 +111,7 @@ def time_kernel(rs, ev, batch: int, target_events: int, cpu: bool = True, entry:
 
     entry=True calls ``rs.entry``, the compiled entry point the worker calls (no per-call
     argument typing); entry=False calls the Numba dispatcher ``rs.kernel``. The argument
-    views of up to 512 batches are sliced before the clock starts and reused in a cycle:
+    views of up to 512 batches (or all of ``ev``) are sliced before the clock starts and reused in a cycle:
     the figure is the call and the kernel, not the harness's own slicing (four numpy
     slices cost about 0.7 us here, more than the kernel at batch 1).
     cpu=True measures this thread's CPU time (time.thread_time_ns): on a shared 2-core
@@ -123,7 +125,7 @@ def time_kernel(rs, ev, batch: int, target_events: int, cpu: bool = True, entry:
     clock = time.thread_time_ns if cpu else time.perf_counter_ns
     kernel = rs.entry if entry else rs.kernel
     arrival = np.full(n, arrival_ns, np.int64)
-    starts = [(k * batch) % (n - batch + 1) for k in range(min(reps, 512))]
+    starts = [(k * batch) % (n - batch + 1) for k in range(min(reps, max(512, -(-n // batch))))]
     calls = [(ev[s:s + batch], arrival[s:s + batch], resp[s:s + batch], bits[s:s + batch], hits, errors,
               *rs.feature_arrays) for s in starts]
     best = float("inf")
@@ -211,16 +213,26 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="write the results to this file")
     ap.add_argument("--quick", action="store_true", help="10 and 100 rules, fewer repetitions")
     ap.add_argument("--features", action="store_true",
-                    help="only the default config's rule files with its feature tables (process-local), "
-                         "on the latency bench's events: what a worker's kernel costs per event")
+                    help="only the config's rule files with its feature tables (process-local), on the "
+                         "latency bench's events with Zipf keys, then uniform keys: what a worker's "
+                         "kernel costs per event")
     ap.add_argument("--per-feature", action="store_true",
-                    help="each default feature alone: ns/event updating it, and reading it too")
+                    help="each of the config's features alone: ns/event updating it, and reading it too")
+    ap.add_argument("--config", help="engine config for --features/--per-feature (default: the bundled "
+                                     "one; issue 22's target: bench/batched_4f.yaml)")
+    ap.add_argument("--keys", choices=KEY_DISTRIBUTIONS, default="zipf",
+                    help="--per-feature: how account, card and device ids are drawn (default zipf)")
+    ap.add_argument("--zipf-s", type=float, default=ZIPF_S, metavar="S",
+                    help=f"Zipf exponent (default {ZIPF_S}, YCSB's; bench.events)")
     args = ap.parse_args(argv)
+    if not (args.zipf_s > 0 and np.isfinite(args.zipf_s)):
+        ap.error(f"--zipf-s={args.zipf_s} must be a number > 0")
+    if args.features or args.per_feature:
+        cfg = load_config(args.config)
+        if args.features:
+            return features(cfg, args.zipf_s)
+        return per_feature(cfg, args.keys, args.zipf_s)
     cfg = load_config(None)
-    if args.features:
-        return features(cfg)
-    if args.per_feature:
-        return per_feature(cfg)
     ev = events(cfg.schema, 8192)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_kernel_") as tmp:
@@ -242,44 +254,51 @@ def main(argv=None) -> int:
     return 0
 
 
-def _pool_events(cfg) -> np.ndarray:
-    """bench.events' records (100,000 accounts; cards, devices and IPs from a pool of 16,384
-    events, as the latency bench sends them) in slot-like strided views."""
-    pool = random_records(cfg.schema, 16_384, seed=1)
+POOL_EVENTS = 1 << 18           # more than a table's keys: uniform keys miss and evict, as 1M ids would
+
+
+def _pool_events(cfg, keys: str = "zipf", zipf_s: float = ZIPF_S) -> np.ndarray:
+    """bench.events' records (account, card and device ids of 1M drawn by ``keys``, as the
+    latency bench sends them; POOL_EVENTS of them) in slot-like strided views."""
+    pool = random_records(cfg.schema, POOL_EVENTS, seed=1, keys=keys, zipf_s=zipf_s)
     slots = np.zeros(len(pool), [("token", np.uint64), ("arrival_ns", np.int64), ("event", cfg.schema.dtype)])
     slots["event"] = pool
     return slots["event"]
 
 
-def features(cfg) -> int:
-    """ns/event of the whole default ruleset with its six features, on ``_pool_events``,
-    arrival = now, batches of 64 and 1024 (time_kernel: CPU time, best of 5, the first pass
-    fills the tables); then the same events through the stateless rule files alone. The
-    tables are process-local, in the same layout as the engine's shared ones."""
+def features(cfg, zipf_s: float = ZIPF_S) -> int:
+    """ns/event of the config's whole ruleset with its features, on ``_pool_events`` with Zipf
+    keys and with uniform keys (fresh tables for each), arrival = now, batches of 64 and 1024
+    (time_kernel: CPU time, best of 5, the first pass fills the tables); then the same events
+    through the stateless rule files alone. The tables are process-local, in the same layout
+    as the engine's shared ones."""
     kw = dict(thresholds=cfg.rules.thresholds, on_error=cfg.rules.on_error)
-    ev = _pool_events(cfg)
+    evs = {k: _pool_events(cfg, k, zipf_s) for k in KEY_DISTRIBUTIONS}
     now_ns = time.time_ns()                                   # the tables' clock: wall ms
-    for label, files, fs in (("default ruleset with its features", list(cfg.rules.files),
-                              feature_set_for(cfg)),
-                             ("stateless rule files only", stateless_files(cfg), None)):
-        rs = compile_ruleset(files, cfg.schema, features=fs, **kw)
-        rs.warm_up()
-        print(f"{label}: {rs.n_rules} rules, {len(cfg.features) if fs else 0} features")
-        for batch in (64, 1024):
-            ns = time_kernel(rs, ev, batch, 4 * len(ev), arrival_ns=now_ns)
-            print(f"  batch {batch:>5}: {ns:7.0f} ns/event")
+    print(f"{POOL_EVENTS} events, account/card/device ids of {N_KEYS:,}; zipf s={zipf_s}")
+    for label, files, with_features in (("ruleset with its features", list(cfg.rules.files), True),
+                                        ("stateless rule files only", stateless_files(cfg), False)):
+        for keys, ev in evs.items():
+            fs = feature_set_for(cfg) if with_features else None
+            rs = compile_ruleset(files, cfg.schema, features=fs, **kw)
+            rs.warm_up()
+            print(f"{label}, {keys} keys: {rs.n_rules} rules, {len(cfg.features) if fs else 0} features")
+            for batch in (64, 1024):
+                ns = time_kernel(rs, ev, batch, 2 * len(ev), arrival_ns=now_ns)
+                print(f"  batch {batch:>5}: {ns:7.0f} ns/event", flush=True)
     return 0
 
 
-def per_feature(cfg) -> int:
-    """ns/event of each default feature on its own, same events and clock as ``features``,
+def per_feature(cfg, keys: str = "zipf", zipf_s: float = ZIPF_S) -> int:
+    """ns/event of each feature of ``cfg`` on its own, same events and clock as ``features``,
     batches of 64: a one-rule ruleset whose rule does not read it (the feature is still
     updated for every event) and one whose rule reads it (a fused read + update; for
     ``update: unless_blocked`` a read, then the update). The difference is what a read
     costs; best of 2 runs of time_kernel each."""
     kw = dict(thresholds=cfg.rules.thresholds, on_error=cfg.rules.on_error)
-    ev = _pool_events(cfg)
+    ev = _pool_events(cfg, keys, zipf_s)
     now_ns = time.time_ns()
+    print(f"{keys} keys")
     print(f"{'feature':<16} {'kind':<9} {'update only':>12} {'read':>8} {'read cost':>10}  (ns/event)")
     with tempfile.TemporaryDirectory(prefix="bench_kernel_") as tmp:
         for name, spec in cfg.features.items():
@@ -291,7 +310,7 @@ def per_feature(cfg) -> int:
                              f"  - {{id: r, when: \"{when}\", action: review, score: 1}}\n")
                 rs = compile_ruleset([str(p)], cfg.schema, features=feature_set_for(one), **kw)
                 rs.warm_up()
-                ns.append(min(time_kernel(rs, ev, 64, 4 * len(ev), arrival_ns=now_ns) for _ in range(2)))
+                ns.append(min(time_kernel(rs, ev, 64, len(ev), arrival_ns=now_ns) for _ in range(2)))
             print(f"{name:<16} {spec['kind']:<9} {ns[0]:>12.0f} {ns[1]:>8.0f} {ns[1] - ns[0]:>10.0f}",
                   flush=True)
     return 0

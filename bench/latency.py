@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import sys
 from dataclasses import replace
@@ -39,6 +40,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout-ms", type=int, default=5000, help="client timeout per request (default 5000)")
     p.add_argument("--start-timeout", type=float, default=300.0, metavar="S", help="engine start-up limit")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--keys", choices=("zipf", "uniform"), default="zipf",
+                   help="how account, card and device ids are drawn from 1M: zipf (default; a few "
+                        "hot keys, as real traffic) or uniform (every feature lookup a cache miss)")
+    p.add_argument("--zipf-s", type=float, default=0.99, metavar="S",     # bench.events.ZIPF_S (no numpy for --help)
+                   help="Zipf exponent for --keys zipf (default 0.99, YCSB's: the top 1,000 of 1M "
+                        "ids take half the events)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument("--alloc", action="store_true", help="allocation check instead of latency (bench.alloc)")
     p.add_argument("--overload", action="store_true",
@@ -55,6 +62,8 @@ def check_args(a) -> None:
     if a.duration <= 0 or a.warmup < 0 or a.rate < 0:
         raise SystemExit(f"bench: duration={a.duration} warmup={a.warmup} rate={a.rate}: need "
                          f"duration > 0, warmup >= 0, rate >= 0")
+    if not (a.zipf_s > 0 and math.isfinite(a.zipf_s)):
+        raise SystemExit(f"bench: --zipf-s={a.zipf_s} must be a number > 0")
     if a.echo_only and a.no_echo:
         raise SystemExit("bench: --echo-only and --no-echo exclude each other")
 
@@ -68,7 +77,7 @@ def build_document(a, summaries: dict, gc: dict | None, notes: list[str],
            "loadavg_1m": round(os.getloadavg()[0], 2),    # other work on the machine
            "settings": {"clients": a.clients, "processes": min(a.processes, a.clients),
                         "duration_s": a.duration, "warmup_s": a.warmup, "rate": a.rate,
-                        "batch": a.batch, "transport": a.transport,
+                        "batch": a.batch, "transport": a.transport, "keys": a.keys, "zipf_s": a.zipf_s,
                         "target": a.target or ("-" if a.echo_only else "own engine"), "config": a.config or "default"},
            "phases": summaries, "engine_gc": gc, "engine_inside": inside,
            "engine_stalls": stalls, "notes": notes}
@@ -100,7 +109,8 @@ def run(a) -> int:
     progress = sys.stderr.isatty() and not a.no_progress
     spec = LoadSpec(target="", clients=a.clients, duration_s=a.duration, warmup_s=a.warmup,
                     rate=a.rate, batch=a.batch, transport=a.transport, config=a.config,
-                    seed=a.seed, timeout_ms=a.timeout_ms, client_id_base=run_client_id_base())
+                    seed=a.seed, keys=a.keys, zipf_s=a.zipf_s, timeout_ms=a.timeout_ms,
+                    client_id_base=run_client_id_base())
     cpus = len(os.sched_getaffinity(0))
     phases, summaries, notes, gc, inside, logs, stalls = {}, {}, [], None, None, None, None
     rc = 0

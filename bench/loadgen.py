@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import zmq
 from hdrh.histogram import HdrHistogram
 
-from bench.events import PayloadPool
+from bench.events import ZIPF_S, PayloadPool
 from bench.replies import NO_REPLY, classify
 from shm.runtime.config import load_config
 
@@ -58,6 +58,8 @@ class LoadSpec:
     transport: str = "binary"
     config: str | None = None         # engine config whose schema the events follow
     seed: int = 0
+    keys: str = "zipf"                # how events' account, card, device ids are drawn (bench.events)
+    zipf_s: float = ZIPF_S
     client_id_base: int = 1
     timeout_ms: int = 5000
     drain_s: float = 2.0
@@ -90,7 +92,7 @@ def run(spec: LoadSpec, wait_start=None, progress=None, slot: int = 0) -> LoadRe
 
 
     pool = PayloadPool(load_config(spec.config).schema, spec.batch, spec.transport,
-                       seed=spec.seed)
+                       seed=spec.seed, keys=spec.keys, zipf_s=spec.zipf_s)
     ctx = zmq.Context.instance()
     poller = zmq.Poller()
     socks: list = [None] * spec.clients

@@ -23,15 +23,19 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import shm.features as pkg
+import shm
 from rules.loader import ConstantDef
 from rules.symbols import ExtSet, ExtValue
 from shm.features.featureset import CONSTANTS, IMPORTS, FeatureSet, default_alloc
 from shm.features.keys import key_from_python
 from shm.features.spec import specs_from_config
 
-_FEATURE_SOURCES = ("windows.py", "distinct.py", "scalar.py", "table.py", "state.py", "lists.py",
-                    "keys.py", "hll.py", "_atomics.py", "featureset.py")
+# every shm source the generated feature code compiles from (tests/rules/test_feature_batches.py
+# checks the list against the imports), relative to shm/
+_FEATURE_SOURCES = ("features/windows.py", "features/distinct.py", "features/scalar.py",
+                    "features/table.py", "features/state.py", "features/lists.py", "features/keys.py",
+                    "features/hll.py", "features/_atomics.py", "features/featureset.py",
+                    "atomics.py", "descriptor.py")
 ARRIVAL_MS = "arrival_ms"
 PREFETCH_EVENTS = 64             # events per prefetch block (docs/FEATURES.md: batches of 64)
 REC = "ev"
@@ -98,12 +102,16 @@ def feature_symbols(fs) -> dict:
     return out
 
 
+def feature_sources() -> list[Path]:
+    return [Path(shm.__file__).parent / f for f in _FEATURE_SOURCES]
+
+
 def specs_digest(fs) -> str:
     """Hash of the feature specs and the feature primitives' sources: part of the kernel
     source, hence of its cache key (Numba's cache does not see changes in called modules)."""
     h = hashlib.blake2b(repr(fs.specs).encode(), digest_size=8)
-    for f in _FEATURE_SOURCES:
-        h.update((Path(pkg.__file__).parent / f).read_bytes())
+    for f in feature_sources():
+        h.update(f.read_bytes())
     return h.hexdigest()
 
 

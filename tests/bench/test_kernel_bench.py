@@ -127,3 +127,15 @@ def test_the_floor_counts_the_lines_the_staged_prefetch_touches():
     for r in rows:
         lines, ns_line, floor = float(r[1]), float(r[2]), float(r[3])
         assert 9 <= lines <= 40 and ns_line > 0 and floor == pytest.approx(lines * ns_line, rel=0.05, abs=1)
+
+
+def test_the_features_bench_draws_both_key_distributions_over_more_keys_than_a_table():
+    """--features times Zipf and uniform keys: a quarter-million strided events whose
+    uniform accounts outnumber a batched_4f table (so they evict), Zipf ones far fewer."""
+    cfg = load_config("bench/batched_4f.yaml")
+    z, u = bk._pool_events(cfg, "zipf"), bk._pool_events(cfg, "uniform")
+    assert len(z) == len(u) == bk.POOL_EVENTS and z.strides[0] > cfg.schema.dtype.itemsize
+    cap = cfg.features["txn_count_1m"]["capacity"]
+    n_z, n_u = len(np.unique(z["account_id"])), len(np.unique(u["account_id"]))
+    assert n_z < cap < n_u and n_z < n_u / 2
+    assert (bk._pool_events(cfg, "zipf")["account_id"] == z["account_id"]).all()
