@@ -31,7 +31,8 @@ from ingress import wire
 from ingress import _dedup_kernels as DK
 from shm import _ring_kernels as RK
 from shm.atomics import load_acquire
-from shm.layout import CONSUMER_POSITION_WORD, PRODUCER_POSITION_WORD
+from shm.layout import (CONSUMER_POSITION_WORD, PRODUCER_POSITION_WORD, PRODUCER_SEEN_CONSUMER_NS_WORD,
+                        PRODUCER_SEEN_CONSUMER_WORD)
 from shm.tokens import fast_token, is_fast, token_index, token_seq
 
 # ft columns
@@ -43,6 +44,7 @@ META_WORDS = 4
 NO_DEADLINE = np.int64((1 << 63) - 1)
 # admit results (>= 0: row * 2 + doorbell owed)
 BAD_VALUE, RING_FULL, TABLE_FULL, DECIDED, WORKER_BEHIND = -1, -2, -3, -4, -5
+STUCK_FACTOR = 4                      # worker_refusal: behind_ns x this without moving is stuck
 # value check kinds (column 1 of ``checks``)
 CHECK_F32, CHECK_F64, CHECK_BOOL = 4, 8, 1
 # byte offsets of the response slot's fields (the kernels read and write its raw bytes)
@@ -116,13 +118,31 @@ def queue_age(ring_hdr, ring_u8, ring_cap, now):
 
 
 @njit(cache=True)
+def consumer_still_ns(ring_hdr, now):
+    """How long the worker's consumer position has stood still, as its producer (the
+    ingress) has seen it: each call notes a position it has not seen before with ``now``
+    (producer-owned header words, no other process writes them)."""
+    pos = load_acquire(ring_hdr, CONSUMER_POSITION_WORD)   # pairs with the worker's release
+    if pos != ring_hdr[PRODUCER_SEEN_CONSUMER_WORD] or ring_hdr[PRODUCER_SEEN_CONSUMER_NS_WORD] == 0:
+        ring_hdr[PRODUCER_SEEN_CONSUMER_WORD] = pos
+        ring_hdr[PRODUCER_SEEN_CONSUMER_NS_WORD] = now
+    return now - ring_hdr[PRODUCER_SEEN_CONSUMER_NS_WORD]
+
+
+@njit(cache=True)
 def worker_refusal(ring_hdr, ring_u8, ring_cap, n, now, behind_ns):
     """The admission policy's question for one worker (ingress.admission), asked by both
-    paths: RING_FULL when its request ring has no room for ``n`` more slots, WORKER_BEHIND
-    when its oldest unfinished event has waited over ``behind_ns`` (queue_age), else 0."""
+    paths: RING_FULL when its request ring has no room for ``n`` more slots; WORKER_BEHIND
+    when its oldest unfinished event has waited over ``behind_ns`` (queue_age) while the
+    worker moves (it is overloaded: new work would wait longer still), or over
+    STUCK_FACTOR * ``behind_ns`` whatever it does (stuck); else 0. A worker that stopped
+    moving less than that ago is stalled, not behind: what is sent to it now waits for it
+    and is decided when it runs again, instead of being refused at every resend."""
     if ring_cap - RK._occupancy(ring_hdr) < n:
         return RING_FULL
-    if queue_age(ring_hdr, ring_u8, ring_cap, now) > behind_ns:
+    still = consumer_still_ns(ring_hdr, now)
+    age = queue_age(ring_hdr, ring_u8, ring_cap, now)
+    if age > behind_ns and (still < behind_ns or age > STUCK_FACTOR * behind_ns):
         return WORKER_BEHIND
     return 0
 

@@ -2,10 +2,14 @@
 
 A request is admitted while (in this order) fewer than ``ingress.max_inflight`` requests are
 in flight, its connection holds fewer than its share (``max_inflight_per_peer``), and each
-worker it goes to has room in its request ring and is not behind (its oldest unfinished
-event has waited under BEHIND_DEADLINES default deadlines: a worker that has not moved past an
-event for that long is stuck, not briefly stalled). Otherwise it is refused OVERLOADED with
-the reason counted (OVERLOAD_REASONS). The
+worker it goes to has room in its request ring and is not behind. A worker is behind when its
+oldest unfinished event has waited over half the default deadline while the worker is moving
+(it is overloaded: what it admits now could not be decided in time), or over two default
+deadlines whatever it does (stuck). A worker that stopped moving less than that ago (a
+scheduling stall) is not behind: what is sent to it waits and is decided when it runs again,
+so a stall costs the requests in flight during it, not a refusal at every resend
+(``_fast_kernels.worker_refusal``). Otherwise it is refused OVERLOADED with the reason counted
+(OVERLOAD_REASONS). The
 fast path (ingress.fastpath) asks the same questions (the worker's inside its compiled admit,
 through ``_fast_kernels.worker_refusal``) and declines what fails, so that the general path
 (ingress.generalpath) answers it with the reason named.
@@ -32,10 +36,6 @@ _HASH_MUL = np.uint64(_HASH_MUL_INT)
 _U64 = (1 << 64) - 1
 DOORBELL_DEFER_NS = 100_000           # while more requests are queued, wake a sleeping worker
                                       # at most this late (one wake-up for several requests)
-# A worker is behind once its oldest unfinished event has waited this many default deadlines:
-# more than one, since a stall as long as the deadline leaves the timed-out event in the ring
-# until the worker runs again, and a shorter limit refused every resend until then (a storm).
-BEHIND_DEADLINES = 2
 RING_FULL, MAX_INFLIGHT, BEHIND, PEER_INFLIGHT = (OVERLOAD_REASONS.index(r) for r in (
     "ring_full", "max_inflight", "worker_behind", "peer_inflight"))
 ADMITTED = -1                         # a refusal method's answer when nothing refuses
@@ -111,9 +111,9 @@ class Admission:
         self.max_per_peer = ingress_cfg.max_inflight_per_peer or max(1, self.max_inflight // 4)
         self.default_deadline_ns = ingress_cfg.default_deadline_ms * 1_000_000
         self.per_event_ns = ingress_cfg.default_deadline_per_event_us * 1000
-        # a worker whose oldest unfinished event has waited this long is behind: new work for
-        # it is refused (OVERLOADED) until it moves past that event (BEHIND_DEADLINES)
-        self.behind_ns = BEHIND_DEADLINES * self.default_deadline_ns
+        # a moving worker whose oldest unfinished event has waited this long is behind (module
+        # doc); a still one after FK.STUCK_FACTOR times this (two default deadlines)
+        self.behind_ns = self.default_deadline_ns // 2
         self.inflight = 0                       # admitted, not yet answered (both paths)
         self.peer_inflight: dict[bytes, int] = {}   # ROUTER identity -> requests in flight
         self.seq = first_sequence(epoch)        # the next admitted request's sequence (shm.tokens)

@@ -19,8 +19,10 @@ A ring segment is a header followed by the slot area::
     |  1280 | CONSUMER_CACHED_PRODUCER   consumer's private copy of PRODUCER_POSITION  |
     |  1408 | CONSUMER_SLEEPING          1 while the consumer sleeps on the doorbell   |
     |  1536 | CONSUMER_SLEEP_COUNT       consumer: times it went to sleep              |
+    |  1664 | PRODUCER_SEEN_CONSUMER     producer: CONSUMER_POSITION as it last saw it |
+    |  1792 | PRODUCER_SEEN_CONSUMER_NS  producer: when it saw that position first     |
     +-------+--------------------------------------------------------------------------+
-    |  1664 | SLOTS_OFFSET: slot 0 | slot 1 | ... | slot CAPACITY-1                    |
+    |  1920 | SLOTS_OFFSET: slot 0 | slot 1 | ... | slot CAPACITY-1                    |
     |       | (64-byte aligned: the header is a multiple of 128 B and mmap is page     |
     |       |  aligned; each slot is a multiple of 64 B)                               |
     +-------+--------------------------------------------------------------------------+
@@ -44,7 +46,7 @@ FIELD_STRIDE_BYTES = 2 * CACHE_LINE_BYTES
 SLOT_ALIGN_BYTES = 64
 
 MAGIC = int.from_bytes(b"RERING\x00\x01", "little")   # positive as int64
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 
 # The descriptor: each field owns FIELD_STRIDE_BYTES (its own two cache lines), and the
 # slots start on the next multiple of it.
@@ -52,7 +54,8 @@ _h = Builder("ring header")
 for _name in ("magic", "layout_version", "capacity", "slot_size", "slot_dtype_hash",
               "producer_position", "producer_cached_consumer", "producer_full_count",
               "producer_doorbell_count", "consumer_position", "consumer_cached_producer",
-              "consumer_sleeping", "consumer_sleep_count"):
+              "consumer_sleeping", "consumer_sleep_count", "producer_seen_consumer",
+              "producer_seen_consumer_ns"):
     _h.field(_name, fmt=np.int64, align=FIELD_STRIDE_BYTES)
 RING_HEADER = _h.build(align=FIELD_STRIDE_BYTES)
 del _h, _name
@@ -70,6 +73,8 @@ CONSUMER_POSITION_OFFSET = RING_HEADER.offset("consumer_position")
 CONSUMER_CACHED_PRODUCER_OFFSET = RING_HEADER.offset("consumer_cached_producer")
 CONSUMER_SLEEPING_OFFSET = RING_HEADER.offset("consumer_sleeping")
 CONSUMER_SLEEP_COUNT_OFFSET = RING_HEADER.offset("consumer_sleep_count")
+PRODUCER_SEEN_CONSUMER_OFFSET = RING_HEADER.offset("producer_seen_consumer")
+PRODUCER_SEEN_CONSUMER_NS_OFFSET = RING_HEADER.offset("producer_seen_consumer_ns")
 HEADER_BYTES = RING_HEADER.size
 SLOTS_OFFSET = HEADER_BYTES
 HEADER_WORDS = RING_HEADER.words
@@ -89,6 +94,8 @@ CONSUMER_POSITION_WORD = RING_HEADER.word("consumer_position")
 CONSUMER_CACHED_PRODUCER_WORD = RING_HEADER.word("consumer_cached_producer")
 CONSUMER_SLEEPING_WORD = RING_HEADER.word("consumer_sleeping")
 CONSUMER_SLEEP_COUNT_WORD = RING_HEADER.word("consumer_sleep_count")
+PRODUCER_SEEN_CONSUMER_WORD = RING_HEADER.word("producer_seen_consumer")
+PRODUCER_SEEN_CONSUMER_NS_WORD = RING_HEADER.word("producer_seen_consumer_ns")
 
 MAX_CAPACITY = 1 << 24
 

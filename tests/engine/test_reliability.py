@@ -36,8 +36,8 @@ def engine(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def short_deadline_engine(tmp_path_factory):
-    """One worker and a 400 ms default deadline: a worker is behind after 800 ms
-    (ingress.admission.BEHIND_DEADLINES), so tests stop it past both."""
+    """One worker and a 400 ms default deadline: a stopped worker is behind (stuck) after
+    800 ms (ingress._fast_kernels.STUCK_FACTOR), so tests stop it past both."""
     with EngineProcess(tmp_path_factory.mktemp("behind"), workers=1,
                        overrides={"ingress": {"default_deadline_ms": 400}}) as eng:
         yield eng

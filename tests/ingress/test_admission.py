@@ -14,8 +14,8 @@ import pytest
 from shm.types import RESPONSE_SLOT_DTYPE, request_slot_dtype
 from ingress import _fast_kernels as K
 from ingress import wire
-from ingress.admission import (ADMITTED, BEHIND, BEHIND_DEADLINES, MAX_INFLIGHT, PEER_INFLIGHT,
-                               RING_FULL, Admission, RingViews)
+from ingress.admission import (ADMITTED, BEHIND, MAX_INFLIGHT, PEER_INFLIGHT, RING_FULL,
+                               Admission, RingViews)
 from ingress.codec import value_checks
 from ingress.dedup import IdempotencyWindow
 from shm.ring import OneToOneRing
@@ -24,7 +24,7 @@ from shm.tokens import EPOCH_SHIFT
 from tests.ingress.wire_helpers import SCHEMA, records
 
 CAP = 4
-DEADLINE_MS = 10                         # behind = BEHIND_DEADLINES of it: 20 ms
+DEADLINE_MS = 10                         # behind (moving) = half: 5 ms; stuck = 20 ms
 PER_EVENT_US = 50
 SLOT = request_slot_dtype(SCHEMA.dtype)
 
@@ -93,7 +93,7 @@ def test_both_paths_refuse_a_full_ring_and_a_behind_worker_alike(rings):
     _consume(worker, CAP)
     assert adm.worker_refusal(0, CAP, now) == ADMITTED
     assert adm.worker_refusal(0, CAP + 1, now) == RING_FULL   # all-or-nothing for a batch
-    _publish(pair.request, 1, now - 21_000_000)            # oldest unfinished event: 21 ms
+    _publish(pair.request, 1, now - 6_000_000)             # moved just now; oldest: 6 ms
     assert adm.worker_refusal(0, 1, now) == BEHIND
     assert _fast_admit(views, adm, now) == K.WORKER_BEHIND
     assert "worker 0 is behind" in adm.why(BEHIND, 0, now)
@@ -103,26 +103,48 @@ def test_both_paths_refuse_a_full_ring_and_a_behind_worker_alike(rings):
     assert pair.request.occupancy() == 1
 
 
-def test_an_event_answered_by_its_deadline_does_not_refuse_the_resend(rings):
-    """Issue 22 (refusal storms): a worker stalled past the deadline leaves the timed-out
+def test_a_stalled_worker_is_not_behind_until_it_is_stuck(rings):
+    """Issue 22 (refusal storms): a worker stopped past the deadline leaves the timed-out
     event in its ring; the client's resend, made then, is admitted by both paths (it waits
-    and is decided when the worker runs again). Refused, it used to be, by that event's age
-    alone, at every resend until the worker moved. Only an event older than BEHIND_DEADLINES
-    deadlines makes the worker behind, and moving past it admits again."""
+    and is decided when the worker runs again). It used to be refused by that event's age
+    alone, at every resend until the worker moved. A worker still for over two default
+    deadlines is stuck and behind; once it moves and drains, work is admitted again."""
     pair, worker = rings
     views = RingViews([pair], SLOT)
     adm = Admission(_cfg(), 1, views)
-    assert adm.behind_ns == BEHIND_DEADLINES * DEADLINE_MS * 1_000_000 > DEADLINE_MS * 1_000_000
-    now = time.monotonic_ns()
-    _publish(pair.request, 1, now - 12_000_000)            # past its 10 ms deadline: answered
-    assert adm.worker_refusal(0, 1, now) == ADMITTED
-    assert _fast_admit(views, adm, now) >= 0               # the resend, behind it in the ring
+    t0 = time.monotonic_ns()
+    assert adm.worker_refusal(0, 1, t0) == ADMITTED         # the first request's admission
+    _publish(pair.request, 1, t0)                            # and the worker stops before it
+    now = t0 + 12_000_000                                    # past its 10 ms deadline: answered
+    assert adm.worker_refusal(0, 1, now) == ADMITTED         # the resend waits for the worker
+    assert _fast_admit(views, adm, now) >= 0
     assert pair.request.occupancy() == 2
-    later = now + 9_000_000                                # still stopped: 21 ms since the first
-    assert adm.worker_refusal(0, 1, later) == BEHIND
-    assert _fast_admit(views, adm, later) == K.WORKER_BEHIND
-    _consume(worker, 1)                                    # it moved: the resend is 9 ms old
-    assert adm.worker_refusal(0, 1, later) == ADMITTED
+    stuck = t0 + 21_000_000                                  # still for over 20 ms
+    assert adm.worker_refusal(0, 1, stuck) == BEHIND
+    assert _fast_admit(views, adm, stuck) == K.WORKER_BEHIND
+    _consume(worker, 2)                                      # it runs again and drains its ring
+    assert adm.worker_refusal(0, 1, stuck) == ADMITTED
+
+
+def test_a_moving_worker_with_an_old_queue_is_behind_at_half_the_deadline(rings):
+    """What the rule exists for: a worker that keeps taking events while its oldest
+    unfinished one has waited over half the default deadline is overloaded, so new work for it
+    is refused at once (both paths) instead of queueing where it cannot be decided in time.
+    The same queue behind a worker that has stood still for over half the deadline is a stall."""
+    pair, worker = rings
+    views = RingViews([pair], SLOT)
+    adm = Admission(_cfg(), 1, views)
+    t0 = time.monotonic_ns()
+    _publish(pair.request, 3, t0)
+    assert adm.worker_refusal(0, 1, t0) == ADMITTED
+    _consume(worker, 1)                                      # it moves
+    now = t0 + 6_000_000
+    assert adm.worker_refusal(0, 1, now) == BEHIND
+    assert _fast_admit(views, adm, now) == K.WORKER_BEHIND
+    assert adm.worker_refusal(0, 1, now + 4_000_000) == BEHIND     # seen moving 4 ms ago
+    assert adm.worker_refusal(0, 1, now + 6_000_000) == ADMITTED   # still 6 ms: a stall
+    _consume(worker, 1)
+    assert adm.worker_refusal(0, 1, now + 7_000_000) == BEHIND     # moving again, still old
 
 
 def test_in_flight_counts_and_sequence_are_kept_once(rings):

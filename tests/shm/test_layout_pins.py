@@ -20,7 +20,8 @@ RING_HEADER = [(0, "MAGIC"), (128, "LAYOUT_VERSION"), (256, "CAPACITY"), (384, "
                (768, "PRODUCER_CACHED_CONSUMER"), (896, "PRODUCER_FULL_COUNT"),
                (1024, "PRODUCER_DOORBELL_COUNT"), (1152, "CONSUMER_POSITION"),
                (1280, "CONSUMER_CACHED_PRODUCER"), (1408, "CONSUMER_SLEEPING"),
-               (1536, "CONSUMER_SLEEP_COUNT")]
+               (1536, "CONSUMER_SLEEP_COUNT"), (1664, "PRODUCER_SEEN_CONSUMER"),
+               (1792, "PRODUCER_SEEN_CONSUMER_NS")]
 
 # (byte offset in the section, name, bytes); sections follow each other in this order
 SUPERVISOR = [(0, "header", 16), (64, "stop", 8), (128, "generation", 8), (192, "worker_restarts", 8),
@@ -53,7 +54,7 @@ def test_ring_header_offsets():
     got = [(getattr(L, n + "_OFFSET"), n) for _, n in RING_HEADER]
     assert got == RING_HEADER
     assert [getattr(L, n + "_WORD") for _, n in RING_HEADER] == [o // 8 for o, _ in RING_HEADER]
-    assert (L.HEADER_BYTES, L.SLOTS_OFFSET, L.HEADER_WORDS) == (1664, 1664, 208)
+    assert (L.HEADER_BYTES, L.SLOTS_OFFSET, L.HEADER_WORDS) == (1920, 1920, 240)
 
 
 @pytest.mark.parametrize("n_workers", [1, 3])
