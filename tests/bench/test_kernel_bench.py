@@ -127,3 +127,10 @@ def test_the_floor_counts_the_lines_the_staged_prefetch_touches():
     for r in rows:
         lines, ns_line, floor = float(r[1]), float(r[2]), float(r[3])
         assert 9 <= lines <= 40 and ns_line > 0 and floor == pytest.approx(lines * ns_line, rel=0.05, abs=1)
+
+
+def test_target_line_reports_the_100_rule_batch_64_figure():
+    row = {"ruleset": "synthetic-100", "batches": {64: {"kernel_ns_per_event": 97.26}}}
+    assert bk.target_line([{"ruleset": "synthetic-10"}, row]).endswith("97.3 ns/event (<= 100: met)")
+    row["batches"][64]["kernel_ns_per_event"] = 180.0
+    assert "NOT met" in bk.target_line([row]) and "no synthetic-100" in bk.target_line([])
