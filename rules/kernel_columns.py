@@ -17,8 +17,9 @@ COLUMN_BLOCK_EVENTS events, at the block's first event, the kernel runs:
 The per-event loop (feature reads, the rules that read them, the decision, the feature
 updates, in event order) then starts each event's words from those rows. ``cols`` is one
 uint64 array of shape (rows, block) allocated once per kernel call (one allocation cost
-about 40 ns here, four separate ones 370 ns) and viewed as int64 and float64 for typed
-rows; each row the per-event loop reads is written for every event of the block first.
+about 40 ns here, four separate ones 370 ns); a float row holds the value's bits
+(_f64_bits, _bits_f64: array views of other dtypes cost reference counting per call);
+each row the per-event loop reads is written for every event of the block first.
 Every store is to a contiguous row: a store to ``bits[i, w]`` (stride n_words) kept LLVM
 from vectorizing a loop (3.4 against 0.9 ns per event for one rule, measured here).
 """
@@ -27,7 +28,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 COLUMN_BLOCK_EVENTS = 256          # the block's rows stay in L1/L2 (rows x 256 x 8 bytes)
-_VIEW = {"u": "cols", "i": "ci", "f": "cf"}      # row views of one uint64 array
 
 
 @dataclass(frozen=True)
@@ -55,48 +55,47 @@ class ColumnPass:
         for lp in self.loops:
             if lp.fails:
                 self.ew_row.setdefault(lp.word, len(self.fw_row) + len(self.ew_row))
-        self.field_rows: dict = {}       # local variable -> (row, view, load format, gather, field)
+        self.field_rows: dict = {}       # local variable -> (row, load format, gathered value, field)
         read: dict = {}
         for lp in self.loops:
             read.update(lp.fields)
         row = len(self.fw_row) + len(self.ew_row)
         for name in sorted(read, key=schema.names.index):
-            for var, view, load, value in self._field_vars(name, read[name]):
-                self.field_rows[var] = (row, view, load, value, name)
+            for var, load, value in self._field_vars(name, read[name]):
+                self.field_rows[var] = (row, load, value, name)
                 row += 1
         self.rows = row
 
     def _field_vars(self, name: str, s):
-        """(variable, view, load format, gathered value) per row of field ``name``; the
-        variables are the ones rules.codegen.field_loads defines."""
+        """(variable, load format, gathered uint64) per row of field ``name``; the variables
+        are the ones rules.codegen.field_loads defines, with the same values."""
         if s.kind == "bytes":
             off = self.schema.dtype.fields[name][1]
-            return [(f"b_{name}_{j}", "u", "{}", f"_ldb(ev, {off + 8 * j}, {min(8, s.size - 8 * j)})")
+            return [(f"b_{name}_{j}", "{}", f"_ldb(ev, {off + 8 * j}, {min(8, s.size - 8 * j)})")
                     for j in range((s.size + 7) // 8)]
         if s.kind == "float":
-            return [(f"f_{name}", "f", "{}", f"np.float64(ev.{name})")]
+            return [(f"f_{name}", "_bits_f64({})", f"_f64_bits(np.float64(ev.{name}))")]
         if s.kind == "bool":
-            return [(f"f_{name}", "i", "({} != 0)", f"np.int64(ev.{name})")]
+            return [(f"f_{name}", "({} != 0)", f"np.uint64(ev.{name})")]
         if s.type == "u64":
-            return [(f"f_{name}", "u", "{}", f"ev.{name}")]
-        return [(f"f_{name}", "i", "{}", f"np.int64(ev.{name})")]
+            return [(f"f_{name}", "{}", f"ev.{name}")]
+        return [(f"f_{name}", "np.int64({})", f"np.uint64(np.int64(ev.{name}))")]
 
     def source(self) -> list[str]:
         """The njit functions ``_gather`` and one ``_col<k>`` per loop."""
         if not self.loops:
             return []
-        views = ["    ci = cols.view(np.int64)", "    cf = cols.view(np.float64)"]
-        out = ["@njit(**_OPTS)", "def _gather(events, lo, hi, cols):"] + views + [
-            "    for i in range(lo, hi):", "        ev = events[i]"]
-        out += [f"        {_VIEW[v]}[{row}, i - lo] = {value}" for row, v, _, value, _ in self.field_rows.values()]
+        out = ["@njit(**_OPTS)", "def _gather(events, lo, hi, cols):",
+               "    for i in range(lo, hi):", "        ev = events[i]"]
+        out += [f"        cols[{row}, i - lo] = {value}" for row, _, value, _ in self.field_rows.values()]
         if not self.field_rows:
             out.append("        pass")
         out.append("")
         first: set = set()
         for k, lp in enumerate(self.loops):
-            out += ["", "@njit(**_OPTS)", f"def _col{k}(cols, m):"] + views + ["    for i in range(m):"]
-            out += [f"        {var} = {load.format(f'{_VIEW[v]}[{row}, i]')}"
-                    for var, (row, v, load, _, name) in self.field_rows.items() if name in lp.fields]
+            out += ["", "@njit(**_OPTS)", f"def _col{k}(cols, m):", "    for i in range(m):"]
+            out += [f"        {var} = {load.format(f'cols[{row}, i]')}"
+                    for var, (row, load, _, name) in self.field_rows.items() if name in lp.fields]
             out += ["        fw = 0", "        ew = 0"] + ["    " + s for s in lp.lines]
             op = "|=" if lp.word in first else "="       # a word's first loop writes its rows
             out.append(f"        cols[{self.fw_row[lp.word]}, i] {op} np.uint64(fw)")

@@ -25,7 +25,7 @@ _HELPERS = ("_ldb", "_add_ii", "_sub_ii", "_mul_ii", "_floordiv_ii", "_mod_ii", 
             "_floordiv_ff", "_pow_ff", "_round_f", "_cmp_if", "_cmp_uf", "_cmp_ui",
             "_w_i", "_w_u", "_w_to_i", "_w_to_f", "_abs_w", "_cmp_wi", "_cmp_wu", "_cmp_wf",
             "_cmp_ww",
-            "_in_sorted_i", "_in_sorted_u")
+            "_in_sorted_i", "_in_sorted_u", "_f64_bits", "_bits_f64")
 _FIRED = ("_count_errors", "_finish_word", "_select_fired")
 
 
