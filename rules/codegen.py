@@ -3,9 +3,10 @@
 Input: the folded, typed IR of every enabled rule plus its index, action, score and mode.
 Output: module source text (no rule text is ever executed: the source is built only from
 the checked IR, names are schema field names and generated temporaries, literals are
-re-printed with ``repr``). Rules are grouped into chunk functions of CHUNK_RULES rules so
-compile time grows linearly; the kernel loops over events and calls the chunks in order,
-so fired rule indexes come out ascending.
+re-printed with ``repr``). Rules are grouped by bitmap word (CHUNK_RULES rules) into
+column loops over a block of events (stateless rules: rules/kernel_columns.py) and chunk
+functions called per event (rules reading features), so compile time grows linearly and
+fired rule indexes come out ascending.
 
 Kernel contract (see rules/__init__.py): kernel(events, arrival_ns, out, bits, hits, errors, *ext).
 """
@@ -43,11 +44,19 @@ def chunks_of(value: bytes, width: int) -> list[int]:
     return [int.from_bytes(padded[k:k + 8], "little") for k in range(0, width, 8)]
 
 
+def _int_by_const(m: ir.Bin) -> bool:
+    """int // or % by a constant other than 0 and -1: never fails, and LLVM turns the
+    division into multiplications and shifts."""
+    return m.op in ("//", "%") and m.a.type == "int" and isinstance(m.b, ir.Const) \
+        and m.b.value not in (0, -1)
+
+
 def pure(n: ir.Node) -> bool:
     """True when evaluating ``n`` can never fail: then short-circuit operators may evaluate
     every operand and combine with & | (no branches to mispredict, same result)."""
     for m in ir.walk(n):
-        if isinstance(m, ir.Bin) and (m.a.type == "int" or m.op in ("/", "//", "%", "**")):
+        if isinstance(m, ir.Bin) and (m.a.type == "int" or m.op in ("/", "//", "%", "**")) \
+                and not _int_by_const(m):
             return False
         if isinstance(m, ir.Conv) and m.x.type in ("u64", "wide") and m.type == "int":
             return False
@@ -61,6 +70,45 @@ def pure(n: ir.Node) -> bool:
     return True
 
 
+_EXACT_MIXED = ({"u64", "float"}, {"wide", "float"})     # exact comparisons through a call
+
+
+def reads_state(n: ir.Node) -> bool:
+    """True when ``n`` reads a feature, list, state or other extension symbol: its rule is
+    evaluated per event, in event order, between the feature reads and updates."""
+    return any(getattr(m, "symbol", None) is not None for m in ir.walk(n))
+
+
+def vector_ops(n: ir.Node) -> bool:
+    """True when every operation of ``n`` is cheap arithmetic over the event's fields, so a
+    loop evaluating it for a whole block may vectorize (if its code also has no branch:
+    RuleEmitter.branches): it reads no feature, list or state (those are read per event, in
+    order), and has no operation whose speculation costs more than the per-event code's
+    short-circuit skips: division or modulo (float / and int // or % by a constant
+    excepted), integer * and ** (their overflow checks divide), round, exact u64/float
+    comparisons, big-set searches."""
+    for m in ir.walk(n):
+        if getattr(m, "symbol", None) is not None:
+            return False
+        if isinstance(m, ir.Bin) and m.op in ("*", "/", "//", "%", "**") and not _int_by_const(m) \
+                and not (m.a.type == "float" and m.op in ("*", "/")):
+            return False
+        if isinstance(m, ir.Call) and m.fn == "round":
+            return False
+        pairs = []
+        if isinstance(m, ir.Cmp):
+            pairs = list(zip(m.operands, m.operands[1:]))
+        elif isinstance(m, ir.In):
+            if len(m.items) >= BSEARCH_MIN_ITEMS:
+                return False
+            pairs = [(m.x, c) for c in m.items]
+        elif isinstance(m, ir.Call):
+            pairs = [(a, b) for a in m.args for b in m.args]
+        if any({a.type, b.type} in _EXACT_MIXED for a, b in pairs):
+            return False
+    return True
+
+
 class RuleEmitter:
     """Emits statements for one rule's IR into ``lines`` (indented), temps ``v{r}_{k}``."""
 
@@ -68,6 +116,7 @@ class RuleEmitter:
         self.rid = rid
         self.k = 0
         self.can_fail = False         # set when a statement may fail (needs the e flag)
+        self.branches = False         # set when a statement is conditional (an if)
         self.lines: list[str] = []
         self.fields = fields          # field name -> spec, records the loads needed
         self.consts = consts          # global name -> (dtype, sorted values) for big sets
@@ -77,6 +126,7 @@ class RuleEmitter:
         return f"v{self.rid}_{self.k}"
 
     def emit(self, ind: int, s: str) -> None:
+        self.branches |= s.startswith(("if ", "else", "elif "))
         self.lines.append("    " * ind + s)
 
     def fail(self, ind: int, call: str) -> str:

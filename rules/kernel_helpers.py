@@ -42,6 +42,28 @@ def _ldb(typingctx, rec, offset, nbytes):
     return types.uint64(rec, offset, nbytes), codegen
 
 
+@intrinsic
+def _f64_bits(typingctx, x):
+    """The 64 bits of a float64 as uint64 (a column row of the column pass, no conversion)."""
+    if not isinstance(x, types.Float) or x.bitwidth != 64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], llir.IntType(64))
+    return types.uint64(x), codegen
+
+
+@intrinsic
+def _bits_f64(typingctx, u):
+    """The float64 whose 64 bits are ``u`` (the inverse of _f64_bits)."""
+    if not isinstance(u, types.Integer) or u.bitwidth != 64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], llir.DoubleType())
+    return types.float64(u), codegen
+
+
 # --- int64 arithmetic with overflow detection (unsigned wraparound is well defined) ----
 @njit(**_INL)
 def _add_ii(a, b):

@@ -1,4 +1,6 @@
-"""Assemble the generated kernel module: imports, constants, chunk functions, the kernel.
+"""Assemble the generated kernel module: imports, constants, the column pass of the stateless
+rules (rules/kernel_columns.py), chunk functions of the rules that read features, lists or
+state (called per event, in order), the kernel.
 
 The module defines EVENT_DTYPE, N_RULES and ``_kernel`` compiled eagerly for the explicit
 signature (events and out may be strided views: layout 'A'):
@@ -15,23 +17,28 @@ from pathlib import Path
 
 from shm.types import MAX_FIRED, DecisionFlag
 from rules import ir
-from rules.codegen import CHUNK_RULES, RuleEmitter, field_loads, flit, ilit
+from rules.codegen import CHUNK_RULES, RuleEmitter, field_loads, flit, ilit, reads_state, vector_ops
+from rules.kernel_columns import ColumnLoop, ColumnPass
 
 _HELPERS = ("_ldb", "_add_ii", "_sub_ii", "_mul_ii", "_floordiv_ii", "_mod_ii", "_pow_ii",
             "_neg_i", "_abs_i", "_u64_to_i", "_truediv_ii", "_div_ff", "_mod_ff",
             "_floordiv_ff", "_pow_ff", "_round_f", "_cmp_if", "_cmp_uf", "_cmp_ui",
             "_w_i", "_w_u", "_w_to_i", "_w_to_f", "_abs_w", "_cmp_wi", "_cmp_wu", "_cmp_wf",
             "_cmp_ww",
-            "_in_sorted_i", "_in_sorted_u")
+            "_in_sorted_i", "_in_sorted_u", "_f64_bits", "_bits_f64")
 _FIRED = ("_count_errors", "_finish_word", "_select_fired")
 
 
-def _helpers_hash() -> str:
+HASHED_SOURCES = ("kernel_helpers.py", "kernel_fired.py", "codegen.py", "kernel_columns.py",
+                  "kernel_source.py")
+
+
+def _helpers_hash(root: Path = Path(__file__).parent) -> str:
     """Hash of the helper and codegen sources. Numba's cache does not notice a change in a
     called function, so it is part of every generated file (and therefore its cache key)."""
     h = hashlib.blake2b(digest_size=8)
-    for mod in ("kernel_helpers.py", "kernel_fired.py", "codegen.py", "kernel_source.py"):
-        h.update((Path(__file__).parent / mod).read_bytes())
+    for mod in HASHED_SOURCES:
+        h.update((root / mod).read_bytes())
     return h.hexdigest()
 
 
@@ -57,8 +64,9 @@ def _dtype_literal(dt) -> str:
             f"'itemsize': {dt.itemsize}, 'aligned': True}})")
 
 
-def _rule_block(r: KernelRule, on_error_fire: bool, fields: dict, consts: dict) -> list[str]:
-    """Statements that set rule r's bit in ``fw`` (fired) or ``ew`` (evaluation error)."""
+def _rule_block(r: KernelRule, on_error_fire: bool, fields: dict, consts: dict) -> tuple[list[str], bool]:
+    """Statements that set rule r's bit in ``fw`` (fired) or ``ew`` (evaluation error); and
+    whether the rule can fail."""
     em = RuleEmitter(r.index, fields, consts)
     bit = r.index % 64
     mask = ilit(-(1 << 63)) if bit == 63 else str(1 << bit)
@@ -68,7 +76,7 @@ def _rule_block(r: KernelRule, on_error_fire: bool, fields: dict, consts: dict) 
     if not em.can_fail:
         em.emit(1, f"if {cond}:")
         em.emit(2, f"fw |= {mask}")
-        return em.lines
+        return em.lines, False
     em.lines.insert(at, f"    e{r.index} = False")
     em.emit(1, f"if e{r.index}:")
     em.emit(2, f"ew |= {mask}")
@@ -76,7 +84,48 @@ def _rule_block(r: KernelRule, on_error_fire: bool, fields: dict, consts: dict) 
         em.emit(2, f"fw |= {mask}")
     em.emit(1, f"elif {cond}:")
     em.emit(2, f"fw |= {mask}")
-    return em.lines
+    return em.lines, True
+
+
+def _straight_block(r: KernelRule, on_error_fire: bool, fields: dict, consts: dict):
+    """Like _rule_block, branch-free (``fw |= int(cond) << bit``); None when the rule's code
+    has a branch (a loop vectorizes only when every statement in it is straight-line code)."""
+    em = RuleEmitter(r.index, fields, consts)
+    bit = r.index % 64
+    em.emit(1, f"# [{r.index}] {r.rule_id}  {r.where}")
+    at = len(em.lines)
+    cond = em.expr(r.cond, 1)
+    if em.branches:
+        return None
+    if not em.can_fail:
+        em.emit(1, f"fw |= np.int64({cond}) << {bit}")
+        return em.lines, False
+    e = f"e{r.index}"
+    em.lines.insert(at, f"    {e} = False")
+    em.emit(1, f"ew |= np.int64({e}) << {bit}")
+    em.emit(1, f"fw |= np.int64({f'({e} | {cond})' if on_error_fire else f'((not {e}) & {cond})'}) << {bit}")
+    return em.lines, True
+
+
+def _column_loops(w: int, rules, on_error_fire: bool, consts: dict) -> list[ColumnLoop]:
+    """The stateless rules of word ``w``: a loop of the straight-line ones (it vectorizes)
+    and one of the rest in their per-event form (a short-circuit skips a costly operation)."""
+    vec_fields: dict = {}
+    vec: list = []
+    other_fields: dict = {}
+    other: list = []
+    for r in rules:
+        if reads_state(r.cond):
+            continue
+        fields: dict = {}
+        got = _straight_block(r, on_error_fire, fields, consts) if vector_ops(r.cond) else None
+        if got is not None:
+            vec_fields.update(fields)
+            vec.append(got)
+        else:
+            other.append(_rule_block(r, on_error_fire, other_fields, consts))
+    return [ColumnLoop(w, [s for lines, _ in blocks for s in lines], f, any(x for _, x in blocks))
+            for blocks, f in ((vec, vec_fields), (other, other_fields))]
 
 
 def generate(rules: list[KernelRule], n_rules: int, schema, thresholds: dict,
@@ -103,13 +152,21 @@ def generate(rules: list[KernelRule], n_rules: int, schema, thresholds: dict,
         "_OPTS = dict(cache=True, nogil=True, error_model='numpy')",
         "",
     ]
-    body = []
+    fire = on_error == "fire"
+    loops = []
+    for c in range(0, len(rules), CHUNK_RULES):
+        loops += _column_loops(c // 64, rules[c:c + CHUNK_RULES], fire, consts)
+    cols = ColumnPass(schema, loops)
+    body = cols.source()
     calls = []
     for c in range(0, len(rules), CHUNK_RULES):
         fields: dict = {}
         lines = []
         for r in rules[c:c + CHUNK_RULES]:
-            lines += _rule_block(r, on_error == "fire", fields, consts)
+            if reads_state(r.cond):           # the others are in the column pass
+                lines += _rule_block(r, fire, fields, consts)[0]
+        if not lines:
+            continue
         name = f"_chunk{c // CHUNK_RULES}"
         calls.append((name, c // 64))
         body.append("@njit(**_OPTS)")
@@ -147,14 +204,16 @@ def generate(rules: list[KernelRule], n_rules: int, schema, thresholds: dict,
         "    if arrival_ns.shape[0] < n or out.shape[0] < n or bits.shape[0] < n \\",
         f"            or bits.shape[1] < {nw} or hits.shape[0] < N_RULES or errors.shape[0] < N_RULES:",
         "        raise ValueError('rule kernel: an array is shorter than the batch or the ruleset')",
-        "    for i in range(n):",
-        "        ev = events[i]",
-        "        o = out[i]",
     ]
+    out += ["    " + s for s in cols.kernel_lines()]
+    out += ["    for i in range(n):"]
+    out += ["        " + s for s in cols.block_lines()]
+    out += ["        ev = events[i]", "        o = out[i]"]
     out += ["        " + s for s in (plan.read_lines() if plan else ())]
     for w in range(nw):
-        out.append(f"        fw{w} = 0")
-        out.append(f"        ew{w} = 0")
+        fw, ew = cols.word_start(w)
+        out.append(f"        fw{w} = {fw}")
+        out.append(f"        ew{w} = {ew}")
     for name, w in calls:
         out.append(f"        a, b = {name}(ev, i{extra})")
         out.append(f"        fw{w} |= a")

@@ -139,3 +139,10 @@ def test_the_features_bench_draws_both_key_distributions_over_more_keys_than_a_t
     n_z, n_u = len(np.unique(z["account_id"])), len(np.unique(u["account_id"]))
     assert n_z < cap < n_u and n_z < n_u / 2
     assert (bk._pool_events(cfg, "zipf")["account_id"] == z["account_id"]).all()
+
+
+def test_target_line_reports_the_100_rule_batch_64_figure():
+    row = {"ruleset": "synthetic-100", "batches": {64: {"kernel_ns_per_event": 97.26}}}
+    assert bk.target_line([{"ruleset": "synthetic-10"}, row]).endswith("97.3 ns/event (<= 100: met)")
+    row["batches"][64]["kernel_ns_per_event"] = 180.0
+    assert "NOT met" in bk.target_line([row]) and "no synthetic-100" in bk.target_line([])
