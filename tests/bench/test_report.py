@@ -23,7 +23,8 @@ def phase(label: str, values_ns: list[int], errors: dict | None = None) -> Phase
 
 def args(**kw):
     base = dict(clients=4, processes=2, duration=2.0, warmup=0.0, rate=0.0, batch=1,
-                transport="binary", target=None, config=None, echo_only=False)
+                transport="binary", target=None, config=None, echo_only=False, keys="zipf",
+                zipf_s=0.99)
     base.update(kw)
     return types.SimpleNamespace(**base)
 

@@ -3,6 +3,7 @@ idempotency conflicts, error replies a client can match, the documented messages
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -263,6 +264,7 @@ def test_overloaded_and_conflict_messages_are_the_documented_formats(tmp_path, r
             replies = {}
             # 2 waits for the stopped worker; 3 is one too many for its connection (per peer);
             # 6, from another connection, waits too; 7 is one too many for the engine
+            sent_2 = time.monotonic()
             for s, rid in ((d, 2), (d, 3), (d2, 6), (d3, 7)):
                 s.send_multipart([b"", _binary(schema, _events(schema, [0.0]), 0, rid)])
                 if rid in (3, 7):
@@ -279,7 +281,9 @@ def test_overloaded_and_conflict_messages_are_the_documented_formats(tmp_path, r
             dflt = replies[2][2][0]                # a default decision: generation 0, score 0
             assert (dflt["generation"], dflt["score"], dflt["nfired"], dflt["action"]) == (0, 0.0, 0, 2)
             overloaded += [replies[3][3], replies[7][3]]
-            # request 2 still sits in the stopped worker's ring, older than half the deadline
+            # request 2 still sits in the stopped worker's ring: once it is older than two
+            # deadlines the worker is stuck, not stalled, and new work for it is refused
+            time.sleep(max(0.0, sent_2 + 2 * 2.0 + 0.2 - time.monotonic()))
             rid, code, _, msg = wire.unpack_reply(_rpc(eng, _binary(schema, _events(schema, [0.0]), 0, 4)))
             assert (rid, code) == (4, 14)
             overloaded.append(msg)
