@@ -58,7 +58,7 @@ def _maps_path() -> str | None:
 def _load() -> ctypes.CDLL:
     """pyzmq's own libzmq (never a system one, whose sockets would be other objects)."""
     try:
-        from zmq.backend.cython import _zmq
+        from zmq.backend.cython import _zmq   # optional: pyzmq's cffi backend has none
         lib = ctypes.CDLL(_zmq.__file__)
         lib.zmq_msg_recv                                  # noqa: B018 (dlsym: present?)
         return lib
