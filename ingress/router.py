@@ -35,6 +35,7 @@ from shm.tokens import EPOCHS
 from shm.types import ErrorCode, request_slot_dtype
 from ingress.admission import DOORBELL_DEFER_NS, Admission, RingViews, Shards
 from ingress.codec import Codec, frame_kind, peek_request_id
+from ingress.compiledloop import CompiledLoop
 from ingress.conns import SERVICE_EVERY_NS, Connections, effective_cap, raise_nofile_limit
 from ingress.dedup import IdempotencyWindow
 from ingress.discard import FrameDiscarder
@@ -103,6 +104,10 @@ class Router:
         self.fast = FastPath(cfg, b, codec, dedup, admission, shards, views, replies, timeouts)
         self.general = GeneralPath(cfg, b, self.rings, codec, dedup, admission, shards, views,
                                    replies, timeouts, self.fast)
+        self.loop = None                   # ingress.compiled_loop: reads in compiled code
+        if cfg.ingress.compiled_loop:
+            self.loop = CompiledLoop(cfg, self.fast, self.general, admission, shards, views, dedup,
+                                     READ_BATCH, SHED_AFTER_NS)
 
     # --- set-up ------------------------------------------------------------------------------
 
@@ -133,6 +138,10 @@ class Router:
         self.sock = sock
         self.opts = SockOpts(sock)
         self.replies.bind(sock)
+        self.fast.bind_socket(sock.underlying)     # closed only after the loop below ends
+        if self.loop is not None:
+            print("risk-engine: ingress: ingress.compiled_loop=true: fast-path requests are "
+                  "read, admitted and answered in compiled code", file=sys.stderr, flush=True)
         self.discard = FrameDiscarder(sock).discard
         self.conns = self._connections(sock)
         conns_fd, conns_due = self.conns.fileno(), 0
@@ -258,6 +267,8 @@ class Router:
         decodes READ_BATCH requests takes several ms itself, and the refusals would wait
         behind it. Under overload the admitted requests keep a bounded latency, the peers
         that flood get a fast refusal, quiet peers are still served, and no queue grows."""
+        if self.loop is not None:
+            return self.loop.read(sock, self)
         n = 0
         rcvmore, recv = self.opts.rcvmore, sock.recv
         admit, handle, views = self.fast.admit, self.general.handle, self.views
