@@ -18,7 +18,9 @@ with an empty delimiter frame (``env_delim``) replace the envelope list of the P
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import carray, njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from shm.types import ErrorCode
 from ingress import _fast_kernels as K
@@ -100,6 +102,93 @@ def peer_count(ft, meta, env_id, env_len, ident, n):
     return c
 
 
+# --- arguments by address ----------------------------------------------------------------
+# Numba unboxes every array argument at each call from Python (about 0.1 us each: 2.5 us for
+# read_batch's, measured here); the loop instead passes one table of (address, rows, columns)
+# per call (``pack``) and these rebuild the arrays in compiled code. The arrays are the
+# router's, alive while it runs.
+R_HDR, R_HDR_LEN, R_U8, R_CAP, R_SLOT = range(5)      # ``rings``: one row per worker
+
+
+@intrinsic
+def _voidptr(typingctx, addr):
+    def codegen(context, builder, sig, args):
+        return builder.inttoptr(args[0], cgutils.voidptr_t)
+    return types.voidptr(types.int64), codegen
+
+
+@njit(cache=True, inline="always")
+def _i64(p, i):
+    return carray(_voidptr(p[i, 0]), (p[i, 1],), np.int64)
+
+
+@njit(cache=True, inline="always")
+def _i64x2(p, i):
+    return carray(_voidptr(p[i, 0]), (p[i, 1], p[i, 2]), np.int64)
+
+
+@njit(cache=True, inline="always")
+def _u8(p, i):
+    return carray(_voidptr(p[i, 0]), (p[i, 1],), np.uint8)
+
+
+@njit(cache=True, inline="always")
+def _u8x2(p, i):
+    return carray(_voidptr(p[i, 0]), (p[i, 1], p[i, 2]), np.uint8)
+
+
+@njit(cache=True, inline="always")
+def _u16(p, i):
+    return carray(_voidptr(p[i, 0]), (p[i, 1],), np.uint16)
+
+
+@njit(cache=True, inline="always")
+def request_ring(rings, w):
+    """Worker ``w``'s request ring: (header words, slot bytes)."""
+    r = rings[w]
+    return (carray(_voidptr(r[R_HDR]), (r[R_HDR_LEN],), np.int64),
+            carray(_voidptr(r[R_U8]), (r[R_CAP], r[R_SLOT]), np.uint8))
+
+
+# pack rows of read_packed and deliver_packed, in order, as (dtype, dimensions)
+READ_PACK = ("msg", "buf", "fsize", "ts", "state", "conf", "checks", "dd_index", "dd_ent", "ft",
+             "free", "meta", "fdec", "cells", "env_id", "env_len", "env_delim", "dup", "owed")
+DELIVER_PACK = ("done", "ft", "free", "meta", "fdec", "fout", "flag_errors", "c_eval", "c_stage",
+                "bounds", "c_req", "c_dec", "dd_meta", "dd_index", "dd_ent", "dd_pool", "env_id",
+                "env_len", "env_delim", "dup", "cells")
+KINDS = {"msg": ("i8", 1), "buf": ("u1", 1), "fsize": ("i8", 1), "ts": ("i8", 1), "state": ("i8", 1),
+         "conf": ("i8", 1), "checks": ("i8", 2), "dd_index": ("i8", 1), "dd_ent": ("i8", 2),
+         "ft": ("i8", 2), "free": ("i8", 1), "meta": ("i8", 1), "fdec": ("u1", 2), "cells": ("i8", 1),
+         "env_id": ("u1", 2), "env_len": ("i8", 1), "env_delim": ("u1", 1), "dup": ("u1", 1),
+         "owed": ("u1", 1), "done": ("i8", 1), "fout": ("u1", 2), "flag_errors": ("u2", 1),
+         "c_eval": ("i8", 1), "c_stage": ("i8", 2), "bounds": ("i8", 1), "c_req": ("i8", 1),
+         "c_dec": ("i8", 1), "dd_meta": ("i8", 1), "dd_pool": ("u1", 1)}
+
+
+def pack(arrays: dict, names: tuple) -> np.ndarray:
+    """The (address, rows, columns) table of ``arrays[name]`` for ``names``; raises when one
+    is not the dtype and shape the kernels rebuild (KINDS), C-contiguous and writable."""
+    t = np.zeros((len(names), 3), np.int64)
+    for i, name in enumerate(names):
+        a = arrays[name]
+        dt, nd = KINDS[name]
+        if a.dtype != np.dtype(dt) or a.ndim != nd or not a.flags.c_contiguous or not a.flags.writeable:
+            raise RuntimeError(f"compiled loop: array={name} dtype={a.dtype} ndim={a.ndim} "
+                               f"c_contiguous={a.flags.c_contiguous}: expected {np.dtype(dt)} {nd}-d")
+        t[i] = a.ctypes.data, a.shape[0], a.shape[1] if nd == 2 else 0
+    return t
+
+
+def pack_rings(hdrs: list, slots: list) -> np.ndarray:
+    """``rings`` for request_ring (or the response rings: header columns unused)."""
+    t = np.zeros((len(slots), 5), np.int64)
+    for w, (hdr, u8) in enumerate(zip(hdrs, slots)):
+        if hdr is not None:
+            t[w, R_HDR], t[w, R_HDR_LEN] = hdr.ctypes.data, hdr.shape[0]
+        t[w, R_U8], t[w, R_CAP], t[w, R_SLOT] = u8.ctypes.data, u8.shape[0], u8.shape[1]
+    return t
+
+
 @njit(cache=True, inline="always")
 def _worker_of(buf, off, conf):
     """Shards.worker_of_record for the one record at ``buf[off:]``."""
@@ -114,8 +203,7 @@ def _worker_of(buf, off, conf):
 
 @njit(cache=True)
 def admit_one(buf, fsize, nframes, now, ts, conf, checks, dd_index, dd_ent, dd_pool_size,
-              ring_hdrs, ring_u8s, ring_caps, ft, free, meta, fdec, cells, env_id, env_len,
-              env_delim, dup, owed):
+              rings, ft, free, meta, fdec, cells, env_id, env_len, env_delim, dup, owed):
     """FastPath.admit for the message in ``buf``: True when admitted (counted in ``cells``,
     its identity kept); False: nothing changed, Python takes the message."""
     cap = conf[FRAME_CAP]
@@ -145,8 +233,9 @@ def admit_one(buf, fsize, nframes, now, ts, conf, checks, dd_index, dd_ent, dd_p
     deadline_us = np.int64(_get(buf, bo + H_DEADLINE, 4))
     deadline = now + deadline_us * 1000 if deadline_us else now + conf[DEADLINE_NS]
     body = buf[bo:bo + conf[BODY_LEN]]
+    ring_hdr, ring_u8 = request_ring(rings, w)
     res = K.admit(body, HDR, conf[RSIZE], checks, cid, rid, keyed, dd_index, dd_ent, dd_pool_size,
-                  ring_hdrs[w], ring_u8s[w], ring_caps[w], conf[EV_OFF], w, ft, free, meta, fdec,
+                  ring_hdr, ring_u8, rings[w, R_CAP], conf[EV_OFF], w, ft, free, meta, fdec,
                   cells[SEQ], now, deadline, conf[BEHIND_NS])
     if res < 0:
         return False
@@ -167,8 +256,7 @@ def admit_one(buf, fsize, nframes, now, ts, conf, checks, dd_index, dd_ent, dd_p
 
 @njit(cache=True)
 def read_batch(h, msg, buf, fsize, ts, limit, owed_since, state, conf, checks, dd_index, dd_ent,
-               dd_pool_size, ring_hdrs, ring_u8s, ring_caps, ft, free, meta, fdec, cells, env_id,
-               env_len, env_delim, dup, owed):
+               dd_pool_size, rings, ft, free, meta, fdec, cells, env_id, env_len, env_delim, dup, owed):
     """Receive and admit up to ``limit`` messages. Returns (admitted, status, frames, t):
     EMPTY (nothing queued), FULL (``limit`` admitted), RING (the deferred doorbells are due:
     the caller rings them and calls again), HANDOFF (the message in ``buf``, of ``frames``
@@ -193,8 +281,7 @@ def read_batch(h, msg, buf, fsize, ts, limit, owed_since, state, conf, checks, d
         if t - state[BACKLOG_SINCE] > conf[SHED_AFTER_NS] and state[BACKLOG_READS] > conf[READ_BATCH]:
             return n, HANDOFF, k, t                # shedding: the router judges the peer's share
         if not admit_one(buf, fsize, k, t, ts, conf, checks, dd_index, dd_ent, dd_pool_size,
-                         ring_hdrs, ring_u8s, ring_caps, ft, free, meta, fdec, cells, env_id,
-                         env_len, env_delim, dup, owed):
+                         rings, ft, free, meta, fdec, cells, env_id, env_len, env_delim, dup, owed):
             return n, HANDOFF, k, t
         n += 1
         if owed_since and t - owed_since > conf[DEFER_NS]:
@@ -235,3 +322,25 @@ def deliver_send(h, resp_u8, pos, n, done, now, ft, free, meta, fdec, fout, flag
             done[k] = row
             k += 1
     return k, nslow
+
+
+@njit(cache=True)
+def read_packed(h, p, rings, limit, owed_since, dd_pool_size):
+    """read_batch with its arrays from ``p`` (READ_PACK) and ``rings`` (pack_rings)."""
+    return read_batch(h, _i64(p, 0), _u8(p, 1), _i64(p, 2), _i64(p, 3), limit, owed_since,
+                      _i64(p, 4), _i64(p, 5), _i64x2(p, 6), _i64(p, 7), _i64x2(p, 8), dd_pool_size,
+                      rings, _i64x2(p, 9), _i64(p, 10), _i64(p, 11), _u8x2(p, 12), _i64(p, 13),
+                      _u8x2(p, 14), _i64(p, 15), _u8(p, 16), _u8(p, 17), _u8(p, 18))
+
+
+@njit(cache=True)
+def deliver_packed(h, w, pos, n, now, instrument, window_ns, p, resp):
+    """deliver_send for worker ``w``'s response ring (``resp``: pack_rings of the response
+    rings) with its arrays from ``p`` (DELIVER_PACK)."""
+    r = resp[w]
+    resp_u8 = carray(_voidptr(r[R_U8]), (r[R_CAP], r[R_SLOT]), np.uint8)
+    return deliver_send(h, resp_u8, pos, n, _i64(p, 0), now, _i64x2(p, 1), _i64(p, 2), _i64(p, 3),
+                        _u8x2(p, 4), _u8x2(p, 5), _u16(p, 6), instrument, _i64(p, 7), _i64x2(p, 8),
+                        _i64(p, 9), _i64(p, 10), _i64(p, 11), _i64(p, 12), _i64(p, 13),
+                        _i64x2(p, 14), _u8(p, 15), window_ns, _u8x2(p, 16), _i64(p, 17), _u8(p, 18),
+                        _u8(p, 19), _i64(p, 20))

@@ -56,14 +56,16 @@ class CompiledLoop:
                      (LK.SHED_AFTER_NS, shed_after_ns), (LK.READ_BATCH, read_batch),
                      (LK.DEFER_NS, DOORBELL_DEFER_NS)):
             c[i] = v
-        self.args = (c, fast.checks, fast.dd_index, fast.dd_ent, fast.dd_pool.size,
-                     tuple(views.ring_hdr), tuple(views.ring_u8), np.array(views.ring_cap, np.int64),
-                     fast.ft, fast.free, fast.meta, fast.fdec, admission.cells, fast.env_id,
-                     fast.env_len, fast.env_delim, fast.dup, self.owed)
+        arrays = dict(msg=self.msg, buf=self.buf, fsize=self.fsize, ts=self.ts, state=self.state,
+                      conf=c, checks=fast.checks, dd_index=fast.dd_index, dd_ent=fast.dd_ent,
+                      ft=fast.ft, free=fast.free, meta=fast.meta, fdec=fast.fdec,
+                      cells=admission.cells, env_id=fast.env_id, env_len=fast.env_len,
+                      env_delim=fast.env_delim, dup=fast.dup, owed=self.owed)
+        self.pack = LK.pack(arrays, LK.READ_PACK)        # one argument, not 19 (LK doc)
+        self.rings = LK.pack_rings(views.ring_hdr, views.ring_u8)
+        self.dd_pool_size = fast.dd_pool.size
         ty, i64 = numba.typeof, numba.types.int64
-        head = (i64, ty(self.msg), ty(self.buf), ty(self.fsize), ty(self.ts), i64, i64, ty(self.state))
-        self._read = bind_entry(LK.read_batch, head + tuple(
-            i64 if type(a) is int else ty(a) for a in self.args))
+        self._read = bind_entry(LK.read_packed, (i64, ty(self.pack), ty(self.rings), i64, i64, i64))
 
     def read(self, sock: zmq.Socket, router) -> int:
         """Router._read_requests, compiled (module doc); returns the messages read."""
@@ -73,8 +75,8 @@ class CompiledLoop:
         n = 0
         while n < budget:
             conf[LK.GENERAL_KEYED] = len(self.dedup.inflight)   # keys the general path holds
-            got, status, k, t = self._read(h, self.msg, self.buf, self.fsize, self.ts, budget - n,
-                                           views.owed_since, state, *self.args)
+            got, status, k, t = self._read(h, self.pack, self.rings, budget - n, views.owed_since,
+                                           self.dd_pool_size)
             n += got
             self._flush_owed()
             if status == LK.EMPTY or status == LK.FULL:

@@ -120,9 +120,16 @@ class FastPath:
         self._peer_count = bind_entry(LK.peer_count, (ty(self.ft), ty(self.meta)) + env_t[:2]
                                       + (ty(self.env_id[0]), i64))
         self._send_reply = bind_entry(LK.send_reply, (i64, i64) + env_t + (ty(self.fout), ty(self.c_req)))
-        self._deliver_send = bind_entry(LK.deliver_send, (i64, ty(self.resp_u8[0]), i64, i64,
-                                                          ty(self.done), i64) + tail_t + env_t
-                                        + (ty(self.dup), ty(self.admission.cells)))
+        arrays = dict(done=self.done, ft=self.ft, free=self.free, meta=self.meta, fdec=self.fdec,
+                      fout=self.fout, flag_errors=self.flag_errors, c_eval=self.c_eval,
+                      c_stage=self.c_stage, bounds=self.bounds, c_req=self.c_req,
+                      c_dec=self.c_decisions, dd_meta=self.dd_meta, dd_index=self.dd_index,
+                      dd_ent=self.dd_ent, dd_pool=self.dd_pool, env_id=self.env_id,
+                      env_len=self.env_len, env_delim=self.env_delim, dup=self.dup,
+                      cells=self.admission.cells)
+        self._dpack = LK.pack(arrays, LK.DELIVER_PACK)       # one argument, not 21 (LK doc)
+        self._resp = LK.pack_rings([None] * len(self.resp_u8), self.resp_u8)
+        self._deliver_send = bind_entry(LK.deliver_packed, (i64,) * 7 + (ty(self._dpack), ty(self._resp)))
 
     def bind_socket(self, h: int) -> None:
         """Send the compiled loop's replies on the socket of handle ``h`` (ingress.zmqc)."""
@@ -221,9 +228,8 @@ class FastPath:
         """File the fast responses among ``n`` drained slots of worker ``w``'s response ring
         and send their replies. Returns how many slots belong to the general path."""
         if self.compiled:
-            ndup, nslow = self._deliver_send(self.h, self.resp_u8[w], pos, n, self.done, now,
-                                             *self._tail, self.env_id, self.env_len,
-                                             self.env_delim, self.dup, self.admission.cells)
+            ndup, nslow = self._deliver_send(self.h, w, pos, n, now, self.instrument,
+                                             self.window_ns, self._dpack, self._resp)
             for row in self.done[:ndup].tolist():
                 self._reply_duplicates(row)
             return nslow
