@@ -14,7 +14,9 @@ requests themselves are taken by two paths with one admission policy (ingress.ad
   (ingress.generalpath), which produces the precise error or answer.
 
 Both share the limits, the idempotency window, the replies (ingress.replies), the timeouts
-(ingress.timeouts) and the metrics.
+(ingress.timeouts) and the metrics. With ``ingress.compiled_loop: true`` the messages are read
+by ingress.compiledloop instead: the fast path's requests are received, admitted and answered
+in compiled code, and every other message reaches the same methods (shedding, paths).
 """
 from __future__ import annotations
 
