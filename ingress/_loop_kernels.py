@@ -59,12 +59,16 @@ def recv_message(h, msg, buf, fsize, frame_cap):
     Returns (frames kept, 1 if more frames follow unread: over MAX_FRAMES), or (-errno, 0)
     when the first receive fails (-EAGAIN: nothing queued)."""
     size, more = zmqc.recv_frame(h, msg, buf, 0, zmqc.DONTWAIT)
+    while size == -zmqc.EINTR:         # a signal: try again, as pyzmq's recv does
+        size, more = zmqc.recv_frame(h, msg, buf, 0, zmqc.DONTWAIT)
     if size < 0:
         return size, 0
     fsize[0] = size
     k = 1
     while True:                        # a ROUTER message is identity + >= 1 frame: no wait
         size, more = zmqc.recv_frame(h, msg, buf[k * frame_cap:(k + 1) * frame_cap], 0, 0)
+        while size == -zmqc.EINTR:
+            size, more = zmqc.recv_frame(h, msg, buf[k * frame_cap:(k + 1) * frame_cap], 0, 0)
         if size < 0:
             return size, 0
         fsize[k] = size
@@ -294,13 +298,22 @@ def send_reply(h, row, env_id, env_len, env_delim, fout, c_req):
     """Row ``row``'s reply (``fout[row]``) to its connection: identity, (empty,) body, never
     blocking (Replies.send_frames); a frame libzmq cannot queue drops the reply, counted
     INTERNAL like there."""
-    r = zmqc.send_frame(h, env_id, row * ID_BYTES, env_len[row], _MORE_NOWAIT)
+    r = _send(h, env_id, row * ID_BYTES, env_len[row], _MORE_NOWAIT)
     if r == 0 and env_delim[row]:
-        r = zmqc.send_frame(h, env_id, 0, 0, _MORE_NOWAIT)
+        r = _send(h, env_id, 0, 0, _MORE_NOWAIT)
     if r == 0:
-        r = zmqc.send_frame(h, fout, row * fout.shape[1], fout.shape[1], zmqc.DONTWAIT)
+        r = _send(h, fout, row * fout.shape[1], fout.shape[1], zmqc.DONTWAIT)
     if r < 0:
         c_req[INTERNAL] += 1
+
+
+@njit(cache=True, inline="always")
+def _send(h, src, off, n, flags):
+    """zmqc.send_frame, again after a signal (EINTR), as pyzmq's send does."""
+    r = zmqc.send_frame(h, src, off, n, flags)
+    while r == -zmqc.EINTR:
+        r = zmqc.send_frame(h, src, off, n, flags)
+    return r
 
 
 @njit(cache=True)
