@@ -28,11 +28,15 @@ from ingress import wire
 from ingress import zmqc
 from ingress.admission import INFLIGHT, SEQ
 from ingress._fast_kernels import _get
+from shm import _ring_kernels as RK
 
 MAX_FRAMES = 4                        # frames kept of one message (router.MAX_FRAMES)
 ID_BYTES = 256                        # a ROUTER identity is at most 255 bytes
 # read_batch statuses
 EMPTY, FULL, HANDOFF, TOO_MANY, RING, ERROR = range(6)
+# drain_packed statuses: every ring empty; a fired list is queued (Python drains that ring
+# from ``readable`` on); replies sent but some slots (nslow) or retries (ndup) are Python's
+DRAINED, FIRED, DELIVERED = range(3)
 # loop state cells
 BACKLOG_SINCE, BACKLOG_READS = 0, 1
 STATE_WORDS = 2
@@ -159,7 +163,7 @@ READ_PACK = ("msg", "buf", "fsize", "ts", "state", "conf", "checks", "dd_index",
              "free", "meta", "fdec", "cells", "env_id", "env_len", "env_delim", "dup", "owed")
 DELIVER_PACK = ("done", "ft", "free", "meta", "fdec", "fout", "flag_errors", "c_eval", "c_stage",
                 "bounds", "c_req", "c_dec", "dd_meta", "dd_index", "dd_ent", "dd_pool", "env_id",
-                "env_len", "env_delim", "dup", "cells")
+                "env_len", "env_delim", "dup", "cells", "ts")
 KINDS = {"msg": ("i8", 1), "buf": ("u1", 1), "fsize": ("i8", 1), "ts": ("i8", 1), "state": ("i8", 1),
          "conf": ("i8", 1), "checks": ("i8", 2), "dd_index": ("i8", 1), "dd_ent": ("i8", 2),
          "ft": ("i8", 2), "free": ("i8", 1), "meta": ("i8", 1), "fdec": ("u1", 2), "cells": ("i8", 1),
@@ -357,3 +361,38 @@ def deliver_packed(h, w, pos, n, now, instrument, window_ns, p, resp):
                         _i64(p, 9), _i64(p, 10), _i64(p, 11), _i64(p, 12), _i64(p, 13),
                         _i64x2(p, 14), _u8(p, 15), window_ns, _u8x2(p, 16), _i64(p, 17), _u8(p, 18),
                         _u8(p, 19), _i64(p, 20))
+
+
+@njit(cache=True)
+def drain_packed(h, w0, instrument, window_ns, p, resp, fired):
+    """Router._drain_responses for the fast path's responses: every response ring (``resp``:
+    pack_rings with headers) read, filed and answered (deliver_send) and released, until
+    one needs Python: a queued fired list (``fired``: the fired rings' headers, which the
+    general path keeps for JSON and keyed requests) or slots of the general path or retries
+    attached. Returns (slots released, status, w, pos, n, ndup, nslow): for DELIVERED the
+    caller finishes slots ``pos``..``pos + n`` of worker ``w`` and releases them. Starts
+    at worker ``w0``."""
+    got = 0
+    ts = _i64(p, 21)
+    for w in range(w0, resp.shape[0]):
+        hdr, u8 = request_ring(resp, w)
+        fhdr = carray(_voidptr(fired[w, R_HDR]), (fired[w, R_HDR_LEN],), np.int64)
+        while True:
+            pos, n = RK._readable(hdr, u8.shape[0])
+            _, nf = RK._readable(fhdr, 1)          # after readable: covers these responses
+            if nf > 0:
+                return got, FIRED, w, pos, n, 0, 0
+            if n <= 0:
+                break
+            ndup, nslow = deliver_send(h, u8, pos, n, _i64(p, 0), zmqc.monotonic_ns(ts),
+                                       _i64x2(p, 1), _i64(p, 2), _i64(p, 3), _u8x2(p, 4),
+                                       _u8x2(p, 5), _u16(p, 6), instrument, _i64(p, 7),
+                                       _i64x2(p, 8), _i64(p, 9), _i64(p, 10), _i64(p, 11),
+                                       _i64(p, 12), _i64(p, 13), _i64x2(p, 14), _u8(p, 15),
+                                       window_ns, _u8x2(p, 16), _i64(p, 17), _u8(p, 18),
+                                       _u8(p, 19), _i64(p, 20))
+            if ndup or nslow:
+                return got, DELIVERED, w, pos, n, ndup, nslow
+            RK._release(hdr, n)
+            got += n
+    return got, DRAINED, 0, 0, 0, 0, 0

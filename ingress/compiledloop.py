@@ -24,16 +24,17 @@ from ingress import _loop_kernels as LK
 from ingress import zmqc
 from ingress.admission import DOORBELL_DEFER_NS
 from ingress.dedup import i64_bits
+from shm import _ring_kernels as RK
 from shm.ring import bind_entry
 
 _SHED = OVERLOAD_REASONS.index("shed")
 
 
 class CompiledLoop:
-    def __init__(self, cfg, fast, general, admission, shards, views, dedup, read_batch: int,
-                 shed_after_ns: int):
-        """The router's parts it drives; ``read_batch`` and ``shed_after_ns``: the router's
-        READ_BATCH and SHED_AFTER_NS."""
+    def __init__(self, cfg, rings, fast, general, admission, shards, views, dedup,
+                 read_batch: int, shed_after_ns: int):
+        """The router's parts it drives (``rings``: its EngineRings per worker);
+        ``read_batch`` and ``shed_after_ns``: the router's READ_BATCH and SHED_AFTER_NS."""
         self.fast, self.general, self.admission, self.views, self.dedup = fast, general, admission, views, dedup
         self.read_batch = read_batch
         self.shed_after_ns = shed_after_ns
@@ -66,6 +67,13 @@ class CompiledLoop:
         self.dd_pool_size = fast.dd_pool.size
         ty, i64 = numba.typeof, numba.types.int64
         self._read = bind_entry(LK.read_packed, (i64, ty(self.pack), ty(self.rings), i64, i64, i64))
+        # the response and fired rings, for drain_packed
+        self.response_rings = [r.response for r in rings]
+        self.resp = LK.pack_rings([q.header for q in self.response_rings], views.resp_u8)
+        self.fired = LK.pack_rings([r.fired.header for r in rings], views.resp_u8)
+        self._drain = bind_entry(LK.drain_packed, (i64,) * 4 + (ty(fast._dpack), ty(self.resp),
+                                                                ty(self.fired)))
+        self._release = bind_entry(RK._release, (ty(self.response_rings[0].header), i64))
 
     def read(self, sock: zmq.Socket, router) -> int:
         """Router._read_requests, compiled (module doc); returns the messages read."""
@@ -103,6 +111,29 @@ class CompiledLoop:
                 views.ring_owed()
         views.ring_owed()                          # when the queue empties, or every call
         return n
+
+    def drain(self, router) -> int:
+        """Router._drain_responses, compiled for the fast path's responses (drain_packed);
+        the general path's, fired lists and retries in Python. Returns the slots drained."""
+        fast, general = self.fast, self.general
+        got, w0 = 0, 0
+        while True:
+            n_rel, status, w, pos, n, ndup, nslow = self._drain(
+                fast.h, w0, fast.instrument, fast.window_ns, fast._dpack, self.resp, self.fired)
+            got += n_rel
+            if status == LK.DRAINED:
+                return got
+            if status == LK.FIRED:                 # this ring the Python way, to its end
+                got += router._drain_ring(w, self.response_rings[w])
+                w0 = w + 1
+                continue
+            for row in fast.done[:ndup].tolist():  # DELIVERED: the rest of these slots
+                fast._reply_duplicates(row)
+            if nslow:
+                general.deliver(w, pos, n)
+            self._release(self.response_rings[w].header, n)
+            got += n
+            w0 = w
 
     def _frames(self, k: int) -> list:
         cap, buf = self.frame_cap, self.buf

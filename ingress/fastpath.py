@@ -126,7 +126,7 @@ class FastPath:
                       c_dec=self.c_decisions, dd_meta=self.dd_meta, dd_index=self.dd_index,
                       dd_ent=self.dd_ent, dd_pool=self.dd_pool, env_id=self.env_id,
                       env_len=self.env_len, env_delim=self.env_delim, dup=self.dup,
-                      cells=self.admission.cells)
+                      cells=self.admission.cells, ts=np.zeros(2, np.int64))
         self._dpack = LK.pack(arrays, LK.DELIVER_PACK)       # one argument, not 21 (LK doc)
         self._resp = LK.pack_rings([None] * len(self.resp_u8), self.resp_u8)
         self._deliver_send = bind_entry(LK.deliver_packed, (i64,) * 7 + (ty(self._dpack), ty(self._resp)))

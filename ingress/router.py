@@ -108,8 +108,8 @@ class Router:
                                    replies, timeouts, self.fast)
         self.loop = None                   # ingress.compiled_loop: reads in compiled code
         if cfg.ingress.compiled_loop:
-            self.loop = CompiledLoop(cfg, self.fast, self.general, admission, shards, views, dedup,
-                                     READ_BATCH, SHED_AFTER_NS)
+            self.loop = CompiledLoop(cfg, self.rings, self.fast, self.general, admission, shards,
+                                     views, dedup, READ_BATCH, SHED_AFTER_NS)
 
     # --- set-up ------------------------------------------------------------------------------
 
@@ -336,19 +336,26 @@ class Router:
             request_id=peek_request_id(body), kind=frame_kind(body)))
 
     def _drain_responses(self) -> int:
+        if self.loop is not None:
+            return self.loop.drain(self)
+        got = 0
+        for w, ring in enumerate(self.response_rings):
+            got += self._drain_ring(w, ring)
+        return got
+
+    def _drain_ring(self, w: int, ring) -> int:
+        """Worker ``w``'s responses until its ring is empty; returns how many."""
         got = 0
         deliver, general = self.fast.deliver, self.general
-        for w, ring in enumerate(self.response_rings):
-            while True:
-                pos, n = ring.readable(ring.capacity)
-                general.drain_fired(w)             # after readable: covers these responses
-                if n <= 0:
-                    break
-                if deliver(w, pos, n, time.monotonic_ns()):    # some belong to this path
-                    general.deliver(w, pos, n)
-                ring.release(n)
-                got += n
-        return got
+        while True:
+            pos, n = ring.readable(ring.capacity)
+            general.drain_fired(w)                 # after readable: covers these responses
+            if n <= 0:
+                return got
+            if deliver(w, pos, n, time.monotonic_ns()):    # some belong to this path
+                general.deliver(w, pos, n)
+            ring.release(n)
+            got += n
 
 
 def main(argv: list[str] | None = None) -> int:
