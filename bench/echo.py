@@ -8,7 +8,14 @@ floor plain pyzmq reaches here, not a straw man. It is the "raw pyzmq echo" of i
 does not read ZMQ_RCVMORE from libzmq through ctypes as the ingress does (that is the
 engine's own engineering).
 
-``EchoServer(bind)`` starts and stops that process from the harness.
+``--compiled``: the same loop compiled (Numba, ``_echo_loop``), calling libzmq directly on
+the pyzmq socket through ingress.zmqc: one ``zmq_msg_recv`` and one ``zmq_msg_send`` per
+frame, the frame passed on without a copy, no Python per message. It is the floor a
+compiled ingress can reach with this transport. It returns to Python at least every
+``CHECK_STOP_NS`` (or on the 200 ms receive timeout, or a signal) so the stop is seen as
+promptly as the pyzmq loop sees it.
+
+``EchoServer(bind, compiled=False)`` starts and stops that process from the harness.
 """
 from __future__ import annotations
 
@@ -19,22 +26,31 @@ import subprocess
 import sys
 import time
 
+import numba
+import numpy as np
 import zmq
+from numba import njit
 
+from ingress import zmqc
 from ingress.sockopts import backend_send
 
+CHECK_STOP_NS = 50_000_000             # the compiled loop returns to look at the stop flag
 
-def serve(bind: str, stop: list) -> int:
-    """Echo until ``stop[0]`` is true (checked at least every 200 ms); returns messages echoed."""
 
-    ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.ROUTER)
+def _socket(bind: str) -> zmq.Socket:
+    sock = zmq.Context.instance().socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVTIMEO, 200)
     sock.setsockopt(zmq.SNDHWM, 100_000)
     sock.setsockopt(zmq.RCVHWM, 100_000)
     sock.bind(bind)
     print(f"echo: serving {bind}", flush=True)
+    return sock
+
+
+def serve(bind: str, stop: list) -> int:
+    """Echo until ``stop[0]`` is true (checked at least every 200 ms); returns messages echoed."""
+    sock = _socket(bind)
     handled = 0
     frames: list = []
     recv, send, more, sndmore = sock.recv, backend_send(sock), sock.get, int(zmq.SNDMORE)
@@ -54,9 +70,48 @@ def serve(bind: str, stop: list) -> int:
     return handled
 
 
+@njit(cache=True)
+def _echo_loop(h, msg, ts, budget_ns):
+    """Echo whole messages on socket ``h`` for about ``budget_ns``; returns how many, or
+    -1 - n after n when a libzmq call failed (a receive timeout, EAGAIN, or a signal, EINTR,
+    ends the round too: the caller looks at its stop flag and calls again)."""
+    m = msg.ctypes.data
+    end = zmqc.monotonic_ns(ts) + budget_ns
+    n = 0
+    while True:
+        zmqc.zmq_msg_init(m)
+        if zmqc.zmq_msg_recv(m, h, 0) < 0:
+            zmqc.zmq_msg_close(m)
+            return -1 - n
+        more = zmqc.zmq_msg_more(m)
+        if zmqc.zmq_msg_send(m, h, zmqc.SNDMORE if more else 0) < 0:   # sent: libzmq owns it
+            zmqc.zmq_msg_close(m)
+            return -1 - n
+        if not more:
+            n += 1
+            if zmqc.monotonic_ns(ts) >= end:
+                return n
+
+
+def serve_compiled(bind: str, stop: list) -> int:
+    """``serve`` with the loop compiled (module doc); returns messages echoed."""
+    msg, ts = zmqc.new_msg(), np.zeros(2, np.int64)
+    # compiled (or loaded from the cache) before "serving": no client waits for it
+    _echo_loop.compile((numba.types.uint64, numba.typeof(msg), numba.typeof(ts), numba.types.int64))
+    sock = _socket(bind)
+    handled = 0
+    while not stop[0]:
+        n = _echo_loop(np.uint64(zmqc.handle(sock)), msg, ts, CHECK_STOP_NS)
+        handled += n if n >= 0 else -1 - n
+    sock.close(0)
+    return handled
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bench.echo", description="raw pyzmq ROUTER echo server")
     ap.add_argument("--bind", required=True)
+    ap.add_argument("--compiled", action="store_true",
+                    help="the same loop compiled, calling libzmq directly (no Python per message)")
     a = ap.parse_args(argv)
     stop = [False]
 
@@ -65,17 +120,20 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    n = serve(a.bind, stop)
+    n = (serve_compiled if a.compiled else serve)(a.bind, stop)
     print(f"echo: handled {n}", flush=True)
     return 0
 
 
 class EchoServer:
-    """The echo process, started on ``bind``; ``stop()`` returns the messages it echoed."""
+    """The echo process, started on ``bind`` (``compiled``: the compiled loop); ``stop()``
+    returns the messages it echoed."""
 
-    def __init__(self, bind: str, start_timeout_s: float = 30.0):
+    def __init__(self, bind: str, start_timeout_s: float = 30.0, compiled: bool = False):
         self.bind = bind
-        self.proc = subprocess.Popen([sys.executable, "-m", "bench.echo", "--bind", bind],
+        self.compiled = compiled
+        self.proc = subprocess.Popen([sys.executable, "-m", "bench.echo", "--bind", bind]
+                                     + (["--compiled"] if compiled else []),
                                      stdout=subprocess.PIPE, text=True)
         line = _readline(self.proc, start_timeout_s)
         if not line.startswith("echo: serving"):

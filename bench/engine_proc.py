@@ -109,6 +109,8 @@ class EngineProcess:
             raw["workers"] = {**(raw.get("workers") or {}), "count": workers}
         raw["journal"] = {**(raw.get("journal") or {}), "dir": str(self.tmp / self.instance / "journal")}
         raw["snapshot"] = {**(raw.get("snapshot") or {}), "dir": str(self.tmp / self.instance / "snapshots")}
+        if os.environ.get("RISK_ENGINE_TEST_COMPILED_LOOP") == "1":   # a suite run with it on
+            raw["ingress"]["compiled_loop"] = True
         for section, vals in (overrides or {}).items():
             if isinstance(vals, dict) and isinstance(raw.get(section), dict):
                 raw[section].update(vals)

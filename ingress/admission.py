@@ -39,6 +39,7 @@ DOORBELL_DEFER_NS = 100_000           # while more requests are queued, wake a s
 RING_FULL, MAX_INFLIGHT, BEHIND, PEER_INFLIGHT = (OVERLOAD_REASONS.index(r) for r in (
     "ring_full", "max_inflight", "worker_behind", "peer_inflight"))
 ADMITTED = -1                         # a refusal method's answer when nothing refuses
+INFLIGHT, SEQ = 0, 1                  # Admission.cells: shared with the compiled loop
 
 
 def shard_of(keys: np.ndarray, n_workers: int) -> np.ndarray:
@@ -114,9 +115,13 @@ class Admission:
         # a moving worker whose oldest unfinished event has waited this long is behind (module
         # doc); a still one after FK.STUCK_FACTOR times this (two default deadlines)
         self.behind_ns = self.default_deadline_ns // 2
-        self.inflight = 0                       # admitted, not yet answered (both paths)
+        # requests admitted, not yet answered (both paths), and the next admitted request's
+        # sequence (shm.tokens): cells, so the compiled loop (ingress.compiledloop) counts too
+        self.cells = np.zeros(2, np.int64)
+        self.cells[SEQ] = first_sequence(epoch)
         self.peer_inflight: dict[bytes, int] = {}   # ROUTER identity -> requests in flight
-        self.seq = first_sequence(epoch)        # the next admitted request's sequence (shm.tokens)
+        # with the compiled loop, its requests are not in peer_inflight: this counts them
+        self.peer_extra = None
         self._views = views
         ty, i64 = numba.typeof, numba.types.int64
         hdr_t, u8_t = ty(views.ring_hdr[0]), ty(views.ring_u8[0])
@@ -126,11 +131,23 @@ class Admission:
     def refusal(self, peer: bytes) -> int:
         """The reason (OVERLOAD_REASONS index) a request of connection ``peer`` is refused
         before routing (in-flight limits), or ADMITTED."""
-        if self.inflight >= self.max_inflight:
+        inflight = self.inflight
+        if inflight >= self.max_inflight:
             return MAX_INFLIGHT
-        if self.peer_inflight.get(peer, 0) >= self.max_per_peer:
+        c = self.peer_inflight.get(peer, 0)
+        if self.peer_extra is not None and inflight >= self.max_per_peer:
+            c += self.peer_extra(peer)            # (under that, no peer can be at its share)
+        if c >= self.max_per_peer:
             return PEER_INFLIGHT
         return ADMITTED
+
+    @property
+    def inflight(self) -> int:
+        return int(self.cells[INFLIGHT])
+
+    @property
+    def seq(self) -> int:
+        return int(self.cells[SEQ])
 
     def worker_refusal(self, w: int, n: int, now_ns: int) -> int:
         """The reason ``n`` events for worker ``w`` are refused (ring full, worker behind),
@@ -153,17 +170,24 @@ class Admission:
         return f"worker {w} is behind: its oldest queued event has waited {age / 1e6:.1f} ms"
 
     def commit(self, peer: bytes) -> int:
-        """A request of ``peer`` was admitted: count it; returns its sequence number."""
-        seq = self.seq
-        self.seq = seq + 1
-        self.inflight += 1
+        """A request of ``peer`` was admitted: count it; returns its sequence number. ``peer``
+        None: its connection is counted by ``peer_extra`` (the compiled loop's rows)."""
+        cells = self.cells
+        seq = int(cells[SEQ])
+        cells[SEQ] = seq + 1
+        cells[INFLIGHT] += 1
+        if peer is None:
+            return seq
         pin = self.peer_inflight
         pin[peer] = pin.get(peer, 0) + 1
         return seq
 
     def release(self, peer: bytes) -> None:
-        """An admitted request of ``peer`` was answered: no longer in flight."""
-        self.inflight -= 1
+        """An admitted request of ``peer`` was answered: no longer in flight (None: as in
+        ``commit``)."""
+        self.cells[INFLIGHT] -= 1
+        if peer is None:
+            return
         c = self.peer_inflight.pop(peer, 1) - 1
         if c:
             self.peer_inflight[peer] = c

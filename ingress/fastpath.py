@@ -22,6 +22,7 @@ import numpy as np
 from shm.control import LATENCY_BOUNDS_NS, N_CODES, STAGES
 from shm.types import RESPONSE_SLOT_DTYPE, DecisionFlag
 from ingress import _fast_kernels as K
+from ingress import _loop_kernels as LK
 from ingress import wire
 from ingress.admission import ADMITTED
 from ingress.dedup import i64_bits
@@ -80,7 +81,17 @@ class FastPath:
         self.c_stage = block.view("ingress.stage_hist").reshape(len(STAGES), -1)
         self.c_req = block.view("ingress.requests").reshape(2, N_CODES)[0]
         self.c_decisions = block.view("ingress.decisions")
+        # ingress.compiled_loop: a row's connection is kept in arrays the compiled loop reads
+        # and writes (ingress._loop_kernels), not in ``envelopes``, ``keys`` and the dicts
+        self.compiled = cfg.ingress.compiled_loop
+        self.env_id = np.zeros((capacity, LK.ID_BYTES), np.uint8)
+        self.env_len = np.zeros(capacity, np.int64)
+        self.env_delim = np.zeros(capacity, np.uint8)
+        self.dup = np.zeros(capacity, np.uint8)
+        self.h = 0                              # the socket's handle, once bound
         self._bind()
+        if self.compiled:
+            admission.peer_extra = self.peer_count
 
     def _bind(self) -> None:
         """Compile (or load) the kernels for exactly these argument types and keep their entry
@@ -102,6 +113,44 @@ class FastPath:
                                    + tail_t)
         self._finish = bind_entry(K.finish_row, (i64, i64, i64) + tail_t)
         self._expired = bind_entry(K.expired, (ty(self.ft), ty(self.meta), i64, ty(self.done)))
+        if not self.compiled:
+            return
+        env_t = (ty(self.env_id), ty(self.env_len), ty(self.env_delim))
+        self._key_row = bind_entry(LK.key_row, (ty(self.ft), ty(self.meta), i64, i64))
+        self._peer_count = bind_entry(LK.peer_count, (ty(self.ft), ty(self.meta)) + env_t[:2]
+                                      + (ty(self.env_id[0]), i64))
+        self._send_reply = bind_entry(LK.send_reply, (i64, i64) + env_t + (ty(self.fout), ty(self.c_req)))
+        arrays = dict(done=self.done, ft=self.ft, free=self.free, meta=self.meta, fdec=self.fdec,
+                      fout=self.fout, flag_errors=self.flag_errors, c_eval=self.c_eval,
+                      c_stage=self.c_stage, bounds=self.bounds, c_req=self.c_req,
+                      c_dec=self.c_decisions, dd_meta=self.dd_meta, dd_index=self.dd_index,
+                      dd_ent=self.dd_ent, dd_pool=self.dd_pool, env_id=self.env_id,
+                      env_len=self.env_len, env_delim=self.env_delim, dup=self.dup,
+                      cells=self.admission.cells, ts=np.zeros(2, np.int64))
+        self._dpack = LK.pack(arrays, LK.DELIVER_PACK)       # one argument, not 21 (LK doc)
+        self._resp = LK.pack_rings([None] * len(self.resp_u8), self.resp_u8)
+        self._deliver_send = bind_entry(LK.deliver_packed, (i64,) * 7 + (ty(self._dpack), ty(self._resp)))
+
+    def bind_socket(self, h: int) -> None:
+        """Send the compiled loop's replies on the socket of handle ``h`` (ingress.zmqc)."""
+        self.h = h
+
+    def peer_count(self, peer: bytes) -> int:
+        """The rows in flight of connection ``peer`` (compiled loop: Admission.peer_extra)."""
+        ident = np.frombuffer(peer, np.uint8)
+        if len(ident) >= LK.ID_BYTES:
+            return 0
+        buf = self.env_id[0].copy()
+        buf[:len(ident)] = ident
+        return int(self._peer_count(self.ft, self.meta, self.env_id, self.env_len, buf, len(ident)))
+
+    def pending_row(self, key) -> int | None:
+        """The row in flight with idempotency key ``key`` (compiled loop; the Python path
+        keeps it in dedup.inflight), or None."""
+        if not self.compiled:
+            return None
+        row = self._key_row(self.ft, self.meta, i64_bits(key[0]), i64_bits(key[1]))
+        return None if row < 0 else int(row)
 
     # --- requests ----------------------------------------------------------------------------
 
@@ -131,7 +180,7 @@ class FastPath:
         key = None
         if cid and self.keyed_ok:
             key = (cid, rid)
-            if key in self.inflight:
+            if key in self.inflight or (self.compiled and self.pending_row(key) is not None):
                 return False
         w = self.shards.worker_of_record(body, wire.REQUEST_HEADER_SIZE)
         res = self._admit(body, wire.REQUEST_HEADER_SIZE, self.rsize, self.checks,
@@ -141,11 +190,18 @@ class FastPath:
                           adm.seq, now, adm.deadline(now, deadline_us), self.behind_ns)
         if res < 0:
             return False
-        adm.commit(peer)
         row = res >> 1
         self.ft[row, K.ROUTED] = time.monotonic_ns()
         if res & 1:
             self.views.owe(w)
+        if self.compiled:
+            adm.commit(None)
+            self.env_id[row, :len(peer)] = np.frombuffer(peer, np.uint8)
+            self.env_len[row] = len(peer)
+            self.env_delim[row] = len(frames) == 3
+            self.dup[row] = 0
+            return True
+        adm.commit(peer)
         self.envelopes[row] = frames[:-1]
         if key is not None:
             self.keys[row] = key
@@ -164,12 +220,19 @@ class FastPath:
     def attach(self, row: int, envelope, req) -> None:
         """A retry of in-flight row ``row`` (its own transport): answered with its decision."""
         self.duplicates.setdefault(row, []).append((envelope, req))
+        self.dup[row] = 1
 
     # --- responses ---------------------------------------------------------------------------
 
     def deliver(self, w: int, pos: int, n: int, now: int) -> int:
         """File the fast responses among ``n`` drained slots of worker ``w``'s response ring
         and send their replies. Returns how many slots belong to the general path."""
+        if self.compiled:
+            ndup, nslow = self._deliver_send(self.h, w, pos, n, now, self.instrument,
+                                             self.window_ns, self._dpack, self._resp)
+            for row in self.done[:ndup].tolist():
+                self._reply_duplicates(row)
+            return nslow
         ndone, nslow = self._deliver(self.resp_u8[w], pos, n, self.done, now, *self._tail)
         for row in self.done[:ndone].tolist():
             self._reply(row)
@@ -193,6 +256,11 @@ class FastPath:
         self._reply(row)
 
     def _reply(self, row: int) -> None:
+        if self.compiled:
+            self.admission.release(None)
+            self._send_reply(self.h, row, self.env_id, self.env_len, self.env_delim, self.fout,
+                             self.c_req)
+            return self._reply_duplicates(row)
         env = self.envelopes[row]
         self.envelopes[row] = None
         self.admission.release(env[0])
@@ -202,6 +270,11 @@ class FastPath:
         if key is not None:
             self.keys[row] = None
             self.dedup.end_inflight(key, row)   # only if still this row's entry
+        self._reply_duplicates(row)
+
+    def _reply_duplicates(self, row: int) -> None:
+        """The retries attached to row ``row`` (general path), answered with its decision."""
+        self.dup[row] = 0
         dups = self.duplicates.pop(row, None) if self.duplicates else None
         if dups:
             slots = self.fdec[row].copy().view(RESPONSE_SLOT_DTYPE)

@@ -130,6 +130,8 @@ class GeneralPath:
             dkey = (req.client_id, req.request_id)
             rhash = records_hash(req.records)
             p = self.dedup.pending(dkey)
+            if p is None:                          # the compiled loop's rows are not there
+                p = self.fast.pending_row(dkey)
             if type(p) is int:                     # first copy in flight on the fast path
                 if n != 1 or not self.fast.holds(p, rhash):
                     return self.replies.conflict(envelope, req)

@@ -14,7 +14,9 @@ requests themselves are taken by two paths with one admission policy (ingress.ad
   (ingress.generalpath), which produces the precise error or answer.
 
 Both share the limits, the idempotency window, the replies (ingress.replies), the timeouts
-(ingress.timeouts) and the metrics.
+(ingress.timeouts) and the metrics. With ``ingress.compiled_loop: true`` the messages are read
+by ingress.compiledloop instead: the fast path's requests are received, admitted and answered
+in compiled code, and every other message reaches the same methods (shedding, paths).
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ from shm.tokens import EPOCHS
 from shm.types import ErrorCode, request_slot_dtype
 from ingress.admission import DOORBELL_DEFER_NS, Admission, RingViews, Shards
 from ingress.codec import Codec, frame_kind, peek_request_id
+from ingress.compiledloop import CompiledLoop
 from ingress.conns import SERVICE_EVERY_NS, Connections, effective_cap, raise_nofile_limit
 from ingress.dedup import IdempotencyWindow
 from ingress.discard import FrameDiscarder
@@ -103,6 +106,10 @@ class Router:
         self.fast = FastPath(cfg, b, codec, dedup, admission, shards, views, replies, timeouts)
         self.general = GeneralPath(cfg, b, self.rings, codec, dedup, admission, shards, views,
                                    replies, timeouts, self.fast)
+        self.loop = None                   # ingress.compiled_loop: reads in compiled code
+        if cfg.ingress.compiled_loop:
+            self.loop = CompiledLoop(cfg, self.rings, self.fast, self.general, admission, shards,
+                                     views, dedup, READ_BATCH, SHED_AFTER_NS)
 
     # --- set-up ------------------------------------------------------------------------------
 
@@ -133,6 +140,10 @@ class Router:
         self.sock = sock
         self.opts = SockOpts(sock)
         self.replies.bind(sock)
+        self.fast.bind_socket(sock.underlying)     # closed only after the loop below ends
+        if self.loop is not None:
+            print("risk-engine: ingress: ingress.compiled_loop=true: fast-path requests are "
+                  "read, admitted and answered in compiled code", file=sys.stderr, flush=True)
         self.discard = FrameDiscarder(sock).discard
         self.conns = self._connections(sock)
         conns_fd, conns_due = self.conns.fileno(), 0
@@ -258,6 +269,8 @@ class Router:
         decodes READ_BATCH requests takes several ms itself, and the refusals would wait
         behind it. Under overload the admitted requests keep a bounded latency, the peers
         that flood get a fast refusal, quiet peers are still served, and no queue grows."""
+        if self.loop is not None:
+            return self.loop.read(sock, self)
         n = 0
         rcvmore, recv = self.opts.rcvmore, sock.recv
         admit, handle, views = self.fast.admit, self.general.handle, self.views
@@ -323,19 +336,26 @@ class Router:
             request_id=peek_request_id(body), kind=frame_kind(body)))
 
     def _drain_responses(self) -> int:
+        if self.loop is not None:
+            return self.loop.drain(self)
+        got = 0
+        for w, ring in enumerate(self.response_rings):
+            got += self._drain_ring(w, ring)
+        return got
+
+    def _drain_ring(self, w: int, ring) -> int:
+        """Worker ``w``'s responses until its ring is empty; returns how many."""
         got = 0
         deliver, general = self.fast.deliver, self.general
-        for w, ring in enumerate(self.response_rings):
-            while True:
-                pos, n = ring.readable(ring.capacity)
-                general.drain_fired(w)             # after readable: covers these responses
-                if n <= 0:
-                    break
-                if deliver(w, pos, n, time.monotonic_ns()):    # some belong to this path
-                    general.deliver(w, pos, n)
-                ring.release(n)
-                got += n
-        return got
+        while True:
+            pos, n = ring.readable(ring.capacity)
+            general.drain_fired(w)                 # after readable: covers these responses
+            if n <= 0:
+                return got
+            if deliver(w, pos, n, time.monotonic_ns()):    # some belong to this path
+                general.deliver(w, pos, n)
+            ring.release(n)
+            got += n
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -207,7 +207,8 @@ def _parse(raw: Mapping, path: str, instance: str | None, errors: list) -> Confi
     s = _section(raw, "ingress", {"bind", "max_frame_bytes", "max_batch", "default_deadline_ms",
                                   "default_deadline_per_event_us",
                                   "on_timeout", "on_overload", "dedup_window_s", "dedup_max_entries", "dedup_max_bytes",
-                                  "max_inflight", "max_inflight_per_peer", "max_connections", "spin_us", "curve"})
+                                  "max_inflight", "max_inflight_per_peer", "max_connections", "spin_us", "curve",
+                                  "compiled_loop"})
     ingress = IngressConfig(
         bind=_str(s, "ingress", "bind", IngressConfig.bind),
         max_frame_bytes=_int(s, "ingress", "max_frame_bytes", IngressConfig.max_frame_bytes, 64, 1 << 30),
@@ -226,6 +227,7 @@ def _parse(raw: Mapping, path: str, instance: str | None, errors: list) -> Confi
         max_connections=_int(s, "ingress", "max_connections", IngressConfig.max_connections, 1, 1 << 20),
         spin_us=_int(s, "ingress", "spin_us", IngressConfig.spin_us, 0, 100_000),
         curve=_curve(s, "ingress", base),
+        compiled_loop=_bool(s, "ingress", "compiled_loop", IngressConfig.compiled_loop),
     )
     s = _section(raw, "metrics", {"enabled", "bind", "ebpf_bind"})
     metrics = MetricsConfig(enabled=_bool(s, "metrics", "enabled", True),

@@ -343,8 +343,8 @@ def test_a_stall_costs_only_the_request_in_flight(short_deadline_engine, schema)
 
 
 def test_a_queue_that_never_empties_is_shed_and_every_request_answered(tmp_path, schema):
-    """The CoDel-like shedder: 6,000 requests queued at once on one DEALER keep the ROUTER's
-    queue non-empty for far longer than 5 ms, so after the first READ_BATCH decisions the
+    """The CoDel-like shedder: 6,000 requests queued on one DEALER while the ingress is stopped
+    keep the ROUTER's queue non-empty for far longer than 5 ms, so after the first READ_BATCH decisions the
     ingress answers the rest of the queue with OVERLOADED ('shedding load') without decoding
     them; every request gets exactly one reply. A worker ring large enough for all of them
     and no in-flight bound make the shedder the only source of refusals."""
@@ -360,9 +360,18 @@ def test_a_queue_that_never_empties_is_shed_and_every_request_answered(tmp_path,
         s.setsockopt(zmq.SNDHWM, 0)
         s.setsockopt(zmq.RCVHWM, 0)
         s.connect(eng.endpoint)
+        ingress = [p for p in psutil.Process(eng.proc.pid).children() if "ingress" in " ".join(p.cmdline())]
+        assert len(ingress) == 1
         try:
-            for i in range(n):
-                s.send_multipart([b"", wire.pack_request(schema.hash, recs[i:i + 1], 77, i + 1)])
+            # queued while the ingress is stopped: a queue it cannot have emptied, however
+            # fast it reads (the compiled loop kept up with this sender)
+            ingress[0].suspend()
+            try:
+                for i in range(n):
+                    s.send_multipart([b"", wire.pack_request(schema.hash, recs[i:i + 1], 77, i + 1)])
+                time.sleep(0.5)                # all of them in the ROUTER's queue
+            finally:
+                ingress[0].resume()
             codes, shed_msgs = {}, 0
             deadline = time.monotonic() + 60
             while len(codes) < n and time.monotonic() < deadline:     # bounded

@@ -1,0 +1,155 @@
+"""The router's read loop compiled (``ingress.compiled_loop: true``): no Python per fast request.
+
+``CompiledLoop.read`` replaces Router._read_requests. One compiled call
+(ingress._loop_kernels.read_batch) receives messages from the ROUTER socket through libzmq
+(ingress.zmqc) and admits the fast path's requests (binary, one event) into the rings; the
+fast path's ``deliver`` then sends their replies from compiled code too (FastPath.compiled).
+What the compiled call declines (JSON, batches, bad frames or values, retries, anything over
+a limit or while shedding) it hands back with its frames, and this runs the router's
+per-message code on it, unchanged: one implementation of every answer but the common one.
+
+pyzmq still creates, configures (CURVE included: libzmq applies it) and closes the socket;
+the handle is taken from it (zmqc.handle) at every call, so a closed socket is never used.
+"""
+from __future__ import annotations
+
+import time
+
+import numba
+import numpy as np
+import zmq
+
+from shm.control import OVERLOAD_REASONS
+from ingress import _loop_kernels as LK
+from ingress import zmqc
+from ingress.admission import DOORBELL_DEFER_NS
+from ingress.dedup import i64_bits
+from shm import _ring_kernels as RK
+from shm.ring import bind_entry
+
+_SHED = OVERLOAD_REASONS.index("shed")
+
+
+class CompiledLoop:
+    def __init__(self, cfg, rings, fast, general, admission, shards, views, dedup,
+                 read_batch: int, shed_after_ns: int):
+        """The router's parts it drives (``rings``: its EngineRings per worker);
+        ``read_batch`` and ``shed_after_ns``: the router's READ_BATCH and SHED_AFTER_NS."""
+        self.fast, self.general, self.admission, self.views, self.dedup = fast, general, admission, views, dedup
+        self.read_batch = read_batch
+        self.shed_after_ns = shed_after_ns
+        ing = cfg.ingress
+        self.frame_cap = 2 * ing.max_frame_bytes + 4096       # ZMQ_MAXMSGSIZE (router._socket)
+        self.buf = np.zeros(LK.MAX_FRAMES * self.frame_cap, np.uint8)
+        self.fsize = np.zeros(LK.MAX_FRAMES, np.int64)
+        self.msg, self.ts = zmqc.new_msg(), np.zeros(2, np.int64)
+        self.state = np.zeros(LK.STATE_WORDS, np.int64)
+        self.owed = np.zeros(len(views.ring_hdr), np.uint8)
+        c = self.conf = np.zeros(LK.CONF_WORDS, np.int64)
+        key_dt, key_off = cfg.schema.dtype.fields[shards.key][:2]
+        for i, v in ((LK.BODY_LEN, fast.body_len), (LK.RSIZE, fast.rsize),
+                     (LK.SHASH, i64_bits(fast.schema_hash)), (LK.KEYED_OK, int(fast.keyed_ok)),
+                     (LK.MAX_INFLIGHT, admission.max_inflight), (LK.MAX_PER_PEER, admission.max_per_peer),
+                     (LK.N_WORKERS, shards.n_workers), (LK.SHARD_OFF, key_off),
+                     (LK.SHARD_WIDTH, key_dt.itemsize), (LK.SHARD_SIGNED, int(key_dt.kind == "i")),
+                     (LK.EV_OFF, views.ev_off), (LK.BEHIND_NS, admission.behind_ns),
+                     (LK.DEADLINE_NS, admission.default_deadline_ns), (LK.FRAME_CAP, self.frame_cap),
+                     (LK.SHED_AFTER_NS, shed_after_ns), (LK.READ_BATCH, read_batch),
+                     (LK.DEFER_NS, DOORBELL_DEFER_NS)):
+            c[i] = v
+        arrays = dict(msg=self.msg, buf=self.buf, fsize=self.fsize, ts=self.ts, state=self.state,
+                      conf=c, checks=fast.checks, dd_index=fast.dd_index, dd_ent=fast.dd_ent,
+                      ft=fast.ft, free=fast.free, meta=fast.meta, fdec=fast.fdec,
+                      cells=admission.cells, env_id=fast.env_id, env_len=fast.env_len,
+                      env_delim=fast.env_delim, dup=fast.dup, owed=self.owed)
+        self.pack = LK.pack(arrays, LK.READ_PACK)        # one argument, not 19 (LK doc)
+        self.rings = LK.pack_rings(views.ring_hdr, views.ring_u8)
+        self.dd_pool_size = fast.dd_pool.size
+        ty, i64 = numba.typeof, numba.types.int64
+        self._read = bind_entry(LK.read_packed, (i64, ty(self.pack), ty(self.rings), i64, i64, i64))
+        # the response and fired rings, for drain_packed
+        self.response_rings = [r.response for r in rings]
+        self.resp = LK.pack_rings([q.header for q in self.response_rings], views.resp_u8)
+        self.fired = LK.pack_rings([r.fired.header for r in rings], views.resp_u8)
+        self._drain = bind_entry(LK.drain_packed, (i64,) * 4 + (ty(fast._dpack), ty(self.resp),
+                                                                ty(self.fired)))
+        self._release = bind_entry(RK._release, (ty(self.response_rings[0].header), i64))
+
+    def read(self, sock: zmq.Socket, router) -> int:
+        """Router._read_requests, compiled (module doc); returns the messages read."""
+        h = zmqc.handle(sock)
+        views, state, conf, budget = self.views, self.state, self.conf, self.read_batch
+        fast, general = self.fast, self.general
+        n = 0
+        while n < budget:
+            conf[LK.GENERAL_KEYED] = len(self.dedup.inflight)   # keys the general path holds
+            got, status, k, t = self._read(h, self.pack, self.rings, budget - n, views.owed_since,
+                                           self.dd_pool_size)
+            n += got
+            self._flush_owed()
+            if status == LK.EMPTY or status == LK.FULL:
+                break
+            if status == LK.RING:
+                views.ring_owed()
+                continue
+            if status == LK.ERROR:
+                raise zmq.ZMQError(k)
+            frames = self._frames(k)
+            if status == LK.TOO_MANY:
+                router._too_many_frames(frames)        # refused for its frame count: let the
+                t = time.monotonic_ns()                # loop close its connection
+                self._backlog(t)
+                n = budget
+            elif t - state[LK.BACKLOG_SINCE] > self.shed_after_ns \
+                    and state[LK.BACKLOG_READS] > budget and router._over_share(frames[0], t):
+                router.c_overloaded[_SHED] += 1
+                router.replies.shed(frames)
+            elif not fast.admit(frames, t):
+                general.handle(frames, t)
+            n += 1
+            if views.owed_since and t - views.owed_since > DOORBELL_DEFER_NS:
+                views.ring_owed()
+        views.ring_owed()                          # when the queue empties, or every call
+        return n
+
+    def drain(self, router) -> int:
+        """Router._drain_responses, compiled for the fast path's responses (drain_packed);
+        the general path's, fired lists and retries in Python. Returns the slots drained."""
+        fast, general = self.fast, self.general
+        got, w0 = 0, 0
+        while True:
+            n_rel, status, w, pos, n, ndup, nslow = self._drain(
+                fast.h, w0, fast.instrument, fast.window_ns, fast._dpack, self.resp, self.fired)
+            got += n_rel
+            if status == LK.DRAINED:
+                return got
+            if status == LK.FIRED:                 # this ring the Python way, to its end
+                got += router._drain_ring(w, self.response_rings[w])
+                w0 = w + 1
+                continue
+            for row in fast.done[:ndup].tolist():  # DELIVERED: the rest of these slots
+                fast._reply_duplicates(row)
+            if nslow:
+                general.deliver(w, pos, n)
+            self._release(self.response_rings[w].header, n)
+            got += n
+            w0 = w
+
+    def _frames(self, k: int) -> list:
+        cap, buf = self.frame_cap, self.buf
+        return [buf[j * cap:j * cap + s].tobytes() for j, s in enumerate(self.fsize[:k].tolist())]
+
+    def _backlog(self, t: int) -> None:
+        """The router's backlog bookkeeping for a message read in Python."""
+        s = self.state
+        if not s[LK.BACKLOG_SINCE]:
+            s[LK.BACKLOG_SINCE], s[LK.BACKLOG_READS] = t, 0
+        s[LK.BACKLOG_READS] += 1
+
+    def _flush_owed(self) -> None:
+        """The doorbells the compiled admits owe, to the ring views that ring them."""
+        owed = self.owed
+        for w in range(len(owed)):
+            if owed[w]:
+                owed[w] = 0
+                self.views.owe(w)

@@ -1,0 +1,148 @@
+"""libzmq for Numba-compiled code: the few C calls a compiled loop makes on a pyzmq socket.
+
+pyzmq sets a socket up (options, CURVE, bind) and keeps its Python client; a compiled loop
+then receives and sends on the same socket through the same libzmq, with no Python per
+message. The libzmq is the one pyzmq loaded (its bundled ``pyzmq.libs/libzmq-<hash>.so.5``):
+found through pyzmq's extension module (dlsym searches its dependencies), else by its path in
+/proc/self/maps. Its functions are registered with LLVM by name and declared as Numba
+external functions, so kernels calling them are ``cache=True`` like the others (a function
+pointer captured in a closure would embed its address and never be cached).
+
+Handles are ``sock.underlying`` (a ``void *`` as uint64; x86-64 passes both in the same
+registers). A handle is valid only while its socket is open: Python code takes it through
+``handle(sock)``, which refuses a closed socket, for every call into compiled code.
+
+Compiled helpers return codes, never raise: ``recv_frame`` / ``send_frame`` give ``-errno``
+(``-EAGAIN`` with DONTWAIT and nothing queued) on failure.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+
+import llvmlite.binding as ll
+import numpy as np
+import zmq
+from numba import njit, types
+
+DONTWAIT, SNDMORE, RCVMORE = int(zmq.DONTWAIT), int(zmq.SNDMORE), int(zmq.RCVMORE)
+EAGAIN, EINTR = errno.EAGAIN, errno.EINTR
+MSG_BYTES = 64                        # sizeof(zmq_msg_t) in libzmq 4.x
+CLOCK_MONOTONIC = 1                   # Linux
+
+_u64, _i32, _i64 = types.uint64, types.int32, types.int64
+_SIGNATURES = {                       # C prototypes, pointers as uint64
+    "zmq_msg_init": _i32(_u64),
+    "zmq_msg_recv": _i32(_u64, _u64, _i32),
+    "zmq_msg_send": _i32(_u64, _u64, _i32),
+    "zmq_msg_data": _u64(_u64),
+    "zmq_msg_size": _u64(_u64),
+    "zmq_msg_more": _i32(_u64),
+    "zmq_msg_close": _i32(_u64),
+    "zmq_send": _i32(_u64, _u64, _u64, _i32),
+    "zmq_recv": _i32(_u64, _u64, _u64, _i32),
+    "zmq_errno": _i32(),
+}
+
+
+def _maps_path() -> str | None:
+    """The path of the libzmq mapped into this process (pyzmq imported), if any."""
+    with open("/proc/self/maps") as f:
+        for line in f:
+            path = line.rstrip("\n").split(None, 5)[-1]
+            if "/libzmq" in path and ".so" in path:
+                return path
+    return None
+
+
+def _load() -> ctypes.CDLL:
+    """pyzmq's own libzmq (never a system one, whose sockets would be other objects)."""
+    try:
+        from zmq.backend.cython import _zmq   # optional: pyzmq's cffi backend has none
+        lib = ctypes.CDLL(_zmq.__file__)
+        lib.zmq_msg_recv                                  # noqa: B018 (dlsym: present?)
+        return lib
+    except (ImportError, OSError, AttributeError):
+        pass
+    path = _maps_path()
+    if path is None:
+        raise RuntimeError("libzmq not found: pyzmq's backend exports no zmq_msg_recv and "
+                           "no libzmq is mapped in /proc/self/maps")
+    return ctypes.CDLL(path)
+
+
+LIB = _load()
+for _name in _SIGNATURES:
+    ll.add_symbol(_name, ctypes.cast(getattr(LIB, _name), ctypes.c_void_p).value)
+_LIBC = ctypes.CDLL(None)
+for _name in ("clock_gettime", "memcpy"):
+    ll.add_symbol(_name, ctypes.cast(getattr(_LIBC, _name), ctypes.c_void_p).value)
+
+zmq_msg_init = types.ExternalFunction("zmq_msg_init", _SIGNATURES["zmq_msg_init"])
+zmq_msg_recv = types.ExternalFunction("zmq_msg_recv", _SIGNATURES["zmq_msg_recv"])
+zmq_msg_send = types.ExternalFunction("zmq_msg_send", _SIGNATURES["zmq_msg_send"])
+zmq_msg_data = types.ExternalFunction("zmq_msg_data", _SIGNATURES["zmq_msg_data"])
+zmq_msg_size = types.ExternalFunction("zmq_msg_size", _SIGNATURES["zmq_msg_size"])
+zmq_msg_more = types.ExternalFunction("zmq_msg_more", _SIGNATURES["zmq_msg_more"])
+zmq_msg_close = types.ExternalFunction("zmq_msg_close", _SIGNATURES["zmq_msg_close"])
+zmq_send = types.ExternalFunction("zmq_send", _SIGNATURES["zmq_send"])
+zmq_recv = types.ExternalFunction("zmq_recv", _SIGNATURES["zmq_recv"])
+zmq_errno = types.ExternalFunction("zmq_errno", _SIGNATURES["zmq_errno"])
+clock_gettime = types.ExternalFunction("clock_gettime", _i32(_i32, _u64))
+_memcpy = types.ExternalFunction("memcpy", _u64(_u64, _u64, _u64))
+
+
+def handle(sock: zmq.Socket) -> int:
+    """``sock``'s libzmq handle for a compiled call; raises ZMQError(ENOTSOCK) once it is
+    closed (libzmq frees the object: a stale handle would be a use after free)."""
+    if sock.closed:
+        raise zmq.ZMQError(zmq.ENOTSOCK, f"socket is closed: handle={sock.underlying:#x}")
+    return sock.underlying
+
+
+def new_msg() -> np.ndarray:
+    """Storage for one zmq_msg_t (8-byte aligned), reused across calls."""
+    return np.zeros(MSG_BYTES // 8, np.int64)
+
+
+@njit(cache=True)
+def monotonic_ns(ts):
+    """CLOCK_MONOTONIC in ns (the clock of time.monotonic_ns); ``ts``: two int64 cells."""
+    clock_gettime(CLOCK_MONOTONIC, ts.ctypes.data)
+    return ts[0] * 1_000_000_000 + ts[1]
+
+
+@njit(cache=True, inline="always")
+def copy_from(dst, off, src, n):
+    """``n`` bytes from address ``src`` into ``dst[off:]`` (a uint8 array)."""
+    _memcpy(dst.ctypes.data + np.uint64(off), src, np.uint64(n))
+
+
+@njit(cache=True)
+def recv_frame(h, msg, dst, off, flags):
+    """Receive one frame of socket ``h`` into ``dst[off:]`` (copying what fits). Returns
+    (size, more): the frame's full size (over ``len(dst) - off``: truncated) and whether more
+    frames of its message follow, or (-errno, 0). ``msg``: new_msg() storage."""
+    m = msg.ctypes.data
+    zmq_msg_init(m)
+    if zmq_msg_recv(m, h, flags) < 0:
+        e = zmq_errno()
+        zmq_msg_close(m)
+        return -np.int64(e), 0
+    size = np.int64(zmq_msg_size(m))
+    more = zmq_msg_more(m)
+    room = dst.shape[0] - off
+    n = size if size < room else room
+    if n > 0:
+        src = zmq_msg_data(m)
+        copy_from(dst, off, src, n)
+    zmq_msg_close(m)
+    return size, more
+
+
+@njit(cache=True)
+def send_frame(h, src, off, n, flags):
+    """Send ``src[off:off + n]`` as one frame (libzmq copies it). Returns 0 or -errno."""
+    if zmq_send(h, src.ctypes.data + np.uint64(off), np.uint64(n), flags) < 0:
+        return -np.int64(zmq_errno())
+    return 0
