@@ -109,8 +109,9 @@ class EngineProcess:
             raw["workers"] = {**(raw.get("workers") or {}), "count": workers}
         raw["journal"] = {**(raw.get("journal") or {}), "dir": str(self.tmp / self.instance / "journal")}
         raw["snapshot"] = {**(raw.get("snapshot") or {}), "dir": str(self.tmp / self.instance / "snapshots")}
-        if os.environ.get("RISK_ENGINE_TEST_COMPILED_LOOP") == "1":   # a suite run with it on
-            raw["ingress"]["compiled_loop"] = True
+        loop = os.environ.get("RISK_ENGINE_TEST_COMPILED_LOOP")   # a suite run with it on (1)
+        if loop in ("0", "1"):                                      # or off (0)
+            raw["ingress"]["compiled_loop"] = loop == "1"
         for section, vals in (overrides or {}).items():
             if isinstance(vals, dict) and isinstance(raw.get(section), dict):
                 raw[section].update(vals)

@@ -42,7 +42,7 @@ class IngressConfig:
     max_connections: int = 10_000       # over this the idlest connections are closed
     spin_us: int = 1000                 # poll socket and decisions this long (while it pays)
     curve: CurveConfig = CurveConfig()
-    compiled_loop: bool = False         # fast-path requests received, admitted and answered in
+    compiled_loop: bool = True          # fast-path requests received, admitted and answered in
                                         # compiled code calling libzmq (ingress.compiledloop)
 
 
