@@ -5,13 +5,10 @@ setting, gets byte-identical replies, and the request counters agree."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 
 import numpy as np
-import psutil
 import pytest
 import zmq
 
@@ -21,6 +18,7 @@ from ingress import wire
 from shm.runtime.config import load_config
 from shm.types import DecisionFlag, ErrorCode
 from tests.engine.test_metrics import scrape
+from tests.engine.test_reliability import frozen_worker
 
 MAX_INFLIGHT = 4
 ON_LINE = "ingress.compiled_loop=true"
@@ -52,17 +50,6 @@ def engines(tmp_path_factory):
 def schema():
     return load_config().schema
 
-
-@contextmanager
-def frozen_worker(engine):
-    w = [p for p in psutil.Process(engine.proc.pid).children() if "worker 0" in " ".join(p.cmdline())]
-    assert len(w) == 1
-    time.sleep(0.2)           # a worker releases its requests just after publishing the replies
-    os.kill(w[0].pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(w[0].pid, signal.SIGCONT)
 
 
 def dealer(engine) -> zmq.Socket:
