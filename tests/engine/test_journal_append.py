@@ -11,6 +11,7 @@ from engine.journal import (HEADER_SIZE, JournalConfig, JournalCorruptError, Jou
                             JournalWriter, journal_dtype, list_segments)
 from shm.schema import Schema
 from shm.types import RESPONSE_SLOT_DTYPE, request_slot_dtype
+from tests.engine.test_journal import ref_hash
 
 SCHEMA = Schema.build({"account_id": "u64", "amount": "f64", "country": "bytes2", "ok": "bool"},
                       "account_id")
@@ -21,21 +22,6 @@ SEG_RECORDS = 150
 # 71 more, the last batch ending in a group of 7: every group length (1, 7, 8 full groups, a
 # tail of 1), a split batch, and nothing written past the last record
 SIZES = (1, 63, 64, 65, 71)
-M64 = (1 << 64) - 1
-
-
-def ref_check(words: list[int]) -> int:
-    """The check word of a record whose other words are ``words`` (slow reference of
-    shm.journal_format._record_hash)."""
-    h = (0x9E3779B97F4A7C15 * (len(words) + 1)) & M64
-    for w in words:
-        h ^= w
-        h = (h * 0xBF58476D1CE4E5B9) & M64
-        h ^= h >> 32
-    h ^= h >> 27
-    h = (h * 0x94D049BB133111EB) & M64
-    h ^= h >> 31
-    return h | 1
 
 
 def sealed(recs: np.ndarray, first_seq: int) -> np.ndarray:
@@ -46,7 +32,7 @@ def sealed(recs: np.ndarray, first_seq: int) -> np.ndarray:
     words = out.view(np.uint64).reshape(len(out), -1)
     for i in range(len(out)):
         words[i, 0] = first_seq + i
-        words[i, -1] = ref_check(words[i, :-1].tolist())
+        words[i, -1] = ref_hash(words[i].tobytes())
     return out
 
 
