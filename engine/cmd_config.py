@@ -14,7 +14,8 @@ def add_arguments(p):
                         "save it anywhere and edit it (a config file may also name only what it "
                         "changes: it overlays the bundled one)")
     g.add_argument("--check", action="store_true",
-                   help="validate --config (over the bundled one) and list every error; exit 2 if any")
+                   help="validate --config (over the bundled one), its features/lists/state and every "
+                        "list file, and list every error; exit 2 if any")
     g.add_argument("--show", action="store_true",
                    help="print the effective config --config gives (over the bundled one), as YAML")
     p.add_argument("--config", help="config file (default: the bundled engine/default.yaml)")
@@ -43,6 +44,28 @@ def default_text() -> str:
     return head + text
 
 
+def check_data(cfg) -> None:
+    """What `serve` reads beyond the config's own keys and would refuse: the features, lists
+    and state sections (kept raw by parse_config) and every list file's lines and size. Raises
+    ConfigError (ConfigErrors for several), every error at once."""
+    from shm.features.lists import ListError, load_list_file
+    from shm.features.spec import specs_from_config
+    from shm.runtime.config_check import collecting, report
+    from shm.runtime.config_types import ConfigError
+    with collecting():
+        for ls in specs_from_config(cfg).lists:
+            if not ls.file:
+                continue
+            try:
+                n = len(load_list_file(ls.file, ls.type))
+            except ListError as e:
+                report(ConfigError(f"lists.{ls.name}.file", str(e)))
+                continue
+            if n > ls.capacity:
+                report(ConfigError(f"lists.{ls.name}.file",
+                                   f"{ls.file}: {n} values exceed capacity={ls.capacity}"))
+
+
 def run(args) -> int:
     import yaml   # lazy: yaml and the config are for this command only (cli.py imports every command)
     from shm.runtime.config import ConfigError, config_to_raw, load_config
@@ -51,6 +74,8 @@ def run(args) -> int:
         return 0
     try:
         cfg = load_config(args.config)
+        if args.check:
+            check_data(cfg)
     except ConfigError as e:
         print(f"risk-engine: config error: {e}", file=sys.stderr)
         return 2

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from shm.runtime.config import ConfigError
+from shm.runtime.config_check import attempt
 from shm.features import layout
 from shm.schema import Schema
 
@@ -237,10 +238,15 @@ def parse_specs(features: Mapping, lists: Mapping, state: Mapping, schema: Schem
                 base_dir: str | Path = ".") -> Specs:
     """Validate the three sections (as kept raw by shm.runtime.config.Config)."""
     taken: set = set()
-    fs = tuple(parse_feature(_name("features", n, schema, taken), r, schema) for n, r in (features or {}).items())
-    ls = tuple(parse_list(_name("lists", n, schema, taken), r, Path(base_dir)) for n, r in (lists or {}).items())
-    ss = tuple(parse_state(_name("state", n, schema, taken), r, schema) for n, r in (state or {}).items())
-    return Specs(fs, ls, ss)
+
+    def each(section: str, items: Mapping, parse, arg) -> tuple:
+        # attempt: inside config_check.collecting() every bad entry is reported, else the first raises
+        got = (attempt(lambda n, r: parse(_name(section, n, schema, taken), r, arg), n, r)
+               for n, r in (items or {}).items())
+        return tuple(s for s in got if s is not None)
+    return Specs(each("features", features, parse_feature, schema),
+                 each("lists", lists, parse_list, Path(base_dir)),
+                 each("state", state, parse_state, schema))
 
 
 def specs_from_config(cfg) -> Specs:

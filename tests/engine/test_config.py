@@ -209,3 +209,32 @@ def test_config_check_lists_every_error(tmp_path):
     assert out.returncode == 2
     assert "3 errors" in out.stderr and "did you mean 'max_batch'" in out.stderr
     assert "did you mean 'enabled'" in out.stderr and "ingress.on_timeout" in out.stderr
+
+
+def test_config_check_reads_the_feature_sections_and_list_files(tmp_path):
+    # parse_config keeps features/lists/state raw: --check once said "ok" for a config whose
+    # features, list files or list sizes `serve` then refused
+    import subprocess
+    import sys
+    from bench.engine_proc import REPO
+    (tmp_path / "ips.txt").write_text("10.0.0.1\n10.0.0.300\n")
+    (tmp_path / "nums.txt").write_text("1\n2\n3\n")
+    p = tmp_path / "c.yaml"
+    p.write_text("features:\n"
+                 "  f1: {kind: nope, key: account_id}\n"
+                 "  f2: {kind: count, key: no_such_field, window: 1h}\n"
+                 "lists:\n"
+                 "  blocked_ips: {type: ipv4, file: ips.txt}\n"
+                 "  small: {type: u32, file: nums.txt, capacity: 2}\n")
+    out = subprocess.run([sys.executable, "-m", "engine.cli", "config", "--check", "--config", str(p)],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out
+    assert "4 errors" in out.stderr
+    for want in ("features.f1.kind", "features.f2.key", "lists.blocked_ips.file",
+                 "ips.txt:2:", "lists.small.file", "3 values exceed capacity=2"):
+        assert want in out.stderr, (want, out.stderr)
+    (tmp_path / "ips.txt").write_text("10.0.0.1\n")
+    p.write_text("lists:\n  blocked_ips: {type: ipv4, file: ips.txt}\n")
+    out = subprocess.run([sys.executable, "-m", "engine.cli", "config", "--check", "--config", str(p)],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and ": ok" in out.stdout, out
