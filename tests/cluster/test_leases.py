@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import nats
+import nats.errors
 import pytest
 
 from engine.cluster.leases import LeaseError, LeaseStore, encode
@@ -65,3 +66,33 @@ def test_reading_a_missing_bucket_says_no_node_has_started(nats3, bucket):
         with pytest.raises(LeaseError, match="no node has started"):
             await s.open(None, create=False)
     run(nats3.urls, bucket, body)
+
+
+def test_leases_keep_working_with_one_server_killed_and_it_rejoins(nats3, bucket):
+    """R3: two of three servers are a quorum. kill -9 of one, compare-and-set goes on through
+    the others; restarted on its store, it is healthy again and serves the latest revision."""
+    async def before(s):
+        await s.open(4, replicas=3)
+        return await s.take(0, A, 0)
+    r1 = run(nats3.urls, bucket, before)
+    nats3.kill(2)
+    try:
+        async def during(s):
+            for _ in range(100):            # the stream's leader may have been the killed one
+                try:
+                    r = await s.renew(0, A, r1)
+                    break
+                except nats.errors.Error:   # no leader yet: an election takes a few seconds
+                    await asyncio.sleep(0.2)
+            assert r and r > r1
+            assert await s.renew(0, A, r1) is None       # the old token stays fenced off
+            return r
+        r2 = run(nats3.urls[:2], bucket, during)
+    finally:
+        nats3.restart(2)
+    assert nats3.servers[2].healthy()
+
+    async def after(s):
+        e = await s.read(0)
+        assert (e.revision, e.value["node"]) == (r2, "a")
+    run(nats3.urls[2:], bucket, after)
