@@ -41,8 +41,9 @@ _RETRY = (nats.errors.Error, asyncio.TimeoutError, OSError)
 class LeaseAgent:
     def __init__(self, servers, node: str, advertise: str, partitions: int, lease_ttl_s: float,
                  bucket: str = BUCKET, replicas: int | None = None, on_event=None,
-                 table: OwnershipTable | None = None):
+                 table: OwnershipTable | None = None, open_timeout_s: float = OPEN_TIMEOUT_S):
         self.servers, self.node, self.partitions = list(servers), node, partitions
+        self.open_timeout_s = open_timeout_s
         self.bucket = bucket
         self.replicas = replicas if replicas is not None else min(3, len(self.servers))
         self.value = encode(node, advertise)
@@ -61,9 +62,12 @@ class LeaseAgent:
         self.on_event({"ev": ev, "node": self.node, "t_ns": now_ns(), **kw})
 
     async def run(self, stop: asyncio.Event) -> None:
-        nc = await nats.connect(self.servers, name=f"risk-engine {self.node}", connect_timeout=2,
-                                reconnect_time_wait=0.25, max_reconnect_attempts=-1,
-                                error_cb=self._nats_error, disconnected_cb=self._disconnected)
+        # once connected it reconnects for ever (its leases lapse meanwhile); the first
+        # connection is bounded, so a node whose servers are all unreachable fails to start
+        nc = await asyncio.wait_for(nats.connect(
+            self.servers, name=f"risk-engine {self.node}", connect_timeout=2,
+            reconnect_time_wait=0.25, max_reconnect_attempts=-1,
+            error_cb=self._nats_error, disconnected_cb=self._disconnected), self.open_timeout_s)
         try:
             self.store = LeaseStore(nc.jetstream(timeout=2.0), self.bucket, timeout_s=self.tick_s * 2)
             await self._open()
@@ -88,14 +92,14 @@ class LeaseAgent:
             await nc.close()
 
     async def _open(self) -> None:
-        deadline = now_ns() + int(OPEN_TIMEOUT_S * NS)
+        deadline = now_ns() + int(self.open_timeout_s * NS)
         while True:
             try:
                 await self.store.open(self.partitions, self.replicas)
                 return
             except _RETRY as e:
                 if now_ns() > deadline:
-                    raise LeaseError(f"bucket={self.bucket}: not usable within {OPEN_TIMEOUT_S:g} s: "
+                    raise LeaseError(f"bucket={self.bucket}: not usable within {self.open_timeout_s:g} s: "
                                      f"{type(e).__name__}: {e}") from None
                 await asyncio.sleep(0.25)
 
@@ -268,6 +272,8 @@ def main(argv=None) -> int:
     ap.add_argument("--lease-ttl-s", type=float, default=2.0)
     ap.add_argument("--bucket", default=BUCKET)
     ap.add_argument("--replicas", type=int, default=None)
+    ap.add_argument("--open-timeout-s", type=float, default=OPEN_TIMEOUT_S,
+                    help="give up starting when the servers or the bucket cannot be used this long")
     a = ap.parse_args(argv)
 
     def out(ev):
@@ -275,7 +281,8 @@ def main(argv=None) -> int:
         sys.stdout.flush()
 
     agent = LeaseAgent(a.servers.split(","), a.node, a.advertise, a.partitions, a.lease_ttl_s,
-                       bucket=a.bucket, replicas=a.replicas, on_event=out)
+                       bucket=a.bucket, replicas=a.replicas, on_event=out,
+                       open_timeout_s=a.open_timeout_s)
 
     async def go():
         stop = asyncio.Event()
@@ -286,7 +293,8 @@ def main(argv=None) -> int:
     try:
         asyncio.run(go())
     except (LeaseError, *_RETRY) as e:
-        print(f"risk-engine: cluster: {type(e).__name__}: {e}", file=sys.stderr)
+        why = f"{type(e).__name__}: {e}" if str(e) else f"no NATS server answered within {a.open_timeout_s:g} s"
+        print(f"risk-engine: cluster: servers={a.servers}: {why}", file=sys.stderr)
         return 2
     return 0
 

@@ -54,3 +54,12 @@ def test_status_of_a_missing_bucket_or_server_exits_2(nats3, bucket):
     assert out.returncode == 2 and "no lease bucket on these servers" in out.stderr
     out = status(["nats://127.0.0.1:1"], bucket)
     assert out.returncode == 2 and "cannot connect" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_an_agent_whose_servers_do_not_answer_fails_to_start_in_bounded_time():
+    out = subprocess.run([sys.executable, "-m", "engine.cluster.agent", "--servers", "nats://127.0.0.1:1",
+                          "--node", "x", "--open-timeout-s", "2"],
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "risk-engine: cluster: servers=nats://127.0.0.1:1: no NATS server answered within 2 s" in out.stderr
+    assert '"ev":"started"' not in out.stdout
