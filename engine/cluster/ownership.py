@@ -37,9 +37,11 @@ class OwnershipTable:
 
     def begin(self, p: int, revision: int, until_ns: int) -> None:
         """A new term (a lease just taken)."""
+        # plain stores, in program order: one writer thread, readers in this process under
+        # the GIL, and x86 keeps stores in order; in shared memory they become release stores
         self.until_ns[p] = 0
         self.revision[p] = revision
-        self.until_ns[p] = until_ns
+        self.until_ns[p] = until_ns         # last: publishes the term
 
     def extend(self, p: int, revision: int, until_ns: int) -> None:
         """A renewal: the next revision and a later deadline."""
@@ -52,7 +54,7 @@ class OwnershipTable:
 
     def owns(self, p: int, now: int | None = None) -> int:
         """The lease revision if this node may serve partition ``p`` now, else 0."""
-        rev = int(self.revision[p])
+        rev = int(self.revision[p])          # revision before deadline: the writers' reverse order
         return rev if (now_ns() if now is None else now) < self.until_ns[p] else 0
 
     def owned(self, now: int | None = None) -> dict[int, int]:
