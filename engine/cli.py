@@ -27,6 +27,7 @@ COMMANDS = {
     "journal-upgrade": "engine.cmd_journal_upgrade",
     "pin": "engine.cmd_pin",
     "gc": "engine.cmd_gc",
+    "cluster": "engine.cmd_cluster",
     "config": "engine.cmd_config",
     "schema": "engine.cmd_schema",
     "eval": "engine.cmd_eval",

@@ -20,6 +20,7 @@ from typing import Mapping
 import yaml
 
 from shm.runtime.config_check import attempt, collecting, report, unknown_key
+from shm.runtime.config_cluster import cluster_to_raw, parse_cluster
 from shm.runtime.config_enforce import KEYS as ENFORCE_KEYS, enforce_to_raw, parse_enforce
 from shm.runtime.runroot import run_dir_for
 from shm.runtime.config_types import (AdminConfig, Config, ConfigError, CurveConfig, DurabilityConfig,
@@ -175,7 +176,7 @@ def _durability(raw: Mapping, base: Path, instance: str) -> DurabilityConfig:
 
 
 _TOP = {"ingress", "metrics", "admin", "workers", "rings", "schema", "rules",
-        "features", "lists", "state", "instance", "journal", "snapshot", "enforce"}
+        "features", "lists", "state", "instance", "journal", "snapshot", "enforce", "cluster"}
 
 
 def _instance(raw: Mapping, override: str | None) -> str:
@@ -290,7 +291,7 @@ def _parse(raw: Mapping, path: str, instance: str | None, errors: list) -> Confi
     enforce = parse_enforce(_section(raw, "enforce", ENFORCE_KEYS), ingress.bind, extra["lists"])
     out = Config(path=path, ingress=ingress, metrics=metrics, admin=admin, workers=workers,
                  rings=rings, schema=schema, rules=rules, instance=inst, durability=durability,
-                 enforce=enforce, **extra)
+                 enforce=enforce, cluster=parse_cluster(raw, ingress.bind), **extra)
     attempt(check_binds, out)
     return None if errors else out      # collecting() raises the errors
 
@@ -378,4 +379,5 @@ def config_to_raw(cfg: Config) -> dict:
                      "keep": d.snapshot_keep},
         "features": plain(cfg.features), "lists": plain(cfg.lists), "state": plain(cfg.state),
         "enforce": enforce_to_raw(cfg.enforce),
+        **({"cluster": cluster_to_raw(cfg.cluster)} if cfg.cluster else {}),
     }

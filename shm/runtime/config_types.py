@@ -140,6 +140,18 @@ class EnforceConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """cluster: partitions of the shard-key space owned by nodes through leases in NATS
+    JetStream (shm/runtime/config_cluster.py, docs/CLUSTER.md)."""
+    servers: tuple[str, ...] = ()       # nats://HOST:PORT of every NATS server
+    partitions: int = 64                # the same in every node's config
+    node: str = ""                      # this node's name: unique in the cluster
+    advertise: str = ""                 # the tcp:// endpoint clients reach this node's ingress at
+    ack: str = "sync"                   # sync | async: reply after or before replication
+    lease_ttl_s: float = 2.0            # a lease not renewed for this long may be taken
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     ingress: IngressConfig
@@ -155,3 +167,4 @@ class Config:
     state: Mapping[str, Any] = field(default_factory=dict)
     instance: str = "re"                # shared-memory segment prefix; see shm.segment
     enforce: EnforceConfig = EnforceConfig()
+    cluster: ClusterConfig | None = None    # None: a single engine, no cluster: section

@@ -1,0 +1,303 @@
+"""The lease agent: takes, renews, balances and gives up this node's partition leases
+(engine.cluster.leases), and keeps the node's OwnershipTable (engine.cluster.ownership) true.
+
+It is asyncio (nats-py is) and the engine is synchronous, so a node runs it on a thread of its
+own with its own event loop (``AgentThread``); the rest of the engine reads only the table,
+whose deadlines expire by themselves, so a stalled agent withdraws its leases without running.
+``python -m engine.cluster.agent`` runs one as a process, printing its events as JSON lines
+(the tests kill -9 and SIGSTOP such processes).
+
+The protocol (docs/CLUSTER.md, "Lease protocol"), every time on this node's CLOCK_BOOTTIME:
+- a holder stamps the clock before it sends a renewal; once the renewal is acknowledged it may
+  serve until stamp + TTL - margin (margin = TTL/4), renewing every TTL/4;
+- a contender stamps the clock when a read of a lease returns; it may take the lease (a
+  compare-and-set on that revision) once it has seen the revision unchanged for a full TTL;
+- a renewal refused (the revision moved on) ends the lease at once; so does a deadline passed.
+Since the holder's stamp precedes the write the contender later reads, the holder's validity
+ends at least ``margin`` before the contender may write, without comparing two clocks.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import signal
+import sys
+import threading
+
+import nats
+import nats.errors
+
+from engine.cluster.leases import BUCKET, LeaseError, LeaseStore, encode
+from engine.cluster.ownership import OwnershipTable, now_ns
+
+NS = 1_000_000_000
+MEMBER_GONE_TTLS = 3        # a heartbeat unchanged this many TTLs: the node left (balancing only)
+OPEN_TIMEOUT_S = 30.0       # servers just started elect a JetStream meta leader first
+_RETRY = (nats.errors.Error, asyncio.TimeoutError, OSError)
+
+
+class LeaseAgent:
+    def __init__(self, servers, node: str, advertise: str, partitions: int, lease_ttl_s: float,
+                 bucket: str = BUCKET, replicas: int | None = None, on_event=None,
+                 table: OwnershipTable | None = None, open_timeout_s: float = OPEN_TIMEOUT_S):
+        self.servers, self.node, self.partitions = list(servers), node, partitions
+        self.open_timeout_s = open_timeout_s
+        self.bucket = bucket
+        self.replicas = replicas if replicas is not None else min(3, len(self.servers))
+        self.value = encode(node, advertise)
+        self.ttl_ns = int(lease_ttl_s * NS)
+        self.margin_ns = self.ttl_ns // 4
+        self.renew_ns = self.ttl_ns // 4
+        self.tick_s = lease_ttl_s / 8
+        self.table = table or OwnershipTable(partitions)
+        self.on_event = on_event or (lambda ev: None)
+        self.held: dict[int, tuple[int, int]] = {}      # p -> (revision, stamp of its write)
+        self.seen: dict[int, tuple[int, int]] = {}      # p -> (revision, first read at)
+        self.members: dict[str, tuple[int, int]] = {}   # node -> (heartbeat revision, first read at)
+        self.store: LeaseStore | None = None
+
+    def emit(self, ev: str, **kw) -> None:
+        self.on_event({"ev": ev, "node": self.node, "t_ns": now_ns(), **kw})
+
+    async def run(self, stop: asyncio.Event) -> None:
+        # once connected it reconnects for ever (its leases lapse meanwhile); the first
+        # connection is bounded, so a node whose servers are all unreachable fails to start
+        nc = await asyncio.wait_for(nats.connect(
+            self.servers, name=f"risk-engine {self.node}", connect_timeout=2,
+            reconnect_time_wait=0.25, max_reconnect_attempts=-1,
+            error_cb=self._nats_error, disconnected_cb=self._disconnected), self.open_timeout_s)
+        try:
+            self.store = LeaseStore(nc.jetstream(timeout=2.0), self.bucket, timeout_s=self.tick_s * 2)
+            await self._open()
+            self.emit("started", partitions=self.partitions, ttl_ns=self.ttl_ns)
+            started, last_members, last_status = now_ns(), 0, 0
+            while not stop.is_set():
+                t = now_ns()
+                if t - last_members >= self.ttl_ns:
+                    last_members = t
+                    await self._guard(self._heartbeat_and_members())
+                await self._renew_due()
+                await self._guard(self._scan_and_take(balance=t - started >= 2 * self.ttl_ns))
+                if t - last_status >= self.ttl_ns:
+                    last_status = t
+                    self.emit("status", owned=self.table.owned(), live=self._live())
+                try:
+                    await asyncio.wait_for(stop.wait(), self.tick_s)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            await self._leave()
+            await nc.close()
+
+    async def _open(self) -> None:
+        deadline = now_ns() + int(self.open_timeout_s * NS)
+        while True:
+            try:
+                await self.store.open(self.partitions, self.replicas)
+                return
+            except _RETRY as e:
+                if now_ns() > deadline:
+                    raise LeaseError(f"bucket={self.bucket}: not usable within {self.open_timeout_s:g} s: "
+                                     f"{type(e).__name__}: {e}") from None
+                await asyncio.sleep(0.25)
+
+    async def _guard(self, coro) -> None:
+        try:
+            await coro
+        except _RETRY as e:          # NATS unreachable for now: leases lapse on their own
+            self.emit("nats_error", error=f"{type(e).__name__}: {e}")
+
+    async def _nats_error(self, e) -> None:
+        self.emit("nats_error", error=f"{type(e).__name__}: {e}")
+
+    async def _disconnected(self) -> None:
+        self.emit("disconnected")
+
+    def _live(self) -> int:
+        t = now_ns()
+        return 1 + sum(1 for n, (_, seen) in self.members.items()
+                       if n != self.node and t - seen < MEMBER_GONE_TTLS * self.ttl_ns)
+
+    async def _heartbeat_and_members(self) -> None:
+        await self.store.heartbeat(self.node, self.value.decode())
+        revs = await self.store.members()
+        t = now_ns()
+        for n, rev in revs.items():
+            if self.members.get(n, (None,))[0] != rev:
+                self.members[n] = (rev, t)
+
+    def _lose(self, p: int, reason: str) -> None:
+        rev, _ = self.held.pop(p)
+        self.table.clear(p)
+        self.seen.pop(p, None)
+        self.emit("lost", p=p, rev=rev, reason=reason)
+
+    async def _renew_one(self, p: int):
+        rev, _ = self.held[p]
+        stamp = now_ns()
+        try:
+            return p, stamp, await self.store.renew(p, self.value, rev)
+        except _RETRY:
+            return p, stamp, -1
+
+    async def _renew_due(self) -> None:
+        t = now_ns()
+        due = [p for p, (_, stamp) in self.held.items() if t - stamp >= self.renew_ns]
+        if not due:
+            return
+        done = {}
+        for p, stamp, rev in await asyncio.gather(*(self._renew_one(p) for p in due)):
+            if rev is None:
+                self._lose(p, "refused")
+            elif rev < 0:
+                if now_ns() >= self.table.until_ns[p]:
+                    self._lose(p, "expired")       # not renewed in time: the table said so already
+            else:
+                done[p] = (rev, stamp, stamp + self.ttl_ns - self.margin_ns)
+        if done:
+            # the deadline is printed before it is set: a log never shows less than was served
+            self.emit("renewed", leases={p: [rev, until] for p, (rev, _, until) in done.items()})
+            for p, (rev, stamp, until) in done.items():
+                self.held[p] = (rev, stamp)
+                self.table.extend(p, rev, until)
+
+    async def _take_one(self, p: int, last: int) -> None:
+        stamp = now_ns()
+        try:
+            rev = await self.store.take(p, self.value, last)
+        except _RETRY:
+            return
+        if rev is None:
+            self.seen.pop(p, None)                  # changed meanwhile: read it again
+            return
+        until = stamp + self.ttl_ns - self.margin_ns
+        self.emit("acquired", p=p, rev=rev, until_ns=until, prev_rev=last)
+        self.held[p] = (rev, stamp)
+        self.table.begin(p, rev, until)
+
+    async def _scan_and_take(self, balance: bool) -> None:
+        todo = [p for p in range(self.partitions) if p not in self.held]
+        entries = await asyncio.gather(*(self.store.read(p) for p in todo), return_exceptions=True)
+        t = now_ns()
+        target = math.ceil(self.partitions / self._live())
+        free, expired = [], []
+        for p, e in zip(todo, entries):
+            if isinstance(e, BaseException):
+                continue
+            if self.seen.get(p, (None,))[0] != e.revision:
+                self.seen[p] = (e.revision, t)      # stamped after the read returned
+            if e.value is None:
+                free.append((p, e.revision))
+            elif t - self.seen[p][1] >= self.ttl_ns:
+                expired.append((p, e.revision))     # unchanged for a full TTL on our clock
+        room = max(0, target - len(self.held))
+        # expired leases are taken whatever the share (their partitions are unserved);
+        # free ones only up to this node's share, so a joining node gets some
+        takes = expired + free[:room]
+        if takes:
+            await asyncio.gather(*(self._take_one(p, last) for p, last in takes))
+        if balance and len(self.held) > target:
+            p = max(self.held)
+            rev, _ = self.held.pop(p)
+            self.table.clear(p)                     # stop serving before the lease is free
+            ok = await self.store.release(p, rev)
+            self.emit("released", p=p, rev=rev, ok=ok, target=target)
+
+    async def _leave(self) -> None:
+        """Stop serving everything, then free the leases (best effort: what cannot be freed
+        expires after a TTL)."""
+        held, self.held = self.held, {}
+        for p in held:
+            self.table.clear(p)
+        if self.store is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.gather(
+                *(self.store.release(p, rev) for p, (rev, _) in held.items()),
+                self.store.leave(self.node)), 2.0)
+        except _RETRY:
+            pass
+        self.emit("stopped", released=sorted(held))
+
+
+class AgentThread:
+    """A LeaseAgent on a daemon thread with its own event loop, for a synchronous process."""
+
+    def __init__(self, agent: LeaseAgent):
+        self.agent = agent
+        self.error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._main, name=f"lease-agent {agent.node}", daemon=True)
+
+    def start(self) -> "AgentThread":
+        self._thread.start()
+        self._ready.wait(5.0)
+        return self
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(self._run())
+        except BaseException as e:       # kept for the owner to report; the leases lapse
+            self.error = e
+            self._ready.set()
+
+    async def _run(self) -> None:
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        self._ready.set()
+        await self.agent.run(self._stop)
+
+    def stop(self, timeout_s: float = 5.0) -> bool:
+        """Stop and release the leases; True if the thread ended within ``timeout_s``."""
+        if self._loop is not None and self._stop is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._stop.set)
+            except RuntimeError:         # the loop has already closed
+                pass
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m engine.cluster.agent", description=(
+        "Run one lease agent (no engine): take, renew and balance partition leases, printing "
+        "each event as a JSON line. SIGTERM/SIGINT release the leases and exit 0."))
+    ap.add_argument("--servers", required=True, help="nats://HOST:PORT[,nats://...]")
+    ap.add_argument("--node", required=True)
+    ap.add_argument("--advertise", default="tcp://127.0.0.1:0")
+    ap.add_argument("--partitions", type=int, default=64)
+    ap.add_argument("--lease-ttl-s", type=float, default=2.0)
+    ap.add_argument("--bucket", default=BUCKET)
+    ap.add_argument("--replicas", type=int, default=None)
+    ap.add_argument("--open-timeout-s", type=float, default=OPEN_TIMEOUT_S,
+                    help="give up starting when the servers or the bucket cannot be used this long")
+    a = ap.parse_args(argv)
+
+    def out(ev):
+        sys.stdout.write(json.dumps(ev, separators=(",", ":")) + "\n")
+        sys.stdout.flush()
+
+    agent = LeaseAgent(a.servers.split(","), a.node, a.advertise, a.partitions, a.lease_ttl_s,
+                       bucket=a.bucket, replicas=a.replicas, on_event=out,
+                       open_timeout_s=a.open_timeout_s)
+
+    async def go():
+        stop = asyncio.Event()
+        for s in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(s, stop.set)
+        await agent.run(stop)
+
+    try:
+        asyncio.run(go())
+    except (LeaseError, *_RETRY) as e:
+        why = f"{type(e).__name__}: {e}" if str(e) else f"no NATS server answered within {a.open_timeout_s:g} s"
+        print(f"risk-engine: cluster: servers={a.servers}: {why}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

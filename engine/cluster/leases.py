@@ -1,0 +1,171 @@
+"""Leases on partitions in a NATS JetStream key-value bucket (docs/CLUSTER.md, "Lease protocol").
+
+One key per partition, ``p.N``, whose value names the holder ({"node", "advertise"}) and whose
+revision (the stream sequence of its last write) is the lease's fencing token. Every write
+is a compare-and-set on that revision (the Nats-Expected-Last-Subject-Sequence header, checked
+by the stream's Raft leader): taking a free partition expects the revision of its delete
+marker (0 when it never had an entry), taking an expired one or renewing expects the
+revision read or last written, releasing deletes expecting the holder's revision. A write
+with any other revision is refused (``None`` / False here), so a node holding an old token can
+neither renew nor release a lease taken since.
+
+The bucket has no server-side TTL: expiry is judged by the nodes on their own clocks
+(engine.cluster.agent), never by comparing timestamps between machines. ``meta`` holds the
+partition count, written once by the first node: a node configured with another count
+refuses to start. ``node.NAME`` is each node's heartbeat, for balancing only.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import nats.js.errors as jserr
+from nats.js import api
+
+BUCKET = "risk_engine_leases"
+OP_HEADER = "KV-Operation"          # DEL / PURGE on a delete marker
+
+
+class LeaseError(RuntimeError):
+    """The bucket cannot be used (another partition count, a malformed meta entry ...)."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """The current state of a key. ``revision`` 0: no entry ever; ``value`` None: free
+    (never written, deleted or purged)."""
+    revision: int
+    value: dict | None
+    time: object = None             # the server's timestamp (display only: another clock)
+
+
+def lease_key(p: int) -> str:
+    return f"p.{p}"
+
+
+def member_key(node: str) -> str:
+    return f"node.{node}"
+
+
+def encode(node: str, advertise: str) -> bytes:
+    return json.dumps({"node": node, "advertise": advertise}, separators=(",", ":")).encode()
+
+
+def decode(data: bytes) -> dict:
+    """A lease value; a malformed one is reported as held by '?' (it is still a lease: its
+    revision fences, and it expires like any other)."""
+    try:
+        v = json.loads(data)
+        if isinstance(v, dict) and isinstance(v.get("node"), str) and isinstance(v.get("advertise"), str):
+            return {"node": v["node"], "advertise": v["advertise"]}
+    except (ValueError, UnicodeDecodeError):
+        pass
+    return {"node": "?", "advertise": "", "malformed": True}
+
+
+class LeaseStore:
+    """The lease bucket through one JetStream context. Timeouts, lost connections and
+    unavailable streams raise (nats.errors.Error): the caller keeps its state and retries."""
+
+    def __init__(self, js, bucket: str = BUCKET, timeout_s: float = 1.0):
+        self.js, self.bucket, self.timeout_s = js, bucket, timeout_s
+        self.stream = f"KV_{bucket}"
+        self.prefix = f"$KV.{bucket}."
+
+    async def open(self, partitions: int | None, replicas: int = 1, create: bool = True) -> int:
+        """Create the bucket if missing (``create``) and agree on the partition count:
+        returns the bucket's count; raises LeaseError if it differs from ``partitions``."""
+        try:
+            await self.js.key_value(self.bucket)
+        except jserr.BucketNotFoundError:
+            if not create:
+                raise LeaseError(f"bucket={self.bucket}: no lease bucket on these servers "
+                                 "(no node has started)") from None
+            await self.js.create_key_value(api.KeyValueConfig(
+                bucket=self.bucket, history=1, replicas=replicas,
+                storage=api.StorageType.FILE, description="risk-engine partition leases"))
+        meta = await self.get("meta")
+        if meta.value is None and partitions is not None:
+            if await self._write("meta", json.dumps({"partitions": partitions}).encode(), 0) is None:
+                meta = await self.get("meta")      # another node wrote it first
+            else:
+                return partitions
+        if meta.value is None:
+            raise LeaseError(f"bucket={self.bucket}: no meta entry (no node has started)")
+        try:
+            have = json.loads(meta.value)["partitions"]
+        except (ValueError, KeyError, TypeError):
+            raise LeaseError(f"bucket={self.bucket}: meta entry is malformed: {meta.value[:80]!r}") from None
+        if partitions is not None and have != partitions:
+            raise LeaseError(f"cluster.partitions={partitions} but the cluster's lease bucket "
+                             f"{self.bucket} has partitions={have}: every node needs the same count")
+        return have
+
+    async def get(self, key: str) -> Entry:
+        """The key's last write, read from the stream's leader. Raw: also the revision of a
+        delete marker, which is what taking a released partition must expect."""
+        try:
+            msg = await self.js.get_msg(self.stream, subject=self.prefix + key)
+        except jserr.NotFoundError:
+            return Entry(0, None)
+        deleted = msg.headers and msg.headers.get(OP_HEADER) in ("DEL", "PURGE")
+        value = None if deleted else msg.data
+        return Entry(msg.seq, value, msg.time)
+
+    async def read(self, p: int) -> Entry:
+        e = await self.get(lease_key(p))
+        return e if e.value is None else Entry(e.revision, decode(e.value), e.time)
+
+    async def _write(self, key: str, value: bytes, last: int) -> int | None:
+        try:
+            ack = await self.js.publish(self.prefix + key, value, timeout=self.timeout_s,
+                                        headers={api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(last)})
+        except jserr.APIError as e:
+            if e.err_code in (10071, 10164):            # wrong last sequence: the CAS is refused
+                return None
+            raise
+        return ack.seq
+
+    async def take(self, p: int, value: bytes, last: int) -> int | None:
+        """Take partition ``p`` whose current revision is ``last`` (free or expired): the new
+        revision, or None if the entry has changed since."""
+        return await self._write(lease_key(p), value, last)
+
+    async def renew(self, p: int, value: bytes, revision: int) -> int | None:
+        """Renew the lease held at ``revision``: the next revision, or None if refused."""
+        return await self._write(lease_key(p), value, revision)
+
+    async def release(self, p: int, revision: int) -> bool:
+        """Delete the lease held at ``revision`` (a delete marker: the partition is free)."""
+        try:
+            await self.js.publish(self.prefix + lease_key(p), b"", timeout=self.timeout_s,
+                                  headers={OP_HEADER: "DEL",
+                                           api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(revision)})
+        except jserr.APIError as e:
+            if e.err_code in (10071, 10164):
+                return False
+            raise
+        return True
+
+    async def heartbeat(self, node: str, advertise: str) -> None:
+        await self.js.publish(self.prefix + member_key(node), encode(node, advertise),
+                              timeout=self.timeout_s)
+
+    async def leave(self, node: str) -> None:
+        await self.js.publish(self.prefix + member_key(node), b"", timeout=self.timeout_s,
+                              headers={OP_HEADER: "DEL"})
+
+    async def members(self) -> dict[str, int]:
+        """{node: revision of its last heartbeat} of every node with a heartbeat entry."""
+        kv = await self.js.key_value(self.bucket)
+        try:
+            keys = await kv.keys()
+        except jserr.NoKeysError:
+            return {}
+        out = {}
+        for k in keys:
+            if k.startswith("node."):
+                e = await self.get(k)
+                if e.value is not None:
+                    out[k[5:]] = e.revision
+        return out

@@ -1,0 +1,86 @@
+"""`risk-engine cluster status`: partition -> owner, lease revision and lease age, read from the
+cluster's lease bucket in NATS JetStream (engine/cluster/, docs/CLUSTER.md)."""
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime, timezone
+
+HELP = "the cluster's partitions: owner, lease revision, lease age (status)"
+TIMEOUT_S = 15.0
+
+
+def add_arguments(p):
+    sub = p.add_subparsers(dest="cluster_command", metavar="SUBCOMMAND", required=True)
+    s = sub.add_parser("status", help="partition -> owner, lease revision, lease age",
+                       description="Read every partition's lease from the lease bucket. Exit 0 "
+                                   "when every partition has a holder, 1 when some are free, "
+                                   "2 when the servers or the bucket cannot be read.")
+    s.add_argument("--servers", required=True, metavar="URL[,URL...]",
+                   help="nats://HOST:PORT of one or more NATS servers of the cluster")
+    s.add_argument("--bucket", default=None, help="the lease bucket (default: risk_engine_leases)")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _age_s(t) -> float | None:
+    return None if t is None else max(0.0, (datetime.now(timezone.utc) - t).total_seconds())
+
+
+async def _read(servers: list[str], bucket: str | None):
+    import nats                              # here: `risk-engine --help` stays fast
+    from engine.cluster.leases import BUCKET, LeaseStore
+    errors = []
+
+    async def quiet(e):                      # nats-py prints each failed attempt otherwise
+        errors.append(e)
+    try:
+        nc = await nats.connect(servers, connect_timeout=2, allow_reconnect=False,
+                                max_reconnect_attempts=1, reconnect_time_wait=0.2, error_cb=quiet)
+    except Exception as e:                  # nats-py raises its own or OSError; say why once
+        why = errors[-1] if errors else e
+        raise ConnectionError(f"cannot connect: {type(why).__name__}: {why}") from None
+    try:
+        store = LeaseStore(nc.jetstream(timeout=5.0), bucket or BUCKET, timeout_s=5.0)
+        n = await store.open(None, create=False)
+        rows = []
+        for p in range(n):
+            e = await store.read(p)
+            v = e.value or {}
+            rows.append({"partition": p, "owner": v.get("node"), "advertise": v.get("advertise"),
+                         "revision": e.revision if e.value is not None else None,
+                         "lease_age_s": _age_s(e.time) if e.value is not None else None})
+        return {"bucket": store.bucket, "partitions": n, "leases": rows}
+    finally:
+        await nc.close()
+
+
+def run(args) -> int:
+    import asyncio                           # here: only this command needs an event loop
+    import nats.errors
+    from engine.cluster.leases import LeaseError
+    servers = [s for s in args.servers.split(",") if s]
+    try:
+        st = asyncio.run(asyncio.wait_for(_read(servers, args.bucket), TIMEOUT_S))
+    except (LeaseError, nats.errors.Error, asyncio.TimeoutError, OSError) as e:
+        print(f"risk-engine: cluster status: servers={','.join(servers)}: {type(e).__name__}: {e}",
+              file=sys.stderr)
+        return 2
+    free = [r["partition"] for r in st["leases"] if r["owner"] is None]
+    if args.json:
+        print(json.dumps(st, indent=1))
+        return 1 if free else 0
+    counts: dict[str, int] = {}
+    for r in st["leases"]:
+        if r["owner"] is not None:
+            counts[r["owner"]] = counts.get(r["owner"], 0) + 1
+    owners = ", ".join(f"{o} ({n})" for o, n in sorted(counts.items())) or "none"
+    print(f"bucket {st['bucket']}: {st['partitions']} partitions, {len(free)} free, owners: {owners}")
+    print("lease age: since the lease's last write, by the NATS server's clock against this machine's")
+    print(f"  {'PARTITION':>9}  {'OWNER':<16} {'REVISION':>9} {'AGE':>8}  ADVERTISE")
+    for r in st["leases"]:
+        if r["owner"] is None:
+            print(f"  {r['partition']:>9}  {'-':<16} {'-':>9} {'-':>8}  (free)")
+        else:
+            print(f"  {r['partition']:>9}  {r['owner']:<16} {r['revision']:>9} "
+                  f"{r['lease_age_s']:>7.1f}s  {r['advertise']}")
+    return 1 if free else 0

@@ -1,0 +1,84 @@
+"""The cluster: section checked completely with the rest of the config: every error at once
+with its key path and value; what is required; advertise's default from ingress.bind; a
+checked section survives the supervisor's hand-off round trip; no section: no cluster."""
+from __future__ import annotations
+
+import pytest
+
+from shm.runtime.config import config_to_raw, load_config, parse_config
+from shm.runtime.config_check import ConfigErrors
+from shm.runtime.config_types import ClusterConfig, ConfigError
+
+
+def _cfg(tmp_path, text):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return load_config(p)
+
+
+def test_no_section_is_a_single_engine():
+    assert load_config().cluster is None
+
+
+def test_a_minimal_section_gets_the_defaults_and_round_trips(tmp_path):
+    cfg = _cfg(tmp_path, "cluster: {servers: ['nats://127.0.0.1:4222'], node: n1}\n")
+    assert cfg.cluster == ClusterConfig(servers=("nats://127.0.0.1:4222",), partitions=64, node="n1",
+                                        advertise="tcp://127.0.0.1:5555", ack="sync", lease_ttl_s=2.0)
+    assert parse_config(config_to_raw(cfg), cfg.path) == cfg
+
+
+def test_every_cluster_error_in_one_pass(tmp_path):
+    with pytest.raises(ConfigErrors) as e:
+        _cfg(tmp_path, "cluster:\n"
+                       "  servers: ['http://h:1', 'nats://u:pw@h:4222', 'nats://h', 'nats://h:99999',\n"
+                       "            'nats://h:4222/x', 'nats://h:4222', 'nats://h:4222']\n"
+                       "  partitions: 0\n  node: 'a.b'\n  advertise: 'tcp://*:5555'\n"
+                       "  ack: maybe\n  lease_ttl_s: 0.1\n  leases_ttl_s: 2\n")
+    got = [str(x) for x in e.value.errors]
+    assert got == [
+        "cluster.leases_ttl_s: unknown key; did you mean 'lease_ttl_s'? (allowed: ack, advertise, "
+        "lease_ttl_s, node, partitions, servers)",
+        "cluster.servers[0]: must be nats://HOST:PORT or tls://HOST:PORT, got 'http://h:1'",
+        "cluster.servers[1]: holds credentials; a config file is no place for them",
+        "cluster.servers[2]: needs a port 1..65535, got 'nats://h'",
+        "cluster.servers[3]: needs a port 1..65535, got 'nats://h:99999'",
+        "cluster.servers[4]: must be nats://HOST:PORT with nothing after the port, got 'nats://h:4222/x'",
+        "cluster.servers[6]: 'nats://h:4222' is named twice",
+        "cluster.partitions: must be an integer in [1, 4096], got 0",
+        "cluster.node: must be 1-32 letters, digits, '_' or '-', got 'a.b'",
+        "cluster.advertise: must be tcp://HOST:PORT (a host clients can dial), got 'tcp://*:5555'",
+        "cluster.ack: must be one of sync, async, got 'maybe'",
+        "cluster.lease_ttl_s: must be a number of seconds in [0.5, 300], got 0.1",
+    ]
+
+
+@pytest.mark.parametrize("section, key, why", [
+    ("{node: n1}", "cluster.servers", "is required"),
+    ("{servers: []}", "cluster.servers", "must be a list of 1..16"),
+    ("{servers: 'nats://h:1', node: n1}", "cluster.servers", "must be a list"),
+    ("{servers: ['nats://h:1']}", "cluster.node", "is required"),
+    ("{servers: ['nats://h:1'], node: n1, partitions: true}", "cluster.partitions", "must be an integer"),
+    ("{servers: ['nats://h:1'], node: n1, lease_ttl_s: '2'}", "cluster.lease_ttl_s", "must be a number"),
+    ("{servers: ['nats://h:1'], node: n1, ack: true}", "cluster.ack", "must be one of sync, async"),
+    ("{servers: ['nats://h:1'], node: n1, advertise: 5555}", "cluster.advertise", "must be tcp://"),
+    ("{servers: ['nats://h:1'], node: n1, advertise: 'tcp://h'}", "cluster.advertise", "needs a port"),
+    ("[1, 2]", "cluster", "must be a mapping"),
+])
+def test_each_error_names_its_key(tmp_path, section, key, why):
+    with pytest.raises(ConfigError) as e:
+        _cfg(tmp_path, f"cluster: {section}\n")
+    errs = getattr(e.value, "errors", (e.value,))
+    assert any(x.key == key and why in str(x) for x in errs), [str(x) for x in errs]
+
+
+def test_advertise_is_required_when_ingress_binds_every_interface(tmp_path):
+    with pytest.raises(ConfigError, match=r"cluster.advertise: is required when ingress.bind "
+                                          r"\('tcp://0.0.0.0:5555'\) is not one host"):
+        _cfg(tmp_path, "ingress: {bind: 'tcp://0.0.0.0:5555'}\n"
+                       "cluster: {servers: ['nats://10.0.0.1:4222'], node: n1}\n")
+    cfg = _cfg(tmp_path, "ingress: {bind: 'tcp://0.0.0.0:5555'}\n"
+                         "cluster: {servers: ['nats://10.0.0.1:4222', 'tls://[::1]:4222'], node: n-1_a,\n"
+                         "          advertise: 'tcp://risk-1.example:5555', partitions: 256,\n"
+                         "          ack: async, lease_ttl_s: 5}\n")
+    assert cfg.cluster == ClusterConfig(("nats://10.0.0.1:4222", "tls://[::1]:4222"), 256, "n-1_a",
+                                        "tcp://risk-1.example:5555", "async", 5.0)

@@ -1,0 +1,98 @@
+"""The lease bucket's compare-and-set on a 3-server JetStream cluster (R3): a write expecting
+any revision but the current one is refused, so an old lease revision (fencing token) can
+neither renew nor release a lease taken since; every node must agree on the partition count."""
+from __future__ import annotations
+
+import asyncio
+
+import nats
+import nats.errors
+import pytest
+
+from engine.cluster.leases import LeaseError, LeaseStore, encode
+
+
+def run(servers, bucket, body):
+    async def go():
+        nc = await nats.connect(servers, connect_timeout=2, max_reconnect_attempts=3)
+        try:
+            store = LeaseStore(nc.jetstream(timeout=5.0), bucket, timeout_s=5.0)
+            return await body(store)
+        finally:
+            await nc.close()
+    return asyncio.run(asyncio.wait_for(go(), 60))
+
+
+A, B = encode("a", "tcp://127.0.0.1:1"), encode("b", "tcp://127.0.0.1:2")
+
+
+def test_a_stale_lease_revision_is_refused_after_a_takeover(nats3, bucket):
+    async def body(s):
+        assert await s.open(8, replicas=3) == 8
+        r1 = await s.take(3, A, 0)                   # free, never written: expects 0
+        assert r1 and await s.take(3, B, 0) is None  # a second taker of the same free lease
+        r2 = await s.renew(3, A, r1)
+        assert r2 and r2 > r1
+        e = await s.read(3)
+        assert (e.revision, e.value["node"]) == (r2, "a")
+        r3 = await s.take(3, B, r2)                  # b takes it over (as after a full TTL)
+        assert r3 and r3 > r2
+        # a's token r2 is stale now: its renewal and its release are both refused
+        assert await s.renew(3, A, r2) is None
+        assert await s.release(3, r2) is False
+        e = await s.read(3)
+        assert (e.revision, e.value["node"]) == (r3, "b")
+        # the holder releases with its own token: free, and taking expects the marker's revision
+        assert await s.release(3, r3) is True
+        free = await s.read(3)
+        assert free.value is None and free.revision > r3
+        assert await s.take(3, A, r3) is None
+        assert await s.take(3, A, free.revision) > free.revision
+    run(nats3.urls, bucket, body)
+
+
+def test_every_node_must_agree_on_the_partition_count(nats3, bucket):
+    async def body(s):
+        assert await s.open(16, replicas=3) == 16
+        assert await s.open(16, replicas=3) == 16
+        with pytest.raises(LeaseError, match=r"cluster.partitions=64 .* partitions=16"):
+            await s.open(64, replicas=3)
+        assert await s.open(None, create=False) == 16
+    run(nats3.urls, bucket, body)
+
+
+def test_reading_a_missing_bucket_says_no_node_has_started(nats3, bucket):
+    async def body(s):
+        with pytest.raises(LeaseError, match="no node has started"):
+            await s.open(None, create=False)
+    run(nats3.urls, bucket, body)
+
+
+def test_leases_keep_working_with_one_server_killed_and_it_rejoins(nats3, bucket):
+    """R3: two of three servers are a quorum. kill -9 of one, compare-and-set goes on through
+    the others; restarted on its store, it is healthy again and serves the latest revision."""
+    async def before(s):
+        await s.open(4, replicas=3)
+        return await s.take(0, A, 0)
+    r1 = run(nats3.urls, bucket, before)
+    nats3.kill(2)
+    try:
+        async def during(s):
+            for _ in range(100):            # the stream's leader may have been the killed one
+                try:
+                    r = await s.renew(0, A, r1)
+                    break
+                except nats.errors.Error:   # no leader yet: an election takes a few seconds
+                    await asyncio.sleep(0.2)
+            assert r and r > r1
+            assert await s.renew(0, A, r1) is None       # the old token stays fenced off
+            return r
+        r2 = run(nats3.urls[:2], bucket, during)
+    finally:
+        nats3.restart(2)
+    assert nats3.servers[2].healthy()
+
+    async def after(s):
+        e = await s.read(0)
+        assert (e.revision, e.value["node"]) == (r2, "a")
+    run(nats3.urls[2:], bucket, after)
