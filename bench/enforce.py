@@ -5,7 +5,7 @@ inside them, removed at the end). Root, bcc, gcc, nft and ip are needed.
 Part 1, the flood: a real engine (``enforce: off``) serves on the veth address in the server
 namespace; from the client namespace bench/synflood.c sends TCP SYNs to its port from a
 source to block (each a new connection attempt), bounded in count and time. Windows, one of
-each per round, their order rotated from round to round:
+each per round, in one order in even rounds and the reverse in odd ones (bench.targets):
 
 * drop: the flood alone, dropped by XDP, by TC (bpf/enforce.c, the program the engine
   attaches, loaded here) or by an nftables rule doing the same drop (netdev family, ingress
@@ -46,7 +46,7 @@ LIST = "blocked_ips"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=float, default=5.0, metavar="S", help="measured seconds per window (default 5)")
     p.add_argument("--rounds", type=int, default=3, metavar="K",
-                   help="rounds of every window, their order rotated each round (default 3)")
+                   help="rounds of every window, the order reversed every other round (default 3)")
     p.add_argument("--warmup", type=float, default=1.0, metavar="S", help="client warm-up per client window (default 1)")
     p.add_argument("--clients", type=int, default=8, help="legitimate clients, one request in flight each (default 8)")
     p.add_argument("--flood-pps", type=int, default=0, metavar="R",
@@ -275,6 +275,7 @@ def clients_window(a, s: Setup, exes, payloads: Path, cond: str, eng) -> dict:
 def run_flood(a, s: Setup, tmp: Path) -> list[dict]:
     from bench import cload  # lazy: --help stays light
     from bench.synflood import build  # lazy: --help stays light
+    from bench.targets import round_order  # lazy: --help stays light
     from bpf.enforce import Enforcer  # lazy: --help stays light
     from shm.ipv4 import parse_ipv4  # lazy: --help stays light
     net = s.net
@@ -294,7 +295,7 @@ def run_flood(a, s: Setup, tmp: Path) -> list[dict]:
     windows = [("drop", c) for c in DROP_WINDOWS] + [("clients", c) for c in CLIENT_WINDOWS]
     out = []
     for k in range(a.rounds):
-        for kind, cond in windows[k % len(windows):] + windows[:k % len(windows)]:
+        for kind, cond in round_order(windows, k):
             print(f"bench.enforce: round {k + 1}/{a.rounds}: {kind} {cond}", file=sys.stderr, flush=True)
             w = (drop_window(a, s, exes[0], cond, eng.port) if kind == "drop"
                  else clients_window(a, s, exes, payloads, cond, eng))

@@ -44,22 +44,35 @@ def _left_behind(pid: int) -> list[str]:
     return names + [f"process {k}" for k in kids]
 
 
+def _remove_left(pid: int) -> None:
+    """When a run failed to clean up, the test does (so a failure leaves nothing either)."""
+    tag = pid % 100000
+    for ns in (f"re-srv-{tag}", f"re-cli-{tag}"):
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
+    subprocess.run(["pkill", "-KILL", "-s", str(pid)], capture_output=True, timeout=10)
+
+
+def _run(argv: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "bench.enforce", *argv], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)      # its session: everything it starts
+
+
 def test_a_tiny_run_reports_every_condition_and_leaves_nothing(tmp_path):
     _require()
     out = tmp_path / "enforce.json"
-    p = subprocess.Popen([sys.executable, "-m", "bench.enforce", "--duration", "1", "--rounds", "1",
-                          "--warmup", "0.3", "--clients", "2", "--update-reps", "5", "--json", str(out)],
-                         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True)
+    p = _run(["--duration", "1", "--rounds", "1", "--warmup", "0.3", "--clients", "2",
+              "--update-reps", "5", "--json", str(out)])
     try:
         stdout, stderr = p.communicate(timeout=900)
+        print(stdout)
+        assert p.returncode == 0, stderr[-4000:]
+        assert _left_behind(p.pid) == []
     finally:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()
-    print(stdout)
-    assert p.returncode == 0, stderr[-4000:]
-    assert _left_behind(p.pid) == []
+        _remove_left(p.pid)
     doc = json.loads(out.read_text())
     s = doc["summary"]
     assert set(s) == {"drop:xdp", "drop:tc", "drop:nft", "clients:quiet", "clients:xdp", "clients:none"}
@@ -85,9 +98,7 @@ def test_sigterm_mid_run_leaves_nothing(tmp_path):
     """The flood part interrupted (SIGTERM) while it floods: exit 128 + 15, and the flood, the
     engine, the programs (with the namespaces) and the nft table are gone."""
     _require()
-    p = subprocess.Popen([sys.executable, "-m", "bench.enforce", "--duration", "30", "--rounds", "1",
-                          "--update-reps", "0"], cwd=REPO, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    p = _run(["--duration", "30", "--rounds", "1", "--update-reps", "0"])
     try:
         seen = ""
         deadline = time.monotonic() + 900
@@ -97,9 +108,10 @@ def test_sigterm_mid_run_leaves_nothing(tmp_path):
         time.sleep(2)                         # inside the first window, flood running
         p.send_signal(signal.SIGTERM)
         stdout, stderr = p.communicate(timeout=120)
+        assert p.returncode == 128 + signal.SIGTERM, seen + stderr
+        assert _left_behind(p.pid) == []
     finally:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()
-    assert p.returncode == 128 + signal.SIGTERM, seen + stderr
-    assert _left_behind(p.pid) == []
+        _remove_left(p.pid)
