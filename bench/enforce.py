@@ -348,7 +348,9 @@ def table(agg: dict, update: dict | None) -> str:
                 lines.append(f"{cond:<10} {r['sent_per_s']:>10,} {r['dropped_per_s']:>10,} {r['user_pct']:>6} "
                              f"{r['system_pct']:>8} {r['softirq_pct']:>8} {r['idle_pct']:>6} "
                              f"{str(r['kernel_ns_per_drop']):>14}  {r['per_round_dropped_per_s']}")
-        lines += ["", "legitimate clients (one event per request, closed loop) from another source",
+        lines += ["", "legitimate clients (one event per request, closed loop) from another source; "
+                  "flood sent/s over the flood's whole run (from 0.2 s before the clients to after "
+                  "them), dropped/s over the clients' run",
                   f"{'condition':<18} {'p50 us':>8} {'p99 us':>8} {'req/s':>8} {'errors':>6} "
                   f"{'flood sent/s':>12} {'dropped/s':>10} {'idle%':>6}  p99 us per round"]
         names = {"quiet": "no flood", "xdp": "flood, XDP drops", "none": "flood, no drop"}
