@@ -68,7 +68,8 @@ class Enforcement:
                 wall = time.time_ns() - time.monotonic_ns()
                 for e in self.enforcer.poll_events():
                     self.drops.append({"time_ns": e.ts_ns + wall, "source": format_ipv4(e.saddr),
-                                       "port": e.dport, "list": e.list, "generation": e.generation})
+                                       "port": e.dport, "list": e.list, "generation": e.generation,
+                                       "mono_ns": e.ts_ns})
             return list(self.drops)
 
     def enforces(self, name: str) -> bool:

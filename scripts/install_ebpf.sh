@@ -5,7 +5,8 @@
 #
 # What it does (each step is skipped when already done, and says so):
 #   1. apt-get update (once) and install python3-bpfcc (Debian's bcc, never PyPI's `bcc`),
-#      linux-headers-amd64, iptables, iproute2, util-linux (the tests use the last three).
+#      linux-headers-amd64, iptables, iproute2, util-linux (the tests use the last three),
+#      nftables (python -m bench.enforce and its test compare with an nftables drop rule).
 #   2. /lib/modules/$(uname -r)/build -> /usr/src/linux-headers-<v>-amd64 and
 #      /lib/modules/$(uname -r)/source -> /usr/src/linux-headers-<v>-common (no headers exist
 #      for the running kernel and CONFIG_IKHEADERS is off; docs/EBPF.md).
@@ -22,7 +23,7 @@ say() { echo "install_ebpf: $*"; }
 command -v apt-get >/dev/null 2>&1 || die "apt-get not found: only Debian-like systems are supported"
 
 # 1. packages -------------------------------------------------------------------------
-PKGS="python3-bpfcc linux-headers-amd64 iptables iproute2 util-linux"
+PKGS="python3-bpfcc linux-headers-amd64 iptables iproute2 util-linux nftables"
 missing=""
 for p in $PKGS; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

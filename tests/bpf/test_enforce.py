@@ -13,9 +13,9 @@ import time
 
 import pytest
 
+from bench.netns import VethPair, syn_packet
 from shm.ipv4 import cidr4_key, parse_ipv4
 from tests.bpf.conftest import free_tcp_port, require_ebpf
-from tests.bpf.netns import VethPair, syn_packet
 
 ALLOWED_TIMEOUT_S = 5.0      # an answered SYN takes well under a millisecond here
 BLOCKED_TIMEOUT_S = 1.0      # a dropped one is never answered: the wait is the test's cost

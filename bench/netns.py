@@ -1,4 +1,5 @@
-"""Two network namespaces joined by a veth pair, made by a test and always removed.
+"""Two network namespaces joined by a veth pair, made by a test or a bench (bench.enforce) and
+always removed.
 
     with VethPair() as net:                 # net.server_ns holds 10.200.N.1 on net.server_if
         with net.inside(net.server_ns): ... # this thread's sockets/netlink live in that ns
