@@ -14,10 +14,8 @@ and refused if another user owns it or can write it (shm.runtime.securedir).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
 import struct
 import subprocess
 from collections import Counter
@@ -26,22 +24,20 @@ from pathlib import Path
 
 import zmq
 
+from bench import cbuild
 from bench.events import PayloadPool
 from bench.loadgen import LoadSpec
 from bench.phase import run_phase, split
 from bench.replies import code_name
 from ingress import wire
 from shm.runtime.config import load_config
-from shm.runtime.securedir import ensure_private_dir, write_private_file
+from shm.runtime.securedir import write_private_file
 from shm.types import DecisionFlag
 
 SOURCE = Path(__file__).with_name("loadgen.c")
 PAYLOAD_MAGIC = b"RLGP"
 PAYLOAD_VERSION = 1
-
-
-class GccMissing(RuntimeError):
-    """No C compiler: the caller falls back to the Python load generator."""
+GccMissing = cbuild.GccMissing     # callers catch cload.GccMissing
 
 
 @dataclass(frozen=True)
@@ -63,10 +59,6 @@ class Load:
     processes: int = 1                 # C generator processes sharing the clients
 
 
-def default_cache_dir() -> Path:
-    return Path.home() / ".cache" / "risk-engine" / "loadgen"
-
-
 def libzmq_path() -> Path:
     """The libzmq shared object this process loaded through pyzmq (its bundled copy, whose
     file name carries a hash, or the system's)."""
@@ -81,27 +73,11 @@ def libzmq_path() -> Path:
 
 
 def build(cache_dir: Path | None = None) -> Path:
-    """The compiled load generator, built on first use. Raises GccMissing without gcc,
-    RuntimeError when the build fails (gcc's output in the message)."""
-    gcc = shutil.which("gcc")
-    if gcc is None:
-        raise GccMissing(f"gcc not found on PATH={os.environ.get('PATH', '')}: cannot build "
-                         f"{SOURCE.name} (apt-get install gcc)")
+    """The compiled load generator, built on first use against pyzmq's libzmq (bench.cbuild).
+    Raises GccMissing without gcc, RuntimeError when the build fails."""
     lib = libzmq_path()
-    key = hashlib.blake2b(SOURCE.read_bytes() + str(lib).encode(), digest_size=8).hexdigest()
-    d = ensure_private_dir(cache_dir or default_cache_dir(), "load generator cache")
-    exe = d / f"loadgen-{key}"
-    if exe.is_file():
-        return exe
-    tmp = d / f".build-{os.getpid()}-{key}"
-    r = subprocess.run([gcc, "-O2", "-Wall", "-Wextra", "-o", str(tmp), str(SOURCE), str(lib),
-                        f"-Wl,-rpath,{lib.parent}"], capture_output=True, text=True, timeout=300)
-    if r.returncode != 0:
-        tmp.unlink(missing_ok=True)
-        raise RuntimeError(f"gcc failed: rc={r.returncode} source={SOURCE} libzmq={lib}\n{r.stderr}")
-    os.chmod(tmp, 0o700)
-    os.replace(tmp, exe)                # atomic: a concurrent build publishes the same bytes
-    return exe
+    return cbuild.build(SOURCE, "loadgen", cache_dir, (str(lib), f"-Wl,-rpath,{lib.parent}"),
+                        str(lib).encode())
 
 
 def write_payloads(path: Path, config: str | None, batch: int, size: int = 256,

@@ -1,22 +1,16 @@
 """The SYN flood of bench.enforce (bench/synflood.c): built with gcc on first use, started in a
 network namespace, stopped, and its one JSON line read back.
 
-The binary is cached as ``~/.cache/risk-engine/synflood/synflood-<hash of the source>``: that
-directory holds code we execute (as root here), so it is created 0700 and refused if another
-user owns it or can write it (shm.runtime.securedir), as bench/cload.py does for the load
-generator.
+The binary is built and cached by bench.cbuild (``~/.cache/risk-engine/synflood/``, 0700).
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
 import signal
 import subprocess
 from pathlib import Path
 
-from shm.runtime.securedir import ensure_private_dir
+from bench import cbuild
 
 SOURCE = Path(__file__).with_name("synflood.c")
 
@@ -25,29 +19,9 @@ class FloodError(RuntimeError):
     """The flood could not be built or run; the message says why."""
 
 
-def default_cache_dir() -> Path:
-    return Path.home() / ".cache" / "risk-engine" / "synflood"
-
-
 def build(cache_dir: Path | None = None) -> Path:
-    gcc = shutil.which("gcc")
-    if gcc is None:
-        raise FloodError(f"gcc not found on PATH={os.environ.get('PATH', '')}: cannot build "
-                         f"{SOURCE.name} (apt-get install gcc)")
-    key = hashlib.blake2b(SOURCE.read_bytes(), digest_size=8).hexdigest()
-    d = ensure_private_dir(cache_dir or default_cache_dir(), "syn flood cache")
-    exe = d / f"synflood-{key}"
-    if exe.is_file():
-        return exe
-    tmp = d / f".build-{os.getpid()}-{key}"
-    r = subprocess.run([gcc, "-O2", "-Wall", "-Wextra", "-o", str(tmp), str(SOURCE)],
-                       capture_output=True, text=True, timeout=120)
-    if r.returncode != 0:
-        tmp.unlink(missing_ok=True)
-        raise FloodError(f"gcc failed: rc={r.returncode} source={SOURCE}\n{r.stderr}")
-    os.chmod(tmp, 0o700)
-    os.replace(tmp, exe)                # atomic: a concurrent build publishes the same bytes
-    return exe
+    """The sender, built on first use (bench.cbuild); GccMissing or RuntimeError if it cannot be."""
+    return cbuild.build(SOURCE, "synflood", cache_dir, timeout_s=120)
 
 
 class Flood:
