@@ -1,0 +1,129 @@
+"""The journal tailer: follows this node's journal writers and publishes the committed records
+of the partitions it owns to the replication stream (engine.cluster.replog), in journal order
+per writer. This is ``cluster.ack: async``: the reply went out when the record was journaled;
+the records not yet published are the loss window, exposed as ``lag()``.
+
+Per partition it keeps ``done[p]`` (writer -> seq): every record of p from that writer up to
+that seq is published, or belongs to another term. Taking a partition (it appears in the
+OwnershipTable) publishes a fence first (ReplicationLog.fence): if the subject's last message
+is this node's, the term continues from its Rj-Done and the tailer rewinds its writers to it,
+so the records it had not published before a restart follow with no duplicate and no gap;
+otherwise the new term starts at the journal's end, since the records before it were decided
+before this node held the lease (the serve integration fences before it serves). A record is
+published iff its partition is owned and fenced now and its seq is past ``done[p]``, so
+re-reading after a rewind never publishes twice. A partition whose publish fencing refused
+is lost: the tailer stops publishing it until its lease is taken again.
+"""
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from engine.cluster.ownership import OwnershipTable
+from engine.cluster.partition import partition_of_keys
+from engine.cluster.replog import ReplicationLog, take_rows
+from engine.journal_reader import JournalReader
+from shm.journal_format import list_writers
+
+
+class JournalTailer:
+    def __init__(self, log: ReplicationLog, journal_dir: str, event_dtype: np.dtype, schema_hash: int,
+                 table: OwnershipTable, batch_records: int = 4096, records_per_msg: int = 1024):
+        self.log, self.dir, self.table = log, str(journal_dir), table
+        self.event_dtype, self.schema_hash = np.dtype(event_dtype), int(schema_hash)
+        self.batch_records, self.records_per_msg = batch_records, records_per_msg
+        self.cursor: dict[int, int] = {}       # writer -> last seq read (published or not ours)
+        self.done: dict[int, dict[int, int]] = {}   # p -> writer -> seq handled (module doc)
+        self.readers: dict[int, JournalReader] = {}
+
+    def _reader(self, w: int) -> JournalReader:
+        if w not in self.readers:
+            self.readers[w] = JournalReader(self.dir, self.event_dtype, self.schema_hash, w)
+        return self.readers[w]
+
+    def journal_end(self) -> dict[int, int]:
+        """writer -> seq of its newest committed record."""
+        return {w: self._reader(w).last_committed_seq() for w in list_writers(self.dir)}
+
+    def lag(self) -> dict[int, int]:
+        """writer -> committed records the tailer has not read yet (the async loss window,
+        plus records of partitions it does not own, which it will skip)."""
+        return {w: end - self.cursor.get(w, end) for w, end in self.journal_end().items()}
+
+    async def take_ownership(self) -> None:
+        """Fence the partitions the table says this node owns and that it has not fenced, and
+        forget the ones whose lease lapsed (their next take fences again)."""
+        owned = self.table.owned()
+        for p in [p for p in self.log.fenced if p not in owned]:
+            self.log.fenced.pop(p, None)
+            self.log.last.pop(p, None)
+        new = [(p, rev) for p, rev in sorted(owned.items()) if p not in self.log.fenced]
+        if not new:
+            return
+        end = self.journal_end()
+        for w, e in end.items():               # a writer first seen now: its records so far
+            self.cursor.setdefault(w, e)       # were decided before any term of ours
+        fences = await asyncio.gather(*(self.log.fence(p, rev, end) for p, rev in new))
+        for (p, _), f in zip(new, fences):
+            if f is None:
+                continue
+            self.done[p] = dict(f.done)
+            for w, s in f.done.items():        # a continued term: re-read what it left unpublished
+                if w in self.cursor:
+                    self.cursor[w] = min(self.cursor[w], s)
+
+    async def step(self) -> int:
+        """Take new partitions, then read up to ``batch_records`` new records per writer and
+        publish those of owned, fenced partitions (one partition's messages in order,
+        partitions concurrently). Returns the number of records published."""
+        await self.take_ownership()
+        published = 0
+        for w in list_writers(self.dir):
+            if w not in self.cursor:           # unknown to our fences: created after them (all
+                self.cursor[w] = 0 if self.log.fenced else self._reader(w).last_committed_seq()
+                                               # of it ours) or we own nothing (none of it)
+            it = self._reader(w).iter_batches(self.cursor[w] + 1, self.batch_records)
+            recs = next(it, None)
+            it.close()
+            if recs is None or not len(recs):
+                continue
+            published += await self._publish_batch(w, recs)
+            self.cursor[w] = int(recs["seq"][-1])
+        return published
+
+    async def _publish_batch(self, w: int, recs: np.ndarray) -> int:
+        keys = recs["event"][self.log.shard_key].view(np.uint64)
+        parts = partition_of_keys(keys, self.log.partitions)
+        seqs = recs["seq"].astype(np.int64)
+        jobs = []
+        for p in np.unique(parts).tolist():
+            rev = self.table.owns(p)
+            if not rev or p not in self.log.fenced:
+                continue
+            sel = take_rows(recs, (parts == p) & (seqs > self.done[p].get(w, 0)))
+            if len(sel):
+                jobs.append(self._publish_partition(p, rev, w, sel))
+        return sum(await asyncio.gather(*jobs))
+
+    async def _publish_partition(self, p: int, rev: int, w: int, sel: np.ndarray) -> int:
+        n = 0
+        for i in range(0, len(sel), self.records_per_msg):
+            part = sel[i:i + self.records_per_msg]
+            done = {**self.done[p], w: int(part["seq"][-1])}
+            if await self.log.publish(p, rev, w, part, done) is None:
+                self.done.pop(p, None)         # fenced off: lost until taken again
+                return n
+            self.done[p] = done
+            n += len(part)
+        return n
+
+    async def drain(self, max_steps: int = 10_000) -> int:
+        """Step until a step publishes nothing and every writer is read to its end (bounded)."""
+        total = 0
+        for _ in range(max_steps):
+            n = await self.step()
+            total += n
+            if n == 0 and not any(self.lag().values()):
+                return total
+        return total

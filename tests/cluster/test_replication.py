@@ -1,0 +1,289 @@
+"""Journal records replicated to JetStream on the module's 3-server cluster (R3): what is
+published is replayed bit for bit in order; a fenced-off publisher is refused after a
+takeover's fence; a tailer restarted mid-publish resumes with no duplicate and no gap; a NATS
+server killed -9 while publishing does not stop it and catches up; a corrupted message is
+reported by the reader."""
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.request
+import uuid
+
+import nats
+import numpy as np
+import pytest
+
+from engine.cluster.leases import LeaseStore, encode
+from engine.cluster.ownership import OwnershipTable, now_ns
+from engine.cluster.partition import partition_of_keys
+from engine.cluster.replog import (H_COUNT, H_DONE, H_FIRST, H_KIND, H_LAST, H_NODE, H_REV,
+                                   H_WRITER, ReplicationCorruptError, ReplicationError,
+                                   ReplicationLog, take_rows)
+from engine.cluster.tailer import JournalTailer
+from engine.journal import HEADER_SIZE, JournalConfig, JournalReader, JournalWriter
+from shm.schema import Schema
+
+SCHEMA = Schema.build({"account_id": "u64", "amount": "f64"}, "account_id")
+P = 8
+HOUR_NS = 3600 * 10**9
+
+
+@pytest.fixture
+def names():
+    """A stream and subject prefix of its own per test, on the module's cluster."""
+    h = uuid.uuid4().hex[:10]
+    return f"RJ{h}", f"rj{h}"
+
+
+def run(servers, body, timeout_s=120):
+    async def go():
+        nc = await nats.connect(servers, connect_timeout=2, max_reconnect_attempts=-1,
+                                reconnect_time_wait=0.2)
+        try:
+            return await body(nc.jetstream(timeout=5.0))
+        finally:
+            await nc.close()
+    return asyncio.run(asyncio.wait_for(go(), timeout_s))
+
+
+def rlog(js, names, node="a"):
+    return ReplicationLog(js, node, SCHEMA.dtype, "account_id", P, stream=names[0], prefix=names[1])
+
+
+def journal(d, w=0):
+    rs = JournalReader(str(d), SCHEMA.dtype, SCHEMA.hash, w).dtype.itemsize
+    return JournalWriter(str(d), SCHEMA.dtype, SCHEMA.hash, w,
+                         JournalConfig(segment_bytes=HEADER_SIZE + 300 * rs, fsync="none"))
+
+
+def write(jw, n, seed):
+    b = jw.empty_batch(n)
+    rng = np.random.default_rng(seed)
+    b["event"]["account_id"] = rng.integers(0, 2**63, n, dtype=np.uint64)
+    b["event"]["amount"] = rng.random(n)
+    b["arrival_ns"] = np.arange(n) + seed * 10**6
+    b["score"] = rng.random(n)
+    jw.append_batch(b)
+
+
+def owning_all(rev=5):
+    t = OwnershipTable(P)
+    for p in range(P):
+        t.begin(p, rev, now_ns() + HOUR_NS)
+    return t
+
+
+def journal_by_partition(d, writers, after=None):
+    """{(partition, writer): record bytes in seq order} of the journal (seq > after[w])."""
+    out = {}
+    for w in writers:
+        recs = JournalReader(str(d), SCHEMA.dtype, SCHEMA.hash, w).read_all()
+        recs = take_rows(recs, recs["seq"] > (after or {}).get(w, 0))
+        parts = partition_of_keys(recs["event"]["account_id"], P)
+        for p in range(P):
+            sel = take_rows(recs, parts == p)
+            if len(sel):
+                out[(p, w)] = sel.tobytes()
+    return out
+
+
+async def replayed(log):
+    """{(partition, writer): record bytes in stream order} and the fences, from the stream."""
+    out, fences = {}, []
+    for p in range(P):
+        async for m in log.replay(p):
+            if m.kind == "fence":
+                fences.append((p, m.node, m.rev))
+            else:
+                out[(p, m.writer)] = out.get((p, m.writer), b"") + m.records.tobytes()
+    return out, fences
+
+
+def test_published_records_are_replayed_bit_for_bit_in_order(nats3, names, tmp_path):
+    w0, w1 = journal(tmp_path, 0), journal(tmp_path, 1)
+    write(w0, 40, 1)                     # decided before the term: not this term's to publish
+    ends = {0: 40, 1: 0}
+
+    async def body(js):
+        log = rlog(js, names)
+        await log.ensure_stream(3)
+        t = JournalTailer(log, tmp_path, SCHEMA.dtype, SCHEMA.hash, owning_all(), batch_records=100,
+                          records_per_msg=32)
+        await t.take_ownership()
+        write(w0, 500, 2)                # 2 segments of 300: across a rotation
+        write(w1, 350, 3)
+        assert t.lag() == {0: 500, 1: 350}
+        n = await t.drain()
+        assert n == 850 == log.counters.published_records and t.lag() == {0: 0, 1: 0}
+        assert log.counters.refused == 0
+        got, fences = await replayed(log)
+        assert sorted(fences) == [(p, "a", 5) for p in range(P)]
+        return got
+    got = run(nats3.urls, body)
+    w0.close(), w1.close()
+    want = journal_by_partition(tmp_path, [0, 1], after=ends)
+    assert got.keys() == want.keys() and len(want) == 2 * P
+    for k in want:
+        assert got[k] == want[k], k      # bit for bit, in journal order
+
+
+def test_a_fenced_off_publisher_is_refused_after_a_takeover(nats3, names, tmp_path):
+    w0 = journal(tmp_path)
+    write(w0, 64, 4)
+    recs = JournalReader(str(tmp_path), SCHEMA.dtype, SCHEMA.hash, 0).read_all()
+    parts = partition_of_keys(recs["event"]["account_id"], P)
+    p = int(np.bincount(parts).argmax())
+    mine = take_rows(recs, parts == p)
+    assert len(mine) >= 4
+
+    async def body(js):
+        leases = LeaseStore(js, "t" + names[1], timeout_s=5.0)
+        await leases.open(P, replicas=3)
+        a, b = rlog(js, names, "a"), rlog(js, names, "b")
+        await a.ensure_stream(3)
+        r1 = await leases.take(p, encode("a", "tcp://127.0.0.1:1"), 0)
+        assert (await a.fence(p, r1, {0: 0})).done == {0: 0}
+        assert await a.publish(p, r1, 0, mine[:2], {0: int(mine["seq"][1])})
+        # b takes the lease over (compare-and-set on a's revision) and fences the subject
+        r2 = await leases.take(p, encode("b", "tcp://127.0.0.1:2"), r1)
+        assert r2 > r1
+        fb = await b.fence(p, r2, {0: int(mine["seq"][-1])})
+        assert fb is not None and fb.rev == r2
+        # a, fenced off, still believes it owns p: its next publish is refused, counted, not retried
+        assert await a.publish(p, r1, 0, mine[2:3], {0: int(mine["seq"][2])}) is None
+        assert a.counters.refused == 1 and a.counters.lost == [(p, r1)] and p not in a.fenced
+        with pytest.raises(ReplicationError, match="without a fence"):
+            await a.publish(p, r1, 0, mine[3:4], {0: int(mine["seq"][3])})
+        # and with its old token it cannot fence its way back in
+        assert await a.fence(p, r1, {0: 0}) is None
+        assert await b.publish(p, r2, 0, mine[3:4], {0: int(mine["seq"][3])})
+        return [(m.kind, m.node, m.rev, None if m.records is None else m.records.tobytes())
+                async for m in b.replay(p)]
+    msgs = run(nats3.urls, body)
+    r1, r2 = msgs[0][2], msgs[2][2]
+    assert msgs == [("fence", "a", r1, None), ("rec", "a", r1, mine[:2].tobytes()),
+                    ("fence", "b", r2, None), ("rec", "b", r2, mine[3:4].tobytes())]
+
+
+def test_a_restarted_tailer_resumes_with_no_duplicate_and_no_gap(nats3, names, tmp_path):
+    w0, w1 = journal(tmp_path, 0), journal(tmp_path, 1)
+
+    async def first(js):
+        log = rlog(js, names)
+        await log.ensure_stream(3)
+        t = JournalTailer(log, tmp_path, SCHEMA.dtype, SCHEMA.hash, owning_all(5), batch_records=40,
+                          records_per_msg=8)
+        await t.take_ownership()
+        write(w0, 400, 5)
+        write(w1, 400, 6)
+        task = asyncio.create_task(t.drain())
+        for _ in range(600):             # crash it mid-drain: cancelled wherever it is
+            if log.counters.published_records >= 150:
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return log.counters.published_records
+    before = run(nats3.urls, first)
+    assert 0 < before < 800
+    write(w0, 100, 7)                    # decided while the tailer was down
+
+    async def second(js):
+        log = rlog(js, names)            # a new process: nothing in memory, the lease renewed
+        t = JournalTailer(log, tmp_path, SCHEMA.dtype, SCHEMA.hash, owning_all(9), batch_records=40,
+                          records_per_msg=8)
+        n = await t.drain()
+        got, fences = await replayed(log)
+        return n, got, fences
+    n, got, fences = run(nats3.urls, second)
+    w0.close(), w1.close()
+    assert sorted(set(fences)) == sorted([(p, "a", 5) for p in range(P)] + [(p, "a", 9) for p in range(P)])
+    want = journal_by_partition(tmp_path, [0, 1])
+    assert got.keys() == want.keys()
+    for k in want:
+        assert got[k] == want[k], k      # every record once, in order: no duplicate, no gap
+    assert before + n >= 900             # a publish cancelled after it was stored counts in neither
+
+
+def _stream_last_seq(server, stream):
+    """The stream's last sequence in this server's own replica (its monitoring endpoint)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}/jsz?streams=true", timeout=2) as r:
+        jsz = json.load(r)
+    for acc in jsz.get("account_details", []):
+        for s in acc.get("stream_detail", []):
+            if s["name"] == stream:
+                return s["state"]["last_seq"]
+    return None
+
+
+def test_publishing_goes_on_through_a_killed_nats_server_and_it_catches_up(nats3, names, tmp_path):
+    w0 = journal(tmp_path)
+
+    async def body(js):
+        log = rlog(js, names)
+        await log.ensure_stream(3)
+        t = JournalTailer(log, tmp_path, SCHEMA.dtype, SCHEMA.hash, owning_all(), batch_records=50,
+                          records_per_msg=10)
+        await t.take_ownership()
+        write(w0, 300, 8)
+        await t.drain()
+        # kill -9 the stream's leader (a Raft election follows) during publishing
+        leader = (await js.stream_info(names[0])).cluster.leader
+        k = next(i for i, s in enumerate(nats3.servers) if s.name == leader)
+        await asyncio.to_thread(nats3.kill, k)
+        try:
+            for i in range(6):
+                write(w0, 100, 9 + i)
+                await t.drain()
+        finally:
+            await asyncio.to_thread(nats3.restart, k)
+        assert log.counters.refused == 0 and t.lag() == {0: 0}
+        last = (await js.stream_info(names[0])).state.last_seq
+        for _ in range(300):                         # the returned server catches up (bounded)
+            if _stream_last_seq(nats3.servers[k], names[0]) == last:
+                break
+            await asyncio.sleep(0.2)
+        assert _stream_last_seq(nats3.servers[k], names[0]) == last
+        got, _ = await replayed(log)
+        return got, log.counters
+    got, counters = run(nats3.urls, body, timeout_s=240)
+    w0.close()
+    assert counters.published_records == 900
+    assert got == journal_by_partition(tmp_path, [0])
+
+
+def test_a_corrupted_message_is_reported_by_the_reader(nats3, names, tmp_path):
+    w0 = journal(tmp_path)
+    write(w0, 64, 10)
+    recs = JournalReader(str(tmp_path), SCHEMA.dtype, SCHEMA.hash, 0).read_all()
+    parts = partition_of_keys(recs["event"]["account_id"], P)
+    w0.close()
+
+    def hdr(sel, **kw):
+        h = {H_KIND: "rec", H_REV: "5", H_NODE: "a", H_WRITER: "0", H_FIRST: str(int(sel["seq"][0])),
+             H_LAST: str(int(sel["seq"][-1])), H_COUNT: str(len(sel)), H_DONE: ""}
+        return {**h, **kw}
+
+    async def body(js):
+        log = rlog(js, names)
+        await log.ensure_stream(3)
+        subj = lambda p: f"{names[1]}.{p}"
+        sel0 = take_rows(recs, parts == 0)
+        flipped = bytearray(sel0.tobytes())
+        flipped[20] ^= 0x04                  # one bit of the first record's arrival_ns
+        await js.publish(subj(0), bytes(flipped), headers=hdr(sel0))
+        sel1 = take_rows(recs, parts == 1)
+        await js.publish(subj(1), sel0.tobytes(), headers=hdr(sel0))   # intact, wrong partition
+        await js.publish(subj(2), sel1[:1].tobytes(), headers=hdr(sel1[:1], **{H_COUNT: "2"}))
+        out = []
+        for p in range(3):
+            with pytest.raises(ReplicationCorruptError) as e:
+                async for _ in log.replay(p):
+                    pass
+            out.append(str(e.value))
+        return out
+    errs = run(nats3.urls, body)
+    assert "check word mismatch" in errs[0] and f"subject={names[1]}.0 seq=" in errs[0]
+    assert "belongs to partition 0" in errs[1]
+    assert "count=2" in errs[2]
