@@ -36,6 +36,7 @@ class JournalTailer:
         self.cursor: dict[int, int] = {}       # writer -> last seq read (published or not ours)
         self.done: dict[int, dict[int, int]] = {}   # p -> writer -> seq handled (module doc)
         self.readers: dict[int, JournalReader] = {}
+        self.refused: dict[int, int] = {}      # p -> the revision fencing refused (not retried)
 
     def _reader(self, w: int) -> JournalReader:
         if w not in self.readers:
@@ -58,15 +59,19 @@ class JournalTailer:
         for p in [p for p in self.log.fenced if p not in owned]:
             self.log.fenced.pop(p, None)
             self.log.last.pop(p, None)
-        new = [(p, rev) for p, rev in sorted(owned.items()) if p not in self.log.fenced]
+        # a revision once refused is not tried again: a lost lease comes back only with a
+        # newer revision (the agent's renewals of a taken-over lease are refused too)
+        new = [(p, rev) for p, rev in sorted(owned.items())
+               if p not in self.log.fenced and rev > self.refused.get(p, 0)]
         if not new:
             return
         end = self.journal_end()
         for w, e in end.items():               # a writer first seen now: its records so far
             self.cursor.setdefault(w, e)       # were decided before any term of ours
         fences = await asyncio.gather(*(self.log.fence(p, rev, end) for p, rev in new))
-        for (p, _), f in zip(new, fences):
+        for (p, rev), f in zip(new, fences):
             if f is None:
+                self.refused[p] = rev
                 continue
             self.done[p] = dict(f.done)
             for w, s in f.done.items():        # a continued term: re-read what it left unpublished
@@ -113,6 +118,7 @@ class JournalTailer:
             done = {**self.done[p], w: int(part["seq"][-1])}
             if await self.log.publish(p, rev, w, part, done) is None:
                 self.done.pop(p, None)         # fenced off: lost until taken again
+                self.refused[p] = rev
                 return n
             self.done[p] = done
             n += len(part)
