@@ -24,7 +24,6 @@ import numpy as np
 
 from bench.engine_proc import free_port
 from engine.cluster.natsserver import NatsCluster
-from engine.cluster.partition import partition_of_keys
 from engine.cluster.replog import ReplicationLog
 from shm.journal_format import checksum, journal_dtype
 from shm.runtime.config import load_config
@@ -76,7 +75,7 @@ async def bench(urls, schema, partitions: int, per_msgs: list[int], seconds: flo
                              partitions)
         await log.ensure_stream(min(3, len(urls)))
         recs = make_records(schema, 20_000)
-        parts = partition_of_keys(recs["event"][schema.shard_key].view(np.uint64), partitions)
+        parts = log.partition_of(recs)
         by_p = {}
         for p in range(partitions):
             rows = recs.view(np.uint8).reshape(len(recs), -1)[parts == p]

@@ -170,13 +170,17 @@ class ReplicationLog:
         if int(seqs[0]) != first or int(seqs[-1]) != last or (count > 1 and np.any(np.diff(seqs) <= 0)):
             raise ReplicationCorruptError(f"{where}: record seqs {int(seqs[0])}..{int(seqs[-1])} "
                                           f"do not match Rj-First={first} Rj-Last={last} in order")
-        keys = recs["event"][self.shard_key].view(np.uint64)
-        parts = partition_of_keys(keys, self.partitions)
+        parts = self.partition_of(recs)
         if np.any(parts != p):
             i = int(np.flatnonzero(parts != p)[0])
             raise ReplicationCorruptError(f"{where}: journal seq {int(seqs[i])} belongs to "
                                           f"partition {int(parts[i])}")
         return Message(stream_seq, kind, rev, node, done, writer, recs)
+
+    def partition_of(self, records: np.ndarray) -> np.ndarray:
+        """The partition of each journal record: its event's shard key as the ingress hashes it
+        (any integer width; signed keys by their 64-bit pattern)."""
+        return partition_of_keys(records["event"][self.shard_key], self.partitions)
 
     # --- writing --------------------------------------------------------------------------
 
@@ -211,6 +215,8 @@ class ReplicationLog:
         if p not in self.fenced:
             raise ReplicationError(f"partition={p}: publish without a fence (take the term first)")
         recs = np.ascontiguousarray(records)
+        if not len(recs):
+            raise ReplicationError(f"partition={p}: nothing to publish")
         hdr = {H_KIND: "rec", H_REV: str(revision), H_NODE: self.node, H_WRITER: str(writer),
                H_FIRST: str(int(recs["seq"][0])), H_LAST: str(int(recs["seq"][-1])),
                H_COUNT: str(len(recs)), H_DONE: encode_done(done)}
@@ -279,7 +285,7 @@ class ReplicationLog:
         and at least the revision of the fence before them. The first failing message raises
         ReplicationCorruptError (nothing is skipped)."""
         if end_seq is None:
-            last = await self.last_message(p) if after_seq >= 0 else None
+            last = await self.last_message(p)
             end_seq = last.stream_seq if last is not None else 0
         seq, term, prev_rev = after_seq + 1, None, 0
         while seq <= end_seq:

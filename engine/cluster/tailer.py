@@ -21,10 +21,20 @@ import asyncio
 import numpy as np
 
 from engine.cluster.ownership import OwnershipTable
-from engine.cluster.partition import partition_of_keys
 from engine.cluster.replog import ReplicationLog, take_rows
 from engine.journal_reader import JournalReader
 from shm.journal_format import list_writers
+
+
+async def _all(coros) -> list:
+    """Run the coroutines concurrently; every one ends before this returns, also when one
+    raises (then the first error is raised): one left running would race the next step's
+    publishes on its partition, each expecting the other's sequence."""
+    res = await asyncio.gather(*coros, return_exceptions=True)
+    for r in res:
+        if isinstance(r, BaseException):
+            raise r
+    return res
 
 
 class JournalTailer:
@@ -37,6 +47,7 @@ class JournalTailer:
         self.done: dict[int, dict[int, int]] = {}   # p -> writer -> seq handled (module doc)
         self.readers: dict[int, JournalReader] = {}
         self.refused: dict[int, int] = {}      # p -> the revision fencing refused (not retried)
+        self.read_last_step = 0                # records read by the last step (0: at the end)
 
     def _reader(self, w: int) -> JournalReader:
         if w not in self.readers:
@@ -68,7 +79,7 @@ class JournalTailer:
         end = self.journal_end()
         for w, e in end.items():               # a writer first seen now: its records so far
             self.cursor.setdefault(w, e)       # were decided before any term of ours
-        fences = await asyncio.gather(*(self.log.fence(p, rev, end) for p, rev in new))
+        fences = await _all([self.log.fence(p, rev, end) for p, rev in new])
         for (p, rev), f in zip(new, fences):
             if f is None:
                 self.refused[p] = rev
@@ -83,7 +94,7 @@ class JournalTailer:
         publish those of owned, fenced partitions (one partition's messages in order,
         partitions concurrently). Returns the number of records published."""
         await self.take_ownership()
-        published = 0
+        published = self.read_last_step = 0
         for w in list_writers(self.dir):
             if w not in self.cursor:           # unknown to our fences: created after them (all
                 self.cursor[w] = 0 if self.log.fenced else self._reader(w).last_committed_seq()
@@ -95,11 +106,11 @@ class JournalTailer:
                 continue
             published += await self._publish_batch(w, recs)
             self.cursor[w] = int(recs["seq"][-1])
+            self.read_last_step += len(recs)
         return published
 
     async def _publish_batch(self, w: int, recs: np.ndarray) -> int:
-        keys = recs["event"][self.log.shard_key].view(np.uint64)
-        parts = partition_of_keys(keys, self.log.partitions)
+        parts = self.log.partition_of(recs)
         seqs = recs["seq"].astype(np.int64)
         jobs = []
         for p in np.unique(parts).tolist():
@@ -109,7 +120,7 @@ class JournalTailer:
             sel = take_rows(recs, (parts == p) & (seqs > self.done[p].get(w, 0)))
             if len(sel):
                 jobs.append(self._publish_partition(p, rev, w, sel))
-        return sum(await asyncio.gather(*jobs))
+        return sum(await _all(jobs))
 
     async def _publish_partition(self, p: int, rev: int, w: int, sel: np.ndarray) -> int:
         n = 0
@@ -125,11 +136,10 @@ class JournalTailer:
         return n
 
     async def drain(self, max_steps: int = 10_000) -> int:
-        """Step until a step publishes nothing and every writer is read to its end (bounded)."""
+        """Step until a step finds no new record in any writer (bounded); records published."""
         total = 0
         for _ in range(max_steps):
-            n = await self.step()
-            total += n
-            if n == 0 and not any(self.lag().values()):
-                return total
+            total += await self.step()
+            if not self.read_last_step:
+                break
         return total
