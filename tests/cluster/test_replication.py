@@ -339,3 +339,43 @@ def test_a_tailer_fenced_off_by_a_takeover_stops_publishing_and_does_not_fence_b
     assert len(a_recs) // RS == a_first
     assert a_recs == journal_by_partition(da, [0])[(p, 0)][:len(a_recs)]
     assert b_recs == journal_by_partition(db, [0])[(p, 0)]
+
+
+class _LoseAnswers:
+    """The real JetStream context, except that the next ``lose`` publishes reach the stream
+    and their answers are dropped (as when the connection or a server dies after the write)."""
+
+    def __init__(self, js):
+        self.js, self.lose = js, 0
+
+    def __getattr__(self, name):
+        return getattr(self.js, name)
+
+    async def publish(self, *a, **kw):
+        ack = await self.js.publish(*a, **kw)
+        if self.lose:
+            self.lose -= 1
+            raise nats.errors.TimeoutError
+        return ack
+
+
+def test_a_publish_whose_answer_was_lost_is_retried_without_a_duplicate(nats3, names, tmp_path):
+    w0 = journal(tmp_path)
+    write(w0, 32, 30)
+    recs = JournalReader(str(tmp_path), SCHEMA.dtype, SCHEMA.hash, 0).read_all()
+    w0.close()
+    p = int(np.bincount(partition_of_keys(recs["event"]["account_id"], P)).argmax())
+    mine = take_rows(recs, partition_of_keys(recs["event"]["account_id"], P) == p)
+
+    async def body(js):
+        lossy = _LoseAnswers(js)
+        log = rlog(lossy, names)
+        await log.ensure_stream(3)
+        lossy.lose = 1
+        f = await log.fence(p, 5, {0: 0})
+        lossy.lose = 1
+        s = await log.publish(p, 5, 0, mine, {0: int(mine["seq"][-1])})
+        assert f is not None and s == f.stream_seq + 1
+        assert log.counters.retried == 2 and log.counters.refused == 0
+        return [(m.kind, None if m.records is None else m.records.tobytes()) async for m in log.replay(p)]
+    assert run(nats3.urls, body) == [("fence", None), ("rec", mine.tobytes())]
