@@ -10,9 +10,12 @@ is this node's, the term continues from its Rj-Done and the tailer rewinds its w
 so the records it had not published before a restart follow with no duplicate and no gap;
 otherwise the new term starts at the journal's end, since the records before it were decided
 before this node held the lease (the serve integration fences before it serves). A record is
-published iff its partition is owned and fenced now and its seq is past ``done[p]``, so
-re-reading after a rewind never publishes twice. A partition whose publish fencing refused
-is lost: the tailer stops publishing it until its lease is taken again.
+published iff its partition is fenced by this node and its seq is past ``done[p]``, so
+re-reading after a rewind never publishes twice. A lapsed lease does not end publishing: the
+term's records were decided while the lease was valid and are published until a new owner's
+fence refuses them, which narrows the loss window to what was unpublished at that fence. A
+partition refused by fencing is lost: the tailer stops publishing it until the table shows
+it owned at a revision newer than the refused term's fence.
 """
 from __future__ import annotations
 
@@ -47,6 +50,7 @@ class JournalTailer:
         self.done: dict[int, dict[int, int]] = {}   # p -> writer -> seq handled (module doc)
         self.readers: dict[int, JournalReader] = {}
         self.refused: dict[int, int] = {}      # p -> the revision fencing refused (not retried)
+        self.rev: dict[int, int] = {}          # p -> the newest revision of our term on p
         self.read_last_step = 0                # records read by the last step (0: at the end)
 
     def _reader(self, w: int) -> JournalReader:
@@ -64,12 +68,10 @@ class JournalTailer:
         return {w: end - self.cursor.get(w, end) for w, end in self.journal_end().items()}
 
     async def take_ownership(self) -> None:
-        """Fence the partitions the table says this node owns and that it has not fenced, and
-        forget the ones whose lease lapsed (their next take fences again)."""
+        """Fence the partitions the table says this node owns and that it has not fenced.
+        A partition whose lease lapsed stays fenced: its records were decided in the term and
+        are still published, until a new owner's fence refuses them."""
         owned = self.table.owned()
-        for p in [p for p in self.log.fenced if p not in owned]:
-            self.log.fenced.pop(p, None)
-            self.log.last.pop(p, None)
         # a revision once refused is not tried again: a lost lease comes back only with a
         # newer revision (the agent's renewals of a taken-over lease are refused too)
         new = [(p, rev) for p, rev in sorted(owned.items())
@@ -85,6 +87,7 @@ class JournalTailer:
                 self.refused[p] = rev
                 continue
             self.done[p] = dict(f.done)
+            self.rev[p] = rev
             for w, s in f.done.items():        # a continued term: re-read what it left unpublished
                 if w in self.cursor:
                     self.cursor[w] = min(self.cursor[w], s)
@@ -114,22 +117,23 @@ class JournalTailer:
         seqs = recs["seq"].astype(np.int64)
         jobs = []
         for p in np.unique(parts).tolist():
-            rev = self.table.owns(p)
-            if not rev or p not in self.log.fenced:
+            if p not in self.log.fenced:
                 continue
+            # a renewal's revision while the lease is valid, the last one after it lapsed
+            rev = self.rev[p] = max(self.table.owns(p), self.rev[p])
             sel = take_rows(recs, (parts == p) & (seqs > self.done[p].get(w, 0)))
             if len(sel):
                 jobs.append(self._publish_partition(p, rev, w, sel))
         return sum(await _all(jobs))
 
     async def _publish_partition(self, p: int, rev: int, w: int, sel: np.ndarray) -> int:
-        n = 0
+        n, term = 0, self.log.fenced[p]
         for i in range(0, len(sel), self.records_per_msg):
             part = sel[i:i + self.records_per_msg]
             done = {**self.done[p], w: int(part["seq"][-1])}
             if await self.log.publish(p, rev, w, part, done) is None:
-                self.done.pop(p, None)         # fenced off: lost until taken again
-                self.refused[p] = rev
+                self.done.pop(p, None)         # fenced off: lost until a newer take than
+                self.refused[p] = term         # the term's fence (not a stale renewal's)
                 return n
             self.done[p] = done
             n += len(part)

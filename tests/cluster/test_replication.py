@@ -291,8 +291,8 @@ def test_a_corrupted_message_is_reported_by_the_reader(nats3, names, tmp_path):
 
 
 def test_a_tailer_fenced_off_by_a_takeover_stops_publishing_and_does_not_fence_back(nats3, names, tmp_path):
-    """Node a's tailer believes it still owns p (its table says so) after b took the lease and
-    fenced: a's next publish there is refused once, counted, and never retried; a does not
+    """Node a's lease lapses: the records of its term still go out. Then b takes the lease
+    and fences: a's next publish there is refused once, counted, and never retried; a does not
     fence back with its old revision; the stream holds a's term, then b's."""
     da, db = tmp_path / "a", tmp_path / "b"
     da.mkdir(), db.mkdir()
@@ -315,6 +315,11 @@ def test_a_tailer_fenced_off_by_a_takeover_stops_publishing_and_does_not_fence_b
         write(ja, 200, 20)
         a_first = await ta.drain()
         assert a_first > 0 and la.counters.refused == 0
+        ta.table.clear(p)                    # a's lease lapses: its term's tail still goes out
+        write(ja, 100, 24)
+        tail = await ta.drain()
+        assert tail > 0 and la.counters.refused == 0 and ta.lag() == {0: 0}
+        a_first += tail
         r2 = await leases.take(p, encode("b", "tcp://127.0.0.1:2"), r1)
         tb = JournalTailer(lb, db, SCHEMA.dtype, SCHEMA.hash, table(r2), records_per_msg=4)
         await tb.take_ownership()
