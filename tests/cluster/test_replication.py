@@ -384,3 +384,49 @@ def test_a_publish_whose_answer_was_lost_is_retried_without_a_duplicate(nats3, n
         assert log.counters.retried == 2 and log.counters.refused == 0
         return [(m.kind, None if m.records is None else m.records.tobytes()) async for m in log.replay(p)]
     assert run(nats3.urls, body) == [("fence", None), ("rec", mine.tobytes())]
+
+
+def test_a_partition_taken_back_after_a_refusal_starts_a_new_term_at_the_journal_end(nats3, names, tmp_path):
+    """a is fenced off by b (its publish refused), then takes the lease back at a newer
+    revision: its tailer fences again and publishes only what it journals from then on, never
+    the records it made while fenced off (they were not decided in any term of the stream)."""
+    da, db = tmp_path / "a", tmp_path / "b"
+    da.mkdir(), db.mkdir()
+    ja, jb = journal(da), journal(db)
+    p = 5
+    ta_table, tb_table = OwnershipTable(P), OwnershipTable(P)
+
+    async def body(js):
+        leases = LeaseStore(js, "t" + names[1], timeout_s=5.0)
+        await leases.open(P, replicas=3)
+        la, lb = rlog(js, names, "a"), rlog(js, names, "b")
+        await la.ensure_stream(3)
+        r1 = await leases.take(p, encode("a", "tcp://127.0.0.1:1"), 0)
+        ta_table.begin(p, r1, now_ns() + HOUR_NS)
+        ta = JournalTailer(la, da, SCHEMA.dtype, SCHEMA.hash, ta_table, records_per_msg=4)
+        tb = JournalTailer(lb, db, SCHEMA.dtype, SCHEMA.hash, tb_table, records_per_msg=4)
+        await ta.take_ownership()
+        write(ja, 100, 40)
+        assert await ta.drain() > 0
+        r2 = await leases.take(p, encode("b", "tcp://127.0.0.1:2"), r1)
+        tb_table.begin(p, r2, now_ns() + HOUR_NS)
+        await tb.take_ownership()
+        write(ja, 100, 41)                   # made while fenced off
+        assert await ta.drain() == 0 and la.counters.refused == 1
+        tb_table.clear(p)
+        await leases.release(p, r2)          # b hands it back
+        free = (await leases.read(p)).revision
+        r3 = await leases.take(p, encode("a", "tcp://127.0.0.1:1"), free)
+        ta_table.begin(p, r3, now_ns() + HOUR_NS)
+        end_before = ta.journal_end()[0]
+        await ta.take_ownership()            # fence before serving, as a node must
+        write(ja, 100, 42)
+        assert await ta.drain() > 0 and la.counters.fences == 2
+        return [(m.kind, m.node, m.rev, m.records) async for m in la.replay(p)], r3, end_before
+    got, r3, end_before = run(nats3.urls, body)
+    ja.close(), jb.close()
+    i = [(k, n, r) for k, n, r, _ in got].index(("fence", "a", r3))
+    assert got[i - 1][:2] == ("fence", "b")   # b published nothing: its fence is the last
+    after = b"".join(r.tobytes() for k, _, _, r in got[i + 1:])
+    want = journal_by_partition(da, [0], after={0: end_before})[(p, 0)]
+    assert after == want                     # exactly the records journaled after the take
