@@ -251,7 +251,7 @@ class ReplicationLog:
                     await asyncio.sleep(0.2)
                     continue
                 # refused: fenced off, unless an earlier attempt of this very message was stored
-                return await self._stored_as(p, hdr) if again else None
+                return await self._stored_as(p, hdr, expect) if again else None
             except _TRANSIENT:
                 if asyncio.get_running_loop().time() > deadline:
                     raise ReplicationError(f"partition={p}: publish unanswered for {RETRY_S:g} s") from None
@@ -259,9 +259,10 @@ class ReplicationLog:
                 again = True
                 await asyncio.sleep(0.2)
 
-    async def _stored_as(self, p: int, hdr: dict) -> int | None:
+    async def _stored_as(self, p: int, hdr: dict, expect: int) -> int | None:
         """The stream sequence of the subject's last message if it is the one ``hdr``
-        describes (a retried publish whose first attempt was stored), else None."""
+        describes, stored after ``expect`` (a retried publish whose first attempt was
+        stored), else None."""
         for _ in range(50):
             try:
                 m = await self.js.get_msg(self.stream, subject=subject(self.prefix, p))
@@ -274,7 +275,7 @@ class ReplicationLog:
             raise ReplicationError(f"partition={p}: the subject's last message cannot be read")
         h = m.headers or {}
         same = all(h.get(k) == v for k, v in hdr.items())
-        return m.seq if same else None
+        return m.seq if same and m.seq > expect else None
 
     # --- replay ---------------------------------------------------------------------------
 
