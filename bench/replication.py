@@ -6,6 +6,8 @@ records, every partition's chain concurrently, as the journal tailer does (``ack
     python -m bench.replication [--seconds S] [--rounds R] [--records-per-msg 64,512]
                                 [--partitions P] [--config F] [--quick]
 
+Then the first (up to 4) partitions are replayed as failover would
+(ReplicationLog.replay: an ordered consumer, every message checked): ``us/record`` of that.
 Modes alternate within each round (sync, async..., then reversed), so drift on a shared
 machine hits them alike. ``us/record`` is the wall time over the records acknowledged;
 ``ack p50/p99 ms`` the time from publish to acknowledgement of one message. Every publish goes
@@ -88,7 +90,13 @@ async def bench(urls, schema, partitions: int, per_msgs: list[int], seconds: flo
                 k, msgs, s, lat = await run_mode(log, by_p, n, seconds, sync)
                 t = tot[name]
                 t[0] += k; t[1] += msgs; t[2] += s; t[3] += lat
-        return modes, tot, recs.dtype.itemsize
+        t0, msgs, nrec = time.perf_counter(), 0, 0
+        for p in range(min(partitions, 4)):     # what failover replays, each message checked
+            async for m in log.replay(p):
+                msgs += 1
+                nrec += 0 if m.records is None else len(m.records)
+        replay = (nrec, msgs, time.perf_counter() - t0)
+        return modes, tot, recs.dtype.itemsize, replay
     finally:
         await nc.close()
 
@@ -110,7 +118,7 @@ def main(argv=None) -> int:
         ap.error("--seconds > 0, --rounds >= 1, --partitions >= 1, --records-per-msg >= 1")
     schema = load_config(a.config).schema
     with NatsCluster(3, port_fn=free_port) as c:
-        modes, tot, rs = asyncio.run(bench(c.urls, schema, a.partitions, per_msgs, a.seconds, a.rounds))
+        modes, tot, rs, replay = asyncio.run(bench(c.urls, schema, a.partitions, per_msgs, a.seconds, a.rounds))
     print(f"replication publish cost: 3 nats-servers on loopback (R3), record {rs} B, "
           f"{a.partitions} partitions, {a.rounds} rounds x {a.seconds:g} s per mode")
     print(f"{'mode':<12}{'records':>10}{'msgs':>9}{'seconds':>9}{'us/record':>11}"
@@ -119,6 +127,9 @@ def main(argv=None) -> int:
         k, msgs, s, lat = tot[name]
         p50, p99 = (np.percentile(lat, [50, 99]) * 1e3) if lat else (0.0, 0.0)
         print(f"{name:<12}{k:>10,}{msgs:>9,}{s:>9.2f}{s / max(k, 1) * 1e6:>11.1f}{p50:>12.2f}{p99:>12.2f}")
+    k, msgs, s = replay
+    print(f"replay (ordered consumer, every message checked), {min(a.partitions, 4)} partitions: {k:,} records "
+          f"in {msgs:,} messages, {s:.2f} s, {s / max(k, 1) * 1e6:.2f} us/record")
     return 0
 
 

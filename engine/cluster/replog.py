@@ -38,6 +38,7 @@ PREFIX = "rj"
 H_KIND, H_REV, H_NODE, H_WRITER = "Rj-Kind", "Rj-Rev", "Rj-Node", "Rj-Writer"
 H_FIRST, H_LAST, H_COUNT, H_DONE = "Rj-First", "Rj-Last", "Rj-Count", "Rj-Done"
 WRONG_LAST_SEQ = (10071, 10164)          # the server's codes for a refused expectation
+REPLAY_WAIT_S = 10.0                     # a replay waiting this long for the next message fails
 RETRY_S = 30.0                           # a publish whose answer is lost is retried this long
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _TRANSIENT = (nats.errors.TimeoutError, nats.errors.NoRespondersError, jserr.NoStreamResponseError,
@@ -288,23 +289,40 @@ class ReplicationLog:
         if end_seq is None:
             last = await self.last_message(p)
             end_seq = last.stream_seq if last is not None else 0
-        seq, term, prev_rev = after_seq + 1, None, 0
-        while seq <= end_seq:
-            try:
-                m = await self.js.get_msg(self.stream, seq=seq, subject=subject(self.prefix, p), next=True)
-            except jserr.NotFoundError:
-                return
-            if m.seq > end_seq:
-                return
-            msg = self.decode(p, m.seq, m.headers or {}, m.data or b"")
-            where = f"stream={self.stream} subject={subject(self.prefix, p)} seq={m.seq}"
-            if msg.rev < prev_rev:
-                raise ReplicationCorruptError(f"{where}: revision {msg.rev} after {prev_rev}")
-            prev_rev = msg.rev
-            if msg.kind == "fence":
-                term = msg
-            elif term is not None and msg.node != term.node:
-                raise ReplicationCorruptError(f"{where}: records of node {msg.node} in the term "
-                                              f"of {term.node} (fence at seq {term.stream_seq})")
-            yield msg
-            seq = m.seq + 1
+        if end_seq <= after_seq:
+            return
+        term, prev_rev, subj = None, 0, subject(self.prefix, p)
+        # an ordered consumer (flow-controlled push, gaps re-requested by the client) from the
+        # first sequence after after_seq: messages stream in, no request per message
+        sub = await self.js.subscribe(subj, stream=self.stream, ordered_consumer=True,
+                                      config=api.ConsumerConfig(
+                                          deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+                                          opt_start_seq=after_seq + 1, ack_policy=api.AckPolicy.NONE))
+        try:
+            while True:
+                try:
+                    m = await sub.next_msg(timeout=REPLAY_WAIT_S)
+                except nats.errors.TimeoutError:
+                    raise ReplicationError(f"stream={self.stream} subject={subj}: nothing delivered for "
+                                           f"{REPLAY_WAIT_S:g} s before seq {end_seq}") from None
+                sseq = m.metadata.sequence.stream
+                if sseq > end_seq:
+                    return
+                msg = self.decode(p, sseq, m.headers or {}, m.data or b"")
+                self._check_term(p, msg, term, prev_rev)
+                term = msg if msg.kind == "fence" else term
+                prev_rev = msg.rev
+                yield msg
+                if sseq >= end_seq:
+                    return
+        finally:
+            await sub.unsubscribe()
+
+    def _check_term(self, p: int, msg: Message, term: Message | None, prev_rev: int) -> None:
+        """Term order: revisions never go back; records after a fence are its node's."""
+        where = f"stream={self.stream} subject={subject(self.prefix, p)} seq={msg.stream_seq}"
+        if msg.rev < prev_rev:
+            raise ReplicationCorruptError(f"{where}: revision {msg.rev} after {prev_rev}")
+        if msg.kind == "rec" and term is not None and msg.node != term.node:
+            raise ReplicationCorruptError(f"{where}: records of node {msg.node} in the term "
+                                          f"of {term.node} (fence at seq {term.stream_seq})")

@@ -25,3 +25,6 @@ def test_tiny_run_prints_a_cost_per_record_for_each_mode(capsys):
         assert recs > 0 and msgs > 0 and float(s) > 0 and float(us) > 0
         assert 0 < float(p50) <= float(p99)
         assert recs == msgs if mode == "sync" else recs == 16 * msgs
+    m = re.search(r"^replay \(ordered consumer, every message checked\), 4 partitions: ([\d,]+) records in ([\d,]+) "
+                  r"messages, [\d.]+ s, ([\d.]+) us/record$", out, re.M)
+    assert m and int(m[1].replace(",", "")) > 0 and float(m[3]) > 0, out
