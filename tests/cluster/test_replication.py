@@ -119,6 +119,11 @@ def test_published_records_are_replayed_bit_for_bit_in_order(nats3, names, tmp_p
         assert log.counters.refused == 0
         got, fences = await replayed(log)
         assert sorted(fences) == [(p, "a", 5) for p in range(P)]
+        whole = [m async for m in log.replay(2)]       # and from the middle: the suffix
+        tail = [m async for m in log.replay(2, after_seq=whole[3].stream_seq)]
+        assert [m.stream_seq for m in tail] == [m.stream_seq for m in whole[4:]]
+        assert all(a.records.tobytes() == b.records.tobytes() for a, b in zip(tail, whole[4:]))
+        assert [m async for m in log.replay(2, after_seq=whole[-1].stream_seq)] == []
         return got
     got = run(nats3.urls, body)
     w0.close(), w1.close()
