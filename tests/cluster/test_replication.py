@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import subprocess
+import sys
 import urllib.request
 import uuid
 
@@ -22,9 +25,8 @@ from engine.cluster.replog import (H_COUNT, H_DONE, H_FIRST, H_KIND, H_LAST, H_N
                                    ReplicationLog, take_rows)
 from engine.cluster.tailer import JournalTailer
 from engine.journal import HEADER_SIZE, JournalConfig, JournalReader, JournalWriter
-from shm.schema import Schema
-
-SCHEMA = Schema.build({"account_id": "u64", "amount": "f64"}, "account_id")
+from tests.cluster.agentproc import REPO, wait_for
+from tests.cluster.tailerproc import SCHEMA
 P = 8
 RS = JournalReader(".", SCHEMA.dtype, SCHEMA.hash).dtype.itemsize
 HOUR_NS = 3600 * 10**9
@@ -435,3 +437,48 @@ def test_a_partition_taken_back_after_a_refusal_starts_a_new_term_at_the_journal
     after = b"".join(r.tobytes() for k, _, _, r in got[i + 1:])
     want = journal_by_partition(da, [0], after={0: end_before})[(p, 0)]
     assert after == want                     # exactly the records journaled after the take
+
+
+def test_a_tailer_process_killed_mid_publish_is_resumed_with_no_duplicate_and_no_gap(nats3, names, tmp_path):
+    """kill -9 of a tailer process while records are being journaled and published (the kill
+    lands between two messages or with one on the wire: either way); a new tailer on the same
+    journal and node resumes from the stream: every record once, in order."""
+    w0, w1 = journal(tmp_path, 0), journal(tmp_path, 1)
+    out = tmp_path / "tailer.out"
+    run(nats3.urls, lambda js: rlog(js, names).ensure_stream(3))
+    with open(out, "w") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "tests.cluster.tailerproc", "--servers",
+                                 ",".join(nats3.urls), "--stream", names[0], "--prefix", names[1],
+                                 "--dir", str(tmp_path), "--node", "a", "--partitions", str(P), "--rev", "5"],
+                                cwd=REPO, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        def published():
+            words = out.read_text().split()
+            return int(words[-1]) if len(words) > 2 and words[-2] == "published" else -1
+        wait_for(lambda: "fenced" in out.read_text() or proc.poll() is not None, 60, "the tailer's fences")
+        assert proc.poll() is None, out.read_text()
+        for i in range(10):
+            write(w0, 60, 50 + i)
+            write(w1, 60, 70 + i)
+            if i == 5:                   # some published, more being journaled: kill -9
+                wait_for(lambda: published() > 0 or proc.poll() is not None, 60, "records published")
+                assert proc.poll() is None, out.read_text()
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+    async def resume(js):
+        log = rlog(js, names)
+        t = JournalTailer(log, tmp_path, SCHEMA.dtype, SCHEMA.hash, owning_all(7), batch_records=100)
+        await t.drain()
+        return await replayed(log)
+    got, fences = run(nats3.urls, resume)
+    w0.close(), w1.close()
+    assert sorted(set(fences)) == sorted([(p, "a", 5) for p in range(P)] + [(p, "a", 7) for p in range(P)])
+    want = journal_by_partition(tmp_path, [0, 1])
+    assert got.keys() == want.keys()
+    for k in want:
+        assert got[k] == want[k], k
