@@ -7,6 +7,7 @@ the ingress about 200 us of Python and numpy on this machine (py-spy: decode, st
 shard, run detection, fancy-indexed filing, eight column copies per reply), and in batched
 runs the ingress was the stage every request waited for. Byte helpers, the slot writer and
 the reply encoder are the fast path's (ingress._fast_kernels): one layout, one writer.
+With the compiled loop, ``finish_send`` answers a finished binary request in one call.
 """
 from __future__ import annotations
 
@@ -14,8 +15,12 @@ import numpy as np
 from numba import njit
 
 from ingress import _fast_kernels as FK
+from ingress import _dedup_kernels as DK
 from ingress import wire
+from ingress import zmqc
+from ingress._loop_kernels import INTERNAL, _send
 from shm import _ring_kernels as RK
+from shm.control import _observe_request
 from shm.tokens import general_seq, is_fast, token_index
 
 _GEN = FK.S_GEN                       # generation 0 = no decision yet
@@ -124,3 +129,36 @@ def count_actions(raw, counts):
         a = raw[i, FK.S_ACTION]
         if a < counts.shape[0]:
             counts[a] += 1
+
+
+@njit(cache=True)
+def finish_send(h, ident, delim, raw, out, idbuf, rid, flag_errors, code, c_req, instrument,
+                c_dec, c_eval, c_stage, bounds, arrival, routed, first, keyed, cid, rhash,
+                dd_meta, dd_index, dd_ent, dd_pool, window_ns, ts):
+    """GeneralPath._finish for a binary request with one envelope, in one call: its reply
+    (``encode_replies`` into ``out``) sent to connection ``ident`` (and an empty delimiter
+    frame if ``delim``) on socket ``h`` without blocking (a frame libzmq cannot queue drops
+    the reply, counted INTERNAL, as Replies.send_frames); then, as there, the decision kept
+    in the idempotency window if ``keyed`` (key ``cid``, ``rid``) and the request counted
+    with code ``code`` when ``instrument``. ``idbuf``: room for the identity's bytes."""
+    n = raw.shape[0]
+    encode_replies(raw, out, rid, flag_errors)
+    for k in range(len(ident)):
+        idbuf[k] = ident[k]
+    more = zmqc.SNDMORE | zmqc.DONTWAIT
+    r = _send(h, idbuf, 0, len(ident), more)
+    if r == 0 and delim:
+        r = _send(h, idbuf, 0, 0, more)
+    if r == 0:
+        r = _send(h, out, 0, wire.REPLY_HEADER_SIZE + n * wire.DECISION_SIZE, zmqc.DONTWAIT)
+    if r < 0:
+        c_req[INTERNAL] += 1
+    now = zmqc.monotonic_ns(ts)
+    if keyed:
+        DK.insert(dd_meta, dd_index, dd_ent, dd_pool, cid, rid, now + window_ns, now,
+                  raw.reshape(n * raw.shape[1]), rhash)
+    if not instrument:
+        return
+    c_req[code] += 1
+    count_actions(raw, c_dec)
+    _observe_request(c_eval, c_stage, bounds, arrival, routed, first, now)

@@ -5,7 +5,9 @@ Per message it decodes and validates (ingress.codec), applies the admission poli
 of the shard key to its worker, copies the records into the rings in one batch operation per
 worker (ingress._batch_kernels), and answers when every event of the request has a decision,
 when its deadline passes (flagged TIMEOUT or WORKER_LOST, ingress.timeouts), or at once when
-it cannot be admitted (OVERLOADED, or the configured ``ingress.on_overload`` default).
+it cannot be admitted (OVERLOADED, or the configured ``ingress.on_overload`` default). With
+``ingress.compiled_loop`` a binary request's reply (one envelope, no retry attached) is
+encoded, sent, remembered and counted in one compiled call (_batch_kernels.finish_send).
 """
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ from ingress.dedup import CONFLICT, IdempotencyWindow, i64_bits, records_hash
 from ingress.replies import TRANSPORT, Replies
 from ingress.timeouts import Timeouts
 from ingress import _batch_kernels as BK
+from ingress import wire
+from ingress._loop_kernels import ID_BYTES
 from ingress.wire import WireError
 from shm.ring import bind_entry
 from shm.tokens import FAST_BIT, INDEX_BITS
@@ -97,6 +101,22 @@ class GeneralPath:
         raw_t = ty(np.zeros((1, SLOT_BYTES), np.uint8))
         self._file_run = bind_entry(BK.file_run, (resp_t, i64, i64, i64, raw_t))
         self._count_actions = bind_entry(BK.count_actions, (raw_t, ty(self.c_decisions)))
+        self.compiled_send = self.fast.compiled    # ingress.compiled_loop
+        if not self.compiled_send:
+            return
+        # the compiled loop's binary replies (BK.finish_send): one call per finished request
+        self.out = np.zeros(wire.REPLY_HEADER_SIZE + self.codec.max_batch * wire.DECISION_SIZE, np.uint8)
+        self.idbuf, self.ts = np.zeros(ID_BYTES, np.uint8), np.zeros(2, np.int64)
+        dd = self.dedup.tables
+        self._finish_args = (self.codec.flag_errors, self.c_requests[TRANSPORT["binary"]],
+                             self.c_decisions, self.c_eval[TRANSPORT["binary"]], self.c_stage,
+                             LATENCY_BOUNDS_NS)
+        self._dd_args = (dd[0], dd[1], dd[2], dd[3], self.dedup.window_ns, self.ts)
+        a = self._finish_args
+        self._finish_send = bind_entry(BK.finish_send, (
+            i64, ty(b"x"), i64, raw_t, u8, u8, i64, ty(a[0]), i64, ty(a[1]), i64, ty(a[2]),
+            ty(a[3]), ty(a[4]), ty(a[5])) + (i64,) * 6 + tuple(ty(x) for x in dd)
+            + (i64, ty(self.ts)))
 
     @property
     def in_use(self) -> int:
@@ -263,6 +283,10 @@ class GeneralPath:
             fired = {i: self.fired_lists.pop(base + i) for i in range(len(p.slots)) if base + i in self.fired_lists}
             if fired and p.dedup_key is not None:
                 self._keep_dup_fired(p.dedup_key, fired)
+        env = p.envelopes[0][0]
+        if self.compiled_send and self.fast.h and p.req.kind == "binary" \
+                and len(p.envelopes) == 1 and len(env[0]) <= ID_BYTES:
+            return self._finish_compiled(p, env, code)
         for i, (env, req) in enumerate(p.envelopes):
             slots = p.slots
             if i:                                  # retries that arrived while in flight
@@ -279,6 +303,20 @@ class GeneralPath:
         self._count_actions(p.raw, self.c_decisions)
         observe_request(self.c_eval[t], self.c_stage, LATENCY_BOUNDS_NS, p.arrival_ns,
                         p.routed_ns, p.first_resp_ns, now)
+
+    def _finish_compiled(self, p: Pending, env: list, code: int) -> None:
+        """The rest of _finish for one binary reply, in one compiled call (BK.finish_send):
+        the same bytes sent, the same window entry and counts."""
+        key = p.dedup_key
+        cid = 0
+        if key is not None:
+            self.dedup.end_inflight(key, p)
+            cid = i64_bits(key[0])
+        self._finish_send(self.fast.h, env[0], len(env) == 2, p.raw, self.out, self.idbuf,
+                          i64_bits(p.req.request_id), self._finish_args[0], code,
+                          self._finish_args[1], int(self.instrument), *self._finish_args[2:],
+                          p.arrival_ns, p.routed_ns, p.first_resp_ns, int(key is not None), cid,
+                          p.rhash, *self._dd_args)
 
     def _keep_dup_fired(self, key, fired: dict) -> None:
         """Keep an overflowed decision's full fired lists while the window keeps the
