@@ -25,7 +25,7 @@ import time
 import numpy as np
 
 from engine import admin_state
-from engine.admin_request import AdminError
+from engine.admin_request import MAX_DEPTH, AdminError, json_depth
 from engine.cluster.control import APPLIED, INITIAL, ControlUnavailable, encode, list_key, state_key
 from shm.features.featureset import CONTROL_ARG
 from shm.features.keys import key_from_python
@@ -35,6 +35,14 @@ from shm.features.state import STATE_NAMES, W_HALT, _read_state
 CAS_ATTEMPTS = 8
 APPLY_WAIT_S = 10.0
 MAX_VALUE_BYTES = 900_000        # under NATS's default max_payload (1 MiB) with the JSON around it
+
+
+def list_set(doc) -> np.ndarray:
+    """A list value's set, checked: sorted unique u64s. Raises ValueError."""
+    vals = doc.get("values") if isinstance(doc, dict) else None
+    if not isinstance(vals, list) or not all(type(v) is int and 0 <= v < 2**64 for v in vals):
+        raise ValueError("values: not a list of u64")
+    return np.unique(np.array(vals, np.uint64))
 
 
 class ControlPlane:
@@ -87,6 +95,8 @@ class ControlPlane:
             return 0
         doc = None
         try:
+            if json_depth(e.value) > MAX_DEPTH:       # anyone with NATS access can write it
+                raise ValueError(f"JSON nested over {MAX_DEPTH} deep")
             doc = json.loads(e.value)
             if not isinstance(doc, dict):
                 raise ValueError("not an object")
@@ -98,7 +108,7 @@ class ControlPlane:
                 changed = self._state(doc)
             else:
                 raise ValueError("unknown key")
-        except (AdminError, ValueError, KeyError, TypeError) as err:
+        except (AdminError, ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
             self.errors += 1
             self.sup.log(f"risk-engine: cluster: control key {e.key} revision {e.revision} not "
                          f"applied here: {getattr(err, 'code', type(err).__name__)}: {str(err)[:200]}")
@@ -120,10 +130,7 @@ class ControlPlane:
 
     def _list(self, doc) -> bool:
         spec = admin_state._list_spec(self.sup, doc["name"])
-        vals = doc["values"]
-        if not isinstance(vals, list) or not all(type(v) is int and 0 <= v < 2**64 for v in vals):
-            raise ValueError("values: not a list of u64")
-        new = np.unique(np.array(vals, np.uint64))
+        new = list_set(doc)
         admin_state.check_capacity(spec, new)
         if np.array_equal(new, list_values(self.sup.features.fs.array(f"fl_{spec.name}"))):
             return False
@@ -190,8 +197,15 @@ class ControlPlane:
                 last, raw = self.client.get(key)
             except ControlUnavailable as e:
                 raise AdminError("CLUSTER_UNAVAILABLE", f"nothing changed: {e}") from None
-            base = np.array(json.loads(raw)["values"], np.uint64) if raw else \
-                list_values(sup.features.fs.array(f"fl_{spec.name}"))
+            base = list_values(sup.features.fs.array(f"fl_{spec.name}"))
+            if raw and op != "replace":
+                try:
+                    base = list_set(json.loads(raw)) if json_depth(raw) <= MAX_DEPTH else None
+                except ValueError:
+                    base = None
+                if base is None:
+                    raise AdminError("CLUSTER_VALUE_CORRUPT", f"{key} in the control bucket is "
+                                     f"not a list value; list-replace overwrites it")
             new = {"add": lambda: np.union1d(base, vals), "remove": lambda: np.setdiff1d(base, vals),
                    "replace": lambda: np.unique(vals)}[op]()
             admin_state.check_capacity(spec, new)

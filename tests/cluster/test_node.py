@@ -16,6 +16,7 @@ import pytest
 
 from bench.engine_proc import EngineProcess, free_port, shm_entries
 from engine.admin import request
+from engine.cluster.control import ControlClient
 from ingress.client import Client
 from tests.cluster.agentproc import REPO, wait_for
 
@@ -197,3 +198,30 @@ def test_a_node_whose_servers_never_answer_fails_to_start_with_one_line(tmp_path
         assert shm_entries(eng.instance) == []
     finally:
         eng.close()
+
+
+def test_a_hostile_value_in_the_control_bucket_is_refused_by_every_node(nats3, nodes):
+    """Whoever can write to NATS can write the bucket: every value is checked like an admin
+    request before it is applied; a bad one is counted and logged, the node keeps serving."""
+    before = [admin(e, cmd="cluster")["cluster"]["control"]["errors"] for e in nodes]
+    c = ControlClient(nats3.urls, "hostile", 3, 20.0).start()
+    try:
+        bad = [("halt", b"[" * 5000 + b"]" * 5000), ("halt", b'{"on":"yes"}'),
+               ("list.nope", b'{"name":"nope","values":[1]}'),
+               ("state.account_state.i1", b'{"name":"account_state","key":true,"state":"HALTED"}'),
+               ("state.account_state.i2", b'{"name":"account_state","key":2,"state":"SLEEPY"}')]
+        for key, value in bad:
+            assert c.write(key, value) is not None
+        last = c.write("list.blocked_ips", b'{"name":"blocked_ips","values":[-1]}')
+    finally:
+        c.close()
+    for e, n0 in zip(nodes, before):
+        me = wait_for(lambda: (m := admin(e, cmd="cluster")["cluster"])["control"]["revision"] >= last and m,
+                      30, "every node has seen the hostile values")
+        assert me["control"]["errors"] == n0 + len(bad) + 1, me
+        assert "global_halt" not in decide(e).rules and "account_halted" not in decide(e, account_id=1).rules
+        assert admin(e, cmd="list-show", name="blocked_ips")["ok"]
+    rep = admin(nodes[0], cmd="list-add", name="blocked_ips", values=["10.66.0.3"])
+    assert rep["error"]["code"] == "CLUSTER_VALUE_CORRUPT", rep
+    rep = admin(nodes[0], cmd="list-replace", name="blocked_ips", values=["10.66.0.1", "10.66.0.2"])
+    assert rep["ok"] and rep["count"] == 2, rep
