@@ -122,6 +122,9 @@ def test_a_halt_written_through_admin_is_applied_by_every_node(nats3, nodes):
     ctl = status(nats3.urls)["control"]
     print(f"halt applied by all 3 nodes {took_s * 1e3:.0f} ms after the admin request (upper bound: "
           f"status polling); per node lag {[round(d['lag_ms'], 1) for d in ctl['nodes'].values()]} ms")
+    text = subprocess.run([sys.executable, "-m", "engine.cli", "cluster", "status", "--servers",
+                           ",".join(nats3.urls)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert f"last change at revision {rev}; 3 of 3 node(s) applied it" in text.stdout, text.stdout
     for e in nodes:
         d = decide(e)
         assert d.action == "block" and "global_halt" in d.rules, (e.instance, d)
