@@ -21,6 +21,7 @@ import zmq
 
 from engine import admin_state
 from engine.admin_client import request
+from engine.cluster.node_hooks import admin_commands
 from engine.admin_request import (MAX_FILES, MAX_MESSAGE_CHARS, MAX_REQUEST_BYTES, NO_ARGS, PATH,
                                   AdminError, allowed_file, boolean, check_args, integer, list_of,
                                   parse_request)
@@ -106,8 +107,10 @@ COMMANDS = {"status": (_status, NO_ARGS), "stats": (_stats, NO_ARGS),
                                    "request": (_request_key, False)})}
 
 
-def _commands() -> dict:
-    return {**COMMANDS, **admin_state.COMMANDS}
+def _commands(sup) -> dict:
+    """A cluster node's state changes go through the control bucket (engine.cluster.node)."""
+    cluster = admin_commands(sup) if getattr(sup, "cluster", None) is not None else {}
+    return {**COMMANDS, **admin_state.COMMANDS, **cluster}
 
 
 class _Deferred:
@@ -235,7 +238,7 @@ class AdminServer:
         """One request frame -> reply dict (or a _Deferred). Never raises."""
         try:
             req = parse_request(raw)
-            commands = _commands()
+            commands = _commands(self.sup)
             entry = commands.get(req["cmd"])
             if entry is None:
                 raise AdminError("UNKNOWN_COMMAND", f"cmd={req['cmd'][:64]!r}; known: "

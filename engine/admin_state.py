@@ -107,8 +107,19 @@ def list_cmd(sup, args):
         new = np.setdiff1d(current, vals)
     else:
         new = np.unique(vals)
+    check_capacity(spec, new)
+    return apply_list(sup, name, op, vals, new)
+
+
+def check_capacity(spec, new) -> None:
     if len(new) > spec.capacity:
-        raise AdminError("LIST_FULL", f"list={name!r}: {len(new)} values over capacity={spec.capacity}")
+        raise AdminError("LIST_FULL", f"list={spec.name!r}: {len(new)} values over capacity={spec.capacity}")
+
+
+def apply_list(sup, name, op, vals, new):
+    """Log then publish a list change validated by the caller (this admin plane, or a
+    cluster node applying the control bucket: engine.cluster.control_apply)."""
+    fs = _fs(sup)
     log_change(sup, {"cmd": f"list-{op}", "name": name, "values": [int(v) for v in vals]})
     fs.replace_list(name, new.astype(np.uint64))
     enf = sup.enforcement
@@ -135,15 +146,24 @@ def _state_key(sup, spec, key):
     raise AdminError("BAD_ARGUMENT", f"key: state keyed by a {field.type} field cannot be set here")
 
 
-def set_state(sup, args):
+def check_state(sup, args):
+    """(name, key) of a set-state request, checked against the engine and given its slot
+    (_claim_slot); nothing logged or visible."""
     fs = _fs(sup)
-    name, state = args["name"], args["state"]
+    name = args["name"]
     spec = next((s for s in sup.features.specs.states if s.name == name), None)
     if spec is None:
         names = ", ".join(s.name for s in sup.features.specs.states) or "none"
         raise AdminError("UNKNOWN_STATE", f"state={name!r}; states: {names}")
     key = _state_key(sup, spec, args["key"])
     _claim_slot(fs, spec, key)
+    return name, key
+
+
+def set_state(sup, args):
+    fs = _fs(sup)
+    name, key = check_state(sup, args)
+    state = args["state"]
     log_change(sup, {"cmd": "set-state", "name": name, "key": key, "state": state})
     fs.set_state(name, key, STATE_NAMES[state])
     return {"name": name, "key": key, "state": state}

@@ -19,6 +19,8 @@ def add_arguments(p):
     s.add_argument("--servers", required=True, metavar="URL[,URL...]",
                    help="nats://HOST:PORT of one or more NATS servers of the cluster")
     s.add_argument("--bucket", default=None, help="the lease bucket (default: risk_engine_leases)")
+    s.add_argument("--control-bucket", default=None,
+                   help="the control bucket (default: risk_engine_control)")
     s.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -26,7 +28,18 @@ def _age_s(t) -> float | None:
     return None if t is None else max(0.0, (datetime.now(timezone.utc) - t).total_seconds())
 
 
-async def _read(servers: list[str], bucket: str | None):
+async def _control(nc, bucket: str | None) -> dict | None:
+    """The control plane's last change revision and each node's applied revision (None: no
+    node has opened the control bucket)."""
+    import nats.js.errors as jserr           # here: `risk-engine --help` stays fast (nats-py)
+    from engine.cluster.control import BUCKET, read_applied   # here: imports nats-py too
+    try:
+        return await read_applied(nc.jetstream(timeout=5.0), bucket or BUCKET)
+    except jserr.BucketNotFoundError:
+        return None
+
+
+async def _read(servers: list[str], bucket: str | None, control_bucket: str | None = None):
     import nats                              # here: `risk-engine --help` stays fast
     from engine.cluster.leases import BUCKET, LeaseStore
     errors = []
@@ -49,7 +62,8 @@ async def _read(servers: list[str], bucket: str | None):
             rows.append({"partition": p, "owner": v.get("node"), "advertise": v.get("advertise"),
                          "revision": e.revision if e.value is not None else None,
                          "lease_age_s": _age_s(e.time) if e.value is not None else None})
-        return {"bucket": store.bucket, "partitions": n, "leases": rows}
+        return {"bucket": store.bucket, "partitions": n, "leases": rows,
+                "control": await _control(nc, control_bucket)}
     finally:
         await nc.close()
 
@@ -60,7 +74,7 @@ def run(args) -> int:
     from engine.cluster.leases import LeaseError
     servers = [s for s in args.servers.split(",") if s]
     try:
-        st = asyncio.run(asyncio.wait_for(_read(servers, args.bucket), TIMEOUT_S))
+        st = asyncio.run(asyncio.wait_for(_read(servers, args.bucket, args.control_bucket), TIMEOUT_S))
     except (LeaseError, nats.errors.Error, asyncio.TimeoutError, OSError) as e:
         print(f"risk-engine: cluster status: servers={','.join(servers)}: {type(e).__name__}: {e}",
               file=sys.stderr)
@@ -75,6 +89,15 @@ def run(args) -> int:
             counts[r["owner"]] = counts.get(r["owner"], 0) + 1
     owners = ", ".join(f"{o} ({n})" for o, n in sorted(counts.items())) or "none"
     print(f"bucket {st['bucket']}: {st['partitions']} partitions, {len(free)} free, owners: {owners}")
+    ctl = st["control"]
+    if ctl is not None:
+        behind = sorted(n for n, d in ctl["nodes"].items() if d.get("revision", 0) < ctl["revision"])
+        print(f"control {ctl['bucket']}: last change at revision {ctl['revision']}; "
+              f"{len(ctl['nodes']) - len(behind)} of {len(ctl['nodes'])} node(s) applied it"
+              + (f" (behind: {', '.join(behind)})" if behind else ""))
+        for n, d in sorted(ctl["nodes"].items()):
+            print(f"  {n:<16} applied revision {d.get('revision')}, last change applied "
+                  f"{d.get('lag_ms', 0):.1f} ms after it was written, {d.get('errors', 0)} error(s)")
     print("lease age: since the lease's last write, by the NATS server's clock against this machine's")
     print(f"  {'PARTITION':>9}  {'OWNER':<16} {'REVISION':>9} {'AGE':>8}  ADVERTISE")
     for r in st["leases"]:

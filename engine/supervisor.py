@@ -32,6 +32,7 @@ from shm.runtime import rundir
 from shm.runtime.config import Config
 from shm.control import STARTUP_PHASES, Block, BlockLayout
 from engine.admin import AdminServer
+from engine.cluster.node_hooks import ClusterCollector
 from engine.enforcement import start_enforcement
 from engine.exporter import EngineCollector, Exporter
 from engine.memplan import check_memory
@@ -62,6 +63,7 @@ class Supervisor:
         self.want_ebpf = ebpf
         self.sidecar = None
         self.enforcement = None             # engine.enforcement: the kernel's copy of the lists
+        self.cluster = None                 # engine.cluster.node.ClusterNode (cluster: section)
         self.log = log
         self.pid = os.getpid()
         self.run_dir = rundir.run_dir_for(cfg.instance)
@@ -118,6 +120,9 @@ class Supervisor:
             self.log("risk-engine: feature tables in shared memory:\n" + self.features.fs.memory_report())
             self.progress.step("recovering feature state")
             self.recovery.at_start(rs)          # before any worker starts
+        if cfg.cluster is not None:             # the cluster's control state, then serve
+            from engine.cluster.node import ClusterNode     # lazy: nats-py on cluster nodes only
+            ClusterNode.join(self)
         self.control = Segment.create(cfg.instance, names.CONTROL, BlockLayout(n).nbytes, self.pid)
         self.block = Block(self.control.buf, n, create=True)
         self.recovery.count_into(self.block)
@@ -155,13 +160,15 @@ class Supervisor:
             self.admin = AdminServer(self)
         except Exception as e:
             raise StartupError(f"admin.bind={cfg.admin.bind!r}: {e}") from None
+        if self.cluster is not None:
+            self.cluster.start_leases()         # ready to serve: take partitions
         if self.want_ebpf:
             self._start_sidecar()
         self.status_file.update(self)
         self.started_s = self.progress.close()
 
     def _start_exporter(self) -> None:
-        self.collector = EngineCollector(self)
+        self.collector = (EngineCollector if self.cfg.cluster is None else ClusterCollector)(self)
         if self.cfg.metrics.enabled:
             try:
                 self.exporter = Exporter(self, self.collector)
@@ -254,6 +261,8 @@ class Supervisor:
             self.rulesets.poll()
             self.status_file.update(self)            # after a reload or a standby change
             self.admin.poll(20)
+            if self.cluster is not None:
+                self.cluster.poll()                  # control changes from the cluster
             if self.snapshots.due():
                 try:
                     self.snapshots.periodic(self.rulesets.generation)
@@ -357,7 +366,7 @@ class Supervisor:
                 p.wait()
         if self.standbys is not None:
             self.standbys.kill()
-        for res in (self.sidecar, self.exporter, self.admin, self.enforcement):
+        for res in (self.sidecar, self.exporter, self.admin, self.enforcement, self.cluster):
             if res is not None:
                 (res.stop if res is self.sidecar else res.close)()
         for r in self.rings:

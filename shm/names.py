@@ -16,6 +16,7 @@ and a posix_ipc semaphore as ``/dev/shm/sem.risk-engine.<instance>.<pid>.<role>`
     ft_<name> fl_<name>       a feature table, list, account-state table, and   shm.featurestore
     st_<name> fs_control      the features' control array: the array's kernel
                               argument name (shm.features.featureset)
+    ownership                 a cluster node's OwnershipTable                   engine.cluster.node
 """
 from __future__ import annotations
 

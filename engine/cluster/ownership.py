@@ -12,8 +12,8 @@ read safe: a new term clears the deadline before it changes the revision; a rene
 the revision before the later deadline; a loss clears the deadline first. A reader may so see
 an older revision with a newer deadline (its records are refused by fencing) or a newer
 revision with an older deadline (valid for less time), never a lease it does not hold.
-The arrays are plain int64 numpy arrays: today in the agent's process; the next slice puts
-them in a shared-memory segment for the ingress (docs/CLUSTER.md, "Next").
+The arrays are plain int64 numpy arrays: in the agent's process, or (``buf``) in the engine
+node's ``ownership`` shared-memory segment (engine.cluster.node) for the ingress to read.
 """
 from __future__ import annotations
 

@@ -1,0 +1,136 @@
+"""An engine node of the cluster: what `risk-engine serve` with a ``cluster:`` section adds to
+the supervisor (docs/CLUSTER.md, "Serving with cluster:").
+
+- ``ClusterNode.join(sup)`` (start-up, after the feature state is recovered, before any
+  worker starts): the OwnershipTable goes into a shared-memory segment of the instance
+  (``ownership``, 0600, removed with the others on every stop) for the ingress to read; the
+  control bucket is opened and every current value applied (engine.cluster.control_apply),
+  so the node serves with the cluster's halt, lists and account states.
+- ``start_leases()`` (once the node is ready): the lease agent on its own thread, writing
+  the table in the segment.
+- ``poll()`` (the supervisor's loop): apply the control changes the watcher queued; say once
+  if the agent has died (its leases lapse by themselves).
+- ``close()`` (every stop): stop serving every partition, release the leases, close NATS.
+
+A node whose NATS servers do not answer within OPEN_TIMEOUT_S fails to start with one line
+(StartupError: exit 2), like the agent run alone.
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+
+import nats.errors
+
+from engine.cluster.agent import OPEN_TIMEOUT_S, AgentThread, LeaseAgent
+from engine.cluster.control import ControlClient, ControlUnavailable
+from engine.cluster.control_apply import ControlPlane
+from engine.cluster.leases import LeaseError
+from engine.cluster.ownership import OwnershipTable
+from engine.preflight import StartupError
+from shm.segment import Segment
+
+OWNERSHIP = "ownership"            # the segment's role (shm.names): 2 x int64 per partition
+EVENTS = ("acquired", "renewed", "lost", "released", "nats_error")
+
+
+class ClusterNode:
+    def __init__(self, sup, open_timeout_s: float = OPEN_TIMEOUT_S):
+        self.sup, self.cfg = sup, sup.cfg.cluster
+        self.open_timeout_s = open_timeout_s
+        self.replicas = min(3, len(self.cfg.servers))
+        self.segment: Segment | None = None
+        self.table: OwnershipTable | None = None
+        self.client: ControlClient | None = None
+        self.control: ControlPlane | None = None
+        self.agent: AgentThread | None = None
+        self.counts = dict.fromkeys(EVENTS, 0)      # agent events (risk_cluster_lease_events_total)
+        self.live_nodes = 0
+        self._started = threading.Event()
+        self._reported_error = False
+
+    def _fail(self, why: str) -> StartupError:
+        return StartupError(f"cluster: servers={','.join(self.cfg.servers)}: {why}")
+
+    @classmethod
+    def join(cls, sup) -> "ClusterNode":
+        node = cls(sup)
+        sup.cluster = node                # cleanup() closes it whatever fails below
+        p = node.cfg.partitions
+        node.segment = Segment.create(sup.cfg.instance, OWNERSHIP, 16 * p, sup.pid)
+        node.table = OwnershipTable(p, node.segment.buf)
+        node.client = ControlClient(node.cfg.servers, node.cfg.node, node.replicas, node.open_timeout_s)
+        try:
+            node.client.start()
+            node.control = ControlPlane(sup, node.client, node.cfg.node)
+            n = node.control.join(node.open_timeout_s)
+        except (ControlUnavailable, nats.errors.Error, asyncio.TimeoutError, TimeoutError, OSError) as e:
+            why = f"{type(e).__name__}: {e}" if str(e) else \
+                f"no NATS server answered within {node.open_timeout_s:g} s"
+            raise node._fail(why) from None
+        sup.log(f"risk-engine: cluster: node {node.cfg.node} joined the control plane at revision "
+                f"{node.control.revision} ({n} value(s), {node.control.applied} changed this node)")
+        return node
+
+    def _event(self, ev: dict) -> None:
+        kind = ev["ev"]
+        if kind in self.counts:
+            self.counts[kind] += len(ev.get("leases", ())) if kind == "renewed" else 1
+        elif kind == "status":
+            self.live_nodes = ev["live"]
+        elif kind == "started":
+            self._started.set()
+
+    def start_leases(self) -> None:
+        """Start the lease agent and wait until it has opened the lease bucket."""
+        c = self.cfg
+        agent = LeaseAgent(c.servers, c.node, c.advertise, c.partitions, c.lease_ttl_s,
+                           replicas=self.replicas, on_event=self._event, table=self.table,
+                           open_timeout_s=self.open_timeout_s)
+        self.agent = AgentThread(agent).start()
+        t = self.open_timeout_s + 5
+        while not self._started.wait(0.1):
+            t -= 0.1
+            if self.agent.error is not None or t <= 0:
+                e = self.agent.error
+                raise self._fail(f"{type(e).__name__}: {e}" if e is not None and str(e) else
+                                 f"the lease bucket was not usable within {self.open_timeout_s:g} s")
+        self.sup.log(f"risk-engine: cluster: node {c.node} taking leases on {c.partitions} "
+                     f"partitions (ttl {c.lease_ttl_s:g} s, share about "
+                     f"{math.ceil(c.partitions / max(1, self.live_nodes or 1))})")
+
+    def poll(self) -> None:
+        self.control.drain()
+        if self.agent is not None and self.agent.error is not None and not self._reported_error:
+            self._reported_error = True
+            self.sup.log(f"risk-engine: cluster: lease agent stopped: {type(self.agent.error).__name__}: "
+                         f"{self.agent.error}; this node serves no partition")
+
+    def owned(self) -> dict[int, int]:
+        return self.table.owned() if self.table is not None else {}
+
+    def status(self) -> dict:
+        ctl = self.control
+        return {"node": self.cfg.node, "partitions": self.cfg.partitions,
+                "owned": sorted(self.owned()), "live_nodes": self.live_nodes,
+                "agent_running": self.agent is not None and self.agent.error is None,
+                "control": {"revision": ctl.revision, "applied": ctl.applied, "errors": ctl.errors,
+                            "lag_ms": ctl.last_lag_ms} if ctl is not None else None}
+
+    def close(self) -> None:
+        """Stop serving and release the leases (a lease that cannot be released lapses after
+        its TTL), close NATS, remove the segment."""
+        if self.agent is not None:
+            self.agent.stop(5.0)
+        if self.client is not None:
+            self.client.close()
+        if self.table is not None:
+            for p in range(self.table.partitions):
+                self.table.clear(p)
+        if self.segment is not None:
+            self.segment.unlink()
+            self.table = None               # the views go first, so the mapping can close
+            self.segment.close()
+            self.segment = None
+

@@ -1,0 +1,57 @@
+"""What the supervisor's parts ask of a cluster node (engine.cluster.node), without importing
+nats: its metrics in /metrics and /stats beside the engine's (engine.exporter: partitions
+owned, lease events, live nodes, the control plane's applied revision and lag, read at scrape
+time) and its admin commands (engine.admin)."""
+from __future__ import annotations
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from engine.exporter import EngineCollector
+
+
+def metric_families(node):
+    if node is None or node.table is None:
+        return
+    yield GaugeMetricFamily("risk_cluster_partitions", "Partitions of the cluster (cluster.partitions)",
+                            value=float(node.cfg.partitions))
+    yield GaugeMetricFamily("risk_cluster_partitions_owned", "Partitions this node holds a valid "
+                            "lease on now (its OwnershipTable)", value=float(len(node.owned())))
+    yield GaugeMetricFamily("risk_cluster_live_nodes", "Nodes whose heartbeat this node saw "
+                            "within 3 lease TTLs, itself included", value=float(node.live_nodes))
+    up = node.agent is not None and node.agent.error is None and node.agent._thread.is_alive()
+    yield GaugeMetricFamily("risk_cluster_lease_agent_up", "1 while the lease agent runs",
+                            value=float(up))
+    c = CounterMetricFamily("risk_cluster_lease_events", "Lease events of this node's agent: "
+                            "acquired, renewed, lost, released, nats_error", labels=["event"])
+    for ev, n in node.counts.items():
+        c.add_metric([ev], float(n))
+    yield c
+    ctl = node.control
+    if ctl is None:
+        return
+    yield GaugeMetricFamily("risk_cluster_control_revision", "The last control-bucket revision "
+                            "this node has applied", value=float(ctl.revision))
+    yield CounterMetricFamily("risk_cluster_control_changes", "Control values that changed this "
+                              "node's halt, lists or account states", value=float(ctl.applied))
+    yield CounterMetricFamily("risk_cluster_control_errors", "Control values this node could "
+                              "not apply (logged)", value=float(ctl.errors))
+    yield GaugeMetricFamily("risk_cluster_control_lag_seconds", "Apply time of the last control "
+                            "change minus its writer's wall clock at the write",
+                            value=ctl.last_lag_ms / 1e3)
+
+
+class ClusterCollector(EngineCollector):
+    """The engine's collector plus the cluster families (/stats reads the same families)."""
+
+    def _collect(self):
+        yield from super()._collect()
+        yield from metric_families(getattr(self.sup, "cluster", None))
+
+
+def admin_commands(sup) -> dict:
+    """A cluster node's admin commands: the state changes go through the control bucket
+    (engine.cluster.control_apply); ``cluster`` reports this node."""
+    node = getattr(sup, "cluster", None)
+    if node is None or node.control is None:
+        return {}
+    return {**node.control.commands(), "cluster": (lambda s, a: {"cluster": node.status()}, {})}

@@ -1,0 +1,230 @@
+"""`risk-engine serve` with a cluster: section: three real engine nodes on the module's
+three-server NATS cluster hold every partition between them, and the control plane in KV
+(halt, lists, account states) written through any node's admin plane is applied by every
+node; a node starting later joins at the current state; a stopped node leaves no segment
+and frees its leases. Engines start in parallel (minutes cold on a loaded machine): slow."""
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bench.engine_proc import EngineProcess, free_port, shm_entries
+from engine.admin import request
+from engine.cluster.control import ControlClient
+from ingress.client import Client
+from tests.cluster.agentproc import REPO, wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]   # a cold start compiles the rules
+
+P = 8
+TTL_S = 1.0
+EVENT = {"account_id": 77, "card_id": 1, "device_id": 1, "amount": 10.0, "currency": "EUR",
+         "country": "DE", "ip": "10.1.2.3", "mcc": 5411, "channel": 1, "ts_ms": 1_700_000_000_000,
+         "instrument_id": 0, "side": 0, "qty": 0, "price": 0.0, "ref_price": 0.0, "is_test": False}
+
+
+def cluster_overrides(servers, node):
+    return {"cluster": {"servers": list(servers), "partitions": P, "node": node, "lease_ttl_s": TTL_S},
+            "workers": {"standby": False}}          # three nodes on two cores: no spare workers
+
+
+def start_all(engines):
+    """The first node alone (a cold Numba cache compiles the ruleset once), then the rest."""
+    engines[0].launch()
+    try:
+        wait_for(lambda: engines[0].serving() or engines[0].proc.poll() is not None, 900, "first node")
+        for e in engines[1:]:
+            e.launch()
+        wait_for(lambda: all(e.serving() or e.proc.poll() is not None for e in engines), 900,
+                 "every node serving")
+        for e in engines:
+            assert e.serving(), e.output()
+    except BaseException:
+        for e in engines:
+            e.close()
+        raise
+
+
+@pytest.fixture(scope="module")
+def nodes(nats3, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("nodes")
+    engines = [EngineProcess(tmp, workers=1, overrides=cluster_overrides(nats3.urls, f"n{i}"))
+               for i in range(3)]
+    start_all(engines)
+    try:
+        yield engines
+    finally:
+        for e in engines:
+            assert e.close() == 0, e.output()
+            assert shm_entries(e.instance) == []
+
+
+def admin(eng, **req):
+    return request(eng.admin_bind, req, 30_000)
+
+
+def status(servers):
+    out = subprocess.run([sys.executable, "-m", "engine.cli", "cluster", "status", "--servers",
+                          ",".join(servers), "--json"], cwd=REPO, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode in (0, 1), out.stderr
+    return json.loads(out.stdout)
+
+
+def decide(eng, **fields):
+    with Client(eng.endpoint, timeout_ms=20_000, retries=0, transport="json") as c:
+        return c.evaluate({**EVENT, **fields})
+
+
+def all_applied(servers, nodes, revision):
+    ctl = status(servers)["control"]
+    return ctl is not None and all(ctl["nodes"].get(n, {}).get("revision", 0) >= revision for n in nodes)
+
+
+def test_three_nodes_hold_every_partition(nats3, nodes):
+    names = {"n0", "n1", "n2"}
+
+    def balanced():
+        st = status(nats3.urls)
+        owners = [r["owner"] for r in st["leases"]]
+        return None not in owners and set(owners) == names and st
+    st = wait_for(balanced, 60, "every partition held, by all three nodes")
+    assert st["partitions"] == P
+    for e in nodes:
+        seg = [n for n in os.listdir("/dev/shm") if n.startswith(f"risk-engine.{e.instance}.")
+               and n.endswith(".ownership")]
+        assert len(seg) == 1, seg
+        assert stat.S_IMODE(os.stat(f"/dev/shm/{seg[0]}").st_mode) == 0o600
+        rep = admin(e, cmd="cluster")
+        assert rep["ok"] and rep["cluster"]["partitions"] == P
+        stats = e.stats()
+        assert stats["risk_cluster_partitions"][0]["value"] == P
+        assert stats["risk_cluster_lease_agent_up"][0]["value"] == 1
+    owned = sum(e.stats()["risk_cluster_partitions_owned"][0]["value"] for e in nodes)
+    assert owned >= P - 2           # a hand-over in flight may hold one or two between reads
+
+
+def test_a_halt_written_through_admin_is_applied_by_every_node(nats3, nodes):
+    assert all(decide(e).action != "block" for e in nodes)
+    t0 = time.monotonic()
+    rep = admin(nodes[1], cmd="halt")
+    assert rep["ok"] and rep["global_halt"] is True, rep
+    rev = rep["cluster"]["revision"]
+    assert "global_halt" in decide(nodes[1]).rules       # the writer applied it before replying
+    wait_for(lambda: all_applied(nats3.urls, ["n0", "n1", "n2"], rev), 30, "every node applied the halt")
+    took_s = time.monotonic() - t0
+    ctl = status(nats3.urls)["control"]
+    print(f"halt applied by all 3 nodes {took_s * 1e3:.0f} ms after the admin request (upper bound: "
+          f"status polling); per node lag {[round(d['lag_ms'], 1) for d in ctl['nodes'].values()]} ms")
+    text = subprocess.run([sys.executable, "-m", "engine.cli", "cluster", "status", "--servers",
+                           ",".join(nats3.urls)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert f"last change at revision {rev}; 3 of 3 node(s) applied it" in text.stdout, text.stdout
+    for e in nodes:
+        d = decide(e)
+        assert d.action == "block" and "global_halt" in d.rules, (e.instance, d)
+    rep = admin(nodes[2], cmd="resume")
+    assert rep["ok"] and rep["global_halt"] is False
+    wait_for(lambda: all_applied(nats3.urls, ["n0", "n1", "n2"], rep["cluster"]["revision"]), 30, "resume")
+    assert all("global_halt" not in decide(e).rules for e in nodes)
+
+
+def test_a_list_add_is_applied_everywhere(nats3, nodes):
+    rep = admin(nodes[0], cmd="list-add", name="blocked_ips", values=["10.66.0.1"])
+    assert rep["ok"], rep
+    wait_for(lambda: all_applied(nats3.urls, ["n0", "n1", "n2"], rep["cluster"]["revision"]), 30, "list-add")
+    for e in nodes:
+        shown = admin(e, cmd="list-show", name="blocked_ips")
+        assert "10.66.0.1" in shown["values"] and shown["count"] == rep["count"], shown
+        assert "blocked_ip" in decide(e, ip="10.66.0.1").rules
+    # a second writer on another node starts from the cluster's set, not its own
+    rep2 = admin(nodes[2], cmd="list-add", name="blocked_ips", values=["10.66.0.2"])
+    assert rep2["ok"] and rep2["count"] == rep["count"] + 1
+
+
+def test_a_bad_admin_input_is_refused_with_its_code_and_nothing_reaches_kv(nats3, nodes):
+    before = status(nats3.urls)["control"]["revision"]
+    cases = [({"cmd": "list-add", "name": "blocked_ips", "values": ["300.1.1.1"]}, "BAD_LIST"),
+             ({"cmd": "list-add", "name": "nope", "values": ["1.2.3.4"]}, "UNKNOWN_LIST"),
+             ({"cmd": "set-state", "name": "account_state", "key": -1, "state": "HALTED"}, "BAD_ARGUMENT"),
+             ({"cmd": "set-state", "name": "account_state", "key": 5, "state": "SLEEPY"}, "BAD_ARGUMENT"),
+             ({"cmd": "halt", "now": True}, "BAD_ARGUMENT")]
+    for req, code in cases:
+        rep = admin(nodes[0], **req)
+        assert not rep["ok"] and rep["error"]["code"] == code, (req, rep)
+    time.sleep(1.0)                 # a write would have reached the leader by now
+    assert status(nats3.urls)["control"]["revision"] == before
+
+
+def test_a_late_node_joins_at_the_current_state_and_a_stopped_node_frees_everything(nats3, nodes, tmp_path):
+    rep = admin(nodes[0], cmd="set-state", name="account_state", key=4242, state="HALTED")
+    assert rep["ok"], rep
+    rep = admin(nodes[0], cmd="halt")
+    assert rep["ok"]
+    try:
+        late = EngineProcess(tmp_path, workers=1, overrides=cluster_overrides(nats3.urls, "n3"))
+        start_all([late])
+        try:
+            assert "joined the control plane" in late.output()
+            me = admin(late, cmd="cluster")["cluster"]
+            assert me["control"]["revision"] >= rep["cluster"]["revision"], me
+            assert "global_halt" in decide(late).rules
+            assert "account_halted" in decide(late, account_id=4242).rules
+            assert "10.66.0.1" in admin(late, cmd="list-show", name="blocked_ips")["values"]
+            wait_for(lambda: any(r["owner"] == "n3" for r in status(nats3.urls)["leases"]), 60,
+                     "the late node takes a share")
+        finally:
+            assert late.close() == 0, late.output()
+        assert shm_entries(late.instance) == []
+        st = wait_for(lambda: (s := status(nats3.urls)) and
+                      all(r["owner"] != "n3" for r in s["leases"]) and s, 30, "n3's leases freed")
+        assert "n3" not in st["control"]["nodes"]
+    finally:
+        assert admin(nodes[0], cmd="resume")["ok"]
+
+
+def test_a_node_whose_servers_never_answer_fails_to_start_with_one_line(tmp_path):
+    url = f"nats://127.0.0.1:{free_port()}"            # nothing listens there
+    eng = EngineProcess(tmp_path, workers=1, overrides=cluster_overrides([url], "lost"))
+    try:
+        eng.launch()
+        assert eng.proc.wait(900) == 2, eng.output()
+        out = eng.output()
+        assert (f"risk-engine: cannot start: cluster: servers={url}: no NATS server answered "
+                f"within 30 s") in out, out
+        assert "Traceback" not in out and "risk-engine: serving" not in out
+        assert shm_entries(eng.instance) == []
+    finally:
+        eng.close()
+
+
+def test_a_hostile_value_in_the_control_bucket_is_refused_by_every_node(nats3, nodes):
+    """Whoever can write to NATS can write the bucket: every value is checked like an admin
+    request before it is applied; a bad one is counted and logged, the node keeps serving."""
+    before = [admin(e, cmd="cluster")["cluster"]["control"]["errors"] for e in nodes]
+    c = ControlClient(nats3.urls, "hostile", 3, 20.0).start()
+    try:
+        bad = [("halt", b"[" * 5000 + b"]" * 5000), ("halt", b'{"on":"yes"}'),
+               ("list.nope", b'{"name":"nope","values":[1]}'),
+               ("state.account_state.i1", b'{"name":"account_state","key":true,"state":"HALTED"}'),
+               ("state.account_state.i2", b'{"name":"account_state","key":2,"state":"SLEEPY"}')]
+        for key, value in bad:
+            assert c.write(key, value) is not None
+        last = c.write("list.blocked_ips", b'{"name":"blocked_ips","values":[-1]}')
+    finally:
+        c.close()
+    for e, n0 in zip(nodes, before):
+        me = wait_for(lambda: (m := admin(e, cmd="cluster")["cluster"])["control"]["revision"] >= last and m,
+                      30, "every node has seen the hostile values")
+        assert me["control"]["errors"] == n0 + len(bad) + 1, me
+        assert "global_halt" not in decide(e).rules and "account_halted" not in decide(e, account_id=1).rules
+        assert admin(e, cmd="list-show", name="blocked_ips")["ok"]
+    rep = admin(nodes[0], cmd="list-add", name="blocked_ips", values=["10.66.0.3"])
+    assert rep["error"]["code"] == "CLUSTER_VALUE_CORRUPT", rep
+    rep = admin(nodes[0], cmd="list-replace", name="blocked_ips", values=["10.66.0.1", "10.66.0.2"])
+    assert rep["ok"] and rep["count"] == 2, rep
