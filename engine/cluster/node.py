@@ -71,6 +71,9 @@ class ClusterNode:
             raise node._fail(why) from None
         sup.log(f"risk-engine: cluster: node {node.cfg.node} joined the control plane at revision "
                 f"{node.control.revision} ({n} value(s), {node.control.applied} changed this node)")
+        sup.log("risk-engine: cluster: not yet a failover deployment: this node evaluates every "
+                "request it receives (no per-request ownership check) and replicates nothing "
+                "(docs/CLUSTER.md, Next)")
         return node
 
     def _event(self, ev: dict) -> None:
