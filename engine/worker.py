@@ -58,6 +58,14 @@ class Active:
             gens[row] = generation
         words = max(1, (ruleset.n_rules + 63) // 64)
         self.bits = np.zeros((max_batch, words), dtype=np.uint64)
+        # enforce rules with block_source: a decision firing one has its fired list published
+        # with the ttl (publish_fired), and the ingress blocks its sender (ingress.autoblock)
+        ttl = np.zeros(64 * words, np.int64)
+        for i, (t, m) in enumerate(zip(getattr(ruleset, "block_ttl_ms", ()), ruleset.modes)):
+            ttl[i] = t if m == "enforce" else 0
+        self.block_ttl = ttl
+        self.block_mask = np.packbits(ttl > 0, bitorder="little").view(np.uint64)
+        self.blocking = bool(ttl.any())
 
 
 class BatchProcessor:
@@ -117,8 +125,8 @@ class BatchProcessor:
                 elif self.j_unavailable[0]:
                     self._journal_back()
             t2 = time.monotonic_ns()
-        if self._any_above(self.out_nfired, n, MAX_FIRED):     # rare: full lists, for JSON
-            self.publish_fired(o, a.bits, n)
+        if self._any_above(self.out_nfired, n, MAX_FIRED) or a.blocking:   # rare: full lists
+            self.publish_fired(o, a, n)                                       # for JSON, blocks
         resp = self.rings.response
         while not resp.try_publish(o):      # the ingress always drains; wait for room
             if self.stop[0] >= 2:
@@ -158,20 +166,27 @@ class BatchProcessor:
               file=sys.stderr)
 
 
-    def publish_fired(self, o: np.ndarray, bits: np.ndarray, n: int) -> None:
-        """Every fired index of each decision of ``o[:n]`` with more than MAX_FIRED, on the
-        fired ring, before the response slots (the ingress reads them first: docs/SHM.md)."""
+    def publish_fired(self, o: np.ndarray, a: Active, n: int) -> None:
+        """Every fired index of each decision of ``o[:n]`` with more than MAX_FIRED or with
+        a fired enforce rule that blocks its source (the longest such ttl in each slot), on
+        the fired ring, before the response slots (the ingress reads them first: docs/SHM.md).
+        A row the kernel did not decide (nfired 0: journal unavailable) blocks nothing."""
         ring = self.rings.fired
         if ring is None:
             return
+        bits, nf = a.bits[:n], self.out_nfired[:n]
+        want = nf > MAX_FIRED
+        if a.blocking:
+            want |= (nf > 0) & (bits & a.block_mask).any(axis=1)
         lists = [(int(o[i]["token"]), np.flatnonzero(np.unpackbits(bits[i].view(np.uint8), bitorder="little")))
-                 for i in np.flatnonzero(self.out_nfired[:n] > MAX_FIRED).tolist()]
+                 for i in np.flatnonzero(want).tolist()]
         arr = np.zeros(sum(-(-len(idx) // FIRED_PER_SLOT) for _, idx in lists), FIRED_SLOT_DTYPE)
         j = 0
         for token, idx in lists:
             for c in range(0, len(idx), FIRED_PER_SLOT):
                 part = idx[c:c + FIRED_PER_SLOT]
                 arr[j]["token"], arr[j]["total"], arr[j]["count"] = token, len(idx), len(part)
+                arr[j]["block_ttl_ms"] = a.block_ttl[idx].max() if a.blocking else 0
                 arr[j]["idx"][:len(part)] = part
                 j += 1
         k = 0
