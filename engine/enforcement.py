@@ -168,7 +168,8 @@ def metric_families(enf: Enforcement | None):
     yield GaugeMetricFamily("risk_enforce_enabled", "1 while the kernel drops the enforced "
                             "lists' sources (enforce:)", value=float(on))
     drop = CounterMetricFamily("risk_enforce_dropped_packets", "Packets the kernel dropped, by "
-                               "the enforced list holding their source", labels=["reason"])
+                               "the enforced list holding their source, or auto-blocked (a "
+                               "block_source rule's block)", labels=["reason"])
     passed = CounterMetricFamily("risk_enforce_passed_packets", "Packets to an enforced port "
                                  "whose source no enforced list holds", labels=[])
     entries = GaugeMetricFamily("risk_enforce_map_entries", "Values of each enforced list in "

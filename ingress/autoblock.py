@@ -3,7 +3,7 @@
 When a worker decides with an enforce rule that carries block_source, it publishes that
 decision's fired list with the ttl on its fired ring (engine.worker.publish_fired); the
 compiled drain hands that ring to Python (ingress._loop_kernels.drain_packed: FIRED), and
-GeneralPath.drain_fired calls ``fired`` here BEFORE the decision's reply is sent: the sender's
+GeneralPath.drain_fired calls ``decision`` here BEFORE the decision's reply is sent: the sender's
 IPv4 enters the kernel's ``autoblk`` map (bpf/enforce.c) with its expiry, so once the reply is
 out, the client's next packet to the front door is dropped. The reply itself is still sent.
 
@@ -39,7 +39,6 @@ SYS_BPF = 321                                    # x86-64, like the rest of the 
 BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM, BPF_MAP_DELETE_ELEM, BPF_MAP_GET_NEXT_KEY = 1, 2, 3, 4
 # control cells (ingress.autoblock): the supervisor's switch, then what this process did
 CAPTURE, BLOCKED, NO_PEER, FAILED = range(4)
-CELLS = 4
 SWEEP_EVERY_NS = 100_000_000
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -57,7 +56,13 @@ def _bpf(cmd: int, fd: int, key: bytes | None, value=None) -> int:
     k = ctypes.create_string_buffer(key, 4) if key is not None else None
     attr = _ElemAttr(fd, 0, ctypes.addressof(k) if k is not None else 0,
                      ctypes.addressof(value) if value is not None else 0, 0)
-    r = _libc.syscall(SYS_BPF, cmd, ctypes.byref(attr), ctypes.sizeof(attr))
+    return _syscall(cmd, attr)
+
+
+def _syscall(cmd: int, attr) -> int:
+    """bpf(cmd, &attr, sizeof attr): 0 or -errno (longs: syscall() is variadic)."""
+    r = _libc.syscall(ctypes.c_long(SYS_BPF), ctypes.c_long(cmd), ctypes.byref(attr),
+                      ctypes.c_long(ctypes.sizeof(attr)))
     return 0 if r == 0 else -ctypes.get_errno()
 
 
@@ -155,7 +160,7 @@ class AutoBlock:
         for _ in range(1 << 20):                 # bounded: the map's capacity is far below
             attr = _ElemAttr(self.fd, 0, 0 if key is None else ctypes.addressof(key),
                              ctypes.addressof(nxt), 0)
-            if _libc.syscall(SYS_BPF, BPF_MAP_GET_NEXT_KEY, ctypes.byref(attr), ctypes.sizeof(attr)):
+            if _syscall(BPF_MAP_GET_NEXT_KEY, attr):
                 return
             key = ctypes.create_string_buffer(nxt.raw, 4)
             if _bpf(BPF_MAP_LOOKUP_ELEM, self.fd, key.raw, value) == 0:
