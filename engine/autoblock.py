@@ -7,9 +7,20 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
+
 from shm.ipv4 import format_ipv4
 
 AUTO_LIST = "auto-blocked"  # list-show's name for them: no configured list can have a "-"
+
+
+def block_rules(ruleset, words: int) -> tuple[np.ndarray, np.ndarray, bool]:
+    """The worker's view of a ruleset's enforce rules with block_source: ttl ms per rule
+    index (0: none; ``64 * words`` long), the bit mask of them over the fired bits, any."""
+    ttl = np.zeros(64 * words, np.int64)
+    for i, (t, m) in enumerate(zip(getattr(ruleset, "block_ttl_ms", ()), ruleset.modes)):
+        ttl[i] = t if m == "enforce" else 0
+    return ttl, np.packbits(ttl > 0, bitorder="little").view(np.uint64), bool(ttl.any())
 
 
 def autoblock_fd(enforcement) -> int:

@@ -25,6 +25,7 @@ import numpy as np
 from shm.runtime import gcstats, procname, rundir
 from shm.control import (BLOCKS_EVERY_NS, KERNEL_BOUNDS_NS, LATENCY_BOUNDS_NS,
                          STALL_NS, Block, EventLog, observe, set_phase)
+from engine.autoblock import block_rules
 from engine.journal import JournalReader, JournalWriter, warm_up
 from engine.journal_housekeeper import JournalHousekeeper
 from shm.rings import EngineRings
@@ -34,7 +35,7 @@ from engine.worker_prepare import GenerationLoader, Prepared, load_generation
 from shm.journal_format import RETRY_NS
 from shm.types import (ACTION_NAMES, FIRED_PER_SLOT, FIRED_SLOT_DTYPE, MAX_FIRED, RESPONSE_SLOT_DTYPE,
                        DecisionFlag, ErrorCode)
-from rules.kernel_fired import any_above
+from rules.kernel_fired import any_above, any_masked
 from shm.ring import bind_entry
 from shm.doorbell import EventfdDoorbell
 
@@ -60,12 +61,7 @@ class Active:
         self.bits = np.zeros((max_batch, words), dtype=np.uint64)
         # enforce rules with block_source: a decision firing one has its fired list published
         # with the ttl (publish_fired), and the ingress blocks its sender (ingress.autoblock)
-        ttl = np.zeros(64 * words, np.int64)
-        for i, (t, m) in enumerate(zip(getattr(ruleset, "block_ttl_ms", ()), ruleset.modes)):
-            ttl[i] = t if m == "enforce" else 0
-        self.block_ttl = ttl
-        self.block_mask = np.packbits(ttl > 0, bitorder="little").view(np.uint64)
-        self.blocking = bool(ttl.any())
+        self.block_ttl, self.block_mask, self.blocking = block_rules(ruleset, words)
 
 
 class BatchProcessor:
@@ -87,6 +83,8 @@ class BatchProcessor:
         self.out_words = self.out.view(np.uint64).reshape(max_batch, -1)   # append_slots
         self.out_nfired = self.out["nfired"]
         self._any_above = bind_entry(any_above, (numba.typeof(self.out_nfired), numba.int64, numba.int64))
+        self._any_masked = bind_entry(any_masked, (numba.typeof(np.zeros((1, 1), np.uint64)), numba.typeof(
+            self.out_nfired), numba.typeof(np.zeros(1, np.uint64)), numba.int64))
         self.req_w = rings.request.slots.dtype.itemsize // 8
         self.batches = block.worker(index, "batches")
         self.events = block.worker(index, "events")
@@ -125,8 +123,9 @@ class BatchProcessor:
                 elif self.j_unavailable[0]:
                     self._journal_back()
             t2 = time.monotonic_ns()
-        if self._any_above(self.out_nfired, n, MAX_FIRED) or a.blocking:   # rare: full lists
-            self.publish_fired(o, a, n)                                       # for JSON, blocks
+        if self._any_above(self.out_nfired, n, MAX_FIRED) or (     # rare: full lists, for JSON,
+                a.blocking and self._any_masked(a.bits, self.out_nfired, a.block_mask, n)):  # blocks
+            self.publish_fired(o, a, n)
         resp = self.rings.response
         while not resp.try_publish(o):      # the ingress always drains; wait for room
             if self.stop[0] >= 2:
