@@ -3,7 +3,7 @@
  * generic mode on lo/veth) and tc_enforce (clsact ingress, direct action).
  *
  * Compiled by bcc with -DPORT_MATCH(p)=(p == 5555 || ...) (host byte order), -DMAX_ADDRS,
- * -DMAX_PREFIXES, -DEVENTS_PER_S. Only packet bytes are read (UAPI header layouts), never
+ * -DMAX_PREFIXES, -DMAX_AUTO, -DEVENTS_PER_S. Only packet bytes are read (UAPI header layouts), never
  * kernel structs, so the 6.1 headers against the newer kernel do not matter here.
  *
  *   gen          array [1] u32                 active generation, 0 or 1, read once a packet
@@ -12,6 +12,8 @@
  *   counters     percpu array [NCOUNTERS] u64  C_* below, then one per list (C_LIST0 + i)
  *   rl           percpu array [1] struct rl_t  drop events allowed in the current second
  *   events       ringbuf of struct event_t     sampled drops (at most EVENTS_PER_S per CPU)
+ *   autoblk      hash  u32 saddr -> auto_t     sources blocked by a rule (block_source) until
+ *                                              expires_ns; written by the ingress process only
  *
  * A list-replace fills the inactive generation's maps completely, then flips `gen`: a packet
  * reads `gen` once and judges with one generation, never with a half-written one.
@@ -28,7 +30,9 @@
 #define C_EVENTS_LOST   2   /* drop events not sent (rate limit or ring buffer full) */
 #define C_LIST0         3   /* C_LIST0 + i: dropped because the source is in list i */
 #define MAX_LISTS       16
-#define NCOUNTERS       (C_LIST0 + MAX_LISTS)
+#define C_AUTO          (C_LIST0 + MAX_LISTS)   /* dropped: blocked by a rule, not expired */
+#define NCOUNTERS       (C_AUTO + 1)
+#define AUTO_LIST       255 /* event_t.list of an auto block */
 
 struct lpm_key_t {
     u32 prefixlen;
@@ -43,6 +47,11 @@ struct event_t {
     u8  gen;
 };
 
+struct auto_t {
+    u64 expires_ns;     /* CLOCK_MONOTONIC: judged here, so an entry not yet swept blocks nothing */
+    u64 blocked_ns;     /* when the rule fired */
+};
+
 struct rl_t {
     u64 window_ns;      /* start of the current second */
     u64 sent;
@@ -53,6 +62,7 @@ BPF_HASH(addrs0, u32, u32, MAX_ADDRS);
 BPF_HASH(addrs1, u32, u32, MAX_ADDRS);
 BPF_LPM_TRIE(nets0, struct lpm_key_t, u32, MAX_PREFIXES);
 BPF_LPM_TRIE(nets1, struct lpm_key_t, u32, MAX_PREFIXES);
+BPF_HASH(autoblk, u32, struct auto_t, MAX_AUTO);
 BPF_PERCPU_ARRAY(counters, u64, NCOUNTERS);
 BPF_PERCPU_ARRAY(rl, struct rl_t, 1);
 BPF_RINGBUF_OUTPUT(events, 8);
@@ -119,6 +129,12 @@ static __always_inline int judge(void *data, void *data_end)
     if (!mask || !*mask)
         mask = g ? nets1.lookup(&key) : nets0.lookup(&key);
     if (!mask || !*mask) {
+        struct auto_t *a = autoblk.lookup(&saddr);   /* no generations: one writer, one entry each */
+        if (a && bpf_ktime_get_ns() < a->expires_ns) {
+            count(C_AUTO);
+            emit(saddr, dport, AUTO_LIST, g);
+            return 1;
+        }
         count(C_PASSED);
         return 0;
     }

@@ -33,7 +33,9 @@ MODES = ("xdp", "tc")
 ADDR_TYPES, NET_TYPES = ("ipv4", "u32"), ("cidr4",)
 C_PASSED, C_OTHER, C_EVENTS_LOST, C_LIST0 = 0, 1, 2, 3     # keep in step with enforce.c
 MAX_LISTS = 16
-NCOUNTERS = C_LIST0 + MAX_LISTS
+C_AUTO = C_LIST0 + MAX_LISTS
+NCOUNTERS = C_AUTO + 1
+AUTO_LIST, AUTO_REASON = 255, "auto-blocked"   # event list index, reason: a rule's block (no list name has "-")
 
 
 class EnforceError(RuntimeError):
@@ -68,7 +70,7 @@ class Enforcer:
 
     def __init__(self, mode: str, ifname: str, ports: tuple[int, ...],
                  lists: tuple[tuple[str, str], ...], max_addrs: int = 1 << 16,
-                 max_prefixes: int = 1 << 16, events_per_s: int = 1000):
+                 max_prefixes: int = 1 << 16, events_per_s: int = 1000, max_auto: int = 1 << 16):
         if mode not in MODES:
             raise ValueError(f"mode={mode!r}: must be one of {', '.join(MODES)}")
         if not ports or not all(1 <= int(p) <= 65535 for p in ports):
@@ -85,6 +87,7 @@ class Enforcer:
         self.types = dict(lists)
         self.members: dict[str, set[int]] = {name: set() for name, _ in lists}
         self.max_addrs, self.max_prefixes, self.events_per_s = max_addrs, max_prefixes, events_per_s
+        self.max_auto = max_auto
         self.bpf = None
         self.gen = 0
         self.attached = False
@@ -99,7 +102,7 @@ class Enforcer:
             from bcc import BPF   # lazy: optional (Debian's python3-bpfcc), needed only here
             self.bpf = BPF(src_file=str(PROGRAM_PATH).encode(), cflags=[
                 f"-DPORT_MATCH(p)=({match})", f"-DMAX_ADDRS={int(self.max_addrs)}",
-                f"-DMAX_PREFIXES={int(self.max_prefixes)}",
+                f"-DMAX_PREFIXES={int(self.max_prefixes)}", f"-DMAX_AUTO={int(self.max_auto)}",
                 f"-DEVENTS_PER_S={int(self.events_per_s)}", "-w"])
             kind = BPF.XDP if self.mode == "xdp" else BPF.SCHED_CLS
             self.fn = self.bpf.load_func(f"{self.mode}_enforce".encode(), kind)
@@ -193,11 +196,26 @@ class Enforcer:
         c = [int(sum(t[t.Key(i)])) for i in range(NCOUNTERS)]
         out = {"passed": c[C_PASSED], "other": c[C_OTHER], "events_lost": c[C_EVENTS_LOST]}
         out.update({f"dropped:{n}": c[C_LIST0 + i] for i, (n, _) in enumerate(self.lists)})
+        out[f"dropped:{AUTO_REASON}"] = c[C_AUTO]
         return out
+
+    # --- sources blocked by rules (block_source; written by the ingress: ingress.autoblock) --
+    def auto_fd(self) -> int:
+        """The ``autoblk`` map's descriptor, for the ingress process to inherit."""
+        return self.bpf[b"autoblk"].map_fd
+
+    def auto_entries(self, now_ns: int) -> list[tuple[int, int]]:
+        """(host-order source, expires_ns) of the rule blocks in force at ``now_ns``
+        (CLOCK_MONOTONIC), by expiry; expired ones not yet swept are left out (the program
+        drops nothing for them either)."""
+        out = [(_host(k.value), int(v.expires_ns)) for k, v in self.bpf[b"autoblk"].items()
+               if v.expires_ns > now_ns]
+        return sorted(out, key=lambda e: (e[1], e[0]))
 
     def _on_event(self, ctx, data, size) -> int:
         e = ct.cast(data, ct.POINTER(_Event)).contents
-        name = self.lists[e.list][0] if e.list < len(self.lists) else f"list{e.list}"
+        name = AUTO_REASON if e.list == AUTO_LIST else \
+            self.lists[e.list][0] if e.list < len(self.lists) else f"list{e.list}"
         self._events.append(DropEvent(e.ts_ns, _host(e.saddr), e.dport, name, e.gen))
         return 0
 

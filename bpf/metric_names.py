@@ -59,6 +59,7 @@ ENGINE: dict[str, str] = {
     "risk_enforce_passed_packets_total": COUNTER,
     "risk_enforce_map_entries": GAUGE,            # {list}
     "risk_enforce_update_seconds": HISTOGRAM,     # admin list change: engine list -> kernel map
+    "risk_enforce_auto_blocks_total": COUNTER,    # {outcome}: block_source rules (engine.autoblock)
     "risk_build_info": GAUGE,                     # {version}
 }
 

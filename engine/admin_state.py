@@ -16,6 +16,7 @@ import numpy as np
 
 from shm.features.state import STATE_NAMES, _read_state
 from shm.ipv4 import format_cidr4, format_ipv4
+from engine.autoblock import AUTO_LIST, auto_show
 from engine.admin_request import (NAME, NO_ARGS, PATH, AdminError, allowed_file, int_or_string,
                                   list_of, one_of)
 from engine.admin_log import AdminLog, AdminLogCorrupt
@@ -89,6 +90,8 @@ def _values(sup, spec, args) -> np.ndarray:
 def list_cmd(sup, args):
     fs = _fs(sup)
     name = args["name"]
+    if name == AUTO_LIST and args["cmd"] == "list-show":     # sources blocked by rules, expiring
+        return auto_show(sup.enforcement)
     spec = _list_spec(sup, name)
     op = args["cmd"].split("-", 1)[1]
     arr = fs.array(f"fl_{name}")

@@ -19,7 +19,7 @@ import time
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from bpf.availability import check_ebpf
-from bpf.enforce import ADDR_TYPES, EnforceError, Enforcer
+from bpf.enforce import ADDR_TYPES, AUTO_REASON, EnforceError, Enforcer
 from bpf.spawn import SidecarUnavailable, port_of_bind
 from engine.preflight import StartupError
 from shm.features.lists import list_values
@@ -59,6 +59,7 @@ class Enforcement:
         self.update_sum_s = 0.0
         self.drops: collections.deque = collections.deque(maxlen=DROP_LOG_LEN)
         self._drops_lock = threading.Lock()     # scrapes run on several threads, one ring reader
+        self.auto_cells = None      # ingress.autoblock's control cells (engine.autoblock)
 
     def last_drops(self) -> list[dict]:
         """The newest sampled drop events (the program sends at most 1000/s per CPU), oldest
@@ -168,7 +169,8 @@ def metric_families(enf: Enforcement | None):
     yield GaugeMetricFamily("risk_enforce_enabled", "1 while the kernel drops the enforced "
                             "lists' sources (enforce:)", value=float(on))
     drop = CounterMetricFamily("risk_enforce_dropped_packets", "Packets the kernel dropped, by "
-                               "the enforced list holding their source", labels=["reason"])
+                               "the enforced list holding their source, or auto-blocked (a "
+                               "block_source rule's block)", labels=["reason"])
     passed = CounterMetricFamily("risk_enforce_passed_packets", "Packets to an enforced port "
                                  "whose source no enforced list holds", labels=[])
     entries = GaugeMetricFamily("risk_enforce_map_entries", "Values of each enforced list in "
@@ -177,6 +179,7 @@ def metric_families(enf: Enforcement | None):
         c = enf.enforcer.counters()
         for name, _ in enf.enforcer.lists:
             drop.add_metric([name], float(c[f"dropped:{name}"]))
+        drop.add_metric([AUTO_REASON], float(c[f"dropped:{AUTO_REASON}"]))   # block_source rules
         passed.add_metric([], float(c["passed"]))
         for name, n in enf.enforcer.entries().items():
             entries.add_metric([name], float(n))
@@ -188,3 +191,11 @@ def metric_families(enf: Enforcement | None):
                                                      ("+Inf", cum[-1])],
                                 sum_value=enf.update_sum_s if enf is not None else 0.0)
     yield from (drop, passed, entries, upd)
+    auto = CounterMetricFamily("risk_enforce_auto_blocks", "Decisions that fired a block_source "
+                               "rule, by outcome: blocked (the sender in the kernel's map before "
+                               "the reply), no_peer (no IPv4 sender known), failed (the kernel "
+                               "refused: map full)", labels=["outcome"])
+    cells = enf.auto_cells if enf is not None else None
+    for i, outcome in enumerate(("blocked", "no_peer", "failed")):
+        auto.add_metric([outcome], float(cells[1 + i]) if cells is not None else 0.0)
+    yield auto

@@ -155,6 +155,17 @@ class SnapshotCoordinator:
         """A periodic snapshot failed: the next try is snapshot.interval_s from now."""
         self.last_snapshot_s = time.monotonic()
 
+    def tick(self, generation: int) -> None:
+        """The supervisor loop's turn: the periodic snapshot when due; a failure is one line
+        and a postponed next try, never the end of serving."""
+        if not self.due():
+            return
+        try:
+            self.periodic(generation)
+        except (SnapshotError, OSError) as e:
+            self.postpone()
+            self.log(f"risk-engine: snapshot failed: {e}")
+
     @contextmanager
     def paused_workers(self, timeout_s: float = 5.0):
         """Hold every live worker between two batches (its journal synced, its last seq in

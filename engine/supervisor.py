@@ -33,6 +33,7 @@ from shm.runtime.config import Config
 from shm.control import STARTUP_PHASES, Block, BlockLayout
 from engine.admin import AdminServer
 from engine.cluster.node_hooks import ClusterCollector
+from engine.autoblock import autoblock_fd, capture_peers
 from engine.enforcement import start_enforcement
 from engine.exporter import EngineCollector, Exporter
 from engine.memplan import check_memory
@@ -42,7 +43,7 @@ from engine.recovery_state import StateRecovery
 from engine.reload import Rulesets, startup_ruleset
 from shm.rings import EngineRings
 from shm.runtime.securedir import UnsafePathError, ensure_private_dir, write_private_file
-from engine.snapshot_coordinator import SnapshotCoordinator, SnapshotError
+from engine.snapshot_coordinator import SnapshotCoordinator
 from engine.sdnotify import Notifier
 from engine.standby import STOP_GRACE_S, StandbyPool
 from engine.status_file import StatusFile
@@ -135,7 +136,10 @@ class Supervisor:
                                              exited=self._worker_exited, log=self.log)
         self.standbys = StandbyPool(cfg.workers.standby, self.block,
                                     lambda args, **kw: self._spawn(None, args, **kw), self.log)
+        # lists final (recovered), no admin plane yet, front door not bound: attach now
+        self.enforcement = start_enforcement(cfg, self.features, self.log)
         plan = {"instance": cfg.instance, "owner_pid": self.pid, "eventfd": self.doorbell.fileno(),
+                "autoblock_fd": autoblock_fd(self.enforcement),
                 "control": self.control.name, "ingress_cpu": cfg.workers.ingress_cpu,
                 "workers": [{"cpu": p.cpu, "node": p.node,
                              "rings": self.rings[i].names()} for i, p in enumerate(self.placements)]}
@@ -144,8 +148,7 @@ class Supervisor:
         self.started_ns = time.monotonic_ns()   # records arriving after it are this run's (explain)
         self.rulesets.publish(spec, rs)
         write_private_file(self.run_dir / "supervisor.pid", str(self.pid).encode())
-        # lists final (recovered), no admin plane yet, front door not bound: attach now
-        self.enforcement = start_enforcement(cfg, self.features, self.log)
+        capture_peers(self)                 # block_source rules: the ingress reads senders
         spawned_s = time.monotonic()
         for w in range(n):
             self._spawn_worker(w)
@@ -214,13 +217,14 @@ class Supervisor:
     def _spawn(self, role: str | None, args: list[str], **kw) -> subprocess.Popen:
         with self.stops.spawning() if self.stops else nullcontext():   # engine.stopsignals
             p = subprocess.Popen([sys.executable, "-m", *args, "--run-dir", str(self.run_dir)],
-                                 pass_fds=(self.doorbell.fileno(),), **kw)
+                                 pass_fds=(self.doorbell.fileno(), *kw.pop("fds", ())), **kw)
             if role is not None:
                 self.children[role] = p
         return p
 
     def _after_reload(self) -> None:
         """A standby's kernel is the old generation's: replace it."""
+        capture_peers(self)
         if self.standbys.process is not None:
             self.standbys.retire()
 
@@ -240,7 +244,8 @@ class Supervisor:
         self.block.view("supervisor.worker_alive")[w] = 1
 
     def _spawn_ingress(self) -> None:
-        p = self._spawn("ingress", ["ingress.router"])
+        fd = autoblock_fd(self.enforcement)             # -1: no enforcement
+        p = self._spawn("ingress", ["ingress.router"], fds=(fd,) * (fd >= 0))
         self.block.view("supervisor.ingress_pid")[0] = p.pid
         self.block.view("supervisor.ingress_alive")[0] = 1
 
@@ -263,12 +268,7 @@ class Supervisor:
             self.admin.poll(20)
             if self.cluster is not None:
                 self.cluster.poll()                  # control changes from the cluster
-            if self.snapshots.due():
-                try:
-                    self.snapshots.periodic(self.rulesets.generation)
-                except (SnapshotError, OSError) as e:
-                    self.snapshots.postpone()
-                    self.log(f"risk-engine: snapshot failed: {e}")
+            self.snapshots.tick(self.rulesets.generation)
 
     def _worker_exited(self, w: int) -> bool:
         """Worker w's process has ended; Popen keeps the status, so _reap still sees it."""

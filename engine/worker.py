@@ -25,6 +25,7 @@ import numpy as np
 from shm.runtime import gcstats, procname, rundir
 from shm.control import (BLOCKS_EVERY_NS, KERNEL_BOUNDS_NS, LATENCY_BOUNDS_NS,
                          STALL_NS, Block, EventLog, observe, set_phase)
+from engine.autoblock import block_rules
 from engine.journal import JournalReader, JournalWriter, warm_up
 from engine.journal_housekeeper import JournalHousekeeper
 from shm.rings import EngineRings
@@ -34,7 +35,7 @@ from engine.worker_prepare import GenerationLoader, Prepared, load_generation
 from shm.journal_format import RETRY_NS
 from shm.types import (ACTION_NAMES, FIRED_PER_SLOT, FIRED_SLOT_DTYPE, MAX_FIRED, RESPONSE_SLOT_DTYPE,
                        DecisionFlag, ErrorCode)
-from rules.kernel_fired import any_above
+from rules.kernel_fired import any_above, any_masked
 from shm.ring import bind_entry
 from shm.doorbell import EventfdDoorbell
 
@@ -58,6 +59,9 @@ class Active:
             gens[row] = generation
         words = max(1, (ruleset.n_rules + 63) // 64)
         self.bits = np.zeros((max_batch, words), dtype=np.uint64)
+        # enforce rules with block_source: a decision firing one has its fired list published
+        # with the ttl (publish_fired), and the ingress blocks its sender (ingress.autoblock)
+        self.block_ttl, self.block_mask, self.blocking = block_rules(ruleset, words)
 
 
 class BatchProcessor:
@@ -79,6 +83,8 @@ class BatchProcessor:
         self.out_words = self.out.view(np.uint64).reshape(max_batch, -1)   # append_slots
         self.out_nfired = self.out["nfired"]
         self._any_above = bind_entry(any_above, (numba.typeof(self.out_nfired), numba.int64, numba.int64))
+        self._any_masked = bind_entry(any_masked, (numba.typeof(np.zeros((1, 1), np.uint64)), numba.typeof(
+            self.out_nfired), numba.typeof(np.zeros(1, np.uint64)), numba.int64))
         self.req_w = rings.request.slots.dtype.itemsize // 8
         self.batches = block.worker(index, "batches")
         self.events = block.worker(index, "events")
@@ -117,8 +123,9 @@ class BatchProcessor:
                 elif self.j_unavailable[0]:
                     self._journal_back()
             t2 = time.monotonic_ns()
-        if self._any_above(self.out_nfired, n, MAX_FIRED):     # rare: full lists, for JSON
-            self.publish_fired(o, a.bits, n)
+        if self._any_above(self.out_nfired, n, MAX_FIRED) or (     # rare: full lists, for JSON,
+                a.blocking and self._any_masked(a.bits, self.out_nfired, a.block_mask, n)):  # blocks
+            self.publish_fired(o, a, n)
         resp = self.rings.response
         while not resp.try_publish(o):      # the ingress always drains; wait for room
             if self.stop[0] >= 2:
@@ -158,20 +165,27 @@ class BatchProcessor:
               file=sys.stderr)
 
 
-    def publish_fired(self, o: np.ndarray, bits: np.ndarray, n: int) -> None:
-        """Every fired index of each decision of ``o[:n]`` with more than MAX_FIRED, on the
-        fired ring, before the response slots (the ingress reads them first: docs/SHM.md)."""
+    def publish_fired(self, o: np.ndarray, a: Active, n: int) -> None:
+        """Every fired index of each decision of ``o[:n]`` with more than MAX_FIRED or with
+        a fired enforce rule that blocks its source (the longest such ttl in each slot), on
+        the fired ring, before the response slots (the ingress reads them first: docs/SHM.md).
+        A row the kernel did not decide (nfired 0: journal unavailable) blocks nothing."""
         ring = self.rings.fired
         if ring is None:
             return
+        bits, nf = a.bits[:n], self.out_nfired[:n]
+        want = nf > MAX_FIRED
+        if a.blocking:
+            want |= (nf > 0) & (bits & a.block_mask).any(axis=1)
         lists = [(int(o[i]["token"]), np.flatnonzero(np.unpackbits(bits[i].view(np.uint8), bitorder="little")))
-                 for i in np.flatnonzero(self.out_nfired[:n] > MAX_FIRED).tolist()]
+                 for i in np.flatnonzero(want).tolist()]
         arr = np.zeros(sum(-(-len(idx) // FIRED_PER_SLOT) for _, idx in lists), FIRED_SLOT_DTYPE)
         j = 0
         for token, idx in lists:
             for c in range(0, len(idx), FIRED_PER_SLOT):
                 part = idx[c:c + FIRED_PER_SLOT]
                 arr[j]["token"], arr[j]["total"], arr[j]["count"] = token, len(idx), len(part)
+                arr[j]["block_ttl_ms"] = a.block_ttl[idx].max() if a.blocking else 0
                 arr[j]["idx"][:len(part)] = part
                 j += 1
         k = 0

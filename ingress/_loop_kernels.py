@@ -160,7 +160,7 @@ def request_ring(rings, w):
 
 # pack rows of read_packed and deliver_packed, in order, as (dtype, dimensions)
 READ_PACK = ("msg", "buf", "fsize", "ts", "state", "conf", "checks", "dd_index", "dd_ent", "ft",
-             "free", "meta", "fdec", "cells", "env_id", "env_len", "env_delim", "dup", "owed")
+             "free", "meta", "fdec", "cells", "env_id", "env_len", "env_delim", "dup", "owed", "peer")
 DELIVER_PACK = ("done", "ft", "free", "meta", "fdec", "fout", "flag_errors", "c_eval", "c_stage",
                 "bounds", "c_req", "c_dec", "dd_meta", "dd_index", "dd_ent", "dd_pool", "env_id",
                 "env_len", "env_delim", "dup", "cells", "ts")
@@ -170,7 +170,7 @@ KINDS = {"msg": ("i8", 1), "buf": ("u1", 1), "fsize": ("i8", 1), "ts": ("i8", 1)
          "env_id": ("u1", 2), "env_len": ("i8", 1), "env_delim": ("u1", 1), "dup": ("u1", 1),
          "owed": ("u1", 1), "done": ("i8", 1), "fout": ("u1", 2), "flag_errors": ("u2", 1),
          "c_eval": ("i8", 1), "c_stage": ("i8", 2), "bounds": ("i8", 1), "c_req": ("i8", 1),
-         "c_dec": ("i8", 1), "dd_meta": ("i8", 1), "dd_pool": ("u1", 1)}
+         "c_dec": ("i8", 1), "dd_meta": ("i8", 1), "dd_pool": ("u1", 1), "peer": ("i8", 1)}
 
 
 def pack(arrays: dict, names: tuple) -> np.ndarray:
@@ -211,9 +211,9 @@ def _worker_of(buf, off, conf):
 
 @njit(cache=True)
 def admit_one(buf, fsize, nframes, now, ts, conf, checks, dd_index, dd_ent, dd_pool_size,
-              rings, ft, free, meta, fdec, cells, env_id, env_len, env_delim, dup, owed):
+              rings, ft, free, meta, fdec, cells, env_id, env_len, env_delim, dup, owed, msg, peer):
     """FastPath.admit for the message in ``buf``: True when admitted (counted in ``cells``,
-    its identity kept); False: nothing changed, Python takes the message."""
+    its identity and sender, zmqc.PEER, kept); False: nothing changed, Python takes it."""
     cap = conf[FRAME_CAP]
     if nframes == 3:
         if fsize[1] != 0:
@@ -258,13 +258,13 @@ def admit_one(buf, fsize, nframes, now, ts, conf, checks, dd_index, dd_ent, dd_p
         env_id[row, k] = buf[k]
     env_len[row] = n
     env_delim[row] = 1 if nframes == 3 else 0
-    dup[row] = 0
+    dup[row], peer[row] = 0, msg[zmqc.PEER]
     return True
 
 
 @njit(cache=True)
 def read_batch(h, msg, buf, fsize, ts, limit, owed_since, state, conf, checks, dd_index, dd_ent,
-               dd_pool_size, rings, ft, free, meta, fdec, cells, env_id, env_len, env_delim, dup, owed):
+               dd_pool_size, rings, ft, free, meta, fdec, cells, env_id, env_len, env_delim, dup, owed, peer):
     """Receive and admit up to ``limit`` messages. Returns (admitted, status, frames, t):
     EMPTY (nothing queued), FULL (``limit`` admitted), RING (the deferred doorbells are due:
     the caller rings them and calls again), HANDOFF (the message in ``buf``, of ``frames``
@@ -288,8 +288,8 @@ def read_batch(h, msg, buf, fsize, ts, limit, owed_since, state, conf, checks, d
         state[BACKLOG_READS] += 1
         if t - state[BACKLOG_SINCE] > conf[SHED_AFTER_NS] and state[BACKLOG_READS] > conf[READ_BATCH]:
             return n, HANDOFF, k, t                # shedding: the router judges the peer's share
-        if not admit_one(buf, fsize, k, t, ts, conf, checks, dd_index, dd_ent, dd_pool_size,
-                         rings, ft, free, meta, fdec, cells, env_id, env_len, env_delim, dup, owed):
+        if not admit_one(buf, fsize, k, t, ts, conf, checks, dd_index, dd_ent, dd_pool_size, rings,
+                         ft, free, meta, fdec, cells, env_id, env_len, env_delim, dup, owed, msg, peer):
             return n, HANDOFF, k, t
         n += 1
         if owed_since and t - owed_since > conf[DEFER_NS]:
@@ -347,7 +347,7 @@ def read_packed(h, p, rings, limit, owed_since, dd_pool_size):
     return read_batch(h, _i64(p, 0), _u8(p, 1), _i64(p, 2), _i64(p, 3), limit, owed_since,
                       _i64(p, 4), _i64(p, 5), _i64x2(p, 6), _i64(p, 7), _i64x2(p, 8), dd_pool_size,
                       rings, _i64x2(p, 9), _i64(p, 10), _i64(p, 11), _u8x2(p, 12), _i64(p, 13),
-                      _u8x2(p, 14), _i64(p, 15), _u8(p, 16), _u8(p, 17), _u8(p, 18))
+                      _u8x2(p, 14), _i64(p, 15), _u8(p, 16), _u8(p, 17), _u8(p, 18), _i64(p, 19))
 
 
 @njit(cache=True)

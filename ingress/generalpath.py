@@ -38,7 +38,7 @@ SLOT_BYTES = RESPONSE_SLOT_DTYPE.itemsize
 class Pending:
     """One request in flight."""
     __slots__ = ("seq", "envelopes", "req", "slots", "flat", "raw", "remaining", "deadline_ns",
-                 "arrival_ns", "routed_ns", "first_resp_ns", "workers", "dedup_key", "rhash")
+                 "arrival_ns", "routed_ns", "first_resp_ns", "workers", "dedup_key", "rhash", "peer")
 
     def __init__(self, seq, envelope, req, n, arrival_ns, deadline_ns, workers, dedup_key):
         self.seq = seq
@@ -55,6 +55,7 @@ class Pending:
         self.workers = workers            # set of worker indexes holding this request's events
         self.dedup_key = dedup_key
         self.rhash = 0                    # records_hash of its events (keyed requests)
+        self.peer = 0                     # its sender's IPv4, when captured (ingress.autoblock)
 
 
 class GeneralPath:
@@ -75,6 +76,7 @@ class GeneralPath:
         self.dup_fired_n = 0                       # indexes held there (bounded)
         self.overload_action = {"error": -1, "allow": 0, "review": 1, "block": 2}[cfg.ingress.on_overload]
         self.pending: dict[int, Pending] = {}
+        self.autoblock = None                      # ingress.autoblock: rules that block a source
         self.deadlines: list[tuple[int, int]] = []
         self.instrument = cfg.metrics.enabled
         self.c_requests = block.view("ingress.requests").reshape(2, N_CODES)
@@ -195,6 +197,7 @@ class GeneralPath:
         views.owed_since = views.owed_since or now_ns
         deadline = adm.deadline(now_ns, req.deadline_us, n)
         p = Pending(seq, envelope, req, n, now_ns, deadline, [w for w, _ in groups], dkey)
+        p.peer = self.fast.peer_now           # the compiled loop's capture of this message
         p.rhash = rhash
         p.routed_ns = time.monotonic_ns()
         self.pending[seq] = p
@@ -222,8 +225,13 @@ class GeneralPath:
             pos, n = ring.readable(ring.capacity)
             if n <= 0:
                 return
+            last = -1
             for v in ring.views(pos, n):
-                for tok, cnt, idx in zip(v["token"].tolist(), v["count"].tolist(), v["idx"].tolist()):
+                for tok, cnt, idx, ttl in zip(v["token"].tolist(), v["count"].tolist(), v["idx"].tolist(),
+                                              v["block_ttl_ms"].tolist()):
+                    if ttl and tok != last and self.autoblock:   # before this decision's reply
+                        self.autoblock.decision(tok, ttl, self.fast, self.pending)
+                        last = tok
                     p = None if tok & FAST_BIT else self.pending.get(tok >> INDEX_BITS)
                     if p is not None and (p.req.kind == "json" or p.dedup_key is not None):
                         self.fired_lists.setdefault(tok, []).extend(idx[:cnt])

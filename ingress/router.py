@@ -36,6 +36,7 @@ from shm.runtime.topology import pin_self
 from shm.tokens import EPOCHS
 from shm.types import ErrorCode, request_slot_dtype
 from ingress.admission import DOORBELL_DEFER_NS, Admission, RingViews, Shards
+from ingress.autoblock import AutoBlock
 from ingress.codec import Codec, frame_kind, peek_request_id
 from ingress.compiledloop import CompiledLoop
 from ingress.conns import SERVICE_EVERY_NS, Connections, effective_cap, raise_nofile_limit
@@ -106,10 +107,14 @@ class Router:
         self.fast = FastPath(cfg, b, codec, dedup, admission, shards, views, replies, timeouts)
         self.general = GeneralPath(cfg, b, self.rings, codec, dedup, admission, shards, views,
                                    replies, timeouts, self.fast)
+        # rules that block a source: the kernel map's descriptor, inherited (engine.supervisor)
+        self.autoblock = self.general.autoblock = AutoBlock(plan.get("autoblock_fd", -1),
+                                                            b.view("ingress.autoblock"))
         self.loop = None                   # ingress.compiled_loop: reads in compiled code
         if cfg.ingress.compiled_loop:
             self.loop = CompiledLoop(cfg, self.rings, self.fast, self.general, admission, shards,
                                      views, dedup, READ_BATCH, SHED_AFTER_NS)
+            self.autoblock.msg = self.loop.msg     # its sender capture, switched by service()
 
     # --- set-up ------------------------------------------------------------------------------
 
@@ -177,6 +182,7 @@ class Router:
                 blocks_due = now + BLOCKS_EVERY_NS          # run's loop when made every round
             if now >= conns_due:                   # connections: counted, capped (ingress.conns)
                 self.conns.service(now)
+                self.autoblock.service(now)        # capture switch, expired blocks (ingress.autoblock)
                 conns_due = now + SERVICE_EVERY_NS
             if got:
                 if idle_since:                     # work after a wait: would a spin have

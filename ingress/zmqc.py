@@ -28,6 +28,11 @@ from numba import njit, types
 DONTWAIT, SNDMORE, RCVMORE = int(zmq.DONTWAIT), int(zmq.SNDMORE), int(zmq.RCVMORE)
 EAGAIN, EINTR = errno.EAGAIN, errno.EINTR
 MSG_BYTES = 64                        # sizeof(zmq_msg_t) in libzmq 4.x
+# new_msg()'s words after the zmq_msg_t: CAPTURE (1: recv_frame reads each message's
+# Peer-Address, block_source rules are active: ingress.autoblock), PEER (its IPv4, host order,
+# 0 when none or not captured), the property name, then 64 bytes of scratch for the address
+CAPTURE, PEER, PROP, SCRATCH = MSG_BYTES // 8, MSG_BYTES // 8 + 1, MSG_BYTES // 8 + 2, MSG_BYTES // 8 + 4
+MSG_WORDS = SCRATCH + 8
 CLOCK_MONOTONIC = 1                   # Linux
 
 _u64, _i32, _i64 = types.uint64, types.int32, types.int64
@@ -42,6 +47,7 @@ _SIGNATURES = {                       # C prototypes, pointers as uint64
     "zmq_send": _i32(_u64, _u64, _u64, _i32),
     "zmq_recv": _i32(_u64, _u64, _u64, _i32),
     "zmq_errno": _i32(),
+    "zmq_msg_gets": _u64(_u64, _u64),
 }
 
 
@@ -75,7 +81,7 @@ LIB = _load()
 for _name in _SIGNATURES:
     ll.add_symbol(_name, ctypes.cast(getattr(LIB, _name), ctypes.c_void_p).value)
 _LIBC = ctypes.CDLL(None)
-for _name in ("clock_gettime", "memcpy"):
+for _name in ("clock_gettime", "memcpy", "strnlen"):
     ll.add_symbol(_name, ctypes.cast(getattr(_LIBC, _name), ctypes.c_void_p).value)
 
 zmq_msg_init = types.ExternalFunction("zmq_msg_init", _SIGNATURES["zmq_msg_init"])
@@ -88,6 +94,8 @@ zmq_msg_close = types.ExternalFunction("zmq_msg_close", _SIGNATURES["zmq_msg_clo
 zmq_send = types.ExternalFunction("zmq_send", _SIGNATURES["zmq_send"])
 zmq_recv = types.ExternalFunction("zmq_recv", _SIGNATURES["zmq_recv"])
 zmq_errno = types.ExternalFunction("zmq_errno", _SIGNATURES["zmq_errno"])
+zmq_msg_gets = types.ExternalFunction("zmq_msg_gets", _SIGNATURES["zmq_msg_gets"])
+_strnlen = types.ExternalFunction("strnlen", _u64(_u64, _u64))
 clock_gettime = types.ExternalFunction("clock_gettime", _i32(_i32, _u64))
 _memcpy = types.ExternalFunction("memcpy", _u64(_u64, _u64, _u64))
 
@@ -101,8 +109,42 @@ def handle(sock: zmq.Socket) -> int:
 
 
 def new_msg() -> np.ndarray:
-    """Storage for one zmq_msg_t (8-byte aligned), reused across calls."""
-    return np.zeros(MSG_BYTES // 8, np.int64)
+    """Storage for one zmq_msg_t (8-byte aligned) and the peer capture (CAPTURE, PEER),
+    reused across calls."""
+    m = np.zeros(MSG_WORDS, np.int64)
+    m.view(np.uint8)[PROP * 8:PROP * 8 + 13] = np.frombuffer(b"Peer-Address\0", np.uint8)
+    return m
+
+
+@njit(cache=True)
+def peer_ipv4(msg, m):
+    """The IPv4 address (host order) in received message ``m``'s Peer-Address ("a.b.c.d",
+    or "::ffff:a.b.c.d" on a dual-stack socket); 0 for anything else (IPv6, ipc://)."""
+    p = zmq_msg_gets(m, msg.ctypes.data + np.uint64(PROP * 8))
+    if p == 0:
+        return 0
+    n = np.int64(_strnlen(p, np.uint64(63)))
+    b = msg.view(np.uint8)
+    off = SCRATCH * 8
+    copy_from(b, off, p, n)
+    i = off
+    if n > 7 and b[i] == 58 and b[i + 1] == 58 and b[i + 6] == 58:    # "::ffff:"
+        i += 7
+    addr, part, digits, dots = 0, 0, 0, 0
+    while i < off + n:
+        c = b[i]
+        if c == 46:                                         # "."
+            if digits == 0 or dots == 3:
+                return 0
+            addr, part, digits, dots = addr * 256 + part, 0, 0, dots + 1
+        elif 48 <= c <= 57 and digits < 3:
+            part, digits = part * 10 + (c - 48), digits + 1
+            if part > 255:
+                return 0
+        else:
+            return 0
+        i += 1
+    return addr * 256 + part if dots == 3 and digits else 0
 
 
 @njit(cache=True)
@@ -131,6 +173,8 @@ def recv_frame(h, msg, dst, off, flags):
         return -np.int64(e), 0
     size = np.int64(zmq_msg_size(m))
     more = zmq_msg_more(m)
+    if more == 0 and msg.shape[0] == MSG_WORDS:      # the message's sender, when wanted
+        msg[PEER] = peer_ipv4(msg, m) if msg[CAPTURE] else 0
     room = dst.shape[0] - off
     n = size if size < room else room
     if n > 0:

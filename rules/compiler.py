@@ -161,6 +161,7 @@ def compile_ruleset(files: Sequence[str], schema, *, thresholds=(), on_error: st
         name="+".join(rf.name for rf in loaded), version="+".join(str(rf.version) for rf in loaded),
         label=label, rule_ids=tuple(r.id for r, _ in compiled),
         modes=tuple(r.mode for r, _ in compiled), actions=tuple(r.action for r, _ in compiled),
+        block_ttl_ms=tuple(r.block_ttl_ms for r, _ in compiled),
         scores=tuple(r.score for r, _ in compiled), reasons=tuple(r.reason for r, _ in compiled),
         where=tuple(f"{r.file}:{r.line}" for r, _ in compiled),
         n_rules=len(compiled), source_hash=name, kernel=mod._kernel, schema=schema,
@@ -196,6 +197,7 @@ class CompiledRuleset:
     features: object = None    # the FeatureSet compiled against (None: no features)
     feature_arrays: tuple = () # its arrays, in feature_args order (what the engine passes)
     update_kernel: object = None  # raw njit _apply_updates(events, arrival_ns, actions, *feature_arrays)
+    block_ttl_ms: tuple = ()   # block_source ttl per rule (0: none); the worker flags enforce ones
 
     @property
     def entry(self):

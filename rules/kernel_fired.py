@@ -84,3 +84,15 @@ def any_above(a, n, limit):
         if a[i] > limit:
             return True
     return False
+
+
+@njit(**_OPTS)
+def any_masked(bits, nfired, mask, n):
+    """True if a decided one of the first ``n`` rows (nfired > 0) has a fired bit in ``mask``
+    (the worker: did an enforce rule with block_source fire?)."""
+    for i in range(n):
+        if nfired[i] > 0:
+            for w in range(mask.shape[0]):
+                if bits[i, w] & mask[w]:
+                    return True
+    return False

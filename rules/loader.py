@@ -21,7 +21,12 @@ RULE_ID_RE = re.compile(r"^[a-z0-9_]{1,64}$")
 RULESET_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 CONST_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 MAX_CONST_ITEMS = 4096
-_RULE_KEYS = ("id", "when", "action", "score", "reason", "mode", "enabled")
+_RULE_KEYS = ("id", "when", "action", "score", "reason", "mode", "enabled", "block_source")
+# block_source: {ttl: 10m}: the sender's address enters the kernel's drop map for ttl
+# (engine.enforcement, docs/RULES.md); bounded so a typo cannot block a client for a year
+BLOCK_TTL_MIN_MS, BLOCK_TTL_MAX_MS = 1000, 86_400_000
+_TTL_RE = re.compile(r"^([0-9]{1,9})(ms|s|m|h)$")
+_TTL_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
 _TOP_KEYS = ("ruleset", "version", "constants", "rules")
 
 
@@ -47,6 +52,7 @@ class RuleSource:
     line: int
     col: int
     constants: dict = field(default_factory=dict)   # the file's ConstantDefs by name
+    block_ttl_ms: int = 0   # block_source: {ttl}: 0 = the rule blocks no source
 
 
 @dataclass
@@ -238,12 +244,48 @@ def _rule(loader, src: str, path: str, node, sink: Sink, constants: dict) -> Rul
         rs.error(*_pos(items["mode"][1]), f"mode must be enforce or shadow, got {excerpt(mode)}")
         ok = False
     enabled = get("enabled", (bool,), True)
-    if not ok:
+    block_ttl_ms = _block_source(loader, items["block_source"][1], rs) if "block_source" in items else 0
+    if not ok or block_ttl_ms < 0:
         return None
     wnode = items["when"][1]
     line, col = _pos(node)
     return RuleSource(path, rid, when, _position_map(src, wnode), int(Action[action.upper()]),
-                      float(score), reason, mode, enabled, line, col, constants)
+                      float(score), reason, mode, enabled, line, col, constants, block_ttl_ms)
+
+
+def parse_ttl_ms(v) -> int | None:
+    """``10m``, ``2s``, ``1h``, ``500ms`` or an integer of seconds -> milliseconds; None
+    when it is none of those or outside BLOCK_TTL_MIN_MS..BLOCK_TTL_MAX_MS."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        ms = v * 1000
+    elif isinstance(v, str) and (m := _TTL_RE.match(v)):
+        ms = int(m.group(1)) * _TTL_UNIT_MS[m.group(2)]
+    else:
+        return None
+    return ms if BLOCK_TTL_MIN_MS <= ms <= BLOCK_TTL_MAX_MS else None
+
+
+def _block_source(loader, node, rs: Sink) -> int:
+    """``block_source: {ttl: 10m}`` -> the ttl in ms; -1 after reporting what is wrong."""
+    if not isinstance(node, yaml.MappingNode):
+        rs.error(*_pos(node), "block_source must be a mapping {ttl: DURATION}, e.g. {ttl: 10m}")
+        return -1
+    items = {k: v for k, _, v in _mapping_items(node, rs, "block_source")}
+    bad = [k for k in items if k != "ttl"]
+    if bad or "ttl" not in items:
+        rs.error(*_pos(node), f"block_source takes exactly one key, ttl (got {', '.join(map(excerpt, items)) or 'none'})")
+        return -1
+    vnode = items["ttl"]
+    v = _scalar(loader, vnode) if isinstance(vnode, yaml.ScalarNode) else None
+    ms = parse_ttl_ms(v)
+    if ms is None:
+        rs.error(*_pos(vnode), f"block_source.ttl must be a duration like 30s, 10m, 1h (or seconds) "
+                               f"from {BLOCK_TTL_MIN_MS // 1000}s to {BLOCK_TTL_MAX_MS // 3_600_000}h, "
+                               f"got {excerpt(vnode.value) if isinstance(vnode, yaml.ScalarNode) else 'a collection'}")
+        return -1
+    return ms
 
 
 MAX_RULE_FILE_BYTES = 4 << 20      # PyYAML parses ~1 MB/s here: bounds compile time and memory

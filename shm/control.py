@@ -85,7 +85,8 @@ INGRESS = [("requests", N_TRANSPORTS * N_CODES), ("decisions", 3), ("inflight", 
            ("gc_hist", _hist(NBG)), ("generation_seen", 1), ("dedup_meta", 4),
            ("timeout_log", 1 + LOG_ENTRIES * LOG_WIDTH), ("py_blocks", 1),
            ("overloaded", len(OVERLOAD_REASONS)), ("connections", 1),
-           ("connections_closed", len(CONN_CLOSE_REASONS)), ("phase", 2)]
+           ("connections_closed", len(CONN_CLOSE_REASONS)), ("phase", 2),
+           ("autoblock", 4)]     # ingress.autoblock: capture switch, blocked, no_peer, failed
 WORKER = [("batches", 1), ("events", 1), ("generation", 1), ("reload_errors", 1),
           ("paused", 1), ("journal_seq", 1), ("retain_seq", 1),
           ("kernel_hist", _hist(NBK)), ("gc_hist", _hist(NBG)), ("heartbeat_ns", 1),

@@ -137,7 +137,7 @@ FIRED_SLOT = (Builder("fired slot")
               .field("token", fmt=np.uint64)     # the response slot's token
               .field("total", fmt=np.uint16)     # fired rules of that decision (= its nfired)
               .field("count", fmt=np.uint16)     # valid entries of idx in this slot
-              .field("reserved", fmt=np.uint32)
+              .field("block_ttl_ms", fmt=np.uint32)  # > 0: an enforce rule with block_source fired
               .field("idx", fmt=(np.uint16, (FIRED_PER_SLOT,)))   # fired rule indexes, ascending across slots
               .build(align=CACHE_LINE_BYTES))
 FIRED_SLOT_DTYPE = FIRED_SLOT.dtype()

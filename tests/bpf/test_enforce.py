@@ -202,3 +202,38 @@ def test_list_replace_under_a_syn_stream_never_lets_a_source_listed_on_both_side
         raw.close()
         with net.inside(net.server_ns):
             e.detach()
+
+
+def test_a_rule_block_drops_its_source_until_its_expiry(net, loaded):
+    """ingress.autoblock writes the autoblk map through its descriptor (as the ingress
+    process does): the source is dropped with the auto-blocked reason and a ring-buffer event;
+    once its expiry passes the program passes it even before the sweep removes the entry, and
+    a restarted writer adopts the entries a dead one left."""
+    import numpy as np
+    from ingress.autoblock import BLOCKED, AutoBlock
+    e = loaded("xdp")
+    cells = np.zeros(4, np.int64)
+    other = parse_ipv4(net.other)
+    try:
+        with net.inside(net.server_ns):
+            e.attach()
+        ab = AutoBlock(e.auto_fd(), cells)
+        e.poll_events()                      # earlier tests' events (a full ring sends none)
+        before = e.counters()["dropped:auto-blocked"]
+        assert ab.fired(other, 2000) and cells[BLOCKED] == 1
+        assert [a for a, _ in e.auto_entries(time.monotonic_ns())] == [other]
+        assert _dropped(net, net.other)
+        assert _served(net, net.allowed)
+        assert e.counters()["dropped:auto-blocked"] > before
+        ev = e.poll_events(timeout_ms=500)
+        assert any(x.saddr == other and x.list == "auto-blocked" for x in ev), ev
+        again = AutoBlock(e.auto_fd(), np.zeros(4, np.int64))    # a restarted ingress
+        assert list(again.expiry) == [other]
+        time.sleep(max(0.0, (ab.expiry[other] - time.monotonic_ns()) / 1e9) + 0.05)
+        assert e.auto_entries(time.monotonic_ns()) == []          # expired, not yet swept
+        assert _served(net, net.other)
+        ab.sweep(time.monotonic_ns())
+        assert len(e.bpf[b"autoblk"]) == 0 and ab.expiry == {}
+    finally:
+        with net.inside(net.server_ns):
+            e.detach()

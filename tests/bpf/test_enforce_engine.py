@@ -15,10 +15,20 @@ import yaml
 
 from bench.engine_proc import EngineProcess
 from bench.netns import VethPair
+from bench.events import random_records
 from engine.admin_client import request
 from tests.bpf.conftest import require_ebpf
 
 ALLOWED_TIMEOUT_S, BLOCKED_TIMEOUT_S = 5.0, 1.0
+BLOCKING_ACCOUNT = 4242424242
+AUTOBLOCK_RULES = f"""ruleset: autoblock
+version: 1
+rules:
+  - id: block_the_sender
+    when: "account_id == {BLOCKING_ACCOUNT}"
+    action: block
+    block_source: {{ttl: 2s}}
+"""
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +48,9 @@ def _engine(net, tmp, mode="xdp", metrics=False, **enforce):
                                    "enforce": {"mode": mode, "interface": "auto",
                                                "lists": ["blocked_ips", "nets"], **enforce}})
     eng.raw["ingress"]["bind"] = f"tcp://{net.server}:{eng.port}"     # the veth address
+    rules = tmp / "autoblock.yaml"                                     # a rule that blocks a source
+    rules.write_text(AUTOBLOCK_RULES)
+    eng.raw["rules"]["files"].append(str(rules))
     eng.config_path.write_text(yaml.safe_dump(eng.raw, sort_keys=False))
     return eng
 
@@ -170,7 +183,48 @@ def test_required_enforcement_that_cannot_attach_refuses_the_start(net, tmp_path
 def test_enforcement_that_cannot_attach_is_one_line_and_the_engine_serves(net, tmp_path):
     eng = _engine(net, tmp_path, interface="nosuch0")
     with eng:
-        lines = [ln for ln in eng.output().splitlines() if "enforce" in ln]
+        lines = [ln for ln in eng.output().splitlines() if "enforce" in ln and "block_source" not in ln]
         assert lines == ["risk-engine: enforce: interface='nosuch0': no such interface in this "
                          "network namespace; serving without enforcement"], lines
+        assert "risk-engine: rules block_the_sender have block_source but enforcement is not " \
+               "running: no source is blocked" in eng.output().splitlines()
         assert _served(net, eng, net.blocked)
+
+
+def test_a_block_source_rule_blocks_the_sender_until_its_ttl(net, engine):
+    """A request from net.other fires block_source (ttl 2 s): its reply still arrives, and
+    from then on that source gets no TCP handshake (drop counter with the auto-blocked
+    reason); list-show auto-blocked shows it with its expiry; after the ttl it is gone and
+    the source is served again. Another source is served throughout."""
+    import zmq
+    from ingress.client import Client
+    with net.inside(net.client_ns):           # libzmq's I/O thread, made by the first socket,
+        ctx = zmq.Context()                   # lives in the client namespace
+        ctx.socket(zmq.REQ).close()
+    client = Client(f"tcp://{net.other}:0;{net.server}:{engine.port}", engine.config_path,
+                    context=ctx, timeout_ms=5000, retries=0)
+    recs = random_records(client.codec.schema, 2, seed=7)
+    recs["account_id"] = [1, BLOCKING_ACCOUNT]
+    try:
+        dropped = _metric(net, engine, "risk_enforce_dropped_packets", reason="auto-blocked")
+        client.evaluate_batch(recs[:1])                   # served; fires no block rule
+        assert _admin(engine, cmd="list-show", name="auto-blocked")["count"] == 0
+        d = client.evaluate_batch(recs[1:])[0]
+        assert d.action == "block", d                 # the decision is replied
+        shown = _admin(engine, cmd="list-show", name="auto-blocked")
+        assert shown["values"] == [net.other], shown
+        assert 0 < shown["expires"][0]["expires_in_s"] <= 2.0, shown
+        assert _dropped(net, engine, net.other)
+        assert _served(net, engine, net.allowed)
+        assert _metric(net, engine, "risk_enforce_dropped_packets", reason="auto-blocked") > dropped
+        assert _metric(net, engine, "risk_enforce_auto_blocks", outcome="blocked") == 1.0
+        left_s = _admin(engine, cmd="list-show", name="auto-blocked")["expires"][0]["expires_in_s"]
+        time.sleep(left_s + 0.1)
+        assert _served(net, engine, net.other)
+        assert _admin(engine, cmd="list-show", name="auto-blocked") == {
+            "ok": True, "name": "auto-blocked", "count": 0, "enforced": True, "values": [], "expires": []}
+        client.evaluate_batch(recs[:1])               # answered again (ClientTimeout otherwise)
+        assert _metric(net, engine, "risk_enforce_auto_blocks", outcome="blocked") == 1.0
+    finally:
+        client.close()
+        ctx.term()

@@ -37,14 +37,14 @@ INGRESS = [(0, "requests", 512), (512, "decisions", 24), (576, "inflight", 8), (
            (896, "eval_hist", 256), (1152, "stage_hist", 384), (1536, "gc_hist", 64),
            (1600, "generation_seen", 8), (1664, "dedup_meta", 32), (1728, "timeout_log", 4104),
            (5888, "py_blocks", 8), (5952, "overloaded", 40), (6016, "connections", 8),
-           (6080, "connections_closed", 16), (6144, "phase", 16)]
+           (6080, "connections_closed", 16), (6144, "phase", 16), (6208, "autoblock", 32)]
 WORKER = [(0, "batches", 8), (64, "events", 8), (128, "generation", 8), (192, "reload_errors", 8),
           (256, "paused", 8), (320, "journal_seq", 8), (384, "retain_seq", 8), (448, "kernel_hist", 96),
           (576, "gc_hist", 64), (640, "heartbeat_ns", 8), (704, "pickup_hist", 128), (832, "stalls", 40),
           (896, "stall_log", 4104), (5056, "row_generation", 16), (5120, "py_blocks", 8),
           (5184, "journal_unavailable", 8), (5248, "journal_write_errors", 8),
           (5312, "rule_hits", 32768), (38080, "rule_errors", 32768), (70848, "phase", 16)]
-SECTION_BYTES = {"supervisor": 6976, "ingress": 6208, "worker": 70912}
+SECTION_BYTES = {"supervisor": 6976, "ingress": 6272, "worker": 70912}
 
 SCHEMA = Schema.build({"account_id": "u64", "amount": "f64", "country": "bytes2", "ok": "bool",
                        "n": "bytes13"}, "account_id")
@@ -105,7 +105,7 @@ def test_slot_and_record_offsets():
         ("fired", 24, "('<u2', (16,))"), ("error", 56, "uint16"), ("", 64, "")]
     assert _offsets(FIRED_SLOT_DTYPE) == [
         ("token", 0, "uint64"), ("total", 8, "uint16"), ("count", 10, "uint16"),
-        ("reserved", 12, "uint32"), ("idx", 16, "('<u2', (24,))"), ("", 64, "")]
+        ("block_ttl_ms", 12, "uint32"), ("idx", 16, "('<u2', (24,))"), ("", 64, "")]
     assert _offsets(journal_dtype(ev)) == [
         ("seq", 0, "uint64"), ("arrival_ns", 8, "int64"), ("client_id", 16, "uint64"),
         ("request_id", 24, "uint64"), ("event", 32, str(ev)), ("score", 32 + e, "float64"),
@@ -124,6 +124,6 @@ def test_slot_dtype_hashes_are_unchanged():
     """The 63-bit hash of a slot dtype's descr that a ring header carries (an attaching
     process compares it): numpy sees the same dtypes, not only the same offsets."""
     assert L.slot_dtype_hash(RESPONSE_SLOT_DTYPE) == 0xC4A56ED4E1371D
-    assert L.slot_dtype_hash(FIRED_SLOT_DTYPE) == 0x61DA2844C0B695C
+    assert L.slot_dtype_hash(FIRED_SLOT_DTYPE) == 0x33FB84165EE8D227   # block_ttl_ms (was reserved)
     assert L.slot_dtype_hash(request_slot_dtype(SCHEMA.dtype)) == 0x6374B8171C6D535C
     assert L.slot_dtype_hash(journal_dtype(SCHEMA.dtype)) == 0x2B26BD425076C5A4
