@@ -48,10 +48,10 @@ def check_data(cfg) -> None:
     """What `serve` reads beyond the config's own keys and would refuse: the features, lists
     and state sections (kept raw by parse_config) and every list file's lines and size. Raises
     ConfigError (ConfigErrors for several), every error at once."""
-    from shm.features.lists import ListError, load_list_file
-    from shm.features.spec import specs_from_config
-    from shm.runtime.config_check import collecting, report
-    from shm.runtime.config_types import ConfigError
+    from shm.features.lists import ListError, load_list_file      # lazy: as in run
+    from shm.features.spec import specs_from_config                # lazy: as in run
+    from shm.runtime.config_check import collecting, report        # lazy: as in run
+    from shm.runtime.config_types import ConfigError               # lazy: as in run
     with collecting():
         for ls in specs_from_config(cfg).lists:
             if not ls.file:
