@@ -245,6 +245,6 @@ class FeatureSet:
         for ls in self.specs.lists:
             nb = self._arrays[f"fl_{ls.name}"].nbytes
             total += nb
-            lines.append(f"{ls.name:<24}{'list':<10}{16:>7}{ls.capacity:>12}{nb / 2**20:>10.1f}")
+            lines.append(f"{ls.name:<24}{'list':<10}{16 * L.value_width(ls.type):>7}{ls.capacity:>12}{nb / 2**20:>10.1f}")
         lines.append(f"{'total':<53}{total / 2**20:>10.1f}")
         return "\n".join(lines)
