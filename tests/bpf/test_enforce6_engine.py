@@ -33,17 +33,21 @@ def net():
         yield n
 
 
-@pytest.fixture(scope="module")
-def engine(net, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("enforce6")
+def _engine(net, tmp, mode):
     nets6 = tmp / "nets6.txt"
     nets6.write_text(f"# the blocked client's /64\n{net.prefix6}\n")
     eng = EngineProcess(tmp, workers=1, metrics=True, prefix=tuple(net.exec_prefix(net.server_ns)),
                         overrides={"workers": {"standby": False},
                                    "lists": {"nets6": {"type": "cidr6", "file": str(nets6), "capacity": 16}},
-                                   "enforce": {"mode": "xdp", "interface": "auto", "lists": ["nets6"]}})
+                                   "enforce": {"mode": mode, "interface": "auto", "lists": ["nets6"]}})
     eng.raw["ingress"]["bind"] = f"tcp://[{net.server6}]:{eng.port}"     # the veth's IPv6 address
     eng.config_path.write_text(yaml.safe_dump(eng.raw, sort_keys=False))
+    return eng
+
+
+@pytest.fixture(scope="module")
+def engine(net, tmp_path_factory):
+    eng = _engine(net, tmp_path_factory.mktemp("enforce6"), "xdp")
     with eng:
         yield eng
     assert not net.xdp_shown(), "SIGTERM left the XDP program attached"
@@ -86,6 +90,21 @@ def _evaluate_from(net, eng, source):
         ctx.term()
 
 
+def test_tc_mode_on_an_ipv6_front_door(net, tmp_path):
+    """First in the module: one enforcing engine per interface, and the XDP engine below
+    stays up until the module ends."""
+    with _engine(net, tmp_path, "tc") as eng:
+        assert f"risk-engine: enforce: tc on {net.server_if}, TCP ports {eng.port}" in eng.output()
+        d = _evaluate_from(net, eng, net.allowed6)
+        assert d.error is None and d.action, d
+        before = _metric(net, eng, "risk_enforce_dropped_packets", reason="nets6")
+        assert _dropped(net, eng, net.blocked6)
+        assert _metric(net, eng, "risk_enforce_dropped_packets", reason="nets6") > before
+    from bpf import hooks
+    with net.inside(net.server_ns):
+        assert hooks.tc_prog_id(net.server_if) == 0
+
+
 def test_an_ipv6_front_door_serves_and_drops_the_listed_prefix(net, engine):
     # auto found the veth from its IPv6 address
     assert f"risk-engine: enforce: xdp on {net.server_if}, TCP ports {engine.port}" in engine.output()
@@ -124,3 +143,4 @@ def test_a_bad_cidr6_value_is_refused_and_nothing_changes(net, engine):
     msg = r["error"]["message"]
     assert msg.startswith("values[1]: ") and "'fd00::1/64' has host bits set (the block is fd00::/64)" in msg, r
     assert _admin(engine, cmd="list-show", name="nets6")["values"] == [net.prefix6]
+
