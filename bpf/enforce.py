@@ -9,7 +9,8 @@
     enf.detach()                         # on every stop
 
 Values are the lists' u64 encodings (shm.features.lists): an ipv4/u32 value is the address,
-a cidr4 value is prefix length << 32 | network. Map keys hold the address in network byte
+a cidr4 value is prefix length << 32 | network, a cidr6 value prefix length << 128 | network
+(shm.ipv6). Map keys hold the address in network byte
 order (as the packet does); each value is a bit mask of the enforced lists holding that key,
 so removing a key from one list leaves it dropped while another list still holds it.
 
@@ -30,7 +31,7 @@ from bpf import hooks
 
 PROGRAM_PATH = Path(__file__).with_name("enforce.c")
 MODES = ("xdp", "tc")
-ADDR_TYPES, NET_TYPES = ("ipv4", "u32"), ("cidr4",)
+ADDR_TYPES, NET_TYPES, NET6_TYPES = ("ipv4", "u32"), ("cidr4",), ("cidr6",)
 C_PASSED, C_OTHER, C_EVENTS_LOST, C_LIST0 = 0, 1, 2, 3     # keep in step with enforce.c
 MAX_LISTS = 16
 C_AUTO = C_LIST0 + MAX_LISTS
@@ -47,13 +48,19 @@ class _Event(ct.Structure):
                 ("list", ct.c_uint8), ("gen", ct.c_uint8)]
 
 
+class _Event6(ct.Structure):
+    _fields_ = [("ts_ns", ct.c_uint64), ("saddr", ct.c_uint8 * 16), ("dport", ct.c_uint16),
+                ("list", ct.c_uint8), ("gen", ct.c_uint8), ("pad", ct.c_uint32)]
+
+
 @dataclass(frozen=True)
 class DropEvent:
     ts_ns: int          # CLOCK_MONOTONIC (time.monotonic_ns), when the program dropped it
-    saddr: int          # host-order u32 (10.0.0.1 = 0x0A000001)
-    dport: int
+    saddr: int          # host-order u32 (10.0.0.1 = 0x0A000001); family 6: the 128-bit address
+    dport: int          # family 6: 0 when the header chain was longer than the walk (enforce.c)
     list: str           # the enforced list that holds the source
     generation: int
+    family: int = 4
 
 
 def _net(addr: int) -> int:
@@ -65,12 +72,18 @@ def _host(net: int) -> int:
     return int.from_bytes(int(net).to_bytes(4, "little"), "big")
 
 
+def _table(vtype: str) -> str:
+    """The map (without its generation digit) a list type's values live in."""
+    return "addrs" if vtype in ADDR_TYPES else "nets6_" if vtype in NET6_TYPES else "nets"
+
+
 class Enforcer:
     """One loaded program on one interface; single writer (the admin plane's thread)."""
 
     def __init__(self, mode: str, ifname: str, ports: tuple[int, ...],
                  lists: tuple[tuple[str, str], ...], max_addrs: int = 1 << 16,
-                 max_prefixes: int = 1 << 16, events_per_s: int = 1000, max_auto: int = 1 << 16):
+                 max_prefixes: int = 1 << 16, events_per_s: int = 1000, max_auto: int = 1 << 16,
+                 max_prefixes6: int = 1 << 10):
         if mode not in MODES:
             raise ValueError(f"mode={mode!r}: must be one of {', '.join(MODES)}")
         if not ports or not all(1 <= int(p) <= 65535 for p in ports):
@@ -78,7 +91,7 @@ class Enforcer:
         if not 1 <= len(lists) <= MAX_LISTS:
             raise ValueError(f"lists: {len(lists)} lists, need 1..{MAX_LISTS}")
         for name, t in lists:
-            if t not in ADDR_TYPES + NET_TYPES:
+            if t not in ADDR_TYPES + NET_TYPES + NET6_TYPES:
                 raise ValueError(f"list={name!r}: type={t!r} cannot be enforced")
         self.mode, self.ifname = mode, ifname
         self.ports = tuple(int(p) for p in ports)
@@ -88,6 +101,7 @@ class Enforcer:
         self.members: dict[str, set[int]] = {name: set() for name, _ in lists}
         self.max_addrs, self.max_prefixes, self.events_per_s = max_addrs, max_prefixes, events_per_s
         self.max_auto = max_auto
+        self.max_prefixes6 = max_prefixes6
         self.bpf = None
         self.gen = 0
         self.attached = False
@@ -103,12 +117,14 @@ class Enforcer:
             self.bpf = BPF(src_file=str(PROGRAM_PATH).encode(), cflags=[
                 f"-DPORT_MATCH(p)=({match})", f"-DMAX_ADDRS={int(self.max_addrs)}",
                 f"-DMAX_PREFIXES={int(self.max_prefixes)}", f"-DMAX_AUTO={int(self.max_auto)}",
+                f"-DMAX_PREFIXES6={int(self.max_prefixes6)}",
                 f"-DEVENTS_PER_S={int(self.events_per_s)}", "-w"])
             kind = BPF.XDP if self.mode == "xdp" else BPF.SCHED_CLS
             self.fn = self.bpf.load_func(f"{self.mode}_enforce".encode(), kind)
         except Exception as e:                # bcc raises bare Exception on compile/load
             raise EnforceError(f"enforce: loading bpf/enforce.c failed: {str(e).splitlines()[0]}") from None
         self.bpf[b"events"].open_ring_buffer(self._on_event)
+        self.bpf[b"events6"].open_ring_buffer(self._on_event6)
 
     def attach(self) -> list[str]:
         """Attach to the interface (after the maps are filled); returns the lines of what a
@@ -139,19 +155,20 @@ class Enforcer:
 
     # --- list updates ----------------------------------------------------------------------
     def _maps(self, gen: int, name: str):
-        table = "addrs" if self.types[name] in ADDR_TYPES else "nets"
-        return self.bpf[f"{table}{gen}".encode()]
+        return self.bpf[f"{_table(self.types[name])}{gen}".encode()]
 
     def _key(self, m, name: str, v: int):
         if self.types[name] in ADDR_TYPES:
             return m.Key(_net(v & 0xFFFFFFFF))
+        if self.types[name] in NET6_TYPES:
+            return m.Key(int(v) >> 128 & 255, (ct.c_uint8 * 16)(*(int(v) & (1 << 128) - 1).to_bytes(16, "big")))
         return m.Key(int(v) >> 32 & 63, _net(v & 0xFFFFFFFF))
 
     def _mask(self, name: str, v: int) -> int:
-        """Bits of the lists of ``name``'s kind (address or prefix) that hold ``v``."""
-        kind = self.types[name] in ADDR_TYPES
+        """Bits of the lists of ``name``'s map (address, prefix, IPv6 prefix) that hold ``v``."""
+        table = _table(self.types[name])
         return sum(self.bit[n] for n, vals in self.members.items()
-                   if (self.types[n] in ADDR_TYPES) == kind and v in vals)
+                   if _table(self.types[n]) == table and v in vals)
 
     def _write(self, gen: int, name: str, values) -> None:
         m = self._maps(gen, name)
@@ -180,7 +197,7 @@ class Enforcer:
         list, then made active with one store."""
         self.members[name] = {int(v) for v in values}
         nxt = self.gen ^ 1
-        for table in ("addrs", "nets"):
+        for table in ("addrs", "nets", "nets6_"):
             self.bpf[f"{table}{nxt}".encode()].clear()
         for n in self.members:
             self._write(nxt, n, self.members[n])
@@ -217,6 +234,13 @@ class Enforcer:
         name = AUTO_REASON if e.list == AUTO_LIST else \
             self.lists[e.list][0] if e.list < len(self.lists) else f"list{e.list}"
         self._events.append(DropEvent(e.ts_ns, _host(e.saddr), e.dport, name, e.gen))
+        return 0
+
+    def _on_event6(self, ctx, data, size) -> int:
+        e = ct.cast(data, ct.POINTER(_Event6)).contents
+        name = self.lists[e.list][0] if e.list < len(self.lists) else f"list{e.list}"
+        self._events.append(DropEvent(e.ts_ns, int.from_bytes(bytes(e.saddr), "big"), e.dport,
+                                      name, e.gen, family=6))
         return 0
 
     def poll_events(self, timeout_ms: int = 0) -> list[DropEvent]:

@@ -17,11 +17,12 @@ import numpy as np
 from shm.features.state import STATE_NAMES, _read_state
 from shm.ipv4 import format_cidr4, format_ipv4
 from engine.autoblock import AUTO_LIST, auto_show
+from shm.ipv6 import format_cidr6
 from engine.admin_request import (NAME, NO_ARGS, PATH, AdminError, allowed_file, int_or_string,
                                   list_of, one_of)
 from engine.admin_log import AdminLog, AdminLogCorrupt
 from shm.features.keys import key_from_python
-from shm.features.lists import ListError, list_values, load_list_file, parse_value
+from shm.features.lists import ListError, as_values, list_values, load_list_file, parse_value
 from shm.runtime.textfile import excerpt
 
 
@@ -63,7 +64,8 @@ MAX_ADMIN_VALUES = 1 << 20         # values in one list request (the 1 MiB frame
 
 
 def _values(sup, spec, args) -> np.ndarray:
-    """The request's values (or file) parsed into the list's u64 encoding; nothing applied."""
+    """The request's values (or file) parsed into the list's encoding (u64; an object array of
+    ints for cidr6); nothing applied."""
     if ("file" in args) == ("values" in args):
         raise AdminError("BAD_ARGUMENT", "give values (a JSON list) or file (a path), one of them")
     if "file" in args:
@@ -73,7 +75,7 @@ def _values(sup, spec, args) -> np.ndarray:
             return load_list_file(path, spec.type)
         except ListError as e:
             raise AdminError("BAD_LIST", str(e)) from None
-    out = np.empty(len(args["values"]), np.uint64)
+    out = [0] * len(args["values"])
     for i, v in enumerate(args["values"]):
         try:
             if spec.type == "ipv4" and isinstance(v, int):    # a JSON integer, as in events
@@ -84,7 +86,7 @@ def _values(sup, spec, args) -> np.ndarray:
                 out[i] = parse_value(str(v) if isinstance(v, int) else v, spec.type)
         except (ValueError, OverflowError) as e:
             raise AdminError("BAD_LIST", f"values[{i}]: {excerpt(str(e), 80)}") from None
-    return np.unique(out)
+    return as_values(sup.features.fs.array(f"fl_{spec.name}"), out)
 
 
 def list_cmd(sup, args):
@@ -100,8 +102,9 @@ def list_cmd(sup, args):
         if "values" in args or "file" in args:
             raise AdminError("BAD_ARGUMENT", "list-show takes only name")
         shown = current[:10000].tolist()
-        if spec.type in ("ipv4", "cidr4"):
-            shown = [(format_ipv4 if spec.type == "ipv4" else format_cidr4)(v) for v in shown]
+        fmt = {"ipv4": format_ipv4, "cidr4": format_cidr4, "cidr6": format_cidr6}.get(spec.type)
+        if fmt is not None:
+            shown = [fmt(v) for v in shown]
         return {"name": name, "count": int(len(current)), "values": shown}
     vals = _values(sup, spec, args)
     if op == "add":
@@ -124,7 +127,7 @@ def apply_list(sup, name, op, vals, new):
     cluster node applying the control bucket: engine.cluster.control_apply)."""
     fs = _fs(sup)
     log_change(sup, {"cmd": f"list-{op}", "name": name, "values": [int(v) for v in vals]})
-    fs.replace_list(name, new.astype(np.uint64))
+    fs.replace_list(name, as_values(fs.array(f"fl_{name}"), new))
     enf = sup.enforcement
     if enf is not None and enf.enforces(name):
         # the kernel's map before the reply (engine.enforcement)

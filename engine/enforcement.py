@@ -19,11 +19,12 @@ import time
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from bpf.availability import check_ebpf
-from bpf.enforce import ADDR_TYPES, AUTO_REASON, EnforceError, Enforcer
+from bpf.enforce import ADDR_TYPES, AUTO_REASON, NET6_TYPES, EnforceError, Enforcer
 from bpf.spawn import SidecarUnavailable, port_of_bind
 from engine.preflight import StartupError
 from shm.features.lists import list_values
 from shm.ipv4 import format_ipv4
+from shm.ipv6 import format_source6
 from shm.runtime.endpoints import parse_zmq_bind
 
 
@@ -37,13 +38,27 @@ def resolve_interface(name: str, bind: str) -> str:
     addr = ep.addresses[0] if ep.addresses else ""
     if addr and ipaddress.ip_address(addr).is_loopback:
         return "lo"
-    out = subprocess.run(["ip", "-j", "-4", "addr", "show"], capture_output=True, text=True,
-                         timeout=10)
-    for link in json.loads(out.stdout or "[]"):
-        if any(a.get("local") == addr for a in link.get("addr_info", [])):
-            return link["ifname"]
+    name = _interface_of(addr) if addr else None
+    if name is not None:
+        return name
     raise EnforceError(f"enforce: no interface holds ingress.bind's address {addr!r}; "
                        "set enforce.interface")
+
+
+def _interface_of(addr: str) -> str | None:
+    """The interface holding ``addr`` (IPv4 or IPv6, compared as addresses: ip prints IPv6
+    compressed, the bind may spell it otherwise), None if none does."""
+    want = ipaddress.ip_address(addr)
+    out = subprocess.run(["ip", "-j", f"-{want.version}", "addr", "show"], capture_output=True,
+                         text=True, timeout=10)
+    for link in json.loads(out.stdout or "[]"):
+        for a in link.get("addr_info", []):
+            try:
+                if ipaddress.ip_address(a.get("local", "")) == want:
+                    return link["ifname"]
+            except ValueError:
+                continue
+    return None
 
 
 class Enforcement:
@@ -68,7 +83,8 @@ class Enforcement:
             if not self.stopped and self.enforcer.bpf is not None:
                 wall = time.time_ns() - time.monotonic_ns()
                 for e in self.enforcer.poll_events():
-                    self.drops.append({"time_ns": e.ts_ns + wall, "source": format_ipv4(e.saddr),
+                    src = format_source6(e.saddr) if e.family == 6 else format_ipv4(e.saddr)
+                    self.drops.append({"time_ns": e.ts_ns + wall, "source": src,
                                        "port": e.dport, "list": e.list, "generation": e.generation,
                                        "mono_ns": e.ts_ns})
             return list(self.drops)
@@ -128,10 +144,13 @@ def _open(cfg, features, log) -> Enforcement:
         raise EnforceError(f"enforce: {err}") from None
     specs = {ls.name: ls for ls in features.specs.lists}
     lists = tuple((n, specs[n].type) for n in e.lists)
-    cap = [sum(specs[n].capacity for n, t in lists if (t in ADDR_TYPES) == addr) for addr in (True, False)]
+    cap = [sum(specs[n].capacity for n, t in lists if (t in ADDR_TYPES) == addr and t not in NET6_TYPES)
+           for addr in (True, False)]
+    cap6 = sum(specs[n].capacity for n, t in lists if t in NET6_TYPES)
     try:
         enf = Enforcer(e.mode, resolve_interface(e.interface, cfg.ingress.bind), ports, lists,
-                       max_addrs=max(cap[0], 1), max_prefixes=max(cap[1], 1))
+                       max_addrs=max(cap[0], 1), max_prefixes=max(cap[1], 1),
+                       max_prefixes6=max(cap6, 1))
     except ValueError as err:
         raise EnforceError(f"enforce: {err}") from None
     enf.load()

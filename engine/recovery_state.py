@@ -18,7 +18,7 @@ from engine.admin_log import AdminLogCorrupt, read
 from engine.journal import list_writers
 from engine.recovery import RecoveryError, recover_all
 from engine.snapshot import SnapshotStore
-from shm.features.lists import list_values
+from shm.features.lists import as_values, list_values
 from shm.features.state import STATE_NAMES
 from shm.runtime.securedir import ensure_private_dir
 
@@ -73,10 +73,10 @@ def _apply_admin_log(store, path: str, after_ns: int, before_mono_ns: int | None
             fs.set_state(e["name"], e["key"], STATE_NAMES[e["state"]])
         elif cmd.startswith("list-"):
             arr = fs.array(f"fl_{e['name']}")
-            cur, vals = list_values(arr), np.asarray(e["values"], np.uint64)
+            cur, vals = list_values(arr), as_values(arr, e["values"])
             new = {"list-add": np.union1d(cur, vals), "list-remove": np.setdiff1d(cur, vals),
                    "list-replace": np.unique(vals)}[cmd]
-            fs.replace_list(e["name"], new.astype(np.uint64))
+            fs.replace_list(e["name"], as_values(arr, new))
         n += 1
     if unplaced:
         note += (f"; {unplaced} admin change(s) without mono_ns (an older engine's) applied, their "

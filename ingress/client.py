@@ -237,6 +237,8 @@ class LazyPirateSocket:
             s.linger = 0
             if self.curve is not None:
                 self.curve.apply(s)
+            if "[" in self.endpoint:      # libzmq refuses tcp://[addr]:port without ZMQ_IPV6
+                s.setsockopt(zmq.IPV6, 1)
             s.connect(self.endpoint)
             self._sock = s
         return self._sock

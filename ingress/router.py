@@ -52,6 +52,7 @@ from ingress.wire import WireError
 from shm.doorbell import EventfdDoorbell
 from shm.idle import SpinPayoff
 from ingress.security import configure_server, stop_authenticator
+from shm.runtime.endpoints import parse_zmq_bind
 
 READ_BATCH = 256                      # requests read before the responses get their turn
 MAX_FRAMES = 4                        # frames kept of one message: identity, delimiter, body
@@ -130,6 +131,8 @@ class Router:
         curve = self.cfg.ingress.curve
         if curve.enabled:
             configure_server(ctx, sock, curve)
+        if _ipv6(self.cfg.ingress.bind):   # libzmq refuses tcp://[addr]:port without ZMQ_IPV6
+            sock.setsockopt(zmq.IPV6, 1)
         sock.bind(self.cfg.ingress.bind)
         return sock
 
@@ -383,5 +386,12 @@ def main(argv: list[str] | None = None) -> int:
         raise
 
 
+def _ipv6(bind: str) -> bool:
+    """Does ``bind`` name an IPv6 address (bracketed, or a name resolving only to IPv6)?"""
+    ep = parse_zmq_bind(bind, "ingress.bind")
+    return ep.transport == "tcp" and bool(ep.addresses) and all(":" in a for a in ep.addresses)
+
+
 if __name__ == "__main__":
     sys.exit(main())
+

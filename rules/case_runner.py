@@ -30,7 +30,7 @@ def _fresh_features(rs, c: Case):
             vals = [parse_value(str(v), types[name]) for v in values]
         except ValueError as e:
             raise CaseFileError(f"case {c.name}: lists.{name}: {e}") from None
-        fs.replace_list(name, np.array(vals, np.uint64))
+        fs.replace_list(name, vals)     # the list encodes them (a cidr6 value is wider than u64)
         lists[name] = vals
     model = FeatureModel(specs, schema, lists)
     keys = {s.name: s.key for s in specs.states}

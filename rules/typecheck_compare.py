@@ -149,8 +149,8 @@ class CompareChecks:
                 return r
             if r.type == "extset":
                 s = r.value
-                if getattr(s, "kind", "") == "cidr4":    # prefixes: the kernel's trie matches them, the kernels' exact search cannot
-                    return self.err(right_ast, f"list {right_ast.id} is a cidr4 list: it is enforced in the kernel "
+                if getattr(s, "kind", "") in ("cidr4", "cidr6"):    # prefixes: the kernel's tries match them, the kernels' exact search cannot
+                    return self.err(right_ast, f"list {right_ast.id} is a {s.kind} list: it is enforced in the kernel "
                                                "(enforce:), not testable in a rule")
                 want = "bytes" if x.type == "bytes" else "int"
                 if s.element_type != want or x.type == "float":

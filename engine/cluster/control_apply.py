@@ -30,6 +30,7 @@ from engine.cluster.control import APPLIED, INITIAL, ControlUnavailable, encode,
 from shm.features.featureset import CONTROL_ARG
 from shm.features.keys import key_from_python
 from shm.features.lists import list_values
+from shm.ipv6 import cidr6_key, format_cidr6
 from shm.features.state import STATE_NAMES, W_HALT, _read_state
 
 CAS_ATTEMPTS = 8
@@ -37,9 +38,16 @@ APPLY_WAIT_S = 10.0
 MAX_VALUE_BYTES = 900_000        # under NATS's default max_payload (1 MiB) with the JSON around it
 
 
-def list_set(doc) -> np.ndarray:
-    """A list value's set, checked: sorted unique u64s. Raises ValueError."""
+def list_set(doc, vtype: str) -> np.ndarray:
+    """A list value's set, checked: sorted unique u64s, or for a cidr6 list (136-bit values,
+    shm.ipv6) an object array of valid prefixes' ints. Raises ValueError."""
     vals = doc.get("values") if isinstance(doc, dict) else None
+    if vtype == "cidr6":
+        if not isinstance(vals, list) or not all(type(v) is int and 0 <= v < 129 << 128 for v in vals):
+            raise ValueError("values: not a list of cidr6 values")
+        for v in vals:                    # host bits set, a length over 128: refused
+            cidr6_key(format_cidr6(v))
+        return np.array(sorted(set(vals)), dtype=object)
     if not isinstance(vals, list) or not all(type(v) is int and 0 <= v < 2**64 for v in vals):
         raise ValueError("values: not a list of u64")
     return np.unique(np.array(vals, np.uint64))
@@ -130,7 +138,7 @@ class ControlPlane:
 
     def _list(self, doc) -> bool:
         spec = admin_state._list_spec(self.sup, doc["name"])
-        new = list_set(doc)
+        new = list_set(doc, spec.type)
         admin_state.check_capacity(spec, new)
         if np.array_equal(new, list_values(self.sup.features.fs.array(f"fl_{spec.name}"))):
             return False
@@ -200,7 +208,7 @@ class ControlPlane:
             base = list_values(sup.features.fs.array(f"fl_{spec.name}"))
             if raw and op != "replace":
                 try:
-                    base = list_set(json.loads(raw)) if json_depth(raw) <= MAX_DEPTH else None
+                    base = list_set(json.loads(raw), spec.type) if json_depth(raw) <= MAX_DEPTH else None
                 except ValueError:
                     base = None
                 if base is None:

@@ -151,7 +151,7 @@ def _feature_binding(fs: FeatureSpec, schema: Schema) -> Binding:
 def array_words(specs: Specs) -> dict[str, int]:
     """The u64 words of every array a FeatureSet asks ``alloc`` for, by argument name."""
     out = {f"ft_{fs.name}": T.table_words(fs.capacity, fs.slot_words) for fs in specs.features}
-    out.update({f"fl_{ls.name}": L.list_words(ls.capacity) for ls in specs.lists})
+    out.update({f"fl_{ls.name}": L.list_words(ls.capacity, L.value_width(ls.type)) for ls in specs.lists})
     out.update({f"st_{ss.name}": T.table_words(ss.capacity, ss.slot_words) for ss in specs.states})
     out[CONTROL_ARG] = CONTROL_WORDS
     return out
@@ -172,7 +172,7 @@ class FeatureSet:
         for ls in specs.lists:
             arr, created = alloc(f"fl_{ls.name}", words[f"fl_{ls.name}"])
             if created:
-                L.init_list(arr, ls.capacity)
+                L.init_list(arr, ls.capacity, L.value_width(ls.type))
                 if load_lists and ls.file:
                     L.replace_list(arr, L.load_list_file(ls.file, ls.type))
             self._arrays[f"fl_{ls.name}"] = arr
@@ -245,6 +245,6 @@ class FeatureSet:
         for ls in self.specs.lists:
             nb = self._arrays[f"fl_{ls.name}"].nbytes
             total += nb
-            lines.append(f"{ls.name:<24}{'list':<10}{16:>7}{ls.capacity:>12}{nb / 2**20:>10.1f}")
+            lines.append(f"{ls.name:<24}{'list':<10}{16 * L.value_width(ls.type):>7}{ls.capacity:>12}{nb / 2**20:>10.1f}")
         lines.append(f"{'total':<53}{total / 2**20:>10.1f}")
         return "\n".join(lines)

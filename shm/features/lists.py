@@ -6,8 +6,9 @@ Buffer layout (uint64)::
     word 1   length of half 0
     word 2   length of half 1
     word 3   capacity (values per half)
-    word 8   half 0: capacity sorted unique u64 values
-    8+cap    half 1
+    word 4   words per value: 0 or 1 (u64 values), 3 (cidr6: prefix length, address high, low)
+    word 8   half 0: capacity sorted unique values
+    8+cap*w  half 1
 
 Values are encoded with shm.features.keys (u32/u64/i64 exact, bytesN<=8 exact, longer
 bytes hashed). One writer at a time (the admin plane) builds the new sorted array into the
@@ -19,8 +20,11 @@ List file format: one value per line; ``#`` starts a comment; blank lines are sk
 u32 also accepts a dotted IPv4 address (its integer value, 1.2.3.4 = 0x01020304); ipv4 takes
 dotted addresses only, parsed strictly (shm.ipv4). cidr4 takes ``a.b.c.d/n`` prefixes (a bare
 address is its /32) stored as prefix length << 32 | network; a prefix with host bits set is
-refused (shm.ipv4.cidr4_key). cidr4 lists feed the kernel's prefix trie (enforce:); rules
-cannot test membership in them (rules.typecheck_compare refuses it). Numbers may be decimal or 0x hex. A bad
+refused (shm.ipv4.cidr4_key). cidr6 takes IPv6 ``addr/n`` prefixes (a bare address is its
+/128), 136 bits each, so a cidr6 value is a Python int (shm.ipv6.cidr6_key) stored as three
+words, and list_values returns an object array of ints for it. cidr4 and cidr6 lists feed the
+kernel's prefix tries (enforce:); rules cannot test membership in them (rules.typecheck_compare
+refuses it). Numbers may be decimal or 0x hex. A bad
 line refuses the whole file with its line number.
 """
 from __future__ import annotations
@@ -33,10 +37,13 @@ from numba import njit
 from shm.features._atomics import _fence, _load_acquire, _store_release
 from shm.features.keys import key_from_python
 from shm.ipv4 import cidr4_key, parse_ipv4
+from shm.ipv6 import cidr6_key
 from shm.runtime.textfile import TextFileError, excerpt, read_text_file
 
-W_GEN, W_LEN0, W_CAP = 0, 1, 3
+W_GEN, W_LEN0, W_CAP, W_WIDTH = 0, 1, 3, 4
 HEADER_WORDS = 8
+WIDE_TYPES = {"cidr6": 3}          # types whose values do not fit a u64: words per value
+_M64 = (1 << 64) - 1
 MAX_RETRIES = 1000
 
 
@@ -44,14 +51,31 @@ class ListError(ValueError):
     """A list file or value is invalid; the message names the file and line."""
 
 
-def list_words(capacity: int) -> int:
-    return HEADER_WORDS + 2 * capacity
+def value_width(vtype: str) -> int:
+    return WIDE_TYPES.get(vtype, 1)
 
 
-def init_list(buf: np.ndarray, capacity: int) -> None:
-    if buf.dtype != np.uint64 or buf.shape[0] < list_words(capacity):
-        raise ValueError(f"list buffer: need uint64[{list_words(capacity)}], got {buf.dtype}[{buf.shape}]")
+def list_words(capacity: int, width: int = 1) -> int:
+    return HEADER_WORDS + 2 * capacity * width
+
+
+def init_list(buf: np.ndarray, capacity: int, width: int = 1) -> None:
+    if buf.dtype != np.uint64 or buf.shape[0] < list_words(capacity, width):
+        raise ValueError(f"list buffer: need uint64[{list_words(capacity, width)}], got {buf.dtype}[{buf.shape}]")
     buf[W_CAP] = capacity
+    buf[W_WIDTH] = width
+
+
+def _width(buf: np.ndarray) -> int:
+    return int(buf[W_WIDTH]) or 1      # 0: a buffer from before the width word, u64 values
+
+
+def as_values(buf: np.ndarray, values) -> np.ndarray:
+    """``values`` (ints) as ``buf``'s list holds them: a uint64 array, or for a wide list
+    (cidr6) an object array of Python ints. Sorted, unique."""
+    if _width(buf) == 1:
+        return np.unique(np.asarray(values, dtype=np.uint64))
+    return np.array(sorted({int(v) for v in values}), dtype=object)
 
 
 @njit(cache=True)
@@ -88,6 +112,8 @@ def _list_publish(lst, gen):
 def replace_list(buf: np.ndarray, values: np.ndarray) -> int:
     """Publish ``values`` (any u64 array) as the list's content; returns the new generation.
     Single writer. Raises ListError if the values do not fit."""
+    if _width(buf) != 1:
+        return _replace_wide(buf, values)
     vals = np.unique(np.asarray(values, dtype=np.uint64))
     cap = int(buf[W_CAP])
     if vals.shape[0] > cap:
@@ -101,13 +127,43 @@ def replace_list(buf: np.ndarray, values: np.ndarray) -> int:
     return g + 1
 
 
+def _replace_wide(buf: np.ndarray, values) -> int:
+    """replace_list for a list of 3-word values (cidr6): rows (high, middle, low word) of
+    each int, in the ints' order."""
+    vals = sorted({int(v) for v in values})
+    cap, w = int(buf[W_CAP]), _width(buf)
+    if len(vals) > cap:
+        raise ListError(f"list: {len(vals)} values exceed capacity={cap}")
+    if any(not 0 <= v < 1 << 64 * w for v in vals):
+        raise ListError(f"list: a value does not fit {w} words")
+    g = int(buf[W_GEN])
+    h = (g + 1) & 1
+    base = HEADER_WORDS + h * cap * w
+    rows = np.array([[v >> 64 * (w - 1 - k) & _M64 for k in range(w)] for v in vals],
+                    dtype=np.uint64).reshape(-1)
+    buf[base:base + rows.shape[0]] = rows
+    buf[W_LEN0 + h] = len(vals)
+    _list_publish(buf, g + 1)
+    return g + 1
+
+
 def list_values(buf: np.ndarray) -> np.ndarray:
-    """A copy of the active half (admin `list show`)."""
+    """A copy of the active half (admin `list show`): uint64, or for a wide list (cidr6) an
+    object array of Python ints."""
     g = int(buf[W_GEN])
     h = g & 1
-    cap = int(buf[W_CAP])
+    cap, w = int(buf[W_CAP]), _width(buf)
     n = int(buf[W_LEN0 + h])
-    return buf[HEADER_WORDS + h * cap:HEADER_WORDS + h * cap + n].copy()
+    half = buf[HEADER_WORDS + h * cap * w:HEADER_WORDS + h * cap * w + n * w]
+    if w == 1:
+        return half.copy()
+    out = np.empty(n, dtype=object)
+    for i in range(n):
+        v = 0
+        for k in range(w):
+            v = v << 64 | int(half[i * w + k])
+        out[i] = v
+    return out
 
 
 def parse_value(text: str, vtype: str) -> int:
@@ -122,6 +178,8 @@ def parse_value(text: str, vtype: str) -> int:
         return parse_ipv4(text)
     if vtype == "cidr4":
         return cidr4_key(text)
+    if vtype == "cidr6":
+        return cidr6_key(text)
     if vtype == "u32" and text.count(".") == 3:
         try:
             return int(ipaddress.IPv4Address(text))
@@ -138,7 +196,8 @@ def parse_value(text: str, vtype: str) -> int:
 
 
 def parse_list_text(text: str, vtype: str, where: str = "<text>") -> np.ndarray:
-    """Parse a list file's text into sorted unique u64 values; the first bad line raises
+    """Parse a list file's text into sorted unique values (u64; object ints for cidr6, which
+    do not fit one); the first bad line raises
     ListError('<where>:<line>: ...') and nothing is returned."""
     out = []
     for i, line in enumerate(text.splitlines(), 1):
@@ -149,6 +208,8 @@ def parse_list_text(text: str, vtype: str, where: str = "<text>") -> np.ndarray:
             out.append(parse_value(s, vtype))
         except ValueError as e:
             raise ListError(f"{where}:{i}: {e}") from None
+    if value_width(vtype) != 1:
+        return np.array(sorted(set(out)), dtype=object)
     return np.unique(np.array(out, dtype=np.uint64))
 
 

@@ -19,7 +19,7 @@ from shm.schema import Schema
 KINDS = ("count", "sum", "avg", "min", "max", "distinct", "age", "last")
 NEEDS_OF = {"sum", "avg", "min", "max", "distinct", "last"}
 WINDOWED = {"count", "sum", "avg", "min", "max", "distinct"}
-LIST_TYPES_RE = re.compile(r"^(u32|u64|i64|ipv4|cidr4|bytes([0-9]+))$")
+LIST_TYPES_RE = re.compile(r"^(u32|u64|i64|ipv4|cidr4|cidr6|bytes([0-9]+))$")
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _DUR_RE = re.compile(r"^([0-9]+)(ms|s|m|h|d)$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
@@ -68,7 +68,7 @@ class FeatureSpec:
 @dataclass(frozen=True)
 class ListSpec:
     name: str
-    type: str                     # u32 | u64 | i64 | ipv4 | cidr4 | bytesN
+    type: str                     # u32 | u64 | i64 | ipv4 | cidr4 | cidr6 | bytesN
     file: str                     # absolute path ('' = starts empty)
     capacity: int                 # max values (both halves of the double buffer)
 
@@ -205,7 +205,7 @@ def parse_list(name: str, raw: Any, base: Path) -> ListSpec:
     t = raw.get("type")
     m = LIST_TYPES_RE.match(t) if isinstance(t, str) else None
     if not m or (m.group(2) and not 1 <= int(m.group(2)) <= 64):
-        raise ConfigError(f"{p}.type", f"must be u32, u64, i64, ipv4, cidr4 or bytesN (N <= 64), got {t!r}")
+        raise ConfigError(f"{p}.type", f"must be u32, u64, i64, ipv4, cidr4, cidr6 or bytesN (N <= 64), got {t!r}")
     f = raw.get("file", "")
     if not isinstance(f, str):
         raise ConfigError(f"{p}.file", f"must be a path, got {f!r}")

@@ -13,8 +13,8 @@ from shm.runtime.endpoints import EndpointError, parse_zmq_bind
 
 KEYS = {"mode", "interface", "lists", "ports", "required"}
 MODES = ("off", "xdp", "tc")
-# ipv4/u32 lists go to the kernel's address hash, cidr4 lists to its prefix trie
-ENFORCEABLE_TYPES = ("ipv4", "u32", "cidr4")
+# ipv4/u32 lists go to the kernel's address hash, cidr4 lists to its prefix trie, cidr6 to its IPv6 one
+ENFORCEABLE_TYPES = ("ipv4", "u32", "cidr4", "cidr6")
 MAX_PORTS = 64
 IFNAMSIZ = 16            # a Linux interface name is at most 15 bytes (dev_valid_name)
 
@@ -115,9 +115,6 @@ def parse_enforce(sec: Mapping, ingress_bind: str, lists: Mapping) -> EnforceCon
             report(ConfigError("enforce.interface", f"auto picks the interface holding "
                                                     f"ingress.bind's address, but {ingress_bind!r} "
                                                     "is not one address: name the interface"))
-        elif ep.addresses and ":" in ep.addresses[0]:
-            report(ConfigError("enforce.interface", "the kernel program judges IPv4 only, and "
-                                                    f"ingress.bind {ingress_bind!r} is IPv6"))
     return out
 
 

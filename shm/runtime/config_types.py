@@ -134,7 +134,7 @@ class EnforceConfig:
     """enforce: kernel-side drops of listed sources (bpf/enforce.py, docs/EBPF.md)."""
     mode: str = "off"                   # off | xdp | tc
     interface: str = "auto"             # auto: the interface holding ingress.bind's address
-    lists: tuple[str, ...] = ()         # ipv4/u32 lists (hash map) and cidr4 lists (LPM trie)
+    lists: tuple[str, ...] = ()         # ipv4/u32 lists (hash map), cidr4 and cidr6 lists (LPM tries)
     ports: tuple[int, ...] = ()         # destination TCP ports; empty: ingress.bind's port
     required: bool = False              # true: refuse to start when enforcement cannot attach
 

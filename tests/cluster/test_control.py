@@ -71,3 +71,17 @@ def test_a_client_whose_servers_never_answer_gives_up_in_bounded_time():
     c.close()
     with pytest.raises(queue.Empty):
         c.entries.get_nowait()
+
+
+def test_a_list_value_is_checked_for_its_list_type():
+    # a cidr6 value is 136 bits: a u64-only check refused every cidr6 list change a node read
+    # from the bucket, and a hostile writer's prefix with host bits set must not be applied
+    from engine.cluster.control_apply import list_set
+    from shm.ipv6 import cidr6_key
+    k = cidr6_key("2001:db8::/32")
+    assert list_set({"values": [k, k]}, "cidr6").tolist() == [k]
+    assert list_set({"values": [3, 1, 3]}, "u32").tolist() == [1, 3]
+    for vtype, bad in (("cidr6", [k | 1]), ("cidr6", [129 << 128]), ("cidr6", [-1]), ("u32", [k]),
+                       ("u64", [2**64]), ("u64", [True]), ("u64", "1")):
+        with pytest.raises(ValueError):
+            list_set({"values": bad}, vtype)

@@ -58,9 +58,8 @@ def _raw():
     ({"mode": "tc", "lists": ["blocked_ips"]}, "ipc:///tmp/x.sock", "enforce.ports", "no fixed TCP port"),
     ({"mode": "xdp", "lists": ["blocked_ips"], "ports": [5555]}, "tcp://0.0.0.0:5555",
      "enforce.interface", "is not one address: name the interface"),
-    ({"mode": "xdp", "lists": ["blocked_ips"]}, "tcp://[::1]:5555", "enforce.interface", "IPv4 only"),
     ({"mode": "xdp", "lists": ["names"]}, "tcp://127.0.0.1:5555", "enforce.lists[0]",
-     "list 'names' is of type bytes8; the kernel takes ipv4, u32, cidr4 lists"),
+     "list 'names' is of type bytes8; the kernel takes ipv4, u32, cidr4, cidr6 lists"),
 ])
 def test_what_an_enabled_mode_needs(enforce, bind, key, why):
     raw = _raw()
@@ -81,6 +80,14 @@ def test_a_valid_section_round_trips(tmp_path):
     assert ok.enforce == EnforceConfig("xdp", "auto", ("blocked_ips",), (), False)
     with pytest.raises(ConfigError, match="enforce.lists: mode xdp needs at least one list"):
         _cfg(tmp_path, "enforce: {mode: xdp}\n")
+
+
+def test_an_ipv6_front_door_and_a_cidr6_list_can_be_enforced(tmp_path):
+    """The kernel program judges IPv6 too: auto finds the interface holding an IPv6 bind
+    address at start (engine.enforcement.resolve_interface), so the config takes it."""
+    c = _cfg(tmp_path, "ingress: {bind: 'tcp://[fd00::1]:5555'}\nlists: {nets6: {type: cidr6}}\n"
+                       "enforce: {mode: xdp, lists: [nets6]}\n")
+    assert c.enforce == EnforceConfig("xdp", "auto", ("nets6",), (), False)
 
 
 def test_config_check_lists_enforce_errors(tmp_path):
