@@ -174,7 +174,11 @@ class EngineProcess:
         return bool(ready)
 
     def start(self) -> "EngineProcess":
-        self.launch()
+        return self.launch().wait_serving()
+
+    def wait_serving(self) -> "EngineProcess":
+        """After ``launch()``: wait for the "serving" line (engines launched together start up
+        overlapped); a start that fails or times out raises, as ``start()`` does."""
         t_end = time.monotonic() + self.ready_timeout_s
         try:
             while time.monotonic() < t_end:

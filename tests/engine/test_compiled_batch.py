@@ -7,18 +7,16 @@ to two engines of two workers each gets byte-identical replies, and the counters
 from __future__ import annotations
 
 import time
-from contextlib import ExitStack
 
 import numpy as np
 import pytest
 
-from bench.engine_proc import EngineProcess
 from bench.events import random_events
 from ingress import wire
 from ingress.admission import Shards
 from shm.runtime.config import load_config
 from shm.types import DecisionFlag, ErrorCode
-from tests.engine.test_compiled_loop import ON_LINE, counters, dealer, recv
+from tests.engine.test_compiled_loop import ON_LINE, counters, dealer, off_and_on, recv
 from tests.engine.test_reliability import frozen_worker
 
 MAX_BATCH = 130
@@ -27,23 +25,9 @@ SIZES = (1, 2, 63, 64, 65, MAX_BATCH)
 
 @pytest.fixture(scope="module")
 def engines(tmp_path_factory):
-    """(off, on), two workers each: launched together, so their start-ups overlap."""
-    ing = {"default_deadline_ms": 10_000, "max_batch": MAX_BATCH}
-    with ExitStack() as stack:
-        engs = []
-        for on in (False, True):
-            e = EngineProcess(tmp_path_factory.mktemp(f"batch{int(on)}"), workers=2,
-                              overrides={"ingress": {**ing, "compiled_loop": on}})
-            stack.callback(e.close)
-            engs.append(e.launch())
-        for e in engs:
-            t_end = time.monotonic() + e.ready_timeout_s
-            while not e.serving():
-                assert e.proc.poll() is None and time.monotonic() < t_end, e.output()
-                time.sleep(0.05)
-        yield engs
-        for e in engs:
-            assert e.stop() == 0, e.output()
+    """(off, on), two workers each."""
+    yield from off_and_on(tmp_path_factory, "batch", 2,
+                          {"default_deadline_ms": 10_000, "max_batch": MAX_BATCH})
 
 
 def exchange(engine, steps: list) -> list:

@@ -24,26 +24,28 @@ MAX_INFLIGHT = 4
 ON_LINE = "ingress.compiled_loop=true"
 
 
-@pytest.fixture(scope="module")
-def engines(tmp_path_factory):
-    """(off, on): launched together, so their start-ups overlap."""
-    ing = {"default_deadline_ms": 10_000, "max_inflight": MAX_INFLIGHT,
-           "max_inflight_per_peer": MAX_INFLIGHT}
+def off_and_on(tmp_path_factory, name: str, workers: int, ingress: dict):
+    """Yield (off, on): two engines, ``ingress.compiled_loop`` false and true, launched
+    together so their start-ups overlap; each must stop with exit 0."""
     with ExitStack() as stack:
         engs = []
         for on in (False, True):
-            e = EngineProcess(tmp_path_factory.mktemp(f"loop{int(on)}"), workers=1,
-                              overrides={"ingress": {**ing, "compiled_loop": on}})
+            e = EngineProcess(tmp_path_factory.mktemp(f"{name}{int(on)}"), workers=workers,
+                              overrides={"ingress": {**ingress, "compiled_loop": on}})
             stack.callback(e.close)
             engs.append(e.launch())
         for e in engs:
-            t_end = time.monotonic() + e.ready_timeout_s
-            while not e.serving():
-                assert e.proc.poll() is None and time.monotonic() < t_end, e.output()
-                time.sleep(0.05)
+            e.wait_serving()
         yield engs
         for e in engs:
             assert e.stop() == 0, e.output()
+
+
+@pytest.fixture(scope="module")
+def engines(tmp_path_factory):
+    yield from off_and_on(tmp_path_factory, "loop", 1,
+                          {"default_deadline_ms": 10_000, "max_inflight": MAX_INFLIGHT,
+                           "max_inflight_per_peer": MAX_INFLIGHT})
 
 
 @pytest.fixture(scope="module")
