@@ -197,6 +197,14 @@ def generate(rules: list[KernelRule], n_rules: int, schema, thresholds: dict,
     out.append(f"_PRIO = np.array({[rules[k].index for k in prio]!r}, dtype=np.int64)")
     out += [""] + body + (plan.prefetch_source() if plan else [])
     nw = max(1, (n_rules + 63) // 64)
+    if singles:                         # its own function: the kernel's loop compiles as without it
+        out += ["@njit(**_OPTS)", f"def _per_event(events, arrival_ns, out, bits, hits, errors{kextra}):",
+                "    for i in range(events.shape[0]):"]
+        starts = []
+        for w in range(nw):
+            starts += [f"fw{w}, ew{w} = {singles[w]}(ev)"] if w in singles else [f"fw{w} = 0", f"ew{w} = 0"]
+        out += ["        " + s for s in _event_lines(starts, calls, extra, nw, thresholds, plan)]
+        out += ["", ""]
     out += [
         "_SIG = numba.void(numba.types.Array(numba.from_dtype(EVENT_DTYPE), 1, 'A'),",
         "                  numba.types.Array(numba.int64, 1, 'A'),",
@@ -215,12 +223,8 @@ def generate(rules: list[KernelRule], n_rules: int, schema, thresholds: dict,
         "        raise ValueError('rule kernel: an array is shorter than the batch or the ruleset')",
     ]
     if singles:                         # small batches: per event, short-circuit, no scratch
-        out += [f"    if n < {COLUMN_MIN_EVENTS}:", "        for i in range(n):"]
-        starts = []
-        for w in range(nw):
-            starts += [f"fw{w}, ew{w} = {singles[w]}(ev)"] if w in singles else [f"fw{w} = 0", f"ew{w} = 0"]
-        out += ["            " + s for s in _event_lines(starts, calls, extra, nw, thresholds, plan)]
-        out.append("        return")
+        out += [f"    if n < {COLUMN_MIN_EVENTS}:",
+                f"        _per_event(events, arrival_ns, out, bits, hits, errors{kextra})", "        return"]
     out += ["    " + s for s in cols.kernel_lines()]
     out += ["    for i in range(n):"]
     out += ["        " + s for s in cols.block_lines()]
