@@ -15,7 +15,8 @@ starts a fresh Python process that loads the kernel from the cache (compile_rule
 warm_up), and also reports the process's whole wall time including interpreter and Numba
 imports. Targets (issue 2): <= 200 ns/event for 100 rules at batch >= 1024, >= 100x the
 reference, warm-cache ready <= 2 s for 100 rules; issue 22 (1a, the column pass):
-<= 100 ns/event for the 100 synthetic rules at batch 64 (the last line printed).
+<= 100 ns/event for the 100 synthetic rules at batch 64 (the last line printed; the line
+before it: every ruleset at batch 1, a single-event request).
 """
 from __future__ import annotations
 
@@ -249,6 +250,7 @@ def main(argv=None) -> int:
             print(f"... {label}: compiling", file=sys.stderr, flush=True)
             rows.append(bench_ruleset(label, files, cfg.schema, ev, args, tmp))
             _print_row(rows[-1])
+    print(batch1_line(rows))
     print(target_line(rows))
     if args.json:
         Path(args.json).write_text(json.dumps({"numba": __import__("numba").__version__,
@@ -316,6 +318,13 @@ def per_feature(cfg, keys: str = "zipf", zipf_s: float = ZIPF_S) -> int:
             print(f"{name:<16} {spec['kind']:<9} {ns[0]:>12.0f} {ns[1]:>8.0f} {ns[1] - ns[0]:>10.0f}",
                   flush=True)
     return 0
+
+
+def batch1_line(rows: list) -> str:
+    """CPU ns/event at batch 1 (a single-event request, the common case for a payment
+    switch) of every ruleset row: the column pass's per-call cost once showed only here."""
+    got = [f"{r['ruleset']} {r['batches'][1]['kernel_ns_per_event']:.0f}" for r in rows if 1 in r.get("batches", {})]
+    return "batch 1 (one event per call), ns/event: " + ("; ".join(got) or "no rows")
 
 
 def target_line(rows: list) -> str:

@@ -51,12 +51,15 @@ def _int_by_const(m: ir.Bin) -> bool:
         and m.b.value not in (0, -1)
 
 
-def pure(n: ir.Node) -> bool:
+def pure(n: ir.Node, int_by_const: bool = True) -> bool:
     """True when evaluating ``n`` can never fail: then short-circuit operators may evaluate
-    every operand and combine with & | (no branches to mispredict, same result)."""
+    every operand and combine with & | (no branches to mispredict, same result).
+    ``int_by_const=False`` counts int // and % by a constant as impure too: per event, the
+    short-circuit that skips them is cheaper than evaluating them (straight-line code in a
+    vector loop wants them pure)."""
     for m in ir.walk(n):
         if isinstance(m, ir.Bin) and (m.a.type == "int" or m.op in ("/", "//", "%", "**")) \
-                and not _int_by_const(m):
+                and not (int_by_const and _int_by_const(m)):
             return False
         if isinstance(m, ir.Conv) and m.x.type in ("u64", "wide") and m.type == "int":
             return False
@@ -112,8 +115,9 @@ def vector_ops(n: ir.Node) -> bool:
 class RuleEmitter:
     """Emits statements for one rule's IR into ``lines`` (indented), temps ``v{r}_{k}``."""
 
-    def __init__(self, rid: int, fields: dict, consts: dict):
+    def __init__(self, rid: int, fields: dict, consts: dict, straight: bool = False):
         self.rid = rid
+        self.straight = straight      # code for a vector loop: int // and % by a constant are pure
         self.k = 0
         self.can_fail = False         # set when a statement may fail (needs the e flag)
         self.branches = False         # set when a statement is conditional (an if)
@@ -192,7 +196,7 @@ class RuleEmitter:
         if isinstance(n, ir.In):
             return self.member(n, ind)
         if isinstance(n, ir.BoolOp):
-            if n.type == "bool" and pure(n):
+            if n.type == "bool" and pure(n, self.straight):
                 op = " & " if n.op == "and" else " | "
                 return "(" + op.join(self.expr(v, ind) for v in n.values) + ")"
             t = self.tmp()
@@ -288,7 +292,7 @@ class RuleEmitter:
             a = self.operand(n.operands[0], ind)
             b = self.operand(n.operands[1], ind)
             return self.cmp2(n.ops[0], a, n.operands[0], b, n.operands[1])
-        if pure(n):
+        if pure(n, self.straight):
             codes = [self.operand(o, ind) for o in n.operands]
             codes = [c if j in (0, len(codes) - 1) or not c else self.simple(c, ind) for j, c in enumerate(codes)]
             return "(" + " & ".join(self.cmp2(op, codes[j], n.operands[j], codes[j + 1], n.operands[j + 1])

@@ -1,6 +1,7 @@
 """Assemble the generated kernel module: imports, constants, the column pass of the stateless
-rules (rules/kernel_columns.py), chunk functions of the rules that read features, lists or
-state (called per event, in order), the kernel.
+rules (rules/kernel_columns.py) and their per-event form for batches below
+COLUMN_MIN_EVENTS, chunk functions of the rules that read features, lists or state (called
+per event, in order), the kernel.
 
 The module defines EVENT_DTYPE, N_RULES and ``_kernel`` compiled eagerly for the explicit
 signature (events and out may be strided views: layout 'A'):
@@ -18,7 +19,7 @@ from pathlib import Path
 from shm.types import MAX_FIRED, DecisionFlag
 from rules import ir
 from rules.codegen import CHUNK_RULES, RuleEmitter, field_loads, flit, ilit, reads_state, vector_ops
-from rules.kernel_columns import ColumnLoop, ColumnPass
+from rules.kernel_columns import COLUMN_MIN_EVENTS, ColumnLoop, ColumnPass
 
 _HELPERS = ("_ldb", "_add_ii", "_sub_ii", "_mul_ii", "_floordiv_ii", "_mod_ii", "_pow_ii",
             "_neg_i", "_abs_i", "_u64_to_i", "_truediv_ii", "_div_ff", "_mod_ff",
@@ -90,7 +91,7 @@ def _rule_block(r: KernelRule, on_error_fire: bool, fields: dict, consts: dict) 
 def _straight_block(r: KernelRule, on_error_fire: bool, fields: dict, consts: dict):
     """Like _rule_block, branch-free (``fw |= int(cond) << bit``); None when the rule's code
     has a branch (a loop vectorizes only when every statement in it is straight-line code)."""
-    em = RuleEmitter(r.index, fields, consts)
+    em = RuleEmitter(r.index, fields, consts, straight=True)
     bit = r.index % 64
     em.emit(1, f"# [{r.index}] {r.rule_id}  {r.where}")
     at = len(em.lines)
@@ -159,22 +160,30 @@ def generate(rules: list[KernelRule], n_rules: int, schema, thresholds: dict,
     cols = ColumnPass(schema, loops)
     body = cols.source()
     calls = []
+    singles = {}                                # word -> per-event function of its stateless rules
     for c in range(0, len(rules), CHUNK_RULES):
-        fields: dict = {}
-        lines = []
-        for r in rules[c:c + CHUNK_RULES]:
-            if reads_state(r.cond):           # the others are in the column pass
-                lines += _rule_block(r, fire, fields, consts)[0]
-        if not lines:
-            continue
-        name = f"_chunk{c // CHUNK_RULES}"
-        calls.append((name, c // 64))
-        body.append("@njit(**_OPTS)")
-        body.append(f"def {name}(ev, i{extra}):")
-        body += ["    " + s for s in field_loads(fields, schema)]
-        body += ["    fw = 0", "    ew = 0"] + lines
-        body.append("    return fw, ew")
-        body.append("")
+        for stateful in (True, False):
+            if not stateful and not cols.loops:
+                continue
+            fields: dict = {}
+            lines = []
+            for r in rules[c:c + CHUNK_RULES]:
+                if reads_state(r.cond) == stateful:
+                    lines += _rule_block(r, fire, fields, consts)[0]
+            if not lines:
+                continue
+            name = f"_chunk{c // CHUNK_RULES}" if stateful else f"_single{c // CHUNK_RULES}"
+            args = f"ev, i{extra}" if stateful else "ev"
+            if stateful:
+                calls.append((name, c // 64))
+            else:
+                singles[c // 64] = name
+            body.append("@njit(**_OPTS)")
+            body.append(f"def {name}({args}):")
+            body += ["    " + s for s in field_loads(fields, schema)]
+            body += ["    fw = 0", "    ew = 0"] + lines
+            body.append("    return fw, ew")
+            body.append("")
     for g, (dt, vals) in consts.items():
         out.append(f"{g} = np.array({vals!r}, dtype={dt})")
     scores = [r.score if r.enforce else 0.0 for r in rules]
@@ -188,6 +197,14 @@ def generate(rules: list[KernelRule], n_rules: int, schema, thresholds: dict,
     out.append(f"_PRIO = np.array({[rules[k].index for k in prio]!r}, dtype=np.int64)")
     out += [""] + body + (plan.prefetch_source() if plan else [])
     nw = max(1, (n_rules + 63) // 64)
+    if singles:                         # its own function: the kernel's loop compiles as without it
+        out += ["@njit(**_OPTS)", f"def _per_event(events, arrival_ns, out, bits, hits, errors{kextra}):",
+                "    for i in range(events.shape[0]):"]
+        starts = []
+        for w in range(nw):
+            starts += [f"fw{w}, ew{w} = {singles[w]}(ev)"] if w in singles else [f"fw{w} = 0", f"ew{w} = 0"]
+        out += ["        " + s for s in _event_lines(starts, calls, extra, nw, thresholds, plan)]
+        out += ["", ""]
     out += [
         "_SIG = numba.void(numba.types.Array(numba.from_dtype(EVENT_DTYPE), 1, 'A'),",
         "                  numba.types.Array(numba.int64, 1, 'A'),",
@@ -205,47 +222,55 @@ def generate(rules: list[KernelRule], n_rules: int, schema, thresholds: dict,
         f"            or bits.shape[1] < {nw} or hits.shape[0] < N_RULES or errors.shape[0] < N_RULES:",
         "        raise ValueError('rule kernel: an array is shorter than the batch or the ruleset')",
     ]
+    if singles:                         # small batches: per event, short-circuit, no scratch
+        out += [f"    if n < {COLUMN_MIN_EVENTS}:",
+                f"        _per_event(events, arrival_ns, out, bits, hits, errors{kextra})", "        return"]
     out += ["    " + s for s in cols.kernel_lines()]
     out += ["    for i in range(n):"]
     out += ["        " + s for s in cols.block_lines()]
-    out += ["        ev = events[i]", "        o = out[i]"]
-    out += ["        " + s for s in (plan.read_lines() if plan else ())]
+    starts = []
     for w in range(nw):
         fw, ew = cols.word_start(w)
-        out.append(f"        fw{w} = {fw}")
-        out.append(f"        ew{w} = {ew}")
-    for name, w in calls:
-        out.append(f"        a, b = {name}(ev, i{extra})")
-        out.append(f"        fw{w} |= a")
-        out.append(f"        ew{w} |= b")
-    out += ["        score = 0.0", "        action = 0", "        nf = 0", "        flags = 0"]
-    for w in range(nw):
-        out += [f"        bits[i, {w}] = np.uint64(fw{w})",
-                f"        if ew{w} != 0:",
-                f"            _count_errors(errors, np.uint64(ew{w}), {64 * w})",
-                f"            flags |= {int(DecisionFlag.EVAL_ERROR)}",
-                f"        if fw{w} != 0:",
-                f"            score, action, nf = _finish_word(o, np.uint64(fw{w}), {64 * w}, hits, _SCORES, _ACTIONS, score, action, nf, {MAX_FIRED})"]
-    th = dict(thresholds)
-    if "block" in th:
-        out.append(f"        if score >= {flit(th['block'])} and action < 2:")
-        out.append("            action = 2")
-    if "review" in th:
-        out.append(f"        if score >= {flit(th['review'])} and action < 1:")
-        out.append("            action = 1")
-    out += [
-        f"        if nf > {MAX_FIRED}:",
-        f"            flags |= {int(DecisionFlag.FIRED_OVERFLOW)}",
-        f"            _select_fired(o, bits[i], _PRIO, {MAX_FIRED})",
-        f"        for k in range(min(nf, {MAX_FIRED}), {MAX_FIRED}):",
-        "            o.fired[k] = 0",
-        "        o.action = np.uint8(action)",
-        "        o.score = score",
-        "        o.flags = np.uint8(flags)",
-        "        o.nfired = np.uint16(min(nf, 65535))",
-    ]
-    if plan is not None:                # reads -> rules -> decision -> updates
-        out += ["        " + s for s in plan.update_lines("action", fused=True)]
+        starts += [f"fw{w} = {fw}", f"ew{w} = {ew}"]
+    out += ["        " + s for s in _event_lines(starts, calls, extra, nw, thresholds, plan)]
+    if plan is not None:
         out += ["", ""] + plan.apply_updates_source()
     out.append("")
     return "\n".join(out)
+
+
+def _event_lines(starts: list, calls: list, extra: str, nw: int, thresholds: dict, plan) -> list[str]:
+    """The kernel's statements for event ``i``: feature reads, the words' start values
+    (``starts``), the chunk calls, the decision and the feature updates."""
+    out = ["ev = events[i]", "o = out[i]"]
+    out += list(plan.read_lines() if plan else ())
+    out += starts
+    for name, w in calls:
+        out += [f"a, b = {name}(ev, i{extra})", f"fw{w} |= a", f"ew{w} |= b"]
+    out += ["score = 0.0", "action = 0", "nf = 0", "flags = 0"]
+    for w in range(nw):
+        out += [f"bits[i, {w}] = np.uint64(fw{w})",
+                f"if ew{w} != 0:",
+                f"    _count_errors(errors, np.uint64(ew{w}), {64 * w})",
+                f"    flags |= {int(DecisionFlag.EVAL_ERROR)}",
+                f"if fw{w} != 0:",
+                f"    score, action, nf = _finish_word(o, np.uint64(fw{w}), {64 * w}, hits, _SCORES, _ACTIONS, score, action, nf, {MAX_FIRED})"]
+    th = dict(thresholds)
+    if "block" in th:
+        out += [f"if score >= {flit(th['block'])} and action < 2:", "    action = 2"]
+    if "review" in th:
+        out += [f"if score >= {flit(th['review'])} and action < 1:", "    action = 1"]
+    out += [
+        f"if nf > {MAX_FIRED}:",
+        f"    flags |= {int(DecisionFlag.FIRED_OVERFLOW)}",
+        f"    _select_fired(o, bits[i], _PRIO, {MAX_FIRED})",
+        f"for k in range(min(nf, {MAX_FIRED}), {MAX_FIRED}):",
+        "    o.fired[k] = 0",
+        "o.action = np.uint8(action)",
+        "o.score = score",
+        "o.flags = np.uint8(flags)",
+        "o.nfired = np.uint16(min(nf, 65535))",
+    ]
+    if plan is not None:                # reads -> rules -> decision -> updates
+        out += plan.update_lines("action", fused=True)
+    return out

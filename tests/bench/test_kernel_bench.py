@@ -146,3 +146,11 @@ def test_target_line_reports_the_100_rule_batch_64_figure():
     assert bk.target_line([{"ruleset": "synthetic-10"}, row]).endswith("97.3 ns/event (<= 100: met)")
     row["batches"][64]["kernel_ns_per_event"] = 180.0
     assert "NOT met" in bk.target_line([row]) and "no synthetic-100" in bk.target_line([])
+
+
+def test_batch1_line_reports_every_ruleset_at_one_event_per_call():
+    rows = [{"ruleset": "synthetic-100", "batches": {1: {"kernel_ns_per_event": 650.4}, 64: {}}},
+            {"ruleset": "stateless example packs (default config)", "batches": {1: {"kernel_ns_per_event": 481.0}}}]
+    line = bk.batch1_line(rows)
+    assert line.endswith("synthetic-100 650; stateless example packs (default config) 481")
+    assert bk.batch1_line([]).endswith("no rows")

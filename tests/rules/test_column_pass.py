@@ -2,8 +2,10 @@
 for bit: stateless rules evaluated for a block of events at a time, branch-free (vector
 loop) or in their per-event form (the other loop), rules that fail (division by zero,
 overflow) under both on_error modes, a ruleset over 64 rules (the bit-63 boundary of a
-word) and batches that end inside, at and after a word of events and a column block; then
-a ruleset mixing stateless rules with feature-reading ones, over event streams."""
+word) and batches that end inside, at and after a word of events and a column block;
+batches below COLUMN_MIN_EVENTS take the per-event path (short-circuit, no column pass),
+checked at and around the threshold; then a ruleset mixing stateless rules with
+feature-reading ones, over event streams."""
 from __future__ import annotations
 
 import random
@@ -18,11 +20,12 @@ from shm.types import RESPONSE_SLOT_DTYPE, DecisionFlag
 from rules import compile_ruleset
 from rules.codegen import vector_ops
 from rules.feature_model import FeatureModel, reference_stream
-from rules.kernel_columns import COLUMN_BLOCK_EVENTS
+from rules.kernel_columns import COLUMN_BLOCK_EVENTS, COLUMN_MIN_EVENTS
 from tests.rules.exprgen import random_event, to_record
 from tests.rules.test_differential import _check_batch
 
-BATCHES = (1, 2, 63, 64, 65, 1000)
+T = COLUMN_MIN_EVENTS
+BATCHES = (1, 2, T - 1, T, T + 1, 63, 64, 65, 1000)
 # (template, vector loop expected): {c} is a constant drawn per rule
 _VECTOR = ["i8f > {c}", "u16f in (0, 1, 255, {c})", "code == b'AB' or name != b'hello'",
            "f64f * 2.0 > f32f + {c}", "i32f % 7 == {m}", "i64f // 1000 > {c}", "flag and u8f >= {c}",
@@ -63,6 +66,7 @@ def test_the_ruleset_exercises_both_column_loops(column_ruleset):
     vec = sum(vector_ops(c) for c in column_ruleset.conditions)
     assert 40 < vec < N_RULES and "_gather(events" in src and "_chunk" not in src
     assert "|= np.uint64(fw)" in src and "|= np.uint64(ew)" in src
+    assert f"if n < {COLUMN_MIN_EVENTS}:" in src and "_single0(ev)" in src and "_single1(ev)" in src
 
 
 @pytest.mark.parametrize("n", BATCHES)
@@ -83,6 +87,16 @@ def test_errors_overflow_and_high_bits_happen(column_ruleset, all_schema):
     for r in (62, 63, 64, 65, 79):
         assert any(r in x.errors for x in d) and any(r in x.fired and r not in x.errors for x in d), r
     assert COLUMN_BLOCK_EVENTS < 1000          # the 1000-event batch spans several blocks
+
+
+@pytest.mark.parametrize("n", [COLUMN_MIN_EVENTS - 1, 1])
+def test_small_batches_match_reference_through_errors_and_high_bits(column_ruleset, all_schema, n):
+    """The events above (evaluation errors, fired lists over MAX_FIRED, bits 62 to 65 and 79)
+    in batches small enough for the per-event path, bit for bit."""
+    rng = random.Random(1000 + 1000)
+    arr = to_record([random_event(rng, all_schema) for _ in range(1000)], all_schema)
+    for lo in range(0, 1000 if n > 1 else 300, n):
+        _check_batch(column_ruleset, arr[lo:lo + n], strided=lo % 2 == 0)
 
 
 # --- stateless rules next to feature-reading ones ----------------------------------------
@@ -133,25 +147,31 @@ def mixed_file(tmp_path_factory):
 
 @pytest.mark.parametrize("on_error", ON_ERROR)
 def test_stateless_and_feature_rules_match_reference_stream(mixed_file, kernel_cache, on_error):
+    """Each stream in one call; then a 200-event stream in calls of ``step`` events (the
+    tables carry state from call to call, through the per-event path and the column pass)."""
     rs = compile_ruleset([mixed_file], SCHEMA, thresholds={"review": 8, "block": 25}, on_error=on_error,
                          cache_dir=kernel_cache, features=FeatureSet(SPECS, SCHEMA))
     src = open(rs.module_path).read()
     assert "_chunk0(ev, i" in src and "_col0(cols, m)" in src and "_col1(cols, m)" in src
-    for n in BATCHES:
+    assert f"if n < {COLUMN_MIN_EVENTS}:" in src and "_single0(ev)" in src
+    runs = [(n, n, n) for n in BATCHES] + [(200, step, 1000 + step) for step in (1, T - 1, T, T + 1)]
+    for n, step, seed in runs:
         fs, model = FeatureSet(SPECS, SCHEMA), FeatureModel(SPECS, SCHEMA, {})
-        ev, arrival = _stream(random.Random(n), n)
+        ev, arrival = _stream(random.Random(seed), n)
         out = np.zeros(n, RESPONSE_SLOT_DTYPE)
         bits = np.zeros((n, rs.n_words), np.uint64)
         hits, errors = np.zeros(rs.n_rules, np.int64), np.zeros(rs.n_rules, np.int64)
-        rs.kernel(ev, arrival, out, bits, hits, errors, *fs.arrays())
+        for lo in range(0, n, step):
+            hi = lo + step
+            rs.kernel(ev[lo:hi], arrival[lo:hi], out[lo:hi], bits[lo:hi], hits, errors, *fs.arrays())
         want_errors = np.zeros(rs.n_rules, np.int64)
         for i, d in enumerate(reference_stream(rs, model, ev, arrival)):
             fired = {b for b in range(rs.n_rules) if int(bits[i, 0]) >> b & 1}
-            assert (int(out[i]["action"]), float(out[i]["score"]), fired) == (d.action, d.score, set(d.fired)), (n, i)
-            assert bool(out[i]["flags"] & DecisionFlag.EVAL_ERROR) == bool(d.errors), (n, i)
+            assert (int(out[i]["action"]), float(out[i]["score"]), fired) == (d.action, d.score, set(d.fired)), (n, step, i)
+            assert bool(out[i]["flags"] & DecisionFlag.EVAL_ERROR) == bool(d.errors), (n, step, i)
             for r in d.errors:
                 want_errors[r] += 1
-        assert (errors == want_errors).all(), n
+        assert (errors == want_errors).all(), (n, step)
         assert n < 64 or want_errors.any()
 
 

@@ -233,13 +233,16 @@ def test_large_sets_use_binary_search(files, all_schema, kernel_cache):
                     "  - {id: u, when: 'k in U', score: 4}\n")
     rs = compile_ruleset([str(path)], all_schema, cache_dir=kernel_cache)
     src = open(rs.module_path).read()
-    assert "_in_sorted_i(" in src and src.count("_in_sorted_u(") == 2
+    one = src[src.index("def _single0(ev):"):]            # the per-event form of the three rules
+    one = one[:one.index("return fw, ew")]
+    assert "_in_sorted_i(" in one and one.count("_in_sorted_u(") == 2
     ev = _events(all_schema, i32f=[-40, -39, 399, 7, 0], code=[b"AA", b"AH", b"FG", b"", b"ZZ"],
                  k=[2**40, 2**40 + 34, 2**40 + 35, 0, 2**64 - 1])
     out = rs.evaluate(ev)
     assert list(out["score"]) == [5.0, 6.0, 0.0, 2.0, 2.0]
     for i in range(len(ev)):
         assert rs.reference(ev[i])[1] == out[i]["score"]
+    assert list(rs.evaluate(np.concatenate([ev, ev]))["score"]) == [5.0, 6.0, 0.0, 2.0, 2.0] * 2   # column pass
 
 
 @pytest.mark.parametrize("short", ["arrival_ns", "out", "bits_rows", "bits_words", "hits", "errors"])
