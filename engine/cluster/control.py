@@ -186,20 +186,22 @@ class ControlClient:
 
 
 async def read_applied(js, bucket: str = BUCKET) -> dict:
-    """For `cluster status`: {"revision": the last change's, "nodes": {node: applied doc}}."""
-    kv = await js.key_value(bucket)
+    """For `cluster status`: {"revision": the last change's, "nodes": {node: applied doc}}.
+    The keys come from the stream's own per-subject state and each one's last message (a
+    delete marker, such as `resume`'s, is a change too), not from a key watcher, whose
+    "no more keys" marker can come early on a loaded server and would show revision 0."""
+    await js.key_value(bucket)                  # BucketNotFoundError: no node opened it
+    stream, prefix = f"KV_{bucket}", f"$KV.{bucket}."
+    info = await js.stream_info(stream, subjects_filter=prefix + ">")
     out, last = {}, 0
-    try:
-        keys = await kv.keys()
-    except jserr.NoKeysError:
-        keys = []
-    for k in keys:
-        e = await kv.get(k)
-        if k.startswith(APPLIED):
+    for subject in sorted(info.state.subjects or {}):
+        m = await js.get_last_msg(stream, subject)
+        k = subject[len(prefix):]
+        if not k.startswith(APPLIED):
+            last = max(last, m.seq)
+        elif (m.headers or {}).get("KV-Operation") not in ("DEL", "PURGE"):
             try:
-                out[k[len(APPLIED):]] = json.loads(e.value)
+                out[k[len(APPLIED):]] = json.loads(m.data)
             except ValueError:
                 out[k[len(APPLIED):]] = {"malformed": True}
-        else:
-            last = max(last, e.revision)
     return {"bucket": bucket, "revision": last, "nodes": out}
