@@ -109,6 +109,30 @@ static __always_inline u32 lowest_list(u32 m)
     return list;
 }
 
+/* The generation a packet is judged by: read once, so it never sees a half-flipped list. */
+static __always_inline u32 active_gen(void)
+{
+    int zero = 0;
+    u32 *gp = gen.lookup(&zero);
+    return gp ? *gp : 0;
+}
+
+/* The TCP destination port when it is an enforced one, else 0: the packet passes unjudged
+ * (counted C_OTHER). Enforced ports are 1..65535, so 0 is never one. */
+static __always_inline u16 enforced_dport(struct tcphdr *tcp, void *data_end)
+{
+    if ((void *)(tcp + 1) > data_end) {
+        count(C_OTHER);
+        return 0;
+    }
+    u16 dport = ntohs(tcp->dest);
+    if (!(PORT_MATCH(dport))) {
+        count(C_OTHER);
+        return 0;
+    }
+    return dport;
+}
+
 static __always_inline void emit(u32 saddr, u16 dport, u32 list, u32 g)
 {
     u64 now = bpf_ktime_get_ns();
@@ -182,9 +206,7 @@ static __always_inline void emit6(struct ipv6hdr *ip6, u16 dport, u32 list, u32 
  * longer than the walk, and only a listed source is dropped). */
 static __always_inline int judge6_source(struct ipv6hdr *ip6, u16 dport, int known)
 {
-    int zero = 0;
-    u32 *gp = gen.lookup(&zero);
-    u32 g = gp ? *gp : 0;                /* read once: this packet is judged by generation g */
+    u32 g = active_gen();
     struct lpm6_key_t key = {.prefixlen = 128};
     __builtin_memcpy(key.saddr, &ip6->saddr, 16);
     u32 *mask = g ? nets6_1.lookup(&key) : nets6_0.lookup(&key);
@@ -239,17 +261,8 @@ static __always_inline int judge6(struct ipv6hdr *ip6, void *data_end)
     }
     if (nh != IPPROTO_TCP)
         return judge6_source(ip6, 0, 0);
-    struct tcphdr *tcp = p;
-    if ((void *)(tcp + 1) > data_end) {
-        count(C_OTHER);
-        return 0;
-    }
-    u16 dport = ntohs(tcp->dest);
-    if (!(PORT_MATCH(dport))) {
-        count(C_OTHER);
-        return 0;
-    }
-    return judge6_source(ip6, dport, 1);
+    u16 dport = enforced_dport(p, data_end);
+    return dport ? judge6_source(ip6, dport, 1) : 0;
 }
 
 /* 1: drop, 0: pass */
@@ -268,19 +281,10 @@ static __always_inline int judge(void *data, void *data_end)
         count(C_OTHER);
         return 0;
     }
-    struct tcphdr *tcp = (void *)ip + ip->ihl * 4;
-    if ((void *)(tcp + 1) > data_end) {
-        count(C_OTHER);
+    u16 dport = enforced_dport((void *)ip + ip->ihl * 4, data_end);
+    if (!dport)
         return 0;
-    }
-    u16 dport = ntohs(tcp->dest);
-    if (!(PORT_MATCH(dport))) {
-        count(C_OTHER);
-        return 0;
-    }
-    int zero = 0;
-    u32 *gp = gen.lookup(&zero);
-    u32 g = gp ? *gp : 0;                /* read once: this packet is judged by generation g */
+    u32 g = active_gen();
     u32 saddr = ip->saddr;
     struct lpm_key_t key = {.prefixlen = 32, .saddr = saddr};
     u32 *mask = g ? addrs1.lookup(&saddr) : addrs0.lookup(&saddr);
