@@ -50,12 +50,10 @@ class AsyncClient(LazyPirateSocket):
         async with self._lock:
             rid = self.codec.new_request_id()
             for attempt in range(self.retries + 1):
-                frame = self.codec.frame(recs, rid, deadline_ms, retry=attempt > 0)
-                sock = self._socket()
-                await sock.send(frame)
-                if await sock.poll(timeout_ms, zmq.POLLIN):
-                    return self.codec.parse(await sock.recv(), rid, len(recs))
-                self._drop_socket()
+                reply = await self._attempt(
+                    self.codec.frame(recs, rid, deadline_ms, retry=attempt > 0), timeout_ms)
+                if reply is not None:
+                    return self.codec.parse(reply, rid, len(recs))
         raise ClientTimeout(self.endpoint, rid, self.retries + 1, timeout_ms)
 
     async def rule_ids(self, generation: int, *, timeout_ms: int | None = None) -> RuleIds:
@@ -68,14 +66,25 @@ class AsyncClient(LazyPirateSocket):
             rid = self.codec.new_request_id()
             frame = self.codec.rules_frame(rid, generation)
             for _ in range(self.retries + 1):
-                sock = self._socket()
-                await sock.send(frame)
-                if await sock.poll(timeout_ms, zmq.POLLIN):
+                reply = await self._attempt(frame, timeout_ms)
+                if reply is not None:
                     got = self.codec.rule_ids[generation] = self.codec.parse_rules(
-                        await sock.recv(), rid, generation)
+                        reply, rid, generation)
                     return got
-                self._drop_socket()
         raise ClientTimeout(self.endpoint, rid, self.retries + 1, timeout_ms)
+
+    async def _attempt(self, frame: bytes, timeout_ms: int) -> bytes | None:
+        """As ``Client._attempt``: the reply, or None (socket dropped) after ``timeout_ms``."""
+        sock = self._socket(timeout_ms)
+        try:
+            await sock.send(frame)
+        except zmq.Again:
+            pass
+        else:
+            if await sock.poll(timeout_ms, zmq.POLLIN):
+                return await sock.recv()
+        self._drop_socket()
+        return None
 
     async def resolve(self, d: Decision) -> Decision:
         """As ``Client.resolve``: the rule ids of a binary decision's indexes."""

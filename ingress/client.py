@@ -231,16 +231,22 @@ class LazyPirateSocket:
     first use, dropped after a timeout (a REQ socket cannot send twice: Lazy Pirate).
     Needs ``_ctx``, ``_sock``, ``endpoint``, ``curve`` and ``reconnects``."""
 
-    def _socket(self) -> zmq.Socket:
+    def _socket(self, timeout_ms: int) -> zmq.Socket:
+        """The REQ socket, its send bounded by ``timeout_ms``: a peer that refused the
+        handshake (a CURVE key the server does not allow, plaintext to a CURVE server) takes
+        the socket's only pipe with it, and an unbounded send would then wait forever."""
         if self._sock is None:
             s = self._ctx.socket(zmq.REQ)
             s.linger = 0
+            self._send_timeout_ms = None
             if self.curve is not None:
                 self.curve.apply(s)
             if "[" in self.endpoint:      # libzmq refuses tcp://[addr]:port without ZMQ_IPV6
                 s.setsockopt(zmq.IPV6, 1)
             s.connect(self.endpoint)
             self._sock = s
+        if self._send_timeout_ms != timeout_ms:
+            self._sock.sndtimeo = self._send_timeout_ms = timeout_ms
         return self._sock
 
     def _drop_socket(self) -> None:
@@ -288,13 +294,25 @@ class Client(LazyPirateSocket):
         timeout_ms = timeout_ms or self.timeout_ms
         deadline_ms = self.deadline_ms if deadline_ms is None else deadline_ms
         for attempt in range(self.retries + 1):
-            frame = self.codec.frame(recs, rid, deadline_ms, retry=attempt > 0)
-            sock = self._socket()
-            sock.send(frame, copy=len(frame) < 65536)
-            if sock.poll(timeout_ms, zmq.POLLIN):
-                return self.codec.parse(sock.recv(), rid, len(recs))
-            self._drop_socket()       # Lazy Pirate: a REQ socket cannot send twice
+            reply = self._attempt(self.codec.frame(recs, rid, deadline_ms, retry=attempt > 0),
+                                  timeout_ms)
+            if reply is not None:
+                return self.codec.parse(reply, rid, len(recs))
         raise ClientTimeout(self.endpoint, rid, self.retries + 1, timeout_ms)
+
+    def _attempt(self, frame: bytes, timeout_ms: int) -> bytes | None:
+        """One Lazy Pirate attempt: the reply, or None when the send or the reply took longer
+        than ``timeout_ms`` (the socket is then dropped: a REQ socket cannot send twice)."""
+        sock = self._socket(timeout_ms)
+        try:
+            sock.send(frame, copy=len(frame) < 65536)
+        except zmq.Again:
+            pass
+        else:
+            if sock.poll(timeout_ms, zmq.POLLIN):
+                return sock.recv()
+        self._drop_socket()
+        return None
 
     def rule_ids(self, generation: int, *, timeout_ms: int | None = None) -> RuleIds:
         """The rule ids of ``generation``, asked of the engine once and cached (a generation's
@@ -305,12 +323,10 @@ class Client(LazyPirateSocket):
             timeout_ms = timeout_ms or self.timeout_ms
             frame = self.codec.rules_frame(rid, generation)
             for _ in range(self.retries + 1):
-                sock = self._socket()
-                sock.send(frame)
-                if sock.poll(timeout_ms, zmq.POLLIN):
-                    got = self.codec.parse_rules(sock.recv(), rid, generation)
+                reply = self._attempt(frame, timeout_ms)
+                if reply is not None:
+                    got = self.codec.parse_rules(reply, rid, generation)
                     break
-                self._drop_socket()
             else:
                 raise ClientTimeout(self.endpoint, rid, self.retries + 1, timeout_ms)
             self.codec.rule_ids[generation] = got
