@@ -155,5 +155,6 @@ def test_engine_kill_under_load_then_restart(setup):
     eng2.config_path.write_text(yaml.safe_dump(eng2.raw, sort_keys=False))
     with eng2:
         assert "recovered feature state" in eng2.output()
+        assert stale and "reclaimed" in eng2.output()
         assert not set(stale) & set(shm_entries(eng.instance))
         assert_tables_match_journal(eng2, jdir, schema)

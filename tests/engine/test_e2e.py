@@ -163,6 +163,7 @@ def test_status_lists_processes(engine):
         assert str(pid) in out.stdout
 
 
+@pytest.mark.slow    # two engine starts, 45-90 s; test_crash_recovery's engine kill checks the same reclaim in make test
 def test_sigkill_then_restart_reclaims_stale_segments(tmp_path):
     eng = EngineProcess(tmp_path, workers=1, metrics=False).start()
     stale = shm_entries(eng.instance)
