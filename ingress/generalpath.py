@@ -78,6 +78,7 @@ class GeneralPath:
         self.pending: dict[int, Pending] = {}
         self.autoblock = None                      # ingress.autoblock: rules that block a source
         self.deadlines: list[tuple[int, int]] = []
+        self.batch = None                          # ingress.batchadmit, set by the compiled loop
         self.instrument = cfg.metrics.enabled
         self.c_requests = block.view("ingress.requests").reshape(2, N_CODES)
         self.c_decisions = block.view("ingress.decisions")
@@ -131,6 +132,10 @@ class GeneralPath:
     # --- requests ----------------------------------------------------------------------------
 
     def handle(self, frames: list, now_ns: int) -> None:
+        if self.batch is not None:                 # a binary batch, admitted in one call
+            got = self.batch.try_admit(frames, now_ns)
+            if got is not None:
+                return self._track(now_ns, *got)
         try:
             envelope, body = split_envelope(frames)
         except WireError as e:
@@ -195,8 +200,13 @@ class GeneralPath:
             if owed > 0:
                 views.owe(w)
         views.owed_since = views.owed_since or now_ns
-        deadline = adm.deadline(now_ns, req.deadline_us, n)
-        p = Pending(seq, envelope, req, n, now_ns, deadline, [w for w, _ in groups], dkey)
+        self._track(now_ns, envelope, req, seq, [w for w, _ in groups], dkey, rhash)
+
+    def _track(self, now_ns: int, envelope, req, seq: int, workers: list, dkey, rhash: int) -> None:
+        """Keep admitted request ``seq`` (its events in the rings of ``workers``) in flight."""
+        n = len(req.records)
+        deadline = self.admission.deadline(now_ns, req.deadline_us, n)
+        p = Pending(seq, envelope, req, n, now_ns, deadline, workers, dkey)
         p.peer = self.fast.peer_now           # the compiled loop's capture of this message
         p.rhash = rhash
         p.routed_ns = time.monotonic_ns()
