@@ -6,8 +6,10 @@ of the shard key to its worker, copies the records into the rings in one batch o
 worker (ingress._batch_kernels), and answers when every event of the request has a decision,
 when its deadline passes (flagged TIMEOUT or WORKER_LOST, ingress.timeouts), or at once when
 it cannot be admitted (OVERLOADED, or the configured ``ingress.on_overload`` default). With
-``ingress.compiled_loop`` a binary request's reply (one envelope, no retry attached) is
-encoded, sent, remembered and counted in one compiled call (_batch_kernels.finish_send).
+``ingress.compiled_loop`` a binary batch is first offered to one compiled admission
+(ingress.batchadmit: what it declines takes the steps above), and a binary request's reply
+(one envelope, no retry attached) is encoded, sent, remembered and counted in one compiled
+call (_batch_kernels.finish_send).
 """
 from __future__ import annotations
 
