@@ -72,7 +72,7 @@ class BatchAdmit:
             if key in self.dedup.inflight:
                 return None
         f, out = self.fast, self.out
-        if self._admit(body, n, key is not None, i64_bits(cid), i64_bits(rid),
+        if self._admit(body, n, int(key is not None), i64_bits(cid), i64_bits(rid),
                        adm.seq << INDEX_BITS, now_ns, self.conf, self.codec.value_checks,
                        self.dd_index, self.dd_ent, self.dd_pool_size, f.ft, f.meta, self.rings,
                        self.widx, out) != BA.ADMITTED:
