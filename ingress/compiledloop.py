@@ -7,6 +7,7 @@ fast path's ``deliver`` then sends their replies from compiled code too (FastPat
 What the compiled call declines (JSON, batches, bad frames or values, retries, anything over
 a limit or while shedding) it hands back with its frames, and this runs the router's
 per-message code on it, unchanged: one implementation of every answer but the common one.
+There a binary batch is admitted by one compiled call as well (ingress.batchadmit).
 
 pyzmq still creates, configures (CURVE included: libzmq applies it) and closes the socket;
 the handle is taken from it (zmqc.handle) at every call, so a closed socket is never used.
@@ -23,6 +24,7 @@ from shm.control import OVERLOAD_REASONS
 from ingress import _loop_kernels as LK
 from ingress import zmqc
 from ingress.admission import DOORBELL_DEFER_NS
+from ingress.batchadmit import BatchAdmit
 from ingress.dedup import i64_bits
 from shm import _ring_kernels as RK
 from shm.ring import bind_entry
@@ -64,6 +66,8 @@ class CompiledLoop:
                       env_delim=fast.env_delim, dup=fast.dup, owed=self.owed, peer=fast.peer)
         self.pack = LK.pack(arrays, LK.READ_PACK)        # one argument, not 19 (LK doc)
         self.rings = LK.pack_rings(views.ring_hdr, views.ring_u8)
+        # the general path's binary batches: admitted in one compiled call (ingress.batchadmit)
+        general.batch = BatchAdmit(general.codec, dedup, admission, views, fast, c, self.rings)
         self.dd_pool_size = fast.dd_pool.size
         ty, i64 = numba.typeof, numba.types.int64
         self._read = bind_entry(LK.read_packed, (i64, ty(self.pack), ty(self.rings), i64, i64, i64))

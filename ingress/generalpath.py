@@ -6,8 +6,10 @@ of the shard key to its worker, copies the records into the rings in one batch o
 worker (ingress._batch_kernels), and answers when every event of the request has a decision,
 when its deadline passes (flagged TIMEOUT or WORKER_LOST, ingress.timeouts), or at once when
 it cannot be admitted (OVERLOADED, or the configured ``ingress.on_overload`` default). With
-``ingress.compiled_loop`` a binary request's reply (one envelope, no retry attached) is
-encoded, sent, remembered and counted in one compiled call (_batch_kernels.finish_send).
+``ingress.compiled_loop`` a binary batch is first offered to one compiled admission
+(ingress.batchadmit: what it declines takes the steps above), and a binary request's reply
+(one envelope, no retry attached) is encoded, sent, remembered and counted in one compiled
+call (_batch_kernels.finish_send).
 """
 from __future__ import annotations
 
@@ -78,6 +80,7 @@ class GeneralPath:
         self.pending: dict[int, Pending] = {}
         self.autoblock = None                      # ingress.autoblock: rules that block a source
         self.deadlines: list[tuple[int, int]] = []
+        self.batch = None                          # ingress.batchadmit, set by the compiled loop
         self.instrument = cfg.metrics.enabled
         self.c_requests = block.view("ingress.requests").reshape(2, N_CODES)
         self.c_decisions = block.view("ingress.decisions")
@@ -131,6 +134,10 @@ class GeneralPath:
     # --- requests ----------------------------------------------------------------------------
 
     def handle(self, frames: list, now_ns: int) -> None:
+        if self.batch is not None:                 # a binary batch, admitted in one call
+            got = self.batch.try_admit(frames, now_ns)
+            if got is not None:
+                return self._track(now_ns, *got)
         try:
             envelope, body = split_envelope(frames)
         except WireError as e:
@@ -195,8 +202,13 @@ class GeneralPath:
             if owed > 0:
                 views.owe(w)
         views.owed_since = views.owed_since or now_ns
-        deadline = adm.deadline(now_ns, req.deadline_us, n)
-        p = Pending(seq, envelope, req, n, now_ns, deadline, [w for w, _ in groups], dkey)
+        self._track(now_ns, envelope, req, seq, [w for w, _ in groups], dkey, rhash)
+
+    def _track(self, now_ns: int, envelope, req, seq: int, workers: list, dkey, rhash: int) -> None:
+        """Keep admitted request ``seq`` (its events in the rings of ``workers``) in flight."""
+        n = len(req.records)
+        deadline = self.admission.deadline(now_ns, req.deadline_us, n)
+        p = Pending(seq, envelope, req, n, now_ns, deadline, workers, dkey)
         p.peer = self.fast.peer_now           # the compiled loop's capture of this message
         p.rhash = rhash
         p.routed_ns = time.monotonic_ns()

@@ -1,9 +1,10 @@
-"""Binary batch requests with ingress.compiled_loop on and off: the general path's replies
-are sent from compiled code when it is on (ingress._batch_kernels.finish_send), from Python
-when it is off. The same sequence (batch sizes 1, 2, 63, 64, 65 and ingress.max_batch, with
-and without an empty delimiter frame, keyed and not, events of both workers in one request,
-bad counts, values and lengths, retries decided and in flight, an idempotency conflict) sent
-to two engines of two workers each gets byte-identical replies, and the counters agree."""
+"""Binary batch requests with ingress.compiled_loop on and off: the general path's batches
+are admitted (ingress.batchadmit) and their replies sent (ingress._batch_kernels.finish_send)
+from compiled code when it is on, from Python when it is off. The same sequence (batch sizes
+1..ingress.max_batch, with and without an empty delimiter frame, keyed and not, events of
+both workers in one request, every header field wrong once, bad values in several records,
+retries decided and in flight, reused keys, a full ring) sent to two engines of two workers
+each gets byte-identical replies, and the counters agree."""
 from __future__ import annotations
 
 import time
@@ -94,4 +95,110 @@ def test_batch_replies_are_byte_identical_with_the_compiled_loop_on_and_off(engi
     for i in (-5, -4, -1):                          # the retries, decided and in flight
         assert np.all(replies[i][2]["flags"] & dup), i
     assert not np.any(replies[-2][2]["flags"] & dup)
+    assert counters(off) == counters(on)
+
+
+def with_bad(records: np.ndarray, i: int, field: str, raw: bytes) -> np.ndarray:
+    """A copy of ``records`` whose record ``i`` has the bytes ``raw`` in ``field``."""
+    out = records.copy()
+    off = out.dtype.fields[field][1]
+    out.view(np.uint8).reshape(len(out), -1)[i, off:off + len(raw)] = np.frombuffer(raw, np.uint8)
+    return out
+
+
+def test_every_batch_size_and_bad_record_is_admitted_alike_with_the_compiled_loop_on_and_off(engines):
+    """Sizes 1..MAX_BATCH, keyed and not, split between both workers; a non-finite float or a
+    bool byte over 1 in the first, a middle and the last record; every header field wrong
+    once; decided retries and reused keys (other events, another count). The compiled
+    admission declines what it does not admit, and the general path answers that alone."""
+    off, on = engines
+    schema = load_config().schema
+    h = schema.hash
+    rng = np.random.default_rng(130)
+    steps, expect = [], []
+    for n in range(1, MAX_BATCH + 1):
+        steps.append((n % 2 == 0, wire.pack_request(h, random_events(rng, schema, n),
+                                                    77 if n % 3 else 0, 10_000 + n)))
+        expect.append(0)
+    fbool = next(f for f in schema.dtype.names if schema.dtype[f] == np.bool_)
+    for n in (1, 2, 64, MAX_BATCH):
+        recs = random_events(rng, schema, n)
+        for i in sorted({0, n // 2, n - 1}):
+            for field, raw, code in (("amount", np.float64(np.nan).tobytes(), ErrorCode.NON_FINITE),
+                                     ("amount", np.float64(-np.inf).tobytes(), ErrorCode.NON_FINITE),
+                                     (fbool, b"\x02", ErrorCode.OUT_OF_RANGE)):
+                steps.append((True, wire.pack_request(h, with_bad(recs, i, field, raw), 78, 20_000 + i)))
+                expect.append(int(code))
+        steps.append((False, wire.pack_request(h, recs, 78, 20_000 + n)))      # the key unused
+        expect.append(0)
+    good = random_events(rng, schema, 64)
+    body = wire.pack_request(h, good, 79, 1)
+    head = wire.REQUEST_HEADER
+    bad_headers = [
+        (head.pack(wire.REQUEST_MAGIC, wire.PROTOCOL_VERSION + 1, 0, h, 64, 0, 79, 2), ErrorCode.BAD_VERSION),
+        (head.pack(wire.REQUEST_MAGIC, wire.PROTOCOL_VERSION, 0x4000, h, 64, 0, 79, 3), ErrorCode.BAD_FLAGS),
+        (head.pack(wire.REQUEST_MAGIC, wire.PROTOCOL_VERSION, 0, h ^ 1, 64, 0, 79, 4), ErrorCode.SCHEMA_MISMATCH),
+        (head.pack(wire.REQUEST_MAGIC, wire.PROTOCOL_VERSION, 0, h, 0, 0, 79, 5), ErrorCode.BAD_COUNT),
+        (head.pack(wire.REQUEST_MAGIC, wire.PROTOCOL_VERSION, 0, h, 63, 0, 79, 6), ErrorCode.BAD_LENGTH),
+        (head.pack(wire.REQUEST_MAGIC ^ 1, wire.PROTOCOL_VERSION, 0, h, 64, 0, 79, 7), ErrorCode.BAD_MAGIC)]
+    for hdr, code in bad_headers:
+        steps.append((True, hdr + body[head.size:]))
+        expect.append(int(code))
+    retry = int(wire.HeaderFlag.RETRY)
+    steps += [(True, body),                                                     # decided
+              (False, body),                                                    # its retry
+              (True, wire.pack_request(h, good, 79, 1, flags=retry)),           # flagged retry
+              (True, wire.pack_request(h, with_bad(good, 5, "amount", b"\0" * 7 + b"\x40"), 79, 1)),
+              (True, wire.pack_request(h, good[:63], 79, 1)),                   # another count
+              (True, wire.pack_request(h, good, 79, 8, deadline_us=3_000_000))] # a deadline
+    expect += [0, 0, 0, int(ErrorCode.IDEMPOTENCY_CONFLICT), int(ErrorCode.IDEMPOTENCY_CONFLICT), 0]
+    got = {e: exchange(e, steps) for e in (off, on)}
+    assert got[off] == got[on]
+    replies = [wire.unpack_reply(r) for r in got[on]]
+    assert [r[1] for r in replies] == expect
+    assert [len(r[2]) for r in replies[:MAX_BATCH]] == list(range(1, MAX_BATCH + 1))
+    dup = int(DecisionFlag.DUPLICATE)
+    assert not np.any(replies[-6][2]["flags"] & dup)
+    assert np.all(replies[-5][2]["flags"] & dup) and np.all(replies[-4][2]["flags"] & dup)
+    assert counters(off) == counters(on)
+
+
+def test_a_full_ring_refuses_the_same_batches_with_the_compiled_loop_on_and_off(engines):
+    """While worker 0 is stopped, 31 batches of MAX_BATCH of its events leave 66 slots of
+    its 4096: a batch of 67 of its events and 63 of worker 1's is refused OVERLOADED (ring
+    full) as a whole, one of 66 and 1 then fits exactly, one of worker 1's alone still
+    does, and 2 more of worker 0's do not. Both admissions answer alike, the refusals at
+    once (the last message is one: every message was read before the thaw)."""
+    off, on = engines
+    schema = load_config().schema
+    h = schema.hash
+    rng = np.random.default_rng(4096)
+    pool = random_events(rng, schema, 12_000)
+    of = Shards(schema, 2).of(pool)
+    w0, w1 = pool[of == 0], pool[of == 1]
+    mine = [w0[i * MAX_BATCH:(i + 1) * MAX_BATCH] for i in range(31)]
+    at = 31 * MAX_BATCH
+    batches = mine + [np.concatenate([w0[at:at + 67], w1[:63]]),
+                      np.concatenate([w1[63:64], w0[at + 67:at + 133]]),
+                      w1[64:64 + MAX_BATCH], w0[at + 133:at + 135]]
+    bodies = [wire.pack_request(h, b, 90 if i % 2 else 0, 30_000 + i) for i, b in enumerate(batches)]
+
+    def run(engine) -> list:
+        s = dealer(engine)
+        try:
+            with frozen_worker(engine):
+                for b in bodies:
+                    s.send_multipart([b])
+                early = [recv(s) for _ in range(2)]       # refused at once, before the thaw
+            rest = [recv(s) for _ in range(len(bodies) - len(early))]
+            return early, sorted(rest, key=lambda r: wire.unpack_reply(r)[0])
+        finally:
+            s.close(0)
+
+    got = {e: run(e) for e in (off, on)}
+    assert got[off] == got[on]
+    early, rest = got[on]
+    assert [wire.unpack_reply(r)[:2] for r in early] == [(30_031, int(ErrorCode.OVERLOADED)),
+                                                         (30_034, int(ErrorCode.OVERLOADED))]
+    assert [len(wire.unpack_reply(r)[2]) for r in rest] == [len(b) for b in batches[:31] + batches[32:34]]
     assert counters(off) == counters(on)
