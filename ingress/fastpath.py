@@ -38,6 +38,8 @@ assert wire.REPLY_HEADER.format == "<IHHIIQ"
 
 
 class FastPath:
+    owners = None                               # ingress.ownercheck.OwnerCheck on a cluster node
+
     def __init__(self, cfg, block, codec, dedup, admission, shards, views, replies, timeouts):
         """The fast path of one ingress: ``admission`` (ingress.admission) decides and counts
         what is in flight, ``shards`` and ``views`` route and reach the rings, ``replies``
@@ -176,6 +178,8 @@ class FastPath:
         if magic != wire.REQUEST_MAGIC or version != wire.PROTOCOL_VERSION or count != 1 \
                 or shash != self.schema_hash or flags & ~wire.KNOWN_HEADER_FLAGS:
             return False
+        if self.owners is not None and not self.owners.record_owned(body, wire.REQUEST_HEADER_SIZE):
+            return False                        # another node's partition: NOT_OWNER (general path)
         adm, peer = self.admission, frames[0]
         if adm.refusal(peer) != ADMITTED:         # the general path refuses it, reason named
             return False

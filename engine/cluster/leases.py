@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import nats.js.errors as jserr
 from nats.js import api
 
-BUCKET = "risk_engine_leases"
+from ingress.partmap import BUCKET, decode, encode, lease_key  # noqa: F401  (the bucket's names)
+
 OP_HEADER = "KV-Operation"          # DEL / PURGE on a delete marker
 
 
@@ -39,28 +40,8 @@ class Entry:
     time: object = None             # the server's timestamp (display only: another clock)
 
 
-def lease_key(p: int) -> str:
-    return f"p.{p}"
-
-
 def member_key(node: str) -> str:
     return f"node.{node}"
-
-
-def encode(node: str, advertise: str) -> bytes:
-    return json.dumps({"node": node, "advertise": advertise}, separators=(",", ":")).encode()
-
-
-def decode(data: bytes) -> dict:
-    """A lease value; a malformed one is reported as held by '?' (it is still a lease: its
-    revision fences, and it expires like any other)."""
-    try:
-        v = json.loads(data)
-        if isinstance(v, dict) and isinstance(v.get("node"), str) and isinstance(v.get("advertise"), str):
-            return {"node": v["node"], "advertise": v["advertise"]}
-    except (ValueError, UnicodeDecodeError):
-        pass
-    return {"node": "?", "advertise": "", "malformed": True}
 
 
 class LeaseStore:
