@@ -137,6 +137,7 @@ class ClusterNode:
         its TTL), close NATS, remove the segment."""
         if self.map is not None:
             self.map.close()
+            self.map = None                 # its callback holds the table's views
         if self.agent is not None:
             self.agent.stop(5.0)
         if self.client is not None:
