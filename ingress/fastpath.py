@@ -1,9 +1,10 @@
 """The ingress's fast path for binary requests with one event (kernels: ingress._fast_kernels).
 
 The router offers every message to ``FastPath.admit`` first. Admitted are well-formed binary
-requests with N = 1 whose idempotency key is neither in flight nor decided, while the
-admission policy (ingress.admission) admits it and the in-flight table has room; anything
-else (JSON, batches, a bad header or value, a retry, overload) returns False and takes the
+requests with N = 1 whose idempotency key is neither in flight nor decided (on a cluster node,
+of a partition it holds: ingress.ownercheck), while the admission policy (ingress.admission)
+admits it and the in-flight table has room; anything else (JSON, batches, a bad header or
+value, a retry, overload, another node's partition) returns False and takes the
 general path (ingress.generalpath), which produces the precise error or answer. The two
 paths share the admission policy and its counts, the idempotency window, the replies, the
 counters and the histograms; neither reads the other's state.
