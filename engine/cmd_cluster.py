@@ -6,7 +6,10 @@ import json
 import sys
 from datetime import datetime, timezone
 
-HELP = "the cluster's partitions: owner, lease revision, lease age (status)"
+from engine import cmd_cluster_drain, cmd_cluster_up
+
+HELP = ("the cluster: partition owners and lease ages (status), hand a node's partitions "
+        "over (drain, undrain), a local cluster to try (up)")
 TIMEOUT_S = 15.0
 
 
@@ -22,6 +25,9 @@ def add_arguments(p):
     s.add_argument("--control-bucket", default=None,
                    help="the control bucket (default: risk_engine_control)")
     s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(_cluster_run=_status)
+    cmd_cluster_drain.add_arguments(sub)
+    cmd_cluster_up.add_arguments(sub)
 
 
 def _age_s(t) -> float | None:
@@ -40,18 +46,8 @@ async def _control(nc, bucket: str | None) -> dict | None:
 
 
 async def _read(servers: list[str], bucket: str | None, control_bucket: str | None = None):
-    import nats                              # here: `risk-engine --help` stays fast
-    from engine.cluster.leases import BUCKET, LeaseStore
-    errors = []
-
-    async def quiet(e):                      # nats-py prints each failed attempt otherwise
-        errors.append(e)
-    try:
-        nc = await nats.connect(servers, connect_timeout=2, allow_reconnect=False,
-                                max_reconnect_attempts=1, reconnect_time_wait=0.2, error_cb=quiet)
-    except Exception as e:                  # nats-py raises its own or OSError; say why once
-        why = errors[-1] if errors else e
-        raise ConnectionError(f"cannot connect: {type(why).__name__}: {why}") from None
+    from engine.cluster.leases import BUCKET, LeaseStore, connect_once   # here: imports nats-py
+    nc = await connect_once(servers)
     try:
         store = LeaseStore(nc.jetstream(timeout=5.0), bucket or BUCKET, timeout_s=5.0)
         n = await store.open(None, create=False)
@@ -62,13 +58,18 @@ async def _read(servers: list[str], bucket: str | None, control_bucket: str | No
             rows.append({"partition": p, "owner": v.get("node"), "advertise": v.get("advertise"),
                          "revision": e.revision if e.value is not None else None,
                          "lease_age_s": _age_s(e.time) if e.value is not None else None})
-        return {"bucket": store.bucket, "partitions": n, "leases": rows,
+        drained = sorted((await store.roster())[1])
+        return {"bucket": store.bucket, "partitions": n, "leases": rows, "drained": drained,
                 "control": await _control(nc, control_bucket)}
     finally:
         await nc.close()
 
 
 def run(args) -> int:
+    return args._cluster_run(args)
+
+
+def _status(args) -> int:
     import asyncio                           # here: only this command needs an event loop
     import nats.errors
     from engine.cluster.leases import LeaseError
@@ -89,6 +90,8 @@ def run(args) -> int:
             counts[r["owner"]] = counts.get(r["owner"], 0) + 1
     owners = ", ".join(f"{o} ({n})" for o, n in sorted(counts.items())) or "none"
     print(f"bucket {st['bucket']}: {st['partitions']} partitions, {len(free)} free, owners: {owners}")
+    if st["drained"]:
+        print(f"drained (cluster undrain NODE to end): {', '.join(st['drained'])}")
     ctl = st["control"]
     if ctl is not None:
         behind = sorted(n for n, d in ctl["nodes"].items() if d.get("revision", 0) < ctl["revision"])

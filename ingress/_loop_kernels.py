@@ -24,6 +24,7 @@ from numba.extending import intrinsic
 
 from shm.types import ErrorCode
 from ingress import _fast_kernels as K
+from ingress import _owner_kernels as OK
 from ingress import wire
 from ingress import zmqc
 from ingress.admission import INFLIGHT, SEQ
@@ -43,8 +44,8 @@ STATE_WORDS = 2
 # conf cells (CompiledLoop fills them once; GENERAL_KEYED before every read_batch)
 (BODY_LEN, RSIZE, SHASH, KEYED_OK, MAX_INFLIGHT, MAX_PER_PEER, N_WORKERS, SHARD_OFF,
  SHARD_WIDTH, SHARD_SIGNED, EV_OFF, BEHIND_NS, DEADLINE_NS, FRAME_CAP, SHED_AFTER_NS,
- READ_BATCH, DEFER_NS, GENERAL_KEYED) = range(18)
-CONF_WORDS = 18
+ READ_BATCH, DEFER_NS, GENERAL_KEYED, PARTITIONED) = range(19)
+CONF_WORDS = 19
 _F = wire.REQUEST_HEADER_DTYPE.fields
 H_MAGIC, H_VERSION, H_FLAGS, H_SHASH, H_COUNT, H_DEADLINE, H_CID, H_RID = (
     _F[f][1] for f in ("magic", "version", "flags", "schema_hash", "count", "deadline_us",
@@ -52,7 +53,6 @@ H_MAGIC, H_VERSION, H_FLAGS, H_SHASH, H_COUNT, H_DEADLINE, H_CID, H_RID = (
 HDR = wire.REQUEST_HEADER_SIZE
 REQUEST_MAGIC, PROTOCOL_VERSION = wire.REQUEST_MAGIC, wire.PROTOCOL_VERSION
 UNKNOWN_FLAGS = 0xFFFF & ~wire.KNOWN_HEADER_FLAGS
-HASH_MUL = np.uint64(0x9E3779B97F4A7C15)      # admission.shard_of's multiplier
 INTERNAL = int(ErrorCode.INTERNAL)
 _MORE_NOWAIT = zmqc.SNDMORE | zmqc.DONTWAIT
 
@@ -160,7 +160,7 @@ def request_ring(rings, w):
 
 # pack rows of read_packed and deliver_packed, in order, as (dtype, dimensions)
 READ_PACK = ("msg", "buf", "fsize", "ts", "state", "conf", "checks", "dd_index", "dd_ent", "ft",
-             "free", "meta", "fdec", "cells", "env_id", "env_len", "env_delim", "dup", "owed", "peer")
+             "free", "meta", "fdec", "cells", "env_id", "env_len", "env_delim", "dup", "owed", "peer", "own")
 DELIVER_PACK = ("done", "ft", "free", "meta", "fdec", "fout", "flag_errors", "c_eval", "c_stage",
                 "bounds", "c_req", "c_dec", "dd_meta", "dd_index", "dd_ent", "dd_pool", "env_id",
                 "env_len", "env_delim", "dup", "cells", "ts")
@@ -170,7 +170,8 @@ KINDS = {"msg": ("i8", 1), "buf": ("u1", 1), "fsize": ("i8", 1), "ts": ("i8", 1)
          "env_id": ("u1", 2), "env_len": ("i8", 1), "env_delim": ("u1", 1), "dup": ("u1", 1),
          "owed": ("u1", 1), "done": ("i8", 1), "fout": ("u1", 2), "flag_errors": ("u2", 1),
          "c_eval": ("i8", 1), "c_stage": ("i8", 2), "bounds": ("i8", 1), "c_req": ("i8", 1),
-         "c_dec": ("i8", 1), "dd_meta": ("i8", 1), "dd_pool": ("u1", 1), "peer": ("i8", 1)}
+         "c_dec": ("i8", 1), "dd_meta": ("i8", 1), "dd_pool": ("u1", 1), "peer": ("i8", 1),
+         "own": ("i8", 1)}
 
 
 def pack(arrays: dict, names: tuple) -> np.ndarray:
@@ -197,21 +198,9 @@ def pack_rings(hdrs: list, slots: list) -> np.ndarray:
     return t
 
 
-@njit(cache=True, inline="always")
-def _worker_of(buf, off, conf):
-    """Shards.worker_of_record for the one record at ``buf[off:]``."""
-    if conf[N_WORKERS] == 1:
-        return 0
-    width = conf[SHARD_WIDTH]
-    key = _get(buf, off + conf[SHARD_OFF], width)
-    if conf[SHARD_SIGNED] and width < 8 and key >> np.uint64(8 * width - 1):
-        key |= ~((np.uint64(1) << np.uint64(8 * width)) - np.uint64(1))   # sign-extend
-    return np.int64(((key * HASH_MUL) >> np.uint64(32)) % np.uint64(conf[N_WORKERS]))
-
-
 @njit(cache=True)
 def admit_one(buf, fsize, nframes, now, ts, conf, checks, dd_index, dd_ent, dd_pool_size,
-              rings, ft, free, meta, fdec, cells, env_id, env_len, env_delim, dup, owed, msg, peer):
+              rings, ft, free, meta, fdec, cells, env_id, env_len, env_delim, dup, owed, msg, peer, own):
     """FastPath.admit for the message in ``buf``: True when admitted (counted in ``cells``,
     its identity and sender, zmqc.PEER, kept); False: nothing changed, Python takes it."""
     cap = conf[FRAME_CAP]
@@ -237,7 +226,10 @@ def admit_one(buf, fsize, nframes, now, ts, conf, checks, dd_index, dd_ent, dd_p
     keyed = 1 if cid != 0 and conf[KEYED_OK] else 0
     if keyed and (conf[GENERAL_KEYED] > 0 or key_row(ft, meta, cid, rid) >= 0):
         return False
-    w = _worker_of(buf, bo + HDR, conf)
+    h = OK.shard_hash(buf, bo + HDR + conf[SHARD_OFF], conf[SHARD_WIDTH], conf[SHARD_SIGNED])
+    if conf[PARTITIONED] and not OK.owned(own, h, ts):
+        return False                           # another node's partition: Python answers NOT_OWNER
+    w = np.int64(h % np.uint64(conf[N_WORKERS]))
     deadline_us = np.int64(_get(buf, bo + H_DEADLINE, 4))
     deadline = now + deadline_us * 1000 if deadline_us else now + conf[DEADLINE_NS]
     body = buf[bo:bo + conf[BODY_LEN]]
@@ -264,7 +256,8 @@ def admit_one(buf, fsize, nframes, now, ts, conf, checks, dd_index, dd_ent, dd_p
 
 @njit(cache=True)
 def read_batch(h, msg, buf, fsize, ts, limit, owed_since, state, conf, checks, dd_index, dd_ent,
-               dd_pool_size, rings, ft, free, meta, fdec, cells, env_id, env_len, env_delim, dup, owed, peer):
+               dd_pool_size, rings, ft, free, meta, fdec, cells, env_id, env_len, env_delim, dup, owed, peer,
+               own):
     """Receive and admit up to ``limit`` messages. Returns (admitted, status, frames, t):
     EMPTY (nothing queued), FULL (``limit`` admitted), RING (the deferred doorbells are due:
     the caller rings them and calls again), HANDOFF (the message in ``buf``, of ``frames``
@@ -289,7 +282,7 @@ def read_batch(h, msg, buf, fsize, ts, limit, owed_since, state, conf, checks, d
         if t - state[BACKLOG_SINCE] > conf[SHED_AFTER_NS] and state[BACKLOG_READS] > conf[READ_BATCH]:
             return n, HANDOFF, k, t                # shedding: the router judges the peer's share
         if not admit_one(buf, fsize, k, t, ts, conf, checks, dd_index, dd_ent, dd_pool_size, rings,
-                         ft, free, meta, fdec, cells, env_id, env_len, env_delim, dup, owed, msg, peer):
+                         ft, free, meta, fdec, cells, env_id, env_len, env_delim, dup, owed, msg, peer, own):
             return n, HANDOFF, k, t
         n += 1
         if owed_since and t - owed_since > conf[DEFER_NS]:
@@ -347,7 +340,8 @@ def read_packed(h, p, rings, limit, owed_since, dd_pool_size):
     return read_batch(h, _i64(p, 0), _u8(p, 1), _i64(p, 2), _i64(p, 3), limit, owed_since,
                       _i64(p, 4), _i64(p, 5), _i64x2(p, 6), _i64(p, 7), _i64x2(p, 8), dd_pool_size,
                       rings, _i64x2(p, 9), _i64(p, 10), _i64(p, 11), _u8x2(p, 12), _i64(p, 13),
-                      _u8x2(p, 14), _i64(p, 15), _u8(p, 16), _u8(p, 17), _u8(p, 18), _i64(p, 19))
+                      _u8x2(p, 14), _i64(p, 15), _u8(p, 16), _u8(p, 17), _u8(p, 18), _i64(p, 19),
+                      _i64(p, 20))
 
 
 @njit(cache=True)

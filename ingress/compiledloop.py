@@ -57,13 +57,16 @@ class CompiledLoop:
                      (LK.EV_OFF, views.ev_off), (LK.BEHIND_NS, admission.behind_ns),
                      (LK.DEADLINE_NS, admission.default_deadline_ns), (LK.FRAME_CAP, self.frame_cap),
                      (LK.SHED_AFTER_NS, shed_after_ns), (LK.READ_BATCH, read_batch),
-                     (LK.DEFER_NS, DOORBELL_DEFER_NS)):
+                     (LK.DEFER_NS, DOORBELL_DEFER_NS), (LK.PARTITIONED, int(fast.owners is not None))):
             c[i] = v
+        # a cluster node's lease deadlines (ingress.ownercheck); else a cell never read
+        self.own = fast.owners.until_ns() if fast.owners is not None else np.zeros(1, np.int64)
         arrays = dict(msg=self.msg, buf=self.buf, fsize=self.fsize, ts=self.ts, state=self.state,
                       conf=c, checks=fast.checks, dd_index=fast.dd_index, dd_ent=fast.dd_ent,
                       ft=fast.ft, free=fast.free, meta=fast.meta, fdec=fast.fdec,
                       cells=admission.cells, env_id=fast.env_id, env_len=fast.env_len,
-                      env_delim=fast.env_delim, dup=fast.dup, owed=self.owed, peer=fast.peer)
+                      env_delim=fast.env_delim, dup=fast.dup, owed=self.owed, peer=fast.peer,
+                      own=self.own)
         self.pack = LK.pack(arrays, LK.READ_PACK)        # one argument, not 19 (LK doc)
         self.rings = LK.pack_rings(views.ring_hdr, views.ring_u8)
         # the general path's binary batches: admitted in one compiled call (ingress.batchadmit)

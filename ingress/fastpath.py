@@ -1,9 +1,10 @@
 """The ingress's fast path for binary requests with one event (kernels: ingress._fast_kernels).
 
 The router offers every message to ``FastPath.admit`` first. Admitted are well-formed binary
-requests with N = 1 whose idempotency key is neither in flight nor decided, while the
-admission policy (ingress.admission) admits it and the in-flight table has room; anything
-else (JSON, batches, a bad header or value, a retry, overload) returns False and takes the
+requests with N = 1 whose idempotency key is neither in flight nor decided (on a cluster node,
+of a partition it holds: ingress.ownercheck), while the admission policy (ingress.admission)
+admits it and the in-flight table has room; anything else (JSON, batches, a bad header or
+value, a retry, overload, another node's partition) returns False and takes the
 general path (ingress.generalpath), which produces the precise error or answer. The two
 paths share the admission policy and its counts, the idempotency window, the replies, the
 counters and the histograms; neither reads the other's state.
@@ -38,6 +39,8 @@ assert wire.REPLY_HEADER.format == "<IHHIIQ"
 
 
 class FastPath:
+    owners = None                               # ingress.ownercheck.OwnerCheck on a cluster node
+
     def __init__(self, cfg, block, codec, dedup, admission, shards, views, replies, timeouts):
         """The fast path of one ingress: ``admission`` (ingress.admission) decides and counts
         what is in flight, ``shards`` and ``views`` route and reach the rings, ``replies``
@@ -176,6 +179,8 @@ class FastPath:
         if magic != wire.REQUEST_MAGIC or version != wire.PROTOCOL_VERSION or count != 1 \
                 or shash != self.schema_hash or flags & ~wire.KNOWN_HEADER_FLAGS:
             return False
+        if self.owners is not None and not self.owners.record_owned(body, wire.REQUEST_HEADER_SIZE):
+            return False                        # another node's partition: NOT_OWNER (general path)
         adm, peer = self.admission, frames[0]
         if adm.refusal(peer) != ADMITTED:         # the general path refuses it, reason named
             return False

@@ -61,6 +61,8 @@ class Pending:
 
 
 class GeneralPath:
+    owners = None                               # ingress.ownercheck.OwnerCheck on a cluster node
+
     def __init__(self, cfg, block, rings: list, codec, dedup: IdempotencyWindow,
                  admission: Admission, shards: Shards, views: RingViews, replies: Replies,
                  timeouts: Timeouts, fast):
@@ -180,6 +182,10 @@ class GeneralPath:
                 kept = self.dup_fired.get(dkey) if req.kind == "json" else None
                 self.replies.send_decision(envelope, req, slots, kept[1] if kept else None)
                 return
+        if self.owners is not None:                # after the window: a decided retry is answered
+            p = self.owners.foreign(req.records)
+            if p >= 0:                             # another node's partition: never evaluated here
+                return self.replies.error(envelope, self.owners.refusal(p, req.request_id, req.kind))
         recs = req.records.view(np.uint8)
         if self.n_workers == 1:
             widx, groups = self._no_widx, ((0, n),)

@@ -44,6 +44,7 @@ from ingress.dedup import IdempotencyWindow
 from ingress.discard import FrameDiscarder
 from ingress.fastpath import FastPath
 from ingress.generalpath import GeneralPath
+from ingress.ownercheck import OwnerCheck
 from ingress.replies import Replies
 from ingress.sockopts import SockOpts
 from ingress.timeouts import Timeouts
@@ -108,6 +109,8 @@ class Router:
         self.fast = FastPath(cfg, b, codec, dedup, admission, shards, views, replies, timeouts)
         self.general = GeneralPath(cfg, b, self.rings, codec, dedup, admission, shards, views,
                                    replies, timeouts, self.fast)
+        # a cluster node decides only its partitions' events (ingress.ownercheck); else no check
+        self.fast.owners = self.general.owners = OwnerCheck(cfg, plan) if cfg.cluster else None
         # rules that block a source: the kernel map's descriptor, inherited (engine.supervisor)
         self.autoblock = self.general.autoblock = AutoBlock(plan.get("autoblock_fd", -1),
                                                             b.view("ingress.autoblock"))

@@ -49,6 +49,8 @@ class ErrorCode(enum.IntEnum):
                                # event was not evaluated; journal.on_unavailable's action
     IDEMPOTENCY_CONFLICT = 21   # (client_id, request_id) reused for other events
     UNKNOWN_GENERATION = 22     # a rules request for a generation the engine never loaded
+    NOT_OWNER = 23              # a cluster node without the lease on an event's partition:
+                                # nothing evaluated; the message names the owner (redirect)
 
 
 class DecisionFlag(enum.IntFlag):

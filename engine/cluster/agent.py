@@ -29,6 +29,7 @@ import threading
 import nats
 import nats.errors
 
+from engine.cluster.drain import Drain
 from engine.cluster.leases import BUCKET, LeaseError, LeaseStore, encode
 from engine.cluster.ownership import OwnershipTable, now_ns
 
@@ -57,6 +58,7 @@ class LeaseAgent:
         self.seen: dict[int, tuple[int, int]] = {}      # p -> (revision, first read at)
         self.members: dict[str, tuple[int, int]] = {}   # node -> (heartbeat revision, first read at)
         self.store: LeaseStore | None = None
+        self.drain = Drain(self)                        # `cluster drain` (engine.cluster.drain)
 
     def emit(self, ev: str, **kw) -> None:
         self.on_event({"ev": ev, "node": self.node, "t_ns": now_ns(), **kw})
@@ -117,12 +119,13 @@ class LeaseAgent:
 
     def _live(self) -> int:
         t = now_ns()
-        return 1 + sum(1 for n, (_, seen) in self.members.items()
-                       if n != self.node and t - seen < MEMBER_GONE_TTLS * self.ttl_ns)
+        return 1 + sum(1 for n, (_, seen) in self.members.items() if n != self.node
+                       and n not in self.drain.nodes and t - seen < MEMBER_GONE_TTLS * self.ttl_ns)
 
     async def _heartbeat_and_members(self) -> None:
         await self.store.heartbeat(self.node, self.value.decode())
-        revs = await self.store.members()
+        revs, drained = await self.store.roster()
+        self.drain.update(drained)
         t = now_ns()
         for n, rev in revs.items():
             if self.members.get(n, (None,))[0] != rev:
@@ -180,6 +183,9 @@ class LeaseAgent:
     async def _scan_and_take(self, balance: bool) -> None:
         todo = [p for p in range(self.partitions) if p not in self.held]
         entries = await asyncio.gather(*(self.store.read(p) for p in todo), return_exceptions=True)
+        if self.drain.active:
+            await self.drain.step({p: e for p, e in zip(todo, entries) if not isinstance(e, BaseException)})
+            return
         t = now_ns()
         target = math.ceil(self.partitions / self._live())
         free, expired = [], []
@@ -199,11 +205,13 @@ class LeaseAgent:
         if takes:
             await asyncio.gather(*(self._take_one(p, last) for p, last in takes))
         if balance and len(self.held) > target:
-            p = max(self.held)
-            rev, _ = self.held.pop(p)
-            self.table.clear(p)                     # stop serving before the lease is free
-            ok = await self.store.release(p, rev)
-            self.emit("released", p=p, rev=rev, ok=ok, target=target)
+            await self._release(max(self.held), target=target)
+
+    async def _release(self, p: int, **why) -> None:
+        rev, _ = self.held.pop(p)
+        self.table.clear(p)                         # stop serving before the lease is free
+        ok = await self.store.release(p, rev)
+        self.emit("released", p=p, rev=rev, ok=ok, **why)
 
     async def _leave(self) -> None:
         """Stop serving everything, then free the leases (best effort: what cannot be freed

@@ -12,17 +12,20 @@ neither renew nor release a lease taken since.
 The bucket has no server-side TTL: expiry is judged by the nodes on their own clocks
 (engine.cluster.agent), never by comparing timestamps between machines. ``meta`` holds the
 partition count, written once by the first node: a node configured with another count
-refuses to start. ``node.NAME`` is each node's heartbeat, for balancing only.
+refuses to start. ``node.NAME`` is each node's heartbeat, for balancing only; ``drain.NAME``
+marks a drained node (engine.cluster.drain).
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 
+import nats
 import nats.js.errors as jserr
 from nats.js import api
 
-BUCKET = "risk_engine_leases"
+from ingress.partmap import BUCKET, decode, encode, lease_key  # noqa: F401  (the bucket's names)
+
 OP_HEADER = "KV-Operation"          # DEL / PURGE on a delete marker
 
 
@@ -39,28 +42,14 @@ class Entry:
     time: object = None             # the server's timestamp (display only: another clock)
 
 
-def lease_key(p: int) -> str:
-    return f"p.{p}"
-
-
 def member_key(node: str) -> str:
     return f"node.{node}"
 
 
-def encode(node: str, advertise: str) -> bytes:
-    return json.dumps({"node": node, "advertise": advertise}, separators=(",", ":")).encode()
-
-
-def decode(data: bytes) -> dict:
-    """A lease value; a malformed one is reported as held by '?' (it is still a lease: its
-    revision fences, and it expires like any other)."""
-    try:
-        v = json.loads(data)
-        if isinstance(v, dict) and isinstance(v.get("node"), str) and isinstance(v.get("advertise"), str):
-            return {"node": v["node"], "advertise": v["advertise"]}
-    except (ValueError, UnicodeDecodeError):
-        pass
-    return {"node": "?", "advertise": "", "malformed": True}
+def drain_key(node: str) -> str:
+    """Present while ``node`` is drained (`risk-engine cluster drain`): it takes no partition
+    and hands over those it holds; the other nodes count it out of the share."""
+    return f"drain.{node}"
 
 
 class LeaseStore:
@@ -157,15 +146,44 @@ class LeaseStore:
 
     async def members(self) -> dict[str, int]:
         """{node: revision of its last heartbeat} of every node with a heartbeat entry."""
+        return (await self.roster())[0]
+
+    async def roster(self) -> tuple[dict[str, int], set[str]]:
+        """``members()`` and the drained nodes (a ``drain.NODE`` entry), from one listing."""
         kv = await self.js.key_value(self.bucket)
         try:
             keys = await kv.keys()
         except jserr.NoKeysError:
-            return {}
-        out = {}
+            return {}, set()
+        out, drained = {}, set()
         for k in keys:
-            if k.startswith("node."):
+            if k.startswith(("node.", "drain.")):
                 e = await self.get(k)
-                if e.value is not None:
+                if e.value is None:
+                    continue
+                if k.startswith("node."):
                     out[k[5:]] = e.revision
-        return out
+                else:
+                    drained.add(k[6:])
+        return out, drained
+
+    async def set_drain(self, node: str, value: bytes) -> int:
+        return (await self.js.publish(self.prefix + drain_key(node), value, timeout=self.timeout_s)).seq
+
+    async def clear_drain(self, node: str) -> None:
+        await self.js.publish(self.prefix + drain_key(node), b"", timeout=self.timeout_s,
+                              headers={OP_HEADER: "DEL"})
+
+
+async def connect_once(servers: list[str]):
+    """One NATS connection for a command (no reconnects); ConnectionError saying why once."""
+    errors = []
+
+    async def quiet(e):                      # nats-py prints each failed attempt otherwise
+        errors.append(e)
+    try:
+        return await nats.connect(servers, connect_timeout=2, allow_reconnect=False,
+                                  max_reconnect_attempts=1, reconnect_time_wait=0.2, error_cb=quiet)
+    except Exception as e:                  # nats-py raises its own or OSError; say why once
+        why = errors[-1] if errors else e
+        raise ConnectionError(f"cannot connect: {type(why).__name__}: {why}") from None

@@ -29,9 +29,10 @@ from engine.cluster.control_apply import ControlPlane
 from engine.cluster.leases import LeaseError
 from engine.cluster.ownership import OwnershipTable
 from engine.preflight import StartupError
+from ingress.partmap import PartitionMap, PartitionMapError
+from shm.ownership import SEGMENT as OWNERSHIP, segment_bytes
 from shm.segment import Segment
 
-OWNERSHIP = "ownership"            # the segment's role (shm.names): 2 x int64 per partition
 EVENTS = ("acquired", "renewed", "lost", "released", "nats_error")
 
 
@@ -45,6 +46,7 @@ class ClusterNode:
         self.client: ControlClient | None = None
         self.control: ControlPlane | None = None
         self.agent: AgentThread | None = None
+        self.map: PartitionMap | None = None        # owners' addresses for NOT_OWNER replies
         self.counts = dict.fromkeys(EVENTS, 0)      # agent events (risk_cluster_lease_events_total)
         self.live_nodes = 0
         self._started = threading.Event()
@@ -58,7 +60,7 @@ class ClusterNode:
         node = cls(sup)
         sup.cluster = node                # cleanup() closes it whatever fails below
         p = node.cfg.partitions
-        node.segment = Segment.create(sup.cfg.instance, OWNERSHIP, 16 * p, sup.pid)
+        node.segment = Segment.create(sup.cfg.instance, OWNERSHIP, segment_bytes(p), sup.pid)
         node.table = OwnershipTable(p, node.segment.buf)
         node.client = ControlClient(node.cfg.servers, node.cfg.node, node.replicas, node.open_timeout_s)
         try:
@@ -71,9 +73,8 @@ class ClusterNode:
             raise node._fail(why) from None
         sup.log(f"risk-engine: cluster: node {node.cfg.node} joined the control plane at revision "
                 f"{node.control.revision} ({n} value(s), {node.control.applied} changed this node)")
-        sup.log("risk-engine: cluster: not yet a failover deployment: this node evaluates every "
-                "request it receives (no per-request ownership check) and replicates nothing "
-                "(docs/CLUSTER.md, Next)")
+        sup.log("risk-engine: cluster: not yet a failover deployment: this node replicates "
+                "nothing (docs/CLUSTER.md, Next)")
         return node
 
     def _event(self, ev: dict) -> None:
@@ -99,9 +100,19 @@ class ClusterNode:
                 e = self.agent.error
                 raise self._fail(f"{type(e).__name__}: {e}" if e is not None and str(e) else
                                  f"the lease bucket was not usable within {self.open_timeout_s:g} s")
+        self.start_map()
         self.sup.log(f"risk-engine: cluster: node {c.node} taking leases on {c.partitions} "
                      f"partitions (ttl {c.lease_ttl_s:g} s, share about "
                      f"{math.ceil(c.partitions / max(1, self.live_nodes or 1))})")
+
+    def start_map(self) -> None:
+        """Watch the lease bucket: every owner's address into the ownership segment, for the
+        ingress's NOT_OWNER replies (ingress.ownercheck)."""
+        try:
+            self.map = PartitionMap(self.cfg.servers, on_change=self.table.set_owner,
+                                    timeout_s=self.open_timeout_s).start()
+        except PartitionMapError as e:
+            raise self._fail(f"partition map: {e}") from None
 
     def poll(self) -> None:
         self.control.drain()
@@ -124,6 +135,9 @@ class ClusterNode:
     def close(self) -> None:
         """Stop serving and release the leases (a lease that cannot be released lapses after
         its TTL), close NATS, remove the segment."""
+        if self.map is not None:
+            self.map.close()
+            self.map = None                 # its callback holds the table's views
         if self.agent is not None:
             self.agent.stop(5.0)
         if self.client is not None:

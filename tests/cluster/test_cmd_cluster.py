@@ -1,14 +1,17 @@
 """Lease agents on threads of this process (how an engine node runs one) and
 `risk-engine cluster status` reading what they hold: owner, revision and age per partition;
-stopping an agent stops its serving at once and frees its leases."""
+stopping an agent stops its serving at once and frees its leases. `cluster drain` refuses a
+bad node without writing anything, and hands a node's partitions over one at a time."""
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 import time
 
 from engine.cluster.agent import AgentThread, LeaseAgent
+from engine.cluster.leases import LeaseStore, connect_once
 from tests.cluster.agentproc import REPO, wait_for
 
 P = 8
@@ -75,3 +78,78 @@ def test_an_agent_whose_servers_do_not_answer_fails_to_start_in_bounded_time():
     assert out.returncode == 2
     assert "risk-engine: cluster: servers=nats://127.0.0.1:1: no NATS server answered within 2 s" in out.stderr
     assert '"ev":"started"' not in out.stdout
+
+
+def drain(servers, bucket, *args):
+    return subprocess.run([sys.executable, "-m", "engine.cli", "cluster", *args, "--servers",
+                           ",".join(servers), "--bucket", bucket],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def drain_keys(nats3, bucket):
+    async def read():
+        nc = await connect_once(nats3.urls)
+        try:
+            return (await LeaseStore(nc.jetstream(timeout=5.0), bucket, 5.0).roster())[1]
+        finally:
+            await nc.close()
+    return asyncio.run(asyncio.wait_for(read(), 30))
+
+
+def test_drain_refuses_a_bad_node_and_changes_nothing(nats3, bucket):
+    t = AgentThread(LeaseAgent(nats3.urls, "solo", "tcp://127.0.0.1:7100", P, 2.0,
+                               bucket=bucket, replicas=3)).start()
+    try:
+        wait_for(lambda: len(t.agent.table.owned()) == P, 40, "the agent holds every partition")
+        out = drain(nats3.urls, bucket, "drain", "nosuch")
+        assert out.returncode == 2 and "node=nosuch: unknown" in out.stderr \
+            and "nodes: solo" in out.stderr and "nothing changed" in out.stderr, out.stderr
+        out = drain(nats3.urls, bucket, "drain", "a.b")
+        assert out.returncode == 2 and "must be 1-32 letters" in out.stderr, out.stderr
+        # the only node: nobody could take its partitions
+        out = drain(nats3.urls, bucket, "drain", "solo")
+        assert out.returncode == 2 and "no other undrained node" in out.stderr, out.stderr
+        out = drain(nats3.urls, bucket, "undrain", "solo")
+        assert out.returncode == 2 and "not drained" in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr
+        assert drain_keys(nats3, bucket) == set()
+        assert len(t.agent.table.owned()) == P          # still serving everything
+    finally:
+        assert t.stop(10)
+
+
+def test_drain_hands_every_partition_over_one_at_a_time(nats3, bucket):
+    events: list[dict] = []
+    threads = [AgentThread(LeaseAgent(nats3.urls, f"d{i}", f"tcp://127.0.0.1:{7200 + i}", P, 1.0,
+                                      bucket=bucket, replicas=3, on_event=events.append)).start()
+               for i in range(3)]
+    try:
+        wait_for(lambda: sum(len(t.agent.table.owned()) for t in threads) == P
+                 and all(t.agent.table.owned() for t in threads), 40, "every agent holds partitions")
+        out = subprocess.run([sys.executable, "-m", "engine.cli", "cluster", "drain", "d0", "--servers",
+                              ",".join(nats3.urls), "--bucket", bucket, "--timeout-s", "60", "--json"],
+                             cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stdout + out.stderr
+        res = json.loads(out.stdout)
+        assert res["left"] == [] and res["moved"]
+        assert all(m["to"] in ("d1", "d2") for m in res["moved"])
+        assert threads[0].agent.table.owned() == {}
+        wait_for(lambda: sum(len(t.agent.table.owned()) for t in threads[1:]) == P, 20,
+                 "the others hold every partition")
+        # one at a time: each drain release after the previous one was taken by another node
+        # (balancing may move one before d0 reads its key: what it held then is what it drains)
+        held = {p for e in events if e["ev"] == "draining" for p in e["held"]}
+        rel = [e for e in events if e["ev"] == "released" and e.get("why") == "drain"]
+        assert {e["p"] for e in rel} == held
+        for a, b in zip(rel, rel[1:]):
+            assert any(e["ev"] == "acquired" and e["p"] == a["p"] and a["t_ns"] < e["t_ns"] < b["t_ns"]
+                       for e in events), (a, b)
+        time.sleep(3)                                   # drained: it takes nothing back
+        assert threads[0].agent.table.owned() == {}
+        assert drain_keys(nats3, bucket) == {"d0"}
+        out = drain(nats3.urls, bucket, "undrain", "d0")
+        assert out.returncode == 0, out.stderr
+        wait_for(lambda: threads[0].agent.table.owned(), 30, "undrained: it takes partitions again")
+    finally:
+        for t in threads:
+            assert t.stop(10)

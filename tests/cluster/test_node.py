@@ -11,12 +11,15 @@ import stat
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 
+import numpy as np
 import pytest
 
 from bench.engine_proc import EngineProcess, free_port, shm_entries
 from engine.admin import request
 from engine.cluster.control import ControlClient
+from ingress.admission import shard_of
 from ingress.client import Client
 from tests.cluster.agentproc import REPO, wait_for
 
@@ -32,6 +35,18 @@ EVENT = {"account_id": 77, "card_id": 1, "device_id": 1, "amount": 10.0, "curren
 def cluster_overrides(servers, node):
     return {"cluster": {"servers": list(servers), "partitions": P, "node": node, "lease_ttl_s": TTL_S},
             "workers": {"standby": False}}          # three nodes on two cores: no spare workers
+
+
+@contextmanager
+def serving(engines):
+    """The engines started (start_all), then closed cleanly, leaving no segment."""
+    start_all(engines)
+    try:
+        yield engines
+    finally:
+        for e in engines:
+            assert e.close() == 0, e.output()
+            assert shm_entries(e.instance) == []
 
 
 def start_all(engines):
@@ -54,15 +69,9 @@ def start_all(engines):
 @pytest.fixture(scope="module")
 def nodes(nats3, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("nodes")
-    engines = [EngineProcess(tmp, workers=1, overrides=cluster_overrides(nats3.urls, f"n{i}"))
-               for i in range(3)]
-    start_all(engines)
-    try:
+    with serving([EngineProcess(tmp, workers=1, overrides=cluster_overrides(nats3.urls, f"n{i}"))
+                  for i in range(3)]) as engines:
         yield engines
-    finally:
-        for e in engines:
-            assert e.close() == 0, e.output()
-            assert shm_entries(e.instance) == []
 
 
 def admin(eng, **req):
@@ -77,9 +86,25 @@ def status(servers):
     return json.loads(out.stdout)
 
 
+def owned_account(eng, start: int = 77) -> int:
+    """The first account id from ``start`` whose partition ``eng`` holds now: a node decides
+    only its partitions' events (others are answered NOT_OWNER: tests/cluster/test_routing.py)."""
+    mine = wait_for(lambda: admin(eng, cmd="cluster")["cluster"]["owned"], 60, "the node holds a partition")
+    ids = np.arange(start, start + 4096, dtype=np.int64)
+    return int(ids[np.isin(shard_of(ids, P), mine)][0])
+
+
 def decide(eng, **fields):
+    """``eng``'s decision of EVENT with ``fields``; an account of its partitions unless given."""
+    fields.setdefault("account_id", owned_account(eng))
     with Client(eng.endpoint, timeout_ms=20_000, retries=0, transport="json") as c:
         return c.evaluate({**EVENT, **fields})
+
+
+def owner_of(engines, account: int):
+    p = int(shard_of(np.array([account], np.int64), P)[0])
+    return wait_for(lambda: next((e for e in engines if p in admin(e, cmd="cluster")["cluster"]["owned"]),
+                                 None), 60, f"partition {p} held")
 
 
 def all_applied(servers, nodes, revision):
@@ -162,8 +187,11 @@ def test_a_bad_admin_input_is_refused_with_its_code_and_nothing_reaches_kv(nats3
 
 
 def test_a_late_node_joins_at_the_current_state_and_a_stopped_node_frees_everything(nats3, nodes, tmp_path):
-    rep = admin(nodes[0], cmd="set-state", name="account_state", key=4242, state="HALTED")
-    assert rep["ok"], rep
+    ids = np.arange(4242, 4242 + 4096, dtype=np.int64)
+    firsts = [int(ids[shard_of(ids, P) == p][0]) for p in range(P)]   # one account per partition
+    for acct in firsts:
+        rep = admin(nodes[0], cmd="set-state", name="account_state", key=acct, state="HALTED")
+        assert rep["ok"], rep
     rep = admin(nodes[0], cmd="halt")
     assert rep["ok"]
     try:
@@ -173,11 +201,12 @@ def test_a_late_node_joins_at_the_current_state_and_a_stopped_node_frees_everyth
             assert "joined the control plane" in late.output()
             me = admin(late, cmd="cluster")["cluster"]
             assert me["control"]["revision"] >= rep["cluster"]["revision"], me
-            assert "global_halt" in decide(late).rules
-            assert "account_halted" in decide(late, account_id=4242).rules
-            assert "10.66.0.1" in admin(late, cmd="list-show", name="blocked_ips")["values"]
             wait_for(lambda: any(r["owner"] == "n3" for r in status(nats3.urls)["leases"]), 60,
                      "the late node takes a share")
+            assert "global_halt" in decide(late).rules
+            acct = owned_account(late, 4242)            # the first of its partitions' halted ones
+            assert acct in firsts and "account_halted" in decide(late, account_id=acct).rules
+            assert "10.66.0.1" in admin(late, cmd="list-show", name="blocked_ips")["values"]
         finally:
             assert late.close() == 0, late.output()
         assert shm_entries(late.instance) == []
@@ -222,8 +251,10 @@ def test_a_hostile_value_in_the_control_bucket_is_refused_by_every_node(nats3, n
         me = wait_for(lambda: (m := admin(e, cmd="cluster")["cluster"])["control"]["revision"] >= last and m,
                       30, "every node has seen the hostile values")
         assert me["control"]["errors"] == n0 + len(bad) + 1, me
-        assert "global_halt" not in decide(e).rules and "account_halted" not in decide(e, account_id=1).rules
+        assert "global_halt" not in decide(e).rules
         assert admin(e, cmd="list-show", name="blocked_ips")["ok"]
+    for acct in (1, 2):                  # the hostile states' accounts, asked of their owners
+        assert "account_halted" not in decide(owner_of(nodes, acct), account_id=acct).rules
     rep = admin(nodes[0], cmd="list-add", name="blocked_ips", values=["10.66.0.3"])
     assert rep["error"]["code"] == "CLUSTER_VALUE_CORRUPT", rep
     rep = admin(nodes[0], cmd="list-replace", name="blocked_ips", values=["10.66.0.1", "10.66.0.2"])

@@ -8,25 +8,26 @@ import pytest
 from shm.schema import Schema
 from ingress import _fast_kernels as K
 from ingress import _loop_kernels as LK
+from ingress import _owner_kernels as OK
 from ingress.admission import shard_of
 
 
 @pytest.mark.parametrize("ktype", ["u8", "u16", "u32", "u64", "i8", "i16", "i32", "i64"])
-@pytest.mark.parametrize("n_workers", [1, 2, 3, 7])
-def test_worker_of_is_shard_of(ktype, n_workers):
+@pytest.mark.parametrize("n_workers", [1, 2, 3, 7, 64])
+def test_shard_hash_reduced_is_shard_of(ktype, n_workers):
+    """The compiled loop's worker (and, on a cluster node, partition) of a record: its hash
+    mod the worker (partition) count."""
     schema = Schema.build({"pad": "u8", "k": ktype, "v": "f64"}, "k")
     rng = np.random.default_rng(5)
     recs = np.zeros(500, schema.dtype)
     info = np.iinfo(recs["k"].dtype)
     recs["k"] = rng.integers(info.min, info.max, 500, endpoint=True, dtype=recs["k"].dtype)
     recs["k"][:4] = [info.min, info.max, 0, -1 if info.min < 0 else 1]
-    conf = np.zeros(LK.CONF_WORDS, np.int64)
     dt, off = schema.dtype.fields["k"][:2]
-    conf[LK.N_WORKERS], conf[LK.SHARD_OFF], conf[LK.SHARD_WIDTH] = n_workers, off, dt.itemsize
-    conf[LK.SHARD_SIGNED] = dt.kind == "i"
     raw = recs.view(np.uint8)
     size = schema.dtype.itemsize
-    got = [LK._worker_of(raw, i * size, conf) for i in range(len(recs))]
+    got = [int(OK.shard_hash(raw, i * size + off, dt.itemsize, dt.kind == "i")) % n_workers
+           for i in range(len(recs))]
     assert got == shard_of(recs["k"], n_workers).tolist()
 
 

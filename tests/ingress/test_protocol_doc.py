@@ -95,7 +95,8 @@ def unmatched(code: str, messages: list[str]) -> tuple[list[str], list[str]]:
 
 
 ENGINE_ONLY = {"OVERLOADED", "IDEMPOTENCY_CONFLICT",      # tests/engine/test_decision_contract.py
-               "UNKNOWN_GENERATION"}                       # tests/engine/test_first_request.py
+               "UNKNOWN_GENERATION",                       # tests/engine/test_first_request.py
+               "NOT_OWNER"}                                # tests/ingress/test_ownercheck.py
 # formats of codec codes that only the router produces, provoked there too
 ROUTER_FORMATS = {"a message of <n> frames: expected [identity, (empty,) body]"}
 

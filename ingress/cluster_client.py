@@ -1,0 +1,156 @@
+"""The Python client's cluster mode: ``ClusterClient(servers).evaluate(event)`` sends each
+request straight to its partition's owner (docs/CLUSTER.md, "Routing").
+
+The partition map (partition -> owner's advertised address) is read from the lease bucket and
+kept current by a KV watch on a background thread (ingress.partmap). A request's partition is
+the engine's (ingress.admission.shard_of of the shard key, mod the bucket's partition count).
+Per owner the client keeps one ``Client`` (Lazy Pirate: timeout, close, reopen, resend the
+same ids); all of them share one client id and one request-id sequence, so a request keeps
+its idempotency key whichever node it reaches.
+
+- A batch whose events belong to partitions of different owners is split: one request per
+  owner, the decisions returned in the events' order.
+- NOT_OWNER (the map was stale): nothing was evaluated there; the reply names the owner, the
+  client records it and sends there (``max_redirects`` hops per call, then RequestError
+  NOT_OWNER). ``owner=none`` (no node holds a valid lease now, e.g. during a failover): it
+  waits (REDIRECT_BACKOFF_S, growing) and asks the map's owner again, within the same bound.
+- A timeout: the next attempt goes to the partition's owner as the map says then (a failover
+  moves it), with the same request id and the RETRY flag.
+"""
+from __future__ import annotations
+
+import os
+import re
+import time
+
+import numpy as np
+import zmq
+
+from shm.ownership import valid_address
+from shm.schema import Schema
+from shm.types import ErrorCode
+from ingress.admission import shard_of
+from ingress.client import Client, ClientCodec, ClientTimeout, CurveKeys, Decision, RequestError, load_schema
+from ingress.partmap import BUCKET, PartitionMap
+
+MAX_REDIRECTS = 5
+REDIRECT_BACKOFF_S = 0.1              # first wait when no owner is known; doubles, to 1 s
+_NOT_OWNER = re.compile(r"partition=(\d+) owner=(\S+)")
+
+
+class _Redirect(Exception):
+    pass
+
+
+class ClusterClient:
+    """Routes requests by partition (module doc). ``servers``: the NATS URLs of the cluster;
+    the other arguments as ``ingress.client.Client``'s, per attempt."""
+
+    def __init__(self, servers, schema: Schema | str | os.PathLike | None = None, *,
+                 bucket: str = BUCKET, timeout_ms: int = 1000, retries: int = 3,
+                 transport: str = "binary", deadline_ms: float = 0, curve: CurveKeys | None = None,
+                 client_id: int | None = None, context: zmq.Context | None = None,
+                 max_redirects: int = MAX_REDIRECTS, map_timeout_s: float = 10.0):
+        if timeout_ms <= 0 or retries < 0 or max_redirects < 0:
+            raise ValueError(f"timeout_ms={timeout_ms} retries={retries} max_redirects={max_redirects}: "
+                             "need > 0, >= 0 and >= 0")
+        self.timeout_ms, self.retries, self.max_redirects = timeout_ms, retries, max_redirects
+        self.transport, self.deadline_ms, self.curve = transport, deadline_ms, curve
+        self.codec = ClientCodec(load_schema(schema), transport, client_id)
+        self.key = self.codec.schema.shard_key
+        self._ctx = context or zmq.Context.instance()
+        self._conns: dict[str, Client] = {}
+        self._routes: dict[int, str] = {}          # partition -> owner address ("" unknown)
+        self.redirects = 0                         # NOT_OWNER replies followed (tests, metrics)
+        self.map = PartitionMap(servers, bucket, on_change=self._routes.__setitem__,
+                                timeout_s=map_timeout_s).start()
+        self.partitions = self.map.partitions
+
+    @property
+    def client_id(self) -> int:
+        return self.codec.client_id
+
+    def owner(self, p: int) -> str:
+        """Where partition ``p``'s requests go now ("" unknown)."""
+        return self._routes.get(p, "")
+
+    def partition_of(self, event: dict) -> int:
+        return int(shard_of(self.codec.records([event])[self.key], self.partitions)[0])
+
+    evaluate = Client.evaluate                     # one event: evaluate_batch below
+
+    def evaluate_batch(self, events, *, timeout_ms: int | None = None,
+                       deadline_ms: float | None = None) -> list[Decision]:
+        """Decisions for a list of event dicts or an array of ``schema.dtype``, in order."""
+        recs = self.codec.records(events)
+        parts = shard_of(recs[self.key], self.partitions)
+        timeout_ms = timeout_ms or self.timeout_ms
+        deadline_ms = self.deadline_ms if deadline_ms is None else deadline_ms
+        out: list = [None] * len(recs)
+        todo, hops = [np.arange(len(recs))], 0
+        while todo:
+            idx = todo.pop()
+            owners = np.array([self.owner(p) for p in parts[idx].tolist()], dtype=object)
+            if (owners != owners[0]).any():        # several owners: one request each
+                todo.extend(idx[owners == a] for a in dict.fromkeys(owners.tolist()))
+                continue
+            try:
+                got = self._request(recs[idx], int(parts[idx[0]]), timeout_ms, deadline_ms)
+            except _Redirect as r:
+                hops += 1
+                if hops > self.max_redirects:
+                    raise RequestError(ErrorCode.NOT_OWNER, f"{r}; gave up after {hops - 1} "
+                                       f"redirect(s) (max_redirects={self.max_redirects})") from None
+                if not self.owner(int(parts[idx[0]])) or "owner=none" in str(r):
+                    time.sleep(min(1.0, REDIRECT_BACKOFF_S * 2 ** (hops - 1)))   # a failover
+                todo.append(idx)
+                continue
+            for i, d in zip(idx.tolist(), got):
+                out[i] = d
+        return out
+
+    def _request(self, recs: np.ndarray, p: int, timeout_ms: int, deadline_ms: float) -> list[Decision]:
+        """One request (all of ``recs`` to partition ``p``'s owner) with Lazy Pirate retries."""
+        rid = self.codec.new_request_id()
+        for attempt in range(self.retries + 1):
+            addr = self.owner(p)
+            if not addr:
+                raise _Redirect(f"partition={p} owner=none")
+            reply = self._conn(addr)._attempt(self.codec.frame(recs, rid, deadline_ms, attempt > 0),
+                                              timeout_ms)
+            if reply is None:
+                continue
+            try:
+                return self.codec.parse(reply, rid, len(recs))
+            except RequestError as e:
+                if e.code != ErrorCode.NOT_OWNER:
+                    raise
+                m = _NOT_OWNER.fullmatch(e.message)
+                if m is None or int(m[1]) >= self.partitions:
+                    raise
+                self.redirects += 1
+                if valid_address(m[2]):            # the node knows better than our map
+                    self._routes[int(m[1])] = m[2]
+                raise _Redirect(e.message) from None
+        raise ClientTimeout(self.owner(p) or "?", rid, self.retries + 1, timeout_ms)
+
+    def _conn(self, addr: str) -> Client:
+        c = self._conns.get(addr)
+        if c is None:
+            c = self._conns[addr] = Client(addr, self.codec.schema, timeout_ms=self.timeout_ms,
+                                           retries=0, transport=self.transport, curve=self.curve,
+                                           context=self._ctx)
+            c.codec = self.codec                   # one client id and request-id sequence
+        return c
+
+    def close(self) -> None:
+        self.map.close()
+        for c in self._conns.values():
+            c.close()
+        self._conns.clear()
+
+    def __enter__(self) -> "ClusterClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

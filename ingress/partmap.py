@@ -1,0 +1,146 @@
+"""The partition map: partition -> its lease holder's advertised address, read from the lease
+bucket in NATS JetStream KV and kept current by a KV watch (docs/CLUSTER.md, "Routing").
+
+The lease bucket's names live here (engine.cluster.leases writes the leases; this reads them):
+key ``p.N`` per partition holding ``{"node", "advertise"}``, ``meta`` holding the partition
+count. A value is checked (shm.ownership.valid_address) before it is believed: whoever can
+write NATS can write the bucket, and a client dials what it says.
+
+nats-py is asyncio; the client and the engine node are synchronous, so ``PartitionMap`` runs
+the watch on a daemon thread with its own event loop. Every NATS call has a timeout; once the
+first map is read the watch reconnects for ever (a map that stops changing is only stale: a
+stale owner answers NOT_OWNER naming the new one).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+
+from shm.ownership import valid_address
+
+BUCKET = "risk_engine_leases"
+LEASE_PREFIX = "p."
+_OPS_GONE = ("DEL", "PURGE")
+
+
+class PartitionMapError(RuntimeError):
+    """The map cannot be read (no server answered, no bucket, no meta entry)."""
+
+
+def lease_key(p: int) -> str:
+    return f"{LEASE_PREFIX}{p}"
+
+
+def encode(node: str, advertise: str) -> bytes:
+    return json.dumps({"node": node, "advertise": advertise}, separators=(",", ":")).encode()
+
+
+def decode(data: bytes) -> dict:
+    """A lease value; a malformed one is reported as held by '?' (it is still a lease: its
+    revision fences, and it expires like any other)."""
+    try:
+        v = json.loads(data)
+        if isinstance(v, dict) and isinstance(v.get("node"), str) and isinstance(v.get("advertise"), str):
+            return {"node": v["node"], "advertise": v["advertise"]}
+    except (ValueError, UnicodeDecodeError):
+        pass
+    return {"node": "?", "advertise": "", "malformed": True}
+
+
+class PartitionMap:
+    """``owner(p)``: the address of partition ``p``'s last lease holder ("" if free or
+    unknown). ``on_change(p, address)`` runs on the watch thread for every change."""
+
+    def __init__(self, servers, bucket: str = BUCKET, on_change=None, timeout_s: float = 10.0):
+        self.servers, self.bucket, self.timeout_s = list(servers), bucket, timeout_s
+        self.on_change = on_change or (lambda p, address: None)
+        self.partitions = 0
+        self._owners: dict[int, str] = {}
+        self.changes = 0                    # values applied (tests wait on it)
+        self.error: BaseException | None = None
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._main, name="partition-map", daemon=True)
+
+    def start(self) -> "PartitionMap":
+        """Read the whole map (bounded by ``timeout_s``), then keep watching; raises
+        PartitionMapError when the first read fails."""
+        self._thread.start()
+        if not self._ready.wait(self.timeout_s + 5):
+            self.close()
+            raise PartitionMapError(f"bucket={self.bucket} servers={','.join(self.servers)}: "
+                                    f"no map within {self.timeout_s:g} s")
+        if self.error is not None:
+            self.close()
+            e = self.error
+            raise PartitionMapError(f"bucket={self.bucket} servers={','.join(self.servers)}: "
+                                    f"{type(e).__name__}: {e}") from None
+        return self
+
+    def owner(self, p: int) -> str:
+        return self._owners.get(p, "")
+
+    def owners(self) -> dict[int, str]:
+        return dict(self._owners)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        if self._loop is not None and self._stop is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._stop.set)
+            except RuntimeError:             # the loop has already closed
+                pass
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+
+    # --- the watch thread -------------------------------------------------------------------
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(self._run())
+        except BaseException as e:           # reported by start(), or kept for the owner
+            self.error = e
+        finally:
+            self._ready.set()
+
+    def _apply(self, key: str, value: bytes | None, op: str | None) -> None:
+        if not key.startswith(LEASE_PREFIX) or not key[len(LEASE_PREFIX):].isdigit():
+            return
+        p = int(key[len(LEASE_PREFIX):])
+        if self.partitions and p >= self.partitions:
+            return
+        address = "" if value is None or op in _OPS_GONE else decode(value)["advertise"]
+        address = address if valid_address(address) else ""
+        self._owners[p] = address
+        self.changes += 1
+        self.on_change(p, address)
+
+    async def _run(self) -> None:
+        import nats                          # lazy: nats-py only for clients in cluster mode
+        import nats.errors                   # lazy: as above
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        nc = await asyncio.wait_for(nats.connect(
+            self.servers, name="risk-engine partition map", connect_timeout=2,
+            reconnect_time_wait=0.25, max_reconnect_attempts=-1), self.timeout_s)
+        try:
+            js = nc.jetstream(timeout=2.0)
+            kv = await asyncio.wait_for(js.key_value(self.bucket), self.timeout_s)
+            meta = await asyncio.wait_for(kv.get("meta"), self.timeout_s)
+            parts = json.loads(meta.value)["partitions"]
+            if isinstance(parts, bool) or not isinstance(parts, int) or not 1 <= parts <= 1 << 16:
+                raise PartitionMapError(f"bucket={self.bucket}: meta partitions={parts!r}")
+            self.partitions = parts
+            w = await asyncio.wait_for(kv.watch(LEASE_PREFIX + "*"), self.timeout_s)
+            while not self._stop.is_set():
+                try:
+                    e = await w.updates(timeout=0.5)
+                except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                    continue                 # nothing changed: look at the stop flag again
+                if e is None:                # every current value delivered
+                    self._ready.set()
+                    continue
+                self._apply(e.key, e.value, e.operation)
+            await w.stop()
+        finally:
+            await nc.close()
