@@ -18,10 +18,11 @@ from numba import njit
 from ingress import _dedup_kernels as DK
 from ingress import _fast_kernels as FK
 from ingress import _loop_kernels as LK
+from ingress import _owner_kernels as OK
 from shm import _ring_kernels as RK
 
 # admit_batch results (>= 0: admitted)
-ADMITTED, BAD_VALUE, KEY_IN_FLIGHT, DECIDED, REFUSED = 0, -1, -2, -3, -4
+ADMITTED, BAD_VALUE, KEY_IN_FLIGHT, DECIDED, REFUSED, FOREIGN = 0, -1, -2, -3, -4, -5
 # ``out`` cells: the records' hash, then per worker its events, then 1 if it is owed a doorbell
 RHASH = 0
 
@@ -33,7 +34,7 @@ def out_words(n_workers: int) -> int:
 
 @njit(cache=True)
 def admit_batch(body, n, keyed, cid, rid, token0, now, conf, checks, dd_index, dd_ent,
-                dd_pool_size, ft, meta, rings, widx, out):
+                dd_pool_size, ft, meta, rings, widx, out, own, ts):
     """Admit the ``n`` records of binary request ``body`` (header checked by the caller;
     conf: ingress._loop_kernels' RSIZE, EV_OFF, BEHIND_NS, N_WORKERS, SHARD_*): record i
     goes to worker ``widx[i]`` with token ``token0 + i`` (shm.tokens), arrival ``now`` and
@@ -42,7 +43,9 @@ def admit_batch(body, n, keyed, cid, rid, token0, now, conf, checks, dd_index, d
     1 + w: worker w's events; 1 + N_WORKERS + w: 1 when it sleeps and is owed a doorbell),
     or, with nothing written to a ring or table: BAD_VALUE, KEY_IN_FLIGHT (a fast row holds
     the key), DECIDED (the window knows it, for these events or others), REFUSED (a worker's
-    ring has no room, or it is behind: FK.worker_refusal)."""
+    ring has no room, or it is behind: FK.worker_refusal), FOREIGN (on a cluster node,
+    conf PARTITIONED: an event of a partition whose lease deadline in ``own`` has passed or
+    is not this node's; the general path answers NOT_OWNER; ``ts``: two scratch cells)."""
     rsize = conf[LK.RSIZE]
     hdr = LK.HDR
     for i in range(n):                          # the codec's value checks (first_bad_record)
@@ -59,8 +62,13 @@ def admit_batch(body, n, keyed, cid, rid, token0, now, conf, checks, dd_index, d
     for w in range(nw):
         out[1 + w] = 0
         out[1 + nw + w] = 0
+    key_off, width, signed = conf[LK.SHARD_OFF], conf[LK.SHARD_WIDTH], conf[LK.SHARD_SIGNED]
+    partitioned = conf[LK.PARTITIONED]
     for i in range(n):
-        w = LK._worker_of(body, hdr + i * rsize, conf)
+        h = OK.shard_hash(body, hdr + i * rsize + key_off, width, signed)
+        if partitioned and not OK.owned(own, h, ts):
+            return FOREIGN
+        w = np.int64(h % np.uint64(nw))
         widx[i] = w
         out[1 + w] += 1
     for w in range(nw):                         # all or nothing: room in every ring first

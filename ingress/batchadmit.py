@@ -4,8 +4,9 @@ GeneralPath.handle offers each message to ``BatchAdmit.try_admit`` first. Per re
 Python work is one header unpack, the in-flight limits (Admission.refusal), a dict look-up
 of the idempotency key on the general path, one compiled call for every event, and the
 count of what was admitted; the caller then keeps the request in flight as any other.
-Whatever it declines (JSON, a bad header or value, a retry, a refusal) the general path
-decodes and answers from the start, unchanged: nothing was written or counted for it.
+Whatever it declines (JSON, a bad header or value, a retry, a refusal, another node's
+partition) the general path decodes and answers from the start, unchanged: nothing was
+written or counted for it.
 """
 from __future__ import annotations
 
@@ -26,11 +27,14 @@ _HDR = wire.REQUEST_HEADER_SIZE
 
 
 class BatchAdmit:
-    def __init__(self, codec, dedup, admission, views, fast, conf: np.ndarray, rings: np.ndarray):
-        """``conf`` and ``rings``: the compiled loop's (ingress._loop_kernels), for the record
-        size, ring offsets, shard key and worker check; ``fast``: its rows hold keys too."""
+    def __init__(self, codec, dedup, admission, views, fast, conf: np.ndarray, rings: np.ndarray,
+                 own: np.ndarray):
+        """``conf``, ``rings`` and ``own``: the compiled loop's (ingress._loop_kernels), for the
+        record size, ring offsets, shard key, worker check and, on a cluster node, the lease
+        deadlines (ingress.ownercheck); ``fast``: its rows hold keys too."""
         self.codec, self.dedup, self.admission, self.views, self.fast = codec, dedup, admission, views, fast
-        self.conf, self.rings = conf, rings
+        self.conf, self.rings, self.own = conf, rings, own
+        self.ts = np.zeros(2, np.int64)
         self.rsize, self.schema_hash = codec.schema.record_size, codec.schema.hash
         self.max_batch, self.max_frame_bytes = codec.max_batch, codec.max_frame_bytes
         self.n_workers = int(conf[LK.N_WORKERS])
@@ -41,7 +45,8 @@ class BatchAdmit:
         ty, i64 = numba.typeof, numba.types.int64
         self._admit = bind_entry(BA.admit_batch, (
             ty(b"x"), i64, i64, i64, i64, i64, i64, ty(conf), ty(codec.value_checks), ty(self.dd_index),
-            ty(self.dd_ent), i64, ty(fast.ft), ty(fast.meta), ty(rings), ty(self.widx), ty(self.out)))
+            ty(self.dd_ent), i64, ty(fast.ft), ty(fast.meta), ty(rings), ty(self.widx), ty(self.out),
+            ty(own), ty(self.ts)))
 
     def try_admit(self, frames: list, now_ns: int):
         """Admit a binary batch into the rings: (envelope, request, seq, workers, key,
@@ -75,7 +80,7 @@ class BatchAdmit:
         if self._admit(body, n, int(key is not None), i64_bits(cid), i64_bits(rid),
                        adm.seq << INDEX_BITS, now_ns, self.conf, self.codec.value_checks,
                        self.dd_index, self.dd_ent, self.dd_pool_size, f.ft, f.meta, self.rings,
-                       self.widx, out) != BA.ADMITTED:
+                       self.widx, out, self.own, self.ts) != BA.ADMITTED:
             return None
         seq = adm.commit(peer)
         nw, views = self.n_workers, self.views

@@ -70,7 +70,8 @@ class CompiledLoop:
         self.pack = LK.pack(arrays, LK.READ_PACK)        # one argument, not 19 (LK doc)
         self.rings = LK.pack_rings(views.ring_hdr, views.ring_u8)
         # the general path's binary batches: admitted in one compiled call (ingress.batchadmit)
-        general.batch = BatchAdmit(general.codec, dedup, admission, views, fast, c, self.rings)
+        general.batch = BatchAdmit(general.codec, dedup, admission, views, fast, c, self.rings,
+                                   self.own)
         self.dd_pool_size = fast.dd_pool.size
         ty, i64 = numba.typeof, numba.types.int64
         self._read = bind_entry(LK.read_packed, (i64, ty(self.pack), ty(self.rings), i64, i64, i64))

@@ -8,6 +8,7 @@ import pytest
 from ingress import _batch_admit_kernels as BA
 from ingress import _fast_kernels as FK
 from ingress import _loop_kernels as LK
+from ingress import _owner_kernels as OK
 from ingress import wire
 from ingress.admission import Shards
 from ingress.codec import value_checks
@@ -41,12 +42,13 @@ class Setup:
         self.meta = np.zeros(FK.META_WORDS, np.int64)
         self.widx = np.zeros(256, np.int64)
         self.out = np.zeros(BA.out_words(len(caps)), np.int64)
+        self.own, self.ts = np.zeros(1, np.int64), np.zeros(2, np.int64)   # not a cluster node
 
     def admit(self, body: bytes, n: int, keyed: int = 1) -> int:
         _, index, ent, pool = self.window.tables
         return BA.admit_batch(body, n, keyed, i64_bits(CID), i64_bits(RID), TOKEN0, NOW, self.conf,
                               value_checks(SCHEMA), index, ent, pool.size, self.ft, self.meta,
-                              self.rings, self.widx, self.out)
+                              self.rings, self.widx, self.out, self.own, self.ts)
 
     def state(self) -> list:
         """Every ring's slots and header words but the producer's own caches of the consumer
@@ -112,3 +114,26 @@ def test_a_key_decided_or_in_a_fast_row_is_declined_and_unkeyed_is_not():
     t.meta[FK.HIGH] = 3
     assert t.admit(body_of(recs), 10) == BA.KEY_IN_FLIGHT
     assert t.admit(body_of(recs), 10, keyed=0) == BA.ADMITTED
+
+
+def test_on_a_cluster_node_a_batch_with_a_foreign_event_is_declined_and_changes_nothing():
+    """conf PARTITIONED: every event's partition (the shard hash mod the partition count)
+    needs a lease deadline still ahead; one event of a partition whose deadline passed (or
+    was never this node's) declines the whole batch, FOREIGN, with every ring as it was (the
+    general path answers NOT_OWNER, ingress.ownercheck)."""
+    n, partitions = 40, 8
+    recs = batch(n)
+    s = Setup([256, 256])
+    s.conf[LK.PARTITIONED] = 1
+    s.own = np.full(partitions, np.iinfo(np.int64).max, np.int64)
+    before = s.state()
+    hashes = [int(OK.shard_hash(r.tobytes(), SCHEMA.dtype.fields[SCHEMA.shard_key][1],
+                                SCHEMA.dtype[SCHEMA.shard_key].itemsize,
+                                int(SCHEMA.dtype[SCHEMA.shard_key].kind == "i"))) for r in recs]
+    s.own[hashes[n - 1] % partitions] = 0              # the last event's lease is gone
+    assert s.admit(body_of(recs), n) == BA.FOREIGN
+    for (h0, s0), (h1, s1) in zip(before, s.state()):
+        assert np.array_equal(h0, h1) and np.array_equal(s0, s1)
+    s.own[:] = np.iinfo(np.int64).max                  # every partition held: admitted
+    assert s.admit(body_of(recs), n) == BA.ADMITTED
+    assert s.out[1:3].sum() == n
