@@ -153,8 +153,9 @@ def run(args) -> int:
             print(f"{n.name}: ingress {n.endpoint}  metrics http://127.0.0.1:{n.metrics_port}/metrics  "
                   f"admin: risk-engine admin --instance {n.instance} cluster", flush=True)
         print(f"try: risk-engine cluster status --servers {servers}\n"
-              f"     python -c \"from ingress.cluster_client import ClusterClient; "
-              f"print(ClusterClient('{servers}'.split(',')).evaluate({{...}}))\"\n"
+              f"     risk-engine eval --endpoint {nodes[0].endpoint} account_id=42 amount=250   "
+              f"(NOT_OWNER names the owner when {nodes[0].name} does not hold its partition; "
+              f"ingress.cluster_client.ClusterClient routes by itself)\n"
               f"     risk-engine cluster drain node0 --servers {servers}\n"
               f"state (journals, logs) in {root}, removed on stop. Ctrl-C stops everything.", flush=True)
         while not stop:

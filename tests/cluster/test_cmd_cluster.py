@@ -12,6 +12,7 @@ import time
 
 from engine.cluster.agent import AgentThread, LeaseAgent
 from engine.cluster.leases import LeaseStore, connect_once
+from engine.cluster.ownership import now_ns
 from tests.cluster.agentproc import REPO, wait_for
 
 P = 8
@@ -130,7 +131,7 @@ def test_drain_hands_every_partition_over_one_at_a_time(nats3, bucket):
                               ",".join(nats3.urls), "--bucket", bucket, "--timeout-s", "60", "--json"],
                              cwd=REPO, capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stdout + out.stderr
-        res = json.loads(out.stdout)
+        res, res_t_ns = json.loads(out.stdout), now_ns()
         assert res["left"] == [] and res["moved"]
         assert all(m["to"] in ("d1", "d2") for m in res["moved"])
         assert threads[0].agent.table.owned() == {}
@@ -147,6 +148,17 @@ def test_drain_hands_every_partition_over_one_at_a_time(nats3, bucket):
         time.sleep(3)                                   # drained: it takes nothing back
         assert threads[0].agent.table.owned() == {}
         assert drain_keys(nats3, bucket) == {"d0"}
+        # restarted, it is still drained: it takes nothing
+        assert threads[0].stop(10)
+        threads[0] = AgentThread(LeaseAgent(nats3.urls, "d0", "tcp://127.0.0.1:7200", P, 1.0,
+                                            bucket=bucket, replicas=3, on_event=events.append)).start()
+        wait_for(lambda: any(e["ev"] == "draining" and e["node"] == "d0" and e["t_ns"] > res_t_ns
+                             for e in list(events)), 20,
+                 "the restarted agent read its drain key")
+        time.sleep(3)
+        assert threads[0].agent.table.owned() == {}
+        assert not [e for e in events if e["ev"] == "acquired" and e["node"] == "d0"
+                    and e["t_ns"] > res_t_ns]
         out = drain(nats3.urls, bucket, "undrain", "d0")
         assert out.returncode == 0, out.stderr
         wait_for(lambda: threads[0].agent.table.owned(), 30, "undrained: it takes partitions again")
