@@ -14,7 +14,8 @@
  *   rl           percpu array [1] struct rl_t  drop events allowed in the current second
  *   events       ringbuf of struct event_t     sampled drops (at most EVENTS_PER_S per CPU)
  *   autoblk      hash  u32 saddr -> auto_t     sources blocked by a rule (block_source) until
- *                                              expires_ns; written by the ingress process only
+ *                                              expires_ns; added by the ingress process only
+ *                                              (the supervisor deletes one an operator lifts)
  *   events6      ringbuf of struct event6_t    the same for IPv6 sources (one rate limit for both)
  *   autoblk6     hash  u8[16] saddr -> auto_t  autoblk for IPv6 sources (the same writers and expiry)
  *
@@ -305,7 +306,7 @@ static __always_inline int judge(void *data, void *data_end)
     if (!mask || !*mask)
         mask = g ? nets1.lookup(&key) : nets0.lookup(&key);
     if (!mask || !*mask) {
-        struct auto_t *a = autoblk.lookup(&saddr);   /* no generations: one writer, one entry each */
+        struct auto_t *a = autoblk.lookup(&saddr);   /* no generations: one adder, one entry each */
         if (a && bpf_ktime_get_ns() < a->expires_ns) {
             count(C_AUTO);
             emit(saddr, dport, AUTO_LIST, g);
