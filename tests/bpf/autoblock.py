@@ -1,6 +1,7 @@
-"""Rules that block a source in a real engine (tests/bpf): the rules every engine there loads
-(one Numba compile of them), a client bound to one source address in the client namespace,
-and the two checks both engine modules run: a block until its ttl, and an operator's lift
+"""The engine tests' helpers in tests/bpf: an admin request, a metric read in the server
+namespace, a handshake served or dropped; and for rules that block a source, the rules every
+engine there loads (one Numba compile of them), a client bound to one source address in the
+client namespace, and the two checks both engine modules run: a block until its ttl, and an operator's lift
 (test_enforce_engine.py on its IPv4 engine; test_autoblock_engine.py on a dual-stack one,
 with ``ingress.compiled_loop`` on and off). Outcomes allowed: the decision is replied; from
 then on that source completes no TCP handshake with the front door while another source is
