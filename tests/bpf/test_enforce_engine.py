@@ -113,6 +113,17 @@ def test_list_replace_of_a_prefix_list(net, engine):
     assert _dropped(net, engine, net.blocked)       # blocked_ips untouched by the flips
 
 
+def test_a_block_source_rule_blocks_the_sender_until_its_ttl(net, engine):
+    """The IPv4 sender on the compiled path, on this module's engine (both paths and
+    families: test_autoblock_engine.py, slow). Before the tests that start other engines on
+    this veth: those remove this engine's program as a leftover when they attach."""
+    blocks_until_ttl(net, engine, "ipv4")
+
+
+def test_an_operator_lifts_a_block_before_its_ttl(net, engine):
+    lift_before_ttl(net, engine, "ipv4")
+
+
 @pytest.mark.slow        # two more engine starts (a bcc compile each): make test-slow
 def test_tc_mode_and_no_program_left_after_sigterm_or_sigkill(net, tmp_path):
     t0 = time.monotonic()
@@ -159,13 +170,3 @@ def test_enforcement_that_cannot_attach_is_one_line_and_the_engine_serves(net, t
         assert "risk-engine: rules block_the_sender, block_the_sender_long have block_source but " \
                "enforcement is not running: no source is blocked" in eng.output().splitlines()
         assert _served(net, eng, net.blocked)
-
-
-def test_a_block_source_rule_blocks_the_sender_until_its_ttl(net, engine):
-    """The IPv4 sender on the compiled path, on this module's engine (both paths and
-    families: test_autoblock_engine.py, slow)."""
-    blocks_until_ttl(net, engine, "ipv4")
-
-
-def test_an_operator_lifts_a_block_before_its_ttl(net, engine):
-    lift_before_ttl(net, engine, "ipv4")
