@@ -3,14 +3,14 @@
 When a worker decides with an enforce rule that carries block_source, it publishes that
 decision's fired list with the ttl on its fired ring (engine.worker.publish_fired); the
 compiled drain hands that ring to Python (ingress._loop_kernels.drain_packed: FIRED), and
-GeneralPath.drain_fired calls ``decision`` here BEFORE the decision's reply is sent: the sender's
-IPv4 enters the kernel's ``autoblk`` map (bpf/enforce.c) with its expiry, so once the reply is
-out, the client's next packet to the front door is dropped. The reply itself is still sent.
+GeneralPath.drain_fired calls ``decision`` here BEFORE the decision's reply is sent: the sender
+enters the kernel's ``autoblk`` or ``autoblk6`` map (bpf/enforce.c) with its expiry, so once the
+reply is out, the client's next packet to the front door is dropped. The reply itself is still sent.
 
 The sender is the ZeroMQ message's Peer-Address, read only while the supervisor says a
 block_source rule is active and enforcement runs (control cell ``ingress.autoblock[CAPTURE]``):
 the compiled receive (ingress.zmqc.recv_frame) then reads it per message and the compiled
-admit keeps it per fast row (FastPath.peer); the Python receive (``recv_peer``, with
+admit keeps it per fast row (FastPath.peer); the Python receive (``PeerRecv``, with
 ingress.compiled_loop off) reads it from the message's body frame. A message handled in
 Python carries it (FastPath.peer_now, then its fast row or general-path Pending.peer).
 Without such a rule nothing is read: one compare per read call (Python), per frame (compiled).
