@@ -14,8 +14,10 @@
  *   rl           percpu array [1] struct rl_t  drop events allowed in the current second
  *   events       ringbuf of struct event_t     sampled drops (at most EVENTS_PER_S per CPU)
  *   autoblk      hash  u32 saddr -> auto_t     sources blocked by a rule (block_source) until
- *                                              expires_ns; written by the ingress process only
+ *                                              expires_ns; added by the ingress process only
+ *                                              (the supervisor deletes one an operator lifts)
  *   events6      ringbuf of struct event6_t    the same for IPv6 sources (one rate limit for both)
+ *   autoblk6     hash  u8[16] saddr -> auto_t  autoblk for IPv6 sources (the same writers and expiry)
  *
  * A list-replace fills the inactive generation's maps completely, then flips `gen`: a packet
  * reads `gen` once and judges with one generation, never with a half-written one.
@@ -152,7 +154,7 @@ static __always_inline void emit(u32 saddr, u16 dport, u32 list, u32 g)
  * IPV6_MAX_EXT headers of the kinds a TCP packet may carry before its TCP header (hop-by-hop,
  * routing, destination options, fragment, AH). Not TCP (UDP, ICMPv6, ESP, no next header) and
  * later fragments (no port) pass unjudged, as for IPv4. A chain still unfinished after the
- * walk is judged by its source alone: dropped if listed (it may hide TCP to an enforced port;
+ * walk is judged by its source alone: dropped if listed or auto-blocked (it may hide TCP to an enforced port;
  * the event's port is 0), passed otherwise, so an unlisted source is never dropped and a
  * listed one cannot slip TCP through by stacking headers.
  */
@@ -165,6 +167,10 @@ static __always_inline void emit(u32 saddr, u16 dport, u32 list, u32 g)
 
 struct lpm6_key_t {
     u32 prefixlen;
+    u8  saddr[16];      /* as in the packet */
+};
+
+struct auto6_key_t {
     u8  saddr[16];      /* as in the packet */
 };
 
@@ -186,6 +192,7 @@ struct frag6_t {        /* the fragment header (RFC 8200 4.5) */
 
 BPF_LPM_TRIE(nets6_0, struct lpm6_key_t, u32, MAX_PREFIXES6);
 BPF_LPM_TRIE(nets6_1, struct lpm6_key_t, u32, MAX_PREFIXES6);
+BPF_HASH(autoblk6, struct auto6_key_t, struct auto_t, MAX_AUTO);
 BPF_RINGBUF_OUTPUT(events6, 8);
 
 static __always_inline void emit6(struct ipv6hdr *ip6, u16 dport, u32 list, u32 g)
@@ -211,6 +218,14 @@ static __always_inline int judge6_source(struct ipv6hdr *ip6, u16 dport, int kno
     __builtin_memcpy(key.saddr, &ip6->saddr, 16);
     u32 *mask = g ? nets6_1.lookup(&key) : nets6_0.lookup(&key);
     if (!mask || !*mask) {
+        struct auto6_key_t akey = {};
+        __builtin_memcpy(akey.saddr, &ip6->saddr, 16);
+        struct auto_t *a = autoblk6.lookup(&akey);     /* as autoblk: judged by its expiry */
+        if (a && bpf_ktime_get_ns() < a->expires_ns) {
+            count(C_AUTO);
+            emit6(ip6, dport, AUTO_LIST, g);
+            return 1;
+        }
         count(known ? C_PASSED : C_OTHER);
         return 0;
     }
@@ -291,7 +306,7 @@ static __always_inline int judge(void *data, void *data_end)
     if (!mask || !*mask)
         mask = g ? nets1.lookup(&key) : nets0.lookup(&key);
     if (!mask || !*mask) {
-        struct auto_t *a = autoblk.lookup(&saddr);   /* no generations: one writer, one entry each */
+        struct auto_t *a = autoblk.lookup(&saddr);   /* no generations: one adder, one entry each */
         if (a && bpf_ktime_get_ns() < a->expires_ns) {
             count(C_AUTO);
             emit(saddr, dport, AUTO_LIST, g);

@@ -24,10 +24,12 @@ next ``replace``.
 from __future__ import annotations
 
 import ctypes as ct
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from bpf import hooks
+from shm.ipv6 import MAPPED4, is_peer4
 
 PROGRAM_PATH = Path(__file__).with_name("enforce.c")
 MODES = ("xdp", "tc")
@@ -217,17 +219,35 @@ class Enforcer:
         return out
 
     # --- sources blocked by rules (block_source; written by the ingress: ingress.autoblock) --
-    def auto_fd(self) -> int:
-        """The ``autoblk`` map's descriptor, for the ingress process to inherit."""
-        return self.bpf[b"autoblk"].map_fd
+    def auto_fds(self) -> tuple[int, int]:
+        """The ``autoblk`` and ``autoblk6`` maps' descriptors, for the ingress to inherit."""
+        return self.bpf[b"autoblk"].map_fd, self.bpf[b"autoblk6"].map_fd
 
     def auto_entries(self, now_ns: int) -> list[tuple[int, int]]:
-        """(host-order source, expires_ns) of the rule blocks in force at ``now_ns``
-        (CLOCK_MONOTONIC), by expiry; expired ones not yet swept are left out (the program
-        drops nothing for them either)."""
-        out = [(_host(k.value), int(v.expires_ns)) for k, v in self.bpf[b"autoblk"].items()
+        """(source, expires_ns) of the rule blocks in force at ``now_ns`` (CLOCK_MONOTONIC),
+        by expiry, the source as shm.ipv6.peer_key makes it (IPv4 mapped); expired ones not
+        yet swept are left out (the program drops nothing for them either)."""
+        out = [(MAPPED4 | _host(k.value), int(v.expires_ns)) for k, v in self.bpf[b"autoblk"].items()
                if v.expires_ns > now_ns]
+        out += [(int.from_bytes(bytes(k.saddr), "big"), int(v.expires_ns))
+                for k, v in self.bpf[b"autoblk6"].items() if v.expires_ns > now_ns]
         return sorted(out, key=lambda e: (e[1], e[0]))
+
+    def auto_lift(self, source: int) -> bool:
+        """Remove the rule block of ``source`` (peer_key) before its expiry; False if none
+        is in force. One map delete, atomic for the packets."""
+        if is_peer4(source):
+            m = self.bpf[b"autoblk"]
+            key = m.Key(_net(source & 0xFFFFFFFF))
+        else:
+            m = self.bpf[b"autoblk6"]
+            key = m.Key((ct.c_uint8 * 16)(*int(source).to_bytes(16, "big")))
+        try:
+            in_force = m[key].expires_ns > time.monotonic_ns()
+            del m[key]
+        except KeyError:            # not blocked, or swept by the ingress meanwhile
+            return False
+        return in_force
 
     def _on_event(self, ctx, data, size) -> int:
         e = ct.cast(data, ct.POINTER(_Event)).contents
@@ -238,7 +258,8 @@ class Enforcer:
 
     def _on_event6(self, ctx, data, size) -> int:
         e = ct.cast(data, ct.POINTER(_Event6)).contents
-        name = self.lists[e.list][0] if e.list < len(self.lists) else f"list{e.list}"
+        name = AUTO_REASON if e.list == AUTO_LIST else \
+            self.lists[e.list][0] if e.list < len(self.lists) else f"list{e.list}"
         self._events.append(DropEvent(e.ts_ns, int.from_bytes(bytes(e.saddr), "big"), e.dport,
                                       name, e.gen, family=6))
         return 0

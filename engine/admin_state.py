@@ -16,8 +16,8 @@ import numpy as np
 
 from shm.features.state import STATE_NAMES, _read_state
 from shm.ipv4 import format_cidr4, format_ipv4
-from engine.autoblock import AUTO_LIST, auto_show
-from shm.ipv6 import format_cidr6
+from engine.autoblock import AUTO_LIST, auto_show, lift
+from shm.ipv6 import format_cidr6, format_peer, peer_key
 from engine.admin_request import (NAME, NO_ARGS, PATH, AdminError, allowed_file, int_or_string,
                                   list_of, one_of)
 from engine.admin_log import AdminLog, AdminLogCorrupt
@@ -196,6 +196,32 @@ def halt(sup, args):
     return {"global_halt": on}
 
 
+MAX_LIFTS = 4096                   # addresses in one autoblock-remove
+
+
+def autoblock_remove(sup, args):
+    """Lift rule blocks (block_source) before their expiry: every address parsed first (a bad
+    one: BAD_ADDRESS, nothing logged or lifted), then logged, then each kernel map entry
+    deleted (engine.autoblock.lift) before the reply, so the next packet from it is judged
+    without it. A lift is this engine's kernel state: recovery and a cluster's other nodes
+    do not replay it (the blocks themselves do not outlive the engine)."""
+    if not args["values"]:
+        raise AdminError("BAD_ARGUMENT", "values: at least one address")
+    sources = []
+    for i, v in enumerate(args["values"]):
+        try:
+            sources.append(peer_key(v))
+        except ValueError as e:
+            raise AdminError("BAD_ADDRESS", f"values[{i}]: {e}") from None   # bounded: shm.ipv6
+    sources = list(dict.fromkeys(sources))
+    log_change(sup, {"cmd": "autoblock-remove", "values": [format_peer(s) for s in sources]})
+    lifted = set(lift(sup.enforcement, sources))
+    shown = auto_show(sup.enforcement)
+    return {"name": AUTO_LIST, "lifted": [format_peer(s) for s in sources if s in lifted],
+            "not_blocked": [format_peer(s) for s in sources if s not in lifted],
+            "count": shown["count"], "enforced": shown["enforced"]}
+
+
 def features(sup, args):
     fs = _fs(sup)
     return {"counters": fs.counters(), "memory": fs.memory_report()}
@@ -207,4 +233,5 @@ COMMANDS = {"list-show": (list_cmd, {"name": (NAME, True)}), "list-add": (list_c
             "list-remove": (list_cmd, _LIST_ARGS), "list-replace": (list_cmd, _LIST_ARGS),
             "set-state": (set_state, {"name": (NAME, True), "key": (int_or_string, True),
                                       "state": (one_of(*STATE_NAMES), True)}),
-            "halt": (halt, NO_ARGS), "resume": (halt, NO_ARGS), "features": (features, NO_ARGS)}
+            "halt": (halt, NO_ARGS), "resume": (halt, NO_ARGS), "features": (features, NO_ARGS),
+            "autoblock-remove": (autoblock_remove, {"values": (list_of(int_or_string, MAX_LIFTS), True)})}

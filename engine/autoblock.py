@@ -1,7 +1,9 @@
 """Rules that block a source (``block_source``): the supervisor's side. The ingress writes the
-kernel's ``autoblk`` map (ingress.autoblock) through the descriptor it inherits from here;
-the supervisor switches the ingress's sender capture on while the serving ruleset has such a
-rule and enforcement runs, and shows the blocks in force (``admin list-show auto-blocked``).
+kernel's ``autoblk`` (IPv4) and ``autoblk6`` (IPv6) maps (ingress.autoblock) through the
+descriptors it inherits from here; the supervisor switches the ingress's sender capture on
+while the serving ruleset has such a rule and enforcement runs, shows the blocks in force
+(``admin list-show name=auto-blocked``) and lifts one before its expiry (``admin
+autoblock-remove``: engine.admin_state; a map delete, so the next packet is judged without it).
 """
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import time
 
 import numpy as np
 
-from shm.ipv4 import format_ipv4
+from shm.ipv6 import format_peer
 
 AUTO_LIST = "auto-blocked"  # list-show's name for them: no configured list can have a "-"
 
@@ -23,11 +25,12 @@ def block_rules(ruleset, words: int) -> tuple[np.ndarray, np.ndarray, bool]:
     return ttl, np.packbits(ttl > 0, bitorder="little").view(np.uint64), bool(ttl.any())
 
 
-def autoblock_fd(enforcement) -> int:
-    """The kernel map of rule-blocked sources, for the ingress to inherit; -1 without one."""
+def autoblock_fds(enforcement) -> tuple[int, int]:
+    """The kernel maps of rule-blocked sources (IPv4, IPv6), for the ingress to inherit; -1, -1
+    without them."""
     if enforcement is None or enforcement.stopped or enforcement.enforcer.bpf is None:
-        return -1
-    return enforcement.enforcer.auto_fd()
+        return -1, -1
+    return enforcement.enforcer.auto_fds()
 
 
 def capture_peers(sup) -> None:
@@ -53,6 +56,14 @@ def auto_show(enforcement) -> dict:
     wall = time.time_ns() - now
     rows = [] if enforcement is None or enforcement.stopped else enforcement.enforcer.auto_entries(now)
     return {"name": AUTO_LIST, "count": len(rows), "enforced": enforcement is not None,
-            "values": [format_ipv4(a) for a, _ in rows],
-            "expires": [{"source": format_ipv4(a), "expires_in_s": round((e - now) / 1e9, 3),
+            "values": [format_peer(a) for a, _ in rows],
+            "expires": [{"source": format_peer(a), "expires_in_s": round((e - now) / 1e9, 3),
                          "expires_at_ns": e + wall} for a, e in rows]}
+
+
+def lift(enforcement, sources: list[int]) -> list[int]:
+    """Remove the rule blocks of ``sources`` (shm.ipv6.peer_key) from the kernel's maps now;
+    returns those that were in force (the others were not blocked, or had expired)."""
+    if enforcement is None or enforcement.stopped or enforcement.enforcer.bpf is None:
+        return []
+    return [s for s in sources if enforcement.enforcer.auto_lift(s)]

@@ -4,7 +4,8 @@ import json
 import sys
 
 HELP = ("send an admin command to a running engine: status, stats, reload, snapshot, features, "
-        "list-show|list-add|list-remove|list-replace, set-state, halt, resume, "
+        "list-show|list-add|list-remove|list-replace, autoblock-remove values='[ADDR, ...]' (lift "
+        "a block_source rule's block now), set-state, halt, resume, "
         "explain seq=N [writer=W] | explain request=CLIENT_ID:REQUEST_ID, cluster (a cluster node: "
         "its partitions and control revision; state changes go to every node)")
 

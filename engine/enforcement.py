@@ -212,7 +212,7 @@ def metric_families(enf: Enforcement | None):
     yield from (drop, passed, entries, upd)
     auto = CounterMetricFamily("risk_enforce_auto_blocks", "Decisions that fired a block_source "
                                "rule, by outcome: blocked (the sender in the kernel's map before "
-                               "the reply), no_peer (no IPv4 sender known), failed (the kernel "
+                               "the reply), no_peer (no sender address known), failed (the kernel "
                                "refused: map full)", labels=["outcome"])
     cells = enf.auto_cells if enf is not None else None
     for i, outcome in enumerate(("blocked", "no_peer", "failed")):

@@ -33,7 +33,7 @@ from shm.runtime.config import Config
 from shm.control import STARTUP_PHASES, Block, BlockLayout
 from engine.admin import AdminServer
 from engine.cluster.node_hooks import ClusterCollector
-from engine.autoblock import autoblock_fd, capture_peers
+from engine.autoblock import autoblock_fds, capture_peers
 from engine.enforcement import start_enforcement
 from engine.exporter import EngineCollector, Exporter
 from engine.memplan import check_memory
@@ -139,7 +139,7 @@ class Supervisor:
         # lists final (recovered), no admin plane yet, front door not bound: attach now
         self.enforcement = start_enforcement(cfg, self.features, self.log)
         plan = {"instance": cfg.instance, "owner_pid": self.pid, "eventfd": self.doorbell.fileno(),
-                "autoblock_fd": autoblock_fd(self.enforcement),
+                "autoblock_fds": autoblock_fds(self.enforcement),
                 "control": self.control.name, "ingress_cpu": cfg.workers.ingress_cpu,
                 "workers": [{"cpu": p.cpu, "node": p.node,
                              "rings": self.rings[i].names()} for i, p in enumerate(self.placements)]}
@@ -244,8 +244,8 @@ class Supervisor:
         self.block.view("supervisor.worker_alive")[w] = 1
 
     def _spawn_ingress(self) -> None:
-        fd = autoblock_fd(self.enforcement)             # -1: no enforcement
-        p = self._spawn("ingress", ["ingress.router"], fds=(fd,) * (fd >= 0))
+        fds = autoblock_fds(self.enforcement)           # -1, -1: no enforcement
+        p = self._spawn("ingress", ["ingress.router"], fds=fds * (fds[0] >= 0))
         self.block.view("supervisor.ingress_pid")[0] = p.pid
         self.block.view("supervisor.ingress_alive")[0] = 1
 

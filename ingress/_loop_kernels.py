@@ -170,7 +170,7 @@ KINDS = {"msg": ("i8", 1), "buf": ("u1", 1), "fsize": ("i8", 1), "ts": ("i8", 1)
          "env_id": ("u1", 2), "env_len": ("i8", 1), "env_delim": ("u1", 1), "dup": ("u1", 1),
          "owed": ("u1", 1), "done": ("i8", 1), "fout": ("u1", 2), "flag_errors": ("u2", 1),
          "c_eval": ("i8", 1), "c_stage": ("i8", 2), "bounds": ("i8", 1), "c_req": ("i8", 1),
-         "c_dec": ("i8", 1), "dd_meta": ("i8", 1), "dd_pool": ("u1", 1), "peer": ("i8", 1),
+         "c_dec": ("i8", 1), "dd_meta": ("i8", 1), "dd_pool": ("u1", 1), "peer": ("i8", 2),
          "own": ("i8", 1)}
 
 
@@ -250,7 +250,7 @@ def admit_one(buf, fsize, nframes, now, ts, conf, checks, dd_index, dd_ent, dd_p
         env_id[row, k] = buf[k]
     env_len[row] = n
     env_delim[row] = 1 if nframes == 3 else 0
-    dup[row], peer[row] = 0, msg[zmqc.PEER]
+    dup[row], peer[row, 0], peer[row, 1] = 0, msg[zmqc.PEER], msg[zmqc.PEER + 1]
     return True
 
 
@@ -340,7 +340,7 @@ def read_packed(h, p, rings, limit, owed_since, dd_pool_size):
     return read_batch(h, _i64(p, 0), _u8(p, 1), _i64(p, 2), _i64(p, 3), limit, owed_since,
                       _i64(p, 4), _i64(p, 5), _i64x2(p, 6), _i64(p, 7), _i64x2(p, 8), dd_pool_size,
                       rings, _i64x2(p, 9), _i64(p, 10), _i64(p, 11), _u8x2(p, 12), _i64(p, 13),
-                      _u8x2(p, 14), _i64(p, 15), _u8(p, 16), _u8(p, 17), _u8(p, 18), _i64(p, 19),
+                      _u8x2(p, 14), _i64(p, 15), _u8(p, 16), _u8(p, 17), _u8(p, 18), _i64x2(p, 19),
                       _i64(p, 20))
 
 

@@ -65,8 +65,8 @@ class CompiledLoop:
                       conf=c, checks=fast.checks, dd_index=fast.dd_index, dd_ent=fast.dd_ent,
                       ft=fast.ft, free=fast.free, meta=fast.meta, fdec=fast.fdec,
                       cells=admission.cells, env_id=fast.env_id, env_len=fast.env_len,
-                      env_delim=fast.env_delim, dup=fast.dup, owed=self.owed, peer=fast.peer,
-                      own=self.own)
+                      env_delim=fast.env_delim, dup=fast.dup, owed=self.owed,
+                      peer=fast.peer.view(np.int64), own=self.own)
         self.pack = LK.pack(arrays, LK.READ_PACK)        # one argument, not 19 (LK doc)
         self.rings = LK.pack_rings(views.ring_hdr, views.ring_u8)
         # the general path's binary batches: admitted in one compiled call (ingress.batchadmit)
@@ -103,7 +103,7 @@ class CompiledLoop:
             if status == LK.ERROR:
                 raise zmq.ZMQError(k)
             frames = self._frames(k)
-            fast.peer_now = int(self.msg[zmqc.PEER])   # its sender, for the Python paths' blocks
+            fast.peer_now = zmqc.peer_of(self.msg)     # its sender, for the Python paths' blocks
             if status == LK.TOO_MANY:
                 router._too_many_frames(frames)        # refused for its frame count: let the
                 t = time.monotonic_ns()                # loop close its connection

@@ -91,7 +91,8 @@ class FastPath:
         self.env_len = np.zeros(capacity, np.int64)
         self.env_delim = np.zeros(capacity, np.uint8)
         self.dup = np.zeros(capacity, np.uint8)
-        self.peer = np.zeros(capacity, np.int64)   # a row's sender's IPv4 (ingress.autoblock)
+        self.peer = np.zeros((capacity, 2), np.uint64)  # compiled: a row's sender, zmqc.PEER's words
+        self.peers: list = [0] * capacity     # not compiled: a row's sender (ingress.autoblock)
         self.peer_now = 0                         # the sender of the message admit() is given
         self.h = 0                              # the socket's handle, once bound
         self._bind()
@@ -206,10 +207,12 @@ class FastPath:
             self.env_id[row, :len(peer)] = np.frombuffer(peer, np.uint8)
             self.env_len[row] = len(peer)
             self.env_delim[row] = len(frames) == 3
-            self.dup[row], self.peer[row] = 0, self.peer_now
+            self.dup[row] = 0
+            self.peer[row] = divmod(self.peer_now, 1 << 64)
             return True
         adm.commit(peer)
         self.envelopes[row] = frames[:-1]
+        self.peers[row] = self.peer_now
         if key is not None:
             self.keys[row] = key
             self.inflight[key] = row

@@ -57,7 +57,7 @@ class Pending:
         self.workers = workers            # set of worker indexes holding this request's events
         self.dedup_key = dedup_key
         self.rhash = 0                    # records_hash of its events (keyed requests)
-        self.peer = 0                     # its sender's IPv4, when captured (ingress.autoblock)
+        self.peer = 0                     # its sender (shm.ipv6.peer_key), when captured (ingress.autoblock)
 
 
 class GeneralPath:

@@ -36,7 +36,7 @@ from shm.runtime.topology import pin_self
 from shm.tokens import EPOCHS
 from shm.types import ErrorCode, request_slot_dtype
 from ingress.admission import DOORBELL_DEFER_NS, Admission, RingViews, Shards
-from ingress.autoblock import AutoBlock
+from ingress.autoblock import AutoBlock, PeerRecv
 from ingress.codec import Codec, frame_kind, peek_request_id
 from ingress.compiledloop import CompiledLoop
 from ingress.conns import SERVICE_EVERY_NS, Connections, effective_cap, raise_nofile_limit
@@ -112,9 +112,9 @@ class Router:
         # a cluster node decides only its partitions' events (ingress.ownercheck); else no check
         self.fast.owners = self.general.owners = OwnerCheck(cfg, plan) if cfg.cluster else None
         # rules that block a source: the kernel map's descriptor, inherited (engine.supervisor)
-        self.autoblock = self.general.autoblock = AutoBlock(plan.get("autoblock_fd", -1),
+        self.autoblock = self.general.autoblock = AutoBlock(plan.get("autoblock_fds", (-1, -1)),
                                                             b.view("ingress.autoblock"))
-        self.loop = None                   # ingress.compiled_loop: reads in compiled code
+        self.loop, self.peer_recv = None, PeerRecv()   # compiled_loop: reads in compiled code
         if cfg.ingress.compiled_loop:
             self.loop = CompiledLoop(cfg, self.rings, self.fast, self.general, admission, shards,
                                      views, dedup, READ_BATCH, SHED_AFTER_NS)
@@ -286,13 +286,14 @@ class Router:
         n = 0
         rcvmore, recv = self.opts.rcvmore, sock.recv
         admit, handle, views = self.fast.admit, self.general.handle, self.views
+        capture, self.fast.peer_now = self.autoblock.capture[0], 0   # block_source rules: senders
         while n < READ_BATCH:
             try:
                 frames = [recv(_NOWAIT)]
             except zmq.Again:                      # the queue is empty
                 self.backlog_since = 0             # (the next request starts afresh)
                 break
-            frames.append(recv())                  # a ROUTER message is identity + >= 1 frame
+            frames.append(self.peer_recv.recv(sock, self.fast) if capture else recv())   # identity + >= 1
             while rcvmore():                       # recv_multipart's enum RCVMORE cost more
                 if len(frames) == MAX_FRAMES:      # than the frames themselves (sockopts.py)
                     frames = self._too_many_frames(frames)

@@ -29,10 +29,13 @@ DONTWAIT, SNDMORE, RCVMORE = int(zmq.DONTWAIT), int(zmq.SNDMORE), int(zmq.RCVMOR
 EAGAIN, EINTR = errno.EAGAIN, errno.EINTR
 MSG_BYTES = 64                        # sizeof(zmq_msg_t) in libzmq 4.x
 # new_msg()'s words after the zmq_msg_t: CAPTURE (1: recv_frame reads each message's
-# Peer-Address, block_source rules are active: ingress.autoblock), PEER (its IPv4, host order,
-# 0 when none or not captured), the property name, then 64 bytes of scratch for the address
-CAPTURE, PEER, PROP, SCRATCH = MSG_BYTES // 8, MSG_BYTES // 8 + 1, MSG_BYTES // 8 + 2, MSG_BYTES // 8 + 4
+# Peer-Address from its last frame, block_source rules are active: ingress.autoblock; 2: from
+# the frame received, ingress.autoblock.PeerRecv), PEER and PEER + 1 (its
+# address as shm.ipv6.peer_key makes it, high and low 64 bits; 0, 0 when none or not captured),
+# the property name, then 64 bytes of scratch for the address text
+CAPTURE, PEER, PROP, SCRATCH = MSG_BYTES // 8, MSG_BYTES // 8 + 1, MSG_BYTES // 8 + 3, MSG_BYTES // 8 + 5
 MSG_WORDS = SCRATCH + 8
+MAPPED4 = 0xFFFF << 32                # an IPv4 sender's low word (shm.ipv6.MAPPED4)
 CLOCK_MONOTONIC = 1                   # Linux
 
 _u64, _i32, _i64 = types.uint64, types.int32, types.int64
@@ -116,35 +119,93 @@ def new_msg() -> np.ndarray:
     return m
 
 
+def peer_of(msg) -> int:
+    """The sender int (shm.ipv6.peer_key) of new_msg() storage's last capture; 0: none."""
+    hi, lo = msg[PEER:PEER + 2].view(np.uint64).tolist()
+    return hi << 64 | lo
+
+
 @njit(cache=True)
-def peer_ipv4(msg, m):
-    """The IPv4 address (host order) in received message ``m``'s Peer-Address ("a.b.c.d",
-    or "::ffff:a.b.c.d" on a dual-stack socket); 0 for anything else (IPv6, ipc://)."""
+def peer_address(msg, m):
+    """Received message ``m``'s Peer-Address into msg[PEER], msg[PEER + 1] (0, 0 when it has
+    none, as on ipc://, or it is not an address parse_peer reads)."""
+    msg[PEER], msg[PEER + 1] = 0, 0
     p = zmq_msg_gets(m, msg.ctypes.data + np.uint64(PROP * 8))
     if p == 0:
-        return 0
+        return
     n = np.int64(_strnlen(p, np.uint64(63)))
     b = msg.view(np.uint8)
-    off = SCRATCH * 8
-    copy_from(b, off, p, n)
-    i = off
-    if n > 7 and b[i] == 58 and b[i + 1] == 58 and b[i + 6] == 58:    # "::ffff:"
-        i += 7
-    addr, part, digits, dots = 0, 0, 0, 0
-    while i < off + n:
-        c = b[i]
-        if c == 46:                                         # "."
-            if digits == 0 or dots == 3:
-                return 0
-            addr, part, digits, dots = addr * 256 + part, 0, 0, dots + 1
-        elif 48 <= c <= 57 and digits < 3:
-            part, digits = part * 10 + (c - 48), digits + 1
-            if part > 255:
-                return 0
+    copy_from(b, SCRATCH * 8, p, n)
+    hi, lo = parse_peer(b, SCRATCH * 8, SCRATCH * 8 + n)
+    msg[PEER], msg[PEER + 1] = np.int64(hi), np.int64(lo)
+
+
+@njit(cache=True)
+def parse_peer(b, i, end):
+    """The sender int of the text ``b[i:end]`` as (high, low) uint64 words: "a.b.c.d" and
+    "::ffff:a.b.c.d" (a dual-stack socket) as IPv4-mapped, an IPv6 address as getnameinfo
+    writes it (hex groups, one "::"); (0, 0) for anything else (a zone, another embedded form)."""
+    dots = 0
+    for k in range(i, end):
+        dots += b[k] == 46
+    if dots:                                                # IPv4, maybe "::ffff:" first
+        if end - i > 7 and b[i] == 58 and b[i + 1] == 58 and b[i + 6] == 58:
+            for k in range(i + 2, i + 6):
+                if b[k] | 32 != 102:                        # "f" or "F"
+                    return np.uint64(0), np.uint64(0)
+            i += 7
+        addr, part, digits, dots = 0, 0, 0, 0
+        while i < end:
+            c = b[i]
+            if c == 46:                                     # "."
+                if digits == 0 or dots == 3:
+                    return np.uint64(0), np.uint64(0)
+                addr, part, digits, dots = addr * 256 + part, 0, 0, dots + 1
+            elif 48 <= c <= 57 and digits < 3:
+                part, digits = part * 10 + (c - 48), digits + 1
+                if part > 255:
+                    return np.uint64(0), np.uint64(0)
+            else:
+                return np.uint64(0), np.uint64(0)
+            i += 1
+        if dots != 3 or not digits:
+            return np.uint64(0), np.uint64(0)
+        return np.uint64(0), np.uint64(MAPPED4 | (addr * 256 + part))
+    groups = np.zeros(8, np.uint64)
+    ng, gap, k = 0, -1, i                                   # gap: groups before the "::"
+    if end - i >= 2 and b[i] == 58 and b[i + 1] == 58:
+        gap, k = 0, i + 2
+    while k < end:
+        val, digits = 0, 0
+        while k < end and digits < 5:
+            c = b[k] | 32                                   # lower case
+            h = c - 48 if 48 <= c <= 57 else c - 87 if 97 <= c <= 102 else -1
+            if h < 0:
+                break
+            val, digits, k = val * 16 + h, digits + 1, k + 1
+        if digits == 0 or digits > 4 or ng == 8:
+            return np.uint64(0), np.uint64(0)
+        groups[ng] = val
+        ng += 1
+        if k == end:
+            break
+        if b[k] != 58 or k + 1 == end:                      # groups end with ":", never last
+            return np.uint64(0), np.uint64(0)
+        k += 1
+        if b[k] == 58:                                      # "::"
+            if gap >= 0:
+                return np.uint64(0), np.uint64(0)
+            gap, k = ng, k + 1
+    if (gap < 0 and ng != 8) or (gap >= 0 and ng > 7):
+        return np.uint64(0), np.uint64(0)
+    hi, lo = np.uint64(0), np.uint64(0)
+    for j in range(ng):
+        at = j if gap < 0 or j < gap else j + 8 - ng
+        if at < 4:
+            hi |= groups[j] << np.uint64(16 * (3 - at))
         else:
-            return 0
-        i += 1
-    return addr * 256 + part if dots == 3 and digits else 0
+            lo |= groups[j] << np.uint64(16 * (7 - at))
+    return hi, lo
 
 
 @njit(cache=True)
@@ -173,8 +234,11 @@ def recv_frame(h, msg, dst, off, flags):
         return -np.int64(e), 0
     size = np.int64(zmq_msg_size(m))
     more = zmq_msg_more(m)
-    if more == 0 and msg.shape[0] == MSG_WORDS:      # the message's sender, when wanted
-        msg[PEER] = peer_ipv4(msg, m) if msg[CAPTURE] else 0
+    if msg.shape[0] == MSG_WORDS and (more == 0 or msg[CAPTURE] == 2):   # its sender, when wanted
+        if msg[CAPTURE]:
+            peer_address(msg, m)
+        else:
+            msg[PEER], msg[PEER + 1] = 0, 0
     room = dst.shape[0] - off
     n = size if size < room else room
     if n > 0:

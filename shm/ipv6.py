@@ -45,3 +45,38 @@ def format_cidr6(key: int) -> str:
 def format_source6(addr: int) -> str:
     """A 128-bit source address as ipaddress writes it (``fd00::2``)."""
     return str(ipaddress.IPv6Address(int(addr) & ADDR_MASK))
+
+
+# A request's sender (the ZeroMQ Peer-Address, ingress.autoblock) as one int for both families:
+# the 128-bit IPv6 address, an IPv4 one in its IPv4-mapped form (::ffff:a.b.c.d, as a
+# dual-stack socket names it); 0: none known.
+MAPPED4 = 0xFFFF << 32
+
+
+def peer_key(text: str) -> int:
+    """The sender int of ``10.0.0.2``, ``::ffff:10.0.0.2`` or ``fd00::2``; ValueError with
+    the reason (anything else, a zone ``%eth0`` or the unspecified address included)."""
+    if not isinstance(text, str):
+        raise ValueError(f"an address is a string like 10.0.0.2 or fd00::2, got {type(text).__name__}")
+    shown = repr(text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN] + "...")
+    if not text.isascii() or "%" in text or any(c.isspace() for c in text):
+        raise ValueError(f"{shown} is not an IPv4 or IPv6 address (no whitespace or zone)")
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        raise ValueError(f"{shown} is not an IPv4 or IPv6 address") from None
+    key = MAPPED4 | int(ip) if ip.version == 4 else int(ip)
+    if not key:
+        raise ValueError(f"{shown} is the unspecified address, never a sender")
+    return key
+
+
+def is_peer4(key: int) -> bool:
+    return int(key) >> 32 == 0xFFFF
+
+
+def format_peer(key: int) -> str:
+    """``10.0.0.2`` for an IPv4 sender, ``fd00::2`` for an IPv6 one."""
+    if is_peer4(key):
+        return str(ipaddress.IPv4Address(int(key) & 0xFFFFFFFF))
+    return format_source6(key)

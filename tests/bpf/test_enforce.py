@@ -18,7 +18,7 @@ import pytest
 
 from bench.netns import VethPair, syn_packet, syn_packet6
 from shm.ipv4 import cidr4_key, parse_ipv4
-from shm.ipv6 import cidr6_key
+from shm.ipv6 import cidr6_key, peer_key
 from tests.bpf.conftest import free_tcp_port, require_ebpf
 
 ALLOWED_TIMEOUT_S = 5.0      # an answered SYN takes well under a millisecond here
@@ -229,36 +229,47 @@ def test_list_replace_under_a_syn_stream_never_lets_a_source_listed_on_both_side
             e.detach()
 
 
-def test_a_rule_block_drops_its_source_until_its_expiry(net, loaded):
-    """ingress.autoblock writes the autoblk map through its descriptor (as the ingress
-    process does): the source is dropped with the auto-blocked reason and a ring-buffer event;
-    once its expiry passes the program passes it even before the sweep removes the entry, and
-    a restarted writer adopts the entries a dead one left."""
+@pytest.mark.parametrize("family", ["other", "other6"])
+def test_a_rule_block_drops_its_source_until_its_expiry(net, loaded, family):
+    """ingress.autoblock writes the autoblk (IPv4) or autoblk6 (IPv6) map through its
+    descriptors (as the ingress process does): the source is dropped with the auto-blocked
+    reason and a ring-buffer event; once its expiry passes the program passes it even before
+    the sweep removes the entry, and a restarted writer adopts the entries a dead one left.
+    An operator's lift (Enforcer.auto_lift, admin autoblock-remove) serves it at once, and
+    the same rule firing again blocks it again."""
     import numpy as np
     from ingress.autoblock import BLOCKED, AutoBlock
     e = loaded("xdp")
     cells = np.zeros(4, np.int64)
-    other = parse_ipv4(net.other)
+    source = getattr(net, family)
+    other = peer_key(source)
     try:
         with net.inside(net.server_ns):
             e.attach()
-        ab = AutoBlock(e.auto_fd(), cells)
+        ab = AutoBlock(e.auto_fds(), cells)
         e.poll_events()                      # earlier tests' events (a full ring sends none)
         before = e.counters()["dropped:auto-blocked"]
         assert ab.fired(other, 2000) and cells[BLOCKED] == 1
         assert [a for a, _ in e.auto_entries(time.monotonic_ns())] == [other]
-        assert _dropped(net, net.other)
-        assert _served(net, net.allowed)
+        assert _dropped(net, source)
+        assert _served(net, net.allowed) and _served(net, net.allowed6)
         assert e.counters()["dropped:auto-blocked"] > before
         ev = e.poll_events(timeout_ms=500)
-        assert any(x.saddr == other and x.list == "auto-blocked" for x in ev), ev
-        again = AutoBlock(e.auto_fd(), np.zeros(4, np.int64))    # a restarted ingress
+        want = (6, other) if family == "other6" else (4, other & 0xFFFFFFFF)
+        assert any((x.family, x.saddr) == want and x.list == "auto-blocked" for x in ev), ev
+
+        assert e.auto_lift(other) and not e.auto_lift(other)     # lifted: served at once
+        assert e.auto_entries(time.monotonic_ns()) == [] and _served(net, source)
+        assert ab.fired(other, 2000) and cells[BLOCKED] == 2      # fired again: blocked again
+        assert _dropped(net, source)
+
+        again = AutoBlock(e.auto_fds(), np.zeros(4, np.int64))    # a restarted ingress
         assert list(again.expiry) == [other]
         time.sleep(max(0.0, (ab.expiry[other] - time.monotonic_ns()) / 1e9) + 0.05)
         assert e.auto_entries(time.monotonic_ns()) == []          # expired, not yet swept
-        assert _served(net, net.other)
+        assert _served(net, source)
         ab.sweep(time.monotonic_ns())
-        assert len(e.bpf[b"autoblk"]) == 0 and ab.expiry == {}
+        assert len(e.bpf[b"autoblk"]) == len(e.bpf[b"autoblk6"]) == 0 and ab.expiry == {}
     finally:
         with net.inside(net.server_ns):
             e.detach()

@@ -16,13 +16,12 @@ import zmq
 
 from bench.engine_proc import EngineProcess
 from bench.events import random_events
-from engine.admin_client import request
 from ingress.client import Client
 from shm.runtime.config import load_config
+from tests.bpf.autoblock import admin as _admin, dropped as _dropped, metric as _metric, served as _served
 from tests.bpf.conftest import require_ebpf
 from bench.netns import VethPair
 
-ALLOWED_TIMEOUT_S, BLOCKED_TIMEOUT_S = 5.0, 1.0
 pytestmark = pytest.mark.slow    # one more engine start and bcc compile: make test-slow
 
 
@@ -51,25 +50,6 @@ def engine(net, tmp_path_factory):
     with eng:
         yield eng
     assert not net.xdp_shown(), "SIGTERM left the XDP program attached"
-
-
-def _admin(eng, **req):
-    return request(eng.admin_bind, req, 30_000)
-
-
-def _metric(net, eng, name, **labels) -> float | None:
-    with net.inside(net.server_ns):                  # /metrics listens on the namespace's lo
-        st = eng.stats()
-    rows = [r for r in st.get(name, []) if all(r.get(k) == v for k, v in labels.items())]
-    return rows[0]["value"] if rows else None
-
-
-def _served(net, eng, source) -> bool:
-    return net.connect_from(source, eng.port, ALLOWED_TIMEOUT_S)
-
-
-def _dropped(net, eng, source) -> bool:
-    return not net.connect_from(source, eng.port, BLOCKED_TIMEOUT_S)
 
 
 def _evaluate_from(net, eng, source):

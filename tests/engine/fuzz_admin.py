@@ -28,11 +28,12 @@ from pathlib import Path
 
 CODES = {"BAD_REQUEST", "BAD_ARGUMENT", "UNKNOWN_COMMAND", "UNKNOWN_LIST", "UNKNOWN_STATE",
          "BAD_LIST", "LIST_FULL", "FILE_NOT_ALLOWED", "NO_FEATURES", "STATE_FULL",
-         "SNAPSHOT_FAILED", "RULESET_REFUSED", "RELOAD_BUSY", "FILE_NOT_FOUND"}
+         "SNAPSHOT_FAILED", "RULESET_REFUSED", "RELOAD_BUSY", "FILE_NOT_FOUND", "BAD_ADDRESS"}
 COMMANDS = {"status": [], "stats": [], "features": [], "halt": [], "resume": [],
             "snapshot": [], "reload": ["files", "previous"], "list-show": ["name"],
             "list-add": ["name", "values", "file"], "list-remove": ["name", "values", "file"],
-            "list-replace": ["name", "values", "file"], "set-state": ["name", "key", "state"]}
+            "list-replace": ["name", "values", "file"], "set-state": ["name", "key", "state"],
+            "autoblock-remove": ["values"]}
 NO_VALID = {"snapshot", "reload"}
 TRANSPORT_LIMIT = (1 << 20) - 64          # the admin socket's ZMQ_MAXMSGSIZE, less the frames
 VALUES = [None, True, False, 0, 1, -1, 42, 1.5, -0.0, 1e308, 2 ** 63, 2 ** 64 - 1, 2 ** 64,
