@@ -109,7 +109,6 @@ class Router:
         self.fast = FastPath(cfg, b, codec, dedup, admission, shards, views, replies, timeouts)
         self.general = GeneralPath(cfg, b, self.rings, codec, dedup, admission, shards, views,
                                    replies, timeouts, self.fast)
-        # a cluster node decides only its partitions' events (ingress.ownercheck); else no check
         self.fast.owners = self.general.owners = OwnerCheck(cfg, plan) if cfg.cluster else None
         # rules that block a source: the kernel map's descriptor, inherited (engine.supervisor)
         self.autoblock = self.general.autoblock = AutoBlock(plan.get("autoblock_fds", (-1, -1)),
