@@ -67,11 +67,12 @@ class JournalTailer:
         plus records of partitions it does not own, which it will skip)."""
         return {w: end - self.cursor.get(w, end) for w, end in self.journal_end().items()}
 
-    async def take_ownership(self) -> None:
-        """Fence the partitions the table says this node owns and that it has not fenced.
-        A partition whose lease lapsed stays fenced: its records were decided in the term and
-        are still published, until a new owner's fence refuses them."""
-        owned = self.table.owned()
+    async def take_ownership(self, owned: dict[int, int] | None = None) -> None:
+        """Fence the partitions the table says this node owns (or ``owned``: {p: revision},
+        a partition being taken before the table shows it: engine.cluster.takeover) and that
+        it has not fenced. A partition whose lease lapsed stays fenced: its records were
+        decided in the term and are still published, until a new owner's fence refuses them."""
+        owned = self.table.owned() if owned is None else owned
         # a revision once refused is not tried again: a lost lease comes back only with a
         # newer revision (the agent's renewals of a taken-over lease are refused too)
         new = [(p, rev) for p, rev in sorted(owned.items())
@@ -91,6 +92,12 @@ class JournalTailer:
             for w, s in f.done.items():        # a continued term: re-read what it left unpublished
                 if w in self.cursor:
                     self.cursor[w] = min(self.cursor[w], s)
+
+    async def fence(self, p: int, revision: int) -> int | None:
+        """Fence partition ``p`` at ``revision`` now: the stream sequence of this term's fence
+        (of its last message when this node's term on p goes on), None if fencing refused it."""
+        await self.take_ownership({p: revision})
+        return self.log.last.get(p) if p in self.log.fenced else None
 
     async def step(self) -> int:
         """Take new partitions, then read up to ``batch_records`` new records per writer and

@@ -1,0 +1,178 @@
+"""Taking a partition over (engine.cluster.takeover) on the module's 3-server cluster: the state
+restored from the newest snapshot object plus the stream's records after it equals a
+brute-force recount of every published event; a corrupt or mismatched snapshot object is
+reported and not used (an older one, or the whole subject, instead)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+
+import numpy as np
+import pytest
+from nats.js import api
+
+from engine.cluster.partition import partition_of
+from engine.cluster.snapstore import SnapshotObjects, object_name
+from engine.cluster.tailer import JournalTailer
+from engine.cluster.takeover import take_partition
+from engine.journal import JournalReader
+from tests.cluster.tailerproc import SCHEMA
+from tests.cluster.test_replication import P, journal, owning_all, rlog, run, write
+
+
+@pytest.fixture
+def names():
+    """A stream, subject prefix and snapshot bucket of its own per test."""
+    h = uuid.uuid4().hex[:10]
+    return f"RJ{h}", f"rj{h}", f"snap{h}"
+
+
+class State:
+    """A partition's feature state for the test: per account, the event count and the sum of
+    arrival_ns (exact integers), as arrays for a snapshot."""
+
+    def __init__(self):
+        self.f: dict[int, tuple[int, int]] = {}
+
+    def restore(self, arrays):
+        self.f = {} if arrays is None else {
+            int(k): (int(c), int(s)) for k, c, s in zip(arrays["key"], arrays["count"], arrays["sum_ns"])}
+
+    def apply(self, records):
+        for k, t in zip(records["event"]["account_id"].tolist(), records["arrival_ns"].tolist()):
+            c, s = self.f.get(k, (0, 0))
+            self.f[k] = (c + 1, s + t)
+
+    def arrays(self):
+        keys = sorted(self.f)
+        return {"key": np.array(keys, np.uint64),
+                "count": np.array([self.f[k][0] for k in keys], np.int64),
+                "sum_ns": np.array([self.f[k][1] for k in keys], np.int64)}
+
+
+def recount(d, p, after_seq, upto_seq):
+    """Brute force, one journal record at a time: {account: (count, sum arrival_ns)} of
+    partition p's records with after_seq < seq <= upto_seq (writer 0)."""
+    out = {}
+    for r in JournalReader(str(d), SCHEMA.dtype, SCHEMA.hash, 0).read_all():
+        k = int(r["event"]["account_id"])
+        if after_seq < int(r["seq"]) <= upto_seq and partition_of({"account_id": k}, "account_id", P) == p:
+            c, s = out.get(k, (0, 0))
+            out[k] = (c + 1, s + int(r["arrival_ns"]))
+    return out
+
+
+async def published_state(log, p, upto):
+    s = State()
+    async for m in log.replay(p, end_seq=upto):
+        if m.kind == "rec":
+            s.apply(m.records)
+    return s
+
+
+def test_a_taken_partition_equals_a_recount_of_every_published_event(nats3, names, tmp_path):
+    w0 = journal(tmp_path)
+    write(w0, 30, 1)                        # before a's term: never published, never counted
+
+    async def body(js):
+        a = rlog(js, names[:2], "a")
+        await a.ensure_stream(3)
+        sa = SnapshotObjects(js, a, SCHEMA.hash, bucket=names[2])
+        await sa.open(3)
+        ta = JournalTailer(a, tmp_path, SCHEMA.dtype, SCHEMA.hash, owning_all(5), batch_records=64,
+                           records_per_msg=16)
+        await ta.take_ownership()
+        write(w0, 200, 2)
+        await ta.drain()
+        for p in range(P):                  # a snapshots what it published so far
+            st = await published_state(a, p, a.last[p])
+            await sa.put(p, a.last[p], st.arrays())
+        write(w0, 300, 3)
+        await ta.drain()
+
+        b = rlog(js, names[:2], "b")
+        sb = SnapshotObjects(js, b, SCHEMA.hash, bucket=names[2])
+        await sb.open(3)
+        tb = JournalTailer(b, tmp_path / "b", SCHEMA.dtype, SCHEMA.hash, owning_all(6))
+        lines, taken, states = [], [], {}
+        for p in range(P):
+            states[p] = State()
+            taken.append(await take_partition(p, 6, tb.fence, sb, states[p].restore,
+                                              states[p].apply, lines.append))
+        write(w0, 100, 4)                   # a's records after b's fences: refused
+        assert await ta.drain() == 0
+        assert a.counters.refused == P and not a.fenced
+        return taken, states, lines, sb.counters
+
+    taken, states, lines, c = run(nats3.urls, body)
+    assert c.restored == P and c.refused == 0 and c.full_replays == 0 and not lines
+    assert all(t.snapshot is not None and t.snapshot_seq > 0 for t in taken)
+    assert sum(t.replayed_records for t in taken) == 300     # only what came after the snapshots
+    for p in range(P):                      # journal seqs 31..530: a's term, all published
+        assert states[p].f == recount(tmp_path, p, 30, 530), p
+
+
+def test_a_corrupt_or_mismatched_snapshot_object_is_reported_and_not_used(nats3, names, tmp_path):
+    w0 = journal(tmp_path)
+    p = 3
+
+    async def body(js):
+        a = rlog(js, names[:2], "a")
+        await a.ensure_stream(3)
+        sa = SnapshotObjects(js, a, SCHEMA.hash, bucket=names[2], keep=10)
+        await sa.open(3)
+        ta = JournalTailer(a, tmp_path, SCHEMA.dtype, SCHEMA.hash, owning_all(5), records_per_msg=8)
+        await ta.take_ownership()
+        seqs = []
+        for seed in (1, 2, 3, 4):
+            write(w0, 60, seed)
+            await ta.drain()
+            seqs.append(a.last[p])
+            await sa.put(p, a.last[p], (await published_state(a, p, a.last[p])).arrays())
+        good, flipped, wrong_rev, other_part = seqs
+        store = sa.store
+        # flipped: a bit of the payload flipped, the description (sha256) kept
+        res = await store.get(object_name(p, flipped))
+        data = bytearray(res.data)
+        data[len(data) // 2] ^= 0x10
+        await store.put(object_name(p, flipped), bytes(data), meta=api.ObjectMeta(
+            name=object_name(p, flipped), description=res.info.description))
+        # wrong_rev: a snapshot whose covered message is not the stream's (another stream's)
+        res = await store.get(object_name(p, wrong_rev))
+        await store.put(object_name(p, wrong_rev), res.data, meta=api.ObjectMeta(
+            name=object_name(p, wrong_rev), description=res.info.description.replace('"rev":5', '"rev":4')))
+        # other_part: partition 4's state stored under partition 3's newest name
+        res = await store.get(object_name(p, other_part))
+        st4 = await published_state(a, 4, a.last[4])
+        await sa.put(4, a.last[4], st4.arrays())
+        res4 = await store.get(object_name(4, a.last[4]))
+        d = json.loads(res.info.description)
+        d.update(size=len(res4.data), sha256=hashlib.sha256(res4.data).hexdigest())
+        await store.put(object_name(p, other_part), res4.data, meta=api.ObjectMeta(
+            name=object_name(p, other_part), description=json.dumps(d)))
+
+        b = rlog(js, names[:2], "b")
+        sb = SnapshotObjects(js, b, SCHEMA.hash, bucket=names[2])
+        await sb.open(3)
+        tb = JournalTailer(b, tmp_path / "b", SCHEMA.dtype, SCHEMA.hash, owning_all(6))
+        st, lines = State(), []
+        t = await take_partition(p, 6, tb.fence, sb, st.restore, st.apply, lines.append)
+        # then with every snapshot object of p corrupt: the whole subject is replayed
+        await store.delete(object_name(p, good))
+        await store.put(object_name(p, good), b"not a snapshot", meta=api.ObjectMeta(
+            name=object_name(p, good), description="{}"))
+        sc = SnapshotObjects(js, b, SCHEMA.hash, bucket=names[2])
+        await sc.open(3)
+        st2, lines2 = State(), []
+        t2 = await take_partition(p, 6, tb.fence, sc, st2.restore, st2.apply, lines2.append)
+        return t, st, lines, sb.counters, good, t2, st2, lines2, sc.counters
+
+    t, st, lines, c, good, t2, st2, lines2, c2 = run(nats3.urls, body)
+    assert t.snapshot == object_name(p, good) and c.restored == 1 and c.refused == 3
+    text = "\n".join(lines)
+    assert "SHA-256" in text and "another stream's snapshot" in text and "names partition 4" in text, text
+    assert st.f == recount(tmp_path, p, 0, 240)
+    assert t2.snapshot is None and c2.full_replays == 1 and c2.refused == 4
+    assert any("no usable snapshot" in ln for ln in lines2), lines2
+    assert st2.f == recount(tmp_path, p, 0, 240)
