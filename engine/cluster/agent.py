@@ -41,7 +41,8 @@ _RETRY = (nats.errors.Error, asyncio.TimeoutError, OSError)
 class LeaseAgent:
     def __init__(self, servers, node: str, advertise: str, partitions: int, lease_ttl_s: float,
                  bucket: str = BUCKET, replicas: int | None = None, on_event=None,
-                 table: OwnershipTable | None = None, open_timeout_s: float = OPEN_TIMEOUT_S):
+                 table: OwnershipTable | None = None, open_timeout_s: float = OPEN_TIMEOUT_S,
+                 prepare=None):
         self.servers, self.node, self.partitions = list(servers), node, partitions
         self.open_timeout_s = open_timeout_s
         self.bucket = bucket
@@ -57,6 +58,10 @@ class LeaseAgent:
         self.seen: dict[int, tuple[int, int]] = {}      # p -> (revision, first read at)
         self.members: dict[str, tuple[int, int]] = {}   # node -> (heartbeat revision, first read at)
         self.store: LeaseStore | None = None
+        # prepare(p, rev) -> bool, awaited after a take and before the table shows the lease
+        # (engine.cluster.takeover: fence, snapshot, replay); False or an error: released
+        self.prepare = prepare
+        self.pending: dict[int, asyncio.Task] = {}      # p -> its prepare, running
 
     def emit(self, ev: str, **kw) -> None:
         self.on_event({"ev": ev, "node": self.node, "t_ns": now_ns(), **kw})
@@ -130,6 +135,7 @@ class LeaseAgent:
 
     def _lose(self, p: int, reason: str) -> None:
         rev, _ = self.held.pop(p)
+        self._unprepare(p)
         self.table.clear(p)
         self.seen.pop(p, None)
         self.emit("lost", p=p, rev=rev, reason=reason)
@@ -152,8 +158,10 @@ class LeaseAgent:
             if rev is None:
                 self._lose(p, "refused")
             elif rev < 0:
-                if now_ns() >= self.table.until_ns[p]:
+                if now_ns() >= self.held[p][1] + self.ttl_ns - self.margin_ns:
                     self._lose(p, "expired")       # not renewed in time: the table said so already
+            elif p in self.pending:
+                self.held[p] = (rev, stamp)        # not servable yet: the table stays clear
             else:
                 done[p] = (rev, stamp, stamp + self.ttl_ns - self.margin_ns)
         if done:
@@ -173,9 +181,43 @@ class LeaseAgent:
             self.seen.pop(p, None)                  # changed meanwhile: read it again
             return
         until = stamp + self.ttl_ns - self.margin_ns
-        self.emit("acquired", p=p, rev=rev, until_ns=until, prev_rev=last)
         self.held[p] = (rev, stamp)
+        if self.prepare is not None:
+            self.emit("acquired", p=p, rev=rev, until_ns=0, prev_rev=last)
+            self.pending[p] = asyncio.ensure_future(self._prepare(p, rev))
+            return
+        self.emit("acquired", p=p, rev=rev, until_ns=until, prev_rev=last)
         self.table.begin(p, rev, until)
+
+    async def _prepare(self, p: int, rev: int) -> None:
+        """Run ``prepare`` for a lease just taken; serve p only once it returned True and the
+        lease is still held (then until the last renewal's deadline); else release it."""
+        try:
+            ok, why = bool(await self.prepare(p, rev)), "refused"
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:                     # a corrupt stream, NATS down: not servable
+            ok, why = False, f"{type(e).__name__}: {e}"
+        self.pending.pop(p, None)
+        if p not in self.held:
+            return
+        cur, stamp = self.held[p]
+        until = stamp + self.ttl_ns - self.margin_ns
+        if ok and now_ns() < until:
+            self.emit("ready", p=p, rev=cur, until_ns=until)
+            self.table.begin(p, cur, until)
+            return
+        del self.held[p]
+        self.emit("prepare_failed", p=p, rev=cur, error=why)
+        try:
+            await self.store.release(p, cur)
+        except _RETRY:
+            pass                                   # lapses after a TTL
+
+    def _unprepare(self, p: int) -> None:
+        task = self.pending.pop(p, None)
+        if task is not None:
+            task.cancel()
 
     async def _scan_and_take(self, balance: bool) -> None:
         todo = [p for p in range(self.partitions) if p not in self.held]
@@ -201,6 +243,7 @@ class LeaseAgent:
         if balance and len(self.held) > target:
             p = max(self.held)
             rev, _ = self.held.pop(p)
+            self._unprepare(p)
             self.table.clear(p)                     # stop serving before the lease is free
             ok = await self.store.release(p, rev)
             self.emit("released", p=p, rev=rev, ok=ok, target=target)
@@ -210,6 +253,7 @@ class LeaseAgent:
         expires after a TTL)."""
         held, self.held = self.held, {}
         for p in held:
+            self._unprepare(p)
             self.table.clear(p)
         if self.store is None:
             return

@@ -4,19 +4,27 @@ brute-force recount of every published event; a corrupt or mismatched snapshot o
 reported and not used (an older one, or the whole subject, instead)."""
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import threading
+import time
 import uuid
+
+import nats
 
 import numpy as np
 import pytest
 from nats.js import api
 
+from engine.cluster.agent import AgentThread, LeaseAgent
+from engine.cluster.ownership import OwnershipTable
 from engine.cluster.partition import partition_of
 from engine.cluster.snapstore import SnapshotObjects, object_name
 from engine.cluster.tailer import JournalTailer
 from engine.cluster.takeover import take_partition
 from engine.journal import JournalReader
+from tests.cluster.agentproc import wait_for
 from tests.cluster.tailerproc import SCHEMA
 from tests.cluster.test_replication import P, journal, owning_all, rlog, run, write
 
@@ -176,3 +184,69 @@ def test_a_corrupt_or_mismatched_snapshot_object_is_reported_and_not_used(nats3,
     assert t2.snapshot is None and c2.full_replays == 1 and c2.refused == 4
     assert any("no usable snapshot" in ln for ln in lines2), lines2
     assert st2.f == recount(tmp_path, p, 0, 240)
+
+
+def test_a_partition_is_not_served_before_its_replay_finished(nats3, names, bucket, tmp_path):
+    """A lease agent whose prepare hook is the take-over: while the replay is held back (its
+    fence done, more than a TTL), the leases are held and renewed but the table serves none;
+    a partition appears in the table only with its state complete."""
+    w0 = journal(tmp_path)
+
+    async def publish(js):
+        a = rlog(js, names[:2], "a")
+        await a.ensure_stream(3)
+        ta = JournalTailer(a, tmp_path, SCHEMA.dtype, SCHEMA.hash, owning_all(1), records_per_msg=16)
+        await ta.take_ownership()
+        write(w0, 200, 1)
+        assert await ta.drain() == 200
+    run(nats3.urls, publish)
+
+    gate, events, finished, states, lines = threading.Event(), [], {}, {}, []
+    ctx = {}
+
+    async def prepare(p, rev):
+        if "tb" not in ctx:                   # the agent's loop: a connection of its own
+            ctx["nc"] = nc = await nats.connect(nats3.urls, connect_timeout=2)
+            js = nc.jetstream(timeout=5.0)
+            b = rlog(js, names[:2], "b")
+            ctx["snaps"] = SnapshotObjects(js, b, SCHEMA.hash, bucket=names[2])
+            await ctx["snaps"].open(3)
+            ctx["tb"] = JournalTailer(b, tmp_path / "b", SCHEMA.dtype, SCHEMA.hash, OwnershipTable(P))
+
+        async def fence_then_wait(p, rev):
+            seq = await ctx["tb"].fence(p, rev)
+            await asyncio.to_thread(gate.wait, 30)
+            return seq
+        states[p] = State()
+        t = await take_partition(p, rev, fence_then_wait, ctx["snaps"], states[p].restore,
+                                 states[p].apply, lines.append)
+        finished[p] = t
+        return t is not None
+
+    table = OwnershipTable(P)
+    agent = LeaseAgent(nats3.urls, "b", "tcp://127.0.0.1:1", P, 1.0, bucket=bucket,
+                       on_event=events.append, table=table, prepare=prepare)
+    th = AgentThread(agent).start()
+    try:
+        deadline = time.monotonic() + 30
+        while len(agent.held) < P or time.monotonic() < deadline - 28.5:   # and past a TTL
+            assert not table.owned() and not finished     # held (renewed), never servable
+            assert time.monotonic() < deadline, events[-3:]
+            time.sleep(0.01)
+        assert len(agent.held) == P and not table.owned() and not finished
+        assert not any(e["ev"] == "lost" for e in events), events
+        gate.set()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(table.owned()) < P:
+            for p in table.owned():           # servable only with its replay finished
+                assert p in finished, p
+            time.sleep(0.01)
+        assert sorted(table.owned()) == list(range(P)), events[-5:]
+        for p in range(P):
+            assert states[p].f == recount(tmp_path, p, 0, 200), p
+        assert sum(t.replayed_records for t in finished.values()) == 200
+        assert sum(1 for ln in lines if "no usable snapshot" in ln) == P
+    finally:
+        if "nc" in ctx:
+            asyncio.run_coroutine_threadsafe(ctx["nc"].close(), th._loop).result(10)
+        assert th.stop(10)
