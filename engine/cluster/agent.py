@@ -266,11 +266,23 @@ class LeaseAgent:
         self.emit("stopped", released=sorted(held))
 
 
+async def _all(*coros) -> None:
+    """Run them together; the first to fail stops the others and is raised."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 class AgentThread:
     """A LeaseAgent on a daemon thread with its own event loop, for a synchronous process."""
 
-    def __init__(self, agent: LeaseAgent):
+    def __init__(self, agent: LeaseAgent, side=()):
         self.agent = agent
+        self.side = list(side)       # coroutine functions (stop) run beside the agent on its loop
         self.error: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -292,7 +304,7 @@ class AgentThread:
     async def _run(self) -> None:
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
         self._ready.set()
-        await self.agent.run(self._stop)
+        await _all(self.agent.run(self._stop), *(f(self._stop) for f in self.side))
 
     def stop(self, timeout_s: float = 5.0) -> bool:
         """Stop and release the leases; True if the thread ended within ``timeout_s``."""

@@ -7,7 +7,9 @@ the supervisor (docs/CLUSTER.md, "Serving with cluster:").
   control bucket is opened and every current value applied (engine.cluster.control_apply),
   so the node serves with the cluster's halt, lists and account states.
 - ``start_leases()`` (once the node is ready): the lease agent on its own thread, writing
-  the table in the segment.
+  the table in the segment, and on the same event loop the journal tailer
+  (engine.cluster.replicate): each lease taken is fenced on the replication stream before
+  the table shows it.
 - ``poll()`` (the supervisor's loop): apply the control changes the watcher queued; say once
   if the agent has died (its leases lapse by themselves).
 - ``close()`` (every stop): stop serving every partition, release the leases, close NATS.
@@ -28,11 +30,12 @@ from engine.cluster.control import ControlClient, ControlUnavailable
 from engine.cluster.control_apply import ControlPlane
 from engine.cluster.leases import LeaseError
 from engine.cluster.ownership import OwnershipTable
+from engine.cluster.replicate import Replicator
 from engine.preflight import StartupError
 from shm.segment import Segment
 
 OWNERSHIP = "ownership"            # the segment's role (shm.names): 2 x int64 per partition
-EVENTS = ("acquired", "renewed", "lost", "released", "nats_error")
+EVENTS = ("acquired", "ready", "prepare_failed", "renewed", "lost", "released", "nats_error")
 
 
 class ClusterNode:
@@ -45,6 +48,7 @@ class ClusterNode:
         self.client: ControlClient | None = None
         self.control: ControlPlane | None = None
         self.agent: AgentThread | None = None
+        self.replicator: Replicator | None = None
         self.counts = dict.fromkeys(EVENTS, 0)      # agent events (risk_cluster_lease_events_total)
         self.live_nodes = 0
         self._started = threading.Event()
@@ -72,8 +76,9 @@ class ClusterNode:
         sup.log(f"risk-engine: cluster: node {node.cfg.node} joined the control plane at revision "
                 f"{node.control.revision} ({n} value(s), {node.control.applied} changed this node)")
         sup.log("risk-engine: cluster: not yet a failover deployment: this node evaluates every "
-                "request it receives (no per-request ownership check) and replicates nothing "
-                "(docs/CLUSTER.md, Next)")
+                "request it receives (no per-request ownership check), publishes its journal "
+                f"after replying (ack: async, whatever cluster.ack={node.cfg.ack}) and does not "
+                "restore a taken partition's features from the stream (docs/CLUSTER.md, Next)")
         return node
 
     def _event(self, ev: dict) -> None:
@@ -88,10 +93,11 @@ class ClusterNode:
     def start_leases(self) -> None:
         """Start the lease agent and wait until it has opened the lease bucket."""
         c = self.cfg
+        self.replicator = Replicator(self.sup.cfg, self.table, self.sup.log, self.open_timeout_s)
         agent = LeaseAgent(c.servers, c.node, c.advertise, c.partitions, c.lease_ttl_s,
                            replicas=self.replicas, on_event=self._event, table=self.table,
-                           open_timeout_s=self.open_timeout_s)
-        self.agent = AgentThread(agent).start()
+                           open_timeout_s=self.open_timeout_s, prepare=self.replicator.prepare)
+        self.agent = AgentThread(agent, side=[self.replicator.run]).start()
         t = self.open_timeout_s + 5
         while not self._started.wait(0.1):
             t -= 0.1

@@ -228,3 +228,55 @@ def test_a_hostile_value_in_the_control_bucket_is_refused_by_every_node(nats3, n
     assert rep["error"]["code"] == "CLUSTER_VALUE_CORRUPT", rep
     rep = admin(nodes[0], cmd="list-replace", name="blocked_ips", values=["10.66.0.1", "10.66.0.2"])
     assert rep["ok"] and rep["count"] == 2, rep
+
+
+def test_owners_fence_before_serving_and_publish_what_they_decide(nats3, nodes):
+    """serve runs the tailer: every partition's subject holds its current owner's fence (taken
+    before the table served it), and a decision made by a partition's owner reaches that
+    subject from that owner, checked by the replay reader."""
+    import asyncio
+
+    import nats as nats_client
+
+    from engine.cluster.partition import partition_of
+    from engine.cluster.replog import ReplicationLog
+    from shm.runtime.config import load_config
+    by_name = {f"n{i}": e for i, e in enumerate(nodes)}
+    schema = load_config(nodes[0].config_path).schema
+    st = wait_for(lambda: (s := status(nats3.urls)) and None not in [r["owner"] for r in s["leases"]]
+                  and s, 60, "every partition held")
+    sent = {}                                        # account -> (partition, owner, amount)
+    for k in range(9001, 9001 + 3 * P):
+        p = partition_of({"account_id": k}, "account_id", P)
+        if p in {v[0] for v in sent.values()}:
+            continue
+        owner = st["leases"][p]["owner"]
+        amount = float(k % 1000) + 0.25
+        assert decide(by_name[owner], account_id=k, amount=amount).action in ("allow", "review", "block")
+        sent[k] = (p, owner, amount)
+
+    async def read():
+        nc = await nats_client.connect(nats3.urls, connect_timeout=2)
+        try:
+            out = {}
+            for p in range(P):
+                log = ReplicationLog(nc.jetstream(timeout=5.0), "reader", schema.dtype, "account_id", P)
+                out[p] = [m async for m in log.replay(p)]
+            return out
+        finally:
+            await nc.close()
+
+    def published():
+        msgs = asyncio.run(asyncio.wait_for(read(), 60))
+        got = {int(r["event"]["account_id"]): (p, m.node, float(r["event"]["amount"]))
+               for p, ms in msgs.items() for m in ms if m.kind == "rec" for r in m.records}
+        return all(got.get(k) == v for k, v in sent.items()) and msgs
+    msgs = wait_for(published, 60, "every decision published by its owner")
+    for p in range(P):
+        fences = [m for m in msgs[p] if m.kind == "fence"]
+        assert fences, p                              # owners fence before they serve
+        recs = [m for m in msgs[p] if m.kind == "rec"]
+        assert all(any(f.stream_seq < m.stream_seq and f.node == m.node for f in fences) for m in recs)
+    for e in nodes:
+        rep = {r["what"]: r["value"] for r in e.stats()["risk_cluster_replication"]}
+        assert rep["fences"] >= 1 and rep["errors"] == 0, rep

@@ -1,0 +1,94 @@
+"""Replication on a serving node (docs/CLUSTER.md, "Serving with cluster:"): the journal tailer
+(engine.cluster.tailer, ``ack: async``) and the take-over's first step, both on the lease
+agent's event loop (AgentThread ``side``), so a fence and a tailer step never interleave.
+
+``prepare(p, rev)`` is the lease agent's hook: it fences p at the lease's revision before the
+ownership table shows the lease, so the previous owner's later publishes are refused before
+this node serves p. It does not restore p's features from the stream yet (the feature tables
+hold every partition's accounts in one hash table; copying one partition's rows in is not
+written): the node serves p from its local state.
+"""
+from __future__ import annotations
+
+import asyncio
+
+import nats
+import nats.errors
+
+from engine.cluster.replog import ReplicationError, ReplicationLog
+from engine.cluster.snapstore import SnapshotObjects
+from engine.cluster.tailer import JournalTailer
+
+IDLE_S = 0.02                # a step that read nothing waits this long (the async window's floor)
+ERROR_PAUSE_S = 0.5
+_TRANSIENT = (ReplicationError, nats.errors.Error, asyncio.TimeoutError, OSError)
+
+
+class Replicator:
+    def __init__(self, cfg, table, log, open_timeout_s: float):
+        self.cfg, self.table, self.say = cfg, table, log
+        self.open_timeout_s = open_timeout_s
+        self.rlog: ReplicationLog | None = None
+        self.snaps: SnapshotObjects | None = None
+        self.tailer: JournalTailer | None = None
+        self.errors = 0              # tailer steps that failed (logged once per new message)
+        self.fence_refused = 0
+        self._ready = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._last_error = ""
+
+    async def run(self, stop: asyncio.Event) -> None:
+        c = self.cfg.cluster
+        nc = await asyncio.wait_for(nats.connect(
+            list(c.servers), name=f"risk-engine {c.node} replication", connect_timeout=2,
+            reconnect_time_wait=0.25, max_reconnect_attempts=-1), self.open_timeout_s)
+        try:
+            js = nc.jetstream(timeout=2.0)
+            s = self.cfg.schema
+            self.rlog = ReplicationLog(js, c.node, s.dtype, s.shard_key, c.partitions)
+            await self.rlog.ensure_stream(min(3, len(c.servers)))
+            self.snaps = SnapshotObjects(js, self.rlog, s.hash)
+            await self.snaps.open(min(3, len(c.servers)))
+            self.tailer = JournalTailer(self.rlog, self.cfg.durability.journal_dir, s.dtype, s.hash,
+                                        self.table)
+            self._ready.set()
+            while not stop.is_set():
+                try:
+                    async with self._lock:
+                        await self.tailer.step()
+                except _TRANSIENT as e:
+                    self._error(e)
+                    await self._wait(stop, ERROR_PAUSE_S)
+                    continue
+                if not self.tailer.read_last_step:
+                    await self._wait(stop, IDLE_S)
+        finally:
+            await nc.close()
+
+    async def prepare(self, p: int, rev: int) -> bool:
+        """The lease agent's hook: fence p at ``rev`` before it is served (False: refused,
+        a newer term is on the stream; the agent releases the lease)."""
+        await asyncio.wait_for(self._ready.wait(), self.open_timeout_s)
+        async with self._lock:
+            seq = await self.tailer.fence(p, rev)
+        if seq is None:
+            self.fence_refused += 1
+            self.say(f"risk-engine: cluster: partition {p}: fence at revision {rev} refused "
+                     f"(a newer term is on the stream); not served")
+            return False
+        return True
+
+    def _error(self, e: BaseException) -> None:
+        self.errors += 1
+        why = f"{type(e).__name__}: {e}"
+        if why != self._last_error:
+            self._last_error = why
+            self.say(f"risk-engine: cluster: replication: {why}; retrying (unpublished records "
+                     f"wait in the journal)")
+
+    @staticmethod
+    async def _wait(stop: asyncio.Event, s: float) -> None:
+        try:
+            await asyncio.wait_for(stop.wait(), s)
+        except asyncio.TimeoutError:
+            pass
