@@ -7,13 +7,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
 
 import nats
 
-import numpy as np
 import pytest
 from nats.js import api
 
@@ -24,8 +26,8 @@ from engine.cluster.snapstore import SnapshotObjects, object_name
 from engine.cluster.tailer import JournalTailer
 from engine.cluster.takeover import take_partition
 from engine.journal import JournalReader
-from tests.cluster.agentproc import wait_for
-from tests.cluster.tailerproc import SCHEMA
+from tests.cluster.agentproc import REPO, wait_for
+from tests.cluster.tailerproc import SCHEMA, State, published_state
 from tests.cluster.test_replication import P, journal, owning_all, rlog, run, write
 
 
@@ -34,29 +36,6 @@ def names():
     """A stream, subject prefix and snapshot bucket of its own per test."""
     h = uuid.uuid4().hex[:10]
     return f"RJ{h}", f"rj{h}", f"snap{h}"
-
-
-class State:
-    """A partition's feature state for the test: per account, the event count and the sum of
-    arrival_ns (exact integers), as arrays for a snapshot."""
-
-    def __init__(self):
-        self.f: dict[int, tuple[int, int]] = {}
-
-    def restore(self, arrays):
-        self.f = {} if arrays is None else {
-            int(k): (int(c), int(s)) for k, c, s in zip(arrays["key"], arrays["count"], arrays["sum_ns"])}
-
-    def apply(self, records):
-        for k, t in zip(records["event"]["account_id"].tolist(), records["arrival_ns"].tolist()):
-            c, s = self.f.get(k, (0, 0))
-            self.f[k] = (c + 1, s + t)
-
-    def arrays(self):
-        keys = sorted(self.f)
-        return {"key": np.array(keys, np.uint64),
-                "count": np.array([self.f[k][0] for k in keys], np.int64),
-                "sum_ns": np.array([self.f[k][1] for k in keys], np.int64)}
 
 
 def recount(d, p, after_seq, upto_seq):
@@ -69,14 +48,6 @@ def recount(d, p, after_seq, upto_seq):
             c, s = out.get(k, (0, 0))
             out[k] = (c + 1, s + int(r["arrival_ns"]))
     return out
-
-
-async def published_state(log, p, upto):
-    s = State()
-    async for m in log.replay(p, end_seq=upto):
-        if m.kind == "rec":
-            s.apply(m.records)
-    return s
 
 
 def test_a_taken_partition_equals_a_recount_of_every_published_event(nats3, names, tmp_path):
@@ -250,3 +221,61 @@ def test_a_partition_is_not_served_before_its_replay_finished(nats3, names, buck
         if "nc" in ctx:
             asyncio.run_coroutine_threadsafe(ctx["nc"].close(), th._loop).result(10)
         assert th.stop(10)
+
+
+@pytest.mark.slow
+def test_a_killed_owners_partitions_taken_over_equal_a_recount_of_what_it_published(nats3, names, tmp_path):
+    """kill -9 of a tailer process (tests/cluster/tailerproc.py) that publishes and writes
+    snapshot objects: whatever it had published, and whichever snapshot write the kill cut
+    short, the taker's state equals a recount of the journal records the stream holds
+    (bounded by the old owner's last Rj-Done), each once."""
+    w0 = journal(tmp_path)
+    out = tmp_path / "tailer.out"
+
+    async def setup(js):
+        await rlog(js, names[:2]).ensure_stream(3)
+        await SnapshotObjects(js, rlog(js, names[:2]), SCHEMA.hash, bucket=names[2]).open(3)
+    run(nats3.urls, setup)
+    with open(out, "w") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "tests.cluster.tailerproc", "--servers",
+                                 ",".join(nats3.urls), "--stream", names[0], "--prefix", names[1],
+                                 "--dir", str(tmp_path), "--node", "a", "--partitions", str(P),
+                                 "--rev", "5", "--snapshots", names[2]],
+                                cwd=REPO, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: "fenced" in out.read_text() or proc.poll() is not None, 60, "the tailer's fences")
+        for i in range(12):
+            write(w0, 50, 100 + i)
+            time.sleep(0.05)
+            if i == 8:                       # some snapshots written, more records coming: kill -9
+                wait_for(lambda: "snapshot" in out.read_text() or proc.poll() is not None, 60,
+                         "a snapshot round")
+                assert proc.poll() is None, out.read_text()
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+    async def take(js):
+        b = rlog(js, names[:2], "b")
+        done = {p: (await b.last_message(p)).done.get(0, 0) for p in range(P)}   # a's last word
+        sb = SnapshotObjects(js, b, SCHEMA.hash, bucket=names[2])
+        await sb.open(3)
+        tb = JournalTailer(b, tmp_path / "b", SCHEMA.dtype, SCHEMA.hash, owning_all(6))
+        states, taken, lines = {}, {}, []
+        for p in range(P):
+            states[p] = State()
+            taken[p] = await take_partition(p, 6, tb.fence, sb, states[p].restore, states[p].apply,
+                                            lines.append)
+        return done, states, taken, lines, sb.counters
+    done, states, taken, lines, c = run(nats3.urls, take)
+    w0.close()
+    assert c.restored + c.full_replays == P and c.refused == 0, lines
+    assert c.restored >= 1                   # at least one round of snapshots was complete
+    for p in range(P):
+        assert states[p].f == recount(tmp_path, p, 0, done[p]), p
+    print(f"killed owner: {sum(sum(n for n, _ in st.f.values()) for st in states.values())} records "
+          f"published over {P} partitions, {c.restored} taken from a snapshot, {c.full_replays} by "
+          f"a full replay")
