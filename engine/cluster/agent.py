@@ -42,7 +42,7 @@ class LeaseAgent:
     def __init__(self, servers, node: str, advertise: str, partitions: int, lease_ttl_s: float,
                  bucket: str = BUCKET, replicas: int | None = None, on_event=None,
                  table: OwnershipTable | None = None, open_timeout_s: float = OPEN_TIMEOUT_S,
-                 prepare=None):
+                 prepare=None, on_end=None):
         self.servers, self.node, self.partitions = list(servers), node, partitions
         self.open_timeout_s = open_timeout_s
         self.bucket = bucket
@@ -61,6 +61,7 @@ class LeaseAgent:
         # prepare(p, rev) -> bool, awaited after a take and before the table shows the lease
         # (engine.cluster.takeover: fence, snapshot, replay); False or an error: released
         self.prepare = prepare
+        self.on_end = on_end or (lambda p: None)        # on_end(p): p no longer held (after clear)
         self.pending: dict[int, asyncio.Task] = {}      # p -> its prepare, running
 
     def emit(self, ev: str, **kw) -> None:
@@ -137,6 +138,7 @@ class LeaseAgent:
         rev, _ = self.held.pop(p)
         self._unprepare(p)
         self.table.clear(p)
+        self.on_end(p)
         self.seen.pop(p, None)
         self.emit("lost", p=p, rev=rev, reason=reason)
 
@@ -208,6 +210,7 @@ class LeaseAgent:
             self.table.begin(p, cur, until)
             return
         del self.held[p]
+        self.on_end(p)                             # a fence may have been stored
         self.emit("prepare_failed", p=p, rev=cur, error=why)
         try:
             await self.store.release(p, cur)
@@ -245,6 +248,7 @@ class LeaseAgent:
             rev, _ = self.held.pop(p)
             self._unprepare(p)
             self.table.clear(p)                     # stop serving before the lease is free
+            self.on_end(p)
             ok = await self.store.release(p, rev)
             self.emit("released", p=p, rev=rev, ok=ok, target=target)
 
@@ -255,6 +259,7 @@ class LeaseAgent:
         for p in held:
             self._unprepare(p)
             self.table.clear(p)
+            self.on_end(p)
         if self.store is None:
             return
         try:

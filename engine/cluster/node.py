@@ -96,7 +96,8 @@ class ClusterNode:
         self.replicator = Replicator(self.sup.cfg, self.table, self.sup.log, self.open_timeout_s)
         agent = LeaseAgent(c.servers, c.node, c.advertise, c.partitions, c.lease_ttl_s,
                            replicas=self.replicas, on_event=self._event, table=self.table,
-                           open_timeout_s=self.open_timeout_s, prepare=self.replicator.prepare)
+                           open_timeout_s=self.open_timeout_s, prepare=self.replicator.prepare,
+                           on_end=self.replicator.end)
         self.agent = AgentThread(agent, side=[self.replicator.run]).start()
         t = self.open_timeout_s + 5
         while not self._started.wait(0.1):

@@ -2,11 +2,12 @@
 (engine.cluster.tailer, ``ack: async``) and the take-over's first step, both on the lease
 agent's event loop (AgentThread ``side``), so a fence and a tailer step never interleave.
 
-``prepare(p, rev)`` is the lease agent's hook: it fences p at the lease's revision before the
-ownership table shows the lease, so the previous owner's later publishes are refused before
-this node serves p. It does not restore p's features from the stream yet (the feature tables
+``prepare(p, rev)`` and ``end(p)`` are the lease agent's hooks. ``prepare`` fences p at the
+lease's revision before the ownership table shows the lease, so the previous owner's later
+publishes are refused before this node serves p. It does not restore p's features from the stream yet (the feature tables
 hold every partition's accounts in one hash table; copying one partition's rows in is not
-written): the node serves p from its local state.
+written): the node serves p from its local state. ``end`` (a lease released or lost) stops
+publishing p after the records journaled until then.
 """
 from __future__ import annotations
 
@@ -77,6 +78,12 @@ class Replicator:
                      f"(a newer term is on the stream); not served")
             return False
         return True
+
+    def end(self, p: int) -> None:
+        """The lease agent's hook: p's lease was released or lost; its records journaled until
+        now still go out, none after (JournalTailer.end_term)."""
+        if self.tailer is not None:
+            self.tailer.end_term(p)
 
     def _error(self, e: BaseException) -> None:
         self.errors += 1

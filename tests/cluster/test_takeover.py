@@ -20,7 +20,7 @@ import pytest
 from nats.js import api
 
 from engine.cluster.agent import AgentThread, LeaseAgent
-from engine.cluster.ownership import OwnershipTable
+from engine.cluster.ownership import OwnershipTable, now_ns
 from engine.cluster.partition import partition_of
 from engine.cluster.snapstore import SnapshotObjects, object_name
 from engine.cluster.tailer import JournalTailer
@@ -160,7 +160,8 @@ def test_a_corrupt_or_mismatched_snapshot_object_is_reported_and_not_used(nats3,
 def test_a_partition_is_not_served_before_its_replay_finished(nats3, names, bucket, tmp_path):
     """A lease agent whose prepare hook is the take-over: while the replay is held back (its
     fence done, more than a TTL), the leases are held and renewed but the table serves none;
-    a partition appears in the table only with its state complete."""
+    a partition appears in the table only with its state complete; stopping calls on_end for
+    every partition released."""
     w0 = journal(tmp_path)
 
     async def publish(js):
@@ -172,7 +173,7 @@ def test_a_partition_is_not_served_before_its_replay_finished(nats3, names, buck
         assert await ta.drain() == 200
     run(nats3.urls, publish)
 
-    gate, events, finished, states, lines = threading.Event(), [], {}, {}, []
+    gate, events, finished, states, lines, ended = threading.Event(), [], {}, {}, [], []
     ctx = {}
 
     async def prepare(p, rev):
@@ -196,7 +197,7 @@ def test_a_partition_is_not_served_before_its_replay_finished(nats3, names, buck
 
     table = OwnershipTable(P)
     agent = LeaseAgent(nats3.urls, "b", "tcp://127.0.0.1:1", P, 1.0, bucket=bucket,
-                       on_event=events.append, table=table, prepare=prepare)
+                       on_event=events.append, table=table, prepare=prepare, on_end=ended.append)
     th = AgentThread(agent).start()
     try:
         deadline = time.monotonic() + 30
@@ -221,6 +222,7 @@ def test_a_partition_is_not_served_before_its_replay_finished(nats3, names, buck
         if "nc" in ctx:
             asyncio.run_coroutine_threadsafe(ctx["nc"].close(), th._loop).result(10)
         assert th.stop(10)
+    assert sorted(ended) == list(range(P))   # released on stop: the tailer's end_term hook
 
 
 @pytest.mark.slow
@@ -279,3 +281,57 @@ def test_a_killed_owners_partitions_taken_over_equal_a_recount_of_what_it_publis
     print(f"killed owner: {sum(sum(n for n, _ in st.f.values()) for st in states.values())} records "
           f"published over {P} partitions, {c.restored} taken from a snapshot, {c.full_replays} by "
           f"a full replay")
+
+
+def test_a_released_partition_stops_publishing_and_a_retake_starts_a_new_term(nats3, names, tmp_path):
+    """end_term (the lease agent's hook on a release or loss): the partition's records journaled
+    until then go out, none journaled after; the other partitions go on; taking it again
+    fences a new term at the journal's end, so what was journaled in between is never
+    published."""
+    w0 = journal(tmp_path)
+    p = 2
+
+    async def body(js):
+        a = rlog(js, names[:2], "a")
+        await a.ensure_stream(3)
+        t = JournalTailer(a, tmp_path, SCHEMA.dtype, SCHEMA.hash, owning_all(5), batch_records=50,
+                          records_per_msg=8)
+        await t.take_ownership()
+        write(w0, 100, 1)                    # journaled in the term, unpublished at the end
+        t.table.clear(p)                     # the agent clears the table, then calls end_term
+        t.end_term(p)
+        write(w0, 100, 2)                    # after the release: not p's to publish
+        await t.drain()
+        assert p not in a.fenced and p in t.ended
+        got_after_end = [m async for m in a.replay(p)]
+        write(w0, 50, 3)
+        await t.drain()                      # p not owned in the tailer's eyes: nothing of it
+        assert [m.stream_seq for m in await _all_msgs(a, p)] == [m.stream_seq for m in got_after_end]
+        f = await t.fence(p, 9)              # taken again (prepare), then the table shows it
+        t.table.begin(p, 9, now_ns() + 3600 * 10**9)
+        write(w0, 50, 4)
+        await t.drain()
+        return got_after_end, await _all_msgs(a, p), f, {q: await _all_msgs(a, q) for q in range(P)}
+
+    before, after, f, every = run(nats3.urls, body)
+    w0.close()
+    seqs = lambda ms: [int(s) for m in ms if m.kind == "rec" for s in m.records["seq"]]   # noqa: E731
+    want = lambda lo, hi: sorted(k for k in _journal_seqs(tmp_path, p) if lo < k <= hi)   # noqa: E731
+    assert seqs(before) == want(0, 100)
+    assert seqs(after) == want(0, 100) + want(250, 300)      # 101..250 never published
+    assert f is not None and [m.kind for m in after].count("fence") == 2
+    for q in range(P):                       # the others: every record once
+        if q != p:
+            assert seqs(every[q]) == sorted(_journal_seqs(tmp_path, q)), q
+
+
+async def _all_msgs(log, p):
+    return [m async for m in log.replay(p)]
+
+
+def _journal_seqs(d, p):
+    out = []
+    for r in JournalReader(str(d), SCHEMA.dtype, SCHEMA.hash, 0).read_all():
+        if partition_of({"account_id": int(r["event"]["account_id"])}, "account_id", P) == p:
+            out.append(int(r["seq"]))
+    return out
