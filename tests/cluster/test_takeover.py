@@ -335,3 +335,31 @@ def _journal_seqs(d, p):
         if partition_of({"account_id": int(r["event"]["account_id"])}, "account_id", P) == p:
             out.append(int(r["seq"]))
     return out
+
+
+def test_a_failed_take_is_never_served_and_its_lease_is_released(nats3, bucket):
+    """prepare raising (a corrupt stream, NATS down) or refusing: the partition never appears
+    in the table, the lease is released (prepare_failed), on_end is called; the others serve."""
+    events, ended = [], []
+
+    async def prepare(p, rev):
+        if p == 0:
+            raise RuntimeError("replay failed")
+        return p != 1
+
+    table = OwnershipTable(P)
+    agent = LeaseAgent(nats3.urls, "c", "tcp://127.0.0.1:1", P, 1.0, bucket=bucket,
+                       on_event=events.append, table=table, prepare=prepare, on_end=ended.append)
+    th = AgentThread(agent).start()
+    try:
+        deadline = time.monotonic() + 30
+        while len(table.owned()) < P - 2 or not {0, 1} <= {e["p"] for e in events if e["ev"] == "prepare_failed"}:
+            assert 0 not in table.owned() and 1 not in table.owned()
+            assert time.monotonic() < deadline, events[-5:]
+            time.sleep(0.01)
+        failed = [e for e in events if e["ev"] == "prepare_failed"]
+        assert any(e["p"] == 0 and "replay failed" in e["error"] for e in failed), failed
+        assert {0, 1} <= set(ended)
+        assert sorted(table.owned()) == list(range(2, P))
+    finally:
+        assert th.stop(10)
