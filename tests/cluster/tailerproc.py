@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
+import subprocess
+import sys
+from contextlib import contextmanager
 
 import nats
 import numpy as np
@@ -76,6 +80,33 @@ async def main(a) -> None:
             print(f"snapshot {snaps.counters.written}", flush=True)
         if not t.read_last_step:
             await asyncio.sleep(0.01)
+
+
+@contextmanager
+def running(out, servers, stream, prefix, journal_dir, partitions, rev, extra=()):
+    """A tailer process (node "a") writing its lines to ``out``, fenced when this yields it;
+    killed if still running afterwards."""
+    from tests.cluster.agentproc import REPO, wait_for     # lazy: the process itself needs neither
+    with open(out, "w") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "tests.cluster.tailerproc", "--servers",
+                                 ",".join(servers), "--stream", stream, "--prefix", prefix,
+                                 "--dir", str(journal_dir), "--node", "a", "--partitions",
+                                 str(partitions), "--rev", str(rev), *extra],
+                                cwd=REPO, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: "fenced" in out.read_text() or proc.poll() is not None, 60, "the tailer's fences")
+        assert proc.poll() is None, out.read_text()
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def kill9(proc, out) -> None:
+    assert proc.poll() is None, out.read_text()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
 
 
 if __name__ == "__main__":

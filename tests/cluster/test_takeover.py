@@ -7,9 +7,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -26,8 +23,8 @@ from engine.cluster.snapstore import SnapshotObjects, object_name
 from engine.cluster.tailer import JournalTailer
 from engine.cluster.takeover import take_partition
 from engine.journal import JournalReader
-from tests.cluster.agentproc import REPO, wait_for
-from tests.cluster.tailerproc import SCHEMA, State, published_state
+from tests.cluster.agentproc import wait_for
+from tests.cluster.tailerproc import SCHEMA, State, kill9, published_state, running
 from tests.cluster.test_replication import P, journal, owning_all, rlog, run, write
 
 
@@ -36,6 +33,14 @@ def names():
     """A stream, subject prefix and snapshot bucket of its own per test."""
     h = uuid.uuid4().hex[:10]
     return f"RJ{h}", f"rj{h}", f"snap{h}"
+
+
+def start_agent(nats3, bucket, node, prepare, events, ended):
+    """A lease agent on a thread over P partitions, TTL 1 s, with the take-over hooks."""
+    agent = LeaseAgent(nats3.urls, node, "tcp://127.0.0.1:1", P, 1.0, bucket=bucket,
+                       on_event=events.append, table=OwnershipTable(P), prepare=prepare,
+                       on_end=ended.append)
+    return agent, AgentThread(agent).start()
 
 
 def recount(d, p, after_seq, upto_seq):
@@ -195,10 +200,8 @@ def test_a_partition_is_not_served_before_its_replay_finished(nats3, names, buck
         finished[p] = t
         return t is not None
 
-    table = OwnershipTable(P)
-    agent = LeaseAgent(nats3.urls, "b", "tcp://127.0.0.1:1", P, 1.0, bucket=bucket,
-                       on_event=events.append, table=table, prepare=prepare, on_end=ended.append)
-    th = AgentThread(agent).start()
+    agent, th = start_agent(nats3, bucket, "b", prepare, events, ended)
+    table = agent.table
     try:
         deadline = time.monotonic() + 30
         while len(agent.held) < P or time.monotonic() < deadline - 28.5:   # and past a TTL
@@ -238,27 +241,14 @@ def test_a_killed_owners_partitions_taken_over_equal_a_recount_of_what_it_publis
         await rlog(js, names[:2]).ensure_stream(3)
         await SnapshotObjects(js, rlog(js, names[:2]), SCHEMA.hash, bucket=names[2]).open(3)
     run(nats3.urls, setup)
-    with open(out, "w") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "tests.cluster.tailerproc", "--servers",
-                                 ",".join(nats3.urls), "--stream", names[0], "--prefix", names[1],
-                                 "--dir", str(tmp_path), "--node", "a", "--partitions", str(P),
-                                 "--rev", "5", "--snapshots", names[2]],
-                                cwd=REPO, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    try:
-        wait_for(lambda: "fenced" in out.read_text() or proc.poll() is not None, 60, "the tailer's fences")
+    with running(out, nats3.urls, names[0], names[1], tmp_path, P, 5, ("--snapshots", names[2])) as proc:
         for i in range(12):
             write(w0, 50, 100 + i)
             time.sleep(0.05)
             if i == 8:                       # some snapshots written, more records coming: kill -9
                 wait_for(lambda: "snapshot" in out.read_text() or proc.poll() is not None, 60,
                          "a snapshot round")
-                assert proc.poll() is None, out.read_text()
-                proc.send_signal(signal.SIGKILL)
-                proc.wait(10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+                kill9(proc, out)
 
     async def take(js):
         b = rlog(js, names[:2], "b")
@@ -347,10 +337,8 @@ def test_a_failed_take_is_never_served_and_its_lease_is_released(nats3, bucket):
             raise RuntimeError("replay failed")
         return p != 1
 
-    table = OwnershipTable(P)
-    agent = LeaseAgent(nats3.urls, "c", "tcp://127.0.0.1:1", P, 1.0, bucket=bucket,
-                       on_event=events.append, table=table, prepare=prepare, on_end=ended.append)
-    th = AgentThread(agent).start()
+    agent, th = start_agent(nats3, bucket, "c", prepare, events, ended)
+    table = agent.table
     try:
         deadline = time.monotonic() + 30
         while len(table.owned()) < P - 2 or not {0, 1} <= {e["p"] for e in events if e["ev"] == "prepare_failed"}:
