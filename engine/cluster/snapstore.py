@@ -42,7 +42,6 @@ BUCKET = "risk_engine_snapshots"
 KEEP = 3                         # objects kept per partition (the older ones are fallbacks)
 GET_TIMEOUT_S = 30.0             # nats-py's object get waits on its chunks without a bound
 _NAME = re.compile(r"^p\.(\d+)\.(\d{20})$")
-_TRANSIENT = (nats.errors.Error, asyncio.TimeoutError)
 
 
 class SnapshotObjectError(RuntimeError):
