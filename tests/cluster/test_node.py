@@ -19,6 +19,7 @@ from engine.admin import request
 from engine.cluster.control import ControlClient
 from ingress.client import Client
 from tests.cluster.agentproc import REPO, wait_for
+from tests.cluster.test_config_cluster import shard_keyed_features
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]   # a cold start compiles the rules
 
@@ -31,7 +32,8 @@ EVENT = {"account_id": 77, "card_id": 1, "device_id": 1, "amount": 10.0, "curren
 
 def cluster_overrides(servers, node):
     return {"cluster": {"servers": list(servers), "partitions": P, "node": node, "lease_ttl_s": TTL_S},
-            "workers": {"standby": False}}          # three nodes on two cores: no spare workers
+            "workers": {"standby": False},          # three nodes on two cores: no spare workers
+            "features": shard_keyed_features()}     # a cluster refuses other keys
 
 
 def start_all(engines):
