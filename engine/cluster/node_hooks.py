@@ -48,10 +48,12 @@ def _replication(r):
     c = r.rlog.counters
     rep = CounterMetricFamily("risk_cluster_replication", "Replication stream: records and "
                               "messages published, publishes refused by fencing, fences written, "
-                              "tailer steps failed (retried)", labels=["what"])
+                              "tailer steps failed (retried), partitions taken over and the "
+                              "records their replays applied", labels=["what"])
     for what, n in (("records", c.published_records), ("messages", c.published_msgs),
                     ("refused", c.refused), ("fences", c.fences), ("errors", r.errors),
-                    ("fence_refused", r.fence_refused)):
+                    ("fence_refused", r.fence_refused), ("taken", r.taken),
+                    ("replayed_records", r.replayed_records)):
         rep.add_metric([what], float(n))
     yield rep
     if r.snaps is not None:

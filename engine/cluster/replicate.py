@@ -1,13 +1,14 @@
 """Replication on a serving node (docs/CLUSTER.md, "Serving with cluster:"): the journal tailer
-(engine.cluster.tailer, ``ack: async``) and the take-over's first step, both on the lease
-agent's event loop (AgentThread ``side``), so a fence and a tailer step never interleave.
+(engine.cluster.tailer, ``ack: async``) and the take-over, both on the lease agent's event
+loop (AgentThread ``side``), so a fence and a tailer step never interleave.
 
-``prepare(p, rev)`` and ``end(p)`` are the lease agent's hooks. ``prepare`` fences p at the
-lease's revision before the ownership table shows the lease, so the previous owner's later
-publishes are refused before this node serves p. It does not restore p's features from the stream yet (the feature tables
-hold every partition's accounts in one hash table; copying one partition's rows in is not
-written): the node serves p from its local state. ``end`` (a lease released or lost) stops
-publishing p after the records journaled until then.
+``prepare(p, rev)`` and ``end(p)`` are the lease agent's hooks. ``prepare`` takes p before the
+ownership table shows the lease (engine.cluster.takeover): it fences p at the lease's
+revision, so the previous owner's later publishes are refused, then replaces p's rows in the
+shared feature tables by the newest valid snapshot object plus the stream's records after it
+up to the fence (engine.cluster.partstate). A take that fails (a corrupt stream, NATS down, a
+full table) raises: the agent releases the lease and p is not served here. ``end`` (a lease
+released or lost) stops publishing p after the records journaled until then.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import nats.errors
 from engine.cluster.replog import ReplicationError, ReplicationLog
 from engine.cluster.snapstore import SnapshotObjects
 from engine.cluster.tailer import JournalTailer
+from engine.cluster.takeover import take_partition
 
 IDLE_S = 0.02                # a step that read nothing waits this long (the async window's floor)
 ERROR_PAUSE_S = 0.5
@@ -26,14 +28,18 @@ _TRANSIENT = (ReplicationError, nats.errors.Error, asyncio.TimeoutError, OSError
 
 
 class Replicator:
-    def __init__(self, cfg, table, log, open_timeout_s: float):
-        self.cfg, self.table, self.say = cfg, table, log
+    def __init__(self, cfg, table, log, open_timeout_s: float, state):
+        """``state``: the node's engine.cluster.partstate.PartitionState (what a take-over
+        restores into)."""
+        self.cfg, self.table, self.say, self.state = cfg, table, log, state
         self.open_timeout_s = open_timeout_s
         self.rlog: ReplicationLog | None = None
         self.snaps: SnapshotObjects | None = None
         self.tailer: JournalTailer | None = None
         self.errors = 0              # tailer steps that failed (logged once per new message)
         self.fence_refused = 0
+        self.taken = 0               # partitions taken over (restored and replayed)
+        self.replayed_records = 0
         self._ready = asyncio.Event()
         self._lock = asyncio.Lock()
         self._last_error = ""
@@ -67,16 +73,23 @@ class Replicator:
             await nc.close()
 
     async def prepare(self, p: int, rev: int) -> bool:
-        """The lease agent's hook: fence p at ``rev`` before it is served (False: refused,
-        a newer term is on the stream; the agent releases the lease)."""
+        """The lease agent's hook: take p at ``rev`` before it is served (module doc). False:
+        the fence was refused, a newer term is on the stream (the agent releases the lease)."""
         await asyncio.wait_for(self._ready.wait(), self.open_timeout_s)
-        async with self._lock:
-            seq = await self.tailer.fence(p, rev)
-        if seq is None:
+
+        async def fence(q: int, r: int) -> int | None:
+            async with self._lock:
+                return await self.tailer.fence(q, r)
+        t = await take_partition(p, rev, fence, self.snaps, lambda arrays: self.state.restore(p, arrays),
+                                 self.state.apply, self.say)
+        if t is None:
             self.fence_refused += 1
-            self.say(f"risk-engine: cluster: partition {p}: fence at revision {rev} refused "
-                     f"(a newer term is on the stream); not served")
             return False
+        self.taken += 1
+        self.replayed_records += t.replayed_records
+        self.say(f"risk-engine: cluster: partition {p}: taken at revision {rev}: snapshot "
+                 f"{t.snapshot or 'none'} (stream seq {t.snapshot_seq}) + {t.replayed_records} "
+                 f"record(s) replayed up to seq {t.fence_seq}")
         return True
 
     def end(self, p: int) -> None:
