@@ -33,6 +33,7 @@ from engine.cluster.ownership import OwnershipTable
 from engine.cluster.partstate import PartitionState
 from engine.cluster.replicate import Replicator
 from engine.preflight import StartupError
+from shm.features.featureset import FeatureSet
 from shm.segment import Segment
 
 OWNERSHIP = "ownership"            # the segment's role (shm.names): 2 x int64 per partition
@@ -78,10 +79,9 @@ class ClusterNode:
                 f"{node.control.revision} ({n} value(s), {node.control.applied} changed this node)")
         sup.log("risk-engine: cluster: not yet a failover deployment: this node evaluates every "
                 "request it receives (no per-request ownership check), publishes its journal "
-                f"after replying (ack: async, whatever cluster.ack={node.cfg.ack}), writes no "
-                "partition snapshot objects (a take-over replays a partition's whole stream), never "
-                "trims the stream, and a worker crash or restart rebuilds only from its own "
-                "journal (docs/CLUSTER.md, Next)")
+                f"after replying (ack: async, whatever cluster.ack={node.cfg.ack}), never trims "
+                "the stream, and a worker crash or restart rebuilds the feature tables from its "
+                "own journal only, without what a take-over restored (docs/CLUSTER.md, Next)")
         return node
 
     def _event(self, ev: dict) -> None:
@@ -96,8 +96,13 @@ class ClusterNode:
     def start_leases(self) -> None:
         """Start the lease agent and wait until it has opened the lease bucket."""
         c = self.cfg
-        state = PartitionState(self.sup.features.fs, lambda: self.sup.rulesets.ruleset, c.partitions)
-        self.replicator = Replicator(self.sup.cfg, self.table, self.sup.log, self.open_timeout_s, state)
+        fs, ruleset = self.sup.features.fs, (lambda: self.sup.rulesets.ruleset)
+        state = PartitionState(fs, ruleset, c.partitions)
+
+        def scratch():              # where snapshot objects are computed: as big as the tables
+            return PartitionState(FeatureSet(fs.specs, fs.schema, load_lists=False), ruleset, c.partitions)
+        self.replicator = Replicator(self.sup.cfg, self.table, self.sup.log, self.open_timeout_s,
+                                     state, scratch)
         agent = LeaseAgent(c.servers, c.node, c.advertise, c.partitions, c.lease_ttl_s,
                            replicas=self.replicas, on_event=self._event, table=self.table,
                            open_timeout_s=self.open_timeout_s, prepare=self.replicator.prepare,

@@ -59,10 +59,11 @@ def _replication(r):
     if r.snaps is not None:
         s = r.snaps.counters
         snap = CounterMetricFamily("risk_cluster_snapshot_objects", "Partition snapshot objects: "
-                                   "written, restored, refused (a failed check: logged, not "
-                                   "used), full_replays (no usable snapshot)", labels=["what"])
+                                   "written, restored (read back by a take-over or a "
+                                   "write), refused (a failed check: logged, not used), "
+                                   "full_replays (no usable snapshot), write_errors", labels=["what"])
         for what, n in (("written", s.written), ("restored", s.restored), ("refused", s.refused),
-                        ("full_replays", s.full_replays)):
+                        ("full_replays", s.full_replays), ("write_errors", r.snapshot_errors)):
             snap.add_metric([what], float(n))
         yield snap
 

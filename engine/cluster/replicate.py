@@ -9,18 +9,25 @@ shared feature tables by the newest valid snapshot object plus the stream's reco
 up to the fence (engine.cluster.partstate). A take that fails (a corrupt stream, NATS down, a
 full table) raises: the agent releases the lease and p is not served here. ``end`` (a lease
 released or lost) stops publishing p after the records journaled until then.
+
+Every ``snapshot.interval_s`` (the engine's own snapshot interval) it writes one snapshot
+object per partition it publishes whose subject moved since its last one, covering its last
+publish there (engine.cluster.takeover.write_snapshot: computed from the stream in scratch
+tables of its own, so a taker replays only what came after).
 """
 from __future__ import annotations
 
 import asyncio
+import time
 
 import nats
 import nats.errors
 
 from engine.cluster.replog import ReplicationError, ReplicationLog
-from engine.cluster.snapstore import SnapshotObjects
+from engine.cluster.partstate import PartitionStateError
+from engine.cluster.snapstore import SnapshotObjectError, SnapshotObjects
 from engine.cluster.tailer import JournalTailer
-from engine.cluster.takeover import take_partition
+from engine.cluster.takeover import take_partition, write_snapshot
 
 IDLE_S = 0.02                # a step that read nothing waits this long (the async window's floor)
 ERROR_PAUSE_S = 0.5
@@ -28,10 +35,15 @@ _TRANSIENT = (ReplicationError, nats.errors.Error, asyncio.TimeoutError, OSError
 
 
 class Replicator:
-    def __init__(self, cfg, table, log, open_timeout_s: float, state):
+    def __init__(self, cfg, table, log, open_timeout_s: float, state, scratch):
         """``state``: the node's engine.cluster.partstate.PartitionState (what a take-over
-        restores into)."""
+        restores into); ``scratch()``: a PartitionState over tables of its own (made at the
+        first snapshot write), where snapshot objects are computed."""
         self.cfg, self.table, self.say, self.state = cfg, table, log, state
+        self.scratch, self._scratch = scratch, None
+        self.snapshot_interval_s = float(cfg.durability.snapshot_interval_s)
+        self.snapped: dict[int, int] = {}     # p -> stream seq of this node's last object of p
+        self.snapshot_errors = 0
         self.open_timeout_s = open_timeout_s
         self.rlog: ReplicationLog | None = None
         self.snaps: SnapshotObjects | None = None
@@ -59,7 +71,11 @@ class Replicator:
             self.tailer = JournalTailer(self.rlog, self.cfg.durability.journal_dir, s.dtype, s.hash,
                                         self.table)
             self._ready.set()
+            due = time.monotonic() + self.snapshot_interval_s
             while not stop.is_set():
+                if time.monotonic() >= due:
+                    due = time.monotonic() + self.snapshot_interval_s
+                    await self._snapshots()
                 try:
                     async with self._lock:
                         await self.tailer.step()
@@ -91,6 +107,29 @@ class Replicator:
                  f"{t.snapshot or 'none'} (stream seq {t.snapshot_seq}) + {t.replayed_records} "
                  f"record(s) replayed up to seq {t.fence_seq}")
         return True
+
+    async def write_snapshots(self) -> int:
+        """One snapshot object per partition this node publishes (fenced and shown in the
+        table) whose subject moved since its last one, covering its last publish there."""
+        if self._scratch is None:
+            self._scratch = self.scratch()
+        n = 0
+        for p in sorted(self.table.owned()):
+            upto = self.rlog.last.get(p, 0) if p in self.rlog.fenced else 0
+            if upto <= self.snapped.get(p, 0):
+                continue
+            await write_snapshot(p, upto, self.snaps, self._scratch, self.say)
+            self.snapped[p] = upto
+            n += 1
+        return n
+
+    async def _snapshots(self) -> None:
+        try:
+            await self.write_snapshots()
+        except (*_TRANSIENT, SnapshotObjectError, PartitionStateError) as e:
+            self.snapshot_errors += 1
+            self.say(f"risk-engine: cluster: snapshot objects: {type(e).__name__}: {e}; the next "
+                     f"try in {self.snapshot_interval_s:g} s (a taker replays more meanwhile)")
 
     def end(self, p: int) -> None:
         """The lease agent's hook: p's lease was released or lost; its records journaled until

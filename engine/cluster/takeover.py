@@ -47,19 +47,38 @@ async def take_partition(p: int, revision: int, fence: Callable[[int, int], Awai
         log(f"risk-engine: cluster: partition {p}: fence at revision {revision} refused (a newer "
             f"term is on the stream); not taken")
         return None
+    snap, msgs, recs = await rebuild(p, f, snaps, restore, apply, log)
+    return Taken(p, revision, f, snap.name if snap is not None else None,
+                 snap.covered_seq if snap is not None else 0, msgs, recs)
+
+
+async def rebuild(p: int, upto: int, snaps: SnapshotObjects, restore: Callable[[dict | None], object],
+                  apply: Callable[[np.ndarray], object], log: Callable[[str], object]):
+    """Steps 2 and 3: restore p's newest valid snapshot object covering at most stream seq
+    ``upto``, then apply the subject's records after it up to ``upto``. Returns (the snapshot
+    or None, messages replayed, records applied)."""
     seen = len(snaps.counters.problems)
-    snap = await snaps.newest(p, upto=f)
+    snap = await snaps.newest(p, upto=upto)
     for line in snaps.counters.problems[seen:]:
         log(f"risk-engine: cluster: partition {p}: snapshot refused, not used: {line}")
     if snap is None:
         log(f"risk-engine: cluster: partition {p}: no usable snapshot; replaying the whole "
-            f"subject up to seq {f}")
+            f"subject up to seq {upto}")
     restore(snap.arrays if snap is not None else None)
-    after = snap.covered_seq if snap is not None else 0
     msgs = recs = 0
-    async for m in snaps.log.replay(p, after_seq=after, end_seq=f):
+    async for m in snaps.log.replay(p, after_seq=snap.covered_seq if snap is not None else 0, end_seq=upto):
         msgs += 1
         if m.kind == "rec":
             apply(m.records)
             recs += len(m.records)
-    return Taken(p, revision, f, snap.name if snap is not None else None, after, msgs, recs)
+    return snap, msgs, recs
+
+
+async def write_snapshot(p: int, upto: int, snaps: SnapshotObjects, scratch, log) -> str:
+    """Write p's snapshot object covering stream seq ``upto`` (a message of p's subject, e.g.
+    this node's last publish). The state is computed from the stream, as a taker would: the
+    newest valid object plus the records after it, in ``scratch`` (a PartitionState over
+    tables of this node's own, not the serving ones: the serving tables already hold records
+    not yet published, so they match no stream sequence). Returns the object's name."""
+    await rebuild(p, upto, snaps, lambda arrays: scratch.restore(p, arrays), scratch.apply, log)
+    return await snaps.put(p, upto, scratch.export(p))

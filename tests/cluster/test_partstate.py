@@ -1,18 +1,26 @@
 """A partition's feature state in real feature tables (engine.cluster.partstate) taken over
-through the stream: node a applies and publishes its journal and writes snapshot objects of
-its tables' rows; node b, whose tables hold stale rows of the partition and rows of others,
-takes each partition (fence, snapshot, replay): its rows of the partition then equal a recount
-of the published events through the same update kernel, bit for bit, and its other rows are
-untouched. Every emptied row reads and updates as an absent key (shm.features.rows)."""
+through the stream: node a applies and publishes its journal and writes snapshot objects the
+way serve does (engine.cluster.takeover.write_snapshot: computed from the stream in scratch
+tables), equal to its serving tables' rows; node b, whose tables hold stale rows of the
+partition, takes each partition (fence, newest snapshot, replay): its rows then equal a
+recount of the published events through the same update kernel, bit for bit, and it replayed
+only what the snapshots did not cover. Every emptied row reads and updates as an absent key
+(shm.features.rows)."""
 from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from engine.cluster.ownership import OwnershipTable
+from engine.cluster.partition import partition_of_keys
 from engine.cluster.partstate import PartitionState, PartitionStateError
+from engine.cluster.replicate import Replicator
 from engine.cluster.snapstore import SnapshotObjects
 from engine.cluster.tailer import JournalTailer
-from engine.cluster.takeover import take_partition
+from engine.cluster.takeover import take_partition, write_snapshot
 from engine.journal import JournalReader
 from rules import compile_ruleset
 from shm.features.featureset import FeatureSet
@@ -92,10 +100,15 @@ def test_a_taken_partition_in_the_feature_tables_equals_a_recount_of_the_publish
         await ta.drain()
         recs = reader.read_all()
         sa_state.apply(recs[recs["seq"] > 30])       # a served what it published
-        for p in range(P):
-            await snaps_a.put(p, a.last[p], sa_state.export(p))
+        _, scratch = node(ruleset)
+        for p in range(P):                           # as serve writes them: from the stream
+            await write_snapshot(p, a.last[p], snaps_a, scratch, print)
+            got = (await snaps_a.newest(p, a.last[p])).arrays
+            assert rows_by_key(got) == rows_by_key(sa_state.export(p)), p
         write(w0, range(20, 60), 300, 3, 5_000)
         await ta.drain()
+        for p in range(P // 2):                      # a second round, half the partitions:
+            await write_snapshot(p, a.last[p], snaps_a, scratch, print)   # on the first ones
 
         b = rlog(js, names[:2], "b")
         snaps_b = SnapshotObjects(js, b, SCHEMA.hash, bucket=names[2])
@@ -109,8 +122,11 @@ def test_a_taken_partition_in_the_feature_tables_equals_a_recount_of_the_publish
 
     taken, lines, c = run(nats3.urls, body)
     assert c.restored == P and c.refused == 0 and not lines, lines
-    assert sum(t.replayed_records for t in taken) == 300        # the rest came from snapshots
     recs = reader.read_all()
+    parts = partition_of_keys(recs["event"]["account_id"], P)
+    late = (recs["seq"] > 230) & (parts >= P // 2)       # not covered by a snapshot object
+    assert sum(t.replayed_records for t in taken) == late.sum() > 0
+    assert all(t.snapshot is not None for t in taken)
     fc, sc_state = node(ruleset)                    # the recount: every published record once
     sc_state.apply(recs[recs["seq"] > 30])
     for p in range(P):
@@ -144,3 +160,55 @@ def records(accounts, n, seed):
     b["event"]["amount"] = rng.random(n) * 50
     b["arrival_ns"] = np.arange(n) * 10**7
     return b
+
+
+async def wait(cond, timeout_s=60.0):
+    for _ in range(int(timeout_s / 0.05)):                  # bounded
+        if cond():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"not within {timeout_s:g} s")
+
+
+def test_serve_writes_snapshot_objects_and_a_taker_restores_from_them(nats3, tmp_path, ruleset):
+    """Two Replicators as serve runs them (a publishing and writing snapshot objects every
+    0.2 s; b taking every partition through its prepare hook): b replays nothing the objects
+    cover, and its rows equal a recount of a's published records."""
+    w0 = journal(tmp_path / "a")
+
+    def cfg(node, d):
+        return SimpleNamespace(cluster=SimpleNamespace(servers=tuple(nats3.urls), node=node, partitions=P),
+                               schema=SCHEMA, durability=SimpleNamespace(journal_dir=str(d),
+                                                                         snapshot_interval_s=0.2))
+
+    def scratch():
+        return node(ruleset)[1]
+
+    _, state_b = node(ruleset)
+    state_b.apply(records(range(40, 120), 300, 11))          # stale rows b must replace
+    (tmp_path / "b").mkdir()
+    a = Replicator(cfg("a", tmp_path / "a"), owning_all(5), print, 30, None, scratch)
+    b = Replicator(cfg("b", tmp_path / "b"), OwnershipTable(P), print, 30, state_b, scratch)
+
+    async def body(js):
+        stop = asyncio.Event()
+        tasks = [asyncio.ensure_future(r.run(stop)) for r in (a, b)]
+        try:
+            await wait(lambda: a.rlog is not None and len(a.rlog.fenced) == P)
+            write(w0, range(80), 400, 5, 1_000)              # a's term: published
+            await wait(lambda: a.rlog.counters.published_records == 400 and
+                       all(a.snapped.get(p) == a.rlog.last[p] for p in range(P)))
+            for p in range(P):
+                assert await b.prepare(p, 6)
+        finally:
+            stop.set()
+            await asyncio.wait_for(asyncio.gather(*tasks), 30)
+        return b.snaps.counters
+
+    c = run(nats3.urls, body)
+    assert b.taken == P and b.replayed_records == 0 and c.restored == P and c.full_replays == 0, c
+    recs = JournalReader(str(tmp_path / "a"), SCHEMA.dtype, SCHEMA.hash, 0).read_all()
+    _, recount = node(ruleset)
+    recount.apply(recs)
+    for p in range(P):
+        assert rows_by_key(state_b.export(p)) == rows_by_key(recount.export(p)), p
