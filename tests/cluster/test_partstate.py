@@ -29,7 +29,7 @@ from shm.features.spec import parse_specs
 from shm.journal_format import journal_dtype
 from tests.cluster.tailerproc import SCHEMA
 from tests.cluster.test_replication import P, journal, owning_all, rlog, run
-from tests.cluster.test_takeover import names  # noqa: F401  (fixture)
+from tests.cluster.test_takeover import fenced_publisher
 
 CAP = 1024
 FEATURES = {
@@ -89,13 +89,7 @@ def test_a_taken_partition_in_the_feature_tables_equals_a_recount_of_the_publish
     sb_state.apply(records([*range(60), *range(1000, 1040)], 500, 7))
 
     async def body(js):
-        a = rlog(js, names[:2], "a")
-        await a.ensure_stream(3)
-        snaps_a = SnapshotObjects(js, a, SCHEMA.hash, bucket=names[2])
-        await snaps_a.open(3)
-        ta = JournalTailer(a, tmp_path, SCHEMA.dtype, SCHEMA.hash, owning_all(5), batch_records=64,
-                           records_per_msg=16)
-        await ta.take_ownership()
+        a, snaps_a, ta = await fenced_publisher(js, names, tmp_path)
         write(w0, range(40), 200, 2, 2_000)
         await ta.drain()
         recs = reader.read_all()

@@ -9,7 +9,6 @@ import hashlib
 import json
 import threading
 import time
-import uuid
 
 import nats
 
@@ -28,19 +27,24 @@ from tests.cluster.tailerproc import SCHEMA, State, kill9, published_state, runn
 from tests.cluster.test_replication import P, journal, owning_all, rlog, run, write
 
 
-@pytest.fixture
-def names():
-    """A stream, subject prefix and snapshot bucket of its own per test."""
-    h = uuid.uuid4().hex[:10]
-    return f"RJ{h}", f"rj{h}", f"snap{h}"
-
-
 def start_agent(nats3, bucket, node, prepare, events, ended):
     """A lease agent on a thread over P partitions, TTL 1 s, with the take-over hooks."""
     agent = LeaseAgent(nats3.urls, node, "tcp://127.0.0.1:1", P, 1.0, bucket=bucket,
                        on_event=events.append, table=OwnershipTable(P), prepare=prepare,
                        on_end=ended.append)
     return agent, AgentThread(agent).start()
+
+
+async def fenced_publisher(js, names, d):
+    """Node a's replication log, snapshot bucket and tailer over journal dir ``d``, owning every
+    partition at revision 5, fenced."""
+    a = rlog(js, names[:2], "a")
+    await a.ensure_stream(3)
+    sa = SnapshotObjects(js, a, SCHEMA.hash, bucket=names[2])
+    await sa.open(3)
+    ta = JournalTailer(a, d, SCHEMA.dtype, SCHEMA.hash, owning_all(5), batch_records=64, records_per_msg=16)
+    await ta.take_ownership()
+    return a, sa, ta
 
 
 def recount(d, p, after_seq, upto_seq):
@@ -60,13 +64,7 @@ def test_a_taken_partition_equals_a_recount_of_every_published_event(nats3, name
     write(w0, 30, 1)                        # before a's term: never published, never counted
 
     async def body(js):
-        a = rlog(js, names[:2], "a")
-        await a.ensure_stream(3)
-        sa = SnapshotObjects(js, a, SCHEMA.hash, bucket=names[2])
-        await sa.open(3)
-        ta = JournalTailer(a, tmp_path, SCHEMA.dtype, SCHEMA.hash, owning_all(5), batch_records=64,
-                           records_per_msg=16)
-        await ta.take_ownership()
+        a, sa, ta = await fenced_publisher(js, names, tmp_path)
         write(w0, 200, 2)
         await ta.drain()
         for p in range(P):                  # a snapshots what it published so far
