@@ -5,6 +5,7 @@ node; a node starting later joins at the current state; a stopped node leaves no
 and frees its leases. Engines start in parallel (minutes cold on a loaded machine): slow."""
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import stat
@@ -12,12 +13,19 @@ import subprocess
 import sys
 import time
 
+import nats as nats_client
+import numpy as np
 import pytest
 
 from bench.engine_proc import EngineProcess, free_port, shm_entries
 from engine.admin import request
 from engine.cluster.control import ControlClient
+from engine.cluster.partition import partition_of
+from engine.cluster.partstate import PartitionState
+from engine.cluster.replog import ReplicationLog
 from ingress.client import Client
+from shm.featurestore import FeatureStore
+from shm.runtime.config import load_config
 from tests.cluster.agentproc import REPO, wait_for
 from tests.cluster.test_config_cluster import shard_keyed_features
 
@@ -82,6 +90,12 @@ def status(servers):
 def decide(eng, **fields):
     with Client(eng.endpoint, timeout_ms=20_000, retries=0, transport="json") as c:
         return c.evaluate({**EVENT, **fields})
+
+
+def every_partition_held(servers):
+    """`cluster status` once no partition is free."""
+    return wait_for(lambda: (s := status(servers)) and None not in [r["owner"] for r in s["leases"]]
+                    and s, 60, "every partition held")
 
 
 def all_applied(servers, nodes, revision):
@@ -236,17 +250,9 @@ def test_owners_fence_before_serving_and_publish_what_they_decide(nats3, nodes):
     """serve runs the tailer: every partition's subject holds its current owner's fence (taken
     before the table served it), and a decision made by a partition's owner reaches that
     subject from that owner, checked by the replay reader."""
-    import asyncio
-
-    import nats as nats_client
-
-    from engine.cluster.partition import partition_of
-    from engine.cluster.replog import ReplicationLog
-    from shm.runtime.config import load_config
     by_name = {f"n{i}": e for i, e in enumerate(nodes)}
     schema = load_config(nodes[0].config_path).schema
-    st = wait_for(lambda: (s := status(nats3.urls)) and None not in [r["owner"] for r in s["leases"]]
-                  and s, 60, "every partition held")
+    st = every_partition_held(nats3.urls)
     sent = {}                                        # account -> (partition, owner, amount)
     for k in range(9001, 9001 + 3 * P):
         p = partition_of({"account_id": k}, "account_id", P)
@@ -257,19 +263,8 @@ def test_owners_fence_before_serving_and_publish_what_they_decide(nats3, nodes):
         assert decide(by_name[owner], account_id=k, amount=amount).action in ("allow", "review", "block")
         sent[k] = (p, owner, amount)
 
-    async def read():
-        nc = await nats_client.connect(nats3.urls, connect_timeout=2)
-        try:
-            out = {}
-            for p in range(P):
-                log = ReplicationLog(nc.jetstream(timeout=5.0), "reader", schema.dtype, "account_id", P)
-                out[p] = [m async for m in log.replay(p)]
-            return out
-        finally:
-            await nc.close()
-
     def published():
-        msgs = asyncio.run(asyncio.wait_for(read(), 60))
+        msgs = stream_messages(nats3.urls, schema)
         got = {int(r["event"]["account_id"]): (p, m.node, float(r["event"]["amount"]))
                for p, ms in msgs.items() for m in ms if m.kind == "rec" for r in m.records}
         return all(got.get(k) == v for k, v in sent.items()) and msgs
@@ -282,3 +277,79 @@ def test_owners_fence_before_serving_and_publish_what_they_decide(nats3, nodes):
     for e in nodes:
         rep = {r["what"]: r["value"] for r in e.stats()["risk_cluster_replication"]}
         assert rep["fences"] >= 1 and rep["errors"] == 0, rep
+
+
+def stream_messages(servers, schema):
+    """{partition: its messages} of the replication stream, each checked by the replay reader."""
+    async def read():
+        nc = await nats_client.connect(servers, connect_timeout=2)
+        try:
+            log = ReplicationLog(nc.jetstream(timeout=5.0), "reader", schema.dtype, "account_id", P)
+            return {p: [m async for m in log.replay(p)] for p in range(P)}
+        finally:
+            await nc.close()
+    return asyncio.run(asyncio.wait_for(read(), 60))
+
+
+def feature_rows(eng, p):
+    """Partition p's rows in a running engine's shared feature tables: attached, copied
+    under their slot locks (engine.cluster.partstate), detached."""
+    seg = next(n for n in shm_entries(eng.instance) if n.endswith(".ownership"))
+    store = FeatureStore(load_config(eng.config_path), int(seg.split(".")[2]), create=False)
+    try:
+        return PartitionState(store.fs, None, P).export(p)
+    finally:
+        store.close()
+
+
+def test_a_node_taking_partitions_restores_their_features_from_the_stream(nats3, nodes, tmp_path):
+    """Decisions on each partition's owner, published; a fourth node joins and takes a share
+    (fence, snapshot object or none, replay): for the accounts decided, every feature row of a
+    partition it took equals, bit for bit, the row of the owner that decided their events, and
+    each account's event count equals the number of events sent."""
+    by_name = {f"n{i}": e for i, e in enumerate(nodes)}
+    schema = load_config(nodes[0].config_path).schema
+    st = every_partition_held(nats3.urls)
+    sent = {}                                        # account -> (partition, owner, events)
+    for k in range(7_000_001, 7_000_001 + 4 * P):
+        p = partition_of({"account_id": k}, "account_id", P)
+        owner, n = st["leases"][p]["owner"], 1 + k % 3
+        for i in range(n):
+            decide(by_name[owner], account_id=k, amount=float(i + k % 50) + 0.5)
+        sent[k] = (p, owner, n)
+
+    def published():
+        got = {}
+        for ms in stream_messages(nats3.urls, schema).values():
+            for r in (r for m in ms if m.kind == "rec" for r in m.records):
+                got[int(r["event"]["account_id"])] = got.get(int(r["event"]["account_id"]), 0) + 1
+        return all(got.get(k) == n for k, (_, _, n) in sent.items())
+    wait_for(published, 60, "every decision published")
+
+    late = EngineProcess(tmp_path, workers=1, overrides=cluster_overrides(nats3.urls, "n4"))
+    start_all([late])
+    try:
+        owned = wait_for(lambda: admin(late, cmd="cluster")["cluster"]["owned"], 60, "n4 takes a share")
+        taken = {r["what"]: r["value"] for r in late.stats()["risk_cluster_replication"]}["taken"]
+        assert taken >= len(owned), late.output()
+        checked = 0
+        for p in owned:
+            mine = feature_rows(late, p)
+            theirs = {}
+            for k, (q, owner, n) in sent.items():
+                if q != p:
+                    continue
+                if owner not in theirs:
+                    theirs[owner] = feature_rows(by_name[owner], p)
+                for name, rows in mine.items():
+                    a = rows[rows[:, 0] == k]
+                    b = theirs[owner][name][theirs[owner][name][:, 0] == k]
+                    assert len(a) == 1 and a.tobytes() == b.tobytes(), (p, k, name)
+                count = mine["ft_txn_count_1m"][mine["ft_txn_count_1m"][:, 0] == k][0]
+                assert int(count[2:].view(np.uint32).sum()) == n, (p, k)       # the recount
+                checked += 1
+        assert checked > 0
+        assert "taken at revision" in late.output()
+    finally:
+        assert late.close() == 0, late.output()
+    assert shm_entries(late.instance) == []

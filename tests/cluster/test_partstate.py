@@ -40,6 +40,7 @@ FEATURES = {
     "max_1h": {"kind": "max", "of": "amount", "key": "account_id", "window": "1h", "capacity": CAP},
     "seen_s": {"kind": "age", "key": "account_id", "capacity": CAP},
     "prev": {"kind": "last", "of": "amount", "key": "account_id", "capacity": CAP},
+    "amounts_1h": {"kind": "distinct", "of": "account_id", "key": "account_id", "window": "1h", "capacity": CAP},
 }
 SPECS = parse_specs(FEATURES, {}, {}, SCHEMA)
 RULES = """\
@@ -47,7 +48,7 @@ ruleset: partstate
 version: 1
 rules:
   - {id: busy, when: "n_1h > 5 and sum_1h > 1 and avg_1h > 0 and min_1h < max_1h", action: review, score: 1}
-  - {id: fresh, when: "seen_s < 1000 and prev == prev", action: allow}
+  - {id: fresh, when: "seen_s < 1000 and prev == prev and amounts_1h > 1", action: allow}
 """
 
 
