@@ -80,8 +80,8 @@ class ClusterNode:
         sup.log("risk-engine: cluster: not yet a failover deployment: this node evaluates every "
                 "request it receives (no per-request ownership check), publishes its journal "
                 f"after replying (ack: async, whatever cluster.ack={node.cfg.ack}), never trims "
-                "the stream, and a worker crash or restart rebuilds the feature tables from its "
-                "own journal only, without what a take-over restored (docs/CLUSTER.md, Next)")
+                "the stream, and a worker crash or restart before its next own snapshot loses "
+                "what a take-over restored from the stream (docs/CLUSTER.md, Next)")
         return node
 
     def _event(self, ev: dict) -> None:
