@@ -24,8 +24,7 @@ import nats
 import nats.errors
 
 from engine.cluster.replog import ReplicationError, ReplicationLog
-from engine.cluster.partstate import PartitionStateError
-from engine.cluster.snapstore import SnapshotObjectError, SnapshotObjects
+from engine.cluster.snapstore import SnapshotObjects
 from engine.cluster.tailer import JournalTailer
 from engine.cluster.takeover import take_partition, write_snapshot
 
@@ -61,6 +60,7 @@ class Replicator:
         nc = await asyncio.wait_for(nats.connect(
             list(c.servers), name=f"risk-engine {c.node} replication", connect_timeout=2,
             reconnect_time_wait=0.25, max_reconnect_attempts=-1), self.open_timeout_s)
+        snapping = None              # the snapshot objects' round, a task beside the tailer
         try:
             js = nc.jetstream(timeout=2.0)
             s = self.cfg.schema
@@ -73,9 +73,9 @@ class Replicator:
             self._ready.set()
             due = time.monotonic() + self.snapshot_interval_s
             while not stop.is_set():
-                if time.monotonic() >= due:
+                if time.monotonic() >= due and (snapping is None or snapping.done()):
                     due = time.monotonic() + self.snapshot_interval_s
-                    await self._snapshots()
+                    snapping = asyncio.ensure_future(self._snapshots())  # the tailer goes on
                 try:
                     async with self._lock:
                         await self.tailer.step()
@@ -86,6 +86,9 @@ class Replicator:
                 if not self.tailer.read_last_step:
                     await self._wait(stop, IDLE_S)
         finally:
+            if snapping is not None:
+                snapping.cancel()
+                await asyncio.gather(snapping, return_exceptions=True)
             await nc.close()
 
     async def prepare(self, p: int, rev: int) -> bool:
@@ -126,7 +129,7 @@ class Replicator:
     async def _snapshots(self) -> None:
         try:
             await self.write_snapshots()
-        except (*_TRANSIENT, SnapshotObjectError, PartitionStateError) as e:
+        except Exception as e:          # NATS, a refused object, a full table: the next round
             self.snapshot_errors += 1
             self.say(f"risk-engine: cluster: snapshot objects: {type(e).__name__}: {e}; the next "
                      f"try in {self.snapshot_interval_s:g} s (a taker replays more meanwhile)")
