@@ -42,7 +42,8 @@ _RETRY = (nats.errors.Error, asyncio.TimeoutError, OSError)
 class LeaseAgent:
     def __init__(self, servers, node: str, advertise: str, partitions: int, lease_ttl_s: float,
                  bucket: str = BUCKET, replicas: int | None = None, on_event=None,
-                 table: OwnershipTable | None = None, open_timeout_s: float = OPEN_TIMEOUT_S):
+                 table: OwnershipTable | None = None, open_timeout_s: float = OPEN_TIMEOUT_S,
+                 prepare=None, on_end=None):
         self.servers, self.node, self.partitions = list(servers), node, partitions
         self.open_timeout_s = open_timeout_s
         self.bucket = bucket
@@ -59,6 +60,11 @@ class LeaseAgent:
         self.members: dict[str, tuple[int, int]] = {}   # node -> (heartbeat revision, first read at)
         self.store: LeaseStore | None = None
         self.drain = Drain(self)                        # `cluster drain` (engine.cluster.drain)
+        # prepare(p, rev) -> bool, awaited after a take and before the table shows the lease
+        # (engine.cluster.takeover: fence, snapshot, replay); False or an error: released
+        self.prepare = prepare
+        self.on_end = on_end or (lambda p: None)        # on_end(p): p no longer held (after clear)
+        self.pending: dict[int, asyncio.Task] = {}      # p -> its prepare, running
 
     def emit(self, ev: str, **kw) -> None:
         self.on_event({"ev": ev, "node": self.node, "t_ns": now_ns(), **kw})
@@ -133,7 +139,9 @@ class LeaseAgent:
 
     def _lose(self, p: int, reason: str) -> None:
         rev, _ = self.held.pop(p)
+        self._unprepare(p)
         self.table.clear(p)
+        self.on_end(p)
         self.seen.pop(p, None)
         self.emit("lost", p=p, rev=rev, reason=reason)
 
@@ -155,8 +163,10 @@ class LeaseAgent:
             if rev is None:
                 self._lose(p, "refused")
             elif rev < 0:
-                if now_ns() >= self.table.until_ns[p]:
+                if now_ns() >= self.held[p][1] + self.ttl_ns - self.margin_ns:
                     self._lose(p, "expired")       # not renewed in time: the table said so already
+            elif p in self.pending:
+                self.held[p] = (rev, stamp)        # not servable yet: the table stays clear
             else:
                 done[p] = (rev, stamp, stamp + self.ttl_ns - self.margin_ns)
         if done:
@@ -176,9 +186,44 @@ class LeaseAgent:
             self.seen.pop(p, None)                  # changed meanwhile: read it again
             return
         until = stamp + self.ttl_ns - self.margin_ns
-        self.emit("acquired", p=p, rev=rev, until_ns=until, prev_rev=last)
         self.held[p] = (rev, stamp)
+        if self.prepare is not None:
+            self.emit("acquired", p=p, rev=rev, until_ns=0, prev_rev=last)
+            self.pending[p] = asyncio.ensure_future(self._prepare(p, rev))
+            return
+        self.emit("acquired", p=p, rev=rev, until_ns=until, prev_rev=last)
         self.table.begin(p, rev, until)
+
+    async def _prepare(self, p: int, rev: int) -> None:
+        """Run ``prepare`` for a lease just taken; serve p only once it returned True and the
+        lease is still held (then until the last renewal's deadline); else release it."""
+        try:
+            ok, why = bool(await self.prepare(p, rev)), "refused"
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:                     # a corrupt stream, NATS down: not servable
+            ok, why = False, f"{type(e).__name__}: {e}"
+        self.pending.pop(p, None)
+        if p not in self.held:
+            return
+        cur, stamp = self.held[p]
+        until = stamp + self.ttl_ns - self.margin_ns
+        if ok and now_ns() < until:
+            self.emit("ready", p=p, rev=cur, until_ns=until)
+            self.table.begin(p, cur, until)
+            return
+        del self.held[p]
+        self.on_end(p)                             # a fence may have been stored
+        self.emit("prepare_failed", p=p, rev=cur, error=why)
+        try:
+            await self.store.release(p, cur)
+        except _RETRY:
+            pass                                   # lapses after a TTL
+
+    def _unprepare(self, p: int) -> None:
+        task = self.pending.pop(p, None)
+        if task is not None:
+            task.cancel()
 
     async def _scan_and_take(self, balance: bool) -> None:
         todo = [p for p in range(self.partitions) if p not in self.held]
@@ -209,7 +254,9 @@ class LeaseAgent:
 
     async def _release(self, p: int, **why) -> None:
         rev, _ = self.held.pop(p)
+        self._unprepare(p)
         self.table.clear(p)                         # stop serving before the lease is free
+        self.on_end(p)
         ok = await self.store.release(p, rev)
         self.emit("released", p=p, rev=rev, ok=ok, **why)
 
@@ -218,7 +265,9 @@ class LeaseAgent:
         expires after a TTL)."""
         held, self.held = self.held, {}
         for p in held:
+            self._unprepare(p)
             self.table.clear(p)
+            self.on_end(p)
         if self.store is None:
             return
         try:
@@ -230,11 +279,23 @@ class LeaseAgent:
         self.emit("stopped", released=sorted(held))
 
 
+async def _all(*coros) -> None:
+    """Run them together; the first to fail stops the others and is raised."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 class AgentThread:
     """A LeaseAgent on a daemon thread with its own event loop, for a synchronous process."""
 
-    def __init__(self, agent: LeaseAgent):
+    def __init__(self, agent: LeaseAgent, side=()):
         self.agent = agent
+        self.side = list(side)       # coroutine functions (stop) run beside the agent on its loop
         self.error: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -256,7 +317,7 @@ class AgentThread:
     async def _run(self) -> None:
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
         self._ready.set()
-        await self.agent.run(self._stop)
+        await _all(self.agent.run(self._stop), *(f(self._stop) for f in self.side))
 
     def stop(self, timeout_s: float = 5.0) -> bool:
         """Stop and release the leases; True if the thread ended within ``timeout_s``."""

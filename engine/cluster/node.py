@@ -7,7 +7,9 @@ the supervisor (docs/CLUSTER.md, "Serving with cluster:").
   control bucket is opened and every current value applied (engine.cluster.control_apply),
   so the node serves with the cluster's halt, lists and account states.
 - ``start_leases()`` (once the node is ready): the lease agent on its own thread, writing
-  the table in the segment.
+  the table in the segment, and on the same event loop the journal tailer
+  (engine.cluster.replicate): each lease taken is fenced on the replication stream before
+  the table shows it.
 - ``poll()`` (the supervisor's loop): apply the control changes the watcher queued; say once
   if the agent has died (its leases lapse by themselves).
 - ``close()`` (every stop): stop serving every partition, release the leases, close NATS.
@@ -28,12 +30,15 @@ from engine.cluster.control import ControlClient, ControlUnavailable
 from engine.cluster.control_apply import ControlPlane
 from engine.cluster.leases import LeaseError
 from engine.cluster.ownership import OwnershipTable
+from engine.cluster.partstate import PartitionState
+from engine.cluster.replicate import Replicator
 from engine.preflight import StartupError
 from ingress.partmap import PartitionMap, PartitionMapError
+from shm.features.featureset import FeatureSet
 from shm.ownership import SEGMENT as OWNERSHIP, segment_bytes
 from shm.segment import Segment
 
-EVENTS = ("acquired", "renewed", "lost", "released", "nats_error")
+EVENTS = ("acquired", "ready", "prepare_failed", "renewed", "lost", "released", "nats_error")
 
 
 class ClusterNode:
@@ -47,6 +52,7 @@ class ClusterNode:
         self.control: ControlPlane | None = None
         self.agent: AgentThread | None = None
         self.map: PartitionMap | None = None        # owners' addresses for NOT_OWNER replies
+        self.replicator: Replicator | None = None
         self.counts = dict.fromkeys(EVENTS, 0)      # agent events (risk_cluster_lease_events_total)
         self.live_nodes = 0
         self._started = threading.Event()
@@ -73,8 +79,10 @@ class ClusterNode:
             raise node._fail(why) from None
         sup.log(f"risk-engine: cluster: node {node.cfg.node} joined the control plane at revision "
                 f"{node.control.revision} ({n} value(s), {node.control.applied} changed this node)")
-        sup.log("risk-engine: cluster: not yet a failover deployment: this node replicates "
-                "nothing (docs/CLUSTER.md, Next)")
+        sup.log("risk-engine: cluster: not yet a failover deployment: this node publishes its "
+                f"journal after replying (ack: async, whatever cluster.ack={node.cfg.ack}), never "
+                "trims the stream, and a worker crash or restart before its next own snapshot loses "
+                "what a take-over restored from the stream (docs/CLUSTER.md, Next)")
         return node
 
     def _event(self, ev: dict) -> None:
@@ -89,10 +97,18 @@ class ClusterNode:
     def start_leases(self) -> None:
         """Start the lease agent and wait until it has opened the lease bucket."""
         c = self.cfg
+        fs, ruleset = self.sup.features.fs, (lambda: self.sup.rulesets.ruleset)
+        state = PartitionState(fs, ruleset, c.partitions)
+
+        def scratch():              # where snapshot objects are computed: as big as the tables
+            return PartitionState(FeatureSet(fs.specs, fs.schema, load_lists=False), ruleset, c.partitions)
+        self.replicator = Replicator(self.sup.cfg, self.table, self.sup.log, self.open_timeout_s,
+                                     state, scratch)
         agent = LeaseAgent(c.servers, c.node, c.advertise, c.partitions, c.lease_ttl_s,
                            replicas=self.replicas, on_event=self._event, table=self.table,
-                           open_timeout_s=self.open_timeout_s)
-        self.agent = AgentThread(agent).start()
+                           open_timeout_s=self.open_timeout_s, prepare=self.replicator.prepare,
+                           on_end=self.replicator.end)
+        self.agent = AgentThread(agent, side=[self.replicator.run]).start()
         t = self.open_timeout_s + 5
         while not self._started.wait(0.1):
             t -= 0.1

@@ -22,10 +22,12 @@ def metric_families(node):
     yield GaugeMetricFamily("risk_cluster_lease_agent_up", "1 while the lease agent runs",
                             value=float(up))
     c = CounterMetricFamily("risk_cluster_lease_events", "Lease events of this node's agent: "
-                            "acquired, renewed, lost, released, nats_error", labels=["event"])
+                            "acquired, ready (taken over: servable), prepare_failed, renewed, "
+                            "lost, released, nats_error", labels=["event"])
     for ev, n in node.counts.items():
         c.add_metric([ev], float(n))
     yield c
+    yield from _replication(getattr(node, "replicator", None))
     ctl = node.control
     if ctl is None:
         return
@@ -38,6 +40,32 @@ def metric_families(node):
     yield GaugeMetricFamily("risk_cluster_control_lag_seconds", "Apply time of the last control "
                             "change minus its writer's wall clock at the write",
                             value=ctl.last_lag_ms / 1e3)
+
+
+def _replication(r):
+    if r is None or r.rlog is None:
+        return
+    c = r.rlog.counters
+    rep = CounterMetricFamily("risk_cluster_replication", "Replication stream: records and "
+                              "messages published, publishes refused by fencing, fences written, "
+                              "tailer steps failed (retried), partitions taken over and the "
+                              "records their replays applied", labels=["what"])
+    for what, n in (("records", c.published_records), ("messages", c.published_msgs),
+                    ("refused", c.refused), ("fences", c.fences), ("errors", r.errors),
+                    ("fence_refused", r.fence_refused), ("taken", r.taken),
+                    ("replayed_records", r.replayed_records)):
+        rep.add_metric([what], float(n))
+    yield rep
+    if r.snaps is not None:
+        s = r.snaps.counters
+        snap = CounterMetricFamily("risk_cluster_snapshot_objects", "Partition snapshot objects: "
+                                   "written, restored (read back by a take-over or a "
+                                   "write), refused (a failed check: logged, not used), "
+                                   "full_replays (no usable snapshot), write_errors", labels=["what"])
+        for what, n in (("written", s.written), ("restored", s.restored), ("refused", s.refused),
+                        ("full_replays", s.full_replays), ("write_errors", r.snapshot_errors)):
+            snap.add_metric([what], float(n))
+        yield snap
 
 
 class ClusterCollector(EngineCollector):

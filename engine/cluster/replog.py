@@ -185,12 +185,14 @@ class ReplicationLog:
 
     # --- writing --------------------------------------------------------------------------
 
-    async def fence(self, p: int, revision: int, new_term_done: dict, attempts: int = 20) -> Message | None:
+    async def fence(self, p: int, revision: int, new_term_done: dict, attempts: int = 20,
+                    resume: bool = True) -> Message | None:
         """Start this node's term on ``p`` at lease ``revision``. If the subject's last message
         is this node's (nobody served ``p`` since), the term continues: its Rj-Done is kept
         and returned, so the records it did not publish yet follow. Otherwise the new term
         starts at ``new_term_done`` (the journal's end per writer: records before it were
-        decided in another term). Returns the fence (its ``done`` is where publishing of
+        decided in another term), as it does with ``resume`` False (this node ended its
+        term on p itself: what it journaled since is no term's). Returns the fence (its ``done`` is where publishing of
         ``p`` resumes), or None if a message with a revision >= ``revision`` is already there
         (this node's lease is older than the term there: it must not fence)."""
         for _ in range(attempts):
@@ -199,7 +201,8 @@ class ReplicationLog:
                 self.counters.refused += 1
                 self.counters.lost.append((p, revision))
                 return None
-            done = dict(cur.done) if cur is not None and cur.node == self.node else dict(new_term_done)
+            done = dict(cur.done) if resume and cur is not None and cur.node == self.node \
+                else dict(new_term_done)
             hdr = {H_KIND: "fence", H_REV: str(revision), H_NODE: self.node, H_DONE: encode_done(done)}
             seq = await self._publish(p, b"", hdr, cur.stream_seq if cur else 0)
             if seq is not None:

@@ -15,7 +15,9 @@ re-reading after a rewind never publishes twice. A lapsed lease does not end pub
 term's records were decided while the lease was valid and are published until a new owner's
 fence refuses them, which narrows the loss window to what was unpublished at that fence. A
 partition refused by fencing is lost: the tailer stops publishing it until the table shows
-it owned at a revision newer than the refused term's fence.
+it owned at a revision newer than the refused term's fence. A partition whose lease this node
+released or lost (``end_term``, the lease agent's hook) is published up to the journal's end
+at that moment and then dropped; taking it again starts a new term at the journal's end.
 """
 from __future__ import annotations
 
@@ -52,6 +54,8 @@ class JournalTailer:
         self.refused: dict[int, int] = {}      # p -> the revision fencing refused (not retried)
         self.rev: dict[int, int] = {}          # p -> the newest revision of our term on p
         self.read_last_step = 0                # records read by the last step (0: at the end)
+        self.cutoff: dict[int, dict[int, int]] = {}   # p -> writer -> last seq of the ended term
+        self.ended: set[int] = set()           # p whose term this node ended (end_term)
 
     def _reader(self, w: int) -> JournalReader:
         if w not in self.readers:
@@ -67,13 +71,16 @@ class JournalTailer:
         plus records of partitions it does not own, which it will skip)."""
         return {w: end - self.cursor.get(w, end) for w, end in self.journal_end().items()}
 
-    async def take_ownership(self) -> None:
-        """Fence the partitions the table says this node owns and that it has not fenced.
-        A partition whose lease lapsed stays fenced: its records were decided in the term and
-        are still published, until a new owner's fence refuses them."""
-        owned = self.table.owned()
+    async def take_ownership(self, owned: dict[int, int] | None = None) -> None:
+        """Fence the partitions the table says this node owns (or ``owned``: {p: revision},
+        a partition being taken before the table shows it: engine.cluster.takeover) and that
+        it has not fenced. A partition whose lease lapsed stays fenced: its records were
+        decided in the term and are still published, until a new owner's fence refuses them."""
+        owned = self.table.owned() if owned is None else owned
         # a revision once refused is not tried again: a lost lease comes back only with a
         # newer revision (the agent's renewals of a taken-over lease are refused too)
+        for p in owned:                        # taken again before its ended term drained:
+            self.cutoff.pop(p, None)           # the term goes on
         new = [(p, rev) for p, rev in sorted(owned.items())
                if p not in self.log.fenced and rev > self.refused.get(p, 0)]
         if not new:
@@ -81,16 +88,38 @@ class JournalTailer:
         end = self.journal_end()
         for w, e in end.items():               # a writer first seen now: its records so far
             self.cursor.setdefault(w, e)       # were decided before any term of ours
-        fences = await _all([self.log.fence(p, rev, end) for p, rev in new])
+        fences = await _all([self.log.fence(p, rev, end, resume=p not in self.ended) for p, rev in new])
         for (p, rev), f in zip(new, fences):
             if f is None:
                 self.refused[p] = rev
                 continue
             self.done[p] = dict(f.done)
             self.rev[p] = rev
+            self.ended.discard(p)
             for w, s in f.done.items():        # a continued term: re-read what it left unpublished
                 if w in self.cursor:
                     self.cursor[w] = min(self.cursor[w], s)
+
+    async def fence(self, p: int, revision: int) -> int | None:
+        """Fence partition ``p`` at ``revision`` now: the stream sequence of this term's fence
+        (of its last message when this node's term on p goes on), None if fencing refused it."""
+        await self.take_ownership({p: revision})
+        return self.log.last.get(p) if p in self.log.fenced else None
+
+    def end_term(self, p: int) -> None:
+        """This node released or lost p's lease: publish p's records journaled until now (its
+        term's), none after; once they are out, p is dropped (``ended``)."""
+        if p in self.log.fenced:
+            self.cutoff[p] = self.journal_end()
+
+    def _drop_ended(self) -> None:
+        for p, cut in list(self.cutoff.items()):
+            if all(self.cursor.get(w, 0) >= s for w, s in cut.items()):
+                del self.cutoff[p]
+                self.log.fenced.pop(p, None)
+                self.log.last.pop(p, None)
+                self.done.pop(p, None)
+                self.ended.add(p)
 
     async def step(self) -> int:
         """Take new partitions, then read up to ``batch_records`` new records per writer and
@@ -110,6 +139,7 @@ class JournalTailer:
             published += await self._publish_batch(w, recs)
             self.cursor[w] = int(recs["seq"][-1])
             self.read_last_step += len(recs)
+        self._drop_ended()
         return published
 
     async def _publish_batch(self, w: int, recs: np.ndarray) -> int:
@@ -121,7 +151,10 @@ class JournalTailer:
                 continue
             # a renewal's revision while the lease is valid, the last one after it lapsed
             rev = self.rev[p] = max(self.table.owns(p), self.rev[p])
-            sel = take_rows(recs, (parts == p) & (seqs > self.done[p].get(w, 0)))
+            mine = (parts == p) & (seqs > self.done[p].get(w, 0))
+            if p in self.cutoff:               # an ended term: nothing journaled after it
+                mine &= seqs <= self.cutoff[p].get(w, 0)
+            sel = take_rows(recs, mine)
             if len(sel):
                 jobs.append(self._publish_partition(p, rev, w, sel))
         return sum(await _all(jobs))

@@ -20,7 +20,7 @@ from typing import Mapping
 import yaml
 
 from shm.runtime.config_check import attempt, collecting, report, unknown_key
-from shm.runtime.config_cluster import cluster_to_raw, parse_cluster
+from shm.runtime.config_cluster import check_cluster_features, cluster_to_raw, parse_cluster
 from shm.runtime.config_enforce import KEYS as ENFORCE_KEYS, enforce_to_raw, parse_enforce
 from shm.runtime.runroot import run_dir_for
 from shm.runtime.config_types import (AdminConfig, Config, ConfigError, CurveConfig, DurabilityConfig,
@@ -292,6 +292,8 @@ def _parse(raw: Mapping, path: str, instance: str | None, errors: list) -> Confi
     out = Config(path=path, ingress=ingress, metrics=metrics, admin=admin, workers=workers,
                  rings=rings, schema=schema, rules=rules, instance=inst, durability=durability,
                  enforce=enforce, cluster=parse_cluster(raw, ingress.bind), **extra)
+    if out.cluster is not None and schema is not None:
+        check_cluster_features(extra["features"], schema.shard_key)
     attempt(check_binds, out)
     return None if errors else out      # collecting() raises the errors
 

@@ -135,6 +135,23 @@ def parse_cluster(raw: Mapping, ingress_bind: str) -> ClusterConfig | None:
                          lease_ttl_s=_lease_ttl(sec))
 
 
+def check_cluster_features(features: Mapping, shard_key: str) -> None:
+    """In cluster mode every feature is keyed by the shard key alone (docs/CLUSTER.md, "Features
+    keyed by another field"): a feature keyed by another field (card_id while sharding by
+    account_id) gets its events from every partition, so no one owner could update it
+    atomically; a pair with the shard key is partition-local but refused too, because a
+    take-over finds a partition's rows by their key and a pair's slot holds only a hash.
+    Each one is reported with its key path; malformed entries are left to the feature parser."""
+    for name, spec in (features or {}).items():
+        key = spec.get("key") if isinstance(spec, Mapping) else None
+        if key is None or key == shard_key or key == [shard_key]:
+            continue
+        report(ConfigError(f"features.{name}.key", f"feature {name!r} is keyed by {key!r}, not the "
+                           f"shard key {shard_key!r}: with cluster: a feature is updated only by the "
+                           f"owner of its events' partition, so it must be keyed by {shard_key!r} "
+                           f"alone (or run without cluster:)"))
+
+
 def cluster_to_raw(c: ClusterConfig | None) -> dict | None:
     if c is None:
         return None

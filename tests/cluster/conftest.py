@@ -24,6 +24,14 @@ def nats3():
 
 
 @pytest.fixture
+def names():
+    """A stream, subject prefix and snapshot bucket of its own per test (test_replication's
+    own fixture gives the first two)."""
+    h = uuid.uuid4().hex[:10]
+    return f"RJ{h}", f"rj{h}", f"snap{h}"
+
+
+@pytest.fixture
 def bucket():
     """A lease bucket of its own per test, on the module's cluster."""
     return "t" + uuid.uuid4().hex[:10]

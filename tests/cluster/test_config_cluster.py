@@ -3,16 +3,26 @@ with its key path and value; what is required; advertise's default from ingress.
 checked section survives the supervisor's hand-off round trip; no section: no cluster."""
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 
-from shm.runtime.config import config_to_raw, load_config, parse_config
+from shm.runtime.config import config_to_raw, load_config, parse_config, portable_raw
 from shm.runtime.config_check import ConfigErrors
 from shm.runtime.config_types import ClusterConfig, ConfigError
 
 
-def _cfg(tmp_path, text):
+def shard_keyed_features() -> dict:
+    """The bundled features, each keyed by the shard key (account_id) alone: what a cluster
+    accepts (the bundled card_id, device_id and pair-keyed ones are refused there)."""
+    return {name: {**spec, "key": "account_id"} for name, spec in portable_raw()["features"].items()}
+
+
+def _cfg(tmp_path, text, features=True):
     p = tmp_path / "c.yaml"
-    p.write_text(text)
+    p.write_text(text + (f"features: {json.dumps(shard_keyed_features())}\n" if features else ""))
     return load_config(p)
 
 
@@ -82,3 +92,30 @@ def test_advertise_is_required_when_ingress_binds_every_interface(tmp_path):
                          "          ack: async, lease_ttl_s: 5}\n")
     assert cfg.cluster == ClusterConfig(("nats://10.0.0.1:4222", "tls://[::1]:4222"), 256, "n-1_a",
                                         "tcp://risk-1.example:5555", "async", 5.0)
+
+
+CLUSTER = "cluster: {servers: ['nats://127.0.0.1:4222'], node: n1}\n"
+REFUSED = {"features.amount_sum_1h.key": "'card_id'", "features.first_seen_s.key": "'device_id'",
+           "features.orders_1s.key": "['account_id', 'instrument_id']"}
+
+
+def test_features_keyed_by_another_field_than_the_shard_key_are_refused_in_cluster_mode(tmp_path):
+    with pytest.raises(ConfigErrors) as e:
+        _cfg(tmp_path, CLUSTER, features=False)         # the bundled features: three other keys
+    got = {x.key: str(x) for x in e.value.errors}
+    assert set(got) == set(REFUSED), got
+    for key, by in REFUSED.items():
+        name = key.split(".")[1]
+        assert f"feature '{name}' is keyed by {by}, not the shard key 'account_id'" in got[key]
+    assert load_config().features == portable_raw()["features"]     # the same, single engine: fine
+    assert _cfg(tmp_path, CLUSTER).cluster is not None     # each keyed by account_id: accepted
+
+
+def test_config_check_reports_a_feature_keyed_by_another_field_in_cluster_mode(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text(CLUSTER + "features: {by_card: {kind: count, key: card_id, window: 60s}}\n")
+    out = subprocess.run([sys.executable, "-m", "engine.cli", "config", "--check", "--config", str(p)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out
+    assert "features.by_card.key: feature 'by_card' is keyed by 'card_id', not the shard key " \
+           "'account_id'" in out.stderr, out.stderr

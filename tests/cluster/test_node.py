@@ -5,6 +5,7 @@ node; a node starting later joins at the current state; a stopped node leaves no
 and frees its leases. Engines start in parallel (minutes cold on a loaded machine): slow."""
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import stat
@@ -13,6 +14,7 @@ import sys
 import time
 from contextlib import contextmanager
 
+import nats as nats_client
 import numpy as np
 import pytest
 
@@ -20,8 +22,14 @@ from bench.engine_proc import EngineProcess, free_port, shm_entries
 from engine.admin import request
 from engine.cluster.control import ControlClient
 from ingress.admission import shard_of
+from engine.cluster.partition import partition_of
+from engine.cluster.partstate import PartitionState
+from engine.cluster.replog import ReplicationLog
 from ingress.client import Client
+from shm.featurestore import FeatureStore
+from shm.runtime.config import load_config
 from tests.cluster.agentproc import REPO, wait_for
+from tests.cluster.test_config_cluster import shard_keyed_features
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]   # a cold start compiles the rules
 
@@ -34,7 +42,8 @@ EVENT = {"account_id": 77, "card_id": 1, "device_id": 1, "amount": 10.0, "curren
 
 def cluster_overrides(servers, node):
     return {"cluster": {"servers": list(servers), "partitions": P, "node": node, "lease_ttl_s": TTL_S},
-            "workers": {"standby": False}}          # three nodes on two cores: no spare workers
+            "workers": {"standby": False},          # three nodes on two cores: no spare workers
+            "features": shard_keyed_features()}     # a cluster refuses other keys
 
 
 @contextmanager
@@ -105,6 +114,17 @@ def owner_of(engines, account: int):
     p = int(shard_of(np.array([account], np.int64), P)[0])
     return wait_for(lambda: next((e for e in engines if p in admin(e, cmd="cluster")["cluster"]["owned"]),
                                  None), 60, f"partition {p} held")
+
+
+def every_partition_held(servers, nodes=3):
+    """`cluster status` once no partition is free and no node holds more than its share (the
+    agents' balancing is over: no lease moves while the caller sends to the owners)."""
+    def settled():
+        s = status(servers)
+        owners = [r["owner"] for r in s["leases"]]
+        share = -(-P // nodes)
+        return None not in owners and all(owners.count(o) <= share for o in set(owners)) and s
+    return wait_for(settled, 120, "every partition held, none over its node's share")
 
 
 def all_applied(servers, nodes, revision):
@@ -259,3 +279,111 @@ def test_a_hostile_value_in_the_control_bucket_is_refused_by_every_node(nats3, n
     assert rep["error"]["code"] == "CLUSTER_VALUE_CORRUPT", rep
     rep = admin(nodes[0], cmd="list-replace", name="blocked_ips", values=["10.66.0.1", "10.66.0.2"])
     assert rep["ok"] and rep["count"] == 2, rep
+
+
+def test_owners_fence_before_serving_and_publish_what_they_decide(nats3, nodes):
+    """serve runs the tailer: every partition's subject holds its current owner's fence (taken
+    before the table served it), and a decision made by a partition's owner reaches that
+    subject from that owner, checked by the replay reader."""
+    by_name = {f"n{i}": e for i, e in enumerate(nodes)}
+    schema = load_config(nodes[0].config_path).schema
+    st = every_partition_held(nats3.urls)
+    sent = {}                                        # account -> (partition, owner, amount)
+    for k in range(9001, 9001 + 3 * P):
+        p = partition_of({"account_id": k}, "account_id", P)
+        if p in {v[0] for v in sent.values()}:
+            continue
+        owner = st["leases"][p]["owner"]
+        amount = float(k % 1000) + 0.25
+        assert decide(by_name[owner], account_id=k, amount=amount).action in ("allow", "review", "block")
+        sent[k] = (p, owner, amount)
+
+    def published():
+        msgs = stream_messages(nats3.urls, schema)
+        got = {int(r["event"]["account_id"]): (p, m.node, float(r["event"]["amount"]))
+               for p, ms in msgs.items() for m in ms if m.kind == "rec" for r in m.records}
+        return all(got.get(k) == v for k, v in sent.items()) and msgs
+    msgs = wait_for(published, 60, "every decision published by its owner")
+    for p in range(P):
+        fences = [m for m in msgs[p] if m.kind == "fence"]
+        assert fences, p                              # owners fence before they serve
+        recs = [m for m in msgs[p] if m.kind == "rec"]
+        assert all(any(f.stream_seq < m.stream_seq and f.node == m.node for f in fences) for m in recs)
+    for e in nodes:
+        rep = {r["what"]: r["value"] for r in e.stats()["risk_cluster_replication"]}
+        assert rep["fences"] >= 1 and rep["errors"] == 0, rep
+
+
+def stream_messages(servers, schema):
+    """{partition: its messages} of the replication stream, each checked by the replay reader."""
+    async def read():
+        nc = await nats_client.connect(servers, connect_timeout=2)
+        try:
+            log = ReplicationLog(nc.jetstream(timeout=5.0), "reader", schema.dtype, "account_id", P)
+            return {p: [m async for m in log.replay(p)] for p in range(P)}
+        finally:
+            await nc.close()
+    return asyncio.run(asyncio.wait_for(read(), 60))
+
+
+def feature_rows(eng, p):
+    """Partition p's rows in a running engine's shared feature tables: attached, copied
+    under their slot locks (engine.cluster.partstate), detached."""
+    seg = next(n for n in shm_entries(eng.instance) if n.endswith(".ownership"))
+    store = FeatureStore(load_config(eng.config_path), int(seg.split(".")[2]), create=False)
+    try:
+        return PartitionState(store.fs, None, P).export(p)
+    finally:
+        store.close()
+
+
+def test_a_node_taking_partitions_restores_their_features_from_the_stream(nats3, nodes, tmp_path):
+    """Decisions on each partition's owner, published; a fourth node joins and takes a share
+    (fence, snapshot object or none, replay): for the accounts decided, every feature row of a
+    partition it took equals, bit for bit, the row of the owner that decided their events, and
+    each account's event count equals the number of events sent."""
+    by_name = {f"n{i}": e for i, e in enumerate(nodes)}
+    schema = load_config(nodes[0].config_path).schema
+    st = every_partition_held(nats3.urls)
+    sent = {}                                        # account -> (partition, owner, events)
+    for k in range(7_000_001, 7_000_001 + 4 * P):
+        p = partition_of({"account_id": k}, "account_id", P)
+        owner, n = st["leases"][p]["owner"], 1 + k % 3
+        for i in range(n):
+            decide(by_name[owner], account_id=k, amount=float(i + k % 50) + 0.5)
+        sent[k] = (p, owner, n)
+
+    def published():
+        got = {}
+        for ms in stream_messages(nats3.urls, schema).values():
+            for r in (r for m in ms if m.kind == "rec" for r in m.records):
+                got[int(r["event"]["account_id"])] = got.get(int(r["event"]["account_id"]), 0) + 1
+        return all(got.get(k) == n for k, (_, _, n) in sent.items())
+    wait_for(published, 60, "every decision published")
+
+    late = EngineProcess(tmp_path, workers=1, overrides=cluster_overrides(nats3.urls, "n4"))
+    start_all([late])
+    try:
+        owned = wait_for(lambda: admin(late, cmd="cluster")["cluster"]["owned"], 60, "n4 takes a share")
+        checked = 0
+        for p in owned:
+            mine = feature_rows(late, p)
+            theirs = {}
+            for k, (q, owner, n) in sent.items():
+                if q != p:
+                    continue
+                if owner not in theirs:
+                    theirs[owner] = feature_rows(by_name[owner], p)
+                for name, rows in mine.items():
+                    a = rows[rows[:, 0] == k]
+                    b = theirs[owner][name][theirs[owner][name][:, 0] == k]
+                    assert len(a) == 1 and a.tobytes() == b.tobytes(), (p, k, name)
+                count = mine["ft_txn_count_1m"][mine["ft_txn_count_1m"][:, 0] == k][0]
+                assert int(count[2:].view(np.uint32).sum()) == n, (p, k)       # the recount
+                checked += 1
+        assert checked > 0
+        taken = {r["what"]: r["value"] for r in late.stats()["risk_cluster_replication"]}["taken"]
+        assert taken >= len(owned) and "taken at revision" in late.output(), late.output()
+    finally:
+        assert late.close() == 0, late.output()
+    assert shm_entries(late.instance) == []

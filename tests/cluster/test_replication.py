@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
-import subprocess
-import sys
 import urllib.request
 import uuid
 
@@ -25,8 +22,8 @@ from engine.cluster.replog import (H_COUNT, H_DONE, H_FIRST, H_KIND, H_LAST, H_N
                                    ReplicationLog, take_rows)
 from engine.cluster.tailer import JournalTailer
 from engine.journal import HEADER_SIZE, JournalConfig, JournalReader, JournalWriter
-from tests.cluster.agentproc import REPO, wait_for
-from tests.cluster.tailerproc import SCHEMA
+from tests.cluster.agentproc import wait_for
+from tests.cluster.tailerproc import SCHEMA, kill9, running
 P = 8
 RS = JournalReader(".", SCHEMA.dtype, SCHEMA.hash).dtype.itemsize
 HOUR_NS = 3600 * 10**9
@@ -446,29 +443,16 @@ def test_a_tailer_process_killed_mid_publish_is_resumed_with_no_duplicate_and_no
     w0, w1 = journal(tmp_path, 0), journal(tmp_path, 1)
     out = tmp_path / "tailer.out"
     run(nats3.urls, lambda js: rlog(js, names).ensure_stream(3))
-    with open(out, "w") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "tests.cluster.tailerproc", "--servers",
-                                 ",".join(nats3.urls), "--stream", names[0], "--prefix", names[1],
-                                 "--dir", str(tmp_path), "--node", "a", "--partitions", str(P), "--rev", "5"],
-                                cwd=REPO, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    try:
+    with running(out, nats3.urls, names[0], names[1], tmp_path, P, 5) as proc:
         def published():
             words = out.read_text().split()
             return int(words[-1]) if len(words) > 2 and words[-2] == "published" else -1
-        wait_for(lambda: "fenced" in out.read_text() or proc.poll() is not None, 60, "the tailer's fences")
-        assert proc.poll() is None, out.read_text()
         for i in range(10):
             write(w0, 60, 50 + i)
             write(w1, 60, 70 + i)
             if i == 5:                   # some published, more being journaled: kill -9
                 wait_for(lambda: published() > 0 or proc.poll() is not None, 60, "records published")
-                assert proc.poll() is None, out.read_text()
-                proc.send_signal(signal.SIGKILL)
-                proc.wait(10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+                kill9(proc, out)
 
     async def resume(js):
         log = rlog(js, names)

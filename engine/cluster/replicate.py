@@ -1,0 +1,156 @@
+"""Replication on a serving node (docs/CLUSTER.md, "Serving with cluster:"): the journal tailer
+(engine.cluster.tailer, ``ack: async``) and the take-over, both on the lease agent's event
+loop (AgentThread ``side``), so a fence and a tailer step never interleave.
+
+``prepare(p, rev)`` and ``end(p)`` are the lease agent's hooks. ``prepare`` takes p before the
+ownership table shows the lease (engine.cluster.takeover): it fences p at the lease's
+revision, so the previous owner's later publishes are refused, then replaces p's rows in the
+shared feature tables by the newest valid snapshot object plus the stream's records after it
+up to the fence (engine.cluster.partstate). A take that fails (a corrupt stream, NATS down, a
+full table) raises: the agent releases the lease and p is not served here. ``end`` (a lease
+released or lost) stops publishing p after the records journaled until then.
+
+Every ``snapshot.interval_s`` (the engine's own snapshot interval) it writes one snapshot
+object per partition it publishes whose subject moved since its last one, covering its last
+publish there (engine.cluster.takeover.write_snapshot: computed from the stream in scratch
+tables of its own, so a taker replays only what came after).
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import nats
+import nats.errors
+
+from engine.cluster.replog import ReplicationError, ReplicationLog
+from engine.cluster.snapstore import SnapshotObjects
+from engine.cluster.tailer import JournalTailer
+from engine.cluster.takeover import take_partition, write_snapshot
+
+IDLE_S = 0.02                # a step that read nothing waits this long (the async window's floor)
+ERROR_PAUSE_S = 0.5
+_TRANSIENT = (ReplicationError, nats.errors.Error, asyncio.TimeoutError, OSError)
+
+
+class Replicator:
+    def __init__(self, cfg, table, log, open_timeout_s: float, state, scratch):
+        """``state``: the node's engine.cluster.partstate.PartitionState (what a take-over
+        restores into); ``scratch()``: a PartitionState over tables of its own (made at the
+        first snapshot write), where snapshot objects are computed."""
+        self.cfg, self.table, self.say, self.state = cfg, table, log, state
+        self.scratch, self._scratch = scratch, None
+        self.snapshot_interval_s = float(cfg.durability.snapshot_interval_s)
+        self.snapped: dict[int, int] = {}     # p -> stream seq of this node's last object of p
+        self.snapshot_errors = 0
+        self.open_timeout_s = open_timeout_s
+        self.rlog: ReplicationLog | None = None
+        self.snaps: SnapshotObjects | None = None
+        self.tailer: JournalTailer | None = None
+        self.errors = 0              # tailer steps that failed (logged once per new message)
+        self.fence_refused = 0
+        self.taken = 0               # partitions taken over (restored and replayed)
+        self.replayed_records = 0
+        self._ready = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._last_error = ""
+
+    async def run(self, stop: asyncio.Event) -> None:
+        c = self.cfg.cluster
+        nc = await asyncio.wait_for(nats.connect(
+            list(c.servers), name=f"risk-engine {c.node} replication", connect_timeout=2,
+            reconnect_time_wait=0.25, max_reconnect_attempts=-1), self.open_timeout_s)
+        snapping = None              # the snapshot objects' round, a task beside the tailer
+        try:
+            js = nc.jetstream(timeout=2.0)
+            s = self.cfg.schema
+            self.rlog = ReplicationLog(js, c.node, s.dtype, s.shard_key, c.partitions)
+            await self.rlog.ensure_stream(min(3, len(c.servers)))
+            self.snaps = SnapshotObjects(js, self.rlog, s.hash)
+            await self.snaps.open(min(3, len(c.servers)))
+            self.tailer = JournalTailer(self.rlog, self.cfg.durability.journal_dir, s.dtype, s.hash,
+                                        self.table)
+            self._ready.set()
+            due = time.monotonic() + self.snapshot_interval_s
+            while not stop.is_set():
+                if time.monotonic() >= due and (snapping is None or snapping.done()):
+                    due = time.monotonic() + self.snapshot_interval_s
+                    snapping = asyncio.ensure_future(self._snapshots())  # the tailer goes on
+                try:
+                    async with self._lock:
+                        await self.tailer.step()
+                except _TRANSIENT as e:
+                    self._error(e)
+                    await self._wait(stop, ERROR_PAUSE_S)
+                    continue
+                if not self.tailer.read_last_step:
+                    await self._wait(stop, IDLE_S)
+        finally:
+            if snapping is not None:
+                snapping.cancel()
+                await asyncio.gather(snapping, return_exceptions=True)
+            await nc.close()
+
+    async def prepare(self, p: int, rev: int) -> bool:
+        """The lease agent's hook: take p at ``rev`` before it is served (module doc). False:
+        the fence was refused, a newer term is on the stream (the agent releases the lease)."""
+        await asyncio.wait_for(self._ready.wait(), self.open_timeout_s)
+
+        async def fence(q: int, r: int) -> int | None:
+            async with self._lock:
+                return await self.tailer.fence(q, r)
+        t = await take_partition(p, rev, fence, self.snaps, lambda arrays: self.state.restore(p, arrays),
+                                 self.state.apply, self.say)
+        if t is None:
+            self.fence_refused += 1
+            return False
+        self.taken += 1
+        self.replayed_records += t.replayed_records
+        self.say(f"risk-engine: cluster: partition {p}: taken at revision {rev}: snapshot "
+                 f"{t.snapshot or 'none'} (stream seq {t.snapshot_seq}) + {t.replayed_records} "
+                 f"record(s) replayed up to seq {t.fence_seq}")
+        return True
+
+    async def write_snapshots(self) -> int:
+        """One snapshot object per partition this node publishes (fenced and shown in the
+        table) whose subject moved since its last one, covering its last publish there."""
+        if self._scratch is None:
+            self._scratch = self.scratch()
+        n = 0
+        for p in sorted(self.table.owned()):
+            upto = self.rlog.last.get(p, 0) if p in self.rlog.fenced else 0
+            if upto <= self.snapped.get(p, 0):
+                continue
+            await write_snapshot(p, upto, self.snaps, self._scratch, self.say)
+            self.snapped[p] = upto
+            n += 1
+        return n
+
+    async def _snapshots(self) -> None:
+        try:
+            await self.write_snapshots()
+        except Exception as e:          # NATS, a refused object, a full table: the next round
+            self.snapshot_errors += 1
+            self.say(f"risk-engine: cluster: snapshot objects: {type(e).__name__}: {e}; the next "
+                     f"try in {self.snapshot_interval_s:g} s (a taker replays more meanwhile)")
+
+    def end(self, p: int) -> None:
+        """The lease agent's hook: p's lease was released or lost; its records journaled until
+        now still go out, none after (JournalTailer.end_term)."""
+        if self.tailer is not None:
+            self.tailer.end_term(p)
+
+    def _error(self, e: BaseException) -> None:
+        self.errors += 1
+        why = f"{type(e).__name__}: {e}"
+        if why != self._last_error:
+            self._last_error = why
+            self.say(f"risk-engine: cluster: replication: {why}; retrying (unpublished records "
+                     f"wait in the journal)")
+
+    @staticmethod
+    async def _wait(stop: asyncio.Event, s: float) -> None:
+        try:
+            await asyncio.wait_for(stop.wait(), s)
+        except asyncio.TimeoutError:
+            pass
