@@ -56,6 +56,7 @@ async def _read(servers: list[str], bucket: str | None, control_bucket: str | No
             e = await store.read(p)
             v = e.value or {}
             rows.append({"partition": p, "owner": v.get("node"), "advertise": v.get("advertise"),
+                         "ready": v.get("ready"),
                          "revision": e.revision if e.value is not None else None,
                          "lease_age_s": _age_s(e.time) if e.value is not None else None})
         drained = sorted((await store.roster())[1])
@@ -102,11 +103,13 @@ def _status(args) -> int:
             print(f"  {n:<16} applied revision {d.get('revision')}, last change applied "
                   f"{d.get('lag_ms', 0):.1f} ms after it was written, {d.get('errors', 0)} error(s)")
     print("lease age: since the lease's last write, by the NATS server's clock against this machine's")
-    print(f"  {'PARTITION':>9}  {'OWNER':<16} {'REVISION':>9} {'AGE':>8}  ADVERTISE")
+    print("ready: the owner serves it (no: still taking it over; ?: an older node, no flag)")
+    print(f"  {'PARTITION':>9}  {'OWNER':<16} {'REVISION':>9} {'AGE':>8} {'READY':>5}  ADVERTISE")
     for r in st["leases"]:
         if r["owner"] is None:
-            print(f"  {r['partition']:>9}  {'-':<16} {'-':>9} {'-':>8}  (free)")
+            print(f"  {r['partition']:>9}  {'-':<16} {'-':>9} {'-':>8} {'-':>5}  (free)")
         else:
+            ready = {True: "yes", False: "no"}.get(r["ready"], "?")
             print(f"  {r['partition']:>9}  {r['owner']:<16} {r['revision']:>9} "
-                  f"{r['lease_age_s']:>7.1f}s  {r['advertise']}")
+                  f"{r['lease_age_s']:>7.1f}s {ready:>5}  {r['advertise']}")
     return 1 if free else 0

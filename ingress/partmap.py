@@ -2,8 +2,9 @@
 bucket in NATS JetStream KV and kept current by a KV watch (docs/CLUSTER.md, "Routing").
 
 The lease bucket's names live here (engine.cluster.leases writes the leases; this reads them):
-key ``p.N`` per partition holding ``{"node", "advertise"}``, ``meta`` holding the partition
-count. A value is checked (shm.ownership.valid_address) before it is believed: whoever can
+key ``p.N`` per partition holding ``{"node", "advertise", "ready"}`` (``ready``: the holder
+serves it, its take-over done; absent in values written by older nodes), ``meta`` holding the
+partition count. A value is checked (shm.ownership.valid_address) before it is believed: whoever can
 write NATS can write the bucket, and a client dials what it says.
 
 nats-py is asyncio; the client and the engine node are synchronous, so ``PartitionMap`` runs
@@ -32,20 +33,25 @@ def lease_key(p: int) -> str:
     return f"{LEASE_PREFIX}{p}"
 
 
-def encode(node: str, advertise: str) -> bytes:
-    return json.dumps({"node": node, "advertise": advertise}, separators=(",", ":")).encode()
+def encode(node: str, advertise: str, ready: bool | None = None) -> bytes:
+    v = {"node": node, "advertise": advertise}
+    if ready is not None:
+        v["ready"] = ready
+    return json.dumps(v, separators=(",", ":")).encode()
 
 
 def decode(data: bytes) -> dict:
-    """A lease value; a malformed one is reported as held by '?' (it is still a lease: its
-    revision fences, and it expires like any other)."""
+    """A lease value: {"node", "advertise", "ready"}, ``ready`` None when the writer predates
+    the flag. A malformed one (a "ready" not a bool included) is reported as held by '?' and
+    not ready (it is still a lease: its revision fences, and it expires like any other)."""
     try:
         v = json.loads(data)
-        if isinstance(v, dict) and isinstance(v.get("node"), str) and isinstance(v.get("advertise"), str):
-            return {"node": v["node"], "advertise": v["advertise"]}
-    except (ValueError, UnicodeDecodeError):
+        if isinstance(v, dict) and isinstance(v.get("node"), str) \
+                and isinstance(v.get("advertise"), str) and isinstance(v.get("ready", False), bool):
+            return {"node": v["node"], "advertise": v["advertise"], "ready": v.get("ready")}
+    except (ValueError, UnicodeDecodeError, RecursionError):
         pass
-    return {"node": "?", "advertise": "", "malformed": True}
+    return {"node": "?", "advertise": "", "ready": False, "malformed": True}
 
 
 class PartitionMap:

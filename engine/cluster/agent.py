@@ -48,7 +48,10 @@ class LeaseAgent:
         self.open_timeout_s = open_timeout_s
         self.bucket = bucket
         self.replicas = replicas if replicas is not None else min(3, len(self.servers))
-        self.value = encode(node, advertise)
+        self.advertise = advertise
+        # a lease is taken "ready": false while prepare runs, renewed "ready": true once it
+        # returned (what `cluster drain` waits for before it releases the next one)
+        self.value, self.ready_value = encode(node, advertise, False), encode(node, advertise, True)
         self.ttl_ns = int(lease_ttl_s * NS)
         self.margin_ns = self.ttl_ns // 4
         self.renew_ns = self.ttl_ns // 4
@@ -65,6 +68,7 @@ class LeaseAgent:
         self.prepare = prepare
         self.on_end = on_end or (lambda p: None)        # on_end(p): p no longer held (after clear)
         self.pending: dict[int, asyncio.Task] = {}      # p -> its prepare, running
+        self.announce: set[int] = set()                 # prepared: renew now, marked ready
 
     def emit(self, ev: str, **kw) -> None:
         self.on_event({"ev": ev, "node": self.node, "t_ns": now_ns(), **kw})
@@ -129,7 +133,7 @@ class LeaseAgent:
                        and n not in self.drain.nodes and t - seen < MEMBER_GONE_TTLS * self.ttl_ns)
 
     async def _heartbeat_and_members(self) -> None:
-        await self.store.heartbeat(self.node, self.value.decode())
+        await self.store.heartbeat(self.node, self.advertise)
         revs, drained = await self.store.roster()
         self.drain.update(drained)
         t = now_ns()
@@ -145,21 +149,24 @@ class LeaseAgent:
         self.seen.pop(p, None)
         self.emit("lost", p=p, rev=rev, reason=reason)
 
-    async def _renew_one(self, p: int):
+    async def _renew_one(self, p: int, value: bytes):
         rev, _ = self.held[p]
         stamp = now_ns()
         try:
-            return p, stamp, await self.store.renew(p, self.value, rev)
+            return p, stamp, await self.store.renew(p, value, rev)
         except _RETRY:
             return p, stamp, -1
 
     async def _renew_due(self) -> None:
         t = now_ns()
-        due = [p for p, (_, stamp) in self.held.items() if t - stamp >= self.renew_ns]
+        due = [p for p, (_, stamp) in self.held.items()
+               if t - stamp >= self.renew_ns or p in self.announce]
         if not due:
             return
+        marked = {p for p in due if p not in self.pending}     # renewed with the ready value
         done = {}
-        for p, stamp, rev in await asyncio.gather(*(self._renew_one(p) for p in due)):
+        for p, stamp, rev in await asyncio.gather(
+                *(self._renew_one(p, self.ready_value if p in marked else self.value) for p in due)):
             if rev is None:
                 self._lose(p, "refused")
             elif rev < 0:
@@ -168,6 +175,8 @@ class LeaseAgent:
             elif p in self.pending:
                 self.held[p] = (rev, stamp)        # not servable yet: the table stays clear
             else:
+                if p in marked:
+                    self.announce.discard(p)
                 done[p] = (rev, stamp, stamp + self.ttl_ns - self.margin_ns)
         if done:
             # the deadline is printed before it is set: a log never shows less than was served
@@ -179,7 +188,7 @@ class LeaseAgent:
     async def _take_one(self, p: int, last: int) -> None:
         stamp = now_ns()
         try:
-            rev = await self.store.take(p, self.value, last)
+            rev = await self.store.take(p, self.value if self.prepare else self.ready_value, last)
         except _RETRY:
             return
         if rev is None:
@@ -187,6 +196,7 @@ class LeaseAgent:
             return
         until = stamp + self.ttl_ns - self.margin_ns
         self.held[p] = (rev, stamp)
+        self.announce.discard(p)                    # left by an earlier holding of p
         if self.prepare is not None:
             self.emit("acquired", p=p, rev=rev, until_ns=0, prev_rev=last)
             self.pending[p] = asyncio.ensure_future(self._prepare(p, rev))
@@ -211,6 +221,7 @@ class LeaseAgent:
         if ok and now_ns() < until:
             self.emit("ready", p=p, rev=cur, until_ns=until)
             self.table.begin(p, cur, until)
+            self.announce.add(p)                   # the next tick's renewal marks it ready
             return
         del self.held[p]
         self.on_end(p)                             # a fence may have been stored

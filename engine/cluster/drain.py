@@ -6,9 +6,12 @@ the heartbeats (once per TTL). The other agents count a drained node out of the 
 their share grows enough to hold its partitions. The drained node's agent takes nothing and
 hands its partitions over one at a time: it waits one member period (TTL plus two ticks)
 after it first saw its key, so every live node has read it, then releases one lease (it
-stops serving first) and releases the next only once another node holds that one. So at
-most one partition is unserved at a time, for about one tick of the taker; clients in cluster
-mode meanwhile get NOT_OWNER (owner=none, then the new owner) and retry. A drained node with
+stops serving first) and releases the next only once another node serves that one: holds it
+with a value marked ready (its take-over, the agent's prepare, returned). So at most one
+partition is unserved at a time, for one take-over of the taker; clients in cluster mode
+meanwhile get NOT_OWNER (owner=none, then the new owner) and retry. A value without the flag
+(written by a node older than it) counts as ready: such a node cannot say more, and waiting
+for a flag it never writes would stall the drain of a cluster being upgraded. A drained node with
 no other live, undrained node to hand over to keeps its leases. Deleting the key
 (`cluster undrain NODE`) ends the drain: the node takes partitions again by the usual balance.
 """
@@ -22,7 +25,7 @@ class Drain:
         self.agent = agent
         self.nodes: set[str] = set()     # drained nodes, from the drain.* keys
         self.since_ns = 0                # when this node first saw its own key; 0: not drained
-        self.last: int | None = None     # released last; the next waits until another holds it
+        self.last: int | None = None     # released last; the next waits until another serves it
 
     @property
     def active(self) -> bool:
@@ -46,8 +49,9 @@ class Drain:
             return
         if self.last is not None:
             e = current.get(self.last)
-            if e is None or e.value is None or e.value.get("node") == a.node:
-                return                   # not taken yet: one unserved partition at a time
+            if e is None or e.value is None or e.value.get("node") == a.node \
+                    or e.value.get("ready") is False:
+                return                   # not served yet: one unserved partition at a time
             self.last = None
         if a._live() < 2:
             return                       # nobody live and undrained to take it

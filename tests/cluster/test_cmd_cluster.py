@@ -1,7 +1,8 @@
 """Lease agents on threads of this process (how an engine node runs one) and
 `risk-engine cluster status` reading what they hold: owner, revision and age per partition;
 stopping an agent stops its serving at once and frees its leases. `cluster drain` refuses a
-bad node without writing anything, and hands a node's partitions over one at a time."""
+bad node without writing anything, and hands a node's partitions over one at a time: the next
+only once the taker's prepare (its take-over) returned and its lease says ready."""
 from __future__ import annotations
 
 import asyncio
@@ -16,6 +17,7 @@ from engine.cluster.ownership import now_ns
 from tests.cluster.agentproc import REPO, wait_for
 
 P = 8
+PREPARE_S = 0.8     # a take-over's replay held back: several ticks (TTL 1 s: a tick 0.125 s)
 
 
 def status(servers, bucket, *extra):
@@ -52,9 +54,10 @@ def test_status_shows_what_the_agents_hold_and_stopping_frees_it(nats3, bucket):
             assert owner in tables, r
             assert r["advertise"] == f"tcp://127.0.0.1:{7000 + int(owner[1])}"
             assert r["revision"] >= 1 and 0 <= r["lease_age_s"] < 60
+            assert r["ready"] is True                   # no prepare hook: ready when taken
         text = held_status(nats3.urls, bucket)
         assert text.returncode == 0 and f"{P} partitions, 0 free" in text.stdout
-        assert "PARTITION  OWNER" in text.stdout
+        assert "PARTITION  OWNER" in text.stdout and " yes  tcp://127.0.0.1:700" in text.stdout
     finally:
         for t in threads:
             assert t.stop(10)
@@ -119,10 +122,16 @@ def test_drain_refuses_a_bad_node_and_changes_nothing(nats3, bucket):
         assert t.stop(10)
 
 
+async def slow_prepare(p, rev):
+    await asyncio.sleep(PREPARE_S)
+    return True
+
+
 def test_drain_hands_every_partition_over_one_at_a_time(nats3, bucket):
     events: list[dict] = []
     threads = [AgentThread(LeaseAgent(nats3.urls, f"d{i}", f"tcp://127.0.0.1:{7200 + i}", P, 1.0,
-                                      bucket=bucket, replicas=3, on_event=events.append)).start()
+                                      bucket=bucket, replicas=3, on_event=events.append,
+                                      prepare=slow_prepare)).start()
                for i in range(3)]
     try:
         wait_for(lambda: sum(len(t.agent.table.owned()) for t in threads) == P
@@ -137,14 +146,18 @@ def test_drain_hands_every_partition_over_one_at_a_time(nats3, bucket):
         assert threads[0].agent.table.owned() == {}
         wait_for(lambda: sum(len(t.agent.table.owned()) for t in threads[1:]) == P, 20,
                  "the others hold every partition")
-        # one at a time: each drain release after the previous one was taken by another node
+        # one at a time: each drain release after another node's prepare of the previous one
+        # returned (its "ready"; "acquired" alone is not serving: a replay may still run)
         # (balancing may move one before d0 reads its key: what it held then is what it drains)
         held = {p for e in events if e["ev"] == "draining" for p in e["held"]}
         rel = [e for e in events if e["ev"] == "released" and e.get("why") == "drain"]
-        assert {e["p"] for e in rel} == held
+        assert {e["p"] for e in rel} == held and len(rel) >= 2, rel
         for a, b in zip(rel, rel[1:]):
-            assert any(e["ev"] == "acquired" and e["p"] == a["p"] and a["t_ns"] < e["t_ns"] < b["t_ns"]
-                       for e in events), (a, b)
+            assert any(e["ev"] == "ready" and e["p"] == a["p"] and e["node"] != "d0"
+                       and a["t_ns"] < e["t_ns"] < b["t_ns"] for e in events), (a, b)
+        # the lease values say so too: every partition served, by d1 or d2, marked ready
+        wait_for(lambda: all(r["ready"] for r in json.loads(held_status(
+            nats3.urls, bucket, "--json").stdout)["leases"]), 20, "every lease marked ready")
         time.sleep(3)                                   # drained: it takes nothing back
         assert threads[0].agent.table.owned() == {}
         assert drain_keys(nats3, bucket) == {"d0"}

@@ -101,28 +101,36 @@ def test_leases_keep_working_with_one_server_killed_and_it_rejoins(nats3, bucket
 def test_the_partition_map_follows_the_leases_and_ignores_hostile_values(nats3, bucket):
     """The map a cluster client routes by (ingress.partmap): the holder's address per
     partition from the bucket, kept current by the watch; a value that is not a lease with a
-    tcp:// address counts as no address (a client dials what the map says)."""
-    from ingress.partmap import PartitionMap, PartitionMapError
+    tcp:// address counts as no address (a client dials what the map says), and so does one
+    whose ready flag is not a bool; a value without the flag (an older node's) still routes."""
+    from ingress.partmap import PartitionMap, PartitionMapError, decode
     from tests.cluster.agentproc import wait_for
+    assert decode(A) == {"node": "a", "advertise": "tcp://127.0.0.1:1", "ready": None}
+    assert decode(encode("a", "tcp://127.0.0.1:1", False))["ready"] is False
+    assert decode(b'{"node":"a","advertise":"tcp://127.0.0.1:1","ready":1}')["malformed"]
+    assert decode(b"[" * 100_000)["ready"] is False            # nested past the parser's limit
 
     async def setup(s):
-        await s.open(4, replicas=3)
+        await s.open(5, replicas=3)
         return await s.take(0, A, 0), await s.take(1, B, 0)
     r0, r1 = run(nats3.urls, bucket, setup)
     seen = []
     m = PartitionMap(nats3.urls, bucket, on_change=lambda p, a: seen.append((p, a)), timeout_s=20).start()
     try:
-        assert m.partitions == 4
+        assert m.partitions == 5
         assert m.owners() == {0: "tcp://127.0.0.1:1", 1: "tcp://127.0.0.1:2"}
         assert sorted(seen) == [(0, "tcp://127.0.0.1:1"), (1, "tcp://127.0.0.1:2")]
 
         async def change(s):
-            await s.take(0, B, r0)                        # a takeover
+            await s.take(0, encode("b", "tcp://127.0.0.1:2", True), r0)   # a takeover, ready
             await s.release(1, r1)                        # a release
             await s.take(2, encode("c", "ipc:///tmp/evil"), 0)
             await s.take(3, b"\xff not json", 0)
+            await s.take(4, b'{"node":"c","advertise":"tcp://127.0.0.1:3","ready":"yes"}', 0)
+            e = await s.read(0)
+            assert e.value == {"node": "b", "advertise": "tcp://127.0.0.1:2", "ready": True}
         run(nats3.urls, bucket, change)
-        want = {0: "tcp://127.0.0.1:2", 1: "", 2: "", 3: ""}
+        want = {0: "tcp://127.0.0.1:2", 1: "", 2: "", 3: "", 4: ""}
         wait_for(lambda: m.owners() == want, 30, f"the map follows the bucket: {m.owners()}")
     finally:
         m.close()
