@@ -23,7 +23,8 @@ def add_arguments(sub) -> None:
     for name, desc in (
             ("drain", "Hand every partition NODE holds over to the other nodes (before "
                       "maintenance): NODE releases its leases one at a time, each once another "
-                      "node holds the last; clients in cluster mode follow NOT_OWNER. Waits until "
+                      "node serves the last (its lease marked ready: take-over done); clients in "
+                      "cluster mode follow NOT_OWNER. Waits until "
                       "NODE holds none and prints what moved. NODE stays drained (takes nothing) "
                       "until `cluster undrain NODE`. Exit 0: NODE holds nothing; 1: still holds "
                       "partitions at --timeout-s (the drain goes on); 2: bad NODE, no other node, "

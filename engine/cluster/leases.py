@@ -1,6 +1,7 @@
 """Leases on partitions in a NATS JetStream key-value bucket (docs/CLUSTER.md, "Lease protocol").
 
-One key per partition, ``p.N``, whose value names the holder ({"node", "advertise"}) and whose
+One key per partition, ``p.N``, whose value names the holder ({"node", "advertise", "ready":
+its take-over done, it serves}) and whose
 revision (the stream sequence of its last write) is the lease's fencing token. Every write
 is a compare-and-set on that revision (the Nats-Expected-Last-Subject-Sequence header, checked
 by the stream's Raft leader): taking a free partition expects the revision of its delete
