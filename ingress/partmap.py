@@ -4,8 +4,8 @@ bucket in NATS JetStream KV and kept current by a KV watch (docs/CLUSTER.md, "Ro
 The lease bucket's names live here (engine.cluster.leases writes the leases; this reads them):
 key ``p.N`` per partition holding ``{"node", "advertise", "ready"}`` (``ready``: the holder
 serves it, its take-over done; absent in values written by older nodes), ``meta`` holding the
-partition count. A value is checked (shm.ownership.valid_address) before it is believed: whoever can
-write NATS can write the bucket, and a client dials what it says.
+partition count. A value is checked (shm.ownership.valid_address) before it is believed:
+whoever can write NATS can write the bucket, and a client dials what it says.
 
 nats-py is asyncio; the client and the engine node are synchronous, so ``PartitionMap`` runs
 the watch on a daemon thread with its own event loop. Every NATS call has a timeout; once the

@@ -11,8 +11,8 @@ with a value marked ready (its take-over, the agent's prepare, returned). So at 
 partition is unserved at a time, for one take-over of the taker; clients in cluster mode
 meanwhile get NOT_OWNER (owner=none, then the new owner) and retry. A value without the flag
 (written by a node older than it) counts as ready: such a node cannot say more, and waiting
-for a flag it never writes would stall the drain of a cluster being upgraded. A drained node with
-no other live, undrained node to hand over to keeps its leases. Deleting the key
+for a flag it never writes would stall the drain of a cluster being upgraded. A drained node
+with no other live, undrained node to hand over to keeps its leases. Deleting the key
 (`cluster undrain NODE`) ends the drain: the node takes partitions again by the usual balance.
 """
 from __future__ import annotations

@@ -17,6 +17,7 @@ import pytest
 from bench.engine_proc import EngineProcess
 from ingress.cluster_client import ClusterClient
 from tests.cluster.agentproc import REPO, wait_for
+from tests.cluster.test_config_cluster import shard_keyed_features
 from tests.cluster.test_node import EVENT, serving
 from tests.cluster.test_routing import owned
 
@@ -29,7 +30,8 @@ TTL_S = 2.0
 def test_drain_under_load_fails_no_request_and_leaves_the_node_empty(nats3, tmp_path):
     engines = [EngineProcess(tmp_path, workers=1, overrides={
         "cluster": {"servers": list(nats3.urls), "partitions": P, "node": f"dr{i}", "lease_ttl_s": TTL_S},
-        "workers": {"standby": False}}) for i in range(2)]
+        "workers": {"standby": False},
+        "features": shard_keyed_features()}) for i in range(2)]     # a cluster refuses other keys
     with serving(engines) as (a, b):
         wait_for(lambda: owned(a) and owned(b) and owned(a) | owned(b) == set(range(P)), 90,
                  "both nodes hold partitions, every partition held")
