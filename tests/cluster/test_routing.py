@@ -22,6 +22,7 @@ from ingress.client import Client, RequestError
 from ingress.cluster_client import ClusterClient
 from shm.types import ErrorCode
 from tests.cluster.agentproc import wait_for
+from tests.cluster.test_config_cluster import shard_keyed_features
 from tests.cluster.test_node import EVENT, serving
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -35,7 +36,8 @@ def pair(nats3, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pair")
     with serving([EngineProcess(tmp, workers=1, overrides={
             "cluster": {"servers": list(nats3.urls), "partitions": P, "node": f"r{i}", "lease_ttl_s": TTL_S},
-            "ingress": {"compiled_loop": i == 1}, "workers": {"standby": False}}) for i in range(2)]) as engines:
+            "ingress": {"compiled_loop": i == 1}, "workers": {"standby": False},
+            "features": shard_keyed_features()}) for i in range(2)]) as engines:   # a cluster refuses other keys
         yield engines
 
 
