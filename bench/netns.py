@@ -69,9 +69,10 @@ def syn_packet6(src: str, dst: str, dport: int, dest_options: int = 0) -> bytes:
 
 
 class VethPair:
-    def __init__(self):
+    def __init__(self, suffix: str = ""):
+        """``suffix``: a second pair of one process (namespace names are global)."""
         n = os.getpid() % 200 + 20
-        tag = f"{os.getpid() % 100000}"
+        tag = f"{os.getpid() % 100000}{suffix}"
         self.server_ns, self.client_ns = f"re-srv-{tag}", f"re-cli-{tag}"
         self.server_if, self.client_if = f"re-s{tag}", f"re-c{tag}"
         self.server = f"10.200.{n}.1"

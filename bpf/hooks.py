@@ -4,9 +4,10 @@ Debian's bcc depends on) called with ctypes, so no pyroute2 or tc binary is need
 
 XDP programs and TC filters attached this way stay attached when the process dies: a stop
 detaches them, and ``remove_leftover`` at the next start removes one a crashed run left
-(recognised by its program name on the interface, our XDP slot or our TC priority/handle).
-One enforcing engine per interface: a second one's start would take the first's program
-for a leftover.
+(recognised by its program name on the interface, our XDP slot or our TC priority/handle,
+and by no live process holding a descriptor of it: the engine that loaded it keeps one).
+One enforcing engine per interface: a second one's start finds the first's program held
+and refuses to attach (HookError), never detaching a live engine's enforcement.
 """
 from __future__ import annotations
 
@@ -145,16 +146,52 @@ def _destroy_qdisc(ifname: str) -> None:
     _libbpf().bpf_tc_hook_destroy(ctypes.byref(hook))
 
 
+def holders(prog_id: int) -> list[int]:
+    """Pids of the other live processes holding a descriptor of program ``prog_id`` (their
+    /proc/PID/fdinfo names it: ``prog_id:``); those this process cannot read are not seen."""
+    want, me, pids = f"\nprog_id:\t{prog_id}\n", os.getpid(), []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            fds = os.listdir(f"/proc/{name}/fdinfo")
+        except OSError:                     # gone, or not ours to read
+            continue
+        for fd in fds:
+            try:
+                with open(f"/proc/{name}/fdinfo/{fd}") as f:
+                    if want in f.read():
+                        pids.append(int(name))
+                        break
+            except OSError:
+                continue
+    return pids
+
+
+def _ours_left(ifname: str, prog_id: int, name: str, what: str) -> bool:
+    """Is ``prog_id`` our program (by ``name``) with no live holder? Raises HookError if a
+    live process holds it: another engine enforces on ``ifname``."""
+    if not prog_id or prog_name(prog_id) != name:
+        return False
+    pids = holders(prog_id)
+    if pids:
+        raise HookError(f"interface={ifname!r}: the {what} of a running engine (program id "
+                        f"{prog_id}, held by pid {', '.join(map(str, pids))}) is attached: one "
+                        f"enforcing engine per interface")
+    return True
+
+
 def remove_leftover(ifname: str) -> list[str]:
     """Detach an enforcement program a previous run left on ``ifname`` (it died without
-    detaching); returns what was removed, one line each. Other programs are left alone."""
+    detaching: no process holds the program any more); returns what was removed, one line
+    each. Other programs are left alone; a live engine's raises HookError."""
     removed = []
     xid = xdp_prog_id(ifname)
-    if xid and prog_name(xid) == XDP_PROG_NAME:
+    if _ours_left(ifname, xid, XDP_PROG_NAME, "XDP program"):
         detach_xdp(ifname)
         removed.append(f"removed a leftover XDP program (id {xid}) from interface={ifname!r}")
     tid = tc_prog_id(ifname)
-    if tid and prog_name(tid) == TC_PROG_NAME:
+    if _ours_left(ifname, tid, TC_PROG_NAME, "TC filter"):
         detach_tc(ifname, remove_qdisc=False)
         removed.append(f"removed a leftover TC filter (id {tid}) from interface={ifname!r}")
     return removed

@@ -8,7 +8,6 @@ an admin reply to a list change is only sent once the kernel's map holds the cha
 from __future__ import annotations
 
 import signal
-import time
 
 import pytest
 import yaml
@@ -124,30 +123,42 @@ def test_an_operator_lifts_a_block_before_its_ttl(net, engine):
     lift_before_ttl(net, engine, "ipv4")
 
 
-@pytest.mark.slow        # two more engine starts (a bcc compile each): make test-slow
-def test_tc_mode_and_no_program_left_after_sigterm_or_sigkill(net, tmp_path):
-    t0 = time.monotonic()
-    eng = _engine(net, tmp_path, mode="tc").start()
-    print(f"tc engine started in {time.monotonic() - t0:.1f} s")
-    try:
-        assert f"risk-engine: enforce: tc on {net.server_if}" in eng.output()
-        assert _dropped(net, eng, net.blocked) and _served(net, eng, net.allowed)
-        eng.kill()                                   # SIGKILL: the filter stays attached
-        assert _dropped(net, eng, net.blocked)
-    finally:
-        eng.close()
-    (tmp_path / "again").mkdir()
-    eng = _engine(net, tmp_path / "again", mode="xdp").start()                                      # removes the dead run's filter first
-    try:
-        assert "removed a leftover TC filter" in eng.output()
-        assert _dropped(net, eng, net.blocked)
-        assert eng.stop(signal.SIGTERM) == 0
-    finally:
-        eng.close()
-    from bpf import hooks
-    with net.inside(net.server_ns):
-        assert hooks.tc_prog_id(net.server_if) == 0 and hooks.xdp_prog_id(net.server_if) == 0
-    assert not net.xdp_shown()
+@pytest.mark.slow        # three more engine starts (a bcc compile each): make test-slow
+def test_a_live_engines_program_is_kept_and_a_killed_ones_is_removed(tmp_path):
+    """On a pair of its own (the module engine's program is on the other one): engine A
+    enforces with TC; engine B's start on the same interface finds A's filter held by a live
+    process, says so in one line and serves without enforcement, A's filter untouched (it used
+    to detach it as a crashed run's leftover). SIGKILL of A leaves the filter attached; C's
+    start removes it as a leftover and attaches XDP; SIGTERM leaves nothing."""
+    with VethPair(suffix="b") as net:
+        for d in "abc":
+            (tmp_path / d).mkdir()
+        a = _engine(net, tmp_path / "a", mode="tc").start()
+        try:
+            assert f"risk-engine: enforce: tc on {net.server_if}" in a.output()
+            assert _dropped(net, a, net.blocked) and _served(net, a, net.allowed)
+            with _engine(net, tmp_path / "b", mode="xdp") as b:
+                lines = [ln for ln in b.output().splitlines() if "enforce:" in ln]
+                assert len(lines) == 1 and "is attached: one enforcing engine per interface; " \
+                    "serving without enforcement" in lines[0], lines
+                assert "held by pid" in lines[0]
+                assert _served(net, b, net.blocked)          # B enforces nothing
+                assert _dropped(net, a, net.blocked)         # A's filter is still there
+            a.kill()                                     # SIGKILL: the filter stays attached
+            assert _dropped(net, a, net.blocked)
+        finally:
+            a.close()
+        c = _engine(net, tmp_path / "c", mode="xdp").start()   # removes the dead run's filter first
+        try:
+            assert "removed a leftover TC filter" in c.output()
+            assert _dropped(net, c, net.blocked)
+            assert c.stop(signal.SIGTERM) == 0
+        finally:
+            c.close()
+        from bpf import hooks
+        with net.inside(net.server_ns):
+            assert hooks.tc_prog_id(net.server_if) == 0 and hooks.xdp_prog_id(net.server_if) == 0
+        assert not net.xdp_shown()
 
 
 def test_required_enforcement_that_cannot_attach_refuses_the_start(net, tmp_path):
