@@ -39,6 +39,7 @@ class Node:
         import yaml                                       # here: `--help` stays fast
         from engine.cluster.natsserver import loopback_port   # here: as above
         from shm.runtime.config import portable_raw       # here: as above (numpy, the schema)
+        from shm.runtime.config_cluster import shard_keyed   # here: as above
         self.name, self.instance = f"node{i}", "up" + uuid.uuid4().hex[:10]
         self.port, self.metrics_port = loopback_port(), loopback_port()
         d = root / self.name
@@ -53,6 +54,8 @@ class Node:
         raw["snapshot"] = {**(raw.get("snapshot") or {}), "dir": str(d / "snapshots")}
         raw["cluster"] = {"servers": list(servers), "partitions": args.partitions, "node": self.name,
                           "lease_ttl_s": args.lease_ttl_s}
+        # a cluster takes only features keyed by the shard key (docs/CLUSTER.md)
+        raw["features"], self.rekeyed = shard_keyed(raw.get("features") or {}, raw["schema"]["shard_key"])
         self.config = d / "config.yaml"
         fd = os.open(self.config, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -140,6 +143,9 @@ def run(args) -> int:
         servers = ",".join(nats.urls)
         print(f"NATS servers (JetStream, R3): {servers}", flush=True)
         nodes = [Node(i, root, nats.urls, args) for i in range(args.nodes)]
+        if nodes[0].rekeyed:
+            print(f"features keyed by the shard key instead, as a cluster needs (docs/CLUSTER.md): "
+                  f"{', '.join(nodes[0].rekeyed)}", flush=True)
         nodes[0].launch()        # alone first: a cold cache compiles the rules once, not N times
         why = _wait_serving(nodes[:1], args.ready_timeout_s, lambda: bool(stop))
         if why is None:

@@ -152,6 +152,19 @@ def check_cluster_features(features: Mapping, shard_key: str) -> None:
                            f"alone (or run without cluster:)"))
 
 
+def shard_keyed(features: Mapping, shard_key: str) -> tuple[dict, list[str]]:
+    """``features`` (raw config) with every feature check_cluster_features refuses re-keyed by
+    ``shard_key`` alone, and the names of those re-keyed: what `cluster up` runs the bundled
+    configuration with (a card's or device's history becomes the account's)."""
+    out, moved = {}, []
+    for name, spec in (features or {}).items():
+        key = spec.get("key") if isinstance(spec, Mapping) else None
+        if key is not None and key != shard_key and key != [shard_key]:
+            spec, moved = {**spec, "key": shard_key}, moved + [f"{name} ({key})"]
+        out[name] = spec
+    return out, moved
+
+
 def cluster_to_raw(c: ClusterConfig | None) -> dict | None:
     if c is None:
         return None

@@ -11,13 +11,14 @@ import pytest
 
 from shm.runtime.config import config_to_raw, load_config, parse_config, portable_raw
 from shm.runtime.config_check import ConfigErrors
+from shm.runtime.config_cluster import shard_keyed
 from shm.runtime.config_types import ClusterConfig, ConfigError
 
 
 def shard_keyed_features() -> dict:
     """The bundled features, each keyed by the shard key (account_id) alone: what a cluster
     accepts (the bundled card_id, device_id and pair-keyed ones are refused there)."""
-    return {name: {**spec, "key": "account_id"} for name, spec in portable_raw()["features"].items()}
+    return shard_keyed(portable_raw()["features"], "account_id")[0]
 
 
 def _cfg(tmp_path, text, features=True):
@@ -119,3 +120,14 @@ def test_config_check_reports_a_feature_keyed_by_another_field_in_cluster_mode(t
     assert out.returncode == 2, out
     assert "features.by_card.key: feature 'by_card' is keyed by 'card_id', not the shard key " \
            "'account_id'" in out.stderr, out.stderr
+
+
+def test_shard_keyed_rekeys_exactly_the_refused_features():
+    """What `cluster up` runs the bundled configuration with: the card-, device- and
+    pair-keyed features re-keyed by account_id and named, the others untouched."""
+    raw = portable_raw()["features"]
+    out, moved = shard_keyed(raw, "account_id")
+    assert moved == [f"{n} ({raw[n]['key']})" for n in raw if raw[n]["key"] not in ("account_id", ["account_id"])]
+    assert moved and all(out[n]["key"] == "account_id" for n in out)
+    assert {n: {k: v for k, v in spec.items() if k != "key"} for n, spec in out.items()} == \
+        {n: {k: v for k, v in spec.items() if k != "key"} for n, spec in raw.items()}
