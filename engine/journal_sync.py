@@ -158,6 +158,9 @@ class WriterSync:
                 self._unpublished = None
                 if self._path == path + ".tmp":
                     self._path = path
+                # retention keeps the newest published segment while its successor is not
+                # (its header names that successor): with this one published, it may go
+                self._retention_due = True
             self.publications += 1
             return True
 

@@ -443,6 +443,26 @@ def test_iter_merged_keeps_each_writer_in_order_and_interleaves_by_arrival(tmp_p
     assert set(wids.tolist()) <= set(sent)
 
 
+def test_retention_runs_again_once_a_rotations_successor_is_published(tmp_path):
+    """Retention keeps the newest published segment while its successor is unpublished (that
+    segment's header names the successor). A housekeeping round between a background rotation
+    and its publication used to spend the rotation's retention then, and the segment it had
+    to keep stayed past max_files until the next rotation."""
+    with writer(tmp_path, seg_records=50, max_files=2) as w:
+        w.background = True
+        done = 0
+        for _ in range(4):                              # four rotations, each published
+            w.append_batch(batch(w, 50, done))
+            done += 50
+            w.publish_pending()
+            w.housekeep()
+        w.append_batch(batch(w, 50, done))              # a rotation, not yet published
+        w.housekeep()                                   # its retention, with the successor unlisted
+        w.publish_pending()
+        w.housekeep()
+        assert len(list_segments(str(tmp_path), 0)) <= 2
+
+
 def test_housekeeping_from_a_second_thread_while_appending(tmp_path):
     """The worker's arrangement: the main thread appends (and rotates) while a housekeeping
     thread publishes the segments rotation switched to, pre-faults, prepares the next segment,
@@ -471,7 +491,8 @@ def test_housekeeping_from_a_second_thread_while_appending(tmp_path):
             stop.set()
             t.join(10)
         assert w.rotations >= 9 and calls[0] > 0
-        w.housekeep()                                   # what the thread had not done yet
+        w.publish_pending()                             # what the thread had not done yet
+        w.housekeep()
         assert len(w._retired) == 0
         assert len(list_segments(str(tmp_path), 0)) <= 4   # retention ran off the append path
     assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
