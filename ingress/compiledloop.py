@@ -103,7 +103,8 @@ class CompiledLoop:
             if status == LK.ERROR:
                 raise zmq.ZMQError(k)
             frames = self._frames(k)
-            fast.peer_now = zmqc.peer_of(self.msg)     # its sender, for the Python paths' blocks
+            # its sender, for the Python paths' blocks: read only while captured (block_source)
+            fast.peer_now = zmqc.peer_of(self.msg) if self.msg[zmqc.CAPTURE] else 0
             if status == LK.TOO_MANY:
                 router._too_many_frames(frames)        # refused for its frame count: let the
                 t = time.monotonic_ns()                # loop close its connection
