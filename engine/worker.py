@@ -25,6 +25,7 @@ import numpy as np
 from shm.runtime import gcstats, procname, rundir
 from shm.control import (BLOCKS_EVERY_NS, KERNEL_BOUNDS_NS, LATENCY_BOUNDS_NS,
                          STALL_NS, Block, EventLog, observe, set_phase)
+from engine.ackgate import ReplyGate, send_replies
 from engine.autoblock import block_rules
 from engine.journal import JournalReader, JournalWriter, warm_up
 from engine.journal_housekeeper import JournalHousekeeper
@@ -79,6 +80,7 @@ class BatchProcessor:
         self.feature_arrays = feature_arrays      # shared-memory tables, in kernel order
         self.active = active
         self.journal = journal
+        self.gate: ReplyGate | None = None        # cluster.ack sync: replies wait for the stream
         self.out = np.zeros(max_batch, dtype=RESPONSE_SLOT_DTYPE)
         self.out_words = self.out.view(np.uint64).reshape(max_batch, -1)   # append_slots
         self.out_nfired = self.out["nfired"]
@@ -106,6 +108,7 @@ class BatchProcessor:
         waited = t0 - int(arrival[0])          # the oldest event's wait for this worker
         observe(self.pickup, LATENCY_BOUNDS_NS, waited, 1)
         j = self.journal
+        seq0 = j.last_seq if j is not None else 0
         if j is not None and not j.try_reserve(n):
             self._unjournaled(o, 0)            # full disk: evaluate (and count) nothing
             t1 = t2 = time.monotonic_ns()
@@ -126,11 +129,7 @@ class BatchProcessor:
         if self._any_above(self.out_nfired, n, MAX_FIRED) or (     # rare: full lists, for JSON,
                 a.blocking and self._any_masked(a.bits, self.out_nfired, a.block_mask, n)):  # blocks
             self.publish_fired(o, a, n)
-        resp = self.rings.response
-        while not resp.try_publish(o):      # the ingress always drains; wait for room
-            if self.stop[0] >= 2:
-                break
-            self.rings.response_full_idle.wait()
+        send_replies(self.gate, self.rings, o, self.stop, seq0 + 1, j.last_seq if j is not None else 0)
         t3 = time.monotonic_ns()
         if waited > STALL_NS or t3 - t0 > STALL_NS:
             self.stalls.note((waited, t1 - t0, t2 - t1, t3 - t2), n)
@@ -249,8 +248,7 @@ def serve_journaled_tail(rings: EngineRings, journal, proc: "BatchProcessor") ->
             o["token"] = v["token"][:j]
             for f in ("action", "flags", "score", "generation"):
                 o[f] = t[f]
-            while not rings.response.try_publish(o):
-                rings.response_full_idle.wait()
+            send_replies(proc.gate, rings, o, proc.stop, int(t["seq"][0]), int(t["seq"][-1]))
             rings.request.release(j)
             return j
     return 0
@@ -319,6 +317,7 @@ def serve(run_dir: str, index: int, prep: Prepared | None = None) -> int:
     active = Active(rs, generation, block, index, max_batch)
     proc = BatchProcessor(rings, active, block, index, max_batch, journal, store.fs.arrays(),
                           cfg.durability.on_journal_unavailable)
+    proc.gate = gate = ReplyGate.attach(cfg, plan, rings, index, proc.stop, proc.unjournaled_action)
     # the start-up collection (~70 ms) before this worker reports its generation (ready)
     gcstats.freeze_after_warmup(block.worker(index, "gc_hist"))
     set_phase(block.worker(index, "phase"), "ready")
@@ -367,8 +366,10 @@ def serve(run_dir: str, index: int, prep: Prepared | None = None) -> int:
             else:                               # swap between two batches
                 proc.active = Active(done[1], done[0], block, index, max_batch)
                 block.worker(index, "generation")[0] = done[0]
-        if not busy:
-            idle.wait()
+        if not busy and not (gate is not None and gate.wait()):
+            idle.wait()                 # (a gate holding replies polls the marks instead)
+    if gate is not None:
+        gate.close()
     if keeper is not None:
         keeper.stop()
     if journal is not None:

@@ -52,7 +52,8 @@ _JSON_DECODE = json.JSONDecoder(object_pairs_hook=_unique_keys).decode
 _FLAG_ERRORS = ((DecisionFlag.DEFAULT_TIMEOUT, ErrorCode.TIMEOUT),
                 (DecisionFlag.DEFAULT_OVERLOAD, ErrorCode.OVERLOADED),
                 (DecisionFlag.DEFAULT_WORKER_LOST, ErrorCode.WORKER_LOST),
-                (DecisionFlag.DEFAULT_JOURNAL, ErrorCode.JOURNAL_UNAVAILABLE))
+                (DecisionFlag.DEFAULT_JOURNAL, ErrorCode.JOURNAL_UNAVAILABLE),
+                (DecisionFlag.DEFAULT_REPLICATION, ErrorCode.REPLICATION_FAILED))
 
 
 def value_checks(schema: Schema) -> np.ndarray:

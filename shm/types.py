@@ -51,6 +51,8 @@ class ErrorCode(enum.IntEnum):
     UNKNOWN_GENERATION = 22     # a rules request for a generation the engine never loaded
     NOT_OWNER = 23              # a cluster node without the lease on an event's partition:
                                 # nothing evaluated; the message names the owner (redirect)
+    REPLICATION_FAILED = 24     # cluster.ack sync: the event's record may never reach the
+                                # replication stream (fenced off, term ended): not a decision
 
 
 class DecisionFlag(enum.IntFlag):
@@ -64,6 +66,8 @@ class DecisionFlag(enum.IntFlag):
     EVAL_ERROR = 32        # at least one rule raised (counted; see rules.on_error)
     DEFAULT_JOURNAL = 64   # the configured default action (journal.on_unavailable): the event
                            # could not be journaled, so it was not evaluated nor counted
+    DEFAULT_REPLICATION = 128   # journal.on_unavailable's action: the event was evaluated
+                                # but its record may not be in the cluster's stream (ack: sync)
 
 
 MAX_FIRED = 16             # fired rule indexes carried per decision

@@ -36,6 +36,7 @@ from engine.preflight import StartupError
 from ingress.partmap import PartitionMap, PartitionMapError
 from shm.features.featureset import FeatureSet
 from shm.ownership import SEGMENT as OWNERSHIP, segment_bytes
+from shm.replication import SEGMENT as REPLICATION, ReplicationMarks, segment_bytes as marks_bytes
 from shm.segment import Segment
 
 EVENTS = ("acquired", "ready", "prepare_failed", "renewed", "lost", "released", "nats_error")
@@ -48,6 +49,8 @@ class ClusterNode:
         self.replicas = min(3, len(self.cfg.servers))
         self.segment: Segment | None = None
         self.table: OwnershipTable | None = None
+        self.marks_segment: Segment | None = None   # ack: sync workers read it (shm.replication)
+        self.marks: ReplicationMarks | None = None
         self.client: ControlClient | None = None
         self.control: ControlPlane | None = None
         self.agent: AgentThread | None = None
@@ -68,6 +71,8 @@ class ClusterNode:
         p = node.cfg.partitions
         node.segment = Segment.create(sup.cfg.instance, OWNERSHIP, segment_bytes(p), sup.pid)
         node.table = OwnershipTable(p, node.segment.buf)
+        node.marks_segment = Segment.create(sup.cfg.instance, REPLICATION, marks_bytes(), sup.pid)
+        node.marks = ReplicationMarks(node.marks_segment.buf)
         node.client = ControlClient(node.cfg.servers, node.cfg.node, node.replicas, node.open_timeout_s)
         try:
             node.client.start()
@@ -79,10 +84,11 @@ class ClusterNode:
             raise node._fail(why) from None
         sup.log(f"risk-engine: cluster: node {node.cfg.node} joined the control plane at revision "
                 f"{node.control.revision} ({n} value(s), {node.control.applied} changed this node)")
-        sup.log("risk-engine: cluster: not yet a failover deployment: this node publishes its "
-                f"journal after replying (ack: async, whatever cluster.ack={node.cfg.ack}), never "
-                "trims the stream, and a worker crash or restart before its next own snapshot loses "
-                "what a take-over restored from the stream (docs/CLUSTER.md, Next)")
+        sup.log("risk-engine: cluster: not yet a failover deployment: this node never trims the "
+                "stream, and a worker crash or restart before its next own snapshot loses what a "
+                f"take-over restored from the stream (docs/CLUSTER.md, Next); cluster.ack={node.cfg.ack}: "
+                + ("each reply waits for its record in the stream" if node.cfg.ack == "sync" else
+                   "replies go out before their records are published"))
         return node
 
     def _event(self, ev: dict) -> None:
@@ -103,7 +109,7 @@ class ClusterNode:
         def scratch():              # where snapshot objects are computed: as big as the tables
             return PartitionState(FeatureSet(fs.specs, fs.schema, load_lists=False), ruleset, c.partitions)
         self.replicator = Replicator(self.sup.cfg, self.table, self.sup.log, self.open_timeout_s,
-                                     state, scratch)
+                                     state, scratch, marks=self.marks)
         agent = LeaseAgent(c.servers, c.node, c.advertise, c.partitions, c.lease_ttl_s,
                            replicas=self.replicas, on_event=self._event, table=self.table,
                            open_timeout_s=self.open_timeout_s, prepare=self.replicator.prepare,
@@ -166,4 +172,9 @@ class ClusterNode:
             self.table = None               # the views go first, so the mapping can close
             self.segment.close()
             self.segment = None
+        if self.marks_segment is not None:
+            self.marks_segment.unlink()
+            self.marks = None
+            self.marks_segment.close()
+            self.marks_segment = None
 

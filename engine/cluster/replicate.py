@@ -1,6 +1,8 @@
 """Replication on a serving node (docs/CLUSTER.md, "Serving with cluster:"): the journal tailer
-(engine.cluster.tailer, ``ack: async``) and the take-over, both on the lease agent's event
-loop (AgentThread ``side``), so a fence and a tailer step never interleave.
+(engine.cluster.tailer; with ``ack: sync`` it polls the journal every SYNC_IDLE_S, and its
+replication marks release the workers' held replies: engine.ackgate) and the take-over, both
+on the lease agent's event loop (AgentThread ``side``), so a fence and a tailer step never
+interleave.
 
 ``prepare(p, rev)`` and ``end(p)`` are the lease agent's hooks. ``prepare`` takes p before the
 ownership table shows the lease (engine.cluster.takeover): it fences p at the lease's
@@ -29,16 +31,20 @@ from engine.cluster.tailer import JournalTailer
 from engine.cluster.takeover import take_partition, write_snapshot
 
 IDLE_S = 0.02                # a step that read nothing waits this long (the async window's floor)
+SYNC_IDLE_S = 0.0005         # ack: sync: replies wait for the step that publishes their records
 ERROR_PAUSE_S = 0.5
 _TRANSIENT = (ReplicationError, nats.errors.Error, asyncio.TimeoutError, OSError)
 
 
 class Replicator:
-    def __init__(self, cfg, table, log, open_timeout_s: float, state, scratch):
+    def __init__(self, cfg, table, log, open_timeout_s: float, state, scratch, marks=None):
         """``state``: the node's engine.cluster.partstate.PartitionState (what a take-over
         restores into); ``scratch()``: a PartitionState over tables of its own (made at the
-        first snapshot write), where snapshot objects are computed."""
+        first snapshot write), where snapshot objects are computed; ``marks``: the node's
+        shm.replication.ReplicationMarks (what ack: sync workers wait on)."""
         self.cfg, self.table, self.say, self.state = cfg, table, log, state
+        self.marks = marks
+        self.idle_s = SYNC_IDLE_S if cfg.cluster.ack == "sync" else IDLE_S
         self.scratch, self._scratch = scratch, None
         self.snapshot_interval_s = float(cfg.durability.snapshot_interval_s)
         self.snapped: dict[int, int] = {}     # p -> stream seq of this node's last object of p
@@ -69,7 +75,7 @@ class Replicator:
             self.snaps = SnapshotObjects(js, self.rlog, s.hash)
             await self.snaps.open(min(3, len(c.servers)))
             self.tailer = JournalTailer(self.rlog, self.cfg.durability.journal_dir, s.dtype, s.hash,
-                                        self.table)
+                                        self.table, marks=self.marks)
             self._ready.set()
             due = time.monotonic() + self.snapshot_interval_s
             while not stop.is_set():
@@ -84,7 +90,7 @@ class Replicator:
                     await self._wait(stop, ERROR_PAUSE_S)
                     continue
                 if not self.tailer.read_last_step:
-                    await self._wait(stop, IDLE_S)
+                    await asyncio.sleep(self.idle_s)     # the loop checks stop; no task per wait
         finally:
             if snapping is not None:
                 snapping.cancel()

@@ -18,6 +18,13 @@ partition refused by fencing is lost: the tailer stops publishing it until the t
 it owned at a revision newer than the refused term's fence. A partition whose lease this node
 released or lost (``end_term``, the lease agent's hook) is published up to the journal's end
 at that moment and then dropped; taking it again starts a new term at the journal's end.
+
+With ``marks`` (shm.replication, the node's ``replication`` segment) each step records, per
+writer, the records it read as resolved, and the highest of them not in the stream (not
+published: no fence of ours on its partition, past its ended term, or refused) as failed: a
+worker under ``cluster.ack: sync`` answers a decision only once its record is resolved, and
+never as a decision if it may have failed (engine.ackgate). A step that raises (NATS
+unreachable) resolves nothing: the records wait in the journal and their replies are held.
 """
 from __future__ import annotations
 
@@ -29,6 +36,7 @@ from engine.cluster.ownership import OwnershipTable
 from engine.cluster.replog import ReplicationLog, take_rows
 from engine.journal_reader import JournalReader
 from shm.journal_format import list_writers
+from shm.replication import ReplicationMarks
 
 
 async def _all(coros) -> list:
@@ -44,8 +52,9 @@ async def _all(coros) -> list:
 
 class JournalTailer:
     def __init__(self, log: ReplicationLog, journal_dir: str, event_dtype: np.dtype, schema_hash: int,
-                 table: OwnershipTable, batch_records: int = 4096, records_per_msg: int = 1024):
-        self.log, self.dir, self.table = log, str(journal_dir), table
+                 table: OwnershipTable, batch_records: int = 4096, records_per_msg: int = 1024,
+                 marks: ReplicationMarks | None = None):
+        self.log, self.dir, self.table, self.marks = log, str(journal_dir), table, marks
         self.event_dtype, self.schema_hash = np.dtype(event_dtype), int(schema_hash)
         self.batch_records, self.records_per_msg = batch_records, records_per_msg
         self.cursor: dict[int, int] = {}       # writer -> last seq read (published or not ours)
@@ -136,28 +145,45 @@ class JournalTailer:
             it.close()
             if recs is None or not len(recs):
                 continue
-            published += await self._publish_batch(w, recs)
+            n, failed = await self._publish_batch(w, recs)
+            published += n
             self.cursor[w] = int(recs["seq"][-1])
+            if self.marks is not None:
+                self.marks.advance(w, self.cursor[w], failed)
             self.read_last_step += len(recs)
         self._drop_ended()
         return published
 
-    async def _publish_batch(self, w: int, recs: np.ndarray) -> int:
+    async def _publish_batch(self, w: int, recs: np.ndarray) -> tuple[int, int]:
+        """Publish ``recs`` (writer w): (records published, the highest seq among them that is
+        not in the stream, 0 if none)."""
         parts = self.log.partition_of(recs)
         seqs = recs["seq"].astype(np.int64)
-        jobs = []
+        jobs, sent, failed = [], [], 0
         for p in np.unique(parts).tolist():
             if p not in self.log.fenced:
+                failed = max(failed, int(seqs[parts == p].max()))
                 continue
             # a renewal's revision while the lease is valid, the last one after it lapsed
             rev = self.rev[p] = max(self.table.owns(p), self.rev[p])
-            mine = (parts == p) & (seqs > self.done[p].get(w, 0))
+            ours = parts == p
+            mine = ours & (seqs > self.done[p].get(w, 0))
+            if (ours & ~mine).any():           # before the term's fence or re-read after a
+                failed = max(failed, int(seqs[ours & ~mine].max()))   # rewind: not ours to vouch for
             if p in self.cutoff:               # an ended term: nothing journaled after it
-                mine &= seqs <= self.cutoff[p].get(w, 0)
+                late = mine & (seqs > self.cutoff[p].get(w, 0))
+                if late.any():
+                    failed = max(failed, int(seqs[late].max()))
+                mine &= ~late
             sel = take_rows(recs, mine)
             if len(sel):
                 jobs.append(self._publish_partition(p, rev, w, sel))
-        return sum(await _all(jobs))
+                sent.append(sel)
+        counts = await _all(jobs)
+        for sel, n in zip(sent, counts):
+            if n < len(sel):                   # refused from record n on
+                failed = max(failed, int(sel["seq"][-1]))
+        return sum(counts), failed
 
     async def _publish_partition(self, p: int, rev: int, w: int, sel: np.ndarray) -> int:
         n, term = 0, self.log.fenced[p]
