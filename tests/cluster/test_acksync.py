@@ -45,7 +45,7 @@ from shm.segment import list_names, unlink_owned
 from shm.types import RESPONSE_SLOT_DTYPE, DecisionFlag, ErrorCode
 from tests.cluster.agentproc import wait_for
 from tests.cluster.tailerproc import SCHEMA
-from tests.cluster.test_node import (EVENT, P, cluster_overrides, decide, every_partition_held, feature_rows,
+from tests.cluster.test_node import (EVENT, P, cluster_overrides, every_partition_held, feature_rows,
                                      owned_account, start_all, stream_messages)
 from tests.cluster.test_replication import journal, owning_all, replayed, rlog, run, write
 from tests.cluster.test_routing import owned
@@ -233,8 +233,9 @@ def test_a_sync_reply_waits_for_its_record_in_the_stream(nats3, trio):
     schema = load_config(e.config_path).schema
     every_partition_held(nats3.urls)
     acct = owned_account(e)
-    d = decide(e, account_id=acct, amount=1001.25)
-    assert d.error is None, d
+    with Client(e.endpoint, timeout_ms=20_000, retries=0, transport="json") as c:
+        d = c.evaluate({**EVENT, "account_id": acct, "amount": 1001.25}, deadline_ms=10_000)
+    assert d.error is None, d                                   # a deadline past replication
     assert has_amount(nats3.urls, schema, acct, 1001.25)       # at the reply, not after
     journal_stream(nats3.urls, ["unused.*"])
     try:
