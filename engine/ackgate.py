@@ -81,6 +81,7 @@ class ReplyGate:
             if not self.release():
                 time.sleep(POLL_S)
         self.held.append((o.copy(), first_seq, last_seq, last_seq - first_seq + 1))
+        self.marks.journaled_seq[self.writer] = last_seq   # the tailer's cue (shm.replication)
         self.held_events += len(o)
         self.release()
 

@@ -140,7 +140,8 @@ def ring():
 def test_a_gate_holds_replies_until_the_marks_resolve_them(ring):
     """The worker side (engine.ackgate) on a real response ring: nothing is published before
     the marks cover the batch's records; a batch resolved as failed is answered
-    REPLICATION_FAILED with the fail-closed action, never as decided; batches leave in order."""
+    REPLICATION_FAILED with the fail-closed action, never as decided; batches leave in order;
+    the worker's journaled_seq mark tells the tailer a reply waits."""
     class Rings:
         response = ring
         response_full_idle = None
@@ -160,6 +161,7 @@ def test_a_gate_holds_replies_until_the_marks_resolve_them(ring):
     gate.hold(a, 1, 3)
     gate.hold(b, 4, 5)
     assert len(drained()) == 0 and gate.wait()
+    assert marks.journaled_seq[0] == 5 and marks.waiting({0: 3}) and not marks.waiting({0: 5})
     marks.advance(0, 2)
     assert gate.release() == 0 and len(drained()) == 0     # record 3 not yet in the stream
     marks.advance(0, 3)
