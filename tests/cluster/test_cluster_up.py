@@ -39,7 +39,7 @@ def test_cluster_up_serves_a_decision_and_ctrl_c_leaves_nothing(tmp_path):
         assert len(servers) == 3 and len(instances) == 3 and os.path.isdir(root)
         started = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
         assert len(started) >= 6                      # 3 nats-servers, 3 engines (and their workers)
-        with ClusterClient(servers, timeout_ms=5000, retries=3) as cc:
+        with ClusterClient(servers, timeout_ms=5000, retries=3, deadline_ms=5000) as cc:   # ack: sync
             wait_for(lambda: all(cc.owner(p) for p in range(cc.partitions)), 60, "every partition owned")
             d = cc.evaluate({**EVENT, "account_id": 4242})
             assert d.error is None and d.action in ("allow", "review", "block"), d

@@ -36,7 +36,7 @@ def test_drain_under_load_fails_no_request_and_leaves_the_node_empty(nats3, tmp_
         wait_for(lambda: owned(a) and owned(b) and owned(a) | owned(b) == set(range(P)), 90,
                  "both nodes hold partitions, every partition held")
         ok, failed, stop = [0], [], threading.Event()
-        with ClusterClient(nats3.urls, timeout_ms=5000, retries=3) as cc:
+        with ClusterClient(nats3.urls, timeout_ms=5000, retries=3, deadline_ms=5000) as cc:   # ack: sync
             def load():
                 i = 0
                 while not stop.is_set():

@@ -56,7 +56,7 @@ def cc(nats3, pair):
         oa, ob = owned(a), owned(b)
         return oa and ob and not oa & ob and oa | ob == set(range(P)) and (oa, ob)
     wait_for(split, 90, "both nodes hold partitions, every partition held")
-    c = ClusterClient(nats3.urls, timeout_ms=20_000, retries=2, transport="binary")
+    c = ClusterClient(nats3.urls, timeout_ms=20_000, retries=2, transport="binary", deadline_ms=10_000)
     try:
         yield c
     finally:

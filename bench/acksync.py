@@ -1,0 +1,104 @@
+"""Per-decision cost of ``cluster.ack: sync`` against ``async`` on one engine node: three
+nats-servers on loopback (R3), one node holding every partition, one worker; per mode a fresh
+node, then one closed-loop client's latency (p50/p99 over ``--decisions``) and the decisions/s
+of ``--clients`` closed-loop clients over ``--seconds``. Modes alternate over ``--rounds``
+(sync, async, sync, ...), so drift on a shared machine hits them alike.
+
+    python -m bench.acksync [--decisions 500] [--seconds 5] [--clients 4] [--rounds 2]
+
+Every request carries a 5 s deadline (a decision held past the 50 ms default would be answered
+TIMEOUT, which is not what is measured); a decision that is not a success ends the run.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+from bench.engine_proc import EngineProcess, free_port
+from engine.cluster.natsserver import NatsCluster
+from ingress.client import Client
+from shm.runtime.config import portable_raw
+from shm.runtime.config_cluster import shard_keyed
+
+PARTITIONS = 8
+DEADLINE_MS = 5000
+EVENT = {"account_id": 1, "card_id": 1, "device_id": 1, "amount": 1.0, "currency": "EUR", "country": "DE",
+         "ip": "10.1.2.3", "mcc": 5411, "channel": 1, "ts_ms": 1_700_000_000_000, "instrument_id": 0,
+         "side": 0, "qty": 0, "price": 0.0, "ref_price": 0.0, "is_test": False}
+
+
+def node_overrides(servers, ack: str) -> dict:
+    return {"cluster": {"servers": list(servers), "partitions": PARTITIONS, "node": f"bench-{ack}",
+                        "ack": ack, "lease_ttl_s": 2.0},
+            "workers": {"standby": False},
+            "features": shard_keyed(portable_raw()["features"], "account_id")[0]}   # as cluster up
+
+
+def owns_all(e: EngineProcess, timeout_s: float = 180) -> None:
+    from engine.admin_client import request     # lazy: only the bench needs the admin client
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        rep = request(e.admin_bind, {"cmd": "cluster"}, 10_000)
+        if rep.get("ok") and len(rep["cluster"]["owned"]) == PARTITIONS:
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"node {e.instance}: does not hold all {PARTITIONS} partitions after {timeout_s:g} s")
+
+
+def measure(e: EngineProcess, decisions: int, seconds: float, clients: int) -> tuple[float, float, float]:
+    """(p50 ms, p99 ms, decisions/s)."""
+    lat = []
+    with Client(e.endpoint, timeout_ms=20_000, retries=0, deadline_ms=DEADLINE_MS) as c:
+        for i in range(decisions + 20):                      # the first 20 warm the path
+            t0 = time.perf_counter()
+            d = c.evaluate({**EVENT, "account_id": 1000 + i % 97, "amount": float(i)})
+            if d.error is not None:
+                raise RuntimeError(f"decision {i}: {d.error}")
+            if i >= 20:
+                lat.append(time.perf_counter() - t0)
+    done, stop = [0] * clients, threading.Event()
+
+    def load(k: int) -> None:
+        with Client(e.endpoint, timeout_ms=20_000, retries=0, deadline_ms=DEADLINE_MS) as c:
+            for i in itertools.count():
+                if stop.is_set():
+                    return
+                c.evaluate({**EVENT, "account_id": 5000 + 1000 * k + i % 97, "amount": 1.0})
+                done[k] += 1
+    ts = [threading.Thread(target=load, args=(k,), daemon=True) for k in range(clients)]
+    for t in ts:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in ts:
+        t.join(60)
+    ms = np.array(lat) * 1e3
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), sum(done) / seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="bench.acksync", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--decisions", type=int, default=500, help="one client's decisions for p50/p99")
+    ap.add_argument("--seconds", type=float, default=5.0, help="throughput phase per mode")
+    ap.add_argument("--clients", type=int, default=4, help="closed-loop clients of the throughput phase")
+    ap.add_argument("--rounds", type=int, default=2, help="sync and async once each per round")
+    a = ap.parse_args(argv)
+    print(f"cluster.ack per decision: 3 nats-servers on loopback (R3), 1 node, {PARTITIONS} partitions, "
+          f"1 worker; {a.decisions} decisions by 1 client, then {a.clients} clients for {a.seconds:g} s")
+    print(f"{'mode':6s} {'p50 ms':>8s} {'p99 ms':>8s} {'decisions/s':>12s}")
+    with NatsCluster(3, port_fn=free_port) as nats, tempfile.TemporaryDirectory() as tmp:
+        for _, ack in itertools.product(range(a.rounds), ("sync", "async")):
+            with EngineProcess(tmp, workers=1, overrides=node_overrides(nats.urls, ack)) as e:
+                owns_all(e)
+                p50, p99, rate = measure(e, a.decisions, a.seconds, a.clients)
+            print(f"{ack:6s} {p50:8.2f} {p99:8.2f} {rate:12.0f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
