@@ -47,7 +47,7 @@ class Replicator:
         shm.replication.ReplicationMarks (what ack: sync workers wait on)."""
         self.cfg, self.table, self.say, self.state = cfg, table, log, state
         self.marks = marks
-        self.idle_s = SYNC_IDLE_S if cfg.cluster.ack == "sync" and marks is not None else IDLE_S
+        self.idle_s = SYNC_IDLE_S if marks is not None and cfg.cluster.ack == "sync" else IDLE_S
         self.scratch, self._scratch = scratch, None
         self.snapshot_interval_s = float(cfg.durability.snapshot_interval_s)
         self.snapped: dict[int, int] = {}     # p -> stream seq of this node's last object of p
