@@ -26,8 +26,8 @@ import numpy as np
 import pytest
 
 import engine.cluster.replog as replog
-from engine.ackgate import ReplyGate
 from bench.engine_proc import EngineProcess, shm_entries
+from engine.ackgate import ReplyGate
 from engine.cluster.ownership import OwnershipTable
 from engine.cluster.partition import partition_of_keys
 from engine.cluster.partstate import PartitionState
@@ -38,9 +38,9 @@ from ingress.client import Client
 from ingress.cluster_client import ClusterClient
 from rules import compile_ruleset
 from rules.features import feature_set_for
-from shm.runtime.config import load_config
 from shm.replication import ReplicationMarks
 from shm.ring import OneToOneRing
+from shm.runtime.config import load_config
 from shm.segment import list_names, unlink_owned
 from shm.types import RESPONSE_SLOT_DTYPE, DecisionFlag, ErrorCode
 from tests.cluster.agentproc import wait_for
