@@ -31,7 +31,7 @@ from engine.cluster.tailer import JournalTailer
 from engine.cluster.takeover import take_partition, write_snapshot
 
 IDLE_S = 0.02                # a step that read nothing waits this long (the async window's floor)
-SYNC_IDLE_S = 0.0005         # ack: sync: replies wait for the step that publishes their records;
+SYNC_IDLE_S = 0.001          # ack: sync: replies wait for the step that publishes their records;
                              # between full steps (every IDLE_S) a step runs only when a worker's
                              # journaled_seq mark is past the tailer's cursor (a step lists and
                              # reads the journal directory: about 1 ms)
