@@ -34,7 +34,7 @@ EVENT = {"account_id": 1, "card_id": 1, "device_id": 1, "amount": 1.0, "currency
 
 def node_overrides(servers, ack: str) -> dict:
     return {"cluster": {"servers": list(servers), "partitions": PARTITIONS, "node": f"bench-{ack}",
-                        "ack": ack, "lease_ttl_s": 2.0},
+                        "ack": ack, "lease_ttl_s": 10.0},     # no lease lapse on a loaded machine
             "workers": {"standby": False},
             "features": shard_keyed(portable_raw()["features"], "account_id")[0]}   # as cluster up
 
