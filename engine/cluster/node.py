@@ -28,6 +28,7 @@ import nats.errors
 from engine.cluster.agent import OPEN_TIMEOUT_S, AgentThread, LeaseAgent
 from engine.cluster.control import ControlClient, ControlUnavailable
 from engine.cluster.control_apply import ControlPlane
+from engine.cluster.handover import TakeJobs
 from engine.cluster.leases import LeaseError
 from engine.cluster.ownership import OwnershipTable
 from engine.cluster.partstate import PartitionState
@@ -53,6 +54,7 @@ class ClusterNode:
         self.agent: AgentThread | None = None
         self.map: PartitionMap | None = None        # owners' addresses for NOT_OWNER replies
         self.replicator: Replicator | None = None
+        self.jobs: TakeJobs | None = None
         self.counts = dict.fromkeys(EVENTS, 0)      # agent events (risk_cluster_lease_events_total)
         self.live_nodes = 0
         self._started = threading.Event()
@@ -80,9 +82,8 @@ class ClusterNode:
         sup.log(f"risk-engine: cluster: node {node.cfg.node} joined the control plane at revision "
                 f"{node.control.revision} ({n} value(s), {node.control.applied} changed this node)")
         sup.log("risk-engine: cluster: not yet a failover deployment: this node publishes its "
-                f"journal after replying (ack: async, whatever cluster.ack={node.cfg.ack}), never "
-                "trims the stream, and a worker crash or restart before its next own snapshot loses "
-                "what a take-over restored from the stream (docs/CLUSTER.md, Next)")
+                f"journal after replying (ack: async, whatever cluster.ack={node.cfg.ack}) and never "
+                "trims the stream (docs/CLUSTER.md, Next)")
         return node
 
     def _event(self, ev: dict) -> None:
@@ -102,8 +103,9 @@ class ClusterNode:
 
         def scratch():              # where snapshot objects are computed: as big as the tables
             return PartitionState(FeatureSet(fs.specs, fs.schema, load_lists=False), ruleset, c.partitions)
+        self.jobs = TakeJobs(self.sup, state)     # taken rows written by poll(), on this thread
         self.replicator = Replicator(self.sup.cfg, self.table, self.sup.log, self.open_timeout_s,
-                                     state, scratch)
+                                     state, scratch, self.jobs)
         agent = LeaseAgent(c.servers, c.node, c.advertise, c.partitions, c.lease_ttl_s,
                            replicas=self.replicas, on_event=self._event, table=self.table,
                            open_timeout_s=self.open_timeout_s, prepare=self.replicator.prepare,
@@ -132,6 +134,8 @@ class ClusterNode:
 
     def poll(self) -> None:
         self.control.drain()
+        if self.jobs is not None:
+            self.jobs.run_pending()
         if self.agent is not None and self.agent.error is not None and not self._reported_error:
             self._reported_error = True
             self.sup.log(f"risk-engine: cluster: lease agent stopped: {type(self.agent.error).__name__}: "

@@ -1,0 +1,132 @@
+"""Exactness across a hand-over in `risk-engine serve` (docs/CLUSTER.md, "Failover in serve"):
+two real engine nodes on the module's three NATS servers; node a decides request 1, publishes
+it and writes a snapshot object covering it (every second), decides request 2, publishes it,
+and is killed -9; node b takes a's partitions.
+
+- A resend of each request to b (same client id, request id and bytes, as a client whose
+  reply was lost sends it) gets a's decision back flagged DUPLICATE, and b evaluates, journals
+  and counts nothing: b rebuilt its idempotency window from the stream, request 1 from the
+  messages the snapshot object covers, request 2 from the records replayed after it (or from
+  a newer object's, if a wrote one before the kill: both allowed).
+- A worker of b killed after the take-over: b's tables are rebuilt from b's own snapshot and
+  journal, and the account's row still holds what the take-over restored (b snapshots the
+  taken rows before serving them).
+
+Allowed outcomes: any assignment of partitions to the nodes, any take-over time within the
+waits; not allowed: the resend decided again, a row that loses the restored event. Two
+engines start (a cold Numba cache compiles for minutes): slow."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import numpy as np
+import psutil
+import pytest
+
+from bench.engine_proc import EngineProcess
+from engine.journal import JournalReader, list_writers
+from ingress.admission import shard_of
+from ingress.client import Client
+from shm.features.spec import specs_from_config
+from shm.features.rows import copy_rows
+from shm.features.table import PAYLOAD_OFF, table_words
+from shm.names import segment_name
+from shm.runtime.config import load_config
+from shm.segment import Segment
+from tests.cluster.agentproc import wait_for
+from tests.cluster.test_node import EVENT, P, cluster_overrides, owned_account, start_all
+from tests.cluster.test_routing import owned
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
+
+FEATURE = "txn_count_1m"          # a count keyed by the account
+
+
+def row_payload(eng, name: str, key: int) -> np.ndarray | None:
+    """The payload words of ``key``'s row in ``eng``'s feature table (read from its shared
+    memory under the slot lock), or None when the key has no row."""
+    spec = next(s for s in specs_from_config(load_config(eng.config_path)).features if s.name == name)
+    seg = Segment.attach(segment_name(eng.instance, f"ft_{name}", eng.proc.pid))
+    try:
+        t = seg.array(np.uint64, 0, table_words(spec.capacity, spec.slot_words))
+        rows = np.zeros((1, spec.slot_words), np.uint64)
+        n = copy_rows(t, spec.capacity, spec.slot_words, spec.probe_len, np.array([key], np.uint64), rows)
+        assert n >= 0, n
+        del t
+        return rows[0, PAYLOAD_OFF:].copy() if n else None
+    finally:
+        seg.close()
+
+
+def journaled(eng, client_id: int, request_id: int) -> int:
+    """Records of (client_id, request_id) in ``eng``'s journal."""
+    jdir, s = eng.raw["journal"]["dir"], eng.schema
+    n = 0
+    for w in list_writers(jdir):
+        r = JournalReader(jdir, s.dtype, s.hash, w).read_all()
+        n += int(((r["client_id"] == client_id) & (r["request_id"] == request_id)).sum())
+    return n
+
+
+def test_a_resend_to_the_next_owner_gets_the_first_decision_and_a_worker_crash_keeps_the_taken_rows(
+        nats3, tmp_path):
+    # a writes snapshot objects every second; b takes no periodic snapshot, only the take's own
+    engines = [EngineProcess(tmp_path, workers=1, overrides={
+        **cluster_overrides(nats3.urls, f"ho{i}"), "snapshot": {"interval_s": iv}})
+        for i, iv in enumerate((1, 3600))]
+    for e in engines:
+        e.schema = load_config(e.config_path).schema
+    a, b = engines
+    try:
+        start_all(engines)
+        wait_for(lambda: owned(a) and owned(b) and owned(a) | owned(b) == set(range(P)), 90,
+                 "both nodes hold partitions, every partition held")
+        acct = owned_account(a)
+        p = int(shard_of(np.array([acct], np.int64), P)[0])
+        cid, first, resend = 0x5EED_0000_0001, {}, {}
+
+        def published():
+            return {r["what"]: r["value"] for r in a.stats()["risk_cluster_replication"]}["records"]
+
+        def objects():
+            return {r["what"]: r["value"] for r in a.stats()["risk_cluster_snapshot_objects"]}["written"]
+        with Client(a.endpoint, a.schema, timeout_ms=20_000, retries=0, client_id=cid) as c:
+            for rid, amount in ((41, 10.0), (42, 20.0)):
+                recs = c.codec.records([{**EVENT, "account_id": acct, "amount": amount}])
+                first[rid] = c.codec.parse(c._attempt(c.codec.frame(recs, rid, 0, False), 20_000), rid, 1)[0]
+                resend[rid] = c.codec.frame(recs, rid, 0, True)
+                assert first[rid].error is None and "DUPLICATE" not in first[rid].flags, first[rid]
+                wait_for(lambda: published() >= rid - 40, 60, f"a published request {rid}")
+                if rid == 41:                   # an object round started after the publish
+                    n = objects()
+                    wait_for(lambda: objects() > n, 60, "a wrote a snapshot object")
+                    time.sleep(2.5)
+        a.kill()
+        wait_for(lambda: p in owned(b), 60, f"b took partition {p}")
+        taken = row_payload(b, FEATURE, acct)
+        assert taken is not None and taken.any(), "the take-over restored a's event"
+        took = [ln for ln in b.output().splitlines() if f"partition {p}: taken at" in ln]
+        assert took and "snapshot none" not in took[-1], took       # request 1 came in an object
+
+        # (1) the resends, as after a lost reply: a's decisions, nothing evaluated again
+        with Client(b.endpoint, b.schema, timeout_ms=20_000, retries=0, client_id=cid) as c:
+            for rid, frame in resend.items():
+                again = c.codec.parse(c._attempt(frame, 20_000), rid, 1)[0]
+                assert "DUPLICATE" in again.flags, (rid, again, b.output()[-3000:])
+                assert (again.action, again.score, again.error) == \
+                    (first[rid].action, first[rid].score, None)
+                assert journaled(b, cid, rid) == 0
+        assert np.array_equal(row_payload(b, FEATURE, acct), taken)
+
+        # (2) a worker crash after the take-over: the rebuilt row still holds a's event
+        w0 = [q for q in psutil.Process(b.proc.pid).children() if "worker 0" in " ".join(q.cmdline())]
+        os.kill(w0[0].pid, signal.SIGKILL)
+        wait_for(lambda: "worker 0 serving again" in b.output(), 120, "b's worker restarted")
+        assert "worker crash:" in b.output()
+        assert np.array_equal(row_payload(b, FEATURE, acct), taken), "the taken row was lost"
+    finally:
+        a.kill()
+        a.close()
+        assert b.close() == 0, b.output()
