@@ -90,6 +90,9 @@ class ClusterNode:
         kind = ev["ev"]
         if kind in self.counts:
             self.counts[kind] += len(ev.get("leases", ())) if kind == "renewed" else 1
+        if kind == "prepare_failed":
+            self.sup.log(f"risk-engine: cluster: partition {ev['p']}: take-over failed, lease "
+                         f"released: {ev.get('error')}")
         elif kind == "status":
             self.live_nodes = ev["live"]
         elif kind == "started":
