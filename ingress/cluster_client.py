@@ -11,9 +11,10 @@ its idempotency key whichever node it reaches.
 - A batch whose events belong to partitions of different owners is split: one request per
   owner, the decisions returned in the events' order.
 - NOT_OWNER (the map was stale): nothing was evaluated there; the reply names the owner, the
-  client records it and sends there (``max_redirects`` hops per call, then RequestError
-  NOT_OWNER). ``owner=none`` (no node holds a valid lease now, e.g. during a failover): it
-  waits (REDIRECT_BACKOFF_S, growing) and asks the map's owner again, within the same bound.
+  client records it and sends the same request (same id) there (``max_redirects`` hops per
+  call, then RequestError NOT_OWNER). ``owner=none`` (no node holds a valid lease now, e.g.
+  during a failover): it waits (REDIRECT_BACKOFF_S, growing) and asks the map's owner again,
+  within the same bound.
 - A timeout: the next attempt goes to the partition's owner as the map says then (a failover
   moves it), with the same request id and the RETRY flag.
 """
@@ -87,15 +88,16 @@ class ClusterClient:
         timeout_ms = timeout_ms or self.timeout_ms
         deadline_ms = self.deadline_ms if deadline_ms is None else deadline_ms
         out: list = [None] * len(recs)
-        todo, hops = [np.arange(len(recs))], 0
+        todo, hops = [(np.arange(len(recs)), None)], 0
         while todo:
-            idx = todo.pop()
+            idx, rid = todo.pop()
             owners = np.array([self.owner(p) for p in parts[idx].tolist()], dtype=object)
             if (owners != owners[0]).any():        # several owners: one request each
-                todo.extend(idx[owners == a] for a in dict.fromkeys(owners.tolist()))
+                todo.extend((idx[owners == a], None) for a in dict.fromkeys(owners.tolist()))
                 continue
+            rid = rid or self.codec.new_request_id()
             try:
-                got = self._request(recs[idx], int(parts[idx[0]]), timeout_ms, deadline_ms)
+                got = self._request(recs[idx], int(parts[idx[0]]), timeout_ms, deadline_ms, rid)
             except _Redirect as r:
                 hops += 1
                 if hops > self.max_redirects:
@@ -103,15 +105,18 @@ class ClusterClient:
                                        f"redirect(s) (max_redirects={self.max_redirects})") from None
                 if not self.owner(int(parts[idx[0]])) or "owner=none" in str(r):
                     time.sleep(min(1.0, REDIRECT_BACKOFF_S * 2 ** (hops - 1)))   # a failover
-                todo.append(idx)
+                # the same id: an earlier attempt that timed out may have been decided, and
+                # the next owner answers that decision from its window (docs/CLUSTER.md)
+                todo.append((idx, rid))
                 continue
             for i, d in zip(idx.tolist(), got):
                 out[i] = d
         return out
 
-    def _request(self, recs: np.ndarray, p: int, timeout_ms: int, deadline_ms: float) -> list[Decision]:
-        """One request (all of ``recs`` to partition ``p``'s owner) with Lazy Pirate retries."""
-        rid = self.codec.new_request_id()
+    def _request(self, recs: np.ndarray, p: int, timeout_ms: int, deadline_ms: float,
+                 rid: int) -> list[Decision]:
+        """One request (all of ``recs`` to partition ``p``'s owner, request id ``rid``) with
+        Lazy Pirate retries."""
         for attempt in range(self.retries + 1):
             addr = self.owner(p)
             if not addr:

@@ -46,14 +46,14 @@ from ingress.fastpath import FastPath
 from ingress.generalpath import GeneralPath
 from ingress.ownercheck import OwnerCheck
 from ingress.replies import Replies
-from ingress.sockopts import SockOpts
+from ingress.sockopts import SockOpts, is_ipv6_bind
 from ingress.timeouts import Timeouts
 from ingress.warmup import warm_up
+from ingress.window_feed import WindowFeed
 from ingress.wire import WireError
 from shm.doorbell import EventfdDoorbell
 from shm.idle import SpinPayoff
 from ingress.security import configure_server, stop_authenticator
-from shm.runtime.endpoints import parse_zmq_bind
 
 READ_BATCH = 256                      # requests read before the responses get their turn
 MAX_FRAMES = 4                        # frames kept of one message: identity, delimiter, body
@@ -110,6 +110,7 @@ class Router:
         self.general = GeneralPath(cfg, b, self.rings, codec, dedup, admission, shards, views,
                                    replies, timeouts, self.fast)
         self.fast.owners = self.general.owners = OwnerCheck(cfg, plan) if cfg.cluster else None
+        self.feed = WindowFeed(run_dir, dedup, b)     # decisions of partitions taken over
         # rules that block a source: the kernel map's descriptor, inherited (engine.supervisor)
         self.autoblock = self.general.autoblock = AutoBlock(plan.get("autoblock_fds", (-1, -1)),
                                                             b.view("ingress.autoblock"))
@@ -133,7 +134,7 @@ class Router:
         curve = self.cfg.ingress.curve
         if curve.enabled:
             configure_server(ctx, sock, curve)
-        if _ipv6(self.cfg.ingress.bind):   # libzmq refuses tcp://[addr]:port without ZMQ_IPV6
+        if is_ipv6_bind(self.cfg.ingress.bind):   # libzmq refuses tcp://[addr]:port without ZMQ_IPV6
             sock.setsockopt(zmq.IPV6, 1)
         sock.bind(self.cfg.ingress.bind)
         return sock
@@ -188,6 +189,7 @@ class Router:
             if now >= conns_due:                   # connections: counted, capped (ingress.conns)
                 self.conns.service(now)
                 self.autoblock.service(now)        # capture switch, expired blocks (ingress.autoblock)
+                self.feed.service()                # another node's decisions (ingress.window_feed)
                 conns_due = now + SERVICE_EVERY_NS
             if got:
                 if idle_since:                     # work after a wait: would a spin have
@@ -387,12 +389,6 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
         raise
-
-
-def _ipv6(bind: str) -> bool:
-    """Does ``bind`` name an IPv6 address (bracketed, or a name resolving only to IPv6)?"""
-    ep = parse_zmq_bind(bind, "ingress.bind")
-    return ep.transport == "tcp" and bool(ep.addresses) and all(":" in a for a in ep.addresses)
 
 
 if __name__ == "__main__":

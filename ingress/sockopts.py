@@ -23,6 +23,8 @@ import ctypes
 
 import zmq
 
+from shm.runtime.endpoints import parse_zmq_bind
+
 _EVENTS, _RCVMORE = int(zmq.EVENTS), int(zmq.RCVMORE)
 
 
@@ -79,3 +81,9 @@ class SockOpts:
             return val.value
 
         self.events, self.rcvmore = events, rcvmore
+
+
+def is_ipv6_bind(bind: str) -> bool:
+    """Does ``bind`` name an IPv6 address (bracketed, or a name resolving only to IPv6)?"""
+    ep = parse_zmq_bind(bind, "ingress.bind")
+    return ep.transport == "tcp" and bool(ep.addresses) and all(":" in a for a in ep.addresses)

@@ -74,7 +74,8 @@ SUPERVISOR = [("header", 2), ("stop", 1), ("generation", 1), ("worker_restarts",
               ("worker_alive", MAX_WORKERS), ("ingress_pid", 1), ("ingress_alive", 1),
               ("snapshot_log", 1 + LOG_ENTRIES * LOG_WIDTH), ("worker_restart_ns", 1),
               ("standby_pid", 1), ("journal_corrupt_records", 1), ("snapshots_refused", 1),
-              ("snapshots_skipped", 1), ("serving", 1), ("standby_phase", 2)]
+              ("snapshots_skipped", 1), ("serving", 1), ("standby_phase", 2),
+              ("window_feed", 1)]     # ingress.window_feed: the last feed file written
 # why a request was refused with OVERLOADED (ingress.overloaded[i]; risk_overloaded_total{reason})
 OVERLOAD_REASONS = ("shed", "ring_full", "max_inflight", "worker_behind", "peer_inflight")
 # why the ingress closed a connection (ingress.connections_closed[i]; ingress.conns)
@@ -86,7 +87,8 @@ INGRESS = [("requests", N_TRANSPORTS * N_CODES), ("decisions", 3), ("inflight", 
            ("timeout_log", 1 + LOG_ENTRIES * LOG_WIDTH), ("py_blocks", 1),
            ("overloaded", len(OVERLOAD_REASONS)), ("connections", 1),
            ("connections_closed", len(CONN_CLOSE_REASONS)), ("phase", 2),
-           ("autoblock", 4)]     # ingress.autoblock: capture switch, blocked, no_peer, failed
+           ("autoblock", 4),     # ingress.autoblock: capture switch, blocked, no_peer, failed
+           ("window_fed", 2)]    # ingress.window_feed: the last feed file applied, the last refused
 WORKER = [("batches", 1), ("events", 1), ("generation", 1), ("reload_errors", 1),
           ("paused", 1), ("journal_seq", 1), ("retain_seq", 1),
           ("kernel_hist", _hist(NBK)), ("gc_hist", _hist(NBG)), ("heartbeat_ns", 1),

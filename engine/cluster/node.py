@@ -28,6 +28,7 @@ import nats.errors
 from engine.cluster.agent import OPEN_TIMEOUT_S, AgentThread, LeaseAgent
 from engine.cluster.control import ControlClient, ControlUnavailable
 from engine.cluster.control_apply import ControlPlane
+from engine.cluster.handover import TakeJobs
 from engine.cluster.leases import LeaseError
 from engine.cluster.ownership import OwnershipTable
 from engine.cluster.partstate import PartitionState
@@ -56,6 +57,7 @@ class ClusterNode:
         self.agent: AgentThread | None = None
         self.map: PartitionMap | None = None        # owners' addresses for NOT_OWNER replies
         self.replicator: Replicator | None = None
+        self.jobs: TakeJobs | None = None
         self.counts = dict.fromkeys(EVENTS, 0)      # agent events (risk_cluster_lease_events_total)
         self.live_nodes = 0
         self._started = threading.Event()
@@ -85,8 +87,7 @@ class ClusterNode:
         sup.log(f"risk-engine: cluster: node {node.cfg.node} joined the control plane at revision "
                 f"{node.control.revision} ({n} value(s), {node.control.applied} changed this node)")
         sup.log("risk-engine: cluster: not yet a failover deployment: this node never trims the "
-                "stream, and a worker crash or restart before its next own snapshot loses what a "
-                f"take-over restored from the stream (docs/CLUSTER.md, Next); cluster.ack={node.cfg.ack}: "
+                f"stream (docs/CLUSTER.md, Next); cluster.ack={node.cfg.ack}: "
                 + ("each reply waits for its record in the stream" if node.cfg.ack == "sync" else
                    "replies go out before their records are published"))
         return node
@@ -95,6 +96,9 @@ class ClusterNode:
         kind = ev["ev"]
         if kind in self.counts:
             self.counts[kind] += len(ev.get("leases", ())) if kind == "renewed" else 1
+        if kind == "prepare_failed":
+            self.sup.log(f"risk-engine: cluster: partition {ev['p']}: take-over failed, lease "
+                         f"released: {ev.get('error')}")
         elif kind == "status":
             self.live_nodes = ev["live"]
         elif kind == "started":
@@ -108,8 +112,9 @@ class ClusterNode:
 
         def scratch():              # where snapshot objects are computed: as big as the tables
             return PartitionState(FeatureSet(fs.specs, fs.schema, load_lists=False), ruleset, c.partitions)
+        self.jobs = TakeJobs(self.sup, state)     # taken rows written by poll(), on this thread
         self.replicator = Replicator(self.sup.cfg, self.table, self.sup.log, self.open_timeout_s,
-                                     state, scratch, marks=self.marks)
+                                     state, scratch, self.jobs, marks=self.marks)
         agent = LeaseAgent(c.servers, c.node, c.advertise, c.partitions, c.lease_ttl_s,
                            replicas=self.replicas, on_event=self._event, table=self.table,
                            open_timeout_s=self.open_timeout_s, prepare=self.replicator.prepare,
@@ -138,6 +143,8 @@ class ClusterNode:
 
     def poll(self) -> None:
         self.control.drain()
+        if self.jobs is not None:
+            self.jobs.run_pending()
         if self.agent is not None and self.agent.error is not None and not self._reported_error:
             self._reported_error = True
             self.sup.log(f"risk-engine: cluster: lease agent stopped: {type(self.agent.error).__name__}: "

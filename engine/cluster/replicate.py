@@ -25,6 +25,7 @@ import time
 import nats
 import nats.errors
 
+from engine.cluster.handover import TakeJob, window_records
 from engine.cluster.replog import ReplicationError, ReplicationLog
 from engine.cluster.snapstore import SnapshotObjects
 from engine.cluster.tailer import JournalTailer
@@ -36,16 +37,18 @@ SYNC_IDLE_S = 0.001          # ack: sync: replies wait for the step that publish
                              # journaled_seq mark is past the tailer's cursor (a step lists and
                              # reads the journal directory: about 1 ms)
 ERROR_PAUSE_S = 0.5
+HANDOVER_TIMEOUT_S = 30.0    # the supervisor's round (a snapshot) plus the ingress's feed
 _TRANSIENT = (ReplicationError, nats.errors.Error, asyncio.TimeoutError, OSError)
 
 
 class Replicator:
-    def __init__(self, cfg, table, log, open_timeout_s: float, state, scratch, marks=None):
+    def __init__(self, cfg, table, log, open_timeout_s: float, state, scratch, jobs=None, marks=None):
         """``state``: the node's engine.cluster.partstate.PartitionState (what a take-over
         restores into); ``scratch()``: a PartitionState over tables of its own (made at the
-        first snapshot write), where snapshot objects are computed; ``marks``: the node's
-        shm.replication.ReplicationMarks (what ack: sync workers wait on)."""
-        self.cfg, self.table, self.say, self.state = cfg, table, log, state
+        first snapshot write), where snapshot objects are computed; ``jobs``: the node's
+        engine.cluster.handover.TakeJobs (None: the take writes ``state`` on this thread);
+        ``marks``: the node's shm.replication.ReplicationMarks (what ack: sync workers wait on)."""
+        self.cfg, self.table, self.say, self.state, self.jobs = cfg, table, log, state, jobs
         self.marks = marks
         self.idle_s = SYNC_IDLE_S if marks is not None and cfg.cluster.ack == "sync" else IDLE_S
         self.scratch, self._scratch = scratch, None
@@ -114,17 +117,43 @@ class Replicator:
         async def fence(q: int, r: int) -> int | None:
             async with self._lock:
                 return await self.tailer.fence(q, r)
-        t = await take_partition(p, rev, fence, self.snaps, lambda arrays: self.state.restore(p, arrays),
-                                 self.state.apply, self.say)
+        if self.jobs is None:               # no supervisor (tests): the rows written here
+            restore, apply = (lambda arrays: self.state.restore(p, arrays)), self.state.apply
+        else:                               # read here, written by the supervisor's thread
+            job = TakeJob(p)
+            restore, apply = (lambda arrays: setattr(job, "arrays", arrays)), job.records.append
+        t = await take_partition(p, rev, fence, self.snaps, restore, apply, self.say)
         if t is None:
             self.fence_refused += 1
             return False
+        if self.jobs is not None:
+            job.window = await window_records(self.rlog, p, self.cfg.ingress.dedup_window_s, t.snapshot_seq)
+            await self._hand_over(job)
         self.taken += 1
         self.replayed_records += t.replayed_records
         self.say(f"risk-engine: cluster: partition {p}: taken at revision {rev}: snapshot "
                  f"{t.snapshot or 'none'} (stream seq {t.snapshot_seq}) + {t.replayed_records} "
                  f"record(s) replayed up to seq {t.fence_seq}")
         return True
+
+    async def _hand_over(self, job) -> None:
+        """The supervisor's thread writes p's rows, snapshots them, feeds the decisions to the
+        ingress's window (engine.cluster.handover); p is servable once the ingress has them."""
+        fut = self.jobs.submit(job)
+        try:
+            seq = await asyncio.wait_for(asyncio.wrap_future(fut), HANDOVER_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            fut.cancel()
+            raise TimeoutError(f"partition {job.partition}: the supervisor did not write the taken "
+                               f"rows within {HANDOVER_TIMEOUT_S:g} s") from None
+        end = time.monotonic() + HANDOVER_TIMEOUT_S
+        while (got := self.jobs.fed_state(seq)) is None:
+            if time.monotonic() > end:
+                raise TimeoutError(f"partition {job.partition}: the ingress did not take window "
+                                   f"feed {seq} within {HANDOVER_TIMEOUT_S:g} s")
+            await asyncio.sleep(0.005)
+        if got == "refused":
+            raise RuntimeError(f"partition {job.partition}: the ingress refused window feed {seq}")
 
     async def write_snapshots(self) -> int:
         """One snapshot object per partition this node publishes (fenced and shown in the

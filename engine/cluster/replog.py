@@ -283,8 +283,9 @@ class ReplicationLog:
 
     # --- replay ---------------------------------------------------------------------------
 
-    async def replay(self, p: int, after_seq: int = 0, end_seq: int | None = None):
-        """Yield the partition's messages after stream sequence ``after_seq`` up to its last
+    async def replay(self, p: int, after_seq: int = 0, end_seq: int | None = None, since=None):
+        """Yield the partition's messages after stream sequence ``after_seq`` (or, given
+        ``since``, a UTC datetime, those the stream stored from then on) up to its last
         one when the replay started (or ``end_seq``), in stream order, each checked, and the
         subject's term order with them: revisions never go back, and records carry the node
         and at least the revision of the fence before them. The first failing message raises
@@ -297,10 +298,10 @@ class ReplicationLog:
         term, prev_rev, subj = None, 0, subject(self.prefix, p)
         # an ordered consumer (flow-controlled push, gaps re-requested by the client) from the
         # first sequence after after_seq: messages stream in, no request per message
+        start = dict(deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after_seq + 1) \
+            if since is None else dict(deliver_policy=api.DeliverPolicy.BY_START_TIME, opt_start_time=since)
         sub = await self.js.subscribe(subj, stream=self.stream, ordered_consumer=True,
-                                      config=api.ConsumerConfig(
-                                          deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
-                                          opt_start_seq=after_seq + 1, ack_policy=api.AckPolicy.NONE))
+                                      config=api.ConsumerConfig(**start, ack_policy=api.AckPolicy.NONE))
         try:
             while True:
                 try:
