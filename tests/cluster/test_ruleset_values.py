@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 import types
 import uuid
@@ -169,7 +170,7 @@ def test_corrupt_or_missing_objects_and_hostile_values_are_refused_by_a_node_and
     files = rulesets.calls[0]
     assert [p.rsplit("/", 1)[1] for p in files] == ["payments.yaml", "extra.yaml"]
     assert [open(p).read() for p in files] == [t for _, t in GOOD]
-    assert all(oct(__import__("os").stat(p).st_mode & 0o777) == "0o600" for p in files)
+    assert all(oct(os.stat(p).st_mode & 0o777) == "0o600" for p in files)
 
 
 def test_a_value_of_the_control_bucket_is_within_its_size(client):
