@@ -64,7 +64,9 @@ def _reload(sup, args):
             raise AdminError("BAD_ARGUMENT", "files: at least one path")
         roots = rule_roots(sup)
         files = tuple(allowed_file(f, roots, f"files[{i}]") for i, f in enumerate(files))
-    return _Deferred(lambda done: sup.rulesets.reload(files, previous=previous, on_done=done))
+    cluster = getattr(sup, "cluster", None)      # a cluster node reloads every node (engine.cluster.ruleset_apply)
+    reload = cluster.ruleset.reload if cluster is not None and cluster.ruleset is not None else sup.rulesets.reload
+    return _Deferred(lambda done: reload(files, previous=previous, on_done=done))
 
 
 def _snapshot(sup, args):

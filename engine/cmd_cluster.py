@@ -102,6 +102,7 @@ def _status(args) -> int:
         for n, d in sorted(ctl["nodes"].items()):
             print(f"  {n:<16} applied revision {d.get('revision')}, last change applied "
                   f"{d.get('lag_ms', 0):.1f} ms after it was written, {d.get('errors', 0)} error(s)")
+        _ruleset(ctl)
     print("lease age: since the lease's last write, by the NATS server's clock against this machine's")
     print("ready: the owner serves it (no: still taking it over; ?: an older node, no flag)")
     print(f"  {'PARTITION':>9}  {'OWNER':<16} {'REVISION':>9} {'AGE':>8} {'READY':>5}  ADVERTISE")
@@ -113,3 +114,20 @@ def _status(args) -> int:
             print(f"  {r['partition']:>9}  {r['owner']:<16} {r['revision']:>9} "
                   f"{r['lease_age_s']:>7.1f}s {ready:>5}  {r['advertise']}")
     return 1 if free else 0
+
+
+def _ruleset(ctl) -> None:
+    """The cluster's ruleset (engine.cluster.ruleset) and which nodes serve it."""
+    rv = ctl.get("ruleset")
+    if rv is None:
+        return
+    v = rv["value"] if isinstance(rv.get("value"), dict) else {}
+    h = v.get("hash") if isinstance(v.get("hash"), str) else None
+    recs = {n: d.get("ruleset") if isinstance(d.get("ruleset"), dict) else {} for n, d in ctl["nodes"].items()}
+    serving = sorted(n for n, r in recs.items() if h is not None and r.get("hash") == h)
+    print(f"ruleset {str(v.get('label'))[:200]} (hash {str(h)[:16]}) at revision {rv['revision']}: "
+          f"{len(serving)} of {len(recs)} node(s) serve it")
+    for n, r in sorted(recs.items()):
+        if n not in serving:
+            print(f"  {n:<16} NOT APPLIED: serves {r.get('label')} (hash {str(r.get('hash'))[:16]}); "
+                  f"{str(r.get('failure') or 'not yet')[:300]}")

@@ -58,10 +58,13 @@ def reload_reply(rulesets, outcome: str) -> dict:
         return {"ok": False, "error": {"code": outcome.code, "message": str(outcome)}}
     g = rulesets.generation
     spec = rulesets.specs[g]
-    return {"ok": True, "outcome": outcome, "generation": g, "ruleset": spec["label"],
-            "files": spec.get("origin_files", spec["files"]),
-            "replaced_files": rulesets.specs.get(g - 1, {}).get("origin_files", []),
-            "recorded": rulesets.recorded}
+    rep = {"ok": True, "outcome": outcome, "generation": g, "ruleset": spec["label"],
+           "files": spec.get("origin_files", spec["files"]),
+           "replaced_files": rulesets.specs.get(g - 1, {}).get("origin_files", []),
+           "recorded": rulesets.recorded}
+    if getattr(outcome, "cluster", None) is not None:     # engine.cluster.ruleset_apply.Applied
+        rep["cluster"] = outcome.cluster
+    return rep
 
 
 def startup_ruleset(cfg, features, log) -> tuple[dict, object]:
@@ -117,6 +120,7 @@ class Rulesets:
         self.job: ReloadJob | None = None   # the reload in flight
         self.switch: Switchover | None = None   # its published generation, workers loading it
         self.recorded: str | None = None    # engine.rules_record's active.json (None: journal off)
+        self.route = None                   # a cluster node's reload (every node), for SIGHUP and the CLI
 
     def keep_compiled_bytes(self, spec: dict) -> None:
         """The bytes the supervisor compiled, kept in the run directory for the workers
@@ -140,7 +144,7 @@ class Rulesets:
 
     def request_from_file(self) -> None:
         """SIGHUP (systemctl reload): recompile the serving files; the outcome goes to the log."""
-        refused = self.reload()
+        refused = (self.route or self.reload)()
         if refused:
             self.log(f"risk-engine: {refused}")
 
@@ -171,8 +175,8 @@ class Rulesets:
                     all(isinstance(f, str) and f for f in files))):
                 done(Refusal(f"reload refused: bad request file: {str(req)[:200]}", "BAD_ARGUMENT"))
                 continue
-            refused = self.reload(tuple(files) if files else None, previous=req.get("previous") is True,
-                                  on_done=done)
+            refused = (self.route or self.reload)(tuple(files) if files else None,
+                                                  previous=req.get("previous") is True, on_done=done)
             if refused:
                 done(refused)
 
@@ -183,17 +187,10 @@ class Rulesets:
         old one serving."""
         if self.job is not None or self.switch is not None:
             return Refusal("reload refused: another reload is in progress", "RELOAD_BUSY")
-        if previous:
-            older = sorted(g for g in self.specs if g < self.generation)
-            if not older:
-                return Refusal("reload refused: no previous generation")
-            files = tuple(self.specs[older[-1]]["origin_files"])
-        files = files or tuple(self.specs[self.generation]["origin_files"])
-        try:
-            before = read_rules([(f, f) for f in files])     # what the compile must see
-        except TextFileError as e:
-            missing = [f for f in files if not os.path.lexists(f)]
-            return Refusal(f"reload refused: {e}", "FILE_NOT_FOUND" if missing else "RULESET_REFUSED")
+        res = self.resolve(files, previous)
+        if isinstance(res, Refusal):
+            return res
+        files, before = res
         try:
             self.job = ReloadJob(self, files)
         except OSError as e:
@@ -202,6 +199,21 @@ class Rulesets:
         if on_done is not None:
             self.job.callbacks.append(on_done)
         return None
+
+    def resolve(self, files: tuple[str, ...] | None, previous: bool):
+        """The files a reload compiles (those given, the previous generation's, or the serving
+        ones) and their texts as read now: (files, before), or a Refusal."""
+        if previous:
+            older = sorted(g for g in self.specs if g < self.generation)
+            if not older:
+                return Refusal("reload refused: no previous generation")
+            files = tuple(self.specs[older[-1]]["origin_files"])
+        files = tuple(files or self.specs[self.generation]["origin_files"])
+        try:
+            return files, read_rules([(f, f) for f in files])     # what the compile must see
+        except TextFileError as e:
+            missing = [f for f in files if not os.path.lexists(f)]
+            return Refusal(f"reload refused: {e}", "FILE_NOT_FOUND" if missing else "RULESET_REFUSED")
 
     def poll(self) -> None:
         """The supervisor's loop: publish the reload's ruleset once it is ready, or count

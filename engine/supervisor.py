@@ -123,7 +123,7 @@ class Supervisor:
             self.recovery.at_start(rs)          # before any worker starts
         if cfg.cluster is not None:             # the cluster's control state, then serve
             from engine.cluster.node import ClusterNode     # lazy: nats-py on cluster nodes only
-            ClusterNode.join(self)
+            _, spec, rs = ClusterNode.join(self, spec, rs)  # the bucket's ruleset, if any
         self.control = Segment.create(cfg.instance, names.CONTROL, BlockLayout(n).nbytes, self.pid)
         self.block = Block(self.control.buf, n, create=True)
         self.recovery.count_into(self.block)

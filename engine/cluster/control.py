@@ -86,6 +86,13 @@ class ControlClient:
             raise ControlUnavailable(f"bucket={self.bucket}: no answer within "
                                      f"{self.timeout_s if timeout_s is None else timeout_s:g} s") from None
 
+    def submit(self, coro):
+        """Run ``coro`` on the client's loop without waiting: a concurrent.futures.Future."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    def jetstream(self):
+        return self._nc.jetstream(timeout=self.timeout_s)
+
     def start(self) -> "ControlClient":
         self._thread.start()
         self.call(self._open(), self.open_timeout_s + 5)
@@ -142,6 +149,8 @@ class ControlClient:
         except jserr.KeyWrongLastSequenceError:
             return None
 
+    write_async = _write
+
     def write(self, key: str, value: bytes, last: int | None = None) -> int | None:
         """Write ``value`` (a compare-and-set on revision ``last`` unless None): the new
         revision, or None when ``key`` moved past ``last``."""
@@ -193,10 +202,12 @@ async def read_applied(js, bucket: str = BUCKET) -> dict:
     await js.key_value(bucket)                  # BucketNotFoundError: no node opened it
     stream, prefix = f"KV_{bucket}", f"$KV.{bucket}."
     info = await js.stream_info(stream, subjects_filter=prefix + ">")
-    out, last = {}, 0
+    out, last, ruleset = {}, 0, None
     for subject in sorted(info.state.subjects or {}):
         m = await js.get_last_msg(stream, subject)
         k = subject[len(prefix):]
+        if k == "ruleset":                      # engine.cluster.ruleset: shown by `cluster status`
+            ruleset = {"revision": m.seq, "value": _json_or_none(m.data)}
         if not k.startswith(APPLIED):
             last = max(last, m.seq)
         elif (m.headers or {}).get("KV-Operation") not in ("DEL", "PURGE"):
@@ -204,4 +215,11 @@ async def read_applied(js, bucket: str = BUCKET) -> dict:
                 out[k[len(APPLIED):]] = json.loads(m.data)
             except ValueError:
                 out[k[len(APPLIED):]] = {"malformed": True}
-    return {"bucket": bucket, "revision": last, "nodes": out}
+    return {"bucket": bucket, "revision": last, "nodes": out, "ruleset": ruleset}
+
+
+def _json_or_none(data):
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None

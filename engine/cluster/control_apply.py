@@ -63,6 +63,7 @@ class ControlPlane:
         self.applied = 0             # changes that changed something here
         self.errors = 0              # values this node could not apply
         self.last_lag_ms = 0.0       # apply time minus the writer's time_ns, of the last change
+        self.ruleset = None          # engine.cluster.ruleset_apply.RulesetPlane (the `ruleset` key)
 
     # --- joining and applying ------------------------------------------------------------------
 
@@ -93,10 +94,15 @@ class ControlPlane:
                 continue
             n += self._apply(e)
         if n or (until is INITIAL and done):
-            self.client.record_applied({"node": self.node, "revision": self.revision,
-                                        "lag_ms": self.last_lag_ms, "time_ns": time.time_ns(),
-                                        "errors": self.errors})
+            self.publish_applied()
         return n if done else None
+
+    def publish_applied(self) -> None:
+        rec = {"node": self.node, "revision": self.revision, "lag_ms": self.last_lag_ms,
+               "time_ns": time.time_ns(), "errors": self.errors}
+        if self.ruleset is not None:
+            rec["ruleset"] = self.ruleset.record()
+        self.client.record_applied(rec)
 
     def _apply(self, e) -> int:
         if e.key.startswith(APPLIED) or e.operation in ("DEL", "PURGE") or e.value is None:
@@ -114,6 +120,8 @@ class ControlPlane:
                 changed = self._list(doc)
             elif e.key.startswith("state."):
                 changed = self._state(doc)
+            elif e.key == "ruleset" and self.ruleset is not None:
+                changed = self.ruleset.seen(e.revision, doc)      # applied by its poll()
             else:
                 raise ValueError("unknown key")
         except (AdminError, ValueError, KeyError, TypeError, UnicodeDecodeError) as err:

@@ -1,16 +1,18 @@
 """An engine node of the cluster: what `risk-engine serve` with a ``cluster:`` section adds to
 the supervisor (docs/CLUSTER.md, "Serving with cluster:").
 
-- ``ClusterNode.join(sup)`` (start-up, after the feature state is recovered, before any
-  worker starts): the OwnershipTable goes into a shared-memory segment of the instance
+- ``ClusterNode.join(sup, spec, rs)`` (start-up, after the feature state is recovered, before
+  any worker starts): the OwnershipTable goes into a shared-memory segment of the instance
   (``ownership``, 0600, removed with the others on every stop) for the ingress to read; the
   control bucket is opened and every current value applied (engine.cluster.control_apply),
-  so the node serves with the cluster's halt, lists and account states.
+  so the node serves with the cluster's halt, lists, account states and ruleset
+  (engine.cluster.ruleset_apply: the ruleset to serve is returned).
 - ``start_leases()`` (once the node is ready): the lease agent on its own thread, writing
   the table in the segment, and on the same event loop the journal tailer
   (engine.cluster.replicate): each lease taken is fenced on the replication stream before
   the table shows it.
-- ``poll()`` (the supervisor's loop): apply the control changes the watcher queued; say once
+- ``poll()`` (the supervisor's loop): apply the control changes the watcher queued (a
+  ruleset: fetched and reloaded without blocking the loop); say once
   if the agent has died (its leases lapse by themselves).
 - ``close()`` (every stop): stop serving every partition, release the leases, close NATS.
 
@@ -33,6 +35,7 @@ from engine.cluster.leases import LeaseError
 from engine.cluster.ownership import OwnershipTable
 from engine.cluster.partstate import PartitionState
 from engine.cluster.replicate import Replicator
+from engine.cluster.ruleset_apply import RulesetPlane
 from engine.preflight import StartupError
 from ingress.partmap import PartitionMap, PartitionMapError
 from shm.features.featureset import FeatureSet
@@ -54,6 +57,7 @@ class ClusterNode:
         self.marks: ReplicationMarks | None = None
         self.client: ControlClient | None = None
         self.control: ControlPlane | None = None
+        self.ruleset: RulesetPlane | None = None    # the cluster's ruleset (control key `ruleset`)
         self.agent: AgentThread | None = None
         self.map: PartitionMap | None = None        # owners' addresses for NOT_OWNER replies
         self.replicator: Replicator | None = None
@@ -67,7 +71,9 @@ class ClusterNode:
         return StartupError(f"cluster: servers={','.join(self.cfg.servers)}: {why}")
 
     @classmethod
-    def join(cls, sup) -> "ClusterNode":
+    def join(cls, sup, spec: dict, rs) -> tuple["ClusterNode", dict, object]:
+        """Join; the ruleset to serve: the bucket's when it has one that compiles here, else
+        ``spec``/``rs`` (engine.cluster.ruleset_apply)."""
         node = cls(sup)
         sup.cluster = node                # cleanup() closes it whatever fails below
         p = node.cfg.partitions
@@ -79,7 +85,10 @@ class ClusterNode:
         try:
             node.client.start()
             node.control = ControlPlane(sup, node.client, node.cfg.node)
+            node.ruleset = node.control.ruleset = RulesetPlane(sup, node.client, node.cfg.node)
+            node.ruleset.on_change = node.control.publish_applied
             n = node.control.join(node.open_timeout_s)
+            spec, rs = node.ruleset.at_start(spec, rs)
         except (ControlUnavailable, nats.errors.Error, asyncio.TimeoutError, TimeoutError, OSError) as e:
             why = f"{type(e).__name__}: {e}" if str(e) else \
                 f"no NATS server answered within {node.open_timeout_s:g} s"
@@ -90,7 +99,7 @@ class ClusterNode:
                 f"stream (docs/CLUSTER.md, Next); cluster.ack={node.cfg.ack}: "
                 + ("each reply waits for its record in the stream" if node.cfg.ack == "sync" else
                    "replies go out before their records are published"))
-        return node
+        return node, spec, rs
 
     def _event(self, ev: dict) -> None:
         kind = ev["ev"]
@@ -128,6 +137,7 @@ class ClusterNode:
                 raise self._fail(f"{type(e).__name__}: {e}" if e is not None and str(e) else
                                  f"the lease bucket was not usable within {self.open_timeout_s:g} s")
         self.start_map()
+        self.sup.rulesets.route = self.ruleset.reload      # `risk-engine reload`, SIGHUP: every node
         self.sup.log(f"risk-engine: cluster: node {c.node} taking leases on {c.partitions} "
                      f"partitions (ttl {c.lease_ttl_s:g} s, share about "
                      f"{math.ceil(c.partitions / max(1, self.live_nodes or 1))})")
@@ -145,6 +155,7 @@ class ClusterNode:
         self.control.drain()
         if self.jobs is not None:
             self.jobs.run_pending()
+        self.ruleset.poll()
         if self.agent is not None and self.agent.error is not None and not self._reported_error:
             self._reported_error = True
             self.sup.log(f"risk-engine: cluster: lease agent stopped: {type(self.agent.error).__name__}: "
@@ -159,7 +170,8 @@ class ClusterNode:
                 "owned": sorted(self.owned()), "live_nodes": self.live_nodes,
                 "agent_running": self.agent is not None and self.agent.error is None,
                 "control": {"revision": ctl.revision, "applied": ctl.applied, "errors": ctl.errors,
-                            "lag_ms": ctl.last_lag_ms} if ctl is not None else None}
+                            "lag_ms": ctl.last_lag_ms} if ctl is not None else None,
+                "ruleset": self.ruleset.record() if self.ruleset is not None else None}
 
     def close(self) -> None:
         """Stop serving and release the leases (a lease that cannot be released lapses after

@@ -40,6 +40,15 @@ def metric_families(node):
     yield GaugeMetricFamily("risk_cluster_control_lag_seconds", "Apply time of the last control "
                             "change minus its writer's wall clock at the write",
                             value=ctl.last_lag_ms / 1e3)
+    rp = getattr(node, "ruleset", None)
+    if rp is not None:
+        rec = rp.record()
+        yield GaugeMetricFamily("risk_cluster_ruleset_applied", "1 while this node serves the "
+                                "cluster's ruleset (or the bucket has none), 0 when it could not "
+                                "apply it (it serves its previous one)", value=float(rec["applied"]))
+        yield CounterMetricFamily("risk_cluster_ruleset_errors", "Cluster ruleset values this node "
+                                  "could not apply: bad value, missing or corrupt object, refused "
+                                  "compile or reload (logged)", value=float(rec["errors"]))
 
 
 def _replication(r):

@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 from shm.runtime.securedir import UnsafePathError, ensure_private_dir, read_private_file, write_private_file
@@ -155,7 +156,10 @@ def remove_dead_run_dir(instance: str) -> bool:
     if not d.is_dir() or (pid and is_supervisor(pid)):
         return False
     for f in d.iterdir():
-        f.unlink()
+        if f.is_dir() and not f.is_symlink():     # a cluster node's fetched rule files
+            shutil.rmtree(f)
+        else:
+            f.unlink()
     d.rmdir()
     return True
 

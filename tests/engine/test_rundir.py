@@ -130,6 +130,8 @@ def test_the_run_dir_of_a_killed_engine_is_removed_and_a_live_one_kept(tmp_path,
     dead = rundir.make_run_dir("dead")
     (dead / "supervisor.pid").write_text("999999999")
     (dead / "config.json").write_text("{}")
+    (dead / "cluster-rules" / "ab").mkdir(parents=True)     # a cluster node's fetched rule files
+    (dead / "cluster-rules" / "ab" / "r.yaml").write_text("ruleset: r")
     assert rundir.remove_dead_run_dir("dead") and not dead.exists()
     assert not rundir.remove_dead_run_dir("never")
     live = rundir.make_run_dir("live")
