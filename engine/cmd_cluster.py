@@ -1,5 +1,6 @@
-"""`risk-engine cluster status`: partition -> owner, lease revision and lease age, read from the
-cluster's lease bucket in NATS JetStream (engine/cluster/, docs/CLUSTER.md)."""
+"""`risk-engine cluster status`: partition -> owner, lease revision, lease age and the
+replication lag its owner reports (engine.cluster.lag), read from the cluster's lease bucket in
+NATS JetStream (engine/cluster/, docs/CLUSTER.md)."""
 from __future__ import annotations
 
 import json
@@ -8,7 +9,7 @@ from datetime import datetime, timezone
 
 from engine import cmd_cluster_drain, cmd_cluster_up
 
-HELP = ("the cluster: partition owners and lease ages (status), hand a node's partitions "
+HELP = ("the cluster: partition owners, lease ages and replication lag (status), hand a node's partitions "
         "over (drain, undrain), a local cluster to try (up)")
 TIMEOUT_S = 15.0
 STALE_LAG_S = 15.0           # an owner rewrites its lag figure every 10 s at least (engine.cluster.lag)
@@ -16,8 +17,9 @@ STALE_LAG_S = 15.0           # an owner rewrites its lag figure every 10 s at le
 
 def add_arguments(p):
     sub = p.add_subparsers(dest="cluster_command", metavar="SUBCOMMAND", required=True)
-    s = sub.add_parser("status", help="partition -> owner, lease revision, lease age",
-                       description="Read every partition's lease from the lease bucket. Exit 0 "
+    s = sub.add_parser("status", help="partition -> owner, lease revision, lease age, replication lag",
+                       description="Read every partition's lease from the lease bucket, and the "
+                                   "replication lag its owner last reported. Exit 0 "
                                    "when every partition has a holder, 1 when some are free, "
                                    "2 when the servers or the bucket cannot be read.")
     s.add_argument("--servers", required=True, metavar="URL[,URL...]",

@@ -80,8 +80,8 @@ class ClusterNode:
         sup.log(f"risk-engine: cluster: node {node.cfg.node} joined the control plane at revision "
                 f"{node.control.revision} ({n} value(s), {node.control.applied} changed this node)")
         sup.log("risk-engine: cluster: not yet a failover deployment: this node publishes its "
-                f"journal after replying (ack: async, whatever cluster.ack={node.cfg.ack}), never "
-                "trims the stream, and a worker crash or restart before its next own snapshot loses "
+                f"journal after replying (ack: async, whatever cluster.ack={node.cfg.ack}), and a "
+                "worker crash or restart before its next own snapshot loses "
                 "what a take-over restored from the stream (docs/CLUSTER.md, Next)")
         return node
 

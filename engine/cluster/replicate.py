@@ -152,7 +152,9 @@ class Replicator:
                     self.lag.written(v)
             except Exception as e:       # NATS down, a journal being rotated: the next round
                 self.lag_errors += 1
-                self._error(e)
+                if self.lag_errors == 1:
+                    self.say(f"risk-engine: cluster: replication lag: {type(e).__name__}: {e}; "
+                             f"retried every {PUBLISH_S:g} s (counted in lag_errors)")
 
     async def _snapshots(self) -> None:
         try:

@@ -96,7 +96,7 @@ def test_status_and_metrics_show_the_lag_per_partition_and_snapshots_trim_the_st
             await asyncio.wait_for(task, 30)
         return want, trimmed, snapped, metrics
 
-    want, trimmed, snapped, metrics = run(nats3.urls, body)
+    want, trimmed, snapped, metrics = run(nats3.urls, body, timeout_s=240)
     stalled, caught_up = loop_status
     assert trimmed == snapped and a.trims >= P and a.trim_refused == 0, (trimmed, snapped)
     assert sum(want.values()) == 100 and lag_rows(stalled) == want, stalled["leases"]
