@@ -8,6 +8,7 @@ import sys
 from datetime import datetime, timezone
 
 from engine import cmd_cluster_drain, cmd_cluster_up
+from shm.runtime.config_cluster import _NODE     # a node name (cluster.node): others have no lag key
 
 HELP = ("the cluster: partition owners, lease ages and replication lag (status), hand a node's partitions "
         "over (drain, undrain), a local cluster to try (up)")
@@ -60,7 +61,7 @@ async def _read(servers: list[str], bucket: str | None, control_bucket: str | No
             e = await store.read(p)
             v = e.value or {}
             owner = v.get("node")
-            if owner is not None and owner not in lags:     # the owner's engine.cluster.lag figure
+            if owner is not None and owner not in lags and _NODE.fullmatch(owner):   # its lag.NODE
                 le = await store.get(lag_key(owner))
                 lags[owner] = (decode_lag(le.value), _age_s(le.time) if le.value is not None else None)
             lag, as_of = lags.get(owner, ({}, None))
