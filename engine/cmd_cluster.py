@@ -1,5 +1,6 @@
-"""`risk-engine cluster status`: partition -> owner, lease revision and lease age, read from the
-cluster's lease bucket in NATS JetStream (engine/cluster/, docs/CLUSTER.md)."""
+"""`risk-engine cluster status`: partition -> owner, lease revision, lease age and the
+replication lag its owner reports (engine.cluster.lag), read from the cluster's lease bucket in
+NATS JetStream (engine/cluster/, docs/CLUSTER.md)."""
 from __future__ import annotations
 
 import json
@@ -7,16 +8,19 @@ import sys
 from datetime import datetime, timezone
 
 from engine import cmd_cluster_drain, cmd_cluster_up
+from shm.runtime.config_cluster import _NODE     # a node name (cluster.node): others have no lag key
 
-HELP = ("the cluster: partition owners and lease ages (status), hand a node's partitions "
+HELP = ("the cluster: partition owners, lease ages and replication lag (status), hand a node's partitions "
         "over (drain, undrain), a local cluster to try (up)")
 TIMEOUT_S = 15.0
+STALE_LAG_S = 15.0           # an owner rewrites its lag figure every 10 s at least (engine.cluster.lag)
 
 
 def add_arguments(p):
     sub = p.add_subparsers(dest="cluster_command", metavar="SUBCOMMAND", required=True)
-    s = sub.add_parser("status", help="partition -> owner, lease revision, lease age",
-                       description="Read every partition's lease from the lease bucket. Exit 0 "
+    s = sub.add_parser("status", help="partition -> owner, lease revision, lease age, replication lag",
+                       description="Read every partition's lease from the lease bucket, and the "
+                                   "replication lag its owner last reported. Exit 0 "
                                    "when every partition has a holder, 1 when some are free, "
                                    "2 when the servers or the bucket cannot be read.")
     s.add_argument("--servers", required=True, metavar="URL[,URL...]",
@@ -47,23 +51,38 @@ async def _control(nc, bucket: str | None) -> dict | None:
 
 async def _read(servers: list[str], bucket: str | None, control_bucket: str | None = None):
     from engine.cluster.leases import BUCKET, LeaseStore, connect_once   # here: imports nats-py
+    from engine.cluster.lag import decode as decode_lag, lag_key
     nc = await connect_once(servers)
     try:
         store = LeaseStore(nc.jetstream(timeout=5.0), bucket or BUCKET, timeout_s=5.0)
         n = await store.open(None, create=False)
-        rows = []
+        rows, lags = [], {}
         for p in range(n):
             e = await store.read(p)
             v = e.value or {}
-            rows.append({"partition": p, "owner": v.get("node"), "advertise": v.get("advertise"),
+            owner = v.get("node")
+            if owner is not None and owner not in lags and _NODE.fullmatch(owner):   # its lag.NODE
+                le = await store.get(lag_key(owner))
+                lags[owner] = (decode_lag(le.value), _age_s(le.time) if le.value is not None else None)
+            lag, as_of = lags.get(owner, ({}, None))
+            rows.append({"partition": p, "owner": owner, "advertise": v.get("advertise"),
                          "ready": v.get("ready"),
                          "revision": e.revision if e.value is not None else None,
-                         "lease_age_s": _age_s(e.time) if e.value is not None else None})
+                         "lease_age_s": _age_s(e.time) if e.value is not None else None,
+                         "lag": {**lag[p], "as_of_s": as_of} if p in lag else None})
         drained = sorted((await store.roster())[1])
         return {"bucket": store.bucket, "partitions": n, "leases": rows, "drained": drained,
                 "control": await _control(nc, control_bucket)}
     finally:
         await nc.close()
+
+
+def _lag(lag: dict | None) -> str:
+    if lag is None:
+        return "-"
+    n = f"{'>=' if lag['capped'] else ''}{lag['records']}"
+    stale = lag["as_of_s"] is not None and lag["as_of_s"] > STALE_LAG_S
+    return f"{n} / {lag['age_s']:.1f}s" + ("*" if stale else "")
 
 
 def run(args) -> int:
@@ -105,14 +124,16 @@ def _status(args) -> int:
         _ruleset(ctl)
     print("lease age: since the lease's last write, by the NATS server's clock against this machine's")
     print("ready: the owner serves it (no: still taking it over; ?: an older node, no flag)")
-    print(f"  {'PARTITION':>9}  {'OWNER':<16} {'REVISION':>9} {'AGE':>8} {'READY':>5}  ADVERTISE")
+    print("lag: records the owner journaled but has not published yet / the oldest one's age, as the "
+          "owner last reported it (-: no report; *: the report is over 15 s old)")
+    print(f"  {'PARTITION':>9}  {'OWNER':<16} {'REVISION':>9} {'AGE':>8} {'LAG':>16} {'READY':>5}  ADVERTISE")
     for r in st["leases"]:
         if r["owner"] is None:
-            print(f"  {r['partition']:>9}  {'-':<16} {'-':>9} {'-':>8} {'-':>5}  (free)")
+            print(f"  {r['partition']:>9}  {'-':<16} {'-':>9} {'-':>8} {'-':>16} {'-':>5}  (free)")
         else:
             ready = {True: "yes", False: "no"}.get(r["ready"], "?")
             print(f"  {r['partition']:>9}  {r['owner']:<16} {r['revision']:>9} "
-                  f"{r['lease_age_s']:>7.1f}s {ready:>5}  {r['advertise']}")
+                  f"{r['lease_age_s']:>7.1f}s {_lag(r['lag']):>16} {ready:>5}  {r['advertise']}")
     return 1 if free else 0
 
 

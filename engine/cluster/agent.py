@@ -149,24 +149,27 @@ class LeaseAgent:
         self.seen.pop(p, None)
         self.emit("lost", p=p, rev=rev, reason=reason)
 
-    async def _renew_one(self, p: int, value: bytes):
-        rev, _ = self.held[p]
+    async def _renew_one(self, p: int, held_rev: int, value: bytes):
         stamp = now_ns()
         try:
-            return p, stamp, await self.store.renew(p, value, rev)
+            return p, stamp, await self.store.renew(p, value, held_rev)
         except _RETRY:
             return p, stamp, -1
 
     async def _renew_due(self) -> None:
         t = now_ns()
-        due = [p for p, (_, stamp) in self.held.items()
-               if t - stamp >= self.renew_ns or p in self.announce]
+        due = {p: rev for p, (rev, stamp) in self.held.items()
+               if t - stamp >= self.renew_ns or p in self.announce}
         if not due:
             return
         marked = {p for p in due if p not in self.pending}     # renewed with the ready value
         done = {}
         for p, stamp, rev in await asyncio.gather(
-                *(self._renew_one(p, self.ready_value if p in marked else self.value) for p in due)):
+                *(self._renew_one(p, r, self.ready_value if p in marked else self.value) for p, r in due.items())):
+            if self.held.get(p, (None,))[0] != due[p]:
+                # released or its prepare failed meanwhile: not ours to extend (a renewal
+                # stored anyway leaves the lease to lapse after a TTL, served by nobody)
+                continue
             if rev is None:
                 self._lose(p, "refused")
             elif rev < 0:

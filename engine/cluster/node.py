@@ -95,10 +95,9 @@ class ClusterNode:
             raise node._fail(why) from None
         sup.log(f"risk-engine: cluster: node {node.cfg.node} joined the control plane at revision "
                 f"{node.control.revision} ({n} value(s), {node.control.applied} changed this node)")
-        sup.log("risk-engine: cluster: not yet a failover deployment: this node never trims the "
-                f"stream (docs/CLUSTER.md, Next); cluster.ack={node.cfg.ack}: "
+        sup.log(f"risk-engine: cluster: cluster.ack={node.cfg.ack}: "
                 + ("each reply waits for its record in the stream" if node.cfg.ack == "sync" else
-                   "replies go out before their records are published"))
+                   "replies go out before their records are published (docs/CLUSTER.md, Replication)"))
         return node, spec, rs
 
     def _event(self, ev: dict) -> None:

@@ -62,9 +62,20 @@ def _replication(r):
     for what, n in (("records", c.published_records), ("messages", c.published_msgs),
                     ("refused", c.refused), ("fences", c.fences), ("errors", r.errors),
                     ("fence_refused", r.fence_refused), ("taken", r.taken),
-                    ("replayed_records", r.replayed_records)):
+                    ("replayed_records", r.replayed_records), ("trims", r.trims),
+                    ("trim_refused", r.trim_refused), ("lag_errors", r.lag_errors)):
         rep.add_metric([what], float(n))
     yield rep
+    lag_n = GaugeMetricFamily("risk_cluster_replication_lag_records", "Records this node journaled "
+                              "(and answered) but has not published yet, per partition it publishes "
+                              "(engine.cluster.lag; recomputed every second)", labels=["partition"])
+    lag_s = GaugeMetricFamily("risk_cluster_replication_lag_seconds", "Age of the oldest of those "
+                              "records, per partition (0: none waiting)", labels=["partition"])
+    for p, (n, age_s) in r.lag.partitions.items():
+        lag_n.add_metric([str(p)], float(n))
+        lag_s.add_metric([str(p)], age_s)
+    yield lag_n
+    yield lag_s
     if r.snaps is not None:
         s = r.snaps.counters
         snap = CounterMetricFamily("risk_cluster_snapshot_objects", "Partition snapshot objects: "

@@ -26,10 +26,13 @@ import nats
 import nats.errors
 
 from engine.cluster.handover import TakeJob, window_records
+from engine.cluster.lag import PUBLISH_S, LagReport, lag_key
 from engine.cluster.replog import ReplicationError, ReplicationLog
 from engine.cluster.snapstore import SnapshotObjects
 from engine.cluster.tailer import JournalTailer
 from engine.cluster.takeover import take_partition, write_snapshot
+from engine.cluster.trim import trim_below
+from ingress.partmap import BUCKET as LEASE_BUCKET
 
 IDLE_S = 0.02                # a step that read nothing waits this long (the async window's floor)
 SYNC_IDLE_S = 0.001          # ack: sync: replies wait for the step that publishes their records;
@@ -63,6 +66,10 @@ class Replicator:
         self.fence_refused = 0
         self.taken = 0               # partitions taken over (restored and replayed)
         self.replayed_records = 0
+        self.lag = LagReport(cfg.cluster.node)    # engine.cluster.lag: per partition, to KV
+        self.lag_errors = 0
+        self.trims = 0               # subjects trimmed below a verified snapshot object
+        self.trim_refused = 0        # snapshot objects that failed their read-back: no trim
         self._ready = asyncio.Event()
         self._lock = asyncio.Lock()
         self._last_error = ""
@@ -72,7 +79,7 @@ class Replicator:
         nc = await asyncio.wait_for(nats.connect(
             list(c.servers), name=f"risk-engine {c.node} replication", connect_timeout=2,
             reconnect_time_wait=0.25, max_reconnect_attempts=-1), self.open_timeout_s)
-        snapping = None              # the snapshot objects' round, a task beside the tailer
+        snapping = lagging = None    # the snapshot objects' round and the lag, tasks beside the tailer
         try:
             js = nc.jetstream(timeout=2.0)
             s = self.cfg.schema
@@ -83,6 +90,7 @@ class Replicator:
             self.tailer = JournalTailer(self.rlog, self.cfg.durability.journal_dir, s.dtype, s.hash,
                                         self.table, marks=self.marks)
             self._ready.set()
+            lagging = asyncio.ensure_future(self._lag_loop(js, stop))
             due = time.monotonic() + self.snapshot_interval_s
             full_due = 0.0
             while not stop.is_set():
@@ -104,9 +112,10 @@ class Replicator:
                 if not self.tailer.read_last_step:
                     await asyncio.sleep(self.idle_s)     # the loop checks stop; no task per wait
         finally:
-            if snapping is not None:
-                snapping.cancel()
-                await asyncio.gather(snapping, return_exceptions=True)
+            for t in (snapping, lagging):
+                if t is not None:
+                    t.cancel()
+                    await asyncio.gather(t, return_exceptions=True)
             await nc.close()
 
     async def prepare(self, p: int, rev: int) -> bool:
@@ -165,10 +174,31 @@ class Replicator:
             upto = self.rlog.last.get(p, 0) if p in self.rlog.fenced else 0
             if upto <= self.snapped.get(p, 0):
                 continue
-            await write_snapshot(p, upto, self.snaps, self._scratch, self.say)
+            name = await write_snapshot(p, upto, self.snaps, self._scratch, self.say)
             self.snapped[p] = upto
             n += 1
+            done = await trim_below(self.snaps, p, name, upto, self.say)   # engine.cluster.trim
+            self.trims += done == "trimmed"
+            self.trim_refused += done == "refused"
         return n
+
+    async def _lag_loop(self, js, stop: asyncio.Event) -> None:
+        """Every PUBLISH_S: the lag per partition (engine.cluster.lag) for the metrics, and
+        ``lag.NODE`` in the lease bucket for `cluster status` when it changed."""
+        subj = f"$KV.{LEASE_BUCKET}.{lag_key(self.cfg.cluster.node)}"
+        while not stop.is_set():
+            await self._wait(stop, PUBLISH_S)
+            try:
+                self.lag.update(self.tailer)
+                v = self.lag.due()
+                if v is not None:
+                    await js.publish(subj, v, timeout=2.0)
+                    self.lag.written(v)
+            except Exception as e:       # NATS down, a journal being rotated: the next round
+                self.lag_errors += 1
+                if self.lag_errors == 1:
+                    self.say(f"risk-engine: cluster: replication lag: {type(e).__name__}: {e}; "
+                             f"retried every {PUBLISH_S:g} s (counted in lag_errors)")
 
     async def _snapshots(self) -> None:
         try:

@@ -154,6 +154,11 @@ class SnapshotObjects:
         self.counters.full_replays += 1
         return None
 
+    async def verify(self, p: int, name: str, covered: int) -> PartitionSnapshot:
+        """Read ``name`` back through every check ``newest`` makes (raises
+        SnapshotCorruptError); counts nothing: the writer's own check before a trim."""
+        return await self._load(p, name, covered, covered)
+
     async def _load(self, p: int, name: str, covered: int, upto: int) -> PartitionSnapshot:
         bad = SnapshotCorruptError
         if covered > upto:

@@ -20,6 +20,7 @@ from typing import Awaitable, Callable
 import numpy as np
 
 from engine.cluster.snapstore import SnapshotObjects
+from engine.cluster.trim import check_floor
 
 
 @dataclass(frozen=True)
@@ -64,13 +65,16 @@ async def rebuild(p: int, upto: int, snaps: SnapshotObjects, restore: Callable[[
     if snap is None:
         log(f"risk-engine: cluster: partition {p}: no usable snapshot; replaying the whole "
             f"subject up to seq {upto}")
+    base = snap.covered_seq if snap is not None else 0
+    await check_floor(snaps.log, p, base)         # a trimmed subject: no replay with a hole
     restore(snap.arrays if snap is not None else None)
     msgs = recs = 0
-    async for m in snaps.log.replay(p, after_seq=snap.covered_seq if snap is not None else 0, end_seq=upto):
+    async for m in snaps.log.replay(p, after_seq=base, end_seq=upto):
         msgs += 1
         if m.kind == "rec":
             apply(m.records)
             recs += len(m.records)
+    await check_floor(snaps.log, p, base)         # trimmed during the replay (engine.cluster.trim)
     return snap, msgs, recs
 
 

@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 import threading
+from contextlib import contextmanager
 
 import pytest
 
@@ -27,6 +28,33 @@ P = 8
 TTL_S = 2.0
 
 
+@contextmanager
+def client_load(cc, first_account: int):
+    """Single decisions sent through the cluster client ``cc`` on a thread until the block
+    ends, accounts from ``first_account`` on: yields (ok, failed): ok[0] counts the decisions,
+    failed lists every failure ("Type: message")."""
+    ok, failed, stop = [0], [], threading.Event()
+
+    def load():
+        i = 0
+        while not stop.is_set():
+            acct = first_account + i % 997
+            i += 1
+            try:
+                d = cc.evaluate({**EVENT, "account_id": acct})
+                assert d.error is None, d
+                ok[0] += 1
+            except Exception as e:          # noqa: BLE001  every failure is the finding
+                failed.append(f"{type(e).__name__}: {e}")
+    t = threading.Thread(target=load, daemon=True)
+    t.start()
+    try:
+        yield ok, failed
+    finally:
+        stop.set()
+        t.join(60)
+
+
 def test_drain_under_load_fails_no_request_and_leaves_the_node_empty(nats3, tmp_path):
     engines = [EngineProcess(tmp_path, workers=1, overrides={
         "cluster": {"servers": list(nats3.urls), "partitions": P, "node": f"dr{i}", "lease_ttl_s": TTL_S},
@@ -35,22 +63,8 @@ def test_drain_under_load_fails_no_request_and_leaves_the_node_empty(nats3, tmp_
     with serving(engines) as (a, b):
         wait_for(lambda: owned(a) and owned(b) and owned(a) | owned(b) == set(range(P)), 90,
                  "both nodes hold partitions, every partition held")
-        ok, failed, stop = [0], [], threading.Event()
         with ClusterClient(nats3.urls, timeout_ms=5000, retries=3, deadline_ms=5000) as cc:   # ack: sync
-            def load():
-                i = 0
-                while not stop.is_set():
-                    acct = 10_000 + i % 997
-                    i += 1
-                    try:
-                        d = cc.evaluate({**EVENT, "account_id": acct})
-                        assert d.error is None, d
-                        ok[0] += 1
-                    except Exception as e:          # noqa: BLE001  every failure is the finding
-                        failed.append(f"{type(e).__name__}: {e}")
-            t = threading.Thread(target=load, daemon=True)
-            t.start()
-            try:
+            with client_load(cc, 10_000) as (ok, failed):
                 wait_for(lambda: ok[0] >= 50, 60, "load running")
                 before = ok[0]
                 out = subprocess.run([sys.executable, "-m", "engine.cli", "cluster", "drain", "dr0",
@@ -59,9 +73,6 @@ def test_drain_under_load_fails_no_request_and_leaves_the_node_empty(nats3, tmp_
                 assert out.returncode == 0, out.stdout + out.stderr
                 res = json.loads(out.stdout)
                 wait_for(lambda: ok[0] >= before + 100, 60, "load still answered after the drain")
-            finally:
-                stop.set()
-                t.join(60)
             print(f"drain moved {len(res['moved'])} partition(s) in {res['seconds']} s; "
                   f"{ok[0]} decisions, {cc.redirects} redirect(s) followed, {len(failed)} failed")
         assert failed == []

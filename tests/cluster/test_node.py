@@ -78,7 +78,10 @@ def start_all(engines):
 @pytest.fixture(scope="module")
 def nodes(nats3, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("nodes")
-    with serving([EngineProcess(tmp, workers=1, overrides=cluster_overrides(nats3.urls, f"n{i}"))
+    # no snapshot round in the module: its objects would trim the subjects (engine.cluster.trim)
+    # under the tests that read every fence and record back from the stream
+    with serving([EngineProcess(tmp, workers=1, overrides={**cluster_overrides(nats3.urls, f"n{i}"),
+                                                           "snapshot": {"interval_s": 86_400}})
                   for i in range(3)]) as engines:
         yield engines
 
