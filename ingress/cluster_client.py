@@ -11,10 +11,12 @@ its idempotency key whichever node it reaches.
 - A batch whose events belong to partitions of different owners is split: one request per
   owner, the decisions returned in the events' order.
 - NOT_OWNER (the map was stale): nothing was evaluated there; the reply names the owner, the
-  client records it and sends the same request (same id) there (``max_redirects`` hops per
-  call, then RequestError NOT_OWNER). ``owner=none`` (no node holds a valid lease now, e.g.
-  during a failover): it waits (REDIRECT_BACKOFF_S, growing) and asks the map's owner again,
-  within the same bound.
+  client records it and sends the same request (same id) there (``max_redirects`` hops to
+  another node per call, then RequestError NOT_OWNER). ``owner=none``, or a node naming
+  itself (no node serves the partition now: a failover, a take-over still replaying): it
+  waits (REDIRECT_BACKOFF_S, doubling to 0.5 s) and asks the map's owner again, for up to
+  ``failover_wait_s`` per call (then RequestError NOT_OWNER): a failover within the lease
+  protocol's bound costs the caller latency, not a failed request.
 - A timeout: the next attempt goes to the partition's owner as the map says then (a failover
   moves it), with the same request id and the RETRY flag.
 """
@@ -35,12 +37,15 @@ from ingress.client import Client, ClientCodec, ClientTimeout, CurveKeys, Decisi
 from ingress.partmap import BUCKET, PartitionMap
 
 MAX_REDIRECTS = 5
-REDIRECT_BACKOFF_S = 0.1              # first wait when no owner is known; doubles, to 1 s
+REDIRECT_BACKOFF_S = 0.1              # first wait when no node serves a partition; doubles, to 0.5 s
+FAILOVER_WAIT_S = 15.0                # a lease TTL (2 s) + TTL/4 + a take-over, with margin
 _NOT_OWNER = re.compile(r"partition=(\d+) owner=(\S+)")
 
 
 class _Redirect(Exception):
-    pass
+    def __init__(self, message: str, asked: str):
+        super().__init__(message)
+        self.asked = asked                         # the address that answered ("" none asked)
 
 
 class ClusterClient:
@@ -51,11 +56,13 @@ class ClusterClient:
                  bucket: str = BUCKET, timeout_ms: int = 1000, retries: int = 3,
                  transport: str = "binary", deadline_ms: float = 0, curve: CurveKeys | None = None,
                  client_id: int | None = None, context: zmq.Context | None = None,
-                 max_redirects: int = MAX_REDIRECTS, map_timeout_s: float = 10.0):
-        if timeout_ms <= 0 or retries < 0 or max_redirects < 0:
-            raise ValueError(f"timeout_ms={timeout_ms} retries={retries} max_redirects={max_redirects}: "
-                             "need > 0, >= 0 and >= 0")
+                 max_redirects: int = MAX_REDIRECTS, map_timeout_s: float = 10.0,
+                 failover_wait_s: float = FAILOVER_WAIT_S):
+        if timeout_ms <= 0 or retries < 0 or max_redirects < 0 or failover_wait_s < 0:
+            raise ValueError(f"timeout_ms={timeout_ms} retries={retries} max_redirects={max_redirects} "
+                             f"failover_wait_s={failover_wait_s}: need > 0, >= 0, >= 0 and >= 0")
         self.timeout_ms, self.retries, self.max_redirects = timeout_ms, retries, max_redirects
+        self.failover_wait_s = failover_wait_s
         self.transport, self.deadline_ms, self.curve = transport, deadline_ms, curve
         self.codec = ClientCodec(load_schema(schema), transport, client_id)
         self.key = self.codec.schema.shard_key
@@ -88,7 +95,7 @@ class ClusterClient:
         timeout_ms = timeout_ms or self.timeout_ms
         deadline_ms = self.deadline_ms if deadline_ms is None else deadline_ms
         out: list = [None] * len(recs)
-        todo, hops = [(np.arange(len(recs)), None)], 0
+        todo, hops, waits, waited_from = [(np.arange(len(recs)), None)], 0, 0, 0.0
         while todo:
             idx, rid = todo.pop()
             owners = np.array([self.owner(p) for p in parts[idx].tolist()], dtype=object)
@@ -99,12 +106,20 @@ class ClusterClient:
             try:
                 got = self._request(recs[idx], int(parts[idx[0]]), timeout_ms, deadline_ms, rid)
             except _Redirect as r:
-                hops += 1
-                if hops > self.max_redirects:
-                    raise RequestError(ErrorCode.NOT_OWNER, f"{r}; gave up after {hops - 1} "
-                                       f"redirect(s) (max_redirects={self.max_redirects})") from None
-                if not self.owner(int(parts[idx[0]])) or "owner=none" in str(r):
-                    time.sleep(min(1.0, REDIRECT_BACKOFF_S * 2 ** (hops - 1)))   # a failover
+                named = self.owner(int(parts[idx[0]]))
+                if named and named != r.asked and "owner=none" not in str(r):   # another node: follow
+                    hops += 1
+                    if hops > self.max_redirects:
+                        raise RequestError(ErrorCode.NOT_OWNER, f"{r}; gave up after {hops - 1} "
+                                           f"redirect(s) (max_redirects={self.max_redirects})") from None
+                else:                              # nobody serves it now: a failover under way
+                    now = time.monotonic()
+                    waited_from = waited_from or now
+                    if now - waited_from > self.failover_wait_s:
+                        raise RequestError(ErrorCode.NOT_OWNER, f"{r}; no node served the partition "
+                                           f"within failover_wait_s={self.failover_wait_s:g}") from None
+                    time.sleep(min(0.5, REDIRECT_BACKOFF_S * 2 ** waits))
+                    waits += 1
                 # the same id: an earlier attempt that timed out may have been decided, and
                 # the next owner answers that decision from its window (docs/CLUSTER.md)
                 todo.append((idx, rid))
@@ -120,7 +135,7 @@ class ClusterClient:
         for attempt in range(self.retries + 1):
             addr = self.owner(p)
             if not addr:
-                raise _Redirect(f"partition={p} owner=none")
+                raise _Redirect(f"partition={p} owner=none", "")
             reply = self._conn(addr)._attempt(self.codec.frame(recs, rid, deadline_ms, attempt > 0),
                                               timeout_ms)
             if reply is None:
@@ -136,7 +151,7 @@ class ClusterClient:
                 self.redirects += 1
                 if valid_address(m[2]):            # the node knows better than our map
                     self._routes[int(m[1])] = m[2]
-                raise _Redirect(e.message) from None
+                raise _Redirect(e.message, addr) from None
         raise ClientTimeout(self.owner(p) or "?", rid, self.retries + 1, timeout_ms)
 
     def _conn(self, addr: str) -> Client:
