@@ -24,26 +24,22 @@ from ingress import zmqc
 from ingress.admission import INFLIGHT, SEQ
 from shm.tokens import INDEX_BITS, general_seq, is_fast, token_index
 
-# table columns (``bt``, int64): T_SEQ 0 = a free row
-(T_SEQ, T_N, T_REMAIN, T_ARRIVAL, T_DEADLINE, T_ROUTED, T_FIRST, T_KEYED, T_CID, T_RID,
- T_RHASH, T_WMASK, T_ENVLEN, T_DELIM, T_PEER0, T_PEER1, T_DEADLINE_US, T_FLAGS) = range(18)
-T_COLS = 18
-# ``tmeta`` cells: rows used, free-stack top, keyed rows, a lower bound of the deadlines,
-# the per-event deadline (Admission.deadline), the events a row has room for, the record size
-M_USED, M_TOP, M_KEYED, M_MIN_DEADLINE, M_PER_EVENT_NS, M_MAX_N, M_RSIZE = range(7)
-META_WORDS = 7
-NO_DEADLINE = np.int64(2 ** 62)
+# table columns (``bt``, int64), the fast path's table's first (T_SEQ 0 = a free row), so
+# its deadline scan serves both (FK.expired); T_WMASK: bit w set = events on worker w
+(T_SEQ, T_ARRIVAL, T_ROUTED, T_FIRST, T_DEADLINE, T_WMASK, T_CID, T_RID, T_KEYED,
+ T_RHASH) = (FK.SEQ, FK.ARRIVAL, FK.ROUTED, FK.FIRST, FK.DEADLINE, FK.WORKER, FK.CID, FK.RID,
+             FK.KEYED, FK.RHASH)
+T_N, T_REMAIN, T_ENVLEN, T_DELIM, T_PEER0, T_PEER1, T_DEADLINE_US, T_FLAGS = range(FK.FT_WORDS, FK.FT_WORDS + 8)
+T_COLS = FK.FT_WORDS + 8
+# ``tmeta`` cells: the fast path's (free-stack top, rows used, a lower bound of the
+# deadlines, HIGH = every row), then keyed rows, the per-event deadline
+# (Admission.deadline), the events a row has room for, the record size
+M_TOP, M_USED, M_MIN_DEADLINE, M_HIGH = FK.TOP, FK.USED, FK.MIN_DEADLINE, FK.HIGH
+M_KEYED, M_PER_EVENT_NS, M_MAX_N, M_RSIZE = range(FK.META_WORDS, FK.META_WORDS + 4)
+META_WORDS = FK.META_WORDS + 4
+NO_DEADLINE = FK.NO_DEADLINE
 DECLINED = -1                    # admit: Python takes it; <= -2: row -2 - r holds its key
 SLOT = FK.SLOT_BYTES
-
-
-@njit(cache=True)
-def key_row(bt, cid, rid):
-    """The row in flight with idempotency key (cid, rid), or -1."""
-    for row in range(bt.shape[0]):
-        if bt[row, T_SEQ] != 0 and bt[row, T_KEYED] and bt[row, T_CID] == cid and bt[row, T_RID] == rid:
-            return row
-    return -1
 
 
 @njit(cache=True)
@@ -103,7 +99,7 @@ def admit(buf, fsize, nframes, now, py_keyed, conf, cells, checks, dd_index, dd_
     rid = np.int64(FK._get(buf, bo + LK.H_RID, 8))
     keyed = 1 if cid != 0 and conf[LK.KEYED_OK] else 0
     if keyed and tmeta[M_KEYED]:
-        row = key_row(bt, cid, rid)
+        row = LK.key_row(bt, tmeta, cid, rid)       # (the fast table's layout)
         if row >= 0:
             return -2 - row
     if n < 2 or n > tmeta[M_MAX_N] or tmeta[M_TOP] == 0 or (keyed and py_keyed):
@@ -204,22 +200,3 @@ def file_slots(h, resp_u8, pos, n, now, bt, tfree, tmeta, tenv, tslots, cells, o
         free_row(row, bt, tfree, tmeta)
         cells[INFLIGHT] -= 1
     return rest
-
-
-@njit(cache=True)
-def due_rows(bt, tmeta, now, rows):
-    """The rows whose deadline passed by ``now`` into ``rows``; returns how many, and keeps
-    M_MIN_DEADLINE the earliest deadline of the others."""
-    k = 0
-    low = NO_DEADLINE
-    for row in range(bt.shape[0]):
-        if bt[row, T_SEQ] == 0:
-            continue
-        d = bt[row, T_DEADLINE]
-        if d <= now:
-            rows[k] = row
-            k += 1
-        elif d < low:
-            low = d
-    tmeta[M_MIN_DEADLINE] = low
-    return k

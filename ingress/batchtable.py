@@ -19,6 +19,7 @@ import numba
 import numpy as np
 
 from ingress import _batch_table_kernels as TK
+from ingress import _fast_kernels as FK
 from ingress import _loop_kernels as LK
 from ingress.codec import Request
 from ingress.dedup import i64_bits
@@ -44,7 +45,7 @@ class BatchTable:
         self.tfree = np.arange(rows - 1, -1, -1, dtype=np.int64)
         self.tmeta = np.zeros(TK.META_WORDS, np.int64)
         m = self.tmeta
-        m[TK.M_TOP], m[TK.M_MIN_DEADLINE] = rows, TK.NO_DEADLINE
+        m[TK.M_TOP], m[TK.M_HIGH], m[TK.M_MIN_DEADLINE] = rows, rows, TK.NO_DEADLINE
         m[TK.M_PER_EVENT_NS], m[TK.M_MAX_N], m[TK.M_RSIZE] = admission.per_event_ns, self.max_n, self.rsize
         self.tenv = np.zeros((rows, LK.ID_BYTES), np.uint8)
         self.trecs = np.zeros((rows, self.max_n * self.rsize), np.uint8)
@@ -65,7 +66,7 @@ class BatchTable:
                            general.dedup.window_ns, general.ts)
         self._file = bind_entry(TK.file_slots, (i64, ty(general.views.resp_u8[0]), i64, i64, i64)
                                 + tuple(i64 if isinstance(a, int) else ty(a) for a in self._file_args))
-        self._due = bind_entry(TK.due_rows, (ty(self.bt), ty(self.tmeta), i64, ty(self.due)))
+        self._due = bind_entry(FK.expired, (ty(self.bt), ty(self.tmeta), i64, ty(self.due)))
         self._free = bind_entry(TK.free_row, (i64, ty(self.bt), ty(self.tfree), ty(self.tmeta)))
         self._peers = bind_entry(TK.peer_count, (ty(self.bt), ty(self.tenv), ty(np.zeros(1, np.uint8)), i64))
 
@@ -129,8 +130,12 @@ class BatchTable:
     def evict(self, row: int):
         """Row ``row`` as the general path's ``Pending`` (its decisions so far, deadline,
         window entry and connection count, as if it had been admitted there); the row is free."""
-        (seq, n, remain, arrival, deadline, routed, first, keyed, cid, rid, rhash, wmask, envlen,
-         delim, peer0, peer1, dus, flags) = self.bt[row].tolist()
+        r = self.bt[row].tolist()
+        seq, n, remain, arrival, deadline, routed, first = (r[c] for c in (
+            TK.T_SEQ, TK.T_N, TK.T_REMAIN, TK.T_ARRIVAL, TK.T_DEADLINE, TK.T_ROUTED, TK.T_FIRST))
+        keyed, cid, rid, rhash, wmask, envlen, delim, peer0, peer1, dus, flags = (r[c] for c in (
+            TK.T_KEYED, TK.T_CID, TK.T_RID, TK.T_RHASH, TK.T_WMASK, TK.T_ENVLEN, TK.T_DELIM,
+            TK.T_PEER0, TK.T_PEER1, TK.T_DEADLINE_US, TK.T_FLAGS))
         ident = self.tenv[row, :envlen].tobytes()
         envelope = [ident, b""] if delim else [ident]
         recs = self.trecs[row, :n * self.rsize].copy().view(self.dtype)
