@@ -78,7 +78,7 @@ class BatchTable:
     def keyed(self) -> int:
         return int(self.tmeta[TK.M_KEYED])
 
-    def admit(self, nframes: int, now: int) -> int:
+    def admit(self, nframes: int, now: int) -> bool:
         """Offer the loop's message of ``nframes`` frames: True when a row keeps it. A row
         holding its idempotency key is moved to the general path first (module doc)."""
         loop = self.loop
