@@ -7,7 +7,10 @@ fast path's ``deliver`` then sends their replies from compiled code too (FastPat
 What the compiled call declines (JSON, batches, bad frames or values, retries, anything over
 a limit or while shedding) it hands back with its frames, and this runs the router's
 per-message code on it, unchanged: one implementation of every answer but the common one.
-There a binary batch is admitted by one compiled call as well (ingress.batchadmit).
+A binary batch handed back is first offered to the batch table (ingress.batchtable): one
+compiled call admits it into the rings and a preallocated row, and the compiled drain's
+filing answers it, with no Python per request; what the table declines takes the router's
+path, where one compiled call admits a binary batch as well (ingress.batchadmit).
 
 pyzmq still creates, configures (CURVE included: libzmq applies it) and closes the socket;
 the handle is taken from it (zmqc.handle) at every call, so a closed socket is never used.
@@ -25,6 +28,7 @@ from ingress import _loop_kernels as LK
 from ingress import zmqc
 from ingress.admission import DOORBELL_DEFER_NS
 from ingress.batchadmit import BatchAdmit
+from ingress.batchtable import BatchTable
 from ingress.dedup import i64_bits
 from shm import _ring_kernels as RK
 from shm.ring import bind_entry
@@ -72,6 +76,9 @@ class CompiledLoop:
         # the general path's binary batches: admitted in one compiled call (ingress.batchadmit)
         general.batch = BatchAdmit(general.codec, dedup, admission, views, fast, c, self.rings,
                                    self.own)
+        # binary batches kept in flight in compiled code (ingress.batchtable)
+        self.table = general.table = BatchTable(self, general, admission)
+        admission.peer_extra = lambda peer: fast.peer_count(peer) + self.table.peer_count(peer)
         self.dd_pool_size = fast.dd_pool.size
         ty, i64 = numba.typeof, numba.types.int64
         self._read = bind_entry(LK.read_packed, (i64, ty(self.pack), ty(self.rings), i64, i64, i64))
@@ -87,10 +94,10 @@ class CompiledLoop:
         """Router._read_requests, compiled (module doc); returns the messages read."""
         h = zmqc.handle(sock)
         views, state, conf, budget = self.views, self.state, self.conf, self.read_batch
-        fast, general = self.fast, self.general
+        fast, general, table = self.fast, self.general, self.table
         n = 0
         while n < budget:
-            conf[LK.GENERAL_KEYED] = len(self.dedup.inflight)   # keys the general path holds
+            conf[LK.GENERAL_KEYED] = len(self.dedup.inflight) + table.keyed   # keys held elsewhere
             got, status, k, t = self._read(h, self.pack, self.rings, budget - n, views.owed_since,
                                            self.dd_pool_size)
             n += got
@@ -102,6 +109,14 @@ class CompiledLoop:
                 continue
             if status == LK.ERROR:
                 raise zmq.ZMQError(k)
+            shedding = t - state[LK.BACKLOG_SINCE] > self.shed_after_ns and state[LK.BACKLOG_READS] > budget
+            if status == LK.HANDOFF and not shedding and table.admit(k, t):   # a batch, kept
+                n += 1
+                self._flush_owed()
+                views.owed_since = views.owed_since or t
+                if t - views.owed_since > DOORBELL_DEFER_NS:
+                    views.ring_owed()
+                continue
             frames = self._frames(k)
             # its sender, for the Python paths' blocks: read only while captured (block_source)
             fast.peer_now = zmqc.peer_of(self.msg) if self.msg[zmqc.CAPTURE] else 0
@@ -110,8 +125,7 @@ class CompiledLoop:
                 t = time.monotonic_ns()                # loop close its connection
                 self._backlog(t)
                 n = budget
-            elif t - state[LK.BACKLOG_SINCE] > self.shed_after_ns \
-                    and state[LK.BACKLOG_READS] > budget and router._over_share(frames[0], t):
+            elif shedding and router._over_share(frames[0], t):
                 router.c_overloaded[_SHED] += 1
                 router.replies.shed(frames)
             elif not fast.admit(frames, t):

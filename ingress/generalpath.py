@@ -6,7 +6,9 @@ of the shard key to its worker, copies the records into the rings in one batch o
 worker (ingress._batch_kernels), and answers when every event of the request has a decision,
 when its deadline passes (flagged TIMEOUT or WORKER_LOST, ingress.timeouts), or at once when
 it cannot be admitted (OVERLOADED, or the configured ``ingress.on_overload`` default). With
-``ingress.compiled_loop`` a binary batch is first offered to one compiled admission
+``ingress.compiled_loop`` most binary batches never reach it (the compiled loop's batch
+table, ingress.batchtable, keeps them; its rows move here for retries, fired lists and
+deadlines); the rest are first offered to one compiled admission
 (ingress.batchadmit: what it declines takes the steps above), and a binary request's reply
 (one envelope, no retry attached) is encoded, sent, remembered and counted in one compiled
 call (_batch_kernels.finish_send).
@@ -83,6 +85,7 @@ class GeneralPath:
         self.autoblock = None                      # ingress.autoblock: rules that block a source
         self.deadlines: list[tuple[int, int]] = []
         self.batch = None                          # ingress.batchadmit, set by the compiled loop
+        self.table = None                          # ingress.batchtable, likewise
         self.instrument = cfg.metrics.enabled
         self.c_requests = block.view("ingress.requests").reshape(2, N_CODES)
         self.c_decisions = block.view("ingress.decisions")
@@ -127,10 +130,12 @@ class GeneralPath:
 
     @property
     def in_use(self) -> int:
-        return len(self.pending)
+        return len(self.pending) + (self.table.used if self.table is not None else 0)
 
     def next_deadline(self, fallback: int) -> int:
         """The earliest deadline in flight, or ``fallback`` if that is earlier."""
+        if self.table is not None:
+            fallback = min(fallback, self.table.next_deadline())
         return min(fallback, self.deadlines[0][0]) if self.deadlines else fallback
 
     # --- requests ----------------------------------------------------------------------------
@@ -163,6 +168,8 @@ class GeneralPath:
             p = self.dedup.pending(dkey)
             if p is None:                          # the compiled loop's rows are not there
                 p = self.fast.pending_row(dkey)
+            if p is None and self.table is not None:   # nor its batches' (then moved here)
+                p = self.table.evict_key(dkey)
             if type(p) is int:                     # first copy in flight on the fast path
                 if n != 1 or not self.fast.holds(p, rhash):
                     return self.replies.conflict(envelope, req)
@@ -247,6 +254,8 @@ class GeneralPath:
             for v in ring.views(pos, n):
                 for tok, cnt, idx, ttl in zip(v["token"].tolist(), v["count"].tolist(), v["idx"].tolist(),
                                               v["block_ttl_ms"].tolist()):
+                    if self.table is not None and not tok & FAST_BIT and tok >> INDEX_BITS not in self.pending:
+                        self.table.evict_seq(tok >> INDEX_BITS)    # a table row's: Python's now
                     if ttl and tok != last and self.autoblock:   # before this decision's reply
                         self.autoblock.decision(tok, ttl, self.fast, self.pending)
                         last = tok
@@ -260,8 +269,10 @@ class GeneralPath:
         (from ring position ``pos``) into their requests; answer a request when it is
         complete. One compiled call splits the slots into runs of one request, one per run
         copies them (ingress._batch_kernels)."""
-        resp_u8 = self.views.resp_u8[w]
         now = time.monotonic_ns()
+        if self.table is not None and not self.table.deliver(w, pos, n, now):
+            return                                 # every slot was a table row's
+        resp_u8 = self.views.resp_u8[w]
         pending = self.pending
         k = self._runs(resp_u8, pos, n, self.run_buf)
         for a, b, seq in self.run_buf[:k].tolist():
@@ -286,6 +297,8 @@ class GeneralPath:
 
     def expire(self, now: int) -> None:
         """Answer every request whose deadline passed by ``now`` (ingress.timeouts)."""
+        if self.table is not None:                 # its rows past theirs are answered here
+            self.table.expire(now)
         if not self.deadlines or self.deadlines[0][0] > now:
             return
         now = time.monotonic_ns()

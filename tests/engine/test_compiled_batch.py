@@ -14,6 +14,7 @@ import pytest
 
 from bench.events import random_events
 from ingress import wire
+from ingress.batchtable import MAX_ROWS
 from ingress.admission import Shards
 from shm.runtime.config import load_config
 from shm.types import DecisionFlag, ErrorCode
@@ -206,4 +207,49 @@ def test_a_full_ring_refuses_the_same_batches_with_the_compiled_loop_on_and_off(
                                                            (30_034, int(ErrorCode.OVERLOADED))]
     decided = [r for r in replies if wire.unpack_reply(r)[1] == 0]
     assert [len(wire.unpack_reply(r)[2]) for r in decided] == [len(b) for b in batches[:31] + batches[32:34]]
+    assert counters(off) == counters(on)
+
+
+def test_batches_past_the_table_split_between_workers_and_expired_are_answered_alike(engines):
+    """The compiled loop keeps binary batches in a table of MAX_ROWS rows (ingress.batchtable).
+    While worker 0 is stopped: MAX_ROWS + 4 batches of one event for each worker (the row
+    is filed by two drains; the last four find the table full and take the general path),
+    then from another socket one such batch with a 300 ms deadline, answered at its
+    deadline (worker 1's decision, worker 0's event defaulted TIMEOUT) while the worker is
+    still stopped. Both engines answer byte for byte alike, and count alike."""
+    off, on = engines
+    schema = load_config().schema
+    h = schema.hash
+    rng = np.random.default_rng(128)
+    pool = random_events(rng, schema, 4 * MAX_ROWS)
+    of = Shards(schema, 2).of(pool)
+    w0, w1 = pool[of == 0], pool[of == 1]
+    count = MAX_ROWS + 4
+    assert len(w0) > count and len(w1) > count
+    bodies = [wire.pack_request(h, np.concatenate([w1[i:i + 1], w0[i:i + 1]]), 91 if i % 2 else 0,
+                                40_000 + i) for i in range(count)]
+    late = wire.pack_request(h, np.concatenate([w0[count:count + 1], w1[count:count + 1]]), 92, 1,
+                             deadline_us=300_000)
+
+    def run(engine) -> tuple:
+        a, b = dealer(engine), dealer(engine)
+        try:
+            with frozen_worker(engine):
+                for body in bodies:
+                    a.send_multipart([b"", body])
+                b.send_multipart([late])
+                expired = recv(b)                 # at its deadline, the worker still stopped
+            return expired, sorted((recv(a) for _ in bodies), key=lambda r: wire.unpack_reply(r)[0])
+        finally:
+            a.close(0)
+            b.close(0)
+
+    got = {e: run(e) for e in (off, on)}
+    assert got[off] == got[on]
+    expired, replies = got[on]
+    rid, code, dec = wire.unpack_reply(expired)[:3]
+    assert rid == 1 and code == 0 and len(dec) == 2
+    assert dec["error"].tolist() == [int(ErrorCode.TIMEOUT), 0]
+    assert [wire.unpack_reply(r)[:2] for r in replies] == [(40_000 + i, 0) for i in range(count)]
+    assert all(len(wire.unpack_reply(r)[2]) == 2 for r in replies)
     assert counters(off) == counters(on)
