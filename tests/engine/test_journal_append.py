@@ -89,9 +89,9 @@ def write(d, path: str, seed: int = 7) -> np.ndarray:
 
 def as_passed(recs: np.ndarray, path: str) -> np.ndarray:
     """``recs`` as append_batch's caller passes them: as made (its compiled entry point);
-    its bytes at an odd address (numpy calls it aligned; the entry point refuses
-    it and the dispatched kernel appends); or under an equal dtype
-    that is another object (the entry point too: the check is equality, not identity)."""
+    at an odd address (numpy calls it aligned; the entry point refuses it and the
+    dispatched kernel appends); or under an equal dtype that is another object (the entry
+    point too: the check is equality, not identity)."""
     if path == "batch_unaligned":
         buf = bytearray(1 + recs.nbytes)
         buf[1:] = recs.tobytes()
