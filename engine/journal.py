@@ -33,8 +33,8 @@ from shm.journal_format import (FSYNC_POLICIES, HEADER_SIZE, MAGIC, VERSION,  # 
                                 checksum, journal_dtype, list_segments, list_writers,
                                 read_header, segment_name)
 from shm.journal_append import (ST_APPENDED, ST_DIRTY_HI, ST_DIRTY_LO, ST_FIRST, ST_POS, ST_WORDS,
-                                _append, _append_at, _append_slots, _append_slots_at, field_mask,
-                                warm_up)
+                                _append, _append_slots, _append_slots_at, field_mask,
+                                records_entry, warm_up)
 from engine.journal_reader import JournalReader, TornTail, iter_merged  # noqa: F401
 from engine.journal_segments import SegmentSeries, lock_writer, remove_unfinished
 from engine.journal_sync import WriterSync
@@ -98,6 +98,7 @@ class JournalWriter(SegmentSeries, WriterSync):
         self.background = False                # True: a thread calls housekeep(); rotation then
                                                # leaves unmapping and retention to it
         self._recs = self._words = self._raw = self._staging = None
+        self._append_records = None            # append_batch's compiled entry (records_entry)
         self._appended_map, self._appended_synced = None, 0    # sync_appended's progress
         self.snapshot_seq: int | None = None   # retention floor, see set_snapshot_seq
         # counters (read by the worker's stats)
@@ -165,18 +166,20 @@ class JournalWriter(SegmentSeries, WriterSync):
 
         With fsync=batch the records are on stable storage when this returns.
         """
-        if records.dtype != self.dtype or records.ndim != 1:
+        if records.ndim != 1 or records.dtype is not self.dtype and records.dtype != self.dtype:
             raise TypeError(f"records: must be a 1-d array of the journal dtype, got "
                             f"ndim={records.ndim} dtype={records.dtype}")
+        n = len(records)            # (no local reference to the map: rotation closes it)
+        if self._words is not None and not self._sync_each and records.flags.c_contiguous:
+            if self._append_records is None:        # the types the entry point takes, checked above
+                self._append_records = records_entry(self._words, self._st, self.dtype)
+            first = self._append_records(self._words, self._st, records, n)  # 0: rotate first
+            if first > 0:                                                # -1: not aligned
+                return first, first + n - 1
         try:      # raw words, padding bytes included (half the cost of .view for a record dtype)
             src = np.frombuffer(records, np.uint64)
         except ValueError:                                   # not contiguous
             src = np.frombuffer(np.ascontiguousarray(records), np.uint64)
-        n = len(records)            # (no local reference to the map: rotation closes it)
-        if self._words is not None and not self._sync_each:
-            first = _append_at(self._words, self._st, src, n)   # 0: does not fit, rotate first
-            if first:
-                return first, first + n - 1
         return self._append_or_raise(n, _append, (src,))
 
     def append_slots(self, req_words: np.ndarray, req_w: int, resp_words: np.ndarray,

@@ -64,6 +64,19 @@ def _bits_f64(typingctx, u):
     return types.float64(u), codegen
 
 
+@intrinsic
+def _fmod(typingctx, a, b):
+    """np.fmod(a, b) (frem) of ``a`` passed through an empty asm with a side effect, so LLVM
+    cannot hoist the libm call out of a short-circuit: a bare frem ran for every event."""
+    if not (a == types.float64 and b == types.float64):
+        return None
+
+    def codegen(context, builder, signature, args):   # "=x,0": in and out in one SSE register
+        x = builder.asm(llir.FunctionType(d := args[0].type, [d]), "", "=x,0", [args[0]], side_effect=True)
+        return builder.frem(x, args[1])
+    return types.float64(a, b), codegen
+
+
 # --- int64 arithmetic with overflow detection (unsigned wraparound is well defined) ----
 @njit(**_INL)
 def _add_ii(a, b):
@@ -197,7 +210,7 @@ def _mod_ff(a, b):
     """Python's float %: the sign of the divisor (CPython float_rem)."""
     if b == 0.0:
         return 0.0, True
-    m = np.fmod(a, b)
+    m = _fmod(a, b)
     if m != 0.0:
         if (b < 0.0) != (m < 0.0):
             m += b
@@ -211,7 +224,7 @@ def _floordiv_ff(a, b):
     """Python's float // (CPython _float_div_mod)."""
     if b == 0.0:
         return 0.0, True
-    m = np.fmod(a, b)
+    m = _fmod(a, b)
     d = (a - m) / b
     if m != 0.0:
         if (b < 0.0) != (m < 0.0):

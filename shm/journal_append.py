@@ -15,7 +15,8 @@ Records are rows of u64 words: seq is word 0, check the last word (journal_forma
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import carray, njit, typeof, types
+from numba.extending import intrinsic
 
 from shm.descriptor import WORD_BYTES
 from shm.journal_format import _K0, _finish, _mix, _record_hash
@@ -135,6 +136,43 @@ def _append_at(words, st, src, n):
     _append(words, p, src, 0, n, first)
     _advance(st, p, n)
     return first
+
+
+@intrinsic
+def _words_of(typingctx, ary):
+    """(data pointer as a uint64 pointer, its address) of a C-contiguous array."""
+    if not (isinstance(ary, types.Array) and ary.layout == "C"):
+        return None
+    ptr = types.CPointer(types.uint64)
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        return context.make_tuple(builder, signature.return_type, (
+            builder.bitcast(data, context.get_value_type(ptr)),
+            builder.ptrtoint(data, context.get_value_type(types.uintp))))
+    return types.Tuple((ptr, types.uintp))(ary), codegen
+
+
+@njit(cache=True)
+def _append_records_at(words, st, records, n):
+    """``_append_at`` of the first ``n`` rows of a C-contiguous record array whose rows are
+    the segment's rows (journal dtype): its words read in place, without the numpy view.
+    -1 when they are not 8-byte aligned (numpy calls a packed record array at any address
+    aligned): nothing written, the caller takes the dispatched path."""
+    ptr, addr = _words_of(records)
+    if addr % 8 != 0:
+        return -1
+    return _append_at(words, st, carray(ptr, (n * words.shape[1],)), n)
+
+
+def records_entry(words: np.ndarray, st: np.ndarray, dtype: np.dtype):
+    """The compiled entry point of ``_append_records_at`` for ``words``, ``st`` and a
+    C-contiguous 1-d array of ``dtype``, compiled (or loaded from the cache) here. It skips
+    the numpy word view and Numba's per-call typing (together more than the append of 64
+    records took): UNCHECKED, the caller passes exactly those types."""
+    args = (words, np.zeros_like(st), np.zeros(0, dtype), 0)    # appends nothing
+    _append_records_at(*args)
+    return _append_records_at.overloads[tuple(typeof(a) for a in args)].entry_point
 
 
 @njit(cache=True)

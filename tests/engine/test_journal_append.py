@@ -71,9 +71,9 @@ def write(d, path: str, seed: int = 7) -> np.ndarray:
     with open_writer(d) as w:
         for n in SIZES:
             first = w.next_seq
-            if path == "batch":
+            if path.startswith("batch"):
                 recs = random_records(rng, n, DT)
-                assert w.append_batch(recs) == (first, first + n - 1)
+                assert w.append_batch(as_passed(recs, path)) == (first, first + n - 1)
                 want.append(sealed(recs, first))
             else:
                 req = random_records(rng, n, request_slot_dtype(SCHEMA.dtype))
@@ -87,7 +87,24 @@ def write(d, path: str, seed: int = 7) -> np.ndarray:
     return np.frombuffer(b"".join(x.tobytes() for x in want), DT)
 
 
-@pytest.mark.parametrize("path", ["batch", "slots"])
+def as_passed(recs: np.ndarray, path: str) -> np.ndarray:
+    """``recs`` as append_batch's caller passes them: as made (its compiled entry point);
+    at an odd address (numpy calls it aligned; the entry point refuses it and the
+    dispatched kernel appends); or under an equal dtype that is another object (the entry
+    point too: the check is equality, not identity)."""
+    if path == "batch_unaligned":
+        buf = bytearray(1 + recs.nbytes)
+        buf[1:] = recs.tobytes()
+        return np.frombuffer(buf, DT, offset=1)
+    if path == "batch_equal_dtype":
+        other = np.dtype({"names": list(DT.names), "formats": [DT.fields[k][0] for k in DT.names],
+                          "offsets": [DT.fields[k][1] for k in DT.names], "itemsize": DT.itemsize})
+        assert other == DT and other is not DT
+        return recs.view(other)
+    return recs
+
+
+@pytest.mark.parametrize("path", ["batch", "batch_unaligned", "batch_equal_dtype", "slots"])
 def test_compiled_append_writes_the_reference_records_and_the_reader_returns_them(tmp_path, path):
     want = write(tmp_path, path)
     r = JournalReader(str(tmp_path), SCHEMA.dtype, SCHEMA.hash, 0)
