@@ -8,7 +8,6 @@ import sys
 from datetime import datetime, timezone
 
 from engine import cmd_cluster_drain, cmd_cluster_up
-from shm.runtime.config_cluster import _NODE     # a node name (cluster.node): others have no lag key
 
 HELP = ("the cluster: partition owners, lease ages and replication lag (status), hand a node's partitions "
         "over (drain, undrain), a local cluster to try (up)")
@@ -52,6 +51,7 @@ async def _control(nc, bucket: str | None) -> dict | None:
 async def _read(servers: list[str], bucket: str | None, control_bucket: str | None = None):
     from engine.cluster.leases import BUCKET, LeaseStore, connect_once   # here: imports nats-py
     from engine.cluster.lag import decode as decode_lag, lag_key
+    from shm.runtime.config_cluster import _NODE   # here: numpy; the parser is built without it (pin_workers.sh)
     nc = await connect_once(servers)
     try:
         store = LeaseStore(nc.jetstream(timeout=5.0), bucket or BUCKET, timeout_s=5.0)

@@ -56,14 +56,8 @@ def peer_count(bt, tenv, ident, n):
     """Rows in flight of the connection whose identity is ``ident[:n]``."""
     c = 0
     for row in range(bt.shape[0]):
-        if bt[row, T_SEQ] == 0 or bt[row, T_ENVLEN] != n:
-            continue
-        same = True
-        for k in range(n):
-            if tenv[row, k] != ident[k]:
-                same = False
-                break
-        c += same
+        if bt[row, T_SEQ] != 0 and bt[row, T_ENVLEN] == n and LK.same_identity(tenv[row], ident, n):
+            c += 1
     return c
 
 
@@ -74,14 +68,8 @@ def admit(buf, fsize, nframes, now, py_keyed, conf, cells, checks, dd_index, dd_
     row (>= 0; ``owed[w]`` set for a worker owed a doorbell), DECLINED, or -2 - row when row
     holds its idempotency key. ``py_keyed``: keyed requests in flight on the general path
     (then a keyed batch declines: Python judges its key)."""
-    cap = conf[LK.FRAME_CAP]
-    if nframes == 3:
-        if fsize[1] != 0:
-            return DECLINED
-        bo = 2 * cap
-    elif nframes == 2:
-        bo = cap
-    else:
+    bo = LK.body_offset(fsize, nframes, conf[LK.FRAME_CAP])
+    if bo < 0:
         return DECLINED
     size = fsize[nframes - 1]
     if size < LK.HDR or fsize[0] >= LK.ID_BYTES:

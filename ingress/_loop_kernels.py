@@ -93,19 +93,20 @@ def key_row(ft, meta, cid, rid):
     return -1
 
 
+@njit(cache=True, inline="always")
+def same_identity(stored, ident, n):
+    for k in range(n):
+        if stored[k] != ident[k]:
+            return False
+    return True
+
+
 @njit(cache=True)
 def peer_count(ft, meta, env_id, env_len, ident, n):
     """Fast rows in flight of the connection whose identity is ``ident[:n]``."""
     c = 0
     for row in range(meta[K.HIGH]):
-        if ft[row, K.SEQ] == 0 or env_len[row] != n:
-            continue
-        same = True
-        for k in range(n):
-            if env_id[row, k] != ident[k]:
-                same = False
-                break
-        if same:
+        if ft[row, K.SEQ] != 0 and env_len[row] == n and same_identity(env_id[row], ident, n):
             c += 1
     return c
 
@@ -198,19 +199,21 @@ def pack_rings(hdrs: list, slots: list) -> np.ndarray:
     return t
 
 
+@njit(cache=True, inline="always")
+def body_offset(fsize, nframes, cap):
+    """Where a request's body starts in the read buffer (identity, [empty,] body), or -1."""
+    if nframes == 3:
+        return 2 * cap if fsize[1] == 0 else -1
+    return cap if nframes == 2 else -1
+
+
 @njit(cache=True)
 def admit_one(buf, fsize, nframes, now, ts, conf, checks, dd_index, dd_ent, dd_pool_size,
               rings, ft, free, meta, fdec, cells, env_id, env_len, env_delim, dup, owed, msg, peer, own):
     """FastPath.admit for the message in ``buf``: True when admitted (counted in ``cells``,
     its identity and sender, zmqc.PEER, kept); False: nothing changed, Python takes it."""
-    cap = conf[FRAME_CAP]
-    if nframes == 3:
-        if fsize[1] != 0:
-            return False
-        bo = 2 * cap
-    elif nframes == 2:
-        bo = cap
-    else:
+    bo = body_offset(fsize, nframes, conf[FRAME_CAP])
+    if bo < 0:
         return False
     if fsize[nframes - 1] != conf[BODY_LEN] or fsize[0] >= ID_BYTES:
         return False

@@ -40,7 +40,7 @@ from shm.descriptor import CACHE_LINE_BYTES, WORD_BYTES, Builder, Layout
 from shm.types import MAX_RULES
 
 MAGIC = 0x5245_4354_4C31     # "RECTL1"
-VERSION = 1
+VERSION = 2                  # 2: supervisor.window_feed, ingress.window_fed
 MAX_WORKERS = 64
 N_CODES = 32                 # ErrorCode values fit below this
 N_TRANSPORTS = 2             # 0 binary, 1 json

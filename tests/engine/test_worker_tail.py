@@ -46,7 +46,8 @@ def test_journaled_prefix_is_answered_from_the_journal(tmp_path, rings, journale
         if journaled:
             j.append_columns(ev[:journaled], slots["arrival_ns"][:journaled], 2, 0,
                              np.arange(journaled) + 0.5, 3)
-        proc = types.SimpleNamespace(out=np.zeros(16, RESPONSE_SLOT_DTYPE))
+        proc = types.SimpleNamespace(out=np.zeros(16, RESPONSE_SLOT_DTYPE), gate=None,
+                                     stop=np.zeros(1, np.int64))
         assert serve_journaled_tail(r, j, proc) == journaled
     got, _ = r.response.try_drain(16)
     assert len(got) == journaled

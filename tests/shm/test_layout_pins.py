@@ -31,20 +31,22 @@ SUPERVISOR = [(0, "header", 16), (64, "stop", 8), (128, "generation", 8), (192, 
               (1728, "worker_alive", 512), (2240, "ingress_pid", 8), (2304, "ingress_alive", 8),
               (2368, "snapshot_log", 4104), (6528, "worker_restart_ns", 8), (6592, "standby_pid", 8),
               (6656, "journal_corrupt_records", 8), (6720, "snapshots_refused", 8),
-              (6784, "snapshots_skipped", 8), (6848, "serving", 8), (6912, "standby_phase", 16)]
+              (6784, "snapshots_skipped", 8), (6848, "serving", 8), (6912, "standby_phase", 16),
+              (6976, "window_feed", 8)]
 INGRESS = [(0, "requests", 512), (512, "decisions", 24), (576, "inflight", 8), (640, "accepting", 8),
            (704, "deduplicated", 8), (768, "timeouts", 8), (832, "worker_lost", 8),
            (896, "eval_hist", 256), (1152, "stage_hist", 384), (1536, "gc_hist", 64),
            (1600, "generation_seen", 8), (1664, "dedup_meta", 32), (1728, "timeout_log", 4104),
            (5888, "py_blocks", 8), (5952, "overloaded", 40), (6016, "connections", 8),
-           (6080, "connections_closed", 16), (6144, "phase", 16), (6208, "autoblock", 32)]
+           (6080, "connections_closed", 16), (6144, "phase", 16), (6208, "autoblock", 32),
+           (6272, "window_fed", 16)]
 WORKER = [(0, "batches", 8), (64, "events", 8), (128, "generation", 8), (192, "reload_errors", 8),
           (256, "paused", 8), (320, "journal_seq", 8), (384, "retain_seq", 8), (448, "kernel_hist", 96),
           (576, "gc_hist", 64), (640, "heartbeat_ns", 8), (704, "pickup_hist", 128), (832, "stalls", 40),
           (896, "stall_log", 4104), (5056, "row_generation", 16), (5120, "py_blocks", 8),
           (5184, "journal_unavailable", 8), (5248, "journal_write_errors", 8),
           (5312, "rule_hits", 32768), (38080, "rule_errors", 32768), (70848, "phase", 16)]
-SECTION_BYTES = {"supervisor": 6976, "ingress": 6272, "worker": 70912}
+SECTION_BYTES = {"supervisor": 7040, "ingress": 6336, "worker": 70912}
 
 SCHEMA = Schema.build({"account_id": "u64", "amount": "f64", "country": "bytes2", "ok": "bool",
                        "n": "bytes13"}, "account_id")
