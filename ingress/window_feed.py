@@ -33,6 +33,7 @@ PREFIX = "window-feed."
 MAGIC = b"RWFEED01"
 _HEAD = struct.Struct("<8sQQQ")         # magic, seq, entries, events
 _ENTRY = np.dtype([("client_id", "<u8"), ("request_id", "<u8"), ("n", "<i8"), ("rhash", "<i8")])
+_SLOT = RESPONSE_SLOT_DTYPE.itemsize
 
 
 class WindowFeedError(RuntimeError):
@@ -136,7 +137,7 @@ class WindowFeed:
             seq, ents, raw, k, off = self._file
             now = time.monotonic_ns()
             for cid, rid, m, rhash in ents[k:k + self.PER_ROUND - n].tolist():
-                self.dedup.finish((cid, rid), raw[off * 64:(off + m) * 64], now, rhash=rhash)
+                self.dedup.finish((cid, rid), raw[off * _SLOT:(off + m) * _SLOT], now, rhash=rhash)
                 off, k, n = off + m, k + 1, n + 1
             self._file = (seq, ents, raw, k, off)
             if k == len(ents):
