@@ -27,9 +27,9 @@ from dataclasses import dataclass
 
 import nats.errors
 import nats.js.errors as jserr
-from nats.js import api
 
 from engine.admin_request import MAX_FILES
+from engine.cluster.objstore import open_object_store
 from rules.loader import MAX_RULE_FILE_BYTES
 
 KEY = "ruleset"
@@ -135,15 +135,8 @@ def check_value(doc) -> RulesetValue:
 
 
 async def open_store(js, replicas: int):
-    """The rule file object store, created when missing."""
-    try:
-        return await js.object_store(BUCKET)
-    except jserr.BucketNotFoundError:
-        try:
-            return await js.create_object_store(BUCKET, config=api.ObjectStoreConfig(
-                description="risk-engine rule files", replicas=replicas, storage=api.StorageType.FILE))
-        except jserr.BadRequestError:            # created meanwhile by another node
-            return await js.object_store(BUCKET)
+    """The rule file object store, created when missing, once its stream has a leader."""
+    return await open_object_store(js, BUCKET, replicas, "risk-engine rule files", GET_TIMEOUT_S)
 
 
 async def put_files(store, files, timeout_s: float = GET_TIMEOUT_S) -> None:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 from engine.cluster import ruleset as rsv
 from engine.cluster.control import ControlUnavailable, encode
+from engine.cluster.objstore import StoreUnavailable
 from engine.reload import Refusal, ReloadJob, ruleset_spec
 from engine.rules_record import read_rules, write_record
 from shm.runtime.securedir import ensure_private_dir, write_private_file
@@ -153,7 +154,8 @@ class RulesetPlane:
             new, new_rs = ruleset_spec(self.sup.cfg, paths, self.sup.features.fs, [t for _, t in texts])
             new["origin_files"] = list(paths)
             new["recorded"] = write_record(self.sup.cfg, read_rules([(p, p) for p in paths]), new["label"])
-        except (rsv.RulesetObjectError, ControlUnavailable, asyncio.TimeoutError, OSError, TextFileError) as e:
+        except (rsv.RulesetObjectError, ControlUnavailable, StoreUnavailable, asyncio.TimeoutError, OSError,
+                TextFileError) as e:
             self._failed(rev, f"{type(e).__name__}: {e}")
             return spec, rs
         except Exception as e:          # noqa: BLE001 - a ruleset that does not compile here

@@ -35,6 +35,7 @@ import nats.js.errors as jserr
 import numpy as np
 from nats.js import api
 
+from engine.cluster.objstore import open_object_store
 from engine.cluster.replog import ReplicationLog, subject
 from engine.snapshot import SnapshotCorruptError, load_snapshot, write_snapshot
 
@@ -81,15 +82,8 @@ class SnapshotObjects:
         self.counters = SnapCounters()
 
     async def open(self, replicas: int) -> None:
-        try:
-            self.store = await self.js.object_store(self.bucket)
-        except jserr.BucketNotFoundError:
-            try:
-                self.store = await self.js.create_object_store(self.bucket, config=api.ObjectStoreConfig(
-                    description="risk-engine partition snapshots", replicas=replicas,
-                    storage=api.StorageType.FILE))
-            except jserr.BadRequestError:       # created meanwhile by another node
-                self.store = await self.js.object_store(self.bucket)
+        self.store = await open_object_store(self.js, self.bucket, replicas,
+                                             "risk-engine partition snapshots", self.timeout_s)
 
     async def names(self, p: int) -> list[tuple[int, str]]:
         """(covered seq, name) of partition p's objects, newest first: from the bucket

@@ -16,6 +16,7 @@ import pytest
 
 from engine.cluster import ruleset as rsv
 from engine.cluster.control import ControlClient, encode
+from engine.cluster.objstore import open_object_store
 from engine.cluster.ruleset_apply import RulesetPlane
 from rules.loader import MAX_RULE_FILE_BYTES
 
@@ -177,3 +178,15 @@ def test_a_value_of_the_control_bucket_is_within_its_size(client):
     """64 files of the longest names fit one control value many times over."""
     files = [(f"{'n' * 120}{i:03d}.yaml", "x") for i in range(64)]
     assert len(encode(rsv.make_value("l@1" * 300, files))) < 100_000
+
+
+def test_a_store_just_created_on_three_servers_takes_a_put_at_once(client):
+    """An R3 object store answers 'no responders' until its Raft group has a leader: opened
+    through open_object_store (rule files, snapshots), the first put right after creation is
+    accepted, for each of several stores made here."""
+    async def go(bucket):
+        store = await open_object_store(client.jetstream(), bucket, 3, "test", 30.0)
+        await store.put("first", b"x")
+        return (await store.get("first")).data
+    for _ in range(6):
+        assert client.call(go("os" + uuid.uuid4().hex[:10]), 60) == b"x"
