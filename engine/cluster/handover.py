@@ -25,6 +25,7 @@ import datetime
 import queue
 from dataclasses import dataclass, field
 
+from engine.cluster.ownership import now_ns
 from ingress import window_feed
 
 
@@ -34,6 +35,8 @@ class TakeJob:
     arrays: dict | None = None           # the snapshot object's rows (None: none)
     records: list = field(default_factory=list)       # journal record arrays, stream order
     window: list = field(default_factory=list)        # older ones, for the window only
+    rows_ns: int = 0                     # CLOCK_BOOTTIME: the rows written, the local snapshot
+    snapshot_ns: int = 0                 # taken (the failover timeline: engine.cluster.node)
     done: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
 
 
@@ -78,6 +81,7 @@ class TakeJobs:
                 self.state.restore(j.partition, j.arrays)
                 for r in j.records:
                     self.state.apply(r)
+                j.rows_ns = now_ns()
                 ok.append(j)
             except Exception as e:            # noqa: BLE001  the take fails with it
                 j.done.set_exception(e)
@@ -86,6 +90,8 @@ class TakeJobs:
         try:
             if self.sup.cfg.durability.journal_enabled:   # (no journal: a crash rebuilds nothing)
                 self.sup.snapshot()           # the restored rows, durable on this node
+            for j in ok:
+                j.snapshot_ns = now_ns()
             ents, slots = window_feed.entries([r for j in ok for r in (*j.window, *j.records)])
             seq = int(self.want[0]) + 1
             window_feed.write(self.sup.run_dir, seq, ents, slots)

@@ -15,7 +15,8 @@ import nats
 import pytest
 from nats.js import api
 
-from engine.cluster.agent import AgentThread, LeaseAgent
+from engine.cluster.agent import LeaseAgent
+from engine.cluster.agentthread import AgentThread
 from engine.cluster.ownership import OwnershipTable, now_ns
 from engine.cluster.partition import partition_of
 from engine.cluster.snapstore import SnapshotObjects, object_name
