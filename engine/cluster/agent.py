@@ -71,6 +71,7 @@ class LeaseAgent:
         self.on_end = on_end or (lambda p: None)        # on_end(p): p no longer held (after clear)
         self.pending: dict[int, asyncio.Task] = {}      # p -> its prepare, running
         self.announce: set[int] = set()                 # prepared: renew now, marked ready
+        self.stopped_ns = 0                             # when the last lease stopped being served
 
     def emit(self, ev: str, **kw) -> None:
         self.on_event({"ev": ev, "node": self.node, "t_ns": now_ns(), **kw})
@@ -296,13 +297,33 @@ class LeaseAgent:
             await self._release(max(self.held), target=target)
 
     async def _release(self, p: int, **why) -> None:
+        rev = self._stop_serving(p)
+        stopped = self.stopped_ns
+        ok = await self.store.release(p, rev)
+        self.emit("released", p=p, rev=rev, ok=ok, stopped_ns=stopped, **why)
+
+    def _stop_serving(self, p: int) -> int:
         rev, _ = self.held.pop(p)
         self._unprepare(p)
         self.table.clear(p)                         # stop serving before the lease is free
-        stopped = now_ns()                          # (a watching taker may take it before the emit)
+        self.stopped_ns = now_ns()                  # (a watching taker may take it before the emit)
         self.on_end(p)
-        ok = await self.store.release(p, rev)
-        self.emit("released", p=p, rev=rev, ok=ok, stopped_ns=stopped, **why)
+        return rev
+
+    def give_up(self, ps, done) -> None:
+        """On the agent's loop: stop serving ``ps`` now, then release them (a take-over whose
+        rows could not be made durable on this node: engine.cluster.handover); ``done`` (a
+        threading.Event) is set once none of them is served."""
+        async def free(p: int, rev: int, stopped: int) -> None:
+            try:
+                ok = await self.store.release(p, rev)
+            except _RETRY:
+                ok = False                          # lapses after a TTL
+            self.emit("released", p=p, rev=rev, ok=ok, stopped_ns=stopped, why="not durable here")
+        for p in [p for p in ps if p in self.held]:
+            rev = self._stop_serving(p)
+            asyncio.ensure_future(free(p, rev, self.stopped_ns))
+        done.set()
 
     async def _leave(self) -> None:
         """Stop serving everything, then free the leases (best effort: what cannot be freed

@@ -46,6 +46,10 @@ class AgentThread:
         self._ready.set()
         await _all(self.agent.run(self._stop), *(f(self._stop) for f in self.side))
 
+    def call_soon(self, fn, *args) -> None:
+        """Run ``fn(*args)`` on the agent's loop (from another thread)."""
+        self._loop.call_soon_threadsafe(fn, *args)
+
     def stop(self, timeout_s: float = 5.0) -> bool:
         """Stop and release the leases; True if the thread ended within ``timeout_s``."""
         if self._loop is not None and self._stop is not None:

@@ -142,7 +142,7 @@ class ClusterNode:
 
         def scratch():              # where snapshot objects are computed: as big as the tables
             return PartitionState(FeatureSet(fs.specs, fs.schema, load_lists=False), ruleset, c.partitions)
-        self.jobs = TakeJobs(self.sup, state)     # taken rows written by poll(), on this thread
+        self.jobs = TakeJobs(self.sup, state, self._give_up)   # taken rows written by poll(), on this thread
         self.replicator = Replicator(self.sup.cfg, self.table, self.sup.log, self.open_timeout_s,
                                      state, scratch, self.jobs, marks=self.marks)
         agent = LeaseAgent(c.servers, c.node, c.advertise, c.partitions, c.lease_ttl_s,
@@ -162,6 +162,18 @@ class ClusterNode:
         self.sup.log(f"risk-engine: cluster: node {c.node} taking leases on {c.partitions} "
                      f"partitions (ttl {c.lease_ttl_s:g} s, share about "
                      f"{math.ceil(c.partitions / max(1, self.live_nodes or 1))})")
+
+    def _give_up(self, partitions) -> None:
+        """(The supervisor's thread.) The agent stops serving ``partitions`` and releases them;
+        returns once none is served (engine.cluster.handover)."""
+        done = threading.Event()
+        try:
+            self.agent.call_soon(self.agent.agent.give_up, partitions, done)
+        except RuntimeError:            # the agent's loop has ended: it serves nothing
+            return
+        if not done.wait(30):
+            self.sup.log(f"risk-engine: cluster: partitions {partitions}: the lease agent did not "
+                         f"stop serving them within 30 s")
 
     def start_map(self) -> None:
         """Watch the lease bucket: every owner's address into the ownership segment, for the

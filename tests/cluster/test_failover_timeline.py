@@ -24,7 +24,7 @@ from ingress.admission import shard_of
 from ingress.cluster_client import ClusterClient
 from tests.cluster.agentproc import wait_for
 from tests.cluster.test_acksync import TTL_S, trio  # noqa: F401  (the module's engine nodes)
-from tests.cluster.test_node import EVENT, P, every_partition_held
+from tests.cluster.test_node import EVENT, P, every_partition_held, status
 from tests.cluster.test_routing import owned
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -55,7 +55,9 @@ def timelines(engines, parts: set[int], after_ns: int) -> dict[int, dict[str, fl
 
 
 def kill_and_time(servers, trio, rnd: int) -> list[dict]:      # noqa: F811  (the fixture's name)
-    st = every_partition_held(servers)
+    every_partition_held(servers)
+    st = wait_for(lambda: (s := status(servers)) and all(r["ready"] for r in s["leases"]) and s, 120,
+                  "every partition served (its take-over done), none over its share")
     by_owner = {}
     for p, lease in enumerate(st["leases"]):
         by_owner.setdefault(lease["owner"], []).append(p)
