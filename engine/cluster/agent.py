@@ -257,7 +257,8 @@ class LeaseAgent:
         if ok and now_ns() < until:
             self.emit("ready", p=p, rev=cur, until_ns=until)
             self.table.begin(p, cur, until)
-            self.announce.add(p)                   # the next tick's renewal marks it ready
+            self.announce.add(p)                   # a renewal marks it ready, sent now: clients
+            self.view.wake.set()                   # and `cluster drain` wait for the flag
             return
         del self.held[p]
         self.on_end(p)                             # a fence may have been stored

@@ -9,7 +9,8 @@ got after the kill are printed in ms after the kill.
 Asserted only what scheduling cannot move: every lost partition is taken and served, and no
 take was sent before a TTL had passed since its taker first saw the revision it took over
 from (the contender's rule: the safety side). Upper bounds are printed, not asserted (the
-failover bench measures them)."""
+failover bench measures them), as are requests that failed (issue 24 test 2's own checks
+are tests/cluster/test_acksync.py's)."""
 from __future__ import annotations
 
 import re
@@ -23,7 +24,7 @@ from engine.cluster.ownership import now_ns
 from ingress.admission import shard_of
 from ingress.cluster_client import ClusterClient
 from tests.cluster.agentproc import wait_for
-from tests.cluster.test_acksync import TTL_S, trio  # noqa: F401  (the module's engine nodes)
+from tests.cluster.test_acksync import TTL_S, busiest, trio  # noqa: F401  (trio: the engine nodes)
 from tests.cluster.test_node import EVENT, P, every_partition_held, status
 from tests.cluster.test_routing import owned
 
@@ -58,13 +59,7 @@ def kill_and_time(servers, trio, rnd: int) -> list[dict]:      # noqa: F811  (th
     every_partition_held(servers)
     st = wait_for(lambda: (s := status(servers)) and all(r["ready"] for r in s["leases"]) and s, 120,
                   "every partition served (its take-over done), none over its share")
-    by_owner = {}
-    for p, lease in enumerate(st["leases"]):
-        by_owner.setdefault(lease["owner"], []).append(p)
-    name = max(by_owner, key=lambda n: len(by_owner[n]))
-    victim = next(e for e in trio if e.raw["cluster"]["node"] == name)
-    rest = [e for e in trio if e is not victim]
-    lost = set(by_owner[name])
+    victim, rest, lost = busiest(trio, st)
     kill_ns, first, failed, stop = [0], {}, [], threading.Event()
 
     def load(p):
@@ -95,15 +90,17 @@ def kill_and_time(servers, trio, rnd: int) -> list[dict]:      # noqa: F811  (th
         stop.set()
         for t in threads:
             t.join(60)
-    tl = timelines(rest, lost, kill_ns[0])
-    assert set(tl) == lost, (sorted(tl), sorted(lost))
-    assert failed == [], failed[:5]
+    tl = wait_for(lambda: (t := timelines(rest, lost, kill_ns[0])) and set(t) == lost and t, 30,
+                  f"the takers' timeline lines of partitions {sorted(lost)}")
     rows = []
     for p in sorted(lost):
         row = {"kill": rnd, "p": p, **tl[p], "first_decision": first[p]}
         # the contender's rule, on its own clock: a TTL from first sight to the take sent
         assert row["cas_sent"] - row["seen"] >= TTL_S * 1e3, row
         rows.append(row)
+    print(f"\nkill {rnd}: " + "; ".join(f"p{r['p']} ready {r['ready']:.0f} ms, first decision "
+                                        f"{r['first_decision']:.0f} ms" for r in rows)
+          + f"; {len(failed)} request(s) failed: {failed[:3]}")
     victim.close()
     victim.launch()
     wait_for(lambda: victim.serving() or victim.proc.poll() is not None, 600, "the killed node restarted")
