@@ -21,8 +21,9 @@ from tests.cluster.test_leases import run
 TTL_S = 2.0
 P = 12
 TICK_S = TTL_S / 8
-# the protocol's bound from a holder's last renewal to a contender's take: the contender reads
-# the lease within a tick, waits a full TTL from that read, and acts at its next tick
+# the protocol's bound from a holder's death to a contender's take: the holder's last renewal
+# was at most a renewal period (TTL/4, plus a late tick) before it, the contender saw it
+# through its watch within milliseconds and takes a TTL after that sight
 TAKEOVER_BOUND_S = TTL_S + 2 * TICK_S
 SLACK_S = 3.0                   # two loaded cores, three agents, three servers
 
