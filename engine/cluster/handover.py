@@ -8,7 +8,8 @@ loop (``ClusterNode.poll``) runs the jobs, and only there are the partition's ro
   also rebuilds the tables after a worker crash (engine.recovery_state.after_crash), so the
   two never write the same rows at once, and a rebuild can only come wholly before a job
   (then the job restores over it) or after (then it starts from the snapshot below);
-- then one local snapshot (engine.snapshot_coordinator) for every job of the round: a worker
+- then one local snapshot (engine.snapshot_coordinator) for every job of the round (a round
+  waits up to GATHER_NS for takes still reading NATS, so a kill's partitions share one): a worker
   crash rebuilds from the node's own snapshot and journal, which from then on hold the
   restored rows. The jobs are servable once the snapshot's copy of the tables is taken
   (the workers held for one memory copy), not once its file is written: that write, and
@@ -44,10 +45,12 @@ class TakeJob:
     window: list = field(default_factory=list)        # older ones, for the window only
     rows_ns: int = 0                     # CLOCK_BOOTTIME: the rows written, the local snapshot
     snapshot_ns: int = 0                 # taken (the failover timeline: engine.cluster.node)
+    queued_ns: int = 0                   # when the supervisor's thread first saw it
     done: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
 
 
 WINDOW_MARGIN_S = 5.0        # the NATS server's clock (message times) against this machine's
+GATHER_NS = 200_000_000      # the longest a round waits for takes still reading (run_pending)
 
 
 async def window_records(rlog, p: int, window_s: float, upto: int) -> list:
@@ -63,11 +66,14 @@ async def window_records(rlog, p: int, window_s: float, upto: int) -> list:
 class TakeJobs:
     """Jobs from the agent's thread, run by the supervisor's (module doc)."""
 
-    def __init__(self, sup, state, give_up=None):
+    def __init__(self, sup, state, give_up=None, reading=None):
         """``give_up(partitions)``: stop serving them and release their leases, returning
-        once they are no longer served (the node's lease agent)."""
+        once they are no longer served (the node's lease agent); ``reading()``: how many
+        takes are still reading NATS (their jobs will come soon)."""
         self.sup, self.state = sup, state
         self.give_up = give_up or (lambda ps: None)
+        self.reading = reading or (lambda: 0)
+        self._held: list[TakeJob] = []       # jobs waiting for the rest of their round
         self.queue: queue.SimpleQueue[TakeJob] = queue.SimpleQueue()
         self.want = sup.block.view("supervisor.window_feed")
         self.fed = sup.block.view("ingress.window_fed")
@@ -77,13 +83,20 @@ class TakeJobs:
         return job.done
 
     def run_pending(self) -> int:
-        """Run every queued job (module doc); returns how many ran."""
-        jobs, ok = [], []
+        """Run every queued job (module doc) as one round; returns how many ran. While other
+        takes are still reading (a kill hands a node several partitions at once, their reads
+        ending a few ms apart) a round waits for them up to GATHER_NS: one local snapshot for
+        all, instead of each next round waiting for the previous one's file write."""
         while True:
             try:
-                jobs.append(self.queue.get_nowait())
+                j = self.queue.get_nowait()
             except queue.Empty:
                 break
+            j.queued_ns = now_ns()
+            self._held.append(j)
+        if not self._held or (self.reading() and now_ns() - self._held[0].queued_ns < GATHER_NS):
+            return 0
+        jobs, ok, self._held = self._held, [], []
         for j in jobs:
             if not j.done.set_running_or_notify_cancel():
                 continue                      # the take was given up meanwhile

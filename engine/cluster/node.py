@@ -142,7 +142,8 @@ class ClusterNode:
 
         def scratch():              # where snapshot objects are computed: as big as the tables
             return PartitionState(FeatureSet(fs.specs, fs.schema, load_lists=False), ruleset, c.partitions)
-        self.jobs = TakeJobs(self.sup, state, self._give_up)   # taken rows written by poll(), on this thread
+        self.jobs = TakeJobs(self.sup, state, self._give_up,      # taken rows written by poll(),
+                             reading=lambda: self.replicator.reading)   # on this thread
         self.replicator = Replicator(self.sup.cfg, self.table, self.sup.log, self.open_timeout_s,
                                      state, scratch, self.jobs, marks=self.marks)
         agent = LeaseAgent(c.servers, c.node, c.advertise, c.partitions, c.lease_ttl_s,

@@ -66,6 +66,7 @@ class Replicator:
         self.errors = 0              # tailer steps that failed (logged once per new message)
         self.fence_refused = 0
         self.taken = 0               # partitions taken over (restored and replayed)
+        self.reading = 0             # takes still reading NATS (not handed over yet)
         self.replayed_records = 0
         self.lag = LagReport(cfg.cluster.node)    # engine.cluster.lag: per partition, to KV
         self.lag_errors = 0
@@ -141,14 +142,19 @@ class Replicator:
                 job.arrays = arrays
         job = TakeJob(p)
         apply = self.state.apply if self.jobs is None else job.records.append
-        t = await take_partition(p, rev, fence, self.snaps, restored, apply, self.say)
-        if t is None:
-            self.fence_refused += 1
-            return False
-        times["replayed"] = now_ns()
+        self.reading += 1                   # the supervisor gathers the takes of one round
+        try:
+            t = await take_partition(p, rev, fence, self.snaps, restored, apply, self.say)
+            if t is None:
+                self.fence_refused += 1
+                return False
+            times["replayed"] = now_ns()
+            if self.jobs is not None:
+                job.window = await window_records(self.rlog, p, self.cfg.ingress.dedup_window_s, t.snapshot_seq)
+                times["window_read"] = now_ns()
+        finally:
+            self.reading -= 1
         if self.jobs is not None:
-            job.window = await window_records(self.rlog, p, self.cfg.ingress.dedup_window_s, t.snapshot_seq)
-            times["window_read"] = now_ns()
             await self._hand_over(job)
             times.update(rows=job.rows_ns, snapshotted=job.snapshot_ns, fed=now_ns())
         self.taken += 1
