@@ -215,7 +215,7 @@ class LeaseAgent:
                 self.held[p] = (rev, stamp)
                 self.table.extend(p, rev, until)
 
-    async def _take_one(self, p: int, last: int) -> None:
+    async def _take_one(self, p: int, last: int, free: bool = True) -> None:
         stamp = now_ns()
         try:
             rev = await self.store.take(p, self.value if self.prepare else self.ready_value, last)
@@ -232,7 +232,7 @@ class LeaseAgent:
         self.held[p] = (rev, stamp)
         self.announce.discard(p)                    # left by an earlier holding of p
         # seen_ns: first sight of revision `last`; cas_ns: the take sent (the failover timeline)
-        when = {"prev_rev": last, "seen_ns": self.view.first_seen(p), "cas_ns": stamp}
+        when = {"prev_rev": last, "seen_ns": self.view.first_seen(p), "cas_ns": stamp, "free": free}
         if self.prepare is not None:
             self.emit("acquired", p=p, rev=rev, until_ns=0, **when)
             self.pending[p] = asyncio.ensure_future(self._prepare(p, rev))
@@ -291,9 +291,9 @@ class LeaseAgent:
         room = max(0, target - len(self.held))
         # expired leases are taken whatever the share (their partitions are unserved);
         # free ones only up to this node's share, so a joining node gets some
-        takes = expired + free[:room]
+        takes, gone = expired + free[:room], {p for p, _ in expired}
         if takes:
-            await asyncio.gather(*(self._take_one(p, last) for p, last in takes))
+            await asyncio.gather(*(self._take_one(p, last, p not in gone) for p, last in takes))
         if balance and len(self.held) > target:
             await self._release(max(self.held), target=target)
 

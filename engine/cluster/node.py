@@ -131,7 +131,8 @@ class ClusterNode:
                  **(self.replicator.timeline.pop(p, {}) if self.replicator else {}), "ready": ready["t_ns"]}
         parts = " ".join(f"{k}={(t - t0) / 1e6:.0f}" for k, t in steps.items() if t)
         self.sup.log(f"risk-engine: cluster: partition {p}: serving at revision {ready['rev']}; "
-                     f"take-over ms after revision {acq['prev_rev']} was first seen "
+                     f"take-over ({'free' if acq.get('free') else 'expired'}) ms after revision "
+                     f"{acq['prev_rev']} was first seen "
                      f"(seen_ns={t0}): {parts}")
 
     def start_leases(self) -> None:
