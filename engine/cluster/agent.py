@@ -260,6 +260,8 @@ class LeaseAgent:
             self.announce.add(p)                   # a renewal marks it ready, sent now: clients
             self.view.wake.set()                   # and `cluster drain` wait for the flag
             return
+        if ok:                                     # done, but no renewal acknowledged in time
+            why = f"its lease was not renewed within {(self.ttl_ns - self.margin_ns) / 1e9:g} s"
         del self.held[p]
         self.on_end(p)                             # a fence may have been stored
         self.emit("prepare_failed", p=p, rev=cur, error=why)
