@@ -200,12 +200,14 @@ class SnapshotCoordinator:
             self.hold_lock.release()
 
     def snapshot(self, generation: int, timeout_s: float = 5.0,
-                 skip_unchanged: bool = False) -> str | None:
+                 skip_unchanged: bool = False, copied=None) -> str | None:
         """Pause every worker between two batches, copy the feature tables, resume, then
         write the copy with each worker's journal seq (engine.snapshot). Returns the path.
         The pause lasts one memory copy of the tables; the file write happens after.
         ``skip_unchanged``: when every worker's journal seq, admin.log and the generation
-        are those of the last snapshot written, copy and write nothing and return None."""
+        are those of the last snapshot written, copy and write nothing and return None.
+        ``copied()``: called once the copy is taken, before the journals' fsync and the
+        write (a take-over's partitions are served from then: engine.cluster.handover)."""
         d = self.cfg.durability
         if not d.journal_enabled:
             raise SnapshotError("snapshot: journal.enabled is false; a snapshot needs the journal")
@@ -237,6 +239,8 @@ class SnapshotCoordinator:
         except SnapshotError as e:
             b.view("supervisor.snapshot_errors")[0] += 1
             raise SnapshotError(f"snapshot: {e}") from None
+        if copied is not None:
+            copied()
         t1 = time.monotonic_ns()
         self._fsync_journals()             # the journal up to `seqs` is durable before the
         t2 = time.monotonic_ns()

@@ -188,9 +188,10 @@ class Supervisor:
         self.run_dir_checked = True
         check_state_dirs(self.cfg, self.log, self.created_dirs)
 
-    def snapshot(self, timeout_s: float = 5.0) -> str:
-        """A snapshot of the feature tables now (engine.snapshot_coordinator); its path."""
-        return self.snapshots.snapshot(self.rulesets.generation, timeout_s)
+    def snapshot(self, timeout_s: float = 5.0, copied=None) -> str:
+        """A snapshot of the feature tables now (engine.snapshot_coordinator); its path.
+        ``copied()`` runs once the tables are copied, before the file is written."""
+        return self.snapshots.snapshot(self.rulesets.generation, timeout_s, copied=copied)
 
     def admin_log_path(self) -> str | None:
         """admin.log in the journal directory (None when the journal is off)."""

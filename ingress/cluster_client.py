@@ -15,7 +15,9 @@ its idempotency key whichever node it reaches.
   another node per call, then RequestError NOT_OWNER). ``owner=none``, a node naming itself,
   or a node naming one that already answered NOT_OWNER in this call (no node serves the
   partition now: a failover, a take-over still replaying, two nodes each naming the other): it
-  waits (REDIRECT_BACKOFF_S, doubling to 0.5 s) and asks the map's owner again, for up to
+  waits (REDIRECT_BACKOFF_S, doubling to 0.5 s, or less: until the map shows a change of
+  that partition's lease, such as the taker marking it ready) and asks the map's owner
+  again, for up to
   ``failover_wait_s`` per call (then RequestError NOT_OWNER): a failover within the lease
   protocol's bound costs the caller latency, not a failed request.
 - A timeout: the next attempt goes to the partition's owner as the map says then (a failover
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import time
 
 import numpy as np
@@ -71,9 +74,22 @@ class ClusterClient:
         self._conns: dict[str, Client] = {}
         self._routes: dict[int, str] = {}          # partition -> owner address ("" unknown)
         self.redirects = 0                         # NOT_OWNER replies followed (tests, metrics)
-        self.map = PartitionMap(servers, bucket, on_change=self._routes.__setitem__,
-                                timeout_s=map_timeout_s).start()
+        self._changes: dict[int, int] = {}         # partition -> lease values seen (wakes a wait)
+        self._changed = threading.Condition()
+        self.map = PartitionMap(servers, bucket, on_change=self._route, timeout_s=map_timeout_s).start()
         self.partitions = self.map.partitions
+
+    def _route(self, p: int, address: str) -> None:
+        """The map's watch thread: a lease value of ``p`` (a take, a renewal, ready)."""
+        self._routes[p] = address
+        with self._changed:
+            self._changes[p] = self._changes.get(p, 0) + 1
+            self._changed.notify_all()
+
+    def _wait_change(self, p: int, seen: int, timeout_s: float) -> None:
+        """Sleep up to ``timeout_s``, less if p's lease changes from ``seen`` values."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._changes.get(p, 0) != seen, timeout_s)
 
     @property
     def client_id(self) -> int:
@@ -105,6 +121,7 @@ class ClusterClient:
                 todo.extend((idx[owners == a], None) for a in dict.fromkeys(owners.tolist()))
                 continue
             rid = rid or self.codec.new_request_id()
+            seen = self._changes.get(int(parts[idx[0]]), 0)
             try:
                 got = self._request(recs[idx], int(parts[idx[0]]), timeout_ms, deadline_ms, rid)
             except _Redirect as r:
@@ -121,7 +138,7 @@ class ClusterClient:
                     if now - waited_from > self.failover_wait_s:
                         raise RequestError(ErrorCode.NOT_OWNER, f"{r}; no node served the partition "
                                            f"within failover_wait_s={self.failover_wait_s:g}") from None
-                    time.sleep(min(0.5, REDIRECT_BACKOFF_S * 2 ** waits))
+                    self._wait_change(int(parts[idx[0]]), seen, min(0.5, REDIRECT_BACKOFF_S * 2 ** waits))
                     waits += 1
                 # the same id: an earlier attempt that timed out may have been decided, and
                 # the next owner answers that decision from its window (docs/CLUSTER.md)

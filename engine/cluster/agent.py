@@ -2,7 +2,7 @@
 (engine.cluster.leases), and keeps the node's OwnershipTable (engine.cluster.ownership) true.
 
 It is asyncio (nats-py is) and the engine is synchronous, so a node runs it on a thread of its
-own with its own event loop (``AgentThread``); the rest of the engine reads only the table,
+own with its own event loop (engine.cluster.agentthread); the rest of the engine reads only the table,
 whose deadlines expire by themselves, so a stalled agent withdraws its leases without running.
 ``python -m engine.cluster.agent`` runs one as a process, printing its events as JSON lines
 (the tests kill -9 and SIGSTOP such processes).
@@ -10,8 +10,10 @@ whose deadlines expire by themselves, so a stalled agent withdraws its leases wi
 The protocol (docs/CLUSTER.md, "Lease protocol"), every time on this node's CLOCK_BOOTTIME:
 - a holder stamps the clock before it sends a renewal; once the renewal is acknowledged it may
   serve until stamp + TTL - margin (margin = TTL/4), renewing every TTL/4;
-- a contender stamps the clock when a read of a lease returns; it may take the lease (a
-  compare-and-set on that revision) once it has seen the revision unchanged for a full TTL;
+- a contender stamps the clock when it first sees a revision of a lease (pushed by a KV
+  watch: engine.cluster.leaseview); it may take the lease (a compare-and-set on that
+  revision) once it has seen the revision unchanged for a full TTL, and it wakes at that
+  instant rather than at its next tick;
 - a renewal refused (the revision moved on) ends the lease at once; so does a deadline passed.
 Since the holder's stamp precedes the write the contender later reads, the holder's validity
 ends at least ``margin`` before the contender may write, without comparing two clocks.
@@ -24,13 +26,13 @@ import json
 import math
 import signal
 import sys
-import threading
 
 import nats
 import nats.errors
 
 from engine.cluster.drain import Drain
 from engine.cluster.leases import BUCKET, LeaseError, LeaseStore, encode
+from engine.cluster.leaseview import LeaseView
 from engine.cluster.ownership import OwnershipTable, now_ns
 
 NS = 1_000_000_000
@@ -59,7 +61,7 @@ class LeaseAgent:
         self.table = table or OwnershipTable(partitions)
         self.on_event = on_event or (lambda ev: None)
         self.held: dict[int, tuple[int, int]] = {}      # p -> (revision, stamp of its write)
-        self.seen: dict[int, tuple[int, int]] = {}      # p -> (revision, first read at)
+        self.view = LeaseView(partitions, self.ttl_ns, on_error=self._view_error)   # the leases, watched
         self.members: dict[str, tuple[int, int]] = {}   # node -> (heartbeat revision, first read at)
         self.store: LeaseStore | None = None
         self.drain = Drain(self)                        # `cluster drain` (engine.cluster.drain)
@@ -69,6 +71,7 @@ class LeaseAgent:
         self.on_end = on_end or (lambda p: None)        # on_end(p): p no longer held (after clear)
         self.pending: dict[int, asyncio.Task] = {}      # p -> its prepare, running
         self.announce: set[int] = set()                 # prepared: renew now, marked ready
+        self.stopped_ns = 0                             # when the last lease stopped being served
 
     def emit(self, ev: str, **kw) -> None:
         self.on_event({"ev": ev, "node": self.node, "t_ns": now_ns(), **kw})
@@ -80,9 +83,12 @@ class LeaseAgent:
             self.servers, name=f"risk-engine {self.node}", connect_timeout=2,
             reconnect_time_wait=0.25, max_reconnect_attempts=-1,
             error_cb=self._nats_error, disconnected_cb=self._disconnected), self.open_timeout_s)
+        watching = relay = None
         try:
             self.store = LeaseStore(nc.jetstream(timeout=2.0), self.bucket, timeout_s=self.tick_s * 2)
             await self._open()
+            watching = asyncio.ensure_future(self.view.follow(nc.jetstream(timeout=2.0), self.bucket, stop))
+            relay = asyncio.ensure_future(self._relay(stop))
             self.emit("started", partitions=self.partitions, ttl_ns=self.ttl_ns)
             started, last_members, last_status = now_ns(), 0, 0
             while not stop.is_set():
@@ -95,13 +101,34 @@ class LeaseAgent:
                 if t - last_status >= self.ttl_ns:
                     last_status = t
                     self.emit("status", owned=self.table.owned(), live=self._live())
-                try:
-                    await asyncio.wait_for(stop.wait(), self.tick_s)
-                except asyncio.TimeoutError:
-                    pass
+                await self._idle()
         finally:
+            for task in (watching, relay):
+                if task is not None:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
             await self._leave()
             await nc.close()
+
+    async def _relay(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self.view.wake.set()
+
+    async def _idle(self) -> None:
+        """Wait a tick, or less: until the first lease another node holds would expire (a
+        take at that instant, not up to a tick later), a lease is freed, or stop."""
+        wait_s = self.tick_s
+        nxt = self.view.next_expiry_ns(self.held)
+        if nxt is not None and nxt > now_ns():
+            wait_s = min(wait_s, (nxt - now_ns()) / NS + 0.001)
+        try:
+            await asyncio.wait_for(self.view.wake.wait(), wait_s)
+        except asyncio.TimeoutError:
+            pass
+        self.view.wake.clear()
+
+    def _view_error(self, e: BaseException) -> None:
+        self.emit("nats_error", error=f"lease watch: {type(e).__name__}: {e}")
 
     async def _open(self) -> None:
         deadline = now_ns() + int(self.open_timeout_s * NS)
@@ -146,7 +173,7 @@ class LeaseAgent:
         self._unprepare(p)
         self.table.clear(p)
         self.on_end(p)
-        self.seen.pop(p, None)
+        self.view.forget(p)
         self.emit("lost", p=p, rev=rev, reason=reason)
 
     async def _renew_one(self, p: int, held_rev: int, value: bytes):
@@ -188,23 +215,29 @@ class LeaseAgent:
                 self.held[p] = (rev, stamp)
                 self.table.extend(p, rev, until)
 
-    async def _take_one(self, p: int, last: int) -> None:
+    async def _take_one(self, p: int, last: int, free: bool = True) -> None:
         stamp = now_ns()
         try:
             rev = await self.store.take(p, self.value if self.prepare else self.ready_value, last)
         except _RETRY:
             return
-        if rev is None:
-            self.seen.pop(p, None)                  # changed meanwhile: read it again
+        if rev is None:                             # changed meanwhile (or the watch is behind):
+            self.view.forget(p)                     # read it now, a TTL from this read
+            try:
+                self.view.note(p, await self.store.read(p))
+            except _RETRY:
+                pass
             return
         until = stamp + self.ttl_ns - self.margin_ns
         self.held[p] = (rev, stamp)
         self.announce.discard(p)                    # left by an earlier holding of p
+        # seen_ns: first sight of revision `last`; cas_ns: the take sent (the failover timeline)
+        when = {"prev_rev": last, "seen_ns": self.view.first_seen(p), "cas_ns": stamp, "free": free}
         if self.prepare is not None:
-            self.emit("acquired", p=p, rev=rev, until_ns=0, prev_rev=last)
+            self.emit("acquired", p=p, rev=rev, until_ns=0, **when)
             self.pending[p] = asyncio.ensure_future(self._prepare(p, rev))
             return
-        self.emit("acquired", p=p, rev=rev, until_ns=until, prev_rev=last)
+        self.emit("acquired", p=p, rev=rev, until_ns=until, **when)
         self.table.begin(p, rev, until)
 
     async def _prepare(self, p: int, rev: int) -> None:
@@ -224,8 +257,11 @@ class LeaseAgent:
         if ok and now_ns() < until:
             self.emit("ready", p=p, rev=cur, until_ns=until)
             self.table.begin(p, cur, until)
-            self.announce.add(p)                   # the next tick's renewal marks it ready
+            self.announce.add(p)                   # a renewal marks it ready, sent now: clients
+            self.view.wake.set()                   # and `cluster drain` wait for the flag
             return
+        if ok:                                     # done, but no renewal acknowledged in time
+            why = f"its lease was not renewed within {(self.ttl_ns - self.margin_ns) / 1e9:g} s"
         del self.held[p]
         self.on_end(p)                             # a fence may have been stored
         self.emit("prepare_failed", p=p, rev=cur, error=why)
@@ -240,39 +276,57 @@ class LeaseAgent:
             task.cancel()
 
     async def _scan_and_take(self, balance: bool) -> None:
-        todo = [p for p in range(self.partitions) if p not in self.held]
-        entries = await asyncio.gather(*(self.store.read(p) for p in todo), return_exceptions=True)
+        if not self.view.synced:
+            return                                  # the watch has not delivered every lease yet
+        entries = {p: self.view.entry(p) for p in range(self.partitions) if p not in self.held}
         if self.drain.active:
-            await self.drain.step({p: e for p, e in zip(todo, entries) if not isinstance(e, BaseException)})
+            await self.drain.step(entries)
             return
         t = now_ns()
         target = math.ceil(self.partitions / self._live())
         free, expired = [], []
-        for p, e in zip(todo, entries):
-            if isinstance(e, BaseException):
-                continue
-            if self.seen.get(p, (None,))[0] != e.revision:
-                self.seen[p] = (e.revision, t)      # stamped after the read returned
+        for p, e in entries.items():
             if e.value is None:
                 free.append((p, e.revision))
-            elif t - self.seen[p][1] >= self.ttl_ns:
+            elif self.view.expired(p, t):
                 expired.append((p, e.revision))     # unchanged for a full TTL on our clock
         room = max(0, target - len(self.held))
         # expired leases are taken whatever the share (their partitions are unserved);
         # free ones only up to this node's share, so a joining node gets some
-        takes = expired + free[:room]
+        takes, gone = expired + free[:room], {p for p, _ in expired}
         if takes:
-            await asyncio.gather(*(self._take_one(p, last) for p, last in takes))
+            await asyncio.gather(*(self._take_one(p, last, p not in gone) for p, last in takes))
         if balance and len(self.held) > target:
             await self._release(max(self.held), target=target)
 
     async def _release(self, p: int, **why) -> None:
+        rev = self._stop_serving(p)
+        stopped = self.stopped_ns
+        ok = await self.store.release(p, rev)
+        self.emit("released", p=p, rev=rev, ok=ok, stopped_ns=stopped, **why)
+
+    def _stop_serving(self, p: int) -> int:
         rev, _ = self.held.pop(p)
         self._unprepare(p)
         self.table.clear(p)                         # stop serving before the lease is free
+        self.stopped_ns = now_ns()                  # (a watching taker may take it before the emit)
         self.on_end(p)
-        ok = await self.store.release(p, rev)
-        self.emit("released", p=p, rev=rev, ok=ok, **why)
+        return rev
+
+    def give_up(self, ps, done) -> None:
+        """On the agent's loop: stop serving ``ps`` now, then release them (a take-over whose
+        rows could not be made durable on this node: engine.cluster.handover); ``done`` (a
+        threading.Event) is set once none of them is served."""
+        async def free(p: int, rev: int, stopped: int) -> None:
+            try:
+                ok = await self.store.release(p, rev)
+            except _RETRY:
+                ok = False                          # lapses after a TTL
+            self.emit("released", p=p, rev=rev, ok=ok, stopped_ns=stopped, why="not durable here")
+        for p in [p for p in ps if p in self.held]:
+            rev = self._stop_serving(p)
+            asyncio.ensure_future(free(p, rev, self.stopped_ns))
+        done.set()
 
     async def _leave(self) -> None:
         """Stop serving everything, then free the leases (best effort: what cannot be freed
@@ -282,6 +336,7 @@ class LeaseAgent:
             self._unprepare(p)
             self.table.clear(p)
             self.on_end(p)
+        stopped = now_ns()
         if self.store is None:
             return
         try:
@@ -290,58 +345,7 @@ class LeaseAgent:
                 self.store.leave(self.node)), 2.0)
         except _RETRY:
             pass
-        self.emit("stopped", released=sorted(held))
-
-
-async def _all(*coros) -> None:
-    """Run them together; the first to fail stops the others and is raised."""
-    tasks = [asyncio.ensure_future(c) for c in coros]
-    try:
-        await asyncio.gather(*tasks)
-    finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
-class AgentThread:
-    """A LeaseAgent on a daemon thread with its own event loop, for a synchronous process."""
-
-    def __init__(self, agent: LeaseAgent, side=()):
-        self.agent = agent
-        self.side = list(side)       # coroutine functions (stop) run beside the agent on its loop
-        self.error: BaseException | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._main, name=f"lease-agent {agent.node}", daemon=True)
-
-    def start(self) -> "AgentThread":
-        self._thread.start()
-        self._ready.wait(5.0)
-        return self
-
-    def _main(self) -> None:
-        try:
-            asyncio.run(self._run())
-        except BaseException as e:       # kept for the owner to report; the leases lapse
-            self.error = e
-            self._ready.set()
-
-    async def _run(self) -> None:
-        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-        self._ready.set()
-        await _all(self.agent.run(self._stop), *(f(self._stop) for f in self.side))
-
-    def stop(self, timeout_s: float = 5.0) -> bool:
-        """Stop and release the leases; True if the thread ended within ``timeout_s``."""
-        if self._loop is not None and self._stop is not None:
-            try:
-                self._loop.call_soon_threadsafe(self._stop.set)
-            except RuntimeError:         # the loop has already closed
-                pass
-        self._thread.join(timeout_s)
-        return not self._thread.is_alive()
+        self.emit("stopped", released=sorted(held), stopped_ns=stopped)
 
 
 def main(argv=None) -> int:

@@ -27,7 +27,8 @@ import threading
 
 import nats.errors
 
-from engine.cluster.agent import OPEN_TIMEOUT_S, AgentThread, LeaseAgent
+from engine.cluster.agent import OPEN_TIMEOUT_S, LeaseAgent
+from engine.cluster.agentthread import AgentThread
 from engine.cluster.control import ControlClient, ControlUnavailable
 from engine.cluster.control_apply import ControlPlane
 from engine.cluster.handover import TakeJobs
@@ -63,6 +64,7 @@ class ClusterNode:
         self.replicator: Replicator | None = None
         self.jobs: TakeJobs | None = None
         self.counts = dict.fromkeys(EVENTS, 0)      # agent events (risk_cluster_lease_events_total)
+        self._taking: dict[int, dict] = {}          # p -> its "acquired" event, until "ready"
         self.live_nodes = 0
         self._started = threading.Event()
         self._reported_error = False
@@ -104,13 +106,34 @@ class ClusterNode:
         kind = ev["ev"]
         if kind in self.counts:
             self.counts[kind] += len(ev.get("leases", ())) if kind == "renewed" else 1
-        if kind == "prepare_failed":
+        if kind == "acquired":
+            self._taking[ev["p"]] = ev
+        elif kind == "ready":
+            self._say_timeline(ev)
+        elif kind == "prepare_failed":
             self.sup.log(f"risk-engine: cluster: partition {ev['p']}: take-over failed, lease "
                          f"released: {ev.get('error')}")
         elif kind == "status":
             self.live_nodes = ev["live"]
         elif kind == "started":
             self._started.set()
+
+    def _say_timeline(self, ready: dict) -> None:
+        """One line per partition taken: when each step of its take-over ended, in ms after
+        this node first saw the lease revision it took over from (docs/CLUSTER.md, "Failover
+        time"); the anchor is printed on CLOCK_BOOTTIME, so a test on this machine can put
+        a kill on the same axis."""
+        p, acq = ready["p"], self._taking.pop(ready["p"], None)
+        if acq is None or not acq.get("seen_ns"):
+            return
+        t0 = acq["seen_ns"]
+        steps = {"cas_sent": acq["cas_ns"], "taken": acq["t_ns"],
+                 **(self.replicator.timeline.pop(p, {}) if self.replicator else {}), "ready": ready["t_ns"]}
+        parts = " ".join(f"{k}={(t - t0) / 1e6:.0f}" for k, t in steps.items() if t)
+        self.sup.log(f"risk-engine: cluster: partition {p}: serving at revision {ready['rev']}; "
+                     f"take-over ({'free' if acq.get('free') else 'expired'}) ms after revision "
+                     f"{acq['prev_rev']} was first seen "
+                     f"(seen_ns={t0}): {parts}")
 
     def start_leases(self) -> None:
         """Start the lease agent and wait until it has opened the lease bucket."""
@@ -120,7 +143,8 @@ class ClusterNode:
 
         def scratch():              # where snapshot objects are computed: as big as the tables
             return PartitionState(FeatureSet(fs.specs, fs.schema, load_lists=False), ruleset, c.partitions)
-        self.jobs = TakeJobs(self.sup, state)     # taken rows written by poll(), on this thread
+        self.jobs = TakeJobs(self.sup, state, self._give_up,      # taken rows written by poll(),
+                             reading=lambda: self.replicator.reading)   # on this thread
         self.replicator = Replicator(self.sup.cfg, self.table, self.sup.log, self.open_timeout_s,
                                      state, scratch, self.jobs, marks=self.marks)
         agent = LeaseAgent(c.servers, c.node, c.advertise, c.partitions, c.lease_ttl_s,
@@ -140,6 +164,18 @@ class ClusterNode:
         self.sup.log(f"risk-engine: cluster: node {c.node} taking leases on {c.partitions} "
                      f"partitions (ttl {c.lease_ttl_s:g} s, share about "
                      f"{math.ceil(c.partitions / max(1, self.live_nodes or 1))})")
+
+    def _give_up(self, partitions) -> None:
+        """(The supervisor's thread.) The agent stops serving ``partitions`` and releases them;
+        returns once none is served (engine.cluster.handover)."""
+        done = threading.Event()
+        try:
+            self.agent.call_soon(self.agent.agent.give_up, partitions, done)
+        except RuntimeError:            # the agent's loop has ended: it serves nothing
+            return
+        if not done.wait(30):
+            self.sup.log(f"risk-engine: cluster: partitions {partitions}: the lease agent did not "
+                         f"stop serving them within 30 s")
 
     def start_map(self) -> None:
         """Watch the lease bucket: every owner's address into the ownership segment, for the

@@ -27,6 +27,7 @@ import nats.errors
 
 from engine.cluster.handover import TakeJob, window_records
 from engine.cluster.lag import PUBLISH_S, LagReport, lag_key
+from engine.cluster.ownership import now_ns
 from engine.cluster.replog import ReplicationError, ReplicationLog
 from engine.cluster.snapstore import SnapshotObjects
 from engine.cluster.tailer import JournalTailer
@@ -65,11 +66,13 @@ class Replicator:
         self.errors = 0              # tailer steps that failed (logged once per new message)
         self.fence_refused = 0
         self.taken = 0               # partitions taken over (restored and replayed)
+        self.reading = 0             # takes still reading NATS (not handed over yet)
         self.replayed_records = 0
         self.lag = LagReport(cfg.cluster.node)    # engine.cluster.lag: per partition, to KV
         self.lag_errors = 0
         self.trims = 0               # subjects trimmed below a verified snapshot object
         self.trim_refused = 0        # snapshot objects that failed their read-back: no trim
+        self.timeline: dict[int, dict[str, int]] = {}   # p -> its last take's steps (node.py logs them)
         self._ready = asyncio.Event()
         self._lock = asyncio.Lock()
         self._last_error = ""
@@ -123,21 +126,37 @@ class Replicator:
         the fence was refused, a newer term is on the stream (the agent releases the lease)."""
         await asyncio.wait_for(self._ready.wait(), self.open_timeout_s)
 
+        times = self.timeline[p] = {"prepare": now_ns()}    # CLOCK_BOOTTIME, per step
+
         async def fence(q: int, r: int) -> int | None:
             async with self._lock:
-                return await self.tailer.fence(q, r)
-        if self.jobs is None:               # no supervisor (tests): the rows written here
-            restore, apply = (lambda arrays: self.state.restore(p, arrays)), self.state.apply
-        else:                               # read here, written by the supervisor's thread
-            job = TakeJob(p)
-            restore, apply = (lambda arrays: setattr(job, "arrays", arrays)), job.records.append
-        t = await take_partition(p, rev, fence, self.snaps, restore, apply, self.say)
-        if t is None:
-            self.fence_refused += 1
-            return False
+                f = await self.tailer.fence(q, r)
+            times["fenced"] = now_ns()
+            return f
+
+        def restored(arrays) -> None:
+            times["snapshot"] = now_ns()
+            if self.jobs is None:           # no supervisor (tests): the rows written here
+                self.state.restore(p, arrays)
+            else:                           # read here, written by the supervisor's thread
+                job.arrays = arrays
+        job = TakeJob(p)
+        apply = self.state.apply if self.jobs is None else job.records.append
+        self.reading += 1                   # the supervisor gathers the takes of one round
+        try:
+            t = await take_partition(p, rev, fence, self.snaps, restored, apply, self.say)
+            if t is None:
+                self.fence_refused += 1
+                return False
+            times["replayed"] = now_ns()
+            if self.jobs is not None:
+                job.window = await window_records(self.rlog, p, self.cfg.ingress.dedup_window_s, t.snapshot_seq)
+                times["window_read"] = now_ns()
+        finally:
+            self.reading -= 1
         if self.jobs is not None:
-            job.window = await window_records(self.rlog, p, self.cfg.ingress.dedup_window_s, t.snapshot_seq)
             await self._hand_over(job)
+            times.update(rows=job.rows_ns, snapshotted=job.snapshot_ns, fed=now_ns())
         self.taken += 1
         self.replayed_records += t.replayed_records
         self.say(f"risk-engine: cluster: partition {p}: taken at revision {rev}: snapshot "

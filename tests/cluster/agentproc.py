@@ -73,8 +73,10 @@ def terms(agent_events: dict[str, list[dict]]) -> dict[int, list[tuple[int, int,
     """Per partition, every term an agent served it: (start_ns, end_ns, node, first revision,
     last revision).
     A term starts when the take was acknowledged (the agent emits before it serves) and ends
-    at the latest deadline it printed, or earlier where it printed a loss or release (it
-    stops serving before printing those)."""
+    at the latest deadline it printed, or earlier where it printed a loss or release: at the
+    ``stopped_ns`` a release or stop names (its table cleared, before the delete marker was
+    written, which a watching taker may see and take before the event is printed), else at
+    the event (printed after the table was cleared)."""
     out: dict[int, list] = {}
     for node, evs in agent_events.items():
         open_: dict[int, list] = {}
@@ -89,10 +91,12 @@ def terms(agent_events: dict[str, list[dict]]) -> dict[int, list[tuple[int, int,
             elif e["ev"] in ("lost", "released"):
                 t = open_.pop(e["p"], None)
                 if t is not None:
-                    out.setdefault(e["p"], []).append((t[0], min(t[1], e["t_ns"]), node, t[2], t[3]))
+                    end = e.get("stopped_ns", e["t_ns"])
+                    out.setdefault(e["p"], []).append((t[0], min(t[1], end), node, t[2], t[3]))
             elif e["ev"] == "stopped":
                 for p, t in open_.items():
-                    out.setdefault(p, []).append((t[0], min(t[1], e["t_ns"]), node, t[2], t[3]))
+                    end = e.get("stopped_ns", e["t_ns"])
+                    out.setdefault(p, []).append((t[0], min(t[1], end), node, t[2], t[3]))
                 open_ = {}
         for p, t in open_.items():      # killed: it served at most until its last deadline
             out.setdefault(p, []).append((t[0], t[1], node, t[2], t[3]))

@@ -271,14 +271,8 @@ def test_a_killed_node_under_load_loses_no_acknowledged_decision(nats3, trio):
     c24-exactly lands), so a retried event may be counted twice in the stream; the rows
     equal the stream either way."""
     cfg = load_config(trio[0].config_path)
-    st = every_partition_held(nats3.urls)
-    by_owner = {}
-    for p, lease in enumerate(st["leases"]):
-        by_owner.setdefault(lease["owner"], []).append(p)
-    victim_name = max(by_owner, key=lambda n: len(by_owner[n]))
-    victim = next(e for e in trio if e.raw["cluster"]["node"] == victim_name)
-    rest = [e for e in trio if e is not victim]
-    lost = set(by_owner[victim_name])
+    victim, rest, lost = busiest(trio, every_partition_held(nats3.urls))
+    victim_name = victim.raw["cluster"]["node"]
     acked, answered, failed, stop = {}, [0], [], threading.Event()
     seq = itertools.count(1)
 
@@ -348,6 +342,17 @@ def test_a_killed_node_under_load_loses_no_acknowledged_decision(nats3, trio):
     for p, e in sorted(final.items()):
         want = rows_by_key(replayed_state.export(p))
         assert rows_by_key(feature_rows(e, p)) == want, p
+
+
+def busiest(engines, st):
+    """(the node holding the most partitions in `cluster status` ``st``, the others, its
+    partitions)."""
+    by_owner = {}
+    for p, lease in enumerate(st["leases"]):
+        by_owner.setdefault(lease["owner"], []).append(p)
+    name = max(by_owner, key=lambda n: len(by_owner[n]))
+    victim = next(e for e in engines if e.raw["cluster"]["node"] == name)
+    return victim, [e for e in engines if e is not victim], set(by_owner[name])
 
 
 def rows_by_key(arrays):

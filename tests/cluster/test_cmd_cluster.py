@@ -11,7 +11,8 @@ import subprocess
 import sys
 import time
 
-from engine.cluster.agent import AgentThread, LeaseAgent
+from engine.cluster.agent import LeaseAgent
+from engine.cluster.agentthread import AgentThread
 from engine.cluster.leases import LeaseStore, connect_once
 from engine.cluster.ownership import now_ns
 from tests.cluster.agentproc import REPO, wait_for

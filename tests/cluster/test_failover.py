@@ -1,22 +1,29 @@
 """Lease agents as processes contending for partitions on a 3-server JetStream cluster:
 at most one serves a partition at any instant (their printed serving intervals, all on the
 machine's CLOCK_BOOTTIME, never overlap), a kill -9'd owner's partitions are taken within the
-protocol's bound, and an owner stopped past its TTL stops serving and learns it lost them."""
+protocol's bound, and an owner stopped past its TTL stops serving and learns it lost them.
+A watching contender takes a lease no earlier than a TTL after its holder's last renewal."""
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
 
 import pytest
 
+from engine.cluster.agent import LeaseAgent
+from engine.cluster.agentthread import AgentThread
+from engine.cluster.leases import encode
 from engine.cluster.ownership import now_ns
 from tests.cluster.agentproc import assert_one_owner_at_a_time, wait_for
+from tests.cluster.test_leases import run
 
 TTL_S = 2.0
 P = 12
 TICK_S = TTL_S / 8
-# the protocol's bound from a holder's last renewal to a contender's take: the contender reads
-# the lease within a tick, waits a full TTL from that read, and acts at its next tick
+# the protocol's bound from a holder's death to a contender's take: the holder's last renewal
+# was at most a renewal period (TTL/4, plus a late tick) before it, the contender saw it
+# through its watch within milliseconds and takes a TTL after that sight
 TAKEOVER_BOUND_S = TTL_S + 2 * TICK_S
 SLACK_S = 3.0                   # two loaded cores, three agents, three servers
 
@@ -105,3 +112,46 @@ def test_an_owner_stopped_past_its_ttl_stops_serving_and_learns_it_lost(agents):
         for p, rev in st["owned"].items():
             assert int(p) not in others or rev > taken_at[int(p)], (p, rev, taken_at)
     assert_one_owner_at_a_time({a.node: a.events() for a in procs})
+
+
+def test_a_watching_contender_takes_no_earlier_than_a_ttl_after_the_holders_last_write(nats3, bucket):
+    """The contender's rule end to end, on the machine's one CLOCK_BOOTTIME: the test holds
+    partition 0, stamping the clock before each write and renewing every TTL/4 for 2 TTLs,
+    then stops; an agent watching the bucket takes it. The take must be sent at least a TTL
+    after the stamp of the revision it took over, so after that holder's deadline (stamp +
+    TTL - TTL/4): every delay (scheduling, delivery) only makes the take later, so this
+    cannot pass by luck. How much later it came is printed."""
+    stamps, events = {}, []
+    holder = encode("holder", "tcp://127.0.0.1:1")
+
+    async def hold(store):
+        await store.open(1, replicas=3)
+        stamps[0] = now_ns()
+        rev = await store.take(0, holder, 0)
+        stamps[rev] = stamps.pop(0)
+        agent = AgentThread(LeaseAgent(nats3.urls, "w", "tcp://127.0.0.1:2", 1, TTL_S, bucket=bucket,
+                                       on_event=events.append)).start()
+        try:
+            for _ in range(8):
+                await asyncio.sleep(TTL_S / 4)
+                stamp = now_ns()
+                rev = await store.renew(0, holder, rev)
+                if rev is None:          # taken (this test thread was late): the rule still holds
+                    break
+                stamps[rev] = stamp
+            for _ in range(200):         # bounded: the agent takes the lease it stopped renewing
+                if any(e["ev"] == "acquired" for e in events):
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            agent.stop()
+    run(nats3.urls, bucket, hold)
+    took = [e for e in events if e["ev"] == "acquired"]
+    assert took, events
+    t = took[0]
+    assert t["prev_rev"] in stamps, (t, stamps)
+    late_s = (t["cas_ns"] - stamps[t["prev_rev"]]) / 1e9
+    print(f"take sent {late_s:.3f} s after the holder's last stamp (lease_ttl_s={TTL_S:g}); "
+          f"first seen {(t['seen_ns'] - stamps[t['prev_rev']]) / 1e6:.1f} ms after it")
+    assert late_s >= TTL_S, t
+    assert t["seen_ns"] >= stamps[t["prev_rev"]], t      # sight after the write after the stamp

@@ -15,7 +15,8 @@ import nats
 import pytest
 from nats.js import api
 
-from engine.cluster.agent import AgentThread, LeaseAgent
+from engine.cluster.agent import LeaseAgent
+from engine.cluster.agentthread import AgentThread
 from engine.cluster.ownership import OwnershipTable, now_ns
 from engine.cluster.partition import partition_of
 from engine.cluster.snapstore import SnapshotObjects, object_name
@@ -224,7 +225,10 @@ def test_a_partition_is_not_served_before_its_replay_finished(nats3, names, buck
         if "nc" in ctx:
             asyncio.run_coroutine_threadsafe(ctx["nc"].close(), th._loop).result(10)
         assert th.stop(10)
-    assert sorted(ended) == list(range(P))   # released on stop: the tailer's end_term hook
+    # released on stop: the tailer's end_term hook, once per term: a take whose lease was not
+    # renewed while its replay ran (a loaded machine) ends once more, and is named by an event
+    failed = [e["p"] for e in events if e["ev"] in ("prepare_failed", "lost")]
+    assert sorted(ended) == sorted([*range(P), *failed]), (ended, [e for e in events if e["ev"] != "renewed"])
 
 
 @pytest.mark.slow
