@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from engine.cluster.agent import MEMBER_GONE_TTLS
 from engine.cluster.ownership import now_ns
 from tests.cluster.agentproc import assert_one_owner_at_a_time, wait_for
 
@@ -105,3 +106,29 @@ def test_an_owner_stopped_past_its_ttl_stops_serving_and_learns_it_lost(agents):
         for p, rev in st["owned"].items():
             assert int(p) not in others or rev > taken_at[int(p)], (p, rev, taken_at)
     assert_one_owner_at_a_time({a.node: a.events() for a in procs})
+
+
+@pytest.mark.slow
+def test_a_node_whose_leases_lapsed_gets_no_partition_released_to_it_until_it_returns(agents):
+    """A node cut off (stopped: neither renewals nor heartbeats): the other takes its
+    partitions and keeps every one. Before, the share still counted the lapsed node until its
+    heartbeat was MEMBER_GONE_TTLS old, so the survivor released partitions down to half,
+    for nobody to take: unserved until the node was counted gone (seen in
+    tests/cluster/test_faults_node.py: every partition held 15.5 s after the cut, TTL 4 s).
+    Back, it gets its share again by balancing."""
+    a, b = procs = [agents("c0", P, TTL_S), agents("c1", P, TTL_S)]
+    wait_for(lambda: everything_owned(procs), 40, "every partition owned, each agent some")
+    time.sleep(TTL_S)                           # past the balancing: a stable assignment
+    a.signal(signal.SIGSTOP)
+    stopped_ns = now_ns()
+    try:
+        wait_for(lambda: len(b.owned()) == P, TAKEOVER_BOUND_S + SLACK_S + 5, "b holds every partition")
+        time.sleep(MEMBER_GONE_TTLS * TTL_S)   # the window in which b released before
+        released = [e["p"] for e in b.events() if e["ev"] == "released" and e["t_ns"] > stopped_ns]
+        assert released == [] and len(b.owned()) == P, released
+    finally:
+        a.signal(signal.SIGCONT)
+    wait_for(lambda: everything_owned(procs), 40, "a back: both hold partitions")
+    for x in procs:
+        x.stop()
+    assert_one_owner_at_a_time({x.node: x.events() for x in procs})
