@@ -47,12 +47,13 @@ TTL_S = 4.0
 STREAM = "RISK_ENGINE_JOURNAL"
 
 
-def node_pair(nats3, tmp, prefix: tuple = (), journal: dict | None = None) -> list[EngineProcess]:
-    """Nodes f0 and f1 (not started); f0 runs through ``prefix`` with ``journal`` overrides."""
+def node_pair(nats3, tmp, prefix: tuple = (), journal: dict | None = None, **extra) -> list[EngineProcess]:
+    """Nodes f0 and f1 (not started), with the config sections ``extra``; f0 runs through
+    ``prefix`` with ``journal`` overrides."""
     def overrides(i):
         o = {"cluster": {"servers": list(nats3.urls), "partitions": P, "node": f"f{i}", "lease_ttl_s": TTL_S},
              "workers": {"standby": False},
-             "features": shard_keyed_features()}                # a cluster refuses other keys
+             "features": shard_keyed_features(), **extra}       # a cluster refuses other keys
         return {**o, "journal": journal} if i == 0 and journal else o
     return [EngineProcess(tmp, workers=1, overrides=overrides(i), prefix=() if i else prefix) for i in range(2)]
 
