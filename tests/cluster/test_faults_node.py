@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -64,8 +65,8 @@ def _setns(fd: int) -> None:
 def netns():
     """A network namespace of this module's (loopback up), entered by the test process
     before anything else starts; left and deleted afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("a network namespace, iptables and a cgroup need root")
+    if os.geteuid() != 0 or not (shutil.which("ip") and shutil.which("iptables")):
+        pytest.skip("a network namespace, iptables and a cgroup need root, ip and iptables")
     name = "rf" + uuid.uuid4().hex[:10]
     subprocess.run(["ip", "netns", "add", name], check=True, timeout=30)
     host = os.open("/proc/self/ns/net", os.O_RDONLY)
