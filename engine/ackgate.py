@@ -56,21 +56,25 @@ def send_replies(gate, rings, o: np.ndarray, stop: np.ndarray, first_seq: int, l
 
 class ReplyGate:
     def __init__(self, rings, marks: ReplicationMarks, writer: int, stop: np.ndarray, action: int,
-                 capacity: int):
+                 capacity: int, failed: np.ndarray | None = None):
         self.rings, self.marks, self.writer, self.stop = rings, marks, writer, stop
         self.action, self.capacity = action, capacity
         self.held: deque = deque()     # (response slots, first seq, last seq, journaled rows)
         self.held_events = 0
-        self.failed = 0                # decisions answered REPLICATION_FAILED
+        # decisions answered REPLICATION_FAILED: the worker's control-block cell, which the
+        # exporter reads (risk_replication_failed_total{worker})
+        self.failed = np.zeros(1, np.int64) if failed is None else failed
         self.segment: Segment | None = None
 
     @classmethod
-    def attach(cls, cfg, plan: dict, rings, writer: int, stop, action: int) -> "ReplyGate | None":
-        """The gate of a worker of a cluster node with ``ack: sync``; None otherwise."""
+    def attach(cls, cfg, plan: dict, rings, writer: int, stop, action: int, block) -> "ReplyGate | None":
+        """The gate of a worker of a cluster node with ``ack: sync`` (counting into its cell of
+        the control ``block``); None otherwise."""
         if cfg.cluster is None or cfg.cluster.ack != "sync" or not cfg.durability.journal_enabled:
             return None
         seg = Segment.attach(segment_name(plan["instance"], SEGMENT, plan["owner_pid"]))
-        gate = cls(rings, ReplicationMarks(seg.buf), writer, stop, action, rings.response.capacity)
+        gate = cls(rings, ReplicationMarks(seg.buf), writer, stop, action, rings.response.capacity,
+                   block.worker(writer, "replication_failed"))
         gate.segment = seg
         return gate
 
@@ -119,7 +123,7 @@ class ReplyGate:
         r["score"] = 0.0
         r["nfired"] = 0
         r["error"] = ErrorCode.REPLICATION_FAILED
-        self.failed += len(r)
+        self.failed[0] += len(r)      # one writer: this worker
 
     def close(self) -> None:
         self.marks = None

@@ -182,29 +182,28 @@ class EngineCollector:
                                   value=float(adm.internal if adm else 0))
         yield CounterMetricFamily("risk_snapshots", "Feature-state snapshots written",
                                   value=float(sv("supervisor.snapshots")[0]))
-        yield CounterMetricFamily("risk_snapshots_skipped", "Periodic snapshots not written "
-                                  "because nothing changed since the last one (no journal "
-                                  "record, admin change or reload)",
+        yield CounterMetricFamily("risk_snapshots_skipped", "Periodic snapshots not written because nothing "
+                                  "changed since the last one (no journal record, admin change or reload)",
                                   value=float(sv("supervisor.snapshots_skipped")[0]))
         yield CounterMetricFamily("risk_snapshot_errors", "Snapshots that failed",
                                   value=float(sv("supervisor.snapshot_errors")[0]))
-        yield CounterMetricFamily("risk_snapshot_refused", "Snapshots that failed validation at "
-                                  "recovery (logged with path and reason; an older one was used)",
+        yield CounterMetricFamily("risk_snapshot_refused", "Snapshots that failed validation at recovery "
+                                  "(logged with path and reason; an older one was used)",
                                   value=float(sv("supervisor.snapshots_refused")[0]))
-        yield CounterMetricFamily("risk_journal_corrupt_records", "Corrupt journal records met by "
-                                  "recovery: skipped (journal.skip_corrupt_records) or held by the "
-                                  "snapshot (each logged with file, offset and seq)",
+        yield CounterMetricFamily("risk_journal_corrupt_records", "Corrupt journal records met by recovery: "
+                                  "skipped (journal.skip_corrupt_records) or held by the snapshot (each "
+                                  "logged with file, offset and seq)",
                                   value=float(sv("supervisor.journal_corrupt_records")[0]))
-        g = GaugeMetricFamily("risk_journal_unavailable", "1 while a worker's journal cannot be "
-                              "written (full disk, I/O error): its events get JOURNAL_UNAVAILABLE",
-                              labels=["worker"])
-        c = CounterMetricFamily("risk_journal_write_errors", "Journal writes that failed (segment "
-                                "preparation, rotation, sync), by worker", labels=["worker"])
-        for w in range(b.n_workers):
-            g.add_metric([str(w)], float(b.worker(w, "journal_unavailable")[0]))
-            c.add_metric([str(w)], float(b.worker(w, "journal_write_errors")[0]))
-        yield g
-        yield c
+        for fam, cell in ((GaugeMetricFamily("risk_journal_unavailable", "1 while a worker's journal cannot be "
+                                             "written (full disk, I/O error): its events get JOURNAL_UNAVAILABLE",
+                                             labels=["worker"]), "journal_unavailable"),
+                          (CounterMetricFamily("risk_journal_write_errors", "Journal writes that failed (segment "
+                                               "preparation, rotation, sync), by worker", labels=["worker"]), "journal_write_errors"),
+                          (CounterMetricFamily("risk_replication_failed", "Decisions answered REPLICATION_FAILED "
+                                               "(ack: sync), by worker", labels=["worker"]), "replication_failed")):
+            for w in range(b.n_workers):
+                fam.add_metric([str(w)], float(b.worker(w, cell)[0]))
+            yield fam
         yield GaugeMetricFamily("risk_snapshot_pause_seconds", "How long the last snapshot held "
                                 "the workers (table copy)", value=sv("supervisor.snapshot_pause_ns")[0] / 1e9)
         yield GaugeMetricFamily("risk_snapshot_pause_max_seconds", "Longest snapshot hold since start",

@@ -317,7 +317,7 @@ def serve(run_dir: str, index: int, prep: Prepared | None = None) -> int:
     active = Active(rs, generation, block, index, max_batch)
     proc = BatchProcessor(rings, active, block, index, max_batch, journal, store.fs.arrays(),
                           cfg.durability.on_journal_unavailable)
-    proc.gate = gate = ReplyGate.attach(cfg, plan, rings, index, proc.stop, proc.unjournaled_action)
+    proc.gate = gate = ReplyGate.attach(cfg, plan, rings, index, proc.stop, proc.unjournaled_action, block)
     # the start-up collection (~70 ms) before this worker reports its generation (ready)
     gcstats.freeze_after_warmup(block.worker(index, "gc_hist"))
     set_phase(block.worker(index, "phase"), "ready")

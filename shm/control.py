@@ -40,7 +40,7 @@ from shm.descriptor import CACHE_LINE_BYTES, WORD_BYTES, Builder, Layout
 from shm.types import MAX_RULES
 
 MAGIC = 0x5245_4354_4C31     # "RECTL1"
-VERSION = 2                  # 2: supervisor.window_feed, ingress.window_fed
+VERSION = 3                  # 2: supervisor.window_feed, ingress.window_fed; 3: worker.replication_failed
 MAX_WORKERS = 64
 N_CODES = 32                 # ErrorCode values fit below this
 N_TRANSPORTS = 2             # 0 binary, 1 json
@@ -96,6 +96,7 @@ WORKER = [("batches", 1), ("events", 1), ("generation", 1), ("reload_errors", 1)
           ("stall_log", 1 + LOG_ENTRIES * LOG_WIDTH),
           ("row_generation", 2), ("py_blocks", 1),
           ("journal_unavailable", 1), ("journal_write_errors", 1),
+          ("replication_failed", 1),    # ack: sync replies resolved REPLICATION_FAILED (ackgate)
           ("rule_hits", 2 * MAX_RULES), ("rule_errors", 2 * MAX_RULES), ("phase", 2)]
 # Start-up: each child process says where it is in a ("phase", 2) view, [STARTUP_PHASES
 # index, CLOCK_MONOTONIC ns it entered it] (engine.readiness prints them while the engine

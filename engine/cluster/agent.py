@@ -63,6 +63,10 @@ class LeaseAgent:
         self.held: dict[int, tuple[int, int]] = {}      # p -> (revision, stamp of its write)
         self.view = LeaseView(partitions, self.ttl_ns, on_error=self._view_error)   # the leases, watched
         self.members: dict[str, tuple[int, int]] = {}   # node -> (heartbeat revision, first read at)
+        # node -> when a lease of its was found expired: out of the share until a heartbeat of
+        # its is first read over a TTL later (so written after the lapse), else the share
+        # would release partitions to a node cut off from NATS, for no one to take
+        self.lapsed: dict[str, int] = {}
         self.store: LeaseStore | None = None
         self.drain = Drain(self)                        # `cluster drain` (engine.cluster.drain)
         # prepare(p, rev) -> bool, awaited after a take and before the table shows the lease
@@ -157,7 +161,8 @@ class LeaseAgent:
     def _live(self) -> int:
         t = now_ns()
         return 1 + sum(1 for n, (_, seen) in self.members.items() if n != self.node
-                       and n not in self.drain.nodes and t - seen < MEMBER_GONE_TTLS * self.ttl_ns)
+                       and n not in self.drain.nodes and t - seen < MEMBER_GONE_TTLS * self.ttl_ns
+                       and seen > self.lapsed.get(n, -self.ttl_ns) + self.ttl_ns)
 
     async def _heartbeat_and_members(self) -> None:
         await self.store.heartbeat(self.node, self.advertise)
@@ -283,13 +288,14 @@ class LeaseAgent:
             await self.drain.step(entries)
             return
         t = now_ns()
-        target = math.ceil(self.partitions / self._live())
         free, expired = [], []
         for p, e in entries.items():
             if e.value is None:
                 free.append((p, e.revision))
             elif self.view.expired(p, t):
                 expired.append((p, e.revision))     # unchanged for a full TTL on our clock
+                self.lapsed[e.value.get("node")] = t
+        target = math.ceil(self.partitions / self._live())     # without a node just found lapsed
         room = max(0, target - len(self.held))
         # expired leases are taken whatever the share (their partitions are unserved);
         # free ones only up to this node's share, so a joining node gets some

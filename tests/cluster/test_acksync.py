@@ -173,7 +173,7 @@ def test_a_gate_holds_replies_until_the_marks_resolve_them(ring):
     out = drained()
     assert out["token"].tolist() == [4, 5] and (out["error"] == ErrorCode.REPLICATION_FAILED).all()
     assert (out["flags"] == DecisionFlag.DEFAULT_REPLICATION).all() and (out["action"] == 2).all()
-    assert not gate.held and not gate.wait() and gate.failed == 2
+    assert not gate.held and not gate.wait() and gate.failed[0] == 2
 
 
 # --- engine nodes with ack: sync (slow) -------------------------------------------------------

@@ -29,21 +29,27 @@ TTL_S = 2.0
 
 
 @contextmanager
-def client_load(cc, first_account: int):
+def client_load(cc, first_account: int, acked: dict | None = None):
     """Single decisions sent through the cluster client ``cc`` on a thread until the block
     ends, accounts from ``first_account`` on: yields (ok, failed): ok[0] counts the decisions,
-    failed lists every failure ("Type: message")."""
+    failed lists every failure ("Type: message"). With ``acked``, each event's amount is
+    unique (``first_account`` + its index + 0.25) and each decision is kept there, amount ->
+    account, so it can be found in the stream."""
     ok, failed, stop = [0], [], threading.Event()
 
     def load():
         i = 0
         while not stop.is_set():
-            acct = first_account + i % 997
+            ev = {**EVENT, "account_id": first_account + i % 997}
+            if acked is not None:
+                ev["amount"] = first_account + i + 0.25
             i += 1
             try:
-                d = cc.evaluate({**EVENT, "account_id": acct})
+                d = cc.evaluate(ev)
                 assert d.error is None, d
                 ok[0] += 1
+                if acked is not None:
+                    acked[ev["amount"]] = ev["account_id"]
             except Exception as e:          # noqa: BLE001  every failure is the finding
                 failed.append(f"{type(e).__name__}: {e}")
     t = threading.Thread(target=load, daemon=True)

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from engine.cluster.agent import LeaseAgent
+from engine.cluster.agent import MEMBER_GONE_TTLS, LeaseAgent
 from engine.cluster.agentthread import AgentThread
 from engine.cluster.leases import encode
 from engine.cluster.ownership import now_ns
@@ -155,3 +155,29 @@ def test_a_watching_contender_takes_no_earlier_than_a_ttl_after_the_holders_last
           f"first seen {(t['seen_ns'] - stamps[t['prev_rev']]) / 1e6:.1f} ms after it")
     assert late_s >= TTL_S, t
     assert t["seen_ns"] >= stamps[t["prev_rev"]], t      # sight after the write after the stamp
+
+
+@pytest.mark.slow
+def test_a_node_whose_leases_lapsed_gets_no_partition_released_to_it_until_it_returns(agents):
+    """A node cut off (stopped: neither renewals nor heartbeats): the other takes its
+    partitions and keeps every one. Before, the share still counted the lapsed node until its
+    heartbeat was MEMBER_GONE_TTLS old, so the survivor released partitions down to half,
+    for nobody to take: unserved until the node was counted gone (seen in
+    tests/cluster/test_faults_node.py: every partition held 15.5 s after the cut, TTL 4 s).
+    Back, it gets its share again by balancing."""
+    a, b = procs = [agents("c0", P, TTL_S), agents("c1", P, TTL_S)]
+    wait_for(lambda: everything_owned(procs), 40, "every partition owned, each agent some")
+    time.sleep(TTL_S)                           # past the balancing: a stable assignment
+    a.signal(signal.SIGSTOP)
+    stopped_ns = now_ns()
+    try:
+        wait_for(lambda: len(b.owned()) == P, TAKEOVER_BOUND_S + SLACK_S + 5, "b holds every partition")
+        time.sleep(MEMBER_GONE_TTLS * TTL_S)   # the window in which b released before
+        released = [e["p"] for e in b.events() if e["ev"] == "released" and e["t_ns"] > stopped_ns]
+        assert released == [] and len(b.owned()) == P, released
+    finally:
+        a.signal(signal.SIGCONT)
+    wait_for(lambda: everything_owned(procs), 40, "a back: both hold partitions")
+    for x in procs:
+        x.stop()
+    assert_one_owner_at_a_time({x.node: x.events() for x in procs})

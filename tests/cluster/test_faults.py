@@ -9,8 +9,8 @@ servers (8 partitions, TTL 4 s: a Raft election of a killed server's groups fits
   then the rest of it, past its TTL; b takes its partitions. Resumed, a answers NOT_OWNER for
   them and evaluates nothing; the records a decided while only its supervisor was stopped
   (journaled, not yet published; with ack: sync, the default, answered TIMEOUT, never as
-  decisions) are refused by b's fences, counted in a's metrics, and the stream holds none
-  of them; no request is decided by both.
+  decisions) are refused by b's fences, counted in a's metrics (refused publishes, replies
+  resolved REPLICATION_FAILED), and the stream holds none of them; no request is decided by both.
 
 Two engines start (a cold Numba cache compiles for minutes): slow."""
 from __future__ import annotations
@@ -47,13 +47,20 @@ TTL_S = 4.0
 STREAM = "RISK_ENGINE_JOURNAL"
 
 
+def node_pair(nats3, tmp, prefix: tuple = (), journal: dict | None = None, **extra) -> list[EngineProcess]:
+    """Nodes f0 and f1 (not started), with the config sections ``extra``; f0 runs through
+    ``prefix`` with ``journal`` overrides."""
+    def overrides(i):
+        o = {"cluster": {"servers": list(nats3.urls), "partitions": P, "node": f"f{i}", "lease_ttl_s": TTL_S},
+             "workers": {"standby": False},
+             "features": shard_keyed_features(), **extra}       # a cluster refuses other keys
+        return {**o, "journal": journal} if i == 0 and journal else o
+    return [EngineProcess(tmp, workers=1, overrides=overrides(i), prefix=() if i else prefix) for i in range(2)]
+
+
 @pytest.fixture(scope="module")
 def pair(nats3, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("faults")
-    with serving([EngineProcess(tmp, workers=1, overrides={
-            "cluster": {"servers": list(nats3.urls), "partitions": P, "node": f"f{i}", "lease_ttl_s": TTL_S},
-            "workers": {"standby": False},
-            "features": shard_keyed_features()}) for i in range(2)]) as engines:   # a cluster refuses other keys
+    with serving(node_pair(nats3, tmp_path_factory.mktemp("faults"))) as engines:
         yield engines
 
 
@@ -80,6 +87,11 @@ def run_js(servers, body, timeout_s=120):
 def replication(eng) -> dict:
     """A node's risk_cluster_replication_total by ``what`` (its /stats; {} unreadable)."""
     return {r["what"]: r["value"] for r in (eng.stats() or {}).get("risk_cluster_replication", ())}
+
+
+def replication_failed(eng) -> int:
+    """A node's risk_replication_failed_total over its workers (its /stats)."""
+    return int(sum(r["value"] for r in (eng.stats() or {}).get("risk_replication_failed", ())))
 
 
 def not_owner(c, acct, held=None) -> bool:
@@ -150,7 +162,7 @@ def test_a_stopped_owner_resumed_serves_nothing_and_its_late_records_are_refused
                 deadline_ms=4000) as c:                 # ack: sync: past the replication
         for acct in accts[:5]:                  # a serves them, as usual
             assert c.evaluate({**EVENT, "account_id": acct}).error is None
-    refused0 = replication(a).get("refused", 0)
+    refused0, failed0 = replication(a).get("refused", 0), replication_failed(a)
     pgid = os.getpgid(a.pid)
     late = 0
     try:
@@ -183,6 +195,9 @@ def test_a_stopped_owner_resumed_serves_nothing_and_its_late_records_are_refused
     with Client(a.endpoint, timeout_ms=10_000, retries=0, transport="binary", client_id=cid + 3) as c:
         assert all(not_owner(c, acct) for acct in accts[:5])
     wait_for(lambda: replication(a).get("refused", 0) > refused0, 60, "a's late publishes refused by fencing")
+    # the held replies then resolve REPLICATION_FAILED (the ingress had answered TIMEOUT), counted
+    wait_for(lambda: replication_failed(a) - failed0 >= late, 60, "a's held replies counted REPLICATION_FAILED")
+    assert replication_failed(a) - failed0 == late
 
     async def stream(js):
         log = ReplicationLog(js, "check", schema.dtype, schema.shard_key, P)

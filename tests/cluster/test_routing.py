@@ -73,7 +73,7 @@ def journaled(eng) -> list[tuple[int, int, int]]:
     """(client_id, request_id, account_id) of every record the node journaled."""
     schema = eng_schema()
     out = []
-    for recs, _ in iter_merged(str(eng.tmp / eng.instance / "journal"), schema.dtype, schema.hash):
+    for recs, _ in iter_merged(eng.raw["journal"]["dir"], schema.dtype, schema.hash):
         out += zip(recs["client_id"].tolist(), recs["request_id"].tolist(),
                    recs["event"]["account_id"].tolist())
     return out

@@ -45,8 +45,9 @@ WORKER = [(0, "batches", 8), (64, "events", 8), (128, "generation", 8), (192, "r
           (576, "gc_hist", 64), (640, "heartbeat_ns", 8), (704, "pickup_hist", 128), (832, "stalls", 40),
           (896, "stall_log", 4104), (5056, "row_generation", 16), (5120, "py_blocks", 8),
           (5184, "journal_unavailable", 8), (5248, "journal_write_errors", 8),
-          (5312, "rule_hits", 32768), (38080, "rule_errors", 32768), (70848, "phase", 16)]
-SECTION_BYTES = {"supervisor": 7040, "ingress": 6336, "worker": 70912}
+          (5312, "replication_failed", 8),     # control block version 3
+          (5376, "rule_hits", 32768), (38144, "rule_errors", 32768), (70912, "phase", 16)]
+SECTION_BYTES = {"supervisor": 7040, "ingress": 6336, "worker": 70976}
 
 SCHEMA = Schema.build({"account_id": "u64", "amount": "f64", "country": "bytes2", "ok": "bool",
                        "n": "bytes13"}, "account_id")
