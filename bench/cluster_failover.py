@@ -44,26 +44,27 @@ def account_in(p: int, start: int = 900_000) -> int:
 
 
 @contextmanager
-def light_load(servers):
-    """One cluster-mode client on a thread until the block ends: yields (ok, failed), ok[0]
-    the decisions without an error code, failed every other outcome as text."""
+def client_load(cc: ClusterClient, first_account: int, pause_s: float = 0.0):
+    """Single decisions sent through the cluster client ``cc`` on a thread until the block
+    ends, ``pause_s`` apart, accounts from ``first_account`` on: yields (ok, failed): ok[0]
+    counts the decisions without an error code, failed lists every other outcome ("Type:
+    message" for a request that raised, else the decision's error code)."""
     ok, failed, stop = [0], [], threading.Event()
 
     def load():
-        with ClusterClient(servers, timeout_ms=5000, retries=3, deadline_ms=DEADLINE_MS) as cc:
-            i = 0
-            while not stop.is_set():
-                i += 1
-                try:
-                    d = cc.evaluate({**EVENT, "account_id": 700_000 + i % 997, "amount": float(i)})
-                except Exception as e:          # noqa: BLE001  counted and printed: a finding
-                    failed.append(f"{type(e).__name__}: {e}")
-                    continue
-                if d.error is None:
-                    ok[0] += 1
-                else:
-                    failed.append(str(d.error))
-                stop.wait(LOAD_PAUSE_S)
+        i = 0
+        while not stop.is_set():
+            i += 1
+            try:
+                d = cc.evaluate({**EVENT, "account_id": first_account + i % 997, "amount": float(i)})
+            except Exception as e:              # noqa: BLE001  every failure is the finding
+                failed.append(f"{type(e).__name__}: {e}")
+                continue
+            if d.error is None:
+                ok[0] += 1
+            else:
+                failed.append(str(d.error))
+            stop.wait(pause_s)
     t = threading.Thread(target=load, daemon=True)
     t.start()
     try:
@@ -119,7 +120,8 @@ def failovers(nodes: list[EngineProcess], servers, kills: int, out=print) -> dic
     """``kills`` kills of nodes in turn, each serving partitions, under the light load; one
     line per kill through ``out``. Returns the figures (seconds) and the load's counts."""
     times, firsts = [], []
-    with light_load(servers) as (ok, failed):
+    with ClusterClient(servers, timeout_ms=5000, retries=3, deadline_ms=DEADLINE_MS) as cc, \
+            client_load(cc, 700_000, LOAD_PAUSE_S) as (ok, failed):
         for k in range(kills):
             held = wait_balanced(nodes)
             i = k % len(nodes)
