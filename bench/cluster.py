@@ -23,7 +23,9 @@ process tree (supervisor with its lease agent, tailer and control threads, ingre
 and, for the cluster, the three nats-servers. The load generator (this process) is not
 counted. ``net of rest`` subtracts the CPU the same processes use at rest (lease renewals,
 heartbeats, lease reads, the tailer's idle polls: paid per second, not per decision) over the
-phase's wall time; ``rest %cpu`` is that rate in % of one core. The REPLICATION COST PER
+phase's wall time; ``rest %cpu`` is that rate in % of one core (on a loaded machine it swings
+from one second to the next, and the net figure can come out negative: read it from a quiet
+one). The REPLICATION COST PER
 DECISION of an ack mode is the 3-node setup's figure minus the single engine's, per round (the
 same round's pair), median over the rounds: what the cluster (ownership checks, the tailer's
 publishes, the servers' R3 writes and Raft, lease traffic) adds to a decision, gross and net
@@ -94,14 +96,16 @@ def run_setup(kind: str, tmp: str, a, failover: bool, out) -> dict:
     return res
 
 
+COLS = (("p50 ms", 8, "{:.2f}"), ("p99 ms", 8, "{:.2f}"), ("decisions/s", 12, "{:,.0f}"), ("failed", 7, "{}"),
+        ("CPU us/dec", 11, "{:.1f}"), ("engines", 9, "{:.1f}"), ("nats", 9, "{:.1f}"),
+        ("net of rest", 12, "{:.1f}"), ("rest %cpu", 10, "{:.1f}"))
+HEAD = f"{'setup':<15}{'round':>6}" + "".join(f" {name:>{w}}" for name, w, _ in COLS)
+
+
 def row(r: dict, rnd: str) -> str:
-    return (f"{LABELS[r['kind']]:<15}{rnd:>6}{r['p50_ms']:>8.2f}{r['p99_ms']:>8.2f}{r['rate']:>12,.0f}"
-            f"{len(r['failed']):>8}{r['cpu_us']:>12.1f}{r['eng_us']:>9.1f}{r['nats_us']:>8.1f}"
-            f"{r['net_us']:>12.1f}{r['rest_pct']:>11.1f}")
-
-
-HEAD = (f"{'setup':<15}{'round':>6}{'p50 ms':>8}{'p99 ms':>8}{'decisions/s':>12}{'failed':>8}"
-        f"{'CPU us/dec':>12}{'engines':>9}{'nats':>8}{'net of rest':>12}{'rest %cpu':>11}")
+    vals = (r["p50_ms"], r["p99_ms"], r["rate"], len(r["failed"]), r["cpu_us"], r["eng_us"], r["nats_us"],
+            r["net_us"], r["rest_pct"])
+    return f"{LABELS[r['kind']]:<15}{rnd:>6}" + "".join(f" {fmt.format(v):>{w}}" for (_, w, fmt), v in zip(COLS, vals))
 
 
 def summary(results: list[dict], rounds: int, out) -> None:

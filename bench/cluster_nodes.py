@@ -58,8 +58,12 @@ def start_all(engines: list[EngineProcess]) -> None:
 @contextmanager
 def node_set(tmp, servers, ack: str = "sync", n: int = 3):
     """One engine alone (``servers`` None) or ``n`` cluster nodes ``n0``..; yields the list."""
+    # each engine in a session (so a scheduler autogroup) of its own, as each nats-server is:
+    # a node stands for a machine. In the bench's autogroup the nodes shared one CFS share
+    # against other runs' engines (each in its own session) and missed their lease renewals:
+    # at load average 35 a trio held 3 of 8 partitions for 180 s (2026-12-07)
     engines = [EngineProcess(tmp, workers=1, overrides=overrides(servers, f"n{i}", ack),
-                             ready_timeout_s=START_TIMEOUT_S, own_session=False)
+                             ready_timeout_s=START_TIMEOUT_S, own_session=True)
                for i in range(1 if servers is None else n)]
     start_all(engines)
     try:
