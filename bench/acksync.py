@@ -88,12 +88,14 @@ def throughput(connect, seconds: float, clients: int, first_account: int = 5000)
                 else:
                     failed.append(str(d.error))
     ts = [threading.Thread(target=load, args=(k,), daemon=True) for k in range(clients)]
-    for t in ts:
-        t.start()
-    time.sleep(seconds)
-    stop.set()
-    for t in ts:
-        t.join(60)
+    try:
+        for t in ts:
+            t.start()
+        time.sleep(seconds)
+    finally:                                    # Ctrl-C too: no client outlives the phase
+        stop.set()
+        for t in ts:
+            t.join(60)
     return sum(done), failed
 
 
