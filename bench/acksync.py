@@ -50,35 +50,62 @@ def owns_all(e: EngineProcess, timeout_s: float = 180) -> None:
     raise TimeoutError(f"node {e.instance}: does not hold all {PARTITIONS} partitions after {timeout_s:g} s")
 
 
-def measure(e: EngineProcess, decisions: int, seconds: float, clients: int) -> tuple[float, float, float]:
-    """(p50 ms, p99 ms, decisions/s)."""
+def latency(connect, decisions: int, first_account: int = 1000) -> tuple[float, float]:
+    """(p50 ms, p99 ms) of one closed-loop client made by ``connect()`` (a Client or a
+    ClusterClient) over ``decisions``, after 20 that warm the path; a decision that is not a
+    success raises."""
     lat = []
-    with Client(e.endpoint, timeout_ms=20_000, retries=0, deadline_ms=DEADLINE_MS) as c:
-        for i in range(decisions + 20):                      # the first 20 warm the path
+    with connect() as c:
+        for i in range(decisions + 20):
             t0 = time.perf_counter()
-            d = c.evaluate({**EVENT, "account_id": 1000 + i % 97, "amount": float(i)})
+            d = c.evaluate({**EVENT, "account_id": first_account + i % 97, "amount": float(i)})
             if d.error is not None:
                 raise RuntimeError(f"decision {i}: {d.error}")
             if i >= 20:
                 lat.append(time.perf_counter() - t0)
-    done, stop = [0] * clients, threading.Event()
+    ms = np.array(lat) * 1e3
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+
+
+def throughput(connect, seconds: float, clients: int, first_account: int = 5000) -> tuple[int, list[str]]:
+    """``clients`` closed-loop clients, each made by ``connect()``, for ``seconds``: (successful
+    decisions, failures): a decision with an error code or a request that raised, as
+    "CODE"/"Type: message" (every failure is a finding, so none ends the phase)."""
+    done, failed, stop = [0] * clients, [], threading.Event()
 
     def load(k: int) -> None:
-        with Client(e.endpoint, timeout_ms=20_000, retries=0, deadline_ms=DEADLINE_MS) as c:
+        with connect() as c:
             for i in itertools.count():
                 if stop.is_set():
                     return
-                c.evaluate({**EVENT, "account_id": 5000 + 1000 * k + i % 97, "amount": 1.0})
-                done[k] += 1
+                try:
+                    d = c.evaluate({**EVENT, "account_id": first_account + 1000 * k + i % 97, "amount": 1.0})
+                except Exception as e:          # noqa: BLE001  counted, the phase goes on
+                    failed.append(f"{type(e).__name__}: {e}")
+                    continue
+                if d.error is None:
+                    done[k] += 1
+                else:
+                    failed.append(str(d.error))
     ts = [threading.Thread(target=load, args=(k,), daemon=True) for k in range(clients)]
-    for t in ts:
-        t.start()
-    time.sleep(seconds)
-    stop.set()
-    for t in ts:
-        t.join(60)
-    ms = np.array(lat) * 1e3
-    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), sum(done) / seconds
+    try:
+        for t in ts:
+            t.start()
+        time.sleep(seconds)
+    finally:                                    # Ctrl-C too: no client outlives the phase
+        stop.set()
+        for t in ts:
+            t.join(60)
+    return sum(done), failed
+
+
+def measure(e: EngineProcess, decisions: int, seconds: float, clients: int) -> tuple[float, float, float]:
+    """(p50 ms, p99 ms, decisions/s) of one node, straight to its ingress."""
+    def connect():
+        return Client(e.endpoint, timeout_ms=20_000, retries=0, deadline_ms=DEADLINE_MS)
+    p50, p99 = latency(connect, decisions)
+    ok, _ = throughput(connect, seconds, clients)
+    return p50, p99, ok / seconds
 
 
 def main(argv: list[str] | None = None) -> int:

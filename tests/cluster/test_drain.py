@@ -10,55 +10,21 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
-from contextlib import contextmanager
 
 import pytest
 
+from bench.cluster_failover import client_load
 from bench.engine_proc import EngineProcess
 from ingress.cluster_client import ClusterClient
 from tests.cluster.agentproc import REPO, wait_for
 from tests.cluster.test_config_cluster import shard_keyed_features
-from tests.cluster.test_node import EVENT, serving
+from tests.cluster.test_node import serving
 from tests.cluster.test_routing import owned
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 P = 8
 TTL_S = 2.0
-
-
-@contextmanager
-def client_load(cc, first_account: int, acked: dict | None = None):
-    """Single decisions sent through the cluster client ``cc`` on a thread until the block
-    ends, accounts from ``first_account`` on: yields (ok, failed): ok[0] counts the decisions,
-    failed lists every failure ("Type: message"). With ``acked``, each event's amount is
-    unique (``first_account`` + its index + 0.25) and each decision is kept there, amount ->
-    account, so it can be found in the stream."""
-    ok, failed, stop = [0], [], threading.Event()
-
-    def load():
-        i = 0
-        while not stop.is_set():
-            ev = {**EVENT, "account_id": first_account + i % 997}
-            if acked is not None:
-                ev["amount"] = first_account + i + 0.25
-            i += 1
-            try:
-                d = cc.evaluate(ev)
-                assert d.error is None, d
-                ok[0] += 1
-                if acked is not None:
-                    acked[ev["amount"]] = ev["account_id"]
-            except Exception as e:          # noqa: BLE001  every failure is the finding
-                failed.append(f"{type(e).__name__}: {e}")
-    t = threading.Thread(target=load, daemon=True)
-    t.start()
-    try:
-        yield ok, failed
-    finally:
-        stop.set()
-        t.join(60)
 
 
 def test_drain_under_load_fails_no_request_and_leaves_the_node_empty(nats3, tmp_path):

@@ -29,13 +29,13 @@ import pytest
 
 from engine.cluster.replog import ReplicationLog
 from ingress.admission import shard_of
+from bench.cluster_failover import client_load
 from bench.engine_proc import EngineProcess
 from ingress.client import Client, RequestError
 from ingress.cluster_client import ClusterClient
 from shm.types import ErrorCode
 from tests.cluster.agentproc import REPO, wait_for
 from tests.cluster.test_config_cluster import shard_keyed_features
-from tests.cluster.test_drain import client_load
 from tests.cluster.test_node import EVENT, serving
 from tests.cluster.test_replication import _stream_last_seq
 from tests.cluster.test_routing import eng_schema, journaled, owned

@@ -40,7 +40,7 @@ from engine.journal_reader import iter_merged
 from shm.types import ErrorCode
 from tests.cluster.agentproc import wait_for
 from tests.cluster.test_acksync import RECORD, stream_records
-from tests.cluster.test_drain import client_load
+from bench.cluster_failover import client_load
 from tests.cluster.test_faults import (P, TTL_S, accounts_in, node_pair, not_owner, replication,
                                        replication_failed, split)
 from tests.cluster.test_node import EVENT, every_partition_held, serving
@@ -169,7 +169,7 @@ def test_a_node_cut_off_from_nats_stops_serving_and_rejoins_once_the_split_heals
     failed0 = replication_failed(a)
     acked, held, late_ids, rid, overloaded = {}, [], set(), 0, 0
     with ClusterClient(nats3.urls, timeout_ms=15_000, retries=3, deadline_ms=10_000, client_id=cid) as cc, \
-            client_load(cc, 7_000_000, acked) as (ok, failed):
+            client_load(cc, 7_000_000, acked=acked) as (ok, failed):
         wait_for(lambda: ok[0] >= 50, 60, "load running")
         with cut_off(netns, cgroup[1], [s.port for s in nats3.servers]):
             t_cut = time.monotonic()
