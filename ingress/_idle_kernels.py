@@ -22,10 +22,10 @@ import ctypes
 
 import llvmlite.binding as ll
 import numpy as np
-from numba import njit, types
+from numba import carray, njit, types
 
 from ingress import zmqc
-from ingress._loop_kernels import request_ring
+from ingress._loop_kernels import R_SLOT, _voidptr, request_ring
 from shm import _ring_kernels as RK
 
 WORK, CONNS = 1, 2                    # wait's result bits: something to read or drain; the
@@ -34,9 +34,11 @@ MAX_EVENTS = 4                        # the router's epoll holds 3 fds
 EVENT_BYTES = 12                      # sizeof(struct epoll_event), packed on x86-64
 EVENT_DATA = 4                        # its epoll_data_t
 MAX_SLEEP_MS = 100                    # as the Python loop's min(0.1 s, ...)
-# scratch cells: ZMQ_EVENTS value and size, the clock, the eventfd counter
-S_EVENTS, S_SIZE, S_CLOCK, S_EFD = 0, 1, 2, 4
-SCRATCH_WORDS = 5
+# scratch words: ZMQ_EVENTS value and size, the clock, the eventfd counter, then the epoll
+# events
+S_EVENTS, S_SIZE, S_CLOCK, S_EFD, S_EPOLL = 0, 1, 2, 4, 5
+SCRATCH_WORDS = S_EPOLL + (MAX_EVENTS * EVENT_BYTES + 7) // 8
+RING_WORDS = R_SLOT + 1                # a row of ingress._loop_kernels.pack_rings
 
 _LIBC = ctypes.CDLL(None)
 for _name in ("epoll_wait", "sched_yield", "read"):
@@ -47,9 +49,9 @@ _sched_yield = types.ExternalFunction("sched_yield", types.int32())
 _read = types.ExternalFunction("read", types.int64(types.int32, types.uint64, types.uint64))
 
 
-def new_buffers() -> tuple[np.ndarray, np.ndarray]:
-    """(events, scratch) for ``wait``, allocated once."""
-    return np.zeros(MAX_EVENTS * EVENT_BYTES, np.uint8), np.zeros(SCRATCH_WORDS, np.int64)
+def new_scratch() -> np.ndarray:
+    """``wait``'s scratch words, allocated once."""
+    return np.zeros(SCRATCH_WORDS, np.int64)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -76,12 +78,18 @@ def _responses(resp):
 
 
 @njit(cache=True, nogil=True)
-def wait(h, resp, events, scratch, epfd, efd, conns_fd, spin_end_ns, sleep_until_ns, accepting):
+def wait(h, resp_addr, n_rings, scratch_addr, epfd, efd, conns_fd, spin_end_ns, sleep_until_ns,
+         accepting):
     """Spin until ``spin_end_ns`` (0: not at all), then sleep until ``sleep_until_ns`` (module
-    doc). ``resp``: the response rings (ingress._loop_kernels.pack_rings); ``accepting``:
-    look at the socket too. Returns WORK when the spin saw something (no sleep taken), else
-    CONNS when ``conns_fd`` was readable, else 0."""
+    doc). ``resp_addr``: the address of the response rings' table (``n_rings`` rows of
+    ingress._loop_kernels.pack_rings), ``scratch_addr`` that of new_scratch()'s words (both
+    alive while the router runs: arrays passed from Python are unboxed at every call);
+    ``accepting``: look at the socket too. Returns WORK when the spin saw something (no
+    sleep taken), else CONNS when ``conns_fd`` was readable, else 0."""
+    resp = carray(_voidptr(resp_addr), (n_rings, RING_WORDS), np.int64)
+    scratch = carray(_voidptr(scratch_addr), (SCRATCH_WORDS,), np.int64)
     ts = scratch[S_CLOCK:S_CLOCK + 2]
+    events = scratch[S_EPOLL:].view(np.uint8)
     while spin_end_ns:
         if _responses(resp) or (accepting and _pollin(h, scratch)):
             return WORK

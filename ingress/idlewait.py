@@ -40,23 +40,30 @@ class CompiledIdle:
     ``attach`` gives it the socket and the fds once the router has them."""
 
     def __init__(self, resp: np.ndarray):
-        self.resp = resp
-        self.events, self.scratch = IK.new_buffers()
-        ty, i64 = numba.typeof, numba.types.int64
-        self._wait = bind_entry(IK.wait, (i64, ty(resp), ty(self.events), ty(self.scratch))
-                                + (i64,) * 5 + (numba.types.boolean,))
-        self.sock, self.fds = None, (-1, -1, -1)
+        if resp.dtype != np.int64 or resp.ndim != 2 or resp.shape[1] != IK.RING_WORDS \
+                or not resp.flags.c_contiguous:
+            raise RuntimeError(f"idle wait: resp dtype={resp.dtype} shape={resp.shape}: expected "
+                               f"C-contiguous int64 (rings, {IK.RING_WORDS}) (pack_rings)")
+        self.resp = resp                         # both kept alive: the kernel reads them by
+        self.scratch = IK.new_scratch()          # address (no array unboxed per call)
+        i64 = numba.types.int64
+        self._wait = bind_entry(IK.wait, (i64,) * 9 + (numba.types.boolean,))
 
     def attach(self, sock: zmq.Socket, ep, efd, conns_fd: int) -> "CompiledIdle":
         """Wait on ``sock`` (the ROUTER socket), in ``ep`` (the router's select.epoll), and
-        reset ``efd`` (the responses' EventfdDoorbell); ``conns_fd``: CONNS's fd."""
-        self.sock, self.fds = sock, (ep.fileno(), efd.fileno(), conns_fd)
+        reset ``efd`` (the responses' EventfdDoorbell); ``conns_fd``: CONNS's fd. Binds
+        ``wait`` with every argument but the three that change."""
+        k, handle, scratch = self._wait, zmqc.handle, self.scratch.ctypes.data
+        addr, n, epfd, efd_no = self.resp.ctypes.data, self.resp.shape[0], ep.fileno(), efd.fileno()
+
+        def wait(spin_end_ns: int, sleep_until_ns: int, accepting: bool) -> int:
+            return k(handle(sock), addr, n, scratch, epfd, efd_no, conns_fd, spin_end_ns,
+                     sleep_until_ns, accepting)
+        self.wait = wait
         return self
 
     def wait(self, spin_end_ns: int, sleep_until_ns: int, accepting: bool) -> int:
-        epfd, efd, conns_fd = self.fds
-        return self._wait(zmqc.handle(self.sock), self.resp, self.events, self.scratch, epfd,
-                          efd, conns_fd, spin_end_ns, sleep_until_ns, accepting)
+        raise RuntimeError("CompiledIdle.wait before attach(): no socket to wait on")
 
 
 class PythonIdle:

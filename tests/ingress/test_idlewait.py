@@ -45,7 +45,8 @@ class Setup:
         for fd in (self.sock.getsockopt(zmq.FD), self.efd.fileno(), self.conns.fileno()):
             self.ep.register(fd, select.EPOLLIN)
         if compiled:
-            resp = LK.pack_rings([self.ring.header], [self.ring.slots.view(np.uint8).reshape(8, 64)])
+            u8 = self.ring.slots.view(np.uint8).reshape(8, 64)
+            resp = LK.pack_rings([self.ring.header], [u8])
             self.idle = CompiledIdle(resp).attach(self.sock, self.ep, self.efd, self.conns.fileno())
         else:
             self.idle = PythonIdle([self.ring], SockOpts(self.sock), self.ep, self.efd,
@@ -145,3 +146,12 @@ def test_a_readable_connection_fd_is_reported(s):
     assert s.wait(0, FAR_NS) == CONNS
     assert s.efd.drain() == 0                          # the responses' eventfd reset
     assert s.conns.drain() == 1                        # the router's to read
+
+
+def test_a_table_the_kernel_would_misread_is_refused_and_a_wait_needs_a_socket():
+    for bad in (np.zeros((1, LK.R_SLOT), np.int64), np.zeros((1, LK.R_SLOT + 1), np.int32),
+                np.zeros((2, 2 * (LK.R_SLOT + 1)), np.int64)[:, ::2]):
+        with pytest.raises(RuntimeError, match="idle wait: resp"):
+            CompiledIdle(bad)
+    with pytest.raises(RuntimeError, match="before attach"):
+        CompiledIdle(np.zeros((1, LK.R_SLOT + 1), np.int64)).wait(0, 0, True)
