@@ -89,7 +89,7 @@ def run_phase(label: str, spec: LoadSpec, processes: int, server_pids: tuple[int
         servers = [psutil.Process(pid) for pid in server_pids]
         srv_cpu0 = _tree_cpu(servers)
         srv_wb0 = _tree_write_bytes(servers)
-        threads0 = _tree_threads(servers)
+        threads0 = tree_threads(servers)
         start_ns = time.monotonic_ns() + 200_000_000
         for _, conn in children:
             conn.send(start_ns)
@@ -117,7 +117,7 @@ def run_phase(label: str, spec: LoadSpec, processes: int, server_pids: tuple[int
         wall_s = (time.monotonic_ns() - start_ns) / 1e9
         srv_cpu = _tree_cpu(servers) - srv_cpu0 if servers else None
         srv_wb = _tree_write_bytes(servers) - srv_wb0 if servers else None
-        threads = {k: v - threads0.get(k, 0.0) for k, v in _tree_threads(servers).items()}
+        threads = {k: v - threads0.get(k, 0.0) for k, v in tree_threads(servers).items()}
         if progress:
             sys.stderr.write("\n")
     finally:
@@ -200,7 +200,7 @@ def _sum_tree(servers, read) -> float:
     return total
 
 
-def _tree_threads(servers) -> dict[str, float]:
+def tree_threads(servers) -> dict[str, float]:
     """CPU seconds of every thread of the servers' process trees, keyed ``process: thread``
     (the process title, e.g. ``risk-engine: worker 0``; the thread ``main`` or its kernel
     name, e.g. ``ZMQbg/IO/0``; threads of one process with the same name are summed)."""

@@ -159,6 +159,38 @@ def raw_table(runs: dict, unavailable: dict) -> str:
     return "\n".join(lines)
 
 
+def server_threads(pids: tuple) -> dict[str, float]:
+    """CPU seconds of every thread of the servers' process trees (bench.phase.tree_threads)."""
+    import psutil
+    from bench.phase import tree_threads
+    return tree_threads([psutil.Process(p) for p in pids])
+
+
+def per_request(before: dict, after: dict, run: dict) -> dict[str, float]:
+    """Each server thread's CPU over the run (warm-up and drain included) per request sent,
+    in microseconds, as the generator's own ``cpu_us_per_request`` counts it."""
+    n = run.get("requests_total", run["sent"])      # the Python generator's: sent
+    return {k: (v - before.get(k, 0.0)) / n * 1e6 for k, v in after.items()} if n else {}
+
+
+def cpu_table(runs: dict) -> str:
+    """Per scenario and target: each server thread's CPU per request, median of rounds, the
+    busiest first (threads under 0.05 us left out), and the sum of all."""
+    lines = ["server CPU per request, us (median of rounds; warm-up and drain included):"]
+    for s, by_target in runs.items():
+        for t, done in by_target.items():
+            docs = [r["server_threads_us"] for r in done if r is not None and "server_threads_us" in r]
+            if not docs:
+                continue
+            keys = {k for d in docs for k in d}
+            med = {k: statistics.median(d.get(k, 0.0) for d in docs) for k in keys}
+            total = statistics.median(sum(d.values()) for d in docs)
+            parts = ", ".join(f"{k} {v:.1f}" for k, v in sorted(med.items(), key=lambda kv: -kv[1])
+                              if v >= 0.05)
+            lines.append(f"{s:8} {t:14} total {total:6.1f}: {parts}")
+    return "\n".join(lines)
+
+
 def round_order(targets: list[str], k: int) -> list[str]:
     """A B C in even rounds, C B A in odd ones."""
     return list(targets) if k % 2 == 0 else list(reversed(targets))
@@ -282,8 +314,11 @@ def run(a) -> int:
                                       sc.batch, a.duration, a.warmup, config, a.seed, a.timeout_ms,
                                       io_threads=a.io_threads, processes=a.processes)
                     ids = run_client_id_base()      # fresh ids: never the idempotency cache
+                    pids = (engine.pid,) if t == "engine" else (servers[t].pid,)
+                    cpu0 = server_threads(pids)
                     r = (cload.run_c(exe, load, payloads, ids) if exe
                          else cload.run_python(load, ids))
+                    r["server_threads_us"] = per_request(cpu0, server_threads(pids), r)
                     r.pop("hist", None)            # its percentiles are in the document
                     runs[sc.name][t].append(r)
                     print(f"round {k + 1}/{a.rounds} {sc.name:6} {t:14} {r['requests_per_s']:>11,.0f} req/s "
@@ -304,6 +339,8 @@ def run(a) -> int:
     print(table(evaluated))
     print()
     print(raw_table(runs, unavailable))
+    print()
+    print(cpu_table(runs))
     for n in notes:
         print(f"note: {n}")
     if a.json:

@@ -30,6 +30,7 @@ from ingress.admission import DOORBELL_DEFER_NS
 from ingress.batchadmit import BatchAdmit
 from ingress.batchtable import BatchTable
 from ingress.dedup import i64_bits
+from ingress.idlewait import CompiledIdle
 from shm import _ring_kernels as RK
 from shm.ring import bind_entry
 
@@ -89,6 +90,7 @@ class CompiledLoop:
         self._drain = bind_entry(LK.drain_packed, (i64,) * 4 + (ty(fast._dpack), ty(self.resp),
                                                                 ty(self.fired)))
         self._release = bind_entry(RK._release, (ty(self.response_rings[0].header), i64))
+        self.idle = CompiledIdle(self.resp)      # the router's idle wait (ingress.idlewait)
 
     def read(self, sock: zmq.Socket, router) -> int:
         """Router._read_requests, compiled (module doc); returns the messages read."""

@@ -3,9 +3,10 @@
 Started by the supervisor as ``python -m ingress.router --run-dir D``. One thread, one
 epoll over the ROUTER socket's ZMQ_FD and the eventfd doorbell of the response rings; after
 its last work it polls both for ``ingress.spin_us`` (yielding the CPU each round), then
-sleeps in the epoll, so nothing spins while idle. The router reads messages, sheds load when
-the socket's queue does not empty, drains the response rings and runs the deadlines; the
-requests themselves are taken by two paths with one admission policy (ingress.admission):
+sleeps in the epoll, so nothing spins while idle (ingress.idlewait). The router reads
+messages, sheds load when the socket's queue does not empty, drains the response rings and
+runs the deadlines; the requests themselves are taken by two paths with one admission
+policy (ingress.admission):
 
 - binary requests with one event, the latency-critical case, take a compiled fast path
   first (ingress.fastpath: a preallocated in-flight table, one compiled call per request and
@@ -21,7 +22,6 @@ in compiled code, and every other message reaches the same methods (shedding, pa
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import select
 import sys
@@ -44,6 +44,7 @@ from ingress.dedup import IdempotencyWindow
 from ingress.discard import FrameDiscarder
 from ingress.fastpath import FastPath
 from ingress.generalpath import GeneralPath
+from ingress.idlewait import CONNS, PythonIdle
 from ingress.ownercheck import OwnerCheck
 from ingress.replies import Replies
 from ingress.sockopts import SockOpts, is_ipv6_bind
@@ -63,8 +64,7 @@ CLOSE_OVER_FRAMES = 1024              # a message of more frames is abuse, not a
 SHED_AFTER_NS = 5_000_000             # a queue that has not emptied for 5 ms: shed
 SHED_PEER_SHARE = 32                  # while shedding, a peer's messages read per SHED_AFTER_NS
                                       # that are still served; beyond, only its are shed
-_POLLIN = int(zmq.POLLIN)             # plain ints: the enum forms cost 2.5 us per socket call
-_NOWAIT = int(zmq.NOBLOCK)
+_NOWAIT = int(zmq.NOBLOCK)            # a plain int: the enum form costs 2.5 us per socket call
 _BAD_FRAME = int(ErrorCode.BAD_FRAME)
 _SHED = OVERLOAD_REASONS.index("shed")
 SERVING_POLL_S = 0.005                # ready, waiting for the supervisor's "serving"
@@ -171,6 +171,8 @@ class Router:
         fast, general, admission = self.fast, self.general, self.admission
         c_blocks, blocks_due = self.block.view("ingress.py_blocks"), 0
         payoff, idle_since = SpinPayoff(self.spin_ns), 0   # spin only while it pays
+        idle = (self.loop.idle.attach(sock, ep, self.efd, conns_fd) if self.loop is not None
+                else PythonIdle(self.response_rings, self.opts, ep, self.efd, conns_fd))
         while True:
             if accepting and self.stop[0]:         # stop: read no more requests; finish the rest
                 accepting = False
@@ -197,18 +199,10 @@ class Router:
                     idle_since = 0
                 continue                           # busy: look again before sleeping
             idle_since = idle_since or now
-            if payoff.spin and self._spin_for_work(sock, accepting):
-                continue
-            timeout_s = max(0.0, min(0.1, (self._next_deadline() - time.monotonic_ns()) / 1e9))
-            if any(r.response_sleep_begin() for r in self.rings):
-                timeout_s = 0.0                    # a response arrived before we slept
-            if timeout_s and not (accepting and self.opts.events() & _POLLIN):
-                for fd, _ in ep.poll(timeout_s):
-                    if fd == conns_fd:             # a connection came or went
-                        conns_due = 0
-            for r in self.rings:
-                r.response_sleep_end()
-            self.efd.drain()
+            deadline = self._next_deadline()       # never answer a deadline late for a spin
+            spin_end = min(now + self.spin_ns, deadline) if payoff.spin else 0
+            if idle.wait(spin_end, deadline, accepting) & CONNS:   # ingress.idlewait
+                conns_due = 0                      # a connection came or went
         ep.close()
         self.conns.close()
         sock.close(linger=1000)
@@ -245,27 +239,6 @@ class Router:
 
     def _next_deadline(self) -> int:
         return self.general.next_deadline(self.fast.next_deadline())
-
-    def _spin_for_work(self, sock: zmq.Socket, accepting: bool) -> bool:
-        """Nothing is ready: poll the response rings and the socket for up to ``spin_ns``
-        (``ingress.spin_us``; 0 sleeps at once) before sleeping in epoll. A decision takes
-        tens of microseconds and a client's next request often follows within a few hundred;
-        sleeping and being woken by the worker's eventfd or by libzmq costs a CPU wake-up on
-        top (about 100 us each, measured here with one client). Every round yields the CPU,
-        so a runnable process on this CPU is not delayed. Returns True when something arrived.
-        The loop calls it only while spinning pays (shm.idle.SpinPayoff)."""
-        # never answer a deadline late for a spin
-        end = min(time.monotonic_ns() + self.spin_ns, self._next_deadline())
-        rings = self.response_rings
-        events = self.opts.events
-        while time.monotonic_ns() < end:
-            for r in rings:
-                if r.available():
-                    return True
-            if accepting and events() & _POLLIN:
-                return True
-            os.sched_yield()                       # a runnable process on this CPU goes first
-        return False
 
     def _read_requests(self, sock: zmq.Socket) -> int:
         """Read what is queued, at most READ_BATCH messages (the response side gets its turn).

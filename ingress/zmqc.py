@@ -26,6 +26,7 @@ import zmq
 from numba import njit, types
 
 DONTWAIT, SNDMORE, RCVMORE = int(zmq.DONTWAIT), int(zmq.SNDMORE), int(zmq.RCVMORE)
+EVENTS, POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 EAGAIN, EINTR = errno.EAGAIN, errno.EINTR
 MSG_BYTES = 64                        # sizeof(zmq_msg_t) in libzmq 4.x
 # new_msg()'s words after the zmq_msg_t: CAPTURE (1: recv_frame reads each message's
@@ -51,6 +52,7 @@ _SIGNATURES = {                       # C prototypes, pointers as uint64
     "zmq_recv": _i32(_u64, _u64, _u64, _i32),
     "zmq_errno": _i32(),
     "zmq_msg_gets": _u64(_u64, _u64),
+    "zmq_getsockopt": _i32(_u64, _i32, _u64, _u64),
 }
 
 
@@ -98,6 +100,7 @@ zmq_send = types.ExternalFunction("zmq_send", _SIGNATURES["zmq_send"])
 zmq_recv = types.ExternalFunction("zmq_recv", _SIGNATURES["zmq_recv"])
 zmq_errno = types.ExternalFunction("zmq_errno", _SIGNATURES["zmq_errno"])
 zmq_msg_gets = types.ExternalFunction("zmq_msg_gets", _SIGNATURES["zmq_msg_gets"])
+zmq_getsockopt = types.ExternalFunction("zmq_getsockopt", _SIGNATURES["zmq_getsockopt"])
 _strnlen = types.ExternalFunction("strnlen", _u64(_u64, _u64))
 clock_gettime = types.ExternalFunction("clock_gettime", _i32(_i32, _u64))
 _memcpy = types.ExternalFunction("memcpy", _u64(_u64, _u64, _u64))

@@ -100,14 +100,6 @@ class EngineRings:
         """Room in the request ring. Only the ingress produces, so it can only grow meanwhile."""
         return self.request.capacity - self.request.occupancy()
 
-    def response_sleep_begin(self) -> bool:
-        """Raise the response ring's sleeping flag before polling. True: a response is already
-        there (flag lowered again): do not sleep."""
-        return not self.response.prepare_sleep()
-
-    def response_sleep_end(self) -> None:
-        self.response.end_sleep()
-
     # --- supervisor side -----------------------------------------------------------------------
 
     def wake_worker(self) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.targets import ROWS, evaluate, raw_table, round_order, table
+from bench.targets import ROWS, cpu_table, evaluate, per_request, raw_table, round_order, table
 
 REPO = Path(__file__).resolve().parents[2]
 # what the table reads of a run: both load generators must report it
@@ -68,6 +68,21 @@ def test_a_missing_baseline_is_not_available_never_met():
     assert "n/a (compiled_echo not available" in table([got])
 
 
+def test_server_cpu_is_per_request_by_thread_and_summed_in_the_table():
+    before = {"ingress: main": 1.0, "ingress: ZMQbg/IO/0": 2.0}
+    after = {"ingress: main": 1.5, "ingress: ZMQbg/IO/0": 3.0, "worker 0: main": 0.25}
+    got = per_request(before, after, {"requests_total": 100_000, "sent": 90_000})
+    assert got == pytest.approx({"ingress: main": 5.0, "ingress: ZMQbg/IO/0": 10.0,
+                                 "worker 0: main": 2.5})
+    assert per_request(before, after, {"sent": 0}) == {}
+    runs = {"100x1": {"engine": [doc(server_threads_us=got),
+                                 doc(server_threads_us={**got, "ingress: main": 7.0}), None]}}
+    text = cpu_table(runs)
+    # medians of two rounds per thread, the busiest first, and the median of the totals
+    assert "100x1    engine         total   18.5: ingress: ZMQbg/IO/0 10.0, ingress: main 6.0, " \
+           "worker 0: main 2.5" in text
+
+
 def test_rounds_alternate_the_order():
     assert [round_order(["a", "b", "c"], k) for k in range(3)] == [
         ["a", "b", "c"], ["c", "b", "a"], ["a", "b", "c"]]
@@ -102,6 +117,8 @@ def test_a_tiny_run_against_the_echoes_prints_the_table_and_json(tmp_path):
         assert READ <= set(run)
         assert run["sent"] > 0 and run["sent"] == run["ok"] + run["error_count"]
         assert run["errors"] == {} and run["p50_us"] > 0
+        assert sum(run["server_threads_us"].values()) > 0    # the echo's own CPU per request
+    assert "server CPU per request" in r.stdout
     compiled = d["runs"]["1x1"]["compiled_echo"]
     # before the compiled echo exists its line says so; after, it ran like the other
     assert ("compiled_echo" in d["unavailable"] and compiled == []) or len(compiled) == 2
