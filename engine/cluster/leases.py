@@ -25,6 +25,7 @@ import nats
 import nats.js.errors as jserr
 from nats.js import api
 
+from shm.runtime.nats_auth import auth_options
 from ingress.partmap import BUCKET, decode, encode, lease_key  # noqa: F401  (the bucket's names)
 
 OP_HEADER = "KV-Operation"          # DEL / PURGE on a delete marker
@@ -176,14 +177,15 @@ class LeaseStore:
                               headers={OP_HEADER: "DEL"})
 
 
-async def connect_once(servers: list[str]):
-    """One NATS connection for a command (no reconnects); ConnectionError saying why once."""
+async def connect_once(servers: list[str], credentials: str | None = None):
+    """One NATS connection for a command (no reconnects), as the user in the ``credentials``
+    file (shm.runtime.nats_auth); ConnectionError saying why once."""
     errors = []
 
     async def quiet(e):                      # nats-py prints each failed attempt otherwise
         errors.append(e)
     try:
-        return await nats.connect(servers, connect_timeout=2, allow_reconnect=False,
+        return await nats.connect(servers, **auth_options(credentials), connect_timeout=2, allow_reconnect=False,
                                   max_reconnect_attempts=1, reconnect_time_wait=0.2, error_cb=quiet)
     except Exception as e:                  # nats-py raises its own or OSError; say why once
         why = errors[-1] if errors else e

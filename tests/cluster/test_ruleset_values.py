@@ -103,7 +103,8 @@ class Recorder:
 
 @pytest.fixture(scope="module")
 def client(nats3):
-    c = ControlClient(nats3.urls, "probe", 3, 20.0, bucket="rsv" + uuid.uuid4().hex[:8]).start()
+    c = ControlClient(nats3.urls, "probe", 3, 20.0, bucket="rsv" + uuid.uuid4().hex[:8],
+                      credentials=nats3.credentials).start()
     try:
         yield c
     finally:
