@@ -22,6 +22,9 @@ from shm.ownership import valid_address
 from shm.runtime.nats_auth import auth_options
 
 BUCKET = "risk_engine_leases"
+# the map's reply subjects: a read-only user is let subscribe to these alone, not to _INBOX.>
+# where the engine's JetStream replies (journal records, control values) arrive
+INBOX_PREFIX = "_INBOX_MAP"
 LEASE_PREFIX = "p."
 _OPS_GONE = ("DEL", "PURGE")
 
@@ -131,6 +134,7 @@ class PartitionMap:
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
         nc = await asyncio.wait_for(nats.connect(
             self.servers, **auth_options(self.credentials), name="risk-engine partition map", connect_timeout=2,
+            inbox_prefix=INBOX_PREFIX,
             reconnect_time_wait=0.25, max_reconnect_attempts=-1), self.timeout_s)
         try:
             js = nc.jetstream(timeout=2.0)

@@ -11,7 +11,8 @@ a config file and a JetStream store directory, all under one run directory creat
 Authorization is on (docs/CLUSTER.md, "Authentication"): each cluster draws random secrets
 (``secrets``) for three users: ``engine`` (the nodes and the operator's commands: everything),
 ``client`` (cluster-mode clients: may only read the lease buckets named in ``read_buckets``,
-by JetStream API requests and a KV watch, and write nothing) and ``route`` (the servers'
+by JetStream API requests and a KV watch, with replies to ingress.partmap.INBOX_PREFIX only,
+not _INBOX where the engine's replies go; and write nothing) and ``route`` (the servers'
 connections to each other). The first two are written as credentials files 0600 in the run
 directory, ``credentials`` and ``client_credentials`` (shm.runtime.nats_auth's format); the
 server config files (0600) hold all three. The monitoring port answers without a password
@@ -30,6 +31,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -44,7 +46,7 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
-from ingress.partmap import BUCKET as LEASE_BUCKET
+from ingress.partmap import BUCKET as LEASE_BUCKET, INBOX_PREFIX
 from shm.runtime.nats_auth import write_credentials
 from shm.runtime.securedir import ensure_private_dir
 
@@ -179,6 +181,8 @@ class NatsCluster:
         self.servers = [NatsServer(f"n{i}", self.run_dir, port_fn(), port_fn(), port_fn())
                         for i in range(n)]
         self._binary: str | None = None
+        if not all(re.fullmatch(r"[A-Za-z0-9_-]{1,64}", b) for b in read_buckets):
+            raise NatsServerError(f"read_buckets={read_buckets!r}: bucket names only")
         self.read_buckets = read_buckets
         self.credentials = str(self.run_dir / "engine.creds.json")          # the nodes' user
         self.client_credentials = str(self.run_dir / "client.creds.json")   # read-only clients' user
@@ -191,7 +195,7 @@ class NatsCluster:
                 f"  {{ user: {ENGINE_USER}, password: \"{pw[ENGINE_USER]}\" }}\n"
                 f"  {{ user: {CLIENT_USER}, password: \"{pw[CLIENT_USER]}\", permissions: {{\n"
                 f"      publish: {{ allow: {json.dumps(allow)} }}\n"
-                "      subscribe: { allow: [\"_INBOX.>\"] } } }\n] }")
+                f"      subscribe: {{ allow: [\"{INBOX_PREFIX}.>\"] }} }} }}\n] }}")
 
     @property
     def urls(self) -> list[str]:

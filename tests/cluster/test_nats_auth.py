@@ -2,7 +2,8 @@
 "Authentication"): cluster.credentials is checked completely at config time; the servers
 NatsCluster starts refuse a connection without the password or with a wrong one, and their
 read-only ``client`` user reads the partition map but can write nothing: not a lease, not the
-halt key, not a journal record, not a rule file, not a stream."""
+halt key, not a journal record, not a rule file, not a stream; nor can it read the engine's
+JetStream replies (journal records, control values) on _INBOX.>."""
 from __future__ import annotations
 
 import asyncio
@@ -20,7 +21,7 @@ from nats.js import api
 from engine.cluster import replog
 from engine.cluster.control import BUCKET as CONTROL
 from engine.cluster.ruleset import BUCKET as RULES
-from ingress.partmap import BUCKET as LEASES, PartitionMap, encode, lease_key
+from ingress.partmap import BUCKET as LEASES, INBOX_PREFIX, PartitionMap, encode, lease_key
 from shm.runtime.config_types import ConfigError
 from shm.runtime.nats_auth import MAX_BYTES, auth_options, read_credentials
 from tests.cluster.agentproc import REPO, wait_for
@@ -156,7 +157,9 @@ def test_the_client_user_reads_the_partition_map_and_writes_nothing(nats3):
         m.close()
 
     async def attempts():
-        nc, errors = await _connect(nats3.urls, **auth_options(nats3.client_credentials))
+        nc, errors = await _connect(nats3.urls, **auth_options(nats3.client_credentials),
+                                    inbox_prefix=INBOX_PREFIX)
+        await nc.subscribe("_INBOX.>")               # where the engine's JetStream replies go
         js = nc.jetstream(timeout=2.0)
         kv = await js.key_value(LEASES)
         writes = (kv.put(lease_key(0), encode("evil", "tcp://127.0.0.1:6666", True)),
@@ -180,7 +183,8 @@ def test_the_client_user_reads_the_partition_map_and_writes_nothing(nats3):
         return [str(e) for e in errors]
     want = [f'permissions violation for publish to "{s.lower()}"' for s in (
         f"$KV.{LEASES}.{lease_key(0)}", f"$KV.{CONTROL}.halt", f"{replog.PREFIX}.0", "$JS.API.STREAM.CREATE.EVIL",
-        f"$KV.{LEASES}.{lease_key(1)}", f"$O.{RULES}.M.x")]
+        f"$KV.{LEASES}.{lease_key(1)}", f"$O.{RULES}.M.x")] + [
+        'permissions violation for subscription to "_inbox.>"']
     errors = asyncio.run(asyncio.wait_for(attempts(), 120))
     assert all(any(w in e for e in errors) for w in want), errors
 
