@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
+from types import SimpleNamespace
 
 import nats as nats_client
 import numpy as np
@@ -243,7 +244,8 @@ def test_a_late_node_joins_at_the_current_state_and_a_stopped_node_frees_everyth
 
 def test_a_node_whose_servers_never_answer_fails_to_start_with_one_line(tmp_path):
     url = f"nats://127.0.0.1:{free_port()}"            # nothing listens there
-    eng = EngineProcess(tmp_path, workers=1, overrides=cluster_overrides([url], "lost"))
+    eng = EngineProcess(tmp_path, workers=1, overrides=cluster_overrides(
+        SimpleNamespace(urls=[url], credentials=None), "lost"))   # loopback: no credentials needed
     try:
         eng.launch()
         assert eng.proc.wait(900) == 2, eng.output()
