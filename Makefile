@@ -29,10 +29,11 @@ test: install
 	$(BIN)/python -m pytest -q -m "not slow" -n $(TEST_JOBS) --dist loadfile tests
 
 # The tests marked `slow` (a wheel built and installed in a fresh venv, the largest kernel
-# oracles, engines under load, bench smoke runs): each has a cheaper sibling in `make test`;
-# .ci/run runs them after `make test`, so CI runs every test.
+# oracles, engines under load, the cluster end to end, bench smoke runs): each has a cheaper
+# sibling in `make test`; .ci/run runs them after `make test`, so CI runs every test. Two
+# pytest processes: the cluster modules in one, the rest in the other (scripts/test_slow.sh).
 test-slow: install
-	$(BIN)/python -m pytest -q -m slow tests
+	scripts/test_slow.sh $(BIN)/python
 
 bench: install
 	$(BIN)/python -m bench.latency --clients 100 --duration 30 --rounds 3

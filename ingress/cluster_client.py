@@ -12,8 +12,9 @@ its idempotency key whichever node it reaches.
   owner, the decisions returned in the events' order.
 - NOT_OWNER (the map was stale): nothing was evaluated there; the reply names the owner, the
   client records it and sends the same request (same id) there (``max_redirects`` hops to
-  another node per call, then RequestError NOT_OWNER). ``owner=none``, or a node naming
-  itself (no node serves the partition now: a failover, a take-over still replaying): it
+  another node per call, then RequestError NOT_OWNER). ``owner=none``, a node naming itself,
+  or a node naming one that already answered NOT_OWNER in this call (no node serves the
+  partition now: a failover, a take-over still replaying, two nodes each naming the other): it
   waits (REDIRECT_BACKOFF_S, doubling to 0.5 s) and asks the map's owner again, for up to
   ``failover_wait_s`` per call (then RequestError NOT_OWNER): a failover within the lease
   protocol's bound costs the caller latency, not a failed request.
@@ -98,6 +99,7 @@ class ClusterClient:
         deadline_ms = self.deadline_ms if deadline_ms is None else deadline_ms
         out: list = [None] * len(recs)
         todo, hops, waits, waited_from = [(np.arange(len(recs)), None)], 0, 0, 0.0
+        asked: set[str] = set()                    # nodes that answered NOT_OWNER in this call
         while todo:
             idx, rid = todo.pop()
             owners = np.array([self.owner(p) for p in parts[idx].tolist()], dtype=object)
@@ -109,12 +111,13 @@ class ClusterClient:
                 got = self._request(recs[idx], int(parts[idx[0]]), timeout_ms, deadline_ms, rid)
             except _Redirect as r:
                 named = self.owner(int(parts[idx[0]]))
-                if named and named != r.asked and "owner=none" not in str(r):   # another node: follow
+                asked.add(r.asked)
+                if named and named not in asked and "owner=none" not in str(r):  # a new node: follow
                     hops += 1
                     if hops > self.max_redirects:
                         raise RequestError(ErrorCode.NOT_OWNER, f"{r}; gave up after {hops - 1} "
                                            f"redirect(s) (max_redirects={self.max_redirects})") from None
-                else:                              # nobody serves it now: a failover under way
+                else:     # nobody serves it now (none named, or nodes naming each other): a failover
                     now = time.monotonic()
                     waited_from = waited_from or now
                     if now - waited_from > self.failover_wait_s:

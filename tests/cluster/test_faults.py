@@ -134,11 +134,9 @@ def test_a_killed_nats_server_under_load_keeps_serving_and_catches_up(nats3, pai
     print(f"nats server {name} killed under load: {ok[0]} decisions, {cc.redirects} redirect(s), "
           f"{len(failed)} failed; its replica caught up to stream seq {end}")
     # an owner whose renewals went unanswered past TTL - TTL/4 during the elections stops
-    # serving until it renews or the other node takes the partition: the client waits out
-    # owner=none, but two nodes naming each other while neither serves still count as
-    # redirects (seen: 11 of 476 requests, two test processes at once), so NOT_OWNER (nothing
-    # evaluated) is allowed; anything else (a timeout, an error) is not
-    assert all(f.startswith("RequestError: NOT_OWNER (23)") for f in failed), failed
+    # serving until it renews or the other node takes the partition: the client waits that
+    # out (owner=none, or two nodes naming each other) for up to failover_wait_s (15 s)
+    assert not failed, failed
     assert split(a, b)
 
 

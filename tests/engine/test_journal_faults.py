@@ -7,6 +7,7 @@ import os
 import time
 
 import numpy as np
+import pytest
 import yaml
 
 from shm.runtime.config import load_config
@@ -79,6 +80,7 @@ def _counts(eng) -> dict:
     return {k: v for k, v in table_contents(eng, "cnt_acct", 60, "count").items() if v}
 
 
+@pytest.mark.slow   # three engine starts; in make test: tests/engine/test_recovery.py's in-process sibling
 def test_a_flipped_bit_mid_segment_stops_start_then_the_flag_skips_exactly_that_record(tmp_path):
     """Before: the engine started, said "recovered ... N records", and every record after the
     flipped one was dropped and zero-filled (133 accounts below their acknowledged counts)."""
@@ -115,6 +117,7 @@ def test_a_flipped_bit_mid_segment_stops_start_then_the_flag_skips_exactly_that_
         assert value(scrape(eng3.metrics_url), "risk_journal_corrupt_records_total") == 1
 
 
+@pytest.mark.slow   # two engine starts and a snapshot; in make test: test_recovery.py's in-process sibling
 def test_a_flipped_bit_under_the_snapshot_never_reuses_seqs_and_loses_nothing(tmp_path):
     """Before: the restarted writer reused the sequence numbers from the flipped record on,
     all at or below the snapshot's, and after the next kill -9 the replay from that snapshot

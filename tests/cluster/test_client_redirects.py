@@ -1,0 +1,111 @@
+"""The cluster client's redirect bound against two nodes that name each other as the owner
+while neither serves: what a client sees from both sides of a failover (the old owner's lease
+lapsed, the new one not yet serving). That is a wait (bounded by ``failover_wait_s``), not a
+chain of hops against ``max_redirects``. The nodes' ingress is stood in for by two real
+ZeroMQ ROUTER sockets (only their NOT_OWNER replies are under test); a real nats-server holds
+the lease bucket the client's map reads."""
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+
+import nats
+import pytest
+import zmq
+
+from bench.engine_proc import free_port
+from engine.cluster.leases import LeaseStore
+from engine.cluster.natsserver import NatsCluster
+from ingress import wire
+from ingress.client import RequestError
+from ingress.cluster_client import ClusterClient
+from shm.types import ErrorCode
+from tests.cluster.test_node import EVENT
+
+P = 4
+
+
+@pytest.fixture(scope="module")
+def lease_bucket():
+    """One nats-server with a lease bucket of P partitions and no owner."""
+    c = NatsCluster(1, port_fn=free_port).start()
+    bucket = "t" + uuid.uuid4().hex[:10]
+
+    async def create():
+        nc = await nats.connect(c.urls)
+        try:
+            await LeaseStore(nc.jetstream(), bucket).open(P)
+        finally:
+            await nc.close()
+    try:
+        asyncio.run(create())
+        yield c.urls, bucket
+    finally:
+        c.close()
+
+
+class NamingEachOther:
+    """Two ROUTER sockets; the first ``n`` requests (counted over both) are answered NOT_OWNER
+    naming the other socket, every later one OVERLOADED (a reply the client does not follow)."""
+
+    def __init__(self, n: int):
+        self.n, self.answered, self.stop = n, 0, threading.Event()
+        self.socks = [zmq.Context.instance().socket(zmq.ROUTER) for _ in range(2)]
+        self.addrs = []
+        for s in self.socks:
+            s.linger = 0
+            port = s.bind_to_random_port("tcp://127.0.0.1")
+            self.addrs.append(f"tcp://127.0.0.1:{port}")
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        poller = zmq.Poller()
+        for s in self.socks:
+            poller.register(s, zmq.POLLIN)
+        while not self.stop.is_set():
+            for s, _ in poller.poll(50):
+                frames = s.recv_multipart()
+                rid = wire.REQUEST_HEADER.unpack_from(frames[-1])[7]
+                other = self.addrs[1 - self.socks.index(s)]
+                self.answered += 1
+                reply = wire.pack_error_reply(rid, ErrorCode.NOT_OWNER, f"partition=0 owner={other}") \
+                    if self.answered <= self.n else wire.pack_error_reply(rid, ErrorCode.OVERLOADED, "test")
+                s.send_multipart(frames[:-1] + [reply])
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(5)
+        for s in self.socks:
+            s.close(0)
+
+
+def first_partition_account(cc) -> int:
+    return next(a for a in range(1, 10_000) if cc.partition_of({**EVENT, "account_id": a}) == 0)
+
+
+def test_nodes_naming_each_other_are_waited_out_not_counted_as_redirects(lease_bucket):
+    """Eight NOT_OWNER replies between two nodes, with max_redirects 2: the client keeps asking
+    (it gets the OVERLOADED that follows), where it used to give up NOT_OWNER after 2 hops."""
+    urls, bucket = lease_bucket
+    with NamingEachOther(8) as nodes, ClusterClient(urls, bucket=bucket, timeout_ms=5000, retries=0,
+                                                    max_redirects=2, failover_wait_s=30) as cc:
+        cc._routes[0] = nodes.addrs[0]
+        with pytest.raises(RequestError) as e:
+            cc.evaluate({**EVENT, "account_id": first_partition_account(cc)})
+    assert e.value.code == ErrorCode.OVERLOADED, e.value
+    assert nodes.answered == 9 and cc.redirects == 8
+
+
+def test_nodes_naming_each_other_for_longer_than_the_wait_fail_not_owner(lease_bucket):
+    urls, bucket = lease_bucket
+    with NamingEachOther(10**9) as nodes, ClusterClient(urls, bucket=bucket, timeout_ms=5000, retries=0,
+                                                        max_redirects=2, failover_wait_s=0.5) as cc:
+        cc._routes[0] = nodes.addrs[0]
+        with pytest.raises(RequestError) as e:
+            cc.evaluate({**EVENT, "account_id": first_partition_account(cc)})
+    assert e.value.code == ErrorCode.NOT_OWNER and "failover_wait_s=0.5" in str(e.value), e.value
