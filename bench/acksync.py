@@ -32,8 +32,9 @@ EVENT = {"account_id": 1, "card_id": 1, "device_id": 1, "amount": 1.0, "currency
          "side": 0, "qty": 0, "price": 0.0, "ref_price": 0.0, "is_test": False}
 
 
-def node_overrides(servers, ack: str) -> dict:
-    return {"cluster": {"servers": list(servers), "partitions": PARTITIONS, "node": f"bench-{ack}",
+def node_overrides(nats: NatsCluster, ack: str) -> dict:
+    return {"cluster": {"servers": list(nats.urls), "credentials": nats.credentials,
+                        "partitions": PARTITIONS, "node": f"bench-{ack}",
                         "ack": ack, "lease_ttl_s": 10.0},     # no lease lapse on a loaded machine
             "workers": {"standby": False},
             "features": shard_keyed(portable_raw()["features"], "account_id")[0]}   # as cluster up
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'mode':6s} {'p50 ms':>8s} {'p99 ms':>8s} {'decisions/s':>12s}")
     with NatsCluster(3, port_fn=free_port) as nats, tempfile.TemporaryDirectory() as tmp:
         for _, ack in itertools.product(range(a.rounds), ("sync", "async")):
-            with EngineProcess(tmp, workers=1, overrides=node_overrides(nats.urls, ack)) as e:
+            with EngineProcess(tmp, workers=1, overrides=node_overrides(nats, ack)) as e:
                 owns_all(e)
                 p50, p99, rate = measure(e, a.decisions, a.seconds, a.clients)
             print(f"{ack:6s} {p50:8.2f} {p99:8.2f} {rate:12.0f}", flush=True)

@@ -67,7 +67,7 @@ def run_setup(kind: str, tmp: str, a, failover: bool, out) -> dict:
     """One setup's figures (module doc); with ``failover`` also the kills' (ack sync)."""
     with ExitStack() as stack:
         nats = None if kind == "single" else stack.enter_context(NatsCluster(3, port_fn=free_port))
-        nodes = stack.enter_context(node_set(tmp, nats.urls if nats else None, ack=kind))
+        nodes = stack.enter_context(node_set(tmp, nats, ack=kind))
         if nats is None:
             def connect():
                 return Client(nodes[0].endpoint, timeout_ms=20_000, retries=0, deadline_ms=DEADLINE_MS)
@@ -76,7 +76,8 @@ def run_setup(kind: str, tmp: str, a, failover: bool, out) -> dict:
             wait_balanced(nodes)
 
             def connect():
-                return ClusterClient(nats.urls, timeout_ms=20_000, retries=0, deadline_ms=DEADLINE_MS)
+                return ClusterClient(nats.urls, timeout_ms=20_000, retries=0, deadline_ms=DEADLINE_MS,
+                                     credentials=nats.client_credentials)
             ttl_s = load_config(str(nodes[0].config_path)).cluster.lease_ttl_s
         meter = CpuMeter(nodes, nats)
         p50, p99 = latency(connect, a.decisions)
@@ -92,7 +93,7 @@ def run_setup(kind: str, tmp: str, a, failover: bool, out) -> dict:
                "net_us": (eng_s + nats_s - rest_s * busy_s) / n * 1e6, "rest_pct": rest_s * 100,
                "ttl_s": ttl_s}
         if failover:
-            res["failover"] = failovers(nodes, nats.urls, a.kills, out)
+            res["failover"] = failovers(nodes, nats, a.kills, out)
     return res
 
 

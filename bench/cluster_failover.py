@@ -123,11 +123,12 @@ def kill_once(nodes: list[EngineProcess], victim: EngineProcess, lost: set[int])
     return served
 
 
-def failovers(nodes: list[EngineProcess], servers, kills: int, out=print) -> dict:
+def failovers(nodes: list[EngineProcess], nats, kills: int, out=print) -> dict:
     """``kills`` kills of nodes in turn, each serving partitions, under the light load; one
     line per kill through ``out``. Returns the figures (seconds) and the load's counts."""
     times, firsts = [], []
-    with ClusterClient(servers, timeout_ms=5000, retries=3, deadline_ms=DEADLINE_MS) as cc, \
+    with ClusterClient(nats.urls, timeout_ms=5000, retries=3, deadline_ms=DEADLINE_MS,
+                       credentials=nats.client_credentials) as cc, \
             client_load(cc, 700_000, LOAD_PAUSE_S) as (ok, failed):
         for k in range(kills):
             held = wait_balanced(nodes)

@@ -30,13 +30,14 @@ from shm.runtime.config_cluster import shard_keyed
 START_TIMEOUT_S = 900          # a cold Numba cache compiles the rules: minutes on a loaded machine
 
 
-def overrides(servers, node: str, ack: str) -> dict:
-    """A node's config sections; ``servers`` None: a single engine (no ``cluster:``). The
+def overrides(nats: NatsCluster | None, node: str, ack: str) -> dict:
+    """A node's config sections; ``nats`` None: a single engine (no ``cluster:``). The
     lease TTL is the default (``cluster.lease_ttl_s``)."""
     raw = {"workers": {"standby": False},              # three nodes on two cores: no spare workers
            "features": shard_keyed(portable_raw()["features"], "account_id")[0]}
-    if servers is not None:
-        raw["cluster"] = {"servers": list(servers), "partitions": PARTITIONS, "node": node, "ack": ack}
+    if nats is not None:
+        raw["cluster"] = {"servers": list(nats.urls), "credentials": nats.credentials,
+                          "partitions": PARTITIONS, "node": node, "ack": ack}
     return raw
 
 
@@ -56,15 +57,15 @@ def start_all(engines: list[EngineProcess]) -> None:
 
 
 @contextmanager
-def node_set(tmp, servers, ack: str = "sync", n: int = 3):
-    """One engine alone (``servers`` None) or ``n`` cluster nodes ``n0``..; yields the list."""
+def node_set(tmp, nats: NatsCluster | None, ack: str = "sync", n: int = 3):
+    """One engine alone (``nats`` None) or ``n`` cluster nodes ``n0``..; yields the list."""
     # each engine in a session (so a scheduler autogroup) of its own, as each nats-server is:
     # a node stands for a machine. In the bench's autogroup the nodes shared one CFS share
     # against other runs' engines (each in its own session) and missed their lease renewals:
     # at load average 35 a trio held 3 of 8 partitions for 180 s (2026-12-07)
-    engines = [EngineProcess(tmp, workers=1, overrides=overrides(servers, f"n{i}", ack),
+    engines = [EngineProcess(tmp, workers=1, overrides=overrides(nats, f"n{i}", ack),
                              ready_timeout_s=START_TIMEOUT_S, own_session=True)
-               for i in range(1 if servers is None else n)]
+               for i in range(1 if nats is None else n)]
     start_all(engines)
     try:
         yield engines

@@ -29,6 +29,7 @@ from engine.cluster.natsserver import NatsCluster
 from engine.cluster.replog import ReplicationLog
 from shm.journal_format import checksum, journal_dtype
 from shm.runtime.config import load_config
+from shm.runtime.nats_auth import auth_options
 
 
 def make_records(schema, n: int) -> np.ndarray:
@@ -70,8 +71,9 @@ async def run_mode(log: ReplicationLog, recs_by_p: dict, per_msg: int, seconds: 
     return counts[0], counts[1], time.perf_counter() - t0, lat
 
 
-async def bench(urls, schema, partitions: int, per_msgs: list[int], seconds: float, rounds: int):
-    nc = await nats.connect(urls, connect_timeout=2)
+async def bench(urls, credentials: str, schema, partitions: int, per_msgs: list[int], seconds: float,
+                rounds: int):
+    nc = await nats.connect(urls, **auth_options(credentials), connect_timeout=2)
     try:
         log = ReplicationLog(nc.jetstream(timeout=5.0), "bench", schema.dtype, schema.shard_key,
                              partitions)
@@ -118,7 +120,7 @@ def main(argv=None) -> int:
         ap.error("--seconds > 0, --rounds >= 1, --partitions >= 1, --records-per-msg >= 1")
     schema = load_config(a.config).schema
     with NatsCluster(3, port_fn=free_port) as c:
-        modes, tot, rs, replay = asyncio.run(bench(c.urls, schema, a.partitions, per_msgs, a.seconds, a.rounds))
+        modes, tot, rs, replay = asyncio.run(bench(c.urls, c.credentials, schema, a.partitions, per_msgs, a.seconds, a.rounds))
     print(f"replication publish cost: 3 nats-servers on loopback (R3), record {rs} B, "
           f"{a.partitions} partitions, {a.rounds} rounds x {a.seconds:g} s per mode")
     print(f"{'mode':<12}{'records':>10}{'msgs':>9}{'seconds':>9}{'us/record':>11}"

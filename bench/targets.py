@@ -35,6 +35,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 REPO = Path(__file__).resolve().parents[1]
 BATCHED_CONFIG = "bench/batched_4f.yaml"
 TARGETS = ("pyzmq_echo", "compiled_echo", "engine")
@@ -161,8 +163,7 @@ def raw_table(runs: dict, unavailable: dict) -> str:
 
 def server_threads(pids: tuple) -> dict[str, float]:
     """CPU seconds of every thread of the servers' process trees (bench.phase.tree_threads)."""
-    import psutil
-    from bench.phase import tree_threads
+    from bench.phase import tree_threads     # as in run(): --help must not load numpy and zmq
     return tree_threads([psutil.Process(p) for p in pids])
 
 

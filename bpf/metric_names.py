@@ -33,6 +33,7 @@ ENGINE: dict[str, str] = {
     "risk_snapshots_skipped_total": COUNTER,
     "risk_journal_corrupt_records_total": COUNTER,
     "risk_journal_unavailable": GAUGE,            # {worker}
+    "risk_replication_failed_total": COUNTER,     # {worker}; cluster ack: sync
     "risk_journal_write_errors_total": COUNTER,   # {worker}
     "risk_snapshot_pause_seconds": GAUGE,
     "risk_snapshot_pause_max_seconds": GAUGE,

@@ -24,6 +24,7 @@ def add_arguments(p):
                                    "2 when the servers or the bucket cannot be read.")
     s.add_argument("--servers", required=True, metavar="URL[,URL...]",
                    help="nats://HOST:PORT of one or more NATS servers of the cluster")
+    cmd_cluster_drain.add_credentials(s)
     s.add_argument("--bucket", default=None, help="the lease bucket (default: risk_engine_leases)")
     s.add_argument("--control-bucket", default=None,
                    help="the control bucket (default: risk_engine_control)")
@@ -48,11 +49,12 @@ async def _control(nc, bucket: str | None) -> dict | None:
         return None
 
 
-async def _read(servers: list[str], bucket: str | None, control_bucket: str | None = None):
+async def _read(servers: list[str], bucket: str | None, control_bucket: str | None = None,
+                credentials: str | None = None):
     from engine.cluster.leases import BUCKET, LeaseStore, connect_once   # here: imports nats-py
     from engine.cluster.lag import decode as decode_lag, lag_key
     from shm.runtime.config_cluster import _NODE   # here: numpy; the parser is built without it (pin_workers.sh)
-    nc = await connect_once(servers)
+    nc = await connect_once(servers, credentials)
     try:
         store = LeaseStore(nc.jetstream(timeout=5.0), bucket or BUCKET, timeout_s=5.0)
         n = await store.open(None, create=False)
@@ -95,8 +97,9 @@ def _status(args) -> int:
     from engine.cluster.leases import LeaseError
     servers = [s for s in args.servers.split(",") if s]
     try:
-        st = asyncio.run(asyncio.wait_for(_read(servers, args.bucket, args.control_bucket), TIMEOUT_S))
-    except (LeaseError, nats.errors.Error, asyncio.TimeoutError, OSError) as e:
+        st = asyncio.run(asyncio.wait_for(_read(servers, args.bucket, args.control_bucket,
+                                                      args.credentials), TIMEOUT_S))
+    except (LeaseError, nats.errors.Error, asyncio.TimeoutError, OSError, ValueError) as e:   # ValueError: --credentials
         print(f"risk-engine: cluster status: servers={','.join(servers)}: {type(e).__name__}: {e}",
               file=sys.stderr)
         return 2

@@ -35,12 +35,20 @@ def add_arguments(sub) -> None:
         s.add_argument("node", metavar="NODE", help="the node's cluster.node name")
         s.add_argument("--servers", required=True, metavar="URL[,URL...]",
                        help="nats://HOST:PORT of one or more NATS servers of the cluster")
+        add_credentials(s)
         s.add_argument("--bucket", default=None, help="the lease bucket (default: risk_engine_leases)")
         if name == "drain":
             s.add_argument("--timeout-s", type=float, default=120.0,
                            help="stop waiting after this long (default 120)")
             s.add_argument("--json", action="store_true", help="the result as one JSON object")
         s.set_defaults(_cluster_run=run)
+
+
+def add_credentials(s) -> None:
+    """--credentials of `cluster status`, `drain` and `undrain`."""
+    s.add_argument("--credentials", default=None, metavar="FILE",
+                   help="the NATS user's credentials: a 0600 JSON file {\"user\": ..., \"password\": ...}, "
+                        "as cluster.credentials (docs/CLUSTER.md, Authentication)")
 
 
 class Refused(Exception):
@@ -57,7 +65,7 @@ async def _drain(args, servers: list[str], say) -> dict:
     import asyncio                           # here: `risk-engine --help` stays fast
     from engine.cluster.leases import BUCKET, LeaseStore, connect_once, drain_key   # here: nats-py
     node = args.node
-    nc = await connect_once(servers)
+    nc = await connect_once(servers, args.credentials)
     try:
         store = LeaseStore(nc.jetstream(timeout=5.0), args.bucket or BUCKET, timeout_s=5.0)
         n = await store.open(None, create=False)
@@ -119,7 +127,7 @@ def run(args) -> int:
     except Refused as e:
         print(f"{cmd}: {e}; nothing changed", file=sys.stderr)
         return 2
-    except (LeaseError, nats.errors.Error, asyncio.TimeoutError, OSError) as e:
+    except (LeaseError, nats.errors.Error, asyncio.TimeoutError, OSError, ValueError) as e:   # ValueError: --credentials
         print(f"{cmd}: servers={','.join(servers)}: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     if args.cluster_command == "undrain":

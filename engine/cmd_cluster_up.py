@@ -1,7 +1,9 @@
 """`risk-engine cluster up --nodes 3`: a local cluster to try, on loopback only: three
 nats-servers clustered with JetStream (R3 buckets; engine.cluster.natsserver) and N engine
 nodes (`risk-engine serve` with a `cluster:` section), each with its own instance, ports and
-state under one private temporary directory. Prints the endpoints and waits; Ctrl-C (or
+state under one private temporary directory. The servers require a password: the engine
+user's credentials file (the nodes', and for `cluster status`/`drain`) and a read-only client
+user's (for ClusterClient) are written 0600 there and printed (docs/CLUSTER.md, Authentication). Prints the endpoints and waits; Ctrl-C (or
 SIGTERM) stops every engine (SIGTERM, then SIGKILL of its process group after a grace
 period), every server, and removes what they left: /dev/shm segments, run directories, the
 temporary directory (journals included: this is for trying, not for keeping)."""
@@ -35,7 +37,7 @@ def add_arguments(sub) -> None:
 
 
 class Node:
-    def __init__(self, i: int, root, servers, args):
+    def __init__(self, i: int, root, servers, credentials: str, args):
         import yaml                                       # here: `--help` stays fast
         from engine.cluster.natsserver import loopback_port   # here: as above
         from shm.runtime.config import portable_raw       # here: as above (numpy, the schema)
@@ -53,7 +55,7 @@ class Node:
         raw["journal"] = {**(raw.get("journal") or {}), "dir": str(d / "journal")}
         raw["snapshot"] = {**(raw.get("snapshot") or {}), "dir": str(d / "snapshots")}
         raw["cluster"] = {"servers": list(servers), "partitions": args.partitions, "node": self.name,
-                          "lease_ttl_s": args.lease_ttl_s}
+                          "lease_ttl_s": args.lease_ttl_s, "credentials": credentials}
         # a cluster takes only features keyed by the shard key (docs/CLUSTER.md)
         raw["features"], self.rekeyed = shard_keyed(raw.get("features") or {}, raw["schema"]["shard_key"])
         self.config = d / "config.yaml"
@@ -141,8 +143,10 @@ def run(args) -> int:
             print(f"risk-engine: cluster up: {e}", file=sys.stderr)
             return 2
         servers = ",".join(nats.urls)
-        print(f"NATS servers (JetStream, R3): {servers}", flush=True)
-        nodes = [Node(i, root, nats.urls, args) for i in range(args.nodes)]
+        creds = str(nats.credentials)
+        print(f"NATS servers (JetStream, R3): {servers}\n"
+              f"NATS credentials: engine {creds}  read-only client {nats.client_credentials}", flush=True)
+        nodes = [Node(i, root, nats.urls, creds, args) for i in range(args.nodes)]
         if nodes[0].rekeyed:
             print(f"features keyed by the shard key instead, as a cluster needs (docs/CLUSTER.md): "
                   f"{', '.join(nodes[0].rekeyed)}", flush=True)
@@ -158,11 +162,12 @@ def run(args) -> int:
         for n in nodes:
             print(f"{n.name}: ingress {n.endpoint}  metrics http://127.0.0.1:{n.metrics_port}/metrics  "
                   f"admin: risk-engine admin --instance {n.instance} cluster", flush=True)
-        print(f"try: risk-engine cluster status --servers {servers}\n"
+        print(f"try: risk-engine cluster status --servers {servers} --credentials {creds}\n"
               f"     risk-engine eval --endpoint {nodes[0].endpoint} account_id=42 amount=250   "
               f"(NOT_OWNER names the owner when {nodes[0].name} does not hold its partition; "
-              f"ingress.cluster_client.ClusterClient routes by itself)\n"
-              f"     risk-engine cluster drain node0 --servers {servers}\n"
+              f"ingress.cluster_client.ClusterClient(servers, credentials=CLIENT_FILE) routes "
+              f"by itself)\n"
+              f"     risk-engine cluster drain node0 --servers {servers} --credentials {creds}\n"
               f"state (journals, logs) in {root}, removed on stop. Ctrl-C stops everything.", flush=True)
         while not stop:
             gone = [n for n in nodes if n.proc.poll() is not None]

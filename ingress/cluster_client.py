@@ -54,14 +54,16 @@ class _Redirect(Exception):
 
 class ClusterClient:
     """Routes requests by partition (module doc). ``servers``: the NATS URLs of the cluster;
-    the other arguments as ``ingress.client.Client``'s, per attempt."""
+    ``credentials``: the NATS credentials file (shm.runtime.nats_auth; reading the lease bucket
+    is all the client does, so a read-only user is enough); the other arguments as
+    ``ingress.client.Client``'s, per attempt."""
 
     def __init__(self, servers, schema: Schema | str | os.PathLike | None = None, *,
                  bucket: str = BUCKET, timeout_ms: int = 1000, retries: int = 3,
                  transport: str = "binary", deadline_ms: float = 0, curve: CurveKeys | None = None,
                  client_id: int | None = None, context: zmq.Context | None = None,
                  max_redirects: int = MAX_REDIRECTS, map_timeout_s: float = 10.0,
-                 failover_wait_s: float = FAILOVER_WAIT_S):
+                 failover_wait_s: float = FAILOVER_WAIT_S, credentials: str = ""):
         if timeout_ms <= 0 or retries < 0 or max_redirects < 0 or failover_wait_s < 0:
             raise ValueError(f"timeout_ms={timeout_ms} retries={retries} max_redirects={max_redirects} "
                              f"failover_wait_s={failover_wait_s}: need > 0, >= 0, >= 0 and >= 0")
@@ -76,7 +78,8 @@ class ClusterClient:
         self.redirects = 0                         # NOT_OWNER replies followed (tests, metrics)
         self._changes: dict[int, int] = {}         # partition -> lease values seen (wakes a wait)
         self._changed = threading.Condition()
-        self.map = PartitionMap(servers, bucket, on_change=self._route, timeout_s=map_timeout_s).start()
+        self.map = PartitionMap(servers, bucket, on_change=self._route, timeout_s=map_timeout_s,
+                                credentials=credentials).start()
         self.partitions = self.map.partitions
 
     def _route(self, p: int, address: str) -> None:

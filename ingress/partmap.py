@@ -19,8 +19,12 @@ import json
 import threading
 
 from shm.ownership import valid_address
+from shm.runtime.nats_auth import auth_options
 
 BUCKET = "risk_engine_leases"
+# the map's reply subjects: a read-only user is let subscribe to these alone, not to _INBOX.>
+# where the engine's JetStream replies (journal records, control values) arrive
+INBOX_PREFIX = "_INBOX_MAP"
 LEASE_PREFIX = "p."
 _OPS_GONE = ("DEL", "PURGE")
 
@@ -58,8 +62,10 @@ class PartitionMap:
     """``owner(p)``: the address of partition ``p``'s last lease holder ("" if free or
     unknown). ``on_change(p, address)`` runs on the watch thread for every change."""
 
-    def __init__(self, servers, bucket: str = BUCKET, on_change=None, timeout_s: float = 10.0):
+    def __init__(self, servers, bucket: str = BUCKET, on_change=None, timeout_s: float = 10.0,
+                 credentials: str = ""):
         self.servers, self.bucket, self.timeout_s = list(servers), bucket, timeout_s
+        self.credentials = credentials      # the NATS credentials file (shm.runtime.nats_auth)
         self.on_change = on_change or (lambda p, address: None)
         self.partitions = 0
         self._owners: dict[int, str] = {}
@@ -127,7 +133,8 @@ class PartitionMap:
         import nats.errors                   # lazy: as above
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
         nc = await asyncio.wait_for(nats.connect(
-            self.servers, name="risk-engine partition map", connect_timeout=2,
+            self.servers, **auth_options(self.credentials), name="risk-engine partition map", connect_timeout=2,
+            inbox_prefix=INBOX_PREFIX,
             reconnect_time_wait=0.25, max_reconnect_attempts=-1), self.timeout_s)
         try:
             js = nc.jetstream(timeout=2.0)

@@ -34,6 +34,7 @@ from engine.cluster.drain import Drain
 from engine.cluster.leases import BUCKET, LeaseError, LeaseStore, encode
 from engine.cluster.leaseview import LeaseView
 from engine.cluster.ownership import OwnershipTable, now_ns
+from shm.runtime.nats_auth import auth_options
 
 NS = 1_000_000_000
 MEMBER_GONE_TTLS = 3        # a heartbeat unchanged this many TTLs: the node left (balancing only)
@@ -45,8 +46,9 @@ class LeaseAgent:
     def __init__(self, servers, node: str, advertise: str, partitions: int, lease_ttl_s: float,
                  bucket: str = BUCKET, replicas: int | None = None, on_event=None,
                  table: OwnershipTable | None = None, open_timeout_s: float = OPEN_TIMEOUT_S,
-                 prepare=None, on_end=None):
+                 prepare=None, on_end=None, credentials: str = ""):
         self.servers, self.node, self.partitions = list(servers), node, partitions
+        self.credentials = credentials          # the NATS credentials file (shm.runtime.nats_auth)
         self.open_timeout_s = open_timeout_s
         self.bucket = bucket
         self.replicas = replicas if replicas is not None else min(3, len(self.servers))
@@ -84,7 +86,7 @@ class LeaseAgent:
         # once connected it reconnects for ever (its leases lapse meanwhile); the first
         # connection is bounded, so a node whose servers are all unreachable fails to start
         nc = await asyncio.wait_for(nats.connect(
-            self.servers, name=f"risk-engine {self.node}", connect_timeout=2,
+            self.servers, **auth_options(self.credentials), name=f"risk-engine {self.node}", connect_timeout=2,
             reconnect_time_wait=0.25, max_reconnect_attempts=-1,
             error_cb=self._nats_error, disconnected_cb=self._disconnected), self.open_timeout_s)
         watching = relay = None
@@ -364,6 +366,7 @@ def main(argv=None) -> int:
     ap.add_argument("--partitions", type=int, default=64)
     ap.add_argument("--lease-ttl-s", type=float, default=2.0)
     ap.add_argument("--bucket", default=BUCKET)
+    ap.add_argument("--credentials", default="", help="the NATS credentials file (cluster.credentials)")
     ap.add_argument("--replicas", type=int, default=None)
     ap.add_argument("--open-timeout-s", type=float, default=OPEN_TIMEOUT_S,
                     help="give up starting when the servers or the bucket cannot be used this long")
@@ -375,7 +378,7 @@ def main(argv=None) -> int:
 
     agent = LeaseAgent(a.servers.split(","), a.node, a.advertise, a.partitions, a.lease_ttl_s,
                        bucket=a.bucket, replicas=a.replicas, on_event=out,
-                       open_timeout_s=a.open_timeout_s)
+                       open_timeout_s=a.open_timeout_s, credentials=a.credentials)
 
     async def go():
         stop = asyncio.Event()

@@ -30,6 +30,8 @@ import nats.errors
 import nats.js.errors as jserr
 from nats.js import api
 
+from shm.runtime.nats_auth import auth_options
+
 BUCKET = "risk_engine_control"
 APPLIED = "applied."
 _SAFE = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -64,8 +66,9 @@ class ControlClient:
     bucket if missing and queues its current values then INITIAL; later changes follow."""
 
     def __init__(self, servers, node: str, replicas: int, open_timeout_s: float,
-                 bucket: str = BUCKET, timeout_s: float = 5.0):
+                 bucket: str = BUCKET, timeout_s: float = 5.0, credentials: str = ""):
         self.servers, self.node, self.bucket = list(servers), node, bucket
+        self.credentials = credentials          # the NATS credentials file (shm.runtime.nats_auth)
         self.replicas, self.open_timeout_s, self.timeout_s = replicas, open_timeout_s, timeout_s
         self.entries: queue.Queue = queue.Queue()     # KeyValue.Entry, then INITIAL, ...
         self.errors = 0                               # watcher / applied-record failures
@@ -100,7 +103,8 @@ class ControlClient:
 
     async def _open(self) -> None:
         self._nc = await asyncio.wait_for(nats.connect(
-            self.servers, name=f"risk-engine control {self.node}", connect_timeout=2,
+            self.servers, **auth_options(self.credentials), name=f"risk-engine control {self.node}",
+            connect_timeout=2,
             reconnect_time_wait=0.25, max_reconnect_attempts=-1, error_cb=self._error),
             self.open_timeout_s)
         js = self._nc.jetstream(timeout=self.timeout_s)

@@ -25,9 +25,12 @@ import nats
 import nats.js.errors as jserr
 from nats.js import api
 
+from engine.cluster.jsopen import stream_led
+from shm.runtime.nats_auth import auth_options
 from ingress.partmap import BUCKET, decode, encode, lease_key  # noqa: F401  (the bucket's names)
 
 OP_HEADER = "KV-Operation"          # DEL / PURGE on a delete marker
+READY_S = 30.0                      # a bucket just created elects its stream's leader first
 
 
 class LeaseError(RuntimeError):
@@ -74,6 +77,7 @@ class LeaseStore:
             await self.js.create_key_value(api.KeyValueConfig(
                 bucket=self.bucket, history=1, replicas=replicas,
                 storage=api.StorageType.FILE, description="risk-engine partition leases"))
+            await stream_led(self.js, self.stream, READY_S)    # its first write follows at once
         meta = await self.get("meta")
         if meta.value is None and partitions is not None:
             if await self._write("meta", json.dumps({"partitions": partitions}).encode(), 0) is None:
@@ -176,14 +180,15 @@ class LeaseStore:
                               headers={OP_HEADER: "DEL"})
 
 
-async def connect_once(servers: list[str]):
-    """One NATS connection for a command (no reconnects); ConnectionError saying why once."""
+async def connect_once(servers: list[str], credentials: str | None = None):
+    """One NATS connection for a command (no reconnects), as the user in the ``credentials``
+    file (shm.runtime.nats_auth); ConnectionError saying why once."""
     errors = []
 
     async def quiet(e):                      # nats-py prints each failed attempt otherwise
         errors.append(e)
     try:
-        return await nats.connect(servers, connect_timeout=2, allow_reconnect=False,
+        return await nats.connect(servers, **auth_options(credentials), connect_timeout=2, allow_reconnect=False,
                                   max_reconnect_attempts=1, reconnect_time_wait=0.2, error_cb=quiet)
     except Exception as e:                  # nats-py raises its own or OSError; say why once
         why = errors[-1] if errors else e

@@ -6,7 +6,17 @@
 
 Each server gets a client port, a cluster (route) port and a monitoring port on 127.0.0.1,
 a config file and a JetStream store directory, all under one run directory created 0700
-(store directories 0700 too: they hold every replicated record). A server is ready when its
+(store directories 0700 too: they hold every replicated record).
+
+Authorization is on (docs/CLUSTER.md, "Authentication"): each cluster draws random secrets
+(``secrets``) for three users: ``engine`` (the nodes and the operator's commands: everything),
+``client`` (cluster-mode clients: may only read the lease buckets named in ``read_buckets``,
+by JetStream API requests and a KV watch, with replies to ingress.partmap.INBOX_PREFIX only,
+not _INBOX where the engine's replies go; and write nothing) and ``route`` (the servers'
+connections to each other). The first two are written as credentials files 0600 in the run
+directory, ``credentials`` and ``client_credentials`` (shm.runtime.nats_auth's format); the
+server config files (0600) hold all three. The monitoring port answers without a password
+(read-only: /healthz, /varz; loopback only). A server is ready when its
 monitoring endpoint's /healthz answers 200, which for a clustered server means JetStream is
 up and a meta leader is known; the wait is bounded and a server that exits first is reported
 with the tail of its log. ``close()`` (also on a failed start and on leaving the ``with``)
@@ -19,7 +29,10 @@ installs it beside the Python scripts of the environment (``find_nats_server``).
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
+import re
+import secrets
 import shutil
 import signal
 import socket
@@ -33,11 +46,19 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
+from ingress.partmap import BUCKET as LEASE_BUCKET, INBOX_PREFIX
+from shm.runtime.nats_auth import write_credentials
 from shm.runtime.securedir import ensure_private_dir
 
 READY_TIMEOUT_S = 30.0
 STOP_GRACE_S = 5.0
 HOST = "127.0.0.1"
+ENGINE_USER, CLIENT_USER, ROUTE_USER = "engine", "client", "route"
+# what a KV watch and a get of bucket B send (nats-py 2.x): the stream's info, direct and
+# stored-message gets, an ordered consumer's creation, info and flow-control replies
+_READ_KV = ("$JS.API.STREAM.INFO.KV_{b}", "$JS.API.DIRECT.GET.KV_{b}", "$JS.API.DIRECT.GET.KV_{b}.>",
+            "$JS.API.STREAM.MSG.GET.KV_{b}", "$JS.API.CONSUMER.CREATE.KV_{b}",
+            "$JS.API.CONSUMER.CREATE.KV_{b}.>", "$JS.API.CONSUMER.INFO.KV_{b}.>", "$JS.FC.KV_{b}.>")
 
 
 class NatsServerError(RuntimeError):
@@ -93,14 +114,16 @@ class NatsServer:
     def url(self) -> str:
         return f"nats://{HOST}:{self.port}"
 
-    def write_config(self, routes: list[int], cluster_name: str) -> None:
+    def write_config(self, routes: list[int], cluster_name: str, authorization: str, route_password: str) -> None:
         ensure_private_dir(self.store_dir, "nats store_dir")
         lines = [f"server_name: {self.name}", f"listen: {HOST}:{self.port}",
                  f"http: {HOST}:{self.http_port}", f"log_file: \"{self.log_path}\"",
-                 f"jetstream {{ store_dir: \"{self.store_dir}\" }}"]
+                 f"jetstream {{ store_dir: \"{self.store_dir}\" }}", authorization]
         if routes:
+            auth = f"{ROUTE_USER}:{route_password}@"
             lines.append(f"cluster {{ name: {cluster_name}, listen: {HOST}:{self.cluster_port}, "
-                         f"routes: [{', '.join(f'nats-route://{HOST}:{p}' for p in routes)}] }}")
+                         f"authorization {{ user: {ROUTE_USER}, password: \"{route_password}\" }}, "
+                         f"routes: [{', '.join(f'nats-route://{auth}{HOST}:{p}' for p in routes)}] }}")
         fd = os.open(self.conf_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write("\n".join(lines) + "\n")
@@ -143,11 +166,12 @@ class NatsServer:
 class NatsCluster:
     """``n`` nats-servers with JetStream on loopback; n > 1: clustered by routes to each other.
     ``run_dir``: where the config files, logs and stores go (default: a new private temporary
-    directory, removed on close). ``port_fn``: where ports come from."""
+    directory, removed on close). ``port_fn``: where ports come from. ``read_buckets``: the
+    KV buckets the ``client`` user may read (module doc)."""
 
     def __init__(self, n: int = 1, run_dir: str | os.PathLike | None = None,
                  port_fn: Callable[[], int] = loopback_port, name: str = "risk-engine",
-                 ready_timeout_s: float = READY_TIMEOUT_S):
+                 ready_timeout_s: float = READY_TIMEOUT_S, read_buckets: tuple[str, ...] = (LEASE_BUCKET,)):
         if not 1 <= n <= 16:
             raise NatsServerError(f"servers={n}: must be in [1, 16]")
         self._own_dir = run_dir is None
@@ -157,6 +181,21 @@ class NatsCluster:
         self.servers = [NatsServer(f"n{i}", self.run_dir, port_fn(), port_fn(), port_fn())
                         for i in range(n)]
         self._binary: str | None = None
+        if not all(re.fullmatch(r"[A-Za-z0-9_-]{1,64}", b) for b in read_buckets):
+            raise NatsServerError(f"read_buckets={read_buckets!r}: bucket names only")
+        self.read_buckets = read_buckets
+        self.credentials = str(self.run_dir / "engine.creds.json")          # the nodes' user
+        self.client_credentials = str(self.run_dir / "client.creds.json")   # read-only clients' user
+        self._passwords = {u: secrets.token_urlsafe(32) for u in (ENGINE_USER, CLIENT_USER, ROUTE_USER)}
+
+    def _authorization(self) -> str:
+        allow = [s.format(b=b) for b in self.read_buckets for s in _READ_KV]
+        pw = self._passwords
+        return ("authorization { users = [\n"
+                f"  {{ user: {ENGINE_USER}, password: \"{pw[ENGINE_USER]}\" }}\n"
+                f"  {{ user: {CLIENT_USER}, password: \"{pw[CLIENT_USER]}\", permissions: {{\n"
+                f"      publish: {{ allow: {json.dumps(allow)} }}\n"
+                f"      subscribe: {{ allow: [\"{INBOX_PREFIX}.>\"] }} }} }}\n] }}")
 
     @property
     def urls(self) -> list[str]:
@@ -165,10 +204,12 @@ class NatsCluster:
     def start(self) -> "NatsCluster":
         try:
             self._binary = find_nats_server()
+            for user, path in ((ENGINE_USER, self.credentials), (CLIENT_USER, self.client_credentials)):
+                write_credentials(path, user, self._passwords[user])
             cluster_ports = [s.cluster_port for s in self.servers]
             for s in self.servers:
                 routes = [p for p in cluster_ports if p != s.cluster_port] if len(self.servers) > 1 else []
-                s.write_config(routes, self.cluster_name)
+                s.write_config(routes, self.cluster_name, self._authorization(), self._passwords[ROUTE_USER])
                 s.start(self._binary)
             self.wait_ready(self.servers)
         except BaseException:

@@ -42,6 +42,7 @@ from ingress.partmap import PartitionMap, PartitionMapError
 from shm.features.featureset import FeatureSet
 from shm.ownership import SEGMENT as OWNERSHIP, segment_bytes
 from shm.replication import SEGMENT as REPLICATION, ReplicationMarks, segment_bytes as marks_bytes
+from shm.runtime.config_types import ConfigError
 from shm.segment import Segment
 
 EVENTS = ("acquired", "ready", "prepare_failed", "renewed", "lost", "released", "nats_error")
@@ -83,7 +84,8 @@ class ClusterNode:
         node.table = OwnershipTable(p, node.segment.buf)
         node.marks_segment = Segment.create(sup.cfg.instance, REPLICATION, marks_bytes(), sup.pid)
         node.marks = ReplicationMarks(node.marks_segment.buf)
-        node.client = ControlClient(node.cfg.servers, node.cfg.node, node.replicas, node.open_timeout_s)
+        node.client = ControlClient(node.cfg.servers, node.cfg.node, node.replicas, node.open_timeout_s,
+                                    credentials=node.cfg.credentials)
         try:
             node.client.start()
             node.control = ControlPlane(sup, node.client, node.cfg.node)
@@ -91,7 +93,8 @@ class ClusterNode:
             node.ruleset.on_change = node.control.publish_applied
             n = node.control.join(node.open_timeout_s)
             spec, rs = node.ruleset.at_start(spec, rs)
-        except (ControlUnavailable, nats.errors.Error, asyncio.TimeoutError, TimeoutError, OSError) as e:
+        except (ControlUnavailable, ConfigError, nats.errors.Error, asyncio.TimeoutError, TimeoutError,
+                OSError) as e:     # ConfigError: the credentials file changed since the config check
             why = f"{type(e).__name__}: {e}" if str(e) else \
                 f"no NATS server answered within {node.open_timeout_s:g} s"
             raise node._fail(why) from None
@@ -150,7 +153,7 @@ class ClusterNode:
         agent = LeaseAgent(c.servers, c.node, c.advertise, c.partitions, c.lease_ttl_s,
                            replicas=self.replicas, on_event=self._event, table=self.table,
                            open_timeout_s=self.open_timeout_s, prepare=self.replicator.prepare,
-                           on_end=self.replicator.end)
+                           on_end=self.replicator.end, credentials=c.credentials)
         self.agent = AgentThread(agent, side=[self.replicator.run]).start()
         t = self.open_timeout_s + 5
         while not self._started.wait(0.1):
@@ -182,6 +185,7 @@ class ClusterNode:
         ingress's NOT_OWNER replies (ingress.ownercheck)."""
         try:
             self.map = PartitionMap(self.cfg.servers, on_change=self.table.set_owner,
+                                    credentials=self.cfg.credentials,
                                     timeout_s=self.open_timeout_s).start()
         except PartitionMapError as e:
             raise self._fail(f"partition map: {e}") from None

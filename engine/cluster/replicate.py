@@ -34,6 +34,7 @@ from engine.cluster.tailer import JournalTailer
 from engine.cluster.takeover import take_partition, write_snapshot
 from engine.cluster.trim import trim_below
 from ingress.partmap import BUCKET as LEASE_BUCKET
+from shm.runtime.nats_auth import auth_options
 
 IDLE_S = 0.02                # a step that read nothing waits this long (the async window's floor)
 SYNC_IDLE_S = 0.001          # ack: sync: replies wait for the step that publishes their records;
@@ -80,7 +81,8 @@ class Replicator:
     async def run(self, stop: asyncio.Event) -> None:
         c = self.cfg.cluster
         nc = await asyncio.wait_for(nats.connect(
-            list(c.servers), name=f"risk-engine {c.node} replication", connect_timeout=2,
+            list(c.servers), **auth_options(c.credentials), name=f"risk-engine {c.node} replication",
+            connect_timeout=2,
             reconnect_time_wait=0.25, max_reconnect_attempts=-1), self.open_timeout_s)
         snapping = lagging = None    # the snapshot objects' round and the lag, tasks beside the tailer
         try:

@@ -29,7 +29,7 @@ import nats.errors
 import nats.js.errors as jserr
 
 from engine.admin_request import MAX_FILES
-from engine.cluster.objstore import open_object_store
+from engine.cluster.jsopen import open_object_store
 from rules.loader import MAX_RULE_FILE_BYTES
 
 KEY = "ruleset"

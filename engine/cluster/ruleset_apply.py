@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from engine.cluster import ruleset as rsv
 from engine.cluster.control import ControlUnavailable, encode
-from engine.cluster.objstore import StoreUnavailable
+from engine.cluster.jsopen import StoreUnavailable
 from engine.reload import Refusal, ReloadJob, ruleset_spec
 from engine.rules_record import read_rules, write_record
 from shm.runtime.securedir import ensure_private_dir, write_private_file

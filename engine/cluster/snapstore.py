@@ -35,7 +35,7 @@ import nats.js.errors as jserr
 import numpy as np
 from nats.js import api
 
-from engine.cluster.objstore import open_object_store
+from engine.cluster.jsopen import open_object_store
 from engine.cluster.replog import ReplicationLog, subject
 from engine.snapshot import SnapshotCorruptError, load_snapshot, write_snapshot
 

@@ -291,7 +291,7 @@ def _parse(raw: Mapping, path: str, instance: str | None, errors: list) -> Confi
     enforce = parse_enforce(_section(raw, "enforce", ENFORCE_KEYS), ingress.bind, extra["lists"])
     out = Config(path=path, ingress=ingress, metrics=metrics, admin=admin, workers=workers,
                  rings=rings, schema=schema, rules=rules, instance=inst, durability=durability,
-                 enforce=enforce, cluster=parse_cluster(raw, ingress.bind), **extra)
+                 enforce=enforce, cluster=parse_cluster(raw, ingress.bind, base), **extra)
     if out.cluster is not None and schema is not None:
         check_cluster_features(extra["features"], schema.shard_key)
     attempt(check_binds, out)

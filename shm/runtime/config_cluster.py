@@ -1,18 +1,22 @@
 """The ``cluster:`` section (docs/CLUSTER.md): which NATS servers hold the leases, how many
 partitions the shard-key space has, this node's name and the address clients reach it at,
-the replication ack mode and the lease TTL. Checked completely here, every error reported
+the replication ack mode, the lease TTL and the credentials of the NATS connections
+(shm.runtime.nats_auth: the file is read and checked here too). Checked completely here, every error reported
 with its key path (shm.runtime.config_check); whether the servers answer is known only when
 the node connects. No section: a single engine (Config.cluster is None)."""
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 from typing import Mapping
 from urllib.parse import urlsplit
 
 from shm.runtime.config_check import report, unknown_key
 from shm.runtime.config_types import ClusterConfig, ConfigError
+from shm.runtime.nats_auth import KEY as CREDENTIALS, is_loopback, read_credentials
 
-KEYS = {"servers", "partitions", "node", "advertise", "ack", "lease_ttl_s"}
+KEYS = {"servers", "partitions", "node", "advertise", "ack", "lease_ttl_s", "credentials"}
 ACK_MODES = ("sync", "async")
 MAX_SERVERS = 16
 MAX_PARTITIONS = 4096
@@ -119,8 +123,32 @@ def _lease_ttl(sec: Mapping) -> float:
     return float(v)
 
 
-def parse_cluster(raw: Mapping, ingress_bind: str) -> ClusterConfig | None:
-    """``raw``: the whole config mapping. None when it has no cluster: section."""
+def _credentials(sec: Mapping, servers: tuple[str, ...], base: Path) -> str:
+    """The credentials file's absolute path ("" none), read and checked now. Required when a
+    server is not on loopback: the connection then crosses a network other machines share."""
+    v = sec.get("credentials")
+    if v is None:
+        remote = [s for s in servers if not is_loopback(urlsplit(s).hostname or "")]
+        if remote:
+            report(ConfigError(CREDENTIALS, f"is required: {remote[0]} is not a loopback address; "
+                                            "the path of a 0600 JSON file {\"user\": ..., \"password\": ...} "
+                                            "(docs/CLUSTER.md, Authentication)"))
+        return ""
+    if not isinstance(v, str) or not v or "\0" in v:
+        report(ConfigError(CREDENTIALS, f"must be the path of a credentials file, got {v!r}"))
+        return ""
+    path = v if os.path.isabs(v) else os.path.normpath(base / v)
+    try:
+        read_credentials(path)
+    except ConfigError as e:
+        report(e)
+        return ""
+    return path
+
+
+def parse_cluster(raw: Mapping, ingress_bind: str, base: Path = Path(".")) -> ClusterConfig | None:
+    """``raw``: the whole config mapping; ``base``: the config file's directory (a relative
+    credentials path is relative to it). None when it has no cluster: section."""
     sec = raw.get("cluster") if raw else None
     if sec is None:
         return None
@@ -130,9 +158,10 @@ def parse_cluster(raw: Mapping, ingress_bind: str) -> ClusterConfig | None:
     for k in sec:
         if k not in KEYS:
             report(unknown_key(f"cluster.{k}", k, KEYS))
-    return ClusterConfig(servers=_servers(sec), partitions=_partitions(sec), node=_node(sec),
+    servers = _servers(sec)
+    return ClusterConfig(servers=servers, partitions=_partitions(sec), node=_node(sec),
                          advertise=_advertise(sec, ingress_bind), ack=_ack(sec),
-                         lease_ttl_s=_lease_ttl(sec))
+                         lease_ttl_s=_lease_ttl(sec), credentials=_credentials(sec, servers, base))
 
 
 def check_cluster_features(features: Mapping, shard_key: str) -> None:
@@ -169,4 +198,5 @@ def cluster_to_raw(c: ClusterConfig | None) -> dict | None:
     if c is None:
         return None
     return {"servers": list(c.servers), "partitions": c.partitions, "node": c.node,
-            "advertise": c.advertise, "ack": c.ack, "lease_ttl_s": c.lease_ttl_s}
+            "advertise": c.advertise, "ack": c.ack, "lease_ttl_s": c.lease_ttl_s,
+            **({"credentials": c.credentials} if c.credentials else {})}

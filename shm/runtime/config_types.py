@@ -149,6 +149,7 @@ class ClusterConfig:
     advertise: str = ""                 # the tcp:// endpoint clients reach this node's ingress at
     ack: str = "sync"                   # sync | async: reply after or before replication
     lease_ttl_s: float = 2.0            # a lease not renewed for this long may be taken
+    credentials: str = ""               # absolute path of the NATS credentials file ("" none)
 
 
 @dataclass(frozen=True)

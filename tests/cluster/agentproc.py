@@ -15,11 +15,12 @@ REPO = Path(__file__).resolve().parents[2]
 class AgentProc:
     """One lease agent process; its events are read back from its log file."""
 
-    def __init__(self, tmp: Path, servers, node: str, bucket: str, partitions: int, ttl_s: float):
+    def __init__(self, tmp: Path, cluster, node: str, bucket: str, partitions: int, ttl_s: float):
         self.node, self.log = node, tmp / f"{node}.jsonl"
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "engine.cluster.agent", "--servers", ",".join(servers),
+                [sys.executable, "-m", "engine.cluster.agent", "--servers", ",".join(cluster.urls),
+                 "--credentials", cluster.credentials,
                  "--node", node, "--bucket", bucket, "--partitions", str(partitions),
                  "--lease-ttl-s", str(ttl_s), "--replicas", "3"],
                 cwd=REPO, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

@@ -43,7 +43,7 @@ def agents(nats3, bucket, tmp_path):
     started: list[AgentProc] = []
 
     def start(node: str, partitions: int = 12, ttl_s: float = 2.0) -> AgentProc:
-        a = AgentProc(tmp_path, nats3.urls, node, bucket, partitions, ttl_s)
+        a = AgentProc(tmp_path, nats3, node, bucket, partitions, ttl_s)
         started.append(a)
         return a
 

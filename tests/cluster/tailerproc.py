@@ -19,6 +19,7 @@ from engine.cluster.ownership import OwnershipTable, now_ns
 from engine.cluster.replog import ReplicationLog
 from engine.cluster.snapstore import SnapshotObjects
 from engine.cluster.tailer import JournalTailer
+from shm.runtime.nats_auth import auth_options
 from shm.schema import Schema
 
 SCHEMA = Schema.build({"account_id": "u64", "amount": "f64"}, "account_id")
@@ -58,7 +59,8 @@ async def published_state(log, p, upto):
 
 
 async def main(a) -> None:
-    nc = await nats.connect(a.servers.split(","), connect_timeout=2, max_reconnect_attempts=-1)
+    nc = await nats.connect(a.servers.split(","), **auth_options(a.credentials), connect_timeout=2,
+                            max_reconnect_attempts=-1)
     table = OwnershipTable(a.partitions)
     for p in range(a.partitions):
         table.begin(p, a.rev, now_ns() + 3600 * 10**9)
@@ -83,13 +85,13 @@ async def main(a) -> None:
 
 
 @contextmanager
-def running(out, servers, stream, prefix, journal_dir, partitions, rev, extra=()):
+def running(out, cluster, stream, prefix, journal_dir, partitions, rev, extra=()):
     """A tailer process (node "a") writing its lines to ``out``, fenced when this yields it;
     killed if still running afterwards."""
     from tests.cluster.agentproc import REPO, wait_for     # lazy: the process itself needs neither
     with open(out, "w") as f:
         proc = subprocess.Popen([sys.executable, "-m", "tests.cluster.tailerproc", "--servers",
-                                 ",".join(servers), "--stream", stream, "--prefix", prefix,
+                                 ",".join(cluster.urls), "--credentials", cluster.credentials, "--stream", stream, "--prefix", prefix,
                                  "--dir", str(journal_dir), "--node", "a", "--partitions",
                                  str(partitions), "--rev", str(rev), *extra],
                                 cwd=REPO, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -111,7 +113,7 @@ def kill9(proc, out) -> None:
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    for k in ("servers", "stream", "prefix", "dir", "node"):
+    for k in ("servers", "credentials", "stream", "prefix", "dir", "node"):
         ap.add_argument(f"--{k}", required=True)
     ap.add_argument("--partitions", type=int, required=True)
     ap.add_argument("--rev", type=int, required=True)

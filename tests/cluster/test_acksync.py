@@ -43,6 +43,7 @@ from shm.ring import OneToOneRing
 from shm.runtime.config import load_config
 from shm.segment import list_names, unlink_owned
 from shm.types import RESPONSE_SLOT_DTYPE, DecisionFlag, ErrorCode
+from shm.runtime.nats_auth import auth_options
 from tests.cluster.agentproc import wait_for
 from tests.cluster.tailerproc import SCHEMA
 from tests.cluster.test_node import (EVENT, P, cluster_overrides, every_partition_held, feature_rows,
@@ -123,7 +124,7 @@ def test_the_marks_resolve_a_record_only_once_the_stream_holds_it(nats3, names, 
         assert marks.state(0, jw.last_seq - 4, jw.last_seq) == -1
         got, _ = await replayed(log)
         assert not set(range(jw.last_seq - 4, jw.last_seq + 1)) & in_stream(got)
-    run(nats3.urls, body)
+    run(nats3, body)
     jw.close()
 
 
@@ -181,8 +182,8 @@ def test_a_gate_holds_replies_until_the_marks_resolve_them(ring):
 TTL_S = 2.0
 
 
-def sync_overrides(servers, node):
-    o = cluster_overrides(servers, node)
+def sync_overrides(cluster, node):
+    o = cluster_overrides(cluster, node)
     o["cluster"] = {**o["cluster"], "ack": "sync", "lease_ttl_s": TTL_S}
     return o
 
@@ -190,7 +191,7 @@ def sync_overrides(servers, node):
 @pytest.fixture(scope="module")
 def trio(nats3, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sync")
-    engines = [EngineProcess(tmp, workers=1, overrides=sync_overrides(nats3.urls, f"s{i}")) for i in range(3)]
+    engines = [EngineProcess(tmp, workers=1, overrides=sync_overrides(nats3, f"s{i}")) for i in range(3)]
     start_all(engines)
     try:
         yield engines
@@ -200,23 +201,23 @@ def trio(nats3, tmp_path_factory):
             assert shm_entries(e.instance) == []
 
 
-def stream_records(servers, schema) -> dict[int, np.ndarray]:
+def stream_records(cluster, schema) -> dict[int, np.ndarray]:
     """{partition: its records in stream order} (every message checked by the replay reader)."""
     return {p: np.concatenate([m.records for m in ms if m.kind == "rec"]) if any(m.kind == "rec" for m in ms)
-            else None for p, ms in stream_messages(servers, schema).items()}
+            else None for p, ms in stream_messages(cluster, schema).items()}
 
 
-def has_amount(servers, schema, account: int, amount: float) -> bool:
-    for recs in stream_records(servers, schema).values():
+def has_amount(cluster, schema, account: int, amount: float) -> bool:
+    for recs in stream_records(cluster, schema).values():
         if recs is not None and ((recs["event"]["account_id"] == account)
                                  & (recs["event"]["amount"] == amount)).any():
             return True
     return False
 
 
-def journal_stream(servers, subjects: list[str]) -> None:
+def journal_stream(cluster, subjects: list[str]) -> None:
     async def go():
-        nc = await nats_client.connect(servers, connect_timeout=2)
+        nc = await nats_client.connect(cluster.urls, **auth_options(cluster.credentials), connect_timeout=2)
         try:
             await set_subjects(nc.jetstream(timeout=5.0), replog.STREAM, subjects)
         finally:
@@ -233,26 +234,26 @@ def test_a_sync_reply_waits_for_its_record_in_the_stream(nats3, trio):
     stream is back the held record goes out and the next decision succeeds, its record there."""
     e = trio[0]
     schema = load_config(e.config_path).schema
-    every_partition_held(nats3.urls)
+    every_partition_held(nats3)
     acct = owned_account(e)
     with Client(e.endpoint, timeout_ms=20_000, retries=0, transport="json") as c:
         d = c.evaluate({**EVENT, "account_id": acct, "amount": 1001.25}, deadline_ms=10_000)
     assert d.error is None, d                                   # a deadline past replication
-    assert has_amount(nats3.urls, schema, acct, 1001.25)       # at the reply, not after
-    journal_stream(nats3.urls, ["unused.*"])
+    assert has_amount(nats3, schema, acct, 1001.25)       # at the reply, not after
+    journal_stream(nats3, ["unused.*"])
     try:
         with Client(e.endpoint, timeout_ms=20_000, retries=0, transport="json") as c:
             d = c.evaluate({**EVENT, "account_id": acct, "amount": 1002.25}, deadline_ms=1000)
         assert d.error == "TIMEOUT", d                          # old code: decided at once
-        assert not has_amount(nats3.urls, schema, acct, 1002.25)
+        assert not has_amount(nats3, schema, acct, 1002.25)
     finally:
-        journal_stream(nats3.urls, [f"{replog.PREFIX}.*"])
-    wait_for(lambda: has_amount(nats3.urls, schema, acct, 1002.25), 60,
+        journal_stream(nats3, [f"{replog.PREFIX}.*"])
+    wait_for(lambda: has_amount(nats3, schema, acct, 1002.25), 60,
              "the held record published once the stream is back (the term went on)")
     with Client(e.endpoint, timeout_ms=20_000, retries=0, transport="json") as c:
         d = c.evaluate({**EVENT, "account_id": acct, "amount": 1003.25}, deadline_ms=10_000)
     assert d.error is None, d
-    assert has_amount(nats3.urls, schema, acct, 1003.25)
+    assert has_amount(nats3, schema, acct, 1003.25)
 
 
 @pytest.mark.slow
@@ -271,13 +272,13 @@ def test_a_killed_node_under_load_loses_no_acknowledged_decision(nats3, trio):
     c24-exactly lands), so a retried event may be counted twice in the stream; the rows
     equal the stream either way."""
     cfg = load_config(trio[0].config_path)
-    victim, rest, lost = busiest(trio, every_partition_held(nats3.urls))
+    victim, rest, lost = busiest(trio, every_partition_held(nats3))
     victim_name = victim.raw["cluster"]["node"]
     acked, answered, failed, stop = {}, [0], [], threading.Event()
     seq = itertools.count(1)
 
     def load(k):
-        with ClusterClient(nats3.urls, timeout_ms=1500, retries=8, deadline_ms=1000,
+        with ClusterClient(nats3.urls, credentials=nats3.client_credentials, timeout_ms=1500, retries=8, deadline_ms=1000,
                            max_redirects=30) as cc:
             while not stop.is_set():
                 i = next(seq)
@@ -321,7 +322,7 @@ def test_a_killed_node_under_load_loses_no_acknowledged_decision(nats3, trio):
     assert failed == []
     assert worst <= TTL_S + TTL_S / 4 + 3.0
     # every acknowledged decision's record is in the stream
-    recs = stream_records(nats3.urls, cfg.schema)
+    recs = stream_records(nats3, cfg.schema)
     in_stream = {}
     for r in recs.values():
         if r is not None:

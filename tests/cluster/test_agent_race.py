@@ -13,6 +13,7 @@ import nats
 from engine.cluster.agent import LeaseAgent
 from engine.cluster.leases import LeaseStore
 from engine.cluster.ownership import OwnershipTable
+from shm.runtime.nats_auth import auth_options
 
 P = 4
 
@@ -21,7 +22,7 @@ def test_a_renewal_in_flight_when_prepare_fails_does_not_revive_the_lease(nats3,
     events, ended = [], []
 
     async def body():
-        nc = await nats.connect(nats3.urls, connect_timeout=2)
+        nc = await nats.connect(nats3.urls, **auth_options(nats3.credentials), connect_timeout=2)
         try:
             renew_started, prepare_failed = asyncio.Event(), asyncio.Event()
 
@@ -33,7 +34,7 @@ def test_a_renewal_in_flight_when_prepare_fails_does_not_revive_the_lease(nats3,
                 ended.append(p)
                 prepare_failed.set()
 
-            agent = LeaseAgent(nats3.urls, "x", "tcp://127.0.0.1:1", P, 2.0, bucket=bucket,
+            agent = LeaseAgent(nats3.urls, "x", "tcp://127.0.0.1:1", P, 2.0, bucket=bucket, credentials=nats3.credentials,
                                on_event=events.append, table=OwnershipTable(P), prepare=prepare,
                                on_end=on_end)
             agent.store = LeaseStore(nc.jetstream(timeout=5.0), bucket, timeout_s=5.0)

@@ -20,6 +20,7 @@ from engine.cluster.natsserver import NatsCluster
 from ingress import wire
 from ingress.client import RequestError
 from ingress.cluster_client import ClusterClient
+from shm.runtime.nats_auth import auth_options
 from shm.types import ErrorCode
 from tests.cluster.test_node import EVENT
 
@@ -29,18 +30,18 @@ P = 4
 @pytest.fixture(scope="module")
 def lease_bucket():
     """One nats-server with a lease bucket of P partitions and no owner."""
-    c = NatsCluster(1, port_fn=free_port).start()
     bucket = "t" + uuid.uuid4().hex[:10]
+    c = NatsCluster(1, port_fn=free_port, read_buckets=(bucket,)).start()   # the client user reads it
 
     async def create():
-        nc = await nats.connect(c.urls)
+        nc = await nats.connect(c.urls, **auth_options(c.credentials))
         try:
             await LeaseStore(nc.jetstream(), bucket).open(P)
         finally:
             await nc.close()
     try:
         asyncio.run(create())
-        yield c.urls, bucket
+        yield c, bucket
     finally:
         c.close()
 
@@ -91,8 +92,9 @@ def first_partition_account(cc) -> int:
 def test_nodes_naming_each_other_are_waited_out_not_counted_as_redirects(lease_bucket):
     """Eight NOT_OWNER replies between two nodes, with max_redirects 2: the client keeps asking
     (it gets the OVERLOADED that follows), where it used to give up NOT_OWNER after 2 hops."""
-    urls, bucket = lease_bucket
-    with NamingEachOther(8) as nodes, ClusterClient(urls, bucket=bucket, timeout_ms=5000, retries=0,
+    c, bucket = lease_bucket
+    with NamingEachOther(8) as nodes, ClusterClient(c.urls, credentials=c.client_credentials, bucket=bucket,
+                                                    timeout_ms=5000, retries=0,
                                                     max_redirects=2, failover_wait_s=30) as cc:
         cc._routes[0] = nodes.addrs[0]
         with pytest.raises(RequestError) as e:
@@ -102,8 +104,9 @@ def test_nodes_naming_each_other_are_waited_out_not_counted_as_redirects(lease_b
 
 
 def test_nodes_naming_each_other_for_longer_than_the_wait_fail_not_owner(lease_bucket):
-    urls, bucket = lease_bucket
-    with NamingEachOther(10**9) as nodes, ClusterClient(urls, bucket=bucket, timeout_ms=5000, retries=0,
+    c, bucket = lease_bucket
+    with NamingEachOther(10**9) as nodes, ClusterClient(c.urls, credentials=c.client_credentials, bucket=bucket,
+                                                        timeout_ms=5000, retries=0,
                                                         max_redirects=2, failover_wait_s=0.5) as cc:
         cc._routes[0] = nodes.addrs[0]
         with pytest.raises(RequestError) as e:

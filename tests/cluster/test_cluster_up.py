@@ -34,12 +34,14 @@ def test_cluster_up_serves_a_decision_and_ctrl_c_leaves_nothing(tmp_path):
         text = log.read_text()
         assert proc.poll() is None, text
         servers = re.search(r"NATS servers \(JetStream, R3\): (\S+)", text)[1].split(",")
+        client_creds = re.search(r"read-only client (\S+)", text)[1]
         instances = re.findall(r"admin --instance (\w+) cluster", text)
         root = re.search(r"state \(journals, logs\) in (\S+),", text)[1]
         assert len(servers) == 3 and len(instances) == 3 and os.path.isdir(root)
         started = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
         assert len(started) >= 6                      # 3 nats-servers, 3 engines (and their workers)
-        with ClusterClient(servers, timeout_ms=5000, retries=3, deadline_ms=5000) as cc:   # ack: sync
+        with ClusterClient(servers, timeout_ms=5000, retries=3, deadline_ms=5000,
+                           credentials=client_creds) as cc:   # ack: sync
             wait_for(lambda: all(cc.owner(p) for p in range(cc.partitions)), 60, "every partition owned")
             d = cc.evaluate({**EVENT, "account_id": 4242})
             assert d.error is None and d.action in ("allow", "review", "block"), d

@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 from engine.cluster.agent import LeaseAgent
 from engine.cluster.agentthread import AgentThread
@@ -21,17 +22,17 @@ P = 8
 PREPARE_S = 0.8     # a take-over's replay held back: several ticks (TTL 1 s: a tick 0.125 s)
 
 
-def status(servers, bucket, *extra):
+def status(cluster, bucket, *extra):
     return subprocess.run([sys.executable, "-m", "engine.cli", "cluster", "status", "--servers",
-                           ",".join(servers), "--bucket", bucket, *extra],
+                           ",".join(cluster.urls), "--credentials", cluster.credentials, "--bucket", bucket, *extra],
                           cwd=REPO, capture_output=True, text=True, timeout=60)
 
 
-def held_status(urls, bucket, *args):
+def held_status(cluster, bucket, *args):
     """`cluster status` once no partition is free: a balancing hand-over (a release, then the
     other agent's take) leaves one free for a moment, exit 1; bounded at 20 tries."""
     for _ in range(20):
-        out = status(urls, bucket, *args)
+        out = status(cluster, bucket, *args)
         if out.returncode != 1:
             return out
         time.sleep(0.5)
@@ -40,12 +41,12 @@ def held_status(urls, bucket, *args):
 
 def test_status_shows_what_the_agents_hold_and_stopping_frees_it(nats3, bucket):
     threads = [AgentThread(LeaseAgent(nats3.urls, f"t{i}", f"tcp://127.0.0.1:{7000 + i}", P, 2.0,
-                                      bucket=bucket, replicas=3)).start() for i in range(2)]
+                                      bucket=bucket, credentials=nats3.credentials, replicas=3)).start() for i in range(2)]
     try:
         wait_for(lambda: sum(len(t.agent.table.owned()) for t in threads) == P
                  and all(t.agent.table.owned() for t in threads), 40, "both agents own partitions")
         tables = {t.agent.node: t.agent.table.owned() for t in threads}
-        out = held_status(nats3.urls, bucket, "--json")
+        out = held_status(nats3, bucket, "--json")
         assert out.returncode == 0, out.stderr
         st = json.loads(out.stdout)
         assert st["partitions"] == P and st["bucket"] == bucket
@@ -56,7 +57,7 @@ def test_status_shows_what_the_agents_hold_and_stopping_frees_it(nats3, bucket):
             assert r["advertise"] == f"tcp://127.0.0.1:{7000 + int(owner[1])}"
             assert r["revision"] >= 1 and 0 <= r["lease_age_s"] < 60
             assert r["ready"] is True                   # no prepare hook: ready when taken
-        text = held_status(nats3.urls, bucket)
+        text = held_status(nats3, bucket)
         assert text.returncode == 0 and f"{P} partitions, 0 free" in text.stdout
         assert "PARTITION  OWNER" in text.stdout and " yes  tcp://127.0.0.1:700" in text.stdout
     finally:
@@ -64,16 +65,29 @@ def test_status_shows_what_the_agents_hold_and_stopping_frees_it(nats3, bucket):
             assert t.stop(10)
     for t in threads:
         assert t.error is None and t.agent.table.owned() == {}
-    out = status(nats3.urls, bucket, "--json")
+    out = status(nats3, bucket, "--json")
     assert out.returncode == 1                      # every lease released: all free
     assert all(r["owner"] is None for r in json.loads(out.stdout)["leases"])
 
 
 def test_status_of_a_missing_bucket_or_server_exits_2(nats3, bucket):
-    out = status(nats3.urls, bucket)
+    out = status(nats3, bucket)
     assert out.returncode == 2 and "no lease bucket on these servers" in out.stderr
-    out = status(["nats://127.0.0.1:1"], bucket)
+    out = status(SimpleNamespace(urls=["nats://127.0.0.1:1"], credentials=nats3.credentials), bucket)
     assert out.returncode == 2 and "cannot connect" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_status_without_the_password_or_with_a_bad_file_exits_2(nats3, bucket, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "engine.cli", "cluster", "status", "--servers",
+                          ",".join(nats3.urls), "--bucket", bucket], cwd=REPO, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 2 and "Authorization Violation" in out.stderr, out.stderr
+    loose = tmp_path / "creds.json"
+    loose.write_bytes(open(nats3.credentials, "rb").read())
+    loose.chmod(0o644)
+    out = status(SimpleNamespace(urls=nats3.urls, credentials=str(loose)), bucket)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert f"cluster.credentials: {loose} has mode 0644: group/other bits must be clear" in out.stderr
 
 
 def test_an_agent_whose_servers_do_not_answer_fails_to_start_in_bounded_time():
@@ -85,15 +99,15 @@ def test_an_agent_whose_servers_do_not_answer_fails_to_start_in_bounded_time():
     assert '"ev":"started"' not in out.stdout
 
 
-def drain(servers, bucket, *args):
+def drain(cluster, bucket, *args):
     return subprocess.run([sys.executable, "-m", "engine.cli", "cluster", *args, "--servers",
-                           ",".join(servers), "--bucket", bucket],
+                           ",".join(cluster.urls), "--credentials", cluster.credentials, "--bucket", bucket],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
 
 
 def drain_keys(nats3, bucket):
     async def read():
-        nc = await connect_once(nats3.urls)
+        nc = await connect_once(nats3.urls, nats3.credentials)
         try:
             return (await LeaseStore(nc.jetstream(timeout=5.0), bucket, 5.0).roster())[1]
         finally:
@@ -103,18 +117,18 @@ def drain_keys(nats3, bucket):
 
 def test_drain_refuses_a_bad_node_and_changes_nothing(nats3, bucket):
     t = AgentThread(LeaseAgent(nats3.urls, "solo", "tcp://127.0.0.1:7100", P, 2.0,
-                               bucket=bucket, replicas=3)).start()
+                               bucket=bucket, credentials=nats3.credentials, replicas=3)).start()
     try:
         wait_for(lambda: len(t.agent.table.owned()) == P, 40, "the agent holds every partition")
-        out = drain(nats3.urls, bucket, "drain", "nosuch")
+        out = drain(nats3, bucket, "drain", "nosuch")
         assert out.returncode == 2 and "node=nosuch: unknown" in out.stderr \
             and "nodes: solo" in out.stderr and "nothing changed" in out.stderr, out.stderr
-        out = drain(nats3.urls, bucket, "drain", "a.b")
+        out = drain(nats3, bucket, "drain", "a.b")
         assert out.returncode == 2 and "must be 1-32 letters" in out.stderr, out.stderr
         # the only node: nobody could take its partitions
-        out = drain(nats3.urls, bucket, "drain", "solo")
+        out = drain(nats3, bucket, "drain", "solo")
         assert out.returncode == 2 and "no other undrained node" in out.stderr, out.stderr
-        out = drain(nats3.urls, bucket, "undrain", "solo")
+        out = drain(nats3, bucket, "undrain", "solo")
         assert out.returncode == 2 and "not drained" in out.stderr, out.stderr
         assert "Traceback" not in out.stderr
         assert drain_keys(nats3, bucket) == set()
@@ -131,14 +145,14 @@ async def slow_prepare(p, rev):
 def test_drain_hands_every_partition_over_one_at_a_time(nats3, bucket):
     events: list[dict] = []
     threads = [AgentThread(LeaseAgent(nats3.urls, f"d{i}", f"tcp://127.0.0.1:{7200 + i}", P, 1.0,
-                                      bucket=bucket, replicas=3, on_event=events.append,
+                                      bucket=bucket, credentials=nats3.credentials, replicas=3, on_event=events.append,
                                       prepare=slow_prepare)).start()
                for i in range(3)]
     try:
         wait_for(lambda: sum(len(t.agent.table.owned()) for t in threads) == P
                  and all(t.agent.table.owned() for t in threads), 40, "every agent holds partitions")
         out = subprocess.run([sys.executable, "-m", "engine.cli", "cluster", "drain", "d0", "--servers",
-                              ",".join(nats3.urls), "--bucket", bucket, "--timeout-s", "60", "--json"],
+                              ",".join(nats3.urls), "--credentials", nats3.credentials, "--bucket", bucket, "--timeout-s", "60", "--json"],
                              cwd=REPO, capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stdout + out.stderr
         res, res_t_ns = json.loads(out.stdout), now_ns()
@@ -158,14 +172,14 @@ def test_drain_hands_every_partition_over_one_at_a_time(nats3, bucket):
                        and a["t_ns"] < e["t_ns"] < b["t_ns"] for e in events), (a, b)
         # the lease values say so too: every partition served, by d1 or d2, marked ready
         wait_for(lambda: all(r["ready"] for r in json.loads(held_status(
-            nats3.urls, bucket, "--json").stdout)["leases"]), 20, "every lease marked ready")
+            nats3, bucket, "--json").stdout)["leases"]), 20, "every lease marked ready")
         time.sleep(3)                                   # drained: it takes nothing back
         assert threads[0].agent.table.owned() == {}
         assert drain_keys(nats3, bucket) == {"d0"}
         # restarted, it is still drained: it takes nothing
         assert threads[0].stop(10)
         threads[0] = AgentThread(LeaseAgent(nats3.urls, "d0", "tcp://127.0.0.1:7200", P, 1.0,
-                                            bucket=bucket, replicas=3, on_event=events.append)).start()
+                                            bucket=bucket, credentials=nats3.credentials, replicas=3, on_event=events.append)).start()
         wait_for(lambda: any(e["ev"] == "draining" and e["node"] == "d0" and e["t_ns"] > res_t_ns
                              for e in list(events)), 20,
                  "the restarted agent read its drain key")
@@ -173,7 +187,7 @@ def test_drain_hands_every_partition_over_one_at_a_time(nats3, bucket):
         assert threads[0].agent.table.owned() == {}
         assert not [e for e in events if e["ev"] == "acquired" and e["node"] == "d0"
                     and e["t_ns"] > res_t_ns]
-        out = drain(nats3.urls, bucket, "undrain", "d0")
+        out = drain(nats3, bucket, "undrain", "d0")
         assert out.returncode == 0, out.stderr
         wait_for(lambda: threads[0].agent.table.owned(), 30, "undrained: it takes partitions again")
     finally:

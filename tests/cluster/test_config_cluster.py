@@ -15,6 +15,13 @@ from shm.runtime.config_cluster import shard_keyed
 from shm.runtime.config_types import ClusterConfig, ConfigError
 
 
+def write_creds(path, doc=None, mode=0o600):
+    """A credentials file (shm.runtime.nats_auth), ``doc`` as JSON (default: a valid one)."""
+    path.write_text(json.dumps(doc or {"user": "engine", "password": "p" * 24}))
+    path.chmod(mode)
+    return path
+
+
 def shard_keyed_features() -> dict:
     """The bundled features, each keyed by the shard key (account_id) alone: what a cluster
     accepts (the bundled card_id, device_id and pair-keyed ones are refused there)."""
@@ -48,7 +55,7 @@ def test_every_cluster_error_in_one_pass(tmp_path):
     got = [str(x) for x in e.value.errors]
     assert got == [
         "cluster.leases_ttl_s: unknown key; did you mean 'lease_ttl_s'? (allowed: ack, advertise, "
-        "lease_ttl_s, node, partitions, servers)",
+        "credentials, lease_ttl_s, node, partitions, servers)",
         "cluster.servers[0]: must be nats://HOST:PORT or tls://HOST:PORT, got 'http://h:1'",
         "cluster.servers[1]: holds credentials; a config file is no place for them",
         "cluster.servers[2]: needs a port 1..65535, got 'nats://h'",
@@ -60,6 +67,8 @@ def test_every_cluster_error_in_one_pass(tmp_path):
         "cluster.advertise: must be tcp://HOST:PORT (a host clients can dial), got 'tcp://*:5555'",
         "cluster.ack: must be one of sync, async, got 'maybe'",
         "cluster.lease_ttl_s: must be a number of seconds in [0.5, 300], got 0.1",
+        "cluster.credentials: is required: nats://h:4222 is not a loopback address; the path of a "
+        '0600 JSON file {"user": ..., "password": ...} (docs/CLUSTER.md, Authentication)',
     ]
 
 
@@ -87,12 +96,14 @@ def test_advertise_is_required_when_ingress_binds_every_interface(tmp_path):
                                           r"\('tcp://0.0.0.0:5555'\) is not one host"):
         _cfg(tmp_path, "ingress: {bind: 'tcp://0.0.0.0:5555'}\n"
                        "cluster: {servers: ['nats://10.0.0.1:4222'], node: n1}\n")
+    creds = write_creds(tmp_path / "nats.json")
     cfg = _cfg(tmp_path, "ingress: {bind: 'tcp://0.0.0.0:5555'}\n"
                          "cluster: {servers: ['nats://10.0.0.1:4222', 'tls://[::1]:4222'], node: n-1_a,\n"
                          "          advertise: 'tcp://risk-1.example:5555', partitions: 256,\n"
-                         "          ack: async, lease_ttl_s: 5}\n")
+                         "          ack: async, lease_ttl_s: 5, credentials: nats.json}\n")
     assert cfg.cluster == ClusterConfig(("nats://10.0.0.1:4222", "tls://[::1]:4222"), 256, "n-1_a",
-                                        "tcp://risk-1.example:5555", "async", 5.0)
+                                        "tcp://risk-1.example:5555", "async", 5.0, str(creds))
+    assert parse_config(config_to_raw(cfg), cfg.path) == cfg
 
 
 CLUSTER = "cluster: {servers: ['nats://127.0.0.1:4222'], node: n1}\n"

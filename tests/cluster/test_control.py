@@ -11,6 +11,7 @@ import nats
 import pytest
 
 from engine.cluster.control import INITIAL, ControlClient, ControlUnavailable, list_key, read_applied, state_key
+from shm.runtime.nats_auth import auth_options
 
 
 def drain_until_initial(c: ControlClient, timeout_s: float = 20.0) -> list:
@@ -23,7 +24,7 @@ def drain_until_initial(c: ControlClient, timeout_s: float = 20.0) -> list:
 
 
 def test_a_joining_client_reads_the_current_values_and_a_stale_cas_is_refused(nats3, bucket):
-    a = ControlClient(nats3.urls, "a", 3, 20.0, bucket=bucket).start()
+    a = ControlClient(nats3.urls, "a", 3, 20.0, bucket=bucket, credentials=nats3.credentials).start()
     try:
         assert drain_until_initial(a) == []
         r1 = a.write("halt", b'{"on":true}')
@@ -33,7 +34,7 @@ def test_a_joining_client_reads_the_current_values_and_a_stale_cas_is_refused(na
         assert a.get(list_key("blocked_ips")) == (r2, b'{"name":"blocked_ips","values":[1]}')
         live = [a.entries.get(timeout=10).revision for _ in range(2)]
         assert live == [r1, r2]                     # the watcher, in revision order
-        b = ControlClient(nats3.urls, "b", 3, 20.0, bucket=bucket).start()
+        b = ControlClient(nats3.urls, "b", 3, 20.0, bucket=bucket, credentials=nats3.credentials).start()
         try:
             joined = {e.key: e.revision for e in drain_until_initial(b)}
             assert joined == {"halt": r1, "list.blocked_ips": r2}
@@ -42,7 +43,7 @@ def test_a_joining_client_reads_the_current_values_and_a_stale_cas_is_refused(na
         a.record_applied({"node": "a", "revision": r2, "lag_ms": 1.0})
 
         async def applied():
-            nc = await nats.connect(nats3.urls)
+            nc = await nats.connect(nats3.urls, **auth_options(nats3.credentials))
             try:
                 return await read_applied(nc.jetstream(), bucket)
             finally:

@@ -29,18 +29,18 @@ TTL_S = 2.0
 
 def test_drain_under_load_fails_no_request_and_leaves_the_node_empty(nats3, tmp_path):
     engines = [EngineProcess(tmp_path, workers=1, overrides={
-        "cluster": {"servers": list(nats3.urls), "partitions": P, "node": f"dr{i}", "lease_ttl_s": TTL_S},
+        "cluster": {"servers": list(nats3.urls), "credentials": nats3.credentials, "partitions": P, "node": f"dr{i}", "lease_ttl_s": TTL_S},
         "workers": {"standby": False},
         "features": shard_keyed_features()}) for i in range(2)]     # a cluster refuses other keys
     with serving(engines) as (a, b):
         wait_for(lambda: owned(a) and owned(b) and owned(a) | owned(b) == set(range(P)), 90,
                  "both nodes hold partitions, every partition held")
-        with ClusterClient(nats3.urls, timeout_ms=5000, retries=3, deadline_ms=5000) as cc:   # ack: sync
+        with ClusterClient(nats3.urls, credentials=nats3.client_credentials, timeout_ms=5000, retries=3, deadline_ms=5000) as cc:   # ack: sync
             with client_load(cc, 10_000) as (ok, failed):
                 wait_for(lambda: ok[0] >= 50, 60, "load running")
                 before = ok[0]
                 out = subprocess.run([sys.executable, "-m", "engine.cli", "cluster", "drain", "dr0",
-                                      "--servers", ",".join(nats3.urls), "--timeout-s", "120", "--json"],
+                                      "--servers", ",".join(nats3.urls), "--credentials", nats3.credentials, "--timeout-s", "120", "--json"],
                                      cwd=REPO, capture_output=True, text=True, timeout=200)
                 assert out.returncode == 0, out.stdout + out.stderr
                 res = json.loads(out.stdout)

@@ -130,7 +130,7 @@ def test_a_watching_contender_takes_no_earlier_than_a_ttl_after_the_holders_last
         rev = await store.take(0, holder, 0)
         stamps[rev] = stamps.pop(0)
         agent = AgentThread(LeaseAgent(nats3.urls, "w", "tcp://127.0.0.1:2", 1, TTL_S, bucket=bucket,
-                                       on_event=events.append)).start()
+                                       on_event=events.append, credentials=nats3.credentials)).start()
         try:
             for _ in range(8):
                 await asyncio.sleep(TTL_S / 4)
@@ -145,7 +145,7 @@ def test_a_watching_contender_takes_no_earlier_than_a_ttl_after_the_holders_last
                 await asyncio.sleep(0.05)
         finally:
             agent.stop()
-    run(nats3.urls, bucket, hold)
+    run(nats3, bucket, hold)
     took = [e for e in events if e["ev"] == "acquired"]
     assert took, events
     t = took[0]

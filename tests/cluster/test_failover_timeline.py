@@ -55,16 +55,16 @@ def timelines(engines, parts: set[int], after_ns: int) -> dict[int, dict[str, fl
     return out
 
 
-def kill_and_time(servers, trio, rnd: int) -> list[dict]:      # noqa: F811  (the fixture's name)
-    every_partition_held(servers)
-    st = wait_for(lambda: (s := status(servers)) and all(r["ready"] for r in s["leases"]) and s, 120,
+def kill_and_time(cluster, trio, rnd: int) -> list[dict]:      # noqa: F811  (the fixture's name)
+    every_partition_held(cluster)
+    st = wait_for(lambda: (s := status(cluster)) and all(r["ready"] for r in s["leases"]) and s, 120,
                   "every partition served (its take-over done), none over its share")
     victim, rest, lost = busiest(trio, st)
     kill_ns, first, failed, stop = [0], {}, [], threading.Event()
 
     def load(p):
-        with ClusterClient(servers, timeout_ms=1500, retries=8,
-                           deadline_ms=1000, max_redirects=30) as cc:
+        with ClusterClient(cluster.urls, timeout_ms=1500, retries=8, deadline_ms=1000, max_redirects=30,
+                           credentials=cluster.client_credentials) as cc:
             for i in range(1_000_000):
                 if stop.is_set():
                     return
@@ -112,7 +112,7 @@ def kill_and_time(servers, trio, rnd: int) -> list[dict]:      # noqa: F811  (th
 def test_where_a_failovers_time_goes(nats3, trio):              # noqa: F811  (the fixture)
     rows = []
     for k in range(KILLS):
-        rows += kill_and_time(nats3.urls, trio, k)
+        rows += kill_and_time(nats3, trio, k)
     cols = ("seen", *STEPS, "first_decision")
     print(f"\nfailover timeline, ms after kill -9 (lease_ttl_s={TTL_S:g}, target {TTL_S * 1e3 + 1e3:.0f}):")
     print("kill p " + " ".join(f"{c:>11}" for c in cols))

@@ -34,6 +34,7 @@ from bench.engine_proc import EngineProcess
 from ingress.client import Client, RequestError
 from ingress.cluster_client import ClusterClient
 from shm.types import ErrorCode
+from shm.runtime.nats_auth import auth_options
 from tests.cluster.agentproc import REPO, wait_for
 from tests.cluster.test_config_cluster import shard_keyed_features
 from tests.cluster.test_node import EVENT, serving
@@ -51,7 +52,8 @@ def node_pair(nats3, tmp, prefix: tuple = (), journal: dict | None = None, **ext
     """Nodes f0 and f1 (not started), with the config sections ``extra``; f0 runs through
     ``prefix`` with ``journal`` overrides."""
     def overrides(i):
-        o = {"cluster": {"servers": list(nats3.urls), "partitions": P, "node": f"f{i}", "lease_ttl_s": TTL_S},
+        o = {"cluster": {"servers": list(nats3.urls), "credentials": nats3.credentials, "partitions": P,
+                         "node": f"f{i}", "lease_ttl_s": TTL_S},
              "workers": {"standby": False},
              "features": shard_keyed_features(), **extra}       # a cluster refuses other keys
         return {**o, "journal": journal} if i == 0 and journal else o
@@ -74,9 +76,9 @@ def accounts_in(parts, n=1, start=10_000) -> list[int]:
     return ids[np.isin(shard_of(ids, P), sorted(parts))][:n].tolist()
 
 
-def run_js(servers, body, timeout_s=120):
+def run_js(cluster, body, timeout_s=120):
     async def go():
-        nc = await nats.connect(servers, connect_timeout=2, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+        nc = await nats.connect(cluster.urls, **auth_options(cluster.credentials), connect_timeout=2, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
         try:
             return await body(nc.jetstream(timeout=5.0))
         finally:
@@ -114,12 +116,12 @@ def not_owner(c, acct, held=None) -> bool:
 def test_a_killed_nats_server_under_load_keeps_serving_and_catches_up(nats3, pair):
     a, b = pair
     wait_for(lambda: split(a, b), 120, "both nodes hold partitions, every partition held")
-    with ClusterClient(nats3.urls, timeout_ms=15_000, retries=3, deadline_ms=10_000) as cc, client_load(cc, 20_000) as (ok, failed):
+    with ClusterClient(nats3.urls, credentials=nats3.client_credentials, timeout_ms=15_000, retries=3, deadline_ms=10_000) as cc, client_load(cc, 20_000) as (ok, failed):
         wait_for(lambda: ok[0] >= 50, 60, "load running")
 
         async def leader(js):
             return (await js.stream_info(STREAM)).cluster.leader
-        name = run_js(nats3.urls, leader)
+        name = run_js(nats3, leader)
         k = next(i for i, s in enumerate(nats3.servers) if s.name == name)
         nats3.kill(k)                           # the journal stream's Raft leader
         killed_at = ok[0]
@@ -141,7 +143,7 @@ def test_a_killed_nats_server_under_load_keeps_serving_and_catches_up(nats3, pai
                 pass
             await asyncio.sleep(0.2)
         raise AssertionError(f"server {name} did not catch up within the bound")
-    end = run_js(nats3.urls, caught_up, timeout_s=240)
+    end = run_js(nats3, caught_up, timeout_s=240)
     print(f"nats server {name} killed under load: {ok[0]} decisions, {cc.redirects} redirect(s), "
           f"{len(failed)} failed; its replica caught up to stream seq {end}")
     # an owner whose renewals went unanswered past TTL - TTL/4 during the elections stops
@@ -183,10 +185,10 @@ def test_a_stopped_owner_resumed_serves_nothing_and_its_late_records_are_refused
         wait_for(lambda: owned(b) == set(range(P)), 60, "b holds every partition")
         # drained, a takes nothing back when it resumes (the rebalance is shown elsewhere)
         out = subprocess.run([sys.executable, "-m", "engine.cli", "cluster", "drain", "f0", "--servers",
-                              ",".join(nats3.urls), "--timeout-s", "30"], cwd=REPO, capture_output=True,
+                              ",".join(nats3.urls), "--credentials", nats3.credentials, "--timeout-s", "30"], cwd=REPO, capture_output=True,
                              text=True, timeout=90)
         assert out.returncode == 0, out.stdout + out.stderr
-        with ClusterClient(nats3.urls, timeout_ms=5000, retries=3, client_id=cid + 2, deadline_ms=4000) as cc:
+        with ClusterClient(nats3.urls, credentials=nats3.client_credentials, timeout_ms=5000, retries=3, client_id=cid + 2, deadline_ms=4000) as cc:
             wait_for(lambda: all(cc.owner(p) == b.endpoint for p in range(P)), 30, "the map names b")
             for acct in accts:
                 assert cc.evaluate({**EVENT, "account_id": acct}).error is None
@@ -205,7 +207,7 @@ def test_a_stopped_owner_resumed_serves_nothing_and_its_late_records_are_refused
         for p in old:
             out[p] = [m async for m in log.replay(p)]
         return out
-    msgs = run_js(nats3.urls, stream)
+    msgs = run_js(nats3, stream)
     in_stream = {(int(r["client_id"]), int(r["request_id"])) for ms in msgs.values() for m in ms
                  if m.kind == "rec" for r in m.records}
     late_ids = {(cid + 1, r) for r in range(1, late + 1)}

@@ -152,9 +152,9 @@ def cut_off(netns: str, cgroup_path: str, ports: list[int]):
         subprocess.run(["ip", "netns", "exec", netns, "iptables", "-D", *rule], check=True, timeout=30)
 
 
-def in_stream(servers) -> tuple[dict[float, int], set[tuple[int, int]]]:
+def in_stream(cluster) -> tuple[dict[float, int], set[tuple[int, int]]]:
     """(amount -> account, {(client_id, request_id)}) of every record in the stream."""
-    recs = [r for r in stream_records(servers, eng_schema()).values() if r is not None]
+    recs = [r for r in stream_records(cluster, eng_schema()).values() if r is not None]
     r = np.concatenate(recs) if recs else np.zeros(0, RECORD)
     return (dict(zip(r["event"]["amount"].tolist(), r["event"]["account_id"].tolist())),
             set(zip(r["client_id"].tolist(), r["request_id"].tolist())))
@@ -168,7 +168,8 @@ def test_a_node_cut_off_from_nats_stops_serving_and_rejoins_once_the_split_heals
     cid = 0x5C5C
     failed0 = replication_failed(a)
     acked, held, late_ids, rid, overloaded = {}, [], set(), 0, 0
-    with ClusterClient(nats3.urls, timeout_ms=15_000, retries=3, deadline_ms=10_000, client_id=cid) as cc, \
+    with ClusterClient(nats3.urls, timeout_ms=15_000, retries=3, deadline_ms=10_000, client_id=cid,
+                       credentials=nats3.client_credentials) as cc, \
             client_load(cc, 7_000_000, acked=acked) as (ok, failed):
         wait_for(lambda: ok[0] >= 50, 60, "load running")
         with cut_off(netns, cgroup[1], [s.port for s in nats3.servers]):
@@ -219,7 +220,7 @@ def test_a_node_cut_off_from_nats_stops_serving_and_rejoins_once_the_split_heals
     assert dropped == set(), f"b released {sorted(dropped)} while a was cut off"
     # a request to a during the cut: TIMEOUT (held, not a decision); NOT_OWNER: not evaluated
     assert all("error='TIMEOUT'" in f or "NOT_OWNER" in f or "OVERLOADED" in f for f in failed), failed
-    stream, published = in_stream(nats3.urls)
+    stream, published = in_stream(nats3)
     missing = [amt for amt, acct in acked.items() if stream.get(amt) != acct]
     assert missing == [], f"{len(missing)} acknowledged decisions not in the stream: {missing[:10]}"
     ours = {cid, cid + 1}
@@ -232,7 +233,7 @@ def test_a_node_cut_off_from_nats_stops_serving_and_rejoins_once_the_split_heals
 
 def test_a_full_journal_disk_acknowledges_nothing_it_did_not_journal(nats3, pair, jdisk):
     a, b = pair
-    every_partition_held(nats3.urls, nodes=2)           # the balancing after the split is over
+    every_partition_held(nats3, nodes=2)           # the balancing after the split is over
     mine = owned(a)
     accts = accounts_in(mine, 50, start=60_000)
     acked, refused, k = {}, [], 0
@@ -276,7 +277,7 @@ def test_a_full_journal_disk_acknowledges_nothing_it_did_not_journal(nats3, pair
                 deadline_ms=10_000) as c:
         wait_for(lambda: c.evaluate({**EVENT, "account_id": accts[0], "amount": 8_900_000.25}).error is None,
                  60, "a decides again once the disk has room")
-    stream, _ = in_stream(nats3.urls)
+    stream, _ = in_stream(nats3)
     print(f"disk: a's journal tmpfs full: {full_at} events decided in the segments already "
           f"allocated, then {len(refused)} answered JOURNAL_UNAVAILABLE over {2 * TTL_S:g} s, a "
           f"kept its {len(mine)} partition(s); freed, a decided again")

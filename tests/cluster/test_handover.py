@@ -79,7 +79,7 @@ def test_a_resend_to_the_next_owner_gets_the_first_decision_and_a_worker_crash_k
     # TTL 3 s: on a loaded machine a 1 s lease lapses now and then and the partitions move
     engines = []
     for i, iv in enumerate((1, 3600)):
-        ov = cluster_overrides(nats3.urls, f"ho{i}")
+        ov = cluster_overrides(nats3, f"ho{i}")
         ov["cluster"]["lease_ttl_s"] = TTL_S
         engines.append(EngineProcess(tmp_path, workers=1, overrides={**ov, "snapshot": {"interval_s": iv}}))
     for e in engines:

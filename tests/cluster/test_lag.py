@@ -27,9 +27,9 @@ from tests.cluster.test_partstate import node, ruleset, wait, write  # noqa: F40
 from tests.cluster.test_replication import P, journal, owning_all, run
 
 
-def status(servers) -> dict:
+def status(cluster) -> dict:
     out = subprocess.run([sys.executable, "-m", "engine.cli", "cluster", "status", "--servers",
-                          ",".join(servers), "--json"], cwd=REPO, capture_output=True, text=True,
+                          ",".join(cluster.urls), "--credentials", cluster.credentials, "--json"], cwd=REPO, capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
     return json.loads(out.stdout)
@@ -46,7 +46,7 @@ async def first_seq(js, p) -> int:
 
 def test_status_and_metrics_show_the_lag_per_partition_and_snapshots_trim_the_stream(nats3, tmp_path, ruleset):
     w0 = journal(tmp_path / "a")
-    cfg = SimpleNamespace(cluster=SimpleNamespace(servers=tuple(nats3.urls), node="a", partitions=P),
+    cfg = SimpleNamespace(cluster=SimpleNamespace(servers=tuple(nats3.urls), credentials=nats3.credentials, node="a", partitions=P),
                           schema=SCHEMA, durability=SimpleNamespace(journal_dir=str(tmp_path / "a"),
                                                                     snapshot_interval_s=0.3))
     a = Replicator(cfg, owning_all(5), print, 30, None, lambda: node(ruleset)[1])
@@ -79,7 +79,7 @@ def test_status_and_metrics_show_the_lag_per_partition_and_snapshots_trim_the_st
                 want = np.bincount(partition_of_keys(recs["event"]["account_id"], P), minlength=P)
                 want = {p: int(n) for p, n in enumerate(want)}
                 for _ in range(30):          # bounded: the figure is written once a second
-                    st = await loop.run_in_executor(None, status, nats3.urls)
+                    st = await loop.run_in_executor(None, status, nats3)
                     if lag_rows(st) == want:
                         break
                     await asyncio.sleep(0.5)
@@ -88,7 +88,7 @@ def test_status_and_metrics_show_the_lag_per_partition_and_snapshots_trim_the_st
                            for m in _replication(a)}
             await wait(lambda: a.rlog.counters.published_records == 500)
             for _ in range(30):
-                st = await loop.run_in_executor(None, status, nats3.urls)
+                st = await loop.run_in_executor(None, status, nats3)
                 if lag_rows(st) == dict.fromkeys(range(P), 0):
                     break
                 await asyncio.sleep(0.5)
@@ -98,7 +98,7 @@ def test_status_and_metrics_show_the_lag_per_partition_and_snapshots_trim_the_st
             await asyncio.wait_for(task, 30)
         return want, trimmed, snapped, metrics
 
-    want, trimmed, snapped, metrics = run(nats3.urls, body, timeout_s=240)
+    want, trimmed, snapped, metrics = run(nats3, body, timeout_s=240)
     stalled, caught_up = loop_status
     assert trimmed == snapped and a.trims >= P and a.trim_refused == 0, (trimmed, snapped)
     assert sum(want.values()) == 100 and lag_rows(stalled) == want, stalled["leases"]

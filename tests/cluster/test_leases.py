@@ -10,11 +10,14 @@ import nats.errors
 import pytest
 
 from engine.cluster.leases import LeaseError, LeaseStore, encode
+from shm.runtime.nats_auth import auth_options
 
 
-def run(servers, bucket, body):
+def run(cluster, bucket, body, urls=None):
+    """``body(store)`` on a connection to ``urls`` (default: every server of ``cluster``)."""
     async def go():
-        nc = await nats.connect(servers, connect_timeout=2, max_reconnect_attempts=3)
+        nc = await nats.connect(urls or cluster.urls, **auth_options(cluster.credentials), connect_timeout=2,
+                                max_reconnect_attempts=3)
         try:
             store = LeaseStore(nc.jetstream(timeout=5.0), bucket, timeout_s=5.0)
             return await body(store)
@@ -48,7 +51,7 @@ def test_a_stale_lease_revision_is_refused_after_a_takeover(nats3, bucket):
         assert free.value is None and free.revision > r3
         assert await s.take(3, A, r3) is None
         assert await s.take(3, A, free.revision) > free.revision
-    run(nats3.urls, bucket, body)
+    run(nats3, bucket, body)
 
 
 def test_every_node_must_agree_on_the_partition_count(nats3, bucket):
@@ -58,14 +61,14 @@ def test_every_node_must_agree_on_the_partition_count(nats3, bucket):
         with pytest.raises(LeaseError, match=r"cluster.partitions=64 .* partitions=16"):
             await s.open(64, replicas=3)
         assert await s.open(None, create=False) == 16
-    run(nats3.urls, bucket, body)
+    run(nats3, bucket, body)
 
 
 def test_reading_a_missing_bucket_says_no_node_has_started(nats3, bucket):
     async def body(s):
         with pytest.raises(LeaseError, match="no node has started"):
             await s.open(None, create=False)
-    run(nats3.urls, bucket, body)
+    run(nats3, bucket, body)
 
 
 def test_leases_keep_working_with_one_server_killed_and_it_rejoins(nats3, bucket):
@@ -74,7 +77,7 @@ def test_leases_keep_working_with_one_server_killed_and_it_rejoins(nats3, bucket
     async def before(s):
         await s.open(4, replicas=3)
         return await s.take(0, A, 0)
-    r1 = run(nats3.urls, bucket, before)
+    r1 = run(nats3, bucket, before)
     nats3.kill(2)
     try:
         async def during(s):
@@ -87,7 +90,7 @@ def test_leases_keep_working_with_one_server_killed_and_it_rejoins(nats3, bucket
             assert r and r > r1
             assert await s.renew(0, A, r1) is None       # the old token stays fenced off
             return r
-        r2 = run(nats3.urls[:2], bucket, during)
+        r2 = run(nats3, bucket, during, nats3.urls[:2])
     finally:
         nats3.restart(2)
     assert nats3.servers[2].healthy()
@@ -95,7 +98,7 @@ def test_leases_keep_working_with_one_server_killed_and_it_rejoins(nats3, bucket
     async def after(s):
         e = await s.read(0)
         assert (e.revision, e.value["node"]) == (r2, "a")
-    run(nats3.urls[2:], bucket, after)
+    run(nats3, bucket, after, nats3.urls[2:])
 
 
 def test_the_partition_map_follows_the_leases_and_ignores_hostile_values(nats3, bucket):
@@ -113,9 +116,10 @@ def test_the_partition_map_follows_the_leases_and_ignores_hostile_values(nats3, 
     async def setup(s):
         await s.open(5, replicas=3)
         return await s.take(0, A, 0), await s.take(1, B, 0)
-    r0, r1 = run(nats3.urls, bucket, setup)
+    r0, r1 = run(nats3, bucket, setup)
     seen = []
-    m = PartitionMap(nats3.urls, bucket, on_change=lambda p, a: seen.append((p, a)), timeout_s=20).start()
+    m = PartitionMap(nats3.urls, bucket, on_change=lambda p, a: seen.append((p, a)), timeout_s=20,
+                     credentials=nats3.credentials).start()
     try:
         assert m.partitions == 5
         assert m.owners() == {0: "tcp://127.0.0.1:1", 1: "tcp://127.0.0.1:2"}
@@ -129,10 +133,10 @@ def test_the_partition_map_follows_the_leases_and_ignores_hostile_values(nats3, 
             await s.take(4, b'{"node":"c","advertise":"tcp://127.0.0.1:3","ready":"yes"}', 0)
             e = await s.read(0)
             assert e.value == {"node": "b", "advertise": "tcp://127.0.0.1:2", "ready": True}
-        run(nats3.urls, bucket, change)
+        run(nats3, bucket, change)
         want = {0: "tcp://127.0.0.1:2", 1: "", 2: "", 3: "", 4: ""}
         wait_for(lambda: m.owners() == want, 30, f"the map follows the bucket: {m.owners()}")
     finally:
         m.close()
     with pytest.raises(PartitionMapError, match="bucket=nosuch"):
-        PartitionMap(nats3.urls, "nosuch", timeout_s=5).start()
+        PartitionMap(nats3.urls, "nosuch", timeout_s=5, credentials=nats3.credentials).start()

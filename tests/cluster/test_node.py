@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
+from types import SimpleNamespace
 
 import nats as nats_client
 import numpy as np
@@ -28,6 +29,7 @@ from engine.cluster.replog import ReplicationLog
 from ingress.client import Client
 from shm.featurestore import FeatureStore
 from shm.runtime.config import load_config
+from shm.runtime.nats_auth import auth_options
 from tests.cluster.agentproc import REPO, wait_for
 from tests.cluster.test_config_cluster import shard_keyed_features
 
@@ -40,8 +42,8 @@ EVENT = {"account_id": 77, "card_id": 1, "device_id": 1, "amount": 10.0, "curren
          "instrument_id": 0, "side": 0, "qty": 0, "price": 0.0, "ref_price": 0.0, "is_test": False}
 
 
-def cluster_overrides(servers, node):
-    return {"cluster": {"servers": list(servers), "partitions": P, "node": node, "lease_ttl_s": TTL_S},
+def cluster_overrides(cluster, node):
+    return {"cluster": {"servers": list(cluster.urls), "credentials": cluster.credentials, "partitions": P, "node": node, "lease_ttl_s": TTL_S},
             "workers": {"standby": False},          # three nodes on two cores: no spare workers
             "features": shard_keyed_features()}     # a cluster refuses other keys
 
@@ -80,7 +82,7 @@ def nodes(nats3, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("nodes")
     # no snapshot round in the module: its objects would trim the subjects (engine.cluster.trim)
     # under the tests that read every fence and record back from the stream
-    with serving([EngineProcess(tmp, workers=1, overrides={**cluster_overrides(nats3.urls, f"n{i}"),
+    with serving([EngineProcess(tmp, workers=1, overrides={**cluster_overrides(nats3, f"n{i}"),
                                                            "snapshot": {"interval_s": 86_400}})
                   for i in range(3)]) as engines:
         yield engines
@@ -90,9 +92,9 @@ def admin(eng, **req):
     return request(eng.admin_bind, req, 30_000)
 
 
-def status(servers):
+def status(cluster):
     out = subprocess.run([sys.executable, "-m", "engine.cli", "cluster", "status", "--servers",
-                          ",".join(servers), "--json"], cwd=REPO, capture_output=True, text=True,
+                          ",".join(cluster.urls), "--credentials", cluster.credentials, "--json"], cwd=REPO, capture_output=True, text=True,
                          timeout=60)
     assert out.returncode in (0, 1), out.stderr
     return json.loads(out.stdout)
@@ -119,19 +121,19 @@ def owner_of(engines, account: int):
                                  None), 60, f"partition {p} held")
 
 
-def every_partition_held(servers, nodes=3):
+def every_partition_held(cluster, nodes=3):
     """`cluster status` once no partition is free and no node holds more than its share (the
     agents' balancing is over: no lease moves while the caller sends to the owners)."""
     def settled():
-        s = status(servers)
+        s = status(cluster)
         owners = [r["owner"] for r in s["leases"]]
         share = -(-P // nodes)
         return None not in owners and all(owners.count(o) <= share for o in set(owners)) and s
     return wait_for(settled, 120, "every partition held, none over its node's share")
 
 
-def all_applied(servers, nodes, revision):
-    ctl = status(servers)["control"]
+def all_applied(cluster, nodes, revision):
+    ctl = status(cluster)["control"]
     return ctl is not None and all(ctl["nodes"].get(n, {}).get("revision", 0) >= revision for n in nodes)
 
 
@@ -139,7 +141,7 @@ def test_three_nodes_hold_every_partition(nats3, nodes):
     names = {"n0", "n1", "n2"}
 
     def balanced():
-        st = status(nats3.urls)
+        st = status(nats3)
         owners = [r["owner"] for r in st["leases"]]
         return None not in owners and set(owners) == names and st
     st = wait_for(balanced, 60, "every partition held, by all three nodes")
@@ -165,27 +167,27 @@ def test_a_halt_written_through_admin_is_applied_by_every_node(nats3, nodes):
     assert rep["ok"] and rep["global_halt"] is True, rep
     rev = rep["cluster"]["revision"]
     assert "global_halt" in decide(nodes[1]).rules       # the writer applied it before replying
-    wait_for(lambda: all_applied(nats3.urls, ["n0", "n1", "n2"], rev), 30, "every node applied the halt")
+    wait_for(lambda: all_applied(nats3, ["n0", "n1", "n2"], rev), 30, "every node applied the halt")
     took_s = time.monotonic() - t0
-    ctl = status(nats3.urls)["control"]
+    ctl = status(nats3)["control"]
     print(f"halt applied by all 3 nodes {took_s * 1e3:.0f} ms after the admin request (upper bound: "
           f"status polling); per node lag {[round(d['lag_ms'], 1) for d in ctl['nodes'].values()]} ms")
     text = subprocess.run([sys.executable, "-m", "engine.cli", "cluster", "status", "--servers",
-                           ",".join(nats3.urls)], cwd=REPO, capture_output=True, text=True, timeout=60)
+                           ",".join(nats3.urls), "--credentials", nats3.credentials], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert f"last change at revision {rev}; 3 of 3 node(s) applied it" in text.stdout, text.stdout
     for e in nodes:
         d = decide(e)
         assert d.action == "block" and "global_halt" in d.rules, (e.instance, d)
     rep = admin(nodes[2], cmd="resume")
     assert rep["ok"] and rep["global_halt"] is False
-    wait_for(lambda: all_applied(nats3.urls, ["n0", "n1", "n2"], rep["cluster"]["revision"]), 30, "resume")
+    wait_for(lambda: all_applied(nats3, ["n0", "n1", "n2"], rep["cluster"]["revision"]), 30, "resume")
     assert all("global_halt" not in decide(e).rules for e in nodes)
 
 
 def test_a_list_add_is_applied_everywhere(nats3, nodes):
     rep = admin(nodes[0], cmd="list-add", name="blocked_ips", values=["10.66.0.1"])
     assert rep["ok"], rep
-    wait_for(lambda: all_applied(nats3.urls, ["n0", "n1", "n2"], rep["cluster"]["revision"]), 30, "list-add")
+    wait_for(lambda: all_applied(nats3, ["n0", "n1", "n2"], rep["cluster"]["revision"]), 30, "list-add")
     for e in nodes:
         shown = admin(e, cmd="list-show", name="blocked_ips")
         assert "10.66.0.1" in shown["values"] and shown["count"] == rep["count"], shown
@@ -196,7 +198,7 @@ def test_a_list_add_is_applied_everywhere(nats3, nodes):
 
 
 def test_a_bad_admin_input_is_refused_with_its_code_and_nothing_reaches_kv(nats3, nodes):
-    before = status(nats3.urls)["control"]["revision"]
+    before = status(nats3)["control"]["revision"]
     cases = [({"cmd": "list-add", "name": "blocked_ips", "values": ["300.1.1.1"]}, "BAD_LIST"),
              ({"cmd": "list-add", "name": "nope", "values": ["1.2.3.4"]}, "UNKNOWN_LIST"),
              ({"cmd": "set-state", "name": "account_state", "key": -1, "state": "HALTED"}, "BAD_ARGUMENT"),
@@ -206,7 +208,7 @@ def test_a_bad_admin_input_is_refused_with_its_code_and_nothing_reaches_kv(nats3
         rep = admin(nodes[0], **req)
         assert not rep["ok"] and rep["error"]["code"] == code, (req, rep)
     time.sleep(1.0)                 # a write would have reached the leader by now
-    assert status(nats3.urls)["control"]["revision"] == before
+    assert status(nats3)["control"]["revision"] == before
 
 
 def test_a_late_node_joins_at_the_current_state_and_a_stopped_node_frees_everything(nats3, nodes, tmp_path):
@@ -218,13 +220,13 @@ def test_a_late_node_joins_at_the_current_state_and_a_stopped_node_frees_everyth
     rep = admin(nodes[0], cmd="halt")
     assert rep["ok"]
     try:
-        late = EngineProcess(tmp_path, workers=1, overrides=cluster_overrides(nats3.urls, "n3"))
+        late = EngineProcess(tmp_path, workers=1, overrides=cluster_overrides(nats3, "n3"))
         start_all([late])
         try:
             assert "joined the control plane" in late.output()
             me = admin(late, cmd="cluster")["cluster"]
             assert me["control"]["revision"] >= rep["cluster"]["revision"], me
-            wait_for(lambda: any(r["owner"] == "n3" for r in status(nats3.urls)["leases"]), 60,
+            wait_for(lambda: any(r["owner"] == "n3" for r in status(nats3)["leases"]), 60,
                      "the late node takes a share")
             assert "global_halt" in decide(late).rules
             acct = owned_account(late, 4242)            # the first of its partitions' halted ones
@@ -233,7 +235,7 @@ def test_a_late_node_joins_at_the_current_state_and_a_stopped_node_frees_everyth
         finally:
             assert late.close() == 0, late.output()
         assert shm_entries(late.instance) == []
-        st = wait_for(lambda: (s := status(nats3.urls)) and
+        st = wait_for(lambda: (s := status(nats3)) and
                       all(r["owner"] != "n3" for r in s["leases"]) and s, 30, "n3's leases freed")
         assert "n3" not in st["control"]["nodes"]
     finally:
@@ -242,7 +244,8 @@ def test_a_late_node_joins_at_the_current_state_and_a_stopped_node_frees_everyth
 
 def test_a_node_whose_servers_never_answer_fails_to_start_with_one_line(tmp_path):
     url = f"nats://127.0.0.1:{free_port()}"            # nothing listens there
-    eng = EngineProcess(tmp_path, workers=1, overrides=cluster_overrides([url], "lost"))
+    eng = EngineProcess(tmp_path, workers=1, overrides=cluster_overrides(
+        SimpleNamespace(urls=[url], credentials=None), "lost"))   # loopback: no credentials needed
     try:
         eng.launch()
         assert eng.proc.wait(900) == 2, eng.output()
@@ -259,7 +262,7 @@ def test_a_hostile_value_in_the_control_bucket_is_refused_by_every_node(nats3, n
     """Whoever can write to NATS can write the bucket: every value is checked like an admin
     request before it is applied; a bad one is counted and logged, the node keeps serving."""
     before = [admin(e, cmd="cluster")["cluster"]["control"]["errors"] for e in nodes]
-    c = ControlClient(nats3.urls, "hostile", 3, 20.0).start()
+    c = ControlClient(nats3.urls, "hostile", 3, 20.0, credentials=nats3.credentials).start()
     try:
         bad = [("halt", b"[" * 5000 + b"]" * 5000), ("halt", b'{"on":"yes"}'),
                ("list.nope", b'{"name":"nope","values":[1]}'),
@@ -290,7 +293,7 @@ def test_owners_fence_before_serving_and_publish_what_they_decide(nats3, nodes):
     subject from that owner, checked by the replay reader."""
     by_name = {f"n{i}": e for i, e in enumerate(nodes)}
     schema = load_config(nodes[0].config_path).schema
-    st = every_partition_held(nats3.urls)
+    st = every_partition_held(nats3)
     sent = {}                                        # account -> (partition, owner, amount)
     for k in range(9001, 9001 + 3 * P):
         p = partition_of({"account_id": k}, "account_id", P)
@@ -302,7 +305,7 @@ def test_owners_fence_before_serving_and_publish_what_they_decide(nats3, nodes):
         sent[k] = (p, owner, amount)
 
     def published():
-        msgs = stream_messages(nats3.urls, schema)
+        msgs = stream_messages(nats3, schema)
         got = {int(r["event"]["account_id"]): (p, m.node, float(r["event"]["amount"]))
                for p, ms in msgs.items() for m in ms if m.kind == "rec" for r in m.records}
         return all(got.get(k) == v for k, v in sent.items()) and msgs
@@ -317,10 +320,10 @@ def test_owners_fence_before_serving_and_publish_what_they_decide(nats3, nodes):
         assert rep["fences"] >= 1 and rep["errors"] == 0, rep
 
 
-def stream_messages(servers, schema):
+def stream_messages(cluster, schema):
     """{partition: its messages} of the replication stream, each checked by the replay reader."""
     async def read():
-        nc = await nats_client.connect(servers, connect_timeout=2)
+        nc = await nats_client.connect(cluster.urls, **auth_options(cluster.credentials), connect_timeout=2)
         try:
             log = ReplicationLog(nc.jetstream(timeout=5.0), "reader", schema.dtype, "account_id", P)
             return {p: [m async for m in log.replay(p)] for p in range(P)}
@@ -347,7 +350,7 @@ def test_a_node_taking_partitions_restores_their_features_from_the_stream(nats3,
     each account's event count equals the number of events sent."""
     by_name = {f"n{i}": e for i, e in enumerate(nodes)}
     schema = load_config(nodes[0].config_path).schema
-    st = every_partition_held(nats3.urls)
+    st = every_partition_held(nats3)
     sent = {}                                        # account -> (partition, owner, events)
     for k in range(7_000_001, 7_000_001 + 4 * P):
         p = partition_of({"account_id": k}, "account_id", P)
@@ -358,13 +361,13 @@ def test_a_node_taking_partitions_restores_their_features_from_the_stream(nats3,
 
     def published():
         got = {}
-        for ms in stream_messages(nats3.urls, schema).values():
+        for ms in stream_messages(nats3, schema).values():
             for r in (r for m in ms if m.kind == "rec" for r in m.records):
                 got[int(r["event"]["account_id"])] = got.get(int(r["event"]["account_id"]), 0) + 1
         return all(got.get(k) == n for k, (_, _, n) in sent.items())
     wait_for(published, 60, "every decision published")
 
-    late = EngineProcess(tmp_path, workers=1, overrides=cluster_overrides(nats3.urls, "n4"))
+    late = EngineProcess(tmp_path, workers=1, overrides=cluster_overrides(nats3, "n4"))
     start_all([late])
     try:
         owned = wait_for(lambda: admin(late, cmd="cluster")["cluster"]["owned"], 60, "n4 takes a share")

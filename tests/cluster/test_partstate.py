@@ -115,7 +115,7 @@ def test_a_taken_partition_in_the_feature_tables_equals_a_recount_of_the_publish
                                               sb_state.apply, lines.append))
         return taken, lines, snaps_b.counters
 
-    taken, lines, c = run(nats3.urls, body)
+    taken, lines, c = run(nats3, body)
     assert c.restored == P and c.refused == 0 and not lines, lines
     recs = reader.read_all()
     parts = partition_of_keys(recs["event"]["account_id"], P)
@@ -172,7 +172,7 @@ def test_serve_writes_snapshot_objects_and_a_taker_restores_from_them(nats3, tmp
     w0 = journal(tmp_path / "a")
 
     def cfg(node, d):
-        return SimpleNamespace(cluster=SimpleNamespace(servers=tuple(nats3.urls), node=node, partitions=P),
+        return SimpleNamespace(cluster=SimpleNamespace(servers=tuple(nats3.urls), credentials=nats3.credentials, node=node, partitions=P),
                                schema=SCHEMA, durability=SimpleNamespace(journal_dir=str(d),
                                                                          snapshot_interval_s=0.2))
 
@@ -200,7 +200,7 @@ def test_serve_writes_snapshot_objects_and_a_taker_restores_from_them(nats3, tmp
             await asyncio.wait_for(asyncio.gather(*tasks), 30)
         return b.snaps.counters
 
-    c = run(nats3.urls, body)
+    c = run(nats3, body)
     assert b.taken == P and b.replayed_records == 0 and c.restored == P and c.full_replays == 0, c
     recs = JournalReader(str(tmp_path / "a"), SCHEMA.dtype, SCHEMA.hash, 0).read_all()
     _, recount = node(ruleset)

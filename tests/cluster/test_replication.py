@@ -22,6 +22,7 @@ from engine.cluster.replog import (H_COUNT, H_DONE, H_FIRST, H_KIND, H_LAST, H_N
                                    ReplicationLog, take_rows)
 from engine.cluster.tailer import JournalTailer
 from engine.journal import HEADER_SIZE, JournalConfig, JournalReader, JournalWriter
+from shm.runtime.nats_auth import auth_options
 from tests.cluster.agentproc import wait_for
 from tests.cluster.tailerproc import SCHEMA, kill9, running
 P = 8
@@ -36,9 +37,9 @@ def names():
     return f"RJ{h}", f"rj{h}"
 
 
-def run(servers, body, timeout_s=120):
+def run(cluster, body, timeout_s=120):
     async def go():
-        nc = await nats.connect(servers, connect_timeout=2, max_reconnect_attempts=-1,
+        nc = await nats.connect(cluster.urls, **auth_options(cluster.credentials), connect_timeout=2, max_reconnect_attempts=-1,
                                 reconnect_time_wait=0.2)
         try:
             return await body(nc.jetstream(timeout=5.0))
@@ -124,7 +125,7 @@ def test_published_records_are_replayed_bit_for_bit_in_order(nats3, names, tmp_p
         assert all(a.records.tobytes() == b.records.tobytes() for a, b in zip(tail, whole[4:]))
         assert [m async for m in log.replay(2, after_seq=whole[-1].stream_seq)] == []
         return got
-    got = run(nats3.urls, body)
+    got = run(nats3, body)
     w0.close(), w1.close()
     want = journal_by_partition(tmp_path, [0, 1], after=ends)
     assert got.keys() == want.keys() and len(want) == 2 * P
@@ -164,7 +165,7 @@ def test_a_fenced_off_publisher_is_refused_after_a_takeover(nats3, names, tmp_pa
         assert await b.publish(p, r2, 0, mine[3:4], {0: int(mine["seq"][3])})
         return [(m.kind, m.node, m.rev, None if m.records is None else m.records.tobytes())
                 async for m in b.replay(p)]
-    msgs = run(nats3.urls, body)
+    msgs = run(nats3, body)
     r1, r2 = msgs[0][2], msgs[2][2]
     assert msgs == [("fence", "a", r1, None), ("rec", "a", r1, mine[:2].tobytes()),
                     ("fence", "b", r2, None), ("rec", "b", r2, mine[3:4].tobytes())]
@@ -189,7 +190,7 @@ def test_a_restarted_tailer_resumes_with_no_duplicate_and_no_gap(nats3, names, t
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         return log.counters.published_records
-    before = run(nats3.urls, first)
+    before = run(nats3, first)
     assert 0 < before < 800
     write(w0, 100, 7)                    # decided while the tailer was down
 
@@ -200,7 +201,7 @@ def test_a_restarted_tailer_resumes_with_no_duplicate_and_no_gap(nats3, names, t
         n = await t.drain()
         got, fences = await replayed(log)
         return n, got, fences
-    n, got, fences = run(nats3.urls, second)
+    n, got, fences = run(nats3, second)
     w0.close(), w1.close()
     assert sorted(set(fences)) == sorted([(p, "a", 5) for p in range(P)] + [(p, "a", 9) for p in range(P)])
     want = journal_by_partition(tmp_path, [0, 1])
@@ -252,7 +253,7 @@ def test_publishing_goes_on_through_a_killed_nats_server_and_it_catches_up(nats3
         assert _stream_last_seq(nats3.servers[k], names[0]) == last
         got, _ = await replayed(log)
         return got, log.counters
-    got, counters = run(nats3.urls, body, timeout_s=240)
+    got, counters = run(nats3, body, timeout_s=240)
     w0.close()
     assert counters.published_records == 900
     assert got == journal_by_partition(tmp_path, [0])
@@ -288,7 +289,7 @@ def test_a_corrupted_message_is_reported_by_the_reader(nats3, names, tmp_path):
                     pass
             out.append(str(e.value))
         return out
-    errs = run(nats3.urls, body)
+    errs = run(nats3, body)
     assert "check word mismatch" in errs[0] and f"subject={names[1]}.0 seq=" in errs[0]
     assert "belongs to partition 0" in errs[1]
     assert "count=2" in errs[2]
@@ -337,7 +338,7 @@ def test_a_tailer_fenced_off_by_a_takeover_stops_publishing_and_does_not_fence_b
         assert la.counters.refused == 1 and la.counters.fences == 1
         got = [(m.kind, m.node, m.rev, m.records) async for m in lb.replay(p)]
         return a_first, got, r1, r2
-    a_first, got, r1, r2 = run(nats3.urls, body)
+    a_first, got, r1, r2 = run(nats3, body)
     ja.close(), jb.close()
     kinds = [(k, n, r) for k, n, r, _ in got]
     fence_b = kinds.index(("fence", "b", r2))
@@ -387,7 +388,7 @@ def test_a_publish_whose_answer_was_lost_is_retried_without_a_duplicate(nats3, n
         assert f is not None and s == f.stream_seq + 1
         assert log.counters.retried == 2 and log.counters.refused == 0
         return [(m.kind, None if m.records is None else m.records.tobytes()) async for m in log.replay(p)]
-    assert run(nats3.urls, body) == [("fence", None), ("rec", mine.tobytes())]
+    assert run(nats3, body) == [("fence", None), ("rec", mine.tobytes())]
 
 
 def test_a_partition_taken_back_after_a_refusal_starts_a_new_term_at_the_journal_end(nats3, names, tmp_path):
@@ -427,7 +428,7 @@ def test_a_partition_taken_back_after_a_refusal_starts_a_new_term_at_the_journal
         write(ja, 100, 42)
         assert await ta.drain() > 0 and la.counters.fences == 2
         return [(m.kind, m.node, m.rev, m.records) async for m in la.replay(p)], r3, end_before
-    got, r3, end_before = run(nats3.urls, body)
+    got, r3, end_before = run(nats3, body)
     ja.close(), jb.close()
     i = [(k, n, r) for k, n, r, _ in got].index(("fence", "a", r3))
     assert got[i - 1][:2] == ("fence", "b")   # b published nothing: its fence is the last
@@ -442,8 +443,8 @@ def test_a_tailer_process_killed_mid_publish_is_resumed_with_no_duplicate_and_no
     journal and node resumes from the stream: every record once, in order."""
     w0, w1 = journal(tmp_path, 0), journal(tmp_path, 1)
     out = tmp_path / "tailer.out"
-    run(nats3.urls, lambda js: rlog(js, names).ensure_stream(3))
-    with running(out, nats3.urls, names[0], names[1], tmp_path, P, 5) as proc:
+    run(nats3, lambda js: rlog(js, names).ensure_stream(3))
+    with running(out, nats3, names[0], names[1], tmp_path, P, 5) as proc:
         def published():
             words = out.read_text().split()
             return int(words[-1]) if len(words) > 2 and words[-2] == "published" else -1
@@ -459,7 +460,7 @@ def test_a_tailer_process_killed_mid_publish_is_resumed_with_no_duplicate_and_no
         t = JournalTailer(log, tmp_path, SCHEMA.dtype, SCHEMA.hash, owning_all(7), batch_records=100)
         await t.drain()
         return await replayed(log)
-    got, fences = run(nats3.urls, resume)
+    got, fences = run(nats3, resume)
     w0.close(), w1.close()
     assert sorted(set(fences)) == sorted([(p, "a", 5) for p in range(P)] + [(p, "a", 7) for p in range(P)])
     want = journal_by_partition(tmp_path, [0, 1])

@@ -35,7 +35,7 @@ TTL_S = 2.0
 def pair(nats3, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pair")
     with serving([EngineProcess(tmp, workers=1, overrides={
-            "cluster": {"servers": list(nats3.urls), "partitions": P, "node": f"r{i}", "lease_ttl_s": TTL_S},
+            "cluster": {"servers": list(nats3.urls), "credentials": nats3.credentials, "partitions": P, "node": f"r{i}", "lease_ttl_s": TTL_S},
             "ingress": {"compiled_loop": i == 1}, "workers": {"standby": False},
             "features": shard_keyed_features()}) for i in range(2)]) as engines:   # a cluster refuses other keys
         yield engines
@@ -56,7 +56,7 @@ def cc(nats3, pair):
         oa, ob = owned(a), owned(b)
         return oa and ob and not oa & ob and oa | ob == set(range(P)) and (oa, ob)
     wait_for(split, 90, "both nodes hold partitions, every partition held")
-    c = ClusterClient(nats3.urls, timeout_ms=20_000, retries=2, transport="binary", deadline_ms=10_000)
+    c = ClusterClient(nats3.urls, credentials=nats3.client_credentials, timeout_ms=20_000, retries=2, transport="binary", deadline_ms=10_000)
     try:
         yield c
     finally:

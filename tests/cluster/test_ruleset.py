@@ -20,6 +20,7 @@ from bench.engine_proc import EngineProcess
 from engine.admin import request
 from engine.cluster import ruleset as rsv
 from engine.cluster.control import ControlClient, encode, read_applied
+from shm.runtime.nats_auth import auth_options
 from tests.cluster.agentproc import REPO, wait_for
 from tests.cluster.test_node import admin, cluster_overrides, decide, serving, start_all
 
@@ -43,8 +44,8 @@ LISTED = """  - id: probe_listed
 """
 
 
-def overrides(servers, node: str, rules: list[str], probe_list: bool) -> dict:
-    o = cluster_overrides(servers, node)
+def overrides(cluster, node: str, rules: list[str], probe_list: bool) -> dict:
+    o = cluster_overrides(cluster, node)
     o["cluster"]["lease_ttl_s"] = 4.0   # take-overs on a loaded machine finish inside a TTL
     o["rules"] = {"files": rules}
     if probe_list:                   # a list the late node lacks: a ruleset using it fails there
@@ -77,7 +78,7 @@ def configured(rules_dir: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def nodes(nats3, rules_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("nodes")
-    with serving([EngineProcess(tmp, workers=1, overrides=overrides(nats3.urls, n, configured(rules_dir), True))
+    with serving([EngineProcess(tmp, workers=1, overrides=overrides(nats3, n, configured(rules_dir), True))
                   for n in NAMES]) as engines:
         yield engines
 
@@ -86,9 +87,9 @@ def reload(eng, files) -> dict:
     return request(eng.admin_bind, {"cmd": "reload", "files": [str(f) for f in files]}, 900_000)
 
 
-def applied_records(servers) -> dict:
+def applied_records(cluster) -> dict:
     async def go():
-        nc = await nats_client.connect(servers, connect_timeout=5)
+        nc = await nats_client.connect(cluster.urls, **auth_options(cluster.credentials), connect_timeout=5)
         try:
             return await asyncio.wait_for(read_applied(nc.jetstream(timeout=5.0)), 20)
         finally:
@@ -96,15 +97,15 @@ def applied_records(servers) -> dict:
     return asyncio.run(go())
 
 
-def serving_hash(servers, names, h) -> dict | None:
-    st = applied_records(servers)
+def serving_hash(cluster, names, h) -> dict | None:
+    st = applied_records(cluster)
     recs = {n: st["nodes"].get(n, {}).get("ruleset") or {} for n in names}
     return st if all(r.get("hash") == h and r.get("applied") for r in recs.values()) else None
 
 
-def status_text(servers) -> str:
+def status_text(cluster) -> str:
     return subprocess.run([sys.executable, "-m", "engine.cli", "cluster", "status", "--servers",
-                           ",".join(servers)], cwd=REPO, capture_output=True, text=True, timeout=60).stdout
+                           ",".join(cluster.urls), "--credentials", cluster.credentials], cwd=REPO, capture_output=True, text=True, timeout=60).stdout
 
 
 def probed(d) -> bool:
@@ -121,7 +122,7 @@ def test_a_reload_through_one_node_is_applied_by_every_node(nats3, nodes, rules_
     assert rep["ok"] and rep["ruleset"] == "base@1+probe@1", rep
     assert rep["cluster"]["node"] == "n1"
     assert probed(decide(nodes[1], amount=4242.5))          # the writer applied it before replying
-    st = wait_for(lambda: serving_hash(nats3.urls, NAMES, rep["cluster"]["hash"]), 300,
+    st = wait_for(lambda: serving_hash(nats3, NAMES, rep["cluster"]["hash"]), 300,
                   "every node serves the new ruleset", step_s=0.05)
     all_s = time.monotonic() - t0
     print(f"ruleset reload through n1: replied after {replied_s * 1e3:.0f} ms (checked, written, "
@@ -132,7 +133,7 @@ def test_a_reload_through_one_node_is_applied_by_every_node(nats3, nodes, rules_
         assert probed(decide(e, amount=4242.5)), e.instance
         assert not probed(decide(e, amount=4242.0))
         assert e.stats()["risk_cluster_ruleset_applied"][0]["value"] == 1
-    assert "3 of 3 node(s) serve it" in status_text(nats3.urls)
+    assert "3 of 3 node(s) serve it" in status_text(nats3)
 
 
 def test_a_corrupt_object_or_hostile_value_is_refused_by_every_node_and_nothing_changes(nats3, nodes, rules_dir):
@@ -142,7 +143,7 @@ def test_a_corrupt_object_or_hostile_value_is_refused_by_every_node_and_nothing_
     value = {**rsv.make_value("probe@3", [("probe.yaml", text)]), "by": "hostile", "time_ns": time.time_ns()}
     hostile = [(value, "not the file the ruleset value names"),     # one at a time: a node
                ({**value, "files": [{**value["files"][0], "name": "../x.yaml"}]}, "x.yaml")]   # applies the newest
-    c = ControlClient(nats3.urls, "hostile", 3, 20.0).start()
+    c = ControlClient(nats3.urls, "hostile", 3, 20.0, credentials=nats3.credentials).start()
     try:
         async def plant():          # the object named by the text's digest holds other bytes
             store = await rsv.open_store(c.jetstream(), 3)
@@ -162,15 +163,15 @@ def test_a_corrupt_object_or_hostile_value_is_refused_by_every_node_and_nothing_
                 assert says in e.output()
     finally:
         c.close()
-    assert "NOT APPLIED" in status_text(nats3.urls)
+    assert "NOT APPLIED" in status_text(nats3)
     rep = reload(nodes[0], [*configured(rules_dir), rules_dir / "probe.yaml"])   # the good one again
     assert rep["ok"] and rep["cluster"]["revision"] > max(revs), rep
-    wait_for(lambda: serving_hash(nats3.urls, NAMES, rep["cluster"]["hash"]), 300, "the good one again")
+    wait_for(lambda: serving_hash(nats3, NAMES, rep["cluster"]["hash"]), 300, "the good one again")
     assert {e.instance: admin(e, cmd="status")["generation"] for e in nodes} == gens   # same hash: no reload
 
 
 def test_a_late_node_serves_the_clusters_ruleset_and_one_that_fails_there_is_reported(nats3, nodes, rules_dir, tmp_path):
-    late = EngineProcess(tmp_path, workers=1, overrides=overrides(nats3.urls, "n3", configured(rules_dir), False))
+    late = EngineProcess(tmp_path, workers=1, overrides=overrides(nats3, "n3", configured(rules_dir), False))
     try:
         start_all([late])
         assert "serving the cluster's ruleset" in late.output()
@@ -184,8 +185,8 @@ def test_a_late_node_serves_the_clusters_ruleset_and_one_that_fails_there_is_rep
                               "--rules", *configured(rules_dir), str(probe)], cwd=REPO,
                              capture_output=True, text=True, timeout=900)   # the CLI reloads every node too
         assert out.returncode == 0 and "+probe@2" in out.stdout, out.stdout + out.stderr
-        h = applied_records(nats3.urls)["ruleset"]["value"]["hash"]
-        wait_for(lambda: serving_hash(nats3.urls, NAMES, h), 300, "n0-n2 serve v2")
+        h = applied_records(nats3)["ruleset"]["value"]["hash"]
+        wait_for(lambda: serving_hash(nats3, NAMES, h), 300, "n0-n2 serve v2")
         me = wait_for(lambda: (r := admin(late, cmd="cluster")["cluster"]["ruleset"])["failure"] and r,
                       300, "the late node reports v2 not applied")
         assert me["applied"] is False and "probe_ips" in me["failure"], me
@@ -193,7 +194,7 @@ def test_a_late_node_serves_the_clusters_ruleset_and_one_that_fails_there_is_rep
         assert late.stats()["risk_cluster_ruleset_errors"][0]["value"] >= 1
         assert probed(decide(late, amount=4242.5))              # still its previous ruleset (probe@1)
         assert admin(late, cmd="status")["ruleset"] == "base@1+probe@1"
-        text = status_text(nats3.urls)
+        text = status_text(nats3)
         assert "3 of 4 node(s) serve it" in text and "n3" in text and "NOT APPLIED" in text, text
     finally:
         late.close()

@@ -16,7 +16,7 @@ import pytest
 
 from engine.cluster import ruleset as rsv
 from engine.cluster.control import ControlClient, encode
-from engine.cluster.objstore import open_object_store
+from engine.cluster.jsopen import open_object_store
 from engine.cluster.ruleset_apply import RulesetPlane
 from rules.loader import MAX_RULE_FILE_BYTES
 
@@ -103,7 +103,8 @@ class Recorder:
 
 @pytest.fixture(scope="module")
 def client(nats3):
-    c = ControlClient(nats3.urls, "probe", 3, 20.0, bucket="rsv" + uuid.uuid4().hex[:8]).start()
+    c = ControlClient(nats3.urls, "probe", 3, 20.0, bucket="rsv" + uuid.uuid4().hex[:8],
+                      credentials=nats3.credentials).start()
     try:
         yield c
     finally:

@@ -23,6 +23,7 @@ from engine.cluster.snapstore import SnapshotObjects, object_name
 from engine.cluster.tailer import JournalTailer
 from engine.cluster.takeover import take_partition
 from engine.journal import JournalReader
+from shm.runtime.nats_auth import auth_options
 from tests.cluster.agentproc import wait_for
 from tests.cluster.tailerproc import SCHEMA, State, kill9, published_state, running
 from tests.cluster.test_replication import P, journal, owning_all, rlog, run, write
@@ -30,7 +31,7 @@ from tests.cluster.test_replication import P, journal, owning_all, rlog, run, wr
 
 def start_agent(nats3, bucket, node, prepare, events, ended, ttl_s=1.0):
     """A lease agent on a thread over P partitions, TTL ``ttl_s``, with the take-over hooks."""
-    agent = LeaseAgent(nats3.urls, node, "tcp://127.0.0.1:1", P, ttl_s, bucket=bucket,
+    agent = LeaseAgent(nats3.urls, node, "tcp://127.0.0.1:1", P, ttl_s, bucket=bucket, credentials=nats3.credentials,
                        on_event=events.append, table=OwnershipTable(P), prepare=prepare,
                        on_end=ended.append)
     return agent, AgentThread(agent).start()
@@ -88,7 +89,7 @@ def test_a_taken_partition_equals_a_recount_of_every_published_event(nats3, name
         assert a.counters.refused == P and not a.fenced
         return taken, states, lines, sb.counters
 
-    taken, states, lines, c = run(nats3.urls, body)
+    taken, states, lines, c = run(nats3, body)
     assert c.restored == P and c.refused == 0 and c.full_replays == 0 and not lines
     assert all(t.snapshot is not None and t.snapshot_seq > 0 for t in taken)
     assert sum(t.replayed_records for t in taken) == 300     # only what came after the snapshots
@@ -151,7 +152,7 @@ def test_a_corrupt_or_mismatched_snapshot_object_is_reported_and_not_used(nats3,
         t2 = await take_partition(p, 6, tb.fence, sc, st2.restore, st2.apply, lines2.append)
         return t, st, lines, sb.counters, good, t2, st2, lines2, sc.counters
 
-    t, st, lines, c, good, t2, st2, lines2, c2 = run(nats3.urls, body)
+    t, st, lines, c, good, t2, st2, lines2, c2 = run(nats3, body)
     assert t.snapshot == object_name(p, good) and c.restored == 1 and c.refused == 3
     text = "\n".join(lines)
     assert "SHA-256" in text and "another stream's snapshot" in text and "names partition 4" in text, text
@@ -175,14 +176,14 @@ def test_a_partition_is_not_served_before_its_replay_finished(nats3, names, buck
         await ta.take_ownership()
         write(w0, 200, 1)
         assert await ta.drain() == 200
-    run(nats3.urls, publish)
+    run(nats3, publish)
 
     gate, events, finished, states, lines, ended = threading.Event(), [], {}, {}, [], []
     ctx = {}
 
     async def prepare(p, rev):
         if "tb" not in ctx:                   # the agent's loop: a connection of its own
-            ctx["nc"] = nc = await nats.connect(nats3.urls, connect_timeout=2)
+            ctx["nc"] = nc = await nats.connect(nats3.urls, **auth_options(nats3.credentials), connect_timeout=2)
             js = nc.jetstream(timeout=5.0)
             b = rlog(js, names[:2], "b")
             ctx["snaps"] = SnapshotObjects(js, b, SCHEMA.hash, bucket=names[2])
@@ -243,8 +244,8 @@ def test_a_killed_owners_partitions_taken_over_equal_a_recount_of_what_it_publis
     async def setup(js):
         await rlog(js, names[:2]).ensure_stream(3)
         await SnapshotObjects(js, rlog(js, names[:2]), SCHEMA.hash, bucket=names[2]).open(3)
-    run(nats3.urls, setup)
-    with running(out, nats3.urls, names[0], names[1], tmp_path, P, 5, ("--snapshots", names[2])) as proc:
+    run(nats3, setup)
+    with running(out, nats3, names[0], names[1], tmp_path, P, 5, ("--snapshots", names[2])) as proc:
         for i in range(12):
             write(w0, 50, 100 + i)
             time.sleep(0.05)
@@ -265,7 +266,7 @@ def test_a_killed_owners_partitions_taken_over_equal_a_recount_of_what_it_publis
             taken[p] = await take_partition(p, 6, tb.fence, sb, states[p].restore, states[p].apply,
                                             lines.append)
         return done, states, taken, lines, sb.counters
-    done, states, taken, lines, c = run(nats3.urls, take)
+    done, states, taken, lines, c = run(nats3, take)
     w0.close()
     assert c.restored + c.full_replays == P and c.refused == 0, lines
     assert c.restored >= 1                   # at least one round of snapshots was complete
@@ -306,7 +307,7 @@ def test_a_released_partition_stops_publishing_and_a_retake_starts_a_new_term(na
         await t.drain()
         return got_after_end, await _all_msgs(a, p), f, {q: await _all_msgs(a, q) for q in range(P)}
 
-    before, after, f, every = run(nats3.urls, body)
+    before, after, f, every = run(nats3, body)
     w0.close()
     seqs = lambda ms: [int(s) for m in ms if m.kind == "rec" for s in m.records["seq"]]   # noqa: E731
     want = lambda lo, hi: sorted(k for k in _journal_seqs(tmp_path, p) if lo < k <= hi)   # noqa: E731

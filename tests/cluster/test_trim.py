@@ -65,7 +65,7 @@ def test_a_take_over_after_trimming_equals_a_recount_and_a_replay_across_the_hol
             await take_partition(0, 7, tb.fence, sb, State().restore, State().apply, lines.append)
         return spans, covered, taken, states
 
-    spans, covered, taken, states = run(nats3.urls, body)
+    spans, covered, taken, states = run(nats3, body)
     for p, ((first0, n0), (first1, n1), (floor, _)) in spans.items():
         assert first0 < covered[p] and n0 > 1, (p, spans[p])
         assert (first1, n1) == (covered[p], 1) and floor == covered[p], (p, spans[p])
@@ -102,7 +102,7 @@ def test_a_corrupt_newest_snapshot_object_allows_no_trim(nats3, names, tmp_path)
         t = await take_partition(p, 6, tb.fence, sb, st.restore, st.apply, lines.append)
         return got, before, after, floor, lines, t, st, old, object_name(p, old)
 
-    got, before, after, floor, lines, t, st, old, old_name = run(nats3.urls, body)
+    got, before, after, floor, lines, t, st, old, old_name = run(nats3, body)
     assert got == "refused" and any("stream not trimmed" in ln for ln in lines), lines
     assert after == before and floor == (0, 0)
     assert t.snapshot == old_name and t.snapshot_seq == old      # the older object, then replay

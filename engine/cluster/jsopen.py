@@ -1,9 +1,10 @@
-"""Opening a JetStream object store that may not exist yet, and waiting until it can be used.
+"""Opening JetStream stores that may not exist yet (object stores, KV buckets), and waiting
+until they can be used.
 
-An object store is a stream (``OBJ_<bucket>``). Right after an R3 stream is created, its
-Raft group has no leader yet. Until it elects one, a put is answered "no responders" (nats-py
-raises NoStreamResponseError). The wait here is bounded, and a store that stays without a
-leader is reported, not retried forever.
+Each store is a stream (``OBJ_<bucket>``, ``KV_<bucket>``). Right after an R3 stream is
+created, its Raft group has no leader yet. Until it elects one, a write is answered "no
+responders" (nats-py raises NoStreamResponseError). The wait here is bounded, and a store that
+stays without a leader is reported, not retried forever.
 """
 from __future__ import annotations
 
