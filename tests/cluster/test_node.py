@@ -112,7 +112,7 @@ def decide(eng, **fields):
     """``eng``'s decision of EVENT with ``fields``; an account of its partitions unless given."""
     fields.setdefault("account_id", owned_account(eng))
     with Client(eng.endpoint, timeout_ms=20_000, retries=0, transport="json") as c:
-        return c.evaluate({**EVENT, **fields})
+        return c.evaluate({**EVENT, **fields}, deadline_ms=10_000)   # ack: sync on a loaded machine
 
 
 def owner_of(engines, account: int):
