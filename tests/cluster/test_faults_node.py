@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import zmq
 
 from ingress.client import Client, RequestError
 from ingress.cluster_client import ClusterClient
@@ -83,6 +84,18 @@ def netns():
         os.close(host)
         subprocess.run(["ip", "netns", "del", name], check=True, timeout=30)
     assert not Path(f"/run/netns/{name}").exists()
+
+
+@pytest.fixture(scope="module")
+def zctx(netns):
+    """A ZeroMQ context made inside the namespace: a network namespace is per thread, and the
+    process's shared context (zmq.Context.instance()) may have started its I/O threads in the
+    host's namespace for an earlier module, where these engines' ports do not exist."""
+    ctx = zmq.Context()
+    try:
+        yield ctx
+    finally:
+        ctx.term()
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +173,7 @@ def in_stream(cluster) -> tuple[dict[float, int], set[tuple[int, int]]]:
             set(zip(r["client_id"].tolist(), r["request_id"].tolist())))
 
 
-def test_a_node_cut_off_from_nats_stops_serving_and_rejoins_once_the_split_heals(netns, nats3, pair, cgroup):
+def test_a_node_cut_off_from_nats_stops_serving_and_rejoins_once_the_split_heals(netns, nats3, pair, cgroup, zctx):
     a, b = pair
     wait_for(lambda: split(a, b), 120, "both nodes hold partitions, every partition held")
     old = sorted(owned(a))
@@ -169,14 +182,15 @@ def test_a_node_cut_off_from_nats_stops_serving_and_rejoins_once_the_split_heals
     failed0 = replication_failed(a)
     acked, held, late_ids, rid, overloaded = {}, [], set(), 0, 0
     with ClusterClient(nats3.urls, timeout_ms=15_000, retries=3, deadline_ms=10_000, client_id=cid,
-                       credentials=nats3.client_credentials) as cc, \
+                       credentials=nats3.client_credentials, context=zctx) as cc, \
             client_load(cc, 7_000_000, acked=acked) as (ok, failed):
         wait_for(lambda: ok[0] >= 50, 60, "load running")
         with cut_off(netns, cgroup[1], [s.port for s in nats3.servers]):
             t_cut = time.monotonic()
             # a goes on evaluating its partitions' events until its lease's deadline: each is
             # held for a replication that cannot come and answered TIMEOUT (ack: sync)
-            with Client(a.endpoint, timeout_ms=5000, retries=0, transport="binary", client_id=cid + 1) as c:
+            with Client(a.endpoint, timeout_ms=5000, retries=0, transport="binary", client_id=cid + 1,
+                        context=zctx) as c:
                 while time.monotonic() < t_cut + 60:
                     rid += 1                    # the client's request ids count from 1
                     try:
@@ -232,7 +246,7 @@ def test_a_node_cut_off_from_nats_stops_serving_and_rejoins_once_the_split_heals
     assert not late_ids & published               # refused by b's fences
 
 
-def test_a_full_journal_disk_acknowledges_nothing_it_did_not_journal(nats3, pair, jdisk):
+def test_a_full_journal_disk_acknowledges_nothing_it_did_not_journal(nats3, pair, jdisk, zctx):
     a, b = pair
     every_partition_held(nats3, nodes=2)           # the balancing after the split is over
     mine = owned(a)
@@ -257,7 +271,7 @@ def test_a_full_journal_disk_acknowledges_nothing_it_did_not_journal(nats3, pair
         return out
     filler = fill_disk(jdisk)
     try:
-        with Client(a.endpoint, timeout_ms=20_000, retries=0, transport="binary", client_id=0x5D5D,
+        with Client(a.endpoint, timeout_ms=20_000, retries=0, transport="binary", context=zctx, client_id=0x5D5D,
                     deadline_ms=10_000) as c:
             # the segments allocated before the disk filled take records until a batch does
             # not fit, then single events until one does not (bounded: 64 KiB segments)
@@ -274,7 +288,7 @@ def test_a_full_journal_disk_acknowledges_nothing_it_did_not_journal(nats3, pair
             assert value(scrape(a.metrics_url), "risk_journal_unavailable", worker="0") == 1
     finally:
         os.unlink(filler)
-    with Client(a.endpoint, timeout_ms=20_000, retries=0, transport="binary", client_id=0x5D5E,
+    with Client(a.endpoint, timeout_ms=20_000, retries=0, transport="binary", context=zctx, client_id=0x5D5E,
                 deadline_ms=10_000) as c:
         wait_for(lambda: c.evaluate({**EVENT, "account_id": accts[0], "amount": 8_900_000.25}).error is None,
                  60, "a decides again once the disk has room")
