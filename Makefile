@@ -31,7 +31,8 @@ test: install
 # The tests marked `slow` (a wheel built and installed in a fresh venv, the largest kernel
 # oracles, engines under load, the cluster end to end, bench smoke runs): each has a cheaper
 # sibling in `make test`; .ci/run runs them after `make test`, so CI runs every test. Two
-# pytest processes: the cluster modules in one, the rest in the other (scripts/test_slow.sh).
+# pytest processes: the cluster modules and the bench smoke runs in one, the rest in the other
+# (scripts/test_slow.sh).
 test-slow: install
 	scripts/test_slow.sh $(BIN)/python
 
