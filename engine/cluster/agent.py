@@ -224,6 +224,7 @@ class LeaseAgent:
 
     async def _take_one(self, p: int, last: int, free: bool = True) -> None:
         stamp = now_ns()
+        seen_ns = self.view.first_seen(p)       # of `last`: the watch may deliver our take during the await
         try:
             rev = await self.store.take(p, self.value if self.prepare else self.ready_value, last)
         except _RETRY:
@@ -239,7 +240,7 @@ class LeaseAgent:
         self.held[p] = (rev, stamp)
         self.announce.discard(p)                    # left by an earlier holding of p
         # seen_ns: first sight of revision `last`; cas_ns: the take sent (the failover timeline)
-        when = {"prev_rev": last, "seen_ns": self.view.first_seen(p), "cas_ns": stamp, "free": free}
+        when = {"prev_rev": last, "seen_ns": seen_ns, "cas_ns": stamp, "free": free}
         if self.prepare is not None:
             self.emit("acquired", p=p, rev=rev, until_ns=0, **when)
             self.pending[p] = asyncio.ensure_future(self._prepare(p, rev))
