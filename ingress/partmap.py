@@ -26,11 +26,30 @@ BUCKET = "risk_engine_leases"
 # where the engine's JetStream replies (journal records, control values) arrive
 INBOX_PREFIX = "_INBOX_MAP"
 LEASE_PREFIX = "p."
+WATCH_ALL = ">"                      # the leases and ``meta`` (caught_up)
 _OPS_GONE = ("DEL", "PURGE")
 
 
 class PartitionMapError(RuntimeError):
     """The map cannot be read (no server answered, no bucket, no meta entry)."""
+
+
+async def watch_all(js, bucket: str):
+    """(the bucket's KeyValue, a watch over all its keys, the stream's last sequence when the
+    watch began): see caught_up."""
+    kv = await js.key_value(bucket)
+    last = (await js.stream_info(f"KV_{bucket}")).state.last_seq
+    return kv, await kv.watch(WATCH_ALL), last
+
+
+def caught_up(u, last: int) -> bool:
+    """True for the update of ``watch_all``'s watch that completes the values current when it
+    began: an entry at or after the stream's last sequence then, with nothing pending after it
+    (the message at that sequence is the last of its key, so the watch delivers it). nats-py's
+    None marker is not used: it is sent when the consumer reports nothing pending while the
+    subscription has received nothing, which is also so while the values are on their way
+    through another server of the cluster, so it can come before them."""
+    return u is not None and u.delta == 0 and u.revision >= last
 
 
 def lease_key(p: int) -> str:
@@ -138,22 +157,22 @@ class PartitionMap:
             reconnect_time_wait=0.25, max_reconnect_attempts=-1), self.timeout_s)
         try:
             js = nc.jetstream(timeout=2.0)
-            kv = await asyncio.wait_for(js.key_value(self.bucket), self.timeout_s)
+            kv, w, last = await asyncio.wait_for(watch_all(js, self.bucket), self.timeout_s)
             meta = await asyncio.wait_for(kv.get("meta"), self.timeout_s)
             parts = json.loads(meta.value)["partitions"]
             if isinstance(parts, bool) or not isinstance(parts, int) or not 1 <= parts <= 1 << 16:
                 raise PartitionMapError(f"bucket={self.bucket}: meta partitions={parts!r}")
             self.partitions = parts
-            w = await asyncio.wait_for(kv.watch(LEASE_PREFIX + "*"), self.timeout_s)
             while not self._stop.is_set():
                 try:
                     e = await w.updates(timeout=0.5)
                 except (nats.errors.TimeoutError, asyncio.TimeoutError):
                     continue                 # nothing changed: look at the stop flag again
-                if e is None:                # every current value delivered
-                    self._ready.set()
+                if e is None:                # nats-py's marker: not trusted (caught_up)
                     continue
                 self._apply(e.key, e.value, e.operation)
+                if caught_up(e, last):
+                    self._ready.set()
             await w.stop()
         finally:
             await nc.close()

@@ -25,12 +25,11 @@ import nats
 import nats.js.errors as jserr
 from nats.js import api
 
-from engine.cluster.jsopen import stream_led
+from engine.cluster.jsopen import READY_S, create_placed, stream_led
 from shm.runtime.nats_auth import auth_options
 from ingress.partmap import BUCKET, decode, encode, lease_key  # noqa: F401  (the bucket's names)
 
 OP_HEADER = "KV-Operation"          # DEL / PURGE on a delete marker
-READY_S = 30.0                      # a bucket just created elects its stream's leader first
 
 
 class LeaseError(RuntimeError):
@@ -74,9 +73,10 @@ class LeaseStore:
             if not create:
                 raise LeaseError(f"bucket={self.bucket}: no lease bucket on these servers "
                                  "(no node has started)") from None
-            await self.js.create_key_value(api.KeyValueConfig(
+            await create_placed(lambda: self.js.create_key_value(api.KeyValueConfig(
                 bucket=self.bucket, history=1, replicas=replicas,
-                storage=api.StorageType.FILE, description="risk-engine partition leases"))
+                storage=api.StorageType.FILE, description="risk-engine partition leases")),
+                f"bucket {self.bucket}", READY_S)
             await stream_led(self.js, self.stream, READY_S)    # its first write follows at once
         meta = await self.get("meta")
         if meta.value is None and partitions is not None:

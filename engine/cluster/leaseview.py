@@ -1,6 +1,7 @@
-"""The lease agent's view of every partition's lease: a KV watch on the lease bucket's ``p.*``
-keys (docs/CLUSTER.md, "Lease protocol"), so a contender learns of a write when the server
-pushes it instead of reading every lease it does not hold each tick (P reads per TTL/8).
+"""The lease agent's view of every partition's lease: a KV watch on the lease bucket, whose
+``p.*`` keys are the leases (docs/CLUSTER.md, "Lease protocol"), so a contender learns of a
+write when the server pushes it instead of reading every lease it does not hold each tick
+(P reads per TTL/8).
 
 Per partition it keeps the last entry delivered and when this node first saw its revision,
 on this node's CLOCK_BOOTTIME, stamped when the update is taken off the watch: after the
@@ -21,7 +22,7 @@ import nats.errors
 
 from engine.cluster.leases import Entry
 from engine.cluster.ownership import now_ns
-from ingress.partmap import LEASE_PREFIX, decode
+from ingress.partmap import LEASE_PREFIX, caught_up, decode, watch_all
 
 RESTART_PAUSE_S = 0.25           # a watch that failed is started again after this pause
 _GONE = ("DEL", "PURGE")
@@ -103,18 +104,18 @@ class LeaseView:
         while not stop.is_set():
             w = None
             try:
-                kv = await js.key_value(bucket)
-                w = await kv.watch(LEASE_PREFIX + "*")
+                _, w, last = await watch_all(js, bucket)
                 while not stop.is_set():
                     try:
                         u = await w.updates(timeout=0.5)
                     except (nats.errors.TimeoutError, asyncio.TimeoutError):
                         continue     # nothing changed: look at the stop flag again
-                    if u is None:    # every current value delivered
-                        self.synced = True
-                        self.wake.set()
+                    if u is None:    # nats-py's marker: not trusted (partmap.caught_up)
                         continue
                     self._delivered(u)
+                    if caught_up(u, last) and not self.synced:   # every current value delivered
+                        self.synced = True
+                        self.wake.set()
             except asyncio.CancelledError:
                 raise
             except Exception as e:   # noqa: BLE001  NATS down, bucket gone: watched again

@@ -30,6 +30,7 @@ import nats.js.errors as jserr
 import numpy as np
 from nats.js import api
 
+from engine.cluster.jsopen import READY_S, create_placed
 from engine.cluster.partition import partition_of_keys
 from shm.journal_format import checksum, journal_dtype
 
@@ -117,16 +118,18 @@ class ReplicationLog:
         self.fenced: dict[int, int] = {}     # p -> revision of our current term's fence
         self.counters = Counters()
 
-    async def ensure_stream(self, replicas: int) -> None:
-        """Create the stream if missing (file storage, ``replicas`` copies)."""
+    async def ensure_stream(self, replicas: int, ready_s: float = READY_S) -> None:
+        """Create the stream if missing (file storage, ``replicas`` copies), waiting up to
+        ``ready_s`` for its placement (jsopen.create_placed)."""
         try:
             await self.js.stream_info(self.stream)
         except jserr.NotFoundError:
             try:
-                await self.js.add_stream(api.StreamConfig(
+                await create_placed(lambda: self.js.add_stream(api.StreamConfig(
                     name=self.stream, subjects=[f"{self.prefix}.*"], num_replicas=replicas,
                     storage=api.StorageType.FILE, retention=api.RetentionPolicy.LIMITS,
-                    description="risk-engine journal records per partition"))
+                    description="risk-engine journal records per partition")),
+                    f"stream {self.stream}", ready_s)
             except jserr.BadRequestError:
                 await self.js.stream_info(self.stream)    # created meanwhile by another node
 
