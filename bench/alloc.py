@@ -39,6 +39,7 @@ from bench.engine_proc import EngineProcess
 from bench.events import random_records
 from engine.journal import JournalWriter
 from engine.worker import Active, BatchProcessor
+from engine.worker_fast import FastStep
 from ingress import wire
 from ingress.codec import Codec, RulesetMeta
 from rules import compile_ruleset
@@ -89,10 +90,11 @@ def top_allocators(fn, iterations: int, limit: int = 5) -> list[str]:
     return [str(st) for st in stats if st.count_diff > 0][:limit]
 
 
-def worker_loop(cfg, batch: int, instance: str):
+def worker_loop(cfg, batch: int, instance: str, fast: bool = False):
     """(step, close, ruleset): ``step()`` moves one batch of ``batch`` events through the
     request ring, ``BatchProcessor.process`` (kernel, journal append, publish) and the response
-    ring, as engine.worker.serve's loop does."""
+    ring, as engine.worker.serve's loop does; ``fast``: through engine.worker_fast's compiled
+    step instead, as the loop does by default."""
 
 
     rs = compile_ruleset(list(cfg.rules.files), cfg.schema, thresholds=cfg.rules.thresholds,
@@ -115,18 +117,23 @@ def worker_loop(cfg, batch: int, instance: str):
     slots["event"] = random_records(cfg.schema, batch, seed=3, keys="uniform")
     slots["token"] = np.arange(batch)
     req, resp = rings.request, rings.response
-
     arrival = slots["arrival_ns"]
+    fast_step = FastStep(proc, block, rings.worker_idle.strategy) if fast else None
 
     def step() -> None:
         arrival[:] = time.monotonic_ns()                # the ingress stamps arrival (else every
         req.try_publish(slots)                          # batch "waited" and logs a stall)
-        v, _ = req.try_drain(batch)                     # the worker loop
-        req.release(proc.process(v))
+        if fast_step is not None:
+            fast_step.step()
+        else:
+            v, _ = req.try_drain(batch)                 # the worker loop
+            req.release(proc.process(v))
         r1, r2 = resp.try_drain(resp.capacity)          # the ingress: decisions, and fired
         resp.release(len(r1) + len(r2))                 # lists once repeats make >16 rules fire
 
     def close() -> None:
+        if fast_step is not None:
+            fast_step.close()
         journal.close()
         shutil.rmtree(jdir, ignore_errors=True)
         rings.close()

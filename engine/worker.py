@@ -33,6 +33,7 @@ from shm.rings import EngineRings
 from engine.snapshot_coordinator import hold_for_snapshot
 from shm.runtime.topology import pin_self
 from engine.worker_prepare import GenerationLoader, Prepared, load_generation
+from engine.worker_fast import FastStep
 from shm.journal_format import RETRY_NS
 from shm.types import (ACTION_NAMES, FIRED_PER_SLOT, FIRED_SLOT_DTYPE, MAX_FIRED, RESPONSE_SLOT_DTYPE,
                        DecisionFlag, ErrorCode)
@@ -162,7 +163,6 @@ class BatchProcessor:
         self.j_errors[0] = self.journal.write_errors
         print(f"risk-engine: worker {self.index}: journal available again, deciding normally",
               file=sys.stderr)
-
 
     def publish_fired(self, o: np.ndarray, a: Active, n: int) -> None:
         """Every fired index of each decision of ``o[:n]`` with more than MAX_FIRED or with
@@ -318,6 +318,7 @@ def serve(run_dir: str, index: int, prep: Prepared | None = None) -> int:
     proc = BatchProcessor(rings, active, block, index, max_batch, journal, store.fs.arrays(),
                           cfg.durability.on_journal_unavailable)
     proc.gate = gate = ReplyGate.attach(cfg, plan, rings, index, proc.stop, proc.unjournaled_action, block)
+    fast = FastStep(proc, block, rings.worker_idle.strategy)   # compiles or loads it now
     # the start-up collection (~70 ms) before this worker reports its generation (ready)
     gcstats.freeze_after_warmup(block.worker(index, "gc_hist"))
     set_phase(block.worker(index, "phase"), "ready")
@@ -334,17 +335,15 @@ def serve(run_dir: str, index: int, prep: Prepared | None = None) -> int:
     reload_errors = block.worker(index, "reload_errors")
     reloader = GenerationLoader(run_dir, cfg.schema, store.fs)
     refused = -1                        # a generation this worker could not load: not retried
-    req, idle = rings.request, rings.worker_idle
+    idle = rings.worker_idle
     wake = idle.strategy
 
     pause = block.view("supervisor.pause")
     while stop[0] < 2:                  # 1: ingress stops accepting; 2: workers stop
         if pause[0]:                    # a snapshot: hold still between two batches
             hold_for_snapshot(block, index, journal, proc.stalls)
-        v1, _ = req.try_drain(max_batch)
-        busy = len(v1) > 0
-        if busy:
-            req.release(proc.process(v1))   # after publishing: a crash before this re-reads
+        busy = fast.step() > 0          # each batch released after publishing: a crash
+        if busy:                            # before that re-reads it
             wake.last_wake = 0              # the next batch, if any, needed no wake-up
             if want_gen[0] == proc.active.generation:
                 continue                    # else a reload is due: a busy worker takes it up too
@@ -368,6 +367,7 @@ def serve(run_dir: str, index: int, prep: Prepared | None = None) -> int:
                 block.worker(index, "generation")[0] = done[0]
         if not busy and not (gate is not None and gate.wait()):
             idle.wait()                 # (a gate holding replies polls the marks instead)
+    fast.close()                        # before the journal unmaps its rows
     if gate is not None:
         gate.close()
     if keeper is not None:
