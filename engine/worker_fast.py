@@ -14,6 +14,8 @@ through Python:
 """
 from __future__ import annotations
 
+import sys
+import threading
 import time
 
 import numba
@@ -69,10 +71,11 @@ class FastStep:
         self._active = self._entry = self._words = None
         self._args: tuple = ()
         self._entries: dict = {}             # argument types -> run's compiled entry point
+        self._compiling: threading.Thread | None = None
         self._bind(proc.active)
         words = self._journal_words()
         if words is not None and self._addr:
-            self._arguments(words)            # compiled or loaded from the cache now
+            self._arguments(words, wait=True)  # compiled or loaded from the cache now
 
     def _bind(self, a) -> None:
         """Bind the active ruleset: its kernel's address (0: it has another signature, and
@@ -96,7 +99,7 @@ class FastStep:
                       self.req_words, self.resp.header, self.resp.slots, proc.out, proc.out_words,
                       a.bits, a.block_mask)
         self._tail = (jst, jmask, self.cells, p, self.s, feats)
-        self._words = None
+        self.close()                          # the old rows' references too
 
     def _journal_words(self):
         """The journal segment's rows when the in-place append applies now, else None."""
@@ -118,8 +121,8 @@ class FastStep:
         if words is None or proc.gate is not None or not self._addr:
             self.close()
             return self._python()
-        if words is not self._words:
-            self._arguments(words)
+        if words is not self._words and not self._arguments(words):
+            return self._python()             # run compiles for these types meanwhile
         done = self._entry(*self._args)
         code = int(self.s[K.S_CODE])
         if code <= K.C_GEN:
@@ -138,16 +141,41 @@ class FastStep:
         self._finish(code)
         return done + 1
 
-    def _arguments(self, words) -> None:
+    def _arguments(self, words, wait: bool = False) -> bool:
         """run's arguments with the journal's current rows, and its entry point for their
-        types (a ruleset with other feature arrays compiles its own, once)."""
+        types; False while it is not compiled yet. A ruleset with a new number of feature
+        arrays needs its own: compiled (or loaded from the cache) on a thread, as the
+        ruleset's kernel was (engine.worker_prepare), while the Python path serves;
+        ``wait``: here and now (start-up). A compile that failed leaves the Python path to
+        this ruleset."""
         j = self.proc.journal
         self.p[K.P_JOURNAL], self.p[K.P_JCAP] = (1, j._cap) if j is not None else (0, 0)
         args = self._head + (words,) + self._tail
         sig = tuple(numba.typeof(x) for x in args)
         if sig not in self._entries:
+            if not wait:
+                if self._compiling is None:
+                    self._compiling = threading.Thread(target=self._compile, args=(sig,),
+                                                       daemon=True, name="worker step compile")
+                    self._compiling.start()
+                return False
+            self._compile(sig)
+        entry = self._entries[sig]
+        if entry is None:                     # failed to compile: said on stderr
+            self._addr = 0
+            return False
+        self._entry, self._words, self._args = entry, words, args
+        return True
+
+    def _compile(self, sig: tuple) -> None:
+        try:
             self._entries[sig] = bind_entry(K.run, sig)
-        self._entry, self._words, self._args = self._entries[sig], words, args
+        except Exception as e:                 # noqa: BLE001 (any compile error: Python path)
+            self._entries[sig] = None
+            print(f"risk-engine: worker: the compiled step for this ruleset failed to compile, "
+                  f"the Python step serves it: {e}", file=sys.stderr)
+        finally:
+            self._compiling = None
 
     def close(self) -> None:
         """Drop the references to the journal's mapped rows (a rotation, or the journal's

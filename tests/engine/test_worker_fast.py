@@ -131,3 +131,50 @@ def test_the_compiled_step_does_what_process_does(setup, tmp_path, stall):
     assert w0["kernel_hist"][:-1].sum() == w1["kernel_hist"][:-1].sum() == len(events)
     # the compiled step took most batches; Python those a rotation came before
     assert sum(by_py0) == len(events) and 0 < len(by_py1) <= rot1 < w1["batches"][0] // 4
+
+
+def test_a_ruleset_with_other_feature_arrays_is_served_by_python_while_its_step_compiles(setup, tmp_path):
+    """A reload to a ruleset with another number of feature arrays needs run() compiled for
+    those types: the Python path takes the batches until a thread has compiled it (joined
+    here, bounded), then the compiled step does, with the same responses."""
+    cfg, rs, sizes, events = setup
+    stateless = compile_ruleset([f for f in cfg.rules.files if f.endswith(("payments.yaml", "pretrade.yaml"))],
+                                cfg.schema, thresholds=cfg.rules.thresholds, on_error=cfg.rules.on_error)
+    assert stateless.feature_arrays == () and rs.feature_arrays != ()
+    name = f"tfastr{os.getpid() % 100000}"
+    cfg = dataclasses.replace(cfg, instance=name, rings=dataclasses.replace(cfg.rings, capacity=CAPACITY))
+    efd = EventfdDoorbell.create()
+    rings = EngineRings.create(cfg, os.getpid(), 0, efd)
+    block = Block(bytearray(BlockLayout(1).nbytes), 1, create=True)
+    proc = BatchProcessor(rings, Active(rs, 1, block, 0, MAX_BATCH), block, 0, MAX_BATCH, None,
+                          rs.feature_arrays)
+    step = FastStep(proc, block, rings.worker_idle.strategy)
+    by_python, process = [], proc.process
+    proc.process = lambda v: by_python.append(len(v)) or process(v)
+    slots = np.zeros(4, request_slot_dtype(cfg.schema.dtype))
+    slots["event"], slots["arrival_ns"] = events[:4], 1 << 62
+    try:
+        def one(k: int) -> np.ndarray:
+            slots["token"] = k
+            assert rings.request.try_publish(slots[:1])
+            assert step.step() == 1
+            v1, _ = rings.response.try_drain(8)
+            rings.response.release(len(v1))
+            return v1.copy()
+        one(1)
+        assert by_python == []                            # bound at start-up: compiled
+        proc.active = Active(stateless, 2, block, 0, MAX_BATCH)
+        first = one(2)
+        assert by_python == [1]
+        compiling = step._compiling
+        if compiling is not None:
+            compiling.join(600)
+        assert step._compiling is None
+        again = one(2)
+        assert by_python == [1]                           # the compiled step from now on
+        assert first.tobytes() == again.tobytes() and first["generation"][0] == 2
+    finally:
+        step.close()
+        rings.close()
+        rings.unlink()
+        efd.close()
