@@ -117,12 +117,9 @@ class FastStep:
         proc = self.proc
         if proc.active is not self._active:
             self._bind(proc.active)
-        words = self._journal_words()
-        if words is None or proc.gate is not None or not self._addr:
+        if not self._ready():
             self.close()
             return self._python()
-        if words is not self._words and not self._arguments(words):
-            return self._python()             # run compiles for these types meanwhile
         done = self._entry(*self._args)
         code = int(self.s[K.S_CODE])
         if code <= K.C_GEN:
@@ -140,6 +137,15 @@ class FastStep:
             return done
         self._finish(code)
         return done + 1
+
+    def _ready(self) -> bool:
+        """Whether run applies now, its arguments bound to the journal's current rows. (No
+        reference to those rows may outlive this call on the Python path: a rotation there
+        retires the map, which the journal's thread then closes.)"""
+        words = self._journal_words()
+        if words is None or self.proc.gate is not None or not self._addr:
+            return False
+        return words is self._words or self._arguments(words)
 
     def _arguments(self, words, wait: bool = False) -> bool:
         """run's arguments with the journal's current rows, and its entry point for their

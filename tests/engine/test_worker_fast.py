@@ -67,7 +67,13 @@ def _run(cfg, rs, sizes, events, tmp, fast: bool, stall: bool):
                           rs.feature_arrays)
     step = FastStep(proc, block, rings.worker_idle.strategy) if fast else None
     by_python, process = [], proc.process
-    proc.process = lambda v: by_python.append(len(v)) or process(v)
+
+    def python_path(v):
+        by_python.append(len(v))
+        n = process(v)
+        journal._unmap_retired()      # the journal's thread may close a rotated-away map now
+        return n
+    proc.process = python_path
     req, resp, fired = rings.request, rings.response, rings.fired
     slots = np.zeros(len(events), request_slot_dtype(cfg.schema.dtype))
     slots["event"] = events
