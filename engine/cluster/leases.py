@@ -25,7 +25,7 @@ import nats
 import nats.js.errors as jserr
 from nats.js import api
 
-from engine.cluster.jsopen import READY_S, create_placed, stream_led
+from engine.cluster.jsopen import READY_S, settled, stream_led
 from shm.runtime.nats_auth import auth_options
 from ingress.partmap import BUCKET, decode, encode, lease_key  # noqa: F401  (the bucket's names)
 
@@ -73,7 +73,7 @@ class LeaseStore:
             if not create:
                 raise LeaseError(f"bucket={self.bucket}: no lease bucket on these servers "
                                  "(no node has started)") from None
-            await create_placed(lambda: self.js.create_key_value(api.KeyValueConfig(
+            await settled(lambda: self.js.create_key_value(api.KeyValueConfig(
                 bucket=self.bucket, history=1, replicas=replicas,
                 storage=api.StorageType.FILE, description="risk-engine partition leases")),
                 f"bucket {self.bucket}", READY_S)
