@@ -9,6 +9,7 @@ import asyncio
 import json
 import os
 import signal
+import time
 import urllib.request
 import uuid
 
@@ -113,10 +114,14 @@ def test_the_journal_stream_and_a_store_are_opened_while_the_meta_leader_is_stop
 
     async def body(js):
         os.kill(nats3.servers[k].proc.pid, signal.SIGSTOP)
+        t0 = time.monotonic()
         try:
             log = ReplicationLog(js, "a", SCHEMA.dtype, "account_id", 4, stream=f"RJ{h}", prefix=f"rj{h}")
             await log.ensure_stream(3, ready_s=60)
+            t1 = time.monotonic()
             store = await open_object_store(js, f"os{h}", 3, "test", 60.0)
+            print(f"meta leader {leader} stopped: journal stream opened after {t1 - t0:.1f} s, "
+                  f"object store after {time.monotonic() - t0:.1f} s")
         finally:
             os.kill(nats3.servers[k].proc.pid, signal.SIGCONT)
         await store.put("first", b"x")
