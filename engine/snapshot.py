@@ -124,6 +124,9 @@ def _write_to(f, arrays: Mapping[str, np.ndarray], journal_seq: Mapping[int, int
         f.seek(e["offset"])
         if e["nbytes"]:
             f.write(memoryview(arrs[e["name"]].reshape(-1).view(np.uint8)))
+    end = f.seek(0, io.SEEK_END)
+    if end < file_size:         # padding before an empty last array: a file's truncate
+        f.write(bytes(file_size - end))     # extends it, a BytesIO's does not
     f.truncate(file_size)
     return file_size
 
