@@ -199,7 +199,7 @@ class ClusterNode:
         ingress's NOT_OWNER replies (ingress.ownercheck)."""
         try:
             self.map = PartitionMap(self.cfg.servers, on_change=self.table.set_owner,
-                                    credentials=self.cfg.credentials,
+                                    credentials=self.cfg.credentials, log=self.sup.log,
                                     timeout_s=self.open_timeout_s).start()
         except PartitionMapError as e:
             raise self._fail(f"partition map: {e}") from None
