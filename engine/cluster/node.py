@@ -116,6 +116,12 @@ class ClusterNode:
         elif kind == "prepare_failed":
             self.sup.log(f"risk-engine: cluster: partition {ev['p']}: take-over failed, lease "
                          f"released: {ev.get('error')}")
+        elif kind == "journal_unavailable":
+            self.sup.log(f"risk-engine: cluster: journal unavailable: taking no partition, handing "
+                         f"the {len(ev['held'])} held over to nodes whose journal works "
+                         f"{ev['handover_ns'] / 1e9:g} s from now")
+        elif kind == "journal_available":
+            self.sup.log("risk-engine: cluster: journal available again: taking partitions")
         elif kind == "status":
             self.live_nodes = ev["live"]
         elif kind == "started":
@@ -153,7 +159,8 @@ class ClusterNode:
         agent = LeaseAgent(c.servers, c.node, c.advertise, c.partitions, c.lease_ttl_s,
                            replicas=self.replicas, on_event=self._event, table=self.table,
                            open_timeout_s=self.open_timeout_s, prepare=self.replicator.prepare,
-                           on_end=self.replicator.end, credentials=c.credentials)
+                           on_end=self.replicator.end, credentials=c.credentials,
+                           journal_ok=self._journal_ok)
         self.agent = AgentThread(agent, side=[self.replicator.run]).start()
         t = self.open_timeout_s + 5
         while not self._started.wait(0.1):
@@ -167,6 +174,13 @@ class ClusterNode:
         self.sup.log(f"risk-engine: cluster: node {c.node} taking leases on {c.partitions} "
                      f"partitions (ttl {c.lease_ttl_s:g} s, share about "
                      f"{math.ceil(c.partitions / max(1, self.live_nodes or 1))})")
+
+    def _journal_ok(self) -> bool:
+        """(The agent's thread.) False while a worker's journal is unavailable (a full or
+        failing disk; the worker sets and clears its cell): the agent hands the partitions
+        over and takes none (engine.cluster.drain)."""
+        b = self.sup.block
+        return b is None or not any(b.worker(w, "journal_unavailable")[0] for w in range(b.n_workers))
 
     def _give_up(self, partitions) -> None:
         """(The supervisor's thread.) The agent stops serving ``partitions`` and releases them;
@@ -185,7 +199,7 @@ class ClusterNode:
         ingress's NOT_OWNER replies (ingress.ownercheck)."""
         try:
             self.map = PartitionMap(self.cfg.servers, on_change=self.table.set_owner,
-                                    credentials=self.cfg.credentials,
+                                    credentials=self.cfg.credentials, log=self.sup.log,
                                     timeout_s=self.open_timeout_s).start()
         except PartitionMapError as e:
             raise self._fail(f"partition map: {e}") from None

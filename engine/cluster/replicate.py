@@ -35,6 +35,7 @@ from engine.cluster.takeover import take_partition, write_snapshot
 from engine.cluster.trim import trim_below
 from ingress.partmap import BUCKET as LEASE_BUCKET
 from shm.runtime.nats_auth import auth_options
+from shm.runtime.nats_log import ConnectionLog
 
 IDLE_S = 0.02                # a step that read nothing waits this long (the async window's floor)
 SYNC_IDLE_S = 0.001          # ack: sync: replies wait for the step that publishes their records;
@@ -73,6 +74,7 @@ class Replicator:
         self.lag_errors = 0
         self.trims = 0               # subjects trimmed below a verified snapshot object
         self.trim_refused = 0        # snapshot objects that failed their read-back: no trim
+        self.conn_log = ConnectionLog("risk-engine: cluster: replication", log)
         self.timeline: dict[int, dict[str, int]] = {}   # p -> its last take's steps (node.py logs them)
         self._ready = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -82,8 +84,8 @@ class Replicator:
         c = self.cfg.cluster
         nc = await asyncio.wait_for(nats.connect(
             list(c.servers), **auth_options(c.credentials), name=f"risk-engine {c.node} replication",
-            connect_timeout=2,
-            reconnect_time_wait=0.25, max_reconnect_attempts=-1), self.open_timeout_s)
+            connect_timeout=2, reconnect_time_wait=0.25, max_reconnect_attempts=-1,
+            **self.conn_log.callbacks()), self.open_timeout_s)      # a line per state change
         snapping = lagging = None    # the snapshot objects' round and the lag, tasks beside the tailer
         try:
             js = nc.jetstream(timeout=2.0)
