@@ -23,14 +23,13 @@ from shm.journal_append import field_mask
 from shm.runtime.config import load_config
 from shm.types import ErrorCode
 from tests.cluster.agentproc import wait_for
-from tests.cluster.test_handover import TTL_S, journaled
+from tests.cluster.test_handover import DEADLINE_MS, TTL_S, journaled
 from tests.cluster.test_node import EVENT, P, cluster_overrides, owned_account, start_all
 from tests.cluster.test_routing import owned
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 CID, RID = 0x5EED_0000_0024, 24
-DEADLINE_MS = 10_000                # ack: sync on a loaded machine (tests/cluster/test_node.py)
 
 
 def padded(recs: np.ndarray) -> np.ndarray:
