@@ -41,20 +41,12 @@ DRAINED, FIRED, DELIVERED = range(3)
 # loop state cells
 BACKLOG_SINCE, BACKLOG_READS = 0, 1
 STATE_WORDS = 2
-# conf cells (CompiledLoop fills them once; GENERAL_KEYED before every read_batch), then from
-# FMASK on the record's field mask (RSIZE / 8 words, ingress.dedup.record_mask: conf_words)
+# conf cells (CompiledLoop fills them once; GENERAL_KEYED before every read_batch)
 (BODY_LEN, RSIZE, SHASH, KEYED_OK, MAX_INFLIGHT, MAX_PER_PEER, N_WORKERS, SHARD_OFF,
  SHARD_WIDTH, SHARD_SIGNED, EV_OFF, BEHIND_NS, DEADLINE_NS, FRAME_CAP, SHED_AFTER_NS,
  READ_BATCH, DEFER_NS, GENERAL_KEYED, PARTITIONED) = range(19)
 CONF_WORDS = 19
-FMASK = CONF_WORDS
-
-
-def conf_words(rsize: int) -> int:
-    """The length of ``conf`` for records of ``rsize`` bytes (the cells, then the mask)."""
-    return CONF_WORDS + rsize // 8
-
-
+FMASK = CONF_WORDS           # then the record's field mask: RSIZE / 8 words (dedup.record_mask)
 _F = wire.REQUEST_HEADER_DTYPE.fields
 H_MAGIC, H_VERSION, H_FLAGS, H_SHASH, H_COUNT, H_DEADLINE, H_CID, H_RID = (
     _F[f][1] for f in ("magic", "version", "flags", "schema_hash", "count", "deadline_us",

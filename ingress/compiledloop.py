@@ -52,7 +52,7 @@ class CompiledLoop:
         self.msg, self.ts = zmqc.new_msg(), np.zeros(2, np.int64)
         self.state = np.zeros(LK.STATE_WORDS, np.int64)
         self.owed = np.zeros(len(views.ring_hdr), np.uint8)
-        c = self.conf = np.zeros(LK.conf_words(fast.rsize), np.int64)
+        c = self.conf = np.zeros(LK.FMASK + fast.rsize // 8, np.int64)
         key_dt, key_off = cfg.schema.dtype.fields[shards.key][:2]
         for i, v in ((LK.BODY_LEN, fast.body_len), (LK.RSIZE, fast.rsize),
                      (LK.SHASH, i64_bits(fast.schema_hash)), (LK.KEYED_OK, int(fast.keyed_ok)),

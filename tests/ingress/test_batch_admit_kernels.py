@@ -33,7 +33,7 @@ class Setup:
     def __init__(self, caps: list):
         self.rings_ = [ring(c) for c in caps]
         self.rings = LK.pack_rings([h for h, _ in self.rings_], [s for _, s in self.rings_])
-        self.conf = np.zeros(LK.conf_words(SCHEMA.record_size), np.int64)
+        self.conf = np.zeros(LK.FMASK + SCHEMA.record_size // 8, np.int64)
         self.conf[LK.FMASK:] = FMASK
         key_dt, key_off = SCHEMA.dtype.fields[SCHEMA.shard_key][:2]
         for i, v in ((LK.RSIZE, SCHEMA.record_size), (LK.EV_OFF, EV_OFF), (LK.BEHIND_NS, 10**9),
