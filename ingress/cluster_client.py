@@ -34,7 +34,7 @@ import numpy as np
 import zmq
 
 from shm.ownership import valid_address
-from shm.schema import Schema
+from shm.schema import Schema, take_rows
 from shm.types import ErrorCode
 from ingress.admission import shard_of
 from ingress.client import Client, ClientCodec, ClientTimeout, CurveKeys, Decision, RequestError, load_schema
@@ -126,7 +126,10 @@ class ClusterClient:
             rid = rid or self.codec.new_request_id()
             seen = self._changes.get(int(parts[idx[0]]), 0)
             try:
-                got = self._request(recs[idx], int(parts[idx[0]]), timeout_ms, deadline_ms, rid)
+                # rows as bytes: recs[idx] leaves the padding uninitialised (PROTOCOL.md: send
+                # zeros), other bytes again at each redirect of the same request id
+                got = self._request(take_rows(recs, idx), int(parts[idx[0]]), timeout_ms,
+                                    deadline_ms, rid)
             except _Redirect as r:
                 named = self.owner(int(parts[idx[0]]))
                 asked.add(r.asked)

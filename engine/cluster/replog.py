@@ -76,13 +76,6 @@ class Counters:
     lost: list = field(default_factory=list)     # (partition, revision) refused
 
 
-def take_rows(records: np.ndarray, mask) -> np.ndarray:
-    """records[mask] as bytes: fancy indexing copies a padded record dtype field by field and
-    leaves the padding undefined, and the check word covers the padding."""
-    rows = np.ascontiguousarray(records).view(np.uint8).reshape(len(records), records.dtype.itemsize)
-    return np.ascontiguousarray(rows[mask]).reshape(-1).view(records.dtype)
-
-
 def subject(prefix: str, p: int) -> str:
     return f"{prefix}.{p}"
 

@@ -33,10 +33,11 @@ import asyncio
 import numpy as np
 
 from engine.cluster.ownership import OwnershipTable
-from engine.cluster.replog import ReplicationLog, take_rows
+from engine.cluster.replog import ReplicationLog
 from engine.journal_reader import JournalReader
 from shm.journal_format import list_writers
 from shm.replication import ReplicationMarks
+from shm.schema import take_rows
 
 
 async def _all(coros) -> list:
