@@ -34,10 +34,7 @@ from shm.replication import SEGMENT, ReplicationMarks
 from shm.segment import Segment
 from shm.types import DecisionFlag, ErrorCode
 
-POLL_S = 0.0002              # a worker with held replies looks at the marks this often, or
-SLEEP_MS = 2.0               # with ``wake_ring`` sleeps on its doorbell this long at most: the
-                             # tailer rings it when it resolves records this worker holds
-                             # replies for (engine.cluster.tailwake), as a request does
+POLL_S = 0.0002              # a worker with held replies looks at the marks this often
 
 
 def publish_responses(rings, o: np.ndarray, stop: np.ndarray) -> None:
@@ -70,7 +67,6 @@ class ReplyGate:
         self.failed = np.zeros(1, np.int64) if failed is None else failed
         self.segment: Segment | None = None
         self.bell: EventfdDoorbell | None = None   # the tailer's (engine.cluster.tailwake)
-        self.wake_ring = None          # the request ring, whose doorbell the tailer rings too
 
     @classmethod
     def attach(cls, cfg, plan: dict, rings, writer: int, stop, action: int, block) -> "ReplyGate | None":
@@ -84,7 +80,6 @@ class ReplyGate:
         gate.segment = seg
         if plan.get("replication_eventfd", -1) >= 0:
             gate.bell = EventfdDoorbell(plan["replication_eventfd"])
-            gate.wake_ring = rings.request
         return gate
 
     def hold(self, o: np.ndarray, first_seq: int, last_seq: int) -> None:
@@ -119,32 +114,14 @@ class ReplyGate:
         return n
 
     def wait(self) -> bool:
-        """An idle worker's turn: release what is resolved; True while replies are still held,
-        after a sleep (``_sleep``), so the caller comes back here instead of its idle wait."""
+        """An idle worker's turn: release what is resolved; True (and a POLL_S sleep) while
+        replies are still held, so the caller polls again instead of sleeping on its doorbell."""
         if not self.held:
             return False
         self.release()
         if self.held:
-            self._sleep()
-        return True
-
-    def _sleep(self) -> None:
-        """Until the tailer rings (it resolved records of this writer: maybe the oldest held
-        batch's) or a request comes, at most SLEEP_MS: the request ring's sleeping flag is
-        raised so the ingress rings too, then the marks are looked at again, so a ring that
-        came before the sleep wakes it at once. Without ``wake_ring``: POLL_S."""
-        ring = self.wake_ring
-        if ring is None or ring.doorbell is None:
             time.sleep(POLL_S)
-            return
-        if not ring.prepare_sleep():               # a request came: take it
-            return
-        try:
-            o, first, last, k = self.held[0]
-            if self.marks.state(self.writer, first, last) == 0:
-                ring.doorbell.wait(SLEEP_MS)
-        finally:
-            ring.end_sleep()
+        return True
 
     def _failed(self, r: np.ndarray) -> None:
         r["action"] = self.action

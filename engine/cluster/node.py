@@ -155,8 +155,7 @@ class ClusterNode:
                              reading=lambda: self.replicator.reading)   # on this thread
         self.replicator = Replicator(self.sup.cfg, self.table, self.sup.log, self.open_timeout_s,
                                      state, scratch, self.jobs, marks=self.marks,
-                                     wake=TailerWake(self.bell, [r.bell for r in self.sup.rings])
-                                     if self.bell is not None else None)
+                                     wake=TailerWake(self.bell) if self.bell is not None else None)
         agent = LeaseAgent(c.servers, c.node, c.advertise, c.partitions, c.lease_ttl_s,
                            replicas=self.replicas, on_event=self._event, table=self.table,
                            open_timeout_s=self.open_timeout_s, prepare=self.replicator.prepare,

@@ -97,8 +97,7 @@ class Replicator:
             self.snaps = SnapshotObjects(js, self.rlog, s.hash)
             await self.snaps.open(min(3, len(c.servers)))
             self.tailer = JournalTailer(self.rlog, self.cfg.durability.journal_dir, s.dtype, s.hash,
-                                        self.table, marks=self.marks,
-                                        on_resolved=self.wake.resolved if self.wake is not None else None)
+                                        self.table, marks=self.marks)
             self._ready.set()
             lagging = asyncio.ensure_future(self._lag_loop(js, stop))
             if self.wake is not None:

@@ -63,11 +63,8 @@ async def _all(coros) -> list:
 class JournalTailer:
     def __init__(self, log: ReplicationLog, journal_dir: str, event_dtype: np.dtype, schema_hash: int,
                  table: OwnershipTable, batch_records: int = 4096, records_per_msg: int = 1024,
-                 marks: ReplicationMarks | None = None, on_resolved=None):
-        """``on_resolved(w)``: after a step resolved records of writer w that its worker holds
-        replies for (engine.cluster.tailwake)."""
+                 marks: ReplicationMarks | None = None):
         self.log, self.dir, self.table, self.marks = log, str(journal_dir), table, marks
-        self.on_resolved = on_resolved
         self.event_dtype, self.schema_hash = np.dtype(event_dtype), int(schema_hash)
         self.batch_records, self.records_per_msg = batch_records, records_per_msg
         self.cursor: dict[int, int] = {}       # writer -> last seq read (published or not ours)
@@ -163,10 +160,7 @@ class JournalTailer:
             published += n
             self.cursor[w] = int(recs["seq"][-1])
             if self.marks is not None:
-                held = int(self.marks.journaled_seq[w]) > int(self.marks.resolved_seq[w])
                 self.marks.advance(w, self.cursor[w], failed)
-                if held and self.on_resolved is not None:
-                    self.on_resolved(w)
             self.read_last_step += len(recs)
         self._drop_ended()
         return published

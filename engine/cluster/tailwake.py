@@ -5,14 +5,8 @@ after raising its ``journaled_seq`` mark (shm.replication). The tailer's loop
 (engine.cluster.replicate) waits on it between steps instead of polling the marks every
 millisecond: a held reply's record is read as soon as it is committed.
 
-The other way: once a step resolved records of a worker that holds replies for them
-(its ``journaled_seq`` past what was resolved before), the tailer rings that worker's request
-doorbell (``resolved``), on which the worker's gate sleeps while it holds replies, instead of
-the worker looking at the marks every 0.2 ms (engine.ackgate).
-
-A ring only says "look again": both sides re-read the marks before they sleep, and sleep
-with a timeout (the loop: its full step's cadence; a worker: ackgate.SLEEP_MS), so a lost or
-early ring costs at most that wait.
+The ring only says "look again": the loop always re-reads the marks, and waits with a
+timeout (its full step's cadence), so a lost or early ring costs at most that wait.
 """
 from __future__ import annotations
 
@@ -25,9 +19,8 @@ class TailerWake:
     """The loop's side of the eventfd: ``wait(timeout_s)`` returns True once rung (also when
     the ring came before the call, since the last wait), False after ``timeout_s``."""
 
-    def __init__(self, bell: EventfdDoorbell, workers=()):
+    def __init__(self, bell: EventfdDoorbell):
         self.bell = bell
-        self.workers = list(workers)       # worker w's request doorbell (ring() only)
         self._rung = False
         self._waiter: asyncio.Future | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -47,11 +40,6 @@ class TailerWake:
         self._rung = True
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(True)
-
-    def resolved(self, w: int) -> None:
-        """Records of writer (worker) ``w`` that it holds replies for were resolved."""
-        if 0 <= w < len(self.workers):
-            self.workers[w].ring()
 
     async def wait(self, timeout_s: float) -> bool:
         if not self._rung:

@@ -3,35 +3,26 @@ node's eventfd (engine.cluster.tailwake) instead of the tailer polling the marks
 
 - the wake's eventfd rung by another process, also before the wait began, wakes the loop;
   unrung, the wait ends at its timeout;
-- the worker's gate (engine.ackgate) rings it each time it holds a batch, and while it holds
-  replies sleeps on its request ring's doorbell (the flag raised, so a request wakes it too)
-  until the tailer rings that doorbell;
+- the worker's gate (engine.ackgate) rings it each time it holds a batch;
 - a Replicator as serve runs it, on three nats-servers, with its polling and its full steps
-  pushed out to an hour: a journaled record whose worker rang is published and resolved, and
-  the worker's doorbell is rung then.
+  pushed out to an hour: a journaled record whose worker rang is published and resolved.
 """
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
-import threading
-import uuid
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-import engine.ackgate as ackgate
 import engine.cluster.replicate as replicate
 from engine.ackgate import ReplyGate
 from engine.cluster.replicate import Replicator
 from engine.cluster.tailwake import TailerWake
-from shm.doorbell import EventfdDoorbell, SemaphoreDoorbell
+from shm.doorbell import EventfdDoorbell
 from shm.replication import ReplicationMarks
-from shm.ring import OneToOneRing
-from shm.segment import list_names, unlink_owned
 from shm.types import RESPONSE_SLOT_DTYPE
 from tests.cluster.tailerproc import SCHEMA
 from tests.cluster.test_partstate import wait
@@ -51,23 +42,6 @@ def bell():
     b = EventfdDoorbell.create()
     yield b
     b.close()
-
-
-@pytest.fixture
-def worker_bell():
-    """A worker's request doorbell (a named semaphore) and its request and response rings."""
-    instance = "t" + uuid.uuid4().hex[:12]
-    sem = SemaphoreDoorbell.create(instance, "reqbell0")
-    req = OneToOneRing.create("req", 16, RESPONSE_SLOT_DTYPE, instance=instance, doorbell=sem)
-    resp = OneToOneRing.create("resp", 16, RESPONSE_SLOT_DTYPE, instance=instance)
-    yield sem, req, resp
-    for r in (req, resp):
-        r.doorbell = None
-        r.close()
-    sem.close()
-    sem.unlink()
-    unlink_owned(instance, os.getpid())
-    assert list_names(instance) == []
 
 
 def test_a_ring_from_another_process_wakes_the_wait_also_one_rung_before_it(bell):
@@ -104,45 +78,9 @@ def test_a_gate_rings_the_tailer_each_time_it_holds_replies(bell):
     assert bell.drain() == 2
 
 
-def test_a_gate_holding_replies_sleeps_on_the_request_doorbell_until_the_tailer_rings(worker_bell, monkeypatch):
-    """Its sleep is the request ring's (the sleeping flag raised: the ingress rings for a
-    request, as for the worker's idle wait), long (SLEEP_MS pushed out to an hour here), and
-    ended by the ring the tailer gives once it resolved the held records."""
-    monkeypatch.setattr(ackgate, "SLEEP_MS", HOUR_S * 1000)
-    sem, req, resp = worker_bell
-
-    class Rings:
-        request, response, response_full_idle = req, resp, None
-
-    marks = ReplicationMarks()
-    gate = ReplyGate(Rings, marks, 0, np.zeros(1, np.int64), action=2, capacity=64)
-    gate.wake_ring = req
-    o = np.zeros(2, RESPONSE_SLOT_DTYPE)
-    o["token"] = [7, 8]
-    gate.hold(o, 1, 2)
-    waited = []
-    t = threading.Thread(target=lambda: waited.append(gate.wait()), daemon=True)
-    t.start()
-    for _ in range(600):                                    # bounded: 30 s
-        if req.stats()["consumer_sleeping"]:
-            break
-        t.join(0.05)
-    assert req.stats()["consumer_sleeping"] == 1 and t.is_alive()
-    marks.advance(0, 2)                                     # the tailer: the marks, then
-    sem.ring()                                              # the worker's doorbell
-    t.join(30)
-    assert not t.is_alive() and waited == [True] and req.stats()["consumer_sleeping"] == 0
-    assert gate.release() == 2
-    v, _ = resp.try_drain(16)
-    assert v["token"].tolist() == [7, 8]
-    resp.release(len(v))
-
-
-def test_a_sync_replicator_publishes_a_record_when_its_worker_rings(nats3, tmp_path, monkeypatch, bell,
-                                                                   worker_bell):
+def test_a_sync_replicator_publishes_a_record_when_its_worker_rings(nats3, tmp_path, monkeypatch, bell):
     """Polling (SYNC_IDLE_S) and full steps (IDLE_S) pushed out to an hour: only the ring can
-    make the tailer read the record; it is then published and resolved in the marks, and the
-    worker (which holds its reply) is rung."""
+    make the tailer read the record; it is then published and resolved in the marks."""
     monkeypatch.setattr(replicate, "IDLE_S", HOUR_S)
     monkeypatch.setattr(replicate, "SYNC_IDLE_S", HOUR_S / 2)
     jw = journal(tmp_path)                  # the writer's segment exists before the fences
@@ -151,8 +89,7 @@ def test_a_sync_replicator_publishes_a_record_when_its_worker_rings(nats3, tmp_p
                                                   node="a", partitions=P, ack="sync"),
                           schema=SCHEMA, durability=SimpleNamespace(journal_dir=str(tmp_path),
                                                                     snapshot_interval_s=HOUR_S))
-    a = Replicator(cfg, owning_all(5), print, 30, None, lambda: None, marks=marks,
-                   wake=TailerWake(bell, [worker_bell[0]]))
+    a = Replicator(cfg, owning_all(5), print, 30, None, lambda: None, marks=marks, wake=TailerWake(bell))
 
     async def body(js):
         stop = asyncio.Event()
@@ -165,7 +102,6 @@ def test_a_sync_replicator_publishes_a_record_when_its_worker_rings(nats3, tmp_p
             ring_from_another_process(bell)                  # the ring
             await wait(lambda: marks.state(0, 1, jw.last_seq) == 1, 30)
             assert a.rlog.counters.published_records == 5
-            assert worker_bell[0].wait(0) is True and worker_bell[0].wait(0) is False   # once
         finally:
             stop.set()
             bell.ring()                                      # the loop sees stop at once
