@@ -7,7 +7,9 @@ Why the worker and not the ingress holds them: the worker knows each batch's jou
 (it just appended them), and every reply path of the ingress (fast path, compiled loop,
 general path) drains the response ring as before, unchanged. Group commit comes for free:
 the tailer publishes every record committed since its last step in one message per writer
-and partition, so a step's acknowledgement releases every batch it covered.
+and partition, so a step's acknowledgement releases every batch it covered. The gate rings
+the tailer's eventfd when it holds a batch (engine.cluster.tailwake), so the step comes at
+once; while it holds replies it looks at the marks every POLL_S.
 
 Outcomes of a held batch, in batch order (FIFO), judged on the marks:
 - its records are in the stream: published as decided;

@@ -1,9 +1,8 @@
 """Replication on a serving node (docs/CLUSTER.md, "Serving with cluster:"): the journal tailer
 (engine.cluster.tailer; with ``ack: sync`` it steps as soon as a worker rings its eventfd,
 engine.cluster.tailwake, and its replication marks release the workers' held replies:
-engine.ackgate) and the
-take-over, both on the lease agent's event loop (AgentThread ``side``), so a fence and a
-tailer step never interleave.
+engine.ackgate) and the take-over, both on the lease agent's event loop (AgentThread
+``side``), so a fence and a tailer step never interleave.
 
 ``prepare(p, rev)`` and ``end(p)`` are the lease agent's hooks. ``prepare`` takes p before the
 ownership table shows the lease (engine.cluster.takeover): it fences p at the lease's
