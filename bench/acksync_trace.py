@@ -120,7 +120,8 @@ def read_trace(d: Path) -> tuple[dict, list[int]]:
 def timelines(ev: dict, steps: list[int], sent: list[tuple[int, int]]) -> np.ndarray:
     """Per decision (a row), each stage's ms (STAGES): its record is the one held between
     its send and its answer; the read, publish and acks are the first that cover its seq after
-    it was held (a step covers every seq up to its read's last)."""
+    it was sent (a step covers every seq up to its read's last; a step may read the record
+    between its append and the hold: then the two stages between count 0)."""
     holds = sorted((t, s) for (k, s), ts in ev.items() if k == "hold" for t in ts)
     after = {k: sorted((t, s) for (kk, s), ts in ev.items() if kk == k for t in ts)
              for k in ("read", "pub", "ack", "acked")}
@@ -133,15 +134,14 @@ def timelines(ev: dict, steps: list[int], sent: list[tuple[int, int]]) -> np.nda
         if i >= len(holds) or holds[i][0] > t1:
             continue
         th, s = holds[i]
-        rd, pub = first("read", s, th), first("pub", s, th)
-        ack = first("ack", s, pub or th)
-        acked, rel = first("acked", s, ack or th), min(ev.get(("release", s), [0]))
+        rd, pub = first("read", s, t0), first("pub", s, t0)
+        ack = first("ack", s, pub or t0)
+        acked, rel = first("acked", s, ack or t0), min(ev.get(("release", s), [0]))
         if None in (rd, pub, ack, acked) or not rel:
             continue
-        st = steps[max(0, bisect.bisect_right(steps, rd) - 1)]
-        st = max(st, th)
-        rows.append((th - t0, st - th, rd - st, pub - rd, ack - pub, acked - ack, rel - acked,
-                     t1 - rel, t1 - t0))
+        st = max(steps[max(0, bisect.bisect_right(steps, rd) - 1)], th)
+        rows.append((th - t0, max(0, st - th), max(0, rd - st), pub - rd, ack - pub, acked - ack,
+                     rel - acked, t1 - rel, t1 - t0))
     return np.array(rows, float).reshape(-1, len(STAGES)) / 1e6
 
 
