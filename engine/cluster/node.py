@@ -37,8 +37,10 @@ from engine.cluster.ownership import OwnershipTable
 from engine.cluster.partstate import PartitionState
 from engine.cluster.replicate import Replicator
 from engine.cluster.ruleset_apply import RulesetPlane
+from engine.cluster.tailwake import TailerWake
 from engine.preflight import StartupError
 from ingress.partmap import PartitionMap, PartitionMapError
+from shm.doorbell import EventfdDoorbell
 from shm.features.featureset import FeatureSet
 from shm.ownership import SEGMENT as OWNERSHIP, segment_bytes
 from shm.replication import SEGMENT as REPLICATION, ReplicationMarks, segment_bytes as marks_bytes
@@ -57,6 +59,7 @@ class ClusterNode:
         self.table: OwnershipTable | None = None
         self.marks_segment: Segment | None = None   # ack: sync workers read it (shm.replication)
         self.marks: ReplicationMarks | None = None
+        self.bell: EventfdDoorbell | None = None    # ack: sync workers wake the tailer (tailwake)
         self.client: ControlClient | None = None
         self.control: ControlPlane | None = None
         self.ruleset: RulesetPlane | None = None    # the cluster's ruleset (control key `ruleset`)
@@ -84,6 +87,8 @@ class ClusterNode:
         node.table = OwnershipTable(p, node.segment.buf)
         node.marks_segment = Segment.create(sup.cfg.instance, REPLICATION, marks_bytes(), sup.pid)
         node.marks = ReplicationMarks(node.marks_segment.buf)
+        if node.cfg.ack == "sync":
+            node.bell = EventfdDoorbell.create()
         node.client = ControlClient(node.cfg.servers, node.cfg.node, node.replicas, node.open_timeout_s,
                                     credentials=node.cfg.credentials)
         try:
@@ -155,7 +160,8 @@ class ClusterNode:
         self.jobs = TakeJobs(self.sup, state, self._give_up,      # taken rows written by poll(),
                              reading=lambda: self.replicator.reading)   # on this thread
         self.replicator = Replicator(self.sup.cfg, self.table, self.sup.log, self.open_timeout_s,
-                                     state, scratch, self.jobs, marks=self.marks)
+                                     state, scratch, self.jobs, marks=self.marks,
+                                     wake=TailerWake(self.bell) if self.bell is not None else None)
         agent = LeaseAgent(c.servers, c.node, c.advertise, c.partitions, c.lease_ttl_s,
                            replicas=self.replicas, on_event=self._event, table=self.table,
                            open_timeout_s=self.open_timeout_s, prepare=self.replicator.prepare,
@@ -249,4 +255,11 @@ class ClusterNode:
             self.marks = None
             self.marks_segment.close()
             self.marks_segment = None
+        if self.bell is not None:           # after the agent's loop (its reader) stopped
+            self.bell.close()
+            self.bell = None
+
+    def child_fds(self) -> tuple[int, ...]:
+        """The descriptors every child inherits: the tailer's eventfd (ack: sync)."""
+        return () if self.bell is None else (self.bell.fileno(),)
 
