@@ -13,10 +13,11 @@ the partitions' owners as the map says.
 Required: the call returns one decision per event; over the three nodes' journals each
 account's event was evaluated exactly once, each returned decision is that evaluation's
 (action, score), and each account's `txn_count_1m` at its partition's owner counts 1.
-Split by owner (the client before issue 24's fix), the request of a's partitions was sent
-under one id; after the hand-over its resend reached c, whose window held only the moved
-partition's part of it: refused IDEMPOTENCY_CONFLICT, or, re-split under new ids, decided
-again. Three engines start: slow."""
+Split by owner (the client before issue 24's fix), the request of a's partitions went under
+one id; after the hand-over the call re-split it under new ids and a's events were decided
+again (seen: account 9100000 journaled twice); a resend reaching c under the old id would
+have been refused IDEMPOTENCY_CONFLICT (c's window holds only the moved partition's part).
+Three engines start: slow."""
 from __future__ import annotations
 
 import threading
