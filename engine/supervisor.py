@@ -107,8 +107,8 @@ class Supervisor:
         self._start_exporter()                  # /healthz from now on, /ready once serving
         for f in [*self.run_dir.glob("gen-*.json"), *self.run_dir.glob("rules-*.yaml")]:
             f.unlink()
-        self.placements = plan_workers(self.topology, set(os.sched_getaffinity(0)),
-                                       cfg.workers.count, cfg.workers.cpus)
+        self.placements = plan_workers(self.topology, set(os.sched_getaffinity(0)), cfg.workers.count,
+                                       cfg.workers.cpus, cfg.cluster.partitions if cfg.cluster else 0)
         n = len(self.placements)
         check_memory(cfg, n)
         self.features = FeatureStore(cfg, self.pid, create=True)
