@@ -55,9 +55,9 @@ def serving(engines):
     try:
         yield engines
     finally:
-        for e in engines:
-            assert e.close() == 0, e.output()
-            assert shm_entries(e.instance) == []
+        codes = [e.close() for e in engines]       # every engine closed before any assert
+        assert codes == [0] * len(engines), [e.output() for e, c in zip(engines, codes) if c]
+        assert [shm_entries(e.instance) for e in engines] == [[]] * len(engines)
 
 
 def start_all(engines):
