@@ -49,28 +49,33 @@ async def settled(call, what: str, ready_s: float):
         await asyncio.sleep(0.2)
 
 
-def placed_elsewhere(e: jserr.BadRequestError) -> bool:
-    """A refusal to create what another node created meanwhile (not a placement refusal)."""
-    return e.err_code != NO_PLACEMENT
+async def opened(js, stream: str, open_, create, missing, what: str, ready_s: float):
+    """``await open_()``; when it raises ``missing``, ``await create()`` (another node may have
+    created it meanwhile: then opened again). All of it retried while JetStream settles
+    (``settled``); returns once ``stream`` has a leader (``stream_led``). Raises
+    StoreUnavailable after ``ready_s`` seconds of either wait."""
+    async def once():
+        try:
+            return await open_()
+        except missing:
+            try:
+                return await create()
+            except jserr.BadRequestError as e:
+                if e.err_code == NO_PLACEMENT:
+                    raise
+                return await open_()            # created meanwhile by another node
+    got = await settled(once, what, ready_s)
+    await stream_led(js, stream, ready_s)
+    return got
 
 
 async def open_object_store(js, bucket: str, replicas: int, description: str, ready_s: float):
     """The object store ``bucket``, created (FILE storage, ``replicas``) when missing, once its
     stream has a leader; raises StoreUnavailable after ``ready_s`` seconds."""
-    async def opened():
-        try:
-            return await js.object_store(bucket)
-        except jserr.BucketNotFoundError:
-            try:
-                return await js.create_object_store(bucket, config=api.ObjectStoreConfig(
-                    description=description, replicas=replicas, storage=api.StorageType.FILE))
-            except jserr.BadRequestError as e:
-                if not placed_elsewhere(e):
-                    raise
-                return await js.object_store(bucket)
-    store = await settled(opened, f"object store {bucket}", ready_s)
-    await stream_led(js, f"OBJ_{bucket}", ready_s)
-    return store
+    return await opened(js, f"OBJ_{bucket}", lambda: js.object_store(bucket),
+                        lambda: js.create_object_store(bucket, config=api.ObjectStoreConfig(
+                            description=description, replicas=replicas, storage=api.StorageType.FILE)),
+                        jserr.BucketNotFoundError, f"object store {bucket}", ready_s)
 
 
 async def stream_led(js, stream: str, ready_s: float) -> None:

@@ -30,7 +30,7 @@ import nats.js.errors as jserr
 import numpy as np
 from nats.js import api
 
-from engine.cluster.jsopen import READY_S, placed_elsewhere, settled, stream_led
+from engine.cluster.jsopen import READY_S, opened
 from engine.cluster.partition import partition_of_keys
 from shm.journal_format import checksum, journal_dtype
 
@@ -114,21 +114,12 @@ class ReplicationLog:
     async def ensure_stream(self, replicas: int, ready_s: float = READY_S) -> None:
         """Create the stream if missing (file storage, ``replicas`` copies); return once it is
         placed and has a leader, waiting up to ``ready_s`` for each (jsopen)."""
-        async def ensured():
-            try:
-                await self.js.stream_info(self.stream)
-            except jserr.NotFoundError:
-                try:
-                    await self.js.add_stream(api.StreamConfig(
-                        name=self.stream, subjects=[f"{self.prefix}.*"], num_replicas=replicas,
-                        storage=api.StorageType.FILE, retention=api.RetentionPolicy.LIMITS,
-                        description="risk-engine journal records per partition"))
-                except jserr.BadRequestError as e:
-                    if not placed_elsewhere(e):
-                        raise
-                    await self.js.stream_info(self.stream)
-        await settled(ensured, f"stream {self.stream}", ready_s)
-        await stream_led(self.js, self.stream, ready_s)
+        await opened(self.js, self.stream, lambda: self.js.stream_info(self.stream),
+                     lambda: self.js.add_stream(api.StreamConfig(
+                         name=self.stream, subjects=[f"{self.prefix}.*"], num_replicas=replicas,
+                         storage=api.StorageType.FILE, retention=api.RetentionPolicy.LIMITS,
+                         description="risk-engine journal records per partition")),
+                     jserr.NotFoundError, f"stream {self.stream}", ready_s)
 
     # --- reading --------------------------------------------------------------------------
 

@@ -122,8 +122,8 @@ def test_the_journal_stream_and_a_store_are_opened_while_the_meta_leader_is_stop
             store = await open_object_store(js, f"os{h}", 3, "test", 60.0)
             print(f"meta leader {leader} stopped: journal stream opened after {t1 - t0:.1f} s, "
                   f"object store after {time.monotonic() - t0:.1f} s")
-        finally:
+            await store.put("first", b"x")      # used while the old leader is still stopped
+            return (await js.stream_info(f"RJ{h}")).config.num_replicas
+        finally:   # (resumed, it makes JetStream 'temporarily unavailable' for a moment)
             os.kill(nats3.servers[k].proc.pid, signal.SIGCONT)
-        await store.put("first", b"x")
-        return (await js.stream_info(f"RJ{h}")).config.num_replicas
     assert run(nats3, body, urls=[s.url for i, s in enumerate(nats3.servers) if i != k]) == 3
