@@ -4,7 +4,11 @@ node, then one closed-loop client's latency (p50/p99 over ``--decisions``) and t
 of ``--clients`` closed-loop clients over ``--seconds``. Modes alternate over ``--rounds``
 (sync, async, sync, ...), so drift on a shared machine hits them alike.
 
-    python -m bench.acksync [--decisions 500] [--seconds 5] [--clients 4] [--rounds 2]
+    python -m bench.acksync [--decisions 500] [--seconds 5] [--clients 4] [--rounds 2] [--rest 10]
+
+``--rest S``: first, the node's CPU at rest (it holds every partition, no request) over S
+seconds, as a share of one core: its process tree (supervisor with the lease agent and the
+journal tailer, worker, ingress).
 
 Every request carries a 5 s deadline (a decision held past the 50 ms default would be answered
 TIMEOUT, which is not what is measured); a decision that is not a success ends the run.
@@ -18,8 +22,10 @@ import threading
 import time
 
 import numpy as np
+import psutil
 
 from bench.engine_proc import EngineProcess, free_port
+from bench.phase import _tree_cpu
 from engine.cluster.natsserver import NatsCluster
 from ingress.client import Client
 from shm.runtime.config import portable_raw
@@ -44,7 +50,10 @@ def owns_all(e: EngineProcess, timeout_s: float = 180) -> None:
     from engine.admin_client import request     # lazy: only the bench needs the admin client
     end = time.monotonic() + timeout_s
     while time.monotonic() < end:
-        rep = request(e.admin_bind, {"cmd": "cluster"}, 10_000)
+        try:
+            rep = request(e.admin_bind, {"cmd": "cluster"}, 10_000)
+        except TimeoutError:            # a loaded machine (seen at load 15-25): ask again
+            continue
         if rep.get("ok") and len(rep["cluster"]["owned"]) == PARTITIONS:
             return
         time.sleep(0.2)
@@ -109,22 +118,32 @@ def measure(e: EngineProcess, decisions: int, seconds: float, clients: int) -> t
     return p50, p99, ok / seconds
 
 
+def at_rest(e: EngineProcess, seconds: float) -> float:
+    """Cores the node's process tree used over ``seconds`` with no request."""
+    tree = [psutil.Process(e.pid)]
+    c0, t0 = _tree_cpu(tree), time.monotonic()
+    time.sleep(seconds)
+    return (_tree_cpu(tree) - c0) / (time.monotonic() - t0)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bench.acksync", description=__doc__.split("\n\n")[0])
     ap.add_argument("--decisions", type=int, default=500, help="one client's decisions for p50/p99")
     ap.add_argument("--seconds", type=float, default=5.0, help="throughput phase per mode")
     ap.add_argument("--clients", type=int, default=4, help="closed-loop clients of the throughput phase")
     ap.add_argument("--rounds", type=int, default=2, help="sync and async once each per round")
+    ap.add_argument("--rest", type=float, default=0.0, help="seconds of CPU at rest first (0: none)")
     a = ap.parse_args(argv)
     print(f"cluster.ack per decision: 3 nats-servers on loopback (R3), 1 node, {PARTITIONS} partitions, "
           f"1 worker; {a.decisions} decisions by 1 client, then {a.clients} clients for {a.seconds:g} s")
-    print(f"{'mode':6s} {'p50 ms':>8s} {'p99 ms':>8s} {'decisions/s':>12s}")
+    print(f"{'mode':6s} {'p50 ms':>8s} {'p99 ms':>8s} {'decisions/s':>12s}" + (" rest cores" if a.rest else ""))
     with NatsCluster(3, port_fn=free_port) as nats, tempfile.TemporaryDirectory() as tmp:
         for _, ack in itertools.product(range(a.rounds), ("sync", "async")):
             with EngineProcess(tmp, workers=1, overrides=node_overrides(nats, ack)) as e:
                 owns_all(e)
+                rest = f" {at_rest(e, a.rest):10.2f}" if a.rest else ""
                 p50, p99, rate = measure(e, a.decisions, a.seconds, a.clients)
-            print(f"{ack:6s} {p50:8.2f} {p99:8.2f} {rate:12.0f}", flush=True)
+            print(f"{ack:6s} {p50:8.2f} {p99:8.2f} {rate:12.0f}{rest}", flush=True)
     return 0
 
 

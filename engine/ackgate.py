@@ -7,7 +7,9 @@ Why the worker and not the ingress holds them: the worker knows each batch's jou
 (it just appended them), and every reply path of the ingress (fast path, compiled loop,
 general path) drains the response ring as before, unchanged. Group commit comes for free:
 the tailer publishes every record committed since its last step in one message per writer
-and partition, so a step's acknowledgement releases every batch it covered.
+and partition, so a step's acknowledgement releases every batch it covered. The gate rings
+the tailer's eventfd when it holds a batch (engine.cluster.tailwake), so the step comes at
+once; while it holds replies it looks at the marks every POLL_S.
 
 Outcomes of a held batch, in batch order (FIFO), judged on the marks:
 - its records are in the stream: published as decided;
@@ -28,6 +30,7 @@ from collections import deque
 
 import numpy as np
 
+from shm.doorbell import EventfdDoorbell
 from shm.names import segment_name
 from shm.replication import SEGMENT, ReplicationMarks
 from shm.segment import Segment
@@ -65,6 +68,7 @@ class ReplyGate:
         # exporter reads (risk_replication_failed_total{worker})
         self.failed = np.zeros(1, np.int64) if failed is None else failed
         self.segment: Segment | None = None
+        self.bell: EventfdDoorbell | None = None   # the tailer's (engine.cluster.tailwake)
 
     @classmethod
     def attach(cls, cfg, plan: dict, rings, writer: int, stop, action: int, block) -> "ReplyGate | None":
@@ -76,6 +80,8 @@ class ReplyGate:
         gate = cls(rings, ReplicationMarks(seg.buf), writer, stop, action, rings.response.capacity,
                    block.worker(writer, "replication_failed"))
         gate.segment = seg
+        if plan.get("replication_eventfd", -1) >= 0:
+            gate.bell = EventfdDoorbell(plan["replication_eventfd"])
         return gate
 
     def hold(self, o: np.ndarray, first_seq: int, last_seq: int) -> None:
@@ -85,7 +91,9 @@ class ReplyGate:
             if not self.release():
                 time.sleep(POLL_S)
         self.held.append((o.copy(), first_seq, last_seq, last_seq - first_seq + 1))
-        self.marks.journaled_seq[self.writer] = last_seq   # the tailer's cue (shm.replication)
+        self.marks.journaled_seq[self.writer] = last_seq   # the tailer's cue (shm.replication),
+        if self.bell is not None:                          # then its wake-up
+            self.bell.ring()
         self.held_events += len(o)
         self.release()
 

@@ -72,8 +72,9 @@ async def _read(servers: list[str], bucket: str | None, control_bucket: str | No
                          "revision": e.revision if e.value is not None else None,
                          "lease_age_s": _age_s(e.time) if e.value is not None else None,
                          "lag": {**lag[p], "as_of_s": as_of} if p in lag else None})
-        drained = sorted((await store.roster())[1])
-        return {"bucket": store.bucket, "partitions": n, "leases": rows, "drained": drained,
+        _, drained, unfit = await store.roster()
+        return {"bucket": store.bucket, "partitions": n, "leases": rows, "drained": sorted(drained),
+                "journal_unavailable": sorted(unfit),
                 "control": await _control(nc, control_bucket)}
     finally:
         await nc.close()
@@ -115,6 +116,8 @@ def _status(args) -> int:
     print(f"bucket {st['bucket']}: {st['partitions']} partitions, {len(free)} free, owners: {owners}")
     if st["drained"]:
         print(f"drained (cluster undrain NODE to end): {', '.join(st['drained'])}")
+    if st["journal_unavailable"]:
+        print(f"journal unavailable (handing over, taking nothing): {', '.join(st['journal_unavailable'])}")
     ctl = st["control"]
     if ctl is not None:
         behind = sorted(n for n, d in ctl["nodes"].items() if d.get("revision", 0) < ctl["revision"])

@@ -69,7 +69,7 @@ async def _drain(args, servers: list[str], say) -> dict:
     try:
         store = LeaseStore(nc.jetstream(timeout=5.0), args.bucket or BUCKET, timeout_s=5.0)
         n = await store.open(None, create=False)
-        members, drained = await store.roster()
+        members, drained, unfit = await store.roster()
         before = await _holders(store, n)
         held = sorted(p for p, o in before.items() if o == node)
         if args.cluster_command == "undrain":
@@ -80,10 +80,11 @@ async def _drain(args, servers: list[str], say) -> dict:
         if node not in members and not held:
             raise Refused(f"node={node}: unknown: no heartbeat and no lease in bucket {store.bucket} "
                           f"(nodes: {', '.join(sorted(members)) or 'none'})")
-        others = sorted(m for m in members if m != node and m not in drained)
+        others = sorted(m for m in members if m != node and m not in drained | unfit)
         if not others:
-            raise Refused(f"node={node}: no other undrained node to take its partitions "
-                          f"(nodes: {', '.join(sorted(members))})")
+            raise Refused(f"node={node}: no other undrained node whose journal works to take its "
+                          f"partitions (nodes: {', '.join(sorted(members))}"
+                          + (f"; journal unavailable: {', '.join(sorted(unfit))}" if unfit else "") + ")")
         value = json.dumps({"node": node, "by": f"cli@{socket.gethostname()}",
                             "time_ns": time.time_ns()}).encode()
         await store.set_drain(node, value)

@@ -28,7 +28,7 @@ def add_arguments(sub) -> None:
                        description=__doc__.split("\n\n")[0].split(": ", 1)[1])
     s.add_argument("--nodes", type=int, default=3, help="engine nodes, 1..8 (default 3)")
     s.add_argument("--partitions", type=int, default=8, help="cluster.partitions (default 8)")
-    s.add_argument("--workers", type=int, default=1, help="workers per engine (default 1)")
+    s.add_argument("--workers", type=int, default=1, help="workers per engine, a divisor of --partitions (default 1)")
     s.add_argument("--lease-ttl-s", type=float, default=2.0, help="cluster.lease_ttl_s (default 2)")
     s.add_argument("--ready-timeout-s", type=float, default=900.0,
                    help="give up when an engine is not serving by then (a cold start compiles "
@@ -130,6 +130,11 @@ def run(args) -> int:
     if not 1 <= args.nodes <= 8 or not 1 <= args.partitions <= 4096 or args.workers < 1:
         print(f"risk-engine: cluster up: --nodes={args.nodes} --partitions={args.partitions} "
               f"--workers={args.workers}: need 1..8, 1..4096 and >= 1", file=sys.stderr)
+        return 2
+    if args.partitions % args.workers:       # checked here, before any server or node starts
+        print(f"risk-engine: cluster up: --workers={args.workers} does not divide "
+              f"--partitions={args.partitions}: a node's worker count must divide the partition "
+              f"count (docs/CLUSTER.md, \"Partitions\")", file=sys.stderr)
         return 2
     stop = []
     for s in (signal.SIGINT, signal.SIGTERM):

@@ -1,8 +1,10 @@
 """The journal's file-system work in a worker, on a thread of its own (JournalHousekeeper)."""
 from __future__ import annotations
 
+import errno
 import sys
 import threading
+import traceback
 
 from shm.runtime.procname import name_thread
 
@@ -43,17 +45,34 @@ class JournalHousekeeper:
                 self._error(e)              # a sync works (JournalWriter.try_reserve)
                 self.journal.note_error(e, sync=True)
                 continue
+            except Exception as e:          # noqa: BLE001  a defect, not the disk: the same, so the
+                self._unexpected(e)         # thread goes on and the records are not acknowledged
+                continue                    # as durable meanwhile (JOURNAL_UNAVAILABLE)
             try:
                 self.journal.housekeep(HOUSEKEEP_ZERO_BYTES)
             except OSError as e:            # the next segment cannot be allocated (full disk):
                 self._error(e)              # the appender's try_reserve meets it when it needs
                 continue                    # that segment; retried every round meanwhile
+            except Exception as e:          # noqa: BLE001  a defect: reported, retried next round
+                self._error(e)
+                continue
             self.errors = 0
 
-    def _error(self, e: OSError) -> None:
+    def _error(self, e: Exception) -> None:
         self.errors += 1
         if self.errors == 1:                # once per run of failures
-            print(f"risk-engine: journal housekeeping: {e}", file=sys.stderr)
+            print(f"risk-engine: journal housekeeping: {type(e).__name__}: {e}", file=sys.stderr)
+            if not isinstance(e, OSError):
+                traceback.print_exception(e, file=sys.stderr)
+
+    def _unexpected(self, e: Exception) -> None:
+        """Publishing or syncing raised something other than a disk error (a defect): before,
+        it ended the thread and the syncs with it, silently, while events went on being
+        acknowledged. Now it counts as a failed sync (EIO): nothing more is journaled, so
+        nothing more acknowledged, until a round's sync works again."""
+        self._error(e)
+        self.journal.note_error(OSError(errno.EIO, f"journal housekeeping: {type(e).__name__}: {e}"),
+                                sync=True)
 
     def _sync(self) -> None:
         if self.journal.sync_appended():    # the records' byte range (msync), not the file

@@ -48,13 +48,18 @@ class JournalReader:
     ``skip_corrupt``: step over corrupt runs (listed in ``corrupt``, a list the caller may
     pass to share) instead of raising; the records after them are read. ``floor_seq``: a
     record with seq <= floor_seq is known to have been written (a snapshot counted it), so an
-    invalid one there is corruption even with nothing valid after it.
+    invalid one there is corruption even with nothing valid after it. ``scan_rows``: how far
+    past an invalid record of the newest segment a follower of a live writer (the cluster's
+    journal tailer) looks for the committed records that make it corruption rather than the
+    journal's end (None: to the segment's end, 16 MiB by default, which a follower reading
+    every few ms cannot afford: engine.cluster.tailer).
     """
 
     def __init__(self, directory: str, event_dtype: np.dtype, schema_hash: int, writer_id: int = 0,
                  *, skip_corrupt: bool = False, floor_seq: int = 0, corrupt: list | None = None,
-                 version: int = VERSION):
+                 version: int = VERSION, scan_rows: int | None = None):
         self.directory = str(directory)
+        self.scan_rows = scan_rows
         self.version = version                  # 1: the previous format (engine.journal_upgrade)
         self.dtype = journal_dtype(event_dtype, version)
         self.schema_hash = int(schema_hash)
@@ -153,8 +158,10 @@ class JournalReader:
                         idx += n
                     if n == m:
                         continue
-                    bad = self._classify(h, f.fileno(), idx, words[n], expect)
-                    run = self._corrupt_run(h, f.fileno(), idx, expect, bad, older=i < last)
+                    end = h.capacity if self.scan_rows is None or i < last else \
+                        min(h.capacity, idx + self.scan_rows)    # the rows looked at past it
+                    bad = self._classify(h, f.fileno(), idx, words[n], expect, end)
+                    run = self._corrupt_run(h, f.fileno(), idx, expect, bad, i < last, end)
                     if run is None:
                         break
                     if not self.skip_corrupt:
@@ -188,18 +195,19 @@ class JournalReader:
         return int(_count_valid(words, np.uint64(h.first_seq))) == h.capacity
 
     def _corrupt_run(self, h: SegmentHeader, fd: int, idx: int, expect: int, bad: TornTail | None,
-                     older: bool) -> CorruptRecords | None:
+                     older: bool, end: int | None = None) -> CorruptRecords | None:
         """The invalid records from row ``idx`` on, if they are corruption rather than the
         journal's end (``bad``: the tail ``_classify`` found, None for zeros to the end): a
         committed record follows them in the segment, or their seq is <= floor_seq, or (with
-        skip_corrupt) the rest of an older segment, whose successor continues the journal."""
+        skip_corrupt) the rest of an older segment, whose successor continues the journal.
+        Rows from ``end`` on are not looked at (``scan_rows``)."""
         if bad is None:
             return None                       # zeros to the end of the file: a clean end
         rs, w = h.record_size, h.record_size // 8
         chunk = max(1, (8 << 20) // rs)
-        pos = idx
-        while pos < h.capacity:               # the rest of the segment, 8 MiB at a time
-            m = min(chunk + 1, h.capacity - pos)
+        pos, end = idx, h.capacity if end is None else end
+        while pos < end:                      # the rest of the segment, 8 MiB at a time
+            m = min(chunk + 1, end - pos)
             words = np.frombuffer(os.pread(fd, m * rs, HEADER_SIZE + pos * rs), np.uint64)
             words = words[:len(words) // w * w].reshape(-1, w)
             r = resume_after(words, 0, expect + pos - idx)
@@ -233,19 +241,20 @@ class JournalReader:
                               f"{why}, {count} record(s) invalid and records after them intact: "
                               f"corruption, not a torn tail")
 
-    def _classify(self, h: SegmentHeader, fd: int, idx: int, row: np.ndarray, expect: int):
-        """None if the file is all zeros from record idx on (clean end), else a TornTail."""
+    def _classify(self, h: SegmentHeader, fd: int, idx: int, row: np.ndarray, expect: int, end: int):
+        """None if the file is all zeros from record idx up to record ``end`` (clean end),
+        else a TornTail."""
         off = HEADER_SIZE + idx * h.record_size
         if row.any():
             why = f"seq={int(row[0])} expected={expect}" if int(row[0]) != expect else "checksum mismatch"
             return TornTail(h.path, off, expect, why)
-        end = HEADER_SIZE + h.capacity * h.record_size
+        end = HEADER_SIZE + end * h.record_size
         pos = off
         while pos < end:
             chunk = np.frombuffer(os.pread(fd, min(8 << 20, end - pos), pos), np.uint8)
             if not len(chunk):
                 break
-            nz = np.flatnonzero(chunk)
+            nz = np.flatnonzero(chunk) if chunk.any() else ()     # any(): no index array
             if len(nz):
                 at = pos + int(nz[0])
                 return TornTail(h.path, off, expect, f"zero record followed by data at offset={at}")

@@ -24,6 +24,7 @@ reason, so the caller can keep its previous state.
 from __future__ import annotations
 
 import ast
+import io
 import json
 import os
 import struct
@@ -68,6 +69,28 @@ def write_snapshot(path: str, arrays: Mapping[str, np.ndarray], journal_seq: Map
                    generation: int = 0, meta: Mapping | None = None,
                    created_ns: int | None = None) -> int:
     """Write a snapshot atomically (temp + fsync + rename + dir fsync). Returns the file size."""
+    d = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(d, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    with os.fdopen(open_private(tmp), "wb") as f:
+        file_size = _write_to(f, arrays, journal_seq, generation, meta, created_ns)
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(tmp, path)
+    fsync_dir(d)
+    return file_size
+
+
+def snapshot_bytes(arrays: Mapping[str, np.ndarray], meta: Mapping | None = None) -> bytes:
+    """A snapshot in memory, in the file format (a partition snapshot object's payload:
+    engine.cluster.snapstore); ``load_snapshot_bytes`` reads it back."""
+    f = io.BytesIO()
+    _write_to(f, arrays, {}, 0, meta, None)
+    return f.getvalue()
+
+
+def _write_to(f, arrays: Mapping[str, np.ndarray], journal_seq: Mapping[int, int],
+              generation: int, meta: Mapping | None, created_ns: int | None) -> int:
+    """The snapshot into the seekable binary file ``f``; returns its size."""
     created_ns = time.time_ns() if created_ns is None else int(created_ns)
     arrs = {str(k): np.asarray(v) if np.asarray(v).flags.c_contiguous else np.asarray(v).copy()
             for k, v in arrays.items()}   # not ascontiguousarray: it turns 0-d into 1-d
@@ -95,20 +118,16 @@ def write_snapshot(path: str, arrays: Mapping[str, np.ndarray], journal_seq: Map
     file_size = end
     body = _HEAD.pack(MAGIC, VERSION, len(toc_bytes), file_size, zlib.crc32(toc_bytes))
     head = (body + struct.pack("<I", zlib.crc32(body))).ljust(HEAD_SIZE, b"\0")
-    d = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(d, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    with os.fdopen(open_private(tmp), "wb") as f:
-        f.write(head)
-        f.write(toc_bytes)
-        for e in entries:
-            f.seek(e["offset"])
-            if e["nbytes"]:
-                f.write(memoryview(arrs[e["name"]].reshape(-1).view(np.uint8)))
-        f.truncate(file_size)
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(tmp, path)
-    fsync_dir(d)
+    f.write(head)
+    f.write(toc_bytes)
+    for e in entries:
+        f.seek(e["offset"])
+        if e["nbytes"]:
+            f.write(memoryview(arrs[e["name"]].reshape(-1).view(np.uint8)))
+    end = f.seek(0, io.SEEK_END)
+    if end < file_size:         # padding before an empty last array: a file's truncate
+        f.write(bytes(file_size - end))     # extends it, a BytesIO's does not
+    f.truncate(file_size)
     return file_size
 
 
@@ -123,30 +142,38 @@ def load_snapshot(path: str) -> Snapshot:
     except OSError as e:
         raise _bad(path, f"cannot open ({e.strerror})") from None
     with f:
-        size = os.fstat(f.fileno()).st_size
-        raw = f.read(HEAD_SIZE)
-        if len(raw) < _HEAD.size + 4:
-            raise _bad(path, f"file size {size} is smaller than the {HEAD_SIZE}-byte head")
-        magic, ver, toc_len, file_size, toc_crc = _HEAD.unpack_from(raw)
-        if magic != MAGIC:
-            raise _bad(path, f"bad magic {magic!r}")
-        if struct.unpack_from("<I", raw, _HEAD.size)[0] != zlib.crc32(raw[:_HEAD.size]):
-            raise _bad(path, "head checksum mismatch")
-        if ver != VERSION:
-            raise _bad(path, f"version={ver} not supported (expected {VERSION})")
-        if file_size != size:
-            raise _bad(path, f"file size {size} != recorded size {file_size} (truncated or extended)")
-        toc_bytes = f.read(toc_len)
-        if len(toc_bytes) != toc_len or zlib.crc32(toc_bytes) != toc_crc:
-            raise _bad(path, "table of contents checksum mismatch")
-        try:
-            toc = json.loads(toc_bytes)
-            entries = toc["arrays"]
-        except (ValueError, KeyError) as e:
-            raise _bad(path, f"table of contents unreadable ({e})") from None
-        arrays = {}
-        for e in entries:
-            arrays[e["name"]] = _read_array(path, f, e, file_size)
+        return _load_from(f, path, os.fstat(f.fileno()).st_size)
+
+
+def load_snapshot_bytes(data: bytes, label: str) -> Snapshot:
+    """``load_snapshot`` of a snapshot in memory (``snapshot_bytes``); errors name ``label``."""
+    return _load_from(io.BytesIO(data), label, len(data))
+
+
+def _load_from(f, path: str, size: int) -> Snapshot:
+    raw = f.read(HEAD_SIZE)
+    if len(raw) < _HEAD.size + 4:
+        raise _bad(path, f"file size {size} is smaller than the {HEAD_SIZE}-byte head")
+    magic, ver, toc_len, file_size, toc_crc = _HEAD.unpack_from(raw)
+    if magic != MAGIC:
+        raise _bad(path, f"bad magic {magic!r}")
+    if struct.unpack_from("<I", raw, _HEAD.size)[0] != zlib.crc32(raw[:_HEAD.size]):
+        raise _bad(path, "head checksum mismatch")
+    if ver != VERSION:
+        raise _bad(path, f"version={ver} not supported (expected {VERSION})")
+    if file_size != size:
+        raise _bad(path, f"file size {size} != recorded size {file_size} (truncated or extended)")
+    toc_bytes = f.read(toc_len)
+    if len(toc_bytes) != toc_len or zlib.crc32(toc_bytes) != toc_crc:
+        raise _bad(path, "table of contents checksum mismatch")
+    try:
+        toc = json.loads(toc_bytes)
+        entries = toc["arrays"]
+    except (ValueError, KeyError) as e:
+        raise _bad(path, f"table of contents unreadable ({e})") from None
+    arrays = {}
+    for e in entries:
+        arrays[e["name"]] = _read_array(path, f, e, file_size)
     return Snapshot(path, arrays, {int(k): int(v) for k, v in toc["journal_seq"].items()},
                     int(toc["generation"]), int(toc["created_ns"]), toc.get("meta", {}))
 

@@ -75,7 +75,7 @@ def hold_for_snapshot(block: Block, index: int, journal, stalls) -> None:
     until the supervisor has copied the tables. The copy then equals the state after exactly
     those journal records (docs/DURABILITY.md). The journal is made durable by the supervisor
     after the workers resume, before the snapshot file is written: the pause lasts one
-    memory copy, not a disk flush. ``stalls``: the worker's engine.worker.StallRecorder."""
+    memory copy, not a disk flush. ``stalls``: the worker's engine.worker_stalls.StallRecorder."""
     pause = block.view("supervisor.pause")
     stop = block.view("supervisor.stop")
     paused = block.worker(index, "paused")

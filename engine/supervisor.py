@@ -107,8 +107,8 @@ class Supervisor:
         self._start_exporter()                  # /healthz from now on, /ready once serving
         for f in [*self.run_dir.glob("gen-*.json"), *self.run_dir.glob("rules-*.yaml")]:
             f.unlink()
-        self.placements = plan_workers(self.topology, set(os.sched_getaffinity(0)),
-                                       cfg.workers.count, cfg.workers.cpus)
+        self.placements = plan_workers(self.topology, set(os.sched_getaffinity(0)), cfg.workers.count,
+                                       cfg.workers.cpus, cfg.cluster.partitions if cfg.cluster else 0)
         n = len(self.placements)
         check_memory(cfg, n)
         self.features = FeatureStore(cfg, self.pid, create=True)
@@ -139,6 +139,7 @@ class Supervisor:
         # lists final (recovered), no admin plane yet, front door not bound: attach now
         self.enforcement = start_enforcement(cfg, self.features, self.log)
         plan = {"instance": cfg.instance, "owner_pid": self.pid, "eventfd": self.doorbell.fileno(),
+                "replication_eventfd": (*self.cluster.child_fds(), -1)[0] if self.cluster else -1,
                 "autoblock_fds": autoblock_fds(self.enforcement),
                 "control": self.control.name, "ingress_cpu": cfg.workers.ingress_cpu,
                 "workers": [{"cpu": p.cpu, "node": p.node,
@@ -218,7 +219,8 @@ class Supervisor:
     def _spawn(self, role: str | None, args: list[str], **kw) -> subprocess.Popen:
         with self.stops.spawning() if self.stops else nullcontext():   # engine.stopsignals
             p = subprocess.Popen([sys.executable, "-m", *args, "--run-dir", str(self.run_dir)],
-                                 pass_fds=(self.doorbell.fileno(), *kw.pop("fds", ())), **kw)
+                                 pass_fds=(self.doorbell.fileno(), *kw.pop("fds", ()),
+                                           *(self.cluster.child_fds() if self.cluster else ())), **kw)
             if role is not None:
                 self.children[role] = p
         return p

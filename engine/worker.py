@@ -24,13 +24,14 @@ import numpy as np
 
 from shm.runtime import gcstats, procname, rundir
 from shm.control import (BLOCKS_EVERY_NS, KERNEL_BOUNDS_NS, LATENCY_BOUNDS_NS,
-                         STALL_NS, Block, EventLog, observe, set_phase)
+                         STALL_NS, Block, observe, set_phase)
 from engine.ackgate import ReplyGate, send_replies
 from engine.autoblock import block_rules
 from engine.journal import JournalReader, JournalWriter, warm_up
 from engine.journal_housekeeper import JournalHousekeeper
 from shm.rings import EngineRings
 from engine.snapshot_coordinator import hold_for_snapshot
+from engine.worker_stalls import StallRecorder
 from shm.runtime.topology import pin_self
 from engine.worker_prepare import GenerationLoader, Prepared, load_generation
 from engine.worker_fast import FastStep
@@ -158,6 +159,13 @@ class BatchProcessor:
                   f"answered {ACTION_NAMES[self.unjournaled_action]} with JOURNAL_UNAVAILABLE, "
                   f"retried every {RETRY_NS / 1e9:g} s", file=sys.stderr)
 
+    def retry_journal(self, n: int) -> None:
+        """Idle with the journal unavailable: retry it (at most every RETRY_NS), so that a
+        cluster node that handed its partitions over (no events come) learns that the disk
+        has room again; ``n``: a whole batch must fit (the next segment allocated)."""
+        if self.journal is not None and self.journal.try_reserve(n):
+            self._journal_back()
+
     def _journal_back(self) -> None:
         self.j_unavailable[0] = 0
         self.j_errors[0] = self.journal.write_errors
@@ -198,30 +206,6 @@ class BatchProcessor:
             if self.rings.eventfd_bell is not None:
                 self.rings.eventfd_bell.ring()      # wake a sleeping ingress to drain it
             self.rings.response_full_idle.wait()
-
-
-class StallRecorder:
-    """Counts and logs (shm.control.EventLog) the steps of a worker slower than
-    STALL_NS, by phase: pickup (the oldest event's wait before this worker drained it:
-    the worker was busy, held, descheduled or asleep), kernel, journal (append), publish,
-    hold (snapshot).
-    Each log entry: wall time, phase, duration ns, events, and how the worker last woke
-    (0 busy or spinning, 1 doorbell, 2 safety timeout: a lost wake-up would show as 2)."""
-
-    def __init__(self, block: Block, index: int, idle):
-        self.counts = block.worker(index, "stalls")
-        self.log = EventLog(block.worker(index, "stall_log"))
-        self.idle = idle                    # the worker's SpinThenSleep (its last_wake)
-
-    def note(self, durations, n: int) -> None:
-        """Per-batch durations of the first four phases, in STALL_PHASES order."""
-        for phase, d in enumerate(durations):
-            if d > STALL_NS:
-                self.add(phase, d, n)
-
-    def add(self, phase: int, d: int, n: int) -> None:
-        self.counts[phase] += 1
-        self.log.add(phase, d, n, self.idle.last_wake)
 
 
 def serve_journaled_tail(rings: EngineRings, journal, proc: "BatchProcessor") -> int:
@@ -352,6 +336,8 @@ def serve(run_dir: str, index: int, prep: Prepared | None = None) -> int:
             if now >= blocks_due:       # idle: a per-event leak shows here (bench.alloc); the
                 py_blocks[0] = sys.getallocatedblocks()     # call walks the allocator's
                 blocks_due = now + BLOCKS_EVERY_NS          # arenas (0.5 us): not every round
+            if proc.j_unavailable[0]:
+                proc.retry_journal(max_batch)
         g = int(want_gen[0])
         if g != proc.active.generation and g != refused and not reloader.busy:
             done = reloader.take()

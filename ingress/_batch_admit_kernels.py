@@ -36,7 +36,7 @@ def out_words(n_workers: int) -> int:
 def admit_batch(body, n, keyed, cid, rid, token0, now, conf, checks, dd_index, dd_ent,
                 dd_pool_size, ft, meta, rings, widx, out, own, ts):
     """Admit the ``n`` records of binary request ``body`` (header checked by the caller;
-    conf: ingress._loop_kernels' RSIZE, EV_OFF, BEHIND_NS, N_WORKERS, SHARD_*): record i
+    conf: ingress._loop_kernels' RSIZE, FMASK, EV_OFF, BEHIND_NS, N_WORKERS, SHARD_*): record i
     goes to worker ``widx[i]`` with token ``token0 + i`` (shm.tokens), arrival ``now`` and
     the request's ids ``cid``, ``rid`` (int64 bit patterns). ``keyed``: (cid, rid) is an
     idempotency key. Returns ADMITTED, with ``out`` filled (RHASH: records_hash when keyed;
@@ -55,7 +55,7 @@ def admit_batch(body, n, keyed, cid, rid, token0, now, conf, checks, dd_index, d
     if keyed:
         if LK.key_row(ft, meta, cid, rid) >= 0:
             return KEY_IN_FLIGHT
-        rhash = DK.records_hash(body, hdr, n * rsize)
+        rhash = DK.records_hash(body, hdr, n * rsize, conf[LK.FMASK:])
         if DK.lookup(dd_index, dd_ent, dd_pool_size, cid, rid, now, n, rhash) != -1:
             return DECIDED
     nw = conf[LK.N_WORKERS]

@@ -47,17 +47,26 @@ def _hash(cid, rid):
 
 
 @njit(cache=True)
-def records_hash(buf, off, nbytes):
-    """64-bit hash (int64 bit pattern) of ``nbytes`` of ``buf`` (bytes or a uint8 array) from
-    ``off``: the request's event records, to tell a retry from a reused key. Eight bytes per
-    step (about 1 ns each here); not cryptographic: a collision only lets a client's own
-    reused key be answered with its own earlier decision."""
+def records_hash(buf, off, nbytes, fmask):
+    """64-bit hash (int64 bit pattern) of the ``nbytes`` of whole records in ``buf`` (bytes or
+    a uint8 array) from ``off``: the request's event records, to tell a retry from a reused
+    key. ``fmask``: one record's field mask as int64 words (all ones on its fields' bytes,
+    zero on its padding: shm.journal_append.field_mask), applied word by word: padding is
+    not hashed. The engine ignores padding (docs/PROTOCOL.md) and the journal stores it as
+    zeros, so a window rebuilt from journal records (ingress.window_feed) must hash the same
+    value as the ingress did for the bytes the client sent, whatever their padding held.
+    Eight bytes per step (about 1 ns each here); not cryptographic: a collision only lets a
+    client's own reused key be answered with its own earlier decision."""
     h = (np.uint64(nbytes) + _A) * _M1
     k = 0
+    j = 0
+    nw = fmask.shape[0]
     while k + 8 <= nbytes:
         w = np.uint64(0)
         for b in range(8):
             w |= np.uint64(buf[off + k + b]) << np.uint64(8 * b)
+        w &= np.uint64(fmask[j])
+        j = j + 1 if j + 1 < nw else 0
         h = (h ^ (w * _M2)) * _M3
         h ^= h >> _S29
         k += 8

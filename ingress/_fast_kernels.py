@@ -148,7 +148,7 @@ def worker_refusal(ring_hdr, ring_u8, ring_cap, n, now, behind_ns):
 
 
 @njit(cache=True)
-def admit(body, hdr_off, rsize, checks, cid, rid, keyed, dd_index, dd_ent, dd_pool_size,
+def admit(body, hdr_off, rsize, checks, fmask, cid, rid, keyed, dd_index, dd_ent, dd_pool_size,
           ring_hdr, ring_u8, ring_cap, ev_off, worker, ft, free, meta, fdec, seq, now, deadline,
           behind_ns):
     """Admit a one-event binary request whose header the caller checked: returns row * 2 +
@@ -156,12 +156,13 @@ def admit(body, hdr_off, rsize, checks, cid, rid, keyed, dd_index, dd_ent, dd_po
     0/1: the general path names it), DECIDED (the key was decided, for these events or
     others: the general path answers it from the window or refuses it), TABLE_FULL, or
     worker_refusal's RING_FULL or WORKER_BEHIND (the general path answers OVERLOADED).
-    ``keyed``: (cid, rid) is an idempotency key (client id set, window on)."""
+    ``keyed``: (cid, rid) is an idempotency key (client id set, window on); ``fmask``: the
+    record's field mask (ingress.dedup.record_mask: its hash leaves the padding out)."""
     if not values_ok(body, hdr_off, checks):
         return BAD_VALUE
     rhash = np.int64(0)
     if keyed:
-        rhash = DK.records_hash(body, hdr_off, rsize)
+        rhash = DK.records_hash(body, hdr_off, rsize, fmask)
         if DK.lookup(dd_index, dd_ent, dd_pool_size, cid, rid, now, 1, rhash) != -1:
             return DECIDED
     top = meta[TOP]

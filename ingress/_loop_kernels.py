@@ -46,6 +46,7 @@ STATE_WORDS = 2
  SHARD_WIDTH, SHARD_SIGNED, EV_OFF, BEHIND_NS, DEADLINE_NS, FRAME_CAP, SHED_AFTER_NS,
  READ_BATCH, DEFER_NS, GENERAL_KEYED, PARTITIONED) = range(19)
 CONF_WORDS = 19
+FMASK = CONF_WORDS           # then the record's field mask: RSIZE / 8 words (dedup.record_mask)
 _F = wire.REQUEST_HEADER_DTYPE.fields
 H_MAGIC, H_VERSION, H_FLAGS, H_SHASH, H_COUNT, H_DEADLINE, H_CID, H_RID = (
     _F[f][1] for f in ("magic", "version", "flags", "schema_hash", "count", "deadline_us",
@@ -237,8 +238,8 @@ def admit_one(buf, fsize, nframes, now, ts, conf, checks, dd_index, dd_ent, dd_p
     deadline = now + deadline_us * 1000 if deadline_us else now + conf[DEADLINE_NS]
     body = buf[bo:bo + conf[BODY_LEN]]
     ring_hdr, ring_u8 = request_ring(rings, w)
-    res = K.admit(body, HDR, conf[RSIZE], checks, cid, rid, keyed, dd_index, dd_ent, dd_pool_size,
-                  ring_hdr, ring_u8, rings[w, R_CAP], conf[EV_OFF], w, ft, free, meta, fdec,
+    res = K.admit(body, HDR, conf[RSIZE], checks, conf[FMASK:], cid, rid, keyed, dd_index, dd_ent,
+                  dd_pool_size, ring_hdr, ring_u8, rings[w, R_CAP], conf[EV_OFF], w, ft, free, meta, fdec,
                   cells[SEQ], now, deadline, conf[BEHIND_NS])
     if res < 0:
         return False

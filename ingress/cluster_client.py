@@ -8,8 +8,14 @@ Per owner the client keeps one ``Client`` (Lazy Pirate: timeout, close, reopen, 
 same ids); all of them share one client id and one request-id sequence, so a request keeps
 its idempotency key whichever node it reaches.
 
-- A batch whose events belong to partitions of different owners is split: one request per
-  owner, the decisions returned in the events' order.
+- A batch is split by partition: one request per partition present, each with its own
+  request id, allocated once per call and kept across every retry and redirect; the
+  decisions are returned in the events' order. A partition moves between nodes as a whole,
+  so a sub-request's journal records (and the taker's window entry rebuilt from them) move
+  together: a resend after a hand-over reaches a node that has the whole first decision.
+  Split by owner, a request that timed out at an owner whose partitions then went to
+  several nodes was split again under new ids and decided twice (issue 24). The cost: a
+  batch spanning k partitions is k sequential round trips (docs/CLUSTER.md, "Routing").
 - NOT_OWNER (the map was stale): nothing was evaluated there; the reply names the owner, the
   client records it and sends the same request (same id) there (``max_redirects`` hops to
   another node per call, then RequestError NOT_OWNER). ``owner=none``, a node naming itself,
@@ -34,7 +40,7 @@ import numpy as np
 import zmq
 
 from shm.ownership import valid_address
-from shm.schema import Schema
+from shm.schema import Schema, take_rows
 from shm.types import ErrorCode
 from ingress.admission import shard_of
 from ingress.client import Client, ClientCodec, ClientTimeout, CurveKeys, Decision, RequestError, load_schema
@@ -109,47 +115,54 @@ class ClusterClient:
 
     def evaluate_batch(self, events, *, timeout_ms: int | None = None,
                        deadline_ms: float | None = None) -> list[Decision]:
-        """Decisions for a list of event dicts or an array of ``schema.dtype``, in order."""
+        """Decisions for a list of event dicts or an array of ``schema.dtype``, in order: one
+        request per partition, each with a request id of its own, allocated here and kept
+        across every retry and redirect (module doc: exactly once across a hand-over)."""
         recs = self.codec.records(events)
         parts = shard_of(recs[self.key], self.partitions)
         timeout_ms = timeout_ms or self.timeout_ms
         deadline_ms = self.deadline_ms if deadline_ms is None else deadline_ms
         out: list = [None] * len(recs)
-        todo, hops, waits, waited_from = [(np.arange(len(recs)), None)], 0, 0, 0.0
-        asked: set[str] = set()                    # nodes that answered NOT_OWNER in this call
-        while todo:
-            idx, rid = todo.pop()
-            owners = np.array([self.owner(p) for p in parts[idx].tolist()], dtype=object)
-            if (owners != owners[0]).any():        # several owners: one request each
-                todo.extend((idx[owners == a], None) for a in dict.fromkeys(owners.tolist()))
-                continue
-            rid = rid or self.codec.new_request_id()
-            seen = self._changes.get(int(parts[idx[0]]), 0)
+        if not len(recs):
+            return out
+        order = np.argsort(parts, kind="stable")           # events grouped by partition, in order
+        cuts = np.flatnonzero(np.diff(parts[order])) + 1
+        subs = [(int(parts[g[0]]), g, self.codec.new_request_id()) for g in np.split(order, cuts)]
+        call = {"hops": 0, "waits": 0, "from": 0.0, "asked": set()}
+        for p, idx, rid in subs:
+            # rows as bytes: recs[idx] leaves the padding uninitialised (PROTOCOL.md: send
+            # zeros); taken once, so every attempt of this id sends the same bytes
+            for i, d in zip(idx.tolist(), self._send(take_rows(recs, idx), p, rid, timeout_ms,
+                                                     deadline_ms, call)):
+                out[i] = d
+        return out
+
+    def _send(self, rows: np.ndarray, p: int, rid: int, timeout_ms: int, deadline_ms: float,
+              call: dict) -> list[Decision]:
+        """Partition ``p``'s request ``rid``, following NOT_OWNER (``call``: this call's hops,
+        waits and the nodes that answered NOT_OWNER)."""
+        while True:
+            seen = self._changes.get(p, 0)
             try:
-                got = self._request(recs[idx], int(parts[idx[0]]), timeout_ms, deadline_ms, rid)
+                return self._request(rows, p, timeout_ms, deadline_ms, rid)
             except _Redirect as r:
-                named = self.owner(int(parts[idx[0]]))
-                asked.add(r.asked)
-                if named and named not in asked and "owner=none" not in str(r):  # a new node: follow
-                    hops += 1
-                    if hops > self.max_redirects:
-                        raise RequestError(ErrorCode.NOT_OWNER, f"{r}; gave up after {hops - 1} "
+                named = self.owner(p)
+                call["asked"].add(r.asked)
+                if named and named not in call["asked"] and "owner=none" not in str(r):  # a new node: follow
+                    call["hops"] += 1
+                    if call["hops"] > self.max_redirects:
+                        raise RequestError(ErrorCode.NOT_OWNER, f"{r}; gave up after {call['hops'] - 1} "
                                            f"redirect(s) (max_redirects={self.max_redirects})") from None
                 else:     # nobody serves it now (none named, or nodes naming each other): a failover
                     now = time.monotonic()
-                    waited_from = waited_from or now
-                    if now - waited_from > self.failover_wait_s:
+                    call["from"] = call["from"] or now
+                    if now - call["from"] > self.failover_wait_s:
                         raise RequestError(ErrorCode.NOT_OWNER, f"{r}; no node served the partition "
                                            f"within failover_wait_s={self.failover_wait_s:g}") from None
-                    self._wait_change(int(parts[idx[0]]), seen, min(0.5, REDIRECT_BACKOFF_S * 2 ** waits))
-                    waits += 1
+                    self._wait_change(p, seen, min(0.5, REDIRECT_BACKOFF_S * 2 ** call["waits"]))
+                    call["waits"] += 1
                 # the same id: an earlier attempt that timed out may have been decided, and
                 # the next owner answers that decision from its window (docs/CLUSTER.md)
-                todo.append((idx, rid))
-                continue
-            for i, d in zip(idx.tolist(), got):
-                out[i] = d
-        return out
 
     def _request(self, recs: np.ndarray, p: int, timeout_ms: int, deadline_ms: float,
                  rid: int) -> list[Decision]:

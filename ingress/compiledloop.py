@@ -52,7 +52,7 @@ class CompiledLoop:
         self.msg, self.ts = zmqc.new_msg(), np.zeros(2, np.int64)
         self.state = np.zeros(LK.STATE_WORDS, np.int64)
         self.owed = np.zeros(len(views.ring_hdr), np.uint8)
-        c = self.conf = np.zeros(LK.CONF_WORDS, np.int64)
+        c = self.conf = np.zeros(LK.FMASK + fast.rsize // 8, np.int64)
         key_dt, key_off = cfg.schema.dtype.fields[shards.key][:2]
         for i, v in ((LK.BODY_LEN, fast.body_len), (LK.RSIZE, fast.rsize),
                      (LK.SHASH, i64_bits(fast.schema_hash)), (LK.KEYED_OK, int(fast.keyed_ok)),
@@ -64,6 +64,7 @@ class CompiledLoop:
                      (LK.SHED_AFTER_NS, shed_after_ns), (LK.READ_BATCH, read_batch),
                      (LK.DEFER_NS, DOORBELL_DEFER_NS), (LK.PARTITIONED, int(fast.owners is not None))):
             c[i] = v
+        c[LK.FMASK:] = fast.fmask
         # a cluster node's lease deadlines (ingress.ownercheck); else a cell never read
         self.own = fast.owners.until_ns() if fast.owners is not None else np.zeros(1, np.int64)
         arrays = dict(msg=self.msg, buf=self.buf, fsize=self.fsize, ts=self.ts, state=self.state,

@@ -13,7 +13,8 @@ Two tables:
 
 The cached decision is transport-neutral (response slots), so a retry is answered in its own
 transport (binary or JSON), with DecisionFlag.DUPLICATE set. Each entry keeps a hash of the
-request's record bytes (``records_hash``): a key reused for other events is a conflict
+request's record bytes without their padding, which the journal stores as zeros
+(``records_hash``): a key reused for other events is a conflict
 (ErrorCode.IDEMPOTENCY_CONFLICT), never answered with the other request's decision. The window lives in the ingress
 process: an ingress restart forgets it (documented in docs/RELIABILITY.md).
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from shm.journal_append import field_mask
 from shm.types import RESPONSE_SLOT_DTYPE, DecisionFlag
 from ingress import _dedup_kernels as K
 from shm.ring import bind_entry
@@ -134,11 +136,21 @@ class IdempotencyWindow:
             self.inflight.pop(key, None)
 
 
-def records_hash(records: np.ndarray) -> int:
+def record_mask(dtype: np.dtype) -> np.ndarray:
+    """One record's field mask as int64 words (``records_hash``'s ``fmask``): all ones on the
+    bytes of its fields, zero on its padding (the bytes the journal stores as zeros)."""
+    return np.ascontiguousarray(field_mask(np.dtype(dtype)).view(np.int64))
+
+
+def records_hash(records: np.ndarray, fmask: np.ndarray) -> int:
     """``_dedup_kernels.records_hash`` of a request's records (a contiguous array of the
-    schema dtype, or their bytes): what the window compares a retry's events by."""
+    schema dtype, or their bytes; ``fmask``: ``record_mask`` of that dtype): what the window
+    compares a retry's events by, their padding not included."""
     b = records if records.dtype == np.uint8 else records.view(np.uint8)
-    return int(K.records_hash(b, 0, b.size))
+    if fmask.dtype != np.int64 or fmask.size < 1 or b.size % (8 * fmask.size):
+        raise ValueError(f"records of {b.size} B, field mask {fmask.dtype}[{fmask.size}]: need "
+                         f"int64 words and whole records")
+    return int(K.records_hash(b, 0, b.size, fmask))
 
 
 def _sizes(window_ns: int, max_entries: int, max_bytes: int) -> tuple[int, int]:

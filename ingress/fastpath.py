@@ -26,7 +26,7 @@ from ingress import _fast_kernels as K
 from ingress import _loop_kernels as LK
 from ingress import wire
 from ingress.admission import ADMITTED
-from ingress.dedup import i64_bits
+from ingress.dedup import i64_bits, record_mask
 from shm.ring import bind_entry
 from shm.tokens import INDEX_SPAN
 
@@ -68,6 +68,7 @@ class FastPath:
         self.rsize = schema.record_size
         self.schema_hash = schema.hash
         self.checks = codec.value_checks
+        self.fmask = record_mask(schema.dtype)   # the records hash leaves padding out (dedup)
         self.ev_off = views.ev_off
         self.dedup = dedup
         self.inflight = dedup.inflight
@@ -106,7 +107,8 @@ class FastPath:
         i64 = numba.types.int64
         body_t = ty(b"x")
         self._admit = bind_entry(K.admit, (
-            body_t, i64, i64, ty(self.checks), i64, i64, i64, ty(self.dd_index), ty(self.dd_ent), i64,
+            body_t, i64, i64, ty(self.checks), ty(self.fmask), i64, i64, i64, ty(self.dd_index),
+            ty(self.dd_ent), i64,
             ty(self.ring_hdr[0]), ty(self.ring_u8[0]), i64, i64, i64, ty(self.ft), ty(self.free),
             ty(self.meta), ty(self.fdec), i64, i64, i64, i64))
         # the arguments every finished row needs (K.finish_row), passed to deliver and finish
@@ -191,7 +193,7 @@ class FastPath:
             if key in self.inflight or (self.compiled and self.pending_row(key) is not None):
                 return False
         w = self.shards.worker_of_record(body, wire.REQUEST_HEADER_SIZE)
-        res = self._admit(body, wire.REQUEST_HEADER_SIZE, self.rsize, self.checks,
+        res = self._admit(body, wire.REQUEST_HEADER_SIZE, self.rsize, self.checks, self.fmask,
                           i64_bits(cid), i64_bits(rid), 0 if key is None else 1, self.dd_index,
                           self.dd_ent, self.dd_pool.size, self.ring_hdr[w], self.ring_u8[w],
                           self.ring_cap[w], self.ev_off, w, self.ft, self.free, self.meta, self.fdec,

@@ -25,7 +25,7 @@ from shm.control import LATENCY_BOUNDS_NS, STAGES, N_CODES, observe_request
 from shm.types import DecisionFlag, ErrorCode, RESPONSE_SLOT_DTYPE
 from ingress.admission import ADMITTED, Admission, RingViews, Shards
 from ingress.codec import split_envelope
-from ingress.dedup import CONFLICT, IdempotencyWindow, i64_bits, records_hash
+from ingress.dedup import CONFLICT, IdempotencyWindow, i64_bits, record_mask, records_hash
 from ingress.replies import TRANSPORT, Replies
 from ingress.timeouts import Timeouts
 from ingress import _batch_kernels as BK
@@ -74,6 +74,7 @@ class GeneralPath:
         self.rings = rings
         self.n_workers = len(rings)
         self.rsize = cfg.schema.record_size
+        self.fmask = record_mask(cfg.schema.dtype)     # the records hash leaves padding out
         self.fired_rings = [r.fired for r in rings]
         self.fired_lists: dict[int, list] = {}     # token -> every fired index (JSON, overflow)
         # idempotency key -> (expiry ns, {decision index: every fired index}) of decided
@@ -164,7 +165,7 @@ class GeneralPath:
         rhash = 0
         if req.client_id and self.dedup.enabled:
             dkey = (req.client_id, req.request_id)
-            rhash = records_hash(req.records)
+            rhash = records_hash(req.records, self.fmask)
             p = self.dedup.pending(dkey)
             if p is None:                          # the compiled loop's rows are not there
                 p = self.fast.pending_row(dkey)

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 
 from shm.ownership import valid_address
 from shm.runtime.nats_auth import auth_options
+from shm.runtime.nats_log import ConnectionLog
 
 BUCKET = "risk_engine_leases"
 # the map's reply subjects: a read-only user is let subscribe to these alone, not to _INBOX.>
@@ -82,8 +84,11 @@ class PartitionMap:
     unknown). ``on_change(p, address)`` runs on the watch thread for every change."""
 
     def __init__(self, servers, bucket: str = BUCKET, on_change=None, timeout_s: float = 10.0,
-                 credentials: str = ""):
+                 credentials: str = "", log=None):
         self.servers, self.bucket, self.timeout_s = list(servers), bucket, timeout_s
+        # log(line): the connection's state changes (shm.runtime.nats_log); default: a warning
+        # on the ingress.partmap logger (stderr when logging is not configured)
+        self.conn_log = ConnectionLog("risk-engine: partition map", log or logging.getLogger(__name__).warning)
         self.credentials = credentials      # the NATS credentials file (shm.runtime.nats_auth)
         self.on_change = on_change or (lambda p, address: None)
         self.partitions = 0
@@ -153,8 +158,8 @@ class PartitionMap:
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
         nc = await asyncio.wait_for(nats.connect(
             self.servers, **auth_options(self.credentials), name="risk-engine partition map", connect_timeout=2,
-            inbox_prefix=INBOX_PREFIX,
-            reconnect_time_wait=0.25, max_reconnect_attempts=-1), self.timeout_s)
+            inbox_prefix=INBOX_PREFIX, reconnect_time_wait=0.25, max_reconnect_attempts=-1,
+            **self.conn_log.callbacks()), self.timeout_s)
         try:
             js = nc.jetstream(timeout=2.0)
             kv, w, last = await asyncio.wait_for(watch_all(js, self.bucket), self.timeout_s)

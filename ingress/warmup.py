@@ -39,7 +39,7 @@ def warm_up(codec, fast, general) -> int:
     frames = sample_frames(codec)
     for frame in frames:
         req = codec.decode(frame)
-        records_hash(req.records)
+        records_hash(req.records, general.fmask)
         slots = np.zeros(len(req.records), RESPONSE_SLOT_DTYPE)
         slots["generation"] = 1
         codec.encode_reply(req, slots, None, None)

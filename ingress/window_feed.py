@@ -6,7 +6,9 @@ request's client id and request id and the decision (shm.journal_format). ``entr
 them into window entries, one per (client id, request id), with the response slots a retry is
 answered from (score, generation, action and flags as journaled; fired rule indexes are not
 journaled, so the list is empty) and the records hash a resend is compared by (the events'
-bytes in journal order: the request's order for a request whose events went to one writer).
+bytes in journal order, padding left out as the live ingress leaves it: the journal stores
+zeros there, the client's bytes may hold anything; the request's order for a request whose
+events went to one writer).
 
 The channel from the supervisor (which takes partitions) to the ingress process (which owns
 the window): the supervisor writes ``window-feed.<seq>`` (0600, atomically, in the 0700 run
@@ -27,7 +29,7 @@ import numpy as np
 
 from shm.runtime.securedir import read_private_file, write_private_file
 from shm.types import RESPONSE_SLOT_DTYPE
-from ingress.dedup import IdempotencyWindow, records_hash
+from ingress.dedup import IdempotencyWindow, record_mask, records_hash
 
 PREFIX = "window-feed."
 MAGIC = b"RWFEED01"
@@ -44,8 +46,8 @@ def entries(batches) -> tuple[np.ndarray, np.ndarray]:
     """(entries of _ENTRY dtype, response slots) of journal record arrays (one partition's,
     in stream order): one entry per (client_id, request_id) with client_id != 0, its slots in
     the records' order. Client id 0 is never deduplicated (docs/PROTOCOL.md, section 5). The
-    events are hashed as stored, padding included (numpy copies of structured arrays do not
-    keep padding bytes, so rows are selected as raw bytes)."""
+    events are hashed as the ingress hashes a request (dedup.records_hash: padding left out;
+    rows are selected as raw bytes, numpy copies of structured arrays do not keep padding)."""
     raw = [np.ascontiguousarray(b).view(np.uint8).reshape(len(b), -1) for b in batches if len(b)]
     if not raw:
         return np.zeros(0, _ENTRY), np.zeros(0, RESPONSE_SLOT_DTYPE)
@@ -72,8 +74,9 @@ def entries(batches) -> tuple[np.ndarray, np.ndarray]:
     out["n"] = counts
     off, size = dt.fields["event"][1], dt.fields["event"][0].itemsize
     ev = np.ascontiguousarray(raw[:, off:off + size])
+    fmask = record_mask(dt["event"])
     for k, (s, n) in enumerate(zip(starts.tolist(), counts.tolist())):
-        out["rhash"][k] = records_hash(ev[s:s + n].reshape(-1))
+        out["rhash"][k] = records_hash(ev[s:s + n].reshape(-1), fmask)
     slots = np.zeros(len(r), RESPONSE_SLOT_DTYPE)
     for f in ("score", "generation", "action", "flags"):
         slots[f] = r[f]

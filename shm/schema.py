@@ -173,3 +173,11 @@ def record_dtype(specs: tuple[FieldSpec, ...] | list[FieldSpec]) -> np.dtype:
                        "offsets": [dt.fields[n][1] for n in dt.names], "itemsize": size,
                        "aligned": True})
     return dt
+
+
+def take_rows(records: np.ndarray, which) -> np.ndarray:
+    """``records[which]`` (a mask or indexes) copied as bytes, padding included: fancy
+    indexing copies a padded record dtype field by field and leaves the padding undefined
+    (a journal record's check word covers it; a wire record's is sent as zeros)."""
+    rows = np.ascontiguousarray(records).view(np.uint8).reshape(len(records), records.dtype.itemsize)
+    return np.ascontiguousarray(rows[which]).reshape(-1).view(records.dtype)

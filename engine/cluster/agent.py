@@ -33,11 +33,11 @@ import nats.errors
 from engine.cluster.drain import Drain
 from engine.cluster.leases import BUCKET, LeaseError, LeaseStore, encode
 from engine.cluster.leaseview import LeaseView
+from engine.cluster.members import Members
 from engine.cluster.ownership import OwnershipTable, now_ns
 from shm.runtime.nats_auth import auth_options
 
 NS = 1_000_000_000
-MEMBER_GONE_TTLS = 3        # a heartbeat unchanged this many TTLs: the node left (balancing only)
 OPEN_TIMEOUT_S = 30.0       # servers just started elect a JetStream meta leader first
 _RETRY = (nats.errors.Error, asyncio.TimeoutError, OSError)
 
@@ -46,7 +46,7 @@ class LeaseAgent:
     def __init__(self, servers, node: str, advertise: str, partitions: int, lease_ttl_s: float,
                  bucket: str = BUCKET, replicas: int | None = None, on_event=None,
                  table: OwnershipTable | None = None, open_timeout_s: float = OPEN_TIMEOUT_S,
-                 prepare=None, on_end=None, credentials: str = ""):
+                 prepare=None, on_end=None, credentials: str = "", journal_ok=None):
         self.servers, self.node, self.partitions = list(servers), node, partitions
         self.credentials = credentials          # the NATS credentials file (shm.runtime.nats_auth)
         self.open_timeout_s = open_timeout_s
@@ -64,13 +64,10 @@ class LeaseAgent:
         self.on_event = on_event or (lambda ev: None)
         self.held: dict[int, tuple[int, int]] = {}      # p -> (revision, stamp of its write)
         self.view = LeaseView(partitions, self.ttl_ns, on_error=self._view_error)   # the leases, watched
-        self.members: dict[str, tuple[int, int]] = {}   # node -> (heartbeat revision, first read at)
-        # node -> when a lease of its was found expired: out of the share until a heartbeat of
-        # its is first read over a TTL later (so written after the lapse), else the share
-        # would release partitions to a node cut off from NATS, for no one to take
-        self.lapsed: dict[str, int] = {}
+        self.members = Members(self)                    # heartbeats (engine.cluster.members)
         self.store: LeaseStore | None = None
-        self.drain = Drain(self)                        # `cluster drain` (engine.cluster.drain)
+        # `cluster drain`, and journal_ok() False (a full disk): hand over (engine.cluster.drain)
+        self.drain = Drain(self, journal_ok)
         # prepare(p, rev) -> bool, awaited after a take and before the table shows the lease
         # (engine.cluster.takeover: fence, snapshot, replay); False or an error: released
         self.prepare = prepare
@@ -99,14 +96,14 @@ class LeaseAgent:
             started, last_members, last_status = now_ns(), 0, 0
             while not stop.is_set():
                 t = now_ns()
-                if t - last_members >= self.ttl_ns:
-                    last_members = t
-                    await self._guard(self._heartbeat_and_members())
+                if self.drain.check_journal() or t - last_members >= self.ttl_ns:
+                    last_members = t                # a journal lost or back: heartbeat now
+                    await self._guard(self.members.beat())
                 await self._renew_due()
                 await self._guard(self._scan_and_take(balance=t - started >= 2 * self.ttl_ns))
                 if t - last_status >= self.ttl_ns:
                     last_status = t
-                    self.emit("status", owned=self.table.owned(), live=self._live())
+                    self.emit("status", owned=self.table.owned(), live=self.members.live())
                 await self._idle()
         finally:
             for task in (watching, relay):
@@ -159,21 +156,6 @@ class LeaseAgent:
 
     async def _disconnected(self) -> None:
         self.emit("disconnected")
-
-    def _live(self) -> int:
-        t = now_ns()
-        return 1 + sum(1 for n, (_, seen) in self.members.items() if n != self.node
-                       and n not in self.drain.nodes and t - seen < MEMBER_GONE_TTLS * self.ttl_ns
-                       and seen > self.lapsed.get(n, -self.ttl_ns) + self.ttl_ns)
-
-    async def _heartbeat_and_members(self) -> None:
-        await self.store.heartbeat(self.node, self.advertise)
-        revs, drained = await self.store.roster()
-        self.drain.update(drained)
-        t = now_ns()
-        for n, rev in revs.items():
-            if self.members.get(n, (None,))[0] != rev:
-                self.members[n] = (rev, t)
 
     def _lose(self, p: int, reason: str) -> None:
         rev, _ = self.held.pop(p)
@@ -297,8 +279,8 @@ class LeaseAgent:
                 free.append((p, e.revision))
             elif self.view.expired(p, t):
                 expired.append((p, e.revision))     # unchanged for a full TTL on our clock
-                self.lapsed[e.value.get("node")] = t
-        target = math.ceil(self.partitions / self._live())     # without a node just found lapsed
+                self.members.lapsed[e.value.get("node")] = t
+        target = math.ceil(self.partitions / self.members.live())     # without a node just found lapsed
         room = max(0, target - len(self.held))
         # expired leases are taken whatever the share (their partitions are unserved);
         # free ones only up to this node's share, so a joining node gets some

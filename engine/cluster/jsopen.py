@@ -26,37 +26,56 @@ class StoreUnavailable(RuntimeError):
     """The store's stream cannot be placed, or has no leader, within the wait."""
 
 
-async def create_placed(create, what: str, ready_s: float):
-    """``await create()``, a call that creates a stream (a store, a bucket), retried while the
-    meta leader refuses to place it for lack of peers (NO_PLACEMENT); raises StoreUnavailable
-    after ``ready_s`` seconds. Other refusals are raised as they are."""
+async def settled(call, what: str, ready_s: float):
+    """``await call()``, a call that opens or creates a stream (a store, a bucket), retried
+    while JetStream is settling: no answer, no responders, temporarily unavailable (a meta
+    leader being elected, a server busy), or placement refused for lack of peers
+    (NO_PLACEMENT); raises StoreUnavailable after ``ready_s`` seconds. Other refusals are
+    raised as they are. ``call`` is safe to repeat: creating a stream that exists with the same
+    configuration succeeds."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + ready_s
     while True:
         try:
-            return await create()
+            return await call()
         except jserr.BadRequestError as e:
             if e.err_code != NO_PLACEMENT:
                 raise
-            if loop.time() >= deadline:
-                raise StoreUnavailable(f"{what}: {e.description} for {ready_s:g} s") from None
+            why = e.description
+        except _NOT_YET as e:
+            why = type(e).__name__
+        if loop.time() >= deadline:
+            raise StoreUnavailable(f"{what}: {why} for {ready_s:g} s")
         await asyncio.sleep(0.2)
+
+
+async def opened(js, stream: str, open_, create, missing, what: str, ready_s: float):
+    """``await open_()``; when it raises ``missing``, ``await create()`` (another node may have
+    created it meanwhile: then opened again). All of it retried while JetStream settles
+    (``settled``); returns once ``stream`` has a leader (``stream_led``). Raises
+    StoreUnavailable after ``ready_s`` seconds of either wait."""
+    async def once():
+        try:
+            return await open_()
+        except missing:
+            try:
+                return await create()
+            except jserr.BadRequestError as e:
+                if e.err_code == NO_PLACEMENT:
+                    raise
+                return await open_()            # created meanwhile by another node
+    got = await settled(once, what, ready_s)
+    await stream_led(js, stream, ready_s)
+    return got
 
 
 async def open_object_store(js, bucket: str, replicas: int, description: str, ready_s: float):
     """The object store ``bucket``, created (FILE storage, ``replicas``) when missing, once its
     stream has a leader; raises StoreUnavailable after ``ready_s`` seconds."""
-    try:
-        store = await js.object_store(bucket)
-    except jserr.BucketNotFoundError:
-        try:
-            store = await create_placed(lambda: js.create_object_store(bucket, config=api.ObjectStoreConfig(
-                description=description, replicas=replicas, storage=api.StorageType.FILE)),
-                f"object store {bucket}", ready_s)
-        except jserr.BadRequestError:            # created meanwhile by another node
-            store = await js.object_store(bucket)
-    await stream_led(js, f"OBJ_{bucket}", ready_s)
-    return store
+    return await opened(js, f"OBJ_{bucket}", lambda: js.object_store(bucket),
+                        lambda: js.create_object_store(bucket, config=api.ObjectStoreConfig(
+                            description=description, replicas=replicas, storage=api.StorageType.FILE)),
+                        jserr.BucketNotFoundError, f"object store {bucket}", ready_s)
 
 
 async def stream_led(js, stream: str, ready_s: float) -> None:

@@ -13,8 +13,9 @@ neither renew nor release a lease taken since.
 The bucket has no server-side TTL: expiry is judged by the nodes on their own clocks
 (engine.cluster.agent), never by comparing timestamps between machines. ``meta`` holds the
 partition count, written once by the first node: a node configured with another count
-refuses to start. ``node.NAME`` is each node's heartbeat, for balancing only; ``drain.NAME``
-marks a drained node (engine.cluster.drain).
+refuses to start. ``node.NAME`` is each node's heartbeat, for balancing only (its value
+says ``"journal_ok": false`` while the node cannot journal); ``drain.NAME`` marks a drained
+node (engine.cluster.drain).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import nats
 import nats.js.errors as jserr
 from nats.js import api
 
-from engine.cluster.jsopen import READY_S, create_placed, stream_led
+from engine.cluster.jsopen import READY_S, settled, stream_led
 from shm.runtime.nats_auth import auth_options
 from ingress.partmap import BUCKET, decode, encode, lease_key  # noqa: F401  (the bucket's names)
 
@@ -55,6 +56,18 @@ def drain_key(node: str) -> str:
     return f"drain.{node}"
 
 
+def journal_unavailable(heartbeat: bytes) -> bool:
+    """Whether a heartbeat value says its node cannot journal: exactly ``"journal_ok":
+    false`` in a JSON object. Anything else (no flag: a node older than it; a malformed
+    value) reads as a working journal, as every heartbeat did before the flag: the node is
+    counted in the share, and what it does with its leases is its own agent's to decide."""
+    try:
+        v = json.loads(heartbeat)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return False
+    return isinstance(v, dict) and v.get("journal_ok") is False
+
+
 class LeaseStore:
     """The lease bucket through one JetStream context. Timeouts, lost connections and
     unavailable streams raise (nats.errors.Error): the caller keeps its state and retries."""
@@ -73,7 +86,7 @@ class LeaseStore:
             if not create:
                 raise LeaseError(f"bucket={self.bucket}: no lease bucket on these servers "
                                  "(no node has started)") from None
-            await create_placed(lambda: self.js.create_key_value(api.KeyValueConfig(
+            await settled(lambda: self.js.create_key_value(api.KeyValueConfig(
                 bucket=self.bucket, history=1, replicas=replicas,
                 storage=api.StorageType.FILE, description="risk-engine partition leases")),
                 f"bucket {self.bucket}", READY_S)
@@ -141,9 +154,10 @@ class LeaseStore:
             raise
         return True
 
-    async def heartbeat(self, node: str, advertise: str) -> None:
-        await self.js.publish(self.prefix + member_key(node), encode(node, advertise),
-                              timeout=self.timeout_s)
+    async def heartbeat(self, node: str, advertise: str, journal_ok: bool = True) -> None:
+        value = encode(node, advertise) if journal_ok else \
+            json.dumps({"node": node, "advertise": advertise, "journal_ok": False}, separators=(",", ":")).encode()
+        await self.js.publish(self.prefix + member_key(node), value, timeout=self.timeout_s)
 
     async def leave(self, node: str) -> None:
         await self.js.publish(self.prefix + member_key(node), b"", timeout=self.timeout_s,
@@ -153,14 +167,15 @@ class LeaseStore:
         """{node: revision of its last heartbeat} of every node with a heartbeat entry."""
         return (await self.roster())[0]
 
-    async def roster(self) -> tuple[dict[str, int], set[str]]:
-        """``members()`` and the drained nodes (a ``drain.NODE`` entry), from one listing."""
+    async def roster(self) -> tuple[dict[str, int], set[str], set[str]]:
+        """``members()``, the drained nodes (a ``drain.NODE`` entry) and the nodes whose
+        heartbeat says their journal is unavailable, from one listing."""
         kv = await self.js.key_value(self.bucket)
         try:
             keys = await kv.keys()
         except jserr.NoKeysError:
-            return {}, set()
-        out, drained = {}, set()
+            return {}, set(), set()
+        out, drained, unfit = {}, set(), set()
         for k in keys:
             if k.startswith(("node.", "drain.")):
                 e = await self.get(k)
@@ -168,9 +183,11 @@ class LeaseStore:
                     continue
                 if k.startswith("node."):
                     out[k[5:]] = e.revision
+                    if journal_unavailable(e.value):
+                        unfit.add(k[5:])
                 else:
                     drained.add(k[6:])
-        return out, drained
+        return out, drained, unfit
 
     async def set_drain(self, node: str, value: bytes) -> int:
         return (await self.js.publish(self.prefix + drain_key(node), value, timeout=self.timeout_s)).seq

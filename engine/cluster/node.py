@@ -37,8 +37,10 @@ from engine.cluster.ownership import OwnershipTable
 from engine.cluster.partstate import PartitionState
 from engine.cluster.replicate import Replicator
 from engine.cluster.ruleset_apply import RulesetPlane
+from engine.cluster.tailwake import TailerWake
 from engine.preflight import StartupError
 from ingress.partmap import PartitionMap, PartitionMapError
+from shm.doorbell import EventfdDoorbell
 from shm.features.featureset import FeatureSet
 from shm.ownership import SEGMENT as OWNERSHIP, segment_bytes
 from shm.replication import SEGMENT as REPLICATION, ReplicationMarks, segment_bytes as marks_bytes
@@ -57,6 +59,7 @@ class ClusterNode:
         self.table: OwnershipTable | None = None
         self.marks_segment: Segment | None = None   # ack: sync workers read it (shm.replication)
         self.marks: ReplicationMarks | None = None
+        self.bell: EventfdDoorbell | None = None    # ack: sync workers wake the tailer (tailwake)
         self.client: ControlClient | None = None
         self.control: ControlPlane | None = None
         self.ruleset: RulesetPlane | None = None    # the cluster's ruleset (control key `ruleset`)
@@ -84,6 +87,8 @@ class ClusterNode:
         node.table = OwnershipTable(p, node.segment.buf)
         node.marks_segment = Segment.create(sup.cfg.instance, REPLICATION, marks_bytes(), sup.pid)
         node.marks = ReplicationMarks(node.marks_segment.buf)
+        if node.cfg.ack == "sync":
+            node.bell = EventfdDoorbell.create()
         node.client = ControlClient(node.cfg.servers, node.cfg.node, node.replicas, node.open_timeout_s,
                                     credentials=node.cfg.credentials)
         try:
@@ -116,6 +121,12 @@ class ClusterNode:
         elif kind == "prepare_failed":
             self.sup.log(f"risk-engine: cluster: partition {ev['p']}: take-over failed, lease "
                          f"released: {ev.get('error')}")
+        elif kind == "journal_unavailable":
+            self.sup.log(f"risk-engine: cluster: journal unavailable: taking no partition, handing "
+                         f"the {len(ev['held'])} held over to nodes whose journal works "
+                         f"{ev['handover_ns'] / 1e9:g} s from now")
+        elif kind == "journal_available":
+            self.sup.log("risk-engine: cluster: journal available again: taking partitions")
         elif kind == "status":
             self.live_nodes = ev["live"]
         elif kind == "started":
@@ -149,11 +160,13 @@ class ClusterNode:
         self.jobs = TakeJobs(self.sup, state, self._give_up,      # taken rows written by poll(),
                              reading=lambda: self.replicator.reading)   # on this thread
         self.replicator = Replicator(self.sup.cfg, self.table, self.sup.log, self.open_timeout_s,
-                                     state, scratch, self.jobs, marks=self.marks)
+                                     state, scratch, self.jobs, marks=self.marks,
+                                     wake=TailerWake(self.bell) if self.bell is not None else None)
         agent = LeaseAgent(c.servers, c.node, c.advertise, c.partitions, c.lease_ttl_s,
                            replicas=self.replicas, on_event=self._event, table=self.table,
                            open_timeout_s=self.open_timeout_s, prepare=self.replicator.prepare,
-                           on_end=self.replicator.end, credentials=c.credentials)
+                           on_end=self.replicator.end, credentials=c.credentials,
+                           journal_ok=self._journal_ok)
         self.agent = AgentThread(agent, side=[self.replicator.run]).start()
         t = self.open_timeout_s + 5
         while not self._started.wait(0.1):
@@ -167,6 +180,13 @@ class ClusterNode:
         self.sup.log(f"risk-engine: cluster: node {c.node} taking leases on {c.partitions} "
                      f"partitions (ttl {c.lease_ttl_s:g} s, share about "
                      f"{math.ceil(c.partitions / max(1, self.live_nodes or 1))})")
+
+    def _journal_ok(self) -> bool:
+        """(The agent's thread.) False while a worker's journal is unavailable (a full or
+        failing disk; the worker sets and clears its cell): the agent hands the partitions
+        over and takes none (engine.cluster.drain)."""
+        b = self.sup.block
+        return b is None or not any(b.worker(w, "journal_unavailable")[0] for w in range(b.n_workers))
 
     def _give_up(self, partitions) -> None:
         """(The supervisor's thread.) The agent stops serving ``partitions`` and releases them;
@@ -185,7 +205,7 @@ class ClusterNode:
         ingress's NOT_OWNER replies (ingress.ownercheck)."""
         try:
             self.map = PartitionMap(self.cfg.servers, on_change=self.table.set_owner,
-                                    credentials=self.cfg.credentials,
+                                    credentials=self.cfg.credentials, log=self.sup.log,
                                     timeout_s=self.open_timeout_s).start()
         except PartitionMapError as e:
             raise self._fail(f"partition map: {e}") from None
@@ -235,4 +255,11 @@ class ClusterNode:
             self.marks = None
             self.marks_segment.close()
             self.marks_segment = None
+        if self.bell is not None:           # after the agent's loop (its reader) stopped
+            self.bell.close()
+            self.bell = None
+
+    def child_fds(self) -> tuple[int, ...]:
+        """The descriptors every child inherits: the tailer's eventfd (ack: sync)."""
+        return () if self.bell is None else (self.bell.fileno(),)
 

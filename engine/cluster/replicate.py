@@ -1,8 +1,8 @@
 """Replication on a serving node (docs/CLUSTER.md, "Serving with cluster:"): the journal tailer
-(engine.cluster.tailer; with ``ack: sync`` it steps as soon as a worker waits, SYNC_IDLE_S,
-and its replication marks release the workers' held replies: engine.ackgate) and the
-take-over, both on the lease agent's event loop (AgentThread ``side``), so a fence and a
-tailer step never interleave.
+(engine.cluster.tailer; with ``ack: sync`` it steps as soon as a worker rings its eventfd,
+engine.cluster.tailwake, and its replication marks release the workers' held replies:
+engine.ackgate) and the take-over, both on the lease agent's event loop (AgentThread
+``side``), so a fence and a tailer step never interleave.
 
 ``prepare(p, rev)`` and ``end(p)`` are the lease agent's hooks. ``prepare`` takes p before the
 ownership table shows the lease (engine.cluster.takeover): it fences p at the lease's
@@ -35,27 +35,31 @@ from engine.cluster.takeover import take_partition, write_snapshot
 from engine.cluster.trim import trim_below
 from ingress.partmap import BUCKET as LEASE_BUCKET
 from shm.runtime.nats_auth import auth_options
+from shm.runtime.nats_log import ConnectionLog
 
 IDLE_S = 0.02                # a step that read nothing waits this long (the async window's floor)
 SYNC_IDLE_S = 0.001          # ack: sync: replies wait for the step that publishes their records;
                              # between full steps (every IDLE_S) a step runs only when a worker's
-                             # journaled_seq mark is past the tailer's cursor (a step lists and
-                             # reads the journal directory: about 1 ms)
+                             # journaled_seq mark is past the tailer's cursor: looked at when a
+                             # worker rings (``wake``), else every SYNC_IDLE_S
 ERROR_PAUSE_S = 0.5
 HANDOVER_TIMEOUT_S = 30.0    # the supervisor's round (a snapshot) plus the ingress's feed
 _TRANSIENT = (ReplicationError, nats.errors.Error, asyncio.TimeoutError, OSError)
 
 
 class Replicator:
-    def __init__(self, cfg, table, log, open_timeout_s: float, state, scratch, jobs=None, marks=None):
+    def __init__(self, cfg, table, log, open_timeout_s: float, state, scratch, jobs=None, marks=None,
+                 wake=None):
         """``state``: the node's engine.cluster.partstate.PartitionState (what a take-over
         restores into); ``scratch()``: a PartitionState over tables of its own (made at the
         first snapshot write), where snapshot objects are computed; ``jobs``: the node's
         engine.cluster.handover.TakeJobs (None: the take writes ``state`` on this thread);
-        ``marks``: the node's shm.replication.ReplicationMarks (what ack: sync workers wait on)."""
+        ``marks``: the node's shm.replication.ReplicationMarks (what ack: sync workers wait on);
+        ``wake``: an engine.cluster.tailwake.TailerWake the workers ring (ack: sync)."""
         self.cfg, self.table, self.say, self.state, self.jobs = cfg, table, log, state, jobs
         self.marks = marks
         self.idle_s = SYNC_IDLE_S if marks is not None and cfg.cluster.ack == "sync" else IDLE_S
+        self.wake = wake if self.idle_s < IDLE_S else None
         self.scratch, self._scratch = scratch, None
         self.snapshot_interval_s = float(cfg.durability.snapshot_interval_s)
         self.snapped: dict[int, int] = {}     # p -> stream seq of this node's last object of p
@@ -73,6 +77,7 @@ class Replicator:
         self.lag_errors = 0
         self.trims = 0               # subjects trimmed below a verified snapshot object
         self.trim_refused = 0        # snapshot objects that failed their read-back: no trim
+        self.conn_log = ConnectionLog("risk-engine: cluster: replication", log)
         self.timeline: dict[int, dict[str, int]] = {}   # p -> its last take's steps (node.py logs them)
         self._ready = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -82,8 +87,8 @@ class Replicator:
         c = self.cfg.cluster
         nc = await asyncio.wait_for(nats.connect(
             list(c.servers), **auth_options(c.credentials), name=f"risk-engine {c.node} replication",
-            connect_timeout=2,
-            reconnect_time_wait=0.25, max_reconnect_attempts=-1), self.open_timeout_s)
+            connect_timeout=2, reconnect_time_wait=0.25, max_reconnect_attempts=-1,
+            **self.conn_log.callbacks()), self.open_timeout_s)      # a line per state change
         snapping = lagging = None    # the snapshot objects' round and the lag, tasks beside the tailer
         try:
             js = nc.jetstream(timeout=2.0)
@@ -96,12 +101,17 @@ class Replicator:
                                         self.table, marks=self.marks)
             self._ready.set()
             lagging = asyncio.ensure_future(self._lag_loop(js, stop))
+            if self.wake is not None:
+                self.wake.attach()
             due = time.monotonic() + self.snapshot_interval_s
             full_due = 0.0
             while not stop.is_set():
-                if self.idle_s < IDLE_S and time.monotonic() < full_due \
-                        and not self.marks.waiting(self.tailer.cursor):
-                    await asyncio.sleep(self.idle_s)    # ack: sync, no worker waits
+                left = full_due - time.monotonic()
+                if self.idle_s < IDLE_S and left > 0 and not self.marks.waiting(self.tailer.cursor):
+                    if self.wake is None:               # ack: sync, no worker waits
+                        await asyncio.sleep(self.idle_s)
+                    else:                               # until a worker rings, at most until
+                        await self.wake.wait(left)      # the next full step
                     continue
                 full_due = time.monotonic() + IDLE_S
                 if time.monotonic() >= due and (snapping is None or snapping.done()):
@@ -114,9 +124,11 @@ class Replicator:
                     self._error(e)
                     await self._wait(stop, ERROR_PAUSE_S)
                     continue
-                if not self.tailer.read_last_step:
-                    await asyncio.sleep(self.idle_s)     # the loop checks stop; no task per wait
+                if not self.tailer.read_last_step:      # the loop checks stop; no task per wait
+                    await (asyncio.sleep(self.idle_s) if self.wake is None else self.wake.wait(self.idle_s))
         finally:
+            if self.wake is not None:
+                self.wake.detach()
             for t in (snapping, lagging):
                 if t is not None:
                     t.cancel()

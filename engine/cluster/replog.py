@@ -30,7 +30,7 @@ import nats.js.errors as jserr
 import numpy as np
 from nats.js import api
 
-from engine.cluster.jsopen import READY_S, create_placed
+from engine.cluster.jsopen import READY_S, opened
 from engine.cluster.partition import partition_of_keys
 from shm.journal_format import checksum, journal_dtype
 
@@ -76,13 +76,6 @@ class Counters:
     lost: list = field(default_factory=list)     # (partition, revision) refused
 
 
-def take_rows(records: np.ndarray, mask) -> np.ndarray:
-    """records[mask] as bytes: fancy indexing copies a padded record dtype field by field and
-    leaves the padding undefined, and the check word covers the padding."""
-    rows = np.ascontiguousarray(records).view(np.uint8).reshape(len(records), records.dtype.itemsize)
-    return np.ascontiguousarray(rows[mask]).reshape(-1).view(records.dtype)
-
-
 def subject(prefix: str, p: int) -> str:
     return f"{prefix}.{p}"
 
@@ -119,19 +112,14 @@ class ReplicationLog:
         self.counters = Counters()
 
     async def ensure_stream(self, replicas: int, ready_s: float = READY_S) -> None:
-        """Create the stream if missing (file storage, ``replicas`` copies), waiting up to
-        ``ready_s`` for its placement (jsopen.create_placed)."""
-        try:
-            await self.js.stream_info(self.stream)
-        except jserr.NotFoundError:
-            try:
-                await create_placed(lambda: self.js.add_stream(api.StreamConfig(
-                    name=self.stream, subjects=[f"{self.prefix}.*"], num_replicas=replicas,
-                    storage=api.StorageType.FILE, retention=api.RetentionPolicy.LIMITS,
-                    description="risk-engine journal records per partition")),
-                    f"stream {self.stream}", ready_s)
-            except jserr.BadRequestError:
-                await self.js.stream_info(self.stream)    # created meanwhile by another node
+        """Create the stream if missing (file storage, ``replicas`` copies); return once it is
+        placed and has a leader, waiting up to ``ready_s`` for each (jsopen)."""
+        await opened(self.js, self.stream, lambda: self.js.stream_info(self.stream),
+                     lambda: self.js.add_stream(api.StreamConfig(
+                         name=self.stream, subjects=[f"{self.prefix}.*"], num_replicas=replicas,
+                         storage=api.StorageType.FILE, retention=api.RetentionPolicy.LIMITS,
+                         description="risk-engine journal records per partition")),
+                     jserr.NotFoundError, f"stream {self.stream}", ready_s)
 
     # --- reading --------------------------------------------------------------------------
 

@@ -24,10 +24,7 @@ import asyncio
 import base64
 import hashlib
 import json
-import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 
 import nats.errors
@@ -37,7 +34,7 @@ from nats.js import api
 
 from engine.cluster.jsopen import open_object_store
 from engine.cluster.replog import ReplicationLog, subject
-from engine.snapshot import SnapshotCorruptError, load_snapshot, write_snapshot
+from engine.snapshot import SnapshotCorruptError, load_snapshot_bytes, snapshot_bytes
 
 BUCKET = "risk_engine_snapshots"
 KEEP = 3                         # objects kept per partition (the older ones are fallbacks)
@@ -195,24 +192,11 @@ class SnapshotObjects:
 
 
 def _encode(arrays: dict, meta: dict) -> bytes:
-    """The arrays in the engine's snapshot format (written through a private temp file)."""
-    d = tempfile.mkdtemp(prefix="risk-engine-psnap-")     # 0700
-    try:
-        path = os.path.join(d, "s")
-        write_snapshot(path, {k: np.asarray(v) for k, v in arrays.items()}, {}, meta=meta)
-        with open(path, "rb") as f:
-            return f.read()
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
+    """The arrays in the engine's snapshot format, built in memory: no temporary file or
+    directory that a kill -9 could leave behind."""
+    return snapshot_bytes({k: np.asarray(v) for k, v in arrays.items()}, meta=meta)
 
 
 def _decode(data: bytes, name: str) -> tuple[dict, dict]:
-    d = tempfile.mkdtemp(prefix="risk-engine-psnap-")
-    try:
-        path = os.path.join(d, name)
-        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
-            f.write(data)
-        s = load_snapshot(path)
-        return dict(s.arrays), dict(s.meta)
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
+    s = load_snapshot_bytes(data, f"object {name}")
+    return dict(s.arrays), dict(s.meta)

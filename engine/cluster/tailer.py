@@ -25,6 +25,12 @@ published: no fence of ours on its partition, past its ended term, or refused) a
 worker under ``cluster.ack: sync`` answers a decision only once its record is resolved, and
 never as a decision if it may have failed (engine.ackgate). A step that raises (NATS
 unreachable) resolves nothing: the records wait in the journal and their replies are held.
+
+Its readers follow live writers (``JournalReader(scan_rows=SCAN_ROWS)``): at a writer's end
+they look SCAN_ROWS rows ahead for committed records that would make the invalid ones before
+them corruption (raised, as by any read), not the rest of the segment; a longer zeroed run
+stops the tailer before it (nothing past it is published or resolved) and is reported by any
+full read (recovery, replay).
 """
 from __future__ import annotations
 
@@ -33,10 +39,15 @@ import asyncio
 import numpy as np
 
 from engine.cluster.ownership import OwnershipTable
-from engine.cluster.replog import ReplicationLog, take_rows
+from engine.cluster.replog import ReplicationLog
 from engine.journal_reader import JournalReader
 from shm.journal_format import list_writers
 from shm.replication import ReplicationMarks
+from shm.schema import take_rows
+
+SCAN_ROWS = 1024             # rows past a writer's end each read checks for a committed record
+                             # (a zeroed run ending before it is corruption: JournalReader); a
+                             # full read of the segment's zeros took 18-45 ms per idle writer
 
 
 async def _all(coros) -> list:
@@ -68,7 +79,8 @@ class JournalTailer:
 
     def _reader(self, w: int) -> JournalReader:
         if w not in self.readers:
-            self.readers[w] = JournalReader(self.dir, self.event_dtype, self.schema_hash, w)
+            self.readers[w] = JournalReader(self.dir, self.event_dtype, self.schema_hash, w,
+                                            scan_rows=SCAN_ROWS)
         return self.readers[w]
 
     def journal_end(self) -> dict[int, int]:

@@ -67,11 +67,18 @@ class Placement:
     node: int
 
 
-def plan_workers(topology: Topology, allowed: set[int], count: int, cpus: tuple[int, ...]) -> list[Placement]:
+def plan_workers(topology: Topology, allowed: set[int], count: int, cpus: tuple[int, ...],
+                 partitions: int = 0) -> list[Placement]:
     """One CPU per worker. Explicit ``cpus`` must be allowed; otherwise spread the allowed
     CPUs node by node (round robin over nodes, so two workers land on two nodes when they
     exist). ``count`` 0 means one worker per allowed CPU but one, which is left to the
-    ingress (on 2 CPUs: 1 worker; the front door is busy whenever a worker is)."""
+    ingress (on 2 CPUs: 1 worker; the front door is busy whenever a worker is).
+
+    ``partitions`` (cluster mode): the worker count must divide it, so that every event of a
+    partition goes to one worker (docs/CLUSTER.md, "Partitions") and a partition's request is
+    journaled in the request's order, the order a taker's window compares a resend in. A
+    count of 0 becomes the largest such count that fits; an explicit one that does not
+    divide it is refused."""
     for c in cpus:
         if c not in allowed:
             raise TopologyError(f"workers.cpus: cpu={c} is not in the allowed set {sorted(allowed)}")
@@ -86,6 +93,11 @@ def plan_workers(topology: Topology, allowed: set[int], count: int, cpus: tuple[
     if not chosen:
         raise TopologyError("workers: no allowed CPU to run on")
     n = count or (max(1, len(chosen) - 1) if not cpus else len(chosen))
+    if partitions and partitions % n:
+        if count:
+            raise TopologyError(f"workers.count={count} does not divide cluster.partitions={partitions}: "
+                                f"a partition's events would go to several workers (docs/CLUSTER.md)")
+        n = max(d for d in range(1, n + 1) if partitions % d == 0)
     return [Placement(f"worker {i}", chosen[i % len(chosen)], topology.node(chosen[i % len(chosen)]))
             for i in range(n)]
 

@@ -4,13 +4,24 @@ import re
 
 import pytest
 
+import bench.journal_follow as follow
 from bench.journal import main
 
 
-def test_help_exits_zero(capsys):
+@pytest.mark.parametrize("entry, option", [(main, "--quick"), (follow.main, "--segment-mib")])
+def test_help_exits_zero(capsys, entry, option):
     with pytest.raises(SystemExit) as e:
-        main(["--help"])
-    assert e.value.code == 0 and "--quick" in capsys.readouterr().out
+        entry(["--help"])
+    assert e.value.code == 0 and option in capsys.readouterr().out
+
+
+def test_journal_follow_runs_tiny_and_prints_both_readers_each_round(capsys):
+    """bench.journal_follow: a row per reader per round, both readers in every round."""
+    assert follow.main(["--segment-mib", "1", "--records", "50", "--reads", "3", "--rounds", "2"]) == 0
+    rows = re.findall(r"^\s+(\d+) (full|follower)\s+([\d.]+)\s+([\d.]+)$", capsys.readouterr().out, re.M)
+    assert sorted((int(r), who) for r, who, *_ in rows) == [(1, "follower"), (1, "full"),
+                                                            (2, "follower"), (2, "full")]
+    assert all(float(a) > 0 and float(b) > 0 for *_, a, b in rows)
 
 
 def test_tiny_run_prints_ns_per_event_and_the_target(tmp_path, capsys):

@@ -11,6 +11,7 @@ import threading
 import uuid
 
 import nats
+import numpy as np
 import pytest
 import zmq
 
@@ -20,6 +21,7 @@ from engine.cluster.natsserver import NatsCluster
 from ingress import wire
 from ingress.client import RequestError
 from ingress.cluster_client import ClusterClient
+from shm.journal_append import field_mask
 from shm.runtime.nats_auth import auth_options
 from shm.types import ErrorCode
 from tests.cluster.test_node import EVENT
@@ -52,6 +54,7 @@ class NamingEachOther:
 
     def __init__(self, n: int):
         self.n, self.answered, self.stop = n, 0, threading.Event()
+        self.bodies: list[bytes] = []              # every request body received, in order
         self.socks = [zmq.Context.instance().socket(zmq.ROUTER) for _ in range(2)]
         self.addrs = []
         for s in self.socks:
@@ -67,6 +70,7 @@ class NamingEachOther:
         while not self.stop.is_set():
             for s, _ in poller.poll(50):
                 frames = s.recv_multipart()
+                self.bodies.append(frames[-1])
                 rid = wire.REQUEST_HEADER.unpack_from(frames[-1])[7]
                 other = self.addrs[1 - self.socks.index(s)]
                 self.answered += 1
@@ -112,3 +116,24 @@ def test_nodes_naming_each_other_for_longer_than_the_wait_fail_not_owner(lease_b
         with pytest.raises(RequestError) as e:
             cc.evaluate({**EVENT, "account_id": first_partition_account(cc)})
     assert e.value.code == ErrorCode.NOT_OWNER and "failover_wait_s=0.5" in str(e.value), e.value
+
+
+def test_each_redirect_of_a_request_resends_its_first_bytes_with_the_padding_zero(lease_bucket):
+    """A request sent again after NOT_OWNER carries the bytes of its first attempt, the
+    records' padding zero (docs/PROTOCOL.md): the window of whichever node decided it compares
+    them (issue 24). The client selected the request's rows with numpy's fancy indexing, which
+    leaves a padded dtype's padding uninitialised: other bytes at each redirect (seen failing
+    so: the frames differed)."""
+    c, bucket = lease_bucket
+    with NamingEachOther(8) as nodes, ClusterClient(c.urls, credentials=c.client_credentials, bucket=bucket,
+                                                    timeout_ms=5000, retries=0,
+                                                    max_redirects=2, failover_wait_s=30) as cc:
+        cc._routes[0] = nodes.addrs[0]
+        accts = [a for a in range(1, 10_000) if cc.partition_of({**EVENT, "account_id": a}) == 0][:16]
+        with pytest.raises(RequestError):
+            cc.evaluate_batch([{**EVENT, "account_id": a, "amount": a + 0.5} for a in accts])
+        dt = cc.codec.schema.dtype
+    assert len(nodes.bodies) == 9 and len(set(nodes.bodies)) == 1
+    rows = np.frombuffer(nodes.bodies[0], np.uint8, offset=wire.REQUEST_HEADER_SIZE).reshape(16, -1)
+    pad = field_mask(dt).view(np.uint8) == 0
+    assert pad.any() and not rows[:, pad].any()

@@ -193,3 +193,12 @@ def test_drain_hands_every_partition_over_one_at_a_time(nats3, bucket):
     finally:
         for t in threads:
             assert t.stop(10)
+
+
+def test_cluster_up_refuses_a_worker_count_that_does_not_divide_the_partitions(tmp_path):
+    """Refused before anything starts (exit 2, one line naming both flags)."""
+    r = subprocess.run([sys.executable, "-m", "engine.cli", "cluster", "up", "--partitions", "8",
+                        "--workers", "3"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert "--workers=3 does not divide --partitions=8" in r.stderr
+    assert "nats" not in r.stdout.lower()

@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from engine.cluster.agent import MEMBER_GONE_TTLS, LeaseAgent
+from engine.cluster.agent import LeaseAgent
+from engine.cluster.members import MEMBER_GONE_TTLS
 from engine.cluster.agentthread import AgentThread
 from engine.cluster.leases import encode
 from engine.cluster.ownership import now_ns

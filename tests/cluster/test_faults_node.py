@@ -12,11 +12,15 @@ small tmpfs of its own.
   TIMEOUT, never as a decision; f1 takes its partitions once the leases lapse; after the
   rule goes (the split heals) f0's late records are refused by f1's fences and counted
   (risk_replication_failed_total), and f0 rejoins: it holds partitions again. Every
-  acknowledged decision is in the stream; no request is decided by both nodes.
+  acknowledged decision is in the stream; no request is decided by both nodes. f0's log
+  says its replication connection went and came back in one line each.
 - A disk: f0's journal tmpfs is filled by a file. Once its current segments are used, f0
   answers its partitions' events JOURNAL_UNAVAILABLE (journal.on_unavailable, block:
-  nothing evaluated, journaled or published) and keeps its leases; nothing acknowledged is
-  missing from the stream. The file deleted, f0 decides again.
+  nothing evaluated, journaled or published); a TTL later it hands its partitions over to f1
+  one at a time (engine.cluster.drain) and takes none: a cluster-mode client's requests for
+  them are decided by f1 within HANDOVER_BOUND_S; nothing acknowledged is missing from the
+  stream, and each decision is in the journal of the node that made it. The file deleted,
+  f0's idle worker finds its journal working again and f0 takes its share back.
 
 Two engines start: slow. Needs root (netns, iptables, cgroup, mount)."""
 from __future__ import annotations
@@ -50,6 +54,10 @@ from tests.engine.test_journal import fill_disk, mounted_tmpfs
 from tests.engine.test_metrics import scrape, value
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+# a's partitions decided by b after its disk filled: the hand-over wait (a TTL plus two ticks:
+# engine.cluster.drain), then one take-over at a time (fence, replay, local snapshot: about a
+# second each on a quiet machine), with room for a loaded one
+HANDOVER_BOUND_S = TTL_S * 1.25 + 4 * 8.0
 
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -244,18 +252,28 @@ def test_a_node_cut_off_from_nats_stops_serving_and_rejoins_once_the_split_heals
     assert not a_ids & b_ids                      # no request decided by both nodes
     assert late_ids <= a_ids
     assert not late_ids & published               # refused by b's fences
+    # a's log: its replication connection's cut and heal, one line each, not nats-py's
+    # traceback per reconnect attempt (every 0.25 s before: shm.runtime.nats_log)
+    log = a.output()
+    assert "nats: encountered error" not in log
+    down = [ln for ln in log.splitlines() if "risk-engine: cluster: replication: disconnected from NATS" in ln]
+    up = [ln for ln in log.splitlines() if "risk-engine: cluster: replication: reconnected to NATS after" in ln]
+    print(f"split: a's log: {down} {up}")
+    assert len(down) == 1 and len(up) == 1, (down, up)
 
 
-def test_a_full_journal_disk_acknowledges_nothing_it_did_not_journal(nats3, pair, jdisk, zctx):
+def test_a_full_journal_disk_hands_the_partitions_over_and_loses_no_acknowledged_decision(nats3, pair, jdisk, zctx):
     a, b = pair
     every_partition_held(nats3, nodes=2)           # the balancing after the split is over
+    wait_for(lambda: split(a, b), 120, "each node serves its leases (take-overs done)")
     mine = owned(a)
     accts = accounts_in(mine, 50, start=60_000)
     acked, refused, k = {}, [], 0
+    by = {}                                         # amount -> "a" | "b": who decided it
 
-    def send(c, n) -> int:
-        """n events to a's partitions, unique amounts: how many were refused (any other error
-        raises)."""
+    def send(c, n, node="a") -> int:
+        """n events to a's partitions, unique amounts: how many were refused
+        JOURNAL_UNAVAILABLE (any other error raises)."""
         nonlocal k
         evs = [{**EVENT, "account_id": accts[(k + i) % len(accts)], "amount": 8_000_000 + k + i + 0.25}
                for i in range(n)]
@@ -264,6 +282,7 @@ def test_a_full_journal_disk_acknowledges_nothing_it_did_not_journal(nats3, pair
         for ev, d in zip(evs, c.evaluate_batch(evs)):
             if d.error is None:
                 acked[ev["amount"]] = ev["account_id"]
+                by[ev["amount"]] = node
             else:
                 assert d.error == "JOURNAL_UNAVAILABLE" and d.action == "block", d
                 refused.append(ev["amount"])
@@ -281,24 +300,43 @@ def test_a_full_journal_disk_acknowledges_nothing_it_did_not_journal(nats3, pair
                     pass
             assert refused, f"{k} events decided on a full disk within the bound"
             full_at, t_full = len(acked), time.monotonic()
-            while time.monotonic() < t_full + 2 * TTL_S:     # from here on, every event refused
-                assert send(c, 10) == 10
-            # a keeps its leases: its partitions are refused, not handed over
-            assert owned(a) == mine and not owned(b) & mine
             assert value(scrape(a.metrics_url), "risk_journal_unavailable", worker="0") == 1
+        # a hands its partitions over (a TTL after its first refusal, then one take-over at a
+        # time): a cluster-mode client sending to them is answered JOURNAL_UNAVAILABLE by a,
+        # then (NOT_OWNER followed) decided by b
+        with ClusterClient(nats3.urls, timeout_ms=20_000, retries=3, deadline_ms=10_000, client_id=0x5D5F,
+                           credentials=nats3.client_credentials, context=zctx) as cc:
+            t_end, streak = t_full + HANDOVER_BOUND_S, 0
+            while time.monotonic() < t_end and not (streak >= 20 and mine <= owned(b)):
+                streak = 0 if send(cc, 1, node="b") else streak + 1     # a decides nothing now
+            t_served = time.monotonic() - t_full
+            assert streak >= 20 and mine <= owned(b), \
+                f"a's partitions not served by b within {HANDOVER_BOUND_S:g} s of the full disk"
+            assert owned(a) == set(), owned(a)      # it takes nothing while its journal is full
+            assert value(scrape(a.metrics_url), "risk_journal_unavailable", worker="0") == 1
+            by_b = sum(1 for v in by.values() if v == "b")
     finally:
         os.unlink(filler)
+    # its journal works again (the idle worker retries it): a takes its share back from b
+    wait_for(lambda: owned(a) and len(owned(b)) <= P // 2, 120, "a holds partitions again once the disk has room")
+    back = sorted(owned(a))
     with Client(a.endpoint, timeout_ms=20_000, retries=0, transport="binary", context=zctx, client_id=0x5D5E,
                 deadline_ms=10_000) as c:
-        wait_for(lambda: c.evaluate({**EVENT, "account_id": accts[0], "amount": 8_900_000.25}).error is None,
+        acct = accounts_in(back, 1, start=90_000)[0]
+        wait_for(lambda: c.evaluate({**EVENT, "account_id": acct, "amount": 8_900_000.25}).error is None,
                  60, "a decides again once the disk has room")
     stream, _ = in_stream(nats3)
     print(f"disk: a's journal tmpfs full: {full_at} events decided in the segments already "
-          f"allocated, then {len(refused)} answered JOURNAL_UNAVAILABLE over {2 * TTL_S:g} s, a "
-          f"kept its {len(mine)} partition(s); freed, a decided again")
+          f"allocated, then {len(refused)} answered JOURNAL_UNAVAILABLE; a's {len(mine)} partition(s) "
+          f"served by b {t_served:.2f} s after the first refusal (bound {HANDOVER_BOUND_S:g} s), "
+          f"{by_b} decided there; freed, a held {len(back)} again and decided")
     missing = [amt for amt, acct in acked.items() if stream.get(amt) != acct]
     assert missing == [], f"{len(missing)} acknowledged decisions not in the stream: {missing[:10]}"
     schema = eng_schema()
     in_journal = {amt for recs, _ in iter_merged(str(jdisk / "journal"), schema.dtype, schema.hash)
                   for amt in recs["event"]["amount"].tolist()}
-    assert acked.keys() <= in_journal and not set(refused) & (in_journal | set(stream))
+    b_journal = {amt for recs, _ in iter_merged(b.raw["journal"]["dir"], schema.dtype, schema.hash)
+                 for amt in recs["event"]["amount"].tolist()}
+    assert {amt for amt, n in by.items() if n == "a"} <= in_journal
+    assert {amt for amt, n in by.items() if n == "b"} <= b_journal
+    assert acked.keys() <= in_journal | b_journal and not set(refused) & (in_journal | b_journal | set(stream))

@@ -1,11 +1,16 @@
-"""Opening what the cluster keeps in JetStream when the servers are not all settled: a stream,
-an object store or a bucket created right after a server came back is placed once the meta
-leader hears from it (engine.cluster.jsopen.create_placed), and a watch of the lease bucket
-counts as read only once every current lease has arrived (ingress.partmap.caught_up), for the
-client's partition map and the lease agent's view alike."""
+"""Opening what the cluster keeps in JetStream while the servers are not settled: the journal
+stream and an object store are opened or created while the meta leader does not answer, once
+another is elected (engine.cluster.jsopen.settled); and a watch of the lease bucket counts as
+read only once every current lease has arrived (ingress.partmap.caught_up), for the client's
+partition map and the lease agent's view alike."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
+import time
+import urllib.request
 import uuid
 
 import nats
@@ -35,27 +40,6 @@ def run(cluster, body, urls=None, timeout_s=180):
         finally:
             await nc.close()
     return asyncio.run(asyncio.wait_for(go(), timeout_s))
-
-
-def test_a_stream_store_and_bucket_created_right_after_a_server_came_back_are_placed(nats3):
-    """Each server in turn is killed and started again; at once, through a server that stayed,
-    a journal stream, an object store and a lease bucket are created with three replicas each.
-    The meta leader refuses placement ("peer offline") until it hears from the returned server:
-    each creation waits for that, bounded, and is then used."""
-    for k in range(len(nats3.servers)):
-        nats3.kill(k)
-        nats3.restart(k)
-        h = uuid.uuid4().hex[:10]
-        others = [s.url for i, s in enumerate(nats3.servers) if i != k]
-
-        async def body(js):
-            log = ReplicationLog(js, "a", SCHEMA.dtype, "account_id", 4, stream=f"RJ{h}", prefix=f"rj{h}")
-            await log.ensure_stream(3)
-            assert (await js.stream_info(f"RJ{h}")).config.num_replicas == 3
-            store = await open_object_store(js, f"os{h}", 3, "test", 30.0)
-            await store.put("first", b"x")
-            assert await LeaseStore(js, f"lb{h}").open(4, replicas=3) == 4
-        run(nats3, body, urls=others)
 
 
 def test_a_watch_is_caught_up_at_the_last_value_it_began_behind_not_at_the_marker():
@@ -116,3 +100,30 @@ def test_the_lease_view_is_synced_only_once_it_holds_every_lease(nats3, leases):
             assert all(v is not None and v["advertise"] == f"tcp://127.0.0.1:{7000 + p}"
                        for p, v in held.items()), held
         run(nats3, body, urls=[url])
+
+
+def test_the_journal_stream_and_a_store_are_opened_while_the_meta_leader_is_stopped(nats3):
+    """The meta leader is stopped (SIGSTOP) and, through the other two servers, the journal
+    stream and an object store are created: their first requests go unanswered until the two
+    elect a new leader, and each open waits for that (bounded) instead of failing the node's
+    start. The stopped server is resumed afterwards."""
+    leader = json.load(urllib.request.urlopen(
+        f"http://127.0.0.1:{nats3.servers[0].http_port}/jsz", timeout=5))["meta_cluster"]["leader"]
+    k = next(i for i, s in enumerate(nats3.servers) if s.name == leader)
+    h = uuid.uuid4().hex[:10]
+
+    async def body(js):
+        os.kill(nats3.servers[k].proc.pid, signal.SIGSTOP)
+        t0 = time.monotonic()
+        try:
+            log = ReplicationLog(js, "a", SCHEMA.dtype, "account_id", 4, stream=f"RJ{h}", prefix=f"rj{h}")
+            await log.ensure_stream(3, ready_s=60)
+            t1 = time.monotonic()
+            store = await open_object_store(js, f"os{h}", 3, "test", 60.0)
+            print(f"meta leader {leader} stopped: journal stream opened after {t1 - t0:.1f} s, "
+                  f"object store after {time.monotonic() - t0:.1f} s")
+            await store.put("first", b"x")      # used while the old leader is still stopped
+            return (await js.stream_info(f"RJ{h}")).config.num_replicas
+        finally:   # (resumed, it makes JetStream 'temporarily unavailable' for a moment)
+            os.kill(nats3.servers[k].proc.pid, signal.SIGCONT)
+    assert run(nats3, body, urls=[s.url for i, s in enumerate(nats3.servers) if i != k]) == 3

@@ -55,9 +55,9 @@ def serving(engines):
     try:
         yield engines
     finally:
-        for e in engines:
-            assert e.close() == 0, e.output()
-            assert shm_entries(e.instance) == []
+        codes = [e.close() for e in engines]       # every engine closed before any assert
+        assert codes == [0] * len(engines), [e.output() for e, c in zip(engines, codes) if c]
+        assert [shm_entries(e.instance) for e in engines] == [[]] * len(engines)
 
 
 def start_all(engines):
@@ -122,14 +122,16 @@ def owner_of(engines, account: int):
 
 
 def every_partition_held(cluster, nodes=3):
-    """`cluster status` once no partition is free and no node holds more than its share (the
-    agents' balancing is over: no lease moves while the caller sends to the owners)."""
+    """`cluster status` once no partition is free, no node holds more than its share (the
+    agents' balancing is over: no lease moves while the caller sends to the owners) and every
+    holder serves its partitions (a take replays first: slow on a loaded machine)."""
     def settled():
         s = status(cluster)
         owners = [r["owner"] for r in s["leases"]]
         share = -(-P // nodes)
-        return None not in owners and all(owners.count(o) <= share for o in set(owners)) and s
-    return wait_for(settled, 120, "every partition held, none over its node's share")
+        return None not in owners and all(owners.count(o) <= share for o in set(owners)) \
+            and all(r["ready"] is not False for r in s["leases"]) and s
+    return wait_for(settled, 120, "every partition held and served, none over its node's share")
 
 
 def all_applied(cluster, nodes, revision):
@@ -156,8 +158,9 @@ def test_three_nodes_hold_every_partition(nats3, nodes):
         stats = e.stats()
         assert stats["risk_cluster_partitions"][0]["value"] == P
         assert stats["risk_cluster_lease_agent_up"][0]["value"] == 1
-    owned = sum(e.stats()["risk_cluster_partitions_owned"][0]["value"] for e in nodes)
-    assert owned >= P - 2           # a hand-over in flight may hold one or two between reads
+    # every lease held is not yet every partition served: a take replays first (slow when loaded)
+    wait_for(lambda: sum(e.stats()["risk_cluster_partitions_owned"][0]["value"] for e in nodes) == P,
+             120, "every partition served by its holder")
 
 
 def test_a_halt_written_through_admin_is_applied_by_every_node(nats3, nodes):

@@ -18,11 +18,11 @@ from engine.cluster.leases import LeaseStore, encode
 from engine.cluster.ownership import OwnershipTable, now_ns
 from engine.cluster.partition import partition_of_keys
 from engine.cluster.replog import (H_COUNT, H_DONE, H_FIRST, H_KIND, H_LAST, H_NODE, H_REV,
-                                   H_WRITER, ReplicationCorruptError, ReplicationError,
-                                   ReplicationLog, take_rows)
+                                   H_WRITER, ReplicationCorruptError, ReplicationError, ReplicationLog)
 from engine.cluster.tailer import JournalTailer
 from engine.journal import HEADER_SIZE, JournalConfig, JournalReader, JournalWriter
 from shm.runtime.nats_auth import auth_options
+from shm.schema import take_rows
 from tests.cluster.agentproc import wait_for
 from tests.cluster.tailerproc import SCHEMA, kill9, running
 P = 8

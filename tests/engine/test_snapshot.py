@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from engine.snapshot import (HEAD_SIZE, SnapshotCorruptError, SnapshotStore, load_snapshot,
-                             load_snapshot_meta, write_snapshot)
+                             load_snapshot_bytes, load_snapshot_meta, snapshot_bytes, write_snapshot)
 
 TABLE = np.dtype([("key", np.uint64), ("count", np.uint32), ("hll", np.uint8, (16,))], align=True)
 
@@ -42,6 +42,25 @@ def test_round_trip_arrays_and_metadata(tmp_path):
     assert s.arrays["table"].dtype.fields["hll"][1] == TABLE.fields["hll"][1]
     assert (s.arrays["table"]["count"] == a["table"]["count"]).all()
     assert load_snapshot_meta(p) == {0: 1234, 3: 7}
+
+
+def test_a_snapshot_in_memory_is_the_file_format(tmp_path):
+    """snapshot_bytes (a partition snapshot object's payload) equals the file write_snapshot
+    makes, padding included: an empty or 0-d array last ends the file past its last byte
+    written (a BytesIO's truncate does not extend it: 463 bytes where 512 were recorded)."""
+    for last in ("empty", "flag"):
+        a = arrays()
+        a = {**{k: v for k, v in a.items() if k != last}, last: a[last]}
+        p = str(tmp_path / f"{last}.rsnap")
+        write_snapshot(p, a, {}, meta={"partition": 3}, created_ns=7)
+        data = snapshot_bytes(a, meta={"partition": 3})
+        assert len(data) == os.path.getsize(p)
+        s = load_snapshot_bytes(data, "object p.3")
+        assert s.meta == {"partition": 3} and s.path == "object p.3" and set(s.arrays) == set(a)
+        for k in a:
+            assert same_bytes(s.arrays[k], a[k]), k
+        with pytest.raises(SnapshotCorruptError, match="snapshot object p.3: file size"):
+            load_snapshot_bytes(data[:-1], "object p.3")
 
 
 def array_offset(path, name):

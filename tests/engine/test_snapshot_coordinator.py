@@ -12,7 +12,7 @@ import pytest
 from shm.runtime.config import load_config
 from shm.control import Block, BlockLayout
 from engine.snapshot_coordinator import SnapshotCoordinator, SnapshotError, hold_for_snapshot
-from engine.worker import StallRecorder
+from engine.worker_stalls import StallRecorder
 from shm.idle import SpinThenSleep
 
 WAIT_S = 30          # generous: the machine may be loaded

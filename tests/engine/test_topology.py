@@ -70,3 +70,16 @@ def test_pages_by_node_reads_numa_maps(tmp_path):
     assert pages_by_node(42, "risk-engine.x.1.req0", str(tmp_path)) == {0: 2, 1: 5}
     assert pages_by_node(42, "resp0", str(tmp_path)) == {1: 4}
     assert pages_by_node(43, "req0", str(tmp_path)) == {}
+
+
+def test_a_cluster_nodes_worker_count_divides_its_partitions(tmp_path):
+    """Cluster mode: every event of a partition goes to one worker (docs/CLUSTER.md,
+    "Partitions"): the automatic count is the largest divisor that fits, an explicit count
+    that does not divide the partition count is refused with both names."""
+    topo = read_topology(fake_sysfs(tmp_path, {0: "0-3", 1: "4-7"}))
+    assert len(plan_workers(topo, set(range(8)), 0, ())) == 7
+    assert len(plan_workers(topo, set(range(8)), 0, (), partitions=64)) == 4
+    assert len(plan_workers(topo, set(range(8)), 0, (), partitions=12)) == 6
+    assert len(plan_workers(topo, set(range(8)), 3, (), partitions=12)) == 3
+    with pytest.raises(TopologyError, match=r"workers.count=3 does not divide cluster.partitions=64"):
+        plan_workers(topo, set(range(8)), 3, (), partitions=64)

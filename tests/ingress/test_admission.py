@@ -17,7 +17,7 @@ from ingress import wire
 from ingress.admission import (ADMITTED, BEHIND, MAX_INFLIGHT, PEER_INFLIGHT, RING_FULL,
                                Admission, RingViews)
 from ingress.codec import value_checks
-from ingress.dedup import IdempotencyWindow
+from ingress.dedup import IdempotencyWindow, record_mask
 from shm.ring import OneToOneRing
 from shm.segment import list_names, reclaim_stale, unlink_owned
 from shm.tokens import EPOCH_SHIFT
@@ -63,7 +63,8 @@ def _fast_admit(views, adm, now):
     fmeta[K.TOP] = cap
     fmeta[K.MIN_DEADLINE] = K.NO_DEADLINE
     fdec = np.zeros((cap, K.SLOT_BYTES), np.uint8)
-    return K.admit(body, wire.REQUEST_HEADER_SIZE, SCHEMA.record_size, value_checks(SCHEMA), 0, 0, 0,
+    return K.admit(body, wire.REQUEST_HEADER_SIZE, SCHEMA.record_size, value_checks(SCHEMA),
+                   record_mask(SCHEMA.dtype), 0, 0, 0,
                    index, ent, pool.size, views.ring_hdr[0], views.ring_u8[0], views.ring_cap[0],
                    views.ev_off, 0, ft, free, fmeta, fdec, adm.seq, now, now + 1, adm.behind_ns)
 

@@ -12,14 +12,16 @@ from ingress import _owner_kernels as OK
 from ingress import wire
 from ingress.admission import Shards
 from ingress.codec import value_checks
-from ingress.dedup import IdempotencyWindow, i64_bits, records_hash
+from ingress.dedup import IdempotencyWindow, i64_bits, record_mask, records_hash
 from shm import layout as L
+from shm.journal_append import field_mask
 from shm.tokens import INDEX_BITS
 from tests.ingress.test_batch_kernels import EV_OFF, SLOT_DT, ring
 from tests.ingress.wire_helpers import SCHEMA, records
 
 NOW = 1_000_000_000
 CID, RID = 2**64 - 3, 2**63 + 5
+FMASK = record_mask(SCHEMA.dtype)
 TOKEN0 = 9 << INDEX_BITS
 CACHES = [L.PRODUCER_CACHED_CONSUMER_WORD, L.PRODUCER_SEEN_CONSUMER_WORD,
           L.PRODUCER_SEEN_CONSUMER_NS_WORD]
@@ -31,7 +33,8 @@ class Setup:
     def __init__(self, caps: list):
         self.rings_ = [ring(c) for c in caps]
         self.rings = LK.pack_rings([h for h, _ in self.rings_], [s for _, s in self.rings_])
-        self.conf = np.zeros(LK.CONF_WORDS, np.int64)
+        self.conf = np.zeros(LK.FMASK + SCHEMA.record_size // 8, np.int64)
+        self.conf[LK.FMASK:] = FMASK
         key_dt, key_off = SCHEMA.dtype.fields[SCHEMA.shard_key][:2]
         for i, v in ((LK.RSIZE, SCHEMA.record_size), (LK.EV_OFF, EV_OFF), (LK.BEHIND_NS, 10**9),
                      (LK.N_WORKERS, len(caps)), (LK.SHARD_OFF, key_off),
@@ -73,7 +76,7 @@ def test_every_record_reaches_its_workers_ring_in_order(n_workers):
     s = Setup([256] * n_workers)
     assert s.admit(body_of(recs), n) == BA.ADMITTED
     widx = Shards(SCHEMA, n_workers).of(recs) if n_workers > 1 else np.zeros(n, np.int64)
-    assert s.out[BA.RHASH] == records_hash(recs)
+    assert s.out[BA.RHASH] == records_hash(recs, FMASK)
     for w, (hdr, slots) in enumerate(s.rings_):
         mine = np.flatnonzero(widx == w)
         assert s.out[1 + w] == len(mine) and hdr[L.PRODUCER_POSITION_WORD] == len(mine)
@@ -105,7 +108,7 @@ def test_a_bad_value_in_the_last_record_declines_with_nothing_written():
 def test_a_key_decided_or_in_a_fast_row_is_declined_and_unkeyed_is_not():
     recs = batch(10)
     s = Setup([256])
-    s.window.finish((CID, RID), np.zeros(10 * FK.SLOT_BYTES, np.uint8), NOW, rhash=records_hash(recs))
+    s.window.finish((CID, RID), np.zeros(10 * FK.SLOT_BYTES, np.uint8), NOW, rhash=records_hash(recs, FMASK))
     assert s.admit(body_of(recs), 10) == BA.DECIDED
     other = batch(10, seed=4)                                 # the key reused: still declined
     assert s.admit(body_of(other), 10) == BA.DECIDED
@@ -137,3 +140,20 @@ def test_on_a_cluster_node_a_batch_with_a_foreign_event_is_declined_and_changes_
     s.own[:] = np.iinfo(np.int64).max                  # every partition held: admitted
     assert s.admit(body_of(recs), n) == BA.ADMITTED
     assert s.out[1:3].sum() == n
+
+
+def test_the_records_hash_leaves_the_padding_out_as_the_journal_does():
+    """Issue 24: a resend whose padding bytes differ from what a window entry was built from
+    (the journal stores zeros there; ingress.window_feed) is the same request, not a conflict."""
+    pad = field_mask(SCHEMA.dtype).view(np.uint8) == 0
+    assert pad.any(), "the test schema has padding"
+    clean = batch(10)
+    clean.view(np.uint8).reshape(10, -1)[:, pad] = 0
+    dirty = clean.copy()
+    dirty.view(np.uint8).reshape(10, -1)[:, pad] = 0xA5
+    s = Setup([256])
+    assert s.admit(body_of(dirty), 10) == BA.ADMITTED
+    assert s.out[BA.RHASH] == records_hash(clean, FMASK) == records_hash(dirty, FMASK)
+    other = clean.copy()
+    other[SCHEMA.shard_key][3] += 1
+    assert records_hash(other, FMASK) != records_hash(clean, FMASK)

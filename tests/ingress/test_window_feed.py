@@ -10,7 +10,8 @@ import stat
 import numpy as np
 
 from ingress import window_feed
-from ingress.dedup import CONFLICT, IdempotencyWindow, records_hash
+from ingress.dedup import CONFLICT, IdempotencyWindow, record_mask, records_hash
+from shm.journal_append import field_mask
 from shm.control import Block, BlockLayout
 from shm.journal_format import journal_dtype
 from shm.runtime.config import load_config
@@ -18,14 +19,18 @@ from shm.types import DecisionFlag
 
 SCHEMA = load_config().schema
 WINDOW_NS = 60 * 10**9
+FMASK = record_mask(SCHEMA.dtype)
 
 
 def _records(rows):
-    """Journal records of (client_id, request_id, account, score, action), in order."""
+    """Journal records of (client_id, request_id, account, score, action), in order: every
+    event field byte not zero, the padding zero (the journal writer stores zeros there:
+    shm.journal_append.field_mask)."""
     r = np.zeros(len(rows), journal_dtype(SCHEMA.dtype))
     off, size = r.dtype.fields["event"][1], r.dtype.fields["event"][0].itemsize
-    raw = r.view(np.uint8).reshape(len(r), -1)      # the event's padding bytes not zero: they
-    raw[:, off:off + size] = np.random.default_rng(1).integers(1, 255, (len(r), size))  # are hashed
+    raw = r.view(np.uint8).reshape(len(r), -1)
+    raw[:, off:off + size] = np.random.default_rng(1).integers(1, 255, (len(r), size)) \
+        * (field_mask(SCHEMA.dtype).view(np.uint8) != 0)
     for i, (cid, rid, acct, score, action) in enumerate(rows):
         r[i]["client_id"], r[i]["request_id"] = cid, rid
         r[i]["event"]["account_id"] = acct
@@ -34,11 +39,14 @@ def _records(rows):
 
 
 def _events(recs, *rows) -> np.ndarray:
-    """The events' bytes as the ingress hashes them (padding included: a numpy copy of a
-    structured array would not keep it)."""
+    """The events' bytes as a client resends them: the fields as journaled, the padding not
+    zero (the engine ignores it; the Python cluster client sends what numpy's fancy indexing
+    left there: issue 24's IDEMPOTENCY_CONFLICT after a hand-over)."""
     raw = recs.view(np.uint8).reshape(len(recs), -1)
     off, size = recs.dtype.fields["event"][1], recs.dtype.fields["event"][0].itemsize
-    return np.ascontiguousarray(raw[list(rows), off:off + size]).reshape(-1)
+    ev = np.ascontiguousarray(raw[list(rows), off:off + size])
+    ev[:, field_mask(SCHEMA.dtype).view(np.uint8) == 0] = 0xA5
+    return ev.reshape(-1)
 
 
 def _block():
@@ -60,14 +68,14 @@ def test_a_taken_partitions_decisions_answer_a_resend_and_a_reused_id_is_a_confl
     assert feed.service() == 2
     assert block.view("ingress.window_fed")[0] == 1 and not os.path.exists(path)
     two = _events(recs, 0, 2)                              # the request's events, its order
-    got = dedup.decided_slots((7, 1), 0, 2, records_hash(two))
+    got = dedup.decided_slots((7, 1), 0, 2, records_hash(two, FMASK))
     assert got is not None and got is not CONFLICT
     assert got["score"].tolist() == [12.5, 30.0] and got["action"].tolist() == [2, 1]
     assert (got["generation"] == 3).all() and (got["flags"] & DecisionFlag.DUPLICATE).all()
     one = _events(recs, 1)
-    assert dedup.decided_slots((9, 4), 0, 1, records_hash(one))["score"][0] == 0.0
-    assert dedup.decided_slots((7, 1), 0, 1, records_hash(_events(recs, 0))) is CONFLICT   # other events
-    assert dedup.decided_slots((0, 5), 0, 1, records_hash(one)) is None
+    assert dedup.decided_slots((9, 4), 0, 1, records_hash(one, FMASK))["score"][0] == 0.0
+    assert dedup.decided_slots((7, 1), 0, 1, records_hash(_events(recs, 0), FMASK)) is CONFLICT   # other events
+    assert dedup.decided_slots((0, 5), 0, 1, records_hash(one, FMASK)) is None
 
 
 def test_a_damaged_feed_file_is_reported_and_refused_not_half_applied(tmp_path, capsys):
