@@ -58,22 +58,29 @@ def lease_key(p: int) -> str:
     return f"{LEASE_PREFIX}{p}"
 
 
-def encode(node: str, advertise: str, ready: bool | None = None) -> bytes:
+def encode(node: str, advertise: str, ready: bool | None = None, writer: str | None = None) -> bytes:
+    """``writer``: the writing agent's id, random per run (engine.cluster.unknown_writes)."""
     v = {"node": node, "advertise": advertise}
     if ready is not None:
         v["ready"] = ready
+    if writer is not None:
+        v["w"] = writer
     return json.dumps(v, separators=(",", ":")).encode()
 
 
 def decode(data: bytes) -> dict:
     """A lease value: {"node", "advertise", "ready"}, ``ready`` None when the writer predates
-    the flag. A malformed one (a "ready" not a bool included) is reported as held by '?' and
-    not ready (it is still a lease: its revision fences, and it expires like any other)."""
+    the flag, and "w" (the writer's id) when it is a string. A malformed one (a "ready" not a
+    bool included) is reported as held by '?' and not ready (it is still a lease: its revision
+    fences, and it expires like any other)."""
     try:
         v = json.loads(data)
         if isinstance(v, dict) and isinstance(v.get("node"), str) \
                 and isinstance(v.get("advertise"), str) and isinstance(v.get("ready", False), bool):
-            return {"node": v["node"], "advertise": v["advertise"], "ready": v.get("ready")}
+            out = {"node": v["node"], "advertise": v["advertise"], "ready": v.get("ready")}
+            if isinstance(v.get("w"), str):
+                out["w"] = v["w"]
+            return out
     except (ValueError, UnicodeDecodeError, RecursionError):
         pass
     return {"node": "?", "advertise": "", "ready": False, "malformed": True}

@@ -4,7 +4,7 @@
 It is asyncio (nats-py is) and the engine is synchronous, so a node runs it on a thread of its
 own with its own event loop (engine.cluster.agentthread); the rest of the engine reads only the table,
 whose deadlines expire by themselves, so a stalled agent withdraws its leases without running.
-``python -m engine.cluster.agent`` runs one as a process, printing its events as JSON lines
+``python -m engine.cluster.agent_cli`` runs one as a process, printing its events as JSON lines
 (the tests kill -9 and SIGSTOP such processes).
 
 The protocol (docs/CLUSTER.md, "Lease protocol"), every time on this node's CLOCK_BOOTTIME:
@@ -20,12 +20,9 @@ ends at least ``margin`` before the contender may write, without comparing two c
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import math
-import signal
-import sys
+import secrets
 
 import nats
 import nats.errors
@@ -35,6 +32,7 @@ from engine.cluster.leases import BUCKET, LeaseError, LeaseStore, encode
 from engine.cluster.leaseview import LeaseView
 from engine.cluster.members import Members
 from engine.cluster.ownership import OwnershipTable, now_ns
+from engine.cluster.unknown_writes import UnknownWrites
 from shm.runtime.nats_auth import auth_options
 
 NS = 1_000_000_000
@@ -55,7 +53,8 @@ class LeaseAgent:
         self.advertise = advertise
         # a lease is taken "ready": false while prepare runs, renewed "ready": true once it
         # returned (what `cluster drain` waits for before it releases the next one)
-        self.value, self.ready_value = encode(node, advertise, False), encode(node, advertise, True)
+        self.writer = secrets.token_hex(8)     # this run's id in every lease value it writes
+        self.value, self.ready_value = (encode(node, advertise, r, self.writer) for r in (False, True))
         self.ttl_ns = int(lease_ttl_s * NS)
         self.margin_ns = self.ttl_ns // 4
         self.renew_ns = self.ttl_ns // 4
@@ -64,6 +63,7 @@ class LeaseAgent:
         self.on_event = on_event or (lambda ev: None)
         self.held: dict[int, tuple[int, int]] = {}      # p -> (revision, stamp of its write)
         self.view = LeaseView(partitions, self.ttl_ns, on_error=self._view_error)   # the leases, watched
+        self.unknown = UnknownWrites(self.writer, self.ttl_ns)   # writes that raised: stored or not
         self.members = Members(self)                    # heartbeats (engine.cluster.members)
         self.store: LeaseStore | None = None
         # `cluster drain`, and journal_ok() False (a full disk): hand over (engine.cluster.drain)
@@ -99,6 +99,7 @@ class LeaseAgent:
                 if self.drain.check_journal() or t - last_members >= self.ttl_ns:
                     last_members = t                # a journal lost or back: heartbeat now
                     await self._guard(self.members.beat())
+                self._adopt()
                 await self._renew_due()
                 await self._guard(self._scan_and_take(balance=t - started >= 2 * self.ttl_ns))
                 if t - last_status >= self.ttl_ns:
@@ -170,6 +171,7 @@ class LeaseAgent:
         try:
             return p, stamp, await self.store.renew(p, value, held_rev)
         except _RETRY:
+            self.unknown.wrote(p, stamp, held_rev)
             return p, stamp, -1
 
     async def _renew_due(self) -> None:
@@ -187,22 +189,55 @@ class LeaseAgent:
                 # stored anyway leaves the lease to lapse after a TTL, served by nobody)
                 continue
             if rev is None:
-                self._lose(p, "refused")
+                if not await self._adopt_refused(p):
+                    self._lose(p, "refused")
             elif rev < 0:
                 if now_ns() >= self.held[p][1] + self.ttl_ns - self.margin_ns:
                     self._lose(p, "expired")       # not renewed in time: the table said so already
-            elif p in self.pending:
-                self.held[p] = (rev, stamp)        # not servable yet: the table stays clear
             else:
-                if p in marked:
+                self.unknown.forget(p)
+                if p not in self.pending and p in marked:
                     self.announce.discard(p)
-                done[p] = (rev, stamp, stamp + self.ttl_ns - self.margin_ns)
+                done[p] = (rev, stamp)
+        self._renewed(done)
+
+    def _renewed(self, done: dict[int, tuple[int, int]]) -> None:
+        """Renewals acknowledged (or adopted): p -> (revision, stamp); a partition still being
+        prepared is not servable yet, its table stays clear."""
+        for p in [p for p in done if p in self.pending]:
+            self.held[p] = done.pop(p)
         if done:
             # the deadline is printed before it is set: a log never shows less than was served
-            self.emit("renewed", leases={p: [rev, until] for p, (rev, _, until) in done.items()})
-            for p, (rev, stamp, until) in done.items():
+            until = {p: stamp + self.ttl_ns - self.margin_ns for p, (_, stamp) in done.items()}
+            self.emit("renewed", leases={p: [rev, until[p]] for p, (rev, _) in done.items()})
+            for p, (rev, stamp) in done.items():
                 self.held[p] = (rev, stamp)
-                self.table.extend(p, rev, until)
+                self.table.extend(p, rev, until[p])
+
+    def _adopt(self) -> None:
+        """Take as acknowledged each unknown write of this run the view shows stored
+        (engine.cluster.unknown_writes)."""
+        renewed = {}
+        for p, rev, u in self.unknown.adoptable(self.view.entry, self.held):
+            self.emit("adopted", p=p, rev=rev, stamp_ns=u.stamp_ns)
+            if p in self.held:
+                renewed[p] = (rev, u.stamp_ns)
+            else:
+                self._took(p, rev, u.stamp_ns, {"prev_rev": u.last, "seen_ns": u.seen_ns,
+                                                 "cas_ns": u.stamp_ns, "free": u.free})
+        self._renewed(renewed)
+
+    async def _adopt_refused(self, p: int) -> bool:
+        """A renewal of p refused while an earlier write of p is unknown: read p; True if that
+        write was stored (adopted: the lease is still this node's)."""
+        if p not in self.unknown.by_p:
+            return False
+        try:
+            self.view.note(p, await self.store.read(p))
+        except _RETRY:
+            return False
+        self._adopt()
+        return p in self.held and self.held[p][0] >= self.view.entry(p).revision
 
     async def _take_one(self, p: int, last: int, free: bool = True) -> None:
         stamp = now_ns()
@@ -210,6 +245,7 @@ class LeaseAgent:
         try:
             rev = await self.store.take(p, self.value if self.prepare else self.ready_value, last)
         except _RETRY:
+            self.unknown.wrote(p, stamp, last, seen_ns, free)
             return
         if rev is None:                             # changed meanwhile (or the watch is behind):
             self.view.forget(p)                     # read it now, a TTL from this read
@@ -218,11 +254,14 @@ class LeaseAgent:
             except _RETRY:
                 pass
             return
+        self.unknown.forget(p)
+        # seen_ns: first sight of revision `last`; cas_ns: the take sent (the failover timeline)
+        self._took(p, rev, stamp, {"prev_rev": last, "seen_ns": seen_ns, "cas_ns": stamp, "free": free})
+
+    def _took(self, p: int, rev: int, stamp: int, when: dict) -> None:
         until = stamp + self.ttl_ns - self.margin_ns
         self.held[p] = (rev, stamp)
         self.announce.discard(p)                    # left by an earlier holding of p
-        # seen_ns: first sight of revision `last`; cas_ns: the take sent (the failover timeline)
-        when = {"prev_rev": last, "seen_ns": seen_ns, "cas_ns": stamp, "free": free}
         if self.prepare is not None:
             self.emit("acquired", p=p, rev=rev, until_ns=0, **when)
             self.pending[p] = asyncio.ensure_future(self._prepare(p, rev))
@@ -298,6 +337,7 @@ class LeaseAgent:
 
     def _stop_serving(self, p: int) -> int:
         rev, _ = self.held.pop(p)
+        self.unknown.forget(p)                      # released: nothing of it to adopt
         self._unprepare(p)
         self.table.clear(p)                         # stop serving before the lease is free
         self.stopped_ns = now_ns()                  # (a watching taker may take it before the emit)
@@ -323,6 +363,7 @@ class LeaseAgent:
         """Stop serving everything, then free the leases (best effort: what cannot be freed
         expires after a TTL)."""
         held, self.held = self.held, {}
+        self.unknown.clear()
         for p in held:
             self._unprepare(p)
             self.table.clear(p)
@@ -338,45 +379,3 @@ class LeaseAgent:
             pass
         self.emit("stopped", released=sorted(held), stopped_ns=stopped)
 
-
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m engine.cluster.agent", description=(
-        "Run one lease agent (no engine): take, renew and balance partition leases, printing "
-        "each event as a JSON line. SIGTERM/SIGINT release the leases and exit 0."))
-    ap.add_argument("--servers", required=True, help="nats://HOST:PORT[,nats://...]")
-    ap.add_argument("--node", required=True)
-    ap.add_argument("--advertise", default="tcp://127.0.0.1:0")
-    ap.add_argument("--partitions", type=int, default=64)
-    ap.add_argument("--lease-ttl-s", type=float, default=2.0)
-    ap.add_argument("--bucket", default=BUCKET)
-    ap.add_argument("--credentials", default="", help="the NATS credentials file (cluster.credentials)")
-    ap.add_argument("--replicas", type=int, default=None)
-    ap.add_argument("--open-timeout-s", type=float, default=OPEN_TIMEOUT_S,
-                    help="give up starting when the servers or the bucket cannot be used this long")
-    a = ap.parse_args(argv)
-
-    def out(ev):
-        sys.stdout.write(json.dumps(ev, separators=(",", ":")) + "\n")
-        sys.stdout.flush()
-
-    agent = LeaseAgent(a.servers.split(","), a.node, a.advertise, a.partitions, a.lease_ttl_s,
-                       bucket=a.bucket, replicas=a.replicas, on_event=out,
-                       open_timeout_s=a.open_timeout_s, credentials=a.credentials)
-
-    async def go():
-        stop = asyncio.Event()
-        for s in (signal.SIGTERM, signal.SIGINT):
-            asyncio.get_running_loop().add_signal_handler(s, stop.set)
-        await agent.run(stop)
-
-    try:
-        asyncio.run(go())
-    except (LeaseError, *_RETRY) as e:
-        why = f"{type(e).__name__}: {e}" if str(e) else f"no NATS server answered within {a.open_timeout_s:g} s"
-        print(f"risk-engine: cluster: servers={a.servers}: {why}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -47,7 +47,7 @@ from shm.replication import SEGMENT as REPLICATION, ReplicationMarks, segment_by
 from shm.runtime.config_types import ConfigError
 from shm.segment import Segment
 
-EVENTS = ("acquired", "ready", "prepare_failed", "renewed", "lost", "released", "nats_error")
+EVENTS = ("acquired", "adopted", "ready", "prepare_failed", "renewed", "lost", "released", "nats_error")
 
 
 class ClusterNode:

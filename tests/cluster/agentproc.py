@@ -1,4 +1,4 @@
-"""Lease agents run as processes (``python -m engine.cluster.agent``) whose JSON event lines go
+"""Lease agents run as processes (``python -m engine.cluster.agent_cli``) whose JSON event lines go
 to a file, and the serving intervals those lines prove (tests/cluster/conftest.py starts them)."""
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ class AgentProc:
         self.node, self.log = node, tmp / f"{node}.jsonl"
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "engine.cluster.agent", "--servers", ",".join(cluster.urls),
+                [sys.executable, "-m", "engine.cluster.agent_cli", "--servers", ",".join(cluster.urls),
                  "--credentials", cluster.credentials,
                  "--node", node, "--bucket", bucket, "--partitions", str(partitions),
                  "--lease-ttl-s", str(ttl_s), "--replicas", "3"],

@@ -91,7 +91,7 @@ def test_status_without_the_password_or_with_a_bad_file_exits_2(nats3, bucket, t
 
 
 def test_an_agent_whose_servers_do_not_answer_fails_to_start_in_bounded_time():
-    out = subprocess.run([sys.executable, "-m", "engine.cluster.agent", "--servers", "nats://127.0.0.1:1",
+    out = subprocess.run([sys.executable, "-m", "engine.cluster.agent_cli", "--servers", "nats://127.0.0.1:1",
                           "--node", "x", "--open-timeout-s", "2"],
                          cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
