@@ -6,7 +6,7 @@ import os
 
 from bench.engine_proc import shm_entries
 from bench.snapshot_delta import changed_pages
-from bench.worker_step import journal_append, worker_step
+from bench.worker_step import PATHS, journal_append, worker_step
 from shm.runtime.config import load_config
 
 
@@ -17,10 +17,11 @@ def test_journal_append_times_both_paths_per_batch_size():
 
 
 def test_worker_step_runs_batch_processor_and_cleans_up():
-    instance = f"step{os.getpid() % 100000}"     # the one bench.worker_step creates
+    instance = f"step{os.getpid() % 100000}"     # bench.worker_step's, one per path
     rows = worker_step(load_config(None), [4], repeats=1)
-    assert len(rows) == 1 and rows[0][0] == 4 and rows[0][1] > 0
-    assert shm_entries(instance) == []
+    assert len(rows) == 1 and rows[0][0] == 4 and set(rows[0][1]) == set(PATHS)
+    assert all(wall > 0 and cpu >= 0 for wall, cpu in rows[0][1].values()), rows
+    assert [shm_entries(instance + tag) for tag in "pfr"] == [[], [], []]
 
 
 def test_snapshot_delta_counts_the_pages_that_differ():
