@@ -86,7 +86,7 @@ class LeaseAgent:
             self.servers, **auth_options(self.credentials), name=f"risk-engine {self.node}", connect_timeout=2,
             reconnect_time_wait=0.25, max_reconnect_attempts=-1,
             error_cb=self._nats_error, disconnected_cb=self._disconnected), self.open_timeout_s)
-        watching = relay = None
+        watching = relay = beating = None
         try:
             self.store = LeaseStore(nc.jetstream(timeout=2.0), self.bucket, timeout_s=self.tick_s * 2)
             await self._open()
@@ -96,9 +96,16 @@ class LeaseAgent:
             started, last_members, last_status = now_ns(), 0, 0
             while not stop.is_set():
                 t = now_ns()
-                if self.drain.check_journal() or t - last_members >= self.ttl_ns:
-                    last_members = t                # a journal lost or back: heartbeat now
-                    await self._guard(self.members.beat())
+                if self.drain.check_journal():
+                    last_members = 0                # a journal lost or back: heartbeat now
+                if beating is not None and beating.done():
+                    beating.result()                # an error not NATS's ends the agent
+                    beating = None
+                if beating is None and t - last_members >= self.ttl_ns:
+                    # on a task of its own: a slow roster (a listing, a read per node) never
+                    # holds up the renewals below
+                    last_members = t
+                    beating = asyncio.ensure_future(self._guard(self.members.beat()))
                 self._adopt()
                 await self._renew_due()
                 await self._guard(self._scan_and_take(balance=t - started >= 2 * self.ttl_ns))
@@ -107,7 +114,7 @@ class LeaseAgent:
                     self.emit("status", owned=self.table.owned(), live=self.members.live())
                 await self._idle()
         finally:
-            for task in (watching, relay):
+            for task in (watching, relay, beating):
                 if task is not None:
                     task.cancel()
                     await asyncio.gather(task, return_exceptions=True)
