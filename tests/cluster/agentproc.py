@@ -45,6 +45,19 @@ class AgentProc:
         st = self.last_status()
         return {int(p) for p in st["owned"]} if st else set()
 
+    def held(self) -> set[int]:
+        """The partitions its log says it holds, as of its last line (exact once the process
+        is dead; ``owned()`` is its last status, up to a TTL old)."""
+        out: set[int] = set()
+        for e in self.events():
+            if e["ev"] == "acquired":
+                out.add(e["p"])
+            elif e["ev"] in ("lost", "released", "prepare_failed"):
+                out.discard(e["p"])
+            elif e["ev"] == "stopped":
+                out.clear()
+        return out
+
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)
 

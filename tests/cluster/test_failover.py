@@ -36,7 +36,7 @@ def takeover_timeline(survivors, gone, killed_ns) -> str:
     for a in survivors:
         for e in a.events():
             t = (e["t_ns"] - killed_ns) / 1e9
-            if e["ev"] in ("acquired", "adopted") and e["p"] in gone and t > 0:
+            if e["ev"] in ("acquired", "adopted", "released") and e["p"] in gone and t > -TTL_S:
                 lines.append(f"{t:6.2f} {a.node} {e['ev']} p{e['p']} rev {e['rev']} after {e.get('prev_rev')}"
                              f" seen {(e.get('seen_ns', killed_ns) - killed_ns) / 1e9:.2f}"
                              f" sent {(e.get('cas_ns', killed_ns) - killed_ns) / 1e9:.2f}")
@@ -68,13 +68,21 @@ def test_contending_agents_never_serve_a_partition_at_the_same_time(agents):
 @pytest.mark.slow
 def test_a_killed_owners_partitions_are_taken_within_the_lease_bound(agents):
     procs = [agents(f"k{i}", P, TTL_S) for i in range(3)]
-    owned = wait_for(lambda: everything_owned(procs), 40, "every partition owned, each agent some")
-    victim = max(range(3), key=lambda i: len(owned[i]))
-    time.sleep(TTL_S)                           # past the balancing: a stable assignment
-    gone = procs[victim].owned()
+    share = -(-P // 3)
+    # balanced (no agent over its share, from their logs: a status line can be a TTL old), so
+    # the victim is not releasing one a tick when it dies
+    held = wait_for(lambda: (h := [a.held() for a in procs]) and sum(map(len, h)) == P
+                    and all(0 < len(x) <= share for x in h) and h, 40, "every partition held, balanced")
+    victim = max(range(3), key=lambda i: len(held[i]))
+    time.sleep(TICK_S)
     killed_ns = now_ns()
     procs[victim].signal(signal.SIGKILL)
     procs[victim].proc.wait(10)
+    # what it held when it died, from its whole log. With its last status instead (up to a TTL
+    # old) a partition it had released since, taken by a survivor before the kill, was waited
+    # for until the balancing moved it again: likely CI's failure on 2026-12-07 (5 partitions
+    # of a share of 4, the last "taken" 6.1 s after the kill; the agents' logs were not kept)
+    gone = procs[victim].held()
     survivors = [a for i, a in enumerate(procs) if i != victim]
 
     def taken():
