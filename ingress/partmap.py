@@ -180,4 +180,5 @@ class PartitionMap:
                     self._ready.set()
             await w.stop()
         finally:
+            self.conn_log.closing()
             await nc.close()

@@ -5,7 +5,8 @@ It is asyncio (nats-py is) and the engine is synchronous, so a node runs it on a
 own with its own event loop (engine.cluster.agentthread); the rest of the engine reads only the table,
 whose deadlines expire by themselves, so a stalled agent withdraws its leases without running.
 ``python -m engine.cluster.agent`` runs one as a process, printing its events as JSON lines
-(the tests kill -9 and SIGSTOP such processes).
+on stdout and its NATS connection's state changes on stderr (shm.runtime.nats_log; the tests
+kill -9 and SIGSTOP such processes).
 
 The protocol (docs/CLUSTER.md, "Lease protocol"), every time on this node's CLOCK_BOOTTIME:
 - a holder stamps the clock before it sends a renewal; once the renewal is acknowledged it may
@@ -36,6 +37,7 @@ from engine.cluster.leaseview import LeaseView
 from engine.cluster.members import Members
 from engine.cluster.ownership import OwnershipTable, now_ns
 from shm.runtime.nats_auth import auth_options
+from shm.runtime.nats_log import ConnectionLog
 
 NS = 1_000_000_000
 OPEN_TIMEOUT_S = 30.0       # servers just started elect a JetStream meta leader first
@@ -46,7 +48,7 @@ class LeaseAgent:
     def __init__(self, servers, node: str, advertise: str, partitions: int, lease_ttl_s: float,
                  bucket: str = BUCKET, replicas: int | None = None, on_event=None,
                  table: OwnershipTable | None = None, open_timeout_s: float = OPEN_TIMEOUT_S,
-                 prepare=None, on_end=None, credentials: str = "", journal_ok=None):
+                 prepare=None, on_end=None, credentials: str = "", journal_ok=None, log=None):
         self.servers, self.node, self.partitions = list(servers), node, partitions
         self.credentials = credentials          # the NATS credentials file (shm.runtime.nats_auth)
         self.open_timeout_s = open_timeout_s
@@ -62,6 +64,8 @@ class LeaseAgent:
         self.tick_s = lease_ttl_s / 8
         self.table = table or OwnershipTable(partitions)
         self.on_event = on_event or (lambda ev: None)
+        # log(line): the connection's state changes (shm.runtime.nats_log); default: stderr
+        self.conn_log = ConnectionLog("risk-engine: cluster: lease agent", log)
         self.held: dict[int, tuple[int, int]] = {}      # p -> (revision, stamp of its write)
         self.view = LeaseView(partitions, self.ttl_ns, on_error=self._view_error)   # the leases, watched
         self.members = Members(self)                    # heartbeats (engine.cluster.members)
@@ -85,7 +89,7 @@ class LeaseAgent:
         nc = await asyncio.wait_for(nats.connect(
             self.servers, **auth_options(self.credentials), name=f"risk-engine {self.node}", connect_timeout=2,
             reconnect_time_wait=0.25, max_reconnect_attempts=-1,
-            error_cb=self._nats_error, disconnected_cb=self._disconnected), self.open_timeout_s)
+            **self.conn_log.callbacks()), self.open_timeout_s)      # a line per state change
         watching = relay = None
         try:
             self.store = LeaseStore(nc.jetstream(timeout=2.0), self.bucket, timeout_s=self.tick_s * 2)
@@ -111,6 +115,7 @@ class LeaseAgent:
                     task.cancel()
                     await asyncio.gather(task, return_exceptions=True)
             await self._leave()
+            self.conn_log.closing()
             await nc.close()
 
     async def _relay(self, stop: asyncio.Event) -> None:
@@ -150,12 +155,6 @@ class LeaseAgent:
             await coro
         except _RETRY as e:          # NATS unreachable for now: leases lapse on their own
             self.emit("nats_error", error=f"{type(e).__name__}: {e}")
-
-    async def _nats_error(self, e) -> None:
-        self.emit("nats_error", error=f"{type(e).__name__}: {e}")
-
-    async def _disconnected(self) -> None:
-        self.emit("disconnected")
 
     def _lose(self, p: int, reason: str) -> None:
         rev, _ = self.held.pop(p)
@@ -342,7 +341,8 @@ class LeaseAgent:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m engine.cluster.agent", description=(
         "Run one lease agent (no engine): take, renew and balance partition leases, printing "
-        "each event as a JSON line. SIGTERM/SIGINT release the leases and exit 0."))
+        "each event as a JSON line (the NATS connection's state changes on stderr, a line each). "
+        "SIGTERM/SIGINT release the leases and exit 0."))
     ap.add_argument("--servers", required=True, help="nats://HOST:PORT[,nats://...]")
     ap.add_argument("--node", required=True)
     ap.add_argument("--advertise", default="tcp://127.0.0.1:0")

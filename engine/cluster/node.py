@@ -90,7 +90,7 @@ class ClusterNode:
         if node.cfg.ack == "sync":
             node.bell = EventfdDoorbell.create()
         node.client = ControlClient(node.cfg.servers, node.cfg.node, node.replicas, node.open_timeout_s,
-                                    credentials=node.cfg.credentials)
+                                    credentials=node.cfg.credentials, log=sup.log)
         try:
             node.client.start()
             node.control = ControlPlane(sup, node.client, node.cfg.node)
@@ -166,7 +166,7 @@ class ClusterNode:
                            replicas=self.replicas, on_event=self._event, table=self.table,
                            open_timeout_s=self.open_timeout_s, prepare=self.replicator.prepare,
                            on_end=self.replicator.end, credentials=c.credentials,
-                           journal_ok=self._journal_ok)
+                           journal_ok=self._journal_ok, log=self.sup.log)
         self.agent = AgentThread(agent, side=[self.replicator.run]).start()
         t = self.open_timeout_s + 5
         while not self._started.wait(0.1):
