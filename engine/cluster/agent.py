@@ -32,6 +32,7 @@ import nats
 import nats.errors
 
 from engine.cluster.drain import Drain
+from engine.cluster.jsopen import StoreUnavailable
 from engine.cluster.leases import BUCKET, LeaseError, LeaseStore, encode
 from engine.cluster.leaseview import LeaseView
 from engine.cluster.members import Members
@@ -371,7 +372,7 @@ def main(argv=None) -> int:
 
     try:
         asyncio.run(go())
-    except (LeaseError, *_RETRY) as e:
+    except (LeaseError, StoreUnavailable, *_RETRY) as e:
         why = f"{type(e).__name__}: {e}" if str(e) else f"no NATS server answered within {a.open_timeout_s:g} s"
         print(f"risk-engine: cluster: servers={a.servers}: {why}", file=sys.stderr)
         return 2
