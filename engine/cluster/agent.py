@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import signal
 import sys
 
@@ -35,7 +34,7 @@ from engine.cluster.drain import Drain
 from engine.cluster.jsopen import StoreUnavailable
 from engine.cluster.leases import BUCKET, LeaseError, LeaseStore, encode
 from engine.cluster.leaseview import LeaseView
-from engine.cluster.members import Members
+from engine.cluster.members import Members, share
 from engine.cluster.ownership import OwnershipTable, now_ns
 from shm.runtime.nats_auth import auth_options
 from shm.runtime.nats_log import ConnectionLog
@@ -280,7 +279,7 @@ class LeaseAgent:
             elif self.view.expired(p, t):
                 expired.append((p, e.revision))     # unchanged for a full TTL on our clock
                 self.members.lapsed[e.value.get("node")] = t
-        target = math.ceil(self.partitions / self.members.live())     # without a node just found lapsed
+        target = share(self.partitions, self.members.live())     # without a node just found lapsed
         room = max(0, target - len(self.held))
         # expired leases are taken whatever the share (their partitions are unserved);
         # free ones only up to this node's share, so a joining node gets some
