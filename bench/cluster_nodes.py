@@ -2,7 +2,7 @@
 stopped as one set, their partitions, and the CPU time of their processes.
 
     with node_set(tmp, nats_urls, ack="sync") as nodes:   # nats_urls None: one engine alone
-        wait_balanced(nodes)                              # every partition held, each node some
+        wait_balanced(nodes)                              # every partition held, none over its share
         meter = CpuMeter(nodes, nats)                     # CPU seconds of the engine trees and
         before = meter.read(); ...; meter.delta(before)   # nats-servers between two reads
 
@@ -23,6 +23,7 @@ import psutil
 from bench.acksync import PARTITIONS
 from bench.engine_proc import EngineProcess
 from engine.admin_client import request
+from engine.cluster.members import share
 from engine.cluster.natsserver import NatsCluster
 from shm.runtime.config import portable_raw
 from shm.runtime.config_cluster import shard_keyed
@@ -86,18 +87,23 @@ def owned(e: EngineProcess) -> set[int]:
     return set(rep["cluster"]["owned"]) if rep.get("ok") else set()
 
 
-def wait_balanced(engines: list[EngineProcess], timeout_s: float = 180) -> list[set[int]]:
-    """Wait until every partition is served by exactly one node and each node serves at
-    least ``PARTITIONS // len(engines)``: the spread the agents' balance reaches. Returns
-    each node's partitions; raises TimeoutError."""
+def balanced(got: list[set[int]], partitions: int) -> bool:
+    """Is ``got`` (each node's partitions) where the agents' balance settles: every partition
+    held by exactly one node, none over its share (engine.cluster.members.share: 3/3/2 for 8
+    on 3 nodes, 22/22/20 or 22/21/21 for 64)?"""
+    return set().union(*got) == set(range(partitions)) and sum(map(len, got)) == partitions \
+        and max(map(len, got)) <= share(partitions, len(got))
+
+
+def wait_balanced(engines: list[EngineProcess], timeout_s: float = 180,
+                  partitions: int = PARTITIONS) -> list[set[int]]:
+    """Wait until the nodes' partitions are ``balanced``. Returns each node's partitions;
+    raises TimeoutError."""
     end = time.monotonic() + timeout_s
-    least = PARTITIONS // len(engines)
     got: list[set[int]] = []
     while time.monotonic() < end:
         got = [owned(e) for e in engines]
-        every = set().union(*got)
-        if every == set(range(PARTITIONS)) and sum(map(len, got)) == PARTITIONS \
-                and min(map(len, got)) >= least:
+        if balanced(got, partitions):
             return got
         time.sleep(0.1)
     raise TimeoutError(f"partitions not balanced over {len(engines)} node(s) after {timeout_s:g} s: "

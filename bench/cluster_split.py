@@ -3,8 +3,9 @@
 ``python -m bench.cluster_split [--partitions 64] [--old FILE]``: three NATS servers and three
 engine nodes (ack async, one worker each) on loopback; one ``ClusterClient`` sends batches of
 1, 8 and 64 events of random accounts, ``--rounds`` rounds of ``--batches`` batches each, after
-5 warm-up batches a round, once every node holds about a third of the partitions. Per batch size: requests per batch (one per partition present) and
-the call's latency, p50 and p99. ``--old FILE``: a ``ClusterClient`` from another version of
+5 warm-up batches a round, once the partitions are balanced (bench.cluster_nodes.wait_balanced:
+22/22/20 for 64). Per batch size: requests per batch (one per partition present) and the
+call's latency, p50 and p99. ``--old FILE``: a ``ClusterClient`` from another version of
 ingress/cluster_client.py (e.g. ``git show 8b8f9f0:ingress/cluster_client.py``, which split
 by owner) measured in alternating rounds against this one, its requests per batch counted as
 owners present."""
@@ -17,7 +18,7 @@ import time
 
 import numpy as np
 
-from bench.cluster_nodes import overrides, owned, start_all
+from bench.cluster_nodes import overrides, start_all, wait_balanced
 from bench.engine_proc import EngineProcess, free_port
 from engine.cluster.natsserver import NatsCluster
 from ingress.admission import shard_of
@@ -51,12 +52,7 @@ def main(argv=None) -> int:
             nodes.append(EngineProcess(tmp, workers=1, overrides=ov, own_session=True))
         start_all(nodes)
         try:
-            for _ in range(1800):
-                got = [owned(e) for e in nodes]
-                if set().union(*got) == set(range(a.partitions)) and sum(map(len, got)) == a.partitions \
-                        and min(map(len, got)) >= a.partitions // 3 - 2:      # rebalanced (give or take)
-                    break
-                time.sleep(0.1)
+            got = wait_balanced(nodes, partitions=a.partitions)
             kw = dict(timeout_ms=20_000, retries=0, deadline_ms=10_000, credentials=nats.client_credentials)
             clients = {"by partition": ClusterClient(nats.urls, **kw)}
             if a.old:

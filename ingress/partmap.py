@@ -187,4 +187,5 @@ class PartitionMap:
                     self._ready.set()
             await w.stop()
         finally:
+            self.conn_log.closing()
             await nc.close()

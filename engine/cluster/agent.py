@@ -5,7 +5,8 @@ It is asyncio (nats-py is) and the engine is synchronous, so a node runs it on a
 own with its own event loop (engine.cluster.agentthread); the rest of the engine reads only the table,
 whose deadlines expire by themselves, so a stalled agent withdraws its leases without running.
 ``python -m engine.cluster.agent_cli`` runs one as a process, printing its events as JSON lines
-(the tests kill -9 and SIGSTOP such processes).
+on stdout and its NATS connection's state changes on stderr (shm.runtime.nats_log; the tests
+kill -9 and SIGSTOP such processes).
 
 The protocol (docs/CLUSTER.md, "Lease protocol"), every time on this node's CLOCK_BOOTTIME:
 - a holder stamps the clock before it sends a renewal; once the renewal is acknowledged it may
@@ -21,7 +22,6 @@ ends at least ``margin`` before the contender may write, without comparing two c
 from __future__ import annotations
 
 import asyncio
-import math
 import secrets
 
 import nats
@@ -30,10 +30,11 @@ import nats.errors
 from engine.cluster.drain import Drain
 from engine.cluster.leases import BUCKET, LeaseError, LeaseStore, encode
 from engine.cluster.leaseview import LeaseView
-from engine.cluster.members import Members
+from engine.cluster.members import Members, share
 from engine.cluster.ownership import OwnershipTable, now_ns
 from engine.cluster.unknown_writes import UnknownWrites
 from shm.runtime.nats_auth import auth_options
+from shm.runtime.nats_log import ConnectionLog
 
 NS = 1_000_000_000
 OPEN_TIMEOUT_S = 30.0       # servers just started elect a JetStream meta leader first
@@ -44,7 +45,7 @@ class LeaseAgent:
     def __init__(self, servers, node: str, advertise: str, partitions: int, lease_ttl_s: float,
                  bucket: str = BUCKET, replicas: int | None = None, on_event=None,
                  table: OwnershipTable | None = None, open_timeout_s: float = OPEN_TIMEOUT_S,
-                 prepare=None, on_end=None, credentials: str = "", journal_ok=None):
+                 prepare=None, on_end=None, credentials: str = "", journal_ok=None, log=None):
         self.servers, self.node, self.partitions = list(servers), node, partitions
         self.credentials = credentials          # the NATS credentials file (shm.runtime.nats_auth)
         self.open_timeout_s = open_timeout_s
@@ -61,6 +62,8 @@ class LeaseAgent:
         self.tick_s = lease_ttl_s / 8
         self.table = table or OwnershipTable(partitions)
         self.on_event = on_event or (lambda ev: None)
+        # log(line): the connection's state changes (shm.runtime.nats_log); default: stderr
+        self.conn_log = ConnectionLog("risk-engine: cluster: lease agent", log)
         self.held: dict[int, tuple[int, int]] = {}      # p -> (revision, stamp of its write)
         self.view = LeaseView(partitions, self.ttl_ns, on_error=self._view_error)   # the leases, watched
         self.unknown = UnknownWrites(self.writer, self.ttl_ns)   # writes that raised: stored or not
@@ -85,7 +88,7 @@ class LeaseAgent:
         nc = await asyncio.wait_for(nats.connect(
             self.servers, **auth_options(self.credentials), name=f"risk-engine {self.node}", connect_timeout=2,
             reconnect_time_wait=0.25, max_reconnect_attempts=-1,
-            error_cb=self._nats_error, disconnected_cb=self._disconnected), self.open_timeout_s)
+            **self.conn_log.callbacks()), self.open_timeout_s)      # a line per state change
         watching = relay = beating = None
         try:
             self.store = LeaseStore(nc.jetstream(timeout=2.0), self.bucket, timeout_s=self.tick_s * 2)
@@ -119,6 +122,7 @@ class LeaseAgent:
                     task.cancel()
                     await asyncio.gather(task, return_exceptions=True)
             await self._leave()
+            self.conn_log.closing()
             await nc.close()
 
     async def _relay(self, stop: asyncio.Event) -> None:
@@ -158,12 +162,6 @@ class LeaseAgent:
             await coro
         except _RETRY as e:          # NATS unreachable for now: leases lapse on their own
             self.emit("nats_error", error=f"{type(e).__name__}: {e}")
-
-    async def _nats_error(self, e) -> None:
-        self.emit("nats_error", error=f"{type(e).__name__}: {e}")
-
-    async def _disconnected(self) -> None:
-        self.emit("disconnected")
 
     def _lose(self, p: int, reason: str) -> None:
         rev, _ = self.held.pop(p)
@@ -326,7 +324,7 @@ class LeaseAgent:
             elif self.view.expired(p, t):
                 expired.append((p, e.revision))     # unchanged for a full TTL on our clock
                 self.members.lapsed[e.value.get("node")] = t
-        target = math.ceil(self.partitions / self.members.live())     # without a node just found lapsed
+        target = share(self.partitions, self.members.live())     # without a node just found lapsed
         room = max(0, target - len(self.held))
         # expired leases are taken whatever the share (their partitions are unserved);
         # free ones only up to this node's share, so a joining node gets some
@@ -385,4 +383,3 @@ class LeaseAgent:
         except _RETRY:
             pass
         self.emit("stopped", released=sorted(held), stopped_ns=stopped)
-

@@ -1,5 +1,6 @@
 """``python -m engine.cluster.agent_cli``: one lease agent (engine.cluster.agent) as a process,
-printing its events as JSON lines (the tests kill -9 and SIGSTOP such processes)."""
+printing its events as JSON lines on stdout and its NATS connection's state changes on stderr
+(the tests kill -9 and SIGSTOP such processes)."""
 from __future__ import annotations
 
 import argparse
@@ -9,13 +10,15 @@ import signal
 import sys
 
 from engine.cluster.agent import _RETRY, OPEN_TIMEOUT_S, LeaseAgent
+from engine.cluster.jsopen import StoreUnavailable
 from engine.cluster.leases import BUCKET, LeaseError
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m engine.cluster.agent_cli", description=(
         "Run one lease agent (no engine): take, renew and balance partition leases, printing "
-        "each event as a JSON line. SIGTERM/SIGINT release the leases and exit 0."))
+        "each event as a JSON line (the NATS connection's state changes on stderr, a line each). "
+        "SIGTERM/SIGINT release the leases and exit 0."))
     ap.add_argument("--servers", required=True, help="nats://HOST:PORT[,nats://...]")
     ap.add_argument("--node", required=True)
     ap.add_argument("--advertise", default="tcp://127.0.0.1:0")
@@ -44,7 +47,7 @@ def main(argv=None) -> int:
 
     try:
         asyncio.run(go())
-    except (LeaseError, *_RETRY) as e:
+    except (LeaseError, StoreUnavailable, *_RETRY) as e:
         why = f"{type(e).__name__}: {e}" if str(e) else f"no NATS server answered within {a.open_timeout_s:g} s"
         print(f"risk-engine: cluster: servers={a.servers}: {why}", file=sys.stderr)
         return 2

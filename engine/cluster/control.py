@@ -31,6 +31,7 @@ import nats.js.errors as jserr
 from nats.js import api
 
 from shm.runtime.nats_auth import auth_options
+from shm.runtime.nats_log import ConnectionLog
 
 BUCKET = "risk_engine_control"
 APPLIED = "applied."
@@ -66,12 +67,14 @@ class ControlClient:
     bucket if missing and queues its current values then INITIAL; later changes follow."""
 
     def __init__(self, servers, node: str, replicas: int, open_timeout_s: float,
-                 bucket: str = BUCKET, timeout_s: float = 5.0, credentials: str = ""):
+                 bucket: str = BUCKET, timeout_s: float = 5.0, credentials: str = "", log=None):
         self.servers, self.node, self.bucket = list(servers), node, bucket
         self.credentials = credentials          # the NATS credentials file (shm.runtime.nats_auth)
         self.replicas, self.open_timeout_s, self.timeout_s = replicas, open_timeout_s, timeout_s
         self.entries: queue.Queue = queue.Queue()     # KeyValue.Entry, then INITIAL, ...
-        self.errors = 0                               # watcher / applied-record failures
+        self.errors = 0                               # applied records not written
+        # log(line): the connection's state changes (shm.runtime.nats_log); default: stderr
+        self.conn_log = ConnectionLog("risk-engine: cluster: control plane", log)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
                                         name=f"control {node}")
@@ -105,8 +108,8 @@ class ControlClient:
         self._nc = await asyncio.wait_for(nats.connect(
             self.servers, **auth_options(self.credentials), name=f"risk-engine control {self.node}",
             connect_timeout=2,
-            reconnect_time_wait=0.25, max_reconnect_attempts=-1, error_cb=self._error),
-            self.open_timeout_s)
+            reconnect_time_wait=0.25, max_reconnect_attempts=-1,
+            **self.conn_log.callbacks()), self.open_timeout_s)      # a line per state change
         js = self._nc.jetstream(timeout=self.timeout_s)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.open_timeout_s
@@ -126,9 +129,6 @@ class ControlClient:
                                              f"{self.open_timeout_s:g} s: {type(e).__name__}: {e}") from None
                 await asyncio.sleep(0.25)
         loop.create_task(self._pump())
-
-    async def _error(self, e) -> None:
-        self.errors += 1
 
     async def _pump(self) -> None:
         async for entry in self._watcher:
@@ -186,6 +186,7 @@ class ControlClient:
             if self._watcher is not None:
                 await self._watcher.stop()
             if self._nc is not None:
+                self.conn_log.closing()
                 await self._nc.close()
         if self._thread.is_alive():
             try:

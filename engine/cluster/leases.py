@@ -26,7 +26,7 @@ import nats
 import nats.js.errors as jserr
 from nats.js import api
 
-from engine.cluster.jsopen import READY_S, settled, stream_led
+from engine.cluster.jsopen import READY_S, opened
 from shm.runtime.nats_auth import auth_options
 from ingress.partmap import BUCKET, decode, encode, lease_key  # noqa: F401  (the bucket's names)
 
@@ -78,19 +78,22 @@ class LeaseStore:
         self.prefix = f"$KV.{bucket}."
 
     async def open(self, partitions: int | None, replicas: int = 1, create: bool = True) -> int:
-        """Create the bucket if missing (``create``) and agree on the partition count:
-        returns the bucket's count; raises LeaseError if it differs from ``partitions``."""
-        try:
-            await self.js.key_value(self.bucket)
-        except jserr.BucketNotFoundError:
-            if not create:
+        """Create the bucket if missing (``create``; as the journal stream and the object
+        stores are: engine.cluster.jsopen, StoreUnavailable if it stays unusable) and agree on
+        the partition count: returns the bucket's count; raises LeaseError if it differs from
+        ``partitions``, or if the bucket is missing and not to be created."""
+        if create:                  # returns once the stream has a leader: the meta write follows
+            await opened(self.js, self.stream, lambda: self.js.key_value(self.bucket),
+                         lambda: self.js.create_key_value(api.KeyValueConfig(
+                             bucket=self.bucket, history=1, replicas=replicas,
+                             storage=api.StorageType.FILE, description="risk-engine partition leases")),
+                         jserr.BucketNotFoundError, f"bucket {self.bucket}", READY_S)
+        else:
+            try:
+                await self.js.key_value(self.bucket)
+            except jserr.BucketNotFoundError:
                 raise LeaseError(f"bucket={self.bucket}: no lease bucket on these servers "
                                  "(no node has started)") from None
-            await settled(lambda: self.js.create_key_value(api.KeyValueConfig(
-                bucket=self.bucket, history=1, replicas=replicas,
-                storage=api.StorageType.FILE, description="risk-engine partition leases")),
-                f"bucket {self.bucket}", READY_S)
-            await stream_led(self.js, self.stream, READY_S)    # its first write follows at once
         meta = await self.get("meta")
         if meta.value is None and partitions is not None:
             if await self._write("meta", json.dumps({"partitions": partitions}).encode(), 0) is None:

@@ -22,7 +22,6 @@ A node whose NATS servers do not answer within OPEN_TIMEOUT_S fails to start wit
 from __future__ import annotations
 
 import asyncio
-import math
 import threading
 
 import nats.errors
@@ -33,6 +32,7 @@ from engine.cluster.control import ControlClient, ControlUnavailable
 from engine.cluster.control_apply import ControlPlane
 from engine.cluster.handover import TakeJobs
 from engine.cluster.leases import LeaseError
+from engine.cluster.members import share
 from engine.cluster.ownership import OwnershipTable
 from engine.cluster.partstate import PartitionState
 from engine.cluster.replicate import Replicator
@@ -90,7 +90,7 @@ class ClusterNode:
         if node.cfg.ack == "sync":
             node.bell = EventfdDoorbell.create()
         node.client = ControlClient(node.cfg.servers, node.cfg.node, node.replicas, node.open_timeout_s,
-                                    credentials=node.cfg.credentials)
+                                    credentials=node.cfg.credentials, log=sup.log)
         try:
             node.client.start()
             node.control = ControlPlane(sup, node.client, node.cfg.node)
@@ -166,7 +166,7 @@ class ClusterNode:
                            replicas=self.replicas, on_event=self._event, table=self.table,
                            open_timeout_s=self.open_timeout_s, prepare=self.replicator.prepare,
                            on_end=self.replicator.end, credentials=c.credentials,
-                           journal_ok=self._journal_ok)
+                           journal_ok=self._journal_ok, log=self.sup.log)
         self.agent = AgentThread(agent, side=[self.replicator.run]).start()
         t = self.open_timeout_s + 5
         while not self._started.wait(0.1):
@@ -179,7 +179,7 @@ class ClusterNode:
         self.sup.rulesets.route = self.ruleset.reload      # `risk-engine reload`, SIGHUP: every node
         self.sup.log(f"risk-engine: cluster: node {c.node} taking leases on {c.partitions} "
                      f"partitions (ttl {c.lease_ttl_s:g} s, share about "
-                     f"{math.ceil(c.partitions / max(1, self.live_nodes or 1))})")
+                     f"{share(c.partitions, max(1, self.live_nodes))})")
 
     def _journal_ok(self) -> bool:
         """(The agent's thread.) False while a worker's journal is unavailable (a full or

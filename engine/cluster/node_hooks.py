@@ -23,7 +23,8 @@ def metric_families(node):
                             value=float(up))
     c = CounterMetricFamily("risk_cluster_lease_events", "Lease events of this node's agent: "
                             "acquired, ready (taken over: servable), prepare_failed, renewed, "
-                            "lost, released, nats_error", labels=["event"])
+                            "lost, released, nats_error (a lease-bucket operation or the lease "
+                            "watch failed)", labels=["event"])
     for ev, n in node.counts.items():
         c.add_metric([ev], float(n))
     yield c

@@ -133,6 +133,7 @@ class Replicator:
                 if t is not None:
                     t.cancel()
                     await asyncio.gather(t, return_exceptions=True)
+            self.conn_log.closing()
             await nc.close()
 
     async def prepare(self, p: int, rev: int) -> bool:

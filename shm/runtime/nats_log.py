@@ -16,7 +16,9 @@ nats-py, given no ``error_cb``, logs every failed reconnect attempt with its ful
 The read error that ends a connection (``UnexpectedEOF``, a reset) is said in the
 disconnected line, not on its own. A connection that flaps prints a disconnected line at most
 once per ``every_s`` (and the reconnected line of each outage it printed); the disconnections
-in between are counted in the next one. No nats import: the callbacks are plain coroutines."""
+in between are counted in the next one. nats-py calls the disconnected callback on
+``close()`` too: an owner calls ``closing()`` first, so a close of its own says nothing. No
+nats import: the callbacks are plain coroutines."""
 from __future__ import annotations
 
 import sys
@@ -53,6 +55,7 @@ class ConnectionLog:
         self._printing = False                   # this outage's disconnection was printed
         self._cause: BaseException | None = None  # what ended the connection (said with it)
         self._quiet_errors = 0                   # errors while connected not printed
+        self._closing = False                    # the owner closes it: no outage to tell
 
     def callbacks(self) -> dict:
         return {"error_cb": self.error, "disconnected_cb": self.disconnected,
@@ -65,8 +68,13 @@ class ConnectionLog:
         self._said[kind] = t
         return True
 
+    def closing(self) -> None:
+        """The owner is closing the connection: the disconnection nats-py reports next is not
+        an outage (no line)."""
+        self._closing = True
+
     async def disconnected(self) -> None:
-        if self.down_since is not None:
+        if self.down_since is not None or self._closing:
             return
         self.down_since, self.failed, self._last = self.clock(), 0, None
         self._said["still"] = self.down_since

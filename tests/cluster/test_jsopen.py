@@ -1,6 +1,6 @@
-"""Opening what the cluster keeps in JetStream while the servers are not settled: the journal
-stream and an object store are opened or created while the meta leader does not answer, once
-another is elected (engine.cluster.jsopen.settled); and a watch of the lease bucket counts as
+"""Opening what the cluster keeps in JetStream while the servers are not settled: the lease
+bucket, the journal stream and an object store are opened or created while the meta leader
+does not answer, once another is elected (engine.cluster.jsopen); and a watch of the lease bucket counts as
 read only once every current lease has arrived (ingress.partmap.caught_up), for the client's
 partition map and the lease agent's view alike."""
 from __future__ import annotations
@@ -103,10 +103,11 @@ def test_the_lease_view_is_synced_only_once_it_holds_every_lease(nats3, leases):
 
 
 def test_the_journal_stream_and_a_store_are_opened_while_the_meta_leader_is_stopped(nats3):
-    """The meta leader is stopped (SIGSTOP) and, through the other two servers, the journal
-    stream and an object store are created: their first requests go unanswered until the two
-    elect a new leader, and each open waits for that (bounded) instead of failing the node's
-    start. The stopped server is resumed afterwards."""
+    """The meta leader is stopped (SIGSTOP) and, through the other two servers, the lease
+    bucket, the journal stream and an object store are created: their first requests go
+    unanswered until the two elect a new leader, and each open waits for that (bounded)
+    instead of failing the node's start (the lease bucket's open raised the first timeout
+    before it went through jsopen.opened). The stopped server is resumed afterwards."""
     leader = json.load(urllib.request.urlopen(
         f"http://127.0.0.1:{nats3.servers[0].http_port}/jsz", timeout=5))["meta_cluster"]["leader"]
     k = next(i for i, s in enumerate(nats3.servers) if s.name == leader)
@@ -116,12 +117,14 @@ def test_the_journal_stream_and_a_store_are_opened_while_the_meta_leader_is_stop
         os.kill(nats3.servers[k].proc.pid, signal.SIGSTOP)
         t0 = time.monotonic()
         try:
+            assert await LeaseStore(js, f"lb{h}", timeout_s=5.0).open(4, replicas=3) == 4
+            t1 = time.monotonic()
             log = ReplicationLog(js, "a", SCHEMA.dtype, "account_id", 4, stream=f"RJ{h}", prefix=f"rj{h}")
             await log.ensure_stream(3, ready_s=60)
-            t1 = time.monotonic()
+            t2 = time.monotonic()
             store = await open_object_store(js, f"os{h}", 3, "test", 60.0)
-            print(f"meta leader {leader} stopped: journal stream opened after {t1 - t0:.1f} s, "
-                  f"object store after {time.monotonic() - t0:.1f} s")
+            print(f"meta leader {leader} stopped: lease bucket opened after {t1 - t0:.1f} s, journal "
+                  f"stream after {t2 - t0:.1f} s, object store after {time.monotonic() - t0:.1f} s")
             await store.put("first", b"x")      # used while the old leader is still stopped
             return (await js.stream_info(f"RJ{h}")).config.num_replicas
         finally:   # (resumed, it makes JetStream 'temporarily unavailable' for a moment)

@@ -22,6 +22,7 @@ import pytest
 from bench.engine_proc import EngineProcess, free_port, shm_entries
 from engine.admin import request
 from engine.cluster.control import ControlClient
+from engine.cluster.members import share
 from ingress.admission import shard_of
 from engine.cluster.partition import partition_of
 from engine.cluster.partstate import PartitionState
@@ -128,8 +129,8 @@ def every_partition_held(cluster, nodes=3):
     def settled():
         s = status(cluster)
         owners = [r["owner"] for r in s["leases"]]
-        share = -(-P // nodes)
-        return None not in owners and all(owners.count(o) <= share for o in set(owners)) \
+        most = share(P, nodes)
+        return None not in owners and all(owners.count(o) <= most for o in set(owners)) \
             and all(r["ready"] is not False for r in s["leases"]) and s
     return wait_for(settled, 120, "every partition held and served, none over its node's share")
 
