@@ -6,46 +6,18 @@ ZeroMQ ROUTER sockets (only their NOT_OWNER replies are under test); a real nats
 the lease bucket the client's map reads."""
 from __future__ import annotations
 
-import asyncio
 import threading
-import uuid
 
-import nats
 import numpy as np
 import pytest
 import zmq
 
-from bench.engine_proc import free_port
-from engine.cluster.leases import LeaseStore
-from engine.cluster.natsserver import NatsCluster
 from ingress import wire
 from ingress.client import RequestError
 from ingress.cluster_client import ClusterClient
 from shm.journal_append import field_mask
-from shm.runtime.nats_auth import auth_options
 from shm.types import ErrorCode
 from tests.cluster.test_node import EVENT
-
-P = 4
-
-
-@pytest.fixture(scope="module")
-def lease_bucket():
-    """One nats-server with a lease bucket of P partitions and no owner."""
-    bucket = "t" + uuid.uuid4().hex[:10]
-    c = NatsCluster(1, port_fn=free_port, read_buckets=(bucket,)).start()   # the client user reads it
-
-    async def create():
-        nc = await nats.connect(c.urls, **auth_options(c.credentials))
-        try:
-            await LeaseStore(nc.jetstream(), bucket).open(P)
-        finally:
-            await nc.close()
-    try:
-        asyncio.run(create())
-        yield c, bucket
-    finally:
-        c.close()
 
 
 class NamingEachOther:
