@@ -4,8 +4,8 @@ its owner at once, and the replies are collected by request id (docs/CLUSTER.md,
 Per owner the client keeps one DEALER socket (``OwnerSocket``). A request leaves as
 ``["", body]`` and its reply comes back as ``["", reply]``: the envelope a REQ socket adds,
 so the engine's ROUTER sees what a REQ client sends (docs/PROTOCOL.md section 1). All of a
-call's requests to one owner are on that socket together, so a batch costs about one round
-trip per owner instead of one per partition.
+call's requests to one owner are on that socket together, so a batch waits for its owners'
+replies together instead of one partition's after the other.
 
 A reply is taken by the request id in its header. It belongs to the sub-request with that id
 whose outstanding attempt went to that owner's socket; any other reply is dropped and
@@ -24,8 +24,9 @@ Each sub-request behaves as a single request of ``Client`` did:
   the new socket at once, RETRY flag set, not counted as attempts (they did not time out).
 - NOT_OWNER: ingress.cluster_client's module doc; hops and waits are counted per
   sub-request, so one partition's redirects do not use up another's.
-Any error ends the call at once (the requests still in flight are left: their replies are
-dropped by id when they come).
+Any error ends the call at once. Its requests still in flight are left: they may still be
+decided (sent one after the other, those before the one that failed were decided too), and
+their replies are dropped by id when they come.
 """
 from __future__ import annotations
 

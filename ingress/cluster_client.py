@@ -16,8 +16,9 @@ whichever node it reaches. One thread per client.
   Split by owner, a request that timed out at an owner whose partitions then went to
   several nodes was split again under new ids and decided twice (issue 24). Every
   partition's request is sent to its owner before any reply is waited for, and the replies
-  are matched by request id (ingress.cluster_batch): a batch costs about one round trip per
-  owner, not one per partition (docs/CLUSTER.md, "Routing").
+  are matched by request id (ingress.cluster_batch): a batch waits for its owners together,
+  not for one partition after the other; each request still costs its own work on both
+  sides (docs/CLUSTER.md, "Routing", has the figures).
 - NOT_OWNER (the map was stale): nothing was evaluated there; the reply names the owner, the
   client records it and sends the same request (same id) there (``max_redirects`` hops to
   another node per partition's request, then RequestError NOT_OWNER). ``owner=none``, a
