@@ -1,14 +1,14 @@
-"""What the cluster client's per-partition batch split costs (docs/CLUSTER.md, "Routing").
+"""What a cluster client's batch costs, split by partition (docs/CLUSTER.md, "Routing").
 
 ``python -m bench.cluster_split [--partitions 64] [--old FILE]``: three NATS servers and three
 engine nodes (ack async, one worker each) on loopback; one ``ClusterClient`` sends batches of
 1, 8 and 64 events of random accounts, ``--rounds`` rounds of ``--batches`` batches each, after
 5 warm-up batches a round, once the partitions are balanced (bench.cluster_nodes.wait_balanced:
-22/22/20 for 64). Per batch size: requests per batch (one per partition present) and the
-call's latency, p50 and p99. ``--old FILE``: a ``ClusterClient`` from another version of
-ingress/cluster_client.py (e.g. ``git show 8b8f9f0:ingress/cluster_client.py``, which split
-by owner) measured in alternating rounds against this one, its requests per batch counted as
-owners present."""
+22/22/20 for 64). Per batch size: the partitions (one request each) and the owners a batch
+spans, and the call's latency, p50 and p99; at the end each client's NOT_OWNER redirects and
+replies dropped (a call that waited out a hand-over shows in p99). ``--old FILE``: a
+``ClusterClient`` from another version of ingress/cluster_client.py (e.g. ``git show
+main:ingress/cluster_client.py``) measured in alternating rounds against this one."""
 from __future__ import annotations
 
 import argparse
@@ -54,13 +54,13 @@ def main(argv=None) -> int:
         try:
             got = wait_balanced(nodes, partitions=a.partitions)
             kw = dict(timeout_ms=20_000, retries=0, deadline_ms=10_000, credentials=nats.client_credentials)
-            clients = {"by partition": ClusterClient(nats.urls, **kw)}
+            clients = {"this tree": ClusterClient(nats.urls, **kw)}
             if a.old:
-                clients["old"] = load_old(a.old)(nats.urls, **kw)
+                clients["--old"] = load_old(a.old)(nats.urls, **kw)
             print(f"partitions {a.partitions}, held {[len(g) for g in got]}", flush=True)
             for n in (1, 8, 64):
                 lat = {k: [] for k in clients}
-                reqs = {k: [] for k in clients}
+                spans = {k: [] for k in clients}              # (partitions, owners) per batch
                 for rnd in range(a.rounds):
                     for k, c in (list(clients.items()) if rnd % 2 == 0 else list(clients.items())[::-1]):
                         for b in range(5 + a.batches):
@@ -70,14 +70,17 @@ def main(argv=None) -> int:
                             c.evaluate_batch(evs)
                             if b >= 5:
                                 lat[k].append((time.perf_counter() - t) * 1e3)
-                                ps = shard_of(accts, c.partitions).tolist()
-                                reqs[k].append(len(set(ps)) if k != "old" else len({c.owner(p) for p in ps}))
+                                ps = set(shard_of(accts, c.partitions).tolist())
+                                spans[k].append((len(ps), len({c.owner(p) for p in ps})))
                 for k in clients:
-                    ms = np.array(lat[k])
-                    print(f"batch {n:3d} {k:12s}: requests/batch {np.mean(reqs[k]):5.1f}  p50 "
+                    ms, sp = np.array(lat[k]), np.array(spans[k])
+                    print(f"batch {n:3d} {k:10s}: partitions/batch {sp[:, 0].mean():5.1f}  owners/batch "
+                          f"{sp[:, 1].mean():4.1f}  p50 "
                           f"{np.percentile(ms, 50):7.2f} ms  p99 {np.percentile(ms, 99):7.2f} ms  "
                           f"(n={len(ms)})", flush=True)
-            for c in clients.values():
+            for k, c in clients.items():
+                print(f"{k}: NOT_OWNER redirects {c.redirects}, replies dropped "
+                      f"{getattr(c, 'ignored_replies', '-')}", flush=True)
                 c.close()
         finally:
             for e in nodes:

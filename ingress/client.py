@@ -171,6 +171,25 @@ class ClientCodec:
         return replace(d, rules=tuple(r for r in rules if r not in shadow),
                        shadow_rules=tuple(r for r in rules if r in shadow), ruleset=ids.ruleset)
 
+    def reply_id(self, frame: bytes) -> int:
+        """The request id a reply names, read before the reply is parsed (a client with several
+        requests in flight on one socket matches replies by it); 0 for an error reply to a
+        request the engine could not read. Raises ProtocolError for a frame that is no reply."""
+        if frame[:1] == b"{":
+            try:
+                rid = json.loads(frame)["request_id"]
+            except (ValueError, KeyError, TypeError) as e:
+                raise ProtocolError(f"invalid JSON reply: {e}") from None
+            if rid is None:
+                return 0
+            if type(rid) is not int:
+                raise ProtocolError(f"invalid JSON reply: request_id={rid!r}")
+            return rid
+        try:
+            return wire.unpack_reply_header(frame)[0]
+        except ValueError as e:
+            raise ProtocolError(str(e)) from None
+
     def parse(self, frame: bytes, request_id: int, count: int) -> list[Decision]:
         """Decisions of a reply to ``request_id``; raises RequestError or ProtocolError."""
         if frame[:1] == b"{":
@@ -229,14 +248,16 @@ _FLAG_NAMES = tuple(tuple(f.name for f in DecisionFlag if f.value and f.value & 
 class LazyPirateSocket:
     """The REQ socket of a client (sync or asyncio, by the context it was given): made on
     first use, dropped after a timeout (a REQ socket cannot send twice: Lazy Pirate).
-    Needs ``_ctx``, ``_sock``, ``endpoint``, ``curve`` and ``reconnects``."""
+    Needs ``_ctx``, ``_sock``, ``endpoint``, ``curve`` and ``reconnects``. ``SOCKET_TYPE``:
+    REQ here; ingress.cluster_batch's owner sockets are DEALERs, made and dropped alike."""
+    SOCKET_TYPE = zmq.REQ
 
     def _socket(self, timeout_ms: int) -> zmq.Socket:
-        """The REQ socket, its send bounded by ``timeout_ms``: a peer that refused the
+        """The socket, its send bounded by ``timeout_ms``: a peer that refused the
         handshake (a CURVE key the server does not allow, plaintext to a CURVE server) takes
         the socket's only pipe with it, and an unbounded send would then wait forever."""
         if self._sock is None:
-            s = self._ctx.socket(zmq.REQ)
+            s = self._ctx.socket(self.SOCKET_TYPE)
             s.linger = 0
             self._send_timeout_ms = None
             if self.curve is not None:

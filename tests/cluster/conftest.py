@@ -1,14 +1,22 @@
 """Fixtures for the cluster tests: a module-scoped 3-server NATS JetStream cluster on loopback
-(R3 buckets), a lease bucket per test, and lease agent processes (tests/cluster/agentproc.py)."""
+(R3 buckets), a lease bucket per test, lease agent processes (tests/cluster/agentproc.py), and
+one nats-server with an empty lease bucket for tests of the cluster client against stand-in
+nodes."""
 from __future__ import annotations
 
+import asyncio
 import uuid
 
+import nats
 import pytest
 
 from bench.engine_proc import free_port
+from engine.cluster.leases import LeaseStore
 from engine.cluster.natsserver import NatsCluster
+from shm.runtime.nats_auth import auth_options
 from tests.cluster.agentproc import AgentProc
+
+LEASE_BUCKET_PARTITIONS = 4
 
 
 @pytest.fixture(scope="module")
@@ -50,3 +58,23 @@ def agents(nats3, bucket, tmp_path):
     yield start
     for a in started:
         a.stop()
+
+
+@pytest.fixture(scope="module")
+def lease_bucket():
+    """(one nats-server, the name of its lease bucket of LEASE_BUCKET_PARTITIONS partitions
+    and no owner): a cluster client's map reads it; the test routes partitions itself."""
+    bucket = "t" + uuid.uuid4().hex[:10]
+    c = NatsCluster(1, port_fn=free_port, read_buckets=(bucket,)).start()   # the client user reads it
+
+    async def create():
+        nc = await nats.connect(c.urls, **auth_options(c.credentials))
+        try:
+            await LeaseStore(nc.jetstream(), bucket).open(LEASE_BUCKET_PARTITIONS)
+        finally:
+            await nc.close()
+    try:
+        asyncio.run(create())
+        yield c, bucket
+    finally:
+        c.close()

@@ -6,87 +6,33 @@ ZeroMQ ROUTER sockets (only their NOT_OWNER replies are under test); a real nats
 the lease bucket the client's map reads."""
 from __future__ import annotations
 
-import asyncio
-import threading
-import uuid
-
-import nats
 import numpy as np
 import pytest
-import zmq
 
-from bench.engine_proc import free_port
-from engine.cluster.leases import LeaseStore
-from engine.cluster.natsserver import NatsCluster
 from ingress import wire
 from ingress.client import RequestError
 from ingress.cluster_client import ClusterClient
 from shm.journal_append import field_mask
-from shm.runtime.nats_auth import auth_options
 from shm.types import ErrorCode
+from tests.cluster.standins import StandIns
 from tests.cluster.test_node import EVENT
 
-P = 4
 
-
-@pytest.fixture(scope="module")
-def lease_bucket():
-    """One nats-server with a lease bucket of P partitions and no owner."""
-    bucket = "t" + uuid.uuid4().hex[:10]
-    c = NatsCluster(1, port_fn=free_port, read_buckets=(bucket,)).start()   # the client user reads it
-
-    async def create():
-        nc = await nats.connect(c.urls, **auth_options(c.credentials))
-        try:
-            await LeaseStore(nc.jetstream(), bucket).open(P)
-        finally:
-            await nc.close()
-    try:
-        asyncio.run(create())
-        yield c, bucket
-    finally:
-        c.close()
-
-
-class NamingEachOther:
-    """Two ROUTER sockets; the first ``n`` requests (counted over both) are answered NOT_OWNER
-    naming the other socket, every later one OVERLOADED (a reply the client does not follow)."""
+class NamingEachOther(StandIns):
+    """Two stand-in nodes; the first ``n`` requests (counted over both) are answered NOT_OWNER
+    naming the other node, every later one OVERLOADED (a reply the client does not follow)."""
 
     def __init__(self, n: int):
-        self.n, self.answered, self.stop = n, 0, threading.Event()
+        super().__init__(2, NamingEachOther._answer)
+        self.n, self.answered = n, 0
         self.bodies: list[bytes] = []              # every request body received, in order
-        self.socks = [zmq.Context.instance().socket(zmq.ROUTER) for _ in range(2)]
-        self.addrs = []
-        for s in self.socks:
-            s.linger = 0
-            port = s.bind_to_random_port("tcp://127.0.0.1")
-            self.addrs.append(f"tcp://127.0.0.1:{port}")
-        self.thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self):
-        poller = zmq.Poller()
-        for s in self.socks:
-            poller.register(s, zmq.POLLIN)
-        while not self.stop.is_set():
-            for s, _ in poller.poll(50):
-                frames = s.recv_multipart()
-                self.bodies.append(frames[-1])
-                rid = wire.REQUEST_HEADER.unpack_from(frames[-1])[7]
-                other = self.addrs[1 - self.socks.index(s)]
-                self.answered += 1
-                reply = wire.pack_error_reply(rid, ErrorCode.NOT_OWNER, f"partition=0 owner={other}") \
-                    if self.answered <= self.n else wire.pack_error_reply(rid, ErrorCode.OVERLOADED, "test")
-                s.send_multipart(frames[:-1] + [reply])
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join(5)
-        for s in self.socks:
-            s.close(0)
+    def _answer(self, node: int, envelope: list[bytes], req) -> None:
+        self.bodies.append(req.body)
+        self.answered += 1
+        reply = req.refuse(ErrorCode.NOT_OWNER, f"partition=0 owner={self.addrs[1 - node]}") \
+            if self.answered <= self.n else req.refuse(ErrorCode.OVERLOADED, "test")
+        self.send(node, envelope, reply)
 
 
 def first_partition_account(cc) -> int:

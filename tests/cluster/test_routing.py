@@ -3,7 +3,7 @@ three-server NATS cluster hold the partitions between them (one reads requests i
 ingress.compiled_loop false; the other in compiled code). A request for a partition a node
 does not hold is answered NOT_OWNER naming the owner's advertised address and is never
 evaluated there (no decision counted, nothing journaled); the cluster client sends each
-request to its owner, splits a batch by owner, and follows a redirect when its map is
+request to its owner, splits a batch by partition, and follows a redirect when its map is
 stale. Two engines start (a cold Numba cache compiles for minutes): slow.
 
 Allowed outcomes: leases are renewed by agents on a loaded machine, so a hand-over may happen
