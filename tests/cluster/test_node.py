@@ -68,8 +68,7 @@ def start_all(engines):
         wait_for(lambda: engines[0].serving() or engines[0].proc.poll() is not None, 900, "first node")
         for e in engines[1:]:
             e.launch()
-        wait_for(lambda: all(e.serving() or e.proc.poll() is not None for e in engines), 900,
-                 "every node serving")
+        wait_for(lambda: all(e.serving() or e.proc.poll() is not None for e in engines), 900, "every node serving")
         for e in engines:
             assert e.serving(), e.output()
     except BaseException:
@@ -265,7 +264,7 @@ def test_a_node_whose_servers_never_answer_fails_to_start_with_one_line(tmp_path
 def test_a_hostile_value_in_the_control_bucket_is_refused_by_every_node(nats3, nodes):
     """Whoever can write to NATS can write the bucket: every value is checked like an admin
     request before it is applied; a bad one is counted and logged, the node keeps serving."""
-    every_partition_held(nats3)          # the balancing over: the owners asked below stay so
+    every_partition_held(nats3)          # balanced first: the owners asked below stay so
     before = [admin(e, cmd="cluster")["cluster"]["control"]["errors"] for e in nodes]
     c = ControlClient(nats3.urls, "hostile", 3, 20.0, credentials=nats3.credentials).start()
     try:
