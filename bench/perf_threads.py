@@ -1,13 +1,14 @@
 """``python -m bench.perf_threads``: where an engine thread's CPU goes under a bench.targets load.
 
-Runs ``python -m bench.targets --scenarios S --targets engine --rounds 1`` from this checkout,
-and once the load is on, samples the ingress's main thread and the worker's main thread with
+Runs ``python -m bench.targets --scenarios S --targets engine --rounds 1`` from a checkout
+(``--checkout``, default this one), and once the load is on (the ingress's libzmq I/O thread
+works), samples the ingress's main thread and the worker's main thread with
 ``perf record`` (Linux perf, as root or with perf_event_paranoid <= 1) for ``--seconds``.
 Numba's compiled code lives in anonymous memory, so perf cannot name it; LLVM registers it
 with gdb's JIT interface, so the addresses perf saw are named by gdb attached to the live
 process (``info symbol``; this stops the process for a moment, after the sampling). Prints,
-per thread, its CPU over the sampling window (us per event: the bench's events/s in that
-window are not known here, so per wall second) and its samples by function and by library.
+per thread, its CPU over the sampling window (CPUs busy: divide by the bench's events/s for
+a cost per event) and its samples by function and by library.
 
 The bench's own figures from a profiled run are disturbed (perf, then gdb): read them from a
 run without this. Needs ``perf`` and ``gdb`` on PATH.
