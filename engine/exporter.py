@@ -234,6 +234,10 @@ class EngineCollector:
         for reason, v in zip(CONN_CLOSE_REASONS, sv("ingress.connections_closed").tolist()):
             c.add_metric([reason], float(v))
         yield c
+        yield CounterMetricFamily("risk_ingress_python_messages", "Messages the compiled loop "
+                                  "(ingress.compiled_loop) handed to Python: JSON, errors, retries, "
+                                  "refusals, shedding, batches its table declined",
+                                  value=float(sv("ingress.py_messages")[0]))
         yield CounterMetricFamily("risk_deduplicated_requests", "Retries answered from the idempotency window",
                                   value=float(sv("ingress.deduplicated")[0]))
         yield CounterMetricFamily("risk_dedup_evicted", "Decided requests the idempotency window "

@@ -21,6 +21,7 @@ from ingress import _batch_kernels as BK
 from ingress import _fast_kernels as FK
 from ingress import _loop_kernels as LK
 from ingress import zmqc
+from ingress._bytes_kernels import copy_bytes, zero_bytes
 from ingress.admission import INFLIGHT, SEQ
 from shm.tokens import INDEX_BITS, general_seq, is_fast, token_index
 
@@ -124,8 +125,8 @@ def admit(buf, fsize, nframes, now, py_keyed, conf, cells, checks, dd_index, dd_
         r[T_PEER0], r[T_PEER1] = 0, 0
     for k in range(fsize[0]):
         tenv[row, k] = buf[k]
-    trecs[row, :n * rsize] = body[LK.HDR:]
-    tslots[row, :n * SLOT] = 0                     # generation 0: no decision yet
+    copy_bytes(trecs[row], 0, body, LK.HDR, n * rsize)
+    zero_bytes(tslots[row], 0, n * SLOT)           # generation 0: no decision yet
     tmeta[M_USED] += 1
     tmeta[M_KEYED] += keyed
     if deadline < tmeta[M_MIN_DEADLINE]:
@@ -176,7 +177,7 @@ def file_slots(h, resp_u8, pos, n, now, bt, tfree, tmeta, tenv, tslots, cells, o
         d = tslots[row, i * SLOT:(i + 1) * SLOT]
         if FK._get(d, FK.S_GEN, 4) != 0:
             continue
-        d[:] = s
+        copy_bytes(d, 0, s, 0, SLOT)
         r[T_REMAIN] -= 1
         if r[T_REMAIN] > 0:
             continue

@@ -29,6 +29,7 @@ from shm.types import (MAX_FIRED, RESPONSE_SLOT_DTYPE, SLOT_ARRIVAL_OFFSET, SLOT
                        SLOT_REQUEST_ID_OFFSET, SLOT_TOKEN_OFFSET, DecisionFlag)
 from ingress import wire
 from ingress import _dedup_kernels as DK
+from ingress._bytes_kernels import copy_bytes, zero_bytes
 from shm import _ring_kernels as RK
 from shm.atomics import load_acquire
 from shm.layout import (CONSUMER_POSITION_WORD, PRODUCER_POSITION_WORD, PRODUCER_SEEN_CONSUMER_NS_WORD,
@@ -99,10 +100,8 @@ def write_slot(slot, token, now, cid, rid, src, src_off, rsize, ev_off):
     _put(slot, SLOT_ARRIVAL_OFFSET, 8, now)
     _put(slot, SLOT_CLIENT_ID_OFFSET, 8, cid)
     _put(slot, SLOT_REQUEST_ID_OFFSET, 8, rid)
-    for k in range(rsize):
-        slot[ev_off + k] = src[src_off + k]
-    for k in range(ev_off + rsize, slot.shape[0]):
-        slot[k] = 0
+    copy_bytes(slot, ev_off, src, src_off, rsize)
+    zero_bytes(slot, ev_off + rsize, slot.shape[0] - ev_off - rsize)
 
 
 @njit(cache=True)
@@ -225,13 +224,10 @@ def encode_decision(d, out, o, flag_errors):
     _put(out, o + 2, 2, flag_errors[flags])
     _put(out, o + 4, 2, nfired)
     _put(out, o + 6, 2, 0)
-    for k in range(4):
-        out[o + 8 + k] = d[S_GEN + k]
-        out[o + 12 + k] = 0
-    for k in range(8):
-        out[o + 16 + k] = d[S_SCORE + k]
-    for k in range(2 * MAX_FIRED):
-        out[o + 24 + k] = d[S_FIRED + k]
+    copy_bytes(out, o + 8, d, S_GEN, 4)
+    zero_bytes(out, o + 12, 4)
+    copy_bytes(out, o + 16, d, S_SCORE, 8)
+    copy_bytes(out, o + 24, d, S_FIRED, 2 * MAX_FIRED)
 
 
 @njit(cache=True)

@@ -176,13 +176,13 @@ KINDS = {"msg": ("i8", 1), "buf": ("u1", 1), "fsize": ("i8", 1), "ts": ("i8", 1)
          "own": ("i8", 1)}
 
 
-def pack(arrays: dict, names: tuple) -> np.ndarray:
+def pack(arrays: dict, names: tuple, kinds: dict = KINDS) -> np.ndarray:
     """The (address, rows, columns) table of ``arrays[name]`` for ``names``; raises when one
-    is not the dtype and shape the kernels rebuild (KINDS), C-contiguous and writable."""
+    is not the dtype and shape the kernels rebuild (``kinds``), C-contiguous and writable."""
     t = np.zeros((len(names), 3), np.int64)
     for i, name in enumerate(names):
         a = arrays[name]
-        dt, nd = KINDS[name]
+        dt, nd = kinds[name]
         if a.dtype != np.dtype(dt) or a.ndim != nd or not a.flags.c_contiguous or not a.flags.writeable:
             raise RuntimeError(f"compiled loop: array={name} dtype={a.dtype} ndim={a.ndim} "
                                f"c_contiguous={a.flags.c_contiguous}: expected {np.dtype(dt)} {nd}-d")

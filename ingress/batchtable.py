@@ -1,9 +1,10 @@
 """The compiled loop's binary batches in flight: a preallocated table, no Python per request.
 
-With ``ingress.compiled_loop`` a binary batch the compiled read hands back is first offered to
-``BatchTable.admit`` (ingress._batch_table_kernels.admit): one compiled call checks and admits
-it into the rings (ingress._batch_admit_kernels) and keeps it in a free row; the compiled
-drain's slots of the general path go to ``deliver``, which files them into their rows and
+With ``ingress.compiled_loop`` a binary batch is offered to the table's admission
+(ingress._batch_table_kernels.admit) inside the compiled read (ingress._loop_table_kernels,
+through ``read_pack``; ``admit`` here for a batch handed back): it checks and admits it into
+the rings (ingress._batch_admit_kernels) and keeps it in a free row; the compiled drain
+files the slots of the general path into their rows (``file_pack``; ``deliver`` here) and
 answers each complete row in the same call (ingress._batch_kernels.finish_send). The common
 case (valid, keyed or not, no retry in flight) thus makes no ``Pending``, deadline heap
 entry or window entry. Everything else stays on the general path, unchanged: what ``admit``
@@ -21,6 +22,7 @@ import numpy as np
 from ingress import _batch_table_kernels as TK
 from ingress import _fast_kernels as FK
 from ingress import _loop_kernels as LK
+from ingress import _loop_table_kernels as LTK
 from ingress.codec import Request
 from ingress.dedup import i64_bits
 from ingress.generalpath import Pending
@@ -66,6 +68,12 @@ class BatchTable:
                            general.dedup.window_ns, general.ts)
         self._file = bind_entry(TK.file_slots, (i64, ty(general.views.resp_u8[0]), i64, i64, i64)
                                 + tuple(i64 if isinstance(a, int) else ty(a) for a in self._file_args))
+        # the same arrays by address, for the compiled loop's read and drain (module doc)
+        self.read_pack = LK.pack(dict(bt=self.bt, tfree=self.tfree, tmeta=self.tmeta, tenv=self.tenv,
+                                      trecs=self.trecs, tslots=self.tslots, widx=ba.widx, bout=ba.out),
+                                 LTK.TABLE_PACK, LTK.KINDS)
+        self.file_pack = LK.pack(dict(zip(LTK.FILE_PACK, (a for a in self._file_args if type(a) is not int))),
+                                 LTK.FILE_PACK, LTK.KINDS)
         self._due = bind_entry(FK.expired, (ty(self.bt), ty(self.tmeta), i64, ty(self.due)))
         self._free = bind_entry(TK.free_row, (i64, ty(self.bt), ty(self.tfree), ty(self.tmeta)))
         self._peers = bind_entry(TK.peer_count, (ty(self.bt), ty(self.tenv), ty(np.zeros(1, np.uint8)), i64))

@@ -7,10 +7,11 @@ fast path's ``deliver`` then sends their replies from compiled code too (FastPat
 What the compiled call declines (JSON, batches, bad frames or values, retries, anything over
 a limit or while shedding) it hands back with its frames, and this runs the router's
 per-message code on it, unchanged: one implementation of every answer but the common one.
-A binary batch handed back is first offered to the batch table (ingress.batchtable): one
-compiled call admits it into the rings and a preallocated row, and the compiled drain's
-filing answers it, with no Python per request; what the table declines takes the router's
-path, where one compiled call admits a binary batch as well (ingress.batchadmit).
+A binary batch is offered to the batch table (ingress.batchtable) inside the same read call
+(ingress._loop_table_kernels): it is admitted into the rings and a preallocated row, and the
+compiled drain files its responses and answers it, with no Python per request; what the
+table declines is handed back and takes the router's path, where one compiled call admits a
+binary batch as well (ingress.batchadmit).
 
 pyzmq still creates, configures (CURVE included: libzmq applies it) and closes the socket;
 the handle is taken from it (zmqc.handle) at every call, so a closed socket is never used.
@@ -25,6 +26,7 @@ import zmq
 
 from shm.control import OVERLOAD_REASONS
 from ingress import _loop_kernels as LK
+from ingress import _loop_table_kernels as LTK
 from ingress import zmqc
 from ingress.admission import DOORBELL_DEFER_NS
 from ingress.batchadmit import BatchAdmit
@@ -38,6 +40,8 @@ _SHED = OVERLOAD_REASONS.index("shed")
 
 
 class CompiledLoop:
+    py_messages = np.zeros(1, np.int64)  # the router's ingress.py_messages cell, once set
+
     def __init__(self, cfg, rings, fast, general, admission, shards, views, dedup,
                  read_batch: int, shed_after_ns: int):
         """The router's parts it drives (``rings``: its EngineRings per worker);
@@ -83,26 +87,28 @@ class CompiledLoop:
         admission.peer_extra = lambda peer: fast.peer_count(peer) + self.table.peer_count(peer)
         self.dd_pool_size = fast.dd_pool.size
         ty, i64 = numba.typeof, numba.types.int64
-        self._read = bind_entry(LK.read_packed, (i64, ty(self.pack), ty(self.rings), i64, i64, i64))
+        tp = self.table.read_pack                 # the table's admission inside the read
+        self._read = bind_entry(LTK.read_packed, (i64, ty(self.pack), ty(tp), ty(self.rings))
+                                + (i64,) * 4)
         # the response and fired rings, for drain_packed
         self.response_rings = [r.response for r in rings]
         self.resp = LK.pack_rings([q.header for q in self.response_rings], views.resp_u8)
         self.fired = LK.pack_rings([r.fired.header for r in rings], views.resp_u8)
-        self._drain = bind_entry(LK.drain_packed, (i64,) * 4 + (ty(fast._dpack), ty(self.resp),
-                                                                ty(self.fired)))
+        self._drain = bind_entry(LTK.drain_packed, (i64,) * 4 + (ty(fast._dpack), ty(self.resp),
+                                                                 ty(self.fired), ty(tp), i64, i64))
         self._release = bind_entry(RK._release, (ty(self.response_rings[0].header), i64))
         self.idle = CompiledIdle(self.resp)      # the router's idle wait (ingress.idlewait)
 
     def read(self, sock: zmq.Socket, router) -> int:
         """Router._read_requests, compiled (module doc); returns the messages read."""
         h = zmqc.handle(sock)
-        views, state, conf, budget = self.views, self.state, self.conf, self.read_batch
+        views, state, budget = self.views, self.state, self.read_batch
         fast, general, table = self.fast, self.general, self.table
-        n = 0
+        n, inflight, tp = 0, self.dedup.inflight, table.read_pack
         while n < budget:
-            conf[LK.GENERAL_KEYED] = len(self.dedup.inflight) + table.keyed   # keys held elsewhere
-            got, status, k, t = self._read(h, self.pack, self.rings, budget - n, views.owed_since,
-                                           self.dd_pool_size)
+            got, status, k, t, views.owed_since = self._read(
+                h, self.pack, tp, self.rings, budget - n, views.owed_since, self.dd_pool_size,
+                len(inflight))                     # (its keys held in Python: LTK.read_packed)
             n += got
             self._flush_owed()
             if status == LK.EMPTY or status == LK.FULL:
@@ -112,6 +118,7 @@ class CompiledLoop:
                 continue
             if status == LK.ERROR:
                 raise zmq.ZMQError(k)
+            self.py_messages[0] += 1               # HANDOFF, TOO_MANY: Python's from here
             shedding = t - state[LK.BACKLOG_SINCE] > self.shed_after_ns and state[LK.BACKLOG_READS] > budget
             if status == LK.HANDOFF and not shedding and table.admit(k, t):   # a batch, kept
                 n += 1
@@ -140,13 +147,16 @@ class CompiledLoop:
         return n
 
     def drain(self, router) -> int:
-        """Router._drain_responses, compiled for the fast path's responses (drain_packed);
-        the general path's, fired lists and retries in Python. Returns the slots drained."""
-        fast, general = self.fast, self.general
+        """Router._drain_responses, compiled for the fast path's responses and the batch
+        table's (LTK.drain_packed); the general path's Pending, fired lists and retries in
+        Python. Returns the slots drained."""
+        fast, general, fp = self.fast, self.general, self.table.file_pack
+        gi, gw = int(general.instrument), general.dedup.window_ns
         got, w0 = 0, 0
         while True:
             n_rel, status, w, pos, n, ndup, nslow = self._drain(
-                fast.h, w0, fast.instrument, fast.window_ns, fast._dpack, self.resp, self.fired)
+                fast.h, w0, fast.instrument, fast.window_ns, fast._dpack, self.resp, self.fired,
+                fp, gi, gw)
             got += n_rel
             if status == LK.DRAINED:
                 return got
@@ -156,8 +166,8 @@ class CompiledLoop:
                 continue
             for row in fast.done[:ndup].tolist():  # DELIVERED: the rest of these slots
                 fast._reply_duplicates(row)
-            if nslow:
-                general.deliver(w, pos, n)
+            if nslow:                              # TABLED: the table's rows are filed
+                general.deliver(w, pos, n, tabled=status == LTK.TABLED)
             self._release(self.response_rings[w].header, n)
             got += n
             w0 = w

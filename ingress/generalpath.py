@@ -265,13 +265,14 @@ class GeneralPath:
                         self.fired_lists.setdefault(tok, []).extend(idx[:cnt])
             ring.release(n)
 
-    def deliver(self, w: int, pos: int, n: int) -> None:
+    def deliver(self, w: int, pos: int, n: int, tabled: bool = False) -> None:
         """File the general path's response slots among ``n`` drained ones of worker ``w``
         (from ring position ``pos``) into their requests; answer a request when it is
         complete. One compiled call splits the slots into runs of one request, one per run
-        copies them (ingress._batch_kernels)."""
+        copies them (ingress._batch_kernels). ``tabled``: the batch table's slots among them
+        are filed already (ingress._loop_table_kernels.drain_packed)."""
         now = time.monotonic_ns()
-        if self.table is not None and not self.table.deliver(w, pos, n, now):
+        if not tabled and self.table is not None and not self.table.deliver(w, pos, n, now):
             return                                 # every slot was a table row's
         resp_u8 = self.views.resp_u8[w]
         pending = self.pending

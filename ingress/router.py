@@ -119,6 +119,7 @@ class Router:
             self.loop = CompiledLoop(cfg, self.rings, self.fast, self.general, admission, shards,
                                      views, dedup, READ_BATCH, SHED_AFTER_NS)
             self.autoblock.msg = self.loop.msg     # its sender capture, switched by service()
+            self.loop.py_messages = b.view("ingress.py_messages")
 
     # --- set-up ------------------------------------------------------------------------------
 

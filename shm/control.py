@@ -40,7 +40,8 @@ from shm.descriptor import CACHE_LINE_BYTES, WORD_BYTES, Builder, Layout
 from shm.types import MAX_RULES
 
 MAGIC = 0x5245_4354_4C31     # "RECTL1"
-VERSION = 3                  # 2: supervisor.window_feed, ingress.window_fed; 3: worker.replication_failed
+VERSION = 4                  # 2: supervisor.window_feed, ingress.window_fed; 3: worker.replication_failed;
+                             # 4: ingress.py_messages
 MAX_WORKERS = 64
 N_CODES = 32                 # ErrorCode values fit below this
 N_TRANSPORTS = 2             # 0 binary, 1 json
@@ -88,7 +89,8 @@ INGRESS = [("requests", N_TRANSPORTS * N_CODES), ("decisions", 3), ("inflight", 
            ("overloaded", len(OVERLOAD_REASONS)), ("connections", 1),
            ("connections_closed", len(CONN_CLOSE_REASONS)), ("phase", 2),
            ("autoblock", 4),     # ingress.autoblock: capture switch, blocked, no_peer, failed
-           ("window_fed", 2)]    # ingress.window_feed: the last feed file applied, the last refused
+           ("window_fed", 2),    # ingress.window_feed: the last feed file applied, the last refused
+           ("py_messages", 1)]   # messages the compiled loop handed to Python (ingress.compiledloop)
 WORKER = [("batches", 1), ("events", 1), ("generation", 1), ("reload_errors", 1),
           ("paused", 1), ("journal_seq", 1), ("retain_seq", 1),
           ("kernel_hist", _hist(NBK)), ("gc_hist", _hist(NBG)), ("heartbeat_ns", 1),

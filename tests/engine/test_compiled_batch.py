@@ -19,6 +19,7 @@ from ingress.admission import Shards
 from shm.runtime.config import load_config
 from shm.types import DecisionFlag, ErrorCode
 from tests.engine.test_compiled_loop import ON_LINE, counters, dealer, off_and_on, recv
+from tests.engine.test_metrics import scrape, value
 from tests.engine.test_reliability import frozen_worker
 
 MAX_BATCH = 130
@@ -253,3 +254,29 @@ def test_batches_past_the_table_split_between_workers_and_expired_are_answered_a
     assert [wire.unpack_reply(r)[:2] for r in replies] == [(40_000 + i, 0) for i in range(count)]
     assert all(len(wire.unpack_reply(r)[2]) == 2 for r in replies)
     assert counters(off) == counters(on)
+
+
+def test_valid_binary_requests_stay_in_compiled_code(engines):
+    """Valid binary requests of 1..MAX_BATCH events, keyed and not, with and without an empty
+    delimiter frame, events of both workers: the fast path's and the batch table's, read,
+    admitted, filed and answered inside the compiled read and drain
+    (ingress._loop_table_kernels): risk_ingress_python_messages_total does not move. A
+    request with a bad header does (one message handed to Python), so the count is live."""
+    _, on = engines
+    schema = load_config().schema
+    h = schema.hash
+    rng = np.random.default_rng(256)
+
+    def python_messages() -> float:
+        return value(scrape(on.metrics_url), "risk_ingress_python_messages_total")
+
+    steps = [(n % 2 == 0, wire.pack_request(h, random_events(rng, schema, n), 93 if n % 3 else 0,
+                                            50_000 + n)) for n in range(1, MAX_BATCH + 1)]
+    before = python_messages()
+    replies = [wire.unpack_reply(r) for r in exchange(on, steps)]
+    assert [(r[1], len(r[2])) for r in replies] == [(0, n) for n in range(1, MAX_BATCH + 1)]
+    assert python_messages() == before
+    bad = wire.pack_request(h, random_events(rng, schema, 64), 93, 60_000)
+    bad = bytes([bad[0] ^ 1]) + bad[1:]                                   # its magic
+    assert wire.unpack_reply(exchange(on, [(True, bad)])[0])[1] == int(ErrorCode.BAD_MAGIC)
+    assert python_messages() == before + 1

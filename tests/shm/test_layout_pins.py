@@ -39,7 +39,7 @@ INGRESS = [(0, "requests", 512), (512, "decisions", 24), (576, "inflight", 8), (
            (1600, "generation_seen", 8), (1664, "dedup_meta", 32), (1728, "timeout_log", 4104),
            (5888, "py_blocks", 8), (5952, "overloaded", 40), (6016, "connections", 8),
            (6080, "connections_closed", 16), (6144, "phase", 16), (6208, "autoblock", 32),
-           (6272, "window_fed", 16)]
+           (6272, "window_fed", 16), (6336, "py_messages", 8)]     # control block version 4
 WORKER = [(0, "batches", 8), (64, "events", 8), (128, "generation", 8), (192, "reload_errors", 8),
           (256, "paused", 8), (320, "journal_seq", 8), (384, "retain_seq", 8), (448, "kernel_hist", 96),
           (576, "gc_hist", 64), (640, "heartbeat_ns", 8), (704, "pickup_hist", 128), (832, "stalls", 40),
@@ -47,7 +47,7 @@ WORKER = [(0, "batches", 8), (64, "events", 8), (128, "generation", 8), (192, "r
           (5184, "journal_unavailable", 8), (5248, "journal_write_errors", 8),
           (5312, "replication_failed", 8),     # control block version 3
           (5376, "rule_hits", 32768), (38144, "rule_errors", 32768), (70912, "phase", 16)]
-SECTION_BYTES = {"supervisor": 7040, "ingress": 6336, "worker": 70976}
+SECTION_BYTES = {"supervisor": 7040, "ingress": 6400, "worker": 70976}
 
 SCHEMA = Schema.build({"account_id": "u64", "amount": "f64", "country": "bytes2", "ok": "bool",
                        "n": "bytes13"}, "account_id")
