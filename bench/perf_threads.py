@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 REPO = Path(__file__).resolve().parents[1]
 ROLES = ("ingress", "worker")            # process titles "risk-engine: <role>..."
 _LINE = re.compile(r"\s*([0-9a-f]+)\s+(.*?)\s+\((.*)\)\s*$")
@@ -79,7 +81,6 @@ def summarize(rows: list, names: dict[int, str], top: int) -> str:
 
 def engine_processes(bench_pid: int, timeout_s: float) -> dict[str, int]:
     """role -> pid of the engine the bench started (its descendants' process titles)."""
-    import psutil
     end = time.monotonic() + timeout_s
     while time.monotonic() < end:
         found = {}

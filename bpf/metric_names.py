@@ -24,6 +24,7 @@ ENGINE: dict[str, str] = {
     "risk_worker_restarts_total": COUNTER,
     "risk_worker_restart_seconds": GAUGE,
     "risk_ingress_restarts_total": COUNTER,
+    "risk_ingress_python_messages_total": COUNTER,
     "risk_ruleset_reload_errors_total": COUNTER,
     "risk_admin_refused_total": COUNTER,
     "risk_admin_internal_errors_total": COUNTER,
