@@ -172,24 +172,27 @@ class LeaseStore:
 
     async def roster(self) -> tuple[dict[str, int], set[str], set[str]]:
         """``members()``, the drained nodes (a ``drain.NODE`` entry) and the nodes whose
-        heartbeat says their journal is unavailable, from one listing."""
-        kv = await self.js.key_value(self.bucket)
-        try:
-            keys = await kv.keys()
-        except jserr.NoKeysError:
-            return {}, set(), set()
+        heartbeat says their journal is unavailable. The keys come from the stream's leader
+        (its subjects, one request), then each value: not from nats-py's ``keys()``, a watch
+        that stops at a marker which can come before the values it is meant to follow
+        (ingress.partmap.caught_up), so a listing through a server behind the write missed
+        keys (1 of 60 reads through another server right after the write here; a drained
+        node then reads itself undrained)."""
+        keys = []
+        for kind in ("node", "drain"):
+            info = await self.js.stream_info(self.stream, subjects_filter=f"{self.prefix}{kind}.>")
+            keys += [s[len(self.prefix):] for s in (info.state.subjects or {})]
         out, drained, unfit = {}, set(), set()
         for k in keys:
-            if k.startswith(("node.", "drain.")):
-                e = await self.get(k)
-                if e.value is None:
-                    continue
-                if k.startswith("node."):
-                    out[k[5:]] = e.revision
-                    if journal_unavailable(e.value):
-                        unfit.add(k[5:])
-                else:
-                    drained.add(k[6:])
+            e = await self.get(k)
+            if e.value is None:
+                continue
+            if k.startswith("node."):
+                out[k[5:]] = e.revision
+                if journal_unavailable(e.value):
+                    unfit.add(k[5:])
+            else:
+                drained.add(k[6:])
         return out, drained, unfit
 
     async def set_drain(self, node: str, value: bytes) -> int:
