@@ -15,13 +15,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import psutil
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
-from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
-                                    HistogramMetricFamily)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from shm.control import (GC_BOUNDS_NS, KERNEL_BOUNDS_NS, LATENCY_BOUNDS_NS, N_CODES,
-                         OVERLOAD_REASONS, CONN_CLOSE_REASONS, STAGES, STALL_NS, STALL_PHASES, TRANSPORTS,
-                         EventLog)
+from shm.control import (GC_BOUNDS_NS, KERNEL_BOUNDS_NS, LATENCY_BOUNDS_NS, N_CODES, OVERLOAD_REASONS,
+                         CONN_CLOSE_REASONS, STAGES, STALL_NS, STALL_PHASES, TRANSPORTS, EventLog)
 from shm.runtime.endpoints import parse_host_port
 from shm.types import ACTION_NAMES, ErrorCode
 from engine.enforcement import drop_log, metric_families as enforce_families
@@ -234,10 +232,8 @@ class EngineCollector:
         for reason, v in zip(CONN_CLOSE_REASONS, sv("ingress.connections_closed").tolist()):
             c.add_metric([reason], float(v))
         yield c
-        yield CounterMetricFamily("risk_ingress_python_messages", "Messages the compiled loop "
-                                  "(ingress.compiled_loop) handed to Python: JSON, errors, retries, "
-                                  "refusals, shedding, batches its table declined",
-                                  value=float(sv("ingress.py_messages")[0]))
+        yield CounterMetricFamily("risk_ingress_python_messages", "Messages the compiled loop handed to Python: JSON, "
+                                  "errors, refusals, declined batches", value=float(sv("ingress.py_messages")[0]))
         yield CounterMetricFamily("risk_deduplicated_requests", "Retries answered from the idempotency window",
                                   value=float(sv("ingress.deduplicated")[0]))
         yield CounterMetricFamily("risk_dedup_evicted", "Decided requests the idempotency window "
