@@ -268,8 +268,8 @@ def test_a_hostile_value_in_the_control_bucket_is_refused_by_every_node(nats3, n
     before = [admin(e, cmd="cluster")["cluster"]["control"]["errors"] for e in nodes]
     c = ControlClient(nats3.urls, "hostile", 3, 20.0, credentials=nats3.credentials).start()
     try:
-        bad = [("halt", b"[" * 5000 + b"]" * 5000), ("halt", b'{"on":"yes"}'),
-               ("list.nope", b'{"name":"nope","values":[1]}'),
+        # one per key: the bucket keeps one (history 1), a watch behind sees a key's last only
+        bad = [("list.deep", b"[" * 5000 + b"]" * 5000), ("halt", b'{"on":"yes"}'), ("list.nope", b'{"name":"nope","values":[1]}'),
                ("state.account_state.i1", b'{"name":"account_state","key":true,"state":"HALTED"}'),
                ("state.account_state.i2", b'{"name":"account_state","key":2,"state":"SLEEPY"}')]
         for key, value in bad:
