@@ -174,10 +174,8 @@ class LeaseStore:
         """``members()``, the drained nodes (a ``drain.NODE`` entry) and the nodes whose
         heartbeat says their journal is unavailable. The keys come from the stream's leader
         (its subjects, one request), then each value: not from nats-py's ``keys()``, a watch
-        that stops at a marker which can come before the values it is meant to follow
-        (ingress.partmap.caught_up), so a listing through a server behind the write missed
-        keys (1 of 60 reads through another server right after the write here; a drained
-        node then reads itself undrained)."""
+        that stops at a marker which can come before the values (ingress.partmap.caught_up),
+        so a listing through a server behind a write can miss keys."""
         keys = []
         for kind in ("node", "drain"):
             info = await self.js.stream_info(self.stream, subjects_filter=f"{self.prefix}{kind}.>")
